@@ -1,0 +1,3 @@
+//! kiln-backend-cpu: the CPU backend.
+
+pub mod simd;

@@ -1,0 +1,48 @@
+//! The `kiln` command line. Every command accepts `--json`: the last line of stdout is
+//! then one JSON object. Errors are one line on stderr and a non-zero exit.
+
+mod common;
+mod info;
+mod perplexity;
+mod run;
+mod tokenize;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser, Debug)]
+#[command(name = "kiln", version, about = "A kernel-first LLM inference engine")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate text from a prompt, streaming it as it is decoded.
+    Run(run::Args),
+    /// Print the token ids of a text.
+    Tokenize(tokenize::Args),
+    /// Perplexity of a text file, by llama.cpp's llama-perplexity method.
+    Perplexity(perplexity::Args),
+    /// Model metadata and tensor table.
+    Info(info::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(args) => run::main(args),
+        Command::Tokenize(args) => tokenize::main(args),
+        Command::Perplexity(args) => perplexity::main(args),
+        Command::Info(args) => info::main(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! The engine's error type: every way a request can fail, with the context to act on it.
+
+use kiln_ir::{DType, QuantError};
+
+use crate::gguf::GgufError;
+use crate::tokenizer::TokenizerError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Gguf(#[from] GgufError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error("unsupported model architecture {0:?} (kiln runs the Llama family)")]
+    UnsupportedArchitecture(String),
+    #[error("bad model config: {0}")]
+    BadConfig(String),
+    #[error("tensor {tensor:?}: expected dimensions {expected:?}, found {found:?}")]
+    TensorShape {
+        tensor: String,
+        expected: Vec<u64>,
+        found: Vec<u64>,
+    },
+    #[error("tensor {tensor:?}: type {dtype} cannot be used for weights")]
+    UnsupportedTensorType { tensor: String, dtype: DType },
+    #[error("tensor {tensor:?}: {source}")]
+    Quant { tensor: String, source: QuantError },
+    #[error("the context is full: {needed} positions needed, the context holds {n_ctx}")]
+    ContextFull { needed: usize, n_ctx: usize },
+    #[error("token id {id} is outside the vocabulary of {vocab_size}")]
+    TokenOutOfRange { id: u32, vocab_size: usize },
+    #[error("the prompt is empty: at least one token is needed")]
+    EmptyPrompt,
+    #[error("backend {0:?} is not available in this build (available: ref)")]
+    BackendUnavailable(String),
+    #[error("bad sampling parameter: {0}")]
+    BadSampling(String),
+    #[error("{0}")]
+    Invalid(String),
+}

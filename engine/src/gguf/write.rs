@@ -1,0 +1,125 @@
+//! A GGUF v3 writer: tests build small models with it, `kiln synth` writes random ones.
+
+use std::io::{self, Write};
+
+use kiln_ir::DType;
+
+use super::{DEFAULT_ALIGNMENT, GGUF_MAGIC, Value, ggml_type_id};
+
+/// Collects metadata and tensors, then writes one GGUF file.
+#[derive(Debug, Default)]
+pub struct GgufWriter {
+    metadata: Vec<(String, Value)>,
+    tensors: Vec<(String, Vec<u64>, DType, Vec<u8>)>,
+}
+
+impl GgufWriter {
+    pub fn new() -> GgufWriter {
+        GgufWriter::default()
+    }
+
+    pub fn metadata(&mut self, key: impl Into<String>, value: Value) -> &mut Self {
+        self.metadata.push((key.into(), value));
+        self
+    }
+
+    /// Add a tensor; `dims` innermost first, `data` already in `dtype`'s layout.
+    pub fn tensor(
+        &mut self,
+        name: impl Into<String>,
+        dims: &[u64],
+        dtype: DType,
+        data: Vec<u8>,
+    ) -> &mut Self {
+        self.tensors.push((name.into(), dims.to_vec(), dtype, data));
+        self
+    }
+
+    fn alignment(&self) -> u64 {
+        self.metadata
+            .iter()
+            .find(|(k, _)| k == "general.alignment")
+            .and_then(|(_, v)| v.as_u64())
+            .filter(|a| a.is_power_of_two())
+            .unwrap_or(DEFAULT_ALIGNMENT)
+    }
+
+    pub fn write_to(&self, out: &mut impl Write) -> io::Result<()> {
+        let alignment = self.alignment();
+        let mut header = Vec::new();
+        header.extend_from_slice(&GGUF_MAGIC);
+        header.extend_from_slice(&3u32.to_le_bytes());
+        header.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+        header.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
+        for (key, value) in &self.metadata {
+            put_string(&mut header, key);
+            header.extend_from_slice(&(value.value_type() as u32).to_le_bytes());
+            put_value(&mut header, value);
+        }
+        let mut offset = 0u64;
+        let mut offsets = Vec::with_capacity(self.tensors.len());
+        for (name, dims, dtype, data) in &self.tensors {
+            let type_id = ggml_type_id(*dtype).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{dtype} cannot be stored in GGUF"),
+                )
+            })?;
+            put_string(&mut header, name);
+            header.extend_from_slice(&(dims.len() as u32).to_le_bytes());
+            for d in dims {
+                header.extend_from_slice(&d.to_le_bytes());
+            }
+            header.extend_from_slice(&type_id.to_le_bytes());
+            header.extend_from_slice(&offset.to_le_bytes());
+            offsets.push(offset);
+            offset = (offset + data.len() as u64).div_ceil(alignment) * alignment;
+        }
+        let padded = (header.len() as u64).div_ceil(alignment) * alignment;
+        header.resize(padded as usize, 0);
+        out.write_all(&header)?;
+        let mut written = 0u64;
+        for ((_, _, _, data), start) in self.tensors.iter().zip(offsets) {
+            out.write_all(&vec![0u8; (start - written) as usize])?;
+            out.write_all(data)?;
+            written = start + data.len() as u64;
+        }
+        Ok(())
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        self.write_to(&mut out)
+            .expect("writing to a Vec cannot fail");
+        out
+    }
+}
+
+fn put_string(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
+}
+
+fn put_value(out: &mut Vec<u8>, value: &Value) {
+    match value {
+        Value::U8(v) => out.push(*v),
+        Value::I8(v) => out.push(*v as u8),
+        Value::U16(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::I16(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::U32(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::I32(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::F32(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::Bool(v) => out.push(u8::from(*v)),
+        Value::String(s) => put_string(out, s),
+        Value::U64(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::I64(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::F64(v) => out.extend_from_slice(&v.to_le_bytes()),
+        Value::Array(elem, items) => {
+            out.extend_from_slice(&(*elem as u32).to_le_bytes());
+            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
+            for item in items {
+                put_value(out, item);
+            }
+        }
+    }
+}

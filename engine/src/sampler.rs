@@ -1,0 +1,324 @@
+//! Sampling: greedy, or temperature with top-k, top-p and min-p filters, from a seeded RNG.
+//! Filters apply in llama.cpp's default order: top-k, top-p, min-p, then temperature.
+
+use crate::Error;
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SamplerConfig {
+    /// 0 means greedy (argmax).
+    pub temperature: f32,
+    /// Keep the k most likely tokens; 0 keeps all.
+    pub top_k: usize,
+    /// Keep the smallest set of tokens whose probability reaches p; 1 keeps all.
+    pub top_p: f32,
+    /// Drop tokens less likely than min_p times the most likely one; 0 keeps all.
+    pub min_p: f32,
+    pub seed: u64,
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        SamplerConfig {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            seed: 0,
+        }
+    }
+}
+
+impl SamplerConfig {
+    pub fn greedy() -> SamplerConfig {
+        SamplerConfig {
+            temperature: 0.0,
+            ..SamplerConfig::default()
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: String| Err(Error::BadSampling(m));
+        if !self.temperature.is_finite() || self.temperature < 0.0 {
+            return bad(format!("temperature {} must be >= 0", self.temperature));
+        }
+        if !(self.top_p > 0.0 && self.top_p <= 1.0) {
+            return bad(format!("top-p {} must be in (0, 1]", self.top_p));
+        }
+        if !(0.0..=1.0).contains(&self.min_p) {
+            return bad(format!("min-p {} must be in [0, 1]", self.min_p));
+        }
+        Ok(())
+    }
+}
+
+/// A seeded sampler. The same seed, config and logits give the same tokens.
+#[derive(Debug)]
+pub struct Sampler {
+    config: SamplerConfig,
+    rng: Rng,
+}
+
+impl Sampler {
+    pub fn new(config: SamplerConfig) -> Result<Sampler, Error> {
+        config.validate()?;
+        let rng = Rng::new(config.seed);
+        Ok(Sampler { config, rng })
+    }
+
+    /// Pick the next token from one row of logits.
+    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        if self.config.temperature <= 0.0 {
+            return argmax(logits);
+        }
+        // Candidates sorted by logit, most likely first.
+        let mut cand: Vec<(u32, f32)> = logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i as u32, l))
+            .collect();
+        let k = if self.config.top_k == 0 {
+            cand.len()
+        } else {
+            self.config.top_k.min(cand.len())
+        };
+        if k < cand.len() {
+            cand.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
+            cand.truncate(k);
+        }
+        cand.sort_by(|a, b| b.1.total_cmp(&a.1));
+
+        let probs = softmax_of(&cand, 1.0);
+        // top-p: the shortest prefix whose mass reaches p (at least one token).
+        let mut mass = 0.0f32;
+        let mut keep = cand.len();
+        for (i, p) in probs.iter().enumerate() {
+            mass += p;
+            if mass >= self.config.top_p {
+                keep = i + 1;
+                break;
+            }
+        }
+        // min-p: relative to the most likely token.
+        let floor = self.config.min_p * probs[0];
+        keep = keep.min(probs.iter().take_while(|&&p| p >= floor).count().max(1));
+        cand.truncate(keep);
+
+        let probs = softmax_of(&cand, self.config.temperature);
+        let r = self.rng.next_f32();
+        let mut acc = 0.0f32;
+        for (&(id, _), p) in cand.iter().zip(&probs) {
+            acc += p;
+            if r < acc {
+                return id;
+            }
+        }
+        cand.last().map_or(0, |c| c.0)
+    }
+}
+
+/// Index of the largest logit (the first one on ties, as llama.cpp's greedy sampler).
+pub fn argmax(logits: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &l) in logits.iter().enumerate() {
+        if l > logits[best] {
+            best = i;
+        }
+    }
+    best as u32
+}
+
+fn softmax_of(cand: &[(u32, f32)], temperature: f32) -> Vec<f32> {
+    let max = cand.first().map_or(0.0, |c| c.1);
+    let mut p: Vec<f32> = cand
+        .iter()
+        .map(|c| ((c.1 - max) / temperature).exp())
+        .collect();
+    let sum: f32 = p.iter().sum();
+    p.iter_mut().for_each(|v| *v /= sum);
+    p
+}
+
+/// log-softmax of one row of logits.
+pub fn log_softmax(logits: &[f32]) -> Vec<f32> {
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits.iter().map(|&l| f64::from(l - max).exp()).sum();
+    let log_sum = sum.ln() as f32 + max;
+    logits.iter().map(|&l| l - log_sum).collect()
+}
+
+/// The k most likely tokens of a row of logits as (id, log-probability), most likely first.
+pub fn top_logprobs(logits: &[f32], k: usize) -> Vec<(u32, f32)> {
+    let lp = log_softmax(logits);
+    let mut ids: Vec<u32> = (0..lp.len() as u32).collect();
+    let k = k.min(ids.len());
+    if k == 0 {
+        return Vec::new();
+    }
+    ids.select_nth_unstable_by(k - 1, |&a, &b| lp[b as usize].total_cmp(&lp[a as usize]));
+    ids.truncate(k);
+    ids.sort_by(|&a, &b| lp[b as usize].total_cmp(&lp[a as usize]).then(a.cmp(&b)));
+    ids.into_iter().map(|i| (i, lp[i as usize])).collect()
+}
+
+/// xoshiro256** seeded by splitmix64: small, fast, reproducible across platforms.
+#[derive(Debug)]
+struct Rng {
+    s: [u64; 4],
+}
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        let mut z = seed;
+        let mut next = || {
+            z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut x = z;
+            x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            x ^ (x >> 31)
+        };
+        Rng {
+            s: [next(), next(), next(), next()],
+        }
+    }
+
+    fn next_u64(&mut self) -> u64 {
+        let result = self.s[1].wrapping_mul(5).rotate_left(7).wrapping_mul(9);
+        let t = self.s[1] << 17;
+        self.s[2] ^= self.s[0];
+        self.s[3] ^= self.s[1];
+        self.s[1] ^= self.s[2];
+        self.s[0] ^= self.s[3];
+        self.s[2] ^= t;
+        self.s[3] = self.s[3].rotate_left(45);
+        result
+    }
+
+    /// Uniform in [0, 1).
+    fn next_f32(&mut self) -> f32 {
+        (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn logits() -> Vec<f32> {
+        vec![1.0, 3.0, 2.5, -1.0, 0.5, 3.0]
+    }
+
+    #[test]
+    fn greedy_takes_the_first_maximum() {
+        let mut s = Sampler::new(SamplerConfig::greedy()).unwrap();
+        assert_eq!(s.sample(&logits()), 1);
+    }
+
+    #[test]
+    fn same_seed_same_tokens_and_seeds_differ() {
+        let cfg = SamplerConfig {
+            temperature: 1.5,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 7,
+        };
+        let draw = |seed| {
+            let mut s = Sampler::new(SamplerConfig {
+                seed,
+                ..cfg.clone()
+            })
+            .unwrap();
+            (0..64).map(|_| s.sample(&logits())).collect::<Vec<_>>()
+        };
+        assert_eq!(draw(7), draw(7));
+        assert_ne!(draw(7), draw(8));
+    }
+
+    #[test]
+    fn top_k_one_is_greedy() {
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 5.0,
+            top_k: 1,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 3,
+        })
+        .unwrap();
+        for _ in 0..50 {
+            let id = s.sample(&logits());
+            assert!(
+                id == 1 || id == 5,
+                "only the tied maxima survive top-k 1, got {id}"
+            );
+        }
+    }
+
+    #[test]
+    fn top_p_and_min_p_cut_the_tail() {
+        // Token 0 holds almost all the mass: top-p 0.5 and min-p 0.5 leave only it.
+        let l = vec![10.0, 0.0, 0.0, 0.0];
+        for cfg in [
+            SamplerConfig {
+                temperature: 1.0,
+                top_k: 0,
+                top_p: 0.5,
+                min_p: 0.0,
+                seed: 1,
+            },
+            SamplerConfig {
+                temperature: 1.0,
+                top_k: 0,
+                top_p: 1.0,
+                min_p: 0.5,
+                seed: 1,
+            },
+        ] {
+            let mut s = Sampler::new(cfg).unwrap();
+            assert!((0..200).all(|_| s.sample(&l) == 0));
+        }
+        // Without filters the tail is drawn sometimes at a high temperature.
+        let mut s = Sampler::new(SamplerConfig {
+            temperature: 10.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            seed: 1,
+        })
+        .unwrap();
+        assert!((0..200).any(|_| s.sample(&l) != 0));
+    }
+
+    #[test]
+    fn bad_parameters_are_errors() {
+        for cfg in [
+            SamplerConfig {
+                temperature: -1.0,
+                ..SamplerConfig::default()
+            },
+            SamplerConfig {
+                top_p: 0.0,
+                ..SamplerConfig::default()
+            },
+            SamplerConfig {
+                min_p: 1.5,
+                ..SamplerConfig::default()
+            },
+            SamplerConfig {
+                temperature: f32::NAN,
+                ..SamplerConfig::default()
+            },
+        ] {
+            assert!(matches!(Sampler::new(cfg), Err(Error::BadSampling(_))));
+        }
+    }
+
+    #[test]
+    fn log_softmax_normalises_and_top_logprobs_orders() {
+        let lp = log_softmax(&logits());
+        let total: f64 = lp.iter().map(|&v| f64::from(v).exp()).sum();
+        assert!((total - 1.0).abs() < 1e-6);
+        let top = top_logprobs(&logits(), 3);
+        assert_eq!(top.iter().map(|t| t.0).collect::<Vec<_>>(), vec![1, 5, 2]);
+        assert!(top[0].1 >= top[2].1);
+    }
+}

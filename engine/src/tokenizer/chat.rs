@@ -1,0 +1,447 @@
+//! Chat prompts: the model's own Jinja template (`tokenizer.chat_template`) rendered with
+//! minijinja the way Hugging Face renders it, or ChatML when the model has none.
+//!
+//! Hugging Face renders templates with `trim_blocks` and `lstrip_blocks`, a
+//! `raise_exception` function, a `tojson` filter that writes Python's `json.dumps` format,
+//! and Python string and dict methods (`.strip()`, `.items()`…); those are provided here.
+
+use std::fmt::Write as _;
+
+use minijinja::value::{Kwargs, ValueKind};
+use minijinja::{Environment, Error, ErrorKind, State, Value, context};
+use serde::{Deserialize, Serialize};
+
+use super::{Tokenizer, TokenizerError};
+
+/// One message of a conversation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> ChatMessage {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+/// Render `messages` with `template` (ChatML when `None`). With `add_generation_prompt`
+/// the prompt ends where the assistant's answer starts.
+pub fn render_chat(
+    template: Option<&str>,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    bos_token: &str,
+    eos_token: &str,
+) -> Result<String, TokenizerError> {
+    let Some(template) = template else {
+        return Ok(chatml(messages, add_generation_prompt));
+    };
+    let mut env = Environment::new();
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    env.add_function("raise_exception", raise_exception);
+    env.add_function("strftime_now", strftime_now);
+    env.add_filter("tojson", tojson);
+    env.set_unknown_method_callback(python_method);
+    let tmpl = env.template_from_str(template).map_err(template_error)?;
+    tmpl.render(context! {
+        messages => messages,
+        add_generation_prompt => add_generation_prompt,
+        bos_token => bos_token,
+        eos_token => eos_token,
+    })
+    .map_err(template_error)
+}
+
+/// llama.cpp's ChatML: `<|im_start|>role\ncontent<|im_end|>\n` per message.
+pub fn chatml(messages: &[ChatMessage], add_generation_prompt: bool) -> String {
+    let mut out = String::new();
+    for m in messages {
+        let _ = write!(out, "<|im_start|>{}\n{}<|im_end|>\n", m.role, m.content);
+    }
+    if add_generation_prompt {
+        out.push_str("<|im_start|>assistant\n");
+    }
+    out
+}
+
+impl Tokenizer {
+    /// [`render_chat`] with this model's template and BOS/EOS texts.
+    pub fn apply_chat_template(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
+        render_chat(
+            self.chat_template(),
+            messages,
+            add_generation_prompt,
+            self.token_text(self.bos()),
+            self.token_text(self.eos()),
+        )
+    }
+}
+
+fn template_error(e: Error) -> TokenizerError {
+    let mut msg = match (e.kind(), e.detail()) {
+        (ErrorKind::InvalidOperation, Some(detail)) => detail.to_string(),
+        (kind, Some(detail)) => format!("{kind}: {detail}"),
+        (kind, None) => kind.to_string(),
+    };
+    if let Some(line) = e.line() {
+        let _ = write!(msg, " (line {line})");
+    }
+    TokenizerError::Template(msg)
+}
+
+fn raise_exception(message: String) -> Result<Value, Error> {
+    Err(Error::new(ErrorKind::InvalidOperation, message))
+}
+
+/// `strftime_now(format)` in UTC, for the common directives.
+fn strftime_now(format: String) -> Result<Value, Error> {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    Ok(Value::from(strftime(&format, secs)))
+}
+
+fn strftime(format: &str, unix_secs: u64) -> String {
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] = [
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+    ];
+    let days = (unix_secs / 86_400) as i64;
+    let secs = unix_secs % 86_400;
+    // Howard Hinnant's days-to-civil.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let month_name = MONTHS[(month - 1) as usize];
+    let day_name = DAYS[days.rem_euclid(7) as usize];
+
+    let mut out = String::new();
+    let mut chars = format.chars();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let _ = match chars.next() {
+            Some('d') => write!(out, "{day:02}"),
+            Some('m') => write!(out, "{month:02}"),
+            Some('Y') => write!(out, "{year}"),
+            Some('y') => write!(out, "{:02}", year % 100),
+            Some('B') => write!(out, "{month_name}"),
+            Some('b') => write!(out, "{}", &month_name[..3]),
+            Some('A') => write!(out, "{day_name}"),
+            Some('a') => write!(out, "{}", &day_name[..3]),
+            Some('H') => write!(out, "{:02}", secs / 3600),
+            Some('M') => write!(out, "{:02}", secs / 60 % 60),
+            Some('S') => write!(out, "{:02}", secs % 60),
+            Some('%') => write!(out, "%"),
+            Some(other) => write!(out, "%{other}"),
+            None => write!(out, "%"),
+        };
+    }
+    out
+}
+
+/// Python's `json.dumps(value, ensure_ascii=False, indent=indent)`.
+fn tojson(value: Value, kwargs: Kwargs) -> Result<Value, Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let mut out = String::new();
+    write_json(&value, indent, 0, &mut out)?;
+    Ok(Value::from_safe_string(out))
+}
+
+fn write_json(
+    v: &Value,
+    indent: Option<usize>,
+    depth: usize,
+    out: &mut String,
+) -> Result<(), Error> {
+    let newline = |out: &mut String, depth: usize| {
+        if let Some(n) = indent {
+            out.push('\n');
+            out.extend(std::iter::repeat_n(' ', n * depth));
+        }
+    };
+    let item_sep = if indent.is_some() { "," } else { ", " };
+    match v.kind() {
+        ValueKind::Undefined | ValueKind::None => out.push_str("null"),
+        ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
+        ValueKind::Number => {
+            let _ = write!(out, "{v}");
+        }
+        ValueKind::String => json_string(v.as_str().unwrap_or_default(), out),
+        ValueKind::Seq | ValueKind::Iterable => {
+            out.push('[');
+            for (i, item) in v.try_iter()?.enumerate() {
+                if i > 0 {
+                    out.push_str(item_sep);
+                }
+                newline(out, depth + 1);
+                write_json(&item, indent, depth + 1, out)?;
+            }
+            if v.len() != Some(0) {
+                newline(out, depth);
+            }
+            out.push(']');
+        }
+        ValueKind::Map => {
+            out.push('{');
+            let mut empty = true;
+            for (i, key) in v.try_iter()?.enumerate() {
+                if i > 0 {
+                    out.push_str(item_sep);
+                }
+                empty = false;
+                newline(out, depth + 1);
+                match key.as_str() {
+                    Some(k) => json_string(k, out),
+                    None => json_string(&key.to_string(), out),
+                }
+                out.push_str(": ");
+                write_json(&v.get_item(&key)?, indent, depth + 1, out)?;
+            }
+            if !empty {
+                newline(out, depth);
+            }
+            out.push('}');
+        }
+        _ => json_string(&v.to_string(), out),
+    }
+    Ok(())
+}
+
+fn json_string(s: &str, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{08}' => out.push_str("\\b"),
+            '\u{0C}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// The Python `str` and `dict` methods that chat templates call.
+fn python_method(
+    _state: &State,
+    value: &Value,
+    method: &str,
+    args: &[Value],
+) -> Result<Value, Error> {
+    let arg_str = |i: usize| args.get(i).and_then(|a| a.as_str().map(str::to_string));
+    if let Some(s) = value.as_str() {
+        let chars: Option<Vec<char>> = arg_str(0).map(|c| c.chars().collect());
+        let strip_set = |c: char| match &chars {
+            Some(set) => set.contains(&c),
+            None => c.is_whitespace(),
+        };
+        let out = match method {
+            "strip" => Value::from(s.trim_matches(strip_set)),
+            "lstrip" => Value::from(s.trim_start_matches(strip_set)),
+            "rstrip" => Value::from(s.trim_end_matches(strip_set)),
+            "lower" => Value::from(s.to_lowercase()),
+            "upper" => Value::from(s.to_uppercase()),
+            "startswith" | "endswith" => {
+                let prefixes: Vec<String> = match args.first() {
+                    Some(a) if a.kind() == ValueKind::Seq => a
+                        .try_iter()?
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect(),
+                    _ => arg_str(0).into_iter().collect(),
+                };
+                let hit = prefixes.iter().any(|p| {
+                    if method == "startswith" {
+                        s.starts_with(p.as_str())
+                    } else {
+                        s.ends_with(p.as_str())
+                    }
+                });
+                Value::from(hit)
+            }
+            "split" => {
+                let parts: Vec<Value> = match arg_str(0) {
+                    Some(sep) if !sep.is_empty() => {
+                        s.split(sep.as_str()).map(Value::from).collect()
+                    }
+                    _ => s.split_whitespace().map(Value::from).collect(),
+                };
+                Value::from(parts)
+            }
+            "replace" => match (arg_str(0), arg_str(1)) {
+                (Some(a), Some(b)) => Value::from(s.replace(&a, &b)),
+                _ => return Err(Error::new(ErrorKind::MissingArgument, "replace(old, new)")),
+            },
+            "find" => Value::from(
+                arg_str(0)
+                    .and_then(|n| s.find(&n))
+                    .map_or(-1, |i| s[..i].chars().count() as i64),
+            ),
+            "title" => Value::from(title_case(s)),
+            "capitalize" => {
+                let mut cs = s.chars();
+                Value::from(match cs.next() {
+                    Some(f) => f
+                        .to_uppercase()
+                        .chain(cs.as_str().to_lowercase().chars())
+                        .collect(),
+                    None => String::new(),
+                })
+            }
+            _ => return Err(Error::from(ErrorKind::UnknownMethod)),
+        };
+        return Ok(out);
+    }
+    if value.kind() == ValueKind::Map {
+        return match method {
+            "items" => Ok(Value::from(
+                value
+                    .try_iter()?
+                    .map(|k| Ok(Value::from(vec![k.clone(), value.get_item(&k)?])))
+                    .collect::<Result<Vec<_>, Error>>()?,
+            )),
+            "keys" => Ok(Value::from(value.try_iter()?.collect::<Vec<_>>())),
+            "values" => Ok(Value::from(
+                value
+                    .try_iter()?
+                    .map(|k| value.get_item(&k))
+                    .collect::<Result<Vec<_>, Error>>()?,
+            )),
+            "get" => {
+                let key = args.first().cloned().unwrap_or_default();
+                let found = value.get_item(&key)?;
+                Ok(if found.is_undefined() {
+                    args.get(1).cloned().unwrap_or(Value::from(()))
+                } else {
+                    found
+                })
+            }
+            _ => Err(Error::from(ErrorKind::UnknownMethod)),
+        };
+    }
+    Err(Error::from(ErrorKind::UnknownMethod))
+}
+
+fn title_case(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut start = true;
+    for c in s.chars() {
+        if c.is_alphabetic() {
+            if start {
+                out.extend(c.to_uppercase());
+            } else {
+                out.extend(c.to_lowercase());
+            }
+            start = false;
+        } else {
+            out.push(c);
+            start = true;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msgs() -> Vec<ChatMessage> {
+        vec![
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", "Hi"),
+        ]
+    }
+
+    #[test]
+    fn chatml_fallback() {
+        let got = render_chat(None, &msgs(), true, "<s>", "</s>").unwrap();
+        assert_eq!(
+            got,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let got = render_chat(None, &msgs()[1..], false, "", "").unwrap();
+        assert_eq!(got, "<|im_start|>user\nHi<|im_end|>\n");
+    }
+
+    #[test]
+    fn hf_style_template() {
+        // trim_blocks/lstrip_blocks, bos_token, python methods, loop variables.
+        let t = "{{ bos_token }}{% for m in messages %}\n  {% if m['role'] == 'system' %}\n[{{ m['content'].strip().upper() }}]\n  {% else %}\n{{ m.role.title() }}: {{ m.content }}\n  {% endif %}\n{% endfor %}\n{% if add_generation_prompt %}A:{% endif %}";
+        let got = render_chat(Some(t), &msgs(), true, "<s>", "</s>").unwrap();
+        assert_eq!(got, "<s>[BE BRIEF.]\nUser: Hi\nA:");
+    }
+
+    #[test]
+    fn raise_exception_is_a_clear_error() {
+        let t = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversations must start with a user message') }}{% endif %}";
+        let err = render_chat(Some(t), &msgs(), true, "", "").unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("Conversations must start with a user message"),
+            "{text}"
+        );
+        let err = render_chat(Some("{% for %}"), &msgs(), true, "", "").unwrap_err();
+        assert!(matches!(err, TokenizerError::Template(_)), "{err}");
+    }
+
+    #[test]
+    fn tojson_is_pythons() {
+        let t = "{{ {'a': [1, 'x\"y'], 'b': none} | tojson }}|{{ [1,2] | tojson(indent=2) }}";
+        let got = render_chat(Some(t), &[], false, "", "").unwrap();
+        assert_eq!(got, "{\"a\": [1, \"x\\\"y\"], \"b\": null}|[\n  1,\n  2\n]");
+    }
+
+    #[test]
+    fn strftime_formats() {
+        // 2024-07-23 10:20:30 UTC was a Tuesday.
+        assert_eq!(
+            strftime("%d %b %Y %H:%M:%S %A %%", 1_721_730_030),
+            "23 Jul 2024 10:20:30 Tuesday %"
+        );
+        assert_eq!(strftime("%Y-%m-%d", 0), "1970-01-01");
+    }
+}

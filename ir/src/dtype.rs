@@ -1,0 +1,100 @@
+//! Element types of tensors, with their block geometry.
+
+use std::fmt;
+
+/// The element type of a tensor. Quantized types are stored in blocks of
+/// [`DType::block_len`] values taking [`DType::block_bytes`] bytes each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+    /// 32 values: f16 scale `d`, 16 bytes of nibbles; value = (q - 8) * d.
+    Q4_0,
+    /// 32 values: f16 scale `d`, f16 minimum `m`, 16 bytes of nibbles; value = q * d + m.
+    Q4_1,
+    /// 32 values: f16 scale `d`, 32 signed bytes; value = q * d.
+    Q8_0,
+    /// FP8 E4M3 (KV cache storage), one byte per value, scaled outside the tensor.
+    F8E4M3,
+}
+
+impl DType {
+    pub const ALL: [DType; 7] = [
+        DType::F32,
+        DType::F16,
+        DType::BF16,
+        DType::Q4_0,
+        DType::Q4_1,
+        DType::Q8_0,
+        DType::F8E4M3,
+    ];
+
+    /// Values per block (1 for plain types).
+    pub const fn block_len(self) -> usize {
+        match self {
+            DType::Q4_0 | DType::Q4_1 | DType::Q8_0 => 32,
+            DType::F32 | DType::F16 | DType::BF16 | DType::F8E4M3 => 1,
+        }
+    }
+
+    /// Bytes per block.
+    pub const fn block_bytes(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+            DType::F8E4M3 => 1,
+            DType::Q4_0 => 18,
+            DType::Q4_1 => 20,
+            DType::Q8_0 => 34,
+        }
+    }
+
+    pub const fn is_quantized(self) -> bool {
+        self.block_len() > 1
+    }
+
+    /// Bytes taken by `n` values, or `None` when `n` is not a whole number of blocks
+    /// or the size overflows.
+    pub fn bytes_for(self, n: u64) -> Option<u64> {
+        let block_len = self.block_len() as u64;
+        if n % block_len != 0 {
+            return None;
+        }
+        (n / block_len).checked_mul(self.block_bytes() as u64)
+    }
+
+    /// Lower-case name used in kernel names and messages (`q4_0`, `f16`, ...).
+    pub const fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+            DType::Q4_0 => "q4_0",
+            DType::Q4_1 => "q4_1",
+            DType::Q8_0 => "q8_0",
+            DType::F8E4M3 => "f8e4m3",
+        }
+    }
+}
+
+impl fmt::Display for DType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bytes_for_whole_blocks_only() {
+        assert_eq!(DType::Q4_0.bytes_for(64), Some(36));
+        assert_eq!(DType::Q4_1.bytes_for(32), Some(20));
+        assert_eq!(DType::Q8_0.bytes_for(96), Some(102));
+        assert_eq!(DType::Q8_0.bytes_for(33), None);
+        assert_eq!(DType::F16.bytes_for(3), Some(6));
+        assert_eq!(DType::F32.bytes_for(u64::MAX), None);
+    }
+}

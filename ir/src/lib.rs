@@ -1,0 +1,23 @@
+//! kiln-ir: the vocabulary every other crate shares, and the compiler from a model
+//! description to a backend's plan.
+//!
+//! - [`dtype`], [`quant`]: element types and weight block formats.
+//! - [`op`], [`graph`], [`verify`]: a closed set of ops, the graph, the verifier.
+//! - [`passes`]: fusion passes, each small and separately tested.
+//! - [`plan`], [`planner`]: lowering to ordered launches and the activation arena.
+
+pub mod dtype;
+pub mod graph;
+pub mod op;
+pub mod passes;
+pub mod plan;
+pub mod planner;
+pub mod quant;
+pub mod verify;
+
+pub use dtype::DType;
+pub use graph::{Graph, Rows, ValueId, ValueType};
+pub use op::{AttentionParams, Op, RopeParams, WeightId};
+pub use plan::{Launch, Plan, lower};
+pub use quant::QuantError;
+pub use verify::{IrError, verify};

@@ -1,0 +1,51 @@
+//! Shared helpers for kiln's cross-crate tests: where the reference model and
+//! llama.cpp's recorded outputs are, and how to skip when the model is absent.
+
+use std::path::PathBuf;
+
+/// The workspace root.
+pub fn workspace_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ has a parent")
+        .to_path_buf()
+}
+
+/// `../shared/reference/smollm2/<name>` parsed as JSON.
+pub fn reference_json(name: &str) -> serde_json::Value {
+    let path = workspace_root()
+        .join("../shared/reference/smollm2")
+        .join(name);
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Path of llama.cpp's reference text for perplexity.
+pub fn reference_path(name: &str) -> PathBuf {
+    workspace_root()
+        .join("../shared/reference/smollm2")
+        .join(name)
+}
+
+/// The reference model, or `None` (with a printed reason) when it has not been fetched.
+/// CI fetches it first (`scripts/fetch-model.sh`), so there the tests always run.
+pub fn reference_model() -> Option<PathBuf> {
+    let path = std::env::var_os("KILN_MODEL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf"));
+    if path.exists() {
+        Some(path)
+    } else if std::env::var_os("KILN_REQUIRE_MODEL").is_some() {
+        panic!(
+            "KILN_REQUIRE_MODEL is set but {} is missing (run scripts/fetch-model.sh)",
+            path.display()
+        );
+    } else {
+        eprintln!(
+            "skipping: reference model {} not found (run scripts/fetch-model.sh)",
+            path.display()
+        );
+        None
+    }
+}
