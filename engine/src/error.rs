@@ -2,7 +2,11 @@
 
 use kiln_ir::{DType, QuantError};
 
+use kiln_ir::IrError;
+use kiln_ir::backend::BackendError;
+
 use crate::gguf::GgufError;
+use crate::kv::KvError;
 use crate::tokenizer::TokenizerError;
 
 #[derive(Debug, thiserror::Error)]
@@ -11,6 +15,12 @@ pub enum Error {
     Gguf(#[from] GgufError),
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Ir(#[from] IrError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+    #[error(transparent)]
+    Kv(#[from] KvError),
     #[error("unsupported model architecture {0:?} (kiln runs the Llama family)")]
     UnsupportedArchitecture(String),
     #[error("bad model config: {0}")]
@@ -31,8 +41,8 @@ pub enum Error {
     TokenOutOfRange { id: u32, vocab_size: usize },
     #[error("the prompt is empty: at least one token is needed")]
     EmptyPrompt,
-    #[error("backend {0:?} is not available in this build (available: ref)")]
-    BackendUnavailable(String),
+    #[error("backend {0:?} is not available in this build (available: {1})")]
+    BackendUnavailable(String, String),
     #[error("bad sampling parameter: {0}")]
     BadSampling(String),
     #[error("{0}")]

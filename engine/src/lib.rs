@@ -4,6 +4,8 @@
 //! a [`runner::Runner`] (today the f32 [`reference`] pass) → [`sampler`] →
 //! tokens streamed by the [`driver`].
 
+pub mod backends;
+pub mod compiled;
 pub mod driver;
 mod error;
 pub mod gguf;

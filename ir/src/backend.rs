@@ -2,6 +2,9 @@
 //! Optional abilities default to `BackendError::Unsupported`. See ARCHITECTURE.md,
 //! "Adding a backend", and `kiln-backend-null`, the template to copy.
 
+use std::ops::Range;
+use std::sync::Arc;
+
 use crate::kv_layout::KvLayout;
 use crate::op::Op;
 use crate::plan::Plan;
@@ -42,9 +45,35 @@ pub enum BackendError {
     Driver { backend: &'static str, message: String },
 }
 
-/// Where a backend gets weight bytes from (the model's memory map), by GGUF name.
+/// Bytes shared with their owner (the model's memory map), so that a host backend can
+/// use weights in place and a device backend can upload them without a copy.
+#[derive(Clone)]
+pub struct SharedBytes {
+    owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+    range: Range<usize>,
+}
+
+impl SharedBytes {
+    /// `owner[range]`, or None when the range is outside the owner's bytes.
+    pub fn new(owner: Arc<dyn AsRef<[u8]> + Send + Sync>, range: Range<usize>) -> Option<SharedBytes> {
+        let len = (*owner).as_ref().len();
+        (range.start <= range.end && range.end <= len).then_some(SharedBytes { owner, range })
+    }
+
+    pub fn as_slice(&self) -> &[u8] {
+        &(*self.owner).as_ref()[self.range.clone()]
+    }
+}
+
+impl std::fmt::Debug for SharedBytes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedBytes({:?})", self.range)
+    }
+}
+
+/// Where a backend gets weights from, by GGUF tensor name.
 pub trait WeightSource {
-    fn weight_bytes(&self, name: &str) -> Option<&[u8]>;
+    fn weight(&self, name: &str) -> Option<SharedBytes>;
 }
 
 /// Everything one step needs beyond the plan: the batch's tokens, where each belongs,

@@ -6,8 +6,10 @@
 //! - [`passes`]: fusion passes, each small and separately tested.
 //! - [`plan`], [`planner`]: lowering to ordered launches and the activation arena.
 
+pub mod backend;
 pub mod dtype;
 pub mod graph;
+pub mod kv_layout;
 pub mod op;
 pub mod passes;
 pub mod plan;

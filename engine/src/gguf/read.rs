@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::path::Path;
+use std::sync::Arc;
 
 use kiln_ir::DType;
 
@@ -56,9 +57,15 @@ impl Storage {
     }
 }
 
+impl AsRef<[u8]> for Storage {
+    fn as_ref(&self) -> &[u8] {
+        self.bytes()
+    }
+}
+
 /// A parsed, validated GGUF file. Tensor data stays in the memory map.
 pub struct Gguf {
-    storage: Storage,
+    storage: Arc<Storage>,
     pub version: u32,
     pub alignment: u64,
     metadata: Vec<(String, Value)>,
@@ -235,7 +242,7 @@ impl Gguf {
         }
 
         Ok(Gguf {
-            storage,
+            storage: Arc::new(storage),
             version,
             alignment,
             metadata,
@@ -312,6 +319,14 @@ impl Gguf {
     pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
         let start = (self.data_offset + info.offset) as usize;
         &self.storage.bytes()[start..start + info.n_bytes as usize]
+    }
+
+    /// A tensor's bytes shared with the file's map (backends keep them without a copy).
+    pub fn tensor_shared(&self, info: &TensorInfo) -> kiln_ir::backend::SharedBytes {
+        let start = (self.data_offset + info.offset) as usize;
+        let owner: Arc<dyn AsRef<[u8]> + Send + Sync> = self.storage.clone();
+        kiln_ir::backend::SharedBytes::new(owner, start..start + info.n_bytes as usize)
+            .expect("tensor ranges are validated when the file is opened")
     }
 
     /// The whole file.

@@ -3,7 +3,7 @@
 //! This module owns page *indices* and metadata only; the bytes of the pages live in a
 //! backend (CPU memory or GPU buffers), laid out as [`KvLayout`] documents. The split:
 //!
-//! - [`layout`]: the geometry of one page: [`KvLayout`], [`KvDtype`], byte offsets for kernels.
+//! - `kiln_ir::kv_layout`: the geometry of one page: [`KvLayout`], [`KvDtype`], byte offsets for kernels.
 //! - [`pool`]: [`PagePool`]: where every page is (free, held by sequences, or cached), with
 //!   reference counts, a free list and the LRU of cached pages.
 //! - [`prefix`]: the chained page hash and the index from hash to cached page.
@@ -30,7 +30,6 @@
 //! other sequence's step reads it (the scheduler runs a step's appends and its forward pass
 //! together, so a prefix hit in a later step always sees written bytes).
 
-pub mod layout;
 pub mod manager;
 pub mod pool;
 pub mod prefix;
@@ -42,7 +41,7 @@ mod tests;
 
 use std::fmt;
 
-pub use layout::{DEFAULT_KV_PAGE_SIZE, KV_REGION_ALIGN, KvDtype, KvLayout};
+pub use kiln_ir::kv_layout::{DEFAULT_KV_PAGE_SIZE, KV_REGION_ALIGN, KvDtype, KvLayout, KvLayoutError};
 pub use manager::KvManager;
 pub use pool::{MAX_KV_PAGES, PagePool, PageState};
 
@@ -158,8 +157,8 @@ pub enum KvError {
     TruncatePastEnd { seq: SeqId, len: usize, n: usize },
     #[error("{0} is not held by any sequence (or is outside the pool)")]
     PageNotHeld(PageId),
-    #[error("bad KV layout: {0}")]
-    BadLayout(String),
+    #[error(transparent)]
+    BadLayout(#[from] KvLayoutError),
     #[error("{n_pages} KV pages requested: page ids are 32-bit, at most {max}")]
     TooManyPages { n_pages: usize, max: usize },
 }

@@ -22,7 +22,7 @@ use super::prefix::PrefixIndex;
 use super::{KvError, PageId};
 
 /// The most pages a pool can hold: page ids are `u32`.
-pub const MAX_KV_PAGES: usize = u32::MAX as usize;
+pub use kiln_ir::kv_layout::MAX_KV_PAGES;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PageState {

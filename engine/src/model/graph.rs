@@ -13,7 +13,11 @@ pub fn llama_graph(model: &Model) -> Result<Graph, IrError> {
     let mut g = Graph::new(c.n_layers);
     let act = |cols| ValueType::F32 { rows: Rows::Tokens, cols };
     let matrix = |g: &mut Graph, name: &str, m: &Matrix| g.add_weight(name, m.dtype, m.rows, m.cols);
-    let vector = |g: &mut Graph, name: &str, len: usize| g.add_weight(name, kiln_ir::DType::F32, 1, len);
+    // Vectors keep the dtype they are stored in (norms are usually F32).
+    let vector = |g: &mut Graph, name: &str, len: usize| {
+        let dtype = model.gguf.tensor(name).map_or(kiln_ir::DType::F32, |t| t.dtype);
+        g.add_weight(name, dtype, 1, len)
+    };
 
     let ids = g.new_value(ValueType::TokenIds);
     g.input = Some(ids);

@@ -1,11 +1,13 @@
 //! A loaded model: the GGUF file, its config, its weights and its tokenizer.
 
 mod config;
+mod graph;
 mod weights;
 
 use std::path::Path;
 
 pub use config::LlamaConfig;
+pub use graph::llama_graph;
 pub use weights::{LayerWeights, Matrix, Weights};
 
 use crate::gguf::Gguf;
@@ -46,5 +48,11 @@ impl Model {
     /// All rows of a weight matrix, contiguous.
     pub fn matrix_bytes(&self, m: &Matrix) -> &[u8] {
         &self.gguf.bytes()[m.start..m.start + m.rows * m.row_bytes]
+    }
+}
+
+impl kiln_ir::backend::WeightSource for Model {
+    fn weight(&self, name: &str) -> Option<kiln_ir::backend::SharedBytes> {
+        self.gguf.tensor(name).map(|t| self.gguf.tensor_shared(t))
     }
 }

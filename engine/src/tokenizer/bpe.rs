@@ -38,6 +38,10 @@ impl Hasher for PairHasher {
 
 type PairMap = HashMap<u64, Merge, BuildHasherDefault<PairHasher>>;
 
+/// A pair that may merge: (rank, left index, right index, left symbol, right symbol). The
+/// heap pops the lowest rank first, then the leftmost, as llama.cpp's queue does.
+type Candidate = Reverse<(u32, u32, u32, u32, u32)>;
+
 #[derive(Clone, Copy, Debug)]
 struct Merge {
     rank: u32,
@@ -78,7 +82,7 @@ const NONE: u32 = u32::MAX;
 #[derive(Debug, Default)]
 pub(super) struct Scratch {
     symbols: Vec<Symbol>,
-    heap: BinaryHeap<Reverse<(u32, u32, u32, u32, u32)>>,
+    heap: BinaryHeap<Candidate>,
     encoded: String,
 }
 
@@ -148,6 +152,13 @@ impl Bpe {
         if word.is_empty() {
             return;
         }
+        if word.len() >= NONE as usize {
+            // Symbol indices are u32; a word of 4 GiB is merged in 1 GiB slices.
+            for chunk in word.chunks(1 << 30) {
+                self.encode_word(vocab, chunk, s, out);
+            }
+            return;
+        }
         if self.ignore_merges {
             s.encoded.clear();
             byte_encode_into(word, &mut s.encoded);
@@ -213,7 +224,7 @@ impl Bpe {
     fn push_pair(
         &self,
         symbols: &[Symbol],
-        heap: &mut BinaryHeap<Reverse<(u32, u32, u32, u32, u32)>>,
+        heap: &mut BinaryHeap<Candidate>,
         left: u32,
         right: u32,
     ) {

@@ -334,12 +334,12 @@ fn split_gpt2(cx: &Chars, start: usize, end: usize, out: &mut Out) {
                 out.push(pos);
                 continue;
             }
-            if let Some(c2) = char_at(pos + 2) {
-                if matches!((c1, c2), ('r', 'e') | ('v', 'e') | ('l', 'l')) {
-                    pos += 3;
-                    out.push(pos);
-                    continue;
-                }
+            if char_at(pos + 2)
+                .is_some_and(|c2| matches!((c1, c2), ('r', 'e') | ('v', 'e') | ('l', 'l')))
+            {
+                pos += 3;
+                out.push(pos);
+                continue;
             }
         }
         let k2 = if c == ' ' {
@@ -388,13 +388,11 @@ fn split_llama3(cx: &Chars, start: usize, end: usize, out: &mut Out) {
                 out.push(pos);
                 continue;
             }
-            if let Some(c2) = char_at(pos + 2) {
-                let c2 = c2.to_ascii_lowercase();
-                if matches!((c1, c2), ('r', 'e') | ('v', 'e') | ('l', 'l')) {
-                    pos += 3;
-                    out.push(pos);
-                    continue;
-                }
+            let c2 = char_at(pos + 2).map(|c| c.to_ascii_lowercase());
+            if c2.is_some_and(|c2| matches!((c1, c2), ('r', 'e') | ('v', 'e') | ('l', 'l'))) {
+                pos += 3;
+                out.push(pos);
+                continue;
             }
         }
         // `[^\r\n\p{L}\p{N}]?\p{L}+`

@@ -459,17 +459,15 @@ fn eog_workarounds(texts: &[String], attrs: &mut [u32], eog: &mut BTreeSet<u32>)
     let has = |eog: &BTreeSet<u32>, t: &str| eog.iter().any(|&i| texts[i as usize] == t);
     let find = |eog: &BTreeSet<u32>, t: &str| eog.iter().copied().find(|&i| texts[i as usize] == t);
     let has_call = has(eog, "<|call|>") || has(eog, "<|calls|>");
-    if (has(eog, "<|return|>") && has_call) || (has_call && has(eog, "<|flush|>")) {
-        if let Some(end) = find(eog, "<|end|>") {
-            eog.remove(&end);
-            attrs[end as usize] = attr::USER_DEFINED;
-        }
+    let end_is_not_eog = has_call && (has(eog, "<|return|>") || has(eog, "<|flush|>"));
+    if let Some(end) = find(eog, "<|end|>").filter(|_| end_is_not_eog) {
+        eog.remove(&end);
+        attrs[end as usize] = attr::USER_DEFINED;
     }
-    if has(eog, "<|tool_response>") {
-        if let Some(s) = find(eog, "</s>") {
-            eog.remove(&s);
-            attrs[s as usize] = attr::NORMAL;
-        }
+    let s_is_not_eog = has(eog, "<|tool_response>");
+    if let Some(s) = find(eog, "</s>").filter(|_| s_is_not_eog) {
+        eog.remove(&s);
+        attrs[s as usize] = attr::NORMAL;
     }
 }
 

@@ -174,43 +174,28 @@ unsafe fn tile<B: Blocks, const R: usize, const T: usize>(
     unsafe {
         // (R, T) accumulators, 8 partial sums each.
         let mut acc = [[_mm256_setzero_ps(); T]; R];
-        let mut b = 0;
-        while b + 2 <= blocks {
-            let (wb, ab) = (b * B::W, b * B::A);
-            let mut y0 = [B::act(a.add(ab)); T];
-            let mut y1 = [B::act(a.add(ab + B::A)); T];
-            for t in 1..T {
-                y0[t] = B::act(a.add(t * a_stride + ab));
-                y1[t] = B::act(a.add(t * a_stride + ab + B::A));
+        for b in 0..blocks {
+            // The R weight blocks stay in registers; each activation block is decoded
+            // once and used by all of them.
+            let mut x = [B::weight(w.add(b * B::W)); R];
+            for r in 1..R {
+                x[r] = B::weight(w.add(r * w_stride + b * B::W));
             }
-            for r in 0..R {
-                let wp = w.add(r * w_stride + wb);
-                let (x0, x1) = (B::weight(wp), B::weight(wp.add(B::W)));
-                for t in 0..T {
-                    let (e0, e1) = (B::term(&x0, &y0[t]), B::term(&x1, &y1[t]));
-                    // One dependent add per two blocks on the accumulator.
-                    let mut both = _mm256_fmadd_ps(e1.p, e1.d, _mm256_mul_ps(e0.p, e0.d));
-                    if B::HAS_MIN {
-                        both = _mm256_fmadd_ps(e1.m, e1.s8, _mm256_fmadd_ps(e0.m, e0.s8, both));
-                    }
-                    acc[r][t] = _mm256_add_ps(acc[r][t], both);
-                }
-            }
-            b += 2;
-        }
-        if b < blocks {
-            let (wb, ab) = (b * B::W, b * B::A);
-            let mut y = [B::act(a.add(ab)); T];
-            for t in 1..T {
-                y[t] = B::act(a.add(t * a_stride + ab));
-            }
-            for r in 0..R {
-                let x = B::weight(w.add(r * w_stride + wb));
-                for t in 0..T {
-                    let e = B::term(&x, &y[t]);
-                    acc[r][t] = _mm256_fmadd_ps(e.p, e.d, acc[r][t]);
-                    if B::HAS_MIN {
+            for t in 0..T {
+                let y = B::act(a.add(t * a_stride + b * B::A));
+                for r in 0..R {
+                    let e = B::term(&x[r], &y);
+                    if !B::HAS_MIN {
+                        acc[r][t] = _mm256_fmadd_ps(e.p, e.d, acc[r][t]);
+                    } else if R * T > 1 {
+                        // Two FMAs in a row on each accumulator: the other accumulators
+                        // of the tile hide their latency.
+                        acc[r][t] = _mm256_fmadd_ps(e.p, e.d, acc[r][t]);
                         acc[r][t] = _mm256_fmadd_ps(e.m, e.s8, acc[r][t]);
+                    } else {
+                        // A lone accumulator: keep one dependent op per block.
+                        let term = _mm256_fmadd_ps(e.p, e.d, _mm256_mul_ps(e.m, e.s8));
+                        acc[r][t] = _mm256_add_ps(acc[r][t], term);
                     }
                 }
             }

@@ -5,6 +5,9 @@ use std::path::Path;
 
 use clap::ValueEnum;
 use kiln_engine::Error;
+use kiln_engine::backends;
+use kiln_engine::compiled::{CompileOptions, Compiled};
+use kiln_engine::kv::KvDtype;
 use kiln_engine::model::Model;
 use kiln_engine::reference::Reference;
 use kiln_engine::runner::Runner;
@@ -30,29 +33,36 @@ pub fn load_model(path: &Path) -> Result<Model, Error> {
 }
 
 /// The runner for a backend choice; `None` picks the best one this build has.
+/// `max_outputs` is the most logits rows one call may want (1 for generation).
 pub fn runner<'m>(
     model: &'m Model,
     backend: Option<BackendArg>,
     kv: Option<KvArg>,
     n_ctx: Option<usize>,
+    max_outputs: usize,
 ) -> Result<Box<dyn Runner + 'm>, Error> {
     let n_ctx = n_ctx.unwrap_or(model.config.context_length);
     if n_ctx == 0 {
         return Err(Error::Invalid("the context size must be at least 1".into()));
     }
-    match backend.unwrap_or(BackendArg::Ref) {
-        BackendArg::Ref => {
+    let device = match backend {
+        Some(BackendArg::Ref) => {
             if kv.is_some() {
                 eprintln!("note: the ref backend keeps its KV cache in f32; --kv is ignored");
             }
-            Ok(Box::new(Reference::new(model, n_ctx)))
+            return Ok(Box::new(Reference::new(model, n_ctx)));
         }
-        other => Err(Error::BackendUnavailable(
-            other
-                .to_possible_value()
-                .map_or_else(String::new, |v| v.get_name().to_string()),
-        )),
-    }
+        None => backends::open_best()?,
+        Some(other) => backends::open(other.to_possible_value().expect("no skipped variants").get_name())?,
+    };
+    let mut options = CompileOptions::new(n_ctx);
+    options.kv_dtype = match kv {
+        Some(KvArg::F16) => KvDtype::F16,
+        Some(KvArg::Fp8) | None => KvDtype::F8E4M3,
+    };
+    options.max_step_tokens = n_ctx.min(512);
+    options.max_step_outputs = max_outputs.clamp(1, options.max_step_tokens);
+    Ok(Box::new(Compiled::new(model, device, options)?))
 }
 
 /// Print the final JSON object as the last line of stdout.

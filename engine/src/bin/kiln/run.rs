@@ -93,7 +93,7 @@ pub fn main(args: Args) -> Result<(), Error> {
         ignore_eos: args.ignore_eos,
         logprobs: args.logprobs,
     };
-    let mut runner = runner(&model, args.backend, args.kv, args.ctx_size)?;
+    let mut runner = runner(&model, args.backend, args.kv, args.ctx_size, 1)?;
     let backend = runner.name();
     let mut stdout = std::io::stdout().lock();
     let generation = generate(runner.as_mut(), tok, &request, |event| {

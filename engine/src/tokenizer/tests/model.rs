@@ -39,17 +39,12 @@ fn model() -> Option<&'static Tokenizer> {
     let t = TOKENIZER.get_or_init(|| {
         let path = model_path();
         if !path.exists() {
+            eprintln!("skipping: reference model {} not found", path.display());
             return None;
         }
         let g = Gguf::open(&path).expect("reference model opens");
         Some(Tokenizer::from_gguf(&g).expect("reference tokenizer loads"))
     });
-    if t.is_none() {
-        eprintln!(
-            "skipping: reference model {} not found",
-            model_path().display()
-        );
-    }
     t.as_ref()
 }
 

@@ -25,6 +25,7 @@ const EXTRA: &[(&str, i32)] = &[
     ("ĠĠ", 1),            // 269: two spaces
     ("<unused0>", 3),     // 270
     ("<reponame>", 3),    // 271
+    ("qq", 1),            // 272: no merge makes it
 ];
 const MERGES: &[&str] = &[
     "l l", "h e", "he ll", "hell o", "a a", "b c", "a b", "x y", "xy z", "Ġ Ġ",
@@ -106,6 +107,15 @@ fn words_do_not_merge_across_the_pre_tokenizer() {
     // Every byte of non-ASCII text comes back.
     let ids = t.encode("日本", false, false);
     assert_eq!(ids, [0xE6, 0x97, 0xA5, 0xE6, 0x9C, 0xAC]);
+}
+
+#[test]
+fn llama3_takes_whole_words_that_are_tokens() {
+    // Llama 3 ignores merges for a word that is a token; GPT-2 does not.
+    assert_eq!(tiny().encode("qq", false, false), [byte(b'q'), byte(b'q')]);
+    let t = build(&writer("llama-bpe")).unwrap();
+    assert_eq!(t.encode("qq", false, false), [BASE + 16]);
+    assert_eq!(t.encode("qq12345", false, false)[..1], [BASE + 16]);
 }
 
 #[test]

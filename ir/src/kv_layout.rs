@@ -26,8 +26,13 @@
 use std::fmt;
 use std::str::FromStr;
 
-use super::KvError;
-use super::pool::MAX_KV_PAGES;
+/// Page ids are 32-bit everywhere (block tables, kernels).
+pub const MAX_KV_PAGES: usize = u32::MAX as usize;
+
+/// A page geometry that cannot exist.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+#[error("bad KV layout: {0}")]
+pub struct KvLayoutError(pub String);
 
 /// Tokens per page unless configured otherwise.
 pub const DEFAULT_KV_PAGE_SIZE: usize = 16;
@@ -61,10 +66,10 @@ impl KvDtype {
     }
 
     /// The IR's name for the storage type of the values.
-    pub fn storage_dtype(self) -> kiln_ir::DType {
+    pub fn storage_dtype(self) -> crate::DType {
         match self {
-            KvDtype::F8E4M3 => kiln_ir::DType::F8E4M3,
-            KvDtype::F16 => kiln_ir::DType::F16,
+            KvDtype::F8E4M3 => crate::DType::F8E4M3,
+            KvDtype::F16 => crate::DType::F16,
         }
     }
 
@@ -84,13 +89,13 @@ impl fmt::Display for KvDtype {
 }
 
 impl FromStr for KvDtype {
-    type Err = KvError;
+    type Err = KvLayoutError;
 
-    fn from_str(s: &str) -> Result<Self, KvError> {
+    fn from_str(s: &str) -> Result<Self, KvLayoutError> {
         match s.to_ascii_lowercase().as_str() {
             "fp8" | "f8" | "f8e4m3" | "e4m3" => Ok(KvDtype::F8E4M3),
             "f16" | "fp16" => Ok(KvDtype::F16),
-            _ => Err(KvError::BadLayout(format!(
+            _ => Err(KvLayoutError(format!(
                 "unknown KV cache type {s:?} (expected fp8 or f16)"
             ))),
         }
@@ -117,7 +122,7 @@ pub struct KvLayout {
 
 impl KvLayout {
     /// A layout with the defaults: [`DEFAULT_KV_PAGE_SIZE`] tokens per page, FP8 E4M3.
-    pub fn new(n_layers: usize, n_kv_heads: usize, head_dim: usize) -> Result<Self, KvError> {
+    pub fn new(n_layers: usize, n_kv_heads: usize, head_dim: usize) -> Result<Self, KvLayoutError> {
         Self::build(
             DEFAULT_KV_PAGE_SIZE,
             n_layers,
@@ -127,7 +132,7 @@ impl KvLayout {
         )
     }
 
-    pub fn with_kv_page_size(self, kv_page_size: usize) -> Result<Self, KvError> {
+    pub fn with_kv_page_size(self, kv_page_size: usize) -> Result<Self, KvLayoutError> {
         Self::build(
             kv_page_size,
             self.n_layers,
@@ -137,7 +142,7 @@ impl KvLayout {
         )
     }
 
-    pub fn with_dtype(self, dtype: KvDtype) -> Result<Self, KvError> {
+    pub fn with_dtype(self, dtype: KvDtype) -> Result<Self, KvLayoutError> {
         Self::build(
             self.kv_page_size,
             self.n_layers,
@@ -153,7 +158,7 @@ impl KvLayout {
         n_kv_heads: usize,
         head_dim: usize,
         dtype: KvDtype,
-    ) -> Result<Self, KvError> {
+    ) -> Result<Self, KvLayoutError> {
         let dims = [
             ("kv_page_size", kv_page_size),
             ("n_layers", n_layers),
@@ -161,10 +166,10 @@ impl KvLayout {
             ("head_dim", head_dim),
         ];
         if let Some((name, _)) = dims.iter().find(|(_, v)| *v == 0) {
-            return Err(KvError::BadLayout(format!("{name} must be at least 1")));
+            return Err(KvLayoutError(format!("{name} must be at least 1")));
         }
         let too_big = || {
-            KvError::BadLayout(format!(
+            KvLayoutError(format!(
                 "a page of {kv_page_size} tokens × {n_layers} layers × {n_kv_heads} KV heads × \
                  {head_dim} ({dtype}) overflows the address space"
             ))
@@ -438,27 +443,27 @@ mod tests {
     fn bad_layouts_are_errors() {
         assert!(matches!(
             KvLayout::new(0, 3, 64),
-            Err(KvError::BadLayout(_))
+            Err(KvLayoutError(_))
         ));
         assert!(matches!(
             KvLayout::new(30, 0, 64),
-            Err(KvError::BadLayout(_))
+            Err(KvLayoutError(_))
         ));
         assert!(matches!(
             KvLayout::new(30, 3, 0),
-            Err(KvError::BadLayout(_))
+            Err(KvLayoutError(_))
         ));
         assert!(matches!(
             smollm2().with_kv_page_size(0),
-            Err(KvError::BadLayout(_))
+            Err(KvLayoutError(_))
         ));
         assert!(matches!(
             KvLayout::new(usize::MAX / 2, 3, 64),
-            Err(KvError::BadLayout(_))
+            Err(KvLayoutError(_))
         ));
         assert!(matches!(
             KvLayout::new(1, 1 << 40, 1 << 40),
-            Err(KvError::BadLayout(_))
+            Err(KvLayoutError(_))
         ));
     }
 
@@ -469,6 +474,6 @@ mod tests {
         }
         assert_eq!("FP16".parse::<KvDtype>(), Ok(KvDtype::F16));
         assert!("q8_0".parse::<KvDtype>().is_err());
-        assert_eq!(KvDtype::F8E4M3.storage_dtype(), kiln_ir::DType::F8E4M3);
+        assert_eq!(KvDtype::F8E4M3.storage_dtype(), crate::DType::F8E4M3);
     }
 }

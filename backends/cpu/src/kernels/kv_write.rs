@@ -1,0 +1,63 @@
+//! Store k and v rows of a step into their KV page slots: FP8 E4M3 with one f32 scale per
+//! (token, KV head) (scale = max|x| / 448, so the largest value uses the full range), or F16.
+
+use kiln_ir::kv_layout::{KvDtype, KvLayout};
+use kiln_ir::quant::fp8;
+
+/// Where each token of the step goes: (page, slot in page).
+pub fn token_slots(positions: &[u32], token_seq: &[u32], block_tables: &[&[u32]], kv_page_size: usize) -> Vec<(usize, usize)> {
+    positions
+        .iter()
+        .zip(token_seq)
+        .map(|(&pos, &seq)| {
+            let pos = pos as usize;
+            (block_tables[seq as usize][pos / kv_page_size] as usize, pos % kv_page_size)
+        })
+        .collect()
+}
+
+/// k, v: (tokens, n_kv_heads·head_dim).
+pub fn kv_write(pages: &mut [u8], layout: &KvLayout, layer: usize, slots: &[(usize, usize)], k: &[f32], v: &[f32]) {
+    let hd = layout.head_dim();
+    let kv_dim = layout.n_kv_heads() * hd;
+    let page_bytes = layout.page_bytes();
+    for (t, &(page, slot)) in slots.iter().enumerate() {
+        let page = &mut pages[page * page_bytes..(page + 1) * page_bytes];
+        for h in 0..layout.n_kv_heads() {
+            let k_row = &k[t * kv_dim + h * hd..][..hd];
+            let v_row = &v[t * kv_dim + h * hd..][..hd];
+            let k_at = layout.k_offset(layer, slot, h).expect("slot inside the page");
+            let v_at = layout.v_offset(layer, slot, h).expect("slot inside the page");
+            match layout.dtype() {
+                KvDtype::F8E4M3 => {
+                    let ks = store_fp8(&mut page[k_at..k_at + hd], k_row);
+                    let vs = store_fp8(&mut page[v_at..v_at + hd], v_row);
+                    let k_scale = layout.k_scale_offset(layer, slot, h).expect("fp8 has scales");
+                    let v_scale = layout.v_scale_offset(layer, slot, h).expect("fp8 has scales");
+                    page[k_scale..k_scale + 4].copy_from_slice(&ks.to_le_bytes());
+                    page[v_scale..v_scale + 4].copy_from_slice(&vs.to_le_bytes());
+                }
+                KvDtype::F16 => {
+                    store_f16(&mut page[k_at..k_at + 2 * hd], k_row);
+                    store_f16(&mut page[v_at..v_at + 2 * hd], v_row);
+                }
+            }
+        }
+    }
+}
+
+/// Encode one head's values; returns the scale to multiply decoded values by.
+fn store_fp8(dst: &mut [u8], x: &[f32]) -> f32 {
+    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+    let scale = if amax > 0.0 { amax / fp8::MAX } else { 1.0 };
+    for (d, &v) in dst.iter_mut().zip(x) {
+        *d = fp8::encode(v / scale);
+    }
+    scale
+}
+
+fn store_f16(dst: &mut [u8], x: &[f32]) {
+    for (d, &v) in dst.chunks_exact_mut(2).zip(x) {
+        d.copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+    }
+}

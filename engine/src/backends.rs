@@ -1,0 +1,38 @@
+//! The backends this build has, by name. The engine meets them only through
+//! `kiln_ir::backend::Backend`; this table is the one place that names them.
+
+use kiln_ir::backend::Backend;
+
+use crate::Error;
+
+type Constructor = fn() -> Result<Box<dyn Backend>, Error>;
+
+/// Name and constructor of every backend compiled in, best first.
+const REGISTRY: &[(&str, Constructor)] = &[("cpu", || Ok(Box::new(kiln_backend_cpu::CpuBackend::new())))];
+
+/// Names of the backends compiled in (plus `ref`, the reference pass, which needs none).
+pub fn available() -> Vec<&'static str> {
+    let mut names: Vec<&str> = REGISTRY.iter().map(|(n, _)| *n).collect();
+    names.push("ref");
+    names
+}
+
+/// Open a backend by name.
+pub fn open(name: &str) -> Result<Box<dyn Backend>, Error> {
+    match REGISTRY.iter().find(|(n, _)| *n == name) {
+        Some((_, make)) => make(),
+        None => Err(Error::BackendUnavailable(name.to_string(), available().join(", "))),
+    }
+}
+
+/// The best backend that opens on this machine.
+pub fn open_best() -> Result<Box<dyn Backend>, Error> {
+    let mut last = None;
+    for (_, make) in REGISTRY {
+        match make() {
+            Ok(backend) => return Ok(backend),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| Error::BackendUnavailable("any".into(), available().join(", "))))
+}

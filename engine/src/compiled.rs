@@ -1,0 +1,262 @@
+//! Running a model as a compiled plan on a backend: graph → fusion passes → plan → the
+//! backend executes it each step, with the KV cache in pages the [`KvManager`] hands out.
+//! Steps may carry several sequences (batched decode, chunked prefill).
+
+use kiln_ir::backend::{Backend, Step};
+use kiln_ir::kv_layout::{KvDtype, KvLayout};
+use kiln_ir::{Plan, lower, passes};
+
+use crate::Error;
+use crate::kv::{KvManager, SeqId};
+use crate::model::{Model, llama_graph};
+use crate::runner::{LogitsFor, Runner};
+
+/// How a compiled runner is sized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CompileOptions {
+    pub kv_dtype: KvDtype,
+    /// Positions one sequence may hold.
+    pub n_ctx: usize,
+    /// Sequences that may be alive together (KV pages are sized for all of them).
+    pub max_seqs: usize,
+    /// Most tokens in one step (longer prompts are cut into steps of this size).
+    pub max_step_tokens: usize,
+    /// Most logits rows in one step.
+    pub max_step_outputs: usize,
+    /// Run the fusion passes (off only to prove them against the unfused graph).
+    pub fuse: bool,
+}
+
+impl CompileOptions {
+    pub fn new(n_ctx: usize) -> CompileOptions {
+        CompileOptions {
+            kv_dtype: KvDtype::F8E4M3,
+            n_ctx,
+            max_seqs: 1,
+            max_step_tokens: 512,
+            max_step_outputs: 32,
+            fuse: true,
+        }
+    }
+}
+
+/// One sequence's part of a step.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchEntry<'a> {
+    pub seq: SeqId,
+    pub tokens: &'a [u32],
+    /// Return logits for the tokens of this entry from this index on (None: no logits).
+    pub logits_from: Option<usize>,
+}
+
+impl<'a> BatchEntry<'a> {
+    /// An entry wanting the logits of its last token (generation).
+    pub fn last(seq: SeqId, tokens: &'a [u32]) -> BatchEntry<'a> {
+        BatchEntry { seq, tokens, logits_from: Some(tokens.len().saturating_sub(1)) }
+    }
+
+    fn n_outputs(&self) -> usize {
+        self.logits_from.map_or(0, |from| self.tokens.len().saturating_sub(from))
+    }
+}
+
+/// A model compiled for one backend.
+pub struct Compiled<'m> {
+    model: &'m Model,
+    backend: Box<dyn Backend>,
+    plan: Plan,
+    kv: KvManager,
+    options: CompileOptions,
+    /// The sequence used through the single-sequence [`Runner`] interface.
+    runner_seq: Option<SeqId>,
+}
+
+impl std::fmt::Debug for Compiled<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiled")
+            .field("backend", &self.backend.name())
+            .field("launches", &self.plan.launches.len())
+            .finish()
+    }
+}
+
+/// Compile the model's graph for `backend` (fused unless `options.fuse` is false).
+pub fn compile_plan(model: &Model, backend: &dyn Backend, options: &CompileOptions) -> Result<Plan, Error> {
+    let mut graph = llama_graph(model)?;
+    if options.fuse {
+        // Passes never change the weight table, so support is asked against the original.
+        let unfused = graph.clone();
+        passes::fuse(&mut graph, &|op| backend.supports(op, &unfused))?;
+    }
+    let max_tokens = options.max_step_tokens.max(1);
+    let max_outputs = options.max_step_outputs.clamp(1, max_tokens);
+    let fused = graph.clone();
+    Ok(lower(graph, &|op| backend.supports(op, &fused), max_tokens, max_outputs)?)
+}
+
+impl<'m> Compiled<'m> {
+    pub fn new(model: &'m Model, mut backend: Box<dyn Backend>, options: CompileOptions) -> Result<Compiled<'m>, Error> {
+        let c = &model.config;
+        let plan = compile_plan(model, backend.as_ref(), &options)?;
+        let layout = KvLayout::new(c.n_layers, c.n_kv_heads, c.head_dim)
+            .and_then(|l| l.with_dtype(options.kv_dtype))
+            .map_err(crate::kv::KvError::from)?;
+        let pages_per_seq = options.n_ctx.div_ceil(layout.kv_page_size());
+        let kv_page_count = pages_per_seq * options.max_seqs.max(1);
+        backend.load_plan(&plan, model, &layout, kv_page_count)?;
+        Ok(Compiled {
+            model,
+            backend,
+            plan,
+            kv: KvManager::new(layout, kv_page_count)?,
+            options,
+            runner_seq: None,
+        })
+    }
+
+    pub fn plan(&self) -> &Plan {
+        &self.plan
+    }
+
+    pub fn backend(&mut self) -> &mut dyn Backend {
+        self.backend.as_mut()
+    }
+
+    pub fn kv(&mut self) -> &mut KvManager {
+        &mut self.kv
+    }
+
+    /// Run one step over several sequences; returns the logits rows asked for, in entry
+    /// order, (outputs, vocab). On error no sequence has grown.
+    pub fn step(&mut self, batch: &[BatchEntry<'_>]) -> Result<Vec<f32>, Error> {
+        let n_tokens: usize = batch.iter().map(|e| e.tokens.len()).sum();
+        let n_outputs: usize = batch.iter().map(BatchEntry::n_outputs).sum();
+        if n_tokens == 0 || n_tokens > self.plan.max_tokens || n_outputs > self.plan.max_outputs {
+            return Err(Error::Invalid(format!(
+                "a step of {n_tokens} tokens and {n_outputs} logits rows (the plan takes at most {} and {})",
+                self.plan.max_tokens, self.plan.max_outputs
+            )));
+        }
+        for e in batch {
+            let needed = self.kv.len(e.seq)? + e.tokens.len();
+            if needed > self.options.n_ctx {
+                return Err(Error::ContextFull { needed, n_ctx: self.options.n_ctx });
+            }
+        }
+        // Reserve KV slots for every entry; undo them all if one cannot be had.
+        let starts: Vec<usize> = batch.iter().map(|e| self.kv.len(e.seq)).collect::<Result<_, _>>()?;
+        let mut copies = Vec::new();
+        for (i, e) in batch.iter().enumerate() {
+            match self.kv.append(e.seq, e.tokens) {
+                Ok(appended) => copies.extend(appended.copies),
+                Err(err) => {
+                    for (done, &start) in batch[..i].iter().zip(&starts) {
+                        self.kv.truncate(done.seq, start)?;
+                    }
+                    return Err(err.into());
+                }
+            }
+        }
+        for copy in &copies {
+            self.backend.copy_kv_page(copy.src.0, copy.dst.0, copy.n_tokens)?;
+        }
+
+        let mut token_ids = Vec::with_capacity(n_tokens); // (tokens)
+        let mut positions = Vec::with_capacity(n_tokens); // (tokens)
+        let mut token_seq = Vec::with_capacity(n_tokens); // (tokens)
+        let mut output_rows = Vec::with_capacity(n_outputs); // (outputs)
+        let mut tables: Vec<Vec<u32>> = Vec::with_capacity(batch.len()); // (seqs, pages)
+        for (i, (e, &start)) in batch.iter().zip(&starts).enumerate() {
+            let first_row = token_ids.len();
+            token_ids.extend_from_slice(e.tokens);
+            positions.extend((start..start + e.tokens.len()).map(|p| p as u32));
+            token_seq.extend(std::iter::repeat_n(i as u32, e.tokens.len()));
+            if let Some(from) = e.logits_from {
+                output_rows.extend((first_row + from..token_ids.len()).map(|r| r as u32));
+            }
+            tables.push(self.kv.block_table(e.seq)?.iter().map(|p| p.0).collect());
+        }
+        let block_tables: Vec<&[u32]> = tables.iter().map(Vec::as_slice).collect();
+        let step = Step {
+            token_ids: &token_ids,
+            positions: &positions,
+            token_seq: &token_seq,
+            block_tables: &block_tables,
+            output_rows: &output_rows,
+        };
+        if let Err(err) = self.backend.execute(&step) {
+            for (e, &start) in batch.iter().zip(&starts) {
+                self.kv.truncate(e.seq, start)?;
+            }
+            return Err(err.into());
+        }
+        let mut logits = vec![0.0f32; n_outputs * self.model.config.vocab_size]; // (outputs, vocab)
+        self.backend.read_logits(&mut logits)?;
+        Ok(logits)
+    }
+
+    /// Logits of every token of `tokens` appended to `seq` from index `first_out` on,
+    /// (n_out, vocab); steps are cut so each fits the plan.
+    fn forward_seq(&mut self, seq: SeqId, tokens: &[u32], first_out: usize) -> Result<Vec<f32>, Error> {
+        let vocab = self.model.config.vocab_size;
+        let mut logits = Vec::with_capacity((tokens.len() - first_out) * vocab);
+        let mut i = 0;
+        while i < tokens.len() {
+            // Tokens before first_out need no logits and go in steps of max_tokens; after
+            // it, every token is an output row, so steps hold at most max_outputs tokens.
+            let end = if i < first_out {
+                (i + self.plan.max_tokens).min(first_out)
+            } else {
+                (i + self.plan.max_outputs).min(tokens.len())
+            };
+            let logits_from = (i >= first_out).then_some(0);
+            logits.extend(self.step(&[BatchEntry { seq, tokens: &tokens[i..end], logits_from }])?);
+            i = end;
+        }
+        Ok(logits)
+    }
+}
+
+impl Runner for Compiled<'_> {
+    fn name(&self) -> &'static str {
+        self.backend.name()
+    }
+
+    fn n_ctx(&self) -> usize {
+        self.options.n_ctx
+    }
+
+    fn position(&self) -> usize {
+        self.runner_seq.and_then(|s| self.kv.len(s).ok()).unwrap_or(0)
+    }
+
+    fn reset(&mut self) {
+        if let Some(seq) = self.runner_seq.take() {
+            // The sequence is known to the manager, so freeing it cannot fail.
+            let _ = self.kv.free(seq);
+        }
+    }
+
+    fn forward(&mut self, tokens: &[u32], logits: LogitsFor) -> Result<Vec<f32>, Error> {
+        if tokens.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        let vocab = self.model.config.vocab_size;
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::TokenOutOfRange { id, vocab_size: vocab });
+        }
+        let needed = self.position() + tokens.len();
+        if needed > self.options.n_ctx {
+            return Err(Error::ContextFull { needed, n_ctx: self.options.n_ctx });
+        }
+        let seq = match self.runner_seq {
+            Some(seq) => seq,
+            None => *self.runner_seq.insert(self.kv.create_sequence()),
+        };
+        let first_out = match logits {
+            LogitsFor::Last => tokens.len() - 1,
+            LogitsFor::From(i) => i.min(tokens.len() - 1),
+        };
+        self.forward_seq(seq, tokens, first_out)
+    }
+}
