@@ -23,3 +23,6 @@ pub use op::{AttentionParams, Op, RopeParams, WeightId};
 pub use plan::{Launch, Plan, lower};
 pub use quant::QuantError;
 pub use verify::{IrError, verify};
+
+#[cfg(test)]
+mod verify_tests;

@@ -136,3 +136,43 @@ pub fn lower(
         naive_bytes,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::passes::{fuse, tests::tiny_llama};
+
+    #[test]
+    fn lowering_names_kernels_and_reuses_the_arena() {
+        let mut g = tiny_llama(4);
+        fuse(&mut g, &|_| true).unwrap();
+        let plan = lower(g, &|_| true, 8, 1).unwrap();
+        assert_eq!(plan.launches_per_layer(), 6);
+        let kernels: Vec<&str> = plan.launches.iter().take(3).map(|l| l.kernel.as_str()).collect();
+        assert_eq!(kernels, ["embed_q8_0", "rmsnorm_matmul_q4_0", "rope_kv_write_f32"]);
+        assert!(plan.arena_bytes < plan.naive_bytes / 2, "{} vs {}", plan.arena_bytes, plan.naive_bytes);
+        // Every activation has an offset; values used by one launch never overlap.
+        for l in &plan.launches {
+            let mut spans: Vec<(usize, usize)> = l
+                .inputs
+                .iter()
+                .chain(&l.outputs)
+                .filter(|&&v| Some(v) != plan.graph.input)
+                .map(|v| {
+                    let off = plan.offsets[v.0 as usize].unwrap();
+                    (off, off + plan.graph.values[v.0 as usize].bytes(8, 1))
+                })
+                .collect();
+            spans.sort();
+            assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0), "{}: {spans:?}", l.kernel);
+        }
+    }
+
+    #[test]
+    fn lowering_refuses_unsupported_ops_and_bad_sizes() {
+        let g = tiny_llama(1);
+        assert!(lower(g.clone(), &|op| !matches!(op, Op::Attention { .. }), 8, 1).is_err());
+        assert!(lower(g.clone(), &|_| true, 0, 1).is_err());
+        assert!(lower(g, &|_| true, 4, 8).is_err());
+    }
+}

@@ -70,3 +70,6 @@ fn consumers(graph: &Graph) -> Vec<Vec<usize>> {
 fn is_output(graph: &Graph, v: crate::graph::ValueId) -> bool {
     graph.output == Some(v)
 }
+
+#[cfg(test)]
+pub(crate) mod tests;

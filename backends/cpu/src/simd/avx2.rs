@@ -13,8 +13,11 @@
 //! No i16 sum saturates: a pair is at most 2 * 15 * 128 for the nibble formats and
 //! 2 * 128 * 127 for Q8_0. The i32 lanes (4 products each) convert to f32 exactly.
 //!
-//! [`tile`] computes an R × T tile (weight rows × tokens) two blocks per iteration, so
-//! even the 1 × 1 tile keeps two blocks of FMAs in flight; [`run`] covers a job with tiles.
+//! [`tile`] computes an R × T tile (weight rows × tokens), one block at a time: the R
+//! weight blocks are decoded into registers, then each of the T activation blocks is
+//! decoded once and dotted with all of them. [`run`] covers a job with tiles. The
+//! kernels are bound by the multiply ports (about 11 vector µops per block pair at
+//! 4 × 1), not by loads: a tile only saves the decoding of the shared side.
 //!
 //! MSRV note: under Rust 1.85 the value intrinsics are `unsafe fn`s; from 1.87 they
 //! are safe inside `#[target_feature]` functions. Each helper therefore wraps its body
@@ -65,11 +68,14 @@ unsafe fn run<B: Blocks>(job: &mut Job<'_>) {
     let mut t0 = 0;
     while t0 < job.n_tokens {
         let nt = (job.n_tokens - t0).min(4);
+        // Tile shapes (rows × tokens) from a sweep on a Xeon (Sapphire Rapids class)
+        // over 576 rows of 48 blocks: 4 × 1 is 20-25% faster per dot than 1 × 1, and
+        // 2 × 4 another 13-17% faster than 4 × 1; larger tiles spill registers.
         // SAFETY: forwarded; `t0 + nt <= n_tokens`.
         unsafe {
             match nt {
                 1 => rows_pass::<B, 1, 4>(job, t0),
-                2 => rows_pass::<B, 2, 4>(job, t0),
+                2 => rows_pass::<B, 2, 3>(job, t0),
                 3 => rows_pass::<B, 3, 2>(job, t0),
                 _ => rows_pass::<B, 4, 2>(job, t0),
             }
@@ -92,9 +98,10 @@ unsafe fn rows_pass<B: Blocks, const T: usize, const R: usize>(job: &mut Job<'_>
     while r0 < job.n_rows {
         let rows = job.rows[r0 * job.row_bytes..].as_ptr();
         let tile_rows = if job.n_rows - r0 >= R { R } else { 1 };
-        // SAFETY: rows r0..r0 + tile_rows < n_rows and tokens t0..t0 + T < n_tokens
-        // are whole rows of `blocks` blocks inside `rows` and `acts` (Job invariants);
-        // the CPU features are forwarded from this function's contract.
+        // SAFETY: rows r0..r0 + tile_rows (<= n_rows) and tokens t0..t0 + T
+        // (<= n_tokens) hold `blocks` whole blocks each, inside the slices `rows` and
+        // `acts` point into (Job invariants); the CPU features are forwarded from this
+        // function's contract.
         let sums = unsafe {
             if tile_rows == R {
                 tile::<B, R, T>(rows, job.row_bytes, acts, job.act_stride, job.blocks)
@@ -160,6 +167,10 @@ struct Term {
 /// Each of the R rows and T activation rows holds `blocks` whole blocks in one live
 /// allocation; the CPU has AVX2, FMA and F16C.
 #[inline(never)]
+// one register allocation per tile shape, not one for the whole pass
+// Index loops over the const-sized arrays: LLVM unrolls them fully and keeps the
+// arrays in registers; the iterator forms clippy suggests left a loop and spilled.
+#[allow(clippy::needless_range_loop)]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn tile<B: Blocks, const R: usize, const T: usize>(
     w: *const u8,

@@ -130,7 +130,7 @@ pub fn dot_rows_tokens_q4_0_q8_0(
         out,
         out_stride,
     };
-    run_with(kernels(), job.checked());
+    run_with(kernels(), job);
 }
 
 /// [`dot_rows_tokens_q4_0_q8_0`] for Q4_1 rows and Q8_1 activation rows.
@@ -157,7 +157,7 @@ pub fn dot_rows_tokens_q4_1_q8_1(
         out,
         out_stride,
     };
-    run_with(kernels(), job.checked());
+    run_with(kernels(), job);
 }
 
 /// [`dot_rows_tokens_q4_0_q8_0`] for Q8_0 rows and Q8_0 activation rows.
@@ -184,7 +184,7 @@ pub fn dot_rows_tokens_q8_0_q8_0(
         out,
         out_stride,
     };
-    run_with(kernels(), job.checked());
+    run_with(kernels(), job);
 }
 
 /// The instruction set the entry points run on this machine: `"avx2"` or `"scalar"`.
@@ -356,11 +356,13 @@ fn kernels() -> &'static Kernels {
     })
 }
 
-/// Runs a checked job on the given kernels (tests pass [`SCALAR`] to force that path).
-fn run_with(kernels: &Kernels, mut job: Job<'_>) {
-    // SAFETY: callers pass a job from `Job::checked`; `kernels` is `SCALAR` (no CPU
-    // requirement) or came from `kernels()`, which picks the AVX2 table only after
-    // detecting its features.
+/// Checks a job and runs it on the given kernels (tests pass [`SCALAR`] to force that
+/// path). The only way jobs reach a kernel.
+fn run_with(kernels: &Kernels, job: Job<'_>) {
+    let mut job = job.checked();
+    // SAFETY: the job passed `Job::checked` just above; `kernels` is `SCALAR` (no CPU
+    // requirement) or a table from `kernels()`, which picks the AVX2 one only after
+    // detecting its features (tests name it under the same condition).
     unsafe { (kernels.run)(&mut job) }
 }
 
@@ -392,7 +394,7 @@ fn vec_dot_with(kernels: &Kernels, format: Format, row: &[u8], act: &[u8]) -> f3
         out: &mut out,
         out_stride: 1,
     };
-    run_with(kernels, job.checked());
+    run_with(kernels, job);
     out[0]
 }
 
@@ -416,6 +418,14 @@ fn dot_rows_with(
     act: &[u8],
     out: &mut [f32],
 ) {
+    let (wb, ab) = (format.weight_bytes(), format.act_bytes());
+    // (A row that is not whole blocks is reported by `Job::checked`.)
+    assert!(
+        row_bytes % wb != 0 || act.len() == row_bytes / wb * ab,
+        "{}: an activation row of {} bytes does not match weight rows of {row_bytes} bytes",
+        format.name(),
+        act.len()
+    );
     let job = Job {
         format,
         rows,
@@ -427,19 +437,12 @@ fn dot_rows_with(
         blocks: 0,
         out,
         out_stride: n_rows,
-    }
-    .checked();
-    assert!(
-        act.len() == job.blocks * format.act_bytes(),
-        "{}: an activation row of {} bytes does not match weight rows of {row_bytes} bytes",
-        format.name(),
-        act.len()
-    );
+    };
     run_with(kernels, job);
 }
 
-/// [`Kernel`] of the scalar path (safe; `unsafe` only to fit the table).
-unsafe fn scalar_job(job: &mut Job<'_>) {
+/// [`Kernel`] of the scalar path (a safe fn; the table's pointer type is `unsafe`).
+fn scalar_job(job: &mut Job<'_>) {
     let dot = job.format.scalar_dot();
     let row_len = job.blocks * job.format.weight_bytes();
     let act_len = job.blocks * job.format.act_bytes();

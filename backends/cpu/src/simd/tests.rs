@@ -16,12 +16,14 @@ const LENGTHS: [usize; 6] = [1, 2, 3, 5, 18, 48];
 
 /// The paths to check: what dispatch picked, the scalar one, and AVX2 if this CPU has it.
 fn paths() -> Vec<&'static Kernels> {
-    let mut paths = vec![kernels(), &SCALAR];
     #[cfg(target_arch = "x86_64")]
-    if avx2::detected() {
-        paths.push(&avx2::KERNELS);
-    }
-    paths
+    let avx2 = avx2::detected().then_some(&avx2::KERNELS);
+    #[cfg(not(target_arch = "x86_64"))]
+    let avx2 = None;
+    [Some(kernels()), Some(&SCALAR), avx2]
+        .into_iter()
+        .flatten()
+        .collect()
 }
 
 /// splitmix64: a small deterministic generator for the table-driven tests.
@@ -198,7 +200,7 @@ fn rows_tokens(
         out,
         out_stride,
     };
-    run_with(kernels, job.checked());
+    run_with(kernels, job);
 }
 
 /// Checks a rows × tokens call against the twin on every path, with padded activation

@@ -28,6 +28,18 @@ pub enum KvArg {
     F16,
 }
 
+impl BackendArg {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendArg::Ref => "ref",
+            BackendArg::Cpu => "cpu",
+            BackendArg::Cuda => "cuda",
+            BackendArg::Vulkan => "vulkan",
+            BackendArg::Wgpu => "wgpu",
+        }
+    }
+}
+
 pub fn load_model(path: &Path) -> Result<Model, Error> {
     Model::load(path)
 }
@@ -53,7 +65,7 @@ pub fn runner<'m>(
             return Ok(Box::new(Reference::new(model, n_ctx)));
         }
         None => backends::open_best()?,
-        Some(other) => backends::open(other.to_possible_value().expect("no skipped variants").get_name())?,
+        Some(other) => backends::open(other.name())?,
     };
     let mut options = CompileOptions::new(n_ctx);
     options.kv_dtype = match kv {

@@ -4,6 +4,7 @@
 mod common;
 mod info;
 mod perplexity;
+mod plan;
 mod run;
 mod tokenize;
 
@@ -28,6 +29,8 @@ enum Command {
     Perplexity(perplexity::Args),
     /// Model metadata and tensor table.
     Info(info::Args),
+    /// The fused graph and the kernel launches of one decode step on a backend.
+    Plan(plan::Args),
 }
 
 fn main() -> ExitCode {
@@ -37,6 +40,7 @@ fn main() -> ExitCode {
         Command::Tokenize(args) => tokenize::main(args),
         Command::Perplexity(args) => perplexity::main(args),
         Command::Info(args) => info::main(args),
+        Command::Plan(args) => plan::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
