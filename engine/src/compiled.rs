@@ -114,6 +114,10 @@ impl<'m> Compiled<'m> {
         })
     }
 
+    pub fn model(&self) -> &'m Model {
+        self.model
+    }
+
     pub fn plan(&self) -> &Plan {
         &self.plan
     }

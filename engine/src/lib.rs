@@ -5,6 +5,7 @@
 //! tokens streamed by the [`driver`].
 
 pub mod backends;
+pub mod bench;
 pub mod compiled;
 pub mod driver;
 mod error;

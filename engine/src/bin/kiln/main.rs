@@ -1,6 +1,7 @@
 //! The `kiln` command line. Every command accepts `--json`: the last line of stdout is
 //! then one JSON object. Errors are one line on stderr and a non-zero exit.
 
+mod bench;
 mod common;
 mod info;
 mod perplexity;
@@ -29,6 +30,8 @@ enum Command {
     Perplexity(perplexity::Args),
     /// Model metadata and tensor table.
     Info(info::Args),
+    /// Prefill and decode throughput (llama-bench's tests) and a per-kernel table.
+    Bench(bench::Args),
     /// The fused graph and the kernel launches of one decode step on a backend.
     Plan(plan::Args),
 }
@@ -41,6 +44,7 @@ fn main() -> ExitCode {
         Command::Perplexity(args) => perplexity::main(args),
         Command::Info(args) => info::main(args),
         Command::Plan(args) => plan::main(args),
+        Command::Bench(args) => bench::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,441 @@
+//! The backend conformance suite, in the manner of ggml's `test-backend-ops`: a table of
+//! small graphs, each around one op (or one fused op) under test, run on a backend and
+//! compared with the f64 oracle of [`reference`] by normalized mean squared error,
+//! NMSE = Σ(out − ref)² / Σ ref², against a limit per case.
+//!
+//! - [`cases`]: the table, and the builders of its graphs, data and expected outputs.
+//! - [`reference`]: the oracle, plain loops.
+//! - here: the runner ([`run_case`]), the bad-step checks, and what the per-backend
+//!   `conformance_suite!` macro of `tests/tests/conformance.rs` calls.
+//!
+//! How a case feeds arbitrary activations through a graph that must start from token
+//! ids: its inputs are F32 embedding tables of random rows, so `Embed` of ids 0..T gives
+//! exactly the random activations; the op's result goes through `SelectRows` to become
+//! the graph's output. Every case runs several steps on one loaded plan, each checked
+//! against its own reference, so an output element a step leaves unwritten holds the
+//! previous step's (different) value and fails.
+
+pub mod cases;
+pub mod reference;
+
+use std::fmt::Display;
+use std::ops::Range;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+
+use kiln_ir::backend::{Backend, SharedBytes, Step, WeightSource};
+use kiln_ir::kv_layout::KvLayout;
+use kiln_ir::{Graph, ValueId, lower};
+
+pub use cases::{AttentionSpec, Case, Metric, attention_case, cases, matmul_term_case};
+
+/// A small xorshift64* generator: the suite's data is reproducible from a case's name.
+#[derive(Clone, Debug)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    /// Seeded by the FNV-1a hash of `name`.
+    pub fn from_name(name: &str) -> Rng {
+        let hash = name.bytes().fold(0xCBF2_9CE4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3)
+        });
+        Rng::new(hash)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// Uniform in [lo, hi).
+    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
+        let unit = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
+        lo + (hi - lo) * unit
+    }
+
+    /// Uniform in 0..n (n > 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
+
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, self.below(i + 1));
+        }
+    }
+
+    pub fn uniform_vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
+        (0..n).map(|_| self.uniform(lo, hi)).collect()
+    }
+
+    /// `n` values of magnitude about `amplitude` whose scale and offset change every 32
+    /// values, so every quantization block (of weights or of activations) has its own
+    /// scale and minimum: a kernel that reads the wrong block's scale fails.
+    pub fn blocky(&mut self, n: usize, amplitude: f32) -> Vec<f32> {
+        let mut out = Vec::with_capacity(n);
+        while out.len() < n {
+            let scale = amplitude * self.uniform(0.1, 2.0);
+            let offset = self.uniform(-0.5, 0.5);
+            for _ in 0..32.min(n - out.len()) {
+                out.push(scale * (self.uniform(-1.0, 1.0) + offset));
+            }
+        }
+        out
+    }
+}
+
+/// A case made concrete: its graph (output not yet chosen), weights, KV pool and steps,
+/// with the expected output of every probe after every step.
+#[derive(Debug)]
+pub struct Built {
+    pub graph: Graph,
+    /// All weights back to back, as in a model file; `weights` names their ranges.
+    pub blob: Arc<Vec<u8>>,
+    pub weights: Vec<(String, Range<usize>)>,
+    pub kv_layout: KvLayout,
+    pub kv_pages: usize,
+    /// The plan's limits: the largest step of the case, tokens and output rows.
+    pub max_tokens: usize,
+    pub max_outputs: usize,
+    pub steps: Vec<StepData>,
+    pub probes: Vec<Probe>,
+}
+
+/// One step's inputs, owned (a [`Step`] borrows them).
+#[derive(Clone, Debug)]
+pub struct StepData {
+    pub token_ids: Vec<u32>,
+    pub positions: Vec<u32>,
+    pub token_seq: Vec<u32>,
+    pub block_tables: Vec<Vec<u32>>,
+    pub output_rows: Vec<u32>,
+}
+
+impl StepData {
+    /// Run it on the loaded plan and read the output, (outputs, cols).
+    fn run(&self, backend: &mut dyn Backend, cols: usize) -> Result<Vec<f32>, String> {
+        let tables: Vec<&[u32]> = self.block_tables.iter().map(Vec::as_slice).collect();
+        let step = Step {
+            token_ids: &self.token_ids,
+            positions: &self.positions,
+            token_seq: &self.token_seq,
+            block_tables: &tables,
+            output_rows: &self.output_rows,
+        };
+        backend
+            .execute(&step)
+            .map_err(|e| format!("execute: {e}"))?;
+        backend
+            .synchronize()
+            .map_err(|e| format!("synchronize: {e}"))?;
+        let mut out = vec![f32::NAN; self.output_rows.len() * cols]; // (outputs, cols)
+        backend
+            .read_logits(&mut out)
+            .map_err(|e| format!("read_logits: {e}"))?;
+        Ok(out)
+    }
+}
+
+/// A value of the graph the case checks (a `SelectRows` output), and what it must hold.
+#[derive(Clone, Debug)]
+pub struct Probe {
+    pub value: ValueId,
+    pub cols: usize,
+    /// Per step: (outputs, cols) expected values.
+    pub expected: Vec<Vec<f64>>,
+    /// Per step: (outputs, cols) expected power, the denominator of [`Metric::TermPower`].
+    pub power: Vec<Vec<f64>>,
+}
+
+/// Weights by name, from one shared blob.
+struct Weights<'a>(&'a Built);
+
+impl WeightSource for Weights<'_> {
+    fn weight(&self, name: &str) -> Option<SharedBytes> {
+        let (_, range) = self.0.weights.iter().find(|(n, _)| n == name)?;
+        SharedBytes::new(self.0.blob.clone(), range.clone())
+    }
+}
+
+/// Lower the case's graph with `probe` as its output and load it.
+fn load(backend: &mut dyn Backend, built: &Built, probe: &Probe) -> Result<(), String> {
+    let mut graph = built.graph.clone();
+    graph.output = Some(probe.value);
+    let unlowered = graph.clone();
+    let supports = |op: &kiln_ir::Op| backend.supports(op, &unlowered);
+    let plan = lower(graph, &supports, built.max_tokens, built.max_outputs)
+        .map_err(|e| format!("lower: {e}"))?;
+    backend
+        .load_plan(&plan, &Weights(built), &built.kv_layout, built.kv_pages)
+        .map_err(|e| format!("load_plan: {e}"))
+}
+
+/// The ops of the case the backend has no kernel for (a case with any is skipped).
+pub fn unsupported_ops(backend: &dyn Backend, case: &Case) -> Vec<&'static str> {
+    let graph = case.build().graph;
+    graph
+        .nodes
+        .iter()
+        .filter(|n| !backend.supports(&n.op, &graph))
+        .map(|n| n.op.name())
+        .collect()
+}
+
+/// Run a case: for each probe, lower and load the graph, run every step, and compare the
+/// outputs with the reference. Returns the worst error over probes and steps (NMSE, or
+/// the case's other [`Metric`]); an error when a step fails or an output is not finite.
+pub fn run_case(backend: &mut dyn Backend, case: &Case) -> Result<f64, String> {
+    let built = case.build();
+    run_built(backend, &built, case.metric)
+}
+
+fn run_built(backend: &mut dyn Backend, built: &Built, metric: Metric) -> Result<f64, String> {
+    let mut worst = 0.0f64;
+    for (p, probe) in built.probes.iter().enumerate() {
+        load(backend, built, probe)?;
+        for (s, step) in built.steps.iter().enumerate() {
+            let got = step
+                .run(backend, probe.cols)
+                .map_err(|e| format!("probe {p}, step {s}: {e}"))?;
+            let err = error(metric, &got, &probe.expected[s], &probe.power[s])
+                .map_err(|e| format!("probe {p}, step {s}: {e}"))?;
+            worst = worst.max(err);
+        }
+    }
+    Ok(worst)
+}
+
+/// Σ(got − expected)² over the metric's denominator; an error for a non-finite output.
+pub fn error(metric: Metric, got: &[f32], expected: &[f64], power: &[f64]) -> Result<f64, String> {
+    if got.len() != expected.len() {
+        return Err(format!(
+            "{} outputs, expected {}",
+            got.len(),
+            expected.len()
+        ));
+    }
+    if let Some(i) = got.iter().position(|v| !v.is_finite()) {
+        return Err(format!("output element {i} is {}", got[i]));
+    }
+    let err: f64 = got
+        .iter()
+        .zip(expected)
+        .map(|(&g, e)| (f64::from(g) - e).powi(2))
+        .sum();
+    let denominator: f64 = match metric {
+        Metric::Nmse => expected.iter().map(|e| e * e).sum(),
+        Metric::TermPower => power.iter().sum(),
+    };
+    Ok(err / denominator)
+}
+
+/// What a backend constructor may return: the backend, or why there is none.
+pub trait IntoBackend {
+    fn into_backend(self) -> Result<Box<dyn Backend>, String>;
+}
+
+impl<B: Backend + 'static> IntoBackend for Option<B> {
+    fn into_backend(self) -> Result<Box<dyn Backend>, String> {
+        self.map(|b| Box::new(b) as Box<dyn Backend>)
+            .ok_or_else(|| "no device".to_string())
+    }
+}
+
+impl<B: Backend + 'static, E: Display> IntoBackend for Result<B, E> {
+    fn into_backend(self) -> Result<Box<dyn Backend>, String> {
+        self.map(|b| Box::new(b) as Box<dyn Backend>)
+            .map_err(|e| e.to_string())
+    }
+}
+
+/// The backend, or None after printing why the test is skipped.
+pub fn open(backend_name: &str, made: impl IntoBackend) -> Option<Box<dyn Backend>> {
+    made.into_backend()
+        .map_err(|reason| println!("skipping {backend_name} conformance: {reason}"))
+        .ok()
+}
+
+/// The case of the table named `name`.
+pub fn find_case(name: &str) -> Case {
+    cases()
+        .into_iter()
+        .find(|c| c.name == name)
+        .unwrap_or_else(|| panic!("no conformance case {name}"))
+}
+
+/// The body of one generated test: run case `name` on the backend (if there is one) and
+/// assert its error is within the case's limit.
+pub fn check_case(backend_name: &str, backend: Option<Box<dyn Backend>>, name: &str) {
+    let Some(mut backend) = backend else { return };
+    let case = find_case(name);
+    let unsupported = unsupported_ops(backend.as_ref(), &case);
+    if !unsupported.is_empty() {
+        println!("skipping {backend_name} {name}: unsupported {unsupported:?}");
+        return;
+    }
+    match run_case(backend.as_mut(), &case) {
+        Ok(err) => {
+            println!(
+                "{backend_name} {name}: {} {err:.3e} (limit {:.0e}) {}",
+                case.metric, case.limit, case.shape
+            );
+            assert!(
+                err <= case.limit,
+                "{backend_name} {name}: {} {err:.3e} over the limit {:.0e}",
+                case.metric,
+                case.limit
+            );
+        }
+        Err(e) => panic!("{backend_name} {name}: {e}"),
+    }
+}
+
+/// Every case of the table has a generated test and every test a case.
+pub fn check_listed(listed: &[&str]) {
+    let mut table: Vec<String> = cases().into_iter().map(|c| c.name).collect();
+    let mut listed: Vec<String> = listed.iter().map(|s| s.to_string()).collect();
+    table.sort();
+    listed.sort();
+    let missing: Vec<_> = table.iter().filter(|n| !listed.contains(n)).collect();
+    let unknown: Vec<_> = listed.iter().filter(|n| !table.contains(n)).collect();
+    assert!(
+        missing.is_empty(),
+        "cases without a test in conformance_suite!: {missing:?}"
+    );
+    assert!(unknown.is_empty(), "tests of no case: {unknown:?}");
+    let mut dedup = listed.clone();
+    dedup.dedup();
+    assert_eq!(dedup, listed, "a case is listed twice");
+}
+
+/// Every limit can fail: the expected outputs with their smallest row zeroed exceed it.
+pub fn check_limits_can_fail() {
+    for case in cases() {
+        let built = case.build();
+        for probe in &built.probes {
+            for (expected, power) in probe.expected.iter().zip(&probe.power) {
+                let mut damaged: Vec<f32> = expected.iter().map(|&v| v as f32).collect();
+                let weakest = damaged
+                    .chunks(probe.cols)
+                    .enumerate()
+                    .min_by(|a, b| norm(a.1).total_cmp(&norm(b.1)))
+                    .map(|(i, _)| i)
+                    .expect("a step has output rows");
+                damaged[weakest * probe.cols..][..probe.cols].fill(0.0);
+                let err = error(case.metric, &damaged, expected, power).expect("finite");
+                assert!(
+                    err > case.limit,
+                    "{}: a zeroed row gives {err:.2e}, within the limit {:.0e}",
+                    case.name,
+                    case.limit
+                );
+            }
+        }
+    }
+}
+
+fn norm(row: &[f32]) -> f64 {
+    row.iter().map(|&v| f64::from(v).powi(2)).sum()
+}
+
+/// The case the bad-step checks load: paged attention over several sequences.
+pub const BAD_STEP_CASE: &str = "attention_h64_gqa4_f16_p5";
+
+/// Steps that break the step contract are errors, not panics, and leave the backend
+/// able to run the good steps that follow. Also: executing with no plan loaded, and a
+/// logits buffer of the wrong size.
+pub fn check_bad_steps(backend: &mut dyn Backend) -> Result<(), String> {
+    let case = find_case(BAD_STEP_CASE);
+    let built = case.build();
+    let good = &built.steps[0];
+    let cols = built.probes[0].cols;
+    expect_error(backend, "a step before any plan is loaded", good, cols)?;
+    load(backend, &built, &built.probes[0])?;
+
+    let vocab = built.graph.weights[0].rows as u32;
+    let n = good.token_ids.len();
+    let mut bad: Vec<(&str, StepData)> = Vec::new();
+    let mut edit = |what, f: &dyn Fn(&mut StepData)| {
+        let mut step = good.clone();
+        f(&mut step);
+        bad.push((what, step));
+    };
+    edit("a token id outside the vocabulary", &|s| {
+        s.token_ids[n - 1] = vocab
+    });
+    edit("a position its block table does not cover", &|s| {
+        let seq = s.token_seq[n - 1] as usize;
+        s.positions[n - 1] = (s.block_tables[seq].len() * built.kv_layout.kv_page_size()) as u32;
+    });
+    edit("a block table with a page outside the pool", &|s| {
+        s.block_tables[0][0] = built.kv_pages as u32
+    });
+    edit("a token of a sequence with no block table", &|s| {
+        s.token_seq[0] = s.block_tables.len() as u32
+    });
+    edit("more tokens than the plan takes", &|s| {
+        let extra = built.max_tokens + 1 - s.token_ids.len();
+        for _ in 0..extra {
+            s.token_ids.push(0);
+            s.positions.push(0);
+            s.token_seq.push(0);
+        }
+    });
+    edit("an output row past the step's tokens", &|s| {
+        s.output_rows.push(n as u32)
+    });
+    edit("more output rows than the plan takes", &|s| {
+        s.output_rows = vec![0; built.max_outputs + 1]
+    });
+    edit("fewer positions than tokens", &|s| {
+        s.positions.pop();
+    });
+    edit("fewer token_seq entries than tokens", &|s| {
+        s.token_seq.pop();
+    });
+    edit("no tokens", &|s| {
+        s.token_ids.clear();
+        s.positions.clear();
+        s.token_seq.clear();
+        s.output_rows.clear();
+    });
+    for (what, step) in &bad {
+        expect_error(backend, what, step, cols)?;
+    }
+
+    good.run(backend, cols)?;
+    let mut wrong = vec![0.0f32; good.output_rows.len() * cols + 1];
+    if backend.read_logits(&mut wrong).is_ok() {
+        return Err("read_logits into a buffer of the wrong size succeeded".into());
+    }
+    // The backend still runs the case correctly after all that.
+    let err = run_built(backend, &built, case.metric)?;
+    if err > case.limit {
+        return Err(format!(
+            "after the bad steps {BAD_STEP_CASE} gives {err:.2e} (limit {:.0e})",
+            case.limit
+        ));
+    }
+    Ok(())
+}
+
+fn expect_error(
+    backend: &mut dyn Backend,
+    what: &str,
+    step: &StepData,
+    cols: usize,
+) -> Result<(), String> {
+    match catch_unwind(AssertUnwindSafe(|| step.run(backend, cols))) {
+        Ok(Err(_)) => Ok(()),
+        Ok(Ok(_)) => Err(format!("{what}: accepted")),
+        Err(_) => Err(format!("{what}: panicked")),
+    }
+}

@@ -1,0 +1,162 @@
+//! The backend conformance suite (ggml's `test-backend-ops`): every case of
+//! `kiln_tests::conformance::cases()` as one test per backend, the bad-step checks, and
+//! random shapes on the CPU. Run with `--nocapture` to see each case's error:
+//!
+//! ```text
+//! cargo test -p kiln-tests --test conformance -- --nocapture
+//! ```
+
+use kiln_backend_cpu::CpuBackend;
+use kiln_ir::DType;
+use kiln_ir::kv_layout::KvDtype;
+use kiln_tests::conformance::{self, AttentionSpec, attention_case, matmul_term_case, run_case};
+use proptest::prelude::*;
+
+/// `conformance_suite!(name, constructor)`: a module `name` with one test per case of the
+/// table (`name::<family>::<variant>`), the bad-step checks, and a check that the list
+/// below and the table agree. The constructor gives an `Option` or a `Result` of a
+/// backend; `None` or `Err` (no device) makes every test print why and pass.
+///
+/// A backend adds one line: `conformance_suite!(cuda, kiln_backend_cuda::CudaBackend::new());`
+macro_rules! conformance_suite {
+    ($backend:ident, $constructor:expr) => {
+        conformance_suite!(@suite $backend, $constructor;
+            rmsnorm: [t1_d96, t33_d608],
+            add: [t7_d160],
+            swiglu: [t33_d96],
+            rope: [h64_t7, h128_factors_t3, h64_partial_t33, h128_partial_factors_t1],
+            matmul_t1: [f32, f16, bf16, q4_0, q4_1, q8_0],
+            matmul_t33: [f32, f16, bf16, q4_0, q4_1, q8_0],
+            matmul3_t7: [f32, f16, bf16, q4_0, q4_1, q8_0, mixed],
+            rmsnorm_matmul3_t33: [f32, f16, bf16, q4_0, q4_1, q8_0],
+            matmul_swiglu_t7: [f32, f16, bf16, q4_0, q4_1, q8_0],
+            rmsnorm_matmul_swiglu_t3: [f32, f16, bf16, q4_0, q4_1, q8_0],
+            matmul_add_t33: [f32, f16, bf16, q4_0, q4_1, q8_0],
+            attention: [
+                h64_gqa1_fp8_p16, h128_gqa1_f16_p5,
+                h128_gqa3_fp8_p16, h128_gqa3_fp8_p5, h128_gqa3_f16_p16, h128_gqa3_f16_p5,
+                h64_gqa4_fp8_p16, h64_gqa4_fp8_p5, h64_gqa4_f16_p16, h64_gqa4_f16_p5,
+            ],
+            rope_kv_write_q: [h64_gqa3_fp8_p16, h128_gqa4_f16_p5],
+            rope_kv_write_attention: [h64_gqa3_fp8_p16, h128_gqa4_f16_p5],
+        );
+    };
+    (@suite $backend:ident, $constructor:expr; $($family:ident: [$($variant:ident),* $(,)?]),* $(,)?) => {
+        mod $backend {
+            #[allow(unused_imports)]
+            use super::*;
+
+            fn backend() -> Option<Box<dyn kiln_ir::backend::Backend>> {
+                kiln_tests::conformance::open(stringify!($backend), $constructor)
+            }
+
+            $(
+                mod $family {
+                    $(
+                        #[test]
+                        fn $variant() {
+                            let name = concat!(stringify!($family), "_", stringify!($variant));
+                            kiln_tests::conformance::check_case(stringify!($backend), super::backend(), name);
+                        }
+                    )*
+                }
+            )*
+
+            #[test]
+            fn bad_steps_are_errors() {
+                if let Some(mut backend) = backend() {
+                    if let Err(e) = kiln_tests::conformance::check_bad_steps(backend.as_mut()) {
+                        panic!("{}: {e}", stringify!($backend));
+                    }
+                }
+            }
+
+            #[test]
+            fn every_case_has_a_test() {
+                kiln_tests::conformance::check_listed(&[
+                    $($(concat!(stringify!($family), "_", stringify!($variant)),)*)*
+                ]);
+            }
+        }
+    };
+}
+
+conformance_suite!(cpu, Some(CpuBackend::new()));
+
+/// Every limit would catch one missing output row: a limit that cannot fail is a defect.
+#[test]
+fn every_limit_can_fail() {
+    conformance::check_limits_can_fail();
+}
+
+fn weight_dtype() -> impl Strategy<Value = DType> {
+    prop::sample::select(conformance::cases::WEIGHT_DTYPES.to_vec())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// MatMul of random shape on the CPU against the oracle, measured against the power
+    /// of the summed products so that a handful of outputs that cancel cannot flake.
+    #[test]
+    fn cpu_matmul_random_shapes(dtype in weight_dtype(), rows in 1usize..300, blocks in 1usize..20, tokens in 1usize..9) {
+        let case = matmul_term_case(dtype, tokens, rows, 32 * blocks);
+        let err = run_case(&mut CpuBackend::new(), &case).map_err(TestCaseError::fail)?;
+        prop_assert!(err <= case.limit, "{}: {} {err:.3e} over {:.0e}", case.name, case.metric, case.limit);
+    }
+
+    /// Attention with random contexts, pages, GQA and head sizes on the CPU.
+    #[test]
+    fn cpu_attention_random_shapes(
+        head_dim in prop::sample::select(vec![32usize, 64, 96, 128]),
+        n_kv_heads in 1usize..4,
+        group in 1usize..5,
+        fp8 in any::<bool>(),
+        page_size in 1usize..20,
+        seqs in prop::collection::vec((1usize..60, 0.0f64..1.0), 1..4),
+    ) {
+        let spec = AttentionSpec {
+            head_dim,
+            n_heads: n_kv_heads * group,
+            n_kv_heads,
+            kv: if fp8 { KvDtype::F8E4M3 } else { KvDtype::F16 },
+            page_size,
+            // (context, tokens of it in the last step): at least one, at most all.
+            seqs: seqs.iter().map(|&(len, f)| (len, 1 + (f * len as f64) as usize % len)).collect(),
+            rope: None,
+            check_q: false,
+        };
+        let case = attention_case(spec);
+        let err = run_case(&mut CpuBackend::new(), &case).map_err(TestCaseError::fail)?;
+        prop_assert!(err <= case.limit, "{}: {:?} {err:.3e} over {:.0e}", case.name, case.shape, case.limit);
+    }
+}
+
+#[test]
+#[ignore]
+fn scratch_attention_stats() {
+    let mut rng = conformance::Rng::new(7);
+    for fp8 in [true, false] {
+        let mut errs = Vec::new();
+        for _ in 0..300 {
+            let n_kv_heads = 1 + rng.below(3);
+            let group = 1 + rng.below(4);
+            let seqs: Vec<(usize, usize)> = (0..1 + rng.below(3)).map(|_| { let l = 1 + rng.below(59); (l, 1 + rng.below(l)) }).collect();
+            let spec = AttentionSpec {
+                head_dim: [32, 64, 96, 128][rng.below(4)],
+                n_heads: n_kv_heads * group,
+                n_kv_heads,
+                kv: if fp8 { KvDtype::F8E4M3 } else { KvDtype::F16 },
+                page_size: 1 + rng.below(19),
+                seqs,
+                rope: None,
+                check_q: false,
+            };
+            let case = attention_case(spec);
+            errs.push(run_case(&mut CpuBackend::new(), &case).unwrap());
+        }
+        errs.sort_by(f64::total_cmp);
+        let n = errs.len();
+        println!("fp8 {fp8}: median {:.2e} p90 {:.2e} p99 {:.2e} max {:.2e}", errs[n / 2], errs[n * 9 / 10], errs[n * 99 / 100], errs[n - 1]);
+    }
+}
