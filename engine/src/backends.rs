@@ -8,7 +8,8 @@ use crate::Error;
 type Constructor = fn() -> Result<Box<dyn Backend>, Error>;
 
 /// Name and constructor of every backend compiled in, best first.
-const REGISTRY: &[(&str, Constructor)] = &[("cpu", || Ok(Box::new(kiln_backend_cpu::CpuBackend::new())))];
+const REGISTRY: &[(&str, Constructor)] =
+    &[("cpu", || Ok(Box::new(kiln_backend_cpu::CpuBackend::new())))];
 
 /// Names of the backends compiled in (plus `ref`, the reference pass, which needs none).
 pub fn available() -> Vec<&'static str> {
@@ -21,7 +22,10 @@ pub fn available() -> Vec<&'static str> {
 pub fn open(name: &str) -> Result<Box<dyn Backend>, Error> {
     match REGISTRY.iter().find(|(n, _)| *n == name) {
         Some((_, make)) => make(),
-        None => Err(Error::BackendUnavailable(name.to_string(), available().join(", "))),
+        None => Err(Error::BackendUnavailable(
+            name.to_string(),
+            available().join(", "),
+        )),
     }
 }
 

@@ -24,7 +24,10 @@ impl Stat {
         let n = samples.len().max(1) as f64;
         let mean = samples.iter().sum::<f64>() / n;
         let var = samples.iter().map(|s| (s - mean).powi(2)).sum::<f64>() / (n - 1.0).max(1.0);
-        Stat { mean, std: var.sqrt() }
+        Stat {
+            mean,
+            std: var.sqrt(),
+        }
     }
 }
 
@@ -83,7 +86,11 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// Prefill of `n_prompt` tokens, `reps` times (one untimed warm-up first).
-pub fn prefill(compiled: &mut Compiled<'_>, n_prompt: usize, reps: usize) -> Result<TestResult, Error> {
+pub fn prefill(
+    compiled: &mut Compiled<'_>,
+    n_prompt: usize,
+    reps: usize,
+) -> Result<TestResult, Error> {
     let vocab = compiled.model().config.vocab_size;
     let tokens = bench_tokens(n_prompt, vocab, 1);
     let mut rates = Vec::new();
@@ -126,13 +133,20 @@ pub fn decode(
     let mut rates = Vec::new();
     let mut gaps = Vec::new();
     for rep in 0..=reps {
-        let seqs: Vec<_> = (0..batch).map(|_| compiled.kv().create_sequence()).collect();
-        let mut next: Vec<u32> = (0..batch).map(|b| bench_tokens(1, vocab, b as u64)[0]).collect();
+        let seqs: Vec<_> = (0..batch)
+            .map(|_| compiled.kv().create_sequence())
+            .collect();
+        let mut next: Vec<u32> = (0..batch)
+            .map(|b| bench_tokens(1, vocab, b as u64)[0])
+            .collect();
         let start = Instant::now();
         let mut last = start;
         for _ in 0..n_gen {
-            let entries: Vec<BatchEntry<'_>> =
-                seqs.iter().zip(&next).map(|(&s, t)| BatchEntry::last(s, std::slice::from_ref(t))).collect();
+            let entries: Vec<BatchEntry<'_>> = seqs
+                .iter()
+                .zip(&next)
+                .map(|(&s, t)| BatchEntry::last(s, std::slice::from_ref(t)))
+                .collect();
             let logits = compiled.step(&entries)?;
             next = logits.chunks_exact(vocab).map(argmax).collect();
             let now = Instant::now();
@@ -187,7 +201,11 @@ impl KernelTimes {
                 .iter()
                 .filter_map(|&w| plan.graph.weight(w))
                 .map(|w| {
-                    let rows = if matches!(launch.op, Op::Embed { .. }) { 1 } else { w.rows };
+                    let rows = if matches!(launch.op, Op::Embed { .. }) {
+                        1
+                    } else {
+                        w.rows
+                    };
                     w.dtype.bytes_for((rows * w.cols) as u64).unwrap_or(0)
                 })
                 .sum();
@@ -241,7 +259,9 @@ pub fn host_copy_bandwidth() -> f64 {
     let mut best = f64::MAX;
     for _ in 0..5 {
         let start = Instant::now();
-        dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
+        dst.par_chunks_mut(chunk)
+            .zip(src.par_chunks(chunk))
+            .for_each(|(d, s)| d.copy_from_slice(s));
         best = best.min(start.elapsed().as_secs_f64());
     }
     std::hint::black_box(&dst);
@@ -272,7 +292,8 @@ pub fn host_f32_peak() -> f64 {
             .map(|_| {
                 let mut acc = 0.0f32;
                 for _ in 0..iters {
-                    acc += kiln_ir::quant::dot_f32(std::hint::black_box(&a), std::hint::black_box(&b));
+                    acc +=
+                        kiln_ir::quant::dot_f32(std::hint::black_box(&a), std::hint::black_box(&b));
                 }
                 acc
             })

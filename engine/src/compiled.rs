@@ -52,11 +52,16 @@ pub struct BatchEntry<'a> {
 impl<'a> BatchEntry<'a> {
     /// An entry wanting the logits of its last token (generation).
     pub fn last(seq: SeqId, tokens: &'a [u32]) -> BatchEntry<'a> {
-        BatchEntry { seq, tokens, logits_from: Some(tokens.len().saturating_sub(1)) }
+        BatchEntry {
+            seq,
+            tokens,
+            logits_from: Some(tokens.len().saturating_sub(1)),
+        }
     }
 
     fn n_outputs(&self) -> usize {
-        self.logits_from.map_or(0, |from| self.tokens.len().saturating_sub(from))
+        self.logits_from
+            .map_or(0, |from| self.tokens.len().saturating_sub(from))
     }
 }
 
@@ -81,7 +86,11 @@ impl std::fmt::Debug for Compiled<'_> {
 }
 
 /// Compile the model's graph for `backend` (fused unless `options.fuse` is false).
-pub fn compile_plan(model: &Model, backend: &dyn Backend, options: &CompileOptions) -> Result<Plan, Error> {
+pub fn compile_plan(
+    model: &Model,
+    backend: &dyn Backend,
+    options: &CompileOptions,
+) -> Result<Plan, Error> {
     let mut graph = llama_graph(model)?;
     if options.fuse {
         // Passes never change the weight table, so support is asked against the original.
@@ -91,11 +100,20 @@ pub fn compile_plan(model: &Model, backend: &dyn Backend, options: &CompileOptio
     let max_tokens = options.max_step_tokens.max(1);
     let max_outputs = options.max_step_outputs.clamp(1, max_tokens);
     let fused = graph.clone();
-    Ok(lower(graph, &|op| backend.supports(op, &fused), max_tokens, max_outputs)?)
+    Ok(lower(
+        graph,
+        &|op| backend.supports(op, &fused),
+        max_tokens,
+        max_outputs,
+    )?)
 }
 
 impl<'m> Compiled<'m> {
-    pub fn new(model: &'m Model, mut backend: Box<dyn Backend>, options: CompileOptions) -> Result<Compiled<'m>, Error> {
+    pub fn new(
+        model: &'m Model,
+        mut backend: Box<dyn Backend>,
+        options: CompileOptions,
+    ) -> Result<Compiled<'m>, Error> {
         let c = &model.config;
         let plan = compile_plan(model, backend.as_ref(), &options)?;
         let layout = KvLayout::new(c.n_layers, c.n_kv_heads, c.head_dim)
@@ -144,11 +162,17 @@ impl<'m> Compiled<'m> {
         for e in batch {
             let needed = self.kv.len(e.seq)? + e.tokens.len();
             if needed > self.options.n_ctx {
-                return Err(Error::ContextFull { needed, n_ctx: self.options.n_ctx });
+                return Err(Error::ContextFull {
+                    needed,
+                    n_ctx: self.options.n_ctx,
+                });
             }
         }
         // Reserve KV slots for every entry; undo them all if one cannot be had.
-        let starts: Vec<usize> = batch.iter().map(|e| self.kv.len(e.seq)).collect::<Result<_, _>>()?;
+        let starts: Vec<usize> = batch
+            .iter()
+            .map(|e| self.kv.len(e.seq))
+            .collect::<Result<_, _>>()?;
         let mut copies = Vec::new();
         for (i, e) in batch.iter().enumerate() {
             match self.kv.append(e.seq, e.tokens) {
@@ -162,7 +186,8 @@ impl<'m> Compiled<'m> {
             }
         }
         for copy in &copies {
-            self.backend.copy_kv_page(copy.src.0, copy.dst.0, copy.n_tokens)?;
+            self.backend
+                .copy_kv_page(copy.src.0, copy.dst.0, copy.n_tokens)?;
         }
 
         let mut token_ids = Vec::with_capacity(n_tokens); // (tokens)
@@ -201,7 +226,12 @@ impl<'m> Compiled<'m> {
 
     /// Logits of every token of `tokens` appended to `seq` from index `first_out` on,
     /// (n_out, vocab); steps are cut so each fits the plan.
-    fn forward_seq(&mut self, seq: SeqId, tokens: &[u32], first_out: usize) -> Result<Vec<f32>, Error> {
+    fn forward_seq(
+        &mut self,
+        seq: SeqId,
+        tokens: &[u32],
+        first_out: usize,
+    ) -> Result<Vec<f32>, Error> {
         let vocab = self.model.config.vocab_size;
         let mut logits = Vec::with_capacity((tokens.len() - first_out) * vocab);
         let mut i = 0;
@@ -214,7 +244,11 @@ impl<'m> Compiled<'m> {
                 (i + self.plan.max_outputs).min(tokens.len())
             };
             let logits_from = (i >= first_out).then_some(0);
-            logits.extend(self.step(&[BatchEntry { seq, tokens: &tokens[i..end], logits_from }])?);
+            logits.extend(self.step(&[BatchEntry {
+                seq,
+                tokens: &tokens[i..end],
+                logits_from,
+            }])?);
             i = end;
         }
         Ok(logits)
@@ -231,7 +265,9 @@ impl Runner for Compiled<'_> {
     }
 
     fn position(&self) -> usize {
-        self.runner_seq.and_then(|s| self.kv.len(s).ok()).unwrap_or(0)
+        self.runner_seq
+            .and_then(|s| self.kv.len(s).ok())
+            .unwrap_or(0)
     }
 
     fn reset(&mut self) {
@@ -247,11 +283,17 @@ impl Runner for Compiled<'_> {
         }
         let vocab = self.model.config.vocab_size;
         if let Some(&id) = tokens.iter().find(|&&id| id as usize >= vocab) {
-            return Err(Error::TokenOutOfRange { id, vocab_size: vocab });
+            return Err(Error::TokenOutOfRange {
+                id,
+                vocab_size: vocab,
+            });
         }
         let needed = self.position() + tokens.len();
         if needed > self.options.n_ctx {
-            return Err(Error::ContextFull { needed, n_ctx: self.options.n_ctx });
+            return Err(Error::ContextFull {
+                needed,
+                n_ctx: self.options.n_ctx,
+            });
         }
         let seq = match self.runner_seq {
             Some(seq) => seq,

@@ -5,10 +5,10 @@
 use std::ops::Range;
 use std::sync::Arc;
 
+use crate::graph::Graph;
 use crate::kv_layout::KvLayout;
 use crate::op::Op;
 use crate::plan::Plan;
-use crate::graph::Graph;
 
 /// What a backend says about its device. Kernels size themselves from this; nothing
 /// hard-codes a warp size.
@@ -28,13 +28,19 @@ pub struct DeviceProperties {
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error("no {backend} device: {reason}")]
-    NoDevice { backend: &'static str, reason: String },
+    NoDevice {
+        backend: &'static str,
+        reason: String,
+    },
     #[error("{backend} does not support {what}")]
     Unsupported { backend: &'static str, what: String },
     #[error("{backend}: out of device memory allocating {bytes} bytes")]
     OutOfMemory { backend: &'static str, bytes: u64 },
     #[error("{backend}: bad step: {reason}")]
-    BadStep { backend: &'static str, reason: String },
+    BadStep {
+        backend: &'static str,
+        reason: String,
+    },
     #[error("{backend}: weight {name:?}: {reason}")]
     Weight {
         backend: &'static str,
@@ -42,7 +48,10 @@ pub enum BackendError {
         reason: String,
     },
     #[error("{backend}: {message}")]
-    Driver { backend: &'static str, message: String },
+    Driver {
+        backend: &'static str,
+        message: String,
+    },
 }
 
 /// Bytes shared with their owner (the model's memory map), so that a host backend can
@@ -55,7 +64,10 @@ pub struct SharedBytes {
 
 impl SharedBytes {
     /// `owner[range]`, or None when the range is outside the owner's bytes.
-    pub fn new(owner: Arc<dyn AsRef<[u8]> + Send + Sync>, range: Range<usize>) -> Option<SharedBytes> {
+    pub fn new(
+        owner: Arc<dyn AsRef<[u8]> + Send + Sync>,
+        range: Range<usize>,
+    ) -> Option<SharedBytes> {
         let len = (*owner).as_ref().len();
         (range.start <= range.end && range.end <= len).then_some(SharedBytes { owner, range })
     }
@@ -114,7 +126,12 @@ pub trait Backend {
     // ---- buffers ----
     fn alloc(&mut self, bytes: usize) -> Result<BufferId, BackendError>;
     fn upload(&mut self, buffer: BufferId, offset: usize, data: &[u8]) -> Result<(), BackendError>;
-    fn download(&mut self, buffer: BufferId, offset: usize, out: &mut [u8]) -> Result<(), BackendError>;
+    fn download(
+        &mut self,
+        buffer: BufferId,
+        offset: usize,
+        out: &mut [u8],
+    ) -> Result<(), BackendError>;
     fn free(&mut self, buffer: BufferId);
 
     // ---- execution ----

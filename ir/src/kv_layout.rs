@@ -441,18 +441,9 @@ mod tests {
 
     #[test]
     fn bad_layouts_are_errors() {
-        assert!(matches!(
-            KvLayout::new(0, 3, 64),
-            Err(KvLayoutError(_))
-        ));
-        assert!(matches!(
-            KvLayout::new(30, 0, 64),
-            Err(KvLayoutError(_))
-        ));
-        assert!(matches!(
-            KvLayout::new(30, 3, 0),
-            Err(KvLayoutError(_))
-        ));
+        assert!(matches!(KvLayout::new(0, 3, 64), Err(KvLayoutError(_))));
+        assert!(matches!(KvLayout::new(30, 0, 64), Err(KvLayoutError(_))));
+        assert!(matches!(KvLayout::new(30, 3, 0), Err(KvLayoutError(_))));
         assert!(matches!(
             smollm2().with_kv_page_size(0),
             Err(KvLayoutError(_))

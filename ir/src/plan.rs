@@ -148,9 +148,22 @@ mod tests {
         fuse(&mut g, &|_| true).unwrap();
         let plan = lower(g, &|_| true, 8, 1).unwrap();
         assert_eq!(plan.launches_per_layer(), 6);
-        let kernels: Vec<&str> = plan.launches.iter().take(3).map(|l| l.kernel.as_str()).collect();
-        assert_eq!(kernels, ["embed_q8_0", "rmsnorm_matmul_q4_0", "rope_kv_write_f32"]);
-        assert!(plan.arena_bytes < plan.naive_bytes / 2, "{} vs {}", plan.arena_bytes, plan.naive_bytes);
+        let kernels: Vec<&str> = plan
+            .launches
+            .iter()
+            .take(3)
+            .map(|l| l.kernel.as_str())
+            .collect();
+        assert_eq!(
+            kernels,
+            ["embed_q8_0", "rmsnorm_matmul_q4_0", "rope_kv_write_f32"]
+        );
+        assert!(
+            plan.arena_bytes < plan.naive_bytes / 2,
+            "{} vs {}",
+            plan.arena_bytes,
+            plan.naive_bytes
+        );
         // Every activation has an offset; values used by one launch never overlap.
         for l in &plan.launches {
             let mut spans: Vec<(usize, usize)> = l
@@ -164,7 +177,11 @@ mod tests {
                 })
                 .collect();
             spans.sort();
-            assert!(spans.windows(2).all(|w| w[0].1 <= w[1].0), "{}: {spans:?}", l.kernel);
+            assert!(
+                spans.windows(2).all(|w| w[0].1 <= w[1].0),
+                "{}: {spans:?}",
+                l.kernel
+            );
         }
     }
 

@@ -22,15 +22,26 @@ fn a_value_read_before_it_is_defined_is_rejected() {
 fn a_shape_mismatch_is_rejected() {
     let mut g = tiny_llama(1);
     let v = g.nodes[2].outputs[0];
-    g.values[v.0 as usize] = ValueType::F32 { rows: Rows::Tokens, cols: 63 };
+    g.values[v.0 as usize] = ValueType::F32 {
+        rows: Rows::Tokens,
+        cols: 63,
+    };
     assert!(node_error(verify(&g)).contains("expected"));
 }
 
 #[test]
 fn attention_before_its_kv_write_is_rejected() {
     let mut g = tiny_llama(1);
-    let write = g.nodes.iter().position(|n| matches!(n.op, Op::KvWrite { .. })).unwrap();
-    let attend = g.nodes.iter().position(|n| matches!(n.op, Op::Attention { .. })).unwrap();
+    let write = g
+        .nodes
+        .iter()
+        .position(|n| matches!(n.op, Op::KvWrite { .. }))
+        .unwrap();
+    let attend = g
+        .nodes
+        .iter()
+        .position(|n| matches!(n.op, Op::Attention { .. }))
+        .unwrap();
     g.nodes.swap(write, attend);
     assert!(node_error(verify(&g)).contains("before its KV write"));
 }

@@ -112,7 +112,12 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn download(&mut self, id: BufferId, offset: usize, out: &mut [u8]) -> Result<(), BackendError> {
+    fn download(
+        &mut self,
+        id: BufferId,
+        offset: usize,
+        out: &mut [u8],
+    ) -> Result<(), BackendError> {
         let buffer = self.buffer(id)?;
         let size = buffer.len();
         let src = offset
@@ -138,11 +143,13 @@ impl Backend for CpuBackend {
     ) -> Result<(), BackendError> {
         let mut shared: Vec<SharedBytes> = Vec::with_capacity(plan.graph.weights.len());
         for w in &plan.graph.weights {
-            let bytes = weights.weight(&w.name).ok_or_else(|| BackendError::Weight {
-                backend: NAME,
-                name: w.name.clone(),
-                reason: "not in the model".into(),
-            })?;
+            let bytes = weights
+                .weight(&w.name)
+                .ok_or_else(|| BackendError::Weight {
+                    backend: NAME,
+                    name: w.name.clone(),
+                    reason: "not in the model".into(),
+                })?;
             let expected = w.dtype.bytes_for((w.rows * w.cols) as u64);
             if expected != Some(bytes.as_slice().len() as u64) || !supported_weight(w.dtype) {
                 return Err(BackendError::Weight {
@@ -172,7 +179,8 @@ impl Backend for CpuBackend {
     }
 
     fn copy_kv_page(&mut self, src: u32, dst: u32, n_tokens: usize) -> Result<(), BackendError> {
-        self.loaded()?.copy_kv_page(src as usize, dst as usize, n_tokens)
+        self.loaded()?
+            .copy_kv_page(src as usize, dst as usize, n_tokens)
     }
 
     fn launch_times(&mut self) -> Result<Vec<LaunchTime>, BackendError> {

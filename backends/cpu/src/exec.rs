@@ -122,18 +122,27 @@ impl Loaded {
     fn check_step(&self, step: &Step<'_>) -> Result<(), BackendError> {
         let n = step.token_ids.len();
         if n == 0 || n > self.plan.max_tokens {
-            return Err(bad_step(format!("{n} tokens (the plan takes 1..={})", self.plan.max_tokens)));
+            return Err(bad_step(format!(
+                "{n} tokens (the plan takes 1..={})",
+                self.plan.max_tokens
+            )));
         }
         if step.positions.len() != n || step.token_seq.len() != n {
-            return Err(bad_step("positions and token_seq must have one entry per token".into()));
+            return Err(bad_step(
+                "positions and token_seq must have one entry per token".into(),
+            ));
         }
         let outs = step.output_rows.len();
         if outs > self.plan.max_outputs || step.output_rows.iter().any(|&r| r as usize >= n) {
-            return Err(bad_step(format!("{outs} output rows, or one past the {n} tokens")));
+            return Err(bad_step(format!(
+                "{outs} output rows, or one past the {n} tokens"
+            )));
         }
         let vocab = self.vocab;
         if let Some(&id) = step.token_ids.iter().find(|&&id| id as usize >= vocab) {
-            return Err(bad_step(format!("token id {id} outside the vocabulary of {vocab}")));
+            return Err(bad_step(format!(
+                "token id {id} outside the vocabulary of {vocab}"
+            )));
         }
         let page_size = self.kv_layout.kv_page_size();
         let n_pages = self.kv_pages.len() / self.kv_layout.page_bytes();
@@ -145,7 +154,9 @@ impl Loaded {
             // Every page up to this position must exist: attention reads them all.
             let needed = pos as usize / page_size + 1;
             if table.len() < needed || table[..needed].iter().any(|&p| p as usize >= n_pages) {
-                return Err(bad_step(format!("sequence {seq}: position {pos} is not covered by its pages")));
+                return Err(bad_step(format!(
+                    "sequence {seq}: position {pos} is not covered by its pages"
+                )));
             }
         }
         Ok(())
@@ -156,7 +167,12 @@ impl Loaded {
         let n_tokens = step.token_ids.len();
         let n_outputs = step.output_rows.len();
         self.last_rows = (n_tokens, n_outputs);
-        let slots = token_slots(step.positions, step.token_seq, step.block_tables, self.kv_layout.kv_page_size());
+        let slots = token_slots(
+            step.positions,
+            step.token_seq,
+            step.block_tables,
+            self.kv_layout.kv_page_size(),
+        );
         let rope_table = self.plan.launches.iter().find_map(|l| match &l.op {
             Op::Rope { rope } | Op::RopeKvWrite { rope, .. } => {
                 let factors = rope.freq_factors.map(|f| self.vector(f));
@@ -216,8 +232,12 @@ impl Loaded {
         let input = |k: usize| -> &[f32] { ins[k] };
         let rope_table = || rope_table.expect("a plan with RoPE has a table");
         match &launch.op {
-            Op::Embed { table } => kernels::embed::embed(self.matrix(*table), step.token_ids, outs[0]),
-            Op::RmsNorm { weight, eps } => kernels::rmsnorm::rmsnorm(input(0), self.vector(*weight), *eps, outs[0]),
+            Op::Embed { table } => {
+                kernels::embed::embed(self.matrix(*table), step.token_ids, outs[0])
+            }
+            Op::RmsNorm { weight, eps } => {
+                kernels::rmsnorm::rmsnorm(input(0), self.vector(*weight), *eps, outs[0])
+            }
             Op::MatMul { weights } => {
                 let ws: Vec<_> = weights.iter().map(|&w| self.matrix(w)).collect();
                 kernels::matmul::matmul_multi(&ws, input(0), outs);
@@ -225,10 +245,20 @@ impl Loaded {
             Op::Add => kernels::add::add(input(0), input(1), outs[0]),
             Op::SwiGlu => kernels::swiglu::swiglu(input(0), input(1), outs[0]),
             Op::Rope { rope: params } => rope(input(0), params.head_dim, rope_table(), outs[0]),
-            Op::KvWrite { attention } => kv_write(pages, &self.kv_layout, attention.layer, slots, input(0), input(1)),
+            Op::KvWrite { attention } => kv_write(
+                pages,
+                &self.kv_layout,
+                attention.layer,
+                slots,
+                input(0),
+                input(1),
+            ),
             Op::Attention { attention: params } => attention(
                 input(0),
-                KvPages { bytes: pages, layout: &self.kv_layout },
+                KvPages {
+                    bytes: pages,
+                    layout: &self.kv_layout,
+                },
                 params,
                 step.positions,
                 step.token_seq,
@@ -241,12 +271,28 @@ impl Loaded {
             }
             Op::RmsNormMatMul { norm, eps, weights } => {
                 let ws: Vec<_> = weights.iter().map(|&w| self.matrix(w)).collect();
-                kernels::rmsnorm_matmul::rmsnorm_matmul(input(0), self.vector(*norm), *eps, &ws, outs);
+                kernels::rmsnorm_matmul::rmsnorm_matmul(
+                    input(0),
+                    self.vector(*norm),
+                    *eps,
+                    &ws,
+                    outs,
+                );
             }
             Op::MatMulSwiGlu { gate, up } => {
-                kernels::matmul_swiglu::matmul_swiglu(self.matrix(*gate), self.matrix(*up), input(0), outs[0]);
+                kernels::matmul_swiglu::matmul_swiglu(
+                    self.matrix(*gate),
+                    self.matrix(*up),
+                    input(0),
+                    outs[0],
+                );
             }
-            Op::RmsNormMatMulSwiGlu { norm, eps, gate, up } => kernels::rmsnorm_matmul_swiglu::rmsnorm_matmul_swiglu(
+            Op::RmsNormMatMulSwiGlu {
+                norm,
+                eps,
+                gate,
+                up,
+            } => kernels::rmsnorm_matmul_swiglu::rmsnorm_matmul_swiglu(
                 input(0),
                 self.vector(*norm),
                 *eps,
@@ -254,7 +300,9 @@ impl Loaded {
                 self.matrix(*up),
                 outs[0],
             ),
-            Op::MatMulAdd { weight } => kernels::matmul_add::matmul_add(self.matrix(*weight), input(0), input(1), outs[0]),
+            Op::MatMulAdd { weight } => {
+                kernels::matmul_add::matmul_add(self.matrix(*weight), input(0), input(1), outs[0])
+            }
             Op::RopeKvWrite { attention, .. } => kernels::rope_kv_write::rope_kv_write(
                 input(0),
                 input(1),
@@ -274,19 +322,30 @@ impl Loaded {
         let output = self.plan.graph.output.expect("verified");
         let (offset, len) = self.range(output);
         if out.len() != len {
-            return Err(bad_step(format!("logits buffer of {} for {len} values", out.len())));
+            return Err(bad_step(format!(
+                "logits buffer of {} for {len} values",
+                out.len()
+            )));
         }
         out.copy_from_slice(&self.arena[offset..offset + len]);
         Ok(())
     }
 
-    pub(crate) fn copy_kv_page(&mut self, src: usize, dst: usize, _n_tokens: usize) -> Result<(), BackendError> {
+    pub(crate) fn copy_kv_page(
+        &mut self,
+        src: usize,
+        dst: usize,
+        _n_tokens: usize,
+    ) -> Result<(), BackendError> {
         let pb = self.kv_layout.page_bytes();
         let n_pages = self.kv_pages.len() / pb;
         if src >= n_pages || dst >= n_pages {
-            return Err(bad_step(format!("KV page copy {src} -> {dst} outside {n_pages} pages")));
+            return Err(bad_step(format!(
+                "KV page copy {src} -> {dst} outside {n_pages} pages"
+            )));
         }
-        self.kv_pages.copy_within(src * pb..(src + 1) * pb, dst * pb);
+        self.kv_pages
+            .copy_within(src * pb..(src + 1) * pb, dst * pb);
         Ok(())
     }
 
@@ -302,7 +361,10 @@ impl Loaded {
 /// Mutable views of `(offset, len)` ranges of the arena, in the order given. The memory
 /// planner never lets two values that are live together share bytes; this checks it,
 /// so a planner bug is an error rather than aliasing.
-fn disjoint_views<'a>(arena: &'a mut [f32], ranges: &[(usize, usize)]) -> Result<Vec<&'a mut [f32]>, BackendError> {
+fn disjoint_views<'a>(
+    arena: &'a mut [f32],
+    ranges: &[(usize, usize)],
+) -> Result<Vec<&'a mut [f32]>, BackendError> {
     let mut order: Vec<usize> = (0..ranges.len()).collect();
     order.sort_by_key(|&i| ranges[i].0);
     let mut views: Vec<Option<&'a mut [f32]>> = (0..ranges.len()).map(|_| None).collect();
@@ -311,7 +373,9 @@ fn disjoint_views<'a>(arena: &'a mut [f32], ranges: &[(usize, usize)]) -> Result
     for i in order {
         let (offset, len) = ranges[i];
         if offset < cursor || offset + len - cursor > rest.len() {
-            return Err(bad_step(format!("arena range {offset}+{len} overlaps another or overruns")));
+            return Err(bad_step(format!(
+                "arena range {offset}+{len} overlaps another or overruns"
+            )));
         }
         let (_, tail) = rest.split_at_mut(offset - cursor);
         let (view, tail) = tail.split_at_mut(len);
@@ -319,5 +383,8 @@ fn disjoint_views<'a>(arena: &'a mut [f32], ranges: &[(usize, usize)]) -> Result
         rest = tail;
         cursor = offset + len;
     }
-    Ok(views.into_iter().map(|v| v.expect("every range placed")).collect())
+    Ok(views
+        .into_iter()
+        .map(|v| v.expect("every range placed"))
+        .collect())
 }

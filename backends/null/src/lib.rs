@@ -94,7 +94,12 @@ impl Backend for NullBackend {
         self.check_range(id, offset, data.len()) // port: copy to the device
     }
 
-    fn download(&mut self, id: BufferId, offset: usize, out: &mut [u8]) -> Result<(), BackendError> {
+    fn download(
+        &mut self,
+        id: BufferId,
+        offset: usize,
+        out: &mut [u8],
+    ) -> Result<(), BackendError> {
         self.check_range(id, offset, out.len())?;
         Err(self.unsupported("download (the null backend holds no data)"))
     }
@@ -114,11 +119,13 @@ impl Backend for NullBackend {
     ) -> Result<(), BackendError> {
         for w in &plan.graph.weights {
             // port: upload (or map) each weight, repacked into your kernels' layout.
-            weights.weight(&w.name).ok_or_else(|| BackendError::Weight {
-                backend: NAME,
-                name: w.name.clone(),
-                reason: "not in the model".into(),
-            })?;
+            weights
+                .weight(&w.name)
+                .ok_or_else(|| BackendError::Weight {
+                    backend: NAME,
+                    name: w.name.clone(),
+                    reason: "not in the model".into(),
+                })?;
         }
         // port: compile kernels, allocate the arena (plan.arena_bytes) and the KV pages.
         self.plan = Some(plan.clone());
@@ -126,15 +133,23 @@ impl Backend for NullBackend {
     }
 
     fn execute(&mut self, step: &Step<'_>) -> Result<(), BackendError> {
-        let plan = self.plan.as_ref().ok_or_else(|| self.unsupported("a step without a plan"))?;
+        let plan = self
+            .plan
+            .as_ref()
+            .ok_or_else(|| self.unsupported("a step without a plan"))?;
         if step.token_ids.is_empty() || step.token_ids.len() > plan.max_tokens {
             return Err(BackendError::BadStep {
                 backend: NAME,
-                reason: format!("{} tokens (the plan takes 1..={})", step.token_ids.len(), plan.max_tokens),
+                reason: format!(
+                    "{} tokens (the plan takes 1..={})",
+                    step.token_ids.len(),
+                    plan.max_tokens
+                ),
             });
         }
         // port: upload the step's ids, positions and block tables, then run each launch.
-        self.executed.extend(plan.launches.iter().map(|l| l.kernel.clone()));
+        self.executed
+            .extend(plan.launches.iter().map(|l| l.kernel.clone()));
         Ok(())
     }
 
@@ -160,13 +175,15 @@ mod tests {
         assert!(b.upload(id, usize::MAX, &[0; 2]).is_err());
         b.free(id);
         assert!(b.upload(id, 0, &[0; 1]).is_err());
-        assert!(b.execute(&Step {
-            token_ids: &[1],
-            positions: &[0],
-            token_seq: &[0],
-            block_tables: &[&[0]],
-            output_rows: &[0],
-        })
-        .is_err());
+        assert!(
+            b.execute(&Step {
+                token_ids: &[1],
+                positions: &[0],
+                token_seq: &[0],
+                block_tables: &[&[0]],
+                output_rows: &[0],
+            })
+            .is_err()
+        );
     }
 }

@@ -12,23 +12,60 @@ use crate::{DType, verify};
 pub(crate) fn tiny_llama(n_layers: usize) -> Graph {
     let (d, heads, kv_heads, hd, ff, vocab) = (64, 4, 2, 16, 96, 50);
     let mut g = Graph::new(n_layers);
-    let act = |cols| ValueType::F32 { rows: Rows::Tokens, cols };
+    let act = |cols| ValueType::F32 {
+        rows: Rows::Tokens,
+        cols,
+    };
     let ids = g.new_value(ValueType::TokenIds);
     g.input = Some(ids);
     let table = g.add_weight("token_embd", DType::Q8_0, vocab, d);
     let mut x = g.push(Op::Embed { table }, &[ids], &[act(d)], None)[0];
-    let rope = RopeParams { head_dim: hd, rope_dims: hd, theta: 10000.0, freq_scale: 1.0, freq_factors: None };
+    let rope = RopeParams {
+        head_dim: hd,
+        rope_dims: hd,
+        theta: 10000.0,
+        freq_scale: 1.0,
+        freq_factors: None,
+    };
     for layer in 0..n_layers {
         let l = Some(layer);
-        let attention = AttentionParams { layer, n_heads: heads, n_kv_heads: kv_heads, head_dim: hd };
+        let attention = AttentionParams {
+            layer,
+            n_heads: heads,
+            n_kv_heads: kv_heads,
+            head_dim: hd,
+        };
         let norm = g.add_weight(format!("{layer}.attn_norm"), DType::F32, 1, d);
-        let xb = g.push(Op::RmsNorm { weight: norm, eps: 1e-5 }, &[x], &[act(d)], l)[0];
+        let xb = g.push(
+            Op::RmsNorm {
+                weight: norm,
+                eps: 1e-5,
+            },
+            &[x],
+            &[act(d)],
+            l,
+        )[0];
         let wq = g.add_weight(format!("{layer}.q"), DType::Q4_0, heads * hd, d);
         let wk = g.add_weight(format!("{layer}.k"), DType::Q4_0, kv_heads * hd, d);
         let wv = g.add_weight(format!("{layer}.v"), DType::Q4_0, kv_heads * hd, d);
-        let q = g.push(Op::MatMul { weights: vec![wq] }, &[xb], &[act(heads * hd)], l)[0];
-        let k = g.push(Op::MatMul { weights: vec![wk] }, &[xb], &[act(kv_heads * hd)], l)[0];
-        let v = g.push(Op::MatMul { weights: vec![wv] }, &[xb], &[act(kv_heads * hd)], l)[0];
+        let q = g.push(
+            Op::MatMul { weights: vec![wq] },
+            &[xb],
+            &[act(heads * hd)],
+            l,
+        )[0];
+        let k = g.push(
+            Op::MatMul { weights: vec![wk] },
+            &[xb],
+            &[act(kv_heads * hd)],
+            l,
+        )[0];
+        let v = g.push(
+            Op::MatMul { weights: vec![wv] },
+            &[xb],
+            &[act(kv_heads * hd)],
+            l,
+        )[0];
         let q = g.push(Op::Rope { rope }, &[q], &[act(heads * hd)], l)[0];
         let k = g.push(Op::Rope { rope }, &[k], &[act(kv_heads * hd)], l)[0];
         g.push(Op::KvWrite { attention }, &[k, v], &[], l);
@@ -37,7 +74,15 @@ pub(crate) fn tiny_llama(n_layers: usize) -> Graph {
         let proj = g.push(Op::MatMul { weights: vec![wo] }, &[att], &[act(d)], l)[0];
         x = g.push(Op::Add, &[x, proj], &[act(d)], l)[0];
         let norm = g.add_weight(format!("{layer}.ffn_norm"), DType::F32, 1, d);
-        let xb = g.push(Op::RmsNorm { weight: norm, eps: 1e-5 }, &[x], &[act(d)], l)[0];
+        let xb = g.push(
+            Op::RmsNorm {
+                weight: norm,
+                eps: 1e-5,
+            },
+            &[x],
+            &[act(d)],
+            l,
+        )[0];
         let wg = g.add_weight(format!("{layer}.gate"), DType::Q4_1, ff, d);
         let wu = g.add_weight(format!("{layer}.up"), DType::Q4_1, ff, d);
         let gate = g.push(Op::MatMul { weights: vec![wg] }, &[xb], &[act(ff)], l)[0];
@@ -47,12 +92,32 @@ pub(crate) fn tiny_llama(n_layers: usize) -> Graph {
         let down = g.push(Op::MatMul { weights: vec![wd] }, &[h], &[act(d)], l)[0];
         x = g.push(Op::Add, &[x, down], &[act(d)], l)[0];
     }
-    let out = |cols| ValueType::F32 { rows: Rows::Outputs, cols };
+    let out = |cols| ValueType::F32 {
+        rows: Rows::Outputs,
+        cols,
+    };
     let x = g.push(Op::SelectRows, &[x], &[out(d)], None)[0];
     let norm = g.add_weight("output_norm", DType::F32, 1, d);
-    let xn = g.push(Op::RmsNorm { weight: norm, eps: 1e-5 }, &[x], &[out(d)], None)[0];
+    let xn = g.push(
+        Op::RmsNorm {
+            weight: norm,
+            eps: 1e-5,
+        },
+        &[x],
+        &[out(d)],
+        None,
+    )[0];
     let head = g.add_weight("output", DType::Q8_0, vocab, d);
-    g.output = Some(g.push(Op::MatMul { weights: vec![head] }, &[xn], &[out(vocab)], None)[0]);
+    g.output = Some(
+        g.push(
+            Op::MatMul {
+                weights: vec![head],
+            },
+            &[xn],
+            &[out(vocab)],
+            None,
+        )[0],
+    );
     verify(&g).expect("the test graph verifies");
     g
 }
@@ -126,10 +191,22 @@ fn all_passes_leave_six_launches_per_layer() {
     let mut g = tiny_llama(3);
     fuse(&mut g, ALL_OPS).unwrap();
     for layer in 0..3 {
-        let ops: Vec<&str> = g.nodes.iter().filter(|n| n.layer == Some(layer)).map(|n| n.op.name()).collect();
+        let ops: Vec<&str> = g
+            .nodes
+            .iter()
+            .filter(|n| n.layer == Some(layer))
+            .map(|n| n.op.name())
+            .collect();
         assert_eq!(
             ops,
-            ["rmsnorm_matmul", "rope_kv_write", "attention", "matmul_add", "rmsnorm_matmul_swiglu", "matmul_add"]
+            [
+                "rmsnorm_matmul",
+                "rope_kv_write",
+                "attention",
+                "matmul_add",
+                "rmsnorm_matmul_swiglu",
+                "matmul_add"
+            ]
         );
     }
 }
@@ -138,7 +215,8 @@ fn all_passes_leave_six_launches_per_layer() {
 fn unsupported_fused_ops_are_left_unfused() {
     let mut g = tiny_llama(2);
     let before = g.clone();
-    let none_fused = |op: &Op| !op.is_fused() && !matches!(op, Op::MatMul { weights } if weights.len() > 1);
+    let none_fused =
+        |op: &Op| !op.is_fused() && !matches!(op, Op::MatMul { weights } if weights.len() > 1);
     fuse(&mut g, &none_fused).unwrap();
     assert_eq!(g, before);
     // Only RoPE+KV refused: everything else still fuses.

@@ -27,9 +27,15 @@ impl KvPages<'_> {
         let l = self.layout;
         let base = page * l.page_bytes();
         let (at, scale_at) = if v {
-            (l.v_offset(layer, slot, head), l.v_scale_offset(layer, slot, head))
+            (
+                l.v_offset(layer, slot, head),
+                l.v_scale_offset(layer, slot, head),
+            )
         } else {
-            (l.k_offset(layer, slot, head), l.k_scale_offset(layer, slot, head))
+            (
+                l.k_offset(layer, slot, head),
+                l.k_scale_offset(layer, slot, head),
+            )
         };
         let at = base + at.expect("slot inside the page");
         let n = out.len();
@@ -43,7 +49,10 @@ impl KvPages<'_> {
                 }
             }
             KvDtype::F16 => {
-                for (o, b) in out.iter_mut().zip(self.bytes[at..at + 2 * n].chunks_exact(2)) {
+                for (o, b) in out
+                    .iter_mut()
+                    .zip(self.bytes[at..at + 2 * n].chunks_exact(2))
+                {
                     *o = half::f16::from_le_bytes([b[0], b[1]]).to_f32();
                 }
             }
@@ -51,7 +60,8 @@ impl KvPages<'_> {
     }
 }
 
-/// out, q: (tokens, n_heads·head_dim).
+/// out, q: (tokens, n_heads·head_dim). One task per (token, KV head): each key and
+/// value is decoded once and used by all the query heads that share it.
 pub fn attention(
     q: &[f32],
     kv: KvPages<'_>,
@@ -65,32 +75,36 @@ pub fn attention(
     let group = params.n_heads / params.n_kv_heads;
     let page_size = kv.layout.kv_page_size();
     let scale = 1.0 / (hd as f32).sqrt();
-    out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
-        let (t, h) = (i / params.n_heads, i % params.n_heads);
-        let kv_head = h / group;
-        let qh = &q[i * hd..(i + 1) * hd];
-        let table = block_tables[token_seq[t] as usize];
-        let mut k = vec![0.0f32; hd]; // (head_dim) one decoded key
-        let mut v = vec![0.0f32; hd]; // (head_dim) one decoded value
-        let (mut max, mut sum) = (f32::NEG_INFINITY, 0.0f32);
-        o.fill(0.0);
-        for pos in 0..=positions[t] as usize {
-            let (page, slot) = (table[pos / page_size] as usize, pos % page_size);
-            kv.load(params.layer, page, slot, kv_head, false, &mut k);
-            let s = kiln_ir::quant::dot_f32(qh, &k) * scale;
-            kv.load(params.layer, page, slot, kv_head, true, &mut v);
-            // Online softmax: rescale what was accumulated when the maximum grows.
-            let new_max = max.max(s);
-            let correction = (max - new_max).exp();
-            let p = (s - new_max).exp();
-            sum = sum * correction + p;
-            for (ov, &vv) in o.iter_mut().zip(&v) {
-                *ov = *ov * correction + p * vv;
+    out.par_chunks_mut(group * hd)
+        .enumerate()
+        .for_each(|(i, o)| {
+            let (t, kv_head) = (i / params.n_kv_heads, i % params.n_kv_heads);
+            let qg = &q[i * group * hd..(i + 1) * group * hd]; // (group, head_dim)
+            let table = block_tables[token_seq[t] as usize];
+            let mut k = vec![0.0f32; hd]; // (head_dim) one decoded key
+            let mut v = vec![0.0f32; hd]; // (head_dim) one decoded value
+            let mut max = vec![f32::NEG_INFINITY; group]; // (group) running max score
+            let mut sum = vec![0.0f32; group]; // (group) running softmax denominator
+            o.fill(0.0);
+            for pos in 0..=positions[t] as usize {
+                let (page, slot) = (table[pos / page_size] as usize, pos % page_size);
+                kv.load(params.layer, page, slot, kv_head, false, &mut k);
+                kv.load(params.layer, page, slot, kv_head, true, &mut v);
+                for g in 0..group {
+                    let s = kiln_ir::quant::dot_f32(&qg[g * hd..(g + 1) * hd], &k) * scale;
+                    // Online softmax: rescale what was accumulated when the maximum grows.
+                    let new_max = max[g].max(s);
+                    let correction = (max[g] - new_max).exp();
+                    let p = (s - new_max).exp();
+                    sum[g] = sum[g] * correction + p;
+                    for (ov, &vv) in o[g * hd..(g + 1) * hd].iter_mut().zip(&v) {
+                        *ov = *ov * correction + p * vv;
+                    }
+                    max[g] = new_max;
+                }
             }
-            max = new_max;
-        }
-        for ov in o.iter_mut() {
-            *ov /= sum;
-        }
-    });
+            for (g, head) in o.chunks_exact_mut(hd).enumerate() {
+                head.iter_mut().for_each(|ov| *ov /= sum[g]);
+            }
+        });
 }

@@ -5,19 +5,34 @@ use kiln_ir::kv_layout::{KvDtype, KvLayout};
 use kiln_ir::quant::fp8;
 
 /// Where each token of the step goes: (page, slot in page).
-pub fn token_slots(positions: &[u32], token_seq: &[u32], block_tables: &[&[u32]], kv_page_size: usize) -> Vec<(usize, usize)> {
+pub fn token_slots(
+    positions: &[u32],
+    token_seq: &[u32],
+    block_tables: &[&[u32]],
+    kv_page_size: usize,
+) -> Vec<(usize, usize)> {
     positions
         .iter()
         .zip(token_seq)
         .map(|(&pos, &seq)| {
             let pos = pos as usize;
-            (block_tables[seq as usize][pos / kv_page_size] as usize, pos % kv_page_size)
+            (
+                block_tables[seq as usize][pos / kv_page_size] as usize,
+                pos % kv_page_size,
+            )
         })
         .collect()
 }
 
 /// k, v: (tokens, n_kv_heads·head_dim).
-pub fn kv_write(pages: &mut [u8], layout: &KvLayout, layer: usize, slots: &[(usize, usize)], k: &[f32], v: &[f32]) {
+pub fn kv_write(
+    pages: &mut [u8],
+    layout: &KvLayout,
+    layer: usize,
+    slots: &[(usize, usize)],
+    k: &[f32],
+    v: &[f32],
+) {
     let hd = layout.head_dim();
     let kv_dim = layout.n_kv_heads() * hd;
     let page_bytes = layout.page_bytes();
@@ -26,14 +41,22 @@ pub fn kv_write(pages: &mut [u8], layout: &KvLayout, layer: usize, slots: &[(usi
         for h in 0..layout.n_kv_heads() {
             let k_row = &k[t * kv_dim + h * hd..][..hd];
             let v_row = &v[t * kv_dim + h * hd..][..hd];
-            let k_at = layout.k_offset(layer, slot, h).expect("slot inside the page");
-            let v_at = layout.v_offset(layer, slot, h).expect("slot inside the page");
+            let k_at = layout
+                .k_offset(layer, slot, h)
+                .expect("slot inside the page");
+            let v_at = layout
+                .v_offset(layer, slot, h)
+                .expect("slot inside the page");
             match layout.dtype() {
                 KvDtype::F8E4M3 => {
                     let ks = store_fp8(&mut page[k_at..k_at + hd], k_row);
                     let vs = store_fp8(&mut page[v_at..v_at + hd], v_row);
-                    let k_scale = layout.k_scale_offset(layer, slot, h).expect("fp8 has scales");
-                    let v_scale = layout.v_scale_offset(layer, slot, h).expect("fp8 has scales");
+                    let k_scale = layout
+                        .k_scale_offset(layer, slot, h)
+                        .expect("fp8 has scales");
+                    let v_scale = layout
+                        .v_scale_offset(layer, slot, h)
+                        .expect("fp8 has scales");
                     page[k_scale..k_scale + 4].copy_from_slice(&ks.to_le_bytes());
                     page[v_scale..v_scale + 4].copy_from_slice(&vs.to_le_bytes());
                 }

@@ -98,7 +98,16 @@ fn rows_dot(w: WeightMatrix<'_>, r0: usize, n_rows: usize, acts: &Acts<'_>, y: &
                 DType::Q4_1 => simd::dot_rows_tokens_q4_1_q8_1,
                 _ => simd::dot_rows_tokens_q8_0_q8_0,
             };
-            kernel(rows, rb, n_rows, blocks, *row_bytes, n_tokens, &mut by_token, n_rows);
+            kernel(
+                rows,
+                rb,
+                n_rows,
+                blocks,
+                *row_bytes,
+                n_tokens,
+                &mut by_token,
+                n_rows,
+            );
             for (t, token_row) in by_token.chunks_exact(n_rows).enumerate() {
                 for (r, &v) in token_row.iter().enumerate() {
                     y[r * n_tokens + t] = v;

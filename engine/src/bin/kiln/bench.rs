@@ -17,13 +17,28 @@ pub struct Args {
     #[arg(short, long)]
     model: PathBuf,
     /// Prompt sizes for prefill tests (comma-separated; 0 for none).
-    #[arg(short = 'p', long = "n-prompt", value_delimiter = ',', default_value = "512")]
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        value_delimiter = ',',
+        default_value = "512"
+    )]
     n_prompt: Vec<usize>,
     /// Generated tokens for decode tests (comma-separated; 0 for none).
-    #[arg(short = 'n', long = "n-gen", value_delimiter = ',', default_value = "128")]
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        value_delimiter = ',',
+        default_value = "128"
+    )]
     n_gen: Vec<usize>,
     /// Sequences decoded together (comma-separated).
-    #[arg(short = 'b', long = "batch", value_delimiter = ',', default_value = "1")]
+    #[arg(
+        short = 'b',
+        long = "batch",
+        value_delimiter = ',',
+        default_value = "1"
+    )]
     batch: Vec<usize>,
     /// Repetitions of each test (after one warm-up).
     #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
@@ -43,14 +58,23 @@ pub fn main(args: Args) -> Result<(), Error> {
     let model = load_model(&args.model)?;
     let device = match args.backend {
         None => backends::open_best()?,
-        Some(BackendArg::Ref) => return Err(Error::Invalid("bench runs compiled backends, not ref".into())),
+        Some(BackendArg::Ref) => {
+            return Err(Error::Invalid(
+                "bench runs compiled backends, not ref".into(),
+            ));
+        }
         Some(b) => backends::open(b.name())?,
     };
-    let kv = if args.kv == Some(KvArg::F16) { KvDtype::F16 } else { KvDtype::F8E4M3 };
+    let kv = if args.kv == Some(KvArg::F16) {
+        KvDtype::F16
+    } else {
+        KvDtype::F8E4M3
+    };
     let max_prompt = args.n_prompt.iter().copied().max().unwrap_or(0);
     let max_gen = args.n_gen.iter().copied().max().unwrap_or(0);
     let max_batch = args.batch.iter().copied().max().unwrap_or(1).max(1);
-    let mut options = CompileOptions::new((max_prompt.max(max_gen) + 1).min(model.config.context_length));
+    let mut options =
+        CompileOptions::new((max_prompt.max(max_gen) + 1).min(model.config.context_length));
     options.kv_dtype = kv;
     options.max_seqs = max_batch;
     options.max_step_tokens = max_prompt.clamp(max_batch, 512);
@@ -65,34 +89,62 @@ pub fn main(args: Args) -> Result<(), Error> {
     }
     for &n in args.n_gen.iter().filter(|&&n| n > 0) {
         for &b in &args.batch {
-            results.push(bench::decode(&mut compiled, n, b.max(1), args.reps, &mut kernels)?);
+            results.push(bench::decode(
+                &mut compiled,
+                n,
+                b.max(1),
+                args.reps,
+                &mut kernels,
+            )?);
         }
     }
     let peak_rss = bench::peak_rss_bytes();
     let (copy_bw, f32_peak) = if args.kernels {
-        (Some(bench::host_copy_bandwidth()), Some(bench::host_f32_peak()))
+        (
+            Some(bench::host_copy_bandwidth()),
+            Some(bench::host_f32_peak()),
+        )
     } else {
         (None, None)
     };
 
     println!("| model | backend | kv | test | batch | t/s | ttft ms | itl p50 ms | itl p99 ms |");
     println!("|---|---|---|---|---|---|---|---|---|");
-    let name = args.model.file_name().map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let name = args
+        .model
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
     let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
     for r in &results {
         println!(
             "| {name} | {backend} | {} | {} | {} | {:.2} ± {:.2} | {} | {} | {} |",
-            kv.name(), r.test, r.batch, r.tok_s.mean, r.tok_s.std, ms(r.ttft_ms), ms(r.itl_p50_ms), ms(r.itl_p99_ms)
+            kv.name(),
+            r.test,
+            r.batch,
+            r.tok_s.mean,
+            r.tok_s.std,
+            ms(r.ttft_ms),
+            ms(r.itl_p50_ms),
+            ms(r.itl_p99_ms)
         );
     }
     if let Some(rss) = peak_rss {
-        println!("\npeak resident memory: {:.1} MiB", rss as f64 / (1 << 20) as f64);
+        println!(
+            "\npeak resident memory: {:.1} MiB",
+            rss as f64 / (1 << 20) as f64
+        );
     }
     let rows = kernels.rows();
     if let (Some(bw), Some(peak)) = (copy_bw, f32_peak) {
-        println!("\nceilings: copy {:.1} GB/s (read+write), f32 FMA {:.1} GFLOP/s", bw / 1e9, peak / 1e9);
+        println!(
+            "\nceilings: copy {:.1} GB/s (read+write), f32 FMA {:.1} GFLOP/s",
+            bw / 1e9,
+            peak / 1e9
+        );
         println!("\n(weight bytes only; attention's KV reads are not counted yet)");
-        println!("\n| kernel | launches/step | µs/step | GB/s | % copy bw | GFLOP/s | % f32 peak |");
+        println!(
+            "\n| kernel | launches/step | µs/step | GB/s | % copy bw | GFLOP/s | % f32 peak |"
+        );
         println!("|---|---|---|---|---|---|---|");
         for k in &rows {
             println!(

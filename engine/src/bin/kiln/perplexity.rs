@@ -31,7 +31,13 @@ pub fn main(args: Args) -> Result<(), Error> {
     let text = std::fs::read_to_string(&args.file)
         .map_err(|e| Error::Invalid(format!("cannot read {}: {e}", args.file.display())))?;
     let model = load_model(&args.model)?;
-    let mut runner = runner(&model, args.backend, args.kv, Some(args.ctx_size), args.ctx_size / 2)?;
+    let mut runner = runner(
+        &model,
+        args.backend,
+        args.kv,
+        Some(args.ctx_size),
+        args.ctx_size / 2,
+    )?;
     let start = Instant::now();
     let result = perplexity(
         runner.as_mut(),

@@ -30,7 +30,9 @@ pub fn main(args: Args) -> Result<(), Error> {
     let backend = match args.backend {
         None => backends::open_best()?,
         Some(BackendArg::Ref) => {
-            return Err(Error::Invalid("the ref backend runs no plan: it is the unfused oracle".into()));
+            return Err(Error::Invalid(
+                "the ref backend runs no plan: it is the unfused oracle".into(),
+            ));
         }
         Some(b) => backends::open(b.name())?,
     };
@@ -41,7 +43,11 @@ pub fn main(args: Args) -> Result<(), Error> {
     options.max_step_outputs = 1;
     let plan = compile_plan(&model, backend.as_ref(), &options)?;
     let c = &model.config;
-    let dtype = if args.kv == Some(KvArg::F16) { KvDtype::F16 } else { KvDtype::F8E4M3 };
+    let dtype = if args.kv == Some(KvArg::F16) {
+        KvDtype::F16
+    } else {
+        KvDtype::F8E4M3
+    };
     let layout = KvLayout::new(c.n_layers, c.n_kv_heads, c.head_dim)
         .and_then(|l| l.with_dtype(dtype))
         .map_err(kiln_engine::kv::KvError::from)?;
