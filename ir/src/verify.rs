@@ -176,6 +176,12 @@ impl Checker<'_> {
             Op::RopeKvWrite { rope, attention } => {
                 self.arity(3, 1)?;
                 self.attention(attention)?;
+                if rope.head_dim != attention.head_dim {
+                    return Err(format!(
+                        "RoPE heads of {} for attention heads of {}",
+                        rope.head_dim, attention.head_dim
+                    ));
+                }
                 self.rope(rope, Rows::Tokens, attention.q_dim())?;
                 self.f32_in_is(0, Rows::Tokens, attention.q_dim())?;
                 self.f32_in_is(1, Rows::Tokens, attention.kv_dim())?;

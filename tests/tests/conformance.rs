@@ -30,7 +30,7 @@ macro_rules! conformance_suite {
             rope: [h64_t7, h128_factors_t3, h64_partial_t33, h128_partial_factors_t1],
             matmul_t1: [f32, f16, bf16, q4_0, q4_1, q8_0],
             matmul_t33: [f32, f16, bf16, q4_0, q4_1, q8_0],
-            matmul3_t7: [f32, f16, bf16, q4_0, q4_1, q8_0, mixed],
+            matmul3_t7: [f32, f16, bf16, q4_0, q4_1, q8_0, q4_1_q8_0_q4_0, q4_0_bf16_q8_0],
             rmsnorm_matmul3_t33: [f32, f16, bf16, q4_0, q4_1, q8_0],
             matmul_swiglu_t7: [f32, f16, bf16, q4_0, q4_1, q8_0],
             rmsnorm_matmul_swiglu_t3: [f32, f16, bf16, q4_0, q4_1, q8_0],
@@ -111,7 +111,7 @@ fn check_random_shape(case: &Case) -> Result<(), TestCaseError> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig::with_cases(64))]
+    #![proptest_config(ProptestConfig::with_cases(256))]
 
     /// MatMul of random shape on the CPU against the oracle, any weight type. The error is
     /// over the power of the summed products, so that a few outputs that happen to cancel

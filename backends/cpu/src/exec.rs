@@ -53,6 +53,7 @@ impl Loaded {
         kv_layout: KvLayout,
         kv_page_count: usize,
     ) -> Result<Loaded, BackendError> {
+        check_kv_geometry(&plan, &kv_layout)?;
         let vectors = plan
             .graph
             .weights
@@ -387,4 +388,45 @@ fn disjoint_views<'a>(
         .into_iter()
         .map(|v| v.expect("every range placed"))
         .collect())
+}
+
+/// The KV layout must fit every layer's attention, and all layers must share one RoPE
+/// geometry (the step's RoPE table is built once); refuse the plan otherwise.
+fn check_kv_geometry(plan: &Plan, layout: &KvLayout) -> Result<(), BackendError> {
+    let mut rope_seen = None;
+    for launch in &plan.launches {
+        let (attention, rope) = match &launch.op {
+            Op::KvWrite { attention } | Op::Attention { attention } => (Some(attention), None),
+            Op::RopeKvWrite { rope, attention } => (Some(attention), Some(rope)),
+            Op::Rope { rope } => (None, Some(rope)),
+            _ => (None, None),
+        };
+        if let Some(a) = attention
+            && (a.layer >= layout.n_layers()
+                || a.n_kv_heads != layout.n_kv_heads()
+                || a.head_dim != layout.head_dim())
+        {
+            return Err(BackendError::BadStep {
+                backend: NAME,
+                reason: format!(
+                    "layer {} attends over {} KV heads of {}, the KV layout holds {} layers of {} heads of {}",
+                    a.layer,
+                    a.n_kv_heads,
+                    a.head_dim,
+                    layout.n_layers(),
+                    layout.n_kv_heads(),
+                    layout.head_dim()
+                ),
+            });
+        }
+        if let Some(r) = rope {
+            if *rope_seen.get_or_insert(*r) != *r {
+                return Err(BackendError::Unsupported {
+                    backend: NAME,
+                    what: "layers with different RoPE parameters".into(),
+                });
+            }
+        }
+    }
+    Ok(())
 }

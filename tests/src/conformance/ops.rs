@@ -127,10 +127,13 @@ pub(super) fn matmul(
     k: usize,
     ns: Vec<usize>,
 ) -> Case {
-    let label = if dtypes.iter().all(|&d| d == dtypes[0]) {
-        dtypes[0].name()
+    // "q4_0" when every weight is Q4_0, "q4_1_q8_0_q4_0" for a mix.
+    let mut label: Vec<&str> = dtypes.iter().map(|d| d.name()).collect();
+    label.dedup();
+    let label = if label.len() == 1 {
+        label[0].to_string()
     } else {
-        "mixed"
+        label.join("_")
     };
     let norm = family.starts_with("rmsnorm");
     let limit = dtypes.iter().map(|&d| matmul_limit(d)).fold(0.0, f64::max);
