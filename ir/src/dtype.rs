@@ -58,7 +58,7 @@ impl DType {
     /// or the size overflows.
     pub fn bytes_for(self, n: u64) -> Option<u64> {
         let block_len = self.block_len() as u64;
-        if n % block_len != 0 {
+        if !n.is_multiple_of(block_len) {
             return None;
         }
         (n / block_len).checked_mul(self.block_bytes() as u64)

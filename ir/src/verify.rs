@@ -273,13 +273,13 @@ impl Checker<'_> {
     }
 
     fn rope(&self, rope: &RopeParams, rows: Rows, cols: usize) -> Check {
-        if rows != Rows::Tokens || rope.head_dim == 0 || cols % rope.head_dim != 0 {
+        if rows != Rows::Tokens || rope.head_dim == 0 || !cols.is_multiple_of(rope.head_dim) {
             return Err(format!(
                 "({rows:?}, {cols}) is not whole heads of {}",
                 rope.head_dim
             ));
         }
-        if rope.rope_dims > rope.head_dim || rope.rope_dims % 2 != 0 {
+        if rope.rope_dims > rope.head_dim || !rope.rope_dims.is_multiple_of(2) {
             return Err(format!(
                 "rotates {} of {} dims",
                 rope.rope_dims, rope.head_dim
@@ -295,7 +295,7 @@ impl Checker<'_> {
         if a.layer >= self.graph.n_layers {
             return Err(format!("layer {} of {}", a.layer, self.graph.n_layers));
         }
-        if a.n_kv_heads == 0 || a.n_heads % a.n_kv_heads != 0 || a.head_dim == 0 {
+        if a.n_kv_heads == 0 || !a.n_heads.is_multiple_of(a.n_kv_heads) || a.head_dim == 0 {
             return Err(format!(
                 "{} query heads over {} KV heads",
                 a.n_heads, a.n_kv_heads

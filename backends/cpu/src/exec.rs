@@ -419,13 +419,13 @@ fn check_kv_geometry(plan: &Plan, layout: &KvLayout) -> Result<(), BackendError>
                 ),
             });
         }
-        if let Some(r) = rope {
-            if *rope_seen.get_or_insert(*r) != *r {
-                return Err(BackendError::Unsupported {
-                    backend: NAME,
-                    what: "layers with different RoPE parameters".into(),
-                });
-            }
+        if let Some(r) = rope
+            && *rope_seen.get_or_insert(*r) != *r
+        {
+            return Err(BackendError::Unsupported {
+                backend: NAME,
+                what: "layers with different RoPE parameters".into(),
+            });
         }
     }
     Ok(())

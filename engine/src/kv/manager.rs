@@ -299,10 +299,10 @@ impl KvManager {
                     }
                     parent = hash;
                 }
-                if let Some(cached) = self.pool.registered_tokens(page) {
-                    if !cached.starts_with(in_page) {
-                        return Err(format!("{id}: {page} is registered for other tokens"));
-                    }
+                if let Some(cached) = self.pool.registered_tokens(page)
+                    && !cached.starts_with(in_page)
+                {
+                    return Err(format!("{id}: {page} is registered for other tokens"));
                 }
             }
         }
@@ -331,7 +331,7 @@ fn plan_append(pool: &PagePool, page_size: usize, s: &Sequence, n_tokens: usize)
         };
     }
     let len = s.tokens.len();
-    let partial_last = if len % page_size != 0 {
+    let partial_last = if !len.is_multiple_of(page_size) {
         s.block_table.last().copied()
     } else {
         None

@@ -90,7 +90,7 @@ impl LlamaConfig {
             rope_freq_scale,
             arch,
         };
-        if config.rope_dims > config.head_dim || config.rope_dims % 2 != 0 {
+        if config.rope_dims > config.head_dim || !config.rope_dims.is_multiple_of(2) {
             return Err(crate::Error::BadConfig(format!(
                 "RoPE dimension count {} does not fit head size {}",
                 config.rope_dims, config.head_dim

@@ -72,7 +72,7 @@ pub fn quantize_row(dtype: DType, src: &[f32], dst: &mut [u8]) -> Result<(), Qua
 
 /// Values dequantized at a time by [`dot_row_f32`]: 8 blocks of 32, 1 KiB of stack.
 const DOT_CHUNK: usize = 256;
-const _: () = assert!(DOT_CHUNK % q4_0::BLOCK_LEN == 0);
+const _: () = assert!(DOT_CHUNK.is_multiple_of(q4_0::BLOCK_LEN));
 
 /// Dot product of one stored row (`x.len()` values as `dtype`) with f32 activations.
 ///
@@ -95,7 +95,7 @@ pub fn dot_row_f32(dtype: DType, row: &[u8], x: &[f32]) -> Result<f32, QuantErro
 /// Checks that `values` values of `dtype` are whole blocks taking exactly `bytes` bytes.
 fn check_row(dtype: DType, values: usize, bytes: usize) -> Result<(), QuantError> {
     let block_len = dtype.block_len();
-    if values % block_len != 0 {
+    if !values.is_multiple_of(block_len) {
         return Err(QuantError::NotBlockMultiple {
             dtype,
             values,
@@ -138,7 +138,7 @@ fn f16_at(block: &[u8], at: usize) -> f32 {
 #[inline(always)]
 fn debug_check_blocks(values: usize, bytes: usize, block_len: usize, block_bytes: usize) {
     debug_assert!(
-        values % block_len == 0 && bytes == values / block_len * block_bytes,
+        values.is_multiple_of(block_len) && bytes == values / block_len * block_bytes,
         "{values} values in {bytes} bytes are not whole {block_len}-value blocks of {block_bytes} bytes"
     );
 }

@@ -272,7 +272,7 @@ impl Job<'_> {
         let name = self.format.name();
         let (wb, ab) = (self.format.weight_bytes(), self.format.act_bytes());
         assert!(
-            self.row_bytes % wb == 0,
+            self.row_bytes.is_multiple_of(wb),
             "{name}: a row of {} bytes is not whole {wb}-byte blocks",
             self.row_bytes
         );
@@ -373,7 +373,9 @@ fn vec_dot(format: Format, row: &[u8], act: &[u8]) -> f32 {
 fn vec_dot_with(kernels: &Kernels, format: Format, row: &[u8], act: &[u8]) -> f32 {
     let (wb, ab) = (format.weight_bytes(), format.act_bytes());
     debug_assert!(
-        row.len() % wb == 0 && act.len() % ab == 0 && row.len() / wb == act.len() / ab,
+        row.len().is_multiple_of(wb)
+            && act.len().is_multiple_of(ab)
+            && row.len() / wb == act.len() / ab,
         "{}: rows of {} and {} bytes are not the same whole number of blocks",
         format.name(),
         row.len(),
@@ -421,7 +423,7 @@ fn dot_rows_with(
     let (wb, ab) = (format.weight_bytes(), format.act_bytes());
     // (A row that is not whole blocks is reported by `Job::checked`.)
     assert!(
-        row_bytes % wb != 0 || act.len() == row_bytes / wb * ab,
+        !row_bytes.is_multiple_of(wb) || act.len() == row_bytes / wb * ab,
         "{}: an activation row of {} bytes does not match weight rows of {row_bytes} bytes",
         format.name(),
         act.len()

@@ -122,7 +122,7 @@ fn act_row(format: Format, blocks: usize, kind: Kind, rng: &mut Rng) -> Vec<u8> 
 /// A finite, non-zero f16 (as bytes) from about 2^-20 to 2^6, either sign.
 fn random_f16(rng: &mut Rng) -> [u8; 2] {
     let v = rng.unit().abs().max(1e-3) * 2f32.powi((rng.next() % 27) as i32 - 20);
-    let v = if rng.next() % 2 == 0 { v } else { -v };
+    let v = if rng.next().is_multiple_of(2) { v } else { -v };
     f16::from_f32(v).to_le_bytes()
 }
 
