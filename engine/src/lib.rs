@@ -16,6 +16,7 @@ pub mod perplexity;
 pub mod reference;
 pub mod runner;
 pub mod sampler;
+pub mod synth;
 pub mod tokenizer;
 
 pub use error::Error;

@@ -124,11 +124,38 @@ fn run_json_reports_tokens_text_and_timings() {
     for key in ["ttft_ms", "prefill_tok_s", "decode_tok_s"] {
         assert!(v[key].as_f64().unwrap() > 0.0, "{key} = {}", v[key]);
     }
-    assert_eq!(v["backend"], "ref");
+    assert_eq!(v["backend"], "cpu", "the CPU backend is the default");
     let logprobs = v["logprobs"].as_array().unwrap();
     assert_eq!(logprobs.len(), 4);
     assert_eq!(logprobs[0].as_array().unwrap().len(), 3);
     assert_eq!(logprobs[0][0][0], 7042);
+}
+
+#[test]
+fn the_reference_pass_is_selectable_and_agrees_on_the_first_token() {
+    let Some(model) = model() else { return };
+    let out = kiln(&[
+        "run",
+        "-m",
+        model.to_str().unwrap(),
+        "-p",
+        "The capital of France is",
+        "-n",
+        "2",
+        "--temp",
+        "0",
+        "--backend",
+        "ref",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = last_line_json(&out);
+    assert_eq!(v["backend"], "ref");
+    assert_eq!(v["tokens"][0], 7042);
 }
 
 #[test]

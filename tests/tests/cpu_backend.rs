@@ -60,6 +60,15 @@ fn options(n_ctx: usize, kv_dtype: KvDtype) -> CompileOptions {
     }
 }
 
+/// What `kiln perplexity -c N` compiles: steps of up to min(N, 512) tokens, N/2 outputs.
+fn perplexity_options(n_ctx: usize, kv_dtype: KvDtype) -> CompileOptions {
+    CompileOptions {
+        max_step_tokens: n_ctx.min(512),
+        max_step_outputs: n_ctx / 2,
+        ..options(n_ctx, kv_dtype)
+    }
+}
+
 fn kv_name(kv: KvDtype) -> &'static str {
     kv.name()
 }
@@ -151,11 +160,16 @@ fn oracle_rows(oracle: &mut Reference<'_>, prompt: &[u32]) -> (Vec<Vec<f32>>, Ve
 // 1. Logits against the oracle, FP8 and F16 KV.
 // ---------------------------------------------------------------------------------------
 
-/// Thresholds (measured worst, over the 3 prompts × 5 rows, with headroom; see the log).
-const FP8_MAX_REL: f64 = 0.10;
-const FP8_NMSE: f64 = 1.0;
-const F16_MAX_REL: f64 = 0.10;
-const F16_NMSE: f64 = 1.0;
+/// Thresholds: the worst row over the 3 prompts × 5 rows, measured, with about 1.5×
+/// headroom. For scale: the oracle itself with its activations rounded to Q8_0/Q8_1 before
+/// each matmul (what these kernels do) is as far from the f32 oracle (max 2–5e-2, NMSE up
+/// to 2e-2 with f16 K/V); FP8 K/V alone moves the oracle by up to 8e-2 (NMSE 9e-2) on
+/// chat_capital's decode steps. A wrong kernel (a wrong row, scale or position, a stale KV
+/// page) moves the logits by their own size (max|d|/max|ref| ~ 1).
+const F16_MAX_REL: f64 = 0.08;
+const F16_NMSE: f64 = 0.02;
+const FP8_MAX_REL: f64 = 0.12;
+const FP8_NMSE: f64 = 0.1;
 
 #[test]
 fn cpu_logits_match_the_oracle_with_fp8_and_f16_kv() {
@@ -279,6 +293,29 @@ fn greedy_with_f16_kv_matches_the_oracle_until_a_close_call() {
             prefix >= must,
             "{name}: the CPU backend leaves the oracle at step {prefix}, before its first close call at {must}\n\
              ours   {ours:?}\ntheirs {theirs:?}\ngaps {gaps:?}"
+        );
+
+        // Past the first close call the continuations may part; fed the oracle's tokens,
+        // the backend must still pick the oracle's token wherever the oracle is sure.
+        runner.reset();
+        let mut logits = runner.forward(&ids, LogitsFor::Last).unwrap();
+        let (mut sure, mut agree) = (0, 0);
+        for (i, (&t, &gap)) in theirs.iter().zip(&gaps).enumerate() {
+            if gap >= MIN_GAP {
+                sure += 1;
+                assert_eq!(
+                    argmax(&logits),
+                    t,
+                    "{name}, teacher-forced step {i}: the oracle's gap is {gap}"
+                );
+                agree += 1;
+            }
+            if i + 1 < GREEDY_TOKENS {
+                logits = runner.forward(&[t], LogitsFor::Last).unwrap();
+            }
+        }
+        eprintln!(
+            "greedy kv f16, {name}, fed the oracle's tokens: argmax equal at {agree} of the {sure} steps with gap >= {MIN_GAP}"
         );
     }
     eprintln!("greedy f16: {:.1} s", start.elapsed().as_secs_f64());
@@ -611,8 +648,18 @@ fn gpl_text(bytes: usize) -> String {
     text[..end].to_string()
 }
 
+/// Perplexity against the oracle at -c 128: the compute path (Q8 activations, F16 K/V)
+/// within half a percent.
+const PPL_F16_VS_ORACLE: f64 = 0.005;
+/// FP8 K/V (3 mantissa bits) costs perplexity by itself, kernels aside: the oracle with its
+/// K/V rounded through FP8 as the cache stores them (per token-head scale) measured +1.0%
+/// at -c 512 on this text, +2.0% with Q8 activations too, +2.2% at -c 128; the CPU
+/// backend measured +1.3% (c 128, vs the oracle) and +1.2% (c 512, vs F16 K/V).
+const PPL_FP8_VS_ORACLE: f64 = 0.025;
+const PPL_FP8_VS_F16: f64 = 0.02;
+
 #[test]
-fn perplexity_at_context_128_is_within_half_a_percent_of_the_oracle() {
+fn perplexity_at_context_128_is_close_to_the_oracle() {
     let Some(model) = load() else {
         return;
     };
@@ -621,25 +668,33 @@ fn perplexity_at_context_128_is_within_half_a_percent_of_the_oracle() {
     let text = gpl_text(9300);
     let mut oracle = Reference::new(&model, 128);
     let theirs = perplexity(&mut oracle, &model.tokenizer, &text, 128, |_, _| {}).unwrap();
-    let t_oracle = start.elapsed().as_secs_f64();
-    for kv in [KvDtype::F8E4M3, KvDtype::F16] {
+    eprintln!(
+        "perplexity c=128, {} chunks, {} scored: oracle {:.4} ({:.1} s)",
+        theirs.chunks,
+        theirs.scored,
+        theirs.ppl,
+        start.elapsed().as_secs_f64()
+    );
+    for (kv, bound) in [
+        (KvDtype::F16, PPL_F16_VS_ORACLE),
+        (KvDtype::F8E4M3, PPL_FP8_VS_ORACLE),
+    ] {
         let t = Instant::now();
-        let mut runner = cpu(&model, options(128, kv));
+        let mut runner = cpu(&model, perplexity_options(128, kv));
         let ours = perplexity(&mut runner, &model.tokenizer, &text, 128, |_, _| {}).unwrap();
         assert_eq!((ours.chunks, ours.scored), (theirs.chunks, theirs.scored));
         let rel = (ours.ppl - theirs.ppl).abs() / theirs.ppl;
         eprintln!(
-            "perplexity c=128, {} chunks, {} scored: cpu kv {} {:.4} vs oracle {:.4} ({:.3}% apart; cpu {:.1} s, oracle {t_oracle:.1} s)",
-            ours.chunks,
-            ours.scored,
+            "perplexity c=128: cpu kv {} {:.4} vs oracle {:.4}: {:+.3}% (bound {:.1}%; {:.1} s)",
             kv_name(kv),
             ours.ppl,
             theirs.ppl,
-            rel * 100.0,
+            (ours.ppl / theirs.ppl - 1.0) * 100.0,
+            bound * 100.0,
             t.elapsed().as_secs_f64()
         );
         assert!(
-            rel < 0.005,
+            rel < bound,
             "kv {}: perplexity {} vs oracle {}",
             kv_name(kv),
             ours.ppl,
@@ -649,7 +704,7 @@ fn perplexity_at_context_128_is_within_half_a_percent_of_the_oracle() {
 }
 
 #[test]
-fn fp8_kv_perplexity_at_context_512_is_within_one_percent_of_f16() {
+fn fp8_kv_perplexity_at_context_512_is_close_to_f16_kv() {
     let Some(model) = load() else {
         return;
     };
@@ -658,7 +713,7 @@ fn fp8_kv_perplexity_at_context_512_is_within_one_percent_of_f16() {
     let mut results = Vec::new();
     for kv in [KvDtype::F16, KvDtype::F8E4M3] {
         let t = Instant::now();
-        let mut runner = cpu(&model, options(512, kv));
+        let mut runner = cpu(&model, perplexity_options(512, kv));
         let p = perplexity(&mut runner, &model.tokenizer, &text, 512, |_, _| {}).unwrap();
         eprintln!(
             "perplexity c=512, {} chunks, {} scored: cpu kv {} {:.4} ± {:.4} ({:.1} s)",
@@ -673,10 +728,16 @@ fn fp8_kv_perplexity_at_context_512_is_within_one_percent_of_f16() {
     }
     let rel = (results[1] - results[0]).abs() / results[0];
     eprintln!(
-        "perplexity c=512: fp8 {:.4} vs f16 {:.4} ({:.3}% apart)",
+        "perplexity c=512: fp8 {:.4} vs f16 {:.4}: {:+.3}% (bound {:.1}%)",
         results[1],
         results[0],
-        rel * 100.0
+        (results[1] / results[0] - 1.0) * 100.0,
+        PPL_FP8_VS_F16 * 100.0
     );
-    assert!(rel < 0.01, "fp8 {} vs f16 {}", results[1], results[0]);
+    assert!(
+        rel < PPL_FP8_VS_F16,
+        "fp8 {} vs f16 {}",
+        results[1],
+        results[0]
+    );
 }

@@ -26,7 +26,9 @@ pub enum GgufError {
     },
     #[error("{what} at byte {offset} is not valid UTF-8")]
     InvalidUtf8 { what: String, offset: u64 },
-    #[error("{what} declares {count} entries, more than the file can hold")]
+    #[error(
+        "{what} declares {count} entries, more than the rest of the file can hold (truncated or corrupt file)"
+    )]
     CountTooLarge { what: String, count: u64 },
     #[error("metadata key {key:?}: unknown value type id {type_id}")]
     UnknownValueType { key: String, type_id: u32 },

@@ -7,6 +7,7 @@ mod info;
 mod perplexity;
 mod plan;
 mod run;
+mod synth;
 mod tokenize;
 
 use std::process::ExitCode;
@@ -34,9 +35,31 @@ enum Command {
     Bench(bench::Args),
     /// The fused graph and the kernel launches of one decode step on a backend.
     Plan(plan::Args),
+    /// Write a random-weight GGUF model of a known shape (benchmarks without downloads).
+    Synth(synth::Args),
 }
 
+/// Die quietly on a closed pipe (`kiln info ... | head`) like other Unix tools, instead of
+/// panicking in `println!`.
+#[cfg(unix)]
+fn restore_sigpipe() {
+    unsafe extern "C" {
+        fn signal(signum: i32, handler: usize) -> usize;
+    }
+    const SIGPIPE: i32 = 13;
+    const SIG_DFL: usize = 0;
+    // SAFETY: resetting SIGPIPE to its default disposition at start-up, before any thread
+    // exists, is what C programs get by default; `signal` has this exact C signature.
+    unsafe {
+        signal(SIGPIPE, SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn restore_sigpipe() {}
+
 fn main() -> ExitCode {
+    restore_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => run::main(args),
@@ -45,6 +68,7 @@ fn main() -> ExitCode {
         Command::Info(args) => info::main(args),
         Command::Plan(args) => plan::main(args),
         Command::Bench(args) => bench::main(args),
+        Command::Synth(args) => synth::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
