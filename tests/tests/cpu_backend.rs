@@ -160,15 +160,17 @@ fn oracle_rows(oracle: &mut Reference<'_>, prompt: &[u32]) -> (Vec<Vec<f32>>, Ve
 // 1. Logits against the oracle, FP8 and F16 KV.
 // ---------------------------------------------------------------------------------------
 
-/// Thresholds: the worst row over the 3 prompts × 5 rows, measured, with about 1.5×
-/// headroom. For scale: the oracle itself with its activations rounded to Q8_0/Q8_1 before
-/// each matmul (what these kernels do) is as far from the f32 oracle (max 2–5e-2, NMSE up
-/// to 2e-2 with f16 K/V); FP8 K/V alone moves the oracle by up to 8e-2 (NMSE 9e-2) on
+/// Thresholds: the worst row over the 3 prompts × 5 rows, measured (F16 K/V: 5.4e-2 and
+/// NMSE 1.3e-2; FP8: 1.05e-1 and 3.0e-2), with headroom, since every change of summation
+/// order in a kernel moves these figures. For scale: the oracle itself with its
+/// activations rounded to Q8_0/Q8_1 before each matmul (what these kernels do) is as far
+/// from the f32 oracle (max up to 5e-2, NMSE up to 2e-2 with f16 K/V; up to 1.05e-1 and
+/// 7.5e-2 with FP8 K/V), and FP8 K/V alone moves the oracle by up to 8e-2 (NMSE 9e-2) on
 /// chat_capital's decode steps. A wrong kernel (a wrong row, scale or position, a stale KV
 /// page) moves the logits by their own size (max|d|/max|ref| ~ 1).
 const F16_MAX_REL: f64 = 0.08;
-const F16_NMSE: f64 = 0.02;
-const FP8_MAX_REL: f64 = 0.12;
+const F16_NMSE: f64 = 0.03;
+const FP8_MAX_REL: f64 = 0.15;
 const FP8_NMSE: f64 = 0.1;
 
 #[test]
@@ -592,11 +594,11 @@ fn batched_decode_equals_each_sequence_alone() {
             let mut logits = alone.forward(prompt, LogitsFor::Last).unwrap();
             let mut tokens = Vec::new();
             let mut worst = 0.0f32;
-            for step in 0..BATCH_STEPS {
-                worst = worst.max(max_abs_diff(&logits, &together[i][step]));
+            for (step, theirs) in together[i].iter().enumerate() {
+                worst = worst.max(max_abs_diff(&logits, theirs));
                 assert_eq!(
                     argmax(&logits),
-                    argmax(&together[i][step]),
+                    argmax(theirs),
                     "kv {}, sequence {i} (prompt {}), step {step}: argmax differs",
                     kv_name(kv),
                     prompt.len()
