@@ -658,7 +658,9 @@ const PPL_F16_VS_ORACLE: f64 = 0.005;
 /// at -c 512 on this text, +2.0% with Q8 activations too, +2.2% at -c 128; the CPU
 /// backend measured +1.3% (c 128, vs the oracle) and +1.2% (c 512, vs F16 K/V).
 const PPL_FP8_VS_ORACLE: f64 = 0.025;
-const PPL_FP8_VS_F16: f64 = 0.02;
+/// Issue 3's bound, on the whole reference text at -c 512 (measured +0.89% on
+/// 2026-11-22; on the first 4 chunks alone it is +1.2%, so the whole text is needed).
+const PPL_FP8_VS_F16: f64 = 0.01;
 
 #[test]
 fn perplexity_at_context_128_is_close_to_the_oracle() {
@@ -710,8 +712,8 @@ fn fp8_kv_perplexity_at_context_512_is_close_to_f16_kv() {
     let Some(model) = load() else {
         return;
     };
-    // About 2100 tokens: 4 chunks of 512.
-    let text = gpl_text(9800);
+    // The whole reference text: 14 chunks of 512.
+    let text = gpl_text(usize::MAX);
     let mut results = Vec::new();
     for kv in [KvDtype::F16, KvDtype::F8E4M3] {
         let t = Instant::now();
