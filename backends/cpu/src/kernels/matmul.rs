@@ -7,9 +7,10 @@
 
 use kiln_ir::DType;
 use kiln_ir::quant::{dequantize_row, dot_f32, q8_0, q8_1};
-use rayon::prelude::*;
 
 use super::WeightMatrix;
+use rayon::prelude::*;
+
 use crate::simd;
 
 /// Rows per rayon task: enough to amortise scheduling, few enough to balance two cores
@@ -31,10 +32,14 @@ impl<'a> Acts<'a> {
         let quantize = |bytes_per_block: usize, f: fn(&[f32], &mut [u8])| {
             let row_bytes = cols / 32 * bytes_per_block;
             let mut blocks = vec![0u8; n_tokens * row_bytes];
-            blocks
-                .par_chunks_mut(row_bytes)
-                .zip(x.par_chunks(cols))
-                .for_each(|(dst, src)| f(src, dst));
+            if n_tokens == 1 {
+                f(x, &mut blocks); // decode: not worth waking the other threads
+            } else {
+                blocks
+                    .par_chunks_mut(row_bytes)
+                    .zip(x.par_chunks(cols))
+                    .for_each(|(dst, src)| f(src, dst));
+            }
             (blocks, row_bytes)
         };
         match dtype {
@@ -62,16 +67,30 @@ impl<'a> Acts<'a> {
 
 /// y (rows, tokens), row-major by weight row: y[r][t] = W[r] · x[t].
 pub fn matmul_rows_by_tokens(w: WeightMatrix<'_>, acts: &Acts<'_>) -> Vec<f32> {
-    let n_tokens = acts.n_tokens();
-    let mut y = vec![0.0f32; w.rows * n_tokens]; // (rows, tokens)
-    y.par_chunks_mut(ROWS_PER_TASK * n_tokens)
-        .enumerate()
-        .for_each(|(task, y_rows)| {
-            let r0 = task * ROWS_PER_TASK;
-            let n_rows = y_rows.len() / n_tokens;
-            rows_dot(w, r0, n_rows, acts, y_rows);
-        });
-    y
+    matmuls_rows_by_tokens(&[(w, acts)])
+        .pop()
+        .expect("one weight in, one out")
+}
+
+/// Several weights (q/k/v, gate/up) in one parallel region, so the threads are woken
+/// once per launch rather than once per weight. Returns y (rows, tokens) per weight.
+pub fn matmuls_rows_by_tokens(jobs: &[(WeightMatrix<'_>, &Acts<'_>)]) -> Vec<Vec<f32>> {
+    let mut ys: Vec<Vec<f32>> = jobs
+        .iter()
+        .map(|(w, acts)| vec![0.0f32; w.rows * acts.n_tokens()]) // (rows, tokens)
+        .collect();
+    let mut tasks = Vec::new(); // (job, first row, output rows)
+    for (j, y) in ys.iter_mut().enumerate() {
+        let n_tokens = jobs[j].1.n_tokens();
+        for (task, chunk) in y.chunks_mut(ROWS_PER_TASK * n_tokens).enumerate() {
+            tasks.push((j, task * ROWS_PER_TASK, chunk));
+        }
+    }
+    tasks.into_par_iter().for_each(|(j, r0, y_rows)| {
+        let (w, acts) = jobs[j];
+        rows_dot(w, r0, y_rows.len() / acts.n_tokens(), acts, y_rows);
+    });
+    ys
 }
 
 /// y (n_rows, tokens) for weight rows r0..r0+n_rows.
@@ -122,15 +141,9 @@ pub fn matmul_with(
     w: WeightMatrix<'_>,
     acts: &Acts<'_>,
     out: &mut [f32],
-    epilogue: impl Fn(usize, usize, f32) -> f32 + Sync,
+    epilogue: impl Fn(usize, usize, f32) -> f32,
 ) {
-    let n_tokens = acts.n_tokens();
-    let y = matmul_rows_by_tokens(w, acts);
-    for (t, out_row) in out.chunks_exact_mut(w.rows).enumerate().take(n_tokens) {
-        for (r, o) in out_row.iter_mut().enumerate() {
-            *o = epilogue(t, r, y[r * n_tokens + t]);
-        }
-    }
+    store(w.rows, &matmul_rows_by_tokens(w, acts), out, epilogue);
 }
 
 /// out (tokens, rows) = x (tokens, cols) · Wᵀ.
@@ -139,18 +152,39 @@ pub fn matmul(w: WeightMatrix<'_>, x: &[f32], out: &mut [f32]) {
     matmul_with(w, &acts, out, |_, _, v| v);
 }
 
-/// Several weights sharing one input (q/k/v): the input is quantized once per dtype.
+/// Several weights sharing one input (q/k/v): the input is quantized once per activation
+/// format, and all rows of all weights go to the threads together.
 pub fn matmul_multi(weights: &[WeightMatrix<'_>], x: &[f32], outs: &mut [&mut [f32]]) {
-    let mut prepared: Vec<(DType, Acts<'_>)> = Vec::new();
-    for (w, out) in weights.iter().zip(outs.iter_mut()) {
-        let acts = match prepared.iter().position(|(d, _)| same_acts(*d, w.dtype)) {
-            Some(i) => &prepared[i].1,
-            None => {
-                prepared.push((w.dtype, Acts::new(w.dtype, x, w.cols)));
-                &prepared.last().expect("just pushed").1
-            }
-        };
-        matmul_with(*w, acts, out, |_, _, v| v);
+    let formats: Vec<(DType, Acts<'_>)> = weights.iter().fold(Vec::new(), |mut v, w| {
+        if !v.iter().any(|(d, _)| same_acts(*d, w.dtype)) {
+            v.push((w.dtype, Acts::new(w.dtype, x, w.cols)));
+        }
+        v
+    });
+    let jobs: Vec<(WeightMatrix<'_>, &Acts<'_>)> = weights
+        .iter()
+        .map(|w| {
+            let acts = &formats
+                .iter()
+                .find(|(d, _)| same_acts(*d, w.dtype))
+                .expect("prepared")
+                .1;
+            (*w, acts)
+        })
+        .collect();
+    let ys = matmuls_rows_by_tokens(&jobs);
+    for ((w, y), out) in weights.iter().zip(&ys).zip(outs.iter_mut()) {
+        store(w.rows, y, out, |_, _, v| v);
+    }
+}
+
+/// out (tokens, rows) from y (rows, tokens) through an epilogue.
+pub fn store(rows: usize, y: &[f32], out: &mut [f32], epilogue: impl Fn(usize, usize, f32) -> f32) {
+    let n_tokens = y.len() / rows;
+    for (t, out_row) in out.chunks_exact_mut(rows).enumerate().take(n_tokens) {
+        for (r, o) in out_row.iter_mut().enumerate() {
+            *o = epilogue(t, r, y[r * n_tokens + t]);
+        }
     }
 }
 

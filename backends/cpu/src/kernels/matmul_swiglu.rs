@@ -1,7 +1,7 @@
 //! out = silu(x · Gateᵀ) · (x · Upᵀ): gate and up share the input and the epilogue.
 
 use super::WeightMatrix;
-use super::matmul::{Acts, matmul_rows_by_tokens};
+use super::matmul::{Acts, matmuls_rows_by_tokens};
 use super::swiglu::silu;
 
 pub fn matmul_swiglu(gate: WeightMatrix<'_>, up: WeightMatrix<'_>, x: &[f32], out: &mut [f32]) {
@@ -13,8 +13,9 @@ pub fn matmul_swiglu(gate: WeightMatrix<'_>, up: WeightMatrix<'_>, x: &[f32], ou
         up_acts = Acts::new(up.dtype, x, up.cols);
         &up_acts
     };
-    let g = matmul_rows_by_tokens(gate, &acts); // (n_ff, tokens)
-    let u = matmul_rows_by_tokens(up, up_acts); // (n_ff, tokens)
+    let mut ys = matmuls_rows_by_tokens(&[(gate, &acts), (up, up_acts)]);
+    let u = ys.pop().expect("up"); // (n_ff, tokens)
+    let g = ys.pop().expect("gate"); // (n_ff, tokens)
     let n_tokens = g.len() / gate.rows;
     for (t, o_row) in out.chunks_exact_mut(gate.rows).enumerate().take(n_tokens) {
         for (r, o) in o_row.iter_mut().enumerate() {
