@@ -21,7 +21,7 @@ use kiln_ir::DType;
 use kiln_ir::quant::{QuantError, quantize_row};
 use rayon::prelude::*;
 
-use crate::gguf::{DEFAULT_ALIGNMENT, GGUF_MAGIC, Gguf, GgufError, Value, ggml_type_id};
+use crate::gguf::{DEFAULT_ALIGNMENT, Gguf, GgufError, TensorEntry, Value, encode_header};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
 /// Where `kiln synth` takes its tokenizer from unless told otherwise.
@@ -665,74 +665,29 @@ fn fill_rows(
         )
 }
 
+/// The header entries of the tensors (for the shared GGUF header encoder).
+fn entries(tensors: &[SynthTensor]) -> Vec<TensorEntry<'_>> {
+    tensors
+        .iter()
+        .map(|t| TensorEntry {
+            name: &t.name,
+            dims: &t.dims,
+            dtype: t.dtype,
+            n_bytes: t.n_bytes(),
+        })
+        .collect()
+}
+
 /// Each tensor's data offset (relative to the data section) and the section's length.
 fn data_layout(tensors: &[SynthTensor], alignment: u64) -> (Vec<u64>, u64) {
-    let mut offset = 0u64;
-    let mut offsets = Vec::with_capacity(tensors.len());
-    for t in tensors {
-        offset = offset.next_multiple_of(alignment);
-        offsets.push(offset);
-        offset += t.n_bytes();
-    }
-    (offsets, offset)
+    crate::gguf::data_layout(&entries(tensors), alignment)
 }
 
-/// The GGUF v3 header (magic to the padding before the data), with the same layout as
-/// [`crate::gguf::GgufWriter`]: metadata, tensor infos with offsets into the data
-/// section, zero padding to `alignment`.
+/// The GGUF v3 header, encoded exactly as [`crate::gguf::GgufWriter`] does.
 fn gguf_header(metadata: &[(String, Value)], tensors: &[SynthTensor], alignment: u64) -> Vec<u8> {
-    let mut h = Vec::new();
-    h.extend_from_slice(&GGUF_MAGIC);
-    h.extend_from_slice(&3u32.to_le_bytes());
-    h.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
-    h.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
-    for (key, value) in metadata {
-        put_string(&mut h, key);
-        h.extend_from_slice(&(value.value_type() as u32).to_le_bytes());
-        put_value(&mut h, value);
-    }
-    let (offsets, _) = data_layout(tensors, alignment);
-    for (t, offset) in tensors.iter().zip(offsets) {
-        put_string(&mut h, &t.name);
-        h.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
-        for d in &t.dims {
-            h.extend_from_slice(&d.to_le_bytes());
-        }
-        let type_id = ggml_type_id(t.dtype).expect("synth dtypes are GGUF types");
-        h.extend_from_slice(&type_id.to_le_bytes());
-        h.extend_from_slice(&offset.to_le_bytes());
-    }
-    h.resize((h.len() as u64).next_multiple_of(alignment) as usize, 0);
-    h
-}
-
-fn put_string(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn put_value(out: &mut Vec<u8>, value: &Value) {
-    match value {
-        Value::U8(v) => out.push(*v),
-        Value::I8(v) => out.push(*v as u8),
-        Value::U16(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Value::I16(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Value::U32(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Value::I32(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Value::F32(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Value::Bool(v) => out.push(u8::from(*v)),
-        Value::String(s) => put_string(out, s),
-        Value::U64(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Value::I64(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Value::F64(v) => out.extend_from_slice(&v.to_le_bytes()),
-        Value::Array(elem, items) => {
-            out.extend_from_slice(&(*elem as u32).to_le_bytes());
-            out.extend_from_slice(&(items.len() as u64).to_le_bytes());
-            for item in items {
-                put_value(out, item);
-            }
-        }
-    }
+    encode_header(metadata, &entries(tensors), alignment)
+        .expect("synth dtypes are GGUF types")
+        .0
 }
 
 /// 64-bit FNV-1a, to key a tensor's random stream by its name.

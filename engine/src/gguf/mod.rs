@@ -16,7 +16,7 @@ mod tests;
 pub use error::GgufError;
 pub use read::{Gguf, TensorInfo};
 pub use value::{Value, ValueType};
-pub use write::GgufWriter;
+pub use write::{GgufWriter, TensorEntry, data_layout, encode_header};
 
 use kiln_ir::DType;
 

@@ -46,37 +46,17 @@ impl GgufWriter {
 
     pub fn write_to(&self, out: &mut impl Write) -> io::Result<()> {
         let alignment = self.alignment();
-        let mut header = Vec::new();
-        header.extend_from_slice(&GGUF_MAGIC);
-        header.extend_from_slice(&3u32.to_le_bytes());
-        header.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
-        header.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
-        for (key, value) in &self.metadata {
-            put_string(&mut header, key);
-            header.extend_from_slice(&(value.value_type() as u32).to_le_bytes());
-            put_value(&mut header, value);
-        }
-        let mut offset = 0u64;
-        let mut offsets = Vec::with_capacity(self.tensors.len());
-        for (name, dims, dtype, data) in &self.tensors {
-            let type_id = ggml_type_id(*dtype).ok_or_else(|| {
-                io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("{dtype} cannot be stored in GGUF"),
-                )
-            })?;
-            put_string(&mut header, name);
-            header.extend_from_slice(&(dims.len() as u32).to_le_bytes());
-            for d in dims {
-                header.extend_from_slice(&d.to_le_bytes());
-            }
-            header.extend_from_slice(&type_id.to_le_bytes());
-            header.extend_from_slice(&offset.to_le_bytes());
-            offsets.push(offset);
-            offset = (offset + data.len() as u64).div_ceil(alignment) * alignment;
-        }
-        let padded = (header.len() as u64).div_ceil(alignment) * alignment;
-        header.resize(padded as usize, 0);
+        let entries: Vec<TensorEntry<'_>> = self
+            .tensors
+            .iter()
+            .map(|(name, dims, dtype, data)| TensorEntry {
+                name,
+                dims,
+                dtype: *dtype,
+                n_bytes: data.len() as u64,
+            })
+            .collect();
+        let (header, offsets) = encode_header(&self.metadata, &entries, alignment)?;
         out.write_all(&header)?;
         let mut written = 0u64;
         for ((_, _, _, data), start) in self.tensors.iter().zip(offsets) {
@@ -93,6 +73,69 @@ impl GgufWriter {
             .expect("writing to a Vec cannot fail");
         out
     }
+}
+
+/// A tensor's entry in the header: its name, dims (innermost first), dtype and bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct TensorEntry<'a> {
+    pub name: &'a str,
+    pub dims: &'a [u64],
+    pub dtype: DType,
+    pub n_bytes: u64,
+}
+
+/// Each tensor's data offset (from the start of the data section, aligned) and the
+/// section's length.
+pub fn data_layout(tensors: &[TensorEntry<'_>], alignment: u64) -> (Vec<u64>, u64) {
+    let mut offset = 0u64;
+    let mut offsets = Vec::with_capacity(tensors.len());
+    for t in tensors {
+        offset = offset.next_multiple_of(alignment);
+        offsets.push(offset);
+        offset += t.n_bytes;
+    }
+    (offsets, offset)
+}
+
+/// The GGUF v3 header (magic to the zero padding before the data) and each tensor's data
+/// offset; the data follows, each tensor at its offset. Streaming writers (`kiln synth`)
+/// write this first and then the tensors as they are produced.
+pub fn encode_header(
+    metadata: &[(String, Value)],
+    tensors: &[TensorEntry<'_>],
+    alignment: u64,
+) -> io::Result<(Vec<u8>, Vec<u64>)> {
+    let mut header = Vec::new();
+    header.extend_from_slice(&GGUF_MAGIC);
+    header.extend_from_slice(&3u32.to_le_bytes());
+    header.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
+    header.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
+    for (key, value) in metadata {
+        put_string(&mut header, key);
+        header.extend_from_slice(&(value.value_type() as u32).to_le_bytes());
+        put_value(&mut header, value);
+    }
+    let (offsets, _) = data_layout(tensors, alignment);
+    for (t, offset) in tensors.iter().zip(&offsets) {
+        let type_id = ggml_type_id(t.dtype).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{} cannot be stored in GGUF", t.dtype),
+            )
+        })?;
+        put_string(&mut header, t.name);
+        header.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
+        for d in t.dims {
+            header.extend_from_slice(&d.to_le_bytes());
+        }
+        header.extend_from_slice(&type_id.to_le_bytes());
+        header.extend_from_slice(&offset.to_le_bytes());
+    }
+    header.resize(
+        (header.len() as u64).next_multiple_of(alignment) as usize,
+        0,
+    );
+    Ok((header, offsets))
 }
 
 fn put_string(out: &mut Vec<u8>, s: &str) {
