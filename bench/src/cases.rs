@@ -15,7 +15,7 @@ use crate::{Case, Constructor, Rng, StepData, Workload};
 /// fixed cost, short enough for many steps in a measurement.
 const STEP_BYTES: usize = 32 << 20;
 /// FLOPs a step of a compute-bound case does, about.
-const STEP_FLOPS: u64 = 1_000_000_000;
+const STEP_FLOPS: u64 = 250_000_000;
 /// Most plans (backend instances) one workload loads; past it, steps grow.
 const MAX_INSTANCES: usize = 64;
 /// Most ops (layers) in one plan.
@@ -29,7 +29,7 @@ fn rng_for(id: &str) -> Rng {
     Rng::new(hash)
 }
 
-/// A KV layout or the reason there is none.
+/// The KV layout of a geometry (every case's is valid).
 fn kv_layout(n_layers: usize, n_kv_heads: usize, head_dim: usize, kv: KvDtype) -> KvLayout {
     KvLayout::new(n_layers, n_kv_heads, head_dim)
         .and_then(|l| l.with_dtype(kv))
@@ -376,6 +376,8 @@ pub struct Attention {
 
 /// Tokens of the steps that fill the KV pages before a decode case.
 const FILL_TOKENS: usize = 256;
+/// KV pages the fill steps write; the others are copies of them.
+const FILL_DISTINCT_PAGES: usize = 64;
 
 impl Attention {
     /// (query, key) pairs of one op.
@@ -428,8 +430,11 @@ impl Attention {
         g.finish(out, q_dim)
     }
 
-    /// Random keys and values in every slot of every page: one-page pseudo-sequences,
-    /// each token at its slot's position, so a fill token attends over at most a page.
+    /// Random keys and values in every slot of every page. The first
+    /// [`FILL_DISTINCT_PAGES`] are written by steps of one-page pseudo-sequences (each
+    /// token at its slot's position, so a fill token attends over at most a page); the
+    /// rest are copies of them (`copy_kv_page`), which is much faster than converting
+    /// hundreds of MiB of keys and values.
     fn fill(
         &self,
         backend: &mut dyn kiln_ir::backend::Backend,
@@ -437,8 +442,9 @@ impl Attention {
         page_size: usize,
         rng: &mut Rng,
     ) -> Result<(), String> {
-        let pages: Vec<u32> = (0..n_pages as u32).collect();
-        for chunk in pages.chunks(FILL_TOKENS / page_size) {
+        let distinct = n_pages.min(FILL_DISTINCT_PAGES);
+        let pages: Vec<u32> = (0..distinct as u32).collect();
+        for chunk in pages.chunks((FILL_TOKENS / page_size).max(1)) {
             let mut step = StepData {
                 block_tables: chunk.iter().map(|&p| vec![p]).collect(),
                 output_rows: vec![0],
@@ -452,6 +458,11 @@ impl Attention {
                 }
             }
             step.execute(backend)?;
+        }
+        for page in distinct..n_pages {
+            backend
+                .copy_kv_page((page % distinct) as u32, page as u32, page_size)
+                .map_err(|e| format!("copy_kv_page: {e}"))?;
         }
         backend.synchronize().map_err(|e| e.to_string())
     }
