@@ -100,59 +100,8 @@ pub fn rotation_bytes() -> usize {
         .map_or(llc_bytes() / 4 * 5, |mib| mib << 20)
 }
 
-/// A small xorshift64* generator (as the conformance suite's): reproducible random data.
-#[derive(Clone, Debug)]
-pub struct Rng(u64);
-
-impl Rng {
-    pub fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    pub fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// Uniform in [lo, hi).
-    pub fn uniform(&mut self, lo: f32, hi: f32) -> f32 {
-        let unit = (self.next_u64() >> 40) as f32 / (1u64 << 24) as f32;
-        lo + (hi - lo) * unit
-    }
-
-    /// Uniform in 0..n (n > 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next_u64() % n as u64) as usize
-    }
-
-    pub fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            items.swap(i, self.below(i + 1));
-        }
-    }
-
-    pub fn uniform_vec(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n).map(|_| self.uniform(lo, hi)).collect()
-    }
-
-    /// `n` values of magnitude about `amplitude` whose scale and offset change every 32
-    /// values, so every quantization block has its own scale and minimum.
-    pub fn blocky(&mut self, n: usize, amplitude: f32) -> Vec<f32> {
-        let mut out = Vec::with_capacity(n);
-        while out.len() < n {
-            let scale = amplitude * self.uniform(0.1, 2.0);
-            let offset = self.uniform(-0.5, 0.5);
-            for _ in 0..32.min(n - out.len()) {
-                out.push(scale * (self.uniform(-1.0, 1.0) + offset));
-            }
-        }
-        out
-    }
-}
+/// The conformance suite's generator: the benchmarks draw their data the same way.
+pub use kiln_tests::conformance::Rng;
 
 /// One step's inputs, owned (a [`Step`] borrows them).
 #[derive(Clone, Debug, Default)]

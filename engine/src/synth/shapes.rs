@@ -1,0 +1,200 @@
+//! The named model shapes `kiln synth` knows, and quant names.
+
+use kiln_ir::DType;
+
+use super::{QUANTS, SynthError};
+
+/// The hyper-parameters of a Llama-family model shape.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Shape {
+    pub name: &'static str,
+    pub n_layers: usize,
+    /// Width of the residual stream.
+    pub n_embd: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub n_ff: usize,
+    pub vocab_size: usize,
+    pub context_length: usize,
+    pub rope_theta: f32,
+    pub rms_norm_eps: f32,
+    /// The LM head is the token embedding (no `output.weight`); the embedding is then
+    /// stored in Q8_0 like the reference model's (F16 when the quant is F16).
+    pub tied_embeddings: bool,
+}
+
+/// The named shapes, in one place. Vocabularies are the reference tokenizer's (49,152),
+/// so every shape runs with the SmolLM2 tokenizer.
+pub const SHAPES: &[Shape] = &[
+    Shape {
+        name: "smollm2-135m",
+        n_layers: 30,
+        n_embd: 576,
+        n_heads: 9,
+        n_kv_heads: 3,
+        n_ff: 1536,
+        vocab_size: 49152,
+        context_length: 8192,
+        rope_theta: 100_000.0,
+        rms_norm_eps: 1e-5,
+        tied_embeddings: true,
+    },
+    Shape {
+        name: "llama3-1b",
+        n_layers: 16,
+        n_embd: 2048,
+        n_heads: 32,
+        n_kv_heads: 8,
+        n_ff: 8192,
+        vocab_size: 49152,
+        context_length: 8192,
+        rope_theta: 500_000.0,
+        rms_norm_eps: 1e-5,
+        tied_embeddings: false,
+    },
+    Shape {
+        name: "llama3-8b",
+        n_layers: 32,
+        n_embd: 4096,
+        n_heads: 32,
+        n_kv_heads: 8,
+        n_ff: 14336,
+        vocab_size: 49152,
+        context_length: 8192,
+        rope_theta: 500_000.0,
+        rms_norm_eps: 1e-5,
+        tied_embeddings: false,
+    },
+];
+
+/// The name of the shape given by flags rather than by the table.
+pub const CUSTOM: &str = "custom";
+
+/// Context length of a custom shape unless given.
+pub const CUSTOM_DEFAULT_CONTEXT: usize = 4096;
+
+impl Shape {
+    /// A named shape from [`SHAPES`] (case-insensitive).
+    pub fn named(name: &str) -> Result<Shape, SynthError> {
+        SHAPES
+            .iter()
+            .find(|s| s.name.eq_ignore_ascii_case(name))
+            .copied()
+            .ok_or_else(|| SynthError::UnknownShape {
+                name: name.to_string(),
+                known: shape_names(),
+            })
+    }
+
+    /// A custom shape: untied embeddings, RoPE theta 10,000 and eps 1e-5 unless changed.
+    pub fn custom(
+        n_layers: usize,
+        n_embd: usize,
+        n_heads: usize,
+        n_kv_heads: usize,
+        n_ff: usize,
+        vocab_size: usize,
+        context_length: usize,
+    ) -> Result<Shape, SynthError> {
+        let shape = Shape {
+            name: CUSTOM,
+            n_layers,
+            n_embd,
+            n_heads,
+            n_kv_heads,
+            n_ff,
+            vocab_size,
+            context_length,
+            rope_theta: 10_000.0,
+            rms_norm_eps: 1e-5,
+            tied_embeddings: false,
+        };
+        shape.validate()?;
+        Ok(shape)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.n_embd / self.n_heads.max(1)
+    }
+
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim()
+    }
+
+    /// Checks that the numbers make a model kiln and llama.cpp can load: heads divide
+    /// the width, KV heads divide the heads, head size even (RoPE pairs), inner
+    /// dimensions whole 32-value blocks.
+    pub fn validate(&self) -> Result<(), SynthError> {
+        let bad = |msg: String| Err(SynthError::BadShape(msg));
+        let s = self;
+        if s.n_layers == 0 || s.n_embd == 0 || s.n_heads == 0 || s.n_kv_heads == 0 {
+            return bad("layers, width, heads and KV heads must all be at least 1".into());
+        }
+        if s.n_ff == 0 || s.vocab_size == 0 || s.context_length == 0 {
+            return bad("FFN width, vocabulary and context length must all be at least 1".into());
+        }
+        if !s.n_embd.is_multiple_of(s.n_heads) {
+            return bad(format!(
+                "width {} is not a multiple of the {} heads",
+                s.n_embd, s.n_heads
+            ));
+        }
+        if !s.n_heads.is_multiple_of(s.n_kv_heads) {
+            return bad(format!(
+                "{} heads is not a multiple of the {} KV heads",
+                s.n_heads, s.n_kv_heads
+            ));
+        }
+        if !s.head_dim().is_multiple_of(2) {
+            return bad(format!(
+                "head size {} (width / heads) must be even for RoPE",
+                s.head_dim()
+            ));
+        }
+        for (what, n) in [("width", s.n_embd), ("FFN width", s.n_ff)] {
+            if !n.is_multiple_of(32) {
+                return bad(format!(
+                    "{what} {n} is not a multiple of 32 (the quant block length)"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The names of [`SHAPES`] and `custom`, comma-separated, for messages.
+pub fn shape_names() -> String {
+    let mut names: Vec<&str> = SHAPES.iter().map(|s| s.name).collect();
+    names.push(CUSTOM);
+    names.join(", ")
+}
+
+/// The upper-case name used on the command line (`Q4_0`, `F16`, ...).
+pub fn quant_name(dtype: DType) -> String {
+    dtype.name().to_ascii_uppercase()
+}
+
+/// A quant given by name, case-insensitively: Q4_0, Q4_1, Q8_0 or F16.
+pub fn parse_quant(name: &str) -> Result<DType, SynthError> {
+    QUANTS
+        .iter()
+        .find(|d| d.name().eq_ignore_ascii_case(name))
+        .copied()
+        .ok_or_else(|| SynthError::UnknownQuant {
+            name: name.to_string(),
+            known: QUANTS.map(quant_name).join(", "),
+        })
+}
+
+/// ggml's `LLAMA_FTYPE` number (`general.file_type`) for a model mostly in `quant`.
+pub fn file_type(quant: DType) -> Option<u32> {
+    Some(match quant {
+        DType::F32 => 0,
+        DType::F16 => 1,
+        DType::Q4_0 => 2,
+        DType::Q4_1 => 3,
+        DType::Q8_0 => 7,
+        DType::BF16 => 32,
+        DType::F8E4M3 => return None,
+    })
+}
