@@ -25,6 +25,8 @@ pub struct CompileOptions {
     pub max_step_outputs: usize,
     /// Run the fusion passes (off only to prove them against the unfused graph).
     pub fuse: bool,
+    /// Bytes the KV page pool may take; None sizes it for n_ctx × max_seqs positions.
+    pub kv_budget_bytes: Option<usize>,
 }
 
 impl CompileOptions {
@@ -36,6 +38,7 @@ impl CompileOptions {
             max_step_tokens: 512,
             max_step_outputs: 32,
             fuse: true,
+            kv_budget_bytes: None,
         }
     }
 }
@@ -119,8 +122,18 @@ impl<'m> Compiled<'m> {
         let layout = KvLayout::new(c.n_layers, c.n_kv_heads, c.head_dim)
             .and_then(|l| l.with_dtype(options.kv_dtype))
             .map_err(crate::kv::KvError::from)?;
-        let pages_per_seq = options.n_ctx.div_ceil(layout.kv_page_size());
-        let kv_page_count = pages_per_seq * options.max_seqs.max(1);
+        let kv_page_count = match options.kv_budget_bytes {
+            Some(budget) => match layout.pages_for_budget(budget) {
+                0 => {
+                    return Err(Error::Invalid(format!(
+                        "a KV budget of {budget} bytes holds no page ({} bytes each)",
+                        layout.page_bytes()
+                    )));
+                }
+                pages => pages,
+            },
+            None => options.n_ctx.div_ceil(layout.kv_page_size()) * options.max_seqs.max(1),
+        };
         backend.load_plan(&plan, model, &layout, kv_page_count)?;
         Ok(Compiled {
             model,

@@ -212,3 +212,27 @@ fn tokenize_and_info_print_json() {
     assert_eq!(v["type_counts"]["q4_1"], 210);
     assert_eq!(v["metadata"]["general.architecture"], "llama");
 }
+
+#[test]
+fn a_full_kv_pool_and_a_budget_too_small_are_clear_errors() {
+    let Some(model) = model() else { return };
+    let m = model.to_str().unwrap();
+    let out = kiln(&["run", "-m", m, "-p", "hi", "-n", "4", "--kv-budget", "1000"]);
+    assert_clean_failure(&out, "KV budget");
+    // Two FP8 pages of 16 tokens: the prompt fits, generation runs out of pages.
+    let out = kiln(&[
+        "run",
+        "-m",
+        m,
+        "-p",
+        "The capital of France is",
+        "-n",
+        "40",
+        "--temp",
+        "0",
+        "--ignore-eos",
+        "--kv-budget",
+        "400000",
+    ]);
+    assert_clean_failure(&out, "KV pages");
+}

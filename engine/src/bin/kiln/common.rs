@@ -50,6 +50,7 @@ pub fn runner<'m>(
     model: &'m Model,
     backend: Option<BackendArg>,
     kv: Option<KvArg>,
+    kv_budget: Option<usize>,
     n_ctx: Option<usize>,
     max_outputs: usize,
 ) -> Result<Box<dyn Runner + 'm>, Error> {
@@ -59,8 +60,10 @@ pub fn runner<'m>(
     }
     let device = match backend {
         Some(BackendArg::Ref) => {
-            if kv.is_some() {
-                eprintln!("note: the ref backend keeps its KV cache in f32; --kv is ignored");
+            if kv.is_some() || kv_budget.is_some() {
+                eprintln!(
+                    "note: the ref backend keeps its KV cache in f32; --kv and --kv-budget are ignored"
+                );
             }
             return Ok(Box::new(Reference::new(model, n_ctx)));
         }
@@ -72,6 +75,7 @@ pub fn runner<'m>(
         Some(KvArg::F16) => KvDtype::F16,
         Some(KvArg::Fp8) | None => KvDtype::F8E4M3,
     };
+    options.kv_budget_bytes = kv_budget;
     options.max_step_tokens = n_ctx.min(512);
     options.max_step_outputs = max_outputs.clamp(1, options.max_step_tokens);
     Ok(Box::new(Compiled::new(model, device, options)?))

@@ -23,6 +23,9 @@ pub struct Args {
     backend: Option<BackendArg>,
     #[arg(long, value_enum)]
     kv: Option<KvArg>,
+    /// Bytes the KV page pool may take (default: room for the whole context).
+    #[arg(long)]
+    kv_budget: Option<usize>,
     #[arg(long)]
     json: bool,
 }
@@ -35,6 +38,7 @@ pub fn main(args: Args) -> Result<(), Error> {
         &model,
         args.backend,
         args.kv,
+        args.kv_budget,
         Some(args.ctx_size),
         args.ctx_size / 2,
     )?;

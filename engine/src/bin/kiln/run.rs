@@ -42,6 +42,9 @@ pub struct Args {
     /// KV cache storage of backends with a paged cache.
     #[arg(long, value_enum)]
     kv: Option<KvArg>,
+    /// Bytes the KV page pool may take (default: room for the whole context).
+    #[arg(long)]
+    kv_budget: Option<usize>,
     /// Context size (default: the model's).
     #[arg(short = 'c', long = "ctx-size")]
     ctx_size: Option<usize>,
@@ -93,7 +96,14 @@ pub fn main(args: Args) -> Result<(), Error> {
         ignore_eos: args.ignore_eos,
         logprobs: args.logprobs,
     };
-    let mut runner = runner(&model, args.backend, args.kv, args.ctx_size, 1)?;
+    let mut runner = runner(
+        &model,
+        args.backend,
+        args.kv,
+        args.kv_budget,
+        args.ctx_size,
+        1,
+    )?;
     let backend = runner.name();
     let mut stdout = std::io::stdout().lock();
     let generation = generate(runner.as_mut(), tok, &request, |event| {
