@@ -10,7 +10,7 @@ use crate::exec::Loaded;
 
 pub(crate) const NAME: &str = "cpu";
 
-/// The CPU backend. Threads come from rayon's global pool (all cores by default).
+/// The CPU backend. Threads come from [`crate::pool`] (all cores, or `KILN_THREADS`).
 #[derive(Debug)]
 pub struct CpuBackend {
     properties: DeviceProperties,
@@ -29,7 +29,7 @@ impl CpuBackend {
         CpuBackend {
             properties: DeviceProperties {
                 name: format!("{} CPU", std::env::consts::ARCH),
-                compute_units: rayon::current_num_threads(),
+                compute_units: crate::pool::n_threads(),
                 subgroup_size: None,
                 memory_bytes: None,
                 has_f16: false,
@@ -181,6 +181,19 @@ impl Backend for CpuBackend {
     fn copy_kv_page(&mut self, src: u32, dst: u32, n_tokens: usize) -> Result<(), BackendError> {
         self.loaded()?
             .copy_kv_page(src as usize, dst as usize, n_tokens)
+    }
+
+    fn load_bytes(&self, plan: &Plan) -> usize {
+        // Weights stay in the model's map; only vector weights are decoded to f32, and
+        // each launch keeps its last time.
+        let vectors: usize = plan
+            .graph
+            .weights
+            .iter()
+            .filter(|w| w.rows == 1)
+            .map(|w| w.cols * 4)
+            .sum();
+        vectors + plan.launches.len() * 8
     }
 
     fn launch_times(&mut self) -> Result<Vec<LaunchTime>, BackendError> {

@@ -5,6 +5,7 @@
 mod backend;
 mod exec;
 pub mod kernels;
+pub mod pool;
 pub mod simd;
 
 pub use backend::CpuBackend;

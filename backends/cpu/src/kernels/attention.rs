@@ -2,10 +2,10 @@
 //! F16), with an online softmax. One task per (token, query head); the token at position
 //! p attends to positions 0..=p of its sequence.
 
+use crate::pool;
 use kiln_ir::AttentionParams;
 use kiln_ir::kv_layout::{KvDtype, KvLayout};
 use kiln_ir::quant::fp8;
-use rayon::prelude::*;
 use std::sync::OnceLock;
 
 /// Decoded values of all 256 FP8 E4M3 codes.
@@ -75,36 +75,36 @@ pub fn attention(
     let group = params.n_heads / params.n_kv_heads;
     let page_size = kv.layout.kv_page_size();
     let scale = 1.0 / (hd as f32).sqrt();
-    out.par_chunks_mut(group * hd)
-        .enumerate()
-        .for_each(|(i, o)| {
-            let (t, kv_head) = (i / params.n_kv_heads, i % params.n_kv_heads);
-            let qg = &q[i * group * hd..(i + 1) * group * hd]; // (group, head_dim)
-            let table = block_tables[token_seq[t] as usize];
-            let mut k = vec![0.0f32; hd]; // (head_dim) one decoded key
-            let mut v = vec![0.0f32; hd]; // (head_dim) one decoded value
-            let mut max = vec![f32::NEG_INFINITY; group]; // (group) running max score
-            let mut sum = vec![0.0f32; group]; // (group) running softmax denominator
-            o.fill(0.0);
-            for pos in 0..=positions[t] as usize {
-                let (page, slot) = (table[pos / page_size] as usize, pos % page_size);
-                kv.load(params.layer, page, slot, kv_head, false, &mut k);
-                kv.load(params.layer, page, slot, kv_head, true, &mut v);
-                for g in 0..group {
-                    let s = kiln_ir::quant::dot_f32(&qg[g * hd..(g + 1) * hd], &k) * scale;
-                    // Online softmax: rescale what was accumulated when the maximum grows.
-                    let new_max = max[g].max(s);
-                    let correction = (max[g] - new_max).exp();
-                    let p = (s - new_max).exp();
-                    sum[g] = sum[g] * correction + p;
-                    for (ov, &vv) in o[g * hd..(g + 1) * hd].iter_mut().zip(&v) {
-                        *ov = *ov * correction + p * vv;
-                    }
-                    max[g] = new_max;
+    let mut tasks: Vec<&mut [f32]> = out.chunks_mut(group * hd).collect(); // (token, kv head)
+    pool::for_each_mut(&mut tasks, |i, o| {
+        let o: &mut [f32] = o;
+        let (t, kv_head) = (i / params.n_kv_heads, i % params.n_kv_heads);
+        let qg = &q[i * group * hd..(i + 1) * group * hd]; // (group, head_dim)
+        let table = block_tables[token_seq[t] as usize];
+        let mut k = vec![0.0f32; hd]; // (head_dim) one decoded key
+        let mut v = vec![0.0f32; hd]; // (head_dim) one decoded value
+        let mut max = vec![f32::NEG_INFINITY; group]; // (group) running max score
+        let mut sum = vec![0.0f32; group]; // (group) running softmax denominator
+        o.fill(0.0);
+        for pos in 0..=positions[t] as usize {
+            let (page, slot) = (table[pos / page_size] as usize, pos % page_size);
+            kv.load(params.layer, page, slot, kv_head, false, &mut k);
+            kv.load(params.layer, page, slot, kv_head, true, &mut v);
+            for g in 0..group {
+                let s = kiln_ir::quant::dot_f32(&qg[g * hd..(g + 1) * hd], &k) * scale;
+                // Online softmax: rescale what was accumulated when the maximum grows.
+                let new_max = max[g].max(s);
+                let correction = (max[g] - new_max).exp();
+                let p = (s - new_max).exp();
+                sum[g] = sum[g] * correction + p;
+                for (ov, &vv) in o[g * hd..(g + 1) * hd].iter_mut().zip(&v) {
+                    *ov = *ov * correction + p * vv;
                 }
+                max[g] = new_max;
             }
-            for (g, head) in o.chunks_exact_mut(hd).enumerate() {
-                head.iter_mut().for_each(|ov| *ov /= sum[g]);
-            }
-        });
+        }
+        for (g, head) in o.chunks_exact_mut(hd).enumerate() {
+            head.iter_mut().for_each(|ov| *ov /= sum[g]);
+        }
+    });
 }

@@ -9,11 +9,9 @@ use kiln_ir::DType;
 use kiln_ir::quant::{dequantize_row, dot_f32, q8_0, q8_1};
 
 use super::WeightMatrix;
-use rayon::prelude::*;
+use crate::{pool, simd};
 
-use crate::simd;
-
-/// Rows per rayon task: enough to amortise scheduling, few enough to balance two cores
+/// Rows per task: enough to amortise scheduling, few enough to balance two cores
 /// to many.
 const ROWS_PER_TASK: usize = 32;
 
@@ -35,10 +33,9 @@ impl<'a> Acts<'a> {
             if n_tokens == 1 {
                 f(x, &mut blocks); // decode: not worth waking the other threads
             } else {
-                blocks
-                    .par_chunks_mut(row_bytes)
-                    .zip(x.par_chunks(cols))
-                    .for_each(|(dst, src)| f(src, dst));
+                let mut rows: Vec<(&mut [u8], &[f32])> =
+                    blocks.chunks_mut(row_bytes).zip(x.chunks(cols)).collect();
+                pool::for_each_mut(&mut rows, |_, (dst, src)| f(src, dst));
             }
             (blocks, row_bytes)
         };
@@ -86,9 +83,9 @@ pub fn matmuls_rows_by_tokens(jobs: &[(WeightMatrix<'_>, &Acts<'_>)]) -> Vec<Vec
             tasks.push((j, task * ROWS_PER_TASK, chunk));
         }
     }
-    tasks.into_par_iter().for_each(|(j, r0, y_rows)| {
-        let (w, acts) = jobs[j];
-        rows_dot(w, r0, y_rows.len() / acts.n_tokens(), acts, y_rows);
+    pool::for_each_mut(&mut tasks, |_, (j, r0, y_rows)| {
+        let (w, acts) = jobs[*j];
+        rows_dot(w, *r0, y_rows.len() / acts.n_tokens(), acts, y_rows);
     });
     ys
 }

@@ -189,6 +189,14 @@ unsafe fn tile<B: Blocks, const R: usize, const T: usize>(
         for b in 0..blocks {
             // The R weight blocks are decoded into registers; each of the T activation
             // blocks is decoded once and dotted with all of them.
+            // The next tile's rows: each row here is a stream of only a few cache lines,
+            // too short for the hardware prefetcher to find in time (a profile shows the
+            // weight loads stalling). Prefetching never faults, so the address may run
+            // past the matrix.
+            for r in 0..R {
+                let ahead = w.wrapping_add((R + r) * w_stride + b * B::W);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+            }
             let mut x = [B::weight(w.add(b * B::W)); R];
             for r in 1..R {
                 x[r] = B::weight(w.add(r * w_stride + b * B::W));
