@@ -39,7 +39,15 @@ use kiln_ir::backend::{Backend, Step};
 pub type Constructor = fn() -> Result<Box<dyn Backend>, String>;
 
 /// The backends the suites run on, by name. A new backend is one line here.
-pub const BACKENDS: &[(&str, Constructor)] = &[("cpu", || Ok(Box::new(CpuBackend::new())))];
+pub const BACKENDS: &[(&str, Constructor)] = &[
+    ("cpu", || Ok(Box::new(CpuBackend::new()))),
+    // Any adapter, lavapipe included (its figures say what the adapter is).
+    ("wgpu", || {
+        kiln_backend_wgpu::WgpuBackend::any_adapter()
+            .map(|b| Box::new(b) as Box<dyn Backend>)
+            .map_err(|e| e.to_string())
+    }),
+];
 
 /// The backends of [`BACKENDS`] that open here; prints why the others are skipped.
 pub fn backends() -> Vec<(&'static str, Constructor)> {

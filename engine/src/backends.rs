@@ -1,5 +1,10 @@
 //! The backends this build has, by name. The engine meets them only through
 //! `kiln_ir::backend::Backend`; this table is the one place that names them.
+//!
+//! Each backend is an optional dependency behind a cargo feature of kiln-engine named
+//! `backend-<name>` (`backend-cpu` is on by default), so a build carries only the backends
+//! it asks for: `cargo build --release --no-default-features --features backend-cpu`.
+//! A new backend adds the optional dependency, the feature, and one `#[cfg]` entry below.
 
 use kiln_ir::backend::Backend;
 
@@ -7,9 +12,22 @@ use crate::Error;
 
 type Constructor = fn() -> Result<Box<dyn Backend>, Error>;
 
-/// Name and constructor of every backend compiled in, best first.
-const REGISTRY: &[(&str, Constructor)] =
-    &[("cpu", || Ok(Box::new(kiln_backend_cpu::CpuBackend::new())))];
+/// Name and constructor of every backend compiled in, best first (GPU backends go
+/// before `cpu`).
+const REGISTRY: &[(&str, Constructor)] = &[
+    // A GPU adapter only (lavapipe with KILN_WGPU_ADAPTER=any).
+    #[cfg(feature = "backend-wgpu")]
+    ("wgpu", || {
+        Ok(Box::new(kiln_backend_wgpu::WgpuBackend::new()?))
+    }),
+    #[cfg(feature = "backend-cpu")]
+    ("cpu", || Ok(Box::new(kiln_backend_cpu::CpuBackend::new()))),
+];
+
+/// Whether this build has any backend besides the reference pass.
+pub fn any_compiled() -> bool {
+    !REGISTRY.is_empty()
+}
 
 /// Names of the backends compiled in (plus `ref`, the reference pass, which needs none).
 pub fn available() -> Vec<&'static str> {

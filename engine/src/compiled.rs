@@ -8,6 +8,7 @@ use kiln_ir::{Plan, lower, passes};
 
 use crate::Error;
 use crate::kv::{KvManager, SeqId};
+use crate::memory::{self, KvRequest, MemoryPlan};
 use crate::model::{Model, llama_graph};
 use crate::runner::{LogitsFor, Runner};
 
@@ -27,6 +28,11 @@ pub struct CompileOptions {
     pub fuse: bool,
     /// Bytes the KV page pool may take; None sizes it for n_ctx × max_seqs positions.
     pub kv_budget_bytes: Option<usize>,
+    /// Bytes the engine may allocate in all (arena, KV pages, backend and host buffers;
+    /// mapped weights excluded): the KV pool takes what is left, a step shrinks when even
+    /// one page does not fit, and a model that cannot fit is refused before any large
+    /// allocation. See [`crate::memory`].
+    pub mem_budget_bytes: Option<usize>,
 }
 
 impl CompileOptions {
@@ -39,6 +45,7 @@ impl CompileOptions {
             max_step_outputs: 32,
             fuse: true,
             kv_budget_bytes: None,
+            mem_budget_bytes: None,
         }
     }
 }
@@ -75,6 +82,7 @@ pub struct Compiled<'m> {
     plan: Plan,
     kv: KvManager,
     options: CompileOptions,
+    memory: MemoryPlan,
     /// The sequence used through the single-sequence [`Runner`] interface.
     runner_seq: Option<SeqId>,
 }
@@ -118,11 +126,11 @@ impl<'m> Compiled<'m> {
         options: CompileOptions,
     ) -> Result<Compiled<'m>, Error> {
         let c = &model.config;
-        let plan = compile_plan(model, backend.as_ref(), &options)?;
         let layout = KvLayout::new(c.n_layers, c.n_kv_heads, c.head_dim)
             .and_then(|l| l.with_dtype(options.kv_dtype))
             .map_err(crate::kv::KvError::from)?;
-        let kv_page_count = match options.kv_budget_bytes {
+        let max_seqs = options.max_seqs.max(1);
+        let wanted_pages = match options.kv_budget_bytes {
             Some(budget) => match layout.pages_for_budget(budget) {
                 0 => {
                     return Err(Error::Invalid(format!(
@@ -132,17 +140,53 @@ impl<'m> Compiled<'m> {
                 }
                 pages => pages,
             },
-            None => options.n_ctx.div_ceil(layout.kv_page_size()) * options.max_seqs.max(1),
+            None => options.n_ctx.div_ceil(layout.kv_page_size()) * max_seqs,
         };
-        backend.load_plan(&plan, model, &layout, kv_page_count)?;
+        let request = KvRequest {
+            wanted_pages,
+            min_pages: max_seqs,
+        };
+        // Size everything before allocating anything: under a budget that does not fit,
+        // halve the step (a smaller arena) until it does or nothing smaller is left.
+        let mut options = options;
+        let (plan, memory) = loop {
+            let plan = compile_plan(model, backend.as_ref(), &options)?;
+            let sized = MemoryPlan {
+                weights_mapped_bytes: memory::weight_bytes(&plan),
+                arena_bytes: plan.arena_bytes,
+                backend_bytes: backend.load_bytes(&plan),
+                host_bytes: memory::host_bytes(plan.max_outputs, c.vocab_size),
+                kv_page_bytes: memory::kv_page_cost(&layout),
+                kv_pages: 0,
+                max_step_tokens: plan.max_tokens,
+                budget_bytes: options.mem_budget_bytes,
+            };
+            match memory::fit(sized, request) {
+                Ok(memory) => break (plan, memory),
+                Err(err) => {
+                    let floor = options.max_step_outputs.min(plan.max_tokens).max(1);
+                    match memory::smaller_step(plan.max_tokens, floor) {
+                        Some(step) => options.max_step_tokens = step,
+                        None => return Err(err.into()),
+                    }
+                }
+            }
+        };
+        backend.load_plan(&plan, model, &layout, memory.kv_pages)?;
         Ok(Compiled {
             model,
             backend,
             plan,
-            kv: KvManager::new(layout, kv_page_count)?,
+            kv: KvManager::new(layout, memory.kv_pages)?,
             options,
+            memory,
             runner_seq: None,
         })
+    }
+
+    /// What this compiled model allocates, by purpose (and the budget it was sized for).
+    pub fn memory(&self) -> &MemoryPlan {
+        &self.memory
     }
 
     pub fn model(&self) -> &'m Model {
@@ -271,6 +315,10 @@ impl<'m> Compiled<'m> {
 impl Runner for Compiled<'_> {
     fn name(&self) -> &'static str {
         self.backend.name()
+    }
+
+    fn memory(&self) -> Option<&MemoryPlan> {
+        Some(&self.memory)
     }
 
     fn n_ctx(&self) -> usize {

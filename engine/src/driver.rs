@@ -30,6 +30,10 @@ pub struct TokenEvent<'a> {
     pub text: &'a str,
     /// The k most likely (id, log-probability) of the distribution it was drawn from.
     pub logprobs: Option<&'a [(u32, f32)]>,
+    /// True for the one extra event after the last token that carries text the decoder
+    /// still held (an incomplete UTF-8 character at the end); `id` then repeats the last
+    /// token, which was already reported.
+    pub tail: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,6 +124,7 @@ pub fn generate(
             id,
             text: &text,
             logprobs: top.as_deref(),
+            tail: false,
         });
         if let Some(top) = top {
             out.logprobs.push(top);
@@ -148,6 +153,7 @@ pub fn generate(
             id: *out.tokens.last().unwrap_or(&0),
             text: &tail,
             logprobs: None,
+            tail: true,
         });
     }
     if let Some(first) = first_token_at {

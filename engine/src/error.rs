@@ -21,6 +21,8 @@ pub enum Error {
     Backend(#[from] BackendError),
     #[error(transparent)]
     Kv(#[from] KvError),
+    #[error(transparent)]
+    MemoryBudget(#[from] crate::memory::BudgetError),
     #[error("unsupported model architecture {0:?} (kiln runs the Llama family)")]
     UnsupportedArchitecture(String),
     #[error("bad model config: {0}")]

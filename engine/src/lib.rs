@@ -11,11 +11,14 @@ pub mod driver;
 mod error;
 pub mod gguf;
 pub mod kv;
+pub mod memory;
 pub mod model;
 pub mod perplexity;
 pub mod reference;
 pub mod runner;
 pub mod sampler;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod synth;
 pub mod tokenizer;
 

@@ -24,4 +24,8 @@ pub trait Runner {
     fn reset(&mut self);
     /// Append `tokens` to the context and return logits, `(n_out, vocab)` row-major.
     fn forward(&mut self, tokens: &[u32], logits: LogitsFor) -> Result<Vec<f32>, Error>;
+    /// What the runner allocated, by purpose, when it was sized by [`crate::memory`].
+    fn memory(&self) -> Option<&crate::memory::MemoryPlan> {
+        None
+    }
 }

@@ -236,3 +236,82 @@ fn a_full_kv_pool_and_a_budget_too_small_are_clear_errors() {
     ]);
     assert_clean_failure(&out, "KV pages");
 }
+
+#[test]
+fn a_memory_budget_too_small_is_one_clear_error_before_allocating() {
+    let Some(model) = model() else { return };
+    let m = model.to_str().unwrap();
+    // On the CPU backend: probing for a GPU may print driver notes of its own.
+    let out = kiln(&[
+        "run",
+        "-m",
+        m,
+        "-p",
+        "hi",
+        "-n",
+        "4",
+        "--backend",
+        "cpu",
+        "--mem-budget",
+        "64K",
+    ]);
+    assert_clean_failure(
+        &out,
+        "a memory budget of 65536 bytes cannot hold this model",
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("needs at least"), "{stderr}");
+    assert!(stderr.contains("mapped from the file"), "{stderr}");
+    let out = kiln(&["run", "-m", m, "-p", "hi", "--mem-budget", "lots"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a byte count"));
+}
+
+#[test]
+fn run_json_reports_memory_timings_and_a_budget_holds() {
+    let Some(model) = model() else { return };
+    let m = model.to_str().unwrap();
+    let budget = 4u64 << 20;
+    let args = [
+        "run",
+        "-m",
+        m,
+        "-p",
+        "The capital of France is",
+        "-n",
+        "8",
+        "--temp",
+        "0",
+        "--json",
+    ];
+    let plain = kiln(&args);
+    assert!(plain.status.success(), "{plain:?}");
+    let plain = last_line_json(&plain);
+    let mut with_budget: Vec<&str> = args.to_vec();
+    with_budget.extend(["--mem-budget", "4M"]);
+    let out = kiln(&with_budget);
+    assert!(out.status.success(), "{out:?}");
+    let v = last_line_json(&out);
+    // The budget shrinks the pool (and the step), not the answer.
+    assert_eq!(v["tokens"], plain["tokens"]);
+    let mem = &v["memory"];
+    assert_eq!(mem["budget_bytes"], budget);
+    let engine = mem["engine_bytes"].as_u64().unwrap();
+    assert!(engine > 0 && engine <= budget, "{mem}");
+    assert!(mem["kv_pages"].as_u64().unwrap() >= 1, "{mem}");
+    // Without a budget the pool holds the whole context.
+    assert!(plain["memory"]["kv_bytes"].as_u64() > mem["kv_bytes"].as_u64());
+    for key in ["load_ms", "compile_ms", "startup_ms", "ttft_ms"] {
+        assert!(v[key].as_f64().is_some_and(|t| t > 0.0), "{key}: {v}");
+    }
+    if cfg!(target_os = "linux") {
+        // Weights are used in place from the map: the heap holds far less than them.
+        let weights = mem["weights_mapped_bytes"].as_u64().unwrap();
+        let anon = mem["rss_anon_bytes"].as_u64().unwrap();
+        assert!(
+            anon < weights / 2,
+            "{anon} anonymous bytes for {weights} of weights"
+        );
+        assert!(v["peak_rss_bytes"].as_u64().unwrap() > 0);
+    }
+}

@@ -156,6 +156,14 @@ pub trait Backend {
     }
 
     // ---- optional ----
+    /// Host or device bytes `load_plan` will allocate for `plan` besides the arena and the
+    /// KV pages (decoded vectors, repacked or uploaded weights), so that a memory budget can
+    /// be checked before anything is allocated. Weights used in place count nothing.
+    fn load_bytes(&self, plan: &Plan) -> usize {
+        let _ = plan;
+        0
+    }
+
     /// Per-launch times of the last step.
     fn launch_times(&mut self) -> Result<Vec<LaunchTime>, BackendError> {
         Err(BackendError::Unsupported {

@@ -52,6 +52,18 @@ pub fn reference_model() -> Option<PathBuf> {
     }
 }
 
+/// A GPU backend that CI runs on Mesa's lavapipe (wgpu; Vulkan next): without a device
+/// its tests print why and pass, except under `KILN_REQUIRE_GPU_BACKENDS=1` (set by
+/// `.ci/run`, which installs lavapipe), where a missing device fails them.
+pub fn required_on_ci<B, E: std::fmt::Display>(made: Result<B, E>) -> Result<B, E> {
+    if let Err(e) = &made
+        && std::env::var("KILN_REQUIRE_GPU_BACKENDS").is_ok_and(|v| v == "1")
+    {
+        panic!("KILN_REQUIRE_GPU_BACKENDS=1 but the backend has no device: {e}");
+    }
+    made
+}
+
 /// The CPU backend on the reference model, as the model-level tests build it.
 pub mod cpu {
     use kiln_backend_cpu::CpuBackend;

@@ -85,6 +85,10 @@ macro_rules! conformance_suite {
 }
 
 conformance_suite!(cpu, Some(CpuBackend::new()));
+conformance_suite!(
+    wgpu,
+    kiln_tests::required_on_ci(kiln_backend_wgpu::WgpuBackend::any_adapter())
+);
 
 /// Every limit would catch one missing output row: a limit that cannot fail is a defect.
 #[test]

@@ -63,6 +63,26 @@ impl AsRef<[u8]> for Storage {
     }
 }
 
+/// Ask the kernel to read the whole mapped file ahead, from a short-lived thread: on a
+/// cold page cache the weights then arrive in one sequential pass while the header and
+/// tokenizer are parsed, instead of fault by fault during the first forward pass
+/// (llama.cpp prefetches too, but in line). Only a hint; failures are ignored.
+fn prefetch_in_background(storage: &Arc<Storage>) {
+    #[cfg(unix)]
+    if matches!(**storage, Storage::Mapped(_)) {
+        let storage = Arc::clone(storage);
+        let _ = std::thread::Builder::new()
+            .name("kiln-prefetch".into())
+            .spawn(move || {
+                if let Storage::Mapped(map) = &*storage {
+                    let _ = map.advise(memmap2::Advice::WillNeed);
+                }
+            });
+    }
+    #[cfg(not(unix))]
+    let _ = storage;
+}
+
 /// A parsed, validated GGUF file. Tensor data stays in the memory map.
 pub struct Gguf {
     storage: Arc<Storage>,
@@ -88,7 +108,16 @@ impl std::fmt::Debug for Gguf {
 impl Gguf {
     /// Memory-map and validate a file.
     pub fn open(path: impl AsRef<Path>) -> Result<Gguf, GgufError> {
-        let path = path.as_ref();
+        Gguf::open_impl(path.as_ref(), false)
+    }
+
+    /// [`Gguf::open`], and start reading the whole file into the page cache in the
+    /// background: for loading a model to run, whose every weight will be read.
+    pub fn open_prefetched(path: impl AsRef<Path>) -> Result<Gguf, GgufError> {
+        Gguf::open_impl(path.as_ref(), true)
+    }
+
+    fn open_impl(path: &Path, prefetch: bool) -> Result<Gguf, GgufError> {
         let io_err = |source| GgufError::Io {
             path: path.to_path_buf(),
             source,
@@ -97,21 +126,25 @@ impl Gguf {
         let len = file.metadata().map_err(io_err)?.len();
         if len == 0 {
             // Mapping an empty file fails on some systems; it is simply too short.
-            return Gguf::parse(Storage::Owned(Vec::new()));
+            return Gguf::parse(Arc::new(Storage::Owned(Vec::new())));
         }
         // SAFETY: the map is read-only. Another process truncating or rewriting the
         // file while it is mapped is outside what we can guard against (as with every
         // mmap-based loader); we never hand out references that outlive `self`.
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_err)?;
-        Gguf::parse(Storage::Mapped(map))
+        let storage = Arc::new(Storage::Mapped(map));
+        if prefetch {
+            prefetch_in_background(&storage);
+        }
+        Gguf::parse(storage)
     }
 
     /// Parse a file held in memory (tests, fuzzing, files built by [`super::GgufWriter`]).
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Gguf, GgufError> {
-        Gguf::parse(Storage::Owned(bytes))
+        Gguf::parse(Arc::new(Storage::Owned(bytes)))
     }
 
-    fn parse(storage: Storage) -> Result<Gguf, GgufError> {
+    fn parse(storage: Arc<Storage>) -> Result<Gguf, GgufError> {
         let bytes = storage.bytes();
         let mut cur = Cursor { bytes, pos: 0 };
 
@@ -242,7 +275,7 @@ impl Gguf {
         }
 
         Ok(Gguf {
-            storage: Arc::new(storage),
+            storage,
             version,
             alignment,
             metadata,
@@ -256,6 +289,22 @@ impl Gguf {
     /// All metadata, in file order.
     pub fn metadata(&self) -> &[(String, Value)] {
         &self.metadata
+    }
+
+    /// Remove metadata entries and hand back their values (a model releases the
+    /// tokenizer's large arrays once its tokenizer holds them).
+    pub fn take_metadata(&mut self, keys: &[&str]) -> Vec<(String, Value)> {
+        let (taken, kept) = std::mem::take(&mut self.metadata)
+            .into_iter()
+            .partition(|(k, _)| keys.contains(&k.as_str()));
+        self.metadata = kept;
+        self.metadata_index = self
+            .metadata
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (k.clone(), i))
+            .collect();
+        taken
     }
 
     pub fn get(&self, key: &str) -> Option<&Value> {

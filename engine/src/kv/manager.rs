@@ -128,6 +128,24 @@ impl KvManager {
         (self.insert(seq), n_cached)
     }
 
+    /// The cached pages that [`Self::create_sequence_with_prefix`] would reuse for `tokens`,
+    /// without taking them or counting a lookup (admission control asks this first).
+    pub fn cached_prefix(&self, tokens: &[u32]) -> Vec<PageId> {
+        let page_size = self.kv_page_size();
+        let max_pages = tokens.len().saturating_sub(1) / page_size;
+        let mut pages = Vec::new();
+        let mut parent = ROOT_PAGE_HASH;
+        for page_tokens in tokens.chunks_exact(page_size).take(max_pages) {
+            let hash = page_hash(parent, page_tokens);
+            let Some(page) = self.pool.lookup(hash, parent, page_tokens) else {
+                break;
+            };
+            pages.push(page);
+            parent = hash;
+        }
+        pages
+    }
+
     /// A new sequence sharing every page of `seq` (parallel sampling, beam search). The first
     /// append to a shared partial page copies it.
     pub fn fork(&mut self, seq: SeqId) -> Result<SeqId, KvError> {

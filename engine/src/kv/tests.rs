@@ -208,6 +208,21 @@ fn live_sequences_share_their_prefix_pages() {
 }
 
 #[test]
+fn cached_prefix_peeks_without_taking_or_counting() {
+    let mut kv = manager(4, 8);
+    let prompt = [5, 5, 5, 5, 6, 6, 6, 6, 7];
+    assert!(kv.cached_prefix(&prompt).is_empty());
+    let (a, _) = kv.create_sequence_with_prefix(&prompt);
+    let _ = append(&mut kv, a, &prompt);
+    let before = kv.stats();
+    assert_eq!(kv.cached_prefix(&prompt), pages(&[0, 1]));
+    assert_eq!(kv.cached_prefix(&prompt[..8]), pages(&[0])); // one token short of the whole
+    assert_eq!(kv.cached_prefix(&[5, 5, 5, 9, 6]), pages(&[]));
+    assert_eq!(kv.stats(), before);
+    assert_eq!(kv.pool().refcount(PageId(0)), 1);
+}
+
+#[test]
 fn a_whole_prompt_hit_still_leaves_the_last_token_to_compute() {
     let mut kv = manager(4, 8);
     let prompt = [1, 2, 3, 4, 5, 6, 7, 8];

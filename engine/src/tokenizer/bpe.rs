@@ -14,7 +14,7 @@ use crate::gguf::Value;
 
 use super::TokenizerError;
 use super::unicode::{BYTE_TO_CHAR, byte_encode_into};
-use super::vocab::Vocab;
+use super::vocab::{TextMap, Vocab};
 
 const KEY_MERGES: &str = "tokenizer.ggml.merges";
 
@@ -93,7 +93,7 @@ impl Bpe {
         ignore_merges: bool,
     ) -> Result<Bpe, TokenizerError> {
         let n_vocab = vocab.len() as u32;
-        let mut extra: HashMap<String, u32> = HashMap::new();
+        let mut extra = TextMap::default();
         let mut intern = |s: &str| -> u32 {
             if let Some(&id) = vocab.text_to_id.get(s) {
                 return id;

@@ -10,7 +10,7 @@ use kiln_engine::compiled::{CompileOptions, Compiled};
 use kiln_engine::kv::KvDtype;
 use serde_json::json;
 
-use crate::common::{BackendArg, KvArg, load_model, print_json};
+use crate::common::{BackendArg, KvArg, load_model, memory_json, parse_bytes, print_json};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -47,6 +47,9 @@ pub struct Args {
     backend: Option<BackendArg>,
     #[arg(long, value_enum)]
     kv: Option<KvArg>,
+    /// Bytes the engine may allocate in all (arena, KV pool, buffers; K/M/G suffixes).
+    #[arg(long, value_parser = parse_bytes)]
+    mem_budget: Option<usize>,
     /// Also print the per-kernel table of a decode step.
     #[arg(long)]
     kernels: bool,
@@ -79,6 +82,7 @@ pub fn main(args: Args) -> Result<(), Error> {
     options.max_seqs = max_batch;
     options.max_step_tokens = max_prompt.clamp(max_batch, 512);
     options.max_step_outputs = max_batch;
+    options.mem_budget_bytes = args.mem_budget;
     let mut compiled = Compiled::new(&model, device, options)?;
     let backend = compiled.backend().name();
 
@@ -134,6 +138,19 @@ pub fn main(args: Args) -> Result<(), Error> {
             rss as f64 / (1 << 20) as f64
         );
     }
+    let mem = compiled.memory();
+    let mib = |b: usize| b as f64 / (1 << 20) as f64;
+    println!(
+        "engine allocations: {:.1} MiB (arena {:.1}, KV {:.1} in {} pages, buffers {:.1}); weights {:.1} MiB mapped{}",
+        mib(mem.total_bytes()),
+        mib(mem.arena_bytes),
+        mib(mem.kv_bytes()),
+        mem.kv_pages,
+        mib(mem.backend_bytes + mem.host_bytes),
+        mib(mem.weights_mapped_bytes),
+        mem.budget_bytes
+            .map_or_else(String::new, |b| format!(", budget {:.1} MiB", mib(b)))
+    );
     let rows = kernels.rows();
     if let (Some(bw), Some(peak)) = (copy_bw, f32_peak) {
         println!(
@@ -169,6 +186,7 @@ pub fn main(args: Args) -> Result<(), Error> {
                 "ttft_ms": r.ttft_ms, "itl_p50_ms": r.itl_p50_ms, "itl_p99_ms": r.itl_p99_ms,
             })).collect::<Vec<_>>(),
             "peak_rss_bytes": peak_rss,
+            "memory": memory_json(Some(compiled.memory())),
             "copy_bandwidth_bytes_s": copy_bw,
             "f32_peak_flop_s": f32_peak,
             "kernels": rows.iter().map(|k| json!({

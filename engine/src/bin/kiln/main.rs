@@ -7,6 +7,8 @@ mod info;
 mod perplexity;
 mod plan;
 mod run;
+#[cfg(feature = "serve")]
+mod serve;
 mod synth;
 mod tokenize;
 
@@ -37,6 +39,9 @@ enum Command {
     Plan(plan::Args),
     /// Write a random-weight GGUF model of a known shape (benchmarks without downloads).
     Synth(synth::Args),
+    /// OpenAI-compatible HTTP server: continuous batching, prefix cache, streaming.
+    #[cfg(feature = "serve")]
+    Serve(serve::Args),
 }
 
 /// Die quietly on a closed pipe (`kiln info ... | head`) like other Unix tools, instead of
@@ -59,6 +64,7 @@ fn restore_sigpipe() {
 fn restore_sigpipe() {}
 
 fn main() -> ExitCode {
+    common::process_start();
     restore_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
@@ -69,6 +75,8 @@ fn main() -> ExitCode {
         Command::Plan(args) => plan::main(args),
         Command::Bench(args) => bench::main(args),
         Command::Synth(args) => synth::main(args),
+        #[cfg(feature = "serve")]
+        Command::Serve(args) => serve::main(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

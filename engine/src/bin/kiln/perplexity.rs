@@ -39,6 +39,7 @@ pub fn main(args: Args) -> Result<(), Error> {
         args.backend,
         args.kv,
         args.kv_budget,
+        None,
         Some(args.ctx_size),
         args.ctx_size / 2,
     )?;

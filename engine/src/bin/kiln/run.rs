@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Instant;
 
 use kiln_engine::Error;
 use kiln_engine::driver::{GenerateRequest, generate};
@@ -9,7 +10,9 @@ use kiln_engine::sampler::SamplerConfig;
 use kiln_engine::tokenizer::{ChatMessage, render_chat};
 use serde_json::json;
 
-use crate::common::{BackendArg, KvArg, load_model, print_json, runner};
+use crate::common::{
+    BackendArg, KvArg, load_model, memory_json, ms_since_start, parse_bytes, print_json, runner,
+};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -43,8 +46,13 @@ pub struct Args {
     #[arg(long, value_enum)]
     kv: Option<KvArg>,
     /// Bytes the KV page pool may take (default: room for the whole context).
-    #[arg(long)]
+    #[arg(long, value_parser = parse_bytes)]
     kv_budget: Option<usize>,
+    /// Bytes the engine may allocate in all (arena, KV pool, buffers; K/M/G suffixes):
+    /// the KV pool takes what is left, and a model that cannot fit is refused up front.
+    /// Mapped weights are not counted.
+    #[arg(long, value_parser = parse_bytes)]
+    mem_budget: Option<usize>,
     /// Context size (default: the model's).
     #[arg(short = 'c', long = "ctx-size")]
     ctx_size: Option<usize>,
@@ -60,7 +68,9 @@ pub struct Args {
 }
 
 pub fn main(args: Args) -> Result<(), Error> {
+    let load_start = Instant::now();
     let model = load_model(&args.model)?;
+    let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
     let tok = &model.tokenizer;
     let prompt = if args.chat {
         let messages = [ChatMessage {
@@ -96,17 +106,22 @@ pub fn main(args: Args) -> Result<(), Error> {
         ignore_eos: args.ignore_eos,
         logprobs: args.logprobs,
     };
+    let compile_start = Instant::now();
     let mut runner = runner(
         &model,
         args.backend,
         args.kv,
         args.kv_budget,
+        args.mem_budget,
         args.ctx_size,
         1,
     )?;
+    let compile_ms = compile_start.elapsed().as_secs_f64() * 1e3;
     let backend = runner.name();
     let mut stdout = std::io::stdout().lock();
+    let mut first_token_at = None;
     let generation = generate(runner.as_mut(), tok, &request, |event| {
+        first_token_at.get_or_insert_with(Instant::now);
         let _ = stdout.write_all(event.text.as_bytes());
         let _ = stdout.flush();
         true
@@ -135,6 +150,11 @@ pub fn main(args: Args) -> Result<(), Error> {
             "decode_tok_s": generation.decode_tok_s,
             "backend": backend,
             "seed": seed,
+            "load_ms": load_ms,
+            "compile_ms": compile_ms,
+            "startup_ms": first_token_at.map(ms_since_start),
+            "peak_rss_bytes": kiln_engine::memory::resident().map(|r| r.peak_bytes),
+            "memory": memory_json(runner.memory()),
         });
         if args.logprobs > 0 {
             obj["logprobs"] = json!(

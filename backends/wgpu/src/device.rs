@@ -1,0 +1,187 @@
+//! The wgpu device: adapter choice (a hardware GPU first, then anything, lavapipe
+//! included), the features kiln asks for, errors caught instead of wgpu's default panic,
+//! and the blocking buffer helpers (read back, wait).
+
+use std::sync::{Arc, Mutex};
+
+use kiln_ir::backend::BackendError;
+
+pub(crate) const NAME: &str = "wgpu";
+
+pub(crate) fn driver(message: impl Into<String>) -> BackendError {
+    BackendError::Driver {
+        backend: NAME,
+        message: message.into(),
+    }
+}
+
+/// An opened device and what it can do.
+pub(crate) struct Gpu {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    /// The first validation or out-of-memory error wgpu reported since the last check.
+    errors: Arc<Mutex<Option<String>>>,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu({} on {:?})", self.info.name, self.info.backend)
+    }
+}
+
+/// Hardware GPUs first, then virtual ones, then CPU implementations (lavapipe).
+fn rank(t: wgpu::DeviceType) -> u8 {
+    match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Other => 3,
+        wgpu::DeviceType::Cpu => 4,
+    }
+}
+
+impl Gpu {
+    /// The best adapter; CPU implementations (lavapipe) only when `allow_cpu`.
+    pub fn open(allow_cpu: bool) -> Result<Gpu, BackendError> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        if adapters.is_empty() {
+            return Err(BackendError::NoDevice {
+                backend: NAME,
+                reason: "no WebGPU adapter (no Vulkan, Metal or DX12 driver; on Linux \
+                         `apt-get install mesa-vulkan-drivers` gives lavapipe)"
+                    .into(),
+            });
+        }
+        adapters.sort_by_key(|a| rank(a.get_info().device_type));
+        let adapter = adapters.swap_remove(0);
+        if !allow_cpu && adapter.get_info().device_type == wgpu::DeviceType::Cpu {
+            return Err(BackendError::NoDevice {
+                backend: NAME,
+                reason: format!(
+                    "no GPU adapter, only {} (a CPU implementation); set KILN_WGPU_ADAPTER=any to use it",
+                    adapter.get_info().name
+                ),
+            });
+        }
+        let info = adapter.get_info();
+        // The kernels unpack f16 (weights, the F16 KV cache) with unpack2x16float.
+        let downlevel = adapter.get_downlevel_capabilities().flags;
+        if !downlevel.contains(wgpu::DownlevelFlags::SHADER_F16_IN_F32) {
+            return Err(BackendError::NoDevice {
+                backend: NAME,
+                reason: format!("{} cannot convert f16 to f32 in shaders", info.name),
+            });
+        }
+        let offered = adapter.features();
+        let features = offered & (wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY);
+        let limits = adapter.limits();
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("kiln"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| BackendError::NoDevice {
+            backend: NAME,
+            reason: format!("{}: {e}", info.name),
+        })?;
+        let errors = Arc::new(Mutex::new(None));
+        let sink = errors.clone();
+        device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
+            if let Ok(mut slot) = sink.lock() {
+                slot.get_or_insert_with(|| e.to_string());
+            }
+        }));
+        Ok(Gpu {
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            errors,
+        })
+    }
+
+    /// The error wgpu reported since the last check, as a BackendError.
+    pub fn check(&self, doing: &str) -> Result<(), BackendError> {
+        let error = self.errors.lock().ok().and_then(|mut slot| slot.take());
+        match error {
+            Some(e) => Err(driver(format!("{doing}: {e}"))),
+            None => Ok(()),
+        }
+    }
+
+    pub fn wait(&self) -> Result<(), BackendError> {
+        self.device
+            .poll(wgpu::PollType::wait_indefinitely())
+            .map_err(|e| driver(format!("waiting for the device: {e}")))?;
+        Ok(())
+    }
+
+    pub fn buffer(
+        &self,
+        label: &str,
+        bytes: u64,
+        usage: wgpu::BufferUsages,
+    ) -> Result<wgpu::Buffer, BackendError> {
+        let size = bytes.next_multiple_of(4).max(4);
+        if size > self.limits.max_buffer_size {
+            return Err(BackendError::OutOfMemory {
+                backend: NAME,
+                bytes,
+            });
+        }
+        let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size,
+            usage,
+            mapped_at_creation: false,
+        });
+        self.check(&format!("allocating {label} ({bytes} bytes)"))?;
+        Ok(buffer)
+    }
+
+    /// Copy `len` bytes (a multiple of 4) at `offset` of `src` to the host.
+    pub fn read(&self, src: &wgpu::Buffer, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
+        if len == 0 {
+            return Ok(Vec::new());
+        }
+        let staging = self.buffer(
+            "readback",
+            len,
+            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        )?;
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(src, offset, &staging, 0, len);
+        self.queue.submit([encoder.finish()]);
+        let result = Arc::new(Mutex::new(None));
+        let slot = result.clone();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            if let Ok(mut s) = slot.lock() {
+                *s = Some(r);
+            }
+        });
+        self.wait()?;
+        self.check("reading back")?;
+        match result.lock().ok().and_then(|mut s| s.take()) {
+            Some(Ok(())) => {}
+            Some(Err(e)) => return Err(driver(format!("mapping a readback buffer: {e}"))),
+            None => return Err(driver("a readback buffer was never mapped")),
+        }
+        let bytes = staging
+            .get_mapped_range(..)
+            .map_err(|e| driver(format!("mapping a readback buffer: {e}")))?
+            .to_vec();
+        staging.unmap();
+        Ok(bytes)
+    }
+}

@@ -1,0 +1,48 @@
+//! kiln-kernels-wgsl: the WGSL kernels of kiln, one fused op per file (the stems of
+//! `kiln_ir::Op::name`), and the backend-neutral host logic that the WebGPU (wgpu) and
+//! Vulkan backends share. The graph decides, the backend executes:
+//!
+//! - [`sources`]: the `.wgsl` files embedded with `include_str!`, and the assembly of a
+//!   kernel variant (weight dtype, KV dtype, subgroup or workgroup reductions).
+//! - [`program`]: a [`Plan`](kiln_ir::Plan) turned into [`Program`]: the pipelines to
+//!   build, and for every launch its dispatches (pipeline, resources to bind, a params
+//!   block as bytes, workgroup counts for a step).
+//! - [`step`]: the step buffer (token ids, positions, block tables, RoPE cos/sin) and the
+//!   step checks.
+//! - [`weights`]: where each weight lives in the weights buffer and the bytes to upload.
+//!
+//! A backend owns five buffers ([`Resource`]) and runs each dispatch in order; nothing in
+//! it depends on which op it runs.
+
+pub mod program;
+pub mod sources;
+pub mod step;
+pub mod weights;
+
+#[cfg(test)]
+mod tests;
+
+pub use program::{Dispatch, Grid, Pipeline, Program, Resource};
+pub use sources::Variant;
+
+/// What the device offers that the kernels can use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Subgroup operations in compute shaders (wgpu's Features::SUBGROUP).
+    pub subgroups: bool,
+    /// The largest storage buffer binding, in bytes.
+    pub max_storage_binding: u64,
+    /// Alignment of uniform buffer offsets (256 on most devices).
+    pub uniform_align: u64,
+}
+
+/// Why a plan or a step cannot run on these kernels.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    #[error("bad step: {0}")]
+    BadStep(String),
+    #[error("weight {name:?}: {reason}")]
+    Weight { name: String, reason: String },
+}

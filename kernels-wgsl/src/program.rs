@@ -1,0 +1,651 @@
+//! A plan made into a program for the WGSL kernels: the pipelines to build, and for each
+//! launch of the plan its dispatches: which pipeline, what to bind, the params block, and
+//! how many workgroups a step needs. A backend builds the pipelines and bind groups once
+//! and, per step, writes the step buffer and records the dispatches in order.
+
+use kiln_ir::backend::WeightSource;
+use kiln_ir::graph::{Graph, Rows};
+use kiln_ir::kv_layout::KvLayout;
+use kiln_ir::{AttentionParams, DType, Op, Plan, RopeParams, ValueId, WeightId};
+
+use crate::sources::{Variant, WEIGHT_DTYPES};
+use crate::step::{RopeTable, StepLimits};
+use crate::weights::WeightLayout;
+use crate::{Capabilities, KernelError};
+
+/// The entry point of every kernel.
+pub const ENTRY: &str = "main";
+
+/// The buffers a backend owns; each is bound at `binding()` of group 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Resource {
+    /// Uniform: this dispatch's params block (`params_offset`, `params_size`).
+    Params,
+    /// Storage, read-write: the f32 activation arena (`plan.arena_bytes`).
+    Arena,
+    /// Storage, read: every weight ([`WeightLayout`]).
+    Weights,
+    /// Storage: the KV pages (read-write for the writers, read for attention).
+    Kv,
+    /// Storage, read: the step buffer ([`crate::step`]).
+    Step,
+}
+
+impl Resource {
+    pub fn binding(self) -> u32 {
+        self as u32
+    }
+}
+
+/// What the rows of a value count: the step's tokens or its output rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Count {
+    Tokens,
+    Outputs,
+}
+
+impl Count {
+    fn of(rows: Rows) -> Count {
+        match rows {
+            Rows::Tokens => Count::Tokens,
+            Rows::Outputs => Count::Outputs,
+        }
+    }
+
+    /// The step header word the kernels read the count from.
+    fn header_word(self) -> u32 {
+        self as u32
+    }
+
+    fn resolve(self, n_tokens: u32, n_outputs: u32) -> u32 {
+        match self {
+            Count::Tokens => n_tokens,
+            Count::Outputs => n_outputs,
+        }
+    }
+}
+
+/// How the workgroups of a dispatch follow the step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Grid {
+    /// A workgroup per output column (x, then y past 65535) and tile of 8 rows (z).
+    Matmul { rows: Count, n: u32 },
+    /// A workgroup per row.
+    PerRow { rows: Count },
+    /// A thread per element of (rows, cols).
+    Elementwise { rows: Count, cols: u32 },
+    /// `x` workgroups per token (y).
+    PerToken { x: u32 },
+}
+
+const WG: u32 = 64;
+const TILE_T: u32 = 8;
+const MAX_GRID: u32 = 65535;
+
+fn split(n: u32) -> [u32; 2] {
+    if n <= MAX_GRID {
+        [n, 1]
+    } else {
+        [MAX_GRID, n.div_ceil(MAX_GRID)]
+    }
+}
+
+impl Grid {
+    /// Workgroups for a step of `n_tokens` tokens and `n_outputs` output rows; a zero
+    /// means nothing to run.
+    pub fn workgroups(&self, n_tokens: u32, n_outputs: u32) -> [u32; 3] {
+        match *self {
+            Grid::Matmul { rows, n } => {
+                let [x, y] = split(n);
+                [x, y, rows.resolve(n_tokens, n_outputs).div_ceil(TILE_T)]
+            }
+            Grid::PerRow { rows } => {
+                let [x, y] = split(rows.resolve(n_tokens, n_outputs));
+                [x, y, 1]
+            }
+            Grid::Elementwise { rows, cols } => {
+                let threads = rows.resolve(n_tokens, n_outputs).saturating_mul(cols);
+                let [x, y] = split(threads.div_ceil(WG));
+                [x, y, 1]
+            }
+            Grid::PerToken { x } => [x, n_tokens, 1],
+        }
+    }
+}
+
+/// A compute pipeline to build: a kernel variant's WGSL, entry [`ENTRY`].
+#[derive(Clone, Debug)]
+pub struct Pipeline {
+    pub variant: Variant,
+    pub name: String,
+    pub source: String,
+}
+
+/// One dispatch of a launch.
+#[derive(Clone, Debug)]
+pub struct Dispatch {
+    /// Index into [`Program::pipelines`].
+    pub pipeline: usize,
+    /// What to bind, each at its `binding()`.
+    pub resources: Vec<Resource>,
+    /// This dispatch's params block within [`Program::params`].
+    pub params_offset: u64,
+    pub params_size: u64,
+    pub grid: Grid,
+}
+
+/// Everything a backend needs to run a plan on the WGSL kernels.
+#[derive(Clone, Debug)]
+pub struct Program {
+    pub pipelines: Vec<Pipeline>,
+    /// Per launch of the plan, its dispatches in order.
+    pub launches: Vec<Vec<Dispatch>>,
+    /// The params buffer: every dispatch's block at a `uniform_align` offset.
+    pub params: Vec<u8>,
+    pub weights: WeightLayout,
+    pub arena_bytes: u64,
+    pub kv_bytes: u64,
+    pub limits: StepLimits,
+    pub rope: Option<RopeTable>,
+    /// Arena byte offset, rows and columns of the plan's output (the logits).
+    pub output: (u64, Count, usize),
+}
+
+/// Words of each kernel's params block (the `Params` struct of its file).
+pub fn param_words(op: &str) -> usize {
+    match op {
+        "matmul" | "rmsnorm_matmul" | "matmul_swiglu" | "rmsnorm_matmul_swiglu" | "matmul_add" => {
+            12
+        }
+        "kv_write" | "rope_kv_write" | "attention" => 16,
+        "rmsnorm" => 6,
+        "add" | "swiglu" => 5,
+        "embed" | "rope" => 4,
+        "select_rows" => 3,
+        _ => 0,
+    }
+}
+
+/// Whether the kernels run `op` with the weights it names in `graph` (a `match`, as the
+/// Backend trait asks): unfused ops stay when a fused one is refused.
+pub fn supports(op: &Op, graph: &Graph) -> bool {
+    let matrices_ok = op.matrices().iter().all(|&w| {
+        graph
+            .weight(w)
+            .is_some_and(|w| WEIGHT_DTYPES.contains(&w.dtype) && w.cols % 8 == 0)
+    });
+    let dtype = |w: &WeightId| graph.weight(*w).map(|w| w.dtype);
+    matrices_ok
+        && match op {
+            Op::MatMulSwiGlu { gate, up } | Op::RmsNormMatMulSwiGlu { gate, up, .. } => {
+                dtype(gate) == dtype(up)
+            }
+            Op::Attention { attention }
+            | Op::KvWrite { attention }
+            | Op::RopeKvWrite { attention, .. } => attention_ok(attention),
+            _ => true,
+        }
+}
+
+fn attention_ok(a: &AttentionParams) -> bool {
+    a.head_dim.is_multiple_of(4)
+        && a.head_dim <= 256
+        && a.n_kv_heads > 0
+        && a.n_heads.is_multiple_of(a.n_kv_heads)
+}
+
+fn unsupported(what: String) -> KernelError {
+    KernelError::Unsupported(what)
+}
+
+impl Program {
+    pub fn new(
+        plan: &Plan,
+        source: &dyn WeightSource,
+        kv: &KvLayout,
+        kv_page_count: usize,
+        caps: &Capabilities,
+    ) -> Result<Program, KernelError> {
+        let weights = WeightLayout::new(plan, caps.max_storage_binding)?;
+        let max = caps.max_storage_binding.min(u64::from(u32::MAX));
+        let arena_bytes = (plan.arena_bytes as u64).max(16);
+        let kv_bytes = (kv.page_bytes() as u64)
+            .checked_mul(kv_page_count as u64)
+            .filter(|&b| b <= max)
+            .ok_or_else(|| {
+                unsupported(format!(
+                    "{kv_page_count} KV pages of {} bytes in one binding (at most {max})",
+                    kv.page_bytes()
+                ))
+            })?
+            .max(16);
+        if arena_bytes > max {
+            return Err(unsupported(format!(
+                "an arena of {arena_bytes} bytes in one binding (at most {max})"
+            )));
+        }
+        if plan.max_tokens > MAX_GRID as usize {
+            return Err(unsupported(format!(
+                "steps of {} tokens (a grid dimension holds {MAX_GRID} workgroups)",
+                plan.max_tokens
+            )));
+        }
+        let mut b = Builder {
+            plan,
+            kv,
+            caps,
+            weights: &weights,
+            pipelines: Vec::new(),
+            params: Vec::new(),
+        };
+        let mut launches = Vec::with_capacity(plan.launches.len());
+        let mut rope: Option<RopeParams> = None;
+        for launch in &plan.launches {
+            if !supports(&launch.op, &plan.graph) {
+                return Err(unsupported(format!("{} ({})", launch.kernel, launch.op)));
+            }
+            if let Op::Rope { rope: r } | Op::RopeKvWrite { rope: r, .. } = &launch.op
+                && *rope.get_or_insert(*r) != *r
+            {
+                return Err(unsupported("layers with different RoPE parameters".into()));
+            }
+            launches.push(b.launch(launch)?);
+        }
+        let rope = rope
+            .map(|params| rope_table(plan, source, params))
+            .transpose()?;
+        let vocab = plan
+            .launches
+            .iter()
+            .find_map(|l| match l.op {
+                Op::Embed { table } => Some(plan.graph.weights[table.0 as usize].rows),
+                _ => None,
+            })
+            .unwrap_or(0);
+        let out = plan
+            .graph
+            .output
+            .ok_or_else(|| unsupported("a plan without an output".into()))?;
+        let ty = &plan.graph.values[out.0 as usize];
+        let output = (
+            plan.offsets[out.0 as usize].unwrap_or(0) as u64,
+            Count::of(ty.rows()),
+            ty.cols(),
+        );
+        Ok(Program {
+            pipelines: b.pipelines,
+            launches,
+            params: b.params,
+            weights,
+            arena_bytes,
+            kv_bytes,
+            limits: StepLimits {
+                max_tokens: plan.max_tokens,
+                max_outputs: plan.max_outputs,
+                vocab,
+                kv_page_size: kv.kv_page_size(),
+                kv_page_count,
+            },
+            rope,
+            output,
+        })
+    }
+}
+
+fn rope_table(
+    plan: &Plan,
+    source: &dyn WeightSource,
+    params: RopeParams,
+) -> Result<RopeTable, KernelError> {
+    let factors = match params.freq_factors {
+        None => None,
+        Some(id) => {
+            let w = &plan.graph.weights[id.0 as usize];
+            let bad = |reason: String| KernelError::Weight {
+                name: w.name.clone(),
+                reason,
+            };
+            let bytes = source
+                .weight(&w.name)
+                .ok_or_else(|| bad("not in the model".into()))?;
+            let mut v = vec![0.0f32; w.rows * w.cols];
+            kiln_ir::quant::dequantize_row(w.dtype, bytes.as_slice(), &mut v)
+                .map_err(|e| bad(e.to_string()))?;
+            if v.len() < params.rope_dims / 2 {
+                return Err(bad(format!(
+                    "{} factors for {} dims",
+                    v.len(),
+                    params.rope_dims
+                )));
+            }
+            Some(v)
+        }
+    };
+    Ok(RopeTable { params, factors })
+}
+
+/// Builds the dispatches of each launch, collecting pipelines and params blocks.
+struct Builder<'a> {
+    plan: &'a Plan,
+    kv: &'a KvLayout,
+    caps: &'a Capabilities,
+    weights: &'a WeightLayout,
+    pipelines: Vec<Pipeline>,
+    params: Vec<u8>,
+}
+
+use Resource::{Arena, Kv, Params, Step, Weights};
+
+impl Builder<'_> {
+    /// Arena index (in f32s) of a value.
+    fn at(&self, v: ValueId) -> u32 {
+        (self.plan.offsets[v.0 as usize].unwrap_or(0) / 4) as u32
+    }
+
+    fn rows(&self, v: ValueId) -> Count {
+        Count::of(self.plan.graph.values[v.0 as usize].rows())
+    }
+
+    fn cols(&self, v: ValueId) -> u32 {
+        self.plan.graph.values[v.0 as usize].cols() as u32
+    }
+
+    fn weight(&self, w: WeightId) -> (DType, u32, u32, u32, u32) {
+        let wt = &self.plan.graph.weights[w.0 as usize];
+        let row_bytes = wt.dtype.bytes_for(wt.cols as u64).unwrap_or(0) as u32;
+        let offset = self.weights.offsets[w.0 as usize] as u32;
+        (wt.dtype, wt.rows as u32, wt.cols as u32, row_bytes, offset)
+    }
+
+    fn vector(&self, w: WeightId) -> u32 {
+        (self.weights.offsets[w.0 as usize] / 4) as u32
+    }
+
+    fn dispatch(
+        &mut self,
+        op: &'static str,
+        weight: Option<DType>,
+        words: Vec<u32>,
+        resources: Vec<Resource>,
+        grid: Grid,
+    ) -> Dispatch {
+        debug_assert_eq!(words.len(), param_words(op), "{op}");
+        let kv = Variant::takes_kv(op).then(|| self.kv.dtype());
+        let variant = Variant {
+            op,
+            weight,
+            kv,
+            subgroups: self.caps.subgroups,
+        };
+        let pipeline = match self.pipelines.iter().position(|p| p.variant == variant) {
+            Some(i) => i,
+            None => {
+                self.pipelines.push(Pipeline {
+                    variant,
+                    name: variant.name(),
+                    source: variant.source().expect("every op has a source"),
+                });
+                self.pipelines.len() - 1
+            }
+        };
+        let align = self.caps.uniform_align.max(16) as usize;
+        let params_offset = self.params.len().next_multiple_of(align);
+        self.params.resize(params_offset, 0);
+        self.params
+            .extend(words.iter().flat_map(|w| w.to_le_bytes()));
+        let params_size = (words.len() * 4).next_multiple_of(16);
+        self.params.resize(params_offset + params_size, 0);
+        Dispatch {
+            pipeline,
+            resources,
+            params_offset: params_offset as u64,
+            params_size: params_size as u64,
+            grid,
+        }
+    }
+
+    /// A matmul-family dispatch: x (rows, k) times weight `w` (and `w2`) into `out`.
+    #[allow(clippy::too_many_arguments)]
+    fn matmul(
+        &mut self,
+        op: &'static str,
+        x: ValueId,
+        out: ValueId,
+        w: WeightId,
+        w2: Option<WeightId>,
+        res: Option<ValueId>,
+        norm: Option<(WeightId, f32)>,
+    ) -> Dispatch {
+        let (dtype, n, k, row_bytes, w_off) = self.weight(w);
+        let w2_off = w2.map_or(0, |w2| self.weight(w2).4);
+        let rows = self.rows(out);
+        let (norm_at, eps) = norm.map_or((0, 0.0), |(g, eps)| (self.vector(g), eps));
+        let words = vec![
+            rows.header_word(),
+            k,
+            n,
+            row_bytes,
+            self.at(x),
+            self.at(out),
+            w_off,
+            w2_off,
+            res.map_or(0, |r| self.at(r)),
+            norm_at,
+            eps.to_bits(),
+            0,
+        ];
+        let grid = Grid::Matmul { rows, n };
+        self.dispatch(
+            op,
+            Some(dtype),
+            words,
+            vec![Params, Arena, Weights, Step],
+            grid,
+        )
+    }
+
+    fn kv_words(&self, a: &AttentionParams, q: u32, q_out: u32, k: u32, v: u32) -> Vec<u32> {
+        let kv = self.kv;
+        let layer_base = kv.k_offset(a.layer, 0, 0).unwrap_or(0) as u32;
+        let v_base = kv.v_offset(0, 0, 0).unwrap_or(0) as u32;
+        let ks_base = kv.k_scale_offset(0, 0, 0).unwrap_or(0) as u32;
+        let vs_base = kv.v_scale_offset(0, 0, 0).unwrap_or(0) as u32;
+        let scale = 1.0 / (a.head_dim as f32).sqrt();
+        vec![
+            q,
+            q_out,
+            k,
+            v,
+            a.n_heads as u32,
+            a.n_kv_heads as u32,
+            a.head_dim as u32,
+            kv.kv_page_size() as u32,
+            kv.page_bytes() as u32,
+            layer_base,
+            v_base,
+            ks_base,
+            vs_base,
+            scale.to_bits(),
+            0,
+            0,
+        ]
+    }
+
+    fn check_kv(&self, a: &AttentionParams) -> Result<(), KernelError> {
+        let kv = self.kv;
+        if a.layer >= kv.n_layers()
+            || a.n_kv_heads != kv.n_kv_heads()
+            || a.head_dim != kv.head_dim()
+        {
+            return Err(unsupported(format!(
+                "layer {} attends over {} KV heads of {}, the KV layout holds {} layers of {} heads of {}",
+                a.layer,
+                a.n_kv_heads,
+                a.head_dim,
+                kv.n_layers(),
+                kv.n_kv_heads(),
+                kv.head_dim()
+            )));
+        }
+        Ok(())
+    }
+
+    fn launch(&mut self, launch: &kiln_ir::Launch) -> Result<Vec<Dispatch>, KernelError> {
+        let ins = &launch.inputs;
+        let outs = &launch.outputs;
+        // Every op has an output but KvWrite, which never reads this.
+        let out = outs.first().copied().unwrap_or(ins[0]);
+        let sel = |b: &Self, v: ValueId| b.rows(v).header_word();
+        Ok(match &launch.op {
+            Op::Embed { table } => {
+                let (dtype, _, d, row_bytes, off) = self.weight(*table);
+                let words = vec![off, row_bytes, d, self.at(out)];
+                let grid = Grid::PerToken {
+                    x: (d / 8).div_ceil(WG),
+                };
+                vec![self.dispatch(
+                    "embed",
+                    Some(dtype),
+                    words,
+                    vec![Params, Arena, Weights, Step],
+                    grid,
+                )]
+            }
+            Op::RmsNorm { weight, eps } => {
+                let words = vec![
+                    sel(self, out),
+                    self.cols(out),
+                    self.at(ins[0]),
+                    self.at(out),
+                    self.vector(*weight),
+                    eps.to_bits(),
+                ];
+                let grid = Grid::PerRow {
+                    rows: self.rows(out),
+                };
+                vec![self.dispatch(
+                    "rmsnorm",
+                    None,
+                    words,
+                    vec![Params, Arena, Weights, Step],
+                    grid,
+                )]
+            }
+            Op::MatMul { weights } => weights
+                .iter()
+                .zip(outs)
+                .map(|(&w, &o)| self.matmul("matmul", ins[0], o, w, None, None, None))
+                .collect(),
+            Op::RmsNormMatMul { norm, eps, weights } => weights
+                .iter()
+                .zip(outs)
+                .map(|(&w, &o)| {
+                    self.matmul(
+                        "rmsnorm_matmul",
+                        ins[0],
+                        o,
+                        w,
+                        None,
+                        None,
+                        Some((*norm, *eps)),
+                    )
+                })
+                .collect(),
+            Op::MatMulSwiGlu { gate, up } => {
+                vec![self.matmul("matmul_swiglu", ins[0], out, *gate, Some(*up), None, None)]
+            }
+            Op::RmsNormMatMulSwiGlu {
+                norm,
+                eps,
+                gate,
+                up,
+            } => vec![self.matmul(
+                "rmsnorm_matmul_swiglu",
+                ins[0],
+                out,
+                *gate,
+                Some(*up),
+                None,
+                Some((*norm, *eps)),
+            )],
+            Op::MatMulAdd { weight } => {
+                vec![self.matmul("matmul_add", ins[0], out, *weight, None, Some(ins[1]), None)]
+            }
+            Op::Add | Op::SwiGlu => {
+                let op = if launch.op == Op::Add {
+                    "add"
+                } else {
+                    "swiglu"
+                };
+                let cols = self.cols(out);
+                let words = vec![
+                    sel(self, out),
+                    cols,
+                    self.at(ins[0]),
+                    self.at(ins[1]),
+                    self.at(out),
+                ];
+                let grid = Grid::Elementwise {
+                    rows: self.rows(out),
+                    cols,
+                };
+                vec![self.dispatch(op, None, words, vec![Params, Arena, Step], grid)]
+            }
+            Op::SelectRows => {
+                let cols = self.cols(out);
+                let words = vec![cols, self.at(ins[0]), self.at(out)];
+                let grid = Grid::Elementwise {
+                    rows: Count::Outputs,
+                    cols,
+                };
+                vec![self.dispatch("select_rows", None, words, vec![Params, Arena, Step], grid)]
+            }
+            Op::Rope { rope } => {
+                let cols = self.cols(out);
+                let words = vec![cols, rope.head_dim as u32, self.at(ins[0]), self.at(out)];
+                let grid = Grid::Elementwise {
+                    rows: Count::Tokens,
+                    cols,
+                };
+                vec![self.dispatch("rope", None, words, vec![Params, Arena, Step], grid)]
+            }
+            Op::KvWrite { attention: a } => {
+                self.check_kv(a)?;
+                let words = self.kv_words(a, 0, 0, self.at(ins[0]), self.at(ins[1]));
+                let grid = Grid::PerToken {
+                    x: 2 * a.n_kv_heads as u32,
+                };
+                vec![self.dispatch("kv_write", None, words, vec![Params, Arena, Kv, Step], grid)]
+            }
+            Op::RopeKvWrite { attention: a, .. } => {
+                self.check_kv(a)?;
+                let (q, k, v) = (self.at(ins[0]), self.at(ins[1]), self.at(ins[2]));
+                let words = self.kv_words(a, q, self.at(out), k, v);
+                let grid = Grid::PerToken {
+                    x: (a.n_heads + 2 * a.n_kv_heads) as u32,
+                };
+                vec![self.dispatch(
+                    "rope_kv_write",
+                    None,
+                    words,
+                    vec![Params, Arena, Kv, Step],
+                    grid,
+                )]
+            }
+            Op::Attention { attention: a } => {
+                self.check_kv(a)?;
+                let words = self.kv_words(a, self.at(ins[0]), self.at(out), 0, 0);
+                let grid = Grid::PerToken {
+                    x: a.n_heads as u32,
+                };
+                vec![self.dispatch(
+                    "attention",
+                    None,
+                    words,
+                    vec![Params, Arena, Kv, Step],
+                    grid,
+                )]
+            }
+        })
+    }
+}

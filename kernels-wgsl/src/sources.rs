@@ -1,0 +1,217 @@
+//! The WGSL sources, embedded as text, and how a kernel variant is assembled from them:
+//! a header (the KV type constants), the prelude, the reduction
+//! (subgroup or workgroup), the includes the op needs, then the op's own file.
+
+use kiln_ir::DType;
+use kiln_ir::kv_layout::KvDtype;
+
+/// `(name, text)` of every source file; names are the file stems (`weights/q4_0`).
+pub const FILES: &[(&str, &str)] = &[
+    ("prelude", include_str!("wgsl/prelude.wgsl")),
+    (
+        "reduce_workgroup",
+        include_str!("wgsl/reduce_workgroup.wgsl"),
+    ),
+    ("reduce_subgroup", include_str!("wgsl/reduce_subgroup.wgsl")),
+    ("weights/common", include_str!("wgsl/weights/common.wgsl")),
+    ("weights/f32", include_str!("wgsl/weights/f32.wgsl")),
+    ("weights/f16", include_str!("wgsl/weights/f16.wgsl")),
+    ("weights/bf16", include_str!("wgsl/weights/bf16.wgsl")),
+    ("weights/q4_0", include_str!("wgsl/weights/q4_0.wgsl")),
+    ("weights/q4_1", include_str!("wgsl/weights/q4_1.wgsl")),
+    ("weights/q8_0", include_str!("wgsl/weights/q8_0.wgsl")),
+    ("matmul_core", include_str!("wgsl/matmul_core.wgsl")),
+    ("rope_common", include_str!("wgsl/rope_common.wgsl")),
+    ("kv_common", include_str!("wgsl/kv_common.wgsl")),
+    ("kv_store", include_str!("wgsl/kv_store.wgsl")),
+    // One file per op, named like the op (kiln_ir::Op::name).
+    ("embed", include_str!("wgsl/embed.wgsl")),
+    ("rmsnorm", include_str!("wgsl/rmsnorm.wgsl")),
+    ("matmul", include_str!("wgsl/matmul.wgsl")),
+    ("add", include_str!("wgsl/add.wgsl")),
+    ("swiglu", include_str!("wgsl/swiglu.wgsl")),
+    ("rope", include_str!("wgsl/rope.wgsl")),
+    ("kv_write", include_str!("wgsl/kv_write.wgsl")),
+    ("attention", include_str!("wgsl/attention.wgsl")),
+    ("select_rows", include_str!("wgsl/select_rows.wgsl")),
+    ("rmsnorm_matmul", include_str!("wgsl/rmsnorm_matmul.wgsl")),
+    ("matmul_swiglu", include_str!("wgsl/matmul_swiglu.wgsl")),
+    (
+        "rmsnorm_matmul_swiglu",
+        include_str!("wgsl/rmsnorm_matmul_swiglu.wgsl"),
+    ),
+    ("matmul_add", include_str!("wgsl/matmul_add.wgsl")),
+    ("rope_kv_write", include_str!("wgsl/rope_kv_write.wgsl")),
+];
+
+/// The op files, each with the includes it needs between the prelude and itself.
+/// `reduce` stands for the reduction variant, `weights` for the weight dtype's file.
+pub const OPS: &[(&str, &[&str])] = &[
+    ("embed", &["weights/common", "weights"]),
+    ("rmsnorm", &["reduce", "weights/common"]),
+    (
+        "matmul",
+        &["reduce", "weights/common", "weights", "matmul_core"],
+    ),
+    (
+        "rmsnorm_matmul",
+        &["reduce", "weights/common", "weights", "matmul_core"],
+    ),
+    (
+        "matmul_swiglu",
+        &["reduce", "weights/common", "weights", "matmul_core"],
+    ),
+    (
+        "rmsnorm_matmul_swiglu",
+        &["reduce", "weights/common", "weights", "matmul_core"],
+    ),
+    (
+        "matmul_add",
+        &["reduce", "weights/common", "weights", "matmul_core"],
+    ),
+    ("add", &[]),
+    ("swiglu", &[]),
+    ("select_rows", &[]),
+    ("rope", &["rope_common"]),
+    ("kv_write", &["reduce", "kv_common", "kv_store"]),
+    (
+        "rope_kv_write",
+        &["reduce", "kv_common", "rope_common", "kv_store"],
+    ),
+    ("attention", &["reduce", "kv_common"]),
+];
+
+/// Weight dtypes the kernels read.
+pub const WEIGHT_DTYPES: [DType; 6] = [
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q8_0,
+];
+
+/// One kernel variant: the op file and what it is specialised for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Variant {
+    pub op: &'static str,
+    /// The weight type of a matmul or embedding (None for other ops).
+    pub weight: Option<DType>,
+    /// The KV cache type of the KV ops (None for other ops).
+    pub kv: Option<KvDtype>,
+    /// Reductions with subgroup operations (wgpu's Features::SUBGROUP) or through workgroup
+    /// memory only.
+    pub subgroups: bool,
+}
+
+impl Variant {
+    /// `<op>_<dtype>` (the plan's kernel names), with `_sg` for the subgroup variant.
+    pub fn name(&self) -> String {
+        let dtype = match (self.weight, self.kv) {
+            (Some(w), _) => w.name(),
+            (None, Some(kv)) => kv.name(),
+            (None, None) => "f32",
+        };
+        let sg = if self.subgroups { "_sg" } else { "" };
+        format!("{}_{dtype}{sg}", self.op)
+    }
+
+    /// Whether the op reads a weight matrix (its variants are per weight dtype).
+    pub fn takes_weight(op: &str) -> bool {
+        includes(op).is_some_and(|inc| inc.contains(&"weights"))
+    }
+
+    /// Whether the op reads or writes KV pages (its variants are per KV dtype).
+    pub fn takes_kv(op: &str) -> bool {
+        includes(op).is_some_and(|inc| inc.contains(&"kv_common"))
+    }
+
+    /// The full WGSL of the variant, or None for an unknown op or a missing weight or
+    /// KV type.
+    pub fn source(&self) -> Option<String> {
+        let includes = includes(self.op)?;
+        let mut out = String::new();
+        if self.subgroups && includes.contains(&"reduce") {
+            // WGSL's `enable subgroups;` is not parsed by naga yet; wgpu enables the
+            // builtins with Features::SUBGROUP.
+            out.push_str("// subgroup reductions\n");
+        }
+        if Variant::takes_kv(self.op) {
+            let (fp8, bytes) = match self.kv? {
+                KvDtype::F8E4M3 => (true, 1),
+                KvDtype::F16 => (false, 2),
+            };
+            out.push_str(&format!(
+                "const KV_FP8: bool = {fp8};\nconst KV_VALUE_BYTES: u32 = {bytes}u;\n\n"
+            ));
+        }
+        let weight_file = match self.weight {
+            Some(w) if WEIGHT_DTYPES.contains(&w) => Some(format!("weights/{}", w.name())),
+            _ => None,
+        };
+        let reduce = if self.subgroups {
+            "reduce_subgroup"
+        } else {
+            "reduce_workgroup"
+        };
+        let mut parts = vec!["prelude".to_string()];
+        for &inc in includes {
+            parts.push(match inc {
+                "reduce" => reduce.to_string(),
+                "weights" => weight_file.clone()?,
+                other => other.to_string(),
+            });
+        }
+        parts.push(self.op.to_string());
+        for part in parts {
+            out.push_str(file(&part)?);
+            out.push('\n');
+        }
+        Some(out)
+    }
+}
+
+fn includes(op: &str) -> Option<&'static [&'static str]> {
+    OPS.iter()
+        .find(|(name, _)| *name == op)
+        .map(|(_, inc)| *inc)
+}
+
+/// The text of a source file by name.
+pub fn file(name: &str) -> Option<&'static str> {
+    FILES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, text)| *text)
+}
+
+/// Every variant a backend may build: each op × weight dtype × KV dtype × reduction.
+pub fn all_variants() -> Vec<Variant> {
+    let mut out = Vec::new();
+    for &(op, _) in OPS {
+        let weights: Vec<Option<DType>> = if Variant::takes_weight(op) {
+            WEIGHT_DTYPES.iter().copied().map(Some).collect()
+        } else {
+            vec![None]
+        };
+        let kvs: Vec<Option<KvDtype>> = if Variant::takes_kv(op) {
+            vec![Some(KvDtype::F8E4M3), Some(KvDtype::F16)]
+        } else {
+            vec![None]
+        };
+        for &weight in &weights {
+            for &kv in &kvs {
+                let reduces = includes(op).is_some_and(|inc| inc.contains(&"reduce"));
+                for subgroups in [false, true].into_iter().filter(|&s| !s || reduces) {
+                    out.push(Variant {
+                        op,
+                        weight,
+                        kv,
+                        subgroups,
+                    });
+                }
+            }
+        }
+    }
+    out
+}

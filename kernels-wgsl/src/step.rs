@@ -1,0 +1,129 @@
+//! The step buffer and the step checks. Every kernel reads the step from one `u32`
+//! buffer: a header of region offsets (the `STEP_*` constants of prelude.wgsl), then
+//! token ids, positions, each token's sequence, the output rows, where each sequence's
+//! block table starts, the RoPE cos/sin of every (token, pair) as f32 bits, and the
+//! block tables themselves.
+
+use kiln_ir::RopeParams;
+use kiln_ir::backend::Step;
+
+use crate::KernelError;
+
+/// Words of the header (prelude.wgsl: STEP_N_TOKENS .. STEP_ROPE_PAIRS, padded).
+pub const HEADER_WORDS: usize = 16;
+
+/// The RoPE geometry of a plan, with its frequency factors decoded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RopeTable {
+    pub params: RopeParams,
+    pub factors: Option<Vec<f32>>,
+}
+
+impl RopeTable {
+    pub fn pairs(&self) -> usize {
+        self.params.rope_dims / 2
+    }
+
+    /// cos/sin of every (token, pair), in f64 like the CPU backend's table.
+    fn push(&self, positions: &[u32], out: &mut Vec<u32>) {
+        let rope = &self.params;
+        for &pos in positions {
+            let p = f64::from(pos) * f64::from(rope.freq_scale);
+            for i in 0..self.pairs() {
+                let factor = self.factors.as_ref().map_or(1.0, |f| f64::from(f[i]));
+                let theta = f64::from(rope.theta).powf(-2.0 * i as f64 / rope.rope_dims as f64);
+                let (sin, cos) = (p * theta / factor).sin_cos();
+                out.push((cos as f32).to_bits());
+                out.push((sin as f32).to_bits());
+            }
+        }
+    }
+}
+
+/// What the step check needs to know of the loaded plan.
+#[derive(Clone, Copy, Debug)]
+pub struct StepLimits {
+    pub max_tokens: usize,
+    pub max_outputs: usize,
+    /// Rows of the embedding table: token ids must be below it.
+    pub vocab: usize,
+    pub kv_page_size: usize,
+    pub kv_page_count: usize,
+}
+
+/// Check a step before anything runs (the same checks as the CPU backend).
+pub fn check(step: &Step<'_>, lim: &StepLimits) -> Result<(), KernelError> {
+    let bad = |s: String| Err(KernelError::BadStep(s));
+    let n = step.token_ids.len();
+    if n == 0 || n > lim.max_tokens {
+        return bad(format!(
+            "{n} tokens (the plan takes 1..={})",
+            lim.max_tokens
+        ));
+    }
+    if step.positions.len() != n || step.token_seq.len() != n {
+        return bad("positions and token_seq must have one entry per token".into());
+    }
+    let outs = step.output_rows.len();
+    if outs > lim.max_outputs || step.output_rows.iter().any(|&r| r as usize >= n) {
+        return bad(format!("{outs} output rows, or one past the {n} tokens"));
+    }
+    if let Some(&id) = step.token_ids.iter().find(|&&id| id as usize >= lim.vocab) {
+        return bad(format!(
+            "token id {id} outside the vocabulary of {}",
+            lim.vocab
+        ));
+    }
+    for (&pos, &seq) in step.positions.iter().zip(step.token_seq) {
+        let Some(table) = step.block_tables.get(seq as usize) else {
+            return bad(format!("sequence {seq} has no block table"));
+        };
+        let needed = pos as usize / lim.kv_page_size + 1;
+        if table.len() < needed
+            || table[..needed]
+                .iter()
+                .any(|&p| p as usize >= lim.kv_page_count)
+        {
+            return bad(format!(
+                "sequence {seq}: position {pos} is not covered by its pages"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The step buffer's words for a checked step.
+pub fn pack(step: &Step<'_>, rope: Option<&RopeTable>) -> Result<Vec<u32>, KernelError> {
+    let n = step.token_ids.len();
+    let seqs = step.block_tables.len();
+    let pairs = rope.map_or(0, RopeTable::pairs);
+    let table_words: usize = step.block_tables.iter().map(|t| t.len()).sum();
+    let total = HEADER_WORDS + 3 * n + step.output_rows.len() + seqs + 2 * n * pairs + table_words;
+    if total > u32::MAX as usize {
+        return Err(KernelError::BadStep(format!("a step of {total} words")));
+    }
+    let mut w = vec![0u32; HEADER_WORDS];
+    w[0] = n as u32;
+    w[1] = step.output_rows.len() as u32;
+    let region = |w: &mut Vec<u32>, slot: usize, data: &[u32]| {
+        w[slot] = w.len() as u32;
+        w.extend_from_slice(data);
+    };
+    region(&mut w, 2, step.token_ids);
+    region(&mut w, 3, step.positions);
+    region(&mut w, 4, step.token_seq);
+    region(&mut w, 5, step.output_rows);
+    region(&mut w, 6, &vec![0; seqs]);
+    w[7] = w.len() as u32;
+    w[8] = pairs as u32;
+    if let Some(rope) = rope {
+        rope.push(step.positions, &mut w);
+    }
+    for (s, table) in step.block_tables.iter().enumerate() {
+        let start = w.len() as u32;
+        let at = w[6] as usize + s;
+        w[at] = start;
+        w.extend_from_slice(table);
+    }
+    Ok(w)
+}

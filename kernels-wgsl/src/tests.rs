@@ -1,0 +1,141 @@
+//! Every kernel variant parses and validates with naga, with the capabilities it uses;
+//! and the params each kernel declares match the words the host writes.
+
+use naga::valid::{Capabilities, ValidationFlags, Validator};
+
+use crate::program::param_words;
+use crate::sources::{OPS, all_variants};
+
+fn module(source: &str, name: &str) -> naga::Module {
+    naga::front::wgsl::parse_str(source).unwrap_or_else(|e| {
+        panic!("{name}: {}", e.emit_to_string(source));
+    })
+}
+
+#[test]
+fn every_variant_validates_with_naga() {
+    let variants = all_variants();
+    assert!(variants.len() > 50, "{} variants", variants.len());
+    for v in variants {
+        let name = v.name();
+        let source = v.source().unwrap_or_else(|| panic!("{name}: no source"));
+        let module = module(&source, &name);
+        // f16 <-> f32 packing is there on every wgpu backend kiln builds (downlevel
+        // flag SHADER_F16_IN_F32: Vulkan, Metal, DX12).
+        let mut caps = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+        if v.subgroups {
+            caps |= Capabilities::SUBGROUP;
+        }
+        Validator::new(ValidationFlags::all(), caps)
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
+        assert!(
+            module.entry_points.iter().any(|e| e.name == "main"),
+            "{name} has no main"
+        );
+    }
+}
+
+#[test]
+fn subgroup_variants_need_the_capability() {
+    let v = all_variants()
+        .into_iter()
+        .find(|v| v.subgroups)
+        .expect("a subgroup variant");
+    let source = v.source().expect("source");
+    let module = module(&source, &v.name());
+    assert!(
+        Validator::new(
+            ValidationFlags::all(),
+            Capabilities::SHADER_FLOAT16_IN_FLOAT32
+        )
+        .validate(&module)
+        .is_err()
+    );
+}
+
+#[test]
+fn params_match_the_host() {
+    for v in all_variants() {
+        let source = v.source().expect("source");
+        let module = module(&source, &v.name());
+        let (_, global) = module
+            .global_variables
+            .iter()
+            .find(|(_, g)| g.name.as_deref() == Some("p"))
+            .unwrap_or_else(|| panic!("{}: no params", v.name()));
+        let span = module.types[global.ty].inner.size(module.to_ctx());
+        assert_eq!(
+            span as usize,
+            param_words(v.op) * 4,
+            "{}: the params struct and the host disagree",
+            v.name()
+        );
+    }
+    assert_eq!(OPS.len(), 14);
+}
+
+#[test]
+fn grids_split_past_the_dimension_limit_and_follow_the_step() {
+    use crate::program::{Count, Grid};
+    let m = Grid::Matmul {
+        rows: Count::Tokens,
+        n: 49_152,
+    };
+    assert_eq!(m.workgroups(1, 1), [49_152, 1, 1]);
+    assert_eq!(m.workgroups(33, 1), [49_152, 1, 5]);
+    let big = Grid::Matmul {
+        rows: Count::Outputs,
+        n: 128_256,
+    };
+    let [x, y, z] = big.workgroups(7, 2);
+    assert!(x <= 65_535 && x * y >= 128_256 && z == 1);
+    let e = Grid::Elementwise {
+        rows: Count::Outputs,
+        cols: 100,
+    };
+    assert_eq!(e.workgroups(9, 0), [0, 1, 1]);
+    assert_eq!(e.workgroups(9, 3), [5, 1, 1]);
+    assert_eq!(Grid::PerToken { x: 6 }.workgroups(4, 1), [6, 4, 1]);
+}
+
+#[test]
+fn the_step_buffer_holds_every_region_where_its_header_says() {
+    use crate::step::{HEADER_WORDS, RopeTable, pack};
+    use kiln_ir::RopeParams;
+    use kiln_ir::backend::Step;
+    let tables: [&[u32]; 2] = [&[7, 3], &[5]];
+    let step = Step {
+        token_ids: &[11, 12, 13],
+        positions: &[16, 17, 0],
+        token_seq: &[0, 0, 1],
+        block_tables: &tables,
+        output_rows: &[1, 2],
+    };
+    let rope = RopeTable {
+        params: RopeParams {
+            head_dim: 8,
+            rope_dims: 4,
+            theta: 10_000.0,
+            freq_scale: 1.0,
+            freq_factors: None,
+        },
+        factors: None,
+    };
+    let w = pack(&step, Some(&rope)).unwrap();
+    let region = |slot: usize, len: usize| &w[w[slot] as usize..][..len];
+    assert_eq!(&w[..2], &[3, 2]);
+    assert!(w[2] as usize >= HEADER_WORDS);
+    assert_eq!(region(2, 3), &[11, 12, 13]);
+    assert_eq!(region(3, 3), &[16, 17, 0]);
+    assert_eq!(region(4, 3), &[0, 0, 1]);
+    assert_eq!(region(5, 2), &[1, 2]);
+    let starts = region(6, 2);
+    assert_eq!(&w[starts[0] as usize..][..2], &[7, 3]);
+    assert_eq!(w[starts[1] as usize], 5);
+    assert_eq!(w[8], 2); // pairs
+    // Token 1 (position 17), pair 1: angle 17 · 10000^(-2/4) = 0.17.
+    let at = w[7] as usize + (2 + 1) * 2;
+    assert!((f32::from_bits(w[at]) - 0.17f32.cos()).abs() < 1e-6);
+    assert!((f32::from_bits(w[at + 1]) - 0.17f32.sin()).abs() < 1e-6);
+}

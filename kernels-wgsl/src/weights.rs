@@ -1,0 +1,113 @@
+//! The weights buffer: every weight of the plan back to back, each at a 16-byte aligned
+//! byte offset. Matrices keep their stored blocks (dequantized inside the kernels);
+//! vectors (norms, RoPE factors: one row) are decoded to f32 once.
+
+use std::borrow::Cow;
+
+use kiln_ir::Plan;
+use kiln_ir::graph::Weight;
+
+use crate::KernelError;
+use crate::sources::WEIGHT_DTYPES;
+
+const ALIGN: u64 = 16;
+
+/// Where each weight of the plan's graph lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WeightLayout {
+    /// Byte offset of each weight (indexed like `plan.graph.weights`).
+    pub offsets: Vec<u64>,
+    /// Whether each weight is a matrix (read by a matmul or the embedding) rather than
+    /// a vector decoded to f32.
+    pub matrix: Vec<bool>,
+    /// Bytes of the whole buffer (a multiple of 16, at least 16).
+    pub total: u64,
+}
+
+/// Bytes a weight takes in the weights buffer.
+pub fn stored_bytes(w: &Weight, matrix: bool) -> Option<u64> {
+    if !matrix {
+        (w.rows as u64 * w.cols as u64).checked_mul(4)
+    } else {
+        w.dtype
+            .bytes_for((w.rows as u64).checked_mul(w.cols as u64)?)
+    }
+}
+
+impl WeightLayout {
+    pub fn new(plan: &Plan, max_binding: u64) -> Result<WeightLayout, KernelError> {
+        let mut matrix = vec![false; plan.graph.weights.len()];
+        for l in &plan.launches {
+            for w in l.op.matrices() {
+                matrix[w.0 as usize] = true;
+            }
+        }
+        let mut offsets = Vec::with_capacity(plan.graph.weights.len());
+        let mut total = 0u64;
+        for (w, &matrix) in plan.graph.weights.iter().zip(&matrix) {
+            let bad = |reason: String| KernelError::Weight {
+                name: w.name.clone(),
+                reason,
+            };
+            if matrix && !WEIGHT_DTYPES.contains(&w.dtype) {
+                return Err(bad(format!("no WGSL kernel reads {} matrices", w.dtype)));
+            }
+            if matrix && w.cols % 8 != 0 {
+                return Err(bad(format!(
+                    "{} columns (the kernels take multiples of 8)",
+                    w.cols
+                )));
+            }
+            let bytes = stored_bytes(w, matrix).ok_or_else(|| bad("size overflows".into()))?;
+            offsets.push(total);
+            total = total
+                .checked_add(bytes.next_multiple_of(ALIGN))
+                .ok_or_else(|| bad("size overflows".into()))?;
+        }
+        let total = total.max(ALIGN);
+        if total > max_binding.min(u64::from(u32::MAX)) {
+            return Err(KernelError::Unsupported(format!(
+                "{total} bytes of weights in one binding (the device binds at most {max_binding})"
+            )));
+        }
+        Ok(WeightLayout {
+            offsets,
+            matrix,
+            total,
+        })
+    }
+}
+
+/// The bytes to upload for weight `w` given its stored bytes: matrices as they are
+/// (padded to 4 bytes), vectors decoded to f32.
+pub fn upload_bytes<'a>(
+    w: &Weight,
+    matrix: bool,
+    stored: &'a [u8],
+) -> Result<Cow<'a, [u8]>, KernelError> {
+    let bad = |reason: String| KernelError::Weight {
+        name: w.name.clone(),
+        reason,
+    };
+    let expected = w.dtype.bytes_for((w.rows * w.cols) as u64);
+    if expected != Some(stored.len() as u64) {
+        return Err(bad(format!(
+            "{} bytes of {} for ({}, {}) values",
+            stored.len(),
+            w.dtype,
+            w.rows,
+            w.cols
+        )));
+    }
+    if !matrix {
+        let mut v = vec![0.0f32; w.rows * w.cols];
+        kiln_ir::quant::dequantize_row(w.dtype, stored, &mut v).map_err(|e| bad(e.to_string()))?;
+        return Ok(Cow::Owned(v.iter().flat_map(|x| x.to_le_bytes()).collect()));
+    }
+    if stored.len().is_multiple_of(4) {
+        return Ok(Cow::Borrowed(stored));
+    }
+    let mut padded = stored.to_vec();
+    padded.resize(stored.len().next_multiple_of(4), 0);
+    Ok(Cow::Owned(padded))
+}

@@ -1,0 +1,29 @@
+// embed.wgsl: out (tokens, d) = rows `token_ids` of the table, dequantized. One thread
+// per 8 values; grid (ceil(d / 8 / WG), tokens).
+
+struct Params {
+    table: u32,     // byte offset of the table in `weights`
+    row_bytes: u32,
+    d: u32,
+    out: u32,       // arena index of the output
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> arena: array<f32>;
+@group(0) @binding(4) var<storage, read> step: array<u32>;
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let u = wg.x * WG + lid;
+    let t = wg.y;
+    if (u >= p.d / 8u || t >= step[STEP_N_TOKENS]) {
+        return;
+    }
+    let id = step[step[STEP_IDS] + t];
+    let w = w_unit(p.table + id * p.row_bytes, u);
+    let c = p.out + t * p.d + unit_cols(u);
+    for (var i = 0u; i < 4u; i++) {
+        arena[c.x + i] = w.lo[i];
+        arena[c.y + i] = w.hi[i];
+    }
+}
