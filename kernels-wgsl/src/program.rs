@@ -375,7 +375,7 @@ impl Builder<'_> {
             op,
             weight,
             kv,
-            subgroups: self.caps.subgroups,
+            subgroups: self.caps.subgroups && Variant::reduces(op),
         };
         let pipeline = match self.pipelines.iter().position(|p| p.variant == variant) {
             Some(i) => i,

@@ -121,6 +121,11 @@ impl Variant {
         includes(op).is_some_and(|inc| inc.contains(&"weights"))
     }
 
+    /// Whether the op sums across its workgroup (its variants are per reduction).
+    pub fn reduces(op: &str) -> bool {
+        includes(op).is_some_and(|inc| inc.contains(&"reduce"))
+    }
+
     /// Whether the op reads or writes KV pages (its variants are per KV dtype).
     pub fn takes_kv(op: &str) -> bool {
         includes(op).is_some_and(|inc| inc.contains(&"kv_common"))
@@ -201,8 +206,10 @@ pub fn all_variants() -> Vec<Variant> {
         };
         for &weight in &weights {
             for &kv in &kvs {
-                let reduces = includes(op).is_some_and(|inc| inc.contains(&"reduce"));
-                for subgroups in [false, true].into_iter().filter(|&s| !s || reduces) {
+                for subgroups in [false, true]
+                    .into_iter()
+                    .filter(|&s| !s || Variant::reduces(op))
+                {
                     out.push(Variant {
                         op,
                         weight,

@@ -1,5 +1,5 @@
 //! Causal grouped-query attention over paged KV (FP8 with per-(token, head) scales, or
-//! F16), with an online softmax, split over context chunks when decoding; the token at position
+//! F16), with an online softmax. One task per (token, query head); the token at position
 //! p attends to positions 0..=p of its sequence.
 
 use crate::pool;
@@ -60,16 +60,8 @@ impl KvPages<'_> {
     }
 }
 
-/// Positions per context chunk, and the most chunks one (token, KV head) pair is split
-/// into. The split depends only on the pair's own context length, never on what else is
-/// in the step, so a sequence gets bit-identical results alone or batched.
-const CHUNK_POSITIONS: usize = 64;
-const MAX_CHUNKS: usize = 8;
-
-/// out, q: (tokens, n_heads·head_dim). A task is a chunk of the context of a (token, KV
-/// head) pair, so each key and value is decoded once and used by all the query heads that
-/// share it; the chunks' partial softmax states are merged afterwards (flash-decoding), so
-/// a decode step with few KV heads still spreads over every thread.
+/// out, q: (tokens, n_heads·head_dim). One task per (token, KV head): each key and
+/// value is decoded once and used by all the query heads that share it.
 pub fn attention(
     q: &[f32],
     kv: KvPages<'_>,
@@ -81,103 +73,38 @@ pub fn attention(
 ) {
     let hd = params.head_dim;
     let group = params.n_heads / params.n_kv_heads;
-    let n_pairs = positions.len() * params.n_kv_heads;
-    let context = |pair: usize| positions[pair / params.n_kv_heads] as usize + 1;
-    let n_chunks = |len: usize| len.div_ceil(CHUNK_POSITIONS).clamp(1, MAX_CHUNKS);
-    // (pair, positions) of every task, pair by pair.
-    let mut tasks: Vec<(usize, std::ops::Range<usize>)> = Vec::new();
-    for pair in 0..n_pairs {
-        let len = context(pair);
-        let per_chunk = len.div_ceil(n_chunks(len));
-        tasks.extend(
-            (0..len)
-                .step_by(per_chunk)
-                .map(|p0| (pair, p0..(p0 + per_chunk).min(len))),
-        );
-    }
-    let mut partials: Vec<Partial> = tasks.iter().map(|_| Partial::new(group, hd)).collect();
-    pool::for_each_mut(&mut partials, |i, part| {
-        let (pair, range) = &tasks[i];
-        let (t, kv_head) = (pair / params.n_kv_heads, pair % params.n_kv_heads);
-        let qg = &q[pair * group * hd..(pair + 1) * group * hd]; // (group, head_dim)
+    let page_size = kv.layout.kv_page_size();
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut tasks: Vec<&mut [f32]> = out.chunks_mut(group * hd).collect(); // (token, kv head)
+    pool::for_each_mut(&mut tasks, |i, o| {
+        let o: &mut [f32] = o;
+        let (t, kv_head) = (i / params.n_kv_heads, i % params.n_kv_heads);
+        let qg = &q[i * group * hd..(i + 1) * group * hd]; // (group, head_dim)
         let table = block_tables[token_seq[t] as usize];
-        part.attend(qg, kv, params, table, kv_head, range.clone());
-    });
-    let mut first = 0;
-    for (pair, o) in out.chunks_exact_mut(group * hd).enumerate() {
-        let n = tasks[first..]
-            .iter()
-            .take_while(|(p, _)| *p == pair)
-            .count();
-        merge(&partials[first..first + n], group, hd, o);
-        first += n;
-    }
-}
-
-/// The online-softmax state of one (token, KV head) pair over a range of positions.
-struct Partial {
-    max: Vec<f32>, // (group) running max score
-    sum: Vec<f32>, // (group) running softmax denominator
-    acc: Vec<f32>, // (group, head_dim) unnormalized weighted sum of values
-}
-
-impl Partial {
-    fn new(group: usize, hd: usize) -> Partial {
-        Partial {
-            max: vec![f32::NEG_INFINITY; group],
-            sum: vec![0.0; group],
-            acc: vec![0.0; group * hd],
-        }
-    }
-
-    fn attend(
-        &mut self,
-        qg: &[f32],
-        kv: KvPages<'_>,
-        params: &AttentionParams,
-        table: &[u32],
-        kv_head: usize,
-        range: std::ops::Range<usize>,
-    ) {
-        let hd = params.head_dim;
-        let page_size = kv.layout.kv_page_size();
-        let scale = 1.0 / (hd as f32).sqrt();
         let mut k = vec![0.0f32; hd]; // (head_dim) one decoded key
         let mut v = vec![0.0f32; hd]; // (head_dim) one decoded value
-        for pos in range {
+        let mut max = vec![f32::NEG_INFINITY; group]; // (group) running max score
+        let mut sum = vec![0.0f32; group]; // (group) running softmax denominator
+        o.fill(0.0);
+        for pos in 0..=positions[t] as usize {
             let (page, slot) = (table[pos / page_size] as usize, pos % page_size);
             kv.load(params.layer, page, slot, kv_head, false, &mut k);
             kv.load(params.layer, page, slot, kv_head, true, &mut v);
-            for (g, q_head) in qg.chunks_exact(hd).enumerate() {
-                let s = kiln_ir::quant::dot_f32(q_head, &k) * scale;
+            for g in 0..group {
+                let s = kiln_ir::quant::dot_f32(&qg[g * hd..(g + 1) * hd], &k) * scale;
                 // Online softmax: rescale what was accumulated when the maximum grows.
-                let new_max = self.max[g].max(s);
-                let correction = (self.max[g] - new_max).exp();
+                let new_max = max[g].max(s);
+                let correction = (max[g] - new_max).exp();
                 let p = (s - new_max).exp();
-                self.sum[g] = self.sum[g] * correction + p;
-                for (a, &vv) in self.acc[g * hd..(g + 1) * hd].iter_mut().zip(&v) {
-                    *a = *a * correction + p * vv;
+                sum[g] = sum[g] * correction + p;
+                for (ov, &vv) in o[g * hd..(g + 1) * hd].iter_mut().zip(&v) {
+                    *ov = *ov * correction + p * vv;
                 }
-                self.max[g] = new_max;
+                max[g] = new_max;
             }
         }
-    }
-}
-
-/// o (group, head_dim) = the softmax-weighted values of all chunks of one pair.
-fn merge(parts: &[Partial], group: usize, hd: usize, o: &mut [f32]) {
-    for g in 0..group {
-        let max = parts.iter().fold(f32::NEG_INFINITY, |m, p| m.max(p.max[g]));
-        let o_head = &mut o[g * hd..(g + 1) * hd];
-        o_head.fill(0.0);
-        let mut sum = 0.0;
-        for part in parts.iter().filter(|p| p.sum[g] > 0.0) {
-            let weight = (part.max[g] - max).exp();
-            sum += part.sum[g] * weight;
-            for (ov, &a) in o_head.iter_mut().zip(&part.acc[g * hd..(g + 1) * hd]) {
-                *ov += a * weight;
-            }
+        for (g, head) in o.chunks_exact_mut(hd).enumerate() {
+            head.iter_mut().for_each(|ov| *ov /= sum[g]);
         }
-        o_head.iter_mut().for_each(|ov| *ov /= sum);
-    }
+    });
 }
