@@ -1,5 +1,5 @@
 //! Causal grouped-query attention over paged KV (FP8 with per-(token, head) scales, or
-//! F16), with an online softmax. One task per (token, query head); the token at position
+//! F16), with an online softmax. One task per (token, KV head); the token at position
 //! p attends to positions 0..=p of its sequence.
 
 use crate::pool;
