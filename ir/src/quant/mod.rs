@@ -17,6 +17,8 @@ pub mod q4_0;
 pub mod q4_1;
 pub mod q8_0;
 pub mod q8_1;
+#[cfg(target_arch = "x86_64")]
+mod q8_avx2;
 
 #[cfg(test)]
 mod test_support;
@@ -125,6 +127,23 @@ fn dequantize_unchecked(dtype: DType, src: &[u8], dst: &mut [f32]) {
         DType::Q4_1 => q4_1::dequantize_row(src, dst),
         DType::Q8_0 => q8_0::dequantize_row(src, dst),
         DType::F8E4M3 => fp8::dequantize_row(src, dst),
+    }
+}
+
+/// `v.round() as i8` (C's `roundf`: halves away from zero, then Rust's saturating cast)
+/// without the libm call `round` compiles to on x86-64 without SSE4.1: truncate, then
+/// look at the exact remainder. Same result for every input, NaN included.
+#[inline]
+fn round_to_i8(v: f32) -> i8 {
+    // Below 2^23 in magnitude (false for NaN), `v - trunc(v)` is exact. No branches on
+    // the remainder: quantized values are noise to a branch predictor.
+    if v.abs() < 8_388_608.0 {
+        let t = v as i32;
+        let frac = v - t as f32;
+        let r = t + i32::from(frac >= 0.5) - i32::from(frac <= -0.5);
+        r.clamp(-128, 127) as i8
+    } else {
+        v.round() as i8
     }
 }
 

@@ -10,7 +10,7 @@
 
 use half::f16;
 
-use super::{debug_check_blocks, f16_at};
+use super::{debug_check_blocks, f16_at, round_to_i8};
 
 pub const BLOCK_LEN: usize = 32;
 pub const BLOCK_BYTES: usize = 34;
@@ -43,16 +43,38 @@ pub fn quantize_row(src: &[f32], dst: &mut [u8]) {
         .chunks_exact(BLOCK_LEN)
         .zip(dst.chunks_exact_mut(BLOCK_BYTES))
     {
-        let (d, id) = scale(x);
+        let (d, _) = quantize_block(x, &mut block[2..BLOCK_BYTES]);
         block[0..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
-        for (q, &v) in block[2..BLOCK_BYTES].iter_mut().zip(x) {
-            *q = (v * id).round() as i8 as u8;
-        }
     }
 }
 
-/// The f32 scale `amax / 127` of one block and its inverse (0 for an all-zero block),
-/// shared with the Q8_1 quantizer.
+/// One block of 32 values: its quants into `quants` (i8 as bytes), and `(d, sum of the
+/// quants)`; shared with the Q8_1 quantizer. On x86_64 with AVX2 it runs the SIMD twin
+/// (same bits), otherwise [`quantize_block_scalar`].
+pub(super) fn quantize_block(x: &[f32], quants: &mut [u8]) -> (f32, i32) {
+    #[cfg(target_arch = "x86_64")]
+    if x.len() == BLOCK_LEN && quants.len() == BLOCK_LEN && std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2 (checked just above); 32 values and 32 quants.
+        if let Some(done) = unsafe { super::q8_avx2::quantize_block(x, quants) } {
+            return done;
+        }
+    }
+    quantize_block_scalar(x, quants)
+}
+
+/// The portable twin of [`quantize_block`].
+pub(super) fn quantize_block_scalar(x: &[f32], quants: &mut [u8]) -> (f32, i32) {
+    let (d, id) = scale(x);
+    let mut sum = 0i32;
+    for (q, &v) in quants.iter_mut().zip(x) {
+        let qi = round_to_i8(v * id);
+        sum += i32::from(qi);
+        *q = qi as u8;
+    }
+    (d, sum)
+}
+
+/// The f32 scale `amax / 127` of one block and its inverse (0 for an all-zero block).
 pub(super) fn scale(x: &[f32]) -> (f32, f32) {
     let mut amax = 0.0f32;
     for &v in x {
@@ -146,7 +168,37 @@ mod tests {
         assert_eq!(vec_dot_q8_0_q8_0(&blocks, &blocks), 684.0 + 32_513.0);
     }
 
+    /// The quantizer's two paths give the same bits: ordinary blocks, exact halves, and
+    /// blocks with infinities and NaNs.
+    fn check_block_twins(x: &[f32]) {
+        let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
+        let (da, sa) = quantize_block(x, &mut a);
+        let (db, sb) = quantize_block_scalar(x, &mut b);
+        assert_eq!((da.to_bits(), sa, a), (db.to_bits(), sb, b), "{x:?}");
+    }
+
+    #[test]
+    fn quantize_block_twins_agree_on_edges() {
+        // amax 127: d = 1, so every other value stays an exact half.
+        let mut x: Vec<f32> = (0..32).map(|i| i as f32 - 15.5).collect();
+        x[31] = 127.0;
+        check_block_twins(&x);
+        x[3] = f32::INFINITY;
+        check_block_twins(&x);
+        x[7] = f32::NAN;
+        check_block_twins(&x);
+        check_block_twins(&[0.0; 32]);
+        check_block_twins(&[-0.0; 32]);
+        check_block_twins(&[1e-44; 32]); // d subnormal: 1 / d overflows
+    }
+
     proptest! {
+        #[test]
+        fn quantize_block_twins_agree(x in proptest::collection::vec(-1e4f32..1e4, 32), scale in -20i32..20) {
+            let x: Vec<f32> = x.iter().map(|v| v * 2f32.powi(scale)).collect();
+            check_block_twins(&x);
+        }
+
         #[test]
         fn round_trip_error_is_within_half_a_step(src in rows()) {
             let bytes = quantize_checked(quantize_row, &src, src.len() / 32 * BLOCK_BYTES);

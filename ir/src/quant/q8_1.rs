@@ -26,13 +26,7 @@ pub fn quantize_row(src: &[f32], dst: &mut [u8]) {
         .chunks_exact(BLOCK_LEN)
         .zip(dst.chunks_exact_mut(BLOCK_BYTES))
     {
-        let (d, id) = q8_0::scale(x);
-        let mut sum = 0i32;
-        for (q, &v) in block[4..BLOCK_BYTES].iter_mut().zip(x) {
-            let qi = (v * id).round() as i8;
-            sum += i32::from(qi);
-            *q = qi as u8;
-        }
+        let (d, sum) = q8_0::quantize_block(x, &mut block[4..BLOCK_BYTES]);
         block[0..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
         block[2..4].copy_from_slice(&f16::from_f32(sum as f32 * d).to_le_bytes());
     }

@@ -221,3 +221,48 @@ proptest! {
         prop_assert_eq!(dot_row_f32(dtype, &vec![0x3C; bytes], &vec![0.5; values]).is_ok(), ok);
     }
 }
+
+#[test]
+fn round_to_i8_is_round_then_cast() {
+    let edges = [
+        0.0f32,
+        -0.0,
+        0.5,
+        -0.5,
+        1.5,
+        -1.5,
+        2.5,
+        -2.5,
+        0.49999997,
+        -0.49999997,
+        126.5,
+        127.49999,
+        127.5,
+        -128.5,
+        -127.5,
+        1e6,
+        -1e6,
+        8_388_607.5,
+        8_388_608.0,
+        3e38,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+        f32::MIN_POSITIVE,
+        -f32::MIN_POSITIVE,
+    ];
+    for v in edges {
+        assert_eq!(super::round_to_i8(v), v.round() as i8, "{v}");
+    }
+}
+
+proptest! {
+    #[test]
+    fn round_to_i8_matches_round_everywhere(bits in any::<u32>()) {
+        let v = f32::from_bits(bits);
+        prop_assert_eq!(super::round_to_i8(v), v.round() as i8);
+        // The quantizer's range, densely: multiples of 1/64 around every integer.
+        let w = (bits % 20_000) as f32 / 64.0 - 150.0;
+        prop_assert_eq!(super::round_to_i8(w), w.round() as i8);
+    }
+}

@@ -1,14 +1,19 @@
 //! The quantized matmul core: out (tokens, rows) = x (tokens, cols) · Wᵀ.
 //!
-//! Activations are quantized once to 8-bit blocks (Q8_0 for Q4_0/Q8_0 weights, Q8_1 for
-//! Q4_1, as llama.cpp's CPU backend does) so the inner loop is an integer block dot;
-//! float weights (F32/F16/BF16) dequantize a row at a time and use the f32 dot. Rows are
-//! split over threads; each task computes a few rows for every token of the step.
+//! Activations are quantized once per launch to 8-bit blocks (Q8_0 for Q4_0/Q8_0 weights,
+//! Q8_1 for Q4_1, as llama.cpp's CPU backend does) and staged for the SIMD tiles
+//! (`simd::Staged`), so the inner loop is an integer block dot; float weights
+//! (F32/F16/BF16) dequantize a row at a time and use the f32 dot. Rows are split over
+//! threads: a task computes a few rows for every token of the step into a buffer of its
+//! own, then writes them, through the epilogue, into their columns of the output.
+
+use std::cell::RefCell;
 
 use kiln_ir::DType;
 use kiln_ir::quant::{dequantize_row, dot_f32, q8_0, q8_1};
 
 use super::WeightMatrix;
+use crate::simd::{ActBlocks, Staged};
 use crate::{pool, simd};
 
 /// Rows per task: enough to amortise scheduling, few enough to balance two cores
@@ -18,79 +23,116 @@ const ROWS_PER_TASK: usize = 32;
 /// Activations in the form a weight dtype's dot product wants.
 #[derive(Debug)]
 pub enum Acts<'a> {
-    F32 { x: &'a [f32], cols: usize },
-    Q8_0 { blocks: Vec<u8>, row_bytes: usize },
-    Q8_1 { blocks: Vec<u8>, row_bytes: usize },
+    F32 {
+        x: &'a [f32],
+        cols: usize,
+    },
+    Quantized {
+        format: ActBlocks,
+        /// (tokens, row_bytes) the blocks, what the scalar kernels read.
+        blocks: Vec<u8>,
+        row_bytes: usize,
+        /// The same blocks staged for the SIMD kernels.
+        staged: Staged,
+    },
 }
 
 impl<'a> Acts<'a> {
     /// Prepare `x` (tokens, cols) for weights of `dtype`.
     pub fn new(dtype: DType, x: &'a [f32], cols: usize) -> Acts<'a> {
-        let n_tokens = x.len() / cols;
-        let quantize = |bytes_per_block: usize, f: fn(&[f32], &mut [u8])| {
-            let row_bytes = cols / 32 * bytes_per_block;
-            let mut blocks = vec![0u8; n_tokens * row_bytes];
-            if n_tokens == 1 {
-                f(x, &mut blocks); // decode: not worth waking the other threads
-            } else {
-                let mut rows: Vec<(&mut [u8], &[f32])> =
-                    blocks.chunks_mut(row_bytes).zip(x.chunks(cols)).collect();
-                pool::for_each_mut(&mut rows, |_, (dst, src)| f(src, dst));
-            }
-            (blocks, row_bytes)
+        let (format, quantize_row): (_, fn(&[f32], &mut [u8])) = match dtype {
+            DType::Q4_0 | DType::Q8_0 => (ActBlocks::Q8_0, q8_0::quantize_row),
+            DType::Q4_1 => (ActBlocks::Q8_1, q8_1::quantize_row),
+            _ => return Acts::F32 { x, cols },
         };
-        match dtype {
-            DType::Q4_0 | DType::Q8_0 => {
-                let (blocks, row_bytes) = quantize(q8_0::BLOCK_BYTES, q8_0::quantize_row);
-                Acts::Q8_0 { blocks, row_bytes }
+        let n_tokens = x.len() / cols;
+        let n_blocks = cols / 32;
+        let row_bytes = n_blocks * format.block_bytes();
+        let mut blocks = vec![0u8; n_tokens * row_bytes]; // (tokens, row_bytes)
+        let mut staged = Staged::new(format, n_tokens, n_blocks);
+        // A group of tokens at a time: quantize its rows, then stage them.
+        let group = Staged::GROUP;
+        let mut groups: Vec<((&mut [u8], &[f32]), &mut [u8])> = blocks
+            .chunks_mut(group * row_bytes)
+            .zip(x.chunks(group * cols))
+            .zip(staged.groups_mut())
+            .collect();
+        let run = |(dst, src): &mut (&mut [u8], &[f32]), staged: &mut [u8]| {
+            for (dst, src) in dst.chunks_mut(row_bytes).zip(src.chunks(cols)) {
+                quantize_row(src, dst);
             }
-            DType::Q4_1 => {
-                let (blocks, row_bytes) = quantize(q8_1::BLOCK_BYTES, q8_1::quantize_row);
-                Acts::Q8_1 { blocks, row_bytes }
-            }
-            _ => Acts::F32 { x, cols },
+            let n = dst.len() / row_bytes;
+            Staged::stage_group(format, dst, row_bytes, n, staged);
+        };
+        if groups.len() == 1 {
+            // Decode: not worth waking the other threads.
+            let (rows, staged) = &mut groups[0];
+            run(rows, staged);
+        } else {
+            pool::for_each_mut(&mut groups, |_, (rows, staged)| run(rows, staged));
+        }
+        drop(groups);
+        Acts::Quantized {
+            format,
+            blocks,
+            row_bytes,
+            staged,
         }
     }
 
     fn n_tokens(&self) -> usize {
         match self {
             Acts::F32 { x, cols } => x.len() / cols,
-            Acts::Q8_0 { blocks, row_bytes } | Acts::Q8_1 { blocks, row_bytes } => {
-                blocks.len() / row_bytes
-            }
+            Acts::Quantized {
+                blocks, row_bytes, ..
+            } => blocks.len() / row_bytes,
         }
     }
 }
 
-/// y (rows, tokens), row-major by weight row: y[r][t] = W[r] · x[t].
-pub fn matmul_rows_by_tokens(w: WeightMatrix<'_>, acts: &Acts<'_>) -> Vec<f32> {
-    matmuls_rows_by_tokens(&[(w, acts)])
-        .pop()
-        .expect("one weight in, one out")
+thread_local! {
+    /// A task's results, (tokens, task rows); reused from task to task.
+    static TASK_OUT: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Several weights (q/k/v, gate/up) in one parallel region, so the threads are woken
-/// once per launch rather than once per weight. Returns y (rows, tokens) per weight.
-pub fn matmuls_rows_by_tokens(jobs: &[(WeightMatrix<'_>, &Acts<'_>)]) -> Vec<Vec<f32>> {
-    let mut ys: Vec<Vec<f32>> = jobs
+/// out_j (tokens, rows_j) = epilogue(j, t, r, x_j · W_jᵀ) for every weight j, in one
+/// parallel region (the threads are woken once per launch, not once per weight).
+pub fn matmuls_with(
+    jobs: &[(WeightMatrix<'_>, &Acts<'_>)],
+    outs: &mut [&mut [f32]],
+    epilogue: impl Fn(usize, usize, usize, f32) -> f32 + Sync,
+) {
+    assert_eq!(jobs.len(), outs.len(), "one output per weight");
+    let targets: Vec<Columns> = jobs
         .iter()
-        .map(|(w, acts)| vec![0.0f32; w.rows * acts.n_tokens()]) // (rows, tokens)
+        .zip(outs.iter_mut())
+        .map(|((w, acts), out)| Columns::new(out, w.rows, acts.n_tokens()))
         .collect();
-    let mut tasks = Vec::new(); // (job, first row, output rows)
-    for (j, y) in ys.iter_mut().enumerate() {
-        let n_tokens = jobs[j].1.n_tokens();
-        for (task, chunk) in y.chunks_mut(ROWS_PER_TASK * n_tokens).enumerate() {
-            tasks.push((j, task * ROWS_PER_TASK, chunk));
-        }
-    }
-    pool::for_each_mut(&mut tasks, |_, (j, r0, y_rows)| {
-        let (w, acts) = jobs[*j];
-        rows_dot(w, *r0, y_rows.len() / acts.n_tokens(), acts, y_rows);
+    let tasks: Vec<(usize, usize)> = jobs
+        .iter()
+        .enumerate()
+        .flat_map(|(j, (w, _))| (0..w.rows).step_by(ROWS_PER_TASK).map(move |r0| (j, r0)))
+        .collect();
+    pool::parallel_for(tasks.len(), |i| {
+        let (j, r0) = tasks[i];
+        let (w, acts) = jobs[j];
+        let n_rows = ROWS_PER_TASK.min(w.rows - r0);
+        let n_tokens = acts.n_tokens();
+        TASK_OUT.with_borrow_mut(|y| {
+            y.clear();
+            y.resize(n_tokens * n_rows, 0.0); // (tokens, n_rows)
+            rows_dot(w, r0, n_rows, acts, y);
+            for (t, y_row) in y.chunks_exact_mut(n_rows).enumerate() {
+                for (r, v) in y_row.iter_mut().enumerate() {
+                    *v = epilogue(j, t, r0 + r, *v);
+                }
+            }
+            targets[j].write(r0, n_rows, y);
+        });
     });
-    ys
 }
 
-/// y (n_rows, tokens) for weight rows r0..r0+n_rows.
+/// y (tokens, n_rows) for weight rows r0..r0+n_rows.
 fn rows_dot(w: WeightMatrix<'_>, r0: usize, n_rows: usize, acts: &Acts<'_>, y: &mut [f32]) {
     let n_tokens = acts.n_tokens();
     let rb = w.row_bytes();
@@ -98,17 +140,20 @@ fn rows_dot(w: WeightMatrix<'_>, r0: usize, n_rows: usize, acts: &Acts<'_>, y: &
     match acts {
         Acts::F32 { x, cols } => {
             let mut row = vec![0.0f32; *cols]; // (cols) one dequantized weight row
-            for (i, y_row) in y.chunks_exact_mut(n_tokens).enumerate() {
-                dequantize_row(w.dtype, &rows[i * rb..(i + 1) * rb], &mut row)
+            for r in 0..n_rows {
+                dequantize_row(w.dtype, &rows[r * rb..(r + 1) * rb], &mut row)
                     .expect("row geometry checked at load");
-                for (t, o) in y_row.iter_mut().enumerate() {
-                    *o = dot_f32(&row, &x[t * cols..(t + 1) * cols]);
+                for t in 0..n_tokens {
+                    y[t * n_rows + r] = dot_f32(&row, &x[t * cols..(t + 1) * cols]);
                 }
             }
         }
-        Acts::Q8_0 { blocks, row_bytes } | Acts::Q8_1 { blocks, row_bytes } => {
-            // The SIMD kernels write (tokens, rows); y is (rows, tokens).
-            let mut by_token = vec![0.0f32; n_tokens * n_rows]; // (tokens, n_rows)
+        Acts::Quantized {
+            blocks,
+            row_bytes,
+            staged,
+            ..
+        } => {
             let kernel = match w.dtype {
                 DType::Q4_0 => simd::dot_rows_tokens_q4_0_q8_0,
                 DType::Q4_1 => simd::dot_rows_tokens_q4_1_q8_1,
@@ -121,32 +166,57 @@ fn rows_dot(w: WeightMatrix<'_>, r0: usize, n_rows: usize, acts: &Acts<'_>, y: &
                 blocks,
                 *row_bytes,
                 n_tokens,
-                &mut by_token,
+                Some(staged),
+                y,
                 n_rows,
             );
-            for (t, token_row) in by_token.chunks_exact(n_rows).enumerate() {
-                for (r, &v) in token_row.iter().enumerate() {
-                    y[r * n_tokens + t] = v;
-                }
+        }
+    }
+}
+
+/// An output (tokens, rows) that the tasks of one region write column blocks of.
+struct Columns {
+    ptr: *mut f32,
+    rows: usize,
+    n_tokens: usize,
+}
+
+// SAFETY: `matmuls_with` hands each task a distinct range of columns (r0..r0+n_rows of
+// one output), and the output stays mutably borrowed until every task has returned.
+unsafe impl Sync for Columns {}
+
+impl Columns {
+    fn new(out: &mut [f32], rows: usize, n_tokens: usize) -> Columns {
+        assert!(out.len() >= rows * n_tokens, "output holds (tokens, rows)");
+        Columns {
+            ptr: out.as_mut_ptr(),
+            rows,
+            n_tokens,
+        }
+    }
+
+    /// Columns r0..r0+n_rows of every token from `y` (tokens, n_rows).
+    fn write(&self, r0: usize, n_rows: usize, y: &[f32]) {
+        assert!(r0 + n_rows <= self.rows && y.len() == self.n_tokens * n_rows);
+        for (t, y_row) in y.chunks_exact(n_rows).enumerate() {
+            // SAFETY: t < n_tokens and r0 + n_rows <= rows, so the n_rows values at
+            // t * rows + r0 are inside the output (checked in `new`); no other task writes
+            // these columns (see the Sync impl) and `y` is this task's own buffer.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    y_row.as_ptr(),
+                    self.ptr.add(t * self.rows + r0),
+                    n_rows,
+                );
             }
         }
     }
 }
 
-/// out (tokens, rows) = x · Wᵀ, with `epilogue(t, r, value)` giving the stored value.
-pub fn matmul_with(
-    w: WeightMatrix<'_>,
-    acts: &Acts<'_>,
-    out: &mut [f32],
-    epilogue: impl Fn(usize, usize, f32) -> f32,
-) {
-    store(w.rows, &matmul_rows_by_tokens(w, acts), out, epilogue);
-}
-
 /// out (tokens, rows) = x (tokens, cols) · Wᵀ.
 pub fn matmul(w: WeightMatrix<'_>, x: &[f32], out: &mut [f32]) {
     let acts = Acts::new(w.dtype, x, w.cols);
-    matmul_with(w, &acts, out, |_, _, v| v);
+    matmuls_with(&[(w, &acts)], &mut [out], |_, _, _, v| v);
 }
 
 /// Several weights sharing one input (q/k/v): the input is quantized once per activation
@@ -169,20 +239,7 @@ pub fn matmul_multi(weights: &[WeightMatrix<'_>], x: &[f32], outs: &mut [&mut [f
             (*w, acts)
         })
         .collect();
-    let ys = matmuls_rows_by_tokens(&jobs);
-    for ((w, y), out) in weights.iter().zip(&ys).zip(outs.iter_mut()) {
-        store(w.rows, y, out, |_, _, v| v);
-    }
-}
-
-/// out (tokens, rows) from y (rows, tokens) through an epilogue.
-pub fn store(rows: usize, y: &[f32], out: &mut [f32], epilogue: impl Fn(usize, usize, f32) -> f32) {
-    let n_tokens = y.len() / rows;
-    for (t, out_row) in out.chunks_exact_mut(rows).enumerate().take(n_tokens) {
-        for (r, o) in out_row.iter_mut().enumerate() {
-            *o = epilogue(t, r, y[r * n_tokens + t]);
-        }
-    }
+    matmuls_with(&jobs, outs, |_, _, _, v| v);
 }
 
 /// Whether two weight dtypes take the same activation format.

@@ -1,10 +1,12 @@
 //! out = residual + x · Wᵀ: the residual add in the matmul's epilogue.
 
 use super::WeightMatrix;
-use super::matmul::{Acts, matmul_with};
+use super::matmul::{Acts, matmuls_with};
 
 pub fn matmul_add(w: WeightMatrix<'_>, x: &[f32], residual: &[f32], out: &mut [f32]) {
     let acts = Acts::new(w.dtype, x, w.cols);
     let n = w.rows;
-    matmul_with(w, &acts, out, |t, r, v| residual[t * n + r] + v);
+    matmuls_with(&[(w, &acts)], &mut [out], |_, t, r, v| {
+        residual[t * n + r] + v
+    });
 }

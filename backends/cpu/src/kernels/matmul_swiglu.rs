@@ -1,8 +1,9 @@
 //! out = silu(x · Gateᵀ) · (x · Upᵀ): gate and up share the input and the epilogue.
 
 use super::WeightMatrix;
-use super::matmul::{Acts, matmuls_rows_by_tokens};
+use super::matmul::{Acts, matmuls_with};
 use super::swiglu::silu;
+use crate::pool;
 
 pub fn matmul_swiglu(gate: WeightMatrix<'_>, up: WeightMatrix<'_>, x: &[f32], out: &mut [f32]) {
     let acts = Acts::new(gate.dtype, x, gate.cols);
@@ -13,14 +14,23 @@ pub fn matmul_swiglu(gate: WeightMatrix<'_>, up: WeightMatrix<'_>, x: &[f32], ou
         up_acts = Acts::new(up.dtype, x, up.cols);
         &up_acts
     };
-    let mut ys = matmuls_rows_by_tokens(&[(gate, &acts), (up, up_acts)]);
-    let u = ys.pop().expect("up"); // (n_ff, tokens)
-    let g = ys.pop().expect("gate"); // (n_ff, tokens)
-    let n_tokens = g.len() / gate.rows;
-    for (t, o_row) in out.chunks_exact_mut(gate.rows).enumerate().take(n_tokens) {
-        for (r, o) in o_row.iter_mut().enumerate() {
-            let i = r * n_tokens + t;
-            *o = silu(g[i]) * u[i];
+    let n_tokens = x.len() / gate.cols;
+    let n_ff = gate.rows;
+    let g = &mut out[..n_tokens * n_ff]; // (tokens, n_ff) the gate
+    let mut u = vec![0.0f32; n_tokens * n_ff]; // (tokens, n_ff) the up projection
+    matmuls_with(
+        &[(gate, &acts), (up, up_acts)],
+        &mut [g, &mut u],
+        |_, _, _, v| v,
+    );
+    // out = silu(gate) · up, a token row per task.
+    let mut rows: Vec<(&mut [f32], &[f32])> = out
+        .chunks_exact_mut(n_ff)
+        .zip(u.chunks_exact(n_ff))
+        .collect();
+    pool::for_each_mut(&mut rows, |_, (o_row, u_row)| {
+        for (o, &u) in o_row.iter_mut().zip(*u_row) {
+            *o = silu(*o) * u;
         }
-    }
+    });
 }

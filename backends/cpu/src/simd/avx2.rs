@@ -3,21 +3,23 @@
 //! Per block of 32 values, the integer dot is done in 256-bit registers:
 //! `_mm256_maddubs_epi16` multiplies unsigned bytes by signed bytes and adds adjacent
 //! pairs into i16, `_mm256_madd_epi16` by ones adds pairs again into 8 i32 partial sums,
-//! which are converted to f32 and multiplied by the block's scales with an FMA.
-//! - Q4_1: the nibbles (0..=15) are already unsigned; the minimum enters as `m * s`.
-//! - Q4_0: `sum((q - 8) * y) = sum(q * y) - sum(8 * y)`; the second term is computed
-//!   once per activation block and shared by every weight row of the tile.
+//! which are converted to f32 and multiplied by the blocks' scales with an FMA.
+//! - Q4_1: the nibbles (0..=15) are already unsigned; the minimum enters as `m * s`,
+//!   `s = d_a * sum(y)` being stored in the Q8_1 activation block.
+//! - Q4_0: `d (q - 8)` is taken as `d q + m` with `m = -8 d`, so it runs as Q4_1 does
+//!   (the staging computes `s` of its Q8_0 activation blocks).
 //! - Q8_0: ggml's sign trick, `|x| * (y * sign(x))`, which is exact for any weight
 //!   byte as long as activation quants avoid -128 (see the module above).
 //!
 //! No i16 sum saturates: a pair is at most 2 * 15 * 128 for the nibble formats and
 //! 2 * 128 * 127 for Q8_0. The i32 lanes (4 products each) convert to f32 exactly.
 //!
-//! [`tile`] computes an R × T tile (weight rows × tokens), one block at a time: the R
-//! weight blocks are decoded into registers, then each of the T activation blocks is
-//! decoded once and dotted with all of them. [`run`] covers a job with tiles. The
-//! kernels are bound by the multiply ports (about 11 vector µops per block pair at
-//! 4 × 1), not by loads: a tile only saves the decoding of the shared side.
+//! A job's activations are first staged ([`super::stage`]): decoded once into units a
+//! tile reads with plain loads. [`tile`] then computes an R × T tile (weight rows ×
+//! tokens), one block at a time: the R weight blocks are decoded into registers and
+//! dotted with each of the T staged activation blocks. [`run`] covers a job with tiles.
+//! The kernels are bound by the multiply ports (maddubs, madd, convert, scale, FMA per
+//! block pair).
 //!
 //! MSRV note: under Rust 1.85 the value intrinsics are `unsafe fn`s; from 1.87 they
 //! are safe inside `#[target_feature]` functions. Each helper therefore wraps its body
@@ -27,6 +29,9 @@
 
 use core::arch::x86_64::*;
 
+use core::cell::RefCell;
+
+use super::stage::{ActBlocks, D_AT, GROUP, S_AT, Staged, UNIT};
 use super::{Format, Job, Kernels};
 
 /// Whether this CPU has what these kernels are compiled for.
@@ -36,78 +41,199 @@ pub(super) fn detected() -> bool {
         && is_x86_feature_detected!("f16c")
 }
 
+/// Whether it also has AVX-VNNI (`vpdpbusd` on 256-bit registers).
+pub(super) fn detected_vnni() -> bool {
+    detected() && is_x86_feature_detected!("avxvnni")
+}
+
 /// The AVX2 table; [`super::kernels`] hands it out only after [`detected`].
 pub(super) const KERNELS: Kernels = Kernels {
     isa: "avx2",
-    run: run_job,
+    run: run_job::<Avx2>,
 };
 
-/// [`super::Kernel`] of the AVX2 path.
+/// The AVX-VNNI table; handed out only after [`detected_vnni`].
+pub(super) const KERNELS_VNNI: Kernels = Kernels {
+    isa: "avx2+avx-vnni",
+    run: run_job::<AvxVnni>,
+};
+
+/// What differs between the two tables: the instruction that dots 32 unsigned bytes
+/// with 32 signed bytes into 8 i32 sums of 4 products, and the tile entry compiled with
+/// the features it needs.
+trait Isa {
+    /// # Safety
+    /// The CPU has this ISA's features.
+    unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i;
+
+    /// [`tile_body`] compiled for this ISA.
+    ///
+    /// # Safety
+    /// As [`tile_body`], and the CPU has this ISA's features.
+    unsafe fn tile<B: Blocks, const R: usize, const T: usize>(
+        w: *const u8,
+        w_stride: usize,
+        units: *const u8,
+        group_stride: usize,
+        lane: usize,
+        blocks: usize,
+    ) -> [[f32; T]; R];
+}
+
+/// AVX2: `maddubs` into i16 pairs (no pair saturates, see above), then `madd` by ones.
+struct Avx2;
+
+/// AVX-VNNI: one `vpdpbusd`, which adds the four products of each i32 lane directly.
+struct AvxVnni;
+
+impl Isa for Avx2 {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
+        // SAFETY: value intrinsics only (contract: the CPU features).
+        unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)) }
+    }
+
+    // Not inlined: one register allocation per tile shape, not one for the whole pass.
+    #[inline(never)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn tile<B: Blocks, const R: usize, const T: usize>(
+        w: *const u8,
+        w_stride: usize,
+        units: *const u8,
+        group_stride: usize,
+        lane: usize,
+        blocks: usize,
+    ) -> [[f32; T]; R] {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { tile_body::<B, Self, R, T>(w, w_stride, units, group_stride, lane, blocks) }
+    }
+}
+
+impl Isa for AvxVnni {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
+        // SAFETY: value intrinsics only (contract: the CPU features).
+        unsafe { _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s) }
+    }
+
+    #[inline(never)]
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    unsafe fn tile<B: Blocks, const R: usize, const T: usize>(
+        w: *const u8,
+        w_stride: usize,
+        units: *const u8,
+        group_stride: usize,
+        lane: usize,
+        blocks: usize,
+    ) -> [[f32; T]; R] {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { tile_body::<B, Self, R, T>(w, w_stride, units, group_stride, lane, blocks) }
+    }
+}
+
+/// [`super::Kernel`] of the AVX2 paths.
 ///
 /// # Safety
-/// `job` passed [`Job::checked`] and the CPU has AVX2, FMA and F16C.
+/// `job` passed [`Job::checked`] and the CPU has AVX2, FMA, F16C and `I`'s features.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn run_job(job: &mut Job<'_>) {
+unsafe fn run_job<I: Isa>(job: &mut Job<'_>) {
     // SAFETY: forwarded from this function's contract.
     unsafe {
         match job.format {
-            Format::Q4_0 => run::<Q4_0>(job),
-            Format::Q4_1 => run::<Q4_1>(job),
-            Format::Q8_0 => run::<Q8_0>(job),
+            Format::Q4_0 => run::<Q4_0, I>(job),
+            Format::Q4_1 => run::<Q4_1, I>(job),
+            Format::Q8_0 => run::<Q8_0, I>(job),
         }
     }
 }
 
-/// Covers the job with tiles: tokens four at a time with 1 × 4 tiles (one weight
-/// row, four tokens), then each remaining token with 4 × 1 tiles (four rows, one token).
-///
-/// Why these shapes (measured on a Sapphire Rapids class Xeon, 576 rows of 48 blocks,
-/// ns per row-token dot): 4 × 1 is 20-25% faster than 1 × 1 and 1 × 4 another 8-9%
-/// faster. Wider tiles (2 × 3, 2 × 4) are 5-10% faster again at best, but LLVM spills
-/// one or more accumulators of them inside the loop, and at a few stack positions in
-/// a hundred those tiles ran twice as slow (likely the spill slot 4K-aliasing a
-/// constant reloaded every iteration). The tiles used here have no spills.
+/// The most groups a tile takes: its accumulators are 2 × MAX_GROUPS registers.
+const MAX_GROUPS: usize = 4;
+
+thread_local! {
+    /// This thread's staged activations, for jobs that come without them; reused.
+    static STAGED: RefCell<Staged> = RefCell::new(Staged::new(ActBlocks::Q8_0, 0, 0));
+}
+
+/// Covers the job with tiles over its staged activations (the caller's, or staged here):
+/// each whole group of [`GROUP`] tokens with 1 × GROUP tiles (one weight row, the
+/// group's tokens), then each remaining token with 4 × 1 tiles (four rows, one token).
+/// (1 × 8 tiles, sharing each weight block's decoding with more tokens, measured 14%
+/// slower at 32 tokens: the register pressure.) Both
+/// shapes compute a (row, token) result with the same operations in the same order
+/// ([`tile_body`]), so a token's results do not depend on the tokens it is batched with.
 ///
 /// # Safety
 /// As [`run_job`], with `job.format` the format of `B`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn run<B: Blocks>(job: &mut Job<'_>) {
-    let mut t0 = 0;
-    while job.n_tokens - t0 >= 4 {
-        // SAFETY: forwarded; tokens t0..t0 + 4 are within n_tokens.
-        unsafe { rows_pass::<B, 4, 1>(job, t0) };
-        t0 += 4;
+unsafe fn run<B: Blocks, I: Isa>(job: &mut Job<'_>) {
+    let passes = |job: &mut Job<'_>, staged: &Staged| {
+        let mut t0 = 0;
+        while job.n_tokens - t0 >= MAX_GROUPS * GROUP {
+            // SAFETY: forwarded; tokens t0.. are MAX_GROUPS whole staged groups.
+            unsafe { rows_pass::<B, I, { MAX_GROUPS * GROUP }, 1>(job, &staged.bytes, t0) };
+            t0 += MAX_GROUPS * GROUP;
+        }
+        while job.n_tokens - t0 >= 2 * GROUP {
+            // SAFETY: forwarded; tokens t0..t0 + 2 GROUP are two whole staged groups.
+            unsafe { rows_pass::<B, I, { 2 * GROUP }, 1>(job, &staged.bytes, t0) };
+            t0 += 2 * GROUP;
+        }
+        while job.n_tokens - t0 >= GROUP {
+            // SAFETY: forwarded; tokens t0..t0 + GROUP are within n_tokens and staged.
+            unsafe { rows_pass::<B, I, GROUP, 1>(job, &staged.bytes, t0) };
+            t0 += GROUP;
+        }
+        while t0 < job.n_tokens {
+            // SAFETY: forwarded; token t0 is within n_tokens and staged.
+            unsafe { rows_pass::<B, I, 1, 4>(job, &staged.bytes, t0) };
+            t0 += 1;
+        }
+    };
+    if let Some(staged) = job.staged {
+        passes(job, staged);
+        return;
     }
-    while t0 < job.n_tokens {
-        // SAFETY: forwarded; token t0 is within n_tokens.
-        unsafe { rows_pass::<B, 1, 4>(job, t0) };
-        t0 += 1;
-    }
+    STAGED.with_borrow_mut(|staged| {
+        let format = job.format.act_blocks();
+        staged.restage(format, job.acts, job.act_stride, job.n_tokens, job.blocks);
+        passes(job, staged);
+    });
 }
 
 /// All rows of the job against tokens `t0..t0 + T`: R rows per tile, then single rows.
 ///
 /// # Safety
-/// As [`run`], and `t0 + T <= job.n_tokens`.
+/// As [`run`], `t0 + T <= job.n_tokens`, tokens `t0..t0 + T` in one group, and `staged`
+/// holds the job's activations ([`Staged`]).
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn rows_pass<B: Blocks, const T: usize, const R: usize>(job: &mut Job<'_>, t0: usize) {
-    debug_assert!(t0 + T <= job.n_tokens);
-    // In bounds by the job's invariants: token t0 + T - 1 < n_tokens starts at
-    // (t0 + T - 1) * act_stride, and its blocks end inside `acts`.
-    let acts = job.acts[t0 * job.act_stride..].as_ptr();
+unsafe fn rows_pass<B: Blocks, I: Isa, const T: usize, const R: usize>(
+    job: &mut Job<'_>,
+    staged: &[u8],
+    t0: usize,
+) {
+    debug_assert!(t0 + T <= job.n_tokens && (t0 % GROUP + T <= GROUP || T % GROUP == 0));
+    debug_assert!(staged.len() >= job.n_tokens.div_ceil(GROUP) * job.blocks * UNIT);
+    // The group's units start here; the tile reads lanes t0 % GROUP .. + T of each.
+    let units = staged[t0 / GROUP * job.blocks * UNIT..].as_ptr();
+    let lane = t0 % GROUP;
+    let group_stride = job.blocks * UNIT;
     let mut r0 = 0;
     while r0 < job.n_rows {
         let rows = job.rows[r0 * job.row_bytes..].as_ptr();
         let tile_rows = if job.n_rows - r0 >= R { R } else { 1 };
-        // SAFETY: rows r0..r0 + tile_rows (<= n_rows) and tokens t0..t0 + T
-        // (<= n_tokens) hold `blocks` whole blocks each, inside the slices `rows` and
-        // `acts` point into (Job invariants); the CPU features are forwarded from this
-        // function's contract.
+        // SAFETY: rows r0..r0 + tile_rows (<= n_rows) hold `blocks` whole blocks each
+        // inside `job.rows` (Job invariants), the group's `blocks` units are inside
+        // `staged` (this function's contract), and lane + T <= GROUP; the CPU features
+        // are forwarded from this function's contract.
         let sums = unsafe {
             if tile_rows == R {
-                tile::<B, R, T>(rows, job.row_bytes, acts, job.act_stride, job.blocks)
+                I::tile::<B, R, T>(rows, job.row_bytes, units, group_stride, lane, job.blocks)
             } else {
-                let one = tile::<B, 1, T>(rows, job.row_bytes, acts, job.act_stride, job.blocks);
+                let one =
+                    I::tile::<B, 1, T>(rows, job.row_bytes, units, group_stride, lane, job.blocks);
                 let mut wide = [[0.0; T]; R];
                 wide[0] = one[0];
                 wide
@@ -122,73 +248,86 @@ unsafe fn rows_pass<B: Blocks, const T: usize, const R: usize>(job: &mut Job<'_>
     }
 }
 
-/// One weight format with its activation format, as the tile loop sees them: decode a
-/// block of each side once, then combine every (weight, activation) pair of the tile.
+/// One weight format as the tile loop sees it: decode a weight block's quants once,
+/// then dot them with every staged activation block of the tile.
 trait Blocks {
-    /// Bytes of one weight block and of one activation block.
+    /// Bytes of one weight block.
     const W: usize;
-    const A: usize;
-    /// Whether a block adds `m * s` to its scaled integer dot (Q4_1).
+    /// Whether a block adds `m * s` to its scaled integer dot (Q4_1, and Q4_0 as
+    /// `m = -8 d`).
     const HAS_MIN: bool;
-    /// A decoded weight block.
+    /// A weight block's quants, decoded.
     type Weight: Copy;
-    /// A decoded activation block.
-    type Act: Copy;
 
     /// # Safety
     /// `p` points at a whole weight block; the CPU has AVX2, FMA and F16C.
     unsafe fn weight(p: *const u8) -> Self::Weight;
-    /// # Safety
-    /// `p` points at a whole activation block; the CPU has AVX2, FMA and F16C.
-    unsafe fn act(p: *const u8) -> Self::Act;
+    /// The integer dot of the block with 32 activation quants, as 8 i32 partial sums.
+    ///
     /// # Safety
     /// The CPU has AVX2, FMA and F16C.
-    unsafe fn term(w: &Self::Weight, a: &Self::Act) -> Term;
+    unsafe fn dot<I: Isa>(w: &Self::Weight, y: __m256i) -> __m256i;
+    /// The scale `d` of the weight blocks at `p`, `p + stride`, .. (`n <= 4` of them)
+    /// in lanes 0..n.
+    ///
+    /// # Safety
+    /// `n` whole weight blocks at those addresses; the CPU has AVX2, FMA and F16C.
+    unsafe fn scales(p: *const u8, stride: usize, n: usize) -> __m128;
+    /// Their minimum `m`, likewise; only called when [`Self::HAS_MIN`].
+    ///
+    /// # Safety
+    /// As [`Self::scales`].
+    unsafe fn mins(p: *const u8, stride: usize, n: usize) -> __m128;
 }
 
-/// One block's contribution, summed over the 8 lanes: `p * d + m * s`.
-#[derive(Clone, Copy)]
-struct Term {
-    /// The integer dot as 8 f32 partial sums (each exact).
-    p: __m256,
-    /// `dx * dy`, in every lane.
-    d: __m256,
-    /// Q4_1 only (unused otherwise): the weight block's minimum `m` in every lane and
-    /// the activation block's `s` in lane 0 (zeros elsewhere), so the lanes add up to
-    /// `m * s`. This keeps the min term in the vector accumulator: no scalar chain, no
-    /// extra register per accumulator.
-    m: __m256,
-    s: __m256,
-}
-
-/// Dot products of R weight rows (starting at `w`, `w_stride` bytes apart) with T
-/// activation rows (at `a`, `a_stride` apart), over `blocks` blocks: `[r][t]`.
+/// Dot products of R weight rows (starting at `w`, `w_stride` bytes apart) with the T
+/// staged tokens in lanes `lane..lane + T` of the group at `units`, over `blocks`
+/// blocks: `[r][t]`. Either T is 1 (token `lane`, R <= 4 rows) or R is 1 and the tile
+/// takes the whole group (T = GROUP, `lane` 0).
+///
+/// Per block, the R × T integer dots are summed exactly into one i32 each (an
+/// `hadd`-like reduction of four vectors into the four lanes of one), converted to f32
+/// and accumulated as `acc += P · (d_w · d_a)` and `acc_min += m · s` in 128-bit
+/// registers whose lanes are the group's tokens (T > 1) or the rows (T = 1). A (row,
+/// token) result is therefore the same whatever the tile shape: the same scalar
+/// operations, in block order.
 ///
 /// # Safety
-/// Each of the R rows and T activation rows holds `blocks` whole blocks in one live
-/// allocation; the CPU has AVX2, FMA and F16C.
-// Not inlined: one register allocation per tile shape, not one for the whole pass.
+/// Each of the R rows holds `blocks` whole weight blocks in one live allocation, the
+/// `blocks` units at `units` are staged, `lane + T <= GROUP`, and the CPU has AVX2, FMA
+/// and F16C (from the [`Isa::tile`] it is inlined into).
+// Always inlined into an [`Isa::tile`], which brings the target features (this function
+// has none of its own, so that one body serves both tables).
 // Index loops over the const-sized arrays: LLVM unrolls them fully and keeps the
 // arrays in registers; the iterator forms clippy suggests left a loop and spilled.
-#[inline(never)]
+#[inline(always)]
 #[allow(clippy::needless_range_loop)]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile<B: Blocks, const R: usize, const T: usize>(
+unsafe fn tile_body<B: Blocks, I: Isa, const R: usize, const T: usize>(
     w: *const u8,
     w_stride: usize,
-    a: *const u8,
-    a_stride: usize,
+    units: *const u8,
+    group_stride: usize,
+    lane: usize,
     blocks: usize,
 ) -> [[f32; T]; R] {
-    // SAFETY: every pointer formed below is `w + r * w_stride + b * W` or
-    // `a + t * a_stride + b * A` with r < R, t < T, b < blocks: the start of a block
-    // inside the rows the contract promises; the loads read only that block.
+    debug_assert!(R <= 4 && (R == 1 || T == 1) && T <= MAX_GROUPS * GROUP);
+    debug_assert!(if T == 1 {
+        lane < GROUP
+    } else {
+        T % GROUP == 0 && lane == 0
+    });
+    // Groups a tile of T > 1 reads.
+    let groups = T.div_ceil(GROUP);
+    // SAFETY: every weight pointer formed below is `w + r * w_stride + b * W` with
+    // r < R, b < blocks: a block inside the rows the contract promises; every
+    // activation pointer is inside unit b < blocks (the quants of a token lane < GROUP,
+    // or one of its 4-lane arrays of d and s). Loads read only those bytes.
     unsafe {
-        // (R, T) accumulators, 8 partial sums each.
-        let mut acc = [[_mm256_setzero_ps(); T]; R];
+        // Four lanes: the tokens (T > 1) or the rows (T = 1); Σ P · (d_w · d_a) and Σ m · s
+        // apart, so that each is a chain of one FMA per block.
+        let mut acc = [_mm_setzero_ps(); MAX_GROUPS];
+        let mut acc_min = [_mm_setzero_ps(); MAX_GROUPS];
         for b in 0..blocks {
-            // The R weight blocks are decoded into registers; each of the T activation
-            // blocks is decoded once and dotted with all of them.
             // The next tile's rows: each row here is a stream of only a few cache lines,
             // too short for the hardware prefetcher to find in time (a profile shows the
             // weight loads stalling). Prefetching never faults, so the address may run
@@ -197,177 +336,175 @@ unsafe fn tile<B: Blocks, const R: usize, const T: usize>(
                 let ahead = w.wrapping_add((R + r) * w_stride + b * B::W);
                 _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
             }
-            let mut x = [B::weight(w.add(b * B::W)); R];
-            for r in 1..R {
-                x[r] = B::weight(w.add(r * w_stride + b * B::W));
-            }
-            for t in 0..T {
-                let y = B::act(a.add(t * a_stride + b * B::A));
-                for r in 0..R {
-                    let e = B::term(&x[r], &y);
-                    if !B::HAS_MIN {
-                        acc[r][t] = _mm256_fmadd_ps(e.p, e.d, acc[r][t]);
-                    } else if R * T > 1 {
-                        // Two FMAs in a row on each accumulator: the other accumulators
-                        // of the tile hide their latency.
-                        acc[r][t] = _mm256_fmadd_ps(e.p, e.d, acc[r][t]);
-                        acc[r][t] = _mm256_fmadd_ps(e.m, e.s, acc[r][t]);
-                    } else {
-                        // A lone accumulator: keep one dependent op per block.
-                        let term = _mm256_fmadd_ps(e.p, e.d, _mm256_mul_ps(e.m, e.s));
-                        acc[r][t] = _mm256_add_ps(acc[r][t], term);
+            let wb = w.add(b * B::W);
+            if T > 1 {
+                // One row's block against whole groups (lane 0); lane t of group h's
+                // sums is its token t.
+                let x = B::weight(wb);
+                let d = _mm_broadcastss_ps(B::scales(wb, w_stride, 1));
+                let m = if B::HAS_MIN {
+                    _mm_broadcastss_ps(B::mins(wb, w_stride, 1))
+                } else {
+                    _mm_setzero_ps()
+                };
+                for h in 0..groups {
+                    let unit = units.add(h * group_stride + b * UNIT);
+                    let mut dots = [_mm256_setzero_si256(); 4];
+                    for t in 0..GROUP {
+                        let y = _mm256_loadu_si256(unit.add(32 * t).cast());
+                        dots[t] = B::dot::<I>(&x, y);
+                    }
+                    let p = _mm_cvtepi32_ps(sum4(dots));
+                    let dd = _mm_mul_ps(d, _mm_loadu_ps(unit.add(D_AT).cast()));
+                    acc[h] = _mm_fmadd_ps(p, dd, acc[h]);
+                    if B::HAS_MIN {
+                        let s = _mm_loadu_ps(unit.add(S_AT).cast());
+                        acc_min[h] = _mm_fmadd_ps(m, s, acc_min[h]);
                     }
                 }
+            } else {
+                // The R rows' blocks against token `lane`; lane r of the sums is row r.
+                let unit = units.add(b * UNIT);
+                let y = _mm256_loadu_si256(unit.add(32 * lane).cast());
+                let mut dots = [_mm256_setzero_si256(); 4];
+                for r in 0..R {
+                    dots[r] = B::dot::<I>(&B::weight(wb.add(r * w_stride)), y);
+                }
+                let p = _mm_cvtepi32_ps(sum4(dots));
+                let da = _mm_broadcast_ss(&*unit.add(D_AT + 4 * lane).cast::<f32>());
+                let dd = _mm_mul_ps(B::scales(wb, w_stride, R), da);
+                acc[0] = _mm_fmadd_ps(p, dd, acc[0]);
+                if B::HAS_MIN {
+                    let s = _mm_broadcast_ss(&*unit.add(S_AT + 4 * lane).cast::<f32>());
+                    acc_min[0] = _mm_fmadd_ps(B::mins(wb, w_stride, R), s, acc_min[0]);
+                }
             }
+        }
+        let mut lanes = [[0.0f32; GROUP]; MAX_GROUPS];
+        for h in 0..groups {
+            if B::HAS_MIN {
+                acc[h] = _mm_add_ps(acc[h], acc_min[h]);
+            }
+            _mm_storeu_ps(lanes[h].as_mut_ptr(), acc[h]);
         }
         let mut sums = [[0.0f32; T]; R];
         for r in 0..R {
             for t in 0..T {
-                sums[r][t] = hsum(acc[r][t]);
+                sums[r][t] = if T > 1 {
+                    lanes[t / GROUP][t % GROUP]
+                } else {
+                    lanes[0][r]
+                };
             }
         }
         sums
     }
 }
 
-/// Q4_0 weights × Q8_0 activations.
+/// The sums of the 8 i32 lanes of each of four vectors, in the four lanes of one (exact:
+/// integer adds of block dots far below 2^31).
+///
+/// # Safety
+/// The CPU has AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn sum4(v: [__m256i; 4]) -> __m128i {
+    // SAFETY: value intrinsics only (contract: the CPU features).
+    unsafe {
+        // [a0+a2, b0+b2, a1+a3, b1+b3 | the same for lanes 4..8]
+        let ab = _mm256_add_epi32(
+            _mm256_unpacklo_epi32(v[0], v[1]),
+            _mm256_unpackhi_epi32(v[0], v[1]),
+        );
+        let cd = _mm256_add_epi32(
+            _mm256_unpacklo_epi32(v[2], v[3]),
+            _mm256_unpackhi_epi32(v[2], v[3]),
+        );
+        // [a0123, b0123, c0123, d0123 | a4567, b4567, c4567, d4567]
+        let abcd = _mm256_add_epi32(_mm256_unpacklo_epi64(ab, cd), _mm256_unpackhi_epi64(ab, cd));
+        _mm_add_epi32(
+            _mm256_castsi256_si128(abcd),
+            _mm256_extracti128_si256::<1>(abcd),
+        )
+    }
+}
+
+/// Q4_0 weights, as a block with minimum `m = -8 d`: `d (q - 8) = d q + m`.
 struct Q4_0;
-
-#[derive(Clone, Copy)]
-struct Q4_0Weight {
-    /// The 32 nibbles as bytes 0..=15, element order.
-    q: __m256i,
-    d: __m256,
-}
-
-#[derive(Clone, Copy)]
-struct Q8Act {
-    /// The 32 quants.
-    y: __m256i,
-    d: __m256,
-}
-
-#[derive(Clone, Copy)]
-struct Q8_0ActOffset {
-    act: Q8Act,
-    /// `8 * (y[2i] + y[2i + 1])` as i16: what the -8 of every weight quant costs.
-    off: __m256i,
-}
 
 impl Blocks for Q4_0 {
     const W: usize = kiln_ir::quant::q4_0::BLOCK_BYTES;
-    const A: usize = kiln_ir::quant::q8_0::BLOCK_BYTES;
-    const HAS_MIN: bool = false;
-    type Weight = Q4_0Weight;
-    type Act = Q8_0ActOffset;
+    const HAS_MIN: bool = true;
+    /// The 32 nibbles as bytes 0..=15, element order.
+    type Weight = __m256i;
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn weight(p: *const u8) -> Q4_0Weight {
+    unsafe fn weight(p: *const u8) -> __m256i {
         // SAFETY: a Q4_0 block is d (2 bytes) + 16 bytes of nibbles (contract).
-        unsafe {
-            Q4_0Weight {
-                q: nibbles(p.add(2)),
-                d: f16_splat(p),
-            }
-        }
+        unsafe { nibbles(p.add(2)) }
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn act(p: *const u8) -> Q8_0ActOffset {
-        // SAFETY: a Q8_0 block (contract).
-        unsafe {
-            let act = q8_0_act(p);
-            let off = _mm256_maddubs_epi16(_mm256_set1_epi8(8), act.y);
-            Q8_0ActOffset { act, off }
-        }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn term(w: &Q4_0Weight, a: &Q8_0ActOffset) -> Term {
+    unsafe fn dot<I: Isa>(q: &__m256i, y: __m256i) -> __m256i {
         // SAFETY: value intrinsics only; the CPU features are the contract.
-        unsafe {
-            let pairs = _mm256_sub_epi16(_mm256_maddubs_epi16(w.q, a.act.y), a.off);
-            Term {
-                p: sum_pairs(pairs),
-                d: _mm256_mul_ps(w.d, a.act.d),
-                m: _mm256_setzero_ps(),
-                s: _mm256_setzero_ps(),
-            }
-        }
+        unsafe { I::dot_u8_i8(*q, y) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scales(p: *const u8, stride: usize, n: usize) -> __m128 {
+        // SAFETY: d is the first 2 bytes of each block (contract).
+        unsafe { f16_lanes(p, stride, n) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn mins(p: *const u8, stride: usize, n: usize) -> __m128 {
+        // SAFETY: as `scales`; -8 d is exact.
+        unsafe { _mm_mul_ps(f16_lanes(p, stride, n), _mm_set1_ps(-8.0)) }
     }
 }
 
-/// Q4_1 weights × Q8_1 activations.
+/// Q4_1 weights.
 struct Q4_1;
-
-#[derive(Clone, Copy)]
-struct Q4_1Weight {
-    q: __m256i,
-    d: __m256,
-    m: __m256,
-}
-
-#[derive(Clone, Copy)]
-struct Q8_1Act {
-    act: Q8Act,
-    /// `s = d * sum(y)`, stored in the block, in lane 0; zeros elsewhere.
-    s: __m256,
-}
 
 impl Blocks for Q4_1 {
     const W: usize = kiln_ir::quant::q4_1::BLOCK_BYTES;
-    const A: usize = kiln_ir::quant::q8_1::BLOCK_BYTES;
     const HAS_MIN: bool = true;
-    type Weight = Q4_1Weight;
-    type Act = Q8_1Act;
+    type Weight = __m256i;
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn weight(p: *const u8) -> Q4_1Weight {
+    unsafe fn weight(p: *const u8) -> __m256i {
         // SAFETY: a Q4_1 block is d, m (2 bytes each) + 16 bytes of nibbles (contract).
-        unsafe {
-            Q4_1Weight {
-                q: nibbles(p.add(4)),
-                d: f16_splat(p),
-                m: f16_splat(p.add(2)),
-            }
-        }
+        unsafe { nibbles(p.add(4)) }
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn act(p: *const u8) -> Q8_1Act {
-        // SAFETY: a Q8_1 block is d, s (2 bytes each) + 32 quants (contract).
-        unsafe {
-            Q8_1Act {
-                act: Q8Act {
-                    y: _mm256_loadu_si256(p.add(4).cast()),
-                    d: f16_splat(p),
-                },
-                s: f16_lane0(p.add(2)),
-            }
-        }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn term(w: &Q4_1Weight, a: &Q8_1Act) -> Term {
+    unsafe fn dot<I: Isa>(q: &__m256i, y: __m256i) -> __m256i {
         // SAFETY: value intrinsics only; the CPU features are the contract.
-        unsafe {
-            Term {
-                p: sum_pairs(_mm256_maddubs_epi16(w.q, a.act.y)),
-                d: _mm256_mul_ps(w.d, a.act.d),
-                m: w.m,
-                s: a.s,
-            }
-        }
+        unsafe { I::dot_u8_i8(*q, y) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scales(p: *const u8, stride: usize, n: usize) -> __m128 {
+        // SAFETY: d is bytes 0..2 of each block (contract).
+        unsafe { f16_lanes(p, stride, n) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn mins(p: *const u8, stride: usize, n: usize) -> __m128 {
+        // SAFETY: m is bytes 2..4 of each block (contract).
+        unsafe { f16_lanes(p.add(2), stride, n) }
     }
 }
 
-/// Q8_0 weights × Q8_0 activations.
+/// Q8_0 weights.
 struct Q8_0;
 
 #[derive(Clone, Copy)]
@@ -375,67 +512,70 @@ struct Q8_0Weight {
     x: __m256i,
     /// `|x|`, read as unsigned (so -128 is 128).
     ax: __m256i,
-    d: __m256,
 }
 
 impl Blocks for Q8_0 {
     const W: usize = kiln_ir::quant::q8_0::BLOCK_BYTES;
-    const A: usize = kiln_ir::quant::q8_0::BLOCK_BYTES;
     const HAS_MIN: bool = false;
     type Weight = Q8_0Weight;
-    type Act = Q8Act;
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn weight(p: *const u8) -> Q8_0Weight {
-        // SAFETY: a Q8_0 block (contract).
+        // SAFETY: a Q8_0 block is d (2 bytes) + 32 quants (contract).
         unsafe {
-            let Q8Act { y: x, d } = q8_0_act(p);
+            let x = _mm256_loadu_si256(p.add(2).cast());
             Q8_0Weight {
                 x,
                 ax: _mm256_sign_epi8(x, x),
-                d,
             }
         }
     }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn act(p: *const u8) -> Q8Act {
-        // SAFETY: a Q8_0 block (contract).
-        unsafe { q8_0_act(p) }
-    }
-
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn term(w: &Q8_0Weight, a: &Q8Act) -> Term {
+    unsafe fn dot<I: Isa>(w: &Q8_0Weight, y: __m256i) -> __m256i {
         // SAFETY: value intrinsics only; the CPU features are the contract.
         unsafe {
             // x * y = |x| * (y * sign(x)); exact unless y = -128 meets x < 0.
-            let sy = _mm256_sign_epi8(a.y, w.x);
-            Term {
-                p: sum_pairs(_mm256_maddubs_epi16(w.ax, sy)),
-                d: _mm256_mul_ps(w.d, a.d),
-                m: _mm256_setzero_ps(),
-                s: _mm256_setzero_ps(),
-            }
+            I::dot_u8_i8(w.ax, _mm256_sign_epi8(y, w.x))
         }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn scales(p: *const u8, stride: usize, n: usize) -> __m128 {
+        // SAFETY: d is bytes 0..2 of each block (contract).
+        unsafe { f16_lanes(p, stride, n) }
+    }
+
+    unsafe fn mins(_: *const u8, _: usize, _: usize) -> __m128 {
+        unreachable!("Q8_0 blocks have no minimum")
     }
 }
 
-/// Loads a Q8_0 block: d (2 bytes) + 32 quants.
+/// The little-endian f16s at `p`, `p + stride`, .. (`n <= 4` of them) as f32 in lanes
+/// 0..n; the other lanes are 0.
 ///
 /// # Safety
-/// `p` points at 34 readable bytes; the CPU has AVX2 and F16C.
+/// 2 readable bytes at each address; the CPU has AVX2 and F16C.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn q8_0_act(p: *const u8) -> Q8Act {
-    // SAFETY: reads bytes 0..34 of the block (contract).
+unsafe fn f16_lanes(p: *const u8, stride: usize, n: usize) -> __m128 {
+    // SAFETY: reads 2 bytes at each of the n addresses (contract).
     unsafe {
-        Q8Act {
-            y: _mm256_loadu_si256(p.add(2).cast()),
-            d: f16_splat(p),
+        let at = |i: usize| i32::from(p.add(i * stride).cast::<u16>().read_unaligned());
+        let mut bits = _mm_cvtsi32_si128(at(0));
+        if n > 1 {
+            bits = _mm_insert_epi16::<1>(bits, at(1));
         }
+        if n > 2 {
+            bits = _mm_insert_epi16::<2>(bits, at(2));
+        }
+        if n > 3 {
+            bits = _mm_insert_epi16::<3>(bits, at(3));
+        }
+        _mm_cvtph_ps(bits)
     }
 }
 
@@ -455,57 +595,5 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
         // no register is held for the shift counts.
         let hi = _mm_srli_epi16(lo, 4);
         _mm256_and_si256(_mm256_set_m128i(hi, lo), _mm256_set1_epi8(0x0F))
-    }
-}
-
-/// The little-endian f16 at `p`, as f32 in every lane.
-///
-/// # Safety
-/// `p` points at 2 readable bytes; the CPU has AVX2 and F16C.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16_splat(p: *const u8) -> __m256 {
-    // SAFETY: reads 2 bytes (contract); x86 is little endian.
-    unsafe { _mm256_cvtph_ps(_mm_set1_epi16(p.cast::<i16>().read_unaligned())) }
-}
-
-/// The little-endian f16 at `p`, as f32 in lane 0; the other lanes are 0.
-///
-/// # Safety
-/// `p` points at 2 readable bytes; the CPU has AVX2 and F16C.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn f16_lane0(p: *const u8) -> __m256 {
-    // SAFETY: reads 2 bytes (contract).
-    unsafe {
-        let bits = i32::from(p.cast::<u16>().read_unaligned());
-        _mm256_cvtph_ps(_mm_cvtsi32_si128(bits))
-    }
-}
-
-/// 16 i16 pair sums → 8 i32 sums of 4 products → f32 (exact: each is below 2^17).
-///
-/// # Safety
-/// The CPU has AVX2.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn sum_pairs(pairs: __m256i) -> __m256 {
-    // SAFETY: value intrinsics only (contract: the CPU features).
-    unsafe { _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1))) }
-}
-
-/// The sum of the 8 lanes.
-///
-/// # Safety
-/// The CPU has AVX.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum(v: __m256) -> f32 {
-    // SAFETY: value intrinsics only (contract: the CPU features).
-    unsafe {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
     }
 }

@@ -15,7 +15,7 @@
 //! tokens in registers, so each activation block is decoded once per tile of rows and
 //! each weight block once per tile of tokens.
 //!
-//! Dispatch: on x86_64 the first call checks for AVX2, FMA and F16C
+//! Dispatch: on x86_64 the first call checks for AVX2, FMA and F16C (and AVX-VNNI)
 //! (`is_x86_feature_detected!`) and caches the chosen kernel in a `OnceLock`; without
 //! them, and on other architectures, every entry point runs the scalar twins.
 //! [`active_isa`] says which one runs.
@@ -33,8 +33,11 @@ use std::sync::OnceLock;
 
 use kiln_ir::quant::{q4_0, q4_1, q8_0, q8_1};
 
+pub use stage::{ActBlocks, Staged};
+
 #[cfg(target_arch = "x86_64")]
 mod avx2;
+mod stage;
 #[cfg(test)]
 mod tests;
 
@@ -103,10 +106,14 @@ pub fn dot_rows_q8_0_q8_0(
 /// used); `out`: (n_tokens, out_stride), the first `n_rows` of each row written, the
 /// rest untouched. For prefill: each weight block is decoded once per few tokens.
 ///
+/// `staged`, when given, is `acts` staged once for the whole launch ([`Staged`]): the
+/// SIMD kernels then read it instead of staging `acts` themselves.
+///
 /// Panics if `row_bytes` is not a whole number of blocks, if `rows` is shorter than
 /// `n_rows * row_bytes`, if an activation row does not fit in `act_row_bytes` (when
-/// `n_tokens > 1`) or in `acts`, or if `out` (with `out_stride >= n_rows` when
-/// `n_tokens > 1`) cannot hold the results.
+/// `n_tokens > 1`) or in `acts`, if `staged` is not `n_tokens` rows of as many blocks in
+/// the activation format, or if `out` (with `out_stride >= n_rows` when `n_tokens > 1`)
+/// cannot hold the results.
 #[allow(clippy::too_many_arguments)] // the brief's shape: two strided matrices and an output
 pub fn dot_rows_tokens_q4_0_q8_0(
     rows: &[u8],
@@ -115,6 +122,7 @@ pub fn dot_rows_tokens_q4_0_q8_0(
     acts: &[u8],
     act_row_bytes: usize,
     n_tokens: usize,
+    staged: Option<&Staged>,
     out: &mut [f32],
     out_stride: usize,
 ) {
@@ -127,6 +135,7 @@ pub fn dot_rows_tokens_q4_0_q8_0(
         act_stride: act_row_bytes,
         n_tokens,
         blocks: 0,
+        staged,
         out,
         out_stride,
     };
@@ -142,6 +151,7 @@ pub fn dot_rows_tokens_q4_1_q8_1(
     acts: &[u8],
     act_row_bytes: usize,
     n_tokens: usize,
+    staged: Option<&Staged>,
     out: &mut [f32],
     out_stride: usize,
 ) {
@@ -154,6 +164,7 @@ pub fn dot_rows_tokens_q4_1_q8_1(
         act_stride: act_row_bytes,
         n_tokens,
         blocks: 0,
+        staged,
         out,
         out_stride,
     };
@@ -169,6 +180,7 @@ pub fn dot_rows_tokens_q8_0_q8_0(
     acts: &[u8],
     act_row_bytes: usize,
     n_tokens: usize,
+    staged: Option<&Staged>,
     out: &mut [f32],
     out_stride: usize,
 ) {
@@ -181,13 +193,15 @@ pub fn dot_rows_tokens_q8_0_q8_0(
         act_stride: act_row_bytes,
         n_tokens,
         blocks: 0,
+        staged,
         out,
         out_stride,
     };
     run_with(kernels(), job);
 }
 
-/// The instruction set the entry points run on this machine: `"avx2"` or `"scalar"`.
+/// The instruction set the entry points run on this machine: `"avx2+avx-vnni"`, `"avx2"`
+/// or `"scalar"`.
 pub fn active_isa() -> &'static str {
     kernels().isa
 }
@@ -229,6 +243,14 @@ impl Format {
         }
     }
 
+    /// The activation block format.
+    fn act_blocks(self) -> ActBlocks {
+        match self {
+            Format::Q4_0 | Format::Q8_0 => ActBlocks::Q8_0,
+            Format::Q4_1 => ActBlocks::Q8_1,
+        }
+    }
+
     /// The scalar twin in kiln_ir.
     fn scalar_dot(self) -> fn(&[u8], &[u8]) -> f32 {
         match self {
@@ -260,6 +282,8 @@ struct Job<'a> {
     n_tokens: usize,
     /// Blocks per row; set by [`Job::checked`].
     blocks: usize,
+    /// `acts` staged for the whole launch, if the caller did it.
+    staged: Option<&'a Staged>,
     /// (n_tokens, out_stride) results; the first `n_rows` of each row are written.
     out: &'a mut [f32],
     out_stride: usize,
@@ -285,6 +309,19 @@ impl Job<'_> {
             self.row_bytes,
             self.rows.len()
         );
+        if let Some(staged) = self.staged {
+            assert!(
+                staged.format == self.format.act_blocks()
+                    && staged.n_tokens == self.n_tokens
+                    && staged.blocks == self.blocks,
+                "{name}: staged activations of {} tokens of {} {:?} blocks for {} tokens of {}",
+                staged.n_tokens,
+                staged.blocks,
+                staged.format,
+                self.n_tokens,
+                self.blocks
+            );
+        }
         if self.n_tokens == 0 {
             return self;
         }
@@ -349,6 +386,10 @@ fn kernels() -> &'static Kernels {
     static CHOSEN: OnceLock<&'static Kernels> = OnceLock::new();
     CHOSEN.get_or_init(|| {
         #[cfg(target_arch = "x86_64")]
+        if avx2::detected_vnni() {
+            return &avx2::KERNELS_VNNI;
+        }
+        #[cfg(target_arch = "x86_64")]
         if avx2::detected() {
             return &avx2::KERNELS;
         }
@@ -393,6 +434,7 @@ fn vec_dot_with(kernels: &Kernels, format: Format, row: &[u8], act: &[u8]) -> f3
         act_stride: blocks * ab,
         n_tokens: 1,
         blocks: 0,
+        staged: None,
         out: &mut out,
         out_stride: 1,
     };
@@ -437,6 +479,7 @@ fn dot_rows_with(
         act_stride: act.len(),
         n_tokens: 1,
         blocks: 0,
+        staged: None,
         out,
         out_stride: n_rows,
     };

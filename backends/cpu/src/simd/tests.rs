@@ -14,13 +14,17 @@ const FORMATS: [Format; 3] = [Format::Q4_0, Format::Q4_1, Format::Q8_0];
 /// Row lengths in blocks; 18 and 48 are the reference model's widths (576, 1536).
 const LENGTHS: [usize; 6] = [1, 2, 3, 5, 18, 48];
 
-/// The paths to check: what dispatch picked, the scalar one, and AVX2 if this CPU has it.
+/// The paths to check: what dispatch picked, the scalar one, and AVX2 and AVX-VNNI where
+/// this CPU has them.
 fn paths() -> Vec<&'static Kernels> {
     #[cfg(target_arch = "x86_64")]
-    let avx2 = avx2::detected().then_some(&avx2::KERNELS);
+    let (avx2, vnni) = (
+        avx2::detected().then_some(&avx2::KERNELS),
+        avx2::detected_vnni().then_some(&avx2::KERNELS_VNNI),
+    );
     #[cfg(not(target_arch = "x86_64"))]
-    let avx2 = None;
-    [Some(kernels()), Some(&SCALAR), avx2]
+    let (avx2, vnni) = (None, None);
+    [Some(kernels()), Some(&SCALAR), avx2, vnni]
         .into_iter()
         .flatten()
         .collect()
@@ -185,6 +189,7 @@ fn rows_tokens(
     acts: &[u8],
     act_stride: usize,
     n_tokens: usize,
+    staged: Option<&Staged>,
     out: &mut [f32],
     out_stride: usize,
 ) {
@@ -197,6 +202,7 @@ fn rows_tokens(
         act_stride,
         n_tokens,
         blocks: 0,
+        staged,
         out,
         out_stride,
     };
@@ -218,10 +224,13 @@ fn check_rows_tokens(format: Format, blocks: usize, n_rows: usize, n_tokens: usi
         acts[t * act_stride..][..act_len].copy_from_slice(&act_row(format, blocks, kind, &mut rng));
     }
     let out_stride = n_rows + 3;
+    let staged = Staged::from_rows(format.act_blocks(), &acts, act_stride, n_tokens, blocks);
+    // The first SIMD path's results: every other SIMD path must give the same bits.
+    let mut simd_bits: Option<Vec<u32>> = None;
     for kernels in paths() {
         let mut out = vec![f32::NAN; n_tokens * out_stride];
         rows_tokens(
-            kernels, format, &rows, row_bytes, n_rows, &acts, act_stride, n_tokens, &mut out,
+            kernels, format, &rows, row_bytes, n_rows, &acts, act_stride, n_tokens, None, &mut out,
             out_stride,
         );
         for t in 0..n_tokens {
@@ -237,6 +246,48 @@ fn check_rows_tokens(format: Format, blocks: usize, n_rows: usize, n_tokens: usi
                 let what = format!("{} ({t}, {r}) of ({n_tokens}, {n_rows})", kernels.isa);
                 assert_close(format, row, act, got, &what);
             }
+        }
+        if kernels.isa == "scalar" {
+            continue;
+        }
+        let bits: Vec<u32> = out.iter().map(|v| v.to_bits()).collect();
+        // Activations staged by the caller give the same bits as staged by the kernel.
+        let mut pre = vec![f32::NAN; n_tokens * out_stride];
+        rows_tokens(
+            kernels,
+            format,
+            &rows,
+            row_bytes,
+            n_rows,
+            &acts,
+            act_stride,
+            n_tokens,
+            Some(&staged),
+            &mut pre,
+            out_stride,
+        );
+        let pre_bits: Vec<u32> = pre.iter().map(|v| v.to_bits()).collect();
+        assert_eq!(pre_bits, bits, "{}: pre-staged activations", kernels.isa);
+        // Each token alone gives the same bits as in the batch (whatever the tile).
+        for t in 0..n_tokens {
+            let mut alone = vec![f32::NAN; n_rows];
+            let act = &acts[t * act_stride..][..act_len];
+            rows_tokens(
+                kernels, format, &rows, row_bytes, n_rows, act, act_len, 1, None, &mut alone,
+                n_rows,
+            );
+            for r in 0..n_rows {
+                assert_eq!(
+                    alone[r].to_bits(),
+                    bits[t * out_stride + r],
+                    "{}: ({t}, {r}) alone vs in a batch of {n_tokens}",
+                    kernels.isa
+                );
+            }
+        }
+        match &simd_bits {
+            Some(first) => assert_eq!(first, &bits, "{} vs the first SIMD path", kernels.isa),
+            None => simd_bits = Some(bits),
         }
     }
 }
@@ -310,7 +361,7 @@ fn dot_rows_matches_twin_and_writes_exactly_n_rows() {
 fn dot_rows_tokens_matches_twin_on_every_tile_shape() {
     for format in FORMATS {
         for blocks in [1, 3, 18] {
-            for n_tokens in 1..=9 {
+            for n_tokens in (1..=9).chain([16, 17, 23]) {
                 for n_rows in [1, 2, 3, 4, 5, 7, 9] {
                     check_rows_tokens(format, blocks, n_rows, n_tokens, Kind::Quantized);
                 }
@@ -340,7 +391,7 @@ fn public_dot_rows_tokens_agree_with_dot_rows() {
             Format::Q8_0 => dot_rows_tokens_q8_0_q8_0,
         };
         f(
-            &rows, row_bytes, n_rows, &acts, act_bytes, n_tokens, &mut out, n_rows,
+            &rows, row_bytes, n_rows, &acts, act_bytes, n_tokens, None, &mut out, n_rows,
         );
         for (t, act) in acts.chunks(act_bytes).enumerate() {
             for (r, row) in rows.chunks(row_bytes).enumerate() {
@@ -429,7 +480,7 @@ fn overlapping_activation_rows_panic() {
     let rows = [0u8; 20];
     let acts = [0u8; 72];
     // Two tokens 20 bytes apart cannot hold 36-byte activation rows.
-    dot_rows_tokens_q4_1_q8_1(&rows, 20, 1, &acts, 20, 2, &mut [0.0; 2], 1);
+    dot_rows_tokens_q4_1_q8_1(&rows, 20, 1, &acts, 20, 2, None, &mut [0.0; 2], 1);
 }
 
 #[test]
@@ -439,7 +490,12 @@ fn partial_block_rows_panic() {
 }
 
 #[test]
-fn dispatch_picks_avx2_where_available() {
+fn dispatch_picks_the_widest_isa_available() {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::detected_vnni() {
+        assert_eq!(active_isa(), "avx2+avx-vnni");
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if avx2::detected() {
         assert_eq!(active_isa(), "avx2");
@@ -474,7 +530,7 @@ proptest! {
             .collect();
         for kernels in paths() {
             let mut out = vec![f32::NAN; n_tokens * n_rows];
-            rows_tokens(kernels, format, &rows, row_bytes, n_rows, &acts, act_bytes, n_tokens, &mut out, n_rows);
+            rows_tokens(kernels, format, &rows, row_bytes, n_rows, &acts, act_bytes, n_tokens, None, &mut out, n_rows);
             for (t, act) in acts.chunks(act_bytes).enumerate() {
                 for (r, row) in rows.chunks(row_bytes).enumerate() {
                     let got = out[t * n_rows + r];
@@ -534,6 +590,7 @@ fn timing() {
                     &acts,
                     act_bytes,
                     TOKENS,
+                    None,
                     &mut out,
                     n_rows,
                 )
@@ -570,4 +627,14 @@ fn time(mut f: impl FnMut()) -> f64 {
         best = best.min(start.elapsed().as_nanos() as f64 / iters as f64);
     }
     std::hint::black_box(best)
+}
+
+#[test]
+#[should_panic(expected = "staged activations")]
+fn mismatched_staged_activations_panic() {
+    let rows = [0u8; 20];
+    let acts = [0u8; 72];
+    // Staged for one token; the call has two.
+    let staged = Staged::from_rows(ActBlocks::Q8_1, &acts, 36, 1, 1);
+    dot_rows_tokens_q4_1_q8_1(&rows, 20, 1, &acts, 36, 2, Some(&staged), &mut [0.0; 2], 1);
 }
