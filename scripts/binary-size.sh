@@ -9,7 +9,7 @@
 #
 # Sets: ref = no backend (the reference pass only); cpu = the CPU backend, no HTTP server
 # (the edge build); full = every backend in the tree and `kiln serve` (the default
-# features plus backend-wgpu);
+# features plus backend-wgpu, backend-vulkan and backend-cuda);
 # capi = libkiln.so / libkiln.a (CPU backend).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +23,7 @@ features() {
   case "$1" in
     ref) echo "--no-default-features" ;;
     cpu) echo "--no-default-features --features backend-cpu" ;;
-    full) echo "--features backend-wgpu" ;;
+    full) echo "--features backend-wgpu,backend-vulkan,backend-cuda" ;;
     *) echo "unknown set $1 (ref, cpu, full, capi)" >&2; exit 2 ;;
   esac
 }
@@ -45,7 +45,8 @@ for set in "${sets[@]}"; do
 done
 # Leave target/release/kiln as the full build when another set came last.
 if [ "${sets[-1]}" != full ] && [[ " ${sets[*]} " == *" full "* ]]; then
-  cargo build --release -p kiln-engine --bin kiln --features backend-wgpu >&2
+  # shellcheck disable=SC2046
+  cargo build --release -p kiln-engine --bin kiln $(features full) >&2
 fi
 
 echo "| set | command | file | bytes |"

@@ -47,6 +47,17 @@ pub const BACKENDS: &[(&str, Constructor)] = &[
             .map(|b| Box::new(b) as Box<dyn Backend>)
             .map_err(|e| e.to_string())
     }),
+    // An NVIDIA GPU with its driver and NVRTC.
+    ("cuda", || {
+        kiln_backend_cuda::CudaBackend::new()
+            .map(|b| Box::new(b) as Box<dyn Backend>)
+            .map_err(|e| e.to_string())
+    }),
+    ("vulkan", || {
+        kiln_backend_vulkan::VulkanBackend::any_device()
+            .map(|b| Box::new(b) as Box<dyn Backend>)
+            .map_err(|e| e.to_string())
+    }),
 ];
 
 /// The backends of [`BACKENDS`] that open here; prints why the others are skipped.

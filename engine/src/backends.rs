@@ -15,6 +15,16 @@ type Constructor = fn() -> Result<Box<dyn Backend>, Error>;
 /// Name and constructor of every backend compiled in, best first (GPU backends go
 /// before `cpu`).
 const REGISTRY: &[(&str, Constructor)] = &[
+    // An NVIDIA GPU with its driver and NVRTC (both loaded at run time).
+    #[cfg(feature = "backend-cuda")]
+    ("cuda", || {
+        Ok(Box::new(kiln_backend_cuda::CudaBackend::new()?))
+    }),
+    // A Vulkan GPU only (lavapipe with KILN_VULKAN_DEVICE=any).
+    #[cfg(feature = "backend-vulkan")]
+    ("vulkan", || {
+        Ok(Box::new(kiln_backend_vulkan::VulkanBackend::new()?))
+    }),
     // A GPU adapter only (lavapipe with KILN_WGPU_ADAPTER=any).
     #[cfg(feature = "backend-wgpu")]
     ("wgpu", || {

@@ -52,7 +52,7 @@ pub fn reference_model() -> Option<PathBuf> {
     }
 }
 
-/// A GPU backend that CI runs on Mesa's lavapipe (wgpu; Vulkan next): without a device
+/// A GPU backend that CI runs on Mesa's lavapipe (wgpu, Vulkan): without a device
 /// its tests print why and pass, except under `KILN_REQUIRE_GPU_BACKENDS=1` (set by
 /// `.ci/run`, which installs lavapipe), where a missing device fails them.
 pub fn required_on_ci<B, E: std::fmt::Display>(made: Result<B, E>) -> Result<B, E> {

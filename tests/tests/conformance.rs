@@ -75,6 +75,15 @@ macro_rules! conformance_suite {
             }
 
             #[test]
+            fn copy_kv_page_keeps_the_context() {
+                if let Some(mut backend) = backend() {
+                    if let Err(e) = kiln_tests::conformance::check_copy_kv_page(backend.as_mut()) {
+                        panic!("{}: {e}", stringify!($backend));
+                    }
+                }
+            }
+
+            #[test]
             fn every_case_has_a_test() {
                 kiln_tests::conformance::check_listed(&[
                     $($(concat!(stringify!($family), "_", stringify!($variant)),)*)*
@@ -88,6 +97,24 @@ conformance_suite!(cpu, Some(CpuBackend::new()));
 conformance_suite!(
     wgpu,
     kiln_tests::required_on_ci(kiln_backend_wgpu::WgpuBackend::any_adapter())
+);
+// CI has no NVIDIA GPU: without a device (or driver, or NVRTC) every CUDA case prints why
+// and passes, even with KILN_REQUIRE_GPU_BACKENDS=1.
+conformance_suite!(cuda, kiln_backend_cuda::CudaBackend::new());
+conformance_suite!(
+    vulkan,
+    kiln_tests::required_on_ci(kiln_backend_vulkan::VulkanBackend::any_device())
+);
+// The workgroup-memory reductions, what a device without subgroup arithmetic runs.
+conformance_suite!(
+    vulkan_no_subgroups,
+    kiln_tests::required_on_ci(kiln_backend_vulkan::VulkanBackend::with_options(
+        kiln_backend_vulkan::VulkanOptions {
+            allow_cpu: true,
+            subgroups: false,
+            ..Default::default()
+        }
+    ))
 );
 
 /// Every limit would catch one missing output row: a limit that cannot fail is a defect.

@@ -433,6 +433,66 @@ pub fn check_bad_steps(backend: &mut dyn Backend) -> Result<(), String> {
     Ok(())
 }
 
+/// The case the KV page copy check runs: FP8 pages (values and scales) of 5 tokens,
+/// sequences whose context ends inside a page.
+pub const COPY_KV_PAGE_CASE: &str = "attention_h64_gqa4_fp8_p5";
+
+/// `copy_kv_page` keeps a sequence's context: run the case up to its last step, move the
+/// written pages of its sequences to the spare pages of the pool with `copy_kv_page` (a
+/// full page whole, the page being filled with its written slots only, as copy-on-write
+/// asks), then run the last step on the copies: it must still match the oracle.
+pub fn check_copy_kv_page(backend: &mut dyn Backend) -> Result<(), String> {
+    let case = find_case(COPY_KV_PAGE_CASE);
+    let built = case.build();
+    let probe = &built.probes[0];
+    load(backend, &built, probe)?;
+    let (last, before) = built.steps.split_last().ok_or("a case without steps")?;
+    for step in before {
+        step.run(backend, probe.cols)?;
+    }
+    let page_size = built.kv_layout.kv_page_size();
+    let used: Vec<u32> = last.block_tables.iter().flatten().copied().collect();
+    let mut spare = (0..built.kv_pages as u32).filter(|p| !used.contains(p));
+    let mut moved = last.clone();
+    let mut copies = Vec::new();
+    // Last sequence first: its context ends inside a page.
+    for seq in (0..moved.block_tables.len()).rev() {
+        // Positions written before the last step: those below its first of `seq`.
+        let written = last
+            .positions
+            .iter()
+            .zip(&last.token_seq)
+            .filter(|&(_, &s)| s as usize == seq)
+            .map(|(&p, _)| p as usize)
+            .min()
+            .unwrap_or(0);
+        for (i, page) in moved.block_tables[seq].iter_mut().enumerate() {
+            let filled = written.saturating_sub(i * page_size).min(page_size);
+            let Some(to) = spare.next().filter(|_| filled > 0) else {
+                break;
+            };
+            backend
+                .copy_kv_page(*page, to, filled)
+                .map_err(|e| format!("copy_kv_page({page}, {to}, {filled}): {e}"))?;
+            copies.push((*page, to, filled));
+            *page = to;
+        }
+    }
+    if !copies.iter().any(|&(_, _, n)| n < page_size) || copies.len() < 2 {
+        return Err(format!("the check copies too little: {copies:?}"));
+    }
+    let got = moved.run(backend, probe.cols)?;
+    let n = built.steps.len() - 1;
+    let err = error(case.metric, &got, &probe.expected[n], &probe.power[n])?;
+    if err > case.limit {
+        return Err(format!(
+            "after copying KV pages {copies:?} (src, dst, tokens), {COPY_KV_PAGE_CASE} gives {err:.2e} (limit {:.0e})",
+            case.limit
+        ));
+    }
+    Ok(())
+}
+
 fn expect_error(
     backend: &mut dyn Backend,
     what: &str,

@@ -1,0 +1,430 @@
+//! Kernels compiled by NVRTC for the device's architecture at first use, and cached on
+//! disk so that a second start compiles nothing. NVRTC is loaded with libloading (not
+//! through cudarc, whose loader panics when the library is absent): `KILN_NVRTC_PATH`
+//! (a file) first, then `libnvrtc.so.13`, `libnvrtc.so`, `libnvrtc.so.12`. A missing
+//! library is [`NvrtcError::Missing`]; a failed compile keeps NVRTC's log.
+//!
+//! Cache: `$KILN_CACHE_DIR/cuda`, else `$XDG_CACHE_HOME/kiln/cuda`, else `~/.cache/kiln/cuda`
+//! (the Vulkan backend's layout);
+//! one `<key>.cubin` per (source, architecture, NVRTC version, options).
+
+use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::path::PathBuf;
+
+/// Library names tried after `KILN_NVRTC_PATH`, newest first.
+pub const NVRTC_LIBS: &[&str] = &["libnvrtc.so.13", "libnvrtc.so", "libnvrtc.so.12"];
+
+/// Options of every compile (besides the architecture): no fast math, so that expf and
+/// the divisions match the WGSL kernels and the CPU reference.
+const OPTIONS: &[&str] = &["--std=c++17", "--device-as-default-execution-space"];
+
+#[derive(Debug)]
+pub enum NvrtcError {
+    /// No NVRTC library could be loaded (or it lacks a symbol).
+    Missing(String),
+    /// NVRTC refused the source: the log.
+    Compile { name: String, log: String },
+    /// Any other NVRTC failure.
+    Call(String),
+}
+
+impl std::fmt::Display for NvrtcError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NvrtcError::Missing(why) => write!(f, "no NVRTC: {why}"),
+            NvrtcError::Compile { name, log } => {
+                write!(f, "NVRTC could not compile {name}:\n{log}")
+            }
+            NvrtcError::Call(why) => write!(f, "NVRTC: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for NvrtcError {}
+
+type Program = *mut c_void;
+type VersionFn = unsafe extern "C" fn(*mut c_int, *mut c_int) -> c_int;
+type CreateFn = unsafe extern "C" fn(
+    *mut Program,
+    *const c_char,
+    *const c_char,
+    c_int,
+    *const *const c_char,
+    *const *const c_char,
+) -> c_int;
+type CompileFn = unsafe extern "C" fn(Program, c_int, *const *const c_char) -> c_int;
+type SizeFn = unsafe extern "C" fn(Program, *mut usize) -> c_int;
+type CopyFn = unsafe extern "C" fn(Program, *mut c_char) -> c_int;
+type DestroyFn = unsafe extern "C" fn(*mut Program) -> c_int;
+type ErrorStringFn = unsafe extern "C" fn(c_int) -> *const c_char;
+
+/// The NVRTC library and the entry points kiln calls.
+pub struct Nvrtc {
+    version: (i32, i32),
+    path: String,
+    create: CreateFn,
+    compile: CompileFn,
+    log_size: SizeFn,
+    log: CopyFn,
+    cubin_size: SizeFn,
+    cubin: CopyFn,
+    destroy: DestroyFn,
+    error_string: ErrorStringFn,
+    /// Keeps the entry points above valid; dropped last.
+    _lib: libloading::Library,
+    /// NVRTC's builtins library, loaded from the directory of `KILN_NVRTC_PATH`: NVRTC
+    /// dlopens it by name at each compile, and finds it loaded already.
+    _builtins: Vec<libloading::Library>,
+}
+
+impl std::fmt::Debug for Nvrtc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Nvrtc({} {}.{})",
+            self.path, self.version.0, self.version.1
+        )
+    }
+}
+
+/// The `libnvrtc-builtins` libraries in the directory of an NVRTC given by path (none for
+/// a bare library name, which the loader's path resolves, builtins included).
+fn builtins_beside(path: &str) -> Vec<libloading::Library> {
+    let Some(dir) = std::path::Path::new(path)
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+    else {
+        return Vec::new();
+    };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libnvrtc-builtins.so") && !n.contains(".alt."))
+        })
+        // SAFETY: the builtins library has no initialisers with preconditions; it only
+        // provides what NVRTC looks up in it.
+        .filter_map(|p| unsafe { libloading::Library::new(p.as_os_str()) }.ok())
+        .collect()
+}
+
+/// libloading's error with its cause (the loader's own message: "cannot open shared
+/// object file", a missing symbol).
+pub fn load_error(e: &libloading::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
+}
+
+/// A function pointer of `lib` by name.
+///
+/// # Safety
+/// `T` must be the C signature of the symbol.
+unsafe fn symbol<T: Copy>(lib: &libloading::Library, name: &str) -> Result<T, NvrtcError> {
+    // SAFETY: the caller promises T is the symbol's type; the pointer is copied out and
+    // stays valid while `lib` is loaded (Nvrtc keeps it).
+    unsafe { lib.get::<T>(name) }
+        .map(|s| *s)
+        .map_err(|e| NvrtcError::Missing(format!("{name}: {}", load_error(&e))))
+}
+
+impl Nvrtc {
+    /// Load NVRTC: `KILN_NVRTC_PATH`, then [`NVRTC_LIBS`] on the loader's path.
+    pub fn load() -> Result<Nvrtc, NvrtcError> {
+        let mut candidates: Vec<String> = std::env::var("KILN_NVRTC_PATH")
+            .ok()
+            .filter(|p| !p.is_empty())
+            .into_iter()
+            .collect();
+        candidates.extend(NVRTC_LIBS.iter().map(|s| s.to_string()));
+        let mut tried = Vec::new();
+        for name in &candidates {
+            // SAFETY: loading NVRTC runs its library initialisers, which have no
+            // preconditions; nothing else of it runs until a symbol is called.
+            match unsafe { libloading::Library::new(name) } {
+                Ok(lib) => return Nvrtc::from_library(lib, name),
+                Err(e) => tried.push(format!("{name} ({})", load_error(&e))),
+            }
+        }
+        Err(NvrtcError::Missing(format!(
+            "tried {}; install the CUDA toolkit's NVRTC or `pip install nvidia-cuda-nvrtc` and \
+             set LD_LIBRARY_PATH or KILN_NVRTC_PATH",
+            tried.join(", ")
+        )))
+    }
+
+    fn from_library(lib: libloading::Library, path: &str) -> Result<Nvrtc, NvrtcError> {
+        // SAFETY: each type below is the C signature of the named NVRTC function
+        // (nvrtc.h, unchanged since CUDA 11.1).
+        let nvrtc = unsafe {
+            let version: VersionFn = symbol(&lib, "nvrtcVersion")?;
+            let (mut major, mut minor) = (0, 0);
+            let status = version(&mut major, &mut minor);
+            if status != 0 {
+                return Err(NvrtcError::Call(format!("nvrtcVersion failed ({status})")));
+            }
+            Nvrtc {
+                version: (major, minor),
+                path: path.to_string(),
+                create: symbol(&lib, "nvrtcCreateProgram")?,
+                compile: symbol(&lib, "nvrtcCompileProgram")?,
+                log_size: symbol(&lib, "nvrtcGetProgramLogSize")?,
+                log: symbol(&lib, "nvrtcGetProgramLog")?,
+                cubin_size: symbol(&lib, "nvrtcGetCUBINSize")?,
+                cubin: symbol(&lib, "nvrtcGetCUBIN")?,
+                destroy: symbol(&lib, "nvrtcDestroyProgram")?,
+                error_string: symbol(&lib, "nvrtcGetErrorString")?,
+                _lib: lib,
+                _builtins: builtins_beside(path),
+            }
+        };
+        Ok(nvrtc)
+    }
+
+    /// NVRTC's (major, minor) version.
+    pub fn version(&self) -> (i32, i32) {
+        self.version
+    }
+
+    /// Where the library was found.
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    fn status(&self, what: &str, status: c_int) -> Result<(), NvrtcError> {
+        if status == 0 {
+            return Ok(());
+        }
+        // SAFETY: nvrtcGetErrorString returns a static NUL-terminated string for any code.
+        let text = unsafe { CStr::from_ptr((self.error_string)(status)) };
+        Err(NvrtcError::Call(format!(
+            "{what}: {}",
+            text.to_string_lossy()
+        )))
+    }
+
+    /// Compile `source` for `sm_<arch>` into a cubin. Returns the cubin and NVRTC's log
+    /// (warnings; empty when clean).
+    pub fn compile(
+        &self,
+        name: &str,
+        source: &str,
+        arch: u32,
+    ) -> Result<(Vec<u8>, String), NvrtcError> {
+        let bad = |e: std::ffi::NulError| NvrtcError::Call(format!("{name}: {e}"));
+        let src = CString::new(source).map_err(bad)?;
+        let cname = CString::new(name).map_err(bad)?;
+        let mut options: Vec<CString> = OPTIONS
+            .iter()
+            .map(|o| CString::new(*o).map_err(bad))
+            .collect::<Result<_, _>>()?;
+        options.push(CString::new(format!("--gpu-architecture=sm_{arch}")).map_err(bad)?);
+        let option_ptrs: Vec<*const c_char> = options.iter().map(|o| o.as_ptr()).collect();
+        let mut prog: Program = std::ptr::null_mut();
+        // SAFETY: the strings outlive the calls; no headers are passed (count 0, null
+        // arrays); `prog` is destroyed below on every path once created.
+        unsafe {
+            let status = (self.create)(
+                &mut prog,
+                src.as_ptr(),
+                cname.as_ptr(),
+                0,
+                std::ptr::null(),
+                std::ptr::null(),
+            );
+            self.status("nvrtcCreateProgram", status)?;
+            let result = self.compile_created(prog, name, &option_ptrs);
+            (self.destroy)(&mut prog);
+            result
+        }
+    }
+
+    /// # Safety
+    /// `prog` must be a live program of this library.
+    unsafe fn compile_created(
+        &self,
+        prog: Program,
+        name: &str,
+        options: &[*const c_char],
+    ) -> Result<(Vec<u8>, String), NvrtcError> {
+        // SAFETY: `prog` is live (the caller's promise); the buffers are sized by NVRTC's
+        // own size queries before it writes into them.
+        unsafe {
+            let compiled = (self.compile)(prog, options.len() as c_int, options.as_ptr());
+            let mut log_len = 0usize;
+            self.status(
+                "nvrtcGetProgramLogSize",
+                (self.log_size)(prog, &mut log_len),
+            )?;
+            let mut log = vec![0u8; log_len.max(1)];
+            self.status(
+                "nvrtcGetProgramLog",
+                (self.log)(prog, log.as_mut_ptr().cast()),
+            )?;
+            let log = String::from_utf8_lossy(&log)
+                .trim_end_matches('\0')
+                .trim()
+                .to_string();
+            if compiled != 0 {
+                return Err(NvrtcError::Compile {
+                    name: name.to_string(),
+                    log,
+                });
+            }
+            let mut size = 0usize;
+            self.status("nvrtcGetCUBINSize", (self.cubin_size)(prog, &mut size))?;
+            let mut cubin = vec![0u8; size];
+            self.status(
+                "nvrtcGetCUBIN",
+                (self.cubin)(prog, cubin.as_mut_ptr().cast()),
+            )?;
+            Ok((cubin, log))
+        }
+    }
+}
+
+/// FNV-1a, 64 bits: a hash that stays the same across Rust releases (the cache outlives
+/// the binary that wrote it).
+fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
+    for &b in bytes {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+/// The cache key of a compile: source, architecture, NVRTC version and options.
+pub fn cache_key(source: &str, arch: u32, nvrtc_version: (i32, i32)) -> String {
+    let mut h = 0xcbf2_9ce4_8422_2325u64;
+    h = fnv1a(source.as_bytes(), h);
+    h = fnv1a(&arch.to_le_bytes(), h);
+    h = fnv1a(&nvrtc_version.0.to_le_bytes(), h);
+    h = fnv1a(&nvrtc_version.1.to_le_bytes(), h);
+    for o in OPTIONS {
+        h = fnv1a(o.as_bytes(), h);
+    }
+    format!(
+        "sm{arch}-nvrtc{}.{}-{h:016x}",
+        nvrtc_version.0, nvrtc_version.1
+    )
+}
+
+/// Where compiled kernels are kept, or None when no directory is known.
+pub fn cache_dir() -> Option<PathBuf> {
+    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+    if let Some(dir) = var("KILN_CACHE_DIR") {
+        return Some(PathBuf::from(dir).join("cuda"));
+    }
+    if let Some(dir) = var("XDG_CACHE_HOME") {
+        return Some(PathBuf::from(dir).join("kiln").join("cuda"));
+    }
+    var("HOME").map(|home| PathBuf::from(home).join(".cache").join("kiln").join("cuda"))
+}
+
+/// Kernels compiled for one architecture, through the disk cache.
+#[derive(Debug)]
+pub struct Compiler {
+    pub nvrtc: Nvrtc,
+    pub arch: u32,
+    dir: Option<PathBuf>,
+    debug: bool,
+}
+
+impl Compiler {
+    /// A compiler for `sm_<arch>` caching in [`cache_dir`].
+    pub fn new(nvrtc: Nvrtc, arch: u32) -> Compiler {
+        Compiler::with_cache_dir(nvrtc, arch, cache_dir())
+    }
+
+    /// A compiler caching in `dir` (None: no cache).
+    pub fn with_cache_dir(nvrtc: Nvrtc, arch: u32, dir: Option<PathBuf>) -> Compiler {
+        Compiler {
+            nvrtc,
+            arch,
+            dir,
+            debug: std::env::var_os("KILN_DEBUG").is_some(),
+        }
+    }
+
+    /// The cache file of `name` compiled from `source`, when there is a cache.
+    pub fn cache_path(&self, name: &str, source: &str) -> Option<PathBuf> {
+        let key = cache_key(source, self.arch, self.nvrtc.version());
+        self.dir
+            .as_ref()
+            .map(|d| d.join(format!("{name}-{key}.cubin")))
+    }
+
+    /// The cubin of `source`: from the cache, or compiled (and then cached; a cache that
+    /// cannot be written is only slower).
+    pub fn cubin(&self, name: &str, source: &str) -> Result<Vec<u8>, NvrtcError> {
+        let path = self.cache_path(name, source);
+        if let Some(bytes) = path.as_ref().and_then(|p| std::fs::read(p).ok())
+            && !bytes.is_empty()
+        {
+            if self.debug {
+                eprintln!("cuda: {name} from the cache");
+            }
+            return Ok(bytes);
+        }
+        let start = std::time::Instant::now();
+        let (cubin, log) = self.nvrtc.compile(name, source, self.arch)?;
+        if self.debug {
+            eprintln!(
+                "cuda: compiled {name} for sm_{} in {:.2} s ({} bytes){}{log}",
+                self.arch,
+                start.elapsed().as_secs_f64(),
+                cubin.len(),
+                if log.is_empty() { "" } else { ": " }
+            );
+        }
+        if let Some(path) = path {
+            // Write then rename, so that a concurrent start never reads half a file.
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            let written = path
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(&tmp, &cubin))
+                .and_then(|()| std::fs::rename(&tmp, &path));
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(&tmp);
+                if self.debug {
+                    eprintln!("cuda: cannot cache {name} in {}: {e}", path.display());
+                }
+            }
+        }
+        Ok(cubin)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_key_changes_with_source_arch_and_version() {
+        let key = cache_key("src", 90, (13, 0));
+        assert_eq!(key, cache_key("src", 90, (13, 0)), "stable");
+        assert!(key.starts_with("sm90-nvrtc13.0-"), "{key}");
+        for other in [
+            cache_key("src ", 90, (13, 0)),
+            cache_key("src", 80, (13, 0)),
+            cache_key("src", 90, (13, 1)),
+            cache_key("src", 90, (12, 0)),
+        ] {
+            assert_ne!(key, other);
+        }
+    }
+
+    #[test]
+    fn fnv1a_is_the_published_function() {
+        // FNV-1a 64 of "a" (the reference test vector): the cache must not depend on
+        // std's unstable hasher.
+        assert_eq!(fnv1a(b"a", 0xcbf2_9ce4_8422_2325), 0xaf63_dc4c_8601_ec8c);
+    }
+}

@@ -1,0 +1,138 @@
+//! The CUDA device: the library checks that keep cudarc from panicking (it loads libcuda
+//! lazily and panics when the library is absent), the context and its one stream, the
+//! device's properties, and the NVRTC compiler for its architecture.
+
+use std::sync::Arc;
+
+use cudarc::driver::sys::CUdevice_attribute;
+use cudarc::driver::{CudaContext, CudaStream, DriverError};
+use kiln_ir::backend::BackendError;
+
+use crate::compile::{Compiler, Nvrtc, load_error};
+
+pub(crate) const NAME: &str = "cuda";
+
+/// Driver library names, tried in order (the driver installs `libcuda.so.1`; the
+/// unversioned name comes with development packages).
+#[cfg(not(windows))]
+pub const CUDA_LIBS: &[&str] = &["libcuda.so.1", "libcuda.so"];
+#[cfg(windows)]
+pub const CUDA_LIBS: &[&str] = &["nvcuda.dll"];
+
+pub(crate) fn driver(doing: &str, e: impl std::fmt::Display) -> BackendError {
+    BackendError::Driver {
+        backend: NAME,
+        message: format!("{doing}: {e}"),
+    }
+}
+
+pub(crate) fn no_device(reason: impl Into<String>) -> BackendError {
+    BackendError::NoDevice {
+        backend: NAME,
+        reason: reason.into(),
+    }
+}
+
+/// Whether the CUDA driver library loads, checked before any cudarc call.
+pub fn driver_library() -> Result<&'static str, String> {
+    let mut tried = Vec::new();
+    for &name in CUDA_LIBS {
+        // SAFETY: loading the driver library runs its initialisers, which have no
+        // preconditions.
+        match unsafe { libloading::Library::new(name) } {
+            Ok(lib) => {
+                // Stays loaded: cudarc opens it again (a no-op now), and the driver is not
+                // made to be unloaded and reloaded.
+                std::mem::forget(lib);
+                return Ok(name);
+            }
+            Err(e) => tried.push(format!("{name} ({})", load_error(&e))),
+        }
+    }
+    Err(format!("no CUDA driver: tried {}", tried.join(", ")))
+}
+
+/// An opened device and what it offers.
+pub(crate) struct Gpu {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    pub name: String,
+    /// Compute capability as major·10 + minor (90 for Hopper).
+    pub arch: u32,
+    pub sm_count: usize,
+    pub warp_size: usize,
+    pub memory_bytes: u64,
+    pub compiler: Compiler,
+}
+
+impl std::fmt::Debug for Gpu {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Gpu({}, sm_{})", self.name, self.arch)
+    }
+}
+
+impl Gpu {
+    /// Device `ordinal`: NoDevice (never a panic) without the driver library, NVRTC, or a
+    /// device.
+    pub fn open(ordinal: usize) -> Result<Gpu, BackendError> {
+        driver_library().map_err(no_device)?;
+        let nvrtc = Nvrtc::load().map_err(|e| no_device(e.to_string()))?;
+        // cudarc panics on a driver that lacks a symbol of its bindings; that is a device
+        // kiln cannot use, not a crash.
+        let opened = std::panic::catch_unwind(|| -> Result<_, DriverError> {
+            let count = CudaContext::device_count()?;
+            if count <= ordinal as i32 {
+                return Ok(None);
+            }
+            let ctx = CudaContext::new(ordinal)?;
+            Ok(Some(ctx))
+        });
+        let ctx = match opened {
+            Ok(Ok(Some(ctx))) => ctx,
+            Ok(Ok(None)) => return Err(no_device(format!("no CUDA device {ordinal}"))),
+            Ok(Err(e)) => return Err(no_device(format!("the CUDA driver: {e}"))),
+            Err(_) => return Err(no_device("the CUDA driver is older than CUDA 13's API")),
+        };
+        let attr = |a: CUdevice_attribute| {
+            ctx.attribute(a)
+                .map_err(|e| driver("reading a device attribute", e))
+        };
+        let (major, minor) = ctx
+            .compute_capability()
+            .map_err(|e| driver("reading the compute capability", e))?;
+        let arch = (major * 10 + minor) as u32;
+        let warp_size = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_WARP_SIZE)? as usize;
+        if warp_size != kiln_kernels_cuda::launch::WARP as usize {
+            return Err(no_device(format!(
+                "warps of {warp_size} lanes (the kernels take 32)"
+            )));
+        }
+        let sm_count = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize;
+        let name = ctx
+            .name()
+            .map_err(|e| driver("reading the device name", e))?;
+        let memory_bytes = ctx
+            .total_mem()
+            .map_err(|e| driver("reading the device memory", e))? as u64;
+        // One stream for everything: the launches of a step are ordered by it, so cudarc's
+        // per-buffer event tracking (for several streams) is not needed.
+        // SAFETY: no buffer exists yet, and every later use is on `stream` alone.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.default_stream();
+        Ok(Gpu {
+            ctx,
+            stream,
+            name,
+            arch,
+            sm_count,
+            warp_size,
+            memory_bytes,
+            compiler: Compiler::new(nvrtc, arch),
+        })
+    }
+
+    /// Whether the tensor-core matmul (mma.sync m16n8k16) runs here.
+    pub fn tensor_cores(&self) -> bool {
+        self.arch >= 80 && std::env::var("KILN_CUDA_MMA").map_or(true, |v| v != "0")
+    }
+}

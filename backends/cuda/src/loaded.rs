@@ -1,0 +1,529 @@
+//! A plan on the device: the modules compiled (or read from the cache) once at load, the
+//! buffers (params, arena, weights, KV pages, step), and the per-step work: check and
+//! pack the step, upload it, launch every dispatch in order on the one stream. The
+//! Program (kiln-kernels-wgsl) decides every dispatch; kiln-kernels-cuda its geometry.
+
+use cudarc::driver::sys::{CUevent_flags, CUresult};
+use cudarc::driver::{
+    CudaEvent, CudaFunction, CudaSlice, DevicePtr, DriverError, LaunchConfig, PushKernelArg,
+};
+use cudarc::nvrtc::Ptx;
+use kiln_ir::Plan;
+use kiln_ir::backend::{BackendError, LaunchTime, Step, WeightSource};
+use kiln_ir::kv_layout::KvLayout;
+use kiln_kernels_cuda::launch::{Launch, argmax_launch, launch};
+use kiln_kernels_cuda::sources::{self, ARGMAX_ENTRY, ENTRY, MMA_ENTRY};
+use kiln_kernels_wgsl::program::Count;
+use kiln_kernels_wgsl::{Capabilities, KernelError, Program, Variant, step, weights};
+
+use crate::device::{Gpu, NAME, driver};
+
+pub(crate) fn kernel_error(e: KernelError) -> BackendError {
+    match e {
+        KernelError::Unsupported(what) => BackendError::Unsupported {
+            backend: NAME,
+            what,
+        },
+        KernelError::BadStep(reason) => BackendError::BadStep {
+            backend: NAME,
+            reason,
+        },
+        KernelError::Weight { name, reason } => BackendError::Weight {
+            backend: NAME,
+            name,
+            reason,
+        },
+    }
+}
+
+/// A device buffer of `bytes` (at least 16) zeroed; out of memory is OutOfMemory.
+pub(crate) fn alloc(gpu: &Gpu, bytes: u64, what: &str) -> Result<CudaSlice<u8>, BackendError> {
+    let len = usize::try_from(bytes.max(16)).map_err(|_| BackendError::OutOfMemory {
+        backend: NAME,
+        bytes,
+    })?;
+    gpu.stream.alloc_zeros::<u8>(len).map_err(|e| match e {
+        DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY) => BackendError::OutOfMemory {
+            backend: NAME,
+            bytes,
+        },
+        e => driver(&format!("allocating {what} ({bytes} bytes)"), e),
+    })
+}
+
+/// The device address of a buffer (kernel arguments are raw pointers: one parameter
+/// list for every kernel, and a params pointer per dispatch inside one buffer).
+pub(crate) fn address(gpu: &Gpu, buffer: &CudaSlice<u8>) -> u64 {
+    let (ptr, _sync) = buffer.device_ptr(&gpu.stream);
+    ptr
+}
+
+/// The functions of one kernel variant's module.
+struct Kernel {
+    variant: Variant,
+    name: String,
+    main: CudaFunction,
+    /// The tensor-core entry of a matmul.
+    mma: Option<CudaFunction>,
+}
+
+pub(crate) struct Loaded {
+    program: Program,
+    /// Indexed like `program.pipelines`.
+    kernels: Vec<Kernel>,
+    argmax: CudaFunction,
+    /// (params bytes) every dispatch's params block, uploaded once.
+    params: CudaSlice<u8>,
+    /// (arena_bytes) the f32 activations.
+    arena: CudaSlice<u8>,
+    /// (weights.total) every weight ([`weights::WeightLayout`]).
+    weights: CudaSlice<u8>,
+    /// (kv_page_count, page_bytes) the KV pages.
+    kv: CudaSlice<u8>,
+    /// (words) the step buffer, grown as steps need.
+    step: CudaSlice<u8>,
+    /// (4) the argmax params block: rows_sel, cols, logits, pad.
+    argmax_params: CudaSlice<u8>,
+    /// (max_outputs) argmax's token ids.
+    ids: CudaSlice<u8>,
+    page_bytes: u64,
+    tensor_cores: bool,
+    /// (launch) start and end events, once `launch_times` asked for them.
+    timers: Option<Vec<(CudaEvent, CudaEvent)>>,
+    /// Tokens and output rows of the last step.
+    last: (u32, u32),
+    /// `KILN_DEBUG` set: print each dispatch's launch.
+    debug: bool,
+}
+
+impl std::fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("launches", &self.program.launches.len())
+            .field("kernels", &self.kernels.len())
+            .field("arena_bytes", &self.program.arena_bytes)
+            .finish()
+    }
+}
+
+/// What the CUDA kernels take: byte offsets and indices are 32-bit words, so every
+/// buffer stays below 4 GiB; no subgroup variants (warp shuffles always).
+fn capabilities() -> Capabilities {
+    Capabilities {
+        subgroups: false,
+        max_storage_binding: u64::from(u32::MAX),
+        uniform_align: 16,
+    }
+}
+
+impl Loaded {
+    pub fn new(
+        gpu: &Gpu,
+        plan: &Plan,
+        source: &dyn WeightSource,
+        kv: &KvLayout,
+        kv_page_count: usize,
+    ) -> Result<Loaded, BackendError> {
+        let program =
+            Program::new(plan, source, kv, kv_page_count, &capabilities()).map_err(kernel_error)?;
+        let debug = std::env::var_os("KILN_DEBUG").is_some();
+        let mut kernels = Vec::with_capacity(program.pipelines.len());
+        // (name, source) of every module: the plan's variants, then argmax.
+        let mut sources_of = Vec::with_capacity(program.pipelines.len() + 1);
+        for p in &program.pipelines {
+            let src = sources::source(&p.variant).ok_or_else(|| BackendError::Unsupported {
+                backend: NAME,
+                what: format!("kernel {}", p.name),
+            })?;
+            sources_of.push((p.name.clone(), src));
+        }
+        sources_of.push(("argmax".to_string(), sources::argmax_source()));
+        let mut cubins = compile_all(gpu, &sources_of)?.into_iter();
+        let mut load = |name: &str| -> Result<_, BackendError> {
+            let cubin = cubins.next().unwrap_or_default();
+            gpu.ctx
+                .load_module(Ptx::from_binary(cubin))
+                .map_err(|e| driver(&format!("loading kernel {name}"), e))
+        };
+        for p in &program.pipelines {
+            let module = load(&p.name)?;
+            let function = |entry: &str| {
+                module
+                    .load_function(entry)
+                    .map_err(|e| driver(&format!("loading {} of {}", entry, p.name), e))
+            };
+            let mma = if sources::has_tensor_cores(&p.variant) {
+                Some(function(MMA_ENTRY)?)
+            } else {
+                None
+            };
+            kernels.push(Kernel {
+                variant: p.variant,
+                name: p.name.clone(),
+                main: function(ENTRY)?,
+                mma,
+            });
+        }
+        let argmax = load("argmax")?
+            .load_function(ARGMAX_ENTRY)
+            .map_err(|e| driver("loading argmax", e))?;
+        let weights_buf = upload_weights(gpu, plan, &program, source)?;
+        let mut params = alloc(gpu, program.params.len() as u64, "params")?;
+        copy_in(gpu, &mut params, 0, &program.params, "params")?;
+        let (out_offset, out_rows, out_cols) = program.output;
+        let rows_sel = match out_rows {
+            Count::Tokens => 0u32,
+            Count::Outputs => 1,
+        };
+        let words = [rows_sel, out_cols as u32, (out_offset / 4) as u32, 0];
+        let mut argmax_params = alloc(gpu, 16, "argmax params")?;
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        copy_in(gpu, &mut argmax_params, 0, &bytes, "argmax params")?;
+        let max_rows = plan.max_tokens.max(plan.max_outputs) as u64;
+        let loaded = Loaded {
+            arena: alloc(gpu, program.arena_bytes, "the arena")?,
+            kv: alloc(gpu, program.kv_bytes, "KV pages")?,
+            step: alloc(gpu, 4096, "the step")?,
+            ids: alloc(gpu, 4 * max_rows, "token ids")?,
+            page_bytes: kv.page_bytes() as u64,
+            tensor_cores: gpu.tensor_cores(),
+            program,
+            kernels,
+            argmax,
+            params,
+            weights: weights_buf,
+            argmax_params,
+            timers: None,
+            last: (0, 0),
+            debug,
+        };
+        gpu.stream
+            .synchronize()
+            .map_err(|e| driver("loading the plan", e))?;
+        Ok(loaded)
+    }
+
+    pub fn execute(&mut self, gpu: &Gpu, s: &Step<'_>) -> Result<(), BackendError> {
+        step::check(s, &self.program.limits).map_err(kernel_error)?;
+        // The driver's current context is per thread; a server may step from any thread.
+        gpu.ctx
+            .bind_to_thread()
+            .map_err(|e| driver("binding the CUDA context", e))?;
+        let words = step::pack(s, self.program.rope.as_ref()).map_err(kernel_error)?;
+        let data: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        if data.len() > self.step.len() {
+            self.step = alloc(gpu, (data.len() as u64).next_power_of_two(), "the step")?;
+        }
+        copy_in(gpu, &mut self.step, 0, &data, "the step")?;
+        let (n_tokens, n_outputs) = (words[0], words[1]);
+        self.last = (n_tokens, n_outputs);
+        let params = address(gpu, &self.params);
+        let buffers = [
+            address(gpu, &self.arena),
+            address(gpu, &self.weights),
+            address(gpu, &self.kv),
+            address(gpu, &self.step),
+        ];
+        for (i, dispatches) in self.program.launches.iter().enumerate() {
+            if let Some(timers) = &self.timers {
+                timers[i]
+                    .0
+                    .record(&gpu.stream)
+                    .map_err(|e| driver("recording a timer", e))?;
+            }
+            for d in dispatches {
+                let k = &self.kernels[d.pipeline];
+                let Some(l) = launch(&k.variant, &d.grid, n_tokens, n_outputs, self.tensor_cores)
+                else {
+                    continue;
+                };
+                let f = match (l.entry, &k.mma) {
+                    (MMA_ENTRY, Some(mma)) => mma,
+                    _ => &k.main,
+                };
+                if self.debug {
+                    eprintln!(
+                        "cuda: launch {i} {} {} grid {:?} block {:?}",
+                        k.name, l.entry, l.grid, l.block
+                    );
+                }
+                let p = params + d.params_offset;
+                run(
+                    gpu,
+                    f,
+                    &l,
+                    &[p, buffers[0], buffers[1], buffers[2], buffers[3]],
+                )
+                .map_err(|e| driver(&format!("launching {} (launch {i})", k.name), e))?;
+            }
+            if let Some(timers) = &self.timers {
+                timers[i]
+                    .1
+                    .record(&gpu.stream)
+                    .map_err(|e| driver("recording a timer", e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Rows of the plan's output in the last step.
+    fn output_rows(&self) -> u32 {
+        match self.program.output.1 {
+            Count::Tokens => self.last.0,
+            Count::Outputs => self.last.1,
+        }
+    }
+
+    /// (rows, cols) of the plan's output in the last step.
+    pub fn output_shape(&self) -> (usize, usize) {
+        (self.output_rows() as usize, self.program.output.2)
+    }
+
+    pub fn read_output(&self, gpu: &Gpu, out: &mut [f32]) -> Result<(), BackendError> {
+        let (offset, _, cols) = self.program.output;
+        let rows = self.output_rows() as usize;
+        if out.len() != rows * cols {
+            return Err(BackendError::BadStep {
+                backend: NAME,
+                reason: format!("logits buffer of {} for {} values", out.len(), rows * cols),
+            });
+        }
+        let mut bytes = vec![0u8; out.len() * 4];
+        copy_out(gpu, &self.arena, offset as usize, &mut bytes, "the logits")?;
+        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
+            *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+        }
+        Ok(())
+    }
+
+    /// The greedy token of each output row of the last step, chosen on the device.
+    pub fn argmax(&self, gpu: &Gpu) -> Result<Vec<u32>, BackendError> {
+        let rows = self.output_rows();
+        let Some(l) = argmax_launch(rows) else {
+            return Ok(Vec::new());
+        };
+        let args = [
+            address(gpu, &self.argmax_params),
+            address(gpu, &self.arena),
+            address(gpu, &self.ids),
+            address(gpu, &self.step),
+        ];
+        run(gpu, &self.argmax, &l, &args).map_err(|e| driver("launching argmax", e))?;
+        let mut bytes = vec![0u8; rows as usize * 4];
+        copy_out(gpu, &self.ids, 0, &mut bytes, "token ids")?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+
+    pub fn copy_kv_page(&self, gpu: &Gpu, src: u32, dst: u32) -> Result<(), BackendError> {
+        let n_pages = self.program.limits.kv_page_count as u64;
+        let (src, dst) = (u64::from(src), u64::from(dst));
+        if src >= n_pages || dst >= n_pages {
+            return Err(BackendError::BadStep {
+                backend: NAME,
+                reason: format!("KV page copy {src} -> {dst} outside {n_pages} pages"),
+            });
+        }
+        if src == dst {
+            return Ok(());
+        }
+        let base = address(gpu, &self.kv);
+        let pb = self.page_bytes;
+        gpu.ctx
+            .bind_to_thread()
+            .map_err(|e| driver("copying a KV page", e))?;
+        // SAFETY: both pages lie inside the KV buffer (checked above: page < n_pages and
+        // the buffer holds n_pages pages) and do not overlap (src != dst); the copy is
+        // ordered on the stream with the launches that use them.
+        unsafe {
+            cudarc::driver::result::memcpy_dtod_async(
+                base + dst * pb,
+                base + src * pb,
+                pb as usize,
+                gpu.stream.cu_stream(),
+            )
+        }
+        .map_err(|e| driver("copying a KV page", e))
+    }
+
+    /// Per-launch times of the last step. The first call turns the timers on (events
+    /// around every launch cost a little on every step) and answers Unsupported: times
+    /// come from the next step on.
+    pub fn launch_times(&mut self, gpu: &Gpu) -> Result<Vec<LaunchTime>, BackendError> {
+        let Some(timers) = &self.timers else {
+            let mut timers = Vec::with_capacity(self.program.launches.len());
+            for _ in &self.program.launches {
+                let event = || {
+                    gpu.ctx
+                        .new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+                        .map_err(|e| driver("creating a timer", e))
+                };
+                timers.push((event()?, event()?));
+            }
+            self.timers = Some(timers);
+            return Err(BackendError::Unsupported {
+                backend: NAME,
+                what: "launch times before a timed step (timers are on from the next step)".into(),
+            });
+        };
+        gpu.stream
+            .synchronize()
+            .map_err(|e| driver("waiting for the timers", e))?;
+        timers
+            .iter()
+            .enumerate()
+            .map(|(launch, (start, end))| {
+                let ms = start
+                    .elapsed_ms(end)
+                    .map_err(|e| driver("reading a timer", e))?;
+                Ok(LaunchTime {
+                    launch,
+                    seconds: f64::from(ms) * 1e-3,
+                })
+            })
+            .collect()
+    }
+}
+
+/// The cubin of every (name, source), in order: from the disk cache, or compiled by NVRTC
+/// on a few threads (a first start compiles a dozen kernels of about a second each).
+fn compile_all(gpu: &Gpu, jobs: &[(String, String)]) -> Result<Vec<Vec<u8>>, BackendError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8)
+        .min(jobs.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<_> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((name, src)) = jobs.get(i) else {
+                            return done;
+                        };
+                        done.push((i, gpu.compiler.cubin(name, src)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    let mut cubins: Vec<Option<Vec<u8>>> = vec![None; jobs.len()];
+    for (i, r) in results {
+        let cubin = r.map_err(|e| driver(&format!("building kernel {}", jobs[i].0), e))?;
+        cubins[i] = Some(cubin);
+    }
+    cubins
+        .into_iter()
+        .zip(jobs)
+        .map(|(c, (name, _))| {
+            c.ok_or_else(|| {
+                driver(
+                    &format!("building kernel {name}"),
+                    "a compile thread failed",
+                )
+            })
+        })
+        .collect()
+}
+
+/// Launch `f` with device addresses as its arguments.
+fn run(gpu: &Gpu, f: &CudaFunction, l: &Launch, args: &[u64]) -> Result<(), DriverError> {
+    let cfg = LaunchConfig {
+        grid_dim: (l.grid[0], l.grid[1], l.grid[2]),
+        block_dim: (l.block[0], l.block[1], l.block[2]),
+        shared_mem_bytes: l.shared_bytes,
+    };
+    let mut builder = gpu.stream.launch_builder(f);
+    for a in args {
+        builder.arg(a);
+    }
+    // SAFETY: every kernel of kiln-kernels-cuda takes exactly these pointer arguments
+    // (prelude.cuh: KILN_KERNEL; argmax.cu: params, arena, ids, step), each the address
+    // of a live buffer of this backend; the params blocks, offsets and grid come from the
+    // Program, whose checks keep every index the kernels form inside its buffer.
+    unsafe { builder.launch(cfg) }.map(|_| ())
+}
+
+/// Copy host bytes into `dst` at `offset`, checking the range (cudarc asserts).
+pub(crate) fn copy_in(
+    gpu: &Gpu,
+    dst: &mut CudaSlice<u8>,
+    offset: usize,
+    data: &[u8],
+    what: &str,
+) -> Result<(), BackendError> {
+    if data.is_empty() {
+        return Ok(());
+    }
+    let end = offset
+        .checked_add(data.len())
+        .filter(|&e| e <= dst.len())
+        .ok_or_else(|| BackendError::BadStep {
+            backend: NAME,
+            reason: format!("{} bytes at {offset} outside {what}", data.len()),
+        })?;
+    let mut view = dst.slice_mut(offset..end);
+    gpu.stream
+        .memcpy_htod(data, &mut view)
+        .map_err(|e| driver(&format!("uploading {what}"), e))
+}
+
+/// Copy `out.len()` bytes of `src` at `offset` to the host, after the queued work.
+pub(crate) fn copy_out(
+    gpu: &Gpu,
+    src: &CudaSlice<u8>,
+    offset: usize,
+    out: &mut [u8],
+    what: &str,
+) -> Result<(), BackendError> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    let end = offset
+        .checked_add(out.len())
+        .filter(|&e| e <= src.len())
+        .ok_or_else(|| BackendError::BadStep {
+            backend: NAME,
+            reason: format!("{} bytes at {offset} outside {what}", out.len()),
+        })?;
+    let view = src.slice(offset..end);
+    gpu.stream
+        .memcpy_dtoh(&view, out)
+        .and_then(|()| gpu.stream.synchronize())
+        .map_err(|e| driver(&format!("reading {what}"), e))
+}
+
+/// Every weight to its place in the weights buffer.
+fn upload_weights(
+    gpu: &Gpu,
+    plan: &Plan,
+    program: &Program,
+    source: &dyn WeightSource,
+) -> Result<CudaSlice<u8>, BackendError> {
+    let mut buffer = alloc(gpu, program.weights.total, "weights")?;
+    for (i, w) in plan.graph.weights.iter().enumerate() {
+        let stored = source.weight(&w.name).ok_or_else(|| BackendError::Weight {
+            backend: NAME,
+            name: w.name.clone(),
+            reason: "not in the model".into(),
+        })?;
+        let bytes = weights::upload_bytes(w, program.weights.matrix[i], stored.as_slice())
+            .map_err(kernel_error)?;
+        copy_in(
+            gpu,
+            &mut buffer,
+            program.weights.offsets[i] as usize,
+            &bytes,
+            &w.name,
+        )?;
+    }
+    Ok(buffer)
+}

@@ -1,0 +1,101 @@
+//! NVRTC compiles every CUDA kernel variant a plan can produce (every op × weight dtype ×
+//! KV dtype, and argmax) for sm_90 and sm_80, failing on any error or warning, so that a
+//! typo in a `.cu` file fails `cargo test` on a machine without a GPU. Needs only
+//! libnvrtc (`pip install nvidia-cuda-nvrtc`, then LD_LIBRARY_PATH or KILN_NVRTC_PATH):
+//! without it the test prints why and passes, unless KILN_REQUIRE_NVRTC=1 (CI).
+
+use std::sync::Mutex;
+use std::time::Instant;
+
+use kiln_backend_cuda::compile::{Nvrtc, NvrtcError};
+use kiln_kernels_cuda::sources::{all_variants, argmax_source, source};
+
+/// Architectures checked: Hopper (the reference machine) and Ampere (the oldest with the
+/// tensor-core path).
+const ARCHS: [u32; 2] = [90, 80];
+
+fn nvrtc() -> Option<Nvrtc> {
+    match Nvrtc::load() {
+        Ok(n) => Some(n),
+        Err(e) => {
+            if std::env::var("KILN_REQUIRE_NVRTC").is_ok_and(|v| v == "1") {
+                panic!("KILN_REQUIRE_NVRTC=1 but {e}");
+            }
+            println!("skipping the NVRTC compile checks: {e}");
+            None
+        }
+    }
+}
+
+#[test]
+fn nvrtc_compiles_every_variant_without_warnings() {
+    let Some(nvrtc) = nvrtc() else { return };
+    let mut jobs: Vec<(String, String, u32)> = Vec::new();
+    for &arch in &ARCHS {
+        for v in all_variants() {
+            let src = source(&v).expect("every variant assembles");
+            jobs.push((v.name(), src, arch));
+        }
+        jobs.push(("argmax".into(), argmax_source(), arch));
+    }
+    let start = Instant::now();
+    let n_jobs = jobs.len();
+    let queue = Mutex::new(jobs);
+    let failures = Mutex::new(Vec::new());
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(8);
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                loop {
+                    let Some((name, src, arch)) = queue.lock().unwrap().pop() else {
+                        return;
+                    };
+                    let failure = match nvrtc.compile(&name, &src, arch) {
+                        Ok((cubin, log)) if log.is_empty() && !cubin.is_empty() => None,
+                        Ok((_, log)) => Some(format!("{name} sm_{arch}: warnings:\n{log}")),
+                        Err(NvrtcError::Compile { log, .. }) => {
+                            Some(format!("{name} sm_{arch}: errors:\n{log}"))
+                        }
+                        Err(e) => Some(format!("{name} sm_{arch}: {e}")),
+                    };
+                    if let Some(f) = failure {
+                        failures.lock().unwrap().push(f);
+                    }
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    println!(
+        "NVRTC {:?} ({}): {n_jobs} kernels in {:.1} s on {threads} threads",
+        nvrtc.version(),
+        nvrtc.path(),
+        start.elapsed().as_secs_f64()
+    );
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// A second compile of the same source is read from the disk cache, and a cache entry is
+/// keyed by the source.
+#[test]
+fn compiled_kernels_are_cached_on_disk() {
+    use kiln_backend_cuda::compile::Compiler;
+    let Some(nvrtc) = nvrtc() else { return };
+    let dir = std::env::temp_dir().join(format!("kiln-cuda-cache-test-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let compiler = Compiler::with_cache_dir(nvrtc, 90, Some(dir.clone()));
+    let src = argmax_source();
+    let path = compiler.cache_path("argmax", &src).unwrap();
+    assert!(!path.exists());
+    let first = compiler.cubin("argmax", &src).expect("argmax compiles");
+    assert!(path.exists(), "{} was not written", path.display());
+    // A corrupted cache entry proves the second call reads the file, not NVRTC.
+    std::fs::write(&path, b"cached").unwrap();
+    assert_eq!(compiler.cubin("argmax", &src).unwrap(), b"cached");
+    let other = format!("{src}\n// another source\n");
+    assert_ne!(compiler.cache_path("argmax", &other).unwrap(), path);
+    assert_eq!(compiler.cubin("argmax", &other).unwrap(), first);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,338 @@
+//! Buffers with their own memory: device-local ones (what the kernels bind), and
+//! host-visible, persistently mapped ones (staging for uploads, readback). Uploads to and
+//! downloads from device-local buffers go through staging copies.
+
+use std::sync::Arc;
+
+use ash::vk;
+use kiln_ir::backend::BackendError;
+
+use crate::device::{NAME, Vk, vk_error};
+
+/// Largest staging buffer: uploads of more go in chunks.
+const STAGING_BYTES: u64 = 64 << 20;
+
+/// The host address of a mapped buffer.
+#[derive(Clone, Copy, Debug)]
+struct Mapped(*mut u8);
+
+// SAFETY: the mapping lives as long as the Buffer that holds it, and the buffer is only
+// read or written through `&self` / `&mut self` methods that check ranges; the device
+// side is ordered by fences before the host touches it.
+unsafe impl Send for Mapped {}
+// SAFETY: as above; concurrent `&self` access only reads.
+unsafe impl Sync for Mapped {}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// Device-local when the device has such memory: bound by the kernels.
+    Device,
+    /// Host-visible and coherent, mapped: the source of copies to the device.
+    Upload,
+    /// Host-visible and coherent (cached when possible), mapped: copies from the device.
+    Readback,
+}
+
+pub(crate) struct Buffer {
+    vk: Arc<Vk>,
+    pub raw: vk::Buffer,
+    memory: vk::DeviceMemory,
+    /// Bytes the buffer holds (at least what was asked for).
+    pub size: u64,
+    mapped: Option<Mapped>,
+}
+
+impl std::fmt::Debug for Buffer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Buffer({} bytes)", self.size)
+    }
+}
+
+impl Drop for Buffer {
+    fn drop(&mut self) {
+        // SAFETY: the buffer and memory were created from this device; whoever drops a
+        // buffer has waited for the work that used it (Loaded and the backend wait for
+        // their fences or the device before dropping).
+        unsafe {
+            if self.mapped.is_some() {
+                self.vk.device.unmap_memory(self.memory);
+            }
+            self.vk.device.destroy_buffer(self.raw, None);
+            self.vk.device.free_memory(self.memory, None);
+        }
+    }
+}
+
+impl Buffer {
+    pub fn new(vk: &Arc<Vk>, label: &str, bytes: u64, kind: Kind) -> Result<Buffer, BackendError> {
+        let size = bytes.next_multiple_of(4).max(16);
+        let transfer = vk::BufferUsageFlags::TRANSFER_SRC | vk::BufferUsageFlags::TRANSFER_DST;
+        let usage = match kind {
+            Kind::Device => {
+                transfer
+                    | vk::BufferUsageFlags::STORAGE_BUFFER
+                    | vk::BufferUsageFlags::UNIFORM_BUFFER
+            }
+            Kind::Upload | Kind::Readback => transfer,
+        };
+        let (required, preferred) = match kind {
+            Kind::Device => (
+                vk::MemoryPropertyFlags::empty(),
+                vk::MemoryPropertyFlags::DEVICE_LOCAL,
+            ),
+            Kind::Upload => (
+                vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT,
+                vk::MemoryPropertyFlags::empty(),
+            ),
+            Kind::Readback => (
+                vk::MemoryPropertyFlags::HOST_VISIBLE | vk::MemoryPropertyFlags::HOST_COHERENT,
+                vk::MemoryPropertyFlags::HOST_CACHED,
+            ),
+        };
+        let oom = |doing: &str, e: vk::Result| vk_error(&format!("{doing} {label}"), e, bytes);
+        let info = vk::BufferCreateInfo::default()
+            .size(size)
+            .usage(usage)
+            .sharing_mode(vk::SharingMode::EXCLUSIVE);
+        // SAFETY: the device is valid; the size is non-zero.
+        let raw =
+            unsafe { vk.device.create_buffer(&info, None) }.map_err(|e| oom("creating", e))?;
+        // SAFETY: `raw` was just created from this device.
+        let needs = unsafe { vk.device.get_buffer_memory_requirements(raw) };
+        let destroy = || {
+            // SAFETY: `raw` is unbound and unused.
+            unsafe { vk.device.destroy_buffer(raw, None) }
+        };
+        let Some(type_index) = vk.memory_type(needs.memory_type_bits, required, preferred) else {
+            destroy();
+            return Err(BackendError::Unsupported {
+                backend: NAME,
+                what: format!(
+                    "a memory type with flags {:#x} for {label}",
+                    required.as_raw()
+                ),
+            });
+        };
+        let alloc = vk::MemoryAllocateInfo::default()
+            .allocation_size(needs.size)
+            .memory_type_index(type_index);
+        // SAFETY: the type index comes from this device's memory properties.
+        let memory = match unsafe { vk.device.allocate_memory(&alloc, None) } {
+            Ok(m) => m,
+            Err(e) => {
+                destroy();
+                return Err(oom("allocating", e));
+            }
+        };
+        let free = || {
+            destroy();
+            // SAFETY: the memory is unmapped and bound to nothing that lives.
+            unsafe { vk.device.free_memory(memory, None) };
+        };
+        // SAFETY: the memory was allocated for this buffer's requirements, at offset 0.
+        if let Err(e) = unsafe { vk.device.bind_buffer_memory(raw, memory, 0) } {
+            free();
+            return Err(oom("binding memory of", e));
+        }
+        let mapped = if kind == Kind::Device {
+            None
+        } else {
+            // SAFETY: host-visible memory, mapped once for the buffer's life.
+            match unsafe {
+                vk.device
+                    .map_memory(memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty())
+            } {
+                Ok(p) => Some(Mapped(p.cast())),
+                Err(e) => {
+                    free();
+                    return Err(oom("mapping", e));
+                }
+            }
+        };
+        Ok(Buffer {
+            vk: vk.clone(),
+            raw,
+            memory,
+            size,
+            mapped,
+        })
+    }
+
+    fn check(&self, offset: u64, len: usize) -> Result<Mapped, BackendError> {
+        let fits = offset
+            .checked_add(len as u64)
+            .is_some_and(|end| end <= self.size);
+        match self.mapped {
+            Some(m) if fits => Ok(m),
+            _ => Err(BackendError::BadStep {
+                backend: NAME,
+                reason: format!(
+                    "{len} bytes at {offset} of a {}-byte {} buffer",
+                    self.size,
+                    if self.mapped.is_some() {
+                        "host"
+                    } else {
+                        "device"
+                    }
+                ),
+            }),
+        }
+    }
+
+    /// Write a host-visible buffer. The device must not be using these bytes.
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        let m = self.check(offset, data.len())?;
+        // SAFETY: the range is inside the mapping (checked); `&mut self` and the callers'
+        // fence waits make the host the only user of these bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(data.as_ptr(), m.0.add(offset as usize), data.len())
+        };
+        Ok(())
+    }
+
+    /// Read a host-visible buffer. The device must be done writing these bytes.
+    pub fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
+        let m = self.check(offset, out.len())?;
+        // SAFETY: the range is inside the mapping (checked); the device finished writing
+        // (callers wait for the fence of the copy first).
+        unsafe {
+            std::ptr::copy_nonoverlapping(m.0.add(offset as usize), out.as_mut_ptr(), out.len())
+        };
+        Ok(())
+    }
+}
+
+/// Copies host bytes into device buffers through one staging buffer, a command buffer
+/// of copies per flush.
+pub(crate) struct Uploader {
+    vk: Arc<Vk>,
+    staging: Option<Buffer>,
+    /// (destination, copy) pending in the staging buffer.
+    pending: Vec<(vk::Buffer, vk::BufferCopy)>,
+    used: u64,
+    capacity: u64,
+}
+
+impl Uploader {
+    /// An uploader for about `total` bytes (the staging buffer is at most 64 MiB).
+    pub fn new(vk: &Arc<Vk>, total: u64) -> Uploader {
+        Uploader {
+            vk: vk.clone(),
+            staging: None,
+            pending: Vec::new(),
+            used: 0,
+            capacity: total.clamp(16, STAGING_BYTES).next_multiple_of(16),
+        }
+    }
+
+    pub fn push(&mut self, dst: &Buffer, offset: u64, data: &[u8]) -> Result<(), BackendError> {
+        if offset
+            .checked_add(data.len() as u64)
+            .is_none_or(|end| end > dst.size)
+        {
+            return Err(BackendError::BadStep {
+                backend: NAME,
+                reason: format!(
+                    "{} bytes at {offset} of a {}-byte buffer",
+                    data.len(),
+                    dst.size
+                ),
+            });
+        }
+        let mut done = 0usize;
+        while done < data.len() {
+            if self.used == self.capacity {
+                self.flush()?;
+            }
+            let n = ((self.capacity - self.used) as usize).min(data.len() - done);
+            if self.staging.is_none() {
+                self.staging = Some(Buffer::new(
+                    &self.vk,
+                    "staging",
+                    self.capacity,
+                    Kind::Upload,
+                )?);
+            }
+            let staging = self
+                .staging
+                .as_mut()
+                .ok_or_else(|| crate::device::driver("no staging buffer"))?;
+            staging.write(self.used, &data[done..done + n])?;
+            self.pending.push((
+                dst.raw,
+                vk::BufferCopy {
+                    src_offset: self.used,
+                    dst_offset: offset + done as u64,
+                    size: n as u64,
+                },
+            ));
+            // Keep copies 16-byte aligned in the staging buffer.
+            self.used = (self.used + n as u64)
+                .next_multiple_of(16)
+                .min(self.capacity);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Copy everything pending and wait.
+    pub fn flush(&mut self) -> Result<(), BackendError> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let Some(staging) = &self.staging else {
+            return Ok(());
+        };
+        let vk = &self.vk;
+        let src = staging.raw;
+        let pending = std::mem::take(&mut self.pending);
+        self.used = 0;
+        vk.oneshot(|cb| {
+            for (dst, copy) in &pending {
+                // SAFETY: `cb` is recording; both buffers live until the oneshot has
+                // waited; the ranges were checked in `push`.
+                unsafe {
+                    vk.device
+                        .cmd_copy_buffer(cb, src, *dst, std::slice::from_ref(copy))
+                };
+            }
+        })
+    }
+}
+
+/// Copy `out.len()` bytes at `offset` of a device buffer to the host.
+pub(crate) fn download(
+    vk: &Arc<Vk>,
+    src: &Buffer,
+    offset: u64,
+    out: &mut [u8],
+) -> Result<(), BackendError> {
+    if out.is_empty() {
+        return Ok(());
+    }
+    if offset
+        .checked_add(out.len() as u64)
+        .is_none_or(|end| end > src.size)
+    {
+        return Err(BackendError::BadStep {
+            backend: NAME,
+            reason: format!(
+                "{} bytes at {offset} of a {}-byte buffer",
+                out.len(),
+                src.size
+            ),
+        });
+    }
+    let staging = Buffer::new(vk, "readback", out.len() as u64, Kind::Readback)?;
+    let copy = vk::BufferCopy {
+        src_offset: offset,
+        dst_offset: 0,
+        size: out.len() as u64,
+    };
+    vk.oneshot(|cb| {
+        // SAFETY: `cb` is recording; both buffers outlive the oneshot's wait; the range
+        // was checked above.
+        unsafe { vk.device.cmd_copy_buffer(cb, src.raw, staging.raw, &[copy]) };
+    })?;
+    staging.read(0, out)
+}

@@ -1,0 +1,562 @@
+//! The Vulkan device: the loader opened at run time, the physical device chosen (a GPU
+//! first; a CPU implementation such as lavapipe only when asked), one compute queue, what
+//! the device offers the kernels (subgroup arithmetic, subgroup size control, timestamps,
+//! zero-initialised workgroup memory), and the one-shot helpers (submit and wait, staged
+//! uploads and readbacks) that everything but the decode step goes through.
+//!
+//! Every raw Vulkan call of the crate is in this file, `buffer.rs` and `loaded.rs`, each in
+//! an `unsafe` block that says why its handles are valid.
+
+use std::ffi::CStr;
+use std::sync::Mutex;
+
+use ash::vk;
+use kiln_ir::backend::BackendError;
+
+pub(crate) const NAME: &str = "vulkan";
+
+pub(crate) fn driver(message: impl Into<String>) -> BackendError {
+    BackendError::Driver {
+        backend: NAME,
+        message: message.into(),
+    }
+}
+
+/// A failed Vulkan call as a BackendError: out of memory stays out of memory.
+pub(crate) fn vk_error(doing: &str, r: vk::Result, bytes: u64) -> BackendError {
+    match r {
+        vk::Result::ERROR_OUT_OF_DEVICE_MEMORY | vk::Result::ERROR_OUT_OF_HOST_MEMORY => {
+            BackendError::OutOfMemory {
+                backend: NAME,
+                bytes,
+            }
+        }
+        r => driver(format!("{doing}: {r}")),
+    }
+}
+
+fn no_device(reason: impl Into<String>) -> BackendError {
+    BackendError::NoDevice {
+        backend: NAME,
+        reason: reason.into(),
+    }
+}
+
+/// Subgroup size control (Vulkan 1.3 or VK_EXT_subgroup_size_control) for compute.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct SizeControl {
+    pub min: u32,
+    pub max: u32,
+    /// Subgroups a workgroup may hold when a size is required.
+    pub max_workgroup_subgroups: u32,
+    /// `computeFullSubgroups`: a workgroup made of whole subgroups can be required.
+    pub full_subgroups: bool,
+}
+
+/// What the chosen device is and offers.
+#[derive(Clone)]
+pub(crate) struct DeviceInfo {
+    pub name: String,
+    pub api_version: u32,
+    pub vendor_id: u32,
+    pub device_id: u32,
+    pub pipeline_cache_uuid: [u8; vk::UUID_SIZE],
+    pub limits: vk::PhysicalDeviceLimits,
+    /// The default subgroup size, when compute shaders have subgroup arithmetic.
+    pub subgroup_size: Option<u32>,
+    pub size_control: Option<SizeControl>,
+    /// Valid bits of the queue's timestamps (0: no timestamp queries).
+    pub timestamp_bits: u32,
+    /// Native zero-initialisation of workgroup memory (Vulkan 1.3).
+    pub zero_init_workgroup: bool,
+    /// Bytes of the device-local heaps.
+    pub memory_bytes: u64,
+}
+
+impl std::fmt::Debug for DeviceInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeviceInfo")
+            .field("name", &self.name)
+            .field("api", &self.api())
+            .field("subgroup_size", &self.subgroup_size)
+            .field("size_control", &self.size_control)
+            .field("timestamp_bits", &self.timestamp_bits)
+            .finish()
+    }
+}
+
+impl DeviceInfo {
+    pub fn api(&self) -> String {
+        format!(
+            "{}.{}",
+            vk::api_version_major(self.api_version),
+            vk::api_version_minor(self.api_version)
+        )
+    }
+}
+
+/// Hardware GPUs first, then virtual ones, then CPU implementations (lavapipe).
+fn rank(t: vk::PhysicalDeviceType) -> u8 {
+    match t {
+        vk::PhysicalDeviceType::DISCRETE_GPU => 0,
+        vk::PhysicalDeviceType::INTEGRATED_GPU => 1,
+        vk::PhysicalDeviceType::VIRTUAL_GPU => 2,
+        vk::PhysicalDeviceType::CPU => 4,
+        _ => 3,
+    }
+}
+
+/// An opened device. Shared (`Arc`) by everything created from it, so that it is
+/// destroyed last.
+pub(crate) struct Vk {
+    _entry: ash::Entry,
+    instance: ash::Instance,
+    pub device: ash::Device,
+    pub family: u32,
+    /// The queue; `vkQueueSubmit` needs it externally synchronised.
+    queue: Mutex<vk::Queue>,
+    /// The pool of one-shot command buffers (externally synchronised too).
+    oneshot_pool: Mutex<vk::CommandPool>,
+    memory: vk::PhysicalDeviceMemoryProperties,
+    pub info: DeviceInfo,
+}
+
+impl std::fmt::Debug for Vk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Vk({}, Vulkan {})", self.info.name, self.info.api())
+    }
+}
+
+impl Drop for Vk {
+    fn drop(&mut self) {
+        // SAFETY: every object created from the device holds an Arc of this Vk, so none is
+        // left; the pool was created from this device; the device from this instance.
+        unsafe {
+            let _ = self.device.device_wait_idle();
+            if let Ok(pool) = self.oneshot_pool.get_mut() {
+                self.device.destroy_command_pool(*pool, None);
+            }
+            self.device.destroy_device(None);
+            self.instance.destroy_instance(None);
+        }
+    }
+}
+
+/// A candidate physical device with what kiln needs of it.
+struct Candidate {
+    physical: vk::PhysicalDevice,
+    properties: vk::PhysicalDeviceProperties,
+    family: u32,
+    timestamp_bits: u32,
+}
+
+fn c_name(raw: &[std::ffi::c_char]) -> String {
+    // SAFETY: c_char and u8 have the same size; the slice stays borrowed for the call.
+    let bytes: &[u8] = unsafe { std::slice::from_raw_parts(raw.as_ptr().cast(), raw.len()) };
+    CStr::from_bytes_until_nul(bytes)
+        .map(|c| c.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+impl Vk {
+    /// The best device; CPU implementations (lavapipe) only when `allow_cpu`.
+    pub fn open(allow_cpu: bool) -> Result<Vk, BackendError> {
+        // SAFETY: loading libvulkan runs its initialisers; the Vulkan loader is a
+        // well-behaved library, and a missing one is an error, not a crash.
+        let entry = unsafe { ash::Entry::load() }.map_err(|e| {
+            no_device(format!(
+                "no Vulkan loader ({e}; on Linux `apt-get install libvulkan1 \
+                 mesa-vulkan-drivers` gives one, with lavapipe)"
+            ))
+        })?;
+        // SAFETY: the entry points were just loaded.
+        let version = unsafe { entry.try_enumerate_instance_version() }
+            .ok()
+            .flatten()
+            .unwrap_or(vk::API_VERSION_1_0);
+        if version < vk::API_VERSION_1_1 {
+            return Err(no_device(
+                "the Vulkan loader is 1.0; kiln needs Vulkan 1.1 (subgroups, SPIR-V 1.3)",
+            ));
+        }
+        let app = vk::ApplicationInfo::default()
+            .application_name(c"kiln")
+            .engine_name(c"kiln")
+            .api_version(version.min(vk::API_VERSION_1_3));
+        let create = vk::InstanceCreateInfo::default().application_info(&app);
+        // SAFETY: the create info and what it points to live through the call.
+        let instance = unsafe { entry.create_instance(&create, None) }
+            .map_err(|e| no_device(format!("creating a Vulkan instance: {e}")))?;
+        // The entry (the loaded library) outlives the instance on either path.
+        match Vk::open_device(&entry, instance, allow_cpu) {
+            Ok(vk) => Ok(vk),
+            Err((instance, e)) => {
+                // SAFETY: nothing was created from the instance that still lives.
+                unsafe { instance.destroy_instance(None) };
+                Err(e)
+            }
+        }
+    }
+
+    /// Choose the physical device and create the logical device; on failure the instance
+    /// comes back to be destroyed.
+    #[allow(clippy::result_large_err)]
+    fn open_device(
+        entry: &ash::Entry,
+        instance: ash::Instance,
+        allow_cpu: bool,
+    ) -> Result<Vk, (ash::Instance, BackendError)> {
+        // SAFETY: the instance is valid.
+        let physicals = match unsafe { instance.enumerate_physical_devices() } {
+            Ok(p) => p,
+            Err(e) => return Err((instance, no_device(format!("listing devices: {e}")))),
+        };
+        let mut candidates = Vec::new();
+        let mut skipped = Vec::new();
+        for physical in physicals {
+            // SAFETY: `physical` was just enumerated from this instance.
+            let properties = unsafe { instance.get_physical_device_properties(physical) };
+            let name = c_name(&properties.device_name);
+            if properties.api_version < vk::API_VERSION_1_1 {
+                skipped.push(format!("{name} (Vulkan 1.0)"));
+                continue;
+            }
+            // SAFETY: as above.
+            let families =
+                unsafe { instance.get_physical_device_queue_family_properties(physical) };
+            let Some((family, f)) = families
+                .iter()
+                .enumerate()
+                .find(|(_, f)| f.queue_flags.contains(vk::QueueFlags::COMPUTE))
+            else {
+                skipped.push(format!("{name} (no compute queue)"));
+                continue;
+            };
+            candidates.push(Candidate {
+                physical,
+                properties,
+                family: family as u32,
+                timestamp_bits: f.timestamp_valid_bits,
+            });
+        }
+        candidates.sort_by_key(|c| rank(c.properties.device_type));
+        let Some(best) = candidates.into_iter().next() else {
+            let reason = if skipped.is_empty() {
+                "no Vulkan device (no driver; on Linux `apt-get install mesa-vulkan-drivers` \
+                 gives lavapipe)"
+                    .to_string()
+            } else {
+                format!("no usable Vulkan device: {}", skipped.join(", "))
+            };
+            return Err((instance, no_device(reason)));
+        };
+        let name = c_name(&best.properties.device_name);
+        if !allow_cpu && best.properties.device_type == vk::PhysicalDeviceType::CPU {
+            return Err((
+                instance,
+                no_device(format!(
+                    "no GPU, only {name} (a CPU implementation); set KILN_VULKAN_DEVICE=any to use it"
+                )),
+            ));
+        }
+        match Vk::create(&instance, &best, name) {
+            Ok((device, info)) => {
+                // SAFETY: the physical device belongs to the instance.
+                let memory =
+                    unsafe { instance.get_physical_device_memory_properties(best.physical) };
+                // SAFETY: the family index was checked against the device's families; one
+                // queue was asked of it.
+                let queue = unsafe { device.get_device_queue(best.family, 0) };
+                let pool_info = vk::CommandPoolCreateInfo::default()
+                    .queue_family_index(best.family)
+                    .flags(vk::CommandPoolCreateFlags::TRANSIENT);
+                // SAFETY: the device is valid and the family is one of its queues'.
+                let pool = match unsafe { device.create_command_pool(&pool_info, None) } {
+                    Ok(p) => p,
+                    Err(e) => {
+                        // SAFETY: nothing was created from the device yet.
+                        unsafe { device.destroy_device(None) };
+                        return Err((instance, vk_error("creating a command pool", e, 0)));
+                    }
+                };
+                let mut info = info;
+                info.memory_bytes = memory.memory_heaps[..memory.memory_heap_count as usize]
+                    .iter()
+                    .filter(|h| h.flags.contains(vk::MemoryHeapFlags::DEVICE_LOCAL))
+                    .map(|h| h.size)
+                    .sum();
+                Ok(Vk {
+                    _entry: entry.clone(),
+                    instance,
+                    device,
+                    family: best.family,
+                    queue: Mutex::new(queue),
+                    oneshot_pool: Mutex::new(pool),
+                    memory,
+                    info,
+                })
+            }
+            Err(e) => Err((instance, e)),
+        }
+    }
+
+    /// Query the device's subgroup abilities and create the logical device with what
+    /// kiln uses of them.
+    fn create(
+        instance: &ash::Instance,
+        c: &Candidate,
+        name: String,
+    ) -> Result<(ash::Device, DeviceInfo), BackendError> {
+        let api = c.properties.api_version;
+        // SAFETY: the physical device belongs to the instance.
+        let extensions = unsafe { instance.enumerate_device_extension_properties(c.physical) }
+            .unwrap_or_default();
+        let has_ext = |wanted: &CStr| {
+            extensions
+                .iter()
+                .any(|e| e.extension_name_as_c_str().is_ok_and(|n| n == wanted))
+        };
+        let core13 = api >= vk::API_VERSION_1_3;
+        let size_control_ext = !core13 && has_ext(vk::EXT_SUBGROUP_SIZE_CONTROL_NAME);
+
+        // Properties: subgroups (1.1 core), subgroup size control (1.3 or the extension).
+        let mut subgroup = vk::PhysicalDeviceSubgroupProperties::default();
+        let mut size_props = vk::PhysicalDeviceSubgroupSizeControlProperties::default();
+        {
+            let mut props2 = vk::PhysicalDeviceProperties2::default().push_next(&mut subgroup);
+            if core13 || size_control_ext {
+                props2 = props2.push_next(&mut size_props);
+            }
+            // SAFETY: the chain holds structures the device's version or extensions know;
+            // they outlive the call.
+            unsafe { instance.get_physical_device_properties2(c.physical, &mut props2) };
+        }
+        // Features: size control and zero-initialised workgroup memory.
+        let mut f13 = vk::PhysicalDeviceVulkan13Features::default();
+        let mut f_ext = vk::PhysicalDeviceSubgroupSizeControlFeatures::default();
+        {
+            let mut features2 = vk::PhysicalDeviceFeatures2::default();
+            if core13 {
+                features2 = features2.push_next(&mut f13);
+            } else if size_control_ext {
+                features2 = features2.push_next(&mut f_ext);
+            }
+            // SAFETY: as above.
+            unsafe { instance.get_physical_device_features2(c.physical, &mut features2) };
+        }
+        let arithmetic = subgroup
+            .supported_stages
+            .contains(vk::ShaderStageFlags::COMPUTE)
+            && subgroup
+                .supported_operations
+                .contains(vk::SubgroupFeatureFlags::BASIC | vk::SubgroupFeatureFlags::ARITHMETIC)
+            && subgroup.subgroup_size > 0;
+        let (size_control_on, full_on) = if core13 {
+            (f13.subgroup_size_control, f13.compute_full_subgroups)
+        } else {
+            (f_ext.subgroup_size_control, f_ext.compute_full_subgroups)
+        };
+        let size_control = (arithmetic
+            && size_control_on == vk::TRUE
+            && size_props
+                .required_subgroup_size_stages
+                .contains(vk::ShaderStageFlags::COMPUTE)
+            && size_props.min_subgroup_size > 0)
+            .then_some(SizeControl {
+                min: size_props.min_subgroup_size,
+                max: size_props.max_subgroup_size,
+                max_workgroup_subgroups: size_props.max_compute_workgroup_subgroups,
+                full_subgroups: full_on == vk::TRUE,
+            });
+        let zero_init = core13 && f13.shader_zero_initialize_workgroup_memory == vk::TRUE;
+
+        // Enable exactly what is used.
+        let mut enable13 = vk::PhysicalDeviceVulkan13Features::default()
+            .subgroup_size_control(size_control.is_some())
+            .compute_full_subgroups(size_control.is_some_and(|s| s.full_subgroups))
+            .shader_zero_initialize_workgroup_memory(zero_init);
+        let mut enable_ext = vk::PhysicalDeviceSubgroupSizeControlFeatures::default()
+            .subgroup_size_control(size_control.is_some())
+            .compute_full_subgroups(size_control.is_some_and(|s| s.full_subgroups));
+        let priorities = [1.0f32];
+        let queues = [vk::DeviceQueueCreateInfo::default()
+            .queue_family_index(c.family)
+            .queue_priorities(&priorities)];
+        let mut ext_names = Vec::new();
+        if size_control_ext && size_control.is_some() {
+            ext_names.push(vk::EXT_SUBGROUP_SIZE_CONTROL_NAME.as_ptr());
+        }
+        let mut create = vk::DeviceCreateInfo::default()
+            .queue_create_infos(&queues)
+            .enabled_extension_names(&ext_names);
+        if core13 {
+            create = create.push_next(&mut enable13);
+        } else if size_control_ext && size_control.is_some() {
+            create = create.push_next(&mut enable_ext);
+        }
+        // SAFETY: the create info, its queue infos, names and feature chain outlive the
+        // call; every feature enabled was reported by the device.
+        let device = unsafe { instance.create_device(c.physical, &create, None) }
+            .map_err(|e| no_device(format!("{name}: creating the device: {e}")))?;
+        let info = DeviceInfo {
+            name,
+            api_version: api,
+            vendor_id: c.properties.vendor_id,
+            device_id: c.properties.device_id,
+            pipeline_cache_uuid: c.properties.pipeline_cache_uuid,
+            limits: c.properties.limits,
+            subgroup_size: arithmetic.then_some(subgroup.subgroup_size),
+            size_control,
+            timestamp_bits: c.timestamp_bits,
+            zero_init_workgroup: zero_init,
+            memory_bytes: 0,
+        };
+        Ok((device, info))
+    }
+
+    /// A memory type for `bits` with every flag of `required`, preferring those with
+    /// `preferred` too.
+    pub fn memory_type(
+        &self,
+        bits: u32,
+        required: vk::MemoryPropertyFlags,
+        preferred: vk::MemoryPropertyFlags,
+    ) -> Option<u32> {
+        let types = &self.memory.memory_types[..self.memory.memory_type_count as usize];
+        let fits = |i: usize, flags: vk::MemoryPropertyFlags| {
+            bits & (1 << i) != 0 && types[i].property_flags.contains(flags)
+        };
+        (0..types.len())
+            .find(|&i| fits(i, required | preferred))
+            .or_else(|| (0..types.len()).find(|&i| fits(i, required)))
+            .map(|i| i as u32)
+    }
+
+    /// Submit command buffers, signalling `fence` when done.
+    pub fn submit(
+        &self,
+        buffers: &[vk::CommandBuffer],
+        fence: vk::Fence,
+    ) -> Result<(), BackendError> {
+        let queue = self
+            .queue
+            .lock()
+            .map_err(|_| driver("the queue lock is poisoned"))?;
+        let submit = [vk::SubmitInfo::default().command_buffers(buffers)];
+        // SAFETY: the queue is held locked; the command buffers are recorded and not
+        // pending (callers wait for their previous submission); the fence is unsignalled.
+        unsafe { self.device.queue_submit(*queue, &submit, fence) }
+            .map_err(|e| vk_error("submitting work", e, 0))
+    }
+
+    pub fn wait_fence(&self, fence: vk::Fence) -> Result<(), BackendError> {
+        // SAFETY: the fence was created from this device.
+        unsafe { self.device.wait_for_fences(&[fence], true, u64::MAX) }
+            .map_err(|e| vk_error("waiting for the device", e, 0))
+    }
+
+    pub fn wait_idle(&self) -> Result<(), BackendError> {
+        // SAFETY: the device is valid; the queue is not being submitted to meanwhile
+        // (the lock is taken).
+        let _queue = self
+            .queue
+            .lock()
+            .map_err(|_| driver("the queue lock is poisoned"))?;
+        // SAFETY: as above.
+        unsafe { self.device.device_wait_idle() }
+            .map_err(|e| vk_error("waiting for the device", e, 0))
+    }
+
+    /// Record commands into a one-shot command buffer between two full barriers (so it
+    /// is ordered with everything submitted before and after), submit it and wait.
+    pub fn oneshot(&self, record: impl FnOnce(vk::CommandBuffer)) -> Result<(), BackendError> {
+        let pool = self
+            .oneshot_pool
+            .lock()
+            .map_err(|_| driver("the command pool lock is poisoned"))?;
+        let alloc = vk::CommandBufferAllocateInfo::default()
+            .command_pool(*pool)
+            .level(vk::CommandBufferLevel::PRIMARY)
+            .command_buffer_count(1);
+        // SAFETY: the pool is held locked and belongs to this device.
+        let cb = unsafe { self.device.allocate_command_buffers(&alloc) }
+            .map_err(|e| vk_error("allocating a command buffer", e, 0))?[0];
+        // SAFETY: the device is valid.
+        let fence = unsafe {
+            self.device
+                .create_fence(&vk::FenceCreateInfo::default(), None)
+        }
+        .map_err(|e| vk_error("creating a fence", e, 0));
+        let result = fence.and_then(|fence| {
+            let begin = vk::CommandBufferBeginInfo::default()
+                .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
+            // SAFETY: the command buffer is freshly allocated from the locked pool.
+            let recorded = unsafe {
+                self.device
+                    .begin_command_buffer(cb, &begin)
+                    .map(|()| {
+                        self.full_barrier(cb);
+                        record(cb);
+                        self.full_barrier(cb);
+                    })
+                    .and_then(|()| self.device.end_command_buffer(cb))
+            }
+            .map_err(|e| vk_error("recording commands", e, 0));
+            let done = recorded
+                .and_then(|()| self.submit(&[cb], fence))
+                .and_then(|()| self.wait_fence(fence));
+            // SAFETY: the fence is no longer in use (waited for, or never submitted).
+            unsafe { self.device.destroy_fence(fence, None) };
+            done
+        });
+        if result.is_err() {
+            // The work may still be queued: let it finish before freeing its buffer.
+            let _ = self.wait_idle();
+        }
+        // SAFETY: the command buffer is no longer pending; the pool is locked.
+        unsafe { self.device.free_command_buffers(*pool, &[cb]) };
+        result
+    }
+
+    /// A barrier that orders every earlier command's memory accesses (compute, transfer,
+    /// host) before every later command's.
+    pub fn full_barrier(&self, cb: vk::CommandBuffer) {
+        let barrier = [vk::MemoryBarrier::default()
+            .src_access_mask(vk::AccessFlags::MEMORY_WRITE)
+            .dst_access_mask(vk::AccessFlags::MEMORY_READ | vk::AccessFlags::MEMORY_WRITE)];
+        // SAFETY: `cb` is in the recording state (callers' contract).
+        unsafe {
+            self.device.cmd_pipeline_barrier(
+                cb,
+                vk::PipelineStageFlags::ALL_COMMANDS,
+                vk::PipelineStageFlags::ALL_COMMANDS | vk::PipelineStageFlags::HOST,
+                vk::DependencyFlags::empty(),
+                &barrier,
+                &[],
+                &[],
+            )
+        };
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A device description for tests that need no device.
+    pub(crate) fn fake_info() -> DeviceInfo {
+        DeviceInfo {
+            name: "test".into(),
+            api_version: vk::API_VERSION_1_3,
+            vendor_id: 0x10005,
+            device_id: 0,
+            pipeline_cache_uuid: [7; vk::UUID_SIZE],
+            limits: vk::PhysicalDeviceLimits::default(),
+            subgroup_size: Some(8),
+            size_control: None,
+            timestamp_bits: 64,
+            zero_init_workgroup: true,
+            memory_bytes: 0,
+        }
+    }
+}

@@ -1,0 +1,55 @@
+// argmax.cu: greedy LM head: the index of the largest logit of each row of the plan's
+// output (rows, cols), the lowest index on ties (kiln_engine::sampler::argmax), so that a
+// decode step returns token ids instead of the logits. One block per row.
+
+#include "prelude.cuh"
+
+struct ArgmaxParams {
+    unsigned int rows_sel; // STEP_N_TOKENS or STEP_N_OUTPUTS
+    unsigned int cols;     // vocabulary
+    unsigned int logits;   // arena index of the logits (rows, cols)
+    unsigned int pad;
+};
+
+// The better of two (value, index) candidates: larger value, then lower index. A NaN never
+// wins (the host's `l > best` comparison skips it too).
+__device__ __forceinline__ void better(float& v, unsigned int& i, float v2, unsigned int i2) {
+    if (v2 > v || (v2 == v && i2 < i)) {
+        v = v2;
+        i = i2;
+    }
+}
+
+//   ids (rows) the chosen token of each row.
+extern "C" __global__ void kiln_argmax(const unsigned int* __restrict__ params, const float* arena,
+                                       unsigned int* ids, const unsigned int* __restrict__ step) {
+    const ArgmaxParams& p = *reinterpret_cast<const ArgmaxParams*>(params);
+    __shared__ float best_v[32];        // (warps) each warp's best value
+    __shared__ unsigned int best_i[32]; // (warps) and its index
+    unsigned int r = blockIdx.x;
+    if (r >= step[p.rows_sel]) {
+        return; // uniform across the block
+    }
+    const float* row = arena + p.logits + r * p.cols;
+    float v = bits_f32(0xFF800000u); // -inf
+    unsigned int i = 0xFFFFFFFFu;
+    for (unsigned int c = threadIdx.x; c < p.cols; c += blockDim.x) {
+        better(v, i, row[c], c);
+    }
+#pragma unroll
+    for (unsigned int s = WARP / 2u; s > 0u; s /= 2u) {
+        better(v, i, __shfl_xor_sync(0xFFFFFFFFu, v, s), __shfl_xor_sync(0xFFFFFFFFu, i, s));
+    }
+    if (threadIdx.x % WARP == 0u) {
+        best_v[threadIdx.x / WARP] = v;
+        best_i[threadIdx.x / WARP] = i;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0u) {
+        for (unsigned int w = 1u; w < blockDim.x / WARP; w++) {
+            better(v, i, best_v[w], best_i[w]);
+        }
+        // All NaN (or an empty row): token 0, as the host's argmax gives.
+        ids[r] = i == 0xFFFFFFFFu ? 0u : i;
+    }
+}

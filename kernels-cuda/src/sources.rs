@@ -1,0 +1,189 @@
+//! The CUDA sources, embedded as text, and how a kernel variant is assembled from them:
+//! a header of defines (the KV type), then the op's file with every `#include "x"`
+//! replaced by the text of `x` (once per source), `weights.cuh` standing for the variant's
+//! weight dtype. NVRTC gets one self-contained string: no include paths, no toolkit.
+
+use kiln_ir::DType;
+use kiln_ir::kv_layout::KvDtype;
+use kiln_kernels_wgsl::Variant;
+use kiln_kernels_wgsl::sources::{OPS, WEIGHT_DTYPES};
+
+/// `(name, text)` of every source file; names are paths under `src/cuda`.
+pub const FILES: &[(&str, &str)] = &[
+    ("prelude.cuh", include_str!("cuda/prelude.cuh")),
+    (
+        "weights/common.cuh",
+        include_str!("cuda/weights/common.cuh"),
+    ),
+    ("weights/f32.cuh", include_str!("cuda/weights/f32.cuh")),
+    ("weights/f16.cuh", include_str!("cuda/weights/f16.cuh")),
+    ("weights/bf16.cuh", include_str!("cuda/weights/bf16.cuh")),
+    ("weights/q4_0.cuh", include_str!("cuda/weights/q4_0.cuh")),
+    ("weights/q4_1.cuh", include_str!("cuda/weights/q4_1.cuh")),
+    ("weights/q8_0.cuh", include_str!("cuda/weights/q8_0.cuh")),
+    ("matmul_core.cuh", include_str!("cuda/matmul_core.cuh")),
+    ("matmul_mma.cu", include_str!("cuda/matmul_mma.cu")),
+    ("rope_common.cuh", include_str!("cuda/rope_common.cuh")),
+    ("kv_common.cuh", include_str!("cuda/kv_common.cuh")),
+    ("kv_store.cuh", include_str!("cuda/kv_store.cuh")),
+    // One file per op, named like the op (kiln_ir::Op::name) and its WGSL twin.
+    ("embed.cu", include_str!("cuda/embed.cu")),
+    ("rmsnorm.cu", include_str!("cuda/rmsnorm.cu")),
+    ("matmul.cu", include_str!("cuda/matmul.cu")),
+    ("matmul_add.cu", include_str!("cuda/matmul_add.cu")),
+    ("matmul_swiglu.cu", include_str!("cuda/matmul_swiglu.cu")),
+    ("rmsnorm_matmul.cu", include_str!("cuda/rmsnorm_matmul.cu")),
+    (
+        "rmsnorm_matmul_swiglu.cu",
+        include_str!("cuda/rmsnorm_matmul_swiglu.cu"),
+    ),
+    ("add.cu", include_str!("cuda/add.cu")),
+    ("swiglu.cu", include_str!("cuda/swiglu.cu")),
+    ("select_rows.cu", include_str!("cuda/select_rows.cu")),
+    ("rope.cu", include_str!("cuda/rope.cu")),
+    ("kv_write.cu", include_str!("cuda/kv_write.cu")),
+    ("rope_kv_write.cu", include_str!("cuda/rope_kv_write.cu")),
+    ("attention.cu", include_str!("cuda/attention.cu")),
+    // Not an op of the plan: the greedy LM head (CudaBackend::argmax_last_logits).
+    ("argmax.cu", include_str!("cuda/argmax.cu")),
+];
+
+/// The entry point of every op kernel (the matrix-vector kernel of the matmul ops).
+pub const ENTRY: &str = "kiln_main";
+/// The tensor-core entry point of the matmul ops (matmul_mma.cu).
+pub const MMA_ENTRY: &str = "kiln_mma";
+/// The entry point of argmax.cu.
+pub const ARGMAX_ENTRY: &str = "kiln_argmax";
+
+/// The text of a source file by name.
+pub fn file(name: &str) -> Option<&'static str> {
+    FILES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, text)| *text)
+}
+
+/// Whether the op is one of the matmul family (matmul_core.cuh and matmul_mma.cu).
+pub fn is_matmul(op: &str) -> bool {
+    matches!(
+        op,
+        "matmul" | "matmul_add" | "matmul_swiglu" | "rmsnorm_matmul" | "rmsnorm_matmul_swiglu"
+    )
+}
+
+/// Whether the variant has the tensor-core entry [`MMA_ENTRY`]: the matmuls of quantized
+/// weights (weights/<dtype>.cuh: MM_TENSOR_CORES). F32, F16 and BF16 weights keep exact
+/// f32 products: f16 operands would round what their matmuls do not.
+pub fn has_tensor_cores(v: &Variant) -> bool {
+    is_matmul(v.op) && v.weight.is_some_and(|w| w.is_quantized())
+}
+
+/// The entry points a variant's module holds.
+pub fn entries(v: &Variant) -> &'static [&'static str] {
+    if has_tensor_cores(v) {
+        &[ENTRY, MMA_ENTRY]
+    } else {
+        &[ENTRY]
+    }
+}
+
+/// The full CUDA source of a variant, or None for an unknown op or a missing weight or KV
+/// type. CUDA has one reduction (warp shuffles): the variant's `subgroups` is ignored.
+pub fn source(v: &Variant) -> Option<String> {
+    let mut header = format!("// kiln kernel {}\n", v.name());
+    if Variant::takes_kv(v.op) {
+        let (fp8, bytes) = match v.kv? {
+            KvDtype::F8E4M3 => (1, 1),
+            KvDtype::F16 => (0, 2),
+        };
+        header.push_str(&format!(
+            "#define KV_FP8 {fp8}\n#define KV_VALUE_BYTES {bytes}u\n"
+        ));
+    }
+    let weights = match v.weight {
+        Some(w) if WEIGHT_DTYPES.contains(&w) => Some(format!("weights/{}.cuh", w.name())),
+        Some(_) => return None,
+        None => None,
+    };
+    let mut out = header;
+    let mut seen = Vec::new();
+    expand(
+        &format!("{}.cu", v.op),
+        weights.as_deref(),
+        &mut seen,
+        &mut out,
+        0,
+    )?;
+    Some(out)
+}
+
+/// The source of the greedy LM-head kernel ([`ARGMAX_ENTRY`]).
+pub fn argmax_source() -> String {
+    let mut out = String::from("// kiln kernel argmax\n");
+    let mut seen = Vec::new();
+    expand("argmax.cu", None, &mut seen, &mut out, 0)
+        .expect("argmax.cu and its includes are embedded");
+    out
+}
+
+/// Append `name` to `out` with its includes expanded in place, each file once.
+fn expand(
+    name: &str,
+    weights: Option<&str>,
+    seen: &mut Vec<String>,
+    out: &mut String,
+    depth: usize,
+) -> Option<()> {
+    let name = if name == "weights.cuh" {
+        weights?
+    } else {
+        name
+    };
+    if seen.iter().any(|s| s == name) {
+        return Some(());
+    }
+    if depth > 8 {
+        return None;
+    }
+    seen.push(name.to_string());
+    let text = file(name)?;
+    out.push_str(&format!("// ---- {name}\n"));
+    for line in text.lines() {
+        match include_of(line) {
+            Some(inc) => expand(inc, weights, seen, out, depth + 1)?,
+            None => {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+    }
+    Some(())
+}
+
+/// The file named by an `#include "x"` line.
+fn include_of(line: &str) -> Option<&str> {
+    line.trim()
+        .strip_prefix("#include")?
+        .trim()
+        .strip_prefix('"')?
+        .strip_suffix('"')
+}
+
+/// Every variant a plan may need: each op × weight dtype × KV dtype (the WGSL variants
+/// without their subgroup twins).
+pub fn all_variants() -> Vec<Variant> {
+    kiln_kernels_wgsl::sources::all_variants()
+        .into_iter()
+        .filter(|v| !v.subgroups)
+        .collect()
+}
+
+/// The ops of kernels-wgsl, each of which has a `.cu` file here.
+pub fn ops() -> impl Iterator<Item = &'static str> {
+    OPS.iter().map(|(op, _)| *op)
+}
+
+/// Weight dtypes the kernels read (those of the WGSL kernels).
+pub fn weight_dtypes() -> &'static [DType] {
+    &WEIGHT_DTYPES
+}
