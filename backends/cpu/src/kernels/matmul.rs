@@ -13,7 +13,7 @@ use kiln_ir::DType;
 use kiln_ir::quant::{dequantize_row, dot_f32, q8_0, q8_1};
 
 use super::WeightMatrix;
-use crate::simd::{ActBlocks, Staged};
+use crate::simd::{ActBlocks, StageTask, Staged};
 use crate::{pool, simd};
 
 /// Rows per task: enough to amortise scheduling, few enough to balance two cores
@@ -50,28 +50,26 @@ impl<'a> Acts<'a> {
         let row_bytes = n_blocks * format.block_bytes();
         let mut blocks = vec![0u8; n_tokens * row_bytes]; // (tokens, row_bytes)
         let mut staged = Staged::new(format, n_tokens, n_blocks);
-        // A group of tokens at a time: quantize its rows, then stage them.
-        let group = Staged::GROUP;
-        let mut groups: Vec<((&mut [u8], &[f32]), &mut [u8])> = blocks
-            .chunks_mut(group * row_bytes)
-            .zip(x.chunks(group * cols))
-            .zip(staged.groups_mut())
+        // A few tokens at a time: quantize their rows, then stage them.
+        let per_task = Staged::TASK_TOKENS;
+        let mut tasks: Vec<_> = blocks
+            .chunks_mut(per_task * row_bytes)
+            .zip(x.chunks(per_task * cols))
+            .zip(staged.tasks())
             .collect();
-        let run = |(dst, src): &mut (&mut [u8], &[f32]), staged: &mut [u8]| {
+        let run = |((dst, src), task): &mut ((&mut [u8], &[f32]), StageTask<'_>)| {
             for (dst, src) in dst.chunks_mut(row_bytes).zip(src.chunks(cols)) {
                 quantize_row(src, dst);
             }
-            let n = dst.len() / row_bytes;
-            Staged::stage_group(format, dst, row_bytes, n, staged);
+            Staged::stage_task(format, dst, row_bytes, task);
         };
-        if groups.len() == 1 {
+        if tasks.len() == 1 {
             // Decode: not worth waking the other threads.
-            let (rows, staged) = &mut groups[0];
-            run(rows, staged);
+            run(&mut tasks[0]);
         } else {
-            pool::for_each_mut(&mut groups, |_, (rows, staged)| run(rows, staged));
+            pool::for_each_mut(&mut tasks, |_, task| run(task));
         }
-        drop(groups);
+        drop(tasks);
         Acts::Quantized {
             format,
             blocks,

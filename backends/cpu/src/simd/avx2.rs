@@ -31,7 +31,9 @@ use core::arch::x86_64::*;
 
 use core::cell::RefCell;
 
-use super::stage::{ActBlocks, D_AT, GROUP, S_AT, Staged, UNIT};
+use super::stage::{ActBlocks, D_AT, GROUP, S_AT, Staged, UNIT, WIDE};
+
+mod wide;
 use super::{Format, Job, Kernels};
 
 /// Whether this CPU has what these kernels are compiled for.
@@ -66,6 +68,24 @@ trait Isa {
     /// The CPU has this ISA's features.
     unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i;
 
+    /// `acc +` [`Self::dot_u8_i8`]`(u, s)`.
+    ///
+    /// # Safety
+    /// The CPU has this ISA's features.
+    unsafe fn dot_u8_i8_add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
+
+    /// [`wide::wide_body`] compiled for this ISA.
+    ///
+    /// # Safety
+    /// As [`wide::wide_body`], and the CPU has this ISA's features.
+    unsafe fn wide_tile<B: Blocks, const RUNS: usize>(
+        w: *const u8,
+        w_stride: usize,
+        runs: *const u8,
+        run_stride: usize,
+        blocks: usize,
+    ) -> [[f32; WIDE]; RUNS];
+
     /// [`tile_body`] compiled for this ISA.
     ///
     /// # Safety
@@ -74,7 +94,6 @@ trait Isa {
         w: *const u8,
         w_stride: usize,
         units: *const u8,
-        group_stride: usize,
         lane: usize,
         blocks: usize,
     ) -> [[f32; T]; R];
@@ -94,6 +113,26 @@ impl Isa for Avx2 {
         unsafe { _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1)) }
     }
 
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_u8_i8_add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        // SAFETY: value intrinsics only (contract: the CPU features).
+        unsafe { _mm256_add_epi32(acc, Self::dot_u8_i8(u, s)) }
+    }
+
+    #[inline(never)]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn wide_tile<B: Blocks, const RUNS: usize>(
+        w: *const u8,
+        w_stride: usize,
+        runs: *const u8,
+        run_stride: usize,
+        blocks: usize,
+    ) -> [[f32; WIDE]; RUNS] {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { wide::wide_body::<B, Self, RUNS>(w, w_stride, runs, run_stride, blocks) }
+    }
+
     // Not inlined: one register allocation per tile shape, not one for the whole pass.
     #[inline(never)]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -101,12 +140,11 @@ impl Isa for Avx2 {
         w: *const u8,
         w_stride: usize,
         units: *const u8,
-        group_stride: usize,
         lane: usize,
         blocks: usize,
     ) -> [[f32; T]; R] {
         // SAFETY: forwarded from this function's contract.
-        unsafe { tile_body::<B, Self, R, T>(w, w_stride, units, group_stride, lane, blocks) }
+        unsafe { tile_body::<B, Self, R, T>(w, w_stride, units, lane, blocks) }
     }
 }
 
@@ -118,18 +156,37 @@ impl Isa for AvxVnni {
         unsafe { _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), u, s) }
     }
 
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    unsafe fn dot_u8_i8_add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        // SAFETY: value intrinsics only (contract: the CPU features).
+        unsafe { _mm256_dpbusd_avx_epi32(acc, u, s) }
+    }
+
+    #[inline(never)]
+    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    unsafe fn wide_tile<B: Blocks, const RUNS: usize>(
+        w: *const u8,
+        w_stride: usize,
+        runs: *const u8,
+        run_stride: usize,
+        blocks: usize,
+    ) -> [[f32; WIDE]; RUNS] {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { wide::wide_body::<B, Self, RUNS>(w, w_stride, runs, run_stride, blocks) }
+    }
+
     #[inline(never)]
     #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
     unsafe fn tile<B: Blocks, const R: usize, const T: usize>(
         w: *const u8,
         w_stride: usize,
         units: *const u8,
-        group_stride: usize,
         lane: usize,
         blocks: usize,
     ) -> [[f32; T]; R] {
         // SAFETY: forwarded from this function's contract.
-        unsafe { tile_body::<B, Self, R, T>(w, w_stride, units, group_stride, lane, blocks) }
+        unsafe { tile_body::<B, Self, R, T>(w, w_stride, units, lane, blocks) }
     }
 }
 
@@ -149,19 +206,15 @@ unsafe fn run_job<I: Isa>(job: &mut Job<'_>) {
     }
 }
 
-/// The most groups a tile takes: its accumulators are 2 × MAX_GROUPS registers.
-const MAX_GROUPS: usize = 4;
-
 thread_local! {
     /// This thread's staged activations, for jobs that come without them; reused.
     static STAGED: RefCell<Staged> = RefCell::new(Staged::new(ActBlocks::Q8_0, 0, 0));
 }
 
 /// Covers the job with tiles over its staged activations (the caller's, or staged here):
-/// each whole group of [`GROUP`] tokens with 1 × GROUP tiles (one weight row, the
-/// group's tokens), then each remaining token with 4 × 1 tiles (four rows, one token).
-/// (1 × 8 tiles, sharing each weight block's decoding with more tokens, measured 14%
-/// slower at 32 tokens: the register pressure.) Both
+/// runs of [`WIDE`] tokens with the wide tiles ([`wide`]: one weight row, one or two
+/// runs), a remaining whole group of [`GROUP`] tokens with a 1 × GROUP tile, then each
+/// remaining token with 4 × 1 tiles (four rows, one token). Both
 /// shapes compute a (row, token) result with the same operations in the same order
 /// ([`tile_body`]), so a token's results do not depend on the tokens it is batched with.
 ///
@@ -171,15 +224,15 @@ thread_local! {
 unsafe fn run<B: Blocks, I: Isa>(job: &mut Job<'_>) {
     let passes = |job: &mut Job<'_>, staged: &Staged| {
         let mut t0 = 0;
-        while job.n_tokens - t0 >= MAX_GROUPS * GROUP {
-            // SAFETY: forwarded; tokens t0.. are MAX_GROUPS whole staged groups.
-            unsafe { rows_pass::<B, I, { MAX_GROUPS * GROUP }, 1>(job, &staged.bytes, t0) };
-            t0 += MAX_GROUPS * GROUP;
+        while job.n_tokens - t0 >= 2 * WIDE {
+            // SAFETY: forwarded; tokens t0..t0 + 2 WIDE are two whole staged runs.
+            unsafe { wide::wide_pass::<B, I, 2>(job, staged, t0) };
+            t0 += 2 * WIDE;
         }
-        while job.n_tokens - t0 >= 2 * GROUP {
-            // SAFETY: forwarded; tokens t0..t0 + 2 GROUP are two whole staged groups.
-            unsafe { rows_pass::<B, I, { 2 * GROUP }, 1>(job, &staged.bytes, t0) };
-            t0 += 2 * GROUP;
+        if job.n_tokens - t0 >= WIDE {
+            // SAFETY: forwarded; tokens t0..t0 + WIDE are a whole staged run.
+            unsafe { wide::wide_pass::<B, I, 1>(job, staged, t0) };
+            t0 += WIDE;
         }
         while job.n_tokens - t0 >= GROUP {
             // SAFETY: forwarded; tokens t0..t0 + GROUP are within n_tokens and staged.
@@ -214,12 +267,11 @@ unsafe fn rows_pass<B: Blocks, I: Isa, const T: usize, const R: usize>(
     staged: &[u8],
     t0: usize,
 ) {
-    debug_assert!(t0 + T <= job.n_tokens && (t0 % GROUP + T <= GROUP || T % GROUP == 0));
+    debug_assert!(t0 + T <= job.n_tokens && t0 % GROUP + T <= GROUP);
     debug_assert!(staged.len() >= job.n_tokens.div_ceil(GROUP) * job.blocks * UNIT);
     // The group's units start here; the tile reads lanes t0 % GROUP .. + T of each.
     let units = staged[t0 / GROUP * job.blocks * UNIT..].as_ptr();
     let lane = t0 % GROUP;
-    let group_stride = job.blocks * UNIT;
     let mut r0 = 0;
     while r0 < job.n_rows {
         let rows = job.rows[r0 * job.row_bytes..].as_ptr();
@@ -230,10 +282,9 @@ unsafe fn rows_pass<B: Blocks, I: Isa, const T: usize, const R: usize>(
         // are forwarded from this function's contract.
         let sums = unsafe {
             if tile_rows == R {
-                I::tile::<B, R, T>(rows, job.row_bytes, units, group_stride, lane, job.blocks)
+                I::tile::<B, R, T>(rows, job.row_bytes, units, lane, job.blocks)
             } else {
-                let one =
-                    I::tile::<B, 1, T>(rows, job.row_bytes, units, group_stride, lane, job.blocks);
+                let one = I::tile::<B, 1, T>(rows, job.row_bytes, units, lane, job.blocks);
                 let mut wide = [[0.0; T]; R];
                 wide[0] = one[0];
                 wide
@@ -258,6 +309,12 @@ trait Blocks {
     const HAS_MIN: bool;
     /// A weight block's quants, decoded.
     type Weight: Copy;
+    /// Whether [`Self::bytes`] are signed (Q8_0: the wide tile applies the sign trick
+    /// per broadcast chunk); else they are the unsigned operand as they are.
+    const SIGNED: bool;
+
+    /// The block's 32 quants as bytes, element order.
+    fn bytes(w: &Self::Weight) -> __m256i;
 
     /// # Safety
     /// `p` points at a whole weight block; the CPU has AVX2, FMA and F16C.
@@ -306,18 +363,11 @@ unsafe fn tile_body<B: Blocks, I: Isa, const R: usize, const T: usize>(
     w: *const u8,
     w_stride: usize,
     units: *const u8,
-    group_stride: usize,
     lane: usize,
     blocks: usize,
 ) -> [[f32; T]; R] {
-    debug_assert!(R <= 4 && (R == 1 || T == 1) && T <= MAX_GROUPS * GROUP);
-    debug_assert!(if T == 1 {
-        lane < GROUP
-    } else {
-        T % GROUP == 0 && lane == 0
-    });
-    // Groups a tile of T > 1 reads.
-    let groups = T.div_ceil(GROUP);
+    debug_assert!(R <= 4 && (R == 1 || T == 1) && lane + T <= GROUP);
+    debug_assert!(T == 1 || (T == GROUP && lane == 0));
     // SAFETY: every weight pointer formed below is `w + r * w_stride + b * W` with
     // r < R, b < blocks: a block inside the rows the contract promises; every
     // activation pointer is inside unit b < blocks (the quants of a token lane < GROUP,
@@ -325,8 +375,8 @@ unsafe fn tile_body<B: Blocks, I: Isa, const R: usize, const T: usize>(
     unsafe {
         // Four lanes: the tokens (T > 1) or the rows (T = 1); Σ P · (d_w · d_a) and Σ m · s
         // apart, so that each is a chain of one FMA per block.
-        let mut acc = [_mm_setzero_ps(); MAX_GROUPS];
-        let mut acc_min = [_mm_setzero_ps(); MAX_GROUPS];
+        let mut acc = _mm_setzero_ps();
+        let mut acc_min = _mm_setzero_ps();
         for b in 0..blocks {
             // The next tile's rows: each row here is a stream of only a few cache lines,
             // too short for the hardware prefetcher to find in time (a profile shows the
@@ -338,8 +388,8 @@ unsafe fn tile_body<B: Blocks, I: Isa, const R: usize, const T: usize>(
             }
             let wb = w.add(b * B::W);
             if T > 1 {
-                // One row's block against whole groups (lane 0); lane t of group h's
-                // sums is its token t.
+                // One row's block against the whole group (lane 0, T = GROUP); lane t
+                // of the sums is token t.
                 let x = B::weight(wb);
                 let d = _mm_broadcastss_ps(B::scales(wb, w_stride, 1));
                 let m = if B::HAS_MIN {
@@ -347,20 +397,18 @@ unsafe fn tile_body<B: Blocks, I: Isa, const R: usize, const T: usize>(
                 } else {
                     _mm_setzero_ps()
                 };
-                for h in 0..groups {
-                    let unit = units.add(h * group_stride + b * UNIT);
-                    let mut dots = [_mm256_setzero_si256(); 4];
-                    for t in 0..GROUP {
-                        let y = _mm256_loadu_si256(unit.add(32 * t).cast());
-                        dots[t] = B::dot::<I>(&x, y);
-                    }
-                    let p = _mm_cvtepi32_ps(sum4(dots));
-                    let dd = _mm_mul_ps(d, _mm_loadu_ps(unit.add(D_AT).cast()));
-                    acc[h] = _mm_fmadd_ps(p, dd, acc[h]);
-                    if B::HAS_MIN {
-                        let s = _mm_loadu_ps(unit.add(S_AT).cast());
-                        acc_min[h] = _mm_fmadd_ps(m, s, acc_min[h]);
-                    }
+                let unit = units.add(b * UNIT);
+                let mut dots = [_mm256_setzero_si256(); 4];
+                for t in 0..T {
+                    let y = _mm256_loadu_si256(unit.add(32 * t).cast());
+                    dots[t] = B::dot::<I>(&x, y);
+                }
+                let p = _mm_cvtepi32_ps(sum4(dots));
+                let dd = _mm_mul_ps(d, _mm_loadu_ps(unit.add(D_AT).cast()));
+                acc = _mm_fmadd_ps(p, dd, acc);
+                if B::HAS_MIN {
+                    let s = _mm_loadu_ps(unit.add(S_AT).cast());
+                    acc_min = _mm_fmadd_ps(m, s, acc_min);
                 }
             } else {
                 // The R rows' blocks against token `lane`; lane r of the sums is row r.
@@ -373,28 +421,22 @@ unsafe fn tile_body<B: Blocks, I: Isa, const R: usize, const T: usize>(
                 let p = _mm_cvtepi32_ps(sum4(dots));
                 let da = _mm_broadcast_ss(&*unit.add(D_AT + 4 * lane).cast::<f32>());
                 let dd = _mm_mul_ps(B::scales(wb, w_stride, R), da);
-                acc[0] = _mm_fmadd_ps(p, dd, acc[0]);
+                acc = _mm_fmadd_ps(p, dd, acc);
                 if B::HAS_MIN {
                     let s = _mm_broadcast_ss(&*unit.add(S_AT + 4 * lane).cast::<f32>());
-                    acc_min[0] = _mm_fmadd_ps(B::mins(wb, w_stride, R), s, acc_min[0]);
+                    acc_min = _mm_fmadd_ps(B::mins(wb, w_stride, R), s, acc_min);
                 }
             }
         }
-        let mut lanes = [[0.0f32; GROUP]; MAX_GROUPS];
-        for h in 0..groups {
-            if B::HAS_MIN {
-                acc[h] = _mm_add_ps(acc[h], acc_min[h]);
-            }
-            _mm_storeu_ps(lanes[h].as_mut_ptr(), acc[h]);
+        if B::HAS_MIN {
+            acc = _mm_add_ps(acc, acc_min);
         }
+        let mut lanes = [0.0f32; 4];
+        _mm_storeu_ps(lanes.as_mut_ptr(), acc);
         let mut sums = [[0.0f32; T]; R];
         for r in 0..R {
             for t in 0..T {
-                sums[r][t] = if T > 1 {
-                    lanes[t / GROUP][t % GROUP]
-                } else {
-                    lanes[0][r]
-                };
+                sums[r][t] = lanes[if T > 1 { t } else { r }];
             }
         }
         sums
@@ -437,6 +479,12 @@ impl Blocks for Q4_0 {
     const HAS_MIN: bool = true;
     /// The 32 nibbles as bytes 0..=15, element order.
     type Weight = __m256i;
+    const SIGNED: bool = false;
+
+    #[inline(always)]
+    fn bytes(q: &__m256i) -> __m256i {
+        *q
+    }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -474,6 +522,12 @@ impl Blocks for Q4_1 {
     const W: usize = kiln_ir::quant::q4_1::BLOCK_BYTES;
     const HAS_MIN: bool = true;
     type Weight = __m256i;
+    const SIGNED: bool = false;
+
+    #[inline(always)]
+    fn bytes(q: &__m256i) -> __m256i {
+        *q
+    }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -518,6 +572,12 @@ impl Blocks for Q8_0 {
     const W: usize = kiln_ir::quant::q8_0::BLOCK_BYTES;
     const HAS_MIN: bool = false;
     type Weight = Q8_0Weight;
+    const SIGNED: bool = true;
+
+    #[inline(always)]
+    fn bytes(w: &Q8_0Weight) -> __m256i {
+        w.x
+    }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]

@@ -33,7 +33,7 @@ use std::sync::OnceLock;
 
 use kiln_ir::quant::{q4_0, q4_1, q8_0, q8_1};
 
-pub use stage::{ActBlocks, Staged};
+pub use stage::{ActBlocks, StageTask, Staged};
 
 #[cfg(target_arch = "x86_64")]
 mod avx2;

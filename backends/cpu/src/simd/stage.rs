@@ -10,7 +10,13 @@
 //! | [`S_AT`] `..` | `s` of each token, f32: what a weight block's minimum `m` is multiplied by |
 //!
 //! so a tile reads a token's quants with one load, and the `d`s and `s`s of the whole
-//! group with one 128-bit load each. `s = d * sum(y)`: stored in a Q8_1 block (Q4_1
+//! group with one 128-bit load each.
+//!
+//! Whole runs of [`WIDE`] tokens are staged a second time, interleaved for the wide tiles
+//! (after the groups, [`WIDE_UNIT`] bytes a (run, block)): bytes `32 k + 4 i ..+ 4` are
+//! quants `4 k .. 4 k + 4` of token `i`, so that one `vpdpbusd` of a broadcast 4-byte
+//! chunk of the weight block against 32 bytes gives the 8 tokens' partial dots in its 8
+//! lanes (no reduction across lanes); then the 8 `d`s ([`W_D_AT`]) and `s`s ([`W_S_AT`]). `s = d * sum(y)`: stored in a Q8_1 block (Q4_1
 //! weights), computed here for a Q8_0 block (Q4_0 weights, whose `-8` the kernels take
 //! as a minimum `m = -8 d`; Q8_0 weights ignore it). The last group is padded with
 //! zeros. A group's units are contiguous, so groups can be staged in parallel.
@@ -25,6 +31,12 @@ pub(super) const D_AT: usize = 32 * GROUP;
 pub(super) const S_AT: usize = D_AT + 4 * GROUP;
 /// Bytes of one (group, block) unit.
 pub(super) const UNIT: usize = S_AT + 4 * GROUP;
+/// Tokens of a wide run.
+pub(super) const WIDE: usize = 8;
+/// Byte offsets of the `d`s and `s`s in a wide unit, and its size.
+pub(super) const W_D_AT: usize = 32 * WIDE;
+pub(super) const W_S_AT: usize = W_D_AT + 4 * WIDE;
+pub(super) const WIDE_UNIT: usize = W_S_AT + 4 * WIDE;
 
 /// The 8-bit activation block formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -53,42 +65,84 @@ pub struct Staged {
     pub(super) bytes: Vec<u8>,
 }
 
+/// One parallel staging task: up to [`Staged::TASK_TOKENS`] tokens from `t0`, their two
+/// groups' bytes and, for a whole run, the run's bytes.
+#[derive(Debug)]
+pub struct StageTask<'a> {
+    pub t0: usize,
+    pub n: usize,
+    groups: &'a mut [u8],
+    wide: Option<&'a mut [u8]>,
+}
+
 impl Staged {
     /// Room for `n_tokens` rows of `blocks` blocks, zeroed (the padding of the last
     /// group stays so).
     pub fn new(format: ActBlocks, n_tokens: usize, blocks: usize) -> Staged {
-        Staged {
+        let mut staged = Staged {
             format,
             n_tokens,
             blocks,
-            bytes: vec![0; n_tokens.div_ceil(GROUP) * blocks * UNIT],
+            bytes: Vec::new(),
+        };
+        staged.bytes.resize(staged.len(), 0);
+        staged
+    }
+
+    /// Tokens a [`StageTask`] covers: one wide run, two groups.
+    pub const TASK_TOKENS: usize = WIDE;
+
+    fn groups_len(&self) -> usize {
+        self.n_tokens.div_ceil(GROUP) * self.blocks * UNIT
+    }
+
+    fn len(&self) -> usize {
+        self.groups_len() + self.n_tokens / WIDE * self.blocks * WIDE_UNIT
+    }
+
+    /// Byte offset of the wide runs.
+    pub(super) fn wide_at(&self) -> usize {
+        self.groups_len()
+    }
+
+    /// The staging tasks, each to run with [`Self::stage_task`] (in parallel if wanted).
+    pub fn tasks(&mut self) -> Vec<StageTask<'_>> {
+        let (n_tokens, blocks) = (self.n_tokens, self.blocks);
+        let (mut groups, mut wide) = self
+            .bytes
+            .split_at_mut(n_tokens.div_ceil(GROUP) * blocks * UNIT);
+        let mut tasks = Vec::new();
+        for t0 in (0..n_tokens).step_by(WIDE) {
+            let n = WIDE.min(n_tokens - t0);
+            let (g, rest) =
+                std::mem::take(&mut groups).split_at_mut(n.div_ceil(GROUP) * blocks * UNIT);
+            groups = rest;
+            let run = if n == WIDE {
+                let (r, rest) = std::mem::take(&mut wide).split_at_mut(blocks * WIDE_UNIT);
+                wide = rest;
+                Some(r)
+            } else {
+                None
+            };
+            tasks.push(StageTask {
+                t0,
+                n,
+                groups: g,
+                wide: run,
+            });
         }
+        tasks
     }
 
-    /// Tokens per group: the rows [`Self::groups_mut`] hands out each chunk for.
-    pub const GROUP: usize = GROUP;
-
-    /// Each group's bytes, to stage with [`Self::stage_group`] (in parallel if wanted).
-    pub fn groups_mut(&mut self) -> std::slice::ChunksExactMut<'_, u8> {
-        self.bytes.chunks_exact_mut((self.blocks * UNIT).max(1))
-    }
-
-    /// Stages one group: `rows` starts with its `n` tokens' activation rows (`n <=`
-    /// [`GROUP`], `row_bytes` apart, as many blocks each as the group has units) and
-    /// `group` is its chunk from [`Self::groups_mut`].
-    pub fn stage_group(
-        format: ActBlocks,
-        rows: &[u8],
-        row_bytes: usize,
-        n: usize,
-        group: &mut [u8],
-    ) {
+    /// Stages one task: `rows` starts with its `n` tokens' activation rows (`row_bytes`
+    /// apart, `blocks` blocks each).
+    pub fn stage_task(format: ActBlocks, rows: &[u8], row_bytes: usize, task: &mut StageTask<'_>) {
         let act_bytes = format.block_bytes();
-        let blocks = group.len() / UNIT;
-        for lane in 0..n.min(GROUP) {
-            let row = &rows[lane * row_bytes..][..blocks * act_bytes];
+        let unit_blocks = task.groups.len() / UNIT / task.n.div_ceil(GROUP);
+        for i in 0..task.n {
+            let row = &rows[i * row_bytes..][..unit_blocks * act_bytes];
+            let (group, lane) = (i / GROUP, i % GROUP);
             for (b, block) in row.chunks_exact(act_bytes).enumerate() {
-                let unit = &mut group[b * UNIT..][..UNIT];
                 let d = f16_at(block, 0);
                 let (quants, s) = match format {
                     ActBlocks::Q8_1 => (&block[4..36], f16_at(block, 2)),
@@ -97,9 +151,18 @@ impl Staged {
                         (&block[2..34], d * sum as f32)
                     }
                 };
+                let unit = &mut task.groups[(group * unit_blocks + b) * UNIT..][..UNIT];
                 unit[32 * lane..][..32].copy_from_slice(quants);
                 unit[D_AT + 4 * lane..][..4].copy_from_slice(&d.to_le_bytes());
                 unit[S_AT + 4 * lane..][..4].copy_from_slice(&s.to_le_bytes());
+                if let Some(wide) = task.wide.as_deref_mut() {
+                    let unit = &mut wide[b * WIDE_UNIT..][..WIDE_UNIT];
+                    for (k, chunk) in quants.chunks_exact(4).enumerate() {
+                        unit[32 * k + 4 * i..][..4].copy_from_slice(chunk);
+                    }
+                    unit[W_D_AT + 4 * i..][..4].copy_from_slice(&d.to_le_bytes());
+                    unit[W_S_AT + 4 * i..][..4].copy_from_slice(&s.to_le_bytes());
+                }
             }
         }
     }
@@ -128,12 +191,9 @@ impl Staged {
     ) {
         (self.format, self.n_tokens, self.blocks) = (format, n_tokens, blocks);
         self.bytes.clear();
-        self.bytes
-            .resize(n_tokens.div_ceil(GROUP) * blocks * UNIT, 0);
-        for (g, group) in self.groups_mut().enumerate() {
-            let t0 = g * GROUP;
-            let n = GROUP.min(n_tokens - t0);
-            Staged::stage_group(format, &rows[t0 * row_bytes..], row_bytes, n, group);
+        self.bytes.resize(self.len(), 0);
+        for mut task in self.tasks() {
+            Staged::stage_task(format, &rows[task.t0 * row_bytes..], row_bytes, &mut task);
         }
     }
 }
