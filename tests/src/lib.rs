@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 pub mod conformance;
+pub mod device;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {

@@ -20,6 +20,9 @@ use crate::{pool, simd};
 /// to many.
 const ROWS_PER_TASK: usize = 32;
 
+/// A row quantizer of `kiln_ir::quant`: (cols) f32 in, the row's blocks out.
+type QuantizeRow = fn(&[f32], &mut [u8]);
+
 /// Activations in the form a weight dtype's dot product wants.
 #[derive(Debug)]
 pub enum Acts<'a> {
@@ -40,7 +43,7 @@ pub enum Acts<'a> {
 impl<'a> Acts<'a> {
     /// Prepare `x` (tokens, cols) for weights of `dtype`.
     pub fn new(dtype: DType, x: &'a [f32], cols: usize) -> Acts<'a> {
-        let (format, quantize_row): (_, fn(&[f32], &mut [u8])) = match dtype {
+        let (format, quantize_row): (_, QuantizeRow) = match dtype {
             DType::Q4_0 | DType::Q8_0 => (ActBlocks::Q8_0, q8_0::quantize_row),
             DType::Q4_1 => (ActBlocks::Q8_1, q8_1::quantize_row),
             _ => return Acts::F32 { x, cols },
