@@ -98,3 +98,176 @@ pub fn argmax_launch(rows: u32) -> Option<Launch> {
         shared_bytes: 0,
     })
 }
+
+/// Positions of a decode attention tile (attention_decode.cu: AD_TILE).
+pub const AD_TILE: u32 = 32;
+/// Threads of a decode attention block (attention_decode.cu: AD_WARPS warps).
+pub const AD_THREADS: u32 = 4 * WARP;
+/// Query heads one decode block serves (attention_decode.cu: AD_MAX_GROUP): a KV head
+/// with a larger group gets several blocks.
+pub const AD_MAX_GROUP: u32 = 8;
+/// Most splits of one (token, KV head): the partial buffer holds this many.
+pub const MAX_SPLITS: u32 = 16;
+/// Fewest positions worth a split of their own: shorter ones cost more in the combine
+/// and the extra (m, l, acc) traffic than their parallelism gains (to tune on a GPU).
+pub const SPLIT_MIN_POSITIONS: u32 = 512;
+/// Steps of at most this many tokens take the decode kernel (batched decode, short
+/// chunks); longer ones the one-block-per-(head, token) kernel until prefill has its own.
+pub const DECODE_MAX_TOKENS: u32 = 64;
+/// Static shared memory of the decode kernel: q of AD_MAX_GROUP heads of up to 256 dims,
+/// and the FP8 scales (attention_decode.cu: q_sh, scales).
+const AD_STATIC_SHARED: u32 = AD_MAX_GROUP * 256 * 4 + 2 * 2 * AD_TILE * 4;
+/// Dynamic shared memory a kernel gets without opting in (cuFuncSetAttribute above it).
+pub const DEFAULT_MAX_SHARED: u32 = 48 * 1024;
+
+/// The shape of an attention dispatch, read from its params block (kv_common.cuh:
+/// KvParams words 4, 5, 6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttentionShape {
+    pub n_heads: u32,
+    pub n_kv_heads: u32,
+    pub head_dim: u32,
+    /// Bytes of one KV value: 1 for FP8 E4M3, 2 for F16.
+    pub value_bytes: u32,
+}
+
+impl AttentionShape {
+    /// From the words of a KvParams block; None when they cannot be an attention's
+    /// (Program::new checked them: this only keeps the host from dividing by zero).
+    pub fn from_params(words: &[u32], value_bytes: u32) -> Option<AttentionShape> {
+        let (n_heads, n_kv_heads, head_dim) = (*words.get(4)?, *words.get(5)?, *words.get(6)?);
+        let ok = n_kv_heads > 0
+            && n_heads.is_multiple_of(n_kv_heads)
+            && head_dim > 0
+            && head_dim.is_multiple_of(4)
+            && head_dim <= 256;
+        ok.then_some(AttentionShape {
+            n_heads,
+            n_kv_heads,
+            head_dim,
+            value_bytes,
+        })
+    }
+
+    /// Blocks per KV head: one per AD_MAX_GROUP query heads of its group.
+    pub fn head_blocks(&self) -> u32 {
+        (self.n_heads / self.n_kv_heads).div_ceil(AD_MAX_GROUP)
+    }
+}
+
+/// Bytes between two rows of a shared tile (attention_decode.cu: ad_row_stride).
+pub fn decode_row_stride(shape: &AttentionShape) -> u32 {
+    (shape.head_dim * shape.value_bytes).div_ceil(16) * 16 + 16
+}
+
+/// Dynamic shared memory of the decode kernel: 2 stages × (K, V) × AD_TILE rows.
+pub fn decode_shared_bytes(shape: &AttentionShape) -> u32 {
+    2 * 2 * AD_TILE * decode_row_stride(shape)
+}
+
+/// Static plus dynamic shared memory of a decode block (what the device must allow).
+pub fn decode_total_shared(shape: &AttentionShape) -> u32 {
+    decode_shared_bytes(shape) + AD_STATIC_SHARED
+}
+
+/// The length class of a step: how many splits its longest context could use. Splits
+/// depend on nothing else of the positions, so a captured graph is keyed by this.
+pub fn length_class(max_context: u32) -> u32 {
+    (max_context / SPLIT_MIN_POSITIONS).clamp(1, MAX_SPLITS)
+}
+
+/// Splits of each (token, KV head) for a step of `n_tokens` tokens of length class
+/// `class` ([`length_class`]) on `sm_count` SMs: enough blocks for two per SM, each
+/// split at least [`SPLIT_MIN_POSITIONS`] long, a power of two (fewer graph shapes).
+/// One split when the step does not take the decode kernel.
+pub fn attention_splits(shape: &AttentionShape, n_tokens: u32, class: u32, sm_count: u32) -> u32 {
+    if n_tokens == 0 || n_tokens > DECODE_MAX_TOKENS {
+        return 1;
+    }
+    let blocks = n_tokens * shape.n_kv_heads * shape.head_blocks();
+    let want = (2 * sm_count.max(1)).div_ceil(blocks);
+    let s = want.min(class).clamp(1, MAX_SPLITS);
+    // The largest power of two not above s.
+    1 << (31 - s.leading_zeros())
+}
+
+/// The decode kernel's launch: grid (KV heads × head blocks, tokens, splits).
+pub fn attention_decode_launch(
+    shape: &AttentionShape,
+    n_tokens: u32,
+    splits: u32,
+) -> Option<Launch> {
+    let l = Launch {
+        entry: crate::sources::DECODE_ENTRY,
+        grid: [shape.n_kv_heads * shape.head_blocks(), n_tokens, splits],
+        block: [AD_THREADS, 1, 1],
+        shared_bytes: decode_shared_bytes(shape),
+    };
+    (n_tokens > 0 && n_tokens <= DECODE_MAX_TOKENS && (1..=MAX_SPLITS).contains(&splits))
+        .then_some(l)
+}
+
+/// The combine launch after a decode launch of `splits` > 1: grid (heads, tokens).
+pub fn attention_combine_launch(
+    shape: &AttentionShape,
+    n_tokens: u32,
+    splits: u32,
+) -> Option<Launch> {
+    (splits > 1 && n_tokens > 0).then_some(Launch {
+        entry: crate::sources::COMBINE_ENTRY,
+        grid: [shape.n_heads, n_tokens, 1],
+        block: [WG, 1, 1],
+        shared_bytes: 0,
+    })
+}
+
+/// f32 values of the partial buffer for a step: acc (tokens, heads, splits, head_dim)
+/// then (m, l) (tokens, heads, splits, 2) (attention_decode.cu: partial).
+pub fn partial_floats(shape: &AttentionShape, n_tokens: u32, splits: u32) -> u64 {
+    u64::from(n_tokens)
+        * u64::from(shape.n_heads)
+        * u64::from(splits)
+        * (u64::from(shape.head_dim) + 2)
+}
+
+/// Bytes of the partial buffer that covers every step of a plan with this shape.
+pub fn partial_bytes_max(shape: &AttentionShape) -> u64 {
+    4 * partial_floats(shape, DECODE_MAX_TOKENS, MAX_SPLITS)
+}
+
+/// The positions `[begin, end)` split `split` of `splits` covers of a context of `n`
+/// positions: chunks of whole tiles, the last split the rest, empty ones at the end
+/// (attention_decode.cu computes the same).
+pub fn split_range(n: u32, splits: u32, split: u32) -> (u32, u32) {
+    let chunk = n.div_ceil(splits).div_ceil(AD_TILE) * AD_TILE;
+    let begin = n.min(split * chunk);
+    (begin, n.min(begin + chunk))
+}
+
+/// Query rows of a prefill attention block (attention_prefill.cu: FP_BQ).
+pub const FP_ROWS: u32 = 64;
+/// KV positions of a prefill attention tile (attention_prefill.cu: FP_BK).
+pub const FP_KEYS: u32 = 32;
+
+/// Dynamic shared memory of the prefill kernel (attention_prefill.cu: qs, ks, vt), f16:
+/// q (FP_ROWS, hdp + 8), K (FP_KEYS, hdp + 8), V transposed (hdp, FP_KEYS + 8), hdp the
+/// head size rounded up to 16.
+pub fn prefill_shared_bytes(shape: &AttentionShape) -> u32 {
+    let hdp = shape.head_dim.div_ceil(16) * 16;
+    2 * ((FP_ROWS + FP_KEYS) * (hdp + 8) + hdp * (FP_KEYS + 8))
+}
+
+/// The tensor-core prefill attention's launch (FP8 caches, steps of more than
+/// [`DECODE_MAX_TOKENS`] tokens, devices with mma.sync): grid (heads, query tiles).
+pub fn attention_prefill_launch(
+    shape: &AttentionShape,
+    n_tokens: u32,
+    tensor_cores: bool,
+) -> Option<Launch> {
+    (tensor_cores && shape.value_bytes == 1 && n_tokens > DECODE_MAX_TOKENS).then_some(Launch {
+        entry: crate::sources::PREFILL_ENTRY,
+        grid: [shape.n_heads, n_tokens.div_ceil(FP_ROWS), 1],
+        block: [4 * WARP, 1, 1],
+        shared_bytes: prefill_shared_bytes(shape),
+    })
+}

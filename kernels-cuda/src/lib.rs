@@ -18,6 +18,8 @@ pub mod launch;
 pub mod sources;
 
 #[cfg(test)]
+mod attention_tests;
+#[cfg(test)]
 mod tests;
 
 pub use launch::{Launch, launch};

@@ -44,6 +44,18 @@ pub const FILES: &[(&str, &str)] = &[
     ("kv_write.cu", include_str!("cuda/kv_write.cu")),
     ("rope_kv_write.cu", include_str!("cuda/rope_kv_write.cu")),
     ("attention.cu", include_str!("cuda/attention.cu")),
+    (
+        "attention_decode.cu",
+        include_str!("cuda/attention_decode.cu"),
+    ),
+    (
+        "attention_combine.cu",
+        include_str!("cuda/attention_combine.cu"),
+    ),
+    (
+        "attention_prefill.cu",
+        include_str!("cuda/attention_prefill.cu"),
+    ),
     // Not an op of the plan: the greedy LM head (CudaBackend::argmax_last_logits).
     ("argmax.cu", include_str!("cuda/argmax.cu")),
 ];
@@ -52,6 +64,15 @@ pub const FILES: &[(&str, &str)] = &[
 pub const ENTRY: &str = "kiln_main";
 /// The tensor-core entry point of the matmul ops (matmul_mma.cu).
 pub const MMA_ENTRY: &str = "kiln_mma";
+/// The paged decode attention of the attention variants (attention_decode.cu): GQA
+/// groups per block, split-K; takes the partial buffer as a sixth argument.
+pub const DECODE_ENTRY: &str = "kiln_attn_decode";
+/// The merge of the decode splits (attention_combine.cu): partial buffer and split count
+/// after the common arguments.
+pub const COMBINE_ENTRY: &str = "kiln_attn_combine";
+/// Causal flash attention of prefill steps on tensor cores (attention_prefill.cu): the
+/// FP8 attention variant only, sm_80+.
+pub const PREFILL_ENTRY: &str = "kiln_attn_prefill";
 /// The entry point of argmax.cu.
 pub const ARGMAX_ENTRY: &str = "kiln_argmax";
 
@@ -78,10 +99,20 @@ pub fn has_tensor_cores(v: &Variant) -> bool {
     is_matmul(v.op) && v.weight.is_some_and(|w| w.is_quantized())
 }
 
+/// Whether the variant has the tensor-core prefill attention [`PREFILL_ENTRY`]: FP8 KV
+/// caches (f16 q and P would round what the F16 cache's f32 kernel does not).
+pub fn has_prefill(v: &Variant) -> bool {
+    v.op == "attention" && v.kv == Some(KvDtype::F8E4M3)
+}
+
 /// The entry points a variant's module holds.
 pub fn entries(v: &Variant) -> &'static [&'static str] {
     if has_tensor_cores(v) {
         &[ENTRY, MMA_ENTRY]
+    } else if has_prefill(v) {
+        &[ENTRY, DECODE_ENTRY, COMBINE_ENTRY, PREFILL_ENTRY]
+    } else if v.op == "attention" {
+        &[ENTRY, DECODE_ENTRY, COMBINE_ENTRY]
     } else {
         &[ENTRY]
     }

@@ -39,6 +39,7 @@ macro_rules! conformance_suite {
                 h64_gqa1_fp8_p16, h128_gqa1_f16_p5,
                 h128_gqa3_fp8_p16, h128_gqa3_fp8_p5, h128_gqa3_f16_p16, h128_gqa3_f16_p5,
                 h64_gqa4_fp8_p16, h64_gqa4_fp8_p5, h64_gqa4_f16_p16, h64_gqa4_f16_p5,
+                h128_gqa8_f16_p16, h64_gqa16_fp8_p5, h128_gqa4_fp8_p16,
             ],
             rope_kv_write_q: [h64_gqa3_fp8_p16, h128_gqa4_f16_p5],
             rope_kv_write_attention: [h64_gqa3_fp8_p16, h128_gqa4_f16_p5],

@@ -10,7 +10,8 @@ use kiln_ir::{Graph, Op, Plan};
 use kiln_kernels_wgsl::weights::WeightLayout;
 
 use crate::device::{Gpu, NAME, driver};
-use crate::loaded::{Loaded, alloc, copy_in, copy_out};
+use crate::loaded::Loaded;
+use crate::memory::{alloc, copy_in, copy_out};
 
 /// The CUDA backend: kiln-kernels-cuda on the driver API (cudarc), kernels compiled by
 /// NVRTC for the device and cached on disk.

@@ -118,7 +118,11 @@ impl Gpu {
         // per-buffer event tracking (for several streams) is not needed.
         // SAFETY: no buffer exists yet, and every later use is on `stream` alone.
         unsafe { ctx.disable_event_tracking() };
-        let stream = ctx.default_stream();
+        // A stream of our own, not the legacy default stream: only such a stream can be
+        // captured into a CUDA graph (loaded.rs replays the decode steps).
+        let stream = ctx
+            .new_stream()
+            .map_err(|e| driver("creating the stream", e))?;
         Ok(Gpu {
             ctx,
             stream,

@@ -11,6 +11,8 @@
 mod backend;
 pub mod compile;
 mod device;
+mod graphs;
 mod loaded;
+mod memory;
 
 pub use backend::CudaBackend;

@@ -2,21 +2,35 @@
 //! buffers (params, arena, weights, KV pages, step), and the per-step work: check and
 //! pack the step, upload it, launch every dispatch in order on the one stream. The
 //! Program (kiln-kernels-wgsl) decides every dispatch; kiln-kernels-cuda its geometry.
+//!
+//! Attention of steps of up to `DECODE_MAX_TOKENS` tokens takes the decode kernel
+//! (attention_decode.cu: a block per (KV head, token, split), GQA heads sharing each page
+//! load) and, when the step splits its contexts, the combine kernel; both take the
+//! partial buffer, allocated at load for the largest step and reused by every layer (the
+//! combine of one layer runs before the next layer's decode, on the one stream).
+//! `KILN_CUDA_DECODE_ATTENTION=0` keeps the one-block-per-(head, token) kernel. Decode
+//! steps are captured as CUDA graphs and replayed ([`crate::graphs`]).
 
-use cudarc::driver::sys::{CUevent_flags, CUresult};
-use cudarc::driver::{
-    CudaEvent, CudaFunction, CudaSlice, DevicePtr, DriverError, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::sys::{CUevent_flags, CUfunction_attribute};
+use cudarc::driver::{CudaEvent, CudaFunction, CudaSlice};
 use cudarc::nvrtc::Ptx;
 use kiln_ir::Plan;
 use kiln_ir::backend::{BackendError, LaunchTime, Step, WeightSource};
-use kiln_ir::kv_layout::KvLayout;
-use kiln_kernels_cuda::launch::{Launch, argmax_launch, launch};
-use kiln_kernels_cuda::sources::{self, ARGMAX_ENTRY, ENTRY, MMA_ENTRY};
+use kiln_ir::kv_layout::{KvDtype, KvLayout};
+use kiln_kernels_cuda::launch::{
+    AttentionShape, DECODE_MAX_TOKENS, DEFAULT_MAX_SHARED, Launch, argmax_launch,
+    attention_combine_launch, attention_decode_launch, attention_prefill_launch, attention_splits,
+    decode_shared_bytes, launch, length_class, partial_bytes_max, prefill_shared_bytes,
+};
+use kiln_kernels_cuda::sources::{
+    self, ARGMAX_ENTRY, COMBINE_ENTRY, DECODE_ENTRY, ENTRY, MMA_ENTRY, PREFILL_ENTRY,
+};
 use kiln_kernels_wgsl::program::Count;
 use kiln_kernels_wgsl::{Capabilities, KernelError, Program, Variant, step, weights};
 
 use crate::device::{Gpu, NAME, driver};
+use crate::graphs::{self, Graphs};
+use crate::memory::{address, alloc, copy_in, copy_out, run};
 
 pub(crate) fn kernel_error(e: KernelError) -> BackendError {
     match e {
@@ -36,28 +50,6 @@ pub(crate) fn kernel_error(e: KernelError) -> BackendError {
     }
 }
 
-/// A device buffer of `bytes` (at least 16) zeroed; out of memory is OutOfMemory.
-pub(crate) fn alloc(gpu: &Gpu, bytes: u64, what: &str) -> Result<CudaSlice<u8>, BackendError> {
-    let len = usize::try_from(bytes.max(16)).map_err(|_| BackendError::OutOfMemory {
-        backend: NAME,
-        bytes,
-    })?;
-    gpu.stream.alloc_zeros::<u8>(len).map_err(|e| match e {
-        DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY) => BackendError::OutOfMemory {
-            backend: NAME,
-            bytes,
-        },
-        e => driver(&format!("allocating {what} ({bytes} bytes)"), e),
-    })
-}
-
-/// The device address of a buffer (kernel arguments are raw pointers: one parameter
-/// list for every kernel, and a params pointer per dispatch inside one buffer).
-pub(crate) fn address(gpu: &Gpu, buffer: &CudaSlice<u8>) -> u64 {
-    let (ptr, _sync) = buffer.device_ptr(&gpu.stream);
-    ptr
-}
-
 /// The functions of one kernel variant's module.
 struct Kernel {
     variant: Variant,
@@ -65,6 +57,10 @@ struct Kernel {
     main: CudaFunction,
     /// The tensor-core entry of a matmul.
     mma: Option<CudaFunction>,
+    /// The decode and combine entries of an attention variant.
+    decode: Option<(CudaFunction, CudaFunction)>,
+    /// The tensor-core prefill entry of the FP8 attention variant.
+    prefill: Option<CudaFunction>,
 }
 
 pub(crate) struct Loaded {
@@ -80,6 +76,15 @@ pub(crate) struct Loaded {
     weights: CudaSlice<u8>,
     /// (kv_page_count, page_bytes) the KV pages.
     kv: CudaSlice<u8>,
+    /// (bytes) the decode attention splits' partial results (launch.rs: partial_floats):
+    /// (tokens, heads, splits, head_dim) acc then (tokens, heads, splits, 2) (m, l), f32.
+    partial: CudaSlice<u8>,
+    /// Indexed like `program.launches`, then its dispatches: the attention shape of an
+    /// attention dispatch that may take the decode kernel.
+    attention: Vec<Vec<Option<AttentionShape>>>,
+    sm_count: u32,
+    /// Captured decode steps; None when graphs are off.
+    graphs: Option<Graphs>,
     /// (words) the step buffer, grown as steps need.
     step: CudaSlice<u8>,
     /// (4) the argmax params block: rows_sel, cols, logits, pad.
@@ -157,11 +162,23 @@ impl Loaded {
             } else {
                 None
             };
+            let decode = if p.variant.op == "attention" {
+                Some((function(DECODE_ENTRY)?, function(COMBINE_ENTRY)?))
+            } else {
+                None
+            };
+            let prefill = if sources::has_prefill(&p.variant) {
+                Some(function(PREFILL_ENTRY)?)
+            } else {
+                None
+            };
             kernels.push(Kernel {
                 variant: p.variant,
                 name: p.name.clone(),
                 main: function(ENTRY)?,
                 mma,
+                decode,
+                prefill,
             });
         }
         let argmax = load("argmax")?
@@ -180,7 +197,19 @@ impl Loaded {
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
         copy_in(gpu, &mut argmax_params, 0, &bytes, "argmax params")?;
         let max_rows = plan.max_tokens.max(plan.max_outputs) as u64;
+        let attention = attention_shapes(&program, &kernels)?;
+        let partial_bytes = attention
+            .iter()
+            .flatten()
+            .flatten()
+            .map(partial_bytes_max)
+            .max()
+            .unwrap_or(0);
         let loaded = Loaded {
+            partial: alloc(gpu, partial_bytes, "the attention splits")?,
+            attention,
+            sm_count: gpu.sm_count as u32,
+            graphs: (graphs::enabled() && !debug).then(Graphs::default),
             arena: alloc(gpu, program.arena_bytes, "the arena")?,
             kv: alloc(gpu, program.kv_bytes, "KV pages")?,
             step: alloc(gpu, 4096, "the step")?,
@@ -213,10 +242,56 @@ impl Loaded {
         let data: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
         if data.len() > self.step.len() {
             self.step = alloc(gpu, (data.len() as u64).next_power_of_two(), "the step")?;
+            // The graphs point at the old step buffer.
+            if let Some(g) = &mut self.graphs {
+                g.clear();
+            }
         }
         copy_in(gpu, &mut self.step, 0, &data, "the step")?;
         let (n_tokens, n_outputs) = (words[0], words[1]);
         self.last = (n_tokens, n_outputs);
+        let max_context = s.positions.iter().max().map_or(0, |&p| p.saturating_add(1));
+        let class = length_class(max_context);
+        let graphed = self.timers.is_none() && n_tokens <= DECODE_MAX_TOKENS;
+        match &mut self.graphs {
+            Some(g) if graphed => {
+                let shape = (n_tokens, n_outputs, class);
+                if g.replay(shape)
+                    .map_err(|e| driver("replaying a decode graph", e))?
+                {
+                    return Ok(());
+                }
+                // Capture needs the graphs and `self` at once: take them out meanwhile.
+                let mut g = std::mem::take(g);
+                let captured = g.capture(
+                    &gpu.stream,
+                    shape,
+                    || self.launch_all(gpu, n_tokens, n_outputs, class),
+                    driver,
+                );
+                self.graphs = Some(g);
+                if let Err(e) = captured {
+                    // Whatever failed inside the capture launched nothing: say so, turn
+                    // graphs off, and run this step (and the next ones) directly.
+                    eprintln!("kiln: CUDA graphs off: {e}");
+                    self.graphs = None;
+                    self.launch_all(gpu, n_tokens, n_outputs, class)?;
+                }
+                Ok(())
+            }
+            _ => self.launch_all(gpu, n_tokens, n_outputs, class),
+        }
+    }
+
+    /// Launch every dispatch of a step of `n_tokens` tokens, `n_outputs` outputs and
+    /// length class `class` on the stream (recorded instead when it is capturing).
+    fn launch_all(
+        &self,
+        gpu: &Gpu,
+        n_tokens: u32,
+        n_outputs: u32,
+        class: u32,
+    ) -> Result<(), BackendError> {
         let params = address(gpu, &self.params);
         let buffers = [
             address(gpu, &self.arena),
@@ -224,6 +299,7 @@ impl Loaded {
             address(gpu, &self.kv),
             address(gpu, &self.step),
         ];
+        let partial = address(gpu, &self.partial);
         for (i, dispatches) in self.program.launches.iter().enumerate() {
             if let Some(timers) = &self.timers {
                 timers[i]
@@ -231,8 +307,52 @@ impl Loaded {
                     .record(&gpu.stream)
                     .map_err(|e| driver("recording a timer", e))?;
             }
-            for d in dispatches {
+            for (j, d) in dispatches.iter().enumerate() {
                 let k = &self.kernels[d.pipeline];
+                let p = params + d.params_offset;
+                let shape = self.attention[i][j];
+                if let (Some(shape), Some((decode, combine))) = (shape, &k.decode) {
+                    let splits = attention_splits(&shape, n_tokens, class, self.sm_count);
+                    if let Some(l) = attention_decode_launch(&shape, n_tokens, splits) {
+                        let args = [p, buffers[0], buffers[1], buffers[2], buffers[3], partial];
+                        self.trace(i, k, &l);
+                        run(gpu, decode, &l, &args).map_err(|e| {
+                            driver(&format!("launching {} decode (launch {i})", k.name), e)
+                        })?;
+                        if let Some(l) = attention_combine_launch(&shape, n_tokens, splits) {
+                            let args = [
+                                p,
+                                buffers[0],
+                                buffers[1],
+                                buffers[2],
+                                buffers[3],
+                                partial,
+                                u64::from(splits),
+                            ];
+                            self.trace(i, k, &l);
+                            run(gpu, combine, &l, &args).map_err(|e| {
+                                driver(&format!("launching {} combine (launch {i})", k.name), e)
+                            })?;
+                        }
+                        continue;
+                    }
+                }
+                let prefill = shape.zip(k.prefill.as_ref()).and_then(|(shape, f)| {
+                    attention_prefill_launch(&shape, n_tokens, self.tensor_cores).map(|l| (f, l))
+                });
+                if let Some((f, l)) = prefill {
+                    self.trace(i, k, &l);
+                    run(
+                        gpu,
+                        f,
+                        &l,
+                        &[p, buffers[0], buffers[1], buffers[2], buffers[3]],
+                    )
+                    .map_err(|e| {
+                        driver(&format!("launching {} prefill (launch {i})", k.name), e)
+                    })?;
+                    continue;
+                }
                 let Some(l) = launch(&k.variant, &d.grid, n_tokens, n_outputs, self.tensor_cores)
                 else {
                     continue;
@@ -241,13 +361,7 @@ impl Loaded {
                     (MMA_ENTRY, Some(mma)) => mma,
                     _ => &k.main,
                 };
-                if self.debug {
-                    eprintln!(
-                        "cuda: launch {i} {} {} grid {:?} block {:?}",
-                        k.name, l.entry, l.grid, l.block
-                    );
-                }
-                let p = params + d.params_offset;
+                self.trace(i, k, &l);
                 run(
                     gpu,
                     f,
@@ -264,6 +378,16 @@ impl Loaded {
             }
         }
         Ok(())
+    }
+
+    /// `KILN_DEBUG`: print a launch.
+    fn trace(&self, i: usize, k: &Kernel, l: &Launch) {
+        if self.debug {
+            eprintln!(
+                "cuda: launch {i} {} {} grid {:?} block {:?} shared {}",
+                k.name, l.entry, l.grid, l.block, l.shared_bytes
+            );
+        }
     }
 
     /// Rows of the plan's output in the last step.
@@ -363,6 +487,10 @@ impl Loaded {
                 timers.push((event()?, event()?));
             }
             self.timers = Some(timers);
+            // Timed steps launch directly (events between launches): drop the graphs.
+            if let Some(g) = &mut self.graphs {
+                g.clear();
+            }
             return Err(BackendError::Unsupported {
                 backend: NAME,
                 what: "launch times before a timed step (timers are on from the next step)".into(),
@@ -385,6 +513,69 @@ impl Loaded {
             })
             .collect()
     }
+}
+
+/// The attention shape of every dispatch that may take the decode kernel (None for the
+/// others, and for all with `KILN_CUDA_DECODE_ATTENTION=0`), read from its params block;
+/// raises the decode and prefill kernels' dynamic shared memory limit where they need
+/// more than the default 48 KiB (decode: F16 heads of more than 184 dims; prefill: heads
+/// of more than 160).
+fn attention_shapes(
+    program: &Program,
+    kernels: &[Kernel],
+) -> Result<Vec<Vec<Option<AttentionShape>>>, BackendError> {
+    let on = std::env::var("KILN_CUDA_DECODE_ATTENTION").map_or(true, |v| v != "0");
+    // (pipeline, [decode, prefill]) the dynamic shared memory limit set so far.
+    let mut raised = vec![[0u32; 2]; kernels.len()];
+    let mut shapes = Vec::with_capacity(program.launches.len());
+    for dispatches in &program.launches {
+        let mut row = Vec::with_capacity(dispatches.len());
+        for d in dispatches {
+            let k = &kernels[d.pipeline];
+            let (Some((decode, _)), Some(kv), true) = (&k.decode, k.variant.kv, on) else {
+                row.push(None);
+                continue;
+            };
+            let value_bytes = match kv {
+                KvDtype::F8E4M3 => 1,
+                KvDtype::F16 => 2,
+            };
+            let at = d.params_offset as usize;
+            let words: Vec<u32> = program
+                .params
+                .get(at..at + 28)
+                .unwrap_or_default()
+                .chunks_exact(4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            let shape = AttentionShape::from_params(&words, value_bytes).ok_or_else(|| {
+                BackendError::Unsupported {
+                    backend: NAME,
+                    what: format!("attention params {words:?} of {}", k.name),
+                }
+            })?;
+            // The largest each function needs over the dispatches of its pipeline.
+            let wants = [
+                (Some(decode), decode_shared_bytes(&shape)),
+                (k.prefill.as_ref(), prefill_shared_bytes(&shape)),
+            ];
+            for (slot, (f, shared)) in wants.into_iter().enumerate() {
+                let Some(f) = f else { continue };
+                let done = &mut raised[d.pipeline][slot];
+                if shared > DEFAULT_MAX_SHARED && shared > *done {
+                    f.set_attribute(
+                        CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                        shared as i32,
+                    )
+                    .map_err(|e| driver(&format!("raising the shared memory of {}", k.name), e))?;
+                    *done = shared;
+                }
+            }
+            row.push(Some(shape));
+        }
+        shapes.push(row);
+    }
+    Ok(shapes)
 }
 
 /// The cubin of every (name, source), in order: from the disk cache, or compiled by NVRTC
@@ -432,73 +623,6 @@ fn compile_all(gpu: &Gpu, jobs: &[(String, String)]) -> Result<Vec<Vec<u8>>, Bac
             })
         })
         .collect()
-}
-
-/// Launch `f` with device addresses as its arguments.
-fn run(gpu: &Gpu, f: &CudaFunction, l: &Launch, args: &[u64]) -> Result<(), DriverError> {
-    let cfg = LaunchConfig {
-        grid_dim: (l.grid[0], l.grid[1], l.grid[2]),
-        block_dim: (l.block[0], l.block[1], l.block[2]),
-        shared_mem_bytes: l.shared_bytes,
-    };
-    let mut builder = gpu.stream.launch_builder(f);
-    for a in args {
-        builder.arg(a);
-    }
-    // SAFETY: every kernel of kiln-kernels-cuda takes exactly these pointer arguments
-    // (prelude.cuh: KILN_KERNEL; argmax.cu: params, arena, ids, step), each the address
-    // of a live buffer of this backend; the params blocks, offsets and grid come from the
-    // Program, whose checks keep every index the kernels form inside its buffer.
-    unsafe { builder.launch(cfg) }.map(|_| ())
-}
-
-/// Copy host bytes into `dst` at `offset`, checking the range (cudarc asserts).
-pub(crate) fn copy_in(
-    gpu: &Gpu,
-    dst: &mut CudaSlice<u8>,
-    offset: usize,
-    data: &[u8],
-    what: &str,
-) -> Result<(), BackendError> {
-    if data.is_empty() {
-        return Ok(());
-    }
-    let end = offset
-        .checked_add(data.len())
-        .filter(|&e| e <= dst.len())
-        .ok_or_else(|| BackendError::BadStep {
-            backend: NAME,
-            reason: format!("{} bytes at {offset} outside {what}", data.len()),
-        })?;
-    let mut view = dst.slice_mut(offset..end);
-    gpu.stream
-        .memcpy_htod(data, &mut view)
-        .map_err(|e| driver(&format!("uploading {what}"), e))
-}
-
-/// Copy `out.len()` bytes of `src` at `offset` to the host, after the queued work.
-pub(crate) fn copy_out(
-    gpu: &Gpu,
-    src: &CudaSlice<u8>,
-    offset: usize,
-    out: &mut [u8],
-    what: &str,
-) -> Result<(), BackendError> {
-    if out.is_empty() {
-        return Ok(());
-    }
-    let end = offset
-        .checked_add(out.len())
-        .filter(|&e| e <= src.len())
-        .ok_or_else(|| BackendError::BadStep {
-            backend: NAME,
-            reason: format!("{} bytes at {offset} outside {what}", out.len()),
-        })?;
-    let view = src.slice(offset..end);
-    gpu.stream
-        .memcpy_dtoh(&view, out)
-        .and_then(|()| gpu.stream.synchronize())
-        .map_err(|e| driver(&format!("reading {what}"), e))
 }
 
 /// Every weight to its place in the weights buffer.

@@ -119,3 +119,10 @@ KILN_KERNEL {
         }
     }
 }
+
+// The decode kernels of the same variant (launch.rs chooses): GQA-shared, split-K.
+#include "attention_decode.cu"
+#include "attention_combine.cu"
+#if KV_FP8
+#include "attention_prefill.cu"
+#endif

@@ -99,6 +99,17 @@ pub fn cases() -> Vec<Case> {
             cases.push(attention(64, 8, 2, kv, page_size, &[(17, 2), (1, 1), (40, 33)]));
         }
     }
+    // GQA 8 and 16 (two query-head blocks per KV head in the CUDA decode kernel), and
+    // contexts long enough that a GPU splits them: 2100 positions give 4 splits of a
+    // 4-token step, the 37-position sequence then has two empty splits, the 1100 one a
+    // partial last tile; pages of 5 leave a partial last page. Long contexts are F16: the
+    // step that writes them is thousands of rows, where one zeroed row hides under the
+    // FP8 limit (check_limits_can_fail).
+    cases.push(attention(128, 8, 1, F16, 16, &[(2100, 1), (37, 2), (1100, 1)]));
+    cases.push(attention(64, 16, 1, FP8, 5, &[(130, 1), (5, 5)]));
+    // A final step of 170 tokens: CUDA's tensor-core prefill (FP8), whose second 64-row
+    // tile holds the end of one sequence and the start of the next.
+    cases.push(attention(128, 8, 2, FP8, 16, &[(150, 100), (70, 70)]));
     // RopeKvWrite, checked twice: its rotated q, and the attention over what it stored.
     let roped = |head_dim, n_heads, kv, page_size, rope, seqs: &[(usize, usize)]| {
         [true, false].map(|check_q| {
