@@ -13,6 +13,7 @@ mod backend;
 mod buffer;
 mod device;
 mod loaded;
+mod objects;
 mod spirv;
 
 pub use backend::{Cache, VulkanBackend, VulkanOptions};
