@@ -46,3 +46,19 @@ pub enum KernelError {
     #[error("weight {name:?}: {reason}")]
     Weight { name: String, reason: String },
 }
+
+impl KernelError {
+    /// The same error as a backend's (every backend on these kernels maps it alike).
+    pub fn for_backend(self, backend: &'static str) -> kiln_ir::backend::BackendError {
+        use kiln_ir::backend::BackendError;
+        match self {
+            KernelError::Unsupported(what) => BackendError::Unsupported { backend, what },
+            KernelError::BadStep(reason) => BackendError::BadStep { backend, reason },
+            KernelError::Weight { name, reason } => BackendError::Weight {
+                backend,
+                name,
+                reason,
+            },
+        }
+    }
+}

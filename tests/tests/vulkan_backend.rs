@@ -6,23 +6,12 @@
 //! lavapipe, which is slow: a short prompt and a few tokens.
 
 use kiln_backend_vulkan::{Cache, VulkanBackend, VulkanOptions};
-use kiln_engine::kv::KvDtype;
 use kiln_ir::backend::Backend;
 use kiln_tests::cpu::load;
 use kiln_tests::device::{
-    Greedy, check_buffers_round_trip, check_launch_times, greedy_matches_cpu,
+    Greedy, check_buffers_round_trip, check_launch_times, greedy_matches_cpu, wgsl_limits,
 };
 use kiln_tests::required_on_ci;
-
-/// Logits against the oracle's: (NMSE, largest difference over the largest logit), per
-/// KV type; the same kernels as wgpu, so the same limits (measured on lavapipe: see the
-/// printout).
-fn limits(kv: KvDtype) -> (f64, f64) {
-    match kv {
-        KvDtype::F16 => (1e-4, 5e-3),
-        KvDtype::F8E4M3 => (2e-2, 0.1),
-    }
-}
 
 /// The backend, or None (printed) without a device; CI requires one.
 fn backend() -> Option<VulkanBackend> {
@@ -44,7 +33,7 @@ fn greedy_on_the_reference_model_matches_the_cpu_backend() {
         prompt: "The capital of France is",
         n_ctx: 64,
         tokens: 5,
-        limits,
+        limits: wgsl_limits,
     };
     greedy_matches_cpu(&model, &check, &|| {
         Box::new(VulkanBackend::any_device().unwrap())

@@ -4,24 +4,11 @@
 //! runs on Mesa's lavapipe, which is slow: a short prompt and a few tokens.
 
 use kiln_backend_wgpu::WgpuBackend;
-use kiln_engine::kv::KvDtype;
 use kiln_tests::cpu::load;
 use kiln_tests::device::{
-    Greedy, check_buffers_round_trip, check_launch_times, greedy_matches_cpu,
+    Greedy, check_buffers_round_trip, check_launch_times, greedy_matches_cpu, wgsl_limits,
 };
 use kiln_tests::required_on_ci;
-
-/// Logits of a step against the oracle's: normalized squared error and largest
-/// difference relative to the largest logit, per KV type (measured on lavapipe: see
-/// the printout; limits with headroom, a wrong kernel moves logits by their own size).
-fn limits(kv: KvDtype) -> (f64, f64) {
-    match kv {
-        // Measured 1.5e-6 and 6.5e-4.
-        KvDtype::F16 => (1e-4, 5e-3),
-        // Measured 4.6e-3 and 4.5e-2 (FP8 K/V alone moves the oracle this much).
-        KvDtype::F8E4M3 => (2e-2, 0.1),
-    }
-}
 
 #[test]
 fn greedy_on_the_reference_model_matches_the_cpu_backend() {
@@ -36,7 +23,7 @@ fn greedy_on_the_reference_model_matches_the_cpu_backend() {
         prompt: "The capital of France is",
         n_ctx: 64,
         tokens: 6,
-        limits,
+        limits: wgsl_limits,
     };
     greedy_matches_cpu(&model, &check, &|| {
         Box::new(WgpuBackend::any_adapter().unwrap())

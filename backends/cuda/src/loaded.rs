@@ -33,21 +33,7 @@ use crate::graphs::{self, Graphs};
 use crate::memory::{address, alloc, copy_in, copy_out, run};
 
 pub(crate) fn kernel_error(e: KernelError) -> BackendError {
-    match e {
-        KernelError::Unsupported(what) => BackendError::Unsupported {
-            backend: NAME,
-            what,
-        },
-        KernelError::BadStep(reason) => BackendError::BadStep {
-            backend: NAME,
-            reason,
-        },
-        KernelError::Weight { name, reason } => BackendError::Weight {
-            backend: NAME,
-            name,
-            reason,
-        },
-    }
+    e.for_backend(NAME)
 }
 
 /// The functions of one kernel variant's module.

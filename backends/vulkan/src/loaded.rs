@@ -26,21 +26,7 @@ const RECORDED: usize = 8;
 const WORKGROUP: u32 = 64;
 
 pub(crate) fn kernel_error(e: KernelError) -> BackendError {
-    match e {
-        KernelError::Unsupported(what) => BackendError::Unsupported {
-            backend: NAME,
-            what,
-        },
-        KernelError::BadStep(reason) => BackendError::BadStep {
-            backend: NAME,
-            reason,
-        },
-        KernelError::Weight { name, reason } => BackendError::Weight {
-            backend: NAME,
-            name,
-            reason,
-        },
-    }
+    e.for_backend(NAME)
 }
 
 /// How the kernels are built on this device.

@@ -11,21 +11,7 @@ use kiln_kernels_wgsl::{Capabilities, KernelError, Program, Resource, step, weig
 use crate::device::{Gpu, NAME};
 
 pub(crate) fn kernel_error(e: KernelError) -> BackendError {
-    match e {
-        KernelError::Unsupported(what) => BackendError::Unsupported {
-            backend: NAME,
-            what,
-        },
-        KernelError::BadStep(reason) => BackendError::BadStep {
-            backend: NAME,
-            reason,
-        },
-        KernelError::Weight { name, reason } => BackendError::Weight {
-            backend: NAME,
-            name,
-            reason,
-        },
-    }
+    e.for_backend(NAME)
 }
 
 /// Timestamp queries around every launch, resolved into a buffer read on demand.
