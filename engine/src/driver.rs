@@ -6,7 +6,7 @@ use std::time::Instant;
 use crate::Error;
 use crate::runner::{LogitsFor, Runner};
 use crate::sampler::{Sampler, SamplerConfig, top_logprobs};
-use crate::tokenizer::{StreamDecoder, Tokenizer};
+use kiln_tokenizer::{StreamDecoder, Tokenizer};
 
 /// What to generate.
 #[derive(Clone, Debug)]

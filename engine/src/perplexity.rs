@@ -7,7 +7,7 @@
 use crate::Error;
 use crate::runner::{LogitsFor, Runner};
 use crate::sampler::log_softmax;
-use crate::tokenizer::Tokenizer;
+use kiln_tokenizer::Tokenizer;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct Perplexity {

@@ -1,0 +1,191 @@
+//! The backends a build carries, in one table. The engine meets backends only through
+//! `kiln_ir::backend::Backend`; this crate is the one place that names them, and every
+//! program that offers a choice of backend reads it: the CLI's `--backend`, `kiln bench`,
+//! the C library, the criterion suites and the conformance suite.
+//!
+//! Each backend is an optional dependency behind a cargo feature `backend-<name>`, so a
+//! build carries only the backends it asks for. A backend not built is still listed
+//! ([`ALL`]), so that asking for it can say which feature builds it in.
+
+use kiln_ir::backend::{Backend, BackendError};
+
+/// Opens a backend on this machine's device.
+pub type Opener = fn() -> Result<Box<dyn Backend>, BackendError>;
+
+/// Where the project's CI (a machine without a GPU) runs a backend's tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ci {
+    /// Anywhere: the backend needs no device.
+    Always,
+    /// On Mesa's lavapipe (a CPU Vulkan driver that CI installs): with
+    /// `KILN_REQUIRE_GPU_BACKENDS=1` a missing device fails the tests.
+    Lavapipe,
+    /// Only where the hardware is (an NVIDIA GPU): elsewhere its tests are skipped.
+    Never,
+}
+
+/// One backend: what it is called, how it is built in, how it is opened.
+#[derive(Clone, Copy, Debug)]
+pub struct BackendInfo {
+    pub name: &'static str,
+    /// The cargo feature (of this crate, forwarded by the CLI and the C library) that
+    /// builds it in.
+    pub feature: &'static str,
+    /// One line for `--help`.
+    pub about: &'static str,
+    pub ci: Ci,
+    /// Opens it on a real device; None when this build does not carry it.
+    pub open: Option<Opener>,
+    /// Opens it for tests: also on a CPU implementation of the device API (lavapipe).
+    pub open_for_tests: Option<Opener>,
+}
+
+impl BackendInfo {
+    pub fn compiled(&self) -> bool {
+        self.open.is_some()
+    }
+}
+
+/// `registry! { ident: "name", "feature", Ci, "about", open_path, open_for_tests_path; ... }`:
+/// the table [`ALL`], best first. An entry's openers are compiled only with its feature.
+macro_rules! registry {
+    ($($id:ident: $name:literal, $feature:literal, $ci:expr, $about:literal, $open:expr, $open_tests:expr;)*) => {
+        $(
+            mod $id {
+                #[cfg(feature = $feature)]
+                pub const OPEN: Option<super::Opener> = Some(|| Ok(Box::new($open()?)));
+                #[cfg(feature = $feature)]
+                pub const OPEN_FOR_TESTS: Option<super::Opener> = Some(|| Ok(Box::new($open_tests()?)));
+                #[cfg(not(feature = $feature))]
+                pub const OPEN: Option<super::Opener> = None;
+                #[cfg(not(feature = $feature))]
+                pub const OPEN_FOR_TESTS: Option<super::Opener> = None;
+            }
+        )*
+        /// Every backend kiln has, best first (GPU backends before `cpu`), built in or not.
+        pub const ALL: &[BackendInfo] = &[$(BackendInfo {
+            name: $name,
+            feature: $feature,
+            about: $about,
+            ci: $ci,
+            open: $id::OPEN,
+            open_for_tests: $id::OPEN_FOR_TESTS,
+        }),*];
+    };
+}
+
+registry! {
+    cuda: "cuda", "backend-cuda", Ci::Never,
+        "NVIDIA GPUs (driver and NVRTC loaded at run time)",
+        kiln_backend_cuda::CudaBackend::new, kiln_backend_cuda::CudaBackend::new;
+    vulkan: "vulkan", "backend-vulkan", Ci::Lavapipe,
+        "Vulkan GPUs (ash; the WGSL kernels as SPIR-V)",
+        kiln_backend_vulkan::VulkanBackend::new, kiln_backend_vulkan::VulkanBackend::any_device;
+    wgpu: "wgpu", "backend-wgpu", Ci::Lavapipe,
+        "WebGPU (wgpu on Vulkan, Metal or DX12; the WGSL kernels)",
+        kiln_backend_wgpu::WgpuBackend::new, kiln_backend_wgpu::WgpuBackend::any_adapter;
+    cpu: "cpu", "backend-cpu", Ci::Always,
+        "the CPU (threads, AVX2 / AVX-VNNI block dot products)",
+        crate::cpu_backend, crate::cpu_backend;
+}
+
+#[cfg(feature = "backend-cpu")]
+fn cpu_backend() -> Result<kiln_backend_cpu::CpuBackend, BackendError> {
+    Ok(kiln_backend_cpu::CpuBackend::new())
+}
+
+/// Why a backend could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error(
+        "backend {name:?} is not in this build (it has: {available}); build with `--features {feature}`"
+    )]
+    NotBuilt {
+        name: String,
+        feature: &'static str,
+        available: String,
+    },
+    #[error("there is no backend {name:?} (kiln has: {known})")]
+    Unknown { name: String, known: String },
+    #[error("this build has no backend (build with `--features backend-cpu`)")]
+    NoneBuilt,
+    #[error(transparent)]
+    Open(#[from] BackendError),
+}
+
+/// The backends this build carries, best first.
+pub fn compiled() -> impl Iterator<Item = &'static BackendInfo> {
+    ALL.iter().filter(|b| b.compiled())
+}
+
+/// A backend of the table by name, built in or not.
+pub fn info(name: &str) -> Option<&'static BackendInfo> {
+    ALL.iter().find(|b| b.name == name)
+}
+
+/// Whether this build has any backend.
+pub fn any_compiled() -> bool {
+    compiled().next().is_some()
+}
+
+/// Names of the backends compiled in, best first.
+pub fn names() -> Vec<&'static str> {
+    compiled().map(|b| b.name).collect()
+}
+
+/// Open a backend by name.
+pub fn open(name: &str) -> Result<Box<dyn Backend>, RegistryError> {
+    let Some(info) = info(name) else {
+        return Err(RegistryError::Unknown {
+            name: name.into(),
+            known: ALL.iter().map(|b| b.name).collect::<Vec<_>>().join(", "),
+        });
+    };
+    match info.open {
+        Some(open) => Ok(open()?),
+        None => Err(RegistryError::NotBuilt {
+            name: name.into(),
+            feature: info.feature,
+            available: names().join(", "),
+        }),
+    }
+}
+
+/// The best backend that opens on this machine.
+pub fn open_best() -> Result<Box<dyn Backend>, RegistryError> {
+    let mut last = None;
+    for open in ALL.iter().filter_map(|b| b.open) {
+        match open() {
+            Ok(backend) => return Ok(backend),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map_or(RegistryError::NoneBuilt, RegistryError::Open))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_features_follow_them() {
+        for (i, b) in ALL.iter().enumerate() {
+            assert_eq!(b.feature, format!("backend-{}", b.name));
+            assert!(
+                ALL[i + 1..].iter().all(|o| o.name != b.name),
+                "{} twice",
+                b.name
+            );
+        }
+    }
+
+    #[test]
+    fn a_backend_not_built_says_how_to_build_it() {
+        for b in ALL.iter().filter(|b| !b.compiled()) {
+            let e = open(b.name).err().expect("not built");
+            assert!(e.to_string().contains(b.feature), "{e}");
+        }
+        let e = open("tpu").err().expect("unknown");
+        assert!(e.to_string().contains("cpu"), "{e}");
+    }
+}
