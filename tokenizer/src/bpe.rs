@@ -95,7 +95,7 @@ impl Bpe {
         let n_vocab = vocab.len() as u32;
         let mut extra = TextMap::default();
         let mut intern = |s: &str| -> u32 {
-            if let Some(&id) = vocab.text_to_id.get(s) {
+            if let Some(id) = vocab.id_of(s) {
                 return id;
             }
             let next = n_vocab + extra.len() as u32;
@@ -133,9 +133,9 @@ impl Bpe {
         for b in 0..256 {
             let c = BYTE_TO_CHAR[b];
             let s = c.to_string();
-            byte_sym[b] = vocab.text_to_id.get(&s).or_else(|| extra.get(&s)).copied();
+            byte_sym[b] = vocab.id_of(&s).or_else(|| extra.get(&s).copied());
             if c.is_ascii() {
-                byte_fallback[b] = vocab.text_to_id.get(&s).copied();
+                byte_fallback[b] = vocab.id_of(&s);
             }
         }
         Ok(Bpe {
@@ -162,7 +162,7 @@ impl Bpe {
         if self.ignore_merges {
             s.encoded.clear();
             byte_encode_into(word, &mut s.encoded);
-            if let Some(&id) = vocab.text_to_id.get(&s.encoded) {
+            if let Some(id) = vocab.id_of(&s.encoded) {
                 out.push(id);
                 return;
             }

@@ -1,5 +1,7 @@
 //! Chat prompts: the model's own Jinja template (`tokenizer.chat_template`) rendered with
-//! minijinja the way Hugging Face renders it, or ChatML when the model has none.
+//! minijinja the way Hugging Face renders it, or a built-in format when the model has none
+//! (or one that does not parse): Gemma's turns for a vocabulary with `<start_of_turn>`,
+//! ChatML otherwise.
 //!
 //! Hugging Face renders templates with `trim_blocks` and `lstrip_blocks`, a
 //! `raise_exception` function, a `tojson` filter that writes Python's `json.dumps` format,
@@ -29,6 +31,24 @@ impl ChatMessage {
     }
 }
 
+/// A chat format kiln writes itself, for a model without a usable template.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChatFormat {
+    /// `<|im_start|>role\ncontent<|im_end|>\n`: [`chatml`].
+    ChatMl,
+    /// `<start_of_turn>user\ncontent<end_of_turn>\n`: [`gemma_turns`].
+    Gemma,
+}
+
+impl ChatFormat {
+    pub fn render(self, messages: &[ChatMessage], add_generation_prompt: bool) -> String {
+        match self {
+            ChatFormat::ChatMl => chatml(messages, add_generation_prompt),
+            ChatFormat::Gemma => gemma_turns(messages, add_generation_prompt),
+        }
+    }
+}
+
 /// Render `messages` with `template` (ChatML when `None`). With `add_generation_prompt`
 /// the prompt ends where the assistant's answer starts.
 pub fn render_chat(
@@ -41,6 +61,13 @@ pub fn render_chat(
     let Some(template) = template else {
         return Ok(chatml(messages, add_generation_prompt));
     };
+    let env = environment();
+    let tmpl = env.template_from_str(template).map_err(template_error)?;
+    render(&tmpl, messages, add_generation_prompt, bos_token, eos_token)
+}
+
+/// An environment with Hugging Face's settings and the Python helpers templates use.
+fn environment() -> Environment<'static> {
     let mut env = Environment::new();
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
@@ -48,7 +75,16 @@ pub fn render_chat(
     env.add_function("strftime_now", strftime_now);
     env.add_filter("tojson", tojson);
     env.set_unknown_method_callback(python_method);
-    let tmpl = env.template_from_str(template).map_err(template_error)?;
+    env
+}
+
+fn render(
+    tmpl: &minijinja::Template<'_, '_>,
+    messages: &[ChatMessage],
+    add_generation_prompt: bool,
+    bos_token: &str,
+    eos_token: &str,
+) -> Result<String, TokenizerError> {
     tmpl.render(context! {
         messages => messages,
         add_generation_prompt => add_generation_prompt,
@@ -56,6 +92,35 @@ pub fn render_chat(
         eos_token => eos_token,
     })
     .map_err(template_error)
+}
+
+/// llama.cpp's built-in Gemma format: system messages (trimmed) go in front of the next
+/// user turn, "assistant" is "model", every message is trimmed.
+pub fn gemma_turns(messages: &[ChatMessage], add_generation_prompt: bool) -> String {
+    // C's isspace, as llama.cpp's trim uses.
+    let trim = |s: &str| {
+        s.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\u{0B}' | '\u{0C}' | '\r'))
+            .to_string()
+    };
+    let mut out = String::new();
+    let mut system = String::new();
+    for m in messages {
+        if m.role == "system" {
+            system.push_str(&trim(&m.content));
+            continue;
+        }
+        let role = if m.role == "assistant" { "model" } else { &m.role };
+        let _ = write!(out, "<start_of_turn>{role}\n");
+        if !system.is_empty() && role != "model" {
+            let _ = write!(out, "{system}\n\n");
+            system.clear();
+        }
+        let _ = write!(out, "{}<end_of_turn>\n", trim(&m.content));
+    }
+    if add_generation_prompt {
+        out.push_str("<start_of_turn>model\n");
+    }
+    out
 }
 
 /// llama.cpp's ChatML: `<|im_start|>role\ncontent<|im_end|>\n` per message.
@@ -71,19 +136,51 @@ pub fn chatml(messages: &[ChatMessage], add_generation_prompt: bool) -> String {
 }
 
 impl Tokenizer {
-    /// [`render_chat`] with this model's template and BOS/EOS texts.
+    /// The prompt for `messages`, to encode with [`Tokenizer::encode`]`(_, true, true)`:
+    /// this model's template, or [`Tokenizer::chat_format`] when it has none or its
+    /// template does not parse (an error the template raises while rendering is an error).
     pub fn apply_chat_template(
         &self,
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
-        render_chat(
-            self.chat_template(),
-            messages,
-            add_generation_prompt,
-            self.token_text(self.bos()),
-            self.token_text(self.eos()),
-        )
+        self.apply_chat_template_with(self.chat_template(), messages, add_generation_prompt)
+    }
+
+    /// [`Tokenizer::apply_chat_template`] with another template (`None`: the built-in
+    /// format). As llama.cpp does, a BOS (EOS) text the template writes at the start (end)
+    /// is cut when encoding adds that token anyway, so it is not there twice.
+    pub fn apply_chat_template_with(
+        &self,
+        template: Option<&str>,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
+        let env = environment();
+        let Some(tmpl) = template.and_then(|t| env.template_from_str(t).ok()) else {
+            return Ok(self.chat_format().render(messages, add_generation_prompt));
+        };
+        let bos = self.bos_id().map_or("", |id| self.token_text(id));
+        let eos = self.eos_id().map_or("", |id| self.token_text(id));
+        let mut text = render(&tmpl, messages, add_generation_prompt, bos, eos)?;
+        if self.add_bos() && !bos.is_empty() && text.starts_with(bos) {
+            text.drain(..bos.len());
+        }
+        if self.add_eos() && !eos.is_empty() && text.ends_with(eos) {
+            text.truncate(text.len() - eos.len());
+        }
+        Ok(text)
+    }
+
+    /// The built-in format for this vocabulary: Gemma's turns when it has
+    /// `<start_of_turn>` and `<end_of_turn>`, ChatML otherwise.
+    pub fn chat_format(&self) -> ChatFormat {
+        if self.token_id("<start_of_turn>").is_some() && self.token_id("<end_of_turn>").is_some()
+        {
+            ChatFormat::Gemma
+        } else {
+            ChatFormat::ChatMl
+        }
     }
 }
 
@@ -405,6 +502,40 @@ mod tests {
         );
         let got = render_chat(None, &msgs()[1..], false, "", "").unwrap();
         assert_eq!(got, "<|im_start|>user\nHi<|im_end|>\n");
+    }
+
+    #[test]
+    fn gemma_turns_fold_the_system_message_into_the_first_user_turn() {
+        let got = gemma_turns(&msgs(), true);
+        assert_eq!(
+            got,
+            "<start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
+        );
+        // llama.cpp's own test conversation (tests/test-chat-template.cpp).
+        let conversation = [
+            ChatMessage::new("system", "You are a helpful assistant"),
+            ChatMessage::new("user", "Hello"),
+            ChatMessage::new("assistant", "Hi there"),
+            ChatMessage::new("user", "Who are you"),
+            ChatMessage::new("assistant", "   I am an assistant   "),
+            ChatMessage::new("user", "Another question"),
+        ];
+        assert_eq!(
+            gemma_turns(&conversation, true),
+            "<start_of_turn>user\nYou are a helpful assistant\n\nHello<end_of_turn>\n<start_of_turn>model\nHi there<end_of_turn>\n<start_of_turn>user\nWho are you<end_of_turn>\n<start_of_turn>model\nI am an assistant<end_of_turn>\n<start_of_turn>user\nAnother question<end_of_turn>\n<start_of_turn>model\n"
+        );
+        // A system message after a model turn waits for the next user turn.
+        let late = [
+            ChatMessage::new("assistant", "Yes"),
+            ChatMessage::new("system", " S "),
+            ChatMessage::new("user", "\tQ\n"),
+        ];
+        assert_eq!(
+            gemma_turns(&late, false),
+            "<start_of_turn>model\nYes<end_of_turn>\n<start_of_turn>user\nS\n\nQ<end_of_turn>\n"
+        );
+        assert_eq!(ChatFormat::Gemma.render(&[], true), "<start_of_turn>model\n");
+        assert_eq!(ChatFormat::ChatMl.render(&msgs(), false), chatml(&msgs(), false));
     }
 
     #[test]

@@ -1,17 +1,31 @@
 //! Token ids → bytes and text: pieces as llama.cpp's `llama_token_to_piece` renders them,
-//! and a streaming decoder that never cuts a UTF-8 character in two.
+//! text as its `llama_detokenize` joins them, and a streaming decoder that never cuts a
+//! UTF-8 character in two (SentencePiece's `<0xNN>` byte tokens included).
 
 use super::Tokenizer;
+use super::spm::SPACE;
 use super::unicode::byte_decode_into;
-use super::vocab::attr;
+use super::vocab::{VocabType, attr};
 
 /// Append the piece of a token with text `text` and attributes `a`, special tokens
 /// rendered (llama.cpp caches exactly this, then hides control tokens on request).
-pub(super) fn render_piece(text: &str, a: u32, out: &mut Vec<u8>) {
+pub(super) fn render_piece(vocab_type: VocabType, text: &str, a: u32, out: &mut Vec<u8>) {
     if a & (attr::UNKNOWN | attr::CONTROL | attr::USER_DEFINED) != 0 {
         out.extend_from_slice(text.as_bytes());
     } else if a & attr::NORMAL != 0 {
-        byte_decode_into(text, out);
+        match vocab_type {
+            VocabType::Bpe => byte_decode_into(text, out),
+            // "▁" is the space.
+            VocabType::Spm => {
+                let mut rest = text;
+                while let Some(at) = rest.find(SPACE) {
+                    out.extend_from_slice(rest[..at].as_bytes());
+                    out.push(b' ');
+                    rest = &rest[at + SPACE.len()..];
+                }
+                out.extend_from_slice(rest.as_bytes());
+            }
+        }
     } else if a & attr::BYTE != 0 {
         // "<0xAB>"
         if let Some(b) = text.get(3..5).and_then(|h| u8::from_str_radix(h, 16).ok()) {
@@ -45,11 +59,18 @@ impl Tokenizer {
         self.decode_with(ids, false)
     }
 
-    /// The text of `ids`, control tokens rendered when `special` is true.
+    /// The text of `ids`, control tokens rendered when `special` is true: llama.cpp's
+    /// `llama_detokenize` without `remove_special`. A vocabulary that adds a space prefix
+    /// drops one leading space from the first token's piece (the one encoding added),
+    /// so `decode(encode(s, false, _)) == s`; after a BOS the text's own space stays.
     pub fn decode_with(&self, ids: &[u32], special: bool) -> String {
         let mut bytes = Vec::new();
-        for &id in ids {
-            bytes.extend_from_slice(self.piece_bytes(id, special));
+        for (i, &id) in ids.iter().enumerate() {
+            let mut piece = self.piece_bytes(id, special);
+            if i == 0 && self.vocab.add_space_prefix {
+                piece = piece.strip_prefix(b" ").unwrap_or(piece);
+            }
+            bytes.extend_from_slice(piece);
         }
         String::from_utf8_lossy(&bytes).into_owned()
     }

@@ -7,7 +7,7 @@ pub enum TokenizerError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
     #[error(
-        "unsupported tokenizer model {0:?} (tokenizer.ggml.model): kiln reads \"gpt2\" (byte-level BPE)"
+        "unsupported tokenizer model {0:?} (tokenizer.ggml.model): kiln reads \"gpt2\" (byte-level BPE) and \"llama\" (SentencePiece)"
     )]
     UnsupportedModel(String),
     #[error("unsupported pre-tokenizer {name:?} (tokenizer.ggml.pre); kiln knows: {known}")]

@@ -1,14 +1,14 @@
-//! The tokenizer, built from GGUF metadata: GPT-2 style byte-level BPE, token for token what
-//! llama.cpp produces.
+//! The tokenizer, built from GGUF metadata, token for token what llama.cpp produces: GPT-2
+//! style byte-level BPE (`tokenizer.ggml.model = "gpt2"`) or SentencePiece (`"llama"`).
 //!
 //! Encoding is llama.cpp's pipeline:
 //! 1. [`special`]: control and user-defined tokens are cut out of the text (longest first);
-//! 2. [`pretokenize`]: each remaining fragment is split into words by the regexes that
-//!    `tokenizer.ggml.pre` selects;
-//! 3. [`bpe`]: each word's bytes are merged by rank into tokens.
+//! 2. BPE: [`pretokenize`] splits each remaining fragment into words by the regexes that
+//!    `tokenizer.ggml.pre` selects, and [`bpe`] merges each word's bytes by rank;
+//!    SentencePiece: [`spm`] merges each fragment's characters by score, with byte fallback.
 //!
 //! [`decode`] turns ids back into bytes and text (with a streaming decoder), [`chat`]
-//! renders chat prompts with the model's template.
+//! renders chat prompts with the model's template or a built-in format.
 
 mod bpe;
 mod chat;
@@ -16,6 +16,8 @@ mod decode;
 mod error;
 mod pretokenize;
 mod special;
+mod spm;
+mod table;
 mod unicode;
 mod unicode_table;
 mod vocab;
@@ -27,14 +29,15 @@ use std::fmt;
 
 use kiln_gguf::{Gguf, Value};
 
-pub use chat::{ChatMessage, chatml, render_chat};
+pub use chat::{ChatFormat, ChatMessage, chatml, gemma_turns, render_chat};
 pub use decode::StreamDecoder;
 pub use error::TokenizerError;
-pub use vocab::TokenType;
+pub use vocab::{TokenType, VocabType};
 
-use bpe::{Bpe, Scratch};
+use bpe::Bpe;
 use pretokenize::PreTokenizer;
 use special::Fragment;
+use spm::Spm;
 use vocab::{Vocab, VocabDefaults, attr};
 
 /// llama.cpp's `LLAMA_TOKEN_NULL`: what [`Tokenizer::bos`] and [`Tokenizer::eos`] return
@@ -52,17 +55,23 @@ pub struct EncodeOptions {
     pub parse_special: bool,
 }
 
-/// A byte-level BPE tokenizer read from a GGUF file.
+/// A tokenizer read from a GGUF file.
 pub struct Tokenizer {
     vocab: Vocab,
-    bpe: Bpe,
-    pre: PreTokenizer,
+    algorithm: Algorithm,
     pre_name: String,
+}
+
+/// What turns a fragment of text (no special tokens in it) into ids.
+enum Algorithm {
+    Bpe { bpe: Bpe, pre: PreTokenizer },
+    Spm(Spm),
 }
 
 impl fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Tokenizer")
+            .field("type", &self.vocab.vocab_type)
             .field("pre", &self.pre_name)
             .field("vocab_size", &self.vocab_size())
             .field("bos", &self.vocab.special.bos)
@@ -74,14 +83,12 @@ impl fmt::Debug for Tokenizer {
 }
 
 impl Tokenizer {
-    /// Read the tokenizer from `tokenizer.*` metadata. Only `tokenizer.ggml.model = "gpt2"`
-    /// (byte-level BPE) is supported; `tokenizer.ggml.pre` must be one llama.cpp knows
-    /// and kiln implements (see [`TokenizerError::UnsupportedPre`] for the list).
+    /// Read the tokenizer from `tokenizer.*` metadata. `tokenizer.ggml.model` must be
+    /// `gpt2` (byte-level BPE) or `llama` (SentencePiece); for BPE, `tokenizer.ggml.pre`
+    /// must be one llama.cpp knows and kiln implements (see
+    /// [`TokenizerError::UnsupportedPre`] for the list).
     pub fn from_gguf(g: &Gguf) -> Result<Tokenizer, TokenizerError> {
         let model = g.get_str("tokenizer.ggml.model")?;
-        if model != "gpt2" {
-            return Err(TokenizerError::UnsupportedModel(model.to_string()));
-        }
         let pre_name = match g.get("tokenizer.ggml.pre") {
             None => "default",
             Some(Value::String(s)) => s.as_str(),
@@ -92,21 +99,26 @@ impl Tokenizer {
                 ));
             }
         };
-        let config = pretokenize::config(pre_name)?;
-        let pre = PreTokenizer::new(pre_name, &config)?;
-        let vocab = Vocab::load(
-            g,
-            VocabDefaults {
-                add_bos: config.add_bos,
-                no_bos: config.no_bos,
-            },
-        )?;
-        let merges = g.get_array("tokenizer.ggml.merges")?;
-        let bpe = Bpe::new(&vocab, merges, config.ignore_merges)?;
+        let (vocab, algorithm) = match model {
+            "gpt2" => {
+                let config = pretokenize::config(pre_name)?;
+                let pre = PreTokenizer::new(pre_name, &config)?;
+                let vocab = Vocab::load(g, VocabDefaults::bpe(config.add_bos, config.no_bos))?;
+                let merges = g.get_array("tokenizer.ggml.merges")?;
+                let bpe = Bpe::new(&vocab, merges, config.ignore_merges)?;
+                (vocab, Algorithm::Bpe { bpe, pre })
+            }
+            // llama.cpp ignores `tokenizer.ggml.pre` for SentencePiece.
+            "llama" => {
+                let vocab = Vocab::load(g, VocabDefaults::spm())?;
+                let spm = Spm::new(g, &vocab)?;
+                (vocab, Algorithm::Spm(spm))
+            }
+            _ => return Err(TokenizerError::UnsupportedModel(model.to_string())),
+        };
         Ok(Tokenizer {
             vocab,
-            bpe,
-            pre,
+            algorithm,
             pre_name: pre_name.to_string(),
         })
     }
@@ -134,16 +146,45 @@ impl Tokenizer {
         if options.add_bos {
             out.extend(self.vocab.special.bos);
         }
-        let mut scratch = Scratch::default();
-        for frag in special::partition(&self.vocab, text, options.parse_special) {
-            match frag {
-                Fragment::Token(id) => out.push(id),
-                Fragment::Text(start, end) => {
-                    let fragment = &text[start..end];
-                    for (a, b) in self.pre.split(fragment) {
-                        let word = &fragment.as_bytes()[a..b];
-                        self.bpe
-                            .encode_word(&self.vocab, word, &mut scratch, &mut out);
+        let fragments = special::partition(&self.vocab, text, options.parse_special);
+        match &self.algorithm {
+            Algorithm::Bpe { bpe, pre } => {
+                let mut scratch = bpe::Scratch::default();
+                for frag in fragments {
+                    match frag {
+                        Fragment::Token(id) => out.push(id),
+                        Fragment::Text(start, end) => {
+                            let fragment = &text[start..end];
+                            for (a, b) in pre.split(fragment) {
+                                let word = &fragment.as_bytes()[a..b];
+                                bpe.encode_word(&self.vocab, word, &mut scratch, &mut out);
+                            }
+                        }
+                    }
+                }
+            }
+            Algorithm::Spm(spm) => {
+                let mut scratch = spm::Scratch::default();
+                // The space prefix goes before the first fragment and after each special
+                // token (llama.cpp's `is_prev_special`; BOS counts as none).
+                let mut after_special = true;
+                for frag in fragments {
+                    match frag {
+                        Fragment::Token(id) => {
+                            out.push(id);
+                            after_special = true;
+                        }
+                        Fragment::Text(start, end) => {
+                            let prefix = self.vocab.add_space_prefix && after_special;
+                            spm.encode_fragment(
+                                &self.vocab,
+                                &text[start..end],
+                                prefix,
+                                &mut scratch,
+                                &mut out,
+                            );
+                            after_special = false;
+                        }
                     }
                 }
             }
@@ -159,15 +200,26 @@ impl Tokenizer {
         self.vocab.len()
     }
 
-    /// The stored text of a token (byte-level characters as stored, e.g. "Ġthe"); empty for
-    /// an id outside the vocabulary.
+    /// The stored text of a token (as stored: byte-level characters such as "Ġthe" for
+    /// BPE, "▁the" for SentencePiece); empty for an id outside the vocabulary.
     pub fn token_text(&self, id: u32) -> &str {
-        self.vocab.texts.get(id as usize).map_or("", String::as_str)
+        self.vocab.text(id)
     }
 
     /// The id of the token whose stored text is `text`.
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.vocab.text_to_id.get(text).copied()
+        self.vocab.id_of(text)
+    }
+
+    /// The algorithm: byte-level BPE or SentencePiece.
+    pub fn vocab_type(&self) -> VocabType {
+        self.vocab.vocab_type
+    }
+
+    /// Whether SentencePiece encoding puts "▁" before the text
+    /// (`tokenizer.ggml.add_space_prefix`; Gemma 3 sets it false).
+    pub fn add_space_prefix(&self) -> bool {
+        self.vocab.add_space_prefix
     }
 
     /// The type stored in `tokenizer.ggml.token_type`.
@@ -232,7 +284,8 @@ impl Tokenizer {
         self.vocab.chat_template.as_deref()
     }
 
-    /// The pre-tokenizer name (`tokenizer.ggml.pre`, "default" when absent).
+    /// The pre-tokenizer name (`tokenizer.ggml.pre`, "default" when absent; SentencePiece
+    /// has none and ignores it).
     pub fn pre(&self) -> &str {
         &self.pre_name
     }

@@ -9,6 +9,7 @@ use kiln_gguf::{Gguf, Value};
 
 use super::TokenizerError;
 use super::decode;
+use super::table::TokenTable;
 
 /// A fast hasher for token texts (FxHash's multiply-rotate over 8-byte words): the 49k
 /// vocabulary is inserted and 150k merge strings looked up while loading, where SipHash
@@ -47,8 +48,18 @@ impl Hasher for TextHasher {
     }
 }
 
-/// Token text → id, with [`TextHasher`].
+/// Text → id for strings outside the vocabulary, with [`TextHasher`].
 pub(super) type TextMap = HashMap<String, u32, BuildHasherDefault<TextHasher>>;
+
+/// The algorithm a vocabulary is tokenized with (`tokenizer.ggml.model`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VocabType {
+    /// `gpt2`: byte-level BPE, pre-tokenized by regexes (llama.cpp's `LLAMA_VOCAB_TYPE_BPE`).
+    Bpe,
+    /// `llama`: SentencePiece pieces merged by score, with byte fallback
+    /// (llama.cpp's `LLAMA_VOCAB_TYPE_SPM`).
+    Spm,
+}
 
 /// Token attributes, llama.cpp's `llama_token_attr` bits. A token's type from the file sets
 /// one of the first six; loading may add CONTROL, UNUSED, LSTRIP or RSTRIP.
@@ -120,22 +131,55 @@ pub(super) struct SpecialIds {
     pub fim_sep: Option<u32>,
 }
 
-/// What the pre-tokenizer choice changes in the vocabulary's defaults.
+/// What the vocabulary type (and BPE's pre-tokenizer) set before the metadata is read.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct VocabDefaults {
+    pub vocab_type: VocabType,
     pub add_bos: bool,
-    pub no_bos: bool,
+    /// Default BOS, EOS and unknown ids; an id outside the vocabulary means none.
+    pub bos: Option<u32>,
+    pub eos: Option<u32>,
+    pub unk: Option<u32>,
+}
+
+impl VocabDefaults {
+    /// llama.cpp's defaults for a GPT-2 style vocabulary: BOS and EOS are id 11.
+    pub fn bpe(add_bos: bool, no_bos: bool) -> VocabDefaults {
+        VocabDefaults {
+            vocab_type: VocabType::Bpe,
+            add_bos,
+            bos: (!no_bos).then_some(11),
+            eos: Some(11),
+            unk: None,
+        }
+    }
+
+    /// llama.cpp's defaults for SentencePiece: `<unk>` 0, `<s>` 1, `</s>` 2, BOS added.
+    pub fn spm() -> VocabDefaults {
+        VocabDefaults {
+            vocab_type: VocabType::Spm,
+            add_bos: true,
+            bos: Some(1),
+            eos: Some(2),
+            unk: Some(0),
+        }
+    }
 }
 
 #[derive(Debug)]
 pub(super) struct Vocab {
-    pub texts: Vec<String>,
+    pub vocab_type: VocabType,
+    /// Every token's text, and text → id.
+    pub table: TokenTable,
     pub types: Vec<TokenType>,
     pub attrs: Vec<u32>,
-    pub text_to_id: TextMap,
     pub special: SpecialIds,
     pub add_bos: bool,
     pub add_eos: bool,
+    /// `tokenizer.ggml.add_space_prefix`: SentencePiece puts "▁" before the text (after BOS
+    /// and after every special token), and detokenizing drops the first token's leading
+    /// space.
+    pub add_space_prefix: bool,
     /// Sorted end-of-generation ids.
     pub eog: Vec<u32>,
     /// Control, user-defined and unknown tokens, longest text first: the order in which
@@ -232,20 +276,17 @@ const EOG_TEXTS: &[&str] = &[
 
 impl Vocab {
     pub fn load(g: &Gguf, defaults: VocabDefaults) -> Result<Vocab, TokenizerError> {
-        let (texts, text_to_id) = read_tokens(g)?;
-        let n = texts.len();
+        let table = read_tokens(g)?;
+        let n = table.len();
         let types = read_types(g, n)?;
         let mut attrs: Vec<u32> = types.iter().map(|t| t.attr()).collect();
 
-        // GPT-2 vocabularies default BOS and EOS to id 11; out of range means none.
-        let default_id = |id: u32| (id < n as u32).then_some(id);
+        // A default id outside the vocabulary means none.
+        let in_range = |id: Option<u32>| id.filter(|&id| id < n as u32);
         let mut special = SpecialIds {
-            bos: if defaults.no_bos {
-                None
-            } else {
-                default_id(11)
-            },
-            eos: default_id(11),
+            bos: in_range(defaults.bos),
+            eos: in_range(defaults.eos),
+            unk: in_range(defaults.unk),
             ..SpecialIds::default()
         };
         for (key, slot) in [
@@ -273,6 +314,8 @@ impl Vocab {
 
         let add_bos = read_bool(g, "tokenizer.ggml.add_bos_token")?.unwrap_or(defaults.add_bos);
         let add_eos = read_bool(g, "tokenizer.ggml.add_eos_token")?.unwrap_or(false);
+        let add_space_prefix = read_bool(g, "tokenizer.ggml.add_space_prefix")?
+            .unwrap_or(defaults.vocab_type == VocabType::Spm);
         if add_bos && special.bos.is_none() {
             return Err(TokenizerError::invalid(
                 "tokenizer.ggml.add_bos_token",
@@ -301,14 +344,14 @@ impl Vocab {
             if slot.is_some() {
                 continue;
             }
-            if let Some(&id) = list.iter().filter_map(|t| text_to_id.get(*t)).min() {
+            if let Some(id) = list.iter().filter_map(|t| table.get(t)).min() {
                 *slot = Some(id);
                 attrs[id as usize] |= attr::CONTROL;
             }
         }
 
         // Control tokens named "unused" are unused.
-        for (text, a) in texts.iter().zip(attrs.iter_mut()) {
+        for (text, a) in table.texts().zip(attrs.iter_mut()) {
             if *a & attr::CONTROL != 0 && text.contains("unused") {
                 *a |= attr::UNUSED;
             }
@@ -318,20 +361,20 @@ impl Vocab {
         eog.extend(special.fim_pad);
         eog.extend(special.fim_rep);
         eog.extend(special.fim_sep);
-        for &id in EOG_TEXTS.iter().filter_map(|t| text_to_id.get(*t)) {
+        for id in EOG_TEXTS.iter().filter_map(|t| table.get(t)) {
             eog.insert(id);
             attrs[id as usize] |= attr::CONTROL;
         }
         // gpt-oss: these are always rendered.
         for t in ["<|channel|>", "<|message|>", "<|start|>", "<|constrain|>"] {
-            if let Some(&id) = text_to_id.get(t) {
+            if let Some(id) = table.get(t) {
                 attrs[id as usize] = attr::USER_DEFINED;
             }
         }
         eog.extend(special.eos);
         eog.extend(special.eot);
         eog.extend(special.eom);
-        eog_workarounds(&texts, &mut attrs, &mut eog);
+        eog_workarounds(&table, &mut attrs, &mut eog);
 
         // Cut-out order: longest text first (a stable sort, so equal lengths keep id order).
         let mut special_tokens: Vec<u32> = (0..n as u32)
@@ -339,16 +382,17 @@ impl Vocab {
                 attrs[i as usize] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0
             })
             .collect();
-        special_tokens.sort_by_key(|&i| std::cmp::Reverse(texts[i as usize].len()));
+        special_tokens.sort_by_key(|&i| std::cmp::Reverse(table.text(i).len()));
 
-        strip_rules(g, &texts, &text_to_id, &special_tokens, &mut attrs);
-
+        // llama.cpp renders the pieces before the strip rules (which do not change them).
         let mut pieces = Vec::new();
         let mut piece_ends = Vec::with_capacity(n);
-        for (text, &a) in texts.iter().zip(&attrs) {
-            decode::render_piece(text, a, &mut pieces);
+        for (text, &a) in table.texts().zip(&attrs) {
+            decode::render_piece(defaults.vocab_type, text, a, &mut pieces);
             piece_ends.push(pieces.len());
         }
+
+        strip_rules(g, &table, &special_tokens, &mut attrs);
 
         let chat_template = match g.get("tokenizer.chat_template") {
             None => None,
@@ -362,13 +406,14 @@ impl Vocab {
         };
 
         Ok(Vocab {
-            texts,
+            vocab_type: defaults.vocab_type,
+            table,
             types,
             attrs,
-            text_to_id,
             special,
             add_bos,
             add_eos,
+            add_space_prefix,
             eog: eog.into_iter().collect(),
             special_tokens,
             pieces,
@@ -378,7 +423,17 @@ impl Vocab {
     }
 
     pub fn len(&self) -> usize {
-        self.texts.len()
+        self.table.len()
+    }
+
+    /// The stored text of token `id` (empty outside the vocabulary).
+    pub fn text(&self, id: u32) -> &str {
+        self.table.text(id)
+    }
+
+    /// The id of the token whose stored text is `text`.
+    pub fn id_of(&self, text: &str) -> Option<u32> {
+        self.table.get(text)
     }
 
     /// The rendered piece of `id` (special tokens included), empty when out of range.
@@ -394,13 +449,13 @@ impl Vocab {
     }
 }
 
-fn read_tokens(g: &Gguf) -> Result<(Vec<String>, TextMap), TokenizerError> {
+fn read_tokens(g: &Gguf) -> Result<TokenTable, TokenizerError> {
     let list = g.get_array(KEY_TOKENS)?;
-    if list.len() > u32::MAX as usize {
-        return Err(TokenizerError::invalid(KEY_TOKENS, "more than 2^32 tokens"));
+    if list.len() >= u32::MAX as usize {
+        return Err(TokenizerError::invalid(KEY_TOKENS, "2^32 tokens or more"));
     }
     let mut texts = Vec::with_capacity(list.len());
-    let mut text_to_id = TextMap::with_capacity_and_hasher(list.len(), Default::default());
+    let mut bytes = 0;
     for (i, v) in list.iter().enumerate() {
         let text = v.as_str().ok_or_else(|| {
             TokenizerError::invalid(
@@ -408,28 +463,34 @@ fn read_tokens(g: &Gguf) -> Result<(Vec<String>, TextMap), TokenizerError> {
                 format!("entry {i} is a {}, not a string", v.value_type()),
             )
         })?;
+        bytes += text.len();
+        texts.push(text);
+    }
+    let mut table = TokenTable::with_capacity(texts.len(), bytes);
+    for (i, text) in texts.into_iter().enumerate() {
         // llama.cpp renames empty tokens so that every text is distinct and non-empty.
+        let renamed;
         let text = if text.is_empty() {
-            format!("[EMPTY_{i}]")
+            renamed = format!("[EMPTY_{i}]");
+            &renamed
         } else {
-            text.to_string()
+            text
         };
-        if let Some(first) = text_to_id.insert(text.clone(), i as u32) {
+        if let Err(first) = table.push(text) {
             return Err(TokenizerError::DuplicateToken {
-                text,
+                text: text.to_string(),
                 first,
                 second: i as u32,
             });
         }
-        texts.push(text);
     }
-    if texts.is_empty() {
+    if table.len() == 0 {
         return Err(TokenizerError::invalid(
             KEY_TOKENS,
             "the vocabulary is empty",
         ));
     }
-    Ok((texts, text_to_id))
+    Ok(table)
 }
 
 fn read_types(g: &Gguf, n: usize) -> Result<Vec<TokenType>, TokenizerError> {
@@ -495,9 +556,9 @@ fn read_bool(g: &Gguf, key: &str) -> Result<Option<bool>, TokenizerError> {
 
 /// llama.cpp's special cases: with `<|return|>` and `<|call|>` (or `<|calls|>` and
 /// `<|flush|>`), `<|end|>` does not end generation; with `<|tool_response>`, `</s>` does not.
-fn eog_workarounds(texts: &[String], attrs: &mut [u32], eog: &mut BTreeSet<u32>) {
-    let has = |eog: &BTreeSet<u32>, t: &str| eog.iter().any(|&i| texts[i as usize] == t);
-    let find = |eog: &BTreeSet<u32>, t: &str| eog.iter().copied().find(|&i| texts[i as usize] == t);
+fn eog_workarounds(table: &TokenTable, attrs: &mut [u32], eog: &mut BTreeSet<u32>) {
+    let has = |eog: &BTreeSet<u32>, t: &str| eog.iter().any(|&i| table.text(i) == t);
+    let find = |eog: &BTreeSet<u32>, t: &str| eog.iter().copied().find(|&i| table.text(i) == t);
     let has_call = has(eog, "<|call|>") || has(eog, "<|calls|>");
     let end_is_not_eog = has_call && (has(eog, "<|return|>") || has(eog, "<|flush|>"));
     if let Some(end) = find(eog, "<|end|>").filter(|_| end_is_not_eog) {
@@ -512,19 +573,13 @@ fn eog_workarounds(texts: &[String], attrs: &mut [u32], eog: &mut BTreeSet<u32>)
 }
 
 /// Per-model strip attributes that llama.cpp sets by name.
-fn strip_rules(
-    g: &Gguf,
-    texts: &[String],
-    text_to_id: &TextMap,
-    special_tokens: &[u32],
-    attrs: &mut [u32],
-) {
+fn strip_rules(g: &Gguf, table: &TokenTable, special_tokens: &[u32], attrs: &mut [u32]) {
     let get = |key: &str| g.get(key).and_then(Value::as_str).unwrap_or("").to_string();
     let name = get("general.name").to_lowercase();
     let pre = get("tokenizer.ggml.pre");
     let arch = get("general.architecture");
     let mut set = |text: &str, bit: u32, on: bool| {
-        if let Some(&id) = text_to_id.get(text) {
+        if let Some(id) = table.get(text) {
             let a = &mut attrs[id as usize];
             *a = if on { *a | bit } else { *a & !bit };
         }
@@ -536,7 +591,7 @@ fn strip_rules(
         set("<mask>", attr::LSTRIP, true);
     } else if any(&name, &["phi-3", "phi3"]) {
         for &id in special_tokens {
-            set(&texts[id as usize], attr::RSTRIP, true);
+            set(table.text(id), attr::RSTRIP, true);
         }
         set("</s>", attr::RSTRIP, true);
         for t in ["<unk>", "<s>", "<|endoftext|>"] {

@@ -3,3 +3,4 @@
 
 mod model;
 mod tiny;
+mod tiny_spm;

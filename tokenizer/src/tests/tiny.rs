@@ -237,9 +237,9 @@ fn metadata_errors_name_the_problem() {
         w.metadata("tokenizer.ggml.model", Value::String(model.into()))
             .metadata("tokenizer.ggml.pre", Value::String(pre.into()));
     };
-    let e = err(&|w| base(w, "llama", "default"));
+    let e = err(&|w| base(w, "bert", "default"));
     assert!(
-        e.contains("\"llama\"") && e.contains("tokenizer.ggml.model"),
+        e.contains("\"bert\"") && e.contains("tokenizer.ggml.model"),
         "{e}"
     );
     let e = err(&|w| base(w, "gpt2", "unheard-of"));
