@@ -108,16 +108,22 @@ impl std::fmt::Debug for Gguf {
 impl Gguf {
     /// Memory-map and validate a file.
     pub fn open(path: impl AsRef<Path>) -> Result<Gguf, GgufError> {
-        Gguf::open_impl(path.as_ref(), false)
+        Gguf::open_impl(path.as_ref(), false, true)
+    }
+
+    /// The header and metadata only, without reading the tensor infos: the tokenizer of
+    /// a file whose tensors kiln cannot load (`kiln tokenize`). It has no tensors.
+    pub fn open_metadata(path: impl AsRef<Path>) -> Result<Gguf, GgufError> {
+        Gguf::open_impl(path.as_ref(), false, false)
     }
 
     /// [`Gguf::open`], and start reading the whole file into the page cache in the
     /// background: for loading a model to run, whose every weight will be read.
     pub fn open_prefetched(path: impl AsRef<Path>) -> Result<Gguf, GgufError> {
-        Gguf::open_impl(path.as_ref(), true)
+        Gguf::open_impl(path.as_ref(), true, true)
     }
 
-    fn open_impl(path: &Path, prefetch: bool) -> Result<Gguf, GgufError> {
+    fn open_impl(path: &Path, prefetch: bool, with_tensors: bool) -> Result<Gguf, GgufError> {
         let io_err = |source| GgufError::Io {
             path: path.to_path_buf(),
             source,
@@ -126,7 +132,7 @@ impl Gguf {
         let len = file.metadata().map_err(io_err)?.len();
         if len == 0 {
             // Mapping an empty file fails on some systems; it is simply too short.
-            return Gguf::parse(Arc::new(Storage::Owned(Vec::new())));
+            return Gguf::parse(Arc::new(Storage::Owned(Vec::new())), with_tensors);
         }
         // SAFETY: the map is read-only. Another process truncating or rewriting the
         // file while it is mapped is outside what we can guard against (as with every
@@ -136,15 +142,15 @@ impl Gguf {
         if prefetch {
             prefetch_in_background(&storage);
         }
-        Gguf::parse(storage)
+        Gguf::parse(storage, with_tensors)
     }
 
     /// Parse a file held in memory (tests, fuzzing, files built by [`super::GgufWriter`]).
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Gguf, GgufError> {
-        Gguf::parse(Arc::new(Storage::Owned(bytes)))
+        Gguf::parse(Arc::new(Storage::Owned(bytes)), true)
     }
 
-    fn parse(storage: Arc<Storage>) -> Result<Gguf, GgufError> {
+    fn parse(storage: Arc<Storage>, with_tensors: bool) -> Result<Gguf, GgufError> {
         let bytes = storage.bytes();
         let mut cur = Cursor { bytes, pos: 0 };
 
@@ -184,6 +190,7 @@ impl Gguf {
             },
         };
 
+        let n_tensors = if with_tensors { n_tensors } else { 0 };
         let mut infos = Vec::with_capacity(n_tensors as usize);
         for _ in 0..n_tensors {
             let name = cur.string("tensor name")?;

@@ -17,13 +17,12 @@ pub(super) fn render_piece(vocab_type: VocabType, text: &str, a: u32, out: &mut 
             VocabType::Bpe => byte_decode_into(text, out),
             // "▁" is the space.
             VocabType::Spm => {
-                let mut rest = text;
-                while let Some(at) = rest.find(SPACE) {
-                    out.extend_from_slice(rest[..at].as_bytes());
-                    out.push(b' ');
-                    rest = &rest[at + SPACE.len()..];
+                for (i, part) in text.split(SPACE).enumerate() {
+                    if i > 0 {
+                        out.push(b' ');
+                    }
+                    out.extend_from_slice(part.as_bytes());
                 }
-                out.extend_from_slice(rest.as_bytes());
             }
         }
     } else if a & attr::BYTE != 0 {

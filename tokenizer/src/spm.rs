@@ -19,7 +19,7 @@ use super::TokenizerError;
 use super::vocab::Vocab;
 
 /// SentencePiece's visible space, U+2581 LOWER ONE EIGHTH BLOCK.
-pub(super) const SPACE: &str = "\u{2581}";
+pub(super) const SPACE: char = '\u{2581}';
 
 const KEY_SCORES: &str = "tokenizer.ggml.scores";
 
@@ -120,11 +120,11 @@ impl Spm {
     ) {
         s.text.clear();
         if space_prefix {
-            s.text.push_str(SPACE);
+            s.text.push(SPACE);
         }
         for (i, part) in fragment.split(' ').enumerate() {
             if i > 0 {
-                s.text.push_str(SPACE);
+                s.text.push(SPACE);
             }
             s.text.push_str(part);
         }

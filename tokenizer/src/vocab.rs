@@ -2,6 +2,7 @@
 //! end-of-generation set, read from GGUF metadata the way llama.cpp's
 //! `llama_vocab::impl::load` reads them.
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap};
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -454,43 +455,32 @@ fn read_tokens(g: &Gguf) -> Result<TokenTable, TokenizerError> {
     if list.len() >= u32::MAX as usize {
         return Err(TokenizerError::invalid(KEY_TOKENS, "2^32 tokens or more"));
     }
-    let mut texts = Vec::with_capacity(list.len());
-    let mut bytes = 0;
-    for (i, v) in list.iter().enumerate() {
-        let text = v.as_str().ok_or_else(|| {
-            TokenizerError::invalid(
-                KEY_TOKENS,
-                format!("entry {i} is a {}, not a string", v.value_type()),
-            )
-        })?;
-        bytes += text.len();
-        texts.push(text);
-    }
-    let mut table = TokenTable::with_capacity(texts.len(), bytes);
-    for (i, text) in texts.into_iter().enumerate() {
-        // llama.cpp renames empty tokens so that every text is distinct and non-empty.
-        let renamed;
-        let text = if text.is_empty() {
-            renamed = format!("[EMPTY_{i}]");
-            &renamed
-        } else {
-            text
-        };
-        if let Err(first) = table.push(text) {
-            return Err(TokenizerError::DuplicateToken {
-                text: text.to_string(),
-                first,
-                second: i as u32,
-            });
-        }
-    }
-    if table.len() == 0 {
+    if list.is_empty() {
         return Err(TokenizerError::invalid(
             KEY_TOKENS,
             "the vocabulary is empty",
         ));
     }
-    Ok(table)
+    let texts = list
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match v.as_str() {
+            // llama.cpp renames empty tokens so that every text is distinct and non-empty.
+            Some("") => Ok(Cow::Owned(format!("[EMPTY_{i}]"))),
+            Some(text) => Ok(Cow::Borrowed(text)),
+            None => Err(TokenizerError::invalid(
+                KEY_TOKENS,
+                format!("entry {i} is a {}, not a string", v.value_type()),
+            )),
+        })
+        .collect::<Result<Vec<Cow<'_, str>>, _>>()?;
+    TokenTable::build(texts.iter().map(|t| t.as_ref())).map_err(|(first, second)| {
+        TokenizerError::DuplicateToken {
+            text: texts[first as usize].to_string(),
+            first,
+            second,
+        }
+    })
 }
 
 fn read_types(g: &Gguf, n: usize) -> Result<Vec<TokenType>, TokenizerError> {
