@@ -7,7 +7,7 @@ use std::time::Instant;
 use kiln_engine::Error;
 use kiln_engine::driver::{GenerateRequest, generate};
 use kiln_engine::sampler::SamplerConfig;
-use kiln_engine::tokenizer::{ChatMessage, render_chat};
+use kiln_engine::tokenizer::ChatMessage;
 use serde_json::json;
 
 use crate::common::{
@@ -78,13 +78,7 @@ pub fn main(args: Args) -> Result<(), Error> {
             role: "user".into(),
             content: args.prompt.clone(),
         }];
-        render_chat(
-            tok.chat_template(),
-            &messages,
-            true,
-            tok.token_text(tok.bos()),
-            tok.token_text(tok.eos()),
-        )?
+        tok.apply_chat_template(&messages, true)?
     } else {
         args.prompt.clone()
     };

@@ -298,3 +298,25 @@ fn run_json_reports_memory_timings_and_a_budget_holds() {
         assert!(v["peak_rss_bytes"].as_u64().unwrap() > 0);
     }
 }
+
+#[test]
+fn tokenize_reads_only_the_metadata() {
+    // Gemma 3's SentencePiece tokenizer, from a file whatever its tensor types.
+    let gemma = kiln_tests::gemma_model();
+    let out = kiln(&[
+        "tokenize",
+        "-m",
+        gemma.to_str().unwrap(),
+        "<start_of_turn>user\nHi there<end_of_turn>\n",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        last_line_json(&out)["ids"],
+        serde_json::json!([2, 105, 2364, 107, 10979, 993, 106, 107])
+    );
+}

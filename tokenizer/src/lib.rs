@@ -227,6 +227,15 @@ impl Tokenizer {
         self.vocab.types.get(id as usize).copied()
     }
 
+    /// The score of a SentencePiece token (`tokenizer.ggml.scores`: the higher, the earlier
+    /// it merges); `None` for BPE or an id outside the vocabulary.
+    pub fn token_score(&self, id: u32) -> Option<f32> {
+        match &self.algorithm {
+            Algorithm::Spm(spm) => spm.score(id),
+            Algorithm::Bpe { .. } => None,
+        }
+    }
+
     /// Whether `id` is a control token (by type, or recognised as one at load time).
     pub fn is_control(&self, id: u32) -> bool {
         self.vocab

@@ -108,6 +108,10 @@ impl Spm {
         })
     }
 
+    pub fn score(&self, id: u32) -> Option<f32> {
+        self.scores.get(id as usize).copied()
+    }
+
     /// Append the tokens of one text fragment (no special tokens in it); `space_prefix`
     /// puts a "▁" in front.
     pub fn encode_fragment(

@@ -67,7 +67,7 @@ impl TokenTable {
                     table.slots[i] = (id, tag);
                     break;
                 }
-                if other_tag == tag && table.text(other) == table.text(id) {
+                if other_tag == tag && table.bytes(other) == table.bytes(id) {
                     return Err((other.min(id), other.max(id)));
                 }
                 i = (i + 1) & (n_slots - 1);
@@ -90,6 +90,13 @@ impl TokenTable {
         }
     }
 
+    /// [`TokenTable::text`] as bytes, without checking character boundaries (for lookups).
+    fn bytes(&self, id: u32) -> &[u8] {
+        let i = id as usize;
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.data.as_bytes()[start..self.ends[i]]
+    }
+
     pub fn len(&self) -> usize {
         self.ends.len()
     }
@@ -109,7 +116,7 @@ impl TokenTable {
             if id == EMPTY {
                 return Err(i);
             }
-            if slot_tag == tag && self.text(id) == text {
+            if slot_tag == tag && self.bytes(id) == text.as_bytes() {
                 return Ok(id);
             }
             i = (i + 1) & mask;

@@ -1,6 +1,7 @@
-//! Tests of the whole tokenizer: a tiny hand-made vocabulary (no model needed), and the
-//! reference model against llama.cpp's recorded ids when it is present.
+//! Tests of the whole tokenizer: tiny hand-made BPE and SentencePiece vocabularies (no
+//! model needed), and the two reference models' vocabularies.
 
+mod gemma;
 mod model;
 mod tiny;
 mod tiny_spm;

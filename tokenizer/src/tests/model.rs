@@ -98,6 +98,7 @@ fn special_ids() {
     assert_eq!(t.eog_ids(), [0, 2, 4]);
     assert_eq!(t.token_text(1), "<|im_start|>");
     assert_eq!(t.token_type(1), Some(TokenType::Control));
+    assert_eq!(t.token_score(1), None);
     assert_eq!(t.token_id("<reponame>"), Some(4));
 }
 

@@ -113,14 +113,14 @@ fn prefixed() -> Tokenizer {
 /// The merge rule written the slow, obvious way: among the adjacent pairs whose joined
 /// text is a piece, join the one of highest score (the leftmost of equal scores), again
 /// and again; then what is no piece becomes bytes.
-fn naive(t: &Tokenizer, text: &str) -> Vec<u32> {
+pub(super) fn naive(t: &Tokenizer, text: &str) -> Vec<u32> {
     let mut symbols: Vec<String> = text.chars().map(String::from).collect();
     loop {
         let mut best: Option<(f32, usize)> = None;
         for i in 1..symbols.len() {
             let joined = format!("{}{}", symbols[i - 1], symbols[i]);
             if let Some(id) = t.token_id(&joined) {
-                let score = score_of(id) + 0.0;
+                let score = t.token_score(id).expect("a SentencePiece token") + 0.0;
                 if best.is_none_or(|(s, _)| score > s) {
                     best = Some((score, i - 1));
                 }
@@ -134,17 +134,10 @@ fn naive(t: &Tokenizer, text: &str) -> Vec<u32> {
     for s in symbols {
         match t.token_id(&s) {
             Some(id) => out.push(id),
-            None => out.extend(s.bytes().map(byte)),
+                None => out.extend(s.bytes().filter_map(|b| t.token_id(&format!("<0x{b:02X}>")))),
         }
     }
     out
-}
-
-fn score_of(id: u32) -> f32 {
-    match id.checked_sub(BYTES_END) {
-        Some(i) => PIECES[i as usize].1,
-        None => 0.0,
-    }
 }
 
 #[test]
@@ -156,6 +149,8 @@ fn loads_as_sentencepiece_with_its_defaults() {
     assert!(!plain().add_space_prefix());
     assert_eq!(t.token_type(byte(0x41)), Some(TokenType::Byte));
     assert_eq!(t.token_type(0), Some(TokenType::Unknown));
+    assert_eq!(t.token_score(id("bc")), Some(-3.5));
+    assert_eq!(t.token_score(99_999), None);
     // EOS and <end_of_turn> (found by its text) end generation; <start_of_turn> does not.
     assert_eq!(t.eog_ids(), [2, id("<end_of_turn>")]);
     assert_eq!(t.eot_id(), Some(id("<end_of_turn>")));
