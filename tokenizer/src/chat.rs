@@ -109,13 +109,17 @@ pub fn gemma_turns(messages: &[ChatMessage], add_generation_prompt: bool) -> Str
             system.push_str(&trim(&m.content));
             continue;
         }
-        let role = if m.role == "assistant" { "model" } else { &m.role };
-        let _ = write!(out, "<start_of_turn>{role}\n");
+        let role = if m.role == "assistant" {
+            "model"
+        } else {
+            &m.role
+        };
+        let _ = writeln!(out, "<start_of_turn>{role}");
         if !system.is_empty() && role != "model" {
             let _ = write!(out, "{system}\n\n");
             system.clear();
         }
-        let _ = write!(out, "{}<end_of_turn>\n", trim(&m.content));
+        let _ = writeln!(out, "{}<end_of_turn>", trim(&m.content));
     }
     if add_generation_prompt {
         out.push_str("<start_of_turn>model\n");
@@ -175,8 +179,7 @@ impl Tokenizer {
     /// The built-in format for this vocabulary: Gemma's turns when it has
     /// `<start_of_turn>` and `<end_of_turn>`, ChatML otherwise.
     pub fn chat_format(&self) -> ChatFormat {
-        if self.token_id("<start_of_turn>").is_some() && self.token_id("<end_of_turn>").is_some()
-        {
+        if self.token_id("<start_of_turn>").is_some() && self.token_id("<end_of_turn>").is_some() {
             ChatFormat::Gemma
         } else {
             ChatFormat::ChatMl
@@ -534,8 +537,14 @@ mod tests {
             gemma_turns(&late, false),
             "<start_of_turn>model\nYes<end_of_turn>\n<start_of_turn>user\nS\n\nQ<end_of_turn>\n"
         );
-        assert_eq!(ChatFormat::Gemma.render(&[], true), "<start_of_turn>model\n");
-        assert_eq!(ChatFormat::ChatMl.render(&msgs(), false), chatml(&msgs(), false));
+        assert_eq!(
+            ChatFormat::Gemma.render(&[], true),
+            "<start_of_turn>model\n"
+        );
+        assert_eq!(
+            ChatFormat::ChatMl.render(&msgs(), false),
+            chatml(&msgs(), false)
+        );
     }
 
     #[test]

@@ -16,7 +16,7 @@ use std::collections::BinaryHeap;
 use kiln_gguf::{Gguf, Value};
 
 use super::TokenizerError;
-use super::vocab::Vocab;
+use super::vocab::{Vocab, read_per_token};
 
 /// SentencePiece's visible space, U+2581 LOWER ONE EIGHTH BLOCK.
 pub(super) const SPACE: char = '\u{2581}';
@@ -90,7 +90,12 @@ impl Spm {
         let n = vocab.len();
         let scores = match g.get(KEY_SCORES) {
             None => vec![0.0; n],
-            Some(v) => read_scores(v, n)?,
+            // llama.cpp reads f32 or i32 scores.
+            Some(v) => read_per_token(v, KEY_SCORES, n, "an f32 or i32", |v| match v {
+                Value::F32(x) => Some(*x),
+                Value::I32(x) => Some(*x as f32),
+                _ => None,
+            })?,
         };
         let mut byte_tokens = [None; 256];
         for (b, slot) in byte_tokens.iter_mut().enumerate() {
@@ -230,28 +235,4 @@ impl Spm {
             });
         }
     }
-}
-
-fn read_scores(v: &Value, n: usize) -> Result<Vec<f32>, TokenizerError> {
-    let list = v.as_array().ok_or_else(|| {
-        TokenizerError::invalid(KEY_SCORES, format!("a {}, not an array", v.value_type()))
-    })?;
-    if list.len() < n {
-        return Err(TokenizerError::invalid(
-            KEY_SCORES,
-            format!("{} entries for {n} tokens", list.len()),
-        ));
-    }
-    list[..n]
-        .iter()
-        .enumerate()
-        .map(|(i, v)| match v {
-            Value::F32(x) => Ok(*x),
-            Value::I32(x) => Ok(*x as f32),
-            _ => Err(TokenizerError::invalid(
-                KEY_SCORES,
-                format!("entry {i} is a {}, not an f32 or i32", v.value_type()),
-            )),
-        })
-        .collect()
 }

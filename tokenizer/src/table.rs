@@ -31,7 +31,9 @@ fn hash(text: &str) -> u64 {
 
 impl TokenTable {
     /// The table of `texts`, ids in order; `Err((first, second))`: two ids with the same text.
-    pub fn build<'a>(texts: impl ExactSizeIterator<Item = &'a str>) -> Result<TokenTable, (u32, u32)> {
+    pub fn build<'a>(
+        texts: impl ExactSizeIterator<Item = &'a str>,
+    ) -> Result<TokenTable, (u32, u32)> {
         let n = texts.len();
         let mut data = String::new();
         let mut ends = Vec::with_capacity(n);
@@ -144,6 +146,11 @@ mod tests {
         let dup = ["a", "b", "c", "b", "a"];
         let err = TokenTable::build(dup.into_iter()).unwrap_err();
         assert!(matches!(err, (0, 4) | (1, 3)), "{err:?}");
-        assert!(TokenTable::build(std::iter::empty()).unwrap().get("a").is_none());
+        assert!(
+            TokenTable::build(std::iter::empty())
+                .unwrap()
+                .get("a")
+                .is_none()
+        );
     }
 }

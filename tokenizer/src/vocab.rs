@@ -484,18 +484,29 @@ fn read_tokens(g: &Gguf) -> Result<TokenTable, TokenizerError> {
 }
 
 fn read_types(g: &Gguf, n: usize) -> Result<Vec<TokenType>, TokenizerError> {
-    let Some(v) = g.get(KEY_TOKEN_TYPE) else {
-        return Ok(vec![TokenType::Normal; n]);
-    };
+    match g.get(KEY_TOKEN_TYPE) {
+        None => Ok(vec![TokenType::Normal; n]),
+        Some(v) => read_per_token(v, KEY_TOKEN_TYPE, n, "an integer", |v| {
+            v.as_i64().map(TokenType::from_id)
+        }),
+    }
+}
+
+/// The first `n` entries of the array `v` (metadata key `key`), each converted by
+/// `convert` (`None`: not `expected`).
+pub(super) fn read_per_token<T>(
+    v: &Value,
+    key: &str,
+    n: usize,
+    expected: &str,
+    convert: impl Fn(&Value) -> Option<T>,
+) -> Result<Vec<T>, TokenizerError> {
     let list = v.as_array().ok_or_else(|| {
-        TokenizerError::invalid(
-            KEY_TOKEN_TYPE,
-            format!("a {}, not an array", v.value_type()),
-        )
+        TokenizerError::invalid(key, format!("a {}, not an array", v.value_type()))
     })?;
     if list.len() < n {
         return Err(TokenizerError::invalid(
-            KEY_TOKEN_TYPE,
+            key,
             format!("{} entries for {n} tokens", list.len()),
         ));
     }
@@ -503,10 +514,10 @@ fn read_types(g: &Gguf, n: usize) -> Result<Vec<TokenType>, TokenizerError> {
         .iter()
         .enumerate()
         .map(|(i, v)| {
-            v.as_i64().map(TokenType::from_id).ok_or_else(|| {
+            convert(v).ok_or_else(|| {
                 TokenizerError::invalid(
-                    KEY_TOKEN_TYPE,
-                    format!("entry {i} is a {}, not an integer", v.value_type()),
+                    key,
+                    format!("entry {i} is a {}, not {expected}", v.value_type()),
                 )
             })
         })

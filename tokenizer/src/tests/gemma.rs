@@ -2,7 +2,6 @@
 //! its metadata, the fast merge against the obvious one, round trips and the long text.
 //! llama.cpp's recorded ids are checked in tests/tests/tokenize_gemma.rs.
 
-use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use proptest::prelude::*;
@@ -12,29 +11,12 @@ use kiln_gguf::Gguf;
 use super::super::*;
 use super::tiny_spm::naive;
 
-fn model_path() -> PathBuf {
-    std::env::var_os("KILN_GEMMA_MODEL").map_or_else(
-        || {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../models/gemma-3-270m-q4_k_m.gguf"
-            ))
-        },
-        PathBuf::from,
-    )
-}
-
 /// The tokenizer, loaded once for all tests (from the metadata alone: kiln cannot load
 /// every tensor type of this file yet, and the tokenizer needs none).
 fn gemma() -> &'static Tokenizer {
     static TOKENIZER: OnceLock<Tokenizer> = OnceLock::new();
     TOKENIZER.get_or_init(|| {
-        let path = model_path();
-        assert!(
-            path.exists(),
-            "{} is missing: run scripts/fetch-model.sh",
-            path.display()
-        );
+        let path = super::model_file("KILN_GEMMA_MODEL", "gemma-3-270m-q4_k_m.gguf");
         let g = Gguf::open_metadata(&path).expect("the Gemma model's header reads");
         let start = std::time::Instant::now();
         let t = Tokenizer::from_gguf(&g).expect("the Gemma tokenizer loads");
@@ -81,12 +63,12 @@ fn fragment_text() -> impl Strategy<Value = String> {
     ];
     proptest::collection::vec(piece, 0..24).prop_map(|v| {
         let s: String = v.concat();
-        let s: String = s
-            .chars()
-            .filter(|c| !c.is_control() && *c != '<')
-            .collect();
+        let s: String = s.chars().filter(|c| !c.is_control() && *c != '<').collect();
         // One space at a time ("  " is a user-defined token).
-        s.split(' ').filter(|w| !w.is_empty()).collect::<Vec<_>>().join(" ")
+        s.split(' ')
+            .filter(|w| !w.is_empty())
+            .collect::<Vec<_>>()
+            .join(" ")
     })
 }
 
@@ -123,9 +105,7 @@ proptest! {
             let ids = t.encode(&text, true, parse_special);
             prop_assert_eq!(ids[0], t.bos());
             prop_assert_eq!(t.decode_with(&ids[1..], true), expected.as_str());
-            let mut d = StreamDecoder::with_special(t, true);
-            let streamed = ids[1..].iter().map(|&id| d.push(id)).collect::<String>() + &d.finish();
-            prop_assert_eq!(streamed, expected.as_str());
+            prop_assert_eq!(super::streamed(t, &ids[1..]), expected.as_str());
         }
     }
 }
@@ -137,7 +117,10 @@ fn stream_decoder_joins_byte_tokens() {
     let text = "\u{10FFFD}\u{F0001} ok";
     let ids = t.encode(text, false, false);
     assert!(
-        ids.iter().filter(|&&id| t.token_type(id) == Some(TokenType::Byte)).count() >= 7,
+        ids.iter()
+            .filter(|&&id| t.token_type(id) == Some(TokenType::Byte))
+            .count()
+            >= 7,
         "{ids:?}"
     );
     let mut d = StreamDecoder::new(t);
@@ -145,7 +128,10 @@ fn stream_decoder_joins_byte_tokens() {
     outs.push(d.finish());
     assert_eq!(outs.concat(), text);
     assert!(outs.iter().all(|o| !o.contains('\u{FFFD}')), "{outs:?}");
-    assert!(outs.iter().filter(|o| o.is_empty()).count() >= 5, "{outs:?}");
+    assert!(
+        outs.iter().filter(|o| o.is_empty()).count() >= 5,
+        "{outs:?}"
+    );
 }
 
 #[test]

@@ -11,18 +11,6 @@ use kiln_gguf::Gguf;
 use super::super::unicode::BYTE_TO_CHAR;
 use super::super::*;
 
-fn model_path() -> PathBuf {
-    std::env::var_os("KILN_MODEL").map_or_else(
-        || {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/../models/SmolLM2-135M-Instruct.Q4_1.gguf"
-            ))
-        },
-        PathBuf::from,
-    )
-}
-
 /// llama.cpp's recorded outputs, kept in the repository (tests/data/reference).
 fn reference_path(name: &str) -> PathBuf {
     PathBuf::from(concat!(
@@ -43,12 +31,7 @@ fn reference(name: &str) -> serde_json::Value {
 fn model() -> Option<&'static Tokenizer> {
     static TOKENIZER: OnceLock<Option<Tokenizer>> = OnceLock::new();
     let t = TOKENIZER.get_or_init(|| {
-        let path = model_path();
-        assert!(
-            path.exists(),
-            "reference model {} not found: run scripts/fetch-model.sh",
-            path.display()
-        );
+        let path = super::model_file("KILN_MODEL", "SmolLM2-135M-Instruct.Q4_1.gguf");
         let g = Gguf::open(&path).expect("reference model opens");
         Some(Tokenizer::from_gguf(&g).expect("reference tokenizer loads"))
     });
@@ -220,10 +203,8 @@ proptest! {
             prop_assert_eq!(&bytes, &expected);
             prop_assert!(ids.iter().all(|&id| (id as usize) < t.vocab_size()));
         }
-        let mut d = StreamDecoder::with_special(t, true);
         let ids = t.encode(&text, true, true);
-        let streamed: String = ids.iter().map(|&id| d.push(id)).collect::<String>() + &d.finish();
-        prop_assert_eq!(streamed, String::from_utf8_lossy(&expected));
+        prop_assert_eq!(super::streamed(t, &ids), String::from_utf8_lossy(&expected));
         if expected == text.as_bytes() {
             prop_assert_eq!(t.decode_with(&ids, true), text);
         }

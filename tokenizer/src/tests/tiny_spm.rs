@@ -16,41 +16,41 @@ const BYTES_END: u32 = N + 256;
 
 /// Pieces after the byte tokens: (text, score, type).
 const PIECES: &[(&str, f32, i32)] = &[
-    ("▁", -1.0, 1),                // 259
-    ("a", -2.0, 1),                // 260
-    ("b", -2.0, 1),                // 261
-    ("c", -2.0, 1),                // 262
-    ("h", -2.0, 1),                // 263
-    ("e", -2.0, 1),                // 264
-    ("l", -2.0, 1),                // 265
-    ("o", -2.0, 1),                // 266
-    ("he", -3.0, 1),               // 267
-    ("ll", -3.0, 1),               // 268
-    ("llo", -4.0, 1),              // 269
-    ("hello", -5.0, 1),            // 270
-    ("▁hello", -1.5, 1),           // 271
-    ("▁h", -6.0, 1),               // 272
-    ("ab", -4.0, 1),               // 273
-    ("bc", -3.5, 1),               // 274: outscores "ab"
-    ("aa", -4.0, 1),               // 275
-    ("▁▁", -2.5, 1),               // 276
-    ("日", -2.0, 1),               // 277
-    ("本", -2.0, 1),               // 278
-    ("日本", -1.0, 1),             // 279
-    ("xyz", -1.0, 1),              // 280: "xy" is no piece, so never reached
-    ("x", -2.0, 1),                // 281
-    ("y", -2.0, 1),                // 282
-    ("z", -2.0, 1),                // 283
-    ("<start_of_turn>", 0.0, 3),   // 284
-    ("<end_of_turn>", 0.0, 3),     // 285
-    ("<tool>", 0.0, 4),            // 286: user-defined
-    ("<unused0>", 0.0, 3),         // 287
-    ("q", -0.0, 1),                // 288: -0.0 ties with 0.0
-    ("qc", -0.0, 1),               // 289
-    ("▁a", -1.2, 1),               // 290
-    ("\n", -2.0, 4),               // 291: user-defined, like Gemma's
-    ("ca", 0.0, 1),                // 292
-    ("cab", -0.0, 1),              // 293
+    ("▁", -1.0, 1),              // 259
+    ("a", -2.0, 1),              // 260
+    ("b", -2.0, 1),              // 261
+    ("c", -2.0, 1),              // 262
+    ("h", -2.0, 1),              // 263
+    ("e", -2.0, 1),              // 264
+    ("l", -2.0, 1),              // 265
+    ("o", -2.0, 1),              // 266
+    ("he", -3.0, 1),             // 267
+    ("ll", -3.0, 1),             // 268
+    ("llo", -4.0, 1),            // 269
+    ("hello", -5.0, 1),          // 270
+    ("▁hello", -1.5, 1),         // 271
+    ("▁h", -6.0, 1),             // 272
+    ("ab", -4.0, 1),             // 273
+    ("bc", -3.5, 1),             // 274: outscores "ab"
+    ("aa", -4.0, 1),             // 275
+    ("▁▁", -2.5, 1),             // 276
+    ("日", -2.0, 1),             // 277
+    ("本", -2.0, 1),             // 278
+    ("日本", -1.0, 1),           // 279
+    ("xyz", -1.0, 1),            // 280: "xy" is no piece, so never reached
+    ("x", -2.0, 1),              // 281
+    ("y", -2.0, 1),              // 282
+    ("z", -2.0, 1),              // 283
+    ("<start_of_turn>", 0.0, 3), // 284
+    ("<end_of_turn>", 0.0, 3),   // 285
+    ("<tool>", 0.0, 4),          // 286: user-defined
+    ("<unused0>", 0.0, 3),       // 287
+    ("q", -0.0, 1),              // 288: -0.0 ties with 0.0
+    ("qc", -0.0, 1),             // 289
+    ("▁a", -1.2, 1),             // 290
+    ("\n", -2.0, 4),             // 291: user-defined, like Gemma's
+    ("ca", 0.0, 1),              // 292
+    ("cab", -0.0, 1),            // 293
 ];
 
 fn id(text: &str) -> u32 {
@@ -134,7 +134,10 @@ pub(super) fn naive(t: &Tokenizer, text: &str) -> Vec<u32> {
     for s in symbols {
         match t.token_id(&s) {
             Some(id) => out.push(id),
-                None => out.extend(s.bytes().filter_map(|b| t.token_id(&format!("<0x{b:02X}>")))),
+            None => out.extend(
+                s.bytes()
+                    .filter_map(|b| t.token_id(&format!("<0x{b:02X}>"))),
+            ),
         }
     }
     out
@@ -171,8 +174,13 @@ fn merges_follow_score() {
     // merges first.
     assert_eq!(t.encode("qca", false, false), [id("qc"), id("a")]);
     assert_eq!(t.encode("cab", false, false), [id("cab")]);
-    for text in ["hello", "abc", "aaaa", "xyz", "qca", "he llo", "abcab", "a  a"] {
-        assert_eq!(t.encode(text, false, false), naive(&t, &text.replace(' ', "▁")));
+    for text in [
+        "hello", "abc", "aaaa", "xyz", "qca", "he llo", "abcab", "a  a",
+    ] {
+        assert_eq!(
+            t.encode(text, false, false),
+            naive(&t, &text.replace(' ', "▁"))
+        );
     }
 }
 
@@ -183,8 +191,14 @@ fn characters_without_a_piece_fall_back_to_bytes() {
         t.encode("héllo", false, false),
         [id("h"), byte(0xC3), byte(0xA9), id("llo")]
     );
-    assert_eq!(t.encode("🤖", false, false), [0xF0, 0x9F, 0xA4, 0x96].map(byte));
-    assert_eq!(t.encode("日本語", false, false), [id("日本"), byte(0xE8), byte(0xAA), byte(0x9E)]);
+    assert_eq!(
+        t.encode("🤖", false, false),
+        [0xF0, 0x9F, 0xA4, 0x96].map(byte)
+    );
+    assert_eq!(
+        t.encode("日本語", false, false),
+        [id("日本"), byte(0xE8), byte(0xAA), byte(0x9E)]
+    );
     assert_eq!(t.encode("\t\r", false, false), [byte(b'\t'), byte(b'\r')]);
     // "<0x41>" typed as text is text, merged from its characters.
     let ids = t.encode("<0x41>", false, true);
@@ -196,7 +210,10 @@ fn spaces_are_the_space_marker() {
     let t = plain();
     let sp = id("▁");
     assert_eq!(t.encode(" hello", false, false), [id("▁hello")]);
-    assert_eq!(t.encode("hello hello", false, false), [id("hello"), id("▁hello")]);
+    assert_eq!(
+        t.encode("hello hello", false, false),
+        [id("hello"), id("▁hello")]
+    );
     // "▁a" (-1.2) outscores "▁▁" (-2.5).
     assert_eq!(t.encode("a  a", false, false), [id("a"), sp, id("▁a")]);
     assert_eq!(t.encode("a   ", false, false), [id("a"), id("▁▁"), sp]);
@@ -227,7 +244,10 @@ fn special_tokens_inside_text() {
         t.encode("a<tool>a\na", false, false),
         [id("a"), id("<tool>"), id("a"), id("\n"), id("a")]
     );
-    assert_eq!(t.encode("<unused0><unk>", false, true), [id("<unused0>"), 0]);
+    assert_eq!(
+        t.encode("<unused0><unk>", false, true),
+        [id("<unused0>"), 0]
+    );
     // With the space prefix, every text fragment after a special token gets a "▁" too,
     // as in llama.cpp (BOS does not count: it is not in the text).
     let p = prefixed();
@@ -243,8 +263,14 @@ fn bos_and_eos_from_metadata() {
     let mut w = writer(Some(false));
     w.metadata("tokenizer.ggml.add_bos_token", Value::Bool(false))
         .metadata("tokenizer.ggml.add_eos_token", Value::Bool(true))
-        .metadata("tokenizer.ggml.bos_token_id", Value::U32(id("<start_of_turn>")))
-        .metadata("tokenizer.ggml.eos_token_id", Value::U32(id("<end_of_turn>")));
+        .metadata(
+            "tokenizer.ggml.bos_token_id",
+            Value::U32(id("<start_of_turn>")),
+        )
+        .metadata(
+            "tokenizer.ggml.eos_token_id",
+            Value::U32(id("<end_of_turn>")),
+        );
     let t = build(&w);
     assert!(!t.add_bos() && t.add_eos());
     assert_eq!(t.encode("a", true, true), [id("a"), id("<end_of_turn>")]);
@@ -267,7 +293,10 @@ fn pieces_restore_spaces_and_bytes() {
     assert_eq!(t.token_text(id("▁hello")), "▁hello");
     let ids = t.encode("<start_of_turn> héllo 日本語🤖\n", true, true);
     assert_eq!(t.decode(&ids), " héllo 日本語🤖\n");
-    assert_eq!(t.decode_with(&ids, true), "<s><start_of_turn> héllo 日本語🤖\n");
+    assert_eq!(
+        t.decode_with(&ids, true),
+        "<s><start_of_turn> héllo 日本語🤖\n"
+    );
 }
 
 #[test]
@@ -315,12 +344,14 @@ fn chat_template_or_gemma_turns() {
     // A template that writes BOS: cut, since encoding adds it.
     let tmpl = "{{ bos_token }}{% for m in messages %}[{{ m.content }}]{% endfor %}{{ eos_token }}";
     assert_eq!(
-        t.apply_chat_template_with(Some(tmpl), &messages, true).unwrap(),
+        t.apply_chat_template_with(Some(tmpl), &messages, true)
+            .unwrap(),
         "[hello]</s>"
     );
     // A template that does not parse: the built-in format; one that raises: an error.
     assert_eq!(
-        t.apply_chat_template_with(Some("{% for %}"), &messages, true).unwrap(),
+        t.apply_chat_template_with(Some("{% for %}"), &messages, true)
+            .unwrap(),
         t.apply_chat_template(&messages, true).unwrap()
     );
     let raising = "{{ raise_exception('no system role') }}";
@@ -331,7 +362,17 @@ fn chat_template_or_gemma_turns() {
 #[test]
 fn never_panics_on_odd_text() {
     for t in [plain(), prefixed()] {
-        for text in ["", "\0", " ", "▁", "▁▁ ", "<s", "<start_of_turn", "\u{10FFFF}", "\r\n"] {
+        for text in [
+            "",
+            "\0",
+            " ",
+            "▁",
+            "▁▁ ",
+            "<s",
+            "<start_of_turn",
+            "\u{10FFFF}",
+            "\r\n",
+        ] {
             for parse in [false, true] {
                 let ids = t.encode(text, true, parse);
                 assert!(ids.iter().all(|&id| (id as usize) < t.vocab_size()));
@@ -371,9 +412,7 @@ proptest! {
         for parse_special in [false, true] {
             let ids = t.encode(&text, false, parse_special);
             prop_assert_eq!(t.decode_with(&ids, true), expected.as_str());
-            let mut d = StreamDecoder::with_special(&t, true);
-            let streamed: String = ids.iter().map(|&id| d.push(id)).collect::<String>() + &d.finish();
-            prop_assert_eq!(streamed, expected.as_str());
+            prop_assert_eq!(super::streamed(&t, &ids), expected.as_str());
         }
         // With the space prefix, decoding drops the "▁" encoding put in front. (After a
         // special token it puts another, which stays: llama.cpp's behaviour.)
@@ -390,4 +429,44 @@ proptest! {
         let text: String = text.replace(['\n'], "").replace("<tool>", "");
         prop_assert_eq!(t.encode(&text, false, false), naive(&t, &text.replace(' ', "▁")));
     }
+}
+
+#[test]
+fn scores_are_checked_and_may_be_integers() {
+    // The tiny vocabulary's metadata with other scores.
+    let with_scores = |scores: Value| {
+        let mut w = GgufWriter::new();
+        let full = writer(Some(false));
+        let g = Gguf::from_bytes(full.to_bytes()).unwrap();
+        for (k, v) in g.metadata() {
+            if k != "tokenizer.ggml.scores" {
+                w.metadata(k.clone(), v.clone());
+            }
+        }
+        w.metadata("tokenizer.ggml.scores", scores);
+        Tokenizer::from_gguf(&Gguf::from_bytes(w.to_bytes()).unwrap())
+    };
+    let e = with_scores(Value::Array(ValueType::F32, vec![Value::F32(0.0); 2]))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tokenizer.ggml.scores") && e.contains("2 entries for"),
+        "{e}"
+    );
+    let e = with_scores(Value::String("high".into())).unwrap_err().to_string();
+    assert!(e.contains("not an array"), "{e}");
+    let n = BYTES_END as usize + PIECES.len();
+    let e = with_scores(Value::Array(
+        ValueType::String,
+        vec![Value::String("x".into()); n],
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("entry 0 is a string, not an f32 or i32"), "{e}");
+    // Integer scores (llama.cpp reads them too): "bc" outscores "ab" as before.
+    let ints = PIECES.iter().map(|p| Value::I32((p.1 * 2.0) as i32));
+    let scores = std::iter::repeat_n(Value::I32(0), BYTES_END as usize).chain(ints);
+    let t = with_scores(Value::Array(ValueType::I32, scores.collect())).unwrap();
+    assert_eq!(t.encode("abc", false, false), [id("a"), id("bc")]);
+    assert_eq!(t.token_score(id("bc")), Some(-7.0));
 }
