@@ -260,7 +260,13 @@ impl<'m> Chat<'m> {
     }
 }
 
+/// Ctrl-C during a reply stops it; at the prompt it leaves, as a shell would. (Without the
+/// `tty` feature Ctrl-C ends the program, as by default.)
+#[cfg(not(feature = "tty"))]
+fn install_ctrl_c() {}
+
 /// Ctrl-C during a reply stops it; at the prompt it leaves, as a shell would.
+#[cfg(feature = "tty")]
 fn install_ctrl_c() {
     let installed = ctrlc::set_handler(|| {
         if GENERATING.load(Ordering::SeqCst) {

@@ -74,33 +74,6 @@ fn restore_sigpipe() {
 #[cfg(not(unix))]
 fn restore_sigpipe() {}
 
-/// On a machine without a desktop session, Mesa's Vulkan driver (probed by the GPU
-/// backends when picking the best one) prints `error: XDG_RUNTIME_DIR is invalid or not
-/// set in the environment.` on every start; a private, empty runtime directory keeps
-/// stderr to kiln's own one-line messages.
-#[cfg(unix)]
-fn quiet_vulkan_probe() {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    if std::env::var_os("XDG_RUNTIME_DIR").is_some() {
-        return;
-    }
-    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
-        return;
-    };
-    let dir = std::env::temp_dir().join(format!("kiln-xdg-runtime-{uid}"));
-    if std::fs::create_dir_all(&dir).is_err()
-        || std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).is_err()
-    {
-        return;
-    }
-    // SAFETY: `main` calls this first, before any thread exists, so nothing reads the
-    // environment concurrently.
-    unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
-}
-
-#[cfg(not(unix))]
-fn quiet_vulkan_probe() {}
-
 /// A bad command line is one `error:` line (help and version print as clap prints them).
 fn usage_error(e: &clap::Error) -> ExitCode {
     use clap::error::ErrorKind;
@@ -135,7 +108,8 @@ fn parse() -> Result<Cli, clap::Error> {
 fn main() -> ExitCode {
     common::process_start();
     restore_sigpipe();
-    quiet_vulkan_probe();
+    // SAFETY: first thing in `main`: no other thread exists yet.
+    unsafe { kiln_backends::quiet_vulkan_probe() };
     let cli = match parse() {
         Ok(cli) => cli,
         Err(e) => return usage_error(&e),
