@@ -338,6 +338,15 @@ impl Runner for Compiled<'_> {
         }
     }
 
+    fn truncate(&mut self, len: usize) {
+        if let Some(seq) = self.runner_seq
+            && len < self.position()
+        {
+            // The sequence is known and `len` is shorter than it: truncation cannot fail.
+            let _ = self.kv.truncate(seq, len);
+        }
+    }
+
     fn forward(&mut self, tokens: &[u32], logits: LogitsFor) -> Result<Vec<f32>, Error> {
         if tokens.is_empty() {
             return Err(Error::EmptyPrompt);

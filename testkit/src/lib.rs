@@ -60,7 +60,9 @@ pub fn verbose() -> bool {
 /// cargo test asked (filters, `--list`, `--test-threads` ...), print the skips grouped by
 /// reason, and return the exit code.
 pub fn run(trials: Vec<Trial>) -> ExitCode {
-    quiet_mesa();
+    // SAFETY: `run` is called at the start of a test binary's `main`, before the harness or
+    // any test starts a thread.
+    unsafe { kiln_backends::quiet_vulkan_probe() };
     let args = libtest_mimic::Arguments::from_args();
     VERBOSE.store(args.nocapture, Ordering::Relaxed);
     let conclusion = libtest_mimic::run(&args, trials);
@@ -80,29 +82,3 @@ pub fn run(trials: Vec<Trial>) -> ExitCode {
     }
     conclusion.exit_code()
 }
-
-/// Mesa's Vulkan loader probes Wayland and prints `error: XDG_RUNTIME_DIR is invalid or not
-/// set in the environment.` once per instance when the variable is missing (a headless CI
-/// box): point it at a private directory so that a test log shows only what tests say.
-#[cfg(unix)]
-fn quiet_mesa() {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    if std::env::var_os("XDG_RUNTIME_DIR").is_some() {
-        return;
-    }
-    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
-        return;
-    };
-    let dir = std::env::temp_dir().join(format!("kiln-xdg-runtime-{uid}"));
-    if std::fs::create_dir_all(&dir).is_err()
-        || std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).is_err()
-    {
-        return;
-    }
-    // SAFETY: called by `run` at the start of a test binary's `main`, before the harness
-    // or any test starts a thread, so nothing reads the environment concurrently.
-    unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
-}
-
-#[cfg(not(unix))]
-fn quiet_mesa() {}

@@ -163,6 +163,40 @@ pub fn open_best() -> Result<Box<dyn Backend>, RegistryError> {
     Err(last.map_or(RegistryError::NoneBuilt, RegistryError::Open))
 }
 
+/// On a machine without a desktop session, Mesa's Vulkan driver (probed when a GPU
+/// backend looks for a device) prints `error: XDG_RUNTIME_DIR is invalid or not set in the
+/// environment.` at every probe. This points the variable at a private, empty directory
+/// when it is unset, so that stderr keeps to kiln's own messages.
+///
+/// # Safety
+/// It sets an environment variable: call it at the start of `main`, before any thread
+/// exists (the CLI and the test harnesses do).
+#[cfg(unix)]
+pub unsafe fn quiet_vulkan_probe() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some() {
+        return;
+    }
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("kiln-xdg-runtime-{uid}"));
+    if std::fs::create_dir_all(&dir).is_err()
+        || std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).is_err()
+    {
+        return;
+    }
+    // SAFETY: the caller guarantees no other thread exists (see the function's contract).
+    unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+}
+
+/// Elsewhere Mesa's loader has nothing to say.
+///
+/// # Safety
+/// None needed; `unsafe` for the same signature as on Unix.
+#[cfg(not(unix))]
+pub unsafe fn quiet_vulkan_probe() {}
+
 #[cfg(test)]
 mod tests {
     use super::*;
