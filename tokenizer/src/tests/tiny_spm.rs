@@ -453,7 +453,9 @@ fn scores_are_checked_and_may_be_integers() {
         e.contains("tokenizer.ggml.scores") && e.contains("2 entries for"),
         "{e}"
     );
-    let e = with_scores(Value::String("high".into())).unwrap_err().to_string();
+    let e = with_scores(Value::String("high".into()))
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("not an array"), "{e}");
     let n = BYTES_END as usize + PIECES.len();
     let e = with_scores(Value::Array(
