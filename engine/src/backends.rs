@@ -4,7 +4,8 @@
 //! Each backend is an optional dependency behind a cargo feature of kiln-engine named
 //! `backend-<name>` (`backend-cpu` is on by default), so a build carries only the backends
 //! it asks for: `cargo build --release --no-default-features --features backend-cpu`.
-//! A new backend adds the optional dependency, the feature, and one `#[cfg]` entry below.
+//! A new backend adds the optional dependency, the feature, and one `#[cfg]` entry below;
+//! its options come from the environment in `backend_env.rs`, the one place that reads it.
 
 use kiln_ir::backend::Backend;
 
@@ -18,20 +19,34 @@ const REGISTRY: &[(&str, Constructor)] = &[
     // An NVIDIA GPU with its driver and NVRTC (both loaded at run time).
     #[cfg(feature = "backend-cuda")]
     ("cuda", || {
-        Ok(Box::new(kiln_backend_cuda::CudaBackend::new()?))
+        let options = crate::backend_env::cuda_options();
+        Ok(Box::new(kiln_backend_cuda::CudaBackend::with_options(
+            options,
+        )?))
     }),
     // A Vulkan GPU only (lavapipe with KILN_VULKAN_DEVICE=any).
     #[cfg(feature = "backend-vulkan")]
     ("vulkan", || {
-        Ok(Box::new(kiln_backend_vulkan::VulkanBackend::new()?))
+        let options = crate::backend_env::vulkan_options();
+        Ok(Box::new(kiln_backend_vulkan::VulkanBackend::with_options(
+            options,
+        )?))
     }),
     // A GPU adapter only (lavapipe with KILN_WGPU_ADAPTER=any).
     #[cfg(feature = "backend-wgpu")]
     ("wgpu", || {
-        Ok(Box::new(kiln_backend_wgpu::WgpuBackend::new()?))
+        let options = crate::backend_env::wgpu_options();
+        Ok(Box::new(kiln_backend_wgpu::WgpuBackend::with_options(
+            options,
+        )?))
     }),
     #[cfg(feature = "backend-cpu")]
-    ("cpu", || Ok(Box::new(kiln_backend_cpu::CpuBackend::new()))),
+    ("cpu", || {
+        let options = crate::backend_env::cpu_options();
+        Ok(Box::new(kiln_backend_cpu::CpuBackend::with_options(
+            options,
+        )))
+    }),
 ];
 
 /// Whether this build has any backend besides the reference pass.

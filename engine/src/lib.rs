@@ -4,6 +4,7 @@
 //! a [`runner::Runner`] (today the f32 [`reference`] pass) → [`sampler`] →
 //! tokens streamed by the [`driver`].
 
+pub mod backend_env;
 pub mod backends;
 pub mod bench;
 pub mod compiled;

@@ -2,15 +2,13 @@
 //! greedy tokens equal to the CPU backend's up to the first near-tie, logits held to the
 //! f32 oracle (as in wgpu_backend.rs, whose comment says why the oracle and not the CPU
 //! backend); and the backend's own abilities: the kernel caches (a second load compiles
-//! nothing), timestamps, buffers. On a machine without a GPU this runs on Mesa's
+//! nothing), timestamps, its device's properties. On a machine without a GPU this runs on Mesa's
 //! lavapipe, which is slow: a short prompt and a few tokens.
 
 use kiln_backend_vulkan::{Cache, VulkanBackend, VulkanOptions};
 use kiln_ir::backend::Backend;
 use kiln_tests::cpu::load;
-use kiln_tests::device::{
-    Greedy, check_buffers_round_trip, check_launch_times, greedy_matches_cpu, wgsl_limits,
-};
+use kiln_tests::device::{Greedy, check_launch_times, greedy_matches_cpu, wgsl_limits};
 use kiln_tests::required_on_ci;
 
 /// The backend, or None (printed) without a device; CI requires one.
@@ -104,14 +102,6 @@ fn launch_times_cover_every_launch_of_the_last_step() {
 }
 
 #[test]
-fn buffers_round_trip_at_any_offset() {
-    let Some(mut backend) = backend() else {
-        return;
-    };
-    check_buffers_round_trip(&mut backend);
-}
-
-#[test]
 fn the_device_is_described() {
     let Some(backend) = backend() else {
         return;
@@ -127,6 +117,7 @@ fn the_device_is_described() {
         allow_cpu: true,
         subgroups: false,
         cache: Cache::Off,
+        ..VulkanOptions::default()
     })
     .expect("the device opens");
     assert!(!off.uses_subgroups() && off.properties().subgroup_size.is_none());
