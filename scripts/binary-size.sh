@@ -38,15 +38,15 @@ for set in "${sets[@]}"; do
     continue
   fi
   # shellcheck disable=SC2046
-  cargo build --release -p kiln-engine --bin kiln $(features "$set") >&2
+  cargo build --release -p kiln-cli --bin kiln $(features "$set") >&2
   cp target/release/kiln "$out/kiln-$set"
   f=$(features "$set")
-  rows+=("| $set | \`cargo build --release -p kiln-engine${f:+ $f}\` | kiln | $(stat -c %s "$out/kiln-$set") |")
+  rows+=("| $set | \`cargo build --release -p kiln-cli${f:+ $f}\` | kiln | $(stat -c %s "$out/kiln-$set") |")
 done
 # Leave target/release/kiln as the full build when another set came last.
 if [ "${sets[-1]}" != full ] && [[ " ${sets[*]} " == *" full "* ]]; then
   # shellcheck disable=SC2046
-  cargo build --release -p kiln-engine --bin kiln $(features full) >&2
+  cargo build --release -p kiln-cli --bin kiln $(features full) >&2
 fi
 
 echo "| set | command | file | bytes |"

@@ -10,8 +10,8 @@ use std::path::Path;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use kiln_bench::decode::{self, Decoder};
 use kiln_engine::model::Model;
-use kiln_engine::synth::Shape;
 use kiln_ir::DType;
+use kiln_tools::synth::Shape;
 
 const CTX: usize = 64;
 const SEED: u64 = 1;

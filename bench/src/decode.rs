@@ -1,4 +1,4 @@
-//! One end-to-end decode step of a random-weight model (`kiln_engine::synth`), through
+//! One end-to-end decode step of a random-weight model (`kiln_tools::synth`), through
 //! `Compiled::step`: all the launches of a model, as `kiln run` makes them.
 //!
 //! The tokenizer (and so the vocabulary) comes from the reference model, so a machine
@@ -11,9 +11,9 @@ use kiln_engine::compiled::{BatchEntry, CompileOptions, Compiled};
 use kiln_engine::gguf::Gguf;
 use kiln_engine::kv::SeqId;
 use kiln_engine::model::Model;
-use kiln_engine::synth::{self, Shape, SynthConfig};
 use kiln_ir::DType;
 use kiln_ir::kv_layout::KvLayout;
+use kiln_tools::synth::{self, Shape, SynthConfig};
 
 use crate::{Constructor, Rng};
 

@@ -40,11 +40,7 @@ pub type Constructor = fn() -> Result<Box<dyn Backend>, String>;
 
 /// The backends the suites run on, by name. A new backend is one line here.
 pub const BACKENDS: &[(&str, Constructor)] = &[
-    // KILN_THREADS sets the threads, as in `kiln bench`.
-    ("cpu", || {
-        let options = kiln_engine::backend_env::cpu_options();
-        Ok(Box::new(CpuBackend::with_options(options)))
-    }),
+    ("cpu", || Ok(Box::new(CpuBackend::new()))),
     // Any adapter, lavapipe included (its figures say what the adapter is).
     ("wgpu", || {
         kiln_backend_wgpu::WgpuBackend::any_adapter()

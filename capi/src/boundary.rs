@@ -26,6 +26,15 @@ impl ApiError {
     }
 }
 
+impl From<kiln_backends::RegistryError> for ApiError {
+    fn from(e: kiln_backends::RegistryError) -> ApiError {
+        match e {
+            kiln_backends::RegistryError::Open(e) => Error::Backend(e).into(),
+            other => ApiError::new(kiln_status::KILN_ERR_INVALID_ARGUMENT, other.to_string()),
+        }
+    }
+}
+
 impl From<Error> for ApiError {
     fn from(e: Error) -> ApiError {
         use kiln_status::*;
@@ -43,7 +52,6 @@ impl From<Error> for ApiError {
                 KILN_ERR_OUT_OF_MEMORY
             }
             Error::Backend(_) => KILN_ERR_BACKEND,
-            Error::BackendUnavailable(..) => KILN_ERR_INVALID_ARGUMENT,
             Error::ContextFull { .. } | Error::Kv(_) => KILN_ERR_CONTEXT_FULL,
             Error::TokenOutOfRange { .. }
             | Error::EmptyPrompt

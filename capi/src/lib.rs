@@ -25,7 +25,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, TryLockError};
 
-use kiln_engine::backends;
 use kiln_engine::compiled::{CompileOptions, Compiled};
 use kiln_engine::driver::{GenerateRequest, StopReason, generate};
 use kiln_engine::kv::KvDtype;
@@ -394,9 +393,11 @@ fn make_runner(
     }
     let device = match backend {
         Some("ref") => return Ok(Box::new(Reference::new(model, n_ctx))),
-        None if !backends::any_compiled() => return Ok(Box::new(Reference::new(model, n_ctx))),
-        None => backends::open_best()?,
-        Some(name) => backends::open(name)?,
+        None if !kiln_backends::any_compiled() => {
+            return Ok(Box::new(Reference::new(model, n_ctx)));
+        }
+        None => kiln_backends::open_best()?,
+        Some(name) => kiln_backends::open(name)?,
     };
     let mut options = CompileOptions::new(n_ctx);
     options.kv_dtype = if params.kv_f16 {
@@ -630,7 +631,7 @@ mod tests {
             kiln_status::KILN_ERR_CONTEXT_FULL
         );
         assert_eq!(
-            code(Error::BackendUnavailable("x".into(), "cpu".into())),
+            ApiError::from(kiln_backends::open("tpu").err().unwrap()).status,
             kiln_status::KILN_ERR_INVALID_ARGUMENT
         );
         assert_eq!(

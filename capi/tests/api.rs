@@ -34,7 +34,7 @@ impl Drop for Loaded {
 }
 
 fn load(params: Option<kiln_session_params>) -> Option<Loaded> {
-    let path = kiln_tests::reference_model()?;
+    let path = kiln_tests::reference_model();
     let path = CString::new(path.to_str().unwrap()).unwrap();
     let mut loaded = Loaded {
         model: ptr::null_mut(),

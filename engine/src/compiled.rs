@@ -7,10 +7,10 @@ use kiln_ir::kv_layout::{KvDtype, KvLayout};
 use kiln_ir::{Plan, lower, passes};
 
 use crate::Error;
-use crate::kv::{KvManager, SeqId};
 use crate::memory::{self, KvRequest, MemoryPlan};
 use crate::model::{Model, llama_graph};
 use crate::runner::{LogitsFor, Runner};
+use kiln_kv::{KvManager, SeqId};
 
 /// How a compiled runner is sized.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -128,7 +128,7 @@ impl<'m> Compiled<'m> {
         let c = &model.config;
         let layout = KvLayout::new(c.n_layers, c.n_kv_heads, c.head_dim)
             .and_then(|l| l.with_dtype(options.kv_dtype))
-            .map_err(crate::kv::KvError::from)?;
+            .map_err(kiln_kv::KvError::from)?;
         let max_seqs = options.max_seqs.max(1);
         let wanted_pages = match options.kv_budget_bytes {
             Some(budget) => match layout.pages_for_budget(budget) {
@@ -380,6 +380,15 @@ impl Runner for Compiled<'_> {
         if let Some(seq) = self.runner_seq.take() {
             // The sequence is known to the manager, so freeing it cannot fail.
             let _ = self.kv.free(seq);
+        }
+    }
+
+    fn truncate(&mut self, len: usize) {
+        if let Some(seq) = self.runner_seq
+            && len < self.position()
+        {
+            // The sequence is known and `len` is shorter than it: truncation cannot fail.
+            let _ = self.kv.truncate(seq, len);
         }
     }
 

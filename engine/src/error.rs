@@ -5,9 +5,9 @@ use kiln_ir::{DType, QuantError};
 use kiln_ir::IrError;
 use kiln_ir::backend::BackendError;
 
-use crate::gguf::GgufError;
-use crate::kv::KvError;
-use crate::tokenizer::TokenizerError;
+use kiln_gguf::GgufError;
+use kiln_kv::KvError;
+use kiln_tokenizer::TokenizerError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -43,8 +43,6 @@ pub enum Error {
     TokenOutOfRange { id: u32, vocab_size: usize },
     #[error("the prompt is empty: at least one token is needed")]
     EmptyPrompt,
-    #[error("backend {0:?} is not available in this build (available: {1})")]
-    BackendUnavailable(String, String),
     #[error("bad sampling parameter: {0}")]
     BadSampling(String),
     #[error("{0}")]

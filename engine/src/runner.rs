@@ -22,6 +22,10 @@ pub trait Runner {
     fn position(&self) -> usize;
     /// Forget the context.
     fn reset(&mut self);
+    /// Keep the first `len` positions of the context and forget the rest (a chat whose
+    /// re-rendered history diverges from what was decoded, a rejected guess). `len` past
+    /// the end changes nothing.
+    fn truncate(&mut self, len: usize);
     /// Append `tokens` to the context and return logits, `(n_out, vocab)` row-major.
     fn forward(&mut self, tokens: &[u32], logits: LogitsFor) -> Result<Vec<f32>, Error>;
     /// Append `tokens` and return the greedy token after the last one: the argmax of its

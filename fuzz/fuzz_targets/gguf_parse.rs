@@ -3,7 +3,7 @@
 
 #![no_main]
 
-use kiln_engine::gguf::Gguf;
+use kiln_gguf::Gguf;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

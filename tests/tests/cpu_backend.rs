@@ -1,5 +1,5 @@
 //! The CPU backend on the real model against the reference pass (the oracle): logits on the
-//! prompts of ../shared/reference/smollm2/greedy.json with FP8 and F16 KV, greedy agreement,
+//! prompts of tests/data/reference/smollm2/greedy.json with FP8 and F16 KV, greedy agreement,
 //! each fusion pass against the unfused graph, and batched decode against sequences run
 //! alone (perplexity: cpu_perplexity.rs). Every figure is printed (run with `--nocapture` to see them).
 //!
@@ -148,9 +148,7 @@ const FP8_NMSE: f64 = 0.1;
 
 #[test]
 fn cpu_logits_match_the_oracle_with_fp8_and_f16_kv() {
-    let Some(model) = load() else {
-        return;
-    };
+    let model = load();
     let start = Instant::now();
     let mut oracle = Reference::new(&model, N_CTX);
     let cases: Vec<_> = prompts(&model)
@@ -222,9 +220,7 @@ const MIN_GAP: f32 = 0.5;
 
 #[test]
 fn greedy_with_f16_kv_matches_the_oracle_until_a_close_call() {
-    let Some(model) = load() else {
-        return;
-    };
+    let model = load();
     let start = Instant::now();
     let mut oracle = Reference::new(&model, N_CTX);
     let mut runner = cpu(&model, options(N_CTX, KvDtype::F16));
@@ -369,9 +365,7 @@ fn worst_error(ours: &[Vec<f32>], theirs: &[Vec<f32>]) -> Error {
 
 #[test]
 fn every_fusion_pass_preserves_the_logits() {
-    let Some(model) = load() else {
-        return;
-    };
+    let model = load();
     let start = Instant::now();
     let (name, ids) = prompts(&model).swap_remove(1);
     let mut oracle = Reference::new(&model, N_CTX);
@@ -505,9 +499,7 @@ const BATCH_MAX_ABS: f32 = 1e-3;
 
 #[test]
 fn batched_decode_equals_each_sequence_alone() {
-    let Some(model) = load() else {
-        return;
-    };
+    let model = load();
     let start = Instant::now();
     let text = std::fs::read_to_string(reference_path("gpl-3.txt")).unwrap();
     let words = model

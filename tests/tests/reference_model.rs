@@ -1,5 +1,5 @@
 //! The reference forward pass on the real model against llama.cpp's recorded outputs
-//! (../shared/reference/smollm2): greedy continuations, the top-10 distribution at the
+//! (tests/data/reference/smollm2): greedy continuations, the top-10 distribution at the
 //! last prompt position, and perplexity.
 
 use kiln_engine::driver::{GenerateRequest, generate};
@@ -25,9 +25,7 @@ fn common_prefix(a: &[u32], b: &[u32]) -> usize {
 
 #[test]
 fn greedy_continuations_match_llama_cpp() {
-    let Some(path) = reference_model() else {
-        return;
-    };
+    let path = reference_model();
     let model = Model::load(path).unwrap();
     let greedy = reference_json("greedy.json");
     let mut runner = Reference::new(&model, 512);
@@ -68,9 +66,7 @@ fn greedy_continuations_match_llama_cpp() {
 
 #[test]
 fn top10_at_the_last_prompt_position_matches_llama_cpp() {
-    let Some(path) = reference_model() else {
-        return;
-    };
+    let path = reference_model();
     let model = Model::load(path).unwrap();
     let reference = reference_json("logits_top10.json");
     let mut runner = Reference::new(&model, 512);
@@ -108,15 +104,13 @@ fn top10_at_the_last_prompt_position_matches_llama_cpp() {
 
 #[test]
 fn perplexity_at_context_128_is_within_one_percent_of_llama_cpp() {
-    let Some(path) = reference_model() else {
-        return;
-    };
+    let path = reference_model();
     let model = Model::load(path).unwrap();
     let reference = reference_json("perplexity.json");
     let run = &reference["runs"]["c128_default"];
     let text = std::fs::read_to_string(reference_path("gpl-3.txt")).unwrap();
     let mut runner = Reference::new(&model, 128);
-    let ours = perplexity(&mut runner, &model.tokenizer, &text, 128, |_, _| {}).unwrap();
+    let ours = perplexity(&mut runner, &model.tokenizer, &text, 128, |_, _, _| {}).unwrap();
     let theirs = run["ppl"].as_f64().unwrap();
     assert_eq!(ours.chunks as u64, run["n_chunks"].as_u64().unwrap());
     assert_eq!(ours.tokens as u64, run["tokens_used"].as_u64().unwrap());

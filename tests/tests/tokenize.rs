@@ -1,5 +1,5 @@
 //! The tokenizer of the reference model against llama.cpp's recorded ids
-//! (`shared/reference/smollm2/tokenize.json`): special tokens parsed and not, BOS forced,
+//! (`tests/data/reference/smollm2/tokenize.json`): special tokens parsed and not, BOS forced,
 //! pieces, the end-of-generation set. Skips when the model is absent.
 
 use kiln_engine::gguf::Gguf;
@@ -7,7 +7,7 @@ use kiln_engine::tokenizer::{EncodeOptions, StreamDecoder, Tokenizer};
 use serde_json::Value;
 
 fn tokenizer() -> Option<Tokenizer> {
-    let path = kiln_tests::reference_model()?;
+    let path = kiln_tests::reference_model();
     let gguf = Gguf::open(&path).expect("the reference model opens");
     Some(Tokenizer::from_gguf(&gguf).expect("its tokenizer loads"))
 }

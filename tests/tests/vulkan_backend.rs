@@ -5,27 +5,46 @@
 //! nothing), timestamps, its device's properties. On a machine without a GPU this runs on Mesa's
 //! lavapipe, which is slow: a short prompt and a few tokens.
 
+use std::process::ExitCode;
+
 use kiln_backend_vulkan::{Cache, VulkanBackend, VulkanOptions};
+use kiln_backends::Ci;
 use kiln_ir::backend::Backend;
+use kiln_testkit::{pass, skip, test};
 use kiln_tests::cpu::load;
 use kiln_tests::device::{Greedy, check_launch_times, greedy_matches_cpu, wgsl_limits};
-use kiln_tests::required_on_ci;
+use kiln_tests::{Outcome, on_device};
 
-/// The backend, or None (printed) without a device; CI requires one.
-fn backend() -> Option<VulkanBackend> {
-    required_on_ci(VulkanBackend::any_device())
-        .map_err(|e| eprintln!("skipping: {e}"))
-        .ok()
+fn main() -> ExitCode {
+    kiln_testkit::run(vec![
+        test(
+            "greedy_on_the_reference_model_matches_the_cpu_backend",
+            || with_backend(greedy_on_the_reference_model_matches_the_cpu_backend),
+        ),
+        test(
+            "a_second_load_compiles_nothing",
+            a_second_load_compiles_nothing,
+        ),
+        test("launch_times_cover_every_launch_of_the_last_step", || {
+            with_backend(launch_times_cover_every_launch_of_the_last_step)
+        }),
+        test("the_device_is_described", || {
+            with_backend(the_device_is_described)
+        }),
+        test(
+            "a_cpu_device_is_refused_unless_asked",
+            a_cpu_device_is_refused_unless_asked,
+        ),
+    ])
 }
 
-#[test]
-fn greedy_on_the_reference_model_matches_the_cpu_backend() {
-    if backend().is_none() {
-        return;
-    }
-    let Some(model) = load() else {
-        return;
-    };
+/// The backend (lavapipe allowed), or the test skipped without a device; CI requires one.
+fn with_backend(body: fn(VulkanBackend) -> Outcome) -> Outcome {
+    on_device("vulkan", Ci::Lavapipe, VulkanBackend::any_device, body)
+}
+
+fn greedy_on_the_reference_model_matches_the_cpu_backend(_: VulkanBackend) -> Outcome {
+    let model = load();
     let check = Greedy {
         name: "vulkan",
         prompt: "The capital of France is",
@@ -36,21 +55,22 @@ fn greedy_on_the_reference_model_matches_the_cpu_backend() {
     greedy_matches_cpu(&model, &check, &|| {
         Box::new(VulkanBackend::any_device().unwrap())
     });
+    pass()
 }
 
-#[test]
-fn a_second_load_compiles_nothing() {
+fn a_second_load_compiles_nothing() -> Outcome {
     let dir = std::env::temp_dir().join(format!("kiln-vulkan-cache-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let open = || {
-        required_on_ci(VulkanBackend::with_options(VulkanOptions {
+        VulkanBackend::with_options(VulkanOptions {
             allow_cpu: true,
             cache: Cache::Dir(dir.clone()),
             ..VulkanOptions::default()
-        }))
+        })
     };
-    let Ok(mut first) = open().map_err(|e| eprintln!("skipping: {e}")) else {
-        return;
+    let mut first = match open() {
+        Ok(b) => b,
+        Err(e) => return kiln_tests::no_device("vulkan", Ci::Lavapipe, e),
     };
     let case = kiln_tests::conformance::find_case("rope_kv_write_attention_h64_gqa3_fp8_p16");
     kiln_tests::conformance::run_case(&mut first, &case).expect("the case runs");
@@ -85,27 +105,21 @@ fn a_second_load_compiles_nothing() {
     assert_eq!(damaged.spirv_compiled, cold.spirv_compiled, "{damaged:?}");
     assert_eq!(damaged.pipeline_cache_bytes, 0);
     let _ = std::fs::remove_dir_all(&dir);
+    pass()
 }
 
-#[test]
-fn launch_times_cover_every_launch_of_the_last_step() {
-    let Some(mut backend) = backend() else {
-        return;
-    };
+fn launch_times_cover_every_launch_of_the_last_step(mut backend: VulkanBackend) -> Outcome {
     assert!(backend.launch_times().is_err(), "no plan yet");
     let case = kiln_tests::conformance::find_case("rope_kv_write_attention_h64_gqa3_fp8_p16");
     kiln_tests::conformance::run_case(&mut backend, &case).expect("the case runs");
-    match backend.launch_times() {
-        Ok(_) => check_launch_times(&mut backend),
-        Err(e) => eprintln!("no timestamp queries on this device: {e}"),
+    if let Err(e) = backend.launch_times() {
+        return skip(format!("no timestamp queries on this device: {e}"));
     }
+    check_launch_times(&mut backend);
+    pass()
 }
 
-#[test]
-fn the_device_is_described() {
-    let Some(backend) = backend() else {
-        return;
-    };
+fn the_device_is_described(backend: VulkanBackend) -> Outcome {
     let p = backend.properties();
     eprintln!(
         "{} (subgroups {:?}, memory {:?})",
@@ -121,12 +135,12 @@ fn the_device_is_described() {
     })
     .expect("the device opens");
     assert!(!off.uses_subgroups() && off.properties().subgroup_size.is_none());
+    pass()
 }
 
 /// Without `allow_cpu`, a machine whose best device is lavapipe has no device: an
 /// error, not a panic (nor a crash unloading the loader).
-#[test]
-fn a_cpu_device_is_refused_unless_asked() {
+fn a_cpu_device_is_refused_unless_asked() -> Outcome {
     let gpu_only = VulkanBackend::with_options(VulkanOptions {
         allow_cpu: false,
         ..VulkanOptions::default()
@@ -136,4 +150,5 @@ fn a_cpu_device_is_refused_unless_asked() {
         Err(kiln_ir::backend::BackendError::NoDevice { reason, .. }) => eprintln!("{reason}"),
         Err(e) => panic!("not NoDevice: {e}"),
     }
+    pass()
 }

@@ -1,21 +1,37 @@
 //! The WebGPU backend on the reference model (SmolLM2-135M Q4_1), end to end: greedy
 //! tokens equal to the CPU backend's up to the first near-tie, and the logits of every
 //! step close to the oracle's (`kiln_tests::device`). On a machine without a GPU this
-//! runs on Mesa's lavapipe, which is slow: a short prompt and a few tokens.
+//! runs on Mesa's lavapipe, which is slow: a short prompt and a few tokens. Without an
+//! adapter every test shows as ignored, with the reason (CI requires one).
+
+use std::process::ExitCode;
 
 use kiln_backend_wgpu::WgpuBackend;
+use kiln_backends::Ci;
+use kiln_ir::backend::Backend;
+use kiln_testkit::{pass, skip, test};
 use kiln_tests::cpu::load;
 use kiln_tests::device::{Greedy, check_launch_times, greedy_matches_cpu, wgsl_limits};
-use kiln_tests::required_on_ci;
+use kiln_tests::{Outcome, on_device};
 
-#[test]
-fn greedy_on_the_reference_model_matches_the_cpu_backend() {
-    if backend().is_none() {
-        return;
-    }
-    let Some(model) = load() else {
-        return;
-    };
+fn main() -> ExitCode {
+    kiln_testkit::run(vec![
+        test(
+            "greedy_on_the_reference_model_matches_the_cpu_backend",
+            || with_backend(greedy_on_the_reference_model_matches_the_cpu_backend),
+        ),
+        test("launch_times_cover_every_launch_of_the_last_step", || {
+            with_backend(launch_times_cover_every_launch_of_the_last_step)
+        }),
+    ])
+}
+
+fn with_backend(body: fn(WgpuBackend) -> Outcome) -> Outcome {
+    on_device("wgpu", Ci::Lavapipe, WgpuBackend::any_adapter, body)
+}
+
+fn greedy_on_the_reference_model_matches_the_cpu_backend(_: WgpuBackend) -> Outcome {
+    let model = load();
     let check = Greedy {
         name: "wgpu",
         prompt: "The capital of France is",
@@ -26,25 +42,15 @@ fn greedy_on_the_reference_model_matches_the_cpu_backend() {
     greedy_matches_cpu(&model, &check, &|| {
         Box::new(WgpuBackend::any_adapter().unwrap())
     });
+    pass()
 }
 
-/// The backend, or None (printed) without an adapter; CI requires one.
-fn backend() -> Option<WgpuBackend> {
-    required_on_ci(WgpuBackend::any_adapter())
-        .map_err(|e| eprintln!("skipping: {e}"))
-        .ok()
-}
-
-#[test]
-fn launch_times_cover_every_launch_of_the_last_step() {
-    use kiln_ir::backend::Backend;
-    let Some(mut backend) = backend() else {
-        return;
-    };
+fn launch_times_cover_every_launch_of_the_last_step(mut backend: WgpuBackend) -> Outcome {
     let case = kiln_tests::conformance::find_case("rope_kv_write_attention_h64_gqa3_fp8_p16");
     kiln_tests::conformance::run_case(&mut backend, &case).expect("the case runs");
-    match backend.launch_times() {
-        Ok(_) => check_launch_times(&mut backend),
-        Err(e) => eprintln!("no timestamp queries on this adapter: {e}"),
+    if let Err(e) = backend.launch_times() {
+        return skip(format!("no timestamp queries on this adapter: {e}"));
     }
+    check_launch_times(&mut backend);
+    pass()
 }

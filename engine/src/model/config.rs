@@ -1,6 +1,6 @@
 //! The hyper-parameters of a Llama-family model, read from GGUF metadata.
 
-use crate::gguf::{Gguf, GgufError};
+use kiln_gguf::{Gguf, GgufError};
 
 /// Architectures whose GGUF layout is the Llama one (same tensor names and maths).
 const LLAMA_LIKE: &[&str] = &["llama", "mistral"];

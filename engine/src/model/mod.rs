@@ -10,8 +10,8 @@ pub use config::LlamaConfig;
 pub use graph::llama_graph;
 pub use weights::{LayerWeights, Matrix, Weights};
 
-use crate::gguf::Gguf;
-use crate::tokenizer::Tokenizer;
+use kiln_gguf::Gguf;
+use kiln_tokenizer::Tokenizer;
 
 /// Metadata arrays the tokenizer copies; a loaded [`Model`]'s `gguf` no longer has them.
 const TOKENIZER_ARRAYS: [&str; 3] = [

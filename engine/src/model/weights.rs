@@ -4,7 +4,7 @@
 use kiln_ir::DType;
 
 use super::LlamaConfig;
-use crate::gguf::{Gguf, TensorInfo};
+use kiln_gguf::{Gguf, TensorInfo};
 
 /// A stored 2-D weight: `rows` rows of `cols` values each, row-major in `dtype`'s layout.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -21,14 +21,15 @@ pub mod cases;
 mod ops;
 pub mod reference;
 
-use std::fmt::Display;
 use std::ops::Range;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use kiln_ir::backend::{Backend, SharedBytes, Step, WeightSource, argmax};
+use kiln_backends::Ci;
+use kiln_ir::backend::{Backend, BackendError, SharedBytes, Step, WeightSource, argmax};
 use kiln_ir::kv_layout::KvLayout;
 use kiln_ir::{Graph, ValueId, lower};
+use kiln_testkit::{Outcome, Trial, fail, pass, skip, test};
 
 pub use cases::{AttentionSpec, Case, Metric, RopeSpec, cases};
 pub use ops::{attention_case, matmul_term_case};
@@ -252,30 +253,114 @@ pub fn error(metric: Metric, got: &[f32], expected: &[f64], power: &[f64]) -> Re
     Ok(err / denominator)
 }
 
-/// What a backend constructor may return: the backend, or why there is none.
-pub trait IntoBackend {
-    fn into_backend(self) -> Result<Box<dyn Backend>, String>;
+/// A backend (or a configuration of one) the suite runs: each trial opens its own.
+#[derive(Clone)]
+pub struct Target {
+    pub name: String,
+    pub ci: Ci,
+    pub open: Opener,
 }
 
-impl<B: Backend + 'static> IntoBackend for Option<B> {
-    fn into_backend(self) -> Result<Box<dyn Backend>, String> {
-        self.map(|b| Box::new(b) as Box<dyn Backend>)
-            .ok_or_else(|| "no device".to_string())
+/// Opens a target's backend.
+pub type Opener = Arc<dyn Fn() -> Result<Box<dyn Backend>, BackendError> + Send + Sync>;
+
+impl Target {
+    pub fn new(name: &str, ci: Ci, open: Opener) -> Target {
+        Target {
+            name: name.into(),
+            ci,
+            open,
+        }
+    }
+
+    /// The backend, or the outcome of a test that cannot run: a skip with the reason, or a
+    /// failure where CI must have the device.
+    pub fn backend(&self) -> Result<Box<dyn Backend>, Outcome> {
+        (self.open)().map_err(|e| {
+            if self.ci == Ci::Lavapipe && crate::gpu_backends_required() {
+                fail(format!(
+                    "KILN_REQUIRE_GPU_BACKENDS=1 but {} has no device: {e}",
+                    self.name
+                ))
+            } else {
+                skip(format!("{}: {e}", self.name))
+            }
+        })
     }
 }
 
-impl<B: Backend + 'static, E: Display> IntoBackend for Result<B, E> {
-    fn into_backend(self) -> Result<Box<dyn Backend>, String> {
-        self.map(|b| Box::new(b) as Box<dyn Backend>)
-            .map_err(|e| e.to_string())
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Target({})", self.name)
     }
 }
 
-/// The backend, or None after printing why the test is skipped.
-pub fn open(backend_name: &str, made: impl IntoBackend) -> Option<Box<dyn Backend>> {
-    made.into_backend()
-        .map_err(|reason| println!("skipping {backend_name} conformance: {reason}"))
-        .ok()
+/// Every backend of the registry this test build carries, opened as tests open them
+/// (CPU implementations of a device API such as lavapipe allowed).
+pub fn registry_targets() -> Vec<Target> {
+    kiln_backends::ALL
+        .iter()
+        .filter_map(|b| {
+            let open = b.open_for_tests?;
+            Some(Target::new(b.name, b.ci, Arc::new(open)))
+        })
+        .collect()
+}
+
+/// The trials of one target: `<target>::<case>` for every case of the table, then
+/// `<target>::bad_steps_are_errors` and `<target>::copy_kv_page_keeps_the_context`.
+pub fn trials(target: &Target) -> Vec<Trial> {
+    let mut trials: Vec<Trial> = cases()
+        .into_iter()
+        .map(|case| {
+            let target = target.clone();
+            test(format!("{}::{}", target.name, case.name), move || {
+                check_case(&target, &case)
+            })
+        })
+        .collect();
+    let checks: [(&str, fn(&mut dyn Backend) -> Result<(), String>); 2] = [
+        ("bad_steps_are_errors", check_bad_steps),
+        ("copy_kv_page_keeps_the_context", check_copy_kv_page),
+    ];
+    for (name, check) in checks {
+        let target = target.clone();
+        trials.push(test(format!("{}::{name}", target.name), move || {
+            let mut backend = match target.backend() {
+                Ok(b) => b,
+                Err(outcome) => return outcome,
+            };
+            check(backend.as_mut()).map_err(|e| format!("{}: {e}", target.name))?;
+            pass()
+        }));
+    }
+    trials
+}
+
+/// Run one case on the target and hold its error to the case's limit.
+fn check_case(target: &Target, case: &Case) -> Outcome {
+    let mut backend = match target.backend() {
+        Ok(b) => b,
+        Err(outcome) => return outcome,
+    };
+    let unsupported = unsupported_ops(backend.as_ref(), case);
+    if !unsupported.is_empty() {
+        return skip(format!("{} has no kernel for {unsupported:?}", target.name));
+    }
+    let err = run_case(backend.as_mut(), case).map_err(|e| format!("{}: {e}", target.name))?;
+    if kiln_testkit::verbose() {
+        println!(
+            "{} {}: {} {err:.3e} (limit {:.0e}) {}",
+            target.name, case.name, case.metric, case.limit, case.shape
+        );
+    }
+    if err > case.limit {
+        return fail(format!(
+            "{} {}: {} {err:.3e} over the limit {:.0e}",
+            target.name, case.name, case.metric, case.limit
+        ));
+    }
+    pass()
 }
 
 /// The case of the table named `name`.
@@ -284,52 +369,6 @@ pub fn find_case(name: &str) -> Case {
         .into_iter()
         .find(|c| c.name == name)
         .unwrap_or_else(|| panic!("no conformance case {name}"))
-}
-
-/// The body of one generated test: run case `name` on the backend (if there is one) and
-/// assert its error is within the case's limit.
-pub fn check_case(backend_name: &str, backend: Option<Box<dyn Backend>>, name: &str) {
-    let Some(mut backend) = backend else { return };
-    let case = find_case(name);
-    let unsupported = unsupported_ops(backend.as_ref(), &case);
-    if !unsupported.is_empty() {
-        println!("skipping {backend_name} {name}: unsupported {unsupported:?}");
-        return;
-    }
-    match run_case(backend.as_mut(), &case) {
-        Ok(err) => {
-            println!(
-                "{backend_name} {name}: {} {err:.3e} (limit {:.0e}) {}",
-                case.metric, case.limit, case.shape
-            );
-            assert!(
-                err <= case.limit,
-                "{backend_name} {name}: {} {err:.3e} over the limit {:.0e}",
-                case.metric,
-                case.limit
-            );
-        }
-        Err(e) => panic!("{backend_name} {name}: {e}"),
-    }
-}
-
-/// Every case of the table has a generated test and every test a case.
-pub fn check_listed(listed: &[&str]) {
-    let mut table: Vec<String> = cases().into_iter().map(|c| c.name).collect();
-    let mut listed: Vec<String> = listed.iter().map(|s| s.to_string()).collect();
-    table.sort();
-    listed.sort();
-    let missing: Vec<_> = table.iter().filter(|n| !listed.contains(n)).collect();
-    let unknown: Vec<_> = listed.iter().filter(|n| !table.contains(n)).collect();
-    assert!(
-        missing.is_empty(),
-        "cases without a test in conformance_suite!: {missing:?}"
-    );
-    assert!(unknown.is_empty(), "tests of no case: {unknown:?}");
-    for names in [&table, &listed] {
-        let twice: Vec<_> = names.windows(2).filter(|w| w[0] == w[1]).collect();
-        assert!(twice.is_empty(), "names given twice: {twice:?}");
-    }
 }
 
 /// Every limit can fail: in every checked step, the expected outputs with one row of

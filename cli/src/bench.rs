@@ -1,0 +1,186 @@
+//! `kiln bench`: prefill and decode throughput in llama-bench's vocabulary, plus a
+//! per-kernel table against the machine's measured ceilings.
+
+use std::path::PathBuf;
+
+use kiln_engine::Error;
+use kiln_engine::compiled::{CompileOptions, Compiled};
+
+use kiln_tools::bench::{self, KernelTimes, TestResult};
+use serde_json::json;
+
+use crate::args::DeviceArgs;
+use crate::common::{kv_dtype, load_model, memory_json, open_backend, print_json};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// GGUF model file
+    #[arg(short, long)]
+    model: PathBuf,
+    /// Prompt sizes of the prefill tests, comma-separated (0: no prefill test)
+    #[arg(
+        short = 'p',
+        long = "n-prompt",
+        value_delimiter = ',',
+        default_value = "512"
+    )]
+    n_prompt: Vec<usize>,
+    /// Generated tokens of the decode tests, comma-separated (0: no decode test)
+    #[arg(
+        short = 'n',
+        long = "n-gen",
+        value_delimiter = ',',
+        default_value = "128"
+    )]
+    n_gen: Vec<usize>,
+    /// Sequences decoded together, comma-separated (one decode test each)
+    #[arg(
+        short = 'b',
+        long = "batch",
+        value_delimiter = ',',
+        default_value = "1"
+    )]
+    batch: Vec<usize>,
+    /// Repetitions of each test, after one warm-up
+    #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
+    reps: usize,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Also print the per-kernel table of a decode step, against the machine's ceilings
+    #[arg(long)]
+    kernels: bool,
+    /// Print one JSON object as the last line of stdout
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn main(args: Args) -> Result<(), Error> {
+    let model = load_model(&args.model)?;
+    let device = open_backend(args.device.backend, "bench runs compiled backends, not ref")?;
+    let kv = kv_dtype(args.device.kv);
+    let max_prompt = args.n_prompt.iter().copied().max().unwrap_or(0);
+    let max_gen = args.n_gen.iter().copied().max().unwrap_or(0);
+    let max_batch = args.batch.iter().copied().max().unwrap_or(1).max(1);
+    let mut options =
+        CompileOptions::new((max_prompt.max(max_gen) + 1).min(model.config.context_length));
+    options.kv_dtype = kv;
+    options.max_seqs = max_batch;
+    options.max_step_tokens = max_prompt.clamp(max_batch, 512);
+    options.max_step_outputs = max_batch;
+    options.mem_budget_bytes = args.device.mem_budget;
+    options.kv_budget_bytes = args.device.kv_budget;
+    let mut compiled = Compiled::new(&model, device, options)?;
+    let backend = compiled.backend().name();
+
+    let mut results: Vec<TestResult> = Vec::new();
+    let mut kernels = KernelTimes::default();
+    for &p in args.n_prompt.iter().filter(|&&p| p > 0) {
+        results.push(bench::prefill(&mut compiled, p, args.reps)?);
+    }
+    for &n in args.n_gen.iter().filter(|&&n| n > 0) {
+        for &b in &args.batch {
+            results.push(bench::decode(
+                &mut compiled,
+                n,
+                b.max(1),
+                args.reps,
+                &mut kernels,
+            )?);
+        }
+    }
+    let peak_rss = bench::peak_rss_bytes();
+    let (copy_bw, f32_peak) = if args.kernels {
+        (
+            Some(bench::host_copy_bandwidth()),
+            Some(bench::host_f32_peak()),
+        )
+    } else {
+        (None, None)
+    };
+
+    println!("| model | backend | kv | test | batch | t/s | ttft ms | itl p50 ms | itl p99 ms |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    let name = args
+        .model
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_string(), |v| format!("{v:.2}"));
+    for r in &results {
+        println!(
+            "| {name} | {backend} | {} | {} | {} | {:.2} ± {:.2} | {} | {} | {} |",
+            kv.name(),
+            r.test,
+            r.batch,
+            r.tok_s.mean,
+            r.tok_s.std,
+            ms(r.ttft_ms),
+            ms(r.itl_p50_ms),
+            ms(r.itl_p99_ms)
+        );
+    }
+    if let Some(rss) = peak_rss {
+        println!(
+            "\npeak resident memory: {:.1} MiB",
+            rss as f64 / (1 << 20) as f64
+        );
+    }
+    let mem = compiled.memory();
+    let mib = |b: usize| b as f64 / (1 << 20) as f64;
+    println!(
+        "engine allocations: {:.1} MiB (arena {:.1}, KV {:.1} in {} pages, buffers {:.1}); weights {:.1} MiB mapped{}",
+        mib(mem.total_bytes()),
+        mib(mem.arena_bytes),
+        mib(mem.kv_bytes()),
+        mem.kv_pages,
+        mib(mem.backend_bytes + mem.host_bytes),
+        mib(mem.weights_mapped_bytes),
+        mem.budget_bytes
+            .map_or_else(String::new, |b| format!(", budget {:.1} MiB", mib(b)))
+    );
+    let rows = kernels.rows();
+    if let (Some(bw), Some(peak)) = (copy_bw, f32_peak) {
+        println!(
+            "\nceilings: copy {:.1} GB/s (read+write), f32 FMA {:.1} GFLOP/s",
+            bw / 1e9,
+            peak / 1e9
+        );
+        println!("\n(weight bytes only; attention's KV reads are not counted yet)");
+        println!(
+            "\n| kernel | launches/step | µs/step | GB/s | % copy bw | GFLOP/s | % f32 peak |"
+        );
+        println!("|---|---|---|---|---|---|---|");
+        for k in &rows {
+            println!(
+                "| {} | {} | {:.1} | {:.1} | {:.0}% | {:.1} | {:.0}% |",
+                k.kernel,
+                k.launches_per_step,
+                k.seconds_per_step * 1e6,
+                k.gb_s(),
+                100.0 * k.gb_s() * 1e9 / bw,
+                k.tflop_s() * 1e3,
+                100.0 * k.tflop_s() * 1e12 / peak,
+            );
+        }
+    }
+    if args.json {
+        print_json(&json!({
+            "model": name,
+            "backend": backend,
+            "kv": kv.name(),
+            "results": results.iter().map(|r| json!({
+                "test": r.test, "batch": r.batch, "tok_s": r.tok_s.mean, "tok_s_std": r.tok_s.std,
+                "ttft_ms": r.ttft_ms, "itl_p50_ms": r.itl_p50_ms, "itl_p99_ms": r.itl_p99_ms,
+            })).collect::<Vec<_>>(),
+            "peak_rss_bytes": peak_rss,
+            "memory": memory_json(Some(compiled.memory())),
+            "copy_bandwidth_bytes_s": copy_bw,
+            "f32_peak_flop_s": f32_peak,
+            "kernels": rows.iter().map(|k| json!({
+                "kernel": k.kernel, "launches_per_step": k.launches_per_step,
+                "seconds_per_step": k.seconds_per_step, "bytes_per_step": k.bytes_per_step,
+                "flops_per_step": k.flops_per_step,
+            })).collect::<Vec<_>>(),
+        }));
+    }
+    Ok(())
+}

@@ -1,0 +1,330 @@
+//! The HTTP side: axum routes, server-sent events, and the [`Server`] that runs them on a
+//! tokio runtime next to the engine thread.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::stream::{self, Stream, StreamExt};
+use serde_json::{Value, json};
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+use tokio::sync::oneshot;
+
+use super::api::{self, ApiError};
+use super::engine::Engine;
+use super::response::{Endpoint, Responder};
+use super::{Event, Request, ServeConfig, ServeError};
+use kiln_engine::model::Model;
+
+/// Comments sent on a quiet stream, so a client that left is noticed while it waits.
+const SSE_KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+type AppState = Arc<Engine>;
+
+/// The routes of `kiln serve` over a running engine.
+pub fn router(engine: Arc<Engine>) -> Router {
+    Router::new()
+        .route("/v1/completions", post(completions))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .with_state(engine)
+}
+
+fn json_response(status: u16, body: &Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
+fn error_response(engine: &Engine, endpoint: &'static str, error: &ApiError) -> Response {
+    engine.metrics().count_request(endpoint, error.status);
+    json_response(error.status, &error.body())
+}
+
+async fn completions(State(engine): State<AppState>, body: Bytes) -> Response {
+    generate(engine, Endpoint::Completions, body).await
+}
+
+async fn chat_completions(State(engine): State<AppState>, body: Bytes) -> Response {
+    generate(engine, Endpoint::Chat, body).await
+}
+
+async fn generate(engine: AppState, endpoint: Endpoint, body: Bytes) -> Response {
+    let arrived = Instant::now();
+    let path = endpoint.path();
+    let tokenizer = &engine.model().tokenizer;
+    let limits = &engine.info().limits;
+    let parsed = match endpoint {
+        Endpoint::Completions => api::parse_completion(&body, tokenizer, limits),
+        Endpoint::Chat => api::parse_chat(&body, tokenizer, limits),
+    };
+    let params = match parsed {
+        Ok(params) => params,
+        Err(e) => return error_response(&engine, path, &e),
+    };
+    let Some(permit) = engine.try_permit() else {
+        return error_response(&engine, path, &ApiError::busy(engine.permits().limit()));
+    };
+    let (stream, include_usage) = (params.stream, params.include_usage);
+    let (tx, rx) = unbounded_channel();
+    let request = Request {
+        arrived,
+        permit: Some(permit),
+        ..Request::new(params, tx)
+    };
+    if let Err(e) = engine.submit(request) {
+        return error_response(&engine, path, &e);
+    }
+    let responder = Responder::new(endpoint, &limits.model_id);
+    if stream {
+        engine.metrics().count_request(path, 200);
+        Sse::new(sse_stream(rx, responder, include_usage))
+            .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
+            .into_response()
+    } else {
+        let response = collect(rx, &responder).await;
+        match response {
+            Ok(body) => {
+                engine.metrics().count_request(path, 200);
+                json_response(200, &body)
+            }
+            Err(e) => error_response(&engine, path, &e),
+        }
+    }
+}
+
+/// The whole answer of a `stream: false` request.
+async fn collect(
+    mut rx: UnboundedReceiver<Event>,
+    responder: &Responder,
+) -> Result<Value, ApiError> {
+    let mut text = String::new();
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Text(piece) => text.push_str(&piece),
+            Event::Done { finish, usage } => return Ok(responder.full(&text, finish, usage)),
+            Event::Failed(e) => return Err(e),
+        }
+    }
+    Err(ApiError::unavailable(
+        "the engine stopped before the request finished",
+    ))
+}
+
+/// The chunks of a `stream: true` request, ending in `data: [DONE]`. Dropping the stream
+/// (the client left) drops the receiver, and the scheduler drops the sequence.
+fn sse_stream(
+    rx: UnboundedReceiver<Event>,
+    responder: Responder,
+    include_usage: bool,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> {
+    let data = |v: &Value| SseEvent::default().data(v.to_string());
+    let opening: Vec<SseEvent> = responder.opening_chunk().iter().map(data).collect();
+    let events = stream::unfold(Some((rx, responder)), move |state| async move {
+        let (mut rx, responder) = state?;
+        let (out, more) = match rx.recv().await {
+            Some(Event::Text(piece)) => (vec![data(&responder.text_chunk(&piece))], true),
+            Some(Event::Done { finish, usage }) => {
+                let mut out = vec![data(&responder.finish_chunk(finish))];
+                if include_usage {
+                    out.push(data(&responder.usage_chunk(usage)));
+                }
+                (out, false)
+            }
+            Some(Event::Failed(e)) => (vec![data(&e.body())], false),
+            None => {
+                let e = ApiError::unavailable("the engine stopped before the request finished");
+                (vec![data(&e.body())], false)
+            }
+        };
+        let mut out = out;
+        if !more {
+            out.push(SseEvent::default().data("[DONE]"));
+        }
+        Some((out, more.then_some((rx, responder))))
+    });
+    stream::iter(opening)
+        .chain(events.flat_map(stream::iter))
+        .map(Ok)
+}
+
+async fn models(State(engine): State<AppState>) -> Response {
+    let info = engine.info();
+    let body = json!({
+        "object": "list",
+        "data": [{
+            "id": info.limits.model_id,
+            "object": "model",
+            "created": 0,
+            "owned_by": "kiln",
+            "meta": {
+                "backend": info.backend,
+                "n_ctx": info.limits.n_ctx,
+                "max_seqs": info.max_seqs,
+                "kv_page_count": info.kv_page_count,
+            },
+        }],
+    });
+    engine.metrics().count_request("/v1/models", 200);
+    json_response(200, &body)
+}
+
+async fn health(State(engine): State<AppState>) -> Response {
+    if engine.is_alive() {
+        json_response(200, &json!({"status": "ok"}))
+    } else {
+        json_response(503, &json!({"status": "engine stopped"}))
+    }
+}
+
+async fn metrics(State(engine): State<AppState>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        engine.metrics().render(),
+    )
+        .into_response()
+}
+
+async fn not_found(State(engine): State<AppState>) -> Response {
+    error_response(
+        &engine,
+        "other",
+        &ApiError::not_found(
+            "no such endpoint (kiln serves /v1/completions, /v1/chat/completions, /v1/models, /health, /metrics)",
+        ),
+    )
+}
+
+/// A running server: the engine thread and the HTTP runtime.
+#[derive(Debug)]
+pub struct Server {
+    addr: SocketAddr,
+    engine: Arc<Engine>,
+    runtime: tokio::runtime::Runtime,
+    stop_http: Option<oneshot::Sender<()>>,
+    http: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    drain: Duration,
+}
+
+impl Server {
+    /// Compile the model, bind `config.host:config.port` and start serving.
+    pub fn start(model: Arc<Model>, config: &ServeConfig) -> Result<Server, ServeError> {
+        let engine = Arc::new(Engine::start(model, config)?);
+        let io = |what: String| move |source| ServeError::Io { what, source };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(config.http_threads.max(1))
+            .thread_name("kiln-http")
+            .enable_all()
+            .build()
+            .map_err(io("cannot start the HTTP runtime".into()))?;
+        let where_ = format!("{}:{}", config.host, config.port);
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind((
+                config.host.as_str(),
+                config.port,
+            )))
+            .map_err(io(format!("cannot listen on {where_}")))?;
+        let addr = listener
+            .local_addr()
+            .map_err(io(format!("cannot listen on {where_}")))?;
+        let (stop_http, stopped) = oneshot::channel::<()>();
+        let app = router(Arc::clone(&engine));
+        let http = runtime.spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        Ok(Server {
+            addr,
+            engine,
+            runtime,
+            stop_http: Some(stop_http),
+            http: Some(http),
+            drain: config.drain,
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Serve until SIGINT or SIGTERM, then shut down gracefully.
+    pub fn run_until_signal(self) -> Result<(), ServeError> {
+        self.runtime.block_on(shutdown_signal());
+        self.shutdown()
+    }
+
+    /// Stop taking connections and requests; open requests run up to the drain time, then
+    /// end (`finish_reason: length`), and every stream closes with `data: [DONE]`.
+    pub fn shutdown(mut self) -> Result<(), ServeError> {
+        self.engine.shutdown(self.drain);
+        if let Some(stop) = self.stop_http.take() {
+            let _ = stop.send(());
+        }
+        let result = match self.http.take() {
+            Some(http) => {
+                // Streams end when the engine ends them; allow a little past the drain.
+                let limit = self.drain + Duration::from_secs(5);
+                match self
+                    .runtime
+                    .block_on(async move { tokio::time::timeout(limit, http).await })
+                {
+                    Ok(Ok(Ok(()))) | Err(_) => Ok(()),
+                    Ok(Ok(Err(source))) => Err(ServeError::Io {
+                        what: "the HTTP server failed".into(),
+                        source,
+                    }),
+                    Ok(Err(_)) => Ok(()), // the task was cancelled or panicked
+                }
+            }
+            None => Ok(()),
+        };
+        self.engine.join();
+        result
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = terminate => {}
+    }
+}

@@ -1,0 +1,235 @@
+//! `kiln serve`: an OpenAI-compatible HTTP server over continuous batching.
+//!
+//! ```text
+//! HTTP side (tokio + axum: http.rs)              engine thread (engine.rs)
+//!  POST /v1/completions ─┐                       ┌───────────────────────────────────┐
+//!  POST /v1/chat/...    ─┤ api.rs: parse, check, │ Scheduler (scheduler.rs)          │
+//!                        ├─ tokenize, Permit ───►│  waiting ─admit─► running         │
+//!                        │  (429 past the limit) │  one Compiled::step per iteration │
+//!  SSE / JSON ◄──────────┴─ Event per request ◄──│  sample, detokenize, stop strings │
+//!  GET /metrics ◄── metrics.rs ◄─────────────────└───────────────────────────────────┘
+//! ```
+//!
+//! The model's compute runs on one OS thread that owns the [`Compiled`](kiln_engine::compiled::Compiled)
+//! runner; requests reach it over a channel and each request's events come back on its own
+//! tokio channel. The HTTP side never touches the model, only its tokenizer. A client that
+//! goes away closes its channel, and the scheduler drops the sequence at the next step.
+
+pub mod api;
+pub mod engine;
+pub mod http;
+pub mod metrics;
+pub mod response;
+pub mod scheduler;
+mod stop;
+
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::UnboundedSender;
+
+pub use api::{ApiError, GenParams};
+pub use engine::{Engine, EngineInfo};
+pub use http::Server;
+pub use metrics::Metrics;
+pub use response::{Endpoint, Responder, Usage};
+pub use scheduler::{Scheduler, SchedulerConfig};
+
+use kiln_engine::sampler::SamplerConfig;
+use kiln_ir::backend::Backend;
+use kiln_kv::KvDtype;
+
+/// Opens the backend the engine thread compiles the model for (backends need not be
+/// `Send`, so the thread opens its own). The CLI builds it from the backend registry.
+pub type OpenBackend = Arc<dyn Fn() -> Result<Box<dyn Backend>, kiln_engine::Error> + Send + Sync>;
+
+/// How `kiln serve` runs.
+#[derive(Clone)]
+pub struct ServeConfig {
+    /// Opens the backend the model runs on.
+    pub backend: OpenBackend,
+    /// The id clients name in `model` (and `GET /v1/models` lists).
+    pub model_id: String,
+    pub host: String,
+    /// 0 picks a free port ([`Server::local_addr`] tells which).
+    pub port: u16,
+    /// Sequences decoded together at most.
+    pub max_seqs: usize,
+    /// Requests waiting for a place at most; past `max_seqs + max_queue` requests get 429.
+    pub max_queue: usize,
+    /// Tokens one step may carry (decode tokens plus prefill chunks).
+    pub step_tokens: usize,
+    /// Positions one sequence may hold (None: the model's context length).
+    pub n_ctx: Option<usize>,
+    pub kv_dtype: KvDtype,
+    /// Bytes the KV page pool may take (None: room for `n_ctx` × `max_seqs` positions, at
+    /// most [`engine::DEFAULT_KV_BUDGET_BYTES`]).
+    pub kv_budget_bytes: Option<usize>,
+    /// Bytes the engine may allocate in all (arena, KV pool, buffers; None: no limit).
+    pub mem_budget_bytes: Option<usize>,
+    /// On shutdown, open requests may run this long before they are ended.
+    pub drain: Duration,
+    /// Threads of the HTTP runtime (the model's compute has its own).
+    pub http_threads: usize,
+}
+
+impl std::fmt::Debug for ServeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServeConfig")
+            .field("model_id", &self.model_id)
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("max_seqs", &self.max_seqs)
+            .field("max_queue", &self.max_queue)
+            .field("step_tokens", &self.step_tokens)
+            .field("n_ctx", &self.n_ctx)
+            .field("kv_dtype", &self.kv_dtype)
+            .field("kv_budget_bytes", &self.kv_budget_bytes)
+            .field("mem_budget_bytes", &self.mem_budget_bytes)
+            .field("drain", &self.drain)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServeConfig {
+    pub fn new(model_id: impl Into<String>, backend: OpenBackend) -> ServeConfig {
+        ServeConfig {
+            backend,
+            model_id: model_id.into(),
+            host: "127.0.0.1".into(),
+            port: 8080,
+            max_seqs: 32,
+            max_queue: 256,
+            step_tokens: 256,
+            n_ctx: None,
+            kv_dtype: KvDtype::F8E4M3,
+            kv_budget_bytes: None,
+            mem_budget_bytes: None,
+            drain: Duration::from_secs(30),
+            http_threads: 2,
+        }
+    }
+}
+
+/// Why a request stopped, as OpenAI names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end-of-generation token or a stop sequence.
+    Stop,
+    /// `max_tokens`, the context, or the server's shutdown deadline.
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+        }
+    }
+}
+
+/// What the scheduler tells a request, in order: text pieces, then one `Done` or `Failed`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Event {
+    /// Newly completed text (never empty).
+    Text(String),
+    Done {
+        finish: FinishReason,
+        usage: Usage,
+    },
+    Failed(ApiError),
+}
+
+/// One generation request, as the scheduler takes it.
+#[derive(Debug)]
+pub struct Request {
+    pub prompt: Vec<u32>,
+    pub max_tokens: usize,
+    pub sampler: SamplerConfig,
+    pub ignore_eos: bool,
+    pub stop: Vec<String>,
+    /// Where this request's events go; closed when the client is gone.
+    pub events: UnboundedSender<Event>,
+    /// When the request arrived (time to first token counts from here).
+    pub arrived: Instant,
+    /// Its place under the server's request limit, given back when the request ends.
+    pub permit: Option<Permit>,
+}
+
+impl Request {
+    pub fn new(params: GenParams, events: UnboundedSender<Event>) -> Request {
+        Request {
+            prompt: params.prompt_ids,
+            max_tokens: params.max_tokens,
+            sampler: params.sampler,
+            ignore_eos: params.ignore_eos,
+            stop: params.stop,
+            events,
+            arrived: Instant::now(),
+            permit: None,
+        }
+    }
+}
+
+/// Counts requests running or queued against a limit; a [`Permit`] is one of them.
+#[derive(Debug)]
+pub struct Permits {
+    in_flight: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+/// One request's place under the limit; dropping it gives the place back.
+#[derive(Debug)]
+pub struct Permit(Arc<AtomicUsize>);
+
+impl Permits {
+    pub fn new(limit: usize) -> Permits {
+        Permits {
+            in_flight: Arc::new(AtomicUsize::new(0)),
+            limit,
+        }
+    }
+
+    /// A place, or None when `limit` requests hold one.
+    pub fn try_acquire(&self) -> Option<Permit> {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .ok()
+            .map(|_| Permit(Arc::clone(&self.in_flight)))
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Why the server could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Engine(#[from] kiln_engine::Error),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error("the engine thread stopped before it was ready")]
+    EngineGone,
+}

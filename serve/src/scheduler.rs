@@ -1,0 +1,557 @@
+//! Iteration-level continuous batching over one compiled model.
+//!
+//! Every [`Scheduler::step`] builds one batch: each running sequence that is decoding
+//! brings its one new token, sequences still prefilling bring a chunk of their prompt, and
+//! waiting requests are admitted, oldest first, while the step's token budget, the
+//! sequence limit and the free KV pages allow. One [`Compiled::step`] runs the batch; the
+//! rows of logits are sampled, detokenized and sent to each request's channel.
+//!
+//! - Admission counts pages: a request is admitted when the pages it needs (its whole
+//!   prompt, less the prefix-cache pages other sequences already hold), plus the pages
+//!   promised to sequences still prefilling, plus a small reserve, are free or evictable.
+//! - When decoding sequences need more pages than there are, the newest running sequence is
+//!   preempted: its pages are freed (full ones stay in the prefix cache) and it goes back to
+//!   the front of the queue to recompute its prompt and what it generated so far. A
+//!   sequence alone that can no longer grow ends with `length`. Nothing panics.
+//! - A sequence whose client went away (its channel is closed) is dropped before the step.
+//! - Greedy output does not depend on the batch: every backend computes each token of a
+//!   step as it would alone (the CPU backend's tests check it), and a preempted sequence
+//!   keeps its sampler state.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::api::ApiError;
+use super::metrics::Metrics;
+use super::response::{PromptDetails, Usage};
+use super::stop::StopMatcher;
+use super::{Event, FinishReason, Request};
+use kiln_engine::Error;
+use kiln_engine::compiled::{BatchEntry, Compiled};
+use kiln_engine::runner::Runner;
+use kiln_engine::sampler::Sampler;
+use kiln_kv::{KvError, KvStats, SeqId};
+use kiln_tokenizer::{StreamDecoder, Tokenizer};
+
+/// How the scheduler fills a step.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SchedulerConfig {
+    /// Sequences in the batch at most (the plan must take this many logits rows).
+    pub max_seqs: usize,
+    /// Tokens in one step at most (the plan must take this many tokens).
+    pub step_tokens: usize,
+}
+
+/// What one step did (for tests and benchmarks).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StepOutcome {
+    /// Tokens run through the model.
+    pub tokens: usize,
+    /// Sequences in the batch.
+    pub sequences: usize,
+    /// Tokens sampled.
+    pub sampled: usize,
+    pub preempted: usize,
+    pub finished: usize,
+}
+
+/// A request and where it stands.
+#[derive(Debug)]
+struct Sequence<'m> {
+    req: Request,
+    /// The prompt, then every generated token.
+    tokens: Vec<u32>,
+    /// Its KV sequence while admitted.
+    kv: Option<SeqId>,
+    /// Tokens of `tokens` whose K/V are in the cache.
+    computed: usize,
+    sampler: Sampler,
+    decoder: StreamDecoder<'m>,
+    stop: StopMatcher,
+    /// Prompt tokens the prefix cache served at the first admission.
+    cached_tokens: Option<usize>,
+    last_token_at: Option<Instant>,
+    /// A stop sequence ended it: text after the stop is never sent.
+    stopped: bool,
+}
+
+impl Sequence<'_> {
+    fn generated(&self) -> usize {
+        self.tokens.len() - self.req.prompt.len()
+    }
+
+    /// Tokens to run before the next sample.
+    fn pending(&self) -> usize {
+        self.tokens.len() - self.computed
+    }
+
+    fn send(&self, event: Event) {
+        // A closed channel means the client left; the next step drops the sequence.
+        let _ = self.req.events.send(event);
+    }
+
+    /// Send the text still held back (none after a stop sequence) and `Done`.
+    fn finish(&mut self, finish: FinishReason) {
+        if !self.stopped {
+            let tail = self.decoder.finish();
+            let (mut text, _) = self.stop.push(&tail);
+            text.push_str(&self.stop.flush());
+            if !text.is_empty() {
+                self.send(Event::Text(text));
+            }
+        }
+        self.send(Event::Done {
+            finish,
+            usage: self.usage(),
+        });
+    }
+
+    fn usage(&self) -> Usage {
+        let prompt_tokens = self.req.prompt.len();
+        let completion_tokens = self.generated();
+        Usage {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens_details: PromptDetails {
+                cached_tokens: self.cached_tokens.unwrap_or(0),
+            },
+        }
+    }
+}
+
+/// One sequence's part of the step being planned.
+#[derive(Clone, Copy, Debug)]
+struct Chunk {
+    /// Index into `running`.
+    seq: usize,
+    len: usize,
+}
+
+/// Continuous batching over one [`Compiled`] model; see the module documentation.
+#[derive(Debug)]
+pub struct Scheduler<'m> {
+    compiled: Compiled<'m>,
+    tokenizer: &'m Tokenizer,
+    config: SchedulerConfig,
+    n_ctx: usize,
+    /// Pages kept free at admission, for running sequences to grow into.
+    reserve_pages: usize,
+    waiting: VecDeque<Sequence<'m>>,
+    /// Oldest admission first; the last one is preempted first.
+    running: Vec<Sequence<'m>>,
+    metrics: Arc<Metrics>,
+}
+
+impl<'m> Scheduler<'m> {
+    /// `compiled` must take steps of `config.step_tokens` tokens and `config.max_seqs`
+    /// logits rows (see [`super::engine::compile_options`]).
+    pub fn new(
+        compiled: Compiled<'m>,
+        config: SchedulerConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Scheduler<'m>, Error> {
+        let plan = compiled.plan();
+        // A memory budget may have compiled smaller steps than asked for.
+        let config = SchedulerConfig {
+            step_tokens: config.step_tokens.min(plan.max_tokens),
+            ..config
+        };
+        if config.max_seqs == 0
+            || config.step_tokens < config.max_seqs
+            || plan.max_outputs < config.max_seqs
+        {
+            return Err(Error::Invalid(format!(
+                "a scheduler of {} sequences needs steps of at least one token and one logits row per sequence (the plan takes {} tokens and {} rows)",
+                config.max_seqs, plan.max_tokens, plan.max_outputs
+            )));
+        }
+        let tokenizer = &compiled.model().tokenizer;
+        let n_ctx = compiled.n_ctx();
+        let mut s = Scheduler {
+            compiled,
+            tokenizer,
+            config,
+            n_ctx,
+            reserve_pages: 0,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            metrics,
+        };
+        // vLLM's watermark: 1% of the pool, at least one page.
+        s.reserve_pages = s.kv_stats().kv_page_count.div_ceil(100).max(1);
+        s.publish();
+        Ok(s)
+    }
+
+    /// Tokens one sequence can hold at most: the context, or what admission lets the pool
+    /// give one sequence, whichever is smaller.
+    pub fn max_sequence_tokens(&mut self) -> usize {
+        let pages = self
+            .kv_stats()
+            .kv_page_count
+            .saturating_sub(self.reserve_pages);
+        (pages * self.page_size()).min(self.n_ctx)
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.n_ctx
+    }
+
+    pub fn backend_name(&self) -> &'static str {
+        self.compiled.name()
+    }
+
+    pub fn kv_stats(&mut self) -> KvStats {
+        self.compiled.kv().stats()
+    }
+
+    pub fn n_running(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn n_waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.running.is_empty() && self.waiting.is_empty()
+    }
+
+    /// Queue a request. One that can never run gets its error event at once.
+    pub fn submit(&mut self, req: Request) {
+        let sampler = match Sampler::new(req.sampler.clone()) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = req
+                    .events
+                    .send(Event::Failed(ApiError::invalid(None, e.to_string())));
+                return;
+            }
+        };
+        let limit = self.max_sequence_tokens();
+        if req.prompt.is_empty() || req.prompt.len() > limit {
+            let message = format!(
+                "the prompt has {} tokens; a sequence holds 1 to {limit}",
+                req.prompt.len()
+            );
+            let error =
+                ApiError::invalid(Some("prompt"), message).with_code("context_length_exceeded");
+            let _ = req.events.send(Event::Failed(error));
+            return;
+        }
+        self.waiting.push_back(Sequence {
+            tokens: req.prompt.clone(),
+            kv: None,
+            computed: 0,
+            sampler,
+            decoder: StreamDecoder::new(self.tokenizer),
+            stop: StopMatcher::new(req.stop.clone()),
+            cached_tokens: None,
+            last_token_at: None,
+            stopped: false,
+            req,
+        });
+    }
+
+    /// Run one batched step; Ok with an empty outcome when there was nothing to run.
+    /// A failing backend fails the requests of that step (500) and returns the error.
+    pub fn step(&mut self) -> Result<StepOutcome, Error> {
+        let mut outcome = StepOutcome::default();
+        self.drop_cancelled()?;
+        let chunks = loop {
+            match self.plan_running()? {
+                Some(chunks) => break chunks,
+                None => {
+                    self.preempt_newest()?;
+                    outcome.preempted += 1;
+                }
+            }
+        };
+        let chunks = self.admit(chunks)?;
+        if chunks.is_empty() {
+            self.publish();
+            return Ok(outcome);
+        }
+
+        let entries: Vec<BatchEntry> = chunks
+            .iter()
+            .filter_map(|c| {
+                let s = &self.running[c.seq];
+                let tokens = &s.tokens[s.computed..s.computed + c.len];
+                let last = s.computed + c.len == s.tokens.len();
+                Some(BatchEntry {
+                    seq: s.kv?,
+                    tokens,
+                    logits_from: last.then_some(c.len - 1),
+                })
+            })
+            .collect();
+        outcome.tokens = entries.iter().map(|e| e.tokens.len()).sum();
+        outcome.sequences = entries.len();
+        let result = self.compiled.step(&entries);
+        drop(entries);
+        Metrics::add(&self.metrics.steps, 1);
+        let logits = match result {
+            Ok(logits) => logits,
+            Err(Error::Kv(KvError::OutOfPages { .. })) => {
+                // Planning counts pages, so this is not expected; recover all the same.
+                self.preempt_newest()?;
+                outcome.preempted += 1;
+                self.publish();
+                return Ok(outcome);
+            }
+            Err(e) => {
+                Metrics::add(&self.metrics.step_errors, 1);
+                let failed: Vec<usize> = chunks.iter().map(|c| c.seq).collect();
+                for &i in &failed {
+                    self.running[i].send(Event::Failed(ApiError::internal(e.to_string())));
+                }
+                self.retire(|i, _| failed.contains(&i))?;
+                self.publish();
+                return Err(e);
+            }
+        };
+
+        let vocab = self.compiled.model().config.vocab_size;
+        let mut row = 0;
+        let mut finished = vec![false; self.running.len()];
+        for c in &chunks {
+            let s = &mut self.running[c.seq];
+            s.computed += c.len;
+            if s.computed < s.tokens.len() {
+                continue; // a prefill chunk that is not the last: no logits
+            }
+            let logits = &logits[row * vocab..(row + 1) * vocab];
+            row += 1;
+            let id = s.sampler.sample(logits);
+            outcome.sampled += 1;
+            if let Some(finish) = self.accept(c.seq, id) {
+                self.finish(c.seq, finish);
+                finished[c.seq] = true;
+                outcome.finished += 1;
+            }
+        }
+        self.retire(|i, _| finished[i])?;
+        self.publish();
+        Ok(outcome)
+    }
+
+    /// End every open request: running ones finish with `reason` (their streams close
+    /// normally), waiting ones fail with `error`.
+    pub fn end_all(&mut self, reason: FinishReason, error: &ApiError) -> Result<(), Error> {
+        for s in self.waiting.drain(..) {
+            s.send(Event::Failed(error.clone()));
+        }
+        for i in 0..self.running.len() {
+            self.finish(i, reason);
+        }
+        self.retire(|_, _| true)?;
+        self.publish();
+        Ok(())
+    }
+
+    /// Waiting requests fail with `error` (shutdown); running ones go on.
+    pub fn reject_waiting(&mut self, error: &ApiError) {
+        for s in self.waiting.drain(..) {
+            s.send(Event::Failed(error.clone()));
+        }
+        self.publish();
+    }
+
+    fn page_size(&mut self) -> usize {
+        self.compiled.kv().kv_page_size()
+    }
+
+    /// Chunks for the running sequences, or None when the decoding ones need more pages
+    /// than there are (or nothing can progress): the caller preempts and asks again.
+    fn plan_running(&mut self) -> Result<Option<Vec<Chunk>>, Error> {
+        let mut pages_left = self.compiled.kv().pool().available();
+        let mut tokens_left = self.config.step_tokens;
+        let mut chunks = Vec::new();
+        let kv = self.compiled.kv();
+        for (i, s) in self.running.iter().enumerate() {
+            let Some(seq) = s.kv.filter(|_| s.pending() == 1) else {
+                continue;
+            };
+            let need = kv.pages_needed(seq, 1)?;
+            if need > pages_left {
+                return Ok(None);
+            }
+            pages_left -= need;
+            tokens_left -= 1;
+            chunks.push(Chunk { seq: i, len: 1 });
+        }
+        for (i, s) in self.running.iter().enumerate() {
+            let Some(seq) = s.kv.filter(|_| s.pending() > 1) else {
+                continue;
+            };
+            let mut len = s.pending().min(tokens_left);
+            while len > 0 && kv.pages_needed(seq, len)? > pages_left {
+                len -= 1;
+            }
+            if len > 0 {
+                pages_left -= kv.pages_needed(seq, len)?;
+                tokens_left -= len;
+                chunks.push(Chunk { seq: i, len });
+            }
+        }
+        if chunks.is_empty() && !self.running.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(chunks))
+    }
+
+    /// Admit waiting requests while the sequence limit, the token budget and the pages
+    /// allow; their first chunks join `chunks`.
+    fn admit(&mut self, mut chunks: Vec<Chunk>) -> Result<Vec<Chunk>, Error> {
+        let page_size = self.page_size();
+        let mut tokens_left = self.config.step_tokens - chunks.iter().map(|c| c.len).sum::<usize>();
+        let kv = self.compiled.kv();
+        let available = kv.pool().available();
+        // Pages still to come for every running sequence to hold all its tokens.
+        let mut promised = 0;
+        for s in &self.running {
+            if let Some(seq) = s.kv {
+                let held = kv.block_table(seq)?.len();
+                promised += s.tokens.len().div_ceil(page_size).saturating_sub(held);
+            }
+        }
+        while self.running.len() < self.config.max_seqs && tokens_left > 0 {
+            let Some(front) = self.waiting.front() else {
+                break;
+            };
+            let shared = kv
+                .cached_prefix(&front.tokens)
+                .into_iter()
+                .filter(|&p| kv.pool().refcount(p) > 0)
+                .count();
+            let need = front.tokens.len().div_ceil(page_size) - shared;
+            if promised + need + self.reserve_pages > available {
+                let pool = kv.pool().kv_page_count();
+                if self.running.is_empty() && need + self.reserve_pages > pool {
+                    // Too long to ever fit again (it grew while running): end it.
+                    if let Some(mut s) = self.waiting.pop_front() {
+                        s.finish(FinishReason::Length);
+                    }
+                    continue;
+                }
+                break;
+            }
+            let Some(mut s) = self.waiting.pop_front() else {
+                break;
+            };
+            let (seq, n_cached) = kv.create_sequence_with_prefix(&s.tokens);
+            s.kv = Some(seq);
+            s.computed = n_cached;
+            if s.cached_tokens.is_none() {
+                s.cached_tokens = Some(n_cached);
+                Metrics::add(&self.metrics.prompt_tokens, s.req.prompt.len() as u64);
+                Metrics::add(&self.metrics.prompt_tokens_cached, n_cached as u64);
+            }
+            promised += need;
+            let len = s.pending().min(tokens_left);
+            tokens_left -= len;
+            chunks.push(Chunk {
+                seq: self.running.len(),
+                len,
+            });
+            self.running.push(s);
+        }
+        Ok(chunks)
+    }
+
+    /// Take the sampled token `id` for running sequence `i`; Some when it ends there.
+    fn accept(&mut self, i: usize, id: u32) -> Option<FinishReason> {
+        let s = &mut self.running[i];
+        let now = Instant::now();
+        match s.last_token_at {
+            None => self
+                .metrics
+                .time_to_first_token
+                .observe(now - s.req.arrived),
+            Some(last) => self.metrics.inter_token_latency.observe(now - last),
+        }
+        s.last_token_at = Some(now);
+        Metrics::add(&self.metrics.generation_tokens, 1);
+        s.tokens.push(id);
+        let eog = self.tokenizer.is_eog(id) && !s.req.ignore_eos;
+        let piece = if eog {
+            String::new()
+        } else {
+            s.decoder.push(id)
+        };
+        let (text, stopped) = s.stop.push(&piece);
+        if !text.is_empty() {
+            s.send(Event::Text(text));
+        }
+        if stopped {
+            s.stopped = true;
+        }
+        if eog || stopped {
+            return Some(FinishReason::Stop);
+        }
+        (s.generated() >= s.req.max_tokens || s.computed >= self.n_ctx)
+            .then_some(FinishReason::Length)
+    }
+
+    /// Send running sequence `i` its last text and `Done`; the caller retires it.
+    fn finish(&mut self, i: usize, finish: FinishReason) {
+        self.running[i].finish(finish);
+    }
+
+    /// Remove the running sequences `pick` selects, freeing their pages.
+    fn retire(&mut self, pick: impl Fn(usize, &Sequence<'m>) -> bool) -> Result<(), Error> {
+        let mut kept = Vec::with_capacity(self.running.len());
+        for (i, s) in std::mem::take(&mut self.running).into_iter().enumerate() {
+            if pick(i, &s) {
+                if let Some(seq) = s.kv {
+                    self.compiled.kv().free(seq)?;
+                }
+            } else {
+                kept.push(s);
+            }
+        }
+        self.running = kept;
+        Ok(())
+    }
+
+    /// Drop sequences whose client went away.
+    fn drop_cancelled(&mut self) -> Result<(), Error> {
+        let before = self.waiting.len() + self.running.len();
+        self.waiting.retain(|s| !s.req.events.is_closed());
+        self.retire(|_, s| s.req.events.is_closed())?;
+        let dropped = before - self.waiting.len() - self.running.len();
+        Metrics::add(&self.metrics.cancellations, dropped as u64);
+        Ok(())
+    }
+
+    /// Free the newest running sequence's pages and queue it first, to recompute later;
+    /// a sequence alone that cannot grow ends with `length` instead.
+    fn preempt_newest(&mut self) -> Result<(), Error> {
+        let Some(mut s) = self.running.pop() else {
+            return Ok(());
+        };
+        if let Some(seq) = s.kv.take() {
+            self.compiled.kv().free(seq)?;
+        }
+        if self.running.is_empty() {
+            self.running.push(s);
+            let last = self.running.len() - 1;
+            self.finish(last, FinishReason::Length);
+            self.running.clear();
+            return Ok(());
+        }
+        s.computed = 0;
+        Metrics::add(&self.metrics.preemptions, 1);
+        self.waiting.push_front(s);
+        Ok(())
+    }
+
+    fn publish(&mut self) {
+        let kv = self.kv_stats();
+        self.metrics
+            .set_gauges(self.running.len(), self.waiting.len(), kv);
+    }
+}

@@ -1,0 +1,285 @@
+//! The scheduler on the reference model: batched greedy output equals each request run
+//! alone (`kiln run`'s driver), with chunked prefill, admission by pages, preemption and
+//! cancellation. Every test skips with a message when the model is absent (and fails when
+//! KILN_REQUIRE_MODEL is set).
+
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
+
+use super::api::ApiError;
+use super::metrics::Metrics;
+use super::response::Usage;
+use super::scheduler::{Scheduler, SchedulerConfig};
+use super::{Event, FinishReason, Request};
+use kiln_backend_cpu::CpuBackend;
+use kiln_engine::compiled::{CompileOptions, Compiled};
+use kiln_engine::driver::{GenerateRequest, StopReason, generate};
+use kiln_engine::model::Model;
+use kiln_engine::sampler::SamplerConfig;
+use kiln_kv::{KvDtype, KvLayout};
+
+/// The reference model, loaded once (a failure saying how to fetch it when it is missing).
+fn model() -> Option<&'static Model> {
+    static MODEL: OnceLock<Model> = OnceLock::new();
+    Some(MODEL.get_or_init(|| {
+        Model::load(kiln_tests::reference_model()).expect("the reference model loads")
+    }))
+}
+
+const N_CTX: usize = 256;
+
+/// A scheduler of `max_seqs` sequences and `step_tokens`-token steps; `kv_pages` limits
+/// the page pool.
+fn scheduler(
+    model: &'static Model,
+    max_seqs: usize,
+    step_tokens: usize,
+    kv_pages: Option<usize>,
+) -> Scheduler<'static> {
+    let c = &model.config;
+    let layout = KvLayout::new(c.n_layers, c.n_kv_heads, c.head_dim)
+        .and_then(|l| l.with_dtype(KvDtype::F8E4M3))
+        .unwrap();
+    let options = CompileOptions {
+        max_seqs,
+        max_step_tokens: step_tokens,
+        max_step_outputs: max_seqs,
+        kv_budget_bytes: kv_pages.map(|p| p * layout.page_bytes()),
+        ..CompileOptions::new(N_CTX)
+    };
+    let compiled = Compiled::new(model, Box::new(CpuBackend::new()), options).unwrap();
+    let config = SchedulerConfig {
+        max_seqs,
+        step_tokens,
+    };
+    Scheduler::new(compiled, config, Arc::new(Metrics::default())).unwrap()
+}
+
+/// What one request received.
+#[derive(Debug, Default, PartialEq)]
+struct Received {
+    text: String,
+    finish: Option<FinishReason>,
+    usage: Option<Usage>,
+    error: Option<ApiError>,
+}
+
+fn request(prompt: &[u32], max_tokens: usize) -> (Request, UnboundedReceiver<Event>) {
+    let (tx, rx) = unbounded_channel();
+    let params = super::GenParams {
+        prompt_ids: prompt.to_vec(),
+        max_tokens,
+        sampler: SamplerConfig::greedy(),
+        ignore_eos: false,
+        stop: Vec::new(),
+        stream: false,
+        include_usage: false,
+    };
+    (Request::new(params, tx), rx)
+}
+
+fn received(rx: &mut UnboundedReceiver<Event>, into: &mut Received) {
+    while let Ok(event) = rx.try_recv() {
+        match event {
+            Event::Text(t) => into.text.push_str(&t),
+            Event::Done { finish, usage } => {
+                into.finish = Some(finish);
+                into.usage = Some(usage);
+            }
+            Event::Failed(e) => into.error = Some(e),
+        }
+    }
+}
+
+/// Step until every request is done; returns the most sequences seen in one step.
+fn run_to_end(sched: &mut Scheduler<'_>, rxs: &mut [UnboundedReceiver<Event>]) -> Vec<Received> {
+    let mut out: Vec<Received> = rxs.iter().map(|_| Received::default()).collect();
+    for _ in 0..10_000 {
+        if sched.is_idle() {
+            break;
+        }
+        sched.step().unwrap();
+        for (rx, r) in rxs.iter_mut().zip(&mut out) {
+            received(rx, r);
+        }
+    }
+    assert!(sched.is_idle(), "the scheduler did not finish");
+    out
+}
+
+/// The greedy continuation of `prompt` run alone, as `kiln run` runs it.
+fn alone(model: &Model, prompt: &[u32], max_tokens: usize) -> (String, usize, FinishReason) {
+    let options = CompileOptions {
+        max_step_tokens: N_CTX,
+        max_step_outputs: 1,
+        ..CompileOptions::new(N_CTX)
+    };
+    let mut runner = Compiled::new(model, Box::new(CpuBackend::new()), options).unwrap();
+    let req = GenerateRequest {
+        prompt_ids: prompt.to_vec(),
+        max_tokens,
+        sampler: SamplerConfig::greedy(),
+        ignore_eos: false,
+        logprobs: 0,
+    };
+    let g = generate(&mut runner, &model.tokenizer, &req, |_| true).unwrap();
+    let finish = match g.stop_reason {
+        StopReason::EndOfGeneration => FinishReason::Stop,
+        _ => FinishReason::Length,
+    };
+    (g.text, g.tokens.len(), finish)
+}
+
+fn prompts(model: &Model) -> Vec<Vec<u32>> {
+    let tok = &model.tokenizer;
+    let chat = |q: &str| {
+        let m = [kiln_tokenizer::ChatMessage::new("user", q)];
+        tok.encode(&tok.apply_chat_template(&m, true).unwrap(), true, true)
+    };
+    vec![
+        tok.encode("The capital of France is", true, true),
+        chat("What is the capital of France?"),
+        tok.encode("def fibonacci(n):", true, true),
+        // Longer than the step budget: prefilled in chunks next to the others' decode.
+        tok.encode(
+            &"Once upon a time, in a land far away, ".repeat(6),
+            true,
+            true,
+        ),
+        chat("Name three colours."),
+        tok.encode("1, 2, 3, 4, 5,", true, true),
+    ]
+}
+
+fn assert_same_as_alone(model: &Model, prompts: &[Vec<u32>], got: &[Received], max_tokens: usize) {
+    for (i, (prompt, r)) in prompts.iter().zip(got).enumerate() {
+        let (text, n, finish) = alone(model, prompt, max_tokens);
+        assert_eq!(r.error, None, "request {i}");
+        assert_eq!(r.text, text, "request {i}: batched text differs from alone");
+        assert_eq!(r.finish, Some(finish), "request {i}");
+        assert_eq!(r.usage.unwrap().completion_tokens, n, "request {i}");
+        assert_eq!(r.usage.unwrap().prompt_tokens, prompt.len(), "request {i}");
+    }
+}
+
+#[test]
+fn batched_greedy_equals_each_request_alone() {
+    let Some(model) = model() else { return };
+    let prompts = prompts(model);
+    assert!(prompts[3].len() > 32, "a prompt longer than a step");
+    let mut sched = scheduler(model, 4, 32, None);
+    let mut rxs = Vec::new();
+    for p in &prompts {
+        let (req, rx) = request(p, 12);
+        sched.submit(req);
+        rxs.push(rx);
+    }
+    let got = run_to_end(&mut sched, &mut rxs);
+    assert_same_as_alone(model, &prompts, &got, 12);
+    let kv = sched.kv_stats();
+    assert_eq!(
+        (kv.sequences, kv.pages_in_use),
+        (0, 0),
+        "every page given back"
+    );
+}
+
+#[test]
+fn admission_waits_for_pages_and_preemption_recomputes() {
+    let Some(model) = model() else { return };
+    let prompts = prompts(model);
+    // 10 pages of 16 tokens: room for two or three of these at a time, not six, and too
+    // few for all admitted ones to grow, so some are preempted and recomputed.
+    let mut sched = scheduler(model, 4, 64, Some(10));
+    assert_eq!(sched.kv_stats().kv_page_count, 10);
+    let mut rxs = Vec::new();
+    for p in &prompts {
+        let (req, rx) = request(p, 40);
+        sched.submit(req);
+        rxs.push(rx);
+    }
+    let mut blocked = false; // a free place in the batch, but no pages for the next request
+    let mut out: Vec<Received> = rxs.iter().map(|_| Received::default()).collect();
+    let mut preempted = 0;
+    for _ in 0..10_000 {
+        if sched.is_idle() {
+            break;
+        }
+        let o = sched.step().unwrap();
+        preempted += o.preempted;
+        blocked |= sched.n_running() < 4 && sched.n_waiting() > 0;
+        let kv = sched.kv_stats();
+        assert!(kv.pages_in_use <= kv.kv_page_count);
+        for (rx, r) in rxs.iter_mut().zip(&mut out) {
+            received(rx, r);
+        }
+    }
+    assert!(sched.is_idle());
+    assert!(blocked, "admission is limited by pages");
+    assert!(preempted > 0, "a full pool preempts");
+    assert_same_as_alone(model, &prompts, &out, 40);
+}
+
+#[test]
+fn a_client_that_leaves_is_dropped_and_its_pages_freed() {
+    let Some(model) = model() else { return };
+    let prompts = prompts(model);
+    let mut sched = scheduler(model, 4, 64, None);
+    let (a, mut rx_a) = request(&prompts[0], 50);
+    let (b, rx_b) = request(&prompts[1], 50);
+    sched.submit(a);
+    sched.submit(b);
+    for _ in 0..3 {
+        sched.step().unwrap();
+    }
+    assert_eq!(sched.n_running(), 2);
+    let held = sched.kv_stats().pages_in_use;
+    drop(rx_b);
+    sched.step().unwrap();
+    assert_eq!(sched.n_running(), 1);
+    assert!(sched.kv_stats().pages_in_use < held);
+    // The other one goes on undisturbed.
+    let got = run_to_end(&mut sched, std::slice::from_mut(&mut rx_a));
+    let (text, _, _) = alone(model, &prompts[0], 50);
+    assert_eq!(got[0].text, text);
+    assert_eq!(sched.kv_stats().pages_in_use, 0);
+}
+
+#[test]
+fn a_prompt_that_never_fits_fails_at_once() {
+    let Some(model) = model() else { return };
+    let mut sched = scheduler(model, 2, 32, Some(4));
+    let limit = sched.max_sequence_tokens();
+    assert!(limit < N_CTX);
+    let (req, mut rx) = request(&vec![1u32; limit + 1], 4);
+    sched.submit(req);
+    assert!(sched.is_idle());
+    let mut r = Received::default();
+    received(&mut rx, &mut r);
+    let e = r.error.expect("an error");
+    assert_eq!((e.status, e.code), (400, Some("context_length_exceeded")));
+}
+
+#[test]
+fn stop_sequences_cut_the_text_before_them() {
+    let Some(model) = model() else { return };
+    let prompt = model
+        .tokenizer
+        .encode("The capital of France is", true, true);
+    let (full, _, _) = alone(model, &prompt, 16);
+    let cut = full
+        .char_indices()
+        .nth(full.len().min(8))
+        .map_or(full.len(), |(i, _)| i);
+    let stop = full[cut..].chars().take(3).collect::<String>();
+    assert!(!stop.is_empty(), "{full:?}");
+    let mut sched = scheduler(model, 2, 32, None);
+    let (mut req, rx) = request(&prompt, 16);
+    req.stop = vec![stop.clone()];
+    sched.submit(req);
+    let got = run_to_end(&mut sched, &mut [rx]);
+    let expected = &full[..full.find(&stop).unwrap()];
+    assert_eq!(got[0].text, expected);
+    assert_eq!(got[0].finish, Some(FinishReason::Stop));
+}

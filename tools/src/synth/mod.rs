@@ -1,0 +1,547 @@
+//! Random-weight GGUF models of known shapes (`kiln synth`), for benchmarks without
+//! downloads.
+//!
+//! A synthesized file is what llama.cpp's converter would write for a Llama model of
+//! that shape: GGUF v3, the standard `general.*` / `llama.*` keys and tensor names,
+//! norms in F32, matrices in the chosen quant, and every `tokenizer.*` key copied from a
+//! reference model so that prompts tokenize as they would for a real one.
+//!
+//! Values are realistic, never constant: matrices are N(0, 1/sqrt(fan_in)) and norms
+//! 1 + N(0, 0.05), drawn by Box-Muller from a xoshiro256++ stream seeded per row from
+//! (seed, tensor name, row), then quantized with llama.cpp's reference quantizers. Rows
+//! are generated in parallel and the result does not depend on the schedule: the same
+//! seed gives the same bytes. Tensors are streamed to the file a chunk of rows at a
+//! time, so memory stays bounded whatever the model's size.
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use kiln_ir::DType;
+use kiln_ir::quant::{QuantError, quantize_row};
+use rayon::prelude::*;
+
+use kiln_gguf::{DEFAULT_ALIGNMENT, Gguf, GgufError, TensorEntry, Value, encode_header};
+use kiln_tokenizer::{Tokenizer, TokenizerError};
+
+mod random;
+mod shapes;
+
+use random::{Rng, fnv1a};
+pub use shapes::{
+    CUSTOM, CUSTOM_DEFAULT_CONTEXT, SHAPES, Shape, file_type, parse_quant, quant_name, shape_names,
+};
+
+/// Where `kiln synth` takes its tokenizer from unless told otherwise.
+pub const DEFAULT_TOKENIZER_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The alignment written to `general.alignment`.
+pub const ALIGNMENT: u64 = DEFAULT_ALIGNMENT;
+
+/// Standard deviation of the norm weights around 1.
+pub const NORM_STD: f32 = 0.05;
+
+/// The quants a synthesized model's matrices can be stored in.
+pub const QUANTS: [DType; 4] = [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::F16];
+
+/// Rows are generated this many bytes (of quantized output) at a time.
+const CHUNK_BYTES: usize = 16 << 20;
+
+/// How a tensor's values are drawn.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Init {
+    /// N(0, std) (a matrix: std = 1 / sqrt(fan_in)).
+    Normal { std: f32 },
+    /// 1 + N(0, [`NORM_STD`]) (an RMSNorm weight).
+    Norm,
+}
+
+/// One tensor of a synthesized model, before its data exists.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SynthTensor {
+    pub name: String,
+    /// Innermost first, as stored in GGUF.
+    pub dims: Vec<u64>,
+    pub dtype: DType,
+    pub init: Init,
+}
+
+impl SynthTensor {
+    fn matrix(name: String, rows: usize, cols: usize, dtype: DType) -> SynthTensor {
+        SynthTensor {
+            name,
+            dims: vec![cols as u64, rows as u64],
+            dtype,
+            init: Init::Normal {
+                std: 1.0 / (cols as f32).sqrt(),
+            },
+        }
+    }
+
+    fn norm(name: String, len: usize) -> SynthTensor {
+        SynthTensor {
+            name,
+            dims: vec![len as u64],
+            dtype: DType::F32,
+            init: Init::Norm,
+        }
+    }
+
+    pub fn cols(&self) -> usize {
+        self.dims[0] as usize
+    }
+
+    pub fn rows(&self) -> usize {
+        self.dims[1..].iter().product::<u64>() as usize
+    }
+
+    pub fn n_elements(&self) -> u64 {
+        self.dims.iter().product()
+    }
+
+    pub fn row_bytes(&self) -> usize {
+        self.dtype
+            .bytes_for(self.cols() as u64)
+            .expect("validated shapes have whole blocks") as usize
+    }
+
+    pub fn n_bytes(&self) -> u64 {
+        self.row_bytes() as u64 * self.rows() as u64
+    }
+}
+
+/// The storage type of the token embedding.
+pub fn embedding_dtype(shape: &Shape, quant: DType) -> DType {
+    if shape.tied_embeddings && quant != DType::F16 {
+        DType::Q8_0
+    } else {
+        quant
+    }
+}
+
+/// Every tensor of the model, in file order (llama.cpp's names).
+pub fn tensors(shape: &Shape, quant: DType) -> Vec<SynthTensor> {
+    let s = shape;
+    let q_dim = s.n_heads * s.head_dim();
+    let mut out = vec![SynthTensor::matrix(
+        "token_embd.weight".into(),
+        s.vocab_size,
+        s.n_embd,
+        embedding_dtype(s, quant),
+    )];
+    for i in 0..s.n_layers {
+        let name = |t: &str| format!("blk.{i}.{t}.weight");
+        out.push(SynthTensor::norm(name("attn_norm"), s.n_embd));
+        out.push(SynthTensor::matrix(name("attn_q"), q_dim, s.n_embd, quant));
+        out.push(SynthTensor::matrix(
+            name("attn_k"),
+            s.kv_dim(),
+            s.n_embd,
+            quant,
+        ));
+        out.push(SynthTensor::matrix(
+            name("attn_v"),
+            s.kv_dim(),
+            s.n_embd,
+            quant,
+        ));
+        out.push(SynthTensor::matrix(
+            name("attn_output"),
+            s.n_embd,
+            q_dim,
+            quant,
+        ));
+        out.push(SynthTensor::norm(name("ffn_norm"), s.n_embd));
+        out.push(SynthTensor::matrix(
+            name("ffn_gate"),
+            s.n_ff,
+            s.n_embd,
+            quant,
+        ));
+        out.push(SynthTensor::matrix(name("ffn_up"), s.n_ff, s.n_embd, quant));
+        out.push(SynthTensor::matrix(
+            name("ffn_down"),
+            s.n_embd,
+            s.n_ff,
+            quant,
+        ));
+    }
+    out.push(SynthTensor::norm("output_norm.weight".into(), s.n_embd));
+    if !s.tied_embeddings {
+        out.push(SynthTensor::matrix(
+            "output.weight".into(),
+            s.vocab_size,
+            s.n_embd,
+            quant,
+        ));
+    }
+    out
+}
+
+/// The `general.*` and `llama.*` keys (without the tokenizer's).
+pub fn model_metadata(shape: &Shape, quant: DType, seed: u64) -> Vec<(String, Value)> {
+    let s = shape;
+    let u32_of = |n: usize| Value::U32(n as u32);
+    let name = if s.name == CUSTOM {
+        format!(
+            "kiln synth custom {}L {}d {}h {}kv ffn{} {} seed {seed}",
+            s.n_layers,
+            s.n_embd,
+            s.n_heads,
+            s.n_kv_heads,
+            s.n_ff,
+            quant_name(quant)
+        )
+    } else {
+        format!("kiln synth {} {} seed {seed}", s.name, quant_name(quant))
+    };
+    vec![
+        ("general.architecture".into(), Value::String("llama".into())),
+        ("general.type".into(), Value::String("model".into())),
+        ("general.name".into(), Value::String(name)),
+        ("general.alignment".into(), Value::U32(ALIGNMENT as u32)),
+        (
+            "general.file_type".into(),
+            Value::U32(file_type(quant).expect("a synth quant")),
+        ),
+        ("general.quantization_version".into(), Value::U32(2)),
+        ("llama.context_length".into(), u32_of(s.context_length)),
+        ("llama.embedding_length".into(), u32_of(s.n_embd)),
+        ("llama.block_count".into(), u32_of(s.n_layers)),
+        ("llama.feed_forward_length".into(), u32_of(s.n_ff)),
+        ("llama.attention.head_count".into(), u32_of(s.n_heads)),
+        ("llama.attention.head_count_kv".into(), u32_of(s.n_kv_heads)),
+        (
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            Value::F32(s.rms_norm_eps),
+        ),
+        ("llama.rope.freq_base".into(), Value::F32(s.rope_theta)),
+        ("llama.rope.dimension_count".into(), u32_of(s.head_dim())),
+        ("llama.vocab_size".into(), u32_of(s.vocab_size)),
+    ]
+}
+
+/// What to synthesize.
+#[derive(Clone, Debug)]
+pub struct SynthConfig {
+    pub shape: Shape,
+    /// Storage of the matrices: one of [`QUANTS`].
+    pub quant: DType,
+    pub seed: u64,
+    /// A GGUF model whose `tokenizer.*` keys are copied.
+    pub tokenizer_from: PathBuf,
+}
+
+/// Where the writing stands, reported once the header is written (the output file
+/// exists and every input has been checked) and after each chunk of rows.
+#[derive(Clone, Copy, Debug)]
+pub struct Progress<'a> {
+    /// The tensor being written.
+    pub tensor: &'a str,
+    /// Its index and the number of tensors.
+    pub index: usize,
+    pub n_tensors: usize,
+    /// Bytes of the file written so far and in all.
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+}
+
+/// What was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SynthSummary {
+    /// Size of the file.
+    pub bytes: u64,
+    pub tensors: usize,
+    pub params: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SynthError {
+    #[error("unknown shape {name:?} (known: {known})")]
+    UnknownShape { name: String, known: String },
+    #[error("unknown quant {name:?} (choose one of {known})")]
+    UnknownQuant { name: String, known: String },
+    #[error("bad shape: {0}")]
+    BadShape(String),
+    #[error(
+        "cannot take the tokenizer from {}: {source} (kiln synth copies the tokenizer of a GGUF model: pass --tokenizer-from MODEL, or run scripts/fetch-model.sh for the default)",
+        path.display()
+    )]
+    TokenizerSource { path: PathBuf, source: GgufError },
+    #[error("the tokenizer of {}: {source}", path.display())]
+    Tokenizer {
+        path: PathBuf,
+        source: TokenizerError,
+    },
+    #[error(
+        "shape {shape} has a vocabulary of {shape_vocab}, but the tokenizer of {} has {tokenizer_vocab} tokens (they must be equal)",
+        path.display()
+    )]
+    VocabMismatch {
+        shape: String,
+        shape_vocab: usize,
+        tokenizer_vocab: usize,
+        path: PathBuf,
+    },
+    #[error("cannot write {}: {source}", path.display())]
+    Io { path: PathBuf, source: io::Error },
+    #[error("tensor {tensor:?}: {source}")]
+    Quant { tensor: String, source: QuantError },
+}
+
+/// The `tokenizer.*` keys of a model, checked to make a tokenizer kiln can load.
+/// Returns them with the vocabulary size.
+pub fn tokenizer_metadata(path: &Path) -> Result<(Vec<(String, Value)>, usize), SynthError> {
+    let gguf = Gguf::open(path).map_err(|source| SynthError::TokenizerSource {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let tokenizer = Tokenizer::from_gguf(&gguf).map_err(|source| SynthError::Tokenizer {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let keys = gguf
+        .metadata()
+        .iter()
+        .filter(|(k, _)| k.starts_with("tokenizer."))
+        .cloned()
+        .collect();
+    Ok((keys, tokenizer.vocab_size()))
+}
+
+/// The number of tokens of a model's vocabulary (`tokenizer.ggml.tokens`), for a
+/// custom shape's default vocabulary.
+pub fn tokenizer_vocab_size(path: &Path) -> Result<usize, SynthError> {
+    let source = |source| SynthError::TokenizerSource {
+        path: path.to_path_buf(),
+        source,
+    };
+    let gguf = Gguf::open(path).map_err(source)?;
+    let tokens = gguf.get_array("tokenizer.ggml.tokens").map_err(source)?;
+    Ok(tokens.len())
+}
+
+/// Writes a random-weight model to `out` (through a `.part` file renamed at the end, so
+/// a failed run leaves no half-written model behind).
+pub fn synthesize(
+    config: &SynthConfig,
+    out: &Path,
+    mut progress: impl FnMut(Progress<'_>),
+) -> Result<SynthSummary, SynthError> {
+    config.shape.validate()?;
+    if !QUANTS.contains(&config.quant) {
+        return Err(SynthError::UnknownQuant {
+            name: config.quant.name().to_string(),
+            known: QUANTS.map(quant_name).join(", "),
+        });
+    }
+    let (tokenizer_keys, tokenizer_vocab) = tokenizer_metadata(&config.tokenizer_from)?;
+    if tokenizer_vocab != config.shape.vocab_size {
+        return Err(SynthError::VocabMismatch {
+            shape: config.shape.name.to_string(),
+            shape_vocab: config.shape.vocab_size,
+            tokenizer_vocab,
+            path: config.tokenizer_from.clone(),
+        });
+    }
+    let mut metadata = model_metadata(&config.shape, config.quant, config.seed);
+    metadata.extend(tokenizer_keys);
+    let tensors = tensors(&config.shape, config.quant);
+
+    let mut part = out.as_os_str().to_owned();
+    part.push(".part");
+    let part = PathBuf::from(part);
+    let io_err = |source| SynthError::Io {
+        path: part.clone(),
+        source,
+    };
+    let result = File::create(&part)
+        .map_err(io_err)
+        .and_then(|file| {
+            let mut w = BufWriter::with_capacity(1 << 20, file);
+            let bytes = write_model(
+                &mut w,
+                &part,
+                &metadata,
+                &tensors,
+                config.seed,
+                &mut progress,
+            )?;
+            let file = w.into_inner().map_err(|e| io_err(e.into_error()))?;
+            file.sync_all().map_err(io_err)?;
+            Ok(bytes)
+        })
+        .and_then(|bytes| {
+            std::fs::rename(&part, out).map_err(|source| SynthError::Io {
+                path: out.to_path_buf(),
+                source,
+            })?;
+            Ok(bytes)
+        });
+    match result {
+        Ok(bytes) => Ok(SynthSummary {
+            bytes,
+            tensors: tensors.len(),
+            params: tensors.iter().map(SynthTensor::n_elements).sum(),
+        }),
+        Err(e) => {
+            let _ = std::fs::remove_file(&part);
+            Err(e)
+        }
+    }
+}
+
+/// Writes header and data; returns the bytes written.
+fn write_model<W: Write>(
+    out: &mut W,
+    path: &Path,
+    metadata: &[(String, Value)],
+    tensors: &[SynthTensor],
+    seed: u64,
+    progress: &mut impl FnMut(Progress<'_>),
+) -> Result<u64, SynthError> {
+    let io_err = |source| SynthError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let header = gguf_header(metadata, tensors, ALIGNMENT);
+    let data_bytes = data_layout(tensors, ALIGNMENT).1;
+    let bytes_total = header.len() as u64 + data_bytes;
+    out.write_all(&header).map_err(io_err)?;
+    let mut written = header.len() as u64;
+    if let Some(first) = tensors.first() {
+        progress(Progress {
+            tensor: &first.name,
+            index: 0,
+            n_tensors: tensors.len(),
+            bytes_done: written,
+            bytes_total,
+        });
+    }
+    let mut buf: Vec<u8> = Vec::new();
+    for (index, t) in tensors.iter().enumerate() {
+        let row_bytes = t.row_bytes();
+        let rows_per_chunk = (CHUNK_BYTES / row_bytes).max(1);
+        let tensor_key = fnv1a(t.name.as_bytes());
+        let mut row = 0;
+        while row < t.rows() {
+            let n = rows_per_chunk.min(t.rows() - row);
+            buf.resize(n * row_bytes, 0);
+            fill_rows(t, tensor_key, seed, row, &mut buf)?;
+            out.write_all(&buf).map_err(io_err)?;
+            written += buf.len() as u64;
+            row += n;
+            progress(Progress {
+                tensor: &t.name,
+                index,
+                n_tensors: tensors.len(),
+                bytes_done: written,
+                bytes_total,
+            });
+        }
+        let pad = written.next_multiple_of(ALIGNMENT) - written;
+        if index + 1 < tensors.len() && pad > 0 {
+            out.write_all(&[0u8; ALIGNMENT as usize][..pad as usize])
+                .map_err(io_err)?;
+            written += pad;
+        }
+    }
+    out.flush().map_err(io_err)?;
+    debug_assert_eq!(written, bytes_total);
+    Ok(written)
+}
+
+/// Generates and quantizes rows `first..` of `t` into `dst` (whole rows), in parallel.
+fn fill_rows(
+    t: &SynthTensor,
+    tensor_key: u64,
+    seed: u64,
+    first: usize,
+    dst: &mut [u8],
+) -> Result<(), SynthError> {
+    let cols = t.cols();
+    dst.par_chunks_mut(t.row_bytes())
+        .enumerate()
+        .try_for_each_init(
+            || vec![0.0f32; cols],
+            |values, (i, out)| {
+                let mut rng = Rng::for_row(seed, tensor_key, (first + i) as u64);
+                match t.init {
+                    Init::Normal { std } => rng.fill_normal(values, 0.0, std),
+                    Init::Norm => rng.fill_normal(values, 1.0, NORM_STD),
+                }
+                quantize_row(t.dtype, values, out).map_err(|source| SynthError::Quant {
+                    tensor: t.name.clone(),
+                    source,
+                })
+            },
+        )
+}
+
+/// The header entries of the tensors (for the shared GGUF header encoder).
+fn entries(tensors: &[SynthTensor]) -> Vec<TensorEntry<'_>> {
+    tensors
+        .iter()
+        .map(|t| TensorEntry {
+            name: &t.name,
+            dims: &t.dims,
+            dtype: t.dtype,
+            n_bytes: t.n_bytes(),
+        })
+        .collect()
+}
+
+/// Each tensor's data offset (relative to the data section) and the section's length.
+fn data_layout(tensors: &[SynthTensor], alignment: u64) -> (Vec<u64>, u64) {
+    kiln_gguf::data_layout(&entries(tensors), alignment)
+}
+
+/// The GGUF v3 header, encoded exactly as [`kiln_gguf::GgufWriter`] does.
+fn gguf_header(metadata: &[(String, Value)], tensors: &[SynthTensor], alignment: u64) -> Vec<u8> {
+    encode_header(metadata, &entries(tensors), alignment)
+        .expect("synth dtypes are GGUF types")
+        .0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normal_draws_have_the_asked_moments() {
+        let mut rng = Rng::for_row(7, fnv1a(b"x"), 3);
+        let mut v = vec![0.0f32; 1 << 16];
+        rng.fill_normal(&mut v, 1.0, 0.5);
+        let n = v.len() as f64;
+        let mean = v.iter().map(|&x| f64::from(x)).sum::<f64>() / n;
+        let var = v
+            .iter()
+            .map(|&x| (f64::from(x) - mean).powi(2))
+            .sum::<f64>()
+            / n;
+        assert!((mean - 1.0).abs() < 0.01, "mean {mean}");
+        assert!((var.sqrt() - 0.5).abs() < 0.01, "std {}", var.sqrt());
+        assert!(v.iter().all(|x| x.is_finite()));
+    }
+
+    #[test]
+    fn data_offsets_are_aligned_and_headers_padded() {
+        let shape = Shape::custom(2, 64, 4, 2, 96, 100, 128).unwrap();
+        let ts = tensors(&shape, DType::Q4_1);
+        let (offsets, end) = data_layout(&ts, ALIGNMENT);
+        assert!(offsets.iter().all(|o| o % ALIGNMENT == 0));
+        assert_eq!(end, offsets.last().unwrap() + ts.last().unwrap().n_bytes());
+        let header = gguf_header(&model_metadata(&shape, DType::Q4_1, 0), &ts, ALIGNMENT);
+        assert_eq!(header.len() as u64 % ALIGNMENT, 0);
+    }
+
+    #[test]
+    fn shapes_in_the_table_are_valid_and_named_uniquely() {
+        for (i, s) in SHAPES.iter().enumerate() {
+            s.validate().unwrap();
+            assert_eq!(Shape::named(&s.name.to_uppercase()).unwrap(), *s);
+            assert!(SHAPES[..i].iter().all(|o| o.name != s.name));
+            assert_ne!(s.name, CUSTOM);
+        }
+    }
+}
