@@ -194,7 +194,8 @@ impl Loaded {
         let loaded = Loaded {
             partial: alloc(gpu, partial_bytes, "the attention splits")?,
             attention,
-            sm_count: gpu.sm_count as u32,
+            // The attention splits fill the device's multiprocessors.
+            sm_count: properties.compute_units as u32,
             graphs: (gpu.graphs && !debug).then(Graphs::default),
             arena: alloc(gpu, program.arena_bytes, "the arena")?,
             kv: alloc(gpu, program.kv_bytes, "KV pages")?,
