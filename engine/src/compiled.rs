@@ -208,6 +208,25 @@ impl<'m> Compiled<'m> {
     /// Run one step over several sequences; returns the logits rows asked for, in entry
     /// order, (outputs, vocab). On error no sequence has grown.
     pub fn step(&mut self, batch: &[BatchEntry<'_>]) -> Result<Vec<f32>, Error> {
+        let n_outputs = self.run_step(batch)?;
+        let mut logits = vec![0.0f32; n_outputs * self.model.config.vocab_size]; // (outputs, vocab)
+        self.backend.read_logits(&mut logits)?;
+        Ok(logits)
+    }
+
+    /// [`Compiled::step`] for greedy decoding: the argmax token of each row asked for
+    /// (`Backend::read_argmax`: on the device where the backend can, so only ids come
+    /// back), in entry order.
+    pub fn step_argmax(&mut self, batch: &[BatchEntry<'_>]) -> Result<Vec<u32>, Error> {
+        let n_outputs = self.run_step(batch)?;
+        let mut ids = vec![0u32; n_outputs]; // (outputs)
+        self.backend
+            .read_argmax(self.model.config.vocab_size, &mut ids)?;
+        Ok(ids)
+    }
+
+    /// Run one step, leaving its logits on the backend; returns the rows asked for.
+    fn run_step(&mut self, batch: &[BatchEntry<'_>]) -> Result<usize, Error> {
         let n_tokens: usize = batch.iter().map(|e| e.tokens.len()).sum();
         let n_outputs: usize = batch.iter().map(BatchEntry::n_outputs).sum();
         if n_tokens == 0 || n_tokens > self.plan.max_tokens || n_outputs > self.plan.max_outputs {
@@ -276,21 +295,19 @@ impl<'m> Compiled<'m> {
             }
             return Err(err.into());
         }
-        let mut logits = vec![0.0f32; n_outputs * self.model.config.vocab_size]; // (outputs, vocab)
-        self.backend.read_logits(&mut logits)?;
-        Ok(logits)
+        Ok(n_outputs)
     }
 
-    /// Logits of every token of `tokens` appended to `seq` from index `first_out` on,
-    /// (n_out, vocab); steps are cut so each fits the plan.
-    fn forward_seq(
+    /// What `step` gives (logits, or argmax ids) for every token of `tokens` appended to
+    /// `seq` from index `first_out` on; steps are cut so each fits the plan.
+    fn forward_seq<T>(
         &mut self,
         seq: SeqId,
         tokens: &[u32],
         first_out: usize,
-    ) -> Result<Vec<f32>, Error> {
-        let vocab = self.model.config.vocab_size;
-        let mut logits = Vec::with_capacity((tokens.len() - first_out) * vocab);
+        step: fn(&mut Self, &[BatchEntry<'_>]) -> Result<Vec<T>, Error>,
+    ) -> Result<Vec<T>, Error> {
+        let mut out = Vec::new();
         let mut i = 0;
         while i < tokens.len() {
             // Tokens before first_out need no logits and go in steps of max_tokens; after
@@ -301,14 +318,42 @@ impl<'m> Compiled<'m> {
                 (i + self.plan.max_outputs).min(tokens.len())
             };
             let logits_from = (i >= first_out).then_some(0);
-            logits.extend(self.step(&[BatchEntry {
-                seq,
-                tokens: &tokens[i..end],
-                logits_from,
-            }])?);
+            out.extend(step(
+                self,
+                &[BatchEntry {
+                    seq,
+                    tokens: &tokens[i..end],
+                    logits_from,
+                }],
+            )?);
             i = end;
         }
-        Ok(logits)
+        Ok(out)
+    }
+
+    /// The runner's sequence, checked to take `tokens` (created on first use).
+    fn runner_seq_for(&mut self, tokens: &[u32]) -> Result<SeqId, Error> {
+        if tokens.is_empty() {
+            return Err(Error::EmptyPrompt);
+        }
+        let vocab = self.model.config.vocab_size;
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= vocab) {
+            return Err(Error::TokenOutOfRange {
+                id,
+                vocab_size: vocab,
+            });
+        }
+        let needed = self.position() + tokens.len();
+        if needed > self.options.n_ctx {
+            return Err(Error::ContextFull {
+                needed,
+                n_ctx: self.options.n_ctx,
+            });
+        }
+        Ok(match self.runner_seq {
+            Some(seq) => seq,
+            None => *self.runner_seq.insert(self.kv.create_sequence()),
+        })
     }
 }
 
@@ -348,31 +393,17 @@ impl Runner for Compiled<'_> {
     }
 
     fn forward(&mut self, tokens: &[u32], logits: LogitsFor) -> Result<Vec<f32>, Error> {
-        if tokens.is_empty() {
-            return Err(Error::EmptyPrompt);
-        }
-        let vocab = self.model.config.vocab_size;
-        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= vocab) {
-            return Err(Error::TokenOutOfRange {
-                id,
-                vocab_size: vocab,
-            });
-        }
-        let needed = self.position() + tokens.len();
-        if needed > self.options.n_ctx {
-            return Err(Error::ContextFull {
-                needed,
-                n_ctx: self.options.n_ctx,
-            });
-        }
-        let seq = match self.runner_seq {
-            Some(seq) => seq,
-            None => *self.runner_seq.insert(self.kv.create_sequence()),
-        };
+        let seq = self.runner_seq_for(tokens)?;
         let first_out = match logits {
             LogitsFor::Last => tokens.len() - 1,
             LogitsFor::From(i) => i.min(tokens.len() - 1),
         };
-        self.forward_seq(seq, tokens, first_out)
+        self.forward_seq(seq, tokens, first_out, Compiled::step)
+    }
+
+    fn forward_greedy(&mut self, tokens: &[u32]) -> Result<u32, Error> {
+        let seq = self.runner_seq_for(tokens)?;
+        let ids = self.forward_seq(seq, tokens, tokens.len() - 1, Compiled::step_argmax)?;
+        ids.last().copied().ok_or(Error::EmptyPrompt)
     }
 }

@@ -76,6 +76,13 @@ pub struct Generation {
     pub decode_tok_s: f64,
 }
 
+/// What a forward step hands the sampler.
+enum Next {
+    Logits(Vec<f32>),
+    /// The greedy token, chosen by the runner.
+    Token(u32),
+}
+
 /// Generate from `req.prompt_ids` on an empty context, calling `on_token` for every
 /// token; `on_token` returns false to stop early.
 pub fn generate(
@@ -110,8 +117,18 @@ pub fn extend(
     let mut sampler = Sampler::new(req.sampler.clone())?;
     let mut decoder = StreamDecoder::new(tokenizer);
 
+    // Greedy without log-probabilities needs only the chosen id: the runner may pick it
+    // on the device (Runner::forward_greedy) instead of returning a row of logits.
+    let greedy = req.sampler.temperature <= 0.0 && req.logprobs == 0;
+    let forward = |runner: &mut dyn Runner, tokens: &[u32]| -> Result<Next, Error> {
+        Ok(if greedy {
+            Next::Token(runner.forward_greedy(tokens)?)
+        } else {
+            Next::Logits(runner.forward(tokens, LogitsFor::Last)?)
+        })
+    };
     let start = Instant::now();
-    let mut logits = runner.forward(&req.prompt_ids, LogitsFor::Last)?;
+    let mut next = forward(runner, &req.prompt_ids)?;
     let prefill_s = start.elapsed().as_secs_f64();
     let mut first_token_at = None;
 
@@ -126,8 +143,13 @@ pub fn extend(
         decode_tok_s: 0.0,
     };
     while out.tokens.len() < req.max_tokens {
-        let id = sampler.sample(&logits);
-        let top = (req.logprobs > 0).then(|| top_logprobs(&logits, req.logprobs));
+        let (id, top) = match &next {
+            Next::Token(id) => (*id, None),
+            Next::Logits(logits) => (
+                sampler.sample(logits),
+                (req.logprobs > 0).then(|| top_logprobs(logits, req.logprobs)),
+            ),
+        };
         first_token_at.get_or_insert_with(Instant::now);
         out.tokens.push(id);
         let eog = tokenizer.is_eog(id) && !req.ignore_eos;
@@ -157,7 +179,7 @@ pub fn extend(
             out.stop_reason = StopReason::ContextFull;
             break;
         }
-        logits = runner.forward(&[id], LogitsFor::Last)?;
+        next = forward(runner, &[id])?;
     }
     let tail = decoder.finish();
     if !tail.is_empty() {

@@ -28,6 +28,13 @@ pub trait Runner {
     fn truncate(&mut self, len: usize);
     /// Append `tokens` to the context and return logits, `(n_out, vocab)` row-major.
     fn forward(&mut self, tokens: &[u32], logits: LogitsFor) -> Result<Vec<f32>, Error>;
+    /// Append `tokens` and return the greedy token after the last one: the argmax of its
+    /// logits ([`crate::sampler::argmax`]). A compiled model asks its backend, which may
+    /// choose on the device and send back one id instead of a row of logits.
+    fn forward_greedy(&mut self, tokens: &[u32]) -> Result<u32, Error> {
+        let logits = self.forward(tokens, LogitsFor::Last)?;
+        Ok(crate::sampler::argmax(&logits))
+    }
     /// What the runner allocated, by purpose, when it was sized by [`crate::memory`].
     fn memory(&self) -> Option<&crate::memory::MemoryPlan> {
         None

@@ -116,15 +116,10 @@ impl Sampler {
     }
 }
 
-/// Index of the largest logit (the first one on ties, as llama.cpp's greedy sampler).
+/// Index of the largest logit (the first one on ties, as llama.cpp's greedy sampler; a
+/// NaN never wins): the same choice as every backend's `read_argmax`.
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, &l) in logits.iter().enumerate() {
-        if l > logits[best] {
-            best = i;
-        }
-    }
-    best as u32
+    kiln_ir::backend::argmax(logits)
 }
 
 fn softmax_of(cand: &[(u32, f32)], temperature: f32) -> Vec<f32> {

@@ -1,4 +1,4 @@
-//! The Backend trait: small, object-safe, split by concern (device, buffers, execution).
+//! The Backend trait: small, object-safe, split by concern (device, execution, sampling).
 //! Optional abilities default to `BackendError::Unsupported`. See ARCHITECTURE.md,
 //! "Adding a backend", and `kiln-backend-null`, the template to copy.
 
@@ -9,18 +9,33 @@ use crate::graph::Graph;
 use crate::kv_layout::KvLayout;
 use crate::op::Op;
 use crate::plan::Plan;
+pub use crate::step::{Step, StepLimits, StepShape, argmax};
 
-/// What a backend says about its device. Kernels size themselves from this; nothing
-/// hard-codes a warp size.
-#[derive(Clone, Debug, PartialEq)]
+/// What a backend says about its device: its name for users, and the limits that size
+/// what it runs (a plan too large for a binding is refused at load; the number of
+/// attention splits follows the compute units). Nothing hard-codes a warp size: a
+/// backend reads it here. `Default` is a device that reports nothing (the null backend).
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct DeviceProperties {
     pub name: String,
     /// Cores (CPU) or multiprocessors / compute units (GPU).
     pub compute_units: usize,
-    /// Threads that execute in lockstep (warp, wavefront, subgroup); None on a CPU.
+    /// Threads that execute in lockstep (warp, wavefront, subgroup) as the kernels run
+    /// them; None on a CPU, or where the kernels do not use subgroup operations.
     pub subgroup_size: Option<usize>,
+    /// The smallest and largest subgroup size the device can run (equal where it is
+    /// fixed, as a warp); None when unknown.
+    pub subgroup_sizes: Option<(usize, usize)>,
     /// Device memory, when the backend knows it.
     pub memory_bytes: Option<u64>,
+    /// The largest single buffer the device allocates; None: no limit but memory.
+    pub max_buffer_bytes: Option<u64>,
+    /// The largest range of a buffer one kernel binding (or 32-bit index) may reach;
+    /// None: no limit but memory.
+    pub max_binding_bytes: Option<u64>,
+    /// Shared memory (workgroup memory, CUDA shared memory) one workgroup or block may
+    /// use at the most; None on a CPU.
+    pub shared_memory_bytes: Option<usize>,
     /// Native f16 arithmetic.
     pub has_f16: bool,
 }
@@ -88,27 +103,6 @@ pub trait WeightSource {
     fn weight(&self, name: &str) -> Option<SharedBytes>;
 }
 
-/// Everything one step needs beyond the plan: the batch's tokens, where each belongs,
-/// and the KV pages of each sequence. Several sequences of different lengths may share
-/// a step (batched decode, chunked prefill).
-#[derive(Clone, Copy, Debug)]
-pub struct Step<'a> {
-    /// (tokens) ids of the step's tokens, sequences one after another.
-    pub token_ids: &'a [u32],
-    /// (tokens) position of each token in its sequence.
-    pub positions: &'a [u32],
-    /// (tokens) index into `block_tables` of each token's sequence.
-    pub token_seq: &'a [u32],
-    /// (seqs) pages of each sequence, covering every position up to this step's last.
-    pub block_tables: &'a [&'a [u32]],
-    /// (outputs) indices of the tokens whose logits are wanted.
-    pub output_rows: &'a [u32],
-}
-
-/// Handle of a device buffer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct BufferId(pub u32);
-
 /// Time of one launch of the last step, for per-kernel reports.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LaunchTime {
@@ -116,23 +110,20 @@ pub struct LaunchTime {
     pub seconds: f64,
 }
 
+/// What a backend does: describe its device, take a plan, run steps, hand back what a
+/// step computed. Seven required methods; the rest have defaults that work everywhere.
+///
+/// There are no buffer methods (alloc, upload, download): a backend owns its memory
+/// (arena, KV pages, weights) from `load_plan` on, and nothing outside it addresses
+/// device memory, so they would exist for tests alone. Sampling enters where the engine
+/// needs it: [`Backend::read_argmax`], the greedy token of each output row, which a
+/// device may compute without sending the logits back.
 pub trait Backend {
     // ---- device ----
     fn name(&self) -> &'static str;
     fn properties(&self) -> &DeviceProperties;
     /// Whether the backend has a kernel for `op` with the weights it names in `graph`.
     fn supports(&self, op: &Op, graph: &Graph) -> bool;
-
-    // ---- buffers ----
-    fn alloc(&mut self, bytes: usize) -> Result<BufferId, BackendError>;
-    fn upload(&mut self, buffer: BufferId, offset: usize, data: &[u8]) -> Result<(), BackendError>;
-    fn download(
-        &mut self,
-        buffer: BufferId,
-        offset: usize,
-        out: &mut [u8],
-    ) -> Result<(), BackendError>;
-    fn free(&mut self, buffer: BufferId);
 
     // ---- execution ----
     /// Take a plan: load (or map) its weights, build kernels, allocate the arena and a
@@ -144,7 +135,7 @@ pub trait Backend {
         kv: &KvLayout,
         kv_page_count: usize,
     ) -> Result<(), BackendError>;
-    /// Run the loaded plan on one step.
+    /// Run the loaded plan on one step, checked first with [`StepLimits::check`].
     fn execute(&mut self, step: &Step<'_>) -> Result<(), BackendError>;
     /// Logits of the last step, (outputs, vocab).
     fn read_logits(&mut self, out: &mut [f32]) -> Result<(), BackendError>;
@@ -152,6 +143,28 @@ pub trait Backend {
     fn copy_kv_page(&mut self, src: u32, dst: u32, n_tokens: usize) -> Result<(), BackendError>;
     /// Wait for queued work.
     fn synchronize(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
+
+    // ---- sampling ----
+    /// The greedy token of each output row of the last step (`out`: one per row, the
+    /// logits being (rows, `vocab`)): the largest logit, the lowest id on ties, never a
+    /// NaN ([`argmax`]). By default the logits are read back and chosen on the host; a
+    /// backend with a device argmax overrides it, so that greedy decoding reads back one
+    /// id per row instead of a row of logits.
+    fn read_argmax(&mut self, vocab: usize, out: &mut [u32]) -> Result<(), BackendError> {
+        let rows = out.len();
+        if vocab == 0 && rows > 0 {
+            return Err(BackendError::BadStep {
+                backend: self.name(),
+                reason: "argmax over rows of 0 logits".into(),
+            });
+        }
+        let mut logits = vec![0.0f32; rows * vocab]; // (rows, vocab)
+        self.read_logits(&mut logits)?;
+        for (id, row) in out.iter_mut().zip(logits.chunks_exact(vocab.max(1))) {
+            *id = argmax(row);
+        }
         Ok(())
     }
 

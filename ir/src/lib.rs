@@ -5,6 +5,7 @@
 //! - [`op`], [`graph`], [`verify`]: a closed set of ops, the graph, the verifier.
 //! - [`passes`]: fusion passes, each small and separately tested.
 //! - [`plan`], [`planner`]: lowering to ordered launches and the activation arena.
+//! - [`backend`], [`step`]: the Backend trait, and a step with the checks every backend runs.
 
 pub mod backend;
 pub mod dtype;
@@ -15,6 +16,7 @@ pub mod passes;
 pub mod plan;
 pub mod planner;
 pub mod quant;
+pub mod step;
 pub mod verify;
 
 pub use dtype::DType;

@@ -3,8 +3,8 @@
 //! covers; the CUDA kernels choose their own blocks for the matmuls (a warp per output
 //! row, or tensor-core tiles) and mirror the WGSL workgroups for everything else.
 
+use kiln_ir::backend::StepShape;
 use kiln_kernels_wgsl::Grid;
-use kiln_kernels_wgsl::program::Count;
 
 use kiln_kernels_wgsl::Variant;
 
@@ -39,13 +39,6 @@ pub struct Launch {
     pub shared_bytes: u32,
 }
 
-fn resolve(rows: Count, n_tokens: u32, n_outputs: u32) -> u32 {
-    match rows {
-        Count::Tokens => n_tokens,
-        Count::Outputs => n_outputs,
-    }
-}
-
 /// The launch of a dispatch of variant `v` over `grid` for a step of `n_tokens` tokens
 /// and `n_outputs` output rows, or None when there is nothing to run. `tensor_cores`: the
 /// device runs mma.sync m16n8k16 (sm_80+); steps of more than [`MATVEC_MAX_ROWS`] rows
@@ -59,7 +52,11 @@ pub fn launch(
 ) -> Option<Launch> {
     let l = match *grid {
         Grid::Matmul { rows, n } if is_matmul(v.op) => {
-            let rows = resolve(rows, n_tokens, n_outputs);
+            let shape = StepShape {
+                tokens: n_tokens as usize,
+                outputs: n_outputs as usize,
+            };
+            let rows = shape.rows(rows) as u32;
             if tensor_cores && has_tensor_cores(v) && rows > MATVEC_MAX_ROWS {
                 Launch {
                     entry: MMA_ENTRY,

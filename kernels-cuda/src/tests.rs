@@ -4,9 +4,10 @@
 //! every row and column at odd token counts.
 
 use kiln_ir::DType;
+use kiln_ir::graph::Rows;
 use kiln_ir::kv_layout::KvDtype;
 use kiln_kernels_wgsl::Variant;
-use kiln_kernels_wgsl::program::{Count, Grid, param_words};
+use kiln_kernels_wgsl::program::{Grid, param_words};
 
 use crate::launch::{self, MMA_COLS, MMA_TOKENS, MV_ROWS, TILE_T, WG, argmax_launch};
 use crate::sources::{self, ENTRY, MMA_ENTRY, all_variants, argmax_source, entries, source};
@@ -170,7 +171,7 @@ fn matvec_grid_covers_odd_token_counts() {
     for n_tokens in [1u32, 3, 7, 8, 9, 33] {
         for n in [1u32, 5, 576, 49_152] {
             let grid = Grid::Matmul {
-                rows: Count::Tokens,
+                rows: Rows::Tokens,
                 n,
             };
             let l = launch::launch(
@@ -193,7 +194,7 @@ fn matvec_grid_covers_odd_token_counts() {
 #[test]
 fn tensor_cores_take_more_than_eight_rows() {
     let grid = Grid::Matmul {
-        rows: Count::Tokens,
+        rows: Rows::Tokens,
         n: 1536,
     };
     let q4_1 = variant("rmsnorm_matmul_swiglu", Some(DType::Q4_1));
@@ -216,7 +217,7 @@ fn tensor_cores_take_more_than_eight_rows() {
     }
     // Rows counted in outputs: 1 output row of a 65-token step is a matrix-vector.
     let out_grid = Grid::Matmul {
-        rows: Count::Outputs,
+        rows: Rows::Outputs,
         n: 49_152,
     };
     let l = launch::launch(&q8, &out_grid, 65, 1, true).unwrap();
@@ -227,7 +228,7 @@ fn tensor_cores_take_more_than_eight_rows() {
 #[test]
 fn other_ops_run_the_wgsl_workgroups() {
     let grid = Grid::Elementwise {
-        rows: Count::Tokens,
+        rows: Rows::Tokens,
         cols: 576,
     };
     let l = launch::launch(&variant("add", None), &grid, 7, 1, true).unwrap();
@@ -249,7 +250,7 @@ fn other_ops_run_the_wgsl_workgroups() {
     assert_eq!(l.grid, [15, 33, 1]);
     // No output rows: nothing to run.
     let grid = Grid::Elementwise {
-        rows: Count::Outputs,
+        rows: Rows::Outputs,
         cols: 576,
     };
     assert!(launch::launch(&variant("select_rows", None), &grid, 5, 0, true).is_none());

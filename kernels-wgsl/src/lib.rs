@@ -7,9 +7,9 @@
 //! - [`program`]: a [`Plan`](kiln_ir::Plan) turned into [`Program`]: the pipelines to
 //!   build, and for every launch its dispatches (pipeline, resources to bind, a params
 //!   block as bytes, workgroup counts for a step).
-//! - [`step`]: the step buffer (token ids, positions, block tables, RoPE cos/sin) and the
-//!   step checks.
-//! - [`weights`]: where each weight lives in the weights buffer and the bytes to upload.
+//! - [`step`]: the step buffer (token ids, positions, block tables, RoPE cos/sin); the
+//!   step checks are kiln-ir's (`StepLimits`), the same for every backend.
+//! - [`weights`]: where each weight lives in the weights buffer, the bytes to upload.
 //!
 //! A backend owns five buffers ([`Resource`]) and runs each dispatch in order; nothing in
 //! it depends on which op it runs.
@@ -21,6 +21,8 @@ pub mod weights;
 
 #[cfg(test)]
 mod tests;
+
+use kiln_ir::backend::DeviceProperties;
 
 pub use program::{Dispatch, Grid, Pipeline, Program, Resource};
 pub use sources::Variant;
@@ -34,6 +36,19 @@ pub struct Capabilities {
     pub max_storage_binding: u64,
     /// Alignment of uniform buffer offsets (256 on most devices).
     pub uniform_align: u64,
+}
+
+impl Capabilities {
+    /// What a device of `properties` offers: subgroup variants where it reports a
+    /// subgroup size (a backend leaves it None when they are off), bindings up to its
+    /// largest; params blocks at `uniform_align`.
+    pub fn of(properties: &DeviceProperties, uniform_align: u64) -> Capabilities {
+        Capabilities {
+            subgroups: properties.subgroup_size.is_some(),
+            max_storage_binding: properties.max_binding_bytes.unwrap_or(u64::MAX),
+            uniform_align,
+        }
+    }
 }
 
 /// Why a plan or a step cannot run on these kernels.

@@ -3,13 +3,14 @@
 //! how many workgroups a step needs. A backend builds the pipelines and bind groups once
 //! and, per step, writes the step buffer and records the dispatches in order.
 
-use kiln_ir::backend::WeightSource;
+use kiln_gpu_host::Output;
+use kiln_ir::backend::{StepLimits, StepShape, WeightSource};
 use kiln_ir::graph::{Graph, Rows};
 use kiln_ir::kv_layout::KvLayout;
 use kiln_ir::{AttentionParams, DType, Op, Plan, RopeParams, ValueId, WeightId};
 
 use crate::sources::{Variant, WEIGHT_DTYPES};
-use crate::step::{RopeTable, StepLimits};
+use crate::step::RopeTable;
 use crate::weights::WeightLayout;
 use crate::{Capabilities, KernelError};
 
@@ -37,31 +38,12 @@ impl Resource {
     }
 }
 
-/// What the rows of a value count: the step's tokens or its output rows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Count {
-    Tokens,
-    Outputs,
-}
-
-impl Count {
-    fn of(rows: Rows) -> Count {
-        match rows {
-            Rows::Tokens => Count::Tokens,
-            Rows::Outputs => Count::Outputs,
-        }
-    }
-
-    /// The step header word the kernels read the count from.
-    fn header_word(self) -> u32 {
-        self as u32
-    }
-
-    fn resolve(self, n_tokens: u32, n_outputs: u32) -> u32 {
-        match self {
-            Count::Tokens => n_tokens,
-            Count::Outputs => n_outputs,
-        }
+/// The step header word the kernels read a row count from (prelude.wgsl:
+/// STEP_N_TOKENS, STEP_N_OUTPUTS).
+fn header_word(rows: Rows) -> u32 {
+    match rows {
+        Rows::Tokens => 0,
+        Rows::Outputs => 1,
     }
 }
 
@@ -69,11 +51,11 @@ impl Count {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Grid {
     /// A workgroup per output column (x, then y past 65535) and tile of 8 rows (z).
-    Matmul { rows: Count, n: u32 },
+    Matmul { rows: Rows, n: u32 },
     /// A workgroup per row.
-    PerRow { rows: Count },
+    PerRow { rows: Rows },
     /// A thread per element of (rows, cols).
-    Elementwise { rows: Count, cols: u32 },
+    Elementwise { rows: Rows, cols: u32 },
     /// `x` workgroups per token (y).
     PerToken { x: u32 },
 }
@@ -94,17 +76,22 @@ impl Grid {
     /// Workgroups for a step of `n_tokens` tokens and `n_outputs` output rows; a zero
     /// means nothing to run.
     pub fn workgroups(&self, n_tokens: u32, n_outputs: u32) -> [u32; 3] {
+        let shape = StepShape {
+            tokens: n_tokens as usize,
+            outputs: n_outputs as usize,
+        };
+        let resolve = |rows: Rows| shape.rows(rows) as u32;
         match *self {
             Grid::Matmul { rows, n } => {
                 let [x, y] = split(n);
-                [x, y, rows.resolve(n_tokens, n_outputs).div_ceil(TILE_T)]
+                [x, y, resolve(rows).div_ceil(TILE_T)]
             }
             Grid::PerRow { rows } => {
-                let [x, y] = split(rows.resolve(n_tokens, n_outputs));
+                let [x, y] = split(resolve(rows));
                 [x, y, 1]
             }
             Grid::Elementwise { rows, cols } => {
-                let threads = rows.resolve(n_tokens, n_outputs).saturating_mul(cols);
+                let threads = resolve(rows).saturating_mul(cols);
                 let [x, y] = split(threads.div_ceil(WG));
                 [x, y, 1]
             }
@@ -147,8 +134,8 @@ pub struct Program {
     pub kv_bytes: u64,
     pub limits: StepLimits,
     pub rope: Option<RopeTable>,
-    /// Arena byte offset, rows and columns of the plan's output (the logits).
-    pub output: (u64, Count, usize),
+    /// Where the plan's output (the logits) lies in the arena.
+    pub output: Output,
 }
 
 /// Words of each kernel's params block (the `Params` struct of its file).
@@ -185,6 +172,14 @@ pub fn supports(op: &Op, graph: &Graph) -> bool {
             | Op::RopeKvWrite { attention, .. } => attention_ok(attention),
             _ => true,
         }
+}
+
+/// Device bytes the Program of `plan` takes besides the arena and the KV pages: the
+/// weights buffer (vectors as f32) and the params blocks (at most three dispatches a
+/// launch, one `uniform_align` block each). What a backend's `load_bytes` starts from.
+pub fn load_bytes(plan: &Plan, uniform_align: u64) -> u64 {
+    let weights = WeightLayout::new(plan, u64::MAX).map_or(0, |l| l.total);
+    weights + plan.launches.len() as u64 * 3 * uniform_align
 }
 
 fn attention_ok(a: &AttentionParams) -> bool {
@@ -254,24 +249,8 @@ impl Program {
         let rope = rope
             .map(|params| rope_table(plan, source, params))
             .transpose()?;
-        let vocab = plan
-            .launches
-            .iter()
-            .find_map(|l| match l.op {
-                Op::Embed { table } => Some(plan.graph.weights[table.0 as usize].rows),
-                _ => None,
-            })
-            .unwrap_or(0);
-        let out = plan
-            .graph
-            .output
-            .ok_or_else(|| unsupported("a plan without an output".into()))?;
-        let ty = &plan.graph.values[out.0 as usize];
-        let output = (
-            plan.offsets[out.0 as usize].unwrap_or(0) as u64,
-            Count::of(ty.rows()),
-            ty.cols(),
-        );
+        let output =
+            Output::of(plan).ok_or_else(|| unsupported("a plan without an output".into()))?;
         Ok(Program {
             pipelines: b.pipelines,
             launches,
@@ -279,16 +258,36 @@ impl Program {
             weights,
             arena_bytes,
             kv_bytes,
-            limits: StepLimits {
-                max_tokens: plan.max_tokens,
-                max_outputs: plan.max_outputs,
-                vocab,
-                kv_page_size: kv.kv_page_size(),
-                kv_page_count,
-            },
+            limits: StepLimits::new(plan, kv, kv_page_count),
             rope,
             output,
         })
+    }
+}
+
+impl Program {
+    /// The dispatches of launch `launch` that have work in a step of `shape`: each one's
+    /// index in the launch, and its workgroup counts (a dispatch over no rows is left
+    /// out).
+    pub fn dispatches(
+        &self,
+        launch: usize,
+        shape: StepShape,
+    ) -> impl Iterator<Item = (usize, &Dispatch, [u32; 3])> {
+        self.launches[launch]
+            .iter()
+            .enumerate()
+            .filter_map(move |(j, d)| {
+                let groups = d.grid.workgroups(shape.tokens as u32, shape.outputs as u32);
+                groups.iter().all(|&g| g > 0).then_some((j, d, groups))
+            })
+    }
+
+    /// What a backend prints for a dispatch when asked to (`KILN_DEBUG`).
+    pub fn trace(&self, backend: &str, launch: usize, d: &Dispatch, groups: [u32; 3]) {
+        let [x, y, z] = groups;
+        let name = &self.pipelines[d.pipeline].name;
+        eprintln!("{backend}: launch {launch} {name} workgroups ({x}, {y}, {z})");
     }
 }
 
@@ -342,8 +341,8 @@ impl Builder<'_> {
         (self.plan.offsets[v.0 as usize].unwrap_or(0) / 4) as u32
     }
 
-    fn rows(&self, v: ValueId) -> Count {
-        Count::of(self.plan.graph.values[v.0 as usize].rows())
+    fn rows(&self, v: ValueId) -> Rows {
+        self.plan.graph.values[v.0 as usize].rows()
     }
 
     fn cols(&self, v: ValueId) -> u32 {
@@ -421,7 +420,7 @@ impl Builder<'_> {
         let rows = self.rows(out);
         let (norm_at, eps) = norm.map_or((0, 0.0), |(g, eps)| (self.vector(g), eps));
         let words = vec![
-            rows.header_word(),
+            header_word(rows),
             k,
             n,
             row_bytes,
@@ -495,7 +494,7 @@ impl Builder<'_> {
         let outs = &launch.outputs;
         // Every op has an output but KvWrite, which never reads this.
         let out = outs.first().copied().unwrap_or(ins[0]);
-        let sel = |b: &Self, v: ValueId| b.rows(v).header_word();
+        let sel = |b: &Self, v: ValueId| header_word(b.rows(v));
         Ok(match &launch.op {
             Op::Embed { table } => {
                 let (dtype, _, d, row_bytes, off) = self.weight(*table);
@@ -595,7 +594,7 @@ impl Builder<'_> {
                 let cols = self.cols(out);
                 let words = vec![cols, self.at(ins[0]), self.at(out)];
                 let grid = Grid::Elementwise {
-                    rows: Count::Outputs,
+                    rows: Rows::Outputs,
                     cols,
                 };
                 vec![self.dispatch("select_rows", None, words, vec![Params, Arena, Step], grid)]
@@ -604,7 +603,7 @@ impl Builder<'_> {
                 let cols = self.cols(out);
                 let words = vec![cols, rope.head_dim as u32, self.at(ins[0]), self.at(out)];
                 let grid = Grid::Elementwise {
-                    rows: Count::Tokens,
+                    rows: Rows::Tokens,
                     cols,
                 };
                 vec![self.dispatch("rope", None, words, vec![Params, Arena, Step], grid)]

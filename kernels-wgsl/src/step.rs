@@ -1,5 +1,5 @@
-//! The step buffer and the step checks. Every kernel reads the step from one `u32`
-//! buffer: a header of region offsets (the `STEP_*` constants of prelude.wgsl), then
+//! The step buffer. Every kernel reads the step (checked first with
+//! `kiln_ir::backend::StepLimits`) from one `u32` buffer: a header of region offsets (the `STEP_*` constants of prelude.wgsl), then
 //! token ids, positions, each token's sequence, the output rows, where each sequence's
 //! block table starts, the RoPE cos/sin of every (token, pair) as f32 bits, and the
 //! block tables themselves.
@@ -40,60 +40,8 @@ impl RopeTable {
     }
 }
 
-/// What the step check needs to know of the loaded plan.
-#[derive(Clone, Copy, Debug)]
-pub struct StepLimits {
-    pub max_tokens: usize,
-    pub max_outputs: usize,
-    /// Rows of the embedding table: token ids must be below it.
-    pub vocab: usize,
-    pub kv_page_size: usize,
-    pub kv_page_count: usize,
-}
-
-/// Check a step before anything runs (the same checks as the CPU backend).
-pub fn check(step: &Step<'_>, lim: &StepLimits) -> Result<(), KernelError> {
-    let bad = |s: String| Err(KernelError::BadStep(s));
-    let n = step.token_ids.len();
-    if n == 0 || n > lim.max_tokens {
-        return bad(format!(
-            "{n} tokens (the plan takes 1..={})",
-            lim.max_tokens
-        ));
-    }
-    if step.positions.len() != n || step.token_seq.len() != n {
-        return bad("positions and token_seq must have one entry per token".into());
-    }
-    let outs = step.output_rows.len();
-    if outs > lim.max_outputs || step.output_rows.iter().any(|&r| r as usize >= n) {
-        return bad(format!("{outs} output rows, or one past the {n} tokens"));
-    }
-    if let Some(&id) = step.token_ids.iter().find(|&&id| id as usize >= lim.vocab) {
-        return bad(format!(
-            "token id {id} outside the vocabulary of {}",
-            lim.vocab
-        ));
-    }
-    for (&pos, &seq) in step.positions.iter().zip(step.token_seq) {
-        let Some(table) = step.block_tables.get(seq as usize) else {
-            return bad(format!("sequence {seq} has no block table"));
-        };
-        let needed = pos as usize / lim.kv_page_size + 1;
-        if table.len() < needed
-            || table[..needed]
-                .iter()
-                .any(|&p| p as usize >= lim.kv_page_count)
-        {
-            return bad(format!(
-                "sequence {seq}: position {pos} is not covered by its pages"
-            ));
-        }
-    }
-    Ok(())
-}
-
 /// The step buffer's words for a checked step.
-pub fn pack(step: &Step<'_>, rope: Option<&RopeTable>) -> Result<Vec<u32>, KernelError> {
+pub fn words(step: &Step<'_>, rope: Option<&RopeTable>) -> Result<Vec<u32>, KernelError> {
     let n = step.token_ids.len();
     let seqs = step.block_tables.len();
     let pairs = rope.map_or(0, RopeTable::pairs);
@@ -126,4 +74,10 @@ pub fn pack(step: &Step<'_>, rope: Option<&RopeTable>) -> Result<Vec<u32>, Kerne
         w.extend_from_slice(table);
     }
     Ok(w)
+}
+
+/// The step buffer's bytes for a checked step (little-endian words), what a backend
+/// uploads before running the step.
+pub fn pack(step: &Step<'_>, rope: Option<&RopeTable>) -> Result<Vec<u8>, KernelError> {
+    words(step, rope).map(|w| kiln_gpu_host::output::le_bytes(&w))
 }

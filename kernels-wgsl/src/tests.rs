@@ -77,21 +77,22 @@ fn params_match_the_host() {
 
 #[test]
 fn grids_split_past_the_dimension_limit_and_follow_the_step() {
-    use crate::program::{Count, Grid};
+    use crate::program::Grid;
+    use kiln_ir::graph::Rows;
     let m = Grid::Matmul {
-        rows: Count::Tokens,
+        rows: Rows::Tokens,
         n: 49_152,
     };
     assert_eq!(m.workgroups(1, 1), [49_152, 1, 1]);
     assert_eq!(m.workgroups(33, 1), [49_152, 1, 5]);
     let big = Grid::Matmul {
-        rows: Count::Outputs,
+        rows: Rows::Outputs,
         n: 128_256,
     };
     let [x, y, z] = big.workgroups(7, 2);
     assert!(x <= 65_535 && x * y >= 128_256 && z == 1);
     let e = Grid::Elementwise {
-        rows: Count::Outputs,
+        rows: Rows::Outputs,
         cols: 100,
     };
     assert_eq!(e.workgroups(9, 0), [0, 1, 1]);
@@ -101,7 +102,7 @@ fn grids_split_past_the_dimension_limit_and_follow_the_step() {
 
 #[test]
 fn the_step_buffer_holds_every_region_where_its_header_says() {
-    use crate::step::{HEADER_WORDS, RopeTable, pack};
+    use crate::step::{HEADER_WORDS, RopeTable, words};
     use kiln_ir::RopeParams;
     use kiln_ir::backend::Step;
     let tables: [&[u32]; 2] = [&[7, 3], &[5]];
@@ -122,7 +123,7 @@ fn the_step_buffer_holds_every_region_where_its_header_says() {
         },
         factors: None,
     };
-    let w = pack(&step, Some(&rope)).unwrap();
+    let w = words(&step, Some(&rope)).unwrap();
     let region = |slot: usize, len: usize| &w[w[slot] as usize..][..len];
     assert_eq!(&w[..2], &[3, 2]);
     assert!(w[2] as usize >= HEADER_WORDS);

@@ -5,6 +5,7 @@
 use std::borrow::Cow;
 
 use kiln_ir::Plan;
+use kiln_ir::backend::{BackendError, WeightSource};
 use kiln_ir::graph::Weight;
 
 use crate::KernelError;
@@ -110,4 +111,27 @@ pub fn upload_bytes<'a>(
     let mut padded = stored.to_vec();
     padded.resize(stored.len().next_multiple_of(4), 0);
     Ok(Cow::Owned(padded))
+}
+
+/// Every weight of `plan` from `source` to its place in the weights buffer: `put` gets
+/// each one's byte offset and the bytes to write there ([`upload_bytes`]), in order.
+/// What each backend's `load_plan` runs, with its own copy as `put`.
+pub fn upload_each(
+    plan: &Plan,
+    layout: &WeightLayout,
+    source: &dyn WeightSource,
+    backend: &'static str,
+    mut put: impl FnMut(u64, &[u8]) -> Result<(), BackendError>,
+) -> Result<(), BackendError> {
+    for (i, w) in plan.graph.weights.iter().enumerate() {
+        let stored = source.weight(&w.name).ok_or_else(|| BackendError::Weight {
+            backend,
+            name: w.name.clone(),
+            reason: "not in the model".into(),
+        })?;
+        let bytes = upload_bytes(w, layout.matrix[i], stored.as_slice())
+            .map_err(|e| e.for_backend(backend))?;
+        put(layout.offsets[i], &bytes)?;
+    }
+    Ok(())
 }

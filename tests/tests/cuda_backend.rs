@@ -1,7 +1,7 @@
 //! The CUDA backend on the reference model (SmolLM2-135M Q4_1), end to end: greedy tokens
 //! equal to the CPU backend's up to the first near-tie, and the logits of every step close
 //! to the f32 oracle's (as tests/tests/wgpu_backend.rs does for WebGPU); plus the
-//! device-side argmax, the launch timers and the user buffers. Without an NVIDIA GPU (its
+//! device-side argmax (`read_argmax`) and the launch timers. Without an NVIDIA GPU (its
 //! driver and NVRTC) every test shows as ignored with the reason: CI has no GPU.
 //!
 //! The prompt is longer than 8 tokens so that prefill takes the tensor-core matmuls
@@ -16,9 +16,7 @@ use kiln_engine::sampler::argmax;
 use kiln_ir::backend::Backend;
 use kiln_testkit::{pass, test};
 use kiln_tests::cpu::load;
-use kiln_tests::device::{
-    Greedy, check_buffers_round_trip, check_launch_times, greedy_matches_cpu,
-};
+use kiln_tests::device::{Greedy, check_launch_times, greedy_matches_cpu};
 use kiln_tests::{Outcome, on_device};
 
 fn main() -> ExitCode {
@@ -32,9 +30,6 @@ fn main() -> ExitCode {
         }),
         test("launch_times_cover_every_launch_of_the_last_step", || {
             with_backend(launch_times_cover_every_launch_of_the_last_step)
-        }),
-        test("buffers_round_trip_at_any_offset", || {
-            with_backend(buffers_round_trip_at_any_offset)
         }),
     ])
 }
@@ -87,7 +82,9 @@ fn argmax_on_the_device_matches_the_host(mut backend: CudaBackend) -> Outcome {
         let mut logits = vec![0.0f32; rows * cols];
         backend.read_logits(&mut logits).unwrap();
         let host: Vec<u32> = logits.chunks_exact(cols).map(argmax).collect();
-        assert_eq!(backend.argmax_last_logits().unwrap(), host, "{}", case.name);
+        let mut device = vec![0u32; rows];
+        backend.read_argmax(cols, &mut device).unwrap();
+        assert_eq!(device, host, "{}", case.name);
     }
     pass()
 }
@@ -99,10 +96,5 @@ fn launch_times_cover_every_launch_of_the_last_step(mut backend: CudaBackend) ->
     assert!(backend.launch_times().is_err());
     kiln_tests::conformance::run_case(&mut backend, &case).expect("the case runs");
     check_launch_times(&mut backend);
-    pass()
-}
-
-fn buffers_round_trip_at_any_offset(mut backend: CudaBackend) -> Outcome {
-    check_buffers_round_trip(&mut backend);
     pass()
 }

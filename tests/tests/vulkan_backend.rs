@@ -2,7 +2,7 @@
 //! greedy tokens equal to the CPU backend's up to the first near-tie, logits held to the
 //! f32 oracle (as in wgpu_backend.rs, whose comment says why the oracle and not the CPU
 //! backend); and the backend's own abilities: the kernel caches (a second load compiles
-//! nothing), timestamps, buffers. On a machine without a GPU this runs on Mesa's
+//! nothing), timestamps, its device's properties. On a machine without a GPU this runs on Mesa's
 //! lavapipe, which is slow: a short prompt and a few tokens.
 
 use std::process::ExitCode;
@@ -12,9 +12,7 @@ use kiln_backends::Ci;
 use kiln_ir::backend::Backend;
 use kiln_testkit::{pass, skip, test};
 use kiln_tests::cpu::load;
-use kiln_tests::device::{
-    Greedy, check_buffers_round_trip, check_launch_times, greedy_matches_cpu, wgsl_limits,
-};
+use kiln_tests::device::{Greedy, check_launch_times, greedy_matches_cpu, wgsl_limits};
 use kiln_tests::{Outcome, on_device};
 
 fn main() -> ExitCode {
@@ -29,9 +27,6 @@ fn main() -> ExitCode {
         ),
         test("launch_times_cover_every_launch_of_the_last_step", || {
             with_backend(launch_times_cover_every_launch_of_the_last_step)
-        }),
-        test("buffers_round_trip_at_any_offset", || {
-            with_backend(buffers_round_trip_at_any_offset)
         }),
         test("the_device_is_described", || {
             with_backend(the_device_is_described)
@@ -124,11 +119,6 @@ fn launch_times_cover_every_launch_of_the_last_step(mut backend: VulkanBackend) 
     pass()
 }
 
-fn buffers_round_trip_at_any_offset(mut backend: VulkanBackend) -> Outcome {
-    check_buffers_round_trip(&mut backend);
-    pass()
-}
-
 fn the_device_is_described(backend: VulkanBackend) -> Outcome {
     let p = backend.properties();
     eprintln!(
@@ -141,6 +131,7 @@ fn the_device_is_described(backend: VulkanBackend) -> Outcome {
         allow_cpu: true,
         subgroups: false,
         cache: Cache::Off,
+        ..VulkanOptions::default()
     })
     .expect("the device opens");
     assert!(!off.uses_subgroups() && off.properties().subgroup_size.is_none());

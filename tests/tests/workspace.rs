@@ -41,10 +41,16 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("kiln-capi", &["kiln-ir", "kiln-engine", "kiln-backends"]),
     // Kernel crates: sources and the glue that embeds them (kernels-cuda still executes
     // the WGSL program: the CUDA decode issue gives it its own lowering).
-    ("kiln-kernels-wgsl", &["kiln-ir"]),
+    ("kiln-kernels-wgsl", &["kiln-ir", "kiln-gpu-host"]),
     ("kiln-kernels-cuda", &["kiln-ir", "kiln-kernels-wgsl"]),
-    // A backend (any `kiln-backend-*`): the IR and kernel crates, never the engine.
-    ("kiln-backend-*", &["kiln-ir", "kiln-kernels-*"]),
+    // The host logic GPU backends share (kernel cache, output reads, timers): the IR only.
+    ("kiln-gpu-host", &["kiln-ir"]),
+    // A backend (any `kiln-backend-*`): the IR, the shared GPU host logic and kernel
+    // crates, never the engine.
+    (
+        "kiln-backend-*",
+        &["kiln-ir", "kiln-gpu-host", "kiln-kernels-*"],
+    ),
     // The registry: the IR and every backend.
     ("kiln-backends", &["kiln-ir", "kiln-backend-*"]),
     ("kiln-testkit", &["kiln-backends"]),

@@ -1,7 +1,7 @@
 //! The Backend implementation: device, buffers, plan loading.
 
 use kiln_ir::backend::{
-    Backend, BackendError, BufferId, DeviceProperties, LaunchTime, SharedBytes, Step, WeightSource,
+    Backend, BackendError, DeviceProperties, LaunchTime, SharedBytes, Step, WeightSource,
 };
 use kiln_ir::kv_layout::KvLayout;
 use kiln_ir::{DType, Graph, Op, Plan};
@@ -10,11 +10,18 @@ use crate::exec::Loaded;
 
 pub(crate) const NAME: &str = "cpu";
 
-/// The CPU backend. Threads come from [`crate::pool`] (all cores, or `KILN_THREADS`).
+/// How to open the CPU backend.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct CpuOptions {
+    /// Threads of the worker pool, the caller included; None: one per core. The pool is
+    /// process-wide ([`crate::pool::configure`]): the first backend's count holds.
+    pub threads: Option<usize>,
+}
+
+/// The CPU backend. Threads come from [`crate::pool`].
 #[derive(Debug)]
 pub struct CpuBackend {
     properties: DeviceProperties,
-    buffers: Vec<Option<Vec<u8>>>,
     loaded: Option<Loaded>,
 }
 
@@ -25,16 +32,18 @@ impl Default for CpuBackend {
 }
 
 impl CpuBackend {
+    /// One thread per core.
     pub fn new() -> CpuBackend {
+        CpuBackend::with_options(CpuOptions::default())
+    }
+
+    pub fn with_options(options: CpuOptions) -> CpuBackend {
         CpuBackend {
             properties: DeviceProperties {
                 name: format!("{} CPU", std::env::consts::ARCH),
-                compute_units: crate::pool::n_threads(),
-                subgroup_size: None,
-                memory_bytes: None,
-                has_f16: false,
+                compute_units: crate::pool::configure(options.threads),
+                ..DeviceProperties::default()
             },
-            buffers: Vec::new(),
             loaded: None,
         }
     }
@@ -45,16 +54,6 @@ impl CpuBackend {
             reason: "no plan is loaded".into(),
         })
     }
-
-    fn buffer(&mut self, id: BufferId) -> Result<&mut Vec<u8>, BackendError> {
-        self.buffers
-            .get_mut(id.0 as usize)
-            .and_then(Option::as_mut)
-            .ok_or_else(|| BackendError::BadStep {
-                backend: NAME,
-                reason: format!("unknown buffer {}", id.0),
-            })
-    }
 }
 
 /// Weight dtypes the CPU kernels take.
@@ -63,13 +62,6 @@ fn supported_weight(dtype: DType) -> bool {
         dtype,
         DType::F32 | DType::F16 | DType::BF16 | DType::Q4_0 | DType::Q4_1 | DType::Q8_0
     )
-}
-
-fn range_error(what: &str, offset: usize, len: usize, size: usize) -> BackendError {
-    BackendError::BadStep {
-        backend: NAME,
-        reason: format!("{what} of {len} bytes at {offset} is outside a {size}-byte buffer"),
-    }
 }
 
 impl Backend for CpuBackend {
@@ -86,52 +78,6 @@ impl Backend for CpuBackend {
         op.matrices()
             .iter()
             .all(|&w| graph.weight(w).is_some_and(|w| supported_weight(w.dtype)))
-    }
-
-    fn alloc(&mut self, bytes: usize) -> Result<BufferId, BackendError> {
-        let mut buffer = Vec::new();
-        buffer
-            .try_reserve_exact(bytes)
-            .map_err(|_| BackendError::OutOfMemory {
-                backend: NAME,
-                bytes: bytes as u64,
-            })?;
-        buffer.resize(bytes, 0);
-        self.buffers.push(Some(buffer));
-        Ok(BufferId(self.buffers.len() as u32 - 1))
-    }
-
-    fn upload(&mut self, id: BufferId, offset: usize, data: &[u8]) -> Result<(), BackendError> {
-        let buffer = self.buffer(id)?;
-        let size = buffer.len();
-        let dst = offset
-            .checked_add(data.len())
-            .and_then(|end| buffer.get_mut(offset..end))
-            .ok_or_else(|| range_error("upload", offset, data.len(), size))?;
-        dst.copy_from_slice(data);
-        Ok(())
-    }
-
-    fn download(
-        &mut self,
-        id: BufferId,
-        offset: usize,
-        out: &mut [u8],
-    ) -> Result<(), BackendError> {
-        let buffer = self.buffer(id)?;
-        let size = buffer.len();
-        let src = offset
-            .checked_add(out.len())
-            .and_then(|end| buffer.get(offset..end))
-            .ok_or_else(|| range_error("download", offset, out.len(), size))?;
-        out.copy_from_slice(src);
-        Ok(())
-    }
-
-    fn free(&mut self, id: BufferId) {
-        if let Some(slot) = self.buffers.get_mut(id.0 as usize) {
-            *slot = None;
-        }
     }
 
     fn load_plan(
@@ -178,9 +124,8 @@ impl Backend for CpuBackend {
         self.loaded()?.read_output(out)
     }
 
-    fn copy_kv_page(&mut self, src: u32, dst: u32, n_tokens: usize) -> Result<(), BackendError> {
-        self.loaded()?
-            .copy_kv_page(src as usize, dst as usize, n_tokens)
+    fn copy_kv_page(&mut self, src: u32, dst: u32, _n_tokens: usize) -> Result<(), BackendError> {
+        self.loaded()?.copy_kv_page(src, dst)
     }
 
     fn load_bytes(&self, plan: &Plan) -> usize {

@@ -2,8 +2,8 @@
 
 use std::time::Instant;
 
-use kiln_ir::backend::{BackendError, LaunchTime, SharedBytes, Step};
-use kiln_ir::graph::{Rows, ValueType};
+use kiln_ir::backend::{BackendError, LaunchTime, SharedBytes, Step, StepLimits, StepShape};
+use kiln_ir::graph::ValueType;
 use kiln_ir::kv_layout::KvLayout;
 use kiln_ir::{Op, Plan, ValueId, WeightId};
 
@@ -22,10 +22,9 @@ pub(crate) struct Loaded {
     arena: Vec<f32>,
     kv_layout: KvLayout,
     kv_pages: Vec<u8>, // (kv_page_count, page_bytes)
-    /// Rows of the embedding table: token ids must be below it.
-    vocab: usize,
+    limits: StepLimits,
     /// Rows of Tokens and Outputs values in the last step.
-    last_rows: (usize, usize),
+    last: StepShape,
     times: Vec<f64>,
 }
 
@@ -82,16 +81,8 @@ impl Loaded {
             .ok_or_else(|| bad_step(format!("{kv_page_count} KV pages overflow")))?;
         alloc(kv_bytes)?;
         alloc(plan.arena_bytes)?;
-        let vocab = plan
-            .launches
-            .iter()
-            .find_map(|l| match l.op {
-                Op::Embed { table } => Some(plan.graph.weights[table.0 as usize].rows),
-                _ => None,
-            })
-            .unwrap_or(0);
         Ok(Loaded {
-            vocab,
+            limits: StepLimits::new(&plan, &kv_layout, kv_page_count),
             arena: vec![0.0; plan.arena_bytes / 4],
             times: vec![0.0; plan.launches.len()],
             plan,
@@ -99,7 +90,7 @@ impl Loaded {
             vectors,
             kv_layout,
             kv_pages: vec![0; kv_bytes],
-            last_rows: (0, 0),
+            last: StepShape::default(),
         })
     }
 
@@ -119,55 +110,9 @@ impl Loaded {
             .expect("verified as a vector weight")
     }
 
-    /// Check a step against the plan and the KV pool before touching anything.
-    fn check_step(&self, step: &Step<'_>) -> Result<(), BackendError> {
-        let n = step.token_ids.len();
-        if n == 0 || n > self.plan.max_tokens {
-            return Err(bad_step(format!(
-                "{n} tokens (the plan takes 1..={})",
-                self.plan.max_tokens
-            )));
-        }
-        if step.positions.len() != n || step.token_seq.len() != n {
-            return Err(bad_step(
-                "positions and token_seq must have one entry per token".into(),
-            ));
-        }
-        let outs = step.output_rows.len();
-        if outs > self.plan.max_outputs || step.output_rows.iter().any(|&r| r as usize >= n) {
-            return Err(bad_step(format!(
-                "{outs} output rows, or one past the {n} tokens"
-            )));
-        }
-        let vocab = self.vocab;
-        if let Some(&id) = step.token_ids.iter().find(|&&id| id as usize >= vocab) {
-            return Err(bad_step(format!(
-                "token id {id} outside the vocabulary of {vocab}"
-            )));
-        }
-        let page_size = self.kv_layout.kv_page_size();
-        let n_pages = self.kv_pages.len() / self.kv_layout.page_bytes();
-        for (&pos, &seq) in step.positions.iter().zip(step.token_seq) {
-            let table = step
-                .block_tables
-                .get(seq as usize)
-                .ok_or_else(|| bad_step(format!("sequence {seq} has no block table")))?;
-            // Every page up to this position must exist: attention reads them all.
-            let needed = pos as usize / page_size + 1;
-            if table.len() < needed || table[..needed].iter().any(|&p| p as usize >= n_pages) {
-                return Err(bad_step(format!(
-                    "sequence {seq}: position {pos} is not covered by its pages"
-                )));
-            }
-        }
-        Ok(())
-    }
-
     pub(crate) fn execute(&mut self, step: &Step<'_>) -> Result<(), BackendError> {
-        self.check_step(step)?;
-        let n_tokens = step.token_ids.len();
-        let n_outputs = step.output_rows.len();
-        self.last_rows = (n_tokens, n_outputs);
+        self.limits.check(step, NAME)?;
+        self.last = step.shape();
         let slots = token_slots(
             step.positions,
             step.token_seq,
@@ -201,11 +146,7 @@ impl Loaded {
     fn range(&self, v: ValueId) -> (usize, usize) {
         let offset = self.plan.offsets[v.0 as usize].expect("activations have arena offsets") / 4;
         let ty: &ValueType = &self.plan.graph.values[v.0 as usize];
-        let rows = match ty.rows() {
-            Rows::Tokens => self.last_rows.0,
-            Rows::Outputs => self.last_rows.1,
-        };
-        (offset, rows * ty.cols())
+        (offset, self.last.rows(ty.rows()) * ty.cols())
     }
 
     fn launch(
@@ -332,19 +273,10 @@ impl Loaded {
         Ok(())
     }
 
-    pub(crate) fn copy_kv_page(
-        &mut self,
-        src: usize,
-        dst: usize,
-        _n_tokens: usize,
-    ) -> Result<(), BackendError> {
+    pub(crate) fn copy_kv_page(&mut self, src: u32, dst: u32) -> Result<(), BackendError> {
+        self.limits.check_page_copy(src, dst, NAME)?;
+        let (src, dst) = (src as usize, dst as usize);
         let pb = self.kv_layout.page_bytes();
-        let n_pages = self.kv_pages.len() / pb;
-        if src >= n_pages || dst >= n_pages {
-            return Err(bad_step(format!(
-                "KV page copy {src} -> {dst} outside {n_pages} pages"
-            )));
-        }
         self.kv_pages
             .copy_within(src * pb..(src + 1) * pb, dst * pb);
         Ok(())

@@ -8,4 +8,4 @@ pub mod kernels;
 pub mod pool;
 pub mod simd;
 
-pub use backend::CpuBackend;
+pub use backend::{CpuBackend, CpuOptions};

@@ -47,14 +47,26 @@ struct Pool {
     submit: Mutex<()>,
 }
 
+/// Threads asked for before the pool started ([`configure`]); 0: one per core.
+static REQUESTED: AtomicUsize = AtomicUsize::new(0);
+
+/// Ask for `threads` threads (the caller included; None: one per core) and start the
+/// pool. The pool is process-wide and starts once, so the first request holds and later
+/// ones share it. Returns the threads it runs.
+pub fn configure(threads: Option<usize>) -> usize {
+    if let Some(n) = threads.filter(|&n| n > 0) {
+        REQUESTED.store(n, Ordering::Relaxed);
+    }
+    n_threads()
+}
+
 fn pool() -> &'static Pool {
     static POOL: OnceLock<Pool> = OnceLock::new();
     POOL.get_or_init(|| {
-        let n_threads = std::env::var("KILN_THREADS")
-            .ok()
-            .and_then(|s| s.parse::<usize>().ok())
-            .filter(|&n| n > 0)
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let n_threads = match REQUESTED.load(Ordering::Relaxed) {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        };
         let shared: &'static Shared = Box::leak(Box::new(Shared {
             state: AtomicU64::new(0),
             job: AtomicPtr::new(std::ptr::null_mut()),

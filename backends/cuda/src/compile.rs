@@ -1,17 +1,19 @@
 //! Kernels compiled by NVRTC for the device's architecture at first use, and cached on
 //! disk so that a second start compiles nothing. NVRTC is loaded with libloading (not
-//! through cudarc, whose loader panics when the library is absent): `KILN_NVRTC_PATH`
-//! (a file) first, then `libnvrtc.so.13`, `libnvrtc.so`, `libnvrtc.so.12`. A missing
-//! library is [`NvrtcError::Missing`]; a failed compile keeps NVRTC's log.
+//! through cudarc, whose loader panics when the library is absent): the file the options
+//! name first (`KILN_NVRTC_PATH` in the CLI), then `libnvrtc.so.13`, `libnvrtc.so`,
+//! `libnvrtc.so.12`. A missing library is [`NvrtcError::Missing`]; a failed compile keeps
+//! NVRTC's log.
 //!
-//! Cache: `$KILN_CACHE_DIR/cuda`, else `$XDG_CACHE_HOME/kiln/cuda`, else `~/.cache/kiln/cuda`
-//! (the Vulkan backend's layout);
-//! one `<key>.cubin` per (source, architecture, NVRTC version, options).
+//! Cache: kiln-gpu-host's (one set of rules for every backend, `CudaOptions::cache`); one
+//! `<name>-<key>.cubin` per (source, architecture, NVRTC version, options).
 
 use std::ffi::{CStr, CString, c_char, c_int, c_void};
-use std::path::PathBuf;
+use std::path::Path;
 
-/// Library names tried after `KILN_NVRTC_PATH`, newest first.
+use kiln_gpu_host::cache::{Cache, CacheStats, DiskCache, fnv1a};
+
+/// Library names tried after the one the options name, newest first.
 pub const NVRTC_LIBS: &[&str] = &["libnvrtc.so.13", "libnvrtc.so", "libnvrtc.so.12"];
 
 /// Options of every compile (besides the architecture): no fast math, so that expf and
@@ -72,8 +74,8 @@ pub struct Nvrtc {
     error_string: ErrorStringFn,
     /// Keeps the entry points above valid; dropped last.
     _lib: libloading::Library,
-    /// NVRTC's builtins library, loaded from the directory of `KILN_NVRTC_PATH`: NVRTC
-    /// dlopens it by name at each compile, and finds it loaded already.
+    /// NVRTC's builtins library, loaded from the directory of a library given by path:
+    /// NVRTC dlopens it by name at each compile, and finds it loaded already.
     _builtins: Vec<libloading::Library>,
 }
 
@@ -135,10 +137,11 @@ unsafe fn symbol<T: Copy>(lib: &libloading::Library, name: &str) -> Result<T, Nv
 }
 
 impl Nvrtc {
-    /// Load NVRTC: `KILN_NVRTC_PATH`, then [`NVRTC_LIBS`] on the loader's path.
-    pub fn load() -> Result<Nvrtc, NvrtcError> {
-        let mut candidates: Vec<String> = std::env::var("KILN_NVRTC_PATH")
-            .ok()
+    /// Load NVRTC: the file `path` (when given), then [`NVRTC_LIBS`] on the loader's
+    /// path.
+    pub fn load(path: Option<&Path>) -> Result<Nvrtc, NvrtcError> {
+        let mut candidates: Vec<String> = path
+            .map(|p| p.to_string_lossy().into_owned())
             .filter(|p| !p.is_empty())
             .into_iter()
             .collect();
@@ -289,42 +292,15 @@ impl Nvrtc {
     }
 }
 
-/// FNV-1a, 64 bits: a hash that stays the same across Rust releases (the cache outlives
-/// the binary that wrote it).
-fn fnv1a(bytes: &[u8], mut h: u64) -> u64 {
-    for &b in bytes {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
-
 /// The cache key of a compile: source, architecture, NVRTC version and options.
 pub fn cache_key(source: &str, arch: u32, nvrtc_version: (i32, i32)) -> String {
-    let mut h = 0xcbf2_9ce4_8422_2325u64;
-    h = fnv1a(source.as_bytes(), h);
-    h = fnv1a(&arch.to_le_bytes(), h);
-    h = fnv1a(&nvrtc_version.0.to_le_bytes(), h);
-    h = fnv1a(&nvrtc_version.1.to_le_bytes(), h);
-    for o in OPTIONS {
-        h = fnv1a(o.as_bytes(), h);
-    }
-    format!(
-        "sm{arch}-nvrtc{}.{}-{h:016x}",
-        nvrtc_version.0, nvrtc_version.1
-    )
-}
-
-/// Where compiled kernels are kept, or None when no directory is known.
-pub fn cache_dir() -> Option<PathBuf> {
-    let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
-    if let Some(dir) = var("KILN_CACHE_DIR") {
-        return Some(PathBuf::from(dir).join("cuda"));
-    }
-    if let Some(dir) = var("XDG_CACHE_HOME") {
-        return Some(PathBuf::from(dir).join("kiln").join("cuda"));
-    }
-    var("HOME").map(|home| PathBuf::from(home).join(".cache").join("kiln").join("cuda"))
+    let (major, minor) = nvrtc_version;
+    let mut parts: Vec<&[u8]> = vec![source.as_bytes()];
+    let numbers = [arch.to_le_bytes(), major.to_le_bytes(), minor.to_le_bytes()];
+    parts.extend(numbers.iter().map(|n| &n[..]));
+    parts.extend(OPTIONS.iter().map(|o| o.as_bytes()));
+    let h = fnv1a(0xcbf2_9ce4_8422_2325, &parts);
+    format!("sm{arch}-nvrtc{major}.{minor}-{h:016x}")
 }
 
 /// Kernels compiled for one architecture, through the disk cache.
@@ -332,71 +308,55 @@ pub fn cache_dir() -> Option<PathBuf> {
 pub struct Compiler {
     pub nvrtc: Nvrtc,
     pub arch: u32,
-    dir: Option<PathBuf>,
+    cache: DiskCache,
     debug: bool,
 }
 
 impl Compiler {
-    /// A compiler for `sm_<arch>` caching in [`cache_dir`].
-    pub fn new(nvrtc: Nvrtc, arch: u32) -> Compiler {
-        Compiler::with_cache_dir(nvrtc, arch, cache_dir())
-    }
-
-    /// A compiler caching in `dir` (None: no cache).
-    pub fn with_cache_dir(nvrtc: Nvrtc, arch: u32, dir: Option<PathBuf>) -> Compiler {
+    /// A compiler for `sm_<arch>` caching in `cache`; `debug` prints each compile.
+    pub fn new(nvrtc: Nvrtc, arch: u32, cache: &Cache, debug: bool) -> Compiler {
         Compiler {
             nvrtc,
             arch,
-            dir,
-            debug: std::env::var_os("KILN_DEBUG").is_some(),
+            cache: DiskCache::new(cache),
+            debug,
         }
     }
 
-    /// The cache file of `name` compiled from `source`, when there is a cache.
-    pub fn cache_path(&self, name: &str, source: &str) -> Option<PathBuf> {
-        let key = cache_key(source, self.arch, self.nvrtc.version());
-        self.dir
-            .as_ref()
-            .map(|d| d.join(format!("{name}-{key}.cubin")))
+    /// Cubins read from the cache and compiled so far.
+    pub fn stats(&self) -> CacheStats {
+        self.cache.stats()
     }
 
     /// The cubin of `source`: from the cache, or compiled (and then cached; a cache that
     /// cannot be written is only slower).
     pub fn cubin(&self, name: &str, source: &str) -> Result<Vec<u8>, NvrtcError> {
-        let path = self.cache_path(name, source);
-        if let Some(bytes) = path.as_ref().and_then(|p| std::fs::read(p).ok())
-            && !bytes.is_empty()
-        {
-            if self.debug {
-                eprintln!("cuda: {name} from the cache");
-            }
-            return Ok(bytes);
-        }
-        let start = std::time::Instant::now();
-        let (cubin, log) = self.nvrtc.compile(name, source, self.arch)?;
-        if self.debug {
-            eprintln!(
-                "cuda: compiled {name} for sm_{} in {:.2} s ({} bytes){}{log}",
-                self.arch,
-                start.elapsed().as_secs_f64(),
-                cubin.len(),
-                if log.is_empty() { "" } else { ": " }
-            );
-        }
-        if let Some(path) = path {
-            // Write then rename, so that a concurrent start never reads half a file.
-            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-            let written = path
-                .parent()
-                .map_or(Ok(()), std::fs::create_dir_all)
-                .and_then(|()| std::fs::write(&tmp, &cubin))
-                .and_then(|()| std::fs::rename(&tmp, &path));
-            if let Err(e) = written {
-                let _ = std::fs::remove_file(&tmp);
+        let key = cache_key(source, self.arch, self.nvrtc.version());
+        let file = format!("{name}-{key}.cubin");
+        let tag = source.len() as u64;
+        let mut compiled = false;
+        let cubin = self.cache.get_or_build(
+            &file,
+            tag,
+            |c| !c.is_empty(),
+            || {
+                compiled = true;
+                let start = std::time::Instant::now();
+                let (cubin, log) = self.nvrtc.compile(name, source, self.arch)?;
                 if self.debug {
-                    eprintln!("cuda: cannot cache {name} in {}: {e}", path.display());
+                    eprintln!(
+                        "cuda: compiled {name} for sm_{} in {:.2} s ({} bytes){}{log}",
+                        self.arch,
+                        start.elapsed().as_secs_f64(),
+                        cubin.len(),
+                        if log.is_empty() { "" } else { ": " }
+                    );
                 }
-            }
+                Ok(cubin)
+            },
+        )?;
+        if self.debug && !compiled {
+            eprintln!("cuda: {name} from the cache");
         }
         Ok(cubin)
     }
@@ -419,12 +379,5 @@ mod tests {
         ] {
             assert_ne!(key, other);
         }
-    }
-
-    #[test]
-    fn fnv1a_is_the_published_function() {
-        // FNV-1a 64 of "a" (the reference test vector): the cache must not depend on
-        // std's unstable hasher.
-        assert_eq!(fnv1a(b"a", 0xcbf2_9ce4_8422_2325), 0xaf63_dc4c_8601_ec8c);
     }
 }

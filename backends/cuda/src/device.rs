@@ -8,6 +8,7 @@ use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaContext, CudaStream, DriverError};
 use kiln_ir::backend::BackendError;
 
+use crate::backend::CudaOptions;
 use crate::compile::{Compiler, Nvrtc, load_error};
 
 pub(crate) const NAME: &str = "cuda";
@@ -62,7 +63,15 @@ pub(crate) struct Gpu {
     pub sm_count: usize,
     pub warp_size: usize,
     pub memory_bytes: u64,
+    /// Shared memory a block may opt in to.
+    pub max_shared_bytes: usize,
     pub compiler: Compiler,
+    /// What the options turn on and off.
+    pub graphs: bool,
+    pub decode_attention: bool,
+    /// The tensor-core matmul (mma.sync m16n8k16) runs here.
+    pub tensor_cores: bool,
+    pub debug: bool,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -72,11 +81,13 @@ impl std::fmt::Debug for Gpu {
 }
 
 impl Gpu {
-    /// Device `ordinal`: NoDevice (never a panic) without the driver library, NVRTC, or a
-    /// device.
-    pub fn open(ordinal: usize) -> Result<Gpu, BackendError> {
+    /// The device of `options`: NoDevice (never a panic) without the driver library,
+    /// NVRTC, or a device.
+    pub fn open(options: CudaOptions) -> Result<Gpu, BackendError> {
+        let ordinal = options.device;
         driver_library().map_err(no_device)?;
-        let nvrtc = Nvrtc::load().map_err(|e| no_device(e.to_string()))?;
+        let nvrtc =
+            Nvrtc::load(options.nvrtc_path.as_deref()).map_err(|e| no_device(e.to_string()))?;
         // cudarc panics on a driver that lacks a symbol of its bindings; that is a device
         // kiln cannot use, not a crash.
         let opened = std::panic::catch_unwind(|| -> Result<_, DriverError> {
@@ -108,6 +119,9 @@ impl Gpu {
             )));
         }
         let sm_count = attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize;
+        let max_shared_bytes =
+            attr(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN)?
+                as usize;
         let name = ctx
             .name()
             .map_err(|e| driver("reading the device name", e))?;
@@ -131,12 +145,12 @@ impl Gpu {
             sm_count,
             warp_size,
             memory_bytes,
-            compiler: Compiler::new(nvrtc, arch),
+            max_shared_bytes,
+            compiler: Compiler::new(nvrtc, arch, &options.cache, options.debug),
+            graphs: options.graphs,
+            decode_attention: options.decode_attention,
+            tensor_cores: options.tensor_cores && arch >= 80,
+            debug: options.debug,
         })
-    }
-
-    /// Whether the tensor-core matmul (mma.sync m16n8k16) runs here.
-    pub fn tensor_cores(&self) -> bool {
-        self.arch >= 80 && std::env::var("KILN_CUDA_MMA").map_or(true, |v| v != "0")
     }
 }

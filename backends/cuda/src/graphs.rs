@@ -7,13 +7,14 @@
 //! splits, kiln_kernels_cuda::launch::length_class). The buffers' addresses are baked
 //! into a graph: the step buffer growing clears the cache.
 //!
-//! `KILN_CUDA_GRAPHS=0` turns graphs off; so do the launch timers (events between the
-//! launches) and `KILN_DEBUG` (which prints each launch).
+//! `CudaOptions::graphs` (`KILN_CUDA_GRAPHS=0` in the CLI) turns graphs off; so do the
+//! launch timers (events between the launches) and `debug` (which prints each launch).
 
 use std::sync::Arc;
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{CudaGraph, CudaStream, DriverError};
+use kiln_gpu_host::Lru;
 
 /// Graphs kept: decode runs at a handful of batch sizes, and each graph holds the
 /// device's copy of a step's launches.
@@ -31,38 +32,33 @@ struct Graph(CudaGraph);
 // themselves Send.
 unsafe impl Send for Graph {}
 
-/// The most recently used graphs, least recent first.
-#[derive(Default)]
+/// The most recently used graphs.
 pub(crate) struct Graphs {
-    entries: Vec<(Shape, Graph)>,
+    entries: Lru<Shape, Graph>,
+}
+
+impl Default for Graphs {
+    fn default() -> Graphs {
+        Graphs {
+            entries: Lru::new(CAPACITY),
+        }
+    }
 }
 
 impl std::fmt::Debug for Graphs {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Graphs")
-            .field(
-                "shapes",
-                &self.entries.iter().map(|e| e.0).collect::<Vec<_>>(),
-            )
-            .finish()
+        let shapes: Vec<&Shape> = self.entries.keys().collect();
+        f.debug_struct("Graphs").field("shapes", &shapes).finish()
     }
-}
-
-/// Whether graphs are on (`KILN_CUDA_GRAPHS=0` turns them off).
-pub(crate) fn enabled() -> bool {
-    std::env::var("KILN_CUDA_GRAPHS").map_or(true, |v| v != "0")
 }
 
 impl Graphs {
     /// Replay the graph of `shape` if there is one; Ok(false) when it must be captured.
     pub fn replay(&mut self, shape: Shape) -> Result<bool, DriverError> {
-        let Some(i) = self.entries.iter().position(|e| e.0 == shape) else {
-            return Ok(false);
-        };
-        let entry = self.entries.remove(i);
-        let launched = entry.1.0.launch();
-        self.entries.push(entry);
-        launched.map(|()| true)
+        match self.entries.get(&shape) {
+            Some(graph) => graph.0.launch().map(|()| true),
+            None => Ok(false),
+        }
     }
 
     /// Capture what `launch_all` puts on `stream` as the graph of `shape`, keep it, and
@@ -95,16 +91,13 @@ impl Graphs {
         graph
             .launch()
             .map_err(|e| driver_err("launching a captured graph", e))?;
-        if self.entries.len() >= CAPACITY {
-            self.entries.remove(0);
-        }
-        self.entries.push((shape, Graph(graph)));
+        self.entries.insert(shape, Graph(graph));
         Ok(())
     }
 
     /// Forget every graph (a buffer they point at moved).
     pub fn clear(&mut self) {
-        self.entries.clear();
+        self.entries.drain();
     }
 }
 

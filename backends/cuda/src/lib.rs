@@ -15,4 +15,5 @@ mod graphs;
 mod loaded;
 mod memory;
 
-pub use backend::CudaBackend;
+pub use backend::{CudaBackend, CudaOptions};
+pub use kiln_gpu_host::Cache;

@@ -8,14 +8,16 @@
 //! load) and, when the step splits its contexts, the combine kernel; both take the
 //! partial buffer, allocated at load for the largest step and reused by every layer (the
 //! combine of one layer runs before the next layer's decode, on the one stream).
-//! `KILN_CUDA_DECODE_ATTENTION=0` keeps the one-block-per-(head, token) kernel. Decode
-//! steps are captured as CUDA graphs and replayed ([`crate::graphs`]).
+//! `CudaOptions::decode_attention` off keeps the one-block-per-(head, token) kernel.
+//! Decode steps are captured as CUDA graphs and replayed ([`crate::graphs`]).
 
 use cudarc::driver::sys::{CUevent_flags, CUfunction_attribute};
 use cudarc::driver::{CudaEvent, CudaFunction, CudaSlice};
 use cudarc::nvrtc::Ptx;
+use kiln_gpu_host::output::{f32s_from_le, le_bytes, u32s_from_le};
 use kiln_ir::Plan;
-use kiln_ir::backend::{BackendError, LaunchTime, Step, WeightSource};
+use kiln_ir::backend::{BackendError, DeviceProperties, LaunchTime, Step, StepShape, WeightSource};
+use kiln_ir::graph::Rows;
 use kiln_ir::kv_layout::{KvDtype, KvLayout};
 use kiln_kernels_cuda::launch::{
     AttentionShape, DECODE_MAX_TOKENS, DEFAULT_MAX_SHARED, Launch, argmax_launch,
@@ -25,16 +27,11 @@ use kiln_kernels_cuda::launch::{
 use kiln_kernels_cuda::sources::{
     self, ARGMAX_ENTRY, COMBINE_ENTRY, DECODE_ENTRY, ENTRY, MMA_ENTRY, PREFILL_ENTRY,
 };
-use kiln_kernels_wgsl::program::Count;
-use kiln_kernels_wgsl::{Capabilities, KernelError, Program, Variant, step, weights};
+use kiln_kernels_wgsl::{Capabilities, Program, Variant, step, weights};
 
 use crate::device::{Gpu, NAME, driver};
-use crate::graphs::{self, Graphs};
+use crate::graphs::Graphs;
 use crate::memory::{address, alloc, copy_in, copy_out, run};
-
-pub(crate) fn kernel_error(e: KernelError) -> BackendError {
-    e.for_backend(NAME)
-}
 
 /// The functions of one kernel variant's module.
 struct Kernel {
@@ -81,9 +78,8 @@ pub(crate) struct Loaded {
     tensor_cores: bool,
     /// (launch) start and end events, once `launch_times` asked for them.
     timers: Option<Vec<(CudaEvent, CudaEvent)>>,
-    /// Tokens and output rows of the last step.
-    last: (u32, u32),
-    /// `KILN_DEBUG` set: print each dispatch's launch.
+    last: Option<StepShape>,
+    /// Print each dispatch's launch.
     debug: bool,
 }
 
@@ -97,27 +93,23 @@ impl std::fmt::Debug for Loaded {
     }
 }
 
-/// What the CUDA kernels take: byte offsets and indices are 32-bit words, so every
-/// buffer stays below 4 GiB; no subgroup variants (warp shuffles always).
-fn capabilities() -> Capabilities {
-    Capabilities {
-        subgroups: false,
-        max_storage_binding: u64::from(u32::MAX),
-        uniform_align: 16,
-    }
-}
-
 impl Loaded {
     pub fn new(
-        gpu: &Gpu,
+        (gpu, properties): (&Gpu, &DeviceProperties),
         plan: &Plan,
         source: &dyn WeightSource,
         kv: &KvLayout,
         kv_page_count: usize,
     ) -> Result<Loaded, BackendError> {
-        let program =
-            Program::new(plan, source, kv, kv_page_count, &capabilities()).map_err(kernel_error)?;
-        let debug = std::env::var_os("KILN_DEBUG").is_some();
+        // Every buffer within the 32-bit offsets of the properties; no subgroup variants
+        // (the CUDA kernels use warp shuffles always).
+        let caps = Capabilities {
+            subgroups: false,
+            ..Capabilities::of(properties, 16)
+        };
+        let program = Program::new(plan, source, kv, kv_page_count, &caps)
+            .map_err(|e| e.for_backend(NAME))?;
+        let debug = gpu.debug;
         let mut kernels = Vec::with_capacity(program.pipelines.len());
         // (name, source) of every module: the plan's variants, then argmax.
         let mut sources_of = Vec::with_capacity(program.pipelines.len() + 1);
@@ -170,20 +162,28 @@ impl Loaded {
         let argmax = load("argmax")?
             .load_function(ARGMAX_ENTRY)
             .map_err(|e| driver("loading argmax", e))?;
-        let weights_buf = upload_weights(gpu, plan, &program, source)?;
+        let mut weights_buf = alloc(gpu, program.weights.total, "weights")?;
+        weights::upload_each(plan, &program.weights, source, NAME, |offset, bytes| {
+            copy_in(gpu, &mut weights_buf, offset as usize, bytes, "weights")
+        })?;
         let mut params = alloc(gpu, program.params.len() as u64, "params")?;
         copy_in(gpu, &mut params, 0, &program.params, "params")?;
-        let (out_offset, out_rows, out_cols) = program.output;
-        let rows_sel = match out_rows {
-            Count::Tokens => 0u32,
-            Count::Outputs => 1,
+        let out = &program.output;
+        let rows_sel = match out.rows {
+            Rows::Tokens => 0u32,
+            Rows::Outputs => 1,
         };
-        let words = [rows_sel, out_cols as u32, (out_offset / 4) as u32, 0];
+        let words = [rows_sel, out.cols as u32, (out.offset / 4) as u32, 0];
         let mut argmax_params = alloc(gpu, 16, "argmax params")?;
-        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-        copy_in(gpu, &mut argmax_params, 0, &bytes, "argmax params")?;
+        copy_in(
+            gpu,
+            &mut argmax_params,
+            0,
+            &le_bytes(&words),
+            "argmax params",
+        )?;
         let max_rows = plan.max_tokens.max(plan.max_outputs) as u64;
-        let attention = attention_shapes(&program, &kernels)?;
+        let attention = attention_shapes(gpu, properties, &program, &kernels)?;
         let partial_bytes = attention
             .iter()
             .flatten()
@@ -194,14 +194,15 @@ impl Loaded {
         let loaded = Loaded {
             partial: alloc(gpu, partial_bytes, "the attention splits")?,
             attention,
-            sm_count: gpu.sm_count as u32,
-            graphs: (graphs::enabled() && !debug).then(Graphs::default),
+            // The attention splits fill the device's multiprocessors.
+            sm_count: properties.compute_units as u32,
+            graphs: (gpu.graphs && !debug).then(Graphs::default),
             arena: alloc(gpu, program.arena_bytes, "the arena")?,
             kv: alloc(gpu, program.kv_bytes, "KV pages")?,
             step: alloc(gpu, 4096, "the step")?,
             ids: alloc(gpu, 4 * max_rows, "token ids")?,
             page_bytes: kv.page_bytes() as u64,
-            tensor_cores: gpu.tensor_cores(),
+            tensor_cores: gpu.tensor_cores,
             program,
             kernels,
             argmax,
@@ -209,7 +210,7 @@ impl Loaded {
             weights: weights_buf,
             argmax_params,
             timers: None,
-            last: (0, 0),
+            last: None,
             debug,
         };
         gpu.stream
@@ -219,13 +220,12 @@ impl Loaded {
     }
 
     pub fn execute(&mut self, gpu: &Gpu, s: &Step<'_>) -> Result<(), BackendError> {
-        step::check(s, &self.program.limits).map_err(kernel_error)?;
+        self.program.limits.check(s, NAME)?;
         // The driver's current context is per thread; a server may step from any thread.
         gpu.ctx
             .bind_to_thread()
             .map_err(|e| driver("binding the CUDA context", e))?;
-        let words = step::pack(s, self.program.rope.as_ref()).map_err(kernel_error)?;
-        let data: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let data = step::pack(s, self.program.rope.as_ref()).map_err(|e| e.for_backend(NAME))?;
         if data.len() > self.step.len() {
             self.step = alloc(gpu, (data.len() as u64).next_power_of_two(), "the step")?;
             // The graphs point at the old step buffer.
@@ -234,8 +234,9 @@ impl Loaded {
             }
         }
         copy_in(gpu, &mut self.step, 0, &data, "the step")?;
-        let (n_tokens, n_outputs) = (words[0], words[1]);
-        self.last = (n_tokens, n_outputs);
+        let shape = s.shape();
+        let (n_tokens, n_outputs) = (shape.tokens as u32, shape.outputs as u32);
+        self.last = Some(shape);
         let max_context = s.positions.iter().max().map_or(0, |&p| p.saturating_add(1));
         let class = length_class(max_context);
         let graphed = self.timers.is_none() && n_tokens <= DECODE_MAX_TOKENS;
@@ -366,7 +367,7 @@ impl Loaded {
         Ok(())
     }
 
-    /// `KILN_DEBUG`: print a launch.
+    /// `debug`: print a launch.
     fn trace(&self, i: usize, k: &Kernel, l: &Launch) {
         if self.debug {
             eprintln!(
@@ -376,41 +377,36 @@ impl Loaded {
         }
     }
 
-    /// Rows of the plan's output in the last step.
-    fn output_rows(&self) -> u32 {
-        match self.program.output.1 {
-            Count::Tokens => self.last.0,
-            Count::Outputs => self.last.1,
-        }
-    }
-
     /// (rows, cols) of the plan's output in the last step.
-    pub fn output_shape(&self) -> (usize, usize) {
-        (self.output_rows() as usize, self.program.output.2)
+    pub fn output_shape(&self) -> Result<(usize, usize), BackendError> {
+        let last = self.last.ok_or_else(|| BackendError::BadStep {
+            backend: NAME,
+            reason: "no step has run".into(),
+        })?;
+        Ok((self.program.output.rows_in(last), self.program.output.cols))
     }
 
     pub fn read_output(&self, gpu: &Gpu, out: &mut [f32]) -> Result<(), BackendError> {
-        let (offset, _, cols) = self.program.output;
-        let rows = self.output_rows() as usize;
-        if out.len() != rows * cols {
-            return Err(BackendError::BadStep {
-                backend: NAME,
-                reason: format!("logits buffer of {} for {} values", out.len(), rows * cols),
-            });
-        }
+        let output = &self.program.output;
+        output.check_logits(self.last, out.len(), NAME)?;
         let mut bytes = vec![0u8; out.len() * 4];
-        copy_out(gpu, &self.arena, offset as usize, &mut bytes, "the logits")?;
-        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-            *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        }
+        copy_out(
+            gpu,
+            &self.arena,
+            output.offset as usize,
+            &mut bytes,
+            "the logits",
+        )?;
+        f32s_from_le(&bytes, out);
         Ok(())
     }
 
     /// The greedy token of each output row of the last step, chosen on the device.
-    pub fn argmax(&self, gpu: &Gpu) -> Result<Vec<u32>, BackendError> {
-        let rows = self.output_rows();
-        let Some(l) = argmax_launch(rows) else {
-            return Ok(Vec::new());
+    pub fn argmax(&self, gpu: &Gpu, vocab: usize, out: &mut [u32]) -> Result<(), BackendError> {
+        let output = &self.program.output;
+        output.check_argmax(self.last, out.len(), vocab, NAME)?;
+        let Some(l) = argmax_launch(out.len() as u32) else {
+            return Ok(());
         };
         let args = [
             address(gpu, &self.argmax_params),
@@ -419,23 +415,15 @@ impl Loaded {
             address(gpu, &self.step),
         ];
         run(gpu, &self.argmax, &l, &args).map_err(|e| driver("launching argmax", e))?;
-        let mut bytes = vec![0u8; rows as usize * 4];
+        let mut bytes = vec![0u8; out.len() * 4];
         copy_out(gpu, &self.ids, 0, &mut bytes, "token ids")?;
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect())
+        u32s_from_le(&bytes, out);
+        Ok(())
     }
 
     pub fn copy_kv_page(&self, gpu: &Gpu, src: u32, dst: u32) -> Result<(), BackendError> {
-        let n_pages = self.program.limits.kv_page_count as u64;
+        self.program.limits.check_page_copy(src, dst, NAME)?;
         let (src, dst) = (u64::from(src), u64::from(dst));
-        if src >= n_pages || dst >= n_pages {
-            return Err(BackendError::BadStep {
-                backend: NAME,
-                reason: format!("KV page copy {src} -> {dst} outside {n_pages} pages"),
-            });
-        }
         if src == dst {
             return Ok(());
         }
@@ -502,15 +490,18 @@ impl Loaded {
 }
 
 /// The attention shape of every dispatch that may take the decode kernel (None for the
-/// others, and for all with `KILN_CUDA_DECODE_ATTENTION=0`), read from its params block;
+/// others, and for all with the decode attention off), read from its params block;
 /// raises the decode and prefill kernels' dynamic shared memory limit where they need
 /// more than the default 48 KiB (decode: F16 heads of more than 184 dims; prefill: heads
-/// of more than 160).
+/// of more than 160), up to what the device lets a block have.
 fn attention_shapes(
+    gpu: &Gpu,
+    properties: &DeviceProperties,
     program: &Program,
     kernels: &[Kernel],
 ) -> Result<Vec<Vec<Option<AttentionShape>>>, BackendError> {
-    let on = std::env::var("KILN_CUDA_DECODE_ATTENTION").map_or(true, |v| v != "0");
+    let on = gpu.decode_attention;
+    let max_shared = properties.shared_memory_bytes.unwrap_or(0);
     // (pipeline, [decode, prefill]) the dynamic shared memory limit set so far.
     let mut raised = vec![[0u32; 2]; kernels.len()];
     let mut shapes = Vec::with_capacity(program.launches.len());
@@ -548,6 +539,15 @@ fn attention_shapes(
             for (slot, (f, shared)) in wants.into_iter().enumerate() {
                 let Some(f) = f else { continue };
                 let done = &mut raised[d.pipeline][slot];
+                if shared as usize > max_shared {
+                    return Err(BackendError::Unsupported {
+                        backend: NAME,
+                        what: format!(
+                            "{} with {shared} bytes of shared memory a block (the device has {max_shared})",
+                            k.name
+                        ),
+                    });
+                }
                 if shared > DEFAULT_MAX_SHARED && shared > *done {
                     f.set_attribute(
                         CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
@@ -609,31 +609,4 @@ fn compile_all(gpu: &Gpu, jobs: &[(String, String)]) -> Result<Vec<Vec<u8>>, Bac
             })
         })
         .collect()
-}
-
-/// Every weight to its place in the weights buffer.
-fn upload_weights(
-    gpu: &Gpu,
-    plan: &Plan,
-    program: &Program,
-    source: &dyn WeightSource,
-) -> Result<CudaSlice<u8>, BackendError> {
-    let mut buffer = alloc(gpu, program.weights.total, "weights")?;
-    for (i, w) in plan.graph.weights.iter().enumerate() {
-        let stored = source.weight(&w.name).ok_or_else(|| BackendError::Weight {
-            backend: NAME,
-            name: w.name.clone(),
-            reason: "not in the model".into(),
-        })?;
-        let bytes = weights::upload_bytes(w, program.weights.matrix[i], stored.as_slice())
-            .map_err(kernel_error)?;
-        copy_in(
-            gpu,
-            &mut buffer,
-            program.weights.offsets[i] as usize,
-            &bytes,
-            &w.name,
-        )?;
-    }
-    Ok(buffer)
 }

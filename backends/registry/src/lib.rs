@@ -9,6 +9,8 @@
 
 use kiln_ir::backend::{Backend, BackendError};
 
+pub mod env;
+
 /// Opens a backend on this machine's device.
 pub type Opener = fn() -> Result<Box<dyn Backend>, BackendError>;
 
@@ -77,21 +79,58 @@ macro_rules! registry {
 registry! {
     cuda: "cuda", "backend-cuda", Ci::Never,
         "NVIDIA GPUs (driver and NVRTC loaded at run time)",
-        kiln_backend_cuda::CudaBackend::new, kiln_backend_cuda::CudaBackend::new;
+        crate::openers::cuda, crate::openers::cuda;
     vulkan: "vulkan", "backend-vulkan", Ci::Lavapipe,
         "Vulkan GPUs (ash; the WGSL kernels as SPIR-V)",
-        kiln_backend_vulkan::VulkanBackend::new, kiln_backend_vulkan::VulkanBackend::any_device;
+        crate::openers::vulkan, crate::openers::vulkan_any;
     wgpu: "wgpu", "backend-wgpu", Ci::Lavapipe,
         "WebGPU (wgpu on Vulkan, Metal or DX12; the WGSL kernels)",
-        kiln_backend_wgpu::WgpuBackend::new, kiln_backend_wgpu::WgpuBackend::any_adapter;
+        crate::openers::wgpu, crate::openers::wgpu_any;
     cpu: "cpu", "backend-cpu", Ci::Always,
         "the CPU (threads, AVX2 / AVX-VNNI block dot products)",
-        crate::cpu_backend, crate::cpu_backend;
+        crate::openers::cpu, crate::openers::cpu;
 }
 
-#[cfg(feature = "backend-cpu")]
-fn cpu_backend() -> Result<kiln_backend_cpu::CpuBackend, BackendError> {
-    Ok(kiln_backend_cpu::CpuBackend::new())
+/// The openers of the table: each backend with the options of [`env`] (the one place
+/// the environment is read); for tests, also on a CPU implementation of the device API.
+mod openers {
+    #[cfg(feature = "backend-cuda")]
+    pub fn cuda() -> Result<kiln_backend_cuda::CudaBackend, super::BackendError> {
+        kiln_backend_cuda::CudaBackend::with_options(crate::env::cuda_options())
+    }
+
+    #[cfg(feature = "backend-vulkan")]
+    pub fn vulkan() -> Result<kiln_backend_vulkan::VulkanBackend, super::BackendError> {
+        kiln_backend_vulkan::VulkanBackend::with_options(crate::env::vulkan_options())
+    }
+
+    #[cfg(feature = "backend-vulkan")]
+    pub fn vulkan_any() -> Result<kiln_backend_vulkan::VulkanBackend, super::BackendError> {
+        kiln_backend_vulkan::VulkanBackend::with_options(kiln_backend_vulkan::VulkanOptions {
+            allow_cpu: true,
+            ..crate::env::vulkan_options()
+        })
+    }
+
+    #[cfg(feature = "backend-wgpu")]
+    pub fn wgpu() -> Result<kiln_backend_wgpu::WgpuBackend, super::BackendError> {
+        kiln_backend_wgpu::WgpuBackend::with_options(crate::env::wgpu_options())
+    }
+
+    #[cfg(feature = "backend-wgpu")]
+    pub fn wgpu_any() -> Result<kiln_backend_wgpu::WgpuBackend, super::BackendError> {
+        kiln_backend_wgpu::WgpuBackend::with_options(kiln_backend_wgpu::WgpuOptions {
+            allow_cpu: true,
+            ..crate::env::wgpu_options()
+        })
+    }
+
+    #[cfg(feature = "backend-cpu")]
+    pub fn cpu() -> Result<kiln_backend_cpu::CpuBackend, super::BackendError> {
+        Ok(kiln_backend_cpu::CpuBackend::with_options(
+            crate::env::cpu_options(),
+        ))
+    }
 }
 
 /// Why a backend could not be had.

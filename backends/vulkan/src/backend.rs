@@ -1,35 +1,19 @@
-//! The Backend implementation: device, user buffers, plan loading; the plan itself runs
-//! in [`crate::loaded`].
+//! The Backend implementation: options, device, plan loading; the plan itself runs in
+//! [`crate::loaded`].
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use kiln_ir::backend::{
-    Backend, BackendError, BufferId, DeviceProperties, LaunchTime, Step, WeightSource,
-};
+use kiln_gpu_host::{Cache, no_plan};
+use kiln_ir::backend::{Backend, BackendError, DeviceProperties, LaunchTime, Step, WeightSource};
 use kiln_ir::kv_layout::KvLayout;
 use kiln_ir::{Graph, Op, Plan};
-use kiln_kernels_wgsl::weights::WeightLayout;
 
-use crate::buffer::{Buffer, Kind, Uploader, download};
 use crate::device::{NAME, Vk};
-use crate::loaded::{Build, Loaded, readback_bytes, subgroup_size};
-use crate::spirv::{CacheStats, default_cache_dir};
+use crate::loaded::{Build, Loaded, subgroup_size};
+use crate::spirv::CacheStats;
 
-/// Where compiled kernels are cached on disk.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub enum Cache {
-    /// `$KILN_CACHE_DIR/vulkan`, else `$XDG_CACHE_HOME/kiln/vulkan`, else
-    /// `~/.cache/kiln/vulkan` (`KILN_CACHE_DIR=` set empty: no cache).
-    #[default]
-    Default,
-    /// This folder.
-    Dir(PathBuf),
-    /// No disk cache: every load compiles.
-    Off,
-}
-
-/// How to open the backend.
+/// How to open the backend. `Default`: a GPU only, subgroups where the device has them
+/// (the largest size it offers up to a workgroup), no disk cache, quiet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct VulkanOptions {
     /// Take a CPU implementation (lavapipe) when there is no GPU.
@@ -37,16 +21,23 @@ pub struct VulkanOptions {
     /// Use subgroup operations where the device has them (off: the workgroup-memory
     /// reductions every device runs).
     pub subgroups: bool,
+    /// The subgroup size to require where the device has subgroup size control (clamped
+    /// to what it offers); None: the largest up to a workgroup.
+    pub subgroup_size: Option<u32>,
+    /// Where compiled kernels (SPIR-V, the pipeline cache) are kept.
     pub cache: Cache,
+    /// Print each kernel built and, when a step shape is recorded, each dispatch.
+    pub debug: bool,
 }
 
 impl Default for VulkanOptions {
-    /// A GPU only, subgroups unless `KILN_VULKAN_SUBGROUPS=0`, the default cache.
     fn default() -> VulkanOptions {
         VulkanOptions {
             allow_cpu: false,
-            subgroups: !std::env::var("KILN_VULKAN_SUBGROUPS").is_ok_and(|v| v == "0"),
-            cache: Cache::Default,
+            subgroups: true,
+            subgroup_size: None,
+            cache: Cache::Off,
+            debug: false,
         }
     }
 }
@@ -56,23 +47,17 @@ impl Default for VulkanOptions {
 pub struct VulkanBackend {
     properties: DeviceProperties,
     build: Build,
-    /// Buffers of `alloc`, with the size asked for.
-    buffers: Vec<Option<(Buffer, usize)>>,
     loaded: Option<Loaded>,
     // Last: everything above holds an Arc of the device and is dropped first.
     vk: Arc<Vk>,
 }
 
 impl VulkanBackend {
-    /// Open the best GPU. A CPU implementation (lavapipe) is taken only with
-    /// `KILN_VULKAN_DEVICE=any`, so that the engine's choice of the best backend never
-    /// lands on a software rasterizer. No loader or no device is
-    /// `BackendError::NoDevice`, never a panic.
+    /// Open the best GPU with the default options: never a CPU implementation, so that
+    /// the engine's choice of the best backend never lands on a software rasterizer. No
+    /// loader or no device is `BackendError::NoDevice`, never a panic.
     pub fn new() -> Result<VulkanBackend, BackendError> {
-        VulkanBackend::with_options(VulkanOptions {
-            allow_cpu: std::env::var("KILN_VULKAN_DEVICE").is_ok_and(|v| v == "any"),
-            ..VulkanOptions::default()
-        })
+        VulkanBackend::with_options(VulkanOptions::default())
     }
 
     /// Open the best device, a CPU implementation (lavapipe) included: the tests' and
@@ -86,35 +71,36 @@ impl VulkanBackend {
 
     pub fn with_options(options: VulkanOptions) -> Result<VulkanBackend, BackendError> {
         let vk = Arc::new(Vk::open(options.allow_cpu)?);
-        let subgroups = options.subgroups && vk.info.subgroup_size.is_some();
+        let info = &vk.info;
+        let subgroups = options.subgroups && info.subgroup_size.is_some();
         let build = Build {
             subgroups,
-            subgroup_size: subgroups.then(|| subgroup_size(&vk)).flatten(),
-            cache_dir: match options.cache {
-                Cache::Default => default_cache_dir(),
-                Cache::Dir(d) => Some(d),
-                Cache::Off => None,
-            },
+            subgroup_size: subgroups
+                .then(|| subgroup_size(info, options.subgroup_size))
+                .flatten(),
+            cache: options.cache,
+            debug: options.debug,
         };
-        let info = &vk.info;
+        let range = info.size_control.map(|s| (s.min as usize, s.max as usize));
+        let limits = &info.limits;
         let properties = DeviceProperties {
             name: format!("{} (Vulkan {})", info.name, info.api()),
             compute_units: 1,
-            subgroup_size: if subgroups {
-                build
-                    .subgroup_size
-                    .or(info.subgroup_size)
-                    .map(|s| s as usize)
-            } else {
-                None
-            },
+            subgroup_size: build
+                .subgroup_size
+                .or(info.subgroup_size)
+                .filter(|_| subgroups)
+                .map(|s| s as usize),
+            subgroup_sizes: range.or(info.subgroup_size.map(|s| (s as usize, s as usize))),
             memory_bytes: Some(info.memory_bytes).filter(|&b| b > 0),
+            max_buffer_bytes: Some(info.max_allocation_bytes).filter(|&b| b > 0),
+            max_binding_bytes: Some(u64::from(limits.max_storage_buffer_range)),
+            shared_memory_bytes: Some(limits.max_compute_shared_memory_size as usize),
             has_f16: false,
         };
         Ok(VulkanBackend {
             properties,
             build,
-            buffers: Vec::new(),
             loaded: None,
             vk,
         })
@@ -131,28 +117,7 @@ impl VulkanBackend {
     }
 
     fn loaded(&mut self) -> Result<&mut Loaded, BackendError> {
-        self.loaded.as_mut().ok_or_else(|| BackendError::BadStep {
-            backend: NAME,
-            reason: "no plan is loaded".into(),
-        })
-    }
-
-    fn range(&self, id: BufferId, offset: usize, len: usize) -> Result<&Buffer, BackendError> {
-        let (buffer, size) = self
-            .buffers
-            .get(id.0 as usize)
-            .and_then(Option::as_ref)
-            .ok_or_else(|| BackendError::BadStep {
-                backend: NAME,
-                reason: format!("unknown buffer {}", id.0),
-            })?;
-        if offset.checked_add(len).is_none_or(|end| end > *size) {
-            return Err(BackendError::BadStep {
-                backend: NAME,
-                reason: format!("{len} bytes at {offset} are outside a {size}-byte buffer"),
-            });
-        }
-        Ok(buffer)
+        self.loaded.as_mut().ok_or_else(|| no_plan(NAME))
     }
 }
 
@@ -169,43 +134,6 @@ impl Backend for VulkanBackend {
         kiln_kernels_wgsl::program::supports(op, graph)
     }
 
-    fn alloc(&mut self, bytes: usize) -> Result<BufferId, BackendError> {
-        let buffer = Buffer::new(&self.vk, "user buffer", bytes as u64, Kind::Device)?;
-        self.buffers.push(Some((buffer, bytes)));
-        Ok(BufferId(self.buffers.len() as u32 - 1))
-    }
-
-    fn upload(&mut self, id: BufferId, offset: usize, data: &[u8]) -> Result<(), BackendError> {
-        let buffer = self.range(id, offset, data.len())?;
-        if data.is_empty() {
-            return Ok(());
-        }
-        // Buffer copies have no alignment rule: any offset goes straight in.
-        let mut up = Uploader::new(&self.vk, data.len() as u64);
-        up.push(buffer, offset as u64, data)?;
-        up.flush()
-    }
-
-    fn download(
-        &mut self,
-        id: BufferId,
-        offset: usize,
-        out: &mut [u8],
-    ) -> Result<(), BackendError> {
-        let buffer = self.range(id, offset, out.len())?;
-        download(&self.vk, buffer, offset as u64, out)
-    }
-
-    fn free(&mut self, id: BufferId) {
-        if let Some(slot) = self.buffers.get_mut(id.0 as usize) {
-            if slot.is_some() {
-                // A step may still read it.
-                let _ = self.vk.wait_idle();
-            }
-            *slot = None;
-        }
-    }
-
     fn load_plan(
         &mut self,
         plan: &Plan,
@@ -214,14 +142,8 @@ impl Backend for VulkanBackend {
         kv_page_count: usize,
     ) -> Result<(), BackendError> {
         self.loaded = None;
-        self.loaded = Some(Loaded::new(
-            &self.vk,
-            &self.build,
-            plan,
-            weights,
-            kv,
-            kv_page_count,
-        )?);
+        let device = (&self.vk, &self.properties, &self.build);
+        self.loaded = Some(Loaded::new(device, plan, weights, kv, kv_page_count)?);
         Ok(())
     }
 
@@ -247,14 +169,8 @@ impl Backend for VulkanBackend {
     fn load_bytes(&self, plan: &Plan) -> usize {
         // Weights in device memory (vectors as f32), the params blocks, the logits
         // readback buffer.
-        let weights = WeightLayout::new(plan, u64::MAX).map_or(0, |l| l.total as usize);
-        let align = self
-            .vk
-            .info
-            .limits
-            .min_uniform_buffer_offset_alignment
-            .max(16) as usize;
-        weights + plan.launches.len() * 3 * align + readback_bytes(plan) as usize
+        let align = self.vk.info.limits.min_uniform_buffer_offset_alignment;
+        Loaded::device_bytes(plan, align.max(16)) as usize
     }
 
     fn launch_times(&mut self) -> Result<Vec<LaunchTime>, BackendError> {

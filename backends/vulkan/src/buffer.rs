@@ -1,6 +1,6 @@
 //! Buffers with their own memory: device-local ones (what the kernels bind), and
-//! host-visible, persistently mapped ones (staging for uploads, readback). Uploads to and
-//! downloads from device-local buffers go through staging copies.
+//! host-visible, persistently mapped ones (staging for uploads, readback). Uploads to
+//! device-local buffers go through staging copies.
 
 use std::sync::Arc;
 
@@ -298,41 +298,4 @@ impl Uploader {
             }
         })
     }
-}
-
-/// Copy `out.len()` bytes at `offset` of a device buffer to the host.
-pub(crate) fn download(
-    vk: &Arc<Vk>,
-    src: &Buffer,
-    offset: u64,
-    out: &mut [u8],
-) -> Result<(), BackendError> {
-    if out.is_empty() {
-        return Ok(());
-    }
-    if offset
-        .checked_add(out.len() as u64)
-        .is_none_or(|end| end > src.size)
-    {
-        return Err(BackendError::BadStep {
-            backend: NAME,
-            reason: format!(
-                "{} bytes at {offset} of a {}-byte buffer",
-                out.len(),
-                src.size
-            ),
-        });
-    }
-    let staging = Buffer::new(vk, "readback", out.len() as u64, Kind::Readback)?;
-    let copy = vk::BufferCopy {
-        src_offset: offset,
-        dst_offset: 0,
-        size: out.len() as u64,
-    };
-    vk.oneshot(|cb| {
-        // SAFETY: `cb` is recording; both buffers outlive the oneshot's wait; the range
-        // was checked above.
-        unsafe { vk.device.cmd_copy_buffer(cb, src.raw, staging.raw, &[copy]) };
-    })?;
-    staging.read(0, out)
 }

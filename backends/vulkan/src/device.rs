@@ -11,6 +11,7 @@ use std::ffi::CStr;
 use std::sync::Mutex;
 
 use ash::vk;
+use kiln_gpu_host::device::{DeviceKind, choose};
 use kiln_ir::backend::BackendError;
 
 pub(crate) const NAME: &str = "vulkan";
@@ -71,6 +72,8 @@ pub(crate) struct DeviceInfo {
     pub zero_init_workgroup: bool,
     /// Bytes of the device-local heaps.
     pub memory_bytes: u64,
+    /// The largest single allocation (`maxMemoryAllocationSize`).
+    pub max_allocation_bytes: u64,
 }
 
 impl std::fmt::Debug for DeviceInfo {
@@ -95,14 +98,13 @@ impl DeviceInfo {
     }
 }
 
-/// Hardware GPUs first, then virtual ones, then CPU implementations (lavapipe).
-fn rank(t: vk::PhysicalDeviceType) -> u8 {
+fn kind(t: vk::PhysicalDeviceType) -> DeviceKind {
     match t {
-        vk::PhysicalDeviceType::DISCRETE_GPU => 0,
-        vk::PhysicalDeviceType::INTEGRATED_GPU => 1,
-        vk::PhysicalDeviceType::VIRTUAL_GPU => 2,
-        vk::PhysicalDeviceType::CPU => 4,
-        _ => 3,
+        vk::PhysicalDeviceType::DISCRETE_GPU => DeviceKind::DiscreteGpu,
+        vk::PhysicalDeviceType::INTEGRATED_GPU => DeviceKind::IntegratedGpu,
+        vk::PhysicalDeviceType::VIRTUAL_GPU => DeviceKind::VirtualGpu,
+        vk::PhysicalDeviceType::CPU => DeviceKind::Cpu,
+        _ => DeviceKind::Other,
     }
 }
 
@@ -232,33 +234,30 @@ impl Vk {
                 skipped.push(format!("{name} (no compute queue)"));
                 continue;
             };
-            candidates.push(Candidate {
+            let kind = kind(properties.device_type);
+            let candidate = Candidate {
                 physical,
                 properties,
                 family: family as u32,
                 timestamp_bits: f.timestamp_valid_bits,
-            });
+            };
+            candidates.push((kind, name, candidate));
         }
-        candidates.sort_by_key(|c| rank(c.properties.device_type));
-        let Some(best) = candidates.into_iter().next() else {
-            let reason = if skipped.is_empty() {
+        let none = || {
+            if skipped.is_empty() {
                 "no Vulkan device (no driver; on Linux `apt-get install mesa-vulkan-drivers` \
                  gives lavapipe)"
                     .to_string()
             } else {
                 format!("no usable Vulkan device: {}", skipped.join(", "))
-            };
-            return Err((instance, no_device(reason)));
+            }
+        };
+        let allow = "set KILN_VULKAN_DEVICE=any (VulkanOptions::allow_cpu)";
+        let best = match choose(candidates, allow_cpu, NAME, none, allow) {
+            Ok(best) => best,
+            Err(e) => return Err((instance, e)),
         };
         let name = c_name(&best.properties.device_name);
-        if !allow_cpu && best.properties.device_type == vk::PhysicalDeviceType::CPU {
-            return Err((
-                instance,
-                no_device(format!(
-                    "no GPU, only {name} (a CPU implementation); set KILN_VULKAN_DEVICE=any to use it"
-                )),
-            ));
-        }
         match Vk::create(&instance, &best, name) {
             Ok((device, info)) => {
                 // SAFETY: the physical device belongs to the instance.
@@ -322,8 +321,11 @@ impl Vk {
         // Properties: subgroups (1.1 core), subgroup size control (1.3 or the extension).
         let mut subgroup = vk::PhysicalDeviceSubgroupProperties::default();
         let mut size_props = vk::PhysicalDeviceSubgroupSizeControlProperties::default();
+        let mut maintenance3 = vk::PhysicalDeviceMaintenance3Properties::default();
         {
-            let mut props2 = vk::PhysicalDeviceProperties2::default().push_next(&mut subgroup);
+            let mut props2 = vk::PhysicalDeviceProperties2::default()
+                .push_next(&mut subgroup)
+                .push_next(&mut maintenance3);
             if core13 || size_control_ext {
                 props2 = props2.push_next(&mut size_props);
             }
@@ -410,6 +412,7 @@ impl Vk {
             timestamp_bits: c.timestamp_bits,
             zero_init_workgroup: zero_init,
             memory_bytes: 0,
+            max_allocation_bytes: maintenance3.max_memory_allocation_size,
         };
         Ok((device, info))
     }
@@ -557,6 +560,7 @@ pub(crate) mod tests {
             timestamp_bits: 64,
             zero_init_workgroup: true,
             memory_bytes: 0,
+            max_allocation_bytes: 0,
         }
     }
 }

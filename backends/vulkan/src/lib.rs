@@ -16,5 +16,6 @@ mod loaded;
 mod objects;
 mod spirv;
 
-pub use backend::{Cache, VulkanBackend, VulkanOptions};
+pub use backend::{VulkanBackend, VulkanOptions};
+pub use kiln_gpu_host::Cache;
 pub use spirv::CacheStats;

@@ -1,13 +1,11 @@
-//! WGSL to SPIR-V with naga (parse, validate, write), and the on-disk caches: the SPIR-V
-//! of each kernel variant, keyed by a hash of its WGSL and of the naga version and writer
-//! options, and the driver's `VkPipelineCache` blob of each device. Both live under
-//! `$KILN_CACHE_DIR/vulkan`, else `$XDG_CACHE_HOME/kiln/vulkan`, else
-//! `~/.cache/kiln/vulkan`. A missing, unwritable or corrupt cache file is ignored (the
-//! kernel is compiled again and the file rewritten), never an error.
+//! WGSL to SPIR-V with naga (parse, validate, write), through the on-disk caches of
+//! kiln-gpu-host: the SPIR-V of each kernel variant (`spirv/<key>.spv`, keyed by its WGSL,
+//! the naga version and the writer options) and the driver's `VkPipelineCache` blob of
+//! each device (`pipelines-<vendor>-<device>-<uuid>.bin`). A missing, unwritable or
+//! corrupt cache file is ignored (the kernel is compiled again and the file rewritten),
+//! never an error.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-
+use kiln_gpu_host::cache::{self, Cache, DiskCache};
 use kiln_ir::backend::BackendError;
 use naga::back::spv;
 use naga::valid::{Capabilities, ShaderStages, SubgroupOperationSet, ValidationFlags, Validator};
@@ -17,25 +15,7 @@ use crate::device::{DeviceInfo, driver};
 /// The naga release the SPIR-V comes from (part of every cache key; bump with the
 /// workspace's naga).
 const NAGA: &str = "naga 30";
-const SPV_MAGIC: &[u8; 8] = b"KILNSPV2";
-const PIPELINE_MAGIC: &[u8; 8] = b"KILNPLC1";
 const SPIRV_WORD0: u32 = 0x0723_0203;
-
-/// Where the caches go, from the environment; `None` when there is no home to put them.
-pub fn default_cache_dir() -> Option<PathBuf> {
-    let var = |name| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(dir) = std::env::var_os("KILN_CACHE_DIR") {
-        // Set but empty: no disk cache.
-        return (!dir.is_empty()).then(|| PathBuf::from(dir).join("vulkan"));
-    }
-    var("XDG_CACHE_HOME")
-        .or_else(|| var("HOME").map(|h| h.join(".cache")))
-        .map(|d| d.join("kiln").join("vulkan"))
-}
 
 /// What the caches did during the last `load_plan`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -48,31 +28,25 @@ pub struct CacheStats {
     pub pipeline_cache_bytes: usize,
 }
 
-/// FNV-1a, 64 bits, from a given basis: two bases give a 128-bit key.
-fn fnv(basis: u64, parts: &[&[u8]]) -> u64 {
-    parts.iter().flat_map(|p| p.iter()).fold(basis, |h, &b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01B3)
-    })
-}
-
 /// Compiles kernels with one set of writer options and caches the results.
 pub(crate) struct Compiler {
     options: spv::Options<'static>,
     subgroups: bool,
     /// Options and naga version, in every key.
     key: String,
-    dir: Option<PathBuf>,
-    pub stats: CacheStats,
+    cache: DiskCache,
+    /// Bytes of pipeline cache data the driver took at load.
+    pub pipeline_cache_bytes: usize,
 }
 
 impl std::fmt::Debug for Compiler {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Compiler({}, cache {:?})", self.key, self.dir)
+        write!(f, "Compiler({}, cache {:?})", self.key, self.cache.dir())
     }
 }
 
 impl Compiler {
-    pub fn new(info: &DeviceInfo, subgroups: bool, dir: Option<PathBuf>) -> Compiler {
+    pub fn new(info: &DeviceInfo, subgroups: bool, cache: &Cache) -> Compiler {
         use naga::proc::{BoundsCheckPolicies, BoundsCheckPolicy};
         let lang_version = match info.api_version {
             v if v >= ash::vk::API_VERSION_1_3 => (1, 6),
@@ -107,50 +81,39 @@ impl Compiler {
             options.force_loop_bounding,
             options.emit_int_div_checks,
         );
-        if let Some(d) = &dir
-            && std::fs::create_dir_all(d.join("spirv")).is_err()
-        {
-            return Compiler {
-                options,
-                subgroups,
-                key,
-                dir: None,
-                stats: CacheStats::default(),
-            };
-        }
         Compiler {
             options,
             subgroups,
             key,
-            dir,
-            stats: CacheStats::default(),
+            cache: DiskCache::new(cache),
+            pipeline_cache_bytes: 0,
         }
     }
 
-    fn spirv_path(&self, wgsl: &str) -> Option<PathBuf> {
-        let parts: [&[u8]; 3] = [self.key.as_bytes(), b"\0", wgsl.as_bytes()];
-        let (a, b) = (
-            fnv(0xCBF2_9CE4_8422_2325, &parts),
-            fnv(0x6C62_272E_07BB_0142, &parts),
-        );
-        self.dir
-            .as_ref()
-            .map(|d| d.join("spirv").join(format!("{a:016x}{b:016x}.spv")))
+    /// What the caches did so far.
+    pub fn stats(&self) -> CacheStats {
+        let spirv = self.cache.stats();
+        CacheStats {
+            spirv_hits: spirv.hits,
+            spirv_compiled: spirv.built,
+            pipeline_cache_bytes: self.pipeline_cache_bytes,
+        }
     }
 
     /// The SPIR-V of a kernel: from the cache, or compiled (and cached).
     pub fn spirv(&mut self, name: &str, wgsl: &str) -> Result<Vec<u32>, BackendError> {
-        let path = self.spirv_path(wgsl);
-        if let Some(words) = path.as_deref().and_then(|p| read_spirv(p, wgsl.len())) {
-            self.stats.spirv_hits += 1;
-            return Ok(words);
-        }
-        let words = self.compile(name, wgsl)?;
-        self.stats.spirv_compiled += 1;
-        if let Some(p) = &path {
-            let body: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-            write_atomically(p, &envelope(SPV_MAGIC, wgsl.len() as u64, &body));
-        }
+        let file = format!(
+            "spirv/{}.spv",
+            cache::key(&[self.key.as_bytes(), b"\0", wgsl.as_bytes()])
+        );
+        let bytes = self
+            .cache
+            .get_or_build(&file, wgsl.len() as u64, is_spirv, || {
+                let words = self.compile(name, wgsl)?;
+                Ok(kiln_gpu_host::output::le_bytes(&words))
+            })?;
+        let mut words = vec![0u32; bytes.len() / 4];
+        kiln_gpu_host::output::u32s_from_le(&bytes, &mut words);
         Ok(words)
     }
 
@@ -180,38 +143,32 @@ impl Compiler {
             .map_err(|e| driver(format!("{name}: writing SPIR-V: {e}")))
     }
 
-    fn pipeline_cache_path(&self, info: &DeviceInfo) -> Option<PathBuf> {
+    /// The pipeline cache file of this device.
+    fn pipeline_cache_file(info: &DeviceInfo) -> String {
         let uuid: String = info
             .pipeline_cache_uuid
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        self.dir.as_ref().map(|d| {
-            d.join(format!(
-                "pipelines-{:04x}-{:04x}-{uuid}.bin",
-                info.vendor_id, info.device_id
-            ))
-        })
+        format!(
+            "pipelines-{:04x}-{:04x}-{uuid}.bin",
+            info.vendor_id, info.device_id
+        )
     }
 
     /// The saved pipeline cache of this device, when its header says it is this
     /// device's (the driver checks it again).
     pub fn load_pipeline_cache(&self, info: &DeviceInfo) -> Vec<u8> {
-        self.pipeline_cache_path(info)
-            .and_then(|p| std::fs::read(p).ok())
-            .and_then(|bytes| {
-                open_envelope(&bytes, PIPELINE_MAGIC, 0)
-                    .filter(|data| pipeline_cache_header_ok(data, info))
-                    .map(<[u8]>::to_vec)
-            })
+        self.cache
+            .read(&Compiler::pipeline_cache_file(info), 0)
+            .filter(|data| pipeline_cache_header_ok(data, info))
             .unwrap_or_default()
     }
 
     pub fn save_pipeline_cache(&self, info: &DeviceInfo, data: &[u8]) {
-        if let Some(p) = self.pipeline_cache_path(info)
-            && pipeline_cache_header_ok(data, info)
-        {
-            write_atomically(&p, &envelope(PIPELINE_MAGIC, 0, data));
+        if pipeline_cache_header_ok(data, info) {
+            self.cache
+                .write(&Compiler::pipeline_cache_file(info), 0, data);
         }
     }
 }
@@ -231,55 +188,9 @@ fn pipeline_cache_header_ok(data: &[u8], info: &DeviceInfo) -> bool {
         && data.get(16..32) == Some(&info.pipeline_cache_uuid[..])
 }
 
-/// `magic`, a tag (the WGSL's length, or 0), the body's length and FNV hash, the body:
-/// a file cut short or damaged anywhere fails `open_envelope`.
-fn envelope(magic: &[u8; 8], tag: u64, body: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(32 + body.len());
-    out.extend_from_slice(magic);
-    out.extend_from_slice(&tag.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend_from_slice(&fnv(0xCBF2_9CE4_8422_2325, &[body]).to_le_bytes());
-    out.extend_from_slice(body);
-    out
-}
-
-fn open_envelope<'a>(bytes: &'a [u8], magic: &[u8; 8], tag: u64) -> Option<&'a [u8]> {
-    let rest = bytes.strip_prefix(magic)?;
-    let (head, body) = rest.split_at_checked(24)?;
-    let word = |i: usize| {
-        head.get(8 * i..8 * i + 8)
-            .and_then(|b| b.try_into().ok())
-            .map(u64::from_le_bytes)
-    };
-    (word(0)? == tag
-        && word(1)? == body.len() as u64
-        && word(2)? == fnv(0xCBF2_9CE4_8422_2325, &[body]))
-    .then_some(body)
-}
-
-/// A cached kernel's words, or None when the file is missing or not one of ours.
-fn read_spirv(path: &Path, wgsl_len: usize) -> Option<Vec<u32>> {
-    let bytes = std::fs::read(path).ok()?;
-    let body = open_envelope(&bytes, SPV_MAGIC, wgsl_len as u64)?;
-    if body.len() < 20 || !body.len().is_multiple_of(4) {
-        return None;
-    }
-    let words: Vec<u32> = body
-        .chunks_exact(4)
-        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-        .collect();
-    (words[0] == SPIRV_WORD0).then_some(words)
-}
-
-/// Write through a temporary file and a rename, so a reader never sees half a file;
-/// failures are ignored (the cache is an optimisation).
-fn write_atomically(path: &Path, bytes: &[u8]) {
-    static WRITES: AtomicU64 = AtomicU64::new(0);
-    let n = WRITES.fetch_add(1, Ordering::Relaxed);
-    let tmp = path.with_extension(format!("tmp{}-{n}", std::process::id()));
-    if std::fs::write(&tmp, bytes).is_ok() && std::fs::rename(&tmp, path).is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
+/// Cached bytes that can be SPIR-V: whole words, a header, the magic number.
+fn is_spirv(bytes: &[u8]) -> bool {
+    bytes.len() >= 20 && bytes.len().is_multiple_of(4) && bytes[..4] == SPIRV_WORD0.to_le_bytes()
 }
 
 #[cfg(test)]
@@ -290,7 +201,7 @@ mod tests {
     fn every_variant_compiles_to_spirv() {
         let info = crate::device::tests::fake_info();
         for subgroups in [false, true] {
-            let mut c = Compiler::new(&info, subgroups, None);
+            let mut c = Compiler::new(&info, subgroups, &Cache::Off);
             for v in kiln_kernels_wgsl::sources::all_variants()
                 .into_iter()
                 .filter(|v| v.subgroups == subgroups)
@@ -299,41 +210,28 @@ mod tests {
                 let words = c.spirv(&v.name(), &source).expect("compiles");
                 assert_eq!(words[0], SPIRV_WORD0, "{}", v.name());
             }
-            assert_eq!(c.stats.spirv_hits, 0);
+            assert_eq!(c.stats().spirv_hits, 0);
         }
     }
 
+    /// The disk cache itself (damaged files, tags) is kiln-gpu-host's; here: a second
+    /// compiler hits, and other writer options are another key.
     #[test]
-    fn the_cache_is_hit_and_a_corrupt_file_is_ignored() {
+    fn the_cache_is_keyed_by_source_and_options() {
         let dir = std::env::temp_dir().join(format!("kiln-spirv-test-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
-        let info = crate::device::tests::fake_info();
+        let (info, cache) = (crate::device::tests::fake_info(), Cache::Dir(dir.clone()));
         let v = kiln_kernels_wgsl::sources::all_variants()[0];
         let source = v.source().expect("source");
-        let mut first = Compiler::new(&info, false, Some(dir.clone()));
+        let mut first = Compiler::new(&info, false, &cache);
         let words = first.spirv(&v.name(), &source).unwrap();
-        assert_eq!((first.stats.spirv_hits, first.stats.spirv_compiled), (0, 1));
-        let mut second = Compiler::new(&info, false, Some(dir.clone()));
+        let mut second = Compiler::new(&info, false, &cache);
         assert_eq!(second.spirv(&v.name(), &source).unwrap(), words);
-        assert_eq!(
-            (second.stats.spirv_hits, second.stats.spirv_compiled),
-            (1, 0)
-        );
-        // Corrupt every cached file: compiled again, no error.
-        for f in std::fs::read_dir(dir.join("spirv")).unwrap() {
-            let path = f.unwrap().path();
-            let mut bytes = std::fs::read(&path).unwrap();
-            let last = bytes.len() - 1;
-            bytes[last] ^= 0x40; // one damaged byte
-            std::fs::write(&path, bytes).unwrap();
-        }
-        let mut third = Compiler::new(&info, false, Some(dir.clone()));
-        assert_eq!(third.spirv(&v.name(), &source).unwrap(), words);
-        assert_eq!((third.stats.spirv_hits, third.stats.spirv_compiled), (0, 1));
-        // Other options, another key.
-        let mut sg = Compiler::new(&info, true, Some(dir.clone()));
+        let stats = |c: &Compiler| (c.stats().spirv_hits, c.stats().spirv_compiled);
+        assert_eq!((stats(&first), stats(&second)), ((0, 1), (1, 0)));
+        let mut sg = Compiler::new(&info, true, &cache);
         sg.spirv(&v.name(), &source).unwrap();
-        assert_eq!(sg.stats.spirv_compiled, 1);
+        assert_eq!(stats(&sg), (0, 1));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

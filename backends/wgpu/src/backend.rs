@@ -1,93 +1,91 @@
-//! The Backend implementation: device, buffers, plan loading; the plan itself runs in
+//! The Backend implementation: options, device, plan loading; the plan itself runs in
 //! [`crate::loaded`].
 
-use kiln_ir::backend::{
-    Backend, BackendError, BufferId, DeviceProperties, LaunchTime, Step, WeightSource,
-};
+use kiln_gpu_host::no_plan;
+use kiln_ir::backend::{Backend, BackendError, DeviceProperties, LaunchTime, Step, WeightSource};
 use kiln_ir::kv_layout::KvLayout;
 use kiln_ir::{Graph, Op, Plan};
-use kiln_kernels_wgsl::weights::WeightLayout;
 
 use crate::device::{Gpu, NAME};
 use crate::loaded::Loaded;
+
+/// How to open the backend. `Default`: a GPU adapter only, subgroups where it has them,
+/// quiet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WgpuOptions {
+    /// Take a CPU implementation (lavapipe, WARP) when there is no GPU adapter.
+    pub allow_cpu: bool,
+    /// Use subgroup operations where the adapter has them (off: the workgroup-memory
+    /// reductions every device runs).
+    pub subgroups: bool,
+    /// Print each kernel built and each dispatch's workgroups to stderr.
+    pub debug: bool,
+}
+
+impl Default for WgpuOptions {
+    fn default() -> WgpuOptions {
+        WgpuOptions {
+            allow_cpu: false,
+            subgroups: true,
+            debug: false,
+        }
+    }
+}
 
 /// The WebGPU backend: wgpu on Vulkan, Metal or DX12, running kiln-kernels-wgsl.
 #[derive(Debug)]
 pub struct WgpuBackend {
     gpu: Gpu,
     properties: DeviceProperties,
-    /// Buffers of `alloc`, with the size asked for.
-    buffers: Vec<Option<(wgpu::Buffer, usize)>>,
+    debug: bool,
     loaded: Option<Loaded>,
 }
 
 impl WgpuBackend {
-    /// Open the best GPU adapter. A CPU implementation (lavapipe, WARP) is taken only
-    /// with `KILN_WGPU_ADAPTER=any`, so that the engine's choice of the best backend never
-    /// lands on a software rasterizer. No adapter is `BackendError::NoDevice`, never a
-    /// panic.
+    /// Open the best GPU adapter with the default options: never a CPU implementation,
+    /// so that the engine's choice of the best backend never lands on a software
+    /// rasterizer. No adapter is `BackendError::NoDevice`, never a panic.
     pub fn new() -> Result<WgpuBackend, BackendError> {
-        let any = std::env::var("KILN_WGPU_ADAPTER").is_ok_and(|v| v == "any");
-        WgpuBackend::open(any)
+        WgpuBackend::with_options(WgpuOptions::default())
     }
 
     /// Open the best adapter, a CPU implementation (lavapipe) included: the tests' and
     /// benchmarks' constructor.
     pub fn any_adapter() -> Result<WgpuBackend, BackendError> {
-        WgpuBackend::open(true)
+        WgpuBackend::with_options(WgpuOptions {
+            allow_cpu: true,
+            ..WgpuOptions::default()
+        })
     }
 
-    fn open(allow_cpu: bool) -> Result<WgpuBackend, BackendError> {
-        let gpu = Gpu::open(allow_cpu)?;
+    pub fn with_options(options: WgpuOptions) -> Result<WgpuBackend, BackendError> {
+        let gpu = Gpu::open(options.allow_cpu)?;
+        let (info, limits) = (&gpu.info, &gpu.limits);
+        let subgroups = options.subgroups && gpu.features.contains(wgpu::Features::SUBGROUP);
         let properties = DeviceProperties {
-            name: format!("{} ({:?})", gpu.info.name, gpu.info.backend),
+            name: format!("{} ({:?})", info.name, info.backend),
             compute_units: 1,
-            subgroup_size: gpu
-                .features
-                .contains(wgpu::Features::SUBGROUP)
-                .then_some(gpu.info.subgroup_min_size as usize),
-            memory_bytes: None,
-            has_f16: false,
+            subgroup_size: subgroups.then_some(info.subgroup_min_size as usize),
+            subgroup_sizes: Some((
+                info.subgroup_min_size as usize,
+                info.subgroup_max_size as usize,
+            ))
+            .filter(|&(min, _)| min > 0),
+            max_buffer_bytes: Some(limits.max_buffer_size),
+            max_binding_bytes: Some(limits.max_storage_buffer_binding_size),
+            shared_memory_bytes: Some(limits.max_compute_workgroup_storage_size as usize),
+            ..DeviceProperties::default()
         };
         Ok(WgpuBackend {
             gpu,
             properties,
-            buffers: Vec::new(),
+            debug: options.debug,
             loaded: None,
         })
     }
 
     fn loaded(&self) -> Result<&Loaded, BackendError> {
-        self.loaded.as_ref().ok_or_else(|| BackendError::BadStep {
-            backend: NAME,
-            reason: "no plan is loaded".into(),
-        })
-    }
-
-    fn buffer(&self, id: BufferId) -> Result<&(wgpu::Buffer, usize), BackendError> {
-        self.buffers
-            .get(id.0 as usize)
-            .and_then(Option::as_ref)
-            .ok_or_else(|| BackendError::BadStep {
-                backend: NAME,
-                reason: format!("unknown buffer {}", id.0),
-            })
-    }
-
-    fn range(
-        &self,
-        id: BufferId,
-        offset: usize,
-        len: usize,
-    ) -> Result<&wgpu::Buffer, BackendError> {
-        let (buffer, size) = self.buffer(id)?;
-        if offset.checked_add(len).is_none_or(|end| end > *size) {
-            return Err(BackendError::BadStep {
-                backend: NAME,
-                reason: format!("{len} bytes at {offset} are outside a {size}-byte buffer"),
-            });
-        }
-        Ok(buffer)
+        self.loaded.as_ref().ok_or_else(|| no_plan(NAME))
     }
 }
 
@@ -104,55 +102,6 @@ impl Backend for WgpuBackend {
         kiln_kernels_wgsl::program::supports(op, graph)
     }
 
-    fn alloc(&mut self, bytes: usize) -> Result<BufferId, BackendError> {
-        let usage = wgpu::BufferUsages::STORAGE
-            | wgpu::BufferUsages::COPY_DST
-            | wgpu::BufferUsages::COPY_SRC;
-        let buffer = self.gpu.buffer("user buffer", bytes as u64, usage)?;
-        self.buffers.push(Some((buffer, bytes)));
-        Ok(BufferId(self.buffers.len() as u32 - 1))
-    }
-
-    fn upload(&mut self, id: BufferId, offset: usize, data: &[u8]) -> Result<(), BackendError> {
-        let buffer = self.range(id, offset, data.len())?;
-        // Copies move whole words: patch the words at the edges of an unaligned range.
-        let start = offset & !3;
-        let end = (offset + data.len()).next_multiple_of(4);
-        let mut words = if start == offset && end == offset + data.len() {
-            Vec::new()
-        } else {
-            self.gpu.read(buffer, start as u64, (end - start) as u64)?
-        };
-        if words.is_empty() {
-            self.gpu.queue.write_buffer(buffer, offset as u64, data);
-        } else {
-            words[offset - start..offset - start + data.len()].copy_from_slice(data);
-            self.gpu.queue.write_buffer(buffer, start as u64, &words);
-        }
-        self.gpu.queue.submit([]);
-        self.gpu.check("uploading")
-    }
-
-    fn download(
-        &mut self,
-        id: BufferId,
-        offset: usize,
-        out: &mut [u8],
-    ) -> Result<(), BackendError> {
-        let buffer = self.range(id, offset, out.len())?;
-        let start = offset & !3;
-        let end = (offset + out.len()).next_multiple_of(4);
-        let words = self.gpu.read(buffer, start as u64, (end - start) as u64)?;
-        out.copy_from_slice(&words[offset - start..offset - start + out.len()]);
-        Ok(())
-    }
-
-    fn free(&mut self, id: BufferId) {
-        if let Some(slot) = self.buffers.get_mut(id.0 as usize) {
-            *slot = None;
-        }
-    }
-
     fn load_plan(
         &mut self,
         plan: &Plan,
@@ -161,15 +110,13 @@ impl Backend for WgpuBackend {
         kv_page_count: usize,
     ) -> Result<(), BackendError> {
         self.loaded = None;
-        self.loaded = Some(Loaded::new(&self.gpu, plan, weights, kv, kv_page_count)?);
+        let device = (&self.gpu, &self.properties, self.debug);
+        self.loaded = Some(Loaded::new(device, plan, weights, kv, kv_page_count)?);
         Ok(())
     }
 
     fn execute(&mut self, step: &Step<'_>) -> Result<(), BackendError> {
-        let loaded = self.loaded.as_mut().ok_or_else(|| BackendError::BadStep {
-            backend: NAME,
-            reason: "no plan is loaded".into(),
-        })?;
+        let loaded = self.loaded.as_mut().ok_or_else(|| no_plan(NAME))?;
         loaded.execute(&self.gpu, step)
     }
 
@@ -188,9 +135,8 @@ impl Backend for WgpuBackend {
 
     fn load_bytes(&self, plan: &Plan) -> usize {
         // Weights are uploaded to the device (vectors as f32), plus the params blocks.
-        let weights = WeightLayout::new(plan, u64::MAX).map_or(0, |l| l.total as usize);
-        weights
-            + plan.launches.len() * 3 * self.gpu.limits.min_uniform_buffer_offset_alignment as usize
+        let align = self.gpu.limits.min_uniform_buffer_offset_alignment;
+        kiln_kernels_wgsl::program::load_bytes(plan, u64::from(align)) as usize
     }
 
     fn launch_times(&mut self) -> Result<Vec<LaunchTime>, BackendError> {

@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, Mutex};
 
+use kiln_gpu_host::device::{DeviceKind, choose};
 use kiln_ir::backend::BackendError;
 
 pub(crate) const NAME: &str = "wgpu";
@@ -32,14 +33,13 @@ impl std::fmt::Debug for Gpu {
     }
 }
 
-/// Hardware GPUs first, then virtual ones, then CPU implementations (lavapipe).
-fn rank(t: wgpu::DeviceType) -> u8 {
+fn kind(t: wgpu::DeviceType) -> DeviceKind {
     match t {
-        wgpu::DeviceType::DiscreteGpu => 0,
-        wgpu::DeviceType::IntegratedGpu => 1,
-        wgpu::DeviceType::VirtualGpu => 2,
-        wgpu::DeviceType::Other => 3,
-        wgpu::DeviceType::Cpu => 4,
+        wgpu::DeviceType::DiscreteGpu => DeviceKind::DiscreteGpu,
+        wgpu::DeviceType::IntegratedGpu => DeviceKind::IntegratedGpu,
+        wgpu::DeviceType::VirtualGpu => DeviceKind::VirtualGpu,
+        wgpu::DeviceType::Other => DeviceKind::Other,
+        wgpu::DeviceType::Cpu => DeviceKind::Cpu,
     }
 }
 
@@ -50,26 +50,18 @@ impl Gpu {
             backends: wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12,
             ..wgpu::InstanceDescriptor::new_without_display_handle()
         });
-        let mut adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
-        if adapters.is_empty() {
-            return Err(BackendError::NoDevice {
-                backend: NAME,
-                reason: "no WebGPU adapter (no Vulkan, Metal or DX12 driver; on Linux \
-                         `apt-get install mesa-vulkan-drivers` gives lavapipe)"
-                    .into(),
-            });
-        }
-        adapters.sort_by_key(|a| rank(a.get_info().device_type));
-        let adapter = adapters.swap_remove(0);
-        if !allow_cpu && adapter.get_info().device_type == wgpu::DeviceType::Cpu {
-            return Err(BackendError::NoDevice {
-                backend: NAME,
-                reason: format!(
-                    "no GPU adapter, only {} (a CPU implementation); set KILN_WGPU_ADAPTER=any to use it",
-                    adapter.get_info().name
-                ),
-            });
-        }
+        let adapters = pollster::block_on(instance.enumerate_adapters(wgpu::Backends::all()));
+        let candidates = adapters
+            .into_iter()
+            .map(|a| (kind(a.get_info().device_type), a.get_info().name, a))
+            .collect();
+        let none = || {
+            "no WebGPU adapter (no Vulkan, Metal or DX12 driver; on Linux \
+             `apt-get install mesa-vulkan-drivers` gives lavapipe)"
+                .to_string()
+        };
+        let allow = "set KILN_WGPU_ADAPTER=any (WgpuOptions::allow_cpu)";
+        let adapter = choose(candidates, allow_cpu, NAME, none, allow)?;
         let info = adapter.get_info();
         // The kernels unpack f16 (weights, the F16 KV cache) with unpack2x16float.
         let downlevel = adapter.get_downlevel_capabilities().flags;

@@ -9,4 +9,4 @@ mod backend;
 mod device;
 mod loaded;
 
-pub use backend::WgpuBackend;
+pub use backend::{WgpuBackend, WgpuOptions};

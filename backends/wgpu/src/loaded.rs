@@ -2,17 +2,15 @@
 //! the per-step work: write the step buffer, record one encoder with a compute pass per
 //! launch (timestamps around each when the adapter has them), submit.
 
+use kiln_gpu_host::output::f32s_from_le;
+use kiln_gpu_host::timers::{launch_times, no_timestamps};
 use kiln_ir::Plan;
-use kiln_ir::backend::{BackendError, LaunchTime, Step, WeightSource};
+use kiln_ir::backend::{BackendError, DeviceProperties, LaunchTime, Step, StepShape, WeightSource};
 use kiln_ir::kv_layout::KvLayout;
-use kiln_kernels_wgsl::program::{Count, ENTRY};
-use kiln_kernels_wgsl::{Capabilities, KernelError, Program, Resource, step, weights};
+use kiln_kernels_wgsl::program::ENTRY;
+use kiln_kernels_wgsl::{Capabilities, Program, Resource, step, weights};
 
 use crate::device::{Gpu, NAME};
-
-pub(crate) fn kernel_error(e: KernelError) -> BackendError {
-    e.for_backend(NAME)
-}
 
 /// Timestamp queries around every launch, resolved into a buffer read on demand.
 struct Timer {
@@ -35,9 +33,8 @@ pub(crate) struct Loaded {
     kv_scratch: wgpu::Buffer,
     page_bytes: u64,
     timer: Option<Timer>,
-    /// Tokens and output rows of the last step.
-    last: (u32, u32),
-    /// `KILN_DEBUG` set: print each kernel built and each dispatch's workgroups.
+    last: Option<StepShape>,
+    /// Print each kernel built and each dispatch's workgroups.
     debug: bool,
 }
 
@@ -55,29 +52,33 @@ const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_DST)
     .union(wgpu::BufferUsages::COPY_SRC);
 
-/// The capabilities the kernels may use on this device. `KILN_WGPU_SUBGROUPS=0` forces
-/// the workgroup-memory reductions (the fallback of devices without subgroups).
-pub(crate) fn capabilities(gpu: &Gpu) -> Capabilities {
-    let forced_off = std::env::var("KILN_WGPU_SUBGROUPS").is_ok_and(|v| v == "0");
-    Capabilities {
-        subgroups: gpu.features.contains(wgpu::Features::SUBGROUP) && !forced_off,
-        max_storage_binding: gpu.limits.max_storage_buffer_binding_size,
-        uniform_align: u64::from(gpu.limits.min_uniform_buffer_offset_alignment),
-    }
-}
-
 impl Loaded {
     pub fn new(
-        gpu: &Gpu,
+        (gpu, properties, debug): (&Gpu, &DeviceProperties, bool),
         plan: &Plan,
         source: &dyn WeightSource,
         kv: &KvLayout,
         kv_page_count: usize,
     ) -> Result<Loaded, BackendError> {
-        let program = Program::new(plan, source, kv, kv_page_count, &capabilities(gpu))
-            .map_err(kernel_error)?;
+        let align = u64::from(gpu.limits.min_uniform_buffer_offset_alignment);
+        let caps = Capabilities::of(properties, align);
+        let program = Program::new(plan, source, kv, kv_page_count, &caps)
+            .map_err(|e| e.for_backend(NAME))?;
         let weights = gpu.buffer("weights", program.weights.total, STORAGE)?;
-        upload_weights(gpu, plan, &program, source, &weights)?;
+        // Flushed every 64 MiB, so that the staging copies do not pile up.
+        let mut pending = 0;
+        weights::upload_each(plan, &program.weights, source, NAME, |offset, bytes| {
+            gpu.queue.write_buffer(&weights, offset, bytes);
+            pending += bytes.len();
+            if pending > 64 << 20 {
+                gpu.queue.submit([]);
+                pending = 0;
+                return gpu.wait();
+            }
+            Ok(())
+        })?;
+        gpu.queue.submit([]);
+        gpu.check("uploading weights")?;
         let arena = gpu.buffer("arena", program.arena_bytes, STORAGE)?;
         let kv_buffer = gpu.buffer("kv pages", program.kv_bytes, STORAGE)?;
         let page_bytes = kv.page_bytes() as u64;
@@ -141,8 +142,8 @@ impl Loaded {
             kv_scratch,
             page_bytes,
             timer,
-            last: (0, 0),
-            debug: std::env::var_os("KILN_DEBUG").is_some(),
+            last: None,
+            debug,
         };
         if loaded.debug {
             for p in &loaded.program.pipelines {
@@ -193,19 +194,18 @@ impl Loaded {
     }
 
     pub fn execute(&mut self, gpu: &Gpu, s: &Step<'_>) -> Result<(), BackendError> {
-        step::check(s, &self.program.limits).map_err(kernel_error)?;
-        let words = step::pack(s, self.program.rope.as_ref()).map_err(kernel_error)?;
-        let bytes = words.len() as u64 * 4;
-        if bytes > self.step.size() {
-            self.step = gpu.buffer("step", bytes.next_power_of_two(), STORAGE)?;
+        self.program.limits.check(s, NAME)?;
+        let data = step::pack(s, self.program.rope.as_ref()).map_err(|e| e.for_backend(NAME))?;
+        if data.len() as u64 > self.step.size() {
+            let size = (data.len() as u64).next_power_of_two();
+            self.step = gpu.buffer("step", size, STORAGE)?;
             self.bind(gpu);
         }
-        let data: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
         gpu.queue.write_buffer(&self.step, 0, &data);
-        let (n_tokens, n_outputs) = (words[0], words[1]);
-        self.last = (n_tokens, n_outputs);
+        let shape = s.shape();
+        self.last = Some(shape);
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        for (i, dispatches) in self.program.launches.iter().enumerate() {
+        for i in 0..self.program.launches.len() {
             let timestamp_writes = self
                 .timer
                 .as_ref()
@@ -218,17 +218,12 @@ impl Loaded {
                 label: None,
                 timestamp_writes,
             });
-            for (d, group) in dispatches.iter().zip(&self.bind_groups[i]) {
-                let [x, y, z] = d.grid.workgroups(n_tokens, n_outputs);
-                if x == 0 || y == 0 || z == 0 {
-                    continue;
-                }
+            for (j, d, [x, y, z]) in self.program.dispatches(i, shape) {
                 if self.debug {
-                    let name = &self.program.pipelines[d.pipeline].name;
-                    eprintln!("wgpu: launch {i} {name} workgroups ({x}, {y}, {z})");
+                    self.program.trace(NAME, i, d, [x, y, z]);
                 }
                 pass.set_pipeline(&self.pipelines[d.pipeline]);
-                pass.set_bind_group(0, group, &[]);
+                pass.set_bind_group(0, &self.bind_groups[i][j], &[]);
                 pass.dispatch_workgroups(x, y, z);
             }
         }
@@ -241,35 +236,17 @@ impl Loaded {
     }
 
     pub fn read_output(&self, gpu: &Gpu, out: &mut [f32]) -> Result<(), BackendError> {
-        let (offset, rows, cols) = self.program.output;
-        let rows = match rows {
-            Count::Tokens => self.last.0,
-            Count::Outputs => self.last.1,
-        } as usize;
-        if out.len() != rows * cols {
-            return Err(BackendError::BadStep {
-                backend: NAME,
-                reason: format!("logits buffer of {} for {} values", out.len(), rows * cols),
-            });
-        }
-        let bytes = gpu.read(&self.arena, offset, out.len() as u64 * 4)?;
-        for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-            *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-        }
+        let output = &self.program.output;
+        output.check_logits(self.last, out.len(), NAME)?;
+        let bytes = gpu.read(&self.arena, output.offset, out.len() as u64 * 4)?;
+        f32s_from_le(&bytes, out);
         Ok(())
     }
 
     pub fn copy_kv_page(&self, gpu: &Gpu, src: u32, dst: u32) -> Result<(), BackendError> {
-        let n_pages = self.program.limits.kv_page_count as u64;
-        let (src, dst) = (u64::from(src), u64::from(dst));
-        if src >= n_pages || dst >= n_pages {
-            return Err(BackendError::BadStep {
-                backend: NAME,
-                reason: format!("KV page copy {src} -> {dst} outside {n_pages} pages"),
-            });
-        }
+        self.program.limits.check_page_copy(src, dst, NAME)?;
         // WebGPU copies never overlap one buffer with itself: go through a scratch page.
-        let pb = self.page_bytes;
+        let (pb, src, dst) = (self.page_bytes, u64::from(src), u64::from(dst));
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
         encoder.copy_buffer_to_buffer(&self.kv, src * pb, &self.kv_scratch, 0, pb);
         encoder.copy_buffer_to_buffer(&self.kv_scratch, 0, &self.kv, dst * pb, pb);
@@ -279,55 +256,14 @@ impl Loaded {
 
     pub fn launch_times(&self, gpu: &Gpu) -> Result<Vec<LaunchTime>, BackendError> {
         let Some(t) = &self.timer else {
-            return Err(BackendError::Unsupported {
-                backend: NAME,
-                what: format!("timestamp queries on {}", gpu.info.name),
-            });
+            return Err(no_timestamps(NAME, &gpu.info.name));
         };
-        let n = self.program.launches.len();
-        let bytes = gpu.read(&t.resolved, 0, 16 * n as u64)?;
-        let ticks: Vec<u64> = bytes
+        let n = self.program.launches.len() as u64;
+        let ticks: Vec<u64> = gpu
+            .read(&t.resolved, 0, 16 * n)?
             .chunks_exact(8)
             .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
             .collect();
-        Ok((0..n)
-            .map(|launch| LaunchTime {
-                launch,
-                seconds: ticks[2 * launch + 1].saturating_sub(ticks[2 * launch]) as f64
-                    * t.period
-                    * 1e-9,
-            })
-            .collect())
+        Ok(launch_times(&ticks, t.period, 64))
     }
-}
-
-/// Every weight to its place in the weights buffer, flushed every 64 MiB so that the
-/// staging copies do not pile up.
-fn upload_weights(
-    gpu: &Gpu,
-    plan: &Plan,
-    program: &Program,
-    source: &dyn WeightSource,
-    buffer: &wgpu::Buffer,
-) -> Result<(), BackendError> {
-    let mut pending = 0usize;
-    for (i, w) in plan.graph.weights.iter().enumerate() {
-        let stored = source.weight(&w.name).ok_or_else(|| BackendError::Weight {
-            backend: NAME,
-            name: w.name.clone(),
-            reason: "not in the model".into(),
-        })?;
-        let bytes = weights::upload_bytes(w, program.weights.matrix[i], stored.as_slice())
-            .map_err(kernel_error)?;
-        gpu.queue
-            .write_buffer(buffer, program.weights.offsets[i], &bytes);
-        pending += bytes.len();
-        if pending > 64 << 20 {
-            gpu.queue.submit([]);
-            gpu.wait()?;
-            pending = 0;
-        }
-    }
-    gpu.queue.submit([]);
-    gpu.check("uploading weights")
 }

@@ -26,7 +26,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use kiln_backends::Ci;
-use kiln_ir::backend::{Backend, BackendError, SharedBytes, Step, WeightSource};
+use kiln_ir::backend::{Backend, BackendError, SharedBytes, Step, WeightSource, argmax};
 use kiln_ir::kv_layout::KvLayout;
 use kiln_ir::{Graph, ValueId, lower};
 use kiln_testkit::{Outcome, Trial, fail, pass, skip, test};
@@ -125,7 +125,8 @@ pub struct StepData {
 }
 
 impl StepData {
-    /// Run it on the loaded plan and read the output, (outputs, cols).
+    /// Run it on the loaded plan and read the output, (outputs, cols); the backend's
+    /// `read_argmax` must pick each row's argmax of what it read.
     fn run(&self, backend: &mut dyn Backend, cols: usize) -> Result<Vec<f32>, String> {
         let tables: Vec<&[u32]> = self.block_tables.iter().map(Vec::as_slice).collect();
         let step = Step {
@@ -145,6 +146,16 @@ impl StepData {
         backend
             .read_logits(&mut out)
             .map_err(|e| format!("read_logits: {e}"))?;
+        let mut ids = vec![u32::MAX; self.output_rows.len()]; // (outputs)
+        backend
+            .read_argmax(cols, &mut ids)
+            .map_err(|e| format!("read_argmax: {e}"))?;
+        let host: Vec<u32> = out.chunks_exact(cols).map(argmax).collect();
+        if ids != host {
+            return Err(format!(
+                "read_argmax picks {ids:?} where the logits' argmax is {host:?}"
+            ));
+        }
         Ok(out)
     }
 }
@@ -460,6 +471,10 @@ pub fn check_bad_steps(backend: &mut dyn Backend) -> Result<(), String> {
     let mut wrong = vec![0.0f32; good.output_rows.len() * cols + 1];
     if backend.read_logits(&mut wrong).is_ok() {
         return Err("read_logits into a buffer of the wrong size succeeded".into());
+    }
+    let mut ids = vec![0u32; good.output_rows.len() + 1];
+    if backend.read_argmax(cols, &mut ids).is_ok() {
+        return Err("read_argmax of more rows than the step has succeeded".into());
     }
     // The backend still runs the case correctly after all that.
     let err = run_built(backend, &built, case.metric)?;

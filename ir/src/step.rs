@@ -1,0 +1,219 @@
+//! What one step of a loaded plan carries ([`Step`]), its shape ([`StepShape`]), and the
+//! checks every backend runs on it before touching anything ([`StepLimits`]): one
+//! implementation, so that every backend refuses the same steps with the same words.
+
+use crate::backend::BackendError;
+use crate::graph::Rows;
+use crate::kv_layout::KvLayout;
+use crate::op::Op;
+use crate::plan::Plan;
+
+/// Everything one step needs beyond the plan: the batch's tokens, where each belongs,
+/// and the KV pages of each sequence. Several sequences of different lengths may share
+/// a step (batched decode, chunked prefill).
+#[derive(Clone, Copy, Debug)]
+pub struct Step<'a> {
+    /// (tokens) ids of the step's tokens, sequences one after another.
+    pub token_ids: &'a [u32],
+    /// (tokens) position of each token in its sequence.
+    pub positions: &'a [u32],
+    /// (tokens) index into `block_tables` of each token's sequence.
+    pub token_seq: &'a [u32],
+    /// (seqs) pages of each sequence, covering every position up to this step's last.
+    pub block_tables: &'a [&'a [u32]],
+    /// (outputs) indices of the tokens whose logits are wanted.
+    pub output_rows: &'a [u32],
+}
+
+impl Step<'_> {
+    pub fn shape(&self) -> StepShape {
+        StepShape {
+            tokens: self.token_ids.len(),
+            outputs: self.output_rows.len(),
+        }
+    }
+}
+
+/// How many rows a step gives each symbolic row count: what makes a plan's shapes
+/// concrete (the arena range of a value, the logits a step returns, a grid's size).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct StepShape {
+    pub tokens: usize,
+    pub outputs: usize,
+}
+
+impl StepShape {
+    /// Rows of a value whose rows are `rows` in a step of this shape.
+    pub fn rows(self, rows: Rows) -> usize {
+        match rows {
+            Rows::Tokens => self.tokens,
+            Rows::Outputs => self.outputs,
+        }
+    }
+}
+
+/// What the step check needs to know of a loaded plan and its KV pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepLimits {
+    pub max_tokens: usize,
+    pub max_outputs: usize,
+    /// Rows of the embedding table: token ids must be below it.
+    pub vocab: usize,
+    pub kv_page_size: usize,
+    pub kv_page_count: usize,
+}
+
+impl StepLimits {
+    /// The limits of `plan` over a pool of `kv_page_count` pages of `kv`.
+    pub fn new(plan: &Plan, kv: &KvLayout, kv_page_count: usize) -> StepLimits {
+        let vocab = plan
+            .launches
+            .iter()
+            .find_map(|l| match l.op {
+                Op::Embed { table } => Some(plan.graph.weights[table.0 as usize].rows),
+                _ => None,
+            })
+            .unwrap_or(0);
+        StepLimits {
+            max_tokens: plan.max_tokens,
+            max_outputs: plan.max_outputs,
+            vocab,
+            kv_page_size: kv.kv_page_size(),
+            kv_page_count,
+        }
+    }
+
+    /// Check a step before anything runs: sizes, output rows, token ids, and every page
+    /// attention will read (all pages up to each token's position must exist).
+    pub fn check(&self, step: &Step<'_>, backend: &'static str) -> Result<(), BackendError> {
+        self.reason(step).map_or(Ok(()), |reason| {
+            Err(BackendError::BadStep { backend, reason })
+        })
+    }
+
+    /// Check a KV page copy (copy-on-write): both pages must be in the pool.
+    pub fn check_page_copy(
+        &self,
+        src: u32,
+        dst: u32,
+        backend: &'static str,
+    ) -> Result<(), BackendError> {
+        let n_pages = self.kv_page_count;
+        if src as usize >= n_pages || dst as usize >= n_pages {
+            return Err(BackendError::BadStep {
+                backend,
+                reason: format!("KV page copy {src} -> {dst} outside {n_pages} pages"),
+            });
+        }
+        Ok(())
+    }
+
+    fn reason(&self, step: &Step<'_>) -> Option<String> {
+        let n = step.token_ids.len();
+        if n == 0 || n > self.max_tokens {
+            return Some(format!(
+                "{n} tokens (the plan takes 1..={})",
+                self.max_tokens
+            ));
+        }
+        if step.positions.len() != n || step.token_seq.len() != n {
+            return Some("positions and token_seq must have one entry per token".into());
+        }
+        let outs = step.output_rows.len();
+        if outs > self.max_outputs || step.output_rows.iter().any(|&r| r as usize >= n) {
+            return Some(format!("{outs} output rows, or one past the {n} tokens"));
+        }
+        if let Some(&id) = step.token_ids.iter().find(|&&id| id as usize >= self.vocab) {
+            return Some(format!(
+                "token id {id} outside the vocabulary of {}",
+                self.vocab
+            ));
+        }
+        for (&pos, &seq) in step.positions.iter().zip(step.token_seq) {
+            let Some(table) = step.block_tables.get(seq as usize) else {
+                return Some(format!("sequence {seq} has no block table"));
+            };
+            let needed = pos as usize / self.kv_page_size.max(1) + 1;
+            if table.len() < needed
+                || table[..needed]
+                    .iter()
+                    .any(|&p| p as usize >= self.kv_page_count)
+            {
+                return Some(format!(
+                    "sequence {seq}: position {pos} is not covered by its pages"
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// The greedy token of one row of logits: the largest value, the lowest id on ties; a NaN
+/// never wins, and a row of NaNs (or an empty one) gives 0. The host side of
+/// [`crate::backend::Backend::read_argmax`], and what a device argmax must match.
+pub fn argmax(row: &[f32]) -> u32 {
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &v) in row.iter().enumerate() {
+        if best.is_none_or(|(_, b)| v > b) && !v.is_nan() {
+            best = Some((i, v));
+        }
+    }
+    best.map_or(0, |(i, _)| i as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argmax_takes_the_lowest_id_on_ties_and_never_a_nan() {
+        assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
+        assert_eq!(argmax(&[f32::NAN, 1.0, f32::NAN, 5.0]), 3);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, f32::NEG_INFINITY]), 0);
+        assert_eq!(argmax(&[f32::NAN, f32::NAN]), 0);
+        assert_eq!(argmax(&[]), 0);
+        assert_eq!(argmax(&[-2.0, f32::INFINITY, -1.0]), 1);
+    }
+
+    #[test]
+    fn step_checks_name_what_is_wrong() {
+        let limits = StepLimits {
+            max_tokens: 4,
+            max_outputs: 2,
+            vocab: 10,
+            kv_page_size: 16,
+            kv_page_count: 2,
+        };
+        let table: &[u32] = &[1];
+        let good = Step {
+            token_ids: &[3, 9],
+            positions: &[0, 15],
+            token_seq: &[0, 0],
+            block_tables: &[table],
+            output_rows: &[1],
+        };
+        assert!(limits.check(&good, "test").is_ok());
+        assert!(limits.check_page_copy(1, 0, "test").is_ok());
+        assert!(limits.check_page_copy(2, 0, "test").is_err());
+        let past_page = Step {
+            positions: &[0, 16],
+            ..good
+        };
+        let vocab = Step {
+            token_ids: &[3, 10],
+            ..good
+        };
+        let no_table = Step {
+            token_seq: &[0, 1],
+            ..good
+        };
+        for (step, words) in [
+            (past_page, "position 16 is not covered"),
+            (vocab, "token id 10 outside the vocabulary of 10"),
+            (no_table, "sequence 1 has no block table"),
+        ] {
+            let err = limits.check(&step, "test").unwrap_err().to_string();
+            assert!(err.contains(words), "{err}");
+        }
+    }
+}
