@@ -28,13 +28,16 @@ macro_rules! conformance_suite {
             add: [t7_d160],
             swiglu: [t33_d96],
             rope: [h64_t7, h128_factors_t3, h64_partial_t33, h128_partial_factors_t1],
-            matmul_t1: [f32, f16, bf16, q4_0, q4_1, q8_0],
-            matmul_t33: [f32, f16, bf16, q4_0, q4_1, q8_0],
-            matmul3_t7: [f32, f16, bf16, q4_0, q4_1, q8_0, q4_1_q8_0_q4_0, q4_0_bf16_q8_0],
-            rmsnorm_matmul3_t33: [f32, f16, bf16, q4_0, q4_1, q8_0],
-            matmul_swiglu_t7: [f32, f16, bf16, q4_0, q4_1, q8_0],
-            rmsnorm_matmul_swiglu_t3: [f32, f16, bf16, q4_0, q4_1, q8_0],
-            matmul_add_t33: [f32, f16, bf16, q4_0, q4_1, q8_0],
+            matmul_t1: [f32, f16, bf16, q4_0, q4_1, q8_0, q5_0, q5_1, q4_k, q5_k, q6_k, q8_k],
+            matmul_t33: [f32, f16, bf16, q4_0, q4_1, q8_0, q5_0, q5_1, q4_k, q5_k, q6_k, q8_k],
+            matmul3_t7: [
+                f32, f16, bf16, q4_0, q4_1, q8_0, q5_0, q5_1, q4_k, q5_k, q6_k, q8_k,
+                q4_1_q8_0_q4_0, q4_0_bf16_q8_0, q4_k_q6_k_q5_0, q5_1_q5_k_q4_k,
+            ],
+            rmsnorm_matmul3_t33: [f32, f16, bf16, q4_0, q4_1, q8_0, q5_0, q5_1, q4_k, q5_k, q6_k, q8_k],
+            matmul_swiglu_t7: [f32, f16, bf16, q4_0, q4_1, q8_0, q5_0, q5_1, q4_k, q5_k, q6_k, q8_k],
+            rmsnorm_matmul_swiglu_t3: [f32, f16, bf16, q4_0, q4_1, q8_0, q5_0, q5_1, q4_k, q5_k, q6_k, q8_k],
+            matmul_add_t33: [f32, f16, bf16, q4_0, q4_1, q8_0, q5_0, q5_1, q4_k, q5_k, q6_k, q8_k],
             attention: [
                 h64_gqa1_fp8_p16, h128_gqa1_f16_p5,
                 h128_gqa3_fp8_p16, h128_gqa3_fp8_p5, h128_gqa3_f16_p16, h128_gqa3_f16_p5,
@@ -125,7 +128,8 @@ fn every_limit_can_fail() {
 }
 
 fn weight_dtype() -> impl Strategy<Value = DType> {
-    prop::sample::select(conformance::cases::WEIGHT_DTYPES.to_vec())
+    let cases = &conformance::cases::WEIGHT_DTYPES;
+    prop::sample::select([&cases[..], &conformance::cases::K_WEIGHT_DTYPES].concat())
 }
 
 /// Run a case of random shape on the CPU; its limit gets [`RANDOM_SHAPE_SLACK`].
@@ -150,7 +154,9 @@ proptest! {
     /// cannot flake.
     #[test]
     fn cpu_matmul_random_shapes(dtype in weight_dtype(), rows in 1usize..300, blocks in 1usize..20, tokens in 1usize..9) {
-        let case = matmul_term_case(dtype, tokens, rows, 32 * blocks);
+        // Whole blocks: 32 values, or 256 for the K-quants.
+        let cols = (32 * blocks).next_multiple_of(dtype.block_len());
+        let case = matmul_term_case(dtype, tokens, rows, cols);
         check_random_shape(&case)?;
     }
 
