@@ -11,11 +11,13 @@
 //! - Q6_K's offset `-32 Σ_j sc_j bsum_j`: one `madd` of the 16 scales with the 16 block
 //!   sums, shifted and taken as the starting value of `sumi`.
 //!
-//! Then, as in the scalar twins (`kiln_ir::quant::vec_dot_q*_k_q8_k`), per super-block
-//! `acc += sumi · (d dy)` and `acc_min += summ · (dmin dy)` (one FMA each, the four
-//! lanes being the tile's rows or its tokens), and the result is `acc - acc_min`. Both
-//! tile shapes run these same operations for a (row, token), so a token's results do not
-//! depend on its batch.
+//! Then, as in ggml, per super-block `acc += sumi · (d dy)` and `acc_min += summ ·
+//! (dmin dy)` lane by lane (8 and 4 f32 lanes: one convert and one FMA each, no
+//! horizontal sum), and at the end the result is `Σ acc - Σ acc_min` in a fixed lane
+//! order. The scalar twins (`kiln_ir::quant::vec_dot_q*_k_q8_k`) compute the same
+//! integers and sum them before scaling; the results agree to f32 rounding. The tiles
+//! (one row against four tokens, or against one) run the same operations for a (row,
+//! token), so a token's results do not depend on its batch.
 //!
 //! Activations are read in place: a Q8_K block already holds an f32 scale and its block
 //! sums, so nothing needs staging. The scale multiply rides on `madd`, so VNNI's fused
@@ -27,8 +29,7 @@ use core::arch::x86_64::*;
 
 use kiln_ir::quant::{q4_k, q5_k, q6_k, q8_k};
 
-use super::blocks::f16_lanes;
-use super::{GROUP, Job, sum4};
+use super::{GROUP, Job};
 
 /// Bytes of a Q8_K block, and where its quants and block sums start.
 const Y_BYTES: usize = q8_k::BLOCK_BYTES;
@@ -39,9 +40,6 @@ const Y_BSUMS: usize = q8_k::BSUMS_AT;
 pub(super) trait SuperBlocks {
     /// Bytes of a super-block.
     const W: usize;
-    /// Byte offsets of the f16 `d` and (Q4_K, Q5_K) `dmin`.
-    const D_AT: usize;
-    const DMIN_AT: usize;
     /// Whether the format has sub-block minimums (`acc_min`).
     const HAS_MIN: bool;
     /// A super-block's decoded scales (and minimums).
@@ -50,6 +48,12 @@ pub(super) trait SuperBlocks {
     /// # Safety
     /// `p` points at a whole super-block; the CPU has AVX2, FMA and F16C.
     unsafe fn head(p: *const u8) -> Self::Head;
+
+    /// The super-block's `d` and `dmin` (0 without minimums).
+    ///
+    /// # Safety
+    /// `p` points at a whole super-block; the CPU has AVX2, FMA and F16C.
+    unsafe fn d_dmin(p: *const u8) -> (f32, f32);
 
     /// The starting value of `sumi` (8 i32 lanes, summed later) and `summ` (4 i32 lanes)
     /// of a (row, token) pair, from the row's head and the token's Q8_K block at `y`.
@@ -72,9 +76,14 @@ pub(super) trait SuperBlocks {
     ) -> __m256i;
 }
 
-/// Covers the job with tiles: groups of [`GROUP`] tokens with 1 × GROUP tiles (a weight
-/// super-block decoded once for four tokens), then each remaining token with 4 × 1 tiles
-/// (an activation block loaded once for four rows), single rows at the end.
+/// Covers the job with one-row tiles: a weight row against groups of [`GROUP`] tokens
+/// (a super-block decoded once for four tokens), then against each remaining token.
+///
+/// One row at a time, unlike the 32-value tiles' four: the rows of a 4 × 1 tile are four
+/// interleaved streams, and from memory (the usual case: a model's other layers evict a
+/// matrix between two reads) they measured 1.2 to 5 times slower than a single stream
+/// (Q6_K, 14336 × 4096: 12.4 against 6.8 ms a matvec on one thread; Q4_K, 2048 × 640:
+/// 118 against 48 µs). The activation block, reread for every row, stays in L1.
 ///
 /// # Safety
 /// `job` passed `Job::checked`, its format is `B`'s, and the CPU has AVX2, FMA and F16C.
@@ -83,48 +92,33 @@ pub(super) unsafe fn run<B: SuperBlocks>(job: &mut Job<'_>) {
     let mut t0 = 0;
     while job.n_tokens - t0 >= GROUP {
         // SAFETY: forwarded; tokens t0..t0 + GROUP are within n_tokens.
-        unsafe { pass::<B, GROUP, 1>(job, t0) };
+        unsafe { pass::<B, GROUP>(job, t0) };
         t0 += GROUP;
     }
     while t0 < job.n_tokens {
         // SAFETY: forwarded; token t0 is within n_tokens.
-        unsafe { pass::<B, 1, 4>(job, t0) };
+        unsafe { pass::<B, 1>(job, t0) };
         t0 += 1;
     }
 }
 
-/// All rows of the job against tokens `t0..t0 + T`: R rows per tile, then single rows.
+/// Every row of the job against tokens `t0..t0 + T`.
 ///
 /// # Safety
 /// As [`run`], and `t0 + T <= job.n_tokens`.
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn pass<B: SuperBlocks, const T: usize, const R: usize>(job: &mut Job<'_>, t0: usize) {
+unsafe fn pass<B: SuperBlocks, const T: usize>(job: &mut Job<'_>, t0: usize) {
     debug_assert!(t0 + T <= job.n_tokens);
     let acts = job.acts[t0 * job.act_stride..].as_ptr();
-    let mut r0 = 0;
-    while r0 < job.n_rows {
-        let rows = job.rows[r0 * job.row_bytes..].as_ptr();
-        let tile_rows = if job.n_rows - r0 >= R { R } else { 1 };
-        // SAFETY: rows r0..r0 + tile_rows (<= n_rows) hold `blocks` whole super-blocks
-        // each inside `job.rows`, and tokens t0..t0 + T hold `blocks` Q8_K blocks each
-        // `act_stride` apart inside `job.acts` (Job invariants); the CPU features are
-        // this function's contract.
-        let sums = unsafe {
-            if tile_rows == R {
-                tile::<B, R, T>(rows, job.row_bytes, acts, job.act_stride, job.blocks)
-            } else {
-                let one = tile::<B, 1, T>(rows, job.row_bytes, acts, job.act_stride, job.blocks);
-                let mut all = [[0.0; T]; R];
-                all[0] = one[0];
-                all
-            }
-        };
-        for (r, row_sums) in sums.iter().take(tile_rows).enumerate() {
-            for (t, &s) in row_sums.iter().enumerate() {
-                job.out[(t0 + t) * job.out_stride + r0 + r] = s;
-            }
+    for r in 0..job.n_rows {
+        let row = job.rows[r * job.row_bytes..].as_ptr();
+        // SAFETY: row r < n_rows holds `blocks` whole super-blocks inside `job.rows`, and
+        // tokens t0..t0 + T hold `blocks` Q8_K blocks each `act_stride` apart inside
+        // `job.acts` (Job invariants); the CPU features are this function's contract.
+        let sums = unsafe { tile::<B, T>(row, acts, job.act_stride, job.blocks) };
+        for (t, &s) in sums.iter().enumerate() {
+            job.out[(t0 + t) * job.out_stride + r] = s;
         }
-        r0 += tile_rows;
     }
 }
 
@@ -135,57 +129,52 @@ unsafe fn pass<B: SuperBlocks, const T: usize, const R: usize>(job: &mut Job<'_>
 // Not inlined: one register allocation per tile shape.
 #[inline(never)]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn tile<B: SuperBlocks, const R: usize, const T: usize>(
+unsafe fn tile<B: SuperBlocks, const T: usize>(
     w: *const u8,
-    w_stride: usize,
     y: *const u8,
     y_stride: usize,
     blocks: usize,
-) -> [[f32; T]; R] {
+) -> [f32; T] {
     // SAFETY: forwarded from this function's contract.
-    unsafe { tile_body::<B, R, T>(w, w_stride, y, y_stride, blocks) }
+    unsafe { tile_body::<B, T>(w, y, y_stride, blocks) }
 }
 
-/// Dot products of R weight rows (at `w`, `w_stride` bytes apart) with T tokens' Q8_K
-/// rows (at `y`, `y_stride` bytes apart) over `blocks` super-blocks: `[r][t]`. Either
-/// T is 1 (R <= 4 rows) or R is 1 (T <= 4 tokens).
+/// Dot products of the weight row at `w` with T (<= 4) tokens' Q8_K rows (at `y`,
+/// `y_stride` bytes apart) over `blocks` super-blocks.
 ///
 /// # Safety
-/// Each of the R rows holds `blocks` whole super-blocks and each of the T tokens
-/// `blocks` Q8_K blocks, in live allocations; the CPU has AVX2, FMA and F16C (from the
-/// [`tile`] it is inlined into).
+/// The row holds `blocks` whole super-blocks and each of the T tokens `blocks` Q8_K
+/// blocks, in live allocations; the CPU has AVX2, FMA and F16C (from the [`tile`] it is
+/// inlined into).
 // Index loops over const-sized arrays: fully unrolled, kept in registers (see
 // `tile_body` in avx2.rs).
 #[inline(always)]
 #[allow(clippy::needless_range_loop)]
-unsafe fn tile_body<B: SuperBlocks, const R: usize, const T: usize>(
+unsafe fn tile_body<B: SuperBlocks, const T: usize>(
     w: *const u8,
-    w_stride: usize,
     y: *const u8,
     y_stride: usize,
     blocks: usize,
-) -> [[f32; T]; R] {
-    debug_assert!(R <= 4 && T <= 4 && (R == 1 || T == 1));
-    // SAFETY: every weight pointer is `w + r * w_stride + b * W + k` with r < R,
-    // b < blocks, k < W: inside a super-block the contract promises; every activation
-    // pointer is `y + t * y_stride + b * Y_BYTES + k`, t < T, k < Y_BYTES, likewise.
-    // No software prefetch here (unlike the 32-value tiles): a tile's rows are four
-    // sequential streams the hardware follows, and prefetching the next tile's
-    // super-blocks measured slower (Q6_K 640 × 2048, 4 × 1 tiles: 105 against 67 ns a row).
+) -> [f32; T] {
+    debug_assert!(T <= 4);
+    // SAFETY: every weight pointer is `w + b * W + k`, b < blocks, k < W: inside the
+    // row the contract promises; every activation pointer is `y + t * y_stride +
+    // b * Y_BYTES + k`, t < T, k < Y_BYTES, likewise.
+    // No software prefetch: one row is one sequential stream, which the hardware
+    // prefetcher follows (prefetching ahead in the row measured slower).
     unsafe {
-        // Lanes: the rows (T = 1) or the tokens (R = 1).
-        let mut acc = _mm_setzero_ps();
-        let mut acc_min = _mm_setzero_ps();
+        // Per token: 8 f32 lanes of Σ sumi · (d dy) and 4 of Σ summ · (dmin dy), reduced
+        // across lanes once, at the end (as ggml does: no reduction per super-block).
+        let mut acc = [_mm256_setzero_ps(); T];
+        let mut acc_min = [_mm_setzero_ps(); T];
         for b in 0..blocks {
             let wb = w.add(b * B::W);
             let yb = y.add(b * Y_BYTES);
-            let heads: [B::Head; R] = core::array::from_fn(|r| B::head(wb.add(r * w_stride)));
-            let mut dots = [_mm256_setzero_si256(); 4];
-            let mut mins = [_mm_setzero_si128(); 4];
-            for r in 0..R {
-                for t in 0..T {
-                    (dots[r * T + t], mins[r * T + t]) = B::start(&heads[r], yb.add(t * y_stride));
-                }
+            let head = B::head(wb);
+            let mut dots = [_mm256_setzero_si256(); T];
+            let mut mins = [_mm_setzero_si128(); T];
+            for t in 0..T {
+                (dots[t], mins[t]) = B::start(&head, yb.add(t * y_stride));
             }
             macro_rules! chunk {
                 ($c:literal) => {
@@ -193,11 +182,8 @@ unsafe fn tile_body<B: SuperBlocks, const R: usize, const T: usize>(
                         let q = yb.add(t * y_stride + Y_QS + 64 * $c);
                         let y0 = _mm256_loadu_si256(q.cast());
                         let y1 = _mm256_loadu_si256(q.add(32).cast());
-                        for r in 0..R {
-                            let w = wb.add(r * w_stride);
-                            let p = B::chunk::<$c>(w, &heads[r], y0, y1);
-                            dots[r * T + t] = _mm256_add_epi32(dots[r * T + t], p);
-                        }
+                        let p = B::chunk::<$c>(wb, &head, y0, y1);
+                        dots[t] = _mm256_add_epi32(dots[t], p);
                     }
                 };
             }
@@ -205,61 +191,65 @@ unsafe fn tile_body<B: SuperBlocks, const R: usize, const T: usize>(
             chunk!(1);
             chunk!(2);
             chunk!(3);
-            let p = _mm_cvtepi32_ps(sum4(dots));
-            // d_x · d_y per lane: the same product whichever side is broadcast.
-            let (dx, dy) = if T > 1 {
-                let dy: [f32; 4] = core::array::from_fn(|t| {
-                    if t < T {
-                        yb.add(t * y_stride).cast::<f32>().read_unaligned()
-                    } else {
-                        0.0
-                    }
-                });
-                (
-                    _mm_broadcastss_ps(f16_lanes(wb.add(B::D_AT), w_stride, 1)),
-                    _mm_loadu_ps(dy.as_ptr()),
-                )
-            } else {
-                (
-                    f16_lanes(wb.add(B::D_AT), w_stride, R),
-                    _mm_set1_ps(yb.cast::<f32>().read_unaligned()),
-                )
-            };
-            acc = _mm_fmadd_ps(p, _mm_mul_ps(dx, dy), acc);
-            if B::HAS_MIN {
-                let pm = _mm_cvtepi32_ps(hsum4(mins));
-                let dmin = if T > 1 {
-                    _mm_broadcastss_ps(f16_lanes(wb.add(B::DMIN_AT), w_stride, 1))
-                } else {
-                    f16_lanes(wb.add(B::DMIN_AT), w_stride, R)
-                };
-                acc_min = _mm_fmadd_ps(pm, _mm_mul_ps(dmin, dy), acc_min);
-            }
-        }
-        if B::HAS_MIN {
-            acc = _mm_sub_ps(acc, acc_min);
-        }
-        let mut lanes = [0.0f32; 4];
-        _mm_storeu_ps(lanes.as_mut_ptr(), acc);
-        let mut sums = [[0.0f32; T]; R];
-        for r in 0..R {
+            let (dx, dmin) = B::d_dmin(wb);
             for t in 0..T {
-                sums[r][t] = lanes[if T > 1 { t } else { r }];
+                let dy = yb.add(t * y_stride).cast::<f32>().read_unaligned();
+                let dd = _mm256_set1_ps(dx * dy);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dots[t]), dd, acc[t]);
+                if B::HAS_MIN {
+                    let dm = _mm_set1_ps(dmin * dy);
+                    acc_min[t] = _mm_fmadd_ps(_mm_cvtepi32_ps(mins[t]), dm, acc_min[t]);
+                }
             }
         }
-        sums
+        core::array::from_fn(|t| hsum8(acc[t]) - hsum4_ps(acc_min[t]))
     }
 }
 
-/// The sums of the 4 i32 lanes of each of four vectors, in the four lanes of one (exact).
+/// The two little-endian f16s of the 4 bytes at `p`, as f32. One 32-bit load into a
+/// zeroed register: an f16 alone is inserted by LLVM into whatever register is free
+/// (`vpinsrw`), which chained the conversion to the accumulators.
+///
+/// # Safety
+/// 4 readable bytes at `p`; the CPU has F16C.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn f16_pair(p: *const u8) -> (f32, f32) {
+    // SAFETY: reads 4 bytes (contract).
+    unsafe {
+        let v = _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned()));
+        (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+    }
+}
+
+/// The sum of the 8 lanes of `v`, in a fixed order: halves, then pairs, then the last two.
 ///
 /// # Safety
 /// The CPU has AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn hsum4(v: [__m128i; 4]) -> __m128i {
+unsafe fn hsum8(v: __m256) -> f32 {
     // SAFETY: value intrinsics only (contract: the CPU features).
-    unsafe { _mm_hadd_epi32(_mm_hadd_epi32(v[0], v[1]), _mm_hadd_epi32(v[2], v[3])) }
+    unsafe {
+        hsum4_ps(_mm_add_ps(
+            _mm256_castps256_ps128(v),
+            _mm256_extractf128_ps::<1>(v),
+        ))
+    }
+}
+
+/// The sum of the 4 lanes of `v`: (0 + 2) + (1 + 3).
+///
+/// # Safety
+/// The CPU has AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum4_ps(v: __m128) -> f32 {
+    // SAFETY: value intrinsics only (contract: the CPU features).
+    unsafe {
+        let pairs = _mm_add_ps(v, _mm_movehl_ps(v, v));
+        _mm_cvtss_f32(_mm_add_ss(pairs, _mm_movehdup_ps(pairs)))
+    }
 }
 
 /// The decoded header of a Q4_K or Q5_K super-block.
@@ -359,10 +349,15 @@ pub(super) struct Q4K;
 
 impl SuperBlocks for Q4K {
     const W: usize = q4_k::BLOCK_BYTES;
-    const D_AT: usize = 0;
-    const DMIN_AT: usize = 2;
     const HAS_MIN: bool = true;
     type Head = ScalesMins;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn d_dmin(p: *const u8) -> (f32, f32) {
+        // SAFETY: d and dmin are bytes 0..4 (contract).
+        unsafe { f16_pair(p) }
+    }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -426,10 +421,15 @@ pub(super) struct Q5K;
 
 impl SuperBlocks for Q5K {
     const W: usize = q5_k::BLOCK_BYTES;
-    const D_AT: usize = 0;
-    const DMIN_AT: usize = 2;
     const HAS_MIN: bool = true;
     type Head = ScalesMins;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn d_dmin(p: *const u8) -> (f32, f32) {
+        // SAFETY: d and dmin are bytes 0..4 (contract).
+        unsafe { f16_pair(p) }
+    }
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -498,9 +498,14 @@ impl Q6K {
 
 impl SuperBlocks for Q6K {
     const W: usize = q6_k::BLOCK_BYTES;
-    const D_AT: usize = q6_k::D_AT;
-    const DMIN_AT: usize = 0;
     const HAS_MIN: bool = false;
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn d_dmin(p: *const u8) -> (f32, f32) {
+        // SAFETY: the last two scales and d are the block's last 4 bytes (contract).
+        unsafe { (f16_pair(p.add(q6_k::D_AT - 2)).1, 0.0) }
+    }
     /// The 16 sub-block scales as i16, the even ones in lane 0 and the odd ones in
     /// lane 1 ([`Q6K::evens_odds`]): one in-lane shuffle then gives a 32-value piece's
     /// two scales (sub-block 2i in lane 0, 2i + 1 in lane 1).
