@@ -439,7 +439,13 @@ mod tests {
 
     #[test]
     fn every_case_kind_builds_and_runs() {
-        for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::F16] {
+        for dtype in [
+            DType::Q4_0,
+            DType::Q4_1,
+            DType::Q8_0,
+            DType::F16,
+            DType::Q5_0,
+        ] {
             for tokens in [1, 4] {
                 check(&Matvec {
                     dtype,
@@ -448,6 +454,14 @@ mod tests {
                     tokens,
                 });
             }
+        }
+        for dtype in [DType::Q4_K, DType::Q5_K, DType::Q6_K] {
+            check(&Matvec {
+                dtype,
+                k: 256,
+                n: 37,
+                tokens: 5,
+            });
         }
         check(&RmsNorm { d: 96, tokens: 3 });
         for kv in [KvDtype::F8E4M3, KvDtype::F16] {

@@ -18,7 +18,8 @@ pub struct Args {
     /// Model shape.
     #[arg(long, help = format!("Model shape: {}", synth::shape_names()))]
     shape: String,
-    /// Storage of the weight matrices: Q4_0, Q4_1, Q8_0 or F16 (any case).
+    /// Storage of the weight matrices: Q4_0, Q4_1, Q8_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K or F16
+    /// (any case).
     #[arg(long)]
     quant: String,
     /// Seed of the random weights; the same seed gives the same file.

@@ -12,7 +12,8 @@ use kiln_tests::conformance::{
 use proptest::prelude::*;
 
 fn weight_dtype() -> impl Strategy<Value = DType> {
-    prop::sample::select(kiln_tests::conformance::cases::WEIGHT_DTYPES.to_vec())
+    let cases = &kiln_tests::conformance::cases::WEIGHT_DTYPES;
+    prop::sample::select([&cases[..], &kiln_tests::conformance::cases::K_WEIGHT_DTYPES].concat())
 }
 
 /// Run a case of random shape on the CPU; its limit gets [`RANDOM_SHAPE_SLACK`].
@@ -37,7 +38,9 @@ proptest! {
     /// cannot flake.
     #[test]
     fn cpu_matmul_random_shapes(dtype in weight_dtype(), rows in 1usize..300, blocks in 1usize..20, tokens in 1usize..9) {
-        let case = matmul_term_case(dtype, tokens, rows, 32 * blocks);
+        // Whole blocks: 32 values, or 256 for the K-quants.
+        let cols = (32 * blocks).next_multiple_of(dtype.block_len());
+        let case = matmul_term_case(dtype, tokens, rows, cols);
         check_random_shape(&case)?;
     }
 

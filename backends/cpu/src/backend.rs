@@ -56,12 +56,14 @@ impl CpuBackend {
     }
 }
 
-/// Weight dtypes the CPU kernels take.
+/// Weight dtypes the CPU kernels take: the float types and Q8_K dequantized a row at a
+/// time, every other block format with integer SIMD dots (`simd::Format`).
 fn supported_weight(dtype: DType) -> bool {
-    matches!(
-        dtype,
-        DType::F32 | DType::F16 | DType::BF16 | DType::Q4_0 | DType::Q4_1 | DType::Q8_0
-    )
+    match dtype {
+        DType::F32 | DType::F16 | DType::BF16 | DType::Q8_K => true,
+        DType::F8E4M3 => false,
+        _ => crate::simd::Format::for_weights(dtype).is_some(),
+    }
 }
 
 impl Backend for CpuBackend {

@@ -152,7 +152,7 @@ fn dimension_overflow() {
 
 #[test]
 fn unknown_tensor_type() {
-    for (id, name) in [(12, "Q4_K"), (6, "Q5_0"), (999, "unknown")] {
+    for (id, name) in [(10, "Q2_K"), (9, "Q8_1"), (999, "unknown")] {
         let mut bytes = small();
         let at = tensor_type_at(&bytes, "tensor.a");
         put_u32(&mut bytes, at, id);

@@ -1,5 +1,7 @@
-//! Tensor block formats: F32, F16, BF16, Q8_0, Q4_0, Q4_1 (GGUF layouts), plus the
-//! Q8_1 activation blocks and FP8 E4M3 values used by kernels.
+//! Tensor block formats: F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0, Q5_1 and the K-quants
+//! Q4_K, Q5_K, Q6_K, Q8_K (GGUF layouts), plus the Q8_1 activation blocks and FP8 E4M3
+//! values used by kernels. Activations are dotted as Q8_0 with Q4_0/Q5_0/Q8_0 weights,
+//! Q8_1 with Q4_1/Q5_1, and Q8_K (256 values, f32 scale, block sums) with the K-quants.
 //!
 //! Every format has: `dequantize_row`, a reference quantizer as llama.cpp defines it,
 //! and block dot products. The generic entry points below dispatch on [`DType`] and
@@ -13,12 +15,19 @@ use crate::DType;
 
 pub mod float;
 pub mod fp8;
+pub mod k_common;
 pub mod q4_0;
 pub mod q4_1;
+pub mod q4_k;
+pub mod q5_0;
+pub mod q5_1;
+pub mod q5_k;
+pub mod q6_k;
 pub mod q8_0;
 pub mod q8_1;
 #[cfg(target_arch = "x86_64")]
 mod q8_avx2;
+pub mod q8_k;
 
 #[cfg(test)]
 mod test_support;
@@ -26,7 +35,13 @@ mod test_support;
 pub use float::dot_f32;
 pub use q4_0::vec_dot_q4_0_q8_0;
 pub use q4_1::vec_dot_q4_1_q8_1;
+pub use q4_k::vec_dot_q4_k_q8_k;
+pub use q5_0::vec_dot_q5_0_q8_0;
+pub use q5_1::vec_dot_q5_1_q8_1;
+pub use q5_k::vec_dot_q5_k_q8_k;
+pub use q6_k::vec_dot_q6_k_q8_k;
 pub use q8_0::vec_dot_q8_0_q8_0;
+pub use q8_k::vec_dot_q8_k_q8_k;
 
 /// A bad length or an unsupported conversion in a block-format routine.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -67,14 +82,22 @@ pub fn quantize_row(dtype: DType, src: &[f32], dst: &mut [u8]) -> Result<(), Qua
         DType::Q4_0 => q4_0::quantize_row(src, dst),
         DType::Q4_1 => q4_1::quantize_row(src, dst),
         DType::Q8_0 => q8_0::quantize_row(src, dst),
+        DType::Q5_0 => q5_0::quantize_row(src, dst),
+        DType::Q5_1 => q5_1::quantize_row(src, dst),
+        DType::Q4_K => q4_k::quantize_row(src, dst),
+        DType::Q5_K => q5_k::quantize_row(src, dst),
+        DType::Q6_K => q6_k::quantize_row(src, dst),
+        DType::Q8_K => q8_k::quantize_row(src, dst),
         DType::F8E4M3 => fp8::quantize_row(src, dst),
     }
     Ok(())
 }
 
-/// Values dequantized at a time by [`dot_row_f32`]: 8 blocks of 32, 1 KiB of stack.
+/// Values dequantized at a time by [`dot_row_f32`]: 8 blocks of 32 or one super-block
+/// of 256, 1 KiB of stack.
 const DOT_CHUNK: usize = 256;
 const _: () = assert!(DOT_CHUNK.is_multiple_of(q4_0::BLOCK_LEN));
+const _: () = assert!(DOT_CHUNK.is_multiple_of(k_common::QK_K));
 
 /// Dot product of one stored row (`x.len()` values as `dtype`) with f32 activations.
 ///
@@ -126,6 +149,12 @@ fn dequantize_unchecked(dtype: DType, src: &[u8], dst: &mut [f32]) {
         DType::Q4_0 => q4_0::dequantize_row(src, dst),
         DType::Q4_1 => q4_1::dequantize_row(src, dst),
         DType::Q8_0 => q8_0::dequantize_row(src, dst),
+        DType::Q5_0 => q5_0::dequantize_row(src, dst),
+        DType::Q5_1 => q5_1::dequantize_row(src, dst),
+        DType::Q4_K => q4_k::dequantize_row(src, dst),
+        DType::Q5_K => q5_k::dequantize_row(src, dst),
+        DType::Q6_K => q6_k::dequantize_row(src, dst),
+        DType::Q8_K => q8_k::dequantize_row(src, dst),
         DType::F8E4M3 => fp8::dequantize_row(src, dst),
     }
 }
@@ -162,5 +191,7 @@ fn debug_check_blocks(values: usize, bytes: usize, block_len: usize, block_bytes
     );
 }
 
+#[cfg(test)]
+mod ggml_vectors;
 #[cfg(test)]
 mod tests;

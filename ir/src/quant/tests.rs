@@ -119,6 +119,21 @@ fn module_block_sizes_match_dtype() {
         (DType::Q8_0.block_len(), DType::Q8_0.block_bytes())
     );
     assert_eq!((q8_1::BLOCK_LEN, q8_1::BLOCK_BYTES), (32, 36));
+    let formats = [
+        (DType::Q5_0, q5_0::BLOCK_LEN, q5_0::BLOCK_BYTES),
+        (DType::Q5_1, q5_1::BLOCK_LEN, q5_1::BLOCK_BYTES),
+        (DType::Q4_K, q4_k::BLOCK_LEN, q4_k::BLOCK_BYTES),
+        (DType::Q5_K, q5_k::BLOCK_LEN, q5_k::BLOCK_BYTES),
+        (DType::Q6_K, q6_k::BLOCK_LEN, q6_k::BLOCK_BYTES),
+        (DType::Q8_K, q8_k::BLOCK_LEN, q8_k::BLOCK_BYTES),
+    ];
+    for (dtype, len, bytes) in formats {
+        assert_eq!(
+            (len, bytes),
+            (dtype.block_len(), dtype.block_bytes()),
+            "{dtype}"
+        );
+    }
 }
 
 #[test]
@@ -132,12 +147,12 @@ fn empty_rows_are_fine() {
 
 #[test]
 fn dispatch_reaches_each_format() {
-    // 64 values, mixed signs and magnitudes.
-    let src: Vec<f32> = (0..64)
+    // 256 values, mixed signs and magnitudes.
+    let src: Vec<f32> = (0..256)
         .map(|i| ((i * 37 % 64) as f32 - 30.0) * 0.173)
         .collect();
     type Formats = (DType, fn(&[f32], &mut [u8]), fn(&[u8], &mut [f32]));
-    let formats: [Formats; 7] = [
+    let formats: [Formats; 13] = [
         (
             DType::F32,
             float::quantize_row_f32,
@@ -156,6 +171,12 @@ fn dispatch_reaches_each_format() {
         (DType::Q4_0, q4_0::quantize_row, q4_0::dequantize_row),
         (DType::Q4_1, q4_1::quantize_row, q4_1::dequantize_row),
         (DType::Q8_0, q8_0::quantize_row, q8_0::dequantize_row),
+        (DType::Q5_0, q5_0::quantize_row, q5_0::dequantize_row),
+        (DType::Q5_1, q5_1::quantize_row, q5_1::dequantize_row),
+        (DType::Q4_K, q4_k::quantize_row, q4_k::dequantize_row),
+        (DType::Q5_K, q5_k::quantize_row, q5_k::dequantize_row),
+        (DType::Q6_K, q6_k::quantize_row, q6_k::dequantize_row),
+        (DType::Q8_K, q8_k::quantize_row, q8_k::dequantize_row),
         (DType::F8E4M3, fp8::quantize_row, fp8::dequantize_row),
     ];
     for (dtype, quantize, dequantize) in formats {
@@ -176,7 +197,8 @@ fn dispatch_reaches_each_format() {
 }
 
 /// A dtype and a row for it: lengths up to 48 blocks (past several 256-value chunks of
-/// `dot_row_f32`), including the model's widths 576 and 1536.
+/// `dot_row_f32`), including the model's widths 576 and 1536 (rounded up to whole
+/// super-blocks for the K-quants).
 fn dtype_and_rows() -> impl Strategy<Value = (DType, Vec<f32>, Vec<f32>)> {
     let n = prop_oneof![
         Just(576usize),
@@ -189,6 +211,7 @@ fn dtype_and_rows() -> impl Strategy<Value = (DType, Vec<f32>, Vec<f32>)> {
         prop_oneof![Just(0.02f32), Just(1.0), Just(30.0)],
     )
         .prop_flat_map(|(i, n, scale)| {
+            let n = n.next_multiple_of(DType::ALL[i].block_len());
             (
                 Just(DType::ALL[i]),
                 vec(-scale..scale, n),

@@ -20,10 +20,14 @@ pub use super::ops::{AttentionSpec, RopeSpec};
 /// f32 arithmetic against the f64 oracle, f32/F16/BF16 weights: rounding only
 /// (measured 7e-16 to 3.2e-14).
 pub const F32_LIMIT: f64 = 1e-11;
-/// Matmuls whose activations are quantized to Q8_0 (Q4_0, Q8_0 weights) or Q8_1 (Q4_1
-/// weights) blocks, against f32 activations (measured 5.5e-6 to 3.6e-5; SwiGLU after
-/// the matmul doubles it).
+/// Matmuls whose activations are quantized to Q8_0 (Q4_0, Q5_0, Q8_0 weights) or Q8_1
+/// (Q4_1, Q5_1 weights) blocks, against f32 activations (measured 5.5e-6 to 3.6e-5;
+/// SwiGLU after the matmul doubles it).
 pub const Q8_ACTS_LIMIT: f64 = 1e-4;
+/// The same with Q8_K activations (Q4_K, Q5_K, Q6_K weights; Q8_K weights too, whatever
+/// a backend does with them): one scale per 256 values, so about twice the error
+/// (measured 1.8e-5 to 3.6e-5, 8.2e-5 after RMSNorm and SwiGLU).
+pub const Q8K_ACTS_LIMIT: f64 = 3e-4;
 /// Attention over an F16 KV cache, against f32 K and V (measured 6.3e-8 to 9.3e-8).
 pub const KV_F16_LIMIT: f64 = 5e-7;
 /// Attention over an FP8 E4M3 KV cache with per-(token, head) scales, against f32 K and
@@ -40,20 +44,26 @@ pub const RANDOM_SHAPE_SLACK: f64 = 4.0;
 /// RMSNorm epsilon of every case.
 pub const EPS: f32 = 1e-5;
 
-/// The weight types of the matmul family.
-pub const WEIGHT_DTYPES: [DType; 6] = [
+/// The weight types of the matmul family with 32-value (or no) blocks.
+pub const WEIGHT_DTYPES: [DType; 8] = [
     DType::F32,
     DType::F16,
     DType::BF16,
     DType::Q4_0,
     DType::Q4_1,
     DType::Q8_0,
+    DType::Q5_0,
+    DType::Q5_1,
 ];
 
+/// The K-quant weight types (256-value super-blocks: rows of 256, 512 and 768 values).
+/// Q8_K is an activation format in ggml; kiln also loads it as a weight type.
+pub const K_WEIGHT_DTYPES: [DType; 4] = [DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q8_K];
+
 /// Every case of the suite. Shapes avoid multiples of tiles and pages: 1, 3, 7 and 33
-/// tokens; widths of an odd number of 32-value blocks (96, 160, 608 = 576 + 32); matmul
-/// row counts that are not multiples of 32; contexts of 1, 17, 40 and 43 over pages of 16
-/// and 5, several sequences per step.
+/// tokens; widths of an odd number of 32-value blocks (96, 160, 608 = 576 + 32) or of
+/// 1 to 3 super-blocks for the K-quants; matmul row counts that are not multiples of 32;
+/// contexts of 1, 17, 40 and 43 over pages of 16 and 5, several sequences per step.
 #[rustfmt::skip]
 pub fn cases() -> Vec<Case> {
     let mut cases = vec![
@@ -81,9 +91,25 @@ pub fn cases() -> Vec<Case> {
             matmul_add(dtype, 33, 160, 96),
         ]);
     }
-    // Q4_0 and Q8_0 share Q8_0 activations, Q4_1 takes Q8_1 ones, BF16 f32 ones.
+    // K-quant rows are whole super-blocks: widths of 1, 2 and 3 of them; row counts
+    // still odd (no multiple of a tile of 4 or a task of 32).
+    for dtype in K_WEIGHT_DTYPES {
+        cases.extend([
+            matmul("matmul", vec![dtype], 1, 768, vec![67]),
+            matmul("matmul", vec![dtype], 33, 256, vec![131]),
+            matmul("matmul3", vec![dtype; 3], 7, 512, vec![97, 33, 35]),
+            matmul("rmsnorm_matmul3", vec![dtype; 3], 33, 256, vec![161, 33, 31]),
+            matmul_swiglu(false, dtype, 7, 512, 131),
+            matmul_swiglu(true, dtype, 3, 768, 97),
+            matmul_add(dtype, 33, 256, 97),
+        ]);
+    }
+    // Q4_0, Q5_0 and Q8_0 share Q8_0 activations, Q4_1 takes Q8_1 ones, BF16 f32 ones;
+    // the K-quants share Q8_K ones (a Q4_K_M mix: Q4_K, Q6_K and a Q5_0 fallback).
     cases.push(matmul("matmul3", vec![DType::Q4_1, DType::Q8_0, DType::Q4_0], 7, 96, vec![96, 32, 64]));
     cases.push(matmul("matmul3", vec![DType::Q4_0, DType::BF16, DType::Q8_0], 7, 96, vec![96, 32, 64]));
+    cases.push(matmul("matmul3", vec![DType::Q4_K, DType::Q6_K, DType::Q5_0], 7, 512, vec![97, 33, 64]));
+    cases.push(matmul("matmul3", vec![DType::Q5_1, DType::Q5_K, DType::Q4_K], 7, 512, vec![35, 67, 33]));
 
     use KvDtype::{F8E4M3 as FP8, F16};
     // head_dim, heads, KV heads, KV type, page size, per sequence (context, last step)
@@ -124,7 +150,9 @@ pub fn cases() -> Vec<Case> {
 }
 
 pub(super) fn matmul_limit(dtype: DType) -> f64 {
-    if dtype.is_quantized() {
+    if dtype.block_len() == 256 {
+        Q8K_ACTS_LIMIT
+    } else if dtype.is_quantized() {
         Q8_ACTS_LIMIT
     } else {
         F32_LIMIT

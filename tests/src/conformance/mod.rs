@@ -195,13 +195,24 @@ fn load(backend: &mut dyn Backend, built: &Built, probe: &Probe) -> Result<(), S
 }
 
 /// The ops of the case the backend has no kernel for (a case with any is skipped).
-pub fn unsupported_ops(backend: &dyn Backend, case: &Case) -> Vec<&'static str> {
+pub fn unsupported_ops(backend: &dyn Backend, case: &Case) -> Vec<String> {
     let graph = case.build().graph;
     graph
         .nodes
         .iter()
         .filter(|n| !backend.supports(&n.op, &graph))
-        .map(|n| n.op.name())
+        .map(|n| {
+            // Name the weight types: a backend without kernels for a block format (the
+            // K-quants on the GPU backends, for now) skips every case that uses it.
+            let dtypes: Vec<&str> = (n.op.matrices().iter())
+                .filter_map(|&w| graph.weight(w).map(|w| w.dtype.name()))
+                .collect();
+            if dtypes.is_empty() {
+                n.op.name().to_string()
+            } else {
+                format!("{} of {} weights", n.op.name(), dtypes.join(", "))
+            }
+        })
         .collect()
 }
 

@@ -41,8 +41,34 @@ pub const ALIGNMENT: u64 = DEFAULT_ALIGNMENT;
 /// Standard deviation of the norm weights around 1.
 pub const NORM_STD: f32 = 0.05;
 
-/// The quants a synthesized model's matrices can be stored in.
-pub const QUANTS: [DType; 4] = [DType::Q4_0, DType::Q4_1, DType::Q8_0, DType::F16];
+/// The quants a synthesized model's matrices can be stored in. A matrix whose rows are
+/// not whole 256-value super-blocks of a K-quant takes llama-quantize's fallback
+/// ([`row_dtype`]).
+pub const QUANTS: [DType; 9] = [
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q8_0,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+    DType::F16,
+];
+
+/// The dtype a matrix of `cols`-value rows is stored in for `quant`: the quant itself,
+/// or, when the rows are not whole blocks of it, llama-quantize's fallback (Q4_K →
+/// Q5_0, Q5_K → Q5_1, Q6_K → Q8_0).
+pub fn row_dtype(quant: DType, cols: usize) -> DType {
+    if cols.is_multiple_of(quant.block_len()) {
+        return quant;
+    }
+    match quant {
+        DType::Q4_K => DType::Q5_0,
+        DType::Q5_K => DType::Q5_1,
+        _ => DType::Q8_0,
+    }
+}
 
 /// Rows are generated this many bytes (of quantized output) at a time.
 const CHUNK_BYTES: usize = 16 << 20;
@@ -71,7 +97,7 @@ impl SynthTensor {
         SynthTensor {
             name,
             dims: vec![cols as u64, rows as u64],
-            dtype,
+            dtype: row_dtype(dtype, cols),
             init: Init::Normal {
                 std: 1.0 / (cols as f32).sqrt(),
             },

@@ -174,7 +174,7 @@ pub fn quant_name(dtype: DType) -> String {
     dtype.name().to_ascii_uppercase()
 }
 
-/// A quant given by name, case-insensitively: Q4_0, Q4_1, Q8_0 or F16.
+/// A quant given by name, case-insensitively: one of [`QUANTS`] (Q4_0, Q4_K, F16, ...).
 pub fn parse_quant(name: &str) -> Result<DType, SynthError> {
     QUANTS
         .iter()
@@ -194,7 +194,13 @@ pub fn file_type(quant: DType) -> Option<u32> {
         DType::Q4_0 => 2,
         DType::Q4_1 => 3,
         DType::Q8_0 => 7,
+        DType::Q5_0 => 8,
+        DType::Q5_1 => 9,
+        // Mostly Q4_K / Q5_K (the _S mixes), Q6_K.
+        DType::Q4_K => 14,
+        DType::Q5_K => 16,
+        DType::Q6_K => 18,
         DType::BF16 => 32,
-        DType::F8E4M3 => return None,
+        DType::Q8_K | DType::F8E4M3 => return None,
     })
 }

@@ -1,27 +1,25 @@
 //! The quantized matmul core: out (tokens, rows) = x (tokens, cols) · Wᵀ.
 //!
-//! Activations are quantized once per launch to 8-bit blocks (Q8_0 for Q4_0/Q8_0 weights,
-//! Q8_1 for Q4_1, as llama.cpp's CPU backend does) and staged for the SIMD tiles
-//! (`simd::Staged`), so the inner loop is an integer block dot; float weights
-//! (F32/F16/BF16) dequantize a row at a time and use the f32 dot. Rows are split over
+//! Activations are quantized once per launch to 8-bit blocks (Q8_0 for Q4_0/Q5_0/Q8_0
+//! weights, Q8_1 for Q4_1/Q5_1, Q8_K for the K-quants, as llama.cpp's CPU backend does)
+//! and, for the 32-value formats, staged for the SIMD tiles (`simd::Staged`), so the
+//! inner loop is an integer block dot; float weights (F32/F16/BF16, and Q8_K)
+//! dequantize a row at a time and use the f32 dot. Rows are split over
 //! threads: a task computes a few rows for every token of the step into a buffer of its
 //! own, then writes them, through the epilogue, into their columns of the output.
 
 use std::cell::RefCell;
 
 use kiln_ir::DType;
-use kiln_ir::quant::{dequantize_row, dot_f32, q8_0, q8_1};
+use kiln_ir::quant::{dequantize_row, dot_f32};
 
 use super::WeightMatrix;
-use crate::simd::{ActBlocks, StageTask, Staged};
+use crate::simd::{Format, StageTask, Staged};
 use crate::{pool, simd};
 
 /// Rows per task: enough to amortise scheduling, few enough to balance two cores
 /// to many.
 const ROWS_PER_TASK: usize = 32;
-
-/// A row quantizer of `kiln_ir::quant`: (cols) f32 in, the row's blocks out.
-type QuantizeRow = fn(&[f32], &mut [u8]);
 
 /// Activations in the form a weight dtype's dot product wants.
 #[derive(Debug)]
@@ -31,11 +29,11 @@ pub enum Acts<'a> {
         cols: usize,
     },
     Quantized {
-        format: ActBlocks,
-        /// (tokens, row_bytes) the blocks, what the scalar kernels read.
+        /// (tokens, row_bytes) the blocks, what the scalar kernels (and the K-quant
+        /// tiles) read.
         blocks: Vec<u8>,
         row_bytes: usize,
-        /// The same blocks staged for the SIMD kernels.
+        /// The same blocks staged for the SIMD kernels (empty for Q8_K).
         staged: Staged,
     },
 }
@@ -43,28 +41,32 @@ pub enum Acts<'a> {
 impl<'a> Acts<'a> {
     /// Prepare `x` (tokens, cols) for weights of `dtype`.
     pub fn new(dtype: DType, x: &'a [f32], cols: usize) -> Acts<'a> {
-        let (format, quantize_row): (_, QuantizeRow) = match dtype {
-            DType::Q4_0 | DType::Q8_0 => (ActBlocks::Q8_0, q8_0::quantize_row),
-            DType::Q4_1 => (ActBlocks::Q8_1, q8_1::quantize_row),
-            _ => return Acts::F32 { x, cols },
+        let Some(format) = Format::for_weights(dtype) else {
+            return Acts::F32 { x, cols };
         };
+        let quantize_row = format.quantize_acts();
+        let act_blocks = format.act_blocks();
         let n_tokens = x.len() / cols;
-        let n_blocks = cols / 32;
-        let row_bytes = n_blocks * format.block_bytes();
+        let n_blocks = cols / format.block_len();
+        let row_bytes = n_blocks * format.act_bytes();
         let mut blocks = vec![0u8; n_tokens * row_bytes]; // (tokens, row_bytes)
-        let mut staged = Staged::new(format, n_tokens, n_blocks);
-        // A few tokens at a time: quantize their rows, then stage them.
+        let mut staged = Staged::new(act_blocks, n_tokens, n_blocks);
+        // A few tokens at a time: quantize their rows, then stage them (Q8_K: no
+        // staging tasks, the blocks are read in place).
         let per_task = Staged::TASK_TOKENS;
+        let mut stage_tasks = staged.tasks().into_iter();
         let mut tasks: Vec<_> = blocks
             .chunks_mut(per_task * row_bytes)
             .zip(x.chunks(per_task * cols))
-            .zip(staged.tasks())
+            .map(|rows| (rows, stage_tasks.next()))
             .collect();
-        let run = |((dst, src), task): &mut ((&mut [u8], &[f32]), StageTask<'_>)| {
+        let run = |((dst, src), task): &mut ((&mut [u8], &[f32]), Option<StageTask<'_>>)| {
             for (dst, src) in dst.chunks_mut(row_bytes).zip(src.chunks(cols)) {
                 quantize_row(src, dst);
             }
-            Staged::stage_task(format, dst, row_bytes, task);
+            if let Some(task) = task {
+                Staged::stage_task(act_blocks, dst, row_bytes, task);
+            }
         };
         if tasks.len() == 1 {
             // Decode: not worth waking the other threads.
@@ -73,8 +75,8 @@ impl<'a> Acts<'a> {
             pool::for_each_mut(&mut tasks, |_, task| run(task));
         }
         drop(tasks);
+        drop(stage_tasks);
         Acts::Quantized {
-            format,
             blocks,
             row_bytes,
             staged,
@@ -153,14 +155,12 @@ fn rows_dot(w: WeightMatrix<'_>, r0: usize, n_rows: usize, acts: &Acts<'_>, y: &
             blocks,
             row_bytes,
             staged,
-            ..
         } => {
-            let kernel = match w.dtype {
-                DType::Q4_0 => simd::dot_rows_tokens_q4_0_q8_0,
-                DType::Q4_1 => simd::dot_rows_tokens_q4_1_q8_1,
-                _ => simd::dot_rows_tokens_q8_0_q8_0,
-            };
-            kernel(
+            // The weight's own format: activations are shared by every weight whose
+            // format takes the same blocks (`same_acts`).
+            let format = Format::for_weights(w.dtype).expect("quantized acts for a SIMD format");
+            simd::dot_rows_tokens(
+                format,
                 rows,
                 rb,
                 n_rows,
@@ -244,11 +244,7 @@ pub fn matmul_multi(weights: &[WeightMatrix<'_>], x: &[f32], outs: &mut [&mut [f
 }
 
 /// Whether two weight dtypes take the same activation format.
-fn same_acts(a: DType, b: DType) -> bool {
-    let class = |d| match d {
-        DType::Q4_0 | DType::Q8_0 => 0,
-        DType::Q4_1 => 1,
-        _ => 2,
-    };
-    class(a) == class(b)
+pub(super) fn same_acts(a: DType, b: DType) -> bool {
+    let acts = |d| Format::for_weights(d).map(Format::act_blocks);
+    acts(a) == acts(b)
 }

@@ -1,14 +1,14 @@
 //! out = silu(x · Gateᵀ) · (x · Upᵀ): gate and up share the input and the epilogue.
 
 use super::WeightMatrix;
-use super::matmul::{Acts, matmuls_with};
+use super::matmul::{self, Acts, matmuls_with};
 use super::swiglu::silu;
 use crate::pool;
 
 pub fn matmul_swiglu(gate: WeightMatrix<'_>, up: WeightMatrix<'_>, x: &[f32], out: &mut [f32]) {
     let acts = Acts::new(gate.dtype, x, gate.cols);
     let up_acts;
-    let up_acts = if up.dtype == gate.dtype {
+    let up_acts = if matmul::same_acts(up.dtype, gate.dtype) {
         &acts
     } else {
         up_acts = Acts::new(up.dtype, x, up.cols);

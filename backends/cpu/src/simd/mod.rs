@@ -1,15 +1,21 @@
 //! SIMD block dot products: quantized weight rows times quantized activation rows.
 //!
-//! Weights stay in their GGUF blocks of 32 values; activations are quantized per token
-//! to Q8_0 (for Q4_0 and Q8_0 weights) or Q8_1 (for Q4_1 weights) with
-//! `kiln_ir::quant::{q8_0, q8_1}::quantize_row`, as llama.cpp's CPU backend does.
-//! Every kernel here has a scalar twin in `kiln_ir::quant`; the tests hold them together.
+//! Weights stay in their GGUF blocks; activations are quantized per token to Q8_0 (for
+//! Q4_0, Q5_0 and Q8_0 weights), Q8_1 (Q4_1, Q5_1) or Q8_K (the K-quants Q4_K, Q5_K,
+//! Q6_K) with `kiln_ir::quant::{q8_0, q8_1, q8_k}::quantize_row`, as llama.cpp's CPU
+//! backend does ([`Format::quantize_acts`]). Every kernel here has a scalar twin in
+//! `kiln_ir::quant`; the tests hold them together.
 //!
 //! | weights × activations | one row (twin) | rows × one token | rows × tokens |
 //! |---|---|---|---|
 //! | Q4_0 × Q8_0 | [`vec_dot_q4_0_q8_0`] | [`dot_rows_q4_0_q8_0`] | [`dot_rows_tokens_q4_0_q8_0`] |
 //! | Q4_1 × Q8_1 | [`vec_dot_q4_1_q8_1`] | [`dot_rows_q4_1_q8_1`] | [`dot_rows_tokens_q4_1_q8_1`] |
 //! | Q8_0 × Q8_0 | [`vec_dot_q8_0_q8_0`] | [`dot_rows_q8_0_q8_0`] | [`dot_rows_tokens_q8_0_q8_0`] |
+//! | any [`Format`] | [`vec_dot`] | [`dot_rows`] | [`dot_rows_tokens`] |
+//!
+//! The new formats (Q5_0 × Q8_0, Q5_1 × Q8_1, Q4_K / Q5_K / Q6_K × Q8_K) are reached
+//! through the generic entry points, with their twins `kiln_ir::quant::vec_dot_q5_0_q8_0`,
+//! `vec_dot_q5_1_q8_1`, `vec_dot_q4_k_q8_k`, `vec_dot_q5_k_q8_k`, `vec_dot_q6_k_q8_k`.
 //!
 //! The multi-row forms are what the matmul calls: they keep a tile of weight rows and
 //! tokens in registers, so each activation block is decoded once per tile of rows and
@@ -31,7 +37,8 @@
 
 use std::sync::OnceLock;
 
-use kiln_ir::quant::{q4_0, q4_1, q8_0, q8_1};
+use kiln_ir::DType;
+use kiln_ir::quant::{q4_0, q4_1, q4_k, q5_0, q5_1, q5_k, q6_k, q8_0, q8_1, q8_k};
 
 pub use stage::{ActBlocks, StageTask, Staged};
 
@@ -206,57 +213,125 @@ pub fn active_isa() -> &'static str {
     kernels().isa
 }
 
-/// A weight format and the activation format it is dotted with.
+/// A weight format with SIMD dot products, and the activation format it is dotted with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
+pub enum Format {
     /// Q4_0 weights, Q8_0 activations.
     Q4_0,
     /// Q4_1 weights, Q8_1 activations.
     Q4_1,
     /// Q8_0 weights, Q8_0 activations.
     Q8_0,
+    /// Q5_0 weights, Q8_0 activations.
+    Q5_0,
+    /// Q5_1 weights, Q8_1 activations.
+    Q5_1,
+    /// Q4_K weights, Q8_K activations.
+    Q4K,
+    /// Q5_K weights, Q8_K activations.
+    Q5K,
+    /// Q6_K weights, Q8_K activations.
+    Q6K,
 }
 
 impl Format {
-    fn name(self) -> &'static str {
+    /// Every format, for tests and tables.
+    pub const ALL: [Format; 8] = [
+        Format::Q4_0,
+        Format::Q4_1,
+        Format::Q8_0,
+        Format::Q5_0,
+        Format::Q5_1,
+        Format::Q4K,
+        Format::Q5K,
+        Format::Q6K,
+    ];
+
+    /// The format of weights stored as `dtype`, if it has integer dot products here
+    /// (float weights and Q8_K weights take the dequantizing f32 path instead).
+    pub fn for_weights(dtype: DType) -> Option<Format> {
+        Some(match dtype {
+            DType::Q4_0 => Format::Q4_0,
+            DType::Q4_1 => Format::Q4_1,
+            DType::Q8_0 => Format::Q8_0,
+            DType::Q5_0 => Format::Q5_0,
+            DType::Q5_1 => Format::Q5_1,
+            DType::Q4_K => Format::Q4K,
+            DType::Q5_K => Format::Q5K,
+            DType::Q6_K => Format::Q6K,
+            _ => return None,
+        })
+    }
+
+    pub fn name(self) -> &'static str {
         match self {
             Format::Q4_0 => "Q4_0 x Q8_0",
             Format::Q4_1 => "Q4_1 x Q8_1",
             Format::Q8_0 => "Q8_0 x Q8_0",
+            Format::Q5_0 => "Q5_0 x Q8_0",
+            Format::Q5_1 => "Q5_1 x Q8_1",
+            Format::Q4K => "Q4_K x Q8_K",
+            Format::Q5K => "Q5_K x Q8_K",
+            Format::Q6K => "Q6_K x Q8_K",
+        }
+    }
+
+    /// Values of one weight (and activation) block.
+    pub fn block_len(self) -> usize {
+        match self {
+            Format::Q4K | Format::Q5K | Format::Q6K => q8_k::BLOCK_LEN,
+            _ => q8_0::BLOCK_LEN,
         }
     }
 
     /// Bytes of one weight block.
-    fn weight_bytes(self) -> usize {
+    pub fn weight_bytes(self) -> usize {
         match self {
             Format::Q4_0 => q4_0::BLOCK_BYTES,
             Format::Q4_1 => q4_1::BLOCK_BYTES,
             Format::Q8_0 => q8_0::BLOCK_BYTES,
+            Format::Q5_0 => q5_0::BLOCK_BYTES,
+            Format::Q5_1 => q5_1::BLOCK_BYTES,
+            Format::Q4K => q4_k::BLOCK_BYTES,
+            Format::Q5K => q5_k::BLOCK_BYTES,
+            Format::Q6K => q6_k::BLOCK_BYTES,
         }
     }
 
     /// Bytes of one activation block.
-    fn act_bytes(self) -> usize {
-        match self {
-            Format::Q4_0 | Format::Q8_0 => q8_0::BLOCK_BYTES,
-            Format::Q4_1 => q8_1::BLOCK_BYTES,
-        }
+    pub fn act_bytes(self) -> usize {
+        self.act_blocks().block_bytes()
     }
 
     /// The activation block format.
-    fn act_blocks(self) -> ActBlocks {
+    pub fn act_blocks(self) -> ActBlocks {
         match self {
-            Format::Q4_0 | Format::Q8_0 => ActBlocks::Q8_0,
-            Format::Q4_1 => ActBlocks::Q8_1,
+            Format::Q4_0 | Format::Q8_0 | Format::Q5_0 => ActBlocks::Q8_0,
+            Format::Q4_1 | Format::Q5_1 => ActBlocks::Q8_1,
+            Format::Q4K | Format::Q5K | Format::Q6K => ActBlocks::Q8_K,
+        }
+    }
+
+    /// The row quantizer of the activation format (`kiln_ir::quant`).
+    pub fn quantize_acts(self) -> fn(&[f32], &mut [u8]) {
+        match self.act_blocks() {
+            ActBlocks::Q8_0 => q8_0::quantize_row,
+            ActBlocks::Q8_1 => q8_1::quantize_row,
+            ActBlocks::Q8_K => q8_k::quantize_row,
         }
     }
 
     /// The scalar twin in kiln_ir.
-    fn scalar_dot(self) -> fn(&[u8], &[u8]) -> f32 {
+    pub fn scalar_dot(self) -> fn(&[u8], &[u8]) -> f32 {
         match self {
             Format::Q4_0 => kiln_ir::quant::vec_dot_q4_0_q8_0,
             Format::Q4_1 => kiln_ir::quant::vec_dot_q4_1_q8_1,
             Format::Q8_0 => kiln_ir::quant::vec_dot_q8_0_q8_0,
+            Format::Q5_0 => kiln_ir::quant::vec_dot_q5_0_q8_0,
+            Format::Q5_1 => kiln_ir::quant::vec_dot_q5_1_q8_1,
+            Format::Q4K => kiln_ir::quant::vec_dot_q4_k_q8_k,
+            Format::Q5K => kiln_ir::quant::vec_dot_q5_k_q8_k,
+            Format::Q6K => kiln_ir::quant::vec_dot_q6_k_q8_k,
         }
     }
 }
@@ -407,7 +482,10 @@ fn run_with(kernels: &Kernels, job: Job<'_>) {
     unsafe { (kernels.run)(&mut job) }
 }
 
-fn vec_dot(format: Format, row: &[u8], act: &[u8]) -> f32 {
+/// Dot product of one weight row in `format` with one activation row of as many blocks
+/// in its activation format (SIMD twin of the format's `kiln_ir::quant::vec_dot_*`).
+/// Precondition as for [`vec_dot_q4_0_q8_0`].
+pub fn vec_dot(format: Format, row: &[u8], act: &[u8]) -> f32 {
     vec_dot_with(kernels(), format, row, act)
 }
 
@@ -442,7 +520,9 @@ fn vec_dot_with(kernels: &Kernels, format: Format, row: &[u8], act: &[u8]) -> f3
     out[0]
 }
 
-fn dot_rows(
+/// [`dot_rows_q4_0_q8_0`] for any format: `n_rows` rows of `format` against one
+/// activation row. Panics as [`dot_rows_q4_0_q8_0`] does.
+pub fn dot_rows(
     format: Format,
     rows: &[u8],
     row_bytes: usize,
@@ -451,6 +531,38 @@ fn dot_rows(
     out: &mut [f32],
 ) {
     dot_rows_with(kernels(), format, rows, row_bytes, n_rows, act, out);
+}
+
+/// [`dot_rows_tokens_q4_0_q8_0`] for any format: `n_rows` rows of `format` against
+/// `n_tokens` activation rows in its activation format. `staged` (the K-quants ignore it:
+/// their Q8_K blocks are read in place) and the panics as there.
+#[allow(clippy::too_many_arguments)] // see dot_rows_tokens_q4_0_q8_0
+pub fn dot_rows_tokens(
+    format: Format,
+    rows: &[u8],
+    row_bytes: usize,
+    n_rows: usize,
+    acts: &[u8],
+    act_row_bytes: usize,
+    n_tokens: usize,
+    staged: Option<&Staged>,
+    out: &mut [f32],
+    out_stride: usize,
+) {
+    let job = Job {
+        format,
+        rows,
+        row_bytes,
+        n_rows,
+        acts,
+        act_stride: act_row_bytes,
+        n_tokens,
+        blocks: 0,
+        staged,
+        out,
+        out_stride,
+    };
+    run_with(kernels(), job);
 }
 
 fn dot_rows_with(

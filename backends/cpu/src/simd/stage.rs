@@ -40,11 +40,15 @@ pub(super) const WIDE_UNIT: usize = W_S_AT + 4 * WIDE;
 
 /// The 8-bit activation block formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(non_camel_case_types)] // ggml's names
 pub enum ActBlocks {
     /// d (f16), 32 quants.
     Q8_0,
     /// d, s (f16 each), 32 quants.
     Q8_1,
+    /// d (f32), 256 quants, 16 block sums: read in place by the K-quant tiles, so
+    /// nothing is staged (a [`Staged`] of Q8_K holds no bytes and has no tasks).
+    Q8_K,
 }
 
 impl ActBlocks {
@@ -52,7 +56,13 @@ impl ActBlocks {
         match self {
             ActBlocks::Q8_0 => kiln_ir::quant::q8_0::BLOCK_BYTES,
             ActBlocks::Q8_1 => kiln_ir::quant::q8_1::BLOCK_BYTES,
+            ActBlocks::Q8_K => kiln_ir::quant::q8_k::BLOCK_BYTES,
         }
+    }
+
+    /// Whether blocks of this format are staged (Q8_0, Q8_1) or read in place (Q8_K).
+    pub fn is_staged(self) -> bool {
+        self != ActBlocks::Q8_K
     }
 }
 
@@ -93,10 +103,16 @@ impl Staged {
     pub const TASK_TOKENS: usize = WIDE;
 
     fn groups_len(&self) -> usize {
+        if !self.format.is_staged() {
+            return 0;
+        }
         self.n_tokens.div_ceil(GROUP) * self.blocks * UNIT
     }
 
     fn len(&self) -> usize {
+        if !self.format.is_staged() {
+            return 0;
+        }
         self.groups_len() + self.n_tokens / WIDE * self.blocks * WIDE_UNIT
     }
 
@@ -105,8 +121,12 @@ impl Staged {
         self.groups_len()
     }
 
-    /// The staging tasks, each to run with [`Self::stage_task`] (in parallel if wanted).
+    /// The staging tasks, each to run with [`Self::stage_task`] (in parallel if wanted);
+    /// none for Q8_K.
     pub fn tasks(&mut self) -> Vec<StageTask<'_>> {
+        if !self.format.is_staged() {
+            return Vec::new();
+        }
         let (n_tokens, blocks) = (self.n_tokens, self.blocks);
         let (mut groups, mut wide) = self
             .bytes
@@ -137,6 +157,10 @@ impl Staged {
     /// Stages one task: `rows` starts with its `n` tokens' activation rows (`row_bytes`
     /// apart, `blocks` blocks each).
     pub fn stage_task(format: ActBlocks, rows: &[u8], row_bytes: usize, task: &mut StageTask<'_>) {
+        if !format.is_staged() {
+            // Q8_K blocks are read in place (and `tasks` makes no task for them).
+            return;
+        }
         let act_bytes = format.block_bytes();
         let unit_blocks = task.groups.len() / UNIT / task.n.div_ceil(GROUP);
         for i in 0..task.n {
@@ -150,6 +174,7 @@ impl Staged {
                         let sum: i32 = block[2..34].iter().map(|&q| i32::from(q as i8)).sum();
                         (&block[2..34], d * sum as f32)
                     }
+                    ActBlocks::Q8_K => unreachable!("returned above"),
                 };
                 let unit = &mut task.groups[(group * unit_blocks + b) * UNIT..][..UNIT];
                 unit[32 * lane..][..32].copy_from_slice(quants);

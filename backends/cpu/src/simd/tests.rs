@@ -4,15 +4,25 @@
 use std::time::Instant;
 
 use half::f16;
-use kiln_ir::quant::{q4_0, q4_1, q8_0, q8_1};
 use proptest::prelude::*;
 
 use super::*;
 
-const FORMATS: [Format; 3] = [Format::Q4_0, Format::Q4_1, Format::Q8_0];
+mod rows;
+use rows::{Kind, Rng, act_row, magnitude, weight_row};
 
-/// Row lengths in blocks; 18 and 48 are the reference model's widths (576, 1536).
-const LENGTHS: [usize; 6] = [1, 2, 3, 5, 18, 48];
+const FORMATS: [Format; 8] = Format::ALL;
+
+/// Row lengths in blocks: for the 32-value formats, 18 and 48 are the reference
+/// model's widths (576, 1536); for the K-quants, 5 and 8 are 1280 and 2048 values
+/// (Gemma 3 270M's FFN is 2048 wide).
+fn lengths(format: Format) -> &'static [usize] {
+    if format.block_len() == 256 {
+        &[1, 2, 3, 5, 8]
+    } else {
+        &[1, 2, 3, 5, 18, 48]
+    }
+}
 
 /// The paths to check: what dispatch picked, the scalar one, and AVX2 and AVX-VNNI where
 /// this CPU has them.
@@ -28,142 +38,6 @@ fn paths() -> Vec<&'static Kernels> {
         .into_iter()
         .flatten()
         .collect()
-}
-
-/// splitmix64: a small deterministic generator for the table-driven tests.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    /// Uniform in [-1, 1).
-    fn unit(&mut self) -> f32 {
-        (self.next() >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
-
-/// How a test row is made.
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    /// Random f32 values (never all zero) through kiln_ir's quantizer.
-    Quantized,
-    /// Any byte for every quant (weights: -128 included; Q8 activations: -127..=127)
-    /// and random finite scales, subnormal ones included.
-    Raw,
-}
-
-/// A weight row of `blocks` blocks.
-fn weight_row(format: Format, blocks: usize, kind: Kind, rng: &mut Rng) -> Vec<u8> {
-    let n = blocks * 32;
-    match kind {
-        Kind::Quantized => {
-            let scale = [0.01f32, 1.0, 30.0][(rng.next() % 3) as usize];
-            let x: Vec<f32> = (0..n).map(|_| rng.unit() * scale + 1e-3).collect();
-            let mut row = vec![0u8; blocks * format.weight_bytes()];
-            match format {
-                Format::Q4_0 => q4_0::quantize_row(&x, &mut row),
-                Format::Q4_1 => q4_1::quantize_row(&x, &mut row),
-                Format::Q8_0 => q8_0::quantize_row(&x, &mut row),
-            }
-            row
-        }
-        Kind::Raw => {
-            let mut row = rng.bytes(blocks * format.weight_bytes());
-            let header = if format == Format::Q4_1 { 2 } else { 1 };
-            for block in row.chunks_mut(format.weight_bytes()) {
-                for k in 0..header {
-                    block[2 * k..2 * k + 2].copy_from_slice(&random_f16(rng));
-                }
-            }
-            row
-        }
-    }
-}
-
-/// An activation row of `blocks` blocks for `format`'s weights.
-fn act_row(format: Format, blocks: usize, kind: Kind, rng: &mut Rng) -> Vec<u8> {
-    let n = blocks * 32;
-    match kind {
-        Kind::Quantized => {
-            let x: Vec<f32> = (0..n).map(|_| rng.unit() * 4.0 + 1e-3).collect();
-            let mut act = vec![0u8; blocks * format.act_bytes()];
-            match format {
-                Format::Q4_0 | Format::Q8_0 => q8_0::quantize_row(&x, &mut act),
-                Format::Q4_1 => q8_1::quantize_row(&x, &mut act),
-            }
-            act
-        }
-        Kind::Raw => {
-            let mut act = rng.bytes(blocks * format.act_bytes());
-            let header = if format == Format::Q4_1 { 2 } else { 1 };
-            for block in act.chunks_mut(format.act_bytes()) {
-                for k in 0..header {
-                    block[2 * k..2 * k + 2].copy_from_slice(&random_f16(rng));
-                }
-                for q in &mut block[2 * header..] {
-                    // The documented precondition for Q8_0 weights; the nibble formats
-                    // take -128 too.
-                    if format == Format::Q8_0 && *q == 0x80 {
-                        *q = 0x81;
-                    }
-                }
-            }
-            act
-        }
-    }
-}
-
-/// A finite, non-zero f16 (as bytes) from about 2^-20 to 2^6, either sign.
-fn random_f16(rng: &mut Rng) -> [u8; 2] {
-    let v = rng.unit().abs().max(1e-3) * 2f32.powi((rng.next() % 27) as i32 - 20);
-    let v = if rng.next().is_multiple_of(2) { v } else { -v };
-    f16::from_f32(v).to_le_bytes()
-}
-
-/// The sum of |every product| of a row pair, in f64: the scale of the rounding error.
-fn magnitude(format: Format, row: &[u8], act: &[u8]) -> f64 {
-    let f = |b: &[u8], at: usize| f64::from(f16::from_le_bytes([b[at], b[at + 1]]).to_f32());
-    let mut sum = 0.0;
-    for (x, y) in row
-        .chunks_exact(format.weight_bytes())
-        .zip(act.chunks_exact(format.act_bytes()))
-    {
-        let (w, yq): (Vec<f64>, &[u8]) = match format {
-            Format::Q4_0 => (nibble_values(&x[2..], -8.0), &y[2..]),
-            Format::Q4_1 => (nibble_values(&x[4..], 0.0), &y[4..]),
-            Format::Q8_0 => (
-                x[2..].iter().map(|&q| f64::from(q as i8)).collect(),
-                &y[2..],
-            ),
-        };
-        let dots: f64 = w
-            .iter()
-            .zip(yq)
-            .map(|(&w, &q)| (w * f64::from(q as i8)).abs())
-            .sum();
-        sum += dots * (f(x, 0) * f(y, 0)).abs();
-        if format == Format::Q4_1 {
-            sum += (f(x, 2) * f(y, 2)).abs();
-        }
-    }
-    sum
-}
-
-/// The 32 quants of 16 nibble bytes, in element order, plus `offset`.
-fn nibble_values(qs: &[u8], offset: f64) -> Vec<f64> {
-    let lo = qs.iter().map(|&q| f64::from(q & 0x0F));
-    let hi = qs.iter().map(|&q| f64::from(q >> 4));
-    lo.chain(hi).map(|q| q + offset).collect()
 }
 
 /// Asserts `got` is within 1e-4 of the terms' magnitude of the scalar twin's result.
@@ -296,7 +170,7 @@ fn check_rows_tokens(format: Format, blocks: usize, n_rows: usize, n_tokens: usi
 fn vec_dot_matches_scalar_twin() {
     let mut rng = Rng(1);
     for format in FORMATS {
-        for blocks in LENGTHS {
+        for &blocks in lengths(format) {
             for kind in [Kind::Quantized, Kind::Raw] {
                 for _ in 0..20 {
                     let row = weight_row(format, blocks, kind, &mut rng);
@@ -305,12 +179,14 @@ fn vec_dot_matches_scalar_twin() {
                         let got = vec_dot_with(kernels, format, &row, &act);
                         assert_close(format, &row, &act, got, kernels.isa);
                     }
-                    let public = match format {
+                    assert_close(format, &row, &act, vec_dot(format, &row, &act), "public");
+                    let named = match format {
                         Format::Q4_0 => vec_dot_q4_0_q8_0(&row, &act),
                         Format::Q4_1 => vec_dot_q4_1_q8_1(&row, &act),
                         Format::Q8_0 => vec_dot_q8_0_q8_0(&row, &act),
+                        _ => continue,
                     };
-                    assert_close(format, &row, &act, public, "public");
+                    assert_close(format, &row, &act, named, "named");
                 }
             }
         }
@@ -321,7 +197,7 @@ fn vec_dot_matches_scalar_twin() {
 fn dot_rows_matches_twin_and_writes_exactly_n_rows() {
     let mut rng = Rng(2);
     for format in FORMATS {
-        for blocks in LENGTHS {
+        for &blocks in lengths(format) {
             // 0..=9 rows covers whole tiles of 4 and every remainder.
             for n_rows in 0..=9 {
                 let row_bytes = blocks * format.weight_bytes();
@@ -346,12 +222,17 @@ fn dot_rows_matches_twin_and_writes_exactly_n_rows() {
                     check(&out, kernels.isa);
                 }
                 let mut out = vec![f32::NAN; n_rows + 2];
-                match format {
-                    Format::Q4_0 => dot_rows_q4_0_q8_0(&rows, row_bytes, n_rows, &act, &mut out),
-                    Format::Q4_1 => dot_rows_q4_1_q8_1(&rows, row_bytes, n_rows, &act, &mut out),
-                    Format::Q8_0 => dot_rows_q8_0_q8_0(&rows, row_bytes, n_rows, &act, &mut out),
-                }
+                dot_rows(format, &rows, row_bytes, n_rows, &act, &mut out);
                 check(&out, "public");
+                let named = match format {
+                    Format::Q4_0 => dot_rows_q4_0_q8_0,
+                    Format::Q4_1 => dot_rows_q4_1_q8_1,
+                    Format::Q8_0 => dot_rows_q8_0_q8_0,
+                    _ => continue,
+                };
+                let mut out = vec![f32::NAN; n_rows + 2];
+                named(&rows, row_bytes, n_rows, &act, &mut out);
+                check(&out, "named");
             }
         }
     }
@@ -360,22 +241,29 @@ fn dot_rows_matches_twin_and_writes_exactly_n_rows() {
 #[test]
 fn dot_rows_tokens_matches_twin_on_every_tile_shape() {
     for format in FORMATS {
-        for blocks in [1, 3, 18] {
+        let (lengths, raw): (&[usize], usize) = if format.block_len() == 256 {
+            (&[1, 2, 3], 8)
+        } else {
+            (&[1, 3, 18], 48)
+        };
+        for &blocks in lengths {
             for n_tokens in (1..=9).chain([16, 17, 23]) {
                 for n_rows in [1, 2, 3, 4, 5, 7, 9] {
                     check_rows_tokens(format, blocks, n_rows, n_tokens, Kind::Quantized);
                 }
             }
         }
-        check_rows_tokens(format, 48, 6, 5, Kind::Raw);
+        check_rows_tokens(format, raw, 6, 5, Kind::Raw);
+        check_rows_tokens(format, raw, 9, 13, Kind::Raw);
     }
 }
 
 #[test]
 fn public_dot_rows_tokens_agree_with_dot_rows() {
     let mut rng = Rng(3);
-    let (blocks, n_rows, n_tokens) = (18, 6, 5);
+    let (n_rows, n_tokens) = (6, 5);
     for format in FORMATS {
+        let blocks = if format.block_len() == 256 { 3 } else { 18 };
         let row_bytes = blocks * format.weight_bytes();
         let act_bytes = blocks * format.act_bytes();
         let rows: Vec<u8> = (0..n_rows)
@@ -384,19 +272,66 @@ fn public_dot_rows_tokens_agree_with_dot_rows() {
         let acts: Vec<u8> = (0..n_tokens)
             .flat_map(|_| act_row(format, blocks, Kind::Quantized, &mut rng))
             .collect();
+        let check = |out: &[f32], what: &str| {
+            for (t, act) in acts.chunks(act_bytes).enumerate() {
+                for (r, row) in rows.chunks(row_bytes).enumerate() {
+                    assert_close(format, row, act, out[t * n_rows + r], what);
+                }
+            }
+        };
         let mut out = vec![f32::NAN; n_tokens * n_rows];
-        let f = match format {
+        dot_rows_tokens(
+            format, &rows, row_bytes, n_rows, &acts, act_bytes, n_tokens, None, &mut out, n_rows,
+        );
+        check(&out, "public");
+        let named = match format {
             Format::Q4_0 => dot_rows_tokens_q4_0_q8_0,
             Format::Q4_1 => dot_rows_tokens_q4_1_q8_1,
             Format::Q8_0 => dot_rows_tokens_q8_0_q8_0,
+            _ => continue,
         };
-        f(
+        let mut out = vec![f32::NAN; n_tokens * n_rows];
+        named(
             &rows, row_bytes, n_rows, &acts, act_bytes, n_tokens, None, &mut out, n_rows,
         );
-        for (t, act) in acts.chunks(act_bytes).enumerate() {
-            for (r, row) in rows.chunks(row_bytes).enumerate() {
-                assert_close(format, row, act, out[t * n_rows + r], "public");
+        check(&out, "named");
+    }
+}
+
+/// Sets every block scale of a row pair to 1 (and Q4_1/Q5_1 minimums and sums to -2 and
+/// 3, K-quant minimum scales to 1); K-quant sub-block scales are kept small so that
+/// every result stays an integer below 2^24.
+fn set_unit_scales(format: Format, row: &mut [u8], act: &mut [u8], rng: &mut Rng) {
+    let one = f16::from_f32(1.0).to_le_bytes();
+    for block in row.chunks_mut(format.weight_bytes()) {
+        match format {
+            Format::Q6K => {
+                block[208..210].copy_from_slice(&one);
+                for s in &mut block[192..208] {
+                    *s = ((rng.next() % 7) as i8 - 3) as u8;
+                }
             }
+            Format::Q4K | Format::Q5K => {
+                block[..2].copy_from_slice(&one);
+                block[2..4].copy_from_slice(&one);
+                for s in &mut block[4..16] {
+                    *s &= 0x33; // scales and minimums of at most 3 · 16 + 3
+                }
+            }
+            _ => block[..2].copy_from_slice(&one),
+        }
+        if matches!(format, Format::Q4_1 | Format::Q5_1) {
+            block[2..4].copy_from_slice(&f16::from_f32(-2.0).to_le_bytes());
+        }
+    }
+    for block in act.chunks_mut(format.act_bytes()) {
+        match format.act_blocks() {
+            ActBlocks::Q8_K => block[..4].copy_from_slice(&1.0f32.to_le_bytes()),
+            ActBlocks::Q8_1 => {
+                block[..2].copy_from_slice(&one);
+                block[2..4].copy_from_slice(&f16::from_f32(3.0).to_le_bytes());
+            }
+            ActBlocks::Q8_0 => block[..2].copy_from_slice(&one),
         }
     }
 }
@@ -406,25 +341,11 @@ fn public_dot_rows_tokens_agree_with_dot_rows() {
 #[test]
 fn unit_scales_give_exact_integer_results() {
     let mut rng = Rng(4);
-    let one = f16::from_f32(1.0).to_le_bytes();
     for format in FORMATS {
-        let blocks = 48;
+        let blocks = if format.block_len() == 256 { 2 } else { 48 };
         let mut row = weight_row(format, blocks, Kind::Raw, &mut rng);
         let mut act = act_row(format, blocks, Kind::Raw, &mut rng);
-        for block in row.chunks_mut(format.weight_bytes()) {
-            block[..2].copy_from_slice(&one);
-        }
-        for block in act.chunks_mut(format.act_bytes()) {
-            block[..2].copy_from_slice(&one);
-        }
-        if format == Format::Q4_1 {
-            for block in row.chunks_mut(format.weight_bytes()) {
-                block[2..4].copy_from_slice(&f16::from_f32(-2.0).to_le_bytes());
-            }
-            for block in act.chunks_mut(format.act_bytes()) {
-                block[2..4].copy_from_slice(&f16::from_f32(3.0).to_le_bytes());
-            }
-        }
+        set_unit_scales(format, &mut row, &mut act, &mut rng);
         if format == Format::Q8_0 {
             row[2] = 0x80; // -128 against a positive and a negative activation
             row[3] = 0x80;
@@ -432,11 +353,13 @@ fn unit_scales_give_exact_integer_results() {
             act[3] = (-100i8) as u8;
         }
         let want = format.scalar_dot()(&row, &act);
+        assert_eq!(want, want.round(), "{}: an integer", format.name());
         for kernels in paths() {
             assert_eq!(
                 vec_dot_with(kernels, format, &row, &act),
                 want,
-                "{}",
+                "{} {}",
+                format.name(),
                 kernels.isa
             );
         }
@@ -458,7 +381,7 @@ fn empty_rows_and_calls_write_nothing_wrong() {
                 &[],
                 format.weight_bytes(),
                 0,
-                &[0; 64][..format.act_bytes()],
+                &vec![0; format.act_bytes()],
                 &mut out,
             );
             assert!(out.iter().all(|v| v.is_nan()), "no rows, no writes");
@@ -505,7 +428,7 @@ fn dispatch_picks_the_widest_isa_available() {
 }
 
 fn format_strategy() -> impl Strategy<Value = Format> {
-    prop_oneof![Just(Format::Q4_0), Just(Format::Q4_1), Just(Format::Q8_0)]
+    (0..Format::ALL.len()).prop_map(|i| Format::ALL[i])
 }
 
 proptest! {
@@ -519,6 +442,8 @@ proptest! {
         seed in any::<u64>(),
     ) {
         let kind = if raw { Kind::Raw } else { Kind::Quantized };
+        // K-quant super-blocks hold 8 blocks' values: 1..=6 of them.
+        let blocks = if format.block_len() == 256 { blocks.div_ceil(8) } else { blocks };
         let mut rng = Rng(seed);
         let row_bytes = blocks * format.weight_bytes();
         let act_bytes = blocks * format.act_bytes();
@@ -552,9 +477,20 @@ proptest! {
 #[ignore]
 fn timing() {
     println!("isa: {}", active_isa());
-    for (n_rows, width) in [(576, 1536), (1536, 576)] {
-        let blocks = width / 32;
+    // SmolLM2-135M's FFN; Gemma 3 270M's FFN up (Q5_0 there: 640 is not whole
+    // super-blocks), FFN down and attention output (Q4_K / Q6_K there).
+    for (n_rows, width) in [
+        (576, 1536),
+        (1536, 576),
+        (2048, 640),
+        (640, 2048),
+        (640, 1024),
+    ] {
         for format in FORMATS {
+            if width % format.block_len() != 0 {
+                continue;
+            }
+            let blocks = width / format.block_len();
             let mut rng = Rng(5);
             let row_bytes = blocks * format.weight_bytes();
             let act_bytes = blocks * format.act_bytes();
