@@ -88,6 +88,10 @@ pub trait WeightSource {
     fn weight(&self, name: &str) -> Option<SharedBytes>;
 }
 
+/// A block-table entry for a page the sequence no longer holds: a sliding-window group's
+/// page behind every query's window. Kernels never read it.
+pub const NO_PAGE: u32 = u32::MAX;
+
 /// Everything one step needs beyond the plan: the batch's tokens, where each belongs,
 /// and the KV pages of each sequence. Several sequences of different lengths may share
 /// a step (batched decode, chunked prefill).
@@ -99,7 +103,11 @@ pub struct Step<'a> {
     pub positions: &'a [u32],
     /// (tokens) index into `block_tables` of each token's sequence.
     pub token_seq: &'a [u32],
-    /// (seqs) pages of each sequence, covering every position up to this step's last.
+    /// (groups × seqs) pages of each sequence in each KV group, group-major: the table of
+    /// sequence s in group g is `block_tables[g * n_seqs + s]`, with `n_groups` from the
+    /// [`KvLayout`] (1 for most models, where this is one table per sequence). Entry i
+    /// holds positions i·kv_page_size.. and every position up to this step's last is
+    /// covered; a window group's entries behind every query's window may be [`NO_PAGE`].
     pub block_tables: &'a [&'a [u32]],
     /// (outputs) indices of the tokens whose logits are wanted.
     pub output_rows: &'a [u32],

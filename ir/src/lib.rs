@@ -5,10 +5,12 @@
 //! - [`op`], [`graph`], [`verify`]: a closed set of ops, the graph, the verifier.
 //! - [`passes`]: fusion passes, each small and separately tested.
 //! - [`plan`], [`planner`]: lowering to ordered launches and the activation arena.
+//! - [`kv_layout`], [`kv_groups`]: the bytes of a KV page, and which layers share pages.
 
 pub mod backend;
 pub mod dtype;
 pub mod graph;
+pub mod kv_groups;
 pub mod kv_layout;
 pub mod op;
 pub mod passes;
@@ -19,7 +21,7 @@ pub mod verify;
 
 pub use dtype::DType;
 pub use graph::{Graph, Rows, ValueId, ValueType};
-pub use op::{AttentionParams, Op, RopeParams, WeightId};
+pub use op::{AttentionParams, Op, RopeMode, RopeParams, WeightId};
 pub use plan::{Launch, Plan, lower};
 pub use quant::QuantError;
 pub use verify::{IrError, verify};
