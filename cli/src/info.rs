@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use kiln_engine::Error;
 use kiln_engine::gguf::{Gguf, Value};
-use kiln_engine::model::LlamaConfig;
+use kiln_engine::model::ModelConfig;
 use serde_json::json;
 
 use crate::common::print_json;
@@ -23,7 +23,7 @@ pub struct Args {
 
 pub fn main(args: Args) -> Result<(), Error> {
     let gguf = Gguf::open(&args.model)?;
-    let config = LlamaConfig::from_gguf(&gguf).ok();
+    let config = ModelConfig::from_gguf(&gguf).ok();
     let mut type_counts: BTreeMap<String, usize> = BTreeMap::new();
     for t in gguf.tensors() {
         *type_counts.entry(t.dtype.to_string()).or_default() += 1;
@@ -53,6 +53,7 @@ pub fn main(args: Args) -> Result<(), Error> {
                 "n_kv_heads": c.n_kv_heads, "head_dim": c.head_dim, "n_ff": c.n_ff,
                 "vocab_size": c.vocab_size, "context_length": c.context_length,
                 "rope_theta": c.rope_theta, "rms_norm_eps": c.rms_norm_eps,
+                "sliding_window": c.sliding_window(),
             })),
             "metadata": metadata,
             "tensors": tensors,
