@@ -5,20 +5,19 @@ use std::path::PathBuf;
 
 use kiln_engine::Error;
 use kiln_engine::compiled::{CompileOptions, Compiled};
-use kiln_engine::kv::KvDtype;
+
 use kiln_tools::bench::{self, KernelTimes, TestResult};
 use serde_json::json;
 
-use crate::common::{
-    BackendArg, KvArg, backend_help, load_model, memory_json, open_backend, parse_backend,
-    parse_bytes, print_json,
-};
+use crate::args::DeviceArgs;
+use crate::common::{kv_dtype, load_model, memory_json, open_backend, print_json};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// GGUF model file
     #[arg(short, long)]
     model: PathBuf,
-    /// Prompt sizes for prefill tests (comma-separated; 0 for none).
+    /// Prompt sizes of the prefill tests, comma-separated (0: no prefill test)
     #[arg(
         short = 'p',
         long = "n-prompt",
@@ -26,7 +25,7 @@ pub struct Args {
         default_value = "512"
     )]
     n_prompt: Vec<usize>,
-    /// Generated tokens for decode tests (comma-separated; 0 for none).
+    /// Generated tokens of the decode tests, comma-separated (0: no decode test)
     #[arg(
         short = 'n',
         long = "n-gen",
@@ -34,7 +33,7 @@ pub struct Args {
         default_value = "128"
     )]
     n_gen: Vec<usize>,
-    /// Sequences decoded together (comma-separated).
+    /// Sequences decoded together, comma-separated (one decode test each)
     #[arg(
         short = 'b',
         long = "batch",
@@ -42,31 +41,23 @@ pub struct Args {
         default_value = "1"
     )]
     batch: Vec<usize>,
-    /// Repetitions of each test (after one warm-up).
+    /// Repetitions of each test, after one warm-up
     #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
     reps: usize,
-    #[arg(long, value_parser = parse_backend, help = backend_help())]
-    backend: Option<BackendArg>,
-    #[arg(long, value_enum)]
-    kv: Option<KvArg>,
-    /// Bytes the engine may allocate in all (arena, KV pool, buffers; K/M/G suffixes).
-    #[arg(long, value_parser = parse_bytes)]
-    mem_budget: Option<usize>,
-    /// Also print the per-kernel table of a decode step.
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Also print the per-kernel table of a decode step, against the machine's ceilings
     #[arg(long)]
     kernels: bool,
+    /// Print one JSON object as the last line of stdout
     #[arg(long)]
     json: bool,
 }
 
 pub fn main(args: Args) -> Result<(), Error> {
     let model = load_model(&args.model)?;
-    let device = open_backend(args.backend, "bench runs compiled backends, not ref")?;
-    let kv = if args.kv == Some(KvArg::F16) {
-        KvDtype::F16
-    } else {
-        KvDtype::F8E4M3
-    };
+    let device = open_backend(args.device.backend, "bench runs compiled backends, not ref")?;
+    let kv = kv_dtype(args.device.kv);
     let max_prompt = args.n_prompt.iter().copied().max().unwrap_or(0);
     let max_gen = args.n_gen.iter().copied().max().unwrap_or(0);
     let max_batch = args.batch.iter().copied().max().unwrap_or(1).max(1);
@@ -76,7 +67,8 @@ pub fn main(args: Args) -> Result<(), Error> {
     options.max_seqs = max_batch;
     options.max_step_tokens = max_prompt.clamp(max_batch, 512);
     options.max_step_outputs = max_batch;
-    options.mem_budget_bytes = args.mem_budget;
+    options.mem_budget_bytes = args.device.mem_budget;
+    options.kv_budget_bytes = args.device.kv_budget;
     let mut compiled = Compiled::new(&model, device, options)?;
     let backend = compiled.backend().name();
 

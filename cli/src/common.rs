@@ -5,7 +5,6 @@ use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use clap::ValueEnum;
 use kiln_engine::Error;
 use kiln_engine::compiled::{CompileOptions, Compiled};
 use kiln_engine::kv::KvDtype;
@@ -14,6 +13,8 @@ use kiln_engine::model::Model;
 use kiln_engine::reference::Reference;
 use kiln_engine::runner::Runner;
 
+use crate::args::{DeviceArgs, KvArg};
+
 /// `--backend NAME`: a backend this build carries (from the registry), or `ref`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendArg {
@@ -21,13 +22,6 @@ pub enum BackendArg {
     Ref,
     /// A backend of the registry that this build carries.
     Compiled(&'static str),
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum KvArg {
-    /// FP8 E4M3 with a scale per (token, KV head).
-    Fp8,
-    F16,
 }
 
 /// Parses `--backend`: the names this build has, or an error saying how to build another.
@@ -78,8 +72,9 @@ pub fn open_backend(
     })
 }
 
+/// Load a model, with a spinner on a terminal when it takes more than a second.
 pub fn load_model(path: &Path) -> Result<Model, Error> {
-    Model::load(path)
+    crate::progress::while_slow(&format!("loading {}", path.display()), || Model::load(path))
 }
 
 /// When `main` started (the first call fixes it; `main` calls this first thing).
@@ -117,24 +112,41 @@ pub fn memory_json(memory: Option<&MemoryPlan>) -> serde_json::Value {
     })
 }
 
+/// The KV storage `--kv` asks for (FP8 by default).
+pub fn kv_dtype(kv: Option<KvArg>) -> KvDtype {
+    match kv {
+        Some(KvArg::F16) => KvDtype::F16,
+        Some(KvArg::Fp8) | None => KvDtype::F8E4M3,
+    }
+}
+
+/// The context a command runs with: `-c`, else the model's trained length. A context
+/// longer than the model was trained for is allowed, with one warning (as llama.cpp does).
+pub fn context_size(model: &Model, ctx_size: Option<usize>) -> Result<usize, Error> {
+    let trained = model.config.context_length;
+    let n_ctx = ctx_size.unwrap_or(trained);
+    if n_ctx == 0 {
+        return Err(Error::Invalid("the context size must be at least 1".into()));
+    }
+    if n_ctx > trained {
+        eprintln!(
+            "warning: a context of {n_ctx} tokens is longer than the {trained} this model was trained for; output past {trained} may degrade"
+        );
+    }
+    Ok(n_ctx)
+}
+
 /// The runner for a backend choice; `None` picks the best one this build has.
 /// `max_outputs` is the most logits rows one call may want (1 for generation).
 pub fn runner<'m>(
     model: &'m Model,
-    backend: Option<BackendArg>,
-    kv: Option<KvArg>,
-    kv_budget: Option<usize>,
-    mem_budget: Option<usize>,
-    n_ctx: Option<usize>,
+    device: &DeviceArgs,
+    n_ctx: usize,
     max_outputs: usize,
 ) -> Result<Box<dyn Runner + 'm>, Error> {
-    let n_ctx = n_ctx.unwrap_or(model.config.context_length);
-    if n_ctx == 0 {
-        return Err(Error::Invalid("the context size must be at least 1".into()));
-    }
-    let device = match backend {
+    let backend = match device.backend {
         Some(BackendArg::Ref) => {
-            if kv.is_some() || kv_budget.is_some() || mem_budget.is_some() {
+            if device.kv.is_some() || device.kv_budget.is_some() || device.mem_budget.is_some() {
                 eprintln!(
                     "note: the ref backend keeps its KV cache in f32; --kv, --kv-budget and --mem-budget are ignored"
                 );
@@ -148,15 +160,16 @@ pub fn runner<'m>(
         other => open_backend(other, "")?,
     };
     let mut options = CompileOptions::new(n_ctx);
-    options.kv_dtype = match kv {
-        Some(KvArg::F16) => KvDtype::F16,
-        Some(KvArg::Fp8) | None => KvDtype::F8E4M3,
-    };
-    options.kv_budget_bytes = kv_budget;
-    options.mem_budget_bytes = mem_budget;
+    options.kv_dtype = kv_dtype(device.kv);
+    options.kv_budget_bytes = device.kv_budget;
+    options.mem_budget_bytes = device.mem_budget;
     options.max_step_tokens = n_ctx.min(512);
     options.max_step_outputs = max_outputs.clamp(1, options.max_step_tokens);
-    Ok(Box::new(Compiled::new(model, device, options)?))
+    let name = backend.name();
+    let compiled = crate::progress::while_slow(&format!("preparing the model on {name}"), || {
+        Compiled::new(model, backend, options)
+    })?;
+    Ok(Box::new(compiled))
 }
 
 /// Print the final JSON object as the last line of stdout.

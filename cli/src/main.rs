@@ -1,11 +1,14 @@
 //! The `kiln` command line. Every command accepts `--json`: the last line of stdout is
 //! then one JSON object. Errors are one line on stderr and a non-zero exit.
 
+mod args;
 mod bench;
+mod chat;
 mod common;
 mod info;
 mod perplexity;
 mod plan;
+mod progress;
 mod run;
 #[cfg(feature = "serve")]
 mod serve;
@@ -14,10 +17,16 @@ mod tokenize;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 #[derive(Parser, Debug)]
-#[command(name = "kiln", version, about = "A kernel-first LLM inference engine")]
+#[command(
+    name = "kiln",
+    version,
+    about = "A kernel-first LLM inference engine",
+    subcommand_required = true,
+    arg_required_else_help = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -27,6 +36,8 @@ struct Cli {
 enum Command {
     /// Generate text from a prompt, streaming it as it is decoded.
     Run(run::Args),
+    /// Talk with the model in its chat template; the history stays in the KV cache.
+    Chat(chat::Args),
     /// Print the token ids of a text.
     Tokenize(tokenize::Args),
     /// Perplexity of a text file, by llama.cpp's llama-perplexity method.
@@ -63,12 +74,75 @@ fn restore_sigpipe() {
 #[cfg(not(unix))]
 fn restore_sigpipe() {}
 
+/// On a machine without a desktop session, Mesa's Vulkan driver (probed by the GPU
+/// backends when picking the best one) prints `error: XDG_RUNTIME_DIR is invalid or not
+/// set in the environment.` on every start; a private, empty runtime directory keeps
+/// stderr to kiln's own one-line messages.
+#[cfg(unix)]
+fn quiet_vulkan_probe() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    if std::env::var_os("XDG_RUNTIME_DIR").is_some() {
+        return;
+    }
+    let Ok(uid) = std::fs::metadata("/proc/self").map(|m| m.uid()) else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("kiln-xdg-runtime-{uid}"));
+    if std::fs::create_dir_all(&dir).is_err()
+        || std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).is_err()
+    {
+        return;
+    }
+    // SAFETY: `main` calls this first, before any thread exists, so nothing reads the
+    // environment concurrently.
+    unsafe { std::env::set_var("XDG_RUNTIME_DIR", &dir) };
+}
+
+#[cfg(not(unix))]
+fn quiet_vulkan_probe() {}
+
+/// A bad command line is one `error:` line (help and version print as clap prints them).
+fn usage_error(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+        }
+        ErrorKind::InvalidUtf8 => eprintln!(
+            "error: an argument is not valid UTF-8 (a prompt can come from a file: -f FILE)"
+        ),
+        _ => {
+            let text = e.render().to_string();
+            let first = text.lines().next().unwrap_or("bad command line");
+            let first = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("error: {first} (see --help)");
+        }
+    }
+    ExitCode::from(2)
+}
+
+/// The command line, with negative numbers taken as values everywhere (`--temp -1` reaches
+/// the range check and its one-line error instead of "unexpected argument").
+fn parse() -> Result<Cli, clap::Error> {
+    let command = Cli::command().mut_subcommands(|c| c.allow_negative_numbers(true));
+    Cli::from_arg_matches(&command.try_get_matches()?)
+}
+
 fn main() -> ExitCode {
     common::process_start();
     restore_sigpipe();
-    let cli = Cli::parse();
+    quiet_vulkan_probe();
+    let cli = match parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(&e),
+    };
     let result = match cli.command {
         Command::Run(args) => run::main(args),
+        Command::Chat(args) => chat::main(args),
         Command::Tokenize(args) => tokenize::main(args),
         Command::Perplexity(args) => perplexity::main(args),
         Command::Info(args) => info::main(args),

@@ -4,24 +4,27 @@ use std::path::PathBuf;
 
 use kiln_engine::Error;
 use kiln_engine::compiled::{CompileOptions, compile_plan};
-use kiln_engine::kv::KvDtype;
 use serde_json::json;
 
+use crate::args::KvArg;
 use crate::common::{
-    BackendArg, KvArg, backend_help, load_model, open_backend, parse_backend, print_json,
+    BackendArg, backend_help, kv_dtype, load_model, open_backend, parse_backend, print_json,
 };
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// GGUF model file
     #[arg(short, long)]
     model: PathBuf,
     #[arg(long, value_parser = parse_backend, help = backend_help())]
     backend: Option<BackendArg>,
+    /// KV cache storage the plan is made for [default: fp8]
     #[arg(long, value_enum)]
     kv: Option<KvArg>,
-    /// Show the unfused graph's launches (what the fusion passes start from).
+    /// Show the unfused graph's launches (what the fusion passes start from)
     #[arg(long)]
     no_fuse: bool,
+    /// Print one JSON object as the last line of stdout
     #[arg(long)]
     json: bool,
 }
@@ -39,11 +42,7 @@ pub fn main(args: Args) -> Result<(), Error> {
     options.max_step_outputs = 1;
     let plan = compile_plan(&model, backend.as_ref(), &options)?;
     let c = &model.config;
-    let dtype = if args.kv == Some(KvArg::F16) {
-        KvDtype::F16
-    } else {
-        KvDtype::F8E4M3
-    };
+    let dtype = kv_dtype(args.kv);
     let layout = c
         .kv_layout(dtype)
         .map_err(kiln_engine::kv::KvError::from)?;

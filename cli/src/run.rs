@@ -6,120 +6,99 @@ use std::time::Instant;
 
 use kiln_engine::Error;
 use kiln_engine::driver::{GenerateRequest, generate};
-use kiln_engine::sampler::SamplerConfig;
-use kiln_engine::tokenizer::{ChatMessage, render_chat};
+use kiln_engine::sampler::Sampler;
+use kiln_engine::tokenizer::ChatMessage;
 use serde_json::json;
 
-use crate::common::{
-    BackendArg, KvArg, backend_help, load_model, memory_json, ms_since_start, parse_backend,
-    parse_bytes, print_json, runner,
-};
+use crate::args::{DeviceArgs, SamplingArgs, text_input};
+use crate::chat::Chat;
+use crate::common::{context_size, load_model, memory_json, ms_since_start, print_json, runner};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// GGUF model file.
+    /// GGUF model file
     #[arg(short, long)]
     model: PathBuf,
-    /// Prompt text (special tokens such as <|im_start|> are recognised).
+    /// Prompt text; special tokens such as <|im_start|> are recognised
     #[arg(short, long)]
-    prompt: String,
-    /// Wrap the prompt as one user message in the model's chat template.
+    prompt: Option<String>,
+    /// Read the prompt from a file (- for standard input)
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// Wrap the prompt as one user message in the model's chat template; without a
+    /// prompt, start an interactive chat (as `kiln chat`)
     #[arg(long)]
     chat: bool,
-    /// Tokens to generate at most.
+    /// Tokens to generate at most
     #[arg(short = 'n', long = "n-predict", default_value_t = 128)]
     n_predict: usize,
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long = "temp", default_value_t = 0.8)]
-    temperature: f32,
-    #[arg(long, default_value_t = 40)]
-    top_k: usize,
-    #[arg(long, default_value_t = 0.95)]
-    top_p: f32,
-    #[arg(long, default_value_t = 0.05)]
-    min_p: f32,
-    /// RNG seed (default: from the clock).
-    #[arg(long)]
-    seed: Option<u64>,
-    #[arg(long, value_parser = parse_backend, help = backend_help())]
-    backend: Option<BackendArg>,
-    /// KV cache storage of backends with a paged cache.
-    #[arg(long, value_enum)]
-    kv: Option<KvArg>,
-    /// Bytes the KV page pool may take (default: room for the whole context).
-    #[arg(long, value_parser = parse_bytes)]
-    kv_budget: Option<usize>,
-    /// Bytes the engine may allocate in all (arena, KV pool, buffers; K/M/G suffixes):
-    /// the KV pool takes what is left, and a model that cannot fit is refused up front.
-    /// Mapped weights are not counted.
-    #[arg(long, value_parser = parse_bytes)]
-    mem_budget: Option<usize>,
-    /// Context size (default: the model's).
+    /// Context size in tokens [default: the model's]
     #[arg(short = 'c', long = "ctx-size")]
     ctx_size: Option<usize>,
-    /// Generate exactly -n tokens, feeding end-of-generation tokens back like any other.
+    #[command(flatten)]
+    sampling: SamplingArgs,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// Generate exactly -n tokens, feeding end-of-generation tokens back like any other
     #[arg(long)]
     ignore_eos: bool,
-    /// Record the K most likely tokens of every distribution drawn from.
+    /// Record the K most likely tokens of every distribution drawn from (--json shows them)
     #[arg(long, default_value_t = 0)]
     logprobs: usize,
-    /// Print one JSON object as the last line of stdout.
+    /// Do not echo the prompt before the generated text
+    #[arg(long)]
+    no_echo: bool,
+    /// Print one JSON object as the last line of stdout
     #[arg(long)]
     json: bool,
 }
 
 pub fn main(args: Args) -> Result<(), Error> {
     let load_start = Instant::now();
+    // Bad sampling flags fail before anything is loaded or printed.
+    Sampler::new(args.sampling.config())?;
+    let text = text_input(args.prompt.as_deref(), args.file.as_ref())?;
     let model = load_model(&args.model)?;
     let load_ms = load_start.elapsed().as_secs_f64() * 1e3;
+    let n_ctx = context_size(&model, args.ctx_size)?;
+    let Some(text) = text else {
+        if args.chat {
+            let runner = runner(&model, &args.device, n_ctx, 1)?;
+            let mut chat = Chat::new(&model, runner, args.sampling.config(), args.n_predict);
+            return chat.interact().map(|_| ());
+        }
+        return Err(Error::Invalid(
+            "no prompt: give -p TEXT, -f FILE (- for standard input), or --chat for a conversation"
+                .into(),
+        ));
+    };
     let tok = &model.tokenizer;
     let prompt = if args.chat {
-        let messages = [ChatMessage {
-            role: "user".into(),
-            content: args.prompt.clone(),
-        }];
-        render_chat(
-            tok.chat_template(),
-            &messages,
-            true,
-            tok.token_text(tok.bos()),
-            tok.token_text(tok.eos()),
-        )?
+        tok.apply_chat_template(&[ChatMessage::new("user", text.as_str())], true)?
     } else {
-        args.prompt.clone()
+        text.clone()
     };
     let prompt_ids = tok.encode(&prompt, true, true);
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-    });
+    let sampler = args.sampling.config();
+    let seed = sampler.seed;
     let request = GenerateRequest {
         prompt_ids: prompt_ids.clone(),
         max_tokens: args.n_predict,
-        sampler: SamplerConfig {
-            temperature: args.temperature,
-            top_k: args.top_k,
-            top_p: args.top_p,
-            min_p: args.min_p,
-            seed,
-        },
+        sampler,
         ignore_eos: args.ignore_eos,
         logprobs: args.logprobs,
     };
     let compile_start = Instant::now();
-    let mut runner = runner(
-        &model,
-        args.backend,
-        args.kv,
-        args.kv_budget,
-        args.mem_budget,
-        args.ctx_size,
-        1,
-    )?;
+    let mut runner = runner(&model, &args.device, n_ctx, 1)?;
     let compile_ms = compile_start.elapsed().as_secs_f64() * 1e3;
     let backend = runner.name();
     let mut stdout = std::io::stdout().lock();
+    // The prompt first, as llama.cpp's programs print it (the JSON object, with --json,
+    // still comes last).
+    if !args.no_echo && !args.chat {
+        let _ = stdout.write_all(text.as_bytes());
+        let _ = stdout.flush();
+    }
     let mut first_token_at = None;
     let generation = generate(runner.as_mut(), tok, &request, |event| {
         first_token_at.get_or_insert_with(Instant::now);

@@ -6,51 +6,44 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_engine::Error;
-use kiln_engine::kv::KvDtype;
 use kiln_serve::{ServeConfig, Server};
 use serde_json::json;
 
-use crate::common::{
-    BackendArg, KvArg, backend_help, load_model, open_backend, parse_backend, print_json,
-};
+use crate::args::DeviceArgs;
+use crate::common::{BackendArg, kv_dtype, load_model, open_backend, print_json};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// GGUF model file.
+    /// GGUF model file
     #[arg(short, long)]
     model: PathBuf,
-    #[arg(long, value_parser = parse_backend, help = backend_help())]
-    backend: Option<BackendArg>,
+    /// Address to listen on
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
-    /// Port to listen on (0 picks a free one; the address is printed).
+    /// Port to listen on (0 picks a free one; the address is printed)
     #[arg(long, default_value_t = 8080)]
     port: u16,
-    /// Sequences decoded together at most.
-    #[arg(long, default_value_t = 32)]
-    max_seqs: usize,
-    /// Requests that may wait for a place; past max-seqs + max-queue, requests get 429.
-    #[arg(long, default_value_t = 256)]
-    max_queue: usize,
-    /// Bytes the KV page pool may take (default: room for the context × max-seqs, at most 1 GiB).
-    #[arg(long)]
-    kv_budget: Option<usize>,
-    /// KV cache storage.
-    #[arg(long, value_enum)]
-    kv: Option<KvArg>,
-    /// Positions one sequence may hold (default: the model's context length).
-    #[arg(short = 'c', long = "ctx-size")]
-    ctx_size: Option<usize>,
-    /// Tokens one batched step may carry (decode tokens plus chunks of prefill).
-    #[arg(long, default_value_t = 256)]
-    step_tokens: usize,
-    /// The model id clients send (default: the file name without .gguf).
+    /// The model id clients send [default: the file name without .gguf]
     #[arg(long)]
     model_id: Option<String>,
-    /// On SIGINT/SIGTERM, let open requests run this many seconds before ending them.
+    /// Sequences decoded together at most
+    #[arg(long, default_value_t = 32)]
+    max_seqs: usize,
+    /// Requests that may wait for a place; past max-seqs + max-queue, requests get 429
+    #[arg(long, default_value_t = 256)]
+    max_queue: usize,
+    /// Positions one sequence may hold [default: the model's context length]
+    #[arg(short = 'c', long = "ctx-size")]
+    ctx_size: Option<usize>,
+    /// Tokens one batched step may carry (decode tokens plus chunks of prefill)
+    #[arg(long, default_value_t = 256)]
+    step_tokens: usize,
+    #[command(flatten)]
+    device: DeviceArgs,
+    /// On SIGINT/SIGTERM, let open requests run this many seconds before ending them
     #[arg(long, default_value_t = 30.0)]
     drain_secs: f64,
-    /// Print one JSON object with the address and limits once listening.
+    /// Print one JSON object with the address and limits once listening
     #[arg(long)]
     json: bool,
 }
@@ -70,12 +63,12 @@ pub fn main(args: Args) -> Result<(), Error> {
             args.drain_secs
         )));
     }
-    if args.backend == Some(BackendArg::Ref) {
+    if args.device.backend == Some(BackendArg::Ref) {
         return Err(Error::Invalid(
             "the ref backend runs one sequence at a time and cannot serve; use a compiled backend (cpu, ...)".into(),
         ));
     }
-    let backend = args.backend;
+    let backend = args.device.backend;
     let open: kiln_serve::OpenBackend = Arc::new(move || open_backend(backend, ""));
     let config = ServeConfig {
         host: args.host.clone(),
@@ -84,11 +77,9 @@ pub fn main(args: Args) -> Result<(), Error> {
         max_queue: args.max_queue,
         step_tokens: args.step_tokens,
         n_ctx: args.ctx_size,
-        kv_dtype: match args.kv {
-            Some(KvArg::F16) => KvDtype::F16,
-            Some(KvArg::Fp8) | None => KvDtype::F8E4M3,
-        },
-        kv_budget_bytes: args.kv_budget,
+        kv_dtype: kv_dtype(args.device.kv),
+        kv_budget_bytes: args.device.kv_budget,
+        mem_budget_bytes: args.device.mem_budget,
         drain: Duration::from_secs_f64(args.drain_secs),
         ..ServeConfig::new(model_id, open)
     };

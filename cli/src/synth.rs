@@ -11,6 +11,7 @@ use kiln_tools::synth::{
 use serde_json::json;
 
 use crate::common::print_json;
+use crate::progress;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -79,6 +80,7 @@ fn run(args: Args) -> Result<(), SynthError> {
     let data: u64 = tensors.iter().map(|t| t.n_bytes()).sum();
     let start = Instant::now();
     let mut next_report = 0u64;
+    let bar = progress::bar(0, "synth (bytes)");
     let summary = synth::synthesize(&config, &args.output, |p| {
         if next_report == 0 {
             // The first report: inputs are checked and the file is created.
@@ -100,6 +102,11 @@ fn run(args: Args) -> Result<(), SynthError> {
             next_report = 10;
             return;
         }
+        if progress::on_terminal() {
+            bar.set_length(p.bytes_total);
+            bar.set_position(p.bytes_done);
+            return;
+        }
         let pct = p.bytes_done * 100 / p.bytes_total.max(1);
         if pct >= next_report && pct < 100 {
             eprintln!(
@@ -114,6 +121,7 @@ fn run(args: Args) -> Result<(), SynthError> {
             next_report = pct / 10 * 10 + 10;
         }
     })?;
+    bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
     eprintln!(
         "synth: wrote {} ({} bytes, {:.1} MiB) in {seconds:.1} s",

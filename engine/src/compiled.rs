@@ -349,6 +349,17 @@ impl Runner for Compiled<'_> {
         }
     }
 
+    fn truncate(&mut self, len: usize) {
+        if let Some(seq) = self.runner_seq
+            && len < self.position()
+            && self.kv.truncate(seq, len).is_err()
+        {
+            // The sequence is known and `len` is shorter than it, so the only failure is a
+            // window group's pages for `len` already given back: start over.
+            self.reset();
+        }
+    }
+
     fn forward(&mut self, tokens: &[u32], logits: LogitsFor) -> Result<Vec<f32>, Error> {
         if tokens.is_empty() {
             return Err(Error::EmptyPrompt);

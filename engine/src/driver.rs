@@ -82,20 +82,33 @@ pub fn generate(
     runner: &mut dyn Runner,
     tokenizer: &Tokenizer,
     req: &GenerateRequest,
+    on_token: impl FnMut(TokenEvent<'_>) -> bool,
+) -> Result<Generation, Error> {
+    runner.reset();
+    extend(runner, tokenizer, req, on_token)
+}
+
+/// Append `req.prompt_ids` to whatever context the runner holds (a conversation's earlier
+/// turns) and generate, as [`generate`] does. Every generated token but the last is in the
+/// context afterwards; `prompt_tokens` and the prefill rate count only the appended ids.
+pub fn extend(
+    runner: &mut dyn Runner,
+    tokenizer: &Tokenizer,
+    req: &GenerateRequest,
     mut on_token: impl FnMut(TokenEvent<'_>) -> bool,
 ) -> Result<Generation, Error> {
     if req.prompt_ids.is_empty() {
         return Err(Error::EmptyPrompt);
     }
-    if req.prompt_ids.len() > runner.n_ctx() {
+    let needed = runner.position() + req.prompt_ids.len();
+    if needed > runner.n_ctx() {
         return Err(Error::ContextFull {
-            needed: req.prompt_ids.len(),
+            needed,
             n_ctx: runner.n_ctx(),
         });
     }
     let mut sampler = Sampler::new(req.sampler.clone())?;
     let mut decoder = StreamDecoder::new(tokenizer);
-    runner.reset();
 
     let start = Instant::now();
     let mut logits = runner.forward(&req.prompt_ids, LogitsFor::Last)?;

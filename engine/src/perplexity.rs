@@ -27,13 +27,14 @@ pub fn prepare_text(text: &str) -> &str {
     text.strip_suffix('\n').unwrap_or(text)
 }
 
-/// Perplexity of `text` with chunks of `n_ctx` tokens; `on_chunk(i, running_ppl)` after each.
+/// Perplexity of `text` with chunks of `n_ctx` tokens; `on_chunk(i, n_chunks, running_ppl)`
+/// after each.
 pub fn perplexity(
     runner: &mut dyn Runner,
     tokenizer: &Tokenizer,
     text: &str,
     n_ctx: usize,
-    mut on_chunk: impl FnMut(usize, f64),
+    mut on_chunk: impl FnMut(usize, usize, f64),
 ) -> Result<Perplexity, Error> {
     if n_ctx < 4 {
         return Err(Error::Invalid(format!(
@@ -73,7 +74,7 @@ pub fn perplexity(
             nll2 += lp * lp;
             count += 1;
         }
-        on_chunk(chunk, (nll / count as f64).exp());
+        on_chunk(chunk, n_chunks, (nll / count as f64).exp());
     }
     let mean = nll / count as f64;
     let var = (nll2 / count as f64 - mean * mean).max(0.0);

@@ -82,6 +82,17 @@ impl Runner for Reference<'_> {
         self.cache.len = 0;
     }
 
+    fn truncate(&mut self, len: usize) {
+        if len >= self.cache.len {
+            return;
+        }
+        let kv_dim = self.model.config.n_kv_heads * self.model.config.head_dim;
+        for layer in self.cache.k.iter_mut().chain(self.cache.v.iter_mut()) {
+            layer.truncate(len * kv_dim);
+        }
+        self.cache.len = len;
+    }
+
     fn forward(&mut self, tokens: &[u32], logits: LogitsFor) -> Result<Vec<f32>, Error> {
         let c = &self.model.config;
         let n_tokens = tokens.len();

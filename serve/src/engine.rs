@@ -68,6 +68,7 @@ pub fn compile_options(config: &ServeConfig, model: &Model) -> CompileOptions {
         max_step_tokens: config.step_tokens.max(max_seqs),
         max_step_outputs: max_seqs,
         kv_budget_bytes,
+        mem_budget_bytes: config.mem_budget_bytes,
         ..CompileOptions::new(n_ctx)
     }
 }

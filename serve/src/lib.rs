@@ -69,6 +69,8 @@ pub struct ServeConfig {
     /// Bytes the KV page pool may take (None: room for `n_ctx` × `max_seqs` positions, at
     /// most [`engine::DEFAULT_KV_BUDGET_BYTES`]).
     pub kv_budget_bytes: Option<usize>,
+    /// Bytes the engine may allocate in all (arena, KV pool, buffers; None: no limit).
+    pub mem_budget_bytes: Option<usize>,
     /// On shutdown, open requests may run this long before they are ended.
     pub drain: Duration,
     /// Threads of the HTTP runtime (the model's compute has its own).
@@ -87,6 +89,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("n_ctx", &self.n_ctx)
             .field("kv_dtype", &self.kv_dtype)
             .field("kv_budget_bytes", &self.kv_budget_bytes)
+            .field("mem_budget_bytes", &self.mem_budget_bytes)
             .field("drain", &self.drain)
             .finish_non_exhaustive()
     }
@@ -105,6 +108,7 @@ impl ServeConfig {
             n_ctx: None,
             kv_dtype: KvDtype::F8E4M3,
             kv_budget_bytes: None,
+            mem_budget_bytes: None,
             drain: Duration::from_secs(30),
             http_threads: 2,
         }

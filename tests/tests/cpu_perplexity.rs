@@ -40,7 +40,7 @@ fn perplexity_at_context_128_is_close_to_the_oracle() {
     // About 2000 tokens: 15 chunks of 128.
     let text = gpl_text(9300);
     let mut oracle = Reference::new(&model, 128);
-    let theirs = perplexity(&mut oracle, &model.tokenizer, &text, 128, |_, _| {}).unwrap();
+    let theirs = perplexity(&mut oracle, &model.tokenizer, &text, 128, |_, _, _| {}).unwrap();
     eprintln!(
         "perplexity c=128, {} chunks, {} scored: oracle {:.4} ({:.1} s)",
         theirs.chunks,
@@ -54,7 +54,7 @@ fn perplexity_at_context_128_is_close_to_the_oracle() {
     ] {
         let t = Instant::now();
         let mut runner = cpu(&model, perplexity_options(128, kv));
-        let ours = perplexity(&mut runner, &model.tokenizer, &text, 128, |_, _| {}).unwrap();
+        let ours = perplexity(&mut runner, &model.tokenizer, &text, 128, |_, _, _| {}).unwrap();
         assert_eq!((ours.chunks, ours.scored), (theirs.chunks, theirs.scored));
         let rel = (ours.ppl - theirs.ppl).abs() / theirs.ppl;
         eprintln!(
@@ -85,7 +85,7 @@ fn fp8_kv_perplexity_at_context_512_is_close_to_f16_kv() {
     for kv in [KvDtype::F16, KvDtype::F8E4M3] {
         let t = Instant::now();
         let mut runner = cpu(&model, perplexity_options(512, kv));
-        let p = perplexity(&mut runner, &model.tokenizer, &text, 512, |_, _| {}).unwrap();
+        let p = perplexity(&mut runner, &model.tokenizer, &text, 512, |_, _, _| {}).unwrap();
         eprintln!(
             "perplexity c=512, {} chunks, {} scored: cpu kv {} {:.4} ± {:.4} ({:.1} s)",
             p.chunks,

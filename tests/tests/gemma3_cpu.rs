@@ -390,6 +390,12 @@ fn window_pages_go_back_to_the_pool_while_decoding() {
         runner.kv().pages_held(seq).unwrap(),
         6 * len.div_ceil(page)
     );
+    // Back one token keeps the context; back past the released pages starts over.
+    runner.truncate(len - 1);
+    assert_eq!(runner.position(), len - 1);
+    runner.truncate(10);
+    assert_eq!(runner.position(), 0);
+    assert_eq!(runner.kv().stats().pages_in_use, 0);
 }
 
 /// The memory figure of issue 16: KV bytes of one sequence of Gemma 3 270M at 8k

@@ -110,7 +110,7 @@ fn perplexity_at_context_128_is_within_one_percent_of_llama_cpp() {
     let run = &reference["runs"]["c128_default"];
     let text = std::fs::read_to_string(reference_path("gpl-3.txt")).unwrap();
     let mut runner = Reference::new(&model, 128);
-    let ours = perplexity(&mut runner, &model.tokenizer, &text, 128, |_, _| {}).unwrap();
+    let ours = perplexity(&mut runner, &model.tokenizer, &text, 128, |_, _, _| {}).unwrap();
     let theirs = run["ppl"].as_f64().unwrap();
     assert_eq!(ours.chunks as u64, run["n_chunks"].as_u64().unwrap());
     assert_eq!(ours.tokens as u64, run["tokens_used"].as_u64().unwrap());
