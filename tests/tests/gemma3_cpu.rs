@@ -404,10 +404,7 @@ fn window_pages_go_back_to_the_pool_while_decoding() {
 #[test]
 fn gemma3_270m_kv_bytes_per_sequence_at_8k() {
     let shape = Shape::named("gemma3-270m").unwrap();
-    let windows: Vec<Option<usize>> = (0..shape.n_layers)
-        .map(|l| (l % 6 != 5).then_some(shape.sliding_window))
-        .collect();
-    let groups = KvGroups::new(&windows).unwrap();
+    let groups = KvGroups::new(&shape.layer_windows()).unwrap();
     for kv in [KvDtype::F8E4M3, KvDtype::F16] {
         let layout = groups
             .layout(shape.n_kv_heads, shape.head_dim())

@@ -205,6 +205,14 @@ impl Shape {
         self.n_heads * self.head_dim()
     }
 
+    /// Each layer's sliding window (None: full attention): Gemma 3's five window layers
+    /// of every six.
+    pub fn layer_windows(&self) -> Vec<Option<usize>> {
+        (0..self.n_layers)
+            .map(|l| (self.arch == Arch::Gemma3 && l % 6 != 5).then_some(self.sliding_window))
+            .collect()
+    }
+
     pub fn kv_dim(&self) -> usize {
         self.n_kv_heads * self.head_dim()
     }
