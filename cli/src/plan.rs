@@ -43,17 +43,14 @@ pub fn main(args: Args) -> Result<(), Error> {
     let plan = compile_plan(&model, backend.as_ref(), &options)?;
     let c = &model.config;
     let dtype = kv_dtype(args.kv);
-    let layout = c
-        .kv_layout(dtype)
-        .map_err(kiln_engine::kv::KvError::from)?;
+    let layout = c.kv_layout(dtype).map_err(kiln_engine::kv::KvError::from)?;
     // Every layer's K and V of one token (a page holds one KV group's layers).
     let kv_bytes_per_token = layout.bytes_per_token() * layout.n_groups();
     // One sequence at the full context, decoding: window layers keep their window only.
-    let kv_bytes_per_sequence = c.kv_groups().pages_per_sequence(
-        layout.kv_page_size(),
-        c.context_length,
-        1,
-    ) * layout.page_bytes();
+    let kv_bytes_per_sequence =
+        c.kv_groups()
+            .pages_per_sequence(layout.kv_page_size(), c.context_length, 1)
+            * layout.page_bytes();
     if args.json {
         let launches: Vec<_> = plan
             .launches

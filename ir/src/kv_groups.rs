@@ -31,7 +31,9 @@ impl KvGroups {
     /// their order within a kind.
     pub fn new(layer_windows: &[Option<usize>]) -> Result<KvGroups, KvLayoutError> {
         if layer_windows.is_empty() {
-            return Err(KvLayoutError("a model without layers has no KV groups".into()));
+            return Err(KvLayoutError(
+                "a model without layers has no KV groups".into(),
+            ));
         }
         if layer_windows.contains(&Some(0)) {
             return Err(KvLayoutError(
@@ -44,10 +46,7 @@ impl KvGroups {
         let layers_of = |kind: Option<usize>| {
             (0..layer_windows.len()).filter(move |&l| layer_windows[l] == kind)
         };
-        let layers_per_page = kinds
-            .iter()
-            .map(|&k| layers_of(k).count())
-            .fold(0, gcd);
+        let layers_per_page = kinds.iter().map(|&k| layers_of(k).count()).fold(0, gcd);
         let mut windows = Vec::new();
         let mut placement = vec![(0, 0); layer_windows.len()];
         for &kind in &kinds {
@@ -133,9 +132,7 @@ mod tests {
 
     /// Gemma 3's pattern: every sixth layer global, the others a window of 512.
     fn gemma3(n_layers: usize) -> Vec<Option<usize>> {
-        (0..n_layers)
-            .map(|l| (l % 6 != 5).then_some(512))
-            .collect()
+        (0..n_layers).map(|l| (l % 6 != 5).then_some(512)).collect()
     }
 
     #[test]

@@ -215,7 +215,10 @@ impl Checker<'_> {
                 self.f32_in_is(1, rows, n)?;
                 self.out(0, rows, n)
             }
-            Op::RopeKvWrite { rope, attention } | Op::QkNormRopeKvWrite { rope, attention, .. } => {
+            Op::RopeKvWrite { rope, attention }
+            | Op::QkNormRopeKvWrite {
+                rope, attention, ..
+            } => {
                 self.arity(3, 1)?;
                 self.attention(attention)?;
                 if let Op::QkNormRopeKvWrite { q_norm, k_norm, .. } = op {

@@ -46,10 +46,10 @@ mod tests;
 
 use std::fmt;
 
+pub use kiln_ir::kv_groups::KvGroups;
 pub use kiln_ir::kv_layout::{
     DEFAULT_KV_PAGE_SIZE, KV_REGION_ALIGN, KvDtype, KvLayout, KvLayoutError,
 };
-pub use kiln_ir::kv_groups::KvGroups;
 pub use manager::KvManager;
 pub use pool::{MAX_KV_PAGES, PagePool, PageState};
 

@@ -391,7 +391,10 @@ impl KvManager {
         let n_pages = n.div_ceil(page_size);
         for (table, &window) in s.tables.iter().zip(&self.windows) {
             let keep = first_kept_page(window, frontier, page_size);
-            if table[keep.min(n_pages)..n_pages].iter().any(Option::is_none) {
+            if table[keep.min(n_pages)..n_pages]
+                .iter()
+                .any(Option::is_none)
+            {
                 return Err(KvError::WindowReleased { seq, n });
             }
         }
@@ -462,7 +465,9 @@ impl KvManager {
                 }
                 // Exactly the pages from the first one a query at the frontier reads.
                 let keep = first_kept_page(window, s.frontier, page_size);
-                for (i, (&entry, in_page)) in table.iter().zip(s.tokens.chunks(page_size)).enumerate() {
+                for (i, (&entry, in_page)) in
+                    table.iter().zip(s.tokens.chunks(page_size)).enumerate()
+                {
                     let Some(page) = entry else {
                         if i >= keep {
                             return Err(format!("{id}: group {g} lost page {i} (keeps {keep}..)"));

@@ -265,7 +265,14 @@ impl Harness {
                 // Exactly the pages a query from the frontier on can read are held.
                 let first = self.first_needed_page(g, live.frontier);
                 for (i, entry) in table.iter().enumerate() {
-                    prop_assert_eq!(entry.is_some(), i >= first, "{} group {} page {}", seq, g, i);
+                    prop_assert_eq!(
+                        entry.is_some(),
+                        i >= first,
+                        "{} group {} page {}",
+                        seq,
+                        g,
+                        i
+                    );
                 }
                 held += table.len() - first.min(table.len());
                 for (pos, &token) in expected.iter().enumerate() {

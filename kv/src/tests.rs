@@ -509,7 +509,10 @@ fn window_pages_go_back_to_the_pool_once_behind_every_query() {
     assert_eq!(held(&kv, s, 1), [None, Some(4), Some(5)]);
     // Full, so registered: cached rather than free, and available again either way.
     assert_eq!(kv.pool().available(), available + 1);
-    assert_eq!(kv.pool().state(PageId(3)), Some(PageState::Cached { last_used: 1 }));
+    assert_eq!(
+        kv.pool().state(PageId(3)),
+        Some(PageState::Cached { last_used: 1 })
+    );
     // Positions 11 and 12 read from 6: page 1 (4..=7) stays; each group takes a page.
     let _ = append(&mut kv, s, &[0, 0]);
     assert_eq!(held(&kv, s, 0), [Some(0), Some(1), Some(2), Some(6)]);

@@ -58,8 +58,10 @@ pub fn compile_options(config: &ServeConfig, model: &Model) -> CompileOptions {
     let kv_budget_bytes = config.kv_budget_bytes.or_else(|| {
         let layout = c.kv_layout(config.kv_dtype).ok()?;
         let step = config.step_tokens.clamp(1, n_ctx);
-        let pages =
-            c.kv_groups().pages_per_sequence(layout.kv_page_size(), n_ctx, step) * max_seqs;
+        let pages = c
+            .kv_groups()
+            .pages_per_sequence(layout.kv_page_size(), n_ctx, step)
+            * max_seqs;
         Some((pages * layout.page_bytes()).min(DEFAULT_KV_BUDGET_BYTES))
     });
     CompileOptions {

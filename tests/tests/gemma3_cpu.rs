@@ -24,8 +24,8 @@ use kiln_ir::backend::Backend;
 use kiln_ir::kv_groups::KvGroups;
 use kiln_ir::{passes, verify};
 use kiln_tests::cpu::{
-    LogitsError, common_prefix, cpu, greedy_rows, lower_for_cpu, max_abs_diff, options,
-    run_plan, teacher_forced, top2_gap,
+    LogitsError, common_prefix, cpu, greedy_rows, lower_for_cpu, max_abs_diff, options, run_plan,
+    teacher_forced, top2_gap,
 };
 use kiln_tests::{reference_model, reference_path};
 use kiln_tools::synth::{self, Shape, SynthConfig};
@@ -111,7 +111,8 @@ fn cpu_logits_match_the_oracle_across_the_window() {
         let theirs = oracle.forward(&ids, LogitsFor::From(0)).unwrap();
         let ours = runner.forward(&ids, LogitsFor::From(0)).unwrap();
         let vocab = model.config.vocab_size;
-        let rows = |all: &[f32]| -> Vec<Vec<f32>> { all.chunks(vocab).map(<[f32]>::to_vec).collect() };
+        let rows =
+            |all: &[f32]| -> Vec<Vec<f32>> { all.chunks(vocab).map(<[f32]>::to_vec).collect() };
         let (theirs, ours) = (rows(&theirs), rows(&ours));
         let prompt_err = LogitsError::worst(&ours, &theirs);
         let beyond = LogitsError::worst(&ours[WINDOW..], &theirs[WINDOW..]);
@@ -264,7 +265,16 @@ fn every_fusion_pass_preserves_the_logits() {
         let backend = kiln_backend_cpu::CpuBackend::new();
         let unfused_graph = model_graph(&model).unwrap();
         let supports = |op: &kiln_ir::Op| backend.supports(op, &unfused_graph);
-        let run = |graph| run_plan(&model, &lower_for_cpu(graph, &fused_opts), kv, N_CTX, &ids, &feed);
+        let run = |graph| {
+            run_plan(
+                &model,
+                &lower_for_cpu(graph, &fused_opts),
+                kv,
+                N_CTX,
+                &ids,
+                &feed,
+            )
+        };
         let base = run(unfused_graph.clone());
         assert_eq!(LogitsError::worst(&base, &b).max_rel, 0.0);
         let mut chained = unfused_graph.clone();
@@ -319,7 +329,10 @@ fn batched_decode_equals_each_sequence_alone() {
                 ..options(256, kv)
             },
         );
-        let seqs: Vec<_> = prompts.iter().map(|_| batched.kv().create_sequence()).collect();
+        let seqs: Vec<_> = prompts
+            .iter()
+            .map(|_| batched.kv().create_sequence())
+            .collect();
         let entries: Vec<BatchEntry> = seqs
             .iter()
             .zip(&prompts)
@@ -347,7 +360,10 @@ fn batched_decode_equals_each_sequence_alone() {
 
         let mut alone = cpu(&model, options(256, kv));
         for (i, prompt) in prompts.iter().enumerate() {
-            let feed: Vec<u32> = together[i][..BATCH_STEPS - 1].iter().map(|r| argmax(r)).collect();
+            let feed: Vec<u32> = together[i][..BATCH_STEPS - 1]
+                .iter()
+                .map(|r| argmax(r))
+                .collect();
             let rows = teacher_forced(&mut alone, prompt, &feed);
             let worst = rows
                 .iter()
@@ -359,7 +375,11 @@ fn batched_decode_equals_each_sequence_alone() {
                 kv.name(),
                 prompt.len()
             );
-            assert!(worst < BATCH_MAX_ABS, "kv {}, sequence {i}: {worst}", kv.name());
+            assert!(
+                worst < BATCH_MAX_ABS,
+                "kv {}, sequence {i}: {worst}",
+                kv.name()
+            );
         }
     }
 }
@@ -368,7 +388,17 @@ fn batched_decode_equals_each_sequence_alone() {
 fn window_pages_go_back_to_the_pool_while_decoding() {
     let model = load(DType::Q8_0);
     let groups = model.config.kv_groups();
-    assert_eq!(groups.windows(), [None, Some(WINDOW), Some(WINDOW), Some(WINDOW), Some(WINDOW), Some(WINDOW)]);
+    assert_eq!(
+        groups.windows(),
+        [
+            None,
+            Some(WINDOW),
+            Some(WINDOW),
+            Some(WINDOW),
+            Some(WINDOW),
+            Some(WINDOW)
+        ]
+    );
     let mut runner = cpu(&model, options(N_CTX, KvDtype::F8E4M3));
     let ids = prompt(&model, 0, 100);
     runner.forward(&ids, LogitsFor::Last).unwrap();
@@ -380,7 +410,11 @@ fn window_pages_go_back_to_the_pool_while_decoding() {
         // The last append started at len - 1: its token reads len - WINDOW ..= len - 1.
         let first_kept = (len - 1 + 1).saturating_sub(WINDOW) / page;
         let expected = len.div_ceil(page) + 5 * (len.div_ceil(page) - first_kept);
-        assert_eq!(runner.kv().pages_held(seq).unwrap(), expected, "at {len} tokens");
+        assert_eq!(
+            runner.kv().pages_held(seq).unwrap(),
+            expected,
+            "at {len} tokens"
+        );
         assert_eq!(runner.kv().stats().pages_in_use, expected);
     }
     runner.kv().check_invariants().unwrap();
@@ -410,7 +444,8 @@ fn gemma3_270m_kv_bytes_per_sequence_at_8k() {
             .layout(shape.n_kv_heads, shape.head_dim())
             .and_then(|l| l.with_dtype(kv))
             .unwrap();
-        let windowed = groups.pages_per_sequence(layout.kv_page_size(), 8192, 1) * layout.page_bytes();
+        let windowed =
+            groups.pages_per_sequence(layout.kv_page_size(), 8192, 1) * layout.page_bytes();
         let full = 8192 * layout.bytes_per_token() * layout.n_groups();
         eprintln!(
             "gemma3-270m KV per sequence at 8192 positions, {}: {:.2} MiB with windows, {:.2} MiB full attention ({:.1}x less)",
@@ -420,7 +455,10 @@ fn gemma3_270m_kv_bytes_per_sequence_at_8k() {
             full as f64 / windowed as f64
         );
         // 3 global layers of 8192 positions and 15 window layers of 33 pages (528 positions).
-        assert_eq!(windowed, (3 * 8192 + 15 * 528) * layout.bytes_per_token() / 3);
+        assert_eq!(
+            windowed,
+            (3 * 8192 + 15 * 528) * layout.bytes_per_token() / 3
+        );
         assert!(full > 4 * windowed);
     }
 }

@@ -72,7 +72,10 @@ fn open() -> Result<Model, Outcome> {
 }
 
 /// The CPU backend on the model, or a skip naming the weight types it has no kernels for.
-fn cpu(model: &Model, options: kiln_engine::compiled::CompileOptions) -> Result<Compiled<'_>, Outcome> {
+fn cpu(
+    model: &Model,
+    options: kiln_engine::compiled::CompileOptions,
+) -> Result<Compiled<'_>, Outcome> {
     let graph = model_graph(model).map_err(fail)?;
     let backend = CpuBackend::new();
     let mut missing: Vec<&str> = graph
@@ -85,7 +88,9 @@ fn cpu(model: &Model, options: kiln_engine::compiled::CompileOptions) -> Result<
     missing.sort();
     missing.dedup();
     if !missing.is_empty() {
-        return Err(skip(format!("the CPU backend has no matmul for {missing:?} yet")));
+        return Err(skip(format!(
+            "the CPU backend has no matmul for {missing:?} yet"
+        )));
     }
     Compiled::new(model, Box::new(backend), options).map_err(fail)
 }
@@ -135,7 +140,9 @@ fn greedy_matches_llama_cpp() -> Outcome {
             .map(|k| common_prefix(&ours, &ids(&p[*k])))
             .max()
             .unwrap_or(0);
-        eprintln!("gemma3 greedy, cpu f16 kv, {name}: {best} of {GREEDY_TOKENS} equal to llama.cpp (required {must})");
+        eprintln!(
+            "gemma3 greedy, cpu f16 kv, {name}: {best} of {GREEDY_TOKENS} equal to llama.cpp (required {must})"
+        );
         if best < must {
             failures.push(format!(
                 "{name}: {best} tokens equal, {must} required\nours  {ours:?}\nllama {:?}",
@@ -143,7 +150,11 @@ fn greedy_matches_llama_cpp() -> Outcome {
             ));
         }
     }
-    if failures.is_empty() { pass() } else { fail(failures.join("\n")) }
+    if failures.is_empty() {
+        pass()
+    } else {
+        fail(failures.join("\n"))
+    }
 }
 
 /// (id, logprob) pairs of a top-10 list.
@@ -158,14 +169,21 @@ fn top(v: &Value) -> Vec<(u32, f64)> {
 /// Our top-10 against llama.cpp's two: the top 8 as a set equal to one of theirs, and every
 /// log-probability llama.cpp lists within its own spread (the largest difference between
 /// its two settings) of the interval its two values span.
-fn check_top10(name: &str, ours: &[(u32, f64)], off: &[(u32, f64)], on: &[(u32, f64)]) -> Result<(), String> {
+fn check_top10(
+    name: &str,
+    ours: &[(u32, f64)],
+    off: &[(u32, f64)],
+    on: &[(u32, f64)],
+) -> Result<(), String> {
     let set = |t: &[(u32, f64)]| {
         let mut s: Vec<u32> = t[..TOP_SET].iter().map(|e| e.0).collect();
         s.sort();
         s
     };
     if set(ours) != set(off) && set(ours) != set(on) {
-        return Err(format!("{name}: top {TOP_SET} {ours:?}\nllama.cpp {off:?}\nor {on:?}"));
+        return Err(format!(
+            "{name}: top {TOP_SET} {ours:?}\nllama.cpp {off:?}\nor {on:?}"
+        ));
     }
     let spread = off
         .iter()
@@ -173,49 +191,68 @@ fn check_top10(name: &str, ours: &[(u32, f64)], off: &[(u32, f64)], on: &[(u32, 
         .fold(0.0, f64::max);
     let mut worst = 0.0f64;
     for &(id, a) in off {
-        let (Some(&(_, b)), Some(&(_, x))) = (on.iter().find(|e| e.0 == id), ours.iter().find(|e| e.0 == id)) else {
+        let (Some(&(_, b)), Some(&(_, x))) = (
+            on.iter().find(|e| e.0 == id),
+            ours.iter().find(|e| e.0 == id),
+        ) else {
             continue;
         };
         let outside = (a.min(b) - x).max(x - a.max(b)).max(0.0);
         worst = worst.max(outside);
     }
-    eprintln!("{name}: top {TOP_SET} agree; log-probabilities at most {worst:.3} outside llama.cpp's two (spread {spread:.3})");
+    eprintln!(
+        "{name}: top {TOP_SET} agree; log-probabilities at most {worst:.3} outside llama.cpp's two (spread {spread:.3})"
+    );
     if worst > spread {
-        return Err(format!("{name}: a log-probability {worst:.3} outside llama.cpp's, spread {spread:.3}"));
+        return Err(format!(
+            "{name}: a log-probability {worst:.3} outside llama.cpp's, spread {spread:.3}"
+        ));
     }
     Ok(())
 }
 
-fn top10_matches_llama_cpp() -> Outcome {
-    let model = match open() {
-        Ok(m) => m,
-        Err(outcome) => return outcome,
-    };
-    let mut oracle = Reference::new(&model, N_CTX);
-    let mut cpu_runner = match cpu(&model, options(N_CTX, KvDtype::F16)) {
-        Ok(r) => r,
-        Err(outcome) => return outcome,
-    };
+/// The top-10 at the last prompt position of every prompt, from `runner`.
+fn top10_of(label: &str, runner: &mut dyn Runner) -> Outcome {
     let mut failures = Vec::new();
     for p in reference("greedy.json")["prompts"].as_array().unwrap() {
         let name = p["name"].as_str().unwrap();
         let (off, on) = (top(&p["top10_fa_off"]), top(&p["top10_fa_on"]));
-        let runners: [(&str, &mut dyn Runner); 2] = [("oracle", &mut oracle), ("cpu", &mut cpu_runner)];
-        for (label, runner) in runners {
-            runner.reset();
-            let logits = runner
-                .forward(&ids(&p["prompt_ids"]), LogitsFor::Last)
-                .map_err(failed)?;
-            let ours: Vec<(u32, f64)> = top_logprobs(&logits, 10)
-                .into_iter()
-                .map(|(id, lp)| (id, f64::from(lp)))
-                .collect();
-            if let Err(e) = check_top10(&format!("gemma3 top-10, {label}, {name}"), &ours, &off, &on) {
-                failures.push(e);
-            }
+        runner.reset();
+        let logits = runner
+            .forward(&ids(&p["prompt_ids"]), LogitsFor::Last)
+            .map_err(failed)?;
+        let ours: Vec<(u32, f64)> = top_logprobs(&logits, 10)
+            .into_iter()
+            .map(|(id, lp)| (id, f64::from(lp)))
+            .collect();
+        if let Err(e) = check_top10(&format!("gemma3 top-10, {label}, {name}"), &ours, &off, &on) {
+            failures.push(e);
         }
     }
-    if failures.is_empty() { pass() } else { fail(failures.join("\n")) }
+    if failures.is_empty() {
+        pass()
+    } else {
+        fail(failures.join("\n"))
+    }
+}
+
+fn top10_oracle_matches_llama_cpp() -> Outcome {
+    let model = match open() {
+        Ok(m) => m,
+        Err(outcome) => return outcome,
+    };
+    top10_of("oracle", &mut Reference::new(&model, N_CTX))
+}
+
+fn top10_cpu_matches_llama_cpp() -> Outcome {
+    let model = match open() {
+        Ok(m) => m,
+        Err(outcome) => return outcome,
+    };
+    match cpu(&model, options(N_CTX, KvDtype::F16)) {
+        Ok(mut runner) => top10_of("cpu f16 kv", &mut runner),
+        Err(outcome) => outcome,
+    }
 }
 
 fn perplexity_matches_llama_cpp() -> Outcome {
@@ -234,8 +271,8 @@ fn perplexity_matches_llama_cpp() -> Outcome {
             Ok(r) => r,
             Err(outcome) => return outcome,
         };
-        let ours = perplexity(&mut runner, &model.tokenizer, &text, 128, |_, _, _| {})
-            .map_err(failed)?;
+        let ours =
+            perplexity(&mut runner, &model.tokenizer, &text, 128, |_, _, _| {}).map_err(failed)?;
         let rel = ours.ppl / theirs - 1.0;
         eprintln!(
             "gemma3 perplexity -c 128, cpu kv {}: {:.4} ± {:.4} vs llama.cpp {theirs}: {:+.2}% ({} chunks, {:.0} s)",
@@ -247,17 +284,30 @@ fn perplexity_matches_llama_cpp() -> Outcome {
             start.elapsed().as_secs_f64()
         );
         if rel.abs() > PPL_BOUND {
-            failures.push(format!("kv {}: {:.4} vs {theirs} ({:+.2}%)", kv.name(), ours.ppl, rel * 100.0));
+            failures.push(format!(
+                "kv {}: {:.4} vs {theirs} ({:+.2}%)",
+                kv.name(),
+                ours.ppl,
+                rel * 100.0
+            ));
         }
     }
-    if failures.is_empty() { pass() } else { fail(failures.join("\n")) }
+    if failures.is_empty() {
+        pass()
+    } else {
+        fail(failures.join("\n"))
+    }
 }
 
 fn main() -> ExitCode {
     kiln_testkit::run(vec![
         test("prompt_ids_equal_llama_cpp", prompt_ids_equal_llama_cpp),
         test("greedy_matches_llama_cpp", greedy_matches_llama_cpp),
-        test("top10_matches_llama_cpp", top10_matches_llama_cpp),
+        test(
+            "top10_oracle_matches_llama_cpp",
+            top10_oracle_matches_llama_cpp,
+        ),
+        test("top10_cpu_matches_llama_cpp", top10_cpu_matches_llama_cpp),
         test("perplexity_matches_llama_cpp", perplexity_matches_llama_cpp),
     ])
 }

@@ -113,8 +113,7 @@ impl ModelConfig {
         } else {
             n_embd / n_heads
         };
-        if optional("attention.value_length") && usize_key("attention.value_length")? != head_dim
-        {
+        if optional("attention.value_length") && usize_key("attention.value_length")? != head_dim {
             return Err(crate::Error::BadConfig(format!(
                 "value heads of {} for key heads of {head_dim}",
                 usize_key("attention.value_length")?

@@ -27,13 +27,13 @@ pub struct LayerWeights {
     /// QK-norm weights (Gemma 3): `attn_q_norm`, `attn_k_norm`.
     pub q_norm: Option<Vec<f32>>, // (head_dim)
     pub k_norm: Option<Vec<f32>>, // (head_dim)
-    pub wo: Matrix,               // (n_embd, q_dim)
+    pub wo: Matrix,          // (n_embd, q_dim)
     /// Norm of the attention output before the residual add (Gemma 3).
     pub post_attention_norm: Option<Vec<f32>>, // (n_embd)
-    pub ffn_norm: Vec<f32>,                    // (n_embd)
-    pub w_gate: Matrix,                        // (n_ff, n_embd)
-    pub w_up: Matrix,                          // (n_ff, n_embd)
-    pub w_down: Matrix,                        // (n_embd, n_ff)
+    pub ffn_norm: Vec<f32>,  // (n_embd)
+    pub w_gate: Matrix,      // (n_ff, n_embd)
+    pub w_up: Matrix,        // (n_ff, n_embd)
+    pub w_down: Matrix,      // (n_embd, n_ff)
     /// Norm of the FFN output before the residual add (Gemma 3's `post_ffw_norm`).
     pub post_ffw_norm: Option<Vec<f32>>, // (n_embd)
 }

@@ -42,10 +42,9 @@ pub fn fuse_rmsnorm(graph: &mut Graph, supports: &dyn Fn(&Op) -> bool) -> usize 
                 gate: *gate,
                 up: *up,
             },
-            Op::Add if consumer.inputs[0] != consumer.inputs[1] => Op::RmsNormAdd {
-                weight: norm,
-                eps,
-            },
+            Op::Add if consumer.inputs[0] != consumer.inputs[1] => {
+                Op::RmsNormAdd { weight: norm, eps }
+            }
             _ => continue,
         };
         if !supports(&op) || replace[j].is_some() {

@@ -273,7 +273,11 @@ pub(crate) fn tiny_gemma(n_layers: usize) -> Graph {
         let norm = vector(&mut g, "attn_norm", d);
         let xb = g.push(Op::RmsNorm { weight: norm, eps }, &[x], &[act(d)], l)[0];
         let mut qkv = Vec::new();
-        for (name, rows) in [("q", heads * hd), ("k", kv_heads * hd), ("v", kv_heads * hd)] {
+        for (name, rows) in [
+            ("q", heads * hd),
+            ("k", kv_heads * hd),
+            ("v", kv_heads * hd),
+        ] {
             let w = matrix(&mut g, name, rows, d);
             qkv.push(g.push(Op::MatMul { weights: vec![w] }, &[xb], &[act(rows)], l)[0]);
         }
@@ -289,7 +293,12 @@ pub(crate) fn tiny_gemma(n_layers: usize) -> Graph {
             roped.push(g.push(Op::Rope { rope }, &[normed], &[act(rows)], l)[0]);
         }
         g.push(Op::KvWrite { attention }, &[roped[1], qkv[2]], &[], l);
-        let att = g.push(Op::Attention { attention }, &[roped[0]], &[act(heads * hd)], l)[0];
+        let att = g.push(
+            Op::Attention { attention },
+            &[roped[0]],
+            &[act(heads * hd)],
+            l,
+        )[0];
         let wo = matrix(&mut g, "o", d, heads * hd);
         let proj = g.push(Op::MatMul { weights: vec![wo] }, &[att], &[act(d)], l)[0];
         let post = vector(&mut g, "post_attention_norm", d);
@@ -315,7 +324,14 @@ pub(crate) fn tiny_gemma(n_layers: usize) -> Graph {
     let x = g.push(Op::SelectRows, &[x], &[out(d)], None)[0];
     let norm = g.add_weight("output_norm", DType::F32, 1, d);
     let xn = g.push(Op::RmsNorm { weight: norm, eps }, &[x], &[out(d)], None)[0];
-    let logits = g.push(Op::MatMul { weights: vec![table] }, &[xn], &[out(vocab)], None)[0];
+    let logits = g.push(
+        Op::MatMul {
+            weights: vec![table],
+        },
+        &[xn],
+        &[out(vocab)],
+        None,
+    )[0];
     g.output = Some(logits);
     verify(&g).expect("the test graph verifies");
     g
@@ -362,7 +378,10 @@ fn gemma_layers_fuse_to_eight_launches() {
 fn gemma_fusions_are_left_out_when_unsupported() {
     // Without the QK-norm variant, RoPE still joins the KV write and the norms stay.
     let mut g = tiny_gemma(2);
-    fuse(&mut g, &|op: &Op| !matches!(op, Op::QkNormRopeKvWrite { .. })).unwrap();
+    fuse(&mut g, &|op: &Op| {
+        !matches!(op, Op::QkNormRopeKvWrite { .. })
+    })
+    .unwrap();
     assert_eq!(count(&g, "rope_kv_write"), 2);
     assert_eq!(count(&g, "head_rmsnorm"), 4);
     // Without RmsNormAdd the post-norms and adds stay apart.

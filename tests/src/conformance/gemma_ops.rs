@@ -19,7 +19,10 @@ pub(super) fn scale(tokens: usize, d: usize, factor: f32) -> Case {
             let (x, xt) = b.input("x", 2 * tokens, d, 1.0, rng);
             let y = b.node(Op::Scale { factor }, &[x], d);
             rowwise(b, rng, tokens, 0, &[(y, d)], move |ids, _| {
-                vec![plain(oracle::scale(&gather(&xt, d, ids), f64::from(factor)))]
+                vec![plain(oracle::scale(
+                    &gather(&xt, d, ids),
+                    f64::from(factor),
+                ))]
             })
         },
     )

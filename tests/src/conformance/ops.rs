@@ -28,7 +28,13 @@ pub(super) fn rmsnorm(tokens: usize, d: usize) -> Case {
 }
 
 /// Add, SwiGlu or GeGlu: two inputs from two tables.
-pub(super) fn binary(name: &str, op: Op, tokens: usize, d: usize, f: fn(&[f64], &[f64]) -> Vec<f64>) -> Case {
+pub(super) fn binary(
+    name: &str,
+    op: Op,
+    tokens: usize,
+    d: usize,
+    f: fn(&[f64], &[f64]) -> Vec<f64>,
+) -> Case {
     let shape = format!("a, b ({tokens}, {d})");
     Case::new(
         format!("{name}_t{tokens}_d{d}"),
@@ -428,15 +434,11 @@ fn attention_built(rng: &mut Rng, s: &AttentionSpec) -> Built {
     let g = s.gemma.unwrap_or_default();
     let (kv_group, kv_slot, n_groups) = if g.grouped { (1, 1, 2) } else { (0, 0, 1) };
     let how = oracle::Attend {
-        scale: g
-            .scale
-            .map_or(oracle::Attend::causal(hd).scale, f64::from),
+        scale: g.scale.map_or(oracle::Attend::causal(hd).scale, f64::from),
         window: g.window,
     };
     let attention = AttentionParams {
-        scale: g
-            .scale
-            .unwrap_or(AttentionParams::default_scale(hd)),
+        scale: g.scale.unwrap_or(AttentionParams::default_scale(hd)),
         window: g.window,
         kv_group,
         kv_slot,

@@ -29,7 +29,9 @@ impl Arch {
         [Arch::Llama, Arch::Gemma3]
             .into_iter()
             .find(|a| a.name().eq_ignore_ascii_case(name))
-            .ok_or_else(|| SynthError::BadShape(format!("unknown architecture {name:?} (llama or gemma3)")))
+            .ok_or_else(|| {
+                SynthError::BadShape(format!("unknown architecture {name:?} (llama or gemma3)"))
+            })
     }
 }
 
@@ -242,10 +244,7 @@ impl Shape {
             ));
         }
         if !s.head_dim().is_multiple_of(2) {
-            return bad(format!(
-                "head size {} must be even for RoPE",
-                s.head_dim()
-            ));
+            return bad(format!("head size {} must be even for RoPE", s.head_dim()));
         }
         if s.arch == Arch::Gemma3 && s.sliding_window == 0 {
             return bad("a Gemma 3 shape needs a sliding window of at least 1".into());
