@@ -90,14 +90,14 @@ fn prompt(model: &Model, start: usize, n: usize) -> Vec<u32> {
 
 /// Worst rows measured over the prompt's 130 positions and 6 decode steps (Q8_0 weights,
 /// so activations are quantized to Q8_0 before each matmul as llama.cpp does; F16 K/V:
-/// max|d|/max|ref| 3.1e-2, NMSE 6.3e-4; FP8: 6.4e-2, 3.9e-3; F16 weights, f32
-/// activations, F16 K/V: 5.8e-4, 2.8e-7), with headroom. A wrong window, RoPE pairing,
-/// scale or norm moves the logits by their own size (the oracle without its windows is
-/// 0.69 / 0.64 away: `windows_change_the_logits`).
+/// max|d|/max|ref| 2.8e-2, NMSE 5.8e-4; FP8: 6.9e-2, 4.1e-3; F16 weights, f32
+/// activations, F16 K/V: 8.7e-4, 4.1e-7, mostly GELU's f16 roundings), with headroom. A
+/// wrong window, RoPE pairing, scale or norm moves the logits by their own size (the
+/// oracle without its windows is 0.69 / 0.64 away: `windows_change_the_logits`).
 const LIMITS: [(DType, KvDtype, f64, f64); 3] = [
     (DType::Q8_0, KvDtype::F16, 0.06, 2e-3),
     (DType::Q8_0, KvDtype::F8E4M3, 0.15, 1.5e-2),
-    (DType::F16, KvDtype::F16, 2e-3, 1e-6),
+    (DType::F16, KvDtype::F16, 3e-3, 2e-6),
 ];
 
 #[test]

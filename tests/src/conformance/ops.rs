@@ -6,7 +6,7 @@ use kiln_ir::kv_layout::{KvDtype, KvLayout};
 use kiln_ir::{AttentionParams, DType, Op, RopeMode, Rows, ValueId, ValueType, WeightId};
 
 use super::build::{Builder, Paging, Planned, finish, plain, rowwise};
-use super::cases::{Case, EPS, F32_LIMIT, Metric, kv_limit, matmul_limit};
+use super::cases::{Case, EPS, F32_LIMIT, GELU_F16_LIMIT, Metric, kv_limit, matmul_limit};
 use super::reference::{self as oracle, gather};
 use super::{Built, Rng};
 
@@ -36,20 +36,20 @@ pub(super) fn binary(
     f: fn(&[f64], &[f64]) -> Vec<f64>,
 ) -> Case {
     let shape = format!("a, b ({tokens}, {d})");
-    Case::new(
-        format!("{name}_t{tokens}_d{d}"),
-        shape,
-        F32_LIMIT,
-        move |rng| {
-            let mut b = Builder::new();
-            let (x, xt) = b.input("a", 2 * tokens, d, 1.0, rng);
-            let (y, yt) = b.input("b", 2 * tokens, d, 1.0, rng);
-            let z = b.node(op.clone(), &[x, y], d);
-            rowwise(b, rng, tokens, 0, &[(z, d)], move |ids, _| {
-                vec![plain(f(&gather(&xt, d, ids), &gather(&yt, d, ids)))]
-            })
-        },
-    )
+    let limit = if op == Op::GeGlu {
+        GELU_F16_LIMIT
+    } else {
+        F32_LIMIT
+    };
+    Case::new(format!("{name}_t{tokens}_d{d}"), shape, limit, move |rng| {
+        let mut b = Builder::new();
+        let (x, xt) = b.input("a", 2 * tokens, d, 1.0, rng);
+        let (y, yt) = b.input("b", 2 * tokens, d, 1.0, rng);
+        let z = b.node(op.clone(), &[x, y], d);
+        rowwise(b, rng, tokens, 0, &[(z, d)], move |ids, _| {
+            vec![plain(f(&gather(&xt, d, ids), &gather(&yt, d, ids)))]
+        })
+    })
 }
 
 pub(super) fn add(tokens: usize, d: usize) -> Case {
@@ -247,10 +247,14 @@ pub(super) fn matmul_glu(
         format!("matmul_{unit}")
     };
     let shape = format!("x ({tokens}, {k}), gate and up ({n}, {k})");
+    let limit = match glu {
+        Glu::Swi => matmul_limit(dtype),
+        Glu::Ge => matmul_limit(dtype).max(GELU_F16_LIMIT),
+    };
     Case::new(
         format!("{family}_t{tokens}_{}", dtype.name()),
         shape,
-        matmul_limit(dtype),
+        limit,
         move |rng| {
             let mut b = Builder::new();
             let (x, xt) = b.input("x", 2 * tokens, k, 1.0, rng);
