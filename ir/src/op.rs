@@ -227,6 +227,25 @@ impl Op {
         )
     }
 
+    /// Whether the op is one the kernels written for the Llama family run: not one of Gemma
+    /// 3's ops, RoPE in ggml's normal mode, attention without a window, another scale or
+    /// KV groups. A backend without Gemma 3's kernels answers `supports` with it.
+    pub fn is_plain(&self) -> bool {
+        let gemma_op = matches!(
+            self,
+            Op::Scale { .. }
+                | Op::HeadRmsNorm { .. }
+                | Op::GeGlu
+                | Op::MatMulGeGlu { .. }
+                | Op::RmsNormMatMulGeGlu { .. }
+                | Op::RmsNormAdd { .. }
+                | Op::QkNormRopeKvWrite { .. }
+        );
+        !gemma_op
+            && self.rope().is_none_or(|r| r.mode == RopeMode::Normal)
+            && self.attention().is_none_or(AttentionParams::is_plain)
+    }
+
     /// The attention a KV op or attention op works for.
     pub fn attention(&self) -> Option<&AttentionParams> {
         match self {

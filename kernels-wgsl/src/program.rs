@@ -175,46 +175,26 @@ pub fn supports(op: &Op, graph: &Graph) -> bool {
             .is_some_and(|w| WEIGHT_DTYPES.contains(&w.dtype) && w.cols % 8 == 0)
     });
     let dtype = |w: &WeightId| graph.weight(*w).map(|w| w.dtype);
+    // Gemma 3's ops, NeoX RoPE and attention with windows, scales or KV groups have no
+    // WGSL kernel yet.
     matrices_ok
+        && op.is_plain()
         && match op {
             Op::MatMulSwiGlu { gate, up } | Op::RmsNormMatMulSwiGlu { gate, up, .. } => {
                 dtype(gate) == dtype(up)
             }
-            Op::Attention { attention } | Op::KvWrite { attention } => attention_ok(attention),
-            Op::RopeKvWrite { attention, rope } => attention_ok(attention) && rope_ok(rope),
-            Op::Rope { rope } => rope_ok(rope),
-            Op::Embed { .. }
-            | Op::RmsNorm { .. }
-            | Op::MatMul { .. }
-            | Op::Add
-            | Op::SwiGlu
-            | Op::SelectRows
-            | Op::RmsNormMatMul { .. }
-            | Op::MatMulAdd { .. } => true,
-            // Gemma 3's ops have no WGSL kernel yet.
-            Op::Scale { .. }
-            | Op::HeadRmsNorm { .. }
-            | Op::GeGlu
-            | Op::MatMulGeGlu { .. }
-            | Op::RmsNormMatMulGeGlu { .. }
-            | Op::RmsNormAdd { .. }
-            | Op::QkNormRopeKvWrite { .. } => false,
+            Op::Attention { attention }
+            | Op::KvWrite { attention }
+            | Op::RopeKvWrite { attention, .. } => attention_ok(attention),
+            _ => true,
         }
 }
 
-/// The kernels attend causally over every position with the 1/√head_dim scale, the K/V of
-/// layer l in slot l of a page holding every layer (no windows, no KV groups).
 fn attention_ok(a: &AttentionParams) -> bool {
     a.head_dim.is_multiple_of(4)
         && a.head_dim <= 256
         && a.n_kv_heads > 0
         && a.n_heads.is_multiple_of(a.n_kv_heads)
-        && a.is_plain()
-}
-
-/// The kernels rotate adjacent pairs (ggml's normal mode).
-fn rope_ok(r: &RopeParams) -> bool {
-    r.mode == kiln_ir::RopeMode::Normal
 }
 
 fn unsupported(what: String) -> KernelError {

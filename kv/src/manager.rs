@@ -289,7 +289,7 @@ impl KvManager {
                     dst,
                     n_tokens: len % page_size,
                 });
-            } else if len % page_size != 0 {
+            } else if !len.is_multiple_of(page_size) {
                 // Held alone, but maybe still named in the prefix cache (a full page
                 // truncated back to partial): the cache must not serve a page about to hold
                 // other tokens.

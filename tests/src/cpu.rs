@@ -3,12 +3,13 @@
 
 use kiln_backend_cpu::CpuBackend;
 use kiln_engine::compiled::{CompileOptions, Compiled};
+use kiln_engine::driver::{GenerateRequest, generate};
 use kiln_engine::kv::KvDtype;
-use kiln_engine::model::Model;
+use kiln_engine::model::{Model, model_graph};
 use kiln_engine::runner::{LogitsFor, Runner};
-use kiln_engine::sampler::argmax;
+use kiln_engine::sampler::{SamplerConfig, argmax};
 use kiln_ir::backend::{Backend, Step};
-use kiln_ir::{Graph, Plan, lower};
+use kiln_ir::{Graph, Plan, lower, passes, verify};
 
 /// The reference model, loaded.
 pub fn load() -> Model {
@@ -187,4 +188,79 @@ pub fn run_plan(
         pos += n;
     }
     rows
+}
+
+/// `n` greedy tokens after `prompt` (end of sequence ignored), as `kiln run --temp 0`
+/// generates them.
+pub fn greedy_tokens(runner: &mut dyn Runner, model: &Model, prompt: &[u32], n: usize) -> Vec<u32> {
+    let request = GenerateRequest {
+        prompt_ids: prompt.to_vec(),
+        max_tokens: n,
+        sampler: SamplerConfig::greedy(),
+        ignore_eos: true,
+        logprobs: 0,
+    };
+    runner.reset();
+    generate(runner, &model.tokenizer, &request, |_| true)
+        .unwrap()
+        .tokens
+}
+
+/// One fusion pass on the unfused graph alone, and after the passes before it: nodes it
+/// fused, launches per layer of the plan, and the logits' distance from the unfused plan's.
+#[derive(Clone, Debug)]
+pub struct PassCheck {
+    pub name: &'static str,
+    pub n_alone: usize,
+    pub n_chained: usize,
+    pub launches_alone: usize,
+    pub launches_chained: usize,
+    pub err_alone: LogitsError,
+    pub err_chained: LogitsError,
+}
+
+/// Every pass of `passes::ALL` alone and chained, each plan run by hand ([`run_plan`]) over
+/// `prompt` and `feed` against the unfused plan, which must give exactly `unfused_rows`
+/// (the rows `Compiled` gave with fusion off).
+pub fn check_each_pass(
+    model: &Model,
+    options: &CompileOptions,
+    n_ctx: usize,
+    prompt: &[u32],
+    feed: &[u32],
+    unfused_rows: &[Vec<f32>],
+) -> Vec<PassCheck> {
+    let backend = CpuBackend::new();
+    let unfused = model_graph(model).unwrap();
+    let supports = |op: &kiln_ir::Op| backend.supports(op, &unfused);
+    let kv = options.kv_dtype;
+    let run = |plan: &Plan| run_plan(model, plan, kv, n_ctx, prompt, feed);
+    let base = run(&lower_for_cpu(unfused.clone(), options));
+    assert_eq!(
+        LogitsError::worst(&base, unfused_rows).max_rel,
+        0.0,
+        "the unfused plan run by hand differs from Compiled"
+    );
+    let mut chained = unfused.clone();
+    passes::ALL
+        .iter()
+        .map(|&(name, pass)| {
+            let mut alone = unfused.clone();
+            let n_alone = pass(&mut alone, &supports);
+            verify(&alone).unwrap();
+            let plan_alone = lower_for_cpu(alone, options);
+            let n_chained = pass(&mut chained, &supports);
+            verify(&chained).unwrap();
+            let plan_chained = lower_for_cpu(chained.clone(), options);
+            PassCheck {
+                name,
+                n_alone,
+                n_chained,
+                launches_alone: plan_alone.launches_per_layer(),
+                launches_chained: plan_chained.launches_per_layer(),
+                err_alone: LogitsError::worst(&run(&plan_alone), &base),
+                err_chained: LogitsError::worst(&run(&plan_chained), &base),
+            }
+        })
+        .collect()
 }

@@ -30,6 +30,15 @@ pub fn reference_json(name: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A JSON array of token ids, as the reference files hold them.
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("an array of ids")
+        .iter()
+        .map(|x| x.as_u64().expect("an id") as u32)
+        .collect()
+}
+
 /// Path of llama.cpp's reference text for perplexity.
 pub fn reference_path(name: &str) -> PathBuf {
     reference_dir("smollm2").join(name)

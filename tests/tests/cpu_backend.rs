@@ -10,20 +10,16 @@
 
 use std::time::Instant;
 
-use kiln_backend_cpu::CpuBackend;
 use kiln_engine::compiled::{BatchEntry, CompileOptions};
-use kiln_engine::driver::{GenerateRequest, generate};
 use kiln_engine::kv::KvDtype;
-use kiln_engine::model::{Model, model_graph};
+use kiln_engine::model::Model;
 use kiln_engine::perplexity::prepare_text;
 use kiln_engine::reference::Reference;
 use kiln_engine::runner::{LogitsFor, Runner};
-use kiln_engine::sampler::{SamplerConfig, argmax};
-use kiln_ir::backend::Backend;
-use kiln_ir::{passes, verify};
+use kiln_engine::sampler::argmax;
 use kiln_tests::cpu::{
-    LogitsError as Error, common_prefix, cpu, greedy_rows, load, lower_for_cpu, max_abs_diff,
-    options, run_plan, teacher_forced, top2_gap,
+    LogitsError as Error, check_each_pass, common_prefix, cpu, greedy_rows, greedy_tokens, load,
+    max_abs_diff, options, teacher_forced, top2_gap,
 };
 use kiln_tests::{reference_json, reference_path};
 
@@ -162,16 +158,7 @@ fn greedy_with_f16_kv_matches_the_oracle_until_a_close_call() {
             .position(|&g| g < MIN_GAP)
             .unwrap_or(GREEDY_TOKENS);
 
-        let request = GenerateRequest {
-            prompt_ids: ids.clone(),
-            max_tokens: GREEDY_TOKENS,
-            sampler: SamplerConfig::greedy(),
-            ignore_eos: true,
-            logprobs: 0,
-        };
-        let ours = generate(&mut runner, &model.tokenizer, &request, |_| true)
-            .unwrap()
-            .tokens;
+        let ours = greedy_tokens(&mut runner, &model, &ids, GREEDY_TOKENS);
         assert_eq!(ours.len(), GREEDY_TOKENS);
         let prefix = common_prefix(&ours, &theirs);
         let min_gap = gaps.iter().copied().fold(f32::INFINITY, f32::min);
@@ -284,61 +271,32 @@ fn every_fusion_pass_preserves_the_logits() {
 
         // Each pass alone, and the passes one by one in their composing order, each plan
         // run against the unfused one.
-        let backend = CpuBackend::new();
-        let unfused_graph = model_graph(&model).unwrap();
-        let supports = |op: &kiln_ir::Op| backend.supports(op, &unfused_graph);
-        let base = run_plan(
-            &model,
-            &lower_for_cpu(unfused_graph.clone(), &fused_opts),
-            kv,
-            N_CTX,
-            &ids,
-            &feed,
-        );
-        assert!(
-            Error::worst(&base, &b).max_rel == 0.0,
-            "the unfused plan run by hand differs from Compiled"
-        );
-        let mut chained = unfused_graph.clone();
-        for (pass_name, pass) in passes::ALL {
-            let mut alone = unfused_graph.clone();
-            let n_alone = pass(&mut alone, &supports);
-            verify(&alone).unwrap();
-            let plan_alone = lower_for_cpu(alone, &fused_opts);
-            let err_alone = Error::worst(
-                &run_plan(&model, &plan_alone, kv, N_CTX, &ids, &feed),
-                &base,
-            );
-
-            let n_chained = pass(&mut chained, &supports);
-            verify(&chained).unwrap();
-            let plan_chained = lower_for_cpu(chained.clone(), &fused_opts);
-            let err_chained = Error::worst(
-                &run_plan(&model, &plan_chained, kv, N_CTX, &ids, &feed),
-                &base,
-            );
+        for c in check_each_pass(&model, &fused_opts, N_CTX, &ids, &feed, &b) {
+            let pass_name = c.name;
             eprintln!(
-                "pass {pass_name:>15}, kv {}: alone fuses {n_alone:>3} nodes ({} launches/layer), max|d|/max|ref| {:.3e}; \
-                 after the passes before it fuses {n_chained:>3} ({} launches/layer), max|d|/max|ref| {:.3e}",
+                "pass {pass_name:>15}, kv {}: alone fuses {:>3} nodes ({} launches/layer), max|d|/max|ref| {:.3e}; \
+                 after the passes before it fuses {:>3} ({} launches/layer), max|d|/max|ref| {:.3e}",
                 kv.name(),
-                plan_alone.launches_per_layer(),
-                err_alone.max_rel,
-                plan_chained.launches_per_layer(),
-                err_chained.max_rel
+                c.n_alone,
+                c.launches_alone,
+                c.err_alone.max_rel,
+                c.n_chained,
+                c.launches_chained,
+                c.err_chained.max_rel
             );
             assert!(
-                n_alone > 0 || n_chained > 0,
+                c.n_alone > 0 || c.n_chained > 0,
                 "pass {pass_name} never fires on this model"
             );
             assert!(
-                err_alone.max_rel < FUSION_MAX_REL,
+                c.err_alone.max_rel < FUSION_MAX_REL,
                 "pass {pass_name} alone: {}",
-                err_alone.max_rel
+                c.err_alone.max_rel
             );
             assert!(
-                err_chained.max_rel < FUSION_MAX_REL,
+                c.err_chained.max_rel < FUSION_MAX_REL,
                 "pass {pass_name} chained: {}",
-                err_chained.max_rel
+                c.err_chained.max_rel
             );
         }
     }

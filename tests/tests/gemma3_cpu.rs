@@ -12,20 +12,17 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use kiln_engine::compiled::{BatchEntry, CompileOptions};
-use kiln_engine::driver::{GenerateRequest, generate};
 use kiln_engine::kv::KvDtype;
-use kiln_engine::model::{Model, model_graph};
+use kiln_engine::model::Model;
 use kiln_engine::perplexity::prepare_text;
 use kiln_engine::reference::Reference;
 use kiln_engine::runner::{LogitsFor, Runner};
-use kiln_engine::sampler::{SamplerConfig, argmax};
+use kiln_engine::sampler::argmax;
 use kiln_ir::DType;
-use kiln_ir::backend::Backend;
 use kiln_ir::kv_groups::KvGroups;
-use kiln_ir::{passes, verify};
 use kiln_tests::cpu::{
-    LogitsError, common_prefix, cpu, greedy_rows, lower_for_cpu, max_abs_diff, options, run_plan,
-    teacher_forced, top2_gap,
+    LogitsError, check_each_pass, common_prefix, cpu, greedy_rows, greedy_tokens, max_abs_diff,
+    options, teacher_forced, top2_gap,
 };
 use kiln_tests::{reference_model, reference_path};
 use kiln_tools::synth::{self, Shape, SynthConfig};
@@ -47,27 +44,26 @@ fn shape() -> Shape {
     }
 }
 
-/// A synthesized model of [`shape`] with matrices in `quant`, made once per test binary.
+/// A synthesized model of [`shape`] with matrices in `quant` (the same bytes every time:
+/// the seed is fixed), made once and kept in the target's temporary folder.
 fn model_file(quant: DType) -> PathBuf {
-    static FILES: OnceLock<std::sync::Mutex<Vec<(DType, PathBuf)>>> = OnceLock::new();
-    let files = FILES.get_or_init(Default::default);
-    let mut files = files.lock().unwrap();
-    if let Some((_, path)) = files.iter().find(|(q, _)| *q == quant) {
-        return path.clone();
+    static MADE: OnceLock<std::sync::Mutex<()>> = OnceLock::new();
+    let _one_at_a_time = MADE.get_or_init(Default::default).lock().unwrap();
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let path = dir.join(format!("gemma3-synth-w{WINDOW}-{}.gguf", quant.name()));
+    if path.exists() {
+        return path;
     }
-    let path = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!(
-        "gemma3-synth-{}-{}.gguf",
-        quant.name(),
-        std::process::id()
-    ));
+    // Written under this process's name, then renamed: another test run may race us.
+    let part = dir.join(format!("gemma3-synth-{}-{}.gguf", quant.name(), std::process::id()));
     let config = SynthConfig {
         shape: shape(),
         quant,
         seed: 3,
         tokenizer_from: reference_model(),
     };
-    synth::synthesize(&config, &path, |_| {}).expect("the Gemma 3 model synthesizes");
-    files.push((quant, path.clone()));
+    synth::synthesize(&config, &part, |_| {}).expect("the Gemma 3 model synthesizes");
+    std::fs::rename(&part, &path).expect("the synthesized model moves into place");
     path
 }
 
@@ -194,16 +190,7 @@ fn greedy_with_f16_kv_matches_the_oracle_until_a_close_call() {
             .iter()
             .position(|&g| g < MIN_GAP)
             .unwrap_or(GREEDY_TOKENS);
-        let request = GenerateRequest {
-            prompt_ids: ids.clone(),
-            max_tokens: GREEDY_TOKENS,
-            sampler: SamplerConfig::greedy(),
-            ignore_eos: true,
-            logprobs: 0,
-        };
-        let ours = generate(&mut runner, &model.tokenizer, &request, |_| true)
-            .unwrap()
-            .tokens;
+        let ours = greedy_tokens(&mut runner, &model, &ids, GREEDY_TOKENS);
         let prefix = common_prefix(&ours, theirs);
         eprintln!(
             "gemma3 synth greedy kv f16, prompt at {start}: common prefix {prefix} of {GREEDY_TOKENS}; \
@@ -262,43 +249,27 @@ fn every_fusion_pass_preserves_the_logits() {
         assert!(err.max_rel < FUSION_MAX_REL);
 
         // Each pass alone, and the passes one by one in their composing order.
-        let backend = kiln_backend_cpu::CpuBackend::new();
-        let unfused_graph = model_graph(&model).unwrap();
-        let supports = |op: &kiln_ir::Op| backend.supports(op, &unfused_graph);
-        let run = |graph| {
-            run_plan(
-                &model,
-                &lower_for_cpu(graph, &fused_opts),
-                kv,
-                N_CTX,
-                &ids,
-                &feed,
-            )
-        };
-        let base = run(unfused_graph.clone());
-        assert_eq!(LogitsError::worst(&base, &b).max_rel, 0.0);
-        let mut chained = unfused_graph.clone();
-        for (name, pass) in passes::ALL {
-            let mut alone = unfused_graph.clone();
-            let n_alone = pass(&mut alone, &supports);
-            verify(&alone).unwrap();
-            let err_alone = LogitsError::worst(&run(alone), &base);
-            let n_chained = pass(&mut chained, &supports);
-            verify(&chained).unwrap();
-            let err_chained = LogitsError::worst(&run(chained.clone()), &base);
+        for c in check_each_pass(&model, &fused_opts, N_CTX, &ids, &feed, &b) {
             eprintln!(
-                "gemma3 pass {name:>15}, kv {}: alone fuses {n_alone:>2} nodes, max|d|/max|ref| {:.3e}; \
-                 chained {n_chained:>2}, {:.3e}",
+                "gemma3 pass {:>15}, kv {}: alone fuses {:>2} nodes, max|d|/max|ref| {:.3e}; \
+                 chained {:>2}, {:.3e}",
+                c.name,
                 kv.name(),
-                err_alone.max_rel,
-                err_chained.max_rel
+                c.n_alone,
+                c.err_alone.max_rel,
+                c.n_chained,
+                c.err_chained.max_rel
             );
             // Gemma has no matmul feeding a residual add (its post-norms sit between).
-            if name != "residual_add" {
-                assert!(n_alone > 0 || n_chained > 0, "pass {name} never fires");
+            if c.name != "residual_add" {
+                assert!(
+                    c.n_alone > 0 || c.n_chained > 0,
+                    "pass {} never fires",
+                    c.name
+                );
             }
-            assert!(err_alone.max_rel < FUSION_MAX_REL, "{name} alone");
-            assert!(err_chained.max_rel < FUSION_MAX_REL, "{name} chained");
+            assert!(c.err_alone.max_rel < FUSION_MAX_REL, "{} alone", c.name);
+            assert!(c.err_chained.max_rel < FUSION_MAX_REL, "{} chained", c.name);
         }
     }
 }

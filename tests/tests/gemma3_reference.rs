@@ -15,19 +15,18 @@ use std::time::Instant;
 use kiln_backend_cpu::CpuBackend;
 use kiln_engine::Error;
 use kiln_engine::compiled::Compiled;
-use kiln_engine::driver::{GenerateRequest, generate};
 use kiln_engine::gguf::GgufError;
 use kiln_engine::kv::KvDtype;
 use kiln_engine::model::{Model, model_graph};
 use kiln_engine::perplexity::perplexity;
 use kiln_engine::reference::Reference;
 use kiln_engine::runner::{LogitsFor, Runner};
-use kiln_engine::sampler::{SamplerConfig, top_logprobs};
+use kiln_engine::sampler::top_logprobs;
 use kiln_engine::tokenizer::TokenizerError;
 use kiln_ir::backend::Backend;
 use kiln_testkit::{Failed, Outcome, fail, pass, skip, test};
-use kiln_tests::cpu::{common_prefix, options, perplexity_options};
-use kiln_tests::{gemma_model, reference_dir, reference_path};
+use kiln_tests::cpu::{common_prefix, greedy_tokens, options, perplexity_options};
+use kiln_tests::{gemma_model, ids, reference_dir, reference_path};
 use serde_json::Value;
 
 /// llama.cpp's context for the greedy runs.
@@ -43,14 +42,6 @@ fn reference(name: &str) -> Value {
     let path = reference_dir("gemma3-270m").join(name);
     let text = std::fs::read_to_string(&path).unwrap();
     serde_json::from_str(&text).unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("an array of ids")
-        .iter()
-        .map(|x| x.as_u64().expect("an id") as u32)
-        .collect()
 }
 
 fn failed(e: impl std::fmt::Display) -> Failed {
@@ -123,17 +114,7 @@ fn greedy_matches_llama_cpp() -> Outcome {
     let mut failures = Vec::new();
     for p in reference("greedy.json")["prompts"].as_array().unwrap() {
         let name = p["name"].as_str().unwrap();
-        let request = GenerateRequest {
-            prompt_ids: ids(&p["prompt_ids"]),
-            max_tokens: GREEDY_TOKENS,
-            sampler: SamplerConfig::greedy(),
-            ignore_eos: true,
-            logprobs: 0,
-        };
-        runner.reset();
-        let ours = generate(&mut runner, &model.tokenizer, &request, |_| true)
-            .map_err(failed)?
-            .tokens;
+        let ours = greedy_tokens(&mut runner, &model, &ids(&p["prompt_ids"]), GREEDY_TOKENS);
         let must = p["common_prefix_fa_off_fa_on"].as_u64().unwrap() as usize;
         let best = ["greedy_ids_fa_off", "greedy_ids_fa_on"]
             .iter()

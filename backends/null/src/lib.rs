@@ -82,31 +82,10 @@ impl Backend for NullBackend {
     }
 
     fn supports(&self, op: &Op, _graph: &Graph) -> bool {
-        // port: a `match` over the ops (and the weight dtypes, params) your kernels cover.
-        match op {
-            Op::Attention { attention } | Op::KvWrite { attention } => attention.is_plain(),
-            Op::Rope { rope } => rope.mode == kiln_ir::RopeMode::Normal,
-            Op::RopeKvWrite { rope, attention } => {
-                attention.is_plain() && rope.mode == kiln_ir::RopeMode::Normal
-            }
-            Op::Embed { .. }
-            | Op::RmsNorm { .. }
-            | Op::MatMul { .. }
-            | Op::Add
-            | Op::SwiGlu
-            | Op::SelectRows
-            | Op::RmsNormMatMul { .. }
-            | Op::MatMulSwiGlu { .. }
-            | Op::RmsNormMatMulSwiGlu { .. }
-            | Op::MatMulAdd { .. } => true,
-            Op::Scale { .. }
-            | Op::HeadRmsNorm { .. }
-            | Op::GeGlu
-            | Op::MatMulGeGlu { .. }
-            | Op::RmsNormMatMulGeGlu { .. }
-            | Op::RmsNormAdd { .. }
-            | Op::QkNormRopeKvWrite { .. } => false,
-        }
+        // port: a `match` over the ops (and the weight dtypes, params) your kernels cover;
+        // `is_plain` is what kernels without Gemma 3's ops, NeoX RoPE and windowed,
+        // rescaled or grouped attention take.
+        op.is_plain()
     }
 
     fn alloc(&mut self, bytes: usize) -> Result<BufferId, BackendError> {
