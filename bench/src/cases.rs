@@ -243,12 +243,7 @@ const ROPE_SEQS: usize = 4;
 
 impl RopeKvWrite {
     fn attention(&self, layer: usize) -> AttentionParams {
-        AttentionParams {
-            layer,
-            n_heads: self.n_heads,
-            n_kv_heads: self.n_kv_heads,
-            head_dim: self.head_dim,
-        }
+        AttentionParams::new(layer, self.n_heads, self.n_kv_heads, self.head_dim)
     }
 }
 
@@ -300,6 +295,7 @@ impl Case for RopeKvWrite {
             theta: 10_000.0,
             freq_scale: 1.0,
             freq_factors: None,
+            mode: kiln_ir::RopeMode::Normal,
         };
         for layer in 0..ROPE_LAYERS {
             let attention = self.attention(layer);
@@ -418,12 +414,8 @@ impl Attention {
         let v = g.embed("v", vocab, kv_dim);
         let mut out = q;
         for layer in 0..layers {
-            let attention = AttentionParams {
-                layer,
-                n_heads: self.n_heads,
-                n_kv_heads: self.n_kv_heads,
-                head_dim: self.head_dim,
-            };
+            let attention =
+                AttentionParams::new(layer, self.n_heads, self.n_kv_heads, self.head_dim);
             g.effect(Op::KvWrite { attention }, &[k, v]);
             out = g.node(Op::Attention { attention }, &[q], q_dim);
         }

@@ -70,13 +70,23 @@ pub fn step_weight_bytes(shape: &Shape, quant: DType) -> u64 {
         .sum()
 }
 
+/// Positions a decode step at context `ctx` attends to, all layers together (a window
+/// layer reads its window only).
+fn attended_positions(shape: &Shape, ctx: usize) -> u64 {
+    shape
+        .layer_windows()
+        .iter()
+        .map(|w| w.map_or(ctx, |w| w.min(ctx)) as u64)
+        .sum()
+}
+
 /// Bytes a decode step at context `ctx` reads: weights and the (FP8) KV of `ctx`
-/// positions.
+/// positions (of the window, in a window layer).
 pub fn step_bytes(shape: &Shape, quant: DType, ctx: usize) -> u64 {
-    let kv = KvLayout::new(shape.n_layers, shape.n_kv_heads, shape.head_dim())
+    let kv_per_layer = KvLayout::new(1, shape.n_kv_heads, shape.head_dim())
         .map(|l| l.bytes_per_token() as u64)
         .unwrap_or(0);
-    step_weight_bytes(shape, quant) + ctx as u64 * kv
+    step_weight_bytes(shape, quant) + attended_positions(shape, ctx) * kv_per_layer
 }
 
 /// FLOPs of a decode step: 2 a matrix weight (the LM head included, not the embedding
@@ -87,7 +97,7 @@ pub fn step_flops(shape: &Shape, quant: DType, ctx: usize) -> u64 {
         .filter(|t| t.rows() > 1 && (shape.tied_embeddings || t.name != "token_embd.weight"))
         .map(|t| t.n_elements())
         .sum();
-    2 * matrices + (4 * ctx * shape.n_heads * shape.head_dim() * shape.n_layers) as u64
+    2 * matrices + 4 * attended_positions(shape, ctx) * (shape.n_heads * shape.head_dim()) as u64
 }
 
 /// Compiled copies of a model, each with one sequence of `ctx − 1` random tokens; a

@@ -151,6 +151,8 @@ impl<'m> Chat<'m> {
             .count()
             .min(ids.len() - 1);
         self.runner.truncate(common);
+        // A sliding-window model may have kept less: feed from where the runner is.
+        let common = self.runner.position();
         self.context.truncate(common);
         let request = GenerateRequest {
             prompt_ids: ids[common..].to_vec(),

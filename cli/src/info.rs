@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use kiln_engine::Error;
 use kiln_engine::gguf::{Gguf, TensorInfo, Value};
-use kiln_engine::model::LlamaConfig;
+use kiln_engine::model::ModelConfig;
 use serde_json::json;
 
 use crate::common::print_json;
@@ -29,7 +29,7 @@ pub struct Args {
 pub fn main(args: Args) -> Result<(), Error> {
     let gguf = Gguf::open(&args.model)?;
     let file_bytes = std::fs::metadata(&args.model).map_or(0, |m| m.len());
-    let config = LlamaConfig::from_gguf(&gguf).ok();
+    let config = ModelConfig::from_gguf(&gguf).ok();
     let mut tensors: Vec<&TensorInfo> = gguf.tensors().iter().collect();
     tensors.sort_by_key(|t| tensor_order(&t.name));
     // Per type: (tensors, parameters, bytes), largest share first.
@@ -67,6 +67,7 @@ pub fn main(args: Args) -> Result<(), Error> {
                 "n_kv_heads": c.n_kv_heads, "head_dim": c.head_dim, "n_ff": c.n_ff,
                 "vocab_size": c.vocab_size, "context_length": c.context_length,
                 "rope_theta": c.rope_theta, "rms_norm_eps": c.rms_norm_eps,
+                "sliding_window": c.sliding_window(),
             })),
             "metadata": metadata,
             "tensors": table,

@@ -4,7 +4,6 @@ use std::path::PathBuf;
 
 use kiln_engine::Error;
 use kiln_engine::compiled::{CompileOptions, compile_plan};
-use kiln_engine::kv::KvLayout;
 use serde_json::json;
 
 use crate::args::KvArg;
@@ -44,9 +43,14 @@ pub fn main(args: Args) -> Result<(), Error> {
     let plan = compile_plan(&model, backend.as_ref(), &options)?;
     let c = &model.config;
     let dtype = kv_dtype(args.kv);
-    let layout = KvLayout::new(c.n_layers, c.n_kv_heads, c.head_dim)
-        .and_then(|l| l.with_dtype(dtype))
-        .map_err(kiln_engine::kv::KvError::from)?;
+    let layout = c.kv_layout(dtype).map_err(kiln_engine::kv::KvError::from)?;
+    // Every layer's K and V of one token (a page holds one KV group's layers).
+    let kv_bytes_per_token = layout.bytes_per_token() * layout.n_groups();
+    // One sequence at the full context, decoding: window layers keep their window only.
+    let kv_bytes_per_sequence =
+        c.kv_groups()
+            .pages_per_sequence(layout.kv_page_size(), c.context_length, 1)
+            * layout.page_bytes();
     if args.json {
         let launches: Vec<_> = plan
             .launches
@@ -60,21 +64,24 @@ pub fn main(args: Args) -> Result<(), Error> {
             "launches_per_layer": plan.launches_per_layer(),
             "arena_bytes": plan.arena_bytes,
             "naive_arena_bytes": plan.naive_bytes,
-            "kv_bytes_per_token": layout.bytes_per_token(),
+            "kv_bytes_per_token": kv_bytes_per_token,
+            "kv_bytes_per_sequence": kv_bytes_per_sequence,
             "kv": dtype.name(),
         }));
         return Ok(());
     }
     print!("{}", plan.graph.dump());
     println!(
-        "\n{} launches ({} per layer, {} layers) on {}; arena {} bytes (no reuse: {}); KV {} bytes per token ({})",
+        "\n{} launches ({} per layer, {} layers) on {}; arena {} bytes (no reuse: {}); KV {} bytes per token, {} per sequence of {} ({})",
         plan.launches.len(),
         plan.launches_per_layer(),
         c.n_layers,
         backend.name(),
         plan.arena_bytes,
         plan.naive_bytes,
-        layout.bytes_per_token(),
+        kv_bytes_per_token,
+        kv_bytes_per_sequence,
+        c.context_length,
         dtype.name()
     );
     Ok(())

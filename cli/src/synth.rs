@@ -52,6 +52,12 @@ pub struct Args {
     /// custom: vocabulary size; must equal the tokenizer's [default: the tokenizer's].
     #[arg(long)]
     vocab: Option<usize>,
+    /// custom: architecture, llama or gemma3 [default: llama].
+    #[arg(long)]
+    arch: Option<String>,
+    /// custom gemma3: the sliding window of five layers of six [default: 512].
+    #[arg(long)]
+    window: Option<usize>,
     /// Print one JSON object as the last line of stdout.
     #[arg(long)]
     json: bool,
@@ -148,10 +154,16 @@ fn shape_of(args: &Args) -> Result<Shape, SynthError> {
         ("--ffn", args.ffn),
         ("--ctx", args.ctx),
         ("--vocab", args.vocab),
+        ("--window", args.window),
     ];
     if !args.shape.eq_ignore_ascii_case(CUSTOM) {
         let shape = Shape::named(&args.shape)?;
-        if let Some((flag, _)) = custom_flags.iter().find(|(_, v)| v.is_some()) {
+        let arch_flag = args.arch.as_ref().map(|_| ("--arch", None::<usize>));
+        if let Some((flag, _)) = custom_flags
+            .iter()
+            .find(|(_, v)| v.is_some())
+            .or(arch_flag.as_ref())
+        {
             return Err(SynthError::BadShape(format!(
                 "{flag} only applies to --shape custom ({} has fixed dimensions)",
                 shape.name
@@ -174,7 +186,7 @@ fn shape_of(args: &Args) -> Result<Shape, SynthError> {
         Some(v) => v,
         None => synth::tokenizer_vocab_size(&args.tokenizer_from)?,
     };
-    Shape::custom(
+    let shape = Shape::custom(
         args.layers.unwrap_or_default(),
         args.dim.unwrap_or_default(),
         args.heads.unwrap_or_default(),
@@ -182,5 +194,12 @@ fn shape_of(args: &Args) -> Result<Shape, SynthError> {
         args.ffn.unwrap_or_default(),
         vocab,
         args.ctx.unwrap_or(CUSTOM_DEFAULT_CONTEXT),
-    )
+    )?;
+    match args.arch.as_deref().map(synth::Arch::parse).transpose()? {
+        Some(synth::Arch::Gemma3) => shape.gemma3(args.window.unwrap_or(512)),
+        _ if args.window.is_some() => Err(SynthError::BadShape(
+            "--window applies to --arch gemma3".into(),
+        )),
+        _ => Ok(shape),
+    }
 }

@@ -2,13 +2,13 @@
 //! backend executes it each step, with the KV cache in pages the [`KvManager`] hands out.
 //! Steps may carry several sequences (batched decode, chunked prefill).
 
-use kiln_ir::backend::{Backend, Step};
-use kiln_ir::kv_layout::{KvDtype, KvLayout};
+use kiln_ir::backend::{Backend, NO_PAGE, Step};
+use kiln_ir::kv_layout::KvDtype;
 use kiln_ir::{Plan, lower, passes};
 
 use crate::Error;
 use crate::memory::{self, KvRequest, MemoryPlan};
-use crate::model::{Model, llama_graph};
+use crate::model::{Model, model_graph};
 use crate::runner::{LogitsFor, Runner};
 use kiln_kv::{KvManager, SeqId};
 
@@ -102,7 +102,7 @@ pub fn compile_plan(
     backend: &dyn Backend,
     options: &CompileOptions,
 ) -> Result<Plan, Error> {
-    let mut graph = llama_graph(model)?;
+    let mut graph = model_graph(model)?;
     if options.fuse {
         // Passes never change the weight table, so support is asked against the original.
         let unfused = graph.clone();
@@ -126,8 +126,9 @@ impl<'m> Compiled<'m> {
         options: CompileOptions,
     ) -> Result<Compiled<'m>, Error> {
         let c = &model.config;
-        let layout = KvLayout::new(c.n_layers, c.n_kv_heads, c.head_dim)
-            .and_then(|l| l.with_dtype(options.kv_dtype))
+        let groups = c.kv_groups();
+        let layout = c
+            .kv_layout(options.kv_dtype)
             .map_err(kiln_kv::KvError::from)?;
         let max_seqs = options.max_seqs.max(1);
         let wanted_pages = match options.kv_budget_bytes {
@@ -140,11 +141,15 @@ impl<'m> Compiled<'m> {
                 }
                 pages => pages,
             },
-            None => options.n_ctx.div_ceil(layout.kv_page_size()) * max_seqs,
+            // Window groups hold only the pages their window reaches.
+            None => {
+                let step = options.max_step_tokens.clamp(1, options.n_ctx.max(1));
+                groups.pages_per_sequence(layout.kv_page_size(), options.n_ctx, step) * max_seqs
+            }
         };
         let request = KvRequest {
             wanted_pages,
-            min_pages: max_seqs,
+            min_pages: max_seqs * groups.n_groups(),
         };
         // Size everything before allocating anything: under a budget that does not fit,
         // halve the step (a smaller arena) until it does or nothing smaller is left.
@@ -177,7 +182,7 @@ impl<'m> Compiled<'m> {
             model,
             backend,
             plan,
-            kv: KvManager::new(layout, memory.kv_pages)?,
+            kv: KvManager::new(layout, memory.kv_pages)?.with_windows(groups.windows())?,
             options,
             memory,
             runner_seq: None,
@@ -270,7 +275,6 @@ impl<'m> Compiled<'m> {
         let mut positions = Vec::with_capacity(n_tokens); // (tokens)
         let mut token_seq = Vec::with_capacity(n_tokens); // (tokens)
         let mut output_rows = Vec::with_capacity(n_outputs); // (outputs)
-        let mut tables: Vec<Vec<u32>> = Vec::with_capacity(batch.len()); // (seqs, pages)
         for (i, (e, &start)) in batch.iter().zip(&starts).enumerate() {
             let first_row = token_ids.len();
             token_ids.extend_from_slice(e.tokens);
@@ -279,7 +283,14 @@ impl<'m> Compiled<'m> {
             if let Some(from) = e.logits_from {
                 output_rows.extend((first_row + from..token_ids.len()).map(|r| r as u32));
             }
-            tables.push(self.kv.block_table(e.seq)?.iter().map(|p| p.0).collect());
+        }
+        // (groups × seqs, pages), group-major; released window pages are NO_PAGE.
+        let mut tables: Vec<Vec<u32>> = Vec::with_capacity(self.kv.n_groups() * batch.len());
+        for group in 0..self.kv.n_groups() {
+            for e in batch {
+                let table = self.kv.block_table(e.seq, group)?;
+                tables.push(table.iter().map(|p| p.map_or(NO_PAGE, |p| p.0)).collect());
+            }
         }
         let block_tables: Vec<&[u32]> = tables.iter().map(Vec::as_slice).collect();
         let step = Step {
@@ -386,9 +397,11 @@ impl Runner for Compiled<'_> {
     fn truncate(&mut self, len: usize) {
         if let Some(seq) = self.runner_seq
             && len < self.position()
+            && self.kv.truncate(seq, len).is_err()
         {
-            // The sequence is known and `len` is shorter than it: truncation cannot fail.
-            let _ = self.kv.truncate(seq, len);
+            // The sequence is known and `len` is shorter than it, so the only failure is a
+            // window group's pages for `len` already given back: start over.
+            self.reset();
         }
     }
 

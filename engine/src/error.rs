@@ -23,7 +23,7 @@ pub enum Error {
     Kv(#[from] KvError),
     #[error(transparent)]
     MemoryBudget(#[from] crate::memory::BudgetError),
-    #[error("unsupported model architecture {0:?} (kiln runs the Llama family)")]
+    #[error("unsupported model architecture {0:?} (kiln runs llama, mistral and gemma3)")]
     UnsupportedArchitecture(String),
     #[error("bad model config: {0}")]
     BadConfig(String),

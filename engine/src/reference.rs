@@ -1,23 +1,30 @@
-//! The reference forward pass of the Llama family: the oracle every backend is tested
-//! against. Plain f32 loops in the order of the maths, one file, no fusion. Weights are
-//! read as stored: each row is dequantized into a small f32 buffer inside the matmul,
-//! never as a full f32 copy of the model. Work is spread over cores by rows and heads.
+//! The reference forward pass of every family kiln runs (Llama, Gemma 3): the oracle every
+//! backend is tested against. Plain f32 loops in the order of the maths, one file, no
+//! fusion. Weights are read as stored: each row is dequantized into a small f32 buffer
+//! inside the matmul, never as a full f32 copy of the model. Work is spread over cores by
+//! rows and heads.
 //!
-//! Per layer, for a batch of T tokens at positions p0..p0+T:
+//! x = embed(tokens) [· √n_embd]; then per layer, for a batch of T tokens at positions
+//! p0..p0+T (Gemma 3's additions in brackets):
 //!   xb = rmsnorm(x) * attn_norm
-//!   q, k, v = xb·Wqᵀ, xb·Wkᵀ, xb·Wvᵀ;  rope(q), rope(k)   (ggml "normal": adjacent pairs)
-//!   cache k, v;  att = softmax(q·kᵀ/√d, causal) · v       (grouped-query: n_heads/n_kv_heads share a KV head)
-//!   x += att·Woᵀ
+//!   q, k, v = xb·Wqᵀ, xb·Wkᵀ, xb·Wvᵀ
+//!   [q, k = rmsnorm of each head * attn_q_norm, attn_k_norm]
+//!   rope(q), rope(k)        (ggml "normal": adjacent pairs; [NeoX: halves], the layer's base)
+//!   cache k, v;  att = softmax(q·kᵀ·scale, causal [, the last `window` positions]) · v
+//!                           (grouped-query: n_heads/n_kv_heads share a KV head)
+//!   x += [rmsnorm(] att·Woᵀ [) * post_attention_norm]
 //!   xb = rmsnorm(x) * ffn_norm
-//!   x += (silu(xb·Wgateᵀ) * (xb·Wupᵀ))·Wdownᵀ
+//!   x += [rmsnorm(] (act(xb·Wgateᵀ) * (xb·Wupᵀ))·Wdownᵀ [) * post_ffw_norm]
+//!                           (act: silu, [gelu with tanh])
 //! then logits = rmsnorm(x) * output_norm · Woutputᵀ.
 
 use rayon::prelude::*;
 
+use kiln_ir::RopeMode;
 use kiln_ir::quant::{dequantize_row, dot_f32};
 
 use crate::Error;
-use crate::model::{LlamaConfig, Matrix, Model};
+use crate::model::{Activation, LayerConfig, Matrix, Model, ModelConfig};
 use crate::runner::{LogitsFor, Runner};
 
 /// Rows a rayon task takes in a matmul: enough to amortise scheduling, few enough to balance.
@@ -115,11 +122,12 @@ impl Runner for Reference<'_> {
 
 /// Run `tokens` after the cached context; logits of tokens `first_out..`, (n_out, vocab).
 fn forward(model: &Model, cache: &mut KvCache, tokens: &[u32], first_out: usize) -> Vec<f32> {
-    let c: &LlamaConfig = &model.config;
+    let c: &ModelConfig = &model.config;
     let w = &model.weights;
     let n_tokens = tokens.len();
     let pos0 = cache.len;
     let (d, q_dim, kv_dim) = (c.n_embd, c.q_dim(), c.kv_dim());
+    let eps = c.rms_norm_eps;
 
     let mut x = vec![0.0f32; n_tokens * d]; // (n_tokens, n_embd) residual stream
     let mut xb = vec![0.0f32; n_tokens * d]; // (n_tokens, n_embd) normed input of a sublayer
@@ -133,45 +141,52 @@ fn forward(model: &Model, cache: &mut KvCache, tokens: &[u32], first_out: usize)
 
     for (t, &id) in tokens.iter().enumerate() {
         let row = model.row(&w.token_embd, id as usize);
-        dequantize_row(w.token_embd.dtype, row, &mut x[t * d..(t + 1) * d])
-            .expect("row length checked at load");
+        let xt = &mut x[t * d..(t + 1) * d];
+        dequantize_row(w.token_embd.dtype, row, xt).expect("row length checked at load");
+        xt.iter_mut().for_each(|v| *v *= c.embedding_scale);
     }
 
-    for (layer, lw) in w.layers.iter().enumerate() {
+    for (layer, (lw, lc)) in w.layers.iter().zip(&c.layers).enumerate() {
         // Attention.
-        rmsnorm(&mut xb, &x, &lw.attn_norm, c.rms_norm_eps);
+        rmsnorm(&mut xb, &x, &lw.attn_norm, eps);
         matmul(model, &lw.wq, &xb, &mut q);
         matmul(model, &lw.wk, &xb, &mut k);
         matmul(model, &lw.wv, &xb, &mut v);
+        if let (Some(q_norm), Some(k_norm)) = (&lw.q_norm, &lw.k_norm) {
+            // Every head is a row of head_dim values.
+            rmsnorm_in_place(&mut q, q_norm, eps);
+            rmsnorm_in_place(&mut k, k_norm, eps);
+        }
         for t in 0..n_tokens {
             let pos = pos0 + t;
-            rope(
-                &mut q[t * q_dim..(t + 1) * q_dim],
-                pos,
-                c,
-                w.rope_freq_factors.as_deref(),
-            );
-            rope(
-                &mut k[t * kv_dim..(t + 1) * kv_dim],
-                pos,
-                c,
-                w.rope_freq_factors.as_deref(),
-            );
+            let factors = w.rope_freq_factors.as_deref();
+            rope(&mut q[t * q_dim..(t + 1) * q_dim], pos, c, lc, factors);
+            rope(&mut k[t * kv_dim..(t + 1) * kv_dim], pos, c, lc, factors);
         }
         cache.k[layer].extend_from_slice(&k);
         cache.v[layer].extend_from_slice(&v);
-        attention(&mut att, &q, &cache.k[layer], &cache.v[layer], pos0, c);
+        attention(&mut att, &q, &cache.k[layer], &cache.v[layer], pos0, c, lc);
         matmul(model, &lw.wo, &att, &mut delta);
+        if let Some(post) = &lw.post_attention_norm {
+            rmsnorm_in_place(&mut delta, post, eps);
+        }
         add_into(&mut x, &delta);
 
-        // Feed-forward (SwiGLU).
-        rmsnorm(&mut xb, &x, &lw.ffn_norm, c.rms_norm_eps);
+        // Feed-forward (SwiGLU or GeGLU).
+        rmsnorm(&mut xb, &x, &lw.ffn_norm, eps);
         matmul(model, &lw.w_gate, &xb, &mut gate);
         matmul(model, &lw.w_up, &xb, &mut up);
+        let act = match c.activation {
+            Activation::SwiGlu => silu,
+            Activation::GeGlu => gelu_tanh,
+        };
         for (g, u) in gate.iter_mut().zip(&up) {
-            *g = silu(*g) * u;
+            *g = act(*g) * u;
         }
         matmul(model, &lw.w_down, &gate, &mut delta);
+        if let Some(post) = &lw.post_ffw_norm {
+            rmsnorm_in_place(&mut delta, post, eps);
+        }
         add_into(&mut x, &delta);
     }
     cache.len += n_tokens;
@@ -179,7 +194,7 @@ fn forward(model: &Model, cache: &mut KvCache, tokens: &[u32], first_out: usize)
     let n_out = n_tokens - first_out;
     let x_out = &x[first_out * d..]; // (n_out, n_embd)
     let mut x_normed = vec![0.0f32; n_out * d]; // (n_out, n_embd)
-    rmsnorm(&mut x_normed, x_out, &w.output_norm, c.rms_norm_eps);
+    rmsnorm(&mut x_normed, x_out, &w.output_norm, eps);
     let mut logits = vec![0.0f32; n_out * c.vocab_size]; // (n_out, vocab)
     matmul(model, &w.output, &x_normed, &mut logits);
     logits
@@ -195,6 +210,12 @@ fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
             *o = xv * scale * wv;
         }
     }
+}
+
+/// x = x / sqrt(mean(x²) + eps) * weight over rows of len(weight). x: (n, len(weight)).
+fn rmsnorm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let normed_input = x.to_vec(); // (n, len(weight))
+    rmsnorm(x, &normed_input, weight, eps);
 }
 
 /// out (n, m.rows) = x (n, m.cols) · mᵀ. Each task dequantizes a few rows, one at a
@@ -223,24 +244,31 @@ fn matmul(model: &Model, m: &Matrix, x: &[f32], out: &mut [f32]) {
     }
 }
 
-/// Rotate adjacent pairs (x[2i], x[2i+1]) of the first `rope_dims` of every head by
-/// pos·θ_i, θ_i = base^(-2i/rope_dims) / freq_factor_i (ggml's "normal" RoPE mode).
+/// Rotate pair i of the first `rope_dims` of every head by pos·θ_i, θ_i =
+/// base^(-2i/rope_dims) / freq_factor_i, with the layer's base and position scale. Pairs
+/// are (x[2i], x[2i+1]) in ggml's "normal" mode, (x[i], x[i + rope_dims/2]) in NeoX mode.
 /// x: (n_heads, head_dim) for one token.
-fn rope(x: &mut [f32], pos: usize, c: &LlamaConfig, freq_factors: Option<&[f32]>) {
-    let position = pos as f64 * f64::from(c.rope_freq_scale);
+fn rope(x: &mut [f32], pos: usize, c: &ModelConfig, lc: &LayerConfig, factors: Option<&[f32]>) {
+    let position = pos as f64 * f64::from(lc.rope_freq_scale);
+    let half = c.rope_dims / 2;
     for head in x.chunks_exact_mut(c.head_dim) {
-        for i in 0..c.rope_dims / 2 {
-            let factor = freq_factors.map_or(1.0, |f| f64::from(f[i]));
-            let theta = f64::from(c.rope_theta).powf(-2.0 * i as f64 / c.rope_dims as f64);
+        for i in 0..half {
+            let factor = factors.map_or(1.0, |f| f64::from(f[i]));
+            let theta = f64::from(lc.rope_theta).powf(-2.0 * i as f64 / c.rope_dims as f64);
             let (sin, cos) = (position * theta / factor).sin_cos();
-            let (a, b) = (f64::from(head[2 * i]), f64::from(head[2 * i + 1]));
-            head[2 * i] = (a * cos - b * sin) as f32;
-            head[2 * i + 1] = (a * sin + b * cos) as f32;
+            let (ia, ib) = match c.rope_mode {
+                RopeMode::Normal => (2 * i, 2 * i + 1),
+                RopeMode::Neox => (i, i + half),
+            };
+            let (a, b) = (f64::from(head[ia]), f64::from(head[ib]));
+            head[ia] = (a * cos - b * sin) as f32;
+            head[ib] = (a * sin + b * cos) as f32;
         }
     }
 }
 
-/// Causal grouped-query attention of the batch's queries over the whole cache.
+/// Causal grouped-query attention of the batch's queries over the cache: the token at
+/// position p reads positions 0..=p, or p + 1 − window..=p in a window layer.
 /// out, q: (n_tokens, n_heads, head_dim); k_cache, v_cache: (len, n_kv_heads, head_dim),
 /// where the batch's token t sits at position pos0 + t.
 fn attention(
@@ -249,25 +277,26 @@ fn attention(
     k_cache: &[f32],
     v_cache: &[f32],
     pos0: usize,
-    c: &LlamaConfig,
+    c: &ModelConfig,
+    lc: &LayerConfig,
 ) {
     let (hd, kv_dim) = (c.head_dim, c.kv_dim());
     let group = c.n_heads / c.n_kv_heads;
-    let scale = 1.0 / (hd as f32).sqrt();
     out.par_chunks_mut(hd).enumerate().for_each(|(i, o)| {
         let (t, h) = (i / c.n_heads, i % c.n_heads);
         let kv_head = h / group;
         let qh = &q[i * hd..(i + 1) * hd];
-        let n_keys = pos0 + t + 1;
-        let mut scores = vec![0.0f32; n_keys]; // (n_keys)
-        for (p, s) in scores.iter_mut().enumerate() {
-            let kh = &k_cache[p * kv_dim + kv_head * hd..][..hd];
-            *s = dot_f32(qh, kh) * scale;
+        let pos = pos0 + t;
+        let first = lc.window.map_or(0, |w| (pos + 1).saturating_sub(w));
+        let mut scores = vec![0.0f32; pos + 1 - first]; // (keys) positions first..=pos
+        for (j, s) in scores.iter_mut().enumerate() {
+            let kh = &k_cache[(first + j) * kv_dim + kv_head * hd..][..hd];
+            *s = dot_f32(qh, kh) * c.attention_scale;
         }
         softmax(&mut scores);
         o.fill(0.0);
-        for (p, &s) in scores.iter().enumerate() {
-            let vh = &v_cache[p * kv_dim + kv_head * hd..][..hd];
+        for (j, &s) in scores.iter().enumerate() {
+            let vh = &v_cache[(first + j) * kv_dim + kv_head * hd..][..hd];
             for (ov, &vv) in o.iter_mut().zip(vh) {
                 *ov += s * vv;
             }
@@ -290,6 +319,13 @@ pub fn softmax(x: &mut [f32]) {
 
 fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
+}
+
+/// GELU in its tanh form: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+fn gelu_tanh(x: f32) -> f32 {
+    let x = f64::from(x);
+    let inner = (2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x * x * x);
+    (0.5 * x * (1.0 + inner.tanh())) as f32
 }
 
 fn add_into(x: &mut [f32], delta: &[f32]) {

@@ -24,7 +24,9 @@ pub trait Runner {
     fn reset(&mut self);
     /// Keep the first `len` positions of the context and forget the rest (a chat whose
     /// re-rendered history diverges from what was decoded, a rejected guess). `len` past
-    /// the end changes nothing.
+    /// the end changes nothing. A runner that cannot resume at `len` (a sliding-window
+    /// layer has given back pages the next token would read) forgets everything: read
+    /// `position()` afterwards to know what it kept.
     fn truncate(&mut self, len: usize);
     /// Append `tokens` to the context and return logits, `(n_out, vocab)` row-major.
     fn forward(&mut self, tokens: &[u32], logits: LogitsFor) -> Result<Vec<f32>, Error>;

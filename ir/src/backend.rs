@@ -9,7 +9,7 @@ use crate::graph::Graph;
 use crate::kv_layout::KvLayout;
 use crate::op::Op;
 use crate::plan::Plan;
-pub use crate::step::{Step, StepLimits, StepShape, argmax};
+pub use crate::step::{NO_PAGE, Step, StepLimits, StepShape, argmax};
 
 /// What a backend says about its device: its name for users, and the limits that size
 /// what it runs (a plan too large for a binding is refused at load; the number of

@@ -1,7 +1,11 @@
 //! The geometry of one KV page: how many tokens it holds and where each of its bytes lives.
 //!
-//! A page holds `kv_page_size` consecutive positions of one sequence for *every* layer, so a
-//! single block table serves the whole model. Pages lie back to back in the backend's buffer:
+//! A page holds `kv_page_size` consecutive positions of one sequence for `n_layers` layers:
+//! every layer of the model when its layers all attend alike (one block table per sequence
+//! serves the whole model), or the layers of one KV group when they do not (sliding-window
+//! layers apart from global ones, see [`crate::kv_groups`]; a "layer" below is then a slot
+//! of the group, and a sequence has one block table per group, `n_groups` of them). Pages
+//! of every group have the same size and lie back to back in the backend's buffer:
 //! page `p` starts at byte `p * page_bytes()`. Inside a page (`T` = `kv_page_size`,
 //! `H` = `n_kv_heads`, `D` = `head_dim`, `E` = bytes per value: 1 for FP8 E4M3, 2 for F16):
 //!
@@ -111,6 +115,8 @@ pub struct KvLayout {
     n_kv_heads: usize,
     head_dim: usize,
     dtype: KvDtype,
+    /// KV groups: block tables per sequence (1 unless layers attend differently).
+    n_groups: usize,
     // Derived once; offsets below stay under `page_bytes`, which was computed with checks.
     /// Bytes of one K (or V) values region, padded to KV_REGION_ALIGN.
     values_region: usize,
@@ -140,6 +146,10 @@ impl KvLayout {
             self.head_dim,
             self.dtype,
         )
+        .map(|l| KvLayout {
+            n_groups: self.n_groups,
+            ..l
+        })
     }
 
     pub fn with_dtype(self, dtype: KvDtype) -> Result<Self, KvLayoutError> {
@@ -150,6 +160,19 @@ impl KvLayout {
             self.head_dim,
             dtype,
         )
+        .map(|l| KvLayout {
+            n_groups: self.n_groups,
+            ..l
+        })
+    }
+
+    /// The same pages shared by `n_groups` KV groups (each sequence has a block table per
+    /// group).
+    pub fn with_groups(self, n_groups: usize) -> Result<Self, KvLayoutError> {
+        if n_groups == 0 {
+            return Err(KvLayoutError("n_groups must be at least 1".into()));
+        }
+        Ok(KvLayout { n_groups, ..self })
     }
 
     fn build(
@@ -199,6 +222,7 @@ impl KvLayout {
             n_kv_heads,
             head_dim,
             dtype,
+            n_groups: 1,
             values_region,
             scales_region,
             layer_bytes,
@@ -210,8 +234,14 @@ impl KvLayout {
         self.kv_page_size
     }
 
+    /// Layers (slots) a page holds.
     pub fn n_layers(&self) -> usize {
         self.n_layers
+    }
+
+    /// KV groups: block tables per sequence.
+    pub fn n_groups(&self) -> usize {
+        self.n_groups
     }
 
     pub fn n_kv_heads(&self) -> usize {
@@ -237,7 +267,7 @@ impl KvLayout {
         self.layer_bytes
     }
 
-    /// Bytes the cache stores per token, all layers, K and V, scales included, without the
+    /// Bytes the cache stores per token, all layers of a page, K and V, scales included, without the
     /// region padding (so `bytes_per_token() * kv_page_size() <= page_bytes()`, equal for the
     /// usual shapes).
     pub fn bytes_per_token(&self) -> usize {

@@ -6,10 +6,12 @@
 //! - [`passes`]: fusion passes, each small and separately tested.
 //! - [`plan`], [`planner`]: lowering to ordered launches and the activation arena.
 //! - [`backend`], [`step`]: the Backend trait, and a step with the checks every backend runs.
+//! - [`kv_layout`], [`kv_groups`]: the bytes of a KV page, and which layers share pages.
 
 pub mod backend;
 pub mod dtype;
 pub mod graph;
+pub mod kv_groups;
 pub mod kv_layout;
 pub mod op;
 pub mod passes;
@@ -21,7 +23,7 @@ pub mod verify;
 
 pub use dtype::DType;
 pub use graph::{Graph, Rows, ValueId, ValueType};
-pub use op::{AttentionParams, Op, RopeParams, WeightId};
+pub use op::{AttentionParams, Op, RopeMode, RopeParams, WeightId};
 pub use plan::{Launch, Plan, lower};
 pub use quant::QuantError;
 pub use verify::{IrError, verify};

@@ -8,6 +8,10 @@ use crate::kv_layout::KvLayout;
 use crate::op::Op;
 use crate::plan::Plan;
 
+/// A block-table entry for a page the sequence no longer holds: a sliding-window group's
+/// page behind every query's window. Kernels never read it.
+pub const NO_PAGE: u32 = u32::MAX;
+
 /// Everything one step needs beyond the plan: the batch's tokens, where each belongs,
 /// and the KV pages of each sequence. Several sequences of different lengths may share
 /// a step (batched decode, chunked prefill).
@@ -19,7 +23,11 @@ pub struct Step<'a> {
     pub positions: &'a [u32],
     /// (tokens) index into `block_tables` of each token's sequence.
     pub token_seq: &'a [u32],
-    /// (seqs) pages of each sequence, covering every position up to this step's last.
+    /// (groups × seqs) pages of each sequence in each KV group, group-major: the table of
+    /// sequence s in group g is `block_tables[g * n_seqs + s]`, with `n_groups` from the
+    /// [`KvLayout`] (1 for most models, where this is one table per sequence). Entry i
+    /// holds positions i·kv_page_size.. and every position up to this step's last is
+    /// covered; a window group's entries behind every query's window may be [`NO_PAGE`].
     pub block_tables: &'a [&'a [u32]],
     /// (outputs) indices of the tokens whose logits are wanted.
     pub output_rows: &'a [u32],
@@ -53,7 +61,7 @@ impl StepShape {
 }
 
 /// What the step check needs to know of a loaded plan and its KV pool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StepLimits {
     pub max_tokens: usize,
     pub max_outputs: usize,
@@ -61,6 +69,9 @@ pub struct StepLimits {
     pub vocab: usize,
     pub kv_page_size: usize,
     pub kv_page_count: usize,
+    /// Per KV group: the sliding window of its layers (None: full attention), which
+    /// decides the pages a query reads.
+    pub group_windows: Vec<Option<usize>>,
 }
 
 impl StepLimits {
@@ -74,12 +85,19 @@ impl StepLimits {
                 _ => None,
             })
             .unwrap_or(0);
+        let mut group_windows: Vec<Option<Option<usize>>> = vec![None; kv.n_groups().max(1)];
+        for a in plan.launches.iter().filter_map(|l| l.op.attention()) {
+            if let Some(w) = group_windows.get_mut(a.kv_group) {
+                w.get_or_insert(a.window);
+            }
+        }
         StepLimits {
             max_tokens: plan.max_tokens,
             max_outputs: plan.max_outputs,
             vocab,
             kv_page_size: kv.kv_page_size(),
             kv_page_count,
+            group_windows: group_windows.into_iter().map(Option::flatten).collect(),
         }
     }
 
@@ -129,19 +147,35 @@ impl StepLimits {
                 self.vocab
             ));
         }
+        let page_size = self.kv_page_size.max(1);
+        let n_groups = self.group_windows.len();
+        if !step.block_tables.len().is_multiple_of(n_groups) {
+            return Some(format!(
+                "{} block tables for {n_groups} KV groups",
+                step.block_tables.len()
+            ));
+        }
+        let n_seqs = step.block_tables.len() / n_groups;
         for (&pos, &seq) in step.positions.iter().zip(step.token_seq) {
-            let Some(table) = step.block_tables.get(seq as usize) else {
+            if seq as usize >= n_seqs {
                 return Some(format!("sequence {seq} has no block table"));
-            };
-            let needed = pos as usize / self.kv_page_size.max(1) + 1;
-            if table.len() < needed
-                || table[..needed]
-                    .iter()
-                    .any(|&p| p as usize >= self.kv_page_count)
-            {
-                return Some(format!(
-                    "sequence {seq}: position {pos} is not covered by its pages"
-                ));
+            }
+            let pos = pos as usize;
+            for (g, &window) in self.group_windows.iter().enumerate() {
+                let table = step.block_tables[g * n_seqs + seq as usize];
+                // Every page a query at this position reads must exist.
+                let first = window.map_or(0, |w| (pos + 1).saturating_sub(w)) / page_size;
+                let last = pos / page_size;
+                if table.len() <= last
+                    || table[first..=last]
+                        .iter()
+                        .any(|&p| p as usize >= self.kv_page_count)
+                {
+                    let group = if n_groups > 1 { format!(" in KV group {g}") } else { String::new() };
+                    return Some(format!(
+                        "sequence {seq}: position {pos} is not covered by its pages{group}"
+                    ));
+                }
             }
         }
         None
@@ -183,6 +217,7 @@ mod tests {
             vocab: 10,
             kv_page_size: 16,
             kv_page_count: 2,
+            group_windows: vec![None],
         };
         let table: &[u32] = &[1];
         let good = Step {

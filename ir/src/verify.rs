@@ -31,6 +31,8 @@ pub fn verify(graph: &Graph) -> Result<(), IrError> {
     let mut defined = vec![false; graph.values.len()];
     defined[input.0 as usize] = true;
     let mut kv_written = vec![false; graph.n_layers];
+    // The layer whose K/V each (group, slot) holds: two layers must never share one.
+    let mut kv_owner: std::collections::HashMap<(usize, usize), usize> = Default::default();
     for (i, node) in graph.nodes.iter().enumerate() {
         let fail = |message: String| IrError::Node {
             node: i,
@@ -60,6 +62,15 @@ pub fn verify(graph: &Graph) -> Result<(), IrError> {
             node_outputs: &node.outputs,
         };
         checker.check(&node.op, &mut kv_written).map_err(fail)?;
+        if let Some(a) = node.op.attention() {
+            let owner = *kv_owner.entry((a.kv_group, a.kv_slot)).or_insert(a.layer);
+            if owner != a.layer {
+                return Err(fail(format!(
+                    "layer {} keeps its K/V in group {} slot {}, which holds layer {owner}'s",
+                    a.layer, a.kv_group, a.kv_slot
+                )));
+            }
+        }
     }
     if !defined[output.0 as usize] {
         return Err(IrError::Graph("the output is never computed".into()));
@@ -105,12 +116,38 @@ impl Checker<'_> {
                 let (rows, k) = self.f32_in(0)?;
                 self.matmuls(weights, rows, k)
             }
-            Op::Add | Op::SwiGlu => {
+            Op::Add | Op::SwiGlu | Op::GeGlu => {
                 self.arity(2, 1)?;
                 let a = self.f32_in(0)?;
                 if a != self.f32_in(1)? {
                     return Err("operands differ in shape".into());
                 }
+                self.out(0, a.0, a.1)
+            }
+            Op::Scale { factor } => {
+                self.arity(1, 1)?;
+                if !factor.is_finite() {
+                    return Err(format!("scales by {factor}"));
+                }
+                let (rows, d) = self.f32_in(0)?;
+                self.out(0, rows, d)
+            }
+            Op::HeadRmsNorm {
+                weight, head_dim, ..
+            } => {
+                self.arity(1, 1)?;
+                let (rows, cols) = self.f32_in(0)?;
+                self.heads(cols, *head_dim)?;
+                self.vector(*weight, *head_dim)?;
+                self.out(0, rows, cols)
+            }
+            Op::RmsNormAdd { weight, .. } => {
+                self.arity(2, 1)?;
+                let a = self.f32_in(0)?;
+                if a != self.f32_in(1)? {
+                    return Err("operands differ in shape".into());
+                }
+                self.vector(*weight, a.1)?;
                 self.out(0, a.0, a.1)
             }
             Op::Rope { rope } => {
@@ -151,10 +188,15 @@ impl Checker<'_> {
                 self.vector(*norm, k)?;
                 self.matmuls(weights, rows, k)
             }
-            Op::MatMulSwiGlu { gate, up } | Op::RmsNormMatMulSwiGlu { gate, up, .. } => {
+            Op::MatMulSwiGlu { gate, up }
+            | Op::RmsNormMatMulSwiGlu { gate, up, .. }
+            | Op::MatMulGeGlu { gate, up }
+            | Op::RmsNormMatMulGeGlu { gate, up, .. } => {
                 self.arity(1, 1)?;
                 let (rows, k) = self.f32_in(0)?;
-                if let Op::RmsNormMatMulSwiGlu { norm, .. } = op {
+                if let Op::RmsNormMatMulSwiGlu { norm, .. } | Op::RmsNormMatMulGeGlu { norm, .. } =
+                    op
+                {
                     self.vector(*norm, k)?;
                 }
                 let g = self.matrix(*gate)?;
@@ -173,9 +215,16 @@ impl Checker<'_> {
                 self.f32_in_is(1, rows, n)?;
                 self.out(0, rows, n)
             }
-            Op::RopeKvWrite { rope, attention } => {
+            Op::RopeKvWrite { rope, attention }
+            | Op::QkNormRopeKvWrite {
+                rope, attention, ..
+            } => {
                 self.arity(3, 1)?;
                 self.attention(attention)?;
+                if let Op::QkNormRopeKvWrite { q_norm, k_norm, .. } = op {
+                    self.vector(*q_norm, attention.head_dim)?;
+                    self.vector(*k_norm, attention.head_dim)?;
+                }
                 if rope.head_dim != attention.head_dim {
                     return Err(format!(
                         "RoPE heads of {} for attention heads of {}",
@@ -272,6 +321,13 @@ impl Checker<'_> {
         Ok(())
     }
 
+    fn heads(&self, cols: usize, head_dim: usize) -> Check {
+        if head_dim == 0 || !cols.is_multiple_of(head_dim) {
+            return Err(format!("{cols} columns are not whole heads of {head_dim}"));
+        }
+        Ok(())
+    }
+
     fn rope(&self, rope: &RopeParams, rows: Rows, cols: usize) -> Check {
         if rows != Rows::Tokens || rope.head_dim == 0 || !cols.is_multiple_of(rope.head_dim) {
             return Err(format!(
@@ -300,6 +356,12 @@ impl Checker<'_> {
                 "{} query heads over {} KV heads",
                 a.n_heads, a.n_kv_heads
             ));
+        }
+        if a.window == Some(0) {
+            return Err("a sliding window of 0 positions".into());
+        }
+        if !a.scale.is_finite() || a.scale <= 0.0 {
+            return Err(format!("an attention scale of {}", a.scale));
         }
         Ok(())
     }

@@ -66,3 +66,41 @@ fn unknown_weights_layers_and_missing_output_are_rejected() {
     g.nodes[3].outputs.push(ValueId(0));
     assert!(node_error(verify(&g)).contains("redefines %0"));
 }
+
+#[test]
+fn gemma_ops_are_checked() {
+    use crate::passes::tests::tiny_gemma;
+    // A QK-norm weight of the wrong length.
+    let mut g = tiny_gemma(1);
+    let i = g
+        .nodes
+        .iter()
+        .position(|n| matches!(n.op, Op::HeadRmsNorm { .. }))
+        .unwrap();
+    if let Op::HeadRmsNorm { head_dim, .. } = &mut g.nodes[i].op {
+        *head_dim = 16;
+    }
+    assert!(node_error(verify(&g)).contains("expected (1, 16)"));
+    // A window of 0, and a scale that is not a number.
+    for bad in [
+        |a: &mut crate::AttentionParams| a.window = Some(0),
+        |a: &mut crate::AttentionParams| a.scale = f32::NAN,
+    ] {
+        let mut g = tiny_gemma(1);
+        for n in &mut g.nodes {
+            if let Op::Attention { attention } | Op::KvWrite { attention } = &mut n.op {
+                bad(attention);
+            }
+        }
+        assert!(verify(&g).is_err());
+    }
+    // Two layers writing one KV slot.
+    let mut g = tiny_gemma(2);
+    for n in &mut g.nodes {
+        if let Op::Attention { attention } | Op::KvWrite { attention } = &mut n.op {
+            attention.kv_group = 0;
+            attention.kv_slot = 0;
+        }
+    }
+    assert!(node_error(verify(&g)).contains("holds layer 0's"));
+}

@@ -162,7 +162,10 @@ pub fn supports(op: &Op, graph: &Graph) -> bool {
             .is_some_and(|w| WEIGHT_DTYPES.contains(&w.dtype) && w.cols % 8 == 0)
     });
     let dtype = |w: &WeightId| graph.weight(*w).map(|w| w.dtype);
+    // Gemma 3's ops, NeoX RoPE and attention with windows, scales or KV groups have no
+    // WGSL kernel yet.
     matrices_ok
+        && op.is_plain()
         && match op {
             Op::MatMulSwiGlu { gate, up } | Op::RmsNormMatMulSwiGlu { gate, up, .. } => {
                 dtype(gate) == dtype(up)
@@ -644,6 +647,15 @@ impl Builder<'_> {
                     vec![Params, Arena, Kv, Step],
                     grid,
                 )]
+            }
+            Op::Scale { .. }
+            | Op::HeadRmsNorm { .. }
+            | Op::GeGlu
+            | Op::MatMulGeGlu { .. }
+            | Op::RmsNormMatMulGeGlu { .. }
+            | Op::RmsNormAdd { .. }
+            | Op::QkNormRopeKvWrite { .. } => {
+                return Err(unsupported(format!("{} (no WGSL kernel)", launch.op)));
             }
         })
     }

@@ -120,6 +120,7 @@ fn the_step_buffer_holds_every_region_where_its_header_says() {
             theta: 10_000.0,
             freq_scale: 1.0,
             freq_factors: None,
+            mode: kiln_ir::RopeMode::Normal,
         },
         factors: None,
     };

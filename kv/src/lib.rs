@@ -14,8 +14,13 @@
 //! - Every page is in exactly one state: on the free list, held (reference count > 0,
 //!   the count equal to the number of block-table entries naming it), or cached (count 0,
 //!   registered in the prefix index, in the LRU list).
-//! - A sequence of `len` tokens has a block table of exactly `ceil(len / kv_page_size)` pages;
-//!   position `i` lives in page `block_table[i / kv_page_size]` at offset `i % kv_page_size`.
+//! - A sequence has one block table per KV group (layers that attend alike; see
+//!   `kiln_ir::kv_groups`). Each has exactly `ceil(len / kv_page_size)` entries; position `i`
+//!   lives in page `block_table[i / kv_page_size]` at offset `i % kv_page_size`.
+//! - A full-attention group holds every page. A sliding-window group of window `W` holds
+//!   exactly the pages from the one holding position `a + 1 − W` on, `a` being where the
+//!   last append started: the earlier ones, which no query of that append or after it can
+//!   read, went back to the pool when it began (their entries are None).
 //! - A page is written only by a sequence that holds it alone and while it is not in the
 //!   prefix cache; anything else is copied first ([`PageCopy`]).
 //! - A failed call changes nothing (no page leaked, no sequence half-updated).
@@ -41,6 +46,7 @@ mod tests;
 
 use std::fmt;
 
+pub use kiln_ir::kv_groups::KvGroups;
 pub use kiln_ir::kv_layout::{
     DEFAULT_KV_PAGE_SIZE, KV_REGION_ALIGN, KvDtype, KvLayout, KvLayoutError,
 };
@@ -100,12 +106,28 @@ pub struct PageCopy {
 }
 
 /// What [`KvManager::append`] reserved. Execute `copies` (all of the step's, before any
-/// write), then write token `i`'s K/V into `slots[i]`.
+/// write), then write token `i`'s K/V of the layers of group `g` into `slots[g][i]`.
 #[must_use = "execute every PageCopy before writing the new tokens into their slots"]
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Appended {
     pub copies: Vec<PageCopy>,
-    pub slots: Vec<Slot>,
+    /// (groups, tokens)
+    pub slots: Vec<Vec<Slot>>,
+}
+
+/// What an append would do to the pool: pages it takes (new pages and copies) and pages it
+/// gives back first (window pages this sequence alone held).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AppendCost {
+    pub take: usize,
+    pub give_back: usize,
+}
+
+impl AppendCost {
+    /// Pages the pool loses, net.
+    pub fn net(&self) -> usize {
+        self.take.saturating_sub(self.give_back)
+    }
 }
 
 /// A snapshot of the cache's occupancy and prefix-cache effectiveness.
@@ -163,4 +185,12 @@ pub enum KvError {
     BadLayout(#[from] KvLayoutError),
     #[error("{n_pages} KV pages requested: page ids are 32-bit, at most {max}")]
     TooManyPages { n_pages: usize, max: usize },
+    #[error("bad sliding windows for the KV groups: {0}")]
+    BadWindows(String),
+    #[error("KV group {group} of {n_groups}")]
+    UnknownGroup { group: usize, n_groups: usize },
+    #[error(
+        "cannot truncate {seq} to {n} tokens: pages its sliding window needs there went back to the pool"
+    )]
+    WindowReleased { seq: SeqId, n: usize },
 }

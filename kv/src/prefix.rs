@@ -27,6 +27,23 @@ pub fn page_hash(parent: u64, tokens: &[u32]) -> u64 {
     })
 }
 
+/// The name of KV group `group`'s page whose chain hash is `hash`: the chain hash itself
+/// for group 0, a hash of it and the group for the others (the groups' pages of one prefix
+/// hold different layers).
+pub fn group_page_hash(hash: u64, group: usize) -> u64 {
+    if group == 0 {
+        return hash;
+    }
+    let bytes = hash
+        .to_le_bytes()
+        .into_iter()
+        .chain(b"kv group".iter().copied())
+        .chain((group as u64).to_le_bytes());
+    bytes.fold(FNV_OFFSET_BASIS, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(FNV_PRIME)
+    })
+}
+
 /// What a registered page holds, kept to rule out hash collisions on lookup.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct PrefixEntry {

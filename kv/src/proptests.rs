@@ -1,8 +1,10 @@
 //! Random operation sequences on small pools, so that running out of pages, copy-on-write,
-//! prefix hits and evictions all happen often. After every operation the harness checks the
-//! manager's invariants and reads every live sequence back through its block table from a
-//! model of the backend's memory: a page written while shared, a cached page overwritten, or
-//! a copy forgotten shows up as a wrong token.
+//! prefix hits and evictions all happen often, with one to three KV groups of which some
+//! have sliding windows. After every operation the harness checks the manager's invariants
+//! and reads every live sequence back through each group's block table from a model of the
+//! backend's memory: a page written while shared, a cached page overwritten, a copy
+//! forgotten or a window page released too early shows up as a wrong token; a window page
+//! kept too long, or any page leaked, shows up in the page counts.
 
 use proptest::prelude::*;
 
@@ -50,28 +52,48 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// A live sequence as the harness knows it.
+#[derive(Clone, Debug)]
+struct Live {
+    seq: SeqId,
+    tokens: Vec<u32>,
+    /// Where its last append started: window groups hold the pages from the one holding
+    /// position `frontier + 1 - window` on.
+    frontier: usize,
+}
+
 /// The manager, what each live sequence should hold, and what the backend's pages hold.
 struct Harness {
     kv: KvManager,
     page_size: usize,
-    live: Vec<(SeqId, Vec<u32>)>,
+    windows: Vec<Option<usize>>,
+    live: Vec<Live>,
     dead: Vec<SeqId>,
     /// `memory[page][offset]`: the token whose K/V was written there (None: never written).
     memory: Vec<Vec<Option<u32>>>,
 }
 
 impl Harness {
-    fn new(page_size: usize, kv_page_count: usize) -> Self {
+    fn new(page_size: usize, kv_page_count: usize, windows: Vec<Option<usize>>) -> Self {
         let layout = KvLayout::new(2, 1, 4)
             .and_then(|l| l.with_kv_page_size(page_size))
+            .and_then(|l| l.with_groups(windows.len()))
             .unwrap();
         Harness {
-            kv: KvManager::new(layout, kv_page_count).unwrap(),
+            kv: KvManager::new(layout, kv_page_count)
+                .and_then(|kv| kv.with_windows(&windows))
+                .unwrap(),
             page_size,
+            windows,
             live: Vec::new(),
             dead: Vec::new(),
             memory: vec![vec![None; page_size]; kv_page_count],
         }
+    }
+
+    /// The first page group `g` must hold for queries from position `frontier` on.
+    fn first_needed_page(&self, g: usize, frontier: usize) -> usize {
+        self.windows[g].map_or(0, |w| (frontier + 1).saturating_sub(w) / self.page_size)
     }
 
     /// What a backend does with an append: copies first, then writes.
@@ -82,25 +104,41 @@ impl Harness {
                 self.memory[dst][offset] = self.memory[src][offset];
             }
         }
-        assert_eq!(appended.slots.len(), tokens.len());
-        for (slot, &token) in appended.slots.iter().zip(tokens) {
-            self.memory[slot.page.index()][slot.offset] = Some(token);
+        if tokens.is_empty() {
+            assert_eq!(*appended, Appended::default());
+            return;
+        }
+        assert_eq!(appended.slots.len(), self.windows.len());
+        for group in &appended.slots {
+            assert_eq!(group.len(), tokens.len());
+            for (slot, &token) in group.iter().zip(tokens) {
+                self.memory[slot.page.index()][slot.offset] = Some(token);
+            }
         }
     }
 
     /// Appends, checking all-or-nothing on failure; returns whether it succeeded.
     fn append(&mut self, i: usize, tokens: &[u32]) -> Result<bool, TestCaseError> {
-        let seq = self.live[i].0;
+        let seq = self.live[i].seq;
         let before = self.kv.clone();
+        let cost = self.kv.append_cost(seq, tokens.len()).unwrap();
         let needed = self.kv.pages_needed(seq, tokens.len()).unwrap();
+        prop_assert_eq!(needed, cost.net());
         let available = self.kv.pool().available();
         match self.kv.append(seq, tokens) {
             Ok(appended) => {
                 prop_assert!(needed <= available);
-                prop_assert_eq!(self.kv.pool().available(), available - needed);
-                prop_assert!(appended.copies.len() <= 1);
+                prop_assert_eq!(
+                    self.kv.pool().available(),
+                    available + cost.give_back - cost.take
+                );
+                prop_assert!(appended.copies.len() <= self.windows.len());
                 self.execute(&appended, tokens);
-                self.live[i].1.extend_from_slice(tokens);
+                let live = &mut self.live[i];
+                if !tokens.is_empty() {
+                    live.frontier = live.tokens.len();
+                }
+                live.tokens.extend_from_slice(tokens);
                 Ok(true)
             }
             Err(err) => {
@@ -123,43 +161,74 @@ impl Harness {
         match op {
             Op::Create => {
                 let seq = self.kv.create_sequence();
-                self.live.push((seq, Vec::new()));
+                self.live.push(Live {
+                    seq,
+                    tokens: Vec::new(),
+                    frontier: 0,
+                });
             }
             Op::CreateWithPrefix { system, cut, tail } => {
                 let mut prompt = SYSTEM_PROMPTS[system][..cut].to_vec();
                 prompt.extend(tail);
+                let peek = self.kv.cached_prefix(&prompt);
                 let (seq, cached) = self.kv.create_sequence_with_prefix(&prompt);
                 prop_assert_eq!(cached % self.page_size, 0);
                 prop_assert!(cached == 0 || cached < prompt.len());
                 prop_assert_eq!(self.kv.tokens(seq).unwrap(), &prompt[..cached]);
-                self.live.push((seq, prompt[..cached].to_vec()));
+                prop_assert_eq!(peek.len(), self.kv.pages_held(seq).unwrap());
+                self.live.push(Live {
+                    seq,
+                    tokens: prompt[..cached].to_vec(),
+                    frontier: cached,
+                });
                 self.append(n_live, &prompt[cached..])?;
             }
             Op::Fork(i) if n_live > 0 => {
-                let (parent, tokens) = self.live[i % n_live].clone();
-                let child = self.kv.fork(parent).unwrap();
-                self.live.push((child, tokens));
+                let parent = self.live[i % n_live].clone();
+                let child = self.kv.fork(parent.seq).unwrap();
+                self.live.push(Live {
+                    seq: child,
+                    ..parent
+                });
             }
             Op::Append(i, tokens) if n_live > 0 => {
                 self.append(i % n_live, &tokens)?;
             }
             Op::Truncate(i, keep) if n_live > 0 => {
-                let (seq, tokens) = &mut self.live[i % n_live];
-                let (len, n) = (tokens.len(), keep % (tokens.len() + 2));
+                let live = self.live[i % n_live].clone();
+                let (seq, len) = (live.seq, live.tokens.len());
+                let n = keep % (len + 2);
+                let frontier = live.frontier.min(n);
+                // The pages the next token's window reaches must never have been released.
+                let released = (0..self.windows.len()).any(|g| {
+                    let (needed, held) = (
+                        self.first_needed_page(g, frontier),
+                        self.first_needed_page(g, live.frontier),
+                    );
+                    needed < held.min(n.div_ceil(self.page_size))
+                });
+                let before = self.kv.clone();
                 if n > len {
-                    let before = self.kv.clone();
                     prop_assert_eq!(
-                        self.kv.truncate(*seq, n),
-                        Err(KvError::TruncatePastEnd { seq: *seq, len, n })
+                        self.kv.truncate(seq, n),
+                        Err(KvError::TruncatePastEnd { seq, len, n })
+                    );
+                    prop_assert!(self.kv == before);
+                } else if released {
+                    prop_assert_eq!(
+                        self.kv.truncate(seq, n),
+                        Err(KvError::WindowReleased { seq, n })
                     );
                     prop_assert!(self.kv == before);
                 } else {
-                    self.kv.truncate(*seq, n).unwrap();
-                    tokens.truncate(n);
+                    self.kv.truncate(seq, n).unwrap();
+                    let live = &mut self.live[i % n_live];
+                    live.tokens.truncate(n);
+                    live.frontier = frontier;
                 }
             }
             Op::Free(i) if n_live > 0 => {
-                let (seq, _) = self.live.swap_remove(i % n_live);
+                let Live { seq, .. } = self.live.swap_remove(i % n_live);
                 self.kv.free(seq).unwrap();
                 self.dead.push(seq);
             }
@@ -186,22 +255,51 @@ impl Harness {
             stats.kv_page_count
         );
         prop_assert_eq!(stats.sequences, self.live.len());
-        for (seq, expected) in &self.live {
-            prop_assert_eq!(self.kv.tokens(*seq).unwrap(), &expected[..]);
-            let table = self.kv.block_table(*seq).unwrap();
-            prop_assert_eq!(table.len(), expected.len().div_ceil(self.page_size));
-            for (pos, &token) in expected.iter().enumerate() {
-                let page = table[pos / self.page_size];
-                let stored = self.memory[page.index()][pos % self.page_size];
-                prop_assert_eq!(stored, Some(token), "{} position {} ({})", seq, pos, page);
+        let mut held = 0;
+        for live in &self.live {
+            let (seq, expected) = (live.seq, &live.tokens);
+            prop_assert_eq!(self.kv.tokens(seq).unwrap(), &expected[..]);
+            for g in 0..self.windows.len() {
+                let table = self.kv.block_table(seq, g).unwrap();
+                prop_assert_eq!(table.len(), expected.len().div_ceil(self.page_size));
+                // Exactly the pages a query from the frontier on can read are held.
+                let first = self.first_needed_page(g, live.frontier);
+                for (i, entry) in table.iter().enumerate() {
+                    prop_assert_eq!(
+                        entry.is_some(),
+                        i >= first,
+                        "{} group {} page {}",
+                        seq,
+                        g,
+                        i
+                    );
+                }
+                held += table.len() - first.min(table.len());
+                for (pos, &token) in expected.iter().enumerate() {
+                    if let Some(page) = table[pos / self.page_size] {
+                        let stored = self.memory[page.index()][pos % self.page_size];
+                        prop_assert_eq!(stored, Some(token), "{} position {} ({})", seq, pos, page);
+                    }
+                }
             }
+            prop_assert_eq!(
+                self.kv.pages_held(seq).unwrap(),
+                (0..self.windows.len())
+                    .map(|g| {
+                        let n = expected.len().div_ceil(self.page_size);
+                        n - self.first_needed_page(g, live.frontier).min(n)
+                    })
+                    .sum::<usize>()
+            );
         }
+        // No leak: a page is in use only while a block-table entry holds it.
+        prop_assert!(stats.pages_in_use <= held);
         Ok(())
     }
 
     fn free_everything(&mut self) -> Result<(), TestCaseError> {
-        for (seq, _) in std::mem::take(&mut self.live) {
-            self.kv.free(seq).unwrap();
+        for live in std::mem::take(&mut self.live) {
+            self.kv.free(live.seq).unwrap();
         }
         self.check()?;
         let stats = self.kv.stats();
@@ -220,7 +318,23 @@ proptest! {
         kv_page_count in 0usize..=32,
         ops in prop::collection::vec(op(), 1..80),
     ) {
-        let mut h = Harness::new(page_size, kv_page_count);
+        let mut h = Harness::new(page_size, kv_page_count, vec![None]);
+        for op in ops {
+            h.apply(op)?;
+        }
+        h.free_everything()?;
+    }
+
+    /// The same with several KV groups, some of them sliding windows (of 1 to 9 positions,
+    /// so that pages go behind the window often, whole or partly).
+    #[test]
+    fn window_groups_release_exactly_the_pages_behind_the_window(
+        page_size in 1usize..=5,
+        kv_page_count in 0usize..=48,
+        windows in prop::collection::vec(prop::option::of(1usize..=9), 1..=3),
+        ops in prop::collection::vec(op(), 1..80),
+    ) {
+        let mut h = Harness::new(page_size, kv_page_count, windows);
         for op in ops {
             h.apply(op)?;
         }
@@ -232,9 +346,10 @@ proptest! {
     fn prompts_sharing_openings_hit_and_evict(
         page_size in 1usize..=4,
         kv_page_count in 4usize..=12,
+        windows in prop::sample::select(vec![vec![None], vec![None, Some(3)], vec![Some(5), Some(2)]]),
         prompts in prop::collection::vec((0..SYSTEM_PROMPTS.len(), 0..=12usize, tokens(4)), 1..40),
     ) {
-        let mut h = Harness::new(page_size, kv_page_count);
+        let mut h = Harness::new(page_size, kv_page_count, windows);
         for (n, (system, cut, tail)) in prompts.into_iter().enumerate() {
             h.apply(Op::CreateWithPrefix { system, cut, tail })?;
             if n % 3 == 2 {

@@ -23,6 +23,15 @@ fn pages(ids: &[u32]) -> Vec<PageId> {
     ids.iter().map(|&i| PageId(i)).collect()
 }
 
+/// Group 0's table of a sequence that holds all its pages.
+fn table(kv: &KvManager, seq: SeqId) -> Vec<PageId> {
+    kv.block_table(seq, 0)
+        .unwrap()
+        .iter()
+        .map(|p| p.expect("a held page"))
+        .collect()
+}
+
 fn append(kv: &mut KvManager, seq: SeqId, tokens: &[u32]) -> Appended {
     let appended = kv.append(seq, tokens).unwrap();
     kv.check_invariants().unwrap();
@@ -33,19 +42,19 @@ fn append(kv: &mut KvManager, seq: SeqId, tokens: &[u32]) -> Appended {
 fn append_reserves_one_slot_per_token_and_pages_as_needed() {
     let mut kv = manager(4, 8);
     let s = kv.create_sequence();
-    assert_eq!(kv.block_table(s).unwrap(), &[]);
+    assert_eq!(table(&kv, s), pages(&[]));
     let a = append(&mut kv, s, &[1, 2, 3, 4, 5]);
     assert!(a.copies.is_empty());
     assert_eq!(
-        a.slots,
+        a.slots[0],
         [slot(0, 0), slot(0, 1), slot(0, 2), slot(0, 3), slot(1, 0)]
     );
     assert_eq!(
-        append(&mut kv, s, &[6, 7, 8]).slots,
+        append(&mut kv, s, &[6, 7, 8]).slots[0],
         [slot(1, 1), slot(1, 2), slot(1, 3)]
     );
-    assert_eq!(append(&mut kv, s, &[9]).slots, [slot(2, 0)]);
-    assert_eq!(kv.block_table(s).unwrap(), pages(&[0, 1, 2]));
+    assert_eq!(append(&mut kv, s, &[9]).slots[0], [slot(2, 0)]);
+    assert_eq!(table(&kv, s), pages(&[0, 1, 2]));
     assert_eq!(kv.len(s).unwrap(), 9);
     assert_eq!(kv.tokens(s).unwrap(), [1, 2, 3, 4, 5, 6, 7, 8, 9]);
     assert_eq!(slot(2, 0).flat_index(4), 8);
@@ -74,7 +83,7 @@ fn a_shared_partial_page_is_copied_before_it_is_written() {
     let _ = append(&mut kv, parent, &[1, 2, 3, 4, 5, 6]);
     let child = kv.fork(parent).unwrap();
     kv.check_invariants().unwrap();
-    assert_eq!(kv.block_table(child).unwrap(), pages(&[0, 1]));
+    assert_eq!(table(&kv, child), pages(&[0, 1]));
     assert_eq!(
         (kv.pool().refcount(PageId(0)), kv.pool().refcount(PageId(1))),
         (2, 2)
@@ -90,9 +99,9 @@ fn a_shared_partial_page_is_copied_before_it_is_written() {
             n_tokens: 2
         }]
     );
-    assert_eq!(a.slots, [slot(2, 2)]);
-    assert_eq!(kv.block_table(child).unwrap(), pages(&[0, 2]));
-    assert_eq!(kv.block_table(parent).unwrap(), pages(&[0, 1]));
+    assert_eq!(a.slots[0], [slot(2, 2)]);
+    assert_eq!(table(&kv, child), pages(&[0, 2]));
+    assert_eq!(table(&kv, parent), pages(&[0, 1]));
     assert_eq!(
         (kv.pool().refcount(PageId(0)), kv.pool().refcount(PageId(1))),
         (2, 1)
@@ -101,7 +110,7 @@ fn a_shared_partial_page_is_copied_before_it_is_written() {
     // The parent now holds page 1 alone and writes it in place.
     let a = append(&mut kv, parent, &[8]);
     assert!(a.copies.is_empty());
-    assert_eq!(a.slots, [slot(1, 2)]);
+    assert_eq!(a.slots[0], [slot(1, 2)]);
 }
 
 #[test]
@@ -112,7 +121,7 @@ fn shared_full_pages_need_no_copy() {
     let child = kv.fork(parent).unwrap();
     let a = append(&mut kv, child, &[5]);
     assert!(a.copies.is_empty());
-    assert_eq!(a.slots, [slot(1, 0)]);
+    assert_eq!(a.slots[0], [slot(1, 0)]);
 }
 
 #[test]
@@ -150,7 +159,7 @@ fn a_failed_append_changes_nothing_and_leaks_nothing() {
     );
     assert_eq!(kv, before);
     assert_eq!(
-        append(&mut kv, b, &[9, 9, 9]).slots,
+        append(&mut kv, b, &[9, 9, 9]).slots[0],
         [slot(2, 1), slot(3, 0), slot(3, 1)]
     );
 }
@@ -162,7 +171,7 @@ fn the_prefix_survives_its_sequence_and_is_reused() {
     let (a, cached) = kv.create_sequence_with_prefix(&prompt);
     assert_eq!(cached, 0);
     let _ = append(&mut kv, a, &prompt);
-    assert_eq!(kv.block_table(a).unwrap(), pages(&[0, 1, 2]));
+    assert_eq!(table(&kv, a), pages(&[0, 1, 2]));
     kv.free(a).unwrap();
     kv.check_invariants().unwrap();
     // The two full pages stay cached; the partial one is free.
@@ -174,11 +183,11 @@ fn the_prefix_survives_its_sequence_and_is_reused() {
 
     let (b, cached) = kv.create_sequence_with_prefix(&prompt);
     assert_eq!(cached, 8);
-    assert_eq!(kv.block_table(b).unwrap(), pages(&[0, 1]));
+    assert_eq!(table(&kv, b), pages(&[0, 1]));
     assert_eq!(kv.tokens(b).unwrap(), &prompt[..8]);
     let a = append(&mut kv, b, &prompt[8..]);
     assert!(a.copies.is_empty());
-    assert_eq!(a.slots, [slot(2, 0), slot(2, 1)]);
+    assert_eq!(a.slots[0], [slot(2, 0), slot(2, 1)]);
 
     let stats = kv.stats();
     assert_eq!((stats.pages_in_use, stats.pages_cached), (3, 0));
@@ -204,7 +213,7 @@ fn live_sequences_share_their_prefix_pages() {
         (2, 2)
     );
     let _ = append(&mut kv, b, &prompt[cached..]);
-    assert_eq!(kv.block_table(b).unwrap(), pages(&[0, 1, 3]));
+    assert_eq!(table(&kv, b), pages(&[0, 1, 3]));
 }
 
 #[test]
@@ -297,7 +306,7 @@ fn cached_pages_are_evicted_least_recently_used_first() {
 
     let d = kv.create_sequence();
     let a = append(&mut kv, d, &[1, 2, 3, 4, 5, 6]);
-    let used: Vec<PageId> = a.slots.iter().step_by(2).map(|s| s.page).collect();
+    let used: Vec<PageId> = a.slots[0].iter().step_by(2).map(|s| s.page).collect();
     assert_eq!(
         used,
         pages(&[3, 0, 2]),
@@ -330,7 +339,7 @@ fn a_freed_prefix_loses_its_tail_before_its_head() {
     kv.free(s).unwrap();
     let e = kv.create_sequence();
     assert_eq!(
-        append(&mut kv, e, &[7, 8]).slots[0].page,
+        append(&mut kv, e, &[7, 8]).slots[0][0].page,
         PageId(2),
         "the last page goes first"
     );
@@ -356,7 +365,7 @@ fn truncate_releases_whole_pages_past_the_end() {
     let _ = append(&mut kv, s, &[1, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
     kv.truncate(s, 5).unwrap();
     kv.check_invariants().unwrap();
-    assert_eq!(kv.block_table(s).unwrap(), pages(&[0, 1]));
+    assert_eq!(table(&kv, s), pages(&[0, 1]));
     assert_eq!(kv.tokens(s).unwrap(), [1, 2, 3, 4, 5]);
     assert_eq!(
         kv.truncate(s, 6),
@@ -366,11 +375,11 @@ fn truncate_releases_whole_pages_past_the_end() {
             n: 6
         })
     );
-    assert_eq!(append(&mut kv, s, &[60]).slots, [slot(1, 1)]);
+    assert_eq!(append(&mut kv, s, &[60]).slots[0], [slot(1, 1)]);
     kv.truncate(s, 4).unwrap();
-    assert_eq!(kv.block_table(s).unwrap(), pages(&[0]));
+    assert_eq!(table(&kv, s), pages(&[0]));
     kv.truncate(s, 0).unwrap();
-    assert_eq!(kv.block_table(s).unwrap(), &[]);
+    assert_eq!(table(&kv, s), pages(&[]));
     kv.check_invariants().unwrap();
     assert_eq!(kv.stats().pages_in_use, 0);
 }
@@ -387,7 +396,7 @@ fn writing_into_a_cached_page_after_truncate_unregisters_it() {
     );
     let a = append(&mut kv, s, &[99]);
     assert!(a.copies.is_empty(), "held alone: written in place");
-    assert_eq!(a.slots, [slot(1, 2)]);
+    assert_eq!(a.slots[0], [slot(1, 2)]);
     assert!(!kv.pool().is_registered(PageId(1)));
     assert_eq!(
         kv.create_sequence_with_prefix(&[1, 2, 3, 4, 5, 6, 7, 8, 0])
@@ -412,7 +421,7 @@ fn a_truncated_shared_page_is_copied_before_it_is_written() {
             n_tokens: 2
         }]
     );
-    assert_eq!(kv.block_table(a).unwrap(), pages(&[0, 1]));
+    assert_eq!(table(&kv, a), pages(&[0, 1]));
     assert!(kv.pool().is_registered(PageId(1)));
 }
 
@@ -426,7 +435,7 @@ fn unknown_sequences_are_errors() {
     assert_eq!(kv.append(s, &[1]), Err(KvError::UnknownSequence(s)));
     assert_eq!(kv.fork(s), Err(KvError::UnknownSequence(s)));
     assert_eq!(kv.truncate(s, 0), unknown);
-    assert_eq!(kv.block_table(s), Err(KvError::UnknownSequence(s)));
+    assert_eq!(kv.block_table(s, 0), Err(KvError::UnknownSequence(s)));
     assert_eq!(kv.len(s), Err(KvError::UnknownSequence(s)));
     assert_eq!(kv.tokens(s), Err(KvError::UnknownSequence(s)));
     assert_eq!(kv.pages_needed(s, 1), Err(KvError::UnknownSequence(s)));
@@ -455,4 +464,126 @@ fn a_budget_sizes_the_pool() {
     let kv = KvManager::with_budget(layout, 100 * layout.page_bytes() + 1).unwrap();
     assert_eq!(kv.pool().kv_page_count(), 100);
     assert_eq!(kv.stats().pages_free, 100);
+}
+
+/// A manager of two groups: group 0 full attention, group 1 a window of `window`.
+fn windowed(kv_page_size: usize, kv_page_count: usize, window: usize) -> KvManager {
+    let layout = KvLayout::new(1, 1, 8)
+        .and_then(|l| l.with_kv_page_size(kv_page_size))
+        .and_then(|l| l.with_groups(2))
+        .unwrap();
+    KvManager::new(layout, kv_page_count)
+        .and_then(|kv| kv.with_windows(&[None, Some(window)]))
+        .unwrap()
+}
+
+fn held(kv: &KvManager, seq: SeqId, group: usize) -> Vec<Option<u32>> {
+    kv.block_table(seq, group)
+        .unwrap()
+        .iter()
+        .map(|p| p.map(|p| p.0))
+        .collect()
+}
+
+#[test]
+fn window_pages_go_back_to_the_pool_once_behind_every_query() {
+    // Pages of 4, a window of 6: the token at position p reads p - 5 ..= p.
+    let mut kv = windowed(4, 16, 6);
+    let s = kv.create_sequence();
+    let a = append(&mut kv, s, &[0; 10]);
+    assert_eq!(a.slots.len(), 2);
+    assert_eq!(a.slots[1][9], slot(5, 1));
+    // The prompt's first token reads position 0: every page stays.
+    assert_eq!(held(&kv, s, 0), [Some(0), Some(1), Some(2)]);
+    assert_eq!(held(&kv, s, 1), [Some(3), Some(4), Some(5)]);
+    // Position 10 reads 5..=10: page 0 (positions 0..=3) goes back before the append.
+    assert_eq!(
+        kv.append_cost(s, 1),
+        Ok(AppendCost {
+            take: 0,
+            give_back: 1
+        })
+    );
+    let available = kv.pool().available();
+    let _ = append(&mut kv, s, &[0]);
+    assert_eq!(held(&kv, s, 1), [None, Some(4), Some(5)]);
+    // Full, so registered: cached rather than free, and available again either way.
+    assert_eq!(kv.pool().available(), available + 1);
+    assert_eq!(
+        kv.pool().state(PageId(3)),
+        Some(PageState::Cached { last_used: 1 })
+    );
+    // Positions 11 and 12 read from 6: page 1 (4..=7) stays; each group takes a page.
+    let _ = append(&mut kv, s, &[0, 0]);
+    assert_eq!(held(&kv, s, 0), [Some(0), Some(1), Some(2), Some(6)]);
+    assert_eq!(held(&kv, s, 1), [None, Some(4), Some(5), Some(7)]);
+    let _ = append(&mut kv, s, &[0]); // position 13 reads 8..=13: page 1 goes
+    assert_eq!(held(&kv, s, 1), [None, None, Some(5), Some(7)]);
+    assert_eq!(kv.pages_held(s), Ok(4 + 2));
+    // Back to where the last append began works; further back, the window is gone.
+    kv.truncate(s, 13).unwrap();
+    assert_eq!(
+        kv.truncate(s, 9),
+        Err(KvError::WindowReleased { seq: s, n: 9 })
+    );
+    kv.check_invariants().unwrap();
+    kv.free(s).unwrap();
+    assert_eq!(kv.stats().pages_in_use, 0);
+    kv.check_invariants().unwrap();
+}
+
+#[test]
+fn a_prefix_hit_needs_only_the_window_pages_the_next_token_reads() {
+    let mut kv = windowed(4, 32, 6);
+    let prompt: Vec<u32> = (1..=21).collect();
+    let (a, _) = kv.create_sequence_with_prefix(&prompt);
+    // One token at a time, as decoding does: group 1 releases its pages as it goes.
+    for &t in &prompt {
+        let _ = append(&mut kv, a, &[t]);
+    }
+    assert_eq!(held(&kv, a, 1)[..3], [None, None, None]);
+    kv.free(a).unwrap();
+    kv.check_invariants().unwrap();
+    // Full pages 0..=4 of both groups were registered; group 1's are all cached.
+    let (b, cached) = kv.create_sequence_with_prefix(&prompt);
+    assert_eq!(cached, 20);
+    // Position 20 reads 15..=20: group 1 takes pages 3 and 4 only.
+    assert_eq!(held(&kv, b, 1)[..3], [None, None, None]);
+    assert!(held(&kv, b, 1)[3..].iter().all(Option::is_some));
+    assert!(held(&kv, b, 0).iter().all(Option::is_some));
+    assert_eq!(kv.pages_held(b), Ok(5 + 2));
+    assert_eq!(kv.cached_prefix(&prompt).len(), 7);
+    kv.check_invariants().unwrap();
+    // The groups' pages of one prefix have different names: no page serves two groups.
+    let mut all: Vec<PageId> = (0..2)
+        .flat_map(|g| kv.block_table(b, g).unwrap().iter().flatten().copied())
+        .collect();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), 7);
+}
+
+#[test]
+fn forked_window_pages_are_released_by_each_holder() {
+    let mut kv = windowed(2, 16, 3);
+    let a = kv.create_sequence();
+    let _ = append(&mut kv, a, &[1, 2, 3, 4, 5]);
+    let b = kv.fork(a).unwrap();
+    // Position 5 reads 3..=5: page 0 is behind, but b still holds it.
+    assert_eq!(
+        kv.append_cost(a, 1),
+        Ok(AppendCost {
+            take: 2, // each group's shared partial page is copied
+            give_back: 0
+        })
+    );
+    let appended = append(&mut kv, a, &[6]);
+    assert_eq!(appended.copies.len(), 2); // both groups' partial last pages
+    assert_eq!(held(&kv, a, 1)[0], None);
+    assert!(held(&kv, b, 1)[0].is_some());
+    let _ = append(&mut kv, b, &[7]);
+    kv.free(a).unwrap();
+    kv.free(b).unwrap();
+    assert_eq!(kv.stats().pages_in_use, 0);
+    kv.check_invariants().unwrap();
 }

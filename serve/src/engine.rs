@@ -13,7 +13,6 @@ use super::{Event, FinishReason, Permit, Permits, Request, ServeConfig, ServeErr
 use kiln_engine::Error;
 use kiln_engine::compiled::{CompileOptions, Compiled};
 use kiln_engine::model::Model;
-use kiln_kv::KvLayout;
 
 /// The KV pool's size when no budget is given (and the context × sequences needs more).
 pub const DEFAULT_KV_BUDGET_BYTES: usize = 1 << 30;
@@ -57,10 +56,12 @@ pub fn compile_options(config: &ServeConfig, model: &Model) -> CompileOptions {
     let n_ctx = config.n_ctx.unwrap_or(c.context_length).max(1);
     let max_seqs = config.max_seqs.max(1);
     let kv_budget_bytes = config.kv_budget_bytes.or_else(|| {
-        let layout = KvLayout::new(c.n_layers, c.n_kv_heads, c.head_dim)
-            .and_then(|l| l.with_dtype(config.kv_dtype))
-            .ok()?;
-        let pages = n_ctx.div_ceil(layout.kv_page_size()) * max_seqs;
+        let layout = c.kv_layout(config.kv_dtype).ok()?;
+        let step = config.step_tokens.clamp(1, n_ctx);
+        let pages = c
+            .kv_groups()
+            .pages_per_sequence(layout.kv_page_size(), n_ctx, step)
+            * max_seqs;
         Some((pages * layout.page_bytes()).min(DEFAULT_KV_BUDGET_BYTES))
     });
     CompileOptions {

@@ -192,7 +192,9 @@ impl<'m> Scheduler<'m> {
             .kv_stats()
             .kv_page_count
             .saturating_sub(self.reserve_pages);
-        (pages * self.page_size()).min(self.n_ctx)
+        // Admission counts every KV group's pages in full (`pages_for_tokens`).
+        let groups = self.compiled.kv().n_groups();
+        (pages / groups * self.page_size()).min(self.n_ctx)
     }
 
     pub fn n_ctx(&self) -> usize {
@@ -406,7 +408,6 @@ impl<'m> Scheduler<'m> {
     /// Admit waiting requests while the sequence limit, the token budget and the pages
     /// allow; their first chunks join `chunks`.
     fn admit(&mut self, mut chunks: Vec<Chunk>) -> Result<Vec<Chunk>, Error> {
-        let page_size = self.page_size();
         let mut tokens_left = self.config.step_tokens - chunks.iter().map(|c| c.len).sum::<usize>();
         let kv = self.compiled.kv();
         let available = kv.pool().available();
@@ -414,8 +415,8 @@ impl<'m> Scheduler<'m> {
         let mut promised = 0;
         for s in &self.running {
             if let Some(seq) = s.kv {
-                let held = kv.block_table(seq)?.len();
-                promised += s.tokens.len().div_ceil(page_size).saturating_sub(held);
+                let held = kv.pages_held(seq)?;
+                promised += kv.pages_for_tokens(s.tokens.len()).saturating_sub(held);
             }
         }
         while self.running.len() < self.config.max_seqs && tokens_left > 0 {
@@ -427,7 +428,7 @@ impl<'m> Scheduler<'m> {
                 .into_iter()
                 .filter(|&p| kv.pool().refcount(p) > 0)
                 .count();
-            let need = front.tokens.len().div_ceil(page_size) - shared;
+            let need = kv.pages_for_tokens(front.tokens.len()) - shared;
             if promised + need + self.reserve_pages > available {
                 let pool = kv.pool().kv_page_count();
                 if self.running.is_empty() && need + self.reserve_pages > pool {

@@ -17,7 +17,7 @@ use kiln_engine::compiled::{CompileOptions, Compiled};
 use kiln_engine::driver::{GenerateRequest, StopReason, generate};
 use kiln_engine::model::Model;
 use kiln_engine::sampler::SamplerConfig;
-use kiln_kv::{KvDtype, KvLayout};
+use kiln_kv::KvDtype;
 
 /// The reference model, loaded once (a failure saying how to fetch it when it is missing).
 fn model() -> Option<&'static Model> {
@@ -38,9 +38,7 @@ fn scheduler(
     kv_pages: Option<usize>,
 ) -> Scheduler<'static> {
     let c = &model.config;
-    let layout = KvLayout::new(c.n_layers, c.n_kv_heads, c.head_dim)
-        .and_then(|l| l.with_dtype(KvDtype::F8E4M3))
-        .unwrap();
+    let layout = c.kv_layout(KvDtype::F8E4M3).unwrap();
     let options = CompileOptions {
         max_seqs,
         max_step_tokens: step_tokens,

@@ -30,6 +30,15 @@ pub fn reference_json(name: &str) -> serde_json::Value {
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
+/// A JSON array of token ids, as the reference files hold them.
+pub fn ids(v: &serde_json::Value) -> Vec<u32> {
+    v.as_array()
+        .expect("an array of ids")
+        .iter()
+        .map(|x| x.as_u64().expect("an id") as u32)
+        .collect()
+}
+
 /// Path of llama.cpp's reference text for perplexity.
 pub fn reference_path(name: &str) -> PathBuf {
     reference_dir("smollm2").join(name)
@@ -92,36 +101,4 @@ pub fn on_device<B, E: std::fmt::Display>(
     }
 }
 
-/// The CPU backend on the reference model, as the model-level tests build it.
-pub mod cpu {
-    use kiln_backend_cpu::CpuBackend;
-    use kiln_engine::compiled::{CompileOptions, Compiled};
-    use kiln_engine::kv::KvDtype;
-    use kiln_engine::model::Model;
-
-    /// The reference model, loaded.
-    pub fn load() -> Model {
-        Model::load(super::reference_model()).expect("the reference model loads")
-    }
-
-    pub fn cpu(model: &Model, options: CompileOptions) -> Compiled<'_> {
-        Compiled::new(model, Box::new(CpuBackend::new()), options)
-            .expect("the CPU backend compiles")
-    }
-
-    pub fn options(n_ctx: usize, kv_dtype: KvDtype) -> CompileOptions {
-        CompileOptions {
-            kv_dtype,
-            ..CompileOptions::new(n_ctx)
-        }
-    }
-
-    /// What `kiln perplexity -c N` compiles: steps of up to min(N, 512) tokens, N/2 outputs.
-    pub fn perplexity_options(n_ctx: usize, kv_dtype: KvDtype) -> CompileOptions {
-        CompileOptions {
-            max_step_tokens: n_ctx.min(512),
-            max_step_outputs: n_ctx / 2,
-            ..options(n_ctx, kv_dtype)
-        }
-    }
-}
+pub mod cpu;

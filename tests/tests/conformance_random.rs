@@ -66,6 +66,7 @@ proptest! {
             seqs: seqs.iter().map(|&(len, f)| (len, 1 + (f * len as f64) as usize % len)).collect(),
             rope: roped.then(|| RopeSpec::new(head_dim, 10_000.0)),
             check_q: false,
+            gemma: None,
         };
         check_random_shape(&attention_case(spec))?;
     }

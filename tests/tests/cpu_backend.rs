@@ -10,19 +10,17 @@
 
 use std::time::Instant;
 
-use kiln_backend_cpu::CpuBackend;
 use kiln_engine::compiled::{BatchEntry, CompileOptions};
-use kiln_engine::driver::{GenerateRequest, generate};
 use kiln_engine::kv::KvDtype;
-use kiln_engine::model::{Model, llama_graph};
+use kiln_engine::model::Model;
 use kiln_engine::perplexity::prepare_text;
 use kiln_engine::reference::Reference;
 use kiln_engine::runner::{LogitsFor, Runner};
-use kiln_engine::sampler::{SamplerConfig, argmax};
-use kiln_ir::backend::{Backend, Step};
-use kiln_ir::kv_layout::KvLayout;
-use kiln_ir::{Graph, Plan, lower, passes, verify};
-use kiln_tests::cpu::{cpu, load, options};
+use kiln_engine::sampler::argmax;
+use kiln_tests::cpu::{
+    LogitsError as Error, check_each_pass, common_prefix, cpu, greedy_rows, greedy_tokens, load,
+    max_abs_diff, options, teacher_forced, top2_gap,
+};
 use kiln_tests::{reference_json, reference_path};
 
 /// Context of the logits tests (prompts and a few steps fit easily).
@@ -44,89 +42,6 @@ fn prompts(model: &Model) -> Vec<(String, Vec<u32>)> {
             (name, ids)
         })
         .collect()
-}
-
-/// How far `ours` is from `theirs`: max|a-b| / max|b| and sum (a-b)² / sum b².
-#[derive(Clone, Copy, Debug, Default)]
-struct Error {
-    max_rel: f64,
-    nmse: f64,
-}
-
-impl Error {
-    fn of(ours: &[f32], theirs: &[f32]) -> Error {
-        assert_eq!(ours.len(), theirs.len(), "logits of different shapes");
-        assert!(ours.iter().all(|x| x.is_finite()), "non-finite logits");
-        let (mut max_diff, mut max_ref, mut se, mut ss) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
-        for (&a, &b) in ours.iter().zip(theirs) {
-            let (a, b) = (f64::from(a), f64::from(b));
-            max_diff = max_diff.max((a - b).abs());
-            max_ref = max_ref.max(b.abs());
-            se += (a - b) * (a - b);
-            ss += b * b;
-        }
-        Error {
-            max_rel: max_diff / max_ref,
-            nmse: se / ss,
-        }
-    }
-
-    fn max(self, other: Error) -> Error {
-        Error {
-            max_rel: self.max_rel.max(other.max_rel),
-            nmse: self.nmse.max(other.nmse),
-        }
-    }
-}
-
-fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
-    assert_eq!(a.len(), b.len());
-    a.iter()
-        .zip(b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-}
-
-/// The gap between the two largest logits of a row.
-fn top2_gap(logits: &[f32]) -> f32 {
-    let (mut first, mut second) = (f32::NEG_INFINITY, f32::NEG_INFINITY);
-    for &l in logits {
-        if l > first {
-            second = first;
-            first = l;
-        } else if l > second {
-            second = l;
-        }
-    }
-    first - second
-}
-
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
-
-/// Logits rows of a prompt and `DECODE_STEPS` decode steps, each step feeding the oracle's
-/// argmax of the previous row (teacher forcing, so both runners see the same tokens).
-fn teacher_forced(runner: &mut dyn Runner, prompt: &[u32], feed: &[u32]) -> Vec<Vec<f32>> {
-    runner.reset();
-    let mut rows = vec![runner.forward(prompt, LogitsFor::Last).unwrap()];
-    for &t in feed {
-        rows.push(runner.forward(&[t], LogitsFor::Last).unwrap());
-    }
-    rows
-}
-
-/// The oracle's rows for a prompt, and the tokens it fed.
-fn oracle_rows(oracle: &mut Reference<'_>, prompt: &[u32]) -> (Vec<Vec<f32>>, Vec<u32>) {
-    oracle.reset();
-    let mut rows = vec![oracle.forward(prompt, LogitsFor::Last).unwrap()];
-    let mut feed = Vec::new();
-    for _ in 0..DECODE_STEPS {
-        let t = argmax(rows.last().unwrap());
-        feed.push(t);
-        rows.push(oracle.forward(&[t], LogitsFor::Last).unwrap());
-    }
-    (rows, feed)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -154,7 +69,7 @@ fn cpu_logits_match_the_oracle_with_fp8_and_f16_kv() {
     let cases: Vec<_> = prompts(&model)
         .into_iter()
         .map(|(name, ids)| {
-            let (rows, feed) = oracle_rows(&mut oracle, &ids);
+            let (rows, feed) = greedy_rows(&mut oracle, &ids, DECODE_STEPS);
             (name, ids, rows, feed)
         })
         .collect();
@@ -243,16 +158,7 @@ fn greedy_with_f16_kv_matches_the_oracle_until_a_close_call() {
             .position(|&g| g < MIN_GAP)
             .unwrap_or(GREEDY_TOKENS);
 
-        let request = GenerateRequest {
-            prompt_ids: ids.clone(),
-            max_tokens: GREEDY_TOKENS,
-            sampler: SamplerConfig::greedy(),
-            ignore_eos: true,
-            logprobs: 0,
-        };
-        let ours = generate(&mut runner, &model.tokenizer, &request, |_| true)
-            .unwrap()
-            .tokens;
+        let ours = greedy_tokens(&mut runner, &model, &ids, GREEDY_TOKENS);
         assert_eq!(ours.len(), GREEDY_TOKENS);
         let prefix = common_prefix(&ours, &theirs);
         let min_gap = gaps.iter().copied().fold(f32::INFINITY, f32::min);
@@ -300,76 +206,13 @@ fn greedy_with_f16_kv_matches_the_oracle_until_a_close_call() {
 const FUSION_MAX_REL: f64 = 1e-4;
 const MAX_LAUNCHES_PER_LAYER: usize = 6;
 
-/// Run `plan` on a fresh CPU backend over one sequence: the prompt in one step, then one
-/// token per step; the logits of the last token of each step.
-fn run_plan(
-    model: &Model,
-    plan: &Plan,
-    kv: KvDtype,
-    n_ctx: usize,
-    prompt: &[u32],
-    feed: &[u32],
-) -> Vec<Vec<f32>> {
-    let c = &model.config;
-    let layout = KvLayout::new(c.n_layers, c.n_kv_heads, c.head_dim)
-        .and_then(|l| l.with_dtype(kv))
-        .unwrap();
-    let pages = n_ctx.div_ceil(layout.kv_page_size());
-    let mut backend = CpuBackend::new();
-    backend.load_plan(plan, model, &layout, pages).unwrap();
-    let table: Vec<u32> = (0..pages as u32).collect();
-    let mut rows = Vec::new();
-    let mut pos = 0;
-    for tokens in std::iter::once(prompt).chain(feed.chunks(1)) {
-        let n = tokens.len();
-        let positions: Vec<u32> = (pos..pos + n).map(|p| p as u32).collect();
-        let token_seq = vec![0u32; n];
-        let used = (pos + n).div_ceil(layout.kv_page_size());
-        let block_tables: [&[u32]; 1] = [&table[..used]];
-        let output_rows = [n as u32 - 1];
-        backend
-            .execute(&Step {
-                token_ids: tokens,
-                positions: &positions,
-                token_seq: &token_seq,
-                block_tables: &block_tables,
-                output_rows: &output_rows,
-            })
-            .unwrap();
-        let mut logits = vec![0.0f32; c.vocab_size];
-        backend.read_logits(&mut logits).unwrap();
-        rows.push(logits);
-        pos += n;
-    }
-    rows
-}
-
-fn lower_for_cpu(graph: Graph, options: &CompileOptions) -> Plan {
-    let backend = CpuBackend::new();
-    let g = graph.clone();
-    lower(
-        graph,
-        &|op| backend.supports(op, &g),
-        options.max_step_tokens,
-        options.max_step_outputs,
-    )
-    .unwrap()
-}
-
-fn worst_error(ours: &[Vec<f32>], theirs: &[Vec<f32>]) -> Error {
-    ours.iter()
-        .zip(theirs)
-        .map(|(a, b)| Error::of(a, b))
-        .fold(Error::default(), Error::max)
-}
-
 #[test]
 fn every_fusion_pass_preserves_the_logits() {
     let model = load();
     let start = Instant::now();
     let (name, ids) = prompts(&model).swap_remove(1);
     let mut oracle = Reference::new(&model, N_CTX);
-    let (_, feed) = oracle_rows(&mut oracle, &ids);
+    let (_, feed) = greedy_rows(&mut oracle, &ids, DECODE_STEPS);
 
     for kv in [KvDtype::F8E4M3, KvDtype::F16] {
         // The whole pipeline, through Compiled: fuse on and off.
@@ -409,7 +252,7 @@ fn every_fusion_pass_preserves_the_logits() {
         }
         let a = teacher_forced(&mut fused, &ids, &feed);
         let b = teacher_forced(&mut unfused, &ids, &feed);
-        let err = worst_error(&a, &b);
+        let err = Error::worst(&a, &b);
         eprintln!(
             "fused vs unfused (Compiled), kv {}, {name}, prompt + {DECODE_STEPS} steps: max|d|/max|ref| {:.3e} NMSE {:.3e}",
             kv.name(),
@@ -428,61 +271,32 @@ fn every_fusion_pass_preserves_the_logits() {
 
         // Each pass alone, and the passes one by one in their composing order, each plan
         // run against the unfused one.
-        let backend = CpuBackend::new();
-        let unfused_graph = llama_graph(&model).unwrap();
-        let supports = |op: &kiln_ir::Op| backend.supports(op, &unfused_graph);
-        let base = run_plan(
-            &model,
-            &lower_for_cpu(unfused_graph.clone(), &fused_opts),
-            kv,
-            N_CTX,
-            &ids,
-            &feed,
-        );
-        assert!(
-            worst_error(&base, &b).max_rel == 0.0,
-            "the unfused plan run by hand differs from Compiled"
-        );
-        let mut chained = unfused_graph.clone();
-        for (pass_name, pass) in passes::ALL {
-            let mut alone = unfused_graph.clone();
-            let n_alone = pass(&mut alone, &supports);
-            verify(&alone).unwrap();
-            let plan_alone = lower_for_cpu(alone, &fused_opts);
-            let err_alone = worst_error(
-                &run_plan(&model, &plan_alone, kv, N_CTX, &ids, &feed),
-                &base,
-            );
-
-            let n_chained = pass(&mut chained, &supports);
-            verify(&chained).unwrap();
-            let plan_chained = lower_for_cpu(chained.clone(), &fused_opts);
-            let err_chained = worst_error(
-                &run_plan(&model, &plan_chained, kv, N_CTX, &ids, &feed),
-                &base,
-            );
+        for c in check_each_pass(&model, &fused_opts, N_CTX, &ids, &feed, &b) {
+            let pass_name = c.name;
             eprintln!(
-                "pass {pass_name:>15}, kv {}: alone fuses {n_alone:>3} nodes ({} launches/layer), max|d|/max|ref| {:.3e}; \
-                 after the passes before it fuses {n_chained:>3} ({} launches/layer), max|d|/max|ref| {:.3e}",
+                "pass {pass_name:>15}, kv {}: alone fuses {:>3} nodes ({} launches/layer), max|d|/max|ref| {:.3e}; \
+                 after the passes before it fuses {:>3} ({} launches/layer), max|d|/max|ref| {:.3e}",
                 kv.name(),
-                plan_alone.launches_per_layer(),
-                err_alone.max_rel,
-                plan_chained.launches_per_layer(),
-                err_chained.max_rel
+                c.n_alone,
+                c.launches_alone,
+                c.err_alone.max_rel,
+                c.n_chained,
+                c.launches_chained,
+                c.err_chained.max_rel
             );
             assert!(
-                n_alone > 0 || n_chained > 0,
+                c.n_alone > 0 || c.n_chained > 0,
                 "pass {pass_name} never fires on this model"
             );
             assert!(
-                err_alone.max_rel < FUSION_MAX_REL,
+                c.err_alone.max_rel < FUSION_MAX_REL,
                 "pass {pass_name} alone: {}",
-                err_alone.max_rel
+                c.err_alone.max_rel
             );
             assert!(
-                err_chained.max_rel < FUSION_MAX_REL,
+                c.err_chained.max_rel < FUSION_MAX_REL,
                 "pass {pass_name} chained: {}",
-                err_chained.max_rel
+                c.err_chained.max_rel
             );
         }
     }

@@ -8,20 +8,8 @@ use kiln_engine::perplexity::perplexity;
 use kiln_engine::reference::Reference;
 use kiln_engine::runner::{LogitsFor, Runner};
 use kiln_engine::sampler::{SamplerConfig, top_logprobs};
-use kiln_tests::{reference_json, reference_model, reference_path};
-use serde_json::Value;
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("an array of ids")
-        .iter()
-        .map(|x| x.as_u64().expect("an id") as u32)
-        .collect()
-}
-
-fn common_prefix(a: &[u32], b: &[u32]) -> usize {
-    a.iter().zip(b).take_while(|(x, y)| x == y).count()
-}
+use kiln_tests::cpu::common_prefix;
+use kiln_tests::{ids, reference_json, reference_model, reference_path};
 
 #[test]
 fn greedy_continuations_match_llama_cpp() {

@@ -5,11 +5,12 @@ use std::time::Instant;
 use kiln_ir::backend::{BackendError, LaunchTime, SharedBytes, Step, StepLimits, StepShape};
 use kiln_ir::graph::ValueType;
 use kiln_ir::kv_layout::KvLayout;
-use kiln_ir::{Op, Plan, ValueId, WeightId};
+use kiln_ir::{AttentionParams, Op, Plan, RopeParams, ValueId, WeightId};
 
 use crate::backend::NAME;
 use crate::kernels::attention::{KvPages, attention};
-use crate::kernels::kv_write::{kv_write, token_slots};
+use crate::kernels::kv_write::{KvTarget, kv_write, token_slots};
+use crate::kernels::qk_norm_rope_kv_write::QkNorm;
 use crate::kernels::rope::{RopeTable, rope};
 use crate::kernels::{self, WeightMatrix};
 
@@ -52,7 +53,7 @@ impl Loaded {
         kv_layout: KvLayout,
         kv_page_count: usize,
     ) -> Result<Loaded, BackendError> {
-        check_kv_geometry(&plan, &kv_layout)?;
+        kv_geometry(&plan, &kv_layout)?;
         let vectors = plan
             .graph
             .weights
@@ -113,25 +114,40 @@ impl Loaded {
     pub(crate) fn execute(&mut self, step: &Step<'_>) -> Result<(), BackendError> {
         self.limits.check(step, NAME)?;
         self.last = step.shape();
-        let slots = token_slots(
-            step.positions,
-            step.token_seq,
-            step.block_tables,
-            self.kv_layout.kv_page_size(),
-        );
-        let rope_table = self.plan.launches.iter().find_map(|l| match &l.op {
-            Op::Rope { rope } | Op::RopeKvWrite { rope, .. } => {
+        // Per KV group: each token's (page, slot in page).
+        let n_seqs = step.block_tables.len() / self.limits.group_windows.len();
+        let slots: Vec<Vec<(usize, usize)>> = step
+            .block_tables
+            .chunks(n_seqs.max(1))
+            .map(|tables| {
+                token_slots(
+                    step.positions,
+                    step.token_seq,
+                    tables,
+                    self.kv_layout.kv_page_size(),
+                )
+            })
+            .collect();
+        // One cos/sin table per RoPE geometry of the plan (Gemma's global and window
+        // layers have different bases).
+        let mut rope_tables: Vec<(RopeParams, RopeTable)> = Vec::new();
+        for rope in self.plan.launches.iter().filter_map(|l| l.op.rope()) {
+            if !rope_tables.iter().any(|(p, _)| p == rope) {
                 let factors = rope.freq_factors.map(|f| self.vector(f));
-                Some(RopeTable::new(rope, factors, step.positions))
+                rope_tables.push((*rope, RopeTable::new(rope, factors, step.positions)));
             }
-            _ => None,
-        });
+        }
+        let ctx = StepContext {
+            step,
+            slots: &slots,
+            rope_tables: &rope_tables,
+        };
         let mut arena = std::mem::take(&mut self.arena);
         let mut pages = std::mem::take(&mut self.kv_pages);
         let mut result = Ok(());
         for i in 0..self.plan.launches.len() {
             let start = Instant::now();
-            result = self.launch(i, &mut arena, &mut pages, step, &slots, rope_table.as_ref());
+            result = self.launch(i, &mut arena, &mut pages, &ctx);
             self.times[i] = start.elapsed().as_secs_f64();
             if result.is_err() {
                 break;
@@ -154,10 +170,9 @@ impl Loaded {
         i: usize,
         arena: &mut [f32],
         pages: &mut [u8],
-        step: &Step<'_>,
-        slots: &[(usize, usize)],
-        rope_table: Option<&RopeTable>,
+        ctx: &StepContext<'_, '_>,
     ) -> Result<(), BackendError> {
+        let step = ctx.step;
         let launch = &self.plan.launches[i];
         let ids = launch.inputs.iter().chain(&launch.outputs);
         let ranges: Vec<(usize, usize)> = ids
@@ -172,7 +187,13 @@ impl Loaded {
         // Inputs first (token ids are not in the arena), then outputs.
         let (ins, outs) = views.split_at_mut(n_in);
         let input = |k: usize| -> &[f32] { ins[k] };
-        let rope_table = || rope_table.expect("a plan with RoPE has a table");
+        let rope_table = |rope: &RopeParams| ctx.rope_table(rope);
+        let target = |pages, a: &AttentionParams| KvTarget {
+            pages,
+            layout: &self.kv_layout,
+            layer_slot: a.kv_slot,
+            slots: &ctx.slots[a.kv_group],
+        };
         match &launch.op {
             Op::Embed { table } => {
                 kernels::embed::embed(self.matrix(*table), step.token_ids, outs[0])
@@ -185,16 +206,16 @@ impl Loaded {
                 kernels::matmul::matmul_multi(&ws, input(0), outs);
             }
             Op::Add => kernels::add::add(input(0), input(1), outs[0]),
+            Op::Scale { factor } => kernels::scale::scale(input(0), *factor, outs[0]),
+            Op::HeadRmsNorm { weight, eps, .. } => {
+                kernels::head_rmsnorm::head_rmsnorm(input(0), self.vector(*weight), *eps, outs[0])
+            }
             Op::SwiGlu => kernels::swiglu::swiglu(input(0), input(1), outs[0]),
-            Op::Rope { rope: params } => rope(input(0), params.head_dim, rope_table(), outs[0]),
-            Op::KvWrite { attention } => kv_write(
-                pages,
-                &self.kv_layout,
-                attention.layer,
-                slots,
-                input(0),
-                input(1),
-            ),
+            Op::GeGlu => kernels::geglu::geglu(input(0), input(1), outs[0]),
+            Op::Rope { rope: params } => {
+                rope(input(0), params.head_dim, rope_table(params), outs[0])
+            }
+            Op::KvWrite { attention } => kv_write(target(pages, attention), input(0), input(1)),
             Op::Attention { attention: params } => attention(
                 input(0),
                 KvPages {
@@ -242,18 +263,60 @@ impl Loaded {
                 self.matrix(*up),
                 outs[0],
             ),
+            Op::MatMulGeGlu { gate, up } => kernels::matmul_geglu::matmul_geglu(
+                self.matrix(*gate),
+                self.matrix(*up),
+                input(0),
+                outs[0],
+            ),
+            Op::RmsNormMatMulGeGlu {
+                norm,
+                eps,
+                gate,
+                up,
+            } => kernels::rmsnorm_matmul_geglu::rmsnorm_matmul_geglu(
+                input(0),
+                self.vector(*norm),
+                *eps,
+                self.matrix(*gate),
+                self.matrix(*up),
+                outs[0],
+            ),
             Op::MatMulAdd { weight } => {
                 kernels::matmul_add::matmul_add(self.matrix(*weight), input(0), input(1), outs[0])
             }
-            Op::RopeKvWrite { attention, .. } => kernels::rope_kv_write::rope_kv_write(
+            Op::RmsNormAdd { weight, eps } => kernels::rmsnorm_add::rmsnorm_add(
+                input(0),
+                input(1),
+                self.vector(*weight),
+                *eps,
+                outs[0],
+            ),
+            Op::RopeKvWrite { rope, attention } => kernels::rope_kv_write::rope_kv_write(
                 input(0),
                 input(1),
                 input(2),
-                rope_table(),
-                pages,
-                &self.kv_layout,
-                attention.layer,
-                slots,
+                rope_table(rope),
+                target(pages, attention),
+                outs[0],
+            ),
+            Op::QkNormRopeKvWrite {
+                q_norm,
+                k_norm,
+                eps,
+                rope,
+                attention,
+            } => kernels::qk_norm_rope_kv_write::qk_norm_rope_kv_write(
+                input(0),
+                input(1),
+                input(2),
+                QkNorm {
+                    q: self.vector(*q_norm),
+                    k: self.vector(*k_norm),
+                    eps: *eps,
+                },
+                rope_table(rope),
+                target(pages, attention),
                 outs[0],
             ),
         }
@@ -322,43 +385,59 @@ fn disjoint_views<'a>(
         .collect())
 }
 
-/// The KV layout must fit every layer's attention, and all layers must share one RoPE
-/// geometry (the step's RoPE table is built once); refuse the plan otherwise.
-fn check_kv_geometry(plan: &Plan, layout: &KvLayout) -> Result<(), BackendError> {
-    let mut rope_seen = None;
+/// The KV layout must fit every layer's attention (its slot, group, heads and head size),
+/// and the attentions of a KV group must share its window (the step check's
+/// `StepLimits::group_windows` takes each group's first).
+fn kv_geometry(plan: &Plan, layout: &KvLayout) -> Result<(), BackendError> {
+    let mut windows: Vec<Option<Option<usize>>> = vec![None; layout.n_groups()];
     for launch in &plan.launches {
-        let (attention, rope) = match &launch.op {
-            Op::KvWrite { attention } | Op::Attention { attention } => (Some(attention), None),
-            Op::RopeKvWrite { rope, attention } => (Some(attention), Some(rope)),
-            Op::Rope { rope } => (None, Some(rope)),
-            _ => (None, None),
+        let Some(a) = launch.op.attention() else {
+            continue;
         };
-        if let Some(a) = attention
-            && (a.layer >= layout.n_layers()
-                || a.n_kv_heads != layout.n_kv_heads()
-                || a.head_dim != layout.head_dim())
+        if a.kv_slot >= layout.n_layers()
+            || a.kv_group >= layout.n_groups()
+            || a.n_kv_heads != layout.n_kv_heads()
+            || a.head_dim != layout.head_dim()
         {
             return Err(BackendError::BadStep {
                 backend: NAME,
                 reason: format!(
-                    "layer {} attends over {} KV heads of {}, the KV layout holds {} layers of {} heads of {}",
+                    "layer {} attends over {} KV heads of {} in group {} slot {}, the KV layout holds {} groups of {} layers of {} heads of {}",
                     a.layer,
                     a.n_kv_heads,
                     a.head_dim,
+                    a.kv_group,
+                    a.kv_slot,
+                    layout.n_groups(),
                     layout.n_layers(),
                     layout.n_kv_heads(),
                     layout.head_dim()
                 ),
             });
         }
-        if let Some(r) = rope
-            && *rope_seen.get_or_insert(*r) != *r
-        {
+        if *windows[a.kv_group].get_or_insert(a.window) != a.window {
             return Err(BackendError::Unsupported {
                 backend: NAME,
-                what: "layers with different RoPE parameters".into(),
+                what: format!("KV group {} with different sliding windows", a.kv_group),
             });
         }
     }
     Ok(())
+}
+
+/// What every launch of one step shares.
+struct StepContext<'s, 'a> {
+    step: &'s Step<'a>,
+    /// Per KV group: each token's (page, slot in page).
+    slots: &'s [Vec<(usize, usize)>],
+    rope_tables: &'s [(RopeParams, RopeTable)],
+}
+
+impl StepContext<'_, '_> {
+    fn rope_table(&self, rope: &RopeParams) -> &RopeTable {
+        self.rope_tables
+            .iter()
+            .find_map(|(p, t)| (p == rope).then_some(t))
+            .expect("a table for every RoPE of the plan")
+    }
 }

@@ -74,8 +74,11 @@ impl Backend for NullBackend {
         &self.properties
     }
 
-    fn supports(&self, _op: &Op, _graph: &Graph) -> bool {
-        true // port: a `match` over the ops and weight dtypes your kernels cover
+    fn supports(&self, op: &Op, _graph: &Graph) -> bool {
+        // port: a `match` over the ops (and the weight dtypes, params) your kernels cover;
+        // `is_plain` is what kernels without Gemma 3's ops, NeoX RoPE and windowed,
+        // rescaled or grouped attention take.
+        op.is_plain()
     }
 
     fn load_plan(

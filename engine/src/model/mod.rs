@@ -6,8 +6,8 @@ mod weights;
 
 use std::path::Path;
 
-pub use config::LlamaConfig;
-pub use graph::llama_graph;
+pub use config::{ARCHITECTURES, Activation, Family, LayerConfig, ModelConfig};
+pub use graph::model_graph;
 pub use weights::{LayerWeights, Matrix, Weights};
 
 use kiln_gguf::Gguf;
@@ -25,7 +25,7 @@ const TOKENIZER_ARRAYS: [&str; 3] = [
 #[derive(Debug)]
 pub struct Model {
     pub gguf: Gguf,
-    pub config: LlamaConfig,
+    pub config: ModelConfig,
     pub weights: Weights,
     pub tokenizer: Tokenizer,
 }
@@ -36,7 +36,7 @@ impl Model {
     }
 
     pub fn from_gguf(mut gguf: Gguf) -> Result<Model, crate::Error> {
-        let config = LlamaConfig::from_gguf(&gguf)?;
+        let config = ModelConfig::from_gguf(&gguf)?;
         let weights = Weights::from_gguf(&gguf, &config)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         // The tokenizer now holds its own copy of the vocabulary and merges: release the

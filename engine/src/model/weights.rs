@@ -3,7 +3,7 @@
 
 use kiln_ir::DType;
 
-use super::LlamaConfig;
+use super::ModelConfig;
 use kiln_gguf::{Gguf, TensorInfo};
 
 /// A stored 2-D weight: `rows` rows of `cols` values each, row-major in `dtype`'s layout.
@@ -24,14 +24,21 @@ pub struct LayerWeights {
     pub wq: Matrix,          // (q_dim, n_embd)
     pub wk: Matrix,          // (kv_dim, n_embd)
     pub wv: Matrix,          // (kv_dim, n_embd)
+    /// QK-norm weights (Gemma 3): `attn_q_norm`, `attn_k_norm`.
+    pub q_norm: Option<Vec<f32>>, // (head_dim)
+    pub k_norm: Option<Vec<f32>>, // (head_dim)
     pub wo: Matrix,          // (n_embd, q_dim)
+    /// Norm of the attention output before the residual add (Gemma 3).
+    pub post_attention_norm: Option<Vec<f32>>, // (n_embd)
     pub ffn_norm: Vec<f32>,  // (n_embd)
     pub w_gate: Matrix,      // (n_ff, n_embd)
     pub w_up: Matrix,        // (n_ff, n_embd)
     pub w_down: Matrix,      // (n_embd, n_ff)
+    /// Norm of the FFN output before the residual add (Gemma 3's `post_ffw_norm`).
+    pub post_ffw_norm: Option<Vec<f32>>, // (n_embd)
 }
 
-/// All weights of a Llama-family model.
+/// All weights of a model.
 #[derive(Clone, Debug)]
 pub struct Weights {
     pub token_embd: Matrix, // (vocab, n_embd)
@@ -44,7 +51,7 @@ pub struct Weights {
 }
 
 impl Weights {
-    pub fn from_gguf(gguf: &Gguf, config: &LlamaConfig) -> Result<Weights, crate::Error> {
+    pub fn from_gguf(gguf: &Gguf, config: &ModelConfig) -> Result<Weights, crate::Error> {
         let c = config;
         let matrix = |name: &str, rows: usize, cols: usize| -> Result<Matrix, crate::Error> {
             let info = gguf.require_tensor(name)?;
@@ -54,6 +61,10 @@ impl Weights {
             let info = gguf.require_tensor(name)?;
             vector_of(gguf, info, len)
         };
+        // A norm the config asks for (Gemma's QK-norms and post-norms).
+        let wanted = |wanted: bool, name: &str, len: usize| -> Result<_, crate::Error> {
+            wanted.then(|| vector(name, len)).transpose()
+        };
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let name = |t: &str| format!("blk.{i}.{t}.weight");
@@ -62,11 +73,15 @@ impl Weights {
                 wq: matrix(&name("attn_q"), c.q_dim(), c.n_embd)?,
                 wk: matrix(&name("attn_k"), c.kv_dim(), c.n_embd)?,
                 wv: matrix(&name("attn_v"), c.kv_dim(), c.n_embd)?,
+                q_norm: wanted(c.qk_norm, &name("attn_q_norm"), c.head_dim)?,
+                k_norm: wanted(c.qk_norm, &name("attn_k_norm"), c.head_dim)?,
                 wo: matrix(&name("attn_output"), c.n_embd, c.q_dim())?,
+                post_attention_norm: wanted(c.post_norms, &name("post_attention_norm"), c.n_embd)?,
                 ffn_norm: vector(&name("ffn_norm"), c.n_embd)?,
                 w_gate: matrix(&name("ffn_gate"), c.n_ff, c.n_embd)?,
                 w_up: matrix(&name("ffn_up"), c.n_ff, c.n_embd)?,
                 w_down: matrix(&name("ffn_down"), c.n_embd, c.n_ff)?,
+                post_ffw_norm: wanted(c.post_norms, &name("post_ffw_norm"), c.n_embd)?,
             });
         }
         let token_embd = matrix("token_embd.weight", c.vocab_size, c.n_embd)?;

@@ -2,17 +2,17 @@
 //! fused op, and keeps node order (KV writes stay before the attention that reads them).
 //! Each is proved by running fused and unfused graphs on the CPU and comparing logits.
 
+mod glu;
 mod residual;
 mod rmsnorm;
 mod rope_kv;
 mod sibling_matmuls;
-mod swiglu;
 
+pub use glu::fuse_glu;
 pub use residual::fuse_residual_add;
 pub use rmsnorm::fuse_rmsnorm;
 pub use rope_kv::fuse_rope_kv_write;
 pub use sibling_matmuls::fuse_sibling_matmuls;
-pub use swiglu::fuse_swiglu;
 
 use crate::graph::{Graph, Node};
 use crate::op::Op;
@@ -25,7 +25,7 @@ pub type Pass = fn(&mut Graph, &dyn Fn(&Op) -> bool) -> usize;
 /// matmul), then the epilogues and prologues that fold into those matmuls.
 pub const ALL: [(&str, Pass); 5] = [
     ("sibling_matmuls", fuse_sibling_matmuls),
-    ("swiglu", fuse_swiglu),
+    ("glu", fuse_glu),
     ("rmsnorm", fuse_rmsnorm),
     ("residual_add", fuse_residual_add),
     ("rope_kv_write", fuse_rope_kv_write),

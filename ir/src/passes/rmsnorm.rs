@@ -1,5 +1,6 @@
-//! RMSNorm folded into the matmul it feeds: the matmul normalises its input rows as it
-//! loads them, so the normed activations are never written.
+//! RMSNorm folded into the op it feeds: a matmul normalises its input rows as it loads
+//! them, so the normed activations are never written; a residual add (Gemma's post-norms)
+//! normalises the sublayer's output as it adds it.
 
 use super::{consumers, is_output, rewrite};
 use crate::graph::Graph;
@@ -35,14 +36,34 @@ pub fn fuse_rmsnorm(graph: &mut Graph, supports: &dyn Fn(&Op) -> bool) -> usize 
                 gate: *gate,
                 up: *up,
             },
+            Op::MatMulGeGlu { gate, up } => Op::RmsNormMatMulGeGlu {
+                norm,
+                eps,
+                gate: *gate,
+                up: *up,
+            },
+            Op::Add if consumer.inputs[0] != consumer.inputs[1] => {
+                Op::RmsNormAdd { weight: norm, eps }
+            }
             _ => continue,
         };
-        if !supports(&op) {
+        if !supports(&op) || replace[j].is_some() {
             continue;
         }
         let mut new = consumer.clone();
+        new.inputs = match op {
+            // (normed input, residual), at the add's place, where both exist.
+            Op::RmsNormAdd { .. } => {
+                let residual = if consumer.inputs[0] == normed {
+                    consumer.inputs[1]
+                } else {
+                    consumer.inputs[0]
+                };
+                vec![node.inputs[0], residual]
+            }
+            _ => node.inputs.clone(),
+        };
         new.op = op;
-        new.inputs = node.inputs.clone();
         replace[j] = Some(new);
         remove[i] = true;
         fused += 1;

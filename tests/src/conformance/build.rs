@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use kiln_ir::kv_layout::{KvDtype, KvLayout};
 use kiln_ir::quant::{dequantize_row, quantize_row};
-use kiln_ir::{DType, Graph, Op, RopeParams, Rows, ValueId, ValueType, WeightId};
+use kiln_ir::{DType, Graph, Op, RopeMode, RopeParams, Rows, ValueId, ValueType, WeightId};
 
 use super::ops::RopeSpec;
 use super::reference::{self as oracle, f64s};
@@ -112,6 +112,7 @@ impl Builder {
             theta: spec.theta,
             freq_scale: spec.freq_scale,
             freq_factors: factors.as_ref().map(|(id, _)| *id),
+            mode: spec.mode,
         };
         let reference = oracle::Rope {
             head_dim,
@@ -119,6 +120,7 @@ impl Builder {
             theta: f64::from(spec.theta),
             freq_scale: f64::from(spec.freq_scale),
             freq_factors: factors.map(|(_, f)| f),
+            neox: spec.mode == RopeMode::Neox,
         };
         (params, reference)
     }

@@ -10,10 +10,13 @@ use std::fmt;
 use kiln_ir::DType;
 use kiln_ir::kv_layout::KvDtype;
 
-use super::ops::{add, attention_case, matmul, matmul_add, matmul_swiglu, rmsnorm, rope, swiglu};
+use super::gemma_ops::{head_rmsnorm, rmsnorm_add, scale};
+use super::ops::{
+    Glu, add, attention_case, geglu, matmul, matmul_add, matmul_glu, rmsnorm, rope, swiglu,
+};
 use super::{Built, Rng};
 
-pub use super::ops::{AttentionSpec, RopeSpec};
+pub use super::ops::{AttentionSpec, GemmaAttention, RopeSpec};
 
 // ---- limits on the error (NMSE), from measurements on the CPU backend ----
 
@@ -28,6 +31,9 @@ pub const Q8_ACTS_LIMIT: f64 = 1e-4;
 /// a backend does with them): one scale per 256 values, so about twice the error
 /// (measured 1.8e-5 to 3.6e-5, 8.2e-5 after RMSNorm and SwiGLU).
 pub const Q8K_ACTS_LIMIT: f64 = 3e-4;
+/// GeGLU: the CPU backend computes GELU as llama.cpp does, from and to f16 (two roundings
+/// of 2^-11 relative; measured NMSE 5e-10 to 1.1e-7 against the exact function).
+pub const GELU_F16_LIMIT: f64 = 1e-6;
 /// Attention over an F16 KV cache, against f32 K and V (measured 6.3e-8 to 9.3e-8).
 pub const KV_F16_LIMIT: f64 = 5e-7;
 /// Attention over an FP8 E4M3 KV cache with per-(token, head) scales, against f32 K and
@@ -77,6 +83,15 @@ pub fn cases() -> Vec<Case> {
         rope(3, 2, 128, RopeSpec::new(128, 500_000.0).with_factors()),
         rope(33, 2, 64, RopeSpec::new(32, 10_000.0).with_freq_scale(0.5)),
         rope(1, 1, 128, RopeSpec::new(64, 1e6).with_factors()),
+        // Gemma 3: NeoX pairs, heads of 256; the embedding scale √640; QK-norm over heads
+        // of 256; post-norms added to the residual; GeGLU.
+        rope(7, 4, 256, RopeSpec::new(256, 1e6).neox()),
+        rope(3, 2, 64, RopeSpec::new(32, 10_000.0).neox().with_factors()),
+        scale(7, 640, 640f32.sqrt()),
+        head_rmsnorm(33, 4, 256),
+        head_rmsnorm(1, 1, 256),
+        rmsnorm_add(33, 608),
+        geglu(33, 96),
     ];
     for dtype in WEIGHT_DTYPES {
         cases.extend([
@@ -85,9 +100,11 @@ pub fn cases() -> Vec<Case> {
             matmul("matmul", vec![dtype], 33, 160, vec![131]),
             matmul("matmul3", vec![dtype; 3], 7, 96, vec![96, 32, 32]),
             matmul("rmsnorm_matmul3", vec![dtype; 3], 33, 160, vec![160, 32, 32]),
-            //            norm, dtype, tokens, k, n
-            matmul_swiglu(false, dtype, 7, 96, 131),
-            matmul_swiglu(true, dtype, 3, 608, 96),
+            //         unit, norm, dtype, tokens, k, n
+            matmul_glu(Glu::Swi, false, dtype, 7, 96, 131),
+            matmul_glu(Glu::Swi, true, dtype, 3, 608, 96),
+            matmul_glu(Glu::Ge, false, dtype, 7, 96, 131),
+            matmul_glu(Glu::Ge, true, dtype, 33, 640, 96),
             matmul_add(dtype, 33, 160, 96),
         ]);
     }
@@ -114,8 +131,7 @@ pub fn cases() -> Vec<Case> {
     use KvDtype::{F8E4M3 as FP8, F16};
     // head_dim, heads, KV heads, KV type, page size, per sequence (context, last step)
     let attention = |head_dim, n_heads, n_kv_heads, kv, page_size, seqs: &[(usize, usize)]| {
-        let seqs = seqs.to_vec();
-        attention_case(AttentionSpec { head_dim, n_heads, n_kv_heads, kv, page_size, seqs, rope: None, check_q: false })
+        attention_case(AttentionSpec::plain(head_dim, n_heads, n_kv_heads, kv, page_size, seqs))
     };
     cases.push(attention(64, 2, 2, FP8, 16, &[(1, 1), (17, 1), (40, 8)]));
     cases.push(attention(128, 2, 2, F16, 5, &[(17, 3), (1, 1), (40, 1)]));
@@ -137,15 +153,40 @@ pub fn cases() -> Vec<Case> {
     // tile holds the end of one sequence and the start of the next.
     cases.push(attention(128, 8, 2, FP8, 16, &[(150, 100), (70, 70)]));
     // RopeKvWrite, checked twice: its rotated q, and the attention over what it stored.
-    let roped = |head_dim, n_heads, kv, page_size, rope, seqs: &[(usize, usize)]| {
+    let roped = |head_dim, n_heads, kv, page_size, rope, seqs: &[(usize, usize)], gemma| {
         [true, false].map(|check_q| {
-            let seqs = seqs.to_vec();
-            attention_case(AttentionSpec { head_dim, n_heads, n_kv_heads: 1, kv, page_size, seqs, rope: Some(rope), check_q })
+            let spec = AttentionSpec { rope: Some(rope), check_q, gemma, ..AttentionSpec::plain(head_dim, n_heads, 1, kv, page_size, seqs) };
+            attention_case(spec)
         })
     };
-    cases.extend(roped(64, 3, FP8, 16, RopeSpec::new(64, 10_000.0), &[(17, 1), (40, 7)]));
+    cases.extend(roped(64, 3, FP8, 16, RopeSpec::new(64, 10_000.0), &[(17, 1), (40, 7)], None));
     let partial = RopeSpec::new(96, 500_000.0).with_freq_scale(0.25).with_factors();
-    cases.extend(roped(128, 4, F16, 5, partial, &[(1, 1), (43, 2), (17, 17)]));
+    cases.extend(roped(128, 4, F16, 5, partial, &[(1, 1), (43, 2), (17, 17)], None));
+
+    // Gemma 3 270M's attention: 4 heads over 1 KV head of 256, sliding windows smaller
+    // than the contexts and not a multiple of the page size (the pages behind every
+    // query's window NO_PAGE in the step, as the KV manager hands them out), windows
+    // smaller than the step, a scale other than 1/√256, K/V in slot 1 of KV group 1.
+    let gemma = |window, scale, grouped| Some(GemmaAttention { window, scale, qk_norm: false, grouped });
+    let windowed = |kv, page_size, seqs: &[(usize, usize)], g| {
+        attention_case(AttentionSpec { gemma: g, ..AttentionSpec::plain(256, 4, 1, kv, page_size, seqs) })
+    };
+    for kv in [FP8, F16] {
+        cases.push(windowed(kv, 16, &[(100, 1), (60, 7), (5, 5)], gemma(Some(37), None, false)));
+        cases.push(windowed(kv, 5, &[(70, 1), (43, 33)], gemma(Some(13), Some(0.08), true)));
+    }
+    // A window of 5 under steps of 17 and 33 tokens; a window of 1 (each query itself).
+    cases.push(windowed(F16, 16, &[(43, 17), (20, 1), (40, 33)], gemma(Some(5), None, true)));
+    cases.push(windowed(F16, 3, &[(11, 4), (7, 1)], gemma(Some(1), None, false)));
+    // Full attention with another scale in group 1 (Gemma's global layers).
+    cases.push(windowed(FP8, 16, &[(40, 3), (17, 17)], gemma(None, Some(0.05), true)));
+    // QK-norm + NeoX RoPE + KV write (Gemma's fused op), its q and the attention after it.
+    let qk = Some(GemmaAttention { window: Some(29), scale: None, qk_norm: true, grouped: true });
+    cases.extend(roped(256, 4, FP8, 16, RopeSpec::new(256, 10_000.0).neox(), &[(80, 3), (17, 17)], qk));
+    let qk_full = Some(GemmaAttention { window: None, scale: Some(0.0625), qk_norm: true, grouped: false });
+    cases.extend(roped(256, 4, F16, 5, RopeSpec::new(256, 1e6).neox(), &[(43, 2), (1, 1)], qk_full));
+    // RoPE + KV write in NeoX mode, no QK-norm.
+    cases.extend(roped(64, 2, F16, 16, RopeSpec::new(64, 1e6).neox(), &[(17, 1), (40, 7)], None));
     cases
 }
 

@@ -18,6 +18,7 @@
 
 mod build;
 pub mod cases;
+mod gemma_ops;
 mod ops;
 pub mod reference;
 
@@ -31,7 +32,7 @@ use kiln_ir::kv_layout::KvLayout;
 use kiln_ir::{Graph, ValueId, lower};
 use kiln_testkit::{Outcome, Trial, fail, pass, skip, test};
 
-pub use cases::{AttentionSpec, Case, Metric, RopeSpec, cases};
+pub use cases::{AttentionSpec, Case, GemmaAttention, Metric, RopeSpec, cases};
 pub use ops::{attention_case, matmul_term_case};
 
 /// A small xorshift64* generator: the suite's data is reproducible from a case's name.

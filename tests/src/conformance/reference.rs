@@ -70,6 +70,20 @@ pub fn swiglu(gate: &[f64], up: &[f64]) -> Vec<f64> {
         .collect()
 }
 
+/// gelu(gate) · up, elementwise, GELU in its tanh form 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))).
+pub fn geglu(gate: &[f64], up: &[f64]) -> Vec<f64> {
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    gate.iter()
+        .zip(up)
+        .map(|(&g, &u)| 0.5 * g * (1.0 + (c * (g + 0.044715 * g * g * g)).tanh()) * u)
+        .collect()
+}
+
+/// x · factor, elementwise.
+pub fn scale(x: &[f64], factor: f64) -> Vec<f64> {
+    x.iter().map(|v| v * factor).collect()
+}
+
 /// RoPE parameters of the oracle (the op's, with the factors as values).
 #[derive(Clone, Debug)]
 pub struct Rope {
@@ -79,11 +93,14 @@ pub struct Rope {
     pub freq_scale: f64,
     /// (rope_dims / 2) divisors of each frequency.
     pub freq_factors: Option<Vec<f64>>,
+    /// Pairs (x[i], x[i + rope_dims/2]) rather than (x[2i], x[2i+1]).
+    pub neox: bool,
 }
 
-/// ggml's "normal" RoPE of x (rows, heads·head_dim), row r at `positions[r]`: pair
-/// (x[2i], x[2i+1]) of each head's first rope_dims rotates by
-/// pos·freq_scale·theta^(-2i/rope_dims) / factor_i; the other dims pass through.
+/// RoPE of x (rows, heads·head_dim), row r at `positions[r]`: pair i of each head's first
+/// rope_dims, (x[2i], x[2i+1]) in ggml's "normal" mode or (x[i], x[i + rope_dims/2]) in
+/// NeoX mode, rotates by pos·freq_scale·theta^(-2i/rope_dims) / factor_i; the other dims
+/// pass through.
 pub fn rope(x: &[f64], positions: &[u32], p: &Rope) -> Vec<f64> {
     let mut out = x.to_vec(); // (rows, heads·head_dim)
     let width = x.len() / positions.len();
@@ -94,25 +111,48 @@ pub fn rope(x: &[f64], positions: &[u32], p: &Rope) -> Vec<f64> {
                 let factor = p.freq_factors.as_ref().map_or(1.0, |f| f[i]);
                 let angle = f64::from(pos) * p.freq_scale * freq / factor;
                 let (sin, cos) = angle.sin_cos();
-                let (a, b) = (head[2 * i], head[2 * i + 1]);
-                head[2 * i] = a * cos - b * sin;
-                head[2 * i + 1] = a * sin + b * cos;
+                let (ia, ib) = if p.neox {
+                    (i, i + p.rope_dims / 2)
+                } else {
+                    (2 * i, 2 * i + 1)
+                };
+                let (a, b) = (head[ia], head[ib]);
+                head[ia] = a * cos - b * sin;
+                head[ib] = a * sin + b * cos;
             }
         }
     }
     out
 }
 
+/// How a query attends: its score scale and its sliding window.
+#[derive(Clone, Copy, Debug)]
+pub struct Attend {
+    pub scale: f64,
+    /// Row p attends to rows > p − window only.
+    pub window: Option<usize>,
+}
+
+impl Attend {
+    /// Every earlier row, scores q·k / sqrt(hd).
+    pub fn causal(hd: usize) -> Attend {
+        Attend {
+            scale: 1.0 / (hd as f64).sqrt(),
+            window: None,
+        }
+    }
+}
+
 /// Causal grouped-query attention over one whole sequence: row p of q (len, n_heads·hd)
-/// attends to rows 0..=p of k and v (len, n_kv_heads·hd); query head h reads KV head
-/// h / (n_heads / n_kv_heads). Scores are q·k / sqrt(hd). → (len, n_heads·hd).
+/// attends to rows 0..=p (p + 1 − window..=p with a window) of k and v (len,
+/// n_kv_heads·hd); query head h reads KV head h / (n_heads / n_kv_heads). Scores are
+/// q·k · scale. → (len, n_heads·hd).
 pub fn attention(
     q: &[f64],
     k: &[f64],
     v: &[f64],
-    n_heads: usize,
-    n_kv_heads: usize,
-    hd: usize,
+    (n_heads, n_kv_heads, hd): (usize, usize, usize),
+    how: Attend,
 ) -> Vec<f64> {
     let (q_dim, kv_dim) = (n_heads * hd, n_kv_heads * hd);
     let len = q.len() / q_dim;
@@ -122,21 +162,22 @@ pub fn attention(
         for h in 0..n_heads {
             let qh = &q[p * q_dim + h * hd..][..hd];
             let kv_at = |t: usize| t * kv_dim + (h / group) * hd;
-            let scores: Vec<f64> = (0..=p)
+            let first = how.window.map_or(0, |w| (p + 1).saturating_sub(w));
+            let scores: Vec<f64> = (first..=p)
                 .map(|t| {
                     qh.iter()
                         .zip(&k[kv_at(t)..][..hd])
                         .map(|(a, b)| a * b)
                         .sum::<f64>()
-                        / (hd as f64).sqrt()
+                        * how.scale
                 })
-                .collect(); // (p + 1)
+                .collect(); // (p + 1 - first)
             let max = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let weights: Vec<f64> = scores.iter().map(|s| (s - max).exp()).collect();
             let total: f64 = weights.iter().sum();
             let o = &mut out[p * q_dim + h * hd..][..hd];
-            for (t, w) in weights.iter().enumerate() {
-                for (ov, vv) in o.iter_mut().zip(&v[kv_at(t)..][..hd]) {
+            for (j, w) in weights.iter().enumerate() {
+                for (ov, vv) in o.iter_mut().zip(&v[kv_at(first + j)..][..hd]) {
                     *ov += w / total * vv;
                 }
             }

@@ -1,8 +1,9 @@
 //! Random-weight GGUF models of known shapes (`kiln synth`), for benchmarks without
 //! downloads.
 //!
-//! A synthesized file is what llama.cpp's converter would write for a Llama model of
-//! that shape: GGUF v3, the standard `general.*` / `llama.*` keys and tensor names,
+//! A synthesized file is what llama.cpp's converter would write for a Llama (or Gemma 3)
+//! model of that shape: GGUF v3, the standard `general.*` / `llama.*` (`gemma3.*`) keys and
+//! tensor names,
 //! norms in F32, matrices in the chosen quant, and every `tokenizer.*` key copied from a
 //! reference model so that prompts tokenize as they would for a real one.
 //!
@@ -29,7 +30,8 @@ mod shapes;
 
 use random::{Rng, fnv1a};
 pub use shapes::{
-    CUSTOM, CUSTOM_DEFAULT_CONTEXT, SHAPES, Shape, file_type, parse_quant, quant_name, shape_names,
+    Arch, CUSTOM, CUSTOM_DEFAULT_CONTEXT, SHAPES, Shape, file_type, parse_quant, quant_name,
+    shape_names,
 };
 
 /// Where `kiln synth` takes its tokenizer from unless told otherwise.
@@ -148,7 +150,8 @@ pub fn embedding_dtype(shape: &Shape, quant: DType) -> DType {
 /// Every tensor of the model, in file order (llama.cpp's names).
 pub fn tensors(shape: &Shape, quant: DType) -> Vec<SynthTensor> {
     let s = shape;
-    let q_dim = s.n_heads * s.head_dim();
+    let q_dim = s.q_dim();
+    let gemma = s.arch == Arch::Gemma3;
     let mut out = vec![SynthTensor::matrix(
         "token_embd.weight".into(),
         s.vocab_size,
@@ -171,12 +174,19 @@ pub fn tensors(shape: &Shape, quant: DType) -> Vec<SynthTensor> {
             s.n_embd,
             quant,
         ));
+        if gemma {
+            out.push(SynthTensor::norm(name("attn_q_norm"), s.head_dim()));
+            out.push(SynthTensor::norm(name("attn_k_norm"), s.head_dim()));
+        }
         out.push(SynthTensor::matrix(
             name("attn_output"),
             s.n_embd,
             q_dim,
             quant,
         ));
+        if gemma {
+            out.push(SynthTensor::norm(name("post_attention_norm"), s.n_embd));
+        }
         out.push(SynthTensor::norm(name("ffn_norm"), s.n_embd));
         out.push(SynthTensor::matrix(
             name("ffn_gate"),
@@ -191,6 +201,9 @@ pub fn tensors(shape: &Shape, quant: DType) -> Vec<SynthTensor> {
             s.n_ff,
             quant,
         ));
+        if gemma {
+            out.push(SynthTensor::norm(name("post_ffw_norm"), s.n_embd));
+        }
     }
     out.push(SynthTensor::norm("output_norm.weight".into(), s.n_embd));
     if !s.tied_embeddings {
@@ -204,13 +217,14 @@ pub fn tensors(shape: &Shape, quant: DType) -> Vec<SynthTensor> {
     out
 }
 
-/// The `general.*` and `llama.*` keys (without the tokenizer's).
+/// The `general.*` and `<arch>.*` keys (without the tokenizer's).
 pub fn model_metadata(shape: &Shape, quant: DType, seed: u64) -> Vec<(String, Value)> {
     let s = shape;
     let u32_of = |n: usize| Value::U32(n as u32);
     let name = if s.name == CUSTOM {
         format!(
-            "kiln synth custom {}L {}d {}h {}kv ffn{} {} seed {seed}",
+            "kiln synth custom {} {}L {}d {}h {}kv ffn{} {} seed {seed}",
+            s.arch.name(),
             s.n_layers,
             s.n_embd,
             s.n_heads,
@@ -221,8 +235,10 @@ pub fn model_metadata(shape: &Shape, quant: DType, seed: u64) -> Vec<(String, Va
     } else {
         format!("kiln synth {} {} seed {seed}", s.name, quant_name(quant))
     };
-    vec![
-        ("general.architecture".into(), Value::String("llama".into())),
+    let arch = s.arch.name();
+    let key = |k: &str| format!("{arch}.{k}");
+    let mut keys = vec![
+        ("general.architecture".into(), Value::String(arch.into())),
         ("general.type".into(), Value::String("model".into())),
         ("general.name".into(), Value::String(name)),
         ("general.alignment".into(), Value::U32(ALIGNMENT as u32)),
@@ -231,20 +247,32 @@ pub fn model_metadata(shape: &Shape, quant: DType, seed: u64) -> Vec<(String, Va
             Value::U32(file_type(quant).expect("a synth quant")),
         ),
         ("general.quantization_version".into(), Value::U32(2)),
-        ("llama.context_length".into(), u32_of(s.context_length)),
-        ("llama.embedding_length".into(), u32_of(s.n_embd)),
-        ("llama.block_count".into(), u32_of(s.n_layers)),
-        ("llama.feed_forward_length".into(), u32_of(s.n_ff)),
-        ("llama.attention.head_count".into(), u32_of(s.n_heads)),
-        ("llama.attention.head_count_kv".into(), u32_of(s.n_kv_heads)),
+        (key("context_length"), u32_of(s.context_length)),
+        (key("embedding_length"), u32_of(s.n_embd)),
+        (key("block_count"), u32_of(s.n_layers)),
+        (key("feed_forward_length"), u32_of(s.n_ff)),
+        (key("attention.head_count"), u32_of(s.n_heads)),
+        (key("attention.head_count_kv"), u32_of(s.n_kv_heads)),
         (
-            "llama.attention.layer_norm_rms_epsilon".into(),
+            key("attention.layer_norm_rms_epsilon"),
             Value::F32(s.rms_norm_eps),
         ),
-        ("llama.rope.freq_base".into(), Value::F32(s.rope_theta)),
-        ("llama.rope.dimension_count".into(), u32_of(s.head_dim())),
-        ("llama.vocab_size".into(), u32_of(s.vocab_size)),
-    ]
+        (key("rope.freq_base"), Value::F32(s.rope_theta)),
+    ];
+    match s.arch {
+        Arch::Llama => keys.extend([
+            (key("rope.dimension_count"), u32_of(s.head_dim())),
+            (key("vocab_size"), u32_of(s.vocab_size)),
+        ]),
+        // As llama.cpp's converter writes Gemma 3: key and value lengths, the window; the
+        // vocabulary is the tokenizer's.
+        Arch::Gemma3 => keys.extend([
+            (key("attention.key_length"), u32_of(s.head_dim())),
+            (key("attention.value_length"), u32_of(s.head_dim())),
+            (key("attention.sliding_window"), u32_of(s.sliding_window)),
+        ]),
+    }
+    keys
 }
 
 /// What to synthesize.

@@ -4,15 +4,50 @@ use kiln_ir::DType;
 
 use super::{QUANTS, SynthError};
 
-/// The hyper-parameters of a Llama-family model shape.
+/// The architecture a shape is written as (`general.architecture` and its tensors).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Arch {
+    /// `llama`: pre-norms, SwiGLU.
+    #[default]
+    Llama,
+    /// `gemma3`: QK-norms, norms after each sublayer too, GeGLU, sliding windows on five
+    /// layers of six (the window in `sliding_window`).
+    Gemma3,
+}
+
+impl Arch {
+    /// The `general.architecture` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Gemma3 => "gemma3",
+        }
+    }
+
+    /// By name (`llama`, `gemma3`), case-insensitively.
+    pub fn parse(name: &str) -> Result<Arch, SynthError> {
+        [Arch::Llama, Arch::Gemma3]
+            .into_iter()
+            .find(|a| a.name().eq_ignore_ascii_case(name))
+            .ok_or_else(|| {
+                SynthError::BadShape(format!("unknown architecture {name:?} (llama or gemma3)"))
+            })
+    }
+}
+
+/// The hyper-parameters of a model shape.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Shape {
     pub name: &'static str,
+    pub arch: Arch,
     pub n_layers: usize,
     /// Width of the residual stream.
     pub n_embd: usize,
     pub n_heads: usize,
     pub n_kv_heads: usize,
+    /// Head size when it is not width / heads (Gemma 3 270M: 256 for width 640 and 4
+    /// heads); 0 for width / heads.
+    pub key_length: usize,
     pub n_ff: usize,
     pub vocab_size: usize,
     pub context_length: usize,
@@ -21,49 +56,78 @@ pub struct Shape {
     /// The LM head is the token embedding (no `output.weight`); the embedding is then
     /// stored in Q8_0 like the reference model's (F16 when the quant is F16).
     pub tied_embeddings: bool,
+    /// Gemma 3: the window of its sliding-window layers (`attention.sliding_window`).
+    pub sliding_window: usize,
 }
 
-/// The named shapes, in one place. Vocabularies are the reference tokenizer's (49,152),
-/// so every shape runs with the SmolLM2 tokenizer.
+/// The named shapes, in one place. Vocabularies of the Llama shapes are the reference
+/// tokenizer's (49,152), so they run with the SmolLM2 tokenizer; gemma3-270m is the real
+/// shape with the real vocabulary (262,144): its tokenizer is Gemma's
+/// (`--tokenizer-from models/gemma-3-270m-q4_k_m.gguf`).
 pub const SHAPES: &[Shape] = &[
     Shape {
         name: "smollm2-135m",
+        arch: Arch::Llama,
         n_layers: 30,
         n_embd: 576,
         n_heads: 9,
         n_kv_heads: 3,
+        key_length: 0,
         n_ff: 1536,
         vocab_size: 49152,
         context_length: 8192,
         rope_theta: 100_000.0,
         rms_norm_eps: 1e-5,
         tied_embeddings: true,
+        sliding_window: 0,
     },
     Shape {
         name: "llama3-1b",
+        arch: Arch::Llama,
         n_layers: 16,
         n_embd: 2048,
         n_heads: 32,
         n_kv_heads: 8,
+        key_length: 0,
         n_ff: 8192,
         vocab_size: 49152,
         context_length: 8192,
         rope_theta: 500_000.0,
         rms_norm_eps: 1e-5,
         tied_embeddings: false,
+        sliding_window: 0,
     },
     Shape {
         name: "llama3-8b",
+        arch: Arch::Llama,
         n_layers: 32,
         n_embd: 4096,
         n_heads: 32,
         n_kv_heads: 8,
+        key_length: 0,
         n_ff: 14336,
         vocab_size: 49152,
         context_length: 8192,
         rope_theta: 500_000.0,
         rms_norm_eps: 1e-5,
         tied_embeddings: false,
+        sliding_window: 0,
+    },
+    Shape {
+        name: "gemma3-270m",
+        arch: Arch::Gemma3,
+        n_layers: 18,
+        n_embd: 640,
+        n_heads: 4,
+        n_kv_heads: 1,
+        key_length: 256,
+        n_ff: 2048,
+        vocab_size: 262_144,
+        context_length: 32_768,
+        rope_theta: 1_000_000.0,
+        rms_norm_eps: 1e-6,
+        tied_embeddings: true,
+        sliding_window: 512,
     },
 ];
 
@@ -98,23 +162,57 @@ impl Shape {
     ) -> Result<Shape, SynthError> {
         let shape = Shape {
             name: CUSTOM,
+            arch: Arch::Llama,
             n_layers,
             n_embd,
             n_heads,
             n_kv_heads,
+            key_length: 0,
             n_ff,
             vocab_size,
             context_length,
             rope_theta: 10_000.0,
             rms_norm_eps: 1e-5,
             tied_embeddings: false,
+            sliding_window: 0,
+        };
+        shape.validate()?;
+        Ok(shape)
+    }
+
+    /// The same shape as a Gemma 3 model with sliding windows of `window` positions
+    /// (tied embeddings, RoPE base 1e6 for the global layers, eps 1e-6, as Gemma's).
+    pub fn gemma3(self, window: usize) -> Result<Shape, SynthError> {
+        let shape = Shape {
+            arch: Arch::Gemma3,
+            sliding_window: window,
+            tied_embeddings: true,
+            rope_theta: 1_000_000.0,
+            rms_norm_eps: 1e-6,
+            ..self
         };
         shape.validate()?;
         Ok(shape)
     }
 
     pub fn head_dim(&self) -> usize {
-        self.n_embd / self.n_heads.max(1)
+        match self.key_length {
+            0 => self.n_embd / self.n_heads.max(1),
+            d => d,
+        }
+    }
+
+    /// Width of all query heads together.
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim()
+    }
+
+    /// Each layer's sliding window (None: full attention): Gemma 3's five window layers
+    /// of every six.
+    pub fn layer_windows(&self) -> Vec<Option<usize>> {
+        (0..self.n_layers)
+            .map(|l| (self.arch == Arch::Gemma3 && l % 6 != 5).then_some(self.sliding_window))
+            .collect()
     }
 
     pub fn kv_dim(&self) -> usize {
@@ -133,7 +231,7 @@ impl Shape {
         if s.n_ff == 0 || s.vocab_size == 0 || s.context_length == 0 {
             return bad("FFN width, vocabulary and context length must all be at least 1".into());
         }
-        if !s.n_embd.is_multiple_of(s.n_heads) {
+        if s.key_length == 0 && !s.n_embd.is_multiple_of(s.n_heads) {
             return bad(format!(
                 "width {} is not a multiple of the {} heads",
                 s.n_embd, s.n_heads
@@ -146,12 +244,16 @@ impl Shape {
             ));
         }
         if !s.head_dim().is_multiple_of(2) {
-            return bad(format!(
-                "head size {} (width / heads) must be even for RoPE",
-                s.head_dim()
-            ));
+            return bad(format!("head size {} must be even for RoPE", s.head_dim()));
         }
-        for (what, n) in [("width", s.n_embd), ("FFN width", s.n_ff)] {
+        if s.arch == Arch::Gemma3 && s.sliding_window == 0 {
+            return bad("a Gemma 3 shape needs a sliding window of at least 1".into());
+        }
+        for (what, n) in [
+            ("width", s.n_embd),
+            ("FFN width", s.n_ff),
+            ("query width (heads × head size)", s.q_dim()),
+        ] {
             if !n.is_multiple_of(32) {
                 return bad(format!(
                     "{what} {n} is not a multiple of 32 (the quant block length)"

@@ -1,6 +1,7 @@
 //! Causal grouped-query attention over paged KV (FP8 with per-(token, head) scales, or
 //! F16), with an online softmax. One task per (token, KV head); the token at position
-//! p attends to positions 0..=p of its sequence.
+//! p attends to positions 0..=p of its sequence, or p + 1 − window..=p with a sliding
+//! window, reading the block tables of the layer's KV group.
 
 use crate::pool;
 use kiln_ir::AttentionParams;
@@ -61,7 +62,8 @@ impl KvPages<'_> {
 }
 
 /// out, q: (tokens, n_heads·head_dim). One task per (token, KV head): each key and
-/// value is decoded once and used by all the query heads that share it.
+/// value is decoded once and used by all the query heads that share it. `block_tables`
+/// are the step's, group-major (see `kiln_ir::backend::Step`).
 pub fn attention(
     q: &[f32],
     kv: KvPages<'_>,
@@ -74,22 +76,25 @@ pub fn attention(
     let hd = params.head_dim;
     let group = params.n_heads / params.n_kv_heads;
     let page_size = kv.layout.kv_page_size();
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = params.scale;
+    let n_seqs = block_tables.len() / kv.layout.n_groups();
+    let tables = &block_tables[params.kv_group * n_seqs..][..n_seqs]; // (seqs) this group's
     let mut tasks: Vec<&mut [f32]> = out.chunks_mut(group * hd).collect(); // (token, kv head)
     pool::for_each_mut(&mut tasks, |i, o| {
         let o: &mut [f32] = o;
         let (t, kv_head) = (i / params.n_kv_heads, i % params.n_kv_heads);
         let qg = &q[i * group * hd..(i + 1) * group * hd]; // (group, head_dim)
-        let table = block_tables[token_seq[t] as usize];
+        let table = tables[token_seq[t] as usize];
         let mut k = vec![0.0f32; hd]; // (head_dim) one decoded key
         let mut v = vec![0.0f32; hd]; // (head_dim) one decoded value
         let mut max = vec![f32::NEG_INFINITY; group]; // (group) running max score
         let mut sum = vec![0.0f32; group]; // (group) running softmax denominator
         o.fill(0.0);
-        for pos in 0..=positions[t] as usize {
+        let last = positions[t] as usize;
+        for pos in params.first_position(last)..=last {
             let (page, slot) = (table[pos / page_size] as usize, pos % page_size);
-            kv.load(params.layer, page, slot, kv_head, false, &mut k);
-            kv.load(params.layer, page, slot, kv_head, true, &mut v);
+            kv.load(params.kv_slot, page, slot, kv_head, false, &mut k);
+            kv.load(params.kv_slot, page, slot, kv_head, true, &mut v);
             for g in 0..group {
                 let s = kiln_ir::quant::dot_f32(&qg[g * hd..(g + 1) * hd], &k) * scale;
                 // Online softmax: rescale what was accumulated when the maximum grows.

@@ -4,11 +4,12 @@
 use kiln_ir::kv_layout::{KvDtype, KvLayout};
 use kiln_ir::quant::fp8;
 
-/// Where each token of the step goes: (page, slot in page).
+/// Where each token of the step goes in one KV group: (page, slot in page). `tables` are
+/// the group's block tables, one per sequence.
 pub fn token_slots(
     positions: &[u32],
     token_seq: &[u32],
-    block_tables: &[&[u32]],
+    tables: &[&[u32]],
     kv_page_size: usize,
 ) -> Vec<(usize, usize)> {
     positions
@@ -17,56 +18,75 @@ pub fn token_slots(
         .map(|(&pos, &seq)| {
             let pos = pos as usize;
             (
-                block_tables[seq as usize][pos / kv_page_size] as usize,
+                tables[seq as usize][pos / kv_page_size] as usize,
                 pos % kv_page_size,
             )
         })
         .collect()
 }
 
-/// k, v: (tokens, n_kv_heads·head_dim).
-pub fn kv_write(
-    pages: &mut [u8],
-    layout: &KvLayout,
-    layer: usize,
-    slots: &[(usize, usize)],
-    k: &[f32],
-    v: &[f32],
-) {
-    let hd = layout.head_dim();
-    let kv_dim = layout.n_kv_heads() * hd;
-    let page_bytes = layout.page_bytes();
-    for (t, &(page, slot)) in slots.iter().enumerate() {
-        let page = &mut pages[page * page_bytes..(page + 1) * page_bytes];
-        for h in 0..layout.n_kv_heads() {
-            let k_row = &k[t * kv_dim + h * hd..][..hd];
-            let v_row = &v[t * kv_dim + h * hd..][..hd];
-            let k_at = layout
-                .k_offset(layer, slot, h)
-                .expect("slot inside the page");
-            let v_at = layout
-                .v_offset(layer, slot, h)
-                .expect("slot inside the page");
-            match layout.dtype() {
-                KvDtype::F8E4M3 => {
-                    let ks = store_fp8(&mut page[k_at..k_at + hd], k_row);
-                    let vs = store_fp8(&mut page[v_at..v_at + hd], v_row);
-                    let k_scale = layout
-                        .k_scale_offset(layer, slot, h)
-                        .expect("fp8 has scales");
-                    let v_scale = layout
-                        .v_scale_offset(layer, slot, h)
-                        .expect("fp8 has scales");
-                    page[k_scale..k_scale + 4].copy_from_slice(&ks.to_le_bytes());
-                    page[v_scale..v_scale + 4].copy_from_slice(&vs.to_le_bytes());
-                }
-                KvDtype::F16 => {
-                    store_f16(&mut page[k_at..k_at + 2 * hd], k_row);
-                    store_f16(&mut page[v_at..v_at + 2 * hd], v_row);
+/// Where a launch writes K/V: the pages, their layout, the layer's slot within a page, and
+/// each token's (page, position in page).
+pub struct KvTarget<'p, 's> {
+    pub pages: &'p mut [u8],
+    pub layout: &'s KvLayout,
+    pub layer_slot: usize,
+    pub slots: &'s [(usize, usize)],
+}
+
+impl std::fmt::Debug for KvTarget<'_, '_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvTarget")
+            .field("layer_slot", &self.layer_slot)
+            .field("tokens", &self.slots.len())
+            .finish()
+    }
+}
+
+impl KvTarget<'_, '_> {
+    /// k, v: (tokens, n_kv_heads·head_dim).
+    pub fn write(self, k: &[f32], v: &[f32]) {
+        let layout = self.layout;
+        let (layer, hd) = (self.layer_slot, layout.head_dim());
+        let kv_dim = layout.n_kv_heads() * hd;
+        let page_bytes = layout.page_bytes();
+        for (t, &(page, slot)) in self.slots.iter().enumerate() {
+            let page = &mut self.pages[page * page_bytes..(page + 1) * page_bytes];
+            for h in 0..layout.n_kv_heads() {
+                let k_row = &k[t * kv_dim + h * hd..][..hd];
+                let v_row = &v[t * kv_dim + h * hd..][..hd];
+                let k_at = layout
+                    .k_offset(layer, slot, h)
+                    .expect("slot inside the page");
+                let v_at = layout
+                    .v_offset(layer, slot, h)
+                    .expect("slot inside the page");
+                match layout.dtype() {
+                    KvDtype::F8E4M3 => {
+                        let ks = store_fp8(&mut page[k_at..k_at + hd], k_row);
+                        let vs = store_fp8(&mut page[v_at..v_at + hd], v_row);
+                        let k_scale = layout
+                            .k_scale_offset(layer, slot, h)
+                            .expect("fp8 has scales");
+                        let v_scale = layout
+                            .v_scale_offset(layer, slot, h)
+                            .expect("fp8 has scales");
+                        page[k_scale..k_scale + 4].copy_from_slice(&ks.to_le_bytes());
+                        page[v_scale..v_scale + 4].copy_from_slice(&vs.to_le_bytes());
+                    }
+                    KvDtype::F16 => {
+                        store_f16(&mut page[k_at..k_at + 2 * hd], k_row);
+                        store_f16(&mut page[v_at..v_at + 2 * hd], v_row);
+                    }
                 }
             }
         }
     }
+}
+
+/// k, v: (tokens, n_kv_heads·head_dim).
+pub fn kv_write(target: KvTarget<'_, '_>, k: &[f32], v: &[f32]) {
+    target.write(k, v);
 }
 
 /// Encode one head's values; returns the scale to multiply decoded values by.

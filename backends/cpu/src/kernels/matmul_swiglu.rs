@@ -6,6 +6,17 @@ use super::swiglu::silu;
 use crate::pool;
 
 pub fn matmul_swiglu(gate: WeightMatrix<'_>, up: WeightMatrix<'_>, x: &[f32], out: &mut [f32]) {
+    matmul_gated(gate, up, x, out, silu);
+}
+
+/// out = act(x · Gateᵀ) · (x · Upᵀ), the gated units (SwiGLU, GeGLU) of every FFN.
+pub(super) fn matmul_gated(
+    gate: WeightMatrix<'_>,
+    up: WeightMatrix<'_>,
+    x: &[f32],
+    out: &mut [f32],
+    act: fn(f32) -> f32,
+) {
     let acts = Acts::new(gate.dtype, x, gate.cols);
     let up_acts;
     let up_acts = if matmul::same_acts(up.dtype, gate.dtype) {
@@ -23,14 +34,14 @@ pub fn matmul_swiglu(gate: WeightMatrix<'_>, up: WeightMatrix<'_>, x: &[f32], ou
         &mut [g, &mut u],
         |_, _, _, v| v,
     );
-    // out = silu(gate) · up, a token row per task.
+    // out = act(gate) · up, a token row per task.
     let mut rows: Vec<(&mut [f32], &[f32])> = out
         .chunks_exact_mut(n_ff)
         .zip(u.chunks_exact(n_ff))
         .collect();
     pool::for_each_mut(&mut rows, |_, (o_row, u_row)| {
         for (o, &u) in o_row.iter_mut().zip(*u_row) {
-            *o = silu(*o) * u;
+            *o = act(*o) * u;
         }
     });
 }

@@ -4,15 +4,22 @@
 pub mod add;
 pub mod attention;
 pub mod embed;
+pub mod geglu;
+pub mod head_rmsnorm;
 pub mod kv_write;
 pub mod matmul;
 pub mod matmul_add;
+pub mod matmul_geglu;
 pub mod matmul_swiglu;
+pub mod qk_norm_rope_kv_write;
 pub mod rmsnorm;
+pub mod rmsnorm_add;
 pub mod rmsnorm_matmul;
+pub mod rmsnorm_matmul_geglu;
 pub mod rmsnorm_matmul_swiglu;
 pub mod rope;
 pub mod rope_kv_write;
+pub mod scale;
 pub mod select_rows;
 pub mod swiglu;
 

@@ -1,12 +1,15 @@
-//! RoPE in ggml's "normal" mode: adjacent pairs (x[2i], x[2i+1]) of the first rope_dims
-//! of every head rotate by pos·freq_scale·theta^(-2i/rope_dims) / factor_i.
+//! RoPE: pair i of the first rope_dims of every head rotates by
+//! pos·freq_scale·theta^(-2i/rope_dims) / factor_i. ggml's "normal" mode pairs adjacent
+//! values (x[2i], x[2i+1]); NeoX mode pairs the halves (x[i], x[i + rope_dims/2]).
 
-use kiln_ir::RopeParams;
+use kiln_ir::{RopeMode, RopeParams};
 
-/// cos/sin of every (token, pair) of a step, shared by all heads and layers.
+/// cos/sin of every (token, pair) of a step for one RoPE geometry, shared by all heads and
+/// the layers that use it.
 #[derive(Clone, Debug, Default)]
 pub struct RopeTable {
     pairs: usize,
+    mode: RopeMode,
     cos_sin: Vec<(f32, f32)>, // (tokens, rope_dims / 2)
 }
 
@@ -23,7 +26,11 @@ impl RopeTable {
                 cos_sin.push((cos as f32, sin as f32));
             }
         }
-        RopeTable { pairs, cos_sin }
+        RopeTable {
+            pairs,
+            mode: rope.mode,
+            cos_sin,
+        }
     }
 }
 
@@ -31,13 +38,19 @@ impl RopeTable {
 pub fn rope_in_place(x: &mut [f32], head_dim: usize, table: &RopeTable) {
     let n_tokens = table.cos_sin.len() / table.pairs.max(1);
     let width = x.len() / n_tokens.max(1);
+    // Where pair i's two values sit in a head.
+    let (stride, offset) = match table.mode {
+        RopeMode::Normal => (2, 1),
+        RopeMode::Neox => (1, table.pairs),
+    };
     for (t, row) in x.chunks_exact_mut(width).enumerate() {
         let cs = &table.cos_sin[t * table.pairs..(t + 1) * table.pairs];
         for head in row.chunks_exact_mut(head_dim) {
             for (i, &(cos, sin)) in cs.iter().enumerate() {
-                let (a, b) = (head[2 * i], head[2 * i + 1]);
-                head[2 * i] = a * cos - b * sin;
-                head[2 * i + 1] = a * sin + b * cos;
+                let (ia, ib) = (stride * i, stride * i + offset);
+                let (a, b) = (head[ia], head[ib]);
+                head[ia] = a * cos - b * sin;
+                head[ib] = a * sin + b * cos;
             }
         }
     }

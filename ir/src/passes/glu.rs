@@ -1,11 +1,11 @@
-//! gate/up matmul + SwiGLU: the activation is applied in the matmul's epilogue, so the
-//! two (tokens, n_ff) intermediates are never written.
+//! gate/up matmul + SwiGLU or GeGLU: the activation is applied in the matmul's epilogue,
+//! so the two (tokens, n_ff) intermediates are never written.
 
 use super::{consumers, is_output, rewrite};
 use crate::graph::Graph;
 use crate::op::Op;
 
-pub fn fuse_swiglu(graph: &mut Graph, supports: &dyn Fn(&Op) -> bool) -> usize {
+pub fn fuse_glu(graph: &mut Graph, supports: &dyn Fn(&Op) -> bool) -> usize {
     let users = consumers(graph);
     let n = graph.nodes.len();
     let mut replace = vec![None; n];
@@ -25,10 +25,14 @@ pub fn fuse_swiglu(graph: &mut Graph, supports: &dyn Fn(&Op) -> bool) -> usize {
             continue;
         };
         let reader = &graph.nodes[j];
-        if j != k || reader.op != Op::SwiGlu || reader.inputs != [g, u] {
+        if j != k || reader.inputs != [g, u] {
             continue;
         }
-        let op = Op::MatMulSwiGlu { gate, up };
+        let op = match reader.op {
+            Op::SwiGlu => Op::MatMulSwiGlu { gate, up },
+            Op::GeGlu => Op::MatMulGeGlu { gate, up },
+            _ => continue,
+        };
         if !supports(&op) {
             continue;
         }
