@@ -113,7 +113,7 @@ pub fn generate(
         decode_tok_s: 0.0,
     };
     while out.tokens.len() < req.max_tokens {
-        let id = sampler.sample(&logits);
+        let id = sampler.sample(&logits)?;
         let top = (req.logprobs > 0).then(|| top_logprobs(&logits, req.logprobs));
         first_token_at.get_or_insert_with(Instant::now);
         out.tokens.push(id);
