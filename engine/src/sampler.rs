@@ -69,7 +69,10 @@ impl Sampler {
     /// no token can be chosen from a broken distribution (argmax would pick the same one
     /// forever). −∞ is a token that cannot be drawn.
     pub fn sample(&mut self, logits: &[f32]) -> Result<u32, Error> {
-        if let Some(index) = logits.iter().position(|l| l.is_nan() || *l == f32::INFINITY) {
+        if let Some(index) = logits
+            .iter()
+            .position(|l| l.is_nan() || *l == f32::INFINITY)
+        {
             return Err(Error::NonFiniteLogits {
                 index,
                 value: logits[index],
@@ -240,7 +243,9 @@ mod tests {
                 ..cfg.clone()
             })
             .unwrap();
-            (0..64).map(|_| s.sample(&logits()).unwrap()).collect::<Vec<_>>()
+            (0..64)
+                .map(|_| s.sample(&logits()).unwrap())
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));

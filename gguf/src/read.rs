@@ -191,7 +191,10 @@ impl Gguf {
         let mut tensor_index = HashMap::with_capacity(header.tensors.len());
         for raw in header.tensors {
             let info = check_tensor(raw, alignment, data_len)?;
-            if tensor_index.insert(info.name.clone(), tensors.len()).is_some() {
+            if tensor_index
+                .insert(info.name.clone(), tensors.len())
+                .is_some()
+            {
                 return Err(GgufError::DuplicateTensor(info.name));
             }
             tensors.push(info);
@@ -318,8 +321,6 @@ impl Gguf {
         self.data_offset
     }
 }
-
-
 
 /// A tensor's entry checked on its own: a type kiln reads, dimensions whose product fits,
 /// whole blocks per row, an aligned offset, and bytes inside the data section

@@ -149,32 +149,29 @@ pub fn metadata(gguf: &Gguf) -> Result<(), InvalidModel> {
             ),
         ));
     }
-    if let (Some(k_len), Some(v_len)) = (
-        count("attention.key_length"),
-        count("attention.value_length"),
-    ) && k_len != v_len
-    {
-        return Err(hyperparameter(
-            &key("attention.value_length"),
-            v_len,
-            format!(
-                "kiln needs it equal to {} ({k_len})",
-                key("attention.key_length")
-            ),
-        ));
-    }
     // The head size as the config derives it: key_length, else the width over the heads.
     let head_dim = count("attention.key_length").or_else(|| {
         let (width, heads) = (count("embedding_length")?, count("attention.head_count")?);
         (width % heads == 0).then_some(width / heads)
     });
+    if let (Some(v_len), Some(head_dim)) = (count("attention.value_length"), head_dim)
+        && v_len != head_dim
+    {
+        return Err(hyperparameter(
+            &key("attention.value_length"),
+            v_len,
+            format!("kiln needs it equal to the key head size {head_dim}"),
+        ));
+    }
     if let (Some(rope), Some(head_dim)) = (count("rope.dimension_count"), head_dim)
         && (rope > head_dim || rope % 2 != 0)
     {
         return Err(hyperparameter(
             &key("rope.dimension_count"),
             rope,
-            format!("RoPE rotates pairs of dimensions: it must be even and at most the head size {head_dim}"),
+            format!(
+                "RoPE rotates pairs of dimensions: it must be even and at most the head size {head_dim}"
+            ),
         ));
     }
     for (k, value) in gguf.metadata() {
@@ -324,7 +321,22 @@ fn layers(gguf: &Gguf, config: &LlamaConfig) -> Result<(), InvalidModel> {
     Ok(())
 }
 
+/// The embedding is as wide as the model, and the tokenizer, the config and the
+/// embedding (and LM head) agree on the vocabulary.
 fn vocabulary(gguf: &Gguf, config: &LlamaConfig) -> Result<(), InvalidModel> {
+    if let Some(t) = gguf.tensor("token_embd.weight")
+        && t.dims.first() != Some(&(config.n_embd as u64))
+    {
+        return Err(hyperparameter(
+            &format!("{}.embedding_length", config.arch),
+            config.n_embd,
+            format!(
+                "tensor \"token_embd.weight\" has rows of {} values (dims {:?})",
+                t.dims.first().copied().unwrap_or(0),
+                t.dims
+            ),
+        ));
+    }
     let Some(tokens) = gguf.get(TOKENS_KEY).and_then(Value::as_array) else {
         return Ok(());
     };

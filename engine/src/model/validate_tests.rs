@@ -45,14 +45,21 @@ impl Tiny {
             ("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5)),
             ("llama.rope.freq_base", Value::F32(10_000.0)),
             ("llama.rope.dimension_count", Value::U32(4)),
-            ("tokenizer.ggml.tokens", Value::Array(ValueType::String, tokens)),
+            (
+                "tokenizer.ggml.tokens",
+                Value::Array(ValueType::String, tokens),
+            ),
             ("tokenizer.ggml.bos_token_id", Value::U32(1)),
             ("tokenizer.ggml.eos_token_id", Value::U32(2)),
         ];
         let mut tensors = vec![("token_embd.weight".to_string(), vec![8, 8])];
         for layer in 0..2 {
             for (name, [cols, rows]) in LAYER_TENSORS {
-                let dims = if rows == 1 { vec![cols] } else { vec![cols, rows] };
+                let dims = if rows == 1 {
+                    vec![cols]
+                } else {
+                    vec![cols, rows]
+                };
                 tensors.push((format!("blk.{layer}.{name}.weight"), dims));
             }
         }
@@ -143,9 +150,11 @@ fn missing_uneven_and_unknown_tensors_are_refused() {
     );
 
     let mut t = Tiny::new();
-    t.tensors.push(("blk.1.ffn_up_extra.weight".into(), vec![8]));
+    t.tensors
+        .push(("blk.1.ffn_up_extra.weight".into(), vec![8]));
     assert!(
-        t.error().starts_with("tensor \"blk.1.ffn_up_extra.weight\" has no counterpart"),
+        t.error()
+            .starts_with("tensor \"blk.1.ffn_up_extra.weight\" has no counterpart"),
         "{}",
         t.error()
     );
@@ -201,6 +210,20 @@ fn hyperparameters_out_of_range_name_their_key() {
     assert!(
         message.starts_with("llama.attention.value_length is 8"),
         "{message}"
+    );
+    let message = Tiny::new()
+        .set("llama.attention.value_length", Value::U32(8))
+        .error();
+    assert!(
+        message.ends_with("equal to the key head size 4"),
+        "{message}"
+    );
+    let message = Tiny::new()
+        .set("llama.embedding_length", Value::U32(16))
+        .error();
+    assert_eq!(
+        message,
+        "llama.embedding_length is 16: tensor \"token_embd.weight\" has rows of 8 values (dims [8, 8])"
     );
 }
 

@@ -61,7 +61,10 @@ fn a_type_change_that_grows_a_tensor_overlaps_the_next() {
     put_u32(&mut bytes, at, 0); // F32
     let (tensor, offset, relation, previous, expected) = layout_error(bytes);
     assert_eq!((tensor.as_str(), offset, relation), ("b", 128, "overlaps"));
-    assert!(previous.contains("\"a\" (f32 [64], 256 bytes"), "{previous}");
+    assert!(
+        previous.contains("\"a\" (f32 [64], 256 bytes"),
+        "{previous}"
+    );
     assert_eq!(expected, 256);
 }
 
@@ -127,7 +130,10 @@ fn refused(path: &std::path::Path, kind: &str) {
         "{e:?}"
     );
     let message = e.to_string();
-    assert!(message.contains(kind) && !message.contains('\n'), "{message}");
+    assert!(
+        message.contains(kind) && !message.contains('\n'),
+        "{message}"
+    );
 }
 
 #[test]
