@@ -276,7 +276,8 @@ fn apply(h: &mut Header, edit: Edit) {
 }
 
 fuzz_target!(|edits: Vec<Edit>| {
-    let bytes = base();
+    static BASE: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let bytes = BASE.get_or_init(base);
     let mut header = Header::parse(&bytes).expect("the base parses");
     let data_start = header.data_offset().expect("the base is aligned") as usize;
     for edit in edits.into_iter().take(16) {

@@ -368,22 +368,24 @@ fn chat_messages(items: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
                     format!("messages[{i}] must be an object with a role and content"),
                 ));
             };
+            let missing = |name: &str, what: &str| {
+                ApiError::invalid_field(
+                    field(name),
+                    "missing_required_parameter",
+                    format!("{} is required{what}", field(name)),
+                )
+            };
+            let wrong_type = |name: &str, what: &str| {
+                ApiError::invalid_field(
+                    field(name),
+                    "invalid_type",
+                    format!("{} must be {what}", field(name)),
+                )
+            };
             let role = match message.get("role") {
-                None | Some(Value::Null) => {
-                    return Err(ApiError::invalid_field(
-                        field("role"),
-                        "missing_required_parameter",
-                        format!("{} is required", field("role")),
-                    ));
-                }
+                None | Some(Value::Null) => return Err(missing("role", "")),
                 Some(Value::String(role)) => role.as_str(),
-                Some(_) => {
-                    return Err(ApiError::invalid_field(
-                        field("role"),
-                        "invalid_type",
-                        format!("{} must be a string", field("role")),
-                    ));
-                }
+                Some(_) => return Err(wrong_type("role", "a string")),
             };
             if !ROLES.contains(&role) {
                 let why = match role {
@@ -403,11 +405,7 @@ fn chat_messages(items: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
             let role = if role == "developer" { "system" } else { role };
             let content = match message.get("content") {
                 None | Some(Value::Null) => {
-                    return Err(ApiError::invalid_field(
-                        field("content"),
-                        "missing_required_parameter",
-                        format!("{} is required (a string or text parts)", field("content")),
-                    ));
+                    return Err(missing("content", " (a string or text parts)"));
                 }
                 Some(Value::String(s)) => s.clone(),
                 // Content parts: the text parts, concatenated.
@@ -427,13 +425,7 @@ fn chat_messages(items: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
                         },
                     )
                     .collect::<Result<String, _>>()?,
-                Some(_) => {
-                    return Err(ApiError::invalid_field(
-                        field("content"),
-                        "invalid_type",
-                        format!("{} must be a string or an array of text parts", field("content")),
-                    ));
-                }
+                Some(_) => return Err(wrong_type("content", "a string or an array of text parts")),
             };
             no_nul(&content, || field("content"))?;
             Ok(ChatMessage::new(role, content))

@@ -180,7 +180,9 @@ pub fn metadata(gguf: &Gguf) -> Result<(), InvalidModel> {
         };
         let Some(v) = value.as_f64() else { continue };
         let positive = POSITIVE_FLOATS.contains(&suffix);
-        if !v.is_finite() || (positive && v <= 0.0) {
+        // The config holds them as f32: an f64 that rounds to 0 or overflows is no better.
+        let used = v as f32;
+        if !used.is_finite() || (positive && used <= 0.0) {
             let requirement = if positive {
                 "it must be a finite number above 0"
             } else {

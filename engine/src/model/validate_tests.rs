@@ -192,6 +192,12 @@ fn hyperparameters_out_of_range_name_their_key() {
             "{key} = {value}: {message}"
         );
     }
+    // f64 values are used as f32: one that rounds to 0 or to infinity is refused too
+    // (found by the gguf_meaning fuzzer).
+    for value in [1e-300, 1e300] {
+        let message = Tiny::new().set(base, Value::F64(value)).error();
+        assert!(message.contains("finite number above 0"), "{message}");
+    }
     let rope = "llama.rope.dimension_count";
     for (value, needle) in [(0, "at least 1"), (3, "must be even"), (6, "head size 4")] {
         let message = Tiny::new().set(rope, Value::U32(value)).error();
