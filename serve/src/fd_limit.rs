@@ -42,8 +42,10 @@ fn get() -> Option<(u64, u64)> {
     };
     // SAFETY: getrlimit writes one `rlimit` through a valid pointer to a local.
     let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } == 0;
-    // RLIM_INFINITY is the largest value: as u64 it reads as "no limit".
-    ok.then(|| (r.rlim_cur as u64, r.rlim_max as u64))
+    // RLIM_INFINITY is the largest value: as u64 it reads as "no limit". `rlim_t` is u64
+    // on Linux and macOS but not on every Unix, hence the casts.
+    #[allow(clippy::unnecessary_cast)]
+    ok.then_some((r.rlim_cur as u64, r.rlim_max as u64))
 }
 
 #[cfg(unix)]

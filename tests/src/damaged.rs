@@ -281,7 +281,11 @@ pub fn corpus(base: &Base) -> Vec<Damage> {
     }
     c.bad_value("attention.head_count", "0", Value::U32(0));
     let heads = base.int(&c.key("attention.head_count")).unwrap_or(1);
-    let kv = if heads % 2 == 0 { heads + 1 } else { 2 }; // divides no even or odd count
+    let kv = if heads.is_multiple_of(2) {
+        heads + 1
+    } else {
+        2
+    }; // divides no even or odd count
     c.bad_value(
         "attention.head_count_kv",
         "non-divisor",
@@ -313,13 +317,20 @@ pub fn corpus(base: &Base) -> Vec<Damage> {
         &["ffn_"],
         move |_, h, _| set(h, &ff, Value::U64(1 << 40)),
     );
-    let context = c.key("context_length");
-    c.add(
-        "context_length=2^40",
-        Expect::NoCrash,
-        &[],
-        move |_, h, _| set(h, &context, Value::U64(1 << 40)),
-    );
+    // A trained context is not bounded by the file: only what it sizes must fail cleanly.
+    for (shown, n) in [
+        ("2^40", 1u64 << 40),
+        ("2^63", 1 << 63),
+        ("u64::MAX", u64::MAX),
+    ] {
+        let context = c.key("context_length");
+        c.add(
+            format!("context_length={shown}"),
+            Expect::NoCrash,
+            &[],
+            move |_, h, _| set(h, &context, Value::U64(n)),
+        );
+    }
 
     vocabulary(&mut c);
     tensor_table(&mut c);
