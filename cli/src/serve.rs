@@ -51,8 +51,8 @@ pub struct Args {
     /// On SIGINT/SIGTERM, let open requests run this many seconds before ending them.
     #[arg(long, default_value_t = 30.0)]
     drain_secs: f64,
-    /// Connections served at once; one more is answered 503 (kept below the open-file
-    /// limit, which is raised at start where the system allows).
+    /// Connections open at once (kept below the open-file limit, raised at start where the
+    /// system allows): at the cap the oldest idle one makes room; with all busy, 503.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
     /// Seconds a request's headers may take from the connection opening or its previous
