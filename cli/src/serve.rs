@@ -6,11 +6,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_engine::Error;
-use kiln_serve::{ServeConfig, Server};
+use kiln_serve::{HttpLimits, ServeConfig, Server};
 use serde_json::json;
 
 use crate::args::DeviceArgs;
-use crate::common::{BackendArg, kv_dtype, load_model, open_backend, print_json};
+use crate::common::{BackendArg, kv_dtype, load_model, open_backend, parse_bytes, print_json};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -43,6 +43,20 @@ pub struct Args {
     /// On SIGINT/SIGTERM, let open requests run this many seconds before ending them
     #[arg(long, default_value_t = 30.0)]
     drain_secs: f64,
+    /// Connections open at once (kept below the open-file limit, raised at start where the
+    /// system allows): at the cap the oldest idle one makes room; with all busy, 503
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// Seconds a request's headers may take from the connection opening or its previous
+    /// response (so also how long an idle keep-alive connection stays open)
+    #[arg(long, default_value_t = 10.0)]
+    header_timeout: f64,
+    /// Seconds a request's body may take after its headers
+    #[arg(long, default_value_t = 30.0)]
+    body_timeout: f64,
+    /// Largest request body in bytes (K, M, G suffixes); larger ones get 413
+    #[arg(long, default_value = "2M", value_parser = parse_bytes)]
+    max_body: usize,
     /// Print one JSON object with the address and limits once listening
     #[arg(long)]
     json: bool,
@@ -63,6 +77,26 @@ pub fn main(args: Args) -> Result<(), Error> {
             args.drain_secs
         )));
     }
+    let seconds = |flag: &str, value: f64| {
+        if value.is_finite() && value > 0.0 {
+            Ok(Duration::from_secs_f64(value))
+        } else {
+            Err(Error::Invalid(format!(
+                "{flag} {value} must be a number of seconds above 0"
+            )))
+        }
+    };
+    if args.max_connections == 0 {
+        return Err(Error::Invalid(
+            "--max-connections must be at least 1".into(),
+        ));
+    }
+    let http = HttpLimits {
+        max_connections: args.max_connections,
+        header_timeout: seconds("--header-timeout", args.header_timeout)?,
+        body_timeout: seconds("--body-timeout", args.body_timeout)?,
+        max_body_bytes: args.max_body,
+    };
     if args.device.backend == Some(BackendArg::Ref) {
         return Err(Error::Invalid(
             "the ref backend runs one sequence at a time and cannot serve; use a compiled backend (cpu, ...)".into(),
@@ -81,14 +115,23 @@ pub fn main(args: Args) -> Result<(), Error> {
         kv_budget_bytes: args.device.kv_budget,
         mem_budget_bytes: args.device.mem_budget,
         drain: Duration::from_secs_f64(args.drain_secs),
+        http,
         ..ServeConfig::new(model_id, open)
     };
+    // A descriptor per connection: raise the soft limit before the cap is set under it.
+    kiln_serve::raise_open_files_limit();
     let server = Server::start(model, &config).map_err(|e| Error::Invalid(e.to_string()))?;
+    let limits = server.http_limits();
     let info = server.engine().info().clone();
     let url = format!("http://{}", server.local_addr());
     eprintln!(
-        "kiln serve: listening on {url} (model `{}`, backend {}, context {}, {} sequences, {} KV pages); Ctrl-C stops",
-        info.limits.model_id, info.backend, info.limits.n_ctx, info.max_seqs, info.kv_page_count
+        "kiln serve: listening on {url} (model `{}`, backend {}, context {}, {} sequences, {} KV pages, {} connections); Ctrl-C stops",
+        info.limits.model_id,
+        info.backend,
+        info.limits.n_ctx,
+        info.max_seqs,
+        info.kv_page_count,
+        limits.max_connections
     );
     if args.json {
         print_json(&json!({
@@ -101,6 +144,10 @@ pub fn main(args: Args) -> Result<(), Error> {
             "max_queue": args.max_queue,
             "kv_page_count": info.kv_page_count,
             "max_sequence_tokens": info.limits.kv_capacity,
+            "max_connections": limits.max_connections,
+            "header_timeout_s": limits.header_timeout.as_secs_f64(),
+            "body_timeout_s": limits.body_timeout.as_secs_f64(),
+            "max_body_bytes": limits.max_body_bytes,
         }));
     }
     server

@@ -335,7 +335,7 @@ fn bad_requests_get_openai_error_objects() {
         chat,
         r#"{"messages": [{"content": "no role"}]}"#,
         400,
-        Some("messages"),
+        Some("messages[0].role"),
     );
     assert_error(addr, "/v1/nothing", "{}", 404, None);
     assert_eq!(send(addr, "GET", "/health", None).status, 200);

@@ -146,7 +146,7 @@ pub fn extend(
         let (id, top) = match &next {
             Next::Token(id) => (*id, None),
             Next::Logits(logits) => (
-                sampler.sample(logits),
+                sampler.sample(logits)?,
                 (req.logprobs > 0).then(|| top_logprobs(logits, req.logprobs)),
             ),
         };

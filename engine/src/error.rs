@@ -23,6 +23,8 @@ pub enum Error {
     Kv(#[from] KvError),
     #[error(transparent)]
     MemoryBudget(#[from] crate::memory::BudgetError),
+    #[error(transparent)]
+    InvalidModel(#[from] crate::model::validate::InvalidModel),
     #[error("unsupported model architecture {0:?} (kiln runs llama, mistral and gemma3)")]
     UnsupportedArchitecture(String),
     #[error("bad model config: {0}")]
@@ -43,6 +45,10 @@ pub enum Error {
     TokenOutOfRange { id: u32, vocab_size: usize },
     #[error("the prompt is empty: at least one token is needed")]
     EmptyPrompt,
+    #[error(
+        "logit {index} is {value}: the model computed a non-number, so no token can be chosen (its weights or this backend are broken)"
+    )]
+    NonFiniteLogits { index: usize, value: f32 },
     #[error("bad sampling parameter: {0}")]
     BadSampling(String),
     #[error("{0}")]

@@ -65,8 +65,23 @@ impl Sampler {
         Ok(Sampler { config, rng })
     }
 
-    /// Pick the next token from one row of logits.
-    pub fn sample(&mut self, logits: &[f32]) -> u32 {
+    /// Pick the next token from one row of logits. A NaN or +∞ among them is an error:
+    /// no token can be chosen from a broken distribution (argmax would pick the same one
+    /// forever). −∞ is a token that cannot be drawn.
+    pub fn sample(&mut self, logits: &[f32]) -> Result<u32, Error> {
+        if let Some(index) = logits
+            .iter()
+            .position(|l| l.is_nan() || *l == f32::INFINITY)
+        {
+            return Err(Error::NonFiniteLogits {
+                index,
+                value: logits[index],
+            });
+        }
+        Ok(self.draw(logits))
+    }
+
+    fn draw(&mut self, logits: &[f32]) -> u32 {
         if self.config.temperature <= 0.0 {
             return argmax(logits);
         }
@@ -205,7 +220,7 @@ mod tests {
     #[test]
     fn greedy_takes_the_first_maximum() {
         let mut s = Sampler::new(SamplerConfig::greedy()).unwrap();
-        assert_eq!(s.sample(&logits()), 1);
+        assert_eq!(s.sample(&logits()).unwrap(), 1);
     }
 
     #[test]
@@ -223,7 +238,9 @@ mod tests {
                 ..cfg.clone()
             })
             .unwrap();
-            (0..64).map(|_| s.sample(&logits())).collect::<Vec<_>>()
+            (0..64)
+                .map(|_| s.sample(&logits()).unwrap())
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));
@@ -240,7 +257,7 @@ mod tests {
         })
         .unwrap();
         for _ in 0..50 {
-            let id = s.sample(&logits());
+            let id = s.sample(&logits()).unwrap();
             assert!(
                 id == 1 || id == 5,
                 "only the tied maxima survive top-k 1, got {id}"
@@ -269,7 +286,7 @@ mod tests {
             },
         ] {
             let mut s = Sampler::new(cfg).unwrap();
-            assert!((0..200).all(|_| s.sample(&l) == 0));
+            assert!((0..200).all(|_| s.sample(&l).unwrap() == 0));
         }
         // Without filters the tail is drawn sometimes at a high temperature.
         let mut s = Sampler::new(SamplerConfig {
@@ -280,7 +297,30 @@ mod tests {
             seed: 1,
         })
         .unwrap();
-        assert!((0..200).any(|_| s.sample(&l) != 0));
+        assert!((0..200).any(|_| s.sample(&l).unwrap() != 0));
+    }
+
+    #[test]
+    fn nan_and_infinite_logits_are_errors_for_every_config() {
+        for config in [SamplerConfig::greedy(), SamplerConfig::default()] {
+            let mut s = Sampler::new(config).unwrap();
+            for bad in [f32::NAN, f32::INFINITY] {
+                let mut l = logits();
+                l[3] = bad;
+                let e = s.sample(&l).unwrap_err();
+                assert!(
+                    matches!(e, Error::NonFiniteLogits { index: 3, .. }),
+                    "{bad}: {e:?}"
+                );
+            }
+            // A token at -inf is simply never drawn.
+            let mut l = logits();
+            l[1] = f32::NEG_INFINITY;
+            l[5] = f32::NEG_INFINITY;
+            for _ in 0..100 {
+                assert!(![1, 5].contains(&s.sample(&l).unwrap()));
+            }
+        }
     }
 
     #[test]

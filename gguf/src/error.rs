@@ -11,6 +11,8 @@ pub enum GgufError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("{path} is {kind}, not a regular file: a model must be a GGUF file on disk")]
+    NotAFile { path: PathBuf, kind: &'static str },
     #[error("not a GGUF file: magic bytes are {0:02x?}, expected \"GGUF\"")]
     BadMagic([u8; 4]),
     #[error("unsupported GGUF version {0} (kiln reads versions 2 and 3)")]
@@ -77,6 +79,16 @@ pub enum GgufError {
         offset: u64,
         bytes: u64,
         data_len: u64,
+    },
+    #[error(
+        "tensor {tensor:?} at data offset {offset} {relation} {previous}; it should start at {expected}: a type, shape or offset in the tensor table is wrong"
+    )]
+    TensorLayout {
+        tensor: String,
+        offset: u64,
+        relation: &'static str,
+        previous: String,
+        expected: u64,
     },
     #[error("duplicate tensor name {0:?}")]
     DuplicateTensor(String),

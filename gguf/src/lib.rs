@@ -6,6 +6,7 @@
 //! Strings are a u64 length and UTF-8 bytes. Everything is little endian.
 
 mod error;
+mod header;
 mod read;
 mod value;
 mod write;
@@ -14,6 +15,7 @@ mod write;
 mod tests;
 
 pub use error::GgufError;
+pub use header::{Header, RawTensorInfo};
 pub use read::{Gguf, TensorInfo};
 pub use value::{Value, ValueType};
 pub use write::{GgufWriter, TensorEntry, data_layout, encode_header};

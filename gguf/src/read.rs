@@ -9,13 +9,8 @@ use std::sync::Arc;
 
 use kiln_ir::DType;
 
-use super::{
-    DEFAULT_ALIGNMENT, GGUF_MAGIC, GgufError, MAX_DIMS, Value, ValueType, dtype_from_ggml,
-};
-
-/// Arrays inside arrays deeper than this are rejected (a crafted file could otherwise
-/// recurse until the stack runs out).
-const MAX_ARRAY_DEPTH: usize = 8;
+use super::header::{Header, RawTensorInfo, align_up};
+use super::{GgufError, Value, dtype_from_ggml};
 
 /// Where a tensor lives and what it is.
 #[derive(Clone, Debug, PartialEq)]
@@ -83,6 +78,33 @@ fn prefetch_in_background(storage: &Arc<Storage>) {
     let _ = storage;
 }
 
+/// What a file that is not a regular file is, for the error that refuses it.
+fn special_file_kind(t: &std::fs::FileType) -> Option<&'static str> {
+    if t.is_file() {
+        return None;
+    }
+    if t.is_dir() {
+        return Some("a directory");
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if t.is_fifo() {
+            return Some("a named pipe (FIFO)");
+        }
+        if t.is_char_device() {
+            return Some("a character device");
+        }
+        if t.is_block_device() {
+            return Some("a block device");
+        }
+        if t.is_socket() {
+            return Some("a socket");
+        }
+    }
+    Some("neither a file nor a directory")
+}
+
 /// A parsed, validated GGUF file. Tensor data stays in the memory map.
 pub struct Gguf {
     storage: Arc<Storage>,
@@ -128,8 +150,21 @@ impl Gguf {
             path: path.to_path_buf(),
             source,
         };
+        // Refuse what is not a regular file before opening it: opening a FIFO with no
+        // writer blocks, and devices and directories fail later with misleading errors.
+        let not_a_file = |meta: &std::fs::Metadata| match special_file_kind(&meta.file_type()) {
+            Some(kind) => Err(GgufError::NotAFile {
+                path: path.to_path_buf(),
+                kind,
+            }),
+            None => Ok(()),
+        };
+        not_a_file(&std::fs::metadata(path).map_err(io_err)?)?;
         let file = File::open(path).map_err(io_err)?;
-        let len = file.metadata().map_err(io_err)?.len();
+        // The path may have been replaced in between: check what was opened too.
+        let meta = file.metadata().map_err(io_err)?;
+        not_a_file(&meta)?;
+        let len = meta.len();
         if len == 0 {
             // Mapping an empty file fails on some systems; it is simply too short.
             return Gguf::parse(Arc::new(Storage::Owned(Vec::new())), with_tensors);
@@ -152,138 +187,37 @@ impl Gguf {
 
     fn parse(storage: Arc<Storage>, with_tensors: bool) -> Result<Gguf, GgufError> {
         let bytes = storage.bytes();
-        let mut cur = Cursor { bytes, pos: 0 };
-
-        let magic: [u8; 4] = cur.take(4, "magic")?.try_into().expect("4 bytes");
-        if magic != GGUF_MAGIC {
-            return Err(GgufError::BadMagic(magic));
-        }
-        let version = cur.u32("version")?;
-        if !(2..=3).contains(&version) {
-            return Err(GgufError::UnsupportedVersion(version));
-        }
-        let n_tensors = cur.u64("tensor count")?;
-        let n_kv = cur.u64("metadata count")?;
-        // A metadata entry takes at least 8 + 4 + 1 bytes, a tensor info at least 8+4+4+8
-        // (a scalar tensor has no dimensions).
-        cur.check_count(n_kv, 13, "metadata count")?;
-        cur.check_count(n_tensors, 24, "tensor count")?;
-
-        let mut metadata = Vec::with_capacity(n_kv as usize);
-        let mut metadata_index = HashMap::with_capacity(n_kv as usize);
-        for _ in 0..n_kv {
-            let key = cur.string("metadata key")?;
-            let type_id = cur.u32("value type")?;
-            let what = format!("value of {key:?}");
-            let value = cur.value(&key, &what, type_id, 0)?;
-            if metadata_index.insert(key.clone(), metadata.len()).is_some() {
-                return Err(GgufError::DuplicateKey(key));
-            }
-            metadata.push((key, value));
-        }
-
-        let alignment = match metadata_index.get("general.alignment") {
-            None => DEFAULT_ALIGNMENT,
-            Some(&i) => match &metadata[i].1 {
-                Value::U32(a) if *a > 0 && a.is_power_of_two() => u64::from(*a),
-                other => return Err(GgufError::BadAlignment(other.summary())),
-            },
-        };
-
-        let n_tensors = if with_tensors { n_tensors } else { 0 };
-        let mut infos = Vec::with_capacity(n_tensors as usize);
-        for _ in 0..n_tensors {
-            let name = cur.string("tensor name")?;
-            let n_dims = cur.u32("tensor dimension count")?;
-            if n_dims as usize > MAX_DIMS {
-                return Err(GgufError::TooManyDims {
-                    tensor: name,
-                    n_dims,
-                    max: MAX_DIMS,
-                });
-            }
-            let mut dims = Vec::with_capacity(n_dims as usize);
-            for _ in 0..n_dims {
-                dims.push(cur.u64("tensor dimension")?);
-            }
-            let type_id = cur.u32("tensor type")?;
-            let offset = cur.u64("tensor offset")?;
-            infos.push((name, dims, type_id, offset));
-        }
-
-        let data_offset = align_up(cur.pos as u64, alignment).ok_or_else(|| {
-            GgufError::BadAlignment(format!("{alignment} (data offset overflows)"))
-        })?;
+        let header = Header::parse(bytes)?;
+        let alignment = header.alignment()?;
+        let data_offset = header.data_offset()?;
         // None when the file ends before its data section would start.
         let data_len = (bytes.len() as u64).checked_sub(data_offset);
 
-        let mut tensors = Vec::with_capacity(infos.len());
-        let mut tensor_index = HashMap::with_capacity(infos.len());
-        for (name, dims, type_id, offset) in infos {
-            let dtype =
-                dtype_from_ggml(type_id).map_err(|type_name| GgufError::UnknownTensorType {
-                    tensor: name.clone(),
-                    type_id,
-                    type_name,
-                })?;
-            // The product of the non-zero dims must fit, so that no partial product
-            // (`TensorInfo::rows`) overflows either when another dim is zero.
-            let fits = dims
-                .iter()
-                .filter(|&&d| d != 0)
-                .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-                .is_some_and(|n| n <= i64::MAX as u64);
-            if !fits {
-                return Err(GgufError::DimensionOverflow { tensor: name, dims });
+        // Without tensors (`open_metadata`), their types and offsets go unchecked.
+        let raw_tensors = if with_tensors { header.tensors } else { Vec::new() };
+        let mut tensors = Vec::with_capacity(raw_tensors.len());
+        let mut tensor_index = HashMap::with_capacity(raw_tensors.len());
+        for raw in raw_tensors {
+            let info = check_tensor(raw, alignment, data_len)?;
+            if tensor_index
+                .insert(info.name.clone(), tensors.len())
+                .is_some()
+            {
+                return Err(GgufError::DuplicateTensor(info.name));
             }
-            let n_elements: u64 = dims.iter().product();
-            let row_len = dims.first().copied().unwrap_or(1);
-            if row_len % dtype.block_len() as u64 != 0 {
-                return Err(GgufError::RowNotBlockMultiple {
-                    tensor: name,
-                    dtype,
-                    row_len,
-                    block_len: dtype.block_len(),
-                });
-            }
-            let Some(n_bytes) = dtype.bytes_for(n_elements) else {
-                return Err(GgufError::DimensionOverflow { tensor: name, dims });
-            };
-            if offset % alignment != 0 {
-                return Err(GgufError::MisalignedTensor {
-                    tensor: name,
-                    offset,
-                    alignment,
-                });
-            }
-            let in_range = data_len.is_some_and(|data_len| {
-                offset
-                    .checked_add(n_bytes)
-                    .is_some_and(|end| end <= data_len)
-            });
-            if !in_range {
-                return Err(GgufError::TensorOutOfRange {
-                    tensor: name,
-                    offset,
-                    bytes: n_bytes,
-                    data_len: data_len.unwrap_or(0),
-                });
-            }
-            if tensor_index.insert(name.clone(), tensors.len()).is_some() {
-                return Err(GgufError::DuplicateTensor(name));
-            }
-            tensors.push(TensorInfo {
-                name,
-                dims,
-                dtype,
-                offset,
-                n_bytes,
-            });
+            tensors.push(info);
         }
+        check_layout(&tensors, alignment)?;
 
+        let metadata = header.metadata;
+        let metadata_index = metadata
+            .iter()
+            .enumerate()
+            .map(|(i, (k, _))| (k.clone(), i))
+            .collect();
         Ok(Gguf {
             storage,
-            version,
+            version: header.version,
             alignment,
             metadata,
             metadata_index,
@@ -396,124 +330,110 @@ impl Gguf {
     }
 }
 
-fn align_up(x: u64, alignment: u64) -> Option<u64> {
-    Some(x.checked_add(alignment - 1)? / alignment * alignment)
-}
-
-/// A bounds-checked little-endian reader.
-struct Cursor<'a> {
-    bytes: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn remaining(&self) -> u64 {
-        (self.bytes.len() - self.pos) as u64
+/// A tensor's entry checked on its own: a type kiln reads, dimensions whose product fits,
+/// whole blocks per row, an aligned offset, and bytes inside the data section
+/// (`data_len`: None when the file ends before the data section starts).
+fn check_tensor(
+    raw: RawTensorInfo,
+    alignment: u64,
+    data_len: Option<u64>,
+) -> Result<TensorInfo, GgufError> {
+    let RawTensorInfo {
+        name,
+        dims,
+        type_id,
+        offset,
+    } = raw;
+    let dtype = dtype_from_ggml(type_id).map_err(|type_name| GgufError::UnknownTensorType {
+        tensor: name.clone(),
+        type_id,
+        type_name,
+    })?;
+    // The product of the non-zero dims must fit, so that no partial product
+    // (`TensorInfo::rows`) overflows either when another dim is zero.
+    let fits = dims
+        .iter()
+        .filter(|&&d| d != 0)
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .is_some_and(|n| n <= i64::MAX as u64);
+    if !fits {
+        return Err(GgufError::DimensionOverflow { tensor: name, dims });
     }
-
-    fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8], GgufError> {
-        if n > self.remaining() {
-            return Err(GgufError::Truncated {
-                what: what.to_string(),
-                offset: self.pos as u64,
-                needed: n,
-                available: self.remaining(),
-            });
-        }
-        let start = self.pos;
-        self.pos += n as usize;
-        Ok(&self.bytes[start..self.pos])
+    let n_elements: u64 = dims.iter().product();
+    let row_len = dims.first().copied().unwrap_or(1);
+    if row_len % dtype.block_len() as u64 != 0 {
+        return Err(GgufError::RowNotBlockMultiple {
+            tensor: name,
+            dtype,
+            row_len,
+            block_len: dtype.block_len(),
+        });
     }
-
-    /// Reject a count whose entries (at least `min_bytes` each) cannot fit in what is left,
-    /// before anything is allocated for it.
-    fn check_count(&self, count: u64, min_bytes: u64, what: &str) -> Result<(), GgufError> {
-        if count.saturating_mul(min_bytes) > self.remaining() {
-            return Err(GgufError::CountTooLarge {
-                what: what.to_string(),
-                count,
-            });
-        }
-        Ok(())
-    }
-
-    fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], GgufError> {
-        Ok(self.take(N as u64, what)?.try_into().expect("N bytes"))
-    }
-
-    fn u32(&mut self, what: &str) -> Result<u32, GgufError> {
-        Ok(u32::from_le_bytes(self.array(what)?))
-    }
-
-    fn u64(&mut self, what: &str) -> Result<u64, GgufError> {
-        Ok(u64::from_le_bytes(self.array(what)?))
-    }
-
-    fn string(&mut self, what: &str) -> Result<String, GgufError> {
-        let len = self.u64(what)?;
-        let offset = self.pos as u64;
-        let raw = self.take(len, what)?;
-        String::from_utf8(raw.to_vec()).map_err(|_| GgufError::InvalidUtf8 {
-            what: what.to_string(),
+    let Some(n_bytes) = dtype.bytes_for(n_elements) else {
+        return Err(GgufError::DimensionOverflow { tensor: name, dims });
+    };
+    if offset % alignment != 0 {
+        return Err(GgufError::MisalignedTensor {
+            tensor: name,
             offset,
-        })
+            alignment,
+        });
     }
+    let in_range = data_len.is_some_and(|data_len| {
+        offset
+            .checked_add(n_bytes)
+            .is_some_and(|end| end <= data_len)
+    });
+    if !in_range {
+        return Err(GgufError::TensorOutOfRange {
+            tensor: name,
+            offset,
+            bytes: n_bytes,
+            data_len: data_len.unwrap_or(0),
+        });
+    }
+    Ok(TensorInfo {
+        name,
+        dims,
+        dtype,
+        offset,
+        n_bytes,
+    })
+}
 
-    fn value(
-        &mut self,
-        key: &str,
-        what: &str,
-        type_id: u32,
-        depth: usize,
-    ) -> Result<Value, GgufError> {
-        let Some(ty) = ValueType::from_id(type_id) else {
-            return Err(GgufError::UnknownValueType {
-                key: key.to_string(),
-                type_id,
+/// The data section holds the tensors in table order, each at the end of the one before
+/// rounded up to the alignment: ggml's own rule (`gguf_init_from_file` refuses any other
+/// offset). So two tensors never share bytes, and a tensor whose type or shape was changed
+/// (its size no longer fills the space up to the next) is caught here, naming both.
+fn check_layout(tensors: &[TensorInfo], alignment: u64) -> Result<(), GgufError> {
+    let mut expected = 0u64;
+    let mut previous: Option<&TensorInfo> = None;
+    for t in tensors {
+        if t.offset != expected {
+            let previous = previous.map_or_else(
+                || "the start of the data section".to_string(),
+                |p| {
+                    format!(
+                        "the tensor before it, {:?} ({} {:?}, {} bytes from offset {})",
+                        p.name, p.dtype, p.dims, p.n_bytes, p.offset
+                    )
+                },
+            );
+            return Err(GgufError::TensorLayout {
+                tensor: t.name.clone(),
+                offset: t.offset,
+                relation: if t.offset < expected {
+                    "overlaps"
+                } else {
+                    "leaves a gap after"
+                },
+                previous,
+                expected,
             });
-        };
-        Ok(match ty {
-            ValueType::U8 => Value::U8(self.array::<1>(what)?[0]),
-            ValueType::I8 => Value::I8(self.array::<1>(what)?[0] as i8),
-            ValueType::U16 => Value::U16(u16::from_le_bytes(self.array(what)?)),
-            ValueType::I16 => Value::I16(i16::from_le_bytes(self.array(what)?)),
-            ValueType::U32 => Value::U32(u32::from_le_bytes(self.array(what)?)),
-            ValueType::I32 => Value::I32(i32::from_le_bytes(self.array(what)?)),
-            ValueType::F32 => Value::F32(f32::from_le_bytes(self.array(what)?)),
-            ValueType::Bool => Value::Bool(self.array::<1>(what)?[0] != 0),
-            ValueType::U64 => Value::U64(u64::from_le_bytes(self.array(what)?)),
-            ValueType::I64 => Value::I64(i64::from_le_bytes(self.array(what)?)),
-            ValueType::F64 => Value::F64(f64::from_le_bytes(self.array(what)?)),
-            ValueType::String => Value::String(self.string(what)?),
-            ValueType::Array => {
-                if depth >= MAX_ARRAY_DEPTH {
-                    return Err(GgufError::NestingTooDeep {
-                        key: key.to_string(),
-                        max_depth: MAX_ARRAY_DEPTH,
-                    });
-                }
-                let elem_id = self.u32(what)?;
-                let Some(elem_ty) = ValueType::from_id(elem_id) else {
-                    return Err(GgufError::UnknownValueType {
-                        key: key.to_string(),
-                        type_id: elem_id,
-                    });
-                };
-                let n = self.u64(what)?;
-                let min_bytes = match elem_ty {
-                    ValueType::U8 | ValueType::I8 | ValueType::Bool => 1,
-                    ValueType::U16 | ValueType::I16 => 2,
-                    ValueType::U32 | ValueType::I32 | ValueType::F32 => 4,
-                    ValueType::U64 | ValueType::I64 | ValueType::F64 | ValueType::String => 8,
-                    ValueType::Array => 12,
-                };
-                self.check_count(n, min_bytes, what)?;
-                let mut items = Vec::with_capacity(n as usize);
-                for _ in 0..n {
-                    items.push(self.value(key, what, elem_id, depth + 1)?);
-                }
-                Value::Array(elem_ty, items)
-            }
-        })
+        }
+        // In range (checked per tensor), so neither sum overflows.
+        expected = align_up(t.offset + t.n_bytes, alignment).unwrap_or(u64::MAX);
+        previous = Some(t);
     }
+    Ok(())
 }

@@ -1,8 +1,10 @@
 //! Tests of the GGUF reader and writer: helpers and exact layouts and round trips here,
-//! one test per error a file can trigger in `tests/errors.rs`, property tests and the
+//! one test per error a file can trigger in `tests/errors.rs`, the data layout, raw
+//! headers and files that are not files in `tests/layout.rs`, property tests and the
 //! reference model in `tests/prop.rs`.
 
 mod errors;
+mod layout;
 mod prop;
 
 use kiln_ir::DType;

@@ -4,7 +4,8 @@ use std::io::{self, Write};
 
 use kiln_ir::DType;
 
-use super::{DEFAULT_ALIGNMENT, GGUF_MAGIC, Value, ggml_type_id};
+use super::header::{self, RawTensorInfo};
+use super::{DEFAULT_ALIGNMENT, Value, ggml_type_id};
 
 /// Collects metadata and tensors, then writes one GGUF file.
 #[derive(Debug, Default)]
@@ -105,45 +106,34 @@ pub fn encode_header(
     tensors: &[TensorEntry<'_>],
     alignment: u64,
 ) -> io::Result<(Vec<u8>, Vec<u64>)> {
-    let mut header = Vec::new();
-    header.extend_from_slice(&GGUF_MAGIC);
-    header.extend_from_slice(&3u32.to_le_bytes());
-    header.extend_from_slice(&(tensors.len() as u64).to_le_bytes());
-    header.extend_from_slice(&(metadata.len() as u64).to_le_bytes());
-    for (key, value) in metadata {
-        put_string(&mut header, key);
-        header.extend_from_slice(&(value.value_type() as u32).to_le_bytes());
-        put_value(&mut header, value);
-    }
     let (offsets, _) = data_layout(tensors, alignment);
-    for (t, offset) in tensors.iter().zip(&offsets) {
-        let type_id = ggml_type_id(t.dtype).ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{} cannot be stored in GGUF", t.dtype),
-            )
-        })?;
-        put_string(&mut header, t.name);
-        header.extend_from_slice(&(t.dims.len() as u32).to_le_bytes());
-        for d in t.dims {
-            header.extend_from_slice(&d.to_le_bytes());
-        }
-        header.extend_from_slice(&type_id.to_le_bytes());
-        header.extend_from_slice(&offset.to_le_bytes());
-    }
-    header.resize(
-        (header.len() as u64).next_multiple_of(alignment) as usize,
-        0,
-    );
-    Ok((header, offsets))
+    let raw = tensors
+        .iter()
+        .zip(&offsets)
+        .map(|(t, &offset)| {
+            let type_id = ggml_type_id(t.dtype).ok_or_else(|| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{} cannot be stored in GGUF", t.dtype),
+                )
+            })?;
+            Ok(RawTensorInfo {
+                name: t.name.to_string(),
+                dims: t.dims.to_vec(),
+                type_id,
+                offset,
+            })
+        })
+        .collect::<io::Result<Vec<_>>>()?;
+    Ok((header::encode(3, metadata, &raw, alignment), offsets))
 }
 
-fn put_string(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn put_string(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(&(s.len() as u64).to_le_bytes());
     out.extend_from_slice(s.as_bytes());
 }
 
-fn put_value(out: &mut Vec<u8>, value: &Value) {
+pub(crate) fn put_value(out: &mut Vec<u8>, value: &Value) {
     match value {
         Value::U8(v) => out.push(*v),
         Value::I8(v) => out.push(*v as u8),

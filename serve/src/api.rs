@@ -5,6 +5,7 @@
 //! unknown model, a prompt the context (or the whole KV pool) cannot hold and bad sampling
 //! parameters are all 4xx errors, never a failure inside a step.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -26,7 +27,8 @@ pub struct ApiError {
     pub status: u16,
     pub kind: &'static str,
     pub message: String,
-    pub param: Option<&'static str>,
+    /// The request field at fault (`top_p`, `messages[1].role`).
+    pub param: Option<Cow<'static, str>>,
     pub code: Option<&'static str>,
 }
 
@@ -37,8 +39,22 @@ impl ApiError {
             status: 400,
             kind: "invalid_request_error",
             message: message.into(),
-            param,
+            param: param.map(Cow::Borrowed),
             code: None,
+        }
+    }
+
+    /// 400 for a field found by position (`messages[2].content`), with OpenAI's code
+    /// (`missing_required_parameter`, `invalid_type`, `invalid_value`).
+    pub fn invalid_field(
+        param: String,
+        code: &'static str,
+        message: impl Into<String>,
+    ) -> ApiError {
+        ApiError {
+            param: Some(Cow::Owned(param)),
+            code: Some(code),
+            ..ApiError::invalid(None, message)
         }
     }
 
@@ -54,6 +70,42 @@ impl ApiError {
             message: message.into(),
             param: None,
             code: Some("not_found"),
+        }
+    }
+
+    /// 400: a body that is not declared as JSON.
+    pub fn not_json(content_type: &str) -> ApiError {
+        ApiError::invalid(
+            None,
+            format!("Content-Type {content_type:?} is not accepted: send the request body as application/json"),
+        )
+        .with_code("unsupported_content_type")
+    }
+
+    /// 413: a body over the server's limit.
+    pub fn too_large(limit: usize) -> ApiError {
+        ApiError {
+            status: 413,
+            code: Some("request_too_large"),
+            ..ApiError::invalid(
+                None,
+                format!("the request body is larger than this server's limit of {limit} bytes"),
+            )
+        }
+    }
+
+    /// 408: a body that did not arrive in time (often a Content-Length larger than the body).
+    pub fn body_timeout(limit: std::time::Duration) -> ApiError {
+        ApiError {
+            status: 408,
+            code: Some("request_timeout"),
+            ..ApiError::invalid(
+                None,
+                format!(
+                    "the request body did not arrive within {} s (is Content-Length larger than the body?)",
+                    limit.as_secs_f64()
+                ),
+            )
         }
     }
 
@@ -283,7 +335,10 @@ fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
 fn completion_prompt(prompt: &Value, tokenizer: &Tokenizer) -> Result<Vec<u32>, ApiError> {
     let bad = |m: &str| Err(ApiError::invalid(Some("prompt"), m.to_string()));
     match prompt {
-        Value::String(text) => Ok(tokenizer.encode(text, true, true)),
+        Value::String(text) => {
+            no_nul(text, || "prompt".into())?;
+            Ok(tokenizer.encode(text, true, true))
+        }
         Value::Array(items) if items.iter().all(Value::is_number) => items
             .iter()
             .map(|v| v.as_u64().and_then(|id| u32::try_from(id).ok()))
@@ -295,36 +350,103 @@ fn completion_prompt(prompt: &Value, tokenizer: &Tokenizer) -> Result<Vec<u32>, 
     }
 }
 
+/// Roles a message may have (`developer` is OpenAI's newer name for `system`).
+const ROLES: [&str; 4] = ["system", "developer", "user", "assistant"];
+
+/// Each message checked strictly: an object with a known role and text content; a wrong
+/// one is a 400 naming the field (`messages[1].role`).
 fn chat_messages(items: &[Value]) -> Result<Vec<ChatMessage>, ApiError> {
-    let bad =
-        |i: usize, m: &str| ApiError::invalid(Some("messages"), format!("messages[{i}]: {m}"));
     items
         .iter()
         .enumerate()
         .map(|(i, item)| {
-            let role = item
-                .get("role")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad(i, "role must be a string"))?;
+            let field = |name: &str| format!("messages[{i}].{name}");
+            let Some(message) = item.as_object() else {
+                return Err(ApiError::invalid_field(
+                    format!("messages[{i}]"),
+                    "invalid_type",
+                    format!("messages[{i}] must be an object with a role and content"),
+                ));
+            };
+            let missing = |name: &str, what: &str| {
+                ApiError::invalid_field(
+                    field(name),
+                    "missing_required_parameter",
+                    format!("{} is required{what}", field(name)),
+                )
+            };
+            let wrong_type = |name: &str, what: &str| {
+                ApiError::invalid_field(
+                    field(name),
+                    "invalid_type",
+                    format!("{} must be {what}", field(name)),
+                )
+            };
+            let role = match message.get("role") {
+                None | Some(Value::Null) => return Err(missing("role", "")),
+                Some(Value::String(role)) => role.as_str(),
+                Some(_) => return Err(wrong_type("role", "a string")),
+            };
+            if !ROLES.contains(&role) {
+                let why = match role {
+                    "tool" | "function" => "tool and function messages are not supported by kiln",
+                    _ => "unknown role",
+                };
+                return Err(ApiError::invalid_field(
+                    field("role"),
+                    "invalid_value",
+                    format!(
+                        "{} is {role:?}: {why} (kiln takes {})",
+                        field("role"),
+                        ROLES.join(", ")
+                    ),
+                ));
+            }
             let role = if role == "developer" { "system" } else { role };
-            let content = match item.get("content") {
-                None | Some(Value::Null) => String::new(),
+            let content = match message.get("content") {
+                None | Some(Value::Null) => {
+                    return Err(missing("content", " (a string or text parts)"));
+                }
                 Some(Value::String(s)) => s.clone(),
                 // Content parts: the text parts, concatenated.
                 Some(Value::Array(parts)) => parts
                     .iter()
+                    .enumerate()
                     .map(
-                        |p| match (p.get("type").and_then(Value::as_str), p.get("text")) {
+                        |(j, p)| match (p.get("type").and_then(Value::as_str), p.get("text")) {
                             (Some("text"), Some(Value::String(t))) => Ok(t.as_str()),
-                            _ => Err(bad(i, "only text content parts are supported")),
+                            _ => {
+                                let part = format!("messages[{i}].content[{j}]");
+                                let message = format!(
+                                    "{part}: only text parts ({{\"type\": \"text\", \"text\": ...}}) are supported"
+                                );
+                                Err(ApiError::invalid_field(part, "invalid_value", message))
+                            }
                         },
                     )
                     .collect::<Result<String, _>>()?,
-                Some(_) => return Err(bad(i, "content must be a string or an array of parts")),
+                Some(_) => return Err(wrong_type("content", "a string or an array of text parts")),
             };
+            no_nul(&content, || field("content"))?;
             Ok(ChatMessage::new(role, content))
         })
         .collect()
+}
+
+/// Text with a NUL in it is refused: no tokenizer or template means anything by it, and C
+/// code downstream would cut the text there.
+fn no_nul(text: &str, field: impl FnOnce() -> String) -> Result<(), ApiError> {
+    match text.find('\0') {
+        None => Ok(()),
+        Some(at) => {
+            let field = field();
+            Err(ApiError::invalid_field(
+                field.clone(),
+                "invalid_value",
+                format!("{field} holds a NUL character (at byte {at})"),
+            ))
+        }
+    }
 }
 
 /// The checks both endpoints share, once the prompt is known.
@@ -340,7 +462,7 @@ fn finish(
         && *model != limits.model_id
     {
         return Err(ApiError {
-            param: Some("model"),
+            param: Some(Cow::Borrowed("model")),
             code: Some("model_not_found"),
             ..ApiError::not_found(format!(
                 "the model `{model}` does not exist; this server serves `{}`",
@@ -488,45 +610,5 @@ fn fresh_seed() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_objects_have_openai_fields() {
-        let e = ApiError::invalid(Some("top_p"), "top_p 2 must be in [0, 1]");
-        let body = e.body();
-        assert_eq!(e.status, 400);
-        assert_eq!(body["error"]["type"], "invalid_request_error");
-        assert_eq!(body["error"]["param"], "top_p");
-        assert!(body["error"]["code"].is_null());
-        assert_eq!(ApiError::busy(8).status, 429);
-        assert_eq!(
-            ApiError::busy(8).body()["error"]["code"],
-            "rate_limit_exceeded"
-        );
-    }
-
-    #[test]
-    fn stop_takes_a_string_or_up_to_four_strings() {
-        assert_eq!(stop_sequences(None).unwrap(), Vec::<String>::new());
-        assert_eq!(stop_sequences(Some(json!("\n"))).unwrap(), ["\n"]);
-        assert_eq!(stop_sequences(Some(json!(["a", "b"]))).unwrap(), ["a", "b"]);
-        for bad in [
-            json!(["a", "b", "c", "d", "e"]),
-            json!([1]),
-            json!(""),
-            json!({}),
-        ] {
-            let e = stop_sequences(Some(bad.clone())).unwrap_err();
-            assert_eq!((e.status, e.param), (400, Some("stop")), "{bad}");
-        }
-    }
-
-    #[test]
-    fn malformed_bodies_are_400_with_the_parser_message() {
-        let e = parse_json::<Common>(b"{\"temperature\": \"hot\"}").unwrap_err();
-        assert_eq!(e.status, 400);
-        assert!(e.message.contains("invalid type"), "{}", e.message);
-        assert_eq!(parse_json::<Common>(b"  ").unwrap_err().status, 400);
-    }
-}
+#[path = "api_tests.rs"]
+mod tests;

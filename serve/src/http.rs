@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -19,6 +19,7 @@ use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio::sync::oneshot;
 
 use super::api::{self, ApiError};
+use super::conn::{self, HttpLimits};
 use super::engine::Engine;
 use super::response::{Endpoint, Responder};
 use super::{Event, Request, ServeConfig, ServeError};
@@ -27,10 +28,17 @@ use kiln_engine::model::Model;
 /// Comments sent on a quiet stream, so a client that left is noticed while it waits.
 const SSE_KEEP_ALIVE: Duration = Duration::from_secs(5);
 
-type AppState = Arc<Engine>;
+/// What every handler sees: the engine and the limits on request bodies.
+#[derive(Debug)]
+struct App {
+    engine: Arc<Engine>,
+    limits: HttpLimits,
+}
+
+type AppState = Arc<App>;
 
 /// The routes of `kiln serve` over a running engine.
-pub fn router(engine: Arc<Engine>) -> Router {
+pub fn router(engine: Arc<Engine>, limits: HttpLimits) -> Router {
     Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
@@ -38,7 +46,8 @@ pub fn router(engine: Arc<Engine>) -> Router {
         .route("/health", get(health))
         .route("/metrics", get(metrics))
         .fallback(not_found)
-        .with_state(engine)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(Arc::new(App { engine, limits }))
 }
 
 fn json_response(status: u16, body: &Value) -> Response {
@@ -56,17 +65,68 @@ fn error_response(engine: &Engine, endpoint: &'static str, error: &ApiError) -> 
     json_response(error.status, &error.body())
 }
 
-async fn completions(State(engine): State<AppState>, body: Bytes) -> Response {
-    generate(engine, Endpoint::Completions, body).await
+async fn completions(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    generate(app, Endpoint::Completions, headers, body).await
 }
 
-async fn chat_completions(State(engine): State<AppState>, body: Bytes) -> Response {
-    generate(engine, Endpoint::Chat, body).await
+async fn chat_completions(State(app): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    generate(app, Endpoint::Chat, headers, body).await
 }
 
-async fn generate(engine: AppState, endpoint: Endpoint, body: Bytes) -> Response {
+/// A JSON body, whole: its declared type JSON (or none), its size within the limit (a
+/// `Content-Length` over it is refused before reading), and all of it in time.
+async fn read_json_body(
+    headers: &HeaderMap,
+    body: Body,
+    limits: &HttpLimits,
+) -> Result<Bytes, ApiError> {
+    if let Some(value) = headers.get(header::CONTENT_TYPE) {
+        let text = String::from_utf8_lossy(value.as_bytes());
+        let mime = text
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        let json = mime == "application/json"
+            || (mime.starts_with("application/") && mime.ends_with("+json"));
+        if !json {
+            return Err(ApiError::not_json(&text));
+        }
+    }
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limits.max_body_bytes as u64) {
+        return Err(ApiError::too_large(limits.max_body_bytes));
+    }
+    let read = async {
+        let mut chunks = body.into_data_stream();
+        let mut bytes = Vec::new();
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk.map_err(|e| {
+                ApiError::invalid(None, format!("the request body could not be read: {e}"))
+            })?;
+            if bytes.len() + chunk.len() > limits.max_body_bytes {
+                return Err(ApiError::too_large(limits.max_body_bytes));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok(Bytes::from(bytes))
+    };
+    tokio::time::timeout(limits.body_timeout, read)
+        .await
+        .unwrap_or_else(|_| Err(ApiError::body_timeout(limits.body_timeout)))
+}
+
+async fn generate(app: AppState, endpoint: Endpoint, headers: HeaderMap, body: Body) -> Response {
     let arrived = Instant::now();
     let path = endpoint.path();
+    let engine = &app.engine;
+    let body = match read_json_body(&headers, body, &app.limits).await {
+        Ok(body) => body,
+        Err(e) => return error_response(engine, path, &e),
+    };
     let tokenizer = &engine.model().tokenizer;
     let limits = &engine.info().limits;
     let parsed = match endpoint {
@@ -75,10 +135,10 @@ async fn generate(engine: AppState, endpoint: Endpoint, body: Bytes) -> Response
     };
     let params = match parsed {
         Ok(params) => params,
-        Err(e) => return error_response(&engine, path, &e),
+        Err(e) => return error_response(engine, path, &e),
     };
     let Some(permit) = engine.try_permit() else {
-        return error_response(&engine, path, &ApiError::busy(engine.permits().limit()));
+        return error_response(engine, path, &ApiError::busy(engine.permits().limit()));
     };
     let (stream, include_usage) = (params.stream, params.include_usage);
     let (tx, rx) = unbounded_channel();
@@ -88,7 +148,7 @@ async fn generate(engine: AppState, endpoint: Endpoint, body: Bytes) -> Response
         ..Request::new(params, tx)
     };
     if let Err(e) = engine.submit(request) {
-        return error_response(&engine, path, &e);
+        return error_response(engine, path, &e);
     }
     let responder = Responder::new(endpoint, &limits.model_id);
     if stream {
@@ -103,7 +163,7 @@ async fn generate(engine: AppState, endpoint: Endpoint, body: Bytes) -> Response
                 engine.metrics().count_request(path, 200);
                 json_response(200, &body)
             }
-            Err(e) => error_response(&engine, path, &e),
+            Err(e) => error_response(engine, path, &e),
         }
     }
 }
@@ -163,7 +223,8 @@ fn sse_stream(
         .map(Ok)
 }
 
-async fn models(State(engine): State<AppState>) -> Response {
+async fn models(State(app): State<AppState>) -> Response {
+    let engine = &app.engine;
     let info = engine.info();
     let body = json!({
         "object": "list",
@@ -184,32 +245,46 @@ async fn models(State(engine): State<AppState>) -> Response {
     json_response(200, &body)
 }
 
-async fn health(State(engine): State<AppState>) -> Response {
-    if engine.is_alive() {
+async fn health(State(app): State<AppState>) -> Response {
+    if app.engine.is_alive() {
         json_response(200, &json!({"status": "ok"}))
     } else {
         json_response(503, &json!({"status": "engine stopped"}))
     }
 }
 
-async fn metrics(State(engine): State<AppState>) -> Response {
+async fn metrics(State(app): State<AppState>) -> Response {
     (
         [(
             header::CONTENT_TYPE,
             "text/plain; version=0.0.4; charset=utf-8",
         )],
-        engine.metrics().render(),
+        app.engine.metrics().render(),
     )
         .into_response()
 }
 
-async fn not_found(State(engine): State<AppState>) -> Response {
+async fn not_found(State(app): State<AppState>) -> Response {
     error_response(
-        &engine,
+        &app.engine,
         "other",
         &ApiError::not_found(
             "no such endpoint (kiln serves /v1/completions, /v1/chat/completions, /v1/models, /health, /metrics)",
         ),
+    )
+}
+
+async fn method_not_allowed(State(app): State<AppState>) -> Response {
+    error_response(
+        &app.engine,
+        "other",
+        &ApiError {
+            status: 405,
+            code: Some("method_not_allowed"),
+            ..ApiError::not_found(
+                "method not allowed (the /v1/*completions endpoints take POST; the others GET)",
+            )
+        },
     )
 }
 
@@ -222,6 +297,7 @@ pub struct Server {
     stop_http: Option<oneshot::Sender<()>>,
     http: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
     drain: Duration,
+    limits: HttpLimits,
 }
 
 impl Server {
@@ -246,14 +322,9 @@ impl Server {
             .local_addr()
             .map_err(io(format!("cannot listen on {where_}")))?;
         let (stop_http, stopped) = oneshot::channel::<()>();
-        let app = router(Arc::clone(&engine));
-        let http = runtime.spawn(async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async {
-                    let _ = stopped.await;
-                })
-                .await
-        });
+        let limits = config.http.within_fd_limit(super::open_files_limit());
+        let app = router(Arc::clone(&engine), limits);
+        let http = runtime.spawn(conn::serve(listener, app, limits, stopped));
         Ok(Server {
             addr,
             engine,
@@ -261,6 +332,7 @@ impl Server {
             stop_http: Some(stop_http),
             http: Some(http),
             drain: config.drain,
+            limits,
         })
     }
 
@@ -270,6 +342,11 @@ impl Server {
 
     pub fn engine(&self) -> &Engine {
         &self.engine
+    }
+
+    /// The limits in force (the connection cap as lowered to fit the open-file limit).
+    pub fn http_limits(&self) -> HttpLimits {
+        self.limits
     }
 
     /// Serve until SIGINT or SIGTERM, then shut down gracefully.

@@ -16,7 +16,9 @@
 //! goes away closes its channel, and the scheduler drops the sequence at the next step.
 
 pub mod api;
+pub mod conn;
 pub mod engine;
+mod fd_limit;
 pub mod http;
 pub mod metrics;
 pub mod response;
@@ -33,7 +35,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 
 pub use api::{ApiError, GenParams};
+pub use conn::HttpLimits;
 pub use engine::{Engine, EngineInfo};
+pub use fd_limit::{open_files_limit, raise_open_files_limit};
 pub use http::Server;
 pub use metrics::Metrics;
 pub use response::{Endpoint, Responder, Usage};
@@ -75,6 +79,8 @@ pub struct ServeConfig {
     pub drain: Duration,
     /// Threads of the HTTP runtime (the model's compute has its own).
     pub http_threads: usize,
+    /// Timeouts, sizes and the connection cap of the HTTP side.
+    pub http: HttpLimits,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -91,6 +97,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("kv_budget_bytes", &self.kv_budget_bytes)
             .field("mem_budget_bytes", &self.mem_budget_bytes)
             .field("drain", &self.drain)
+            .field("http", &self.http)
             .finish_non_exhaustive()
     }
 }
@@ -111,6 +118,7 @@ impl ServeConfig {
             mem_budget_bytes: None,
             drain: Duration::from_secs(30),
             http_threads: 2,
+            http: HttpLimits::default(),
         }
     }
 }

@@ -327,7 +327,15 @@ impl<'m> Scheduler<'m> {
             }
             let logits = &logits[row * vocab..(row + 1) * vocab];
             row += 1;
-            let id = s.sampler.sample(logits);
+            let id = match s.sampler.sample(logits) {
+                Ok(id) => id,
+                Err(e) => {
+                    // NaN logits: this request fails, the others go on.
+                    s.send(Event::Failed(ApiError::internal(e.to_string())));
+                    finished[c.seq] = true;
+                    continue;
+                }
+            };
             outcome.sampled += 1;
             if let Some(finish) = self.accept(c.seq, id) {
                 self.finish(c.seq, finish);

@@ -2,6 +2,7 @@
 
 mod config;
 mod graph;
+pub mod validate;
 mod weights;
 
 use std::path::Path;
@@ -36,7 +37,9 @@ impl Model {
     }
 
     pub fn from_gguf(mut gguf: Gguf) -> Result<Model, crate::Error> {
+        validate::metadata(&gguf)?;
         let config = ModelConfig::from_gguf(&gguf)?;
+        validate::against_config(&gguf, &config)?;
         let weights = Weights::from_gguf(&gguf, &config)?;
         let tokenizer = Tokenizer::from_gguf(&gguf)?;
         // The tokenizer now holds its own copy of the vocabulary and merges: release the

@@ -278,7 +278,6 @@ fn open_reads_files_and_reports_io_errors() {
         matches!(&e, GgufError::Io { path, .. } if path == &missing),
         "{e:?}"
     );
-    assert!(matches!(Gguf::open(&dir), Err(GgufError::Io { .. })));
 
     let empty = dir.join("empty.gguf");
     std::fs::write(&empty, b"").unwrap();
