@@ -366,4 +366,14 @@ impl Runner for Compiled<'_> {
         };
         self.forward_seq(seq, tokens, first_out)
     }
+
+    fn truncate(&mut self, len: usize) -> Result<(), Error> {
+        match self.runner_seq {
+            Some(seq) => Ok(self.kv.rollback(seq, len)?),
+            None if len == 0 => Ok(()),
+            None => Err(Error::Invalid(format!(
+                "cannot truncate an empty context to {len} tokens"
+            ))),
+        }
+    }
 }

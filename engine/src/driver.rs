@@ -84,6 +84,29 @@ pub fn generate(
     req: &GenerateRequest,
     mut on_token: impl FnMut(TokenEvent<'_>) -> bool,
 ) -> Result<Generation, Error> {
+    let (mut sampler, mut logits, mut emit) = start(runner, tokenizer, req)?;
+    while emit.wants_more() {
+        let id = sampler.sample(&logits);
+        if emit.push(id, &logits, &mut on_token) {
+            break;
+        }
+        if runner.position() >= runner.n_ctx() {
+            emit.stop(StopReason::ContextFull);
+            break;
+        }
+        logits = runner.forward(&[id], LogitsFor::Last)?;
+    }
+    Ok(emit.finish(&mut on_token))
+}
+
+/// Checks the request, prefills the prompt on an empty context and returns the sampler,
+/// the logits of the last prompt position and the emitter that times and records the
+/// tokens. Shared with [`crate::speculative::generate`].
+pub(crate) fn start<'t>(
+    runner: &mut dyn Runner,
+    tokenizer: &'t Tokenizer,
+    req: &GenerateRequest,
+) -> Result<(Sampler, Vec<f32>, Emitter<'t>), Error> {
     if req.prompt_ids.is_empty() {
         return Err(Error::EmptyPrompt);
     }
@@ -93,33 +116,80 @@ pub fn generate(
             n_ctx: runner.n_ctx(),
         });
     }
-    let mut sampler = Sampler::new(req.sampler.clone())?;
-    let mut decoder = StreamDecoder::new(tokenizer);
+    let sampler = Sampler::new(req.sampler.clone())?;
     runner.reset();
-
     let start = Instant::now();
-    let mut logits = runner.forward(&req.prompt_ids, LogitsFor::Last)?;
+    let logits = runner.forward(&req.prompt_ids, LogitsFor::Last)?;
     let prefill_s = start.elapsed().as_secs_f64();
-    let mut first_token_at = None;
-
-    let mut out = Generation {
-        prompt_tokens: req.prompt_ids.len(),
-        tokens: Vec::new(),
-        text: String::new(),
-        logprobs: Vec::new(),
-        stop_reason: StopReason::Length,
-        ttft_ms: 0.0,
-        prefill_tok_s: req.prompt_ids.len() as f64 / prefill_s.max(1e-9),
-        decode_tok_s: 0.0,
+    let emit = Emitter {
+        decoder: StreamDecoder::new(tokenizer),
+        tokenizer,
+        max_tokens: req.max_tokens,
+        ignore_eos: req.ignore_eos,
+        logprobs: req.logprobs,
+        start,
+        first_token_at: None,
+        out: Generation {
+            prompt_tokens: req.prompt_ids.len(),
+            tokens: Vec::new(),
+            text: String::new(),
+            logprobs: Vec::new(),
+            stop_reason: StopReason::Length,
+            ttft_ms: 0.0,
+            prefill_tok_s: req.prompt_ids.len() as f64 / prefill_s.max(1e-9),
+            decode_tok_s: 0.0,
+        },
     };
-    while out.tokens.len() < req.max_tokens {
-        let id = sampler.sample(&logits);
-        let top = (req.logprobs > 0).then(|| top_logprobs(&logits, req.logprobs));
-        first_token_at.get_or_insert_with(Instant::now);
-        out.tokens.push(id);
-        let eog = tokenizer.is_eog(id) && !req.ignore_eos;
-        let text = if eog { String::new() } else { decoder.push(id) };
-        out.text.push_str(&text);
+    Ok((sampler, logits, emit))
+}
+
+/// Turns sampled ids into text, events and the [`Generation`], and decides when to stop:
+/// the plain loop and speculative decoding share it, so both stop on exactly the same
+/// conditions.
+pub(crate) struct Emitter<'t> {
+    tokenizer: &'t Tokenizer,
+    decoder: StreamDecoder<'t>,
+    max_tokens: usize,
+    ignore_eos: bool,
+    logprobs: usize,
+    start: Instant,
+    first_token_at: Option<Instant>,
+    out: Generation,
+}
+
+impl Emitter<'_> {
+    /// Whether another token may be generated (`max_tokens` not reached).
+    pub(crate) fn wants_more(&self) -> bool {
+        self.out.tokens.len() < self.max_tokens
+    }
+
+    /// Tokens generated so far.
+    pub(crate) fn generated(&self) -> usize {
+        self.out.tokens.len()
+    }
+
+    pub(crate) fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// Records `id`, drawn from the distribution of `logits`, and reports it. True when
+    /// the generation ends with it (end of generation, the callback, `max_tokens`).
+    pub(crate) fn push(
+        &mut self,
+        id: u32,
+        logits: &[f32],
+        on_token: &mut impl FnMut(TokenEvent<'_>) -> bool,
+    ) -> bool {
+        let top = (self.logprobs > 0).then(|| top_logprobs(logits, self.logprobs));
+        self.first_token_at.get_or_insert_with(Instant::now);
+        self.out.tokens.push(id);
+        let eog = self.tokenizer.is_eog(id) && !self.ignore_eos;
+        let text = if eog {
+            String::new()
+        } else {
+            self.decoder.push(id)
+        };
+        self.out.text.push_str(&text);
         let keep_going = on_token(TokenEvent {
             id,
             text: &text,
@@ -127,41 +197,45 @@ pub fn generate(
             tail: false,
         });
         if let Some(top) = top {
-            out.logprobs.push(top);
+            self.out.logprobs.push(top);
         }
         if eog {
-            out.stop_reason = StopReason::EndOfGeneration;
-            break;
+            self.out.stop_reason = StopReason::EndOfGeneration;
+            return true;
         }
         if !keep_going {
-            out.stop_reason = StopReason::Cancelled;
-            break;
+            self.out.stop_reason = StopReason::Cancelled;
+            return true;
         }
-        if out.tokens.len() == req.max_tokens {
-            break;
-        }
-        if runner.position() >= runner.n_ctx() {
-            out.stop_reason = StopReason::ContextFull;
-            break;
-        }
-        logits = runner.forward(&[id], LogitsFor::Last)?;
+        self.out.tokens.len() == self.max_tokens
     }
-    let tail = decoder.finish();
-    if !tail.is_empty() {
-        out.text.push_str(&tail);
-        on_token(TokenEvent {
-            id: *out.tokens.last().unwrap_or(&0),
-            text: &tail,
-            logprobs: None,
-            tail: true,
-        });
+
+    pub(crate) fn stop(&mut self, reason: StopReason) {
+        self.out.stop_reason = reason;
     }
-    if let Some(first) = first_token_at {
-        out.ttft_ms = first.duration_since(start).as_secs_f64() * 1e3;
-        let decode_s = first.elapsed().as_secs_f64();
-        if out.tokens.len() > 1 {
-            out.decode_tok_s = (out.tokens.len() - 1) as f64 / decode_s.max(1e-9);
+
+    /// Flushes the text the decoder still holds and computes the timings.
+    pub(crate) fn finish(
+        mut self,
+        on_token: &mut impl FnMut(TokenEvent<'_>) -> bool,
+    ) -> Generation {
+        let tail = self.decoder.finish();
+        if !tail.is_empty() {
+            self.out.text.push_str(&tail);
+            on_token(TokenEvent {
+                id: *self.out.tokens.last().unwrap_or(&0),
+                text: &tail,
+                logprobs: None,
+                tail: true,
+            });
         }
+        if let Some(first) = self.first_token_at {
+            self.out.ttft_ms = first.duration_since(self.start).as_secs_f64() * 1e3;
+            let decode_s = first.elapsed().as_secs_f64();
+            if self.out.tokens.len() > 1 {
+                self.out.decode_tok_s = (self.out.tokens.len() - 1) as f64 / decode_s.max(1e-9);
+            }
+        }
+        self.out
     }
-    Ok(out)
 }

@@ -100,6 +100,21 @@ impl Runner for Reference<'_> {
         };
         Ok(forward(self.model, &mut self.cache, tokens, first_out))
     }
+
+    fn truncate(&mut self, len: usize) -> Result<(), Error> {
+        if len > self.cache.len {
+            return Err(Error::Invalid(format!(
+                "cannot truncate a context of {} tokens to {len}",
+                self.cache.len
+            )));
+        }
+        let kv_dim = self.model.config.kv_dim();
+        for layer in self.cache.k.iter_mut().chain(self.cache.v.iter_mut()) {
+            layer.truncate(len * kv_dim);
+        }
+        self.cache.len = len;
+        Ok(())
+    }
 }
 
 /// Run `tokens` after the cached context; logits of tokens `first_out..`, (n_out, vocab).

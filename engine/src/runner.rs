@@ -24,6 +24,9 @@ pub trait Runner {
     fn reset(&mut self);
     /// Append `tokens` to the context and return logits, `(n_out, vocab)` row-major.
     fn forward(&mut self, tokens: &[u32], logits: LogitsFor) -> Result<Vec<f32>, Error>;
+    /// Keep the first `len` tokens of the context and forget the rest (speculative
+    /// decoding's rejected guesses). `len` past the position is an error.
+    fn truncate(&mut self, len: usize) -> Result<(), Error>;
     /// What the runner allocated, by purpose, when it was sized by [`crate::memory`].
     fn memory(&self) -> Option<&crate::memory::MemoryPlan> {
         None

@@ -7,14 +7,14 @@ use super::prefix::{ROOT_PAGE_HASH, page_hash};
 use super::{Appended, KvError, KvLayout, KvStats, PageCopy, PageId, PagePool, SeqId, Slot};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Sequence {
+pub(crate) struct Sequence {
     /// Every token of the sequence, position 0 first: what names its full pages.
-    tokens: Vec<u32>,
+    pub(crate) tokens: Vec<u32>,
     /// Page `i` holds positions `i * kv_page_size ..`; `ceil(len / kv_page_size)` entries.
-    block_table: Vec<PageId>,
+    pub(crate) block_table: Vec<PageId>,
     /// Chain hash of each full page, registered in the prefix cache or not:
     /// `len / kv_page_size` entries.
-    page_hashes: Vec<u64>,
+    pub(crate) page_hashes: Vec<u64>,
 }
 
 /// What an append of some tokens would take from the pool.
@@ -267,6 +267,44 @@ impl KvManager {
         Ok(())
     }
 
+    /// Keeps the first `n` tokens and forgets the rest as if they had never been appended:
+    /// speculative decoding's rejected guesses. Unlike [`Self::truncate`], the pages given
+    /// back and the kept partial page leave the prefix cache when this sequence alone
+    /// holds them, so rejected guesses never reach the LRU list (where they would push
+    /// real prefixes out) and a dropped page goes straight back to the free list. Pages
+    /// someone else holds too are released as `truncate` releases them.
+    ///
+    /// After `append(seq, guesses)` then `rollback(seq, len + accepted)` with at least one
+    /// token accepted, the cache is as if only the accepted tokens had been appended (the
+    /// property tests check it): same tokens, page hashes, registered pages and counts.
+    pub fn rollback(&mut self, seq: SeqId, n: usize) -> Result<(), KvError> {
+        let page_size = self.kv_page_size();
+        let s = self
+            .sequences
+            .get_mut(&seq)
+            .ok_or(KvError::UnknownSequence(seq))?;
+        let len = s.tokens.len();
+        if n > len {
+            return Err(KvError::TruncatePastEnd { seq, len, n });
+        }
+        for page in s.block_table.drain(n.div_ceil(page_size)..).rev() {
+            if self.pool.refcount(page) == 1 {
+                self.pool.unregister_held(page);
+            }
+            self.pool.release(page)?; // held by this sequence, so this cannot fail
+        }
+        // A kept partial page was full only with the dropped tokens: it names them no more.
+        if !n.is_multiple_of(page_size)
+            && let Some(&last) = s.block_table.last()
+            && self.pool.refcount(last) == 1
+        {
+            self.pool.unregister_held(last);
+        }
+        s.tokens.truncate(n);
+        s.page_hashes.truncate(n / page_size);
+        Ok(())
+    }
+
     /// Ends the sequence. Its pages go back to the free list, or to the prefix cache if
     /// registered; the id is never used again.
     pub fn free(&mut self, seq: SeqId) -> Result<(), KvError> {
@@ -327,7 +365,7 @@ impl KvManager {
         self.pool.check(&holders)
     }
 
-    fn sequence(&self, seq: SeqId) -> Result<&Sequence, KvError> {
+    pub(crate) fn sequence(&self, seq: SeqId) -> Result<&Sequence, KvError> {
         self.sequences
             .get(&seq)
             .ok_or(KvError::UnknownSequence(seq))

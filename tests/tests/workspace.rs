@@ -16,12 +16,27 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("kiln-gguf", &["kiln-ir"]),
     ("kiln-tokenizer", &["kiln-gguf"]),
     ("kiln-kv", &["kiln-ir"]),
-    ("kiln-engine", &["kiln-ir", "kiln-gguf", "kiln-tokenizer", "kiln-kv"]),
-    ("kiln-serve", &["kiln-ir", "kiln-engine", "kiln-kv", "kiln-tokenizer"]),
-    ("kiln-tools", &["kiln-ir", "kiln-engine", "kiln-gguf", "kiln-tokenizer"]),
+    (
+        "kiln-engine",
+        &["kiln-ir", "kiln-gguf", "kiln-tokenizer", "kiln-kv"],
+    ),
+    (
+        "kiln-serve",
+        &["kiln-ir", "kiln-engine", "kiln-kv", "kiln-tokenizer"],
+    ),
+    (
+        "kiln-tools",
+        &["kiln-ir", "kiln-engine", "kiln-gguf", "kiln-tokenizer"],
+    ),
     (
         "kiln-cli",
-        &["kiln-ir", "kiln-engine", "kiln-backends", "kiln-tools", "kiln-serve"],
+        &[
+            "kiln-ir",
+            "kiln-engine",
+            "kiln-backends",
+            "kiln-tools",
+            "kiln-serve",
+        ],
     ),
     ("kiln-capi", &["kiln-ir", "kiln-engine", "kiln-backends"]),
     ("kiln-kernels-wgsl", &["kiln-ir"]),
@@ -30,7 +45,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("kiln-backend-cpu", &["kiln-ir"]),
     ("kiln-backend-wgpu", &["kiln-ir", "kiln-kernels-wgsl"]),
     ("kiln-backend-vulkan", &["kiln-ir", "kiln-kernels-wgsl"]),
-    ("kiln-backend-cuda", &["kiln-ir", "kiln-kernels-wgsl", "kiln-kernels-cuda"]),
+    (
+        "kiln-backend-cuda",
+        &["kiln-ir", "kiln-kernels-wgsl", "kiln-kernels-cuda"],
+    ),
     (
         "kiln-backends",
         &[
@@ -48,9 +66,15 @@ const ALLOWED: &[(&str, &[&str])] = &[
 
 /// Crates whose whole dependency tree must not contain these packages.
 const FORBIDDEN_BELOW: &[(&str, &[&str])] = &[
-    ("kiln-gguf", &["tokio", "axum", "clap", "wgpu", "ash", "cudarc"]),
+    (
+        "kiln-gguf",
+        &["tokio", "axum", "clap", "wgpu", "ash", "cudarc"],
+    ),
     ("kiln-tokenizer", &["tokio", "axum", "clap"]),
-    ("kiln-engine", &["tokio", "axum", "clap", "wgpu", "ash", "cudarc"]),
+    (
+        "kiln-engine",
+        &["tokio", "axum", "clap", "wgpu", "ash", "cudarc"],
+    ),
     ("kiln-capi", &["clap", "tokio", "axum"]),
 ];
 
@@ -131,7 +155,9 @@ fn dependencies_point_the_way_architecture_md_says() {
     let mut wrong = Vec::new();
     for (name, deps) in graph.values().filter(|(n, _)| members.contains(n)) {
         let Some(ok) = allowed.get(name.as_str()) else {
-            wrong.push(format!("{name} is not in ALLOWED (tests/tests/workspace.rs)"));
+            wrong.push(format!(
+                "{name} is not in ALLOWED (tests/tests/workspace.rs)"
+            ));
             continue;
         };
         for dep in deps.iter().map(|d| &graph[d].0) {
@@ -140,7 +166,11 @@ fn dependencies_point_the_way_architecture_md_says() {
             }
         }
     }
-    assert!(wrong.is_empty(), "edges ARCHITECTURE.md forbids:\n{}", wrong.join("\n"));
+    assert!(
+        wrong.is_empty(),
+        "edges ARCHITECTURE.md forbids:\n{}",
+        wrong.join("\n")
+    );
 }
 
 #[test]
@@ -161,7 +191,10 @@ fn small_crates_do_not_pull_in_big_ones() {
         }
         let names: BTreeSet<&str> = seen.iter().map(|id| graph[id].0.as_str()).collect();
         for f in *forbidden {
-            assert!(!names.contains(f), "{krate} depends (through its tree) on {f}");
+            assert!(
+                !names.contains(f),
+                "{krate} depends (through its tree) on {f}"
+            );
         }
     }
 }
@@ -199,5 +232,9 @@ fn no_source_reads_outside_the_workspace() {
             }
         }
     }
-    assert!(bad.is_empty(), "reads outside the workspace:\n{}", bad.join("\n"));
+    assert!(
+        bad.is_empty(),
+        "reads outside the workspace:\n{}",
+        bad.join("\n")
+    );
 }

@@ -1,0 +1,141 @@
+//! A draft model: a smaller model (any GGUF with the same vocabulary, on any runner)
+//! guesses by decoding ahead of the target.
+//!
+//! The draft keeps its own context in step with the text: before guessing it keeps the
+//! longest common prefix of what it holds and the text (its runner truncated there, the
+//! rejected guesses gone) and runs the rest, usually the last verified token or two.
+//! Greedy generation drafts greedily (one-hot guesses); sampled generation draws each
+//! guess from the draft's own distribution q under the same sampling settings, and hands
+//! q to verification.
+
+use super::{Draft, Drafter};
+use crate::Error;
+use crate::model::Model;
+use crate::runner::{LogitsFor, Runner};
+use crate::sampler::{Distribution, Sampler, SamplerConfig, argmax};
+
+/// Added to the request's seed for the draft's own generator, so its draws are not the
+/// verifier's.
+const DRAFT_SEED_OFFSET: u64 = 0xd7af_7000_0000_0001;
+
+/// The draft-model guesser.
+pub struct DraftModel<'m> {
+    runner: Box<dyn Runner + 'm>,
+    /// The tokens whose keys and values the draft runner holds, position 0 first.
+    held: Vec<u32>,
+    /// None: greedy drafting.
+    sampler: Option<Sampler>,
+}
+
+impl std::fmt::Debug for DraftModel<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DraftModel")
+            .field("runner", &self.runner.name())
+            .field("held", &self.held.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Checks that `draft` can guess for `target`: the same vocabulary, token for token.
+pub fn check_vocabulary(target: &Model, draft: &Model) -> Result<(), Error> {
+    let (t, d) = (&target.tokenizer, &draft.tokenizer);
+    if t.vocab_size() != d.vocab_size() || target.config.vocab_size != draft.config.vocab_size {
+        return Err(Error::Invalid(format!(
+            "the draft model's vocabulary has {} tokens, the target's {}: a draft must share the target's vocabulary",
+            d.vocab_size(),
+            t.vocab_size()
+        )));
+    }
+    if let Some(id) = (0..t.vocab_size() as u32).find(|&id| t.token_text(id) != d.token_text(id)) {
+        return Err(Error::Invalid(format!(
+            "the draft model's token {id} is {:?}, the target's {:?}: a draft must share the target's vocabulary",
+            d.token_text(id),
+            t.token_text(id)
+        )));
+    }
+    Ok(())
+}
+
+impl<'m> DraftModel<'m> {
+    /// A drafter running on `runner` (a model with the target's vocabulary: see
+    /// [`check_vocabulary`]).
+    pub fn new(runner: Box<dyn Runner + 'm>) -> DraftModel<'m> {
+        DraftModel {
+            runner,
+            held: Vec::new(),
+            sampler: None,
+        }
+    }
+
+    /// The backend the draft runs on.
+    pub fn backend(&self) -> &'static str {
+        self.runner.name()
+    }
+
+    fn pick(&mut self, logits: &[f32]) -> (u32, Option<Distribution>) {
+        match &mut self.sampler {
+            None => (argmax(logits), None),
+            Some(sampler) => {
+                let q = sampler.distribution(logits);
+                (sampler.draw(&q), Some(q))
+            }
+        }
+    }
+}
+
+impl Drafter for DraftModel<'_> {
+    fn kind(&self) -> &'static str {
+        "draft"
+    }
+
+    fn start(&mut self, sampling: &SamplerConfig) -> Result<(), Error> {
+        self.runner.reset();
+        self.held.clear();
+        self.sampler = if sampling.temperature > 0.0 {
+            Some(Sampler::new(SamplerConfig {
+                seed: sampling.seed.wrapping_add(DRAFT_SEED_OFFSET),
+                ..sampling.clone()
+            })?)
+        } else {
+            None
+        };
+        Ok(())
+    }
+
+    fn draft(&mut self, context: &[u32], k: usize) -> Result<Draft, Error> {
+        let n_ctx = self.runner.n_ctx();
+        // Room for the context and k - 1 guesses fed back (the last is never run).
+        let k = k.min((n_ctx + 1).saturating_sub(context.len()));
+        if k == 0 || context.is_empty() {
+            return Ok(Draft::default());
+        }
+        // At least the last token runs, for the logits of the first guess.
+        let keep = self
+            .held
+            .iter()
+            .zip(context)
+            .take_while(|(a, b)| a == b)
+            .count()
+            .min(context.len() - 1);
+        self.runner.truncate(keep)?;
+        self.held.truncate(keep);
+        let mut logits = self.runner.forward(&context[keep..], LogitsFor::Last)?;
+        self.held.extend_from_slice(&context[keep..]);
+        let mut draft = Draft::default();
+        let mut q = Vec::with_capacity(k);
+        for i in 0..k {
+            let (guess, dist) = self.pick(&logits);
+            draft.tokens.push(guess);
+            q.extend(dist);
+            if i + 1 == k {
+                break;
+            }
+            logits = self.runner.forward(&[guess], LogitsFor::Last)?;
+            self.held.push(guess);
+        }
+        if self.sampler.is_some() {
+            draft.q = Some(q);
+        }
+        Ok(draft)
+    }
+}
