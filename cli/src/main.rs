@@ -9,6 +9,7 @@ mod plan;
 mod run;
 #[cfg(feature = "serve")]
 mod serve;
+mod speculative;
 mod synth;
 mod tokenize;
 
