@@ -19,6 +19,8 @@ use kiln_engine::model::Model;
 use kiln_engine::sampler::SamplerConfig;
 use kiln_kv::{KvDtype, KvLayout};
 
+mod speculative;
+
 /// The reference model, loaded once (a failure saying how to fetch it when it is missing).
 fn model() -> Option<&'static Model> {
     static MODEL: OnceLock<Model> = OnceLock::new();
@@ -37,6 +39,17 @@ fn scheduler(
     step_tokens: usize,
     kv_pages: Option<usize>,
 ) -> Scheduler<'static> {
+    spec_scheduler(model, max_seqs, step_tokens, kv_pages, 0)
+}
+
+/// [`scheduler`] with room for `spec_k_max` guesses per sequence and step.
+fn spec_scheduler(
+    model: &'static Model,
+    max_seqs: usize,
+    step_tokens: usize,
+    kv_pages: Option<usize>,
+    spec_k_max: usize,
+) -> Scheduler<'static> {
     let c = &model.config;
     let layout = KvLayout::new(c.n_layers, c.n_kv_heads, c.head_dim)
         .and_then(|l| l.with_dtype(KvDtype::F8E4M3))
@@ -44,7 +57,7 @@ fn scheduler(
     let options = CompileOptions {
         max_seqs,
         max_step_tokens: step_tokens,
-        max_step_outputs: max_seqs,
+        max_step_outputs: (max_seqs * (1 + spec_k_max)).min(step_tokens),
         kv_budget_bytes: kv_pages.map(|p| p * layout.page_bytes()),
         ..CompileOptions::new(N_CTX)
     };
@@ -52,6 +65,7 @@ fn scheduler(
     let config = SchedulerConfig {
         max_seqs,
         step_tokens,
+        spec_k_max,
     };
     Scheduler::new(compiled, config, Arc::new(Metrics::default())).unwrap()
 }
@@ -75,6 +89,7 @@ fn request(prompt: &[u32], max_tokens: usize) -> (Request, UnboundedReceiver<Eve
         stop: Vec::new(),
         stream: false,
         include_usage: false,
+        lookup: None,
     };
     (Request::new(params, tx), rx)
 }

@@ -56,6 +56,30 @@ pub fn check_vocabulary(target: &Model, draft: &Model) -> Result<(), Error> {
     Ok(())
 }
 
+/// The draft's own generator for sampled drafting (None at temperature 0: greedy drafts),
+/// seeded from the request's seed but not equal to the verifier's.
+pub fn draft_sampler(sampling: &SamplerConfig) -> Result<Option<Sampler>, Error> {
+    if sampling.temperature <= 0.0 {
+        return Ok(None);
+    }
+    Ok(Some(Sampler::new(SamplerConfig {
+        seed: sampling.seed.wrapping_add(DRAFT_SEED_OFFSET),
+        ..sampling.clone()
+    })?))
+}
+
+/// The guess a draft makes from one row of its logits, and the distribution it was drawn
+/// from (None for a greedy draft).
+pub fn draft_pick(sampler: Option<&mut Sampler>, logits: &[f32]) -> (u32, Option<Distribution>) {
+    match sampler {
+        None => (argmax(logits), None),
+        Some(sampler) => {
+            let q = sampler.distribution(logits);
+            (sampler.draw(&q), Some(q))
+        }
+    }
+}
+
 impl<'m> DraftModel<'m> {
     /// A drafter running on `runner` (a model with the target's vocabulary: see
     /// [`check_vocabulary`]).
@@ -71,16 +95,6 @@ impl<'m> DraftModel<'m> {
     pub fn backend(&self) -> &'static str {
         self.runner.name()
     }
-
-    fn pick(&mut self, logits: &[f32]) -> (u32, Option<Distribution>) {
-        match &mut self.sampler {
-            None => (argmax(logits), None),
-            Some(sampler) => {
-                let q = sampler.distribution(logits);
-                (sampler.draw(&q), Some(q))
-            }
-        }
-    }
 }
 
 impl Drafter for DraftModel<'_> {
@@ -91,14 +105,7 @@ impl Drafter for DraftModel<'_> {
     fn start(&mut self, sampling: &SamplerConfig) -> Result<(), Error> {
         self.runner.reset();
         self.held.clear();
-        self.sampler = if sampling.temperature > 0.0 {
-            Some(Sampler::new(SamplerConfig {
-                seed: sampling.seed.wrapping_add(DRAFT_SEED_OFFSET),
-                ..sampling.clone()
-            })?)
-        } else {
-            None
-        };
+        self.sampler = draft_sampler(sampling)?;
         Ok(())
     }
 
@@ -124,7 +131,7 @@ impl Drafter for DraftModel<'_> {
         let mut draft = Draft::default();
         let mut q = Vec::with_capacity(k);
         for i in 0..k {
-            let (guess, dist) = self.pick(&logits);
+            let (guess, dist) = draft_pick(self.sampler.as_mut(), &logits);
             draft.tokens.push(guess);
             q.extend(dist);
             if i + 1 == k {

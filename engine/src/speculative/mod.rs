@@ -29,7 +29,7 @@ use crate::sampler::{Distribution, SamplerConfig};
 use kiln_tokenizer::Tokenizer;
 
 pub use adapt::GuessLength;
-pub use draft::{DraftModel, check_vocabulary};
+pub use draft::{DraftModel, check_vocabulary, draft_pick, draft_sampler};
 pub use lookup::PromptLookup;
 pub use verify::{Rule, Standard, Verdict, verify};
 
