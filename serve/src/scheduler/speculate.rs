@@ -19,9 +19,9 @@ use kiln_engine::speculative::{
 };
 use kiln_kv::SeqId;
 
-use super::super::Request;
 use super::super::metrics::Metrics;
-use super::Sequence;
+use super::super::{FinishReason, Request};
+use super::{Chunk, Scheduler, Sequence, StepOutcome};
 
 /// Where a sequence's guesses come from.
 #[derive(Debug)]
@@ -294,4 +294,77 @@ pub(super) fn verify_guesses(s: &mut Sequence<'_>, rows: &[f32], vocab: usize) -
     spec.length
         .update(spec.guesses.tokens.len(), verdict.accepted);
     verdict
+}
+
+impl Scheduler<'_> {
+    /// Gives the decoding chunks of `chunks` their guesses: what is left once every
+    /// decoding sequence has its token (tokens, logits rows beyond one per sequence,
+    /// pages); guesses that do not fit are dropped from the end.
+    pub(super) fn plan_guesses(
+        &mut self,
+        chunks: &mut [Chunk],
+        pages_left: &mut usize,
+        tokens_left: &mut usize,
+    ) -> Result<(), Error> {
+        let mut rows_left = self
+            .compiled
+            .plan()
+            .max_outputs
+            .saturating_sub(self.config.max_seqs);
+        let kv = self.compiled.kv();
+        for c in chunks.iter_mut() {
+            let s = &mut self.running[c.seq];
+            let (Some(seq), Some(spec)) = (s.kv, &mut s.spec) else {
+                continue;
+            };
+            let base = kv.pages_needed(seq, 1)?;
+            let mut g = spec.guesses.tokens.len().min(*tokens_left).min(rows_left);
+            while g > 0 && kv.pages_needed(seq, 1 + g)? - base > *pages_left {
+                g -= 1;
+            }
+            spec.keep_guesses(g);
+            *pages_left -= kv.pages_needed(seq, 1 + g)? - base;
+            *tokens_left -= g;
+            rows_left -= g;
+            c.guesses = g;
+        }
+        Ok(())
+    }
+
+    /// Verify running sequence `i`'s guesses against its rows of the step (its token's
+    /// K/V and the guesses' are in the cache), roll the rejected ones back and accept the
+    /// kept tokens and the next one, each as if decoded alone; Some when it ends.
+    pub(super) fn accept_verified(
+        &mut self,
+        i: usize,
+        rows: &[f32],
+        vocab: usize,
+        outcome: &mut StepOutcome,
+    ) -> Result<Option<FinishReason>, Error> {
+        let s = &mut self.running[i];
+        let verdict = verify_guesses(s, rows, vocab);
+        let Some(seq) = s.kv else {
+            return Ok(None);
+        };
+        // `computed` counts the step's token; the kept guesses follow it.
+        let base = s.computed;
+        self.compiled.kv().rollback(seq, base + verdict.accepted)?;
+        let guesses = s
+            .spec
+            .as_ref()
+            .map_or_else(Vec::new, |p| p.guesses.tokens.clone());
+        Metrics::add(&self.metrics.spec_verify_steps, 1);
+        Metrics::add(&self.metrics.spec_drafted, guesses.len() as u64);
+        Metrics::add(&self.metrics.spec_accepted, verdict.accepted as u64);
+        for (j, &id) in guesses[..verdict.accepted].iter().enumerate() {
+            self.running[i].computed = base + j;
+            outcome.sampled += 1;
+            if let Some(finish) = self.accept(i, id) {
+                return Ok(Some(finish));
+            }
+        }
+        self.running[i].computed = base + verdict.accepted;
+        outcome.sampled += 1;
+        Ok(self.accept(i, verdict.next))
+    }
 }
