@@ -53,6 +53,14 @@ pub struct Args {
     /// Print one JSON object with the address and limits once listening.
     #[arg(long)]
     json: bool,
+    /// Speculative decoding with a draft model (same vocabulary) for every request that
+    /// does not ask for prompt lookup (`"lookup": N`) or none (`"lookup": 0`).
+    #[arg(long, value_name = "MODEL")]
+    draft: Option<PathBuf>,
+    /// Guesses verified per sequence and step at most, draft model and prompt lookup
+    /// (0 turns speculation off; each sequence may take this many more logits rows).
+    #[arg(long, value_name = "K", default_value_t = kiln_serve::DEFAULT_SPEC_K_MAX)]
+    draft_n: usize,
 }
 
 pub fn main(args: Args) -> Result<(), Error> {
@@ -75,6 +83,14 @@ pub fn main(args: Args) -> Result<(), Error> {
             "the ref backend runs one sequence at a time and cannot serve; use a compiled backend (cpu, ...)".into(),
         ));
     }
+    let draft = match &args.draft {
+        Some(path) => {
+            let draft = load_model(path)?;
+            kiln_engine::speculative::check_vocabulary(&model, &draft)?;
+            Some(Arc::new(draft))
+        }
+        None => None,
+    };
     let backend = args.backend;
     let open: kiln_serve::OpenBackend = Arc::new(move || open_backend(backend, ""));
     let config = ServeConfig {
@@ -90,6 +106,8 @@ pub fn main(args: Args) -> Result<(), Error> {
         },
         kv_budget_bytes: args.kv_budget,
         drain: Duration::from_secs_f64(args.drain_secs),
+        draft,
+        spec_k_max: args.draft_n,
         ..ServeConfig::new(model_id, open)
     };
     let server = Server::start(model, &config).map_err(|e| Error::Invalid(e.to_string()))?;
@@ -110,6 +128,8 @@ pub fn main(args: Args) -> Result<(), Error> {
             "max_queue": args.max_queue,
             "kv_page_count": info.kv_page_count,
             "max_sequence_tokens": info.limits.kv_capacity,
+            "draft_model": args.draft.as_ref().map(|p| p.display().to_string()),
+            "spec_k_max": args.draft_n,
         }));
     }
     server
