@@ -91,9 +91,9 @@ impl<'m> DraftModel<'m> {
         }
     }
 
-    /// The backend the draft runs on.
-    pub fn backend(&self) -> &'static str {
-        self.runner.name()
+    /// The runner the draft runs on.
+    pub fn runner(&self) -> &dyn Runner {
+        self.runner.as_ref()
     }
 }
 
