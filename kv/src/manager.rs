@@ -245,26 +245,11 @@ impl KvManager {
         self.sequences.keys().copied()
     }
 
-    /// Keeps the first `n` tokens (rejected draft tokens, preemption) and releases the
-    /// pages past them. The kept partial page is written again only after a copy if it is
-    /// shared, as in `append`.
+    /// Keeps the first `n` tokens (preemption, a prompt cut short) and releases the pages
+    /// past them; registered ones stay in the prefix cache. The kept partial page is
+    /// written again only after a copy if it is shared, as in `append`.
     pub fn truncate(&mut self, seq: SeqId, n: usize) -> Result<(), KvError> {
-        let page_size = self.kv_page_size();
-        let s = self
-            .sequences
-            .get_mut(&seq)
-            .ok_or(KvError::UnknownSequence(seq))?;
-        let len = s.tokens.len();
-        if n > len {
-            return Err(KvError::TruncatePastEnd { seq, len, n });
-        }
-        // Last page first, so that a prefix's head outlives its tail in the LRU list.
-        for page in s.block_table.drain(n.div_ceil(page_size)..).rev() {
-            self.pool.release(page)?; // held by this sequence, so this cannot fail
-        }
-        s.tokens.truncate(n);
-        s.page_hashes.truncate(n / page_size);
-        Ok(())
+        self.cut(seq, n, false)
     }
 
     /// Keeps the first `n` tokens and forgets the rest as if they had never been appended:
@@ -278,6 +263,11 @@ impl KvManager {
     /// token accepted, the cache is as if only the accepted tokens had been appended (the
     /// property tests check it): same tokens, page hashes, registered pages and counts.
     pub fn rollback(&mut self, seq: SeqId, n: usize) -> Result<(), KvError> {
+        self.cut(seq, n, true)
+    }
+
+    /// `truncate`, or with `forget` `rollback`.
+    fn cut(&mut self, seq: SeqId, n: usize, forget: bool) -> Result<(), KvError> {
         let page_size = self.kv_page_size();
         let s = self
             .sequences
@@ -287,14 +277,16 @@ impl KvManager {
         if n > len {
             return Err(KvError::TruncatePastEnd { seq, len, n });
         }
+        // Last page first, so that a prefix's head outlives its tail in the LRU list.
         for page in s.block_table.drain(n.div_ceil(page_size)..).rev() {
-            if self.pool.refcount(page) == 1 {
+            if forget && self.pool.refcount(page) == 1 {
                 self.pool.unregister_held(page);
             }
             self.pool.release(page)?; // held by this sequence, so this cannot fail
         }
         // A kept partial page was full only with the dropped tokens: it names them no more.
-        if !n.is_multiple_of(page_size)
+        if forget
+            && !n.is_multiple_of(page_size)
             && let Some(&last) = s.block_table.last()
             && self.pool.refcount(last) == 1
         {

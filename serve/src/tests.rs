@@ -192,6 +192,10 @@ fn batched_greedy_equals_each_request_alone() {
     }
     let got = run_to_end(&mut sched, &mut rxs);
     assert_same_as_alone(model, &prompts, &got, 12);
+    assert_every_page_back(&mut sched);
+}
+
+fn assert_every_page_back(sched: &mut Scheduler<'_>) {
     let kv = sched.kv_stats();
     assert_eq!(
         (kv.sequences, kv.pages_in_use),

@@ -235,57 +235,58 @@ fn greedy_output_is_plain_greedy_output_with_every_drafter() {
     }
 }
 
-#[test]
-fn a_cancel_inside_the_kept_guesses_stops_there() {
-    let tok = tokenizer();
+/// Greedy generation of `max_tokens` (end of generation ignored) after `prompt` on a
+/// target of `n_ctx` positions drafting for itself (every guess kept).
+fn self_drafted(
+    prompt: &[u32],
+    max_tokens: usize,
+    n_ctx: usize,
+    on_token: impl FnMut(TokenEvent<'_>) -> bool,
+) -> Generation {
     let req = GenerateRequest {
         ignore_eos: true,
-        ..request(&[0, 1], 30, SamplerConfig::greedy())
+        ..request(prompt, max_tokens, SamplerConfig::greedy())
     };
     let mut target = Synthetic::new(7, 3.0);
+    target.n_ctx = n_ctx;
     let mut drafter = DraftModel::new(Box::new(Synthetic::new(7, 3.0)));
-    let mut seen = 0;
+    let config = SpecConfig::new(8);
     let (g, _) = super::generate(
         &mut target,
         &mut drafter,
-        &SpecConfig::new(8),
-        &tok,
+        &config,
+        &tokenizer(),
         &req,
-        |_| {
-            seen += 1;
-            seen < 6
-        },
+        on_token,
     )
     .unwrap();
+    assert!(target.held.len() <= n_ctx);
+    g
+}
+
+#[test]
+fn a_cancel_inside_the_kept_guesses_stops_there() {
+    let mut seen = 0;
+    let g = self_drafted(&[0, 1], 30, 64, |_| {
+        seen += 1;
+        seen < 6
+    });
     assert_eq!(g.tokens.len(), 6);
     assert_eq!(g.stop_reason, StopReason::Cancelled);
 }
 
 #[test]
 fn the_context_limit_is_kept() {
-    let tok = tokenizer();
     let req = GenerateRequest {
         ignore_eos: true,
         ..request(&[0, 1, 2], 100, SamplerConfig::greedy())
     };
     let mut plain_target = Synthetic::new(7, 3.0);
     plain_target.n_ctx = 20;
-    let plain = plain_generate(&mut plain_target, &tok, &req, |_| true).unwrap();
-    let mut target = Synthetic::new(7, 3.0);
-    target.n_ctx = 20;
-    let mut drafter = DraftModel::new(Box::new(Synthetic::new(7, 3.0)));
-    let (g, _) = super::generate(
-        &mut target,
-        &mut drafter,
-        &SpecConfig::new(8),
-        &tok,
-        &req,
-        |_| true,
-    )
-    .unwrap();
+    let plain = plain_generate(&mut plain_target, &tokenizer(), &req, |_| true).unwrap();
+    let g = self_drafted(&[0, 1, 2], 100, 20, |_| true);
     assert_eq!(g.tokens, plain.tokens);
     assert_eq!(g.stop_reason, StopReason::ContextFull);
-    assert!(target.held.len() <= 20);
 }
 
 // ---------------------------------------------------------------------------------------

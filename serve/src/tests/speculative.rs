@@ -88,12 +88,7 @@ fn lookup_and_plain_requests_share_steps_and_answer_as_alone() {
         accepted > 0 && accepted < drafted,
         "{accepted} of {drafted}"
     );
-    let kv = sched.kv_stats();
-    assert_eq!(
-        (kv.sequences, kv.pages_in_use),
-        (0, 0),
-        "every page given back"
-    );
+    assert_every_page_back(&mut sched);
 }
 
 #[test]
