@@ -162,12 +162,12 @@ pub fn main(args: Args) -> Result<(), Error> {
     }
     if !spec_results.is_empty() {
         println!(
-            "\n| task | method | K max | tokens | plain t/s | speculative t/s | speed-up | kept | tokens/step | identical |"
+            "\n| task | method | K max | tokens | plain t/s | speculative t/s | speed-up | kept | tokens/step | t/s without drafting | identical |"
         );
-        println!("|---|---|---|---|---|---|---|---|---|---|");
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
         for r in &spec_results {
             println!(
-                "| {} | {} | {} | {} | {:.2} ± {:.2} | {:.2} ± {:.2} | {:.2}× | {:.1}% | {:.2} | {} |",
+                "| {} | {} | {} | {} | {:.2} ± {:.2} | {:.2} ± {:.2} | {:.2}× | {:.1}% | {:.2} | {:.2} | {} |",
                 r.task,
                 r.method,
                 r.k_max,
@@ -179,6 +179,7 @@ pub fn main(args: Args) -> Result<(), Error> {
                 r.speedup(),
                 100.0 * r.stats.acceptance_rate(),
                 r.stats.tokens_per_step(),
+                r.verify_tok_s(),
                 r.identical
             );
         }
@@ -242,6 +243,7 @@ pub fn main(args: Args) -> Result<(), Error> {
                 "speculative_tok_s": r.speculative.mean,
                 "speculative_tok_s_std": r.speculative.std,
                 "speedup": r.speedup(), "identical": r.identical,
+                "verify_only_tok_s": r.verify_tok_s(),
                 "stats": stats_json(&args.spec, &config, &r.stats),
             })).collect::<Vec<_>>()),
             "peak_rss_bytes": peak_rss,

@@ -13,6 +13,7 @@ use crate::Error;
 use crate::model::Model;
 use crate::runner::{LogitsFor, Runner};
 use crate::sampler::{Distribution, Sampler, SamplerConfig, argmax};
+use kiln_tokenizer::Tokenizer;
 
 /// Added to the request's seed for the draft's own generator, so its draws are not the
 /// verifier's.
@@ -38,22 +39,35 @@ impl std::fmt::Debug for DraftModel<'_> {
 
 /// Checks that `draft` can guess for `target`: the same vocabulary, token for token.
 pub fn check_vocabulary(target: &Model, draft: &Model) -> Result<(), Error> {
-    let (t, d) = (&target.tokenizer, &draft.tokenizer);
-    if t.vocab_size() != d.vocab_size() || target.config.vocab_size != draft.config.vocab_size {
-        return Err(Error::Invalid(format!(
-            "the draft model's vocabulary has {} tokens, the target's {}: a draft must share the target's vocabulary",
-            d.vocab_size(),
-            t.vocab_size()
-        )));
+    if target.config.vocab_size != draft.config.vocab_size {
+        return Err(vocabulary_sizes(
+            target.config.vocab_size,
+            draft.config.vocab_size,
+        ));
     }
-    if let Some(id) = (0..t.vocab_size() as u32).find(|&id| t.token_text(id) != d.token_text(id)) {
-        return Err(Error::Invalid(format!(
+    check_tokenizers(&target.tokenizer, &draft.tokenizer)
+}
+
+fn vocabulary_sizes(target: usize, draft: usize) -> Error {
+    Error::Invalid(format!(
+        "the draft model's vocabulary has {draft} tokens, the target's {target}: a draft must share the target's vocabulary"
+    ))
+}
+
+/// The tokenizers' vocabularies are the same, token for token.
+fn check_tokenizers(target: &Tokenizer, draft: &Tokenizer) -> Result<(), Error> {
+    if target.vocab_size() != draft.vocab_size() {
+        return Err(vocabulary_sizes(target.vocab_size(), draft.vocab_size()));
+    }
+    match (0..target.vocab_size() as u32).find(|&id| target.token_text(id) != draft.token_text(id))
+    {
+        None => Ok(()),
+        Some(id) => Err(Error::Invalid(format!(
             "the draft model's token {id} is {:?}, the target's {:?}: a draft must share the target's vocabulary",
-            d.token_text(id),
-            t.token_text(id)
-        )));
+            draft.token_text(id),
+            target.token_text(id)
+        ))),
     }
-    Ok(())
 }
 
 /// The draft's own generator for sampled drafting (None at temperature 0: greedy drafts),
@@ -144,5 +158,23 @@ impl Drafter for DraftModel<'_> {
             draft.q = Some(q);
         }
         Ok(draft)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{tokenizer, tokenizer_of};
+    use super::*;
+
+    #[test]
+    fn a_draft_must_share_the_vocabulary() {
+        let target = tokenizer();
+        assert!(check_tokenizers(&target, &tokenizer()).is_ok());
+        let other = tokenizer_of(&["a", "b", "x", "d", "e", "<eos>"]);
+        let e = check_tokenizers(&target, &other).unwrap_err().to_string();
+        assert!(e.contains("token 2 is \"x\""), "{e}");
+        let shorter = tokenizer_of(&["a", "b", "c", "d", "<eos>"]);
+        let e = check_tokenizers(&target, &shorter).unwrap_err().to_string();
+        assert!(e.contains("5 tokens, the target's 6"), "{e}");
     }
 }

@@ -16,8 +16,15 @@ const VOCAB: usize = 6;
 const EOS: u32 = VOCAB as u32 - 1;
 
 /// A vocabulary of one-letter tokens and an end-of-generation token.
-fn tokenizer() -> Tokenizer {
-    let tokens = ["a", "b", "c", "d", "e", "<eos>"];
+pub(super) fn tokenizer() -> Tokenizer {
+    tokenizer_of(&["a", "b", "c", "d", "e", "<eos>"])
+}
+
+/// A vocabulary of `tokens`, the last one end-of-generation.
+pub(super) fn tokenizer_of(tokens: &[&str]) -> Tokenizer {
+    let eos = tokens.len() as u32 - 1;
+    let mut types = vec![1; tokens.len()];
+    types[eos as usize] = 3;
     let mut w = GgufWriter::new();
     w.metadata("tokenizer.ggml.model", Value::String("gpt2".into()))
         .metadata("tokenizer.ggml.pre", Value::String("gpt-2".into()))
@@ -33,16 +40,13 @@ fn tokenizer() -> Tokenizer {
         )
         .metadata(
             "tokenizer.ggml.token_type",
-            Value::Array(
-                ValueType::I32,
-                [1, 1, 1, 1, 1, 3].into_iter().map(Value::I32).collect(),
-            ),
+            Value::Array(ValueType::I32, types.into_iter().map(Value::I32).collect()),
         )
         .metadata(
             "tokenizer.ggml.merges",
             Value::Array(ValueType::String, Vec::new()),
         )
-        .metadata("tokenizer.ggml.eos_token_id", Value::U32(EOS));
+        .metadata("tokenizer.ggml.eos_token_id", Value::U32(eos));
     Tokenizer::from_gguf(&Gguf::from_bytes(w.to_bytes()).unwrap()).unwrap()
 }
 

@@ -54,6 +54,12 @@ impl SpecResult {
     pub fn speedup(&self) -> f64 {
         self.speculative.mean / self.plain.mean
     }
+
+    /// Tokens per second of the verification steps alone (drafting not counted): what
+    /// speculation would give with free guesses, and its own overhead against plain.
+    pub fn verify_tok_s(&self) -> f64 {
+        self.stats.tokens as f64 / self.stats.verify_seconds.max(1e-9)
+    }
 }
 
 /// `task` generated greedily for `n_gen` tokens (end of generation ignored) on `runner`,
