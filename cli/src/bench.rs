@@ -84,7 +84,9 @@ pub fn main(args: Args) -> Result<(), Error> {
     let mut options = CompileOptions::new(n_ctx);
     options.kv_dtype = kv;
     options.max_seqs = max_batch;
-    options.max_step_tokens = max_prompt.clamp(max_batch, 512);
+    // The copy tasks' prompts and verification steps want steps of many tokens too.
+    let spec_tokens = if spec.is_some() { 512 } else { 0 };
+    options.max_step_tokens = max_prompt.max(spec_tokens).clamp(max_batch, 512);
     options.max_step_outputs = max_batch.max(spec.map_or(1, |s| s.step_outputs()));
     options.mem_budget_bytes = args.mem_budget;
     let mut compiled = Compiled::new(&model, device, options)?;

@@ -26,6 +26,10 @@ pub struct SpecArgs {
     /// --lookup, 4 with --draft].
     #[arg(long, value_name = "K")]
     pub draft_n: Option<usize>,
+    /// Always ask for --draft-n guesses, rather than as many as pay (fewer while they
+    /// fail, none while they cost more than they save).
+    #[arg(long)]
+    pub draft_fixed: bool,
     /// Backend of the draft model [default: the target's].
     #[arg(long, value_parser = parse_backend, help = backend_help())]
     pub draft_backend: Option<BackendArg>,
@@ -37,9 +41,12 @@ impl SpecArgs {
         let default_k = match (&self.lookup, &self.draft) {
             (Some(_), _) => SpecConfig::LOOKUP_K_MAX,
             (None, Some(_)) => SpecConfig::DRAFT_K_MAX,
-            (None, None) if self.draft_n.is_some() || self.draft_backend.is_some() => {
+            (None, None)
+                if self.draft_n.is_some() || self.draft_backend.is_some() || self.draft_fixed =>
+            {
                 return Err(Error::Invalid(
-                    "--draft-n and --draft-backend need --lookup N or --draft MODEL".into(),
+                    "--draft-n, --draft-fixed and --draft-backend need --lookup N or --draft MODEL"
+                        .into(),
                 ));
             }
             (None, None) => return Ok(None),
@@ -50,7 +57,10 @@ impl SpecArgs {
                 "--draft-n {k_max}: between 1 and 64 guesses per step"
             )));
         }
-        Ok(Some(SpecConfig::new(k_max)))
+        Ok(Some(SpecConfig {
+            adaptive: !self.draft_fixed,
+            ..SpecConfig::new(k_max)
+        }))
     }
 
     /// The draft model, loaded and checked against `target`'s vocabulary.
@@ -101,6 +111,7 @@ pub fn stats_json(args: &SpecArgs, config: &SpecConfig, stats: &SpecStats) -> se
         "lookup_ngram": args.lookup,
         "draft_model": args.draft.as_ref().map(|p| p.display().to_string()),
         "k_max": config.k_max,
+        "adaptive": config.adaptive,
         "steps": stats.steps,
         "verify_steps": stats.verify_steps,
         "drafted": stats.drafted,

@@ -66,9 +66,11 @@ pub trait Drafter {
 pub struct SpecConfig {
     /// Guesses per verification step at most (the K of `--draft-n K`).
     pub k_max: usize,
-    /// Adapt the number of guesses to the keep rate; false: always `k_max`.
+    /// Adapt the number of guesses to the keep rate and to what steps cost
+    /// ([`adapt`]); false: always `k_max`.
     pub adaptive: bool,
-    /// Ask for another guess while its estimated keep probability stays above this.
+    /// Where step costs are unknown: ask for another guess while its estimated keep
+    /// probability stays above this.
     pub min_keep_probability: f64,
 }
 
@@ -218,8 +220,11 @@ pub fn generate_with_rule(
             draft.q.as_deref(),
         );
         runner.truncate(position + 1 + verdict.accepted)?;
-        stats.verify_seconds += verify_at.elapsed().as_secs_f64();
+        let verify_s = verify_at.elapsed().as_secs_f64();
+        let draft_s = (verify_at - drafted_at).as_secs_f64();
+        stats.verify_seconds += verify_s;
         length.update(draft.tokens.len(), verdict.accepted);
+        length.observe(feed.len(), verify_s, draft.tokens.len(), draft_s);
 
         let row = |i: usize| &rows[i * vocab..(i + 1) * vocab];
         let before = emit.generated();
