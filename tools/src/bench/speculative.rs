@@ -28,7 +28,7 @@ pub const COPY_TASKS: [CopyTask; 2] = [
     },
     CopyTask {
         name: "add-column",
-        message: "Repeat this table, adding a column `in_stock` with the value `yes` on every row.\n\n| id | fruit | colour | price |\n|----|-------|--------|-------|\n| 1 | apple | red | 0.40 |\n| 2 | banana | yellow | 0.25 |\n| 3 | cherry | red | 0.10 |\n| 4 | grape | purple | 0.05 |\n| 5 | lemon | yellow | 0.30 |\n| 6 | lime | green | 0.35 |\n| 7 | mango | orange | 1.20 |\n| 8 | melon | green | 2.50 |\n| 9 | orange | orange | 0.45 |\n| 10 | peach | orange | 0.60 |\n| 11 | pear | green | 0.50 |\n| 12 | plum | purple | 0.30 |",
+        message: "Repeat this table, adding a column `in_stock` with the value `yes` on every row.\n\n| id | fruit | colour | price |\n|----|-------|--------|-------|\n| 1 | apple | red | 0.40 |\n| 2 | banana | yellow | 0.25 |\n| 3 | cherry | red | 0.10 |\n| 4 | grape | purple | 0.05 |\n| 5 | lemon | yellow | 0.30 |\n| 6 | lime | green | 0.35 |",
     },
 ];
 
