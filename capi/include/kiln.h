@@ -70,6 +70,12 @@ typedef struct kiln_session_params {
   bool kv_f16;
   // Backend name ("cpu", "ref", ...), or NULL for the best one in this build.
   const char *backend;
+  // Speculative decoding with a draft model: a model with the same vocabulary (the
+  // session keeps it alive), run on the session's backend; NULL for none.
+  const struct kiln_model *draft;
+  // Guesses verified per decoding step at most, of the draft model or of prompt
+  // lookup (fewer while they keep failing); 0 takes 4 with a draft model, else 8.
+  uint32_t draft_n;
 } kiln_session_params;
 
 // How to sample. Get the defaults from `kiln_generate_default_params()`.
@@ -85,6 +91,11 @@ typedef struct kiln_generate_params {
   uint64_t seed;
   // Keep going through end-of-generation tokens.
   bool ignore_eos;
+  // Speculative decoding by prompt lookup: guess the tokens that followed the last
+  // `lookup` tokens (1 to 16) where they occur earlier in the text. 0: the session's
+  // draft model if it has one, else no speculation. Greedy output is the same either
+  // way; sampled output has the same distribution.
+  uint32_t lookup;
 } kiln_generate_params;
 
 // Called for every generated token with its text (`len` bytes of UTF-8, NUL-terminated;
@@ -102,6 +113,11 @@ typedef struct kiln_generation {
   double ttft_ms;
   double prefill_tok_s;
   double decode_tok_s;
+  // Speculative decoding: decoding steps after the first token, guesses verified in
+  // them and guesses kept (0 without speculation).
+  uint32_t n_steps;
+  uint32_t n_drafted;
+  uint32_t n_accepted;
 } kiln_generation;
 
 #ifdef __cplusplus
@@ -153,11 +169,12 @@ int kiln_tokenize(const struct kiln_model *model,
                   size_t capacity,
                   size_t *n_tokens);
 
-// Defaults: the model's context, no memory budget, FP8 KV cache, the best backend.
+// Defaults: the model's context, no memory budget, FP8 KV cache, the best backend, no
+// draft model.
 struct kiln_session_params kiln_session_default_params(void);
 
 // Defaults of `kiln run`: 128 tokens, temperature 0.8, top-k 40, top-p 0.95, min-p 0.05,
-// seed 0.
+// seed 0, no prompt lookup.
 struct kiln_generate_params kiln_generate_default_params(void);
 
 // Create a session on `model` (`params` NULL for the defaults): compiles the model for
@@ -200,7 +217,7 @@ int kiln_generate(const struct kiln_session *session,
                   struct kiln_generation *out);
 
 // Bytes the session's engine allocated (arena, KV pages, buffers; mapped weights not
-// counted), or 0 for a runner that does not report it.
+// counted; a draft model's included), or 0 for a runner that does not report it.
 //
 // # Safety
 // `session` must be NULL or a live session not generating on another thread.

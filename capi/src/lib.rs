@@ -25,17 +25,14 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, TryLockError};
 
-use kiln_engine::compiled::{CompileOptions, Compiled};
-use kiln_engine::driver::{GenerateRequest, StopReason, generate};
-use kiln_engine::kv::KvDtype;
-use kiln_engine::memory;
+use kiln_engine::driver::{GenerateRequest, StopReason};
 use kiln_engine::model::Model;
-use kiln_engine::reference::Reference;
-use kiln_engine::runner::Runner;
 use kiln_engine::sampler::SamplerConfig;
 
 mod boundary;
+mod session;
 use boundary::{ApiError, LAST_ERROR, arg_mut, arg_ref, arg_str, guard, null_arg};
+use session::SessionState;
 
 /// Status codes returned by every call that can fail (0 is success).
 #[repr(C)]
@@ -102,12 +99,6 @@ impl std::fmt::Debug for kiln_session {
     }
 }
 
-struct SessionState {
-    // Drop order is declaration order: the runner, which borrows the model, goes first.
-    runner: Box<dyn Runner + 'static>,
-    model: Arc<Model>,
-}
-
 /// How a session is built. Get the defaults from `kiln_session_default_params()`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -121,6 +112,12 @@ pub struct kiln_session_params {
     pub kv_f16: bool,
     /// Backend name ("cpu", "ref", ...), or NULL for the best one in this build.
     pub backend: *const c_char,
+    /// Speculative decoding with a draft model: a model with the same vocabulary (the
+    /// session keeps it alive), run on the session's backend; NULL for none.
+    pub draft: *const kiln_model,
+    /// Guesses verified per decoding step at most, of the draft model or of prompt
+    /// lookup (fewer while they keep failing); 0 takes 4 with a draft model, else 8.
+    pub draft_n: u32,
 }
 
 /// How to sample. Get the defaults from `kiln_generate_default_params()`.
@@ -138,6 +135,11 @@ pub struct kiln_generate_params {
     pub seed: u64,
     /// Keep going through end-of-generation tokens.
     pub ignore_eos: bool,
+    /// Speculative decoding by prompt lookup: guess the tokens that followed the last
+    /// `lookup` tokens (1 to 16) where they occur earlier in the text. 0: the session's
+    /// draft model if it has one, else no speculation. Greedy output is the same either
+    /// way; sampled output has the same distribution.
+    pub lookup: u32,
 }
 
 /// What a generation did.
@@ -152,6 +154,11 @@ pub struct kiln_generation {
     pub ttft_ms: f64,
     pub prefill_tok_s: f64,
     pub decode_tok_s: f64,
+    /// Speculative decoding: decoding steps after the first token, guesses verified in
+    /// them and guesses kept (0 without speculation).
+    pub n_steps: u32,
+    pub n_drafted: u32,
+    pub n_accepted: u32,
 }
 
 /// Called for every generated token with its text (`len` bytes of UTF-8, NUL-terminated;
@@ -304,7 +311,8 @@ pub unsafe extern "C" fn kiln_tokenize(
 // ---------------------------------------------------------------------------------------
 // Sessions.
 
-/// Defaults: the model's context, no memory budget, FP8 KV cache, the best backend.
+/// Defaults: the model's context, no memory budget, FP8 KV cache, the best backend, no
+/// draft model.
 #[unsafe(no_mangle)]
 pub extern "C" fn kiln_session_default_params() -> kiln_session_params {
     kiln_session_params {
@@ -312,11 +320,13 @@ pub extern "C" fn kiln_session_default_params() -> kiln_session_params {
         mem_budget: 0,
         kv_f16: false,
         backend: std::ptr::null(),
+        draft: std::ptr::null(),
+        draft_n: 0,
     }
 }
 
 /// Defaults of `kiln run`: 128 tokens, temperature 0.8, top-k 40, top-p 0.95, min-p 0.05,
-/// seed 0.
+/// seed 0, no prompt lookup.
 #[unsafe(no_mangle)]
 pub extern "C" fn kiln_generate_default_params() -> kiln_generate_params {
     kiln_generate_params {
@@ -327,6 +337,7 @@ pub extern "C" fn kiln_generate_default_params() -> kiln_generate_params {
         min_p: 0.05,
         seed: 0,
         ignore_eos: false,
+        lookup: 0,
     }
 }
 
@@ -360,58 +371,21 @@ pub unsafe extern "C" fn kiln_session_create(
             // SAFETY: non-null; the caller promises a NUL-terminated string.
             Some(unsafe { arg_str(params.backend, "params.backend") }?)
         };
-        let model = Arc::clone(&model.model);
-        let runner = make_runner(&model, &params, backend)?;
+        let draft = if params.draft.is_null() {
+            None
+        } else {
+            // SAFETY: non-null; the caller promises a live model.
+            Some(Arc::clone(
+                &unsafe { arg_ref(params.draft, "params.draft") }?.model,
+            ))
+        };
+        let state = SessionState::new(Arc::clone(&model.model), draft, &params, backend)?;
         *out = Box::into_raw(Box::new(kiln_session {
             cancel: AtomicBool::new(false),
-            state: Mutex::new(SessionState { runner, model }),
+            state: Mutex::new(state),
         }));
         Ok(())
     })
-}
-
-/// The runner of a session, borrowing the model behind `model`'s Arc for 'static.
-fn make_runner(
-    model: &Arc<Model>,
-    params: &kiln_session_params,
-    backend: Option<&str>,
-) -> Result<Box<dyn Runner + 'static>, ApiError> {
-    // SAFETY: the Model lives on the heap inside the Arc and never moves; the session
-    // keeps a clone of the Arc in `SessionState::model`, declared after the runner, so
-    // the model outlives every use of this reference. The reference never leaves the
-    // session.
-    let model: &'static Model = unsafe { &*Arc::as_ptr(model) };
-    let n_ctx = match params.n_ctx {
-        0 => model.config.context_length,
-        n => n as usize,
-    };
-    if n_ctx == 0 {
-        return Err(ApiError::new(
-            kiln_status::KILN_ERR_INVALID_ARGUMENT,
-            "the context size must be at least 1",
-        ));
-    }
-    let device = match backend {
-        Some("ref") => return Ok(Box::new(Reference::new(model, n_ctx))),
-        None if !kiln_backends::any_compiled() => {
-            return Ok(Box::new(Reference::new(model, n_ctx)));
-        }
-        None => kiln_backends::open_best()?,
-        Some(name) => kiln_backends::open(name)?,
-    };
-    let mut options = CompileOptions::new(n_ctx);
-    options.kv_dtype = if params.kv_f16 {
-        KvDtype::F16
-    } else {
-        KvDtype::F8E4M3
-    };
-    options.mem_budget_bytes = match params.mem_budget {
-        0 => None,
-        b => Some(usize::try_from(b).unwrap_or(usize::MAX)),
-    };
-    options.max_step_tokens = n_ctx.min(512);
-    options.max_step_outputs = 1;
-    Ok(Box::new(Compiled::new(model, device, options)?))
 }
 
 /// Release a session (NULL is ignored). Not while a call on it runs on another thread.
@@ -520,9 +494,8 @@ pub unsafe extern "C" fn kiln_generate(
             ignore_eos: params.ignore_eos,
             logprobs: 0,
         };
-        let SessionState { runner, model } = &mut *state;
         let mut piece = Vec::<u8>::new();
-        let result = generate(runner.as_mut(), &model.tokenizer, &request, |event| {
+        let (result, spec) = state.generate(&request, params.lookup, |event| {
             let mut go_on = true;
             if let Some(cb) = callback {
                 piece.clear();
@@ -546,6 +519,9 @@ pub unsafe extern "C" fn kiln_generate(
                     ttft_ms: result.ttft_ms,
                     prefill_tok_s: result.prefill_tok_s,
                     decode_tok_s: result.decode_tok_s,
+                    n_steps: spec.steps as u32,
+                    n_drafted: spec.drafted as u32,
+                    n_accepted: spec.accepted as u32,
                 };
             }
         }
@@ -563,7 +539,7 @@ fn stop_reason(r: StopReason) -> kiln_stop_reason {
 }
 
 /// Bytes the session's engine allocated (arena, KV pages, buffers; mapped weights not
-/// counted), or 0 for a runner that does not report it.
+/// counted; a draft model's included), or 0 for a runner that does not report it.
 ///
 /// # Safety
 /// `session` must be NULL or a live session not generating on another thread.
@@ -581,10 +557,7 @@ pub unsafe extern "C" fn kiln_session_memory(
             .state
             .try_lock()
             .map_err(|_| ApiError::new(kiln_status::KILN_ERR_BUSY, "the session is busy"))?;
-        *bytes = state
-            .runner
-            .memory()
-            .map_or(0, |m| memory::MemoryPlan::total_bytes(m) as u64);
+        *bytes = state.memory_bytes();
         Ok(())
     })
 }

@@ -339,3 +339,73 @@ fn bad_arguments_are_error_codes_with_messages() {
     assert_eq!(status, kiln_status::KILN_ERR_INVALID_ARGUMENT as c_int);
     assert!(last_error().contains("negative"), "{}", last_error());
 }
+
+/// Greedy tokens of `session` for the loaded prompt, with `lookup`; the counts too.
+fn greedy_tokens(
+    session: *mut kiln_session,
+    prompt: &[i32],
+    lookup: u32,
+) -> (Vec<i32>, kiln_generation) {
+    let mut seen = Seen {
+        tokens: Vec::new(),
+        text: Vec::new(),
+        stop_after: usize::MAX,
+        first_token: None,
+    };
+    let params = kiln_generate_params {
+        ignore_eos: true,
+        lookup,
+        ..greedy(40)
+    };
+    let mut result = kiln_generation::default();
+    // SAFETY: live session, prompt slice, valid params, callback with its user data.
+    let status = unsafe {
+        kiln_generate(
+            session,
+            prompt.as_ptr(),
+            prompt.len(),
+            &params,
+            Some(collect),
+            (&mut seen as *mut Seen).cast(),
+            &mut result,
+        )
+    };
+    assert_eq!(status, OK, "{}", last_error());
+    (seen.tokens, result)
+}
+
+#[test]
+fn speculative_generation_gives_the_greedy_tokens() {
+    let Some(s) = load(None) else { return };
+    let (plain, r) = greedy_tokens(s.session, &s.prompt, 0);
+    assert_eq!((r.n_drafted, r.n_accepted), (0, 0), "no speculation asked");
+    let (lookup, r) = greedy_tokens(s.session, &s.prompt, 2);
+    assert_eq!(lookup, plain, "prompt lookup");
+    assert!(r.n_steps > 0 && r.n_steps < 40 && r.n_accepted <= r.n_drafted);
+
+    // A session with the model drafting for itself: every guess kept.
+    let params = kiln_session_params {
+        draft: s.model,
+        draft_n: 3,
+        ..kiln_session_default_params()
+    };
+    let mut session = ptr::null_mut();
+    // SAFETY: live model, valid params (their draft is a live model), out pointer.
+    let status = unsafe { kiln_session_create(s.model, &params, &mut session) };
+    assert_eq!(status, OK, "{}", last_error());
+    let (drafted, r) = greedy_tokens(session, &s.prompt, 0);
+    assert_eq!(drafted, plain, "draft model");
+    assert!(r.n_drafted > 0);
+    assert_eq!(r.n_accepted, r.n_drafted);
+    let mut bytes = 0u64;
+    // SAFETY: live session, out pointer.
+    assert_eq!(unsafe { kiln_session_memory(session, &mut bytes) }, OK);
+    assert!(bytes > 0);
+    // SAFETY: from kiln_session_create, freed once.
+    unsafe { kiln_session_free(session) };
+    assert_eq!(
+        greedy_tokens(s.session, &s.prompt, 0).0,
+        plain,
+        "the model outlives the draft session"
+    );
+}

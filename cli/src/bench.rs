@@ -6,11 +6,13 @@ use std::path::PathBuf;
 use kiln_engine::Error;
 use kiln_engine::compiled::{CompileOptions, Compiled};
 
+use kiln_tools::bench::speculative::{COPY_TASKS, SpecResult, compare};
 use kiln_tools::bench::{self, KernelTimes, TestResult};
 use serde_json::json;
 
 use crate::args::DeviceArgs;
 use crate::common::{kv_dtype, load_model, memory_json, open_backend, print_json};
+use crate::speculative::{SpecArgs, stats_json};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -52,6 +54,10 @@ pub struct Args {
     /// Print one JSON object as the last line of stdout
     #[arg(long)]
     json: bool,
+    /// With --lookup or --draft: also generate the built-in copy-heavy tasks greedily,
+    /// plain and speculative side by side (-n tokens each, the first of -n).
+    #[command(flatten)]
+    spec: SpecArgs,
 }
 
 pub fn main(args: Args) -> Result<(), Error> {
@@ -61,12 +67,18 @@ pub fn main(args: Args) -> Result<(), Error> {
     let max_prompt = args.n_prompt.iter().copied().max().unwrap_or(0);
     let max_gen = args.n_gen.iter().copied().max().unwrap_or(0);
     let max_batch = args.batch.iter().copied().max().unwrap_or(1).max(1);
-    let mut options =
-        CompileOptions::new((max_prompt.max(max_gen) + 1).min(model.config.context_length));
+    let spec = args.spec.config()?;
+    let draft_model = args.spec.load_draft(&model)?;
+    // Room for the copy tasks' prompts too.
+    let spec_ctx = if spec.is_some() { 1024 + max_gen } else { 0 };
+    let n_ctx = (max_prompt.max(max_gen).max(spec_ctx) + 1).min(model.config.context_length);
+    let mut options = CompileOptions::new(n_ctx);
     options.kv_dtype = kv;
     options.max_seqs = max_batch;
-    options.max_step_tokens = max_prompt.clamp(max_batch, 512);
-    options.max_step_outputs = max_batch;
+    // The copy tasks' prompts and verification steps want steps of many tokens too.
+    let spec_tokens = if spec.is_some() { 512 } else { 0 };
+    options.max_step_tokens = max_prompt.max(spec_tokens).clamp(max_batch, 512);
+    options.max_step_outputs = max_batch.max(spec.map_or(1, |s| s.step_outputs()));
     options.mem_budget_bytes = args.device.mem_budget;
     options.kv_budget_bytes = args.device.kv_budget;
     let mut compiled = Compiled::new(&model, device, options)?;
@@ -85,6 +97,30 @@ pub fn main(args: Args) -> Result<(), Error> {
                 b.max(1),
                 args.reps,
                 &mut kernels,
+            )?);
+        }
+    }
+    let mut spec_results: Vec<SpecResult> = Vec::new();
+    if let Some(config) = &spec {
+        let mut drafter = args
+            .spec
+            .drafter(draft_model.as_ref(), &args.device, n_ctx)?
+            .ok_or_else(|| Error::Invalid("no drafter".into()))?;
+        let n_gen = args
+            .n_gen
+            .first()
+            .copied()
+            .filter(|&n| n > 0)
+            .unwrap_or(128);
+        for task in &COPY_TASKS {
+            spec_results.push(compare(
+                &mut compiled,
+                &model.tokenizer,
+                drafter.as_mut(),
+                config,
+                task,
+                n_gen,
+                args.reps,
             )?);
         }
     }
@@ -117,6 +153,30 @@ pub fn main(args: Args) -> Result<(), Error> {
             ms(r.itl_p50_ms),
             ms(r.itl_p99_ms)
         );
+    }
+    if !spec_results.is_empty() {
+        println!(
+            "\n| task | method | K max | tokens | plain t/s | speculative t/s | speed-up | kept | tokens/step | t/s without drafting | identical |"
+        );
+        println!("|---|---|---|---|---|---|---|---|---|---|---|");
+        for r in &spec_results {
+            println!(
+                "| {} | {} | {} | {} | {:.2} ± {:.2} | {:.2} ± {:.2} | {:.2}× | {:.1}% | {:.2} | {:.2} | {} |",
+                r.task,
+                r.method,
+                r.k_max,
+                r.tokens,
+                r.plain.mean,
+                r.plain.std,
+                r.speculative.mean,
+                r.speculative.std,
+                r.speedup(),
+                100.0 * r.stats.acceptance_rate(),
+                r.stats.tokens_per_step(),
+                r.verify_tok_s(),
+                r.identical
+            );
+        }
     }
     if let Some(rss) = peak_rss {
         println!(
@@ -171,6 +231,15 @@ pub fn main(args: Args) -> Result<(), Error> {
                 "test": r.test, "batch": r.batch, "tok_s": r.tok_s.mean, "tok_s_std": r.tok_s.std,
                 "ttft_ms": r.ttft_ms, "itl_p50_ms": r.itl_p50_ms, "itl_p99_ms": r.itl_p99_ms,
             })).collect::<Vec<_>>(),
+            "speculative": spec.map(|config| spec_results.iter().map(|r| json!({
+                "task": r.task, "prompt_tokens": r.prompt_tokens, "tokens": r.tokens,
+                "plain_tok_s": r.plain.mean, "plain_tok_s_std": r.plain.std,
+                "speculative_tok_s": r.speculative.mean,
+                "speculative_tok_s_std": r.speculative.std,
+                "speedup": r.speedup(), "identical": r.identical,
+                "verify_only_tok_s": r.verify_tok_s(),
+                "stats": stats_json(&args.spec, &config, &r.stats),
+            })).collect::<Vec<_>>()),
             "peak_rss_bytes": peak_rss,
             "memory": memory_json(Some(compiled.memory())),
             "copy_bandwidth_bytes_s": copy_bw,

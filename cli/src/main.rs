@@ -12,6 +12,7 @@ mod progress;
 mod run;
 #[cfg(feature = "serve")]
 mod serve;
+mod speculative;
 mod synth;
 mod tokenize;
 

@@ -7,12 +7,14 @@ use std::time::Instant;
 use kiln_engine::Error;
 use kiln_engine::driver::{GenerateRequest, generate};
 use kiln_engine::sampler::Sampler;
+use kiln_engine::speculative;
 use kiln_engine::tokenizer::ChatMessage;
 use serde_json::json;
 
 use crate::args::{DeviceArgs, SamplingArgs, text_input};
 use crate::chat::Chat;
 use crate::common::{context_size, load_model, memory_json, ms_since_start, print_json, runner};
+use crate::speculative::{SpecArgs, stats_json, stats_line};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -51,6 +53,8 @@ pub struct Args {
     /// Print one JSON object as the last line of stdout
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    spec: SpecArgs,
 }
 
 pub fn main(args: Args) -> Result<(), Error> {
@@ -88,8 +92,18 @@ pub fn main(args: Args) -> Result<(), Error> {
         ignore_eos: args.ignore_eos,
         logprobs: args.logprobs,
     };
+    let spec = args.spec.config()?;
+    let draft_model = args.spec.load_draft(&model)?;
     let compile_start = Instant::now();
-    let mut runner = runner(&model, &args.device, n_ctx, 1)?;
+    let mut runner = runner(
+        &model,
+        &args.device,
+        n_ctx,
+        spec.map_or(1, |s| s.step_outputs()),
+    )?;
+    let mut drafter = args
+        .spec
+        .drafter(draft_model.as_ref(), &args.device, n_ctx)?;
     let compile_ms = compile_start.elapsed().as_secs_f64() * 1e3;
     let backend = runner.name();
     let mut stdout = std::io::stdout().lock();
@@ -100,12 +114,20 @@ pub fn main(args: Args) -> Result<(), Error> {
         let _ = stdout.flush();
     }
     let mut first_token_at = None;
-    let generation = generate(runner.as_mut(), tok, &request, |event| {
+    let on_token = |event: kiln_engine::driver::TokenEvent<'_>| {
         first_token_at.get_or_insert_with(Instant::now);
         let _ = stdout.write_all(event.text.as_bytes());
         let _ = stdout.flush();
         true
-    })?;
+    };
+    let (generation, spec_stats) = match (spec, drafter.as_deref_mut()) {
+        (Some(config), Some(drafter)) => {
+            let (g, stats) =
+                speculative::generate(runner.as_mut(), drafter, &config, tok, &request, on_token)?;
+            (g, Some((config, stats)))
+        }
+        _ => (generate(runner.as_mut(), tok, &request, on_token)?, None),
+    };
     let _ = writeln!(stdout);
     drop(stdout);
     eprintln!(
@@ -117,6 +139,9 @@ pub fn main(args: Args) -> Result<(), Error> {
         generation.prefill_tok_s,
         generation.decode_tok_s,
     );
+    if let Some((_, stats)) = &spec_stats {
+        eprintln!("{}", stats_line(&args.spec, stats));
+    }
     if args.json {
         let mut obj = json!({
             "prompt_tokens": generation.prompt_tokens,
@@ -136,6 +161,9 @@ pub fn main(args: Args) -> Result<(), Error> {
             "peak_rss_bytes": kiln_engine::memory::resident().map(|r| r.peak_bytes),
             "memory": memory_json(runner.memory()),
         });
+        if let Some((config, stats)) = &spec_stats {
+            obj["speculative"] = stats_json(&args.spec, config, stats);
+        }
         if args.logprobs > 0 {
             obj["logprobs"] = json!(
                 generation

@@ -60,6 +60,14 @@ pub struct Args {
     /// Print one JSON object with the address and limits once listening
     #[arg(long)]
     json: bool,
+    /// Speculative decoding with a draft model (same vocabulary) for every request that
+    /// does not ask for prompt lookup (`"lookup": N`) or none (`"lookup": 0`).
+    #[arg(long, value_name = "MODEL")]
+    draft: Option<PathBuf>,
+    /// Guesses verified per sequence and step at most, draft model and prompt lookup
+    /// (0 turns speculation off; each sequence may take this many more logits rows).
+    #[arg(long, value_name = "K", default_value_t = kiln_serve::DEFAULT_SPEC_K_MAX)]
+    draft_n: usize,
 }
 
 pub fn main(args: Args) -> Result<(), Error> {
@@ -102,6 +110,14 @@ pub fn main(args: Args) -> Result<(), Error> {
             "the ref backend runs one sequence at a time and cannot serve; use a compiled backend (cpu, ...)".into(),
         ));
     }
+    let draft = match &args.draft {
+        Some(path) => {
+            let draft = load_model(path)?;
+            kiln_engine::speculative::check_vocabulary(&model, &draft)?;
+            Some(Arc::new(draft))
+        }
+        None => None,
+    };
     let backend = args.device.backend;
     let open: kiln_serve::OpenBackend = Arc::new(move || open_backend(backend, ""));
     let config = ServeConfig {
@@ -116,6 +132,8 @@ pub fn main(args: Args) -> Result<(), Error> {
         mem_budget_bytes: args.device.mem_budget,
         drain: Duration::from_secs_f64(args.drain_secs),
         http,
+        draft,
+        spec_k_max: args.draft_n,
         ..ServeConfig::new(model_id, open)
     };
     // A descriptor per connection: raise the soft limit before the cap is set under it.
@@ -148,6 +166,8 @@ pub fn main(args: Args) -> Result<(), Error> {
             "header_timeout_s": limits.header_timeout.as_secs_f64(),
             "body_timeout_s": limits.body_timeout.as_secs_f64(),
             "max_body_bytes": limits.max_body_bytes,
+            "draft_model": args.draft.as_ref().map(|p| p.display().to_string()),
+            "spec_k_max": args.draft_n,
         }));
     }
     server

@@ -397,10 +397,12 @@ impl Runner for Compiled<'_> {
     fn truncate(&mut self, len: usize) {
         if let Some(seq) = self.runner_seq
             && len < self.position()
-            && self.kv.truncate(seq, len).is_err()
+            && self.kv.rollback(seq, len).is_err()
         {
-            // The sequence is known and `len` is shorter than it, so the only failure is a
-            // window group's pages for `len` already given back: start over.
+            // Rolled back, not truncated: the tokens cut (a rejected guess, a chat turn
+            // re-rendered otherwise) leave the prefix cache. The sequence is known and `len`
+            // is shorter than it, so the only failure is a window group's pages for `len`
+            // already given back: start over.
             self.reset();
         }
     }

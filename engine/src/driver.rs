@@ -104,19 +104,6 @@ pub fn extend(
     req: &GenerateRequest,
     mut on_token: impl FnMut(TokenEvent<'_>) -> bool,
 ) -> Result<Generation, Error> {
-    if req.prompt_ids.is_empty() {
-        return Err(Error::EmptyPrompt);
-    }
-    let needed = runner.position() + req.prompt_ids.len();
-    if needed > runner.n_ctx() {
-        return Err(Error::ContextFull {
-            needed,
-            n_ctx: runner.n_ctx(),
-        });
-    }
-    let mut sampler = Sampler::new(req.sampler.clone())?;
-    let mut decoder = StreamDecoder::new(tokenizer);
-
     // Greedy without log-probabilities needs only the chosen id: the runner may pick it
     // on the device (Runner::forward_greedy) instead of returning a row of logits.
     let greedy = req.sampler.temperature <= 0.0 && req.logprobs == 0;
@@ -127,34 +114,124 @@ pub fn extend(
             Next::Logits(runner.forward(tokens, LogitsFor::Last)?)
         })
     };
-    let start = Instant::now();
+    let (mut sampler, mut emit) = check(runner, tokenizer, req)?;
     let mut next = forward(runner, &req.prompt_ids)?;
-    let prefill_s = start.elapsed().as_secs_f64();
-    let mut first_token_at = None;
-
-    let mut out = Generation {
-        prompt_tokens: req.prompt_ids.len(),
-        tokens: Vec::new(),
-        text: String::new(),
-        logprobs: Vec::new(),
-        stop_reason: StopReason::Length,
-        ttft_ms: 0.0,
-        prefill_tok_s: req.prompt_ids.len() as f64 / prefill_s.max(1e-9),
-        decode_tok_s: 0.0,
-    };
-    while out.tokens.len() < req.max_tokens {
-        let (id, top) = match &next {
+    emit.prefilled();
+    while emit.wants_more() {
+        let (id, logits) = match &next {
             Next::Token(id) => (*id, None),
-            Next::Logits(logits) => (
-                sampler.sample(logits)?,
-                (req.logprobs > 0).then(|| top_logprobs(logits, req.logprobs)),
-            ),
+            Next::Logits(logits) => (sampler.sample(logits)?, Some(logits.as_slice())),
         };
-        first_token_at.get_or_insert_with(Instant::now);
-        out.tokens.push(id);
-        let eog = tokenizer.is_eog(id) && !req.ignore_eos;
-        let text = if eog { String::new() } else { decoder.push(id) };
-        out.text.push_str(&text);
+        if emit.push(id, logits, &mut on_token) {
+            break;
+        }
+        if runner.position() >= runner.n_ctx() {
+            emit.stop(StopReason::ContextFull);
+            break;
+        }
+        next = forward(runner, &[id])?;
+    }
+    Ok(emit.finish(&mut on_token))
+}
+
+/// Checks the request against what the runner holds and returns the sampler and the
+/// emitter that times and records the tokens; the prompt's prefill is timed from here
+/// to [`Emitter::prefilled`]. Shared with [`crate::speculative::generate`].
+pub(crate) fn check<'t>(
+    runner: &dyn Runner,
+    tokenizer: &'t Tokenizer,
+    req: &GenerateRequest,
+) -> Result<(Sampler, Emitter<'t>), Error> {
+    if req.prompt_ids.is_empty() {
+        return Err(Error::EmptyPrompt);
+    }
+    let needed = runner.position() + req.prompt_ids.len();
+    if needed > runner.n_ctx() {
+        return Err(Error::ContextFull {
+            needed,
+            n_ctx: runner.n_ctx(),
+        });
+    }
+    let sampler = Sampler::new(req.sampler.clone())?;
+    let start = Instant::now();
+    let emit = Emitter {
+        decoder: StreamDecoder::new(tokenizer),
+        tokenizer,
+        max_tokens: req.max_tokens,
+        ignore_eos: req.ignore_eos,
+        logprobs: req.logprobs,
+        start,
+        first_token_at: None,
+        out: Generation {
+            prompt_tokens: req.prompt_ids.len(),
+            tokens: Vec::new(),
+            text: String::new(),
+            logprobs: Vec::new(),
+            stop_reason: StopReason::Length,
+            ttft_ms: 0.0,
+            prefill_tok_s: 0.0,
+            decode_tok_s: 0.0,
+        },
+    };
+    Ok((sampler, emit))
+}
+
+/// Turns sampled ids into text, events and the [`Generation`], and decides when to stop:
+/// the plain loop and speculative decoding share it, so both stop on exactly the same
+/// conditions.
+pub(crate) struct Emitter<'t> {
+    tokenizer: &'t Tokenizer,
+    decoder: StreamDecoder<'t>,
+    max_tokens: usize,
+    ignore_eos: bool,
+    logprobs: usize,
+    start: Instant,
+    first_token_at: Option<Instant>,
+    out: Generation,
+}
+
+impl Emitter<'_> {
+    /// The prompt has run: its prefill rate is known.
+    pub(crate) fn prefilled(&mut self) {
+        let prefill_s = self.start.elapsed().as_secs_f64();
+        self.out.prefill_tok_s = self.out.prompt_tokens as f64 / prefill_s.max(1e-9);
+    }
+
+    /// Whether another token may be generated (`max_tokens` not reached).
+    pub(crate) fn wants_more(&self) -> bool {
+        self.out.tokens.len() < self.max_tokens
+    }
+
+    /// Tokens generated so far.
+    pub(crate) fn generated(&self) -> usize {
+        self.out.tokens.len()
+    }
+
+    pub(crate) fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+
+    /// Records `id`, drawn from the distribution of `logits` (None: the runner chose it
+    /// greedily and no log-probabilities were asked for), and reports it. True when the
+    /// generation ends with it (end of generation, the callback, `max_tokens`).
+    pub(crate) fn push(
+        &mut self,
+        id: u32,
+        logits: Option<&[f32]>,
+        on_token: &mut impl FnMut(TokenEvent<'_>) -> bool,
+    ) -> bool {
+        let top = logits
+            .filter(|_| self.logprobs > 0)
+            .map(|logits| top_logprobs(logits, self.logprobs));
+        self.first_token_at.get_or_insert_with(Instant::now);
+        self.out.tokens.push(id);
+        let eog = self.tokenizer.is_eog(id) && !self.ignore_eos;
+        let text = if eog {
+            String::new()
+        } else {
+            self.decoder.push(id)
+        };
+        self.out.text.push_str(&text);
         let keep_going = on_token(TokenEvent {
             id,
             text: &text,
@@ -162,41 +239,45 @@ pub fn extend(
             tail: false,
         });
         if let Some(top) = top {
-            out.logprobs.push(top);
+            self.out.logprobs.push(top);
         }
         if eog {
-            out.stop_reason = StopReason::EndOfGeneration;
-            break;
+            self.out.stop_reason = StopReason::EndOfGeneration;
+            return true;
         }
         if !keep_going {
-            out.stop_reason = StopReason::Cancelled;
-            break;
+            self.out.stop_reason = StopReason::Cancelled;
+            return true;
         }
-        if out.tokens.len() == req.max_tokens {
-            break;
-        }
-        if runner.position() >= runner.n_ctx() {
-            out.stop_reason = StopReason::ContextFull;
-            break;
-        }
-        next = forward(runner, &[id])?;
+        self.out.tokens.len() == self.max_tokens
     }
-    let tail = decoder.finish();
-    if !tail.is_empty() {
-        out.text.push_str(&tail);
-        on_token(TokenEvent {
-            id: *out.tokens.last().unwrap_or(&0),
-            text: &tail,
-            logprobs: None,
-            tail: true,
-        });
+
+    pub(crate) fn stop(&mut self, reason: StopReason) {
+        self.out.stop_reason = reason;
     }
-    if let Some(first) = first_token_at {
-        out.ttft_ms = first.duration_since(start).as_secs_f64() * 1e3;
-        let decode_s = first.elapsed().as_secs_f64();
-        if out.tokens.len() > 1 {
-            out.decode_tok_s = (out.tokens.len() - 1) as f64 / decode_s.max(1e-9);
+
+    /// Flushes the text the decoder still holds and computes the timings.
+    pub(crate) fn finish(
+        mut self,
+        on_token: &mut impl FnMut(TokenEvent<'_>) -> bool,
+    ) -> Generation {
+        let tail = self.decoder.finish();
+        if !tail.is_empty() {
+            self.out.text.push_str(&tail);
+            on_token(TokenEvent {
+                id: *self.out.tokens.last().unwrap_or(&0),
+                text: &tail,
+                logprobs: None,
+                tail: true,
+            });
         }
+        if let Some(first) = self.first_token_at {
+            self.out.ttft_ms = first.duration_since(self.start).as_secs_f64() * 1e3;
+            let decode_s = first.elapsed().as_secs_f64();
+            if self.out.tokens.len() > 1 {
+                self.out.decode_tok_s = (self.out.tokens.len() - 1) as f64 / decode_s.max(1e-9);
+            }
+        }
+        self.out
     }
-    Ok(out)
 }

@@ -17,6 +17,7 @@ pub mod perplexity;
 pub mod reference;
 pub mod runner;
 pub mod sampler;
+pub mod speculative;
 
 pub use error::Error;
 pub use kiln_gguf as gguf;

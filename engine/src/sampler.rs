@@ -65,6 +65,10 @@ impl Sampler {
         Ok(Sampler { config, rng })
     }
 
+    pub fn config(&self) -> &SamplerConfig {
+        &self.config
+    }
+
     /// Pick the next token from one row of logits. A NaN or +∞ among them is an error:
     /// no token can be chosen from a broken distribution (argmax would pick the same one
     /// forever). −∞ is a token that cannot be drawn.
@@ -78,12 +82,20 @@ impl Sampler {
                 value: logits[index],
             });
         }
-        Ok(self.draw(logits))
+        if self.config.temperature <= 0.0 {
+            return Ok(argmax(logits));
+        }
+        let dist = self.distribution(logits);
+        Ok(self.draw(&dist))
     }
 
-    fn draw(&mut self, logits: &[f32]) -> u32 {
+    /// The distribution [`Self::sample`] draws from: the tokens the filters keep with their
+    /// probabilities, most likely first. Greedy sampling is one token with probability 1.
+    pub fn distribution(&self, logits: &[f32]) -> Distribution {
         if self.config.temperature <= 0.0 {
-            return argmax(logits);
+            return Distribution {
+                tokens: vec![(argmax(logits), 1.0)],
+            };
         }
         // Candidates sorted by logit, most likely first.
         let mut cand: Vec<(u32, f32)> = logits
@@ -119,15 +131,49 @@ impl Sampler {
         cand.truncate(keep);
 
         let probs = softmax_of(&cand, self.config.temperature);
+        Distribution {
+            tokens: cand.iter().map(|c| c.0).zip(probs).collect(),
+        }
+    }
+
+    /// Draw one token of `dist` with this sampler's generator.
+    pub fn draw(&mut self, dist: &Distribution) -> u32 {
         let r = self.rng.next_f32();
         let mut acc = 0.0f32;
-        for (&(id, _), p) in cand.iter().zip(&probs) {
+        for &(id, p) in &dist.tokens {
             acc += p;
             if r < acc {
                 return id;
             }
         }
-        cand.last().map_or(0, |c| c.0)
+        dist.tokens.last().map_or(0, |c| c.0)
+    }
+
+    /// A uniform number in [0, 1) from this sampler's generator (speculative decoding's
+    /// acceptance test draws from the same stream as the tokens).
+    pub fn uniform(&mut self) -> f32 {
+        self.rng.next_f32()
+    }
+}
+
+/// A distribution over token ids: the tokens with non-zero probability, each once.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Distribution {
+    /// (id, probability); the probabilities sum to 1 (to f32 rounding).
+    pub tokens: Vec<(u32, f32)>,
+}
+
+impl Distribution {
+    /// All the mass on one token.
+    pub fn one_hot(id: u32) -> Distribution {
+        Distribution {
+            tokens: vec![(id, 1.0)],
+        }
+    }
+
+    /// The probability of `id` (0 for a token the distribution does not hold).
+    pub fn p(&self, id: u32) -> f32 {
+        self.tokens.iter().find(|t| t.0 == id).map_or(0.0, |t| t.1)
     }
 }
 

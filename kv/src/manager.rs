@@ -10,16 +10,16 @@ use super::{
 };
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-struct Sequence {
+pub(crate) struct Sequence {
     /// Every token of the sequence, position 0 first: what names its full pages.
-    tokens: Vec<u32>,
+    pub(crate) tokens: Vec<u32>,
     /// Per KV group: page `i` holds positions `i * kv_page_size ..`; `ceil(len /
     /// kv_page_size)` entries. None for a window group's pages below its kept range.
-    tables: Vec<Vec<Option<PageId>>>,
+    pub(crate) tables: Vec<Vec<Option<PageId>>>,
     /// Chain hash of each full page (the same for every group; a group's pages are named
     /// by [`group_page_hash`] of it), registered in the prefix cache or not:
     /// `len / kv_page_size` entries.
-    page_hashes: Vec<u64>,
+    pub(crate) page_hashes: Vec<u64>,
     /// The position the last append started at (the next append's position for a
     /// sequence made from a cached prefix): a window group keeps the pages from the one
     /// holding the first position a query there attends to.
@@ -372,12 +372,32 @@ impl KvManager {
         self.sequences.keys().copied()
     }
 
-    /// Keeps the first `n` tokens (rejected draft tokens, preemption, a failed step) and
-    /// releases the pages past them. The kept partial page is written again only after a
-    /// copy if it is shared, as in `append`. A window group must still hold the pages the
-    /// next token's window reaches: back to the start of the last append always works,
-    /// further only while those pages were never released ([`KvError::WindowReleased`]).
+    /// Keeps the first `n` tokens (preemption, a prompt cut short, a failed step) and
+    /// releases the pages past them; registered ones stay in the prefix cache. The kept
+    /// partial page is written again only after a copy if it is shared, as in `append`. A
+    /// window group must still hold the pages the next token's window reaches: back to
+    /// the start of the last append always works, further only while those pages were
+    /// never released ([`KvError::WindowReleased`]).
     pub fn truncate(&mut self, seq: SeqId, n: usize) -> Result<(), KvError> {
+        self.cut(seq, n, false)
+    }
+
+    /// Keeps the first `n` tokens and forgets the rest as if they had never been appended:
+    /// speculative decoding's rejected guesses. Unlike [`Self::truncate`], the pages given
+    /// back and the kept partial page leave the prefix cache when this sequence alone
+    /// holds them, so rejected guesses never reach the LRU list (where they would push
+    /// real prefixes out) and a dropped page goes straight back to the free list. Pages
+    /// someone else holds too are released as `truncate` releases them.
+    ///
+    /// After `append(seq, guesses)` then `rollback(seq, len + accepted)` with at least one
+    /// token accepted, the cache is as if only the accepted tokens had been appended (the
+    /// property tests check it): same tokens, page hashes, registered pages and counts.
+    pub fn rollback(&mut self, seq: SeqId, n: usize) -> Result<(), KvError> {
+        self.cut(seq, n, true)
+    }
+
+    /// `truncate`, or with `forget` `rollback`.
+    fn cut(&mut self, seq: SeqId, n: usize, forget: bool) -> Result<(), KvError> {
         let page_size = self.kv_page_size();
         let s = self
             .sequences
@@ -401,7 +421,19 @@ impl KvManager {
         for table in &mut s.tables {
             // Last page first, so that a prefix's head outlives its tail in the LRU list.
             for page in table.drain(n_pages..).rev().flatten() {
+                if forget && self.pool.refcount(page) == 1 {
+                    self.pool.unregister_held(page);
+                }
                 self.pool.release(page)?; // held by this sequence, so this cannot fail
+            }
+            // A kept partial page was full only with the dropped tokens: it names them no
+            // more.
+            if forget
+                && !n.is_multiple_of(page_size)
+                && let Some(&Some(last)) = table.last()
+                && self.pool.refcount(last) == 1
+            {
+                self.pool.unregister_held(last);
             }
         }
         s.tokens.truncate(n);
@@ -494,7 +526,7 @@ impl KvManager {
         self.pool.check(&holders)
     }
 
-    fn sequence(&self, seq: SeqId) -> Result<&Sequence, KvError> {
+    pub(crate) fn sequence(&self, seq: SeqId) -> Result<&Sequence, KvError> {
         self.sequences
             .get(&seq)
             .ok_or(KvError::UnknownSequence(seq))

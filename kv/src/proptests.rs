@@ -23,6 +23,9 @@ enum Op {
     Append(usize, Vec<u32>),
     /// Keep `keep % (len + 2)` tokens: `len + 1` asks for too many.
     Truncate(usize, usize),
+    /// Speculative decoding: append `guesses`, then roll back to the first `1 + accepted`
+    /// of them (the verified token is always kept).
+    Speculate(usize, Vec<u32>, usize),
     Free(usize),
     UseFreed(usize),
 }
@@ -47,6 +50,8 @@ fn op() -> impl Strategy<Value = Op> {
         2 => any::<usize>().prop_map(Op::Fork),
         5 => (any::<usize>(), tokens(12)).prop_map(|(i, t)| Op::Append(i, t)),
         2 => (any::<usize>(), any::<usize>()).prop_map(|(i, keep)| Op::Truncate(i, keep)),
+        3 => (any::<usize>(), tokens(10), any::<usize>())
+            .prop_map(|(i, guesses, accepted)| Op::Speculate(i, guesses, accepted)),
         2 => any::<usize>().prop_map(Op::Free),
         1 => any::<usize>().prop_map(Op::UseFreed),
     ]
@@ -227,6 +232,16 @@ impl Harness {
                     live.frontier = frontier;
                 }
             }
+            Op::Speculate(i, guesses, accepted) if n_live > 0 && !guesses.is_empty() => {
+                let i = i % n_live;
+                if self.append(i, &guesses)? {
+                    // Back into the append just made: its frontier stays.
+                    let live = &mut self.live[i];
+                    let keep = live.tokens.len() - guesses.len() + 1 + accepted % guesses.len();
+                    self.kv.rollback(live.seq, keep).unwrap();
+                    live.tokens.truncate(keep);
+                }
+            }
             Op::Free(i) if n_live > 0 => {
                 let Live { seq, .. } = self.live.swap_remove(i % n_live);
                 self.kv.free(seq).unwrap();
@@ -239,7 +254,8 @@ impl Harness {
                 prop_assert_eq!(self.kv.append(seq, &[1]), Err(unknown.clone()));
                 prop_assert_eq!(self.kv.fork(seq), Err(unknown.clone()));
                 prop_assert_eq!(self.kv.free(seq), Err(unknown.clone()));
-                prop_assert_eq!(self.kv.truncate(seq, 0), Err(unknown));
+                prop_assert_eq!(self.kv.truncate(seq, 0), Err(unknown.clone()));
+                prop_assert_eq!(self.kv.rollback(seq, 0), Err(unknown));
                 prop_assert!(self.kv == before);
             }
             _ => {} // an operation on a sequence when there is none
@@ -309,8 +325,78 @@ impl Harness {
     }
 }
 
+/// A sequence after `rollback` compared with one that only ever saw the accepted tokens:
+/// everything the cache says about it must agree (page ids may differ).
+fn same_as_shadow(
+    kv: &KvManager,
+    seq: SeqId,
+    shadow: &KvManager,
+    shadow_seq: SeqId,
+) -> Result<(), TestCaseError> {
+    prop_assert_eq!(kv.tokens(seq).unwrap(), shadow.tokens(shadow_seq).unwrap());
+    let (s, t) = (
+        kv.sequence(seq).unwrap(),
+        shadow.sequence(shadow_seq).unwrap(),
+    );
+    prop_assert_eq!(&s.page_hashes, &t.page_hashes);
+    let registered = |kv: &KvManager, tables: &[Vec<Option<PageId>>]| -> Vec<Option<(bool, usize)>> {
+        tables
+            .iter()
+            .flatten()
+            .map(|p| p.map(|p| (kv.pool().is_registered(p), kv.pool().refcount(p))))
+            .collect()
+    };
+    prop_assert_eq!(
+        registered(kv, &s.tables),
+        registered(shadow, &t.tables)
+    );
+    let (a, b) = (kv.stats(), shadow.stats());
+    prop_assert_eq!(
+        (a.pages_in_use, a.pages_cached, a.pages_free),
+        (b.pages_in_use, b.pages_cached, b.pages_free)
+    );
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// Speculative rounds (guesses appended, most of them rejected) on sequences that share
+    /// a prompt through the prefix cache and a fork, against shadows that only ever saw
+    /// what was accepted: no page leaked or left cached with rejected tokens, the same
+    /// refcounts and prefix hashes, and copy-on-write of the shared pages still right
+    /// (the backend model reads every accepted token back).
+    #[test]
+    fn rollback_is_as_if_only_the_accepted_tokens_were_appended(
+        page_size in 1usize..=5,
+        prompt in tokens(12),
+        rounds in prop::collection::vec((0usize..2, tokens(9), any::<usize>()), 1..24),
+    ) {
+        // Room for everything: no eviction, so the shadow's counts must match exactly.
+        let mut h = Harness::new(page_size, 1024, vec![None]);
+        let mut shadow = Harness::new(page_size, 1024, vec![None]);
+        for harness in [&mut h, &mut shadow] {
+            harness.apply(Op::CreateWithPrefix { system: 2, cut: 12, tail: prompt.clone() })?;
+            harness.apply(Op::Free(0))?;
+            harness.apply(Op::CreateWithPrefix { system: 2, cut: 12, tail: prompt.clone() })?;
+            harness.apply(Op::Fork(0))?;
+        }
+        for (i, guesses, accepted) in rounds {
+            if guesses.is_empty() {
+                continue;
+            }
+            let keep = 1 + accepted % guesses.len();
+            h.apply(Op::Speculate(i, guesses.clone(), accepted))?;
+            shadow.apply(Op::Append(i, guesses[..keep].to_vec()))?;
+            for j in 0..2 {
+                same_as_shadow(&h.kv, h.live[j].seq, &shadow.kv, shadow.live[j].seq)?;
+            }
+        }
+        h.free_everything()?;
+        shadow.free_everything()?;
+        let (a, b) = (h.kv.stats(), shadow.kv.stats());
+        prop_assert_eq!((a.pages_cached, a.pages_free), (b.pages_cached, b.pages_free));
+    }
 
     #[test]
     fn random_operations_keep_every_invariant(

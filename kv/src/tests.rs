@@ -425,6 +425,81 @@ fn a_truncated_shared_page_is_copied_before_it_is_written() {
     assert!(kv.pool().is_registered(PageId(1)));
 }
 
+/// Speculative decoding: guesses fill pages (which `append` registers), most are
+/// rejected, and the rollback must leave neither a cached page of rejected tokens nor a
+/// registration on the kept partial page.
+#[test]
+fn rollback_forgets_rejected_guesses_entirely() {
+    let mut kv = manager(4, 8);
+    let s = kv.create_sequence();
+    let _ = append(&mut kv, s, &[1, 2, 3]);
+    // One accepted token (4), then six rejected guesses filling pages 0 and 1.
+    let _ = append(&mut kv, s, &[4, 50, 51, 52, 53, 54, 55]);
+    assert!(kv.pool().is_registered(PageId(0)) && kv.pool().is_registered(PageId(1)));
+    kv.rollback(s, 5).unwrap();
+    kv.check_invariants().unwrap();
+    assert_eq!(kv.tokens(s).unwrap(), [1, 2, 3, 4, 50]);
+    assert!(kv.pool().is_registered(PageId(0)), "1 2 3 4 were accepted");
+    assert!(
+        !kv.pool().is_registered(PageId(1)),
+        "the kept partial page named rejected tokens"
+    );
+    let stats = kv.stats();
+    assert_eq!(
+        (stats.pages_in_use, stats.pages_cached, stats.pages_free),
+        (2, 0, 6)
+    );
+    // A whole page of guesses goes back to the free list, not to the prefix cache.
+    let _ = append(&mut kv, s, &[60, 61, 62, 63, 64, 65]);
+    kv.rollback(s, 6).unwrap();
+    kv.check_invariants().unwrap();
+    assert_eq!(kv.stats().pages_cached, 0);
+    assert_eq!(kv.stats().pages_free, 6);
+    // Rolling back into nothing, and past the end.
+    assert_eq!(
+        kv.rollback(s, 7),
+        Err(KvError::TruncatePastEnd {
+            seq: s,
+            len: 6,
+            n: 7
+        })
+    );
+    kv.rollback(s, 0).unwrap();
+    assert_eq!(kv.stats().pages_free, 8);
+    // truncate, by contrast, keeps what it drops cached (preemption wants it back).
+    let _ = append(&mut kv, s, &[1, 2, 3, 4, 5]);
+    kv.truncate(s, 0).unwrap();
+    assert_eq!(kv.stats().pages_cached, 1);
+}
+
+#[test]
+fn rollback_of_a_shared_page_only_releases_it() {
+    let mut kv = manager(4, 8);
+    let a = kv.create_sequence();
+    let _ = append(&mut kv, a, &[1, 2, 3, 4, 5, 6, 7, 8]);
+    let b = kv.fork(a).unwrap();
+    kv.rollback(b, 2).unwrap();
+    kv.check_invariants().unwrap();
+    assert!(
+        kv.pool().is_registered(PageId(0)) && kv.pool().is_registered(PageId(1)),
+        "a still holds both pages: they stay named"
+    );
+    assert_eq!(table(&kv, b), pages(&[0]));
+    let appended = append(&mut kv, b, &[9]);
+    assert_eq!(appended.copies.len(), 1, "the shared page is copied first");
+    assert_eq!(kv.tokens(a).unwrap(), [1, 2, 3, 4, 5, 6, 7, 8]);
+    assert_eq!(
+        kv.rollback(b, 9),
+        Err(KvError::TruncatePastEnd {
+            seq: b,
+            len: 3,
+            n: 9
+        })
+    );
+    kv.free(b).unwrap();
+    assert_eq!(kv.rollback(b, 0), Err(KvError::UnknownSequence(b)));
+}
+
 #[test]
 fn unknown_sequences_are_errors() {
     let mut kv = manager(4, 4);

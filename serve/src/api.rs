@@ -13,6 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use kiln_engine::sampler::SamplerConfig;
+use kiln_engine::speculative::lookup::MAX_LOOKUP_NGRAM;
 use kiln_tokenizer::{ChatMessage, Tokenizer};
 
 /// Completions return this many tokens when `max_tokens` is absent (OpenAI's default).
@@ -174,6 +175,8 @@ struct Common {
     logit_bias: Option<Value>,
     /// kiln's extension: keep generating through end-of-generation tokens.
     ignore_eos: Option<bool>,
+    /// kiln's extension: speculative decoding by prompt lookup of n-grams (0: none).
+    lookup: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -222,6 +225,9 @@ pub struct GenParams {
     pub stop: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
+    /// Speculative decoding asked for: None (the server's default), 0 (none) or the
+    /// n-gram of prompt lookup.
+    pub lookup: Option<usize>,
 }
 
 /// `POST /v1/completions`.
@@ -525,6 +531,16 @@ fn finish(
         Some(n) => usize::try_from(n).unwrap_or(usize::MAX),
     };
     let stop = stop_sequences(c.stop)?;
+    let lookup = match c.lookup {
+        None => None,
+        Some(n) if (0..=MAX_LOOKUP_NGRAM as i64).contains(&n) => Some(n as usize),
+        Some(n) => {
+            return bad(
+                "lookup",
+                format!("lookup {n}: an n-gram of 1 to {MAX_LOOKUP_NGRAM} tokens, or 0 for none"),
+            );
+        }
+    };
 
     if prompt_ids.is_empty() {
         return Err(ApiError::invalid(
@@ -570,6 +586,7 @@ fn finish(
             .stream_options
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
+        lookup,
     })
 }
 

@@ -49,8 +49,9 @@ pub struct Engine {
 }
 
 /// The compile options a scheduler of `config` needs: steps of `step_tokens` tokens (at
-/// least one per sequence) and one logits row per sequence. Without a KV budget the pool
-/// holds `n_ctx` × `max_seqs` positions, at most [`DEFAULT_KV_BUDGET_BYTES`].
+/// least one per sequence) and one logits row per sequence, plus `spec_k_max` for the
+/// guesses of each (within the step's tokens). Without a KV budget the pool holds `n_ctx`
+/// × `max_seqs` positions, at most [`DEFAULT_KV_BUDGET_BYTES`].
 pub fn compile_options(config: &ServeConfig, model: &Model) -> CompileOptions {
     let c = &model.config;
     let n_ctx = config.n_ctx.unwrap_or(c.context_length).max(1);
@@ -64,15 +65,24 @@ pub fn compile_options(config: &ServeConfig, model: &Model) -> CompileOptions {
             * max_seqs;
         Some((pages * layout.page_bytes()).min(DEFAULT_KV_BUDGET_BYTES))
     });
+    let max_step_tokens = config.step_tokens.max(max_seqs);
     CompileOptions {
         kv_dtype: config.kv_dtype,
         max_seqs,
-        max_step_tokens: config.step_tokens.max(max_seqs),
-        max_step_outputs: max_seqs,
+        max_step_tokens,
+        max_step_outputs: (max_seqs * (1 + config.spec_k_max)).min(max_step_tokens),
         kv_budget_bytes,
         mem_budget_bytes: config.mem_budget_bytes,
         ..CompileOptions::new(n_ctx)
     }
+}
+
+/// The draft model's options: the target's steps, one logits row per sequence (a guess
+/// round asks one of each), its own KV pool.
+fn draft_options(config: &ServeConfig, draft: &Model) -> CompileOptions {
+    let mut options = compile_options(config, draft);
+    options.max_step_outputs = options.max_seqs;
+    options
 }
 
 impl Engine {
@@ -90,7 +100,12 @@ impl Engine {
         let sched_config = SchedulerConfig {
             max_seqs: options.max_seqs,
             step_tokens: options.max_step_tokens,
+            spec_k_max: config.spec_k_max,
         };
+        let draft = config
+            .draft
+            .as_ref()
+            .map(|d| (Arc::clone(d), draft_options(config, d)));
         let metrics = Arc::new(Metrics::default());
         let (commands, rx) = mpsc::channel();
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -104,7 +119,14 @@ impl Engine {
                 let model = thread_model;
                 let started = open_backend()
                     .and_then(|backend| Compiled::new(&model, backend, options))
-                    .and_then(|compiled| Scheduler::new(compiled, sched_config, thread_metrics));
+                    .and_then(|compiled| Scheduler::new(compiled, sched_config, thread_metrics))
+                    .and_then(|sched| match &draft {
+                        None => Ok(sched),
+                        Some((draft, options)) => {
+                            let backend = open_backend()?;
+                            Ok(sched.with_draft(Compiled::new(draft, backend, *options)?))
+                        }
+                    });
                 let mut sched = match started {
                     Ok(s) => s,
                     Err(e) => {

@@ -51,6 +51,9 @@ use kiln_kv::KvDtype;
 /// `Send`, so the thread opens its own). The CLI builds it from the backend registry.
 pub type OpenBackend = Arc<dyn Fn() -> Result<Box<dyn Backend>, kiln_engine::Error> + Send + Sync>;
 
+/// Guesses per sequence and step at most unless configured.
+pub const DEFAULT_SPEC_K_MAX: usize = 4;
+
 /// How `kiln serve` runs.
 #[derive(Clone)]
 pub struct ServeConfig {
@@ -81,6 +84,12 @@ pub struct ServeConfig {
     pub http_threads: usize,
     /// Timeouts, sizes and the connection cap of the HTTP side.
     pub http: HttpLimits,
+    /// Speculative decoding: a draft model (same vocabulary) that guesses for every
+    /// request that does not ask for prompt lookup or for none (`"lookup": 0`).
+    pub draft: Option<Arc<kiln_engine::model::Model>>,
+    /// Guesses verified per sequence and step at most (draft model and prompt lookup);
+    /// 0 turns speculation off. Each sequence may then take this many more logits rows.
+    pub spec_k_max: usize,
 }
 
 impl std::fmt::Debug for ServeConfig {
@@ -98,6 +107,8 @@ impl std::fmt::Debug for ServeConfig {
             .field("mem_budget_bytes", &self.mem_budget_bytes)
             .field("drain", &self.drain)
             .field("http", &self.http)
+            .field("draft", &self.draft.as_ref().map(|m| m.config.n_layers))
+            .field("spec_k_max", &self.spec_k_max)
             .finish_non_exhaustive()
     }
 }
@@ -119,6 +130,8 @@ impl ServeConfig {
             drain: Duration::from_secs(30),
             http_threads: 2,
             http: HttpLimits::default(),
+            draft: None,
+            spec_k_max: DEFAULT_SPEC_K_MAX,
         }
     }
 }
@@ -161,6 +174,9 @@ pub struct Request {
     pub sampler: SamplerConfig,
     pub ignore_eos: bool,
     pub stop: Vec<String>,
+    /// Speculative decoding: None follows the server (its draft model, if any); Some(0)
+    /// turns it off; Some(n) guesses by prompt lookup of n-grams.
+    pub lookup: Option<usize>,
     /// Where this request's events go; closed when the client is gone.
     pub events: UnboundedSender<Event>,
     /// When the request arrived (time to first token counts from here).
@@ -177,6 +193,7 @@ impl Request {
             sampler: params.sampler,
             ignore_eos: params.ignore_eos,
             stop: params.stop,
+            lookup: params.lookup,
             events,
             arrived: Instant::now(),
             permit: None,

@@ -87,6 +87,12 @@ pub struct Metrics {
     pub cancellations: AtomicU64,
     pub step_errors: AtomicU64,
     pub steps: AtomicU64,
+    /// Speculative decoding: guesses verified, guesses kept, sequence-steps that verified
+    /// guesses, and draft-model steps run.
+    pub spec_drafted: AtomicU64,
+    pub spec_accepted: AtomicU64,
+    pub spec_verify_steps: AtomicU64,
+    pub spec_draft_steps: AtomicU64,
     pub time_to_first_token: Histogram,
     pub inter_token_latency: Histogram,
     gauges: Mutex<Gauges>,
@@ -166,6 +172,26 @@ impl Metrics {
                 load(&self.step_errors),
             ),
             ("kiln_steps_total", "Batched steps run.", load(&self.steps)),
+            (
+                "kiln_spec_drafted_tokens_total",
+                "Speculative decoding: guessed tokens verified.",
+                load(&self.spec_drafted),
+            ),
+            (
+                "kiln_spec_accepted_tokens_total",
+                "Speculative decoding: guessed tokens kept.",
+                load(&self.spec_accepted),
+            ),
+            (
+                "kiln_spec_verify_steps_total",
+                "Speculative decoding: sequence-steps that verified guesses.",
+                load(&self.spec_verify_steps),
+            ),
+            (
+                "kiln_spec_draft_steps_total",
+                "Speculative decoding: batched steps of the draft model.",
+                load(&self.spec_draft_steps),
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(
@@ -184,7 +210,17 @@ impl Metrics {
             "Between consecutive tokens of one request.",
         );
         let g = *self.gauges.lock().unwrap_or_else(|e| e.into_inner());
+        let (drafted, accepted) = (load(&self.spec_drafted), load(&self.spec_accepted));
         let gauges = [
+            (
+                "kiln_spec_acceptance_rate",
+                "Speculative decoding: kept over verified guesses (0 before any).",
+                if drafted == 0 {
+                    0.0
+                } else {
+                    accepted as f64 / drafted as f64
+                },
+            ),
             (
                 "kiln_running_sequences",
                 "Sequences in the batch.",

@@ -17,10 +17,18 @@
 //! - Greedy output does not depend on the batch: every backend computes each token of a
 //!   step as it would alone (the CPU backend's tests check it), and a preempted sequence
 //!   keeps its sampler state.
+//! - Speculative decoding ([`speculate`]): a decoding sequence may bring guesses after its
+//!   token (prompt lookup, or the server's draft model), verified in the same step as
+//!   every other sequence's tokens; guesses take only the tokens, logits rows and pages
+//!   left once every sequence has its one token, and rejected ones leave the KV cache.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Instant;
+
+mod speculate;
+
+use speculate::{SeqSpec, Speculator};
 
 use super::api::ApiError;
 use super::metrics::Metrics;
@@ -41,6 +49,9 @@ pub struct SchedulerConfig {
     pub max_seqs: usize,
     /// Tokens in one step at most (the plan must take this many tokens).
     pub step_tokens: usize,
+    /// Guesses per speculating sequence and step at most (0: no speculation). The plan's
+    /// logits rows beyond one per sequence bound the guesses of a step.
+    pub spec_k_max: usize,
 }
 
 /// What one step did (for tests and benchmarks).
@@ -54,6 +65,9 @@ pub struct StepOutcome {
     pub sampled: usize,
     pub preempted: usize,
     pub finished: usize,
+    /// Sequences that brought guesses, and the guesses verified.
+    pub speculating: usize,
+    pub guessed: usize,
 }
 
 /// A request and where it stands.
@@ -74,6 +88,8 @@ struct Sequence<'m> {
     last_token_at: Option<Instant>,
     /// A stop sequence ended it: text after the stop is never sent.
     stopped: bool,
+    /// Its speculative decoding, if it speculates.
+    spec: Option<SeqSpec>,
 }
 
 impl Sequence<'_> {
@@ -127,6 +143,8 @@ struct Chunk {
     /// Index into `running`.
     seq: usize,
     len: usize,
+    /// Guesses verified after a decoding sequence's token.
+    guesses: usize,
 }
 
 /// Continuous batching over one [`Compiled`] model; see the module documentation.
@@ -142,6 +160,7 @@ pub struct Scheduler<'m> {
     /// Oldest admission first; the last one is preempted first.
     running: Vec<Sequence<'m>>,
     metrics: Arc<Metrics>,
+    spec: Speculator<'m>,
 }
 
 impl<'m> Scheduler<'m> {
@@ -178,11 +197,20 @@ impl<'m> Scheduler<'m> {
             waiting: VecDeque::new(),
             running: Vec::new(),
             metrics,
+            spec: Speculator::new(None, config.spec_k_max),
         };
         // vLLM's watermark: 1% of the pool, at least one page.
         s.reserve_pages = s.kv_stats().kv_page_count.div_ceil(100).max(1);
         s.publish();
         Ok(s)
+    }
+
+    /// Speculate with `draft` (a model with the target's vocabulary, compiled for steps of
+    /// `config.step_tokens` tokens and `config.max_seqs` rows) for every request that asks
+    /// for no prompt lookup.
+    pub fn with_draft(mut self, draft: Compiled<'m>) -> Scheduler<'m> {
+        self.spec = Speculator::new(Some(draft), self.config.spec_k_max);
+        self
     }
 
     /// Tokens one sequence can hold at most: the context, or what admission lets the pool
@@ -203,6 +231,15 @@ impl<'m> Scheduler<'m> {
 
     pub fn backend_name(&self) -> &'static str {
         self.compiled.name()
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The draft model's KV cache, when the server has one.
+    pub fn draft_kv_stats(&mut self) -> Option<KvStats> {
+        self.spec.draft_kv_stats()
     }
 
     pub fn kv_stats(&mut self) -> KvStats {
@@ -232,6 +269,16 @@ impl<'m> Scheduler<'m> {
                 return;
             }
         };
+        let spec = match SeqSpec::for_request(&req, self.spec.has_draft(), self.spec.k_max) {
+            Ok(spec) => spec,
+            Err(e) => {
+                let _ = req.events.send(Event::Failed(ApiError::invalid(
+                    Some("lookup"),
+                    e.to_string(),
+                )));
+                return;
+            }
+        };
         let limit = self.max_sequence_tokens();
         if req.prompt.is_empty() || req.prompt.len() > limit {
             let message = format!(
@@ -253,6 +300,7 @@ impl<'m> Scheduler<'m> {
             cached_tokens: None,
             last_token_at: None,
             stopped: false,
+            spec,
             req,
         });
     }
@@ -262,6 +310,8 @@ impl<'m> Scheduler<'m> {
     pub fn step(&mut self) -> Result<StepOutcome, Error> {
         let mut outcome = StepOutcome::default();
         self.drop_cancelled()?;
+        self.spec
+            .guess(&mut self.running, self.n_ctx, &self.metrics);
         let chunks = loop {
             match self.plan_running()? {
                 Some(chunks) => break chunks,
@@ -277,10 +327,29 @@ impl<'m> Scheduler<'m> {
             return Ok(outcome);
         }
 
+        // A speculating sequence's token and guesses, one slice for its entry.
+        let feeds: Vec<Vec<u32>> = chunks
+            .iter()
+            .filter(|c| c.guesses > 0)
+            .map(|c| {
+                let s = &self.running[c.seq];
+                let mut feed = vec![s.tokens[s.computed]];
+                feed.extend(s.spec.iter().flat_map(|p| &p.guesses.tokens));
+                feed
+            })
+            .collect();
+        let mut feeds_iter = feeds.iter();
         let entries: Vec<BatchEntry> = chunks
             .iter()
             .filter_map(|c| {
                 let s = &self.running[c.seq];
+                if c.guesses > 0 {
+                    return Some(BatchEntry {
+                        seq: s.kv?,
+                        tokens: feeds_iter.next()?,
+                        logits_from: Some(0),
+                    });
+                }
                 let tokens = &s.tokens[s.computed..s.computed + c.len];
                 let last = s.computed + c.len == s.tokens.len();
                 Some(BatchEntry {
@@ -292,6 +361,8 @@ impl<'m> Scheduler<'m> {
             .collect();
         outcome.tokens = entries.iter().map(|e| e.tokens.len()).sum();
         outcome.sequences = entries.len();
+        outcome.speculating = chunks.iter().filter(|c| c.guesses > 0).count();
+        outcome.guessed = chunks.iter().map(|c| c.guesses).sum();
         let result = self.compiled.step(&entries);
         drop(entries);
         Metrics::add(&self.metrics.steps, 1);
@@ -324,6 +395,17 @@ impl<'m> Scheduler<'m> {
             s.computed += c.len;
             if s.computed < s.tokens.len() {
                 continue; // a prefill chunk that is not the last: no logits
+            }
+            if c.guesses > 0 {
+                let rows = &logits[row * vocab..(row + 1 + c.guesses) * vocab];
+                row += 1 + c.guesses;
+                let finish = self.accept_verified(c.seq, rows, vocab, &mut outcome)?;
+                if let Some(finish) = finish {
+                    self.finish(c.seq, finish);
+                    finished[c.seq] = true;
+                    outcome.finished += 1;
+                }
+                continue;
             }
             let logits = &logits[row * vocab..(row + 1) * vocab];
             row += 1;
@@ -391,8 +473,14 @@ impl<'m> Scheduler<'m> {
             }
             pages_left -= need;
             tokens_left -= 1;
-            chunks.push(Chunk { seq: i, len: 1 });
+            chunks.push(Chunk {
+                seq: i,
+                len: 1,
+                guesses: 0,
+            });
         }
+        self.plan_guesses(&mut chunks, &mut pages_left, &mut tokens_left)?;
+        let kv = self.compiled.kv();
         for (i, s) in self.running.iter().enumerate() {
             let Some(seq) = s.kv.filter(|_| s.pending() > 1) else {
                 continue;
@@ -404,7 +492,11 @@ impl<'m> Scheduler<'m> {
             if len > 0 {
                 pages_left -= kv.pages_needed(seq, len)?;
                 tokens_left -= len;
-                chunks.push(Chunk { seq: i, len });
+                chunks.push(Chunk {
+                    seq: i,
+                    len,
+                    guesses: 0,
+                });
             }
         }
         if chunks.is_empty() && !self.running.is_empty() {
@@ -416,7 +508,8 @@ impl<'m> Scheduler<'m> {
     /// Admit waiting requests while the sequence limit, the token budget and the pages
     /// allow; their first chunks join `chunks`.
     fn admit(&mut self, mut chunks: Vec<Chunk>) -> Result<Vec<Chunk>, Error> {
-        let mut tokens_left = self.config.step_tokens - chunks.iter().map(|c| c.len).sum::<usize>();
+        let mut tokens_left =
+            self.config.step_tokens - chunks.iter().map(|c| c.len + c.guesses).sum::<usize>();
         let kv = self.compiled.kv();
         let available = kv.pool().available();
         // Pages still to come for every running sequence to hold all its tokens.
@@ -465,6 +558,7 @@ impl<'m> Scheduler<'m> {
             chunks.push(Chunk {
                 seq: self.running.len(),
                 len,
+                guesses: 0,
             });
             self.running.push(s);
         }
@@ -513,10 +607,13 @@ impl<'m> Scheduler<'m> {
     /// Remove the running sequences `pick` selects, freeing their pages.
     fn retire(&mut self, pick: impl Fn(usize, &Sequence<'m>) -> bool) -> Result<(), Error> {
         let mut kept = Vec::with_capacity(self.running.len());
-        for (i, s) in std::mem::take(&mut self.running).into_iter().enumerate() {
+        for (i, mut s) in std::mem::take(&mut self.running).into_iter().enumerate() {
             if pick(i, &s) {
                 if let Some(seq) = s.kv {
                     self.compiled.kv().free(seq)?;
+                }
+                if let Some(spec) = &mut s.spec {
+                    self.spec.forget(spec);
                 }
             } else {
                 kept.push(s);
@@ -544,6 +641,9 @@ impl<'m> Scheduler<'m> {
         };
         if let Some(seq) = s.kv.take() {
             self.compiled.kv().free(seq)?;
+        }
+        if let Some(spec) = &mut s.spec {
+            self.spec.forget(spec);
         }
         if self.running.is_empty() {
             self.running.push(s);

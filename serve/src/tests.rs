@@ -19,6 +19,8 @@ use kiln_engine::model::Model;
 use kiln_engine::sampler::SamplerConfig;
 use kiln_kv::KvDtype;
 
+mod speculative;
+
 /// The reference model, loaded once (a failure saying how to fetch it when it is missing).
 fn model() -> Option<&'static Model> {
     static MODEL: OnceLock<Model> = OnceLock::new();
@@ -37,12 +39,23 @@ fn scheduler(
     step_tokens: usize,
     kv_pages: Option<usize>,
 ) -> Scheduler<'static> {
+    spec_scheduler(model, max_seqs, step_tokens, kv_pages, 0)
+}
+
+/// [`scheduler`] with room for `spec_k_max` guesses per sequence and step.
+fn spec_scheduler(
+    model: &'static Model,
+    max_seqs: usize,
+    step_tokens: usize,
+    kv_pages: Option<usize>,
+    spec_k_max: usize,
+) -> Scheduler<'static> {
     let c = &model.config;
     let layout = c.kv_layout(KvDtype::F8E4M3).unwrap();
     let options = CompileOptions {
         max_seqs,
         max_step_tokens: step_tokens,
-        max_step_outputs: max_seqs,
+        max_step_outputs: (max_seqs * (1 + spec_k_max)).min(step_tokens),
         kv_budget_bytes: kv_pages.map(|p| p * layout.page_bytes()),
         ..CompileOptions::new(N_CTX)
     };
@@ -50,6 +63,7 @@ fn scheduler(
     let config = SchedulerConfig {
         max_seqs,
         step_tokens,
+        spec_k_max,
     };
     Scheduler::new(compiled, config, Arc::new(Metrics::default())).unwrap()
 }
@@ -73,6 +87,7 @@ fn request(prompt: &[u32], max_tokens: usize) -> (Request, UnboundedReceiver<Eve
         stop: Vec::new(),
         stream: false,
         include_usage: false,
+        lookup: None,
     };
     (Request::new(params, tx), rx)
 }
@@ -175,6 +190,10 @@ fn batched_greedy_equals_each_request_alone() {
     }
     let got = run_to_end(&mut sched, &mut rxs);
     assert_same_as_alone(model, &prompts, &got, 12);
+    assert_every_page_back(&mut sched);
+}
+
+fn assert_every_page_back(sched: &mut Scheduler<'_>) {
     let kv = sched.kv_stats();
     assert_eq!(
         (kv.sequences, kv.pages_in_use),

@@ -3,6 +3,8 @@
 //! to first token, inter-token latency percentiles and a per-kernel table measured
 //! against the ceilings of the machine it runs on (copy bandwidth, matmul peak).
 
+pub mod speculative;
+
 use std::collections::BTreeMap;
 use std::time::Instant;
 

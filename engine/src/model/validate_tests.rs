@@ -95,7 +95,7 @@ impl Tiny {
     fn check(&self) -> Result<(), InvalidModel> {
         let gguf = self.gguf();
         metadata(&gguf)?;
-        let config = LlamaConfig::from_gguf(&gguf).expect("the config reads");
+        let config = ModelConfig::from_gguf(&gguf).expect("the config reads");
         against_config(&gguf, &config)
     }
 
@@ -111,7 +111,7 @@ impl Tiny {
 fn the_tiny_model_is_valid_and_loads() {
     Tiny::new().check().unwrap();
     let gguf = Tiny::new().gguf();
-    let config = LlamaConfig::from_gguf(&gguf).unwrap();
+    let config = ModelConfig::from_gguf(&gguf).unwrap();
     super::super::Weights::from_gguf(&gguf, &config).unwrap();
 }
 

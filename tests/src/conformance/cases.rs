@@ -116,8 +116,10 @@ pub fn cases() -> Vec<Case> {
             matmul("matmul", vec![dtype], 33, 256, vec![131]),
             matmul("matmul3", vec![dtype; 3], 7, 512, vec![97, 33, 35]),
             matmul("rmsnorm_matmul3", vec![dtype; 3], 33, 256, vec![161, 33, 31]),
-            matmul_swiglu(false, dtype, 7, 512, 131),
-            matmul_swiglu(true, dtype, 3, 768, 97),
+            matmul_glu(Glu::Swi, false, dtype, 7, 512, 131),
+            matmul_glu(Glu::Swi, true, dtype, 3, 768, 97),
+            matmul_glu(Glu::Ge, false, dtype, 7, 512, 131),
+            matmul_glu(Glu::Ge, true, dtype, 33, 768, 97),
             matmul_add(dtype, 33, 256, 97),
         ]);
     }
