@@ -14,7 +14,10 @@ use serde_json::{Value, json};
 
 use kiln_engine::sampler::SamplerConfig;
 use kiln_engine::speculative::lookup::MAX_LOOKUP_NGRAM;
+use kiln_structured::{Constraint, Structured};
 use kiln_tokenizer::{ChatMessage, Tokenizer};
+
+use super::shape::{self, ToolUse};
 
 /// Completions return this many tokens when `max_tokens` is absent (OpenAI's default).
 pub const DEFAULT_COMPLETION_TOKENS: usize = 16;
@@ -201,6 +204,8 @@ struct ChatRequest {
     max_completion_tokens: Option<i64>,
     logprobs: Option<bool>,
     tools: Option<Value>,
+    tool_choice: Option<Value>,
+    response_format: Option<Value>,
     #[serde(flatten)]
     common: Common,
 }
@@ -213,10 +218,13 @@ pub struct Limits {
     pub n_ctx: usize,
     /// Tokens the whole KV page pool holds (a prompt larger than this can never run).
     pub kv_capacity: usize,
+    /// Grammars over the model's vocabulary (`response_format`, `tools`); None: requests
+    /// that need one are refused.
+    pub structured: Option<Structured>,
 }
 
 /// A checked request, ready for the scheduler.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct GenParams {
     pub prompt_ids: Vec<u32>,
     pub max_tokens: usize,
@@ -228,6 +236,10 @@ pub struct GenParams {
     /// Speculative decoding asked for: None (the server's default), 0 (none) or the
     /// n-gram of prompt lookup.
     pub lookup: Option<usize>,
+    /// The grammar every sampled token must keep to (`response_format`, `tools`).
+    pub constraint: Option<Constraint>,
+    /// Tools offered: the answer is read back into `tool_calls`.
+    pub tools: Option<ToolUse>,
 }
 
 /// `POST /v1/completions`.
@@ -287,17 +299,30 @@ pub fn parse_chat(
             "logprobs is not supported by kiln",
         ));
     }
-    if req
-        .tools
-        .as_ref()
-        .is_some_and(|t| t.as_array().is_none_or(|a| !a.is_empty()))
-    {
-        return Err(ApiError::invalid(
-            Some("tools"),
-            "tools are not supported by kiln",
-        ));
-    }
-    let messages = match &req.messages {
+    let tools = shape::tool_use(req.tools.as_ref(), req.tool_choice.as_ref())?;
+    let format = shape::response_format(req.response_format.as_ref())?;
+    let structured = limits.structured.as_ref();
+    let constraint = match (&tools, &format) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                Some("response_format"),
+                "response_format with tools is not supported by kiln: give one or the other",
+            ));
+        }
+        (Some(t), None) => {
+            shape::check_tools(structured, t)?;
+            Some(shape::compile(structured, &t.grammar(), "tools".into())?)
+        }
+        (None, Some(g)) => {
+            let param = match g {
+                kiln_structured::Grammar::JsonObject => "response_format",
+                _ => "response_format.json_schema.schema",
+            };
+            Some(shape::compile(structured, g, param.into())?)
+        }
+        (None, None) => None,
+    };
+    let mut messages = match &req.messages {
         Some(Value::Array(items)) if !items.is_empty() => chat_messages(items)?,
         _ => {
             return Err(ApiError::invalid(
@@ -306,20 +331,31 @@ pub fn parse_chat(
             ));
         }
     };
+    if let Some(t) = &tools
+        && !tokenizer.template_takes_tools()
+    {
+        shape::with_instructions(&mut messages, &t.instructions());
+    }
+    let template_tools = tools.as_ref().map(ToolUse::template_tools);
     let text = tokenizer
-        .apply_chat_template(&messages, true)
+        .apply_chat_template_tools(&messages, template_tools.as_ref(), true)
         .map_err(|e| ApiError::invalid(Some("messages"), format!("chat template: {e}")))?;
     let prompt_ids = tokenizer.encode(&text, true, true);
     let max_tokens = req.max_completion_tokens.or(req.common.max_tokens);
     // A chat answer may run to the end of the context unless the client says otherwise.
-    finish(
+    let params = finish(
         req.common,
         max_tokens,
         usize::MAX,
         (prompt_ids, "messages"),
         tokenizer,
         limits,
-    )
+    )?;
+    Ok(GenParams {
+        constraint,
+        tools,
+        ..params
+    })
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
@@ -587,6 +623,8 @@ fn finish(
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
         lookup,
+        constraint: None,
+        tools: None,
     })
 }
 

@@ -22,7 +22,8 @@ use super::api::{self, ApiError};
 use super::conn::{self, HttpLimits};
 use super::engine::Engine;
 use super::response::{Endpoint, Responder};
-use super::{Event, Request, ServeConfig, ServeError};
+use super::shape::ToolUse;
+use super::{Event, FinishReason, Request, ServeConfig, ServeError};
 use kiln_engine::model::Model;
 
 /// Comments sent on a quiet stream, so a client that left is noticed while it waits.
@@ -141,6 +142,7 @@ async fn generate(app: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
         return error_response(engine, path, &ApiError::busy(engine.permits().limit()));
     };
     let (stream, include_usage) = (params.stream, params.include_usage);
+    let tools = params.tools.clone();
     let (tx, rx) = unbounded_channel();
     let request = Request {
         arrived,
@@ -153,11 +155,11 @@ async fn generate(app: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
     let responder = Responder::new(endpoint, &limits.model_id);
     if stream {
         engine.metrics().count_request(path, 200);
-        Sse::new(sse_stream(rx, responder, include_usage))
+        Sse::new(sse_stream(rx, responder, include_usage, tools))
             .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
             .into_response()
     } else {
-        let response = collect(rx, &responder).await;
+        let response = collect(rx, &responder, tools.as_ref()).await;
         match response {
             Ok(body) => {
                 engine.metrics().count_request(path, 200);
@@ -172,12 +174,19 @@ async fn generate(app: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
 async fn collect(
     mut rx: UnboundedReceiver<Event>,
     responder: &Responder,
+    tools: Option<&ToolUse>,
 ) -> Result<Value, ApiError> {
     let mut text = String::new();
     while let Some(event) = rx.recv().await {
         match event {
             Event::Text(piece) => text.push_str(&piece),
-            Event::Done { finish, usage } => return Ok(responder.full(&text, finish, usage)),
+            Event::Done { finish, usage } => {
+                return Ok(match tools.map(|t| t.read(&text)) {
+                    None => responder.full(&text, finish, usage),
+                    Some(Ok(calls)) => responder.full_tool_calls(&calls, usage),
+                    Some(Err(content)) => responder.full(&content, finish, usage),
+                });
+            }
             Event::Failed(e) => return Err(e),
         }
     }
@@ -188,35 +197,61 @@ async fn collect(
 
 /// The chunks of a `stream: true` request, ending in `data: [DONE]`. Dropping the stream
 /// (the client left) drops the receiver, and the scheduler drops the sequence.
+///
+/// With tools, the answer is held back until it is complete: it is then sent as one
+/// `delta.tool_calls` chunk (or as content, for a plain answer).
 fn sse_stream(
     rx: UnboundedReceiver<Event>,
     responder: Responder,
     include_usage: bool,
+    tools: Option<ToolUse>,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let data = |v: &Value| SseEvent::default().data(v.to_string());
     let opening: Vec<SseEvent> = responder.opening_chunk().iter().map(data).collect();
-    let events = stream::unfold(Some((rx, responder)), move |state| async move {
-        let (mut rx, responder) = state?;
-        let (out, more) = match rx.recv().await {
-            Some(Event::Text(piece)) => (vec![data(&responder.text_chunk(&piece))], true),
-            Some(Event::Done { finish, usage }) => {
-                let mut out = vec![data(&responder.finish_chunk(finish))];
-                if include_usage {
-                    out.push(data(&responder.usage_chunk(usage)));
+    let held = String::new();
+    let events = stream::unfold(Some((rx, responder, held)), move |state| {
+        let tools = tools.clone();
+        async move {
+            let (mut rx, responder, mut held) = state?;
+            let (out, more) = match rx.recv().await {
+                Some(Event::Text(piece)) if tools.is_some() => {
+                    held.push_str(&piece);
+                    (Vec::new(), true)
                 }
-                (out, false)
+                Some(Event::Text(piece)) => (vec![data(&responder.text_chunk(&piece))], true),
+                Some(Event::Done { finish, usage }) => {
+                    let mut out = Vec::new();
+                    let finish = match tools.as_ref().map(|t| t.read(&held)) {
+                        None => finish,
+                        Some(Ok(calls)) => {
+                            out.push(data(&responder.tool_calls_chunk(&calls)));
+                            FinishReason::ToolCalls
+                        }
+                        Some(Err(content)) => {
+                            if !content.is_empty() {
+                                out.push(data(&responder.text_chunk(&content)));
+                            }
+                            finish
+                        }
+                    };
+                    out.push(data(&responder.finish_chunk(finish)));
+                    if include_usage {
+                        out.push(data(&responder.usage_chunk(usage)));
+                    }
+                    (out, false)
+                }
+                Some(Event::Failed(e)) => (vec![data(&e.body())], false),
+                None => {
+                    let e = ApiError::unavailable("the engine stopped before the request finished");
+                    (vec![data(&e.body())], false)
+                }
+            };
+            let mut out = out;
+            if !more {
+                out.push(SseEvent::default().data("[DONE]"));
             }
-            Some(Event::Failed(e)) => (vec![data(&e.body())], false),
-            None => {
-                let e = ApiError::unavailable("the engine stopped before the request finished");
-                (vec![data(&e.body())], false)
-            }
-        };
-        let mut out = out;
-        if !more {
-            out.push(SseEvent::default().data("[DONE]"));
+            Some((out, more.then_some((rx, responder, held))))
         }
-        Some((out, more.then_some((rx, responder))))
     });
     stream::iter(opening)
         .chain(events.flat_map(stream::iter))

@@ -23,6 +23,7 @@ pub mod http;
 pub mod metrics;
 pub mod response;
 pub mod scheduler;
+pub mod shape;
 mod stop;
 
 #[cfg(test)]
@@ -143,6 +144,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens`, the context, or the server's shutdown deadline.
     Length,
+    /// The answer is a tool call (set by the HTTP side, which reads the calls).
+    ToolCalls,
 }
 
 impl FinishReason {
@@ -150,6 +153,7 @@ impl FinishReason {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
         }
     }
 }
@@ -177,6 +181,8 @@ pub struct Request {
     /// Speculative decoding: None follows the server (its draft model, if any); Some(0)
     /// turns it off; Some(n) guesses by prompt lookup of n-grams.
     pub lookup: Option<usize>,
+    /// The grammar the answer keeps to: no speculation, every token sampled under its mask.
+    pub constraint: Option<kiln_structured::Constraint>,
     /// Where this request's events go; closed when the client is gone.
     pub events: UnboundedSender<Event>,
     /// When the request arrived (time to first token counts from here).
@@ -194,6 +200,7 @@ impl Request {
             ignore_eos: params.ignore_eos,
             stop: params.stop,
             lookup: params.lookup,
+            constraint: params.constraint,
             events,
             arrived: Instant::now(),
             permit: None,

@@ -7,6 +7,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use super::FinishReason;
+use super::shape::ToolCall;
 
 /// Token counts of a finished request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -81,6 +82,32 @@ impl Responder {
             }),
         };
         self.envelope(false, vec![choice], Some(usage))
+    }
+
+    /// The whole chat answer that is a tool call (`content` null, `tool_calls`).
+    pub fn full_tool_calls(&self, calls: &[ToolCall], usage: Usage) -> Value {
+        let calls: Vec<Value> = calls.iter().map(|c| c.to_json(None)).collect();
+        let choice = json!({
+            "index": 0,
+            "message": {"role": "assistant", "content": null, "tool_calls": calls},
+            "logprobs": null,
+            "finish_reason": FinishReason::ToolCalls.as_str(),
+        });
+        self.envelope(false, vec![choice], Some(usage))
+    }
+
+    /// The chunk of a chat stream that carries the tool calls, whole.
+    pub fn tool_calls_chunk(&self, calls: &[ToolCall]) -> Value {
+        let calls: Vec<Value> = calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c.to_json(Some(i)))
+            .collect();
+        self.envelope(
+            true,
+            vec![self.delta(json!({"tool_calls": calls}), None)],
+            None,
+        )
     }
 
     /// The chunk that opens a chat stream (the assistant role), none for completions.

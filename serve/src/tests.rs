@@ -88,6 +88,8 @@ fn request(prompt: &[u32], max_tokens: usize) -> (Request, UnboundedReceiver<Eve
         stream: false,
         include_usage: false,
         lookup: None,
+        constraint: None,
+        tools: None,
     };
     (Request::new(params, tx), rx)
 }

@@ -128,7 +128,8 @@ impl Structured {
     }
 }
 
-/// One generation's grammar state.
+/// One generation's grammar state; a clone goes on from the same point.
+#[derive(Clone)]
 pub struct Constraint {
     matcher: Matcher,
     /// The mask of the current step, computed once.
