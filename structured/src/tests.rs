@@ -290,3 +290,78 @@ fn a_token_outside_the_mask_is_refused() {
     assert!(!c.allows(b).unwrap());
     assert!(c.accept(b).is_err());
 }
+
+/// Per-token cost of a mask (compute + apply to a logits row) on both reference
+/// vocabularies, over random walks through the test schemas. Timing, not a check:
+/// `cargo test -p kiln-structured --release -- --ignored --nocapture mask_cost`.
+#[test]
+#[ignore = "timing; run by hand"]
+fn mask_cost() {
+    for name in [
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "gemma-3-270m-q4_k_m.gguf",
+    ] {
+        let t = tokenizer(name);
+        let start = std::time::Instant::now();
+        let s = Structured::new(&t).unwrap();
+        let trie_ms = start.elapsed().as_secs_f64() * 1e3;
+        let n = t.vocab_size();
+        for bounded in [true, false] {
+            let mut times = Vec::new();
+            let mut firsts = Vec::new();
+            for (i, schema) in schemas().iter().enumerate() {
+                let schema = &if bounded {
+                    schema.clone()
+                } else {
+                    without_lengths(schema)
+                };
+                for seed in 1..6u64 {
+                    let mut c = s.compile(&Grammar::JsonSchema(schema.clone())).unwrap();
+                    let mut rng = Rng(seed * 31 + i as u64);
+                    for step in 0..300 {
+                        let mut logits: Vec<f32> = (0..n).map(|_| rng.next_f32() * 8.0).collect();
+                        let t0 = std::time::Instant::now();
+                        c.apply(&mut logits).unwrap();
+                        let us = t0.elapsed().as_secs_f64() * 1e6;
+                        if step == 0 {
+                            firsts.push(us)
+                        } else {
+                            times.push(us)
+                        }
+                        let id = kiln_argmax(&logits);
+                        c.accept(id).unwrap();
+                        if t.is_eog(id) || c.is_finished() {
+                            break;
+                        }
+                    }
+                }
+            }
+            times.sort_by(f64::total_cmp);
+            firsts.sort_by(f64::total_cmp);
+            let q = |v: &[f64], p: f64| v[((v.len() - 1) as f64 * p) as usize];
+            println!(
+                "{name} (string lengths bounded: {bounded}): vocab {n}, trie {trie_ms:.0} ms; {} masks after the first: p50 {:.1} µs, p99 {:.1} µs, max {:.1} µs; first mask of a grammar: p50 {:.0} µs, max {:.0} µs",
+                times.len(),
+                q(&times, 0.5),
+                q(&times, 0.99),
+                q(&times, 1.0),
+                q(&firsts, 0.5),
+                q(&firsts, 1.0),
+            );
+        }
+    }
+}
+
+/// `schema` without maxLength/minLength (strings of any length).
+fn without_lengths(schema: &Value) -> Value {
+    match schema {
+        Value::Object(o) => Value::Object(
+            o.iter()
+                .filter(|(k, _)| *k != "maxLength" && *k != "minLength")
+                .map(|(k, v)| (k.clone(), without_lengths(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(without_lengths).collect()),
+        v => v.clone(),
+    }
+}
