@@ -10,6 +10,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use kiln_backend_cpu::CpuBackend;
+use kiln_engine::compiled::{CompileOptions, Compiled};
+use kiln_engine::driver::{GenerateRequest, generate};
+use kiln_engine::model::Model;
+use kiln_engine::sampler::SamplerConfig;
 use kiln_serve::{ServeConfig, Server};
 
 const MODEL_ID: &str = "smollm2";
@@ -25,6 +29,7 @@ fn structured_outputs_and_tool_calls_through_the_openai_client() {
         "this test drives the official client: python3 -m pip install openai==3.51.0 jsonschema (.ci/run)"
     );
     let model = Arc::new(kiln_tests::cpu::load());
+    let expect = run_logprobs(&model, "The capital of France is", 6, 3);
     let config = ServeConfig {
         port: 0,
         n_ctx: Some(1024),
@@ -38,6 +43,7 @@ fn structured_outputs_and_tool_calls_through_the_openai_client() {
         .arg(&script)
         .args(["--base-url", &format!("http://{}/v1", srv.local_addr())])
         .args(["--model", MODEL_ID])
+        .args(["--expect-logprobs", &expect])
         .output()
         .expect("python3 runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -45,4 +51,25 @@ fn structured_outputs_and_tool_calls_through_the_openai_client() {
     eprintln!("{stdout}{stderr}");
     assert!(out.status.success(), "the structured-output script failed");
     srv.shutdown().unwrap();
+}
+
+/// What `kiln run --temp 0 -n max_tokens --logprobs k` records for `prompt`, as JSON:
+/// per token, its distribution's k most likely `[id, logprob]`.
+fn run_logprobs(model: &Model, prompt: &str, max_tokens: usize, k: usize) -> String {
+    let tok = &model.tokenizer;
+    let options = CompileOptions {
+        max_step_tokens: 64,
+        max_step_outputs: 1,
+        ..CompileOptions::new(512)
+    };
+    let mut runner = Compiled::new(model, Box::new(CpuBackend::new()), options).unwrap();
+    let req = GenerateRequest {
+        prompt_ids: tok.encode(prompt, true, true),
+        max_tokens,
+        sampler: SamplerConfig::greedy(),
+        ignore_eos: false,
+        logprobs: k,
+    };
+    let g = generate(&mut runner, tok, &req, |_| true).unwrap();
+    serde_json::to_string(&g.logprobs).unwrap()
 }

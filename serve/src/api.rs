@@ -21,6 +21,8 @@ use super::shape::{self, ToolUse};
 
 /// Completions return this many tokens when `max_tokens` is absent (OpenAI's default).
 pub const DEFAULT_COMPLETION_TOKENS: usize = 16;
+/// `top_logprobs` (chat) and `logprobs` (completions) at most (OpenAI's chat limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 /// At most this many stop sequences (OpenAI's limit).
 pub const MAX_STOP_SEQUENCES: usize = 4;
 
@@ -203,6 +205,7 @@ struct ChatRequest {
     messages: Option<Value>,
     max_completion_tokens: Option<i64>,
     logprobs: Option<bool>,
+    top_logprobs: Option<i64>,
     tools: Option<Value>,
     tool_choice: Option<Value>,
     response_format: Option<Value>,
@@ -240,6 +243,8 @@ pub struct GenParams {
     pub constraint: Option<Constraint>,
     /// Tools offered: the answer is read back into `tool_calls`.
     pub tools: Option<ToolUse>,
+    /// Log-probabilities of each token and of this many alternatives.
+    pub logprobs: Option<usize>,
 }
 
 /// `POST /v1/completions`.
@@ -258,13 +263,18 @@ pub fn parse_completion(
     if req.echo == Some(true) {
         return unsupported("echo", "echo");
     }
-    if req
-        .logprobs
-        .as_ref()
-        .is_some_and(|v| !v.is_null() && *v != json!(0))
-    {
-        return unsupported("logprobs", "logprobs");
-    }
+    let logprobs = match &req.logprobs {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_i64() {
+            Some(k) if (0..=MAX_TOP_LOGPROBS as i64).contains(&k) => Some(k as usize),
+            _ => {
+                return Err(ApiError::invalid(
+                    Some("logprobs"),
+                    format!("logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}"),
+                ));
+            }
+        },
+    };
     if req.best_of.is_some_and(|b| b != 1) {
         return unsupported("best_of", "best_of other than 1");
     }
@@ -276,14 +286,15 @@ pub fn parse_completion(
         Some(prompt) => completion_prompt(&prompt, tokenizer)?,
     };
     let max_tokens = req.common.max_tokens;
-    finish(
+    let params = finish(
         req.common,
         max_tokens,
         DEFAULT_COMPLETION_TOKENS,
         (prompt_ids, "prompt"),
         tokenizer,
         limits,
-    )
+    )?;
+    Ok(GenParams { logprobs, ..params })
 }
 
 /// `POST /v1/chat/completions`: the messages rendered with the model's chat template.
@@ -293,12 +304,23 @@ pub fn parse_chat(
     limits: &Limits,
 ) -> Result<GenParams, ApiError> {
     let req: ChatRequest = parse_json(body)?;
-    if req.logprobs == Some(true) {
-        return Err(ApiError::invalid(
-            Some("logprobs"),
-            "logprobs is not supported by kiln",
-        ));
-    }
+    let logprobs = match (req.logprobs, req.top_logprobs) {
+        (Some(true), None) => Some(0),
+        (Some(true), Some(k)) if (0..=MAX_TOP_LOGPROBS as i64).contains(&k) => Some(k as usize),
+        (Some(true), Some(k)) => {
+            return Err(ApiError::invalid(
+                Some("top_logprobs"),
+                format!("top_logprobs {k} must be from 0 to {MAX_TOP_LOGPROBS}"),
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::invalid(
+                Some("top_logprobs"),
+                "top_logprobs needs logprobs: true",
+            ));
+        }
+        _ => None,
+    };
     let tools = shape::tool_use(req.tools.as_ref(), req.tool_choice.as_ref())?;
     let format = shape::response_format(req.response_format.as_ref())?;
     let structured = limits.structured.as_ref();
@@ -354,6 +376,7 @@ pub fn parse_chat(
     Ok(GenParams {
         constraint,
         tools,
+        logprobs,
         ..params
     })
 }
@@ -625,6 +648,7 @@ fn finish(
         lookup,
         constraint: None,
         tools: None,
+        logprobs: None,
     })
 }
 

@@ -168,6 +168,19 @@ pub enum Event {
         usage: Usage,
     },
     Failed(ApiError),
+    /// The log-probability of the token whose text comes next (`logprobs` asked for).
+    Logprob(TokenLogprob),
+}
+
+/// One sampled token's log-probability under the model (before any grammar's mask) and
+/// the most likely tokens of the same distribution.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    /// (token, bytes, log-probability), most likely first.
+    pub top: Vec<(String, Vec<u8>, f32)>,
 }
 
 /// One generation request, as the scheduler takes it.
@@ -183,6 +196,8 @@ pub struct Request {
     pub lookup: Option<usize>,
     /// The grammar the answer keeps to: no speculation, every token sampled under its mask.
     pub constraint: Option<kiln_structured::Constraint>,
+    /// Log-probabilities of each token and of this many alternatives (no speculation).
+    pub logprobs: Option<usize>,
     /// Where this request's events go; closed when the client is gone.
     pub events: UnboundedSender<Event>,
     /// When the request arrived (time to first token counts from here).
@@ -201,6 +216,7 @@ impl Request {
             stop: params.stop,
             lookup: params.lookup,
             constraint: params.constraint,
+            logprobs: params.logprobs,
             events,
             arrived: Instant::now(),
             permit: None,

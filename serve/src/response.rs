@@ -6,8 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::FinishReason;
 use super::shape::ToolCall;
+use super::{FinishReason, TokenLogprob};
 
 /// Token counts of a finished request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -108,6 +108,56 @@ impl Responder {
             vec![self.delta(json!({"tool_calls": calls}), None)],
             None,
         )
+    }
+
+    /// The `logprobs` of a choice for these tokens: chat's `{"content": [...]}`, or
+    /// completions' `tokens`, `token_logprobs`, `top_logprobs`, `text_offset` (counted
+    /// from `offset` bytes into the answer).
+    pub fn logprobs(&self, tokens: &[TokenLogprob], offset: usize) -> Value {
+        match self.endpoint {
+            Endpoint::Chat => {
+                let content: Vec<Value> = tokens
+                    .iter()
+                    .map(|t| {
+                        let top: Vec<Value> = t
+                            .top
+                            .iter()
+                            .map(|(token, bytes, lp)| {
+                                json!({"token": token, "logprob": lp, "bytes": bytes})
+                            })
+                            .collect();
+                        json!({"token": t.token, "logprob": t.logprob, "bytes": t.bytes,
+                            "top_logprobs": top})
+                    })
+                    .collect();
+                json!({"content": content, "refusal": null})
+            }
+            Endpoint::Completions => {
+                let mut at = offset;
+                let mut offsets = Vec::with_capacity(tokens.len());
+                for t in tokens {
+                    offsets.push(at);
+                    at += t.bytes.len();
+                }
+                let top: Vec<Value> = tokens
+                    .iter()
+                    .map(|t| {
+                        let m: serde_json::Map<String, Value> = t
+                            .top
+                            .iter()
+                            .map(|(token, _, lp)| (token.clone(), json!(lp)))
+                            .collect();
+                        Value::Object(m)
+                    })
+                    .collect();
+                json!({
+                    "tokens": tokens.iter().map(|t| &t.token).collect::<Vec<_>>(),
+                    "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+                    "top_logprobs": top,
+                    "text_offset": offsets,
+                })
+            }
+        }
     }
 
     /// The chunk that opens a chat stream (the assistant role), none for completions.

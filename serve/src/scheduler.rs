@@ -34,11 +34,11 @@ use super::api::ApiError;
 use super::metrics::Metrics;
 use super::response::{PromptDetails, Usage};
 use super::stop::StopMatcher;
-use super::{Event, FinishReason, Request};
+use super::{Event, FinishReason, Request, TokenLogprob};
 use kiln_engine::Error;
 use kiln_engine::compiled::{BatchEntry, Compiled};
 use kiln_engine::runner::Runner;
-use kiln_engine::sampler::Sampler;
+use kiln_engine::sampler::{Sampler, log_softmax, top_logprobs};
 use kiln_kv::{KvError, KvStats, SeqId};
 use kiln_structured::Constraint;
 use kiln_tokenizer::{StreamDecoder, Tokenizer};
@@ -425,6 +425,11 @@ impl<'m> Scheduler<'m> {
                 }
             };
             outcome.sampled += 1;
+            // The end-of-generation token is not part of the answer's logprobs.
+            let eog = self.tokenizer.is_eog(id) && !s.req.ignore_eos;
+            if let Some(k) = s.req.logprobs.filter(|_| !eog) {
+                s.send(Event::Logprob(token_logprob(self.tokenizer, logits, id, k)));
+            }
             if let Some(finish) = self.accept(c.seq, id) {
                 self.finish(c.seq, finish);
                 finished[c.seq] = true;
@@ -687,4 +692,26 @@ fn sample_constrained(
     let id = sampler.sample(&masked).map_err(|e| e.to_string())?;
     constraint.accept(id).map_err(|e| e.to_string())?;
     Ok(id)
+}
+
+/// The log-probability of `id` in `logits` and the `k` most likely tokens.
+fn token_logprob(tokenizer: &Tokenizer, logits: &[f32], id: u32, k: usize) -> TokenLogprob {
+    let piece = |id: u32| {
+        let bytes = tokenizer.token_piece(id, false);
+        (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+    };
+    let lp = log_softmax(logits);
+    let (token, bytes) = piece(id);
+    TokenLogprob {
+        token,
+        bytes,
+        logprob: lp.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY),
+        top: top_logprobs(logits, k)
+            .into_iter()
+            .map(|(t, l)| {
+                let (text, bytes) = piece(t);
+                (text, bytes, l)
+            })
+            .collect(),
+    }
 }

@@ -90,6 +90,7 @@ fn request(prompt: &[u32], max_tokens: usize) -> (Request, UnboundedReceiver<Eve
         lookup: None,
         constraint: None,
         tools: None,
+        logprobs: None,
     };
     (Request::new(params, tx), rx)
 }
@@ -103,6 +104,7 @@ fn received(rx: &mut UnboundedReceiver<Event>, into: &mut Received) {
                 into.usage = Some(usage);
             }
             Event::Failed(e) => into.error = Some(e),
+            Event::Logprob(_) => {}
         }
     }
 }

@@ -232,6 +232,8 @@ BAD = [
     ({"tools": TOOLS, "tool_choice": {"type": "function"}}, "tool_choice"),
     ({"tool_choice": "required"}, "tool_choice"),
     ({"tools": TOOLS, "tool_choice": "required", "response_format": {"type": "json_object"}}, "response_format"),
+    ({"top_logprobs": 3}, "top_logprobs"),
+    ({"logprobs": True, "top_logprobs": 21}, "top_logprobs"),
 ]
 
 
@@ -239,6 +241,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--base-url", required=True)
     p.add_argument("--model", required=True)
+    p.add_argument("--expect-logprobs", help="kiln run --logprobs 3 of the greedy completion: [[[id, lp], ...], ...]")
     args = p.parse_args()
     client = openai.OpenAI(base_url=args.base_url, api_key="kiln", max_retries=0, timeout=300)
     model = args.model
@@ -331,6 +334,39 @@ def main():
     )
     args_ = json.loads(r.choices[0].message.tool_calls[0].function.arguments)
     check(args_["unit"] in ("celsius", "fahrenheit"), f"weather args {args_}")
+
+    # Log-probabilities: completions (compared with kiln run --logprobs), chat, streamed.
+    r = client.completions.create(model=model, prompt="The capital of France is", max_tokens=6, temperature=0, logprobs=3)
+    lp = r.choices[0].logprobs
+    check("".join(lp.tokens) == r.choices[0].text, f"logprob tokens {lp.tokens} spell {r.choices[0].text!r}")
+    check(len(lp.token_logprobs) == len(lp.tokens) == len(lp.top_logprobs) == len(lp.text_offset), f"{lp}")
+    if args.expect_logprobs:
+        expect = json.loads(args.expect_logprobs)
+        check(len(expect) == len(lp.token_logprobs), f"{len(expect)} tokens == {len(lp.token_logprobs)}")
+        for i, (want, got, top) in enumerate(zip(expect, lp.token_logprobs, lp.top_logprobs)):
+            check(abs(want[0][1] - got) < 1e-3, f"token {i}: logprob {got} == kiln run's {want[0][1]}")
+            check(len(top) == 3 and all(abs(a - b[1]) < 1e-3 for a, b in zip(sorted(top.values(), reverse=True), want)),
+                  f"token {i}: top {top} == kiln run's {want}")
+    r = client.chat.completions.create(
+        model=model, messages=q, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2
+    )
+    content = r.choices[0].logprobs.content
+    check("".join(t.token for t in content) == r.choices[0].message.content, f"chat logprobs {content}")
+    check(all(len(t.top_logprobs) == 2 and abs(t.top_logprobs[0].logprob - t.logprob) < 1e-6 for t in content),
+          "greedy: each token is its distribution's most likely")
+    stream = client.chat.completions.create(
+        model=model, messages=q, max_tokens=8, temperature=0, logprobs=True, top_logprobs=2, stream=True
+    )
+    streamed = [t for chunk in stream for c in chunk.choices if c.logprobs for t in c.logprobs.content or []]
+    check([(t.token, t.logprob) for t in streamed] == [(t.token, t.logprob) for t in content], "streamed logprobs")
+    # ... and under a grammar: the model's log-probabilities (before the mask).
+    r = client.chat.completions.create(
+        model=model, messages=ask("Is the sky blue?"), max_tokens=32, temperature=0, logprobs=True,
+        response_format=js("Answer", Answer.model_json_schema()),
+    )
+    content = r.choices[0].logprobs.content
+    check("".join(t.token for t in content) == r.choices[0].message.content, "constrained logprobs")
+    check(all(t.logprob <= 0 for t in content), "log-probabilities are <= 0")
 
     # Malformed or unsupported: a 400 naming the field, every time.
     for extra, field in BAD:
