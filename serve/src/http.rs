@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio::sync::oneshot;
 
+use super::access_log::{self, UsageCell};
 use super::api::{self, ApiError};
 use super::conn::{self, HttpLimits};
 use super::engine::Engine;
@@ -39,8 +40,9 @@ struct App {
 type AppState = Arc<App>;
 
 /// The routes of `kiln serve` over a running engine.
-pub fn router(engine: Arc<Engine>, limits: HttpLimits) -> Router {
-    Router::new()
+/// With `access_log`, one line per request on stderr ([`super::access_log`]).
+pub fn router(engine: Arc<Engine>, limits: HttpLimits, access_log: bool) -> Router {
+    let router = Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
@@ -48,7 +50,12 @@ pub fn router(engine: Arc<Engine>, limits: HttpLimits) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(Arc::new(App { engine, limits }))
+        .with_state(Arc::new(App { engine, limits }));
+    if access_log {
+        router.layer(axum::middleware::from_fn(access_log::log_requests))
+    } else {
+        router
+    }
 }
 
 fn json_response(status: u16, body: &Value) -> Response {
@@ -153,13 +160,14 @@ async fn generate(app: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
         return error_response(engine, path, &e);
     }
     let responder = Responder::new(endpoint, &limits.model_id);
-    if stream {
+    let usage = UsageCell::default();
+    let mut response = if stream {
         engine.metrics().count_request(path, 200);
-        Sse::new(sse_stream(rx, responder, include_usage, tools))
+        Sse::new(sse_stream(rx, responder, include_usage, tools, usage.clone()))
             .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
             .into_response()
     } else {
-        let response = collect(rx, &responder, tools.as_ref()).await;
+        let response = collect(rx, &responder, tools.as_ref(), &usage).await;
         match response {
             Ok(body) => {
                 engine.metrics().count_request(path, 200);
@@ -167,7 +175,9 @@ async fn generate(app: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
             }
             Err(e) => error_response(engine, path, &e),
         }
-    }
+    };
+    response.extensions_mut().insert(usage);
+    response
 }
 
 /// The whole answer of a `stream: false` request.
@@ -175,6 +185,7 @@ async fn collect(
     mut rx: UnboundedReceiver<Event>,
     responder: &Responder,
     tools: Option<&ToolUse>,
+    log: &UsageCell,
 ) -> Result<Value, ApiError> {
     let mut text = String::new();
     let mut logprobs = Vec::new();
@@ -183,6 +194,7 @@ async fn collect(
             Event::Text(piece) => text.push_str(&piece),
             Event::Logprob(lp) => logprobs.push(lp),
             Event::Done { finish, usage } => {
+                log.set(&usage);
                 let mut body = match tools.map(|t| t.read(&text)) {
                     None => responder.full(&text, finish, usage),
                     Some(Ok(calls)) => responder.full_tool_calls(&calls, usage),
@@ -235,6 +247,7 @@ fn sse_stream(
     responder: Responder,
     include_usage: bool,
     tools: Option<ToolUse>,
+    log: UsageCell,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let data = |v: &Value| SseEvent::default().data(v.to_string());
     let opening: Vec<SseEvent> = responder.opening_chunk().iter().map(data).collect();
@@ -247,6 +260,7 @@ fn sse_stream(
     };
     let events = stream::unfold(Some(state), move |state| {
         let tools = tools.clone();
+        let log = log.clone();
         async move {
             let mut st = state?;
             let (out, more) = match st.rx.recv().await {
@@ -265,6 +279,7 @@ fn sse_stream(
                     (vec![data(&chunk)], true)
                 }
                 Some(Event::Done { finish, usage }) => {
+                    log.set(&usage);
                     let mut out = Vec::new();
                     let finish = match tools.as_ref().map(|t| t.read(&st.held)) {
                         None => finish,
@@ -406,7 +421,7 @@ impl Server {
             .map_err(io(format!("cannot listen on {where_}")))?;
         let (stop_http, stopped) = oneshot::channel::<()>();
         let limits = config.http.within_fd_limit(super::open_files_limit());
-        let app = router(Arc::clone(&engine), limits);
+        let app = router(Arc::clone(&engine), limits, config.access_log);
         let http = runtime.spawn(conn::serve(listener, app, limits, stopped));
         Ok(Server {
             addr,
