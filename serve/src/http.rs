@@ -163,9 +163,15 @@ async fn generate(app: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
     let usage = UsageCell::default();
     let mut response = if stream {
         engine.metrics().count_request(path, 200);
-        Sse::new(sse_stream(rx, responder, include_usage, tools, usage.clone()))
-            .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
-            .into_response()
+        Sse::new(sse_stream(
+            rx,
+            responder,
+            include_usage,
+            tools,
+            usage.clone(),
+        ))
+        .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
+        .into_response()
     } else {
         let response = collect(rx, &responder, tools.as_ref(), &usage).await;
         match response {

@@ -494,3 +494,81 @@ pub fn check_tools(structured: Option<&Structured>, use_: &ToolUse) -> Result<()
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tools() -> Value {
+        json!([
+            {"type": "function", "function": {"name": "add", "parameters": {"type": "object",
+                "properties": {"a": {"type": "integer"}}, "required": ["a"]}}},
+            {"type": "function", "function": {"name": "now"}},
+        ])
+    }
+
+    #[test]
+    fn answers_are_read_back_into_calls_or_text() {
+        let t = tool_use(Some(&tools()), None).unwrap().unwrap();
+        assert_eq!(t.choice, ToolChoice::Auto);
+        let calls = t.read(r#"{"name": "add", "arguments": {"a": 2}}"#).unwrap();
+        assert_eq!(
+            (calls[0].name.as_str(), calls[0].arguments.as_str()),
+            ("add", r#"{"a":2}"#)
+        );
+        assert!(calls[0].id.starts_with("call_"));
+        assert_eq!(t.read(r#"{"response": "hi"}"#).unwrap_err(), "hi");
+        // Cut by max_tokens, or a tool that is not offered: the text as it is.
+        assert_eq!(t.read(r#"{"name": "ad"#).unwrap_err(), r#"{"name": "ad"#);
+        assert!(t.read(r#"{"name": "rm", "arguments": {}}"#).is_err());
+        // The grammar has one branch per tool, and the plain answer under auto.
+        let Grammar::JsonSchema(g) = t.grammar() else {
+            panic!()
+        };
+        assert_eq!(g["anyOf"].as_array().unwrap().len(), 3);
+        let named = tool_use(
+            Some(&tools()),
+            Some(&json!({"type": "function", "function": {"name": "now"}})),
+        )
+        .unwrap()
+        .unwrap();
+        let Grammar::JsonSchema(g) = named.grammar() else {
+            panic!()
+        };
+        assert_eq!(g["properties"]["name"]["const"], "now");
+    }
+
+    #[test]
+    fn none_and_errors_name_the_field() {
+        assert!(
+            tool_use(Some(&tools()), Some(&json!("none")))
+                .unwrap()
+                .is_none()
+        );
+        assert!(tool_use(None, None).unwrap().is_none());
+        let e = tool_use(None, Some(&json!("required"))).unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("tool_choice"));
+        let e = tool_use(
+            Some(&json!([{"type": "function", "function": {"name": 3}}])),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.param.as_deref(), Some("tools[0].function.name"));
+        let e = response_format(Some(
+            &json!({"type": "json_schema", "json_schema": {"name": "x", "schema": 3}}),
+        ))
+        .unwrap_err();
+        assert_eq!(
+            e.param.as_deref(),
+            Some("response_format.json_schema.schema")
+        );
+        assert_eq!(
+            response_format(Some(&json!({"type": "text"}))).unwrap(),
+            None
+        );
+        assert_eq!(
+            response_format(Some(&json!({"type": "json_object"}))).unwrap(),
+            Some(Grammar::JsonObject)
+        );
+    }
+}
