@@ -58,6 +58,8 @@ pub enum Grid {
     Elementwise { rows: Rows, cols: u32 },
     /// `x` workgroups per token (y).
     PerToken { x: u32 },
+    /// A workgroup per (head, row): `heads` (x) by rows (y).
+    PerRowHead { rows: Rows, heads: u32 },
 }
 
 const WG: u32 = 64;
@@ -96,6 +98,7 @@ impl Grid {
                 [x, y, 1]
             }
             Grid::PerToken { x } => [x, n_tokens, 1],
+            Grid::PerRowHead { rows, heads } => [heads, resolve(rows), 1],
         }
     }
 }
@@ -133,7 +136,11 @@ pub struct Program {
     pub arena_bytes: u64,
     pub kv_bytes: u64,
     pub limits: StepLimits,
-    pub rope: Option<RopeTable>,
+    /// Each RoPE geometry of the plan (the step buffer's tables, in the order the
+    /// kernels' params index them).
+    pub rope: Vec<RopeTable>,
+    /// KV groups of the plan's KV layout (block tables per sequence).
+    pub kv_groups: usize,
     /// Where the plan's output (the logits) lies in the arena.
     pub output: Output,
 }
@@ -141,13 +148,18 @@ pub struct Program {
 /// Words of each kernel's params block (the `Params` struct of its file).
 pub fn param_words(op: &str) -> usize {
     match op {
-        "matmul" | "rmsnorm_matmul" | "matmul_swiglu" | "rmsnorm_matmul_swiglu" | "matmul_add" => {
-            12
-        }
-        "kv_write" | "rope_kv_write" | "attention" => 16,
+        "matmul"
+        | "rmsnorm_matmul"
+        | "matmul_swiglu"
+        | "rmsnorm_matmul_swiglu"
+        | "matmul_geglu"
+        | "rmsnorm_matmul_geglu"
+        | "matmul_add" => 12,
+        "kv_write" | "rope_kv_write" | "qk_norm_rope_kv_write" | "attention" => 20,
+        "rmsnorm_add" | "head_rmsnorm" => 8,
         "rmsnorm" => 6,
-        "add" | "swiglu" => 5,
-        "embed" | "rope" => 4,
+        "add" | "swiglu" | "geglu" | "scale" | "rope" => 5,
+        "embed" => 4,
         "select_rows" => 3,
         _ => 0,
     }
@@ -156,23 +168,27 @@ pub fn param_words(op: &str) -> usize {
 /// Whether the kernels run `op` with the weights it names in `graph` (a `match`, as the
 /// Backend trait asks): unfused ops stay when a fused one is refused.
 pub fn supports(op: &Op, graph: &Graph) -> bool {
+    // Matmuls read whole units of 8 columns; an embedding of plain floats may end inside
+    // one.
+    let embed = matches!(op, Op::Embed { .. });
     let matrices_ok = op.matrices().iter().all(|&w| {
-        graph
-            .weight(w)
-            .is_some_and(|w| WEIGHT_DTYPES.contains(&w.dtype) && w.cols % 8 == 0)
+        graph.weight(w).is_some_and(|w| {
+            WEIGHT_DTYPES.contains(&w.dtype)
+                && (w.cols % 8 == 0 || (embed && !w.dtype.is_quantized()))
+        })
     });
     let dtype = |w: &WeightId| graph.weight(*w).map(|w| w.dtype);
-    // Gemma 3's ops, NeoX RoPE and attention with windows, scales or KV groups have no
-    // WGSL kernel yet.
     matrices_ok
-        && op.is_plain()
         && match op {
-            Op::MatMulSwiGlu { gate, up } | Op::RmsNormMatMulSwiGlu { gate, up, .. } => {
-                dtype(gate) == dtype(up)
-            }
+            Op::MatMulSwiGlu { gate, up }
+            | Op::RmsNormMatMulSwiGlu { gate, up, .. }
+            | Op::MatMulGeGlu { gate, up }
+            | Op::RmsNormMatMulGeGlu { gate, up, .. } => dtype(gate) == dtype(up),
             Op::Attention { attention }
             | Op::KvWrite { attention }
-            | Op::RopeKvWrite { attention, .. } => attention_ok(attention),
+            | Op::RopeKvWrite { attention, .. }
+            | Op::QkNormRopeKvWrite { attention, .. } => attention_ok(attention),
+            Op::HeadRmsNorm { head_dim, .. } => *head_dim > 0,
             _ => true,
         }
 }
@@ -190,6 +206,8 @@ fn attention_ok(a: &AttentionParams) -> bool {
         && a.head_dim <= 256
         && a.n_kv_heads > 0
         && a.n_heads.is_multiple_of(a.n_kv_heads)
+        && a.window.is_none_or(|w| w > 0 && w <= u32::MAX as usize)
+        && a.scale.is_finite()
 }
 
 fn unsupported(what: String) -> KernelError {
@@ -228,30 +246,33 @@ impl Program {
                 plan.max_tokens
             )));
         }
+        // Each RoPE geometry once (Gemma 3: one base for local layers, one for global).
+        let mut ropes: Vec<RopeParams> = Vec::new();
+        for r in plan.launches.iter().filter_map(|l| l.op.rope()) {
+            if !ropes.contains(r) {
+                ropes.push(*r);
+            }
+        }
         let mut b = Builder {
             plan,
             kv,
             caps,
             weights: &weights,
+            ropes: &ropes,
             pipelines: Vec::new(),
             params: Vec::new(),
         };
         let mut launches = Vec::with_capacity(plan.launches.len());
-        let mut rope: Option<RopeParams> = None;
         for launch in &plan.launches {
             if !supports(&launch.op, &plan.graph) {
                 return Err(unsupported(format!("{} ({})", launch.kernel, launch.op)));
             }
-            if let Op::Rope { rope: r } | Op::RopeKvWrite { rope: r, .. } = &launch.op
-                && *rope.get_or_insert(*r) != *r
-            {
-                return Err(unsupported("layers with different RoPE parameters".into()));
-            }
             launches.push(b.launch(launch)?);
         }
-        let rope = rope
-            .map(|params| rope_table(plan, source, params))
-            .transpose()?;
+        let rope = ropes
+            .iter()
+            .map(|&params| rope_table(plan, source, params))
+            .collect::<Result<Vec<_>, _>>()?;
         let output =
             Output::of(plan).ok_or_else(|| unsupported("a plan without an output".into()))?;
         Ok(Program {
@@ -263,12 +284,18 @@ impl Program {
             kv_bytes,
             limits: StepLimits::new(plan, kv, kv_page_count),
             rope,
+            kv_groups: kv.n_groups().max(1),
             output,
         })
     }
 }
 
 impl Program {
+    /// The step buffer's bytes for a checked step (what a backend uploads before it).
+    pub fn pack_step(&self, step: &kiln_ir::backend::Step<'_>) -> Result<Vec<u8>, KernelError> {
+        crate::step::pack(step, &self.rope, self.kv_groups)
+    }
+
     /// The dispatches of launch `launch` that have work in a step of `shape`: each one's
     /// index in the launch, and its workgroup counts (a dispatch over no rows is left
     /// out).
@@ -332,6 +359,7 @@ struct Builder<'a> {
     kv: &'a KvLayout,
     caps: &'a Capabilities,
     weights: &'a WeightLayout,
+    ropes: &'a [RopeParams],
     pipelines: Vec<Pipeline>,
     params: Vec<u8>,
 }
@@ -446,13 +474,24 @@ impl Builder<'_> {
         )
     }
 
-    fn kv_words(&self, a: &AttentionParams, q: u32, q_out: u32, k: u32, v: u32) -> Vec<u32> {
+    /// The params of the KV kernels (kv_common.wgsl), `rope` and `norms` (q, k and eps)
+    /// for the ops that have them.
+    fn kv_words(
+        &self,
+        a: &AttentionParams,
+        [q, q_out, k, v]: [u32; 4],
+        rope: Option<&RopeParams>,
+        norms: Option<(WeightId, WeightId, f32)>,
+    ) -> Vec<u32> {
         let kv = self.kv;
-        let layer_base = kv.k_offset(a.layer, 0, 0).unwrap_or(0) as u32;
+        let layer_base = kv.k_offset(a.kv_slot, 0, 0).unwrap_or(0) as u32;
         let v_base = kv.v_offset(0, 0, 0).unwrap_or(0) as u32;
         let ks_base = kv.k_scale_offset(0, 0, 0).unwrap_or(0) as u32;
         let vs_base = kv.v_scale_offset(0, 0, 0).unwrap_or(0) as u32;
-        let scale = 1.0 / (a.head_dim as f32).sqrt();
+        let rope = rope.map_or(0, |r| self.ropes.iter().position(|x| x == r).unwrap_or(0));
+        let (q_norm, k_norm, eps) = norms.map_or((0, 0, 0.0), |(q, k, eps)| {
+            (self.vector(q), self.vector(k), eps)
+        });
         vec![
             q,
             q_out,
@@ -467,21 +506,26 @@ impl Builder<'_> {
             v_base,
             ks_base,
             vs_base,
-            scale.to_bits(),
-            0,
-            0,
+            a.scale.to_bits(),
+            a.kv_group as u32,
+            a.window.unwrap_or(0) as u32,
+            rope as u32,
+            q_norm,
+            k_norm,
+            eps.to_bits(),
         ]
     }
 
     fn check_kv(&self, a: &AttentionParams) -> Result<(), KernelError> {
         let kv = self.kv;
-        if a.layer >= kv.n_layers()
+        if a.kv_slot >= kv.n_layers()
+            || a.kv_group >= kv.n_groups().max(1)
             || a.n_kv_heads != kv.n_kv_heads()
             || a.head_dim != kv.head_dim()
         {
             return Err(unsupported(format!(
-                "layer {} attends over {} KV heads of {}, the KV layout holds {} layers of {} heads of {}",
-                a.layer,
+                "KV slot {} attends over {} KV heads of {}, the KV layout holds {} slots of {} heads of {}",
+                a.kv_slot,
                 a.n_kv_heads,
                 a.head_dim,
                 kv.n_layers(),
@@ -503,7 +547,7 @@ impl Builder<'_> {
                 let (dtype, _, d, row_bytes, off) = self.weight(*table);
                 let words = vec![off, row_bytes, d, self.at(out)];
                 let grid = Grid::PerToken {
-                    x: (d / 8).div_ceil(WG),
+                    x: d.div_ceil(8).div_ceil(WG),
                 };
                 vec![self.dispatch(
                     "embed",
@@ -573,11 +617,11 @@ impl Builder<'_> {
             Op::MatMulAdd { weight } => {
                 vec![self.matmul("matmul_add", ins[0], out, *weight, None, Some(ins[1]), None)]
             }
-            Op::Add | Op::SwiGlu => {
-                let op = if launch.op == Op::Add {
-                    "add"
-                } else {
-                    "swiglu"
+            Op::Add | Op::SwiGlu | Op::GeGlu => {
+                let op = match launch.op {
+                    Op::Add => "add",
+                    Op::SwiGlu => "swiglu",
+                    _ => "geglu",
                 };
                 let cols = self.cols(out);
                 let words = vec![
@@ -604,7 +648,14 @@ impl Builder<'_> {
             }
             Op::Rope { rope } => {
                 let cols = self.cols(out);
-                let words = vec![cols, rope.head_dim as u32, self.at(ins[0]), self.at(out)];
+                let table = self.ropes.iter().position(|x| x == rope).unwrap_or(0) as u32;
+                let words = vec![
+                    cols,
+                    rope.head_dim as u32,
+                    self.at(ins[0]),
+                    self.at(out),
+                    table,
+                ];
                 let grid = Grid::Elementwise {
                     rows: Rows::Tokens,
                     cols,
@@ -613,16 +664,16 @@ impl Builder<'_> {
             }
             Op::KvWrite { attention: a } => {
                 self.check_kv(a)?;
-                let words = self.kv_words(a, 0, 0, self.at(ins[0]), self.at(ins[1]));
+                let words = self.kv_words(a, [0, 0, self.at(ins[0]), self.at(ins[1])], None, None);
                 let grid = Grid::PerToken {
                     x: 2 * a.n_kv_heads as u32,
                 };
                 vec![self.dispatch("kv_write", None, words, vec![Params, Arena, Kv, Step], grid)]
             }
-            Op::RopeKvWrite { attention: a, .. } => {
+            Op::RopeKvWrite { attention: a, rope } => {
                 self.check_kv(a)?;
-                let (q, k, v) = (self.at(ins[0]), self.at(ins[1]), self.at(ins[2]));
-                let words = self.kv_words(a, q, self.at(out), k, v);
+                let qkv = [ins[0], out, ins[1], ins[2]].map(|v| self.at(v));
+                let words = self.kv_words(a, qkv, Some(rope), None);
                 let grid = Grid::PerToken {
                     x: (a.n_heads + 2 * a.n_kv_heads) as u32,
                 };
@@ -634,9 +685,30 @@ impl Builder<'_> {
                     grid,
                 )]
             }
+            Op::QkNormRopeKvWrite {
+                q_norm,
+                k_norm,
+                eps,
+                rope,
+                attention: a,
+            } => {
+                self.check_kv(a)?;
+                let qkv = [ins[0], out, ins[1], ins[2]].map(|v| self.at(v));
+                let words = self.kv_words(a, qkv, Some(rope), Some((*q_norm, *k_norm, *eps)));
+                let grid = Grid::PerToken {
+                    x: (a.n_heads + 2 * a.n_kv_heads) as u32,
+                };
+                vec![self.dispatch(
+                    "qk_norm_rope_kv_write",
+                    None,
+                    words,
+                    vec![Params, Arena, Weights, Kv, Step],
+                    grid,
+                )]
+            }
             Op::Attention { attention: a } => {
                 self.check_kv(a)?;
-                let words = self.kv_words(a, self.at(ins[0]), self.at(out), 0, 0);
+                let words = self.kv_words(a, [self.at(ins[0]), self.at(out), 0, 0], None, None);
                 let grid = Grid::PerToken {
                     x: a.n_heads as u32,
                 };
@@ -648,15 +720,88 @@ impl Builder<'_> {
                     grid,
                 )]
             }
-            Op::Scale { .. }
-            | Op::HeadRmsNorm { .. }
-            | Op::GeGlu
-            | Op::MatMulGeGlu { .. }
-            | Op::RmsNormMatMulGeGlu { .. }
-            | Op::RmsNormAdd { .. }
-            | Op::QkNormRopeKvWrite { .. } => {
-                return Err(unsupported(format!("{} (no WGSL kernel)", launch.op)));
+            Op::Scale { factor } => {
+                let cols = self.cols(out);
+                let words = vec![
+                    sel(self, out),
+                    cols,
+                    self.at(ins[0]),
+                    self.at(out),
+                    factor.to_bits(),
+                ];
+                let grid = Grid::Elementwise {
+                    rows: self.rows(out),
+                    cols,
+                };
+                vec![self.dispatch("scale", None, words, vec![Params, Arena, Step], grid)]
             }
+            Op::HeadRmsNorm {
+                weight,
+                eps,
+                head_dim,
+            } => {
+                let heads = self.cols(out) / *head_dim as u32;
+                let words = vec![
+                    sel(self, out),
+                    *head_dim as u32,
+                    self.at(ins[0]),
+                    self.at(out),
+                    self.vector(*weight),
+                    eps.to_bits(),
+                    heads,
+                    0,
+                ];
+                let grid = Grid::PerRowHead {
+                    rows: self.rows(out),
+                    heads,
+                };
+                vec![self.dispatch(
+                    "head_rmsnorm",
+                    None,
+                    words,
+                    vec![Params, Arena, Weights, Step],
+                    grid,
+                )]
+            }
+            Op::RmsNormAdd { weight, eps } => {
+                let words = vec![
+                    sel(self, out),
+                    self.cols(out),
+                    self.at(ins[0]),
+                    self.at(out),
+                    self.vector(*weight),
+                    eps.to_bits(),
+                    self.at(ins[1]),
+                    0,
+                ];
+                let grid = Grid::PerRow {
+                    rows: self.rows(out),
+                };
+                vec![self.dispatch(
+                    "rmsnorm_add",
+                    None,
+                    words,
+                    vec![Params, Arena, Weights, Step],
+                    grid,
+                )]
+            }
+            Op::MatMulGeGlu { gate, up } => {
+                vec![self.matmul("matmul_geglu", ins[0], out, *gate, Some(*up), None, None)]
+            }
+            Op::RmsNormMatMulGeGlu {
+                norm,
+                eps,
+                gate,
+                up,
+            } => vec![self.matmul(
+                "rmsnorm_matmul_geglu",
+                ins[0],
+                out,
+                *gate,
+                Some(*up),
+                None,
+                Some((*norm, *eps)),
+            )],
         })
     }
 }

@@ -12,6 +12,8 @@ use crate::KernelError;
 use crate::sources::WEIGHT_DTYPES;
 
 const ALIGN: u64 = 16;
+/// Bytes after each matrix that an embedding's last unit may read (7 f32 values).
+const UNIT_SLACK: u64 = 32;
 
 /// Where each weight of the plan's graph lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,13 +55,15 @@ impl WeightLayout {
             if matrix && !WEIGHT_DTYPES.contains(&w.dtype) {
                 return Err(bad(format!("no WGSL kernel reads {} matrices", w.dtype)));
             }
-            if matrix && w.cols % 8 != 0 {
+            if matrix && w.cols % 8 != 0 && w.dtype.is_quantized() {
                 return Err(bad(format!(
-                    "{} columns (the kernels take multiples of 8)",
+                    "{} columns of a quantized type (the kernels take multiples of 8)",
                     w.cols
                 )));
             }
             let bytes = stored_bytes(w, matrix).ok_or_else(|| bad("size overflows".into()))?;
+            // A unit of 8 plain floats read past the end of a row that ends inside one.
+            let bytes = bytes + if matrix { UNIT_SLACK } else { 0 };
             offsets.push(total);
             total = total
                 .checked_add(bytes.next_multiple_of(ALIGN))

@@ -27,7 +27,7 @@ use kiln_kernels_cuda::launch::{
 use kiln_kernels_cuda::sources::{
     self, ARGMAX_ENTRY, COMBINE_ENTRY, DECODE_ENTRY, ENTRY, MMA_ENTRY, PREFILL_ENTRY,
 };
-use kiln_kernels_wgsl::{Capabilities, Program, Variant, step, weights};
+use kiln_kernels_wgsl::{Capabilities, Program, Variant, weights};
 
 use crate::device::{Gpu, NAME, driver};
 use crate::graphs::Graphs;
@@ -225,7 +225,7 @@ impl Loaded {
         gpu.ctx
             .bind_to_thread()
             .map_err(|e| driver("binding the CUDA context", e))?;
-        let data = step::pack(s, self.program.rope.as_ref()).map_err(|e| e.for_backend(NAME))?;
+        let data = self.program.pack_step(s).map_err(|e| e.for_backend(NAME))?;
         if data.len() > self.step.len() {
             self.step = alloc(gpu, (data.len() as u64).next_power_of_two(), "the step")?;
             // The graphs point at the old step buffer.

@@ -16,7 +16,7 @@ use kiln_gpu_host::{Cache, Lru, Output, kv::leading_slots};
 use kiln_ir::Plan;
 use kiln_ir::backend::{BackendError, DeviceProperties, LaunchTime, Step, StepShape, WeightSource};
 use kiln_ir::kv_layout::KvLayout;
-use kiln_kernels_wgsl::{Capabilities, Program, Resource, step, weights};
+use kiln_kernels_wgsl::{Capabilities, Program, Resource, weights};
 
 use crate::buffer::{Buffer, Kind, Uploader};
 use crate::device::{DeviceInfo, NAME, Vk, vk_error};
@@ -205,7 +205,7 @@ impl Loaded {
     pub fn execute(&mut self, s: &Step<'_>) -> Result<(), BackendError> {
         self.program.limits.check(s, NAME)?;
         // Packed while the previous step may still run.
-        let data = step::pack(s, self.program.rope.as_ref()).map_err(|e| e.for_backend(NAME))?;
+        let data = self.program.pack_step(s).map_err(|e| e.for_backend(NAME))?;
         let bytes = data.len() as u64;
         self.wait()?;
         if bytes > self.step.size {

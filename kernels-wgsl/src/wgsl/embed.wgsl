@@ -1,5 +1,7 @@
 // embed.wgsl: out (tokens, d) = rows `token_ids` of the table, dequantized. One thread
-// per 8 values; grid (ceil(d / 8 / WG), tokens).
+// per 8 values; grid (ceil(d / 8 / WG), tokens). Rows of F32/F16/BF16 tables may end
+// inside a unit (d not a multiple of 8): the weights buffer leaves slack after each
+// matrix for the last row's last unit, whose values past d are not written.
 
 struct Params {
     table: u32,     // byte offset of the table in `weights`
@@ -16,14 +18,19 @@ struct Params {
 fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let u = wg.x * WG + lid;
     let t = wg.y;
-    if (u >= p.d / 8u || t >= step[STEP_N_TOKENS]) {
+    if (u >= (p.d + 7u) / 8u || t >= step[STEP_N_TOKENS]) {
         return;
     }
     let id = step[step[STEP_IDS] + t];
     let w = w_unit(p.table + id * p.row_bytes, u);
-    let c = p.out + t * p.d + unit_cols(u);
+    let c = unit_cols(u);
+    let row = p.out + t * p.d;
     for (var i = 0u; i < 4u; i++) {
-        arena[c.x + i] = w.lo[i];
-        arena[c.y + i] = w.hi[i];
+        if (c.x + i < p.d) {
+            arena[row + c.x + i] = w.lo[i];
+        }
+        if (c.y + i < p.d) {
+            arena[row + c.y + i] = w.hi[i];
+        }
     }
 }
