@@ -114,6 +114,7 @@ impl Backend for CudaBackend {
 
     fn supports(&self, op: &Op, graph: &Graph) -> bool {
         kiln_kernels_wgsl::program::supports(op, graph)
+            && kiln_kernels_cuda::sources::runs(op, graph)
     }
 
     fn load_plan(

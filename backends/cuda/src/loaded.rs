@@ -107,6 +107,17 @@ impl Loaded {
             subgroups: false,
             ..Capabilities::of(properties, 16)
         };
+        // The WGSL program runs more than the CUDA kernels do (Gemma 3's ops).
+        if let Some(l) = plan
+            .launches
+            .iter()
+            .find(|l| !sources::runs(&l.op, &plan.graph))
+        {
+            return Err(BackendError::Unsupported {
+                backend: NAME,
+                what: format!("{} ({}): no CUDA kernel", l.kernel, l.op),
+            });
+        }
         let program = Program::new(plan, source, kv, kv_page_count, &caps)
             .map_err(|e| e.for_backend(NAME))?;
         let debug = gpu.debug;
