@@ -10,10 +10,11 @@ use std::process::ExitCode;
 use kiln_backend_vulkan::{Cache, VulkanBackend, VulkanOptions};
 use kiln_backends::Ci;
 use kiln_ir::backend::Backend;
-use kiln_testkit::{pass, skip, test};
+use kiln_engine::model::Model;
+use kiln_testkit::{fail, pass, skip, test};
 use kiln_tests::cpu::load;
 use kiln_tests::device::{Greedy, check_launch_times, greedy_matches_cpu, wgsl_limits};
-use kiln_tests::{Outcome, on_device};
+use kiln_tests::{Outcome, gemma_device, gemma_model, on_device};
 
 fn main() -> ExitCode {
     kiln_testkit::run(vec![
@@ -25,6 +26,12 @@ fn main() -> ExitCode {
             "a_second_load_compiles_nothing",
             a_second_load_compiles_nothing,
         ),
+        test("gemma3_greedy_matches_llama_cpp", || {
+            with_backend(gemma3_greedy_matches_llama_cpp)
+        }),
+        test("gemma3_perplexity_matches_llama_cpp", || {
+            with_backend(gemma3_perplexity_matches_llama_cpp)
+        }),
         test("launch_times_cover_every_launch_of_the_last_step", || {
             with_backend(launch_times_cover_every_launch_of_the_last_step)
         }),
@@ -106,6 +113,26 @@ fn a_second_load_compiles_nothing() -> Outcome {
     assert_eq!(damaged.pipeline_cache_bytes, 0);
     let _ = std::fs::remove_dir_all(&dir);
     pass()
+}
+
+/// Gemma 3 270M Q4_K_M (issue 16): greedy tokens as llama.cpp's.
+fn gemma3_greedy_matches_llama_cpp(_: VulkanBackend) -> Outcome {
+    let model = Model::load(gemma_model()).expect("the Gemma model loads");
+    let make = || Box::new(VulkanBackend::any_device().unwrap()) as Box<dyn Backend>;
+    match gemma_device::greedy_matches_llama_cpp("vulkan", &model, &make) {
+        Ok(()) => pass(),
+        Err(e) => fail(e),
+    }
+}
+
+/// Gemma 3 270M Q4_K_M (issue 16): perplexity -c 128 within 1% of llama.cpp's.
+fn gemma3_perplexity_matches_llama_cpp(_: VulkanBackend) -> Outcome {
+    let model = Model::load(gemma_model()).expect("the Gemma model loads");
+    let make = || Box::new(VulkanBackend::any_device().unwrap()) as Box<dyn Backend>;
+    match gemma_device::perplexity_matches_llama_cpp("vulkan", &model, &make) {
+        Ok(()) => pass(),
+        Err(e) => fail(e),
+    }
 }
 
 fn launch_times_cover_every_launch_of_the_last_step(mut backend: VulkanBackend) -> Outcome {

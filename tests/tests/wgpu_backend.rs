@@ -9,10 +9,11 @@ use std::process::ExitCode;
 use kiln_backend_wgpu::WgpuBackend;
 use kiln_backends::Ci;
 use kiln_ir::backend::Backend;
-use kiln_testkit::{pass, skip, test};
+use kiln_engine::model::Model;
+use kiln_testkit::{fail, pass, skip, test};
 use kiln_tests::cpu::load;
 use kiln_tests::device::{Greedy, check_launch_times, greedy_matches_cpu, wgsl_limits};
-use kiln_tests::{Outcome, on_device};
+use kiln_tests::{Outcome, gemma_device, gemma_model, on_device};
 
 fn main() -> ExitCode {
     kiln_testkit::run(vec![
@@ -20,6 +21,12 @@ fn main() -> ExitCode {
             "greedy_on_the_reference_model_matches_the_cpu_backend",
             || with_backend(greedy_on_the_reference_model_matches_the_cpu_backend),
         ),
+        test("gemma3_greedy_matches_llama_cpp", || {
+            with_backend(gemma3_greedy_matches_llama_cpp)
+        }),
+        test("gemma3_perplexity_matches_llama_cpp", || {
+            with_backend(gemma3_perplexity_matches_llama_cpp)
+        }),
         test("launch_times_cover_every_launch_of_the_last_step", || {
             with_backend(launch_times_cover_every_launch_of_the_last_step)
         }),
@@ -43,6 +50,26 @@ fn greedy_on_the_reference_model_matches_the_cpu_backend(_: WgpuBackend) -> Outc
         Box::new(WgpuBackend::any_adapter().unwrap())
     });
     pass()
+}
+
+/// Gemma 3 270M Q4_K_M (issue 16): greedy tokens as llama.cpp's.
+fn gemma3_greedy_matches_llama_cpp(_: WgpuBackend) -> Outcome {
+    let model = Model::load(gemma_model()).expect("the Gemma model loads");
+    let make = || Box::new(WgpuBackend::any_adapter().unwrap()) as Box<dyn Backend>;
+    match gemma_device::greedy_matches_llama_cpp("wgpu", &model, &make) {
+        Ok(()) => pass(),
+        Err(e) => fail(e),
+    }
+}
+
+/// Gemma 3 270M Q4_K_M (issue 16): perplexity -c 128 within 1% of llama.cpp's.
+fn gemma3_perplexity_matches_llama_cpp(_: WgpuBackend) -> Outcome {
+    let model = Model::load(gemma_model()).expect("the Gemma model loads");
+    let make = || Box::new(WgpuBackend::any_adapter().unwrap()) as Box<dyn Backend>;
+    match gemma_device::perplexity_matches_llama_cpp("wgpu", &model, &make) {
+        Ok(()) => pass(),
+        Err(e) => fail(e),
+    }
 }
 
 fn launch_times_cover_every_launch_of_the_last_step(mut backend: WgpuBackend) -> Outcome {

@@ -291,7 +291,7 @@ impl Loaded {
         class: u32,
     ) -> Result<(), BackendError> {
         let params = address(gpu, &self.params);
-        let buffers = [
+        let all_buffers = [
             address(gpu, &self.arena),
             address(gpu, &self.weights),
             address(gpu, &self.kv),
@@ -308,6 +308,9 @@ impl Loaded {
             for (j, d) in dispatches.iter().enumerate() {
                 let k = &self.kernels[d.pipeline];
                 let p = params + d.params_offset;
+                // The dispatch's window of the weights (offsets in its params are from it).
+                let mut buffers = all_buffers;
+                buffers[1] += d.weights_base;
                 let shape = self.attention[i][j];
                 if let (Some(shape), Some((decode, combine))) = (shape, &k.decode) {
                     let splits = attention_splits(&shape, n_tokens, class, self.sm_count);

@@ -166,7 +166,10 @@ impl Loaded {
         let infos = [
             (Resource::Params, info(&self.params, self.params_range)),
             (Resource::Arena, info(&self.arena, vk::WHOLE_SIZE)),
-            (Resource::Weights, info(&self.weights, vk::WHOLE_SIZE)),
+            (
+                Resource::Weights,
+                info(&self.weights, self.program.weights_window),
+            ),
             (Resource::Kv, info(&self.kv, vk::WHOLE_SIZE)),
             (Resource::Step, info(&self.step, vk::WHOLE_SIZE)),
         ];
@@ -175,6 +178,7 @@ impl Loaded {
             .map(|(r, buffer)| {
                 let ty = match r {
                     Resource::Params => vk::DescriptorType::UNIFORM_BUFFER_DYNAMIC,
+                    Resource::Weights => vk::DescriptorType::STORAGE_BUFFER_DYNAMIC,
                     _ => vk::DescriptorType::STORAGE_BUFFER,
                 };
                 vk::WriteDescriptorSet::default()
@@ -321,7 +325,8 @@ impl Loaded {
                         o.layout,
                         0,
                         &[o.set],
-                        &[dispatch.params_offset as u32],
+                        // Dynamic offsets in binding order: params, weights.
+                        &[dispatch.params_offset as u32, dispatch.weights_base as u32],
                     );
                     d.cmd_dispatch(cb, x, y, z);
                 }

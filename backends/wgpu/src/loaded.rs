@@ -175,7 +175,13 @@ impl Loaded {
                                 })
                             }
                             Resource::Arena => self.arena.as_entire_binding(),
-                            Resource::Weights => self.weights.as_entire_binding(),
+                            Resource::Weights => {
+                                wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                    buffer: &self.weights,
+                                    offset: d.weights_base,
+                                    size: wgpu::BufferSize::new(self.program.weights_window),
+                                })
+                            }
                             Resource::Kv => self.kv.as_entire_binding(),
                             Resource::Step => self.step.as_entire_binding(),
                         },
