@@ -3,8 +3,9 @@
 //! replaced by the text of `x` (once per source), `weights.cuh` standing for the variant's
 //! weight dtype. NVRTC gets one self-contained string: no include paths, no toolkit.
 
-use kiln_ir::DType;
+use kiln_ir::graph::Graph;
 use kiln_ir::kv_layout::KvDtype;
+use kiln_ir::{DType, Op, RopeMode};
 use kiln_kernels_wgsl::Variant;
 use kiln_kernels_wgsl::sources::{OPS, WEIGHT_DTYPES};
 
@@ -200,21 +201,53 @@ fn include_of(line: &str) -> Option<&str> {
         .strip_suffix('"')
 }
 
+/// The WGSL ops that have no CUDA twin yet (Gemma 3's): a plan with them does not load
+/// on the CUDA backend (`runs` refuses them, so they stay unfused or are refused).
+pub const WGSL_ONLY_OPS: &[&str] = &[
+    "scale",
+    "head_rmsnorm",
+    "geglu",
+    "matmul_geglu",
+    "rmsnorm_matmul_geglu",
+    "rmsnorm_add",
+    "qk_norm_rope_kv_write",
+];
+
 /// Every variant a plan may need: each op × weight dtype × KV dtype (the WGSL variants
-/// without their subgroup twins).
+/// without their subgroup twins) that has CUDA sources.
 pub fn all_variants() -> Vec<Variant> {
     kiln_kernels_wgsl::sources::all_variants()
         .into_iter()
-        .filter(|v| !v.subgroups)
+        .filter(|v| !v.subgroups && ops().any(|op| op == v.op))
+        .filter(|v| v.weight.is_none_or(|w| weight_dtypes().contains(&w)))
         .collect()
 }
 
-/// The ops of kernels-wgsl, each of which has a `.cu` file here.
+/// The ops of kernels-wgsl that have a `.cu` file here.
 pub fn ops() -> impl Iterator<Item = &'static str> {
-    OPS.iter().map(|(op, _)| *op)
+    OPS.iter()
+        .map(|(op, _)| *op)
+        .filter(|op| !WGSL_ONLY_OPS.contains(op))
 }
 
-/// Weight dtypes the kernels read (those of the WGSL kernels).
+/// Weight dtypes the CUDA kernels read (those of the WGSL kernels with a `.cuh` here).
 pub fn weight_dtypes() -> &'static [DType] {
-    &WEIGHT_DTYPES
+    &WEIGHT_DTYPES[..6]
+}
+
+/// Whether the CUDA kernels run `op` as the WGSL program dispatches it (asked besides
+/// the WGSL `supports`): an op with a `.cu` file, weights of a type with a `.cuh`, no
+/// NeoX RoPE and attention without a window or a second KV group.
+pub fn runs(op: &Op, graph: &Graph) -> bool {
+    let weights_ok = op.matrices().iter().all(|&w| {
+        graph
+            .weight(w)
+            .is_some_and(|w| weight_dtypes().contains(&w.dtype))
+    });
+    weights_ok
+        && ops().any(|name| name == op.name())
+        && op.rope().is_none_or(|r| r.mode == RopeMode::Normal)
+        && op
+            .attention()
+            .is_none_or(|a| a.window.is_none() && a.kv_group == 0)
 }

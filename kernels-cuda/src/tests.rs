@@ -78,6 +78,16 @@ fn every_wgsl_op_has_a_cuda_file() {
     for op in sources::ops() {
         assert!(sources::file(&format!("{op}.cu")).is_some(), "no {op}.cu");
     }
+    // The WGSL ops left out are named, and have no file.
+    for (op, _) in kiln_kernels_wgsl::sources::OPS {
+        let listed = sources::WGSL_ONLY_OPS.contains(op);
+        assert_eq!(sources::ops().any(|o| o == *op), !listed, "{op}");
+        assert_eq!(sources::file(&format!("{op}.cu")).is_none(), listed, "{op}");
+    }
+    assert_eq!(
+        sources::weight_dtypes(),
+        &kiln_kernels_wgsl::sources::WEIGHT_DTYPES[..6]
+    );
 }
 
 #[test]

@@ -34,6 +34,8 @@ pub struct Capabilities {
     pub subgroups: bool,
     /// The largest storage buffer binding, in bytes.
     pub max_storage_binding: u64,
+    /// The largest buffer, in bytes (the weights buffer; a dispatch binds a window of it).
+    pub max_buffer: u64,
     /// Alignment of uniform buffer offsets (256 on most devices).
     pub uniform_align: u64,
 }
@@ -46,6 +48,7 @@ impl Capabilities {
         Capabilities {
             subgroups: properties.subgroup_size.is_some(),
             max_storage_binding: properties.max_binding_bytes.unwrap_or(u64::MAX),
+            max_buffer: properties.max_buffer_bytes.unwrap_or(u64::MAX),
             uniform_align,
         }
     }

@@ -58,6 +58,8 @@ pub enum Grid {
     Elementwise { rows: Rows, cols: u32 },
     /// `x` workgroups per token (y).
     PerToken { x: u32 },
+    /// A workgroup per (head, row): `heads` (x) by rows (y).
+    PerRowHead { rows: Rows, heads: u32 },
 }
 
 const WG: u32 = 64;
@@ -96,6 +98,7 @@ impl Grid {
                 [x, y, 1]
             }
             Grid::PerToken { x } => [x, n_tokens, 1],
+            Grid::PerRowHead { rows, heads } => [heads, resolve(rows), 1],
         }
     }
 }
@@ -118,8 +121,19 @@ pub struct Dispatch {
     /// This dispatch's params block within [`Program::params`].
     pub params_offset: u64,
     pub params_size: u64,
+    /// Where this dispatch's window of the weights buffer starts (a multiple of
+    /// [`WINDOW_ALIGN`]; 0 when the whole buffer fits one binding); the offsets in its
+    /// params are relative to it.
+    pub weights_base: u64,
     pub grid: Grid,
 }
+
+/// Alignment of a weights window's base (the largest storage offset alignment Vulkan
+/// allows a device to ask for).
+pub const WINDOW_ALIGN: u64 = 256;
+
+/// Bytes past a matrix row that a unit's word loads may touch.
+const ROW_SLACK: u64 = 16;
 
 /// Everything a backend needs to run a plan on the WGSL kernels.
 #[derive(Clone, Debug)]
@@ -130,10 +144,16 @@ pub struct Program {
     /// The params buffer: every dispatch's block at a `uniform_align` offset.
     pub params: Vec<u8>,
     pub weights: WeightLayout,
+    /// Bytes of the weights buffer each dispatch binds (from its `weights_base`).
+    pub weights_window: u64,
     pub arena_bytes: u64,
     pub kv_bytes: u64,
     pub limits: StepLimits,
-    pub rope: Option<RopeTable>,
+    /// Each RoPE geometry of the plan (the step buffer's tables, in the order the
+    /// kernels' params index them).
+    pub rope: Vec<RopeTable>,
+    /// KV groups of the plan's KV layout (block tables per sequence).
+    pub kv_groups: usize,
     /// Where the plan's output (the logits) lies in the arena.
     pub output: Output,
 }
@@ -141,38 +161,64 @@ pub struct Program {
 /// Words of each kernel's params block (the `Params` struct of its file).
 pub fn param_words(op: &str) -> usize {
     match op {
-        "matmul" | "rmsnorm_matmul" | "matmul_swiglu" | "rmsnorm_matmul_swiglu" | "matmul_add" => {
-            12
-        }
-        "kv_write" | "rope_kv_write" | "attention" => 16,
+        "matmul"
+        | "rmsnorm_matmul"
+        | "matmul_swiglu"
+        | "rmsnorm_matmul_swiglu"
+        | "matmul_geglu"
+        | "rmsnorm_matmul_geglu"
+        | "matmul_add" => 12,
+        "kv_write" | "rope_kv_write" | "qk_norm_rope_kv_write" | "attention" => 20,
+        "rmsnorm_add" | "head_rmsnorm" => 8,
         "rmsnorm" => 6,
-        "add" | "swiglu" => 5,
-        "embed" | "rope" => 4,
+        "add" | "swiglu" | "geglu" | "scale" | "rope" => 5,
+        "embed" => 6,
         "select_rows" => 3,
         _ => 0,
     }
 }
 
 /// Whether the kernels run `op` with the weights it names in `graph` (a `match`, as the
-/// Backend trait asks): unfused ops stay when a fused one is refused.
-pub fn supports(op: &Op, graph: &Graph) -> bool {
+/// Backend trait asks) on a device that binds at most `max_binding` bytes: unfused ops
+/// stay when a fused one is refused. A matmul or embedding larger than a binding runs in
+/// chunks of rows (each binding its window of the weights buffer); an op that also reads
+/// a second matrix or a norm vector does not, and is refused when its matrices take more
+/// than half a binding.
+pub fn supports(op: &Op, graph: &Graph, max_binding: u64) -> bool {
+    let matrix_bytes: u64 = op
+        .matrices()
+        .iter()
+        .filter_map(|&w| graph.weight(w))
+        .filter_map(|w| w.dtype.bytes_for(w.rows as u64 * w.cols as u64))
+        .sum();
+    let chunked = matches!(
+        op,
+        Op::Embed { .. } | Op::MatMul { .. } | Op::MatMulAdd { .. }
+    );
+    if !chunked && matrix_bytes > max_binding / 2 {
+        return false;
+    }
+    // Matmuls read whole units of 8 columns; an embedding of plain floats may end inside
+    // one.
+    let embed = matches!(op, Op::Embed { .. });
     let matrices_ok = op.matrices().iter().all(|&w| {
-        graph
-            .weight(w)
-            .is_some_and(|w| WEIGHT_DTYPES.contains(&w.dtype) && w.cols % 8 == 0)
+        graph.weight(w).is_some_and(|w| {
+            WEIGHT_DTYPES.contains(&w.dtype)
+                && (w.cols % 8 == 0 || (embed && !w.dtype.is_quantized()))
+        })
     });
     let dtype = |w: &WeightId| graph.weight(*w).map(|w| w.dtype);
-    // Gemma 3's ops, NeoX RoPE and attention with windows, scales or KV groups have no
-    // WGSL kernel yet.
     matrices_ok
-        && op.is_plain()
         && match op {
-            Op::MatMulSwiGlu { gate, up } | Op::RmsNormMatMulSwiGlu { gate, up, .. } => {
-                dtype(gate) == dtype(up)
-            }
+            Op::MatMulSwiGlu { gate, up }
+            | Op::RmsNormMatMulSwiGlu { gate, up, .. }
+            | Op::MatMulGeGlu { gate, up }
+            | Op::RmsNormMatMulGeGlu { gate, up, .. } => dtype(gate) == dtype(up),
             Op::Attention { attention }
             | Op::KvWrite { attention }
-            | Op::RopeKvWrite { attention, .. } => attention_ok(attention),
+            | Op::RopeKvWrite { attention, .. }
+            | Op::QkNormRopeKvWrite { attention, .. } => attention_ok(attention),
+            Op::HeadRmsNorm { head_dim, .. } => *head_dim > 0,
             _ => true,
         }
 }
@@ -190,6 +236,8 @@ fn attention_ok(a: &AttentionParams) -> bool {
         && a.head_dim <= 256
         && a.n_kv_heads > 0
         && a.n_heads.is_multiple_of(a.n_kv_heads)
+        && a.window.is_none_or(|w| w > 0 && w <= u32::MAX as usize)
+        && a.scale.is_finite()
 }
 
 fn unsupported(what: String) -> KernelError {
@@ -204,7 +252,9 @@ impl Program {
         kv_page_count: usize,
         caps: &Capabilities,
     ) -> Result<Program, KernelError> {
-        let weights = WeightLayout::new(plan, caps.max_storage_binding)?;
+        let weights = WeightLayout::new(plan, caps.max_buffer)?;
+        // Every dispatch binds this many bytes of the weights buffer, from its own base.
+        let window = weights.total.min(caps.max_storage_binding) / WINDOW_ALIGN * WINDOW_ALIGN;
         let max = caps.max_storage_binding.min(u64::from(u32::MAX));
         let arena_bytes = (plan.arena_bytes as u64).max(16);
         let kv_bytes = (kv.page_bytes() as u64)
@@ -228,30 +278,35 @@ impl Program {
                 plan.max_tokens
             )));
         }
+        // Each RoPE geometry once (Gemma 3: one base for local layers, one for global).
+        let mut ropes: Vec<RopeParams> = Vec::new();
+        for r in plan.launches.iter().filter_map(|l| l.op.rope()) {
+            if !ropes.contains(r) {
+                ropes.push(*r);
+            }
+        }
         let mut b = Builder {
             plan,
             kv,
             caps,
             weights: &weights,
+            window,
+            base: 0,
+            ropes: &ropes,
             pipelines: Vec::new(),
             params: Vec::new(),
         };
         let mut launches = Vec::with_capacity(plan.launches.len());
-        let mut rope: Option<RopeParams> = None;
         for launch in &plan.launches {
-            if !supports(&launch.op, &plan.graph) {
+            if !supports(&launch.op, &plan.graph, caps.max_storage_binding) {
                 return Err(unsupported(format!("{} ({})", launch.kernel, launch.op)));
-            }
-            if let Op::Rope { rope: r } | Op::RopeKvWrite { rope: r, .. } = &launch.op
-                && *rope.get_or_insert(*r) != *r
-            {
-                return Err(unsupported("layers with different RoPE parameters".into()));
             }
             launches.push(b.launch(launch)?);
         }
-        let rope = rope
-            .map(|params| rope_table(plan, source, params))
-            .transpose()?;
+        let rope = ropes
+            .iter()
+            .map(|&params| rope_table(plan, source, params))
+            .collect::<Result<Vec<_>, _>>()?;
         let output =
             Output::of(plan).ok_or_else(|| unsupported("a plan without an output".into()))?;
         Ok(Program {
@@ -259,16 +314,23 @@ impl Program {
             launches,
             params: b.params,
             weights,
+            weights_window: window,
             arena_bytes,
             kv_bytes,
             limits: StepLimits::new(plan, kv, kv_page_count),
             rope,
+            kv_groups: kv.n_groups().max(1),
             output,
         })
     }
 }
 
 impl Program {
+    /// The step buffer's bytes for a checked step (what a backend uploads before it).
+    pub fn pack_step(&self, step: &kiln_ir::backend::Step<'_>) -> Result<Vec<u8>, KernelError> {
+        crate::step::pack(step, &self.rope, self.kv_groups)
+    }
+
     /// The dispatches of launch `launch` that have work in a step of `shape`: each one's
     /// index in the launch, and its workgroup counts (a dispatch over no rows is left
     /// out).
@@ -332,6 +394,10 @@ struct Builder<'a> {
     kv: &'a KvLayout,
     caps: &'a Capabilities,
     weights: &'a WeightLayout,
+    /// Bytes of a weights window, and the base of the dispatch being built.
+    window: u64,
+    base: u64,
+    ropes: &'a [RopeParams],
     pipelines: Vec<Pipeline>,
     params: Vec<u8>,
 }
@@ -352,15 +418,61 @@ impl Builder<'_> {
         self.plan.graph.values[v.0 as usize].cols() as u32
     }
 
-    fn weight(&self, w: WeightId) -> (DType, u32, u32, u32, u32) {
+    /// A matrix: dtype, rows, cols and bytes of a row.
+    fn weight(&self, w: WeightId) -> (DType, u32, u32, u32) {
         let wt = &self.plan.graph.weights[w.0 as usize];
         let row_bytes = wt.dtype.bytes_for(wt.cols as u64).unwrap_or(0) as u32;
-        let offset = self.weights.offsets[w.0 as usize] as u32;
-        (wt.dtype, wt.rows as u32, wt.cols as u32, row_bytes, offset)
+        (wt.dtype, wt.rows as u32, wt.cols as u32, row_bytes)
     }
 
+    /// The byte offset in the window of row `r` of matrix `w`.
+    fn row_at(&self, w: WeightId, r: u32) -> u32 {
+        let wt = &self.plan.graph.weights[w.0 as usize];
+        let row_bytes = wt.dtype.bytes_for(wt.cols as u64).unwrap_or(0);
+        (self.weights.offsets[w.0 as usize] + u64::from(r) * row_bytes - self.base) as u32
+    }
+
+    /// A vector's word index in the window.
     fn vector(&self, w: WeightId) -> u32 {
-        (self.weights.offsets[w.0 as usize] / 4) as u32
+        ((self.weights.offsets[w.0 as usize] - self.base) / 4) as u32
+    }
+
+    /// The byte range of weight `w` in the buffer: `rows` rows of a matrix (with the
+    /// slack its loads may touch), or a whole vector.
+    fn range(&self, w: WeightId, rows: Option<(u32, u32)>) -> (u64, u64) {
+        let wt = &self.plan.graph.weights[w.0 as usize];
+        let at = self.weights.offsets[w.0 as usize];
+        if !self.weights.matrix[w.0 as usize] {
+            return (at, at + 4 * (wt.rows * wt.cols) as u64);
+        }
+        let row_bytes = wt.dtype.bytes_for(wt.cols as u64).unwrap_or(0);
+        let (r0, r1) = rows.unwrap_or((0, wt.rows as u32));
+        (
+            at + u64::from(r0) * row_bytes,
+            at + u64::from(r1) * row_bytes + ROW_SLACK,
+        )
+    }
+
+    /// Chooses the base of the window that holds every range of the next dispatch.
+    fn place(&mut self, ranges: &[(u64, u64)]) -> Result<(), KernelError> {
+        let lo = ranges.iter().map(|r| r.0).min().unwrap_or(0);
+        let hi = ranges.iter().map(|r| r.1).max().unwrap_or(0);
+        let last = (self.weights.total - self.window) / WINDOW_ALIGN * WINDOW_ALIGN;
+        self.base = (lo / WINDOW_ALIGN * WINDOW_ALIGN).min(last);
+        if hi.min(self.weights.total) > self.base + self.window {
+            return Err(unsupported(format!(
+                "a kernel reading {} bytes of weights (a binding holds {})",
+                hi - lo,
+                self.window
+            )));
+        }
+        Ok(())
+    }
+
+    /// Rows of a matrix of `row_bytes` that one window holds.
+    fn rows_per_window(&self, row_bytes: u32) -> u32 {
+        let usable = self.window.saturating_sub(WINDOW_ALIGN + ROW_SLACK);
+        (usable / u64::from(row_bytes.max(1))).clamp(1, u64::from(u32::MAX)) as u32
     }
 
     fn dispatch(
@@ -402,11 +514,14 @@ impl Builder<'_> {
             resources,
             params_offset: params_offset as u64,
             params_size: params_size as u64,
+            weights_base: self.base,
             grid,
         }
     }
 
-    /// A matmul-family dispatch: x (rows, k) times weight `w` (and `w2`) into `out`.
+    /// A matmul-family launch: x (rows, k) times weight `w` (and `w2`) into `out`. A plain
+    /// matmul (with or without the residual) whose weight a window does not hold runs
+    /// as dispatches over chunks of its rows.
     #[allow(clippy::too_many_arguments)]
     fn matmul(
         &mut self,
@@ -417,42 +532,70 @@ impl Builder<'_> {
         w2: Option<WeightId>,
         res: Option<ValueId>,
         norm: Option<(WeightId, f32)>,
-    ) -> Dispatch {
-        let (dtype, n, k, row_bytes, w_off) = self.weight(w);
-        let w2_off = w2.map_or(0, |w2| self.weight(w2).4);
-        let rows = self.rows(out);
-        let (norm_at, eps) = norm.map_or((0, 0.0), |(g, eps)| (self.vector(g), eps));
-        let words = vec![
-            header_word(rows),
-            k,
-            n,
-            row_bytes,
-            self.at(x),
-            self.at(out),
-            w_off,
-            w2_off,
-            res.map_or(0, |r| self.at(r)),
-            norm_at,
-            eps.to_bits(),
-            0,
-        ];
-        let grid = Grid::Matmul { rows, n };
-        self.dispatch(
-            op,
-            Some(dtype),
-            words,
-            vec![Params, Arena, Weights, Step],
-            grid,
-        )
+    ) -> Result<Vec<Dispatch>, KernelError> {
+        self.base = 0; // (a previous dispatch's window)
+        let n = self.plan.graph.weights[w.0 as usize].rows as u32;
+        let row_bytes = self.weight(w).3;
+        let chunk = if w2.is_none() && norm.is_none() {
+            self.rows_per_window(row_bytes)
+        } else {
+            n.max(1)
+        };
+        let mut dispatches = Vec::new();
+        for r0 in (0..n.max(1)).step_by(chunk as usize) {
+            let r1 = (r0 + chunk).min(n);
+            let mut ranges = vec![self.range(w, Some((r0, r1)))];
+            ranges.extend(w2.map(|w2| self.range(w2, None)));
+            ranges.extend(norm.map(|(g, _)| self.range(g, None)));
+            self.place(&ranges)?;
+            let (dtype, _, k, row_bytes) = self.weight(w);
+            let w2_off = w2.map_or(0, |w2| self.row_at(w2, 0));
+            let rows = self.rows(out);
+            let (norm_at, eps) = norm.map_or((0, 0.0), |(g, eps)| (self.vector(g), eps));
+            let words = vec![
+                header_word(rows),
+                k,
+                r1 - r0,
+                row_bytes,
+                self.at(x),
+                self.at(out) + r0,
+                self.row_at(w, r0),
+                w2_off,
+                res.map_or(0, |r| self.at(r) + r0),
+                norm_at,
+                eps.to_bits(),
+                n,
+            ];
+            let grid = Grid::Matmul { rows, n: r1 - r0 };
+            dispatches.push(self.dispatch(
+                op,
+                Some(dtype),
+                words,
+                vec![Params, Arena, Weights, Step],
+                grid,
+            ));
+        }
+        Ok(dispatches)
     }
 
-    fn kv_words(&self, a: &AttentionParams, q: u32, q_out: u32, k: u32, v: u32) -> Vec<u32> {
+    /// The params of the KV kernels (kv_common.wgsl), `rope` and `norms` (q, k and eps)
+    /// for the ops that have them.
+    fn kv_words(
+        &self,
+        a: &AttentionParams,
+        [q, q_out, k, v]: [u32; 4],
+        rope: Option<&RopeParams>,
+        norms: Option<(WeightId, WeightId, f32)>,
+    ) -> Vec<u32> {
         let kv = self.kv;
-        let layer_base = kv.k_offset(a.layer, 0, 0).unwrap_or(0) as u32;
+        let layer_base = kv.k_offset(a.kv_slot, 0, 0).unwrap_or(0) as u32;
         let v_base = kv.v_offset(0, 0, 0).unwrap_or(0) as u32;
         let ks_base = kv.k_scale_offset(0, 0, 0).unwrap_or(0) as u32;
         let vs_base = kv.v_scale_offset(0, 0, 0).unwrap_or(0) as u32;
-        let scale = 1.0 / (a.head_dim as f32).sqrt();
+        let rope = rope.map_or(0, |r| self.ropes.iter().position(|x| x == r).unwrap_or(0));
+        let (q_norm, k_norm, eps) = norms.map_or((0, 0, 0.0), |(q, k, eps)| {
+            (self.vector(q), self.vector(k), eps)
+        });
         vec![
             q,
             q_out,
@@ -467,21 +610,26 @@ impl Builder<'_> {
             v_base,
             ks_base,
             vs_base,
-            scale.to_bits(),
-            0,
-            0,
+            a.scale.to_bits(),
+            a.kv_group as u32,
+            a.window.unwrap_or(0) as u32,
+            rope as u32,
+            q_norm,
+            k_norm,
+            eps.to_bits(),
         ]
     }
 
     fn check_kv(&self, a: &AttentionParams) -> Result<(), KernelError> {
         let kv = self.kv;
-        if a.layer >= kv.n_layers()
+        if a.kv_slot >= kv.n_layers()
+            || a.kv_group >= kv.n_groups().max(1)
             || a.n_kv_heads != kv.n_kv_heads()
             || a.head_dim != kv.head_dim()
         {
             return Err(unsupported(format!(
-                "layer {} attends over {} KV heads of {}, the KV layout holds {} layers of {} heads of {}",
-                a.layer,
+                "KV slot {} attends over {} KV heads of {}, the KV layout holds {} slots of {} heads of {}",
+                a.kv_slot,
                 a.n_kv_heads,
                 a.head_dim,
                 kv.n_layers(),
@@ -498,20 +646,50 @@ impl Builder<'_> {
         // Every op has an output but KvWrite, which never reads this.
         let out = outs.first().copied().unwrap_or(ins[0]);
         let sel = |b: &Self, v: ValueId| header_word(b.rows(v));
+        // The window of the weights buffer the launch's dispatches bind.
+        let vectors: Vec<(u64, u64)> = match &launch.op {
+            Op::RmsNorm { weight, .. }
+            | Op::HeadRmsNorm { weight, .. }
+            | Op::RmsNormAdd { weight, .. } => vec![self.range(*weight, None)],
+            Op::QkNormRopeKvWrite { q_norm, k_norm, .. } => {
+                vec![self.range(*q_norm, None), self.range(*k_norm, None)]
+            }
+            _ => Vec::new(),
+        };
+        self.base = 0;
+        self.place(&vectors)?;
         Ok(match &launch.op {
             Op::Embed { table } => {
-                let (dtype, _, d, row_bytes, off) = self.weight(*table);
-                let words = vec![off, row_bytes, d, self.at(out)];
-                let grid = Grid::PerToken {
-                    x: (d / 8).div_ceil(WG),
-                };
-                vec![self.dispatch(
-                    "embed",
-                    Some(dtype),
-                    words,
-                    vec![Params, Arena, Weights, Step],
-                    grid,
-                )]
+                // Chunks of the table's rows, each in its window; a token is written by
+                // the chunk that holds its row.
+                let (_, n_rows, d, row_bytes) = self.weight(*table);
+                let chunk = self.rows_per_window(row_bytes);
+                let mut dispatches = Vec::new();
+                for r0 in (0..n_rows.max(1)).step_by(chunk as usize) {
+                    let r1 = (r0 + chunk).min(n_rows);
+                    let range = self.range(*table, Some((r0, r1)));
+                    self.place(&[range])?;
+                    let (dtype, ..) = self.weight(*table);
+                    let words = vec![
+                        self.row_at(*table, r0),
+                        row_bytes,
+                        d,
+                        self.at(out),
+                        r0,
+                        r1 - r0,
+                    ];
+                    let grid = Grid::PerToken {
+                        x: d.div_ceil(8).div_ceil(WG),
+                    };
+                    dispatches.push(self.dispatch(
+                        "embed",
+                        Some(dtype),
+                        words,
+                        vec![Params, Arena, Weights, Step],
+                        grid,
+                    ));
+                }
+                dispatches
             }
             Op::RmsNorm { weight, eps } => {
                 let words = vec![
@@ -533,35 +711,30 @@ impl Builder<'_> {
                     grid,
                 )]
             }
-            Op::MatMul { weights } => weights
-                .iter()
-                .zip(outs)
-                .map(|(&w, &o)| self.matmul("matmul", ins[0], o, w, None, None, None))
-                .collect(),
-            Op::RmsNormMatMul { norm, eps, weights } => weights
-                .iter()
-                .zip(outs)
-                .map(|(&w, &o)| {
-                    self.matmul(
-                        "rmsnorm_matmul",
-                        ins[0],
-                        o,
-                        w,
-                        None,
-                        None,
-                        Some((*norm, *eps)),
-                    )
-                })
-                .collect(),
+            Op::MatMul { weights } => {
+                let mut all = Vec::new();
+                for (&w, &o) in weights.iter().zip(outs) {
+                    all.extend(self.matmul("matmul", ins[0], o, w, None, None, None)?);
+                }
+                all
+            }
+            Op::RmsNormMatMul { norm, eps, weights } => {
+                let mut all = Vec::new();
+                for (&w, &o) in weights.iter().zip(outs) {
+                    let norm = Some((*norm, *eps));
+                    all.extend(self.matmul("rmsnorm_matmul", ins[0], o, w, None, None, norm)?);
+                }
+                all
+            }
             Op::MatMulSwiGlu { gate, up } => {
-                vec![self.matmul("matmul_swiglu", ins[0], out, *gate, Some(*up), None, None)]
+                self.matmul("matmul_swiglu", ins[0], out, *gate, Some(*up), None, None)?
             }
             Op::RmsNormMatMulSwiGlu {
                 norm,
                 eps,
                 gate,
                 up,
-            } => vec![self.matmul(
+            } => self.matmul(
                 "rmsnorm_matmul_swiglu",
                 ins[0],
                 out,
@@ -569,15 +742,15 @@ impl Builder<'_> {
                 Some(*up),
                 None,
                 Some((*norm, *eps)),
-            )],
+            )?,
             Op::MatMulAdd { weight } => {
-                vec![self.matmul("matmul_add", ins[0], out, *weight, None, Some(ins[1]), None)]
+                self.matmul("matmul_add", ins[0], out, *weight, None, Some(ins[1]), None)?
             }
-            Op::Add | Op::SwiGlu => {
-                let op = if launch.op == Op::Add {
-                    "add"
-                } else {
-                    "swiglu"
+            Op::Add | Op::SwiGlu | Op::GeGlu => {
+                let op = match launch.op {
+                    Op::Add => "add",
+                    Op::SwiGlu => "swiglu",
+                    _ => "geglu",
                 };
                 let cols = self.cols(out);
                 let words = vec![
@@ -604,7 +777,14 @@ impl Builder<'_> {
             }
             Op::Rope { rope } => {
                 let cols = self.cols(out);
-                let words = vec![cols, rope.head_dim as u32, self.at(ins[0]), self.at(out)];
+                let table = self.ropes.iter().position(|x| x == rope).unwrap_or(0) as u32;
+                let words = vec![
+                    cols,
+                    rope.head_dim as u32,
+                    self.at(ins[0]),
+                    self.at(out),
+                    table,
+                ];
                 let grid = Grid::Elementwise {
                     rows: Rows::Tokens,
                     cols,
@@ -613,16 +793,16 @@ impl Builder<'_> {
             }
             Op::KvWrite { attention: a } => {
                 self.check_kv(a)?;
-                let words = self.kv_words(a, 0, 0, self.at(ins[0]), self.at(ins[1]));
+                let words = self.kv_words(a, [0, 0, self.at(ins[0]), self.at(ins[1])], None, None);
                 let grid = Grid::PerToken {
                     x: 2 * a.n_kv_heads as u32,
                 };
                 vec![self.dispatch("kv_write", None, words, vec![Params, Arena, Kv, Step], grid)]
             }
-            Op::RopeKvWrite { attention: a, .. } => {
+            Op::RopeKvWrite { attention: a, rope } => {
                 self.check_kv(a)?;
-                let (q, k, v) = (self.at(ins[0]), self.at(ins[1]), self.at(ins[2]));
-                let words = self.kv_words(a, q, self.at(out), k, v);
+                let qkv = [ins[0], out, ins[1], ins[2]].map(|v| self.at(v));
+                let words = self.kv_words(a, qkv, Some(rope), None);
                 let grid = Grid::PerToken {
                     x: (a.n_heads + 2 * a.n_kv_heads) as u32,
                 };
@@ -634,9 +814,30 @@ impl Builder<'_> {
                     grid,
                 )]
             }
+            Op::QkNormRopeKvWrite {
+                q_norm,
+                k_norm,
+                eps,
+                rope,
+                attention: a,
+            } => {
+                self.check_kv(a)?;
+                let qkv = [ins[0], out, ins[1], ins[2]].map(|v| self.at(v));
+                let words = self.kv_words(a, qkv, Some(rope), Some((*q_norm, *k_norm, *eps)));
+                let grid = Grid::PerToken {
+                    x: (a.n_heads + 2 * a.n_kv_heads) as u32,
+                };
+                vec![self.dispatch(
+                    "qk_norm_rope_kv_write",
+                    None,
+                    words,
+                    vec![Params, Arena, Weights, Kv, Step],
+                    grid,
+                )]
+            }
             Op::Attention { attention: a } => {
                 self.check_kv(a)?;
-                let words = self.kv_words(a, self.at(ins[0]), self.at(out), 0, 0);
+                let words = self.kv_words(a, [self.at(ins[0]), self.at(out), 0, 0], None, None);
                 let grid = Grid::PerToken {
                     x: a.n_heads as u32,
                 };
@@ -648,15 +849,88 @@ impl Builder<'_> {
                     grid,
                 )]
             }
-            Op::Scale { .. }
-            | Op::HeadRmsNorm { .. }
-            | Op::GeGlu
-            | Op::MatMulGeGlu { .. }
-            | Op::RmsNormMatMulGeGlu { .. }
-            | Op::RmsNormAdd { .. }
-            | Op::QkNormRopeKvWrite { .. } => {
-                return Err(unsupported(format!("{} (no WGSL kernel)", launch.op)));
+            Op::Scale { factor } => {
+                let cols = self.cols(out);
+                let words = vec![
+                    sel(self, out),
+                    cols,
+                    self.at(ins[0]),
+                    self.at(out),
+                    factor.to_bits(),
+                ];
+                let grid = Grid::Elementwise {
+                    rows: self.rows(out),
+                    cols,
+                };
+                vec![self.dispatch("scale", None, words, vec![Params, Arena, Step], grid)]
             }
+            Op::HeadRmsNorm {
+                weight,
+                eps,
+                head_dim,
+            } => {
+                let heads = self.cols(out) / *head_dim as u32;
+                let words = vec![
+                    sel(self, out),
+                    *head_dim as u32,
+                    self.at(ins[0]),
+                    self.at(out),
+                    self.vector(*weight),
+                    eps.to_bits(),
+                    heads,
+                    0,
+                ];
+                let grid = Grid::PerRowHead {
+                    rows: self.rows(out),
+                    heads,
+                };
+                vec![self.dispatch(
+                    "head_rmsnorm",
+                    None,
+                    words,
+                    vec![Params, Arena, Weights, Step],
+                    grid,
+                )]
+            }
+            Op::RmsNormAdd { weight, eps } => {
+                let words = vec![
+                    sel(self, out),
+                    self.cols(out),
+                    self.at(ins[0]),
+                    self.at(out),
+                    self.vector(*weight),
+                    eps.to_bits(),
+                    self.at(ins[1]),
+                    0,
+                ];
+                let grid = Grid::PerRow {
+                    rows: self.rows(out),
+                };
+                vec![self.dispatch(
+                    "rmsnorm_add",
+                    None,
+                    words,
+                    vec![Params, Arena, Weights, Step],
+                    grid,
+                )]
+            }
+            Op::MatMulGeGlu { gate, up } => {
+                self.matmul("matmul_geglu", ins[0], out, *gate, Some(*up), None, None)?
+            }
+            Op::RmsNormMatMulGeGlu {
+                norm,
+                eps,
+                gate,
+                up,
+            } => self.matmul(
+                "rmsnorm_matmul_geglu",
+                ins[0],
+                out,
+                *gate,
+                Some(*up),
+                None,
+                Some((*norm, *eps)),
+            )?,
         })
     }
 }

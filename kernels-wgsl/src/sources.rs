@@ -20,6 +20,12 @@ pub const FILES: &[(&str, &str)] = &[
     ("weights/q4_0", include_str!("wgsl/weights/q4_0.wgsl")),
     ("weights/q4_1", include_str!("wgsl/weights/q4_1.wgsl")),
     ("weights/q8_0", include_str!("wgsl/weights/q8_0.wgsl")),
+    ("weights/q5_0", include_str!("wgsl/weights/q5_0.wgsl")),
+    ("weights/q5_1", include_str!("wgsl/weights/q5_1.wgsl")),
+    ("weights/q4_k", include_str!("wgsl/weights/q4_k.wgsl")),
+    ("weights/q5_k", include_str!("wgsl/weights/q5_k.wgsl")),
+    ("weights/q6_k", include_str!("wgsl/weights/q6_k.wgsl")),
+    ("weights/q8_k", include_str!("wgsl/weights/q8_k.wgsl")),
     ("matmul_core", include_str!("wgsl/matmul_core.wgsl")),
     ("rope_common", include_str!("wgsl/rope_common.wgsl")),
     ("kv_common", include_str!("wgsl/kv_common.wgsl")),
@@ -42,6 +48,20 @@ pub const FILES: &[(&str, &str)] = &[
     ),
     ("matmul_add", include_str!("wgsl/matmul_add.wgsl")),
     ("rope_kv_write", include_str!("wgsl/rope_kv_write.wgsl")),
+    // Gemma 3's ops.
+    ("scale", include_str!("wgsl/scale.wgsl")),
+    ("head_rmsnorm", include_str!("wgsl/head_rmsnorm.wgsl")),
+    ("geglu", include_str!("wgsl/geglu.wgsl")),
+    ("matmul_geglu", include_str!("wgsl/matmul_geglu.wgsl")),
+    (
+        "rmsnorm_matmul_geglu",
+        include_str!("wgsl/rmsnorm_matmul_geglu.wgsl"),
+    ),
+    ("rmsnorm_add", include_str!("wgsl/rmsnorm_add.wgsl")),
+    (
+        "qk_norm_rope_kv_write",
+        include_str!("wgsl/qk_norm_rope_kv_write.wgsl"),
+    ),
 ];
 
 /// The op files, each with the includes it needs between the prelude and itself.
@@ -79,16 +99,44 @@ pub const OPS: &[(&str, &[&str])] = &[
         &["reduce", "kv_common", "rope_common", "kv_store"],
     ),
     ("attention", &["reduce", "kv_common"]),
+    ("scale", &[]),
+    ("head_rmsnorm", &["reduce", "weights/common"]),
+    ("geglu", &[]),
+    (
+        "matmul_geglu",
+        &["reduce", "weights/common", "weights", "matmul_core"],
+    ),
+    (
+        "rmsnorm_matmul_geglu",
+        &["reduce", "weights/common", "weights", "matmul_core"],
+    ),
+    ("rmsnorm_add", &["reduce", "weights/common"]),
+    (
+        "qk_norm_rope_kv_write",
+        &[
+            "reduce",
+            "weights/common",
+            "kv_common",
+            "rope_common",
+            "kv_store",
+        ],
+    ),
 ];
 
 /// Weight dtypes the kernels read.
-pub const WEIGHT_DTYPES: [DType; 6] = [
+pub const WEIGHT_DTYPES: [DType; 12] = [
     DType::F32,
     DType::F16,
     DType::BF16,
     DType::Q4_0,
     DType::Q4_1,
     DType::Q8_0,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+    DType::Q8_K,
 ];
 
 /// One kernel variant: the op file and what it is specialised for.

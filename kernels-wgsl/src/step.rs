@@ -1,11 +1,13 @@
 //! The step buffer. Every kernel reads the step (checked first with
 //! `kiln_ir::backend::StepLimits`) from one `u32` buffer: a header of region offsets (the `STEP_*` constants of prelude.wgsl), then
-//! token ids, positions, each token's sequence, the output rows, where each sequence's
-//! block table starts, the RoPE cos/sin of every (token, pair) as f32 bits, and the
-//! block tables themselves.
+//! token ids, positions, each token's sequence, the output rows, where each block table
+//! starts (group-major: the table of sequence s in KV group g is entry g·n_seqs + s), the
+//! RoPE cos/sin of every (token, pair) of each RoPE geometry of the plan as f32 bits,
+//! with a directory of them, and the block tables themselves. (STEP_ROPE and
+//! STEP_ROPE_PAIRS name the first geometry's table, what the CUDA kernels read.)
 
-use kiln_ir::RopeParams;
 use kiln_ir::backend::Step;
+use kiln_ir::{RopeMode, RopeParams};
 
 use crate::KernelError;
 
@@ -40,13 +42,28 @@ impl RopeTable {
     }
 }
 
-/// The step buffer's words for a checked step.
-pub fn words(step: &Step<'_>, rope: Option<&RopeTable>) -> Result<Vec<u32>, KernelError> {
+/// Words of each RoPE geometry's directory entry: offset of its cos/sin, pairs, NeoX.
+pub const ROPE_DIR_WORDS: usize = 3;
+
+/// The step buffer's words for a checked step, with the cos/sin of each RoPE geometry
+/// of the plan (`ropes`, in the order the kernels' params index them) and the plan's
+/// KV groups (`n_groups`, at least 1).
+pub fn words(
+    step: &Step<'_>,
+    ropes: &[RopeTable],
+    n_groups: usize,
+) -> Result<Vec<u32>, KernelError> {
     let n = step.token_ids.len();
     let seqs = step.block_tables.len();
-    let pairs = rope.map_or(0, RopeTable::pairs);
+    let pairs: usize = ropes.iter().map(RopeTable::pairs).sum();
     let table_words: usize = step.block_tables.iter().map(|t| t.len()).sum();
-    let total = HEADER_WORDS + 3 * n + step.output_rows.len() + seqs + 2 * n * pairs + table_words;
+    let total = HEADER_WORDS
+        + 3 * n
+        + step.output_rows.len()
+        + seqs
+        + ROPE_DIR_WORDS * ropes.len()
+        + 2 * n * pairs
+        + table_words;
     if total > u32::MAX as usize {
         return Err(KernelError::BadStep(format!("a step of {total} words")));
     }
@@ -62,9 +79,17 @@ pub fn words(step: &Step<'_>, rope: Option<&RopeTable>) -> Result<Vec<u32>, Kern
     region(&mut w, 4, step.token_seq);
     region(&mut w, 5, step.output_rows);
     region(&mut w, 6, &vec![0; seqs]);
-    w[7] = w.len() as u32;
-    w[8] = pairs as u32;
-    if let Some(rope) = rope {
+    w[9] = (seqs / n_groups.max(1)) as u32;
+    region(&mut w, 10, &vec![0; ROPE_DIR_WORDS * ropes.len()]);
+    for (r, rope) in ropes.iter().enumerate() {
+        let dir = w[10] as usize + ROPE_DIR_WORDS * r;
+        w[dir] = w.len() as u32;
+        w[dir + 1] = rope.pairs() as u32;
+        w[dir + 2] = u32::from(rope.params.mode == RopeMode::Neox);
+        if r == 0 {
+            w[7] = w[dir];
+            w[8] = w[dir + 1];
+        }
         rope.push(step.positions, &mut w);
     }
     for (s, table) in step.block_tables.iter().enumerate() {
@@ -78,6 +103,6 @@ pub fn words(step: &Step<'_>, rope: Option<&RopeTable>) -> Result<Vec<u32>, Kern
 
 /// The step buffer's bytes for a checked step (little-endian words), what a backend
 /// uploads before running the step.
-pub fn pack(step: &Step<'_>, rope: Option<&RopeTable>) -> Result<Vec<u8>, KernelError> {
-    words(step, rope).map(|w| kiln_gpu_host::output::le_bytes(&w))
+pub fn pack(step: &Step<'_>, ropes: &[RopeTable], n_groups: usize) -> Result<Vec<u8>, KernelError> {
+    words(step, ropes, n_groups).map(|w| kiln_gpu_host::output::le_bytes(&w))
 }

@@ -72,7 +72,7 @@ fn params_match_the_host() {
             v.name()
         );
     }
-    assert_eq!(OPS.len(), 14);
+    assert_eq!(OPS.len(), 21);
 }
 
 #[test]
@@ -124,7 +124,7 @@ fn the_step_buffer_holds_every_region_where_its_header_says() {
         },
         factors: None,
     };
-    let w = words(&step, Some(&rope)).unwrap();
+    let w = words(&step, &[rope], 1).unwrap();
     let region = |slot: usize, len: usize| &w[w[slot] as usize..][..len];
     assert_eq!(&w[..2], &[3, 2]);
     assert!(w[2] as usize >= HEADER_WORDS);
@@ -136,6 +136,8 @@ fn the_step_buffer_holds_every_region_where_its_header_says() {
     assert_eq!(&w[starts[0] as usize..][..2], &[7, 3]);
     assert_eq!(w[starts[1] as usize], 5);
     assert_eq!(w[8], 2); // pairs
+    assert_eq!(w[9], 2); // sequences per KV group
+    assert_eq!(&w[w[10] as usize..][..3], &[w[7], 2, 0]); // the RoPE directory
     // Token 1 (position 17), pair 1: angle 17 · 10000^(-2/4) = 0.17.
     let at = w[7] as usize + (2 + 1) * 2;
     assert!((f32::from_bits(w[at]) - 0.17f32.cos()).abs() < 1e-6);

@@ -1,6 +1,8 @@
 //! The weights buffer: every weight of the plan back to back, each at a 16-byte aligned
-//! byte offset. Matrices keep their stored blocks (dequantized inside the kernels);
-//! vectors (norms, RoPE factors: one row) are decoded to f32 once.
+//! byte offset (a weight the graph names twice, as tied embeddings, once). Matrices keep
+//! their stored blocks (dequantized inside the kernels); vectors (norms, RoPE factors: one
+//! row) are decoded to f32 once. The buffer may be larger than one binding: each dispatch
+//! binds a window of it (`program::Dispatch::weights_base`).
 
 use std::borrow::Cow;
 
@@ -12,6 +14,8 @@ use crate::KernelError;
 use crate::sources::WEIGHT_DTYPES;
 
 const ALIGN: u64 = 16;
+/// Bytes after each matrix that an embedding's last unit may read (7 f32 values).
+const UNIT_SLACK: u64 = 32;
 
 /// Where each weight of the plan's graph lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,39 +40,52 @@ pub fn stored_bytes(w: &Weight, matrix: bool) -> Option<u64> {
 }
 
 impl WeightLayout {
-    pub fn new(plan: &Plan, max_binding: u64) -> Result<WeightLayout, KernelError> {
+    /// The layout of `plan`'s weights in one buffer of at most `max_buffer` bytes.
+    pub fn new(plan: &Plan, max_buffer: u64) -> Result<WeightLayout, KernelError> {
         let mut matrix = vec![false; plan.graph.weights.len()];
         for l in &plan.launches {
             for w in l.op.matrices() {
                 matrix[w.0 as usize] = true;
             }
         }
-        let mut offsets = Vec::with_capacity(plan.graph.weights.len());
+        let mut offsets: Vec<u64> = Vec::with_capacity(plan.graph.weights.len());
         let mut total = 0u64;
-        for (w, &matrix) in plan.graph.weights.iter().zip(&matrix) {
+        for (i, w) in plan.graph.weights.iter().enumerate() {
+            let is_matrix = matrix[i];
+            // The same weight stored the same way earlier (tied embeddings): one copy.
+            let weights = &plan.graph.weights[..i];
+            if let Some(j) = (0..i).find(|&j| weights[j] == *w && matrix[j] == is_matrix) {
+                offsets.push(offsets[j]);
+                continue;
+            }
             let bad = |reason: String| KernelError::Weight {
                 name: w.name.clone(),
                 reason,
             };
-            if matrix && !WEIGHT_DTYPES.contains(&w.dtype) {
+            if is_matrix && !WEIGHT_DTYPES.contains(&w.dtype) {
                 return Err(bad(format!("no WGSL kernel reads {} matrices", w.dtype)));
             }
-            if matrix && w.cols % 8 != 0 {
+            if is_matrix && w.cols % 8 != 0 && w.dtype.is_quantized() {
                 return Err(bad(format!(
-                    "{} columns (the kernels take multiples of 8)",
+                    "{} columns of a quantized type (the kernels take multiples of 8)",
                     w.cols
                 )));
             }
-            let bytes = stored_bytes(w, matrix).ok_or_else(|| bad("size overflows".into()))?;
+            let bytes = stored_bytes(w, is_matrix).ok_or_else(|| bad("size overflows".into()))?;
+            // A unit of 8 plain floats read past the end of a row that ends inside one.
+            let bytes = bytes + if is_matrix { UNIT_SLACK } else { 0 };
             offsets.push(total);
             total = total
                 .checked_add(bytes.next_multiple_of(ALIGN))
                 .ok_or_else(|| bad("size overflows".into()))?;
         }
-        let total = total.max(ALIGN);
-        if total > max_binding.min(u64::from(u32::MAX)) {
+        // Whole windows (program::WINDOW_ALIGN) end where the buffer does.
+        let total = total
+            .max(ALIGN)
+            .next_multiple_of(crate::program::WINDOW_ALIGN);
+        if total > max_buffer.min(u64::from(u32::MAX)) {
             return Err(KernelError::Unsupported(format!(
-                "{total} bytes of weights in one binding (the device binds at most {max_binding})"
+                "{total} bytes of weights in one buffer (the device allows at most {max_buffer})"
             )));
         }
         Ok(WeightLayout {
@@ -124,6 +141,13 @@ pub fn upload_each(
     mut put: impl FnMut(u64, &[u8]) -> Result<(), BackendError>,
 ) -> Result<(), BackendError> {
     for (i, w) in plan.graph.weights.iter().enumerate() {
+        let earlier = plan.graph.weights[..i].iter().zip(&layout.matrix);
+        if earlier
+            .into_iter()
+            .any(|(x, &m)| x == w && m == layout.matrix[i])
+        {
+            continue; // the same weight, uploaded under its first entry
+        }
         let stored = source.weight(&w.name).ok_or_else(|| BackendError::Weight {
             backend,
             name: w.name.clone(),

@@ -8,6 +8,7 @@ pub use kiln_testkit::Outcome;
 pub mod conformance;
 pub mod damaged;
 pub mod device;
+pub mod gemma_device;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {

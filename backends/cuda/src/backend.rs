@@ -113,7 +113,8 @@ impl Backend for CudaBackend {
     }
 
     fn supports(&self, op: &Op, graph: &Graph) -> bool {
-        kiln_kernels_wgsl::program::supports(op, graph)
+        kiln_kernels_wgsl::program::supports(op, graph, u64::from(u32::MAX))
+            && kiln_kernels_cuda::sources::runs(op, graph)
     }
 
     fn load_plan(

@@ -27,7 +27,7 @@ use kiln_kernels_cuda::launch::{
 use kiln_kernels_cuda::sources::{
     self, ARGMAX_ENTRY, COMBINE_ENTRY, DECODE_ENTRY, ENTRY, MMA_ENTRY, PREFILL_ENTRY,
 };
-use kiln_kernels_wgsl::{Capabilities, Program, Variant, step, weights};
+use kiln_kernels_wgsl::{Capabilities, Program, Variant, weights};
 
 use crate::device::{Gpu, NAME, driver};
 use crate::graphs::Graphs;
@@ -107,6 +107,17 @@ impl Loaded {
             subgroups: false,
             ..Capabilities::of(properties, 16)
         };
+        // The WGSL program runs more than the CUDA kernels do (Gemma 3's ops).
+        if let Some(l) = plan
+            .launches
+            .iter()
+            .find(|l| !sources::runs(&l.op, &plan.graph))
+        {
+            return Err(BackendError::Unsupported {
+                backend: NAME,
+                what: format!("{} ({}): no CUDA kernel", l.kernel, l.op),
+            });
+        }
         let program = Program::new(plan, source, kv, kv_page_count, &caps)
             .map_err(|e| e.for_backend(NAME))?;
         let debug = gpu.debug;
@@ -225,7 +236,7 @@ impl Loaded {
         gpu.ctx
             .bind_to_thread()
             .map_err(|e| driver("binding the CUDA context", e))?;
-        let data = step::pack(s, self.program.rope.as_ref()).map_err(|e| e.for_backend(NAME))?;
+        let data = self.program.pack_step(s).map_err(|e| e.for_backend(NAME))?;
         if data.len() > self.step.len() {
             self.step = alloc(gpu, (data.len() as u64).next_power_of_two(), "the step")?;
             // The graphs point at the old step buffer.
@@ -280,7 +291,7 @@ impl Loaded {
         class: u32,
     ) -> Result<(), BackendError> {
         let params = address(gpu, &self.params);
-        let buffers = [
+        let all_buffers = [
             address(gpu, &self.arena),
             address(gpu, &self.weights),
             address(gpu, &self.kv),
@@ -297,6 +308,9 @@ impl Loaded {
             for (j, d) in dispatches.iter().enumerate() {
                 let k = &self.kernels[d.pipeline];
                 let p = params + d.params_offset;
+                // The dispatch's window of the weights (offsets in its params are from it).
+                let mut buffers = all_buffers;
+                buffers[1] += d.weights_base;
                 let shape = self.attention[i][j];
                 if let (Some(shape), Some((decode, combine))) = (shape, &k.decode) {
                     let splits = attention_splits(&shape, n_tokens, class, self.sm_count);

@@ -131,7 +131,8 @@ impl Backend for VulkanBackend {
     }
 
     fn supports(&self, op: &Op, graph: &Graph) -> bool {
-        kiln_kernels_wgsl::program::supports(op, graph)
+        let max_binding = self.properties.max_binding_bytes.unwrap_or(u64::MAX);
+        kiln_kernels_wgsl::program::supports(op, graph, max_binding)
     }
 
     fn load_plan(

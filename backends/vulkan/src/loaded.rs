@@ -16,7 +16,7 @@ use kiln_gpu_host::{Cache, Lru, Output, kv::leading_slots};
 use kiln_ir::Plan;
 use kiln_ir::backend::{BackendError, DeviceProperties, LaunchTime, Step, StepShape, WeightSource};
 use kiln_ir::kv_layout::KvLayout;
-use kiln_kernels_wgsl::{Capabilities, Program, Resource, step, weights};
+use kiln_kernels_wgsl::{Capabilities, Program, Resource, weights};
 
 use crate::buffer::{Buffer, Kind, Uploader};
 use crate::device::{DeviceInfo, NAME, Vk, vk_error};
@@ -166,7 +166,10 @@ impl Loaded {
         let infos = [
             (Resource::Params, info(&self.params, self.params_range)),
             (Resource::Arena, info(&self.arena, vk::WHOLE_SIZE)),
-            (Resource::Weights, info(&self.weights, vk::WHOLE_SIZE)),
+            (
+                Resource::Weights,
+                info(&self.weights, self.program.weights_window),
+            ),
             (Resource::Kv, info(&self.kv, vk::WHOLE_SIZE)),
             (Resource::Step, info(&self.step, vk::WHOLE_SIZE)),
         ];
@@ -175,6 +178,7 @@ impl Loaded {
             .map(|(r, buffer)| {
                 let ty = match r {
                     Resource::Params => vk::DescriptorType::UNIFORM_BUFFER_DYNAMIC,
+                    Resource::Weights => vk::DescriptorType::STORAGE_BUFFER_DYNAMIC,
                     _ => vk::DescriptorType::STORAGE_BUFFER,
                 };
                 vk::WriteDescriptorSet::default()
@@ -205,7 +209,7 @@ impl Loaded {
     pub fn execute(&mut self, s: &Step<'_>) -> Result<(), BackendError> {
         self.program.limits.check(s, NAME)?;
         // Packed while the previous step may still run.
-        let data = step::pack(s, self.program.rope.as_ref()).map_err(|e| e.for_backend(NAME))?;
+        let data = self.program.pack_step(s).map_err(|e| e.for_backend(NAME))?;
         let bytes = data.len() as u64;
         self.wait()?;
         if bytes > self.step.size {
@@ -321,7 +325,8 @@ impl Loaded {
                         o.layout,
                         0,
                         &[o.set],
-                        &[dispatch.params_offset as u32],
+                        // Dynamic offsets in binding order: params, weights.
+                        &[dispatch.params_offset as u32, dispatch.weights_base as u32],
                     );
                     d.cmd_dispatch(cb, x, y, z);
                 }

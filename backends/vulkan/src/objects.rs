@@ -30,7 +30,8 @@ pub(crate) struct Timer {
 pub(crate) struct Objects {
     vk: Arc<Vk>,
     /// One set layout for every kernel: the params block (a dynamic uniform: each
-    /// dispatch gives its offset) and the four storage buffers, at Program's bindings.
+    /// dispatch gives its offset), the weights window (a dynamic storage buffer: each
+    /// dispatch gives its base) and the three other storage buffers, at Program's bindings.
     pub set_layout: vk::DescriptorSetLayout,
     pub layout: vk::PipelineLayout,
     /// Indexed like `program.pipelines`.
@@ -139,7 +140,11 @@ impl Objects {
         let bindings = [
             binding(Resource::Params, vk::DescriptorType::UNIFORM_BUFFER_DYNAMIC),
             binding(Resource::Arena, storage),
-            binding(Resource::Weights, storage),
+            // A window of the weights buffer per dispatch (Dispatch::weights_base).
+            binding(
+                Resource::Weights,
+                vk::DescriptorType::STORAGE_BUFFER_DYNAMIC,
+            ),
             binding(Resource::Kv, storage),
             binding(Resource::Step, storage),
         ];
@@ -260,8 +265,12 @@ impl Objects {
                 descriptor_count: 1,
             },
             vk::DescriptorPoolSize {
+                ty: vk::DescriptorType::STORAGE_BUFFER_DYNAMIC,
+                descriptor_count: 1,
+            },
+            vk::DescriptorPoolSize {
                 ty: vk::DescriptorType::STORAGE_BUFFER,
-                descriptor_count: 4,
+                descriptor_count: 3,
             },
         ];
         let info = vk::DescriptorPoolCreateInfo::default()

@@ -99,7 +99,8 @@ impl Backend for WgpuBackend {
     }
 
     fn supports(&self, op: &Op, graph: &Graph) -> bool {
-        kiln_kernels_wgsl::program::supports(op, graph)
+        let max_binding = self.properties.max_binding_bytes.unwrap_or(u64::MAX);
+        kiln_kernels_wgsl::program::supports(op, graph, max_binding)
     }
 
     fn load_plan(

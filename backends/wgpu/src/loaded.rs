@@ -8,7 +8,7 @@ use kiln_ir::Plan;
 use kiln_ir::backend::{BackendError, DeviceProperties, LaunchTime, Step, StepShape, WeightSource};
 use kiln_ir::kv_layout::KvLayout;
 use kiln_kernels_wgsl::program::ENTRY;
-use kiln_kernels_wgsl::{Capabilities, Program, Resource, step, weights};
+use kiln_kernels_wgsl::{Capabilities, Program, Resource, weights};
 
 use crate::device::{Gpu, NAME};
 
@@ -175,7 +175,13 @@ impl Loaded {
                                 })
                             }
                             Resource::Arena => self.arena.as_entire_binding(),
-                            Resource::Weights => self.weights.as_entire_binding(),
+                            Resource::Weights => {
+                                wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                    buffer: &self.weights,
+                                    offset: d.weights_base,
+                                    size: wgpu::BufferSize::new(self.program.weights_window),
+                                })
+                            }
                             Resource::Kv => self.kv.as_entire_binding(),
                             Resource::Step => self.step.as_entire_binding(),
                         },
@@ -195,7 +201,7 @@ impl Loaded {
 
     pub fn execute(&mut self, gpu: &Gpu, s: &Step<'_>) -> Result<(), BackendError> {
         self.program.limits.check(s, NAME)?;
-        let data = step::pack(s, self.program.rope.as_ref()).map_err(|e| e.for_backend(NAME))?;
+        let data = self.program.pack_step(s).map_err(|e| e.for_backend(NAME))?;
         if data.len() as u64 > self.step.size() {
             let size = (data.len() as u64).next_power_of_two();
             self.step = gpu.buffer("step", size, STORAGE)?;

@@ -17,16 +17,21 @@ struct KvParams {
     unsigned int v_base;     // byte offset of the V values within a layer
     unsigned int ks_base;    // byte offset of the K scales within a layer
     unsigned int vs_base;    // byte offset of the V scales within a layer
-    float scale;             // softmax scale, 1 / sqrt(head_dim)
-    unsigned int pad0;
-    unsigned int pad1;
+    float scale;             // softmax scale (1 / sqrt(head_dim) unless the model sets another)
+    unsigned int kv_group;   // the KV group whose block tables hold this layer's pages
+    unsigned int window;     // sliding window (0: none); the CUDA kernels run none yet
+    unsigned int rope;       // the RoPE geometry of rope_kv_write (STEP_ROPE_DIR entry)
+    unsigned int q_norm;     // word index of the QK-norm weights (no CUDA kernel yet)
+    unsigned int k_norm;
+    float eps;
 };
 
-// The page of token t's sequence that holds position pos.
+// The page of token t's sequence that holds position pos, in this layer's KV group
+// (block tables group-major: group g's table of sequence s is entry g·n_seqs + s).
 __device__ __forceinline__ unsigned int page_of(const KvParams& p, const unsigned int* __restrict__ step,
                                                 unsigned int t, unsigned int pos) {
     unsigned int seq = step[step[STEP_SEQ] + t];
-    unsigned int table = step[step[STEP_TABLES] + seq];
+    unsigned int table = step[step[STEP_TABLES] + p.kv_group * step[STEP_N_SEQS] + seq];
     return step[table + pos / p.page_size];
 }
 

@@ -16,7 +16,7 @@
 struct MatmulParams {
     unsigned int rows_sel;  // STEP_N_TOKENS or STEP_N_OUTPUTS: what the rows count
     unsigned int k;         // input columns
-    unsigned int n;         // output columns (weight rows)
+    unsigned int n;         // output columns (weight rows) of this dispatch
     unsigned int row_bytes; // bytes of one weight row
     unsigned int x;         // arena index of the input (rows, k)
     unsigned int out;       // arena index of the output (rows, n)
@@ -25,7 +25,7 @@ struct MatmulParams {
     unsigned int res;       // arena index of the residual (rows, n)
     unsigned int norm;      // word index of the RMSNorm weight (k) in `weights`
     float eps;
-    unsigned int pad;
+    unsigned int out_stride; // columns of an output row (n, or more for a chunk of the rows)
 };
 
 // Defined by the op file after this include.
@@ -129,7 +129,7 @@ KILN_KERNEL {
 #pragma unroll
     for (unsigned int t = 0u; t < TILE_T; t++) {
         if (lane == t && t < nt) {
-            unsigned int at = p.out + (t0 + t) * p.n + r;
+            unsigned int at = p.out + (t0 + t) * p.out_stride + r;
             arena[at] = mm_epilogue(p, arena, at, acc[t], acc2[t]);
         }
     }

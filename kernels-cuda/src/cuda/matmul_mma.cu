@@ -144,7 +144,7 @@ extern "C" __global__ void __launch_bounds__(128) kiln_mma(const unsigned int* _
             unsigned int t = 16u * warp + lane / 4u + (e >= 2u ? 8u : 0u);
             unsigned int col = n0 + 8u * j + 2u * (lane % 4u) + (e & 1u);
             if (t < nt && col < p.n) {
-                unsigned int at = p.out + (t0 + t) * p.n + col;
+                unsigned int at = p.out + (t0 + t) * p.out_stride + col;
                 arena[at] = mm_epilogue(p, arena, at, acc[j][e], acc2[j][e]);
             }
         }

@@ -33,8 +33,10 @@
 #define STEP_SEQ 4u       // offset of (tokens) sequence of each token
 #define STEP_OUT_ROWS 5u  // offset of (outputs) rows whose logits are wanted
 #define STEP_TABLES 6u    // offset of (seqs) where each block table starts
-#define STEP_ROPE 7u      // offset of (tokens, pairs, 2) cos/sin as f32 bits
-#define STEP_ROPE_PAIRS 8u
+#define STEP_ROPE 7u      // offset of the first RoPE geometry's cos/sin
+#define STEP_ROPE_PAIRS 8u // its pairs
+#define STEP_N_SEQS 9u     // sequences (block tables per KV group)
+#define STEP_ROPE_DIR 10u  // offset of (geometries, 3): cos/sin offset, pairs, NeoX
 
 struct f32x4 {
     float x, y, z, w;

@@ -8,6 +8,7 @@ struct RopeParams {
     unsigned int head_dim;
     unsigned int x;   // arena index of x (tokens, width)
     unsigned int out; // arena index of the output (tokens, width)
+    unsigned int table; // the RoPE geometry (STEP_ROPE_DIR entry)
 };
 
 KILN_KERNEL {
@@ -18,6 +19,6 @@ KILN_KERNEL {
         unsigned int t = i / p.width;
         unsigned int c = i % p.width;
         unsigned int d = c % p.head_dim;
-        arena[p.out + i] = rope_at(arena, step, p.x + i - d, t, d);
+        arena[p.out + i] = rope_at(arena, step, p.x + i - d, t, d, p.table);
     }
 }

@@ -1,19 +1,34 @@
-// rope_common.cuh: RoPE in ggml's "normal" mode: adjacent pairs (x[2i], x[2i+1]) of the
-// first rope_dims of each head rotate; cos/sin of every (token, pair) come with the step
-// (computed on the host in f64, as the CPU backend does). As rope_common.wgsl.
+// rope_common.cuh: RoPE of geometry `r` of the step's directory (STEP_ROPE_DIR): pair
+// i < pairs of each head rotates by the (token, pair) cos/sin of its table (computed on
+// the host in f64, as the CPU backend does). ggml's normal mode pairs adjacent values
+// (x[2i], x[2i+1]); NeoX mode pairs the halves (x[i], x[i + pairs]). As rope_common.wgsl.
 
 // Element d of the rotated head whose values start at arena index `head`, token t.
 __device__ __forceinline__ float rope_at(const float* arena, const unsigned int* __restrict__ step,
-                                         unsigned int head, unsigned int t, unsigned int d) {
-    unsigned int pairs = step[STEP_ROPE_PAIRS];
+                                         unsigned int head, unsigned int t, unsigned int d, unsigned int r) {
+    unsigned int dir = step[STEP_ROPE_DIR] + 3u * r;
+    unsigned int pairs = step[dir + 1u];
+    bool neox = step[dir + 2u] != 0u;
+    // Pair i sits at (ia, ib); `first` is whether d is its first value.
     unsigned int i = d / 2u;
-    if (i >= pairs) {
+    unsigned int ia = 2u * i;
+    unsigned int ib = ia + 1u;
+    bool first = d % 2u == 0u;
+    if (neox && pairs > 0u) {
+        i = d % pairs;
+        ia = i;
+        ib = i + pairs;
+        first = d < pairs;
+        if (d >= 2u * pairs) {
+            return arena[head + d];
+        }
+    } else if (i >= pairs) {
         return arena[head + d];
     }
-    float a = arena[head + 2u * i];
-    float b = arena[head + 2u * i + 1u];
-    unsigned int at = step[STEP_ROPE] + (t * pairs + i) * 2u;
+    float a = arena[head + ia];
+    float b = arena[head + ib];
+    unsigned int at = step[dir] + (t * pairs + i) * 2u;
     float c = bits_f32(step[at]);
     float s = bits_f32(step[at + 1u]);
-    return d % 2u == 0u ? a * c - b * s : a * s + b * c;
+    return first ? a * c - b * s : a * s + b * c;
 }

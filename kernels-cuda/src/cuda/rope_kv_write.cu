@@ -10,7 +10,7 @@ __device__ __forceinline__ float kv_src(const KvParams& p, const float* arena, c
                                         unsigned int which, unsigned int t, unsigned int h, unsigned int d) {
     unsigned int off = (t * p.n_kv_heads + h) * p.head_dim;
     if (which == 0u) {
-        return rope_at(arena, step, p.k + off, t, d);
+        return rope_at(arena, step, p.k + off, t, d, p.rope);
     }
     return arena[p.v + off + d];
 }
@@ -26,7 +26,7 @@ KILN_KERNEL {
         // Uniform across the block: no reduction on this path.
         unsigned int off = (t * p.n_heads + blockIdx.x) * p.head_dim;
         for (unsigned int d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
-            arena[p.q_out + off + d] = rope_at(arena, step, p.q + off, t, d);
+            arena[p.q_out + off + d] = rope_at(arena, step, p.q + off, t, d, p.rope);
         }
         return;
     }

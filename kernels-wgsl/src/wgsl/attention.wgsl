@@ -1,5 +1,6 @@
 // attention.wgsl: causal grouped-query attention over the paged KV cache, online
-// softmax, any context length. One workgroup per (query head, token): tiles of WG
+// softmax, any context length, optionally over a sliding window of the last `window`
+// positions (pages behind it may be NO_PAGE and are never read). One workgroup per (query head, token): tiles of WG
 // positions; in each, thread j scores position t0 + j (a whole K row against q in
 // workgroup memory), then every thread rescales and accumulates its own head_dim / WG
 // output dimensions over the tile's V rows.
@@ -51,11 +52,12 @@ fn main(@builtin(workgroup_id) wg: vec3<u32>, ln: Lanes) {
         q_sh[d] = arena[p.q + row + d] * p.scale;
     }
     workgroupBarrier();
-    let n = step[step[STEP_POSITIONS] + t] + 1u; // positions 0 ..= pos
+    let n = step[step[STEP_POSITIONS] + t] + 1u; // positions first ..= pos
+    let first = select(0u, n - min(n, p.window), p.window > 0u);
     var m = -1e30; // running max score
     var l = 0.0;   // running softmax denominator
     var o: array<f32, 4>; // (head_dim / WG) this thread's output dimensions
-    for (var t0 = 0u; t0 < n; t0 += WG) {
+    for (var t0 = first; t0 < n; t0 += WG) {
         let j = t0 + ln.lid;
         var s = -1e30;
         if (j < n) {

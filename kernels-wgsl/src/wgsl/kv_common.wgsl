@@ -17,19 +17,24 @@ struct Params {
     v_base: u32,     // byte offset of the V values within a layer
     ks_base: u32,    // byte offset of the K scales within a layer
     vs_base: u32,    // byte offset of the V scales within a layer
-    scale: f32,      // softmax scale, 1 / sqrt(head_dim)
-    pad0: u32,
-    pad1: u32,
+    scale: f32,      // softmax scale (1 / sqrt(head_dim) unless the model sets another)
+    kv_group: u32,   // the KV group whose block tables hold this layer's pages
+    window: u32,     // sliding window: attend to positions > pos - window; 0: none
+    rope: u32,       // the RoPE geometry of rope_kv_write (STEP_ROPE_DIR entry)
+    q_norm: u32,     // word index of the QK-norm weights (head_dim each) in `weights`
+    k_norm: u32,
+    eps: f32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> arena: array<f32>;
 @group(0) @binding(4) var<storage, read> step: array<u32>;
 
-// The page of token t's sequence that holds position pos.
+// The page of token t's sequence that holds position pos, in this layer's KV group
+// (block tables group-major: group g's table of sequence s is entry g·n_seqs + s).
 fn page_of(t: u32, pos: u32) -> u32 {
     let seq = step[step[STEP_SEQ] + t];
-    let table = step[step[STEP_TABLES] + seq];
+    let table = step[step[STEP_TABLES] + p.kv_group * step[STEP_N_SEQS] + seq];
     return step[table + pos / p.page_size];
 }
 

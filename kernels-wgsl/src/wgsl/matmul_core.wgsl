@@ -13,7 +13,7 @@
 struct Params {
     rows_sel: u32,  // STEP_N_TOKENS or STEP_N_OUTPUTS: what the rows count
     k: u32,         // input columns
-    n: u32,         // output columns (weight rows)
+    n: u32,         // output columns (weight rows) of this dispatch
     row_bytes: u32, // bytes of one weight row
     x: u32,         // arena index of the input (rows, k)
     out: u32,       // arena index of the output (rows, n)
@@ -22,7 +22,7 @@ struct Params {
     res: u32,       // arena index of the residual (rows, n)
     norm: u32,      // word index of the RMSNorm weight (k)
     eps: f32,
-    pad: u32,
+    out_stride: u32, // columns of an output row (n, or more for a chunk of the rows)
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -104,5 +104,5 @@ struct Out {
 }
 
 fn out_of(tl: Tile, lid: u32) -> Out {
-    return Out(p.out + (tl.t0 + lid) * p.n + tl.r, tl.live && lid < tl.nt);
+    return Out(p.out + (tl.t0 + lid) * p.out_stride + tl.r, tl.live && lid < tl.nt);
 }

@@ -13,8 +13,10 @@ const STEP_POSITIONS: u32 = 3u; // offset of (tokens) positions
 const STEP_SEQ: u32 = 4u;       // offset of (tokens) sequence of each token
 const STEP_OUT_ROWS: u32 = 5u;  // offset of (outputs) rows whose logits are wanted
 const STEP_TABLES: u32 = 6u;    // offset of (seqs) where each block table starts
-const STEP_ROPE: u32 = 7u;      // offset of (tokens, pairs, 2) cos/sin as f32 bits
-const STEP_ROPE_PAIRS: u32 = 8u;
+const STEP_ROPE: u32 = 7u;      // offset of the first RoPE geometry's cos/sin
+const STEP_ROPE_PAIRS: u32 = 8u; // its pairs
+const STEP_N_SEQS: u32 = 9u;     // sequences (block tables per KV group)
+const STEP_ROPE_DIR: u32 = 10u; // offset of (geometries, 3): cos/sin offset, pairs, NeoX
 
 // Byte `i` (0..3) of a word.
 fn byte_of(w: u32, i: u32) -> u32 {
@@ -28,6 +30,11 @@ fn lo_nibbles(w: u32) -> vec4<f32> {
 
 fn hi_nibbles(w: u32) -> vec4<f32> {
     return lo_nibbles(w >> 4u);
+}
+
+// Bits 0-3 of a word, as four values 0 or 1.
+fn bits4(w: u32) -> vec4<f32> {
+    return vec4<f32>(vec4<u32>(w, w >> 1u, w >> 2u, w >> 3u) & vec4<u32>(1u));
 }
 
 // Four signed bytes of a word.
@@ -81,6 +88,27 @@ fn fp8_encode(x: f32) -> u32 {
 
 fn silu(x: f32) -> f32 {
     return x / (1.0 + exp(-x));
+}
+
+// An f32 rounded to f16 and back.
+fn round_f16(x: f32) -> f32 {
+    return unpack2x16float(pack2x16float(vec2<f32>(x, 0.0))).x;
+}
+
+// GELU in its tanh form, 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³))), as llama.cpp's CPU
+// backend computes it (ggml's f16 table): at the input rounded to f16, the result rounded
+// to f16; 0 below -10 and the identity above 10. (The tanh argument is clamped where
+// tanh is ±1 in f32, so that no implementation's exp overflows.)
+fn gelu_f16(x: f32) -> f32 {
+    if (x <= -10.0) {
+        return 0.0;
+    }
+    if (x >= 10.0) {
+        return x;
+    }
+    let h = round_f16(x);
+    let inner = clamp(0.7978846 * h * (1.0 + 0.044715 * h * h), -15.0, 15.0);
+    return round_f16(0.5 * h * (1.0 + tanh(inner)));
 }
 
 // The flat index of this thread in a grid of WG-wide workgroups laid out 2-D (x up to

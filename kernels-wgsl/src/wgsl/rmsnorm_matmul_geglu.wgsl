@@ -1,0 +1,17 @@
+// rmsnorm_matmul_geglu.wgsl: RMSNorm, gate/up matmuls and GeGLU in one kernel.
+
+fn x4(t: u32, c: u32) -> vec4<f32> {
+    return x_normed4(t, c);
+}
+
+@compute @workgroup_size(64)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n_wg: vec3<u32>, ln: Lanes) {
+    let tl = tile(wg, n_wg);
+    rms_tile(tl, ln);
+    let g = row_dots(p.w, tl, ln);
+    let u = row_dots(p.w2, tl, ln);
+    let o = out_of(tl, ln.lid);
+    if (o.live) {
+        arena[o.at] = gelu_f16(g[ln.lid]) * u[ln.lid];
+    }
+}
