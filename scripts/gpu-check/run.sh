@@ -35,7 +35,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   [ $dry = 1 ] || exit 2
 fi
 chmod +x "$G"/kiln "$G"/t_* "$G"/cuda-report "$G"/cuobjdump 2>/dev/null
-[ -n "$(command -v cuobjdump)" ] || { [ -x "$G/cuobjdump" ] && export KILN_CUOBJDUMP=$G/cuobjdump; }
+# The toolkit's cuobjdump (and its nvdisasm) if there, else the staged pair.
+[ -n "$(command -v cuobjdump)" ] && [ -n "$(command -v nvdisasm)" ] || { [ -x "$G/cuobjdump" ] && export KILN_CUOBJDUMP=$G/cuobjdump; }
 nogpu=()
 command -v nvidia-smi >/dev/null || nogpu+=("no nvidia-smi")
 ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1' || ls /usr/local/nvidia/lib64/libcuda.so.1 >/dev/null 2>&1 ||

@@ -2,7 +2,7 @@
 # Stage everything the GPU check needs in .gpu/ (git-ignored) at the project root, on a
 # machine with Rust (no GPU needed): kiln with every backend (release), the CUDA test
 # binaries (kiln-tests: conformance, cuda_backend, cuda_nvrtc, cuda_disasm), cuda-report,
-# cuobjdump from its PyPI wheel when installed, a tiny GGUF to take the tokenizer from (the
+# cuobjdump and nvdisasm from their PyPI wheels when installed, a tiny GGUF to take the tokenizer from (the
 # reference models are too big to carry), the Vulkan loader packages a bare GPU machine may
 # lack, and run.sh. The folder must stay under 64 MiB (what a device run carries); the
 # script fails when it does not. Then on the GPU machine, from the project root:
@@ -37,9 +37,14 @@ for line in sys.stdin:
   while read -r name path; do cp "$path" "$out/t_$name"; strip "$out/t_$name"; done
 for t in $tests; do [ -f "$out/t_$t" ] || { echo "stage.sh: no test binary named $t (renamed? update \$tests)" >&2; exit 1; }; done
 
-# cuobjdump for cuda-report and t_cuda_disasm, in case the GPU machine's toolkit lacks it.
-cuobjdump=$(python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "bin", "cuobjdump"))' 2>/dev/null || true)
-if [ -n "$cuobjdump" ] && [ -x "$cuobjdump" ]; then cp "$cuobjdump" "$out/cuobjdump"; else echo "no cuobjdump staged (pip install nvidia-cuda-cuobjdump==13.2.86)"; fi
+# cuobjdump and the nvdisasm it runs, for cuda-report and t_cuda_disasm, in case the GPU
+# machine's toolkit lacks them.
+wheel_bin=$(python3 -c 'import nvidia, os; print(os.path.join(list(nvidia.__path__)[0], "cu13", "bin"))' 2>/dev/null || true)
+if [ -x "$wheel_bin/cuobjdump" ] && [ -x "$wheel_bin/nvdisasm" ]; then
+  cp "$wheel_bin/cuobjdump" "$wheel_bin/nvdisasm" "$out/"
+else
+  echo "no cuobjdump/nvdisasm staged (pip install nvidia-cuda-cuobjdump==13.2.86 nvidia-cuda-nvdisasm==13.2.86)"
+fi
 
 "$out/kiln" synth --shape custom --layers 1 --dim 64 --heads 1 --kv-heads 1 --ffn 64 --quant q8_0 \
   --tokenizer-from models/SmolLM2-135M-Instruct.Q4_1.gguf -o "$out/tok.gguf" >/dev/null

@@ -1,6 +1,7 @@
 //! What the machine code of every CUDA kernel variant shows, without a GPU: NVRTC compiles
 //! each variant (kiln_kernels_cuda::sources::all_variants, and argmax) to a cubin, and
-//! `cuobjdump -res-usage -sass` (the PyPI wheel `nvidia-cuda-cuobjdump`, or a CUDA toolkit)
+//! `cuobjdump -res-usage -sass` (the PyPI wheels `nvidia-cuda-cuobjdump` and
+//! `nvidia-cuda-nvdisasm`, which cuobjdump runs for the SASS, or a CUDA toolkit)
 //! prints its resource usage and SASS, from which each kernel's facts are counted:
 //! registers, shared and local memory, global loads by width, integer dot products,
 //! tensor-core instructions and cp.async copies. `scripts/cuda-report` prints them as a
@@ -85,11 +86,11 @@ impl KernelFacts {
 pub fn find_cuobjdump(nvrtc_path: &str) -> Result<PathBuf, String> {
     if let Some(p) = std::env::var_os("KILN_CUOBJDUMP") {
         let p = PathBuf::from(p);
-        return if p.is_file() {
-            Ok(p)
-        } else {
-            Err(format!("KILN_CUOBJDUMP={} is not a file", p.display()))
-        };
+        if !p.is_file() {
+            return Err(format!("KILN_CUOBJDUMP={} is not a file", p.display()));
+        }
+        check_nvdisasm(&p)?;
+        return Ok(p);
     }
     let mut candidates = Vec::new();
     let mut lib_dirs: Vec<PathBuf> = Path::new(nvrtc_path)
@@ -110,10 +111,37 @@ pub fn find_cuobjdump(nvrtc_path: &str) -> Result<PathBuf, String> {
         candidates.extend(std::env::split_paths(&paths).map(|d| d.join("cuobjdump")));
     }
     candidates.push(PathBuf::from("/usr/local/cuda/bin/cuobjdump"));
-    candidates.into_iter().find(|p| p.is_file()).ok_or_else(|| {
-        "no cuobjdump (pip install nvidia-cuda-cuobjdump==13.2.86, or set KILN_CUOBJDUMP)"
-            .to_string()
-    })
+    let cuobjdump = candidates
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| format!("no cuobjdump ({INSTALL}, or set KILN_CUOBJDUMP)"))?;
+    check_nvdisasm(&cuobjdump)?;
+    Ok(cuobjdump)
+}
+
+/// How to get the tools, as the errors say it.
+const INSTALL: &str = "pip install nvidia-cuda-cuobjdump==13.2.86 nvidia-cuda-nvdisasm==13.2.86";
+
+/// `cuobjdump -sass` runs nvdisasm, which it looks for beside itself, in NVDISASM_PATH and
+/// on PATH: without it the listing fails, so say so before compiling anything.
+fn check_nvdisasm(cuobjdump: &Path) -> Result<(), String> {
+    let mut dirs: Vec<PathBuf> = cuobjdump
+        .parent()
+        .map(Path::to_path_buf)
+        .into_iter()
+        .collect();
+    dirs.extend(std::env::var_os("NVDISASM_PATH").map(PathBuf::from));
+    if let Some(paths) = std::env::var_os("PATH") {
+        dirs.extend(std::env::split_paths(&paths));
+    }
+    if dirs.iter().any(|d| d.join("nvdisasm").is_file()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "no nvdisasm beside {} or on PATH, which cuobjdump -sass needs ({INSTALL})",
+            cuobjdump.display()
+        ))
+    }
 }
 
 /// The kernels of one module, or why they could not be counted.

@@ -3,8 +3,9 @@
 //! [`FACTS`] lists what the kernels' design relies on: the rows marked `Required` hold
 //! today and are asserted; the rows marked `Target` are what the CUDA decode redesign
 //! (issue 14) must reach, reported until they hold, then to be flipped to `Required`.
-//! Needs libnvrtc and cuobjdump (`pip install nvidia-cuda-nvrtc==13.0.88
-//! nvidia-cuda-cuobjdump==13.2.86`, libnvrtc on LD_LIBRARY_PATH): without them the tests
+//! Needs libnvrtc, cuobjdump and nvdisasm (`pip install nvidia-cuda-nvrtc==13.0.88
+//! nvidia-cuda-cuobjdump==13.2.86 nvidia-cuda-nvdisasm==13.2.86`, libnvrtc on
+//! LD_LIBRARY_PATH): without them the tests
 //! show as `ignored (why)`, unless KILN_REQUIRE_NVRTC=1 (CI), where they fail.
 //! `scripts/cuda-report` prints the whole table.
 
