@@ -18,11 +18,11 @@ cargo build --release -p kiln-cli --features backend-wgpu,backend-vulkan,backend
 cp target/release/kiln "$out/kiln"; strip "$out/kiln"
 
 # The test binaries, found by target name in cargo's JSON messages (their file names carry
-# a hash). kiln-backend-cuda's `nvrtc` is the older home of cuda_nvrtc.
+# a hash).
 tests="conformance cuda_backend cuda_nvrtc cuda_disasm"
 cargo build -p kiln-tests --bin cuda-report
 cp target/debug/cuda-report "$out/cuda-report"; strip "$out/cuda-report"
-cargo test --no-run --message-format=json -p kiln-tests -p kiln-backend-cuda 2>/dev/null |
+cargo test --no-run --message-format=json -p kiln-tests 2>/dev/null |
   python3 -c '
 import json, sys
 wanted = set(sys.argv[1].split())
@@ -32,7 +32,6 @@ for line in sys.stdin:
     if d.get("reason") != "compiler-artifact" or not d.get("executable"): continue
     name = d["target"]["name"]
     if "test" not in d["target"]["kind"]: continue
-    if name == "nvrtc" and d["package_id"].find("backend-cuda") >= 0: name = "cuda_nvrtc"
     if name in wanted: print(name, d["executable"])' "$tests" |
   while read -r name path; do cp "$path" "$out/t_$name"; strip "$out/t_$name"; done
 for t in $tests; do [ -f "$out/t_$t" ] || { echo "stage.sh: no test binary named $t (renamed? update \$tests)" >&2; exit 1; }; done
