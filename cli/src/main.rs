@@ -13,6 +13,8 @@ mod run;
 #[cfg(feature = "serve")]
 mod serve;
 mod speculative;
+#[cfg(feature = "structured")]
+mod structured;
 mod synth;
 mod tokenize;
 

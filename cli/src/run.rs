@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use kiln_engine::Error;
-use kiln_engine::driver::{GenerateRequest, generate};
+use kiln_engine::driver::{GenerateRequest, TokenMask, generate, generate_masked};
 use kiln_engine::sampler::Sampler;
 use kiln_engine::speculative;
 use kiln_engine::tokenizer::ChatMessage;
@@ -55,6 +55,14 @@ pub struct Args {
     json: bool,
     #[command(flatten)]
     spec: SpecArgs,
+    /// Constrain the output to the JSON schema in FILE
+    #[cfg(feature = "structured")]
+    #[arg(long, value_name = "FILE", conflicts_with = "grammar")]
+    json_schema: Option<PathBuf>,
+    /// Constrain the output to the Lark grammar in FILE (llguidance's dialect)
+    #[cfg(feature = "structured")]
+    #[arg(long, value_name = "FILE")]
+    grammar: Option<PathBuf>,
 }
 
 pub fn main(args: Args) -> Result<(), Error> {
@@ -93,6 +101,17 @@ pub fn main(args: Args) -> Result<(), Error> {
         logprobs: args.logprobs,
     };
     let spec = args.spec.config()?;
+    #[cfg(feature = "structured")]
+    let mut mask: Option<Box<dyn TokenMask>> =
+        crate::structured::load(tok, args.json_schema.as_deref(), args.grammar.as_deref())?
+            .map(|m| Box::new(m) as Box<dyn TokenMask>);
+    #[cfg(not(feature = "structured"))]
+    let mut mask: Option<Box<dyn TokenMask>> = None;
+    if mask.is_some() && spec.is_some() {
+        return Err(Error::Invalid(
+            "--json-schema and --grammar do not combine with --lookup or --draft".into(),
+        ));
+    }
     let draft_model = args.spec.load_draft(&model)?;
     let compile_start = Instant::now();
     let mut runner = runner(
@@ -126,7 +145,13 @@ pub fn main(args: Args) -> Result<(), Error> {
                 speculative::generate(runner.as_mut(), drafter, &config, tok, &request, on_token)?;
             (g, Some((config, stats)))
         }
-        _ => (generate(runner.as_mut(), tok, &request, on_token)?, None),
+        _ => match mask.as_deref_mut() {
+            Some(mask) => (
+                generate_masked(runner.as_mut(), tok, &request, mask, on_token)?,
+                None,
+            ),
+            None => (generate(runner.as_mut(), tok, &request, on_token)?, None),
+        },
     };
     let _ = writeln!(stdout);
     drop(stdout);

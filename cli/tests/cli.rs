@@ -331,3 +331,82 @@ fn tokenize_reads_only_the_metadata() {
         serde_json::json!([2, 105, 2364, 107, 10979, 993, 106, 107])
     );
 }
+
+#[test]
+#[cfg(feature = "structured")]
+fn run_json_schema_and_grammar_constrain_the_output() {
+    let Some(model) = model() else { return };
+    let dir = std::env::temp_dir().join(format!("kiln-structured-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let schema = dir.join("city.json");
+    std::fs::write(
+        &schema,
+        r#"{"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+            "rank": {"type": "integer", "minimum": 1, "maximum": 10}},
+            "required": ["city", "rank"], "additionalProperties": false}"#,
+    )
+    .unwrap();
+    let lark = dir.join("yn.lark");
+    std::fs::write(
+        &lark,
+        "start: \"The answer is \" ANSWER \".\"\nANSWER: \"yes\" | \"no\"\n",
+    )
+    .unwrap();
+    let m = model.to_str().unwrap();
+    let run = |extra: &[&str]| {
+        let mut args = vec![
+            "run", "-m", m, "--chat", "-n", "48", "--temp", "0", "--json",
+        ];
+        args.extend_from_slice(extra);
+        let out = kiln(&args);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        last_line_json(&out)
+    };
+    let v = run(&[
+        "-p",
+        "Name a big city as JSON.",
+        "--json-schema",
+        schema.to_str().unwrap(),
+    ]);
+    let text = v["text"].as_str().unwrap();
+    let answer: serde_json::Value = serde_json::from_str(text).expect(text);
+    assert!(
+        answer["city"]
+            .as_str()
+            .is_some_and(|c| c.chars().count() <= 20),
+        "{text}"
+    );
+    assert!(
+        answer["rank"]
+            .as_i64()
+            .is_some_and(|r| (1..=10).contains(&r)),
+        "{text}"
+    );
+    assert_eq!(
+        v["stop_reason"], "eog",
+        "a complete answer ends the generation"
+    );
+    let v = run(&["-p", "Is water wet?", "--grammar", lark.to_str().unwrap()]);
+    let text = v["text"].as_str().unwrap();
+    assert!(
+        ["The answer is yes.", "The answer is no."].contains(&text),
+        "{text:?}"
+    );
+    // A schema that does not compile is one clear error.
+    std::fs::write(&schema, r#"{"type": "objekt"}"#).unwrap();
+    let out = kiln(&[
+        "run",
+        "-m",
+        m,
+        "-p",
+        "x",
+        "--json-schema",
+        schema.to_str().unwrap(),
+    ]);
+    assert_clean_failure(&out, "city.json");
+    std::fs::remove_dir_all(&dir).ok();
+}

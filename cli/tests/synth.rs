@@ -18,25 +18,8 @@ use kiln_tools::synth::{
 const VOCAB: usize = 49152;
 
 fn tokenizer_model() -> Option<PathBuf> {
-    let path = std::env::var_os("KILN_MODEL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-                .join("../models/SmolLM2-135M-Instruct.Q4_1.gguf")
-        });
-    if path.exists() {
-        return Some(path);
-    }
-    assert!(
-        std::env::var_os("KILN_REQUIRE_MODEL").is_none(),
-        "KILN_REQUIRE_MODEL is set but {} is missing",
-        path.display()
-    );
-    eprintln!(
-        "skipping: {} not found; kiln synth takes its tokenizer from it (run scripts/fetch-model.sh)",
-        path.display()
-    );
-    None
+    // Required like every test's reference model (a missing one fails with how to fetch it).
+    Some(kiln_tests::reference_model())
 }
 
 /// A fresh scratch directory for one test.
@@ -252,7 +235,12 @@ fn every_quant_loads_with_realistic_values() {
             synth::file_type(quant).unwrap() as u64
         );
         for t in g.tensors() {
-            let expected = if t.dims.len() == 1 { DType::F32 } else { quant };
+            // Rows of 64 or 128 values are no whole K-quant super-block: the fallback.
+            let expected = if t.dims.len() == 1 {
+                DType::F32
+            } else {
+                synth::row_dtype(quant, t.dims[0] as usize)
+            };
             assert_eq!(t.dtype, expected, "{quant}: {}", t.name);
         }
         for (name, rows) in [
@@ -378,9 +366,13 @@ fn shape_table_sizes() {
             ts.iter().any(|t| t.name == "output.weight"),
             !s.tied_embeddings
         );
+        // Gemma 3 layers hold four more norms (QK-norms, post-attention, post-FFN).
+        let per_layer = if s.arch == synth::Arch::Gemma3 { 13 } else { 9 };
         assert_eq!(
             ts.len(),
-            2 + 9 * s.n_layers + usize::from(!s.tied_embeddings)
+            2 + per_layer * s.n_layers + usize::from(!s.tied_embeddings),
+            "{}",
+            s.name
         );
     }
     let llama3 = Shape::named("LLaMA3-8B").unwrap();
@@ -410,9 +402,10 @@ fn bad_names_shapes_and_tokenizers_are_clear_errors() {
         assert!(QUANTS.contains(&parse_quant(ok).unwrap()), "{ok}");
     }
     assert_eq!(parse_quant("q4_1").unwrap(), DType::Q4_1);
-    let err = parse_quant("q5_k").unwrap_err().to_string();
+    assert_eq!(parse_quant("q5_k").unwrap(), DType::Q5_K);
+    let err = parse_quant("q2_k").unwrap_err().to_string();
     assert!(
-        err.contains("q5_k") && err.contains("Q4_0, Q4_1, Q8_0, F16"),
+        err.contains("q2_k") && err.contains("Q4_0, Q4_1, Q8_0, Q5_0, Q5_1, Q4_K, Q5_K, Q6_K, F16"),
         "{err}"
     );
     assert!(parse_quant("f32").is_err());
@@ -643,11 +636,11 @@ fn cli_synth_errors_are_one_line() {
         "--shape",
         "smollm2-135m",
         "--quant",
-        "q5_k",
+        "q2_k",
         "-o",
         file,
     ]);
-    assert_clean_failure(&out, &["unknown quant", "q5_k", "Q4_0, Q4_1, Q8_0, F16"]);
+    assert_clean_failure(&out, &["unknown quant", "q2_k", "Q4_0, Q4_1, Q8_0, Q5_0"]);
     let out = kiln(&[
         "synth",
         "--shape",

@@ -83,6 +83,31 @@ enum Next {
     Token(u32),
 }
 
+/// A grammar over the vocabulary (kiln-structured's constraint, adapted by the caller):
+/// the tokens it disallows are masked before every sample.
+pub trait TokenMask {
+    /// Set the logits of disallowed tokens to −∞.
+    fn apply(&mut self, logits: &mut [f32]) -> Result<(), String>;
+    /// Advance past the sampled token.
+    fn accept(&mut self, id: u32) -> Result<(), String>;
+    /// Nothing more is allowed: the answer is complete.
+    fn is_finished(&self) -> bool;
+}
+
+/// [`generate`] with every token sampled under `mask` (always from a row of logits: the
+/// device's greedy pick cannot see the mask). A complete grammar ends the generation as
+/// an end-of-generation token does.
+pub fn generate_masked(
+    runner: &mut dyn Runner,
+    tokenizer: &Tokenizer,
+    req: &GenerateRequest,
+    mask: &mut dyn TokenMask,
+    on_token: impl FnMut(TokenEvent<'_>) -> bool,
+) -> Result<Generation, Error> {
+    runner.reset();
+    run(runner, tokenizer, req, Some(mask), on_token)
+}
+
 /// Generate from `req.prompt_ids` on an empty context, calling `on_token` for every
 /// token; `on_token` returns false to stop early.
 pub fn generate(
@@ -102,11 +127,21 @@ pub fn extend(
     runner: &mut dyn Runner,
     tokenizer: &Tokenizer,
     req: &GenerateRequest,
+    on_token: impl FnMut(TokenEvent<'_>) -> bool,
+) -> Result<Generation, Error> {
+    run(runner, tokenizer, req, None, on_token)
+}
+
+fn run(
+    runner: &mut dyn Runner,
+    tokenizer: &Tokenizer,
+    req: &GenerateRequest,
+    mut mask: Option<&mut dyn TokenMask>,
     mut on_token: impl FnMut(TokenEvent<'_>) -> bool,
 ) -> Result<Generation, Error> {
     // Greedy without log-probabilities needs only the chosen id: the runner may pick it
     // on the device (Runner::forward_greedy) instead of returning a row of logits.
-    let greedy = req.sampler.temperature <= 0.0 && req.logprobs == 0;
+    let greedy = req.sampler.temperature <= 0.0 && req.logprobs == 0 && mask.is_none();
     let forward = |runner: &mut dyn Runner, tokens: &[u32]| -> Result<Next, Error> {
         Ok(if greedy {
             Next::Token(runner.forward_greedy(tokens)?)
@@ -118,11 +153,23 @@ pub fn extend(
     let mut next = forward(runner, &req.prompt_ids)?;
     emit.prefilled();
     while emit.wants_more() {
-        let (id, logits) = match &next {
-            Next::Token(id) => (*id, None),
-            Next::Logits(logits) => (sampler.sample(logits)?, Some(logits.as_slice())),
+        let (id, logits) = match (&next, mask.as_deref_mut()) {
+            (Next::Token(id), _) => (*id, None),
+            (Next::Logits(logits), None) => (sampler.sample(logits)?, Some(logits.as_slice())),
+            (Next::Logits(logits), Some(mask)) => {
+                let constraint = |e: String| Error::Invalid(format!("constraint: {e}"));
+                let mut masked = logits.clone();
+                mask.apply(&mut masked).map_err(constraint)?;
+                let id = sampler.sample(&masked)?;
+                mask.accept(id).map_err(constraint)?;
+                (id, Some(logits.as_slice()))
+            }
         };
         if emit.push(id, logits, &mut on_token) {
+            break;
+        }
+        if mask.as_deref().is_some_and(|m| m.is_finished()) {
+            emit.stop(StopReason::EndOfGeneration);
             break;
         }
         if runner.position() >= runner.n_ctx() {

@@ -14,10 +14,15 @@ use serde_json::{Value, json};
 
 use kiln_engine::sampler::SamplerConfig;
 use kiln_engine::speculative::lookup::MAX_LOOKUP_NGRAM;
+use kiln_structured::{Constraint, Structured};
 use kiln_tokenizer::{ChatMessage, Tokenizer};
+
+use super::shape::{self, ToolUse};
 
 /// Completions return this many tokens when `max_tokens` is absent (OpenAI's default).
 pub const DEFAULT_COMPLETION_TOKENS: usize = 16;
+/// `top_logprobs` (chat) and `logprobs` (completions) at most (OpenAI's chat limit).
+pub const MAX_TOP_LOGPROBS: usize = 20;
 /// At most this many stop sequences (OpenAI's limit).
 pub const MAX_STOP_SEQUENCES: usize = 4;
 
@@ -200,7 +205,10 @@ struct ChatRequest {
     messages: Option<Value>,
     max_completion_tokens: Option<i64>,
     logprobs: Option<bool>,
+    top_logprobs: Option<i64>,
     tools: Option<Value>,
+    tool_choice: Option<Value>,
+    response_format: Option<Value>,
     #[serde(flatten)]
     common: Common,
 }
@@ -213,10 +221,13 @@ pub struct Limits {
     pub n_ctx: usize,
     /// Tokens the whole KV page pool holds (a prompt larger than this can never run).
     pub kv_capacity: usize,
+    /// Grammars over the model's vocabulary (`response_format`, `tools`); None: requests
+    /// that need one are refused.
+    pub structured: Option<Structured>,
 }
 
 /// A checked request, ready for the scheduler.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub struct GenParams {
     pub prompt_ids: Vec<u32>,
     pub max_tokens: usize,
@@ -228,6 +239,12 @@ pub struct GenParams {
     /// Speculative decoding asked for: None (the server's default), 0 (none) or the
     /// n-gram of prompt lookup.
     pub lookup: Option<usize>,
+    /// The grammar every sampled token must keep to (`response_format`, `tools`).
+    pub constraint: Option<Constraint>,
+    /// Tools offered: the answer is read back into `tool_calls`.
+    pub tools: Option<ToolUse>,
+    /// Log-probabilities of each token and of this many alternatives.
+    pub logprobs: Option<usize>,
 }
 
 /// `POST /v1/completions`.
@@ -246,13 +263,18 @@ pub fn parse_completion(
     if req.echo == Some(true) {
         return unsupported("echo", "echo");
     }
-    if req
-        .logprobs
-        .as_ref()
-        .is_some_and(|v| !v.is_null() && *v != json!(0))
-    {
-        return unsupported("logprobs", "logprobs");
-    }
+    let logprobs = match &req.logprobs {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_i64() {
+            Some(k) if (0..=MAX_TOP_LOGPROBS as i64).contains(&k) => Some(k as usize),
+            _ => {
+                return Err(ApiError::invalid(
+                    Some("logprobs"),
+                    format!("logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}"),
+                ));
+            }
+        },
+    };
     if req.best_of.is_some_and(|b| b != 1) {
         return unsupported("best_of", "best_of other than 1");
     }
@@ -264,14 +286,15 @@ pub fn parse_completion(
         Some(prompt) => completion_prompt(&prompt, tokenizer)?,
     };
     let max_tokens = req.common.max_tokens;
-    finish(
+    let params = finish(
         req.common,
         max_tokens,
         DEFAULT_COMPLETION_TOKENS,
         (prompt_ids, "prompt"),
         tokenizer,
         limits,
-    )
+    )?;
+    Ok(GenParams { logprobs, ..params })
 }
 
 /// `POST /v1/chat/completions`: the messages rendered with the model's chat template.
@@ -281,23 +304,47 @@ pub fn parse_chat(
     limits: &Limits,
 ) -> Result<GenParams, ApiError> {
     let req: ChatRequest = parse_json(body)?;
-    if req.logprobs == Some(true) {
-        return Err(ApiError::invalid(
-            Some("logprobs"),
-            "logprobs is not supported by kiln",
-        ));
-    }
-    if req
-        .tools
-        .as_ref()
-        .is_some_and(|t| t.as_array().is_none_or(|a| !a.is_empty()))
-    {
-        return Err(ApiError::invalid(
-            Some("tools"),
-            "tools are not supported by kiln",
-        ));
-    }
-    let messages = match &req.messages {
+    let logprobs = match (req.logprobs, req.top_logprobs) {
+        (Some(true), None) => Some(0),
+        (Some(true), Some(k)) if (0..=MAX_TOP_LOGPROBS as i64).contains(&k) => Some(k as usize),
+        (Some(true), Some(k)) => {
+            return Err(ApiError::invalid(
+                Some("top_logprobs"),
+                format!("top_logprobs {k} must be from 0 to {MAX_TOP_LOGPROBS}"),
+            ));
+        }
+        (_, Some(_)) => {
+            return Err(ApiError::invalid(
+                Some("top_logprobs"),
+                "top_logprobs needs logprobs: true",
+            ));
+        }
+        _ => None,
+    };
+    let tools = shape::tool_use(req.tools.as_ref(), req.tool_choice.as_ref())?;
+    let format = shape::response_format(req.response_format.as_ref())?;
+    let structured = limits.structured.as_ref();
+    let constraint = match (&tools, &format) {
+        (Some(_), Some(_)) => {
+            return Err(ApiError::invalid(
+                Some("response_format"),
+                "response_format with tools is not supported by kiln: give one or the other",
+            ));
+        }
+        (Some(t), None) => {
+            shape::check_tools(structured, t)?;
+            Some(shape::compile(structured, &t.grammar(), "tools".into())?)
+        }
+        (None, Some(g)) => {
+            let param = match g {
+                kiln_structured::Grammar::JsonObject => "response_format",
+                _ => "response_format.json_schema.schema",
+            };
+            Some(shape::compile(structured, g, param.into())?)
+        }
+        (None, None) => None,
+    };
+    let mut messages = match &req.messages {
         Some(Value::Array(items)) if !items.is_empty() => chat_messages(items)?,
         _ => {
             return Err(ApiError::invalid(
@@ -306,20 +353,32 @@ pub fn parse_chat(
             ));
         }
     };
+    if let Some(t) = &tools
+        && !tokenizer.template_takes_tools()
+    {
+        shape::with_instructions(&mut messages, &t.instructions());
+    }
+    let template_tools = tools.as_ref().map(ToolUse::template_tools);
     let text = tokenizer
-        .apply_chat_template(&messages, true)
+        .apply_chat_template_tools(&messages, template_tools.as_ref(), true)
         .map_err(|e| ApiError::invalid(Some("messages"), format!("chat template: {e}")))?;
     let prompt_ids = tokenizer.encode(&text, true, true);
     let max_tokens = req.max_completion_tokens.or(req.common.max_tokens);
     // A chat answer may run to the end of the context unless the client says otherwise.
-    finish(
+    let params = finish(
         req.common,
         max_tokens,
         usize::MAX,
         (prompt_ids, "messages"),
         tokenizer,
         limits,
-    )
+    )?;
+    Ok(GenParams {
+        constraint,
+        tools,
+        logprobs,
+        ..params
+    })
 }
 
 fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
@@ -587,6 +646,9 @@ fn finish(
             .and_then(|o| o.include_usage)
             .unwrap_or(false),
         lookup,
+        constraint: None,
+        tools: None,
+        logprobs: None,
     })
 }
 

@@ -111,6 +111,9 @@ impl Engine {
         let (ready_tx, ready_rx) = mpsc::channel();
         let open_backend = Arc::clone(&config.backend);
         let model_id = config.model_id.clone();
+        // The vocabulary's token trie for constrained output, built once (a vocabulary
+        // llguidance cannot take leaves the server without it: those requests get a 400).
+        let structured = kiln_structured::Structured::new(&model.tokenizer).ok();
         let thread_model = Arc::clone(&model);
         let thread_metrics = Arc::clone(&metrics);
         let thread = std::thread::Builder::new()
@@ -140,6 +143,7 @@ impl Engine {
                         model_id,
                         n_ctx: sched.n_ctx(),
                         kv_capacity: sched.max_sequence_tokens(),
+                        structured,
                     },
                     max_seqs: sched_config.max_seqs,
                     kv_page_count: sched.kv_stats().kv_page_count,

@@ -23,7 +23,8 @@ use super::api::{self, ApiError};
 use super::conn::{self, HttpLimits};
 use super::engine::Engine;
 use super::response::{Endpoint, Responder};
-use super::{Event, Request, ServeConfig, ServeError};
+use super::shape::ToolUse;
+use super::{Event, FinishReason, Request, ServeConfig, ServeError, TokenLogprob};
 use kiln_engine::model::Model;
 
 /// Comments sent on a quiet stream, so a client that left is noticed while it waits.
@@ -148,6 +149,7 @@ async fn generate(app: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
         return error_response(engine, path, &ApiError::busy(engine.permits().limit()));
     };
     let (stream, include_usage) = (params.stream, params.include_usage);
+    let tools = params.tools.clone();
     let (tx, rx) = unbounded_channel();
     let request = Request {
         arrived,
@@ -161,11 +163,17 @@ async fn generate(app: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
     let usage = UsageCell::default();
     let mut response = if stream {
         engine.metrics().count_request(path, 200);
-        Sse::new(sse_stream(rx, responder, include_usage, usage.clone()))
-            .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
-            .into_response()
+        Sse::new(sse_stream(
+            rx,
+            responder,
+            include_usage,
+            tools,
+            usage.clone(),
+        ))
+        .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
+        .into_response()
     } else {
-        let response = collect(rx, &responder, &usage).await;
+        let response = collect(rx, &responder, tools.as_ref(), &usage).await;
         match response {
             Ok(body) => {
                 engine.metrics().count_request(path, 200);
@@ -182,15 +190,26 @@ async fn generate(app: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
 async fn collect(
     mut rx: UnboundedReceiver<Event>,
     responder: &Responder,
+    tools: Option<&ToolUse>,
     log: &UsageCell,
 ) -> Result<Value, ApiError> {
     let mut text = String::new();
+    let mut logprobs = Vec::new();
     while let Some(event) = rx.recv().await {
         match event {
             Event::Text(piece) => text.push_str(&piece),
+            Event::Logprob(lp) => logprobs.push(lp),
             Event::Done { finish, usage } => {
                 log.set(&usage);
-                return Ok(responder.full(&text, finish, usage));
+                let mut body = match tools.map(|t| t.read(&text)) {
+                    None => responder.full(&text, finish, usage),
+                    Some(Ok(calls)) => responder.full_tool_calls(&calls, usage),
+                    Some(Err(content)) => responder.full(&content, finish, usage),
+                };
+                if !logprobs.is_empty() {
+                    body["choices"][0]["logprobs"] = responder.logprobs(&logprobs, 0);
+                }
+                return Ok(body);
             }
             Event::Failed(e) => return Err(e),
         }
@@ -200,27 +219,93 @@ async fn collect(
     ))
 }
 
+/// Where a stream stands between events.
+struct StreamState {
+    rx: UnboundedReceiver<Event>,
+    responder: Responder,
+    /// The answer so far, held back while tools are offered.
+    held: String,
+    /// Log-probabilities of tokens whose text has not been sent yet.
+    logprobs: Vec<TokenLogprob>,
+    /// Text sent so far in bytes (completions' `text_offset`).
+    sent: usize,
+}
+
+impl StreamState {
+    /// `chunk` with the pending log-probabilities attached.
+    fn with_logprobs(&mut self, mut chunk: Value) -> Value {
+        if !self.logprobs.is_empty() {
+            chunk["choices"][0]["logprobs"] = self.responder.logprobs(&self.logprobs, self.sent);
+            self.logprobs.clear();
+        }
+        chunk
+    }
+}
+
 /// The chunks of a `stream: true` request, ending in `data: [DONE]`. Dropping the stream
 /// (the client left) drops the receiver, and the scheduler drops the sequence.
+///
+/// With tools, the answer is held back until it is complete: it is then sent as one
+/// `delta.tool_calls` chunk (or as content, for a plain answer). Log-probabilities ride
+/// on the chunk that carries their tokens' text.
 fn sse_stream(
     rx: UnboundedReceiver<Event>,
     responder: Responder,
     include_usage: bool,
+    tools: Option<ToolUse>,
     log: UsageCell,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let data = |v: &Value| SseEvent::default().data(v.to_string());
     let opening: Vec<SseEvent> = responder.opening_chunk().iter().map(data).collect();
-    let events = stream::unfold(Some((rx, responder)), move |state| {
+    let state = StreamState {
+        rx,
+        responder,
+        held: String::new(),
+        logprobs: Vec::new(),
+        sent: 0,
+    };
+    let events = stream::unfold(Some(state), move |state| {
+        let tools = tools.clone();
         let log = log.clone();
         async move {
-            let (mut rx, responder) = state?;
-            let (out, more) = match rx.recv().await {
-                Some(Event::Text(piece)) => (vec![data(&responder.text_chunk(&piece))], true),
+            let mut st = state?;
+            let (out, more) = match st.rx.recv().await {
+                Some(Event::Logprob(lp)) => {
+                    st.logprobs.push(lp);
+                    (Vec::new(), true)
+                }
+                Some(Event::Text(piece)) if tools.is_some() => {
+                    st.held.push_str(&piece);
+                    (Vec::new(), true)
+                }
+                Some(Event::Text(piece)) => {
+                    let chunk = st.responder.text_chunk(&piece);
+                    let chunk = st.with_logprobs(chunk);
+                    st.sent += piece.len();
+                    (vec![data(&chunk)], true)
+                }
                 Some(Event::Done { finish, usage }) => {
                     log.set(&usage);
-                    let mut out = vec![data(&responder.finish_chunk(finish))];
+                    let mut out = Vec::new();
+                    let finish = match tools.as_ref().map(|t| t.read(&st.held)) {
+                        None => finish,
+                        Some(Ok(calls)) => {
+                            let chunk = st.responder.tool_calls_chunk(&calls);
+                            out.push(data(&st.with_logprobs(chunk)));
+                            FinishReason::ToolCalls
+                        }
+                        Some(Err(content)) => {
+                            if !content.is_empty() {
+                                let chunk = st.responder.text_chunk(&content);
+                                out.push(data(&st.with_logprobs(chunk)));
+                            }
+                            finish
+                        }
+                    };
+                    let chunk = st.responder.finish_chunk(finish);
+                    out.push(data(&st.with_logprobs(chunk)));
                     if include_usage {
-                        out.push(data(&responder.usage_chunk(usage)));
+                        out.push(data(&st.responder.usage_chunk(usage)));
                     }
                     (out, false)
                 }
@@ -234,7 +319,7 @@ fn sse_stream(
             if !more {
                 out.push(SseEvent::default().data("[DONE]"));
             }
-            Some((out, more.then_some((rx, responder))))
+            Some((out, more.then_some(st)))
         }
     });
     stream::iter(opening)

@@ -24,6 +24,7 @@ pub mod http;
 pub mod metrics;
 pub mod response;
 pub mod scheduler;
+pub mod shape;
 mod stop;
 
 #[cfg(test)]
@@ -148,6 +149,8 @@ pub enum FinishReason {
     Stop,
     /// `max_tokens`, the context, or the server's shutdown deadline.
     Length,
+    /// The answer is a tool call (set by the HTTP side, which reads the calls).
+    ToolCalls,
 }
 
 impl FinishReason {
@@ -155,6 +158,7 @@ impl FinishReason {
         match self {
             FinishReason::Stop => "stop",
             FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
         }
     }
 }
@@ -169,6 +173,19 @@ pub enum Event {
         usage: Usage,
     },
     Failed(ApiError),
+    /// The log-probability of the token whose text comes next (`logprobs` asked for).
+    Logprob(TokenLogprob),
+}
+
+/// One sampled token's log-probability under the model (before any grammar's mask) and
+/// the most likely tokens of the same distribution.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub bytes: Vec<u8>,
+    pub logprob: f32,
+    /// (token, bytes, log-probability), most likely first.
+    pub top: Vec<(String, Vec<u8>, f32)>,
 }
 
 /// One generation request, as the scheduler takes it.
@@ -182,6 +199,10 @@ pub struct Request {
     /// Speculative decoding: None follows the server (its draft model, if any); Some(0)
     /// turns it off; Some(n) guesses by prompt lookup of n-grams.
     pub lookup: Option<usize>,
+    /// The grammar the answer keeps to: no speculation, every token sampled under its mask.
+    pub constraint: Option<kiln_structured::Constraint>,
+    /// Log-probabilities of each token and of this many alternatives (no speculation).
+    pub logprobs: Option<usize>,
     /// Where this request's events go; closed when the client is gone.
     pub events: UnboundedSender<Event>,
     /// When the request arrived (time to first token counts from here).
@@ -199,6 +220,8 @@ impl Request {
             ignore_eos: params.ignore_eos,
             stop: params.stop,
             lookup: params.lookup,
+            constraint: params.constraint,
+            logprobs: params.logprobs,
             events,
             arrived: Instant::now(),
             permit: None,

@@ -6,7 +6,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use serde_json::{Value, json};
 
-use super::FinishReason;
+use super::shape::ToolCall;
+use super::{FinishReason, TokenLogprob};
 
 /// Token counts of a finished request.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
@@ -81,6 +82,82 @@ impl Responder {
             }),
         };
         self.envelope(false, vec![choice], Some(usage))
+    }
+
+    /// The whole chat answer that is a tool call (`content` null, `tool_calls`).
+    pub fn full_tool_calls(&self, calls: &[ToolCall], usage: Usage) -> Value {
+        let calls: Vec<Value> = calls.iter().map(|c| c.to_json(None)).collect();
+        let choice = json!({
+            "index": 0,
+            "message": {"role": "assistant", "content": null, "tool_calls": calls},
+            "logprobs": null,
+            "finish_reason": FinishReason::ToolCalls.as_str(),
+        });
+        self.envelope(false, vec![choice], Some(usage))
+    }
+
+    /// The chunk of a chat stream that carries the tool calls, whole.
+    pub fn tool_calls_chunk(&self, calls: &[ToolCall]) -> Value {
+        let calls: Vec<Value> = calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| c.to_json(Some(i)))
+            .collect();
+        self.envelope(
+            true,
+            vec![self.delta(json!({"tool_calls": calls}), None)],
+            None,
+        )
+    }
+
+    /// The `logprobs` of a choice for these tokens: chat's `{"content": [...]}`, or
+    /// completions' `tokens`, `token_logprobs`, `top_logprobs`, `text_offset` (counted
+    /// from `offset` bytes into the answer).
+    pub fn logprobs(&self, tokens: &[TokenLogprob], offset: usize) -> Value {
+        match self.endpoint {
+            Endpoint::Chat => {
+                let content: Vec<Value> = tokens
+                    .iter()
+                    .map(|t| {
+                        let top: Vec<Value> = t
+                            .top
+                            .iter()
+                            .map(|(token, bytes, lp)| {
+                                json!({"token": token, "logprob": lp, "bytes": bytes})
+                            })
+                            .collect();
+                        json!({"token": t.token, "logprob": t.logprob, "bytes": t.bytes,
+                            "top_logprobs": top})
+                    })
+                    .collect();
+                json!({"content": content, "refusal": null})
+            }
+            Endpoint::Completions => {
+                let mut at = offset;
+                let mut offsets = Vec::with_capacity(tokens.len());
+                for t in tokens {
+                    offsets.push(at);
+                    at += t.bytes.len();
+                }
+                let top: Vec<Value> = tokens
+                    .iter()
+                    .map(|t| {
+                        let m: serde_json::Map<String, Value> = t
+                            .top
+                            .iter()
+                            .map(|(token, _, lp)| (token.clone(), json!(lp)))
+                            .collect();
+                        Value::Object(m)
+                    })
+                    .collect();
+                json!({
+                    "tokens": tokens.iter().map(|t| &t.token).collect::<Vec<_>>(),
+                    "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+                    "top_logprobs": top,
+                    "text_offset": offsets,
+                })
+            }
+        }
     }
 
     /// The chunk that opens a chat stream (the assistant role), none for completions.

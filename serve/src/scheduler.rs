@@ -34,12 +34,13 @@ use super::api::ApiError;
 use super::metrics::Metrics;
 use super::response::{PromptDetails, Usage};
 use super::stop::StopMatcher;
-use super::{Event, FinishReason, Request};
+use super::{Event, FinishReason, Request, TokenLogprob};
 use kiln_engine::Error;
 use kiln_engine::compiled::{BatchEntry, Compiled};
 use kiln_engine::runner::Runner;
-use kiln_engine::sampler::Sampler;
+use kiln_engine::sampler::{Sampler, log_softmax, top_logprobs};
 use kiln_kv::{KvError, KvStats, SeqId};
+use kiln_structured::Constraint;
 use kiln_tokenizer::{StreamDecoder, Tokenizer};
 
 /// How the scheduler fills a step.
@@ -409,16 +410,26 @@ impl<'m> Scheduler<'m> {
             }
             let logits = &logits[row * vocab..(row + 1) * vocab];
             row += 1;
-            let id = match s.sampler.sample(logits) {
+            let sampled = match &mut s.req.constraint {
+                None => s.sampler.sample(logits).map_err(|e| e.to_string()),
+                Some(constraint) => sample_constrained(&mut s.sampler, constraint, logits),
+            };
+            let id = match sampled {
                 Ok(id) => id,
                 Err(e) => {
-                    // NaN logits: this request fails, the others go on.
-                    s.send(Event::Failed(ApiError::internal(e.to_string())));
+                    // NaN logits (or a grammar that allows nothing): this request fails,
+                    // the others go on.
+                    s.send(Event::Failed(ApiError::internal(e)));
                     finished[c.seq] = true;
                     continue;
                 }
             };
             outcome.sampled += 1;
+            // The end-of-generation token is not part of the answer's logprobs.
+            let eog = self.tokenizer.is_eog(id) && !s.req.ignore_eos;
+            if let Some(k) = s.req.logprobs.filter(|_| !eog) {
+                s.send(Event::Logprob(token_logprob(self.tokenizer, logits, id, k)));
+            }
             if let Some(finish) = self.accept(c.seq, id) {
                 self.finish(c.seq, finish);
                 finished[c.seq] = true;
@@ -579,6 +590,8 @@ impl<'m> Scheduler<'m> {
         s.last_token_at = Some(now);
         Metrics::add(&self.metrics.generation_tokens, 1);
         s.tokens.push(id);
+        // The grammar complete: nothing else may follow, the answer ends here.
+        let complete = s.req.constraint.as_ref().is_some_and(|c| c.is_finished());
         let eog = self.tokenizer.is_eog(id) && !s.req.ignore_eos;
         let piece = if eog {
             String::new()
@@ -592,7 +605,7 @@ impl<'m> Scheduler<'m> {
         if stopped {
             s.stopped = true;
         }
-        if eog || stopped {
+        if eog || stopped || complete {
             return Some(FinishReason::Stop);
         }
         (s.generated() >= s.req.max_tokens || s.computed >= self.n_ctx)
@@ -662,5 +675,43 @@ impl<'m> Scheduler<'m> {
         let kv = self.kv_stats();
         self.metrics
             .set_gauges(self.running.len(), self.waiting.len(), kv);
+    }
+}
+
+/// Sample under `constraint`'s mask and advance it past the token.
+fn sample_constrained(
+    sampler: &mut Sampler,
+    constraint: &mut Constraint,
+    logits: &[f32],
+) -> Result<u32, String> {
+    let mut masked = logits.to_vec();
+    constraint.apply(&mut masked).map_err(|e| e.to_string())?;
+    if masked.iter().all(|l| *l == f32::NEG_INFINITY) {
+        return Err("the grammar allows no token of this vocabulary".into());
+    }
+    let id = sampler.sample(&masked).map_err(|e| e.to_string())?;
+    constraint.accept(id).map_err(|e| e.to_string())?;
+    Ok(id)
+}
+
+/// The log-probability of `id` in `logits` and the `k` most likely tokens.
+fn token_logprob(tokenizer: &Tokenizer, logits: &[f32], id: u32, k: usize) -> TokenLogprob {
+    let piece = |id: u32| {
+        let bytes = tokenizer.token_piece(id, false);
+        (String::from_utf8_lossy(&bytes).into_owned(), bytes)
+    };
+    let lp = log_softmax(logits);
+    let (token, bytes) = piece(id);
+    TokenLogprob {
+        token,
+        bytes,
+        logprob: lp.get(id as usize).copied().unwrap_or(f32::NEG_INFINITY),
+        top: top_logprobs(logits, k)
+            .into_iter()
+            .map(|(t, l)| {
+                let (text, bytes) = piece(t);
+                (text, bytes, l)
+            })
+            .collect(),
     }
 }

@@ -88,6 +88,9 @@ fn request(prompt: &[u32], max_tokens: usize) -> (Request, UnboundedReceiver<Eve
         stream: false,
         include_usage: false,
         lookup: None,
+        constraint: None,
+        tools: None,
+        logprobs: None,
     };
     (Request::new(params, tx), rx)
 }
@@ -101,6 +104,7 @@ fn received(rx: &mut UnboundedReceiver<Event>, into: &mut Received) {
                 into.usage = Some(usage);
             }
             Event::Failed(e) => into.error = Some(e),
+            Event::Logprob(_) => {}
         }
     }
 }

@@ -20,9 +20,17 @@ const ALLOWED: &[(&str, &[&str])] = &[
         "kiln-engine",
         &["kiln-ir", "kiln-gguf", "kiln-tokenizer", "kiln-kv"],
     ),
+    // Constrained decoding: grammars over a tokenizer's vocabulary (llguidance).
+    ("kiln-structured", &["kiln-tokenizer"]),
     (
         "kiln-serve",
-        &["kiln-ir", "kiln-engine", "kiln-kv", "kiln-tokenizer"],
+        &[
+            "kiln-ir",
+            "kiln-engine",
+            "kiln-kv",
+            "kiln-tokenizer",
+            "kiln-structured",
+        ],
     ),
     (
         "kiln-tools",
@@ -36,6 +44,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
             "kiln-backends",
             "kiln-tools",
             "kiln-serve",
+            "kiln-structured",
         ],
     ),
     ("kiln-capi", &["kiln-ir", "kiln-engine", "kiln-backends"]),
@@ -65,6 +74,7 @@ const FORBIDDEN_BELOW: &[(&str, &[&str])] = &[
         &["tokio", "axum", "clap", "wgpu", "ash", "cudarc"],
     ),
     ("kiln-tokenizer", &["tokio", "axum", "clap"]),
+    ("kiln-structured", &["tokio", "axum", "clap"]),
     (
         "kiln-engine",
         &["tokio", "axum", "clap", "wgpu", "ash", "cudarc"],

@@ -63,7 +63,14 @@ pub fn render_chat(
     };
     let env = environment();
     let tmpl = env.template_from_str(template).map_err(template_error)?;
-    render(&tmpl, messages, add_generation_prompt, bos_token, eos_token)
+    render(
+        &tmpl,
+        messages,
+        None,
+        add_generation_prompt,
+        bos_token,
+        eos_token,
+    )
 }
 
 /// An environment with Hugging Face's settings and the Python helpers templates use.
@@ -78,15 +85,20 @@ fn environment() -> Environment<'static> {
     env
 }
 
+/// `tools`, when given, is the request's tool list as Hugging Face passes it
+/// (`[{"type": "function", "function": {...}}]`); absent, it is undefined in the template.
 fn render(
     tmpl: &minijinja::Template<'_, '_>,
     messages: &[ChatMessage],
+    tools: Option<&serde_json::Value>,
     add_generation_prompt: bool,
     bos_token: &str,
     eos_token: &str,
 ) -> Result<String, TokenizerError> {
+    let tools = tools.map_or(Value::UNDEFINED, Value::from_serialize);
     tmpl.render(context! {
         messages => messages,
+        tools => tools,
         add_generation_prompt => add_generation_prompt,
         bos_token => bos_token,
         eos_token => eos_token,
@@ -151,6 +163,22 @@ impl Tokenizer {
         self.apply_chat_template_with(self.chat_template(), messages, add_generation_prompt)
     }
 
+    /// [`Tokenizer::apply_chat_template`] with the request's `tools` in the template's
+    /// context (the built-in formats have no tool syntax and ignore them).
+    pub fn apply_chat_template_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
+        self.render_with(self.chat_template(), messages, tools, add_generation_prompt)
+    }
+
+    /// Whether this model's template reads `tools` (writes a tool format of its own).
+    pub fn template_takes_tools(&self) -> bool {
+        self.chat_template().is_some_and(|t| t.contains("tools"))
+    }
+
     /// [`Tokenizer::apply_chat_template`] with another template (`None`: the built-in
     /// format). As llama.cpp does, a BOS (EOS) text the template writes at the start (end)
     /// is cut when encoding adds that token anyway, so it is not there twice.
@@ -160,13 +188,23 @@ impl Tokenizer {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TokenizerError> {
+        self.render_with(template, messages, None, add_generation_prompt)
+    }
+
+    fn render_with(
+        &self,
+        template: Option<&str>,
+        messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, TokenizerError> {
         let env = environment();
         let Some(tmpl) = template.and_then(|t| env.template_from_str(t).ok()) else {
             return Ok(self.chat_format().render(messages, add_generation_prompt));
         };
         let bos = self.bos_id().map_or("", |id| self.token_text(id));
         let eos = self.eos_id().map_or("", |id| self.token_text(id));
-        let mut text = render(&tmpl, messages, add_generation_prompt, bos, eos)?;
+        let mut text = render(&tmpl, messages, tools, add_generation_prompt, bos, eos)?;
         if self.add_bos() && !bos.is_empty() && text.starts_with(bos) {
             text.drain(..bos.len());
         }
@@ -566,6 +604,18 @@ mod tests {
         );
         let err = render_chat(Some("{% for %}"), &msgs(), true, "", "").unwrap_err();
         assert!(matches!(err, TokenizerError::Template(_)), "{err}");
+    }
+
+    #[test]
+    fn templates_receive_tools() {
+        let t = "{% if tools %}{% for t in tools %}[{{ t.function.name }}]{% endfor %}{% endif %}{{ messages[0].content }}";
+        let env = environment();
+        let tmpl = env.template_from_str(t).unwrap();
+        let tools = serde_json::json!([{"type": "function", "function": {"name": "get_weather"}}]);
+        let got = render(&tmpl, &msgs()[1..], Some(&tools), true, "", "").unwrap();
+        assert_eq!(got, "[get_weather]Hi");
+        let got = render(&tmpl, &msgs()[1..], None, true, "", "").unwrap();
+        assert_eq!(got, "Hi");
     }
 
     #[test]

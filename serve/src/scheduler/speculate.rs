@@ -53,6 +53,8 @@ impl SeqSpec {
     ) -> Result<Option<SeqSpec>, Error> {
         let method = match req.lookup {
             _ if k_max == 0 => return Ok(None),
+            // Guesses are not drawn under the grammar's mask, nor report log-probabilities.
+            _ if req.constraint.is_some() || req.logprobs.is_some() => return Ok(None),
             Some(0) => return Ok(None),
             Some(n) => Method::Lookup(PromptLookup::new(n)?),
             None if has_draft => Method::Draft {

@@ -89,10 +89,24 @@ pub fn kv_write(target: KvTarget<'_, '_>, k: &[f32], v: &[f32]) {
     target.write(k, v);
 }
 
-/// Encode one head's values; returns the scale to multiply decoded values by.
+/// Encode one head's values; returns the scale to multiply decoded values by. A NaN makes
+/// the scale NaN, so that a broken model's non-numbers reach the logits (where the engine
+/// refuses them) instead of being stored as zeros.
 fn store_fp8(dst: &mut [u8], x: &[f32]) -> f32 {
-    let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-    let scale = if amax > 0.0 { amax / fp8::MAX } else { 1.0 };
+    let amax = x.iter().fold(0.0f32, |m, v| {
+        if m.is_nan() || v.is_nan() {
+            f32::NAN
+        } else {
+            m.max(v.abs())
+        }
+    });
+    let scale = if amax.is_nan() {
+        f32::NAN
+    } else if amax > 0.0 {
+        amax / fp8::MAX
+    } else {
+        1.0
+    };
     for (d, &v) in dst.iter_mut().zip(x) {
         *d = fp8::encode(v / scale);
     }
@@ -102,5 +116,20 @@ fn store_fp8(dst: &mut [u8], x: &[f32]) -> f32 {
 fn store_f16(dst: &mut [u8], x: &[f32]) {
     for (d, &v) in dst.chunks_exact_mut(2).zip(x) {
         d.copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_nan_reaches_the_scale_and_numbers_do_not() {
+        let mut dst = [0xAAu8; 4];
+        let scale = store_fp8(&mut dst, &[1.0, -2.0, 0.5, 448.0]);
+        assert_eq!(scale, 1.0);
+        assert!(store_fp8(&mut dst, &[1.0, f32::NAN, 0.5, 2.0]).is_nan());
+        assert!(store_fp8(&mut dst, &[f32::NAN, 1.0, 0.5, 2.0]).is_nan());
+        assert_eq!(store_fp8(&mut dst, &[0.0; 4]), 1.0);
     }
 }
