@@ -6,6 +6,7 @@ use std::path::PathBuf;
 pub use kiln_testkit::Outcome;
 
 pub mod conformance;
+pub mod cuda_disasm;
 pub mod damaged;
 pub mod device;
 pub mod gemma_device;

@@ -1,0 +1,266 @@
+//! What the SASS of every CUDA kernel variant must show, checked without a GPU: NVRTC
+//! compiles each variant for sm_90 and cuobjdump disassembles it (kiln_tests::cuda_disasm).
+//! [`FACTS`] lists what the kernels' design relies on: the rows marked `Required` hold
+//! today and are asserted; the rows marked `Target` are what the CUDA decode redesign
+//! (issue 14) must reach, reported until they hold, then to be flipped to `Required`.
+//! Needs libnvrtc, cuobjdump and nvdisasm (`pip install nvidia-cuda-nvrtc==13.0.88
+//! nvidia-cuda-cuobjdump==13.2.86 nvidia-cuda-nvdisasm==13.2.86`, libnvrtc on
+//! LD_LIBRARY_PATH): without them the tests
+//! show as `ignored (why)`, unless KILN_REQUIRE_NVRTC=1 (CI), where they fail.
+//! `scripts/cuda-report` prints the whole table.
+
+use std::process::ExitCode;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use kiln_backend_cuda::compile::Nvrtc;
+use kiln_testkit::{Outcome, fail, pass, skip, test};
+use kiln_tests::cuda_disasm::{KernelFacts, analyse_all, find_cuobjdump, parse, table};
+
+fn main() -> ExitCode {
+    kiln_testkit::run(vec![
+        test(
+            "parse_counts_a_recorded_listing",
+            parse_counts_a_recorded_listing,
+        ),
+        test("every_kernel_meets_the_required_facts", || {
+            with_facts(|facts| check(facts, Status::Required))
+        }),
+        test("redesign_targets", || {
+            with_facts(|facts| check(facts, Status::Target))
+        }),
+    ])
+}
+
+/// Whether a row of [`FACTS`] is asserted or reported.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Status {
+    /// Holds today; a kernel that breaks it fails the test.
+    Required,
+    /// What the redesign must reach (issue 14); reported as pending until every kernel it
+    /// applies to meets it. Flip it to `Required` in the change that makes it hold.
+    Target,
+}
+
+/// One fact about the kernels: which kernels it is about and what must hold for them.
+struct Fact {
+    what: &'static str,
+    status: Status,
+    applies: fn(&KernelFacts) -> bool,
+    holds: fn(&KernelFacts) -> bool,
+}
+
+/// Registers a matvec may use: 128 leaves room for 16 warps per SM (65,536 registers), the
+/// occupancy the decode design needs to keep enough loads in flight.
+const MATVEC_REGISTERS: u32 = 128;
+
+/// The facts, each checked for every kernel it applies to; a fact that applies to no
+/// kernel fails too (a renamed kernel must not turn a check into a no-op).
+const FACTS: &[Fact] = &[
+    // ---- Required: what holds today.
+    Fact {
+        what: "no local memory: no spills, no local arrays (LOCAL/STACK 0, no LDL/STL)",
+        status: Status::Required,
+        applies: |_| true,
+        holds: |k| k.local_bytes == 0 && k.stack_bytes == 0 && k.local_ops == 0,
+    },
+    Fact {
+        what: "matvecs use at most 128 registers (MATVEC_REGISTERS)",
+        status: Status::Required,
+        applies: |k| k.is_matvec(),
+        holds: |k| k.registers <= MATVEC_REGISTERS,
+    },
+    Fact {
+        what: "the prefill matmuls of quantized weights run on tensor cores (HMMA)",
+        status: Status::Required,
+        applies: |k| k.is_tensor_core_matmul(),
+        holds: |k| k.quantized && k.mma > 0,
+    },
+    Fact {
+        what: "the FP8 prefill attention runs on tensor cores (HMMA)",
+        status: Status::Required,
+        applies: |k| k.variant == "attention_fp8" && k.kernel.contains("prefill"),
+        holds: |k| k.mma > 0,
+    },
+    Fact {
+        what: "decode attention stages the KV cache with cp.async (LDGSTS)",
+        status: Status::Required,
+        applies: |k| k.variant.starts_with("attention_") && k.kernel.contains("decode"),
+        holds: |k| k.cp_async > 0,
+    },
+    // ---- Target: what the CUDA decode redesign must reach (issue 14, items 2 and 3).
+    Fact {
+        what: "quantized matvecs load weights 128 bits wide (LDG.E.128)",
+        status: Status::Target,
+        applies: |k| k.is_matvec() && k.quantized,
+        holds: |k| k.ldg128 > 0,
+    },
+    Fact {
+        what: "quantized matvecs multiply int8 activations with integer dot products (IDP.4A)",
+        status: Status::Target,
+        applies: |k| k.is_matvec() && k.quantized,
+        holds: |k| k.idp4a > 0,
+    },
+    Fact {
+        what: "matvecs issue more 128-bit than 32-bit global loads (wide loads dominate)",
+        status: Status::Target,
+        applies: |k| k.is_matvec(),
+        holds: |k| k.ldg128 > k.ldg32 + k.ldg_narrow,
+    },
+];
+
+/// Check the facts of `status` against every kernel: Required ones fail with every
+/// violation; Target ones pass when all hold (then it is time to require them) and are
+/// otherwise reported as pending, shown as ignored with how far each is.
+fn check(facts: &[KernelFacts], status: Status) -> Outcome {
+    let mut broken = Vec::new();
+    let mut pending = Vec::new();
+    for fact in FACTS.iter().filter(|f| f.status == status) {
+        let applies: Vec<&KernelFacts> = facts.iter().filter(|k| (fact.applies)(k)).collect();
+        if applies.is_empty() {
+            broken.push(format!("{}: applies to no kernel", fact.what));
+            continue;
+        }
+        let failing: Vec<String> = applies
+            .iter()
+            .filter(|k| !(fact.holds)(k))
+            .map(|k| k.id())
+            .collect();
+        let line = format!(
+            "{}: {}/{} kernels",
+            fact.what,
+            applies.len() - failing.len(),
+            applies.len()
+        );
+        println!("{line}");
+        if failing.is_empty() {
+            continue;
+        }
+        match status {
+            Status::Required => {
+                broken.push(format!("{}; failing: {}", fact.what, failing.join(", ")))
+            }
+            Status::Target => pending.push(line),
+        }
+    }
+    if !broken.is_empty() {
+        return fail(broken.join("\n"));
+    }
+    if !pending.is_empty() {
+        return skip(format!("redesign targets pending: {}", pending.join("; ")));
+    }
+    if status == Status::Target {
+        println!("every redesign target holds: mark them Required in tests/tests/cuda_disasm.rs");
+    }
+    pass()
+}
+
+/// The facts of every kernel, computed once for all tests; Err is the test's outcome
+/// (skip, or fail under KILN_REQUIRE_NVRTC=1) when NVRTC or cuobjdump is missing.
+fn with_facts(body: impl FnOnce(&[KernelFacts]) -> Outcome) -> Outcome {
+    static FACTS_OF_ALL: OnceLock<Result<Vec<KernelFacts>, (bool, String)>> = OnceLock::new();
+    match FACTS_OF_ALL.get_or_init(compute) {
+        Ok(facts) => body(facts),
+        Err((true, why)) => missing(why),
+        Err((false, why)) => fail(why),
+    }
+}
+
+/// Compile and disassemble everything; Err((tool_missing, why)).
+fn compute() -> Result<Vec<KernelFacts>, (bool, String)> {
+    let path = std::env::var_os("KILN_NVRTC_PATH").map(std::path::PathBuf::from);
+    let nvrtc = Nvrtc::load(path.as_deref()).map_err(|e| (true, e.to_string()))?;
+    let cuobjdump = find_cuobjdump(nvrtc.path()).map_err(|e| (true, e))?;
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let start = Instant::now();
+    let facts =
+        analyse_all(&nvrtc, &cuobjdump, 90, threads, None, &|_| true).map_err(|e| (false, e))?;
+    println!(
+        "{} kernels compiled for sm_90 and disassembled in {:.1} s on {threads} threads",
+        facts.len(),
+        start.elapsed().as_secs_f64()
+    );
+    if kiln_testkit::verbose() {
+        print!("{}", table(&facts));
+    }
+    Ok(facts)
+}
+
+/// A missing tool: skipped, or a failure under KILN_REQUIRE_NVRTC=1.
+fn missing(why: &str) -> Outcome {
+    if std::env::var("KILN_REQUIRE_NVRTC").is_ok_and(|v| v == "1") {
+        fail(format!("KILN_REQUIRE_NVRTC=1 but {why}"))
+    } else {
+        skip(why)
+    }
+}
+
+/// The parser on a shortened listing as cuobjdump 13.2 prints it: resources per kernel,
+/// then SASS with predicated and modified opcodes of every counted kind.
+fn parse_counts_a_recorded_listing() -> Outcome {
+    let listing = "
+Resource usage:
+ Common:
+  GLOBAL:0
+ Function kiln_mma:
+  REG:56 STACK:0 SHARED:11264 LOCAL:0 CONSTANT[0]:568 TEXTURE:0 SURFACE:0 SAMPLER:0
+ Function kiln_main:
+  REG:48 STACK:16 SHARED:0 LOCAL:8 CONSTANT[0]:568 TEXTURE:0 SURFACE:0 SAMPLER:0
+
+\tcode for sm_90
+\t\tFunction : kiln_mma
+\t.headerflags\t@\"EF_CUDA_SM90 EF_CUDA_VIRTUAL_SM(EF_CUDA_SM90)\"
+                                                                   /* 0x000ff00000000800 */
+        /*0000*/                   LDC R1, c[0x0][0x28] ;          /* 0x00000a00ff017b82 */
+        /*0010*/                   LDG.E.CONSTANT R5, desc[UR12][R50.64] ; /* 0x0 */
+        /*0020*/                   HMMA.16816.F32 R4, R8, R12, R4 ; /* 0x0 */
+        /*0030*/                   LDGSTS.E.BYPASS.128 [R3], desc[UR4][R6.64] ; /* 0x0 */
+        /*0040*/                   EXIT ;                          /* 0x0 */
+        .L_x_1:
+\t\t..........
+
+\t\tFunction : kiln_main
+        /*0000*/                   LDG.E.128.CONSTANT R4, desc[UR4][R2.64] ; /* 0x0 */
+        /*0010*/              @!P0 LDG.E.64 R8, desc[UR4][R2.64+0x10] ; /* 0x0 */
+        /*0020*/               @P1 LDG.E.U8 R9, desc[UR4][R2.64] ; /* 0x0 */
+        /*0030*/                   LDG.E.LTC128B R10, desc[UR4][R2.64] ; /* 0x0 */
+        /*0040*/                   IDP.4A.S8.S8 R11, R4, R5, R11 ; /* 0x0 */
+        /*0050*/                   IDP.2A.LO.S16.S8 R12, R4, R5, R12 ; /* 0x0 */
+        /*0060*/                   STL [R1], R4 ;                  /* 0x0 */
+        /*0070*/                   LDL R4, [R1] ;                  /* 0x0 */
+        /*0080*/                   BRA `(.L_x_2) ;                 /* 0x0 */
+";
+    let k = match parse(listing) {
+        Ok(k) => k,
+        Err(e) => return fail(e),
+    };
+    let names: Vec<&str> = k.iter().map(|k| k.kernel.as_str()).collect();
+    assert_eq!(names, ["kiln_main", "kiln_mma"]);
+    let (main, mma) = (&k[0], &k[1]);
+    assert_eq!(
+        (
+            main.registers,
+            main.stack_bytes,
+            main.local_bytes,
+            main.shared_bytes
+        ),
+        (48, 16, 8, 0)
+    );
+    assert_eq!(
+        (main.ldg128, main.ldg64, main.ldg_narrow, main.ldg32),
+        (1, 1, 1, 1),
+        "LTC128B is a cache hint, not a width"
+    );
+    assert_eq!((main.idp4a, main.idp2a, main.local_ops), (1, 1, 2));
+    assert_eq!((main.mma, main.cp_async, main.instructions), (0, 0, 9));
+    assert_eq!((mma.registers, mma.shared_bytes), (56, 11264));
+    assert_eq!(
+        (mma.ldg32, mma.mma, mma.cp_async, mma.instructions),
+        (1, 1, 1, 5)
+    );
+    assert!(
+        parse("Resource usage:\n").is_err(),
+        "an empty listing is an error"
+    );
+    pass()
+}
