@@ -194,7 +194,11 @@ impl Gguf {
         let data_len = (bytes.len() as u64).checked_sub(data_offset);
 
         // Without tensors (`open_metadata`), their types and offsets go unchecked.
-        let raw_tensors = if with_tensors { header.tensors } else { Vec::new() };
+        let raw_tensors = if with_tensors {
+            header.tensors
+        } else {
+            Vec::new()
+        };
         let mut tensors = Vec::with_capacity(raw_tensors.len());
         let mut tensor_index = HashMap::with_capacity(raw_tensors.len());
         for raw in raw_tensors {

@@ -171,7 +171,11 @@ impl StepLimits {
                         .iter()
                         .any(|&p| p as usize >= self.kv_page_count)
                 {
-                    let group = if n_groups > 1 { format!(" in KV group {g}") } else { String::new() };
+                    let group = if n_groups > 1 {
+                        format!(" in KV group {g}")
+                    } else {
+                        String::new()
+                    };
                     return Some(format!(
                         "sequence {seq}: position {pos} is not covered by its pages{group}"
                     ));

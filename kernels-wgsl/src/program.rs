@@ -648,7 +648,8 @@ impl Builder<'_> {
                     grid,
                 )]
             }
-            Op::Scale { .. }
+            Op::AddBias { .. }
+            | Op::Scale { .. }
             | Op::HeadRmsNorm { .. }
             | Op::GeGlu
             | Op::MatMulGeGlu { .. }

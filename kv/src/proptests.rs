@@ -339,17 +339,15 @@ fn same_as_shadow(
         shadow.sequence(shadow_seq).unwrap(),
     );
     prop_assert_eq!(&s.page_hashes, &t.page_hashes);
-    let registered = |kv: &KvManager, tables: &[Vec<Option<PageId>>]| -> Vec<Option<(bool, usize)>> {
-        tables
-            .iter()
-            .flatten()
-            .map(|p| p.map(|p| (kv.pool().is_registered(p), kv.pool().refcount(p))))
-            .collect()
-    };
-    prop_assert_eq!(
-        registered(kv, &s.tables),
-        registered(shadow, &t.tables)
-    );
+    let registered =
+        |kv: &KvManager, tables: &[Vec<Option<PageId>>]| -> Vec<Option<(bool, usize)>> {
+            tables
+                .iter()
+                .flatten()
+                .map(|p| p.map(|p| (kv.pool().is_registered(p), kv.pool().refcount(p))))
+                .collect()
+        };
+    prop_assert_eq!(registered(kv, &s.tables), registered(shadow, &t.tables));
     let (a, b) = (kv.stats(), shadow.stats());
     prop_assert_eq!(
         (a.pages_in_use, a.pages_cached, a.pages_free),

@@ -55,7 +55,11 @@ fn model_file(quant: DType) -> PathBuf {
         return path;
     }
     // Written under this process's name, then renamed: another test run may race us.
-    let part = dir.join(format!("gemma3-synth-{}-{}.gguf", quant.name(), std::process::id()));
+    let part = dir.join(format!(
+        "gemma3-synth-{}-{}.gguf",
+        quant.name(),
+        std::process::id()
+    ));
     let config = SynthConfig {
         shape: shape(),
         quant,
