@@ -3,10 +3,11 @@
 //! a random-weight model `kiln synth` writes (`<family>-tiny`, Q8_0, a fixed seed):
 //! - against llama.cpp's recorded outputs for the same bytes
 //!   (tests/data/reference/families, with how they were made): the synthesized file is
-//!   the one llama.cpp ran, the prompts tokenize to its ids, `kiln run --temp 0` on the CPU
-//!   backend generates its greedy ids for at least as long as llama.cpp's two attention
-//!   settings agree with each other, and the top 8 at the last prompt position agree as a
-//!   set;
+//!   the one llama.cpp ran, the prompts tokenize to its ids, llama.cpp's greedy
+//!   continuation fed to the CPU backend is at every step kiln's best token or a near tie
+//!   of it (the models are nearly flat, so free-running greedy paths part at the first
+//!   near tie, as llama.cpp's own two attention settings do), and the top 8 at the last
+//!   prompt position agree as a set;
 //! - the CPU backend against the oracle, logits at every position, and Mistral's window
 //!   on prompts three times longer than it.
 //!
@@ -90,6 +91,13 @@ fn synthesized_models_are_the_bytes_llama_cpp_ran() {
     }
 }
 
+/// How far below kiln's best token llama.cpp's greedy choice may be, in log-probability,
+/// at any step of its continuation fed to kiln: random-weight models are nearly flat
+/// (top log-probabilities around -7 over 49,152 tokens), so the two best tokens are often
+/// within a few thousandths, where 8-bit activations decide; a wrong RoPE, bias or norm
+/// moves them by tenths.
+const NEAR_TIE: f32 = 0.03;
+
 #[test]
 fn cpu_greedy_matches_llama_cpp() {
     for name in FAMILIES {
@@ -104,18 +112,34 @@ fn cpu_greedy_matches_llama_cpp() {
             let ours = greedy_tokens(&mut runner, &model, &prompt_ids, theirs.len());
             let agreed = common_prefix(&ours, &theirs);
             let bar = case["common_prefix_fa_off_fa_on"].as_u64().unwrap() as usize;
+
+            // llama.cpp's continuation fed to kiln: at every step its token is kiln's best
+            // or within a near tie of it.
+            runner.reset();
+            let fed = [&prompt_ids[..], &theirs[..theirs.len() - 1]].concat();
+            let rows = runner
+                .forward(&fed, LogitsFor::From(prompt_ids.len() - 1))
+                .unwrap();
+            let vocab = model.config.vocab_size;
+            let mut worst = 0.0f32;
+            for (step, (row, &token)) in rows.chunks(vocab).zip(&theirs).enumerate() {
+                let lp = log_softmax(row);
+                let best = lp.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let behind = best - lp[token as usize];
+                worst = worst.max(behind);
+                assert!(
+                    behind <= NEAR_TIE,
+                    "{name} {prompt:?} step {step}: llama.cpp's {token} is {behind} below kiln's best"
+                );
+            }
             println!(
-                "{name} {prompt:?}: {agreed}/{} tokens as llama.cpp (its own settings agree on {bar})",
+                "{name} {prompt:?}: greedy {agreed}/{} tokens as llama.cpp (its own settings agree \
+                 on {bar}); fed its tokens, each within {worst:.4} of kiln's best",
                 theirs.len()
             );
-            assert!(
-                agreed >= bar,
-                "{name} {prompt:?}: kiln {ours:?}\nllama.cpp {theirs:?}"
-            );
 
-            runner.reset();
-            let logits = runner.forward(&prompt_ids, LogitsFor::Last).unwrap();
-            let top: Vec<u32> = top_logprobs(&logits, TOP_SET)
+            let logits = &rows[..vocab];
+            let top: Vec<u32> = top_logprobs(logits, TOP_SET)
                 .iter()
                 .map(|&(id, _)| id)
                 .collect();
@@ -130,6 +154,13 @@ fn cpu_greedy_matches_llama_cpp() {
             );
         }
     }
+}
+
+fn log_softmax(row: &[f32]) -> Vec<f32> {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = row.iter().map(|&x| f64::from(x - max).exp()).sum();
+    let lse = max + sum.ln() as f32;
+    row.iter().map(|&x| x - lse).collect()
 }
 
 /// Worst logits rows of the CPU backend (Q8_0 weights: activations rounded to 8 bits as
