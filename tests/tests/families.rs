@@ -78,6 +78,32 @@ fn fnv1a64(bytes: &[u8]) -> u64 {
 }
 
 #[test]
+fn each_family_reads_as_its_kind() {
+    use kiln_ir::RopeMode;
+    let load = |name| Model::load(family_file(name)).unwrap();
+    let llama3 = load("llama3-tiny");
+    assert!(llama3.weights.rope_freq_factors.is_some());
+    assert_eq!(llama3.config.rope_mode, RopeMode::Normal);
+    let mistral = load("mistral-tiny");
+    assert!(mistral.config.layers.iter().all(|l| l.window == Some(4096)));
+    let qwen2 = load("qwen2-tiny");
+    assert_eq!(qwen2.config.rope_mode, RopeMode::Neox);
+    assert!(!qwen2.config.qk_norm);
+    assert!(
+        qwen2
+            .weights
+            .layers
+            .iter()
+            .all(|l| l.q_bias.is_some() && l.v_bias.is_some())
+    );
+    let qwen3 = load("qwen3-tiny");
+    assert_eq!(qwen3.config.rope_mode, RopeMode::Neox);
+    assert!(qwen3.config.qk_norm);
+    assert_eq!((qwen3.config.head_dim, qwen3.config.q_dim()), (128, 512));
+    assert!(qwen3.weights.layers.iter().all(|l| l.q_bias.is_none()));
+}
+
+#[test]
 fn synthesized_models_are_the_bytes_llama_cpp_ran() {
     for name in FAMILIES {
         let bytes = std::fs::read(family_file(name)).unwrap();
@@ -92,14 +118,17 @@ fn synthesized_models_are_the_bytes_llama_cpp_ran() {
 }
 
 /// How far below kiln's best token llama.cpp's greedy choice may be, in log-probability,
-/// at any step of its continuation fed to kiln: random-weight models are nearly flat
-/// (top log-probabilities around -7 over 49,152 tokens), so the two best tokens are often
-/// within a few thousandths, where 8-bit activations decide; a wrong RoPE, bias or norm
-/// moves them by tenths.
-const NEAR_TIE: f32 = 0.03;
+/// at any step of its continuation fed to kiln: llama.cpp's own spread (its two attention
+/// settings differ by up to 0.059 at the first step of these models). Random-weight models
+/// are nearly flat (top log-probabilities around -7 over 49,152 tokens), so the two best
+/// tokens are often within a few thousandths, where 8-bit activations decide; measured:
+/// at most 0.045 (Qwen 3), 0.034 (Llama 3), 0.024 (Mistral), 0.007 (Qwen 2). A wrong
+/// RoPE, bias or norm moves log-probabilities by tenths.
+const NEAR_TIE: f32 = 0.06;
 
 #[test]
 fn cpu_greedy_matches_llama_cpp() {
+    let mut far = Vec::new();
     for name in FAMILIES {
         let model = Model::load(family_file(name)).unwrap();
         let rec = recorded(name);
@@ -121,22 +150,24 @@ fn cpu_greedy_matches_llama_cpp() {
                 .forward(&fed, LogitsFor::From(prompt_ids.len() - 1))
                 .unwrap();
             let vocab = model.config.vocab_size;
-            let mut worst = 0.0f32;
+            let (mut worst, mut worst_step) = (0.0f32, 0);
             for (step, (row, &token)) in rows.chunks(vocab).zip(&theirs).enumerate() {
                 let lp = log_softmax(row);
                 let best = lp.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let behind = best - lp[token as usize];
-                worst = worst.max(behind);
-                assert!(
-                    behind <= NEAR_TIE,
-                    "{name} {prompt:?} step {step}: llama.cpp's {token} is {behind} below kiln's best"
-                );
+                if behind > worst {
+                    worst = behind;
+                    worst_step = step;
+                }
             }
             println!(
                 "{name} {prompt:?}: greedy {agreed}/{} tokens as llama.cpp (its own settings agree \
                  on {bar}); fed its tokens, each within {worst:.4} of kiln's best",
                 theirs.len()
             );
+            if worst > NEAR_TIE {
+                far.push(format!("{name} {prompt:?} step {worst_step}: {worst}"));
+            }
 
             let logits = &rows[..vocab];
             let top: Vec<u32> = top_logprobs(logits, TOP_SET)
@@ -154,6 +185,10 @@ fn cpu_greedy_matches_llama_cpp() {
             );
         }
     }
+    assert!(
+        far.is_empty(),
+        "llama.cpp's token further than {NEAR_TIE} below kiln's best: {far:#?}"
+    );
 }
 
 fn log_softmax(row: &[f32]) -> Vec<f32> {
