@@ -60,6 +60,9 @@ pub struct Args {
     /// Print one JSON object with the address and limits once listening
     #[arg(long)]
     json: bool,
+    /// No line per request on stderr (method, path, status, tokens, time)
+    #[arg(short, long)]
+    quiet: bool,
     /// Speculative decoding with a draft model (same vocabulary) for every request that
     /// does not ask for prompt lookup (`"lookup": N`) or none (`"lookup": 0`).
     #[arg(long, value_name = "MODEL")]
@@ -132,6 +135,7 @@ pub fn main(args: Args) -> Result<(), Error> {
         mem_budget_bytes: args.device.mem_budget,
         drain: Duration::from_secs_f64(args.drain_secs),
         http,
+        access_log: !args.quiet,
         draft,
         spec_k_max: args.draft_n,
         ..ServeConfig::new(model_id, open)

@@ -38,6 +38,10 @@ impl Drop for Served {
 }
 
 fn start() -> Served {
+    start_with(Stdio::null(), &[])
+}
+
+fn start_with(stderr: Stdio, extra: &[&str]) -> Served {
     let model = kiln_tests::reference_model();
     let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args(["serve", "-m"])
@@ -56,8 +60,9 @@ fn start() -> Served {
         .args(["--header-timeout", &HEADER_TIMEOUT_S.to_string()])
         .args(["--body-timeout", &BODY_TIMEOUT_S.to_string()])
         .args(["--max-body", &MAX_BODY.to_string()])
+        .args(extra)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .expect("kiln serve starts");
     let mut line = String::new();
@@ -435,4 +440,78 @@ fn the_server_holds_against_slow_idle_and_oversized_clients() {
         growth * 100.0
     );
     assert!(growth < 0.05, "anonymous RSS grew {:.1}%", growth * 100.0);
+}
+
+/// The server's stderr lines that start with "kiln serve: ", but the first (listening)
+/// and the last (stopped), until the server ends.
+fn log_lines(served: &mut Served) -> std::thread::JoinHandle<Vec<String>> {
+    let stderr = served.child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+            .filter(|l| l.starts_with("kiln serve: ") && !l.contains("listening"))
+            .filter(|l| !l.ends_with("stopped"))
+            .collect()
+    })
+}
+
+/// The access log: one line per request, with method, path, status, tokens for a
+/// generation (streamed or not) and time; none with `--quiet`.
+#[test]
+fn the_access_log_has_one_line_per_request() {
+    let mut quiet = start_with(Stdio::piped(), &["--quiet"]);
+    let quiet_lines = log_lines(&mut quiet);
+    assert_eq!(
+        exchange(
+            quiet.addr,
+            &post("/v1/completions", "application/json", &completion(2))
+        )
+        .0,
+        200
+    );
+    drop(quiet);
+    assert_eq!(quiet_lines.join().unwrap(), Vec::<String>::new());
+
+    let mut served = start_with(Stdio::piped(), &[]);
+    let lines = log_lines(&mut served);
+    let addr = served.addr;
+    assert_eq!(exchange(addr, &get("/health")).0, 200);
+    assert_eq!(
+        exchange(
+            addr,
+            &post("/v1/completions", "application/json", &completion(3))
+        )
+        .0,
+        200
+    );
+    let stream = json!({"prompt": "Hi", "max_tokens": 2, "temperature": 0, "stream": true});
+    assert_eq!(
+        exchange(
+            addr,
+            &post("/v1/completions", "application/json", &stream.to_string())
+        )
+        .0,
+        200
+    );
+    assert_eq!(exchange(addr, &get("/nowhere")).0, 404);
+    drop(served);
+    let lines = lines.join().unwrap();
+    let expected = [
+        ("GET /health 200", None),
+        ("POST /v1/completions 200", Some("+3 tokens")),
+        ("POST /v1/completions 200", Some("+2 tokens")),
+        ("GET /nowhere 404", None),
+    ];
+    assert_eq!(lines.len(), expected.len(), "{lines:?}");
+    for (line, (start, tokens)) in lines.iter().zip(expected) {
+        let rest = line.strip_prefix("kiln serve: ").unwrap();
+        assert!(rest.starts_with(start), "{line}");
+        assert_eq!(
+            tokens.is_some_and(|t| rest.contains(t)),
+            tokens.is_some(),
+            "{line}"
+        );
+        assert!(rest.ends_with(" s"), "{line}");
+    }
 }

@@ -227,6 +227,9 @@ impl<'m> Compiled<'m> {
         let mut ids = vec![0u32; n_outputs]; // (outputs)
         self.backend
             .read_argmax(self.model.config.vocab_size, &mut ids)?;
+        if ids.contains(&kiln_ir::backend::NON_FINITE_ROW) {
+            return Err(Error::NonFiniteRow);
+        }
         Ok(ids)
     }
 

@@ -49,6 +49,10 @@ pub enum Error {
         "logit {index} is {value}: the model computed a non-number, so no token can be chosen (its weights or this backend are broken)"
     )]
     NonFiniteLogits { index: usize, value: f32 },
+    #[error(
+        "the model computed a non-number (NaN or +inf) among its logits, so no token can be chosen (its weights or this backend are broken)"
+    )]
+    NonFiniteRow,
     #[error("bad sampling parameter: {0}")]
     BadSampling(String),
     #[error("{0}")]

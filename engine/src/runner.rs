@@ -35,6 +35,7 @@ pub trait Runner {
     /// choose on the device and send back one id instead of a row of logits.
     fn forward_greedy(&mut self, tokens: &[u32]) -> Result<u32, Error> {
         let logits = self.forward(tokens, LogitsFor::Last)?;
+        crate::sampler::check_finite(&logits)?;
         Ok(crate::sampler::argmax(&logits))
     }
     /// What the runner allocated, by purpose, when it was sized by [`crate::memory`].

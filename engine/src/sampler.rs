@@ -73,15 +73,7 @@ impl Sampler {
     /// no token can be chosen from a broken distribution (argmax would pick the same one
     /// forever). −∞ is a token that cannot be drawn.
     pub fn sample(&mut self, logits: &[f32]) -> Result<u32, Error> {
-        if let Some(index) = logits
-            .iter()
-            .position(|l| l.is_nan() || *l == f32::INFINITY)
-        {
-            return Err(Error::NonFiniteLogits {
-                index,
-                value: logits[index],
-            });
-        }
+        check_finite(logits)?;
         if self.config.temperature <= 0.0 {
             return Ok(argmax(logits));
         }
@@ -178,9 +170,31 @@ impl Distribution {
 }
 
 /// Index of the largest logit (the first one on ties, as llama.cpp's greedy sampler; a
-/// NaN never wins): the same choice as every backend's `read_argmax`.
+/// NaN never wins, a row of NaNs gives 0): for rows already checked, or where any id
+/// will do (speculative verification compares guesses with it).
 pub fn argmax(logits: &[f32]) -> u32 {
-    kiln_ir::backend::argmax(logits)
+    let mut best: Option<(usize, f32)> = None;
+    for (i, &v) in logits.iter().enumerate() {
+        if best.is_none_or(|(_, b)| v > b) && !v.is_nan() {
+            best = Some((i, v));
+        }
+    }
+    best.map_or(0, |(i, _)| i as u32)
+}
+
+/// A row of logits must hold numbers (−∞ is a token that cannot be drawn): a NaN or +∞
+/// means the model or backend is broken, and no token can be chosen.
+pub fn check_finite(logits: &[f32]) -> Result<(), Error> {
+    match logits
+        .iter()
+        .position(|l| l.is_nan() || *l == f32::INFINITY)
+    {
+        Some(index) => Err(Error::NonFiniteLogits {
+            index,
+            value: logits[index],
+        }),
+        None => Ok(()),
+    }
 }
 
 fn softmax_of(cand: &[(u32, f32)], temperature: f32) -> Vec<f32> {

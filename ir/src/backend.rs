@@ -9,7 +9,7 @@ use crate::graph::Graph;
 use crate::kv_layout::KvLayout;
 use crate::op::Op;
 use crate::plan::Plan;
-pub use crate::step::{NO_PAGE, Step, StepLimits, StepShape, argmax};
+pub use crate::step::{NO_PAGE, NON_FINITE_ROW, Step, StepLimits, StepShape, argmax};
 
 /// What a backend says about its device: its name for users, and the limits that size
 /// what it runs (a plan too large for a binding is refused at load; the number of
@@ -148,8 +148,8 @@ pub trait Backend {
 
     // ---- sampling ----
     /// The greedy token of each output row of the last step (`out`: one per row, the
-    /// logits being (rows, `vocab`)): the largest logit, the lowest id on ties, never a
-    /// NaN ([`argmax`]). By default the logits are read back and chosen on the host; a
+    /// logits being (rows, `vocab`)): the largest logit, the lowest id on ties, and
+    /// [`NON_FINITE_ROW`] for a row holding a NaN or +∞ ([`argmax`]). By default the logits are read back and chosen on the host; a
     /// backend with a device argmax overrides it, so that greedy decoding reads back one
     /// id per row instead of a row of logits.
     fn read_argmax(&mut self, vocab: usize, out: &mut [u32]) -> Result<(), BackendError> {

@@ -186,17 +186,25 @@ impl StepLimits {
     }
 }
 
-/// The greedy token of one row of logits: the largest value, the lowest id on ties; a NaN
-/// never wins, and a row of NaNs (or an empty one) gives 0. The host side of
-/// [`crate::backend::Backend::read_argmax`], and what a device argmax must match.
+/// What [`argmax`] gives for a row holding a NaN or +∞: no token can be chosen from a
+/// broken distribution, and the engine reports it as an error rather than decode one.
+pub const NON_FINITE_ROW: u32 = u32::MAX;
+
+/// The greedy token of one row of logits: the largest value, the lowest id on ties;
+/// [`NON_FINITE_ROW`] when a value is NaN or +∞ (−∞ is a token that cannot win), and 0 for
+/// an empty row. The host side of [`crate::backend::Backend::read_argmax`], and what a
+/// device argmax must match.
 pub fn argmax(row: &[f32]) -> u32 {
-    let mut best: Option<(usize, f32)> = None;
+    if row.iter().any(|v| v.is_nan() || *v == f32::INFINITY) {
+        return NON_FINITE_ROW;
+    }
+    let mut best = 0;
     for (i, &v) in row.iter().enumerate() {
-        if best.is_none_or(|(_, b)| v > b) && !v.is_nan() {
-            best = Some((i, v));
+        if v > row[best] {
+            best = i;
         }
     }
-    best.map_or(0, |(i, _)| i as u32)
+    best as u32
 }
 
 #[cfg(test)]
@@ -204,13 +212,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn argmax_takes_the_lowest_id_on_ties_and_never_a_nan() {
+    fn argmax_takes_the_lowest_id_on_ties_and_refuses_non_numbers() {
         assert_eq!(argmax(&[1.0, 3.0, 3.0, 2.0]), 1);
-        assert_eq!(argmax(&[f32::NAN, 1.0, f32::NAN, 5.0]), 3);
+        assert_eq!(argmax(&[f32::NEG_INFINITY, -1.0, 7.5, 7.0]), 2);
         assert_eq!(argmax(&[f32::NEG_INFINITY, f32::NEG_INFINITY]), 0);
-        assert_eq!(argmax(&[f32::NAN, f32::NAN]), 0);
         assert_eq!(argmax(&[]), 0);
-        assert_eq!(argmax(&[-2.0, f32::INFINITY, -1.0]), 1);
+        assert_eq!(argmax(&[f32::NAN, 1.0, 5.0]), NON_FINITE_ROW);
+        assert_eq!(argmax(&[f32::NAN, f32::NAN]), NON_FINITE_ROW);
+        assert_eq!(argmax(&[-2.0, f32::INFINITY, -1.0]), NON_FINITE_ROW);
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! Host-side checks of the CUDA kernels that need no GPU (NVRTC compiles every variant in
-//! backends/cuda/tests/nvrtc.rs): every variant assembles into one self-contained source,
+//! tests/tests/cuda_nvrtc.rs): every variant assembles into one self-contained source,
 //! each op's params struct has the words of its WGSL twin, and the launch geometry covers
 //! every row and column at odd token counts.
 

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc::{UnboundedReceiver, unbounded_channel};
 use tokio::sync::oneshot;
 
+use super::access_log::{self, UsageCell};
 use super::api::{self, ApiError};
 use super::conn::{self, HttpLimits};
 use super::engine::Engine;
@@ -38,8 +39,9 @@ struct App {
 type AppState = Arc<App>;
 
 /// The routes of `kiln serve` over a running engine.
-pub fn router(engine: Arc<Engine>, limits: HttpLimits) -> Router {
-    Router::new()
+/// With `access_log`, one line per request on stderr ([`super::access_log`]).
+pub fn router(engine: Arc<Engine>, limits: HttpLimits, access_log: bool) -> Router {
+    let router = Router::new()
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
@@ -47,7 +49,12 @@ pub fn router(engine: Arc<Engine>, limits: HttpLimits) -> Router {
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .with_state(Arc::new(App { engine, limits }))
+        .with_state(Arc::new(App { engine, limits }));
+    if access_log {
+        router.layer(axum::middleware::from_fn(access_log::log_requests))
+    } else {
+        router
+    }
 }
 
 fn json_response(status: u16, body: &Value) -> Response {
@@ -151,13 +158,14 @@ async fn generate(app: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
         return error_response(engine, path, &e);
     }
     let responder = Responder::new(endpoint, &limits.model_id);
-    if stream {
+    let usage = UsageCell::default();
+    let mut response = if stream {
         engine.metrics().count_request(path, 200);
-        Sse::new(sse_stream(rx, responder, include_usage))
+        Sse::new(sse_stream(rx, responder, include_usage, usage.clone()))
             .keep_alive(KeepAlive::new().interval(SSE_KEEP_ALIVE))
             .into_response()
     } else {
-        let response = collect(rx, &responder).await;
+        let response = collect(rx, &responder, &usage).await;
         match response {
             Ok(body) => {
                 engine.metrics().count_request(path, 200);
@@ -165,19 +173,25 @@ async fn generate(app: AppState, endpoint: Endpoint, headers: HeaderMap, body: B
             }
             Err(e) => error_response(engine, path, &e),
         }
-    }
+    };
+    response.extensions_mut().insert(usage);
+    response
 }
 
 /// The whole answer of a `stream: false` request.
 async fn collect(
     mut rx: UnboundedReceiver<Event>,
     responder: &Responder,
+    log: &UsageCell,
 ) -> Result<Value, ApiError> {
     let mut text = String::new();
     while let Some(event) = rx.recv().await {
         match event {
             Event::Text(piece) => text.push_str(&piece),
-            Event::Done { finish, usage } => return Ok(responder.full(&text, finish, usage)),
+            Event::Done { finish, usage } => {
+                log.set(&usage);
+                return Ok(responder.full(&text, finish, usage));
+            }
             Event::Failed(e) => return Err(e),
         }
     }
@@ -192,31 +206,36 @@ fn sse_stream(
     rx: UnboundedReceiver<Event>,
     responder: Responder,
     include_usage: bool,
+    log: UsageCell,
 ) -> impl Stream<Item = Result<SseEvent, Infallible>> {
     let data = |v: &Value| SseEvent::default().data(v.to_string());
     let opening: Vec<SseEvent> = responder.opening_chunk().iter().map(data).collect();
-    let events = stream::unfold(Some((rx, responder)), move |state| async move {
-        let (mut rx, responder) = state?;
-        let (out, more) = match rx.recv().await {
-            Some(Event::Text(piece)) => (vec![data(&responder.text_chunk(&piece))], true),
-            Some(Event::Done { finish, usage }) => {
-                let mut out = vec![data(&responder.finish_chunk(finish))];
-                if include_usage {
-                    out.push(data(&responder.usage_chunk(usage)));
+    let events = stream::unfold(Some((rx, responder)), move |state| {
+        let log = log.clone();
+        async move {
+            let (mut rx, responder) = state?;
+            let (out, more) = match rx.recv().await {
+                Some(Event::Text(piece)) => (vec![data(&responder.text_chunk(&piece))], true),
+                Some(Event::Done { finish, usage }) => {
+                    log.set(&usage);
+                    let mut out = vec![data(&responder.finish_chunk(finish))];
+                    if include_usage {
+                        out.push(data(&responder.usage_chunk(usage)));
+                    }
+                    (out, false)
                 }
-                (out, false)
+                Some(Event::Failed(e)) => (vec![data(&e.body())], false),
+                None => {
+                    let e = ApiError::unavailable("the engine stopped before the request finished");
+                    (vec![data(&e.body())], false)
+                }
+            };
+            let mut out = out;
+            if !more {
+                out.push(SseEvent::default().data("[DONE]"));
             }
-            Some(Event::Failed(e)) => (vec![data(&e.body())], false),
-            None => {
-                let e = ApiError::unavailable("the engine stopped before the request finished");
-                (vec![data(&e.body())], false)
-            }
-        };
-        let mut out = out;
-        if !more {
-            out.push(SseEvent::default().data("[DONE]"));
+            Some((out, more.then_some((rx, responder))))
         }
-        Some((out, more.then_some((rx, responder))))
     });
     stream::iter(opening)
         .chain(events.flat_map(stream::iter))
@@ -323,7 +342,7 @@ impl Server {
             .map_err(io(format!("cannot listen on {where_}")))?;
         let (stop_http, stopped) = oneshot::channel::<()>();
         let limits = config.http.within_fd_limit(super::open_files_limit());
-        let app = router(Arc::clone(&engine), limits);
+        let app = router(Arc::clone(&engine), limits, config.access_log);
         let http = runtime.spawn(conn::serve(listener, app, limits, stopped));
         Ok(Server {
             addr,

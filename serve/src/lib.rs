@@ -15,6 +15,7 @@
 //! tokio channel. The HTTP side never touches the model, only its tokenizer. A client that
 //! goes away closes its channel, and the scheduler drops the sequence at the next step.
 
+mod access_log;
 pub mod api;
 pub mod conn;
 pub mod engine;
@@ -84,6 +85,8 @@ pub struct ServeConfig {
     pub http_threads: usize,
     /// Timeouts, sizes and the connection cap of the HTTP side.
     pub http: HttpLimits,
+    /// One line per request on stderr (method, path, status, tokens, time).
+    pub access_log: bool,
     /// Speculative decoding: a draft model (same vocabulary) that guesses for every
     /// request that does not ask for prompt lookup or for none (`"lookup": 0`).
     pub draft: Option<Arc<kiln_engine::model::Model>>,
@@ -107,6 +110,7 @@ impl std::fmt::Debug for ServeConfig {
             .field("mem_budget_bytes", &self.mem_budget_bytes)
             .field("drain", &self.drain)
             .field("http", &self.http)
+            .field("access_log", &self.access_log)
             .field("draft", &self.draft.as_ref().map(|m| m.config.n_layers))
             .field("spec_k_max", &self.spec_k_max)
             .finish_non_exhaustive()
@@ -130,6 +134,7 @@ impl ServeConfig {
             drain: Duration::from_secs(30),
             http_threads: 2,
             http: HttpLimits::default(),
+            access_log: false,
             draft: None,
             spec_k_max: DEFAULT_SPEC_K_MAX,
         }

@@ -240,3 +240,17 @@ fn no_source_reads_outside_the_workspace() {
         bad.join("\n")
     );
 }
+
+/// The GGUF reader's fuzz target builds against kiln-gguf alone (its own workspace, so
+/// `cargo metadata` of this one does not see it): the only path dependency of
+/// `fuzz/Cargo.toml` is `../gguf`.
+#[test]
+fn the_gguf_fuzz_target_depends_on_kiln_gguf_alone() {
+    let manifest = std::fs::read_to_string(root().join("fuzz/Cargo.toml")).unwrap();
+    let paths: Vec<&str> = manifest
+        .lines()
+        .filter_map(|l| l.split_once("path = \"")?.1.split_once('"').map(|(p, _)| p))
+        .filter(|p| !p.starts_with("fuzz_targets/"))
+        .collect();
+    assert_eq!(paths, ["../gguf"], "fuzz/Cargo.toml path dependencies");
+}

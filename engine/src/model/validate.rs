@@ -78,7 +78,7 @@ pub enum InvalidModel {
     #[error("{key} is {value}, but the file holds tensors for {present}")]
     TooFewLayers {
         key: String,
-        value: usize,
+        value: u64,
         present: String,
     },
     #[error(
@@ -134,6 +134,21 @@ pub fn metadata(gguf: &Gguf) -> Result<(), InvalidModel> {
         if let Some(n) = count(k).filter(|&n| n < 1) {
             return Err(hyperparameter(&key(k), n, "it must be at least 1"));
         }
+    }
+    // Counts past i64 (as_i64 gives None for them) are caught below as unsigned.
+    let unsigned = |k: &str| gguf.get(&key(k)).and_then(Value::as_u64);
+    // Positions are 32-bit in a step.
+    if let Some(n) = unsigned("context_length").filter(|&n| n > u64::from(u32::MAX)) {
+        return Err(hyperparameter(
+            &key("context_length"),
+            n,
+            format!("kiln's positions are 32-bit: at most {}", u32::MAX),
+        ));
+    }
+    // Per-layer state is sized by the layer count: the tensor table must back it before
+    // the config reads it.
+    if let Some(n) = unsigned("block_count") {
+        too_few_layers(gguf, &key("block_count"), n)?;
     }
     if let (Some(heads), Some(kv_heads)) = (
         count("attention.head_count"),
@@ -269,19 +284,7 @@ fn layers(gguf: &Gguf, config: &ModelConfig) -> Result<(), InvalidModel> {
         }
     }
     let n_layers = config.n_layers;
-    // Layers are distinct indices: the highest one + 1 bounds the count.
-    let highest = by_layer.keys().next_back().copied();
-    if highest.is_none_or(|h| (n_layers as u64) > h + 1) {
-        let present = match highest {
-            None => "no layer (no blk.* tensors)".to_string(),
-            Some(h) => format!("{} layers (blk.0 to blk.{h})", h + 1),
-        };
-        return Err(InvalidModel::TooFewLayers {
-            key,
-            value: n_layers,
-            present,
-        });
-    }
+    too_few_layers(gguf, &key, n_layers as u64)?;
     if let Some((&layer, tensors)) = by_layer.range(n_layers as u64..).next() {
         return Err(InvalidModel::IgnoredLayer {
             key,
@@ -319,6 +322,28 @@ fn layers(gguf: &Gguf, config: &ModelConfig) -> Result<(), InvalidModel> {
                 suffix: (*lacking).to_string(),
             });
         }
+    }
+    Ok(())
+}
+
+/// `n_layers` (the value of `key`) must not exceed the layers the tensor table holds:
+/// layers are distinct indices, so the highest one + 1 bounds the count.
+fn too_few_layers(gguf: &Gguf, key: &str, n_layers: u64) -> Result<(), InvalidModel> {
+    let highest = gguf
+        .tensors()
+        .iter()
+        .filter_map(|t| layer_of(&t.name).map(|(i, _)| i))
+        .max();
+    if highest.is_none_or(|h| n_layers > h + 1) {
+        let present = match highest {
+            None => "no layer (no blk.* tensors)".to_string(),
+            Some(h) => format!("{} layers (blk.0 to blk.{h})", h + 1),
+        };
+        return Err(InvalidModel::TooFewLayers {
+            key: key.to_string(),
+            value: n_layers,
+            present,
+        });
     }
     Ok(())
 }

@@ -193,7 +193,7 @@ fn hyperparameters_out_of_range_name_their_key() {
         );
     }
     // f64 values are used as f32: one that rounds to 0 or to infinity is refused too
-    // (found by the gguf_meaning fuzzer).
+    // (found by the model_meaning fuzzer).
     for value in [1e-300, 1e300] {
         let message = Tiny::new().set(base, Value::F64(value)).error();
         assert!(message.contains("finite number above 0"), "{message}");

@@ -1,6 +1,7 @@
 // argmax.cu: greedy LM head: the index of the largest logit of each row of the plan's
-// output (rows, cols), the lowest index on ties (kiln_engine::sampler::argmax), so that a
-// decode step returns token ids instead of the logits. One block per row.
+// output (rows, cols), the lowest index on ties, 0xFFFFFFFF (NON_FINITE_ROW) for a row
+// holding a NaN or +inf (kiln_ir::backend::argmax), so that a decode step returns token
+// ids instead of the logits. One block per row.
 
 #include "prelude.cuh"
 
@@ -11,8 +12,8 @@ struct ArgmaxParams {
     unsigned int pad;
 };
 
-// The better of two (value, index) candidates: larger value, then lower index. A NaN never
-// wins (the host's `l > best` comparison skips it too).
+// The better of two (value, index) candidates: larger value, then lower index (a NaN never
+// wins here; the row is flagged instead).
 __device__ __forceinline__ void better(float& v, unsigned int& i, float v2, unsigned int i2) {
     if (v2 > v || (v2 == v && i2 < i)) {
         v = v2;
@@ -26,15 +27,27 @@ extern "C" __global__ void kiln_argmax(const unsigned int* __restrict__ params, 
     const ArgmaxParams& p = *reinterpret_cast<const ArgmaxParams*>(params);
     __shared__ float best_v[32];        // (warps) each warp's best value
     __shared__ unsigned int best_i[32]; // (warps) and its index
+    __shared__ unsigned int non_finite; // a NaN or +inf somewhere in the row
     unsigned int r = blockIdx.x;
     if (r >= step[p.rows_sel]) {
         return; // uniform across the block
     }
+    if (threadIdx.x == 0u) {
+        non_finite = 0u;
+    }
+    __syncthreads();
     const float* row = arena + p.logits + r * p.cols;
+    const float inf = bits_f32(0x7F800000u);
     float v = bits_f32(0xFF800000u); // -inf
     unsigned int i = 0xFFFFFFFFu;
+    bool bad = false;
     for (unsigned int c = threadIdx.x; c < p.cols; c += blockDim.x) {
-        better(v, i, row[c], c);
+        float x = row[c];
+        bad = bad || !(x < inf); // NaN compares false
+        better(v, i, x, c);
+    }
+    if (bad) {
+        non_finite = 1u; // every writer writes the same value
     }
 #pragma unroll
     for (unsigned int s = WARP / 2u; s > 0u; s /= 2u) {
@@ -49,7 +62,7 @@ extern "C" __global__ void kiln_argmax(const unsigned int* __restrict__ params, 
         for (unsigned int w = 1u; w < blockDim.x / WARP; w++) {
             better(v, i, best_v[w], best_i[w]);
         }
-        // All NaN (or an empty row): token 0, as the host's argmax gives.
-        ids[r] = i == 0xFFFFFFFFu ? 0u : i;
+        // An empty row (or all -inf): token 0, as the host's argmax gives.
+        ids[r] = non_finite != 0u ? 0xFFFFFFFFu : (i == 0xFFFFFFFFu ? 0u : i);
     }
 }

@@ -2,35 +2,48 @@
 //! KV dtype, and argmax) for sm_90 and sm_80, failing on any error or warning, so that a
 //! typo in a `.cu` file fails `cargo test` on a machine without a GPU. Needs only
 //! libnvrtc (`pip install nvidia-cuda-nvrtc`, then LD_LIBRARY_PATH or KILN_NVRTC_PATH):
-//! without it the test prints why and passes, unless KILN_REQUIRE_NVRTC=1 (CI).
+//! without it the tests show as `ignored (why)`, unless KILN_REQUIRE_NVRTC=1 (CI), where
+//! they fail.
 
+use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::Instant;
 
 use kiln_backend_cuda::compile::{Nvrtc, NvrtcError};
 use kiln_kernels_cuda::sources::{all_variants, argmax_source, source};
+use kiln_testkit::{Outcome, fail, pass, skip, test};
+
+fn main() -> ExitCode {
+    kiln_testkit::run(vec![
+        test("nvrtc_compiles_every_variant_without_warnings", || {
+            with_nvrtc(nvrtc_compiles_every_variant_without_warnings)
+        }),
+        test("compiled_kernels_are_cached_on_disk", || {
+            with_nvrtc(compiled_kernels_are_cached_on_disk)
+        }),
+    ])
+}
 
 /// Architectures checked: Hopper (the reference machine) and Ampere (the oldest with the
 /// tensor-core path).
 const ARCHS: [u32; 2] = [90, 80];
 
-fn nvrtc() -> Option<Nvrtc> {
+/// Run `check` with NVRTC, or skip (fail under KILN_REQUIRE_NVRTC=1) without it.
+fn with_nvrtc(check: fn(Nvrtc)) -> Outcome {
     let path = std::env::var_os("KILN_NVRTC_PATH").map(std::path::PathBuf::from);
     match Nvrtc::load(path.as_deref()) {
-        Ok(n) => Some(n),
-        Err(e) => {
-            if std::env::var("KILN_REQUIRE_NVRTC").is_ok_and(|v| v == "1") {
-                panic!("KILN_REQUIRE_NVRTC=1 but {e}");
-            }
-            println!("skipping the NVRTC compile checks: {e}");
-            None
+        Ok(nvrtc) => {
+            check(nvrtc);
+            pass()
         }
+        Err(e) if std::env::var("KILN_REQUIRE_NVRTC").is_ok_and(|v| v == "1") => {
+            fail(format!("KILN_REQUIRE_NVRTC=1 but {e}"))
+        }
+        Err(e) => skip(format!("no NVRTC: {e}")),
     }
 }
 
-#[test]
-fn nvrtc_compiles_every_variant_without_warnings() {
-    let Some(nvrtc) = nvrtc() else { return };
+fn nvrtc_compiles_every_variant_without_warnings(nvrtc: Nvrtc) {
     let mut jobs: Vec<(String, String, u32)> = Vec::new();
     for &arch in &ARCHS {
         for v in all_variants() {
@@ -80,11 +93,9 @@ fn nvrtc_compiles_every_variant_without_warnings() {
 
 /// A second compile of the same source is read from the disk cache, and a cache entry is
 /// keyed by the source.
-#[test]
-fn compiled_kernels_are_cached_on_disk() {
+fn compiled_kernels_are_cached_on_disk(nvrtc: Nvrtc) {
     use kiln_backend_cuda::Cache;
     use kiln_backend_cuda::compile::Compiler;
-    let Some(nvrtc) = nvrtc() else { return };
     let dir = std::env::temp_dir().join(format!("kiln-cuda-cache-test-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let compiler = Compiler::new(nvrtc, 90, &Cache::Dir(dir.clone()), false);
