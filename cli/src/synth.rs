@@ -52,10 +52,10 @@ pub struct Args {
     /// custom: vocabulary size; must equal the tokenizer's [default: the tokenizer's].
     #[arg(long)]
     vocab: Option<usize>,
-    /// custom: architecture, llama or gemma3 [default: llama].
+    /// custom: architecture, llama, llama3, mistral, qwen2, qwen3 or gemma3 [default: llama]
     #[arg(long)]
     arch: Option<String>,
-    /// custom gemma3: the sliding window of five layers of six [default: 512].
+    /// custom gemma3 or mistral: the sliding window (of five layers of six for gemma3) [default: 512, mistral 4096]
     #[arg(long)]
     window: Option<usize>,
     /// Print one JSON object as the last line of stdout.
@@ -195,11 +195,17 @@ fn shape_of(args: &Args) -> Result<Shape, SynthError> {
         vocab,
         args.ctx.unwrap_or(CUSTOM_DEFAULT_CONTEXT),
     )?;
-    match args.arch.as_deref().map(synth::Arch::parse).transpose()? {
-        Some(synth::Arch::Gemma3) => shape.gemma3(args.window.unwrap_or(512)),
-        _ if args.window.is_some() => Err(SynthError::BadShape(
-            "--window applies to --arch gemma3".into(),
-        )),
-        _ => Ok(shape),
+    let arch = args.arch.as_deref().map(synth::Arch::parse).transpose()?;
+    let arch = arch.unwrap_or_default();
+    if args.window.is_some() && !arch.has_window() {
+        return Err(SynthError::BadShape(
+            "--window applies to --arch gemma3 and mistral".into(),
+        ));
     }
+    let default_window = if arch == synth::Arch::Mistral {
+        4096
+    } else {
+        512
+    };
+    shape.with_arch(arch, args.window.unwrap_or(default_window))
 }

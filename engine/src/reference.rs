@@ -1,14 +1,14 @@
-//! The reference forward pass of every family kiln runs (Llama, Gemma 3): the oracle every
+//! The reference forward pass of every family kiln runs (Llama, Qwen, Gemma 3): the oracle every
 //! backend is tested against. Plain f32 loops in the order of the maths, one file, no
 //! fusion. Weights are read as stored: each row is dequantized into a small f32 buffer
 //! inside the matmul, never as a full f32 copy of the model. Work is spread over cores by
 //! rows and heads.
 //!
 //! x = embed(tokens) [· √n_embd]; then per layer, for a batch of T tokens at positions
-//! p0..p0+T (Gemma 3's additions in brackets):
+//! p0..p0+T (what Gemma 3 or Qwen adds in brackets):
 //!   xb = rmsnorm(x) * attn_norm
-//!   q, k, v = xb·Wqᵀ, xb·Wkᵀ, xb·Wvᵀ
-//!   [q, k = rmsnorm of each head * attn_q_norm, attn_k_norm]
+//!   q, k, v = xb·Wqᵀ [+ bq], xb·Wkᵀ [+ bk], xb·Wvᵀ [+ bv]     (biases: Qwen 2)
+//!   [q, k = rmsnorm of each head * attn_q_norm, attn_k_norm]   (Gemma 3, Qwen 3)
 //!   rope(q), rope(k)        (ggml "normal": adjacent pairs; [NeoX: halves], the layer's base)
 //!   cache k, v;  att = softmax(q·kᵀ·scale, causal [, the last `window` positions]) · v
 //!                           (grouped-query: n_heads/n_kv_heads share a KV head)
@@ -152,6 +152,17 @@ fn forward(model: &Model, cache: &mut KvCache, tokens: &[u32], first_out: usize)
         matmul(model, &lw.wq, &xb, &mut q);
         matmul(model, &lw.wk, &xb, &mut k);
         matmul(model, &lw.wv, &xb, &mut v);
+        for (x, bias) in [
+            (&mut q, &lw.q_bias),
+            (&mut k, &lw.k_bias),
+            (&mut v, &lw.v_bias),
+        ] {
+            if let Some(bias) = bias {
+                for row in x.chunks_exact_mut(bias.len()) {
+                    add_into(row, bias);
+                }
+            }
+        }
         if let (Some(q_norm), Some(k_norm)) = (&lw.q_norm, &lw.k_norm) {
             // Every head is a row of head_dim values.
             rmsnorm_in_place(&mut q, q_norm, eps);

@@ -114,6 +114,9 @@ pub enum Op {
     MatMul { weights: Vec<WeightId> },
     /// (r, d), (r, d) → (r, d).
     Add,
+    /// (r, d) → (r, d): x + bias, one vector weight of d added to every row (Qwen 2's
+    /// q/k/v projection biases).
+    AddBias { bias: WeightId },
     /// (r, d) → (r, d): x · factor (Gemma's embeddings, scaled by √d).
     Scale { factor: f32 },
     /// (r, heads·head_dim) → same: every head of `head_dim` values normalised like
@@ -192,6 +195,7 @@ impl Op {
             Op::RmsNorm { .. } => "rmsnorm",
             Op::MatMul { .. } => "matmul",
             Op::Add => "add",
+            Op::AddBias { .. } => "add_bias",
             Op::Scale { .. } => "scale",
             Op::HeadRmsNorm { .. } => "head_rmsnorm",
             Op::SwiGlu => "swiglu",
@@ -228,12 +232,14 @@ impl Op {
     }
 
     /// Whether the op is one the kernels written for the Llama family run: not one of Gemma
-    /// 3's ops, RoPE in ggml's normal mode, attention without a window, another scale or
-    /// KV groups. A backend without Gemma 3's kernels answers `supports` with it.
+    /// 3's ops nor Qwen 2's bias add, RoPE in ggml's normal mode, attention without a
+    /// window, another scale or KV groups. A backend without those kernels answers
+    /// `supports` with it.
     pub fn is_plain(&self) -> bool {
         let gemma_op = matches!(
             self,
-            Op::Scale { .. }
+            Op::AddBias { .. }
+                | Op::Scale { .. }
                 | Op::HeadRmsNorm { .. }
                 | Op::GeGlu
                 | Op::MatMulGeGlu { .. }

@@ -124,6 +124,12 @@ impl Checker<'_> {
                 }
                 self.out(0, a.0, a.1)
             }
+            Op::AddBias { bias } => {
+                self.arity(1, 1)?;
+                let (rows, d) = self.f32_in(0)?;
+                self.vector(*bias, d)?;
+                self.out(0, rows, d)
+            }
             Op::Scale { factor } => {
                 self.arity(1, 1)?;
                 if !factor.is_finite() {

@@ -219,6 +219,8 @@ pub fn supports(op: &Op, graph: &Graph, max_binding: u64) -> bool {
             | Op::RopeKvWrite { attention, .. }
             | Op::QkNormRopeKvWrite { attention, .. } => attention_ok(attention),
             Op::HeadRmsNorm { head_dim, .. } => *head_dim > 0,
+            // Qwen 2's bias add has no WGSL kernel yet.
+            Op::AddBias { .. } => false,
             _ => true,
         }
 }
@@ -848,6 +850,9 @@ impl Builder<'_> {
                     vec![Params, Arena, Kv, Step],
                     grid,
                 )]
+            }
+            Op::AddBias { .. } => {
+                return Err(unsupported(format!("{} (no WGSL kernel)", launch.op)));
             }
             Op::Scale { factor } => {
                 let cols = self.cols(out);

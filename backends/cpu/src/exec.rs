@@ -206,6 +206,9 @@ impl Loaded {
                 kernels::matmul::matmul_multi(&ws, input(0), outs);
             }
             Op::Add => kernels::add::add(input(0), input(1), outs[0]),
+            Op::AddBias { bias } => {
+                kernels::add_bias::add_bias(input(0), self.vector(*bias), outs[0])
+            }
             Op::Scale { factor } => kernels::scale::scale(input(0), *factor, outs[0]),
             Op::HeadRmsNorm { weight, eps, .. } => {
                 kernels::head_rmsnorm::head_rmsnorm(input(0), self.vector(*weight), *eps, outs[0])

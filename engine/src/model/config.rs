@@ -1,6 +1,6 @@
 //! The hyper-parameters of a model, read from GGUF metadata: one description of every
-//! family kiln runs (the Llama family, Gemma 3), with what differs between layers, read by
-//! the graph builder, the oracle and the KV cache alike.
+//! family kiln runs (the Llama family, Qwen 2 and 3, Gemma 3), with what differs between
+//! layers, read by the graph builder, the oracle and the KV cache alike.
 
 use kiln_gguf::{Gguf, GgufError};
 use kiln_ir::RopeMode;
@@ -8,7 +8,7 @@ use kiln_ir::kv_groups::KvGroups;
 use kiln_ir::kv_layout::{KvDtype, KvLayout, KvLayoutError};
 
 /// The `general.architecture` names kiln runs.
-pub const ARCHITECTURES: &[&str] = &["llama", "mistral", "gemma3"];
+pub const ARCHITECTURES: &[&str] = &["llama", "mistral", "qwen2", "qwen3", "gemma3"];
 
 /// Gemma 3's layers attend in a pattern of six: five with a sliding window, then one
 /// global (llama.cpp's `set_swa_pattern(6)`; the GGUF does not store it).
@@ -21,8 +21,13 @@ pub const GEMMA3_SWA_ROPE_THETA: f32 = 10_000.0;
 /// How a family's blocks are built.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Family {
-    /// llama, mistral: pre-norms, SwiGLU, RoPE in ggml's normal mode.
+    /// llama, mistral: pre-norms, SwiGLU, RoPE in ggml's normal mode; a sliding window on
+    /// every layer when the file gives one (Mistral 7B).
     Llama,
+    /// qwen2: the Llama block with NeoX RoPE and biases on the q, k and v projections.
+    Qwen2,
+    /// qwen3: the Llama block with NeoX RoPE and QK-norm (no biases).
+    Qwen3,
     /// gemma3: embeddings scaled by √width, QK-norm, norms before and after each sublayer,
     /// GeGLU, NeoX RoPE, sliding-window layers.
     Gemma3,
@@ -88,6 +93,8 @@ impl ModelConfig {
         let arch = gguf.get_str("general.architecture")?.to_string();
         let family = match arch.as_str() {
             "llama" | "mistral" => Family::Llama,
+            "qwen2" => Family::Qwen2,
+            "qwen3" => Family::Qwen3,
             "gemma3" => Family::Gemma3,
             _ => return Err(crate::Error::UnsupportedArchitecture(arch)),
         };
@@ -170,8 +177,23 @@ impl ModelConfig {
             attention_scale: kiln_ir::AttentionParams::default_scale(head_dim),
             arch: arch.clone(),
         };
-        if family == Family::Gemma3 {
-            config.gemma3(usize_key("attention.sliding_window")?);
+        match family {
+            Family::Gemma3 => config.gemma3(usize_key("attention.sliding_window")?),
+            Family::Qwen2 => config.rope_mode = RopeMode::Neox,
+            Family::Qwen3 => {
+                config.rope_mode = RopeMode::Neox;
+                config.qk_norm = true;
+            }
+            // Mistral 7B was trained with a window on every layer. llama.cpp's converter
+            // writes none and llama.cpp ignores one for `llama` (full attention: the same
+            // logits while a sequence fits in the window); a file that gives one gets it.
+            Family::Llama if optional("attention.sliding_window") => {
+                let window = usize_key("attention.sliding_window")?;
+                for layer in &mut config.layers {
+                    layer.window = Some(window);
+                }
+            }
+            Family::Llama => {}
         }
         config.check()?;
         Ok(config)

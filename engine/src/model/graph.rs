@@ -7,10 +7,11 @@ use kiln_ir::{AttentionParams, IrError, Op, RopeParams, WeightId, verify};
 
 use super::{Activation, Matrix, Model};
 
-/// Build the unfused graph of one step of `model`. Per block (Gemma's additions in
-/// brackets): norm, q/k/v, [QK-norm], RoPE, KV write, attention (a window on window
-/// layers), output projection, [post-norm], residual add; norm, gate/up, SwiGLU or
-/// GeGLU, down projection, [post-norm], residual add. The embeddings are [scaled].
+/// Build the unfused graph of one step of `model`. Per block (what some families add in
+/// brackets): norm, q/k/v, [q/k/v biases (Qwen 2)], [QK-norm (Gemma 3, Qwen 3)], RoPE,
+/// KV write, attention (a window on window layers), output projection, [post-norm],
+/// residual add; norm, gate/up, SwiGLU or GeGLU, down projection, [post-norm], residual
+/// add. The embeddings are [scaled].
 pub fn model_graph(model: &Model) -> Result<Graph, IrError> {
     let c = &model.config;
     let w = &model.weights;
@@ -88,7 +89,17 @@ pub fn model_graph(model: &Model) -> Result<Graph, IrError> {
         let wv = matrix(&mut g, &name("attn_v"), &lw.wv);
         let mut q = matmul(&mut g, wq, xb, l);
         let mut k = matmul(&mut g, wk, xb, l);
-        let v = matmul(&mut g, wv, xb, l);
+        let mut v = matmul(&mut g, wv, xb, l);
+        let biases = [
+            (&mut q, &lw.q_bias, "attn_q"),
+            (&mut k, &lw.k_bias, "attn_k"),
+        ];
+        for (value, b, tensor) in biases.into_iter().chain([(&mut v, &lw.v_bias, "attn_v")]) {
+            if let Some(b) = b {
+                let bias = vector(&mut g, &format!("blk.{layer}.{tensor}.bias"), b.len());
+                *value = g.push(Op::AddBias { bias }, &[*value], &[act(b.len())], l)[0];
+            }
+        }
         if c.qk_norm {
             for (value, tensor) in [(&mut q, "attn_q_norm"), (&mut k, "attn_k_norm")] {
                 let weight = vector(&mut g, &name(tensor), c.head_dim);

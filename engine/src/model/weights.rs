@@ -24,6 +24,10 @@ pub struct LayerWeights {
     pub wq: Matrix,          // (q_dim, n_embd)
     pub wk: Matrix,          // (kv_dim, n_embd)
     pub wv: Matrix,          // (kv_dim, n_embd)
+    /// Biases of the q, k and v projections (Qwen 2): `attn_q.bias`, ... when present.
+    pub q_bias: Option<Vec<f32>>, // (q_dim)
+    pub k_bias: Option<Vec<f32>>, // (kv_dim)
+    pub v_bias: Option<Vec<f32>>, // (kv_dim)
     /// QK-norm weights (Gemma 3): `attn_q_norm`, `attn_k_norm`.
     pub q_norm: Option<Vec<f32>>, // (head_dim)
     pub k_norm: Option<Vec<f32>>, // (head_dim)
@@ -65,14 +69,24 @@ impl Weights {
         let wanted = |wanted: bool, name: &str, len: usize| -> Result<_, crate::Error> {
             wanted.then(|| vector(name, len)).transpose()
         };
+        // A vector the file may hold (llama.cpp loads q/k/v biases of any family so).
+        let present = |name: &str, len: usize| -> Result<_, crate::Error> {
+            gguf.tensor(name)
+                .map(|info| vector_of(gguf, info, len))
+                .transpose()
+        };
         let mut layers = Vec::with_capacity(c.n_layers);
         for i in 0..c.n_layers {
             let name = |t: &str| format!("blk.{i}.{t}.weight");
+            let bias = |t: &str| format!("blk.{i}.{t}.bias");
             layers.push(LayerWeights {
                 attn_norm: vector(&name("attn_norm"), c.n_embd)?,
                 wq: matrix(&name("attn_q"), c.q_dim(), c.n_embd)?,
                 wk: matrix(&name("attn_k"), c.kv_dim(), c.n_embd)?,
                 wv: matrix(&name("attn_v"), c.kv_dim(), c.n_embd)?,
+                q_bias: present(&bias("attn_q"), c.q_dim())?,
+                k_bias: present(&bias("attn_k"), c.kv_dim())?,
+                v_bias: present(&bias("attn_v"), c.kv_dim())?,
                 q_norm: wanted(c.qk_norm, &name("attn_q_norm"), c.head_dim)?,
                 k_norm: wanted(c.qk_norm, &name("attn_k_norm"), c.head_dim)?,
                 wo: matrix(&name("attn_output"), c.n_embd, c.q_dim())?,

@@ -10,7 +10,7 @@ use std::fmt;
 use kiln_ir::DType;
 use kiln_ir::kv_layout::KvDtype;
 
-use super::gemma_ops::{head_rmsnorm, rmsnorm_add, scale};
+use super::gemma_ops::{add_bias, head_rmsnorm, rmsnorm_add, scale};
 use super::ops::{
     Glu, add, attention_case, geglu, matmul, matmul_add, matmul_glu, rmsnorm, rope, swiglu,
 };
@@ -92,6 +92,9 @@ pub fn cases() -> Vec<Case> {
         head_rmsnorm(1, 1, 256),
         rmsnorm_add(33, 608),
         geglu(33, 96),
+        // Qwen 2: q/k/v biases (a width that is not a multiple of 32).
+        add_bias(33, 200),
+        add_bias(1, 64),
     ];
     for dtype in WEIGHT_DTYPES {
         cases.extend([

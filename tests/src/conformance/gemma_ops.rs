@@ -1,8 +1,9 @@
 //! Builders of the cases of the ops Gemma 3 adds: the embedding scale, QK-norm (RMSNorm
-//! per head) and the post-norm folded into the residual add. (GeGLU, the NeoX RoPE and
-//! Gemma's attention are variants of the builders in `ops.rs`.)
+//! per head, Qwen 3's too) and the post-norm folded into the residual add; and Qwen 2's
+//! bias add. (GeGLU, the NeoX RoPE and Gemma's attention are variants of the builders in
+//! `ops.rs`.)
 
-use kiln_ir::Op;
+use kiln_ir::{DType, Op};
 
 use super::Case;
 use super::build::{Builder, plain, rowwise};
@@ -68,6 +69,27 @@ pub(super) fn rmsnorm_add(tokens: usize, d: usize) -> Case {
             rowwise(b, rng, tokens, 0, &[(y, d)], move |ids, _| {
                 let normed = oracle::rmsnorm(&gather(&ht, d, ids), &w, EPS);
                 vec![plain(oracle::add(&normed, &gather(&rt, d, ids)))]
+            })
+        },
+    )
+}
+
+/// x + bias on every row (Qwen 2's q/k/v biases).
+pub(super) fn add_bias(tokens: usize, d: usize) -> Case {
+    Case::new(
+        format!("add_bias_t{tokens}_d{d}"),
+        format!("x ({tokens}, {d}), bias ({d})"),
+        F32_LIMIT,
+        move |rng| {
+            let mut b = Builder::new();
+            let (x, xt) = b.input("x", 2 * tokens, d, 1.0, rng);
+            let values = rng.uniform_vec(d, -2.0, 2.0);
+            let (bias, bv) = b.weight("bias", DType::F32, 1, d, &values);
+            let y = b.node(Op::AddBias { bias }, &[x], d);
+            rowwise(b, rng, tokens, 0, &[(y, d)], move |ids, _| {
+                let rows = gather(&xt, d, ids);
+                let biases: Vec<f64> = bv.iter().cycle().take(rows.len()).copied().collect();
+                vec![plain(oracle::add(&rows, &biases))]
             })
         },
     )

@@ -30,8 +30,8 @@ mod shapes;
 
 use random::{Rng, fnv1a};
 pub use shapes::{
-    Arch, CUSTOM, CUSTOM_DEFAULT_CONTEXT, SHAPES, Shape, file_type, parse_quant, quant_name,
-    shape_names,
+    Arch, CUSTOM, CUSTOM_DEFAULT_CONTEXT, SHAPES, Shape, file_type, llama3_rope_factors,
+    parse_quant, quant_name, shape_names,
 };
 
 /// Where `kiln synth` takes its tokenizer from unless told otherwise.
@@ -42,6 +42,10 @@ pub const ALIGNMENT: u64 = DEFAULT_ALIGNMENT;
 
 /// Standard deviation of the norm weights around 1.
 pub const NORM_STD: f32 = 0.05;
+
+/// Standard deviation of the q/k/v biases (Qwen 2's are of the order of the projections'
+/// outputs, which are about N(0, 1) here).
+pub const BIAS_STD: f32 = 0.5;
 
 /// The quants a synthesized model's matrices can be stored in. A matrix whose rows are
 /// not whole 256-value super-blocks of a K-quant takes llama-quantize's fallback
@@ -82,6 +86,9 @@ pub enum Init {
     Normal { std: f32 },
     /// 1 + N(0, [`NORM_STD`]) (an RMSNorm weight).
     Norm,
+    /// Llama 3.1's RoPE divisors for this RoPE base ([`llama3_rope_factors`]): computed,
+    /// not drawn.
+    Llama3RopeFactors { theta: f32 },
 }
 
 /// One tensor of a synthesized model, before its data exists.
@@ -112,6 +119,15 @@ impl SynthTensor {
             dims: vec![len as u64],
             dtype: DType::F32,
             init: Init::Norm,
+        }
+    }
+
+    fn vector(name: String, len: usize, init: Init) -> SynthTensor {
+        SynthTensor {
+            name,
+            dims: vec![len as u64],
+            dtype: DType::F32,
+            init,
         }
     }
 
@@ -152,12 +168,23 @@ pub fn tensors(shape: &Shape, quant: DType) -> Vec<SynthTensor> {
     let s = shape;
     let q_dim = s.q_dim();
     let gemma = s.arch == Arch::Gemma3;
+    let qk_norm = matches!(s.arch, Arch::Gemma3 | Arch::Qwen3);
+    let bias = |name: String, len| SynthTensor::vector(name, len, Init::Normal { std: BIAS_STD });
     let mut out = vec![SynthTensor::matrix(
         "token_embd.weight".into(),
         s.vocab_size,
         s.n_embd,
         embedding_dtype(s, quant),
     )];
+    if s.arch == Arch::Llama3 {
+        let theta = s.rope_theta;
+        let init = Init::Llama3RopeFactors { theta };
+        out.push(SynthTensor::vector(
+            "rope_freqs.weight".into(),
+            s.head_dim() / 2,
+            init,
+        ));
+    }
     for i in 0..s.n_layers {
         let name = |t: &str| format!("blk.{i}.{t}.weight");
         out.push(SynthTensor::norm(name("attn_norm"), s.n_embd));
@@ -174,7 +201,13 @@ pub fn tensors(shape: &Shape, quant: DType) -> Vec<SynthTensor> {
             s.n_embd,
             quant,
         ));
-        if gemma {
+        if s.arch == Arch::Qwen2 {
+            let bias_name = |t: &str| format!("blk.{i}.{t}.bias");
+            out.push(bias(bias_name("attn_q"), q_dim));
+            out.push(bias(bias_name("attn_k"), s.kv_dim()));
+            out.push(bias(bias_name("attn_v"), s.kv_dim()));
+        }
+        if qk_norm {
             out.push(SynthTensor::norm(name("attn_q_norm"), s.head_dim()));
             out.push(SynthTensor::norm(name("attn_k_norm"), s.head_dim()));
         }
@@ -235,7 +268,7 @@ pub fn model_metadata(shape: &Shape, quant: DType, seed: u64) -> Vec<(String, Va
     } else {
         format!("kiln synth {} {} seed {seed}", s.name, quant_name(quant))
     };
-    let arch = s.arch.name();
+    let arch = s.arch.gguf_name();
     let key = |k: &str| format!("{arch}.{k}");
     let mut keys = vec![
         ("general.architecture".into(), Value::String(arch.into())),
@@ -260,9 +293,20 @@ pub fn model_metadata(shape: &Shape, quant: DType, seed: u64) -> Vec<(String, Va
         (key("rope.freq_base"), Value::F32(s.rope_theta)),
     ];
     match s.arch {
-        Arch::Llama => keys.extend([
+        Arch::Llama | Arch::Llama3 => keys.extend([
             (key("rope.dimension_count"), u32_of(s.head_dim())),
             (key("vocab_size"), u32_of(s.vocab_size)),
+        ]),
+        Arch::Mistral => keys.extend([
+            (key("rope.dimension_count"), u32_of(s.head_dim())),
+            (key("vocab_size"), u32_of(s.vocab_size)),
+            (key("attention.sliding_window"), u32_of(s.sliding_window)),
+        ]),
+        // As llama.cpp's converter writes Qwen: Qwen 3's head size apart from the width.
+        Arch::Qwen2 => {}
+        Arch::Qwen3 => keys.extend([
+            (key("attention.key_length"), u32_of(s.head_dim())),
+            (key("attention.value_length"), u32_of(s.head_dim())),
         ]),
         // As llama.cpp's converter writes Gemma 3: key and value lengths, the window; the
         // vocabulary is the tokenizer's.
@@ -523,6 +567,9 @@ fn fill_rows(
                 match t.init {
                     Init::Normal { std } => rng.fill_normal(values, 0.0, std),
                     Init::Norm => rng.fill_normal(values, 1.0, NORM_STD),
+                    Init::Llama3RopeFactors { theta } => {
+                        values.copy_from_slice(&llama3_rope_factors(theta, 2 * cols));
+                    }
                 }
                 quantize_row(t.dtype, values, out).map_err(|source| SynthError::Quant {
                     tensor: t.name.clone(),
@@ -587,6 +634,52 @@ mod tests {
         assert_eq!(end, offsets.last().unwrap() + ts.last().unwrap().n_bytes());
         let header = gguf_header(&model_metadata(&shape, DType::Q4_1, 0), &ts, ALIGNMENT);
         assert_eq!(header.len() as u64 % ALIGNMENT, 0);
+    }
+
+    #[test]
+    fn llama3_rope_factors_cover_the_three_regimes() {
+        // Llama 3.1 8B's heads (128, base 500,000): short wavelengths kept, long ones
+        // divided by 8, a blend between, never decreasing.
+        let f = llama3_rope_factors(500_000.0, 128);
+        assert_eq!(f.len(), 64);
+        assert_eq!(f[0], 1.0);
+        assert_eq!(f[63], 8.0);
+        assert!(f.iter().any(|&x| x > 1.0 && x < 8.0));
+        assert!(f.windows(2).all(|w| w[0] <= w[1]));
+    }
+
+    #[test]
+    fn families_write_their_tensors_and_keys() {
+        let names = |name: &str| -> Vec<String> {
+            let shape = Shape::named(name).unwrap();
+            tensors(&shape, DType::Q8_0)
+                .into_iter()
+                .map(|t| t.name)
+                .collect()
+        };
+        let has = |name: &str, tensor: &str| names(name).iter().any(|t| t == tensor);
+        assert!(has("qwen2-tiny", "blk.3.attn_v.bias"));
+        assert!(!has("qwen2-tiny", "blk.0.attn_q_norm.weight"));
+        assert!(has("qwen3-tiny", "blk.0.attn_k_norm.weight"));
+        assert!(!has("qwen3-tiny", "blk.0.attn_q.bias"));
+        assert!(has("llama3-tiny", "rope_freqs.weight"));
+        assert!(!has("mistral-tiny", "rope_freqs.weight"));
+        let mistral = Shape::named("mistral-tiny").unwrap();
+        let keys = model_metadata(&mistral, DType::Q8_0, 0);
+        let key = |k: &str| keys.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+        assert_eq!(
+            key("general.architecture"),
+            Some(Value::String("llama".into()))
+        );
+        assert_eq!(
+            key("llama.attention.sliding_window"),
+            Some(Value::U32(4096))
+        );
+        assert!(mistral.layer_windows().iter().all(|w| *w == Some(4096)));
+        let qwen3 = Shape::named("qwen3-tiny").unwrap();
+        assert_eq!(qwen3.q_dim(), 512);
+        assert_eq!(Arch::parse("QWEN2").unwrap(), Arch::Qwen2);
+        assert!(Arch::parse("qwen9").is_err());
     }
 
     #[test]

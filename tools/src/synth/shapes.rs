@@ -10,29 +10,93 @@ pub enum Arch {
     /// `llama`: pre-norms, SwiGLU.
     #[default]
     Llama,
+    /// `llama` with Llama 3.1's RoPE frequency scaling, stored as llama.cpp's converter
+    /// stores it: a `rope_freqs.weight` of per-frequency divisors ([`llama3_rope_factors`]).
+    Llama3,
+    /// `llama` with a sliding window on every layer (Mistral 7B's `attention.sliding_window`).
+    Mistral,
+    /// `qwen2`: the Llama block with NeoX RoPE and biases on the q, k and v projections.
+    Qwen2,
+    /// `qwen3`: the Llama block with NeoX RoPE and QK-norms.
+    Qwen3,
     /// `gemma3`: QK-norms, norms after each sublayer too, GeGLU, sliding windows on five
     /// layers of six (the window in `sliding_window`).
     Gemma3,
 }
 
 impl Arch {
-    /// The `general.architecture` name.
+    pub const ALL: [Arch; 6] = [
+        Arch::Llama,
+        Arch::Llama3,
+        Arch::Mistral,
+        Arch::Qwen2,
+        Arch::Qwen3,
+        Arch::Gemma3,
+    ];
+
+    /// The name `kiln synth --arch` takes.
     pub fn name(self) -> &'static str {
         match self {
             Arch::Llama => "llama",
+            Arch::Llama3 => "llama3",
+            Arch::Mistral => "mistral",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
             Arch::Gemma3 => "gemma3",
         }
     }
 
-    /// By name (`llama`, `gemma3`), case-insensitively.
+    /// The `general.architecture` written (Llama 3 and Mistral are `llama` files, as
+    /// llama.cpp's converter writes them).
+    pub fn gguf_name(self) -> &'static str {
+        match self {
+            Arch::Llama | Arch::Llama3 | Arch::Mistral => "llama",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+            Arch::Gemma3 => "gemma3",
+        }
+    }
+
+    /// Whether the shape's `sliding_window` is used.
+    pub fn has_window(self) -> bool {
+        matches!(self, Arch::Mistral | Arch::Gemma3)
+    }
+
+    /// By name (`llama`, `llama3`, `mistral`, `qwen2`, `qwen3`, `gemma3`), case-insensitively.
     pub fn parse(name: &str) -> Result<Arch, SynthError> {
-        [Arch::Llama, Arch::Gemma3]
+        Arch::ALL
             .into_iter()
             .find(|a| a.name().eq_ignore_ascii_case(name))
             .ok_or_else(|| {
-                SynthError::BadShape(format!("unknown architecture {name:?} (llama or gemma3)"))
+                SynthError::BadShape(format!(
+                    "unknown architecture {name:?} ({})",
+                    Arch::ALL.map(Arch::name).join(", ")
+                ))
             })
     }
+}
+
+/// Llama 3.1's RoPE scaling as llama.cpp's converter bakes it into `rope_freqs.weight`:
+/// the divisor of each of the head's `head_dim / 2` frequencies (factor 8, low and high
+/// frequency factors 1 and 4, original context 8192): 1 for short wavelengths, 8 for long
+/// ones, a smooth blend between.
+pub fn llama3_rope_factors(theta: f32, head_dim: usize) -> Vec<f32> {
+    let (factor, low, high, old_context) = (8.0f32, 1.0f32, 4.0f32, 8192.0f32);
+    let (low_wavelen, high_wavelen) = (old_context / low, old_context / high);
+    (0..head_dim / 2)
+        .map(|i| {
+            let freq = 1.0 / theta.powf((2 * i) as f32 / head_dim as f32);
+            let wavelen = 2.0 * std::f32::consts::PI / freq;
+            if wavelen < high_wavelen {
+                1.0
+            } else if wavelen > low_wavelen {
+                factor
+            } else {
+                let smooth = (old_context / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            }
+        })
+        .collect()
 }
 
 /// The hyper-parameters of a model shape.
@@ -56,14 +120,17 @@ pub struct Shape {
     /// The LM head is the token embedding (no `output.weight`); the embedding is then
     /// stored in Q8_0 like the reference model's (F16 when the quant is F16).
     pub tied_embeddings: bool,
-    /// Gemma 3: the window of its sliding-window layers (`attention.sliding_window`).
+    /// Gemma 3, Mistral: the window of the sliding-window layers
+    /// (`attention.sliding_window`).
     pub sliding_window: usize,
 }
 
 /// The named shapes, in one place. Vocabularies of the Llama shapes are the reference
 /// tokenizer's (49,152), so they run with the SmolLM2 tokenizer; gemma3-270m is the real
 /// shape with the real vocabulary (262,144): its tokenizer is Gemma's
-/// (`--tokenizer-from models/gemma-3-270m-q4_k_m.gguf`).
+/// (`--tokenizer-from models/gemma-3-270m-q4_k_m.gguf`). The `-tiny` shapes are each
+/// family's block at a size every backend runs in a moment (the families' comparisons
+/// with llama.cpp use them), with the reference tokenizer's vocabulary.
 pub const SHAPES: &[Shape] = &[
     Shape {
         name: "smollm2-135m",
@@ -128,6 +195,70 @@ pub const SHAPES: &[Shape] = &[
         rms_norm_eps: 1e-6,
         tied_embeddings: true,
         sliding_window: 512,
+    },
+    Shape {
+        name: "llama3-tiny",
+        arch: Arch::Llama3,
+        n_layers: 4,
+        n_embd: 256,
+        n_heads: 4,
+        n_kv_heads: 2,
+        key_length: 0,
+        n_ff: 768,
+        vocab_size: 49152,
+        context_length: 4096,
+        rope_theta: 500_000.0,
+        rms_norm_eps: 1e-5,
+        tied_embeddings: false,
+        sliding_window: 0,
+    },
+    Shape {
+        name: "mistral-tiny",
+        arch: Arch::Mistral,
+        n_layers: 4,
+        n_embd: 256,
+        n_heads: 8,
+        n_kv_heads: 2,
+        key_length: 0,
+        n_ff: 768,
+        vocab_size: 49152,
+        context_length: 4096,
+        rope_theta: 1_000_000.0,
+        rms_norm_eps: 1e-5,
+        tied_embeddings: false,
+        sliding_window: 4096,
+    },
+    Shape {
+        name: "qwen2-tiny",
+        arch: Arch::Qwen2,
+        n_layers: 4,
+        n_embd: 256,
+        n_heads: 4,
+        n_kv_heads: 2,
+        key_length: 0,
+        n_ff: 768,
+        vocab_size: 49152,
+        context_length: 4096,
+        rope_theta: 1_000_000.0,
+        rms_norm_eps: 1e-6,
+        tied_embeddings: true,
+        sliding_window: 0,
+    },
+    Shape {
+        name: "qwen3-tiny",
+        arch: Arch::Qwen3,
+        n_layers: 4,
+        n_embd: 256,
+        n_heads: 4,
+        n_kv_heads: 2,
+        key_length: 128,
+        n_ff: 768,
+        vocab_size: 49152,
+        context_length: 4096,
+        rope_theta: 1_000_000.0,
+        rms_norm_eps: 1e-6,
+        tied_embeddings: true,
+        sliding_window: 0,
     },
 ];
 
@@ -207,11 +338,33 @@ impl Shape {
         self.n_heads * self.head_dim()
     }
 
+    /// The same shape written as another architecture, with sliding windows of `window`
+    /// positions where it has them (Gemma 3: as [`Shape::gemma3`]; Mistral: every layer).
+    pub fn with_arch(self, arch: Arch, window: usize) -> Result<Shape, SynthError> {
+        if arch == Arch::Gemma3 {
+            return self.gemma3(window);
+        }
+        let shape = Shape {
+            arch,
+            sliding_window: if arch.has_window() { window } else { 0 },
+            ..self
+        };
+        shape.validate()?;
+        Ok(shape)
+    }
+
     /// Each layer's sliding window (None: full attention): Gemma 3's five window layers
-    /// of every six.
+    /// of every six, Mistral's every layer.
     pub fn layer_windows(&self) -> Vec<Option<usize>> {
         (0..self.n_layers)
-            .map(|l| (self.arch == Arch::Gemma3 && l % 6 != 5).then_some(self.sliding_window))
+            .map(|l| {
+                let windowed = match self.arch {
+                    Arch::Gemma3 => l % 6 != 5,
+                    Arch::Mistral => true,
+                    _ => false,
+                };
+                windowed.then_some(self.sliding_window)
+            })
             .collect()
     }
 
@@ -246,8 +399,11 @@ impl Shape {
         if !s.head_dim().is_multiple_of(2) {
             return bad(format!("head size {} must be even for RoPE", s.head_dim()));
         }
-        if s.arch == Arch::Gemma3 && s.sliding_window == 0 {
-            return bad("a Gemma 3 shape needs a sliding window of at least 1".into());
+        if s.arch.has_window() && s.sliding_window == 0 {
+            return bad(format!(
+                "a {} shape needs a sliding window of at least 1",
+                s.arch.name()
+            ));
         }
         for (what, n) in [
             ("width", s.n_embd),

@@ -2,6 +2,7 @@
 //! Each takes plain slices; shapes were checked by the IR verifier and the step check.
 
 pub mod add;
+pub mod add_bias;
 pub mod attention;
 pub mod embed;
 pub mod geglu;
