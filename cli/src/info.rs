@@ -130,6 +130,8 @@ pub fn main(args: Args) -> Result<(), Error> {
         "  chat template {}",
         if gguf.get("tokenizer.chat_template").is_some() {
             "yes (the model's own)"
+        } else if has_gemma_turns(&gguf) {
+            "no (kiln writes Gemma's turns, which the vocabulary has)"
         } else {
             "no (kiln falls back to ChatML)"
         }
@@ -225,4 +227,16 @@ fn value_json(v: &Value) -> serde_json::Value {
             .as_i64()
             .map_or_else(|| json!(other.as_u64()), |i| json!(i)),
     }
+}
+
+/// Whether the vocabulary has Gemma's turn markers: then the tokenizer's built-in chat
+/// format is Gemma's rather than ChatML (`Tokenizer::chat_format`).
+fn has_gemma_turns(gguf: &Gguf) -> bool {
+    let tokens = gguf
+        .get("tokenizer.ggml.tokens")
+        .and_then(kiln_engine::gguf::Value::as_array)
+        .unwrap_or(&[]);
+    ["<start_of_turn>", "<end_of_turn>"]
+        .iter()
+        .all(|m| tokens.iter().any(|t| t.as_str() == Some(*m)))
 }

@@ -366,11 +366,18 @@ fn shape_table_sizes() {
             ts.iter().any(|t| t.name == "output.weight"),
             !s.tied_embeddings
         );
-        // Gemma 3 layers hold four more norms (QK-norms, post-attention, post-FFN).
-        let per_layer = if s.arch == synth::Arch::Gemma3 { 13 } else { 9 };
+        // Beyond the Llama layer's 9: Gemma 3's four norms (QK-norms, post-attention,
+        // post-FFN), Qwen 2's three biases, Qwen 3's two QK-norms; Llama 3's rope_freqs.
+        let per_layer = match s.arch {
+            synth::Arch::Gemma3 => 13,
+            synth::Arch::Qwen2 => 12,
+            synth::Arch::Qwen3 => 11,
+            _ => 9,
+        };
+        let rope_freqs = usize::from(s.arch == synth::Arch::Llama3);
         assert_eq!(
             ts.len(),
-            2 + per_layer * s.n_layers + usize::from(!s.tied_embeddings),
+            2 + per_layer * s.n_layers + usize::from(!s.tied_embeddings) + rope_freqs,
             "{}",
             s.name
         );

@@ -487,11 +487,6 @@ fn tensor_table(c: &mut Corpus<'_>) {
             })
         },
     );
-    // Not on Gemma 3 yet: there the CPU backend loses a NaN V somewhere before the
-    // logits (the reference pass reports it; found 2026-12-05, open in issue 21's notes).
-    if c.base.arch() == "gemma3" {
-        return;
-    }
     c.add(
         "attn_v.scales=NaN",
         Expect::RunError,

@@ -64,12 +64,22 @@ pub fn quantize_row(src: &[f32], dst: &mut [u8]) {
     {
         let mut max = 0.0f32;
         let mut amax = 0.0f32;
+        let mut nan = false;
         for &v in x {
             let ax = v.abs();
+            nan |= v.is_nan();
             if ax > amax {
                 amax = ax;
                 max = v;
             }
+        }
+        if nan {
+            // ggml's maximum skips a NaN, so the block would quantize to numbers: keep it
+            // in the scale instead, so that it reaches the dot products (and the engine
+            // refuses the logits) rather than vanish.
+            block.fill(0);
+            block[0..4].copy_from_slice(&f32::NAN.to_le_bytes());
+            continue;
         }
         if amax == 0.0 {
             block.fill(0);
@@ -116,6 +126,19 @@ mod tests {
     use super::*;
     use crate::quant::test_support::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_nan_stays_in_the_scale() {
+        let mut x: Vec<f32> = (0..BLOCK_LEN).map(|i| i as f32 - 100.0).collect();
+        x[17] = f32::NAN;
+        let mut block = vec![0xAAu8; BLOCK_BYTES];
+        quantize_row(&x, &mut block);
+        assert!(f32::from_le_bytes(block[0..4].try_into().unwrap()).is_nan());
+        assert!(block[4..].iter().all(|&b| b == 0));
+        let mut out = vec![0.0f32; BLOCK_LEN];
+        dequantize_row(&block, &mut out);
+        assert!(out.iter().all(|v| v.is_nan()));
+    }
 
     /// One hand-written block: d = 0.5, q[k] = (k % 64) - 32 (so every block sum of 16
     /// is known: 16 j' - 32 · 16 + 120 for j' the start of its run).
