@@ -14,6 +14,7 @@
 //!   token count, and the choice between the matrix-vector kernel (up to 8 tokens) and the
 //!   tensor-core kernel (prefill).
 
+pub mod args;
 pub mod launch;
 pub mod sources;
 

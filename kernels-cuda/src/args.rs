@@ -1,0 +1,210 @@
+//! Kernel arguments declared once. [`kernel_args!`](crate::kernel_args) defines a
+//! `#[repr(C)]` struct the host fills and the C declaration of the same struct, which a
+//! kernel source starts with: the kernel takes it by value
+//! (`extern "C" __global__ void matvec_q4_0_t8(const MatvecArgs a)`), so host and device
+//! agree on every field by construction, and NVRTC checks the size the host passes
+//! (`static_assert` in the declaration).
+//!
+//! Device addresses are 64-bit ([`Ptr`], [`ConstPtr`]): a buffer may be larger than 4 GiB.
+
+use std::marker::PhantomData;
+
+/// A type a kernel argument field may have, with its C spelling.
+pub trait CType: Copy {
+    /// The C type.
+    const C: &'static str;
+}
+
+impl CType for u32 {
+    const C: &'static str = "unsigned int";
+}
+impl CType for i32 {
+    const C: &'static str = "int";
+}
+impl CType for f32 {
+    const C: &'static str = "float";
+}
+impl CType for u64 {
+    const C: &'static str = "unsigned long long";
+}
+impl CType for u16 {
+    const C: &'static str = "unsigned short";
+}
+impl CType for u8 {
+    const C: &'static str = "unsigned char";
+}
+impl CType for i8 {
+    const C: &'static str = "signed char";
+}
+
+/// The element type of a device pointer.
+pub trait Elem: Copy {
+    const C: &'static str;
+}
+impl<T: CType> Elem for T {
+    const C: &'static str = T::C;
+}
+
+/// A device address of `T`s the kernel writes (C: `T*`).
+#[repr(transparent)]
+pub struct Ptr<T: Elem>(pub u64, PhantomData<T>);
+
+/// A device address of `T`s the kernel only reads (C: `const T*`).
+#[repr(transparent)]
+pub struct ConstPtr<T: Elem>(pub u64, PhantomData<T>);
+
+macro_rules! pointer {
+    ($p:ident, $c:literal) => {
+        impl<T: Elem> $p<T> {
+            /// The pointer at device address `address`.
+            pub const fn new(address: u64) -> Self {
+                $p(address, PhantomData)
+            }
+            /// The same buffer `count` elements further on.
+            pub const fn add(self, count: u64) -> Self {
+                $p(
+                    self.0 + count * std::mem::size_of::<T>() as u64,
+                    PhantomData,
+                )
+            }
+        }
+        impl<T: Elem> Clone for $p<T> {
+            fn clone(&self) -> Self {
+                *self
+            }
+        }
+        impl<T: Elem> Copy for $p<T> {}
+        impl<T: Elem> Default for $p<T> {
+            fn default() -> Self {
+                $p(0, PhantomData)
+            }
+        }
+        impl<T: Elem> PartialEq for $p<T> {
+            fn eq(&self, other: &Self) -> bool {
+                self.0 == other.0
+            }
+        }
+        impl<T: Elem> std::fmt::Debug for $p<T> {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "{:#x}", self.0)
+            }
+        }
+        impl<T: Elem> Field for $p<T> {
+            fn c_type() -> String {
+                format!($c, T::C)
+            }
+        }
+    };
+}
+pointer!(Ptr, "{}*");
+pointer!(ConstPtr, "const {}*");
+
+/// A field of a kernel argument struct: its C type.
+pub trait Field: Copy {
+    fn c_type() -> String;
+}
+impl<T: CType> Field for T {
+    fn c_type() -> String {
+        T::C.to_string()
+    }
+}
+
+/// A kernel argument struct: passed by value, declared in C by [`KernelArgs::c_decl`].
+pub trait KernelArgs: Copy {
+    /// The struct's name in both languages.
+    const NAME: &'static str;
+    /// The C declaration (fields in order, then a size check against the host's).
+    fn c_decl() -> String;
+    /// The struct's bytes as the launch passes them.
+    fn as_bytes(&self) -> &[u8];
+}
+
+/// `kernel_args! { /// doc  Name { /// doc  field: Type, ... } }`: a `#[repr(C)]` struct
+/// and its [`KernelArgs`] impl. Field types: `u32`, `i32`, `f32`, `u64`, [`Ptr<T>`],
+/// [`ConstPtr<T>`] (T one of u8, i8, u16, u32, f32). Put 8-byte fields first so neither
+/// language pads (the size check catches any difference anyway).
+#[macro_export]
+macro_rules! kernel_args {
+    ($(#[$m:meta])* $name:ident { $($(#[$fm:meta])* $field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$m])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, Default, PartialEq)]
+        pub struct $name {
+            $($(#[$fm])* pub $field: $ty,)*
+        }
+
+        impl $crate::args::KernelArgs for $name {
+            const NAME: &'static str = stringify!($name);
+            fn c_decl() -> String {
+                let mut s = format!("struct {} {{\n", stringify!($name));
+                $(
+                    s.push_str(&format!(
+                        "    {} {};\n",
+                        <$ty as $crate::args::Field>::c_type(),
+                        stringify!($field)
+                    ));
+                )*
+                s.push_str(&format!(
+                    "}};\nstatic_assert(sizeof({}) == {}, \"{} differs from the host's\");\n",
+                    stringify!($name),
+                    std::mem::size_of::<$name>(),
+                    stringify!($name),
+                ));
+                s
+            }
+            fn as_bytes(&self) -> &[u8] {
+                // SAFETY: `Self` is `#[repr(C)]` and `Copy`, made of integers, floats and
+                // 64-bit addresses only; the slice covers exactly its bytes and lives as
+                // long as `self`. Padding bytes (none when 8-byte fields come first) are
+                // only copied into the launch's parameter buffer, never interpreted.
+                unsafe {
+                    std::slice::from_raw_parts(
+                        (self as *const Self).cast::<u8>(),
+                        std::mem::size_of::<Self>(),
+                    )
+                }
+            }
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    crate::kernel_args! {
+        /// A test struct.
+        Example {
+            /// Input.
+            x: ConstPtr<f32>,
+            out: Ptr<u8>,
+            n: u32,
+            eps: f32,
+        }
+    }
+
+    #[test]
+    fn declares_the_same_fields_in_c_with_a_size_check() {
+        let decl = Example::c_decl();
+        assert_eq!(
+            decl,
+            "struct Example {\n    const float* x;\n    unsigned char* out;\n    unsigned int n;\n    \
+             float eps;\n};\nstatic_assert(sizeof(Example) == 24, \"Example differs from the host's\");\n"
+        );
+        let a = Example {
+            x: ConstPtr::new(0x1000).add(3),
+            out: Ptr::new(0xdead_0000_0000),
+            n: 7,
+            eps: 0.5,
+        };
+        let b = a.as_bytes();
+        assert_eq!(b.len(), 24);
+        assert_eq!(u64::from_le_bytes(b[0..8].try_into().unwrap()), 0x100c);
+        assert_eq!(
+            u64::from_le_bytes(b[8..16].try_into().unwrap()),
+            0xdead_0000_0000
+        );
+        assert_eq!(u32::from_le_bytes(b[16..20].try_into().unwrap()), 7);
+        assert_eq!(f32::from_le_bytes(b[20..24].try_into().unwrap()), 0.5);
+    }
+}
