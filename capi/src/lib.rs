@@ -25,11 +25,12 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, TryLockError};
 
-use kiln_engine::driver::{GenerateRequest, StopReason};
+use kiln_engine::driver::{GenerateRequest, StopReason, TokenMask};
 use kiln_engine::model::Model;
 use kiln_engine::sampler::SamplerConfig;
 
 mod boundary;
+mod constrained;
 mod session;
 use boundary::{ApiError, LAST_ERROR, arg_mut, arg_ref, arg_str, guard, null_arg};
 use session::SessionState;
@@ -58,6 +59,9 @@ pub enum kiln_status {
     KILN_ERR_BUFFER_TOO_SMALL = -8,
     /// The session is already generating on another thread.
     KILN_ERR_BUSY = -9,
+    /// The call needs something this build of the library was built without
+    /// (constrained generation: the cargo feature `structured`).
+    KILN_ERR_UNSUPPORTED = -10,
     /// Any other engine error.
     KILN_ERR_INTERNAL = -99,
     /// A panic inside the library was caught; the handle involved should be freed.
@@ -76,6 +80,17 @@ pub enum kiln_stop_reason {
     KILN_STOP_CONTEXT_FULL = 2,
     /// The callback returned non-zero, or `kiln_cancel` was called.
     KILN_STOP_CANCELLED = 3,
+}
+
+/// What the grammar of `kiln_generate_constrained` is written in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum kiln_grammar_kind {
+    /// A JSON schema (the output is one JSON value valid against it).
+    KILN_GRAMMAR_JSON_SCHEMA = 0,
+    /// A Lark grammar in llguidance's dialect (`start: ...`; `%json {...}` embeds a
+    /// schema).
+    KILN_GRAMMAR_LARK = 1,
 }
 
 /// A loaded model (weights memory-mapped, tokenizer ready). Opaque.
@@ -439,94 +454,171 @@ pub unsafe extern "C" fn kiln_generate(
     out: *mut kiln_generation,
 ) -> c_int {
     guard(|| {
-        // SAFETY: checked for null; the caller promises a live session.
-        let session = unsafe { arg_ref(session, "session") }?;
-        if prompt.is_null() || !prompt.is_aligned() {
-            return Err(null_arg("prompt"));
-        }
-        if !out.is_null() && !out.is_aligned() {
-            return Err(null_arg("out"));
-        }
-        let params = if params.is_null() {
-            kiln_generate_default_params()
-        } else {
-            // SAFETY: non-null (checked) and aligned; the caller promises validity.
-            *unsafe { arg_ref(params, "params") }?
-        };
-        // SAFETY: non-null and aligned (checked); the caller promises n_prompt readable ids.
-        let prompt = unsafe { std::slice::from_raw_parts(prompt, n_prompt) };
-        let prompt_ids = prompt
-            .iter()
-            .map(|&id| u32::try_from(id))
-            .collect::<Result<Vec<u32>, _>>()
-            .map_err(|_| {
-                ApiError::new(
-                    kiln_status::KILN_ERR_INVALID_ARGUMENT,
-                    "the prompt holds a negative token id",
-                )
-            })?;
-        let mut state = match session.state.try_lock() {
-            Ok(state) => state,
-            Err(TryLockError::WouldBlock) => {
-                return Err(ApiError::new(
-                    kiln_status::KILN_ERR_BUSY,
-                    "the session is generating on another thread",
-                ));
-            }
-            Err(TryLockError::Poisoned(_)) => {
-                return Err(ApiError::new(
-                    kiln_status::KILN_ERR_PANIC,
-                    "the session is unusable after an internal panic; free it",
-                ));
-            }
-        };
-        session.cancel.store(false, Ordering::SeqCst);
-        let request = GenerateRequest {
-            prompt_ids,
-            max_tokens: params.max_tokens as usize,
-            sampler: SamplerConfig {
-                temperature: params.temperature,
-                top_k: params.top_k as usize,
-                top_p: params.top_p,
-                min_p: params.min_p,
-                seed: params.seed,
-            },
-            ignore_eos: params.ignore_eos,
-            logprobs: 0,
-        };
-        let mut piece = Vec::<u8>::new();
-        let (result, spec) = state.generate(&request, params.lookup, |event| {
-            let mut go_on = true;
-            if let Some(cb) = callback {
-                piece.clear();
-                piece.extend_from_slice(event.text.as_bytes());
-                piece.push(0);
-                let token = if event.tail { -1 } else { event.id as i32 };
-                // SAFETY: the caller promises `callback` may be called with `user`; the
-                // piece is NUL-terminated and lives through the call.
-                let stop = unsafe { cb(user, token, piece.as_ptr().cast(), event.text.len()) };
-                go_on = stop == 0;
-            }
-            go_on && !session.cancel.load(Ordering::SeqCst)
-        })?;
-        if !out.is_null() {
-            // SAFETY: non-null and aligned (checked); the caller promises it is writable.
-            unsafe {
-                *out = kiln_generation {
-                    n_prompt: result.prompt_tokens as u32,
-                    n_generated: result.tokens.len() as u32,
-                    stop_reason: stop_reason(result.stop_reason) as c_int,
-                    ttft_ms: result.ttft_ms,
-                    prefill_tok_s: result.prefill_tok_s,
-                    decode_tok_s: result.decode_tok_s,
-                    n_steps: spec.steps as u32,
-                    n_drafted: spec.drafted as u32,
-                    n_accepted: spec.accepted as u32,
-                };
-            }
-        }
-        Ok(())
+        // SAFETY: the caller's promises are kiln_generate's, passed on unchanged.
+        unsafe { generate(session, prompt, n_prompt, params, None, callback, user, out) }
     })
+}
+
+/// `kiln_generate` with the output held to a grammar: `kind` a `kiln_grammar_kind`,
+/// `grammar` its NUL-terminated text. Only tokens that keep the output inside the
+/// grammar are sampled, and the generation ends (KILN_STOP_EOG) when the grammar is
+/// complete. A constrained generation does not speculate: `params->lookup` must be 0 and
+/// a session's draft model is not used. The session keeps its vocabulary's token trie
+/// after the first call (tens of ms to build).
+///
+/// A grammar that does not compile is KILN_ERR_INVALID_ARGUMENT with the reason in
+/// `kiln_last_error()`. A library built without structured outputs (the edge build; the
+/// cargo feature `structured` adds them) returns KILN_ERR_UNSUPPORTED.
+///
+/// # Safety
+/// As `kiln_generate`; `grammar` must be NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+#[allow(clippy::too_many_arguments)]
+pub unsafe extern "C" fn kiln_generate_constrained(
+    session: *const kiln_session,
+    prompt: *const i32,
+    n_prompt: usize,
+    params: *const kiln_generate_params,
+    kind: c_int,
+    grammar: *const c_char,
+    callback: kiln_token_callback,
+    user: *mut c_void,
+    out: *mut kiln_generation,
+) -> c_int {
+    guard(|| {
+        // SAFETY: checked for null; the caller promises a NUL-terminated string.
+        let grammar = unsafe { arg_str(grammar, "grammar") }?;
+        let kind = constrained::Kind::from_c(kind)?;
+        // SAFETY: the caller's promises are kiln_generate's, passed on unchanged.
+        unsafe {
+            generate(
+                session,
+                prompt,
+                n_prompt,
+                params,
+                Some((kind, grammar)),
+                callback,
+                user,
+                out,
+            )
+        }
+    })
+}
+
+/// What `kiln_generate` and `kiln_generate_constrained` share.
+///
+/// # Safety
+/// As `kiln_generate`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn generate(
+    session: *const kiln_session,
+    prompt: *const i32,
+    n_prompt: usize,
+    params: *const kiln_generate_params,
+    grammar: Option<(constrained::Kind, &str)>,
+    callback: kiln_token_callback,
+    user: *mut c_void,
+    out: *mut kiln_generation,
+) -> Result<(), ApiError> {
+    // SAFETY: checked for null; the caller promises a live session.
+    let session = unsafe { arg_ref(session, "session") }?;
+    if prompt.is_null() || !prompt.is_aligned() {
+        return Err(null_arg("prompt"));
+    }
+    if !out.is_null() && !out.is_aligned() {
+        return Err(null_arg("out"));
+    }
+    let params = if params.is_null() {
+        kiln_generate_default_params()
+    } else {
+        // SAFETY: non-null (checked) and aligned; the caller promises validity.
+        *unsafe { arg_ref(params, "params") }?
+    };
+    // SAFETY: non-null and aligned (checked); the caller promises n_prompt readable ids.
+    let prompt = unsafe { std::slice::from_raw_parts(prompt, n_prompt) };
+    let prompt_ids = prompt
+        .iter()
+        .map(|&id| u32::try_from(id))
+        .collect::<Result<Vec<u32>, _>>()
+        .map_err(|_| {
+            ApiError::new(
+                kiln_status::KILN_ERR_INVALID_ARGUMENT,
+                "the prompt holds a negative token id",
+            )
+        })?;
+    let mut state = match session.state.try_lock() {
+        Ok(state) => state,
+        Err(TryLockError::WouldBlock) => {
+            return Err(ApiError::new(
+                kiln_status::KILN_ERR_BUSY,
+                "the session is generating on another thread",
+            ));
+        }
+        Err(TryLockError::Poisoned(_)) => {
+            return Err(ApiError::new(
+                kiln_status::KILN_ERR_PANIC,
+                "the session is unusable after an internal panic; free it",
+            ));
+        }
+    };
+    let mut mask = match grammar {
+        None => None,
+        Some(_) if params.lookup != 0 => {
+            return Err(ApiError::new(
+                kiln_status::KILN_ERR_INVALID_ARGUMENT,
+                "a constrained generation does not speculate: params.lookup must be 0",
+            ));
+        }
+        Some((kind, text)) => Some(constrained::compile(&mut state, kind, text)?),
+    };
+    session.cancel.store(false, Ordering::SeqCst);
+    let request = GenerateRequest {
+        prompt_ids,
+        max_tokens: params.max_tokens as usize,
+        sampler: SamplerConfig {
+            temperature: params.temperature,
+            top_k: params.top_k as usize,
+            top_p: params.top_p,
+            min_p: params.min_p,
+            seed: params.seed,
+        },
+        ignore_eos: params.ignore_eos,
+        logprobs: 0,
+    };
+    let mut piece = Vec::<u8>::new();
+    // The Box's `dyn TokenMask + 'static` shortened to this call's borrow.
+    let mask = mask.as_mut().map(|m| &mut **m as &mut dyn TokenMask);
+    let (result, spec) = state.generate(&request, params.lookup, mask, |event| {
+        let mut go_on = true;
+        if let Some(cb) = callback {
+            piece.clear();
+            piece.extend_from_slice(event.text.as_bytes());
+            piece.push(0);
+            let token = if event.tail { -1 } else { event.id as i32 };
+            // SAFETY: the caller promises `callback` may be called with `user`; the
+            // piece is NUL-terminated and lives through the call.
+            let stop = unsafe { cb(user, token, piece.as_ptr().cast(), event.text.len()) };
+            go_on = stop == 0;
+        }
+        go_on && !session.cancel.load(Ordering::SeqCst)
+    })?;
+    if !out.is_null() {
+        // SAFETY: non-null and aligned (checked); the caller promises it is writable.
+        unsafe {
+            *out = kiln_generation {
+                n_prompt: result.prompt_tokens as u32,
+                n_generated: result.tokens.len() as u32,
+                stop_reason: stop_reason(result.stop_reason) as c_int,
+                ttft_ms: result.ttft_ms,
+                prefill_tok_s: result.prefill_tok_s,
+                decode_tok_s: result.decode_tok_s,
+                n_steps: spec.steps as u32,
+                n_drafted: spec.drafted as u32,
+                n_accepted: spec.accepted as u32,
+            };
+        }
+    }
+    Ok(())
 }
 
 fn stop_reason(r: StopReason) -> kiln_stop_reason {

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use kiln_engine::compiled::{CompileOptions, Compiled};
-use kiln_engine::driver::{GenerateRequest, Generation, TokenEvent, generate};
+use kiln_engine::driver::{
+    GenerateRequest, Generation, TokenEvent, TokenMask, generate, generate_masked,
+};
 use kiln_engine::kv::KvDtype;
 use kiln_engine::memory::MemoryPlan;
 use kiln_engine::model::Model;
@@ -27,6 +29,9 @@ pub(crate) struct SessionState {
     _draft_model: Option<Arc<Model>>,
     /// Guesses per decoding step at most.
     draft_n: usize,
+    /// The vocabulary's token trie for constrained generations, built on first use.
+    #[cfg(feature = "structured")]
+    pub(crate) structured: Option<kiln_structured::Structured>,
 }
 
 impl SessionState {
@@ -57,20 +62,33 @@ impl SessionState {
             model,
             _draft_model: draft,
             draft_n,
+            #[cfg(feature = "structured")]
+            structured: None,
         })
     }
 
+    #[cfg_attr(not(feature = "structured"), allow(dead_code))]
+    pub(crate) fn tokenizer(&self) -> &kiln_engine::tokenizer::Tokenizer {
+        &self.model.tokenizer
+    }
+
     /// Generates `request`, speculating by prompt lookup of `lookup`-grams (when not 0),
-    /// else with the draft model (when there is one).
+    /// else with the draft model (when there is one); a generation held to `mask` does
+    /// not speculate.
     pub(crate) fn generate(
         &mut self,
         request: &GenerateRequest,
         lookup: u32,
+        mask: Option<&mut dyn TokenMask>,
         on_token: impl FnMut(TokenEvent<'_>) -> bool,
     ) -> Result<(Generation, SpecStats), ApiError> {
         let config = SpecConfig::new(self.draft_n);
         let tokenizer = &self.model.tokenizer;
         let runner = self.runner.as_mut();
+        if let Some(mask) = mask {
+            let generation = generate_masked(runner, tokenizer, request, mask, on_token)?;
+            return Ok((generation, SpecStats::default()));
+        }
         Ok(match (lookup, &mut self.drafter) {
             (0, None) => (
                 generate(runner, tokenizer, request, on_token)?,

@@ -409,3 +409,148 @@ fn speculative_generation_gives_the_greedy_tokens() {
         "the model outlives the draft session"
     );
 }
+
+/// `kiln_generate_constrained` on `grammar`: the status and the text generated.
+fn constrained(
+    s: &Loaded,
+    kind: kiln_grammar_kind,
+    grammar: &str,
+    params: &kiln_generate_params,
+) -> (c_int, String, kiln_generation) {
+    let grammar = CString::new(grammar).unwrap();
+    let mut seen = Seen {
+        tokens: Vec::new(),
+        text: Vec::new(),
+        stop_after: usize::MAX,
+        first_token: None,
+    };
+    let mut result = kiln_generation::default();
+    // SAFETY: live session, prompt slice, valid params, C string, callback with its user data.
+    let status = unsafe {
+        kiln_generate_constrained(
+            s.session,
+            s.prompt.as_ptr(),
+            s.prompt.len(),
+            params,
+            kind as c_int,
+            grammar.as_ptr(),
+            Some(collect),
+            (&mut seen as *mut Seen).cast(),
+            &mut result,
+        )
+    };
+    (status, String::from_utf8(seen.text).unwrap(), result)
+}
+
+#[cfg(feature = "structured")]
+#[test]
+fn constrained_generations_keep_to_their_grammar() {
+    let Some(s) = load(None) else { return };
+    let schema = r#"{"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
+        "age": {"type": "integer", "minimum": 0, "maximum": 120}}, "required": ["name", "age"],
+        "additionalProperties": false}"#;
+    let sampled = kiln_generate_params {
+        max_tokens: 64,
+        temperature: 0.9,
+        seed: 7,
+        ..kiln_generate_default_params()
+    };
+    for params in [greedy(64), sampled] {
+        let (status, text, result) = constrained(
+            &s,
+            kiln_grammar_kind::KILN_GRAMMAR_JSON_SCHEMA,
+            schema,
+            &params,
+        );
+        assert_eq!(status, OK, "{}", last_error());
+        let v: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+        assert!(
+            v["name"].as_str().is_some_and(|n| n.chars().count() <= 8),
+            "{v}"
+        );
+        assert!((0..=120).contains(&v["age"].as_i64().unwrap()), "{v}");
+        assert_eq!(result.stop_reason, kiln_stop_reason::KILN_STOP_EOG as c_int);
+    }
+    let (status, text, _) = constrained(
+        &s,
+        kiln_grammar_kind::KILN_GRAMMAR_LARK,
+        r#"start: ("yes" | "no") "." "#,
+        &greedy(16),
+    );
+    assert_eq!(status, OK, "{}", last_error());
+    assert!(text == "yes." || text == "no.", "{text:?}");
+    // A bad grammar or kind is an invalid argument with the reason; lookup is refused.
+    for (kind, grammar) in [
+        (0, "{\"type\": \"objekt\"}"),
+        (0, "not json"),
+        (1, "start: undefined_rule"),
+        (7, "{}"),
+    ] {
+        let grammar = CString::new(grammar).unwrap();
+        // SAFETY: live session and prompt, C string; no callback.
+        let status = unsafe {
+            kiln_generate_constrained(
+                s.session,
+                s.prompt.as_ptr(),
+                s.prompt.len(),
+                ptr::null(),
+                kind,
+                grammar.as_ptr(),
+                None,
+                ptr::null_mut(),
+                ptr::null_mut(),
+            )
+        };
+        assert_eq!(
+            status,
+            kiln_status::KILN_ERR_INVALID_ARGUMENT as c_int,
+            "{kind} {grammar:?}"
+        );
+        assert!(!last_error().is_empty());
+    }
+    let lookup = kiln_generate_params {
+        lookup: 2,
+        ..greedy(8)
+    };
+    let (status, _, _) = constrained(
+        &s,
+        kiln_grammar_kind::KILN_GRAMMAR_JSON_SCHEMA,
+        schema,
+        &lookup,
+    );
+    assert_eq!(status, kiln_status::KILN_ERR_INVALID_ARGUMENT as c_int);
+    assert!(last_error().contains("lookup"), "{}", last_error());
+}
+
+#[cfg(not(feature = "structured"))]
+#[test]
+fn the_edge_build_says_constraints_are_not_in_it() {
+    let Some(s) = load(None) else { return };
+    let (status, text, _) = constrained(
+        &s,
+        kiln_grammar_kind::KILN_GRAMMAR_JSON_SCHEMA,
+        "{}",
+        &greedy(8),
+    );
+    assert_eq!(status, kiln_status::KILN_ERR_UNSUPPORTED as c_int);
+    assert!(last_error().contains("structured"), "{}", last_error());
+    assert!(text.is_empty());
+    // The session still generates.
+    let params = greedy(4);
+    let mut result = kiln_generation::default();
+    // SAFETY: live session and prompt, valid params; no callback.
+    let status = unsafe {
+        kiln_generate(
+            s.session,
+            s.prompt.as_ptr(),
+            s.prompt.len(),
+            &params,
+            None,
+            ptr::null_mut(),
+            &mut result,
+        )
+    };
+    assert_eq!(status, OK, "{}", last_error());
+    assert_eq!(result.n_generated, 4);
+}

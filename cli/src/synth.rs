@@ -31,6 +31,9 @@ pub struct Args {
     /// Output GGUF file.
     #[arg(short, long)]
     output: PathBuf,
+    /// Jinja chat template file written as `tokenizer.chat_template` [default: the tokenizer model's]
+    #[arg(long, value_name = "FILE")]
+    chat_template: Option<PathBuf>,
     /// custom: number of transformer blocks.
     #[arg(long)]
     layers: Option<usize>,
@@ -76,52 +79,68 @@ fn run(args: Args) -> Result<(), SynthError> {
         seed: args.seed,
         tokenizer_from: args.tokenizer_from.clone(),
     };
+    let chat_template = match &args.chat_template {
+        None => None,
+        Some(path) => {
+            Some(
+                std::fs::read_to_string(path).map_err(|source| SynthError::ChatTemplate {
+                    path: path.clone(),
+                    source,
+                })?,
+            )
+        }
+    };
     let tensors = synth::tensors(&shape, quant);
     let params: u64 = tensors.iter().map(|t| t.n_elements()).sum();
     let data: u64 = tensors.iter().map(|t| t.n_bytes()).sum();
     let start = Instant::now();
     let mut next_report = 0u64;
     let bar = progress::bar(0, "synth (bytes)");
-    let summary = synth::synthesize(&config, &args.output, |p| {
-        if next_report == 0 {
-            // The first report: inputs are checked and the file is created.
-            eprintln!(
-                "synth: {} {} ({} layers, width {}, {} heads / {} KV, FFN {}, vocab {}): {} tensors, {:.1}M parameters, {:.1} MiB of weights -> {}",
-                shape.name,
-                quant_name(quant),
-                shape.n_layers,
-                shape.n_embd,
-                shape.n_heads,
-                shape.n_kv_heads,
-                shape.n_ff,
-                shape.vocab_size,
-                tensors.len(),
-                params as f64 / 1e6,
-                data as f64 / (1 << 20) as f64,
-                args.output.display()
-            );
-            next_report = 10;
-            return;
-        }
-        if progress::on_terminal() {
-            bar.set_length(p.bytes_total);
-            bar.set_position(p.bytes_done);
-            return;
-        }
-        let pct = p.bytes_done * 100 / p.bytes_total.max(1);
-        if pct >= next_report && pct < 100 {
-            eprintln!(
-                "synth: {pct:3}% ({:.1} of {:.1} MiB, tensor {}/{} {}, {:.1} s)",
-                p.bytes_done as f64 / (1 << 20) as f64,
-                p.bytes_total as f64 / (1 << 20) as f64,
-                p.index + 1,
-                p.n_tensors,
-                p.tensor,
-                start.elapsed().as_secs_f64()
-            );
-            next_report = pct / 10 * 10 + 10;
-        }
-    })?;
+    let summary = synth::synthesize_with_template(
+        &config,
+        chat_template.as_deref(),
+        &args.output,
+        |p| {
+            if next_report == 0 {
+                // The first report: inputs are checked and the file is created.
+                eprintln!(
+                    "synth: {} {} ({} layers, width {}, {} heads / {} KV, FFN {}, vocab {}): {} tensors, {:.1}M parameters, {:.1} MiB of weights -> {}",
+                    shape.name,
+                    quant_name(quant),
+                    shape.n_layers,
+                    shape.n_embd,
+                    shape.n_heads,
+                    shape.n_kv_heads,
+                    shape.n_ff,
+                    shape.vocab_size,
+                    tensors.len(),
+                    params as f64 / 1e6,
+                    data as f64 / (1 << 20) as f64,
+                    args.output.display()
+                );
+                next_report = 10;
+                return;
+            }
+            if progress::on_terminal() {
+                bar.set_length(p.bytes_total);
+                bar.set_position(p.bytes_done);
+                return;
+            }
+            let pct = p.bytes_done * 100 / p.bytes_total.max(1);
+            if pct >= next_report && pct < 100 {
+                eprintln!(
+                    "synth: {pct:3}% ({:.1} of {:.1} MiB, tensor {}/{} {}, {:.1} s)",
+                    p.bytes_done as f64 / (1 << 20) as f64,
+                    p.bytes_total as f64 / (1 << 20) as f64,
+                    p.index + 1,
+                    p.n_tensors,
+                    p.tensor,
+                    start.elapsed().as_secs_f64()
+                );
+                next_report = pct / 10 * 10 + 10;
+            }
+        },
+    )?;
     bar.finish_and_clear();
     let seconds = start.elapsed().as_secs_f64();
     eprintln!(

@@ -42,6 +42,11 @@ fn malformed_bodies_are_400_with_the_parser_message() {
     assert_eq!(parse_json::<Common>(b"  ").unwrap_err().status, 400);
 }
 
+/// A well-formed call of an assistant message.
+fn call() -> Value {
+    json!({"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"a\": 1}"}})
+}
+
 fn chat_error(messages: Value) -> ApiError {
     let items = messages.as_array().expect("an array").clone();
     chat_messages(&items).expect_err("refused")
@@ -56,9 +61,74 @@ fn chat_messages_are_checked_strictly_naming_the_field() {
             "invalid_value",
         ),
         (
-            json!([{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]),
+            json!([{"role": "user", "content": "a"}, {"role": "function", "content": "b"}]),
             "messages[1].role",
             "invalid_value",
+        ),
+        (
+            json!([{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}]),
+            "messages[1].tool_call_id",
+            "missing_required_parameter",
+        ),
+        (
+            json!([{"role": "user", "content": "a"}, {"role": "tool", "content": "b", "tool_call_id": "x"}]),
+            "messages[1].tool_call_id",
+            "invalid_value",
+        ),
+        (
+            json!([{"role": "user", "content": "a"}, {"role": "tool", "content": "b", "tool_call_id": 3}]),
+            "messages[1].tool_call_id",
+            "invalid_type",
+        ),
+        (
+            json!([{"role": "assistant", "content": null, "tool_calls": [call()]}, {"role": "tool", "tool_call_id": "c1"}]),
+            "messages[1].content",
+            "missing_required_parameter",
+        ),
+        (
+            json!([{"role": "assistant", "content": null}]),
+            "messages[0].content",
+            "missing_required_parameter",
+        ),
+        (
+            json!([{"role": "user", "content": "a", "tool_calls": [call()]}]),
+            "messages[0].tool_calls",
+            "invalid_value",
+        ),
+        (
+            json!([{"role": "user", "content": "a", "tool_call_id": "c1"}]),
+            "messages[0].tool_call_id",
+            "invalid_value",
+        ),
+        (
+            json!([{"role": "assistant", "tool_calls": {"id": "c1"}}]),
+            "messages[0].tool_calls",
+            "invalid_type",
+        ),
+        (
+            json!([{"role": "assistant", "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{}"}}]}]),
+            "messages[0].tool_calls[0].id",
+            "missing_required_parameter",
+        ),
+        (
+            json!([{"role": "assistant", "tool_calls": [{"id": "c1", "type": "code", "function": {"name": "f", "arguments": "{}"}}]}]),
+            "messages[0].tool_calls[0].type",
+            "invalid_value",
+        ),
+        (
+            json!([{"role": "assistant", "tool_calls": [{"id": "c1", "type": "function"}]}]),
+            "messages[0].tool_calls[0].function",
+            "missing_required_parameter",
+        ),
+        (
+            json!([{"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {"arguments": "{}"}}]}]),
+            "messages[0].tool_calls[0].function.name",
+            "missing_required_parameter",
+        ),
+        (
+            json!([{"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": {"a": 1}}}]}]),
+            "messages[0].tool_calls[0].function.arguments",
+            "invalid_type",
         ),
         (
             json!([{"content": "hi"}]),
@@ -111,6 +181,25 @@ fn chat_messages_are_checked_strictly_naming_the_field() {
     ]);
     let messages = chat_messages(ok.as_array().unwrap()).unwrap();
     assert_eq!(messages.len(), 3);
+    // An agent loop: calls (content null) and their results.
+    let ok = json!([
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": null, "tool_calls": [call()]},
+        {"role": "tool", "tool_call_id": "c1", "content": [{"type": "text", "text": "42"}]},
+        {"role": "assistant", "content": "It is 42."},
+    ]);
+    let messages = chat_messages(ok.as_array().unwrap()).unwrap();
+    assert_eq!(messages[1].tool_calls[0].name, "f");
+    assert_eq!(messages[1].tool_calls[0].arguments, "{\"a\": 1}");
+    assert_eq!(messages[1].content, "");
+    assert_eq!(
+        (
+            messages[2].role.as_str(),
+            messages[2].tool_call_id.as_deref()
+        ),
+        ("tool", Some("c1"))
+    );
+    assert_eq!(messages[2].content, "42");
 }
 
 #[test]

@@ -26,6 +26,7 @@ pub mod response;
 pub mod scheduler;
 pub mod shape;
 mod stop;
+pub mod tool_format;
 
 #[cfg(test)]
 mod tests;

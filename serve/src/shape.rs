@@ -7,13 +7,16 @@
 //! valid against that tool's `parameters`), or `{"response": <text>}` for a plain answer
 //! when `tool_choice` is `auto`. The grammar allows nothing else, so the output always
 //! parses; the tools and this format are described to the model in a system message.
+//! A model whose template has a tool-call syntax of its own is held to that syntax
+//! instead (`tool_format.rs`).
 
 use serde_json::{Value, json};
 
 use kiln_structured::{Constraint, Grammar, Structured};
-use kiln_tokenizer::ChatMessage;
+use kiln_tokenizer::{ChatMessage, Tokenizer};
 
 use super::api::ApiError;
+use super::tool_format::ToolFormat;
 
 /// A function the model may call.
 #[derive(Clone, Debug, PartialEq)]
@@ -39,6 +42,11 @@ pub enum ToolChoice {
 pub struct ToolUse {
     pub tools: Vec<Tool>,
     pub choice: ToolChoice,
+    /// The syntax of calls: the model's own, or kiln's.
+    pub format: ToolFormat,
+    /// Several calls in one answer may be made (`parallel_tool_calls`, where the syntax
+    /// has room for them).
+    pub parallel: bool,
 }
 
 /// The grammar and the tool use a chat request asks for.
@@ -229,7 +237,12 @@ pub fn tool_use(
             format!("tool_choice names the function {name:?}, which is not among the tools"),
         ));
     }
-    Ok(Some(ToolUse { tools, choice }))
+    Ok(Some(ToolUse {
+        tools,
+        choice,
+        format: ToolFormat::Kiln,
+        parallel: true,
+    }))
 }
 
 fn tool(i: usize, t: &Value) -> Result<Tool, ApiError> {
@@ -331,9 +344,17 @@ impl ToolUse {
         })
     }
 
-    /// The grammar of the answer: a call of the tools `tool_choice` allows, or (auto) a
-    /// plain `{"response": ...}`.
-    pub fn grammar(&self) -> Grammar {
+    /// The grammar of the answer in this use's format.
+    pub fn grammar(&self, tokenizer: &Tokenizer) -> Grammar {
+        match self.format {
+            ToolFormat::Kiln => self.kiln_grammar(),
+            format => format.grammar(self, tokenizer),
+        }
+    }
+
+    /// kiln's format: a call of the tools `tool_choice` allows, or (auto) a plain
+    /// `{"response": ...}`.
+    fn kiln_grammar(&self) -> Grammar {
         let mut branches: Vec<Value> = match &self.choice {
             ToolChoice::Named(name) => self
                 .tools
@@ -392,6 +413,13 @@ impl ToolUse {
     /// Read a complete answer: Ok(calls) for a call, Err(text) for a plain answer (or text
     /// that is not a complete call, as when max_tokens cut it).
     pub fn read(&self, text: &str) -> Result<Vec<ToolCall>, String> {
+        match self.format {
+            ToolFormat::Kiln => self.read_kiln(text),
+            format => format.read(self, text),
+        }
+    }
+
+    fn read_kiln(&self, text: &str) -> Result<Vec<ToolCall>, String> {
         let Ok(Value::Object(obj)) = serde_json::from_str::<Value>(text) else {
             return Err(text.to_string());
         };
@@ -436,7 +464,7 @@ impl ToolCall {
     }
 }
 
-fn call_id() -> String {
+pub(crate) fn call_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
     let t = std::time::SystemTime::now()
@@ -522,7 +550,7 @@ mod tests {
         assert_eq!(t.read(r#"{"name": "ad"#).unwrap_err(), r#"{"name": "ad"#);
         assert!(t.read(r#"{"name": "rm", "arguments": {}}"#).is_err());
         // The grammar has one branch per tool, and the plain answer under auto.
-        let Grammar::JsonSchema(g) = t.grammar() else {
+        let Grammar::JsonSchema(g) = t.kiln_grammar() else {
             panic!()
         };
         assert_eq!(g["anyOf"].as_array().unwrap().len(), 3);
@@ -532,7 +560,7 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        let Grammar::JsonSchema(g) = named.grammar() else {
+        let Grammar::JsonSchema(g) = named.kiln_grammar() else {
             panic!()
         };
         assert_eq!(g["properties"]["name"]["const"], "now");

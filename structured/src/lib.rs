@@ -81,6 +81,12 @@ fn with_layout(mut schema: Value) -> Value {
     schema
 }
 
+/// `schema` as a Lark rule body (`%json {...}`), written in the layout of
+/// [`Grammar::JsonSchema`], for grammars that embed JSON values in other syntax.
+pub fn lark_json(schema: &Value) -> String {
+    format!("%json {}", with_layout(schema.clone()))
+}
+
 /// Grammars for one vocabulary; cheap to clone and share between threads.
 #[derive(Clone)]
 pub struct Structured {

@@ -7,6 +7,7 @@
   validates against its JSON schema (jsonschema); a few also streamed.
 - Tool calls with two tools (required, named, auto), whole and streamed: the arguments
   validate against the tool's parameters, finish_reason is "tool_calls".
+- The agent loop's next request (the call and a tool message) is answered.
 - A constrained answer cut by max_tokens says finish_reason "length".
 - Malformed or unsupported schemas and tool definitions: each a 400 naming the field, and
   the server keeps serving.
@@ -327,6 +328,16 @@ def main():
                 finish = ch.finish_reason or finish
         check((name, arguments, finish) == (call.function.name, call.function.arguments, "tool_calls"),
               f"streamed call {name}({arguments}) {finish}")
+    # The agent loop's next request, in kiln's format (SmolLM2's template knows no tools):
+    # the call (content null) and its result are accepted and answered.
+    follow = q + [
+        {"role": "assistant", "content": None, "tool_calls": [{"id": call.id, "type": "function",
+         "function": {"name": call.function.name, "arguments": call.function.arguments}}]},
+        {"role": "tool", "tool_call_id": call.id, "content": "18 degrees, sunny"},
+    ]
+    r = client.chat.completions.create(model=model, messages=follow, tools=TOOLS, max_tokens=48, temperature=0)
+    check(r.choices[0].finish_reason in ("stop", "length", "tool_calls"), f"follow-up: {r.choices[0]}")
+    print(f"follow-up: {r.choices[0].finish_reason} {r.choices[0].message.content!r}")
     # The pydantic helper for tools: parsed arguments.
     r = client.chat.completions.create(
         model=model, messages=q, tools=TOOLS, tool_choice={"type": "function", "function": {"name": "get_weather"}},

@@ -6,6 +6,17 @@
 //! Hugging Face renders templates with `trim_blocks` and `lstrip_blocks`, a
 //! `raise_exception` function, a `tojson` filter that writes Python's `json.dumps` format,
 //! and Python string and dict methods (`.strip()`, `.items()`…); those are provided here.
+//!
+//! Tool use in a conversation (an agent loop): an assistant message may carry
+//! `tool_calls`, and a `tool` message carries a call's result and its `tool_call_id`. A
+//! template receives them as Hugging Face passes them (`message.tool_calls[i]` is
+//! `{id, type: "function", function: {name, arguments}}` with `arguments` a dict when it is
+//! a JSON object, `content` none when an assistant message has only calls). The built-in
+//! formats, and templates that do not know tools, get [`plain_tool_turns`] instead: the
+//! calls written in kiln's JSON tool-call format and each result as a user turn.
+//! JSON objects (tools, arguments) keep the request's key order where serde_json and
+//! minijinja keep order (their `preserve_order`), as in every build with kiln-serve;
+//! elsewhere their keys are sorted.
 
 use std::fmt::Write as _;
 
@@ -19,7 +30,23 @@ use super::{Tokenizer, TokenizerError};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
+    /// The text; empty for an assistant message that only calls tools.
     pub content: String,
+    /// An assistant message's calls of tools.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tool_calls: Vec<ChatToolCall>,
+    /// A `tool` message: the id of the call whose result `content` is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+}
+
+/// One call of a tool in an assistant message, as OpenAI's API writes it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatToolCall {
+    pub id: String,
+    pub name: String,
+    /// The arguments as JSON text (OpenAI's `function.arguments`).
+    pub arguments: String,
 }
 
 impl ChatMessage {
@@ -27,8 +54,115 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
         }
     }
+
+    /// An assistant turn that calls tools (`content` may be empty).
+    pub fn assistant_calls(content: impl Into<String>, calls: Vec<ChatToolCall>) -> ChatMessage {
+        ChatMessage {
+            tool_calls: calls,
+            ..ChatMessage::new("assistant", content)
+        }
+    }
+
+    /// The result of the call `tool_call_id`.
+    pub fn tool_result(tool_call_id: impl Into<String>, content: impl Into<String>) -> ChatMessage {
+        ChatMessage {
+            tool_call_id: Some(tool_call_id.into()),
+            ..ChatMessage::new("tool", content)
+        }
+    }
+
+    /// This message as a template reads it (Hugging Face's dicts): keys that are absent
+    /// stay absent, since templates test `'tool_calls' in message`.
+    fn template_value(&self) -> serde_json::Value {
+        let mut m = serde_json::Map::new();
+        m.insert("role".into(), self.role.clone().into());
+        let content = if self.content.is_empty() && !self.tool_calls.is_empty() {
+            serde_json::Value::Null
+        } else {
+            self.content.clone().into()
+        };
+        m.insert("content".into(), content);
+        if !self.tool_calls.is_empty() {
+            let calls = self.tool_calls.iter().map(|c| {
+                // Templates take the arguments as a dict (Qwen's also as a string).
+                let arguments = match serde_json::from_str::<serde_json::Value>(&c.arguments) {
+                    Ok(v @ serde_json::Value::Object(_)) => v,
+                    _ => c.arguments.clone().into(),
+                };
+                serde_json::json!({
+                    "id": c.id,
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": arguments},
+                })
+            });
+            m.insert("tool_calls".into(), calls.collect());
+        }
+        if let Some(id) = &self.tool_call_id {
+            m.insert("tool_call_id".into(), id.clone().into());
+        }
+        serde_json::Value::Object(m)
+    }
+}
+
+/// Tool use written as plain turns, for a chat format that has no syntax for it (kiln's
+/// own way): an assistant's calls become its text, one call per line in kiln's JSON
+/// tool-call format `{"name": ..., "arguments": {...}}` (what the model was asked to
+/// write, so it reads its own earlier calls), and a `tool` result becomes a `user` turn
+/// `Result of <name>:\n<content>`: models without tool training know only system, user
+/// and assistant turns, and the user turn is where new information comes from; the
+/// function's name (found by the call id) ties the result to the call.
+pub fn plain_tool_turns(messages: &[ChatMessage]) -> Vec<ChatMessage> {
+    messages
+        .iter()
+        .map(|m| {
+            if !m.tool_calls.is_empty() {
+                let mut text = m.content.clone();
+                for c in &m.tool_calls {
+                    if !text.is_empty() {
+                        text.push('\n');
+                    }
+                    let arguments = serde_json::from_str::<serde_json::Value>(&c.arguments)
+                        .unwrap_or_else(|_| c.arguments.clone().into());
+                    let call = serde_json::json!({"name": c.name, "arguments": arguments});
+                    let _ = write!(text, "{}", python_json(&call));
+                }
+                ChatMessage::new(m.role.clone(), text)
+            } else if m.role == "tool" {
+                let name = m.tool_call_id.as_ref().and_then(|id| {
+                    messages
+                        .iter()
+                        .flat_map(|p| &p.tool_calls)
+                        .find(|c| c.id == *id)
+                        .map(|c| c.name.as_str())
+                });
+                let head = match name {
+                    Some(name) => format!("Result of {name}:"),
+                    None => "Result:".to_string(),
+                };
+                ChatMessage::new("user", format!("{head}\n{}", m.content))
+            } else {
+                m.clone()
+            }
+        })
+        .collect()
+}
+
+/// `json.dumps(value)`: `", "` and `": "` between items, as kiln's grammars write JSON.
+fn python_json(value: &serde_json::Value) -> String {
+    let mut out = String::new();
+    // A serde_json value always converts and writes.
+    let _ = write_json(&Value::from_serialize(value), None, 0, &mut out);
+    out
+}
+
+fn has_tool_turns(messages: &[ChatMessage]) -> bool {
+    messages
+        .iter()
+        .any(|m| !m.tool_calls.is_empty() || m.tool_call_id.is_some() || m.role == "tool")
 }
 
 /// A chat format kiln writes itself, for a model without a usable template.
@@ -96,8 +230,10 @@ fn render(
     eos_token: &str,
 ) -> Result<String, TokenizerError> {
     let tools = tools.map_or(Value::UNDEFINED, Value::from_serialize);
+    let messages: Vec<serde_json::Value> =
+        messages.iter().map(ChatMessage::template_value).collect();
     tmpl.render(context! {
-        messages => messages,
+        messages => Value::from_serialize(&messages),
         tools => tools,
         add_generation_prompt => add_generation_prompt,
         bos_token => bos_token,
@@ -109,6 +245,9 @@ fn render(
 /// llama.cpp's built-in Gemma format: system messages (trimmed) go in front of the next
 /// user turn, "assistant" is "model", every message is trimmed.
 pub fn gemma_turns(messages: &[ChatMessage], add_generation_prompt: bool) -> String {
+    if has_tool_turns(messages) {
+        return gemma_turns(&plain_tool_turns(messages), add_generation_prompt);
+    }
     // C's isspace, as llama.cpp's trim uses.
     let trim = |s: &str| {
         s.trim_matches(|c| matches!(c, ' ' | '\t' | '\n' | '\u{0B}' | '\u{0C}' | '\r'))
@@ -141,6 +280,9 @@ pub fn gemma_turns(messages: &[ChatMessage], add_generation_prompt: bool) -> Str
 
 /// llama.cpp's ChatML: `<|im_start|>role\ncontent<|im_end|>\n` per message.
 pub fn chatml(messages: &[ChatMessage], add_generation_prompt: bool) -> String {
+    if has_tool_turns(messages) {
+        return chatml(&plain_tool_turns(messages), add_generation_prompt);
+    }
     let mut out = String::new();
     for m in messages {
         let _ = write!(out, "<|im_start|>{}\n{}<|im_end|>\n", m.role, m.content);
@@ -179,8 +321,15 @@ impl Tokenizer {
         self.chat_template().is_some_and(|t| t.contains("tools"))
     }
 
+    /// Whether this model's template writes tool calls and results itself: it reads
+    /// `tool_calls`. When not, give it [`plain_tool_turns`].
+    pub fn template_takes_tool_turns(&self) -> bool {
+        self.chat_template()
+            .is_some_and(|t| t.contains("tool_calls"))
+    }
+
     /// [`Tokenizer::apply_chat_template`] with another template (`None`: the built-in
-    /// format). As llama.cpp does, a BOS (EOS) text the template writes at the start (end)
+    /// format). A template that does not read `tool_calls` gets [`plain_tool_turns`]. As llama.cpp does, a BOS (EOS) text the template writes at the start (end)
     /// is cut when encoding adds that token anyway, so it is not there twice.
     pub fn apply_chat_template_with(
         &self,
@@ -204,6 +353,14 @@ impl Tokenizer {
         };
         let bos = self.bos_id().map_or("", |id| self.token_text(id));
         let eos = self.eos_id().map_or("", |id| self.token_text(id));
+        let plain;
+        let messages = match template {
+            Some(t) if !t.contains("tool_calls") && has_tool_turns(messages) => {
+                plain = plain_tool_turns(messages);
+                &plain[..]
+            }
+            _ => messages,
+        };
         let mut text = render(&tmpl, messages, tools, add_generation_prompt, bos, eos)?;
         if self.add_bos() && !bos.is_empty() && text.starts_with(bos) {
             text.drain(..bos.len());
@@ -616,6 +773,123 @@ mod tests {
         assert_eq!(got, "[get_weather]Hi");
         let got = render(&tmpl, &msgs()[1..], None, true, "", "").unwrap();
         assert_eq!(got, "Hi");
+    }
+
+    const QWEN25: &str = include_str!("../../tests/data/templates/qwen2.5-instruct.jinja");
+    const LLAMA31: &str = include_str!("../../tests/data/templates/llama3.1-instruct.jinja");
+
+    /// An agent loop's second request: the call the model made and its result.
+    fn tool_turns() -> Vec<ChatMessage> {
+        vec![
+            ChatMessage::new("user", "Weather in Paris?"),
+            ChatMessage::assistant_calls(
+                "",
+                vec![ChatToolCall {
+                    id: "call_1".into(),
+                    name: "get_weather".into(),
+                    arguments: r#"{"city":"Paris"}"#.into(),
+                }],
+            ),
+            ChatMessage::tool_result("call_1", "18 C"),
+        ]
+    }
+
+    fn weather_tool() -> serde_json::Value {
+        serde_json::json!([{"type": "function", "function": {"name": "get_weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}])
+    }
+
+    fn render_tools(
+        template: &str,
+        messages: &[ChatMessage],
+        tools: Option<&serde_json::Value>,
+    ) -> String {
+        let env = environment();
+        let tmpl = env.template_from_str(template).unwrap();
+        render(&tmpl, messages, tools, true, "<s>", "</s>").unwrap()
+    }
+
+    #[test]
+    fn tool_turns_reach_templates_as_hugging_face_passes_them() {
+        let got = render_tools(QWEN25, &tool_turns(), Some(&weather_tool()));
+        assert!(
+            got.contains(
+                "<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\""
+            ),
+            "{got}"
+        );
+        assert!(
+            got.ends_with(concat!(
+                "<|im_start|>user\nWeather in Paris?<|im_end|>\n",
+                "<|im_start|>assistant\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call><|im_end|>\n",
+                "<|im_start|>user\n<tool_response>\n18 C\n</tool_response><|im_end|>\n",
+                "<|im_start|>assistant\n"
+            )),
+            "{got}"
+        );
+        let got = render_tools(LLAMA31, &tool_turns(), Some(&weather_tool()));
+        assert!(
+            got.contains("\"parameters\": dictionary of argument name"),
+            "{got}"
+        );
+        assert!(
+            got.contains(concat!(
+                "<|start_header_id|>assistant<|end_header_id|>\n\n",
+                "{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Paris\"}}<|eot_id|>",
+                "<|start_header_id|>ipython<|end_header_id|>\n\n",
+            )),
+            "{got}"
+        );
+        assert!(got.contains("18 C"), "{got}");
+        // An assistant message without calls has no `tool_calls` key (Llama 3.1 tests
+        // `'tool_calls' in message`).
+        let plain = [
+            ChatMessage::new("user", "a"),
+            ChatMessage::new("assistant", "b"),
+        ];
+        let got = render_tools(LLAMA31, &plain, None);
+        assert!(
+            got.contains("<|start_header_id|>assistant<|end_header_id|>\n\nb<|eot_id|>"),
+            "{got}"
+        );
+    }
+
+    #[test]
+    fn formats_without_tools_get_plain_turns() {
+        let want = concat!(
+            "<|im_start|>user\nWeather in Paris?<|im_end|>\n",
+            "<|im_start|>assistant\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}<|im_end|>\n",
+            "<|im_start|>user\nResult of get_weather:\n18 C<|im_end|>\n",
+            "<|im_start|>assistant\n"
+        );
+        assert_eq!(chatml(&tool_turns(), true), want);
+        let got = gemma_turns(&tool_turns(), false);
+        assert!(
+            got.contains("<start_of_turn>model\n{\"name\": \"get_weather\""),
+            "{got}"
+        );
+        assert!(
+            got.contains("<start_of_turn>user\nResult of get_weather:\n18 C<end_of_turn>"),
+            "{got}"
+        );
+        // Content beside the calls comes first; an unknown call id still reads.
+        let mut turns = tool_turns();
+        turns[1].content = "Looking.".into();
+        turns[2].tool_call_id = Some("call_9".into());
+        let plain = plain_tool_turns(&turns);
+        assert_eq!(
+            plain[1].content,
+            "Looking.\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}"
+        );
+        assert_eq!(
+            (plain[2].role.as_str(), plain[2].content.as_str()),
+            ("user", "Result:\n18 C")
+        );
+        assert!(
+            plain
+                .iter()
+                .all(|m| m.tool_calls.is_empty() && m.tool_call_id.is_none())
+        );
     }
 
     #[test]

@@ -29,7 +29,9 @@ use std::fmt;
 
 use kiln_gguf::{Gguf, Value};
 
-pub use chat::{ChatFormat, ChatMessage, chatml, gemma_turns, render_chat};
+pub use chat::{
+    ChatFormat, ChatMessage, ChatToolCall, chatml, gemma_turns, plain_tool_turns, render_chat,
+};
 pub use decode::StreamDecoder;
 pub use error::TokenizerError;
 pub use vocab::{TokenType, VocabType};
@@ -293,6 +295,11 @@ impl Tokenizer {
     /// The model's chat template (`tokenizer.chat_template`).
     pub fn chat_template(&self) -> Option<&str> {
         self.vocab.chat_template.as_deref()
+    }
+
+    /// Use `template` as the chat template (None: the built-in format).
+    pub fn set_chat_template(&mut self, template: Option<String>) {
+        self.vocab.chat_template = template;
     }
 
     /// The pre-tokenizer name (`tokenizer.ggml.pre`, "default" when absent; SentencePiece

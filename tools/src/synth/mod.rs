@@ -383,6 +383,8 @@ pub enum SynthError {
     },
     #[error("cannot write {}: {source}", path.display())]
     Io { path: PathBuf, source: io::Error },
+    #[error("cannot read the chat template {}: {source}", path.display())]
+    ChatTemplate { path: PathBuf, source: io::Error },
     #[error("tensor {tensor:?}: {source}")]
     Quant { tensor: String, source: QuantError },
 }
@@ -424,6 +426,17 @@ pub fn tokenizer_vocab_size(path: &Path) -> Result<usize, SynthError> {
 pub fn synthesize(
     config: &SynthConfig,
     out: &Path,
+    progress: impl FnMut(Progress<'_>),
+) -> Result<SynthSummary, SynthError> {
+    synthesize_with_template(config, None, out, progress)
+}
+
+/// [`synthesize`], with `chat_template` (a Jinja chat template) as the model's
+/// `tokenizer.chat_template` in place of the tokenizer source's.
+pub fn synthesize_with_template(
+    config: &SynthConfig,
+    chat_template: Option<&str>,
+    out: &Path,
     mut progress: impl FnMut(Progress<'_>),
 ) -> Result<SynthSummary, SynthError> {
     config.shape.validate()?;
@@ -444,6 +457,11 @@ pub fn synthesize(
     }
     let mut metadata = model_metadata(&config.shape, config.quant, config.seed);
     metadata.extend(tokenizer_keys);
+    if let Some(template) = chat_template {
+        const KEY: &str = "tokenizer.chat_template";
+        metadata.retain(|(k, _)| k != KEY);
+        metadata.push((KEY.to_string(), Value::String(template.to_string())));
+    }
     let tensors = tensors(&config.shape, config.quant);
 
     let mut part = out.as_os_str().to_owned();
