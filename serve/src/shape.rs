@@ -433,7 +433,7 @@ impl ToolUse {
                 Ok(vec![ToolCall {
                     id: call_id(),
                     name: name.clone(),
-                    arguments: args.to_string(),
+                    arguments: arguments_text(args),
                 }])
             }
             _ => Err(text.to_string()),
@@ -462,6 +462,25 @@ impl ToolCall {
         }
         v
     }
+}
+
+/// A call's arguments as OpenAI's JSON text. An integer the model wrote as `-0` (JSON
+/// allows it) reads as the float -0.0 and would come back as `-0.0`, which a strict
+/// client's integer field refuses: it goes back as `0`.
+pub(crate) fn arguments_text(args: &Value) -> String {
+    fn fix(v: &mut Value) {
+        match v {
+            Value::Number(n) if n.as_f64().is_some_and(|x| x == 0.0 && x.is_sign_negative()) => {
+                *v = json!(0);
+            }
+            Value::Array(items) => items.iter_mut().for_each(fix),
+            Value::Object(map) => map.values_mut().for_each(fix),
+            _ => {}
+        }
+    }
+    let mut args = args.clone();
+    fix(&mut args);
+    args.to_string()
 }
 
 pub(crate) fn call_id() -> String {

@@ -22,7 +22,7 @@ use serde_json::{Value, json};
 use kiln_structured::{Grammar, lark_json};
 use kiln_tokenizer::Tokenizer;
 
-use super::shape::{Tool, ToolCall, ToolChoice, ToolUse, call_id};
+use super::shape::{Tool, ToolCall, ToolChoice, ToolUse, arguments_text, call_id};
 
 /// A tool-call syntax.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -215,7 +215,7 @@ impl ToolFormat {
                 (args.is_object() && use_.tools.iter().any(|t| t.name == name)).then(|| ToolCall {
                     id: self.call_id(),
                     name: name.to_string(),
-                    arguments: args.to_string(),
+                    arguments: arguments_text(args),
                 })
             })
             .collect::<Option<Vec<_>>>()
