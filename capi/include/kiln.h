@@ -35,6 +35,9 @@ typedef enum kiln_status {
   KILN_ERR_BUFFER_TOO_SMALL = -8,
   // The session is already generating on another thread.
   KILN_ERR_BUSY = -9,
+  // The call needs something this build of the library was built without
+  // (constrained generation: the cargo feature `structured`).
+  KILN_ERR_UNSUPPORTED = -10,
   // Any other engine error.
   KILN_ERR_INTERNAL = -99,
   // A panic inside the library was caught; the handle involved should be freed.
@@ -52,6 +55,15 @@ typedef enum kiln_stop_reason {
   // The callback returned non-zero, or `kiln_cancel` was called.
   KILN_STOP_CANCELLED = 3,
 } kiln_stop_reason;
+
+// What the grammar of `kiln_generate_constrained` is written in.
+typedef enum kiln_grammar_kind {
+  // A JSON schema (the output is one JSON value valid against it).
+  KILN_GRAMMAR_JSON_SCHEMA = 0,
+  // A Lark grammar in llguidance's dialect (`start: ...`; `%json {...}` embeds a
+  // schema).
+  KILN_GRAMMAR_LARK = 1,
+} kiln_grammar_kind;
 
 // A loaded model (weights memory-mapped, tokenizer ready). Opaque.
 typedef struct kiln_model kiln_model;
@@ -215,6 +227,29 @@ int kiln_generate(const struct kiln_session *session,
                   kiln_token_callback callback,
                   void *user,
                   struct kiln_generation *out);
+
+// `kiln_generate` with the output held to a grammar: `kind` a `kiln_grammar_kind`,
+// `grammar` its NUL-terminated text. Only tokens that keep the output inside the
+// grammar are sampled, and the generation ends (KILN_STOP_EOG) when the grammar is
+// complete. A constrained generation does not speculate: `params->lookup` must be 0 and
+// a session's draft model is not used. The session keeps its vocabulary's token trie
+// after the first call (it is built once).
+//
+// A grammar that does not compile is KILN_ERR_INVALID_ARGUMENT with the reason in
+// `kiln_last_error()`. A library built without structured outputs (the edge build; the
+// cargo feature `structured` adds them) returns KILN_ERR_UNSUPPORTED.
+//
+// # Safety
+// As `kiln_generate`; `grammar` must be NULL or a NUL-terminated string.
+int kiln_generate_constrained(const struct kiln_session *session,
+                              const int32_t *prompt,
+                              size_t n_prompt,
+                              const struct kiln_generate_params *params,
+                              int kind,
+                              const char *grammar,
+                              kiln_token_callback callback,
+                              void *user,
+                              struct kiln_generation *out);
 
 // Bytes the session's engine allocated (arena, KV pages, buffers; mapped weights not
 // counted; a draft model's included), or 0 for a runner that does not report it.

@@ -464,7 +464,7 @@ pub unsafe extern "C" fn kiln_generate(
 /// grammar are sampled, and the generation ends (KILN_STOP_EOG) when the grammar is
 /// complete. A constrained generation does not speculate: `params->lookup` must be 0 and
 /// a session's draft model is not used. The session keeps its vocabulary's token trie
-/// after the first call (tens of ms to build).
+/// after the first call (it is built once).
 ///
 /// A grammar that does not compile is KILN_ERR_INVALID_ARGUMENT with the reason in
 /// `kiln_last_error()`. A library built without structured outputs (the edge build; the
