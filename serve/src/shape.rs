@@ -393,6 +393,10 @@ impl ToolUse {
         if self.choice == ToolChoice::Auto {
             out.push_str(" To answer without a call, answer {\"response\": <your answer>}.");
         }
+        // How plain_tool_turns writes results.
+        out.push_str(
+            " A call's result comes back as a user message \"Result of <function name>:\".",
+        );
         out
     }
 

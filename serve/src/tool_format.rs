@@ -3,7 +3,7 @@
 //!
 //! Detection is by what the template text contains (it writes earlier calls in the
 //! syntax the model answers in):
-//! - `<tool_call>`: Hermes style, used by Qwen 2.5, Qwen 3, Hermes 2/3 and SmolLM3, each
+//! - `<tool_call>`: Hermes style, used by Qwen 2.5, Qwen 3 and Hermes 2/3, each
 //!   call `<tool_call>\n{"name": ..., "arguments": {...}}\n</tool_call>`, several calls
 //!   one per line;
 //! - `[TOOL_CALLS]`: Mistral, `[TOOL_CALLS][{"name": ..., "arguments": {...}}, ...]`;

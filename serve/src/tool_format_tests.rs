@@ -108,10 +108,16 @@ fn check_call(call: &ToolCall) {
                 ["Paris", "Tokyo"].contains(&args["city"].as_str().unwrap()),
                 "{args}"
             );
-            assert!(args["days"].as_i64().is_some_and(|d| (1..=7).contains(&d)), "{args}");
+            assert!(
+                args["days"].as_i64().is_some_and(|d| (1..=7).contains(&d)),
+                "{args}"
+            );
         }
         "add" => {
-            assert!(args["a"].as_i64().is_some_and(|a| (-99..=99).contains(&a)), "{args}");
+            assert!(
+                args["a"].as_i64().is_some_and(|a| (-99..=99).contains(&a)),
+                "{args}"
+            );
             assert!(args["b"].is_boolean(), "{args}");
         }
         other => panic!("{other}"),

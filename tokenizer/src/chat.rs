@@ -321,13 +321,6 @@ impl Tokenizer {
         self.chat_template().is_some_and(|t| t.contains("tools"))
     }
 
-    /// Whether this model's template writes tool calls and results itself: it reads
-    /// `tool_calls`. When not, give it [`plain_tool_turns`].
-    pub fn template_takes_tool_turns(&self) -> bool {
-        self.chat_template()
-            .is_some_and(|t| t.contains("tool_calls"))
-    }
-
     /// [`Tokenizer::apply_chat_template`] with another template (`None`: the built-in
     /// format). A template that does not read `tool_calls` gets [`plain_tool_turns`]. As llama.cpp does, a BOS (EOS) text the template writes at the start (end)
     /// is cut when encoding adds that token anyway, so it is not there twice.
