@@ -16,6 +16,8 @@
 
 pub mod args;
 pub mod launch;
+pub mod matvec;
+pub mod repack;
 pub mod sources;
 
 #[cfg(test)]
