@@ -55,7 +55,7 @@ pub const FILES: &[(&str, &str)] = &[
 pub const DTYPES: [DType; 3] = [DType::Q4_0, DType::Q4_1, DType::Q8_0];
 
 /// Token tiles: the step's tokens are covered by tiles of the smallest of these that
-/// holds them all (then tiles of 32).
+/// holds them all (then tiles of the largest, [`max_tile`]).
 pub const TILES: [u32; 6] = [1, 2, 4, 8, 16, 32];
 
 /// Most rows a step may have on this path; longer steps take the tensor-core matmul.
@@ -164,11 +164,24 @@ pub enum MatvecError {
     NoRows,
 }
 
-/// Rows of a block for a token tile: the lane's accumulators (weights × rows × tile) stay
-/// at most 64 registers, and each activation block read serves as many rows as fit.
+/// Rows of a block for a token tile: each activation block read serves as many rows as
+/// fit while a lane's accumulators (weights × rows × tokens) stay at most 32 registers
+/// and its weight blocks of one step at most 4.
 pub fn rows_per_block(tile: u32, epilogue: Epilogue) -> u32 {
     let weights = if epilogue == Epilogue::SwiGlu { 2 } else { 1 };
-    (64 / (tile * weights)).clamp(1, 4)
+    (32 / (tile * weights)).min(4 / weights).clamp(1, 4)
+}
+
+/// Blocks an SM must hold at once (`__launch_bounds__`), which caps the registers
+/// (65,536 an SM over 128 threads a block): 80 a thread at 1 token (24 warps an SM, many
+/// loads in flight for the bandwidth-bound decode), 96 at 2, 128 above (the batch
+/// tiles, bound by dp4a rather than memory).
+pub fn min_blocks(tile: u32) -> u32 {
+    match tile {
+        1 => 6,
+        2 => 5,
+        _ => 4,
+    }
 }
 
 /// The entry point of a variant: `matvec_q4_0_t8`, `matvec_q4_1_t1_swiglu`.
@@ -176,12 +189,20 @@ pub fn entry(dtype: DType, tile: u32, epilogue: Epilogue) -> String {
     format!("matvec_{}_t{tile}{}", dtype.name(), epilogue.suffix())
 }
 
+/// The largest token tile of an epilogue: 32, but 16 for SwiGLU, whose 64 accumulators
+/// at 32 tokens (gate and up) do not fit in registers: a SwiGLU step of 17-32 tokens runs
+/// as two tiles of 16 and reads its weights twice (from L2 when it holds them).
+pub fn max_tile(epilogue: Epilogue) -> u32 {
+    if epilogue == Epilogue::SwiGlu { 16 } else { MAX_TOKENS }
+}
+
 /// The token tile a step of `tokens` rows runs with.
-pub fn tile_for(tokens: u32) -> u32 {
+pub fn tile_for(tokens: u32, epilogue: Epilogue) -> u32 {
+    let max = max_tile(epilogue);
     TILES
         .into_iter()
-        .find(|&t| t >= tokens)
-        .unwrap_or(MAX_TOKENS)
+        .find(|&t| t >= tokens.min(max))
+        .unwrap_or(max)
 }
 
 /// Where a matvec runs: its entry, grid and block (no dynamic shared memory).
@@ -211,7 +232,7 @@ pub fn matvec_launch(
     if n == 0 {
         return Err(MatvecError::NoRows);
     }
-    let tile = tile_for(tokens);
+    let tile = tile_for(tokens, epilogue);
     let rows = rows_per_block(tile, epilogue);
     Ok(MatvecLaunch {
         entry: entry(dtype, tile, epilogue),
@@ -296,26 +317,33 @@ pub fn source(dtype: DType) -> Result<String, MatvecError> {
         &mut out,
     );
     out.push_str("// ---- entries\n");
-    for tile in TILES {
-        for epilogue in Epilogue::ALL {
-            let rows = rows_per_block(tile, epilogue);
-            out.push_str(&format!(
-                "extern \"C\" __global__ void __launch_bounds__(MV_THREADS) {}(const MatvecArgs a) {{\n    \
-                 mv_matvec<{tile}u, {rows}u, {}>(a);\n}}\n",
-                entry(dtype, tile, epilogue),
-                epilogue.code()
-            ));
-        }
+    for (tile, epilogue) in variants() {
+        out.push_str(&format!(
+            "extern \"C\" __global__ void __launch_bounds__(MV_THREADS, {}) {}(const MatvecArgs a) {{\n    \
+             mv_matvec<{tile}u, {}u, {}>(a);\n}}\n",
+            min_blocks(tile),
+            entry(dtype, tile, epilogue),
+            rows_per_block(tile, epilogue),
+            epilogue.code()
+        ));
     }
     Ok(out)
 }
 
+/// The (tile, epilogue) of every matvec of a weight type: each tile of [`TILES`] up to
+/// [`max_tile`].
+pub fn variants() -> impl Iterator<Item = (u32, Epilogue)> {
+    TILES.into_iter().flat_map(|t| {
+        Epilogue::ALL
+            .into_iter()
+            .filter(move |&e| t <= max_tile(e))
+            .map(move |e| (t, e))
+    })
+}
+
 /// The entries of [`source`]`(dtype)`.
 pub fn entries(dtype: DType) -> Vec<String> {
-    TILES
-        .into_iter()
-        .flat_map(|t| Epilogue::ALL.map(|e| entry(dtype, t, e)))
-        .collect()
+    variants().map(|(t, e)| entry(dtype, t, e)).collect()
 }
 
 /// The module of the activation quantizer: [`QUANTIZE_ENTRY`], [`RMSNORM_QUANTIZE_ENTRY`].

@@ -241,7 +241,7 @@ fn sources_hold_every_entry_and_the_args() {
         for e in entries(dtype) {
             assert!(src.contains(&format!(" {e}(const MatvecArgs a)")), "{e}");
         }
-        assert_eq!(entries(dtype).len(), TILES.len() * 3);
+        assert_eq!(entries(dtype).len(), TILES.len() * 3 - 1, "no SwiGLU at 32");
     }
     assert_eq!(entry(DType::Q4_1, 1, Epilogue::SwiGlu), "matvec_q4_1_t1_swiglu");
     assert_eq!(entry(DType::Q4_0, 8, Epilogue::Store), "matvec_q4_0_t8");
@@ -257,25 +257,23 @@ fn sources_hold_every_entry_and_the_args() {
 
 #[test]
 fn launch_geometry_follows_the_step() {
-    assert_eq!(
-        TILES.map(tile_for),
-        [1, 2, 4, 8, 16, 32],
-        "a tile holds its own count"
-    );
-    assert_eq!([3, 5, 9, 17, 33].map(tile_for), [4, 8, 16, 32, 32]);
+    let store = |t| tile_for(t, Epilogue::Store);
+    assert_eq!(TILES.map(store), [1, 2, 4, 8, 16, 32], "a tile holds its own count");
+    assert_eq!([3, 5, 9, 17, 33].map(store), [4, 8, 16, 32, 32]);
+    assert_eq!([3, 16, 17, 32].map(|t| tile_for(t, Epilogue::SwiGlu)), [4, 16, 16, 16]);
     let l = matvec_launch(DType::Q4_0, 4096, 4096, 1, Epilogue::Store).unwrap();
     assert_eq!((l.entry.as_str(), l.grid, l.block), ("matvec_q4_0_t1", [1024, 1, 1], [128, 1, 1]));
     let l = matvec_launch(DType::Q8_0, 14336, 4096, 24, Epilogue::SwiGlu).unwrap();
-    assert_eq!((l.entry.as_str(), l.tile), ("matvec_q8_0_t32_swiglu", 32));
-    assert_eq!(l.grid, [14336, 1, 1], "one row a block at 32 tokens, gated");
+    assert_eq!((l.entry.as_str(), l.tile), ("matvec_q8_0_t16_swiglu", 16));
+    assert_eq!(l.grid, [14336, 1, 2], "one row a block at 16 tokens, gated");
+    let l = matvec_launch(DType::Q4_0, 4096, 14336, 32, Epilogue::Add).unwrap();
+    assert_eq!((l.entry.as_str(), l.grid), ("matvec_q4_0_t32_add", [4096, 1, 1]));
     let l = matvec_launch(DType::Q4_1, 577, 576, 70, Epilogue::Add).unwrap();
-    assert_eq!(l.grid, [289, 1, 3]);
-    for tile in TILES {
-        for e in Epilogue::ALL {
-            let r = rows_per_block(tile, e);
-            let gated = if e == Epilogue::SwiGlu { 2 } else { 1 };
-            assert!((1..=4).contains(&r) && r * tile * gated <= 64.max(tile * gated));
-        }
+    assert_eq!(l.grid, [577, 1, 3], "one row a block at 32 tokens");
+    for (tile, e) in variants() {
+        let r = rows_per_block(tile, e);
+        let gated = if e == Epilogue::SwiGlu { 2 } else { 1 };
+        assert!((1..=4).contains(&r) && r * tile * gated <= 32, "{tile} {e:?}");
     }
     assert_eq!(
         matvec_launch(DType::F16, 8, 32, 1, Epilogue::Store),

@@ -30,11 +30,27 @@ __device__ __forceinline__ uint4 mv_stream16(const unsigned char* p) {
     return v;
 }
 
-// Σ a_i · b_i over the four signed bytes of each word, plus c (IDP.4A).
+// Σ a_i · b_i over the four signed bytes of each word, plus c (IDP.4A). Volatile, as
+// the activation loads are: the compiler keeps them in the order written, so it cannot
+// hoist every token's loads of a tile above the dot products (at 16 and 32 tokens that
+// spills); the tile loop prefetches one token ahead instead.
 __device__ __forceinline__ int mv_dp4a(unsigned int a, unsigned int b, int c) {
     int d;
-    asm("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    asm volatile("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
     return d;
+}
+
+// 16 activation bytes (cached: every row of the block reads them).
+__device__ __forceinline__ uint4 mv_load16(const void* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+
+__device__ __forceinline__ unsigned int mv_load4(const unsigned int* p) {
+    unsigned int v;
+    asm volatile("ld.global.nc.u32 %0, [%1];" : "=r"(v) : "l"(p));
+    return v;
 }
 
 // The butterfly sum: every lane gets the same value (the twin adds in this order).
@@ -54,12 +70,13 @@ struct MvAct {
     unsigned int ds; // d low half, s high half
 };
 
+// The block whose first quant is at byte `at` of the quant plane (`at` / 32 its (d, s)).
 __device__ __forceinline__ MvAct mv_act(const signed char* __restrict__ q, const unsigned int* __restrict__ ds,
-                                        unsigned long long row, unsigned int k, unsigned int b) {
-    const uint4* p = reinterpret_cast<const uint4*>(q + row * k + 32u * b);
+                                        unsigned int at) {
+    const uint4* p = reinterpret_cast<const uint4*>(q + at);
     MvAct a;
-    a.lo = __ldg(p);
-    a.hi = __ldg(p + 1);
-    a.ds = __ldg(ds + row * (k / 32u) + b);
+    a.lo = mv_load16(p);
+    a.hi = mv_load16(p + 1);
+    a.ds = mv_load4(ds + at / 32u);
     return a;
 }

@@ -22,20 +22,64 @@
 #define MV_ADD 1
 #define MV_SWIGLU 2
 
+// p ? a : b through selp: a plain ?: between two array elements may become a select of
+// their addresses, which puts the array in local memory.
+__device__ __forceinline__ float mv_select(bool p, float a, float b) {
+    float r;
+    asm("{\n\t.reg .pred q;\n\tsetp.ne.u32 q, %3, 0;\n\tselp.f32 %0, %1, %2, q;\n\t}"
+        : "=f"(r)
+        : "f"(a), "f"(b), "r"((unsigned int)p));
+    return r;
+}
+
+// One step of the reduce-scatter below: N values held, partner lane ^ S. Templates
+// make every index a constant (a runtime one would put the array in local memory).
+template <unsigned int N, unsigned int S>
+__device__ __forceinline__ void mv_reduce_step(float* v, unsigned int lane, unsigned int& base) {
+    if constexpr (S > 0u) {
+        if constexpr (N > 1u) {
+            constexpr unsigned int half = N / 2u;
+            bool upper = (lane & S) != 0u;
+#pragma unroll
+            for (unsigned int j = 0u; j < half; j++) {
+                float send = mv_select(upper, v[j], v[j + half]);
+                float keep = mv_select(upper, v[j + half], v[j]);
+                v[j] = keep + __shfl_xor_sync(0xFFFFFFFFu, send, S);
+            }
+            base += upper ? half : 0u;
+            mv_reduce_step<half, S / 2u>(v, lane, base);
+        } else {
+            v[0] += __shfl_xor_sync(0xFFFFFFFFu, v[0], S);
+            mv_reduce_step<1u, S / 2u>(v, lane, base);
+        }
+    }
+}
+
+// The warp's sums of A accumulators (A a power of two) into out[0 .. A): a reduce-scatter
+// (at each step a lane keeps half of its values and adds its partner's half: about A
+// shuffles in all, not 5·A) whose sums are those of mv_warp_sum's butterfly, bit for
+// bit (the same pairs are added at every step).
+template <unsigned int A>
+__device__ __forceinline__ void mv_reduce_to(float* v, float* out, unsigned int lane) {
+    unsigned int base = 0u; // first output this lane holds
+    mv_reduce_step<A, MV_WARP / 2u>(v, lane, base);
+    constexpr unsigned int held = A >= MV_WARP ? A / MV_WARP : 1u;
+    constexpr unsigned int copies = A >= MV_WARP ? 1u : MV_WARP / A; // lanes with each sum
+    if (lane % copies == 0u) {
+#pragma unroll
+        for (unsigned int j = 0u; j < held; j++) {
+            out[base + j] = v[j];
+        }
+    }
+}
+
 __device__ __forceinline__ float mv_silu(float x) { return x / (1.0f + expf(-x)); }
 
-// Grid: (ceil(n / R) row groups, 1, ceil(tokens / T) token tiles); block MV_THREADS.
+// Tokens t0 .. t0 + T (nt of them in the step) of rows r0 .. r0 + R.
 template <unsigned int T, unsigned int R, int EPI>
-__device__ __forceinline__ void mv_matvec(const MatvecArgs& a) {
+__device__ __forceinline__ void mv_pass(const MatvecArgs& a, unsigned int t0, unsigned int nt,
+                                        unsigned int r0, float (*part)[(EPI == MV_SWIGLU ? 2u : 1u) * R * T]) {
     constexpr unsigned int G = EPI == MV_SWIGLU ? 2u : 1u; // weights read together
-    __shared__ float part[MV_WARPS][G * R * T];            // (warps, G·R·T) warp sums
-    unsigned int rows = a.step[a.rows_sel];
-    unsigned int t0 = blockIdx.z * T;
-    unsigned int nt = min(T, rows - min(t0, rows));
-    unsigned int r0 = blockIdx.x * R;
-    if (nt == 0u || r0 >= a.n) {
-        return; // uniform across the block
-    }
     unsigned int warp = threadIdx.x / MV_WARP;
     unsigned int lane = threadIdx.x % MV_WARP;
     unsigned int nb = a.k / 32u;
@@ -50,6 +94,8 @@ __device__ __forceinline__ void mv_matvec(const MatvecArgs& a) {
             }
         }
     }
+    // Not unrolled: the registers go to the rows and tokens of one block step.
+#pragma unroll 1
     for (unsigned int b = threadIdx.x; b < nb; b += MV_THREADS) {
         // Every weight block first, so all G·R loads are in flight at once; rows past n
         // read row n - 1 and are not stored.
@@ -62,33 +108,27 @@ __device__ __forceinline__ void mv_matvec(const MatvecArgs& a) {
                 w[g][r] = g == 0u ? mv_load(a.wq, a.ws, row, nb, b) : mv_load(a.w2q, a.w2s, row, nb, b);
             }
         }
+        // Tokens past the step's rows repeat its last row (not stored): no branches.
+        // Tokens advance by one row: 32-bit offsets, not a 64-bit address per token.
+        unsigned int at = t0 * a.k + 32u * b;
+        MvAct next = mv_act(a.q, a.ds, at);
 #pragma unroll
         for (unsigned int t = 0u; t < T; t++) {
-            if (t < nt) {
-                MvAct x = mv_act(a.q, a.ds, t0 + t, a.k, b);
+            MvAct x = next;
+            if (t + 1u < T) {
+                at += t + 1u < nt ? a.k : 0u;
+                next = mv_act(a.q, a.ds, at);
+            }
 #pragma unroll
-                for (unsigned int g = 0u; g < G; g++) {
+            for (unsigned int g = 0u; g < G; g++) {
 #pragma unroll
-                    for (unsigned int r = 0u; r < R; r++) {
-                        acc[g][r][t] = mv_dot(w[g][r], x, acc[g][r][t]);
-                    }
+                for (unsigned int r = 0u; r < R; r++) {
+                    acc[g][r][t] = mv_dot(w[g][r], x, acc[g][r][t]);
                 }
             }
         }
     }
-#pragma unroll
-    for (unsigned int g = 0u; g < G; g++) {
-#pragma unroll
-        for (unsigned int r = 0u; r < R; r++) {
-#pragma unroll
-            for (unsigned int t = 0u; t < T; t++) {
-                float v = mv_warp_sum(acc[g][r][t]);
-                if (lane == 0u) {
-                    part[warp][(g * R + r) * T + t] = v;
-                }
-            }
-        }
-    }
+    mv_reduce_to<G * R * T>(&acc[0][0][0], part[warp], lane);
     __syncthreads();
     // Thread i finishes output (row r0 + i / T, token t0 + i % T).
     for (unsigned int i = threadIdx.x; i < R * T; i += MV_THREADS) {
@@ -114,4 +154,19 @@ __device__ __forceinline__ void mv_matvec(const MatvecArgs& a) {
             a.out[at] = v;
         }
     }
+}
+
+// Grid: (ceil(n / R) row groups, 1, ceil(tokens / T) token tiles); block MV_THREADS.
+template <unsigned int T, unsigned int R, int EPI>
+__device__ __forceinline__ void mv_matvec(const MatvecArgs& a) {
+    constexpr unsigned int G = EPI == MV_SWIGLU ? 2u : 1u;
+    __shared__ float part[MV_WARPS][G * R * T]; // (warps, G·R·T) warp sums
+    unsigned int rows = a.step[a.rows_sel];
+    unsigned int r0 = blockIdx.x * R;
+    unsigned int t0 = blockIdx.z * T;
+    unsigned int nt = min(T, rows - min(t0, rows));
+    if (r0 >= a.n || nt == 0u) {
+        return; // uniform across the block
+    }
+    mv_pass<T, R, EPI>(a, t0, nt, r0, part);
 }
