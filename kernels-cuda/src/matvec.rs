@@ -45,7 +45,10 @@ pub const FILES: &[(&str, &str)] = &[
     ("mv/q4_1.cuh", include_str!("cuda/mv/q4_1.cuh")),
     ("mv/q8_0.cuh", include_str!("cuda/mv/q8_0.cuh")),
     ("mv/matvec.cu", include_str!("cuda/mv/matvec.cu")),
-    ("mv/quantize_q8_1.cu", include_str!("cuda/mv/quantize_q8_1.cu")),
+    (
+        "mv/quantize_q8_1.cu",
+        include_str!("cuda/mv/quantize_q8_1.cu"),
+    ),
     ("mv/unit_q4_0.cuh", include_str!("cuda/mv/unit_q4_0.cuh")),
     ("mv/unit_q4_1.cuh", include_str!("cuda/mv/unit_q4_1.cuh")),
     ("mv/unit_q8_0.cuh", include_str!("cuda/mv/unit_q8_0.cuh")),
@@ -193,7 +196,11 @@ pub fn entry(dtype: DType, tile: u32, epilogue: Epilogue) -> String {
 /// at 32 tokens (gate and up) do not fit in registers: a SwiGLU step of 17-32 tokens runs
 /// as two tiles of 16 and reads its weights twice (from L2 when it holds them).
 pub fn max_tile(epilogue: Epilogue) -> u32 {
-    if epilogue == Epilogue::SwiGlu { 16 } else { MAX_TOKENS }
+    if epilogue == Epilogue::SwiGlu {
+        16
+    } else {
+        MAX_TOKENS
+    }
 }
 
 /// The token tile a step of `tokens` rows runs with.

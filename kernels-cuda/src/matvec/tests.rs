@@ -86,7 +86,11 @@ fn rmsnorm_quantization_quantizes_the_normalized_rows() {
     let got = twin::quantize(&x, rows, k, k, Some((&norm, eps)));
     for t in 0..rows {
         let row = &x[t * k..(t + 1) * k];
-        let ms = row.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / k as f64;
+        let ms = row
+            .iter()
+            .map(|&v| f64::from(v) * f64::from(v))
+            .sum::<f64>()
+            / k as f64;
         let inv = 1.0 / (ms + f64::from(eps)).sqrt();
         let normed: Vec<f64> = row
             .iter()
@@ -104,7 +108,11 @@ fn rmsnorm_quantization_quantizes_the_normalized_rows() {
                 let deq = f64::from(got.q[t * k + 32 * b + j]) * d;
                 // Half a step, the f16 rounding of d over 127 steps, the f32 norm.
                 let bound = amax / 127.0 * 0.5 + 127.0 * d * 2f64.powi(-11) + 1e-5 * amax;
-                assert!((deq - v).abs() <= bound, "row {t} col {}: {deq} vs {v}", 32 * b + j);
+                assert!(
+                    (deq - v).abs() <= bound,
+                    "row {t} col {}: {deq} vs {v}",
+                    32 * b + j
+                );
             }
         }
     }
@@ -120,7 +128,16 @@ fn check_against_reference(dtype: DType, n: usize, k: usize, tokens: usize, seed
     let acts = twin::quantize(&x, tokens, k, k, None);
     let stride = n + 3;
     let mut out = vec![f32::NAN; tokens * stride];
-    twin::matvec(dtype, n, &[&packed], &acts, Epilogue::Store, &mut out, stride).unwrap();
+    twin::matvec(
+        dtype,
+        n,
+        &[&packed],
+        &acts,
+        Epilogue::Store,
+        &mut out,
+        stride,
+    )
+    .unwrap();
     let row_bytes = k / 32 * dtype.block_bytes();
     for t in 0..tokens {
         let a_blocks = q8_1_blocks(&acts, t);
@@ -135,14 +152,26 @@ fn check_against_reference(dtype: DType, n: usize, k: usize, tokens: usize, seed
             let row = &gguf[r * row_bytes..(r + 1) * row_bytes];
             let mut w = vec![0f32; k];
             quant::dequantize_row(dtype, row, &mut w).unwrap();
-            let exact: f64 = w.iter().zip(&a_deq).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
-            let magnitude: f64 = w.iter().zip(&a_deq).map(|(&a, &b)| f64::from((a * b).abs())).sum();
+            let exact: f64 = w
+                .iter()
+                .zip(&a_deq)
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum();
+            let magnitude: f64 = w
+                .iter()
+                .zip(&a_deq)
+                .map(|(&a, &b)| f64::from((a * b).abs()))
+                .sum();
             // Q4_0 and Q4_1 take Σx from the activation's f16 s (8·d or m times it), as
             // ggml does: the exact dot has d·Σq there.
             let s_error: f64 = (0..k / 32)
                 .map(|b| {
                     let bb = dtype.block_bytes();
-                    let f16_at = |at: usize| f64::from(f16::from_le_bytes([row[bb * b + at], row[bb * b + at + 1]]).to_f32());
+                    let f16_at = |at: usize| {
+                        f64::from(
+                            f16::from_le_bytes([row[bb * b + at], row[bb * b + at + 1]]).to_f32(),
+                        )
+                    };
                     let factor = match dtype {
                         DType::Q4_0 => 8.0 * f16_at(0).abs(),
                         DType::Q4_1 => f16_at(2).abs(),
@@ -151,7 +180,10 @@ fn check_against_reference(dtype: DType, n: usize, k: usize, tokens: usize, seed
                     let ds = acts.ds[t * k / 32 + b];
                     let da = f64::from(f16::from_bits(ds as u16).to_f32());
                     let sa = f64::from(f16::from_bits((ds >> 16) as u16).to_f32());
-                    let sum: i32 = acts.q[t * k + 32 * b..][..32].iter().map(|&q| i32::from(q)).sum();
+                    let sum: i32 = acts.q[t * k + 32 * b..][..32]
+                        .iter()
+                        .map(|&q| i32::from(q))
+                        .sum();
                     factor * (sa - da * f64::from(sum)).abs()
                 })
                 .sum();
@@ -173,10 +205,16 @@ fn check_against_reference(dtype: DType, n: usize, k: usize, tokens: usize, seed
             // The activations' quantization error: at most half a step (and the f16
             // rounding of d) per value.
             let xs = &x[t * k..(t + 1) * k];
-            let f32_dot: f64 = w.iter().zip(xs).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+            let f32_dot: f64 = w
+                .iter()
+                .zip(xs)
+                .map(|(&a, &b)| f64::from(a) * f64::from(b))
+                .sum();
             let q_error: f64 = (0..k)
                 .map(|i| {
-                    let amax = xs[i / 32 * 32..][..32].iter().fold(0f32, |m, v| m.max(v.abs()));
+                    let amax = xs[i / 32 * 32..][..32]
+                        .iter()
+                        .fold(0f32, |m, v| m.max(v.abs()));
                     f64::from(w[i].abs()) * f64::from(amax / 127.0) * (0.5 + 127.0 / 1024.0)
                 })
                 .sum();
@@ -192,7 +230,14 @@ fn check_against_reference(dtype: DType, n: usize, k: usize, tokens: usize, seed
 fn twin_matches_the_reference_on_odd_shapes() {
     let mut seed = 1;
     for dtype in DTYPES {
-        for (n, k, tokens) in [(1, 32, 1), (3, 96, 2), (17, 576, 3), (5, 4128, 7), (2, 1024, 17), (3, 160, 32)] {
+        for (n, k, tokens) in [
+            (1, 32, 1),
+            (3, 96, 2),
+            (17, 576, 3),
+            (5, 4128, 7),
+            (2, 1024, 17),
+            (3, 160, 32),
+        ] {
             seed += 1;
             check_against_reference(dtype, n, k, tokens, seed);
         }
@@ -237,13 +282,19 @@ fn sources_hold_every_entry_and_the_args() {
     for dtype in DTYPES {
         let src = source(dtype).unwrap();
         assert!(src.contains("struct MatvecArgs {"));
-        assert!(!src.contains("#error") && !src.contains("#include"), "{dtype}: includes expanded");
+        assert!(
+            !src.contains("#error") && !src.contains("#include"),
+            "{dtype}: includes expanded"
+        );
         for e in entries(dtype) {
             assert!(src.contains(&format!(" {e}(const MatvecArgs a)")), "{e}");
         }
         assert_eq!(entries(dtype).len(), TILES.len() * 3 - 1, "no SwiGLU at 32");
     }
-    assert_eq!(entry(DType::Q4_1, 1, Epilogue::SwiGlu), "matvec_q4_1_t1_swiglu");
+    assert_eq!(
+        entry(DType::Q4_1, 1, Epilogue::SwiGlu),
+        "matvec_q4_1_t1_swiglu"
+    );
     assert_eq!(entry(DType::Q4_0, 8, Epilogue::Store), "matvec_q4_0_t8");
     assert_eq!(source(DType::Q4_K), Err(MatvecError::Dtype(DType::Q4_K)));
     let q = quantize_source();
@@ -258,29 +309,51 @@ fn sources_hold_every_entry_and_the_args() {
 #[test]
 fn launch_geometry_follows_the_step() {
     let store = |t| tile_for(t, Epilogue::Store);
-    assert_eq!(TILES.map(store), [1, 2, 4, 8, 16, 32], "a tile holds its own count");
+    assert_eq!(
+        TILES.map(store),
+        [1, 2, 4, 8, 16, 32],
+        "a tile holds its own count"
+    );
     assert_eq!([3, 5, 9, 17, 33].map(store), [4, 8, 16, 32, 32]);
-    assert_eq!([3, 16, 17, 32].map(|t| tile_for(t, Epilogue::SwiGlu)), [4, 16, 16, 16]);
+    assert_eq!(
+        [3, 16, 17, 32].map(|t| tile_for(t, Epilogue::SwiGlu)),
+        [4, 16, 16, 16]
+    );
     let l = matvec_launch(DType::Q4_0, 4096, 4096, 1, Epilogue::Store).unwrap();
-    assert_eq!((l.entry.as_str(), l.grid, l.block), ("matvec_q4_0_t1", [1024, 1, 1], [128, 1, 1]));
+    assert_eq!(
+        (l.entry.as_str(), l.grid, l.block),
+        ("matvec_q4_0_t1", [1024, 1, 1], [128, 1, 1])
+    );
     let l = matvec_launch(DType::Q8_0, 14336, 4096, 24, Epilogue::SwiGlu).unwrap();
     assert_eq!((l.entry.as_str(), l.tile), ("matvec_q8_0_t16_swiglu", 16));
     assert_eq!(l.grid, [14336, 1, 2], "one row a block at 16 tokens, gated");
     let l = matvec_launch(DType::Q4_0, 4096, 14336, 32, Epilogue::Add).unwrap();
-    assert_eq!((l.entry.as_str(), l.grid), ("matvec_q4_0_t32_add", [4096, 1, 1]));
+    assert_eq!(
+        (l.entry.as_str(), l.grid),
+        ("matvec_q4_0_t32_add", [4096, 1, 1])
+    );
     let l = matvec_launch(DType::Q4_1, 577, 576, 70, Epilogue::Add).unwrap();
     assert_eq!(l.grid, [577, 1, 3], "one row a block at 32 tokens");
     for (tile, e) in variants() {
         let r = rows_per_block(tile, e);
         let gated = if e == Epilogue::SwiGlu { 2 } else { 1 };
-        assert!((1..=4).contains(&r) && r * tile * gated <= 32, "{tile} {e:?}");
+        assert!(
+            (1..=4).contains(&r) && r * tile * gated <= 32,
+            "{tile} {e:?}"
+        );
     }
     assert_eq!(
         matvec_launch(DType::F16, 8, 32, 1, Epilogue::Store),
         Err(MatvecError::Dtype(DType::F16))
     );
-    assert_eq!(matvec_launch(DType::Q4_0, 8, 48, 1, Epilogue::Store), Err(MatvecError::K(48)));
-    assert_eq!(matvec_launch(DType::Q4_0, 0, 64, 1, Epilogue::Store), Err(MatvecError::NoRows));
+    assert_eq!(
+        matvec_launch(DType::Q4_0, 8, 48, 1, Epilogue::Store),
+        Err(MatvecError::K(48))
+    );
+    assert_eq!(
+        matvec_launch(DType::Q4_0, 0, 64, 1, Epilogue::Store),
+        Err(MatvecError::NoRows)
+    );
 }
 
 #[test]

@@ -112,7 +112,15 @@ fn int_dot(w: impl Iterator<Item = i32>, a: &[i8]) -> i32 {
 }
 
 /// mv_dot of block `b` of a packed row against an activation block: acc + its product.
-fn block_dot(l: &PackedLayout, packed: &[u8], row: usize, b: usize, a: &[i8], ds: u32, acc: f32) -> f32 {
+fn block_dot(
+    l: &PackedLayout,
+    packed: &[u8],
+    row: usize,
+    b: usize,
+    a: &[i8],
+    ds: u32,
+    acc: f32,
+) -> f32 {
     let i = row * l.blocks + b;
     let q = &packed[i * l.quant_bytes..(i + 1) * l.quant_bytes];
     let s = &packed[l.scale_offset + i * l.scale_bytes..][..l.scale_bytes];
