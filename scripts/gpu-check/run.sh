@@ -2,8 +2,10 @@
 # The GPU check, in one call on a machine with an NVIDIA GPU and the binaries that
 # stage.sh built (no Rust needed there): the NVRTC, disassembly, conformance and end-to-end
 # CUDA tests; kiln on synthetic SmolLM2- and Llama-3-8B-shaped models (bench at batch 1, 16,
-# 32 and --kernels, perplexity CUDA vs CPU); compute-sanitizer memcheck on a short run; the
-# cuda-report table; and one table of kiln's figures beside llama.cpp's on an H200.
+# 32 and --kernels, perplexity CUDA vs CPU); a model over 4 GiB on CUDA and Vulkan;
+# compute-sanitizer memcheck on a short run; the cuda-report table; Vulkan and wgpu; decode
+# at a depth of 4k tokens and prompt lookup on the 8B shape; and one table of kiln's
+# figures beside llama.cpp's on an H200.
 # About 4 minutes on an H200; every step has a timeout and the whole stays under 8 minutes
 # (GPU_CHECK_BUDGET seconds, default 460; steps that would start past it are skipped).
 # Logs go into one archive, $OUT/gpu-check.tgz, and the summary into $OUT/summary.txt.
@@ -138,8 +140,25 @@ if [ $dry = 1 ] || command -v compute-sanitizer >/dev/null; then
   [ $dry = 1 ] || say "memcheck: $(grep -E 'ERROR SUMMARY' "$L/memcheck.log" | tail -1)"
 else say "memcheck SKIPPED: no compute-sanitizer"; fi
 
-# ---- The other GPU backends on the same card, if the budget allows.
+# ---- Weights over 4 GiB (issues 14 and 17): the 8B shape with 36 layers (4.7 GB of
+# Q4_0) loads and decodes on CUDA and Vulkan, greedy tokens beside the CPU backend's.
+BIG=$W/llama3-8b-36l.gguf
+run synth_big 150 "$K" synth --shape custom --layers 36 --dim 4096 --heads 32 --kv-heads 8 --ffn 14336 --ctx 8192 --quant q4_0 --tokenizer-from "$G/tok.gguf" -o "$BIG"
+for b in cuda vulkan cpu; do
+  run "big_$b" 90 "$K" run -m "$BIG" --backend "$b" -p "$P" -n 8 --temp 0 --ignore-eos --json
+  [ -f "$L/big_$b.log" ] && say "over 4 GiB, $b: $(tail -1 "$L/big_$b.log" | grep -o '"tokens":\[[^]]*\]' | head -1) $(grep -m1 -i 'error' "$L/big_$b.log" | cut -c1-160)"
+done
+rm -f "$BIG"
+
+# ---- The other GPU backends on the same card (issue 17), if the budget allows.
 for b in vulkan wgpu; do bench "smol_$b" 60 -m "$SMOL" --backend "$b" -p 512 -n 128 -b 1 -r 2; done
+bench l8b_vulkan 90 -m "$L8B" --backend vulkan -p 512 -n 64 -b 1 -r 1
+
+# ---- Decode at depth (issue 15: attention over 4k cached tokens, 1 and 16 sequences)
+# and prompt lookup on the 8B shape (issue 18: a verification of K tokens against a step).
+bench l8b_cuda_depth 90 -m "$L8B" --backend cuda -p 0 -n 32 -d 4096 -b 1,16 -r 1
+bench l8b_cuda_lookup 90 -m "$L8B" --backend cuda -p 0 -n 64 -r 1 --lookup 3
+grep -E '^\| (rename|add-column) ' "$L/l8b_cuda_lookup.md" 2>/dev/null >> "$S"
 
 # ---- kiln beside llama.cpp 0c1e570 on an H200 (2026-12-04, the same synth shapes,
 # llama-bench -ngl 99 -fa 1 -p 512 -n 128; llama-batched-bench -npp 128 -ntg 128
