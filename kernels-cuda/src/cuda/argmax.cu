@@ -15,7 +15,7 @@ __device__ __forceinline__ void better(float& v, unsigned int& i, float v2, unsi
 }
 
 //   p.ids (rows) the chosen token of each row.
-extern "C" __global__ void KILN_MAIN(const ArgmaxArgs p) {
+extern "C" __global__ void KILN_MAIN(const __grid_constant__ ArgmaxArgs p) {
     const unsigned int* __restrict__ step = p.step;
     unsigned int* ids = p.ids;
     __shared__ float best_v[32];        // (warps) each warp's best value

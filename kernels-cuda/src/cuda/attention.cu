@@ -44,7 +44,7 @@ __device__ __forceinline__ float v_at(const KvArgs& p, const unsigned char* kv, 
 }
 
 // Grid (n_heads, tokens); blocks of WG threads.
-extern "C" __global__ void KILN_MAIN(const KvArgs p) {
+extern "C" __global__ void KILN_MAIN(const __grid_constant__ KvArgs p) {
     const unsigned int* __restrict__ step = p.step;
     const unsigned char* kv = p.kv;
     __shared__ float q_sh[MAX_HEAD_DIM]; // (head_dim) q · scale

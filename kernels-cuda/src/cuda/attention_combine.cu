@@ -7,7 +7,7 @@
 //   p.partial: (tokens, n_heads, splits, head_dim) f32 acc, then (tokens, n_heads, splits,
 //              2) f32 (m, l), as KILN_DECODE wrote it for this step's tokens.
 //   p.splits:  the decode launch's gridDim.z.
-extern "C" __global__ void KILN_COMBINE(const KvArgs p) {
+extern "C" __global__ void KILN_COMBINE(const __grid_constant__ KvArgs p) {
     const float* __restrict__ partial = p.partial;
     unsigned int splits = p.splits;
     unsigned int h = blockIdx.x;

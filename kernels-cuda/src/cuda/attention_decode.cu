@@ -98,7 +98,7 @@ __device__ __forceinline__ void ad_values4(const unsigned char* at, float* out) 
 //   p.partial (splits > 1): (tokens, n_heads, splits, head_dim) f32 acc, then
 //             (tokens, n_heads, splits, 2) f32 (m, l); unused with one split.
 // Dynamic shared memory: 2 stages × (K, V) × AD_TILE rows of ad_row_stride bytes.
-extern "C" __global__ void KILN_DECODE(const KvArgs p) {
+extern "C" __global__ void KILN_DECODE(const __grid_constant__ KvArgs p) {
     const unsigned int* __restrict__ step = p.step;
     const unsigned char* kv = p.kv;
     float* __restrict__ partial = p.partial;

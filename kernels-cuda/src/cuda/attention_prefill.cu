@@ -53,7 +53,7 @@ __device__ __forceinline__ void fp_f16x4(unsigned int w, unsigned short* out) {
 // Dynamic shared memory (f16): qs (FP_BQ, hdp + FP_PAD) q · scale, ks (FP_BK, hdp + FP_PAD)
 // K values, vt (hdp, FP_BK + FP_PAD) V values transposed; hdp = head_dim rounded up to 16
 // (zeros beyond head_dim).
-extern "C" __global__ void __launch_bounds__(128) KILN_PREFILL(const KvArgs p) {
+extern "C" __global__ void __launch_bounds__(128) KILN_PREFILL(const __grid_constant__ KvArgs p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     const unsigned int* __restrict__ step = p.step;
     const unsigned char* kv = p.kv;

@@ -5,7 +5,7 @@
 #include "weights/common.cuh"
 #include "weights.cuh"
 
-extern "C" __global__ void KILN_MAIN(const EmbedArgs a) {
+extern "C" __global__ void KILN_MAIN(const __grid_constant__ EmbedArgs a) {
     const unsigned int* __restrict__ step = a.step;
     unsigned int u = blockIdx.x * blockDim.x + threadIdx.x;
     unsigned int t = blockIdx.y;

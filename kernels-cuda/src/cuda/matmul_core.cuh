@@ -50,7 +50,7 @@ __device__ __forceinline__ void rms_tokens(const MatmulArgs& p, unsigned int t0,
 }
 
 // Grid: (row blocks split x then y, token tiles z); block MV_WARPS warps.
-extern "C" __global__ void KILN_MAIN(const MatmulArgs p) {
+extern "C" __global__ void KILN_MAIN(const __grid_constant__ MatmulArgs p) {
     unsigned int rows = p.step[p.rows_sel];
     unsigned int t0 = blockIdx.z * TILE_T;
     unsigned int nt = min(TILE_T, rows - min(t0, rows));

@@ -64,7 +64,7 @@ __device__ __forceinline__ void mma_row_tile(const unsigned short* ws, unsigned 
 }
 
 // Grid: (column tiles split x then y, token tiles z); block MMA_WARPS warps.
-extern "C" __global__ void __launch_bounds__(128) KILN_MMA(const MatmulArgs p) {
+extern "C" __global__ void __launch_bounds__(128) KILN_MMA(const __grid_constant__ MatmulArgs p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     unsigned int rows = p.step[p.rows_sel];
     unsigned int t0 = blockIdx.z * MMA_BT;

@@ -14,6 +14,8 @@
 // at the top of the source), and is named by the macros the source header defines
 // (KILN_MAIN, KILN_MMA, ...: one symbol per variant and entry). Arena pointers are f32
 // activations that may alias one another (no __restrict__); `step` is the step buffer.
+// The struct is __grid_constant__: helpers take it by reference, and without it taking a
+// parameter's address copies the struct to local memory (the FP8 prefill spilled).
 
 // The step header (kiln_gpu_host::step); the regions follow.
 #define STEP_N_TOKENS 0u

@@ -4,7 +4,7 @@
 #include "prelude.cuh"
 #include "weights/common.cuh"
 
-extern "C" __global__ void KILN_MAIN(const RmsNormArgs a) {
+extern "C" __global__ void KILN_MAIN(const __grid_constant__ RmsNormArgs a) {
     const unsigned int* __restrict__ step = a.step;
     __shared__ float red[32]; // (warps) partial sums
     unsigned int r = blockIdx.y * gridDim.x + blockIdx.x;

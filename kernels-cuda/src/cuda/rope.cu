@@ -3,7 +3,7 @@
 #include "prelude.cuh"
 #include "rope_common.cuh"
 
-extern "C" __global__ void KILN_MAIN(const RopeArgs a) {
+extern "C" __global__ void KILN_MAIN(const __grid_constant__ RopeArgs a) {
     const unsigned int* __restrict__ step = a.step;
     unsigned int i = flat_index();
     if (i < step[STEP_N_TOKENS] * a.width) {

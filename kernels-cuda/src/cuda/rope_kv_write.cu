@@ -17,7 +17,7 @@ __device__ __forceinline__ float kv_src(const KvArgs& p, unsigned int which, uns
 
 #include "kv_store.cuh"
 
-extern "C" __global__ void KILN_MAIN(const KvArgs a) {
+extern "C" __global__ void KILN_MAIN(const __grid_constant__ KvArgs a) {
     __shared__ float red[32]; // (warps) partial maxima
     unsigned int t = blockIdx.y;
     if (blockIdx.x < a.n_heads) {

@@ -3,7 +3,7 @@
 
 #include "prelude.cuh"
 
-extern "C" __global__ void KILN_MAIN(const SelectRowsArgs a) {
+extern "C" __global__ void KILN_MAIN(const __grid_constant__ SelectRowsArgs a) {
     const unsigned int* __restrict__ step = a.step;
     unsigned int i = flat_index();
     if (i < step[STEP_N_OUTPUTS] * a.cols) {

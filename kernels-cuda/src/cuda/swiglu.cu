@@ -3,7 +3,7 @@
 
 #include "prelude.cuh"
 
-extern "C" __global__ void KILN_MAIN(const BinaryArgs a) {
+extern "C" __global__ void KILN_MAIN(const __grid_constant__ BinaryArgs a) {
     unsigned int i = flat_index();
     if (i < a.step[a.rows_sel] * a.cols) {
         a.out[i] = silu(a.a[i]) * a.b[i];
