@@ -44,7 +44,15 @@ fn tiny_llama() -> Graph {
     };
     let norm = |g: &mut Graph, name: String, x, l| {
         let w = g.add_weight(name, DType::F32, 1, D);
-        g.push(Op::RmsNorm { weight: w, eps: 1e-5 }, &[x], &[act(D)], l)[0]
+        g.push(
+            Op::RmsNorm {
+                weight: w,
+                eps: 1e-5,
+            },
+            &[x],
+            &[act(D)],
+            l,
+        )[0]
     };
     let matmul = |g: &mut Graph, name: String, dtype, n, k, x, l| {
         let w = g.add_weight(name, dtype, n, k);
@@ -54,14 +62,46 @@ fn tiny_llama() -> Graph {
         let l = Some(layer);
         let attention = AttentionParams::new(layer, HEADS, KV_HEADS, HD);
         let xb = norm(&mut g, format!("{layer}.attn_norm"), x, l);
-        let q = matmul(&mut g, format!("{layer}.q"), DType::Q4_0, HEADS * HD, D, xb, l);
-        let k = matmul(&mut g, format!("{layer}.k"), DType::Q4_0, KV_HEADS * HD, D, xb, l);
-        let v = matmul(&mut g, format!("{layer}.v"), DType::Q4_0, KV_HEADS * HD, D, xb, l);
+        let q = matmul(
+            &mut g,
+            format!("{layer}.q"),
+            DType::Q4_0,
+            HEADS * HD,
+            D,
+            xb,
+            l,
+        );
+        let k = matmul(
+            &mut g,
+            format!("{layer}.k"),
+            DType::Q4_0,
+            KV_HEADS * HD,
+            D,
+            xb,
+            l,
+        );
+        let v = matmul(
+            &mut g,
+            format!("{layer}.v"),
+            DType::Q4_0,
+            KV_HEADS * HD,
+            D,
+            xb,
+            l,
+        );
         let q = g.push(Op::Rope { rope }, &[q], &[act(HEADS * HD)], l)[0];
         let k = g.push(Op::Rope { rope }, &[k], &[act(KV_HEADS * HD)], l)[0];
         g.push(Op::KvWrite { attention }, &[k, v], &[], l);
         let att = g.push(Op::Attention { attention }, &[q], &[act(HEADS * HD)], l)[0];
-        let proj = matmul(&mut g, format!("{layer}.o"), DType::F16, D, HEADS * HD, att, l);
+        let proj = matmul(
+            &mut g,
+            format!("{layer}.o"),
+            DType::F16,
+            D,
+            HEADS * HD,
+            att,
+            l,
+        );
         x = g.push(Op::Add, &[x, proj], &[act(D)], l)[0];
         let xb = norm(&mut g, format!("{layer}.ffn_norm"), x, l);
         let gate = matmul(&mut g, format!("{layer}.gate"), DType::Q4_1, FF, D, xb, l);
@@ -76,9 +116,26 @@ fn tiny_llama() -> Graph {
     };
     let x = g.push(Op::SelectRows, &[x], &[out(D)], None)[0];
     let w = g.add_weight("output_norm", DType::F32, 1, D);
-    let xn = g.push(Op::RmsNorm { weight: w, eps: 1e-5 }, &[x], &[out(D)], None)[0];
+    let xn = g.push(
+        Op::RmsNorm {
+            weight: w,
+            eps: 1e-5,
+        },
+        &[x],
+        &[out(D)],
+        None,
+    )[0];
     let head = g.add_weight("output", DType::Q8_0, VOCAB, D);
-    g.output = Some(g.push(Op::MatMul { weights: vec![head] }, &[xn], &[out(VOCAB)], None)[0]);
+    g.output = Some(
+        g.push(
+            Op::MatMul {
+                weights: vec![head],
+            },
+            &[xn],
+            &[out(VOCAB)],
+            None,
+        )[0],
+    );
     g
 }
 
@@ -89,8 +146,10 @@ fn plan(fused: bool) -> Plan {
     let mut g = tiny_llama();
     if fused {
         let unfused = g.clone();
-        kiln_ir::passes::fuse(&mut g, &|op| supports(op, &unfused) || op.matrices().is_empty())
-            .unwrap();
+        kiln_ir::passes::fuse(&mut g, &|op| {
+            supports(op, &unfused) || op.matrices().is_empty()
+        })
+        .unwrap();
     }
     let graph = g.clone();
     kiln_ir::lower(g, &|op| supports(op, &graph), MAX_TOKENS, MAX_OUTPUTS).unwrap()
@@ -133,7 +192,13 @@ fn every_address_lies_inside_its_buffer() {
         assert_eq!(low.launches.len(), plan.launches.len());
         let arena = plan.arena_bytes as u64;
         let act = |what: &str, at: u64, rows: usize, cols: u32| {
-            inside(what, at, (rows * cols as usize * 4) as u64, BUFFERS.arena, arena)
+            inside(
+                what,
+                at,
+                (rows * cols as usize * 4) as u64,
+                BUFFERS.arena,
+                arena,
+            )
         };
         let weights = |what: &str, at: u64, bytes: u64| {
             inside(what, at, bytes, BUFFERS.weights, layout.total)
@@ -171,7 +236,10 @@ fn every_address_lies_inside_its_buffer() {
                         if matches!(v.kernel, Kernel::MatMulSwiGlu | Kernel::RmsNormMatMulSwiGlu) {
                             weights("w2", a.w2.0, bytes);
                         }
-                        if matches!(v.kernel, Kernel::RmsNormMatMul | Kernel::RmsNormMatMulSwiGlu) {
+                        if matches!(
+                            v.kernel,
+                            Kernel::RmsNormMatMul | Kernel::RmsNormMatMulSwiGlu
+                        ) {
                             weights("norm", a.norm.0, u64::from(a.k) * 4);
                             assert!(a.eps > 0.0);
                         }
@@ -206,7 +274,10 @@ fn every_address_lies_inside_its_buffer() {
 
 fn check_kv(kernel: Kernel, a: &KvArgs, act: &dyn Fn(&str, u64, u32)) {
     let (q, kvw) = ((a.n_heads * a.head_dim), (a.n_kv_heads * a.head_dim));
-    assert_eq!((a.n_heads, a.n_kv_heads, a.head_dim), (HEADS as u32, KV_HEADS as u32, HD as u32));
+    assert_eq!(
+        (a.n_heads, a.n_kv_heads, a.head_dim),
+        (HEADS as u32, KV_HEADS as u32, HD as u32)
+    );
     assert_eq!(a.kv.0, BUFFERS.kv);
     assert_eq!(a.partial.0, BUFFERS.partial);
     let layout = kv();
@@ -254,7 +325,12 @@ fn the_fused_plan_takes_the_fused_kernels() {
 fn weight_offsets_past_4_gib_survive() {
     let plan = plan(false);
     let mut layout = WeightLayout::new(&plan).unwrap();
-    let head = plan.graph.weights.iter().position(|w| w.name == "output").unwrap();
+    let head = plan
+        .graph
+        .weights
+        .iter()
+        .position(|w| w.name == "output")
+        .unwrap();
     let far = 5u64 << 30;
     layout.offsets[head] = far;
     layout.total = far + 4096;
@@ -277,7 +353,12 @@ fn weights_over_4_gib_lay_out() {
         g.input = Some(ids);
         let act = |rows, cols| ValueType::F32 { rows, cols };
         let table = g.add_weight("token_embd", dtype, vocab, 16384);
-        let x = g.push(Op::Embed { table }, &[ids], &[act(Rows::Tokens, 16384)], None)[0];
+        let x = g.push(
+            Op::Embed { table },
+            &[ids],
+            &[act(Rows::Tokens, 16384)],
+            None,
+        )[0];
         let x = g.push(Op::SelectRows, &[x], &[act(Rows::Outputs, 16384)], None)[0];
         let head = g.add_weight("output", dtype, vocab, 16384);
         g.output = Some(
@@ -301,7 +382,10 @@ fn weights_over_4_gib_lay_out() {
         panic!("the head")
     };
     assert_eq!(a.w.0, BUFFERS.weights + layout.offsets[1]);
-    assert!(WeightLayout::new(&build(140_000, DType::F32)).is_err(), "4.5 GB in one matrix");
+    assert!(
+        WeightLayout::new(&build(140_000, DType::F32)).is_err(),
+        "4.5 GB in one matrix"
+    );
 }
 
 #[test]
@@ -354,14 +438,21 @@ fn matvec_and_tensor_core_launches_cover_odd_steps() {
         let p: Vec<_> = c.launches(&v, &geometry(n_tokens, 1)).collect();
         assert_eq!(p.len(), 1);
         let l = p[0].launch;
-        assert_eq!(l.entry, Entry::Main, "decode stays on the matrix-vector kernel");
+        assert_eq!(
+            l.entry,
+            Entry::Main,
+            "decode stays on the matrix-vector kernel"
+        );
         assert_eq!(l.block, [MV_ROWS * 32, 1, 1]);
         assert!(l.grid[0] * MV_ROWS >= a.n && (l.grid[0] - 1) * MV_ROWS < a.n);
         assert_eq!(l.grid[2], n_tokens.div_ceil(TILE_T));
     }
     let l = c.launches(&v, &geometry(33, 1)).next().unwrap().launch;
     assert_eq!(l.entry, Entry::Mma);
-    assert_eq!(l.grid, [a.n.div_ceil(MMA_COLS), 1, 33u32.div_ceil(MMA_TOKENS)]);
+    assert_eq!(
+        l.grid,
+        [a.n.div_ceil(MMA_COLS), 1, 33u32.div_ceil(MMA_TOKENS)]
+    );
     let no_tc = StepGeometry {
         tensor_cores: false,
         ..geometry(33, 1)
@@ -376,7 +467,14 @@ fn matvec_and_tensor_core_launches_cover_odd_steps() {
         .find(|c| low.variants[c.variant].weight == Some(DType::F16))
         .unwrap();
     let vf = low.variants[f16.variant];
-    assert_eq!(f16.launches(&vf, &geometry(33, 1)).next().unwrap().launch.entry, Entry::Main);
+    assert_eq!(
+        f16.launches(&vf, &geometry(33, 1))
+            .next()
+            .unwrap()
+            .launch
+            .entry,
+        Entry::Main
+    );
     // The LM head counts output rows: 1 of a 33-token step is a matrix-vector.
     let head = *low.launches.last().unwrap().first().unwrap();
     let vh = low.variants[head.variant];
@@ -394,7 +492,11 @@ fn elementwise_launches_cover_every_value_and_skip_empty_steps() {
     assert!(l.grid[0] * WG >= 7 * D as u32 && (l.grid[0] - 1) * WG < 7 * D as u32);
     let sel = call_of(&low, Kernel::SelectRows);
     let v = low.variants[sel.variant];
-    assert_eq!(sel.launches(&v, &geometry(5, 0)).count(), 0, "no output rows");
+    assert_eq!(
+        sel.launches(&v, &geometry(5, 0)).count(),
+        0,
+        "no output rows"
+    );
     let kvw = call_of(&low, Kernel::KvWrite);
     let v = low.variants[kvw.variant];
     let l = kvw.launches(&v, &geometry(33, 1)).next().unwrap().launch;
@@ -413,7 +515,10 @@ fn attention_takes_decode_split_k_prefill_or_the_plain_kernel() {
     };
     let p: Vec<_> = c.launches(&v, &long).collect();
     assert_eq!(p.len(), 2);
-    assert_eq!((p[0].launch.entry, p[1].launch.entry), (Entry::Decode, Entry::Combine));
+    assert_eq!(
+        (p[0].launch.entry, p[1].launch.entry),
+        (Entry::Decode, Entry::Combine)
+    );
     let splits = p[0].launch.grid[2];
     assert!(splits > 1);
     for x in &p {
@@ -431,7 +536,10 @@ fn attention_takes_decode_split_k_prefill_or_the_plain_kernel() {
         tensor_cores: false,
         ..geometry(65, 1)
     };
-    assert_eq!(c.launches(&v, &off).next().unwrap().launch.entry, Entry::Main);
+    assert_eq!(
+        c.launches(&v, &off).next().unwrap().launch.entry,
+        Entry::Main
+    );
     // Decode attention off: the plain kernel, one block per (head, token).
     let plain = StepGeometry {
         decode_attention: false,

@@ -73,7 +73,10 @@ fn every_variant_entry_has_its_own_symbol() {
         for &e in v.entries() {
             let s = v.symbol(e);
             assert!(seen.insert(s.clone()), "{s} twice");
-            assert!(s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{s}");
+            assert!(
+                s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+                "{s}"
+            );
         }
     }
     assert!(seen.insert(ARGMAX_SYMBOL.to_string()));
@@ -101,7 +104,10 @@ fn every_variant_entry_has_its_own_symbol() {
 #[test]
 fn every_kernel_has_a_cuda_file() {
     for k in Kernel::ALL {
-        assert!(sources::file(&format!("{}.cu", k.stem())).is_some(), "{k:?}");
+        assert!(
+            sources::file(&format!("{}.cu", k.stem())).is_some(),
+            "{k:?}"
+        );
     }
 }
 
@@ -109,7 +115,10 @@ fn every_kernel_has_a_cuda_file() {
 fn unknown_types_do_not_assemble() {
     let v = |kernel, weight, kv| Variant { kernel, weight, kv };
     assert!(source(&v(Kernel::MatMul, Some(DType::F8E4M3), None)).is_none());
-    assert!(source(&v(Kernel::MatMul, None, None)).is_none(), "a matmul needs its weight type");
+    assert!(
+        source(&v(Kernel::MatMul, None, None)).is_none(),
+        "a matmul needs its weight type"
+    );
     assert!(source(&v(Kernel::Add, Some(DType::F32), None)).is_none());
     assert!(
         source(&v(Kernel::Attention, None, None)).is_none(),
@@ -126,7 +135,12 @@ fn the_step_header_is_the_one_gpu_host_writes() {
             .lines()
             .find(|l| l.starts_with(&format!("#define {name} ")))
             .unwrap_or_else(|| panic!("no {name}"));
-        line.split_whitespace().nth(2).unwrap().trim_end_matches('u').parse().unwrap()
+        line.split_whitespace()
+            .nth(2)
+            .unwrap()
+            .trim_end_matches('u')
+            .parse()
+            .unwrap()
     };
     let ids = [7u32, 11, 13];
     let positions = [0u32, 1, 5];

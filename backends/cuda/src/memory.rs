@@ -32,12 +32,7 @@ pub(crate) fn address(gpu: &Gpu, buffer: &CudaSlice<u8>) -> u64 {
 
 /// Launch `f` with `args`, the bytes of its one argument struct, on the stream (the
 /// context must be current on this thread).
-pub(crate) fn run(
-    gpu: &Gpu,
-    f: &CudaFunction,
-    l: &Launch,
-    args: &[u8],
-) -> Result<(), DriverError> {
+pub(crate) fn run(gpu: &Gpu, f: &CudaFunction, l: &Launch, args: &[u8]) -> Result<(), DriverError> {
     // cuLaunchKernel reads each parameter through its pointer, as many bytes as the
     // kernel's parameter has: the struct's.
     let mut params = [args.as_ptr().cast_mut().cast::<std::ffi::c_void>()];

@@ -49,11 +49,7 @@ pub const ROPE_DIR_WORDS: usize = 3;
 /// The step buffer's words for a checked step, with the cos/sin of each RoPE geometry
 /// of the plan (`ropes`, in the order the kernels' params index them) and the plan's
 /// KV groups (`n_groups`, at least 1).
-pub fn words(
-    step: &Step<'_>,
-    ropes: &[RopeTable],
-    n_groups: usize,
-) -> Result<Vec<u32>, HostError> {
+pub fn words(step: &Step<'_>, ropes: &[RopeTable], n_groups: usize) -> Result<Vec<u32>, HostError> {
     let n = step.token_ids.len();
     let seqs = step.block_tables.len();
     let pairs: usize = ropes.iter().map(RopeTable::pairs).sum();

@@ -95,8 +95,8 @@ pub fn upload_each(
             name: w.name.clone(),
             reason: "not in the model".into(),
         })?;
-        let bytes = upload_bytes(w, matrix[i], stored.as_slice())
-            .map_err(|e| e.for_backend(backend))?;
+        let bytes =
+            upload_bytes(w, matrix[i], stored.as_slice()).map_err(|e| e.for_backend(backend))?;
         put(offsets[i], &bytes)?;
     }
     Ok(())
