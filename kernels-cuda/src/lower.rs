@@ -17,7 +17,8 @@ use crate::args::{
 use crate::launch::{AttentionShape, MAX_GRID_YZ, partial_bytes_max};
 use crate::sources::WEIGHT_DTYPES;
 use crate::variant::{Kernel, Variant};
-use crate::weights::WeightLayout;
+use crate::weights::{MAX_MATRIX_BYTES, WeightLayout};
+use kiln_gpu_host::weights::stored_bytes;
 
 pub mod geometry;
 
@@ -142,14 +143,15 @@ pub fn rows_sel(rows: Rows) -> u32 {
 /// Whether the CUDA kernels run `op` with the weights it names in `graph` (the Backend
 /// trait's `supports`: unfused ops stay when a fused one is refused): a kernel for the
 /// op, matrices of a type with a `.cuh` and of whole units of 8 columns (an embedding of
-/// plain floats may end inside one), gate and up of one type, normal RoPE, attention
-/// without a window or a second KV group.
+/// plain floats may end inside one) and under 4 GiB each, gate and up of one type,
+/// normal RoPE, attention without a window or a second KV group.
 pub fn supports(op: &Op, graph: &Graph) -> bool {
     let embed = matches!(op, Op::Embed { .. });
     let matrices_ok = op.matrices().iter().all(|&w| {
         graph.weight(w).is_some_and(|w| {
             WEIGHT_DTYPES.contains(&w.dtype)
                 && (w.cols % 8 == 0 || (embed && !w.dtype.is_quantized()))
+                && stored_bytes(w, true).is_some_and(|b| b <= MAX_MATRIX_BYTES)
         })
     });
     let dtype = |w: &WeightId| graph.weight(*w).map(|w| w.dtype);

@@ -19,6 +19,9 @@ const ALIGN: u64 = 16;
 /// read (7 f32 values).
 const UNIT_SLACK: u64 = 32;
 
+/// The largest matrix (its rows are 32-bit byte offsets from its start, slack included).
+pub const MAX_MATRIX_BYTES: u64 = u32::MAX as u64 - UNIT_SLACK;
+
 /// Where each weight of the plan's graph lives in the weights buffer.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WeightLayout {
@@ -48,7 +51,7 @@ impl WeightLayout {
                 return Err(bad(format!("no CUDA kernel reads {} matrices", w.dtype)));
             }
             let bytes = stored_bytes(w, matrix[i]).ok_or_else(|| bad("size overflows".into()))?;
-            if matrix[i] && bytes + UNIT_SLACK > u64::from(u32::MAX) {
+            if matrix[i] && bytes > MAX_MATRIX_BYTES {
                 return Err(bad(format!(
                     "{bytes} bytes in one matrix (its rows are 32-bit offsets)"
                 )));
