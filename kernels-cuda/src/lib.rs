@@ -12,10 +12,16 @@
 //! - [`lower`]: a plan to typed calls ([`lower::lower`]), and each call's launches for a
 //!   step's shape ([`lower::geometry`]).
 //! - [`launch`]: block sizes, tiles and the attention paths' geometry.
+//! - [`repack`] and [`matvec`]: the decode path (issue 14), not yet lowered to: quantized
+//!   weights repacked into quant and scale planes, activations quantized to q8_1 once per
+//!   launch, dp4a matvecs over token tiles up to 32 (`cuda/mv/`), and their scalar twin
+//!   ([`matvec::twin`]).
 
 pub mod args;
 pub mod launch;
 pub mod lower;
+pub mod matvec;
+pub mod repack;
 pub mod sources;
 pub mod variant;
 pub mod weights;
