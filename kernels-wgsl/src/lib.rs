@@ -7,8 +7,9 @@
 //! - [`program`]: a [`Plan`](kiln_ir::Plan) turned into [`Program`]: the pipelines to
 //!   build, and for every launch its dispatches (pipeline, resources to bind, a params
 //!   block as bytes, workgroup counts for a step).
-//! - [`step`]: the step buffer (token ids, positions, block tables, RoPE cos/sin); the
-//!   step checks are kiln-ir's (`StepLimits`), the same for every backend.
+//! - [`step`]: the step buffer (token ids, positions, block tables, RoPE cos/sin), written
+//!   in kiln-gpu-host for every GPU kernel set; the step checks are kiln-ir's
+//!   (`StepLimits`), the same for every backend.
 //! - [`weights`]: where each weight lives in the weights buffer, the bytes to upload.
 //!
 //! A backend owns five buffers ([`Resource`]) and runs each dispatch in order; nothing in
@@ -16,8 +17,10 @@
 
 pub mod program;
 pub mod sources;
-pub mod step;
 pub mod weights;
+
+/// The step buffer (kiln-gpu-host's, shared with the CUDA kernels).
+pub use kiln_gpu_host::step;
 
 #[cfg(test)]
 mod tests;
@@ -63,6 +66,17 @@ pub enum KernelError {
     BadStep(String),
     #[error("weight {name:?}: {reason}")]
     Weight { name: String, reason: String },
+}
+
+impl From<kiln_gpu_host::HostError> for KernelError {
+    fn from(e: kiln_gpu_host::HostError) -> KernelError {
+        match e {
+            kiln_gpu_host::HostError::BadStep(reason) => KernelError::BadStep(reason),
+            kiln_gpu_host::HostError::Weight { name, reason } => {
+                KernelError::Weight { name, reason }
+            }
+        }
+    }
 }
 
 impl KernelError {

@@ -7,7 +7,7 @@ use kiln_gpu_host::Output;
 use kiln_ir::backend::{StepLimits, StepShape, WeightSource};
 use kiln_ir::graph::{Graph, Rows};
 use kiln_ir::kv_layout::KvLayout;
-use kiln_ir::{AttentionParams, Op, Plan, RopeParams, WeightId};
+use kiln_ir::{AttentionParams, Op, Plan, WeightId};
 
 use crate::sources::{Variant, WEIGHT_DTYPES};
 use crate::step::RopeTable;
@@ -284,12 +284,7 @@ impl Program {
             )));
         }
         // Each RoPE geometry once (Gemma 3: one base for local layers, one for global).
-        let mut ropes: Vec<RopeParams> = Vec::new();
-        for r in plan.launches.iter().filter_map(|l| l.op.rope()) {
-            if !ropes.contains(r) {
-                ropes.push(*r);
-            }
-        }
+        let ropes = crate::step::rope_geometries(plan);
         let mut b = Builder {
             plan,
             kv,
@@ -310,7 +305,7 @@ impl Program {
         }
         let rope = ropes
             .iter()
-            .map(|&params| rope_table(plan, source, params))
+            .map(|&params| crate::step::rope_table(plan, source, params))
             .collect::<Result<Vec<_>, _>>()?;
         let output =
             Output::of(plan).ok_or_else(|| unsupported("a plan without an output".into()))?;
@@ -333,7 +328,7 @@ impl Program {
 impl Program {
     /// The step buffer's bytes for a checked step (what a backend uploads before it).
     pub fn pack_step(&self, step: &kiln_ir::backend::Step<'_>) -> Result<Vec<u8>, KernelError> {
-        crate::step::pack(step, &self.rope, self.kv_groups)
+        Ok(crate::step::pack(step, &self.rope, self.kv_groups)?)
     }
 
     /// The dispatches of launch `launch` that have work in a step of `shape`: each one's
@@ -359,36 +354,4 @@ impl Program {
         let name = &self.pipelines[d.pipeline].name;
         eprintln!("{backend}: launch {launch} {name} workgroups ({x}, {y}, {z})");
     }
-}
-
-fn rope_table(
-    plan: &Plan,
-    source: &dyn WeightSource,
-    params: RopeParams,
-) -> Result<RopeTable, KernelError> {
-    let factors = match params.freq_factors {
-        None => None,
-        Some(id) => {
-            let w = &plan.graph.weights[id.0 as usize];
-            let bad = |reason: String| KernelError::Weight {
-                name: w.name.clone(),
-                reason,
-            };
-            let bytes = source
-                .weight(&w.name)
-                .ok_or_else(|| bad("not in the model".into()))?;
-            let mut v = vec![0.0f32; w.rows * w.cols];
-            kiln_ir::quant::dequantize_row(w.dtype, bytes.as_slice(), &mut v)
-                .map_err(|e| bad(e.to_string()))?;
-            if v.len() < params.rope_dims / 2 {
-                return Err(bad(format!(
-                    "{} factors for {} dims",
-                    v.len(),
-                    params.rope_dims
-                )));
-            }
-            Some(v)
-        }
-    };
-    Ok(RopeTable { params, factors })
 }

@@ -10,6 +10,8 @@ use kiln_ir::Plan;
 use kiln_ir::backend::{BackendError, WeightSource};
 use kiln_ir::graph::Weight;
 
+pub use kiln_gpu_host::weights::stored_bytes;
+
 use crate::KernelError;
 use crate::sources::WEIGHT_DTYPES;
 
@@ -29,32 +31,16 @@ pub struct WeightLayout {
     pub total: u64,
 }
 
-/// Bytes a weight takes in the weights buffer.
-pub fn stored_bytes(w: &Weight, matrix: bool) -> Option<u64> {
-    if !matrix {
-        (w.rows as u64 * w.cols as u64).checked_mul(4)
-    } else {
-        w.dtype
-            .bytes_for((w.rows as u64).checked_mul(w.cols as u64)?)
-    }
-}
-
 impl WeightLayout {
     /// The layout of `plan`'s weights in one buffer of at most `max_buffer` bytes.
     pub fn new(plan: &Plan, max_buffer: u64) -> Result<WeightLayout, KernelError> {
-        let mut matrix = vec![false; plan.graph.weights.len()];
-        for l in &plan.launches {
-            for w in l.op.matrices() {
-                matrix[w.0 as usize] = true;
-            }
-        }
+        let matrix = kiln_gpu_host::weights::matrices(plan);
         let mut offsets: Vec<u64> = Vec::with_capacity(plan.graph.weights.len());
         let mut total = 0u64;
         for (i, w) in plan.graph.weights.iter().enumerate() {
             let is_matrix = matrix[i];
             // The same weight stored the same way earlier (tied embeddings): one copy.
-            let weights = &plan.graph.weights[..i];
-            if let Some(j) = (0..i).find(|&j| weights[j] == *w && matrix[j] == is_matrix) {
+            if let Some(j) = kiln_gpu_host::weights::same_as_earlier(plan, &matrix, i) {
                 offsets.push(offsets[j]);
                 continue;
             }
@@ -96,38 +82,13 @@ impl WeightLayout {
     }
 }
 
-/// The bytes to upload for weight `w` given its stored bytes: matrices as they are
-/// (padded to 4 bytes), vectors decoded to f32.
+/// The bytes to upload for weight `w` given its stored bytes (kiln-gpu-host's).
 pub fn upload_bytes<'a>(
     w: &Weight,
     matrix: bool,
     stored: &'a [u8],
 ) -> Result<Cow<'a, [u8]>, KernelError> {
-    let bad = |reason: String| KernelError::Weight {
-        name: w.name.clone(),
-        reason,
-    };
-    let expected = w.dtype.bytes_for((w.rows * w.cols) as u64);
-    if expected != Some(stored.len() as u64) {
-        return Err(bad(format!(
-            "{} bytes of {} for ({}, {}) values",
-            stored.len(),
-            w.dtype,
-            w.rows,
-            w.cols
-        )));
-    }
-    if !matrix {
-        let mut v = vec![0.0f32; w.rows * w.cols];
-        kiln_ir::quant::dequantize_row(w.dtype, stored, &mut v).map_err(|e| bad(e.to_string()))?;
-        return Ok(Cow::Owned(v.iter().flat_map(|x| x.to_le_bytes()).collect()));
-    }
-    if stored.len().is_multiple_of(4) {
-        return Ok(Cow::Borrowed(stored));
-    }
-    let mut padded = stored.to_vec();
-    padded.resize(stored.len().next_multiple_of(4), 0);
-    Ok(Cow::Owned(padded))
+    Ok(kiln_gpu_host::weights::upload_bytes(w, matrix, stored)?)
 }
 
 /// Every weight of `plan` from `source` to its place in the weights buffer: `put` gets
@@ -138,24 +99,7 @@ pub fn upload_each(
     layout: &WeightLayout,
     source: &dyn WeightSource,
     backend: &'static str,
-    mut put: impl FnMut(u64, &[u8]) -> Result<(), BackendError>,
+    put: impl FnMut(u64, &[u8]) -> Result<(), BackendError>,
 ) -> Result<(), BackendError> {
-    for (i, w) in plan.graph.weights.iter().enumerate() {
-        let earlier = plan.graph.weights[..i].iter().zip(&layout.matrix);
-        if earlier
-            .into_iter()
-            .any(|(x, &m)| x == w && m == layout.matrix[i])
-        {
-            continue; // the same weight, uploaded under its first entry
-        }
-        let stored = source.weight(&w.name).ok_or_else(|| BackendError::Weight {
-            backend,
-            name: w.name.clone(),
-            reason: "not in the model".into(),
-        })?;
-        let bytes = upload_bytes(w, layout.matrix[i], stored.as_slice())
-            .map_err(|e| e.for_backend(backend))?;
-        put(layout.offsets[i], &bytes)?;
-    }
-    Ok(())
+    kiln_gpu_host::weights::upload_each(plan, &layout.offsets, &layout.matrix, source, backend, put)
 }
