@@ -1,5 +1,5 @@
-//! `kiln bench`: prefill and decode throughput in llama-bench's vocabulary, plus a
-//! per-kernel table against the machine's measured ceilings.
+//! `kiln bench`: prefill and decode throughput in llama-bench's vocabulary (depth
+//! included), plus a per-kernel table against the ceilings the backend measures.
 
 use std::path::PathBuf;
 
@@ -43,12 +43,20 @@ pub struct Args {
         default_value = "1"
     )]
     batch: Vec<usize>,
+    /// Tokens already in each sequence's KV cache before a test, comma-separated (llama-bench's -d)
+    #[arg(
+        short = 'd',
+        long = "n-depth",
+        value_delimiter = ',',
+        default_value = "0"
+    )]
+    depth: Vec<usize>,
     /// Repetitions of each test, after one warm-up
     #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
     reps: usize,
     #[command(flatten)]
     device: DeviceArgs,
-    /// Also print the per-kernel table of a decode step, against the machine's ceilings
+    /// Also print the per-kernel table of a decode step, against the device's measured ceilings
     #[arg(long)]
     kernels: bool,
     /// Print one JSON object as the last line of stdout
@@ -67,11 +75,20 @@ pub fn main(args: Args) -> Result<(), Error> {
     let max_prompt = args.n_prompt.iter().copied().max().unwrap_or(0);
     let max_gen = args.n_gen.iter().copied().max().unwrap_or(0);
     let max_batch = args.batch.iter().copied().max().unwrap_or(1).max(1);
+    let max_depth = args.depth.iter().copied().max().unwrap_or(0);
     let spec = args.spec.config()?;
     let draft_model = args.spec.load_draft(&model)?;
     // Room for the copy tasks' prompts too.
     let spec_ctx = if spec.is_some() { 1024 + max_gen } else { 0 };
-    let n_ctx = (max_prompt.max(max_gen).max(spec_ctx) + 1).min(model.config.context_length);
+    let longest = max_depth + max_prompt.max(max_gen) + 1;
+    if longest > model.config.context_length {
+        return Err(Error::Invalid(format!(
+            "a depth of {max_depth} and tests of up to {} tokens need {longest} positions; the model was trained for {}",
+            max_prompt.max(max_gen),
+            model.config.context_length
+        )));
+    }
+    let n_ctx = (longest + spec_ctx).min(model.config.context_length);
     let mut options = CompileOptions::new(n_ctx);
     options.kv_dtype = kv;
     options.max_seqs = max_batch;
@@ -85,19 +102,22 @@ pub fn main(args: Args) -> Result<(), Error> {
     let backend = compiled.backend().name();
 
     let mut results: Vec<TestResult> = Vec::new();
-    let mut kernels = KernelTimes::default();
-    for &p in args.n_prompt.iter().filter(|&&p| p > 0) {
-        results.push(bench::prefill(&mut compiled, p, args.reps)?);
-    }
-    for &n in args.n_gen.iter().filter(|&&n| n > 0) {
-        for &b in &args.batch {
-            results.push(bench::decode(
-                &mut compiled,
-                n,
-                b.max(1),
-                args.reps,
-                &mut kernels,
-            )?);
+    let mut kernels = KernelTimes::new(kv);
+    for &d in &args.depth {
+        for &p in args.n_prompt.iter().filter(|&&p| p > 0) {
+            results.push(bench::prefill(&mut compiled, p, d, args.reps)?);
+        }
+        for &n in args.n_gen.iter().filter(|&&n| n > 0) {
+            for &b in &args.batch {
+                results.push(bench::decode(
+                    &mut compiled,
+                    n,
+                    b.max(1),
+                    d,
+                    args.reps,
+                    &mut kernels,
+                )?);
+            }
         }
     }
     let mut spec_results: Vec<SpecResult> = Vec::new();
@@ -125,13 +145,11 @@ pub fn main(args: Args) -> Result<(), Error> {
         }
     }
     let peak_rss = bench::peak_rss_bytes();
-    let (copy_bw, f32_peak) = if args.kernels {
-        (
-            Some(bench::host_copy_bandwidth()),
-            Some(bench::host_f32_peak()),
-        )
+    // Measured after the tests, so their figures are not disturbed.
+    let ceilings = if args.kernels {
+        compiled.backend().ceilings()?
     } else {
-        (None, None)
+        None
     };
 
     println!("| model | backend | kv | test | batch | t/s | ttft ms | itl p50 ms | itl p99 ms |");
@@ -198,27 +216,40 @@ pub fn main(args: Args) -> Result<(), Error> {
             .map_or_else(String::new, |b| format!(", budget {:.1} MiB", mib(b)))
     );
     let rows = kernels.rows();
-    if let (Some(bw), Some(peak)) = (copy_bw, f32_peak) {
+    if args.kernels {
+        let (bw, peak) = match &ceilings {
+            Some(c) => {
+                println!(
+                    "\nceilings of the device: copy {:.1} GB/s (read+write), {} {:.1} GFLOP/s",
+                    c.copy_bytes_per_s / 1e9,
+                    c.matmul_what,
+                    c.matmul_flop_per_s / 1e9
+                );
+                (Some(c.copy_bytes_per_s), Some(c.matmul_flop_per_s))
+            }
+            None => {
+                println!("\nceilings: the {backend} backend does not measure them");
+                (None, None)
+            }
+        };
+        let pct = |v: f64, ceiling: Option<f64>| {
+            ceiling.map_or_else(|| "-".to_string(), |c| format!("{:.0}%", 100.0 * v / c))
+        };
+        println!("(bytes: weights read, and the KV cache attention reads at the steps' depth)");
         println!(
-            "\nceilings: copy {:.1} GB/s (read+write), f32 FMA {:.1} GFLOP/s",
-            bw / 1e9,
-            peak / 1e9
-        );
-        println!("\n(weight bytes only; attention's KV reads are not counted yet)");
-        println!(
-            "\n| kernel | launches/step | µs/step | GB/s | % copy bw | GFLOP/s | % f32 peak |"
+            "\n| kernel | launches/step | µs/step | GB/s | % copy bw | GFLOP/s | % matmul peak |"
         );
         println!("|---|---|---|---|---|---|---|");
         for k in &rows {
             println!(
-                "| {} | {} | {:.1} | {:.1} | {:.0}% | {:.1} | {:.0}% |",
+                "| {} | {} | {:.1} | {:.1} | {} | {:.1} | {} |",
                 k.kernel,
                 k.launches_per_step,
                 k.seconds_per_step * 1e6,
                 k.gb_s(),
-                100.0 * k.gb_s() * 1e9 / bw,
+                pct(k.gb_s() * 1e9, bw),
                 k.tflop_s() * 1e3,
-                100.0 * k.tflop_s() * 1e12 / peak,
+                pct(k.tflop_s() * 1e12, peak),
             );
         }
     }
@@ -242,8 +273,9 @@ pub fn main(args: Args) -> Result<(), Error> {
             })).collect::<Vec<_>>()),
             "peak_rss_bytes": peak_rss,
             "memory": memory_json(Some(compiled.memory())),
-            "copy_bandwidth_bytes_s": copy_bw,
-            "f32_peak_flop_s": f32_peak,
+            "copy_bandwidth_bytes_s": ceilings.as_ref().map(|c| c.copy_bytes_per_s),
+            "matmul_peak_flop_s": ceilings.as_ref().map(|c| c.matmul_flop_per_s),
+            "matmul_peak_what": ceilings.as_ref().map(|c| c.matmul_what.clone()),
             "kernels": rows.iter().map(|k| json!({
                 "kernel": k.kernel, "launches_per_step": k.launches_per_step,
                 "seconds_per_step": k.seconds_per_step, "bytes_per_step": k.bytes_per_step,

@@ -110,6 +110,19 @@ pub struct LaunchTime {
     pub seconds: f64,
 }
 
+/// What a device does at best, measured on it: what `kiln bench --kernels` reports each
+/// kernel against.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ceilings {
+    /// Bytes a copy within the device's memory moves per second, read and write counted.
+    pub copy_bytes_per_s: f64,
+    /// Multiply-add throughput of the device's fastest matmul arithmetic (FLOP/s, a
+    /// multiply-add counted as two).
+    pub matmul_flop_per_s: f64,
+    /// What `matmul_flop_per_s` was measured with (`f32 FMA`, `mma.sync f16`).
+    pub matmul_what: String,
+}
+
 /// What a backend does: describe its device, take a plan, run steps, hand back what a
 /// step computed. Seven required methods; the rest have defaults that work everywhere.
 ///
@@ -175,6 +188,13 @@ pub trait Backend {
     fn load_bytes(&self, plan: &Plan) -> usize {
         let _ = plan;
         0
+    }
+
+    /// The device's ceilings, measured now (a second or so of work); None where the
+    /// backend does not measure them (a report then gives times without percentages,
+    /// never the host's figures for a device).
+    fn ceilings(&mut self) -> Result<Option<Ceilings>, BackendError> {
+        Ok(None)
     }
 
     /// Per-launch times of the last step.

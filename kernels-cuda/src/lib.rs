@@ -13,9 +13,15 @@
 //! - [`launch`]: entry point, grid, block and shared memory of each dispatch for a step's
 //!   token count, and the choice between the matrix-vector kernel (up to 8 tokens) and the
 //!   tensor-core kernel (prefill).
+//! - [`repack`] and [`matvec`]: the decode path of the CUDA backend's own lowering (issue
+//!   14): quantized weights repacked into quant and scale planes, activations quantized
+//!   to q8_1 once per launch, dp4a matvecs over token tiles up to 32 (`cuda/mv/`), and
+//!   their scalar twin ([`matvec::twin`]).
 
 pub mod args;
 pub mod launch;
+pub mod matvec;
+pub mod repack;
 pub mod sources;
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! What the machine code of every CUDA kernel variant shows, without a GPU: NVRTC compiles
-//! each variant (kiln_kernels_cuda::sources::all_variants, and argmax) to a cubin, and
+//! each variant (kiln_kernels_cuda::sources::all_variants, argmax, and the decode matvec
+//! modules of kiln_kernels_cuda::matvec) to a cubin, and
 //! `cuobjdump -res-usage -sass` (the PyPI wheels `nvidia-cuda-cuobjdump` and
 //! `nvidia-cuda-nvdisasm`, which cuobjdump runs for the SASS, or a CUDA toolkit)
 //! prints its resource usage and SASS, from which each kernel's facts are counted:
@@ -173,6 +174,17 @@ fn jobs() -> Result<Vec<Job>, String> {
         matmul: false,
         quantized: false,
     });
+    // The decode matvec modules (one per weight type: matvec_<dtype>_t<T>[_add|_swiglu]),
+    // the q8_1 activation quantizer and the packed-unit readers.
+    for (name, source, _) in kiln_kernels_cuda::matvec::modules() {
+        let matvec = name.starts_with("matvec_");
+        jobs.push(Job {
+            name,
+            source,
+            matmul: matvec,
+            quantized: matvec,
+        });
+    }
     Ok(jobs)
 }
 

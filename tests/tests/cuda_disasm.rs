@@ -54,6 +54,11 @@ struct Fact {
 /// occupancy the decode design needs to keep enough loads in flight.
 const MATVEC_REGISTERS: u32 = 128;
 
+/// The decode matvec kernels (kiln_kernels_cuda::matvec's modules).
+fn is_decode_matvec(k: &KernelFacts) -> bool {
+    k.variant.starts_with("matvec_") && k.kernel.starts_with("matvec_")
+}
+
 /// The facts, each checked for every kernel it applies to; a fact that applies to no
 /// kernel fails too (a renamed kernel must not turn a check into a no-op).
 const FACTS: &[Fact] = &[
@@ -87,6 +92,28 @@ const FACTS: &[Fact] = &[
         status: Status::Required,
         applies: |k| k.variant.starts_with("attention_") && k.kernel.contains("decode"),
         holds: |k| k.cp_async > 0,
+    },
+    // ---- Required of the decode matvecs (kiln_kernels_cuda::matvec, `matvec_<dtype>_t<T>`).
+    Fact {
+        what: "decode matvecs load weights and activations 128 bits wide (LDG.E.128)",
+        status: Status::Required,
+        applies: is_decode_matvec,
+        holds: |k| k.ldg128 > 0,
+    },
+    Fact {
+        what: "decode matvecs multiply int8 activations with integer dot products (IDP.4A)",
+        status: Status::Required,
+        applies: is_decode_matvec,
+        holds: |k| k.idp4a > 0,
+    },
+    Fact {
+        what: "decode matvecs use at most 128 registers, single-token ones at most 80",
+        status: Status::Required,
+        applies: is_decode_matvec,
+        holds: |k| {
+            k.registers <= MATVEC_REGISTERS
+                && (!k.kernel.contains("_t1") || k.kernel.contains("_t16") || k.registers <= 80)
+        },
     },
     // ---- Target: what the CUDA decode redesign must reach (issue 14, items 2 and 3).
     Fact {

@@ -1,5 +1,5 @@
 //! NVRTC compiles every CUDA kernel variant a plan can produce (every op × weight dtype ×
-//! KV dtype, and argmax) for sm_90 and sm_80, failing on any error or warning, so that a
+//! KV dtype, argmax, and the decode matvec modules of kiln_kernels_cuda::matvec) for sm_90 and sm_80, failing on any error or warning, so that a
 //! typo in a `.cu` file fails `cargo test` on a machine without a GPU. Needs only
 //! libnvrtc (`pip install nvidia-cuda-nvrtc`, then LD_LIBRARY_PATH or KILN_NVRTC_PATH):
 //! without it the tests show as `ignored (why)`, unless KILN_REQUIRE_NVRTC=1 (CI), where
@@ -51,6 +51,10 @@ fn nvrtc_compiles_every_variant_without_warnings(nvrtc: Nvrtc) {
             jobs.push((v.name(), src, arch));
         }
         jobs.push(("argmax".into(), argmax_source(), arch));
+        // The decode matvec, its activation quantizer and the packed-unit readers.
+        for (name, src, _) in kiln_kernels_cuda::matvec::modules() {
+            jobs.push((name, src, arch));
+        }
     }
     let start = Instant::now();
     let n_jobs = jobs.len();

@@ -1,7 +1,8 @@
 //! `kiln bench`: llama-bench's tests (pp = prefill of N tokens in one go, tg = N tokens
-//! generated one step at a time from an empty context) on a compiled backend, with time
-//! to first token, inter-token latency percentiles and a per-kernel table measured
-//! against the ceilings of the machine it runs on (copy bandwidth, matmul peak).
+//! generated one step at a time, each after `depth` tokens already in the KV cache, as
+//! llama-bench's `-d`) on a compiled backend, with time to first token, inter-token
+//! latency percentiles and a per-kernel table (bytes of weights and of KV cache read)
+//! measured against the ceilings the backend measures on its device.
 
 pub mod speculative;
 
@@ -9,6 +10,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use kiln_ir::Op;
+use kiln_ir::kv_layout::KvDtype;
 
 use kiln_engine::Error;
 use kiln_engine::compiled::{BatchEntry, Compiled};
@@ -87,10 +89,35 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[i.min(sorted.len() - 1)]
 }
 
-/// Prefill of `n_prompt` tokens, `reps` times (one untimed warm-up first).
+/// A test's name as llama-bench writes it: `tg128`, `pp512 @ d4096`.
+fn test_name(test: &str, n: usize, depth: usize) -> String {
+    match depth {
+        0 => format!("{test}{n}"),
+        d => format!("{test}{n} @ d{d}"),
+    }
+}
+
+/// Put `depth` tokens (of salt `salt`) into sequence `seq`'s KV cache, untimed.
+fn fill(
+    compiled: &mut Compiled<'_>,
+    seq: kiln_engine::kv::SeqId,
+    depth: usize,
+    salt: u64,
+) -> Result<(), Error> {
+    let vocab = compiled.model().config.vocab_size;
+    let tokens = bench_tokens(depth, vocab, 1000 + salt);
+    for chunk in tokens.chunks(compiled.plan().max_tokens) {
+        compiled.step(&[BatchEntry::last(seq, chunk)])?;
+    }
+    Ok(())
+}
+
+/// Prefill of `n_prompt` tokens after `depth` in the cache, `reps` times (one untimed
+/// warm-up first).
 pub fn prefill(
     compiled: &mut Compiled<'_>,
     n_prompt: usize,
+    depth: usize,
     reps: usize,
 ) -> Result<TestResult, Error> {
     let vocab = compiled.model().config.vocab_size;
@@ -99,6 +126,7 @@ pub fn prefill(
     let mut ttft = Vec::new();
     for rep in 0..=reps {
         let seq = compiled.kv().create_sequence();
+        fill(compiled, seq, depth, 0)?;
         let start = Instant::now();
         let mut logits = Vec::new();
         for chunk in tokens.chunks(compiled.plan().max_tokens) {
@@ -113,7 +141,7 @@ pub fn prefill(
         }
     }
     Ok(TestResult {
-        test: format!("pp{n_prompt}"),
+        test: test_name("pp", n_prompt, depth),
         batch: 1,
         tok_s: Stat::of(&rates),
         ttft_ms: Some(Stat::of(&ttft).mean),
@@ -122,12 +150,14 @@ pub fn prefill(
     })
 }
 
-/// `n_gen` decode steps of `batch` sequences from an empty context, `reps` times (one
-/// untimed warm-up first). Per-kernel times of the steps are summed into `kernels`.
+/// `n_gen` decode steps of `batch` sequences, each after its own `depth` tokens in the
+/// cache, `reps` times (one untimed warm-up first). Per-kernel times of the steps are
+/// summed into `kernels`.
 pub fn decode(
     compiled: &mut Compiled<'_>,
     n_gen: usize,
     batch: usize,
+    depth: usize,
     reps: usize,
     kernels: &mut KernelTimes,
 ) -> Result<TestResult, Error> {
@@ -138,12 +168,16 @@ pub fn decode(
         let seqs: Vec<_> = (0..batch)
             .map(|_| compiled.kv().create_sequence())
             .collect();
+        // Different tokens per sequence: no prefix-cache sharing of the depth's pages.
+        for (b, &s) in seqs.iter().enumerate() {
+            fill(compiled, s, depth, b as u64)?;
+        }
         let mut next: Vec<u32> = (0..batch)
             .map(|b| bench_tokens(1, vocab, b as u64)[0])
             .collect();
         let start = Instant::now();
         let mut last = start;
-        for _ in 0..n_gen {
+        for i in 0..n_gen {
             let entries: Vec<BatchEntry<'_>> = seqs
                 .iter()
                 .zip(&next)
@@ -155,7 +189,7 @@ pub fn decode(
             if rep > 0 {
                 gaps.push((now - last).as_secs_f64() * 1e3);
                 if batch == 1 {
-                    kernels.add_step(compiled)?;
+                    kernels.add_step(compiled, depth + i + 1)?;
                 }
             }
             last = now;
@@ -170,7 +204,7 @@ pub fn decode(
     }
     gaps.sort_by(f64::total_cmp);
     Ok(TestResult {
-        test: format!("tg{n_gen}"),
+        test: test_name("tg", n_gen, depth),
         batch,
         tok_s: Stat::of(&rates),
         ttft_ms: None,
@@ -179,15 +213,37 @@ pub fn decode(
     })
 }
 
-/// Per-kernel time summed over decode steps.
-#[derive(Debug, Default)]
+/// Per-kernel time summed over decode steps, with the bytes each read: its weights, and
+/// for attention the KV cache of the positions it attends to.
+#[derive(Debug)]
 pub struct KernelTimes {
+    /// How the cache stores K and V (bytes per position read by attention).
+    kv: KvDtype,
     steps: usize,
-    seconds: BTreeMap<String, (usize, f64, f64, f64)>, // kernel -> (launches, seconds, bytes, flops) per step
+    seconds: BTreeMap<String, (usize, f64, f64, f64)>, // kernel -> (launches, seconds, bytes, flops) summed
 }
 
 impl KernelTimes {
-    fn add_step(&mut self, compiled: &mut Compiled<'_>) -> Result<(), Error> {
+    pub fn new(kv: KvDtype) -> KernelTimes {
+        KernelTimes {
+            kv,
+            steps: 0,
+            seconds: BTreeMap::new(),
+        }
+    }
+
+    /// Bytes an attention launch reads for one query over a context of `positions`.
+    fn kv_bytes(&self, op: &Op, positions: usize) -> f64 {
+        let Op::Attention { attention: a } = op else {
+            return 0.0;
+        };
+        let read = a.window.map_or(positions, |w| positions.min(w));
+        let scale = if self.kv.has_scales() { 4 } else { 0 };
+        (read * 2 * a.n_kv_heads * (a.head_dim * self.kv.value_bytes() + scale)) as f64
+    }
+
+    /// Add the last step's launch times; `positions`: the context its token attended to.
+    fn add_step(&mut self, compiled: &mut Compiled<'_>, positions: usize) -> Result<(), Error> {
         let times = match compiled.backend().launch_times() {
             Ok(t) => t,
             Err(_) => return Ok(()), // a backend without timers gives no kernel table
@@ -219,13 +275,14 @@ impl KernelTimes {
                 .filter(|_| !matches!(launch.op, Op::Embed { .. }))
                 .map(|w| 2.0 * (w.rows * w.cols) as f64)
                 .sum();
+            let kv_bytes = self.kv_bytes(&launch.op, positions);
             let entry = self.seconds.entry(launch.kernel.clone()).or_default();
             if first_step {
                 entry.0 += 1;
-                entry.2 += weight_bytes as f64;
-                entry.3 += flops;
             }
             entry.1 += t.seconds;
+            entry.2 += weight_bytes as f64 + kv_bytes;
+            entry.3 += flops;
         }
         self.steps += 1;
         Ok(())
@@ -241,33 +298,13 @@ impl KernelTimes {
                 kernel: kernel.clone(),
                 launches_per_step: launches,
                 seconds_per_step: seconds / steps,
-                bytes_per_step: bytes,
-                flops_per_step: flops,
+                bytes_per_step: bytes / steps,
+                flops_per_step: flops / steps,
             })
             .collect();
         rows.sort_by(|a, b| b.seconds_per_step.total_cmp(&a.seconds_per_step));
         rows
     }
-}
-
-/// Host memory copy bandwidth (read + write bytes per second), best of a few runs over
-/// buffers much larger than the last-level cache, all cores copying.
-pub fn host_copy_bandwidth() -> f64 {
-    use rayon::prelude::*;
-    const BYTES: usize = 256 << 20;
-    let src = vec![1u8; BYTES];
-    let mut dst = vec![0u8; BYTES];
-    let chunk = BYTES / rayon::current_num_threads().max(1);
-    let mut best = f64::MAX;
-    for _ in 0..5 {
-        let start = Instant::now();
-        dst.par_chunks_mut(chunk)
-            .zip(src.par_chunks(chunk))
-            .for_each(|(d, s)| d.copy_from_slice(s));
-        best = best.min(start.elapsed().as_secs_f64());
-    }
-    std::hint::black_box(&dst);
-    2.0 * BYTES as f64 / best
 }
 
 /// Peak resident memory of this process (Linux), in bytes.
@@ -278,30 +315,30 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// f32 multiply-add peak of the host (FLOP/s): every core dotting L1-resident vectors
-/// with the same `dot_f32` the kernels use. The ceiling for "% of matmul peak".
-pub fn host_f32_peak() -> f64 {
-    use rayon::prelude::*;
-    let threads = rayon::current_num_threads().max(1);
-    let a = vec![1.000_1f32; 1024];
-    let b = vec![0.999_9f32; 1024];
-    let iters = 20_000;
-    let mut best = f64::MAX;
-    for _ in 0..3 {
-        let start = Instant::now();
-        let total: f32 = (0..threads)
-            .into_par_iter()
-            .map(|_| {
-                let mut acc = 0.0f32;
-                for _ in 0..iters {
-                    acc +=
-                        kiln_ir::quant::dot_f32(std::hint::black_box(&a), std::hint::black_box(&b));
-                }
-                acc
-            })
-            .sum();
-        std::hint::black_box(total);
-        best = best.min(start.elapsed().as_secs_f64());
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_ir::AttentionParams;
+
+    #[test]
+    fn tests_are_named_as_llama_bench_names_them() {
+        assert_eq!(test_name("tg", 128, 0), "tg128");
+        assert_eq!(test_name("pp", 512, 4096), "pp512 @ d4096");
     }
-    (threads * iters * a.len() * 2) as f64 / best
+
+    #[test]
+    fn attention_reads_the_kv_of_its_window() {
+        let mut a = AttentionParams::new(0, 9, 3, 64);
+        let op = |a: &AttentionParams| Op::Attention {
+            attention: a.clone(),
+        };
+        // FP8: 64 one-byte values and a 4-byte scale per (position, KV head), K and V.
+        let fp8 = KernelTimes::new(KvDtype::F8E4M3);
+        assert_eq!(fp8.kv_bytes(&op(&a), 100), (100 * 2 * 3 * (64 + 4)) as f64);
+        let f16 = KernelTimes::new(KvDtype::F16);
+        assert_eq!(f16.kv_bytes(&op(&a), 100), (100 * 2 * 3 * 128) as f64);
+        a.window = Some(32);
+        assert_eq!(f16.kv_bytes(&op(&a), 100), (32 * 2 * 3 * 128) as f64);
+        assert_eq!(f16.kv_bytes(&Op::Add, 100), 0.0);
+    }
 }

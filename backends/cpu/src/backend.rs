@@ -1,7 +1,7 @@
 //! The Backend implementation: device, buffers, plan loading.
 
 use kiln_ir::backend::{
-    Backend, BackendError, DeviceProperties, LaunchTime, SharedBytes, Step, WeightSource,
+    Backend, BackendError, Ceilings, DeviceProperties, LaunchTime, SharedBytes, Step, WeightSource,
 };
 use kiln_ir::kv_layout::KvLayout;
 use kiln_ir::{DType, Graph, Op, Plan};
@@ -141,6 +141,10 @@ impl Backend for CpuBackend {
             .map(|w| w.cols * 4)
             .sum();
         vectors + plan.launches.len() * 8
+    }
+
+    fn ceilings(&mut self) -> Result<Option<Ceilings>, BackendError> {
+        Ok(Some(crate::ceilings::measure()))
     }
 
     fn launch_times(&mut self) -> Result<Vec<LaunchTime>, BackendError> {

@@ -3,6 +3,7 @@
 //! the model's memory map (no copy), and stores the KV cache in FP8 or F16 pages.
 
 mod backend;
+mod ceilings;
 mod exec;
 pub mod kernels;
 pub mod pool;

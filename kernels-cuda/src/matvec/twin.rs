@@ -1,0 +1,191 @@
+//! The scalar twin of `cuda/mv/`: the same operations in the same order as the kernels
+//! (f16 conversions, integer block sums, the explicit FMAs, the lanes' block order, the
+//! butterfly and the warps in turn), so a GPU's output can be compared with it bit for
+//! bit (silu's `expf` aside), and tests compare it with the CPU reference.
+
+use half::f16;
+use kiln_ir::DType;
+
+use super::{Epilogue, MATVEC_THREADS, QUANTIZE_THREADS};
+use crate::repack::{self, PackedLayout, RepackError};
+
+/// q8_1 activations as the matvec reads them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Q8_1Rows {
+    pub rows: usize,
+    pub k: usize,
+    /// (rows, k) int8 quants.
+    pub q: Vec<i8>,
+    /// (rows, k / 32) half2 (d low, s high).
+    pub ds: Vec<u32>,
+}
+
+fn f16_bits(x: f32) -> u32 {
+    u32::from(f16::from_f32(x).to_bits())
+}
+
+fn lo(w: u32) -> f32 {
+    f16::from_bits(w as u16).to_f32()
+}
+
+fn hi(w: u32) -> f32 {
+    f16::from_bits((w >> 16) as u16).to_f32()
+}
+
+/// The butterfly of mv_warp_sum: lane 0's value (every lane ends with the same one).
+fn warp_sum(lanes: &[f32; 32]) -> f32 {
+    let mut v = *lanes;
+    for s in [16, 8, 4, 2, 1] {
+        let prev = v;
+        for (i, x) in v.iter_mut().enumerate() {
+            *x = prev[i] + prev[i ^ s];
+        }
+    }
+    v[0]
+}
+
+/// The block's sum: per thread (group of 32), butterflies, then warps in order.
+fn block_sum(threads: &[f32]) -> f32 {
+    let mut total = None;
+    for warp in threads.chunks_exact(32) {
+        let w = warp_sum(warp.try_into().expect("32 lanes"));
+        total = Some(total.map_or(w, |t: f32| t + w));
+    }
+    total.unwrap_or(0.0)
+}
+
+/// quantize_q8_1 (`norm` None) or rmsnorm_quantize_q8_1 (`norm` Some((weight, eps))) of
+/// `rows` rows of `k` columns, row t at `x[t * x_stride..]`.
+pub fn quantize(
+    x: &[f32],
+    rows: usize,
+    k: usize,
+    x_stride: usize,
+    norm: Option<(&[f32], f32)>,
+) -> Q8_1Rows {
+    let threads = QUANTIZE_THREADS as usize;
+    let mut out = Q8_1Rows {
+        rows,
+        k,
+        q: vec![0; rows * k],
+        ds: vec![0; rows * k / 32],
+    };
+    for t in 0..rows {
+        let row = &x[t * x_stride..t * x_stride + k];
+        let values: Vec<f32> = match norm {
+            None => row.to_vec(),
+            Some((weight, eps)) => {
+                let mut sq = vec![0.0f32; threads];
+                for (i, s) in sq.iter_mut().enumerate() {
+                    for c in (4 * i..k).step_by(4 * threads) {
+                        for v in &row[c..c + 4] {
+                            *s = v.mul_add(*v, *s);
+                        }
+                    }
+                }
+                let scale = 1.0 / (block_sum(&sq) / k as f32 + eps).sqrt();
+                row.iter()
+                    .zip(weight)
+                    .map(|(&v, &w)| v * scale * w)
+                    .collect()
+            }
+        };
+        for (b, block) in values.chunks_exact(32).enumerate() {
+            let amax = block.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let d = amax / 127.0;
+            let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+            let mut sum = 0i32;
+            for (j, &v) in block.iter().enumerate() {
+                let q = (v * id).round().clamp(-128.0, 127.0) as i32;
+                sum += q;
+                out.q[t * k + 32 * b + j] = q as i8;
+            }
+            out.ds[t * k / 32 + b] = f16_bits(d) | (f16_bits(sum as f32 * d) << 16);
+        }
+    }
+    out
+}
+
+/// Σ a·b of 32 int8 pairs given as (weights 0..32 as i32, activation block).
+fn int_dot(w: impl Iterator<Item = i32>, a: &[i8]) -> i32 {
+    w.zip(a).map(|(w, &a)| w * i32::from(a)).sum()
+}
+
+/// mv_dot of block `b` of a packed row against an activation block: acc + its product.
+fn block_dot(
+    l: &PackedLayout,
+    packed: &[u8],
+    row: usize,
+    b: usize,
+    a: &[i8],
+    ds: u32,
+    acc: f32,
+) -> f32 {
+    let i = row * l.blocks + b;
+    let q = &packed[i * l.quant_bytes..(i + 1) * l.quant_bytes];
+    let s = &packed[l.scale_offset + i * l.scale_bytes..][..l.scale_bytes];
+    let (da, sa) = (lo(ds), hi(ds));
+    let nibbles = || (0..32).map(|j| i32::from(if j < 16 { q[j] & 15 } else { q[j - 16] >> 4 }));
+    match l.dtype {
+        DType::Q4_0 => {
+            let dw = f16::from_le_bytes([s[0], s[1]]).to_f32();
+            let v = da.mul_add(int_dot(nibbles(), a) as f32, -8.0 * sa);
+            dw.mul_add(v, acc)
+        }
+        DType::Q4_1 => {
+            let dm = u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
+            let acc = (lo(dm) * da).mul_add(int_dot(nibbles(), a) as f32, acc);
+            hi(dm).mul_add(sa, acc)
+        }
+        _ => {
+            let dw = f16::from_le_bytes([s[0], s[1]]).to_f32();
+            let sumi = int_dot(q.iter().map(|&v| i32::from(v as i8)), a);
+            (dw * da).mul_add(sumi as f32, acc)
+        }
+    }
+}
+
+/// The dot of packed weight row `row` with activation row `t`, summed as the kernel does.
+fn row_dot(l: &PackedLayout, packed: &[u8], row: usize, x: &Q8_1Rows, t: usize) -> f32 {
+    let threads = MATVEC_THREADS as usize;
+    let partial: Vec<f32> = (0..threads)
+        .map(|s| {
+            (s..l.blocks).step_by(threads).fold(0.0, |acc, b| {
+                let a = &x.q[t * x.k + 32 * b..][..32];
+                block_dot(l, packed, row, b, a, x.ds[t * l.blocks + b], acc)
+            })
+        })
+        .collect();
+    block_sum(&partial)
+}
+
+/// The matvec of packed `weights` of `n` rows (one; SwiGLU: gate, then up) against every
+/// row of `x` into `out` (x.rows, out_stride): column r is weight row r's result. For
+/// [`Epilogue::Add`], `out` holds the residual (the in-place MatMulAdd). Columns past `n`
+/// keep their values.
+pub fn matvec(
+    dtype: DType,
+    n: usize,
+    weights: &[&[u8]],
+    x: &Q8_1Rows,
+    epilogue: Epilogue,
+    out: &mut [f32],
+    out_stride: usize,
+) -> Result<(), RepackError> {
+    let l = repack::layout(dtype, n, x.k)?;
+    for t in 0..x.rows {
+        for r in 0..n {
+            let g = row_dot(&l, weights[0], r, x, t);
+            let at = t * out_stride + r;
+            out[at] = match epilogue {
+                Epilogue::Store => g,
+                Epilogue::Add => out[at] + g,
+                Epilogue::SwiGlu => {
+                    let u = row_dot(&l, weights[1], r, x, t);
+                    g / (1.0 + (-g).exp()) * u
+                }
+            };
+        }
+    }
+    Ok(())
+}
