@@ -194,6 +194,18 @@ pub fn param_words(op: &str) -> usize {
 /// a second matrix or a norm vector does not, and is refused when its matrices take more
 /// than half a binding.
 pub fn supports(op: &Op, graph: &Graph, max_binding: u64) -> bool {
+    supports_on(op, graph, max_binding, u64::MAX)
+}
+
+/// [`supports`] on a device whose weights buffers hold at most `max_buffer` bytes: a
+/// fused op whose weights (bound together) a buffer does not hold is refused too.
+pub fn supports_on(op: &Op, graph: &Graph, max_binding: u64, max_buffer: u64) -> bool {
+    let fused_fits = || {
+        let room = (max_buffer / WINDOW_ALIGN * WINDOW_ALIGN).max(WINDOW_ALIGN);
+        crate::weights::launch_groups(op)
+            .iter()
+            .all(|g| crate::weights::group_bytes(graph, op, g).is_some_and(|b| b <= room))
+    };
     let matrix_bytes: u64 = op
         .matrices()
         .iter()
@@ -204,7 +216,7 @@ pub fn supports(op: &Op, graph: &Graph, max_binding: u64) -> bool {
         op,
         Op::Embed { .. } | Op::MatMul { .. } | Op::MatMulAdd { .. }
     );
-    if !chunked && matrix_bytes > max_binding / 2 {
+    if !chunked && (matrix_bytes > max_binding / 2 || !fused_fits()) {
         return false;
     }
     // Matmuls read whole units of 8 columns; an embedding of plain floats may end inside
@@ -310,7 +322,8 @@ impl Program {
         };
         let mut launches = Vec::with_capacity(plan.launches.len());
         for launch in &plan.launches {
-            if !supports(&launch.op, &plan.graph, caps.max_storage_binding) {
+            let (binding, buffer) = (caps.max_storage_binding, caps.max_buffer);
+            if !supports_on(&launch.op, &plan.graph, binding, buffer) {
                 return Err(unsupported(format!("{} ({})", launch.kernel, launch.op)));
             }
             launches.push(b.launch(launch)?);

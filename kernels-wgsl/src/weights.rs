@@ -13,7 +13,7 @@
 use std::borrow::Cow;
 
 use kiln_ir::backend::{BackendError, WeightSource};
-use kiln_ir::graph::Weight;
+use kiln_ir::graph::{Graph, Weight};
 use kiln_ir::{Op, Plan, WeightId};
 
 use crate::KernelError;
@@ -87,6 +87,18 @@ pub fn launch_groups(op: &Op) -> Vec<Vec<WeightId>> {
             .filter(|g| !g.is_empty())
             .collect(),
     }
+}
+
+/// Bytes the weights `group` of `op` take together in a weights buffer (stored, with
+/// their slack and alignment); None past u64.
+pub fn group_bytes(graph: &Graph, op: &Op, group: &[WeightId]) -> Option<u64> {
+    let matrices = op.matrices();
+    group.iter().try_fold(0u64, |sum, id| {
+        let w = graph.weight(*id)?;
+        let matrix = matrices.contains(id);
+        let bytes = stored_bytes(w, matrix)? + if matrix { UNIT_SLACK } else { 0 };
+        sum.checked_add(bytes.checked_next_multiple_of(ALIGN)?)
+    })
 }
 
 /// Places groups of items (an index and its bytes) back to back in buffers of at most

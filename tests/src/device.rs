@@ -257,7 +257,7 @@ pub fn decode_host_time(
 }
 
 /// The weights buffer limit of the split tests: SmolLM2's ~100 MB of weights (its
-/// largest, the embedding table, 30 MB) over four buffers.
+/// largest, the embedding table, 30 MB) over three buffers.
 pub const SPLIT_LIMIT: u64 = 32 << 20;
 
 /// Greedy decoding of `prompt` (F16 KV) with the weights split over buffers of at most

@@ -137,11 +137,10 @@ impl Backend for VulkanBackend {
     }
 
     fn supports(&self, op: &Op, graph: &Graph) -> bool {
-        // A weights window: a binding, within a buffer.
         let p = &self.properties;
         let max_binding = p.max_binding_bytes.unwrap_or(u64::MAX);
-        let max_binding = max_binding.min(p.max_buffer_bytes.unwrap_or(u64::MAX));
-        kiln_kernels_wgsl::program::supports(op, graph, max_binding)
+        let max_buffer = p.max_buffer_bytes.unwrap_or(u64::MAX);
+        kiln_kernels_wgsl::program::supports_on(op, graph, max_binding, max_buffer)
     }
 
     fn load_plan(

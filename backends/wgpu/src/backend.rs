@@ -18,7 +18,8 @@ pub struct WgpuOptions {
     /// Use subgroup operations where the adapter has them (off: the workgroup-memory
     /// reductions every device runs).
     pub subgroups: bool,
-    /// Print each kernel built and each dispatch's workgroups to stderr.
+    /// Print each kernel built and, when a step shape is first prepared, each
+    /// dispatch's workgroups to stderr.
     pub debug: bool,
     /// Make weights buffers of at most this many bytes, below the device's largest
     /// buffer (tests force the weights over several buffers with it).
@@ -107,11 +108,10 @@ impl Backend for WgpuBackend {
     }
 
     fn supports(&self, op: &Op, graph: &Graph) -> bool {
-        // A weights window: a binding, within a buffer.
         let p = &self.properties;
         let max_binding = p.max_binding_bytes.unwrap_or(u64::MAX);
-        let max_binding = max_binding.min(p.max_buffer_bytes.unwrap_or(u64::MAX));
-        kiln_kernels_wgsl::program::supports(op, graph, max_binding)
+        let max_buffer = p.max_buffer_bytes.unwrap_or(u64::MAX);
+        kiln_kernels_wgsl::program::supports_on(op, graph, max_binding, max_buffer)
     }
 
     fn load_plan(
