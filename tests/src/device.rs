@@ -236,9 +236,9 @@ pub fn decode_host_time(
         .tokenizer
         .encode("The capital of France is", true, true);
     let mut logits = gpu.forward(&ids, LogitsFor::Last).unwrap();
-    // Two steps to warm up (the first decode step's shape is new).
-    for step in 0..steps + 2 {
-        if step == 2 {
+    // One step to warm up (the first decode step's shape is new).
+    for step in 0..steps + 1 {
+        if step == 1 {
             times.lock().unwrap().clear();
         }
         logits = gpu.forward(&[argmax(&logits)], LogitsFor::Last).unwrap();

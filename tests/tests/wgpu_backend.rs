@@ -89,7 +89,7 @@ fn weights_split_over_buffers_decode_as_one_buffer(_: WgpuBackend) -> Outcome {
 fn the_host_time_of_a_decode_step_is_printed(_: WgpuBackend) -> Outcome {
     let model = load();
     let make = || Box::new(WgpuBackend::any_adapter().unwrap()) as Box<dyn Backend>;
-    decode_host_time(&model, "wgpu", 8, &make);
+    decode_host_time(&model, "wgpu", 5, &make);
     pass()
 }
 
