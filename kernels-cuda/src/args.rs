@@ -168,6 +168,152 @@ macro_rules! kernel_args {
     };
 }
 
+// The argument structs of the kernels. Arena values are f32 pointers (values may alias:
+// no `__restrict__` on them), weights are byte pointers to a weight's start (rows are
+// 32-bit offsets from it: a weight is under 4 GiB), `step` is the step buffer (its header
+// gives the rows of this step, so the arguments hold for every step). `rows_sel` is the
+// step header word that counts the rows (0: tokens, 1: outputs). `pad` fields keep the
+// structs free of padding bytes.
+
+crate::kernel_args! {
+    /// embed.cu: out (tokens, d) = rows `token_ids` of the table.
+    EmbedArgs {
+        table: ConstPtr<u8>,
+        out: Ptr<f32>,
+        step: ConstPtr<u32>,
+        /// Bytes of one table row.
+        row_bytes: u32,
+        d: u32,
+        /// Rows of the table (ids at or past it write nothing).
+        rows: u32,
+        pad: u32,
+    }
+}
+
+crate::kernel_args! {
+    /// rmsnorm.cu: out = x / sqrt(mean(x²) + eps) · weight, rows (rows_sel) of d.
+    RmsNormArgs {
+        x: ConstPtr<f32>,
+        out: Ptr<f32>,
+        weight: ConstPtr<f32>,
+        step: ConstPtr<u32>,
+        rows_sel: u32,
+        d: u32,
+        eps: f32,
+        pad: u32,
+    }
+}
+
+crate::kernel_args! {
+    /// The matmul family (matmul_core.cuh, matmul_mma.cu): out (rows, n) from x (rows, k)
+    /// and the weight w (and w2 for the gated ones); res and norm where the op has them.
+    MatmulArgs {
+        x: ConstPtr<f32>,
+        out: Ptr<f32>,
+        /// The residual (rows, n) of matmul_add.
+        res: ConstPtr<f32>,
+        /// The weight (gate) and the second weight (up).
+        w: ConstPtr<u8>,
+        w2: ConstPtr<u8>,
+        /// The RMSNorm weight (k) of the rmsnorm_ variants.
+        norm: ConstPtr<f32>,
+        step: ConstPtr<u32>,
+        rows_sel: u32,
+        k: u32,
+        n: u32,
+        /// Bytes of one weight row.
+        row_bytes: u32,
+        eps: f32,
+        pad: u32,
+    }
+}
+
+crate::kernel_args! {
+    /// add.cu, swiglu.cu: out = a + b, silu(a) · b, elementwise over (rows, cols).
+    BinaryArgs {
+        a: ConstPtr<f32>,
+        b: ConstPtr<f32>,
+        out: Ptr<f32>,
+        step: ConstPtr<u32>,
+        rows_sel: u32,
+        cols: u32,
+    }
+}
+
+crate::kernel_args! {
+    /// select_rows.cu: out (outputs, cols) = the output rows of x (tokens, cols).
+    SelectRowsArgs {
+        x: ConstPtr<f32>,
+        out: Ptr<f32>,
+        step: ConstPtr<u32>,
+        cols: u32,
+        pad: u32,
+    }
+}
+
+crate::kernel_args! {
+    /// rope.cu: out = rope(x), x (tokens, width) of heads of head_dim.
+    RopeArgs {
+        x: ConstPtr<f32>,
+        out: Ptr<f32>,
+        step: ConstPtr<u32>,
+        width: u32,
+        head_dim: u32,
+        /// The RoPE geometry (the step's STEP_ROPE_DIR entry).
+        table: u32,
+        pad: u32,
+    }
+}
+
+crate::kernel_args! {
+    /// The KV kernels (kv_common.cuh: kv_write, rope_kv_write, attention and its decode,
+    /// combine and prefill entries). Page offsets within the KV buffer are 32-bit.
+    KvArgs {
+        /// q (tokens, n_heads · head_dim), and the rotated q / the attention output.
+        q: ConstPtr<f32>,
+        q_out: Ptr<f32>,
+        /// k and v (tokens, n_kv_heads · head_dim).
+        k: ConstPtr<f32>,
+        v: ConstPtr<f32>,
+        kv: Ptr<u8>,
+        step: ConstPtr<u32>,
+        /// The decode splits' partial results (launch.rs: partial_floats).
+        partial: Ptr<f32>,
+        n_heads: u32,
+        n_kv_heads: u32,
+        head_dim: u32,
+        /// Tokens per page, bytes of a page.
+        page_size: u32,
+        page_bytes: u32,
+        /// Byte offsets of this layer within a page, of the V values, K scales and V
+        /// scales within a layer.
+        layer_base: u32,
+        v_base: u32,
+        ks_base: u32,
+        vs_base: u32,
+        /// Softmax scale.
+        scale: f32,
+        /// The KV group whose block tables hold this layer's pages.
+        kv_group: u32,
+        /// The RoPE geometry of rope_kv_write.
+        rope: u32,
+        /// Splits of the decode launch this combine merges (set per step).
+        splits: u32,
+        pad: u32,
+    }
+}
+
+crate::kernel_args! {
+    /// argmax.cu: the index of the largest logit of each row.
+    ArgmaxArgs {
+        logits: ConstPtr<f32>,
+        ids: Ptr<u32>,
+        step: ConstPtr<u32>,
+        rows_sel: u32,
+        cols: u32,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -146,12 +146,15 @@ fn decode_launch_refuses_what_the_kernel_cannot_take() {
     assert!(attention_decode_launch(&s, DECODE_MAX_TOKENS + 1, 1).is_none());
     assert!(attention_decode_launch(&s, 1, 0).is_none());
     assert!(attention_decode_launch(&s, 1, MAX_SPLITS + 1).is_none());
-    assert!(AttentionShape::from_params(&[0, 0, 0, 0, 32, 0, 128], 1).is_none());
-    assert!(AttentionShape::from_params(&[0, 0, 0, 0, 32, 8, 130], 1).is_none());
-    assert_eq!(
-        AttentionShape::from_params(&[0, 0, 0, 0, 32, 8, 128], 1),
-        Some(s)
-    );
+    let args = |n_heads, n_kv_heads, head_dim| crate::args::KvArgs {
+        n_heads,
+        n_kv_heads,
+        head_dim,
+        ..Default::default()
+    };
+    assert!(AttentionShape::of(&args(32, 0, 128), 1).is_none());
+    assert!(AttentionShape::of(&args(32, 8, 130), 1).is_none());
+    assert_eq!(AttentionShape::of(&args(32, 8, 128), 1), Some(s));
 }
 
 #[test]

@@ -1,14 +1,8 @@
-//! The launch geometry of each dispatch: which entry, how many blocks of how many
-//! threads, how much dynamic shared memory. The Program's [`Grid`] says what a dispatch
-//! covers; the CUDA kernels choose their own blocks for the matmuls (a warp per output
-//! row, or tensor-core tiles) and mirror the WGSL workgroups for everything else.
+//! The launch geometry of the kernels: block sizes, tiles, the attention paths' grids,
+//! splits and shared memory ([`crate::lower::geometry`] puts them together per call).
 
-use kiln_ir::backend::StepShape;
-use kiln_kernels_wgsl::Grid;
-
-use kiln_kernels_wgsl::Variant;
-
-use crate::sources::{ENTRY, MMA_ENTRY, has_tensor_cores, is_matmul};
+use crate::args::KvArgs;
+use crate::variant::Entry;
 
 /// Threads of a block that mirrors a WGSL workgroup (prelude.cuh: WG).
 pub const WG: u32 = 64;
@@ -28,72 +22,36 @@ pub const MATVEC_MAX_ROWS: u32 = TILE_T;
 /// Threads of an argmax block (one block per logits row).
 pub const ARGMAX_THREADS: u32 = 256;
 /// The largest grid y and z (CUDA's limit; x goes to 2^31 - 1).
-const MAX_GRID_YZ: u32 = 65535;
+pub const MAX_GRID_YZ: u32 = 65535;
 
-/// One kernel launch.
+/// One kernel launch: which entry of the variant, how many blocks of how many threads,
+/// how much dynamic shared memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Launch {
-    pub entry: &'static str,
+    pub entry: Entry,
     pub grid: [u32; 3],
     pub block: [u32; 3],
     pub shared_bytes: u32,
 }
 
-/// The launch of a dispatch of variant `v` over `grid` for a step of `n_tokens` tokens
-/// and `n_outputs` output rows, or None when there is nothing to run. `tensor_cores`: the
-/// device runs mma.sync m16n8k16 (sm_80+); steps of more than [`MATVEC_MAX_ROWS`] rows
-/// then take the tensor-core kernel of a quantized matmul.
-pub fn launch(
-    v: &Variant,
-    grid: &Grid,
-    n_tokens: u32,
-    n_outputs: u32,
-    tensor_cores: bool,
-) -> Option<Launch> {
-    let l = match *grid {
-        Grid::Matmul { rows, n } if is_matmul(v.op) => {
-            let shape = StepShape {
-                tokens: n_tokens as usize,
-                outputs: n_outputs as usize,
-            };
-            let rows = shape.rows(rows) as u32;
-            if tensor_cores && has_tensor_cores(v) && rows > MATVEC_MAX_ROWS {
-                Launch {
-                    entry: MMA_ENTRY,
-                    grid: [n.div_ceil(MMA_COLS), 1, rows.div_ceil(MMA_TOKENS)],
-                    block: [MMA_WARPS * WARP, 1, 1],
-                    shared_bytes: 0,
-                }
-            } else {
-                Launch {
-                    entry: ENTRY,
-                    grid: [n.div_ceil(MV_ROWS), 1, rows.div_ceil(TILE_T)],
-                    block: [MV_ROWS * WARP, 1, 1],
-                    shared_bytes: 0,
-                }
-            }
-        }
-        // Everything else runs the WGSL workgroups as blocks of WG threads.
-        _ => Launch {
-            entry: ENTRY,
-            grid: grid.workgroups(n_tokens, n_outputs),
-            block: [WG, 1, 1],
-            shared_bytes: 0,
-        },
-    };
-    // Program::new keeps steps to 65535 tokens, so y and z stay within CUDA's limits.
-    debug_assert!(l.grid[1] <= MAX_GRID_YZ && l.grid[2] <= MAX_GRID_YZ);
-    l.grid.iter().all(|&g| g > 0).then_some(l)
-}
-
 /// The launch of the argmax kernel over `rows` logits rows.
 pub fn argmax_launch(rows: u32) -> Option<Launch> {
     (rows > 0).then_some(Launch {
-        entry: crate::sources::ARGMAX_ENTRY,
+        entry: Entry::Main,
         grid: [rows, 1, 1],
         block: [ARGMAX_THREADS, 1, 1],
         shared_bytes: 0,
     })
+}
+
+/// Blocks in x then y for `n` blocks (y past CUDA's 65535 limit of y; x goes to 2^31 - 1
+/// but the kernels count x then y like the WGSL workgroups they mirror).
+pub fn split(n: u32) -> [u32; 2] {
+    if n <= MAX_GRID_YZ {
+        [n, 1]
+    } else {
+        [MAX_GRID_YZ, n.div_ceil(MAX_GRID_YZ)]
+    }
 }
 
 /// Positions of a decode attention tile (attention_decode.cu: AD_TILE).
@@ -117,8 +75,7 @@ const AD_STATIC_SHARED: u32 = AD_MAX_GROUP * 256 * 4 + 2 * 2 * AD_TILE * 4;
 /// Dynamic shared memory a kernel gets without opting in (cuFuncSetAttribute above it).
 pub const DEFAULT_MAX_SHARED: u32 = 48 * 1024;
 
-/// The shape of an attention dispatch, read from its params block (kv_common.cuh:
-/// KvParams words 4, 5, 6).
+/// The shape of an attention call (its KvArgs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct AttentionShape {
     pub n_heads: u32,
@@ -129,10 +86,10 @@ pub struct AttentionShape {
 }
 
 impl AttentionShape {
-    /// From the words of a KvParams block; None when they cannot be an attention's
-    /// (Program::new checked them: this only keeps the host from dividing by zero).
-    pub fn from_params(words: &[u32], value_bytes: u32) -> Option<AttentionShape> {
-        let (n_heads, n_kv_heads, head_dim) = (*words.get(4)?, *words.get(5)?, *words.get(6)?);
+    /// From an attention's arguments; None when they cannot be an attention's (the
+    /// lowering checked them: this only keeps the host from dividing by zero).
+    pub fn of(a: &KvArgs, value_bytes: u32) -> Option<AttentionShape> {
+        let (n_heads, n_kv_heads, head_dim) = (a.n_heads, a.n_kv_heads, a.head_dim);
         let ok = n_kv_heads > 0
             && n_heads.is_multiple_of(n_kv_heads)
             && head_dim > 0
@@ -195,7 +152,7 @@ pub fn attention_decode_launch(
     splits: u32,
 ) -> Option<Launch> {
     let l = Launch {
-        entry: crate::sources::DECODE_ENTRY,
+        entry: Entry::Decode,
         grid: [shape.n_kv_heads * shape.head_blocks(), n_tokens, splits],
         block: [AD_THREADS, 1, 1],
         shared_bytes: decode_shared_bytes(shape),
@@ -211,7 +168,7 @@ pub fn attention_combine_launch(
     splits: u32,
 ) -> Option<Launch> {
     (splits > 1 && n_tokens > 0).then_some(Launch {
-        entry: crate::sources::COMBINE_ENTRY,
+        entry: Entry::Combine,
         grid: [shape.n_heads, n_tokens, 1],
         block: [WG, 1, 1],
         shared_bytes: 0,
@@ -262,7 +219,7 @@ pub fn attention_prefill_launch(
     tensor_cores: bool,
 ) -> Option<Launch> {
     (tensor_cores && shape.value_bytes == 1 && n_tokens > DECODE_MAX_TOKENS).then_some(Launch {
-        entry: crate::sources::PREFILL_ENTRY,
+        entry: Entry::Prefill,
         grid: [shape.n_heads, n_tokens.div_ceil(FP_ROWS), 1],
         block: [4 * WARP, 1, 1],
         shared_bytes: prefill_shared_bytes(shape),

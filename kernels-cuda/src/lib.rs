@@ -1,32 +1,38 @@
-//! kiln-kernels-cuda: the CUDA kernels of kiln, one fused op per `.cu` file with the
-//! stems of kernels-wgsl (the stems of `kiln_ir::Op::name`), embedded as text, and what a
-//! host needs to launch them. Pure Rust: no CUDA here, so its tests run anywhere.
+//! kiln-kernels-cuda: the CUDA kernels of kiln, one fused op per `.cu` file (the stems of
+//! `kiln_ir::Op::name`), embedded as text, and the CUDA backend's own lowering of a plan
+//! onto them. Pure Rust: no CUDA here, so its tests run anywhere.
 //!
-//! The CUDA backend runs the same [`Program`](kiln_kernels_wgsl::Program) as the WGSL
-//! backends: the same dispatches, params blocks (the same words in the same order), step
-//! buffer and weights buffer. Only the kernels differ, and they mirror the WGSL ones,
-//! which the conformance suite verified on lavapipe. This crate adds:
-//!
+//! - [`variant`]: the kernels, their variants (weight type, KV type) and the symbol of
+//!   every entry point (`matmul_q4_0_mv8`, `attention_fp8_decode`).
+//! - [`args`]: each kernel's argument struct, declared once for Rust and C (64-bit device
+//!   addresses; kernels take it by value).
 //! - [`sources`]: the `.cu` / `.cuh` files and the assembly of one self-contained source
-//!   per [`Variant`](kiln_kernels_wgsl::Variant) (textual `#include`s, no toolkit
-//!   headers), plus the greedy LM-head kernel ([`sources::argmax_source`]).
-//! - [`launch`]: entry point, grid, block and shared memory of each dispatch for a step's
-//!   token count, and the choice between the matrix-vector kernel (up to 8 tokens) and the
-//!   tensor-core kernel (prefill).
-//! - [`repack`] and [`matvec`]: the decode path of the CUDA backend's own lowering (issue
-//!   14): quantized weights repacked into quant and scale planes, activations quantized
-//!   to q8_1 once per launch, dp4a matvecs over token tiles up to 32 (`cuda/mv/`), and
-//!   their scalar twin ([`matvec::twin`]).
+//!   per variant (textual `#include`s, no toolkit headers), plus argmax's.
+//! - [`weights`]: where each weight lies in the weights buffer (64-bit offsets).
+//! - [`lower`]: a plan to typed calls ([`lower::lower`]), and each call's launches for a
+//!   step's shape ([`lower::geometry`]).
+//! - [`launch`]: block sizes, tiles and the attention paths' geometry.
+//! - [`repack`] and [`matvec`]: the decode path (issue 14), not yet lowered to: quantized
+//!   weights repacked into quant and scale planes, activations quantized to q8_1 once per
+//!   launch, dp4a matvecs over token tiles up to 32 (`cuda/mv/`), and their scalar twin
+//!   ([`matvec::twin`]).
 
 pub mod args;
 pub mod launch;
+pub mod lower;
 pub mod matvec;
 pub mod repack;
 pub mod sources;
+pub mod variant;
+pub mod weights;
 
 #[cfg(test)]
 mod attention_tests;
 #[cfg(test)]
+mod lower_tests;
+#[cfg(test)]
 mod tests;
 
-pub use launch::{Launch, launch};
+pub use launch::Launch;
+pub use lower::{Args, Buffers, Call, LowerError, Lowered, lower};
+pub use variant::{Entry, Kernel, Variant};

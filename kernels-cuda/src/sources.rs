@@ -1,13 +1,18 @@
 //! The CUDA sources, embedded as text, and how a kernel variant is assembled from them:
-//! a header of defines (the KV type), then the op's file with every `#include "x"`
-//! replaced by the text of `x` (once per source), `weights.cuh` standing for the variant's
-//! weight dtype. NVRTC gets one self-contained string: no include paths, no toolkit.
+//! a header of defines (the KV type, the symbol of each entry point), the C declaration
+//! of the kernel's argument struct ([`crate::args`]), then the op's file with every
+//! `#include "x"` replaced by the text of `x` (once per source), `weights.cuh` standing
+//! for the variant's weight dtype. NVRTC gets one self-contained string: no include
+//! paths, no toolkit.
 
-use kiln_ir::graph::Graph;
+use kiln_ir::DType;
 use kiln_ir::kv_layout::KvDtype;
-use kiln_ir::{DType, Op, RopeMode};
-use kiln_kernels_wgsl::Variant;
-use kiln_kernels_wgsl::sources::{OPS, WEIGHT_DTYPES};
+
+use crate::args::{
+    ArgmaxArgs, BinaryArgs, EmbedArgs, KernelArgs, KvArgs, MatmulArgs, RmsNormArgs, RopeArgs,
+    SelectRowsArgs,
+};
+use crate::variant::{ARGMAX_SYMBOL, Kernel, Variant};
 
 /// `(name, text)` of every source file; names are paths under `src/cuda`.
 pub const FILES: &[(&str, &str)] = &[
@@ -57,25 +62,9 @@ pub const FILES: &[(&str, &str)] = &[
         "attention_prefill.cu",
         include_str!("cuda/attention_prefill.cu"),
     ),
-    // Not an op of the plan: the greedy LM head (CudaBackend::argmax_last_logits).
+    // Not an op of the plan: the greedy LM head (Backend::read_argmax).
     ("argmax.cu", include_str!("cuda/argmax.cu")),
 ];
-
-/// The entry point of every op kernel (the matrix-vector kernel of the matmul ops).
-pub const ENTRY: &str = "kiln_main";
-/// The tensor-core entry point of the matmul ops (matmul_mma.cu).
-pub const MMA_ENTRY: &str = "kiln_mma";
-/// The paged decode attention of the attention variants (attention_decode.cu): GQA
-/// groups per block, split-K; takes the partial buffer as a sixth argument.
-pub const DECODE_ENTRY: &str = "kiln_attn_decode";
-/// The merge of the decode splits (attention_combine.cu): partial buffer and split count
-/// after the common arguments.
-pub const COMBINE_ENTRY: &str = "kiln_attn_combine";
-/// Causal flash attention of prefill steps on tensor cores (attention_prefill.cu): the
-/// FP8 attention variant only, sm_80+.
-pub const PREFILL_ENTRY: &str = "kiln_attn_prefill";
-/// The entry point of argmax.cu.
-pub const ARGMAX_ENTRY: &str = "kiln_argmax";
 
 /// The text of a source file by name.
 pub fn file(name: &str) -> Option<&'static str> {
@@ -85,45 +74,41 @@ pub fn file(name: &str) -> Option<&'static str> {
         .map(|(_, text)| *text)
 }
 
-/// Whether the op is one of the matmul family (matmul_core.cuh and matmul_mma.cu).
-pub fn is_matmul(op: &str) -> bool {
-    matches!(
-        op,
-        "matmul" | "matmul_add" | "matmul_swiglu" | "rmsnorm_matmul" | "rmsnorm_matmul_swiglu"
-    )
-}
+/// The weight types the CUDA kernels read (a `weights/<dtype>.cuh` each).
+pub const WEIGHT_DTYPES: [DType; 6] = [
+    DType::F32,
+    DType::F16,
+    DType::BF16,
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q8_0,
+];
 
-/// Whether the variant has the tensor-core entry [`MMA_ENTRY`]: the matmuls of quantized
-/// weights (weights/<dtype>.cuh: MM_TENSOR_CORES). F32, F16 and BF16 weights keep exact
-/// f32 products: f16 operands would round what their matmuls do not.
-pub fn has_tensor_cores(v: &Variant) -> bool {
-    is_matmul(v.op) && v.weight.is_some_and(|w| w.is_quantized())
-}
+/// The KV cache types.
+pub const KV_DTYPES: [KvDtype; 2] = [KvDtype::F8E4M3, KvDtype::F16];
 
-/// Whether the variant has the tensor-core prefill attention [`PREFILL_ENTRY`]: FP8 KV
-/// caches (f16 q and P would round what the F16 cache's f32 kernel does not).
-pub fn has_prefill(v: &Variant) -> bool {
-    v.op == "attention" && v.kv == Some(KvDtype::F8E4M3)
-}
-
-/// The entry points a variant's module holds.
-pub fn entries(v: &Variant) -> &'static [&'static str] {
-    if has_tensor_cores(v) {
-        &[ENTRY, MMA_ENTRY]
-    } else if has_prefill(v) {
-        &[ENTRY, DECODE_ENTRY, COMBINE_ENTRY, PREFILL_ENTRY]
-    } else if v.op == "attention" {
-        &[ENTRY, DECODE_ENTRY, COMBINE_ENTRY]
-    } else {
-        &[ENTRY]
+/// The C declaration of the argument struct a kernel takes.
+pub fn args_decl(k: Kernel) -> String {
+    match k {
+        Kernel::Embed => EmbedArgs::c_decl(),
+        Kernel::RmsNorm => RmsNormArgs::c_decl(),
+        Kernel::MatMul
+        | Kernel::MatMulAdd
+        | Kernel::MatMulSwiGlu
+        | Kernel::RmsNormMatMul
+        | Kernel::RmsNormMatMulSwiGlu => MatmulArgs::c_decl(),
+        Kernel::Add | Kernel::SwiGlu => BinaryArgs::c_decl(),
+        Kernel::SelectRows => SelectRowsArgs::c_decl(),
+        Kernel::Rope => RopeArgs::c_decl(),
+        Kernel::KvWrite | Kernel::RopeKvWrite | Kernel::Attention => KvArgs::c_decl(),
     }
 }
 
-/// The full CUDA source of a variant, or None for an unknown op or a missing weight or KV
-/// type. CUDA has one reduction (warp shuffles): the variant's `subgroups` is ignored.
+/// The full CUDA source of a variant, or None for a missing or unknown weight or KV
+/// type. Its entry points are named by [`Variant::symbol`].
 pub fn source(v: &Variant) -> Option<String> {
     let mut header = format!("// kiln kernel {}\n", v.name());
-    if Variant::takes_kv(v.op) {
+    if v.kernel.takes_kv() {
         let (fp8, bytes) = match v.kv? {
             KvDtype::F8E4M3 => (1, 1),
             KvDtype::F16 => (0, 2),
@@ -132,15 +117,19 @@ pub fn source(v: &Variant) -> Option<String> {
             "#define KV_FP8 {fp8}\n#define KV_VALUE_BYTES {bytes}u\n"
         ));
     }
-    let weights = match v.weight {
-        Some(w) if WEIGHT_DTYPES.contains(&w) => Some(format!("weights/{}.cuh", w.name())),
-        Some(_) => return None,
-        None => None,
+    for &e in v.entries() {
+        header.push_str(&format!("#define {} {}\n", e.macro_name(), v.symbol(e)));
+    }
+    let weights = match (v.kernel.takes_weight(), v.weight) {
+        (true, Some(w)) if WEIGHT_DTYPES.contains(&w) => Some(format!("weights/{}.cuh", w.name())),
+        (false, None) => None,
+        _ => return None,
     };
     let mut out = header;
+    out.push_str(&args_decl(v.kernel));
     let mut seen = Vec::new();
     expand(
-        &format!("{}.cu", v.op),
+        &format!("{}.cu", v.kernel.stem()),
         weights.as_deref(),
         &mut seen,
         &mut out,
@@ -149,9 +138,10 @@ pub fn source(v: &Variant) -> Option<String> {
     Some(out)
 }
 
-/// The source of the greedy LM-head kernel ([`ARGMAX_ENTRY`]).
+/// The source of the greedy LM-head kernel ([`ARGMAX_SYMBOL`]).
 pub fn argmax_source() -> String {
-    let mut out = String::from("// kiln kernel argmax\n");
+    let mut out = format!("// kiln kernel argmax\n#define KILN_MAIN {ARGMAX_SYMBOL}\n");
+    out.push_str(&ArgmaxArgs::c_decl());
     let mut seen = Vec::new();
     expand("argmax.cu", None, &mut seen, &mut out, 0)
         .expect("argmax.cu and its includes are embedded");
@@ -201,53 +191,25 @@ fn include_of(line: &str) -> Option<&str> {
         .strip_suffix('"')
 }
 
-/// The WGSL ops that have no CUDA twin yet (Gemma 3's): a plan with them does not load
-/// on the CUDA backend (`runs` refuses them, so they stay unfused or are refused).
-pub const WGSL_ONLY_OPS: &[&str] = &[
-    "scale",
-    "head_rmsnorm",
-    "geglu",
-    "matmul_geglu",
-    "rmsnorm_matmul_geglu",
-    "rmsnorm_add",
-    "qk_norm_rope_kv_write",
-];
-
-/// Every variant a plan may need: each op × weight dtype × KV dtype (the WGSL variants
-/// without their subgroup twins) that has CUDA sources.
+/// Every variant a plan may need: each kernel × weight type × KV type it reads.
 pub fn all_variants() -> Vec<Variant> {
-    kiln_kernels_wgsl::sources::all_variants()
-        .into_iter()
-        .filter(|v| !v.subgroups && ops().any(|op| op == v.op))
-        .filter(|v| v.weight.is_none_or(|w| weight_dtypes().contains(&w)))
-        .collect()
-}
-
-/// The ops of kernels-wgsl that have a `.cu` file here.
-pub fn ops() -> impl Iterator<Item = &'static str> {
-    OPS.iter()
-        .map(|(op, _)| *op)
-        .filter(|op| !WGSL_ONLY_OPS.contains(op))
-}
-
-/// Weight dtypes the CUDA kernels read (those of the WGSL kernels with a `.cuh` here).
-pub fn weight_dtypes() -> &'static [DType] {
-    &WEIGHT_DTYPES[..6]
-}
-
-/// Whether the CUDA kernels run `op` as the WGSL program dispatches it (asked besides
-/// the WGSL `supports`): an op with a `.cu` file, weights of a type with a `.cuh`, no
-/// NeoX RoPE and attention without a window or a second KV group.
-pub fn runs(op: &Op, graph: &Graph) -> bool {
-    let weights_ok = op.matrices().iter().all(|&w| {
-        graph
-            .weight(w)
-            .is_some_and(|w| weight_dtypes().contains(&w.dtype))
-    });
-    weights_ok
-        && ops().any(|name| name == op.name())
-        && op.rope().is_none_or(|r| r.mode == RopeMode::Normal)
-        && op
-            .attention()
-            .is_none_or(|a| a.window.is_none() && a.kv_group == 0)
+    let mut out = Vec::new();
+    for kernel in Kernel::ALL {
+        let weights: Vec<Option<DType>> = if kernel.takes_weight() {
+            WEIGHT_DTYPES.iter().copied().map(Some).collect()
+        } else {
+            vec![None]
+        };
+        let kvs: Vec<Option<KvDtype>> = if kernel.takes_kv() {
+            KV_DTYPES.iter().copied().map(Some).collect()
+        } else {
+            vec![None]
+        };
+        for &weight in &weights {
+            for &kv in &kvs {
+                out.push(Variant { kernel, weight, kv });
+            }
+        }
+    }
+    out
 }

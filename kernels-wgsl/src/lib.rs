@@ -7,17 +7,21 @@
 //! - [`program`]: a [`Plan`](kiln_ir::Plan) turned into [`Program`]: the pipelines to
 //!   build, and for every launch its dispatches (pipeline, resources to bind, a params
 //!   block as bytes, workgroup counts for a step).
-//! - [`step`]: the step buffer (token ids, positions, block tables, RoPE cos/sin); the
-//!   step checks are kiln-ir's (`StepLimits`), the same for every backend.
-//! - [`weights`]: where each weight lives in the weights buffer, the bytes to upload.
+//! - [`step`]: the step buffer (token ids, positions, block tables, RoPE cos/sin), written
+//!   in kiln-gpu-host for every GPU kernel set; the step checks are kiln-ir's
+//!   (`StepLimits`), the same for every backend.
+//! - [`weights`]: which weights buffer each weight lives in and where, the bytes to
+//!   upload.
 //!
 //! A backend owns five buffers ([`Resource`]) and runs each dispatch in order; nothing in
 //! it depends on which op it runs.
 
 pub mod program;
 pub mod sources;
-pub mod step;
 pub mod weights;
+
+/// The step buffer (kiln-gpu-host's, shared with the CUDA kernels).
+pub use kiln_gpu_host::step;
 
 #[cfg(test)]
 mod tests;
@@ -34,7 +38,8 @@ pub struct Capabilities {
     pub subgroups: bool,
     /// The largest storage buffer binding, in bytes.
     pub max_storage_binding: u64,
-    /// The largest buffer, in bytes (the weights buffer; a dispatch binds a window of it).
+    /// The largest buffer, in bytes: each weights buffer holds at most this (a dispatch
+    /// binds a window of one).
     pub max_buffer: u64,
     /// Alignment of uniform buffer offsets (256 on most devices).
     pub uniform_align: u64,
@@ -63,6 +68,17 @@ pub enum KernelError {
     BadStep(String),
     #[error("weight {name:?}: {reason}")]
     Weight { name: String, reason: String },
+}
+
+impl From<kiln_gpu_host::HostError> for KernelError {
+    fn from(e: kiln_gpu_host::HostError) -> KernelError {
+        match e {
+            kiln_gpu_host::HostError::BadStep(reason) => KernelError::BadStep(reason),
+            kiln_gpu_host::HostError::Weight { name, reason } => {
+                KernelError::Weight { name, reason }
+            }
+        }
+    }
 }
 
 impl KernelError {

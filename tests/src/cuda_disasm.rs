@@ -14,14 +14,14 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use kiln_backend_cuda::compile::Nvrtc;
-use kiln_kernels_cuda::sources::{all_variants, argmax_source, is_matmul, source};
+use kiln_kernels_cuda::sources::{all_variants, argmax_source, source};
 
 /// What one kernel (one entry point of a variant's module) compiles to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelFacts {
     /// The variant's name (`matmul_add_q4_0`), or `argmax`.
     pub variant: String,
-    /// The entry point (`kiln_main`, `kiln_mma` ...).
+    /// The entry point's symbol (`matmul_q4_0_mv8`, `matmul_q4_0_mma`, `attention_fp8_decode` ...).
     pub kernel: String,
     /// Whether the variant is one of the matmul ops (its kernels are the matvec and the
     /// tensor-core prefill matmul).
@@ -65,9 +65,10 @@ impl KernelFacts {
         self.matmul && !self.is_tensor_core_matmul()
     }
 
-    /// Whether this is the tensor-core matmul of a matmul variant (its name says `mma`).
+    /// Whether this is the tensor-core matmul of a matmul variant (its symbol ends in
+    /// `_mma`; the matrix-vector kernel's in `_mv8`).
     pub fn is_tensor_core_matmul(&self) -> bool {
-        self.matmul && self.kernel.contains("mma")
+        self.matmul && self.kernel.ends_with("_mma")
     }
 
     /// All global loads.
@@ -164,7 +165,7 @@ fn jobs() -> Result<Vec<Job>, String> {
         jobs.push(Job {
             name: v.name(),
             source: src,
-            matmul: is_matmul(v.op),
+            matmul: v.kernel.is_matmul(),
             quantized: v.weight.is_some_and(|w| w.is_quantized()),
         });
     }
@@ -305,7 +306,7 @@ pub fn parse(text: &str) -> Result<Vec<KernelFacts>, String> {
     };
     for line in text.lines() {
         let t = line.trim();
-        // Resource usage: " Function kiln_main:" then "  REG:48 STACK:0 SHARED:0 LOCAL:0 ...".
+        // Resource usage: " Function matmul_q4_0_mv8:" then "  REG:48 STACK:0 SHARED:0 LOCAL:0 ...".
         if let Some(name) = t
             .strip_prefix("Function ")
             .and_then(|r| r.strip_suffix(':'))
@@ -335,7 +336,7 @@ pub fn parse(text: &str) -> Result<Vec<KernelFacts>, String> {
             }
             continue;
         }
-        // SASS: "Function : kiln_main" then instruction lines.
+        // SASS: "Function : matmul_q4_0_mv8" then instruction lines.
         if let Some(name) = t.strip_prefix("Function :") {
             current = Some(index(&mut kernels, name.trim()));
             continue;

@@ -229,13 +229,13 @@ fn parse_counts_a_recorded_listing() -> Outcome {
 Resource usage:
  Common:
   GLOBAL:0
- Function kiln_mma:
+ Function matmul_q4_0_mma:
   REG:56 STACK:0 SHARED:11264 LOCAL:0 CONSTANT[0]:568 TEXTURE:0 SURFACE:0 SAMPLER:0
- Function kiln_main:
+ Function matmul_q4_0_mv8:
   REG:48 STACK:16 SHARED:0 LOCAL:8 CONSTANT[0]:568 TEXTURE:0 SURFACE:0 SAMPLER:0
 
 \tcode for sm_90
-\t\tFunction : kiln_mma
+\t\tFunction : matmul_q4_0_mma
 \t.headerflags\t@\"EF_CUDA_SM90 EF_CUDA_VIRTUAL_SM(EF_CUDA_SM90)\"
                                                                    /* 0x000ff00000000800 */
         /*0000*/                   LDC R1, c[0x0][0x28] ;          /* 0x00000a00ff017b82 */
@@ -246,7 +246,7 @@ Resource usage:
         .L_x_1:
 \t\t..........
 
-\t\tFunction : kiln_main
+\t\tFunction : matmul_q4_0_mv8
         /*0000*/                   LDG.E.128.CONSTANT R4, desc[UR4][R2.64] ; /* 0x0 */
         /*0010*/              @!P0 LDG.E.64 R8, desc[UR4][R2.64+0x10] ; /* 0x0 */
         /*0020*/               @P1 LDG.E.U8 R9, desc[UR4][R2.64] ; /* 0x0 */
@@ -262,8 +262,8 @@ Resource usage:
         Err(e) => return fail(e),
     };
     let names: Vec<&str> = k.iter().map(|k| k.kernel.as_str()).collect();
-    assert_eq!(names, ["kiln_main", "kiln_mma"]);
-    let (main, mma) = (&k[0], &k[1]);
+    assert_eq!(names, ["matmul_q4_0_mma", "matmul_q4_0_mv8"]);
+    let (mma, main) = (&k[0], &k[1]);
     assert_eq!(
         (
             main.registers,

@@ -48,10 +48,10 @@ const ALLOWED: &[(&str, &[&str])] = &[
         ],
     ),
     ("kiln-capi", &["kiln-ir", "kiln-engine", "kiln-backends"]),
-    // Kernel crates: sources and the glue that embeds them (kernels-cuda still executes
-    // the WGSL program: the CUDA decode issue gives it its own lowering).
+    // Kernel crates: sources, the glue that embeds them and their lowering of a plan; the
+    // host logic both need (step buffer, weight bytes) is kiln-gpu-host's.
     ("kiln-kernels-wgsl", &["kiln-ir", "kiln-gpu-host"]),
-    ("kiln-kernels-cuda", &["kiln-ir", "kiln-kernels-wgsl"]),
+    ("kiln-kernels-cuda", &["kiln-ir", "kiln-gpu-host"]),
     // The host logic GPU backends share (kernel cache, output reads, timers): the IR only.
     ("kiln-gpu-host", &["kiln-ir"]),
     // A backend (any `kiln-backend-*`): the IR, the shared GPU host logic and kernel

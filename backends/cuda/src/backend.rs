@@ -54,6 +54,9 @@ pub struct CudaBackend {
     gpu: Gpu,
     properties: DeviceProperties,
     loaded: Option<Loaded>,
+    /// `launch_times` was asked for: plans loaded from then on are timed from their first
+    /// step (a caller that reloads between steps still gets the times of the last one).
+    timed: bool,
 }
 
 impl CudaBackend {
@@ -80,7 +83,8 @@ impl CudaBackend {
             subgroup_sizes: Some((gpu.warp_size, gpu.warp_size)),
             memory_bytes: Some(gpu.memory_bytes),
             max_buffer_bytes: Some(gpu.memory_bytes),
-            // Byte offsets and indices are 32-bit words in the kernels.
+            // Weights are 64-bit addresses; the arena's indices and the KV pages' byte
+            // offsets are 32-bit in the kernels.
             max_binding_bytes: Some(u64::from(u32::MAX)),
             shared_memory_bytes: Some(gpu.max_shared_bytes),
             has_f16: gpu.arch >= 53,
@@ -89,6 +93,7 @@ impl CudaBackend {
             gpu,
             properties,
             loaded: None,
+            timed: false,
         })
     }
 
@@ -113,8 +118,7 @@ impl Backend for CudaBackend {
     }
 
     fn supports(&self, op: &Op, graph: &Graph) -> bool {
-        kiln_kernels_wgsl::program::supports(op, graph, u64::from(u32::MAX))
-            && kiln_kernels_cuda::sources::runs(op, graph)
+        kiln_kernels_cuda::lower::supports(op, graph)
     }
 
     fn load_plan(
@@ -126,7 +130,14 @@ impl Backend for CudaBackend {
     ) -> Result<(), BackendError> {
         self.loaded = None;
         let device = (&self.gpu, &self.properties);
-        self.loaded = Some(Loaded::new(device, plan, weights, kv, kv_page_count)?);
+        self.loaded = Some(Loaded::new(
+            device,
+            plan,
+            weights,
+            kv,
+            kv_page_count,
+            self.timed,
+        )?);
         Ok(())
     }
 
@@ -157,13 +168,15 @@ impl Backend for CudaBackend {
     }
 
     fn load_bytes(&self, plan: &Plan) -> usize {
-        // Weights are uploaded to the device (vectors as f32), plus the params blocks (at
-        // most 64 bytes a dispatch) and the step buffer.
-        kiln_kernels_wgsl::program::load_bytes(plan, 64) as usize + 4096
+        // Weights are uploaded to the device (vectors as f32), plus the step buffer.
+        let weights = kiln_kernels_cuda::weights::WeightLayout::new(plan).map_or(0, |l| l.total);
+        weights as usize + 4096
     }
 
     fn launch_times(&mut self) -> Result<Vec<LaunchTime>, BackendError> {
         let loaded = self.loaded.as_mut().ok_or_else(|| no_plan(NAME))?;
-        loaded.launch_times(&self.gpu)
+        let times = loaded.launch_times(&self.gpu);
+        self.timed = loaded.timed();
+        times
     }
 }

@@ -362,6 +362,49 @@ impl Compiler {
     }
 }
 
+/// The cubin of every (name, source), in order: from the disk cache, or compiled by NVRTC
+/// on a few threads (a first start compiles a dozen kernels of about a second each).
+/// Err: the name of a module that failed and why.
+pub fn compile_all(
+    compiler: &Compiler,
+    jobs: &[(String, String)],
+) -> Result<Vec<Vec<u8>>, (String, String)> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .clamp(1, 8)
+        .min(jobs.len().max(1));
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<_> = std::thread::scope(|s| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                s.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some((name, src)) = jobs.get(i) else {
+                            return done;
+                        };
+                        done.push((i, compiler.cubin(name, src)));
+                    }
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().unwrap_or_default())
+            .collect()
+    });
+    let mut cubins: Vec<Option<Vec<u8>>> = vec![None; jobs.len()];
+    for (i, r) in results {
+        cubins[i] = Some(r.map_err(|e| (jobs[i].0.clone(), e.to_string()))?);
+    }
+    cubins
+        .into_iter()
+        .zip(jobs)
+        .map(|(c, (name, _))| c.ok_or_else(|| (name.clone(), "a compile thread failed".into())))
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,9 +4,9 @@
 //! machine without a driver or without NVRTC gets `BackendError::NoDevice`, never a
 //! panic: the libraries are checked with libloading before cudarc touches them.
 //!
-//! The kernels crate and kiln-kernels-wgsl decide every dispatch (the same `Program` as
-//! the WGSL backends: params blocks, step buffer, weights buffer); this crate owns the
-//! device: buffers, modules, one stream, events for `launch_times`.
+//! kiln-kernels-cuda lowers the plan (typed calls with 64-bit device addresses, the
+//! weights layout, each call's launch geometry); this crate owns the device: buffers,
+//! modules, one stream, graphs, events for `launch_times`.
 
 mod backend;
 pub mod compile;
@@ -14,6 +14,7 @@ mod device;
 mod graphs;
 mod loaded;
 mod memory;
+mod run;
 
 pub use backend::{CudaBackend, CudaOptions};
 pub use kiln_gpu_host::Cache;

@@ -1,11 +1,9 @@
 //! Device memory and launches: zeroed allocations (out of memory is a typed error),
 //! checked copies in and out, device addresses, and the raw kernel launch (every kernel
-//! of kiln-kernels-cuda takes device addresses only).
+//! of kiln-kernels-cuda takes one argument: its struct, by value).
 
 use cudarc::driver::sys::CUresult;
-use cudarc::driver::{
-    CudaFunction, CudaSlice, DevicePtr, DriverError, LaunchConfig, PushKernelArg,
-};
+use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DriverError};
 use kiln_ir::backend::BackendError;
 use kiln_kernels_cuda::launch::Launch;
 
@@ -26,34 +24,33 @@ pub(crate) fn alloc(gpu: &Gpu, bytes: u64, what: &str) -> Result<CudaSlice<u8>, 
     })
 }
 
-/// The device address of a buffer (kernel arguments are raw pointers: one parameter
-/// list for every kernel, and a params pointer per dispatch inside one buffer).
+/// The device address of a buffer (what the kernels' argument structs hold).
 pub(crate) fn address(gpu: &Gpu, buffer: &CudaSlice<u8>) -> u64 {
     let (ptr, _sync) = buffer.device_ptr(&gpu.stream);
     ptr
 }
 
-/// Launch `f` with device addresses as its arguments.
-pub(crate) fn run(
-    gpu: &Gpu,
-    f: &CudaFunction,
-    l: &Launch,
-    args: &[u64],
-) -> Result<(), DriverError> {
-    let cfg = LaunchConfig {
-        grid_dim: (l.grid[0], l.grid[1], l.grid[2]),
-        block_dim: (l.block[0], l.block[1], l.block[2]),
-        shared_mem_bytes: l.shared_bytes,
-    };
-    let mut builder = gpu.stream.launch_builder(f);
-    for a in args {
-        builder.arg(a);
+/// Launch `f` with `args`, the bytes of its one argument struct, on the stream (the
+/// context must be current on this thread).
+pub(crate) fn run(gpu: &Gpu, f: &CudaFunction, l: &Launch, args: &[u8]) -> Result<(), DriverError> {
+    // cuLaunchKernel reads each parameter through its pointer, as many bytes as the
+    // kernel's parameter has: the struct's.
+    let mut params = [args.as_ptr().cast_mut().cast::<std::ffi::c_void>()];
+    // SAFETY: `f` takes exactly one parameter, the struct whose bytes `args` holds (the
+    // lowering pairs each call's variant and entry with its struct; the C declaration's
+    // static_assert checked its size against the host's); `args` lives until the call
+    // returns, and the driver copies it then. Its pointers are the backend's live
+    // buffers, and the lowering's checks keep every index the kernels form inside them.
+    unsafe {
+        cudarc::driver::result::launch_kernel(
+            f.cu_function(),
+            (l.grid[0], l.grid[1], l.grid[2]),
+            (l.block[0], l.block[1], l.block[2]),
+            l.shared_bytes,
+            gpu.stream.cu_stream(),
+            &mut params,
+        )
     }
-    // SAFETY: every kernel of kiln-kernels-cuda takes exactly these pointer arguments
-    // (prelude.cuh: KILN_KERNEL; argmax.cu: params, arena, ids, step), each the address
-    // of a live buffer of this backend; the params blocks, offsets and grid come from the
-    // Program, whose checks keep every index the kernels form inside its buffer.
-    unsafe { builder.launch(cfg) }.map(|_| ())
 }
 
 /// Copy host bytes into `dst` at `offset`, checking the range (cudarc asserts).

@@ -1,6 +1,7 @@
 //! kiln-gpu-host: the host logic of kiln's GPU backends that does not depend on a GPU
 //! API, written once (it depends on kiln-ir only). What is specific to the WGSL program
-//! (dispatches, params, the step and weights buffers) is in kiln-kernels-wgsl; what a
+//! (dispatches, params, the weights layout) is in kiln-kernels-wgsl, what is specific to
+//! the CUDA kernels in kiln-kernels-cuda; what a
 //! backend keeps is what its API makes it write (buffers, pipelines, recording, timers'
 //! queries).
 //!
@@ -10,19 +11,47 @@
 //! - [`timers`]: timestamp ticks to per-launch times.
 //! - [`kv`]: the byte ranges a partial KV page copy moves.
 //! - [`lru`]: recorded work kept per step shape.
+//! - [`step`]: the step buffer every GPU kernel set reads (ids, positions, block tables,
+//!   RoPE cos/sin), and the RoPE tables of a plan.
+//! - [`weights`]: the bytes of each weight as a GPU weights buffer holds them.
 
 pub mod cache;
 pub mod device;
 pub mod kv;
 pub mod lru;
 pub mod output;
+pub mod step;
 pub mod timers;
+pub mod weights;
 
 pub use cache::{Cache, CacheStats, DiskCache};
 pub use lru::Lru;
 pub use output::Output;
 
 use kiln_ir::backend::BackendError;
+
+/// Why host data for the kernels (a step buffer, a weight's bytes) cannot be built.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    #[error("bad step: {0}")]
+    BadStep(String),
+    #[error("weight {name:?}: {reason}")]
+    Weight { name: String, reason: String },
+}
+
+impl HostError {
+    /// The same error as a backend's.
+    pub fn for_backend(self, backend: &'static str) -> BackendError {
+        match self {
+            HostError::BadStep(reason) => BackendError::BadStep { backend, reason },
+            HostError::Weight { name, reason } => BackendError::Weight {
+                backend,
+                name,
+                reason,
+            },
+        }
+    }
+}
 
 /// The error of a step, a read or a copy before any plan was loaded.
 pub fn no_plan(backend: &'static str) -> BackendError {

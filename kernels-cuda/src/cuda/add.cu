@@ -2,19 +2,9 @@
 
 #include "prelude.cuh"
 
-struct AddParams {
-    unsigned int rows_sel; // STEP_N_TOKENS or STEP_N_OUTPUTS
-    unsigned int cols;
-    unsigned int a;   // arena index of a (rows, cols)
-    unsigned int b;   // arena index of b (rows, cols)
-    unsigned int out; // arena index of the output (rows, cols)
-};
-
-KILN_KERNEL {
-    KILN_UNUSED_ARGS
-    const AddParams& p = *reinterpret_cast<const AddParams*>(params);
+extern "C" __global__ void KILN_MAIN(const __grid_constant__ BinaryArgs a) {
     unsigned int i = flat_index();
-    if (i < step[p.rows_sel] * p.cols) {
-        arena[p.out + i] = arena[p.a + i] + arena[p.b + i];
+    if (i < a.step[a.rows_sel] * a.cols) {
+        a.out[i] = a.a[i] + a.b[i];
     }
 }

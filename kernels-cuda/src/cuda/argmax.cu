@@ -5,13 +5,6 @@
 
 #include "prelude.cuh"
 
-struct ArgmaxParams {
-    unsigned int rows_sel; // STEP_N_TOKENS or STEP_N_OUTPUTS
-    unsigned int cols;     // vocabulary
-    unsigned int logits;   // arena index of the logits (rows, cols)
-    unsigned int pad;
-};
-
 // The better of two (value, index) candidates: larger value, then lower index (a NaN never
 // wins here; the row is flagged instead).
 __device__ __forceinline__ void better(float& v, unsigned int& i, float v2, unsigned int i2) {
@@ -21,10 +14,10 @@ __device__ __forceinline__ void better(float& v, unsigned int& i, float v2, unsi
     }
 }
 
-//   ids (rows) the chosen token of each row.
-extern "C" __global__ void kiln_argmax(const unsigned int* __restrict__ params, const float* arena,
-                                       unsigned int* ids, const unsigned int* __restrict__ step) {
-    const ArgmaxParams& p = *reinterpret_cast<const ArgmaxParams*>(params);
+//   p.ids (rows) the chosen token of each row.
+extern "C" __global__ void KILN_MAIN(const __grid_constant__ ArgmaxArgs p) {
+    const unsigned int* __restrict__ step = p.step;
+    unsigned int* ids = p.ids;
     __shared__ float best_v[32];        // (warps) each warp's best value
     __shared__ unsigned int best_i[32]; // (warps) and its index
     __shared__ unsigned int non_finite; // a NaN or +inf somewhere in the row
@@ -36,7 +29,7 @@ extern "C" __global__ void kiln_argmax(const unsigned int* __restrict__ params, 
         non_finite = 0u;
     }
     __syncthreads();
-    const float* row = arena + p.logits + r * p.cols;
+    const float* row = p.logits + r * p.cols;
     const float inf = bits_f32(0x7F800000u);
     float v = bits_f32(0xFF800000u); // -inf
     unsigned int i = 0xFFFFFFFFu;

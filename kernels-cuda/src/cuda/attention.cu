@@ -12,7 +12,7 @@
 #define DIMS_PER_THREAD (MAX_HEAD_DIM / WG)
 
 // q (already scaled) against the K row of (page, slot, h).
-__device__ __forceinline__ float k_dot(const KvParams& p, const unsigned char* kv, const float* q_sh,
+__device__ __forceinline__ float k_dot(const KvArgs& p, const unsigned char* kv, const float* q_sh,
                                        unsigned int page, unsigned int slot, unsigned int h) {
     const unsigned int* k = reinterpret_cast<const unsigned int*>(kv + values_at(p, page, slot, h, 0u));
     float s = 0.0f;
@@ -33,7 +33,7 @@ __device__ __forceinline__ float k_dot(const KvParams& p, const unsigned char* k
 }
 
 // V value d of (page, slot, h), without its FP8 scale.
-__device__ __forceinline__ float v_at(const KvParams& p, const unsigned char* kv, unsigned int page,
+__device__ __forceinline__ float v_at(const KvArgs& p, const unsigned char* kv, unsigned int page,
                                       unsigned int slot, unsigned int h, unsigned int d) {
     const unsigned char* v = kv + values_at(p, page, slot, h, 1u);
 #if KV_FP8
@@ -44,9 +44,9 @@ __device__ __forceinline__ float v_at(const KvParams& p, const unsigned char* kv
 }
 
 // Grid (n_heads, tokens); blocks of WG threads.
-KILN_KERNEL {
-    KILN_UNUSED_ARGS
-    const KvParams& p = *reinterpret_cast<const KvParams*>(params);
+extern "C" __global__ void KILN_MAIN(const __grid_constant__ KvArgs p) {
+    const unsigned int* __restrict__ step = p.step;
+    const unsigned char* kv = p.kv;
     __shared__ float q_sh[MAX_HEAD_DIM]; // (head_dim) q · scale
     __shared__ float scores[WG];         // (WG) the tile's scores
     __shared__ unsigned int pages[WG];   // (WG) the page of each position of the tile
@@ -57,7 +57,7 @@ KILN_KERNEL {
     unsigned int kvh = h / (p.n_heads / p.n_kv_heads);
     unsigned int row = (t * p.n_heads + h) * hd;
     for (unsigned int d = lid; d < hd; d += WG) {
-        q_sh[d] = arena[p.q + row + d] * p.scale;
+        q_sh[d] = p.q[row + d] * p.scale;
     }
     __syncthreads();
     unsigned int n = step[step[STEP_POSITIONS] + t] + 1u; // positions 0 ..= pos
@@ -73,7 +73,7 @@ KILN_KERNEL {
         float s = -1e30f;
         unsigned int page = 0u;
         if (j < n) {
-            page = page_of(p, step, t, j);
+            page = page_of(p, t, j);
             s = k_dot(p, kv, q_sh, page, j % p.page_size, kvh);
         }
         scores[lid] = s;
@@ -115,7 +115,7 @@ KILN_KERNEL {
     for (unsigned int e = 0u; e < DIMS_PER_THREAD; e++) {
         unsigned int d = lid + e * WG;
         if (d < hd) {
-            arena[p.q_out + row + d] = o[e] / l;
+            p.q_out[row + d] = o[e] / l;
         }
     }
 }

@@ -1,22 +1,15 @@
-// attention_combine.cu: the merge of attention_decode.cu's splits (entry
-// kiln_attn_combine). Split s of (token, head) left acc_s = Σ w_i v_i and (m_s, l_s) with
+// attention_combine.cu: the merge of attention_decode.cu's splits (entry KILN_COMBINE). Split s of (token, head) left acc_s = Σ w_i v_i and (m_s, l_s) with
 // its own running max; the exact result is Σ_s e^(m_s - M) acc_s / Σ_s e^(m_s - M) l_s,
 // M = max_s m_s. An empty split has m_s = -1e30 and l_s = 0: its factor is 0.
 // Included by attention.cu after attention_decode.cu.
 
 // Grid (n_heads, tokens); blocks of WG threads, each thread some output dimensions.
-//   partial: (tokens, n_heads, splits, head_dim) f32 acc, then (tokens, n_heads, splits, 2)
-//            f32 (m, l), as kiln_attn_decode wrote it for this step's tokens.
-//   splits:  the decode launch's gridDim.z.
-extern "C" __global__ void kiln_attn_combine(const unsigned int* __restrict__ params, float* arena,
-                                             const unsigned char* __restrict__ weights, unsigned char* kv,
-                                             const unsigned int* __restrict__ step,
-                                             const float* __restrict__ partial, unsigned long long splits64) {
-    (void)weights;
-    (void)kv;
-    (void)step;
-    const KvParams& p = *reinterpret_cast<const KvParams*>(params);
-    unsigned int splits = (unsigned int)splits64;
+//   p.partial: (tokens, n_heads, splits, head_dim) f32 acc, then (tokens, n_heads, splits,
+//              2) f32 (m, l), as KILN_DECODE wrote it for this step's tokens.
+//   p.splits:  the decode launch's gridDim.z.
+extern "C" __global__ void KILN_COMBINE(const __grid_constant__ KvArgs p) {
+    const float* __restrict__ partial = p.partial;
+    unsigned int splits = p.splits;
     unsigned int h = blockIdx.x;
     unsigned int t = blockIdx.y;
     unsigned int hd = p.head_dim;
@@ -36,6 +29,6 @@ extern "C" __global__ void kiln_attn_combine(const unsigned int* __restrict__ pa
         for (unsigned int s = 0u; s < splits; s++) {
             acc += partial[(base + s) * hd + d] * expf(ml[2u * (base + s)] - big);
         }
-        arena[p.q_out + (t * p.n_heads + h) * hd + d] = acc / denom;
+        p.q_out[(t * p.n_heads + h) * hd + d] = acc / denom;
     }
 }

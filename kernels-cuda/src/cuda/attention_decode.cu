@@ -1,4 +1,4 @@
-// attention_decode.cu: paged decode attention (entry kiln_attn_decode), the semantics of
+// attention_decode.cu: paged decode attention (entry KILN_DECODE), the semantics of
 // attention.cu (q · scale, K scale on the dot, V scale on the weight, causal positions
 // 0 ..= pos, online softmax from m = -1e30) with three changes for bandwidth:
 // - GQA: one block per (KV head, token, split) serves up to AD_MAX_GROUP query heads of
@@ -95,14 +95,13 @@ __device__ __forceinline__ void ad_values4(const unsigned char* at, float* out) 
 }
 
 // Grid (n_kv_heads · head_blocks, tokens, splits); blocks of AD_WARPS warps.
-//   partial (splits > 1): (tokens, n_heads, splits, head_dim) f32 acc, then
-//           (tokens, n_heads, splits, 2) f32 (m, l); unused with one split.
+//   p.partial (splits > 1): (tokens, n_heads, splits, head_dim) f32 acc, then
+//             (tokens, n_heads, splits, 2) f32 (m, l); unused with one split.
 // Dynamic shared memory: 2 stages × (K, V) × AD_TILE rows of ad_row_stride bytes.
-extern "C" __global__ void kiln_attn_decode(const unsigned int* __restrict__ params, float* arena,
-                                            const unsigned char* __restrict__ weights, unsigned char* kv,
-                                            const unsigned int* __restrict__ step, float* __restrict__ partial) {
-    (void)weights;
-    const KvParams& p = *reinterpret_cast<const KvParams*>(params);
+extern "C" __global__ void KILN_DECODE(const __grid_constant__ KvArgs p) {
+    const unsigned int* __restrict__ step = p.step;
+    const unsigned char* kv = p.kv;
+    float* __restrict__ partial = p.partial;
     extern __shared__ __align__(16) unsigned char ad_tiles[];
     __shared__ float q_sh[AD_MAX_GROUP * MAX_HEAD_DIM]; // (group heads, head_dim) q · scale
 #if KV_FP8
@@ -123,7 +122,7 @@ extern "C" __global__ void kiln_attn_decode(const unsigned int* __restrict__ par
     unsigned int lane = tid % WARP;
 
     for (unsigned int i = tid; i < gn * hd; i += blockDim.x) {
-        q_sh[i] = arena[p.q + (t * p.n_heads + h0) * hd + i] * p.scale;
+        q_sh[i] = p.q[(t * p.n_heads + h0) * hd + i] * p.scale;
     }
 
     // This split's positions: chunks of whole tiles, the last split takes the rest.
@@ -145,7 +144,7 @@ extern "C" __global__ void kiln_attn_decode(const unsigned int* __restrict__ par
         unsigned int part = tid % 4u;
         unsigned int pos = t0 + i;
         if (i < AD_TILE && pos < end) {
-            unsigned int page = page_of(p, step, t, pos);
+            unsigned int page = page_of(p, t, pos);
             unsigned int slot = pos % p.page_size;
             const unsigned char* k_src = kv + values_at(p, page, slot, kvh, 0u);
             const unsigned char* v_src = kv + values_at(p, page, slot, kvh, 1u);
@@ -279,7 +278,7 @@ extern "C" __global__ void kiln_attn_decode(const unsigned int* __restrict__ par
 #pragma unroll
                 for (unsigned int c = 0u; c < 4u; c++) {
                     if (splits == 1u) {
-                        arena[p.q_out + (t * p.n_heads + h) * hd + d + c] = o[j][e][c] / l[j];
+                        p.q_out[(t * p.n_heads + h) * hd + d + c] = o[j][e][c] / l[j];
                     } else {
                         partial[idx * hd + d + c] = o[j][e][c];
                     }

@@ -1,5 +1,5 @@
 // attention_prefill.cu: causal flash attention for prefill steps over the paged FP8 cache
-// (entry kiln_attn_prefill, sm_80+), the semantics of attention.cu on tensor cores: a
+// (entry KILN_PREFILL, sm_80+), the semantics of attention.cu on tensor cores: a
 // block takes FP_BQ query rows (16 per warp) of one query head; for each FP_BK-position
 // tile of the KV context it dequantizes K and V into shared memory as f16 (exact: every
 // E4M3 value is an f16), runs S = q·K^T with mma.sync m16n8k16 (f32 accumulators),
@@ -53,14 +53,10 @@ __device__ __forceinline__ void fp_f16x4(unsigned int w, unsigned short* out) {
 // Dynamic shared memory (f16): qs (FP_BQ, hdp + FP_PAD) q · scale, ks (FP_BK, hdp + FP_PAD)
 // K values, vt (hdp, FP_BK + FP_PAD) V values transposed; hdp = head_dim rounded up to 16
 // (zeros beyond head_dim).
-extern "C" __global__ void __launch_bounds__(128) kiln_attn_prefill(const unsigned int* __restrict__ params,
-                                                                   float* arena,
-                                                                   const unsigned char* __restrict__ weights,
-                                                                   unsigned char* kv,
-                                                                   const unsigned int* __restrict__ step) {
-    (void)weights;
+extern "C" __global__ void __launch_bounds__(128) KILN_PREFILL(const __grid_constant__ KvArgs p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    const KvParams& p = *reinterpret_cast<const KvParams*>(params);
+    const unsigned int* __restrict__ step = p.step;
+    const unsigned char* kv = p.kv;
     extern __shared__ __align__(16) unsigned short fp_smem[];
     __shared__ float ksc[FP_BK];          // (FP_BK) K scales of the tile's positions
     __shared__ float vsc[FP_BK];          // (FP_BK) V scales
@@ -91,7 +87,7 @@ extern "C" __global__ void __launch_bounds__(128) kiln_attn_prefill(const unsign
         unsigned int d = i % hdp;
         float v = 0.0f;
         if (r < nt && d < hd) {
-            v = arena[p.q + ((t0 + r) * p.n_heads + h) * hd + d] * p.scale;
+            v = p.q[((t0 + r) * p.n_heads + h) * hd + d] * p.scale;
         }
         qs[r * qst + d] = f32_to_f16(v);
     }
@@ -128,7 +124,7 @@ extern "C" __global__ void __launch_bounds__(128) kiln_attn_prefill(const unsign
             __syncthreads(); // the previous tile is no longer read
             for (unsigned int i = tid; i < FP_BK; i += blockDim.x) {
                 unsigned int pos = k0 + i;
-                unsigned int page = pos < kmax ? page_of(p, step, t0 + first, pos) : 0u;
+                unsigned int page = pos < kmax ? page_of(p, t0 + first, pos) : 0u;
                 unsigned int slot = pos % p.page_size;
                 kpage[i] = page;
                 ksc[i] = pos < kmax ? *reinterpret_cast<const float*>(kv + scale_at(p, page, slot, kvh, 0u)) : 0.0f;
@@ -256,7 +252,7 @@ extern "C" __global__ void __launch_bounds__(128) kiln_attn_prefill(const unsign
                 unsigned int r = e < 2u ? r_lo : r_hi;
                 unsigned int d = 8u * j + 2u * c + (e & 1u);
                 if (r >= first && r < end && d < hd) {
-                    arena[p.q_out + ((t0 + r) * p.n_heads + h) * hd + d] = o[j][e] / (e < 2u ? l_lo : l_hi);
+                    p.q_out[((t0 + r) * p.n_heads + h) * hd + d] = o[j][e] / (e < 2u ? l_lo : l_hi);
                 }
             }
         }
@@ -264,7 +260,7 @@ extern "C" __global__ void __launch_bounds__(128) kiln_attn_prefill(const unsign
     }
 #else
     // Tensor-core mma.sync m16n8k16 needs sm_80; the host never launches this below.
-    (void)params; (void)arena; (void)kv; (void)step;
+    (void)p;
     asm volatile("trap;");
 #endif
 }

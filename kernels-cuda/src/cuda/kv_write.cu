@@ -4,18 +4,15 @@
 #include "prelude.cuh"
 #include "kv_common.cuh"
 
-__device__ __forceinline__ float kv_src(const KvParams& p, const float* arena, const unsigned int* __restrict__ step,
-                                        unsigned int which, unsigned int t, unsigned int h, unsigned int d) {
-    (void)step;
-    unsigned int row = (which == 1u ? p.v : p.k) + (t * p.n_kv_heads + h) * p.head_dim;
-    return arena[row + d];
+__device__ __forceinline__ float kv_src(const KvArgs& p, unsigned int which, unsigned int t, unsigned int h,
+                                        unsigned int d) {
+    const float* row = (which == 1u ? p.v : p.k) + (t * p.n_kv_heads + h) * p.head_dim;
+    return row[d];
 }
 
 #include "kv_store.cuh"
 
-KILN_KERNEL {
-    KILN_UNUSED_ARGS
-    const KvParams& p = *reinterpret_cast<const KvParams*>(params);
+extern "C" __global__ void KILN_MAIN(const __grid_constant__ KvArgs a) {
     __shared__ float red[32]; // (warps) partial maxima
-    kv_store(p, arena, kv, step, blockIdx.x / p.n_kv_heads, blockIdx.x % p.n_kv_heads, blockIdx.y, red);
+    kv_store(a, blockIdx.x / a.n_kv_heads, blockIdx.x % a.n_kv_heads, blockIdx.y, red);
 }

@@ -1,5 +1,5 @@
 // matmul_add.cu: out = residual + x · Wᵀ, the residual added in the epilogue.
-// Params, grid and math as matmul_add.wgsl; the matrix-vector core (matmul_core.cuh, tiles
+// Grid and math as matmul_add.wgsl; the matrix-vector core (matmul_core.cuh, tiles
 // of 8 tokens) and the tensor-core prefill path (matmul_mma.cu) share this epilogue.
 
 #include "prelude.cuh"
@@ -11,11 +11,11 @@
 
 #include "matmul_core.cuh"
 
-// The value stored at arena index `at` from the dot products g (the weight, or the gate)
-// and u (the up weight).
-__device__ __forceinline__ float mm_epilogue(const MatmulParams& p, const float* arena, unsigned int at, float g, float u) {
+// The value stored at p.out[at] from the dot products g (the weight, or the gate) and u
+// (the up weight).
+__device__ __forceinline__ float mm_epilogue(const MatmulArgs& p, unsigned int at, float g, float u) {
     (void)u;
-    return arena[at - p.out + p.res] + g;
+    return p.res[at] + g;
 }
 
 #include "matmul_mma.cu"

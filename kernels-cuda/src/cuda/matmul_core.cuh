@@ -9,53 +9,36 @@
 // The op file defines, before including this:
 //   MM_NORM    1: the input is RMSNorm(x) · norm, folded into the read (never stored)
 //   MM_GATED   1: two weights (gate p.w, up p.w2) share the input; epilogue gets both
-//   mm_epilogue(p, arena, at, g, u): the value stored at arena index `at`
+//   mm_epilogue(p, at, g, u): the value stored at p.out[at]
+// Arguments: MatmulArgs (rows_sel, k, n, row_bytes, x, out, w, w2, res, norm, eps).
 
 #define MV_WARPS 4u
 
-struct MatmulParams {
-    unsigned int rows_sel;  // STEP_N_TOKENS or STEP_N_OUTPUTS: what the rows count
-    unsigned int k;         // input columns
-    unsigned int n;         // output columns (weight rows) of this dispatch
-    unsigned int row_bytes; // bytes of one weight row
-    unsigned int x;         // arena index of the input (rows, k)
-    unsigned int out;       // arena index of the output (rows, n)
-    unsigned int w;         // byte offset of the weight (gate) in `weights`
-    unsigned int w2;        // byte offset of the second weight (up)
-    unsigned int res;       // arena index of the residual (rows, n)
-    unsigned int norm;      // word index of the RMSNorm weight (k) in `weights`
-    float eps;
-    unsigned int out_stride; // columns of an output row (n, or more for a chunk of the rows)
-};
-
 // Defined by the op file after this include.
-__device__ __forceinline__ float mm_epilogue(const MatmulParams& p, const float* arena, unsigned int at, float g, float u);
+__device__ __forceinline__ float mm_epilogue(const MatmulArgs& p, unsigned int at, float g, float u);
 
 // Four input values of token `t` (an arena row) from column c.
-__device__ __forceinline__ f32x4 x_raw4(const MatmulParams& p, const float* arena, unsigned int t, unsigned int c) {
-    const float* x = arena + p.x + t * p.k + c;
+__device__ __forceinline__ f32x4 x_raw4(const MatmulArgs& p, unsigned int t, unsigned int c) {
+    const float* x = p.x + t * p.k + c;
     return f32x4{x[0], x[1], x[2], x[3]};
 }
 
 // x · inv_rms · norm, the RMSNorm folded into the input read.
-__device__ __forceinline__ f32x4 x_normed4(const MatmulParams& p, const float* arena,
-                                           const unsigned char* __restrict__ weights, unsigned int t,
-                                           unsigned int c, float inv_rms) {
-    f32x4 v = x_raw4(p, arena, t, c);
-    return f32x4{v.x * inv_rms * vector_at(weights, p.norm + c), v.y * inv_rms * vector_at(weights, p.norm + c + 1u),
-                 v.z * inv_rms * vector_at(weights, p.norm + c + 2u), v.w * inv_rms * vector_at(weights, p.norm + c + 3u)};
+__device__ __forceinline__ f32x4 x_normed4(const MatmulArgs& p, unsigned int t, unsigned int c, float inv_rms) {
+    f32x4 v = x_raw4(p, t, c);
+    return f32x4{v.x * inv_rms * vector_at(p.norm, c), v.y * inv_rms * vector_at(p.norm, c + 1u),
+                 v.z * inv_rms * vector_at(p.norm, c + 2u), v.w * inv_rms * vector_at(p.norm, c + 3u)};
 }
 
 // 1 / sqrt(mean(x²) + eps) of tokens t0 .. t0 + nt into inv_rms (nt <= max_t), the block's
 // warps taking tokens in turn. Every thread must call it.
-__device__ __forceinline__ void rms_tokens(const MatmulParams& p, const float* arena, unsigned int t0,
-                                           unsigned int nt, float* inv_rms) {
+__device__ __forceinline__ void rms_tokens(const MatmulArgs& p, unsigned int t0, unsigned int nt, float* inv_rms) {
     unsigned int warp = threadIdx.x / WARP;
     unsigned int lane = threadIdx.x % WARP;
     for (unsigned int t = warp; t < nt; t += blockDim.x / WARP) {
         float acc = 0.0f;
         for (unsigned int c = lane * 4u; c < p.k; c += WARP * 4u) {
-            f32x4 v = x_raw4(p, arena, t0 + t, c);
+            f32x4 v = x_raw4(p, t0 + t, c);
             acc += dot4(v, v);
         }
         acc = warp_sum(acc);
@@ -67,10 +50,8 @@ __device__ __forceinline__ void rms_tokens(const MatmulParams& p, const float* a
 }
 
 // Grid: (row blocks split x then y, token tiles z); block MV_WARPS warps.
-KILN_KERNEL {
-    KILN_UNUSED_ARGS
-    const MatmulParams& p = *reinterpret_cast<const MatmulParams*>(params);
-    unsigned int rows = step[p.rows_sel];
+extern "C" __global__ void KILN_MAIN(const __grid_constant__ MatmulArgs p) {
+    unsigned int rows = p.step[p.rows_sel];
     unsigned int t0 = blockIdx.z * TILE_T;
     unsigned int nt = min(TILE_T, rows - min(t0, rows));
     unsigned int warp = threadIdx.x / WARP;
@@ -78,7 +59,7 @@ KILN_KERNEL {
     unsigned int r = (blockIdx.y * gridDim.x + blockIdx.x) * MV_WARPS + warp;
 #if MM_NORM
     __shared__ float inv_rms[TILE_T]; // (TILE_T) 1/rms of the tile's tokens
-    rms_tokens(p, arena, t0, nt, inv_rms);
+    rms_tokens(p, t0, nt, inv_rms);
 #endif
     if (r >= p.n || nt == 0u) {
         return;
@@ -90,14 +71,12 @@ KILN_KERNEL {
         acc[t] = 0.0f;
         acc2[t] = 0.0f;
     }
-    unsigned int row = p.w + r * p.row_bytes;
-#if MM_GATED
-    unsigned int row2 = p.w2 + r * p.row_bytes;
-#endif
+    // Row r of the weight (and of the second one): a byte offset from its start.
+    unsigned int row = r * p.row_bytes;
     for (unsigned int u = lane; u < p.k / 8u; u += WARP) {
-        W8 wu = w_unit(weights, row, u);
+        W8 wu = w_unit(p.w, row, u);
 #if MM_GATED
-        W8 wu2 = w_unit(weights, row2, u);
+        W8 wu2 = w_unit(p.w2, row, u);
 #endif
         u32x2 c = unit_cols(u);
         // Loops over tokens run to the constant TILE_T so the accumulators stay registers.
@@ -105,11 +84,11 @@ KILN_KERNEL {
         for (unsigned int t = 0u; t < TILE_T; t++) {
             if (t < nt) {
 #if MM_NORM
-                f32x4 xa = x_normed4(p, arena, weights, t0 + t, c.x, inv_rms[t]);
-                f32x4 xb = x_normed4(p, arena, weights, t0 + t, c.y, inv_rms[t]);
+                f32x4 xa = x_normed4(p, t0 + t, c.x, inv_rms[t]);
+                f32x4 xb = x_normed4(p, t0 + t, c.y, inv_rms[t]);
 #else
-                f32x4 xa = x_raw4(p, arena, t0 + t, c.x);
-                f32x4 xb = x_raw4(p, arena, t0 + t, c.y);
+                f32x4 xa = x_raw4(p, t0 + t, c.x);
+                f32x4 xb = x_raw4(p, t0 + t, c.y);
 #endif
                 acc[t] += dot4(wu.lo, xa) + dot4(wu.hi, xb);
 #if MM_GATED
@@ -129,8 +108,8 @@ KILN_KERNEL {
 #pragma unroll
     for (unsigned int t = 0u; t < TILE_T; t++) {
         if (lane == t && t < nt) {
-            unsigned int at = p.out + (t0 + t) * p.out_stride + r;
-            arena[at] = mm_epilogue(p, arena, at, acc[t], acc2[t]);
+            unsigned int at = (t0 + t) * p.n + r;
+            p.out[at] = mm_epilogue(p, at, acc[t], acc2[t]);
         }
     }
 }

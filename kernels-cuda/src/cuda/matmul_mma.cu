@@ -1,5 +1,5 @@
 // matmul_mma.cu: the prefill path of the quantized matmuls (more than 8 tokens): the
-// same op (same params, same epilogue hooks as matmul_core.cuh) on tensor cores. A block
+// same op (same arguments, same epilogue hooks as matmul_core.cuh) on tensor cores. A block
 // of MMA_WARPS warps computes a tile of MMA_BT tokens × MMA_BN output columns: for each
 // MMA_BK-column slice of k (one quant block) it converts the input tile to f16 and
 // dequantizes the weight tile to f16 in shared memory, then every warp runs mma.sync
@@ -25,17 +25,17 @@ __device__ __forceinline__ void mma_16816(float* d, const unsigned int* a, const
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
-// Dequantize rows n0 .. n0 + MMA_BN of the weight at byte offset `w`, columns k0 .. +MMA_BK,
+// Dequantize rows n0 .. n0 + MMA_BN of the weight starting at `w`, columns k0 .. +MMA_BK,
 // into ws (MMA_BN, MMA_BK + MMA_PAD); zeros past n or k (so that no garbage meets a zero).
-__device__ __forceinline__ void load_w_tile(const MatmulParams& p, const unsigned char* __restrict__ weights,
-                                            unsigned int w, unsigned int n0, unsigned int k0, unsigned short* ws) {
+__device__ __forceinline__ void load_w_tile(const MatmulArgs& p, const unsigned char* __restrict__ w, unsigned int n0,
+                                            unsigned int k0, unsigned short* ws) {
     const unsigned int units = MMA_BK / 8u;
     for (unsigned int i = threadIdx.x; i < MMA_BN * units; i += blockDim.x) {
         unsigned int rr = i / units;
         unsigned int u = k0 / 8u + i % units;
         W8 wu = W8{f32x4{0.0f, 0.0f, 0.0f, 0.0f}, f32x4{0.0f, 0.0f, 0.0f, 0.0f}};
         if (n0 + rr < p.n && u < p.k / 8u) {
-            wu = w_unit(weights, w + (n0 + rr) * p.row_bytes, u);
+            wu = w_unit(w, (n0 + rr) * p.row_bytes, u);
         }
         // Every unit of a slice lands inside it: k0 is a multiple of 32 and so are the
         // quantized blocks.
@@ -64,13 +64,9 @@ __device__ __forceinline__ void mma_row_tile(const unsigned short* ws, unsigned 
 }
 
 // Grid: (column tiles split x then y, token tiles z); block MMA_WARPS warps.
-extern "C" __global__ void __launch_bounds__(128) kiln_mma(const unsigned int* __restrict__ params, float* arena,
-                                                          const unsigned char* __restrict__ weights,
-                                                          unsigned char* kv, const unsigned int* __restrict__ step) {
-    (void)kv;
+extern "C" __global__ void __launch_bounds__(128) KILN_MMA(const __grid_constant__ MatmulArgs p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    const MatmulParams& p = *reinterpret_cast<const MatmulParams*>(params);
-    unsigned int rows = step[p.rows_sel];
+    unsigned int rows = p.step[p.rows_sel];
     unsigned int t0 = blockIdx.z * MMA_BT;
     unsigned int nt = min(MMA_BT, rows - min(t0, rows));
     unsigned int n0 = (blockIdx.y * gridDim.x + blockIdx.x) * MMA_BN;
@@ -86,7 +82,7 @@ extern "C" __global__ void __launch_bounds__(128) kiln_mma(const unsigned int* _
 #endif
 #if MM_NORM
     __shared__ float inv_rms[MMA_BT]; // (MMA_BT) 1/rms of the tile's tokens
-    rms_tokens(p, arena, t0, nt, inv_rms);
+    rms_tokens(p, t0, nt, inv_rms);
 #endif
     float acc[MMA_BN / 8u][4];  // (n-tiles, fragment) x · gate rows
     float acc2[MMA_BN / 8u][4]; // (n-tiles, fragment) x · up rows
@@ -105,16 +101,16 @@ extern "C" __global__ void __launch_bounds__(128) kiln_mma(const unsigned int* _
             unsigned int c = k0 + i % MMA_BK;
             float v = 0.0f;
             if (t < nt && c < p.k) {
-                v = arena[p.x + (t0 + t) * p.k + c];
+                v = p.x[(t0 + t) * p.k + c];
 #if MM_NORM
-                v *= inv_rms[t] * vector_at(weights, p.norm + c);
+                v *= inv_rms[t] * vector_at(p.norm, c);
 #endif
             }
             xs[t * (MMA_BK + MMA_PAD) + i % MMA_BK] = mma_in(v);
         }
-        load_w_tile(p, weights, p.w, n0, k0, ws);
+        load_w_tile(p, p.w, n0, k0, ws);
 #if MM_GATED
-        load_w_tile(p, weights, p.w2, n0, k0, ws2);
+        load_w_tile(p, p.w2, n0, k0, ws2);
 #endif
         __syncthreads();
 #pragma unroll
@@ -144,14 +140,14 @@ extern "C" __global__ void __launch_bounds__(128) kiln_mma(const unsigned int* _
             unsigned int t = 16u * warp + lane / 4u + (e >= 2u ? 8u : 0u);
             unsigned int col = n0 + 8u * j + 2u * (lane % 4u) + (e & 1u);
             if (t < nt && col < p.n) {
-                unsigned int at = p.out + (t0 + t) * p.out_stride + col;
-                arena[at] = mm_epilogue(p, arena, at, acc[j][e], acc2[j][e]);
+                unsigned int at = (t0 + t) * p.n + col;
+                p.out[at] = mm_epilogue(p, at, acc[j][e], acc2[j][e]);
             }
         }
     }
 #else
     // Tensor-core mma.sync m16n8k16 needs sm_80; the host never launches this below.
-    (void)params; (void)arena; (void)weights; (void)step;
+    (void)p;
     asm volatile("trap;");
 #endif
 }

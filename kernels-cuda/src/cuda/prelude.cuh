@@ -1,5 +1,4 @@
-// prelude.cuh: what every kernel gets, self-contained (no toolkit headers): the kernel
-// signature, the step header (the same words as kernels-wgsl's prelude.wgsl), f16/bf16
+// prelude.cuh: what every kernel gets, self-contained (no toolkit headers): the step header (the same words as kernels-wgsl's prelude.wgsl), f16/bf16
 // conversions through inline PTX or bit shifts, FP8 E4M3 decode/encode, warp and block
 // reductions. Semantics follow prelude.wgsl line for line: the WGSL kernels are the
 // ones the conformance suite verified, these mirror them.
@@ -11,21 +10,14 @@
 // warp size at open).
 #define WARP 32u
 
-// The one parameter list of every kernel, so that the host launches any dispatch alike:
-//   params  (words) this dispatch's params block (the WGSL `Params` struct, same words)
-//   arena   (arena_bytes / 4) f32 activations, read and written (values may alias)
-//   weights (bytes) every weight back to back, each at a 16-byte aligned offset
-//   kv      (bytes) the KV pages
-//   step    (words) the step buffer: header, then the regions it points at
-#define KILN_KERNEL                                                                     \
-    extern "C" __global__ void kiln_main(const unsigned int* __restrict__ params,       \
-                                         float* arena,                                   \
-                                         const unsigned char* __restrict__ weights,      \
-                                         unsigned char* kv,                              \
-                                         const unsigned int* __restrict__ step)
-#define KILN_UNUSED_ARGS (void)arena; (void)weights; (void)kv; (void)step;
+// Every kernel takes one argument, its struct by value (kiln_kernels_cuda::args, declared
+// at the top of the source), and is named by the macros the source header defines
+// (KILN_MAIN, KILN_MMA, ...: one symbol per variant and entry). Arena pointers are f32
+// activations that may alias one another (no __restrict__); `step` is the step buffer.
+// The struct is __grid_constant__: helpers take it by reference, and without it taking a
+// parameter's address copies the struct to local memory (the FP8 prefill spilled).
 
-// The step header (kiln_kernels_wgsl::step); the regions follow.
+// The step header (kiln_gpu_host::step); the regions follow.
 #define STEP_N_TOKENS 0u
 #define STEP_N_OUTPUTS 1u
 #define STEP_IDS 2u       // offset of (tokens) token ids

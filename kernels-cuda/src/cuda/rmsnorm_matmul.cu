@@ -1,6 +1,6 @@
 // rmsnorm_matmul.cu: RMSNorm folded into the matmul it feeds: each block computes the
 // 1/rms of its tokens, and the normed input is never stored.
-// Params, grid and math as rmsnorm_matmul.wgsl; the matrix-vector core (matmul_core.cuh, tiles
+// Grid and math as rmsnorm_matmul.wgsl; the matrix-vector core (matmul_core.cuh, tiles
 // of 8 tokens) and the tensor-core prefill path (matmul_mma.cu) share this epilogue.
 
 #include "prelude.cuh"
@@ -12,10 +12,10 @@
 
 #include "matmul_core.cuh"
 
-// The value stored at arena index `at` from the dot products g (the weight, or the gate)
-// and u (the up weight).
-__device__ __forceinline__ float mm_epilogue(const MatmulParams& p, const float* arena, unsigned int at, float g, float u) {
-    (void)p; (void)arena; (void)at; (void)u;
+// The value stored at p.out[at] from the dot products g (the weight, or the gate) and u
+// (the up weight).
+__device__ __forceinline__ float mm_epilogue(const MatmulArgs& p, unsigned int at, float g, float u) {
+    (void)p; (void)at; (void)u;
     return g;
 }
 

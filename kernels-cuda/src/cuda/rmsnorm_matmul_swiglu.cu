@@ -1,5 +1,5 @@
 // rmsnorm_matmul_swiglu.cu: RMSNorm, gate/up matmuls and SwiGLU in one kernel.
-// Params, grid and math as rmsnorm_matmul_swiglu.wgsl; the matrix-vector core (matmul_core.cuh, tiles
+// Grid and math as rmsnorm_matmul_swiglu.wgsl; the matrix-vector core (matmul_core.cuh, tiles
 // of 8 tokens) and the tensor-core prefill path (matmul_mma.cu) share this epilogue.
 
 #include "prelude.cuh"
@@ -11,10 +11,10 @@
 
 #include "matmul_core.cuh"
 
-// The value stored at arena index `at` from the dot products g (the weight, or the gate)
-// and u (the up weight).
-__device__ __forceinline__ float mm_epilogue(const MatmulParams& p, const float* arena, unsigned int at, float g, float u) {
-    (void)p; (void)arena; (void)at;
+// The value stored at p.out[at] from the dot products g (the weight, or the gate) and u
+// (the up weight).
+__device__ __forceinline__ float mm_epilogue(const MatmulArgs& p, unsigned int at, float g, float u) {
+    (void)p; (void)at;
     return silu(g) * u;
 }
 

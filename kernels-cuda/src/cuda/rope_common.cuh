@@ -3,9 +3,9 @@
 // the host in f64, as the CPU backend does). ggml's normal mode pairs adjacent values
 // (x[2i], x[2i+1]); NeoX mode pairs the halves (x[i], x[i + pairs]). As rope_common.wgsl.
 
-// Element d of the rotated head whose values start at arena index `head`, token t.
-__device__ __forceinline__ float rope_at(const float* arena, const unsigned int* __restrict__ step,
-                                         unsigned int head, unsigned int t, unsigned int d, unsigned int r) {
+// Element d of the rotated head whose values start at `head`, token t.
+__device__ __forceinline__ float rope_at(const float* head, const unsigned int* __restrict__ step, unsigned int t,
+                                         unsigned int d, unsigned int r) {
     unsigned int dir = step[STEP_ROPE_DIR] + 3u * r;
     unsigned int pairs = step[dir + 1u];
     bool neox = step[dir + 2u] != 0u;
@@ -20,13 +20,13 @@ __device__ __forceinline__ float rope_at(const float* arena, const unsigned int*
         ib = i + pairs;
         first = d < pairs;
         if (d >= 2u * pairs) {
-            return arena[head + d];
+            return head[d];
         }
     } else if (i >= pairs) {
-        return arena[head + d];
+        return head[d];
     }
-    float a = arena[head + ia];
-    float b = arena[head + ib];
+    float a = head[ia];
+    float b = head[ib];
     unsigned int at = step[dir] + (t * pairs + i) * 2u;
     float c = bits_f32(step[at]);
     float s = bits_f32(step[at + 1u]);

@@ -6,30 +6,28 @@
 #include "kv_common.cuh"
 #include "rope_common.cuh"
 
-__device__ __forceinline__ float kv_src(const KvParams& p, const float* arena, const unsigned int* __restrict__ step,
-                                        unsigned int which, unsigned int t, unsigned int h, unsigned int d) {
+__device__ __forceinline__ float kv_src(const KvArgs& p, unsigned int which, unsigned int t, unsigned int h,
+                                        unsigned int d) {
     unsigned int off = (t * p.n_kv_heads + h) * p.head_dim;
     if (which == 0u) {
-        return rope_at(arena, step, p.k + off, t, d, p.rope);
+        return rope_at(p.k + off, p.step, t, d, p.rope);
     }
-    return arena[p.v + off + d];
+    return p.v[off + d];
 }
 
 #include "kv_store.cuh"
 
-KILN_KERNEL {
-    KILN_UNUSED_ARGS
-    const KvParams& p = *reinterpret_cast<const KvParams*>(params);
+extern "C" __global__ void KILN_MAIN(const __grid_constant__ KvArgs a) {
     __shared__ float red[32]; // (warps) partial maxima
     unsigned int t = blockIdx.y;
-    if (blockIdx.x < p.n_heads) {
+    if (blockIdx.x < a.n_heads) {
         // Uniform across the block: no reduction on this path.
-        unsigned int off = (t * p.n_heads + blockIdx.x) * p.head_dim;
-        for (unsigned int d = threadIdx.x; d < p.head_dim; d += blockDim.x) {
-            arena[p.q_out + off + d] = rope_at(arena, step, p.q + off, t, d, p.rope);
+        unsigned int off = (t * a.n_heads + blockIdx.x) * a.head_dim;
+        for (unsigned int d = threadIdx.x; d < a.head_dim; d += blockDim.x) {
+            a.q_out[off + d] = rope_at(a.q + off, a.step, t, d, a.rope);
         }
         return;
     }
-    unsigned int j = blockIdx.x - p.n_heads;
-    kv_store(p, arena, kv, step, j / p.n_kv_heads, j % p.n_kv_heads, t, red);
+    unsigned int j = blockIdx.x - a.n_heads;
+    kv_store(a, j / a.n_kv_heads, j % a.n_kv_heads, t, red);
 }

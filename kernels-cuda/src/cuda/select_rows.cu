@@ -3,19 +3,12 @@
 
 #include "prelude.cuh"
 
-struct SelectRowsParams {
-    unsigned int cols;
-    unsigned int x;   // arena index of x (tokens, cols)
-    unsigned int out; // arena index of the output (outputs, cols)
-};
-
-KILN_KERNEL {
-    KILN_UNUSED_ARGS
-    const SelectRowsParams& p = *reinterpret_cast<const SelectRowsParams*>(params);
+extern "C" __global__ void KILN_MAIN(const __grid_constant__ SelectRowsArgs a) {
+    const unsigned int* __restrict__ step = a.step;
     unsigned int i = flat_index();
-    if (i < step[STEP_N_OUTPUTS] * p.cols) {
-        unsigned int o = i / p.cols;
+    if (i < step[STEP_N_OUTPUTS] * a.cols) {
+        unsigned int o = i / a.cols;
         unsigned int row = step[step[STEP_OUT_ROWS] + o];
-        arena[p.out + i] = arena[p.x + row * p.cols + i % p.cols];
+        a.out[i] = a.x[row * a.cols + i % a.cols];
     }
 }

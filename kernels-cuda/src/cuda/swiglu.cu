@@ -1,20 +1,11 @@
-// swiglu.cu: out = silu(gate) · up, elementwise over (rows, cols) (swiglu.wgsl).
+// swiglu.cu: out = silu(gate) · up, elementwise over (rows, cols) (swiglu.wgsl): gate
+// is `a`, up is `b`.
 
 #include "prelude.cuh"
 
-struct SwiGluParams {
-    unsigned int rows_sel; // STEP_N_TOKENS or STEP_N_OUTPUTS
-    unsigned int cols;
-    unsigned int gate; // arena index of gate (rows, cols)
-    unsigned int up;   // arena index of up (rows, cols)
-    unsigned int out;  // arena index of the output (rows, cols)
-};
-
-KILN_KERNEL {
-    KILN_UNUSED_ARGS
-    const SwiGluParams& p = *reinterpret_cast<const SwiGluParams*>(params);
+extern "C" __global__ void KILN_MAIN(const __grid_constant__ BinaryArgs a) {
     unsigned int i = flat_index();
-    if (i < step[p.rows_sel] * p.cols) {
-        arena[p.out + i] = silu(arena[p.gate + i]) * arena[p.up + i];
+    if (i < a.step[a.rows_sel] * a.cols) {
+        a.out[i] = silu(a.a[i]) * a.b[i];
     }
 }

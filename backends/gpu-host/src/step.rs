@@ -1,4 +1,4 @@
-//! The step buffer. Every kernel reads the step (checked first with
+//! The step buffer, the same for every GPU kernel set (WGSL and CUDA). Every kernel reads the step (checked first with
 //! `kiln_ir::backend::StepLimits`) from one `u32` buffer: a header of region offsets (the `STEP_*` constants of prelude.wgsl), then
 //! token ids, positions, each token's sequence, the output rows, where each block table
 //! starts (group-major: the table of sequence s in KV group g is entry g·n_seqs + s), the
@@ -6,10 +6,11 @@
 //! with a directory of them, and the block tables themselves. (STEP_ROPE and
 //! STEP_ROPE_PAIRS name the first geometry's table, what the CUDA kernels read.)
 
-use kiln_ir::backend::Step;
+use kiln_ir::Plan;
+use kiln_ir::backend::{Step, WeightSource};
 use kiln_ir::{RopeMode, RopeParams};
 
-use crate::KernelError;
+use crate::HostError;
 
 /// Words of the header (prelude.wgsl: STEP_N_TOKENS .. STEP_ROPE_PAIRS, padded).
 pub const HEADER_WORDS: usize = 16;
@@ -48,11 +49,7 @@ pub const ROPE_DIR_WORDS: usize = 3;
 /// The step buffer's words for a checked step, with the cos/sin of each RoPE geometry
 /// of the plan (`ropes`, in the order the kernels' params index them) and the plan's
 /// KV groups (`n_groups`, at least 1).
-pub fn words(
-    step: &Step<'_>,
-    ropes: &[RopeTable],
-    n_groups: usize,
-) -> Result<Vec<u32>, KernelError> {
+pub fn words(step: &Step<'_>, ropes: &[RopeTable], n_groups: usize) -> Result<Vec<u32>, HostError> {
     let n = step.token_ids.len();
     let seqs = step.block_tables.len();
     let pairs: usize = ropes.iter().map(RopeTable::pairs).sum();
@@ -65,7 +62,7 @@ pub fn words(
         + 2 * n * pairs
         + table_words;
     if total > u32::MAX as usize {
-        return Err(KernelError::BadStep(format!("a step of {total} words")));
+        return Err(HostError::BadStep(format!("a step of {total} words")));
     }
     let mut w = vec![0u32; HEADER_WORDS];
     w[0] = n as u32;
@@ -103,6 +100,51 @@ pub fn words(
 
 /// The step buffer's bytes for a checked step (little-endian words), what a backend
 /// uploads before running the step.
-pub fn pack(step: &Step<'_>, ropes: &[RopeTable], n_groups: usize) -> Result<Vec<u8>, KernelError> {
-    words(step, ropes, n_groups).map(|w| kiln_gpu_host::output::le_bytes(&w))
+pub fn pack(step: &Step<'_>, ropes: &[RopeTable], n_groups: usize) -> Result<Vec<u8>, HostError> {
+    words(step, ropes, n_groups).map(|w| crate::output::le_bytes(&w))
+}
+
+/// Each RoPE geometry of `plan`'s launches once, in order of first use (Gemma 3: one base
+/// for local layers, one for global): the order the kernels index the step's tables by.
+pub fn rope_geometries(plan: &Plan) -> Vec<RopeParams> {
+    let mut ropes: Vec<RopeParams> = Vec::new();
+    for r in plan.launches.iter().filter_map(|l| l.op.rope()) {
+        if !ropes.contains(r) {
+            ropes.push(*r);
+        }
+    }
+    ropes
+}
+
+/// The RoPE table of geometry `params`, its frequency factors (a weight) read and decoded.
+pub fn rope_table(
+    plan: &Plan,
+    source: &dyn WeightSource,
+    params: RopeParams,
+) -> Result<RopeTable, HostError> {
+    let factors = match params.freq_factors {
+        None => None,
+        Some(id) => {
+            let w = &plan.graph.weights[id.0 as usize];
+            let bad = |reason: String| HostError::Weight {
+                name: w.name.clone(),
+                reason,
+            };
+            let bytes = source
+                .weight(&w.name)
+                .ok_or_else(|| bad("not in the model".into()))?;
+            let mut v = vec![0.0f32; w.rows * w.cols];
+            kiln_ir::quant::dequantize_row(w.dtype, bytes.as_slice(), &mut v)
+                .map_err(|e| bad(e.to_string()))?;
+            if v.len() < params.rope_dims / 2 {
+                return Err(bad(format!(
+                    "{} factors for {} dims",
+                    v.len(),
+                    params.rope_dims
+                )));
+            }
+            Some(v)
+        }
+    };
+    Ok(RopeTable { params, factors })
 }

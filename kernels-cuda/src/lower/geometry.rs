@@ -1,0 +1,166 @@
+//! The launches of a call for one step: grid, block and shared memory from the step's
+//! shape, the choice between the matrix-vector kernel (up to 8 rows) and the tensor-core
+//! kernel (prefill), and between attention's paths (split-K decode + combine, tensor-core
+//! prefill, one block per (head, token)). Everything but the shape comes from the call's
+//! own arguments.
+
+use kiln_ir::kv_layout::KvDtype;
+
+use super::{Args, Call};
+use crate::args::{KvArgs, MatmulArgs};
+use crate::launch::{
+    AttentionShape, Launch, MATVEC_MAX_ROWS, MMA_COLS, MMA_TOKENS, MMA_WARPS, MV_ROWS, TILE_T,
+    WARP, WG, attention_combine_launch, attention_decode_launch, attention_prefill_launch,
+    attention_splits, split,
+};
+use crate::variant::{Entry, Variant};
+
+/// What a step's launches depend on besides the calls.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StepGeometry {
+    pub n_tokens: u32,
+    pub n_outputs: u32,
+    /// The length class of the step's longest context (launch.rs: length_class).
+    pub class: u32,
+    /// Multiprocessors of the device (the attention splits fill them).
+    pub sm_count: u32,
+    /// The device runs mma.sync m16n8k16 (sm_80+) and the backend uses it.
+    pub tensor_cores: bool,
+    /// Short steps take the split-K decode attention (off: one block per (head, token)).
+    pub decode_attention: bool,
+}
+
+impl StepGeometry {
+    /// Rows the step header word `sel` counts (0: tokens, 1: outputs).
+    fn rows(&self, sel: u32) -> u32 {
+        if sel == 1 {
+            self.n_outputs
+        } else {
+            self.n_tokens
+        }
+    }
+}
+
+/// One launch of a call: what to launch and the arguments it takes (the call's, with
+/// per-step fields such as the attention splits set).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Planned {
+    pub launch: Launch,
+    pub args: Args,
+}
+
+/// Blocks of WG threads.
+fn wg(grid: [u32; 3]) -> Launch {
+    Launch {
+        entry: Entry::Main,
+        grid,
+        block: [WG, 1, 1],
+        shared_bytes: 0,
+    }
+}
+
+/// A thread per element of (rows, cols), blocks of WG threads laid out x then y.
+fn elementwise(rows: u32, cols: u32) -> Launch {
+    let [x, y] = split(rows.saturating_mul(cols).div_ceil(WG));
+    wg([x, y, 1])
+}
+
+impl Call {
+    /// The launches of this call (of variant `v`) in a step of geometry `g`, in order;
+    /// launches over nothing are left out.
+    pub fn launches(&self, v: &Variant, g: &StepGeometry) -> impl Iterator<Item = Planned> {
+        let planned: [Option<Planned>; 2] = match self.args {
+            Args::Matmul(a) => [Some(matmul(v, &a, g)), None],
+            Args::Kv(a) if v.kernel == crate::variant::Kernel::Attention => attention(v, &a, g),
+            Args::Kv(a) => {
+                // kv_write: K heads then V heads; rope_kv_write: q heads first.
+                let heads = if v.kernel == crate::variant::Kernel::RopeKvWrite {
+                    a.n_heads + 2 * a.n_kv_heads
+                } else {
+                    2 * a.n_kv_heads
+                };
+                [Some(plain(wg([heads, g.n_tokens, 1]), self.args)), None]
+            }
+            Args::Embed(a) => {
+                let x = a.d.div_ceil(8).div_ceil(WG);
+                [Some(plain(wg([x, g.n_tokens, 1]), self.args)), None]
+            }
+            Args::RmsNorm(a) => {
+                let [x, y] = split(g.rows(a.rows_sel));
+                [Some(plain(wg([x, y, 1]), self.args)), None]
+            }
+            Args::Binary(a) => [
+                Some(plain(elementwise(g.rows(a.rows_sel), a.cols), self.args)),
+                None,
+            ],
+            Args::SelectRows(a) => [
+                Some(plain(elementwise(g.n_outputs, a.cols), self.args)),
+                None,
+            ],
+            Args::Rope(a) => [
+                Some(plain(elementwise(g.n_tokens, a.width), self.args)),
+                None,
+            ],
+        };
+        planned
+            .into_iter()
+            .flatten()
+            .filter(|p| p.launch.grid.iter().all(|&n| n > 0))
+    }
+}
+
+fn plain(launch: Launch, args: Args) -> Planned {
+    Planned { launch, args }
+}
+
+/// A matmul-family launch: the tensor-core kernel for steps of more than
+/// [`MATVEC_MAX_ROWS`] rows (quantized weights, sm_80+), else the matrix-vector tiles.
+fn matmul(v: &Variant, a: &MatmulArgs, g: &StepGeometry) -> Planned {
+    let rows = g.rows(a.rows_sel);
+    let launch = if g.tensor_cores && v.has_tensor_cores() && rows > MATVEC_MAX_ROWS {
+        Launch {
+            entry: Entry::Mma,
+            grid: [a.n.div_ceil(MMA_COLS), 1, rows.div_ceil(MMA_TOKENS)],
+            block: [MMA_WARPS * WARP, 1, 1],
+            shared_bytes: 0,
+        }
+    } else {
+        Launch {
+            entry: Entry::Main,
+            grid: [a.n.div_ceil(MV_ROWS), 1, rows.div_ceil(TILE_T)],
+            block: [MV_ROWS * WARP, 1, 1],
+            shared_bytes: 0,
+        }
+    };
+    plain(launch, Args::Matmul(*a))
+}
+
+/// Bytes of one KV value of the variant.
+pub fn value_bytes(v: &Variant) -> u32 {
+    match v.kv {
+        Some(KvDtype::F8E4M3) => 1,
+        _ => 2,
+    }
+}
+
+/// Attention: the split-K decode kernel (and the combine when it splits) for short
+/// steps, the tensor-core prefill for long FP8 steps, else one block per (head, token).
+fn attention(v: &Variant, a: &KvArgs, g: &StepGeometry) -> [Option<Planned>; 2] {
+    let main = Some(plain(wg([a.n_heads, g.n_tokens, 1]), Args::Kv(*a)));
+    let shape = match AttentionShape::of(a, value_bytes(v)) {
+        Some(s) if g.decode_attention => s,
+        _ => return [main, None],
+    };
+    let splits = attention_splits(&shape, g.n_tokens, g.class, g.sm_count);
+    if let Some(l) = attention_decode_launch(&shape, g.n_tokens, splits) {
+        let args = Args::Kv(KvArgs { splits, ..*a });
+        let combine = attention_combine_launch(&shape, g.n_tokens, splits).map(|l| plain(l, args));
+        return [Some(plain(l, args)), combine];
+    }
+    if v.has_prefill()
+        && let Some(l) = attention_prefill_launch(&shape, g.n_tokens, g.tensor_cores)
+    {
+        return [Some(plain(l, Args::Kv(*a))), None];
+    }
+    [main, None]
+}
