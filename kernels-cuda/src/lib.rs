@@ -29,6 +29,8 @@ pub mod weights;
 #[cfg(test)]
 mod attention_tests;
 #[cfg(test)]
+mod interp_tests;
+#[cfg(test)]
 mod lower_tests;
 #[cfg(test)]
 mod tests;
