@@ -190,6 +190,12 @@ fn jobs() -> Result<Vec<Job>, String> {
             quantized: matvec,
         });
     }
+    jobs.push(Job {
+        name: "peak_mma".into(),
+        source: kiln_kernels_cuda::peak::peak_source(),
+        matmul: false,
+        quantized: false,
+    });
     Ok(jobs)
 }
 

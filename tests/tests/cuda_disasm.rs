@@ -93,6 +93,12 @@ const FACTS: &[Fact] = &[
         applies: |k| k.variant.starts_with("attention_") && k.kernel.contains("decode"),
         holds: |k| k.cp_async > 0,
     },
+    Fact {
+        what: "the ceilings' matmul peak kernel runs on tensor cores (HMMA)",
+        status: Status::Required,
+        applies: |k| k.kernel == "peak_mma_f16",
+        holds: |k| k.mma > 0 && k.ldg() == 0,
+    },
     // ---- Required of the decode matvecs (kiln_kernels_cuda::matvec, `matvec_<dtype>_t<T>`).
     Fact {
         what: "decode matvecs load weights and activations 128 bits wide (LDG.E.128)",

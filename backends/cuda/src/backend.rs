@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use kiln_gpu_host::{Cache, no_plan};
-use kiln_ir::backend::{Backend, BackendError, DeviceProperties, LaunchTime, Step, WeightSource};
+use kiln_ir::backend::{
+    Backend, BackendError, Ceilings, DeviceProperties, LaunchTime, Step, WeightSource,
+};
 use kiln_ir::kv_layout::KvLayout;
 use kiln_ir::{Graph, Op, Plan};
 
@@ -171,6 +173,11 @@ impl Backend for CudaBackend {
         // Weights are uploaded to the device (vectors as f32), plus the step buffer.
         let weights = kiln_kernels_cuda::weights::WeightLayout::new(plan).map_or(0, |l| l.total);
         weights as usize + 4096
+    }
+
+    /// Copy bandwidth and the mma.sync f16 peak of this device (crate::ceilings).
+    fn ceilings(&mut self) -> Result<Option<Ceilings>, BackendError> {
+        crate::ceilings::measure(&self.gpu)
     }
 
     fn launch_times(&mut self) -> Result<Vec<LaunchTime>, BackendError> {
