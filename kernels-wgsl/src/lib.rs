@@ -10,7 +10,8 @@
 //! - [`step`]: the step buffer (token ids, positions, block tables, RoPE cos/sin), written
 //!   in kiln-gpu-host for every GPU kernel set; the step checks are kiln-ir's
 //!   (`StepLimits`), the same for every backend.
-//! - [`weights`]: where each weight lives in the weights buffer, the bytes to upload.
+//! - [`weights`]: which weights buffer each weight lives in and where, the bytes to
+//!   upload.
 //!
 //! A backend owns five buffers ([`Resource`]) and runs each dispatch in order; nothing in
 //! it depends on which op it runs.
@@ -37,7 +38,8 @@ pub struct Capabilities {
     pub subgroups: bool,
     /// The largest storage buffer binding, in bytes.
     pub max_storage_binding: u64,
-    /// The largest buffer, in bytes (the weights buffer; a dispatch binds a window of it).
+    /// The largest buffer, in bytes: each weights buffer holds at most this (a dispatch
+    /// binds a window of one).
     pub max_buffer: u64,
     /// Alignment of uniform buffer offsets (256 on most devices).
     pub uniform_align: u64,

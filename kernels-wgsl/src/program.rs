@@ -27,7 +27,7 @@ pub enum Resource {
     Params,
     /// Storage, read-write: the f32 activation arena (`plan.arena_bytes`).
     Arena,
-    /// Storage, read: every weight ([`WeightLayout`]).
+    /// Storage, read: a window of one weights buffer ([`WeightLayout`]).
     Weights,
     /// Storage: the KV pages (read-write for the writers, read for attention).
     Kv,
@@ -124,10 +124,15 @@ pub struct Dispatch {
     /// This dispatch's params block within [`Program::params`].
     pub params_offset: u64,
     pub params_size: u64,
-    /// Where this dispatch's window of the weights buffer starts (a multiple of
-    /// [`WINDOW_ALIGN`]; 0 when the whole buffer fits one binding); the offsets in its
-    /// params are relative to it.
+    /// The weights buffer this dispatch binds (index into `WeightLayout::buffers`).
+    pub weights_buffer: usize,
+    /// Where its window starts in the weights' address space (a multiple of
+    /// [`WINDOW_ALIGN`]); the offsets in its params are relative to it.
     pub weights_base: u64,
+    /// The same place as an offset in its buffer (what a WGSL backend binds at).
+    pub weights_offset: u64,
+    /// Bytes of the window (at most a binding, within the buffer).
+    pub weights_window: u64,
     pub grid: Grid,
 }
 
@@ -147,8 +152,9 @@ pub struct Program {
     /// The params buffer: every dispatch's block at a `uniform_align` offset.
     pub params: Vec<u8>,
     pub weights: WeightLayout,
-    /// Bytes of the weights buffer each dispatch binds (from its `weights_base`).
-    pub weights_window: u64,
+    /// Bytes of every window of each weights buffer (a binding, or the whole buffer):
+    /// the dispatches that bind buffer `i` bind `weights_windows[i]` bytes.
+    pub weights_windows: Vec<u64>,
     pub arena_bytes: u64,
     pub kv_bytes: u64,
     pub limits: StepLimits,
@@ -188,6 +194,18 @@ pub fn param_words(op: &str) -> usize {
 /// a second matrix or a norm vector does not, and is refused when its matrices take more
 /// than half a binding.
 pub fn supports(op: &Op, graph: &Graph, max_binding: u64) -> bool {
+    supports_on(op, graph, max_binding, u64::MAX)
+}
+
+/// [`supports`] on a device whose weights buffers hold at most `max_buffer` bytes: a
+/// fused op whose weights (bound together) a buffer does not hold is refused too.
+pub fn supports_on(op: &Op, graph: &Graph, max_binding: u64, max_buffer: u64) -> bool {
+    let fused_fits = || {
+        let room = (max_buffer / WINDOW_ALIGN * WINDOW_ALIGN).max(WINDOW_ALIGN);
+        crate::weights::launch_groups(op)
+            .iter()
+            .all(|g| crate::weights::group_bytes(graph, op, g).is_some_and(|b| b <= room))
+    };
     let matrix_bytes: u64 = op
         .matrices()
         .iter()
@@ -198,7 +216,7 @@ pub fn supports(op: &Op, graph: &Graph, max_binding: u64) -> bool {
         op,
         Op::Embed { .. } | Op::MatMul { .. } | Op::MatMulAdd { .. }
     );
-    if !chunked && matrix_bytes > max_binding / 2 {
+    if !chunked && (matrix_bytes > max_binding / 2 || !fused_fits()) {
         return false;
     }
     // Matmuls read whole units of 8 columns; an embedding of plain floats may end inside
@@ -258,8 +276,9 @@ impl Program {
         caps: &Capabilities,
     ) -> Result<Program, KernelError> {
         let weights = WeightLayout::new(plan, caps.max_buffer)?;
-        // Every dispatch binds this many bytes of the weights buffer, from its own base.
-        let window = weights.total.min(caps.max_storage_binding) / WINDOW_ALIGN * WINDOW_ALIGN;
+        let windows: Vec<u64> = (weights.buffers.iter())
+            .map(|b| b.bytes.min(caps.max_storage_binding) / WINDOW_ALIGN * WINDOW_ALIGN)
+            .collect();
         let max = caps.max_storage_binding.min(u64::from(u32::MAX));
         let arena_bytes = (plan.arena_bytes as u64).max(16);
         let kv_bytes = (kv.page_bytes() as u64)
@@ -290,15 +309,16 @@ impl Program {
             kv,
             caps,
             weights: &weights,
-            window,
-            base: 0,
+            windows: &windows,
+            window: lower::Window::default(),
             ropes: &ropes,
             pipelines: Vec::new(),
             params: Vec::new(),
         };
         let mut launches = Vec::with_capacity(plan.launches.len());
         for launch in &plan.launches {
-            if !supports(&launch.op, &plan.graph, caps.max_storage_binding) {
+            let (binding, buffer) = (caps.max_storage_binding, caps.max_buffer);
+            if !supports_on(&launch.op, &plan.graph, binding, buffer) {
                 return Err(unsupported(format!("{} ({})", launch.kernel, launch.op)));
             }
             launches.push(b.launch(launch)?);
@@ -314,7 +334,7 @@ impl Program {
             launches,
             params: b.params,
             weights,
-            weights_window: window,
+            weights_windows: windows,
             arena_bytes,
             kv_bytes,
             limits: StepLimits::new(plan, kv, kv_page_count),

@@ -9,7 +9,8 @@
 //! f16 on tensor cores), so mostly the KV cache's rounding separates them from the
 //! oracle.
 
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use kiln_engine::compiled::Compiled;
 use kiln_engine::kv::KvDtype;
@@ -17,7 +18,9 @@ use kiln_engine::model::Model;
 use kiln_engine::reference::Reference;
 use kiln_engine::runner::{LogitsFor, Runner};
 use kiln_engine::sampler::argmax;
-use kiln_ir::backend::Backend;
+use kiln_ir::backend::{Backend, BackendError, DeviceProperties, LaunchTime, Step, WeightSource};
+use kiln_ir::kv_layout::KvLayout;
+use kiln_ir::{Graph, Op, Plan};
 
 use crate::cpu::{cpu, options};
 
@@ -146,4 +149,177 @@ pub fn check_launch_times(backend: &mut dyn Backend) {
         assert!(t.seconds.is_finite() && t.seconds >= 0.0, "{t:?}");
     }
     eprintln!("launch times: {times:?}");
+}
+
+/// A backend whose `execute` calls are timed on the host (entry to return: for the
+/// WGSL backends, everything up to the queue submit), forwarding everything else.
+pub struct Timed {
+    inner: Box<dyn Backend>,
+    times: Arc<Mutex<Vec<Duration>>>,
+}
+
+impl std::fmt::Debug for Timed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Timed({})", self.inner.name())
+    }
+}
+
+impl Timed {
+    /// `inner`, timed into `times`.
+    pub fn new(inner: Box<dyn Backend>, times: Arc<Mutex<Vec<Duration>>>) -> Timed {
+        Timed { inner, times }
+    }
+}
+
+impl Backend for Timed {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+    fn properties(&self) -> &DeviceProperties {
+        self.inner.properties()
+    }
+    fn supports(&self, op: &Op, graph: &Graph) -> bool {
+        self.inner.supports(op, graph)
+    }
+    fn load_plan(
+        &mut self,
+        plan: &Plan,
+        weights: &dyn WeightSource,
+        kv: &KvLayout,
+        kv_page_count: usize,
+    ) -> Result<(), BackendError> {
+        self.inner.load_plan(plan, weights, kv, kv_page_count)
+    }
+    fn execute(&mut self, step: &Step<'_>) -> Result<(), BackendError> {
+        let start = Instant::now();
+        let result = self.inner.execute(step);
+        if let Ok(mut t) = self.times.lock() {
+            t.push(start.elapsed());
+        }
+        result
+    }
+    fn read_logits(&mut self, out: &mut [f32]) -> Result<(), BackendError> {
+        self.inner.read_logits(out)
+    }
+    fn copy_kv_page(&mut self, src: u32, dst: u32, n_tokens: usize) -> Result<(), BackendError> {
+        self.inner.copy_kv_page(src, dst, n_tokens)
+    }
+    fn synchronize(&mut self) -> Result<(), BackendError> {
+        self.inner.synchronize()
+    }
+    fn read_argmax(&mut self, vocab: usize, out: &mut [u32]) -> Result<(), BackendError> {
+        self.inner.read_argmax(vocab, out)
+    }
+    fn load_bytes(&self, plan: &Plan) -> usize {
+        self.inner.load_bytes(plan)
+    }
+    fn launch_times(&mut self) -> Result<Vec<LaunchTime>, BackendError> {
+        self.inner.launch_times()
+    }
+}
+
+/// The host time of a decode step on a backend from `make` (SmolLM2, F16 KV): `steps`
+/// greedy decode steps after a short prompt, each one's `execute` timed ([`Timed`]).
+/// Printed (median and mean), never asserted: wall-clock times depend on the machine.
+pub fn decode_host_time(
+    model: &Model,
+    name: &str,
+    steps: usize,
+    make: &dyn Fn() -> Box<dyn Backend>,
+) -> Duration {
+    let times = Arc::new(Mutex::new(Vec::new()));
+    let backend = Box::new(Timed::new(make(), times.clone()));
+    let device = backend.properties().name.clone();
+    let mut gpu = Compiled::new(model, backend, options(64, KvDtype::F16))
+        .unwrap_or_else(|e| panic!("the {name} backend compiles the model: {e}"));
+    let ids = model
+        .tokenizer
+        .encode("The capital of France is", true, true);
+    let mut logits = gpu.forward(&ids, LogitsFor::Last).unwrap();
+    // One step to warm up (the first decode step's shape is new).
+    for step in 0..steps + 1 {
+        if step == 1 {
+            times.lock().unwrap().clear();
+        }
+        logits = gpu.forward(&[argmax(&logits)], LogitsFor::Last).unwrap();
+    }
+    let mut t = times.lock().unwrap().clone();
+    t.sort();
+    let median = t[t.len() / 2];
+    let mean = t.iter().sum::<Duration>() / t.len() as u32;
+    eprintln!(
+        "{name} on {device}: host time of a decode step (execute entry to submit), SmolLM2: median {:.1} µs, mean {:.1} µs over {} steps",
+        median.as_secs_f64() * 1e6,
+        mean.as_secs_f64() * 1e6,
+        t.len()
+    );
+    median
+}
+
+/// The weights buffer limit of the split tests: SmolLM2's ~100 MB of weights (its
+/// largest, the embedding table, 30 MB) over three buffers.
+pub const SPLIT_LIMIT: u64 = 32 << 20;
+
+/// Greedy decoding of `prompt` (F16 KV) with the weights split over buffers of at most
+/// `limit` bytes (a backend from `split`) against the unsplit run (`whole`): the plan's
+/// weights take more than two buffers at that limit, and the split run's tokens and
+/// logits equal the unsplit run's, bit for bit, and its tokens the CPU backend's up to
+/// the first near-tie.
+pub fn split_weights_match(
+    model: &Model,
+    name: &str,
+    limit: u64,
+    whole: &dyn Fn() -> Box<dyn Backend>,
+    split: &dyn Fn() -> Box<dyn Backend>,
+) {
+    let (prompt, tokens, kv) = ("The capital of France is", 4, KvDtype::F16);
+    let ids = model.tokenizer.encode(prompt, true, true);
+    let run = |backend: Box<dyn Backend>| {
+        let mut gpu = Compiled::new(model, backend, options(64, kv))
+            .unwrap_or_else(|e| panic!("the {name} backend compiles the model: {e}"));
+        let layout = kiln_kernels_wgsl::weights::WeightLayout::new(gpu.plan(), limit).unwrap();
+        let mut all = vec![gpu.forward(&ids, LogitsFor::Last).unwrap()];
+        for _ in 0..tokens {
+            let t = argmax(all.last().unwrap());
+            all.push(gpu.forward(&[t], LogitsFor::Last).unwrap());
+        }
+        (layout.buffers.len(), all)
+    };
+    let (buffers, split_logits) = run(split());
+    assert!(
+        buffers > 2,
+        "{buffers} weights buffers of at most {limit} bytes"
+    );
+    let (_, whole_logits) = run(whole());
+    if std::env::var_os("KILN_SPLIT_DEBUG").is_some() {
+        let (_, again) = run(whole());
+        let steps = split_logits.iter().zip(&whole_logits).zip(&again);
+        for (step, ((s, w), a)) in steps.enumerate() {
+            let (split, twice) = (error(s, w), error(a, w));
+            eprintln!("step {step}: split vs whole {split:?}, whole vs whole {twice:?}");
+        }
+    }
+    for (step, (s, w)) in split_logits.iter().zip(&whole_logits).enumerate() {
+        let same = s.iter().zip(w).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(
+            same,
+            "step {step}: the split run's logits differ from the unsplit run's"
+        );
+    }
+    let mut reference = cpu(model, options(64, kv));
+    let mut theirs = reference.forward(&ids, LogitsFor::Last).unwrap();
+    let mut picked = Vec::new();
+    for ours in &split_logits {
+        if top2_gap(&theirs) < MIN_GAP {
+            break;
+        }
+        let t = argmax(&theirs);
+        assert_eq!(argmax(ours), t, "{name}: the split run picks another token");
+        picked.push(t);
+        theirs = reference.forward(&[t], LogitsFor::Last).unwrap();
+    }
+    eprintln!(
+        "{name}: weights over {buffers} buffers of at most {limit} bytes: logits of {} steps equal the unsplit run's, tokens {picked:?} the CPU backend's",
+        split_logits.len()
+    );
 }

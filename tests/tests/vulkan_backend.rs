@@ -13,7 +13,9 @@ use kiln_engine::model::Model;
 use kiln_ir::backend::Backend;
 use kiln_testkit::{fail, pass, skip, test};
 use kiln_tests::cpu::load;
-use kiln_tests::device::{Greedy, check_launch_times, greedy_matches_cpu, wgsl_limits};
+use kiln_tests::device::{
+    Greedy, SPLIT_LIMIT, check_launch_times, greedy_matches_cpu, split_weights_match, wgsl_limits,
+};
 use kiln_tests::{Outcome, gemma_device, gemma_model, on_device};
 
 /// Gemma 3 on lavapipe is slow (about 45 s a step on 2 cores: the LM head has 262,144
@@ -42,6 +44,9 @@ fn main() -> ExitCode {
         test("launch_times_cover_every_launch_of_the_last_step", || {
             with_backend(launch_times_cover_every_launch_of_the_last_step)
         }),
+        test("weights_split_over_buffers_decode_as_one_buffer", || {
+            with_backend(weights_split_over_buffers_decode_as_one_buffer)
+        }),
         test("the_device_is_described", || {
             with_backend(the_device_is_described)
         }),
@@ -69,6 +74,23 @@ fn greedy_on_the_reference_model_matches_the_cpu_backend(_: VulkanBackend) -> Ou
     greedy_matches_cpu(&model, &check, &|| {
         Box::new(VulkanBackend::any_device().unwrap())
     });
+    pass()
+}
+
+/// SmolLM2's weights over several buffers (a descriptor set each): the same logits as
+/// in one buffer, the CPU backend's greedy tokens.
+fn weights_split_over_buffers_decode_as_one_buffer(_: VulkanBackend) -> Outcome {
+    let model = load();
+    let split = || {
+        let options = VulkanOptions {
+            allow_cpu: true,
+            max_weights_buffer: Some(SPLIT_LIMIT),
+            ..VulkanOptions::default()
+        };
+        Box::new(VulkanBackend::with_options(options).unwrap()) as Box<dyn Backend>
+    };
+    let whole = || Box::new(VulkanBackend::any_device().unwrap()) as Box<dyn Backend>;
+    split_weights_match(&model, "vulkan", SPLIT_LIMIT, &whole, &split);
     pass()
 }
 

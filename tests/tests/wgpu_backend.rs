@@ -6,13 +6,16 @@
 
 use std::process::ExitCode;
 
-use kiln_backend_wgpu::WgpuBackend;
+use kiln_backend_wgpu::{WgpuBackend, WgpuOptions};
 use kiln_backends::Ci;
 use kiln_engine::model::Model;
 use kiln_ir::backend::Backend;
 use kiln_testkit::{fail, pass, skip, test};
 use kiln_tests::cpu::load;
-use kiln_tests::device::{Greedy, check_launch_times, greedy_matches_cpu, wgsl_limits};
+use kiln_tests::device::{
+    Greedy, SPLIT_LIMIT, check_launch_times, decode_host_time, greedy_matches_cpu,
+    split_weights_match, wgsl_limits,
+};
 use kiln_tests::{Outcome, gemma_device, gemma_model, on_device};
 
 /// Gemma 3 on lavapipe is slow (about 45 s a step on 2 cores: the LM head has 262,144
@@ -28,6 +31,12 @@ fn main() -> ExitCode {
             "greedy_on_the_reference_model_matches_the_cpu_backend",
             || with_backend(greedy_on_the_reference_model_matches_the_cpu_backend),
         ),
+        test("weights_split_over_buffers_decode_as_one_buffer", || {
+            with_backend(weights_split_over_buffers_decode_as_one_buffer)
+        }),
+        test("the_host_time_of_a_decode_step_is_printed", || {
+            with_backend(the_host_time_of_a_decode_step_is_printed)
+        }),
         test("gemma3_greedy_matches_llama_cpp", || {
             with_backend(gemma3_greedy_matches_llama_cpp)
         }),
@@ -56,6 +65,31 @@ fn greedy_on_the_reference_model_matches_the_cpu_backend(_: WgpuBackend) -> Outc
     greedy_matches_cpu(&model, &check, &|| {
         Box::new(WgpuBackend::any_adapter().unwrap())
     });
+    pass()
+}
+
+/// SmolLM2's weights over several buffers (a limit far below lavapipe's): the same
+/// logits as in one buffer, the CPU backend's greedy tokens.
+fn weights_split_over_buffers_decode_as_one_buffer(_: WgpuBackend) -> Outcome {
+    let model = load();
+    let split = || {
+        let options = WgpuOptions {
+            allow_cpu: true,
+            max_weights_buffer: Some(SPLIT_LIMIT),
+            ..WgpuOptions::default()
+        };
+        Box::new(WgpuBackend::with_options(options).unwrap()) as Box<dyn Backend>
+    };
+    let whole = || Box::new(WgpuBackend::any_adapter().unwrap()) as Box<dyn Backend>;
+    split_weights_match(&model, "wgpu", SPLIT_LIMIT, &whole, &split);
+    pass()
+}
+
+/// The host time of a decode step (issue 17: under 100 µs), printed, not asserted.
+fn the_host_time_of_a_decode_step_is_printed(_: WgpuBackend) -> Outcome {
+    let model = load();
+    let make = || Box::new(WgpuBackend::any_adapter().unwrap()) as Box<dyn Backend>;
+    decode_host_time(&model, "wgpu", 5, &make);
     pass()
 }
 

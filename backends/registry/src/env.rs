@@ -12,6 +12,7 @@
 //! | `KILN_VULKAN_DEVICE=any` | vulkan | take a CPU device (lavapipe) when there is no GPU |
 //! | `KILN_VULKAN_SUBGROUPS=0` | vulkan | workgroup-memory reductions instead of subgroups |
 //! | `KILN_VULKAN_SUBGROUP_SIZE=N` | vulkan | the subgroup size to require (size control) |
+//! | `KILN_WEIGHTS_BUFFER_BYTES=N` | wgpu, vulkan | weights buffers of at most N bytes (the split path on any device) |
 //! | `KILN_CUDA_DEVICE=N` | cuda | the device ordinal (default 0) |
 //! | `KILN_NVRTC_PATH=FILE` | cuda | the NVRTC library to load first |
 //! | `KILN_CUDA_GRAPHS=0` | cuda | no CUDA graphs for decode steps |
@@ -37,6 +38,7 @@ fn is(name: &str, value: &str) -> bool {
 /// `name` parsed, when it is set and parses.
 #[cfg(any(
     feature = "backend-cpu",
+    feature = "backend-wgpu",
     feature = "backend-vulkan",
     feature = "backend-cuda"
 ))]
@@ -67,6 +69,7 @@ pub fn wgpu_options() -> kiln_backend_wgpu::WgpuOptions {
         allow_cpu: is("KILN_WGPU_ADAPTER", "any"),
         subgroups: !is("KILN_WGPU_SUBGROUPS", "0"),
         debug: debug(),
+        max_weights_buffer: parsed("KILN_WEIGHTS_BUFFER_BYTES"),
     }
 }
 
@@ -84,6 +87,7 @@ pub fn vulkan_options() -> kiln_backend_vulkan::VulkanOptions {
             home.as_deref(),
         ),
         debug: debug(),
+        max_weights_buffer: parsed("KILN_WEIGHTS_BUFFER_BYTES"),
     }
 }
 

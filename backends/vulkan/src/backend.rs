@@ -28,6 +28,9 @@ pub struct VulkanOptions {
     pub cache: Cache,
     /// Print each kernel built and, when a step shape is recorded, each dispatch.
     pub debug: bool,
+    /// Make weights buffers of at most this many bytes, below the device's largest
+    /// allocation (tests force the weights over several buffers with it).
+    pub max_weights_buffer: Option<u64>,
 }
 
 impl Default for VulkanOptions {
@@ -38,6 +41,7 @@ impl Default for VulkanOptions {
             subgroup_size: None,
             cache: Cache::Off,
             debug: false,
+            max_weights_buffer: None,
         }
     }
 }
@@ -93,7 +97,9 @@ impl VulkanBackend {
                 .map(|s| s as usize),
             subgroup_sizes: range.or(info.subgroup_size.map(|s| (s as usize, s as usize))),
             memory_bytes: Some(info.memory_bytes).filter(|&b| b > 0),
-            max_buffer_bytes: Some(info.max_allocation_bytes).filter(|&b| b > 0),
+            max_buffer_bytes: Some(info.max_allocation_bytes)
+                .filter(|&b| b > 0)
+                .map(|b| options.max_weights_buffer.map_or(b, |m| m.min(b))),
             max_binding_bytes: Some(u64::from(limits.max_storage_buffer_range)),
             shared_memory_bytes: Some(limits.max_compute_shared_memory_size as usize),
             has_f16: false,
@@ -131,8 +137,10 @@ impl Backend for VulkanBackend {
     }
 
     fn supports(&self, op: &Op, graph: &Graph) -> bool {
-        let max_binding = self.properties.max_binding_bytes.unwrap_or(u64::MAX);
-        kiln_kernels_wgsl::program::supports(op, graph, max_binding)
+        let p = &self.properties;
+        let max_binding = p.max_binding_bytes.unwrap_or(u64::MAX);
+        let max_buffer = p.max_buffer_bytes.unwrap_or(u64::MAX);
+        kiln_kernels_wgsl::program::supports_on(op, graph, max_binding, max_buffer)
     }
 
     fn load_plan(

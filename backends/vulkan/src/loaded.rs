@@ -68,7 +68,8 @@ pub(crate) struct Loaded {
     debug: bool,
     pub cache: CacheStats,
     arena: Buffer,
-    weights: Buffer,
+    /// Indexed like `program.weights.buffers`.
+    weights: Vec<Buffer>,
     kv: Buffer,
     params: Buffer,
     step: Buffer,
@@ -104,6 +105,11 @@ impl Loaded {
     ) -> Result<Loaded, BackendError> {
         let limits = &vk.info.limits;
         let caps = Capabilities::of(properties, limits.min_uniform_buffer_offset_alignment);
+        // A window's base in its buffer is a dynamic offset, a u32.
+        let caps = Capabilities {
+            max_buffer: caps.max_buffer.min(1 << 32),
+            ..caps
+        };
         let program = Program::new(plan, source, kv, kv_page_count, &caps)
             .map_err(|e| e.for_backend(NAME))?;
         let params_range = program
@@ -120,12 +126,18 @@ impl Loaded {
             });
         }
         let device = |label, bytes| Buffer::new(vk, label, bytes, Kind::Device);
-        let weights_buf = device("weights", program.weights.total)?;
+        let layout = &program.weights;
+        let weights_buf = layout
+            .buffers
+            .iter()
+            .map(|b| device("weights", b.bytes))
+            .collect::<Result<Vec<_>, _>>()?;
         let params = device("params", program.params.len() as u64 + params_range)?;
-        let mut up = Uploader::new(vk, program.weights.total + program.params.len() as u64);
+        let mut up = Uploader::new(vk, layout.total + program.params.len() as u64);
         up.push(&params, 0, &program.params)?;
-        weights::upload_each(plan, &program.weights, source, NAME, |offset, bytes| {
-            up.push(&weights_buf, offset, bytes)
+        weights::upload_each(plan, layout, source, NAME, |offset, bytes| {
+            let b = layout.buffer_of(offset);
+            up.push(&weights_buf[b], offset - layout.buffers[b].start, bytes)
         })?;
         up.flush()?;
         drop(up);
@@ -154,7 +166,9 @@ impl Loaded {
         Ok(loaded)
     }
 
-    /// Point the descriptor set at the buffers (at load, and when the step buffer grows).
+    /// Point the descriptor sets at the buffers (at load, and when the step buffer
+    /// grows): set `i` binds weights buffer `i`, windows of the same size as the
+    /// dispatches' (one per buffer).
     fn write_set(&self) {
         let info = |b: &Buffer, range: u64| {
             [vk::DescriptorBufferInfo {
@@ -163,26 +177,27 @@ impl Loaded {
                 range,
             }]
         };
-        let infos = [
-            (Resource::Params, info(&self.params, self.params_range)),
-            (Resource::Arena, info(&self.arena, vk::WHOLE_SIZE)),
-            (
-                Resource::Weights,
-                info(&self.weights, self.program.weights_window),
-            ),
-            (Resource::Kv, info(&self.kv, vk::WHOLE_SIZE)),
-            (Resource::Step, info(&self.step, vk::WHOLE_SIZE)),
-        ];
+        let mut infos = Vec::with_capacity(5 * self.weights.len());
+        for (i, (&set, weights)) in self.objects.sets.iter().zip(&self.weights).enumerate() {
+            let window = self.program.weights_windows[i];
+            infos.extend([
+                (set, Resource::Params, info(&self.params, self.params_range)),
+                (set, Resource::Arena, info(&self.arena, vk::WHOLE_SIZE)),
+                (set, Resource::Weights, info(weights, window)),
+                (set, Resource::Kv, info(&self.kv, vk::WHOLE_SIZE)),
+                (set, Resource::Step, info(&self.step, vk::WHOLE_SIZE)),
+            ]);
+        }
         let writes: Vec<vk::WriteDescriptorSet<'_>> = infos
             .iter()
-            .map(|(r, buffer)| {
+            .map(|(set, r, buffer)| {
                 let ty = match r {
                     Resource::Params => vk::DescriptorType::UNIFORM_BUFFER_DYNAMIC,
                     Resource::Weights => vk::DescriptorType::STORAGE_BUFFER_DYNAMIC,
                     _ => vk::DescriptorType::STORAGE_BUFFER,
                 };
                 vk::WriteDescriptorSet::default()
-                    .dst_set(self.objects.set)
+                    .dst_set(*set)
                     .dst_binding(r.binding())
                     .descriptor_type(ty)
                     .buffer_info(buffer)
@@ -324,9 +339,13 @@ impl Loaded {
                         vk::PipelineBindPoint::COMPUTE,
                         o.layout,
                         0,
-                        &[o.set],
-                        // Dynamic offsets in binding order: params, weights.
-                        &[dispatch.params_offset as u32, dispatch.weights_base as u32],
+                        &[o.sets[dispatch.weights_buffer]],
+                        // Dynamic offsets in binding order: params, weights (below 4 GiB:
+                        // the buffers are at most that).
+                        &[
+                            dispatch.params_offset as u32,
+                            dispatch.weights_offset as u32,
+                        ],
                     );
                     d.cmd_dispatch(cb, x, y, z);
                 }

@@ -37,7 +37,8 @@ pub(crate) struct Objects {
     /// Indexed like `program.pipelines`.
     pub pipelines: Vec<vk::Pipeline>,
     pub descriptor_pool: vk::DescriptorPool,
-    pub set: vk::DescriptorSet,
+    /// One set per weights buffer (indexed like `program.weights.buffers`).
+    pub sets: Vec<vk::DescriptorSet>,
     pub commands: vk::CommandPool,
     /// Re-recorded every step: the step buffer's copy.
     pub upload_cb: vk::CommandBuffer,
@@ -82,7 +83,7 @@ impl Objects {
             layout: vk::PipelineLayout::null(),
             pipelines: Vec::new(),
             descriptor_pool: vk::DescriptorPool::null(),
-            set: vk::DescriptorSet::null(),
+            sets: Vec::new(),
             commands: vk::CommandPool::null(),
             upload_cb: vk::CommandBuffer::null(),
             fence: vk::Fence::null(),
@@ -90,7 +91,7 @@ impl Objects {
         };
         o.layouts()?;
         o.pipelines(compiler, program, build)?;
-        o.descriptor_set()?;
+        o.descriptor_sets(program.weights.buffers.len() as u32)?;
         let info = vk::CommandPoolCreateInfo::default()
             .queue_family_index(vk.family)
             .flags(vk::CommandPoolCreateFlags::RESET_COMMAND_BUFFER);
@@ -257,35 +258,35 @@ impl Objects {
         Ok(())
     }
 
-    fn descriptor_set(&mut self) -> Result<(), BackendError> {
+    fn descriptor_sets(&mut self, n: u32) -> Result<(), BackendError> {
         let d = &self.vk.device;
         let sizes = [
             vk::DescriptorPoolSize {
                 ty: vk::DescriptorType::UNIFORM_BUFFER_DYNAMIC,
-                descriptor_count: 1,
+                descriptor_count: n,
             },
             vk::DescriptorPoolSize {
                 ty: vk::DescriptorType::STORAGE_BUFFER_DYNAMIC,
-                descriptor_count: 1,
+                descriptor_count: n,
             },
             vk::DescriptorPoolSize {
                 ty: vk::DescriptorType::STORAGE_BUFFER,
-                descriptor_count: 3,
+                descriptor_count: 3 * n,
             },
         ];
         let info = vk::DescriptorPoolCreateInfo::default()
-            .max_sets(1)
+            .max_sets(n)
             .pool_sizes(&sizes);
         // SAFETY: the device is valid; the info outlives the call.
         self.descriptor_pool = unsafe { d.create_descriptor_pool(&info, None) }
             .map_err(|e| vk_error("creating a descriptor pool", e, 0))?;
-        let layouts = [self.set_layout];
+        let layouts = vec![self.set_layout; n as usize];
         let alloc = vk::DescriptorSetAllocateInfo::default()
             .descriptor_pool(self.descriptor_pool)
             .set_layouts(&layouts);
-        // SAFETY: the pool has room for this one set of this layout.
-        self.set = unsafe { d.allocate_descriptor_sets(&alloc) }
-            .map_err(|e| vk_error("allocating a descriptor set", e, 0))?[0];
+        // SAFETY: the pool has room for these n sets of this layout.
+        self.sets = unsafe { d.allocate_descriptor_sets(&alloc) }
+            .map_err(|e| vk_error("allocating descriptor sets", e, 0))?;
         Ok(())
     }
 

@@ -18,8 +18,12 @@ pub struct WgpuOptions {
     /// Use subgroup operations where the adapter has them (off: the workgroup-memory
     /// reductions every device runs).
     pub subgroups: bool,
-    /// Print each kernel built and each dispatch's workgroups to stderr.
+    /// Print each kernel built and, when a step shape is first prepared, each
+    /// dispatch's workgroups to stderr.
     pub debug: bool,
+    /// Make weights buffers of at most this many bytes, below the device's largest
+    /// buffer (tests force the weights over several buffers with it).
+    pub max_weights_buffer: Option<u64>,
 }
 
 impl Default for WgpuOptions {
@@ -28,6 +32,7 @@ impl Default for WgpuOptions {
             allow_cpu: false,
             subgroups: true,
             debug: false,
+            max_weights_buffer: None,
         }
     }
 }
@@ -71,7 +76,11 @@ impl WgpuBackend {
                 info.subgroup_max_size as usize,
             ))
             .filter(|&(min, _)| min > 0),
-            max_buffer_bytes: Some(limits.max_buffer_size),
+            max_buffer_bytes: Some(
+                options
+                    .max_weights_buffer
+                    .map_or(limits.max_buffer_size, |m| m.min(limits.max_buffer_size)),
+            ),
             max_binding_bytes: Some(limits.max_storage_buffer_binding_size),
             shared_memory_bytes: Some(limits.max_compute_workgroup_storage_size as usize),
             ..DeviceProperties::default()
@@ -99,8 +108,10 @@ impl Backend for WgpuBackend {
     }
 
     fn supports(&self, op: &Op, graph: &Graph) -> bool {
-        let max_binding = self.properties.max_binding_bytes.unwrap_or(u64::MAX);
-        kiln_kernels_wgsl::program::supports(op, graph, max_binding)
+        let p = &self.properties;
+        let max_binding = p.max_binding_bytes.unwrap_or(u64::MAX);
+        let max_buffer = p.max_buffer_bytes.unwrap_or(u64::MAX);
+        kiln_kernels_wgsl::program::supports_on(op, graph, max_binding, max_buffer)
     }
 
     fn load_plan(

@@ -72,7 +72,10 @@ impl Gpu {
             });
         }
         let offered = adapter.features();
-        let features = offered & (wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY);
+        let features = offered
+            & (wgpu::Features::SUBGROUP
+                | wgpu::Features::TIMESTAMP_QUERY
+                | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("kiln"),

@@ -1,7 +1,12 @@
 //! A plan on the device: the buffers, pipelines and bind groups built once at load, and
-//! the per-step work: write the step buffer, record one encoder with a compute pass per
-//! launch (timestamps around each when the adapter has them), submit.
+//! the per-step work: write the step buffer, encode one compute pass from the step
+//! shape's dispatch list (made once per shape, kept in an LRU), submit. wgpu cannot
+//! replay a command buffer, so the pass is encoded every step; everything that does not
+//! change between steps of one shape is prepared. Params stay in the uniform buffer
+//! written at load (bound by each dispatch's bind group): push constants are a native-only
+//! feature and would copy every dispatch's params into every step.
 
+use kiln_gpu_host::Lru;
 use kiln_gpu_host::output::f32s_from_le;
 use kiln_gpu_host::timers::{launch_times, no_timestamps};
 use kiln_ir::Plan;
@@ -18,15 +23,42 @@ struct Timer {
     resolved: wgpu::Buffer,
     /// Nanoseconds per tick.
     period: f64,
+    /// Written inside the one compute pass (TIMESTAMP_QUERY_INSIDE_PASSES); otherwise
+    /// each launch gets a pass of its own with the timestamps at its ends.
+    inside_passes: bool,
+}
+
+/// Step shapes whose dispatch lists are kept (least recently used dropped first).
+const PREPARED: usize = 8;
+
+/// One dispatch of a step: its pipeline, bind group (index into `Loaded::bind_groups`)
+/// and workgroups.
+#[derive(Clone, Copy, Debug)]
+struct Run {
+    pipeline: u32,
+    group: u32,
+    workgroups: [u32; 3],
+}
+
+/// What a step of one shape runs: the dispatches in order, and where each launch's end
+/// in them (for the timestamps).
+#[derive(Debug)]
+struct Prepared {
+    runs: Vec<Run>,
+    launch_ends: Vec<usize>,
 }
 
 pub(crate) struct Loaded {
     program: Program,
     pipelines: Vec<wgpu::ComputePipeline>,
-    /// (launch, dispatch) bind groups, rebuilt only when the step buffer grows.
-    bind_groups: Vec<Vec<wgpu::BindGroup>>,
+    /// A bind group per dispatch of the program (launch by launch), rebuilt only when
+    /// the step buffer grows.
+    bind_groups: Vec<wgpu::BindGroup>,
+    /// Step shape → its dispatch list.
+    prepared: Lru<StepShape, Prepared>,
     arena: wgpu::Buffer,
-    weights: wgpu::Buffer,
+    /// Indexed like `program.weights.buffers`.
+    weights: Vec<wgpu::Buffer>,
     kv: wgpu::Buffer,
     params: wgpu::Buffer,
     step: wgpu::Buffer,
@@ -64,11 +96,18 @@ impl Loaded {
         let caps = Capabilities::of(properties, align);
         let program = Program::new(plan, source, kv, kv_page_count, &caps)
             .map_err(|e| e.for_backend(NAME))?;
-        let weights = gpu.buffer("weights", program.weights.total, STORAGE)?;
+        let layout = &program.weights;
+        let weights = layout
+            .buffers
+            .iter()
+            .map(|b| gpu.buffer("weights", b.bytes, STORAGE))
+            .collect::<Result<Vec<_>, _>>()?;
         // Flushed every 64 MiB, so that the staging copies do not pile up.
         let mut pending = 0;
-        weights::upload_each(plan, &program.weights, source, NAME, |offset, bytes| {
-            gpu.queue.write_buffer(&weights, offset, bytes);
+        weights::upload_each(plan, layout, source, NAME, |offset, bytes| {
+            let b = layout.buffer_of(offset);
+            let at = offset - layout.buffers[b].start;
+            gpu.queue.write_buffer(&weights[b], at, bytes);
             pending += bytes.len();
             if pending > 64 << 20 {
                 gpu.queue.submit([]);
@@ -127,6 +166,9 @@ impl Loaded {
                         wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
                     )?,
                     period: f64::from(gpu.queue.get_timestamp_period()),
+                    inside_passes: gpu
+                        .features
+                        .contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
                 })
             })
             .transpose()?;
@@ -134,6 +176,7 @@ impl Loaded {
             program,
             pipelines,
             bind_groups: Vec::new(),
+            prepared: Lru::new(PREPARED),
             arena,
             weights,
             kv: kv_buffer,
@@ -157,9 +200,8 @@ impl Loaded {
 
     /// (Re)build every bind group: once at load, again when the step buffer grows.
     fn bind(&mut self, gpu: &Gpu) {
-        let mut all = Vec::with_capacity(self.program.launches.len());
+        let mut groups = Vec::new();
         for dispatches in &self.program.launches {
-            let mut groups = Vec::with_capacity(dispatches.len());
             for d in dispatches {
                 let entries: Vec<wgpu::BindGroupEntry<'_>> = d
                     .resources
@@ -177,9 +219,9 @@ impl Loaded {
                             Resource::Arena => self.arena.as_entire_binding(),
                             Resource::Weights => {
                                 wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                    buffer: &self.weights,
-                                    offset: d.weights_base,
-                                    size: wgpu::BufferSize::new(self.program.weights_window),
+                                    buffer: &self.weights[d.weights_buffer],
+                                    offset: d.weights_offset,
+                                    size: wgpu::BufferSize::new(d.weights_window),
                                 })
                             }
                             Resource::Kv => self.kv.as_entire_binding(),
@@ -194,9 +236,31 @@ impl Loaded {
                     entries: &entries,
                 }));
             }
-            all.push(groups);
         }
-        self.bind_groups = all;
+        self.bind_groups = groups;
+    }
+
+    /// The dispatch list of a step of `shape`: the dispatches with work, their
+    /// workgroups.
+    fn prepare(&self, shape: StepShape) -> Prepared {
+        let mut runs = Vec::new();
+        let mut launch_ends = Vec::with_capacity(self.program.launches.len());
+        let mut first = 0;
+        for (i, dispatches) in self.program.launches.iter().enumerate() {
+            for (j, d, workgroups) in self.program.dispatches(i, shape) {
+                if self.debug {
+                    self.program.trace(NAME, i, d, workgroups);
+                }
+                runs.push(Run {
+                    pipeline: d.pipeline as u32,
+                    group: (first + j) as u32,
+                    workgroups,
+                });
+            }
+            first += dispatches.len();
+            launch_ends.push(runs.len());
+        }
+        Prepared { runs, launch_ends }
     }
 
     pub fn execute(&mut self, gpu: &Gpu, s: &Step<'_>) -> Result<(), BackendError> {
@@ -210,27 +274,48 @@ impl Loaded {
         gpu.queue.write_buffer(&self.step, 0, &data);
         let shape = s.shape();
         self.last = Some(shape);
+        if self.prepared.get(&shape).is_none() {
+            let p = self.prepare(shape);
+            self.prepared.insert(shape, p);
+        }
+        let Some(prepared) = self.prepared.get(&shape) else {
+            return Err(crate::device::driver("a step's dispatch list went missing"));
+        };
+        let encode = |pass: &mut wgpu::ComputePass<'_>, runs: &[Run]| {
+            encode(&self.pipelines, &self.bind_groups, pass, runs);
+        };
         let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        for i in 0..self.program.launches.len() {
-            let timestamp_writes = self
-                .timer
-                .as_ref()
-                .map(|t| wgpu::ComputePassTimestampWrites {
-                    query_set: &t.queries,
-                    beginning_of_pass_write_index: Some(2 * i as u32),
-                    end_of_pass_write_index: Some(2 * i as u32 + 1),
-                });
-            let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                label: None,
-                timestamp_writes,
-            });
-            for (j, d, [x, y, z]) in self.program.dispatches(i, shape) {
-                if self.debug {
-                    self.program.trace(NAME, i, d, [x, y, z]);
+        match &self.timer {
+            Some(t) if !t.inside_passes => {
+                // A pass per launch, its timestamps at the pass's ends.
+                let mut start = 0;
+                for (i, &end) in prepared.launch_ends.iter().enumerate() {
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: None,
+                        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                            query_set: &t.queries,
+                            beginning_of_pass_write_index: Some(2 * i as u32),
+                            end_of_pass_write_index: Some(2 * i as u32 + 1),
+                        }),
+                    });
+                    encode(&mut pass, &prepared.runs[start..end]);
+                    start = end;
                 }
-                pass.set_pipeline(&self.pipelines[d.pipeline]);
-                pass.set_bind_group(0, &self.bind_groups[i][j], &[]);
-                pass.dispatch_workgroups(x, y, z);
+            }
+            timer => {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                match timer {
+                    Some(t) => {
+                        let mut start = 0;
+                        for (i, &end) in prepared.launch_ends.iter().enumerate() {
+                            pass.write_timestamp(&t.queries, 2 * i as u32);
+                            encode(&mut pass, &prepared.runs[start..end]);
+                            pass.write_timestamp(&t.queries, 2 * i as u32 + 1);
+                            start = end;
+                        }
+                    }
+                    None => encode(&mut pass, &prepared.runs),
+                }
             }
         }
         if let Some(t) = &self.timer {
@@ -271,5 +356,24 @@ impl Loaded {
             .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
             .collect();
         Ok(launch_times(&ticks, t.period, 64))
+    }
+}
+
+/// Record `runs` into `pass`, setting a pipeline only where it changes.
+fn encode(
+    pipelines: &[wgpu::ComputePipeline],
+    bind_groups: &[wgpu::BindGroup],
+    pass: &mut wgpu::ComputePass<'_>,
+    runs: &[Run],
+) {
+    let mut bound = u32::MAX;
+    for r in runs {
+        if r.pipeline != bound {
+            pass.set_pipeline(&pipelines[r.pipeline as usize]);
+            bound = r.pipeline;
+        }
+        pass.set_bind_group(0, &bind_groups[r.group as usize], &[]);
+        let [x, y, z] = r.workgroups;
+        pass.dispatch_workgroups(x, y, z);
     }
 }

@@ -16,15 +16,24 @@ pub(super) struct Builder<'a> {
     pub(super) kv: &'a KvLayout,
     pub(super) caps: &'a Capabilities,
     pub(super) weights: &'a WeightLayout,
-    /// Bytes of a weights window, and the base of the dispatch being built.
-    pub(super) window: u64,
-    pub(super) base: u64,
+    /// Bytes of a window of each weights buffer.
+    pub(super) windows: &'a [u64],
+    /// The weights window of the dispatch being built.
+    pub(super) window: Window,
     pub(super) ropes: &'a [RopeParams],
     pub(super) pipelines: Vec<Pipeline>,
     pub(super) params: Vec<u8>,
 }
 
 use Resource::{Arena, Kv, Params, Step, Weights};
+
+/// A window of one weights buffer: `bytes` from `base` (in the address space).
+#[derive(Clone, Copy, Debug, Default)]
+pub(super) struct Window {
+    buffer: usize,
+    base: u64,
+    bytes: u64,
+}
 
 impl Builder<'_> {
     /// Arena index (in f32s) of a value.
@@ -51,12 +60,12 @@ impl Builder<'_> {
     fn row_at(&self, w: WeightId, r: u32) -> u32 {
         let wt = &self.plan.graph.weights[w.0 as usize];
         let row_bytes = wt.dtype.bytes_for(wt.cols as u64).unwrap_or(0);
-        (self.weights.offsets[w.0 as usize] + u64::from(r) * row_bytes - self.base) as u32
+        (self.weights.offsets[w.0 as usize] + u64::from(r) * row_bytes - self.window.base) as u32
     }
 
     /// A vector's word index in the window.
     fn vector(&self, w: WeightId) -> u32 {
-        ((self.weights.offsets[w.0 as usize] - self.base) / 4) as u32
+        ((self.weights.offsets[w.0 as usize] - self.window.base) / 4) as u32
     }
 
     /// The byte range of weight `w` in the buffer: `rows` rows of a matrix (with the
@@ -75,25 +84,38 @@ impl Builder<'_> {
         )
     }
 
-    /// Chooses the base of the window that holds every range of the next dispatch.
+    /// Chooses the buffer and the base of the window that holds every range of the next
+    /// dispatch.
     fn place(&mut self, ranges: &[(u64, u64)]) -> Result<(), KernelError> {
         let lo = ranges.iter().map(|r| r.0).min().unwrap_or(0);
         let hi = ranges.iter().map(|r| r.1).max().unwrap_or(0);
-        let last = (self.weights.total - self.window) / WINDOW_ALIGN * WINDOW_ALIGN;
-        self.base = (lo / WINDOW_ALIGN * WINDOW_ALIGN).min(last);
-        if hi.min(self.weights.total) > self.base + self.window {
+        let buffer = self.weights.buffer_of(lo);
+        let b = self.weights.buffers[buffer];
+        if ranges.iter().any(|r| self.weights.buffer_of(r.0) != buffer) {
             return Err(unsupported(format!(
-                "a kernel reading {} bytes of weights (a binding holds {})",
+                "a kernel reading weights in two buffers (at {lo} and {hi})"
+            )));
+        }
+        let bytes = self.windows[buffer];
+        let base = (lo / WINDOW_ALIGN * WINDOW_ALIGN).min(b.end() - bytes);
+        self.window = Window {
+            buffer,
+            base,
+            bytes,
+        };
+        if hi.min(b.end()) > base + bytes {
+            return Err(unsupported(format!(
+                "a kernel reading {} bytes of weights (a binding holds {bytes})",
                 hi - lo,
-                self.window
             )));
         }
         Ok(())
     }
 
-    /// Rows of a matrix of `row_bytes` that one window holds.
-    fn rows_per_window(&self, row_bytes: u32) -> u32 {
-        let usable = self.window.saturating_sub(WINDOW_ALIGN + ROW_SLACK);
+    /// Rows of matrix `w` (of `row_bytes`) that one window of its buffer holds.
+    fn rows_per_window(&self, w: WeightId, row_bytes: u32) -> u32 {
+        let buffer = self.weights.buffer_of(self.weights.offsets[w.0 as usize]);
+        let usable = self.windows[buffer].saturating_sub(WINDOW_ALIGN + ROW_SLACK);
         (usable / u64::from(row_bytes.max(1))).clamp(1, u64::from(u32::MAX)) as u32
     }
 
@@ -136,7 +158,10 @@ impl Builder<'_> {
             resources,
             params_offset: params_offset as u64,
             params_size: params_size as u64,
-            weights_base: self.base,
+            weights_buffer: self.window.buffer,
+            weights_base: self.window.base,
+            weights_offset: self.window.base - self.weights.buffers[self.window.buffer].start,
+            weights_window: self.window.bytes,
             grid,
         }
     }
@@ -155,11 +180,10 @@ impl Builder<'_> {
         res: Option<ValueId>,
         norm: Option<(WeightId, f32)>,
     ) -> Result<Vec<Dispatch>, KernelError> {
-        self.base = 0; // (a previous dispatch's window)
         let n = self.plan.graph.weights[w.0 as usize].rows as u32;
         let row_bytes = self.weight(w).3;
         let chunk = if w2.is_none() && norm.is_none() {
-            self.rows_per_window(row_bytes)
+            self.rows_per_window(w, row_bytes)
         } else {
             n.max(1)
         };
@@ -281,14 +305,13 @@ impl Builder<'_> {
             }
             _ => Vec::new(),
         };
-        self.base = 0;
         self.place(&vectors)?;
         Ok(match &launch.op {
             Op::Embed { table } => {
                 // Chunks of the table's rows, each in its window; a token is written by
                 // the chunk that holds its row.
                 let (_, n_rows, d, row_bytes) = self.weight(*table);
-                let chunk = self.rows_per_window(row_bytes);
+                let chunk = self.rows_per_window(*table, row_bytes);
                 let mut dispatches = Vec::new();
                 for r0 in (0..n_rows.max(1)).step_by(chunk as usize) {
                     let r1 = (r0 + chunk).min(n_rows);
