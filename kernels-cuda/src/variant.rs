@@ -1,7 +1,7 @@
 //! The kernels of kiln-kernels-cuda and their variants: each [`Kernel`] is one `.cu` file
 //! (the stems of `kiln_ir::Op::name`), compiled once per weight type or KV type it reads,
-//! and every entry point of a variant has its own symbol (`matmul_q4_0_mv8`,
-//! `attention_fp8_decode`), so that a profiler tells them apart.
+//! and every entry point of a variant has its own symbol (`matvec_q4_0_t8`,
+//! `matmul_q4_0_mma`, `attention_fp8_decode`), so that a profiler tells them apart.
 
 use kiln_ir::DType;
 use kiln_ir::kv_layout::KvDtype;

@@ -170,9 +170,11 @@ impl Backend for CudaBackend {
     }
 
     fn load_bytes(&self, plan: &Plan) -> usize {
-        // Weights are uploaded to the device (vectors as f32), plus the step buffer.
+        // Weights are uploaded to the device (vectors as f32, packed types repacked), plus
+        // the step buffer and the matvec's q8_1 scratch.
         let weights = kiln_kernels_cuda::weights::WeightLayout::new(plan).map_or(0, |l| l.total);
-        weights as usize + 4096
+        let scratch = kiln_kernels_cuda::lower::q8_1_bytes(plan);
+        (weights + scratch) as usize + 4096
     }
 
     /// Copy bandwidth and the mma.sync f16 peak of this device (crate::ceilings).

@@ -1,4 +1,5 @@
-// matmul_mma.cu: the prefill path of the quantized matmuls (more than 8 tokens): the
+// matmul_mma.cu: the prefill path of the quantized matmuls (more than 32 tokens; the
+// weights in the packed layout, read by pw_unit, where W_PACKED): the
 // same op (same arguments, same epilogue hooks as matmul_core.cuh) on tensor cores. A block
 // of MMA_WARPS warps computes a tile of MMA_BT tokens × MMA_BN output columns: for each
 // MMA_BK-column slice of k (one quant block) it converts the input tile to f16 and

@@ -1,6 +1,7 @@
 //! The launches of a call for one step: grid, block and shared memory from the step's
-//! shape, the choice between the matrix-vector kernel (up to 8 rows) and the tensor-core
-//! kernel (prefill), and between attention's paths (split-K decode + combine, tensor-core
+//! shape; for packed weights, quantize + matvec (up to 32 rows, the tile from
+//! `matvec_launch`; every step without tensor cores) or the tensor-core kernel; for float
+//! weights the matrix-vector kernel (tiles of 8 rows); and attention's paths (split-K decode + combine, tensor-core
 //! prefill, one block per (head, token)). Everything but the shape comes from the call's
 //! own arguments.
 
@@ -117,8 +118,9 @@ fn plain(launch: Launch, args: Args) -> Planned {
     Planned { launch, args }
 }
 
-/// A matmul-family launch: the tensor-core kernel for steps of more than
-/// [`MATVEC_MAX_ROWS`] rows (quantized weights, sm_80+), else the matrix-vector tiles.
+/// A matmul-family launch of unpacked weights: the tensor-core kernel for steps of more
+/// than [`MATVEC_MAX_ROWS`] rows where the variant has it (none of today's float types
+/// do), else the matrix-vector tiles.
 fn matmul(v: &Variant, a: &MatmulArgs, g: &StepGeometry) -> Planned {
     let rows = g.rows(a.rows_sel);
     let launch = if g.tensor_cores && v.has_tensor_cores() && rows > MATVEC_MAX_ROWS {
