@@ -3,24 +3,27 @@
 //! onto them. Pure Rust: no CUDA here, so its tests run anywhere.
 //!
 //! - [`variant`]: the kernels, their variants (weight type, KV type) and the symbol of
-//!   every entry point (`matmul_q4_0_mv8`, `attention_fp8_decode`).
+//!   every entry point (`matvec_q4_0_t8`, `matmul_f16_mv8`, `attention_fp8_decode`).
 //! - [`args`]: each kernel's argument struct, declared once for Rust and C (64-bit device
 //!   addresses; kernels take it by value).
 //! - [`sources`]: the `.cu` / `.cuh` files and the assembly of one self-contained source
 //!   per variant (textual `#include`s, no toolkit headers), plus argmax's.
-//! - [`weights`]: where each weight lies in the weights buffer (64-bit offsets).
+//! - [`weights`]: where each weight lies in the weights buffer (64-bit offsets), and the
+//!   bytes uploaded there (packed for Q4_0/Q4_1/Q8_0).
 //! - [`lower`]: a plan to typed calls ([`lower::lower`]), and each call's launches for a
 //!   step's shape ([`lower::geometry`]).
 //! - [`launch`]: block sizes, tiles and the attention paths' geometry.
-//! - [`repack`] and [`matvec`]: the decode path (issue 14), not yet lowered to: quantized
-//!   weights repacked into quant and scale planes, activations quantized to q8_1 once per
+//! - [`repack`] and [`matvec`]: the decode path (issue 14): quantized weights repacked
+//!   into quant and scale planes at upload, activations quantized to q8_1 once per
 //!   launch, dp4a matvecs over token tiles up to 32 (`cuda/mv/`), and their scalar twin
-//!   ([`matvec::twin`]).
+//!   ([`matvec::twin`]); the lowering emits them for every matmul of a packed type.
+//! - [`peak`]: the tensor-core peak kernel of the backend's ceilings.
 
 pub mod args;
 pub mod launch;
 pub mod lower;
 pub mod matvec;
+pub mod peak;
 pub mod repack;
 pub mod sources;
 pub mod variant;
@@ -28,6 +31,8 @@ pub mod weights;
 
 #[cfg(test)]
 mod attention_tests;
+#[cfg(test)]
+mod interp_tests;
 #[cfg(test)]
 mod lower_tests;
 #[cfg(test)]

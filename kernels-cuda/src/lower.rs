@@ -15,6 +15,7 @@ use crate::args::{
     SelectRowsArgs,
 };
 use crate::launch::{AttentionShape, MAX_GRID_YZ, partial_bytes_max};
+use crate::matvec::{MatvecArgs, QuantizeArgs, q8_1_planes};
 use crate::sources::WEIGHT_DTYPES;
 use crate::variant::Variant;
 use crate::weights::{MAX_MATRIX_BYTES, WeightLayout};
@@ -66,6 +67,8 @@ pub struct Buffers {
     pub step: u64,
     /// ([`partial_bytes`]) the decode attention splits' partial results.
     pub partial: u64,
+    /// ([`q8_1_bytes`]) the matvec's quantized activations.
+    pub q8_1: u64,
 }
 
 /// The typed arguments of a call; which struct says which kernel file family it is for.
@@ -78,6 +81,8 @@ pub enum Args {
     SelectRows(SelectRowsArgs),
     Rope(RopeArgs),
     Kv(KvArgs),
+    Quantize(QuantizeArgs),
+    Matvec(MatvecArgs),
 }
 
 impl Args {
@@ -91,6 +96,8 @@ impl Args {
             Args::SelectRows(a) => a.as_bytes(),
             Args::Rope(a) => a.as_bytes(),
             Args::Kv(a) => a.as_bytes(),
+            Args::Quantize(a) => a.as_bytes(),
+            Args::Matvec(a) => a.as_bytes(),
         }
     }
 
@@ -104,6 +111,8 @@ impl Args {
             Args::SelectRows(a) => &mut a.step,
             Args::Rope(a) => &mut a.step,
             Args::Kv(a) => &mut a.step,
+            Args::Quantize(a) => &mut a.step,
+            Args::Matvec(a) => &mut a.step,
         }
     }
 }
@@ -209,6 +218,27 @@ pub fn partial_bytes(plan: &Plan) -> u64 {
         .unwrap_or(0)
 }
 
+/// Rows of the q8_1 scratch: the plan's largest step (the matvec covers steps of any
+/// length in 32-token tiles where no tensor cores take them).
+pub fn q8_1_rows(plan: &Plan) -> u32 {
+    plan.max_tokens.max(plan.max_outputs).max(1) as u32
+}
+
+/// Bytes of the q8_1 scratch of `plan`: [`q8_1_rows`] rows of the widest input of a
+/// matmul of packed weights (16 when none, so that the buffer exists).
+pub fn q8_1_bytes(plan: &Plan) -> u64 {
+    let k = plan
+        .launches
+        .iter()
+        .filter(|l| !matches!(l.op, Op::Embed { .. }))
+        .flat_map(|l| l.op.matrices())
+        .filter_map(|w| plan.graph.weight(w))
+        .filter(|w| crate::repack::is_packed(w.dtype))
+        .map(|w| w.cols as u32)
+        .max();
+    k.map_or(16, |k| q8_1_planes(q8_1_rows(plan), k).bytes)
+}
+
 /// Lower `plan` (its weights at `layout`, KV pages of `kv`) onto buffers at `buffers`.
 pub fn lower(
     plan: &Plan,
@@ -234,6 +264,7 @@ pub fn lower(
         kv,
         buffers,
         ropes: kiln_gpu_host::step::rope_geometries(plan),
+        q8_1_rows: q8_1_rows(plan),
         variants: Vec::new(),
     };
     let mut launches = Vec::with_capacity(plan.launches.len());

@@ -7,9 +7,10 @@ use kiln_ir::kv_layout::{KvDtype, KvLayout};
 use kiln_ir::{AttentionParams, DType, Op, Plan, RopeMode, RopeParams};
 
 use crate::args::KvArgs;
-use crate::launch::{MMA_COLS, MMA_TOKENS, MV_ROWS, TILE_T, WG};
+use crate::launch::{MMA_COLS, MMA_TOKENS, WG};
 use crate::lower::geometry::StepGeometry;
-use crate::lower::{Args, Buffers, Call, Lowered, lower, partial_bytes, supports};
+use crate::lower::{Args, Buffers, Call, Lowered, lower, partial_bytes, q8_1_bytes, supports};
+use crate::matvec::Epilogue;
 use crate::variant::{Entry, Kernel};
 use crate::weights::WeightLayout;
 
@@ -169,6 +170,7 @@ const BUFFERS: Buffers = Buffers {
     kv: 0x30_0000_0000,
     step: 0x40_0000_0000,
     partial: 0x50_0000_0000,
+    q8_1: 0x60_0000_0000,
 };
 
 fn lowered(plan: &Plan) -> (Lowered, WeightLayout) {
@@ -209,8 +211,15 @@ fn every_address_lies_inside_its_buffer() {
             for call in calls {
                 let v = &low.variants[call.variant];
                 // The variant is the op's, of its weight type.
-                assert_eq!(v.kernel.stem(), launch.op.name(), "{}", launch.kernel);
-                assert!(launch.kernel.starts_with(v.kernel.stem()));
+                if matches!(v.kernel, Kernel::Matvec | Kernel::Quantize) {
+                    assert!(launch.op.name().contains("matmul"), "{}", launch.kernel);
+                } else {
+                    assert_eq!(v.kernel.stem(), launch.op.name(), "{}", launch.kernel);
+                    assert!(launch.kernel.starts_with(v.kernel.stem()));
+                }
+                let scratch = |what: &str, at: u64, bytes: u64| {
+                    inside(what, at, bytes, BUFFERS.q8_1, q8_1_bytes(&plan))
+                };
                 let step = match call.args {
                     Args::Embed(a) => {
                         act("embed out", a.out.0, MAX_TOKENS, a.d);
@@ -259,6 +268,33 @@ fn every_address_lies_inside_its_buffer() {
                     Args::Rope(a) => {
                         act("rope x", a.x.0, MAX_TOKENS, a.width);
                         act("rope out", a.out.0, MAX_TOKENS, a.width);
+                        a.step
+                    }
+                    Args::Quantize(a) => {
+                        let r = rows(a.rows_sel) as u64;
+                        act("quantize x", a.x.0, r as usize, a.x_stride);
+                        scratch("q", a.q.0, r * u64::from(a.k));
+                        scratch("ds", a.ds.0, r * u64::from(a.k / 32) * 4);
+                        assert_eq!(a.ds.0 % 16, 0);
+                        a.step
+                    }
+                    Args::Matvec(a) => {
+                        let r = rows(a.rows_sel) as u64;
+                        act("matvec out", a.out.0, r as usize, a.out_stride);
+                        let l =
+                            crate::repack::layout(v.weight.unwrap(), a.n as usize, a.k as usize)
+                                .unwrap();
+                        let quants = (l.quant_row_bytes() * l.rows) as u64;
+                        let scales = (l.scale_row_bytes() * l.rows) as u64;
+                        weights("wq", a.wq.0, quants);
+                        weights("ws", a.ws.0, scales);
+                        assert_eq!(a.ws.0 - a.wq.0, l.scale_offset as u64);
+                        if a.w2q.0 != 0 {
+                            weights("w2q", a.w2q.0, quants);
+                            weights("w2s", a.w2s.0, scales);
+                        }
+                        scratch("q", a.q.0, r * u64::from(a.k));
+                        scratch("ds", a.ds.0, r * u64::from(a.k / 32) * 4);
                         a.step
                     }
                     Args::Kv(a) => {
@@ -336,7 +372,11 @@ fn weight_offsets_past_4_gib_survive() {
     layout.total = far + 4096;
     let low = lower(&plan, &layout, &kv(), BUFFERS).unwrap();
     let last = low.launches.last().unwrap();
-    let Args::Matmul(a) = last[0].args else {
+    let Some(Args::Matmul(a)) = last
+        .iter()
+        .map(|c| c.args)
+        .find(|a| matches!(a, Args::Matmul(_)))
+    else {
         panic!("the LM head is a matmul")
     };
     assert_eq!(a.w.0, BUFFERS.weights + far);
@@ -379,7 +419,11 @@ fn weights_over_4_gib_lay_out() {
     let layout = WeightLayout::new(&plan).unwrap();
     assert!(layout.total > u64::from(u32::MAX), "{}", layout.total);
     let low = lower(&plan, &layout, &kv(), BUFFERS).unwrap();
-    let Args::Matmul(a) = low.launches[2][0].args else {
+    let Some(Args::Matmul(a)) = low.launches[2]
+        .iter()
+        .map(|c| c.args)
+        .find(|a| matches!(a, Args::Matmul(_)))
+    else {
         panic!("the head")
     };
     assert_eq!(a.w.0, BUFFERS.weights + layout.offsets[1]);
@@ -431,34 +475,74 @@ fn call_of(low: &Lowered, kernel: Kernel) -> Call {
 #[test]
 fn matvec_and_tensor_core_launches_cover_odd_steps() {
     let (low, _) = lowered(&plan(true));
-    let c = call_of(&low, Kernel::RmsNormMatMulSwiGlu);
-    let v = low.variants[c.variant];
-    let Args::Matmul(a) = c.args else { panic!() };
-    for n_tokens in [1u32, 3, 7, 8] {
-        let p: Vec<_> = c.launches(&v, &geometry(n_tokens, 1)).collect();
-        assert_eq!(p.len(), 1);
-        let l = p[0].launch;
-        assert_eq!(
-            l.entry,
-            Entry::Main,
-            "decode stays on the matrix-vector kernel"
-        );
-        assert_eq!(l.block, [MV_ROWS * 32, 1, 1]);
-        assert!(l.grid[0] * MV_ROWS >= a.n && (l.grid[0] - 1) * MV_ROWS < a.n);
-        assert_eq!(l.grid[2], n_tokens.div_ceil(TILE_T));
-    }
-    let l = c.launches(&v, &geometry(33, 1)).next().unwrap().launch;
-    assert_eq!(l.entry, Entry::Mma);
+    // The fused FFN's Q4_1 gate and up: quantize (RMSNorm folded) + one SwiGLU matvec
+    // up to 32 tokens, the tensor-core kernel over the packed weights above.
+    let calls = low
+        .launches
+        .iter()
+        .find(|cs| {
+            cs.iter()
+                .any(|c| low.variants[c.variant].kernel == Kernel::RmsNormMatMulSwiGlu)
+        })
+        .unwrap();
+    let kinds: Vec<Kernel> = calls
+        .iter()
+        .map(|c| low.variants[c.variant].kernel)
+        .collect();
     assert_eq!(
-        l.grid,
+        kinds,
+        [
+            Kernel::Quantize,
+            Kernel::RmsNormMatMulSwiGlu,
+            Kernel::Matvec
+        ]
+    );
+    let launches = |g: &StepGeometry| -> Vec<_> {
+        calls
+            .iter()
+            .flat_map(|c| c.launches(&low.variants[c.variant], g))
+            .map(|p| p.launch)
+            .collect()
+    };
+    let Args::Matmul(a) = calls[1].args else {
+        panic!()
+    };
+    for n_tokens in [1u32, 3, 7, 8, 17, 32] {
+        let l = launches(&geometry(n_tokens, 1));
+        assert_eq!(l.len(), 2, "{n_tokens}");
+        assert_eq!(
+            (l[0].entry, l[0].grid),
+            (Entry::RmsNormQuantize, [n_tokens, 1, 1])
+        );
+        let tile = crate::matvec::tile_for(n_tokens, Epilogue::SwiGlu);
+        assert_eq!(l[1].entry, Entry::matvec(tile, Epilogue::SwiGlu).unwrap());
+        assert_eq!(l[1].grid[2], n_tokens.div_ceil(tile));
+        assert_eq!(
+            low.variants[calls[2].variant].symbol(l[1].entry),
+            format!("matvec_q4_1_t{tile}_swiglu")
+        );
+    }
+    let l = launches(&geometry(33, 1));
+    assert_eq!(l.len(), 1);
+    assert_eq!(l[0].entry, Entry::Mma);
+    assert_eq!(
+        l[0].grid,
         [a.n.div_ceil(MMA_COLS), 1, 33u32.div_ceil(MMA_TOKENS)]
     );
     let no_tc = StepGeometry {
         tensor_cores: false,
         ..geometry(33, 1)
     };
-    let l = c.launches(&v, &no_tc).next().unwrap().launch;
-    assert_eq!((l.entry, l.grid[2]), (Entry::Main, 33u32.div_ceil(TILE_T)));
+    let l = launches(&no_tc);
+    assert_eq!(
+        l.len(),
+        2,
+        "no tensor cores: the matvec in tiles over every row"
+    );
+    assert_eq!(
+        (l[1].entry, l[1].grid[2]),
+        (Entry::matvec(16, Epilogue::SwiGlu).unwrap(), 3)
+    );
     // The output projection's F16 weights keep f32 products: never the tensor cores.
     let f16 = *low
         .launches
@@ -475,11 +559,19 @@ fn matvec_and_tensor_core_launches_cover_odd_steps() {
             .entry,
         Entry::Main
     );
-    // The LM head counts output rows: 1 of a 33-token step is a matrix-vector.
-    let head = *low.launches.last().unwrap().first().unwrap();
-    let vh = low.variants[head.variant];
-    let l = head.launches(&vh, &geometry(33, 1)).next().unwrap().launch;
-    assert_eq!((l.entry, l.grid[2]), (Entry::Main, 1));
+    // The LM head (Q8_0) counts output rows: 1 of a 33-token step is a t1 matvec.
+    let head = low.launches.last().unwrap();
+    let g33 = geometry(33, 1);
+    let l: Vec<_> = head
+        .iter()
+        .flat_map(|c| c.launches(&low.variants[c.variant], &g33))
+        .map(|p| p.launch)
+        .collect();
+    assert_eq!(l.len(), 2);
+    assert_eq!(
+        (l[1].entry, l[1].grid[2]),
+        (Entry::matvec(1, Epilogue::Store).unwrap(), 1)
+    );
 }
 
 #[test]

@@ -12,6 +12,7 @@ use crate::args::{
     ArgmaxArgs, BinaryArgs, EmbedArgs, KernelArgs, KvArgs, MatmulArgs, RmsNormArgs, RopeArgs,
     SelectRowsArgs,
 };
+use crate::matvec::{self, MatvecArgs, QuantizeArgs};
 use crate::variant::{ARGMAX_SYMBOL, Kernel, Variant};
 
 /// `(name, text)` of every source file; names are paths under `src/cuda`.
@@ -70,6 +71,7 @@ pub const FILES: &[(&str, &str)] = &[
 pub fn file(name: &str) -> Option<&'static str> {
     FILES
         .iter()
+        .chain(crate::matvec::FILES)
         .find(|(n, _)| *n == name)
         .map(|(_, text)| *text)
 }
@@ -101,12 +103,19 @@ pub fn args_decl(k: Kernel) -> String {
         Kernel::SelectRows => SelectRowsArgs::c_decl(),
         Kernel::Rope => RopeArgs::c_decl(),
         Kernel::KvWrite | Kernel::RopeKvWrite | Kernel::Attention => KvArgs::c_decl(),
+        Kernel::Matvec => MatvecArgs::c_decl(),
+        Kernel::Quantize => QuantizeArgs::c_decl(),
     }
 }
 
 /// The full CUDA source of a variant, or None for a missing or unknown weight or KV
 /// type. Its entry points are named by [`Variant::symbol`].
 pub fn source(v: &Variant) -> Option<String> {
+    match v.kernel {
+        Kernel::Matvec => return matvec::source(v.weight?).ok(),
+        Kernel::Quantize => return Some(matvec::quantize_source()),
+        _ => {}
+    }
     let mut header = format!("// kiln kernel {}\n", v.name());
     if v.kernel.takes_kv() {
         let (fp8, bytes) = match v.kv? {
@@ -120,7 +129,12 @@ pub fn source(v: &Variant) -> Option<String> {
     for &e in v.entries() {
         header.push_str(&format!("#define {} {}\n", e.macro_name(), v.symbol(e)));
     }
+    if v.packed() {
+        // The packed reader (pw_unit) in place of weights/<dtype>.cuh's w_unit.
+        header.push_str("#define W_PACKED 1\n#define MM_TENSOR_CORES 1\n");
+    }
     let weights = match (v.kernel.takes_weight(), v.weight) {
+        (true, Some(w)) if v.packed() => Some(matvec::unit_file(w).ok()?.to_string()),
         (true, Some(w)) if WEIGHT_DTYPES.contains(&w) => Some(format!("weights/{}.cuh", w.name())),
         (false, None) => None,
         _ => return None,
@@ -195,7 +209,9 @@ fn include_of(line: &str) -> Option<&str> {
 pub fn all_variants() -> Vec<Variant> {
     let mut out = Vec::new();
     for kernel in Kernel::ALL {
-        let weights: Vec<Option<DType>> = if kernel.takes_weight() {
+        let weights: Vec<Option<DType>> = if kernel == Kernel::Matvec {
+            matvec::DTYPES.iter().copied().map(Some).collect()
+        } else if kernel.takes_weight() {
             WEIGHT_DTYPES.iter().copied().map(Some).collect()
         } else {
             vec![None]

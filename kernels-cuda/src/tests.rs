@@ -15,8 +15,9 @@ use crate::variant::{ARGMAX_SYMBOL, Entry, Kernel, Variant};
 #[test]
 fn every_variant_assembles_into_one_source() {
     let variants = all_variants();
-    // 14 kernels: 5 matmuls and embed × 6 weight types, 3 KV kernels × 2 KV types, 5 others.
-    assert_eq!(variants.len(), 6 * 6 + 3 * 2 + 5);
+    // 16 kernels: 5 matmuls and embed × 6 weight types, 3 KV kernels × 2 KV types, 5
+    // others, the matvec × 3 packed types, the quantizer.
+    assert_eq!(variants.len(), 6 * 6 + 3 * 2 + 5 + 3 + 1);
     for v in &variants {
         let src = source(v).unwrap_or_else(|| panic!("{} does not assemble", v.name()));
         assert!(
@@ -25,6 +26,17 @@ fn every_variant_assembles_into_one_source() {
             v.name()
         );
         assert!(src.contains("static_assert(sizeof("), "{}", v.name());
+        if matches!(v.kernel, Kernel::Matvec | Kernel::Quantize) {
+            // matvec.rs's modules name their entries themselves.
+            for &e in v.entries() {
+                assert!(
+                    src.contains(&format!(" {}(const", v.symbol(e))),
+                    "{}",
+                    v.symbol(e)
+                );
+            }
+            continue;
+        }
         for &e in v.entries() {
             let define = format!("#define {} {}\n", e.macro_name(), v.symbol(e));
             assert!(src.contains(&define), "{}: no {define}", v.name());
@@ -50,11 +62,13 @@ fn every_variant_assembles_into_one_source() {
             v.name()
         );
         if let Some(w) = v.weight {
-            assert!(
-                src.contains(&format!("// ---- weights/{}.cuh", w.name())),
-                "{}",
-                v.name()
-            );
+            // Packed types read pw_unit (the packed layout), the others w_unit.
+            let file = if v.packed() {
+                format!("mv/unit_{}.cuh", w.name())
+            } else {
+                format!("weights/{}.cuh", w.name())
+            };
+            assert!(src.contains(&format!("// ---- {file}")), "{}", v.name());
         }
         match v.kv {
             Some(KvDtype::F8E4M3) => assert!(src.contains("#define KV_FP8 1"), "{}", v.name()),
@@ -85,8 +99,23 @@ fn every_variant_entry_has_its_own_symbol() {
         weight: Some(DType::Q4_0),
         kv: None,
     };
-    assert_eq!(q4.symbol(Entry::Main), "matmul_q4_0_mv8");
+    assert_eq!(q4.entries(), &[Entry::Mma], "the matvec replaces its _mv8");
     assert_eq!(q4.symbol(Entry::Mma), "matmul_q4_0_mma");
+    let f16 = Variant {
+        weight: Some(DType::F16),
+        ..q4
+    };
+    assert_eq!(f16.symbol(Entry::Main), "matmul_f16_mv8");
+    let mv = Variant {
+        kernel: Kernel::Matvec,
+        ..q4
+    };
+    let e = Entry::matvec(8, crate::matvec::Epilogue::Add).unwrap();
+    assert_eq!(mv.symbol(e), "matvec_q4_0_t8_add");
+    assert_eq!(
+        mv.entries().len(),
+        crate::matvec::entries(DType::Q4_0).len()
+    );
     let att = Variant {
         kernel: Kernel::Attention,
         weight: None,
@@ -104,10 +133,7 @@ fn every_variant_entry_has_its_own_symbol() {
 #[test]
 fn every_kernel_has_a_cuda_file() {
     for k in Kernel::ALL {
-        assert!(
-            sources::file(&format!("{}.cu", k.stem())).is_some(),
-            "{k:?}"
-        );
+        assert!(sources::file(&k.file()).is_some(), "{k:?}");
     }
 }
 

@@ -1,10 +1,13 @@
 //! The kernels of kiln-kernels-cuda and their variants: each [`Kernel`] is one `.cu` file
 //! (the stems of `kiln_ir::Op::name`), compiled once per weight type or KV type it reads,
-//! and every entry point of a variant has its own symbol (`matmul_q4_0_mv8`,
-//! `attention_fp8_decode`), so that a profiler tells them apart.
+//! and every entry point of a variant has its own symbol (`matvec_q4_0_t8`,
+//! `matmul_q4_0_mma`, `attention_fp8_decode`), so that a profiler tells them apart.
 
 use kiln_ir::DType;
 use kiln_ir::kv_layout::KvDtype;
+
+use crate::matvec::{self, Epilogue};
+use crate::repack;
 
 /// A kernel file: one fused op.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -23,10 +26,14 @@ pub enum Kernel {
     KvWrite,
     RopeKvWrite,
     Attention,
+    /// The decode matvec of packed weights (matvec.rs; its own module per weight type).
+    Matvec,
+    /// The q8_1 activation quantizer the matvec reads (matvec.rs).
+    Quantize,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 14] = [
+    pub const ALL: [Kernel; 16] = [
         Kernel::Embed,
         Kernel::RmsNorm,
         Kernel::MatMul,
@@ -41,6 +48,8 @@ impl Kernel {
         Kernel::KvWrite,
         Kernel::RopeKvWrite,
         Kernel::Attention,
+        Kernel::Matvec,
+        Kernel::Quantize,
     ];
 
     /// The stem of its `.cu` file (the op's name).
@@ -60,6 +69,16 @@ impl Kernel {
             Kernel::KvWrite => "kv_write",
             Kernel::RopeKvWrite => "rope_kv_write",
             Kernel::Attention => "attention",
+            Kernel::Matvec => "matvec",
+            Kernel::Quantize => "quantize_q8_1",
+        }
+    }
+
+    /// Its `.cu` file under src/cuda.
+    pub fn file(self) -> String {
+        match self {
+            Kernel::Matvec | Kernel::Quantize => format!("mv/{}.cu", self.stem()),
+            _ => format!("{}.cu", self.stem()),
         }
     }
 
@@ -77,7 +96,7 @@ impl Kernel {
 
     /// Reads a weight matrix: its variants are per weight type.
     pub fn takes_weight(self) -> bool {
-        self == Kernel::Embed || self.is_matmul()
+        matches!(self, Kernel::Embed | Kernel::Matvec) || self.is_matmul()
     }
 
     /// Reads or writes KV pages: its variants are per KV type.
@@ -102,16 +121,36 @@ pub enum Entry {
     Combine,
     /// The tensor-core prefill attention of FP8 caches (attention_prefill.cu).
     Prefill,
+    /// quantize_q8_1 and rmsnorm_quantize_q8_1 (matvec.rs).
+    Quantize,
+    RmsNormQuantize,
+    /// The matvec of (tile, epilogue) `matvec::variants().nth(i)`.
+    Matvec(u8),
 }
 
+/// The matvec entries of a weight type, in `matvec::variants()` order.
+const MATVEC_ENTRIES: [Entry; MATVEC_VARIANTS] = {
+    let mut e = [Entry::Main; MATVEC_VARIANTS];
+    let mut i = 0;
+    while i < MATVEC_VARIANTS {
+        e[i] = Entry::Matvec(i as u8);
+        i += 1;
+    }
+    e
+};
+
+/// Tiles × epilogues of a weight type's matvec module (no SwiGLU at 32 tokens).
+const MATVEC_VARIANTS: usize = matvec::TILES.len() * 3 - 1;
+
 impl Entry {
-    pub const ALL: [Entry; 5] = [
-        Entry::Main,
-        Entry::Mma,
-        Entry::Decode,
-        Entry::Combine,
-        Entry::Prefill,
-    ];
+    /// Entry indices ([`Entry::index`]) run below this.
+    pub const COUNT: usize = 7 + MATVEC_VARIANTS;
+
+    /// The matvec entry of a tile and epilogue.
+    pub fn matvec(tile: u32, epilogue: Epilogue) -> Option<Entry> {
+        let i = matvec::variants().position(|v| v == (tile, epilogue))?;
+        Some(Entry::Matvec(i as u8))
+    }
 
     /// The macro a kernel file names this entry by (the source header defines it).
     pub fn macro_name(self) -> &'static str {
@@ -121,12 +160,23 @@ impl Entry {
             Entry::Decode => "KILN_DECODE",
             Entry::Combine => "KILN_COMBINE",
             Entry::Prefill => "KILN_PREFILL",
+            // Their modules name their entries themselves (matvec.rs).
+            Entry::Quantize | Entry::RmsNormQuantize | Entry::Matvec(_) => "KILN_UNUSED",
         }
     }
 
-    /// Index in [`Entry::ALL`].
+    /// A dense index below [`Entry::COUNT`] (a module's function table).
     pub fn index(self) -> usize {
-        self as usize
+        match self {
+            Entry::Main => 0,
+            Entry::Mma => 1,
+            Entry::Decode => 2,
+            Entry::Combine => 3,
+            Entry::Prefill => 4,
+            Entry::Quantize => 5,
+            Entry::RmsNormQuantize => 6,
+            Entry::Matvec(i) => 7 + i as usize,
+        }
     }
 }
 
@@ -143,6 +193,9 @@ pub struct Variant {
 impl Variant {
     /// `<stem>_<dtype>`: the weight type, the KV type, or `f32` (the activations).
     pub fn name(&self) -> String {
+        if self.kernel == Kernel::Quantize {
+            return self.kernel.stem().into();
+        }
         let dtype = match (self.weight, self.kv) {
             (Some(w), _) => w.name(),
             (None, Some(kv)) => kv.name(),
@@ -159,6 +212,13 @@ impl Variant {
         self.kernel.is_matmul() && self.weight.is_some_and(|w| w.is_quantized())
     }
 
+    /// Whether the variant reads its weight in the packed layout (crate::repack): the
+    /// matvec, and the embedding and tensor-core matmul of a packed type, whose
+    /// matrix-vector kernel the matvec replaces.
+    pub fn packed(&self) -> bool {
+        self.kernel.takes_weight() && self.weight.is_some_and(repack::is_packed)
+    }
+
     /// Whether the variant has the tensor-core prefill attention [`Entry::Prefill`]: FP8
     /// KV caches (f16 q and P would round what the F16 cache's f32 kernel does not).
     pub fn has_prefill(&self) -> bool {
@@ -167,7 +227,13 @@ impl Variant {
 
     /// The entry points of the variant's module.
     pub fn entries(&self) -> &'static [Entry] {
-        if self.has_tensor_cores() {
+        if self.kernel == Kernel::Matvec {
+            &MATVEC_ENTRIES
+        } else if self.kernel == Kernel::Quantize {
+            &[Entry::Quantize, Entry::RmsNormQuantize]
+        } else if self.packed() && self.kernel.is_matmul() {
+            &[Entry::Mma]
+        } else if self.has_tensor_cores() {
             &[Entry::Main, Entry::Mma]
         } else if self.has_prefill() {
             &[Entry::Main, Entry::Decode, Entry::Combine, Entry::Prefill]
@@ -190,6 +256,14 @@ impl Variant {
             Entry::Decode => format!("{name}_decode"),
             Entry::Combine => format!("{name}_combine"),
             Entry::Prefill => format!("{name}_prefill"),
+            Entry::Quantize => matvec::QUANTIZE_ENTRY.into(),
+            Entry::RmsNormQuantize => matvec::RMSNORM_QUANTIZE_ENTRY.into(),
+            Entry::Matvec(i) => {
+                let (tile, e) = matvec::variants()
+                    .nth(i as usize)
+                    .unwrap_or((1, Epilogue::Store));
+                matvec::entry(self.weight.unwrap_or(DType::Q4_0), tile, e)
+            }
         }
     }
 }

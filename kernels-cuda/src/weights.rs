@@ -1,7 +1,9 @@
 //! The CUDA backend's weights buffer: every weight of the plan back to back in one
 //! device allocation, each at a 16-byte aligned 64-bit offset (a weight the graph names
-//! twice, as tied embeddings, once). Matrices keep their GGUF blocks, read in place by
-//! the dequantizers of `cuda/weights/`; vectors (norms) are decoded to f32 once
+//! twice, as tied embeddings, once). Q4_0/Q4_1/Q8_0 matrices are stored packed
+//! ([`crate::repack`], [`WeightLayout::device_bytes`]) and read so by the matvec, the
+//! tensor-core matmul and the embedding; other matrices keep their GGUF blocks, read in
+//! place by the dequantizers of `cuda/weights/`; vectors (norms) are decoded to f32 once
 //! (kiln-gpu-host's upload bytes). One allocation rather than one per weight: one upload
 //! loop, no per-weight allocation granularity, and a kernel's pointers are base + offset.
 //! The buffer may exceed 4 GiB; a single matrix may not (kernels address its rows with
@@ -11,6 +13,7 @@ use kiln_gpu_host::weights::{matrices, same_as_earlier, stored_bytes};
 use kiln_ir::Plan;
 
 use crate::lower::LowerError;
+use crate::repack;
 use crate::sources::WEIGHT_DTYPES;
 
 /// Alignment of each weight: the 16-byte loads of f16/bf16/f32 rows.
@@ -50,7 +53,12 @@ impl WeightLayout {
             if matrix[i] && !WEIGHT_DTYPES.contains(&w.dtype) {
                 return Err(bad(format!("no CUDA kernel reads {} matrices", w.dtype)));
             }
-            let bytes = stored_bytes(w, matrix[i]).ok_or_else(|| bad("size overflows".into()))?;
+            let bytes = if matrix[i] && repack::is_packed(w.dtype) {
+                repack::packed_bytes(w.dtype, w.rows, w.cols).map_err(|e| bad(e.to_string()))?
+                    as u64
+            } else {
+                stored_bytes(w, matrix[i]).ok_or_else(|| bad("size overflows".into()))?
+            };
             if matrix[i] && bytes > MAX_MATRIX_BYTES {
                 return Err(bad(format!(
                     "{bytes} bytes in one matrix (its rows are 32-bit offsets)"
@@ -67,5 +75,29 @@ impl WeightLayout {
             matrix,
             total: total.max(ALIGN),
         })
+    }
+}
+
+impl WeightLayout {
+    /// The bytes the device holds for the upload `bytes` at `offset` (kiln-gpu-host's
+    /// upload_each): the packed copy of a packed matrix, else `bytes` as they are.
+    pub fn device_bytes<'b>(
+        &self,
+        plan: &Plan,
+        offset: u64,
+        bytes: &'b [u8],
+    ) -> Result<std::borrow::Cow<'b, [u8]>, LowerError> {
+        let packed = plan.graph.weights.iter().enumerate().find(|(i, w)| {
+            self.offsets[*i] == offset && self.matrix[*i] && repack::is_packed(w.dtype)
+        });
+        match packed {
+            Some((_, w)) => repack::pack(w.dtype, w.rows, w.cols, bytes)
+                .map(std::borrow::Cow::Owned)
+                .map_err(|e| LowerError::Weight {
+                    name: w.name.clone(),
+                    reason: e.to_string(),
+                }),
+            None => Ok(std::borrow::Cow::Borrowed(bytes)),
+        }
     }
 }

@@ -14,6 +14,7 @@ use std::process::Command;
 use std::sync::Mutex;
 
 use kiln_backend_cuda::compile::Nvrtc;
+use kiln_kernels_cuda::Kernel;
 use kiln_kernels_cuda::sources::{all_variants, argmax_source, source};
 
 /// What one kernel (one entry point of a variant's module) compiles to.
@@ -161,6 +162,9 @@ struct Job {
 fn jobs() -> Result<Vec<Job>, String> {
     let mut jobs = Vec::new();
     for v in all_variants() {
+        if matches!(v.kernel, Kernel::Matvec | Kernel::Quantize) {
+            continue; // matvec::modules() below, with the packed-unit readers
+        }
         let src = source(&v).ok_or_else(|| format!("variant {} has no source", v.name()))?;
         jobs.push(Job {
             name: v.name(),
@@ -186,6 +190,12 @@ fn jobs() -> Result<Vec<Job>, String> {
             quantized: matvec,
         });
     }
+    jobs.push(Job {
+        name: "peak_mma".into(),
+        source: kiln_kernels_cuda::peak::peak_source(),
+        matmul: false,
+        quantized: false,
+    });
     Ok(jobs)
 }
 

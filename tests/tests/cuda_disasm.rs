@@ -93,6 +93,12 @@ const FACTS: &[Fact] = &[
         applies: |k| k.variant.starts_with("attention_") && k.kernel.contains("decode"),
         holds: |k| k.cp_async > 0,
     },
+    Fact {
+        what: "the ceilings' matmul peak kernel runs on tensor cores (HMMA)",
+        status: Status::Required,
+        applies: |k| k.kernel == "peak_mma_f16",
+        holds: |k| k.mma > 0 && k.ldg() == 0,
+    },
     // ---- Required of the decode matvecs (kiln_kernels_cuda::matvec, `matvec_<dtype>_t<T>`).
     Fact {
         what: "decode matvecs load weights and activations 128 bits wide (LDG.E.128)",
@@ -115,24 +121,36 @@ const FACTS: &[Fact] = &[
                 && (!k.kernel.contains("_t1") || k.kernel.contains("_t16") || k.registers <= 80)
         },
     },
-    // ---- Target: what the CUDA decode redesign must reach (issue 14, items 2 and 3).
+    // ---- Required since the quantized `_mv8` kernels gone (issue 14, items 2 and 3): every
+    // matvec of a quantized type is a decode matvec of the packed layout.
     Fact {
         what: "quantized matvecs load weights 128 bits wide (LDG.E.128)",
-        status: Status::Target,
+        status: Status::Required,
         applies: |k| k.is_matvec() && k.quantized,
         holds: |k| k.ldg128 > 0,
     },
     Fact {
         what: "quantized matvecs multiply int8 activations with integer dot products (IDP.4A)",
-        status: Status::Target,
+        status: Status::Required,
         applies: |k| k.is_matvec() && k.quantized,
         holds: |k| k.idp4a > 0,
     },
     Fact {
-        what: "matvecs issue more 128-bit than 32-bit global loads (wide loads dominate)",
+        what: "decode matvecs load most bytes 128 bits wide",
+        status: Status::Required,
+        applies: is_decode_matvec,
+        holds: |k| 16 * k.ldg128 > 8 * k.ldg64 + 4 * k.ldg32 + 2 * k.ldg_narrow,
+    },
+    // ---- Target (issue 14, item 3). F32/F16/BF16 weights keep their `_mv8` kernels
+    // (4-byte loads of f32 rows are what they are), so this counts the decode matvecs.
+    // Q4_0/Q4_1 at 1 token (and t2_add) load one f16 d (half2 for Q4_1) per block beside
+    // each 16-byte quant load: as many narrow load instructions as wide ones until the
+    // scales of several blocks come in one load.
+    Fact {
+        what: "decode matvecs issue more 128-bit than narrower global load instructions",
         status: Status::Target,
-        applies: |k| k.is_matvec(),
-        holds: |k| k.ldg128 > k.ldg32 + k.ldg_narrow,
+        applies: is_decode_matvec,
+        holds: |k| k.ldg128 > k.ldg64 + k.ldg32 + k.ldg_narrow,
     },
 ];
 

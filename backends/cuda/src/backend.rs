@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use kiln_gpu_host::{Cache, no_plan};
-use kiln_ir::backend::{Backend, BackendError, DeviceProperties, LaunchTime, Step, WeightSource};
+use kiln_ir::backend::{
+    Backend, BackendError, Ceilings, DeviceProperties, LaunchTime, Step, WeightSource,
+};
 use kiln_ir::kv_layout::KvLayout;
 use kiln_ir::{Graph, Op, Plan};
 
@@ -168,9 +170,16 @@ impl Backend for CudaBackend {
     }
 
     fn load_bytes(&self, plan: &Plan) -> usize {
-        // Weights are uploaded to the device (vectors as f32), plus the step buffer.
+        // Weights are uploaded to the device (vectors as f32, packed types repacked), plus
+        // the step buffer and the matvec's q8_1 scratch.
         let weights = kiln_kernels_cuda::weights::WeightLayout::new(plan).map_or(0, |l| l.total);
-        weights as usize + 4096
+        let scratch = kiln_kernels_cuda::lower::q8_1_bytes(plan);
+        (weights + scratch) as usize + 4096
+    }
+
+    /// Copy bandwidth and the mma.sync f16 peak of this device (crate::ceilings).
+    fn ceilings(&mut self) -> Result<Option<Ceilings>, BackendError> {
+        crate::ceilings::measure(&self.gpu)
     }
 
     fn launch_times(&mut self) -> Result<Vec<LaunchTime>, BackendError> {

@@ -6,9 +6,11 @@
 //!
 //! kiln-kernels-cuda lowers the plan (typed calls with 64-bit device addresses, the
 //! weights layout, each call's launch geometry); this crate owns the device: buffers,
-//! modules, one stream, graphs, events for `launch_times`.
+//! modules, one stream, graphs, events for `launch_times`, and the device's ceilings
+//! (copy bandwidth, the mma.sync f16 peak) for `kiln bench --kernels`.
 
 mod backend;
+mod ceilings;
 pub mod compile;
 mod device;
 mod graphs;

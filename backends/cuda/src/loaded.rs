@@ -27,7 +27,9 @@ use kiln_kernels_cuda::launch::{
     AttentionShape, DEFAULT_MAX_SHARED, argmax_launch, decode_shared_bytes, prefill_shared_bytes,
 };
 use kiln_kernels_cuda::lower::geometry::value_bytes;
-use kiln_kernels_cuda::lower::{Args, Buffers, Lowered, lower, partial_bytes, rows_sel};
+use kiln_kernels_cuda::lower::{
+    Args, Buffers, Lowered, lower, partial_bytes, q8_1_bytes, rows_sel,
+};
 use kiln_kernels_cuda::sources::{self, argmax_source};
 use kiln_kernels_cuda::variant::ARGMAX_SYMBOL;
 use kiln_kernels_cuda::weights::WeightLayout;
@@ -38,7 +40,7 @@ use crate::graphs::Graphs;
 use crate::memory::{address, alloc, copy_in, copy_out, run};
 
 /// The entry points of one variant's module, indexed by `Entry::index`.
-pub(crate) type Functions = [Option<CudaFunction>; Entry::ALL.len()];
+pub(crate) type Functions = [Option<CudaFunction>; Entry::COUNT];
 
 pub(crate) struct Loaded {
     /// The plan's calls, their arguments pointing at the buffers below.
@@ -55,6 +57,8 @@ pub(crate) struct Loaded {
     kv: CudaSlice<u8>,
     /// (bytes) the decode attention splits' partial results (launch.rs: partial_floats).
     _partial: CudaSlice<u8>,
+    /// (q8_1_bytes) the matvec's int8 activations (kiln_kernels_cuda::matvec).
+    _q8_1: CudaSlice<u8>,
     /// (words) the step buffer, grown as steps need.
     step: CudaSlice<u8>,
     /// (max rows) argmax's token ids.
@@ -138,11 +142,18 @@ impl Loaded {
             &layout.matrix,
             source,
             NAME,
-            |offset, bytes| copy_in(gpu, &mut weights, offset as usize, bytes, "weights"),
+            |offset, bytes| {
+                // Packed types are repacked here: the packed copy is all the device holds.
+                let bytes = layout
+                    .device_bytes(plan, offset, bytes)
+                    .map_err(|e| e.for_backend(NAME))?;
+                copy_in(gpu, &mut weights, offset as usize, &bytes, "weights")
+            },
         )?;
         let arena = alloc(gpu, arena_bytes, "the arena")?;
         let kv_buf = alloc(gpu, kv_bytes, "KV pages")?;
         let partial = alloc(gpu, partial_bytes(plan), "the attention splits")?;
+        let q8_1 = alloc(gpu, q8_1_bytes(plan), "the quantized activations")?;
         let step = alloc(gpu, 4096, "the step")?;
         let max_rows = plan.max_tokens.max(plan.max_outputs) as u64;
         let ids = alloc(gpu, 4 * max_rows, "token ids")?;
@@ -152,6 +163,7 @@ impl Loaded {
             kv: address(gpu, &kv_buf),
             step: address(gpu, &step),
             partial: address(gpu, &partial),
+            q8_1: address(gpu, &q8_1),
         };
         let lowered = lower(plan, &layout, kv, buffers).map_err(|e| e.for_backend(NAME))?;
         if gpu.decode_attention {
@@ -174,6 +186,7 @@ impl Loaded {
             _weights: weights,
             kv: kv_buf,
             _partial: partial,
+            _q8_1: q8_1,
             step,
             ids,
             limits: StepLimits::new(plan, kv, kv_page_count),

@@ -16,7 +16,13 @@ extern "C" __global__ void KILN_MAIN(const __grid_constant__ EmbedArgs a) {
     if (id >= a.rows) {
         return; // the step checks ids against the vocabulary; never past the table
     }
+#if W_PACKED
+    // Packed (src/repack.rs): row_bytes is a quant-plane row; the scale plane follows.
+    PackedW pw{a.table, a.table + (unsigned long long)a.rows * a.row_bytes, a.d / 32u};
+    W8 w = pw_unit(pw, id, u);
+#else
     W8 w = w_unit(a.table, id * a.row_bytes, u);
+#endif
     u32x2 c = unit_cols(u);
     float lo[4] = {w.lo.x, w.lo.y, w.lo.z, w.lo.w};
     float hi[4] = {w.hi.x, w.hi.y, w.hi.z, w.hi.w};

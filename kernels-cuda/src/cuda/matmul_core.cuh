@@ -49,6 +49,8 @@ __device__ __forceinline__ void rms_tokens(const MatmulArgs& p, unsigned int t0,
     __syncthreads();
 }
 
+// Packed weights (W_PACKED) take the dp4a matvec (cuda/mv/) instead of this kernel.
+#if !W_PACKED
 // Grid: (row blocks split x then y, token tiles z); block MV_WARPS warps.
 extern "C" __global__ void KILN_MAIN(const __grid_constant__ MatmulArgs p) {
     unsigned int rows = p.step[p.rows_sel];
@@ -113,3 +115,4 @@ extern "C" __global__ void KILN_MAIN(const __grid_constant__ MatmulArgs p) {
         }
     }
 }
+#endif // !W_PACKED

@@ -1,4 +1,5 @@
-// matmul_mma.cu: the prefill path of the quantized matmuls (more than 8 tokens): the
+// matmul_mma.cu: the prefill path of the quantized matmuls (more than 32 tokens; the
+// weights in the packed layout, read by pw_unit, where W_PACKED): the
 // same op (same arguments, same epilogue hooks as matmul_core.cuh) on tensor cores. A block
 // of MMA_WARPS warps computes a tile of MMA_BT tokens × MMA_BN output columns: for each
 // MMA_BK-column slice of k (one quant block) it converts the input tile to f16 and
@@ -35,7 +36,13 @@ __device__ __forceinline__ void load_w_tile(const MatmulArgs& p, const unsigned 
         unsigned int u = k0 / 8u + i % units;
         W8 wu = W8{f32x4{0.0f, 0.0f, 0.0f, 0.0f}, f32x4{0.0f, 0.0f, 0.0f, 0.0f}};
         if (n0 + rr < p.n && u < p.k / 8u) {
+#if W_PACKED
+            // Packed (src/repack.rs): row_bytes is a quant-plane row; the scale plane follows.
+            PackedW pw{w, w + (unsigned long long)p.n * p.row_bytes, p.k / 32u};
+            wu = pw_unit(pw, n0 + rr, u);
+#else
             wu = w_unit(w, (n0 + rr) * p.row_bytes, u);
+#endif
         }
         // Every unit of a slice lands inside it: k0 is a multiple of 32 and so are the
         // quantized blocks.

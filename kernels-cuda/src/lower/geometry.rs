@@ -1,6 +1,7 @@
 //! The launches of a call for one step: grid, block and shared memory from the step's
-//! shape, the choice between the matrix-vector kernel (up to 8 rows) and the tensor-core
-//! kernel (prefill), and between attention's paths (split-K decode + combine, tensor-core
+//! shape; for packed weights, quantize + matvec (up to 32 rows, the tile from
+//! `matvec_launch`; every step without tensor cores) or the tensor-core kernel; for float
+//! weights the matrix-vector kernel (tiles of 8 rows); and attention's paths (split-K decode + combine, tensor-core
 //! prefill, one block per (head, token)). Everything but the shape comes from the call's
 //! own arguments.
 
@@ -13,6 +14,7 @@ use crate::launch::{
     WARP, WG, attention_combine_launch, attention_decode_launch, attention_prefill_launch,
     attention_splits, split,
 };
+use crate::matvec::{self, Epilogue, MatvecArgs, QuantizeArgs};
 use crate::variant::{Entry, Variant};
 
 /// What a step's launches depend on besides the calls.
@@ -70,7 +72,10 @@ impl Call {
     /// launches over nothing are left out.
     pub fn launches(&self, v: &Variant, g: &StepGeometry) -> impl Iterator<Item = Planned> {
         let planned: [Option<Planned>; 2] = match self.args {
+            Args::Matmul(a) if v.packed() => [packed_mma(&a, g), None],
             Args::Matmul(a) => [Some(matmul(v, &a, g)), None],
+            Args::Quantize(a) => [quantize(&a, g), None],
+            Args::Matvec(a) => [matvec(v, &a, g), None],
             Args::Kv(a) if v.kernel == crate::variant::Kernel::Attention => attention(v, &a, g),
             Args::Kv(a) => {
                 // kv_write: K heads then V heads; rope_kv_write: q heads first.
@@ -113,8 +118,9 @@ fn plain(launch: Launch, args: Args) -> Planned {
     Planned { launch, args }
 }
 
-/// A matmul-family launch: the tensor-core kernel for steps of more than
-/// [`MATVEC_MAX_ROWS`] rows (quantized weights, sm_80+), else the matrix-vector tiles.
+/// A matmul-family launch of unpacked weights: the tensor-core kernel for steps of more
+/// than [`MATVEC_MAX_ROWS`] rows where the variant has it (none of today's float types
+/// do), else the matrix-vector tiles.
 fn matmul(v: &Variant, a: &MatmulArgs, g: &StepGeometry) -> Planned {
     let rows = g.rows(a.rows_sel);
     let launch = if g.tensor_cores && v.has_tensor_cores() && rows > MATVEC_MAX_ROWS {
@@ -133,6 +139,77 @@ fn matmul(v: &Variant, a: &MatmulArgs, g: &StepGeometry) -> Planned {
         }
     };
     plain(launch, Args::Matmul(*a))
+}
+
+/// Whether a step of `rows` rows takes the tensor-core matmul of packed weights rather
+/// than quantize + matvec.
+fn packed_takes_mma(rows: u32, g: &StepGeometry) -> bool {
+    g.tensor_cores && rows > matvec::MAX_TOKENS
+}
+
+/// The tensor-core matmul of packed weights (matmul_mma.cu through pw_unit).
+fn packed_mma(a: &MatmulArgs, g: &StepGeometry) -> Option<Planned> {
+    let rows = g.rows(a.rows_sel);
+    packed_takes_mma(rows, g).then(|| {
+        let launch = Launch {
+            entry: Entry::Mma,
+            grid: [a.n.div_ceil(MMA_COLS), 1, rows.div_ceil(MMA_TOKENS)],
+            block: [MMA_WARPS * WARP, 1, 1],
+            shared_bytes: 0,
+        };
+        plain(launch, Args::Matmul(*a))
+    })
+}
+
+/// The q8_1 quantization of a packed matmul's input: a block per row of the step.
+fn quantize(a: &QuantizeArgs, g: &StepGeometry) -> Option<Planned> {
+    let rows = g.rows(a.rows_sel);
+    if packed_takes_mma(rows, g) {
+        return None;
+    }
+    let (_, block) = matvec::quantize_launch(rows);
+    let entry = if a.norm.0 != 0 {
+        Entry::RmsNormQuantize
+    } else {
+        Entry::Quantize
+    };
+    let launch = Launch {
+        entry,
+        grid: [rows, 1, 1],
+        block,
+        shared_bytes: 0,
+    };
+    Some(plain(launch, Args::Quantize(*a)))
+}
+
+/// The epilogue a matvec's arguments ask for (lower/ops.rs sets w2q for SwiGLU, res for
+/// Add).
+pub fn epilogue(a: &MatvecArgs) -> Epilogue {
+    if a.w2q.0 != 0 {
+        Epilogue::SwiGlu
+    } else if a.res.0 != 0 {
+        Epilogue::Add
+    } else {
+        Epilogue::Store
+    }
+}
+
+/// The dp4a matvec of a packed weight: the token tile from the step's rows (tiles of 32,
+/// or 16 for SwiGLU, over longer steps without tensor cores).
+fn matvec(v: &Variant, a: &MatvecArgs, g: &StepGeometry) -> Option<Planned> {
+    let rows = g.rows(a.rows_sel);
+    if packed_takes_mma(rows, g) || rows == 0 {
+        return None;
+    }
+    let e = epilogue(a);
+    let l = matvec::matvec_launch(v.weight?, a.n, a.k, rows, e).ok()?;
+    let launch = Launch {
+        entry: Entry::matvec(l.tile, e)?,
+        grid: l.grid,
+        block: l.block,
+        shared_bytes: 0,
+    };
+    Some(plain(launch, Args::Matvec(*a)))
 }
 
 /// Bytes of one KV value of the variant.

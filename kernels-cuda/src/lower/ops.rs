@@ -8,6 +8,8 @@ use super::{Args, Buffers, Call, LowerError, rows_sel, unsupported};
 use crate::args::{
     BinaryArgs, ConstPtr, EmbedArgs, KvArgs, MatmulArgs, Ptr, RmsNormArgs, RopeArgs, SelectRowsArgs,
 };
+use crate::matvec::{MatvecArgs, QuantizeArgs, q8_1_planes};
+use crate::repack;
 use crate::variant::{Kernel, Variant};
 use crate::weights::WeightLayout;
 
@@ -17,6 +19,8 @@ pub(super) struct Lowerer<'a> {
     pub(super) kv: &'a KvLayout,
     pub(super) buffers: Buffers,
     pub(super) ropes: Vec<RopeParams>,
+    /// Rows of the q8_1 scratch (super::q8_1_rows).
+    pub(super) q8_1_rows: u32,
     pub(super) variants: Vec<Variant>,
 }
 
@@ -46,10 +50,14 @@ impl Lowerer<'_> {
         ConstPtr::new(self.buffers.step)
     }
 
-    /// A matrix: dtype, rows, cols, bytes of a row, and its address.
+    /// A matrix: dtype, rows, cols, bytes of a row (of the quant plane for a packed
+    /// weight, crate::repack), and its address.
     fn matrix(&self, w: WeightId) -> (DType, u32, u32, u32, ConstPtr<u8>) {
         let wt = &self.plan.graph.weights[w.0 as usize];
-        let row_bytes = wt.dtype.bytes_for(wt.cols as u64).unwrap_or(0) as u32;
+        let row_bytes = match repack::layout(wt.dtype, wt.rows, wt.cols) {
+            Ok(l) => l.quant_row_bytes() as u32,
+            Err(_) => wt.dtype.bytes_for(wt.cols as u64).unwrap_or(0) as u32,
+        };
         let at = self.buffers.weights + self.layout.offsets[w.0 as usize];
         (
             wt.dtype,
@@ -58,6 +66,17 @@ impl Lowerer<'_> {
             row_bytes,
             ConstPtr::new(at),
         )
+    }
+
+    /// The (quant, scale) planes of a packed weight.
+    fn planes(&self, w: WeightId) -> Result<(ConstPtr<u8>, ConstPtr<u8>), LowerError> {
+        let wt = &self.plan.graph.weights[w.0 as usize];
+        let l = repack::layout(wt.dtype, wt.rows, wt.cols).map_err(|e| LowerError::Weight {
+            name: wt.name.clone(),
+            reason: e.to_string(),
+        })?;
+        let at = self.matrix(w).4;
+        Ok((at, ConstPtr::new(at.0 + l.scale_offset as u64)))
     }
 
     /// A vector (decoded to f32).
@@ -89,14 +108,101 @@ impl Lowerer<'_> {
         }
     }
 
-    /// A matmul-family call: x (rows, k) times weight `w` (and `w2`) into `out`.
+    /// A matmul-family launch: x (rows, k) times each (weight, up weight, output).
     ///
-    /// The one place a matmul is lowered: today one call whose launch (matrix-vector
-    /// tiles or tensor cores, [`geometry`]) reads the GGUF blocks in place. A quantized
-    /// matmul of a small step may become "quantize the activations + integer matvec"
-    /// here (another variant, other args), without touching the rest of the lowering.
-    #[allow(clippy::too_many_arguments)]
+    /// The one place a matmul is lowered. Float weights: one call per weight, whose
+    /// launch (matrix-vector tiles or tensor cores, [`geometry`]) reads them in place.
+    /// Packed weights (crate::repack): one quantization of x (RMSNorm folded) into the
+    /// q8_1 scratch, then per weight the tensor-core call (steps of more than 32 rows)
+    /// and the dp4a matvec (the other steps); geometry launches one of the two.
     fn matmul(
+        &mut self,
+        kernel: Kernel,
+        x: ValueId,
+        outs: &[(WeightId, Option<WeightId>, ValueId)],
+        res: Option<ValueId>,
+        norm: Option<(WeightId, f32)>,
+    ) -> Result<Vec<Call>, LowerError> {
+        let mut calls = Vec::new();
+        let packed = |l: &Self, w| repack::is_packed(l.matrix(w).0);
+        if let Some(&(w, _, out)) = outs.iter().find(|o| packed(self, o.0)) {
+            calls.push(self.quantize(x, out, self.matrix(w).2, norm));
+        }
+        for &(w, w2, out) in outs {
+            calls.push(self.matmul_call(kernel, x, out, w, w2, res, norm));
+            if packed(self, w) {
+                calls.push(self.matvec(out, w, w2, res)?);
+            }
+        }
+        Ok(calls)
+    }
+
+    /// The q8_1 planes of the scratch for inputs of `k` columns: (quants, half2 (d, s)).
+    fn scratch(&self, k: u32) -> (u64, u64) {
+        let at = self.buffers.q8_1;
+        (at, at + q8_1_planes(self.q8_1_rows, k).scales_offset)
+    }
+
+    /// The quantization of x's `k` columns (normalized first when `norm`).
+    fn quantize(
+        &mut self,
+        x: ValueId,
+        out: ValueId,
+        k: u32,
+        norm: Option<(WeightId, f32)>,
+    ) -> Call {
+        let (q, ds) = self.scratch(k);
+        let args = QuantizeArgs {
+            x: self.input(x),
+            norm: norm.map_or_else(ConstPtr::default, |(g, _)| self.vector(g)),
+            step: self.step(),
+            q: Ptr::new(q),
+            ds: Ptr::new(ds),
+            k,
+            x_stride: self.cols(x),
+            rows_sel: rows_sel(self.rows(out)),
+            eps: norm.map_or(0.0, |(_, eps)| eps),
+        };
+        self.call(Kernel::Quantize, None, Args::Quantize(args))
+    }
+
+    /// The matvec of packed weight `w` (and up weight `w2`) into `out`; its epilogue is
+    /// SwiGLU when `w2q` is set, Add when `res` is (geometry reads them so).
+    fn matvec(
+        &mut self,
+        out: ValueId,
+        w: WeightId,
+        w2: Option<WeightId>,
+        res: Option<ValueId>,
+    ) -> Result<Call, LowerError> {
+        let (dtype, n, k, _, _) = self.matrix(w);
+        let (wq, ws) = self.planes(w)?;
+        let (w2q, w2s) = match w2 {
+            Some(w2) => self.planes(w2)?,
+            None => Default::default(),
+        };
+        let (q, ds) = self.scratch(k);
+        let args = MatvecArgs {
+            wq,
+            ws,
+            w2q,
+            w2s,
+            q: ConstPtr::new(q),
+            ds: ConstPtr::new(ds),
+            res: res.map_or_else(ConstPtr::default, |r| self.input(r)),
+            out: self.output(out),
+            step: self.step(),
+            n,
+            k,
+            out_stride: self.cols(out),
+            rows_sel: rows_sel(self.rows(out)),
+        };
+        Ok(self.call(Kernel::Matvec, Some(dtype), Args::Matvec(args)))
+    }
+
+    /// A call of the matmul kernel file of `kernel` (matmul_core.cuh / matmul_mma.cu).
+    #[allow(clippy::too_many_arguments)]
+    fn matmul_call(
         &mut self,
         kernel: Kernel,
         x: ValueId,
@@ -206,51 +312,41 @@ impl Lowerer<'_> {
                 };
                 vec![self.call(Kernel::RmsNorm, None, Args::RmsNorm(args))]
             }
-            Op::MatMul { weights } => weights
-                .iter()
-                .zip(outs)
-                .map(|(&w, &o)| self.matmul(Kernel::MatMul, ins[0], o, w, None, None, None))
-                .collect(),
-            Op::RmsNormMatMul { norm, eps, weights } => weights
-                .iter()
-                .zip(outs)
-                .map(|(&w, &o)| {
-                    let norm = Some((*norm, *eps));
-                    self.matmul(Kernel::RmsNormMatMul, ins[0], o, w, None, None, norm)
-                })
-                .collect(),
-            Op::MatMulSwiGlu { gate, up } => vec![self.matmul(
-                Kernel::MatMulSwiGlu,
-                ins[0],
-                out,
-                *gate,
-                Some(*up),
-                None,
-                None,
-            )],
+            Op::MatMul { weights } => {
+                let outs: Vec<_> = weights
+                    .iter()
+                    .zip(outs)
+                    .map(|(&w, &o)| (w, None, o))
+                    .collect();
+                self.matmul(Kernel::MatMul, ins[0], &outs, None, None)?
+            }
+            Op::RmsNormMatMul { norm, eps, weights } => {
+                let outs: Vec<_> = weights
+                    .iter()
+                    .zip(outs)
+                    .map(|(&w, &o)| (w, None, o))
+                    .collect();
+                let norm = Some((*norm, *eps));
+                self.matmul(Kernel::RmsNormMatMul, ins[0], &outs, None, norm)?
+            }
+            Op::MatMulSwiGlu { gate, up } => {
+                let outs = [(*gate, Some(*up), out)];
+                self.matmul(Kernel::MatMulSwiGlu, ins[0], &outs, None, None)?
+            }
             Op::RmsNormMatMulSwiGlu {
                 norm,
                 eps,
                 gate,
                 up,
-            } => vec![self.matmul(
-                Kernel::RmsNormMatMulSwiGlu,
-                ins[0],
-                out,
-                *gate,
-                Some(*up),
-                None,
-                Some((*norm, *eps)),
-            )],
-            Op::MatMulAdd { weight } => vec![self.matmul(
-                Kernel::MatMulAdd,
-                ins[0],
-                out,
-                *weight,
-                None,
-                Some(ins[1]),
-                None,
-            )],
+            } => {
+                let outs = [(*gate, Some(*up), out)];
+                let norm = Some((*norm, *eps));
+                self.matmul(Kernel::RmsNormMatMulSwiGlu, ins[0], &outs, None, norm)?
+            }
+            Op::MatMulAdd { weight } => {
+                let outs = [(*weight, None, out)];
+                self.matmul(Kernel::MatMulAdd, ins[0], &outs, Some(ins[1]), None)?
+            }
             Op::Add | Op::SwiGlu => {
                 let kernel = if matches!(launch.op, Op::Add) {
                     Kernel::Add
