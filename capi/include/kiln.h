@@ -86,7 +86,7 @@ typedef struct kiln_session_params {
   // session keeps it alive), run on the session's backend; NULL for none.
   const struct kiln_model *draft;
   // Guesses verified per decoding step at most, of the draft model or of prompt
-  // lookup (fewer while they keep failing); 0 takes 4 with a draft model, else 8.
+  // lookup (fewer while they keep failing); 0 takes 4 with a draft model, else 16.
   uint32_t draft_n;
 } kiln_session_params;
 

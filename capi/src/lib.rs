@@ -131,7 +131,7 @@ pub struct kiln_session_params {
     /// session keeps it alive), run on the session's backend; NULL for none.
     pub draft: *const kiln_model,
     /// Guesses verified per decoding step at most, of the draft model or of prompt
-    /// lookup (fewer while they keep failing); 0 takes 4 with a draft model, else 8.
+    /// lookup (fewer while they keep failing); 0 takes 4 with a draft model, else 16.
     pub draft_n: u32,
 }
 

@@ -23,7 +23,7 @@ pub struct SpecArgs {
     /// Speculative decoding with a draft model: any GGUF with the same vocabulary
     #[arg(long, value_name = "MODEL", conflicts_with = "lookup")]
     pub draft: Option<PathBuf>,
-    /// Guesses verified per step at most (fewer while they keep failing) [default: 8 with
+    /// Guesses verified per step at most (fewer while they keep failing) [default: 16 with
     /// --lookup, 4 with --draft]
     #[arg(long, value_name = "K")]
     pub draft_n: Option<usize>,

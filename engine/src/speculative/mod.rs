@@ -77,7 +77,7 @@ pub struct SpecConfig {
 impl SpecConfig {
     /// Default guesses at most of each method: prompt lookup's guesses cost nothing to
     /// make, a draft model's cost a draft step each.
-    pub const LOOKUP_K_MAX: usize = 8;
+    pub const LOOKUP_K_MAX: usize = 16;
     pub const DRAFT_K_MAX: usize = 4;
 
     pub fn new(k_max: usize) -> SpecConfig {
