@@ -256,6 +256,27 @@ impl KvLayout {
         self.dtype
     }
 
+    /// Why attention `a` cannot read this layout's pages (its slot, group, KV heads or
+    /// head size are not the layout's), or None when it can: what every kernel set's
+    /// lowering checks before it addresses a page.
+    pub fn mismatch(&self, a: &crate::AttentionParams) -> Option<String> {
+        let fits = a.kv_slot < self.n_layers()
+            && a.kv_group < self.n_groups().max(1)
+            && a.n_kv_heads == self.n_kv_heads()
+            && a.head_dim == self.head_dim();
+        (!fits).then(|| {
+            format!(
+                "KV slot {} attends over {} KV heads of {}, the KV layout holds {} slots of {} heads of {}",
+                a.kv_slot,
+                a.n_kv_heads,
+                a.head_dim,
+                self.n_layers(),
+                self.n_kv_heads(),
+                self.head_dim()
+            )
+        })
+    }
+
     /// Bytes of one page (all layers, K and V, scales included). A multiple of
     /// [`KV_REGION_ALIGN`].
     pub fn page_bytes(&self) -> usize {

@@ -239,20 +239,8 @@ impl Lowerer<'_> {
         rope: Option<&RopeParams>,
     ) -> Result<KvArgs, LowerError> {
         let kv = self.kv;
-        if a.kv_slot >= kv.n_layers()
-            || a.kv_group >= kv.n_groups().max(1)
-            || a.n_kv_heads != kv.n_kv_heads()
-            || a.head_dim != kv.head_dim()
-        {
-            return Err(unsupported(format!(
-                "KV slot {} attends over {} KV heads of {}, the KV layout holds {} slots of {} heads of {}",
-                a.kv_slot,
-                a.n_kv_heads,
-                a.head_dim,
-                kv.n_layers(),
-                kv.n_kv_heads(),
-                kv.head_dim()
-            )));
+        if let Some(why) = kv.mismatch(a) {
+            return Err(unsupported(why));
         }
         let word = |x: Option<usize>| x.unwrap_or(0) as u32;
         Ok(KvArgs {

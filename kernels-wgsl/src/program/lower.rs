@@ -267,23 +267,9 @@ impl Builder<'_> {
     }
 
     fn check_kv(&self, a: &AttentionParams) -> Result<(), KernelError> {
-        let kv = self.kv;
-        if a.kv_slot >= kv.n_layers()
-            || a.kv_group >= kv.n_groups().max(1)
-            || a.n_kv_heads != kv.n_kv_heads()
-            || a.head_dim != kv.head_dim()
-        {
-            return Err(unsupported(format!(
-                "KV slot {} attends over {} KV heads of {}, the KV layout holds {} slots of {} heads of {}",
-                a.kv_slot,
-                a.n_kv_heads,
-                a.head_dim,
-                kv.n_layers(),
-                kv.n_kv_heads(),
-                kv.head_dim()
-            )));
-        }
-        Ok(())
+        self.kv
+            .mismatch(a)
+            .map_or(Ok(()), |why| Err(unsupported(why)))
     }
 
     pub(super) fn launch(
