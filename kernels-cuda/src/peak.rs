@@ -37,8 +37,9 @@ kernel_args! {
 /// The module: the argument struct, then peak_mma.cu.
 pub fn peak_source() -> String {
     format!(
-        "// kiln tensor-core peak\n{}{}",
+        "// kiln tensor-core peak\n{}// ---- ptx.cuh\n{}// ---- peak_mma.cu\n{}",
         PeakArgs::c_decl(),
+        include_str!("cuda/ptx.cuh"),
         include_str!("cuda/peak_mma.cu")
     )
 }

@@ -17,6 +17,7 @@ use crate::variant::{ARGMAX_SYMBOL, Kernel, Variant};
 
 /// `(name, text)` of every source file; names are paths under `src/cuda`.
 pub const FILES: &[(&str, &str)] = &[
+    ("ptx.cuh", include_str!("cuda/ptx.cuh")),
     ("prelude.cuh", include_str!("cuda/prelude.cuh")),
     (
         "weights/common.cuh",

@@ -91,12 +91,24 @@ impl WeightLayout {
             self.offsets[*i] == offset && self.matrix[*i] && repack::is_packed(w.dtype)
         });
         match packed {
-            Some((_, w)) => repack::pack(w.dtype, w.rows, w.cols, bytes)
-                .map(std::borrow::Cow::Owned)
-                .map_err(|e| LowerError::Weight {
-                    name: w.name.clone(),
-                    reason: e.to_string(),
-                }),
+            Some((_, w)) => {
+                // upload_each pads every upload to whole words (the WGSL backends bind
+                // words): a matrix of an odd byte count arrives with up to 3 bytes more
+                // than its GGUF blocks, which the packer must not see.
+                let gguf = (w.cols / 32)
+                    .checked_mul(w.dtype.block_bytes())
+                    .and_then(|row| row.checked_mul(w.rows));
+                let bytes = match gguf {
+                    Some(n) if n <= bytes.len() && bytes.len() < n + 4 => &bytes[..n],
+                    _ => bytes,
+                };
+                repack::pack(w.dtype, w.rows, w.cols, bytes)
+                    .map(std::borrow::Cow::Owned)
+                    .map_err(|e| LowerError::Weight {
+                        name: w.name.clone(),
+                        reason: e.to_string(),
+                    })
+            }
             None => Ok(std::borrow::Cow::Borrowed(bytes)),
         }
     }

@@ -36,6 +36,16 @@ fn configurations() -> Vec<Target> {
                 )?))
             }),
         ),
+        // The CUDA kernels on the CPU (backends/cuda-emu): CI has a C++ compiler, so a
+        // missing one fails there like a missing lavapipe.
+        Target::new(
+            "cuda_emu",
+            kiln_backends::Ci::Lavapipe,
+            Arc::new(|| {
+                let options = kiln_backend_cuda_emu::EmuOptions::default();
+                Ok(Box::new(kiln_backend_cuda_emu::EmuBackend::new(options)?))
+            }),
+        ),
     ]
 }
 

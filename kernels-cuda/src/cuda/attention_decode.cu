@@ -25,16 +25,10 @@ __device__ __forceinline__ unsigned int ad_row_stride(unsigned int row_bytes) {
     return ((row_bytes + 15u) / 16u) * 16u + 16u;
 }
 
-__device__ __forceinline__ unsigned int ad_smem_addr(const void* p) {
-    unsigned long long a;
-    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
-    return (unsigned int)a;
-}
-
 // Copy `bytes` (16 or 4) global -> shared, asynchronously where the device can.
 __device__ __forceinline__ void ad_copy16(void* dst, const void* src) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(ad_smem_addr(dst)), "l"(src));
+    ptx_cp_async16(dst, src);
 #else
     *reinterpret_cast<uint4*>(dst) = *reinterpret_cast<const uint4*>(src);
 #endif
@@ -42,7 +36,7 @@ __device__ __forceinline__ void ad_copy16(void* dst, const void* src) {
 
 __device__ __forceinline__ void ad_copy4(void* dst, const void* src) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(ad_smem_addr(dst)), "l"(src));
+    ptx_cp_async4(dst, src);
 #else
     *reinterpret_cast<unsigned int*>(dst) = *reinterpret_cast<const unsigned int*>(src);
 #endif
@@ -50,7 +44,7 @@ __device__ __forceinline__ void ad_copy4(void* dst, const void* src) {
 
 __device__ __forceinline__ void ad_commit() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;");
+    ptx_cp_async_commit();
 #endif
 }
 
@@ -58,9 +52,9 @@ __device__ __forceinline__ void ad_commit() {
 __device__ __forceinline__ void ad_wait(unsigned int pending) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     if (pending == 0u) {
-        asm volatile("cp.async.wait_group 0;");
+        ptx_cp_async_wait0();
     } else {
-        asm volatile("cp.async.wait_group 1;");
+        ptx_cp_async_wait1();
     }
 #else
     (void)pending;
@@ -72,9 +66,8 @@ __device__ __forceinline__ void ad_values4(const unsigned char* at, float* out) 
 #if KV_FP8
     unsigned int w = *reinterpret_cast<const unsigned int*>(at);
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-    unsigned int lo, hi;
-    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(lo) : "h"((unsigned short)(w & 0xFFFFu)));
-    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(hi) : "h"((unsigned short)(w >> 16)));
+    unsigned int lo = ptx_f16x2_from_e4m3x2((unsigned short)(w & 0xFFFFu));
+    unsigned int hi = ptx_f16x2_from_e4m3x2((unsigned short)(w >> 16));
     out[0] = f16_lo(lo);
     out[1] = f16_hi(lo);
     out[2] = f16_lo(hi);

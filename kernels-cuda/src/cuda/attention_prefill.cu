@@ -20,9 +20,7 @@
 
 // d += a (16×16, row) · b (16×8, col), f32 accumulators (as matmul_mma.cu).
 __device__ __forceinline__ void fp_mma(float* d, const unsigned int* a, const unsigned int* b) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    ptx_mma_m16n8k16(d, a, b);
 }
 
 // Halves k and k + 1 of row r of a row-major f16 tile, as one fragment register.
@@ -34,9 +32,8 @@ __device__ __forceinline__ unsigned int fp_word(const unsigned short* tile, unsi
 // Four E4M3 values (a word) as f16 bit patterns, exactly.
 __device__ __forceinline__ void fp_f16x4(unsigned int w, unsigned short* out) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-    unsigned int lo, hi;
-    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(lo) : "h"((unsigned short)(w & 0xFFFFu)));
-    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(hi) : "h"((unsigned short)(w >> 16)));
+    unsigned int lo = ptx_f16x2_from_e4m3x2((unsigned short)(w & 0xFFFFu));
+    unsigned int hi = ptx_f16x2_from_e4m3x2((unsigned short)(w >> 16));
     out[0] = (unsigned short)(lo & 0xFFFFu);
     out[1] = (unsigned short)(lo >> 16);
     out[2] = (unsigned short)(hi & 0xFFFFu);
@@ -261,6 +258,6 @@ extern "C" __global__ void __launch_bounds__(128) KILN_PREFILL(const __grid_cons
 #else
     // Tensor-core mma.sync m16n8k16 needs sm_80; the host never launches this below.
     (void)p;
-    asm volatile("trap;");
+    ptx_trap();
 #endif
 }

@@ -21,9 +21,7 @@ __device__ __forceinline__ unsigned short mma_in(float x) { return f32_to_f16(x)
 
 // d += a (16×16, row) · b (16×8, col), f32 accumulators.
 __device__ __forceinline__ void mma_16816(float* d, const unsigned int* a, const unsigned int* b) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+    ptx_mma_m16n8k16(d, a, b);
 }
 
 // Dequantize rows n0 .. n0 + MMA_BN of the weight starting at `w`, columns k0 .. +MMA_BK,
@@ -155,7 +153,7 @@ extern "C" __global__ void __launch_bounds__(128) KILN_MMA(const __grid_constant
 #else
     // Tensor-core mma.sync m16n8k16 needs sm_80; the host never launches this below.
     (void)p;
-    asm volatile("trap;");
+    ptx_trap();
 #endif
 }
 

@@ -18,9 +18,7 @@ extern "C" __global__ void __launch_bounds__(128) peak_mma_f16(const PeakArgs a)
     for (unsigned int i = 0u; i < a.iters; i++) {
 #pragma unroll
         for (int c = 0; c < PEAK_CHAINS; c++) {
-            asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                         : "+f"(d[c][0]), "+f"(d[c][1]), "+f"(d[c][2]), "+f"(d[c][3])
-                         : "r"(fa[0]), "r"(fa[1]), "r"(fa[2]), "r"(fa[3]), "r"(fb[0]), "r"(fb[1]));
+            ptx_mma_m16n8k16(d[c], fa, fb);
         }
     }
     float s = 0.0f;
@@ -32,6 +30,6 @@ extern "C" __global__ void __launch_bounds__(128) peak_mma_f16(const PeakArgs a)
 #else
     // mma.sync m16n8k16 needs sm_80; the host never launches this below.
     (void)a;
-    asm volatile("trap;");
+    ptx_trap();
 #endif
 }

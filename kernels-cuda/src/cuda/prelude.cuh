@@ -10,6 +10,8 @@
 // warp size at open).
 #define WARP 32u
 
+#include "ptx.cuh"
+
 // Every kernel takes one argument, its struct by value (kiln_kernels_cuda::args, declared
 // at the top of the source), and is named by the macros the source header defines
 // (KILN_MAIN, KILN_MMA, ...: one symbol per variant and entry). Arena pointers are f32
@@ -47,17 +49,9 @@ __device__ __forceinline__ unsigned int byte_of(unsigned int w, unsigned int i) 
 }
 
 // IEEE half <-> f32 through the PTX conversions (exact widening; round to nearest even).
-__device__ __forceinline__ float f16_to_f32(unsigned short h) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
-}
+__device__ __forceinline__ float f16_to_f32(unsigned short h) { return ptx_f16_to_f32(h); }
 
-__device__ __forceinline__ unsigned short f32_to_f16(float f) {
-    unsigned short h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    return h;
-}
+__device__ __forceinline__ unsigned short f32_to_f16(float f) { return ptx_f32_to_f16(f); }
 
 // The two halves of a word, low first (WGSL's unpack2x16float).
 __device__ __forceinline__ float f16_lo(unsigned int w) { return f16_to_f32((unsigned short)(w & 0xFFFFu)); }
@@ -126,10 +120,7 @@ __device__ __forceinline__ unsigned int fp8_encode_bits(float x) {
 // saturating to ±448 like the bit version), the bit operations elsewhere. Low byte is `a`.
 __device__ __forceinline__ unsigned int fp8x2_encode(float a, float b) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-    unsigned short pair;
-    // The first source goes to the upper byte.
-    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(b), "f"(a));
-    return (unsigned int)pair;
+    return (unsigned int)ptx_e4m3x2_from_f32(b, a);
 #else
     return fp8_encode_bits(a) | (fp8_encode_bits(b) << 8);
 #endif

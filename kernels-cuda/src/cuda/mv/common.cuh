@@ -6,52 +6,28 @@
 
 #define MV_WARP 32u
 
+#include "ptx.cuh"
+
 // IEEE half to f32 (exact), f32 to half (round to nearest even).
-__device__ __forceinline__ float mv_f16(unsigned short h) {
-    float f;
-    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
-    return f;
-}
-__device__ __forceinline__ unsigned short mv_to_f16(float f) {
-    unsigned short h;
-    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
-    return h;
-}
+__device__ __forceinline__ float mv_f16(unsigned short h) { return ptx_f16_to_f32(h); }
+__device__ __forceinline__ unsigned short mv_to_f16(float f) { return ptx_f32_to_f16(f); }
 __device__ __forceinline__ float mv_lo(unsigned int w) { return mv_f16((unsigned short)(w & 0xFFFFu)); }
 __device__ __forceinline__ float mv_hi(unsigned int w) { return mv_f16((unsigned short)(w >> 16)); }
 
 // 16 weight bytes at a 16-byte aligned address, read once: not kept in L1, where the
 // activations that every row reuses live.
-__device__ __forceinline__ uint4 mv_stream16(const unsigned char* p) {
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    return v;
-}
+__device__ __forceinline__ uint4 mv_stream16(const unsigned char* p) { return ptx_ld_nc_no_allocate_v4(p); }
 
 // Σ a_i · b_i over the four signed bytes of each word, plus c (IDP.4A). Volatile, as
 // the activation loads are: the compiler keeps them in the order written, so it cannot
 // hoist every token's loads of a tile above the dot products (at 16 and 32 tokens that
 // spills); the tile loop prefetches one token ahead instead.
-__device__ __forceinline__ int mv_dp4a(unsigned int a, unsigned int b, int c) {
-    int d;
-    asm volatile("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
-    return d;
-}
+__device__ __forceinline__ int mv_dp4a(unsigned int a, unsigned int b, int c) { return ptx_dp4a(a, b, c); }
 
 // 16 activation bytes (cached: every row of the block reads them).
-__device__ __forceinline__ uint4 mv_load16(const void* p) {
-    uint4 v;
-    asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
-    return v;
-}
+__device__ __forceinline__ uint4 mv_load16(const void* p) { return ptx_ld_nc_v4(p); }
 
-__device__ __forceinline__ unsigned int mv_load4(const unsigned int* p) {
-    unsigned int v;
-    asm volatile("ld.global.nc.u32 %0, [%1];" : "=r"(v) : "l"(p));
-    return v;
-}
+__device__ __forceinline__ unsigned int mv_load4(const unsigned int* p) { return ptx_ld_nc_u32(p); }
 
 // The butterfly sum: every lane gets the same value (the twin adds in this order).
 __device__ __forceinline__ float mv_warp_sum(float v) {

@@ -25,11 +25,7 @@
 // p ? a : b through selp: a plain ?: between two array elements may become a select of
 // their addresses, which puts the array in local memory.
 __device__ __forceinline__ float mv_select(bool p, float a, float b) {
-    float r;
-    asm("{\n\t.reg .pred q;\n\tsetp.ne.u32 q, %3, 0;\n\tselp.f32 %0, %1, %2, q;\n\t}"
-        : "=f"(r)
-        : "f"(a), "f"(b), "r"((unsigned int)p));
-    return r;
+    return ptx_selp_f32(p, a, b);
 }
 
 // One step of the reduce-scatter below: N values held, partner lane ^ S. Templates

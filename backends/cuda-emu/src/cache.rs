@@ -1,0 +1,33 @@
+//! Modules loaded once per process: every plan of a test run that uses a variant shares
+//! its library (the compiled file is cached on disk as well, by compile.rs).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use kiln_kernels_cuda::Variant;
+
+use crate::{EmuError, Module};
+
+type Key = (Option<Variant>, u32);
+
+fn get(key: Key, build: impl FnOnce() -> Result<Module, EmuError>) -> Result<Arc<Module>, EmuError> {
+    static LOADED: Mutex<Option<HashMap<Key, Arc<Module>>>> = Mutex::new(None);
+    let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+    let map = loaded.get_or_insert_with(HashMap::new);
+    if let Some(m) = map.get(&key) {
+        return Ok(m.clone());
+    }
+    let m = Arc::new(build()?);
+    map.insert(key, m.clone());
+    Ok(m)
+}
+
+/// The module of variant `v` for `__CUDA_ARCH__` = `arch`.
+pub fn variant(v: &Variant, arch: u32) -> Result<Arc<Module>, EmuError> {
+    get((Some(*v), arch), || Module::variant_for_arch(v, arch))
+}
+
+/// The argmax module.
+pub fn argmax() -> Result<Arc<Module>, EmuError> {
+    get((None, 0), Module::argmax)
+}

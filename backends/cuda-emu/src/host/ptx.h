@@ -1,0 +1,180 @@
+// ptx.h: the host twin of kernels-cuda/src/cuda/ptx.cuh, one function per wrapper there
+// with the PTX ISA's semantics of its instruction, written from the ISA and not from
+// the kernels' own helpers (so that a kernel helper and its instruction can disagree
+// and a test sees it). ptx.cuh itself is skipped: this file defines KILN_HOST_PTX.
+
+#define KILN_HOST_PTX 1
+
+// cvt.f32.f16: exact.
+static inline float ptx_f16_to_f32(unsigned short h) {
+    unsigned int sign = (unsigned int)(h & 0x8000u) << 16;
+    unsigned int exp = (h >> 10) & 31u;
+    unsigned int man = h & 0x3FFu;
+    if (exp == 0u) {
+        float m = (float)man * (1.0f / 16777216.0f); // man · 2^-24, exact
+        return sign ? -m : m;
+    }
+    if (exp == 31u) {
+        return __uint_as_float(sign | 0x7F800000u | (man << 13));
+    }
+    return __uint_as_float(sign | ((exp + 112u) << 23) | (man << 13));
+}
+
+// cvt.rn.f16.f32: round to nearest even; overflow to infinity; NaN to the canonical NaN.
+static inline unsigned short ptx_f32_to_f16(float f) {
+    unsigned int x = __float_as_uint(f);
+    unsigned int sign = (x >> 16) & 0x8000u;
+    x &= 0x7FFFFFFFu;
+    if (x > 0x7F800000u) {
+        return 0x7FFFu;
+    }
+    if (x >= 0x477FF000u) { // 65520 and up (the tie above 65504 rounds to even: infinity)
+        return (unsigned short)(sign | 0x7C00u);
+    }
+    if (x < 0x38800000u) { // below 2^-14: a subnormal, units of 2^-24 (the product is exact)
+        return (unsigned short)(sign | (unsigned int)nearbyintf(__uint_as_float(x) * 16777216.0f));
+    }
+    unsigned int r = (x + 0xFFFu + ((x >> 13) & 1u)) >> 13;
+    return (unsigned short)(sign | (r - (112u << 10)));
+}
+
+// The value of an E4M3 ("e4m3fn") code: no infinities, S.1111.111 is NaN.
+static inline float ptx_e4m3_value(unsigned int code) {
+    unsigned int exp = (code >> 3) & 15u;
+    unsigned int man = code & 7u;
+    float mag;
+    if (exp == 15u && man == 7u) {
+        mag = NAN;
+    } else if (exp == 0u) {
+        mag = ldexpf((float)man, -9);
+    } else {
+        mag = ldexpf(1.0f + (float)man / 8.0f, (int)exp - 7);
+    }
+    return (code & 0x80u) ? -mag : mag;
+}
+
+// cvt.rn.satfinite.e4m3 of one f32: nearest, ties to even; beyond ±448 (infinities
+// included) saturates to ±448; NaN is NaN (0x7F).
+static inline unsigned int ptx_e4m3_rn_satfinite(float x) {
+    unsigned int sign = (__float_as_uint(x) >> 24) & 0x80u;
+    if (isnan(x)) {
+        return 0x7Fu;
+    }
+    float a = fabsf(x);
+    if (a >= 448.0f) {
+        return sign | 0x7Eu;
+    }
+    if (a < 0.015625f) { // 2^-6, the smallest normal: subnormals in units of 2^-9
+        return sign | (unsigned int)nearbyintf(a * 512.0f);
+    }
+    int e;
+    float m = frexpf(a, &e); // a = m · 2^e, m in [0.5, 1)
+    e -= 1;                  // a = (2m) · 2^e, 2m in [1, 2)
+    unsigned int r = (unsigned int)nearbyintf((2.0f * m - 1.0f) * 8.0f);
+    if (r == 8u) {
+        r = 0u;
+        e += 1;
+    }
+    unsigned int code = ((unsigned int)(e + 7) << 3) | r;
+    return sign | (code > 0x7Eu ? 0x7Eu : code);
+}
+
+static inline unsigned short ptx_e4m3x2_from_f32(float hi, float lo) {
+    return (unsigned short)((ptx_e4m3_rn_satfinite(hi) << 8) | ptx_e4m3_rn_satfinite(lo));
+}
+
+// cvt.rn.f16x2.e4m3x2: exact (every E4M3 value is an f16); NaN to the canonical NaN.
+static inline unsigned int ptx_f16x2_from_e4m3x2(unsigned short pair) {
+    unsigned int lo = ptx_f32_to_f16(ptx_e4m3_value(pair & 0xFFu));
+    unsigned int hi = ptx_f32_to_f16(ptx_e4m3_value(pair >> 8));
+    return lo | (hi << 16);
+}
+
+// mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32, d = a · b + d. Fragments (PTX ISA,
+// "Matrix Fragments for mma.m16n8k16", g = lane / 4, c = lane % 4): a[0] holds A[g][2c,
+// 2c+1], a[1] A[g+8][2c, 2c+1], a[2] A[g][2c+8, 2c+9], a[3] A[g+8][2c+8, 2c+9]; b[0]
+// holds B[2c, 2c+1][g], b[1] B[2c+8, 2c+9][g]; d[0..1] D[g][2c, 2c+1], d[2..3]
+// D[g+8][2c, 2c+1]; low half first. The products of halves are exact in f32; the sum is
+// taken in f64 and rounded once (the hardware's order is unspecified).
+static inline void ptx_mma_m16n8k16(float* d, const unsigned int* a, const unsigned int* b) {
+    unsigned int ops[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+    unsigned int gen = kiln_emu::warp_exchange(2u, ops, sizeof ops);
+    float A[16][16], B[16][8];
+    for (unsigned int l = 0; l < 32u; l++) {
+        unsigned int f[6];
+        memcpy(f, kiln_emu::lane_data(l, gen), sizeof f);
+        unsigned int g = l / 4u, c = l % 4u;
+        const unsigned int rows[4] = {g, g + 8u, g, g + 8u};
+        const unsigned int cols[4] = {2u * c, 2u * c, 2u * c + 8u, 2u * c + 8u};
+        for (unsigned int r = 0; r < 4u; r++) {
+            A[rows[r]][cols[r]] = ptx_f16_to_f32((unsigned short)(f[r] & 0xFFFFu));
+            A[rows[r]][cols[r] + 1u] = ptx_f16_to_f32((unsigned short)(f[r] >> 16));
+        }
+        for (unsigned int r = 0; r < 2u; r++) {
+            B[2u * c + 8u * r][g] = ptx_f16_to_f32((unsigned short)(f[4 + r] & 0xFFFFu));
+            B[2u * c + 8u * r + 1u][g] = ptx_f16_to_f32((unsigned short)(f[4 + r] >> 16));
+        }
+    }
+    unsigned int lane = threadIdx.x % 32u;
+    unsigned int g = lane / 4u, c = lane % 4u;
+    for (unsigned int e = 0; e < 4u; e++) {
+        unsigned int row = g + (e >= 2u ? 8u : 0u);
+        unsigned int col = 2u * c + (e & 1u);
+        double s = d[e];
+        for (unsigned int k = 0; k < 16u; k++) {
+            s += (double)(A[row][k] * B[k][col]);
+        }
+        d[e] = (float)s;
+    }
+}
+
+// dp4a.s32.s32: c + Σ of the products of the four signed bytes (wrapping).
+static inline int ptx_dp4a(unsigned int a, unsigned int b, int c) {
+    unsigned int s = (unsigned int)c;
+    for (unsigned int i = 0; i < 4u; i++) {
+        int x = (signed char)(a >> (8u * i));
+        int y = (signed char)(b >> (8u * i));
+        s += (unsigned int)(x * y);
+    }
+    return (int)s;
+}
+
+static inline float ptx_selp_f32(bool p, float a, float b) { return p ? a : b; }
+
+static inline uint4 ptx_ld_nc_no_allocate_v4(const void* p) {
+    if (((uintptr_t)p & 15u) != 0u) {
+        kiln_emu::fail("ld.global.nc.v4 of an address not 16-byte aligned");
+    }
+    uint4 v;
+    memcpy(&v, p, 16);
+    return v;
+}
+
+static inline uint4 ptx_ld_nc_v4(const void* p) { return ptx_ld_nc_no_allocate_v4(p); }
+
+static inline unsigned int ptx_ld_nc_u32(const unsigned int* p) {
+    if (((uintptr_t)p & 3u) != 0u) {
+        kiln_emu::fail("ld.global.nc.u32 of an address not 4-byte aligned");
+    }
+    return *p;
+}
+
+static inline void ptx_cp_async16(void* dst, const void* src) {
+    if ((((uintptr_t)dst | (uintptr_t)src) & 15u) != 0u) {
+        kiln_emu::fail("cp.async of 16 bytes not 16-byte aligned");
+    }
+    kiln_emu::cp_async(dst, src, 16u);
+}
+
+static inline void ptx_cp_async4(void* dst, const void* src) {
+    if ((((uintptr_t)dst | (uintptr_t)src) & 3u) != 0u) {
+        kiln_emu::fail("cp.async of 4 bytes not 4-byte aligned");
+    }
+    kiln_emu::cp_async(dst, src, 4u);
+}
+
+static inline void ptx_cp_async_commit() { kiln_emu::cp_async_commit(); }
+static inline void ptx_cp_async_wait0() { kiln_emu::cp_async_wait(0u); }
+static inline void ptx_cp_async_wait1() { kiln_emu::cp_async_wait(1u); }
+
+static inline void ptx_trap() { kiln_emu::fail("trap"); }

@@ -1,0 +1,112 @@
+// ptx.cuh: every inline PTX instruction of the kernels, each in one small wrapper, and
+// nothing else. Kernels call these, never `asm` themselves, so that the host emulator
+// (backends/cuda-emu) can stand in a C++ twin of exactly this file (it defines
+// KILN_HOST_PTX and its own ptx_* functions of the same signatures); NVRTC never defines
+// it and compiles the same instructions as before they were gathered here.
+
+#ifndef KILN_HOST_PTX
+
+// IEEE half -> f32 (exact).
+__device__ __forceinline__ float ptx_f16_to_f32(unsigned short h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+
+// f32 -> IEEE half, round to nearest even.
+__device__ __forceinline__ unsigned short ptx_f32_to_f16(float f) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
+// Two f32 -> two E4M3 (round to nearest even, saturating to ±448, sm_89+): `hi` goes to
+// the upper byte, `lo` to the lower (the instruction's first source is the upper).
+__device__ __forceinline__ unsigned short ptx_e4m3x2_from_f32(float hi, float lo) {
+    unsigned short pair;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(pair) : "f"(hi), "f"(lo));
+    return pair;
+}
+
+// Two E4M3 -> two IEEE halves (exact, sm_89+): low byte to the low half.
+__device__ __forceinline__ unsigned int ptx_f16x2_from_e4m3x2(unsigned short pair) {
+    unsigned int h;
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(h) : "h"(pair));
+    return h;
+}
+
+// d += a (16×16 f16, row) · b (16×8 f16, col), f32 accumulators; the fragments of the
+// PTX ISA's m16n8k16 layout. A warp-wide instruction: every lane calls it (sm_80+).
+__device__ __forceinline__ void ptx_mma_m16n8k16(float* d, const unsigned int* a, const unsigned int* b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
+// Σ a_i · b_i over the four signed bytes of each word, plus c (IDP.4A). Volatile: see
+// mv/common.cuh's mv_dp4a for why the order of these matters.
+__device__ __forceinline__ int ptx_dp4a(unsigned int a, unsigned int b, int c) {
+    int d;
+    asm volatile("dp4a.s32.s32 %0, %1, %2, %3;" : "=r"(d) : "r"(a), "r"(b), "r"(c));
+    return d;
+}
+
+// p ? a : b as a register select (selp), never a select of addresses.
+__device__ __forceinline__ float ptx_selp_f32(bool p, float a, float b) {
+    float r;
+    asm("{\n\t.reg .pred q;\n\tsetp.ne.u32 q, %3, 0;\n\tselp.f32 %0, %1, %2, q;\n\t}"
+        : "=f"(r)
+        : "f"(a), "f"(b), "r"((unsigned int)p));
+    return r;
+}
+
+// 16 read-only bytes (16-byte aligned) not kept in L1.
+__device__ __forceinline__ uint4 ptx_ld_nc_no_allocate_v4(const void* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    return v;
+}
+
+// 16 read-only bytes (16-byte aligned), cached.
+__device__ __forceinline__ uint4 ptx_ld_nc_v4(const void* p) {
+    uint4 v;
+    asm volatile("ld.global.nc.v4.u32 {%0, %1, %2, %3}, [%4];" : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(p));
+    return v;
+}
+
+// One read-only word, cached.
+__device__ __forceinline__ unsigned int ptx_ld_nc_u32(const unsigned int* p) {
+    unsigned int v;
+    asm volatile("ld.global.nc.u32 %0, [%1];" : "=r"(v) : "l"(p));
+    return v;
+}
+
+// The shared-window address of a generic pointer to shared memory (cp.async's operand).
+__device__ __forceinline__ unsigned int ptx_shared_addr(const void* p) {
+    unsigned long long a;
+    asm("cvta.to.shared.u64 %0, %1;" : "=l"(a) : "l"(p));
+    return (unsigned int)a;
+}
+
+// Asynchronous copies global -> shared of 16 bytes (bypassing L1) and 4 bytes (sm_80+).
+__device__ __forceinline__ void ptx_cp_async16(void* dst, const void* src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(ptx_shared_addr(dst)), "l"(src));
+}
+
+__device__ __forceinline__ void ptx_cp_async4(void* dst, const void* src) {
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;" ::"r"(ptx_shared_addr(dst)), "l"(src));
+}
+
+// Close the group of the copies issued since the last commit.
+__device__ __forceinline__ void ptx_cp_async_commit() { asm volatile("cp.async.commit_group;"); }
+
+// Wait until no committed group (wait0) or at most one (wait1) is still in flight.
+__device__ __forceinline__ void ptx_cp_async_wait0() { asm volatile("cp.async.wait_group 0;"); }
+__device__ __forceinline__ void ptx_cp_async_wait1() { asm volatile("cp.async.wait_group 1;"); }
+
+// Stop the kernel (a path the host never launches).
+__device__ __forceinline__ void ptx_trap() { asm volatile("trap;"); }
+
+#endif // KILN_HOST_PTX
