@@ -39,6 +39,8 @@ pub struct EmuOptions {
     pub sm_count: u32,
     /// `__CUDA_ARCH__` of the modules (900: every sm_89+ path).
     pub arch: u32,
+    /// Print each launch (default: the `KILN_CUDA_EMU_DEBUG` variable is set).
+    pub debug: bool,
 }
 
 impl Default for EmuOptions {
@@ -48,6 +50,7 @@ impl Default for EmuOptions {
             decode_attention: true,
             sm_count: 132,
             arch: crate::source::ARCH,
+            debug: std::env::var_os("KILN_CUDA_EMU_DEBUG").is_some(),
         }
     }
 }
@@ -231,6 +234,12 @@ impl Loaded {
                 for p in call.launches(v, &g) {
                     let symbol = v.symbol(p.launch.entry);
                     let l = &p.launch;
+                    if options.debug {
+                        eprintln!(
+                            "{NAME}: launch {i} {symbol} grid {:?} block {:?} shared {}",
+                            l.grid, l.block, l.shared_bytes
+                        );
+                    }
                     // SAFETY: the lowering built every address in the args from this
                     // plan's buffers (alive in self) and its layout, the same arguments
                     // the CUDA backend gives the same kernels; the buffers are only

@@ -12,6 +12,7 @@ use crate::error::EmuError;
 /// -fno-strict-aliasing: the kernels read words of byte buffers through casts, as CUDA
 /// allows. -ffp-contract=off: a·b + c stays two roundings unless the kernel asks for fmaf
 /// (NVCC contracts by default; the tests' tolerances cover either).
+/// -U_FORTIFY_SOURCE: see below.
 const FLAGS: &[&str] = &[
     "-std=c++17",
     "-O1",
@@ -20,6 +21,9 @@ const FLAGS: &[&str] = &[
     "-fno-strict-aliasing",
     "-fwrapv",
     "-ffp-contract=off",
+    // The fibers switch stacks with _longjmp (src/host/runtime.h), which the fortified
+    // longjmp of some distributions' default flags aborts.
+    "-U_FORTIFY_SOURCE",
     "-w",
 ];
 

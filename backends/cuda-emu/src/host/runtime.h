@@ -6,6 +6,10 @@
 // by the collective's generation so one warp barrier per collective is enough: a lane
 // cannot overwrite a slot of generation g before every lane of its warp has arrived at
 // generation g + 1, that is, has read generation g.
+// A fiber is created once per launch (makecontext, entered once by swapcontext) and
+// runs the kernel once per block in a loop; every later switch is _setjmp/_longjmp,
+// which, unlike swapcontext, does not save the signal mask with a system call (the
+// module is built without _FORTIFY_SOURCE, whose longjmp refuses to change stacks).
 // The .so compiled from one kernel module includes this once; the Rust side serialises
 // launches (one global lock), so the state below is plain statics.
 
@@ -13,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stdio.h>
+#include <setjmp.h>
 #include <ucontext.h>
 #include <sys/mman.h>
 
@@ -53,7 +58,9 @@ struct Copy {
 };
 
 struct Fiber {
-    ucontext_t ctx;
+    ucontext_t ctx;    // its first entry
+    jmp_buf env;       // where it yielded
+    bool started;
     State state;
     unsigned int wgen; // warp collectives this thread has completed
     unsigned int tag;  // the collective it waits at
@@ -64,6 +71,7 @@ struct Fiber {
 
 struct Block {
     ucontext_t sched;
+    jmp_buf sched_env;
     Fiber* fibers;
     unsigned int n;
     unsigned int cur;
@@ -94,7 +102,9 @@ static inline void yield(State s) {
     Block* b = g_block;
     Fiber& f = b->fibers[b->cur];
     f.state = s;
-    swapcontext(&f.ctx, &b->sched);
+    if (_setjmp(f.env) == 0) {
+        _longjmp(b->sched_env, 1);
+    }
 }
 
 static inline void barrier() { yield(AT_BARRIER); }
@@ -139,11 +149,26 @@ static inline T shuffle(T v, unsigned int src_lane) {
     return r;
 }
 
+// A fiber's life: the kernel once per block of the launch (the scheduler marks every
+// fiber READY at a block's start; an exited one resumes here).
 static void fiber_main() {
-    Block* b = g_block;
-    b->entry(b->args);
-    b->fibers[b->cur].state = EXITED;
-    // Returning resumes uc_link: the scheduler.
+    for (;;) {
+        g_block->entry(g_block->args);
+        yield(EXITED);
+    }
+}
+
+// Run fiber `i` until it yields.
+static void resume(Block* b, Fiber& f) {
+    if (_setjmp(b->sched_env) != 0) {
+        return;
+    }
+    if (!f.started) {
+        f.started = true;
+        swapcontext(&b->sched, &f.ctx);
+        return; // not reached: fibers come back by _longjmp
+    }
+    _longjmp(f.env, 1);
 }
 
 static inline void set_thread(unsigned int t) {
@@ -203,12 +228,14 @@ static void run_block(Block* b, unsigned char* stacks, size_t stack_bytes) {
     }
     for (unsigned int i = 0; i < b->n; i++) {
         Fiber& f = b->fibers[i];
-        getcontext(&f.ctx);
-        // The lowest page of each stack is a guard (PROT_NONE), so an overflow faults.
-        f.ctx.uc_stack.ss_sp = stacks + i * stack_bytes + 4096;
-        f.ctx.uc_stack.ss_size = stack_bytes - 4096;
-        f.ctx.uc_link = &b->sched;
-        makecontext(&f.ctx, fiber_main, 0);
+        if (!f.started) {
+            getcontext(&f.ctx);
+            // The lowest page of each stack is a guard (PROT_NONE), so an overflow faults.
+            f.ctx.uc_stack.ss_sp = stacks + i * stack_bytes + 4096;
+            f.ctx.uc_stack.ss_size = stack_bytes - 4096;
+            f.ctx.uc_link = nullptr; // fiber_main never returns
+            makecontext(&f.ctx, fiber_main, 0);
+        }
         f.state = READY;
         f.wgen = 0u;
         f.tag = 0u;
@@ -227,7 +254,7 @@ static void run_block(Block* b, unsigned char* stacks, size_t stack_bytes) {
             ran = true;
             b->cur = i;
             set_thread(i);
-            swapcontext(&b->sched, &f.ctx);
+            resume(b, f);
             switch (f.state) {
             case EXITED:
                 if (f.n_copies > 0u) {
