@@ -7,10 +7,10 @@
 use std::sync::Arc;
 
 use kiln_gpu_host::Output;
+use kiln_gpu_host::no_plan;
 use kiln_gpu_host::output::{f32s_from_le, u32s_from_le};
 use kiln_gpu_host::step::{RopeTable, rope_geometries, rope_table};
 use kiln_gpu_host::weights::upload_each;
-use kiln_gpu_host::no_plan;
 use kiln_ir::backend::{
     Backend, BackendError, DeviceProperties, Step, StepLimits, StepShape, WeightSource,
 };
@@ -93,6 +93,16 @@ impl EmuBackend {
             properties,
             loaded: None,
         })
+    }
+
+    /// (rows, cols) of the plan's output (the logits) in the last step.
+    pub fn last_output_shape(&self) -> Result<(usize, usize), BackendError> {
+        let loaded = self.loaded()?;
+        let last = loaded.last.ok_or_else(|| BackendError::BadStep {
+            backend: NAME,
+            reason: "no step has run".into(),
+        })?;
+        Ok((loaded.output.rows_in(last), loaded.output.cols))
     }
 
     fn loaded(&self) -> Result<&Loaded, BackendError> {
@@ -271,7 +281,8 @@ impl Loaded {
     }
 
     fn argmax(&mut self, vocab: usize, out: &mut [u32]) -> Result<(), BackendError> {
-        self.output.check_argmax(self.last, out.len(), vocab, NAME)?;
+        self.output
+            .check_argmax(self.last, out.len(), vocab, NAME)?;
         let Some(l) = argmax_launch(out.len() as u32) else {
             return Ok(());
         };

@@ -10,7 +10,10 @@ use crate::{EmuError, Module};
 
 type Key = (Option<Variant>, u32);
 
-fn get(key: Key, build: impl FnOnce() -> Result<Module, EmuError>) -> Result<Arc<Module>, EmuError> {
+fn get(
+    key: Key,
+    build: impl FnOnce() -> Result<Module, EmuError>,
+) -> Result<Arc<Module>, EmuError> {
     static LOADED: Mutex<Option<HashMap<Key, Arc<Module>>>> = Mutex::new(None);
     let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
     let map = loaded.get_or_insert_with(HashMap::new);

@@ -119,7 +119,11 @@ pub fn build(name: &str, text: &str) -> Result<PathBuf, EmuError> {
 
 /// The first few error lines of the compiler's output.
 fn first_errors(stderr: &str) -> String {
-    let errors: Vec<&str> = stderr.lines().filter(|l| l.contains("error")).take(8).collect();
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains("error"))
+        .take(8)
+        .collect();
     if errors.is_empty() {
         stderr.chars().take(2000).collect()
     } else {

@@ -74,11 +74,13 @@ impl Module {
         let mut entries = HashMap::new();
         for s in symbols {
             // SAFETY: source.rs defines both functions per symbol with these types.
-            let entry: Entry = *unsafe { lib.get::<Entry>(format!("kiln_emu_entry_{s}\0").as_bytes()) }
-                .map_err(load)?;
+            let entry: Entry =
+                *unsafe { lib.get::<Entry>(format!("kiln_emu_entry_{s}\0").as_bytes()) }
+                    .map_err(load)?;
             // SAFETY: as above.
-            let size: ArgsSize = *unsafe { lib.get::<ArgsSize>(format!("kiln_emu_args_{s}\0").as_bytes()) }
-                .map_err(load)?;
+            let size: ArgsSize =
+                *unsafe { lib.get::<ArgsSize>(format!("kiln_emu_args_{s}\0").as_bytes()) }
+                    .map_err(load)?;
             // SAFETY: a pure function returning a sizeof.
             let bytes = unsafe { size() } as usize;
             entries.insert(s.clone(), (entry, bytes));

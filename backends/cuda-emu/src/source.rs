@@ -61,7 +61,8 @@ mod tests {
     #[test]
     fn dynamic_shared_arrays_become_pointers() {
         assert_eq!(
-            dynamic_shared("    extern __shared__ __align__(16) unsigned char ad_tiles[];").unwrap(),
+            dynamic_shared("    extern __shared__ __align__(16) unsigned char ad_tiles[];")
+                .unwrap(),
             "    unsigned char* ad_tiles = reinterpret_cast<unsigned char*>(kiln_emu::dynamic_shared());"
         );
         assert_eq!(

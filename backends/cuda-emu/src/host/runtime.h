@@ -334,6 +334,46 @@ static inline unsigned char* dynamic_shared() { return g_dynamic_shared; }
 
 } // namespace kiln_emu
 
+namespace kiln_emu {
+
+// The fibers and their stacks, kept from launch to launch of this module (creating 128
+// contexts and mapping their stacks per launch cost more than small kernels run). A
+// fiber that finished its kernel waits in yield(EXITED) and runs the next launch's
+// entry when resumed; after a failed launch every fiber is made anew.
+static Fiber* g_fibers;
+static unsigned int g_fiber_count;
+static unsigned char* g_stacks;
+static size_t g_stack_bytes;
+
+static bool pool(unsigned int n, size_t sb) {
+    if (n <= g_fiber_count && sb == g_stack_bytes) {
+        return true;
+    }
+    if (g_stacks != nullptr) {
+        munmap(g_stacks, g_stack_bytes * g_fiber_count);
+        for (unsigned int i = 0; i < g_fiber_count; i++) {
+            free(g_fibers[i].copies);
+        }
+        free(g_fibers);
+    }
+    g_fiber_count = 0;
+    g_stacks = (unsigned char*)mmap(nullptr, sb * n, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                                    -1, 0);
+    if (g_stacks == MAP_FAILED) {
+        g_stacks = nullptr;
+        return false;
+    }
+    for (unsigned int i = 0; i < n; i++) {
+        mprotect(g_stacks + i * sb, 4096, PROT_NONE);
+    }
+    g_fibers = (Fiber*)calloc(n, sizeof(Fiber));
+    g_fiber_count = n;
+    g_stack_bytes = sb;
+    return true;
+}
+
+} // namespace kiln_emu
+
 // Launch `entry` (a trampoline that copies the argument bytes into the kernel's struct and
 // calls the kernel) over grid × block threads with `shared_bytes` of dynamic shared
 // memory. Returns null, or the first error (static storage, valid until the next launch).
@@ -346,19 +386,13 @@ extern "C" const char* kiln_emu_launch(void (*entry)(const void*), const void* a
         return "block of 0 or more than 1024 threads";
     }
     size_t sb = ((size_t)stack_bytes + 4095u) / 4096u * 4096u;
-    size_t total = sb * n;
-    unsigned char* stacks = (unsigned char*)mmap(nullptr, total, PROT_READ | PROT_WRITE,
-                                                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (stacks == MAP_FAILED) {
+    if (!pool(n, sb)) {
         return "mmap of the fiber stacks failed";
-    }
-    for (unsigned int i = 0; i < n; i++) {
-        mprotect(stacks + i * sb, 4096, PROT_NONE);
     }
     Block b;
     memset(&b, 0, sizeof b);
     b.n = n;
-    b.fibers = (Fiber*)calloc(n, sizeof(Fiber));
+    b.fibers = g_fibers;
     b.warp_arrived = (unsigned int*)calloc((n + 31u) / 32u, sizeof(unsigned int));
     b.slots = (Slot*)calloc(2u * n, sizeof(Slot));
     unsigned char* dyn = (unsigned char*)aligned_alloc(16, ((size_t)shared_bytes + 16u) / 16u * 16u);
@@ -374,19 +408,20 @@ extern "C" const char* kiln_emu_launch(void (*entry)(const void*), const void* a
                 blockIdx = uint3{x, y, z};
                 // Shared memory starts undefined on a GPU: poison it (NaN floats).
                 memset(dyn, 0xFF, shared_bytes);
-                run_block(&b, stacks, sb);
+                run_block(&b, g_stacks, sb);
             }
         }
     }
     const char* err = b.error;
-    for (unsigned int i = 0; i < n; i++) {
-        free(b.fibers[i].copies);
+    if (err != nullptr) {
+        // Fibers stopped inside a kernel cannot be resumed into another: start afresh.
+        for (unsigned int i = 0; i < g_fiber_count; i++) {
+            g_fibers[i].started = false;
+        }
     }
-    free(b.fibers);
     free(b.warp_arrived);
     free(b.slots);
     free(dyn);
-    munmap(stacks, total);
     g_block = nullptr;
     return err;
 }
