@@ -55,6 +55,14 @@ impl Default for EmuOptions {
     }
 }
 
+/// A device buffer of `bytes` filled with `poison`, or out of (host) memory.
+fn buffer(bytes: usize, poison: u8) -> Result<DeviceBuf, BackendError> {
+    DeviceBuf::new(bytes, poison).ok_or(BackendError::OutOfMemory {
+        backend: NAME,
+        bytes: bytes as u64,
+    })
+}
+
 fn emu(e: EmuError) -> BackendError {
     BackendError::Driver {
         backend: NAME,
@@ -158,7 +166,7 @@ impl Loaded {
             .collect::<Result<Vec<_>, _>>()
             .map_err(emu)?;
         let argmax = cache::argmax().map_err(emu)?;
-        let mut weights = DeviceBuf::new(layout.total as usize, 0xA5);
+        let mut weights = buffer(layout.total as usize, 0xA5)?;
         upload_each(
             plan,
             &layout.offsets,
@@ -174,12 +182,12 @@ impl Loaded {
             },
         )?;
         // Poison: NaN floats where a kernel reads what no kernel wrote.
-        let arena = DeviceBuf::new(plan.arena_bytes.max(16), 0xFF);
-        let kv_buf = DeviceBuf::new(kv.page_bytes() * kv_page_count, 0xFF);
-        let partial = DeviceBuf::new(partial_bytes(plan) as usize, 0xFF);
-        let q8_1 = DeviceBuf::new(q8_1_bytes(plan) as usize, 0xFF);
-        let step = DeviceBuf::new(4096, 0);
-        let ids = DeviceBuf::new(4 * plan.max_tokens.max(plan.max_outputs), 0xFF);
+        let arena = buffer(plan.arena_bytes.max(16), 0xFF)?;
+        let kv_buf = buffer(kv.page_bytes().saturating_mul(kv_page_count), 0xFF)?;
+        let partial = buffer(partial_bytes(plan) as usize, 0xFF)?;
+        let q8_1 = buffer(q8_1_bytes(plan) as usize, 0xFF)?;
+        let step = buffer(4096, 0)?;
+        let ids = buffer(4 * plan.max_tokens.max(plan.max_outputs), 0xFF)?;
         let buffers = Buffers {
             arena: arena.addr(),
             weights: weights.addr(),
@@ -222,7 +230,7 @@ impl Loaded {
         let data = kiln_gpu_host::step::pack(s, &self.rope, self.kv_groups)
             .map_err(|e| e.for_backend(NAME))?;
         if data.len() > self.step.len() {
-            self.step = DeviceBuf::new(data.len().next_power_of_two(), 0);
+            self.step = buffer(data.len().next_power_of_two(), 0)?;
             self.lowered.set_step(self.step.addr());
             self.argmax_args.step = ConstPtr::new(self.step.addr());
         }

@@ -1,0 +1,124 @@
+//! The emulator's PTX twin (src/host/ptx.h) against independent Rust conversions: f32 →
+//! f16 against the `half` crate, f32 → E4M3 (cvt.rn.satfinite) against kiln_ir's FP8
+//! encoder, E4M3 → f16 (every code) against its decoder, on the values where rounding
+//! is decided: ties, the subnormal ranges, the saturation edge, infinities.
+
+use kiln_backend_cuda_emu::Module;
+use kiln_ir::quant::fp8;
+
+const SOURCE: &str = r#"
+struct ConvArgs {
+    const float* x;
+    unsigned short* f16;
+    unsigned short* e4m3;
+    unsigned int* back;
+    unsigned int n;
+};
+extern "C" __global__ void conv(const ConvArgs a) {
+    for (unsigned int i = threadIdx.x; i < a.n; i += blockDim.x) {
+        a.f16[i] = ptx_f32_to_f16(a.x[i]);
+        a.e4m3[i] = ptx_e4m3x2_from_f32(a.x[i], -a.x[i]);
+    }
+    unsigned int pair = 2u * threadIdx.x;
+    a.back[threadIdx.x] = ptx_f16x2_from_e4m3x2((unsigned short)(pair | ((pair + 1u) << 8)));
+}
+"#;
+
+fn inputs() -> Vec<f32> {
+    let mut x = vec![
+        0.0,
+        -0.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        448.0,
+        449.0,
+        464.0,
+        465.0,
+        1e9,
+    ];
+    x.extend([
+        65504.0, 65519.0, 65520.0, 65536.0, 6.0e-8, 2.9e-8, 3.0e-8, 1.0e-40,
+    ]);
+    // E4M3 ties and their neighbours.
+    for c in 0u8..0x7E {
+        let (a, b) = (fp8::decode(c), fp8::decode(c + 1));
+        let mid = (a + b) / 2.0;
+        x.extend([
+            mid,
+            f32::from_bits(mid.to_bits() + 1),
+            f32::from_bits(mid.to_bits() - 1),
+        ]);
+    }
+    // f16 ties across the normal and subnormal ranges.
+    for e in -26i32..16 {
+        let base = 2f32.powi(e);
+        for m in [1.0f32, 1.3, 1.75] {
+            let v = base * m;
+            let h = half::f16::from_f32(v);
+            let next = half::f16::from_bits(h.to_bits() + 1).to_f32();
+            x.push((h.to_f32() + next) / 2.0);
+            x.push(v);
+        }
+    }
+    let mut s = 0x9E37_79B9u32;
+    for _ in 0..2000 {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        // Exponents 2^-30 .. 2^33 and both signs.
+        x.push(f32::from_bits(
+            (s & 0x8000_0000) | ((s % 64 + 97) << 23) | (s >> 9 & 0x7F_FFFF),
+        ));
+    }
+    x
+}
+
+/// The kernel writes through these: pointers from a mutable borrow.
+fn addr_mut<T>(v: &mut [T]) -> u64 {
+    v.as_mut_ptr() as u64
+}
+
+#[test]
+fn conversions_match_the_rust_ones() {
+    if let Err(e) = kiln_backend_cuda_emu::compile::available() {
+        eprintln!("skipped: {e}");
+        return;
+    }
+    let m = Module::build("ptx_conversions", SOURCE, &["conv".into()], 900).unwrap();
+    let x = inputs();
+    let n = x.len();
+    let mut f16 = vec![0u16; n];
+    let mut e4m3 = vec![0u16; n];
+    let mut back = vec![0u32; 128];
+    let mut args = Vec::new();
+    let inputs = x.as_ptr() as u64;
+    for a in [
+        inputs,
+        addr_mut(&mut f16),
+        addr_mut(&mut e4m3),
+        addr_mut(&mut back),
+    ] {
+        args.extend(a.to_le_bytes());
+    }
+    args.extend((n as u32).to_le_bytes());
+    args.extend([0u8; 4]);
+    // SAFETY: the four addresses are the vectors above, of n, n, n and 128 elements,
+    // which is what the kernel reads and writes; nothing else touches them meanwhile.
+    unsafe { m.launch("conv", [1, 1, 1], [128, 1, 1], 0, &args) }.unwrap();
+    for (i, &v) in x.iter().enumerate() {
+        assert_eq!(f16[i], half::f16::from_f32(v).to_bits(), "f16 of {v:e}");
+        let (hi, lo) = ((e4m3[i] >> 8) as u8, e4m3[i] as u8);
+        assert_eq!(hi, fp8::encode(v), "e4m3 of {v:e}");
+        assert_eq!(lo, fp8::encode(-v), "e4m3 of {:e}", -v);
+    }
+    for (p, &w) in back.iter().enumerate() {
+        for (c, h) in [(2 * p, w as u16), (2 * p + 1, (w >> 16) as u16)] {
+            let want = fp8::decode(c as u8);
+            let got = half::f16::from_bits(h).to_f32();
+            assert!(
+                got == want || (got.is_nan() && want.is_nan()),
+                "e4m3 code {c:#x}: {got} vs {want}"
+            );
+        }
+    }
+}
