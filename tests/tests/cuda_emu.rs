@@ -12,10 +12,11 @@ use kiln_backend_cuda_emu::{EmuBackend, EmuOptions};
 use kiln_backends::Ci;
 use kiln_engine::kv::KvDtype;
 use kiln_engine::sampler::argmax;
+use kiln_ir::DType;
 use kiln_ir::backend::Backend;
 use kiln_ir::kv_layout::KvDtype as KvCacheDtype;
 use kiln_testkit::{fail, pass, test};
-use kiln_tests::conformance::{AttentionSpec, attention_case, run_case};
+use kiln_tests::conformance::{AttentionSpec, Case, attention_case, matmul_term_case, run_case};
 use kiln_tests::cpu::load;
 use kiln_tests::device::{Greedy, greedy_matches_cpu};
 use kiln_tests::{Outcome, on_device};
@@ -32,6 +33,10 @@ fn main() -> ExitCode {
         test("split_k_decode_attention_matches_the_reference", || {
             with_backend(split_k_decode_attention_matches_the_reference)
         }),
+        test(
+            "matvec_tiles_of_2_and_16_tokens_match_the_reference",
+            || with_backend(matvec_tiles_of_2_and_16_tokens_match_the_reference),
+        ),
     ])
 }
 
@@ -105,8 +110,23 @@ fn argmax_on_the_device_matches_the_host(mut backend: EmuBackend) -> Outcome {
 /// short one, written by an FP8 prefill step on the tensor cores.
 fn split_k_decode_attention_matches_the_reference(mut backend: EmuBackend) -> Outcome {
     let spec = AttentionSpec::plain(64, 2, 1, KvCacheDtype::F8E4M3, 16, &[(1030, 2), (40, 1)]);
-    let case = attention_case(spec);
-    let err = run_case(&mut backend, &case).map_err(|e| format!("{}: {e}", case.name))?;
+    within_limit(&mut backend, &attention_case(spec))
+}
+
+/// The matvec tiles no case of the conformance table picks (steps of 2 and of 9 to 16
+/// tokens), each packed type, odd row counts.
+fn matvec_tiles_of_2_and_16_tokens_match_the_reference(mut backend: EmuBackend) -> Outcome {
+    for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+        for tokens in [2, 13] {
+            within_limit(&mut backend, &matmul_term_case(dtype, tokens, 67, 160))?;
+        }
+    }
+    pass()
+}
+
+/// Run `case` and hold its error to the case's limit.
+fn within_limit(backend: &mut EmuBackend, case: &Case) -> Outcome {
+    let err = run_case(backend, case).map_err(|e| format!("{}: {e}", case.name))?;
     if err > case.limit {
         return fail(format!(
             "{}: {} {err:.3e} over the limit {:.0e}",
