@@ -5,12 +5,10 @@
 use std::sync::Arc;
 
 use ash::vk;
+use kiln_gpu_host::upload::Staging;
 use kiln_ir::backend::BackendError;
 
 use crate::device::{NAME, Vk, vk_error};
-
-/// Largest staging buffer: uploads of more go in chunks.
-const STAGING_BYTES: u64 = 64 << 20;
 
 /// The host address of a mapped buffer.
 #[derive(Clone, Copy, Debug)]
@@ -202,91 +200,72 @@ impl Buffer {
     }
 }
 
-/// Copies host bytes into device buffers through one staging buffer, a command buffer
-/// of copies per flush.
+/// Copies host bytes into device buffers through one staging buffer (kiln-gpu-host's
+/// upload plan), a command buffer of copies per flush.
 pub(crate) struct Uploader {
     vk: Arc<Vk>,
     staging: Option<Buffer>,
+    plan: Staging,
     /// (destination, copy) pending in the staging buffer.
     pending: Vec<(vk::Buffer, vk::BufferCopy)>,
-    used: u64,
-    capacity: u64,
 }
 
 impl Uploader {
-    /// An uploader for about `total` bytes (the staging buffer is at most 64 MiB).
+    /// An uploader for about `total` bytes.
     pub fn new(vk: &Arc<Vk>, total: u64) -> Uploader {
         Uploader {
             vk: vk.clone(),
             staging: None,
+            plan: Staging::new(total),
             pending: Vec::new(),
-            used: 0,
-            capacity: total.clamp(16, STAGING_BYTES).next_multiple_of(16),
         }
     }
 
     pub fn push(&mut self, dst: &Buffer, offset: u64, data: &[u8]) -> Result<(), BackendError> {
-        if offset
-            .checked_add(data.len() as u64)
-            .is_none_or(|end| end > dst.size)
-        {
+        let len = data.len() as u64;
+        if offset.checked_add(len).is_none_or(|end| end > dst.size) {
             return Err(BackendError::BadStep {
                 backend: NAME,
-                reason: format!(
-                    "{} bytes at {offset} of a {}-byte buffer",
-                    data.len(),
-                    dst.size
-                ),
+                reason: format!("{len} bytes at {offset} of a {}-byte buffer", dst.size),
             });
         }
-        let mut done = 0usize;
-        while done < data.len() {
-            if self.used == self.capacity {
-                self.flush()?;
+        for piece in self.plan.place(data.len()) {
+            if piece.flush_first {
+                self.copy_pending()?;
             }
-            let n = ((self.capacity - self.used) as usize).min(data.len() - done);
-            if self.staging.is_none() {
-                self.staging = Some(Buffer::new(
+            let staging = match &mut self.staging {
+                Some(s) => s,
+                None => (self.staging).insert(Buffer::new(
                     &self.vk,
                     "staging",
-                    self.capacity,
+                    self.plan.capacity(),
                     Kind::Upload,
-                )?);
-            }
-            let staging = self
-                .staging
-                .as_mut()
-                .ok_or_else(|| crate::device::driver("no staging buffer"))?;
-            staging.write(self.used, &data[done..done + n])?;
-            self.pending.push((
-                dst.raw,
-                vk::BufferCopy {
-                    src_offset: self.used,
-                    dst_offset: offset + done as u64,
-                    size: n as u64,
-                },
-            ));
-            // Keep copies 16-byte aligned in the staging buffer.
-            self.used = (self.used + n as u64)
-                .next_multiple_of(16)
-                .min(self.capacity);
-            done += n;
+                )?),
+            };
+            staging.write(piece.staging, &data[piece.bytes.clone()])?;
+            let copy = vk::BufferCopy {
+                src_offset: piece.staging,
+                dst_offset: offset + piece.bytes.start as u64,
+                size: piece.bytes.len() as u64,
+            };
+            self.pending.push((dst.raw, copy));
         }
         Ok(())
     }
 
     /// Copy everything pending and wait.
     pub fn flush(&mut self) -> Result<(), BackendError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let Some(staging) = &self.staging else {
+        self.plan.flushed();
+        self.copy_pending()
+    }
+
+    /// Copy what is staged (the plan already counts the staging area as empty) and wait.
+    fn copy_pending(&mut self) -> Result<(), BackendError> {
+        let (Some(staging), false) = (&self.staging, self.pending.is_empty()) else {
             return Ok(());
         };
-        let vk = &self.vk;
-        let src = staging.raw;
+        let (vk, src) = (&self.vk, staging.raw);
         let pending = std::mem::take(&mut self.pending);
-        self.used = 0;
         vk.oneshot(|cb| {
             for (dst, copy) in &pending {
                 // SAFETY: `cb` is recording; both buffers live until the oneshot has

@@ -10,11 +10,23 @@ use std::sync::Arc;
 use ash::vk;
 use kiln_ir::backend::BackendError;
 use kiln_kernels_wgsl::program::ENTRY;
+use kiln_kernels_wgsl::spirv::{Compiler, Target};
 use kiln_kernels_wgsl::{Program, Resource};
 
-use crate::device::{Vk, driver, vk_error};
+use crate::device::{NAME, Vk, driver, vk_error};
 use crate::loaded::Build;
-use crate::spirv::Compiler;
+use crate::pipeline_cache::{self, CacheStats};
+
+/// How each resource is bound: the params block and the weights window at a dynamic
+/// offset per dispatch (one set per weights buffer serves every dispatch), the other
+/// buffers whole.
+pub(crate) fn descriptor_type(r: Resource) -> vk::DescriptorType {
+    match r {
+        Resource::Params => vk::DescriptorType::UNIFORM_BUFFER_DYNAMIC,
+        Resource::Weights => vk::DescriptorType::STORAGE_BUFFER_DYNAMIC,
+        Resource::Arena | Resource::Kv | Resource::Step => vk::DescriptorType::STORAGE_BUFFER,
+    }
+}
 
 /// Timestamp queries, two per launch.
 pub(crate) struct Timer {
@@ -70,13 +82,12 @@ impl Drop for Objects {
 }
 
 impl Objects {
-    /// Every object of `program` on this device, its kernels through `compiler`.
+    /// Every object of `program` on this device, and what the kernel caches did.
     pub(crate) fn new(
         vk: &Arc<Vk>,
         program: &Program,
         build: &Build,
-        compiler: &mut Compiler,
-    ) -> Result<Objects, BackendError> {
+    ) -> Result<(Objects, CacheStats), BackendError> {
         let mut o = Objects {
             vk: vk.clone(),
             set_layout: vk::DescriptorSetLayout::null(),
@@ -90,7 +101,18 @@ impl Objects {
             timer: None,
         };
         o.layouts()?;
-        o.pipelines(compiler, program, build)?;
+        let target = Target {
+            // SPIR-V 1.3 is Vulkan 1.1's, 1.5 Vulkan 1.2's, 1.6 Vulkan 1.3's.
+            version: match vk.info.api_version {
+                v if v >= vk::API_VERSION_1_3 => (1, 6),
+                v if v >= vk::API_VERSION_1_2 => (1, 5),
+                _ => (1, 3),
+            },
+            native_zero_init: vk.info.zero_init_workgroup,
+            subgroups: build.subgroups,
+        };
+        let mut compiler = Compiler::new(target, &build.cache);
+        let pipeline_cache_bytes = o.pipelines(&mut compiler, program, build)?;
         o.descriptor_sets(program.weights.buffers.len() as u32)?;
         let info = vk::CommandPoolCreateInfo::default()
             .queue_family_index(vk.family)
@@ -105,8 +127,14 @@ impl Objects {
                 .create_fence(&vk::FenceCreateInfo::default(), None)
         }
         .map_err(|e| vk_error("creating a fence", e, 0))?;
-        o.timer(2 * program.launches.len() as u32)?;
-        Ok(o)
+        o.timer(program.timestamp_queries())?;
+        let spirv = compiler.stats();
+        let stats = CacheStats {
+            spirv_hits: spirv.hits,
+            spirv_compiled: spirv.built,
+            pipeline_cache_bytes,
+        };
+        Ok((o, stats))
     }
 
     /// A primary command buffer from the pool.
@@ -130,25 +158,13 @@ impl Objects {
     }
 
     fn layouts(&mut self) -> Result<(), BackendError> {
-        let binding = |r: Resource, ty| {
+        let bindings = Resource::ALL.map(|r| {
             vk::DescriptorSetLayoutBinding::default()
                 .binding(r.binding())
-                .descriptor_type(ty)
+                .descriptor_type(descriptor_type(r))
                 .descriptor_count(1)
                 .stage_flags(vk::ShaderStageFlags::COMPUTE)
-        };
-        let storage = vk::DescriptorType::STORAGE_BUFFER;
-        let bindings = [
-            binding(Resource::Params, vk::DescriptorType::UNIFORM_BUFFER_DYNAMIC),
-            binding(Resource::Arena, storage),
-            // A window of the weights buffer per dispatch (Dispatch::weights_base).
-            binding(
-                Resource::Weights,
-                vk::DescriptorType::STORAGE_BUFFER_DYNAMIC,
-            ),
-            binding(Resource::Kv, storage),
-            binding(Resource::Step, storage),
-        ];
+        });
         let d = &self.vk.device;
         let info = vk::DescriptorSetLayoutCreateInfo::default().bindings(&bindings);
         // SAFETY: the device is valid; the info outlives the call.
@@ -163,27 +179,27 @@ impl Objects {
     }
 
     /// Every pipeline of the program, through the device's pipeline cache (loaded from
-    /// and saved to disk).
+    /// and saved to disk); the bytes of pipeline cache the driver took.
     fn pipelines(
         &mut self,
         compiler: &mut Compiler,
         program: &Program,
         build: &Build,
-    ) -> Result<(), BackendError> {
+    ) -> Result<usize, BackendError> {
         let vk = self.vk.clone();
         let d = &vk.device;
-        let initial = compiler.load_pipeline_cache(&vk.info);
+        let mut initial = pipeline_cache::load(compiler.cache(), &vk.info);
         let cache_info = vk::PipelineCacheCreateInfo::default().initial_data(&initial);
         // SAFETY: the initial data outlives the call; drivers check its header and
         // ignore data that is not theirs.
         let cache = match unsafe { d.create_pipeline_cache(&cache_info, None) } {
-            Ok(c) => {
-                compiler.pipeline_cache_bytes = initial.len();
-                c
+            Ok(c) => c,
+            Err(_) => {
+                initial.clear();
+                // SAFETY: as above, empty.
+                unsafe { d.create_pipeline_cache(&Default::default(), None) }
+                    .map_err(|e| vk_error("creating a pipeline cache", e, 0))?
             }
-            // SAFETY: as above, empty.
-            Err(_) => unsafe { d.create_pipeline_cache(&Default::default(), None) }
-                .map_err(|e| vk_error("creating a pipeline cache", e, 0))?,
         };
         let mut result = Ok(());
         for p in &program.pipelines {
@@ -195,12 +211,12 @@ impl Objects {
         if result.is_ok() {
             // SAFETY: the cache is valid and not used concurrently.
             if let Ok(data) = unsafe { d.get_pipeline_cache_data(cache) } {
-                compiler.save_pipeline_cache(&vk.info, &data);
+                pipeline_cache::save(compiler.cache(), &vk.info, &data);
             }
         }
         // SAFETY: no pipeline creation is in flight with this cache.
         unsafe { d.destroy_pipeline_cache(cache, None) };
-        result
+        result.map(|()| initial.len())
     }
 
     fn pipeline(
@@ -213,7 +229,7 @@ impl Objects {
         let vk = self.vk.clone();
         let d = &vk.device;
         let entry = std::ffi::CString::new(ENTRY).map_err(|_| driver("entry point name"))?;
-        let words = compiler.spirv(&p.name, &p.source)?;
+        let words = (compiler.spirv(&p.name, &p.source)).map_err(|e| e.for_backend(NAME))?;
         let info = vk::ShaderModuleCreateInfo::default().code(&words);
         // SAFETY: `words` is SPIR-V that naga validated and wrote (or our cache's copy of
         // it, magic number checked); it outlives the call.
@@ -260,20 +276,11 @@ impl Objects {
 
     fn descriptor_sets(&mut self, n: u32) -> Result<(), BackendError> {
         let d = &self.vk.device;
-        let sizes = [
-            vk::DescriptorPoolSize {
-                ty: vk::DescriptorType::UNIFORM_BUFFER_DYNAMIC,
-                descriptor_count: n,
-            },
-            vk::DescriptorPoolSize {
-                ty: vk::DescriptorType::STORAGE_BUFFER_DYNAMIC,
-                descriptor_count: n,
-            },
-            vk::DescriptorPoolSize {
-                ty: vk::DescriptorType::STORAGE_BUFFER,
-                descriptor_count: 3 * n,
-            },
-        ];
+        // A descriptor of each resource per set.
+        let sizes = Resource::ALL.map(|r| vk::DescriptorPoolSize {
+            ty: descriptor_type(r),
+            descriptor_count: n,
+        });
         let info = vk::DescriptorPoolCreateInfo::default()
             .max_sets(n)
             .pool_sizes(&sizes);

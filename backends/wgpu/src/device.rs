@@ -145,10 +145,16 @@ impl Gpu {
         Ok(buffer)
     }
 
-    /// Copy `len` bytes (a multiple of 4) at `offset` of `src` to the host.
-    pub fn read(&self, src: &wgpu::Buffer, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
+    /// Copy `out.len()` bytes (a multiple of 4) at `offset` of `src` to the host.
+    pub fn read(
+        &self,
+        src: &wgpu::Buffer,
+        offset: u64,
+        out: &mut [u8],
+    ) -> Result<(), BackendError> {
+        let len = out.len() as u64;
         if len == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let staging = self.buffer(
             "readback",
@@ -172,11 +178,14 @@ impl Gpu {
             Some(Err(e)) => return Err(driver(format!("mapping a readback buffer: {e}"))),
             None => return Err(driver("a readback buffer was never mapped")),
         }
-        let bytes = staging
-            .get_mapped_range(..)
-            .map_err(|e| driver(format!("mapping a readback buffer: {e}")))?
-            .to_vec();
+        let mapped = (staging.get_mapped_range(..))
+            .map_err(|e| driver(format!("mapping a readback buffer: {e}")))?;
+        let bytes = mapped
+            .get(..out.len())
+            .ok_or_else(|| driver("a short readback"))?;
+        out.copy_from_slice(bytes);
+        drop(mapped);
         staging.unmap();
-        Ok(bytes)
+        Ok(())
     }
 }
