@@ -88,6 +88,17 @@ fn split(n: u32) -> [u32; 2] {
     }
 }
 
+/// The subgroup size a device with subgroup size control should require of the kernels
+/// (whose workgroups are [`WG`] threads): `wanted`, else the largest it offers up to a
+/// workgroup (fewer partial sums per reduction), clamped to `sizes` (min, max); None when
+/// a workgroup cannot be whole subgroups of it within `max_subgroups` per workgroup.
+pub fn subgroup_size(sizes: (u32, u32), max_subgroups: u32, wanted: Option<u32>) -> Option<u32> {
+    let (min, max) = sizes;
+    let size = wanted.unwrap_or(max).clamp(min, max.min(WG));
+    (size.is_power_of_two() && WG.is_multiple_of(size) && WG / size <= max_subgroups)
+        .then_some(size)
+}
+
 impl Grid {
     /// Workgroups for a step of `n_tokens` tokens and `n_outputs` output rows; a zero
     /// means nothing to run.

@@ -11,8 +11,9 @@ use kiln_kernels_wgsl::run::Loaded;
 use kiln_kernels_wgsl::{Capabilities, Program};
 
 use crate::device::{NAME, Vk};
-use crate::loaded::{Build, VulkanPlan, subgroup_size};
+use crate::loaded::{Build, VulkanPlan};
 use crate::pipeline_cache::CacheStats;
+use kiln_kernels_wgsl::program::subgroup_size;
 
 /// How to open the backend. `Default`: a GPU only, subgroups where the device has them
 /// (the largest size it offers up to a workgroup), no disk cache, quiet.
@@ -81,9 +82,14 @@ impl VulkanBackend {
         let subgroups = options.subgroups && info.subgroup_size.is_some();
         let build = Build {
             subgroups,
-            subgroup_size: subgroups
-                .then(|| subgroup_size(info, options.subgroup_size))
-                .flatten(),
+            // Required where the device has size control.
+            subgroup_size: info.size_control.filter(|_| subgroups).and_then(|s| {
+                subgroup_size(
+                    (s.min, s.max),
+                    s.max_workgroup_subgroups,
+                    options.subgroup_size,
+                )
+            }),
             cache: options.cache,
             debug: options.debug,
         };

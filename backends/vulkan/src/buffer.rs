@@ -48,9 +48,9 @@ impl std::fmt::Debug for Buffer {
 
 impl Drop for Buffer {
     fn drop(&mut self) {
-        // SAFETY: the buffer and memory were created from this device; whoever drops a
-        // buffer has waited for the work that used it (Loaded and the backend wait for
-        // their fences or the device before dropping).
+        // SAFETY: the buffer and memory (or null, ignored) were created from this device;
+        // whoever drops a buffer has waited for the work that used it (Loaded and the
+        // backend wait for their fences or the device before dropping).
         unsafe {
             if self.mapped.is_some() {
                 self.vk.device.unmap_memory(self.memory);
@@ -95,65 +95,44 @@ impl Buffer {
         // SAFETY: the device is valid; the size is non-zero.
         let raw =
             unsafe { vk.device.create_buffer(&info, None) }.map_err(|e| oom("creating", e))?;
+        // From here on, an error drops the buffer, which destroys what exists (null
+        // memory is ignored by vkFreeMemory).
+        let mut buffer = Buffer {
+            vk: vk.clone(),
+            raw,
+            memory: vk::DeviceMemory::null(),
+            size,
+            mapped: None,
+        };
         // SAFETY: `raw` was just created from this device.
         let needs = unsafe { vk.device.get_buffer_memory_requirements(raw) };
-        let destroy = || {
-            // SAFETY: `raw` is unbound and unused.
-            unsafe { vk.device.destroy_buffer(raw, None) }
-        };
-        let Some(type_index) = vk.memory_type(needs.memory_type_bits, required, preferred) else {
-            destroy();
-            return Err(BackendError::Unsupported {
-                backend: NAME,
-                what: format!(
-                    "a memory type with flags {:#x} for {label}",
-                    required.as_raw()
-                ),
-            });
-        };
+        let type_index =
+            (vk.memory_type(needs.memory_type_bits, required, preferred)).ok_or_else(|| {
+                BackendError::Unsupported {
+                    backend: NAME,
+                    what: format!(
+                        "a memory type with flags {:#x} for {label}",
+                        required.as_raw()
+                    ),
+                }
+            })?;
         let alloc = vk::MemoryAllocateInfo::default()
             .allocation_size(needs.size)
             .memory_type_index(type_index);
         // SAFETY: the type index comes from this device's memory properties.
-        let memory = match unsafe { vk.device.allocate_memory(&alloc, None) } {
-            Ok(m) => m,
-            Err(e) => {
-                destroy();
-                return Err(oom("allocating", e));
-            }
-        };
-        let free = || {
-            destroy();
-            // SAFETY: the memory is unmapped and bound to nothing that lives.
-            unsafe { vk.device.free_memory(memory, None) };
-        };
+        buffer.memory =
+            unsafe { vk.device.allocate_memory(&alloc, None) }.map_err(|e| oom("allocating", e))?;
         // SAFETY: the memory was allocated for this buffer's requirements, at offset 0.
-        if let Err(e) = unsafe { vk.device.bind_buffer_memory(raw, memory, 0) } {
-            free();
-            return Err(oom("binding memory of", e));
-        }
-        let mapped = if kind == Kind::Device {
-            None
-        } else {
+        unsafe { vk.device.bind_buffer_memory(raw, buffer.memory, 0) }
+            .map_err(|e| oom("binding memory of", e))?;
+        if kind != Kind::Device {
+            let flags = vk::MemoryMapFlags::empty();
             // SAFETY: host-visible memory, mapped once for the buffer's life.
-            match unsafe {
-                vk.device
-                    .map_memory(memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty())
-            } {
-                Ok(p) => Some(Mapped(p.cast())),
-                Err(e) => {
-                    free();
-                    return Err(oom("mapping", e));
-                }
-            }
-        };
-        Ok(Buffer {
-            vk: vk.clone(),
-            raw,
-            memory,
-            size,
-            mapped,
-        })
+            let p = unsafe { (vk.device).map_memory(buffer.memory, 0, vk::WHOLE_SIZE, flags) }
+                .map_err(|e| oom("mapping", e))?;
+            buffer.mapped = Some(Mapped(p.cast()));
+        }
+        Ok(buffer)
     }
 
     fn check(&self, offset: u64, len: usize) -> Result<Mapped, BackendError> {

@@ -19,11 +19,9 @@ use kiln_kernels_wgsl::run::{Device, STEP_BYTES};
 use kiln_kernels_wgsl::{Program, Resource, weights};
 
 use crate::buffer::{Buffer, Kind, Uploader};
-use crate::device::{DeviceInfo, NAME, Vk, vk_error};
+use crate::device::{NAME, Vk, vk_error};
 use crate::objects::Objects;
 use crate::pipeline_cache::CacheStats;
-
-const WORKGROUP: u32 = 64;
 
 /// How the kernels are built on this device.
 #[derive(Clone, Debug)]
@@ -35,19 +33,6 @@ pub(crate) struct Build {
     pub cache: Cache,
     /// Print each kernel built and each recorded dispatch.
     pub debug: bool,
-}
-
-/// The subgroup size to require: `wanted`, else the largest the device offers up to a
-/// workgroup (fewer partial sums per reduction). None without size control.
-pub(crate) fn subgroup_size(info: &DeviceInfo, wanted: Option<u32>) -> Option<u32> {
-    let sc = info.size_control?;
-    let size = wanted
-        .unwrap_or(sc.max)
-        .clamp(sc.min, sc.max.min(WORKGROUP));
-    (size.is_power_of_two()
-        && WORKGROUP.is_multiple_of(size)
-        && WORKGROUP / size <= sc.max_workgroup_subgroups)
-        .then_some(size)
 }
 
 pub(crate) struct VulkanPlan {
@@ -67,12 +52,6 @@ pub(crate) struct VulkanPlan {
     step: Buffer,
     step_host: Buffer,
     readback: Buffer,
-}
-
-impl std::fmt::Debug for VulkanPlan {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "VulkanPlan({} weights buffers)", self.weights.len())
-    }
 }
 
 impl VulkanPlan {
@@ -212,10 +191,10 @@ impl VulkanPlan {
             .dst_access_mask(vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE)];
         let out_bytes = program.output.bytes_in(list.shape);
         let stamp = |query: u32| {
-            if let Some(t) = &o.timer {
+            if let Some(pool) = o.timer {
                 let stage = vk::PipelineStageFlags::BOTTOM_OF_PIPE;
                 // SAFETY: `cb` is recording; the pool holds two queries per launch.
-                unsafe { d.cmd_write_timestamp(cb, stage, t.pool, query) };
+                unsafe { d.cmd_write_timestamp(cb, stage, pool, query) };
             }
         };
         // SAFETY: `cb` is freshly allocated from this device's pool; every handle recorded
@@ -226,8 +205,8 @@ impl VulkanPlan {
         unsafe {
             d.begin_command_buffer(cb, &vk::CommandBufferBeginInfo::default())
                 .map_err(|e| vk_error("recording a step", e, 0))?;
-            if let Some(t) = &o.timer {
-                d.cmd_reset_query_pool(cb, t.pool, 0, program.timestamp_queries());
+            if let Some(pool) = o.timer {
+                d.cmd_reset_query_pool(cb, pool, 0, program.timestamp_queries());
             }
             let mut bound = None;
             for launch in list.launches() {
@@ -357,9 +336,7 @@ impl Device for VulkanPlan {
     }
 
     fn timestamps(&mut self, queries: u32) -> Result<Option<Timestamps>, BackendError> {
-        let Some((pool, period_ns, valid_bits)) =
-            (self.objects.timer.as_ref()).map(|t| (t.pool, t.period, t.valid_bits))
-        else {
+        let Some(pool) = self.objects.timer else {
             return Ok(None);
         };
         self.wait()?;
@@ -377,8 +354,8 @@ impl Device for VulkanPlan {
         .map_err(|e| vk_error("reading timestamps", e, 0))?;
         Ok(Some(Timestamps {
             ticks,
-            period_ns,
-            valid_bits,
+            period_ns: f64::from(self.vk.info.limits.timestamp_period),
+            valid_bits: self.vk.info.timestamp_bits,
         }))
     }
 

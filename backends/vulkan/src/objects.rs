@@ -28,15 +28,6 @@ pub(crate) fn descriptor_type(r: Resource) -> vk::DescriptorType {
     }
 }
 
-/// Timestamp queries, two per launch.
-pub(crate) struct Timer {
-    pub pool: vk::QueryPool,
-    /// Nanoseconds per tick.
-    pub period: f64,
-    /// Valid bits of a timestamp.
-    pub valid_bits: u32,
-}
-
 /// Everything a loaded plan owns on the device besides its buffers. Null handles (what
 /// was not created yet) are ignored by the destroy calls.
 pub(crate) struct Objects {
@@ -55,7 +46,9 @@ pub(crate) struct Objects {
     /// Re-recorded every step: the step buffer's copy.
     pub upload_cb: vk::CommandBuffer,
     pub fence: vk::Fence,
-    pub timer: Option<Timer>,
+    /// Timestamp queries, two per launch (the queue's period and valid bits are in
+    /// `DeviceInfo`).
+    pub timer: Option<vk::QueryPool>,
 }
 
 impl Drop for Objects {
@@ -68,8 +61,8 @@ impl Drop for Objects {
         unsafe {
             d.destroy_command_pool(self.commands, None);
             d.destroy_fence(self.fence, None);
-            if let Some(t) = &self.timer {
-                d.destroy_query_pool(t.pool, None);
+            if let Some(pool) = self.timer {
+                d.destroy_query_pool(pool, None);
             }
             for &p in &self.pipelines {
                 d.destroy_pipeline(p, None);
@@ -121,12 +114,7 @@ impl Objects {
         o.commands = unsafe { vk.device.create_command_pool(&info, None) }
             .map_err(|e| vk_error("creating a command pool", e, 0))?;
         o.upload_cb = o.command_buffer()?;
-        // SAFETY: the device is valid.
-        o.fence = unsafe {
-            vk.device
-                .create_fence(&vk::FenceCreateInfo::default(), None)
-        }
-        .map_err(|e| vk_error("creating a fence", e, 0))?;
+        o.fence = vk.fence()?;
         o.timer(program.timestamp_queries())?;
         let spirv = compiler.stats();
         let stats = CacheStats {
@@ -139,14 +127,8 @@ impl Objects {
 
     /// A primary command buffer from the pool.
     pub(crate) fn command_buffer(&self) -> Result<vk::CommandBuffer, BackendError> {
-        let alloc = vk::CommandBufferAllocateInfo::default()
-            .command_pool(self.commands)
-            .level(vk::CommandBufferLevel::PRIMARY)
-            .command_buffer_count(1);
-        // SAFETY: the pool belongs to this device and is used from one thread (the
-        // Loaded's owner).
-        Ok(unsafe { self.vk.device.allocate_command_buffers(&alloc) }
-            .map_err(|e| vk_error("allocating a command buffer", e, 0))?[0])
+        // The pool is used from one thread (the plan's owner).
+        self.vk.command_buffer(self.commands)
     }
 
     /// Give command buffers of the pool back. They must not be pending.
@@ -309,11 +291,7 @@ impl Objects {
         // SAFETY: the device is valid.
         let pool = unsafe { self.vk.device.create_query_pool(&info, None) }
             .map_err(|e| vk_error("creating a query pool", e, 0))?;
-        self.timer = Some(Timer {
-            pool,
-            period: f64::from(self.vk.info.limits.timestamp_period),
-            valid_bits: bits,
-        });
+        self.timer = Some(pool);
         Ok(())
     }
 }

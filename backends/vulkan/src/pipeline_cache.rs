@@ -30,19 +30,24 @@ fn file(info: &DeviceInfo) -> String {
 /// The saved pipeline cache of this device, when its header says it is this device's
 /// (empty otherwise).
 pub(crate) fn load(cache: &DiskCache, info: &DeviceInfo) -> Vec<u8> {
+    let id = (info.vendor_id, info.device_id, &info.pipeline_cache_uuid);
     (cache.read(&file(info), 0))
-        .filter(|data| header_ok(data, info))
+        .filter(|data| header_ok(data, id))
         .unwrap_or_default()
 }
 
 pub(crate) fn save(cache: &DiskCache, info: &DeviceInfo, data: &[u8]) {
-    if header_ok(data, info) {
+    if header_ok(
+        data,
+        (info.vendor_id, info.device_id, &info.pipeline_cache_uuid),
+    ) {
         cache.write(&file(info), 0, data);
     }
 }
 
-/// The `VkPipelineCacheHeaderVersionOne` of `data` names this device.
-fn header_ok(data: &[u8], info: &DeviceInfo) -> bool {
+/// The `VkPipelineCacheHeaderVersionOne` of `data` names this device (vendor, device,
+/// pipeline cache UUID).
+fn header_ok(data: &[u8], (vendor, device, uuid): (u32, u32, &[u8; 16])) -> bool {
     let word = |i: usize| {
         data.get(4 * i..4 * i + 4)
             .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
@@ -51,9 +56,9 @@ fn header_ok(data: &[u8], info: &DeviceInfo) -> bool {
     header_len >= 32
         && data.len() >= header_len
         && word(1) == Some(1)
-        && word(2) == Some(info.vendor_id)
-        && word(3) == Some(info.device_id)
-        && data.get(16..32) == Some(&info.pipeline_cache_uuid[..])
+        && word(2) == Some(vendor)
+        && word(3) == Some(device)
+        && data.get(16..32) == Some(&uuid[..])
 }
 
 #[cfg(test)]
@@ -62,18 +67,18 @@ mod tests {
 
     #[test]
     fn pipeline_cache_headers_are_checked() {
-        let info = crate::device::tests::fake_info();
+        let id: (u32, u32, &[u8; 16]) = (0x10005, 7, &[7; 16]);
         let mut data = vec![0u8; 48];
         data[0..4].copy_from_slice(&32u32.to_le_bytes());
         data[4..8].copy_from_slice(&1u32.to_le_bytes());
-        data[8..12].copy_from_slice(&info.vendor_id.to_le_bytes());
-        data[12..16].copy_from_slice(&info.device_id.to_le_bytes());
-        data[16..32].copy_from_slice(&info.pipeline_cache_uuid);
-        assert!(header_ok(&data, &info));
+        data[8..12].copy_from_slice(&id.0.to_le_bytes());
+        data[12..16].copy_from_slice(&id.1.to_le_bytes());
+        data[16..32].copy_from_slice(id.2);
+        assert!(header_ok(&data, id));
         let mut other = data.clone();
         other[16] ^= 1;
-        assert!(!header_ok(&other, &info));
-        assert!(!header_ok(&data[..20], &info));
-        assert!(!header_ok(b"garbage", &info));
+        assert!(!header_ok(&other, id));
+        assert!(!header_ok(&data[..20], id));
+        assert!(!header_ok(b"garbage", id));
     }
 }

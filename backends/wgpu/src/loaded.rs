@@ -21,7 +21,6 @@ use kiln_kernels_wgsl::{Program, Resource, weights};
 use crate::device::{Gpu, NAME};
 
 /// Timestamp queries around every launch, resolved into a buffer read on demand.
-#[derive(Debug)]
 struct Timer {
     queries: wgpu::QuerySet,
     resolved: wgpu::Buffer,
@@ -32,7 +31,6 @@ struct Timer {
     inside_passes: bool,
 }
 
-#[derive(Debug)]
 pub(crate) struct WgpuPlan {
     gpu: Arc<Gpu>,
     pipelines: Vec<wgpu::ComputePipeline>,
