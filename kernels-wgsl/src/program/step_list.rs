@@ -122,3 +122,62 @@ impl super::Dispatch {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::program::{Dispatch, Grid};
+    use kiln_ir::graph::Rows;
+
+    #[test]
+    fn launches_slice_the_runs_and_name_their_queries() {
+        let run = |dispatch| Run {
+            dispatch,
+            pipeline: 0,
+            weights_buffer: 0,
+            params_offset: 0,
+            weights_offset: 0,
+            workgroups: [1, 1, 1],
+        };
+        let list = StepList {
+            shape: StepShape {
+                tokens: 3,
+                outputs: 1,
+            },
+            runs: vec![run(0), run(1), run(3)],
+            // Launch 1 has no work in this step.
+            launch_ends: vec![2, 2, 3],
+        };
+        let launches: Vec<_> = list.launches().collect();
+        assert_eq!(launches.len(), 3);
+        assert_eq!(launches[0].queries, [0, 1]);
+        assert_eq!(launches[0].runs, &list.runs[..2]);
+        assert!(launches[1].runs.is_empty());
+        assert_eq!(launches[2].queries, [4, 5]);
+        assert_eq!(launches[2].runs[0].dispatch, 3);
+    }
+
+    #[test]
+    fn a_dispatch_binds_its_windows_and_whole_buffers() {
+        let d = Dispatch {
+            pipeline: 0,
+            resources: vec![Resource::Params, Resource::Arena, Resource::Weights],
+            params_offset: 512,
+            params_size: 48,
+            weights_buffer: 1,
+            weights_base: 1 << 30,
+            weights_offset: 4096,
+            weights_window: 1 << 20,
+            grid: Grid::PerRow { rows: Rows::Tokens },
+        };
+        let b: Vec<_> = d.bindings().collect();
+        assert_eq!(
+            b,
+            [
+                (Resource::Params, 512, Some(48)),
+                (Resource::Arena, 0, None),
+                (Resource::Weights, 4096, Some(1 << 20)),
+            ]
+        );
+    }
+}
