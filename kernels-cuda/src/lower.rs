@@ -8,7 +8,7 @@
 
 use kiln_ir::graph::{Graph, Rows};
 use kiln_ir::kv_layout::KvLayout;
-use kiln_ir::{AttentionParams, Op, Plan, RopeMode, WeightId};
+use kiln_ir::{AttentionParams, Op, Plan, WeightId};
 
 use crate::args::{
     BinaryArgs, ConstPtr, EmbedArgs, KernelArgs, KvArgs, MatmulArgs, RmsNormArgs, RopeArgs,
@@ -156,7 +156,7 @@ pub fn rows_sel(rows: Rows) -> u32 {
 /// trait's `supports`: unfused ops stay when a fused one is refused): a kernel for the
 /// op, matrices of a type with a `.cuh` and of whole units of 8 columns (an embedding of
 /// plain floats may end inside one) and under 4 GiB each, gate and up of one type,
-/// normal RoPE, attention without a window or a second KV group.
+/// attention without a window or a second KV group.
 pub fn supports(op: &Op, graph: &Graph) -> bool {
     let embed = matches!(op, Op::Embed { .. });
     let matrices_ok = op.matrices().iter().all(|&w| {
@@ -167,9 +167,7 @@ pub fn supports(op: &Op, graph: &Graph) -> bool {
         })
     });
     let dtype = |w: &WeightId| graph.weight(*w).map(|w| w.dtype);
-    let rope_ok = op.rope().is_none_or(|r| r.mode == RopeMode::Normal);
     matrices_ok
-        && rope_ok
         && match op {
             Op::Embed { .. }
             | Op::RmsNorm { .. }
@@ -179,7 +177,12 @@ pub fn supports(op: &Op, graph: &Graph) -> bool {
             | Op::Add
             | Op::SwiGlu
             | Op::SelectRows
-            | Op::Rope { .. } => true,
+            | Op::Rope { .. }
+            | Op::AddBias { .. }
+            | Op::HeadRmsNorm { .. }
+            | Op::Scale { .. }
+            | Op::GeGlu
+            | Op::RmsNormAdd { .. } => true,
             Op::MatMulSwiGlu { gate, up } | Op::RmsNormMatMulSwiGlu { gate, up, .. } => {
                 dtype(gate) == dtype(up)
             }

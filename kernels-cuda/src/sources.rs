@@ -35,6 +35,10 @@ pub const FILES: &[(&str, &str)] = &[
     ("kv_store.cuh", include_str!("cuda/kv_store.cuh")),
     // One file per op, named like the op (kiln_ir::Op::name) and its WGSL twin.
     ("embed.cu", include_str!("cuda/embed.cu")),
+    (
+        "rmsnorm_common.cuh",
+        include_str!("cuda/rmsnorm_common.cuh"),
+    ),
     ("rmsnorm.cu", include_str!("cuda/rmsnorm.cu")),
     ("matmul.cu", include_str!("cuda/matmul.cu")),
     ("matmul_add.cu", include_str!("cuda/matmul_add.cu")),
@@ -63,6 +67,12 @@ pub const FILES: &[(&str, &str)] = &[
         "attention_prefill.cu",
         include_str!("cuda/attention_prefill.cu"),
     ),
+    // The families' ops besides Llama's.
+    ("add_bias.cu", include_str!("cuda/add_bias.cu")),
+    ("head_rmsnorm.cu", include_str!("cuda/head_rmsnorm.cu")),
+    ("scale.cu", include_str!("cuda/scale.cu")),
+    ("geglu.cu", include_str!("cuda/geglu.cu")),
+    ("rmsnorm_add.cu", include_str!("cuda/rmsnorm_add.cu")),
     // Not an op of the plan: the greedy LM head (Backend::read_argmax).
     ("argmax.cu", include_str!("cuda/argmax.cu")),
 ];
@@ -93,13 +103,15 @@ pub const KV_DTYPES: [KvDtype; 2] = [KvDtype::F8E4M3, KvDtype::F16];
 pub fn args_decl(k: Kernel) -> String {
     match k {
         Kernel::Embed => EmbedArgs::c_decl(),
-        Kernel::RmsNorm => RmsNormArgs::c_decl(),
+        Kernel::RmsNorm | Kernel::HeadRmsNorm | Kernel::RmsNormAdd => RmsNormArgs::c_decl(),
         Kernel::MatMul
         | Kernel::MatMulAdd
         | Kernel::MatMulSwiGlu
         | Kernel::RmsNormMatMul
         | Kernel::RmsNormMatMulSwiGlu => MatmulArgs::c_decl(),
-        Kernel::Add | Kernel::SwiGlu => BinaryArgs::c_decl(),
+        Kernel::Add | Kernel::SwiGlu | Kernel::AddBias | Kernel::Scale | Kernel::GeGlu => {
+            BinaryArgs::c_decl()
+        }
         Kernel::SelectRows => SelectRowsArgs::c_decl(),
         Kernel::Rope => RopeArgs::c_decl(),
         Kernel::KvWrite | Kernel::RopeKvWrite | Kernel::Attention => KvArgs::c_decl(),

@@ -26,6 +26,13 @@ pub enum Kernel {
     KvWrite,
     RopeKvWrite,
     Attention,
+    // Ops of the families besides Llama's (Qwen 2's biases, Qwen 3's and Gemma 3's
+    // QK-norm, Gemma 3's embedding scale, GeGLU and post-norms).
+    AddBias,
+    HeadRmsNorm,
+    Scale,
+    GeGlu,
+    RmsNormAdd,
     /// The decode matvec of packed weights (matvec.rs; its own module per weight type).
     Matvec,
     /// The q8_1 activation quantizer the matvec reads (matvec.rs).
@@ -33,7 +40,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 16] = [
+    pub const ALL: [Kernel; 21] = [
         Kernel::Embed,
         Kernel::RmsNorm,
         Kernel::MatMul,
@@ -48,6 +55,11 @@ impl Kernel {
         Kernel::KvWrite,
         Kernel::RopeKvWrite,
         Kernel::Attention,
+        Kernel::AddBias,
+        Kernel::HeadRmsNorm,
+        Kernel::Scale,
+        Kernel::GeGlu,
+        Kernel::RmsNormAdd,
         Kernel::Matvec,
         Kernel::Quantize,
     ];
@@ -69,6 +81,11 @@ impl Kernel {
             Kernel::KvWrite => "kv_write",
             Kernel::RopeKvWrite => "rope_kv_write",
             Kernel::Attention => "attention",
+            Kernel::AddBias => "add_bias",
+            Kernel::HeadRmsNorm => "head_rmsnorm",
+            Kernel::Scale => "scale",
+            Kernel::GeGlu => "geglu",
+            Kernel::RmsNormAdd => "rmsnorm_add",
             Kernel::Matvec => "matvec",
             Kernel::Quantize => "quantize_q8_1",
         }
