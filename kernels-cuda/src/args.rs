@@ -309,7 +309,8 @@ crate::kernel_args! {
         rope: u32,
         /// Splits of the decode launch this combine merges (set per step).
         splits: u32,
-        pad: u32,
+        /// Sliding window: attend to positions > pos - window; 0: every position.
+        window: u32,
     }
 }
 

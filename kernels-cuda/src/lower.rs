@@ -156,7 +156,7 @@ pub fn rows_sel(rows: Rows) -> u32 {
 /// trait's `supports`: unfused ops stay when a fused one is refused): a kernel for the
 /// op, matrices of a type with a `.cuh` and of whole units of 8 columns (an embedding of
 /// plain floats may end inside one) and under 4 GiB each, gate and up of one type,
-/// attention without a window or a second KV group.
+/// attention heads of at most 256 values.
 pub fn supports(op: &Op, graph: &Graph) -> bool {
     let embed = matches!(op, Op::Embed { .. });
     let matrices_ok = op.matrices().iter().all(|&w| {
@@ -198,8 +198,6 @@ fn attention_ok(a: &AttentionParams) -> bool {
         && a.head_dim <= 256
         && a.n_kv_heads > 0
         && a.n_heads.is_multiple_of(a.n_kv_heads)
-        && a.window.is_none()
-        && a.kv_group == 0
         && a.scale.is_finite()
 }
 

@@ -264,7 +264,7 @@ impl Lowerer<'_> {
             kv_group: a.kv_group as u32,
             rope: rope.map_or(0, |r| self.rope_index(r)),
             splits: 1,
-            pad: 0,
+            window: word(a.window),
         })
     }
 
