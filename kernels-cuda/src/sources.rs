@@ -28,6 +28,15 @@ pub const FILES: &[(&str, &str)] = &[
     ("weights/q4_0.cuh", include_str!("cuda/weights/q4_0.cuh")),
     ("weights/q4_1.cuh", include_str!("cuda/weights/q4_1.cuh")),
     ("weights/q8_0.cuh", include_str!("cuda/weights/q8_0.cuh")),
+    (
+        "weights/k_common.cuh",
+        include_str!("cuda/weights/k_common.cuh"),
+    ),
+    ("weights/q5_0.cuh", include_str!("cuda/weights/q5_0.cuh")),
+    ("weights/q5_1.cuh", include_str!("cuda/weights/q5_1.cuh")),
+    ("weights/q4_k.cuh", include_str!("cuda/weights/q4_k.cuh")),
+    ("weights/q5_k.cuh", include_str!("cuda/weights/q5_k.cuh")),
+    ("weights/q6_k.cuh", include_str!("cuda/weights/q6_k.cuh")),
     ("matmul_core.cuh", include_str!("cuda/matmul_core.cuh")),
     ("matmul_mma.cu", include_str!("cuda/matmul_mma.cu")),
     ("rope_common.cuh", include_str!("cuda/rope_common.cuh")),
@@ -87,13 +96,18 @@ pub fn file(name: &str) -> Option<&'static str> {
 }
 
 /// The weight types the CUDA kernels read (a `weights/<dtype>.cuh` each).
-pub const WEIGHT_DTYPES: [DType; 6] = [
+pub const WEIGHT_DTYPES: [DType; 11] = [
     DType::F32,
     DType::F16,
     DType::BF16,
     DType::Q4_0,
     DType::Q4_1,
     DType::Q8_0,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
 ];
 
 /// The KV cache types.

@@ -222,11 +222,15 @@ impl Variant {
     }
 
     /// Whether the variant has the tensor-core matmul [`Entry::Mma`]: the matmuls of
-    /// quantized weights (weights/<dtype>.cuh: MM_TENSOR_CORES). F32, F16 and BF16
-    /// weights keep exact f32 products: f16 operands would round what their matmuls do
-    /// not.
+    /// quantized weights in blocks of 32 (weights/<dtype>.cuh: MM_TENSOR_CORES; a unit
+    /// of a K-quant's super-block spans more than the kernel's 32-column slice). F32,
+    /// F16 and BF16 weights keep exact f32 products: f16 operands would round what their
+    /// matmuls do not.
     pub fn has_tensor_cores(&self) -> bool {
-        self.kernel.is_matmul() && self.weight.is_some_and(|w| w.is_quantized())
+        self.kernel.is_matmul()
+            && self
+                .weight
+                .is_some_and(|w| w.is_quantized() && w.block_len() == 32)
     }
 
     /// Whether the variant reads its weight in the packed layout (crate::repack): the
