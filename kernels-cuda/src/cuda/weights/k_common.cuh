@@ -19,14 +19,18 @@ __device__ __forceinline__ f32x4 bits4(unsigned int b) {
 // Q4_K and Q5_K: sub-block j's 6-bit (scale, minimum) from the 12 packed bytes at `at`
 // (ggml's get_scale_min_k4): j < 4 in the low 6 bits of bytes j and j + 4; j >= 4 in
 // the nibbles of byte j + 4, with their top 2 bits in bytes j - 4 and j.
-__device__ __forceinline__ float2 k_scale_min(const unsigned char* __restrict__ w, unsigned int at, unsigned int j) {
+struct ScaleMin {
+    float sc, m;
+};
+
+__device__ __forceinline__ ScaleMin k_scale_min(const unsigned char* __restrict__ w, unsigned int at, unsigned int j) {
     if (j < 4u) {
-        return make_float2((float)(byte_at(w, at + j) & 63u), (float)(byte_at(w, at + j + 4u) & 63u));
+        return ScaleMin{(float)(byte_at(w, at + j) & 63u), (float)(byte_at(w, at + j + 4u) & 63u)};
     }
     unsigned int b = byte_at(w, at + j + 4u);
     unsigned int sc = (b & 15u) | ((byte_at(w, at + j - 4u) >> 6) << 4);
     unsigned int m = (b >> 4) | ((byte_at(w, at + j) >> 6) << 4);
-    return make_float2((float)sc, (float)m);
+    return ScaleMin{(float)sc, (float)m};
 }
 
 // a·x + b on four values.

@@ -20,8 +20,8 @@ __device__ __forceinline__ W8 w_unit(const unsigned char* __restrict__ w, unsign
     float d = f16_lo(dm);
     float dmin = f16_hi(dm);
     unsigned int j = 2u * (wd / 8u);
-    float2 s0 = k_scale_min(w, blk + 4u, j);
-    float2 s1 = k_scale_min(w, blk + 4u, j + 1u);
+    ScaleMin s0 = k_scale_min(w, blk + 4u, j);
+    ScaleMin s1 = k_scale_min(w, blk + 4u, j + 1u);
     unsigned int q = load_word(w, blk + 16u + 4u * wd);
-    return W8{axpb4(d * s0.x, lo_nibbles(q), -dmin * s0.y), axpb4(d * s1.x, hi_nibbles(q), -dmin * s1.y)};
+    return W8{axpb4(d * s0.sc, lo_nibbles(q), -dmin * s0.m), axpb4(d * s1.sc, hi_nibbles(q), -dmin * s1.m)};
 }

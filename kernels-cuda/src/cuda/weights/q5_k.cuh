@@ -19,8 +19,8 @@ __device__ __forceinline__ W8 w_unit(const unsigned char* __restrict__ w, unsign
     float d = f16_lo(dm);
     float dmin = f16_hi(dm);
     unsigned int c = wd / 8u;
-    float2 s0 = k_scale_min(w, blk + 4u, 2u * c);
-    float2 s1 = k_scale_min(w, blk + 4u, 2u * c + 1u);
+    ScaleMin s0 = k_scale_min(w, blk + 4u, 2u * c);
+    ScaleMin s1 = k_scale_min(w, blk + 4u, 2u * c + 1u);
     unsigned int qh = load_word(w, blk + 16u + 4u * (wd % 8u));
     unsigned int q = load_word(w, blk + 48u + 4u * wd);
     // Bit 0 of each byte of qh >> s: the fifth bits of four values.
@@ -28,5 +28,5 @@ __device__ __forceinline__ W8 w_unit(const unsigned char* __restrict__ w, unsign
     f32x4 h_hi = lo_nibbles((qh >> (2u * c + 1u)) & 0x01010101u);
     f32x4 q_lo = add4(lo_nibbles(q), axpb4(16.0f, h_lo, 0.0f));
     f32x4 q_hi = add4(hi_nibbles(q), axpb4(16.0f, h_hi, 0.0f));
-    return W8{axpb4(d * s0.x, q_lo, -dmin * s0.y), axpb4(d * s1.x, q_hi, -dmin * s1.y)};
+    return W8{axpb4(d * s0.sc, q_lo, -dmin * s0.m), axpb4(d * s1.sc, q_hi, -dmin * s1.m)};
 }
