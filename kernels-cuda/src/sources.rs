@@ -80,7 +80,13 @@ pub const FILES: &[(&str, &str)] = &[
     ("add_bias.cu", include_str!("cuda/add_bias.cu")),
     ("head_rmsnorm.cu", include_str!("cuda/head_rmsnorm.cu")),
     ("scale.cu", include_str!("cuda/scale.cu")),
+    ("gelu.cuh", include_str!("cuda/gelu.cuh")),
     ("geglu.cu", include_str!("cuda/geglu.cu")),
+    ("matmul_geglu.cu", include_str!("cuda/matmul_geglu.cu")),
+    (
+        "rmsnorm_matmul_geglu.cu",
+        include_str!("cuda/rmsnorm_matmul_geglu.cu"),
+    ),
     ("rmsnorm_add.cu", include_str!("cuda/rmsnorm_add.cu")),
     // Not an op of the plan: the greedy LM head (Backend::read_argmax).
     ("argmax.cu", include_str!("cuda/argmax.cu")),
@@ -122,7 +128,9 @@ pub fn args_decl(k: Kernel) -> String {
         | Kernel::MatMulAdd
         | Kernel::MatMulSwiGlu
         | Kernel::RmsNormMatMul
-        | Kernel::RmsNormMatMulSwiGlu => MatmulArgs::c_decl(),
+        | Kernel::RmsNormMatMulSwiGlu
+        | Kernel::MatMulGeGlu
+        | Kernel::RmsNormMatMulGeGlu => MatmulArgs::c_decl(),
         Kernel::Add | Kernel::SwiGlu | Kernel::AddBias | Kernel::Scale | Kernel::GeGlu => {
             BinaryArgs::c_decl()
         }

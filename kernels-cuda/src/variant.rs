@@ -19,6 +19,8 @@ pub enum Kernel {
     MatMulSwiGlu,
     RmsNormMatMul,
     RmsNormMatMulSwiGlu,
+    MatMulGeGlu,
+    RmsNormMatMulGeGlu,
     Add,
     SwiGlu,
     SelectRows,
@@ -40,7 +42,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 21] = [
+    pub const ALL: [Kernel; 23] = [
         Kernel::Embed,
         Kernel::RmsNorm,
         Kernel::MatMul,
@@ -48,6 +50,8 @@ impl Kernel {
         Kernel::MatMulSwiGlu,
         Kernel::RmsNormMatMul,
         Kernel::RmsNormMatMulSwiGlu,
+        Kernel::MatMulGeGlu,
+        Kernel::RmsNormMatMulGeGlu,
         Kernel::Add,
         Kernel::SwiGlu,
         Kernel::SelectRows,
@@ -74,6 +78,8 @@ impl Kernel {
             Kernel::MatMulSwiGlu => "matmul_swiglu",
             Kernel::RmsNormMatMul => "rmsnorm_matmul",
             Kernel::RmsNormMatMulSwiGlu => "rmsnorm_matmul_swiglu",
+            Kernel::MatMulGeGlu => "matmul_geglu",
+            Kernel::RmsNormMatMulGeGlu => "rmsnorm_matmul_geglu",
             Kernel::Add => "add",
             Kernel::SwiGlu => "swiglu",
             Kernel::SelectRows => "select_rows",
@@ -108,6 +114,8 @@ impl Kernel {
                 | Kernel::MatMulSwiGlu
                 | Kernel::RmsNormMatMul
                 | Kernel::RmsNormMatMulSwiGlu
+                | Kernel::MatMulGeGlu
+                | Kernel::RmsNormMatMulGeGlu
         )
     }
 

@@ -125,6 +125,13 @@ impl Lowerer<'_> {
     ) -> Result<Vec<Call>, LowerError> {
         let mut calls = Vec::new();
         let packed = |l: &Self, w| repack::is_packed(l.matrix(w).0);
+        let geglu = matches!(kernel, Kernel::MatMulGeGlu | Kernel::RmsNormMatMulGeGlu);
+        if geglu && outs.iter().any(|o| packed(self, o.0)) {
+            return Err(unsupported(format!(
+                "{}: the dp4a matvecs have no GeGLU epilogue",
+                kernel.stem()
+            )));
+        }
         if let Some(&(w, _, out)) = outs.iter().find(|o| packed(self, o.0)) {
             calls.push(self.quantize(x, out, self.matrix(w).2, norm));
         }
@@ -354,6 +361,20 @@ impl Lowerer<'_> {
                 let outs = [(*gate, Some(*up), out)];
                 let norm = Some((*norm, *eps));
                 self.matmul(Kernel::RmsNormMatMulSwiGlu, ins[0], &outs, None, norm)?
+            }
+            Op::MatMulGeGlu { gate, up } => {
+                let outs = [(*gate, Some(*up), out)];
+                self.matmul(Kernel::MatMulGeGlu, ins[0], &outs, None, None)?
+            }
+            Op::RmsNormMatMulGeGlu {
+                norm,
+                eps,
+                gate,
+                up,
+            } => {
+                let outs = [(*gate, Some(*up), out)];
+                let norm = Some((*norm, *eps));
+                self.matmul(Kernel::RmsNormMatMulGeGlu, ins[0], &outs, None, norm)?
             }
             Op::MatMulAdd { weight } => {
                 let outs = [(*weight, None, out)];
