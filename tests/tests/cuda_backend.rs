@@ -40,12 +40,14 @@ fn with_backend(body: fn(CudaBackend) -> Outcome) -> Outcome {
 }
 
 /// Logits of a step against the oracle's: normalized squared error and largest difference
-/// relative to the largest logit, per KV type. Not yet measured on a GPU: the WGSL limits
-/// with room for the tensor-core prefill, which rounds activations and weights to f16.
+/// relative to the largest logit, per KV type. Not yet measured on a GPU; the same
+/// kernels on the CPU emulator measure 5.0e-3 / 3.5e-2 (F16 KV) and 1.3e-2 / 6.7e-2 (FP8)
+/// on SmolLM2, the q8_1 activations of the dp4a matvecs costing that much (the CPU
+/// backend's int8 activations 1.8e-3 / 3.5e-2): tests/tests/cuda_emu.rs's limits, 2× over.
 fn limits(kv: KvDtype) -> (f64, f64) {
     match kv {
-        KvDtype::F16 => (1e-3, 2e-2),
-        KvDtype::F8E4M3 => (2e-2, 0.1),
+        KvDtype::F16 => (1e-2, 7e-2),
+        KvDtype::F8E4M3 => (3e-2, 0.15),
     }
 }
 

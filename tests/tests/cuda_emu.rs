@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use kiln_backend_cuda_emu::{EmuBackend, EmuOptions};
 use kiln_backends::Ci;
 use kiln_engine::kv::KvDtype;
+use kiln_engine::model::Model;
 use kiln_engine::sampler::argmax;
 use kiln_ir::DType;
 use kiln_ir::backend::Backend;
@@ -18,8 +19,8 @@ use kiln_ir::kv_layout::KvDtype as KvCacheDtype;
 use kiln_testkit::{fail, pass, test};
 use kiln_tests::conformance::{AttentionSpec, Case, attention_case, matmul_term_case, run_case};
 use kiln_tests::cpu::load;
-use kiln_tests::device::{Greedy, greedy_matches_cpu};
-use kiln_tests::{Outcome, on_device};
+use kiln_tests::device::{Greedy, families_match_the_oracle, greedy_matches_cpu};
+use kiln_tests::{Outcome, gemma_device, gemma_model, on_device};
 
 fn main() -> ExitCode {
     kiln_testkit::run(vec![
@@ -27,6 +28,12 @@ fn main() -> ExitCode {
             "greedy_on_the_reference_model_matches_the_cpu_backend",
             || with_backend(greedy_on_the_reference_model_matches_the_cpu_backend),
         ),
+        test("the_families_match_the_oracle", || {
+            with_backend(the_families_match_the_oracle)
+        }),
+        test("gemma3_greedy_matches_llama_cpp", || {
+            with_backend(gemma3_greedy_matches_llama_cpp)
+        }),
         test("argmax_on_the_device_matches_the_host", || {
             with_backend(argmax_on_the_device_matches_the_host)
         }),
@@ -81,6 +88,33 @@ fn greedy_on_the_reference_model_matches_the_cpu_backend(_: EmuBackend) -> Outco
         Box::new(EmuBackend::new(EmuOptions::default()).expect("the emulator opened a moment ago"))
     });
     pass()
+}
+
+/// Llama 3, Mistral, Qwen 2 (add_bias) and Qwen 3 (head_rmsnorm, NeoX RoPE): the
+/// families' tiny models (Q8_0), logits against the oracle's with F16 KV.
+fn the_families_match_the_oracle(_: EmuBackend) -> Outcome {
+    let make = || {
+        Box::new(EmuBackend::new(EmuOptions::default()).expect("the emulator opened a moment ago"))
+            as Box<dyn Backend>
+    };
+    families_match_the_oracle("cuda-emu", limits, &make);
+    pass()
+}
+
+/// Gemma 3 270M Q4_K_M (issue 16): the Q5_0, Q4_K, Q6_K and Q8_0 matmuls, GeGLU, QK-norm,
+/// post-norms, sliding windows, head dim 256 on the CUDA kernels: greedy tokens as
+/// llama.cpp's on the first prompt, 3 tokens (a forward pass of the 262k-row LM head is
+/// seconds here).
+fn gemma3_greedy_matches_llama_cpp(_: EmuBackend) -> Outcome {
+    let model = Model::load(gemma_model()).expect("the Gemma model loads");
+    let make = || {
+        Box::new(EmuBackend::new(EmuOptions::default()).expect("the emulator opened a moment ago"))
+            as Box<dyn Backend>
+    };
+    match gemma_device::greedy_matches_llama_cpp("cuda-emu", &model, &make, 1, 3) {
+        Ok(()) => pass(),
+        Err(e) => fail(e),
+    }
 }
 
 /// The device-side argmax picks, for every output row, what the host's argmax picks.
