@@ -2,7 +2,8 @@
 # The GPU check, in one call on a machine with an NVIDIA GPU and the binaries that
 # stage.sh built (no Rust needed there): the NVRTC, disassembly, conformance and end-to-end
 # CUDA tests; kiln on synthetic SmolLM2- and Llama-3-8B-shaped models (bench at batch 1, 16,
-# 32 and --kernels, perplexity CUDA vs CPU); a model over 4 GiB on CUDA and Vulkan;
+# 32 and --kernels, perplexity CUDA vs CPU) and a Gemma-3-270M-shaped Q4_K one; a model
+# over 4 GiB on CUDA and Vulkan;
 # compute-sanitizer memcheck on a short run; the cuda-report table; Vulkan and wgpu; decode
 # at a depth of 4k tokens and prompt lookup on the 8B shape; and one table of kiln's
 # figures beside llama.cpp's on an H200.
@@ -127,6 +128,12 @@ done
 # ---- Benchmarks: SmolLM2 shape, then the 8B shape once it is written.
 bench smol_cuda 120 -m "$SMOL" --backend cuda -p 512 -n 128 -b 1,16,32 -r 3
 bench smol_cuda_kernels 60 -m "$SMOL" --backend cuda -p 0 -n 64 -b 1 -r 1 --kernels
+# Gemma 3 270M's layers (issue 16) with the staged tokenizer's vocabulary: Q4_K_M's mix
+# (Q5_0, Q4_K, Q8_0: the _mv8 decode until packed dp4a matvecs exist), GeGLU, QK-norm,
+# post-norms, sliding windows (head dim 160, the custom shape's width / heads).
+GEM=$W/gemma3.gguf
+run synth_gemma3 60 "$K" synth --shape custom --arch gemma3 --layers 18 --dim 640 --heads 4 --kv-heads 1 --ffn 2048 --ctx 32768 --quant q4_k --tokenizer-from "$G/tok.gguf" -o "$GEM"
+bench gemma_cuda 90 -m "$GEM" --backend cuda -p 512 -n 128 -b 1 -r 2
 if [ $dry = 0 ]; then
   for _ in $(seq 150); do [ -f "$W/8b.ok" ] && break; sleep 1; done
   [ -f "$W/8b.ok" ] || say "synth_8b FAILED or still writing: $(tail -2 "$L/synth_8b.log")"

@@ -22,10 +22,8 @@ pub const QUANT: DType = DType::Q8_0;
 pub fn synthesized(shape: Shape, file: &str) -> PathBuf {
     static ONE_AT_A_TIME: OnceLock<Mutex<()>> = OnceLock::new();
     let _guard = ONE_AT_A_TIME.get_or_init(Default::default).lock().unwrap();
-    // The test binary is target/<profile>/deps/<name>.
-    let exe = std::env::current_exe().expect("the test binary's path");
-    let dir = exe.ancestors().nth(3).expect("target/").join("tmp");
-    std::fs::create_dir_all(&dir).expect("target/tmp is writable");
+    let dir = tmp_dir();
+    std::fs::create_dir_all(&dir).expect("the models' folder is writable");
     let path = dir.join(file);
     if path.exists() {
         return path;
@@ -41,6 +39,16 @@ pub fn synthesized(shape: Shape, file: &str) -> PathBuf {
     synth::synthesize(&config, &part, |_| {}).expect("the model synthesizes");
     std::fs::rename(&part, &path).expect("the synthesized model moves into place");
     path
+}
+
+/// target/tmp when the test binary is target/<profile>/deps/<name>; the system's
+/// temporary folder for a binary elsewhere (scripts/gpu-check stages them).
+fn tmp_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    match exe.ancestors().nth(3) {
+        Some(target) if target.file_name().is_some_and(|n| n == "target") => target.join("tmp"),
+        _ => std::env::temp_dir(),
+    }
 }
 
 /// The model of family shape `name` (one of [`FAMILIES`]).

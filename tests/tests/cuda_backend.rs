@@ -16,7 +16,9 @@ use kiln_engine::sampler::argmax;
 use kiln_ir::backend::Backend;
 use kiln_testkit::{pass, test};
 use kiln_tests::cpu::load;
-use kiln_tests::device::{Greedy, check_launch_times, greedy_matches_cpu};
+use kiln_tests::device::{
+    Greedy, check_launch_times, families_match_the_oracle, greedy_matches_cpu,
+};
 use kiln_tests::{Outcome, on_device};
 
 fn main() -> ExitCode {
@@ -25,6 +27,9 @@ fn main() -> ExitCode {
             "greedy_on_the_reference_model_matches_the_cpu_backend",
             || with_backend(greedy_on_the_reference_model_matches_the_cpu_backend),
         ),
+        test("the_families_match_the_oracle", || {
+            with_backend(the_families_match_the_oracle)
+        }),
         test("argmax_on_the_device_matches_the_host", || {
             with_backend(argmax_on_the_device_matches_the_host)
         }),
@@ -69,6 +74,14 @@ fn greedy_on_the_reference_model_matches_the_cpu_backend(_: CudaBackend) -> Outc
     greedy_matches_cpu(&model, &check, &|| {
         Box::new(CudaBackend::new().expect("the device opened a moment ago"))
     });
+    pass()
+}
+
+/// Llama 3, Mistral, Qwen 2 and Qwen 3 (issue 16): the families' tiny models, logits
+/// against the oracle's (tests/tests/cuda_emu.rs runs the same on the emulator).
+fn the_families_match_the_oracle(_: CudaBackend) -> Outcome {
+    let make = || Box::new(CudaBackend::new().unwrap()) as Box<dyn Backend>;
+    families_match_the_oracle("cuda", limits, &make);
     pass()
 }
 
