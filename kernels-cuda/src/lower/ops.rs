@@ -348,33 +348,33 @@ impl Lowerer<'_> {
                 let norm = Some((*norm, *eps));
                 self.matmul(Kernel::RmsNormMatMul, ins[0], &outs, None, norm)?
             }
-            Op::MatMulSwiGlu { gate, up } => {
+            Op::MatMulSwiGlu { gate, up } | Op::MatMulGeGlu { gate, up } => {
+                let kernel = match launch.op {
+                    Op::MatMulSwiGlu { .. } => Kernel::MatMulSwiGlu,
+                    _ => Kernel::MatMulGeGlu,
+                };
                 let outs = [(*gate, Some(*up), out)];
-                self.matmul(Kernel::MatMulSwiGlu, ins[0], &outs, None, None)?
+                self.matmul(kernel, ins[0], &outs, None, None)?
             }
             Op::RmsNormMatMulSwiGlu {
                 norm,
                 eps,
                 gate,
                 up,
-            } => {
-                let outs = [(*gate, Some(*up), out)];
-                let norm = Some((*norm, *eps));
-                self.matmul(Kernel::RmsNormMatMulSwiGlu, ins[0], &outs, None, norm)?
             }
-            Op::MatMulGeGlu { gate, up } => {
-                let outs = [(*gate, Some(*up), out)];
-                self.matmul(Kernel::MatMulGeGlu, ins[0], &outs, None, None)?
-            }
-            Op::RmsNormMatMulGeGlu {
+            | Op::RmsNormMatMulGeGlu {
                 norm,
                 eps,
                 gate,
                 up,
             } => {
+                let kernel = match launch.op {
+                    Op::RmsNormMatMulSwiGlu { .. } => Kernel::RmsNormMatMulSwiGlu,
+                    _ => Kernel::RmsNormMatMulGeGlu,
+                };
                 let outs = [(*gate, Some(*up), out)];
                 let norm = Some((*norm, *eps));
-                self.matmul(Kernel::RmsNormMatMulGeGlu, ins[0], &outs, None, norm)?
+                self.matmul(kernel, ins[0], &outs, None, norm)?
             }
             Op::MatMulAdd { weight } => {
                 let outs = [(*weight, None, out)];
