@@ -56,6 +56,16 @@ pub(super) fn detected_vnni() -> bool {
     detected() && is_x86_feature_detected!("avxvnni")
 }
 
+/// Whether it has AVX-512 VNNI with AVX-512 VL: the same `vpdpbusd` on 256-bit
+/// registers, EVEX-encoded (AMD Zen 4, Intel Ice Lake and later server parts, which lack
+/// the VEX-encoded AVX-VNNI or have it beside).
+pub(super) fn detected_avx512_vnni() -> bool {
+    detected()
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512vnni")
+}
+
 /// The AVX2 table; [`super::kernels`] hands it out only after [`detected`].
 pub(super) const KERNELS: Kernels = Kernels {
     isa: "avx2",
@@ -68,7 +78,13 @@ pub(super) const KERNELS_VNNI: Kernels = Kernels {
     run: run_job::<AvxVnni>,
 };
 
-/// What differs between the two tables: the instruction that dots 32 unsigned bytes
+/// The AVX-512 VNNI table; handed out only after [`detected_avx512_vnni`].
+pub(super) const KERNELS_AVX512_VNNI: Kernels = Kernels {
+    isa: "avx2+avx512-vnni",
+    run: run_job::<Avx512Vnni>,
+};
+
+/// What differs between the tables: the instruction that dots 32 unsigned bytes
 /// with 32 signed bytes into 8 i32 sums of 4 products, and the tile entry compiled with
 /// the features it needs.
 trait Isa {
@@ -112,6 +128,10 @@ struct Avx2;
 
 /// AVX-VNNI: one `vpdpbusd`, which adds the four products of each i32 lane directly.
 struct AvxVnni;
+
+/// AVX-512 VNNI (with VL): the same `vpdpbusd` on 256-bit registers, EVEX-encoded; the
+/// same integer sums, so the same bits as the other tables.
+struct Avx512Vnni;
 
 impl Isa for Avx2 {
     #[inline]
@@ -186,6 +206,48 @@ impl Isa for AvxVnni {
 
     #[inline(never)]
     #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    unsafe fn tile<B: Blocks, const R: usize, const T: usize>(
+        w: *const u8,
+        w_stride: usize,
+        units: *const u8,
+        lane: usize,
+        blocks: usize,
+    ) -> [[f32; T]; R] {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { tile_body::<B, Self, R, T>(w, w_stride, units, lane, blocks) }
+    }
+}
+
+impl Isa for Avx512Vnni {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
+        // SAFETY: value intrinsics only (contract: the CPU features).
+        unsafe { _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    unsafe fn dot_u8_i8_add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        // SAFETY: value intrinsics only (contract: the CPU features).
+        unsafe { _mm256_dpbusd_epi32(acc, u, s) }
+    }
+
+    #[inline(never)]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    unsafe fn wide_tile<B: Blocks, const RUNS: usize>(
+        w: *const u8,
+        w_stride: usize,
+        runs: *const u8,
+        run_stride: usize,
+        blocks: usize,
+    ) -> [[f32; WIDE]; RUNS] {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { wide::wide_body::<B, Self, RUNS>(w, w_stride, runs, run_stride, blocks) }
+    }
+
+    #[inline(never)]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
     unsafe fn tile<B: Blocks, const R: usize, const T: usize>(
         w: *const u8,
         w_stride: usize,
