@@ -95,11 +95,19 @@ mod tests {
             if x.is_nan() {
                 continue;
             }
-            assert_eq!(gelu_tanh(x).to_bits(), gelu_tanh_rounded(x).to_bits(), "{x}");
+            assert_eq!(
+                gelu_tanh(x).to_bits(),
+                gelu_tanh_rounded(x).to_bits(),
+                "{x}"
+            );
         }
         let mut x = -11.0f32;
         while x < 11.0 {
-            assert_eq!(gelu_tanh(x).to_bits(), gelu_tanh_rounded(x).to_bits(), "{x}");
+            assert_eq!(
+                gelu_tanh(x).to_bits(),
+                gelu_tanh_rounded(x).to_bits(),
+                "{x}"
+            );
             x += 0.000_37;
         }
     }
