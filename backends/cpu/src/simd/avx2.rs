@@ -56,13 +56,14 @@ pub(super) fn detected_vnni() -> bool {
     detected() && is_x86_feature_detected!("avxvnni")
 }
 
-/// Whether it has AVX-512 VNNI with AVX-512 VL: the same `vpdpbusd` on 256-bit
+/// Whether it has AVX-512 VNNI with AVX-512 VL and BW: the same `vpdpbusd` on 256-bit
 /// registers, EVEX-encoded (AMD Zen 4, Intel Ice Lake and later server parts, which lack
 /// the VEX-encoded AVX-VNNI or have it beside).
 pub(super) fn detected_avx512_vnni() -> bool {
     detected()
         && is_x86_feature_detected!("avx512f")
         && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512bw")
         && is_x86_feature_detected!("avx512vnni")
 }
 
@@ -98,6 +99,17 @@ trait Isa {
     /// The CPU has this ISA's features.
     unsafe fn dot_u8_i8_add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
 
+    /// The 5-bit quants of a Q5_0/Q5_1 block: `nibbles` with 0x10 added where the
+    /// block's fifth bits (the little-endian u32 at `qh`) are set.
+    ///
+    /// # Safety
+    /// 4 readable bytes at `qh`; the CPU has this ISA's features.
+    #[inline(always)]
+    unsafe fn with_fifth_bits(nibbles: __m256i, qh: *const u8) -> __m256i {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { _mm256_or_si256(nibbles, blocks::fifth_bits(qh)) }
+    }
+
     /// [`wide::wide_body`] compiled for this ISA.
     ///
     /// # Safety
@@ -129,8 +141,9 @@ struct Avx2;
 /// AVX-VNNI: one `vpdpbusd`, which adds the four products of each i32 lane directly.
 struct AvxVnni;
 
-/// AVX-512 VNNI (with VL): the same `vpdpbusd` on 256-bit registers, EVEX-encoded; the
-/// same integer sums, so the same bits as the other tables.
+/// AVX-512 VNNI (with VL and BW): the same `vpdpbusd` on 256-bit registers, EVEX-encoded,
+/// and Q5 fifth bits from a mask register; the same integer sums, so the same bits as
+/// the other tables.
 struct Avx512Vnni;
 
 impl Isa for Avx2 {
@@ -220,21 +233,33 @@ impl Isa for AvxVnni {
 
 impl Isa for Avx512Vnni {
     #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+    unsafe fn with_fifth_bits(nibbles: __m256i, qh: *const u8) -> __m256i {
+        // SAFETY: reads 4 bytes (contract); the rest are value intrinsics. The u32 is a
+        // byte mask in element order as it is: one masked add (nibbles <= 15, so + 16
+        // is the OR) instead of the AVX2 shuffle, compare and AND.
+        unsafe {
+            let bits = qh.cast::<u32>().read_unaligned();
+            _mm256_mask_add_epi8(nibbles, bits, nibbles, _mm256_set1_epi8(0x10))
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
     unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
         // SAFETY: value intrinsics only (contract: the CPU features).
         unsafe { _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s) }
     }
 
     #[inline]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
     unsafe fn dot_u8_i8_add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
         // SAFETY: value intrinsics only (contract: the CPU features).
         unsafe { _mm256_dpbusd_epi32(acc, u, s) }
     }
 
     #[inline(never)]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
     unsafe fn wide_tile<B: Blocks, const RUNS: usize>(
         w: *const u8,
         w_stride: usize,
@@ -247,7 +272,7 @@ impl Isa for Avx512Vnni {
     }
 
     #[inline(never)]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512vnni")]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
     unsafe fn tile<B: Blocks, const R: usize, const T: usize>(
         w: *const u8,
         w_stride: usize,
@@ -393,7 +418,7 @@ trait Blocks {
 
     /// # Safety
     /// `p` points at a whole weight block; the CPU has AVX2, FMA and F16C.
-    unsafe fn weight(p: *const u8) -> Self::Weight;
+    unsafe fn weight<I: Isa>(p: *const u8) -> Self::Weight;
     /// The integer dot of the block with 32 activation quants, as 8 i32 partial sums.
     ///
     /// # Safety
@@ -480,7 +505,7 @@ unsafe fn tile_body<B: Blocks, I: Isa, const R: usize, const T: usize>(
             if T > 1 {
                 // One row's block against the whole group (lane 0, T = GROUP); lane t
                 // of the sums is token t.
-                let x = B::weight(wb);
+                let x = B::weight::<I>(wb);
                 let d = _mm_broadcastss_ps(B::scales(wb, w_stride, 1));
                 let m = if B::HAS_MIN {
                     _mm_broadcastss_ps(B::mins(wb, w_stride, 1))
@@ -506,7 +531,7 @@ unsafe fn tile_body<B: Blocks, I: Isa, const R: usize, const T: usize>(
                 let y = _mm256_loadu_si256(unit.add(32 * lane).cast());
                 let mut dots = [_mm256_setzero_si256(); 4];
                 for r in 0..R {
-                    dots[r] = B::dot::<I>(&B::weight(wb.add(r * w_stride)), y);
+                    dots[r] = B::dot::<I>(&B::weight::<I>(wb.add(r * w_stride)), y);
                 }
                 let p = _mm_cvtepi32_ps(sum4(dots));
                 let da = _mm_broadcast_ss(&*unit.add(D_AT + 4 * lane).cast::<f32>());
