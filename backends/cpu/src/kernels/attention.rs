@@ -177,7 +177,13 @@ impl Ctx<'_> {
                         // grows.
                         let m = &mut max[i * group + g];
                         let new_max = m.max(s);
-                        let correction = (*m - new_max).exp();
+                        // exp(0) is 1 exactly: most keys leave the maximum as it is,
+                        // and skipping their exp gives the same bits.
+                        let correction = if new_max == *m && m.is_finite() {
+                            1.0
+                        } else {
+                            (*m - new_max).exp()
+                        };
                         let p = (s - new_max).exp();
                         let sg = &mut sum[i * group + g];
                         *sg = *sg * correction + p;
