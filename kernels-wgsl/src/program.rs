@@ -180,7 +180,7 @@ pub fn param_words(op: &str) -> usize {
         "kv_write" | "rope_kv_write" | "qk_norm_rope_kv_write" | "attention" => 20,
         "rmsnorm_add" | "head_rmsnorm" => 8,
         "rmsnorm" => 6,
-        "add" | "swiglu" | "geglu" | "scale" | "rope" => 5,
+        "add" | "swiglu" | "geglu" | "scale" | "rope" | "add_bias" => 5,
         "embed" => 6,
         "select_rows" => 3,
         _ => 0,
@@ -240,8 +240,6 @@ pub fn supports_on(op: &Op, graph: &Graph, max_binding: u64, max_buffer: u64) ->
             | Op::RopeKvWrite { attention, .. }
             | Op::QkNormRopeKvWrite { attention, .. } => attention_ok(attention),
             Op::HeadRmsNorm { head_dim, .. } => *head_dim > 0,
-            // Qwen 2's bias add has no WGSL kernel yet.
-            Op::AddBias { .. } => false,
             _ => true,
         }
 }

@@ -50,6 +50,8 @@ pub const FILES: &[(&str, &str)] = &[
     ("rope_kv_write", include_str!("wgsl/rope_kv_write.wgsl")),
     // Gemma 3's ops.
     ("scale", include_str!("wgsl/scale.wgsl")),
+    // Qwen 2's q/k/v biases.
+    ("add_bias", include_str!("wgsl/add_bias.wgsl")),
     ("head_rmsnorm", include_str!("wgsl/head_rmsnorm.wgsl")),
     ("geglu", include_str!("wgsl/geglu.wgsl")),
     ("matmul_geglu", include_str!("wgsl/matmul_geglu.wgsl")),
@@ -100,6 +102,7 @@ pub const OPS: &[(&str, &[&str])] = &[
     ),
     ("attention", &["reduce", "kv_common"]),
     ("scale", &[]),
+    ("add_bias", &["weights/common"]),
     ("head_rmsnorm", &["reduce", "weights/common"]),
     ("geglu", &[]),
     (

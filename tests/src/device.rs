@@ -36,19 +36,21 @@ pub struct Greedy<'a> {
     pub n_ctx: usize,
     /// Decoded tokens per KV type.
     pub tokens: usize,
+    /// The KV types run.
+    pub kv: &'a [KvDtype],
     /// Logits of a step against the oracle's: (NMSE, largest difference relative to the
     /// largest logit) allowed per KV type.
     pub limits: fn(KvDtype) -> (f64, f64),
 }
 
-/// Decodes `check.prompt` greedily with FP8 and F16 KV on a backend from `make`, the CPU
+/// Decodes `check.prompt` greedily with each of `check.kv` on a backend from `make`, the CPU
 /// backend and the oracle, all fed the CPU backend's tokens: the backend must pick the
 /// CPU backend's token at every step up to the first near-tie, and its logits stay
 /// within the limits of the oracle's.
 pub fn greedy_matches_cpu(model: &Model, check: &Greedy<'_>, make: &dyn Fn() -> Box<dyn Backend>) {
     let ids = model.tokenizer.encode(check.prompt, true, true);
     let name = check.name;
-    for kv in [KvDtype::F8E4M3, KvDtype::F16] {
+    for &kv in check.kv {
         let (max_nmse, max_rel) = (check.limits)(kv);
         let start = Instant::now();
         let backend = make();
@@ -97,6 +99,31 @@ pub fn greedy_matches_cpu(model: &Model, check: &Greedy<'_>, make: &dyn Fn() -> 
             worst.0,
             worst.1
         );
+    }
+}
+
+/// The families' random-weight models (Llama 3, Mistral, Qwen 2's biases, Qwen 3's
+/// QK-norm; [`crate::families`]) on a backend from `make`, as [`greedy_matches_cpu`]
+/// checks the reference model: the models are nearly flat, so the tokens are compared up
+/// to the first near-tie, and the logits against the oracle's at every step. F16 KV only:
+/// its limits are the tight ones, and the KV types are the reference model's business.
+pub fn families_match_the_oracle(
+    name: &str,
+    limits: fn(KvDtype) -> (f64, f64),
+    make: &dyn Fn() -> Box<dyn Backend>,
+) {
+    for family in crate::families::FAMILIES {
+        let model = Model::load(crate::families::family_file(family))
+            .unwrap_or_else(|e| panic!("{family} loads: {e}"));
+        let check = Greedy {
+            name: &format!("{name} ({family})"),
+            prompt: "The capital of France is",
+            n_ctx: 64,
+            tokens: 3,
+            kv: &[KvDtype::F16],
+            limits,
+        };
+        greedy_matches_cpu(&model, &check, make);
     }
 }
 

@@ -9,6 +9,7 @@ pub mod conformance;
 pub mod cuda_disasm;
 pub mod damaged;
 pub mod device;
+pub mod families;
 pub mod gemma_device;
 
 /// The workspace root.

@@ -56,6 +56,7 @@ fn greedy_on_the_reference_model_matches_the_cpu_backend(_: CudaBackend) -> Outc
         prompt: "The quick brown fox jumps over the lazy dog. The capital of France is",
         n_ctx: 128,
         tokens: 8,
+        kv: &[KvDtype::F8E4M3, KvDtype::F16],
         limits,
     };
     let ids = model.tokenizer.encode(check.prompt, true, true);

@@ -13,56 +13,21 @@
 //!
 //! The models carry SmolLM2's tokenizer (the vocabulary does not matter here).
 
-use std::path::PathBuf;
-use std::sync::{Mutex, OnceLock};
-
 use kiln_engine::kv::KvDtype;
 use kiln_engine::model::Model;
 use kiln_engine::reference::Reference;
 use kiln_engine::runner::{LogitsFor, Runner};
 use kiln_engine::sampler::top_logprobs;
-use kiln_ir::DType;
 use kiln_tests::cpu::{LogitsError, common_prefix, cpu, greedy_tokens, options};
-use kiln_tests::{ids, reference_dir, reference_model};
-use kiln_tools::synth::{self, Arch, Shape, SynthConfig};
+use kiln_tests::families::{FAMILIES, family_file, synthesized};
+use kiln_tests::{ids, reference_dir};
+use kiln_tools::synth::{Arch, Shape};
 use serde_json::Value;
 
-/// The shapes recorded, each `tests/data/reference/families/<shape>.json`.
-const FAMILIES: [&str; 4] = ["llama3-tiny", "mistral-tiny", "qwen2-tiny", "qwen3-tiny"];
-/// The seed and quant llama.cpp's outputs were recorded with.
-const SEED: u64 = 7;
-const QUANT: DType = DType::Q8_0;
 /// llama.cpp's context for the greedy runs.
 const N_CTX: usize = 512;
 /// The top of the distribution compared as a set.
 const TOP_SET: usize = 8;
-
-/// A synthesized model (the same bytes every time), made once per target folder.
-fn synthesized(shape: Shape, file: &str) -> PathBuf {
-    static ONE_AT_A_TIME: OnceLock<Mutex<()>> = OnceLock::new();
-    let _guard = ONE_AT_A_TIME.get_or_init(Default::default).lock().unwrap();
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-    let path = dir.join(file);
-    if path.exists() {
-        return path;
-    }
-    // Written under this process's name, then renamed: another test run may race us.
-    let part = dir.join(format!("{file}.{}", std::process::id()));
-    let config = SynthConfig {
-        shape,
-        quant: QUANT,
-        seed: SEED,
-        tokenizer_from: reference_model(),
-    };
-    synth::synthesize(&config, &part, |_| {}).expect("the model synthesizes");
-    std::fs::rename(&part, &path).expect("the synthesized model moves into place");
-    path
-}
-
-fn family_file(name: &str) -> PathBuf {
-    let shape = Shape::named(name).expect("a named shape");
-    synthesized(shape, &format!("{name}-{}-seed{SEED}.gguf", QUANT.name()))
-}
 
 fn recorded(name: &str) -> Value {
     let path = reference_dir("families").join(format!("{name}.json"));

@@ -9,12 +9,14 @@ use std::process::ExitCode;
 
 use kiln_backend_vulkan::{Cache, VulkanBackend, VulkanOptions};
 use kiln_backends::Ci;
+use kiln_engine::kv::KvDtype;
 use kiln_engine::model::Model;
 use kiln_ir::backend::Backend;
 use kiln_testkit::{fail, pass, skip, test};
 use kiln_tests::cpu::load;
 use kiln_tests::device::{
-    Greedy, SPLIT_LIMIT, check_launch_times, greedy_matches_cpu, split_weights_match, wgsl_limits,
+    Greedy, SPLIT_LIMIT, check_launch_times, families_match_the_oracle, greedy_matches_cpu,
+    split_weights_match, wgsl_limits,
 };
 use kiln_tests::{Outcome, gemma_device, gemma_model, on_device};
 
@@ -35,6 +37,9 @@ fn main() -> ExitCode {
             "a_second_load_compiles_nothing",
             a_second_load_compiles_nothing,
         ),
+        test("the_families_match_the_oracle", || {
+            with_backend(the_families_match_the_oracle)
+        }),
         test("gemma3_greedy_matches_llama_cpp", || {
             with_backend(gemma3_greedy_matches_llama_cpp)
         }),
@@ -69,6 +74,7 @@ fn greedy_on_the_reference_model_matches_the_cpu_backend(_: VulkanBackend) -> Ou
         prompt: "The capital of France is",
         n_ctx: 64,
         tokens: 5,
+        kv: &[KvDtype::F8E4M3, KvDtype::F16],
         limits: wgsl_limits,
     };
     greedy_matches_cpu(&model, &check, &|| {
@@ -141,6 +147,14 @@ fn a_second_load_compiles_nothing() -> Outcome {
     assert_eq!(damaged.spirv_compiled, cold.spirv_compiled, "{damaged:?}");
     assert_eq!(damaged.pipeline_cache_bytes, 0);
     let _ = std::fs::remove_dir_all(&dir);
+    pass()
+}
+
+/// Llama 3, Mistral, Qwen 2 and Qwen 3 (issue 16): the families' tiny models, logits
+/// against the oracle's.
+fn the_families_match_the_oracle(_: VulkanBackend) -> Outcome {
+    let make = || Box::new(VulkanBackend::any_device().unwrap()) as Box<dyn Backend>;
+    families_match_the_oracle("vulkan", wgsl_limits, &make);
     pass()
 }
 

@@ -8,13 +8,14 @@ use std::process::ExitCode;
 
 use kiln_backend_wgpu::{WgpuBackend, WgpuOptions};
 use kiln_backends::Ci;
+use kiln_engine::kv::KvDtype;
 use kiln_engine::model::Model;
 use kiln_ir::backend::Backend;
 use kiln_testkit::{fail, pass, skip, test};
 use kiln_tests::cpu::load;
 use kiln_tests::device::{
-    Greedy, SPLIT_LIMIT, check_launch_times, decode_host_time, greedy_matches_cpu,
-    split_weights_match, wgsl_limits,
+    Greedy, SPLIT_LIMIT, check_launch_times, decode_host_time, families_match_the_oracle,
+    greedy_matches_cpu, split_weights_match, wgsl_limits,
 };
 use kiln_tests::{Outcome, gemma_device, gemma_model, on_device};
 
@@ -36,6 +37,9 @@ fn main() -> ExitCode {
         }),
         test("the_host_time_of_a_decode_step_is_printed", || {
             with_backend(the_host_time_of_a_decode_step_is_printed)
+        }),
+        test("the_families_match_the_oracle", || {
+            with_backend(the_families_match_the_oracle)
         }),
         test("gemma3_greedy_matches_llama_cpp", || {
             with_backend(gemma3_greedy_matches_llama_cpp)
@@ -60,6 +64,7 @@ fn greedy_on_the_reference_model_matches_the_cpu_backend(_: WgpuBackend) -> Outc
         prompt: "The capital of France is",
         n_ctx: 64,
         tokens: 6,
+        kv: &[KvDtype::F8E4M3, KvDtype::F16],
         limits: wgsl_limits,
     };
     greedy_matches_cpu(&model, &check, &|| {
@@ -90,6 +95,14 @@ fn the_host_time_of_a_decode_step_is_printed(_: WgpuBackend) -> Outcome {
     let model = load();
     let make = || Box::new(WgpuBackend::any_adapter().unwrap()) as Box<dyn Backend>;
     decode_host_time(&model, "wgpu", 5, &make);
+    pass()
+}
+
+/// Llama 3, Mistral, Qwen 2 and Qwen 3 (issue 16): the families' tiny models, logits
+/// against the oracle's.
+fn the_families_match_the_oracle(_: WgpuBackend) -> Outcome {
+    let make = || Box::new(WgpuBackend::any_adapter().unwrap()) as Box<dyn Backend>;
+    families_match_the_oracle("wgpu", wgsl_limits, &make);
     pass()
 }
 

@@ -483,8 +483,26 @@ impl Builder<'_> {
                     grid,
                 )]
             }
-            Op::AddBias { .. } => {
-                return Err(unsupported(format!("{} (no WGSL kernel)", launch.op)));
+            Op::AddBias { bias } => {
+                let cols = self.cols(out);
+                let words = vec![
+                    sel(self, out),
+                    cols,
+                    self.at(ins[0]),
+                    self.at(out),
+                    self.vector(*bias),
+                ];
+                let grid = Grid::Elementwise {
+                    rows: self.rows(out),
+                    cols,
+                };
+                vec![self.dispatch(
+                    "add_bias",
+                    None,
+                    words,
+                    vec![Params, Arena, Weights, Step],
+                    grid,
+                )]
             }
             Op::Scale { factor } => {
                 let cols = self.cols(out);
