@@ -61,11 +61,12 @@ impl KvPages<'_> {
     }
 }
 
-/// Query tokens of a prefill task: each key and value is decoded once for all of them.
+/// Query tokens of a prefill task, at most: each key and value is decoded once for all
+/// of them.
 const TOKENS_PER_TASK: usize = 16;
 
-/// out, q: (tokens, n_heads·head_dim). Decode (one token): one task per KV head. Several
-/// tokens: one task per [`TOKENS_PER_TASK`] tokens, all KV heads; each key and value of a
+/// out, q: (tokens, n_heads·head_dim). Decode (a few tokens): one task per (token, KV
+/// head). Prefill: one task per up to [`TOKENS_PER_TASK`] tokens, all KV heads; each key and value of a
 /// sequence is decoded once per task and used by every query head and token of the task
 /// that sees it. A (token, head)'s result takes the same operations in the same order
 /// whatever its task, so a token's output does not depend on its batch. `block_tables`
@@ -94,7 +95,9 @@ pub fn attention(
     };
     let row = params.n_heads * hd;
     let n_tokens = out.len() / row;
-    if n_tokens <= 1 {
+    // Enough tasks for every thread (a batch of decoded sequences: one token each).
+    let per_task = TOKENS_PER_TASK.min(n_tokens / (2 * pool::n_threads().max(1)));
+    if per_task <= 1 {
         let mut tasks: Vec<&mut [f32]> = out.chunks_mut(group * hd).collect(); // (token, kv head)
         pool::for_each_mut(&mut tasks, |i, o| {
             let (t, kv_head) = (i / params.n_kv_heads, i % params.n_kv_heads);
@@ -102,9 +105,9 @@ pub fn attention(
         });
         return;
     }
-    let mut tasks: Vec<&mut [f32]> = out.chunks_mut(TOKENS_PER_TASK * row).collect();
+    let mut tasks: Vec<&mut [f32]> = out.chunks_mut(per_task * row).collect();
     pool::for_each_mut(&mut tasks, |i, o| {
-        let t0 = i * TOKENS_PER_TASK;
+        let t0 = i * per_task;
         let tokens = t0..t0 + o.len() / row;
         let mut head_out = vec![0.0f32; tokens.len() * group * hd]; // (tokens, group, hd)
         for kv_head in 0..params.n_kv_heads {
