@@ -454,7 +454,7 @@ trait Blocks {
 /// `blocks` units at `units` are staged, `lane + T <= GROUP`, and the CPU has AVX2, FMA
 /// and F16C (from the [`Isa::tile`] it is inlined into).
 // Always inlined into an [`Isa::tile`], which brings the target features (this function
-// has none of its own, so that one body serves both tables).
+// has none of its own, so that one body serves every table).
 // Index loops over the const-sized arrays: LLVM unrolls them fully and keeps the
 // arrays in registers; the iterator forms clippy suggests left a loop and spilled.
 #[inline(always)]

@@ -21,7 +21,7 @@
 //!
 //! Activations are read in place: a Q8_K block already holds an f32 scale and its block
 //! sums, so nothing needs staging. The scale multiply rides on `madd`, so VNNI's fused
-//! `vpdpbusd` would save nothing here: both kernel tables run these tiles.
+//! `vpdpbusd` would save nothing here: every kernel table runs these tiles.
 
 #![allow(unused_unsafe)]
 
