@@ -191,16 +191,21 @@ crate::kernel_args! {
 }
 
 crate::kernel_args! {
-    /// rmsnorm.cu: out = x / sqrt(mean(x²) + eps) · weight, rows (rows_sel) of d.
+    /// rmsnorm.cu, head_rmsnorm.cu, rmsnorm_add.cu (rmsnorm_common.cuh): out = x /
+    /// sqrt(mean(x²) + eps) · weight (+ res), rows of d: `heads` of them per row of the
+    /// step (rows_sel).
     RmsNormArgs {
         x: ConstPtr<f32>,
         out: Ptr<f32>,
         weight: ConstPtr<f32>,
+        /// rmsnorm_add's residual (rows, d); null for the others.
+        res: ConstPtr<f32>,
         step: ConstPtr<u32>,
         rows_sel: u32,
         d: u32,
         eps: f32,
-        pad: u32,
+        /// Rows of d per row of the step: head_rmsnorm's heads, 1 for the others.
+        heads: u32,
     }
 }
 
@@ -229,7 +234,9 @@ crate::kernel_args! {
 }
 
 crate::kernel_args! {
-    /// add.cu, swiglu.cu: out = a + b, silu(a) · b, elementwise over (rows, cols).
+    /// The elementwise kernels over (rows, cols): add.cu (a + b), swiglu.cu (silu(a) ·
+    /// b), geglu.cu (gelu(a) · b), add_bias.cu (a + b, b a row of cols), scale.cu (a ·
+    /// factor, b null).
     BinaryArgs {
         a: ConstPtr<f32>,
         b: ConstPtr<f32>,
@@ -237,6 +244,9 @@ crate::kernel_args! {
         step: ConstPtr<u32>,
         rows_sel: u32,
         cols: u32,
+        /// scale.cu's factor.
+        factor: f32,
+        pad: u32,
     }
 }
 
@@ -299,7 +309,8 @@ crate::kernel_args! {
         rope: u32,
         /// Splits of the decode launch this combine merges (set per step).
         splits: u32,
-        pad: u32,
+        /// Sliding window: attend to positions > pos - window; 0: every position.
+        window: u32,
     }
 }
 

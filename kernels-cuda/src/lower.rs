@@ -8,7 +8,7 @@
 
 use kiln_ir::graph::{Graph, Rows};
 use kiln_ir::kv_layout::KvLayout;
-use kiln_ir::{AttentionParams, Op, Plan, RopeMode, WeightId};
+use kiln_ir::{AttentionParams, Op, Plan, WeightId};
 
 use crate::args::{
     BinaryArgs, ConstPtr, EmbedArgs, KernelArgs, KvArgs, MatmulArgs, RmsNormArgs, RopeArgs,
@@ -16,6 +16,7 @@ use crate::args::{
 };
 use crate::launch::{AttentionShape, MAX_GRID_YZ, partial_bytes_max};
 use crate::matvec::{MatvecArgs, QuantizeArgs, q8_1_planes};
+use crate::repack;
 use crate::sources::WEIGHT_DTYPES;
 use crate::variant::Variant;
 use crate::weights::{MAX_MATRIX_BYTES, WeightLayout};
@@ -156,7 +157,7 @@ pub fn rows_sel(rows: Rows) -> u32 {
 /// trait's `supports`: unfused ops stay when a fused one is refused): a kernel for the
 /// op, matrices of a type with a `.cuh` and of whole units of 8 columns (an embedding of
 /// plain floats may end inside one) and under 4 GiB each, gate and up of one type,
-/// normal RoPE, attention without a window or a second KV group.
+/// attention heads of at most 256 values.
 pub fn supports(op: &Op, graph: &Graph) -> bool {
     let embed = matches!(op, Op::Embed { .. });
     let matrices_ok = op.matrices().iter().all(|&w| {
@@ -167,9 +168,7 @@ pub fn supports(op: &Op, graph: &Graph) -> bool {
         })
     });
     let dtype = |w: &WeightId| graph.weight(*w).map(|w| w.dtype);
-    let rope_ok = op.rope().is_none_or(|r| r.mode == RopeMode::Normal);
     matrices_ok
-        && rope_ok
         && match op {
             Op::Embed { .. }
             | Op::RmsNorm { .. }
@@ -179,9 +178,19 @@ pub fn supports(op: &Op, graph: &Graph) -> bool {
             | Op::Add
             | Op::SwiGlu
             | Op::SelectRows
-            | Op::Rope { .. } => true,
+            | Op::Rope { .. }
+            | Op::AddBias { .. }
+            | Op::HeadRmsNorm { .. }
+            | Op::Scale { .. }
+            | Op::GeGlu
+            | Op::RmsNormAdd { .. } => true,
             Op::MatMulSwiGlu { gate, up } | Op::RmsNormMatMulSwiGlu { gate, up, .. } => {
                 dtype(gate) == dtype(up)
+            }
+            // The dp4a matvecs of the packed types have no GeGLU epilogue: their GeGLU
+            // stays two matmuls and geglu.cu.
+            Op::MatMulGeGlu { gate, up } | Op::RmsNormMatMulGeGlu { gate, up, .. } => {
+                dtype(gate) == dtype(up) && !dtype(gate).is_some_and(repack::is_packed)
             }
             Op::Attention { attention }
             | Op::KvWrite { attention }
@@ -195,8 +204,6 @@ fn attention_ok(a: &AttentionParams) -> bool {
         && a.head_dim <= 256
         && a.n_kv_heads > 0
         && a.n_heads.is_multiple_of(a.n_kv_heads)
-        && a.window.is_none()
-        && a.kv_group == 0
         && a.scale.is_finite()
 }
 

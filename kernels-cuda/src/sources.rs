@@ -28,6 +28,15 @@ pub const FILES: &[(&str, &str)] = &[
     ("weights/q4_0.cuh", include_str!("cuda/weights/q4_0.cuh")),
     ("weights/q4_1.cuh", include_str!("cuda/weights/q4_1.cuh")),
     ("weights/q8_0.cuh", include_str!("cuda/weights/q8_0.cuh")),
+    (
+        "weights/k_common.cuh",
+        include_str!("cuda/weights/k_common.cuh"),
+    ),
+    ("weights/q5_0.cuh", include_str!("cuda/weights/q5_0.cuh")),
+    ("weights/q5_1.cuh", include_str!("cuda/weights/q5_1.cuh")),
+    ("weights/q4_k.cuh", include_str!("cuda/weights/q4_k.cuh")),
+    ("weights/q5_k.cuh", include_str!("cuda/weights/q5_k.cuh")),
+    ("weights/q6_k.cuh", include_str!("cuda/weights/q6_k.cuh")),
     ("matmul_core.cuh", include_str!("cuda/matmul_core.cuh")),
     ("matmul_mma.cu", include_str!("cuda/matmul_mma.cu")),
     ("rope_common.cuh", include_str!("cuda/rope_common.cuh")),
@@ -35,6 +44,10 @@ pub const FILES: &[(&str, &str)] = &[
     ("kv_store.cuh", include_str!("cuda/kv_store.cuh")),
     // One file per op, named like the op (kiln_ir::Op::name) and its WGSL twin.
     ("embed.cu", include_str!("cuda/embed.cu")),
+    (
+        "rmsnorm_common.cuh",
+        include_str!("cuda/rmsnorm_common.cuh"),
+    ),
     ("rmsnorm.cu", include_str!("cuda/rmsnorm.cu")),
     ("matmul.cu", include_str!("cuda/matmul.cu")),
     ("matmul_add.cu", include_str!("cuda/matmul_add.cu")),
@@ -63,6 +76,18 @@ pub const FILES: &[(&str, &str)] = &[
         "attention_prefill.cu",
         include_str!("cuda/attention_prefill.cu"),
     ),
+    // The families' ops besides Llama's.
+    ("add_bias.cu", include_str!("cuda/add_bias.cu")),
+    ("head_rmsnorm.cu", include_str!("cuda/head_rmsnorm.cu")),
+    ("scale.cu", include_str!("cuda/scale.cu")),
+    ("gelu.cuh", include_str!("cuda/gelu.cuh")),
+    ("geglu.cu", include_str!("cuda/geglu.cu")),
+    ("matmul_geglu.cu", include_str!("cuda/matmul_geglu.cu")),
+    (
+        "rmsnorm_matmul_geglu.cu",
+        include_str!("cuda/rmsnorm_matmul_geglu.cu"),
+    ),
+    ("rmsnorm_add.cu", include_str!("cuda/rmsnorm_add.cu")),
     // Not an op of the plan: the greedy LM head (Backend::read_argmax).
     ("argmax.cu", include_str!("cuda/argmax.cu")),
 ];
@@ -77,13 +102,18 @@ pub fn file(name: &str) -> Option<&'static str> {
 }
 
 /// The weight types the CUDA kernels read (a `weights/<dtype>.cuh` each).
-pub const WEIGHT_DTYPES: [DType; 6] = [
+pub const WEIGHT_DTYPES: [DType; 11] = [
     DType::F32,
     DType::F16,
     DType::BF16,
     DType::Q4_0,
     DType::Q4_1,
     DType::Q8_0,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
 ];
 
 /// The KV cache types.
@@ -93,13 +123,17 @@ pub const KV_DTYPES: [KvDtype; 2] = [KvDtype::F8E4M3, KvDtype::F16];
 pub fn args_decl(k: Kernel) -> String {
     match k {
         Kernel::Embed => EmbedArgs::c_decl(),
-        Kernel::RmsNorm => RmsNormArgs::c_decl(),
+        Kernel::RmsNorm | Kernel::HeadRmsNorm | Kernel::RmsNormAdd => RmsNormArgs::c_decl(),
         Kernel::MatMul
         | Kernel::MatMulAdd
         | Kernel::MatMulSwiGlu
         | Kernel::RmsNormMatMul
-        | Kernel::RmsNormMatMulSwiGlu => MatmulArgs::c_decl(),
-        Kernel::Add | Kernel::SwiGlu => BinaryArgs::c_decl(),
+        | Kernel::RmsNormMatMulSwiGlu
+        | Kernel::MatMulGeGlu
+        | Kernel::RmsNormMatMulGeGlu => MatmulArgs::c_decl(),
+        Kernel::Add | Kernel::SwiGlu | Kernel::AddBias | Kernel::Scale | Kernel::GeGlu => {
+            BinaryArgs::c_decl()
+        }
         Kernel::SelectRows => SelectRowsArgs::c_decl(),
         Kernel::Rope => RopeArgs::c_decl(),
         Kernel::KvWrite | Kernel::RopeKvWrite | Kernel::Attention => KvArgs::c_decl(),

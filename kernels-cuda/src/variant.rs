@@ -19,6 +19,8 @@ pub enum Kernel {
     MatMulSwiGlu,
     RmsNormMatMul,
     RmsNormMatMulSwiGlu,
+    MatMulGeGlu,
+    RmsNormMatMulGeGlu,
     Add,
     SwiGlu,
     SelectRows,
@@ -26,6 +28,13 @@ pub enum Kernel {
     KvWrite,
     RopeKvWrite,
     Attention,
+    // Ops of the families besides Llama's (Qwen 2's biases, Qwen 3's and Gemma 3's
+    // QK-norm, Gemma 3's embedding scale, GeGLU and post-norms).
+    AddBias,
+    HeadRmsNorm,
+    Scale,
+    GeGlu,
+    RmsNormAdd,
     /// The decode matvec of packed weights (matvec.rs; its own module per weight type).
     Matvec,
     /// The q8_1 activation quantizer the matvec reads (matvec.rs).
@@ -33,7 +42,7 @@ pub enum Kernel {
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 16] = [
+    pub const ALL: [Kernel; 23] = [
         Kernel::Embed,
         Kernel::RmsNorm,
         Kernel::MatMul,
@@ -41,6 +50,8 @@ impl Kernel {
         Kernel::MatMulSwiGlu,
         Kernel::RmsNormMatMul,
         Kernel::RmsNormMatMulSwiGlu,
+        Kernel::MatMulGeGlu,
+        Kernel::RmsNormMatMulGeGlu,
         Kernel::Add,
         Kernel::SwiGlu,
         Kernel::SelectRows,
@@ -48,6 +59,11 @@ impl Kernel {
         Kernel::KvWrite,
         Kernel::RopeKvWrite,
         Kernel::Attention,
+        Kernel::AddBias,
+        Kernel::HeadRmsNorm,
+        Kernel::Scale,
+        Kernel::GeGlu,
+        Kernel::RmsNormAdd,
         Kernel::Matvec,
         Kernel::Quantize,
     ];
@@ -62,6 +78,8 @@ impl Kernel {
             Kernel::MatMulSwiGlu => "matmul_swiglu",
             Kernel::RmsNormMatMul => "rmsnorm_matmul",
             Kernel::RmsNormMatMulSwiGlu => "rmsnorm_matmul_swiglu",
+            Kernel::MatMulGeGlu => "matmul_geglu",
+            Kernel::RmsNormMatMulGeGlu => "rmsnorm_matmul_geglu",
             Kernel::Add => "add",
             Kernel::SwiGlu => "swiglu",
             Kernel::SelectRows => "select_rows",
@@ -69,6 +87,11 @@ impl Kernel {
             Kernel::KvWrite => "kv_write",
             Kernel::RopeKvWrite => "rope_kv_write",
             Kernel::Attention => "attention",
+            Kernel::AddBias => "add_bias",
+            Kernel::HeadRmsNorm => "head_rmsnorm",
+            Kernel::Scale => "scale",
+            Kernel::GeGlu => "geglu",
+            Kernel::RmsNormAdd => "rmsnorm_add",
             Kernel::Matvec => "matvec",
             Kernel::Quantize => "quantize_q8_1",
         }
@@ -91,6 +114,8 @@ impl Kernel {
                 | Kernel::MatMulSwiGlu
                 | Kernel::RmsNormMatMul
                 | Kernel::RmsNormMatMulSwiGlu
+                | Kernel::MatMulGeGlu
+                | Kernel::RmsNormMatMulGeGlu
         )
     }
 
@@ -205,11 +230,15 @@ impl Variant {
     }
 
     /// Whether the variant has the tensor-core matmul [`Entry::Mma`]: the matmuls of
-    /// quantized weights (weights/<dtype>.cuh: MM_TENSOR_CORES). F32, F16 and BF16
-    /// weights keep exact f32 products: f16 operands would round what their matmuls do
-    /// not.
+    /// quantized weights in blocks of 32 (weights/<dtype>.cuh: MM_TENSOR_CORES; a unit
+    /// of a K-quant's super-block spans more than the kernel's 32-column slice). F32,
+    /// F16 and BF16 weights keep exact f32 products: f16 operands would round what their
+    /// matmuls do not.
     pub fn has_tensor_cores(&self) -> bool {
-        self.kernel.is_matmul() && self.weight.is_some_and(|w| w.is_quantized())
+        self.kernel.is_matmul()
+            && self
+                .weight
+                .is_some_and(|w| w.is_quantized() && w.block_len() == 32)
     }
 
     /// Whether the variant reads its weight in the packed layout (crate::repack): the

@@ -13,11 +13,20 @@
 //! - [`weights`]: which weights buffer each weight lives in and where, the bytes to
 //!   upload.
 //!
+//! - [`run`]: a program on a device, run the same way by every WGSL backend (step
+//!   buffer, dispatch lists per step shape, logits, KV page copies, timestamps); a
+//!   backend implements [`run::Device`], the calls of its API.
+//! - [`spirv`] (the `spirv` feature): the kernels as SPIR-V with naga, through the disk
+//!   cache (what the Vulkan backend builds its pipelines from).
+//!
 //! A backend owns five buffers ([`Resource`]) and runs each dispatch in order; nothing in
 //! it depends on which op it runs.
 
 pub mod program;
+pub mod run;
 pub mod sources;
+#[cfg(any(feature = "spirv", test))]
+pub mod spirv;
 pub mod weights;
 
 /// The step buffer (kiln-gpu-host's, shared with the CUDA kernels).
@@ -28,7 +37,7 @@ mod tests;
 
 use kiln_ir::backend::DeviceProperties;
 
-pub use program::{Dispatch, Grid, Pipeline, Program, Resource};
+pub use program::{Dispatch, Grid, Pipeline, Program, Resource, Run, StepList};
 pub use sources::Variant;
 
 /// What the device offers that the kernels can use.
@@ -68,6 +77,9 @@ pub enum KernelError {
     BadStep(String),
     #[error("weight {name:?}: {reason}")]
     Weight { name: String, reason: String },
+    /// A kernel that does not compile (naga's message, with the kernel's name).
+    #[error("{0}")]
+    Compile(String),
 }
 
 impl From<kiln_gpu_host::HostError> for KernelError {
@@ -88,6 +100,7 @@ impl KernelError {
         match self {
             KernelError::Unsupported(what) => BackendError::Unsupported { backend, what },
             KernelError::BadStep(reason) => BackendError::BadStep { backend, reason },
+            KernelError::Compile(message) => BackendError::Driver { backend, message },
             KernelError::Weight { name, reason } => BackendError::Weight {
                 backend,
                 name,

@@ -4,7 +4,7 @@
 //! and, per step, writes the step buffer and records the dispatches in order.
 
 use kiln_gpu_host::Output;
-use kiln_ir::backend::{StepLimits, StepShape, WeightSource};
+use kiln_ir::backend::{DeviceProperties, StepLimits, StepShape, WeightSource};
 use kiln_ir::graph::{Graph, Rows};
 use kiln_ir::kv_layout::KvLayout;
 use kiln_ir::{AttentionParams, Op, Plan, WeightId};
@@ -15,7 +15,9 @@ use crate::weights::WeightLayout;
 use crate::{Capabilities, KernelError};
 
 mod lower;
+mod step_list;
 use lower::Builder;
+pub use step_list::{LaunchRuns, Run, StepList};
 
 /// The entry point of every kernel.
 pub const ENTRY: &str = "main";
@@ -36,6 +38,15 @@ pub enum Resource {
 }
 
 impl Resource {
+    /// Every resource, in binding order.
+    pub const ALL: [Resource; 5] = [
+        Resource::Params,
+        Resource::Arena,
+        Resource::Weights,
+        Resource::Kv,
+        Resource::Step,
+    ];
+
     pub fn binding(self) -> u32 {
         self as u32
     }
@@ -75,6 +86,17 @@ fn split(n: u32) -> [u32; 2] {
     } else {
         [MAX_GRID, n.div_ceil(MAX_GRID)]
     }
+}
+
+/// The subgroup size a device with subgroup size control should require of the kernels
+/// (whose workgroups are [`WG`] threads): `wanted`, else the largest it offers up to a
+/// workgroup (fewer partial sums per reduction), clamped to `sizes` (min, max); None when
+/// a workgroup cannot be whole subgroups of it within `max_subgroups` per workgroup.
+pub fn subgroup_size(sizes: (u32, u32), max_subgroups: u32, wanted: Option<u32>) -> Option<u32> {
+    let (min, max) = sizes;
+    let size = wanted.unwrap_or(max).clamp(min, max.min(WG));
+    (size.is_power_of_two() && WG.is_multiple_of(size) && WG / size <= max_subgroups)
+        .then_some(size)
 }
 
 impl Grid {
@@ -157,6 +179,8 @@ pub struct Program {
     pub weights_windows: Vec<u64>,
     pub arena_bytes: u64,
     pub kv_bytes: u64,
+    /// Bytes of one KV page.
+    pub kv_page_bytes: u64,
     pub limits: StepLimits,
     /// Each RoPE geometry of the plan (the step buffer's tables, in the order the
     /// kernels' params index them).
@@ -242,6 +266,13 @@ pub fn supports_on(op: &Op, graph: &Graph, max_binding: u64, max_buffer: u64) ->
             Op::HeadRmsNorm { head_dim, .. } => *head_dim > 0,
             _ => true,
         }
+}
+
+/// [`supports_on`] a device of `properties` (its largest binding and buffer).
+pub fn supports_device(op: &Op, graph: &Graph, properties: &DeviceProperties) -> bool {
+    let max_binding = properties.max_binding_bytes.unwrap_or(u64::MAX);
+    let max_buffer = properties.max_buffer_bytes.unwrap_or(u64::MAX);
+    supports_on(op, graph, max_binding, max_buffer)
 }
 
 /// Device bytes the Program of `plan` takes besides the arena and the KV pages: the
@@ -335,6 +366,7 @@ impl Program {
             weights_windows: windows,
             arena_bytes,
             kv_bytes,
+            kv_page_bytes: kv.page_bytes() as u64,
             limits: StepLimits::new(plan, kv, kv_page_count),
             rope,
             kv_groups: kv.n_groups().max(1),
@@ -347,29 +379,5 @@ impl Program {
     /// The step buffer's bytes for a checked step (what a backend uploads before it).
     pub fn pack_step(&self, step: &kiln_ir::backend::Step<'_>) -> Result<Vec<u8>, KernelError> {
         Ok(crate::step::pack(step, &self.rope, self.kv_groups)?)
-    }
-
-    /// The dispatches of launch `launch` that have work in a step of `shape`: each one's
-    /// index in the launch, and its workgroup counts (a dispatch over no rows is left
-    /// out).
-    pub fn dispatches(
-        &self,
-        launch: usize,
-        shape: StepShape,
-    ) -> impl Iterator<Item = (usize, &Dispatch, [u32; 3])> {
-        self.launches[launch]
-            .iter()
-            .enumerate()
-            .filter_map(move |(j, d)| {
-                let groups = d.grid.workgroups(shape.tokens as u32, shape.outputs as u32);
-                groups.iter().all(|&g| g > 0).then_some((j, d, groups))
-            })
-    }
-
-    /// What a backend prints for a dispatch when asked to (`KILN_DEBUG`).
-    pub fn trace(&self, backend: &str, launch: usize, d: &Dispatch, groups: [u32; 3]) {
-        let [x, y, z] = groups;
-        let name = &self.pipelines[d.pipeline].name;
-        eprintln!("{backend}: launch {launch} {name} workgroups ({x}, {y}, {z})");
     }
 }

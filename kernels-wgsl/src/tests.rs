@@ -72,7 +72,7 @@ fn params_match_the_host() {
             v.name()
         );
     }
-    assert_eq!(OPS.len(), 21);
+    assert_eq!(OPS.len(), 22);
 }
 
 #[test]
@@ -142,4 +142,21 @@ fn the_step_buffer_holds_every_region_where_its_header_says() {
     let at = w[7] as usize + (2 + 1) * 2;
     assert!((f32::from_bits(w[at]) - 0.17f32.cos()).abs() < 1e-6);
     assert!((f32::from_bits(w[at + 1]) - 0.17f32.sin()).abs() < 1e-6);
+}
+
+#[test]
+fn the_required_subgroup_size_fits_a_workgroup() {
+    use crate::program::subgroup_size;
+    // The largest offered up to a workgroup of 64, unless asked.
+    assert_eq!(subgroup_size((8, 128), 8, None), Some(64));
+    assert_eq!(subgroup_size((4, 32), 64, None), Some(32));
+    assert_eq!(subgroup_size((4, 32), 64, Some(16)), Some(16));
+    assert_eq!(subgroup_size((16, 32), 64, Some(4)), Some(16), "clamped");
+    // 64 threads as subgroups of 8 are 8 subgroups: more than 4 is refused.
+    assert_eq!(subgroup_size((8, 8), 4, None), None);
+    assert_eq!(
+        subgroup_size((4, 32), 64, Some(24)),
+        None,
+        "not a power of two"
+    );
 }

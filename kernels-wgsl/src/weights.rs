@@ -246,18 +246,21 @@ impl WeightLayout {
 }
 
 /// Every weight of `plan` from `source` to its place in the weights buffers: `put` gets
-/// each one's byte offset in the address space (a WGSL backend finds its buffer with
-/// [`WeightLayout::buffer_of`]) and the bytes to write there (kiln-gpu-host's
-/// `upload_bytes`), in order. What each backend's `load_plan` runs, with its own copy as
-/// `put`.
+/// each one's buffer (an index into `layout.buffers`), its byte offset in that buffer and
+/// the bytes to write there (kiln-gpu-host's `upload_bytes`), in order. What each
+/// backend's `load_plan` runs, with its own copy as `put`.
 pub fn upload_each(
     plan: &Plan,
     layout: &WeightLayout,
     source: &dyn WeightSource,
     backend: &'static str,
-    put: impl FnMut(u64, &[u8]) -> Result<(), BackendError>,
+    mut put: impl FnMut(usize, u64, &[u8]) -> Result<(), BackendError>,
 ) -> Result<(), BackendError> {
-    kiln_gpu_host::weights::upload_each(plan, &layout.offsets, &layout.matrix, source, backend, put)
+    let (offsets, matrix) = (&layout.offsets, &layout.matrix);
+    kiln_gpu_host::weights::upload_each(plan, offsets, matrix, source, backend, |at, bytes| {
+        let b = layout.buffer_of(at);
+        put(b, at - layout.buffers[b].start, bytes)
+    })
 }
 
 #[cfg(test)]

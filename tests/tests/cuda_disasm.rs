@@ -59,6 +59,14 @@ fn is_decode_matvec(k: &KernelFacts) -> bool {
     k.variant.starts_with("matvec_") && k.kernel.starts_with("matvec_")
 }
 
+/// A matvec of a type the decode matvecs read packed (kiln_kernels_cuda::matvec::DTYPES).
+fn is_packed_type_matvec(k: &KernelFacts) -> bool {
+    k.is_matvec()
+        && kiln_kernels_cuda::matvec::DTYPES
+            .iter()
+            .any(|d| k.variant.ends_with(&format!("_{}", d.name())))
+}
+
 /// The facts, each checked for every kernel it applies to; a fact that applies to no
 /// kernel fails too (a renamed kernel must not turn a check into a no-op).
 const FACTS: &[Fact] = &[
@@ -121,18 +129,18 @@ const FACTS: &[Fact] = &[
                 && (!k.kernel.contains("_t1") || k.kernel.contains("_t16") || k.registers <= 80)
         },
     },
-    // ---- Required since the quantized `_mv8` kernels gone (issue 14, items 2 and 3): every
-    // matvec of a quantized type is a decode matvec of the packed layout.
+    // ---- Required since the `_mv8` kernels of the packed types went (issue 14, items 2 and
+    // 3): every matvec of Q4_0, Q4_1 or Q8_0 is a decode matvec of the packed layout.
     Fact {
-        what: "quantized matvecs load weights 128 bits wide (LDG.E.128)",
+        what: "matvecs of the packed types load weights 128 bits wide (LDG.E.128)",
         status: Status::Required,
-        applies: |k| k.is_matvec() && k.quantized,
+        applies: is_packed_type_matvec,
         holds: |k| k.ldg128 > 0,
     },
     Fact {
-        what: "quantized matvecs multiply int8 activations with integer dot products (IDP.4A)",
+        what: "matvecs of the packed types multiply int8 activations with integer dot products (IDP.4A)",
         status: Status::Required,
-        applies: |k| k.is_matvec() && k.quantized,
+        applies: is_packed_type_matvec,
         holds: |k| k.idp4a > 0,
     },
     Fact {
@@ -146,6 +154,15 @@ const FACTS: &[Fact] = &[
     // Q4_0/Q4_1 at 1 token (and t2_add) load one f16 d (half2 for Q4_1) per block beside
     // each 16-byte quant load: as many narrow load instructions as wide ones until the
     // scales of several blocks come in one load.
+    // ---- Target (issue 16 on CUDA): Q5_0, Q5_1 and the K-quants run, through the
+    // f32-activation `_mv8` kernels of weights/<dtype>.cuh, until they have packed dp4a
+    // matvecs of their own.
+    Fact {
+        what: "every quantized type decodes with integer dot products (IDP.4A)",
+        status: Status::Target,
+        applies: |k| k.is_matvec() && k.quantized,
+        holds: |k| k.idp4a > 0,
+    },
     Fact {
         what: "decode matvecs issue more 128-bit than narrower global load instructions",
         status: Status::Target,

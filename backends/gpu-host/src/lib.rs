@@ -13,6 +13,8 @@
 //! - [`lru`]: recorded work kept per step shape.
 //! - [`step`]: the step buffer every GPU kernel set reads (ids, positions, block tables,
 //!   RoPE cos/sin), and the RoPE tables of a plan.
+//! - [`upload`]: the upload plan (a staging area filled piece by piece, flushed when
+//!   full).
 //! - [`weights`]: the bytes of each weight as a GPU weights buffer holds them.
 
 pub mod cache;
@@ -22,6 +24,7 @@ pub mod lru;
 pub mod output;
 pub mod step;
 pub mod timers;
+pub mod upload;
 pub mod weights;
 
 pub use cache::{Cache, CacheStats, DiskCache};

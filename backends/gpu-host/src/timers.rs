@@ -26,6 +26,23 @@ pub fn launch_times(ticks: &[u64], period_ns: f64, valid_bits: u32) -> Vec<Launc
         .collect()
 }
 
+/// The timestamps a device wrote in its last step: two per launch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Timestamps {
+    pub ticks: Vec<u64>,
+    /// Nanoseconds per tick.
+    pub period_ns: f64,
+    /// Valid bits of a timestamp.
+    pub valid_bits: u32,
+}
+
+impl Timestamps {
+    /// The time of every launch ([`launch_times`]).
+    pub fn launch_times(&self) -> Vec<LaunchTime> {
+        launch_times(&self.ticks, self.period_ns, self.valid_bits)
+    }
+}
+
 /// The error of `launch_times` on a device without timestamp queries.
 pub fn no_timestamps(backend: &'static str, device: &str) -> BackendError {
     BackendError::Unsupported {

@@ -7,10 +7,13 @@ use kiln_gpu_host::{Cache, no_plan};
 use kiln_ir::backend::{Backend, BackendError, DeviceProperties, LaunchTime, Step, WeightSource};
 use kiln_ir::kv_layout::KvLayout;
 use kiln_ir::{Graph, Op, Plan};
+use kiln_kernels_wgsl::run::Loaded;
+use kiln_kernels_wgsl::{Capabilities, Program};
 
 use crate::device::{NAME, Vk};
-use crate::loaded::{Build, Loaded, subgroup_size};
-use crate::spirv::CacheStats;
+use crate::loaded::{Build, VulkanPlan};
+use crate::pipeline_cache::CacheStats;
+use kiln_kernels_wgsl::program::subgroup_size;
 
 /// How to open the backend. `Default`: a GPU only, subgroups where the device has them
 /// (the largest size it offers up to a workgroup), no disk cache, quiet.
@@ -51,7 +54,7 @@ impl Default for VulkanOptions {
 pub struct VulkanBackend {
     properties: DeviceProperties,
     build: Build,
-    loaded: Option<Loaded>,
+    loaded: Option<Loaded<VulkanPlan>>,
     // Last: everything above holds an Arc of the device and is dropped first.
     vk: Arc<Vk>,
 }
@@ -79,9 +82,14 @@ impl VulkanBackend {
         let subgroups = options.subgroups && info.subgroup_size.is_some();
         let build = Build {
             subgroups,
-            subgroup_size: subgroups
-                .then(|| subgroup_size(info, options.subgroup_size))
-                .flatten(),
+            // Required where the device has size control.
+            subgroup_size: info.size_control.filter(|_| subgroups).and_then(|s| {
+                subgroup_size(
+                    (s.min, s.max),
+                    s.max_workgroup_subgroups,
+                    options.subgroup_size,
+                )
+            }),
             cache: options.cache,
             debug: options.debug,
         };
@@ -119,10 +127,10 @@ impl VulkanBackend {
 
     /// What the kernel caches did during the last `load_plan`.
     pub fn cache_stats(&self) -> Option<CacheStats> {
-        self.loaded.as_ref().map(|l| l.cache)
+        self.loaded.as_ref().map(|l| l.device.cache)
     }
 
-    fn loaded(&mut self) -> Result<&mut Loaded, BackendError> {
+    fn loaded(&mut self) -> Result<&mut Loaded<VulkanPlan>, BackendError> {
         self.loaded.as_mut().ok_or_else(|| no_plan(NAME))
     }
 }
@@ -137,10 +145,7 @@ impl Backend for VulkanBackend {
     }
 
     fn supports(&self, op: &Op, graph: &Graph) -> bool {
-        let p = &self.properties;
-        let max_binding = p.max_binding_bytes.unwrap_or(u64::MAX);
-        let max_buffer = p.max_buffer_bytes.unwrap_or(u64::MAX);
-        kiln_kernels_wgsl::program::supports_on(op, graph, max_binding, max_buffer)
+        kiln_kernels_wgsl::program::supports_device(op, graph, &self.properties)
     }
 
     fn load_plan(
@@ -151,8 +156,17 @@ impl Backend for VulkanBackend {
         kv_page_count: usize,
     ) -> Result<(), BackendError> {
         self.loaded = None;
-        let device = (&self.vk, &self.properties, &self.build);
-        self.loaded = Some(Loaded::new(device, plan, weights, kv, kv_page_count)?);
+        let align = self.vk.info.limits.min_uniform_buffer_offset_alignment;
+        let caps = Capabilities::of(&self.properties, align);
+        // A window's base in its buffer is a dynamic offset, a u32.
+        let caps = Capabilities {
+            max_buffer: caps.max_buffer.min(1 << 32),
+            ..caps
+        };
+        let program = Program::new(plan, weights, kv, kv_page_count, &caps)
+            .map_err(|e| e.for_backend(NAME))?;
+        let device = VulkanPlan::new((&self.vk, &self.build), &program, plan, weights)?;
+        self.loaded = Some(Loaded::new(program, device, kv, self.build.debug));
         Ok(())
     }
 
@@ -161,7 +175,7 @@ impl Backend for VulkanBackend {
     }
 
     fn read_logits(&mut self, out: &mut [f32]) -> Result<(), BackendError> {
-        self.loaded()?.read_output(out)
+        self.loaded()?.read_logits(out)
     }
 
     fn copy_kv_page(&mut self, src: u32, dst: u32, n_tokens: usize) -> Result<(), BackendError> {
@@ -179,11 +193,12 @@ impl Backend for VulkanBackend {
         // Weights in device memory (vectors as f32), the params blocks, the logits
         // readback buffer.
         let align = self.vk.info.limits.min_uniform_buffer_offset_alignment;
-        Loaded::device_bytes(plan, align.max(16)) as usize
+        VulkanPlan::device_bytes(plan, align.max(16)) as usize
     }
 
     fn launch_times(&mut self) -> Result<Vec<LaunchTime>, BackendError> {
-        self.loaded()?.launch_times()
+        let device = self.vk.info.name.clone();
+        self.loaded()?.launch_times(&device)
     }
 }
 

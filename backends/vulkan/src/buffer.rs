@@ -5,12 +5,10 @@
 use std::sync::Arc;
 
 use ash::vk;
+use kiln_gpu_host::upload::Staging;
 use kiln_ir::backend::BackendError;
 
 use crate::device::{NAME, Vk, vk_error};
-
-/// Largest staging buffer: uploads of more go in chunks.
-const STAGING_BYTES: u64 = 64 << 20;
 
 /// The host address of a mapped buffer.
 #[derive(Clone, Copy, Debug)]
@@ -50,9 +48,9 @@ impl std::fmt::Debug for Buffer {
 
 impl Drop for Buffer {
     fn drop(&mut self) {
-        // SAFETY: the buffer and memory were created from this device; whoever drops a
-        // buffer has waited for the work that used it (Loaded and the backend wait for
-        // their fences or the device before dropping).
+        // SAFETY: the buffer and memory (or null, ignored) were created from this device;
+        // whoever drops a buffer has waited for the work that used it (Loaded and the
+        // backend wait for their fences or the device before dropping).
         unsafe {
             if self.mapped.is_some() {
                 self.vk.device.unmap_memory(self.memory);
@@ -97,65 +95,44 @@ impl Buffer {
         // SAFETY: the device is valid; the size is non-zero.
         let raw =
             unsafe { vk.device.create_buffer(&info, None) }.map_err(|e| oom("creating", e))?;
+        // From here on, an error drops the buffer, which destroys what exists (null
+        // memory is ignored by vkFreeMemory).
+        let mut buffer = Buffer {
+            vk: vk.clone(),
+            raw,
+            memory: vk::DeviceMemory::null(),
+            size,
+            mapped: None,
+        };
         // SAFETY: `raw` was just created from this device.
         let needs = unsafe { vk.device.get_buffer_memory_requirements(raw) };
-        let destroy = || {
-            // SAFETY: `raw` is unbound and unused.
-            unsafe { vk.device.destroy_buffer(raw, None) }
-        };
-        let Some(type_index) = vk.memory_type(needs.memory_type_bits, required, preferred) else {
-            destroy();
-            return Err(BackendError::Unsupported {
-                backend: NAME,
-                what: format!(
-                    "a memory type with flags {:#x} for {label}",
-                    required.as_raw()
-                ),
-            });
-        };
+        let type_index =
+            (vk.memory_type(needs.memory_type_bits, required, preferred)).ok_or_else(|| {
+                BackendError::Unsupported {
+                    backend: NAME,
+                    what: format!(
+                        "a memory type with flags {:#x} for {label}",
+                        required.as_raw()
+                    ),
+                }
+            })?;
         let alloc = vk::MemoryAllocateInfo::default()
             .allocation_size(needs.size)
             .memory_type_index(type_index);
         // SAFETY: the type index comes from this device's memory properties.
-        let memory = match unsafe { vk.device.allocate_memory(&alloc, None) } {
-            Ok(m) => m,
-            Err(e) => {
-                destroy();
-                return Err(oom("allocating", e));
-            }
-        };
-        let free = || {
-            destroy();
-            // SAFETY: the memory is unmapped and bound to nothing that lives.
-            unsafe { vk.device.free_memory(memory, None) };
-        };
+        buffer.memory =
+            unsafe { vk.device.allocate_memory(&alloc, None) }.map_err(|e| oom("allocating", e))?;
         // SAFETY: the memory was allocated for this buffer's requirements, at offset 0.
-        if let Err(e) = unsafe { vk.device.bind_buffer_memory(raw, memory, 0) } {
-            free();
-            return Err(oom("binding memory of", e));
-        }
-        let mapped = if kind == Kind::Device {
-            None
-        } else {
+        unsafe { vk.device.bind_buffer_memory(raw, buffer.memory, 0) }
+            .map_err(|e| oom("binding memory of", e))?;
+        if kind != Kind::Device {
+            let flags = vk::MemoryMapFlags::empty();
             // SAFETY: host-visible memory, mapped once for the buffer's life.
-            match unsafe {
-                vk.device
-                    .map_memory(memory, 0, vk::WHOLE_SIZE, vk::MemoryMapFlags::empty())
-            } {
-                Ok(p) => Some(Mapped(p.cast())),
-                Err(e) => {
-                    free();
-                    return Err(oom("mapping", e));
-                }
-            }
-        };
-        Ok(Buffer {
-            vk: vk.clone(),
-            raw,
-            memory,
-            size,
-            mapped,
-        })
+            let p = unsafe { (vk.device).map_memory(buffer.memory, 0, vk::WHOLE_SIZE, flags) }
+                .map_err(|e| oom("mapping", e))?;
+            buffer.mapped = Some(Mapped(p.cast()));
+        }
+        Ok(buffer)
     }
 
     fn check(&self, offset: u64, len: usize) -> Result<Mapped, BackendError> {
@@ -202,91 +179,72 @@ impl Buffer {
     }
 }
 
-/// Copies host bytes into device buffers through one staging buffer, a command buffer
-/// of copies per flush.
+/// Copies host bytes into device buffers through one staging buffer (kiln-gpu-host's
+/// upload plan), a command buffer of copies per flush.
 pub(crate) struct Uploader {
     vk: Arc<Vk>,
     staging: Option<Buffer>,
+    plan: Staging,
     /// (destination, copy) pending in the staging buffer.
     pending: Vec<(vk::Buffer, vk::BufferCopy)>,
-    used: u64,
-    capacity: u64,
 }
 
 impl Uploader {
-    /// An uploader for about `total` bytes (the staging buffer is at most 64 MiB).
+    /// An uploader for about `total` bytes.
     pub fn new(vk: &Arc<Vk>, total: u64) -> Uploader {
         Uploader {
             vk: vk.clone(),
             staging: None,
+            plan: Staging::new(total),
             pending: Vec::new(),
-            used: 0,
-            capacity: total.clamp(16, STAGING_BYTES).next_multiple_of(16),
         }
     }
 
     pub fn push(&mut self, dst: &Buffer, offset: u64, data: &[u8]) -> Result<(), BackendError> {
-        if offset
-            .checked_add(data.len() as u64)
-            .is_none_or(|end| end > dst.size)
-        {
+        let len = data.len() as u64;
+        if offset.checked_add(len).is_none_or(|end| end > dst.size) {
             return Err(BackendError::BadStep {
                 backend: NAME,
-                reason: format!(
-                    "{} bytes at {offset} of a {}-byte buffer",
-                    data.len(),
-                    dst.size
-                ),
+                reason: format!("{len} bytes at {offset} of a {}-byte buffer", dst.size),
             });
         }
-        let mut done = 0usize;
-        while done < data.len() {
-            if self.used == self.capacity {
-                self.flush()?;
+        for piece in self.plan.place(data.len()) {
+            if piece.flush_first {
+                self.copy_pending()?;
             }
-            let n = ((self.capacity - self.used) as usize).min(data.len() - done);
-            if self.staging.is_none() {
-                self.staging = Some(Buffer::new(
+            let staging = match &mut self.staging {
+                Some(s) => s,
+                None => (self.staging).insert(Buffer::new(
                     &self.vk,
                     "staging",
-                    self.capacity,
+                    self.plan.capacity(),
                     Kind::Upload,
-                )?);
-            }
-            let staging = self
-                .staging
-                .as_mut()
-                .ok_or_else(|| crate::device::driver("no staging buffer"))?;
-            staging.write(self.used, &data[done..done + n])?;
-            self.pending.push((
-                dst.raw,
-                vk::BufferCopy {
-                    src_offset: self.used,
-                    dst_offset: offset + done as u64,
-                    size: n as u64,
-                },
-            ));
-            // Keep copies 16-byte aligned in the staging buffer.
-            self.used = (self.used + n as u64)
-                .next_multiple_of(16)
-                .min(self.capacity);
-            done += n;
+                )?),
+            };
+            staging.write(piece.staging, &data[piece.bytes.clone()])?;
+            let copy = vk::BufferCopy {
+                src_offset: piece.staging,
+                dst_offset: offset + piece.bytes.start as u64,
+                size: piece.bytes.len() as u64,
+            };
+            self.pending.push((dst.raw, copy));
         }
         Ok(())
     }
 
     /// Copy everything pending and wait.
     pub fn flush(&mut self) -> Result<(), BackendError> {
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let Some(staging) = &self.staging else {
+        self.plan.flushed();
+        self.copy_pending()
+    }
+
+    /// Copy what is staged (the plan already counts the staging area as empty) and wait.
+    fn copy_pending(&mut self) -> Result<(), BackendError> {
+        let (Some(staging), false) = (&self.staging, self.pending.is_empty()) else {
             return Ok(());
         };
-        let vk = &self.vk;
-        let src = staging.raw;
+        let (vk, src) = (&self.vk, staging.raw);
         let pending = std::mem::take(&mut self.pending);
-        self.used = 0;
         vk.oneshot(|cb| {
             for (dst, copy) in &pending {
                 // SAFETY: `cb` is recording; both buffers live until the oneshot has

@@ -4,8 +4,8 @@
 //! zero-initialised workgroup memory), and the one-shot helpers (submit and wait, staged
 //! uploads and readbacks) that everything but the decode step goes through.
 //!
-//! Every raw Vulkan call of the crate is in this file, `buffer.rs` and `loaded.rs`, each in
-//! an `unsafe` block that says why its handles are valid.
+//! Every raw Vulkan call of the crate is in this file, `buffer.rs`, `objects.rs` and
+//! `loaded.rs`, each in an `unsafe` block that says why its handles are valid.
 
 use std::ffi::CStr;
 use std::sync::Mutex;
@@ -76,18 +76,6 @@ pub(crate) struct DeviceInfo {
     pub max_allocation_bytes: u64,
 }
 
-impl std::fmt::Debug for DeviceInfo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DeviceInfo")
-            .field("name", &self.name)
-            .field("api", &self.api())
-            .field("subgroup_size", &self.subgroup_size)
-            .field("size_control", &self.size_control)
-            .field("timestamp_bits", &self.timestamp_bits)
-            .finish()
-    }
-}
-
 impl DeviceInfo {
     pub fn api(&self) -> String {
         format!(
@@ -108,11 +96,24 @@ fn kind(t: vk::PhysicalDeviceType) -> DeviceKind {
     }
 }
 
+/// The Vulkan instance, destroyed when it drops (after the device, which [`Vk`] destroys
+/// first), with the loader it came from.
+struct Instance {
+    raw: ash::Instance,
+    _entry: ash::Entry,
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        // SAFETY: everything created from the instance (the device) is destroyed before
+        // it: `Vk` destroys its device in its own drop, before its fields drop.
+        unsafe { self.raw.destroy_instance(None) };
+    }
+}
+
 /// An opened device. Shared (`Arc`) by everything created from it, so that it is
 /// destroyed last.
 pub(crate) struct Vk {
-    _entry: ash::Entry,
-    instance: ash::Instance,
     pub device: ash::Device,
     pub family: u32,
     /// The queue; `vkQueueSubmit` needs it externally synchronised.
@@ -121,6 +122,8 @@ pub(crate) struct Vk {
     oneshot_pool: Mutex<vk::CommandPool>,
     memory: vk::PhysicalDeviceMemoryProperties,
     pub info: DeviceInfo,
+    /// Last: destroyed after the device.
+    _instance: Instance,
 }
 
 impl std::fmt::Debug for Vk {
@@ -132,14 +135,14 @@ impl std::fmt::Debug for Vk {
 impl Drop for Vk {
     fn drop(&mut self) {
         // SAFETY: every object created from the device holds an Arc of this Vk, so none is
-        // left; the pool was created from this device; the device from this instance.
+        // left; the pool (null when its creation failed, which destroy ignores) was
+        // created from this device.
         unsafe {
             let _ = self.device.device_wait_idle();
             if let Ok(pool) = self.oneshot_pool.get_mut() {
                 self.device.destroy_command_pool(*pool, None);
             }
             self.device.destroy_device(None);
-            self.instance.destroy_instance(None);
         }
     }
 }
@@ -152,10 +155,9 @@ struct Candidate {
     timestamp_bits: u32,
 }
 
-fn c_name(raw: &[std::ffi::c_char]) -> String {
-    // SAFETY: c_char and u8 have the same size; the slice stays borrowed for the call.
-    let bytes: &[u8] = unsafe { std::slice::from_raw_parts(raw.as_ptr().cast(), raw.len()) };
-    CStr::from_bytes_until_nul(bytes)
+/// The device's name from its properties.
+fn name(p: &vk::PhysicalDeviceProperties) -> String {
+    p.device_name_as_c_str()
         .map(|c| c.to_string_lossy().into_owned())
         .unwrap_or_default()
 }
@@ -187,38 +189,53 @@ impl Vk {
             .api_version(version.min(vk::API_VERSION_1_3));
         let create = vk::InstanceCreateInfo::default().application_info(&app);
         // SAFETY: the create info and what it points to live through the call.
-        let instance = unsafe { entry.create_instance(&create, None) }
+        let raw = unsafe { entry.create_instance(&create, None) }
             .map_err(|e| no_device(format!("creating a Vulkan instance: {e}")))?;
-        // The entry (the loaded library) outlives the instance on either path.
-        match Vk::open_device(&entry, instance, allow_cpu) {
-            Ok(vk) => Ok(vk),
-            Err((instance, e)) => {
-                // SAFETY: nothing was created from the instance that still lives.
-                unsafe { instance.destroy_instance(None) };
-                Err(e)
-            }
-        }
+        // From here on, an error drops the instance, which destroys it.
+        let instance = Instance { raw, _entry: entry };
+        let best = Vk::choose(&instance.raw, allow_cpu)?;
+        let name = name(&best.properties);
+        let (device, mut info) = Vk::create(&instance.raw, &best, name)?;
+        // SAFETY: the physical device belongs to the instance.
+        let memory = unsafe { (instance.raw).get_physical_device_memory_properties(best.physical) };
+        info.memory_bytes = memory.memory_heaps[..memory.memory_heap_count as usize]
+            .iter()
+            .filter(|h| h.flags.contains(vk::MemoryHeapFlags::DEVICE_LOCAL))
+            .map(|h| h.size)
+            .sum();
+        // SAFETY: the family index was checked against the device's families; one queue
+        // was asked of it.
+        let queue = unsafe { device.get_device_queue(best.family, 0) };
+        let mut vk = Vk {
+            device,
+            family: best.family,
+            queue: Mutex::new(queue),
+            oneshot_pool: Mutex::new(vk::CommandPool::null()),
+            memory,
+            info,
+            _instance: instance,
+        };
+        let pool_info = vk::CommandPoolCreateInfo::default()
+            .queue_family_index(best.family)
+            .flags(vk::CommandPoolCreateFlags::TRANSIENT);
+        // SAFETY: the device is valid and the family is one of its queues'.
+        let pool = unsafe { vk.device.create_command_pool(&pool_info, None) }
+            .map_err(|e| vk_error("creating a command pool", e, 0))?;
+        vk.oneshot_pool = Mutex::new(pool);
+        Ok(vk)
     }
 
-    /// Choose the physical device and create the logical device; on failure the instance
-    /// comes back to be destroyed.
-    #[allow(clippy::result_large_err)]
-    fn open_device(
-        entry: &ash::Entry,
-        instance: ash::Instance,
-        allow_cpu: bool,
-    ) -> Result<Vk, (ash::Instance, BackendError)> {
+    /// The best physical device of the instance (Vulkan 1.1, a compute queue).
+    fn choose(instance: &ash::Instance, allow_cpu: bool) -> Result<Candidate, BackendError> {
         // SAFETY: the instance is valid.
-        let physicals = match unsafe { instance.enumerate_physical_devices() } {
-            Ok(p) => p,
-            Err(e) => return Err((instance, no_device(format!("listing devices: {e}")))),
-        };
+        let physicals = unsafe { instance.enumerate_physical_devices() }
+            .map_err(|e| no_device(format!("listing devices: {e}")))?;
         let mut candidates = Vec::new();
         let mut skipped = Vec::new();
         for physical in physicals {
             // SAFETY: `physical` was just enumerated from this instance.
             let properties = unsafe { instance.get_physical_device_properties(physical) };
-            let name = c_name(&properties.device_name);
+            let name = name(&properties);
             if properties.api_version < vk::API_VERSION_1_1 {
                 skipped.push(format!("{name} (Vulkan 1.0)"));
                 continue;
@@ -253,50 +270,7 @@ impl Vk {
             }
         };
         let allow = "set KILN_VULKAN_DEVICE=any (VulkanOptions::allow_cpu)";
-        let best = match choose(candidates, allow_cpu, NAME, none, allow) {
-            Ok(best) => best,
-            Err(e) => return Err((instance, e)),
-        };
-        let name = c_name(&best.properties.device_name);
-        match Vk::create(&instance, &best, name) {
-            Ok((device, info)) => {
-                // SAFETY: the physical device belongs to the instance.
-                let memory =
-                    unsafe { instance.get_physical_device_memory_properties(best.physical) };
-                // SAFETY: the family index was checked against the device's families; one
-                // queue was asked of it.
-                let queue = unsafe { device.get_device_queue(best.family, 0) };
-                let pool_info = vk::CommandPoolCreateInfo::default()
-                    .queue_family_index(best.family)
-                    .flags(vk::CommandPoolCreateFlags::TRANSIENT);
-                // SAFETY: the device is valid and the family is one of its queues'.
-                let pool = match unsafe { device.create_command_pool(&pool_info, None) } {
-                    Ok(p) => p,
-                    Err(e) => {
-                        // SAFETY: nothing was created from the device yet.
-                        unsafe { device.destroy_device(None) };
-                        return Err((instance, vk_error("creating a command pool", e, 0)));
-                    }
-                };
-                let mut info = info;
-                info.memory_bytes = memory.memory_heaps[..memory.memory_heap_count as usize]
-                    .iter()
-                    .filter(|h| h.flags.contains(vk::MemoryHeapFlags::DEVICE_LOCAL))
-                    .map(|h| h.size)
-                    .sum();
-                Ok(Vk {
-                    _entry: entry.clone(),
-                    instance,
-                    device,
-                    family: best.family,
-                    queue: Mutex::new(queue),
-                    oneshot_pool: Mutex::new(pool),
-                    memory,
-                    info,
-                })
-            }
-            Err(e) => Err((instance, e)),
-        }
+        choose(candidates, allow_cpu, NAME, none, allow)
     }
 
     /// Query the device's subgroup abilities and create the logical device with what
@@ -470,6 +444,30 @@ impl Vk {
             .map_err(|e| vk_error("waiting for the device", e, 0))
     }
 
+    /// A primary command buffer from `pool`, a pool of this device that the caller uses
+    /// from one thread at a time.
+    pub fn command_buffer(&self, pool: vk::CommandPool) -> Result<vk::CommandBuffer, BackendError> {
+        let alloc = vk::CommandBufferAllocateInfo::default()
+            .command_pool(pool)
+            .level(vk::CommandBufferLevel::PRIMARY)
+            .command_buffer_count(1);
+        // SAFETY: the pool belongs to this device and is used from one thread (the
+        // caller's contract).
+        let buffers = unsafe { self.device.allocate_command_buffers(&alloc) }
+            .map_err(|e| vk_error("allocating a command buffer", e, 0))?;
+        (buffers.first().copied()).ok_or_else(|| driver("no command buffer was allocated"))
+    }
+
+    /// An unsignalled fence.
+    pub fn fence(&self) -> Result<vk::Fence, BackendError> {
+        // SAFETY: the device is valid.
+        unsafe {
+            self.device
+                .create_fence(&vk::FenceCreateInfo::default(), None)
+        }
+        .map_err(|e| vk_error("creating a fence", e, 0))
+    }
+
     /// Record commands into a one-shot command buffer between two full barriers (so it
     /// is ordered with everything submitted before and after), submit it and wait.
     pub fn oneshot(&self, record: impl FnOnce(vk::CommandBuffer)) -> Result<(), BackendError> {
@@ -477,20 +475,9 @@ impl Vk {
             .oneshot_pool
             .lock()
             .map_err(|_| driver("the command pool lock is poisoned"))?;
-        let alloc = vk::CommandBufferAllocateInfo::default()
-            .command_pool(*pool)
-            .level(vk::CommandBufferLevel::PRIMARY)
-            .command_buffer_count(1);
-        // SAFETY: the pool is held locked and belongs to this device.
-        let cb = unsafe { self.device.allocate_command_buffers(&alloc) }
-            .map_err(|e| vk_error("allocating a command buffer", e, 0))?[0];
-        // SAFETY: the device is valid.
-        let fence = unsafe {
-            self.device
-                .create_fence(&vk::FenceCreateInfo::default(), None)
-        }
-        .map_err(|e| vk_error("creating a fence", e, 0));
-        let result = fence.and_then(|fence| {
+        // The pool is held locked.
+        let cb = self.command_buffer(*pool)?;
+        let result = self.fence().and_then(|fence| {
             let begin = vk::CommandBufferBeginInfo::default()
                 .flags(vk::CommandBufferUsageFlags::ONE_TIME_SUBMIT);
             // SAFETY: the command buffer is freshly allocated from the locked pool.
@@ -539,28 +526,5 @@ impl Vk {
                 &[],
             )
         };
-    }
-}
-
-#[cfg(test)]
-pub(crate) mod tests {
-    use super::*;
-
-    /// A device description for tests that need no device.
-    pub(crate) fn fake_info() -> DeviceInfo {
-        DeviceInfo {
-            name: "test".into(),
-            api_version: vk::API_VERSION_1_3,
-            vendor_id: 0x10005,
-            device_id: 0,
-            pipeline_cache_uuid: [7; vk::UUID_SIZE],
-            limits: vk::PhysicalDeviceLimits::default(),
-            subgroup_size: Some(8),
-            size_control: None,
-            timestamp_bits: 64,
-            zero_init_workgroup: true,
-            memory_bytes: 0,
-            max_allocation_bytes: 0,
-        }
     }
 }

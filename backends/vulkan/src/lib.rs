@@ -14,8 +14,8 @@ mod buffer;
 mod device;
 mod loaded;
 mod objects;
-mod spirv;
+mod pipeline_cache;
 
 pub use backend::{VulkanBackend, VulkanOptions};
 pub use kiln_gpu_host::Cache;
-pub use spirv::CacheStats;
+pub use pipeline_cache::CacheStats;

@@ -1,31 +1,27 @@
 //! A plan on the device. At load: the buffers (device-local, weights through staging
-//! copies), one pipeline per kernel variant (SPIR-V from [`crate::spirv`], built through
-//! the device's pipeline cache), one descriptor set for every dispatch (the params block
-//! chosen by a dynamic uniform offset): [`crate::objects`]. Per step: the step buffer goes
-//! up through a small copy command buffer, then the step's command buffer runs: recorded
-//! once per step shape (tokens, output rows), since the grids depend on nothing else, and
-//! replayed afterwards (the Vulkan analogue of a CUDA graph). It ends by copying the
-//! logits to a mapped readback buffer, so `read_logits` only waits and reads.
+//! copies), one pipeline per kernel variant (SPIR-V from kiln-kernels-wgsl's `spirv`,
+//! built through the device's pipeline cache), a descriptor set per weights buffer (the
+//! params block and the weights window chosen by dynamic offsets): [`crate::objects`].
+//! Per step ([`Device`]): the step buffer goes up through a small copy command buffer,
+//! then the step's command buffer runs: recorded once per step shape from its dispatch
+//! list, and replayed afterwards (the Vulkan analogue of a CUDA graph). It ends by copying
+//! the logits to a mapped readback buffer, so `read_logits` only waits and reads.
 
 use std::sync::Arc;
 
 use ash::vk;
-use kiln_gpu_host::output::f32s_from_le;
-use kiln_gpu_host::timers::{launch_times, no_timestamps};
-use kiln_gpu_host::{Cache, Lru, Output, kv::leading_slots};
+use kiln_gpu_host::timers::Timestamps;
+use kiln_gpu_host::{Cache, Output};
 use kiln_ir::Plan;
-use kiln_ir::backend::{BackendError, DeviceProperties, LaunchTime, Step, StepShape, WeightSource};
-use kiln_ir::kv_layout::KvLayout;
-use kiln_kernels_wgsl::{Capabilities, Program, Resource, weights};
+use kiln_ir::backend::{BackendError, WeightSource};
+use kiln_kernels_wgsl::program::StepList;
+use kiln_kernels_wgsl::run::{Device, STEP_BYTES};
+use kiln_kernels_wgsl::{Program, Resource, weights};
 
 use crate::buffer::{Buffer, Kind, Uploader};
-use crate::device::{DeviceInfo, NAME, Vk, vk_error};
+use crate::device::{NAME, Vk, vk_error};
 use crate::objects::Objects;
-use crate::spirv::{CacheStats, Compiler};
-
-/// Recorded step command buffers kept (least recently used dropped first).
-const RECORDED: usize = 8;
-const WORKGROUP: u32 = 64;
+use crate::pipeline_cache::CacheStats;
 
 /// How the kernels are built on this device.
 #[derive(Clone, Debug)]
@@ -39,33 +35,14 @@ pub(crate) struct Build {
     pub debug: bool,
 }
 
-/// The subgroup size to require: `wanted`, else the largest the device offers up to a
-/// workgroup (fewer partial sums per reduction). None without size control.
-pub(crate) fn subgroup_size(info: &DeviceInfo, wanted: Option<u32>) -> Option<u32> {
-    let sc = info.size_control?;
-    let size = wanted
-        .unwrap_or(sc.max)
-        .clamp(sc.min, sc.max.min(WORKGROUP));
-    (size.is_power_of_two()
-        && WORKGROUP.is_multiple_of(size)
-        && WORKGROUP / size <= sc.max_workgroup_subgroups)
-        .then_some(size)
-}
-
-pub(crate) struct Loaded {
+pub(crate) struct VulkanPlan {
     /// First: dropping it waits for the device, before the buffers below go.
     objects: Objects,
     vk: Arc<Vk>,
-    program: Program,
-    kv_layout: KvLayout,
-    /// Step shape → its recorded command buffer.
-    recorded: Lru<StepShape, vk::CommandBuffer>,
     /// A step was submitted and not yet waited for.
     pending: bool,
-    last: Option<StepShape>,
     /// The largest params block (the dynamic uniform range).
     params_range: u64,
-    debug: bool,
     pub cache: CacheStats,
     arena: Buffer,
     /// Indexed like `program.weights.buffers`.
@@ -77,18 +54,7 @@ pub(crate) struct Loaded {
     readback: Buffer,
 }
 
-impl std::fmt::Debug for Loaded {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Loaded")
-            .field("launches", &self.program.launches.len())
-            .field("pipelines", &self.program.pipelines.len())
-            .field("arena_bytes", &self.program.arena_bytes)
-            .field("recorded", &self.recorded.len())
-            .finish()
-    }
-}
-
-impl Loaded {
+impl VulkanPlan {
     /// Device bytes a load of `plan` takes besides the arena and the KV pages: the
     /// Program's (weights, params blocks) and the logits readback buffer.
     pub fn device_bytes(plan: &Plan, uniform_align: u64) -> u64 {
@@ -97,29 +63,13 @@ impl Loaded {
     }
 
     pub fn new(
-        (vk, properties, build): (&Arc<Vk>, &DeviceProperties, &Build),
+        (vk, build): (&Arc<Vk>, &Build),
+        program: &Program,
         plan: &Plan,
         source: &dyn WeightSource,
-        kv: &KvLayout,
-        kv_page_count: usize,
-    ) -> Result<Loaded, BackendError> {
-        let limits = &vk.info.limits;
-        let caps = Capabilities::of(properties, limits.min_uniform_buffer_offset_alignment);
-        // A window's base in its buffer is a dynamic offset, a u32.
-        let caps = Capabilities {
-            max_buffer: caps.max_buffer.min(1 << 32),
-            ..caps
-        };
-        let program = Program::new(plan, source, kv, kv_page_count, &caps)
-            .map_err(|e| e.for_backend(NAME))?;
-        let params_range = program
-            .launches
-            .iter()
-            .flatten()
-            .map(|d| d.params_size)
-            .max()
-            .unwrap_or(16);
-        if params_range > u64::from(limits.max_uniform_buffer_range) {
+    ) -> Result<VulkanPlan, BackendError> {
+        let params_range = program.max_params_block();
+        if params_range > u64::from(vk.info.limits.max_uniform_buffer_range) {
             return Err(BackendError::Unsupported {
                 backend: NAME,
                 what: format!("params blocks of {params_range} bytes"),
@@ -127,80 +77,66 @@ impl Loaded {
         }
         let device = |label, bytes| Buffer::new(vk, label, bytes, Kind::Device);
         let layout = &program.weights;
-        let weights_buf = layout
-            .buffers
-            .iter()
+        let weights_buf = (layout.buffers.iter())
             .map(|b| device("weights", b.bytes))
             .collect::<Result<Vec<_>, _>>()?;
         let params = device("params", program.params.len() as u64 + params_range)?;
         let mut up = Uploader::new(vk, layout.total + program.params.len() as u64);
         up.push(&params, 0, &program.params)?;
-        weights::upload_each(plan, layout, source, NAME, |offset, bytes| {
-            let b = layout.buffer_of(offset);
-            up.push(&weights_buf[b], offset - layout.buffers[b].start, bytes)
+        weights::upload_each(plan, layout, source, NAME, |b, at, bytes| {
+            up.push(&weights_buf[b], at, bytes)
         })?;
         up.flush()?;
         drop(up);
-
-        let mut compiler = Compiler::new(&vk.info, build.subgroups, &build.cache);
-        let loaded = Loaded {
-            objects: Objects::new(vk, &program, build, &mut compiler)?,
+        let (objects, cache) = Objects::new(vk, program, build)?;
+        let loaded = VulkanPlan {
+            objects,
             vk: vk.clone(),
-            kv_layout: *kv,
-            recorded: Lru::new(RECORDED),
             pending: false,
-            last: None,
             params_range,
-            debug: build.debug,
-            cache: compiler.stats(),
+            cache,
             arena: device("arena", program.arena_bytes)?,
             weights: weights_buf,
             kv: device("kv pages", program.kv_bytes)?,
             params,
-            step: device("step", 4096)?,
-            step_host: Buffer::new(vk, "step staging", 4096, Kind::Upload)?,
+            step: device("step", STEP_BYTES)?,
+            step_host: Buffer::new(vk, "step staging", STEP_BYTES, Kind::Upload)?,
             readback: Buffer::new(vk, "logits", program.output.max_bytes(), Kind::Readback)?,
-            program,
         };
-        loaded.write_set();
+        loaded.write_sets(program);
         Ok(loaded)
     }
 
     /// Point the descriptor sets at the buffers (at load, and when the step buffer
     /// grows): set `i` binds weights buffer `i`, windows of the same size as the
-    /// dispatches' (one per buffer).
-    fn write_set(&self) {
-        let info = |b: &Buffer, range: u64| {
-            [vk::DescriptorBufferInfo {
-                buffer: b.raw,
-                offset: 0,
-                range,
-            }]
-        };
+    /// dispatches' (one per buffer), the params block of the largest dispatch.
+    fn write_sets(&self, program: &Program) {
+        let whole = vk::WHOLE_SIZE;
         let mut infos = Vec::with_capacity(5 * self.weights.len());
-        for (i, (&set, weights)) in self.objects.sets.iter().zip(&self.weights).enumerate() {
-            let window = self.program.weights_windows[i];
-            infos.extend([
-                (set, Resource::Params, info(&self.params, self.params_range)),
-                (set, Resource::Arena, info(&self.arena, vk::WHOLE_SIZE)),
-                (set, Resource::Weights, info(weights, window)),
-                (set, Resource::Kv, info(&self.kv, vk::WHOLE_SIZE)),
-                (set, Resource::Step, info(&self.step, vk::WHOLE_SIZE)),
-            ]);
-        }
-        let writes: Vec<vk::WriteDescriptorSet<'_>> = infos
-            .iter()
-            .map(|(set, r, buffer)| {
-                let ty = match r {
-                    Resource::Params => vk::DescriptorType::UNIFORM_BUFFER_DYNAMIC,
-                    Resource::Weights => vk::DescriptorType::STORAGE_BUFFER_DYNAMIC,
-                    _ => vk::DescriptorType::STORAGE_BUFFER,
+        for (i, &set) in self.objects.sets.iter().enumerate() {
+            infos.extend(Resource::ALL.map(|r| {
+                let (buffer, range) = match r {
+                    Resource::Params => (&self.params, self.params_range),
+                    Resource::Arena => (&self.arena, whole),
+                    Resource::Weights => (&self.weights[i], program.weights_windows[i]),
+                    Resource::Kv => (&self.kv, whole),
+                    Resource::Step => (&self.step, whole),
                 };
+                let info = [vk::DescriptorBufferInfo {
+                    buffer: buffer.raw,
+                    offset: 0,
+                    range,
+                }];
+                (set, r, info)
+            }));
+        }
+        let writes: Vec<vk::WriteDescriptorSet<'_>> = (infos.iter())
+            .map(|(set, r, info)| {
                 vk::WriteDescriptorSet::default()
                     .dst_set(*set)
                     .dst_binding(r.binding())
-                    .descriptor_type(ty)
-                    .buffer_info(buffer)
+                    .descriptor_type(crate::objects::descriptor_type(*r))
+                    .buffer_info(info)
             })
             .collect();
         // SAFETY: the set is not in use by any pending command buffer (callers wait and
@@ -214,38 +150,6 @@ impl Loaded {
             self.vk.wait_fence(self.objects.fence)?;
             self.pending = false;
         }
-        Ok(())
-    }
-
-    pub fn synchronize(&mut self) -> Result<(), BackendError> {
-        self.wait()
-    }
-
-    pub fn execute(&mut self, s: &Step<'_>) -> Result<(), BackendError> {
-        self.program.limits.check(s, NAME)?;
-        // Packed while the previous step may still run.
-        let data = self.program.pack_step(s).map_err(|e| e.for_backend(NAME))?;
-        let bytes = data.len() as u64;
-        self.wait()?;
-        if bytes > self.step.size {
-            let size = bytes.next_power_of_two();
-            self.step = Buffer::new(&self.vk, "step", size, Kind::Device)?;
-            self.step_host = Buffer::new(&self.vk, "step staging", size, Kind::Upload)?;
-            // The recorded steps bind the old step buffer.
-            self.objects.free(&self.recorded.drain());
-            self.write_set();
-        }
-        self.step_host.write(0, &data)?;
-        let shape = s.shape();
-        let replay = self.recorded(shape)?;
-        self.record_upload(bytes)?;
-        // SAFETY: the fence is not in use (waited for above).
-        unsafe { self.vk.device.reset_fences(&[self.objects.fence]) }
-            .map_err(|e| vk_error("resetting a fence", e, 0))?;
-        let buffers = [self.objects.upload_cb, replay];
-        self.vk.submit(&buffers, self.objects.fence)?;
-        self.pending = true;
-        self.last = Some(shape);
         Ok(())
     }
 
@@ -275,38 +179,22 @@ impl Loaded {
         .map_err(|e| vk_error("recording the step upload", e, 0))
     }
 
-    /// The command buffer of a step shape: recorded on first use, replayed afterwards.
-    fn recorded(&mut self, shape: StepShape) -> Result<vk::CommandBuffer, BackendError> {
-        if let Some(&cb) = self.recorded.get(&shape) {
-            return Ok(cb);
-        }
-        let cb = self.objects.command_buffer()?;
-        if let Err(e) = self.record(cb, shape) {
-            self.objects.free(&[cb]); // never submitted
-            return Err(e);
-        }
-        // No step is pending (waited for in `execute`): the evicted one may go.
-        if let Some(old) = self.recorded.insert(shape, cb) {
-            self.objects.free(&[old]);
-        }
-        Ok(cb)
-    }
-
-    fn record(&self, cb: vk::CommandBuffer, shape: StepShape) -> Result<(), BackendError> {
+    fn record_into(
+        &self,
+        cb: vk::CommandBuffer,
+        program: &Program,
+        list: &StepList,
+    ) -> Result<(), BackendError> {
         let (d, o) = (&self.vk.device, &self.objects);
         let compute_barrier = [vk::MemoryBarrier::default()
             .src_access_mask(vk::AccessFlags::SHADER_WRITE)
             .dst_access_mask(vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE)];
-        let out_bytes = self.program.output.bytes_in(shape);
-        if self.debug {
-            let (t, n) = (shape.tokens, shape.outputs);
-            eprintln!("vulkan: recording the step of {t} tokens, {n} outputs");
-        }
-        let stamp = |i: usize| {
-            if let Some(t) = &o.timer {
+        let out_bytes = program.output.bytes_in(list.shape);
+        let stamp = |query: u32| {
+            if let Some(pool) = o.timer {
                 let stage = vk::PipelineStageFlags::BOTTOM_OF_PIPE;
                 // SAFETY: `cb` is recording; the pool holds two queries per launch.
-                unsafe { d.cmd_write_timestamp(cb, stage, t.pool, i as u32) };
+                unsafe { d.cmd_write_timestamp(cb, stage, pool, query) };
             }
         };
         // SAFETY: `cb` is freshly allocated from this device's pool; every handle recorded
@@ -317,39 +205,34 @@ impl Loaded {
         unsafe {
             d.begin_command_buffer(cb, &vk::CommandBufferBeginInfo::default())
                 .map_err(|e| vk_error("recording a step", e, 0))?;
-            if let Some(t) = &o.timer {
-                d.cmd_reset_query_pool(cb, t.pool, 0, 2 * self.program.launches.len() as u32);
+            if let Some(pool) = o.timer {
+                d.cmd_reset_query_pool(cb, pool, 0, program.timestamp_queries());
             }
             let mut bound = None;
-            for i in 0..self.program.launches.len() {
-                stamp(2 * i);
+            for launch in list.launches() {
+                stamp(launch.queries[0]);
                 // The dispatches of one launch are independent (several matrices of one
                 // input): no barrier between them.
-                for (_, dispatch, [x, y, z]) in self.program.dispatches(i, shape) {
-                    if self.debug {
-                        self.program.trace(NAME, i, dispatch, [x, y, z]);
-                    }
-                    if bound != Some(dispatch.pipeline) {
-                        let pipeline = o.pipelines[dispatch.pipeline];
+                for run in launch.runs {
+                    if bound != Some(run.pipeline) {
+                        let pipeline = o.pipelines[run.pipeline];
                         d.cmd_bind_pipeline(cb, vk::PipelineBindPoint::COMPUTE, pipeline);
-                        bound = Some(dispatch.pipeline);
+                        bound = Some(run.pipeline);
                     }
                     d.cmd_bind_descriptor_sets(
                         cb,
                         vk::PipelineBindPoint::COMPUTE,
                         o.layout,
                         0,
-                        &[o.sets[dispatch.weights_buffer]],
+                        &[o.sets[run.weights_buffer]],
                         // Dynamic offsets in binding order: params, weights (below 4 GiB:
                         // the buffers are at most that).
-                        &[
-                            dispatch.params_offset as u32,
-                            dispatch.weights_offset as u32,
-                        ],
+                        &[run.params_offset as u32, run.weights_offset as u32],
                     );
+                    let [x, y, z] = run.workgroups;
                     d.cmd_dispatch(cb, x, y, z);
                 }
-                stamp(2 * i + 1);
+                stamp(launch.queries[1]);
                 d.cmd_pipeline_barrier(
                     cb,
                     vk::PipelineStageFlags::COMPUTE_SHADER,
@@ -363,7 +246,7 @@ impl Loaded {
             if out_bytes > 0 {
                 self.vk.full_barrier(cb);
                 let copy = vk::BufferCopy {
-                    src_offset: self.program.output.offset,
+                    src_offset: program.output.offset,
                     dst_offset: 0,
                     size: out_bytes,
                 };
@@ -374,62 +257,91 @@ impl Loaded {
                 .map_err(|e| vk_error("recording a step", e, 0))
         }
     }
+}
 
-    pub fn read_output(&mut self, out: &mut [f32]) -> Result<(), BackendError> {
-        self.program
-            .output
-            .check_logits(self.last, out.len(), NAME)?;
-        self.wait()?;
-        let mut bytes = vec![0u8; out.len() * 4];
-        self.readback.read(0, &mut bytes)?;
-        f32s_from_le(&bytes, out);
+impl Device for VulkanPlan {
+    const NAME: &'static str = NAME;
+    type Recorded = vk::CommandBuffer;
+
+    fn wait_step(&mut self) -> Result<(), BackendError> {
+        self.wait()
+    }
+
+    fn grow_step(&mut self, program: &Program, bytes: u64) -> Result<(), BackendError> {
+        self.step = Buffer::new(&self.vk, "step", bytes, Kind::Device)?;
+        self.step_host = Buffer::new(&self.vk, "step staging", bytes, Kind::Upload)?;
+        self.write_sets(program);
         Ok(())
     }
 
-    /// Copy the first `n_tokens` token slots of page `src` (every layer's K, V and
-    /// scales) into page `dst`.
-    pub fn copy_kv_page(
+    fn write_step(&mut self, data: &[u8]) -> Result<(), BackendError> {
+        self.step_host.write(0, data)?;
+        self.record_upload(data.len() as u64)
+    }
+
+    /// The step's command buffer, recorded once and replayed.
+    fn record(
         &mut self,
-        src: u32,
-        dst: u32,
-        n_tokens: usize,
+        program: &Program,
+        list: &StepList,
+    ) -> Result<vk::CommandBuffer, BackendError> {
+        let cb = self.objects.command_buffer()?;
+        if let Err(e) = self.record_into(cb, program, list) {
+            self.objects.free(&[cb]); // never submitted
+            return Err(e);
+        }
+        Ok(cb)
+    }
+
+    fn release(&mut self, recorded: Vec<vk::CommandBuffer>) {
+        // Not pending: `run` waits for the last step before it releases anything.
+        self.objects.free(&recorded);
+    }
+
+    fn submit(
+        &mut self,
+        _: &Program,
+        _: &StepList,
+        recorded: &vk::CommandBuffer,
     ) -> Result<(), BackendError> {
-        self.program.limits.check_page_copy(src, dst, NAME)?;
-        let pb = self.kv_layout.page_bytes() as u64;
-        let (src, dst) = (u64::from(src) * pb, u64::from(dst) * pb);
-        let regions: Vec<vk::BufferCopy> = leading_slots(&self.kv_layout, n_tokens)
-            .into_iter()
-            .map(|(offset, size)| vk::BufferCopy {
-                src_offset: src + offset,
-                dst_offset: dst + offset,
+        // SAFETY: the fence is not in use (the last step was waited for).
+        unsafe { self.vk.device.reset_fences(&[self.objects.fence]) }
+            .map_err(|e| vk_error("resetting a fence", e, 0))?;
+        let buffers = [self.objects.upload_cb, *recorded];
+        self.vk.submit(&buffers, self.objects.fence)?;
+        self.pending = true;
+        Ok(())
+    }
+
+    fn read_output(&mut self, _: &Output, out: &mut [u8]) -> Result<(), BackendError> {
+        // The step copied its output to the start of the readback buffer.
+        self.wait()?;
+        self.readback.read(0, out)
+    }
+
+    fn copy_kv(&mut self, src: u64, dst: u64, regions: &[(u64, u64)]) -> Result<(), BackendError> {
+        let regions: Vec<vk::BufferCopy> = (regions.iter())
+            .map(|&(at, size)| vk::BufferCopy {
+                src_offset: src + at,
+                dst_offset: dst + at,
                 size,
             })
             .collect();
-        if src == dst || regions.is_empty() {
-            return Ok(());
-        }
         let (vk, kv) = (&self.vk, self.kv.raw);
         vk.oneshot(|cb| {
             // SAFETY: `cb` is recording; the regions lie in two distinct pages of the KV
-            // buffer (checked above), so they do not overlap.
+            // buffer, so they do not overlap.
             unsafe { vk.device.cmd_copy_buffer(cb, kv, kv, &regions) };
         })
     }
 
-    pub fn launch_times(&mut self) -> Result<Vec<LaunchTime>, BackendError> {
-        let Some(t) = &self.objects.timer else {
-            return Err(no_timestamps(NAME, &self.vk.info.name));
+    fn timestamps(&mut self, queries: u32) -> Result<Option<Timestamps>, BackendError> {
+        let Some(pool) = self.objects.timer else {
+            return Ok(None);
         };
-        let (pool, period, bits) = (t.pool, t.period, t.valid_bits);
-        if self.last.is_none() {
-            return Err(BackendError::BadStep {
-                backend: NAME,
-                reason: "no step has run".into(),
-            });
-        }
         self.wait()?;
-        let mut ticks = vec![0u64; 2 * self.program.launches.len()];
-        // SAFETY: the pool holds 2n queries, all written by the last step, which is
+        let mut ticks = vec![0u64; queries as usize];
+        // SAFETY: the pool holds these queries, all written by the last step, which is
         // complete (waited for above).
         unsafe {
             self.vk.device.get_query_pool_results(
@@ -440,6 +352,14 @@ impl Loaded {
             )
         }
         .map_err(|e| vk_error("reading timestamps", e, 0))?;
-        Ok(launch_times(&ticks, period, bits))
+        Ok(Some(Timestamps {
+            ticks,
+            period_ns: f64::from(self.vk.info.limits.timestamp_period),
+            valid_bits: self.vk.info.timestamp_bits,
+        }))
+    }
+
+    fn synchronize(&mut self) -> Result<(), BackendError> {
+        self.wait()
     }
 }

@@ -10,19 +10,22 @@ use std::sync::Arc;
 use ash::vk;
 use kiln_ir::backend::BackendError;
 use kiln_kernels_wgsl::program::ENTRY;
+use kiln_kernels_wgsl::spirv::{Compiler, Target};
 use kiln_kernels_wgsl::{Program, Resource};
 
-use crate::device::{Vk, driver, vk_error};
+use crate::device::{NAME, Vk, driver, vk_error};
 use crate::loaded::Build;
-use crate::spirv::Compiler;
+use crate::pipeline_cache::{self, CacheStats};
 
-/// Timestamp queries, two per launch.
-pub(crate) struct Timer {
-    pub pool: vk::QueryPool,
-    /// Nanoseconds per tick.
-    pub period: f64,
-    /// Valid bits of a timestamp.
-    pub valid_bits: u32,
+/// How each resource is bound: the params block and the weights window at a dynamic
+/// offset per dispatch (one set per weights buffer serves every dispatch), the other
+/// buffers whole.
+pub(crate) fn descriptor_type(r: Resource) -> vk::DescriptorType {
+    match r {
+        Resource::Params => vk::DescriptorType::UNIFORM_BUFFER_DYNAMIC,
+        Resource::Weights => vk::DescriptorType::STORAGE_BUFFER_DYNAMIC,
+        Resource::Arena | Resource::Kv | Resource::Step => vk::DescriptorType::STORAGE_BUFFER,
+    }
 }
 
 /// Everything a loaded plan owns on the device besides its buffers. Null handles (what
@@ -43,7 +46,9 @@ pub(crate) struct Objects {
     /// Re-recorded every step: the step buffer's copy.
     pub upload_cb: vk::CommandBuffer,
     pub fence: vk::Fence,
-    pub timer: Option<Timer>,
+    /// Timestamp queries, two per launch (the queue's period and valid bits are in
+    /// `DeviceInfo`).
+    pub timer: Option<vk::QueryPool>,
 }
 
 impl Drop for Objects {
@@ -56,8 +61,8 @@ impl Drop for Objects {
         unsafe {
             d.destroy_command_pool(self.commands, None);
             d.destroy_fence(self.fence, None);
-            if let Some(t) = &self.timer {
-                d.destroy_query_pool(t.pool, None);
+            if let Some(pool) = self.timer {
+                d.destroy_query_pool(pool, None);
             }
             for &p in &self.pipelines {
                 d.destroy_pipeline(p, None);
@@ -70,13 +75,12 @@ impl Drop for Objects {
 }
 
 impl Objects {
-    /// Every object of `program` on this device, its kernels through `compiler`.
+    /// Every object of `program` on this device, and what the kernel caches did.
     pub(crate) fn new(
         vk: &Arc<Vk>,
         program: &Program,
         build: &Build,
-        compiler: &mut Compiler,
-    ) -> Result<Objects, BackendError> {
+    ) -> Result<(Objects, CacheStats), BackendError> {
         let mut o = Objects {
             vk: vk.clone(),
             set_layout: vk::DescriptorSetLayout::null(),
@@ -90,7 +94,18 @@ impl Objects {
             timer: None,
         };
         o.layouts()?;
-        o.pipelines(compiler, program, build)?;
+        let target = Target {
+            // SPIR-V 1.3 is Vulkan 1.1's, 1.5 Vulkan 1.2's, 1.6 Vulkan 1.3's.
+            version: match vk.info.api_version {
+                v if v >= vk::API_VERSION_1_3 => (1, 6),
+                v if v >= vk::API_VERSION_1_2 => (1, 5),
+                _ => (1, 3),
+            },
+            native_zero_init: vk.info.zero_init_workgroup,
+            subgroups: build.subgroups,
+        };
+        let mut compiler = Compiler::new(target, &build.cache);
+        let pipeline_cache_bytes = o.pipelines(&mut compiler, program, build)?;
         o.descriptor_sets(program.weights.buffers.len() as u32)?;
         let info = vk::CommandPoolCreateInfo::default()
             .queue_family_index(vk.family)
@@ -99,26 +114,21 @@ impl Objects {
         o.commands = unsafe { vk.device.create_command_pool(&info, None) }
             .map_err(|e| vk_error("creating a command pool", e, 0))?;
         o.upload_cb = o.command_buffer()?;
-        // SAFETY: the device is valid.
-        o.fence = unsafe {
-            vk.device
-                .create_fence(&vk::FenceCreateInfo::default(), None)
-        }
-        .map_err(|e| vk_error("creating a fence", e, 0))?;
-        o.timer(2 * program.launches.len() as u32)?;
-        Ok(o)
+        o.fence = vk.fence()?;
+        o.timer(program.timestamp_queries())?;
+        let spirv = compiler.stats();
+        let stats = CacheStats {
+            spirv_hits: spirv.hits,
+            spirv_compiled: spirv.built,
+            pipeline_cache_bytes,
+        };
+        Ok((o, stats))
     }
 
     /// A primary command buffer from the pool.
     pub(crate) fn command_buffer(&self) -> Result<vk::CommandBuffer, BackendError> {
-        let alloc = vk::CommandBufferAllocateInfo::default()
-            .command_pool(self.commands)
-            .level(vk::CommandBufferLevel::PRIMARY)
-            .command_buffer_count(1);
-        // SAFETY: the pool belongs to this device and is used from one thread (the
-        // Loaded's owner).
-        Ok(unsafe { self.vk.device.allocate_command_buffers(&alloc) }
-            .map_err(|e| vk_error("allocating a command buffer", e, 0))?[0])
+        // The pool is used from one thread (the plan's owner).
+        self.vk.command_buffer(self.commands)
     }
 
     /// Give command buffers of the pool back. They must not be pending.
@@ -130,25 +140,13 @@ impl Objects {
     }
 
     fn layouts(&mut self) -> Result<(), BackendError> {
-        let binding = |r: Resource, ty| {
+        let bindings = Resource::ALL.map(|r| {
             vk::DescriptorSetLayoutBinding::default()
                 .binding(r.binding())
-                .descriptor_type(ty)
+                .descriptor_type(descriptor_type(r))
                 .descriptor_count(1)
                 .stage_flags(vk::ShaderStageFlags::COMPUTE)
-        };
-        let storage = vk::DescriptorType::STORAGE_BUFFER;
-        let bindings = [
-            binding(Resource::Params, vk::DescriptorType::UNIFORM_BUFFER_DYNAMIC),
-            binding(Resource::Arena, storage),
-            // A window of the weights buffer per dispatch (Dispatch::weights_base).
-            binding(
-                Resource::Weights,
-                vk::DescriptorType::STORAGE_BUFFER_DYNAMIC,
-            ),
-            binding(Resource::Kv, storage),
-            binding(Resource::Step, storage),
-        ];
+        });
         let d = &self.vk.device;
         let info = vk::DescriptorSetLayoutCreateInfo::default().bindings(&bindings);
         // SAFETY: the device is valid; the info outlives the call.
@@ -163,27 +161,27 @@ impl Objects {
     }
 
     /// Every pipeline of the program, through the device's pipeline cache (loaded from
-    /// and saved to disk).
+    /// and saved to disk); the bytes of pipeline cache the driver took.
     fn pipelines(
         &mut self,
         compiler: &mut Compiler,
         program: &Program,
         build: &Build,
-    ) -> Result<(), BackendError> {
+    ) -> Result<usize, BackendError> {
         let vk = self.vk.clone();
         let d = &vk.device;
-        let initial = compiler.load_pipeline_cache(&vk.info);
+        let mut initial = pipeline_cache::load(compiler.cache(), &vk.info);
         let cache_info = vk::PipelineCacheCreateInfo::default().initial_data(&initial);
         // SAFETY: the initial data outlives the call; drivers check its header and
         // ignore data that is not theirs.
         let cache = match unsafe { d.create_pipeline_cache(&cache_info, None) } {
-            Ok(c) => {
-                compiler.pipeline_cache_bytes = initial.len();
-                c
+            Ok(c) => c,
+            Err(_) => {
+                initial.clear();
+                // SAFETY: as above, empty.
+                unsafe { d.create_pipeline_cache(&Default::default(), None) }
+                    .map_err(|e| vk_error("creating a pipeline cache", e, 0))?
             }
-            // SAFETY: as above, empty.
-            Err(_) => unsafe { d.create_pipeline_cache(&Default::default(), None) }
-                .map_err(|e| vk_error("creating a pipeline cache", e, 0))?,
         };
         let mut result = Ok(());
         for p in &program.pipelines {
@@ -195,12 +193,12 @@ impl Objects {
         if result.is_ok() {
             // SAFETY: the cache is valid and not used concurrently.
             if let Ok(data) = unsafe { d.get_pipeline_cache_data(cache) } {
-                compiler.save_pipeline_cache(&vk.info, &data);
+                pipeline_cache::save(compiler.cache(), &vk.info, &data);
             }
         }
         // SAFETY: no pipeline creation is in flight with this cache.
         unsafe { d.destroy_pipeline_cache(cache, None) };
-        result
+        result.map(|()| initial.len())
     }
 
     fn pipeline(
@@ -213,7 +211,7 @@ impl Objects {
         let vk = self.vk.clone();
         let d = &vk.device;
         let entry = std::ffi::CString::new(ENTRY).map_err(|_| driver("entry point name"))?;
-        let words = compiler.spirv(&p.name, &p.source)?;
+        let words = (compiler.spirv(&p.name, &p.source)).map_err(|e| e.for_backend(NAME))?;
         let info = vk::ShaderModuleCreateInfo::default().code(&words);
         // SAFETY: `words` is SPIR-V that naga validated and wrote (or our cache's copy of
         // it, magic number checked); it outlives the call.
@@ -260,20 +258,11 @@ impl Objects {
 
     fn descriptor_sets(&mut self, n: u32) -> Result<(), BackendError> {
         let d = &self.vk.device;
-        let sizes = [
-            vk::DescriptorPoolSize {
-                ty: vk::DescriptorType::UNIFORM_BUFFER_DYNAMIC,
-                descriptor_count: n,
-            },
-            vk::DescriptorPoolSize {
-                ty: vk::DescriptorType::STORAGE_BUFFER_DYNAMIC,
-                descriptor_count: n,
-            },
-            vk::DescriptorPoolSize {
-                ty: vk::DescriptorType::STORAGE_BUFFER,
-                descriptor_count: 3 * n,
-            },
-        ];
+        // A descriptor of each resource per set.
+        let sizes = Resource::ALL.map(|r| vk::DescriptorPoolSize {
+            ty: descriptor_type(r),
+            descriptor_count: n,
+        });
         let info = vk::DescriptorPoolCreateInfo::default()
             .max_sets(n)
             .pool_sizes(&sizes);
@@ -302,11 +291,7 @@ impl Objects {
         // SAFETY: the device is valid.
         let pool = unsafe { self.vk.device.create_query_pool(&info, None) }
             .map_err(|e| vk_error("creating a query pool", e, 0))?;
-        self.timer = Some(Timer {
-            pool,
-            period: f64::from(self.vk.info.limits.timestamp_period),
-            valid_bits: bits,
-        });
+        self.timer = Some(pool);
         Ok(())
     }
 }

@@ -1,13 +1,17 @@
 //! The Backend implementation: options, device, plan loading; the plan itself runs in
 //! [`crate::loaded`].
 
+use std::sync::Arc;
+
 use kiln_gpu_host::no_plan;
 use kiln_ir::backend::{Backend, BackendError, DeviceProperties, LaunchTime, Step, WeightSource};
 use kiln_ir::kv_layout::KvLayout;
 use kiln_ir::{Graph, Op, Plan};
+use kiln_kernels_wgsl::run::Loaded;
+use kiln_kernels_wgsl::{Capabilities, Program};
 
 use crate::device::{Gpu, NAME};
-use crate::loaded::Loaded;
+use crate::loaded::WgpuPlan;
 
 /// How to open the backend. `Default`: a GPU adapter only, subgroups where it has them,
 /// quiet.
@@ -40,10 +44,10 @@ impl Default for WgpuOptions {
 /// The WebGPU backend: wgpu on Vulkan, Metal or DX12, running kiln-kernels-wgsl.
 #[derive(Debug)]
 pub struct WgpuBackend {
-    gpu: Gpu,
+    gpu: Arc<Gpu>,
     properties: DeviceProperties,
     debug: bool,
-    loaded: Option<Loaded>,
+    loaded: Option<Loaded<WgpuPlan>>,
 }
 
 impl WgpuBackend {
@@ -86,15 +90,15 @@ impl WgpuBackend {
             ..DeviceProperties::default()
         };
         Ok(WgpuBackend {
-            gpu,
+            gpu: Arc::new(gpu),
             properties,
             debug: options.debug,
             loaded: None,
         })
     }
 
-    fn loaded(&self) -> Result<&Loaded, BackendError> {
-        self.loaded.as_ref().ok_or_else(|| no_plan(NAME))
+    fn loaded(&mut self) -> Result<&mut Loaded<WgpuPlan>, BackendError> {
+        self.loaded.as_mut().ok_or_else(|| no_plan(NAME))
     }
 }
 
@@ -108,10 +112,7 @@ impl Backend for WgpuBackend {
     }
 
     fn supports(&self, op: &Op, graph: &Graph) -> bool {
-        let p = &self.properties;
-        let max_binding = p.max_binding_bytes.unwrap_or(u64::MAX);
-        let max_buffer = p.max_buffer_bytes.unwrap_or(u64::MAX);
-        kiln_kernels_wgsl::program::supports_on(op, graph, max_binding, max_buffer)
+        kiln_kernels_wgsl::program::supports_device(op, graph, &self.properties)
     }
 
     fn load_plan(
@@ -122,22 +123,25 @@ impl Backend for WgpuBackend {
         kv_page_count: usize,
     ) -> Result<(), BackendError> {
         self.loaded = None;
-        let device = (&self.gpu, &self.properties, self.debug);
-        self.loaded = Some(Loaded::new(device, plan, weights, kv, kv_page_count)?);
+        let align = u64::from(self.gpu.limits.min_uniform_buffer_offset_alignment);
+        let caps = Capabilities::of(&self.properties, align);
+        let program = Program::new(plan, weights, kv, kv_page_count, &caps)
+            .map_err(|e| e.for_backend(NAME))?;
+        let device = WgpuPlan::new(&self.gpu, &program, plan, weights, self.debug)?;
+        self.loaded = Some(Loaded::new(program, device, kv, self.debug));
         Ok(())
     }
 
     fn execute(&mut self, step: &Step<'_>) -> Result<(), BackendError> {
-        let loaded = self.loaded.as_mut().ok_or_else(|| no_plan(NAME))?;
-        loaded.execute(&self.gpu, step)
+        self.loaded()?.execute(step)
     }
 
     fn read_logits(&mut self, out: &mut [f32]) -> Result<(), BackendError> {
-        self.loaded()?.read_output(&self.gpu, out)
+        self.loaded()?.read_logits(out)
     }
 
-    fn copy_kv_page(&mut self, src: u32, dst: u32, _n_tokens: usize) -> Result<(), BackendError> {
-        self.loaded()?.copy_kv_page(&self.gpu, src, dst)
+    fn copy_kv_page(&mut self, src: u32, dst: u32, n_tokens: usize) -> Result<(), BackendError> {
+        self.loaded()?.copy_kv_page(src, dst, n_tokens)
     }
 
     fn synchronize(&mut self) -> Result<(), BackendError> {
@@ -152,6 +156,7 @@ impl Backend for WgpuBackend {
     }
 
     fn launch_times(&mut self) -> Result<Vec<LaunchTime>, BackendError> {
-        self.loaded()?.launch_times(&self.gpu)
+        let device = self.gpu.info.name.clone();
+        self.loaded()?.launch_times(&device)
     }
 }

@@ -145,38 +145,39 @@ impl Gpu {
         Ok(buffer)
     }
 
-    /// Copy `len` bytes (a multiple of 4) at `offset` of `src` to the host.
-    pub fn read(&self, src: &wgpu::Buffer, offset: u64, len: u64) -> Result<Vec<u8>, BackendError> {
-        if len == 0 {
-            return Ok(Vec::new());
+    /// Copy `out.len()` bytes (a multiple of 4) at `offset` of `src` to the host.
+    pub fn read(
+        &self,
+        src: &wgpu::Buffer,
+        offset: u64,
+        out: &mut [u8],
+    ) -> Result<(), BackendError> {
+        if out.is_empty() {
+            return Ok(());
         }
-        let staging = self.buffer(
-            "readback",
-            len,
-            wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-        )?;
-        let mut encoder = self.device.create_command_encoder(&Default::default());
-        encoder.copy_buffer_to_buffer(src, offset, &staging, 0, len);
-        self.queue.submit([encoder.finish()]);
+        let end = offset + out.len() as u64;
+        if end > src.size() {
+            return Err(driver(format!("reading {offset}..{end} of {}", src.size())));
+        }
         let result = Arc::new(Mutex::new(None));
         let slot = result.clone();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+        let slice = src.slice(offset..end);
+        wgpu::util::DownloadBuffer::read_buffer(&self.device, &self.queue, &slice, move |r| {
             if let Ok(mut s) = slot.lock() {
                 *s = Some(r);
             }
         });
         self.wait()?;
         self.check("reading back")?;
-        match result.lock().ok().and_then(|mut s| s.take()) {
-            Some(Ok(())) => {}
+        let bytes = match result.lock().ok().and_then(|mut s| s.take()) {
+            Some(Ok(bytes)) => bytes,
             Some(Err(e)) => return Err(driver(format!("mapping a readback buffer: {e}"))),
             None => return Err(driver("a readback buffer was never mapped")),
-        }
-        let bytes = staging
-            .get_mapped_range(..)
-            .map_err(|e| driver(format!("mapping a readback buffer: {e}")))?
-            .to_vec();
-        staging.unmap();
-        Ok(bytes)
+        };
+        let bytes = bytes
+            .get(..out.len())
+            .ok_or_else(|| driver("a short readback"))?;
+        out.copy_from_slice(bytes);
+        Ok(())
     }
 }

@@ -1,5 +1,6 @@
 // attention.cu: causal grouped-query attention over the paged KV cache (FP8 E4M3 with
-// per-(token, head) scales, or F16), online softmax, any context length; decode and
+// per-(token, head) scales, or F16), online softmax, any context length, optionally over
+// a sliding window of the last `window` positions (kv_common.cuh: window_start); decode and
 // prefill alike (attention.wgsl, correct first). One block of WG threads per (query head,
 // token): tiles of WG positions; in each, thread j scores position t0 + j (a whole K row
 // against q in shared memory), then every thread rescales and accumulates its own
@@ -60,7 +61,8 @@ extern "C" __global__ void KILN_MAIN(const __grid_constant__ KvArgs p) {
         q_sh[d] = p.q[row + d] * p.scale;
     }
     __syncthreads();
-    unsigned int n = step[step[STEP_POSITIONS] + t] + 1u; // positions 0 ..= pos
+    unsigned int n = step[step[STEP_POSITIONS] + t] + 1u; // positions first ..= pos
+    unsigned int first = window_start(p, n);
     float m = -1e30f; // running max score
     float l = 0.0f;   // running softmax denominator
     float o[DIMS_PER_THREAD]; // (head_dim / WG) this thread's output dimensions
@@ -68,7 +70,7 @@ extern "C" __global__ void KILN_MAIN(const __grid_constant__ KvArgs p) {
     for (unsigned int e = 0u; e < DIMS_PER_THREAD; e++) {
         o[e] = 0.0f;
     }
-    for (unsigned int t0 = 0u; t0 < n; t0 += WG) {
+    for (unsigned int t0 = first; t0 < n; t0 += WG) {
         unsigned int j = t0 + lid;
         float s = -1e30f;
         unsigned int page = 0u;

@@ -1,6 +1,6 @@
 // attention_decode.cu: paged decode attention (entry KILN_DECODE), the semantics of
 // attention.cu (q · scale, K scale on the dot, V scale on the weight, causal positions
-// 0 ..= pos, online softmax from m = -1e30) with three changes for bandwidth:
+// window_start ..= pos, online softmax from m = -1e30) with three changes for bandwidth:
 // - GQA: one block per (KV head, token, split) serves up to AD_MAX_GROUP query heads of
 //   that KV head, so each K/V row is read from memory once per group, not once per head;
 // - tiles of AD_TILE positions are copied into shared memory with cp.async (sm_80+),
@@ -125,10 +125,13 @@ extern "C" __global__ void KILN_DECODE(const __grid_constant__ KvArgs p) {
         q_sh[i] = p.q[(t * p.n_heads + h0) * hd + i] * p.scale;
     }
 
-    // This split's positions: chunks of whole tiles, the last split takes the rest.
+    // This split's positions of first .. n: chunks of whole tiles, the last split takes
+    // the rest.
     unsigned int n = step[step[STEP_POSITIONS] + t] + 1u;
-    unsigned int chunk = ((n + splits - 1u) / splits + AD_TILE - 1u) / AD_TILE * AD_TILE;
-    unsigned int begin = min(n, split * chunk);
+    unsigned int first = window_start(p, n);
+    unsigned int span = n - first;
+    unsigned int chunk = ((span + splits - 1u) / splits + AD_TILE - 1u) / AD_TILE * AD_TILE;
+    unsigned int begin = first + min(span, split * chunk);
     unsigned int end = min(n, begin + chunk);
     unsigned int n_tiles = (end - begin + AD_TILE - 1u) / AD_TILE;
 

@@ -6,7 +6,8 @@
 // applies the K scales and the causal mask to S in f32, and the online softmax; P (with
 // the V scales folded in) goes from the S accumulators straight into the A fragments of
 // P·V, no shared memory. Chunked prefill and prefix-cache hits are the same: a row
-// attends to every position 0 ..= its own, whichever step wrote them.
+// attends to every position 0 ..= its own (the last `window` of them under a sliding
+// window), whichever step wrote them.
 // Rows of one tile may belong to several sequences (a step's sequences are one after
 // another): the block runs its rows sequence by sequence ("segments").
 // F16 caches keep attention.cu: f16 q and P would round what their f32 kernel does not;
@@ -120,7 +121,9 @@ extern "C" __global__ void __launch_bounds__(128) KILN_PREFILL(const __grid_cons
                 o[j][e] = 0.0f;
             }
         }
-        for (unsigned int k0 = 0u; k0 < kmax; k0 += FP_BK) {
+        // The segment's rows are consecutive positions: the first row's window starts
+        // earliest (the KV manager keeps the pages from there on).
+        for (unsigned int k0 = window_start(p, row_pos[first] + 1u); k0 < kmax; k0 += FP_BK) {
             __syncthreads(); // the previous tile is no longer read
             for (unsigned int i = tid; i < FP_BK; i += blockDim.x) {
                 unsigned int pos = k0 + i;
@@ -181,7 +184,9 @@ extern "C" __global__ void __launch_bounds__(128) KILN_PREFILL(const __grid_cons
                 for (unsigned int e = 0u; e < 4u; e++) {
                     unsigned int key = 8u * j + 2u * c + (e & 1u);
                     unsigned int r = e < 2u ? r_lo : r_hi;
-                    bool valid = r >= first && r < end && k0 + key <= row_pos[r];
+                    unsigned int pos = k0 + key;
+                    bool valid = r >= first && r < end && pos <= row_pos[r] &&
+                                 pos >= window_start(p, row_pos[r] + 1u);
                     s[j][e] = valid ? s[j][e] * ksc[key] : neg_inf;
                     if (e < 2u) {
                         mx_lo = fmaxf(mx_lo, s[j][e]);

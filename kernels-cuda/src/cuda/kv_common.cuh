@@ -23,3 +23,10 @@ __device__ __forceinline__ unsigned int scale_at(const KvArgs& p, unsigned int p
                                                  unsigned int h, unsigned int which) {
     return page * p.page_bytes + p.layer_base + (which == 1u ? p.vs_base : p.ks_base) + (slot * p.n_kv_heads + h) * 4u;
 }
+
+// The first position a query at position n - 1 attends to: n - window under a sliding
+// window (the KV manager keeps the pages from there on; the ones before may be gone),
+// else 0.
+__device__ __forceinline__ unsigned int window_start(const KvArgs& p, unsigned int n) {
+    return p.window > 0u && n > p.window ? n - p.window : 0u;
+}

@@ -91,7 +91,7 @@ impl Call {
                 [Some(plain(wg([x, g.n_tokens, 1]), self.args)), None]
             }
             Args::RmsNorm(a) => {
-                let [x, y] = split(g.rows(a.rows_sel));
+                let [x, y] = split(g.rows(a.rows_sel) * a.heads);
                 [Some(plain(wg([x, y, 1]), self.args)), None]
             }
             Args::Binary(a) => [

@@ -125,6 +125,13 @@ impl Lowerer<'_> {
     ) -> Result<Vec<Call>, LowerError> {
         let mut calls = Vec::new();
         let packed = |l: &Self, w| repack::is_packed(l.matrix(w).0);
+        let geglu = matches!(kernel, Kernel::MatMulGeGlu | Kernel::RmsNormMatMulGeGlu);
+        if geglu && outs.iter().any(|o| packed(self, o.0)) {
+            return Err(unsupported(format!(
+                "{}: the dp4a matvecs have no GeGLU epilogue",
+                kernel.stem()
+            )));
+        }
         if let Some(&(w, _, out)) = outs.iter().find(|o| packed(self, o.0)) {
             calls.push(self.quantize(x, out, self.matrix(w).2, norm));
         }
@@ -264,7 +271,7 @@ impl Lowerer<'_> {
             kv_group: a.kv_group as u32,
             rope: rope.map_or(0, |r| self.rope_index(r)),
             splits: 1,
-            pad: 0,
+            window: word(a.window),
         })
     }
 
@@ -287,18 +294,42 @@ impl Lowerer<'_> {
                 };
                 vec![self.call(Kernel::Embed, Some(dtype), Args::Embed(args))]
             }
-            Op::RmsNorm { weight, eps } => {
+            Op::RmsNorm { weight, eps } | Op::RmsNormAdd { weight, eps } => {
+                let (kernel, res) = match launch.op {
+                    Op::RmsNormAdd { .. } => (Kernel::RmsNormAdd, self.input(ins[1])),
+                    _ => (Kernel::RmsNorm, ConstPtr::default()),
+                };
                 let args = RmsNormArgs {
                     x: self.input(ins[0]),
                     out: self.output(out),
                     weight: self.vector(*weight),
+                    res,
                     step: self.step(),
                     rows_sel: rows_sel(self.rows(out)),
                     d: self.cols(out),
                     eps: *eps,
-                    pad: 0,
+                    heads: 1,
                 };
-                vec![self.call(Kernel::RmsNorm, None, Args::RmsNorm(args))]
+                vec![self.call(kernel, None, Args::RmsNorm(args))]
+            }
+            Op::HeadRmsNorm {
+                weight,
+                eps,
+                head_dim,
+            } => {
+                let head_dim = *head_dim as u32;
+                let args = RmsNormArgs {
+                    x: self.input(ins[0]),
+                    out: self.output(out),
+                    weight: self.vector(*weight),
+                    res: ConstPtr::default(),
+                    step: self.step(),
+                    rows_sel: rows_sel(self.rows(out)),
+                    d: head_dim,
+                    eps: *eps,
+                    heads: self.cols(out) / head_dim,
+                };
+                vec![self.call(Kernel::HeadRmsNorm, None, Args::RmsNorm(args))]
             }
             Op::MatMul { weights } => {
                 let outs: Vec<_> = weights
@@ -331,23 +362,42 @@ impl Lowerer<'_> {
                 let norm = Some((*norm, *eps));
                 self.matmul(Kernel::RmsNormMatMulSwiGlu, ins[0], &outs, None, norm)?
             }
+            Op::MatMulGeGlu { gate, up } => {
+                let outs = [(*gate, Some(*up), out)];
+                self.matmul(Kernel::MatMulGeGlu, ins[0], &outs, None, None)?
+            }
+            Op::RmsNormMatMulGeGlu {
+                norm,
+                eps,
+                gate,
+                up,
+            } => {
+                let outs = [(*gate, Some(*up), out)];
+                let norm = Some((*norm, *eps));
+                self.matmul(Kernel::RmsNormMatMulGeGlu, ins[0], &outs, None, norm)?
+            }
             Op::MatMulAdd { weight } => {
                 let outs = [(*weight, None, out)];
                 self.matmul(Kernel::MatMulAdd, ins[0], &outs, Some(ins[1]), None)?
             }
-            Op::Add | Op::SwiGlu => {
-                let kernel = if matches!(launch.op, Op::Add) {
-                    Kernel::Add
-                } else {
-                    Kernel::SwiGlu
+            Op::Add | Op::SwiGlu | Op::GeGlu | Op::AddBias { .. } | Op::Scale { .. } => {
+                let (kernel, b, factor) = match &launch.op {
+                    Op::Add => (Kernel::Add, self.input(ins[1]), 0.0),
+                    Op::SwiGlu => (Kernel::SwiGlu, self.input(ins[1]), 0.0),
+                    Op::GeGlu => (Kernel::GeGlu, self.input(ins[1]), 0.0),
+                    Op::AddBias { bias } => (Kernel::AddBias, self.vector(*bias), 0.0),
+                    Op::Scale { factor } => (Kernel::Scale, ConstPtr::default(), *factor),
+                    op => return Err(unsupported(format!("{op}: not elementwise"))),
                 };
                 let args = BinaryArgs {
                     a: self.input(ins[0]),
-                    b: self.input(ins[1]),
+                    b,
                     out: self.output(out),
                     step: self.step(),
                     rows_sel: rows_sel(self.rows(out)),
                     cols: self.cols(out),
+                    factor,
+                    pad: 0,
                 };
                 vec![self.call(kernel, None, Args::Binary(args))]
             }

@@ -1,0 +1,12 @@
+// rmsnorm_add.cu: a sublayer's output normalised and added to the residual (Gemma 3's
+// post-norms): out = res + x / sqrt(mean(x²) + eps) · weight, one block per row
+// (rmsnorm_add.wgsl).
+
+#include "prelude.cuh"
+#include "weights/common.cuh"
+#include "rmsnorm_common.cuh"
+
+extern "C" __global__ void KILN_MAIN(const __grid_constant__ RmsNormArgs a) {
+    unsigned int r = blockIdx.y * gridDim.x + blockIdx.x;
+    rmsnorm_row(a, r, r < a.step[a.rows_sel]);
+}

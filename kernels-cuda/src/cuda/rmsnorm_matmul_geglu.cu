@@ -1,0 +1,23 @@
+// rmsnorm_matmul_geglu.cu: RMSNorm, gate/up matmuls and GeGLU in one kernel (Gemma 3's
+// FFN; unpacked weight types only, as matmul_geglu.cu).
+// Grid and math as rmsnorm_matmul_geglu.wgsl; the matrix-vector core (matmul_core.cuh, tiles
+// of 8 tokens) and the tensor-core prefill path (matmul_mma.cu) share this epilogue.
+
+#include "prelude.cuh"
+#include "weights/common.cuh"
+#include "weights.cuh"
+#include "gelu.cuh"
+
+#define MM_NORM 1
+#define MM_GATED 1
+
+#include "matmul_core.cuh"
+
+// The value stored at p.out[at] from the dot products g (the weight, or the gate) and u
+// (the up weight).
+__device__ __forceinline__ float mm_epilogue(const MatmulArgs& p, unsigned int at, float g, float u) {
+    (void)p; (void)at;
+    return gelu_f16(g) * u;
+}
+
+#include "matmul_mma.cu"

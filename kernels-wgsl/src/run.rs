@@ -1,0 +1,191 @@
+//! A [`Program`] loaded on a device, run the same way by every WGSL backend: a step is
+//! checked and packed, its buffer written (grown when a step needs more, which releases
+//! what was recorded with the old one), its shape's dispatch list made once and kept with
+//! what the device recorded for it (an LRU of [`PREPARED`]), then submitted; reading the
+//! logits, copying KV pages and reading timestamps are checked and planned here too.
+//! What a device API does (buffers, pipelines, binding, recording, queries) is its
+//! [`Device`] implementation: wgpu's and Vulkan's are all that is left in those crates.
+
+use kiln_gpu_host::kv::leading_slots;
+use kiln_gpu_host::output::f32s_from_le;
+use kiln_gpu_host::timers::{Timestamps, no_timestamps};
+use kiln_gpu_host::{Lru, Output};
+use kiln_ir::backend::{BackendError, LaunchTime, Step, StepShape};
+use kiln_ir::kv_layout::KvLayout;
+
+use crate::program::StepList;
+use crate::{KernelError, Program};
+
+/// Step shapes whose dispatch lists (and recordings) are kept, the least recently used
+/// dropped first.
+pub const PREPARED: usize = 8;
+
+/// Bytes of the step buffer at load (grown to the next power of two when a step needs
+/// more).
+pub const STEP_BYTES: u64 = 4096;
+
+/// What a device API does with a loaded [`Program`]: the calls of a WGSL backend.
+pub trait Device {
+    /// The backend's name, in errors and debug prints.
+    const NAME: &'static str;
+    /// What a step shape keeps besides its dispatch list (Vulkan: its recorded command
+    /// buffer; wgpu: nothing, the list is encoded every step).
+    type Recorded;
+
+    /// Wait until the last step is done with the step buffer, before it is written or
+    /// replaced (a device whose writes are queued in order waits for nothing).
+    fn wait_step(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// Replace the step buffer with one of `bytes` (what was recorded with the old one
+    /// has been released) and bind it where `program` binds it.
+    fn grow_step(&mut self, program: &Program, bytes: u64) -> Result<(), BackendError>;
+    /// Write a step's buffer (at most its size).
+    fn write_step(&mut self, data: &[u8]) -> Result<(), BackendError>;
+    /// What a step shape keeps, made when it is first run.
+    fn record(
+        &mut self,
+        program: &Program,
+        list: &StepList,
+    ) -> Result<Self::Recorded, BackendError>;
+    /// Give back what steps kept (none of them is pending).
+    fn release(&mut self, recorded: Vec<Self::Recorded>);
+    /// Run a step: its list and what its shape recorded.
+    fn submit(
+        &mut self,
+        program: &Program,
+        list: &StepList,
+        recorded: &Self::Recorded,
+    ) -> Result<(), BackendError>;
+    /// The last step's output: `out.len()` bytes from `output.offset` in the arena.
+    fn read_output(&mut self, output: &Output, out: &mut [u8]) -> Result<(), BackendError>;
+    /// Copy `regions` (offset in a page, bytes) of the KV page at byte `src` of the KV
+    /// buffer to the page at `dst` (two distinct pages).
+    fn copy_kv(&mut self, src: u64, dst: u64, regions: &[(u64, u64)]) -> Result<(), BackendError>;
+    /// The last step's timestamps (`queries` of them, two per launch), None on a device
+    /// without timestamp queries.
+    fn timestamps(&mut self, queries: u32) -> Result<Option<Timestamps>, BackendError>;
+    /// Wait for everything submitted.
+    fn synchronize(&mut self) -> Result<(), BackendError>;
+}
+
+/// A program on a device, and what its steps keep.
+pub struct Loaded<D: Device> {
+    pub program: Program,
+    pub device: D,
+    kv: KvLayout,
+    /// Step shape → its dispatch list and recording.
+    prepared: Lru<StepShape, (StepList, D::Recorded)>,
+    last: Option<StepShape>,
+    step_bytes: u64,
+    debug: bool,
+}
+
+impl<D: Device> std::fmt::Debug for Loaded<D> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loaded")
+            .field("backend", &D::NAME)
+            .field("launches", &self.program.launches.len())
+            .field("pipelines", &self.program.pipelines.len())
+            .field("arena_bytes", &self.program.arena_bytes)
+            .field("prepared", &self.prepared.len())
+            .finish()
+    }
+}
+
+fn for_backend<D: Device>(e: KernelError) -> BackendError {
+    e.for_backend(D::NAME)
+}
+
+impl<D: Device> Loaded<D> {
+    /// `program` on `device`, whose step buffer holds [`STEP_BYTES`]; `debug` prints each
+    /// step shape's dispatches when it is first run.
+    pub fn new(program: Program, device: D, kv: &KvLayout, debug: bool) -> Loaded<D> {
+        Loaded {
+            program,
+            device,
+            kv: *kv,
+            prepared: Lru::new(PREPARED),
+            last: None,
+            step_bytes: STEP_BYTES,
+            debug,
+        }
+    }
+
+    pub fn execute(&mut self, step: &Step<'_>) -> Result<(), BackendError> {
+        self.program.limits.check(step, D::NAME)?;
+        // Packed while the previous step may still run.
+        let data = self.program.pack_step(step).map_err(for_backend::<D>)?;
+        self.device.wait_step()?;
+        if data.len() as u64 > self.step_bytes {
+            self.step_bytes = (data.len() as u64).next_power_of_two();
+            // What was recorded binds the old step buffer.
+            let recorded = self.prepared.drain().into_iter().map(|(_, r)| r).collect();
+            self.device.release(recorded);
+            self.device.grow_step(&self.program, self.step_bytes)?;
+        }
+        self.device.write_step(&data)?;
+        let shape = step.shape();
+        if self.prepared.get(&shape).is_none() {
+            let list = (self.program).step_list(shape, self.debug.then_some(D::NAME));
+            let recorded = self.device.record(&self.program, &list)?;
+            if let Some((_, old)) = self.prepared.insert(shape, (list, recorded)) {
+                self.device.release(vec![old]);
+            }
+        }
+        let Some((list, recorded)) = self.prepared.get(&shape) else {
+            return Err(BackendError::Driver {
+                backend: D::NAME,
+                message: "a step's dispatch list went missing".into(),
+            });
+        };
+        self.device.submit(&self.program, list, recorded)?;
+        self.last = Some(shape);
+        Ok(())
+    }
+
+    pub fn read_logits(&mut self, out: &mut [f32]) -> Result<(), BackendError> {
+        let output = &self.program.output;
+        output.check_logits(self.last, out.len(), D::NAME)?;
+        let mut bytes = vec![0u8; out.len() * 4];
+        self.device.read_output(output, &mut bytes)?;
+        f32s_from_le(&bytes, out);
+        Ok(())
+    }
+
+    /// Copy the first `n_tokens` token slots of page `src` (every layer's K, V and
+    /// scales) into page `dst`.
+    pub fn copy_kv_page(
+        &mut self,
+        src: u32,
+        dst: u32,
+        n_tokens: usize,
+    ) -> Result<(), BackendError> {
+        self.program.limits.check_page_copy(src, dst, D::NAME)?;
+        let regions = leading_slots(&self.kv, n_tokens);
+        if src == dst || regions.is_empty() {
+            return Ok(());
+        }
+        let page = self.kv.page_bytes() as u64;
+        let (src, dst) = (u64::from(src) * page, u64::from(dst) * page);
+        self.device.copy_kv(src, dst, &regions)
+    }
+
+    /// The time of every launch of the last step.
+    pub fn launch_times(&mut self, device_name: &str) -> Result<Vec<LaunchTime>, BackendError> {
+        if self.last.is_none() {
+            return Err(BackendError::BadStep {
+                backend: D::NAME,
+                reason: "no step has run".into(),
+            });
+        }
+        match self.device.timestamps(self.program.timestamp_queries())? {
+            Some(t) => Ok(t.launch_times()),
+            None => Err(no_timestamps(D::NAME, device_name)),
+        }
+    }
+
+    pub fn synchronize(&mut self) -> Result<(), BackendError> {
+        self.device.synchronize()
+    }
+}

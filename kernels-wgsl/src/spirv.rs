@@ -1,0 +1,195 @@
+//! The kernels as SPIR-V (the `spirv` feature; the Vulkan backend's compiler): naga parses,
+//! validates and writes each variant's WGSL, through kiln-gpu-host's disk cache
+//! (`spirv/<key>.spv`, keyed by the WGSL, the naga version and the writer options). A
+//! missing, unwritable or corrupt cache file is ignored (the kernel is compiled again and
+//! the file rewritten), never an error. The writer options are WGSL's semantics, the same
+//! as wgpu's (indices clamped, workgroup memory zeroed), so every WGSL backend runs the
+//! same kernels the same way.
+
+use kiln_gpu_host::cache::{self, Cache, CacheStats, DiskCache};
+use naga::back::spv;
+use naga::valid::{Capabilities, ShaderStages, SubgroupOperationSet, ValidationFlags, Validator};
+
+use crate::KernelError;
+use crate::program::ENTRY;
+
+/// The naga release the SPIR-V comes from (part of every cache key; bump with the
+/// workspace's naga).
+const NAGA: &str = "naga 30";
+/// The first word of every SPIR-V module.
+pub const SPIRV_MAGIC: u32 = 0x0723_0203;
+
+/// What the SPIR-V is written for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// The SPIR-V version (1.3 for Vulkan 1.1, 1.5 for 1.2, 1.6 for 1.3).
+    pub version: (u8, u8),
+    /// The device zeroes workgroup memory itself (Vulkan 1.3's
+    /// shaderZeroInitializeWorkgroupMemory); else the kernels do.
+    pub native_zero_init: bool,
+    /// Subgroup operations (the subgroup variants).
+    pub subgroups: bool,
+}
+
+/// Compiles kernels with one set of writer options and caches the results.
+pub struct Compiler {
+    options: spv::Options<'static>,
+    subgroups: bool,
+    /// Options and naga version, in every key.
+    key: String,
+    cache: DiskCache,
+}
+
+impl std::fmt::Debug for Compiler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Compiler({}, cache {:?})", self.key, self.cache.dir())
+    }
+}
+
+impl Compiler {
+    pub fn new(target: Target, cache: &Cache) -> Compiler {
+        use naga::proc::{BoundsCheckPolicies, BoundsCheckPolicy};
+        let zero_init = if target.native_zero_init {
+            spv::ZeroInitializeWorkgroupMemoryMode::Native
+        } else {
+            spv::ZeroInitializeWorkgroupMemoryMode::Polyfill
+        };
+        let options = spv::Options {
+            lang_version: target.version,
+            flags: spv::WriterFlags::empty(),
+            // The WGSL's own @group/@binding numbers (Program's bindings) are kept.
+            fake_missing_bindings: true,
+            bounds_check_policies: BoundsCheckPolicies {
+                index: BoundsCheckPolicy::Restrict,
+                buffer: BoundsCheckPolicy::Restrict,
+                image_load: BoundsCheckPolicy::Restrict,
+                binding_array: BoundsCheckPolicy::Unchecked,
+            },
+            zero_initialize_workgroup_memory: zero_init,
+            ..spv::Options::default()
+        };
+        let key = format!(
+            "{NAGA}; spv {:?}; {:?}; {:?}; loops {}; div {}; subgroups {}",
+            target.version,
+            options.bounds_check_policies,
+            options.zero_initialize_workgroup_memory,
+            options.force_loop_bounding,
+            options.emit_int_div_checks,
+            target.subgroups,
+        );
+        Compiler {
+            options,
+            subgroups: target.subgroups,
+            key,
+            cache: DiskCache::new(cache),
+        }
+    }
+
+    /// The disk cache (where a backend keeps its own files too: Vulkan's pipeline
+    /// cache).
+    pub fn cache(&self) -> &DiskCache {
+        &self.cache
+    }
+
+    /// What the SPIR-V cache did so far: modules read, modules compiled.
+    pub fn stats(&self) -> CacheStats {
+        self.cache.stats()
+    }
+
+    /// The SPIR-V of a kernel: from the cache, or compiled (and cached).
+    pub fn spirv(&mut self, name: &str, wgsl: &str) -> Result<Vec<u32>, KernelError> {
+        let file = format!(
+            "spirv/{}.spv",
+            cache::key(&[self.key.as_bytes(), b"\0", wgsl.as_bytes()])
+        );
+        let bytes = self
+            .cache
+            .get_or_build(&file, wgsl.len() as u64, is_spirv, || {
+                let words = self.compile(name, wgsl)?;
+                Ok::<_, KernelError>(kiln_gpu_host::output::le_bytes(&words))
+            })?;
+        let mut words = vec![0u32; bytes.len() / 4];
+        kiln_gpu_host::output::u32s_from_le(&bytes, &mut words);
+        Ok(words)
+    }
+
+    fn compile(&self, name: &str, wgsl: &str) -> Result<Vec<u32>, KernelError> {
+        let failed = |e: String| KernelError::Compile(format!("{name}: {e}"));
+        let module =
+            naga::front::wgsl::parse_str(wgsl).map_err(|e| failed(e.emit_to_string(wgsl)))?;
+        let mut caps = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+        if self.subgroups {
+            caps |= Capabilities::SUBGROUP;
+        }
+        let mut validator = Validator::new(ValidationFlags::all(), caps);
+        if self.subgroups {
+            validator
+                .subgroup_stages(ShaderStages::COMPUTE)
+                .subgroup_operations(
+                    SubgroupOperationSet::BASIC | SubgroupOperationSet::ARITHMETIC,
+                );
+        }
+        let info = (validator.validate(&module)).map_err(|e| failed(e.emit_to_string(wgsl)))?;
+        let pipeline = spv::PipelineOptions {
+            shader_stage: naga::ShaderStage::Compute,
+            entry_point: ENTRY.to_string(),
+        };
+        spv::write_vec(&module, &info, &self.options, Some(&pipeline))
+            .map_err(|e| failed(format!("writing SPIR-V: {e}")))
+    }
+}
+
+/// Cached bytes that can be SPIR-V: whole words, a header, the magic number.
+fn is_spirv(bytes: &[u8]) -> bool {
+    bytes.len() >= 20 && bytes.len().is_multiple_of(4) && bytes[..4] == SPIRV_MAGIC.to_le_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(subgroups: bool) -> Target {
+        Target {
+            version: (1, 6),
+            native_zero_init: true,
+            subgroups,
+        }
+    }
+
+    #[test]
+    fn every_variant_compiles_to_spirv() {
+        for subgroups in [false, true] {
+            let mut c = Compiler::new(target(subgroups), &Cache::Off);
+            for v in crate::sources::all_variants()
+                .into_iter()
+                .filter(|v| v.subgroups == subgroups)
+            {
+                let source = v.source().expect("source");
+                let words = c.spirv(&v.name(), &source).expect("compiles");
+                assert_eq!(words[0], SPIRV_MAGIC, "{}", v.name());
+            }
+            assert_eq!(c.stats().hits, 0);
+        }
+    }
+
+    /// The disk cache itself (damaged files, tags) is kiln-gpu-host's; here: a second
+    /// compiler hits, and other writer options are another key.
+    #[test]
+    fn the_cache_is_keyed_by_source_and_options() {
+        let dir = std::env::temp_dir().join(format!("kiln-spirv-test-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let cache = Cache::Dir(dir.clone());
+        let v = crate::sources::all_variants()[0];
+        let source = v.source().expect("source");
+        let mut first = Compiler::new(target(false), &cache);
+        let words = first.spirv(&v.name(), &source).unwrap();
+        let mut second = Compiler::new(target(false), &cache);
+        assert_eq!(second.spirv(&v.name(), &source).unwrap(), words);
+        let stats = |c: &Compiler| (c.stats().hits, c.stats().built);
+        assert_eq!((stats(&first), stats(&second)), ((0, 1), (1, 0)));
+        let mut sg = Compiler::new(target(true), &cache);
+        sg.spirv(&v.name(), &source).unwrap();
+        assert_eq!(stats(&sg), (0, 1));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
