@@ -61,8 +61,15 @@ impl KvPages<'_> {
     }
 }
 
-/// out, q: (tokens, n_heads·head_dim). One task per (token, KV head): each key and
-/// value is decoded once and used by all the query heads that share it. `block_tables`
+/// Query tokens of a prefill task, at most: each key and value is decoded once for all
+/// of them.
+const TOKENS_PER_TASK: usize = 16;
+
+/// out, q: (tokens, n_heads·head_dim). Decode (a few tokens): one task per (token, KV
+/// head). Prefill: one task per up to [`TOKENS_PER_TASK`] tokens, all KV heads; each key and value of a
+/// sequence is decoded once per task and used by every query head and token of the task
+/// that sees it. A (token, head)'s result takes the same operations in the same order
+/// whatever its task, so a token's output does not depend on its batch. `block_tables`
 /// are the step's, group-major (see `kiln_ir::backend::Step`).
 pub fn attention(
     q: &[f32],
@@ -75,41 +82,157 @@ pub fn attention(
 ) {
     let hd = params.head_dim;
     let group = params.n_heads / params.n_kv_heads;
-    let page_size = kv.layout.kv_page_size();
-    let scale = params.scale;
     let n_seqs = block_tables.len() / kv.layout.n_groups();
-    let tables = &block_tables[params.kv_group * n_seqs..][..n_seqs]; // (seqs) this group's
-    let mut tasks: Vec<&mut [f32]> = out.chunks_mut(group * hd).collect(); // (token, kv head)
+    let ctx = Ctx {
+        q,
+        kv,
+        params,
+        positions,
+        token_seq,
+        tables: &block_tables[params.kv_group * n_seqs..][..n_seqs], // (seqs) this group's
+        hd,
+        group,
+    };
+    let row = params.n_heads * hd;
+    let n_tokens = out.len() / row;
+    // Enough tasks for every thread (a batch of decoded sequences: one token each).
+    let per_task = TOKENS_PER_TASK.min(n_tokens / (2 * pool::n_threads().max(1)));
+    if per_task <= 1 {
+        let mut tasks: Vec<&mut [f32]> = out.chunks_mut(group * hd).collect(); // (token, kv head)
+        pool::for_each_mut(&mut tasks, |i, o| {
+            let (t, kv_head) = (i / params.n_kv_heads, i % params.n_kv_heads);
+            ctx.attend(t..t + 1, kv_head, o);
+        });
+        return;
+    }
+    let mut tasks: Vec<&mut [f32]> = out.chunks_mut(per_task * row).collect();
     pool::for_each_mut(&mut tasks, |i, o| {
-        let o: &mut [f32] = o;
-        let (t, kv_head) = (i / params.n_kv_heads, i % params.n_kv_heads);
-        let qg = &q[i * group * hd..(i + 1) * group * hd]; // (group, head_dim)
-        let table = tables[token_seq[t] as usize];
-        let mut k = vec![0.0f32; hd]; // (head_dim) one decoded key
-        let mut v = vec![0.0f32; hd]; // (head_dim) one decoded value
-        let mut max = vec![f32::NEG_INFINITY; group]; // (group) running max score
-        let mut sum = vec![0.0f32; group]; // (group) running softmax denominator
-        o.fill(0.0);
-        let last = positions[t] as usize;
-        for pos in params.first_position(last)..=last {
-            let (page, slot) = (table[pos / page_size] as usize, pos % page_size);
-            kv.load(params.kv_slot, page, slot, kv_head, false, &mut k);
-            kv.load(params.kv_slot, page, slot, kv_head, true, &mut v);
-            for g in 0..group {
-                let s = kiln_ir::quant::dot_f32(&qg[g * hd..(g + 1) * hd], &k) * scale;
-                // Online softmax: rescale what was accumulated when the maximum grows.
-                let new_max = max[g].max(s);
-                let correction = (max[g] - new_max).exp();
-                let p = (s - new_max).exp();
-                sum[g] = sum[g] * correction + p;
-                for (ov, &vv) in o[g * hd..(g + 1) * hd].iter_mut().zip(&v) {
-                    *ov = *ov * correction + p * vv;
-                }
-                max[g] = new_max;
+        let t0 = i * per_task;
+        let tokens = t0..t0 + o.len() / row;
+        let mut head_out = vec![0.0f32; tokens.len() * group * hd]; // (tokens, group, hd)
+        for kv_head in 0..params.n_kv_heads {
+            ctx.attend(tokens.clone(), kv_head, &mut head_out);
+            for (o_row, h_row) in o
+                .chunks_exact_mut(row)
+                .zip(head_out.chunks_exact(group * hd))
+            {
+                o_row[kv_head * group * hd..][..group * hd].copy_from_slice(h_row);
             }
         }
-        for (g, head) in o.chunks_exact_mut(hd).enumerate() {
-            head.iter_mut().for_each(|ov| *ov /= sum[g]);
-        }
     });
+}
+
+/// One launch's operands.
+struct Ctx<'a> {
+    q: &'a [f32],
+    kv: KvPages<'a>,
+    params: &'a AttentionParams,
+    positions: &'a [u32],
+    token_seq: &'a [u32],
+    /// (seqs) this KV group's block tables.
+    tables: &'a [&'a [u32]],
+    hd: usize,
+    group: usize,
+}
+
+impl Ctx<'_> {
+    /// o (tokens, group, head_dim): the query heads of `kv_head` for `tokens`, each
+    /// run of tokens of one sequence reading that sequence's keys once.
+    fn attend(&self, tokens: std::ops::Range<usize>, kv_head: usize, o: &mut [f32]) {
+        let (hd, group) = (self.hd, self.group);
+        let n_heads = self.params.n_heads;
+        let page_size = self.kv.layout.kv_page_size();
+        let scale = self.params.scale;
+        let mut k = vec![0.0f32; hd]; // (head_dim) one decoded key
+        let mut v = vec![0.0f32; hd]; // (head_dim) one decoded value
+        o.fill(0.0);
+        let mut a = tokens.start;
+        while a < tokens.end {
+            let seq = self.token_seq[a];
+            let b = (a..tokens.end)
+                .find(|&t| self.token_seq[t] != seq)
+                .unwrap_or(tokens.end);
+            let run = b - a;
+            let mut max = vec![f32::NEG_INFINITY; run * group]; // (run, group) running max
+            let mut sum = vec![0.0f32; run * group]; // (run, group) softmax denominator
+            let last = |t: usize| self.positions[t] as usize;
+            let first = |t: usize| self.params.first_position(last(t));
+            let lo = (a..b).map(first).min().unwrap_or(0);
+            let hi = (a..b).map(last).max().unwrap_or(0);
+            let table = self.tables[seq as usize];
+            for pos in lo..=hi {
+                let (page, slot) = (table[pos / page_size] as usize, pos % page_size);
+                self.kv
+                    .load(self.params.kv_slot, page, slot, kv_head, false, &mut k);
+                self.kv
+                    .load(self.params.kv_slot, page, slot, kv_head, true, &mut v);
+                for t in a..b {
+                    if pos < first(t) || pos > last(t) {
+                        continue;
+                    }
+                    let i = t - a;
+                    let q0 = (t * n_heads + kv_head * group) * hd;
+                    let qg = &self.q[q0..q0 + group * hd]; // (group, head_dim)
+                    let og = &mut o[(t - tokens.start) * group * hd..][..group * hd];
+                    for g in 0..group {
+                        let s = kiln_ir::quant::dot_f32(&qg[g * hd..(g + 1) * hd], &k) * scale;
+                        // Online softmax: rescale what was accumulated when the maximum
+                        // grows.
+                        let m = &mut max[i * group + g];
+                        let new_max = m.max(s);
+                        // exp(0) is 1 exactly: most keys leave the maximum as it is,
+                        // and skipping their exp gives the same bits.
+                        let correction = if new_max == *m && m.is_finite() {
+                            1.0
+                        } else {
+                            (*m - new_max).exp()
+                        };
+                        let p = (s - new_max).exp();
+                        let sg = &mut sum[i * group + g];
+                        *sg = *sg * correction + p;
+                        scale_add(&mut og[g * hd..(g + 1) * hd], correction, p, &v);
+                        *m = new_max;
+                    }
+                }
+            }
+            for t in a..b {
+                let og = &mut o[(t - tokens.start) * group * hd..][..group * hd];
+                for (g, head) in og.chunks_exact_mut(hd).enumerate() {
+                    let s = sum[(t - a) * group + g];
+                    head.iter_mut().for_each(|ov| *ov /= s);
+                }
+            }
+            a = b;
+        }
+    }
+}
+
+/// o = o · c + p · v, element by element: a multiply, a multiply and an add each (no
+/// fused multiply-add, so every path gives the same bits).
+fn scale_add(o: &mut [f32], c: f32, p: f32, v: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if std::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, checked just above.
+        unsafe { scale_add_avx2(o, c, p, v) };
+        return;
+    }
+    scale_add_plain(o, c, p, v);
+}
+
+#[inline(always)]
+fn scale_add_plain(o: &mut [f32], c: f32, p: f32, v: &[f32]) {
+    for (ov, &vv) in o.iter_mut().zip(v) {
+        *ov = *ov * c + p * vv;
+    }
+}
+
+/// [`scale_add_plain`] compiled for AVX2: LLVM vectorizes the same loop 8 wide (it does
+/// not contract the multiply and add without a fast-math flag).
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn scale_add_avx2(o: &mut [f32], c: f32, p: f32, v: &[f32]) {
+    scale_add_plain(o, c, p, v);
 }

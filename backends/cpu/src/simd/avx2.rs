@@ -56,6 +56,17 @@ pub(super) fn detected_vnni() -> bool {
     detected() && is_x86_feature_detected!("avxvnni")
 }
 
+/// Whether it has AVX-512 VNNI with AVX-512 VL and BW: the same `vpdpbusd` on 256-bit
+/// registers, EVEX-encoded (AMD Zen 4, Intel Ice Lake and later server parts, which lack
+/// the VEX-encoded AVX-VNNI or have it beside).
+pub(super) fn detected_avx512_vnni() -> bool {
+    detected()
+        && is_x86_feature_detected!("avx512f")
+        && is_x86_feature_detected!("avx512vl")
+        && is_x86_feature_detected!("avx512bw")
+        && is_x86_feature_detected!("avx512vnni")
+}
+
 /// The AVX2 table; [`super::kernels`] hands it out only after [`detected`].
 pub(super) const KERNELS: Kernels = Kernels {
     isa: "avx2",
@@ -68,7 +79,13 @@ pub(super) const KERNELS_VNNI: Kernels = Kernels {
     run: run_job::<AvxVnni>,
 };
 
-/// What differs between the two tables: the instruction that dots 32 unsigned bytes
+/// The AVX-512 VNNI table; handed out only after [`detected_avx512_vnni`].
+pub(super) const KERNELS_AVX512_VNNI: Kernels = Kernels {
+    isa: "avx2+avx512-vnni",
+    run: run_job::<Avx512Vnni>,
+};
+
+/// What differs between the tables: the instruction that dots 32 unsigned bytes
 /// with 32 signed bytes into 8 i32 sums of 4 products, and the tile entry compiled with
 /// the features it needs.
 trait Isa {
@@ -81,6 +98,17 @@ trait Isa {
     /// # Safety
     /// The CPU has this ISA's features.
     unsafe fn dot_u8_i8_add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i;
+
+    /// The 5-bit quants of a Q5_0/Q5_1 block: `nibbles` with 0x10 added where the
+    /// block's fifth bits (the little-endian u32 at `qh`) are set.
+    ///
+    /// # Safety
+    /// 4 readable bytes at `qh`; the CPU has this ISA's features.
+    #[inline(always)]
+    unsafe fn with_fifth_bits(nibbles: __m256i, qh: *const u8) -> __m256i {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { _mm256_or_si256(nibbles, blocks::fifth_bits(qh)) }
+    }
 
     /// [`wide::wide_body`] compiled for this ISA.
     ///
@@ -112,6 +140,11 @@ struct Avx2;
 
 /// AVX-VNNI: one `vpdpbusd`, which adds the four products of each i32 lane directly.
 struct AvxVnni;
+
+/// AVX-512 VNNI (with VL and BW): the same `vpdpbusd` on 256-bit registers, EVEX-encoded,
+/// and Q5 fifth bits from a mask register; the same integer sums, so the same bits as
+/// the other tables.
+struct Avx512Vnni;
 
 impl Isa for Avx2 {
     #[inline]
@@ -186,6 +219,60 @@ impl Isa for AvxVnni {
 
     #[inline(never)]
     #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
+    unsafe fn tile<B: Blocks, const R: usize, const T: usize>(
+        w: *const u8,
+        w_stride: usize,
+        units: *const u8,
+        lane: usize,
+        blocks: usize,
+    ) -> [[f32; T]; R] {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { tile_body::<B, Self, R, T>(w, w_stride, units, lane, blocks) }
+    }
+}
+
+impl Isa for Avx512Vnni {
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+    unsafe fn with_fifth_bits(nibbles: __m256i, qh: *const u8) -> __m256i {
+        // SAFETY: reads 4 bytes (contract); the rest are value intrinsics. The u32 is a
+        // byte mask in element order as it is: one masked add (nibbles <= 15, so + 16
+        // is the OR) instead of the AVX2 shuffle, compare and AND.
+        unsafe {
+            let bits = qh.cast::<u32>().read_unaligned();
+            _mm256_mask_add_epi8(nibbles, bits, nibbles, _mm256_set1_epi8(0x10))
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+    unsafe fn dot_u8_i8(u: __m256i, s: __m256i) -> __m256i {
+        // SAFETY: value intrinsics only (contract: the CPU features).
+        unsafe { _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, s) }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+    unsafe fn dot_u8_i8_add(acc: __m256i, u: __m256i, s: __m256i) -> __m256i {
+        // SAFETY: value intrinsics only (contract: the CPU features).
+        unsafe { _mm256_dpbusd_epi32(acc, u, s) }
+    }
+
+    #[inline(never)]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
+    unsafe fn wide_tile<B: Blocks, const RUNS: usize>(
+        w: *const u8,
+        w_stride: usize,
+        runs: *const u8,
+        run_stride: usize,
+        blocks: usize,
+    ) -> [[f32; WIDE]; RUNS] {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { wide::wide_body::<B, Self, RUNS>(w, w_stride, runs, run_stride, blocks) }
+    }
+
+    #[inline(never)]
+    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
     unsafe fn tile<B: Blocks, const R: usize, const T: usize>(
         w: *const u8,
         w_stride: usize,
@@ -331,7 +418,7 @@ trait Blocks {
 
     /// # Safety
     /// `p` points at a whole weight block; the CPU has AVX2, FMA and F16C.
-    unsafe fn weight(p: *const u8) -> Self::Weight;
+    unsafe fn weight<I: Isa>(p: *const u8) -> Self::Weight;
     /// The integer dot of the block with 32 activation quants, as 8 i32 partial sums.
     ///
     /// # Safety
@@ -367,7 +454,7 @@ trait Blocks {
 /// `blocks` units at `units` are staged, `lane + T <= GROUP`, and the CPU has AVX2, FMA
 /// and F16C (from the [`Isa::tile`] it is inlined into).
 // Always inlined into an [`Isa::tile`], which brings the target features (this function
-// has none of its own, so that one body serves both tables).
+// has none of its own, so that one body serves every table).
 // Index loops over the const-sized arrays: LLVM unrolls them fully and keeps the
 // arrays in registers; the iterator forms clippy suggests left a loop and spilled.
 #[inline(always)]
@@ -391,19 +478,34 @@ unsafe fn tile_body<B: Blocks, I: Isa, const R: usize, const T: usize>(
         let mut acc = _mm_setzero_ps();
         let mut acc_min = _mm_setzero_ps();
         for b in 0..blocks {
-            // The next tile's rows: each row here is a stream of only a few cache lines,
-            // too short for the hardware prefetcher to find in time (a profile shows the
-            // weight loads stalling). Prefetching never faults, so the address may run
-            // past the matrix.
-            for r in 0..R {
-                let ahead = w.wrapping_add((R + r) * w_stride + b * B::W);
-                _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+            // Prefetching never faults, so the addresses may run past the matrix.
+            if T == 1 {
+                // Decode, from memory: the tile's R rows are R interleaved streams of
+                // a few cache lines each, which the hardware prefetchers follow badly
+                // (the LM head of Gemma 3 270M, 178 MB of Q8_0, streamed at a third of
+                // a plain read's bandwidth). The rows of a job are contiguous, so the
+                // tiles read one address range in order: prefetch it, in order, a fixed
+                // distance ahead, the R · W bytes this block step consumes.
+                let ahead = w.wrapping_add(PREFETCH_AHEAD + b * R * B::W);
+                let mut line = 0;
+                while line < R * B::W {
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(line).cast());
+                    line += 64;
+                }
+            } else {
+                // The next tile's rows: each row here is a stream of only a few cache
+                // lines, too short for the hardware prefetcher to find in time (a
+                // profile shows the weight loads stalling).
+                for r in 0..R {
+                    let ahead = w.wrapping_add((R + r) * w_stride + b * B::W);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.cast());
+                }
             }
             let wb = w.add(b * B::W);
             if T > 1 {
                 // One row's block against the whole group (lane 0, T = GROUP); lane t
                 // of the sums is token t.
-                let x = B::weight(wb);
+                let x = B::weight::<I>(wb);
                 let d = _mm_broadcastss_ps(B::scales(wb, w_stride, 1));
                 let m = if B::HAS_MIN {
                     _mm_broadcastss_ps(B::mins(wb, w_stride, 1))
@@ -429,7 +531,7 @@ unsafe fn tile_body<B: Blocks, I: Isa, const R: usize, const T: usize>(
                 let y = _mm256_loadu_si256(unit.add(32 * lane).cast());
                 let mut dots = [_mm256_setzero_si256(); 4];
                 for r in 0..R {
-                    dots[r] = B::dot::<I>(&B::weight(wb.add(r * w_stride)), y);
+                    dots[r] = B::dot::<I>(&B::weight::<I>(wb.add(r * w_stride)), y);
                 }
                 let p = _mm_cvtepi32_ps(sum4(dots));
                 let da = _mm_broadcast_ss(&*unit.add(D_AT + 4 * lane).cast::<f32>());
@@ -455,6 +557,12 @@ unsafe fn tile_body<B: Blocks, I: Isa, const R: usize, const T: usize>(
         sums
     }
 }
+
+/// How far ahead of a one-token tile its weight rows are prefetched: about what two
+/// cores keep in flight at DRAM latency (measured on a 2-core Zen 4 VM, 178 MB of Q8_0
+/// rows: from 0.3 of a plain read's bandwidth with the per-row prefetch to 0.5-0.6 with
+/// 4 KiB or more; 1 KiB gave less).
+const PREFETCH_AHEAD: usize = 4096;
 
 /// The sums of the 8 i32 lanes of each of four vectors, in the four lanes of one (exact:
 /// integer adds of block dots far below 2^31).

@@ -21,7 +21,8 @@
 //! tokens in registers, so each activation block is decoded once per tile of rows and
 //! each weight block once per tile of tokens.
 //!
-//! Dispatch: on x86_64 the first call checks for AVX2, FMA and F16C (and AVX-VNNI)
+//! Dispatch: on x86_64 the first call checks for AVX2, FMA and F16C (and AVX-512 VNNI
+//! with VL, or AVX-VNNI)
 //! (`is_x86_feature_detected!`) and caches the chosen kernel in a `OnceLock`; without
 //! them, and on other architectures, every entry point runs the scalar twins.
 //! [`active_isa`] says which one runs.
@@ -207,8 +208,8 @@ pub fn dot_rows_tokens_q8_0_q8_0(
     run_with(kernels(), job);
 }
 
-/// The instruction set the entry points run on this machine: `"avx2+avx-vnni"`, `"avx2"`
-/// or `"scalar"`.
+/// The instruction set the entry points run on this machine: `"avx2+avx512-vnni"`,
+/// `"avx2+avx-vnni"`, `"avx2"` or `"scalar"`.
 pub fn active_isa() -> &'static str {
     kernels().isa
 }
@@ -460,6 +461,10 @@ const SCALAR: Kernels = Kernels {
 fn kernels() -> &'static Kernels {
     static CHOSEN: OnceLock<&'static Kernels> = OnceLock::new();
     CHOSEN.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if avx2::detected_avx512_vnni() {
+            return &avx2::KERNELS_AVX512_VNNI;
+        }
         #[cfg(target_arch = "x86_64")]
         if avx2::detected_vnni() {
             return &avx2::KERNELS_VNNI;

@@ -24,17 +24,18 @@ fn lengths(format: Format) -> &'static [usize] {
     }
 }
 
-/// The paths to check: what dispatch picked, the scalar one, and AVX2 and AVX-VNNI where
-/// this CPU has them.
+/// The paths to check: what dispatch picked, the scalar one, and AVX2, AVX-VNNI and
+/// AVX-512 VNNI where this CPU has them.
 fn paths() -> Vec<&'static Kernels> {
     #[cfg(target_arch = "x86_64")]
-    let (avx2, vnni) = (
+    let (avx2, vnni, vnni512) = (
         avx2::detected().then_some(&avx2::KERNELS),
         avx2::detected_vnni().then_some(&avx2::KERNELS_VNNI),
+        avx2::detected_avx512_vnni().then_some(&avx2::KERNELS_AVX512_VNNI),
     );
     #[cfg(not(target_arch = "x86_64"))]
-    let (avx2, vnni) = (None, None);
-    [Some(kernels()), Some(&SCALAR), avx2, vnni]
+    let (avx2, vnni, vnni512) = (None, None, None);
+    [Some(kernels()), Some(&SCALAR), avx2, vnni, vnni512]
         .into_iter()
         .flatten()
         .collect()
@@ -414,6 +415,11 @@ fn partial_block_rows_panic() {
 
 #[test]
 fn dispatch_picks_the_widest_isa_available() {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::detected_avx512_vnni() {
+        assert_eq!(active_isa(), "avx2+avx512-vnni");
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
     if avx2::detected_vnni() {
         assert_eq!(active_isa(), "avx2+avx-vnni");

@@ -24,7 +24,7 @@ impl Blocks for Q4_0 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn weight(p: *const u8) -> __m256i {
+    unsafe fn weight<I: Isa>(p: *const u8) -> __m256i {
         // SAFETY: a Q4_0 block is d (2 bytes) + 16 bytes of nibbles (contract).
         unsafe { nibbles(p.add(2)) }
     }
@@ -67,7 +67,7 @@ impl Blocks for Q4_1 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn weight(p: *const u8) -> __m256i {
+    unsafe fn weight<I: Isa>(p: *const u8) -> __m256i {
         // SAFETY: a Q4_1 block is d, m (2 bytes each) + 16 bytes of nibbles (contract).
         unsafe { nibbles(p.add(4)) }
     }
@@ -117,7 +117,7 @@ impl Blocks for Q8_0 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn weight(p: *const u8) -> Q8_0Weight {
+    unsafe fn weight<I: Isa>(p: *const u8) -> Q8_0Weight {
         // SAFETY: a Q8_0 block is d (2 bytes) + 32 quants (contract).
         unsafe {
             let x = _mm256_loadu_si256(p.add(2).cast());
@@ -203,7 +203,7 @@ unsafe fn nibbles(p: *const u8) -> __m256i {
 /// `p` points at 4 readable bytes; the CPU has AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn fifth_bits(p: *const u8) -> __m256i {
+pub(super) unsafe fn fifth_bits(p: *const u8) -> __m256i {
     // SAFETY: reads 4 bytes (contract).
     unsafe {
         let qh = p.cast::<i32>().read_unaligned();
@@ -238,9 +238,9 @@ impl Blocks for Q5_0 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn weight(p: *const u8) -> __m256i {
+    unsafe fn weight<I: Isa>(p: *const u8) -> __m256i {
         // SAFETY: a Q5_0 block is d (2 bytes), qh (4 bytes), 16 bytes of nibbles (contract).
-        unsafe { _mm256_or_si256(nibbles(p.add(6)), fifth_bits(p.add(2))) }
+        unsafe { I::with_fifth_bits(nibbles(p.add(6)), p.add(2)) }
     }
 
     #[inline]
@@ -282,10 +282,10 @@ impl Blocks for Q5_1 {
 
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn weight(p: *const u8) -> __m256i {
+    unsafe fn weight<I: Isa>(p: *const u8) -> __m256i {
         // SAFETY: a Q5_1 block is d, m (2 bytes each), qh (4 bytes), 16 bytes of nibbles
         // (contract).
-        unsafe { _mm256_or_si256(nibbles(p.add(8)), fifth_bits(p.add(4))) }
+        unsafe { I::with_fifth_bits(nibbles(p.add(8)), p.add(4)) }
     }
 
     #[inline]

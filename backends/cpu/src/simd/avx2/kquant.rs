@@ -21,7 +21,7 @@
 //!
 //! Activations are read in place: a Q8_K block already holds an f32 scale and its block
 //! sums, so nothing needs staging. The scale multiply rides on `madd`, so VNNI's fused
-//! `vpdpbusd` would save nothing here: both kernel tables run these tiles.
+//! `vpdpbusd` would save nothing here: every kernel table runs these tiles.
 
 #![allow(unused_unsafe)]
 
@@ -553,7 +553,7 @@ impl SuperBlocks for Q6K {
             let qh = _mm256_loadu_si256(p.add(q6_k::QH_AT + 32 * h).cast());
             // Even chunks: low nibbles with high bits 0-1 and 2-3; odd chunks: high
             // nibbles with bits 4-5 and 6-7. Shifts cross bytes only into masked bits.
-            let (q0, q1) = if C % 2 == 0 {
+            let (q0, q1) = if C.is_multiple_of(2) {
                 (
                     _mm256_or_si256(
                         _mm256_and_si256(ql_a, m4),

@@ -71,7 +71,7 @@ pub(super) unsafe fn wide_body<B: Blocks, I: Isa, const RUNS: usize>(
             // The next row, which the next tile reads (see `tile_body`).
             _mm_prefetch::<_MM_HINT_T0>(w.wrapping_add(w_stride + b * B::W).cast());
             let wb = w.add(b * B::W);
-            let x = B::weight(wb);
+            let x = B::weight::<I>(wb);
             let mut chunks = [0i32; 8];
             _mm256_storeu_si256(chunks.as_mut_ptr().cast(), B::bytes(&x));
             let mut p = [_mm256_setzero_si256(); RUNS];
