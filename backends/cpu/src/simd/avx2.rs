@@ -135,6 +135,39 @@ trait Isa {
     ) -> [[f32; T]; R];
 }
 
+/// The tile entry points of an [`Isa`] impl, compiled for its CPU features (a
+/// `#[target_feature]` list must be a literal on each function). Not inlined: one register
+/// allocation per tile shape, not one for the whole pass.
+macro_rules! tile_entries {
+    ($features:literal) => {
+        #[inline(never)]
+        #[target_feature(enable = $features)]
+        unsafe fn wide_tile<B: Blocks, const RUNS: usize>(
+            w: *const u8,
+            w_stride: usize,
+            runs: *const u8,
+            run_stride: usize,
+            blocks: usize,
+        ) -> [[f32; WIDE]; RUNS] {
+            // SAFETY: forwarded from this function's contract.
+            unsafe { wide::wide_body::<B, Self, RUNS>(w, w_stride, runs, run_stride, blocks) }
+        }
+
+        #[inline(never)]
+        #[target_feature(enable = $features)]
+        unsafe fn tile<B: Blocks, const R: usize, const T: usize>(
+            w: *const u8,
+            w_stride: usize,
+            units: *const u8,
+            lane: usize,
+            blocks: usize,
+        ) -> [[f32; T]; R] {
+            // SAFETY: forwarded from this function's contract.
+            unsafe { tile_body::<B, Self, R, T>(w, w_stride, units, lane, blocks) }
+        }
+    };
+}
+
 /// AVX2: `maddubs` into i16 pairs (no pair saturates, see above), then `madd` by ones.
 struct Avx2;
 
@@ -161,32 +194,7 @@ impl Isa for Avx2 {
         unsafe { _mm256_add_epi32(acc, Self::dot_u8_i8(u, s)) }
     }
 
-    #[inline(never)]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn wide_tile<B: Blocks, const RUNS: usize>(
-        w: *const u8,
-        w_stride: usize,
-        runs: *const u8,
-        run_stride: usize,
-        blocks: usize,
-    ) -> [[f32; WIDE]; RUNS] {
-        // SAFETY: forwarded from this function's contract.
-        unsafe { wide::wide_body::<B, Self, RUNS>(w, w_stride, runs, run_stride, blocks) }
-    }
-
-    // Not inlined: one register allocation per tile shape, not one for the whole pass.
-    #[inline(never)]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile<B: Blocks, const R: usize, const T: usize>(
-        w: *const u8,
-        w_stride: usize,
-        units: *const u8,
-        lane: usize,
-        blocks: usize,
-    ) -> [[f32; T]; R] {
-        // SAFETY: forwarded from this function's contract.
-        unsafe { tile_body::<B, Self, R, T>(w, w_stride, units, lane, blocks) }
-    }
+    tile_entries!("avx2,fma,f16c");
 }
 
 impl Isa for AvxVnni {
@@ -204,31 +212,7 @@ impl Isa for AvxVnni {
         unsafe { _mm256_dpbusd_avx_epi32(acc, u, s) }
     }
 
-    #[inline(never)]
-    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-    unsafe fn wide_tile<B: Blocks, const RUNS: usize>(
-        w: *const u8,
-        w_stride: usize,
-        runs: *const u8,
-        run_stride: usize,
-        blocks: usize,
-    ) -> [[f32; WIDE]; RUNS] {
-        // SAFETY: forwarded from this function's contract.
-        unsafe { wide::wide_body::<B, Self, RUNS>(w, w_stride, runs, run_stride, blocks) }
-    }
-
-    #[inline(never)]
-    #[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-    unsafe fn tile<B: Blocks, const R: usize, const T: usize>(
-        w: *const u8,
-        w_stride: usize,
-        units: *const u8,
-        lane: usize,
-        blocks: usize,
-    ) -> [[f32; T]; R] {
-        // SAFETY: forwarded from this function's contract.
-        unsafe { tile_body::<B, Self, R, T>(w, w_stride, units, lane, blocks) }
-    }
+    tile_entries!("avx2,fma,f16c,avxvnni");
 }
 
 impl Isa for Avx512Vnni {
@@ -258,31 +242,7 @@ impl Isa for Avx512Vnni {
         unsafe { _mm256_dpbusd_epi32(acc, u, s) }
     }
 
-    #[inline(never)]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-    unsafe fn wide_tile<B: Blocks, const RUNS: usize>(
-        w: *const u8,
-        w_stride: usize,
-        runs: *const u8,
-        run_stride: usize,
-        blocks: usize,
-    ) -> [[f32; WIDE]; RUNS] {
-        // SAFETY: forwarded from this function's contract.
-        unsafe { wide::wide_body::<B, Self, RUNS>(w, w_stride, runs, run_stride, blocks) }
-    }
-
-    #[inline(never)]
-    #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni")]
-    unsafe fn tile<B: Blocks, const R: usize, const T: usize>(
-        w: *const u8,
-        w_stride: usize,
-        units: *const u8,
-        lane: usize,
-        blocks: usize,
-    ) -> [[f32; T]; R] {
-        // SAFETY: forwarded from this function's contract.
-        unsafe { tile_body::<B, Self, R, T>(w, w_stride, units, lane, blocks) }
-    }
+    tile_entries!("avx2,fma,f16c,avx512f,avx512vl,avx512bw,avx512vnni");
 }
 
 /// [`super::Kernel`] of the AVX2 paths.
