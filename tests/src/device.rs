@@ -350,3 +350,27 @@ pub fn split_weights_match(
         split_logits.len()
     );
 }
+
+/// The device-side argmax (`Backend::read_argmax`) picks, for every output row of a few
+/// conformance cases, what the host's argmax picks from the logits; `shape` is the
+/// backend's (rows, columns) of its last output.
+pub fn argmax_matches_host<B: Backend>(
+    backend: &mut B,
+    shape: fn(&B) -> Result<(usize, usize), BackendError>,
+) {
+    for case in [
+        "matmul_t33_q4_1",
+        "matmul3_t7_q8_0",
+        "rmsnorm_matmul_swiglu_t3_f16",
+    ] {
+        let case = crate::conformance::find_case(case);
+        crate::conformance::run_case(backend, &case).expect("the case runs");
+        let (rows, cols) = shape(backend).unwrap();
+        let mut logits = vec![0.0f32; rows * cols];
+        backend.read_logits(&mut logits).unwrap();
+        let host: Vec<u32> = logits.chunks_exact(cols).map(argmax).collect();
+        let mut device = vec![0u32; rows];
+        backend.read_argmax(cols, &mut device).unwrap();
+        assert_eq!(device, host, "{}", case.name);
+    }
+}

@@ -12,12 +12,11 @@ use std::process::ExitCode;
 use kiln_backend_cuda::CudaBackend;
 use kiln_backends::Ci;
 use kiln_engine::kv::KvDtype;
-use kiln_engine::sampler::argmax;
 use kiln_ir::backend::Backend;
 use kiln_testkit::{pass, test};
 use kiln_tests::cpu::load;
 use kiln_tests::device::{
-    Greedy, check_launch_times, families_match_the_oracle, greedy_matches_cpu,
+    Greedy, argmax_matches_host, check_launch_times, families_match_the_oracle, greedy_matches_cpu,
 };
 use kiln_tests::{Outcome, on_device};
 
@@ -87,21 +86,7 @@ fn the_families_match_the_oracle(_: CudaBackend) -> Outcome {
 
 /// The device-side argmax picks, for every output row, what the host's argmax picks.
 fn argmax_on_the_device_matches_the_host(mut backend: CudaBackend) -> Outcome {
-    for case in [
-        "matmul_t33_q4_1",
-        "matmul3_t7_q8_0",
-        "rmsnorm_matmul_swiglu_t3_f16",
-    ] {
-        let case = kiln_tests::conformance::find_case(case);
-        kiln_tests::conformance::run_case(&mut backend, &case).expect("the case runs");
-        let (rows, cols) = backend.last_output_shape().unwrap();
-        let mut logits = vec![0.0f32; rows * cols];
-        backend.read_logits(&mut logits).unwrap();
-        let host: Vec<u32> = logits.chunks_exact(cols).map(argmax).collect();
-        let mut device = vec![0u32; rows];
-        backend.read_argmax(cols, &mut device).unwrap();
-        assert_eq!(device, host, "{}", case.name);
-    }
+    argmax_matches_host(&mut backend, CudaBackend::last_output_shape);
     pass()
 }
 

@@ -12,14 +12,15 @@ use kiln_backend_cuda_emu::{EmuBackend, EmuOptions};
 use kiln_backends::Ci;
 use kiln_engine::kv::KvDtype;
 use kiln_engine::model::Model;
-use kiln_engine::sampler::argmax;
 use kiln_ir::DType;
 use kiln_ir::backend::Backend;
 use kiln_ir::kv_layout::KvDtype as KvCacheDtype;
 use kiln_testkit::{fail, pass, test};
 use kiln_tests::conformance::{AttentionSpec, Case, attention_case, matmul_term_case, run_case};
 use kiln_tests::cpu::load;
-use kiln_tests::device::{Greedy, families_match_the_oracle, greedy_matches_cpu};
+use kiln_tests::device::{
+    Greedy, argmax_matches_host, families_match_the_oracle, greedy_matches_cpu,
+};
 use kiln_tests::{Outcome, gemma_device, gemma_model, on_device};
 
 fn main() -> ExitCode {
@@ -119,21 +120,7 @@ fn gemma3_greedy_matches_llama_cpp(_: EmuBackend) -> Outcome {
 
 /// The device-side argmax picks, for every output row, what the host's argmax picks.
 fn argmax_on_the_device_matches_the_host(mut backend: EmuBackend) -> Outcome {
-    for case in [
-        "matmul_t33_q4_1",
-        "matmul3_t7_q8_0",
-        "rmsnorm_matmul_swiglu_t3_f16",
-    ] {
-        let case = kiln_tests::conformance::find_case(case);
-        kiln_tests::conformance::run_case(&mut backend, &case).expect("the case runs");
-        let (rows, cols) = backend.last_output_shape().unwrap();
-        let mut logits = vec![0.0f32; rows * cols];
-        backend.read_logits(&mut logits).unwrap();
-        let host: Vec<u32> = logits.chunks_exact(cols).map(argmax).collect();
-        let mut device = vec![0u32; rows];
-        backend.read_argmax(cols, &mut device).unwrap();
-        assert_eq!(device, host, "{}", case.name);
-    }
+    argmax_matches_host(&mut backend, EmuBackend::last_output_shape);
     pass()
 }
 
