@@ -37,8 +37,8 @@ mod session;
 mod session_calls;
 use boundary::{ApiError, LAST_ERROR, arg_mut, arg_ref, arg_str, guard, null_arg};
 pub use model_calls::*;
-pub use session_calls::*;
 use session::SessionState;
+pub use session_calls::*;
 
 /// Status codes returned by every call that can fail (0 is success).
 #[repr(C)]

@@ -30,13 +30,13 @@ mod shapes;
 mod write;
 
 use random::{Rng, fnv1a};
-#[cfg(test)]
-use write::{data_layout, gguf_header};
-pub use write::{synthesize, synthesize_with_template};
 pub use shapes::{
     Arch, CUSTOM, CUSTOM_DEFAULT_CONTEXT, SHAPES, Shape, file_type, llama3_rope_factors,
     parse_quant, quant_name, shape_names,
 };
+#[cfg(test)]
+use write::{data_layout, gguf_header};
+pub use write::{synthesize, synthesize_with_template};
 
 /// Where `kiln synth` takes its tokenizer from unless told otherwise.
 pub const DEFAULT_TOKENIZER_MODEL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";

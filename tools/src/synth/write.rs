@@ -198,7 +198,11 @@ pub(super) fn data_layout(tensors: &[SynthTensor], alignment: u64) -> (Vec<u64>,
 }
 
 /// The GGUF v3 header, encoded exactly as [`kiln_gguf::GgufWriter`] does.
-pub(super) fn gguf_header(metadata: &[(String, Value)], tensors: &[SynthTensor], alignment: u64) -> Vec<u8> {
+pub(super) fn gguf_header(
+    metadata: &[(String, Value)],
+    tensors: &[SynthTensor],
+    alignment: u64,
+) -> Vec<u8> {
     encode_header(metadata, &entries(tensors), alignment)
         .expect("synth dtypes are GGUF types")
         .0
