@@ -27,6 +27,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("weights/q6_k", include_str!("wgsl/weights/q6_k.wgsl")),
     ("weights/q8_k", include_str!("wgsl/weights/q8_k.wgsl")),
     ("matmul_core", include_str!("wgsl/matmul_core.wgsl")),
+    ("gemm_core", include_str!("wgsl/gemm_core.wgsl")),
     ("rope_common", include_str!("wgsl/rope_common.wgsl")),
     ("kv_common", include_str!("wgsl/kv_common.wgsl")),
     ("kv_store", include_str!("wgsl/kv_store.wgsl")),
@@ -63,6 +64,21 @@ pub const FILES: &[(&str, &str)] = &[
     (
         "qk_norm_rope_kv_write",
         include_str!("wgsl/qk_norm_rope_kv_write.wgsl"),
+    ),
+    // The matmul family's tiled twins for steps of many tokens (not ops of the IR: the
+    // lowering picks them by a step's rows, program::gemm).
+    ("gemm", include_str!("wgsl/gemm.wgsl")),
+    ("gemm_add", include_str!("wgsl/gemm_add.wgsl")),
+    ("gemm_swiglu", include_str!("wgsl/gemm_swiglu.wgsl")),
+    ("gemm_geglu", include_str!("wgsl/gemm_geglu.wgsl")),
+    ("rmsnorm_gemm", include_str!("wgsl/rmsnorm_gemm.wgsl")),
+    (
+        "rmsnorm_gemm_swiglu",
+        include_str!("wgsl/rmsnorm_gemm_swiglu.wgsl"),
+    ),
+    (
+        "rmsnorm_gemm_geglu",
+        include_str!("wgsl/rmsnorm_gemm_geglu.wgsl"),
     ),
 ];
 
@@ -124,7 +140,17 @@ pub const OPS: &[(&str, &[&str])] = &[
             "kv_store",
         ],
     ),
+    ("gemm", GEMM_INCLUDES),
+    ("gemm_add", GEMM_INCLUDES),
+    ("gemm_swiglu", GEMM_INCLUDES),
+    ("gemm_geglu", GEMM_INCLUDES),
+    ("rmsnorm_gemm", GEMM_INCLUDES),
+    ("rmsnorm_gemm_swiglu", GEMM_INCLUDES),
+    ("rmsnorm_gemm_geglu", GEMM_INCLUDES),
 ];
+
+/// What every tiled GEMM file includes (no reduction: its sums stay in registers).
+const GEMM_INCLUDES: &[&str] = &["weights/common", "weights", "gemm_core"];
 
 /// Weight dtypes the kernels read.
 pub const WEIGHT_DTYPES: [DType; 12] = [

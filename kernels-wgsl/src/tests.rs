@@ -72,7 +72,7 @@ fn params_match_the_host() {
             v.name()
         );
     }
-    assert_eq!(OPS.len(), 22);
+    assert_eq!(OPS.len(), 29);
 }
 
 #[test]
@@ -82,12 +82,14 @@ fn grids_split_past_the_dimension_limit_and_follow_the_step() {
     let m = Grid::Matmul {
         rows: Rows::Tokens,
         n: 49_152,
+        max_rows: u32::MAX,
     };
     assert_eq!(m.workgroups(1, 1), [49_152, 1, 1]);
     assert_eq!(m.workgroups(33, 1), [49_152, 1, 5]);
     let big = Grid::Matmul {
         rows: Rows::Outputs,
         n: 128_256,
+        max_rows: u32::MAX,
     };
     let [x, y, z] = big.workgroups(7, 2);
     assert!(x <= 65_535 && x * y >= 128_256 && z == 1);
@@ -98,6 +100,37 @@ fn grids_split_past_the_dimension_limit_and_follow_the_step() {
     assert_eq!(e.workgroups(9, 0), [0, 1, 1]);
     assert_eq!(e.workgroups(9, 3), [5, 1, 1]);
     assert_eq!(Grid::PerToken { x: 6 }.workgroups(4, 1), [6, 4, 1]);
+}
+
+#[test]
+fn a_step_takes_the_matvec_or_the_gemm_never_both() {
+    use crate::program::{GEMM_MIN_ROWS, GEMM_ROWS, Grid};
+    use kiln_ir::graph::Rows;
+    let matvec = Grid::Matmul {
+        rows: Rows::Tokens,
+        n: 131,
+        max_rows: GEMM_MIN_ROWS - 1,
+    };
+    let gemm = Grid::Gemm {
+        rows: Rows::Tokens,
+        tiles: 3,
+    };
+    for tokens in [1, 8, GEMM_MIN_ROWS - 1, GEMM_MIN_ROWS, 37, 64, 70, 130, 512] {
+        let (m, g) = (matvec.workgroups(tokens, 1), gemm.workgroups(tokens, 1));
+        let runs = |w: [u32; 3]| !w.contains(&0);
+        assert!(runs(m) != runs(g), "{tokens} tokens: {m:?} and {g:?}");
+        if runs(g) {
+            assert_eq!(g, [3, 1, tokens.div_ceil(GEMM_ROWS)]);
+        } else {
+            assert_eq!(m, [131, 1, tokens.div_ceil(8)]);
+        }
+    }
+    let by_outputs = Grid::Gemm {
+        rows: Rows::Outputs,
+        tiles: 70_000,
+    };
+    let [x, y, z] = by_outputs.workgroups(100, 65);
+    assert!(x <= 65_535 && x * y >= 70_000 && z == 2);
 }
 
 #[test]
