@@ -4,6 +4,19 @@
 //! input once per 64 weight rows. From 16 rows on, the matrix-vector kernel would read
 //! the weights twice or more, and the GEMM's partial tile costs no more than its
 //! threads past the step's rows, which skip their sums.
+//!
+//! Not here yet (issue 17): cooperative matrices. naga 30 parses them in WGSL behind
+//! `enable wgpu_cooperative_matrix;` (`coop_mat8x8` / `coop_mat16x16<f16 | f32, A | B |
+//! C>`, `coopLoad[T]`, `coopStore[T]`, `coopMultiplyAdd`; validation needs
+//! `Capabilities::COOPERATIVE_MATRIX`) and writes SPV_KHR_cooperative_matrix (subgroup
+//! scope, the Vulkan memory model). The path is a `gemm_coop` twin of `gemm_core` (the
+//! same dequantized tiles in workgroup memory, as f16; 16×16×16 multiply-adds into f32
+//! accumulators, what NVIDIA and AMD report), chosen by a `Capabilities` flag that the
+//! Vulkan backend sets from vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR (that
+//! configuration at subgroup scope, VK_KHR_cooperative_matrix and vulkanMemoryModel
+//! enabled), this GEMM the fallback. wgpu 30's EXPERIMENTAL_COOPERATIVE_MATRIX checks
+//! only 8×8 f32 on Vulkan, which NVIDIA and AMD do not offer. Lavapipe here (Mesa 22.3)
+//! has no VK_KHR_cooperative_matrix, so CI could not run such a kernel.
 
 use kiln_ir::DType;
 use kiln_ir::graph::Rows;
