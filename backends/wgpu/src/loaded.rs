@@ -171,9 +171,7 @@ impl WgpuPlan {
             pass.dispatch_workgroups(x, y, z);
         }
     }
-}
 
-impl WgpuPlan {
     /// A step's commands: its list in one compute pass, or a pass per launch where
     /// timestamps cannot be written inside passes; the timestamps resolved at the end.
     fn encode_step(&self, program: &Program, list: &StepList) -> wgpu::CommandBuffer {
