@@ -23,6 +23,7 @@
 //! it depends on which op it runs.
 
 pub mod program;
+pub mod repack;
 pub mod run;
 pub mod sources;
 #[cfg(any(feature = "spirv", test))]

@@ -201,6 +201,8 @@ pub fn param_words(op: &str) -> usize {
         | "matmul_geglu"
         | "rmsnorm_matmul_geglu"
         | "matmul_add" => 12,
+        "matvec_q8" | "matvec_q8_add" | "matvec_q8_swiglu" | "matvec_q8_geglu" => 12,
+        "quantize_q8" | "rmsnorm_quantize_q8" => 8,
         "kv_write" | "rope_kv_write" | "qk_norm_rope_kv_write" | "attention" => 20,
         "rmsnorm_add" | "head_rmsnorm" => 8,
         "rmsnorm" => 6,
@@ -234,7 +236,7 @@ pub fn supports_on(op: &Op, graph: &Graph, max_binding: u64, max_buffer: u64) ->
         .matrices()
         .iter()
         .filter_map(|&w| graph.weight(w))
-        .filter_map(|w| w.dtype.bytes_for(w.rows as u64 * w.cols as u64))
+        .filter_map(|w| crate::weights::device_bytes(w, true))
         .sum();
     let chunked = matches!(
         op,

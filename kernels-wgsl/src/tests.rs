@@ -37,6 +37,28 @@ fn every_variant_validates_with_naga() {
 }
 
 #[test]
+fn the_int8_matvec_validates_without_integer_dot_products() {
+    let matvecs = all_variants().into_iter().filter(|v| v.op.starts_with("matvec_q8"));
+    let mut n = 0;
+    for v in matvecs {
+        let name = v.name();
+        let source = crate::sources::without_integer_dot(&v.source().expect("source"));
+        assert!(!source.contains("dot4I8Packed("), "{name}");
+        let module = module(&source, &name);
+        let mut caps = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+        if v.subgroups {
+            caps |= Capabilities::SUBGROUP;
+        }
+        Validator::new(ValidationFlags::all(), caps)
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
+        n += 1;
+    }
+    // 4 ops × 3 dtypes × 2 reductions.
+    assert_eq!(n, 24);
+}
+
+#[test]
 fn subgroup_variants_need_the_capability() {
     let v = all_variants()
         .into_iter()
@@ -72,7 +94,7 @@ fn params_match_the_host() {
             v.name()
         );
     }
-    assert_eq!(OPS.len(), 22);
+    assert_eq!(OPS.len(), 28);
 }
 
 #[test]

@@ -52,14 +52,14 @@ impl Builder<'_> {
     /// A matrix: dtype, rows, cols and bytes of a row.
     fn weight(&self, w: WeightId) -> (DType, u32, u32, u32) {
         let wt = &self.plan.graph.weights[w.0 as usize];
-        let row_bytes = wt.dtype.bytes_for(wt.cols as u64).unwrap_or(0) as u32;
+        let row_bytes = crate::repack::row_bytes(wt.dtype, wt.cols as u64).unwrap_or(0) as u32;
         (wt.dtype, wt.rows as u32, wt.cols as u32, row_bytes)
     }
 
     /// The byte offset in the window of row `r` of matrix `w`.
     fn row_at(&self, w: WeightId, r: u32) -> u32 {
         let wt = &self.plan.graph.weights[w.0 as usize];
-        let row_bytes = wt.dtype.bytes_for(wt.cols as u64).unwrap_or(0);
+        let row_bytes = crate::repack::row_bytes(wt.dtype, wt.cols as u64).unwrap_or(0);
         (self.weights.offsets[w.0 as usize] + u64::from(r) * row_bytes - self.window.base) as u32
     }
 
@@ -76,7 +76,7 @@ impl Builder<'_> {
         if !self.weights.matrix[w.0 as usize] {
             return (at, at + 4 * (wt.rows * wt.cols) as u64);
         }
-        let row_bytes = wt.dtype.bytes_for(wt.cols as u64).unwrap_or(0);
+        let row_bytes = crate::repack::row_bytes(wt.dtype, wt.cols as u64).unwrap_or(0);
         let (r0, r1) = rows.unwrap_or((0, wt.rows as u32));
         (
             at + u64::from(r0) * row_bytes,
