@@ -278,7 +278,10 @@ pub fn upload_each(
         let i = (0..weights.len()).find(|&i| offsets[i] == at && matrix[i]);
         match i.map(|i| &weights[i]) {
             Some(w) if repack::is_packed(w.dtype) => {
-                let packed = repack::pack(w.dtype, w.rows, w.cols, bytes).map_err(|e| {
+                // The stored blocks, without the padding to whole words.
+                let stored = w.dtype.bytes_for((w.rows * w.cols) as u64).unwrap_or(0);
+                let stored = &bytes[..(stored as usize).min(bytes.len())];
+                let packed = repack::pack(w.dtype, w.rows, w.cols, stored).map_err(|e| {
                     BackendError::Weight {
                         backend,
                         name: w.name.clone(),

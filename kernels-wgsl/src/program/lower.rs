@@ -10,6 +10,9 @@ use crate::sources::Variant;
 use crate::weights::WeightLayout;
 use crate::{Capabilities, KernelError};
 
+mod matvec_q8;
+pub(super) use matvec_q8::matvec_scratch_bytes;
+
 /// Builds the dispatches of each launch, collecting pipelines and params blocks.
 pub(super) struct Builder<'a> {
     pub(super) plan: &'a Plan,
@@ -20,6 +23,8 @@ pub(super) struct Builder<'a> {
     pub(super) windows: &'a [u64],
     /// The weights window of the dispatch being built.
     pub(super) window: Window,
+    /// Arena word where the int8 matvec's quantized activations lie.
+    pub(super) q8_scratch: u32,
     pub(super) ropes: &'a [RopeParams],
     pub(super) pipelines: Vec<Pipeline>,
     pub(super) params: Vec<u8>,
@@ -163,6 +168,7 @@ impl Builder<'_> {
             weights_offset: self.window.base - self.weights.buffers[self.window.buffer].start,
             weights_window: self.window.bytes,
             grid,
+            barrier: false,
         }
     }
 
@@ -292,7 +298,7 @@ impl Builder<'_> {
             _ => Vec::new(),
         };
         self.place(&vectors)?;
-        Ok(match &launch.op {
+        let dispatches = match &launch.op {
             Op::Embed { table } => {
                 // Chunks of the table's rows, each in its window; a token is written by
                 // the chunk that holds its row.
@@ -586,6 +592,8 @@ impl Builder<'_> {
                 None,
                 Some((*norm, *eps)),
             )?,
-        })
+        };
+        // Steps of a few rows take the int8 matvec where the launch has one.
+        self.with_matvec_q8(launch, dispatches)
     }
 }
