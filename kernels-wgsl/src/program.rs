@@ -151,7 +151,9 @@ impl Grid {
                 _ => [0; 3],
             },
             Grid::MatmulRest { rows, n } => match resolve(rows) {
-                r if r > MATVEC_MAX_ROWS => Grid::Matmul { rows, n }.workgroups(n_tokens, n_outputs),
+                r if r > MATVEC_MAX_ROWS => {
+                    Grid::Matmul { rows, n }.workgroups(n_tokens, n_outputs)
+                }
                 _ => [0; 3],
             },
         }

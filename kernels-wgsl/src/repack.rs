@@ -145,7 +145,10 @@ pub fn unpack(
     let block = scale + quants;
     let mut out = vec![0u8; rows * g_row];
     for r in 0..rows {
-        let (src, dst) = (&packed[r * p_row..][..p_row], &mut out[r * g_row..][..g_row]);
+        let (src, dst) = (
+            &packed[r * p_row..][..p_row],
+            &mut out[r * g_row..][..g_row],
+        );
         for b in 0..cols / BLOCK {
             let (s, q) = packed_at(b, area, quants, scale);
             let blk = &mut dst[b * block..][..block];

@@ -86,7 +86,10 @@ pub const FILES: &[(&str, &str)] = &[
     ),
     ("matvec_q8", include_str!("wgsl/matvec_q8.wgsl")),
     ("matvec_q8_add", include_str!("wgsl/matvec_q8_add.wgsl")),
-    ("matvec_q8_swiglu", include_str!("wgsl/matvec_q8_swiglu.wgsl")),
+    (
+        "matvec_q8_swiglu",
+        include_str!("wgsl/matvec_q8_swiglu.wgsl"),
+    ),
     ("matvec_q8_geglu", include_str!("wgsl/matvec_q8_geglu.wgsl")),
 ];
 
@@ -301,7 +304,11 @@ pub fn all_variants() -> Vec<Variant> {
     let mut out = Vec::new();
     for &(op, _) in OPS {
         let weights: Vec<Option<DType>> = if Variant::takes_weight(op) {
-            Variant::weight_dtypes(op).iter().copied().map(Some).collect()
+            Variant::weight_dtypes(op)
+                .iter()
+                .copied()
+                .map(Some)
+                .collect()
         } else {
             vec![None]
         };

@@ -194,9 +194,9 @@ mod tests {
                     ..target(subgroups)
                 };
                 let mut c = Compiler::new(t, &Cache::Off);
-                let matvecs = crate::sources::all_variants().into_iter().filter(|v| {
-                    v.subgroups == subgroups && v.op.starts_with("matvec_q8")
-                });
+                let matvecs = crate::sources::all_variants()
+                    .into_iter()
+                    .filter(|v| v.subgroups == subgroups && v.op.starts_with("matvec_q8"));
                 for v in matvecs {
                     let words = c.spirv(&v.name(), &v.source().unwrap()).expect("compiles");
                     assert_eq!(has_sdot(&words), integer_dot, "{}", v.name());

@@ -38,7 +38,9 @@ fn every_variant_validates_with_naga() {
 
 #[test]
 fn the_int8_matvec_validates_without_integer_dot_products() {
-    let matvecs = all_variants().into_iter().filter(|v| v.op.starts_with("matvec_q8"));
+    let matvecs = all_variants()
+        .into_iter()
+        .filter(|v| v.op.starts_with("matvec_q8"));
     let mut n = 0;
     for v in matvecs {
         let name = v.name();
@@ -120,6 +122,34 @@ fn grids_split_past_the_dimension_limit_and_follow_the_step() {
     assert_eq!(e.workgroups(9, 0), [0, 1, 1]);
     assert_eq!(e.workgroups(9, 3), [5, 1, 1]);
     assert_eq!(Grid::PerToken { x: 6 }.workgroups(4, 1), [6, 4, 1]);
+}
+
+#[test]
+fn the_int8_path_takes_the_steps_of_at_most_32_rows_and_the_f32_kernel_the_rest() {
+    use crate::program::{Grid, MATVEC_MAX_ROWS};
+    use kiln_ir::graph::Rows;
+    let (rows, n) = (Rows::Tokens, 49_155);
+    let quantize = Grid::Quantize { rows };
+    let matvec = Grid::Matvec { rows, n };
+    let rest = Grid::MatmulRest { rows, n };
+    for tokens in [1, 7, 8, 9, MATVEC_MAX_ROWS] {
+        assert_eq!(quantize.workgroups(tokens, 1), [tokens, 1, 1]);
+        // 8 columns a workgroup, every token in each.
+        assert_eq!(matvec.workgroups(tokens, 1), [6145, 1, 1]);
+        assert!(rest.workgroups(tokens, 1).contains(&0));
+    }
+    for tokens in [0, MATVEC_MAX_ROWS + 1, 512] {
+        assert!(quantize.workgroups(tokens, 1).contains(&0));
+        assert!(matvec.workgroups(tokens, 1).contains(&0));
+    }
+    let all = Grid::Matmul { rows, n };
+    assert_eq!(rest.workgroups(33, 1), all.workgroups(33, 1));
+    // The LM head of a long prompt's step: its output rows, not its tokens.
+    let head = Grid::Matvec {
+        rows: Rows::Outputs,
+        n: 8,
+    };
+    assert_eq!(head.workgroups(512, 1), [1, 1, 1]);
 }
 
 #[test]

@@ -118,7 +118,9 @@ pub(in crate::program) fn matvec_scratch_bytes(plan: &Plan) -> u64 {
         .filter_map(|l| matvec_k(plan, l))
         .max();
     // Per row: the quants (k bytes) and a (d, Σq) pair per 32 values (k / 4 bytes).
-    widest.map_or(0, |k| u64::from(MATVEC_MAX_ROWS) * (u64::from(k) + u64::from(k) / 4))
+    widest.map_or(0, |k| {
+        u64::from(MATVEC_MAX_ROWS) * (u64::from(k) + u64::from(k) / 4)
+    })
 }
 
 impl Builder<'_> {
@@ -136,15 +138,26 @@ impl Builder<'_> {
         let rows = self.rows(m.parts[0].2);
         let q = self.q8_scratch;
         let ds = q + MATVEC_MAX_ROWS * quant_words(k);
-        let norm_range: Vec<(u64, u64)> = m.norm.iter().map(|(g, _)| self.range(*g, None)).collect();
+        let norm_range: Vec<(u64, u64)> =
+            m.norm.iter().map(|(g, _)| self.range(*g, None)).collect();
         self.place(&norm_range)?;
         let (norm_at, eps) = m.norm.map_or((0, 0.0), |(g, eps)| (self.vector(g), eps));
-        let words = vec![header_word(rows), k, self.at(x), q, ds, norm_at, eps.to_bits(), 0];
+        let words = vec![
+            header_word(rows),
+            k,
+            self.at(x),
+            q,
+            ds,
+            norm_at,
+            eps.to_bits(),
+            0,
+        ];
         let resources = match m.norm {
             Some(_) => vec![Params, Arena, Weights, Step],
             None => vec![Params, Arena, Step],
         };
-        let mut all = vec![self.dispatch(m.quantize, None, words, resources, Grid::Quantize { rows })];
+        let mut all =
+            vec![self.dispatch(m.quantize, None, words, resources, Grid::Quantize { rows })];
         for &(w, w2, out) in &m.parts {
             let (dtype, n, _, row_bytes) = self.weight(w);
             let chunk = match w2 {
