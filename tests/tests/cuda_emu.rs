@@ -63,7 +63,7 @@ fn with_backend(body: fn(EmuBackend) -> Outcome) -> Outcome {
 /// Measured here (this prompt, 3 tokens; the test decodes 2): 5.0e-3 / 3.5e-2 with F16 KV, 1.3e-2 / 6.7e-2
 /// with FP8; the CPU backend, whose dots also take int8 activations, 1.8e-3 / 3.5e-2
 /// and 6.5e-3 / 5.5e-2. The q8_1 activations of the matvec (f16 scales) cost that much;
-/// the WGSL kernels' f32 activations 1.5e-6 with F16 KV. Headroom of 2×; a wrong kernel
+/// the WGSL kernels' int8 matvec (f32 scales) 3.4e-3 with F16 KV. Headroom of 2×; a wrong kernel
 /// moves logits by their own size.
 fn limits(kv: KvDtype) -> (f64, f64) {
     match kv {
