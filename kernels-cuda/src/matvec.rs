@@ -19,8 +19,8 @@
 //!    the weight's first column and `out_stride` is the output row's width; SwiGLU's gate
 //!    and up are one matvec), from the module [`source`]`(dtype)`, launched as
 //!    [`matvec_launch`]`(dtype, n, k, tokens, epilogue)` with [`MatvecArgs`]: `wq`/`ws`
-//!    the planes of the packed weight ([`repack::layout`]; a chunk of rows is an offset
-//!    of `row · quant_row_bytes()` and `row · scale_row_bytes()`), `q`/`ds` the scratch.
+//!    the quant and scale planes of the whole packed weight ([`repack::layout`]; the
+//!    kernel finds a high plane at `wq + n · quant_row_bytes()`), `q`/`ds` the scratch.
 //!
 //! Both read the step's row count from `step[rows_sel]` ([`crate::sources`]' STEP_*
 //! words), so their arguments are built once at load; the grid's token tiles (z) follow
@@ -52,10 +52,22 @@ pub const FILES: &[(&str, &str)] = &[
     ("mv/unit_q4_0.cuh", include_str!("cuda/mv/unit_q4_0.cuh")),
     ("mv/unit_q4_1.cuh", include_str!("cuda/mv/unit_q4_1.cuh")),
     ("mv/unit_q8_0.cuh", include_str!("cuda/mv/unit_q8_0.cuh")),
+    ("mv/bits.cuh", include_str!("cuda/mv/bits.cuh")),
+    ("mv/dots.cuh", include_str!("cuda/mv/dots.cuh")),
+    ("mv/q5_0.cuh", include_str!("cuda/mv/q5_0.cuh")),
+    ("mv/q5_1.cuh", include_str!("cuda/mv/q5_1.cuh")),
+    ("mv/q4_k.cuh", include_str!("cuda/mv/q4_k.cuh")),
+    ("mv/q5_k.cuh", include_str!("cuda/mv/q5_k.cuh")),
+    ("mv/q6_k.cuh", include_str!("cuda/mv/q6_k.cuh")),
+    ("mv/unit_q5_0.cuh", include_str!("cuda/mv/unit_q5_0.cuh")),
+    ("mv/unit_q5_1.cuh", include_str!("cuda/mv/unit_q5_1.cuh")),
+    ("mv/unit_q4_k.cuh", include_str!("cuda/mv/unit_q4_k.cuh")),
+    ("mv/unit_q5_k.cuh", include_str!("cuda/mv/unit_q5_k.cuh")),
+    ("mv/unit_q6_k.cuh", include_str!("cuda/mv/unit_q6_k.cuh")),
 ];
 
 /// The weight types the matvec reads (those [`repack`] packs).
-pub const DTYPES: [DType; 3] = [DType::Q4_0, DType::Q4_1, DType::Q8_0];
+pub const DTYPES: [DType; 8] = repack::PACKED;
 
 /// Token tiles: the step's tokens are covered by tiles of the smallest of these that
 /// holds them all (then tiles of the largest, [`max_tile`]).
@@ -77,9 +89,11 @@ pub const RMSNORM_QUANTIZE_ENTRY: &str = "rmsnorm_quantize_q8_1";
 kernel_args! {
     /// A matvec's arguments: out = epilogue(x · Wᵀ) for the step's rows.
     MatvecArgs {
-        /// (n, k / 32, 16 or 32) the weight's quant plane (the gate for SwiGLU).
+        /// (n, k / 32, 16 or 32) the weight's quant plane (the gate for SwiGLU); its high
+        /// plane, where the type has one, follows it (repack::layout).
         wq: ConstPtr<u8>,
-        /// (n, k / 32) its scale plane: f16 d, or half2 (d, m) for Q4_1.
+        /// Its scale plane: per GGUF block f16 d, half2 (d, m) (Q4_1, Q5_1), or a
+        /// K-quant super-block's record.
         ws: ConstPtr<u8>,
         /// The up weight's planes (SwiGLU), else 0.
         w2q: ConstPtr<u8>,
@@ -96,7 +110,7 @@ kernel_args! {
         step: ConstPtr<u32>,
         /// Weight rows (output columns) of this launch.
         n: u32,
-        /// Input columns, a multiple of 32.
+        /// Input columns, a multiple of the weight's block (32 or 256).
         k: u32,
         out_stride: u32,
         rows_sel: u32,
@@ -161,7 +175,7 @@ impl Epilogue {
 pub enum MatvecError {
     #[error("the matvec does not read {0} weights")]
     Dtype(DType),
-    #[error("matvec: k = {0} is not a positive multiple of 32")]
+    #[error("matvec: k = {0} is not a positive multiple of the weight's block")]
     K(u32),
     #[error("matvec: no rows (n = 0)")]
     NoRows,
@@ -233,7 +247,7 @@ pub fn matvec_launch(
     if !repack::is_packed(dtype) {
         return Err(MatvecError::Dtype(dtype));
     }
-    if k == 0 || !k.is_multiple_of(32) {
+    if k == 0 || !k.is_multiple_of(dtype.block_len() as u32) {
         return Err(MatvecError::K(k));
     }
     if n == 0 {
@@ -369,6 +383,11 @@ pub fn unit_file(dtype: DType) -> Result<&'static str, MatvecError> {
         DType::Q4_0 => Ok("mv/unit_q4_0.cuh"),
         DType::Q4_1 => Ok("mv/unit_q4_1.cuh"),
         DType::Q8_0 => Ok("mv/unit_q8_0.cuh"),
+        DType::Q5_0 => Ok("mv/unit_q5_0.cuh"),
+        DType::Q5_1 => Ok("mv/unit_q5_1.cuh"),
+        DType::Q4_K => Ok("mv/unit_q4_k.cuh"),
+        DType::Q5_K => Ok("mv/unit_q5_k.cuh"),
+        DType::Q6_K => Ok("mv/unit_q6_k.cuh"),
         _ => Err(MatvecError::Dtype(dtype)),
     }
 }

@@ -207,8 +207,8 @@ fn gguf_bytes(l: &PackedLayout, got: usize) -> Result<usize, RepackError> {
     Ok(expected)
 }
 
-/// One unit's 32 values as codes: the low 4 bits (or Q8_0's bytes) and the high bits.
-type Codes = [u8; 32];
+/// One unit's 32 values as codes: the low 4 bits and the high bits.
+pub type Codes = [u8; 32];
 
 /// The byte of the high word/bytes that holds value `e`'s high bits, and its shift.
 fn high_at(high_bytes: usize, e: usize) -> (usize, usize) {
@@ -236,8 +236,10 @@ fn put_unit(low: &Codes, high: &Codes, q: &mut [u8], h: &mut [u8]) {
     }
 }
 
-/// The codes of a unit from its planes: the inverse of [`put_unit`].
-fn get_unit(q: &[u8], h: &[u8]) -> (Codes, Codes) {
+/// The codes of a unit from its planes (`q` its 16 quant bytes, `h` its high bytes, none
+/// for 4-bit types): the low 4 bits and the high bits of each of its 32 values. The
+/// inverse of [`put_unit`].
+pub fn get_unit(q: &[u8], h: &[u8]) -> (Codes, Codes) {
     let (mut low, mut high) = ([0u8; 32], [0u8; 32]);
     let mask = if h.len() == 4 { 1 } else { 3 };
     for e in 0..16 {

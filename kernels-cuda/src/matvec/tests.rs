@@ -3,7 +3,7 @@
 
 use half::f16;
 use kiln_ir::DType;
-use kiln_ir::quant::{self, q4_0, q4_1, q8_0, q8_1};
+use kiln_ir::quant::{self, q4_0, q4_1, q5_0, q5_1, q8_0, q8_1};
 
 use super::twin::{self, Q8_1Rows};
 use super::*;
@@ -40,9 +40,10 @@ impl Rng {
 
 /// A (rows, cols) weight of random values quantized by ir's reference quantizer: GGUF bytes.
 fn weight(rng: &mut Rng, dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
-    let mut bytes = vec![0u8; rows * cols / 32 * dtype.block_bytes()];
+    let row_bytes = cols / dtype.block_len() * dtype.block_bytes();
+    let mut bytes = vec![0u8; rows * row_bytes];
     for (row, dst) in bytes
-        .chunks_exact_mut(cols / 32 * dtype.block_bytes())
+        .chunks_exact_mut(row_bytes)
         .enumerate()
     {
         let _ = row;
@@ -138,7 +139,8 @@ fn check_against_reference(dtype: DType, n: usize, k: usize, tokens: usize, seed
         stride,
     )
     .unwrap();
-    let row_bytes = k / 32 * dtype.block_bytes();
+    let row_bytes = k / dtype.block_len() * dtype.block_bytes();
+    let units = dtype.block_len() / 32;
     for t in 0..tokens {
         let a_blocks = q8_1_blocks(&acts, t);
         let mut a_deq = vec![0f32; k];
@@ -162,19 +164,29 @@ fn check_against_reference(dtype: DType, n: usize, k: usize, tokens: usize, seed
                 .zip(&a_deq)
                 .map(|(&a, &b)| f64::from((a * b).abs()))
                 .sum();
-            // Q4_0 and Q4_1 take Σx from the activation's f16 s (8·d or m times it), as
-            // ggml does: the exact dot has d·Σq there.
+            // Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q5_K take Σx from the activation's f16 s
+            // (8·d, 16·d, m or dmin·m times it), as ggml does: the exact dot has d·Σq there.
             let s_error: f64 = (0..k / 32)
                 .map(|b| {
                     let bb = dtype.block_bytes();
+                    let block = &row[bb * (b / units)..][..bb];
                     let f16_at = |at: usize| {
-                        f64::from(
-                            f16::from_le_bytes([row[bb * b + at], row[bb * b + at + 1]]).to_f32(),
-                        )
+                        f64::from(f16::from_le_bytes([block[at], block[at + 1]]).to_f32())
                     };
                     let factor = match dtype {
                         DType::Q4_0 => 8.0 * f16_at(0).abs(),
-                        DType::Q4_1 => f16_at(2).abs(),
+                        DType::Q5_0 => 16.0 * f16_at(0).abs(),
+                        DType::Q4_1 | DType::Q5_1 => f16_at(2).abs(),
+                        DType::Q4_K | DType::Q5_K => {
+                            let sc = &block[4..16];
+                            let j = b % 8;
+                            let m = if j < 4 {
+                                sc[j + 4] & 63
+                            } else {
+                                (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4)
+                            };
+                            f16_at(2).abs() * f64::from(m)
+                        }
                         _ => 0.0,
                     };
                     let ds = acts.ds[t * k / 32 + b];
@@ -193,15 +205,21 @@ fn check_against_reference(dtype: DType, n: usize, k: usize, tokens: usize, seed
                 (got - exact).abs() <= tol,
                 "{dtype} ({n}, {k}) token {t} row {r}: twin {got} vs exact {exact} (tol {tol})"
             );
-            let block_dot = f64::from(match dtype {
-                DType::Q4_0 => q4_0::vec_dot_q4_0_q8_0(row, &a_q8_0),
-                DType::Q4_1 => q4_1::vec_dot_q4_1_q8_1(row, &a_blocks),
-                _ => q8_0::vec_dot_q8_0_q8_0(row, &a_q8_0),
-            });
-            assert!(
-                (got - block_dot).abs() <= tol + 2e-6 * magnitude,
-                "{dtype} token {t} row {r}: twin {got} vs ir block dot {block_dot}"
-            );
+            // ir's block dots of the same activation blocks (the K-quants' take Q8_K ones).
+            let block_dot = match dtype {
+                DType::Q4_0 => Some(q4_0::vec_dot_q4_0_q8_0(row, &a_q8_0)),
+                DType::Q4_1 => Some(q4_1::vec_dot_q4_1_q8_1(row, &a_blocks)),
+                DType::Q5_0 => Some(q5_0::vec_dot_q5_0_q8_0(row, &a_q8_0)),
+                DType::Q5_1 => Some(q5_1::vec_dot_q5_1_q8_1(row, &a_blocks)),
+                DType::Q8_0 => Some(q8_0::vec_dot_q8_0_q8_0(row, &a_q8_0)),
+                _ => None,
+            };
+            if let Some(block_dot) = block_dot.map(f64::from) {
+                assert!(
+                    (got - block_dot).abs() <= tol + 2e-6 * magnitude,
+                    "{dtype} token {t} row {r}: twin {got} vs ir block dot {block_dot}"
+                );
+            }
             // The activations' quantization error: at most half a step (and the f16
             // rounding of d) per value.
             let xs = &x[t * k..(t + 1) * k];
@@ -230,15 +248,17 @@ fn check_against_reference(dtype: DType, n: usize, k: usize, tokens: usize, seed
 fn twin_matches_the_reference_on_odd_shapes() {
     let mut seed = 1;
     for dtype in DTYPES {
-        for (n, k, tokens) in [
-            (1, 32, 1),
-            (3, 96, 2),
-            (17, 576, 3),
-            (5, 4128, 7),
-            (2, 1024, 17),
-            (3, 160, 32),
+        // k in blocks of the type (32 or 256 values): 1, 3, 18, 129, 32 and 5 of them.
+        for (n, blocks, tokens) in [
+            (1, 1, 1),
+            (3, 3, 2),
+            (17, 18, 3),
+            (5, 129, 7),
+            (2, 32, 17),
+            (3, 5, 32),
         ] {
             seed += 1;
+            let k = blocks * dtype.block_len();
             check_against_reference(dtype, n, k, tokens, seed);
         }
     }
@@ -247,8 +267,9 @@ fn twin_matches_the_reference_on_odd_shapes() {
 #[test]
 fn epilogues_apply_to_the_dot_products() {
     let mut rng = Rng(99);
-    let (n, k, tokens, stride) = (7, 224, 5, 9);
+    let (n, tokens, stride) = (7, 5, 9);
     for dtype in DTYPES {
+        let k = 7 * dtype.block_len();
         let gate = repack::pack(dtype, n, k, &weight(&mut rng, dtype, n, k)).unwrap();
         let up = repack::pack(dtype, n, k, &weight(&mut rng, dtype, n, k)).unwrap();
         let acts = twin::quantize(&rng.values(tokens * k), tokens, k, k, None);
@@ -296,14 +317,14 @@ fn sources_hold_every_entry_and_the_args() {
         "matvec_q4_1_t1_swiglu"
     );
     assert_eq!(entry(DType::Q4_0, 8, Epilogue::Store), "matvec_q4_0_t8");
-    assert_eq!(source(DType::Q4_K), Err(MatvecError::Dtype(DType::Q4_K)));
+    assert_eq!(source(DType::Q8_K), Err(MatvecError::Dtype(DType::Q8_K)));
     let q = quantize_source();
     assert!(q.contains("struct QuantizeArgs {") && !q.contains("#include"));
     for d in DTYPES {
         let u = unit_check_source(d).unwrap();
         assert!(u.contains("pw_unit") && !u.contains("#include") && !u.contains("#error"));
     }
-    assert_eq!(modules().len(), 3 + 1 + 3);
+    assert_eq!(modules().len(), DTYPES.len() + 1 + DTYPES.len());
 }
 
 #[test]
@@ -354,6 +375,13 @@ fn launch_geometry_follows_the_step() {
         matvec_launch(DType::Q4_0, 0, 64, 1, Epilogue::Store),
         Err(MatvecError::NoRows)
     );
+    assert_eq!(
+        matvec_launch(DType::Q4_K, 8, 288, 1, Epilogue::Store),
+        Err(MatvecError::K(288)),
+        "K-quant rows are whole super-blocks"
+    );
+    let l = matvec_launch(DType::Q6_K, 640, 2048, 1, Epilogue::Add).unwrap();
+    assert_eq!((l.entry.as_str(), l.grid), ("matvec_q6_k_t1_add", [160, 1, 1]));
 }
 
 #[test]

@@ -1,5 +1,6 @@
 // mv/matvec.cu: the decode matvec, out = epilogue(x · Wᵀ) for a tile of T tokens, from
-// packed weights (src/repack.rs) and q8_1 activations (mv/quantize_q8_1.cu). A block of
+// packed weights (src/repack.rs; a weight "block" here is a unit of 32 values, a
+// K-quant's sub-block) and q8_1 activations (mv/quantize_q8_1.cu). A block of
 // MV_WARPS warps computes R output rows (R weight rows, of the gate and the up weight for
 // SwiGLU) for the tile's tokens; its lanes split the row's 32-value blocks (split-K: lane
 // s of the block takes blocks s, s + 128, ...), so each weight load is 16 bytes, a warp's
@@ -101,7 +102,7 @@ __device__ __forceinline__ void mv_pass(const MatvecArgs& a, unsigned int t0, un
 #pragma unroll
             for (unsigned int r = 0u; r < R; r++) {
                 unsigned int row = min(r0 + r, a.n - 1u);
-                w[g][r] = g == 0u ? mv_load(a.wq, a.ws, row, nb, b) : mv_load(a.w2q, a.w2s, row, nb, b);
+                w[g][r] = g == 0u ? mv_load(a.wq, a.ws, a.n, row, nb, b) : mv_load(a.w2q, a.w2s, a.n, row, nb, b);
             }
         }
         // Tokens past the step's rows repeat its last row (not stored): no branches.
