@@ -170,7 +170,7 @@ fn run(mem: &mut Mem, v: &crate::variant::Variant, call: &crate::lower::Call, g:
                     (p.launch.grid[2] * tile) as usize >= rows,
                     "tiles cover the rows"
                 );
-                let rpb = matvec::rows_per_block(tile, e);
+                let rpb = matvec::rows_per_block(dtype, tile, e);
                 assert!(
                     p.launch.grid[0] * rpb >= a.n,
                     "blocks cover the weight rows"

@@ -183,10 +183,17 @@ pub enum MatvecError {
 
 /// Rows of a block for a token tile: each activation block read serves as many rows as
 /// fit while a lane's accumulators (weights × rows × tokens) stay at most 32 registers
-/// and its weight blocks of one step at most 4.
-pub fn rows_per_block(tile: u32, epilogue: Epilogue) -> u32 {
+/// and its weight blocks of one step at most 4. A K-quant's unit holds its super-block's
+/// 16-byte scale record while the loads are in flight: its gated tiles of 8 tokens take
+/// one row (two rows spill at 128 registers).
+pub fn rows_per_block(dtype: DType, tile: u32, epilogue: Epilogue) -> u32 {
     let weights = if epilogue == Epilogue::SwiGlu { 2 } else { 1 };
-    (32 / (tile * weights)).min(4 / weights).clamp(1, 4)
+    let rows = (32 / (tile * weights)).min(4 / weights).clamp(1, 4);
+    if dtype.block_len() == 256 && epilogue == Epilogue::SwiGlu && tile >= 8 {
+        1
+    } else {
+        rows
+    }
 }
 
 /// Blocks an SM must hold at once (`__launch_bounds__`), which caps the registers
@@ -254,7 +261,7 @@ pub fn matvec_launch(
         return Err(MatvecError::NoRows);
     }
     let tile = tile_for(tokens, epilogue);
-    let rows = rows_per_block(tile, epilogue);
+    let rows = rows_per_block(dtype, tile, epilogue);
     Ok(MatvecLaunch {
         entry: entry(dtype, tile, epilogue),
         grid: [n.div_ceil(rows), 1, tokens.max(1).div_ceil(tile)],
@@ -344,7 +351,7 @@ pub fn source(dtype: DType) -> Result<String, MatvecError> {
              mv_matvec<{tile}u, {}u, {}>(a);\n}}\n",
             min_blocks(tile),
             entry(dtype, tile, epilogue),
-            rows_per_block(tile, epilogue),
+            rows_per_block(dtype, tile, epilogue),
             epilogue.code()
         ));
     }

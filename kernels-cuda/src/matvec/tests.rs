@@ -355,14 +355,18 @@ fn launch_geometry_follows_the_step() {
     );
     let l = matvec_launch(DType::Q4_1, 577, 576, 70, Epilogue::Add).unwrap();
     assert_eq!(l.grid, [577, 1, 3], "one row a block at 32 tokens");
-    for (tile, e) in variants() {
-        let r = rows_per_block(tile, e);
-        let gated = if e == Epilogue::SwiGlu { 2 } else { 1 };
-        assert!(
-            (1..=4).contains(&r) && r * tile * gated <= 32,
-            "{tile} {e:?}"
-        );
+    for dtype in DTYPES {
+        for (tile, e) in variants() {
+            let r = rows_per_block(dtype, tile, e);
+            let gated = if e == Epilogue::SwiGlu { 2 } else { 1 };
+            assert!(
+                (1..=4).contains(&r) && r * tile * gated <= 32,
+                "{dtype} {tile} {e:?}"
+            );
+        }
     }
+    assert_eq!(rows_per_block(DType::Q4_K, 8, Epilogue::SwiGlu), 1);
+    assert_eq!(rows_per_block(DType::Q4_0, 8, Epilogue::SwiGlu), 2);
     assert_eq!(
         matvec_launch(DType::F16, 8, 32, 1, Epilogue::Store),
         Err(MatvecError::Dtype(DType::F16))

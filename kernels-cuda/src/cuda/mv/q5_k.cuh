@@ -14,12 +14,14 @@ struct MvW {
 // Unit b of row `row` of n (units `nb` a row, a multiple of 8).
 __device__ __forceinline__ MvW mv_load(const unsigned char* __restrict__ wq, const unsigned char* __restrict__ ws,
                                        unsigned int n, unsigned long long row, unsigned int nb, unsigned int b) {
-    unsigned long long i = row * nb + b;
+    // 32-bit offsets (a matrix is under 4 GiB, weights.rs): one index register a row
+    // rather than a 64-bit pointer per plane and row, which at 4 rows spills.
+    unsigned int i = (unsigned int)row * nb + b;
     MvW w;
-    w.q = mv_stream16(wq + 16ull * i);
-    w.h = __ldg(reinterpret_cast<const unsigned int*>(wq + 16ull * n * nb) + i);
-    uint4 r = mv_load16(ws + 16ull * (i / 8u));
-    KScale s = k_scale6(r.y, r.z, r.w, (unsigned int)(i % 8u));
+    w.q = mv_stream16(wq + 16u * i);
+    w.h = __ldg(reinterpret_cast<const unsigned int*>(wq + 16u * n * nb) + i);
+    uint4 r = mv_load16(ws + 16u * (i / 8u));
+    KScale s = k_scale6(r.y, r.z, r.w, i % 8u);
     w.d = __fmul_rn(mv_lo(r.x), (float)s.sc);
     w.m = __fmul_rn(mv_hi(r.x), (float)s.m);
     return w;
