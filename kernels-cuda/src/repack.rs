@@ -266,7 +266,11 @@ fn get_codes(dtype: DType, fields: &[u8], u: usize) -> (Codes, Codes) {
         (low[l], high[l]) = match dtype {
             DType::Q5_0 | DType::Q5_1 => {
                 let qh = u32::from_le_bytes([fields[0], fields[1], fields[2], fields[3]]);
-                let nib = if l < 16 { fields[4 + l] & 15 } else { fields[4 + l - 16] >> 4 };
+                let nib = if l < 16 {
+                    fields[4 + l] & 15
+                } else {
+                    fields[4 + l - 16] >> 4
+                };
                 (nib, ((qh >> l) & 1) as u8)
             }
             DType::Q4_K => ((fields[32 * (u / 2) + l] >> (4 * (u % 2))) & 15, 0),

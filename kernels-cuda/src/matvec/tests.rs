@@ -42,10 +42,7 @@ impl Rng {
 fn weight(rng: &mut Rng, dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
     let row_bytes = cols / dtype.block_len() * dtype.block_bytes();
     let mut bytes = vec![0u8; rows * row_bytes];
-    for (row, dst) in bytes
-        .chunks_exact_mut(row_bytes)
-        .enumerate()
-    {
+    for (row, dst) in bytes.chunks_exact_mut(row_bytes).enumerate() {
         let _ = row;
         quant::quantize_row(dtype, &rng.values(cols), dst).unwrap();
     }
@@ -385,7 +382,10 @@ fn launch_geometry_follows_the_step() {
         "K-quant rows are whole super-blocks"
     );
     let l = matvec_launch(DType::Q6_K, 640, 2048, 1, Epilogue::Add).unwrap();
-    assert_eq!((l.entry.as_str(), l.grid), ("matvec_q6_k_t1_add", [160, 1, 1]));
+    assert_eq!(
+        (l.entry.as_str(), l.grid),
+        ("matvec_q6_k_t1_add", [160, 1, 1])
+    );
 }
 
 #[test]

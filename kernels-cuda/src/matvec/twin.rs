@@ -149,7 +149,11 @@ fn block_dot(
     let codes = |shift: u32| (0..32).map(move |e| i32::from(low[e] | (high[e] << shift)));
     match l.dtype {
         DType::Q4_0 | DType::Q5_0 => {
-            let (bias, shift) = if l.dtype == DType::Q4_0 { (8.0, 0) } else { (16.0, 4) };
+            let (bias, shift) = if l.dtype == DType::Q4_0 {
+                (8.0, 0)
+            } else {
+                (16.0, 4)
+            };
             let v = da.mul_add(int_dot(codes(shift), a) as f32, -bias * sa);
             f16_at(s, 0).mul_add(v, acc)
         }
