@@ -228,10 +228,10 @@ fn put_unit(low: &Codes, high: &Codes, q: &mut [u8], h: &mut [u8]) {
     }
     h.fill(0);
     let mask = if h.len() == 4 { 1 } else { 3 };
-    for e in 0..32 {
+    for (e, &bits) in high.iter().enumerate() {
         if !h.is_empty() {
             let (byte, shift) = high_at(h.len(), e);
-            h[byte] |= (high[e] & mask) << shift;
+            h[byte] |= (bits & mask) << shift;
         }
     }
 }

@@ -12,7 +12,6 @@ use kiln_backend_cuda_emu::{EmuBackend, EmuOptions};
 use kiln_backends::Ci;
 use kiln_engine::kv::KvDtype;
 use kiln_engine::model::Model;
-use kiln_ir::DType;
 use kiln_ir::backend::Backend;
 use kiln_ir::kv_layout::KvDtype as KvCacheDtype;
 use kiln_testkit::{fail, pass, test};
