@@ -189,8 +189,9 @@ fn run(mem: &mut Mem, v: &crate::variant::Variant, call: &crate::lower::Call, g:
                         .collect(),
                 };
                 let w = planes(mem, dtype, a.n, a.k, a.wq.0, a.ws.0);
-                let w2 =
-                    (e == Epilogue::SwiGlu).then(|| planes(mem, dtype, a.n, a.k, a.w2q.0, a.w2s.0));
+                let w2 = e
+                    .gated()
+                    .then(|| planes(mem, dtype, a.n, a.k, a.w2q.0, a.w2s.0));
                 let stride = a.out_stride as usize;
                 let mut out = mem.f32s(a.out.0, rows * stride);
                 if e == Epilogue::Add {

@@ -8,7 +8,7 @@
 //! [`q8_1_planes`]`(max_rows, max_k).bytes`, `max_rows` the largest step's rows (≤ 32 on
 //! this path) and `max_k` the widest input of a quantized MatMul-family launch. A
 //! MatMul-family launch (MatMul, RmsNormMatMul, MatMulAdd, MatMulSwiGlu,
-//! RmsNormMatMulSwiGlu) of packed weights whose step has at most [`MAX_TOKENS`] rows
+//! RmsNormMatMulSwiGlu, MatMulGeGlu, RmsNormMatMulGeGlu) of packed weights whose step has at most [`MAX_TOKENS`] rows
 //! becomes:
 //!
 //! 1. one quantization of its input: [`QUANTIZE_ENTRY`], or [`RMSNORM_QUANTIZE_ENTRY`]
@@ -16,7 +16,7 @@
 //!    [`quantize_source`], launched as [`quantize_launch`]`(max_rows)` with
 //!    [`QuantizeArgs`] (`q`/`ds` = the scratch's planes at `k`, [`q8_1_planes`]);
 //! 2. one matvec per weight of the launch (for MatMul's several weights, `out` moves to
-//!    the weight's first column and `out_stride` is the output row's width; SwiGLU's gate
+//!    the weight's first column and `out_stride` is the output row's width; a GLU's gate
 //!    and up are one matvec), from the module [`source`]`(dtype)`, launched as
 //!    [`matvec_launch`]`(dtype, n, k, tokens, epilogue)` with [`MatvecArgs`]: `wq`/`ws`
 //!    the quant and scale planes of the whole packed weight ([`repack::layout`]; the
@@ -89,13 +89,13 @@ pub const RMSNORM_QUANTIZE_ENTRY: &str = "rmsnorm_quantize_q8_1";
 kernel_args! {
     /// A matvec's arguments: out = epilogue(x · Wᵀ) for the step's rows.
     MatvecArgs {
-        /// (n, k / 32, 16 or 32) the weight's quant plane (the gate for SwiGLU); its high
+        /// (n, k / 32, 16 or 32) the weight's quant plane (the gate for a GLU); its high
         /// plane, where the type has one, follows it (repack::layout).
         wq: ConstPtr<u8>,
         /// Its scale plane: per GGUF block f16 d, half2 (d, m) (Q4_1, Q5_1), or a
         /// K-quant super-block's record.
         ws: ConstPtr<u8>,
-        /// The up weight's planes (SwiGLU), else 0.
+        /// The up weight's planes (SwiGLU, GeGLU), else 0.
         w2q: ConstPtr<u8>,
         w2s: ConstPtr<u8>,
         /// (rows, k) int8 activation quants.
@@ -114,6 +114,9 @@ kernel_args! {
         k: u32,
         out_stride: u32,
         rows_sel: u32,
+        /// 1: the gated epilogue is GeGLU (gelu(gate) · up), else SwiGLU.
+        gelu: u32,
+        pad: u32,
     }
 }
 
@@ -148,16 +151,30 @@ pub enum Epilogue {
     Add,
     /// out = silu(x · Gateᵀ) · (x · Upᵀ) (MatMulSwiGlu, RmsNormMatMulSwiGlu).
     SwiGlu,
+    /// out = gelu(x · Gateᵀ) · (x · Upᵀ), llama.cpp's f16-rounded tanh GELU (gelu.cuh;
+    /// MatMulGeGlu, RmsNormMatMulGeGlu).
+    GeGlu,
 }
 
 impl Epilogue {
-    pub const ALL: [Epilogue; 3] = [Epilogue::Store, Epilogue::Add, Epilogue::SwiGlu];
+    pub const ALL: [Epilogue; 4] = [
+        Epilogue::Store,
+        Epilogue::Add,
+        Epilogue::SwiGlu,
+        Epilogue::GeGlu,
+    ];
+
+    /// Whether it reads two weights (gate and up).
+    pub fn gated(self) -> bool {
+        matches!(self, Epilogue::SwiGlu | Epilogue::GeGlu)
+    }
 
     fn suffix(self) -> &'static str {
         match self {
             Epilogue::Store => "",
             Epilogue::Add => "_add",
             Epilogue::SwiGlu => "_swiglu",
+            Epilogue::GeGlu => "_geglu",
         }
     }
 
@@ -166,6 +183,7 @@ impl Epilogue {
             Epilogue::Store => "MV_STORE",
             Epilogue::Add => "MV_ADD",
             Epilogue::SwiGlu => "MV_SWIGLU",
+            Epilogue::GeGlu => "MV_GEGLU",
         }
     }
 }
@@ -187,9 +205,9 @@ pub enum MatvecError {
 /// 16-byte scale record while the loads are in flight: its gated tiles of 8 tokens take
 /// one row (two rows spill at 128 registers).
 pub fn rows_per_block(dtype: DType, tile: u32, epilogue: Epilogue) -> u32 {
-    let weights = if epilogue == Epilogue::SwiGlu { 2 } else { 1 };
+    let weights = if epilogue.gated() { 2 } else { 1 };
     let rows = (32 / (tile * weights)).min(4 / weights).clamp(1, 4);
-    if dtype.block_len() == 256 && epilogue == Epilogue::SwiGlu && tile >= 8 {
+    if dtype.block_len() == 256 && epilogue.gated() && tile >= 8 {
         1
     } else {
         rows
@@ -213,15 +231,11 @@ pub fn entry(dtype: DType, tile: u32, epilogue: Epilogue) -> String {
     format!("matvec_{}_t{tile}{}", dtype.name(), epilogue.suffix())
 }
 
-/// The largest token tile of an epilogue: 32, but 16 for SwiGLU, whose 64 accumulators
-/// at 32 tokens (gate and up) do not fit in registers: a SwiGLU step of 17-32 tokens runs
+/// The largest token tile of an epilogue: 32, but 16 for the GLUs, whose 64 accumulators
+/// at 32 tokens (gate and up) do not fit in registers: a gated step of 17-32 tokens runs
 /// as two tiles of 16 and reads its weights twice (from L2 when it holds them).
 pub fn max_tile(epilogue: Epilogue) -> u32 {
-    if epilogue == Epilogue::SwiGlu {
-        16
-    } else {
-        MAX_TOKENS
-    }
+    if epilogue.gated() { 16 } else { MAX_TOKENS }
 }
 
 /// The token tile a step of `tokens` rows runs with.

@@ -281,14 +281,17 @@ fn epilogues_apply_to_the_dot_products() {
         let res = rng.values(tokens * stride);
         let added = run(&[&gate], Epilogue::Add, &res);
         let swiglu = run(&[&gate, &up], Epilogue::SwiGlu, &res);
+        let geglu = run(&[&gate, &up], Epilogue::GeGlu, &res);
         for t in 0..tokens {
             for c in 0..stride {
                 let i = t * stride + c;
                 if c < n {
                     assert_eq!(added[i], res[i] + g[i]);
                     assert_eq!(swiglu[i], g[i] / (1.0 + (-g[i]).exp()) * u[i]);
+                    assert_eq!(geglu[i], twin::gelu_f16(g[i]) * u[i]);
                 } else {
                     assert_eq!((added[i], swiglu[i]), (res[i], res[i]), "past n untouched");
+                    assert_eq!(geglu[i], res[i], "past n untouched");
                 }
             }
         }
@@ -307,7 +310,7 @@ fn sources_hold_every_entry_and_the_args() {
         for e in entries(dtype) {
             assert!(src.contains(&format!(" {e}(const MatvecArgs a)")), "{e}");
         }
-        assert_eq!(entries(dtype).len(), TILES.len() * 3 - 1, "no SwiGLU at 32");
+        assert_eq!(entries(dtype).len(), TILES.len() * 4 - 2, "no GLU at 32");
     }
     assert_eq!(
         entry(DType::Q4_1, 1, Epilogue::SwiGlu),
@@ -333,9 +336,13 @@ fn launch_geometry_follows_the_step() {
         "a tile holds its own count"
     );
     assert_eq!([3, 5, 9, 17, 33].map(store), [4, 8, 16, 32, 32]);
+    for e in [Epilogue::SwiGlu, Epilogue::GeGlu] {
+        assert_eq!([3, 16, 17, 32].map(|t| tile_for(t, e)), [4, 16, 16, 16]);
+    }
+    let l = matvec_launch(DType::Q5_0, 2048, 640, 1, Epilogue::GeGlu).unwrap();
     assert_eq!(
-        [3, 16, 17, 32].map(|t| tile_for(t, Epilogue::SwiGlu)),
-        [4, 16, 16, 16]
+        (l.entry.as_str(), l.grid),
+        ("matvec_q5_0_t1_geglu", [1024, 1, 1])
     );
     let l = matvec_launch(DType::Q4_0, 4096, 4096, 1, Epilogue::Store).unwrap();
     assert_eq!(
@@ -355,7 +362,7 @@ fn launch_geometry_follows_the_step() {
     for dtype in DTYPES {
         for (tile, e) in variants() {
             let r = rows_per_block(dtype, tile, e);
-            let gated = if e == Epilogue::SwiGlu { 2 } else { 1 };
+            let gated = if e.gated() { 2 } else { 1 };
             assert!(
                 (1..=4).contains(&r) && r * tile * gated <= 32,
                 "{dtype} {tile} {e:?}"

@@ -1,7 +1,7 @@
 //! The scalar twin of `cuda/mv/`: the same operations in the same order as the kernels
 //! (f16 conversions, integer block sums, the explicit FMAs, the lanes' block order, the
 //! butterfly and the warps in turn), so a GPU's output can be compared with it bit for
-//! bit (silu's `expf` aside), and tests compare it with the CPU reference.
+//! bit (silu's `expf` and GELU's `tanhf` aside), and tests compare it with the CPU reference.
 
 use half::f16;
 use kiln_ir::DType;
@@ -187,6 +187,20 @@ fn block_dot(
     }
 }
 
+/// gelu.cuh's GELU: the tanh form at the input rounded to f16, the result rounded to f16
+/// (llama.cpp's table), 0 below -10 and the identity above 10.
+pub fn gelu_f16(x: f32) -> f32 {
+    if x <= -10.0 {
+        return 0.0;
+    }
+    if x >= 10.0 {
+        return x;
+    }
+    let h = f16::from_f32(x).to_f32();
+    let inner = (0.797_884_6 * h * (1.0 + 0.044715 * h * h)).clamp(-15.0, 15.0);
+    f16::from_f32(0.5 * h * (1.0 + inner.tanh())).to_f32()
+}
+
 /// The dot of packed weight row `row` with activation row `t`, summed as the kernel does.
 fn row_dot(l: &PackedLayout, packed: &[u8], row: usize, x: &Q8_1Rows, t: usize) -> f32 {
     let threads = MATVEC_THREADS as usize;
@@ -201,7 +215,7 @@ fn row_dot(l: &PackedLayout, packed: &[u8], row: usize, x: &Q8_1Rows, t: usize) 
     block_sum(&partial)
 }
 
-/// The matvec of packed `weights` of `n` rows (one; SwiGLU: gate, then up) against every
+/// The matvec of packed `weights` of `n` rows (one; SwiGLU and GeGLU: gate, then up) against every
 /// row of `x` into `out` (x.rows, out_stride): column r is weight row r's result. For
 /// [`Epilogue::Add`], `out` holds the residual (the in-place MatMulAdd). Columns past `n`
 /// keep their values.
@@ -226,6 +240,7 @@ pub fn matvec(
                     let u = row_dot(&l, weights[1], r, x, t);
                     g / (1.0 + (-g).exp()) * u
                 }
+                Epilogue::GeGlu => gelu_f16(g) * row_dot(&l, weights[1], r, x, t),
             };
         }
     }
