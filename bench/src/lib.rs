@@ -43,7 +43,7 @@ pub const BACKENDS: &[(&str, Constructor)] = &[
     ("cpu", || Ok(Box::new(CpuBackend::new()))),
     // Any adapter, lavapipe included (its figures say what the adapter is).
     ("wgpu", || {
-        kiln_backend_wgpu::WgpuBackend::any_adapter()
+        kiln_backend_wgpu::WgpuBackend::any_device()
             .map(|b| Box::new(b) as Box<dyn Backend>)
             .map_err(|e| e.to_string())
     }),

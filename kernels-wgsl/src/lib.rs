@@ -22,6 +22,7 @@
 //! A backend owns five buffers ([`Resource`]) and runs each dispatch in order; nothing in
 //! it depends on which op it runs.
 
+pub mod backend;
 pub mod program;
 pub mod run;
 pub mod sources;

@@ -55,8 +55,19 @@ pub trait Device {
         &mut self,
         program: &Program,
         list: &StepList,
-        recorded: &Self::Recorded,
+        recorded: &mut Self::Recorded,
     ) -> Result<(), BackendError>;
+    /// Called while the last step runs, before its logits are waited for: prepare the
+    /// next step of the same shape (wgpu encodes its command buffer here, off the next
+    /// step's path; a device that replays a recording has nothing to do).
+    fn ahead(
+        &mut self,
+        _program: &Program,
+        _list: &StepList,
+        _recorded: &mut Self::Recorded,
+    ) -> Result<(), BackendError> {
+        Ok(())
+    }
     /// The last step's output: `out.len()` bytes from `output.offset` in the arena.
     fn read_output(&mut self, output: &Output, out: &mut [u8]) -> Result<(), BackendError>;
     /// Copy `regions` (offset in a page, bytes) of the KV page at byte `src` of the KV
@@ -147,6 +158,10 @@ impl<D: Device> Loaded<D> {
     pub fn read_logits(&mut self, out: &mut [f32]) -> Result<(), BackendError> {
         let output = &self.program.output;
         output.check_logits(self.last, out.len(), D::NAME)?;
+        // Decode steps repeat their shape: the next one is prepared while this one runs.
+        if let Some((list, recorded)) = self.last.and_then(|s| self.prepared.get(&s)) {
+            self.device.ahead(&self.program, list, recorded)?;
+        }
         let mut bytes = vec![0u8; out.len() * 4];
         self.device.read_output(output, &mut bytes)?;
         f32s_from_le(&bytes, out);

@@ -7,7 +7,7 @@
 
 use std::process::ExitCode;
 
-use kiln_backend_vulkan::{Cache, VulkanBackend, VulkanOptions};
+use kiln_backend_vulkan::{Cache, VulkanBackend, VulkanInfo, VulkanOptions};
 use kiln_backends::Ci;
 use kiln_engine::kv::KvDtype;
 use kiln_engine::model::Model;

@@ -54,7 +54,7 @@ fn main() -> ExitCode {
 }
 
 fn with_backend(body: fn(WgpuBackend) -> Outcome) -> Outcome {
-    on_device("wgpu", Ci::Lavapipe, WgpuBackend::any_adapter, body)
+    on_device("wgpu", Ci::Lavapipe, WgpuBackend::any_device, body)
 }
 
 fn greedy_on_the_reference_model_matches_the_cpu_backend(_: WgpuBackend) -> Outcome {
@@ -68,7 +68,7 @@ fn greedy_on_the_reference_model_matches_the_cpu_backend(_: WgpuBackend) -> Outc
         limits: wgsl_limits,
     };
     greedy_matches_cpu(&model, &check, &|| {
-        Box::new(WgpuBackend::any_adapter().unwrap())
+        Box::new(WgpuBackend::any_device().unwrap())
     });
     pass()
 }
@@ -85,7 +85,7 @@ fn weights_split_over_buffers_decode_as_one_buffer(_: WgpuBackend) -> Outcome {
         };
         Box::new(WgpuBackend::with_options(options).unwrap()) as Box<dyn Backend>
     };
-    let whole = || Box::new(WgpuBackend::any_adapter().unwrap()) as Box<dyn Backend>;
+    let whole = || Box::new(WgpuBackend::any_device().unwrap()) as Box<dyn Backend>;
     split_weights_match(&model, "wgpu", SPLIT_LIMIT, &whole, &split);
     pass()
 }
@@ -93,7 +93,7 @@ fn weights_split_over_buffers_decode_as_one_buffer(_: WgpuBackend) -> Outcome {
 /// The host time of a decode step (issue 17: under 100 µs), printed, not asserted.
 fn the_host_time_of_a_decode_step_is_printed(_: WgpuBackend) -> Outcome {
     let model = load();
-    let make = || Box::new(WgpuBackend::any_adapter().unwrap()) as Box<dyn Backend>;
+    let make = || Box::new(WgpuBackend::any_device().unwrap()) as Box<dyn Backend>;
     decode_host_time(&model, "wgpu", 5, &make);
     pass()
 }
@@ -101,7 +101,7 @@ fn the_host_time_of_a_decode_step_is_printed(_: WgpuBackend) -> Outcome {
 /// Llama 3, Mistral, Qwen 2 and Qwen 3 (issue 16): the families' tiny models, logits
 /// against the oracle's.
 fn the_families_match_the_oracle(_: WgpuBackend) -> Outcome {
-    let make = || Box::new(WgpuBackend::any_adapter().unwrap()) as Box<dyn Backend>;
+    let make = || Box::new(WgpuBackend::any_device().unwrap()) as Box<dyn Backend>;
     families_match_the_oracle("wgpu", wgsl_limits, &make);
     pass()
 }
@@ -109,7 +109,7 @@ fn the_families_match_the_oracle(_: WgpuBackend) -> Outcome {
 /// Gemma 3 270M Q4_K_M (issue 16): greedy tokens as llama.cpp's.
 fn gemma3_greedy_matches_llama_cpp(_: WgpuBackend) -> Outcome {
     let model = Model::load(gemma_model()).expect("the Gemma model loads");
-    let make = || Box::new(WgpuBackend::any_adapter().unwrap()) as Box<dyn Backend>;
+    let make = || Box::new(WgpuBackend::any_device().unwrap()) as Box<dyn Backend>;
     match gemma_device::greedy_matches_llama_cpp("wgpu", &model, &make, 1, GEMMA_TOKENS) {
         Ok(()) => pass(),
         Err(e) => fail(e),
@@ -123,7 +123,7 @@ fn gemma3_perplexity_matches_the_cpu_backend(_: WgpuBackend) -> Outcome {
         return skip("minutes on lavapipe: set KILN_GEMMA_DEVICE_PPL=1 to run it");
     }
     let model = Model::load(gemma_model()).expect("the Gemma model loads");
-    let make = || Box::new(WgpuBackend::any_adapter().unwrap()) as Box<dyn Backend>;
+    let make = || Box::new(WgpuBackend::any_device().unwrap()) as Box<dyn Backend>;
     match gemma_device::perplexity_matches_cpu("wgpu", &model, &make, GEMMA_PPL_CHARS) {
         Ok(_) => pass(),
         Err(e) => fail(e),

@@ -18,11 +18,11 @@ impl<K: PartialEq, V> Lru<K, V> {
     }
 
     /// The value of `key`, now the most recently used.
-    pub fn get(&mut self, key: &K) -> Option<&V> {
+    pub fn get(&mut self, key: &K) -> Option<&mut V> {
         let i = self.entries.iter().position(|(k, _)| k == key)?;
         let entry = self.entries.remove(i);
         self.entries.push(entry);
-        self.entries.last().map(|(_, v)| v)
+        self.entries.last_mut().map(|(_, v)| v)
     }
 
     /// Keep `value` as `key`'s, the most recently used; returns the value it pushes out
@@ -64,7 +64,7 @@ mod tests {
         let mut lru = Lru::new(2);
         assert_eq!(lru.insert(1, "a"), None);
         assert_eq!(lru.insert(2, "b"), None);
-        assert_eq!(lru.get(&1), Some(&"a"));
+        assert_eq!(lru.get(&1), Some(&mut "a"));
         assert_eq!(lru.insert(3, "c"), Some("b"));
         assert_eq!(lru.get(&2), None);
         assert_eq!(lru.keys().copied().collect::<Vec<_>>(), [1, 3]);

@@ -1,16 +1,16 @@
-//! The Backend implementation: options, device, plan loading; the plan itself runs in
+//! The device API behind the Backend (kiln-kernels-wgsl's `WgslBackend`): options,
+//! device properties, how kernels are built, plan loading; the plan itself runs in
 //! [`crate::loaded`].
 
 use std::sync::Arc;
 
-use kiln_gpu_host::{Cache, no_plan};
-use kiln_ir::backend::{Backend, BackendError, DeviceProperties, LaunchTime, Step, WeightSource};
-use kiln_ir::kv_layout::KvLayout;
-use kiln_ir::{Graph, Op, Plan};
-use kiln_kernels_wgsl::run::Loaded;
+use kiln_gpu_host::Cache;
+use kiln_ir::Plan;
+use kiln_ir::backend::{BackendError, DeviceProperties, WeightSource};
+use kiln_kernels_wgsl::backend::{Api, WgslBackend};
 use kiln_kernels_wgsl::{Capabilities, Program};
 
-use crate::device::{NAME, Vk};
+use crate::device::Vk;
 use crate::loaded::{Build, VulkanPlan};
 use crate::pipeline_cache::CacheStats;
 use kiln_kernels_wgsl::program::subgroup_size;
@@ -50,33 +50,20 @@ impl Default for VulkanOptions {
 }
 
 /// The Vulkan backend (ash), running kiln-kernels-wgsl compiled to SPIR-V by naga.
+pub type VulkanBackend = WgslBackend<Vulkan>;
+
+/// The opened Vulkan device and how kernels are built on it.
 #[derive(Debug)]
-pub struct VulkanBackend {
-    properties: DeviceProperties,
+pub struct Vulkan {
     build: Build,
-    loaded: Option<Loaded<VulkanPlan>>,
-    // Last: everything above holds an Arc of the device and is dropped first.
     vk: Arc<Vk>,
 }
 
-impl VulkanBackend {
-    /// Open the best GPU with the default options: never a CPU implementation, so that
-    /// the engine's choice of the best backend never lands on a software rasterizer. No
-    /// loader or no device is `BackendError::NoDevice`, never a panic.
-    pub fn new() -> Result<VulkanBackend, BackendError> {
-        VulkanBackend::with_options(VulkanOptions::default())
-    }
+impl Api for Vulkan {
+    type Options = VulkanOptions;
+    type Plan = VulkanPlan;
 
-    /// Open the best device, a CPU implementation (lavapipe) included: the tests' and
-    /// benchmarks' constructor.
-    pub fn any_device() -> Result<VulkanBackend, BackendError> {
-        VulkanBackend::with_options(VulkanOptions {
-            allow_cpu: true,
-            ..VulkanOptions::default()
-        })
-    }
-
-    pub fn with_options(options: VulkanOptions) -> Result<VulkanBackend, BackendError> {
+    fn open(options: VulkanOptions) -> Result<(Vulkan, DeviceProperties), BackendError> {
         let vk = Arc::new(Vk::open(options.allow_cpu)?);
         let info = &vk.info;
         let subgroups = options.subgroups && info.subgroup_size.is_some();
@@ -112,81 +99,33 @@ impl VulkanBackend {
             shared_memory_bytes: Some(limits.max_compute_shared_memory_size as usize),
             has_f16: false,
         };
-        Ok(VulkanBackend {
-            properties,
-            build,
-            loaded: None,
-            vk,
-        })
+        Ok((Vulkan { build, vk }, properties))
     }
 
-    /// Whether the kernels use subgroup operations on this device.
-    pub fn uses_subgroups(&self) -> bool {
-        self.build.subgroups
+    fn allowing_cpu(options: VulkanOptions) -> VulkanOptions {
+        VulkanOptions {
+            allow_cpu: true,
+            ..options
+        }
     }
 
-    /// What the kernel caches did during the last `load_plan`.
-    pub fn cache_stats(&self) -> Option<CacheStats> {
-        self.loaded.as_ref().map(|l| l.device.cache)
-    }
-
-    fn loaded(&mut self) -> Result<&mut Loaded<VulkanPlan>, BackendError> {
-        self.loaded.as_mut().ok_or_else(|| no_plan(NAME))
-    }
-}
-
-impl Backend for VulkanBackend {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-
-    fn properties(&self) -> &DeviceProperties {
-        &self.properties
-    }
-
-    fn supports(&self, op: &Op, graph: &Graph) -> bool {
-        kiln_kernels_wgsl::program::supports_device(op, graph, &self.properties)
-    }
-
-    fn load_plan(
-        &mut self,
-        plan: &Plan,
-        weights: &dyn WeightSource,
-        kv: &KvLayout,
-        kv_page_count: usize,
-    ) -> Result<(), BackendError> {
-        self.loaded = None;
+    fn capabilities(&self, properties: &DeviceProperties) -> Capabilities {
         let align = self.vk.info.limits.min_uniform_buffer_offset_alignment;
-        let caps = Capabilities::of(&self.properties, align);
+        let caps = Capabilities::of(properties, align);
         // A window's base in its buffer is a dynamic offset, a u32.
-        let caps = Capabilities {
+        Capabilities {
             max_buffer: caps.max_buffer.min(1 << 32),
             ..caps
-        };
-        let program = Program::new(plan, weights, kv, kv_page_count, &caps)
-            .map_err(|e| e.for_backend(NAME))?;
-        let device = VulkanPlan::new((&self.vk, &self.build), &program, plan, weights)?;
-        self.loaded = Some(Loaded::new(program, device, kv, self.build.debug));
-        Ok(())
-    }
-
-    fn execute(&mut self, step: &Step<'_>) -> Result<(), BackendError> {
-        self.loaded()?.execute(step)
-    }
-
-    fn read_logits(&mut self, out: &mut [f32]) -> Result<(), BackendError> {
-        self.loaded()?.read_logits(out)
-    }
-
-    fn copy_kv_page(&mut self, src: u32, dst: u32, n_tokens: usize) -> Result<(), BackendError> {
-        self.loaded()?.copy_kv_page(src, dst, n_tokens)
-    }
-
-    fn synchronize(&mut self) -> Result<(), BackendError> {
-        match &mut self.loaded {
-            Some(l) => l.synchronize(),
-            None => self.vk.wait_idle(),
         }
+    }
+
+    fn load(
+        &self,
+        program: &Program,
+        plan: &Plan,
+        weights: &dyn WeightSource,
+    ) -> Result<VulkanPlan, BackendError> {
+        VulkanPlan::new((&self.vk, &self.build), program, plan, weights)
     }
 
     fn load_bytes(&self, plan: &Plan) -> usize {
@@ -196,9 +135,34 @@ impl Backend for VulkanBackend {
         VulkanPlan::device_bytes(plan, align.max(16)) as usize
     }
 
-    fn launch_times(&mut self) -> Result<Vec<LaunchTime>, BackendError> {
-        let device = self.vk.info.name.clone();
-        self.loaded()?.launch_times(&device)
+    fn device_name(&self) -> String {
+        self.vk.info.name.clone()
+    }
+
+    fn debug(&self) -> bool {
+        self.build.debug
+    }
+
+    fn wait_idle(&self) -> Result<(), BackendError> {
+        self.vk.wait_idle()
+    }
+}
+
+/// What the Vulkan backend reports beyond the Backend trait.
+pub trait VulkanInfo {
+    /// Whether the kernels use subgroup operations on this device.
+    fn uses_subgroups(&self) -> bool;
+    /// What the kernel caches did during the last `load_plan`.
+    fn cache_stats(&self) -> Option<CacheStats>;
+}
+
+impl VulkanInfo for VulkanBackend {
+    fn uses_subgroups(&self) -> bool {
+        self.api().build.subgroups
+    }
+
+    fn cache_stats(&self) -> Option<CacheStats> {
+        self.plan().map(|p| p.cache)
     }
 }
 

@@ -16,6 +16,7 @@ mod loaded;
 mod objects;
 mod pipeline_cache;
 
-pub use backend::{VulkanBackend, VulkanOptions};
+pub use backend::{Vulkan, VulkanBackend, VulkanInfo, VulkanOptions};
 pub use kiln_gpu_host::Cache;
+pub use loaded::VulkanPlan;
 pub use pipeline_cache::CacheStats;

@@ -35,7 +35,9 @@ pub(crate) struct Build {
     pub debug: bool,
 }
 
-pub(crate) struct VulkanPlan {
+/// A plan's objects on the device (the `Device` that kiln-kernels-wgsl's step flow
+/// drives).
+pub struct VulkanPlan {
     /// First: dropping it waits for the device, before the buffers below go.
     objects: Objects,
     vk: Arc<Vk>,
@@ -54,15 +56,24 @@ pub(crate) struct VulkanPlan {
     readback: Buffer,
 }
 
+impl std::fmt::Debug for VulkanPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VulkanPlan")
+            .field("weights_buffers", &self.weights.len())
+            .field("cache", &self.cache)
+            .finish_non_exhaustive()
+    }
+}
+
 impl VulkanPlan {
     /// Device bytes a load of `plan` takes besides the arena and the KV pages: the
     /// Program's (weights, params blocks) and the logits readback buffer.
-    pub fn device_bytes(plan: &Plan, uniform_align: u64) -> u64 {
+    pub(crate) fn device_bytes(plan: &Plan, uniform_align: u64) -> u64 {
         let readback = Output::of(plan).map_or(0, |o| o.max_bytes());
         kiln_kernels_wgsl::program::load_bytes(plan, uniform_align) + readback
     }
 
-    pub fn new(
+    pub(crate) fn new(
         (vk, build): (&Arc<Vk>, &Build),
         program: &Program,
         plan: &Plan,
@@ -302,7 +313,7 @@ impl Device for VulkanPlan {
         &mut self,
         _: &Program,
         _: &StepList,
-        recorded: &vk::CommandBuffer,
+        recorded: &mut vk::CommandBuffer,
     ) -> Result<(), BackendError> {
         // SAFETY: the fence is not in use (the last step was waited for).
         unsafe { self.vk.device.reset_fences(&[self.objects.fence]) }

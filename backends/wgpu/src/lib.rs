@@ -9,4 +9,5 @@ mod backend;
 mod device;
 mod loaded;
 
-pub use backend::{WgpuBackend, WgpuOptions};
+pub use backend::{Wgpu, WgpuBackend, WgpuOptions};
+pub use loaded::WgpuPlan;

@@ -21,6 +21,7 @@ use kiln_kernels_wgsl::{Program, Resource, weights};
 use crate::device::{Gpu, NAME};
 
 /// Timestamp queries around every launch, resolved into a buffer read on demand.
+#[derive(Debug)]
 struct Timer {
     queries: wgpu::QuerySet,
     resolved: wgpu::Buffer,
@@ -31,7 +32,9 @@ struct Timer {
     inside_passes: bool,
 }
 
-pub(crate) struct WgpuPlan {
+/// A plan's objects on wgpu (the `Device` that kiln-kernels-wgsl's step flow drives).
+#[derive(Debug)]
+pub struct WgpuPlan {
     gpu: Arc<Gpu>,
     pipelines: Vec<wgpu::ComputePipeline>,
     /// A bind group per dispatch of the program (launch by launch, `Run::dispatch`),
@@ -53,7 +56,7 @@ const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_SRC);
 
 impl WgpuPlan {
-    pub fn new(
+    pub(crate) fn new(
         gpu: &Arc<Gpu>,
         program: &Program,
         plan: &Plan,
@@ -168,55 +171,10 @@ impl WgpuPlan {
             pass.dispatch_workgroups(x, y, z);
         }
     }
-}
 
-impl Timer {
-    /// `queries` timestamp queries, where the adapter has them.
-    fn new(gpu: &Gpu, queries: u32) -> Result<Option<Timer>, BackendError> {
-        if !gpu.features.contains(wgpu::Features::TIMESTAMP_QUERY)
-            || queries > wgpu::QUERY_SET_MAX_QUERIES
-        {
-            return Ok(None);
-        }
-        Ok(Some(Timer {
-            queries: gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
-                label: Some("launch times"),
-                ty: wgpu::QueryType::Timestamp,
-                count: queries,
-            }),
-            resolved: gpu.buffer(
-                "launch times",
-                u64::from(queries) * 8,
-                wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
-            )?,
-            period: f64::from(gpu.queue.get_timestamp_period()),
-            inside_passes: (gpu.features).contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
-        }))
-    }
-}
-
-impl Device for WgpuPlan {
-    const NAME: &'static str = NAME;
-    type Recorded = ();
-
-    fn grow_step(&mut self, program: &Program, bytes: u64) -> Result<(), BackendError> {
-        self.step = self.gpu.buffer("step", bytes, STORAGE)?;
-        self.bind(program);
-        Ok(())
-    }
-
-    fn write_step(&mut self, data: &[u8]) -> Result<(), BackendError> {
-        self.gpu.queue.write_buffer(&self.step, 0, data);
-        Ok(())
-    }
-
-    fn record(&mut self, _: &Program, _: &StepList) -> Result<(), BackendError> {
-        Ok(())
-    }
-
-    fn release(&mut self, _: Vec<()>) {}
-
-    fn submit(&mut self, program: &Program, list: &StepList, _: &()) -> Result<(), BackendError> {
+    /// A step's commands: its list in one compute pass, or a pass per launch where
+    /// timestamps cannot be written inside passes; the timestamps resolved at the end.
+    fn encode_step(&self, program: &Program, list: &StepList) -> wgpu::CommandBuffer {
         let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
         match &self.timer {
             Some(t) if !t.inside_passes => {
@@ -251,8 +209,82 @@ impl Device for WgpuPlan {
             let n = program.timestamp_queries();
             encoder.resolve_query_set(&t.queries, 0..n, &t.resolved, 0);
         }
-        self.gpu.queue.submit([encoder.finish()]);
+        encoder.finish()
+    }
+}
+
+impl Timer {
+    /// `queries` timestamp queries, where the adapter has them.
+    fn new(gpu: &Gpu, queries: u32) -> Result<Option<Timer>, BackendError> {
+        if !gpu.features.contains(wgpu::Features::TIMESTAMP_QUERY)
+            || queries > wgpu::QUERY_SET_MAX_QUERIES
+        {
+            return Ok(None);
+        }
+        Ok(Some(Timer {
+            queries: gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("launch times"),
+                ty: wgpu::QueryType::Timestamp,
+                count: queries,
+            }),
+            resolved: gpu.buffer(
+                "launch times",
+                u64::from(queries) * 8,
+                wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            )?,
+            period: f64::from(gpu.queue.get_timestamp_period()),
+            inside_passes: (gpu.features).contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
+        }))
+    }
+}
+
+impl Device for WgpuPlan {
+    const NAME: &'static str = NAME;
+    /// The next step's commands, encoded while the last one ran (wgpu cannot replay a
+    /// command buffer: each is encoded once and submitted once).
+    type Recorded = Option<wgpu::CommandBuffer>;
+
+    fn grow_step(&mut self, program: &Program, bytes: u64) -> Result<(), BackendError> {
+        self.step = self.gpu.buffer("step", bytes, STORAGE)?;
+        self.bind(program);
+        Ok(())
+    }
+
+    fn write_step(&mut self, data: &[u8]) -> Result<(), BackendError> {
+        self.gpu.queue.write_buffer(&self.step, 0, data);
+        Ok(())
+    }
+
+    fn record(&mut self, _: &Program, _: &StepList) -> Result<Self::Recorded, BackendError> {
+        Ok(None)
+    }
+
+    fn release(&mut self, _: Vec<Self::Recorded>) {}
+
+    fn submit(
+        &mut self,
+        program: &Program,
+        list: &StepList,
+        ahead: &mut Option<wgpu::CommandBuffer>,
+    ) -> Result<(), BackendError> {
+        let commands = match ahead.take() {
+            Some(commands) => commands,
+            None => self.encode_step(program, list),
+        };
+        self.gpu.queue.submit([commands]);
         self.gpu.check("running a step")
+    }
+
+    fn ahead(
+        &mut self,
+        program: &Program,
+        list: &StepList,
+        ahead: &mut Option<wgpu::CommandBuffer>,
+    ) -> Result<(), BackendError> {
+        if ahead.is_none() {
+            *ahead = Some(self.encode_step(program, list));
+        }
+        self.gpu.check("encoding a step")
     }
 
     fn read_output(&mut self, output: &Output, out: &mut [u8]) -> Result<(), BackendError> {
