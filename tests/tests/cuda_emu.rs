@@ -12,7 +12,6 @@ use kiln_backend_cuda_emu::{EmuBackend, EmuOptions};
 use kiln_backends::Ci;
 use kiln_engine::kv::KvDtype;
 use kiln_engine::model::Model;
-use kiln_ir::DType;
 use kiln_ir::backend::Backend;
 use kiln_ir::kv_layout::KvDtype as KvCacheDtype;
 use kiln_testkit::{fail, pass, test};
@@ -135,11 +134,12 @@ fn split_k_decode_attention_matches_the_reference(mut backend: EmuBackend) -> Ou
 }
 
 /// The matvec tiles no case of the conformance table picks (steps of 2 and of 9 to 16
-/// tokens), each packed type, odd row counts.
+/// tokens), each packed type, odd row counts, rows of 5 blocks (2 super-blocks).
 fn matvec_tiles_of_2_and_16_tokens_match_the_reference(mut backend: EmuBackend) -> Outcome {
-    for dtype in [DType::Q4_0, DType::Q4_1, DType::Q8_0] {
+    for dtype in kiln_kernels_cuda::matvec::DTYPES {
+        let k = if dtype.block_len() == 256 { 512 } else { 160 };
         for tokens in [2, 13] {
-            within_limit(&mut backend, &matmul_term_case(dtype, tokens, 67, 160))?;
+            within_limit(&mut backend, &matmul_term_case(dtype, tokens, 67, k))?;
         }
     }
     pass()
