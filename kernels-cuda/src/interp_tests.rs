@@ -120,13 +120,16 @@ impl Mem {
     }
 }
 
-/// A packed weight rebuilt from its two planes as the args point at them.
+/// A packed weight rebuilt from its planes as the args point at them (the high plane,
+/// where the type has one, right after the quant plane, as the kernels find it).
 fn planes(mem: &Mem, dtype: DType, n: u32, k: u32, wq: u64, ws: u64) -> Vec<u8> {
     let l = repack::layout(dtype, n as usize, k as usize).unwrap();
     let mut w = vec![0u8; l.bytes];
     let q = l.rows * l.quant_row_bytes();
+    let h = l.rows * l.high_row_bytes();
     let s = l.rows * l.scale_row_bytes();
     w[..q].copy_from_slice(mem.bytes(wq, q));
+    w[q..q + h].copy_from_slice(mem.bytes(wq + q as u64, h));
     w[l.scale_offset..l.scale_offset + s].copy_from_slice(mem.bytes(ws, s));
     w
 }
@@ -167,7 +170,7 @@ fn run(mem: &mut Mem, v: &crate::variant::Variant, call: &crate::lower::Call, g:
                     (p.launch.grid[2] * tile) as usize >= rows,
                     "tiles cover the rows"
                 );
-                let rpb = matvec::rows_per_block(tile, e);
+                let rpb = matvec::rows_per_block(dtype, tile, e);
                 assert!(
                     p.launch.grid[0] * rpb >= a.n,
                     "blocks cover the weight rows"
@@ -186,8 +189,9 @@ fn run(mem: &mut Mem, v: &crate::variant::Variant, call: &crate::lower::Call, g:
                         .collect(),
                 };
                 let w = planes(mem, dtype, a.n, a.k, a.wq.0, a.ws.0);
-                let w2 =
-                    (e == Epilogue::SwiGlu).then(|| planes(mem, dtype, a.n, a.k, a.w2q.0, a.w2s.0));
+                let w2 = e
+                    .gated()
+                    .then(|| planes(mem, dtype, a.n, a.k, a.w2q.0, a.w2s.0));
                 let stride = a.out_stride as usize;
                 let mut out = mem.f32s(a.out.0, rows * stride);
                 if e == Epilogue::Add {
@@ -400,14 +404,15 @@ fn interpreted_matmul_calls_match_the_reference() {
     assert!(low.variants.iter().any(|v| v.kernel == Kernel::Matvec));
 }
 
-/// The embedding of a packed table, read as embed.cu's W_PACKED reader does (quant row
-/// `id` at `row_bytes · id`, the scale plane after `rows` quant rows), is ir's row.
+/// The embedding of a packed table, read as embed.cu's W_PACKED reader does (pw_make:
+/// quant row `id` at `row_bytes · id`, the high plane after `rows` quant rows, the scale
+/// plane at the next multiple of 16), is ir's row.
 #[test]
 fn packed_embedding_rows_are_the_dequantized_rows() {
     for dtype in matvec::DTYPES {
-        let (rows, cols) = (53usize, 96usize);
+        let (rows, cols) = (53usize, 3 * dtype.block_len());
         let mut rng = Rng(11);
-        let rb = cols / 32 * dtype.block_bytes();
+        let rb = cols / dtype.block_len() * dtype.block_bytes();
         let vals = rng.values(rows * cols);
         let mut gguf = vec![0u8; rows * rb];
         for (r, dst) in gguf.chunks_exact_mut(rb).enumerate() {
@@ -416,17 +421,18 @@ fn packed_embedding_rows_are_the_dequantized_rows() {
         let packed = repack::pack(dtype, rows, cols, &gguf).unwrap();
         let l = repack::layout(dtype, rows, cols).unwrap();
         let row_bytes = l.quant_row_bytes(); // EmbedArgs.row_bytes (lower/ops.rs: matrix)
-        let scales = rows * row_bytes; // embed.cu: table + rows · row_bytes
-        assert_eq!(scales, l.scale_offset);
+        let highs = rows * row_bytes; // pw_make: table + rows · row_bytes
+        let scales = (highs + rows * l.high_row_bytes()).next_multiple_of(16);
+        assert_eq!((highs, scales), (l.high_offset, l.scale_offset));
+        let one = repack::layout(dtype, 1, cols).unwrap();
         for id in [0usize, 7, 52] {
-            // Rebuild the GGUF row from the planes (pw_unit's reads), then dequantize.
-            let mut row = Vec::new();
-            for b in 0..cols / 32 {
-                let s = scales + (id * l.blocks + b) * l.scale_bytes;
-                row.extend_from_slice(&packed[s..s + l.scale_bytes]);
-                let q = id * row_bytes + b * l.quant_bytes;
-                row.extend_from_slice(&packed[q..q + l.quant_bytes]);
-            }
+            // Row `id`'s pieces of each plane (pw_unit's reads) as a packed row of its own.
+            let mut row = vec![0u8; one.bytes];
+            let (q, h, s) = (row_bytes, l.high_row_bytes(), l.scale_row_bytes());
+            row[..q].copy_from_slice(&packed[id * q..][..q]);
+            row[one.high_offset..][..h].copy_from_slice(&packed[highs + id * h..][..h]);
+            row[one.scale_offset..][..s].copy_from_slice(&packed[scales + id * s..][..s]);
+            let row = repack::unpack(dtype, 1, cols, &row).unwrap();
             let mut got = vec![0f32; cols];
             quant::dequantize_row(dtype, &row, &mut got).unwrap();
             let mut want = vec![0f32; cols];

@@ -9,7 +9,7 @@
 //! - [`sources`]: the `.cu` / `.cuh` files and the assembly of one self-contained source
 //!   per variant (textual `#include`s, no toolkit headers), plus argmax's.
 //! - [`weights`]: where each weight lies in the weights buffer (64-bit offsets), and the
-//!   bytes uploaded there (packed for Q4_0/Q4_1/Q8_0).
+//!   bytes uploaded there (packed for every quantized type the kernels read, `repack::PACKED`).
 //! - [`lower`]: a plan to typed calls ([`lower::lower`]), and each call's launches for a
 //!   step's shape ([`lower::geometry`]).
 //! - [`launch`]: block sizes, tiles and the attention paths' geometry.

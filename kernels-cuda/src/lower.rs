@@ -16,7 +16,6 @@ use crate::args::{
 };
 use crate::launch::{AttentionShape, MAX_GRID_YZ, partial_bytes_max};
 use crate::matvec::{MatvecArgs, QuantizeArgs, q8_1_planes};
-use crate::repack;
 use crate::sources::WEIGHT_DTYPES;
 use crate::variant::Variant;
 use crate::weights::{MAX_MATRIX_BYTES, WeightLayout};
@@ -184,14 +183,10 @@ pub fn supports(op: &Op, graph: &Graph) -> bool {
             | Op::Scale { .. }
             | Op::GeGlu
             | Op::RmsNormAdd { .. } => true,
-            Op::MatMulSwiGlu { gate, up } | Op::RmsNormMatMulSwiGlu { gate, up, .. } => {
-                dtype(gate) == dtype(up)
-            }
-            // The dp4a matvecs of the packed types have no GeGLU epilogue: their GeGLU
-            // stays two matmuls and geglu.cu.
-            Op::MatMulGeGlu { gate, up } | Op::RmsNormMatMulGeGlu { gate, up, .. } => {
-                dtype(gate) == dtype(up) && !dtype(gate).is_some_and(repack::is_packed)
-            }
+            Op::MatMulSwiGlu { gate, up }
+            | Op::RmsNormMatMulSwiGlu { gate, up, .. }
+            | Op::MatMulGeGlu { gate, up }
+            | Op::RmsNormMatMulGeGlu { gate, up, .. } => dtype(gate) == dtype(up),
             Op::Attention { attention }
             | Op::KvWrite { attention }
             | Op::RopeKvWrite { attention, .. } => attention_ok(attention),

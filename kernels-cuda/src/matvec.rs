@@ -8,7 +8,7 @@
 //! [`q8_1_planes`]`(max_rows, max_k).bytes`, `max_rows` the largest step's rows (≤ 32 on
 //! this path) and `max_k` the widest input of a quantized MatMul-family launch. A
 //! MatMul-family launch (MatMul, RmsNormMatMul, MatMulAdd, MatMulSwiGlu,
-//! RmsNormMatMulSwiGlu) of packed weights whose step has at most [`MAX_TOKENS`] rows
+//! RmsNormMatMulSwiGlu, MatMulGeGlu, RmsNormMatMulGeGlu) of packed weights whose step has at most [`MAX_TOKENS`] rows
 //! becomes:
 //!
 //! 1. one quantization of its input: [`QUANTIZE_ENTRY`], or [`RMSNORM_QUANTIZE_ENTRY`]
@@ -16,11 +16,11 @@
 //!    [`quantize_source`], launched as [`quantize_launch`]`(max_rows)` with
 //!    [`QuantizeArgs`] (`q`/`ds` = the scratch's planes at `k`, [`q8_1_planes`]);
 //! 2. one matvec per weight of the launch (for MatMul's several weights, `out` moves to
-//!    the weight's first column and `out_stride` is the output row's width; SwiGLU's gate
+//!    the weight's first column and `out_stride` is the output row's width; a GLU's gate
 //!    and up are one matvec), from the module [`source`]`(dtype)`, launched as
 //!    [`matvec_launch`]`(dtype, n, k, tokens, epilogue)` with [`MatvecArgs`]: `wq`/`ws`
-//!    the planes of the packed weight ([`repack::layout`]; a chunk of rows is an offset
-//!    of `row · quant_row_bytes()` and `row · scale_row_bytes()`), `q`/`ds` the scratch.
+//!    the quant and scale planes of the whole packed weight ([`repack::layout`]; the
+//!    kernel finds a high plane at `wq + n · quant_row_bytes()`), `q`/`ds` the scratch.
 //!
 //! Both read the step's row count from `step[rows_sel]` ([`crate::sources`]' STEP_*
 //! words), so their arguments are built once at load; the grid's token tiles (z) follow
@@ -52,10 +52,22 @@ pub const FILES: &[(&str, &str)] = &[
     ("mv/unit_q4_0.cuh", include_str!("cuda/mv/unit_q4_0.cuh")),
     ("mv/unit_q4_1.cuh", include_str!("cuda/mv/unit_q4_1.cuh")),
     ("mv/unit_q8_0.cuh", include_str!("cuda/mv/unit_q8_0.cuh")),
+    ("mv/bits.cuh", include_str!("cuda/mv/bits.cuh")),
+    ("mv/dots.cuh", include_str!("cuda/mv/dots.cuh")),
+    ("mv/q5_0.cuh", include_str!("cuda/mv/q5_0.cuh")),
+    ("mv/q5_1.cuh", include_str!("cuda/mv/q5_1.cuh")),
+    ("mv/q4_k.cuh", include_str!("cuda/mv/q4_k.cuh")),
+    ("mv/q5_k.cuh", include_str!("cuda/mv/q5_k.cuh")),
+    ("mv/q6_k.cuh", include_str!("cuda/mv/q6_k.cuh")),
+    ("mv/unit_q5_0.cuh", include_str!("cuda/mv/unit_q5_0.cuh")),
+    ("mv/unit_q5_1.cuh", include_str!("cuda/mv/unit_q5_1.cuh")),
+    ("mv/unit_q4_k.cuh", include_str!("cuda/mv/unit_q4_k.cuh")),
+    ("mv/unit_q5_k.cuh", include_str!("cuda/mv/unit_q5_k.cuh")),
+    ("mv/unit_q6_k.cuh", include_str!("cuda/mv/unit_q6_k.cuh")),
 ];
 
 /// The weight types the matvec reads (those [`repack`] packs).
-pub const DTYPES: [DType; 3] = [DType::Q4_0, DType::Q4_1, DType::Q8_0];
+pub const DTYPES: [DType; 8] = repack::PACKED;
 
 /// Token tiles: the step's tokens are covered by tiles of the smallest of these that
 /// holds them all (then tiles of the largest, [`max_tile`]).
@@ -77,11 +89,13 @@ pub const RMSNORM_QUANTIZE_ENTRY: &str = "rmsnorm_quantize_q8_1";
 kernel_args! {
     /// A matvec's arguments: out = epilogue(x · Wᵀ) for the step's rows.
     MatvecArgs {
-        /// (n, k / 32, 16 or 32) the weight's quant plane (the gate for SwiGLU).
+        /// (n, k / 32, 16 or 32) the weight's quant plane (the gate for a GLU); its high
+        /// plane, where the type has one, follows it (repack::layout).
         wq: ConstPtr<u8>,
-        /// (n, k / 32) its scale plane: f16 d, or half2 (d, m) for Q4_1.
+        /// Its scale plane: per GGUF block f16 d, half2 (d, m) (Q4_1, Q5_1), or a
+        /// K-quant super-block's record.
         ws: ConstPtr<u8>,
-        /// The up weight's planes (SwiGLU), else 0.
+        /// The up weight's planes (SwiGLU, GeGLU), else 0.
         w2q: ConstPtr<u8>,
         w2s: ConstPtr<u8>,
         /// (rows, k) int8 activation quants.
@@ -96,10 +110,13 @@ kernel_args! {
         step: ConstPtr<u32>,
         /// Weight rows (output columns) of this launch.
         n: u32,
-        /// Input columns, a multiple of 32.
+        /// Input columns, a multiple of the weight's block (32 or 256).
         k: u32,
         out_stride: u32,
         rows_sel: u32,
+        /// 1: the gated epilogue is GeGLU (gelu(gate) · up), else SwiGLU.
+        gelu: u32,
+        pad: u32,
     }
 }
 
@@ -134,16 +151,30 @@ pub enum Epilogue {
     Add,
     /// out = silu(x · Gateᵀ) · (x · Upᵀ) (MatMulSwiGlu, RmsNormMatMulSwiGlu).
     SwiGlu,
+    /// out = gelu(x · Gateᵀ) · (x · Upᵀ), llama.cpp's f16-rounded tanh GELU (gelu.cuh;
+    /// MatMulGeGlu, RmsNormMatMulGeGlu).
+    GeGlu,
 }
 
 impl Epilogue {
-    pub const ALL: [Epilogue; 3] = [Epilogue::Store, Epilogue::Add, Epilogue::SwiGlu];
+    pub const ALL: [Epilogue; 4] = [
+        Epilogue::Store,
+        Epilogue::Add,
+        Epilogue::SwiGlu,
+        Epilogue::GeGlu,
+    ];
+
+    /// Whether it reads two weights (gate and up).
+    pub fn gated(self) -> bool {
+        matches!(self, Epilogue::SwiGlu | Epilogue::GeGlu)
+    }
 
     fn suffix(self) -> &'static str {
         match self {
             Epilogue::Store => "",
             Epilogue::Add => "_add",
             Epilogue::SwiGlu => "_swiglu",
+            Epilogue::GeGlu => "_geglu",
         }
     }
 
@@ -152,6 +183,7 @@ impl Epilogue {
             Epilogue::Store => "MV_STORE",
             Epilogue::Add => "MV_ADD",
             Epilogue::SwiGlu => "MV_SWIGLU",
+            Epilogue::GeGlu => "MV_GEGLU",
         }
     }
 }
@@ -161,7 +193,7 @@ impl Epilogue {
 pub enum MatvecError {
     #[error("the matvec does not read {0} weights")]
     Dtype(DType),
-    #[error("matvec: k = {0} is not a positive multiple of 32")]
+    #[error("matvec: k = {0} is not a positive multiple of the weight's block")]
     K(u32),
     #[error("matvec: no rows (n = 0)")]
     NoRows,
@@ -169,10 +201,17 @@ pub enum MatvecError {
 
 /// Rows of a block for a token tile: each activation block read serves as many rows as
 /// fit while a lane's accumulators (weights × rows × tokens) stay at most 32 registers
-/// and its weight blocks of one step at most 4.
-pub fn rows_per_block(tile: u32, epilogue: Epilogue) -> u32 {
-    let weights = if epilogue == Epilogue::SwiGlu { 2 } else { 1 };
-    (32 / (tile * weights)).min(4 / weights).clamp(1, 4)
+/// and its weight blocks of one step at most 4. A K-quant's unit holds its super-block's
+/// 16-byte scale record while the loads are in flight: its gated tiles of 8 tokens take
+/// one row (two rows spill at 128 registers).
+pub fn rows_per_block(dtype: DType, tile: u32, epilogue: Epilogue) -> u32 {
+    let weights = if epilogue.gated() { 2 } else { 1 };
+    let rows = (32 / (tile * weights)).min(4 / weights).clamp(1, 4);
+    if dtype.block_len() == 256 && epilogue.gated() && tile >= 8 {
+        1
+    } else {
+        rows
+    }
 }
 
 /// Blocks an SM must hold at once (`__launch_bounds__`), which caps the registers
@@ -192,15 +231,11 @@ pub fn entry(dtype: DType, tile: u32, epilogue: Epilogue) -> String {
     format!("matvec_{}_t{tile}{}", dtype.name(), epilogue.suffix())
 }
 
-/// The largest token tile of an epilogue: 32, but 16 for SwiGLU, whose 64 accumulators
-/// at 32 tokens (gate and up) do not fit in registers: a SwiGLU step of 17-32 tokens runs
+/// The largest token tile of an epilogue: 32, but 16 for the GLUs, whose 64 accumulators
+/// at 32 tokens (gate and up) do not fit in registers: a gated step of 17-32 tokens runs
 /// as two tiles of 16 and reads its weights twice (from L2 when it holds them).
 pub fn max_tile(epilogue: Epilogue) -> u32 {
-    if epilogue == Epilogue::SwiGlu {
-        16
-    } else {
-        MAX_TOKENS
-    }
+    if epilogue.gated() { 16 } else { MAX_TOKENS }
 }
 
 /// The token tile a step of `tokens` rows runs with.
@@ -233,14 +268,14 @@ pub fn matvec_launch(
     if !repack::is_packed(dtype) {
         return Err(MatvecError::Dtype(dtype));
     }
-    if k == 0 || !k.is_multiple_of(32) {
+    if k == 0 || !k.is_multiple_of(dtype.block_len() as u32) {
         return Err(MatvecError::K(k));
     }
     if n == 0 {
         return Err(MatvecError::NoRows);
     }
     let tile = tile_for(tokens, epilogue);
-    let rows = rows_per_block(tile, epilogue);
+    let rows = rows_per_block(dtype, tile, epilogue);
     Ok(MatvecLaunch {
         entry: entry(dtype, tile, epilogue),
         grid: [n.div_ceil(rows), 1, tokens.max(1).div_ceil(tile)],
@@ -330,7 +365,7 @@ pub fn source(dtype: DType) -> Result<String, MatvecError> {
              mv_matvec<{tile}u, {}u, {}>(a);\n}}\n",
             min_blocks(tile),
             entry(dtype, tile, epilogue),
-            rows_per_block(tile, epilogue),
+            rows_per_block(dtype, tile, epilogue),
             epilogue.code()
         ));
     }
@@ -369,6 +404,11 @@ pub fn unit_file(dtype: DType) -> Result<&'static str, MatvecError> {
         DType::Q4_0 => Ok("mv/unit_q4_0.cuh"),
         DType::Q4_1 => Ok("mv/unit_q4_1.cuh"),
         DType::Q8_0 => Ok("mv/unit_q8_0.cuh"),
+        DType::Q5_0 => Ok("mv/unit_q5_0.cuh"),
+        DType::Q5_1 => Ok("mv/unit_q5_1.cuh"),
+        DType::Q4_K => Ok("mv/unit_q4_k.cuh"),
+        DType::Q5_K => Ok("mv/unit_q5_k.cuh"),
+        DType::Q6_K => Ok("mv/unit_q6_k.cuh"),
         _ => Err(MatvecError::Dtype(dtype)),
     }
 }

@@ -1,28 +1,48 @@
 //! Quantized weights repacked for the decode matvec (`cuda/mv/`): GGUF interleaves each
-//! block's scale with its quants (Q4_0's 18-byte blocks are only 2-byte aligned), so a
-//! lane could only read them 2 or 4 bytes at a time. The packed copy keeps the same
-//! bytes in two planes, each row-major (weight rows in order, blocks of a row in order):
+//! block's scales with its quants (Q4_0's 18-byte blocks are only 2-byte aligned; a
+//! K-quant's sub-block of 32 values is spread over a 64-value chunk), so a lane could
+//! only read them a few bytes at a time. The packed copy keeps the same bits in up to
+//! three planes, each row-major (weight rows in order, units of a row in order), a unit
+//! being 32 consecutive values of a row:
 //!
 //! ```text
-//! quant plane  (rows, blocks, Q)  Q = 16 (Q4_0, Q4_1: 32 nibbles, GGUF order) or 32 (Q8_0)
-//! scale plane  (rows, blocks, S)  S = 2 (f16 d) or 4 (Q4_1: half2 d, m)
+//! quant plane  (rows, units, Q)   Q = 16: the low 4 bits of the unit's 32 values, value
+//!                                 e in the low nibble of byte e, value e + 16 in the
+//!                                 high one (Q4_0's GGUF order); Q = 32 for Q8_0 (bytes)
+//! high plane   (rows, units, H)   H = 4 (Q5_0, Q5_1, Q5_K: the fifth bits) or 8 (Q6_K:
+//!                                 the top 2 bits); none for the other types
+//! scale plane  (rows, blocks, S)  per GGUF block (32 or 256 values) its scale fields as
+//!                                 stored: f16 d (Q4_0, Q8_0, Q5_0), half2 (d, m) (Q4_1,
+//!                                 Q5_1), (d, dmin, 12 bytes of 6-bit scales) (Q4_K, Q5_K:
+//!                                 16 bytes), (16 int8 scales, f16 d) (Q6_K: 18 bytes)
 //! ```
 //!
-//! Lane `l` of a warp reading block `b0 + l` of a row makes one coalesced 512-byte load
-//! of 16-byte pieces. The quant plane starts at 0 and is a multiple of 16 bytes, so
-//! the scale plane is 16-byte aligned; the total is rounded up to 16 bytes (at most 14
-//! bytes more than the GGUF tensor). A chunk of rows is a pointer offset in each plane.
-//! The packed copy replaces the GGUF bytes on the device: [`unpack`] gives them back.
+//! The high bits of a unit are ordered for the kernel's 4-value words: word i of the
+//! quant plane holds values 4i .. 4i+3 (low nibbles) and 16+4i .. 16+4i+3 (high ones);
+//! Q5's bit of value 4i + c is bit 8c + i of the high word, of value 16 + 4i + c bit
+//! 8c + 4 + i, so `(h >> i) & 0x01010101` puts a word's four bits in its four bytes;
+//! Q6_K's 2 bits of value 4i + c are bits 2i, 2i+1 of byte c, of value 16 + 4i + c of
+//! byte 4 + c (`(h.x >> 2i) & 0x03030303`).
+//!
+//! Lane `l` of a warp reading unit `b0 + l` of a row makes one coalesced 512-byte load
+//! of 16-byte pieces. The quant plane starts at 0 and is a multiple of 16 bytes, the high
+//! plane follows it, the scale plane starts at the next multiple of 16; the total is
+//! rounded up to 16 bytes (under 32 bytes more than the GGUF tensor). The packed copy
+//! replaces the GGUF bytes on the device: [`unpack`] gives them back.
 
 use kiln_ir::DType;
 
 /// A weight that cannot be repacked, or bytes of the wrong length.
 #[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum RepackError {
-    #[error("{0} weights are not repacked (Q4_0, Q4_1 and Q8_0 are)")]
+    #[error("{0} weights are not repacked (Q4_0, Q4_1, Q8_0, Q5_0, Q5_1, Q4_K, Q5_K and Q6_K are)")]
     Unsupported(DType),
-    #[error("{dtype}: {cols} columns is not a whole number of 32-value blocks")]
-    Cols { dtype: DType, cols: usize },
+    #[error("{dtype}: {cols} columns is not a whole number of {block}-value blocks")]
+    Cols {
+        dtype: DType,
+        cols: usize,
+        block: usize,
+    },
     #[error("{dtype} ({rows}, {cols}): expected {expected} bytes, got {got}")]
     Length {
         dtype: DType,
@@ -45,11 +65,17 @@ pub struct PackedLayout {
     pub dtype: DType,
     pub rows: usize,
     pub cols: usize,
-    /// Blocks of 32 values per row.
+    /// Units of 32 values per row.
     pub blocks: usize,
-    /// Quant bytes of one block (16 or 32): one row is `blocks * quant_bytes`.
+    /// Quant bytes of one unit (16 or 32): one row is `blocks * quant_bytes`.
     pub quant_bytes: usize,
-    /// Scale bytes of one block (2, or 4 for Q4_1).
+    /// High-bit bytes of one unit (0, 4 or 8).
+    pub high_bytes: usize,
+    /// Start of the high plane (the end of the quant plane).
+    pub high_offset: usize,
+    /// Values of a GGUF block, which has one scale record (32 or 256).
+    pub group: usize,
+    /// Scale bytes of one GGUF block (2, 4, 16 or 18).
     pub scale_bytes: usize,
     /// Start of the scale plane (the quant plane starts at 0); a multiple of 16.
     pub scale_offset: usize,
@@ -63,39 +89,86 @@ impl PackedLayout {
         self.blocks * self.quant_bytes
     }
 
+    /// Bytes of one row in the high plane.
+    pub fn high_row_bytes(&self) -> usize {
+        self.blocks * self.high_bytes
+    }
+
     /// Bytes of one row in the scale plane.
     pub fn scale_row_bytes(&self) -> usize {
-        self.blocks * self.scale_bytes
+        self.cols / self.group * self.scale_bytes
     }
 }
 
+/// The weight types the repacker (and so the matvec) handles.
+pub const PACKED: [DType; 8] = [
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q8_0,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+];
+
 /// Whether weights of `dtype` are repacked (the matvec reads them).
 pub fn is_packed(dtype: DType) -> bool {
-    matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0)
+    PACKED.contains(&dtype)
 }
 
-/// (scale bytes, quant bytes) of a GGUF block: the scale fields come first in each.
-fn split(dtype: DType) -> Result<(usize, usize), RepackError> {
+/// How a GGUF block maps onto the planes: values, then bytes per unit (quant, high)
+/// and per block (scale).
+struct Format {
+    group: usize,
+    quant: usize,
+    high: usize,
+    scale: usize,
+}
+
+fn format(dtype: DType) -> Result<Format, RepackError> {
+    let f = |group, quant, high, scale| Format {
+        group,
+        quant,
+        high,
+        scale,
+    };
     match dtype {
-        DType::Q4_0 => Ok((2, 16)),
-        DType::Q4_1 => Ok((4, 16)),
-        DType::Q8_0 => Ok((2, 32)),
+        DType::Q4_0 => Ok(f(32, 16, 0, 2)),
+        DType::Q4_1 => Ok(f(32, 16, 0, 4)),
+        DType::Q8_0 => Ok(f(32, 32, 0, 2)),
+        DType::Q5_0 => Ok(f(32, 16, 4, 2)),
+        DType::Q5_1 => Ok(f(32, 16, 4, 4)),
+        DType::Q4_K => Ok(f(256, 16, 0, 16)),
+        DType::Q5_K => Ok(f(256, 16, 4, 16)),
+        DType::Q6_K => Ok(f(256, 16, 8, 18)),
         _ => Err(RepackError::Unsupported(dtype)),
     }
 }
 
 /// The planes of a packed (rows, cols) weight.
 pub fn layout(dtype: DType, rows: usize, cols: usize) -> Result<PackedLayout, RepackError> {
-    let (scale_bytes, quant_bytes) = split(dtype)?;
-    if !cols.is_multiple_of(32) {
-        return Err(RepackError::Cols { dtype, cols });
+    let f = format(dtype)?;
+    if !cols.is_multiple_of(f.group) {
+        return Err(RepackError::Cols {
+            dtype,
+            cols,
+            block: f.group,
+        });
     }
     let blocks = cols / 32;
     let overflow = RepackError::Overflow { dtype, rows, cols };
     let n = rows.checked_mul(blocks).ok_or(overflow.clone())?;
-    let quants = n.checked_mul(quant_bytes).ok_or(overflow.clone())?;
-    let scales = n.checked_mul(scale_bytes).ok_or(overflow.clone())?;
-    let bytes = quants
+    let quants = n.checked_mul(f.quant).ok_or(overflow.clone())?;
+    let highs = n.checked_mul(f.high).ok_or(overflow.clone())?;
+    let scales = (n / (f.group / 32))
+        .checked_mul(f.scale)
+        .ok_or(overflow.clone())?;
+    let scale_offset = quants
+        .checked_add(highs)
+        .and_then(|b| b.checked_next_multiple_of(16))
+        .ok_or(overflow.clone())?;
+    let bytes = scale_offset
         .checked_add(scales)
         .and_then(|b| b.checked_next_multiple_of(16))
         .ok_or(overflow)?;
@@ -104,9 +177,12 @@ pub fn layout(dtype: DType, rows: usize, cols: usize) -> Result<PackedLayout, Re
         rows,
         cols,
         blocks,
-        quant_bytes,
-        scale_bytes,
-        scale_offset: quants,
+        quant_bytes: f.quant,
+        high_bytes: f.high,
+        high_offset: quants,
+        group: f.group,
+        scale_bytes: f.scale,
+        scale_offset,
         bytes,
     })
 }
@@ -118,7 +194,7 @@ pub fn packed_bytes(dtype: DType, rows: usize, cols: usize) -> Result<usize, Rep
 
 /// The GGUF bytes of a (rows, cols) weight, checked.
 fn gguf_bytes(l: &PackedLayout, got: usize) -> Result<usize, RepackError> {
-    let expected = l.rows * l.blocks * (l.quant_bytes + l.scale_bytes);
+    let expected = l.rows * (l.cols / l.group) * l.dtype.block_bytes();
     if got != expected {
         return Err(RepackError::Length {
             dtype: l.dtype,
@@ -131,20 +207,151 @@ fn gguf_bytes(l: &PackedLayout, got: usize) -> Result<usize, RepackError> {
     Ok(expected)
 }
 
+/// One unit's 32 values as codes: the low 4 bits and the high bits.
+pub type Codes = [u8; 32];
+
+/// The byte of the high word/bytes that holds value `e`'s high bits, and its shift.
+fn high_at(high_bytes: usize, e: usize) -> (usize, usize) {
+    let (half, i, c) = (e / 16, e % 16 / 4, e % 4);
+    match high_bytes {
+        // Bit 8c + 4·half + i of a little-endian word.
+        4 => (c, 4 * half + i),
+        // Bits 2i, 2i + 1 of byte 4·half + c.
+        _ => (4 * half + c, 2 * i),
+    }
+}
+
+/// A unit's planes from its codes: nibbles (value e low, e + 16 high) and high bits.
+fn put_unit(low: &Codes, high: &Codes, q: &mut [u8], h: &mut [u8]) {
+    for e in 0..16 {
+        q[e] = low[e] | (low[e + 16] << 4);
+    }
+    h.fill(0);
+    let mask = if h.len() == 4 { 1 } else { 3 };
+    for (e, &bits) in high.iter().enumerate() {
+        if !h.is_empty() {
+            let (byte, shift) = high_at(h.len(), e);
+            h[byte] |= (bits & mask) << shift;
+        }
+    }
+}
+
+/// The codes of a unit from its planes (`q` its 16 quant bytes, `h` its high bytes, none
+/// for 4-bit types): the low 4 bits and the high bits of each of its 32 values. The
+/// inverse of [`put_unit`].
+pub fn get_unit(q: &[u8], h: &[u8]) -> (Codes, Codes) {
+    let (mut low, mut high) = ([0u8; 32], [0u8; 32]);
+    let mask = if h.len() == 4 { 1 } else { 3 };
+    for e in 0..16 {
+        low[e] = q[e] & 15;
+        low[e + 16] = q[e] >> 4;
+    }
+    for (e, v) in high.iter_mut().enumerate() {
+        if !h.is_empty() {
+            let (byte, shift) = high_at(h.len(), e);
+            *v = (h[byte] >> shift) & mask;
+        }
+    }
+    (low, high)
+}
+
+/// Unit `u`'s codes from a GGUF block's quant fields (Q5_0/Q5_1: qh then qs; Q4_K: qs;
+/// Q5_K: qh then qs; Q6_K: ql then qh), and [`put_codes`] its inverse. Value l of a
+/// K-quant unit u: Q4_K/Q5_K's nibble of qs[32·(u/2) + l] (high when u is odd) and bit
+/// u of qh[l]; Q6_K's (u = 4h + s) nibble of ql[64h + 32·(s%2) + l] (high when s ≥ 2)
+/// and bits 2s of qh[32h + l] (ggml's dequantize_row_q*_K).
+fn get_codes(dtype: DType, fields: &[u8], u: usize) -> (Codes, Codes) {
+    let (mut low, mut high) = ([0u8; 32], [0u8; 32]);
+    for l in 0..32 {
+        (low[l], high[l]) = match dtype {
+            DType::Q5_0 | DType::Q5_1 => {
+                let qh = u32::from_le_bytes([fields[0], fields[1], fields[2], fields[3]]);
+                let nib = if l < 16 {
+                    fields[4 + l] & 15
+                } else {
+                    fields[4 + l - 16] >> 4
+                };
+                (nib, ((qh >> l) & 1) as u8)
+            }
+            DType::Q4_K => ((fields[32 * (u / 2) + l] >> (4 * (u % 2))) & 15, 0),
+            DType::Q5_K => (
+                (fields[32 + 32 * (u / 2) + l] >> (4 * (u % 2))) & 15,
+                (fields[l] >> u) & 1,
+            ),
+            _ => {
+                let (h, s) = (u / 4, u % 4);
+                let ql = fields[64 * h + 32 * (s % 2) + l];
+                (
+                    (ql >> (4 * (s / 2))) & 15,
+                    (fields[128 + 32 * h + l] >> (2 * s)) & 3,
+                )
+            }
+        };
+    }
+    (low, high)
+}
+
+/// Write unit `u`'s codes into a GGUF block's quant fields (every unit of the block
+/// adds its bits; the fields start zeroed).
+fn put_codes(dtype: DType, fields: &mut [u8], u: usize, low: &Codes, high: &Codes) {
+    for l in 0..32 {
+        match dtype {
+            DType::Q5_0 | DType::Q5_1 => {
+                fields[l / 8] |= high[l] << (l % 8);
+                fields[4 + l % 16] |= low[l] << (4 * (l / 16));
+            }
+            DType::Q4_K => fields[32 * (u / 2) + l] |= low[l] << (4 * (u % 2)),
+            DType::Q5_K => {
+                fields[32 + 32 * (u / 2) + l] |= low[l] << (4 * (u % 2));
+                fields[l] |= high[l] << u;
+            }
+            _ => {
+                let (h, s) = (u / 4, u % 4);
+                fields[64 * h + 32 * (s % 2) + l] |= low[l] << (4 * (s / 2));
+                fields[128 + 32 * h + l] |= high[l] << (2 * s);
+            }
+        }
+    }
+}
+
+/// A GGUF block's (scale fields, quant fields) ranges.
+fn fields(dtype: DType) -> (std::ops::Range<usize>, std::ops::Range<usize>) {
+    let b = dtype.block_bytes();
+    match dtype {
+        DType::Q4_0 | DType::Q8_0 | DType::Q5_0 => (0..2, 2..b),
+        DType::Q4_1 | DType::Q5_1 => (0..4, 4..b),
+        DType::Q4_K | DType::Q5_K => (0..16, 16..b),
+        _ => (192..b, 0..192), // Q6_K: ql, qh, then the scales and d
+    }
+}
+
+/// Whether a type's quant fields are the quant plane's bytes as they are.
+fn copied(dtype: DType) -> bool {
+    matches!(dtype, DType::Q4_0 | DType::Q4_1 | DType::Q8_0)
+}
+
 /// The packed copy of a (rows, cols) GGUF weight `gguf` (padding bytes zero).
 pub fn pack(dtype: DType, rows: usize, cols: usize, gguf: &[u8]) -> Result<Vec<u8>, RepackError> {
     let l = layout(dtype, rows, cols)?;
     gguf_bytes(&l, gguf.len())?;
     let mut out = vec![0u8; l.bytes];
-    let (quants, scales) = out.split_at_mut(l.scale_offset);
-    let block = l.scale_bytes + l.quant_bytes;
-    for ((b, q), s) in gguf
-        .chunks_exact(block)
-        .zip(quants.chunks_exact_mut(l.quant_bytes))
-        .zip(scales.chunks_exact_mut(l.scale_bytes))
-    {
-        s.copy_from_slice(&b[..l.scale_bytes]);
-        q.copy_from_slice(&b[l.scale_bytes..]);
+    let (quants, rest) = out.split_at_mut(l.high_offset);
+    let (highs, rest) = rest.split_at_mut(l.scale_offset - l.high_offset);
+    let scales = &mut rest[..l.rows * l.scale_row_bytes()];
+    let units = l.group / 32;
+    let (sf, qf) = fields(dtype);
+    for (i, b) in gguf.chunks_exact(dtype.block_bytes()).enumerate() {
+        scales[i * l.scale_bytes..][..l.scale_bytes].copy_from_slice(&b[sf.clone()]);
+        let q = &mut quants[i * units * l.quant_bytes..][..units * l.quant_bytes];
+        if copied(dtype) {
+            q.copy_from_slice(&b[qf.clone()]);
+            continue;
+        }
+        for u in 0..units {
+            let (low, high) = get_codes(dtype, &b[qf.clone()], u);
+            let h = &mut highs[(i * units + u) * l.high_bytes..][..l.high_bytes];
+            put_unit(&low, &high, &mut q[u * 16..][..16], h);
+        }
     }
     Ok(out)
 }
@@ -166,16 +373,24 @@ pub fn unpack(
             got: packed.len(),
         });
     }
-    let block = l.scale_bytes + l.quant_bytes;
-    let mut out = vec![0u8; rows * l.blocks * block];
-    let (quants, rest) = packed.split_at(l.scale_offset);
-    for ((b, q), s) in out
-        .chunks_exact_mut(block)
-        .zip(quants.chunks_exact(l.quant_bytes))
-        .zip(rest.chunks_exact(l.scale_bytes))
-    {
-        b[..l.scale_bytes].copy_from_slice(s);
-        b[l.scale_bytes..].copy_from_slice(q);
+    let mut out = vec![0u8; rows * (cols / l.group) * dtype.block_bytes()];
+    let quants = &packed[..l.high_offset];
+    let highs = &packed[l.high_offset..l.scale_offset];
+    let scales = &packed[l.scale_offset..];
+    let units = l.group / 32;
+    let (sf, qf) = fields(dtype);
+    for (i, b) in out.chunks_exact_mut(dtype.block_bytes()).enumerate() {
+        b[sf.clone()].copy_from_slice(&scales[i * l.scale_bytes..][..l.scale_bytes]);
+        let q = &quants[i * units * l.quant_bytes..][..units * l.quant_bytes];
+        if copied(dtype) {
+            b[qf.clone()].copy_from_slice(q);
+            continue;
+        }
+        for u in 0..units {
+            let h = &highs[(i * units + u) * l.high_bytes..][..l.high_bytes];
+            let (low, high) = get_unit(&q[u * 16..][..16], h);
+            put_codes(dtype, &mut b[qf.clone()], u, &low, &high);
+        }
     }
     Ok(out)
 }
@@ -185,12 +400,14 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const TYPES: [DType; 3] = [DType::Q4_0, DType::Q4_1, DType::Q8_0];
+    const TYPES: [DType; 8] = PACKED;
 
-    fn shapes() -> impl Strategy<Value = (usize, usize)> {
+    /// Odd row counts; widths of 1, 3, 129 and 18 blocks (K-quants: super-blocks).
+    fn shapes() -> impl Strategy<Value = (usize, usize, usize)> {
         (
             prop::sample::select(vec![1usize, 3, 17, 4097]),
-            prop::sample::select(vec![32usize, 96, 4128, 576]),
+            prop::sample::select(vec![1usize, 3, 129, 18]),
+            0usize..8,
         )
     }
 
@@ -199,9 +416,11 @@ mod tests {
 
         /// Random bytes: every f16 scale pattern (NaN, infinities, subnormals) included.
         #[test]
-        fn unpack_of_pack_is_the_identity(t in 0usize..3, (rows, cols) in shapes(), seed in any::<u64>()) {
+        fn unpack_of_pack_is_the_identity((rows, width, t) in shapes(), seed in any::<u64>()) {
             let dtype = TYPES[t];
-            let gguf_len = rows * cols / 32 * dtype.block_bytes();
+            let cols = width * dtype.block_len();
+            let rows = if dtype.block_len() == 256 { rows.min(257) } else { rows };
+            let gguf_len = rows * width * dtype.block_bytes();
             let mut x = seed | 1;
             let gguf: Vec<u8> = (0..gguf_len).map(|_| {
                 x ^= x << 13; x ^= x >> 7; x ^= x << 17;
@@ -211,7 +430,8 @@ mod tests {
             let l = layout(dtype, rows, cols).unwrap();
             prop_assert_eq!(packed.len(), l.bytes);
             prop_assert!(l.bytes.is_multiple_of(16) && l.scale_offset.is_multiple_of(16));
-            prop_assert!(l.bytes - gguf_len < 16, "packed is the GGUF size, padded to 16");
+            prop_assert!(l.high_offset.is_multiple_of(16));
+            prop_assert!(l.bytes - gguf_len < 32, "packed is the GGUF size, padded twice to 16");
             prop_assert_eq!(unpack(dtype, rows, cols, &packed).unwrap(), gguf);
         }
     }
@@ -234,27 +454,32 @@ mod tests {
     fn bad_shapes_and_lengths_are_errors() {
         for dtype in TYPES {
             let good = 3 * 2 * dtype.block_bytes();
+            let cols = 2 * dtype.block_len();
             assert!(matches!(
-                pack(dtype, 3, 64, &vec![1; good - 1]),
+                pack(dtype, 3, cols, &vec![1; good - 1]),
                 Err(RepackError::Length { .. })
             ));
             assert!(matches!(
-                pack(dtype, 3, 48, &vec![1; good]),
+                pack(dtype, 3, cols - 16, &vec![1; good]),
                 Err(RepackError::Cols { .. })
             ));
-            let n = packed_bytes(dtype, 3, 64).unwrap();
+            let n = packed_bytes(dtype, 3, cols).unwrap();
             assert!(matches!(
-                unpack(dtype, 3, 64, &vec![1; n + 16]),
+                unpack(dtype, 3, cols, &vec![1; n + 16]),
                 Err(RepackError::Length { .. })
             ));
             assert!(matches!(
-                layout(dtype, usize::MAX / 2, 64),
+                layout(dtype, usize::MAX / 2, cols),
                 Err(RepackError::Overflow { .. })
             ));
         }
+        assert!(matches!(
+            pack(DType::Q4_K, 1, 288, &[0; 162]),
+            Err(RepackError::Cols { block: 256, .. })
+        ));
         assert_eq!(
-            pack(DType::Q4_K, 1, 256, &[0; 144]),
-            Err(RepackError::Unsupported(DType::Q4_K))
+            pack(DType::Q8_K, 1, 256, &[0; 292]),
+            Err(RepackError::Unsupported(DType::Q8_K))
         );
     }
 }

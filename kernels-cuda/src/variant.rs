@@ -164,8 +164,8 @@ const MATVEC_ENTRIES: [Entry; MATVEC_VARIANTS] = {
     e
 };
 
-/// Tiles × epilogues of a weight type's matvec module (no SwiGLU at 32 tokens).
-const MATVEC_VARIANTS: usize = matvec::TILES.len() * 3 - 1;
+/// Tiles × epilogues of a weight type's matvec module (no SwiGLU or GeGLU at 32 tokens).
+const MATVEC_VARIANTS: usize = matvec::TILES.len() * 4 - 2;
 
 impl Entry {
     /// Entry indices ([`Entry::index`]) run below this.

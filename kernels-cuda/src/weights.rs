@@ -1,6 +1,7 @@
 //! The CUDA backend's weights buffer: every weight of the plan back to back in one
 //! device allocation, each at a 16-byte aligned 64-bit offset (a weight the graph names
-//! twice, as tied embeddings, once). Q4_0/Q4_1/Q8_0 matrices are stored packed
+//! twice, as tied embeddings, once). Matrices of the packed types (Q4_0, Q4_1, Q8_0, Q5_0,
+//! Q5_1, Q4_K, Q5_K, Q6_K: [`crate::repack::PACKED`]) are stored packed
 //! ([`crate::repack`], [`WeightLayout::device_bytes`]) and read so by the matvec, the
 //! tensor-core matmul and the embedding; other matrices keep their GGUF blocks, read in
 //! place by the dequantizers of `cuda/weights/`; vectors (norms) are decoded to f32 once
@@ -95,7 +96,7 @@ impl WeightLayout {
                 // upload_each pads every upload to whole words (the WGSL backends bind
                 // words): a matrix of an odd byte count arrives with up to 3 bytes more
                 // than its GGUF blocks, which the packer must not see.
-                let gguf = (w.cols / 32)
+                let gguf = (w.cols / w.dtype.block_len())
                     .checked_mul(w.dtype.block_bytes())
                     .and_then(|row| row.checked_mul(w.rows));
                 let bytes = match gguf {

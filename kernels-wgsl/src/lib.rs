@@ -24,6 +24,7 @@
 
 pub mod backend;
 pub mod program;
+pub mod repack;
 pub mod run;
 pub mod sources;
 #[cfg(any(feature = "spirv", test))]

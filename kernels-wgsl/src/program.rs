@@ -68,8 +68,13 @@ pub enum Grid {
     /// steps of at most `max_rows` rows (larger ones take the GEMM beside it).
     Matmul { rows: Rows, n: u32, max_rows: u32 },
     /// The tiled GEMM (gemm_core.wgsl): a workgroup per tile of output columns (x, then
-    /// y) and of [`GEMM_ROWS`] rows (z), for steps of at least [`GEMM_MIN_ROWS`] rows.
-    Gemm { rows: Rows, tiles: u32 },
+    /// y) and of [`GEMM_ROWS`] rows (z), for steps of at least `min_rows` rows
+    /// ([`GEMM_MIN_ROWS`], or past the int8 path's [`MATVEC_MAX_ROWS`]).
+    Gemm {
+        rows: Rows,
+        tiles: u32,
+        min_rows: u32,
+    },
     /// A workgroup per row.
     PerRow { rows: Rows },
     /// A thread per element of (rows, cols).
@@ -78,7 +83,22 @@ pub enum Grid {
     PerToken { x: u32 },
     /// A workgroup per (head, row): `heads` (x) by rows (y).
     PerRowHead { rows: Rows, heads: u32 },
+    /// The int8 decode path (steps of at most [`MATVEC_MAX_ROWS`] rows; none past it):
+    /// a workgroup per row to quantize.
+    Quantize { rows: Rows },
+    /// The int8 matvec: a workgroup per [`MATVEC_ROWS`] output columns (x, then y), every
+    /// row of the step in each.
+    Matvec { rows: Rows, n: u32 },
+    /// [`Grid::Matmul`] for the steps the int8 path does not take (more than
+    /// [`MATVEC_MAX_ROWS`] rows): the f32 kernel of a launch that has both.
+    MatmulRest { rows: Rows, n: u32, max_rows: u32 },
 }
+
+/// The most rows (tokens, or output rows) a step may have for the int8 matvec: a
+/// workgroup reads its weight rows once for all of them (matvec_core.wgsl).
+pub const MATVEC_MAX_ROWS: u32 = 32;
+/// Output columns of an int8 matvec workgroup (matvec_core.wgsl's MV_ROWS).
+pub const MATVEC_ROWS: u32 = 8;
 
 const WG: u32 = 64;
 const TILE_T: u32 = 8;
@@ -120,10 +140,14 @@ impl Grid {
                 let z = if rows <= max_rows { rows } else { 0 };
                 [x, y, z.div_ceil(TILE_T)]
             }
-            Grid::Gemm { rows, tiles } => {
+            Grid::Gemm {
+                rows,
+                tiles,
+                min_rows,
+            } => {
                 let [x, y] = split(tiles);
                 let rows = resolve(rows);
-                let z = if rows >= GEMM_MIN_ROWS { rows } else { 0 };
+                let z = if rows >= min_rows { rows } else { 0 };
                 [x, y, z.div_ceil(GEMM_ROWS)]
             }
             Grid::PerRow { rows } => {
@@ -137,6 +161,23 @@ impl Grid {
             }
             Grid::PerToken { x } => [x, n_tokens, 1],
             Grid::PerRowHead { rows, heads } => [heads, resolve(rows), 1],
+            Grid::Quantize { rows } => match resolve(rows) {
+                r if r <= MATVEC_MAX_ROWS => [r, 1, 1],
+                _ => [0; 3],
+            },
+            Grid::Matvec { rows, n } => match resolve(rows) {
+                r if r <= MATVEC_MAX_ROWS => {
+                    let [x, y] = split(n.div_ceil(MATVEC_ROWS));
+                    [x, y, r.min(1)]
+                }
+                _ => [0; 3],
+            },
+            Grid::MatmulRest { rows, n, max_rows } => match resolve(rows) {
+                r if r > MATVEC_MAX_ROWS => {
+                    Grid::Matmul { rows, n, max_rows }.workgroups(n_tokens, n_outputs)
+                }
+                _ => [0; 3],
+            },
         }
     }
 }
@@ -169,6 +210,10 @@ pub struct Dispatch {
     /// Bytes of the window (at most a binding, within the buffer).
     pub weights_window: u64,
     pub grid: Grid,
+    /// It reads what an earlier dispatch of its launch wrote (the int8 matvec, its
+    /// launch's quantized input): a backend that does not order the dispatches of a
+    /// launch puts a barrier before it.
+    pub barrier: bool,
 }
 
 /// Alignment of a weights window's base (the largest storage offset alignment Vulkan
@@ -222,6 +267,8 @@ pub fn param_words(op: &str) -> usize {
         | "rmsnorm_gemm"
         | "rmsnorm_gemm_swiglu"
         | "rmsnorm_gemm_geglu" => 12,
+        "matvec_q8" | "matvec_q8_add" | "matvec_q8_swiglu" | "matvec_q8_geglu" => 12,
+        "quantize_q8" | "rmsnorm_quantize_q8" => 8,
         "kv_write" | "rope_kv_write" | "qk_norm_rope_kv_write" | "attention" => 20,
         "rmsnorm_add" | "head_rmsnorm" => 8,
         "rmsnorm" => 6,
@@ -255,7 +302,7 @@ pub fn supports_on(op: &Op, graph: &Graph, max_binding: u64, max_buffer: u64) ->
         .matrices()
         .iter()
         .filter_map(|&w| graph.weight(w))
-        .filter_map(|w| w.dtype.bytes_for(w.rows as u64 * w.cols as u64))
+        .filter_map(|w| crate::weights::device_bytes(w, true))
         .sum();
     let chunked = matches!(
         op,
@@ -297,11 +344,13 @@ pub fn supports_device(op: &Op, graph: &Graph, properties: &DeviceProperties) ->
 }
 
 /// Device bytes the Program of `plan` takes besides the arena and the KV pages: the
-/// weights buffer (vectors as f32) and the params blocks (at most three dispatches a
-/// launch, one `uniform_align` block each). What a backend's `load_bytes` starts from.
+/// weights buffer (vectors as f32) and the params blocks (at most eight dispatches a
+/// launch: three matrices, each by the int8 matvec and the f32 kernel, and the
+/// quantization; one `uniform_align` block each). What a backend's `load_bytes` starts
+/// from.
 pub fn load_bytes(plan: &Plan, uniform_align: u64) -> u64 {
     let weights = WeightLayout::new(plan, u64::MAX).map_or(0, |l| l.total);
-    weights + plan.launches.len() as u64 * 3 * uniform_align
+    weights + plan.launches.len() as u64 * 8 * uniform_align
 }
 
 fn attention_ok(a: &AttentionParams) -> bool {
@@ -330,7 +379,9 @@ impl Program {
             .map(|b| b.bytes.min(caps.max_storage_binding) / WINDOW_ALIGN * WINDOW_ALIGN)
             .collect();
         let max = caps.max_storage_binding.min(u64::from(u32::MAX));
-        let arena_bytes = (plan.arena_bytes as u64).max(16);
+        // The int8 matvec's quantized activations after the plan's values.
+        let q8_scratch = (plan.arena_bytes as u64).next_multiple_of(16);
+        let arena_bytes = (q8_scratch + lower::matvec_scratch_bytes(plan)).max(16);
         let kv_bytes = (kv.page_bytes() as u64)
             .checked_mul(kv_page_count as u64)
             .filter(|&b| b <= max)
@@ -361,6 +412,7 @@ impl Program {
             weights: &weights,
             windows: &windows,
             window: lower::Window::default(),
+            q8_scratch: (q8_scratch / 4) as u32,
             ropes: &ropes,
             pipelines: Vec::new(),
             params: Vec::new(),

@@ -28,6 +28,20 @@ pub const FILES: &[(&str, &str)] = &[
     ("weights/q8_k", include_str!("wgsl/weights/q8_k.wgsl")),
     ("matmul_core", include_str!("wgsl/matmul_core.wgsl")),
     ("gemm_core", include_str!("wgsl/gemm_core.wgsl")),
+    // The int8 decode matvec: activations quantized once per launch, packed weights.
+    ("quantize_core", include_str!("wgsl/quantize_core.wgsl")),
+    ("matvec_core", include_str!("wgsl/matvec_core.wgsl")),
+    (
+        "mv_reduce_workgroup",
+        include_str!("wgsl/mv_reduce_workgroup.wgsl"),
+    ),
+    (
+        "mv_reduce_subgroup",
+        include_str!("wgsl/mv_reduce_subgroup.wgsl"),
+    ),
+    ("weights_q8/q4_0", include_str!("wgsl/weights_q8/q4_0.wgsl")),
+    ("weights_q8/q4_1", include_str!("wgsl/weights_q8/q4_1.wgsl")),
+    ("weights_q8/q8_0", include_str!("wgsl/weights_q8/q8_0.wgsl")),
     ("rope_common", include_str!("wgsl/rope_common.wgsl")),
     ("kv_common", include_str!("wgsl/kv_common.wgsl")),
     ("kv_store", include_str!("wgsl/kv_store.wgsl")),
@@ -80,6 +94,19 @@ pub const FILES: &[(&str, &str)] = &[
         "rmsnorm_gemm_geglu",
         include_str!("wgsl/rmsnorm_gemm_geglu.wgsl"),
     ),
+    // The int8 decode path of the matmul family (program::lower's matvec_q8).
+    ("quantize_q8", include_str!("wgsl/quantize_q8.wgsl")),
+    (
+        "rmsnorm_quantize_q8",
+        include_str!("wgsl/rmsnorm_quantize_q8.wgsl"),
+    ),
+    ("matvec_q8", include_str!("wgsl/matvec_q8.wgsl")),
+    ("matvec_q8_add", include_str!("wgsl/matvec_q8_add.wgsl")),
+    (
+        "matvec_q8_swiglu",
+        include_str!("wgsl/matvec_q8_swiglu.wgsl"),
+    ),
+    ("matvec_q8_geglu", include_str!("wgsl/matvec_q8_geglu.wgsl")),
 ];
 
 /// The op files, each with the includes it needs between the prelude and itself.
@@ -147,10 +174,26 @@ pub const OPS: &[(&str, &[&str])] = &[
     ("rmsnorm_gemm", GEMM_INCLUDES),
     ("rmsnorm_gemm_swiglu", GEMM_INCLUDES),
     ("rmsnorm_gemm_geglu", GEMM_INCLUDES),
+    ("quantize_q8", &["quantize_core"]),
+    (
+        "rmsnorm_quantize_q8",
+        &["reduce", "weights/common", "quantize_core"],
+    ),
+    ("matvec_q8", MATVEC_INCLUDES),
+    ("matvec_q8_add", MATVEC_INCLUDES),
+    ("matvec_q8_swiglu", MATVEC_INCLUDES),
+    ("matvec_q8_geglu", MATVEC_INCLUDES),
 ];
 
 /// What every tiled GEMM file includes (no reduction: its sums stay in registers).
 const GEMM_INCLUDES: &[&str] = &["weights/common", "weights", "gemm_core"];
+
+/// The includes of the int8 matvec files: `mv_reduce` stands for its row groups'
+/// reduction (subgroup or workgroup), `weights_q8` for the packed weight dtype's blocks.
+const MATVEC_INCLUDES: &[&str] = &["mv_reduce", "weights_q8", "matvec_core"];
+
+/// Weight dtypes the int8 matvec reads (those [`crate::repack`] packs).
+pub const MATVEC_DTYPES: [DType; 3] = [DType::Q4_0, DType::Q4_1, DType::Q8_0];
 
 /// Weight dtypes the kernels read.
 pub const WEIGHT_DTYPES: [DType; 12] = [
@@ -195,12 +238,21 @@ impl Variant {
 
     /// Whether the op reads a weight matrix (its variants are per weight dtype).
     pub fn takes_weight(op: &str) -> bool {
-        includes(op).is_some_and(|inc| inc.contains(&"weights"))
+        includes(op).is_some_and(|inc| inc.contains(&"weights") || inc.contains(&"weights_q8"))
+    }
+
+    /// The weight dtypes of the op's variants.
+    pub fn weight_dtypes(op: &str) -> &'static [DType] {
+        match includes(op) {
+            Some(inc) if inc.contains(&"weights_q8") => &MATVEC_DTYPES,
+            Some(inc) if inc.contains(&"weights") => &WEIGHT_DTYPES,
+            _ => &[],
+        }
     }
 
     /// Whether the op sums across its workgroup (its variants are per reduction).
     pub fn reduces(op: &str) -> bool {
-        includes(op).is_some_and(|inc| inc.contains(&"reduce"))
+        includes(op).is_some_and(|inc| inc.contains(&"reduce") || inc.contains(&"mv_reduce"))
     }
 
     /// Whether the op reads or writes KV pages (its variants are per KV dtype).
@@ -213,7 +265,7 @@ impl Variant {
     pub fn source(&self) -> Option<String> {
         let includes = includes(self.op)?;
         let mut out = String::new();
-        if self.subgroups && includes.contains(&"reduce") {
+        if self.subgroups && Variant::reduces(self.op) {
             // WGSL's `enable subgroups;` is not parsed by naga yet; wgpu enables the
             // builtins with Features::SUBGROUP.
             out.push_str("// subgroup reductions\n");
@@ -231,6 +283,10 @@ impl Variant {
             Some(w) if WEIGHT_DTYPES.contains(&w) => Some(format!("weights/{}", w.name())),
             _ => None,
         };
+        let matvec_file = match self.weight {
+            Some(w) if MATVEC_DTYPES.contains(&w) => Some(format!("weights_q8/{}", w.name())),
+            _ => None,
+        };
         let reduce = if self.subgroups {
             "reduce_subgroup"
         } else {
@@ -241,6 +297,8 @@ impl Variant {
             parts.push(match inc {
                 "reduce" => reduce.to_string(),
                 "weights" => weight_file.clone()?,
+                "weights_q8" => matvec_file.clone()?,
+                "mv_reduce" => format!("mv_{reduce}"),
                 other => other.to_string(),
             });
         }
@@ -272,7 +330,11 @@ pub fn all_variants() -> Vec<Variant> {
     let mut out = Vec::new();
     for &(op, _) in OPS {
         let weights: Vec<Option<DType>> = if Variant::takes_weight(op) {
-            WEIGHT_DTYPES.iter().copied().map(Some).collect()
+            Variant::weight_dtypes(op)
+                .iter()
+                .copied()
+                .map(Some)
+                .collect()
         } else {
             vec![None]
         };
@@ -297,5 +359,18 @@ pub fn all_variants() -> Vec<Variant> {
             }
         }
     }
+    out
+}
+
+/// `wgsl` for a device without packed 4×8-bit integer dot products (Vulkan without
+/// shaderIntegerDotProduct): `dot4I8Packed` as four sign-extended byte products.
+pub fn without_integer_dot(wgsl: &str) -> String {
+    let mut out = wgsl.replace("dot4I8Packed(", "dot4I8Packed_bytes(");
+    out.push_str(
+        "\nfn dot4I8Packed_bytes(a: u32, b: u32) -> i32 {\n    \
+         let x = bitcast<vec4<i32>>(vec4<u32>(a << 24u, a << 16u, a << 8u, a)) >> vec4<u32>(24u);\n    \
+         let y = bitcast<vec4<i32>>(vec4<u32>(b << 24u, b << 16u, b << 8u, b)) >> vec4<u32>(24u);\n    \
+         return dot(x, y);\n}\n",
+    );
     out
 }

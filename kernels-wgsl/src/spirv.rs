@@ -29,12 +29,17 @@ pub struct Target {
     pub native_zero_init: bool,
     /// Subgroup operations (the subgroup variants).
     pub subgroups: bool,
+    /// Packed 4×8-bit integer dot products (OpSDot; Vulkan 1.3's
+    /// shaderIntegerDotProduct): `dot4I8Packed` as naga writes it; else as byte products
+    /// in WGSL ([`crate::sources::without_integer_dot`]).
+    pub integer_dot: bool,
 }
 
 /// Compiles kernels with one set of writer options and caches the results.
 pub struct Compiler {
     options: spv::Options<'static>,
     subgroups: bool,
+    integer_dot: bool,
     /// Options and naga version, in every key.
     key: String,
     cache: DiskCache,
@@ -69,17 +74,19 @@ impl Compiler {
             ..spv::Options::default()
         };
         let key = format!(
-            "{NAGA}; spv {:?}; {:?}; {:?}; loops {}; div {}; subgroups {}",
+            "{NAGA}; spv {:?}; {:?}; {:?}; loops {}; div {}; subgroups {}; idot {}",
             target.version,
             options.bounds_check_policies,
             options.zero_initialize_workgroup_memory,
             options.force_loop_bounding,
             options.emit_int_div_checks,
             target.subgroups,
+            target.integer_dot,
         );
         Compiler {
             options,
             subgroups: target.subgroups,
+            integer_dot: target.integer_dot,
             key,
             cache: DiskCache::new(cache),
         }
@@ -115,6 +122,13 @@ impl Compiler {
 
     fn compile(&self, name: &str, wgsl: &str) -> Result<Vec<u32>, KernelError> {
         let failed = |e: String| KernelError::Compile(format!("{name}: {e}"));
+        let polyfilled;
+        let wgsl = if self.integer_dot || !wgsl.contains("dot4I8Packed(") {
+            wgsl
+        } else {
+            polyfilled = crate::sources::without_integer_dot(wgsl);
+            &polyfilled
+        };
         let module =
             naga::front::wgsl::parse_str(wgsl).map_err(|e| failed(e.emit_to_string(wgsl)))?;
         let mut caps = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
@@ -153,6 +167,41 @@ mod tests {
             version: (1, 6),
             native_zero_init: true,
             subgroups,
+            integer_dot: true,
+        }
+    }
+
+    /// The int8 matvec's dot products: OpSDot where the device has them, byte products
+    /// where it does not.
+    #[test]
+    fn integer_dot_products_are_opsdot_or_polyfilled() {
+        const OP_SDOT: u32 = 4450;
+        let has_sdot = |words: &[u32]| {
+            // Instructions from word 5: (word count << 16) | opcode.
+            let mut i = 5;
+            while i < words.len() {
+                if words[i] & 0xFFFF == OP_SDOT {
+                    return true;
+                }
+                i += (words[i] >> 16).max(1) as usize;
+            }
+            false
+        };
+        for integer_dot in [true, false] {
+            for subgroups in [false, true] {
+                let t = Target {
+                    integer_dot,
+                    ..target(subgroups)
+                };
+                let mut c = Compiler::new(t, &Cache::Off);
+                let matvecs = crate::sources::all_variants()
+                    .into_iter()
+                    .filter(|v| v.subgroups == subgroups && v.op.starts_with("matvec_q8"));
+                for v in matvecs {
+                    let words = c.spirv(&v.name(), &v.source().unwrap()).expect("compiles");
+                    assert_eq!(has_sdot(&words), integer_dot, "{}", v.name());
+                }
+            }
         }
     }
 

@@ -37,6 +37,30 @@ fn every_variant_validates_with_naga() {
 }
 
 #[test]
+fn the_int8_matvec_validates_without_integer_dot_products() {
+    let matvecs = all_variants()
+        .into_iter()
+        .filter(|v| v.op.starts_with("matvec_q8"));
+    let mut n = 0;
+    for v in matvecs {
+        let name = v.name();
+        let source = crate::sources::without_integer_dot(&v.source().expect("source"));
+        assert!(!source.contains("dot4I8Packed("), "{name}");
+        let module = module(&source, &name);
+        let mut caps = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
+        if v.subgroups {
+            caps |= Capabilities::SUBGROUP;
+        }
+        Validator::new(ValidationFlags::all(), caps)
+            .validate(&module)
+            .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
+        n += 1;
+    }
+    // 4 ops × 3 dtypes × 2 reductions.
+    assert_eq!(n, 24);
+}
+
+#[test]
 fn subgroup_variants_need_the_capability() {
     let v = all_variants()
         .into_iter()
@@ -72,7 +96,7 @@ fn params_match_the_host() {
             v.name()
         );
     }
-    assert_eq!(OPS.len(), 29);
+    assert_eq!(OPS.len(), 35);
 }
 
 #[test]
@@ -114,6 +138,7 @@ fn a_step_takes_the_matvec_or_the_gemm_never_both() {
     let gemm = Grid::Gemm {
         rows: Rows::Tokens,
         tiles: 3,
+        min_rows: GEMM_MIN_ROWS,
     };
     for tokens in [1, 8, GEMM_MIN_ROWS - 1, GEMM_MIN_ROWS, 37, 64, 70, 130, 512] {
         let (m, g) = (matvec.workgroups(tokens, 1), gemm.workgroups(tokens, 1));
@@ -128,9 +153,46 @@ fn a_step_takes_the_matvec_or_the_gemm_never_both() {
     let by_outputs = Grid::Gemm {
         rows: Rows::Outputs,
         tiles: 70_000,
+        min_rows: GEMM_MIN_ROWS,
     };
     let [x, y, z] = by_outputs.workgroups(100, 65);
     assert!(x <= 65_535 && x * y >= 70_000 && z == 2);
+}
+
+#[test]
+fn the_int8_path_takes_the_steps_of_at_most_32_rows_and_the_f32_kernel_the_rest() {
+    use crate::program::{Grid, MATVEC_MAX_ROWS};
+    use kiln_ir::graph::Rows;
+    let (rows, n) = (Rows::Tokens, 49_155);
+    let quantize = Grid::Quantize { rows };
+    let matvec = Grid::Matvec { rows, n };
+    let rest = Grid::MatmulRest {
+        rows,
+        n,
+        max_rows: u32::MAX,
+    };
+    for tokens in [1, 7, 8, 9, MATVEC_MAX_ROWS] {
+        assert_eq!(quantize.workgroups(tokens, 1), [tokens, 1, 1]);
+        // 8 columns a workgroup, every token in each.
+        assert_eq!(matvec.workgroups(tokens, 1), [6145, 1, 1]);
+        assert!(rest.workgroups(tokens, 1).contains(&0));
+    }
+    for tokens in [0, MATVEC_MAX_ROWS + 1, 512] {
+        assert!(quantize.workgroups(tokens, 1).contains(&0));
+        assert!(matvec.workgroups(tokens, 1).contains(&0));
+    }
+    let all = Grid::Matmul {
+        rows,
+        n,
+        max_rows: u32::MAX,
+    };
+    assert_eq!(rest.workgroups(33, 1), all.workgroups(33, 1));
+    // The LM head of a long prompt's step: its output rows, not its tokens.
+    let head = Grid::Matvec {
+        rows: Rows::Outputs,
+        n: 8,
+    };
+    assert_eq!(head.workgroups(512, 1), [1, 1, 1]);
 }
 
 #[test]

@@ -1,7 +1,8 @@
 //! The weights buffers: every weight of the plan at a 16-byte aligned byte offset of one
 //! 64-bit address space (a weight the graph names twice, as tied embeddings, once), cut
 //! into buffers of at most the device's largest buffer. Matrices keep their stored
-//! blocks (dequantized inside the kernels); vectors (norms, RoPE factors: one row) are
+//! blocks (dequantized inside the kernels), Q4_0/Q4_1/Q8_0 regrouped per row for 16-byte
+//! loads ([`crate::repack`]); vectors (norms, RoPE factors: one row) are
 //! decoded to f32 once. A weight lies whole in one buffer, and so do the weights one
 //! launch reads together (a fused op's norm and matrices); a buffer may be larger than
 //! one binding: each dispatch binds a window of its buffer
@@ -13,7 +14,9 @@ use kiln_ir::backend::{BackendError, WeightSource};
 use kiln_ir::graph::Graph;
 use kiln_ir::{Op, Plan, WeightId};
 
-pub use kiln_gpu_host::weights::stored_bytes;
+use kiln_ir::graph::Weight;
+
+use crate::repack;
 
 use crate::KernelError;
 use crate::program::WINDOW_ALIGN;
@@ -85,7 +88,7 @@ pub fn group_bytes(graph: &Graph, op: &Op, group: &[WeightId]) -> Option<u64> {
     group.iter().try_fold(0u64, |sum, id| {
         let w = graph.weight(*id)?;
         let matrix = matrices.contains(id);
-        let bytes = stored_bytes(w, matrix)? + if matrix { UNIT_SLACK } else { 0 };
+        let bytes = device_bytes(w, matrix)? + if matrix { UNIT_SLACK } else { 0 };
         sum.checked_add(bytes.checked_next_multiple_of(ALIGN)?)
     })
 }
@@ -174,7 +177,7 @@ impl WeightLayout {
                     w.cols
                 )));
             }
-            let stored = stored_bytes(w, is_matrix).ok_or_else(|| bad("size overflows".into()))?;
+            let stored = device_bytes(w, is_matrix).ok_or_else(|| bad("size overflows".into()))?;
             // A unit of 8 plain floats read past the end of a row that ends inside one.
             bytes[i] = stored + if is_matrix { UNIT_SLACK } else { 0 };
         }
@@ -245,10 +248,21 @@ impl WeightLayout {
     }
 }
 
+/// Bytes of a weight in a weights buffer: a matrix's rows as the device stores them
+/// ([`repack::row_bytes`]), a vector as f32; None past u64.
+pub fn device_bytes(w: &Weight, matrix: bool) -> Option<u64> {
+    if matrix {
+        (w.rows as u64).checked_mul(repack::row_bytes(w.dtype, w.cols as u64)?)
+    } else {
+        kiln_gpu_host::weights::stored_bytes(w, false)
+    }
+}
+
 /// Every weight of `plan` from `source` to its place in the weights buffers: `put` gets
 /// each one's buffer (an index into `layout.buffers`), its byte offset in that buffer and
-/// the bytes to write there (kiln-gpu-host's `upload_bytes`), in order. What each
-/// backend's `load_plan` runs, with its own copy as `put`.
+/// the bytes to write there (kiln-gpu-host's `upload_bytes`, a packed type's matrix
+/// [`repack::pack`]ed), in order. What each backend's `load_plan` runs, with its own copy
+/// as `put`.
 pub fn upload_each(
     plan: &Plan,
     layout: &WeightLayout,
@@ -257,9 +271,27 @@ pub fn upload_each(
     mut put: impl FnMut(usize, u64, &[u8]) -> Result<(), BackendError>,
 ) -> Result<(), BackendError> {
     let (offsets, matrix) = (&layout.offsets, &layout.matrix);
+    let weights = &plan.graph.weights;
     kiln_gpu_host::weights::upload_each(plan, offsets, matrix, source, backend, |at, bytes| {
         let b = layout.buffer_of(at);
-        put(b, at - layout.buffers[b].start, bytes)
+        // The weight uploaded at `at` (its first entry: a weight named twice is one).
+        let i = (0..weights.len()).find(|&i| offsets[i] == at && matrix[i]);
+        match i.map(|i| &weights[i]) {
+            Some(w) if repack::is_packed(w.dtype) => {
+                // The stored blocks, without the padding to whole words.
+                let stored = w.dtype.bytes_for((w.rows * w.cols) as u64).unwrap_or(0);
+                let stored = &bytes[..(stored as usize).min(bytes.len())];
+                let packed = repack::pack(w.dtype, w.rows, w.cols, stored).map_err(|e| {
+                    BackendError::Weight {
+                        backend,
+                        name: w.name.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                put(b, at - layout.buffers[b].start, &packed)
+            }
+            _ => put(b, at - layout.buffers[b].start, bytes),
+        }
     })
 }
 

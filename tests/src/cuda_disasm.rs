@@ -27,7 +27,7 @@ pub struct KernelFacts {
     /// Whether the variant is one of the matmul ops (its kernels are the matvec and the
     /// tensor-core prefill matmul).
     pub matmul: bool,
-    /// Whether the variant reads quantized weights (Q4_0, Q4_1, Q8_0).
+    /// Whether the variant reads quantized weights (a block format).
     pub quantized: bool,
     /// Registers per thread.
     pub registers: u32,

@@ -5,9 +5,9 @@
 //!
 //! The logits are held to the f32 oracle (`Reference`), not to the CPU backend: the CPU
 //! backend quantizes activations to 8 bits before the quantized matmuls (as llama.cpp
-//! does; NMSE up to 1.3e-2 from the oracle), while the GPU kernels keep them in f32 (or
-//! f16 on tensor cores), so mostly the KV cache's rounding separates them from the
-//! oracle.
+//! does; NMSE up to 1.3e-2 from the oracle), and so do the GPU kernels' matvecs of
+//! decode-sized steps (CUDA's, and the WGSL kernels' for Q4_0, Q4_1 and Q8_0), each in
+//! its own way: the oracle is the one fixed point.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -147,13 +147,16 @@ pub fn families_match_the_oracle(
 
 /// The limits of the WGSL kernels (wgpu and Vulkan run the same ones): logits of a step
 /// against the oracle's, (NMSE, largest difference relative to the largest logit), per KV
-/// type. Measured on lavapipe 1.5e-6 / 6.5e-4 with F16 and 4.6e-3 / 4.5e-2 with FP8 (FP8
-/// K/V alone moves the oracle this much); headroom, since a wrong kernel moves logits by
-/// their own size.
+/// type. The int8 matvec (Q4_0, Q4_1, Q8_0 weights; steps of at most 32 rows) quantizes
+/// activations to int8 as the CPU and CUDA backends do: measured on lavapipe on SmolLM2
+/// 3.4e-3 / 4.0e-2 with F16 KV and 1.3e-2 / 6.1e-2 with FP8, the families 4.5e-4 /
+/// 2.0e-2 (with f32 activations it was 1.5e-6 / 6.5e-4 and 4.6e-3 / 4.5e-2; the CPU
+/// backend measures 1.8e-3 / 3.5e-2, the CUDA matvec 5.0e-3 / 3.5e-2). About 2× over; a
+/// wrong kernel moves logits by their own size.
 pub fn wgsl_limits(kv: KvDtype) -> (f64, f64) {
     match kv {
-        KvDtype::F16 => (1e-4, 5e-3),
-        KvDtype::F8E4M3 => (2e-2, 0.1),
+        KvDtype::F16 => (7e-3, 8e-2),
+        KvDtype::F8E4M3 => (3e-2, 0.12),
     }
 }
 

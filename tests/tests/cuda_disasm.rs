@@ -130,7 +130,8 @@ const FACTS: &[Fact] = &[
         },
     },
     // ---- Required since the `_mv8` kernels of the packed types went (issue 14, items 2 and
-    // 3): every matvec of Q4_0, Q4_1 or Q8_0 is a decode matvec of the packed layout.
+    // 3): every matvec of a packed type (matvec::DTYPES) is a decode matvec of the packed
+    // layout.
     Fact {
         what: "matvecs of the packed types load weights 128 bits wide (LDG.E.128)",
         status: Status::Required,
@@ -141,6 +142,14 @@ const FACTS: &[Fact] = &[
         what: "matvecs of the packed types multiply int8 activations with integer dot products (IDP.4A)",
         status: Status::Required,
         applies: is_packed_type_matvec,
+        holds: |k| k.idp4a > 0,
+    },
+    // ---- Required since Q5_0, Q5_1 and the K-quants have packed dp4a matvecs too (issue
+    // 16 on CUDA): no quantized type decodes through an f32-activation `_mv8` kernel.
+    Fact {
+        what: "every quantized type decodes with integer dot products (IDP.4A)",
+        status: Status::Required,
+        applies: |k| k.is_matvec() && k.quantized,
         holds: |k| k.idp4a > 0,
     },
     Fact {
@@ -154,15 +163,6 @@ const FACTS: &[Fact] = &[
     // Q4_0/Q4_1 at 1 token (and t2_add) load one f16 d (half2 for Q4_1) per block beside
     // each 16-byte quant load: as many narrow load instructions as wide ones until the
     // scales of several blocks come in one load.
-    // ---- Target (issue 16 on CUDA): Q5_0, Q5_1 and the K-quants run, through the
-    // f32-activation `_mv8` kernels of weights/<dtype>.cuh, until they have packed dp4a
-    // matvecs of their own.
-    Fact {
-        what: "every quantized type decodes with integer dot products (IDP.4A)",
-        status: Status::Target,
-        applies: |k| k.is_matvec() && k.quantized,
-        holds: |k| k.idp4a > 0,
-    },
     Fact {
         what: "decode matvecs issue more 128-bit than narrower global load instructions",
         status: Status::Target,

@@ -70,6 +70,9 @@ pub(crate) struct DeviceInfo {
     pub timestamp_bits: u32,
     /// Native zero-initialisation of workgroup memory (Vulkan 1.3).
     pub zero_init_workgroup: bool,
+    /// Packed 4×8-bit integer dot products in shaders (Vulkan 1.3's
+    /// shaderIntegerDotProduct, enabled): the int8 matvec's; else a polyfill.
+    pub integer_dot: bool,
     /// Bytes of the device-local heaps.
     pub memory_bytes: u64,
     /// The largest single allocation (`maxMemoryAllocationSize`).
@@ -345,12 +348,14 @@ impl Vk {
                 full_subgroups: full_on == vk::TRUE,
             });
         let zero_init = core13 && f13.shader_zero_initialize_workgroup_memory == vk::TRUE;
+        let integer_dot = core13 && f13.shader_integer_dot_product == vk::TRUE;
 
         // Enable exactly what is used.
         let mut enable13 = vk::PhysicalDeviceVulkan13Features::default()
             .subgroup_size_control(size_control.is_some())
             .compute_full_subgroups(size_control.is_some_and(|s| s.full_subgroups))
-            .shader_zero_initialize_workgroup_memory(zero_init);
+            .shader_zero_initialize_workgroup_memory(zero_init)
+            .shader_integer_dot_product(integer_dot);
         let mut enable_ext = vk::PhysicalDeviceSubgroupSizeControlFeatures::default()
             .subgroup_size_control(size_control.is_some())
             .compute_full_subgroups(size_control.is_some_and(|s| s.full_subgroups));
@@ -385,6 +390,7 @@ impl Vk {
             size_control,
             timestamp_bits: c.timestamp_bits,
             zero_init_workgroup: zero_init,
+            integer_dot,
             memory_bytes: 0,
             max_allocation_bytes: maintenance3.max_memory_allocation_size,
         };

@@ -223,8 +223,20 @@ impl VulkanPlan {
             for launch in list.launches() {
                 stamp(launch.queries[0]);
                 // The dispatches of one launch are independent (several matrices of one
-                // input): no barrier between them.
+                // input): no barrier between them, but before one that reads what an
+                // earlier one wrote (the int8 matvec after its quantization).
                 for run in launch.runs {
+                    if run.barrier {
+                        d.cmd_pipeline_barrier(
+                            cb,
+                            vk::PipelineStageFlags::COMPUTE_SHADER,
+                            vk::PipelineStageFlags::COMPUTE_SHADER,
+                            vk::DependencyFlags::empty(),
+                            &compute_barrier,
+                            &[],
+                            &[],
+                        );
+                    }
                     if bound != Some(run.pipeline) {
                         let pipeline = o.pipelines[run.pipeline];
                         d.cmd_bind_pipeline(cb, vk::PipelineBindPoint::COMPUTE, pipeline);

@@ -102,6 +102,7 @@ impl Objects {
                 _ => (1, 3),
             },
             native_zero_init: vk.info.zero_init_workgroup,
+            integer_dot: vk.info.integer_dot,
             subgroups: build.subgroups,
         };
         let mut compiler = Compiler::new(target, &build.cache);

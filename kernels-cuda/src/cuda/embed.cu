@@ -17,8 +17,8 @@ extern "C" __global__ void KILN_MAIN(const __grid_constant__ EmbedArgs a) {
         return; // the step checks ids against the vocabulary; never past the table
     }
 #if W_PACKED
-    // Packed (src/repack.rs): row_bytes is a quant-plane row; the scale plane follows.
-    PackedW pw{a.table, a.table + (unsigned long long)a.rows * a.row_bytes, a.d / 32u};
+    // Packed (src/repack.rs): the planes of the (rows, d) table.
+    PackedW pw = pw_make(a.table, a.rows, a.d / 32u);
     W8 w = pw_unit(pw, id, u);
 #else
     W8 w = w_unit(a.table, id * a.row_bytes, u);

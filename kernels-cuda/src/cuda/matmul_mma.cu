@@ -35,8 +35,8 @@ __device__ __forceinline__ void load_w_tile(const MatmulArgs& p, const unsigned 
         W8 wu = W8{f32x4{0.0f, 0.0f, 0.0f, 0.0f}, f32x4{0.0f, 0.0f, 0.0f, 0.0f}};
         if (n0 + rr < p.n && u < p.k / 8u) {
 #if W_PACKED
-            // Packed (src/repack.rs): row_bytes is a quant-plane row; the scale plane follows.
-            PackedW pw{w, w + (unsigned long long)p.n * p.row_bytes, p.k / 32u};
+            // Packed (src/repack.rs): the planes of the (n, k) weight at w.
+            PackedW pw = pw_make(w, p.n, p.k / 32u);
             wu = pw_unit(pw, n0 + rr, u);
 #else
             wu = w_unit(w, (n0 + rr) * p.row_bytes, u);

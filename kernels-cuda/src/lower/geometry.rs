@@ -182,10 +182,12 @@ fn quantize(a: &QuantizeArgs, g: &StepGeometry) -> Option<Planned> {
     Some(plain(launch, Args::Quantize(*a)))
 }
 
-/// The epilogue a matvec's arguments ask for (lower/ops.rs sets w2q for SwiGLU, res for
-/// Add).
+/// The epilogue a matvec's arguments ask for (lower/ops.rs sets w2q for the GLUs, gelu
+/// for GeGLU, res for Add).
 pub fn epilogue(a: &MatvecArgs) -> Epilogue {
-    if a.w2q.0 != 0 {
+    if a.w2q.0 != 0 && a.gelu != 0 {
+        Epilogue::GeGlu
+    } else if a.w2q.0 != 0 {
         Epilogue::SwiGlu
     } else if a.res.0 != 0 {
         Epilogue::Add
@@ -195,7 +197,7 @@ pub fn epilogue(a: &MatvecArgs) -> Epilogue {
 }
 
 /// The dp4a matvec of a packed weight: the token tile from the step's rows (tiles of 32,
-/// or 16 for SwiGLU, over longer steps without tensor cores).
+/// or 16 for the GLUs, over longer steps without tensor cores).
 fn matvec(v: &Variant, a: &MatvecArgs, g: &StepGeometry) -> Option<Planned> {
     let rows = g.rows(a.rows_sel);
     if packed_takes_mma(rows, g) || rows == 0 {

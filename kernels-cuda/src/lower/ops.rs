@@ -126,19 +126,13 @@ impl Lowerer<'_> {
         let mut calls = Vec::new();
         let packed = |l: &Self, w| repack::is_packed(l.matrix(w).0);
         let geglu = matches!(kernel, Kernel::MatMulGeGlu | Kernel::RmsNormMatMulGeGlu);
-        if geglu && outs.iter().any(|o| packed(self, o.0)) {
-            return Err(unsupported(format!(
-                "{}: the dp4a matvecs have no GeGLU epilogue",
-                kernel.stem()
-            )));
-        }
         if let Some(&(w, _, out)) = outs.iter().find(|o| packed(self, o.0)) {
             calls.push(self.quantize(x, out, self.matrix(w).2, norm));
         }
         for &(w, w2, out) in outs {
             calls.push(self.matmul_call(kernel, x, out, w, w2, res, norm));
             if packed(self, w) {
-                calls.push(self.matvec(out, w, w2, res)?);
+                calls.push(self.matvec(out, w, w2, res, geglu)?);
             }
         }
         Ok(calls)
@@ -174,13 +168,15 @@ impl Lowerer<'_> {
     }
 
     /// The matvec of packed weight `w` (and up weight `w2`) into `out`; its epilogue is
-    /// SwiGLU when `w2q` is set, Add when `res` is (geometry reads them so).
+    /// GeGLU when `w2q` and `gelu` are set, SwiGLU when `w2q` is, Add when `res` is
+    /// (geometry reads them so).
     fn matvec(
         &mut self,
         out: ValueId,
         w: WeightId,
         w2: Option<WeightId>,
         res: Option<ValueId>,
+        gelu: bool,
     ) -> Result<Call, LowerError> {
         let (dtype, n, k, _, _) = self.matrix(w);
         let (wq, ws) = self.planes(w)?;
@@ -203,6 +199,8 @@ impl Lowerer<'_> {
             k,
             out_stride: self.cols(out),
             rows_sel: rows_sel(self.rows(out)),
+            gelu: u32::from(gelu && w2.is_some()),
+            pad: 0,
         };
         Ok(self.call(Kernel::Matvec, Some(dtype), Args::Matvec(args)))
     }

@@ -3,7 +3,7 @@
 
 use half::f16;
 use kiln_ir::DType;
-use kiln_ir::quant::{self, q4_0, q4_1, q8_0, q8_1};
+use kiln_ir::quant::{self, q4_0, q4_1, q5_0, q5_1, q8_0, q8_1};
 
 use super::twin::{self, Q8_1Rows};
 use super::*;
@@ -40,11 +40,9 @@ impl Rng {
 
 /// A (rows, cols) weight of random values quantized by ir's reference quantizer: GGUF bytes.
 fn weight(rng: &mut Rng, dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
-    let mut bytes = vec![0u8; rows * cols / 32 * dtype.block_bytes()];
-    for (row, dst) in bytes
-        .chunks_exact_mut(cols / 32 * dtype.block_bytes())
-        .enumerate()
-    {
+    let row_bytes = cols / dtype.block_len() * dtype.block_bytes();
+    let mut bytes = vec![0u8; rows * row_bytes];
+    for (row, dst) in bytes.chunks_exact_mut(row_bytes).enumerate() {
         let _ = row;
         quant::quantize_row(dtype, &rng.values(cols), dst).unwrap();
     }
@@ -138,7 +136,8 @@ fn check_against_reference(dtype: DType, n: usize, k: usize, tokens: usize, seed
         stride,
     )
     .unwrap();
-    let row_bytes = k / 32 * dtype.block_bytes();
+    let row_bytes = k / dtype.block_len() * dtype.block_bytes();
+    let units = dtype.block_len() / 32;
     for t in 0..tokens {
         let a_blocks = q8_1_blocks(&acts, t);
         let mut a_deq = vec![0f32; k];
@@ -162,19 +161,29 @@ fn check_against_reference(dtype: DType, n: usize, k: usize, tokens: usize, seed
                 .zip(&a_deq)
                 .map(|(&a, &b)| f64::from((a * b).abs()))
                 .sum();
-            // Q4_0 and Q4_1 take Σx from the activation's f16 s (8·d or m times it), as
-            // ggml does: the exact dot has d·Σq there.
+            // Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q5_K take Σx from the activation's f16 s
+            // (8·d, 16·d, m or dmin·m times it), as ggml does: the exact dot has d·Σq there.
             let s_error: f64 = (0..k / 32)
                 .map(|b| {
                     let bb = dtype.block_bytes();
+                    let block = &row[bb * (b / units)..][..bb];
                     let f16_at = |at: usize| {
-                        f64::from(
-                            f16::from_le_bytes([row[bb * b + at], row[bb * b + at + 1]]).to_f32(),
-                        )
+                        f64::from(f16::from_le_bytes([block[at], block[at + 1]]).to_f32())
                     };
                     let factor = match dtype {
                         DType::Q4_0 => 8.0 * f16_at(0).abs(),
-                        DType::Q4_1 => f16_at(2).abs(),
+                        DType::Q5_0 => 16.0 * f16_at(0).abs(),
+                        DType::Q4_1 | DType::Q5_1 => f16_at(2).abs(),
+                        DType::Q4_K | DType::Q5_K => {
+                            let sc = &block[4..16];
+                            let j = b % 8;
+                            let m = if j < 4 {
+                                sc[j + 4] & 63
+                            } else {
+                                (sc[j + 4] >> 4) | ((sc[j] >> 6) << 4)
+                            };
+                            f16_at(2).abs() * f64::from(m)
+                        }
                         _ => 0.0,
                     };
                     let ds = acts.ds[t * k / 32 + b];
@@ -193,15 +202,21 @@ fn check_against_reference(dtype: DType, n: usize, k: usize, tokens: usize, seed
                 (got - exact).abs() <= tol,
                 "{dtype} ({n}, {k}) token {t} row {r}: twin {got} vs exact {exact} (tol {tol})"
             );
-            let block_dot = f64::from(match dtype {
-                DType::Q4_0 => q4_0::vec_dot_q4_0_q8_0(row, &a_q8_0),
-                DType::Q4_1 => q4_1::vec_dot_q4_1_q8_1(row, &a_blocks),
-                _ => q8_0::vec_dot_q8_0_q8_0(row, &a_q8_0),
-            });
-            assert!(
-                (got - block_dot).abs() <= tol + 2e-6 * magnitude,
-                "{dtype} token {t} row {r}: twin {got} vs ir block dot {block_dot}"
-            );
+            // ir's block dots of the same activation blocks (the K-quants' take Q8_K ones).
+            let block_dot = match dtype {
+                DType::Q4_0 => Some(q4_0::vec_dot_q4_0_q8_0(row, &a_q8_0)),
+                DType::Q4_1 => Some(q4_1::vec_dot_q4_1_q8_1(row, &a_blocks)),
+                DType::Q5_0 => Some(q5_0::vec_dot_q5_0_q8_0(row, &a_q8_0)),
+                DType::Q5_1 => Some(q5_1::vec_dot_q5_1_q8_1(row, &a_blocks)),
+                DType::Q8_0 => Some(q8_0::vec_dot_q8_0_q8_0(row, &a_q8_0)),
+                _ => None,
+            };
+            if let Some(block_dot) = block_dot.map(f64::from) {
+                assert!(
+                    (got - block_dot).abs() <= tol + 2e-6 * magnitude,
+                    "{dtype} token {t} row {r}: twin {got} vs ir block dot {block_dot}"
+                );
+            }
             // The activations' quantization error: at most half a step (and the f16
             // rounding of d) per value.
             let xs = &x[t * k..(t + 1) * k];
@@ -230,15 +245,17 @@ fn check_against_reference(dtype: DType, n: usize, k: usize, tokens: usize, seed
 fn twin_matches_the_reference_on_odd_shapes() {
     let mut seed = 1;
     for dtype in DTYPES {
-        for (n, k, tokens) in [
-            (1, 32, 1),
-            (3, 96, 2),
-            (17, 576, 3),
-            (5, 4128, 7),
-            (2, 1024, 17),
-            (3, 160, 32),
+        // k in blocks of the type (32 or 256 values): 1, 3, 18, 129, 32 and 5 of them.
+        for (n, blocks, tokens) in [
+            (1, 1, 1),
+            (3, 3, 2),
+            (17, 18, 3),
+            (5, 129, 7),
+            (2, 32, 17),
+            (3, 5, 32),
         ] {
             seed += 1;
+            let k = blocks * dtype.block_len();
             check_against_reference(dtype, n, k, tokens, seed);
         }
     }
@@ -247,8 +264,9 @@ fn twin_matches_the_reference_on_odd_shapes() {
 #[test]
 fn epilogues_apply_to_the_dot_products() {
     let mut rng = Rng(99);
-    let (n, k, tokens, stride) = (7, 224, 5, 9);
+    let (n, tokens, stride) = (7, 5, 9);
     for dtype in DTYPES {
+        let k = 7 * dtype.block_len();
         let gate = repack::pack(dtype, n, k, &weight(&mut rng, dtype, n, k)).unwrap();
         let up = repack::pack(dtype, n, k, &weight(&mut rng, dtype, n, k)).unwrap();
         let acts = twin::quantize(&rng.values(tokens * k), tokens, k, k, None);
@@ -263,14 +281,17 @@ fn epilogues_apply_to_the_dot_products() {
         let res = rng.values(tokens * stride);
         let added = run(&[&gate], Epilogue::Add, &res);
         let swiglu = run(&[&gate, &up], Epilogue::SwiGlu, &res);
+        let geglu = run(&[&gate, &up], Epilogue::GeGlu, &res);
         for t in 0..tokens {
             for c in 0..stride {
                 let i = t * stride + c;
                 if c < n {
                     assert_eq!(added[i], res[i] + g[i]);
                     assert_eq!(swiglu[i], g[i] / (1.0 + (-g[i]).exp()) * u[i]);
+                    assert_eq!(geglu[i], twin::gelu_f16(g[i]) * u[i]);
                 } else {
                     assert_eq!((added[i], swiglu[i]), (res[i], res[i]), "past n untouched");
+                    assert_eq!(geglu[i], res[i], "past n untouched");
                 }
             }
         }
@@ -289,21 +310,21 @@ fn sources_hold_every_entry_and_the_args() {
         for e in entries(dtype) {
             assert!(src.contains(&format!(" {e}(const MatvecArgs a)")), "{e}");
         }
-        assert_eq!(entries(dtype).len(), TILES.len() * 3 - 1, "no SwiGLU at 32");
+        assert_eq!(entries(dtype).len(), TILES.len() * 4 - 2, "no GLU at 32");
     }
     assert_eq!(
         entry(DType::Q4_1, 1, Epilogue::SwiGlu),
         "matvec_q4_1_t1_swiglu"
     );
     assert_eq!(entry(DType::Q4_0, 8, Epilogue::Store), "matvec_q4_0_t8");
-    assert_eq!(source(DType::Q4_K), Err(MatvecError::Dtype(DType::Q4_K)));
+    assert_eq!(source(DType::Q8_K), Err(MatvecError::Dtype(DType::Q8_K)));
     let q = quantize_source();
     assert!(q.contains("struct QuantizeArgs {") && !q.contains("#include"));
     for d in DTYPES {
         let u = unit_check_source(d).unwrap();
         assert!(u.contains("pw_unit") && !u.contains("#include") && !u.contains("#error"));
     }
-    assert_eq!(modules().len(), 3 + 1 + 3);
+    assert_eq!(modules().len(), DTYPES.len() + 1 + DTYPES.len());
 }
 
 #[test]
@@ -315,9 +336,13 @@ fn launch_geometry_follows_the_step() {
         "a tile holds its own count"
     );
     assert_eq!([3, 5, 9, 17, 33].map(store), [4, 8, 16, 32, 32]);
+    for e in [Epilogue::SwiGlu, Epilogue::GeGlu] {
+        assert_eq!([3, 16, 17, 32].map(|t| tile_for(t, e)), [4, 16, 16, 16]);
+    }
+    let l = matvec_launch(DType::Q5_0, 2048, 640, 1, Epilogue::GeGlu).unwrap();
     assert_eq!(
-        [3, 16, 17, 32].map(|t| tile_for(t, Epilogue::SwiGlu)),
-        [4, 16, 16, 16]
+        (l.entry.as_str(), l.grid),
+        ("matvec_q5_0_t1_geglu", [1024, 1, 1])
     );
     let l = matvec_launch(DType::Q4_0, 4096, 4096, 1, Epilogue::Store).unwrap();
     assert_eq!(
@@ -334,14 +359,18 @@ fn launch_geometry_follows_the_step() {
     );
     let l = matvec_launch(DType::Q4_1, 577, 576, 70, Epilogue::Add).unwrap();
     assert_eq!(l.grid, [577, 1, 3], "one row a block at 32 tokens");
-    for (tile, e) in variants() {
-        let r = rows_per_block(tile, e);
-        let gated = if e == Epilogue::SwiGlu { 2 } else { 1 };
-        assert!(
-            (1..=4).contains(&r) && r * tile * gated <= 32,
-            "{tile} {e:?}"
-        );
+    for dtype in DTYPES {
+        for (tile, e) in variants() {
+            let r = rows_per_block(dtype, tile, e);
+            let gated = if e.gated() { 2 } else { 1 };
+            assert!(
+                (1..=4).contains(&r) && r * tile * gated <= 32,
+                "{dtype} {tile} {e:?}"
+            );
+        }
     }
+    assert_eq!(rows_per_block(DType::Q4_K, 8, Epilogue::SwiGlu), 1);
+    assert_eq!(rows_per_block(DType::Q4_0, 8, Epilogue::SwiGlu), 2);
     assert_eq!(
         matvec_launch(DType::F16, 8, 32, 1, Epilogue::Store),
         Err(MatvecError::Dtype(DType::F16))
@@ -353,6 +382,16 @@ fn launch_geometry_follows_the_step() {
     assert_eq!(
         matvec_launch(DType::Q4_0, 0, 64, 1, Epilogue::Store),
         Err(MatvecError::NoRows)
+    );
+    assert_eq!(
+        matvec_launch(DType::Q4_K, 8, 288, 1, Epilogue::Store),
+        Err(MatvecError::K(288)),
+        "K-quant rows are whole super-blocks"
+    );
+    let l = matvec_launch(DType::Q6_K, 640, 2048, 1, Epilogue::Add).unwrap();
+    assert_eq!(
+        (l.entry.as_str(), l.grid),
+        ("matvec_q6_k_t1_add", [160, 1, 1])
     );
 }
 

@@ -1,7 +1,7 @@
 //! The scalar twin of `cuda/mv/`: the same operations in the same order as the kernels
 //! (f16 conversions, integer block sums, the explicit FMAs, the lanes' block order, the
 //! butterfly and the warps in turn), so a GPU's output can be compared with it bit for
-//! bit (silu's `expf` aside), and tests compare it with the CPU reference.
+//! bit (silu's `expf` and GELU's `tanhf` aside), and tests compare it with the CPU reference.
 
 use half::f16;
 use kiln_ir::DType;
@@ -111,7 +111,25 @@ fn int_dot(w: impl Iterator<Item = i32>, a: &[i8]) -> i32 {
     w.zip(a).map(|(w, &a)| w * i32::from(a)).sum()
 }
 
-/// mv_dot of block `b` of a packed row against an activation block: acc + its product.
+/// Q4_K/Q5_K's 6-bit (scale, minimum) of sub-block j from the 12 scale bytes (ggml's
+/// get_scale_min_k4; mv/bits.cuh's k_scale6).
+fn k_scale6(sc: &[u8], j: usize) -> (u32, u32) {
+    if j < 4 {
+        (u32::from(sc[j] & 63), u32::from(sc[j + 4] & 63))
+    } else {
+        (
+            u32::from((sc[j + 4] & 15) | ((sc[j - 4] >> 6) << 4)),
+            u32::from((sc[j + 4] >> 4) | ((sc[j] >> 6) << 4)),
+        )
+    }
+}
+
+fn f16_at(s: &[u8], at: usize) -> f32 {
+    f16::from_le_bytes([s[at], s[at + 1]]).to_f32()
+}
+
+/// mv_dot of unit `b` (32 values) of a packed row against an activation block: acc + its
+/// product.
 fn block_dot(
     l: &PackedLayout,
     packed: &[u8],
@@ -123,26 +141,64 @@ fn block_dot(
 ) -> f32 {
     let i = row * l.blocks + b;
     let q = &packed[i * l.quant_bytes..(i + 1) * l.quant_bytes];
-    let s = &packed[l.scale_offset + i * l.scale_bytes..][..l.scale_bytes];
+    let h = &packed[l.high_offset + i * l.high_bytes..][..l.high_bytes];
+    let units = l.group / 32;
+    let s = &packed[l.scale_offset + i / units * l.scale_bytes..][..l.scale_bytes];
     let (da, sa) = (lo(ds), hi(ds));
-    let nibbles = || (0..32).map(|j| i32::from(if j < 16 { q[j] & 15 } else { q[j - 16] >> 4 }));
+    let (low, high) = repack::get_unit(&q[..16], h);
+    let codes = |shift: u32| (0..32).map(move |e| i32::from(low[e] | (high[e] << shift)));
     match l.dtype {
-        DType::Q4_0 => {
-            let dw = f16::from_le_bytes([s[0], s[1]]).to_f32();
-            let v = da.mul_add(int_dot(nibbles(), a) as f32, -8.0 * sa);
-            dw.mul_add(v, acc)
+        DType::Q4_0 | DType::Q5_0 => {
+            let (bias, shift) = if l.dtype == DType::Q4_0 {
+                (8.0, 0)
+            } else {
+                (16.0, 4)
+            };
+            let v = da.mul_add(int_dot(codes(shift), a) as f32, -bias * sa);
+            f16_at(s, 0).mul_add(v, acc)
         }
-        DType::Q4_1 => {
-            let dm = u32::from_le_bytes([s[0], s[1], s[2], s[3]]);
-            let acc = (lo(dm) * da).mul_add(int_dot(nibbles(), a) as f32, acc);
-            hi(dm).mul_add(sa, acc)
+        DType::Q4_1 | DType::Q5_1 => {
+            let shift = if l.dtype == DType::Q4_1 { 0 } else { 4 };
+            let acc = (f16_at(s, 0) * da).mul_add(int_dot(codes(shift), a) as f32, acc);
+            f16_at(s, 2).mul_add(sa, acc)
+        }
+        DType::Q4_K | DType::Q5_K => {
+            let shift = if l.dtype == DType::Q4_K { 0 } else { 4 };
+            let (sc, m) = k_scale6(&s[4..16], i % 8);
+            let d = f16_at(s, 0) * sc as f32;
+            let m = f16_at(s, 2) * m as f32;
+            let acc = (d * da).mul_add(int_dot(codes(shift), a) as f32, acc);
+            (-m).mul_add(sa, acc)
+        }
+        DType::Q6_K => {
+            let v: Vec<i32> = codes(4).map(|c| c - 32).collect();
+            let lo_sum = int_dot(v[..16].iter().copied(), &a[..16]);
+            let hi_sum = int_dot(v[16..].iter().copied(), &a[16..]);
+            let d = f16_at(s, 16);
+            let d0 = d * f32::from(s[2 * (i % 8)] as i8);
+            let d1 = d * f32::from(s[2 * (i % 8) + 1] as i8);
+            let v = d0.mul_add(lo_sum as f32, d1 * hi_sum as f32);
+            da.mul_add(v, acc)
         }
         _ => {
-            let dw = f16::from_le_bytes([s[0], s[1]]).to_f32();
             let sumi = int_dot(q.iter().map(|&v| i32::from(v as i8)), a);
-            (dw * da).mul_add(sumi as f32, acc)
+            (f16_at(s, 0) * da).mul_add(sumi as f32, acc)
         }
     }
+}
+
+/// gelu.cuh's GELU: the tanh form at the input rounded to f16, the result rounded to f16
+/// (llama.cpp's table), 0 below -10 and the identity above 10.
+pub fn gelu_f16(x: f32) -> f32 {
+    if x <= -10.0 {
+        return 0.0;
+    }
+    if x >= 10.0 {
+        return x;
+    }
+    let h = f16::from_f32(x).to_f32();
+    let inner = (0.797_884_6 * h * (1.0 + 0.044715 * h * h)).clamp(-15.0, 15.0);
+    f16::from_f32(0.5 * h * (1.0 + inner.tanh())).to_f32()
 }
 
 /// The dot of packed weight row `row` with activation row `t`, summed as the kernel does.
@@ -159,7 +215,7 @@ fn row_dot(l: &PackedLayout, packed: &[u8], row: usize, x: &Q8_1Rows, t: usize) 
     block_sum(&partial)
 }
 
-/// The matvec of packed `weights` of `n` rows (one; SwiGLU: gate, then up) against every
+/// The matvec of packed `weights` of `n` rows (one; SwiGLU and GeGLU: gate, then up) against every
 /// row of `x` into `out` (x.rows, out_stride): column r is weight row r's result. For
 /// [`Epilogue::Add`], `out` holds the residual (the in-place MatMulAdd). Columns past `n`
 /// keep their values.
@@ -184,6 +240,7 @@ pub fn matvec(
                     let u = row_dot(&l, weights[1], r, x, t);
                     g / (1.0 + (-g).exp()) * u
                 }
+                Epilogue::GeGlu => gelu_f16(g) * row_dot(&l, weights[1], r, x, t),
             };
         }
     }

@@ -13,6 +13,9 @@ use crate::weights::WeightLayout;
 use crate::{Capabilities, KernelError};
 pub use gemm::{GEMM_MIN_ROWS, GEMM_ROWS};
 
+mod matvec_q8;
+pub(super) use matvec_q8::matvec_scratch_bytes;
+
 /// Builds the dispatches of each launch, collecting pipelines and params blocks.
 pub(super) struct Builder<'a> {
     pub(super) plan: &'a Plan,
@@ -23,6 +26,8 @@ pub(super) struct Builder<'a> {
     pub(super) windows: &'a [u64],
     /// The weights window of the dispatch being built.
     pub(super) window: Window,
+    /// Arena word where the int8 matvec's quantized activations lie.
+    pub(super) q8_scratch: u32,
     pub(super) ropes: &'a [RopeParams],
     pub(super) pipelines: Vec<Pipeline>,
     pub(super) params: Vec<u8>,
@@ -55,14 +60,14 @@ impl Builder<'_> {
     /// A matrix: dtype, rows, cols and bytes of a row.
     fn weight(&self, w: WeightId) -> (DType, u32, u32, u32) {
         let wt = &self.plan.graph.weights[w.0 as usize];
-        let row_bytes = wt.dtype.bytes_for(wt.cols as u64).unwrap_or(0) as u32;
+        let row_bytes = crate::repack::row_bytes(wt.dtype, wt.cols as u64).unwrap_or(0) as u32;
         (wt.dtype, wt.rows as u32, wt.cols as u32, row_bytes)
     }
 
     /// The byte offset in the window of row `r` of matrix `w`.
     fn row_at(&self, w: WeightId, r: u32) -> u32 {
         let wt = &self.plan.graph.weights[w.0 as usize];
-        let row_bytes = wt.dtype.bytes_for(wt.cols as u64).unwrap_or(0);
+        let row_bytes = crate::repack::row_bytes(wt.dtype, wt.cols as u64).unwrap_or(0);
         (self.weights.offsets[w.0 as usize] + u64::from(r) * row_bytes - self.window.base) as u32
     }
 
@@ -79,7 +84,7 @@ impl Builder<'_> {
         if !self.weights.matrix[w.0 as usize] {
             return (at, at + 4 * (wt.rows * wt.cols) as u64);
         }
-        let row_bytes = wt.dtype.bytes_for(wt.cols as u64).unwrap_or(0);
+        let row_bytes = crate::repack::row_bytes(wt.dtype, wt.cols as u64).unwrap_or(0);
         let (r0, r1) = rows.unwrap_or((0, wt.rows as u32));
         (
             at + u64::from(r0) * row_bytes,
@@ -171,6 +176,7 @@ impl Builder<'_> {
             weights_offset: self.window.base - self.weights.buffers[self.window.buffer].start,
             weights_window: self.window.bytes,
             grid,
+            barrier: false,
         }
     }
 
@@ -305,7 +311,7 @@ impl Builder<'_> {
             _ => Vec::new(),
         };
         self.place(&vectors)?;
-        Ok(match &launch.op {
+        let dispatches = match &launch.op {
             Op::Embed { table } => {
                 // Chunks of the table's rows, each in its window; a token is written by
                 // the chunk that holds its row.
@@ -599,6 +605,8 @@ impl Builder<'_> {
                 None,
                 Some((*norm, *eps)),
             )?,
-        })
+        };
+        // Steps of a few rows take the int8 matvec where the launch has one.
+        self.with_matvec_q8(launch, dispatches)
     }
 }

@@ -22,6 +22,8 @@ pub struct Run {
     pub params_offset: u64,
     pub weights_offset: u64,
     pub workgroups: [u32; 3],
+    /// A barrier goes before it ([`super::Dispatch::barrier`]).
+    pub barrier: bool,
 }
 
 /// What a step of one shape runs.
@@ -34,7 +36,8 @@ pub struct StepList {
 }
 
 /// A launch of a step: its dispatches (independent of each other: several matrices of
-/// one input, or chunks of one), and the timestamp queries written at its start and end.
+/// one input, or chunks of one; except those with [`Run::barrier`], which follow what
+/// came before them), and the timestamp queries written at its start and end.
 #[derive(Clone, Copy, Debug)]
 pub struct LaunchRuns<'a> {
     pub queries: [u32; 2],
@@ -86,6 +89,7 @@ impl Program {
                     params_offset: d.params_offset,
                     weights_offset: d.weights_offset,
                     workgroups,
+                    barrier: d.barrier,
                 });
             }
             first += dispatches.len();
@@ -138,6 +142,7 @@ mod tests {
             params_offset: 0,
             weights_offset: 0,
             workgroups: [1, 1, 1],
+            barrier: false,
         };
         let list = StepList {
             shape: StepShape {
@@ -169,6 +174,7 @@ mod tests {
             weights_offset: 4096,
             weights_window: 1 << 20,
             grid: Grid::PerRow { rows: Rows::Tokens },
+            barrier: false,
         };
         let b: Vec<_> = d.bindings().collect();
         assert_eq!(

@@ -72,8 +72,8 @@ pub const WEIGHT_DTYPES: [DType; 8] = [
 /// Q8_K is an activation format in ggml; kiln also loads it as a weight type.
 pub const K_WEIGHT_DTYPES: [DType; 4] = [DType::Q4_K, DType::Q5_K, DType::Q6_K, DType::Q8_K];
 
-/// Every case of the suite. Shapes avoid multiples of tiles and pages: 1, 3, 7 and 33
-/// tokens; widths of an odd number of 32-value blocks (96, 160, 608 = 576 + 32) or of
+/// Every case of the suite. Shapes avoid multiples of tiles and pages: 1, 3, 7, 19 and
+/// 33 tokens; widths of an odd number of 32-value blocks (96, 160, 608 = 576 + 32) or of
 /// 1 to 3 super-blocks for the K-quants; matmul row counts that are not multiples of 32;
 /// contexts of 1, 17, 40 and 43 over pages of 16 and 5, several sequences per step.
 #[rustfmt::skip]
@@ -115,6 +115,10 @@ pub fn cases() -> Vec<Case> {
             matmul_glu(Glu::Ge, false, dtype, 7, 96, 131),
             matmul_glu(Glu::Ge, true, dtype, 33, 640, 96),
             matmul_add(dtype, 33, 160, 96),
+            // 19 tokens: three tiles of 8 in one workgroup of the WGSL int8 matvec (steps
+            // of at most 32 rows), with its residual and its RMSNorm'd quantization.
+            matmul_add(dtype, 19, 608, 97),
+            matmul("rmsnorm_matmul3", vec![dtype; 3], 19, 96, vec![67, 32, 33]),
         ]);
     }
     // K-quant rows are whole super-blocks: widths of 1, 2 and 3 of them; row counts

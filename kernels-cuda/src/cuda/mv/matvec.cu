@@ -1,7 +1,8 @@
 // mv/matvec.cu: the decode matvec, out = epilogue(x · Wᵀ) for a tile of T tokens, from
-// packed weights (src/repack.rs) and q8_1 activations (mv/quantize_q8_1.cu). A block of
+// packed weights (src/repack.rs; a weight "block" here is a unit of 32 values, a
+// K-quant's sub-block) and q8_1 activations (mv/quantize_q8_1.cu). A block of
 // MV_WARPS warps computes R output rows (R weight rows, of the gate and the up weight for
-// SwiGLU) for the tile's tokens; its lanes split the row's 32-value blocks (split-K: lane
+// the GLUs) for the tile's tokens; its lanes split the row's 32-value blocks (split-K: lane
 // s of the block takes blocks s, s + 128, ...), so each weight load is 16 bytes, a warp's
 // load 512 contiguous bytes, and a lane's R (2R) loads are in flight together. Each lane
 // reads a token's activation block once and dots it with its R rows' blocks in
@@ -10,17 +11,26 @@
 // shared memory in warp order (the Rust twin, src/matvec/twin.rs, adds in this order).
 //
 // The host appends MatvecArgs' declaration before this file and one entry per variant
-// after it (src/matvec.rs): matvec_<dtype>_t<T>[_add|_swiglu] → mv_matvec<T, R, EPI>.
+// after it (src/matvec.rs): matvec_<dtype>_t<T>[_add|_swiglu|_geglu] → mv_matvec<T, R, EPI>.
 
 #include "mv/common.cuh"
 #include "mv/weights.cuh"
 
 #define MV_WARPS 4u
 #define MV_THREADS 128u
-// Epilogues: plain store, residual add (MatMulAdd), silu(gate)·up (MatMulSwiGlu).
+// Epilogues: plain store, residual add (MatMulAdd), silu(gate)·up (MatMulSwiGlu),
+// gelu(gate)·up (MatMulGeGlu).
 #define MV_STORE 0
 #define MV_ADD 1
 #define MV_SWIGLU 2
+#define MV_GEGLU 3
+#define MV_GATED(EPI) ((EPI) == MV_SWIGLU || (EPI) == MV_GEGLU)
+
+// gelu.cuh's f16 roundings through mv/common.cuh's conversions (no prelude here).
+__device__ __forceinline__ float f16_to_f32(unsigned short h) { return mv_f16(h); }
+__device__ __forceinline__ unsigned short f32_to_f16(float f) { return mv_to_f16(f); }
+
+#include "gelu.cuh"
 
 // p ? a : b through selp: a plain ?: between two array elements may become a select of
 // their addresses, which puts the array in local memory.
@@ -74,8 +84,8 @@ __device__ __forceinline__ float mv_silu(float x) { return x / (1.0f + expf(-x))
 // Tokens t0 .. t0 + T (nt of them in the step) of rows r0 .. r0 + R.
 template <unsigned int T, unsigned int R, int EPI>
 __device__ __forceinline__ void mv_pass(const MatvecArgs& a, unsigned int t0, unsigned int nt,
-                                        unsigned int r0, float (*part)[(EPI == MV_SWIGLU ? 2u : 1u) * R * T]) {
-    constexpr unsigned int G = EPI == MV_SWIGLU ? 2u : 1u; // weights read together
+                                        unsigned int r0, float (*part)[(MV_GATED(EPI) ? 2u : 1u) * R * T]) {
+    constexpr unsigned int G = MV_GATED(EPI) ? 2u : 1u; // weights read together
     unsigned int warp = threadIdx.x / MV_WARP;
     unsigned int lane = threadIdx.x % MV_WARP;
     unsigned int nb = a.k / 32u;
@@ -101,7 +111,7 @@ __device__ __forceinline__ void mv_pass(const MatvecArgs& a, unsigned int t0, un
 #pragma unroll
             for (unsigned int r = 0u; r < R; r++) {
                 unsigned int row = min(r0 + r, a.n - 1u);
-                w[g][r] = g == 0u ? mv_load(a.wq, a.ws, row, nb, b) : mv_load(a.w2q, a.w2s, row, nb, b);
+                w[g][r] = g == 0u ? mv_load(a.wq, a.ws, a.n, row, nb, b) : mv_load(a.w2q, a.w2s, a.n, row, nb, b);
             }
         }
         // Tokens past the step's rows repeat its last row (not stored): no branches.
@@ -139,13 +149,13 @@ __device__ __forceinline__ void mv_pass(const MatvecArgs& a, unsigned int t0, un
             unsigned long long at = (unsigned long long)t * a.out_stride + r;
             if (EPI == MV_ADD) {
                 v = a.res[at] + v;
-            } else if (EPI == MV_SWIGLU) {
+            } else if (MV_GATED(EPI)) {
                 float u = part[0][R * T + i];
 #pragma unroll
                 for (unsigned int wp = 1u; wp < MV_WARPS; wp++) {
                     u += part[wp][R * T + i];
                 }
-                v = mv_silu(v) * u;
+                v = (EPI == MV_SWIGLU ? mv_silu(v) : gelu_f16(v)) * u;
             }
             a.out[at] = v;
         }
@@ -155,7 +165,7 @@ __device__ __forceinline__ void mv_pass(const MatvecArgs& a, unsigned int t0, un
 // Grid: (ceil(n / R) row groups, 1, ceil(tokens / T) token tiles); block MV_THREADS.
 template <unsigned int T, unsigned int R, int EPI>
 __device__ __forceinline__ void mv_matvec(const MatvecArgs& a) {
-    constexpr unsigned int G = EPI == MV_SWIGLU ? 2u : 1u;
+    constexpr unsigned int G = MV_GATED(EPI) ? 2u : 1u;
     __shared__ float part[MV_WARPS][G * R * T]; // (warps, G·R·T) warp sums
     unsigned int rows = a.step[a.rows_sel];
     unsigned int r0 = blockIdx.x * R;

@@ -7,9 +7,9 @@ struct MvW {
     float d;
 };
 
-// Block b of row `row` (blocks `nb` a row).
+// Block b of row `row` of n (blocks `nb` a row; n is for the readers with a high plane).
 __device__ __forceinline__ MvW mv_load(const unsigned char* __restrict__ wq, const unsigned char* __restrict__ ws,
-                                       unsigned long long row, unsigned int nb, unsigned int b) {
+                                       unsigned int n, unsigned long long row, unsigned int nb, unsigned int b) {
     unsigned long long i = row * nb + b;
     MvW w;
     w.q = mv_stream16(wq + 16ull * i);

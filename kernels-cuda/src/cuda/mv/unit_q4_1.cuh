@@ -8,6 +8,11 @@ struct PackedW {
     unsigned int nb;
 };
 
+// The planes of the packed (n, 32·nb) weight at w.
+__device__ __forceinline__ PackedW pw_make(const unsigned char* w, unsigned int n, unsigned int nb) {
+    return PackedW{w, w + 16ull * n * nb, nb};
+}
+
 __device__ __forceinline__ u32x2 unit_cols(unsigned int u) {
     unsigned int c = 32u * (u / 4u) + 4u * (u % 4u);
     return u32x2{c, c + 16u};

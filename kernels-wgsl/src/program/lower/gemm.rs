@@ -76,6 +76,7 @@ impl Builder<'_> {
             grid: Grid::Gemm {
                 rows,
                 tiles: n.div_ceil(cols),
+                min_rows: GEMM_MIN_ROWS,
             },
             ..matvec.clone()
         };

@@ -1,6 +1,6 @@
 // weights/common.wgsl: reading the weights buffer (every weight of the model back to back,
-// each at a 16-byte aligned offset; row starts may be only 2-byte aligned, as Q4_0's
-// 18-byte blocks are). A weight "unit" is 8 values of a row: W8.lo are the values at
+// each at a 16-byte aligned offset; row starts may be only 2-byte aligned, as Q5_0's
+// 22-byte blocks are). A weight "unit" is 8 values of a row: W8.lo are the values at
 // columns unit_cols(u).x .. +3, W8.hi at unit_cols(u).y .. +3.
 
 @group(0) @binding(2) var<storage, read> weights: array<u32>;

@@ -1,0 +1,36 @@
+// mv/unit_q4_k.cuh: weights/q4_k.cuh's values over the packed layout (src/repack.rs), a
+// unit of 8 values as Q4_0's (the packed quant plane has Q4_0's order), so a unit lies
+// inside one sub-block and the tensor-core matmul's 32-column slices; see
+// mv/unit_q4_0.cuh for what a unit is and what must come before.
+
+#include "mv/bits.cuh"
+
+// A packed weight: its two planes and units of 32 per row.
+struct PackedW {
+    const unsigned char* __restrict__ q; // (rows, nb, 16) nibbles
+    const unsigned char* __restrict__ s; // (rows, nb / 8, 16) super-block records
+    unsigned int nb;
+};
+
+// The planes of the packed (n, 32·nb) weight at w.
+__device__ __forceinline__ PackedW pw_make(const unsigned char* w, unsigned int n, unsigned int nb) {
+    return PackedW{w, w + 16ull * n * nb, nb};
+}
+
+__device__ __forceinline__ u32x2 unit_cols(unsigned int u) {
+    unsigned int c = 32u * (u / 4u) + 4u * (u % 4u);
+    return u32x2{c, c + 16u};
+}
+
+__device__ __forceinline__ W8 pw_unit(const PackedW& w, unsigned int row, unsigned int u) {
+    unsigned long long blk = (unsigned long long)row * w.nb + u / 4u;
+    uint4 r = __ldg(reinterpret_cast<const uint4*>(w.s) + blk / 8u);
+    KScale sm = k_scale6(r.y, r.z, r.w, (unsigned int)(blk % 8u));
+    float d = f16_lo(r.x) * (float)sm.sc;
+    float m = f16_hi(r.x) * (float)sm.m;
+    unsigned int q = __ldg(reinterpret_cast<const unsigned int*>(w.q + 16ull * blk) + u % 4u);
+    f32x4 lo = lo_nibbles(q);
+    f32x4 hi = hi_nibbles(q);
+    return W8{f32x4{lo.x * d - m, lo.y * d - m, lo.z * d - m, lo.w * d - m},
+              f32x4{hi.x * d - m, hi.y * d - m, hi.z * d - m, hi.w * d - m}};
+}

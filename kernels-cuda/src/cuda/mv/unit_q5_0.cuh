@@ -1,0 +1,35 @@
+// mv/unit_q5_0.cuh: weights/q5_0.cuh's w_unit over the packed layout (src/repack.rs);
+// see mv/unit_q4_0.cuh for what a unit is and what must come before.
+
+#include "mv/bits.cuh"
+
+// A packed weight: its three planes and units per row.
+struct PackedW {
+    const unsigned char* __restrict__ q; // (rows, nb, 16) low 4 bits
+    const unsigned char* __restrict__ h; // (rows, nb) words of fifth bits
+    const unsigned char* __restrict__ s; // (rows, nb) f16 d
+    unsigned int nb;
+};
+
+// The planes of the packed (n, 32·nb) weight at w.
+__device__ __forceinline__ PackedW pw_make(const unsigned char* w, unsigned int n, unsigned int nb) {
+    unsigned long long q = 16ull * n * nb;
+    return PackedW{w, w + q, w + ((q + 4ull * n * nb + 15ull) & ~15ull), nb};
+}
+
+__device__ __forceinline__ u32x2 unit_cols(unsigned int u) {
+    unsigned int c = 32u * (u / 4u) + 4u * (u % 4u);
+    return u32x2{c, c + 16u};
+}
+
+__device__ __forceinline__ W8 pw_unit(const PackedW& w, unsigned int row, unsigned int u) {
+    unsigned long long blk = (unsigned long long)row * w.nb + u / 4u;
+    float d = f16_to_f32(__ldg(reinterpret_cast<const unsigned short*>(w.s) + blk));
+    unsigned int i = u % 4u;
+    unsigned int q = __ldg(reinterpret_cast<const unsigned int*>(w.q + 16ull * blk) + i);
+    unsigned int h = __ldg(reinterpret_cast<const unsigned int*>(w.h) + blk);
+    f32x4 lo = i8x4(q5_lo(q, h, i));
+    f32x4 hi = i8x4(q5_hi(q, h, i));
+    return W8{f32x4{(lo.x - 16.0f) * d, (lo.y - 16.0f) * d, (lo.z - 16.0f) * d, (lo.w - 16.0f) * d},
+              f32x4{(hi.x - 16.0f) * d, (hi.y - 16.0f) * d, (hi.z - 16.0f) * d, (hi.w - 16.0f) * d}};
+}

@@ -1,0 +1,12 @@
+// weights_q8/q4_1.wgsl: a Q4_1 block for the int8 matvec, from the packed rows
+// (repack.rs: groups of 8 blocks, 10 vec4s: the 8 f16 (d, m) pairs, then 16 bytes of
+// nibbles a block); value = q·d + m, so c = m.
+
+fn w_block(row: u32, b: u32) -> WBlock {
+    let group = row + 10u * (b / 8u);
+    let j = b % 8u;
+    let q = wv[group + 2u + j];
+    let dm = unpack2x16float(wv[group + j / 4u][j % 4u]);
+    let m = vec4<u32>(0x0F0F0F0Fu);
+    return WBlock(q & m, (q >> vec4<u32>(4u)) & m, dm.x, dm.y);
+}
