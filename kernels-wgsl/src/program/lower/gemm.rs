@@ -3,7 +3,10 @@
 //! and every input once per weight row; the GEMM reads a weight once per 64 rows and an
 //! input once per 64 weight rows. From 16 rows on, the matrix-vector kernel would read
 //! the weights twice or more, and the GEMM's partial tile costs no more than its
-//! threads past the step's rows, which skip their sums.
+//! threads past the step's rows, which skip their sums. A launch of the int8 path's
+//! packed types (matvec_q8.rs) keeps that path's steps of up to 32 rows: the GEMM takes
+//! the larger ones (`with_matvec_q8` raises its `min_rows`, and its f32 matvec runs
+//! none).
 //!
 //! Not here yet (issue 17): cooperative matrices. naga 30 parses them in WGSL behind
 //! `enable wgpu_cooperative_matrix;` (`coop_mat8x8` / `coop_mat16x16<f16 | f32, A | B |
