@@ -26,18 +26,6 @@ pub const FILES: &[(&str, &str)] = &[
     ("weights/f32.cuh", include_str!("cuda/weights/f32.cuh")),
     ("weights/f16.cuh", include_str!("cuda/weights/f16.cuh")),
     ("weights/bf16.cuh", include_str!("cuda/weights/bf16.cuh")),
-    ("weights/q4_0.cuh", include_str!("cuda/weights/q4_0.cuh")),
-    ("weights/q4_1.cuh", include_str!("cuda/weights/q4_1.cuh")),
-    ("weights/q8_0.cuh", include_str!("cuda/weights/q8_0.cuh")),
-    (
-        "weights/k_common.cuh",
-        include_str!("cuda/weights/k_common.cuh"),
-    ),
-    ("weights/q5_0.cuh", include_str!("cuda/weights/q5_0.cuh")),
-    ("weights/q5_1.cuh", include_str!("cuda/weights/q5_1.cuh")),
-    ("weights/q4_k.cuh", include_str!("cuda/weights/q4_k.cuh")),
-    ("weights/q5_k.cuh", include_str!("cuda/weights/q5_k.cuh")),
-    ("weights/q6_k.cuh", include_str!("cuda/weights/q6_k.cuh")),
     ("matmul_core.cuh", include_str!("cuda/matmul_core.cuh")),
     ("matmul_mma.cu", include_str!("cuda/matmul_mma.cu")),
     ("rope_common.cuh", include_str!("cuda/rope_common.cuh")),
@@ -102,7 +90,8 @@ pub fn file(name: &str) -> Option<&'static str> {
         .map(|(_, text)| *text)
 }
 
-/// The weight types the CUDA kernels read (a `weights/<dtype>.cuh` each).
+/// The weight types the CUDA kernels read: a `weights/<dtype>.cuh` each for the float
+/// types, the quantized ones packed at load (`mv/unit_<dtype>.cuh`, [`crate::repack`]).
 pub const WEIGHT_DTYPES: [DType; 11] = [
     DType::F32,
     DType::F16,

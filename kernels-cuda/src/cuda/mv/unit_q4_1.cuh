@@ -1,4 +1,4 @@
-// mv/unit_q4_1.cuh: weights/q4_1.cuh's w_unit over the packed layout (src/repack.rs); see
+// mv/unit_q4_1.cuh: Q4_1's w_unit over the packed layout (src/repack.rs); see
 // mv/unit_q4_0.cuh for what a unit is and what must come before.
 
 // A packed weight: its two planes and blocks per row.

@@ -1,4 +1,4 @@
-// mv/unit_q5_0.cuh: weights/q5_0.cuh's w_unit over the packed layout (src/repack.rs);
+// mv/unit_q5_0.cuh: Q5_0's w_unit over the packed layout (src/repack.rs);
 // see mv/unit_q4_0.cuh for what a unit is and what must come before.
 
 #include "mv/bits.cuh"

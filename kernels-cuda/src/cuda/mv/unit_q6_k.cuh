@@ -1,5 +1,6 @@
-// mv/unit_q6_k.cuh: weights/q6_k.cuh's values over the packed layout (src/repack.rs), a
-// unit as Q4_0's (see mv/unit_q4_k.cuh); see mv/unit_q4_0.cuh for what must come before.
+// mv/unit_q6_k.cuh: Q6_K's values (ggml's dequantize) over the packed layout
+// (src/repack.rs), a unit as Q4_0's (see mv/unit_q4_k.cuh); see mv/unit_q4_0.cuh for
+// what must come before.
 
 #include "mv/bits.cuh"
 

@@ -1,4 +1,4 @@
-// mv/unit_q8_0.cuh: weights/q8_0.cuh's w_unit over the packed layout (src/repack.rs); see
+// mv/unit_q8_0.cuh: Q8_0's w_unit over the packed layout (src/repack.rs); see
 // mv/unit_q4_0.cuh for what a unit is and what must come before.
 
 // A packed weight: its two planes and blocks per row.
