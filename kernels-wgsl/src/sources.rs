@@ -44,6 +44,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("weights_q8/q5_0", include_str!("wgsl/weights_q8/q5_0.wgsl")),
     ("weights_q8/q5_1", include_str!("wgsl/weights_q8/q5_1.wgsl")),
     ("weights_q8/q4_k", include_str!("wgsl/weights_q8/q4_k.wgsl")),
+    ("weights_q8/q5_k", include_str!("wgsl/weights_q8/q5_k.wgsl")),
     ("weights_q8/q6_k", include_str!("wgsl/weights_q8/q6_k.wgsl")),
     ("rope_common", include_str!("wgsl/rope_common.wgsl")),
     ("kv_common", include_str!("wgsl/kv_common.wgsl")),
@@ -171,14 +172,15 @@ pub const OPS: &[(&str, &[&str])] = &[
 const MATVEC_INCLUDES: &[&str] = &["mv_reduce", "weights_q8", "matvec_core"];
 
 /// Weight dtypes the int8 matvec reads: rows of whole 16-byte units, those
-/// [`crate::repack`] packs and Q4_K as GGUF stores it.
-pub const MATVEC_DTYPES: [DType; 7] = [
+/// [`crate::repack`] packs and Q4_K and Q5_K as GGUF stores them.
+pub const MATVEC_DTYPES: [DType; 8] = [
     DType::Q4_0,
     DType::Q4_1,
     DType::Q8_0,
     DType::Q5_0,
     DType::Q5_1,
     DType::Q4_K,
+    DType::Q5_K,
     DType::Q6_K,
 ];
 

@@ -11,7 +11,7 @@
 // The weights file (weights_q8/<dtype>) defines w_block(row, b): 32-value block b of the
 // row at vec4 index `row`, as 8 words of 4 signed bytes in column order and the weight's
 // part of block_dot's sum: d·Σ q_w·q_x per half + c·Σ q_x (c: Q4_0's −8·d, Q5_0's −16·d,
-// Q4_1's and Q5_1's m, Q4_K's −dmin·m, Q8_0's and Q6_K's 0).
+// Q4_1's and Q5_1's m, Q4_K's and Q5_K's −dmin·m, Q8_0's and Q6_K's 0).
 
 struct Params {
     rows_sel: u32,   // STEP_N_TOKENS or STEP_N_OUTPUTS: what the rows count
@@ -50,6 +50,19 @@ struct WBlock {
 fn fifth_bits(h: u32) -> vec4<u32> {
     let x = (vec4<u32>(h) >> vec4<u32>(0u, 4u, 8u, 12u)) & vec4<u32>(15u);
     return ((x * 0x00204081u) & vec4<u32>(0x01010101u)) << vec4<u32>(4u);
+}
+
+// Q4_K and Q5_K: sub-block j's 6-bit (scale, minimum) from the 12 bytes in s (ggml's
+// get_scale_min_k4; weights/common.wgsl's k_scale_min, from words).
+fn k_scale_min_q8(s: vec3<u32>, j: u32) -> vec2<f32> {
+    if (j < 4u) {
+        return vec2<f32>(f32(byte_of(s.x, j) & 63u), f32(byte_of(s.y, j) & 63u));
+    }
+    let i = j - 4u;
+    let b = byte_of(s.z, i);
+    let sc = (b & 15u) | ((byte_of(s.x, i) >> 6u) << 4u);
+    let m = (b >> 4u) | ((byte_of(s.y, i) >> 6u) << 4u);
+    return vec2<f32>(f32(sc), f32(m));
 }
 
 fn idot4(a: u32, b: u32) -> i32 {
