@@ -64,8 +64,17 @@ fn header_word(rows: Rows) -> u32 {
 /// How the workgroups of a dispatch follow the step.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Grid {
-    /// A workgroup per output column (x, then y past 65535) and tile of 8 rows (z).
-    Matmul { rows: Rows, n: u32 },
+    /// A workgroup per output column (x, then y past 65535) and tile of 8 rows (z), for
+    /// steps of at most `max_rows` rows (larger ones take the GEMM beside it).
+    Matmul { rows: Rows, n: u32, max_rows: u32 },
+    /// The tiled GEMM (gemm_core.wgsl): a workgroup per tile of output columns (x, then
+    /// y) and of [`GEMM_ROWS`] rows (z), for steps of at least `min_rows` rows
+    /// ([`GEMM_MIN_ROWS`], or past the int8 path's [`MATVEC_MAX_ROWS`]).
+    Gemm {
+        rows: Rows,
+        tiles: u32,
+        min_rows: u32,
+    },
     /// A workgroup per row.
     PerRow { rows: Rows },
     /// A thread per element of (rows, cols).
@@ -82,7 +91,7 @@ pub enum Grid {
     Matvec { rows: Rows, n: u32 },
     /// [`Grid::Matmul`] for the steps the int8 path does not take (more than
     /// [`MATVEC_MAX_ROWS`] rows): the f32 kernel of a launch that has both.
-    MatmulRest { rows: Rows, n: u32 },
+    MatmulRest { rows: Rows, n: u32, max_rows: u32 },
 }
 
 /// The most rows (tokens, or output rows) a step may have for the int8 matvec: a
@@ -93,6 +102,7 @@ pub const MATVEC_ROWS: u32 = 8;
 
 const WG: u32 = 64;
 const TILE_T: u32 = 8;
+pub use lower::{GEMM_MIN_ROWS, GEMM_ROWS};
 const MAX_GRID: u32 = 65535;
 
 fn split(n: u32) -> [u32; 2] {
@@ -124,9 +134,21 @@ impl Grid {
         };
         let resolve = |rows: Rows| shape.rows(rows) as u32;
         match *self {
-            Grid::Matmul { rows, n } => {
+            Grid::Matmul { rows, n, max_rows } => {
                 let [x, y] = split(n);
-                [x, y, resolve(rows).div_ceil(TILE_T)]
+                let rows = resolve(rows);
+                let z = if rows <= max_rows { rows } else { 0 };
+                [x, y, z.div_ceil(TILE_T)]
+            }
+            Grid::Gemm {
+                rows,
+                tiles,
+                min_rows,
+            } => {
+                let [x, y] = split(tiles);
+                let rows = resolve(rows);
+                let z = if rows >= min_rows { rows } else { 0 };
+                [x, y, z.div_ceil(GEMM_ROWS)]
             }
             Grid::PerRow { rows } => {
                 let [x, y] = split(resolve(rows));
@@ -150,9 +172,9 @@ impl Grid {
                 }
                 _ => [0; 3],
             },
-            Grid::MatmulRest { rows, n } => match resolve(rows) {
+            Grid::MatmulRest { rows, n, max_rows } => match resolve(rows) {
                 r if r > MATVEC_MAX_ROWS => {
-                    Grid::Matmul { rows, n }.workgroups(n_tokens, n_outputs)
+                    Grid::Matmul { rows, n, max_rows }.workgroups(n_tokens, n_outputs)
                 }
                 _ => [0; 3],
             },
@@ -237,6 +259,14 @@ pub fn param_words(op: &str) -> usize {
         | "matmul_geglu"
         | "rmsnorm_matmul_geglu"
         | "matmul_add" => 12,
+        // The tiled twins read the same params (gemm_core.wgsl).
+        "gemm"
+        | "gemm_add"
+        | "gemm_swiglu"
+        | "gemm_geglu"
+        | "rmsnorm_gemm"
+        | "rmsnorm_gemm_swiglu"
+        | "rmsnorm_gemm_geglu" => 12,
         "matvec_q8" | "matvec_q8_add" | "matvec_q8_swiglu" | "matvec_q8_geglu" => 12,
         "quantize_q8" | "rmsnorm_quantize_q8" => 8,
         "kv_write" | "rope_kv_write" | "qk_norm_rope_kv_write" | "attention" => 20,

@@ -27,6 +27,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("weights/q6_k", include_str!("wgsl/weights/q6_k.wgsl")),
     ("weights/q8_k", include_str!("wgsl/weights/q8_k.wgsl")),
     ("matmul_core", include_str!("wgsl/matmul_core.wgsl")),
+    ("gemm_core", include_str!("wgsl/gemm_core.wgsl")),
     // The int8 decode matvec: activations quantized once per launch, packed weights.
     ("quantize_core", include_str!("wgsl/quantize_core.wgsl")),
     ("matvec_core", include_str!("wgsl/matvec_core.wgsl")),
@@ -82,6 +83,21 @@ pub const FILES: &[(&str, &str)] = &[
     (
         "qk_norm_rope_kv_write",
         include_str!("wgsl/qk_norm_rope_kv_write.wgsl"),
+    ),
+    // The matmul family's tiled twins for steps of many tokens (not ops of the IR: the
+    // lowering picks them by a step's rows, program::gemm).
+    ("gemm", include_str!("wgsl/gemm.wgsl")),
+    ("gemm_add", include_str!("wgsl/gemm_add.wgsl")),
+    ("gemm_swiglu", include_str!("wgsl/gemm_swiglu.wgsl")),
+    ("gemm_geglu", include_str!("wgsl/gemm_geglu.wgsl")),
+    ("rmsnorm_gemm", include_str!("wgsl/rmsnorm_gemm.wgsl")),
+    (
+        "rmsnorm_gemm_swiglu",
+        include_str!("wgsl/rmsnorm_gemm_swiglu.wgsl"),
+    ),
+    (
+        "rmsnorm_gemm_geglu",
+        include_str!("wgsl/rmsnorm_gemm_geglu.wgsl"),
     ),
     // The int8 decode path of the matmul family (program::lower's matvec_q8).
     ("quantize_q8", include_str!("wgsl/quantize_q8.wgsl")),
@@ -156,6 +172,13 @@ pub const OPS: &[(&str, &[&str])] = &[
             "kv_store",
         ],
     ),
+    ("gemm", GEMM_INCLUDES),
+    ("gemm_add", GEMM_INCLUDES),
+    ("gemm_swiglu", GEMM_INCLUDES),
+    ("gemm_geglu", GEMM_INCLUDES),
+    ("rmsnorm_gemm", GEMM_INCLUDES),
+    ("rmsnorm_gemm_swiglu", GEMM_INCLUDES),
+    ("rmsnorm_gemm_geglu", GEMM_INCLUDES),
     ("quantize_q8", &["quantize_core"]),
     (
         "rmsnorm_quantize_q8",
@@ -166,6 +189,9 @@ pub const OPS: &[(&str, &[&str])] = &[
     ("matvec_q8_swiglu", MATVEC_INCLUDES),
     ("matvec_q8_geglu", MATVEC_INCLUDES),
 ];
+
+/// What every tiled GEMM file includes (no reduction: its sums stay in registers).
+const GEMM_INCLUDES: &[&str] = &["weights/common", "weights", "gemm_core"];
 
 /// The includes of the int8 matvec files: `mv_reduce` stands for its row groups'
 /// reduction (subgroup or workgroup), `weights_q8` for the packed weight dtype's blocks.

@@ -96,7 +96,7 @@ fn params_match_the_host() {
             v.name()
         );
     }
-    assert_eq!(OPS.len(), 28);
+    assert_eq!(OPS.len(), 35);
 }
 
 #[test]
@@ -106,12 +106,14 @@ fn grids_split_past_the_dimension_limit_and_follow_the_step() {
     let m = Grid::Matmul {
         rows: Rows::Tokens,
         n: 49_152,
+        max_rows: u32::MAX,
     };
     assert_eq!(m.workgroups(1, 1), [49_152, 1, 1]);
     assert_eq!(m.workgroups(33, 1), [49_152, 1, 5]);
     let big = Grid::Matmul {
         rows: Rows::Outputs,
         n: 128_256,
+        max_rows: u32::MAX,
     };
     let [x, y, z] = big.workgroups(7, 2);
     assert!(x <= 65_535 && x * y >= 128_256 && z == 1);
@@ -125,13 +127,50 @@ fn grids_split_past_the_dimension_limit_and_follow_the_step() {
 }
 
 #[test]
+fn a_step_takes_the_matvec_or_the_gemm_never_both() {
+    use crate::program::{GEMM_MIN_ROWS, GEMM_ROWS, Grid};
+    use kiln_ir::graph::Rows;
+    let matvec = Grid::Matmul {
+        rows: Rows::Tokens,
+        n: 131,
+        max_rows: GEMM_MIN_ROWS - 1,
+    };
+    let gemm = Grid::Gemm {
+        rows: Rows::Tokens,
+        tiles: 3,
+        min_rows: GEMM_MIN_ROWS,
+    };
+    for tokens in [1, 8, GEMM_MIN_ROWS - 1, GEMM_MIN_ROWS, 37, 64, 70, 130, 512] {
+        let (m, g) = (matvec.workgroups(tokens, 1), gemm.workgroups(tokens, 1));
+        let runs = |w: [u32; 3]| !w.contains(&0);
+        assert!(runs(m) != runs(g), "{tokens} tokens: {m:?} and {g:?}");
+        if runs(g) {
+            assert_eq!(g, [3, 1, tokens.div_ceil(GEMM_ROWS)]);
+        } else {
+            assert_eq!(m, [131, 1, tokens.div_ceil(8)]);
+        }
+    }
+    let by_outputs = Grid::Gemm {
+        rows: Rows::Outputs,
+        tiles: 70_000,
+        min_rows: GEMM_MIN_ROWS,
+    };
+    let [x, y, z] = by_outputs.workgroups(100, 65);
+    assert!(x <= 65_535 && x * y >= 70_000 && z == 2);
+}
+
+#[test]
 fn the_int8_path_takes_the_steps_of_at_most_32_rows_and_the_f32_kernel_the_rest() {
     use crate::program::{Grid, MATVEC_MAX_ROWS};
     use kiln_ir::graph::Rows;
     let (rows, n) = (Rows::Tokens, 49_155);
     let quantize = Grid::Quantize { rows };
     let matvec = Grid::Matvec { rows, n };
-    let rest = Grid::MatmulRest { rows, n };
+    let rest = Grid::MatmulRest {
+        rows,
+        n,
+        max_rows: u32::MAX,
+    };
     for tokens in [1, 7, 8, 9, MATVEC_MAX_ROWS] {
         assert_eq!(quantize.workgroups(tokens, 1), [tokens, 1, 1]);
         // 8 columns a workgroup, every token in each.
@@ -142,7 +181,11 @@ fn the_int8_path_takes_the_steps_of_at_most_32_rows_and_the_f32_kernel_the_rest(
         assert!(quantize.workgroups(tokens, 1).contains(&0));
         assert!(matvec.workgroups(tokens, 1).contains(&0));
     }
-    let all = Grid::Matmul { rows, n };
+    let all = Grid::Matmul {
+        rows,
+        n,
+        max_rows: u32::MAX,
+    };
     assert_eq!(rest.workgroups(33, 1), all.workgroups(33, 1));
     // The LM head of a long prompt's step: its output rows, not its tokens.
     let head = Grid::Matvec {

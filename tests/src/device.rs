@@ -27,6 +27,24 @@ use crate::cpu::{cpu, options};
 /// Below this top-two logit gap (of the CPU backend) the greedy choice is a near-tie.
 pub const MIN_GAP: f32 = 0.5;
 
+/// A prompt of about 100 tokens: its prefill is a step of more than one 64-token tile
+/// (the WGSL kernels' tiled GEMM, CUDA's tensor-core tiles), where the short prompts'
+/// steps take the matrix-vector kernels.
+pub const LONG_PROMPT: &str = "In the old harbour town, the fishermen rose before dawn to mend \
+their nets and check the weather. The wind came from the west, cold and steady, and the \
+boats rocked gently against the stone quay. Children ran along the beach collecting shells, \
+while their parents loaded crates of ice onto the decks. By the time the sun climbed over \
+the hills, the whole fleet had left the harbour, and the town fell quiet until the evening \
+market opened in the square near the church. The old woman who sold";
+
+/// [`LONG_PROMPT`], checked to come to more than one 64-token tile with `model`'s
+/// tokenizer.
+pub fn long_prompt(model: &Model) -> &'static str {
+    let n = model.tokenizer.encode(LONG_PROMPT, true, true).len();
+    assert!(n > 64, "the long prompt is {n} tokens");
+    LONG_PROMPT
+}
+
 /// What a backend's greedy test runs.
 #[derive(Debug)]
 pub struct Greedy<'a> {

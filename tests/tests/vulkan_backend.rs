@@ -3,7 +3,8 @@
 //! f32 oracle (as in wgpu_backend.rs, whose comment says why the oracle and not the CPU
 //! backend); and the backend's own abilities: the kernel caches (a second load compiles
 //! nothing), timestamps, its device's properties. On a machine without a GPU this runs on Mesa's
-//! lavapipe, which is slow: a short prompt and a few tokens.
+//! lavapipe, which is slow: a few tokens after a short prompt and a long one (prefill by
+//! the tiled GEMM).
 
 use std::process::ExitCode;
 
@@ -16,7 +17,7 @@ use kiln_testkit::{fail, pass, skip, test};
 use kiln_tests::cpu::load;
 use kiln_tests::device::{
     Greedy, SPLIT_LIMIT, check_launch_times, families_match_the_oracle, greedy_matches_cpu,
-    split_weights_match, wgsl_limits,
+    long_prompt, split_weights_match, wgsl_limits,
 };
 use kiln_tests::{Outcome, gemma_device, gemma_model, on_device};
 
@@ -67,19 +68,29 @@ fn with_backend(body: fn(VulkanBackend) -> Outcome) -> Outcome {
     on_device("vulkan", Ci::Lavapipe, VulkanBackend::any_device, body)
 }
 
+/// A short prompt with FP8 KV (its prefill takes the matrix-vector kernels), then a long
+/// one with F16 KV (its prefill two tiles of the tiled GEMM, the second partial): each KV
+/// type once, as lavapipe is slow.
 fn greedy_on_the_reference_model_matches_the_cpu_backend(_: VulkanBackend) -> Outcome {
     let model = load();
-    let check = Greedy {
+    let make = || Box::new(VulkanBackend::any_device().unwrap()) as Box<dyn Backend>;
+    let short = Greedy {
         name: "vulkan",
         prompt: "The capital of France is",
         n_ctx: 64,
         tokens: 5,
-        kv: &[KvDtype::F8E4M3, KvDtype::F16],
+        kv: &[KvDtype::F8E4M3],
         limits: wgsl_limits,
     };
-    greedy_matches_cpu(&model, &check, &|| {
-        Box::new(VulkanBackend::any_device().unwrap())
-    });
+    greedy_matches_cpu(&model, &short, &make);
+    let long = Greedy {
+        prompt: long_prompt(&model),
+        n_ctx: 160,
+        tokens: 3,
+        kv: &[KvDtype::F16],
+        ..short
+    };
+    greedy_matches_cpu(&model, &long, &make);
     pass()
 }
 

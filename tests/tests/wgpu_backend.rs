@@ -1,8 +1,9 @@
 //! The WebGPU backend on the reference model (SmolLM2-135M Q4_1), end to end: greedy
 //! tokens equal to the CPU backend's up to the first near-tie, and the logits of every
 //! step close to the oracle's (`kiln_tests::device`). On a machine without a GPU this
-//! runs on Mesa's lavapipe, which is slow: a short prompt and a few tokens. Without an
-//! adapter every test shows as ignored, with the reason (CI requires one).
+//! runs on Mesa's lavapipe, which is slow: a few tokens after a short prompt and a long
+//! one (prefill by the tiled GEMM). Without an adapter every test shows as ignored, with
+//! the reason (CI requires one).
 
 use std::process::ExitCode;
 
@@ -15,7 +16,7 @@ use kiln_testkit::{fail, pass, skip, test};
 use kiln_tests::cpu::load;
 use kiln_tests::device::{
     Greedy, SPLIT_LIMIT, check_launch_times, decode_host_time, families_match_the_oracle,
-    greedy_matches_cpu, split_weights_match, wgsl_limits,
+    greedy_matches_cpu, long_prompt, split_weights_match, wgsl_limits,
 };
 use kiln_tests::{Outcome, gemma_device, gemma_model, on_device};
 
@@ -57,19 +58,29 @@ fn with_backend(body: fn(WgpuBackend) -> Outcome) -> Outcome {
     on_device("wgpu", Ci::Lavapipe, WgpuBackend::any_device, body)
 }
 
+/// A short prompt with FP8 KV (its prefill takes the matrix-vector kernels), then a long
+/// one with F16 KV (its prefill two tiles of the tiled GEMM, the second partial): each KV
+/// type once, as lavapipe is slow.
 fn greedy_on_the_reference_model_matches_the_cpu_backend(_: WgpuBackend) -> Outcome {
     let model = load();
-    let check = Greedy {
+    let make = || Box::new(WgpuBackend::any_device().unwrap()) as Box<dyn Backend>;
+    let short = Greedy {
         name: "wgpu",
         prompt: "The capital of France is",
         n_ctx: 64,
         tokens: 6,
-        kv: &[KvDtype::F8E4M3, KvDtype::F16],
+        kv: &[KvDtype::F8E4M3],
         limits: wgsl_limits,
     };
-    greedy_matches_cpu(&model, &check, &|| {
-        Box::new(WgpuBackend::any_device().unwrap())
-    });
+    greedy_matches_cpu(&model, &short, &make);
+    let long = Greedy {
+        prompt: long_prompt(&model),
+        n_ctx: 160,
+        tokens: 3,
+        kv: &[KvDtype::F16],
+        ..short
+    };
+    greedy_matches_cpu(&model, &long, &make);
     pass()
 }
 

@@ -7,8 +7,11 @@ use kiln_ir::{AttentionParams, DType, Op, Plan, RopeParams, ValueId, WeightId};
 
 use super::*;
 use crate::sources::Variant;
+
+mod gemm;
 use crate::weights::WeightLayout;
 use crate::{Capabilities, KernelError};
+pub use gemm::{GEMM_MIN_ROWS, GEMM_ROWS};
 
 mod matvec_q8;
 pub(super) use matvec_q8::matvec_scratch_bytes;
@@ -124,15 +127,8 @@ impl Builder<'_> {
         (usable / u64::from(row_bytes.max(1))).clamp(1, u64::from(u32::MAX)) as u32
     }
 
-    fn dispatch(
-        &mut self,
-        op: &'static str,
-        weight: Option<DType>,
-        words: Vec<u32>,
-        resources: Vec<Resource>,
-        grid: Grid,
-    ) -> Dispatch {
-        debug_assert_eq!(words.len(), param_words(op), "{op}");
+    /// The index of `op`'s variant for `weight` in the pipelines, added when new.
+    fn pipeline(&mut self, op: &'static str, weight: Option<DType>) -> usize {
         let kv = Variant::takes_kv(op).then(|| self.kv.dtype());
         let variant = Variant {
             op,
@@ -140,7 +136,7 @@ impl Builder<'_> {
             kv,
             subgroups: self.caps.subgroups && Variant::reduces(op),
         };
-        let pipeline = match self.pipelines.iter().position(|p| p.variant == variant) {
+        match self.pipelines.iter().position(|p| p.variant == variant) {
             Some(i) => i,
             None => {
                 self.pipelines.push(Pipeline {
@@ -150,7 +146,19 @@ impl Builder<'_> {
                 });
                 self.pipelines.len() - 1
             }
-        };
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        op: &'static str,
+        weight: Option<DType>,
+        words: Vec<u32>,
+        resources: Vec<Resource>,
+        grid: Grid,
+    ) -> Dispatch {
+        debug_assert_eq!(words.len(), param_words(op), "{op}");
+        let pipeline = self.pipeline(op, weight);
         let align = self.caps.uniform_align.max(16) as usize;
         let params_offset = self.params.len().next_multiple_of(align);
         self.params.resize(params_offset, 0);
@@ -218,14 +226,19 @@ impl Builder<'_> {
                 eps.to_bits(),
                 n,
             ];
-            let grid = Grid::Matmul { rows, n: r1 - r0 };
-            dispatches.push(self.dispatch(
+            let grid = Grid::Matmul {
+                rows,
+                n: r1 - r0,
+                max_rows: u32::MAX,
+            };
+            let matvec = self.dispatch(
                 op,
                 Some(dtype),
                 words,
                 vec![Params, Arena, Weights, Step],
                 grid,
-            ));
+            );
+            dispatches.extend(self.with_gemm(matvec, dtype));
         }
         Ok(dispatches)
     }

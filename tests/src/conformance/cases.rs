@@ -47,6 +47,12 @@ pub const KV_FP8_LIMIT: f64 = 3e-3;
 /// magnitude.
 pub const RANDOM_SHAPE_SLACK: f64 = 4.0;
 
+/// The largest squared error of one element over the mean square of the expected
+/// outputs, as a multiple of the case's NMSE limit, for the cases checked element by
+/// element: the worst of a few thousand elements of Gaussian error is about 20× their
+/// mean; an element left unwritten is about 2/limit (1e4× and more).
+pub const ELEMENT_SLACK: f64 = 100.0;
+
 /// RMSNorm epsilon of every case.
 pub const EPS: f32 = 1e-5;
 
@@ -132,6 +138,35 @@ pub fn cases() -> Vec<Case> {
             matmul_add(dtype, 19, 512, 97),
             matmul("rmsnorm_matmul3", vec![dtype; 3], 19, 256, vec![67, 32, 33]),
         ]);
+    }
+    // Steps of many tokens (the WGSL kernels' tiled GEMM: tiles of 64 tokens by 64
+    // weight rows, or 32 output columns of gate and up, K-steps of 32 columns): 37, 70
+    // and 130 tokens (one to three tiles, the last partial), row counts that leave a
+    // partial tile; the floats' 200 columns end inside a K-step. Every weight type plain
+    // and gated; every epilogue on F32 (the strictest limit) and Q4_K (super-blocks). With
+    // the 33-token cases above, each weight type meets each epilogue's parts. Every
+    // element checked.
+    let gemm_k = |dtype: DType| match dtype.block_len() {
+        256 => 256,
+        32 => 160,
+        _ => 200,
+    };
+    for dtype in WEIGHT_DTYPES.into_iter().chain(K_WEIGHT_DTYPES) {
+        let k = gemm_k(dtype);
+        cases.extend([
+            matmul("matmul", vec![dtype], 130, k, vec![67]),
+            matmul_glu(Glu::Swi, false, dtype, 70, k, 131),
+        ].map(Case::each_element));
+    }
+    for dtype in [DType::F32, DType::Q4_K] {
+        let k = gemm_k(dtype);
+        cases.extend([
+            matmul_add(dtype, 70, k, 67),
+            matmul("rmsnorm_matmul", vec![dtype], 37, k, vec![97]),
+            matmul_glu(Glu::Swi, true, dtype, 37, k, 67),
+            matmul_glu(Glu::Ge, false, dtype, 130, k, 33),
+            matmul_glu(Glu::Ge, true, dtype, 70, k, 131),
+        ].map(Case::each_element));
     }
     // Q4_0, Q5_0 and Q8_0 share Q8_0 activations, Q4_1 takes Q8_1 ones, BF16 f32 ones;
     // the K-quants share Q8_K ones (a Q4_K_M mix: Q4_K, Q6_K and a Q5_0 fallback).
@@ -248,6 +283,10 @@ pub struct Case {
     pub shape: String,
     pub limit: f64,
     pub metric: Metric,
+    /// Each output element checked too: its squared error at most this times the mean
+    /// square of the expected outputs (an element left unwritten, or written from the
+    /// wrong row or column, fails where the NMSE of a large output could hide it).
+    pub element_limit: Option<f64>,
     builder: Box<dyn Fn(&mut Rng) -> Built + Send + Sync>,
 }
 
@@ -263,8 +302,15 @@ impl Case {
             shape,
             limit,
             metric: Metric::Nmse,
+            element_limit: None,
             builder: Box::new(builder),
         }
+    }
+
+    /// The case with every element held to [`ELEMENT_SLACK`] times its limit.
+    pub(super) fn each_element(mut self) -> Case {
+        self.element_limit = Some(ELEMENT_SLACK * self.limit);
+        self
     }
 
     /// The case made concrete, with data seeded by its name.

@@ -222,10 +222,15 @@ pub fn unsupported_ops(backend: &dyn Backend, case: &Case) -> Vec<String> {
 /// the case's other [`Metric`]); an error when a step fails or an output is not finite.
 pub fn run_case(backend: &mut dyn Backend, case: &Case) -> Result<f64, String> {
     let built = case.build();
-    run_built(backend, &built, case.metric)
+    run_built(backend, &built, case.metric, case.element_limit)
 }
 
-fn run_built(backend: &mut dyn Backend, built: &Built, metric: Metric) -> Result<f64, String> {
+fn run_built(
+    backend: &mut dyn Backend,
+    built: &Built,
+    metric: Metric,
+    element_limit: Option<f64>,
+) -> Result<f64, String> {
     let mut worst = 0.0f64;
     for (p, probe) in built.probes.iter().enumerate() {
         load(backend, built, probe)?;
@@ -235,6 +240,10 @@ fn run_built(backend: &mut dyn Backend, built: &Built, metric: Metric) -> Result
                 .map_err(|e| format!("probe {p}, step {s}: {e}"))?;
             let err = error(metric, &got, &probe.expected[s], &probe.power[s])
                 .map_err(|e| format!("probe {p}, step {s}: {e}"))?;
+            if let Some(limit) = element_limit {
+                check_each_element(&got, &probe.expected[s], probe.cols, limit)
+                    .map_err(|e| format!("probe {p}, step {s}: {e}"))?;
+            }
             worst = worst.max(err);
         }
     }
@@ -263,6 +272,28 @@ pub fn error(metric: Metric, got: &[f32], expected: &[f64], power: &[f64]) -> Re
         Metric::TermPower => power.iter().sum(),
     };
     Ok(err / denominator)
+}
+
+/// Every element's squared error within `limit` times the mean square of `expected`
+/// ((outputs, cols) both); the first one past it is the error.
+pub fn check_each_element(
+    got: &[f32],
+    expected: &[f64],
+    cols: usize,
+    limit: f64,
+) -> Result<(), String> {
+    let mean_square = expected.iter().map(|e| e * e).sum::<f64>() / expected.len().max(1) as f64;
+    let bad = (got.iter().zip(expected).enumerate())
+        .find(|&(_, (&g, &e))| (f64::from(g) - e).powi(2) > limit * mean_square);
+    match bad {
+        None => Ok(()),
+        Some((i, (g, e))) => Err(format!(
+            "output row {}, column {}: {g}, expected {e:.6} (RMS {:.3e})",
+            i / cols.max(1),
+            i % cols.max(1),
+            mean_square.sqrt()
+        )),
+    }
 }
 
 /// A backend (or a configuration of one) the suite runs: each trial opens its own.
@@ -489,7 +520,7 @@ pub fn check_bad_steps(backend: &mut dyn Backend) -> Result<(), String> {
         return Err("read_argmax of more rows than the step has succeeded".into());
     }
     // The backend still runs the case correctly after all that.
-    let err = run_built(backend, &built, case.metric)?;
+    let err = run_built(backend, &built, case.metric, case.element_limit)?;
     if err > case.limit {
         return Err(format!(
             "after the bad steps {BAD_STEP_CASE} gives {err:.2e} (limit {:.0e})",

@@ -192,8 +192,24 @@ impl Builder<'_> {
             }
         }
         for mut d in f32 {
-            if let Grid::Matmul { rows, n } = d.grid {
-                d.grid = Grid::MatmulRest { rows, n };
+            match d.grid {
+                Grid::Matmul { rows, n, max_rows } => {
+                    d.grid = Grid::MatmulRest { rows, n, max_rows };
+                }
+                // The tiled GEMM takes the steps past the int8 path's.
+                Grid::Gemm {
+                    rows,
+                    tiles,
+                    min_rows,
+                } => {
+                    let min_rows = min_rows.max(MATVEC_MAX_ROWS + 1);
+                    d.grid = Grid::Gemm {
+                        rows,
+                        tiles,
+                        min_rows,
+                    };
+                }
+                _ => {}
             }
             all.push(d);
         }

@@ -1,0 +1,194 @@
+// gemm_core.wgsl: the tiled matrix-matrix core shared by the seven gemm files, what
+// steps of many tokens (prefill) run instead of matmul_core's matrix-vector tiles. A
+// workgroup of GEMM_THREADS computes GEMM_BT (64) tokens × GEMM_BS (64) weight rows
+// ("slots"): per K-step of GEMM_KU units (32 columns), each thread dequantizes one weight
+// unit (w_unit) into workgroup memory and loads the 8 input values that meet it, then
+// accumulates a 4 tokens × 4 slots tile in registers over the step's columns. Every
+// weight is read and dequantized once per 64 tokens (the matrix-vector tiles: once per
+// TILE_T = 8), every input once per 64 slots (there: once per weight row).
+//
+// Inputs are read in the weight format's unit order (unit_cols), so a K-step needs no
+// contiguous columns (the K-quants interleave theirs) and every format's w_unit serves.
+// Edges: tokens past the step, slots past the weight's rows and units past k load zeros
+// and store nothing. 16 KiB of workgroup memory: WebGPU's minimum limit.
+//
+// The op file sets GEMM_NORM (the RMSNorm prologue: each tile computes 1/rms of its
+// tokens and scales the inputs as it loads them, the normed input is never stored) and
+// GEMM_GATED (gate and up interleaved in the slots: slot 4g + j holds gate row 2g + j
+// for j < 2, up row 2g + j - 2 otherwise, so a thread's tile is 2 output columns of
+// both and a workgroup covers 32 output columns), and writes the outputs.
+
+struct Params {
+    rows_sel: u32,  // STEP_N_TOKENS or STEP_N_OUTPUTS: what the rows count
+    k: u32,         // input columns
+    n: u32,         // output columns (weight rows) of this dispatch
+    row_bytes: u32, // bytes of one weight row
+    x: u32,         // arena index of the input (rows, k)
+    out: u32,       // arena index of the output (rows, n)
+    w: u32,         // byte offset of the weight (gate) in `weights`
+    w2: u32,        // byte offset of the second weight (up)
+    res: u32,       // arena index of the residual (rows, n)
+    norm: u32,      // word index of the RMSNorm weight (k)
+    eps: f32,
+    out_stride: u32, // columns of an output row (n, or more for a chunk of the rows)
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read_write> arena: array<f32>;
+@group(0) @binding(4) var<storage, read> step: array<u32>;
+
+const GEMM_THREADS: u32 = 256u;
+const GEMM_BT: u32 = 64u; // tokens of a tile
+const GEMM_BS: u32 = 64u; // slots (weight rows) of a tile
+const GEMM_KU: u32 = 4u;  // units of 8 columns per K-step
+const GEMM_KC: u32 = 32u; // columns per K-step
+
+// (GEMM_KC, GEMM_BT / 4): xs[c·16 + g] holds tokens 4g .. 4g+3 at column c of the step.
+var<workgroup> xs: array<vec4<f32>, 512>;
+// (GEMM_KC, GEMM_BS / 4): ws[c·16 + g] holds slots 4g .. 4g+3 at column c of the step.
+var<workgroup> ws: array<vec4<f32>, 512>;
+
+// Four input values of token `tok` (of the step) from column c.
+fn gemm_x4(tok: u32, c: u32) -> vec4<f32> {
+    let i = p.x + tok * p.k + c;
+    return vec4<f32>(arena[i], arena[i + 1u], arena[i + 2u], arena[i + 3u]);
+}
+
+fn gemm_norm4(c: u32) -> vec4<f32> {
+    return vec4<f32>(vector_at(p.norm + c), vector_at(p.norm + c + 1u), vector_at(p.norm + c + 2u), vector_at(p.norm + c + 3u));
+}
+
+// Output columns a workgroup covers.
+fn gemm_cols() -> u32 {
+    return select(GEMM_BS, GEMM_BS / 2u, GEMM_GATED);
+}
+
+// Slot s of the tile whose first output column is col0: the byte offset of its weight
+// row, and whether that row exists.
+struct Slot {
+    at: u32,
+    live: bool,
+}
+
+fn gemm_slot(col0: u32, s: u32) -> Slot {
+    var col = col0 + s;
+    var w = p.w;
+    if (GEMM_GATED) {
+        col = col0 + 2u * (s / 4u) + s % 2u;
+        w = select(p.w, p.w2, s % 4u >= 2u);
+    }
+    return Slot(w + col * p.row_bytes, col < p.n);
+}
+
+// A thread's share of the tile: tokens t0 + 4·ty + i (acc[i]) by slots 4·tx + j
+// (component j), and where the tile starts.
+struct Gemm {
+    t0: u32,
+    col0: u32,
+    rows: u32,
+    tx: u32,
+    ty: u32,
+    acc: array<vec4<f32>, 4>,
+}
+
+// 1/rms of token `tok`, from the 4 threads lid & ~3 .. +3 that load it (xs is scratch).
+fn gemm_inv_rms(tok: u32, live: bool, lid: u32) -> f32 {
+    var s = 0.0;
+    if (live) {
+        for (var c = 4u * (lid % 4u); c < p.k; c += 16u) {
+            let v = gemm_x4(tok, c);
+            s += dot(v, v);
+        }
+    }
+    xs[lid] = vec4<f32>(s, 0.0, 0.0, 0.0);
+    workgroupBarrier();
+    let b = lid & ~3u;
+    let total = xs[b].x + xs[b + 1u].x + xs[b + 2u].x + xs[b + 3u].x;
+    workgroupBarrier();
+    return 1.0 / sqrt(total / f32(p.k) + p.eps);
+}
+
+fn gemm_tile(wg: vec3<u32>, n_wg: vec3<u32>, lid: u32) -> Gemm {
+    var g: Gemm;
+    g.t0 = wg.z * GEMM_BT;
+    g.col0 = (wg.y * n_wg.x + wg.x) * gemm_cols();
+    g.rows = step[p.rows_sel];
+    g.tx = lid % 16u;
+    g.ty = lid / 16u;
+    // What this thread loads: token (and slot) lid / 4, unit lid % 4 of each K-step.
+    let lt = lid / 4u;
+    let lu = lid % 4u;
+    let tok = g.t0 + lt;
+    let tok_live = tok < g.rows;
+    let slot = gemm_slot(g.col0, lt);
+    var scale = 1.0;
+    if (GEMM_NORM) {
+        scale = gemm_inv_rms(tok, tok_live, lid);
+    }
+    // Whether this thread's 4 × 4 has anything to compute (a partial tile skips the rest).
+    let busy = g.t0 + 4u * g.ty < g.rows && gemm_slot(g.col0, 4u * g.tx).live;
+    let units = p.k / 8u;
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    for (var u0 = 0u; u0 < units; u0 += GEMM_KU) {
+        let u = u0 + lu;
+        var wu = W8(vec4<f32>(0.0), vec4<f32>(0.0));
+        var xlo = vec4<f32>(0.0);
+        var xhi = vec4<f32>(0.0);
+        if (u < units) {
+            let c = unit_cols(u);
+            if (slot.live) {
+                wu = w_unit(slot.at, u);
+            }
+            if (tok_live) {
+                xlo = gemm_x4(tok, c.x) * scale;
+                xhi = gemm_x4(tok, c.y) * scale;
+                if (GEMM_NORM) {
+                    xlo *= gemm_norm4(c.x);
+                    xhi *= gemm_norm4(c.y);
+                }
+            }
+        }
+        // Column 8·lu + m of the step: m < 4 from lo, the others from hi.
+        let at = 8u * lu * 16u + lt / 4u;
+        let comp = lt % 4u;
+        for (var m = 0u; m < 4u; m++) {
+            ws[at + m * 16u][comp] = wu.lo[m];
+            ws[at + (m + 4u) * 16u][comp] = wu.hi[m];
+            xs[at + m * 16u][comp] = xlo[m];
+            xs[at + (m + 4u) * 16u][comp] = xhi[m];
+        }
+        workgroupBarrier();
+        if (busy) {
+            for (var c = 0u; c < GEMM_KC; c++) {
+                let x = xs[c * 16u + g.ty];
+                let w = ws[c * 16u + g.tx];
+                a0 += x.x * w;
+                a1 += x.y * w;
+                a2 += x.z * w;
+                a3 += x.w * w;
+            }
+        }
+        workgroupBarrier();
+    }
+    g.acc = array<vec4<f32>, 4>(a0, a1, a2, a3);
+    return g;
+}
+
+// Where the thread writes token i of its tile, output column j of its own (0..3, or
+// 0..1 when gated): the arena index, and whether both exist.
+struct GemmOut {
+    at: u32,
+    live: bool,
+}
+
+fn gemm_out(g: Gemm, i: u32, j: u32) -> GemmOut {
+    let tok = g.t0 + 4u * g.ty + i;
+    var col = g.col0 + 4u * g.tx + j;
+    if (GEMM_GATED) {
+        col = g.col0 + 2u * g.tx + j;
+    }
+    return GemmOut(p.out + tok * p.out_stride + col, tok < g.rows && col < p.n);
+}

@@ -1,0 +1,18 @@
+// rmsnorm_gemm_geglu.wgsl: RMSNorm, gate/up matmuls and GeGLU in one tiled kernel (the
+// tiled twin of rmsnorm_matmul_geglu.wgsl).
+
+const GEMM_NORM: bool = true;
+const GEMM_GATED: bool = true;
+
+@compute @workgroup_size(256)
+fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n_wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let g = gemm_tile(wg, n_wg, lid);
+    for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 2u; j++) {
+            let o = gemm_out(g, i, j);
+            if (o.live) {
+                arena[o.at] = gelu_f16(g.acc[i][j]) * g.acc[i][j + 2u];
+            }
+        }
+    }
+}
