@@ -42,6 +42,11 @@ pub const FILES: &[(&str, &str)] = &[
     ("weights_q8/q4_0", include_str!("wgsl/weights_q8/q4_0.wgsl")),
     ("weights_q8/q4_1", include_str!("wgsl/weights_q8/q4_1.wgsl")),
     ("weights_q8/q8_0", include_str!("wgsl/weights_q8/q8_0.wgsl")),
+    ("weights_q8/q5_0", include_str!("wgsl/weights_q8/q5_0.wgsl")),
+    ("weights_q8/q5_1", include_str!("wgsl/weights_q8/q5_1.wgsl")),
+    ("weights_q8/q4_k", include_str!("wgsl/weights_q8/q4_k.wgsl")),
+    ("weights_q8/q5_k", include_str!("wgsl/weights_q8/q5_k.wgsl")),
+    ("weights_q8/q6_k", include_str!("wgsl/weights_q8/q6_k.wgsl")),
     ("rope_common", include_str!("wgsl/rope_common.wgsl")),
     ("kv_common", include_str!("wgsl/kv_common.wgsl")),
     ("kv_store", include_str!("wgsl/kv_store.wgsl")),
@@ -192,8 +197,18 @@ const GEMM_INCLUDES: &[&str] = &["weights/common", "weights", "gemm_core"];
 /// reduction (subgroup or workgroup), `weights_q8` for the packed weight dtype's blocks.
 const MATVEC_INCLUDES: &[&str] = &["mv_reduce", "weights_q8", "matvec_core"];
 
-/// Weight dtypes the int8 matvec reads (those [`crate::repack`] packs).
-pub const MATVEC_DTYPES: [DType; 3] = [DType::Q4_0, DType::Q4_1, DType::Q8_0];
+/// Weight dtypes the int8 matvec reads: rows of whole 16-byte units, those
+/// [`crate::repack`] packs and Q4_K and Q5_K as GGUF stores them.
+pub const MATVEC_DTYPES: [DType; 8] = [
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q8_0,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+];
 
 /// Weight dtypes the kernels read.
 pub const WEIGHT_DTYPES: [DType; 12] = [

@@ -56,8 +56,8 @@ fn the_int8_matvec_validates_without_integer_dot_products() {
             .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
         n += 1;
     }
-    // 4 ops × 3 dtypes × 2 reductions.
-    assert_eq!(n, 24);
+    // 4 ops × every int8 dtype × 2 reductions.
+    assert_eq!(n, 4 * crate::sources::MATVEC_DTYPES.len() * 2);
 }
 
 #[test]
@@ -254,4 +254,16 @@ fn the_required_subgroup_size_fits_a_workgroup() {
         None,
         "not a power of two"
     );
+}
+
+#[test]
+fn int8_matvec_rows_are_whole_16_byte_units() {
+    // matvec_core.wgsl reads rows a vec4 at a time from their start.
+    for dtype in crate::sources::MATVEC_DTYPES {
+        for blocks in 1..20u64 {
+            let cols = blocks * dtype.block_len() as u64;
+            let row = crate::repack::row_bytes(dtype, cols).unwrap();
+            assert_eq!(row % 16, 0, "{dtype} {cols} columns");
+        }
+    }
 }

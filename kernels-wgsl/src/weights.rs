@@ -1,8 +1,8 @@
 //! The weights buffers: every weight of the plan at a 16-byte aligned byte offset of one
 //! 64-bit address space (a weight the graph names twice, as tied embeddings, once), cut
 //! into buffers of at most the device's largest buffer. Matrices keep their stored
-//! blocks (dequantized inside the kernels), Q4_0/Q4_1/Q8_0 regrouped per row for 16-byte
-//! loads ([`crate::repack`]); vectors (norms, RoPE factors: one row) are
+//! blocks (dequantized inside the kernels), Q4_0/Q4_1/Q8_0/Q5_0/Q5_1/Q6_K regrouped per
+//! row for 16-byte loads ([`crate::repack`]); vectors (norms, RoPE factors: one row) are
 //! decoded to f32 once. A weight lies whole in one buffer, and so do the weights one
 //! launch reads together (a fused op's norm and matrices); a buffer may be larger than
 //! one binding: each dispatch binds a window of its buffer

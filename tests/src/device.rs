@@ -6,8 +6,8 @@
 //! The logits are held to the f32 oracle (`Reference`), not to the CPU backend: the CPU
 //! backend quantizes activations to 8 bits before the quantized matmuls (as llama.cpp
 //! does; NMSE up to 1.3e-2 from the oracle), and so do the GPU kernels' matvecs of
-//! decode-sized steps (CUDA's, and the WGSL kernels' for Q4_0, Q4_1 and Q8_0), each in
-//! its own way: the oracle is the one fixed point.
+//! decode-sized steps (CUDA's, and the WGSL kernels' for every quantized type but Q8_K),
+//! each in its own way: the oracle is the one fixed point.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -134,6 +134,9 @@ pub fn cases() -> Vec<Case> {
             matmul_glu(Glu::Ge, false, dtype, 7, 512, 131),
             matmul_glu(Glu::Ge, true, dtype, 33, 768, 97),
             matmul_add(dtype, 33, 256, 97),
+            // 19 tokens: the WGSL int8 matvec's batched steps (as for the 32-value types).
+            matmul_add(dtype, 19, 512, 97),
+            matmul("rmsnorm_matmul3", vec![dtype; 3], 19, 256, vec![67, 32, 33]),
         ]);
     }
     // Steps of many tokens (the WGSL kernels' tiled GEMM: tiles of 64 tokens by 64

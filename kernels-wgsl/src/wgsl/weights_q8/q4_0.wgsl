@@ -8,5 +8,5 @@ fn w_block(row: u32, b: u32) -> WBlock {
     let q = wv[group + 1u + j];
     let d = unpack2x16float(wv[group][j / 2u])[j % 2u];
     let m = vec4<u32>(0x0F0F0F0Fu);
-    return WBlock(q & m, (q >> vec4<u32>(4u)) & m, d, -8.0 * d);
+    return WBlock(q & m, (q >> vec4<u32>(4u)) & m, vec2<f32>(d), -8.0 * d);
 }

@@ -8,5 +8,5 @@ fn w_block(row: u32, b: u32) -> WBlock {
     let q = wv[group + 2u + j];
     let dm = unpack2x16float(wv[group + j / 4u][j % 4u]);
     let m = vec4<u32>(0x0F0F0F0Fu);
-    return WBlock(q & m, (q >> vec4<u32>(4u)) & m, dm.x, dm.y);
+    return WBlock(q & m, (q >> vec4<u32>(4u)) & m, vec2<f32>(dm.x), dm.y);
 }

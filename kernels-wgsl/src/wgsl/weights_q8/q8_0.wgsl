@@ -6,5 +6,5 @@ fn w_block(row: u32, b: u32) -> WBlock {
     let group = row + 17u * (b / 8u);
     let j = b % 8u;
     let d = unpack2x16float(wv[group][j / 2u])[j % 2u];
-    return WBlock(wv[group + 1u + 2u * j], wv[group + 2u + 2u * j], d, 0.0);
+    return WBlock(wv[group + 1u + 2u * j], wv[group + 2u + 2u * j], vec2<f32>(d), 0.0);
 }
