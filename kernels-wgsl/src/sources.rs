@@ -275,6 +275,11 @@ impl Variant {
         includes(op).is_some_and(|inc| inc.contains(&"kv_common"))
     }
 
+    /// Whether the op writes KV pages (binds them read-write; the others read-only).
+    pub fn writes_kv(op: &str) -> bool {
+        includes(op).is_some_and(|inc| inc.contains(&"kv_store"))
+    }
+
     /// The full WGSL of the variant, or None for an unknown op or a missing weight or
     /// KV type.
     pub fn source(&self) -> Option<String> {

@@ -92,7 +92,12 @@ impl Api for Wgpu {
     }
 
     fn capabilities(&self, properties: &DeviceProperties) -> Capabilities {
-        Capabilities::of(properties, self.uniform_align())
+        let caps = Capabilities::of(properties, self.uniform_align());
+        // A window's base in its buffer is a dynamic offset, a u32.
+        Capabilities {
+            max_buffer: caps.max_buffer.min(1 << 32),
+            ..caps
+        }
     }
 
     fn load(

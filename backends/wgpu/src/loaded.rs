@@ -14,9 +14,10 @@ use kiln_gpu_host::timers::Timestamps;
 use kiln_gpu_host::upload::Staging;
 use kiln_ir::Plan;
 use kiln_ir::backend::{BackendError, WeightSource};
+use kiln_kernels_wgsl::program::WINDOW_ALIGN;
 use kiln_kernels_wgsl::program::{ENTRY, Run, StepList};
 use kiln_kernels_wgsl::run::{Device, STEP_BYTES};
-use kiln_kernels_wgsl::{Program, Resource, weights};
+use kiln_kernels_wgsl::{Program, Resource, Variant, weights};
 
 use crate::device::{Gpu, NAME};
 
@@ -36,10 +37,18 @@ struct Timer {
 #[derive(Debug)]
 pub struct WgpuPlan {
     gpu: Arc<Gpu>,
-    pipelines: Vec<wgpu::ComputePipeline>,
-    /// A bind group per dispatch of the program (launch by launch, `Run::dispatch`),
-    /// rebuilt only when the step buffer grows.
-    bind_groups: Vec<wgpu::BindGroup>,
+    /// Each with whether it writes the KV pages (its bind group layout: the KV binding
+    /// read-write, else read-only; WebGPU binds each as the shader declares it).
+    pipelines: Vec<(wgpu::ComputePipeline, bool)>,
+    /// The two bind group layouts (KV read-only, read-write): the params block and the
+    /// weights window at dynamic offsets, so that a step's dispatches share a few bind
+    /// groups (wgpu tracks each bind group a submitted step holds).
+    layouts: [wgpu::BindGroupLayout; 2],
+    /// Per weights buffer, a bind group of each layout; rebuilt only when the step buffer
+    /// grows.
+    bind_groups: Vec<[wgpu::BindGroup; 2]>,
+    /// The params binding's size: the largest params block.
+    params_range: u64,
     arena: wgpu::Buffer,
     /// Indexed like `program.weights.buffers`.
     weights: Vec<wgpu::Buffer>,
@@ -82,23 +91,46 @@ impl WgpuPlan {
             }
             Ok(())
         })?;
+        let params_range = program.max_params_block();
+        if params_range > gpu.limits.max_uniform_buffer_binding_size
+            || !WINDOW_ALIGN
+                .is_multiple_of(u64::from(gpu.limits.min_storage_buffer_offset_alignment))
+        {
+            return Err(BackendError::Unsupported {
+                backend: NAME,
+                what: format!(
+                    "params blocks of {params_range} bytes, or weights windows at {WINDOW_ALIGN}-byte offsets"
+                ),
+            });
+        }
+        // A params block's binding is `params_range` bytes from its offset: room for the
+        // last one's.
         let params = gpu.buffer(
             "params",
-            program.params.len() as u64,
+            program.params.len() as u64 + params_range,
             wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
         )?;
         gpu.queue.write_buffer(&params, 0, &program.params);
         gpu.queue.submit([]);
         gpu.check("uploading weights")?;
+        let layouts = [false, true].map(|writes_kv| bind_group_layout(gpu, writes_kv));
+        let pipeline_layouts = layouts.each_ref().map(|l| {
+            (gpu.device).create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: None,
+                bind_group_layouts: &[Some(l)],
+                immediate_size: 0,
+            })
+        });
         let mut pipelines = Vec::with_capacity(program.pipelines.len());
         for p in &program.pipelines {
+            let writes_kv = Variant::writes_kv(p.variant.op);
             let module = (gpu.device).create_shader_module(wgpu::ShaderModuleDescriptor {
                 label: Some(&p.name),
                 source: wgpu::ShaderSource::Wgsl(p.source.as_str().into()),
             });
             let pipeline = (gpu.device).create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
                 label: Some(&p.name),
-                layout: None,
+                layout: Some(&pipeline_layouts[usize::from(writes_kv)]),
                 module: &module,
                 entry_point: Some(ENTRY),
                 compilation_options: Default::default(),
@@ -108,12 +140,14 @@ impl WgpuPlan {
             if debug {
                 eprintln!("wgpu: built {} ({} bytes of WGSL)", p.name, p.source.len());
             }
-            pipelines.push(pipeline);
+            pipelines.push((pipeline, writes_kv));
         }
         let mut loaded = WgpuPlan {
             gpu: gpu.clone(),
             pipelines,
+            layouts,
             bind_groups: Vec::new(),
+            params_range,
             arena: gpu.buffer("arena", program.arena_bytes, STORAGE)?,
             weights,
             kv: gpu.buffer("kv pages", program.kv_bytes, STORAGE)?,
@@ -127,34 +161,40 @@ impl WgpuPlan {
         Ok(loaded)
     }
 
-    /// (Re)build every bind group: once at load, again when the step buffer grows.
+    /// (Re)build every bind group: once at load, again when the step buffer grows. Bind
+    /// group `i` binds weights buffer `i` in windows of the size its dispatches bind
+    /// (`program.weights_windows`), the params block of the largest dispatch.
     fn bind(&mut self, program: &Program) {
-        let buffer = |r: Resource, weights: usize| match r {
-            Resource::Params => &self.params,
-            Resource::Arena => &self.arena,
-            Resource::Weights => &self.weights[weights],
-            Resource::Kv => &self.kv,
-            Resource::Step => &self.step,
-        };
-        let groups = program.launches.iter().flatten().map(|d| {
-            let entries: Vec<wgpu::BindGroupEntry<'_>> = d
-                .bindings()
-                .map(|(r, offset, size)| wgpu::BindGroupEntry {
-                    binding: r.binding(),
-                    resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: buffer(r, d.weights_buffer),
-                        offset,
-                        size: size.and_then(wgpu::BufferSize::new),
-                    }),
+        let groups = self
+            .weights
+            .iter()
+            .zip(&program.weights_windows)
+            .map(|(w, &window)| {
+                self.layouts.each_ref().map(|layout| {
+                    let entry = |r: Resource| {
+                        let (buffer, size) = match r {
+                            Resource::Params => (&self.params, Some(self.params_range)),
+                            Resource::Arena => (&self.arena, None),
+                            Resource::Weights => (w, Some(window)),
+                            Resource::Kv => (&self.kv, None),
+                            Resource::Step => (&self.step, None),
+                        };
+                        wgpu::BindGroupEntry {
+                            binding: r.binding(),
+                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                buffer,
+                                offset: 0,
+                                size: size.and_then(wgpu::BufferSize::new),
+                            }),
+                        }
+                    };
+                    (self.gpu.device).create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: None,
+                        layout,
+                        entries: &Resource::ALL.map(entry),
+                    })
                 })
-                .collect();
-            let layout = self.pipelines[d.pipeline].get_bind_group_layout(0);
-            (self.gpu.device).create_bind_group(&wgpu::BindGroupDescriptor {
-                label: None,
-                layout: &layout,
-                entries: &entries,
-            })
-        });
+            });
         self.bind_groups = groups.collect();
     }
 
@@ -162,11 +202,16 @@ impl WgpuPlan {
     fn encode(&self, pass: &mut wgpu::ComputePass<'_>, runs: &[Run]) {
         let mut bound = None;
         for r in runs {
+            let (pipeline, writes_kv) = &self.pipelines[r.pipeline];
             if bound != Some(r.pipeline) {
-                pass.set_pipeline(&self.pipelines[r.pipeline]);
+                pass.set_pipeline(pipeline);
                 bound = Some(r.pipeline);
             }
-            pass.set_bind_group(0, &self.bind_groups[r.dispatch], &[]);
+            // Dynamic offsets in binding order: params, weights (below 4 GiB: the weights
+            // buffers are at most that, `Wgpu::capabilities`).
+            let offsets = [r.params_offset as u32, r.weights_offset as u32];
+            let group = &self.bind_groups[r.weights_buffer][usize::from(*writes_kv)];
+            pass.set_bind_group(0, group, &offsets);
             let [x, y, z] = r.workgroups;
             pass.dispatch_workgroups(x, y, z);
         }
@@ -211,6 +256,37 @@ impl WgpuPlan {
         }
         encoder.finish()
     }
+}
+
+/// The one bind group layout of every kernel (with the KV binding as `writes_kv` says):
+/// params and the weights window at dynamic offsets, the rest whole buffers.
+fn bind_group_layout(gpu: &Gpu, writes_kv: bool) -> wgpu::BindGroupLayout {
+    let entry = |r: Resource| {
+        let ty = match r {
+            Resource::Params => wgpu::BufferBindingType::Uniform,
+            Resource::Arena => wgpu::BufferBindingType::Storage { read_only: false },
+            Resource::Kv => wgpu::BufferBindingType::Storage {
+                read_only: !writes_kv,
+            },
+            Resource::Weights | Resource::Step => {
+                wgpu::BufferBindingType::Storage { read_only: true }
+            }
+        };
+        wgpu::BindGroupLayoutEntry {
+            binding: r.binding(),
+            visibility: wgpu::ShaderStages::COMPUTE,
+            ty: wgpu::BindingType::Buffer {
+                ty,
+                has_dynamic_offset: matches!(r, Resource::Params | Resource::Weights),
+                min_binding_size: None,
+            },
+            count: None,
+        }
+    };
+    (gpu.device).create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+        label: None,
+        entries: &Resource::ALL.map(entry),
+    })
 }
 
 impl Timer {
