@@ -26,6 +26,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("weights/q5_k", include_str!("wgsl/weights/q5_k.wgsl")),
     ("weights/q6_k", include_str!("wgsl/weights/q6_k.wgsl")),
     ("weights/q8_k", include_str!("wgsl/weights/q8_k.wgsl")),
+    ("matmul_params", include_str!("wgsl/matmul_params.wgsl")),
     ("matmul_core", include_str!("wgsl/matmul_core.wgsl")),
     ("gemm_core", include_str!("wgsl/gemm_core.wgsl")),
     // The int8 decode matvec: activations quantized once per launch, packed weights.
@@ -121,23 +122,53 @@ pub const OPS: &[(&str, &[&str])] = &[
     ("rmsnorm", &["reduce", "weights/common"]),
     (
         "matmul",
-        &["reduce", "weights/common", "weights", "matmul_core"],
+        &[
+            "reduce",
+            "weights/common",
+            "weights",
+            "matmul_params",
+            "matmul_core",
+        ],
     ),
     (
         "rmsnorm_matmul",
-        &["reduce", "weights/common", "weights", "matmul_core"],
+        &[
+            "reduce",
+            "weights/common",
+            "weights",
+            "matmul_params",
+            "matmul_core",
+        ],
     ),
     (
         "matmul_swiglu",
-        &["reduce", "weights/common", "weights", "matmul_core"],
+        &[
+            "reduce",
+            "weights/common",
+            "weights",
+            "matmul_params",
+            "matmul_core",
+        ],
     ),
     (
         "rmsnorm_matmul_swiglu",
-        &["reduce", "weights/common", "weights", "matmul_core"],
+        &[
+            "reduce",
+            "weights/common",
+            "weights",
+            "matmul_params",
+            "matmul_core",
+        ],
     ),
     (
         "matmul_add",
-        &["reduce", "weights/common", "weights", "matmul_core"],
+        &[
+            "reduce",
+            "weights/common",
+            "weights",
+            "matmul_params",
+            "matmul_core",
+        ],
     ),
     ("add", &[]),
     ("swiglu", &[]),
@@ -155,11 +186,23 @@ pub const OPS: &[(&str, &[&str])] = &[
     ("geglu", &[]),
     (
         "matmul_geglu",
-        &["reduce", "weights/common", "weights", "matmul_core"],
+        &[
+            "reduce",
+            "weights/common",
+            "weights",
+            "matmul_params",
+            "matmul_core",
+        ],
     ),
     (
         "rmsnorm_matmul_geglu",
-        &["reduce", "weights/common", "weights", "matmul_core"],
+        &[
+            "reduce",
+            "weights/common",
+            "weights",
+            "matmul_params",
+            "matmul_core",
+        ],
     ),
     ("rmsnorm_add", &["reduce", "weights/common"]),
     (
@@ -191,7 +234,7 @@ pub const OPS: &[(&str, &[&str])] = &[
 ];
 
 /// What every tiled GEMM file includes (no reduction: its sums stay in registers).
-const GEMM_INCLUDES: &[&str] = &["weights/common", "weights", "gemm_core"];
+const GEMM_INCLUDES: &[&str] = &["weights/common", "weights", "matmul_params", "gemm_core"];
 
 /// The includes of the int8 matvec files: `mv_reduce` stands for its row groups'
 /// reduction (subgroup or workgroup), `weights_q8` for the packed weight dtype's blocks.

@@ -18,25 +18,6 @@
 // for j < 2, up row 2g + j - 2 otherwise, so a thread's tile is 2 output columns of
 // both and a workgroup covers 32 output columns), and writes the outputs.
 
-struct Params {
-    rows_sel: u32,  // STEP_N_TOKENS or STEP_N_OUTPUTS: what the rows count
-    k: u32,         // input columns
-    n: u32,         // output columns (weight rows) of this dispatch
-    row_bytes: u32, // bytes of one weight row
-    x: u32,         // arena index of the input (rows, k)
-    out: u32,       // arena index of the output (rows, n)
-    w: u32,         // byte offset of the weight (gate) in `weights`
-    w2: u32,        // byte offset of the second weight (up)
-    res: u32,       // arena index of the residual (rows, n)
-    norm: u32,      // word index of the RMSNorm weight (k)
-    eps: f32,
-    out_stride: u32, // columns of an output row (n, or more for a chunk of the rows)
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> arena: array<f32>;
-@group(0) @binding(4) var<storage, read> step: array<u32>;
-
 const GEMM_THREADS: u32 = 256u;
 const GEMM_BT: u32 = 64u; // tokens of a tile
 const GEMM_BS: u32 = 64u; // slots (weight rows) of a tile

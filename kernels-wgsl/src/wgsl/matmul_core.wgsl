@@ -10,25 +10,6 @@
 // Loops over tokens run to the constant TILE_T (so that the accumulators stay registers,
 // not memory indexed at run time) and skip the tokens past the tile's end.
 
-struct Params {
-    rows_sel: u32,  // STEP_N_TOKENS or STEP_N_OUTPUTS: what the rows count
-    k: u32,         // input columns
-    n: u32,         // output columns (weight rows) of this dispatch
-    row_bytes: u32, // bytes of one weight row
-    x: u32,         // arena index of the input (rows, k)
-    out: u32,       // arena index of the output (rows, n)
-    w: u32,         // byte offset of the weight (gate) in `weights`
-    w2: u32,        // byte offset of the second weight (up)
-    res: u32,       // arena index of the residual (rows, n)
-    norm: u32,      // word index of the RMSNorm weight (k)
-    eps: f32,
-    out_stride: u32, // columns of an output row (n, or more for a chunk of the rows)
-}
-
-@group(0) @binding(0) var<uniform> p: Params;
-@group(0) @binding(1) var<storage, read_write> arena: array<f32>;
-@group(0) @binding(4) var<storage, read> step: array<u32>;
-
 // (TILE_T) 1/rms of each token of the tile, for the RMSNorm variants.
 var<private> inv_rms: array<f32, 8>;
 // The tile's first token.
