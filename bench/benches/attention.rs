@@ -1,6 +1,7 @@
 //! Paged attention: decode (one token over contexts of 512 and 4096, KV pages rotating
 //! through more memory than the last-level cache) and prefill (128 tokens attending
-//! causally), FP8 and F16 KV. Throughput: KV bytes read.
+//! causally; Gemma 3 270M's heads over 512 tokens), FP8 and F16 KV. Throughput: KV bytes
+//! read.
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use kiln_bench::Case;
@@ -27,6 +28,16 @@ fn attention(c: &mut Criterion) {
                 }));
             }
         }
+    }
+    // Gemma 3 270M: four query heads over one KV head of 256, a 512-token prompt.
+    for kv in [KvDtype::F8E4M3, KvDtype::F16] {
+        cases.push(Box::new(Attention {
+            n_heads: 4,
+            n_kv_heads: 1,
+            head_dim: 256,
+            kv,
+            mode: AttentionMode::Prefill { tokens: 512 },
+        }));
     }
     kiln_bench::run_suite(c, &cases);
 }

@@ -1,5 +1,5 @@
 //! Causal grouped-query attention over paged KV (FP8 with per-(token, head) scales, or
-//! F16), with an online softmax. One task per (token, KV head); the token at position
+//! F16), with an online softmax taken a block of 16 keys at a time. One task per (token, KV head); the token at position
 //! p attends to positions 0..=p of its sequence, or p + 1 − window..=p with a sliding
 //! window, reading the block tables of the layer's KV group.
 
@@ -135,6 +135,11 @@ struct Ctx<'a> {
     group: usize,
 }
 
+/// Keys a block takes together: their scores, one softmax rescale, then their weighted
+/// values. Blocks start at multiples of KEY_BLOCK positions, so the blocks of a token (and
+/// with them its bits) do not depend on the tokens it runs with.
+const KEY_BLOCK: usize = 16;
+
 impl Ctx<'_> {
     /// o (tokens, group, head_dim): the query heads of `kv_head` for `tokens`, each
     /// run of tokens of one sequence reading that sequence's keys once.
@@ -143,8 +148,9 @@ impl Ctx<'_> {
         let n_heads = self.params.n_heads;
         let page_size = self.kv.layout.kv_page_size();
         let scale = self.params.scale;
-        let mut k = vec![0.0f32; hd]; // (head_dim) one decoded key
-        let mut v = vec![0.0f32; hd]; // (head_dim) one decoded value
+        let mut k = vec![0.0f32; KEY_BLOCK * hd]; // (KEY_BLOCK, head_dim) the block's keys
+        let mut v = vec![0.0f32; KEY_BLOCK * hd]; // (KEY_BLOCK, head_dim) its values
+        let mut p = [0.0f32; KEY_BLOCK]; // (KEY_BLOCK) one head's scores, then weights
         o.fill(0.0);
         let mut a = tokens.start;
         while a < tokens.end {
@@ -160,37 +166,58 @@ impl Ctx<'_> {
             let lo = (a..b).map(first).min().unwrap_or(0);
             let hi = (a..b).map(last).max().unwrap_or(0);
             let table = self.tables[seq as usize];
-            for pos in lo..=hi {
-                let (page, slot) = (table[pos / page_size] as usize, pos % page_size);
-                self.kv
-                    .load(self.params.kv_slot, page, slot, kv_head, false, &mut k);
-                self.kv
-                    .load(self.params.kv_slot, page, slot, kv_head, true, &mut v);
+            for start in (lo / KEY_BLOCK * KEY_BLOCK..=hi).step_by(KEY_BLOCK) {
+                let end = (start + KEY_BLOCK).min(hi + 1); // positions start..end
+                for pos in start.max(lo)..end {
+                    let (page, slot) = (table[pos / page_size] as usize, pos % page_size);
+                    let j = (pos - start) * hd;
+                    let kv_slot = self.params.kv_slot;
+                    let (kj, vj) = (&mut k[j..j + hd], &mut v[j..j + hd]);
+                    self.kv.load(kv_slot, page, slot, kv_head, false, kj);
+                    self.kv.load(kv_slot, page, slot, kv_head, true, vj);
+                }
                 for t in a..b {
-                    if pos < first(t) || pos > last(t) {
+                    // The keys of the block this token sees.
+                    let (from, to) = (first(t).max(start), (last(t) + 1).min(end));
+                    if from >= to {
                         continue;
                     }
+                    let keys = from - start..to - start;
                     let i = t - a;
                     let q0 = (t * n_heads + kv_head * group) * hd;
                     let qg = &self.q[q0..q0 + group * hd]; // (group, head_dim)
                     let og = &mut o[(t - tokens.start) * group * hd..][..group * hd];
                     for g in 0..group {
-                        let s = kiln_ir::quant::dot_f32(&qg[g * hd..(g + 1) * hd], &k) * scale;
-                        // Online softmax: rescale what was accumulated when the maximum
-                        // grows.
+                        let qh = &qg[g * hd..(g + 1) * hd];
+                        let mut block_max = f32::NEG_INFINITY;
+                        for j in keys.clone() {
+                            p[j] = kiln_ir::quant::dot_f32(qh, &k[j * hd..(j + 1) * hd]) * scale;
+                            block_max = block_max.max(p[j]);
+                        }
+                        // Online softmax, once per block: rescale what was accumulated
+                        // when the maximum grows (exp(0) is 1 exactly, so skipping it
+                        // gives the same bits).
                         let m = &mut max[i * group + g];
-                        let new_max = m.max(s);
-                        // exp(0) is 1 exactly: most keys leave the maximum as it is,
-                        // and skipping their exp gives the same bits.
+                        let new_max = m.max(block_max);
                         let correction = if new_max == *m && m.is_finite() {
                             1.0
                         } else {
                             (*m - new_max).exp()
                         };
-                        let p = (s - new_max).exp();
+                        let mut block_sum = 0.0;
+                        for w in &mut p[keys.clone()] {
+                            *w = (*w - new_max).exp();
+                            block_sum += *w;
+                        }
                         let sg = &mut sum[i * group + g];
-                        *sg = *sg * correction + p;
-                        scale_add(&mut og[g * hd..(g + 1) * hd], correction, p, &v);
+                        *sg = *sg * correction + block_sum;
+                        let vs = &v[keys.start * hd..keys.end * hd];
+                        weighted_sum(
+                            &mut og[g * hd..(g + 1) * hd],
+                            correction,
+                            &p[keys.clone()],
+                            vs,
+                        );
                         *m = new_max;
                     }
                 }
@@ -207,32 +234,55 @@ impl Ctx<'_> {
     }
 }
 
-/// o = o · c + p · v, element by element: a multiply, a multiply and an add each (no
-/// fused multiply-add, so every path gives the same bits).
-fn scale_add(o: &mut [f32], c: f32, p: f32, v: &[f32]) {
+/// o = o · c + Σ_j w_j · v_j (v: (w.len(), o.len())), element by element in key order: a
+/// multiply and an add each (no fused multiply-add, so every path gives the same bits).
+fn weighted_sum(o: &mut [f32], c: f32, w: &[f32], v: &[f32]) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") {
         // SAFETY: the CPU has AVX2, checked just above.
-        unsafe { scale_add_avx2(o, c, p, v) };
+        unsafe { weighted_sum_avx2(o, c, w, v) };
         return;
     }
-    scale_add_plain(o, c, p, v);
+    weighted_sum_plain(o, c, w, v);
 }
 
+/// Columns a pass of [`weighted_sum_plain`] keeps in registers: eight 8-wide vectors.
+const COLUMNS: usize = 64;
+
 #[inline(always)]
-fn scale_add_plain(o: &mut [f32], c: f32, p: f32, v: &[f32]) {
-    for (ov, &vv) in o.iter_mut().zip(v) {
-        *ov = *ov * c + p * vv;
+fn weighted_sum_plain(o: &mut [f32], c: f32, w: &[f32], v: &[f32]) {
+    let hd = o.len();
+    let mut c0 = 0;
+    // Whole passes of COLUMNS: the accumulators stay in registers over every key.
+    while c0 + COLUMNS <= hd {
+        let mut acc: [f32; COLUMNS] = o[c0..c0 + COLUMNS].try_into().expect("COLUMNS");
+        acc.iter_mut().for_each(|x| *x *= c);
+        for (j, &wj) in w.iter().enumerate() {
+            let vj: &[f32; COLUMNS] = v[j * hd + c0..][..COLUMNS].try_into().expect("COLUMNS");
+            for (x, &y) in acc.iter_mut().zip(vj) {
+                *x += wj * y;
+            }
+        }
+        o[c0..c0 + COLUMNS].copy_from_slice(&acc);
+        c0 += COLUMNS;
+    }
+    // The rest (a head size not a multiple of COLUMNS): the same operations per element.
+    for (i, x) in o.iter_mut().enumerate().skip(c0) {
+        let mut acc = *x * c;
+        for (j, &wj) in w.iter().enumerate() {
+            acc += wj * v[j * hd + i];
+        }
+        *x = acc;
     }
 }
 
-/// [`scale_add_plain`] compiled for AVX2: LLVM vectorizes the same loop 8 wide (it does
-/// not contract the multiply and add without a fast-math flag).
+/// [`weighted_sum_plain`] compiled for AVX2: LLVM vectorizes the same loops 8 wide (it
+/// does not contract the multiply and add without a fast-math flag).
 ///
 /// # Safety
 /// The CPU has AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-unsafe fn scale_add_avx2(o: &mut [f32], c: f32, p: f32, v: &[f32]) {
-    scale_add_plain(o, c, p, v);
+unsafe fn weighted_sum_avx2(o: &mut [f32], c: f32, w: &[f32], v: &[f32]) {
+    weighted_sum_plain(o, c, w, v);
 }
