@@ -1,7 +1,8 @@
 //! Causal grouped-query attention over paged KV (FP8 with per-(token, head) scales, or
-//! F16), with an online softmax taken a block of 16 keys at a time. One task per (token, KV head); the token at position
-//! p attends to positions 0..=p of its sequence, or p + 1 − window..=p with a sliding
-//! window, reading the block tables of the layer's KV group.
+//! F16), with an online softmax taken a block of 16 keys at a time. One task per (token,
+//! KV head); the token at position p attends to positions 0..=p of its sequence, or
+//! p + 1 − window..=p with a sliding window, reading the block tables of the layer's KV
+//! group.
 
 use crate::pool;
 use kiln_ir::AttentionParams;
