@@ -129,7 +129,7 @@ impl Gpu {
         // SAFETY: no buffer exists yet, and every later use is on `stream` alone.
         unsafe { ctx.disable_event_tracking() };
         // A stream of our own, not the legacy default stream: only such a stream can be
-        // captured into a CUDA graph (loaded.rs replays the decode steps).
+        // captured into a CUDA graph (kiln_kernels_cuda::host replays the decode steps).
         let stream = ctx
             .new_stream()
             .map_err(|e| driver("creating the stream", e))?;
