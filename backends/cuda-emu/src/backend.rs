@@ -267,3 +267,14 @@ impl Device for EmuDevice {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The backend may move to another thread (a server's engine thread), as the CUDA
+    /// backend does.
+    #[test]
+    fn the_backend_can_move_between_threads() {
+        fn is_send<T: Send>() {}
+        is_send::<super::EmuBackend>();
+    }
+}
