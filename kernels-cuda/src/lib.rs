@@ -18,8 +18,12 @@
 //!   launch, dp4a matvecs over token tiles up to 32 (`cuda/mv/`), and their scalar twin
 //!   ([`matvec::twin`]); the lowering emits them for every matmul of a packed type.
 //! - [`peak`]: the tensor-core peak kernel of the backend's ceilings.
+//! - [`host`]: the CUDA backend's host logic over a [`host::Device`] (memory, modules,
+//!   launches, graphs, timers): backends/cuda's driver and backends/cuda-emu's emulator
+//!   run the same code.
 
 pub mod args;
+pub mod host;
 pub mod launch;
 pub mod lower;
 pub mod matvec;

@@ -199,6 +199,44 @@ pub fn check_launch_times(backend: &mut dyn Backend) {
     eprintln!("launch times: {times:?}");
 }
 
+/// The logits of `prompt`'s last token and of `tokens` greedy decode steps after it on
+/// `backend` (F8E4M3 KV, a context of 64): what two configurations of one backend
+/// compare.
+pub fn decode_logits(
+    model: &Model,
+    backend: Box<dyn Backend>,
+    prompt: &str,
+    tokens: usize,
+) -> Vec<Vec<f32>> {
+    let ids = model.tokenizer.encode(prompt, true, true);
+    let mut compiled = Compiled::new(model, backend, options(64, KvDtype::F8E4M3))
+        .expect("the backend compiles the model");
+    let mut logits = vec![
+        compiled
+            .forward(&ids, LogitsFor::Last)
+            .expect("the prompt runs"),
+    ];
+    for _ in 0..tokens {
+        let t = argmax(&logits[logits.len() - 1]);
+        logits.push(
+            compiled
+                .forward(&[t], LogitsFor::Last)
+                .expect("a decode step runs"),
+        );
+    }
+    logits
+}
+
+/// A conformance case run twice: the first `launch_times` turns the timers on (and
+/// answers an error), the second run is timed and every launch of its plan has a time.
+pub fn launch_times_cover_the_last_step(backend: &mut dyn Backend) {
+    let case = crate::conformance::find_case("rope_kv_write_attention_h64_gqa3_fp8_p16");
+    crate::conformance::run_case(backend, &case).expect("the case runs");
+    assert!(backend.launch_times().is_err());
+    crate::conformance::run_case(backend, &case).expect("the case runs");
+    check_launch_times(backend);
+}
+
 /// A backend whose `execute` calls are timed on the host (entry to return: for the
 /// WGSL backends, everything up to the queue submit), forwarding everything else.
 pub struct Timed {

@@ -38,15 +38,18 @@ fn configurations() -> Vec<Target> {
         ),
         // The CUDA kernels on the CPU (backends/cuda-emu): CI has a C++ compiler, so a
         // missing one fails there like a missing lavapipe. As an H100 runs them (sm_90,
-        // tensor cores, split-K decode attention), then as a pre-Ada device without the
-        // fast paths (the FP8 bit conversions, matvec tiles and one block per (head,
-        // token) attention for every step).
+        // tensor cores, split-K decode attention, decode steps as graphs), then as a
+        // pre-Ada device without the fast paths (the FP8 bit conversions, matvec tiles and
+        // one block per (head, token) attention for every step), launching directly. Both
+        // run backends/cuda's host logic (kiln_kernels_cuda::host) on the emulator.
         Target::new(
             "cuda_emu",
             kiln_backends::Ci::Lavapipe,
             Arc::new(|| {
                 let options = kiln_backend_cuda_emu::EmuOptions::default();
-                Ok(Box::new(kiln_backend_cuda_emu::EmuBackend::new(options)?))
+                Ok(Box::new(kiln_backend_cuda_emu::EmuBackend::with_options(
+                    options,
+                )?))
             }),
         ),
         Target::new(
@@ -57,9 +60,12 @@ fn configurations() -> Vec<Target> {
                     arch: 800,
                     tensor_cores: false,
                     decode_attention: false,
+                    graphs: false,
                     ..Default::default()
                 };
-                Ok(Box::new(kiln_backend_cuda_emu::EmuBackend::new(options)?))
+                Ok(Box::new(kiln_backend_cuda_emu::EmuBackend::with_options(
+                    options,
+                )?))
             }),
         ),
     ]

@@ -16,7 +16,8 @@ use kiln_ir::backend::Backend;
 use kiln_testkit::{pass, test};
 use kiln_tests::cpu::load;
 use kiln_tests::device::{
-    Greedy, argmax_matches_host, check_launch_times, families_match_the_oracle, greedy_matches_cpu,
+    Greedy, argmax_matches_host, families_match_the_oracle, greedy_matches_cpu,
+    launch_times_cover_the_last_step,
 };
 use kiln_tests::{Outcome, on_device};
 
@@ -91,11 +92,6 @@ fn argmax_on_the_device_matches_the_host(mut backend: CudaBackend) -> Outcome {
 }
 
 fn launch_times_cover_every_launch_of_the_last_step(mut backend: CudaBackend) -> Outcome {
-    let case = kiln_tests::conformance::find_case("rope_kv_write_attention_h64_gqa3_fp8_p16");
-    kiln_tests::conformance::run_case(&mut backend, &case).expect("the case runs");
-    // The first call turns the timers on; the next step is timed.
-    assert!(backend.launch_times().is_err());
-    kiln_tests::conformance::run_case(&mut backend, &case).expect("the case runs");
-    check_launch_times(&mut backend);
+    launch_times_cover_the_last_step(&mut backend);
     pass()
 }

@@ -18,7 +18,8 @@ use kiln_testkit::{fail, pass, test};
 use kiln_tests::conformance::{AttentionSpec, Case, attention_case, matmul_term_case, run_case};
 use kiln_tests::cpu::load;
 use kiln_tests::device::{
-    Greedy, argmax_matches_host, families_match_the_oracle, greedy_matches_cpu,
+    Greedy, argmax_matches_host, decode_logits, families_match_the_oracle, greedy_matches_cpu,
+    launch_times_cover_the_last_step,
 };
 use kiln_tests::{Outcome, gemma_device, gemma_model, on_device};
 
@@ -44,18 +45,20 @@ fn main() -> ExitCode {
             "matvec_tiles_of_2_and_16_tokens_match_the_reference",
             || with_backend(matvec_tiles_of_2_and_16_tokens_match_the_reference),
         ),
+        test("launch_times_cover_every_launch_of_the_last_step", || {
+            with_backend(launch_times_cover_every_launch_of_the_last_step)
+        }),
+        test(
+            "a_step_without_graphs_computes_what_a_replayed_one_does",
+            || with_backend(a_step_without_graphs_computes_what_a_replayed_one_does),
+        ),
     ])
 }
 
 /// The emulator, or the test skipped (failed under KILN_REQUIRE_GPU_BACKENDS=1, as CI
 /// has a C++ compiler) without a C++ compiler.
 fn with_backend(body: fn(EmuBackend) -> Outcome) -> Outcome {
-    on_device(
-        "cuda-emu",
-        Ci::Lavapipe,
-        || EmuBackend::new(EmuOptions::default()),
-        body,
-    )
+    on_device("cuda-emu", Ci::Lavapipe, EmuBackend::new, body)
 }
 
 /// Logits against the oracle's (NMSE, largest difference relative to the largest logit).
@@ -85,7 +88,7 @@ fn greedy_on_the_reference_model_matches_the_cpu_backend(_: EmuBackend) -> Outco
         limits,
     };
     greedy_matches_cpu(&model, &check, &|| {
-        Box::new(EmuBackend::new(EmuOptions::default()).expect("the emulator opened a moment ago"))
+        Box::new(EmuBackend::new().expect("the emulator opened a moment ago"))
     });
     pass()
 }
@@ -94,8 +97,7 @@ fn greedy_on_the_reference_model_matches_the_cpu_backend(_: EmuBackend) -> Outco
 /// families' tiny models (Q8_0), logits against the oracle's with F16 KV.
 fn the_families_match_the_oracle(_: EmuBackend) -> Outcome {
     let make = || {
-        Box::new(EmuBackend::new(EmuOptions::default()).expect("the emulator opened a moment ago"))
-            as Box<dyn Backend>
+        Box::new(EmuBackend::new().expect("the emulator opened a moment ago")) as Box<dyn Backend>
     };
     families_match_the_oracle("cuda-emu", limits, &make);
     pass()
@@ -108,8 +110,7 @@ fn the_families_match_the_oracle(_: EmuBackend) -> Outcome {
 fn gemma3_greedy_matches_llama_cpp(_: EmuBackend) -> Outcome {
     let model = Model::load(gemma_model()).expect("the Gemma model loads");
     let make = || {
-        Box::new(EmuBackend::new(EmuOptions::default()).expect("the emulator opened a moment ago"))
-            as Box<dyn Backend>
+        Box::new(EmuBackend::new().expect("the emulator opened a moment ago")) as Box<dyn Backend>
     };
     match gemma_device::greedy_matches_llama_cpp("cuda-emu", &model, &make, 1, 3) {
         Ok(()) => pass(),
@@ -141,6 +142,35 @@ fn matvec_tiles_of_2_and_16_tokens_match_the_reference(mut backend: EmuBackend) 
         for tokens in [2, 13] {
             within_limit(&mut backend, &matmul_term_case(dtype, tokens, 67, k))?;
         }
+    }
+    pass()
+}
+
+/// The timers of backends/cuda's host logic (kiln_kernels_cuda::host::run), on the
+/// emulator's clock.
+fn launch_times_cover_every_launch_of_the_last_step(mut backend: EmuBackend) -> Outcome {
+    launch_times_cover_the_last_step(&mut backend);
+    pass()
+}
+
+/// Decode steps replayed from a captured graph (the first decode step of a shape is
+/// captured, the next ones replayed with their own step buffer) compute what launching
+/// every kernel directly computes, to the bit: the emulator is deterministic. The tiny
+/// Llama 3, a prompt and 3 decode steps, with and without graphs.
+fn a_step_without_graphs_computes_what_a_replayed_one_does(_: EmuBackend) -> Outcome {
+    let model = Model::load(kiln_tests::families::family_file("llama3-tiny"))
+        .expect("the tiny Llama 3 loads");
+    let run = |graphs: bool| {
+        let options = EmuOptions {
+            graphs,
+            ..EmuOptions::default()
+        };
+        let backend = EmuBackend::with_options(options).expect("the emulator opened");
+        decode_logits(&model, Box::new(backend), "The capital of France is", 3)
+    };
+    let (replayed, direct) = (run(true), run(false));
+    if replayed != direct {
+        return fail("logits of replayed decode steps differ from direct launches'");
     }
     pass()
 }

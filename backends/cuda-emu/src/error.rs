@@ -28,6 +28,11 @@ pub enum EmuError {
         got: usize,
         want: usize,
     },
+    #[error("out of host memory for a buffer of {bytes} bytes")]
+    OutOfMemory { bytes: usize },
+    /// A graph or timer call out of its order (a capture ended that was not begun).
+    #[error("out of order: {0}")]
+    OutOfOrder(&'static str),
     #[error("{symbol} grid {grid:?} block {block:?}: {message}")]
     Kernel {
         symbol: String,

@@ -10,10 +10,11 @@
 //!   `kernels-cuda/src/cuda/ptx.cuh` (`src/host/ptx.h`: mma.sync m16n8k16, cp.async,
 //!   the f16 / E4M3 conversions, dp4a); launched with device addresses that are host
 //!   addresses.
-//! - [`EmuBackend`]: a `kiln_ir::Backend` on those modules — the CUDA backend's lowering,
-//!   launch geometry, step buffer and weight upload with host memory as device memory —
-//!   which the conformance suite runs against the CPU reference
-//!   (tests/tests/conformance.rs, target `cuda_emu`).
+//! - [`EmuDevice`]: `kiln_kernels_cuda::host::Device` on those modules and host memory,
+//!   and [`EmuBackend`], the CUDA backend's own host logic on it
+//!   (`CudaBackendOn<EmuDevice>`: lowering, launch geometry, step buffer, weight upload,
+//!   graphs, timers, the code backends/cuda runs on a GPU), which the conformance suite
+//!   runs against the CPU reference (tests/tests/conformance.rs, targets `cuda_emu*`).
 //!
 //! What it does not model: timing, memory coalescing, bank conflicts, register limits,
 //! concurrent blocks (blocks run one after another, so a kernel whose blocks wait on one
@@ -27,6 +28,6 @@ pub mod memory;
 mod module;
 pub mod source;
 
-pub use backend::{EmuBackend, EmuOptions, NAME};
+pub use backend::{EmuBackend, EmuDevice, EmuOptions, NAME};
 pub use error::EmuError;
 pub use module::Module;

@@ -8,12 +8,12 @@ use cudarc::driver::sys::CUevent_flags;
 use cudarc::nvrtc::Ptx;
 use kiln_ir::backend::{BackendError, Ceilings};
 use kiln_kernels_cuda::args::{KernelArgs, Ptr};
+use kiln_kernels_cuda::host::{Contents, Device, alloc};
 use kiln_kernels_cuda::peak::{
     PEAK_SYMBOL, PEAK_WHAT, PeakArgs, peak_flop, peak_launch, peak_out_bytes, peak_source,
 };
 
 use crate::device::{Gpu, driver};
-use crate::memory::{address, alloc, run};
 
 /// Bytes copied: far past any L2 (the H200's is 60 MiB).
 const COPY_BYTES: u64 = 1 << 30;
@@ -61,11 +61,21 @@ fn best_seconds(
 
 /// Read + write bytes per second of a device-to-device copy.
 fn copy_bandwidth(gpu: &Gpu) -> Result<f64, BackendError> {
-    let src = alloc(gpu, COPY_BYTES, "the copy ceiling's source")?;
-    let mut dst = alloc(gpu, COPY_BYTES, "the copy ceiling's destination")?;
+    let src = alloc(
+        gpu,
+        COPY_BYTES,
+        "the copy ceiling's source",
+        Contents::Kernels,
+    )?;
+    let mut dst = alloc(
+        gpu,
+        COPY_BYTES,
+        "the copy ceiling's destination",
+        Contents::Kernels,
+    )?;
     let s = best_seconds(gpu, || {
         gpu.stream
-            .memcpy_dtod(&src, &mut dst)
+            .memcpy_dtod(&src.raw, &mut dst.raw)
             .map_err(|e| driver("copying on the device", e))
     })?;
     Ok(2.0 * COPY_BYTES as f64 / s)
@@ -84,14 +94,22 @@ fn mma_peak(gpu: &Gpu) -> Result<f64, BackendError> {
         .and_then(|m| m.load_function(PEAK_SYMBOL))
         .map_err(|e| driver("loading the peak kernel", e))?;
     let l = peak_launch(gpu.sm_count as u32);
-    let out = alloc(gpu, peak_out_bytes(&l), "the peak kernel's sums")?;
+    let out = alloc(
+        gpu,
+        peak_out_bytes(&l),
+        "the peak kernel's sums",
+        Contents::Kernels,
+    )?;
     let args = PeakArgs {
-        out: Ptr::new(address(gpu, &out)),
+        out: Ptr::new(out.addr()),
         iters: PEAK_ITERS,
         pad: 0,
     };
     let s = best_seconds(gpu, || {
-        run(gpu, &f, &l, args.as_bytes()).map_err(|e| driver("launching the peak kernel", e))
+        // SAFETY: `f` is the peak kernel, which takes PeakArgs; `out` holds its sums
+        // (peak_out_bytes of this launch) and lives until the timed runs were waited for.
+        unsafe { gpu.launch(&f, &l, args.as_bytes()) }
+            .map_err(|e| driver("launching the peak kernel", e))
     })?;
     Ok(peak_flop(&l, PEAK_ITERS) / s)
 }

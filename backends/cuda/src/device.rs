@@ -1,12 +1,14 @@
 //! The CUDA device: the library checks that keep cudarc from panicking (it loads libcuda
 //! lazily and panics when the library is absent), the context and its one stream, the
-//! device's properties, and the NVRTC compiler for its architecture.
+//! device's properties, and the NVRTC compiler for its architecture. Its
+//! `kiln_kernels_cuda::host::Device` calls are in crate::memory.
 
 use std::sync::Arc;
 
 use cudarc::driver::sys::CUdevice_attribute;
 use cudarc::driver::{CudaContext, CudaStream, DriverError};
 use kiln_ir::backend::BackendError;
+use kiln_kernels_cuda::host::Paths;
 
 use crate::backend::CudaOptions;
 use crate::compile::{Compiler, Nvrtc, load_error};
@@ -21,10 +23,7 @@ pub const CUDA_LIBS: &[&str] = &["libcuda.so.1", "libcuda.so"];
 pub const CUDA_LIBS: &[&str] = &["nvcuda.dll"];
 
 pub(crate) fn driver(doing: &str, e: impl std::fmt::Display) -> BackendError {
-    BackendError::Driver {
-        backend: NAME,
-        message: format!("{doing}: {e}"),
-    }
+    kiln_kernels_cuda::host::driver_error::<Gpu>(doing, e)
 }
 
 pub(crate) fn no_device(reason: impl Into<String>) -> BackendError {
@@ -53,25 +52,22 @@ pub fn driver_library() -> Result<&'static str, String> {
     Err(format!("no CUDA driver: tried {}", tried.join(", ")))
 }
 
-/// An opened device and what it offers.
-pub(crate) struct Gpu {
-    pub ctx: Arc<CudaContext>,
-    pub stream: Arc<CudaStream>,
-    pub name: String,
+/// An opened CUDA device and what it offers: the `Device` of [`crate::CudaBackend`].
+pub struct Gpu {
+    pub(crate) ctx: Arc<CudaContext>,
+    pub(crate) stream: Arc<CudaStream>,
+    pub(crate) name: String,
     /// Compute capability as major·10 + minor (90 for Hopper).
-    pub arch: u32,
-    pub sm_count: usize,
-    pub warp_size: usize,
-    pub memory_bytes: u64,
+    pub(crate) arch: u32,
+    pub(crate) sm_count: usize,
+    pub(crate) warp_size: usize,
+    pub(crate) memory_bytes: u64,
     /// Shared memory a block may opt in to.
-    pub max_shared_bytes: usize,
-    pub compiler: Compiler,
-    /// What the options turn on and off.
-    pub graphs: bool,
-    pub decode_attention: bool,
-    /// The tensor-core matmul (mma.sync m16n8k16) runs here.
-    pub tensor_cores: bool,
-    pub debug: bool,
+    pub(crate) max_shared_bytes: usize,
+    pub(crate) compiler: Compiler,
+    /// What the options turn on and off (tensor cores only where mma.sync m16n8k16
+    /// runs: sm_80+).
+    pub(crate) paths: Paths,
 }
 
 impl std::fmt::Debug for Gpu {
@@ -83,7 +79,7 @@ impl std::fmt::Debug for Gpu {
 impl Gpu {
     /// The device of `options`: NoDevice (never a panic) without the driver library,
     /// NVRTC, or a device.
-    pub fn open(options: CudaOptions) -> Result<Gpu, BackendError> {
+    pub(crate) fn open(options: CudaOptions) -> Result<Gpu, BackendError> {
         let ordinal = options.device;
         driver_library().map_err(no_device)?;
         let nvrtc =
@@ -133,7 +129,7 @@ impl Gpu {
         // SAFETY: no buffer exists yet, and every later use is on `stream` alone.
         unsafe { ctx.disable_event_tracking() };
         // A stream of our own, not the legacy default stream: only such a stream can be
-        // captured into a CUDA graph (loaded.rs replays the decode steps).
+        // captured into a CUDA graph (kiln_kernels_cuda::host replays the decode steps).
         let stream = ctx
             .new_stream()
             .map_err(|e| driver("creating the stream", e))?;
@@ -147,10 +143,12 @@ impl Gpu {
             memory_bytes,
             max_shared_bytes,
             compiler: Compiler::new(nvrtc, arch, &options.cache, options.debug),
-            graphs: options.graphs,
-            decode_attention: options.decode_attention,
-            tensor_cores: options.tensor_cores && arch >= 80,
-            debug: options.debug,
+            paths: Paths {
+                tensor_cores: options.tensor_cores && arch >= 80,
+                decode_attention: options.decode_attention,
+                graphs: options.graphs,
+                debug: options.debug,
+            },
         })
     }
 }

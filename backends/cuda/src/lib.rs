@@ -5,18 +5,18 @@
 //! panic: the libraries are checked with libloading before cudarc touches them.
 //!
 //! kiln-kernels-cuda lowers the plan (typed calls with 64-bit device addresses, the
-//! weights layout, each call's launch geometry); this crate owns the device: buffers,
-//! modules, one stream, graphs, events for `launch_times`, and the device's ceilings
-//! (copy bandwidth, the mma.sync f16 peak) for `kiln bench --kernels`.
+//! weights layout, each call's launch geometry) and runs it (`kiln_kernels_cuda::host`:
+//! buffers, modules, steps, graphs, timers, over a `host::Device`); this crate is that
+//! `Device` on the driver: the library checks, the context and its one stream, NVRTC,
+//! the driver calls (memory, launches, events, stream capture), and the device's
+//! ceilings (copy bandwidth, the mma.sync f16 peak) for `kiln bench --kernels`.
 
 mod backend;
 mod ceilings;
 pub mod compile;
 mod device;
-mod graphs;
-mod loaded;
 mod memory;
-mod run;
 
 pub use backend::{CudaBackend, CudaOptions};
+pub use device::Gpu;
 pub use kiln_gpu_host::Cache;

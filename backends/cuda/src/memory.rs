@@ -1,103 +1,237 @@
-//! Device memory and launches: zeroed allocations (out of memory is a typed error),
-//! checked copies in and out, device addresses, and the raw kernel launch (every kernel
-//! of kiln-kernels-cuda takes one argument: its struct, by value).
+//! `kiln_kernels_cuda::host::Device` on the driver API: zeroed allocations, copies on the
+//! one stream, modules compiled by NVRTC and their entry points, the raw launch
+//! (`cuLaunchKernel` with one parameter: the call's argument struct), events, CUDA graphs
+//! (stream capture). Each is one cudarc call; what to do with them is
+//! kiln_kernels_cuda::host's, the same code the CPU emulator runs in CI.
 
-use cudarc::driver::sys::CUresult;
-use cudarc::driver::{CudaFunction, CudaSlice, DevicePtr, DriverError};
-use kiln_ir::backend::BackendError;
+use cudarc::driver::sys::{
+    CUevent_flags, CUfunction_attribute, CUgraphInstantiate_flags, CUresult, CUstreamCaptureMode,
+};
+use cudarc::driver::{CudaEvent, CudaFunction, CudaGraph, CudaSlice, DevicePtr, DriverError};
+use cudarc::nvrtc::Ptx;
+use kiln_ir::backend::{BackendError, Ceilings, DeviceProperties};
+use kiln_kernels_cuda::Variant;
+use kiln_kernels_cuda::host::{Contents, Device, Modules, Paths, entry_table};
 use kiln_kernels_cuda::launch::Launch;
+use kiln_kernels_cuda::sources::{self, argmax_source};
+use kiln_kernels_cuda::variant::ARGMAX_SYMBOL;
 
+use crate::backend::CudaOptions;
 use crate::device::{Gpu, NAME, driver};
 
-/// A device buffer of `bytes` (at least 16) zeroed; out of memory is OutOfMemory.
-pub(crate) fn alloc(gpu: &Gpu, bytes: u64, what: &str) -> Result<CudaSlice<u8>, BackendError> {
-    let len = usize::try_from(bytes.max(16)).map_err(|_| BackendError::OutOfMemory {
-        backend: NAME,
-        bytes,
-    })?;
-    gpu.stream.alloc_zeros::<u8>(len).map_err(|e| match e {
-        DriverError(CUresult::CUDA_ERROR_OUT_OF_MEMORY) => BackendError::OutOfMemory {
-            backend: NAME,
-            bytes,
-        },
-        e => driver(&format!("allocating {what} ({bytes} bytes)"), e),
-    })
+/// A captured step (kiln_kernels_cuda::host's graphs of decode steps).
+pub struct Graph(CudaGraph);
+
+// SAFETY: a CUgraph / CUgraphExec may be used from any thread as long as the calls are
+// serialised (CUDA's graph thread-safety rules); every use goes through the backend's
+// `&mut self`, which the borrow checker serialises, and the stream and context it refers
+// to are themselves Send.
+unsafe impl Send for Graph {}
+
+impl std::fmt::Debug for Graph {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Graph")
+    }
 }
 
-/// The device address of a buffer (what the kernels' argument structs hold).
-pub(crate) fn address(gpu: &Gpu, buffer: &CudaSlice<u8>) -> u64 {
-    let (ptr, _sync) = buffer.device_ptr(&gpu.stream);
-    ptr
-}
+impl Device for Gpu {
+    const NAME: &'static str = NAME;
+    type Options = CudaOptions;
+    type Buffer = CudaSlice<u8>;
+    type Function = CudaFunction;
+    type Timer = CudaEvent;
+    type Graph = Graph;
+    type Error = DriverError;
 
-/// Launch `f` with `args`, the bytes of its one argument struct, on the stream (the
-/// context must be current on this thread).
-pub(crate) fn run(gpu: &Gpu, f: &CudaFunction, l: &Launch, args: &[u8]) -> Result<(), DriverError> {
-    // cuLaunchKernel reads each parameter through its pointer, as many bytes as the
-    // kernel's parameter has: the struct's.
-    let mut params = [args.as_ptr().cast_mut().cast::<std::ffi::c_void>()];
-    // SAFETY: `f` takes exactly one parameter, the struct whose bytes `args` holds (the
-    // lowering pairs each call's variant and entry with its struct; the C declaration's
-    // static_assert checked its size against the host's); `args` lives until the call
-    // returns, and the driver copies it then. Its pointers are the backend's live
-    // buffers, and the lowering's checks keep every index the kernels form inside them.
-    unsafe {
-        cudarc::driver::result::launch_kernel(
-            f.cu_function(),
-            (l.grid[0], l.grid[1], l.grid[2]),
-            (l.block[0], l.block[1], l.block[2]),
-            l.shared_bytes,
-            gpu.stream.cu_stream(),
-            &mut params,
+    fn open(options: CudaOptions) -> Result<(Gpu, DeviceProperties), BackendError> {
+        let gpu = Gpu::open(options)?;
+        let properties = DeviceProperties {
+            name: format!("{} (sm_{})", gpu.name, gpu.arch),
+            compute_units: gpu.sm_count,
+            subgroup_size: Some(gpu.warp_size),
+            subgroup_sizes: Some((gpu.warp_size, gpu.warp_size)),
+            memory_bytes: Some(gpu.memory_bytes),
+            max_buffer_bytes: Some(gpu.memory_bytes),
+            // Weights are 64-bit addresses; the arena's indices and the KV pages' byte
+            // offsets are 32-bit in the kernels.
+            max_binding_bytes: Some(u64::from(u32::MAX)),
+            shared_memory_bytes: Some(gpu.max_shared_bytes),
+            has_f16: gpu.arch >= 53,
+        };
+        Ok((gpu, properties))
+    }
+
+    fn paths(&self) -> Paths {
+        self.paths
+    }
+
+    fn alloc(&self, bytes: usize, _contents: Contents) -> Result<CudaSlice<u8>, DriverError> {
+        self.stream.alloc_zeros::<u8>(bytes)
+    }
+
+    fn is_out_of_memory(e: &DriverError) -> bool {
+        e.0 == CUresult::CUDA_ERROR_OUT_OF_MEMORY
+    }
+
+    fn address(&self, buffer: &CudaSlice<u8>) -> u64 {
+        let (ptr, _sync) = buffer.device_ptr(&self.stream);
+        ptr
+    }
+
+    fn write(
+        &self,
+        dst: &mut CudaSlice<u8>,
+        offset: usize,
+        data: &[u8],
+    ) -> Result<(), DriverError> {
+        let mut view = dst.slice_mut(offset..offset + data.len());
+        self.stream.memcpy_htod(data, &mut view)
+    }
+
+    fn read(&self, src: &CudaSlice<u8>, offset: usize, out: &mut [u8]) -> Result<(), DriverError> {
+        let view = src.slice(offset..offset + out.len());
+        self.stream
+            .memcpy_dtoh(&view, out)
+            .and_then(|()| self.stream.synchronize())
+    }
+
+    unsafe fn copy_within(
+        &self,
+        buffer: &mut CudaSlice<u8>,
+        src: usize,
+        dst: usize,
+        bytes: usize,
+    ) -> Result<(), DriverError> {
+        let base = self.address(buffer);
+        // SAFETY: both ranges lie inside the buffer and do not overlap (the caller's
+        // promise); the copy is ordered on the stream with the launches that use them.
+        unsafe {
+            cudarc::driver::result::memcpy_dtod_async(
+                base + dst as u64,
+                base + src as u64,
+                bytes,
+                self.stream.cu_stream(),
+            )
+        }
+    }
+
+    fn load_modules(&self, variants: &[Variant]) -> Result<Modules<CudaFunction>, BackendError> {
+        load_modules(self, variants)
+    }
+
+    fn raise_shared_memory(&self, f: &CudaFunction, bytes: u32) -> Result<(), DriverError> {
+        f.set_attribute(
+            CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+            bytes as i32,
         )
     }
+
+    unsafe fn launch(&self, f: &CudaFunction, l: &Launch, args: &[u8]) -> Result<(), DriverError> {
+        // cuLaunchKernel reads each parameter through its pointer, as many bytes as the
+        // kernel's parameter has: the struct's.
+        let mut params = [args.as_ptr().cast_mut().cast::<std::ffi::c_void>()];
+        // SAFETY: `f` takes exactly one parameter, the struct whose bytes `args` holds
+        // (the caller's promise: the lowering pairs each call's variant and entry with
+        // its struct, and the C declaration's static_assert checked its size against the
+        // host's); `args` lives until the call returns, and the driver copies it then.
+        // Its pointers are live buffers of this device (the caller's promise).
+        unsafe {
+            cudarc::driver::result::launch_kernel(
+                f.cu_function(),
+                (l.grid[0], l.grid[1], l.grid[2]),
+                (l.block[0], l.block[1], l.block[2]),
+                l.shared_bytes,
+                self.stream.cu_stream(),
+                &mut params,
+            )
+        }
+    }
+
+    fn bind(&self) -> Result<(), DriverError> {
+        self.ctx.bind_to_thread()
+    }
+
+    fn synchronize(&self) -> Result<(), DriverError> {
+        self.stream.synchronize()
+    }
+
+    fn timer(&self) -> Result<CudaEvent, DriverError> {
+        self.ctx.new_event(Some(CUevent_flags::CU_EVENT_DEFAULT))
+    }
+
+    fn record(&self, timer: &CudaEvent) -> Result<(), DriverError> {
+        timer.record(&self.stream)
+    }
+
+    fn elapsed(&self, start: &CudaEvent, end: &CudaEvent) -> Result<f64, DriverError> {
+        start.elapsed_ms(end).map(|ms| f64::from(ms) * 1e-3)
+    }
+
+    fn begin_capture(&self) -> Result<(), DriverError> {
+        self.stream
+            .begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)
+    }
+
+    fn end_capture(&self) -> Result<Graph, DriverError> {
+        self.stream
+            .end_capture(CUgraphInstantiate_flags(0))?
+            .map(Graph)
+            .ok_or(DriverError(CUresult::CUDA_ERROR_STREAM_CAPTURE_INVALIDATED))
+    }
+
+    unsafe fn replay(&self, graph: &Graph) -> Result<(), DriverError> {
+        graph.0.launch()
+    }
+
+    /// Copy bandwidth and the mma.sync f16 peak of this device (crate::ceilings).
+    fn ceilings(&self) -> Result<Option<Ceilings>, BackendError> {
+        crate::ceilings::measure(self)
+    }
 }
 
-/// Copy host bytes into `dst` at `offset`, checking the range (cudarc asserts).
-pub(crate) fn copy_in(
-    gpu: &Gpu,
-    dst: &mut CudaSlice<u8>,
-    offset: usize,
-    data: &[u8],
-    what: &str,
-) -> Result<(), BackendError> {
-    if data.is_empty() {
-        return Ok(());
-    }
-    let end = offset
-        .checked_add(data.len())
-        .filter(|&e| e <= dst.len())
-        .ok_or_else(|| BackendError::BadStep {
+/// Compile (or read from the cache) the module of every variant and argmax's, on a few
+/// threads, and look up their entry points.
+fn load_modules(gpu: &Gpu, variants: &[Variant]) -> Result<Modules<CudaFunction>, BackendError> {
+    let mut jobs = Vec::with_capacity(variants.len() + 1);
+    for v in variants {
+        let src = sources::source(v).ok_or_else(|| BackendError::Unsupported {
             backend: NAME,
-            reason: format!("{} bytes at {offset} outside {what}", data.len()),
+            what: format!("kernel {}", v.name()),
         })?;
-    let mut view = dst.slice_mut(offset..end);
-    gpu.stream
-        .memcpy_htod(data, &mut view)
-        .map_err(|e| driver(&format!("uploading {what}"), e))
+        jobs.push((v.name(), src));
+    }
+    jobs.push(("argmax".to_string(), argmax_source()));
+    let mut cubins = crate::compile::compile_all(&gpu.compiler, &jobs)
+        .map_err(|(name, e)| driver(&format!("building kernel {name}"), e))?
+        .into_iter();
+    let mut load = |name: &str| -> Result<_, BackendError> {
+        let cubin = cubins.next().unwrap_or_default();
+        gpu.ctx
+            .load_module(Ptx::from_binary(cubin))
+            .map_err(|e| driver(&format!("loading kernel {name}"), e))
+    };
+    let mut functions = Vec::with_capacity(variants.len());
+    for v in variants {
+        let module = load(&v.name())?;
+        functions.push(entry_table(v, |symbol| {
+            module
+                .load_function(symbol)
+                .map_err(|err| driver(&format!("loading {symbol}"), err))
+        })?);
+    }
+    let argmax = load("argmax")?
+        .load_function(ARGMAX_SYMBOL)
+        .map_err(|e| driver("loading argmax", e))?;
+    Ok(Modules { functions, argmax })
 }
 
-/// Copy `out.len()` bytes of `src` at `offset` to the host, after the queued work.
-pub(crate) fn copy_out(
-    gpu: &Gpu,
-    src: &CudaSlice<u8>,
-    offset: usize,
-    out: &mut [u8],
-    what: &str,
-) -> Result<(), BackendError> {
-    if out.is_empty() {
-        return Ok(());
+#[cfg(test)]
+mod tests {
+    /// The backend may move to another thread (a server's engine thread).
+    #[test]
+    fn the_backend_can_move_between_threads() {
+        fn is_send<T: Send>() {}
+        is_send::<super::Graph>();
+        is_send::<crate::CudaBackend>();
     }
-    let end = offset
-        .checked_add(out.len())
-        .filter(|&e| e <= src.len())
-        .ok_or_else(|| BackendError::BadStep {
-            backend: NAME,
-            reason: format!("{} bytes at {offset} outside {what}", out.len()),
-        })?;
-    let view = src.slice(offset..end);
-    gpu.stream
-        .memcpy_dtoh(&view, out)
-        .and_then(|()| gpu.stream.synchronize())
-        .map_err(|e| driver(&format!("reading {what}"), e))
 }

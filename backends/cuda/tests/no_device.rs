@@ -2,7 +2,7 @@
 //! NVRTC or a device it is `BackendError::NoDevice` with the reason (cudarc alone would
 //! panic when libcuda is absent: the backend checks the libraries first).
 
-use kiln_backend_cuda::CudaBackend;
+use kiln_backend_cuda::{CudaBackend, CudaOptions};
 use kiln_ir::backend::{Backend, BackendError};
 
 #[test]
@@ -20,7 +20,11 @@ fn opening_without_a_device_is_no_device_not_a_panic() {
 
 #[test]
 fn a_missing_ordinal_is_no_device() {
-    match CudaBackend::with_device(4096) {
+    let options = CudaOptions {
+        device: 4096,
+        ..CudaOptions::default()
+    };
+    match CudaBackend::with_options(options) {
         Err(BackendError::NoDevice { .. }) => {}
         Err(e) => panic!("{e}"),
         Ok(_) => panic!("device 4096 opened"),
