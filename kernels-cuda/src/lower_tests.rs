@@ -81,10 +81,12 @@ fn tiny_llama() -> Graph {
             xb,
             l,
         );
+        // A packed type the int8 tensor-core matmul does not read (crate::mmq): its
+        // prefill stays on the f16 one, beside q and k's int8 one in the fused launch.
         let v = matmul(
             &mut g,
             format!("{layer}.v"),
-            DType::Q4_0,
+            DType::Q5_1,
             KV_HEADS * HD,
             D,
             xb,
@@ -211,7 +213,7 @@ fn every_address_lies_inside_its_buffer() {
             for call in calls {
                 let v = &low.variants[call.variant];
                 // The variant is the op's, of its weight type.
-                if matches!(v.kernel, Kernel::Matvec | Kernel::Quantize) {
+                if matches!(v.kernel, Kernel::Matvec | Kernel::Quantize | Kernel::Mmq) {
                     assert!(launch.op.name().contains("matmul"), "{}", launch.kernel);
                 } else {
                     assert_eq!(v.kernel.stem(), launch.op.name(), "{}", launch.kernel);
@@ -342,14 +344,17 @@ fn check_kv(kernel: Kernel, a: &KvArgs, act: &dyn Fn(&str, u64, u32)) {
 fn the_fused_plan_takes_the_fused_kernels() {
     let (low, _) = lowered(&plan(true));
     let kernels: Vec<Kernel> = low.variants.iter().map(|v| v.kernel).collect();
+    // RmsNormMatMul: the fused q, k, v (v's f16 tensor-core kernel); the fused gate and
+    // up (Q4_1) take the int8 one (Mmq) and the matvec only.
     for k in [
         Kernel::RmsNormMatMul,
         Kernel::RopeKvWrite,
         Kernel::MatMulAdd,
-        Kernel::RmsNormMatMulSwiGlu,
+        Kernel::Mmq,
     ] {
         assert!(kernels.contains(&k), "{k:?} not in {kernels:?}");
     }
+    assert!(!kernels.contains(&Kernel::RmsNormMatMulSwiGlu));
     // One module per variant.
     for (i, v) in low.variants.iter().enumerate() {
         assert!(!low.variants[..i].contains(v), "{v:?} twice");
@@ -372,15 +377,19 @@ fn weight_offsets_past_4_gib_survive() {
     layout.total = far + 4096;
     let low = lower(&plan, &layout, &kv(), BUFFERS).unwrap();
     let last = low.launches.last().unwrap();
-    let Some(Args::Matmul(a)) = last
+    // Its calls (Q8_0: quantize, the int8 tensor-core matmul, the matvec).
+    let heads: Vec<_> = last
         .iter()
-        .map(|c| c.args)
-        .find(|a| matches!(a, Args::Matmul(_)))
-    else {
-        panic!("the LM head is a matmul")
-    };
-    assert_eq!(a.w.0, BUFFERS.weights + far);
-    assert!(a.w.0 > u64::from(u32::MAX));
+        .filter_map(|c| match c.args {
+            Args::Matvec(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(heads.len(), 2, "the LM head's int8 matmul and matvec");
+    for a in heads {
+        assert_eq!(a.wq.0, BUFFERS.weights + far);
+        assert!(a.wq.0 > u64::from(u32::MAX));
+    }
 }
 
 /// A Llama-3-8B-sized vocabulary (Q8_0 embedding and head of 128,256 rows of 16,384, over
@@ -419,14 +428,14 @@ fn weights_over_4_gib_lay_out() {
     let layout = WeightLayout::new(&plan).unwrap();
     assert!(layout.total > u64::from(u32::MAX), "{}", layout.total);
     let low = lower(&plan, &layout, &kv(), BUFFERS).unwrap();
-    let Some(Args::Matmul(a)) = low.launches[2]
+    let Some(Args::Matvec(a)) = low.launches[2]
         .iter()
         .map(|c| c.args)
-        .find(|a| matches!(a, Args::Matmul(_)))
+        .find(|a| matches!(a, Args::Matvec(_)))
     else {
         panic!("the head")
     };
-    assert_eq!(a.w.0, BUFFERS.weights + layout.offsets[1]);
+    assert_eq!(a.wq.0, BUFFERS.weights + layout.offsets[1]);
     let (supported, plan) = build(140_000, DType::F32);
     assert!(supported.is_err(), "9 GB in one matrix is not supported");
     assert!(WeightLayout::new(&plan).is_err(), "nor laid out");
@@ -476,27 +485,22 @@ fn call_of(low: &Lowered, kernel: Kernel) -> Call {
 fn matvec_and_tensor_core_launches_cover_odd_steps() {
     let (low, _) = lowered(&plan(true));
     // The fused FFN's Q4_1 gate and up: quantize (RMSNorm folded) + one SwiGLU matvec
-    // up to 32 tokens, the tensor-core kernel over the packed weights above.
+    // up to 32 tokens, the int8 tensor-core kernel on the same q8_1 above.
     let calls = low
         .launches
         .iter()
         .find(|cs| {
-            cs.iter()
-                .any(|c| low.variants[c.variant].kernel == Kernel::RmsNormMatMulSwiGlu)
+            cs.iter().any(|c| {
+                let v = &low.variants[c.variant];
+                v.kernel == Kernel::Mmq && v.weight == Some(DType::Q4_1)
+            })
         })
         .unwrap();
     let kinds: Vec<Kernel> = calls
         .iter()
         .map(|c| low.variants[c.variant].kernel)
         .collect();
-    assert_eq!(
-        kinds,
-        [
-            Kernel::Quantize,
-            Kernel::RmsNormMatMulSwiGlu,
-            Kernel::Matvec
-        ]
-    );
+    assert_eq!(kinds, [Kernel::Quantize, Kernel::Mmq, Kernel::Matvec]);
     let launches = |g: &StepGeometry| -> Vec<_> {
         calls
             .iter()
@@ -504,9 +508,14 @@ fn matvec_and_tensor_core_launches_cover_odd_steps() {
             .map(|p| p.launch)
             .collect()
     };
-    let Args::Matmul(a) = calls[1].args else {
+    let Args::Matvec(a) = calls[1].args else {
         panic!()
     };
+    assert_eq!(
+        Args::Matvec(a),
+        calls[2].args,
+        "one set of arguments for both"
+    );
     for n_tokens in [1u32, 3, 7, 8, 17, 32] {
         let l = launches(&geometry(n_tokens, 1));
         assert_eq!(l.len(), 2, "{n_tokens}");
@@ -522,13 +531,25 @@ fn matvec_and_tensor_core_launches_cover_odd_steps() {
             format!("matvec_q4_1_t{tile}_swiglu")
         );
     }
-    let l = launches(&geometry(33, 1));
-    assert_eq!(l.len(), 1);
-    assert_eq!(l[0].entry, Entry::Mma);
-    assert_eq!(
-        l[0].grid,
-        [a.n.div_ceil(MMA_COLS), 1, 33u32.div_ceil(MMA_TOKENS)]
-    );
+    // Past 32 tokens: the quantization still runs (the int8 kernel reads it), then the
+    // int8 kernel in 64-token tiles (a GLU) of 128 rows.
+    for n_tokens in [33u32, 37, 70, 130] {
+        let l = launches(&geometry(n_tokens, 1));
+        assert_eq!(l.len(), 2);
+        assert_eq!(
+            (l[0].entry, l[0].grid),
+            (Entry::RmsNormQuantize, [n_tokens, 1, 1])
+        );
+        assert_eq!(l[1].entry, Entry::mmq(64, Epilogue::SwiGlu).unwrap());
+        assert_eq!(
+            l[1].grid,
+            [n_tokens.div_ceil(64), a.n.div_ceil(crate::mmq::ROWS), 1]
+        );
+        assert_eq!(
+            low.variants[calls[1].variant].symbol(l[1].entry),
+            "matmul_mmq_q4_1_t64_swiglu"
+        );
+    }
     let no_tc = StepGeometry {
         tensor_cores: false,
         ..geometry(33, 1)
@@ -543,6 +564,46 @@ fn matvec_and_tensor_core_launches_cover_odd_steps() {
         (l[1].entry, l[1].grid[2]),
         (Entry::matvec(16, Epilogue::SwiGlu).unwrap(), 3)
     );
+    // The fused q, k, v: one quantization, then q and k (Q4_0) on the int8 kernel (128
+    // tokens past 96 rows), v (Q5_1) on the f16 one, each with its matvec.
+    let qkv = low
+        .launches
+        .iter()
+        .find(|cs| {
+            cs.iter()
+                .any(|c| low.variants[c.variant].kernel == Kernel::RmsNormMatMul)
+        })
+        .unwrap();
+    let kinds: Vec<Kernel> = qkv.iter().map(|c| low.variants[c.variant].kernel).collect();
+    use Kernel::{Matvec, Mmq, Quantize, RmsNormMatMul};
+    assert_eq!(
+        kinds,
+        [Quantize, Mmq, Matvec, Mmq, Matvec, RmsNormMatMul, Matvec]
+    );
+    for (n_tokens, tile) in [(33u32, 64), (96, 64), (97, 128), (130, 128)] {
+        let g = geometry(n_tokens, 1);
+        let l: Vec<_> = qkv
+            .iter()
+            .flat_map(|c| c.launches(&low.variants[c.variant], &g))
+            .map(|p| p.launch)
+            .collect();
+        let entries: Vec<Entry> = l.iter().map(|l| l.entry).collect();
+        let int8 = Entry::mmq(tile, Epilogue::Store).unwrap();
+        assert_eq!(
+            entries,
+            [Entry::RmsNormQuantize, int8, int8, Entry::Mma],
+            "{n_tokens}"
+        );
+        assert_eq!(l[1].grid, [n_tokens.div_ceil(tile), 1, 1]);
+        assert_eq!(
+            l[3].grid,
+            [
+                ((KV_HEADS * HD) as u32).div_ceil(MMA_COLS),
+                1,
+                n_tokens.div_ceil(MMA_TOKENS)
+            ]
+        );
+    }
     // The output projection's F16 weights keep f32 products: never the tensor cores.
     let f16 = *low
         .launches
