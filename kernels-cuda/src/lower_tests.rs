@@ -81,8 +81,6 @@ fn tiny_llama() -> Graph {
             xb,
             l,
         );
-        // A packed type the int8 tensor-core matmul does not read (crate::mmq): its
-        // prefill stays on the f16 one, beside q and k's int8 one in the fused launch.
         let v = matmul(
             &mut g,
             format!("{layer}.v"),
@@ -344,17 +342,14 @@ fn check_kv(kernel: Kernel, a: &KvArgs, act: &dyn Fn(&str, u64, u32)) {
 fn the_fused_plan_takes_the_fused_kernels() {
     let (low, _) = lowered(&plan(true));
     let kernels: Vec<Kernel> = low.variants.iter().map(|v| v.kernel).collect();
-    // RmsNormMatMul: the fused q, k, v (v's f16 tensor-core kernel); the fused gate and
-    // up (Q4_1) take the int8 one (Mmq) and the matvec only.
-    for k in [
-        Kernel::RmsNormMatMul,
-        Kernel::RopeKvWrite,
-        Kernel::MatMulAdd,
-        Kernel::Mmq,
-    ] {
+    // MatMulAdd: the F16 and BF16 projections; the fused q, k, v and gate, up (packed
+    // types the int8 tensor-core matmul reads) are quantize, Mmq and the matvec only.
+    for k in [Kernel::RopeKvWrite, Kernel::MatMulAdd, Kernel::Mmq] {
         assert!(kernels.contains(&k), "{k:?} not in {kernels:?}");
     }
-    assert!(!kernels.contains(&Kernel::RmsNormMatMulSwiGlu));
+    for k in [Kernel::RmsNormMatMul, Kernel::RmsNormMatMulSwiGlu] {
+        assert!(!kernels.contains(&k), "{k:?} in {kernels:?}");
+    }
     // One module per variant.
     for (i, v) in low.variants.iter().enumerate() {
         assert!(!low.variants[..i].contains(v), "{v:?} twice");
@@ -564,22 +559,21 @@ fn matvec_and_tensor_core_launches_cover_odd_steps() {
         (l[1].entry, l[1].grid[2]),
         (Entry::matvec(16, Epilogue::SwiGlu).unwrap(), 3)
     );
-    // The fused q, k, v: one quantization, then q and k (Q4_0) on the int8 kernel (128
-    // tokens past 96 rows), v (Q5_1) on the f16 one, each with its matvec.
+    // The fused q, k, v (Q4_0, Q4_0, Q5_1): one quantization, then each weight's int8
+    // kernel (128 tokens past 96 rows) and matvec.
     let qkv = low
         .launches
         .iter()
         .find(|cs| {
-            cs.iter()
-                .any(|c| low.variants[c.variant].kernel == Kernel::RmsNormMatMul)
+            cs.iter().any(|c| {
+                let v = &low.variants[c.variant];
+                v.kernel == Kernel::Mmq && v.weight == Some(DType::Q5_1)
+            })
         })
         .unwrap();
     let kinds: Vec<Kernel> = qkv.iter().map(|c| low.variants[c.variant].kernel).collect();
-    use Kernel::{Matvec, Mmq, Quantize, RmsNormMatMul};
-    assert_eq!(
-        kinds,
-        [Quantize, Mmq, Matvec, Mmq, Matvec, RmsNormMatMul, Matvec]
-    );
+    use Kernel::{Matvec, Mmq, Quantize};
+    assert_eq!(kinds, [Quantize, Mmq, Matvec, Mmq, Matvec, Mmq, Matvec]);
     for (n_tokens, tile) in [(33u32, 64), (96, 64), (97, 128), (130, 128)] {
         let g = geometry(n_tokens, 1);
         let l: Vec<_> = qkv
@@ -588,21 +582,14 @@ fn matvec_and_tensor_core_launches_cover_odd_steps() {
             .map(|p| p.launch)
             .collect();
         let entries: Vec<Entry> = l.iter().map(|l| l.entry).collect();
-        let int8 = Entry::mmq(tile, Epilogue::Store).unwrap();
+        let int8 = |tile| Entry::mmq(tile, Epilogue::Store).unwrap();
+        // Q5_1 has an offset term: 64-token tiles only (crate::mmq::has_offset).
         assert_eq!(
             entries,
-            [Entry::RmsNormQuantize, int8, int8, Entry::Mma],
+            [Entry::RmsNormQuantize, int8(tile), int8(tile), int8(64)],
             "{n_tokens}"
         );
         assert_eq!(l[1].grid, [n_tokens.div_ceil(tile), 1, 1]);
-        assert_eq!(
-            l[3].grid,
-            [
-                ((KV_HEADS * HD) as u32).div_ceil(MMA_COLS),
-                1,
-                n_tokens.div_ceil(MMA_TOKENS)
-            ]
-        );
     }
     // The output projection's F16 weights keep f32 products: never the tensor cores.
     let f16 = *low
@@ -633,6 +620,52 @@ fn matvec_and_tensor_core_launches_cover_odd_steps() {
         (l[1].entry, l[1].grid[2]),
         (Entry::matvec(1, Epilogue::Store).unwrap(), 1)
     );
+}
+
+/// A packed type the int8 tensor-core matmul does not read (Q6_K) keeps the f16 one
+/// (matmul_mma.cu on x): its quantization runs for the matvec's steps only.
+#[test]
+fn packed_types_without_the_int8_kernel_keep_the_f16_tensor_cores() {
+    let mut g = Graph::new(0);
+    let ids = g.new_value(ValueType::TokenIds);
+    g.input = Some(ids);
+    let act = |cols| ValueType::F32 {
+        rows: Rows::Tokens,
+        cols,
+    };
+    let table = g.add_weight("token_embd", DType::F32, 7, 256);
+    let x = g.push(Op::Embed { table }, &[ids], &[act(256)], None)[0];
+    let w = g.add_weight("w", DType::Q6_K, 67, 256);
+    let y = g.push(Op::MatMul { weights: vec![w] }, &[x], &[act(67)], None)[0];
+    let out = ValueType::F32 {
+        rows: Rows::Outputs,
+        cols: 67,
+    };
+    g.output = Some(g.push(Op::SelectRows, &[y], &[out], None)[0]);
+    let graph = g.clone();
+    let plan = kiln_ir::lower(g, &|op| supports(op, &graph), 130, 1).unwrap();
+    let (low, _) = lowered(&plan);
+    let calls = &low.launches[1];
+    let kinds: Vec<Kernel> = calls
+        .iter()
+        .map(|c| low.variants[c.variant].kernel)
+        .collect();
+    assert_eq!(kinds, [Kernel::Quantize, Kernel::MatMul, Kernel::Matvec]);
+    let Args::Quantize(q) = calls[0].args else {
+        panic!()
+    };
+    assert_eq!(q.prefill, 0);
+    let entries = |n_tokens| -> Vec<Entry> {
+        let g = geometry(n_tokens, 1);
+        calls
+            .iter()
+            .flat_map(|c| c.launches(&low.variants[c.variant], &g))
+            .map(|p| p.launch.entry)
+            .collect()
+    };
+    assert_eq!(entries(33), [Entry::Mma]);
+    assert_eq!(entries(130), [Entry::Mma]);
+    assert_eq!(entries(32).len(), 2);
 }
 
 #[test]

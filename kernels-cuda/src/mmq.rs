@@ -23,10 +23,18 @@ pub const FILES: &[(&str, &str)] = &[
     ("mmq/q4_0.cuh", include_str!("cuda/mmq/q4_0.cuh")),
     ("mmq/q4_1.cuh", include_str!("cuda/mmq/q4_1.cuh")),
     ("mmq/q8_0.cuh", include_str!("cuda/mmq/q8_0.cuh")),
+    ("mmq/q5_0.cuh", include_str!("cuda/mmq/q5_0.cuh")),
+    ("mmq/q5_1.cuh", include_str!("cuda/mmq/q5_1.cuh")),
 ];
 
 /// The weight types this kernel reads (a `mmq/<dtype>.cuh` each).
-pub const DTYPES: [DType; 3] = [DType::Q4_0, DType::Q4_1, DType::Q8_0];
+pub const DTYPES: [DType; 5] = [
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q8_0,
+    DType::Q5_0,
+    DType::Q5_1,
+];
 
 /// Whether the int8 tensor-core matmul reads `dtype`.
 pub fn covers(dtype: DType) -> bool {
@@ -43,11 +51,11 @@ pub const TILES: [u32; 2] = [64, 128];
 /// more than half empty).
 pub const SMALL_STEP: u32 = 96;
 
-/// Whether a type's values have an offset term (Q4_1: q·d + m), whose m·s_x needs the
+/// Whether a type's values have an offset term (Q4_1, Q5_1: q·d + m), whose m·s_x needs the
 /// activations' s beside their d: twice the activation scales in registers, which at
 /// 128 tokens spill, so those types take the 64-token tile.
 pub fn has_offset(dtype: DType) -> bool {
-    matches!(dtype, DType::Q4_1)
+    matches!(dtype, DType::Q4_1 | DType::Q5_1)
 }
 
 /// Whether `dtype` has the 128-token tile.
