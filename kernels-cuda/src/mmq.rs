@@ -25,15 +25,19 @@ pub const FILES: &[(&str, &str)] = &[
     ("mmq/q8_0.cuh", include_str!("cuda/mmq/q8_0.cuh")),
     ("mmq/q5_0.cuh", include_str!("cuda/mmq/q5_0.cuh")),
     ("mmq/q5_1.cuh", include_str!("cuda/mmq/q5_1.cuh")),
+    ("mmq/q4_k.cuh", include_str!("cuda/mmq/q4_k.cuh")),
+    ("mmq/q5_k.cuh", include_str!("cuda/mmq/q5_k.cuh")),
 ];
 
 /// The weight types this kernel reads (a `mmq/<dtype>.cuh` each).
-pub const DTYPES: [DType; 5] = [
+pub const DTYPES: [DType; 7] = [
     DType::Q4_0,
     DType::Q4_1,
     DType::Q8_0,
     DType::Q5_0,
     DType::Q5_1,
+    DType::Q4_K,
+    DType::Q5_K,
 ];
 
 /// Whether the int8 tensor-core matmul reads `dtype`.
@@ -51,11 +55,12 @@ pub const TILES: [u32; 2] = [64, 128];
 /// more than half empty).
 pub const SMALL_STEP: u32 = 96;
 
-/// Whether a type's values have an offset term (Q4_1, Q5_1: q·d + m), whose m·s_x needs the
+/// Whether a type's values have an offset term (Q4_1, Q5_1: q·d + m; Q4_K, Q5_K: a
+/// sub-block's -dmin·m), whose m·s_x needs the
 /// activations' s beside their d: twice the activation scales in registers, which at
 /// 128 tokens spill, so those types take the 64-token tile.
 pub fn has_offset(dtype: DType) -> bool {
-    matches!(dtype, DType::Q4_1 | DType::Q5_1)
+    matches!(dtype, DType::Q4_1 | DType::Q5_1 | DType::Q4_K | DType::Q5_K)
 }
 
 /// Whether `dtype` has the 128-token tile.
@@ -130,7 +135,7 @@ pub fn source(dtype: DType) -> Result<String, MatvecError> {
         out.push_str(&format!(
             "extern \"C\" __global__ void __launch_bounds__(MQ_THREADS, {}) {}(const __grid_constant__ MatvecArgs a) {{\n    \
              mq_matmul<{tile}u, {}>(a);\n}}\n",
-            min_blocks(),
+            min_blocks(dtype, epilogue),
             entry(dtype, tile, epilogue),
             epilogue.code()
         ));
@@ -140,9 +145,14 @@ pub fn source(dtype: DType) -> Result<String, MatvecError> {
 
 /// Blocks an SM must hold at once (`__launch_bounds__`): 2, which caps a thread at 128
 /// registers (65,536 an SM over 2 × 256 threads) and puts two blocks' copies and
-/// multiplications side by side.
-pub fn min_blocks() -> u32 {
-    2
+/// multiplications side by side; 1 for the K-quants' GLUs, whose gate and up
+/// accumulators beside the sub-block scales' decoding spill at 128.
+pub fn min_blocks(dtype: DType, epilogue: Epilogue) -> u32 {
+    if epilogue.gated() && dtype.block_len() == 256 {
+        1
+    } else {
+        2
+    }
 }
 
 /// Where an int8 tensor-core matmul runs: its entry, grid and block (static shared
