@@ -622,50 +622,62 @@ fn matvec_and_tensor_core_launches_cover_odd_steps() {
     );
 }
 
-/// A packed type the int8 tensor-core matmul does not read (Q6_K) keeps the f16 one
-/// (matmul_mma.cu on x): its quantization runs for the matvec's steps only.
+/// Every packed type prefills on the int8 tensor-core matmul (crate::mmq): its call list
+/// is the quantization (for every step length), the int8 kernel and the matvec, never the
+/// f16 tensor-core kernel (matmul_mma.cu), which stays for a type the int8 one would not
+/// read.
 #[test]
-fn packed_types_without_the_int8_kernel_keep_the_f16_tensor_cores() {
-    let mut g = Graph::new(0);
-    let ids = g.new_value(ValueType::TokenIds);
-    g.input = Some(ids);
-    let act = |cols| ValueType::F32 {
-        rows: Rows::Tokens,
-        cols,
-    };
-    let table = g.add_weight("token_embd", DType::F32, 7, 256);
-    let x = g.push(Op::Embed { table }, &[ids], &[act(256)], None)[0];
-    let w = g.add_weight("w", DType::Q6_K, 67, 256);
-    let y = g.push(Op::MatMul { weights: vec![w] }, &[x], &[act(67)], None)[0];
-    let out = ValueType::F32 {
-        rows: Rows::Outputs,
-        cols: 67,
-    };
-    g.output = Some(g.push(Op::SelectRows, &[y], &[out], None)[0]);
-    let graph = g.clone();
-    let plan = kiln_ir::lower(g, &|op| supports(op, &graph), 130, 1).unwrap();
-    let (low, _) = lowered(&plan);
-    let calls = &low.launches[1];
-    let kinds: Vec<Kernel> = calls
-        .iter()
-        .map(|c| low.variants[c.variant].kernel)
-        .collect();
-    assert_eq!(kinds, [Kernel::Quantize, Kernel::MatMul, Kernel::Matvec]);
-    let Args::Quantize(q) = calls[0].args else {
-        panic!()
-    };
-    assert_eq!(q.prefill, 0);
-    let entries = |n_tokens| -> Vec<Entry> {
-        let g = geometry(n_tokens, 1);
-        calls
+fn every_packed_type_prefills_on_the_int8_tensor_cores() {
+    for dtype in crate::repack::PACKED {
+        assert!(crate::mmq::covers(dtype), "{dtype}");
+        let mut g = Graph::new(0);
+        let ids = g.new_value(ValueType::TokenIds);
+        g.input = Some(ids);
+        let act = |cols| ValueType::F32 {
+            rows: Rows::Tokens,
+            cols,
+        };
+        let table = g.add_weight("token_embd", DType::F32, 7, 256);
+        let x = g.push(Op::Embed { table }, &[ids], &[act(256)], None)[0];
+        let w = g.add_weight("w", dtype, 67, 256);
+        let y = g.push(Op::MatMul { weights: vec![w] }, &[x], &[act(67)], None)[0];
+        let out = ValueType::F32 {
+            rows: Rows::Outputs,
+            cols: 67,
+        };
+        g.output = Some(g.push(Op::SelectRows, &[y], &[out], None)[0]);
+        let graph = g.clone();
+        let plan = kiln_ir::lower(g, &|op| supports(op, &graph), 130, 1).unwrap();
+        let (low, _) = lowered(&plan);
+        let calls = &low.launches[1];
+        let kinds: Vec<Kernel> = calls
             .iter()
-            .flat_map(|c| c.launches(&low.variants[c.variant], &g))
-            .map(|p| p.launch.entry)
-            .collect()
-    };
-    assert_eq!(entries(33), [Entry::Mma]);
-    assert_eq!(entries(130), [Entry::Mma]);
-    assert_eq!(entries(32).len(), 2);
+            .map(|c| low.variants[c.variant].kernel)
+            .collect();
+        assert_eq!(
+            kinds,
+            [Kernel::Quantize, Kernel::Mmq, Kernel::Matvec],
+            "{dtype}"
+        );
+        let Args::Quantize(q) = calls[0].args else {
+            panic!()
+        };
+        assert_eq!(q.prefill, 1);
+        let entries = |n_tokens| -> Vec<Entry> {
+            let g = geometry(n_tokens, 1);
+            calls
+                .iter()
+                .flat_map(|c| c.launches(&low.variants[c.variant], &g))
+                .map(|p| p.launch.entry)
+                .collect()
+        };
+        let tile = |rows| crate::mmq::tile_for(dtype, rows, Epilogue::Store);
+        for n in [33u32, 130] {
+            let int8 = Entry::mmq(tile(n), Epilogue::Store).unwrap();
+            assert_eq!(entries(n), [Entry::Quantize, int8], "{dtype} {n}");
+        }
+        assert_eq!(entries(32)[1], Entry::matvec(32, Epilogue::Store).unwrap());
+    }
 }
 
 #[test]

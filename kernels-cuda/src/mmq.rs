@@ -27,10 +27,11 @@ pub const FILES: &[(&str, &str)] = &[
     ("mmq/q5_1.cuh", include_str!("cuda/mmq/q5_1.cuh")),
     ("mmq/q4_k.cuh", include_str!("cuda/mmq/q4_k.cuh")),
     ("mmq/q5_k.cuh", include_str!("cuda/mmq/q5_k.cuh")),
+    ("mmq/q6_k.cuh", include_str!("cuda/mmq/q6_k.cuh")),
 ];
 
 /// The weight types this kernel reads (a `mmq/<dtype>.cuh` each).
-pub const DTYPES: [DType; 7] = [
+pub const DTYPES: [DType; 8] = [
     DType::Q4_0,
     DType::Q4_1,
     DType::Q8_0,
@@ -38,6 +39,7 @@ pub const DTYPES: [DType; 7] = [
     DType::Q5_1,
     DType::Q4_K,
     DType::Q5_K,
+    DType::Q6_K,
 ];
 
 /// Whether the int8 tensor-core matmul reads `dtype`.

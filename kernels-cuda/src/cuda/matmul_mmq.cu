@@ -22,7 +22,8 @@
 // 16-byte rows of the 4-bit quants need nothing.
 //
 // The host prepends MatvecArgs' declaration and the type's reader (mmq/<dtype>.cuh, which
-// defines MQ_QB, MQ_HB, MQ_SB, MQ_MIN, mq_copy_scales, mq_frag and mq_scales) and
+// defines MQ_QB, MQ_HB, MQ_SB, MQ_MIN, MQ_HALVES, mq_copy_scales, mq_row_bit, mq_frag
+// and mq_scales) and
 // appends one entry per (tile, epilogue) (src/mmq.rs):
 // matmul_mmq_<dtype>_t<BT>[_add|_swiglu|_geglu] → mq_matmul<BT, EPI>.
 
@@ -35,10 +36,13 @@
 namespace {
 
 // A unit's weight scale and offset: its values are a·q + m over the integers q that
-// mq_frag gives (m = 0 where MQ_MIN is 0).
+// mq_frag gives (m = 0 where MQ_MIN is 0); where MQ_HALVES is 1, a·(s0·q) over values
+// 0-15 and a·(s1·q) over 16-31 (Q6_K's scales of 16 values).
 struct MqScale {
     float a;
     float m;
+    int s0;
+    int s1;
 };
 
 // Byte offset of 16-byte half j of row r of a swizzled 32-byte-row tile.
@@ -157,12 +161,11 @@ __device__ __forceinline__ void mq_load(const MatvecArgs& a, MqStage<BT, G>& s, 
 }
 
 // The warp's product of stage s (unit u) into acc: MT token tiles × 4 row tiles per
-// weight, from token tile row tt and weight row tr of the block tile. Bit 2j + h of `odd`:
-// the parity of r·nb for the row 2c + h of row tile j this thread scales (mq_scales'
-// `odd` is that of r·nb + u).
+// weight, from token tile row tt and weight row tr of the block tile. Bit 2j + h of
+// `bits`: the type's mq_row_bit of the row 2c + h of row tile j this thread scales.
 template <unsigned int BT, unsigned int G, unsigned int MT>
 __device__ __forceinline__ void mq_mma(const MqStage<BT, G>& s, float (*acc)[MT][4][4], unsigned int tt,
-                                       unsigned int tr, unsigned int odd, unsigned int u) {
+                                       unsigned int tr, unsigned int bits, unsigned int u) {
     unsigned int lane = threadIdx.x % MV_WARP;
     unsigned int g8 = lane / 4u; // the fragments' group (row of A and D, column of B)
     unsigned int c = lane % 4u;  // and thread in the group
@@ -190,26 +193,42 @@ __device__ __forceinline__ void mq_mma(const MqStage<BT, G>& s, float (*acc)[MT]
             uint2 bw = mq_frag(s.wq[g], s.wh[g], rb + g8, c);
             unsigned int b[2] = {bw.x, bw.y};
             // The scales of D's columns: rows 2c and 2c + 1 of the tile.
-            MqScale w0 = mq_scales(s.ws[g] + (rb + 2u * c) * MQ_SB, ((odd >> (2u * j)) ^ u) & 1u, u);
-            MqScale w1 = mq_scales(s.ws[g] + (rb + 2u * c + 1u) * MQ_SB, ((odd >> (2u * j + 1u)) ^ u) & 1u, u);
+            MqScale w0 = mq_scales(s.ws[g] + (rb + 2u * c) * MQ_SB, (bits >> (2u * j)) & 1u, u);
+            MqScale w1 = mq_scales(s.ws[g] + (rb + 2u * c + 1u) * MQ_SB, (bits >> (2u * j + 1u)) & 1u, u);
 #pragma unroll
             for (unsigned int m = 0u; m < MT; m++) {
-                // The sums start at MQ_BIAS: read as f32, the result is 1.5·2^23 + Σq_w q_x
-                // exactly (|Σ| <= 32·128·128 < 2^22), so the conversion is one full-rate
-                // subtraction rather than a quarter-rate I2F per element.
-                int d[4] = {MQ_BIAS, MQ_BIAS, MQ_BIAS, MQ_BIAS};
-                ptx_mma_m16n8k32_s8(d, a[m], b);
-                // D: e = 0, 1 token g8, rows 2c, 2c + 1; e = 2, 3 token g8 + 8.
+                if constexpr (MQ_HALVES) {
+                    // Two m16n8k16 products, values 0-15 and 16-31, combined with their
+                    // scales in the integers (|s0·Σ0 + s1·Σ1| < 2^25: I2F, no bias).
+                    int lo[4] = {0, 0, 0, 0};
+                    int hi[4] = {0, 0, 0, 0};
+                    ptx_mma_m16n8k16_s8(lo, &a[m][0], b[0]);
+                    ptx_mma_m16n8k16_s8(hi, &a[m][2], b[1]);
 #pragma unroll
-                for (unsigned int e = 0u; e < 4u; e++) {
-                    MqScale w = (e & 1u) ? w1 : w0;
-                    unsigned int h = e / 2u;
-                    float sum = __uint_as_float((unsigned int)d[e]) - MQ_BIAS_F;
-                    float v = __fmaf_rn(__fmul_rn(w.a, dx[m][h]), sum, acc[g][m][j][e]);
-                    if (MQ_MIN) {
-                        v = __fmaf_rn(w.m, sx[m][h], v);
+                    for (unsigned int e = 0u; e < 4u; e++) {
+                        MqScale w = (e & 1u) ? w1 : w0;
+                        int sum = w.s0 * lo[e] + w.s1 * hi[e];
+                        acc[g][m][j][e] =
+                            __fmaf_rn(__fmul_rn(w.a, dx[m][e / 2u]), __int2float_rn(sum), acc[g][m][j][e]);
                     }
-                    acc[g][m][j][e] = v;
+                } else {
+                    // The sums start at MQ_BIAS: read as f32, the result is 1.5·2^23 + Σq_w q_x
+                    // exactly (|Σ| <= 32·128·128 < 2^22), so the conversion is one full-rate
+                    // subtraction rather than a quarter-rate I2F per element.
+                    int d[4] = {MQ_BIAS, MQ_BIAS, MQ_BIAS, MQ_BIAS};
+                    ptx_mma_m16n8k32_s8(d, a[m], b);
+                    // D: e = 0, 1 token g8, rows 2c, 2c + 1; e = 2, 3 token g8 + 8.
+#pragma unroll
+                    for (unsigned int e = 0u; e < 4u; e++) {
+                        MqScale w = (e & 1u) ? w1 : w0;
+                        unsigned int h = e / 2u;
+                        float sum = __uint_as_float((unsigned int)d[e]) - MQ_BIAS_F;
+                        float v = __fmaf_rn(__fmul_rn(w.a, dx[m][h]), sum, acc[g][m][j][e]);
+                        if (MQ_MIN) {
+                            v = __fmaf_rn(w.m, sx[m][h], v);
+                        }
+                        acc[g][m][j][e] = v;
+                    }
                 }
             }
         }
@@ -252,11 +271,11 @@ __device__ __forceinline__ void mq_matmul(const MatvecArgs& a) {
         }
     }
     MqCopies cp = mq_copies<BT>(a, t0, rows, n0, nb);
-    unsigned int odd = 0u;
+    unsigned int bits = 0u; // mq_mma's
 #pragma unroll
     for (unsigned int i = 0u; i < 8u; i++) {
         unsigned int row = n0 + tr + 8u * (i / 2u) + 2u * (threadIdx.x % 4u) + i % 2u;
-        odd |= ((min(row, a.n - 1u) * nb) & 1u) << i;
+        bits |= mq_row_bit(min(row, a.n - 1u) * nb) << i;
     }
     // The pipeline: S - 1 units in flight ahead of the one multiplied. Every iteration
     // commits a group (empty past the last unit), so "unit u landed" is always "at most
@@ -279,7 +298,7 @@ __device__ __forceinline__ void mq_matmul(const MatvecArgs& a) {
             mq_load<BT, G>(a, st[next % S], cp, nb, next);
         }
         ptx_cp_async_commit();
-        mq_mma<BT, G, MT>(st[u % S], acc, tt, tr, odd, u);
+        mq_mma<BT, G, MT>(st[u % S], acc, tt, tr, bits, u);
     }
     ptx_cp_async_wait0();
     // D fragment element e of tile (m, j): token tt + 16m + lane/4 (+ 8 for e >= 2), row

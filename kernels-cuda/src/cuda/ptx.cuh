@@ -118,6 +118,15 @@ __device__ __forceinline__ void ptx_cp_async_wait0() { asm volatile("cp.async.wa
 __device__ __forceinline__ void ptx_cp_async_wait1() { asm volatile("cp.async.wait_group 1;"); }
 __device__ __forceinline__ void ptx_cp_async_wait2() { asm volatile("cp.async.wait_group 2;"); }
 
+// d += a (16×16 s8, row) · b (16×8 s8, col), s32 accumulators: m16n8k32's first (or
+// second) half (a[0] A[g][4c .. 4c+3], a[1] A[g+8][4c ..]; b[0] B[4c .. 4c+3][g]). IMMA,
+// sm_80+.
+__device__ __forceinline__ void ptx_mma_m16n8k16_s8(int* d, const unsigned int* a, unsigned int b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
+                 : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(b));
+}
+
 // Four 8×8 matrices of 16-bit elements (8 rows of 16 bytes each) from shared memory: lane
 // l gives the address of row l % 8 of matrix l / 8, and gets in r[i] the word l % 4 of row
 // l / 4 of matrix i. A warp-wide instruction (LDSM, sm_75+); rows 16-byte aligned.

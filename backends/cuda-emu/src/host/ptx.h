@@ -167,6 +167,35 @@ static inline void ptx_mma_m16n8k32_s8(int* d, const unsigned int* a, const unsi
     }
 }
 
+// mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32, d = a · b + d: a[0] holds
+// A[g][4c .. 4c+3], a[1] A[g+8][4c ..]; b B[4c .. 4c+3][g]; D as m16n8k32's.
+static inline void ptx_mma_m16n8k16_s8(int* d, const unsigned int* a, unsigned int b) {
+    unsigned int ops[3] = {a[0], a[1], b};
+    unsigned int gen = kiln_emu::warp_exchange(6u, ops, sizeof ops);
+    int A[16][16], B[16][8];
+    for (unsigned int l = 0; l < 32u; l++) {
+        unsigned int f[3];
+        memcpy(f, kiln_emu::lane_data(l, gen), sizeof f);
+        unsigned int g = l / 4u, c = l % 4u;
+        for (unsigned int i = 0; i < 4u; i++) {
+            A[g][4u * c + i] = (signed char)(f[0] >> (8u * i));
+            A[g + 8u][4u * c + i] = (signed char)(f[1] >> (8u * i));
+            B[4u * c + i][g] = (signed char)(f[2] >> (8u * i));
+        }
+    }
+    unsigned int lane = threadIdx.x % 32u;
+    unsigned int g = lane / 4u, c = lane % 4u;
+    for (unsigned int e = 0; e < 4u; e++) {
+        unsigned int row = g + (e >= 2u ? 8u : 0u);
+        unsigned int col = 2u * c + (e & 1u);
+        unsigned int s = (unsigned int)d[e];
+        for (unsigned int k = 0; k < 16u; k++) {
+            s += (unsigned int)(A[row][k] * B[k][col]);
+        }
+        d[e] = (int)s;
+    }
+}
+
 // dp4a.s32.s32: c + Σ of the products of the four signed bytes (wrapping).
 static inline int ptx_dp4a(unsigned int a, unsigned int b, int c) {
     unsigned int s = (unsigned int)c;

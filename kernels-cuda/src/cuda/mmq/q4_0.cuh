@@ -7,6 +7,7 @@
 #define MQ_HW 1u  // words of them a stage keeps (one unused where there are none)
 #define MQ_SB 4u  // scale bytes a stage keeps per row
 #define MQ_MIN 0  // no offset term
+#define MQ_HALVES 0 // one scale a unit
 
 // The aligned word of the scale plane that holds unit r·nb + u's d (cp.async copies 4
 // bytes at least; d is its half (r·nb + u) % 2).
@@ -28,9 +29,11 @@ __device__ __forceinline__ uint2 mq_frag(const unsigned char* wq, const unsigned
     return uint2{mq_less8(q & 0x0F0F0F0Fu), mq_less8((q >> 4) & 0x0F0F0F0Fu)};
 }
 
-// The staged scale bytes s of a row: `odd` is the parity of its r·nb + u.
-__device__ __forceinline__ MqScale mq_scales(const unsigned char* s, unsigned int odd, unsigned int u) {
-    (void)u;
+// What mq_scales needs of row r besides u: the parity of r·nb.
+__device__ __forceinline__ unsigned int mq_row_bit(unsigned int rnb) { return rnb & 1u; }
+
+// The staged scale bytes s of a row: d is the half (r·nb + u) % 2 of the word.
+__device__ __forceinline__ MqScale mq_scales(const unsigned char* s, unsigned int bit, unsigned int u) {
     unsigned int w = *reinterpret_cast<const unsigned int*>(s);
-    return MqScale{odd ? mv_hi(w) : mv_lo(w), 0.0f};
+    return MqScale{((bit ^ u) & 1u) ? mv_hi(w) : mv_lo(w), 0.0f, 0, 0};
 }

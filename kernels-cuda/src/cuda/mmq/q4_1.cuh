@@ -7,6 +7,7 @@
 #define MQ_HW 1u
 #define MQ_SB 4u
 #define MQ_MIN 1
+#define MQ_HALVES 0
 
 // The half2 (d, m) of unit r·nb + u.
 __device__ __forceinline__ void mq_copy_scales(unsigned char* dst, const unsigned char* ws, unsigned int rnb,
@@ -22,9 +23,14 @@ __device__ __forceinline__ uint2 mq_frag(const unsigned char* wq, const unsigned
     return uint2{q & 0x0F0F0F0Fu, (q >> 4) & 0x0F0F0F0Fu};
 }
 
-__device__ __forceinline__ MqScale mq_scales(const unsigned char* s, unsigned int odd, unsigned int u) {
-    (void)odd;
+__device__ __forceinline__ unsigned int mq_row_bit(unsigned int rnb) {
+    (void)rnb;
+    return 0u;
+}
+
+__device__ __forceinline__ MqScale mq_scales(const unsigned char* s, unsigned int bit, unsigned int u) {
+    (void)bit;
     (void)u;
     unsigned int dm = *reinterpret_cast<const unsigned int*>(s);
-    return MqScale{mv_lo(dm), mv_hi(dm)};
+    return MqScale{mv_lo(dm), mv_hi(dm), 0, 0};
 }

@@ -8,6 +8,7 @@
 #define MQ_HW 1u
 #define MQ_SB 16u // the super-block's record
 #define MQ_MIN 1
+#define MQ_HALVES 0
 
 // The record of unit r·nb + u's super-block (nb is a multiple of 8).
 __device__ __forceinline__ void mq_copy_scales(unsigned char* dst, const unsigned char* ws, unsigned int rnb,
@@ -24,9 +25,14 @@ __device__ __forceinline__ uint2 mq_frag(const unsigned char* wq, const unsigned
 }
 
 // Sub-block u % 8 of the staged record s: (d·sc, -dmin·m).
-__device__ __forceinline__ MqScale mq_scales(const unsigned char* s, unsigned int odd, unsigned int u) {
-    (void)odd;
+__device__ __forceinline__ unsigned int mq_row_bit(unsigned int rnb) {
+    (void)rnb;
+    return 0u;
+}
+
+__device__ __forceinline__ MqScale mq_scales(const unsigned char* s, unsigned int bit, unsigned int u) {
+    (void)bit;
     uint4 r = *reinterpret_cast<const uint4*>(s);
     KScale k = k_scale6(r.y, r.z, r.w, u % 8u);
-    return MqScale{__fmul_rn(mv_lo(r.x), (float)k.sc), -__fmul_rn(mv_hi(r.x), (float)k.m)};
+    return MqScale{__fmul_rn(mv_lo(r.x), (float)k.sc), -__fmul_rn(mv_hi(r.x), (float)k.m), 0, 0};
 }

@@ -7,6 +7,7 @@
 #define MQ_HW 1u
 #define MQ_SB 16u
 #define MQ_MIN 1
+#define MQ_HALVES 0
 
 __device__ __forceinline__ void mq_copy_scales(unsigned char* dst, const unsigned char* ws, unsigned int rnb,
                                                unsigned int u) {
@@ -21,9 +22,14 @@ __device__ __forceinline__ uint2 mq_frag(const unsigned char* wq, const unsigned
     return uint2{q5_lo(q, h, c), q5_hi(q, h, c)};
 }
 
-__device__ __forceinline__ MqScale mq_scales(const unsigned char* s, unsigned int odd, unsigned int u) {
-    (void)odd;
+__device__ __forceinline__ unsigned int mq_row_bit(unsigned int rnb) {
+    (void)rnb;
+    return 0u;
+}
+
+__device__ __forceinline__ MqScale mq_scales(const unsigned char* s, unsigned int bit, unsigned int u) {
+    (void)bit;
     uint4 r = *reinterpret_cast<const uint4*>(s);
     KScale k = k_scale6(r.y, r.z, r.w, u % 8u);
-    return MqScale{__fmul_rn(mv_lo(r.x), (float)k.sc), -__fmul_rn(mv_hi(r.x), (float)k.m)};
+    return MqScale{__fmul_rn(mv_lo(r.x), (float)k.sc), -__fmul_rn(mv_hi(r.x), (float)k.m), 0, 0};
 }
