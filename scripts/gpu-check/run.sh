@@ -2,7 +2,8 @@
 # The GPU check, in one call on a machine with an NVIDIA GPU and the binaries that
 # stage.sh built (no Rust needed there): the NVRTC, disassembly, conformance and end-to-end
 # CUDA tests; kiln on synthetic SmolLM2- and Llama-3-8B-shaped models (bench at batch 1, 16,
-# 32 and --kernels, perplexity CUDA vs CPU) and a Gemma-3-270M-shaped Q4_K one; a model
+# 32 and --kernels, perplexity CUDA vs CPU) and a Gemma-3-270M-shaped Q4_K one; the prefill
+# GEMMs of 512 tokens (b_gemm, the criterion suite on CUDA); a model
 # over 4 GiB on CUDA and Vulkan;
 # compute-sanitizer memcheck on a short run; the cuda-report table; Vulkan and wgpu; decode
 # at a depth of 4k tokens and prompt lookup on the 8B shape; and one table of kiln's
@@ -140,6 +141,12 @@ if [ $dry = 0 ]; then
 fi
 bench l8b_cuda 240 -m "$L8B" --backend cuda -p 512 -n 128 -b 1,16,32 -r 2
 bench l8b_cuda_kernels 90 -m "$L8B" --backend cuda -p 0 -n 32 -b 1 -r 1 --kernels
+# The prefill GEMMs of 512 tokens alone (issue 15: the int8 tensor-core matmul; the
+# 4096x14336 target is half the bf16 peak the kernel table's ceilings line reports).
+if [ -x "$G/b_gemm" ] || [ $dry = 1 ]; then
+  run gemm_cuda 150 "$G/b_gemm" --bench cuda/
+  [ $dry = 1 ] || grep -E '^  cuda/.*GFLOP/s' "$L/gemm_cuda.log" | sed 's/^  /gemm: /' >> "$S"
+else say "gemm_cuda SKIPPED: no b_gemm staged"; fi
 
 # ---- compute-sanitizer memcheck on a short greedy run.
 if [ $dry = 1 ] || command -v compute-sanitizer >/dev/null; then
