@@ -7,7 +7,7 @@ use kiln_ir::kv_layout::{KvDtype, KvLayout};
 use kiln_ir::{AttentionParams, DType, Op, Plan, RopeMode, RopeParams};
 
 use crate::args::KvArgs;
-use crate::launch::{MMA_COLS, MMA_TOKENS, WG};
+use crate::launch::WG;
 use crate::lower::geometry::StepGeometry;
 use crate::lower::{Args, Buffers, Call, Lowered, lower, partial_bytes, q8_1_bytes, supports};
 use crate::matvec::Epilogue;
