@@ -1,6 +1,7 @@
 //! The launches of a call for one step: grid, block and shared memory from the step's
 //! shape; for packed weights, quantize + matvec (up to 32 rows, the tile from
-//! `matvec_launch`; every step without tensor cores) or the tensor-core kernel; for float
+//! `matvec_launch`; every step without tensor cores) or quantize + the int8 tensor-core
+//! kernel (crate::mmq; the f16 one for a type it does not read); for float
 //! weights the matrix-vector kernel (tiles of 8 rows); and attention's paths (split-K decode + combine, tensor-core
 //! prefill, one block per (head, token)). Everything but the shape comes from the call's
 //! own arguments.
@@ -149,7 +150,8 @@ fn packed_takes_mma(rows: u32, g: &StepGeometry) -> bool {
     g.tensor_cores && rows > matvec::MAX_TOKENS
 }
 
-/// The tensor-core matmul of packed weights (matmul_mma.cu through pw_unit).
+/// The f16 tensor-core matmul of packed weights (matmul_mma.cu through pw_unit), for the
+/// types the int8 one (crate::mmq) does not read.
 fn packed_mma(a: &MatmulArgs, g: &StepGeometry) -> Option<Planned> {
     let rows = g.rows(a.rows_sel);
     packed_takes_mma(rows, g).then(|| {
