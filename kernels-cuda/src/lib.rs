@@ -17,6 +17,9 @@
 //!   into quant and scale planes at upload, activations quantized to q8_1 once per
 //!   launch, dp4a matvecs over token tiles up to 32 (`cuda/mv/`), and their scalar twin
 //!   ([`matvec::twin`]); the lowering emits them for every matmul of a packed type.
+//! - [`mmq`]: the prefill path of the packed types: the same q8_1 activations times the
+//!   packed weights on the int8 tensor cores (`cuda/matmul_mmq.cu`, `cuda/mmq/`), a
+//!   cp.async pipeline of 128-row tiles.
 //! - [`peak`]: the tensor-core peak kernel of the backend's ceilings.
 //! - [`host`]: the CUDA backend's host logic over a [`host::Device`] (memory, modules,
 //!   launches, graphs, timers): backends/cuda's driver and backends/cuda-emu's emulator
@@ -27,6 +30,7 @@ pub mod host;
 pub mod launch;
 pub mod lower;
 pub mod matvec;
+pub mod mmq;
 pub mod peak;
 pub mod repack;
 pub mod sources;

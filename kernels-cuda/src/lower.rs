@@ -220,8 +220,9 @@ pub fn partial_bytes(plan: &Plan) -> u64 {
         .unwrap_or(0)
 }
 
-/// Rows of the q8_1 scratch: the plan's largest step (the matvec covers steps of any
-/// length in 32-token tiles where no tensor cores take them).
+/// Rows of the q8_1 scratch: the plan's largest step (the int8 tensor-core matmul reads
+/// it for steps of more than 32 rows, and the matvec covers steps of any length in
+/// 32-token tiles where no tensor cores take them).
 pub fn q8_1_rows(plan: &Plan) -> u32 {
     plan.max_tokens.max(plan.max_outputs).max(1) as u32
 }

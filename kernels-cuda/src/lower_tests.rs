@@ -7,7 +7,7 @@ use kiln_ir::kv_layout::{KvDtype, KvLayout};
 use kiln_ir::{AttentionParams, DType, Op, Plan, RopeMode, RopeParams};
 
 use crate::args::KvArgs;
-use crate::launch::{MMA_COLS, MMA_TOKENS, WG};
+use crate::launch::WG;
 use crate::lower::geometry::StepGeometry;
 use crate::lower::{Args, Buffers, Call, Lowered, lower, partial_bytes, q8_1_bytes, supports};
 use crate::matvec::Epilogue;
@@ -84,7 +84,7 @@ fn tiny_llama() -> Graph {
         let v = matmul(
             &mut g,
             format!("{layer}.v"),
-            DType::Q4_0,
+            DType::Q5_1,
             KV_HEADS * HD,
             D,
             xb,
@@ -211,7 +211,7 @@ fn every_address_lies_inside_its_buffer() {
             for call in calls {
                 let v = &low.variants[call.variant];
                 // The variant is the op's, of its weight type.
-                if matches!(v.kernel, Kernel::Matvec | Kernel::Quantize) {
+                if matches!(v.kernel, Kernel::Matvec | Kernel::Quantize | Kernel::Mmq) {
                     assert!(launch.op.name().contains("matmul"), "{}", launch.kernel);
                 } else {
                     assert_eq!(v.kernel.stem(), launch.op.name(), "{}", launch.kernel);
@@ -342,13 +342,13 @@ fn check_kv(kernel: Kernel, a: &KvArgs, act: &dyn Fn(&str, u64, u32)) {
 fn the_fused_plan_takes_the_fused_kernels() {
     let (low, _) = lowered(&plan(true));
     let kernels: Vec<Kernel> = low.variants.iter().map(|v| v.kernel).collect();
-    for k in [
-        Kernel::RmsNormMatMul,
-        Kernel::RopeKvWrite,
-        Kernel::MatMulAdd,
-        Kernel::RmsNormMatMulSwiGlu,
-    ] {
+    // MatMulAdd: the F16 and BF16 projections; the fused q, k, v and gate, up (packed
+    // types the int8 tensor-core matmul reads) are quantize, Mmq and the matvec only.
+    for k in [Kernel::RopeKvWrite, Kernel::MatMulAdd, Kernel::Mmq] {
         assert!(kernels.contains(&k), "{k:?} not in {kernels:?}");
+    }
+    for k in [Kernel::RmsNormMatMul, Kernel::RmsNormMatMulSwiGlu] {
+        assert!(!kernels.contains(&k), "{k:?} in {kernels:?}");
     }
     // One module per variant.
     for (i, v) in low.variants.iter().enumerate() {
@@ -372,15 +372,19 @@ fn weight_offsets_past_4_gib_survive() {
     layout.total = far + 4096;
     let low = lower(&plan, &layout, &kv(), BUFFERS).unwrap();
     let last = low.launches.last().unwrap();
-    let Some(Args::Matmul(a)) = last
+    // Its calls (Q8_0: quantize, the int8 tensor-core matmul, the matvec).
+    let heads: Vec<_> = last
         .iter()
-        .map(|c| c.args)
-        .find(|a| matches!(a, Args::Matmul(_)))
-    else {
-        panic!("the LM head is a matmul")
-    };
-    assert_eq!(a.w.0, BUFFERS.weights + far);
-    assert!(a.w.0 > u64::from(u32::MAX));
+        .filter_map(|c| match c.args {
+            Args::Matvec(a) => Some(a),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(heads.len(), 2, "the LM head's int8 matmul and matvec");
+    for a in heads {
+        assert_eq!(a.wq.0, BUFFERS.weights + far);
+        assert!(a.wq.0 > u64::from(u32::MAX));
+    }
 }
 
 /// A Llama-3-8B-sized vocabulary (Q8_0 embedding and head of 128,256 rows of 16,384, over
@@ -419,14 +423,14 @@ fn weights_over_4_gib_lay_out() {
     let layout = WeightLayout::new(&plan).unwrap();
     assert!(layout.total > u64::from(u32::MAX), "{}", layout.total);
     let low = lower(&plan, &layout, &kv(), BUFFERS).unwrap();
-    let Some(Args::Matmul(a)) = low.launches[2]
+    let Some(Args::Matvec(a)) = low.launches[2]
         .iter()
         .map(|c| c.args)
-        .find(|a| matches!(a, Args::Matmul(_)))
+        .find(|a| matches!(a, Args::Matvec(_)))
     else {
         panic!("the head")
     };
-    assert_eq!(a.w.0, BUFFERS.weights + layout.offsets[1]);
+    assert_eq!(a.wq.0, BUFFERS.weights + layout.offsets[1]);
     let (supported, plan) = build(140_000, DType::F32);
     assert!(supported.is_err(), "9 GB in one matrix is not supported");
     assert!(WeightLayout::new(&plan).is_err(), "nor laid out");
@@ -476,27 +480,22 @@ fn call_of(low: &Lowered, kernel: Kernel) -> Call {
 fn matvec_and_tensor_core_launches_cover_odd_steps() {
     let (low, _) = lowered(&plan(true));
     // The fused FFN's Q4_1 gate and up: quantize (RMSNorm folded) + one SwiGLU matvec
-    // up to 32 tokens, the tensor-core kernel over the packed weights above.
+    // up to 32 tokens, the int8 tensor-core kernel on the same q8_1 above.
     let calls = low
         .launches
         .iter()
         .find(|cs| {
-            cs.iter()
-                .any(|c| low.variants[c.variant].kernel == Kernel::RmsNormMatMulSwiGlu)
+            cs.iter().any(|c| {
+                let v = &low.variants[c.variant];
+                v.kernel == Kernel::Mmq && v.weight == Some(DType::Q4_1)
+            })
         })
         .unwrap();
     let kinds: Vec<Kernel> = calls
         .iter()
         .map(|c| low.variants[c.variant].kernel)
         .collect();
-    assert_eq!(
-        kinds,
-        [
-            Kernel::Quantize,
-            Kernel::RmsNormMatMulSwiGlu,
-            Kernel::Matvec
-        ]
-    );
+    assert_eq!(kinds, [Kernel::Quantize, Kernel::Mmq, Kernel::Matvec]);
     let launches = |g: &StepGeometry| -> Vec<_> {
         calls
             .iter()
@@ -504,9 +503,14 @@ fn matvec_and_tensor_core_launches_cover_odd_steps() {
             .map(|p| p.launch)
             .collect()
     };
-    let Args::Matmul(a) = calls[1].args else {
+    let Args::Matvec(a) = calls[1].args else {
         panic!()
     };
+    assert_eq!(
+        Args::Matvec(a),
+        calls[2].args,
+        "one set of arguments for both"
+    );
     for n_tokens in [1u32, 3, 7, 8, 17, 32] {
         let l = launches(&geometry(n_tokens, 1));
         assert_eq!(l.len(), 2, "{n_tokens}");
@@ -522,13 +526,25 @@ fn matvec_and_tensor_core_launches_cover_odd_steps() {
             format!("matvec_q4_1_t{tile}_swiglu")
         );
     }
-    let l = launches(&geometry(33, 1));
-    assert_eq!(l.len(), 1);
-    assert_eq!(l[0].entry, Entry::Mma);
-    assert_eq!(
-        l[0].grid,
-        [a.n.div_ceil(MMA_COLS), 1, 33u32.div_ceil(MMA_TOKENS)]
-    );
+    // Past 32 tokens: the quantization still runs (the int8 kernel reads it), then the
+    // int8 kernel in 64-token tiles (a GLU) of 128 rows.
+    for n_tokens in [33u32, 37, 70, 130] {
+        let l = launches(&geometry(n_tokens, 1));
+        assert_eq!(l.len(), 2);
+        assert_eq!(
+            (l[0].entry, l[0].grid),
+            (Entry::RmsNormQuantize, [n_tokens, 1, 1])
+        );
+        assert_eq!(l[1].entry, Entry::mmq(64, Epilogue::SwiGlu).unwrap());
+        assert_eq!(
+            l[1].grid,
+            [n_tokens.div_ceil(64), a.n.div_ceil(crate::mmq::ROWS), 1]
+        );
+        assert_eq!(
+            low.variants[calls[1].variant].symbol(l[1].entry),
+            "matmul_mmq_q4_1_t64_swiglu"
+        );
+    }
     let no_tc = StepGeometry {
         tensor_cores: false,
         ..geometry(33, 1)
@@ -543,6 +559,38 @@ fn matvec_and_tensor_core_launches_cover_odd_steps() {
         (l[1].entry, l[1].grid[2]),
         (Entry::matvec(16, Epilogue::SwiGlu).unwrap(), 3)
     );
+    // The fused q, k, v (Q4_0, Q4_0, Q5_1): one quantization, then each weight's int8
+    // kernel (128 tokens past 96 rows) and matvec.
+    let qkv = low
+        .launches
+        .iter()
+        .find(|cs| {
+            cs.iter().any(|c| {
+                let v = &low.variants[c.variant];
+                v.kernel == Kernel::Mmq && v.weight == Some(DType::Q5_1)
+            })
+        })
+        .unwrap();
+    let kinds: Vec<Kernel> = qkv.iter().map(|c| low.variants[c.variant].kernel).collect();
+    use Kernel::{Matvec, Mmq, Quantize};
+    assert_eq!(kinds, [Quantize, Mmq, Matvec, Mmq, Matvec, Mmq, Matvec]);
+    for (n_tokens, tile) in [(33u32, 64), (96, 64), (97, 128), (130, 128)] {
+        let g = geometry(n_tokens, 1);
+        let l: Vec<_> = qkv
+            .iter()
+            .flat_map(|c| c.launches(&low.variants[c.variant], &g))
+            .map(|p| p.launch)
+            .collect();
+        let entries: Vec<Entry> = l.iter().map(|l| l.entry).collect();
+        let int8 = |tile| Entry::mmq(tile, Epilogue::Store).unwrap();
+        // Q5_1 has an offset term: 64-token tiles only (crate::mmq::has_offset).
+        assert_eq!(
+            entries,
+            [Entry::RmsNormQuantize, int8(tile), int8(tile), int8(64)],
+            "{n_tokens}"
+        );
+        assert_eq!(l[1].grid, [n_tokens.div_ceil(tile), 1, 1]);
+    }
     // The output projection's F16 weights keep f32 products: never the tensor cores.
     let f16 = *low
         .launches
@@ -572,6 +620,64 @@ fn matvec_and_tensor_core_launches_cover_odd_steps() {
         (l[1].entry, l[1].grid[2]),
         (Entry::matvec(1, Epilogue::Store).unwrap(), 1)
     );
+}
+
+/// Every packed type prefills on the int8 tensor-core matmul (crate::mmq): its call list
+/// is the quantization (for every step length), the int8 kernel and the matvec, never the
+/// f16 tensor-core kernel (matmul_mma.cu), which stays for a type the int8 one would not
+/// read.
+#[test]
+fn every_packed_type_prefills_on_the_int8_tensor_cores() {
+    for dtype in crate::repack::PACKED {
+        assert!(crate::mmq::covers(dtype), "{dtype}");
+        let mut g = Graph::new(0);
+        let ids = g.new_value(ValueType::TokenIds);
+        g.input = Some(ids);
+        let act = |cols| ValueType::F32 {
+            rows: Rows::Tokens,
+            cols,
+        };
+        let table = g.add_weight("token_embd", DType::F32, 7, 256);
+        let x = g.push(Op::Embed { table }, &[ids], &[act(256)], None)[0];
+        let w = g.add_weight("w", dtype, 67, 256);
+        let y = g.push(Op::MatMul { weights: vec![w] }, &[x], &[act(67)], None)[0];
+        let out = ValueType::F32 {
+            rows: Rows::Outputs,
+            cols: 67,
+        };
+        g.output = Some(g.push(Op::SelectRows, &[y], &[out], None)[0]);
+        let graph = g.clone();
+        let plan = kiln_ir::lower(g, &|op| supports(op, &graph), 130, 1).unwrap();
+        let (low, _) = lowered(&plan);
+        let calls = &low.launches[1];
+        let kinds: Vec<Kernel> = calls
+            .iter()
+            .map(|c| low.variants[c.variant].kernel)
+            .collect();
+        assert_eq!(
+            kinds,
+            [Kernel::Quantize, Kernel::Mmq, Kernel::Matvec],
+            "{dtype}"
+        );
+        let Args::Quantize(q) = calls[0].args else {
+            panic!()
+        };
+        assert_eq!(q.prefill, 1);
+        let entries = |n_tokens| -> Vec<Entry> {
+            let g = geometry(n_tokens, 1);
+            calls
+                .iter()
+                .flat_map(|c| c.launches(&low.variants[c.variant], &g))
+                .map(|p| p.launch.entry)
+                .collect()
+        };
+        let tile = |rows| crate::mmq::tile_for(dtype, rows, Epilogue::Store);
+        for n in [33u32, 130] {
+            let int8 = Entry::mmq(tile(n), Epilogue::Store).unwrap();
+            assert_eq!(entries(n), [Entry::Quantize, int8], "{dtype} {n}");
+        }
+        assert_eq!(entries(32)[1], Entry::matvec(32, Epilogue::Store).unwrap());
+    }
 }
 
 #[test]

@@ -139,6 +139,10 @@ kernel_args! {
         x_stride: u32,
         rows_sel: u32,
         eps: f32,
+        /// 1: an int8 tensor-core matmul (crate::mmq) reads these quants too, so steps
+        /// of more than [`MAX_TOKENS`] rows are quantized as well.
+        prefill: u32,
+        pad: u32,
     }
 }
 
@@ -169,7 +173,8 @@ impl Epilogue {
         matches!(self, Epilogue::SwiGlu | Epilogue::GeGlu)
     }
 
-    fn suffix(self) -> &'static str {
+    /// The entry name's suffix (`""`, `"_add"`, `"_swiglu"`, `"_geglu"`).
+    pub(crate) fn suffix(self) -> &'static str {
         match self {
             Epilogue::Store => "",
             Epilogue::Add => "_add",
@@ -178,7 +183,8 @@ impl Epilogue {
         }
     }
 
-    fn code(self) -> &'static str {
+    /// The kernels' epilogue code (mv/matvec.cu, matmul_mmq.cu: MV_STORE ...).
+    pub(crate) fn code(self) -> &'static str {
         match self {
             Epilogue::Store => "MV_STORE",
             Epilogue::Add => "MV_ADD",
@@ -311,13 +317,21 @@ pub fn q8_1_planes(rows: u32, k: u32) -> Q8_1Planes {
 /// Append `name` with its `#include "x"` lines expanded (each file once), `mv/weights.cuh`
 /// standing for `weights`.
 fn expand(name: &str, weights: &str, seen: &mut Vec<&'static str>, out: &mut String) {
-    let name = if name == "mv/weights.cuh" {
-        weights
-    } else {
-        name
-    };
+    expand_with(name, ("mv/weights.cuh", weights), seen, out);
+}
+
+/// Append `name` (a file of this path, [`crate::mmq`]'s or [`crate::sources`]') with its
+/// `#include "x"` lines expanded (each file once), `stand_in.0` standing for `stand_in.1`.
+pub(crate) fn expand_with(
+    name: &str,
+    stand_in: (&str, &str),
+    seen: &mut Vec<&'static str>,
+    out: &mut String,
+) {
+    let name = if name == stand_in.0 { stand_in.1 } else { name };
     let Some((name, text)) = FILES
         .iter()
+        .chain(crate::mmq::FILES)
         .chain(crate::sources::FILES)
         .find(|(n, _)| *n == name)
     else {
@@ -337,7 +351,7 @@ fn expand(name: &str, weights: &str, seen: &mut Vec<&'static str>, out: &mut Str
             .map(str::trim)
             .and_then(|l| l.strip_prefix('"')?.strip_suffix('"'));
         match include {
-            Some(inc) => expand(inc, weights, seen, out),
+            Some(inc) => expand_with(inc, stand_in, seen, out),
             None => {
                 out.push_str(line);
                 out.push('\n');

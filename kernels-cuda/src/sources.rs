@@ -86,6 +86,7 @@ pub fn file(name: &str) -> Option<&'static str> {
     FILES
         .iter()
         .chain(crate::matvec::FILES)
+        .chain(crate::mmq::FILES)
         .find(|(n, _)| *n == name)
         .map(|(_, text)| *text)
 }
@@ -127,7 +128,7 @@ pub fn args_decl(k: Kernel) -> String {
         Kernel::SelectRows => SelectRowsArgs::c_decl(),
         Kernel::Rope => RopeArgs::c_decl(),
         Kernel::KvWrite | Kernel::RopeKvWrite | Kernel::Attention => KvArgs::c_decl(),
-        Kernel::Matvec => MatvecArgs::c_decl(),
+        Kernel::Matvec | Kernel::Mmq => MatvecArgs::c_decl(),
         Kernel::Quantize => QuantizeArgs::c_decl(),
     }
 }
@@ -137,6 +138,7 @@ pub fn args_decl(k: Kernel) -> String {
 pub fn source(v: &Variant) -> Option<String> {
     match v.kernel {
         Kernel::Matvec => return matvec::source(v.weight?).ok(),
+        Kernel::Mmq => return crate::mmq::source(v.weight?).ok(),
         Kernel::Quantize => return Some(matvec::quantize_source()),
         _ => {}
     }
@@ -235,6 +237,8 @@ pub fn all_variants() -> Vec<Variant> {
     for kernel in Kernel::ALL {
         let weights: Vec<Option<DType>> = if kernel == Kernel::Matvec {
             matvec::DTYPES.iter().copied().map(Some).collect()
+        } else if kernel == Kernel::Mmq {
+            crate::mmq::DTYPES.iter().copied().map(Some).collect()
         } else if kernel.takes_weight() {
             WEIGHT_DTYPES.iter().copied().map(Some).collect()
         } else {

@@ -17,7 +17,10 @@ fn every_variant_assembles_into_one_source() {
     let variants = all_variants();
     // 23 kernels: 7 matmuls and embed × 11 weight types, 3 KV kernels × 2 KV types, 10
     // others, the matvec × 8 packed types, the quantizer.
-    assert_eq!(variants.len(), 8 * 11 + 3 * 2 + 10 + 8 + 1);
+    assert_eq!(
+        variants.len(),
+        8 * 11 + 3 * 2 + 10 + 8 + 1 + crate::mmq::DTYPES.len()
+    );
     for v in &variants {
         let src = source(v).unwrap_or_else(|| panic!("{} does not assemble", v.name()));
         assert!(
@@ -26,8 +29,8 @@ fn every_variant_assembles_into_one_source() {
             v.name()
         );
         assert!(src.contains("static_assert(sizeof("), "{}", v.name());
-        if matches!(v.kernel, Kernel::Matvec | Kernel::Quantize) {
-            // matvec.rs's modules name their entries themselves.
+        if matches!(v.kernel, Kernel::Matvec | Kernel::Quantize | Kernel::Mmq) {
+            // matvec.rs's and mmq.rs's modules name their entries themselves.
             for &e in v.entries() {
                 assert!(
                     src.contains(&format!(" {}(const", v.symbol(e))),

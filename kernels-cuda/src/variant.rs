@@ -7,6 +7,7 @@ use kiln_ir::DType;
 use kiln_ir::kv_layout::KvDtype;
 
 use crate::matvec::{self, Epilogue};
+use crate::mmq;
 use crate::repack;
 
 /// A kernel file: one fused op.
@@ -39,10 +40,13 @@ pub enum Kernel {
     Matvec,
     /// The q8_1 activation quantizer the matvec reads (matvec.rs).
     Quantize,
+    /// The prefill matmul of packed weights on the int8 tensor cores (mmq.rs; its own
+    /// module per weight type, the matvec's arguments).
+    Mmq,
 }
 
 impl Kernel {
-    pub const ALL: [Kernel; 23] = [
+    pub const ALL: [Kernel; 24] = [
         Kernel::Embed,
         Kernel::RmsNorm,
         Kernel::MatMul,
@@ -66,6 +70,7 @@ impl Kernel {
         Kernel::RmsNormAdd,
         Kernel::Matvec,
         Kernel::Quantize,
+        Kernel::Mmq,
     ];
 
     /// The stem of its `.cu` file (the op's name).
@@ -94,6 +99,7 @@ impl Kernel {
             Kernel::RmsNormAdd => "rmsnorm_add",
             Kernel::Matvec => "matvec",
             Kernel::Quantize => "quantize_q8_1",
+            Kernel::Mmq => "matmul_mmq",
         }
     }
 
@@ -121,7 +127,7 @@ impl Kernel {
 
     /// Reads a weight matrix: its variants are per weight type.
     pub fn takes_weight(self) -> bool {
-        matches!(self, Kernel::Embed | Kernel::Matvec) || self.is_matmul()
+        matches!(self, Kernel::Embed | Kernel::Matvec | Kernel::Mmq) || self.is_matmul()
     }
 
     /// Reads or writes KV pages: its variants are per KV type.
@@ -151,6 +157,8 @@ pub enum Entry {
     RmsNormQuantize,
     /// The matvec of (tile, epilogue) `matvec::variants().nth(i)`.
     Matvec(u8),
+    /// The int8 tensor-core matmul of (tile, epilogue) `mmq::variants().nth(i)`.
+    Mmq(u8),
 }
 
 /// The matvec entries of a weight type, in `matvec::variants()` order.
@@ -167,14 +175,38 @@ const MATVEC_ENTRIES: [Entry; MATVEC_VARIANTS] = {
 /// Tiles × epilogues of a weight type's matvec module (no SwiGLU or GeGLU at 32 tokens).
 const MATVEC_VARIANTS: usize = matvec::TILES.len() * 4 - 2;
 
+/// The int8 tensor-core matmul's entries, in `mmq::variants()` order.
+const MMQ_ENTRIES: [Entry; MMQ_VARIANTS] = {
+    let mut e = [Entry::Main; MMQ_VARIANTS];
+    let mut i = 0;
+    while i < MMQ_VARIANTS {
+        e[i] = Entry::Mmq(i as u8);
+        i += 1;
+    }
+    e
+};
+
+/// Tiles × epilogues of a weight type's int8 tensor-core module (no GLUs at 128 tokens).
+const MMQ_VARIANTS: usize = mmq::TILES.len() * 4 - 2;
+
 impl Entry {
     /// Entry indices ([`Entry::index`]) run below this.
-    pub const COUNT: usize = 7 + MATVEC_VARIANTS;
+    pub const COUNT: usize = 7 + if MATVEC_VARIANTS > MMQ_VARIANTS {
+        MATVEC_VARIANTS
+    } else {
+        MMQ_VARIANTS
+    };
 
     /// The matvec entry of a tile and epilogue.
     pub fn matvec(tile: u32, epilogue: Epilogue) -> Option<Entry> {
         let i = matvec::variants().position(|v| v == (tile, epilogue))?;
         Some(Entry::Matvec(i as u8))
+    }
+
+    /// The int8 tensor-core matmul's entry of a tile and epilogue.
+    pub fn mmq(tile: u32, epilogue: Epilogue) -> Option<Entry> {
+        let i = mmq::variants().position(|v| v == (tile, epilogue))?;
+        Some(Entry::Mmq(i as u8))
     }
 
     /// The macro a kernel file names this entry by (the source header defines it).
@@ -186,11 +218,15 @@ impl Entry {
             Entry::Combine => "KILN_COMBINE",
             Entry::Prefill => "KILN_PREFILL",
             // Their modules name their entries themselves (matvec.rs).
-            Entry::Quantize | Entry::RmsNormQuantize | Entry::Matvec(_) => "KILN_UNUSED",
+            Entry::Quantize | Entry::RmsNormQuantize | Entry::Matvec(_) | Entry::Mmq(_) => {
+                "KILN_UNUSED"
+            }
         }
     }
 
-    /// A dense index below [`Entry::COUNT`] (a module's function table).
+    /// A dense index below [`Entry::COUNT`] (a module's function table): distinct among
+    /// the entries of one variant (a matvec module and an int8 tensor-core module share
+    /// the indices past 7, as no variant has both).
     pub fn index(self) -> usize {
         match self {
             Entry::Main => 0,
@@ -201,6 +237,7 @@ impl Entry {
             Entry::Quantize => 5,
             Entry::RmsNormQuantize => 6,
             Entry::Matvec(i) => 7 + i as usize,
+            Entry::Mmq(i) => 7 + i as usize,
         }
     }
 }
@@ -258,6 +295,8 @@ impl Variant {
     pub fn entries(&self) -> &'static [Entry] {
         if self.kernel == Kernel::Matvec {
             &MATVEC_ENTRIES
+        } else if self.kernel == Kernel::Mmq {
+            &MMQ_ENTRIES[..mmq::variant_count(self.weight.unwrap_or(DType::Q4_0))]
         } else if self.kernel == Kernel::Quantize {
             &[Entry::Quantize, Entry::RmsNormQuantize]
         } else if self.packed() && self.kernel.is_matmul() {
@@ -292,6 +331,12 @@ impl Variant {
                     .nth(i as usize)
                     .unwrap_or((1, Epilogue::Store));
                 matvec::entry(self.weight.unwrap_or(DType::Q4_0), tile, e)
+            }
+            Entry::Mmq(i) => {
+                let (tile, e) = mmq::variants()
+                    .nth(i as usize)
+                    .unwrap_or((64, Epilogue::Store));
+                mmq::entry(self.weight.unwrap_or(DType::Q4_0), tile, e)
             }
         }
     }

@@ -5,8 +5,9 @@
 //! `nvidia-cuda-nvdisasm`, which cuobjdump runs for the SASS, or a CUDA toolkit)
 //! prints its resource usage and SASS, from which each kernel's facts are counted:
 //! registers, shared and local memory, global loads by width, integer dot products,
-//! tensor-core instructions and cp.async copies. `scripts/cuda-report` prints them as a
-//! table; tests/tests/cuda_disasm.rs asserts what the kernels' design relies on.
+//! tensor-core instructions (the integer ones apart), ldmatrix loads and cp.async copies.
+//! `scripts/cuda-report` prints them as a table; tests/tests/cuda_disasm.rs asserts what
+//! the kernels' design relies on.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -53,6 +54,10 @@ pub struct KernelFacts {
     pub idp2a: u32,
     /// Tensor-core instructions (`HMMA`, `IMMA`, and Hopper's warpgroup `HGMMA`/`IGMMA`/`QGMMA`).
     pub mma: u32,
+    /// Of them, the integer ones (`IMMA`, `IGMMA`).
+    pub imma: u32,
+    /// Shared-memory matrix loads (`LDSM`, ldmatrix).
+    pub ldsm: u32,
     /// Asynchronous global-to-shared copies (`LDGSTS`, cp.async) and TMA copies (`UBLKCP`, `UTMALDG`).
     pub cp_async: u32,
     /// SASS instructions (code size).
@@ -403,7 +408,12 @@ fn count(k: &mut KernelFacts, opcode: &str) {
         "LDL" | "STL" => k.local_ops += 1,
         "IDP" if has("4A") => k.idp4a += 1,
         "IDP" if has("2A") => k.idp2a += 1,
-        "HMMA" | "IMMA" | "HGMMA" | "IGMMA" | "QGMMA" | "BMMA" => k.mma += 1,
+        "IMMA" | "IGMMA" => {
+            k.mma += 1;
+            k.imma += 1;
+        }
+        "HMMA" | "HGMMA" | "QGMMA" | "BMMA" => k.mma += 1,
+        "LDSM" => k.ldsm += 1,
         "LDGSTS" | "UBLKCP" | "UTMALDG" => k.cp_async += 1,
         _ => {}
     }
@@ -413,7 +423,7 @@ fn count(k: &mut KernelFacts, opcode: &str) {
 pub fn table(facts: &[KernelFacts]) -> String {
     let header = [
         "variant", "kernel", "regs", "smem", "local", "ldl/stl", "ldg8/16", "ldg32", "ldg64",
-        "ldg128", "idp4a", "idp2a", "mma", "cp.async", "instrs",
+        "ldg128", "idp4a", "idp2a", "mma", "imma", "ldsm", "cp.async", "instrs",
     ];
     let rows: Vec<Vec<String>> = facts
         .iter()
@@ -432,6 +442,8 @@ pub fn table(facts: &[KernelFacts]) -> String {
                 k.idp4a.to_string(),
                 k.idp2a.to_string(),
                 k.mma.to_string(),
+                k.imma.to_string(),
+                k.ldsm.to_string(),
                 k.cp_async.to_string(),
                 k.instructions.to_string(),
             ]

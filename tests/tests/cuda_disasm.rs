@@ -59,6 +59,11 @@ fn is_decode_matvec(k: &KernelFacts) -> bool {
     k.variant.starts_with("matvec_") && k.kernel.starts_with("matvec_")
 }
 
+/// The int8 tensor-core prefill matmuls (kiln_kernels_cuda::mmq's modules).
+fn is_int8_matmul(k: &KernelFacts) -> bool {
+    k.variant.starts_with("matmul_mmq_") && k.kernel.starts_with("matmul_mmq_")
+}
+
 /// A matvec of a type the decode matvecs read packed (kiln_kernels_cuda::matvec::DTYPES).
 fn is_packed_type_matvec(k: &KernelFacts) -> bool {
     k.is_matvec()
@@ -106,6 +111,30 @@ const FACTS: &[Fact] = &[
         status: Status::Required,
         applies: |k| k.kernel == "peak_mma_f16",
         holds: |k| k.mma > 0 && k.ldg() == 0,
+    },
+    // ---- Required of the int8 tensor-core prefill matmul of packed weights
+    // (kiln_kernels_cuda::mmq, `matmul_mmq_<dtype>_t<T>[_add|_swiglu|_geglu]`, issue 15).
+    Fact {
+        what: "the int8 prefill matmuls run on the integer tensor cores (IMMA)",
+        status: Status::Required,
+        applies: is_int8_matmul,
+        holds: |k| k.imma > 0 && k.mma == k.imma,
+    },
+    Fact {
+        what: "the int8 prefill matmuls stage their tiles with cp.async (LDGSTS) and read A by ldmatrix (LDSM)",
+        status: Status::Required,
+        applies: is_int8_matmul,
+        holds: |k| k.cp_async > 0 && k.ldsm > 0,
+    },
+    Fact {
+        what: "the int8 prefill matmuls use at most 128 registers (two blocks of 256 threads an SM; the K-quants' GLUs one block, 255)",
+        status: Status::Required,
+        applies: is_int8_matmul,
+        holds: |k| {
+            let one_block = k.kernel.contains("_k_t")
+                && (k.kernel.ends_with("_swiglu") || k.kernel.ends_with("_geglu"));
+            k.registers <= if one_block { 255 } else { 128 }
+        },
     },
     // ---- Required of the decode matvecs (kiln_kernels_cuda::matvec, `matvec_<dtype>_t<T>`).
     Fact {
@@ -276,6 +305,8 @@ Resource usage:
         /*0000*/                   LDC R1, c[0x0][0x28] ;          /* 0x00000a00ff017b82 */
         /*0010*/                   LDG.E.CONSTANT R5, desc[UR12][R50.64] ; /* 0x0 */
         /*0020*/                   HMMA.16816.F32 R4, R8, R12, R4 ; /* 0x0 */
+        /*0028*/                   IMMA.16832.S8.S8 R4, R8.ROW, R12.COL, R4 ; /* 0x0 */
+        /*002c*/                   LDSM.16.M88.4 R8, [R2] ;        /* 0x0 */
         /*0030*/                   LDGSTS.E.BYPASS.128 [R3], desc[UR4][R6.64] ; /* 0x0 */
         /*0040*/                   EXIT ;                          /* 0x0 */
         .L_x_1:
@@ -318,7 +349,12 @@ Resource usage:
     assert_eq!((mma.registers, mma.shared_bytes), (56, 11264));
     assert_eq!(
         (mma.ldg32, mma.mma, mma.cp_async, mma.instructions),
-        (1, 1, 1, 5)
+        (1, 2, 1, 7)
+    );
+    assert_eq!(
+        (mma.imma, mma.ldsm),
+        (1, 1),
+        "IMMA is counted apart, and LDSM"
     );
     assert!(
         parse("Resource usage:\n").is_err(),

@@ -122,3 +122,99 @@ fn conversions_match_the_rust_ones() {
         }
     }
 }
+
+/// One warp builds the int8 mma fragments from row-major A (16×32) and B (8×32, a row per
+/// column n) by the PTX ISA's layouts ("Matrix Fragments for mma.m16n8k32" and k16, .s8),
+/// the A fragments also by ldmatrix from shared memory, and writes D by its layout.
+const MMA_SOURCE: &str = r#"
+struct MmaArgs {
+    const signed char* a;
+    const signed char* b;
+    int* d32;
+    int* d16;
+    unsigned int* ld;
+};
+extern "C" __global__ void mma(const MmaArgs p) {
+    __shared__ __align__(16) unsigned char as[16 * 32];
+    unsigned int l = threadIdx.x, g = l / 4u, c = l % 4u;
+    for (unsigned int i = l; i < 16u * 32u; i += 32u) {
+        as[i] = (unsigned char)p.a[i];
+    }
+    __syncthreads();
+    const unsigned int* a = reinterpret_cast<const unsigned int*>(p.a);
+    const unsigned int* b = reinterpret_cast<const unsigned int*>(p.b);
+    unsigned int fa[4] = {a[g * 8u + c], a[(g + 8u) * 8u + c], a[g * 8u + 4u + c], a[(g + 8u) * 8u + 4u + c]};
+    unsigned int fb[2] = {b[g * 8u + c], b[g * 8u + 4u + c]};
+    int d[4] = {1, -2, 3, -4};
+    ptx_mma_m16n8k32_s8(d, fa, fb);
+    int lo[4] = {0, 0, 0, 0};
+    int hi[4] = {0, 0, 0, 0};
+    ptx_mma_m16n8k16_s8(lo, &fa[0], fb[0]);
+    ptx_mma_m16n8k16_s8(hi, &fa[2], fb[1]);
+    for (unsigned int e = 0u; e < 4u; e++) {
+        unsigned int at = (g + 8u * (e / 2u)) * 8u + 2u * c + (e & 1u);
+        p.d32[at] = d[e];
+        p.d16[at] = lo[e];
+        p.d16[128u + at] = hi[e];
+    }
+    unsigned int r[4];
+    ptx_ldmatrix_x4(r, as + 32u * (l % 16u) + 16u * (l / 16u));
+    for (unsigned int i = 0u; i < 4u; i++) {
+        p.ld[4u * l + i] = r[i] == fa[i] ? 1u : 0u;
+    }
+}
+"#;
+
+#[test]
+fn int8_mma_and_ldmatrix_follow_the_isa_fragments() {
+    if let Err(e) = kiln_backend_cuda_emu::compile::available() {
+        eprintln!("skipped: {e}");
+        return;
+    }
+    let m = Module::build("ptx_int8_mma", MMA_SOURCE, &["mma".into()], 900).unwrap();
+    let mut s = 0x1234_5678u32;
+    let mut byte = || {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        (s >> 24) as i8
+    };
+    let a: Vec<i8> = (0..16 * 32).map(|_| byte()).collect();
+    let b: Vec<i8> = (0..8 * 32).map(|_| byte()).collect();
+    let (mut d32, mut d16, mut ld) = (vec![0i32; 128], vec![0i32; 256], vec![0u32; 128]);
+    let mut args = Vec::new();
+    for p in [
+        a.as_ptr() as u64,
+        b.as_ptr() as u64,
+        addr_mut(&mut d32),
+        addr_mut(&mut d16),
+        addr_mut(&mut ld),
+    ] {
+        args.extend(p.to_le_bytes());
+    }
+    // SAFETY: a and b hold the 16×32 and 8×32 bytes the kernel reads; d32, d16 and ld the
+    // 128, 256 and 128 words it writes; nothing else touches them meanwhile.
+    unsafe { m.launch("mma", [1, 1, 1], [32, 1, 1], 0, &args) }.unwrap();
+    let dot = |i: usize, j: usize, ks: std::ops::Range<usize>| -> i32 {
+        ks.map(|k| i32::from(a[i * 32 + k]) * i32::from(b[j * 32 + k]))
+            .sum()
+    };
+    let init = [1, -2, 3, -4];
+    for i in 0..16 {
+        for j in 0..8 {
+            // d's initial values sit at element (lane / 4 + 8·(e / 2), 2·(lane % 4) + e % 2).
+            let e = (i / 8) * 2 + j % 2;
+            assert_eq!(d32[i * 8 + j], init[e] + dot(i, j, 0..32), "D[{i}][{j}]");
+            assert_eq!(d16[i * 8 + j], dot(i, j, 0..16), "k16 lo D[{i}][{j}]");
+            assert_eq!(
+                d16[128 + i * 8 + j],
+                dot(i, j, 16..32),
+                "k16 hi D[{i}][{j}]"
+            );
+        }
+    }
+    assert!(
+        ld.iter().all(|&x| x == 1),
+        "ldmatrix x4 differs from the A fragments"
+    );
+}

@@ -43,6 +43,16 @@ __device__ __forceinline__ void ptx_mma_m16n8k16(float* d, const unsigned int* a
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
 }
 
+// d += a (16×32 s8, row) · b (32×8 s8, col), s32 accumulators; the PTX ISA's m16n8k32
+// fragments (a[0] A[g][4c .. 4c+3], a[1] A[g+8][4c ..], a[2] A[g][16+4c ..], a[3]
+// A[g+8][16+4c ..]; b[0] B[4c .. 4c+3][g], b[1] B[16+4c ..][g]; g = lane / 4, c = lane % 4).
+// A warp-wide instruction (IMMA, sm_80+).
+__device__ __forceinline__ void ptx_mma_m16n8k32_s8(int* d, const unsigned int* a, const unsigned int* b) {
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+
 // Σ a_i · b_i over the four signed bytes of each word, plus c (IDP.4A). Volatile: see
 // mv/common.cuh's mv_dp4a for why the order of these matters.
 __device__ __forceinline__ int ptx_dp4a(unsigned int a, unsigned int b, int c) {
@@ -102,9 +112,29 @@ __device__ __forceinline__ void ptx_cp_async4(void* dst, const void* src) {
 // Close the group of the copies issued since the last commit.
 __device__ __forceinline__ void ptx_cp_async_commit() { asm volatile("cp.async.commit_group;"); }
 
-// Wait until no committed group (wait0) or at most one (wait1) is still in flight.
+// Wait until no committed group (wait0), at most one (wait1) or two (wait2) is still in
+// flight.
 __device__ __forceinline__ void ptx_cp_async_wait0() { asm volatile("cp.async.wait_group 0;"); }
 __device__ __forceinline__ void ptx_cp_async_wait1() { asm volatile("cp.async.wait_group 1;"); }
+__device__ __forceinline__ void ptx_cp_async_wait2() { asm volatile("cp.async.wait_group 2;"); }
+
+// d += a (16×16 s8, row) · b (16×8 s8, col), s32 accumulators: m16n8k32's first (or
+// second) half (a[0] A[g][4c .. 4c+3], a[1] A[g+8][4c ..]; b[0] B[4c .. 4c+3][g]). IMMA,
+// sm_80+.
+__device__ __forceinline__ void ptx_mma_m16n8k16_s8(int* d, const unsigned int* a, unsigned int b) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32 {%0,%1,%2,%3}, {%4,%5}, {%6}, {%0,%1,%2,%3};"
+                 : "+r"(d[0]), "+r"(d[1]), "+r"(d[2]), "+r"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(b));
+}
+
+// Four 8×8 matrices of 16-bit elements (8 rows of 16 bytes each) from shared memory: lane
+// l gives the address of row l % 8 of matrix l / 8, and gets in r[i] the word l % 4 of row
+// l / 4 of matrix i. A warp-wide instruction (LDSM, sm_75+); rows 16-byte aligned.
+__device__ __forceinline__ void ptx_ldmatrix_x4(unsigned int* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(ptx_shared_addr(p)));
+}
 
 // Stop the kernel (a path the host never launches).
 __device__ __forceinline__ void ptx_trap() { asm volatile("trap;"); }

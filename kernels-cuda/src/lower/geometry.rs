@@ -1,6 +1,7 @@
 //! The launches of a call for one step: grid, block and shared memory from the step's
 //! shape; for packed weights, quantize + matvec (up to 32 rows, the tile from
-//! `matvec_launch`; every step without tensor cores) or the tensor-core kernel; for float
+//! `matvec_launch`; every step without tensor cores) or quantize + the int8 tensor-core
+//! kernel (crate::mmq; the f16 one for a type it does not read); for float
 //! weights the matrix-vector kernel (tiles of 8 rows); and attention's paths (split-K decode + combine, tensor-core
 //! prefill, one block per (head, token)). Everything but the shape comes from the call's
 //! own arguments.
@@ -15,7 +16,8 @@ use crate::launch::{
     attention_splits, split,
 };
 use crate::matvec::{self, Epilogue, MatvecArgs, QuantizeArgs};
-use crate::variant::{Entry, Variant};
+use crate::mmq;
+use crate::variant::{Entry, Kernel, Variant};
 
 /// What a step's launches depend on besides the calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -75,11 +77,12 @@ impl Call {
             Args::Matmul(a) if v.packed() => [packed_mma(&a, g), None],
             Args::Matmul(a) => [Some(matmul(v, &a, g)), None],
             Args::Quantize(a) => [quantize(&a, g), None],
+            Args::Matvec(a) if v.kernel == Kernel::Mmq => [mmq(v, &a, g), None],
             Args::Matvec(a) => [matvec(v, &a, g), None],
-            Args::Kv(a) if v.kernel == crate::variant::Kernel::Attention => attention(v, &a, g),
+            Args::Kv(a) if v.kernel == Kernel::Attention => attention(v, &a, g),
             Args::Kv(a) => {
                 // kv_write: K heads then V heads; rope_kv_write: q heads first.
-                let heads = if v.kernel == crate::variant::Kernel::RopeKvWrite {
+                let heads = if v.kernel == Kernel::RopeKvWrite {
                     a.n_heads + 2 * a.n_kv_heads
                 } else {
                     2 * a.n_kv_heads
@@ -147,7 +150,8 @@ fn packed_takes_mma(rows: u32, g: &StepGeometry) -> bool {
     g.tensor_cores && rows > matvec::MAX_TOKENS
 }
 
-/// The tensor-core matmul of packed weights (matmul_mma.cu through pw_unit).
+/// The f16 tensor-core matmul of packed weights (matmul_mma.cu through pw_unit), for the
+/// types the int8 one (crate::mmq) does not read.
 fn packed_mma(a: &MatmulArgs, g: &StepGeometry) -> Option<Planned> {
     let rows = g.rows(a.rows_sel);
     packed_takes_mma(rows, g).then(|| {
@@ -164,7 +168,7 @@ fn packed_mma(a: &MatmulArgs, g: &StepGeometry) -> Option<Planned> {
 /// The q8_1 quantization of a packed matmul's input: a block per row of the step.
 fn quantize(a: &QuantizeArgs, g: &StepGeometry) -> Option<Planned> {
     let rows = g.rows(a.rows_sel);
-    if packed_takes_mma(rows, g) {
+    if packed_takes_mma(rows, g) && a.prefill == 0 {
         return None;
     }
     let (_, block) = matvec::quantize_launch(rows);
@@ -207,6 +211,24 @@ fn matvec(v: &Variant, a: &MatvecArgs, g: &StepGeometry) -> Option<Planned> {
     let l = matvec::matvec_launch(v.weight?, a.n, a.k, rows, e).ok()?;
     let launch = Launch {
         entry: Entry::matvec(l.tile, e)?,
+        grid: l.grid,
+        block: l.block,
+        shared_bytes: 0,
+    };
+    Some(plain(launch, Args::Matvec(*a)))
+}
+
+/// The int8 tensor-core matmul of a packed weight (crate::mmq) for the steps the matvec
+/// leaves to the tensor cores.
+fn mmq(v: &Variant, a: &MatvecArgs, g: &StepGeometry) -> Option<Planned> {
+    let rows = g.rows(a.rows_sel);
+    if !packed_takes_mma(rows, g) {
+        return None;
+    }
+    let e = epilogue(a);
+    let l = mmq::launch(v.weight?, a.n, a.k, rows, e).ok()?;
+    let launch = Launch {
+        entry: Entry::mmq(l.tile, e)?,
         grid: l.grid,
         block: l.block,
         shared_bytes: 0,

@@ -128,6 +128,74 @@ static inline void ptx_mma_m16n8k16(float* d, const unsigned int* a, const unsig
     }
 }
 
+// mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32, d = a · b + d. Fragments (PTX ISA,
+// "Matrix Fragments for mma.m16n8k32" with .s8, g = lane / 4, c = lane % 4): a[0] holds
+// A[g][4c .. 4c+3], a[1] A[g+8][4c ..], a[2] A[g][16+4c ..], a[3] A[g+8][16+4c ..];
+// b[0] B[4c .. 4c+3][g], b[1] B[16+4c ..][g]; byte i of a word is element +i; d[0..1]
+// D[g][2c, 2c+1], d[2..3] D[g+8][2c, 2c+1]. Integer sums, wrapping as s32.
+static inline void ptx_mma_m16n8k32_s8(int* d, const unsigned int* a, const unsigned int* b) {
+    unsigned int ops[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+    unsigned int gen = kiln_emu::warp_exchange(4u, ops, sizeof ops);
+    int A[16][32], B[32][8];
+    for (unsigned int l = 0; l < 32u; l++) {
+        unsigned int f[6];
+        memcpy(f, kiln_emu::lane_data(l, gen), sizeof f);
+        unsigned int g = l / 4u, c = l % 4u;
+        const unsigned int rows[4] = {g, g + 8u, g, g + 8u};
+        const unsigned int cols[4] = {4u * c, 4u * c, 4u * c + 16u, 4u * c + 16u};
+        for (unsigned int r = 0; r < 4u; r++) {
+            for (unsigned int i = 0; i < 4u; i++) {
+                A[rows[r]][cols[r] + i] = (signed char)(f[r] >> (8u * i));
+            }
+        }
+        for (unsigned int r = 0; r < 2u; r++) {
+            for (unsigned int i = 0; i < 4u; i++) {
+                B[16u * r + 4u * c + i][g] = (signed char)(f[4 + r] >> (8u * i));
+            }
+        }
+    }
+    unsigned int lane = threadIdx.x % 32u;
+    unsigned int g = lane / 4u, c = lane % 4u;
+    for (unsigned int e = 0; e < 4u; e++) {
+        unsigned int row = g + (e >= 2u ? 8u : 0u);
+        unsigned int col = 2u * c + (e & 1u);
+        unsigned int s = (unsigned int)d[e];
+        for (unsigned int k = 0; k < 32u; k++) {
+            s += (unsigned int)(A[row][k] * B[k][col]);
+        }
+        d[e] = (int)s;
+    }
+}
+
+// mma.sync.aligned.m16n8k16.row.col.s32.s8.s8.s32, d = a · b + d: a[0] holds
+// A[g][4c .. 4c+3], a[1] A[g+8][4c ..]; b B[4c .. 4c+3][g]; D as m16n8k32's.
+static inline void ptx_mma_m16n8k16_s8(int* d, const unsigned int* a, unsigned int b) {
+    unsigned int ops[3] = {a[0], a[1], b};
+    unsigned int gen = kiln_emu::warp_exchange(6u, ops, sizeof ops);
+    int A[16][16], B[16][8];
+    for (unsigned int l = 0; l < 32u; l++) {
+        unsigned int f[3];
+        memcpy(f, kiln_emu::lane_data(l, gen), sizeof f);
+        unsigned int g = l / 4u, c = l % 4u;
+        for (unsigned int i = 0; i < 4u; i++) {
+            A[g][4u * c + i] = (signed char)(f[0] >> (8u * i));
+            A[g + 8u][4u * c + i] = (signed char)(f[1] >> (8u * i));
+            B[4u * c + i][g] = (signed char)(f[2] >> (8u * i));
+        }
+    }
+    unsigned int lane = threadIdx.x % 32u;
+    unsigned int g = lane / 4u, c = lane % 4u;
+    for (unsigned int e = 0; e < 4u; e++) {
+        unsigned int row = g + (e >= 2u ? 8u : 0u);
+        unsigned int col = 2u * c + (e & 1u);
+        unsigned int s = (unsigned int)d[e];
+        for (unsigned int k = 0; k < 16u; k++) {
+            s += (unsigned int)(A[row][k] * B[k][col]);
+        }
+        d[e] = (int)s;
+    }
+}
+
 // dp4a.s32.s32: c + Σ of the products of the four signed bytes (wrapping).
 static inline int ptx_dp4a(unsigned int a, unsigned int b, int c) {
     unsigned int s = (unsigned int)c;
@@ -176,5 +244,22 @@ static inline void ptx_cp_async4(void* dst, const void* src) {
 static inline void ptx_cp_async_commit() { kiln_emu::cp_async_commit(); }
 static inline void ptx_cp_async_wait0() { kiln_emu::cp_async_wait(0u); }
 static inline void ptx_cp_async_wait1() { kiln_emu::cp_async_wait(1u); }
+static inline void ptx_cp_async_wait2() { kiln_emu::cp_async_wait(2u); }
+
+// ldmatrix.sync.aligned.m8n8.x4.shared.b16: lane l gives the address of row l % 8 of
+// matrix l / 8 (16 bytes, 16-byte aligned, in shared memory); r[i] of lane l is the word
+// l % 4 of row l / 4 of matrix i.
+static inline void ptx_ldmatrix_x4(unsigned int* r, const void* p) {
+    if (((uintptr_t)p & 15u) != 0u) {
+        kiln_emu::fail("ldmatrix of a row not 16-byte aligned");
+    }
+    unsigned int gen = kiln_emu::warp_exchange(5u, &p, sizeof p);
+    unsigned int lane = threadIdx.x % 32u;
+    for (unsigned int i = 0; i < 4u; i++) {
+        const unsigned char* row;
+        memcpy(&row, kiln_emu::lane_data(8u * i + lane / 4u, gen), sizeof row);
+        memcpy(&r[i], row + 4u * (lane % 4u), 4);
+    }
+}
 
 static inline void ptx_trap() { kiln_emu::fail("trap"); }

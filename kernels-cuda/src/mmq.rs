@@ -1,0 +1,196 @@
+//! The prefill matmul of packed weights on the int8 tensor cores (`cuda/matmul_mmq.cu`,
+//! llama.cpp's mmq): q8_1 activations ([`crate::matvec`]'s quantizer, once per launch,
+//! RMSNorm folded in) times the packed weights ([`crate::repack`]) unpacked to int8 in
+//! registers, `mma.sync` m16n8k32 s8 with each 32-value unit's integer tile scaled into
+//! f32 accumulators. It takes the matvec's arguments ([`MatvecArgs`]): the lowering emits
+//! one call per weight beside the matvec's, and the step's rows pick which one launches
+//! (more than [`crate::matvec::MAX_TOKENS`] rows and a device with tensor cores: this one).
+//!
+//! A block is [`THREADS`] threads (8 warps) over [`ROWS`] weight rows × a tile of 128
+//! tokens, or 64 for the GLUs (gate and up both accumulate), the types with an offset
+//! term ([`has_offset`]) and steps of at most [`SMALL_STEP`] rows; grid (token tiles, row
+//! tiles). Every packed type has a reader here (`cuda/mmq/<dtype>.cuh`); one without
+//! would keep the f16 tensor-core kernel (`matmul_mma.cu`), as the lowering picks per
+//! type ([`covers`]).
+
+use kiln_ir::DType;
+
+use crate::args::KernelArgs;
+use crate::matvec::{Epilogue, MatvecArgs, MatvecError};
+
+/// The `.cu`/`.cuh` files of the kernel and its per-type readers.
+pub const FILES: &[(&str, &str)] = &[
+    ("matmul_mmq.cu", include_str!("cuda/matmul_mmq.cu")),
+    ("mmq/q4_0.cuh", include_str!("cuda/mmq/q4_0.cuh")),
+    ("mmq/q4_1.cuh", include_str!("cuda/mmq/q4_1.cuh")),
+    ("mmq/q8_0.cuh", include_str!("cuda/mmq/q8_0.cuh")),
+    ("mmq/q5_0.cuh", include_str!("cuda/mmq/q5_0.cuh")),
+    ("mmq/q5_1.cuh", include_str!("cuda/mmq/q5_1.cuh")),
+    ("mmq/q4_k.cuh", include_str!("cuda/mmq/q4_k.cuh")),
+    ("mmq/q5_k.cuh", include_str!("cuda/mmq/q5_k.cuh")),
+    ("mmq/q6_k.cuh", include_str!("cuda/mmq/q6_k.cuh")),
+];
+
+/// The weight types this kernel reads (a `mmq/<dtype>.cuh` each).
+pub const DTYPES: [DType; 8] = [
+    DType::Q4_0,
+    DType::Q4_1,
+    DType::Q8_0,
+    DType::Q5_0,
+    DType::Q5_1,
+    DType::Q4_K,
+    DType::Q5_K,
+    DType::Q6_K,
+];
+
+/// Whether the int8 tensor-core matmul reads `dtype`.
+pub fn covers(dtype: DType) -> bool {
+    DTYPES.contains(&dtype)
+}
+
+/// Threads of a block (matmul_mmq.cu: MQ_THREADS).
+pub const THREADS: u32 = 256;
+/// Weight rows of a block tile (matmul_mmq.cu: MQ_BN).
+pub const ROWS: u32 = 128;
+/// Token tiles: 128, and 64 for the GLUs, short steps and the types with an offset term.
+pub const TILES: [u32; 2] = [64, 128];
+/// Steps of at most this many rows take the 64-token tile (a 128-token tile would be
+/// more than half empty).
+pub const SMALL_STEP: u32 = 96;
+
+/// Whether a type's values have an offset term (Q4_1, Q5_1: q·d + m; Q4_K, Q5_K: a
+/// sub-block's -dmin·m), whose m·s_x needs the
+/// activations' s beside their d: twice the activation scales in registers, which at
+/// 128 tokens spill, so those types take the 64-token tile.
+pub fn has_offset(dtype: DType) -> bool {
+    matches!(dtype, DType::Q4_1 | DType::Q5_1 | DType::Q4_K | DType::Q5_K)
+}
+
+/// Whether `dtype` has the 128-token tile.
+fn has_wide_tile(dtype: DType) -> bool {
+    !has_offset(dtype)
+}
+
+/// The token tile of a step of `rows` rows.
+pub fn tile_for(dtype: DType, rows: u32, epilogue: Epilogue) -> u32 {
+    if epilogue.gated() || rows <= SMALL_STEP || !has_wide_tile(dtype) {
+        64
+    } else {
+        128
+    }
+}
+
+/// The entry point of a variant: `matmul_mmq_q4_0_t128`, `matmul_mmq_q4_1_t64_swiglu`.
+pub fn entry(dtype: DType, tile: u32, epilogue: Epilogue) -> String {
+    format!("matmul_mmq_{}_t{tile}{}", dtype.name(), epilogue.suffix())
+}
+
+/// The (tile, epilogue) of every entry a module may have, in the order of the entry
+/// indices (variant.rs): the 64-token tile's four epilogues, then the 128-token tile's
+/// store and add (the GLUs accumulate gate and up: 64 tokens only).
+pub fn variants() -> impl Iterator<Item = (u32, Epilogue)> {
+    TILES.into_iter().flat_map(|t| {
+        Epilogue::ALL
+            .into_iter()
+            .filter(move |&e| t == 64 || !e.gated())
+            .map(move |e| (t, e))
+    })
+}
+
+/// How many of [`variants`] the module of `dtype` has (a prefix: without the 128-token
+/// tile, the first four).
+pub fn variant_count(dtype: DType) -> usize {
+    let all = variants().count();
+    if has_wide_tile(dtype) {
+        all
+    } else {
+        variants().filter(|&(t, _)| t == 64).count()
+    }
+}
+
+/// The entries of [`source`]`(dtype)`.
+pub fn entries(dtype: DType) -> Vec<String> {
+    variants()
+        .take(variant_count(dtype))
+        .map(|(t, e)| entry(dtype, t, e))
+        .collect()
+}
+
+/// The module of every entry of `dtype`: MatvecArgs' declaration, matmul_mmq.cu with
+/// the type's reader, then one entry per (tile, epilogue).
+pub fn source(dtype: DType) -> Result<String, MatvecError> {
+    if !covers(dtype) {
+        return Err(MatvecError::Dtype(dtype));
+    }
+    let mut out = format!(
+        "// kiln matmul_mmq {}\n{}",
+        dtype.name(),
+        MatvecArgs::c_decl()
+    );
+    crate::matvec::expand_with(
+        "matmul_mmq.cu",
+        ("mmq/weights.cuh", &format!("mmq/{}.cuh", dtype.name())),
+        &mut Vec::new(),
+        &mut out,
+    );
+    out.push_str("// ---- entries\n");
+    for (tile, epilogue) in variants().take(variant_count(dtype)) {
+        out.push_str(&format!(
+            "extern \"C\" __global__ void __launch_bounds__(MQ_THREADS, {}) {}(const __grid_constant__ MatvecArgs a) {{\n    \
+             mq_matmul<{tile}u, {}>(a);\n}}\n",
+            min_blocks(dtype, epilogue),
+            entry(dtype, tile, epilogue),
+            epilogue.code()
+        ));
+    }
+    Ok(out)
+}
+
+/// Blocks an SM must hold at once (`__launch_bounds__`): 2, which caps a thread at 128
+/// registers (65,536 an SM over 2 × 256 threads) and puts two blocks' copies and
+/// multiplications side by side; 1 for the K-quants' GLUs, whose gate and up
+/// accumulators beside the sub-block scales' decoding spill at 128.
+pub fn min_blocks(dtype: DType, epilogue: Epilogue) -> u32 {
+    if epilogue.gated() && dtype.block_len() == 256 {
+        1
+    } else {
+        2
+    }
+}
+
+/// Where an int8 tensor-core matmul runs: its entry, grid and block (static shared
+/// memory only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MmqLaunch {
+    pub entry: String,
+    /// (token tiles, row tiles, 1).
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub tile: u32,
+}
+
+/// The launch for `n` weight rows, `k` columns and a step of `rows` rows.
+pub fn launch(
+    dtype: DType,
+    n: u32,
+    k: u32,
+    rows: u32,
+    epilogue: Epilogue,
+) -> Result<MmqLaunch, MatvecError> {
+    if !covers(dtype) {
+        return Err(MatvecError::Dtype(dtype));
+    }
+    if k == 0 || !k.is_multiple_of(dtype.block_len() as u32) {
+        return Err(MatvecError::K(k));
+    }
+    if n == 0 {
+        return Err(MatvecError::NoRows);
+    }
+    let tile = tile_for(dtype, rows, epilogue);
+    Ok(MmqLaunch {
+        entry: entry(dtype, tile, epilogue),
+        grid: [rows.max(1).div_ceil(tile), n.div_ceil(ROWS), 1],
+        block: [THREADS, 1, 1],
+        tile,
+    })
+}
