@@ -223,20 +223,16 @@ fn bind_group_layout(gpu: &Gpu, writes_kv: bool) -> wgpu::BindGroupLayout {
     let entry = |r: Resource| {
         let ty = match r {
             Resource::Params => wgpu::BufferBindingType::Uniform,
-            Resource::Arena => wgpu::BufferBindingType::Storage { read_only: false },
-            Resource::Kv => wgpu::BufferBindingType::Storage {
-                read_only: !writes_kv,
+            _ => wgpu::BufferBindingType::Storage {
+                read_only: !r.written(writes_kv),
             },
-            Resource::Weights | Resource::Step => {
-                wgpu::BufferBindingType::Storage { read_only: true }
-            }
         };
         wgpu::BindGroupLayoutEntry {
             binding: r.binding(),
             visibility: wgpu::ShaderStages::COMPUTE,
             ty: wgpu::BindingType::Buffer {
                 ty,
-                has_dynamic_offset: matches!(r, Resource::Params | Resource::Weights),
+                has_dynamic_offset: r.dynamic(),
                 min_binding_size: None,
             },
             count: None,
