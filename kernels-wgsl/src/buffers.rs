@@ -1,11 +1,12 @@
 //! The five buffers a [`Program`] binds ([`Resource`]), of a device API's buffer type:
-//! their sizes, and what each binding of a weights buffer's bind group (descriptor set)
+//! their sizes, what they start with, and what each binding of a weights buffer's bind group (descriptor set)
 //! covers, decided once for every WGSL backend.
 
-use kiln_ir::backend::BackendError;
+use kiln_ir::Plan;
+use kiln_ir::backend::{BackendError, WeightSource};
 
 use crate::run::STEP_BYTES;
-use crate::{Program, Resource};
+use crate::{Program, Resource, weights};
 
 /// A program's buffers on a device (`B`: the API's buffer).
 #[derive(Debug)]
@@ -41,6 +42,23 @@ impl<B> Buffers<B> {
             kv: alloc(Resource::Kv, "kv pages", program.kv_bytes)?,
             step: alloc(Resource::Step, "step", STEP_BYTES)?,
             params_range,
+        })
+    }
+
+    /// Write what the buffers start with through `write(buffer, offset, bytes)`: every
+    /// params block, then every weight of `plan` from `source`
+    /// ([`weights::upload_each`]).
+    pub fn upload(
+        &self,
+        program: &Program,
+        plan: &Plan,
+        source: &dyn WeightSource,
+        backend: &'static str,
+        mut write: impl FnMut(&B, u64, &[u8]) -> Result<(), BackendError>,
+    ) -> Result<(), BackendError> {
+        write(&self.params, 0, &program.params)?;
+        weights::upload_each(plan, &program.weights, source, backend, |b, at, bytes| {
+            write(&self.weights[b], at, bytes)
         })
     }
 

@@ -17,7 +17,7 @@ use kiln_ir::backend::{BackendError, WeightSource};
 use kiln_kernels_wgsl::buffers::Buffers;
 use kiln_kernels_wgsl::program::StepList;
 use kiln_kernels_wgsl::run::{Device, STEP_BYTES};
-use kiln_kernels_wgsl::{Program, Resource, weights};
+use kiln_kernels_wgsl::{Program, Resource};
 
 use crate::buffer::{Buffer, Kind, Uploader};
 use crate::device::{NAME, Vk, vk_error};
@@ -69,11 +69,9 @@ impl VulkanPlan {
         let buffers = Buffers::new(program, |_, label, bytes| {
             Buffer::new(vk, label, bytes, Kind::Device)
         })?;
-        let layout = &program.weights;
-        let mut up = Uploader::new(vk, layout.total + program.params.len() as u64);
-        up.push(&buffers.params, 0, &program.params)?;
-        weights::upload_each(plan, layout, source, NAME, |b, at, bytes| {
-            up.push(&buffers.weights[b], at, bytes)
+        let mut up = Uploader::new(vk, program.weights.total + program.params.len() as u64);
+        buffers.upload(program, plan, source, NAME, |buffer, at, bytes| {
+            up.push(buffer, at, bytes)
         })?;
         up.flush()?;
         drop(up);

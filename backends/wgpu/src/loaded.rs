@@ -17,7 +17,7 @@ use kiln_ir::backend::{BackendError, WeightSource};
 use kiln_kernels_wgsl::buffers::Buffers;
 use kiln_kernels_wgsl::program::{ENTRY, Run, StepList};
 use kiln_kernels_wgsl::run::Device;
-use kiln_kernels_wgsl::{Program, Resource, Variant, weights};
+use kiln_kernels_wgsl::{Program, Resource, Variant};
 
 use crate::device::{Gpu, NAME};
 
@@ -72,23 +72,20 @@ impl WgpuPlan {
             };
             gpu.buffer(label, bytes, usage)
         })?;
-        let layout = &program.weights;
         // wgpu stages queue writes itself: each flush of the plan submits and waits, so
         // that they do not pile up.
-        let mut staging = Staging::new(layout.total);
-        weights::upload_each(plan, layout, source, NAME, |b, at, bytes| {
+        let mut staging = Staging::new(program.weights.total);
+        buffers.upload(program, plan, source, NAME, |buffer, at, bytes| {
             for piece in staging.place(bytes.len()) {
                 if piece.flush_first {
                     gpu.queue.submit([]);
                     gpu.wait("uploading weights")?;
                 }
                 let offset = at + piece.bytes.start as u64;
-                let weights = &buffers.weights[b];
-                gpu.queue.write_buffer(weights, offset, &bytes[piece.bytes]);
+                gpu.queue.write_buffer(buffer, offset, &bytes[piece.bytes]);
             }
             Ok(())
         })?;
-        gpu.queue.write_buffer(&buffers.params, 0, &program.params);
         gpu.queue.submit([]);
         gpu.check("uploading weights")?;
         let layouts = [false, true].map(|writes_kv| bind_group_layout(gpu, writes_kv));
