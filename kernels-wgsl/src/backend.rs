@@ -1,8 +1,8 @@
 //! The [`Backend`] of every device API that runs a [`Program`]: [`WgslOptions`] open the
 //! device, whose [`Adapter`] report becomes the properties and the program's
 //! capabilities; `load_plan` builds the program, checks that the device binds it and
-//! hands it to the API's [`Device`]; the step calls go to [`Loaded`]. A WGSL backend crate implements [`Api`] and names the type:
-//! `pub type WgpuBackend = WgslBackend<Wgpu>`.
+//! hands it to the API's [`Device`]; the step calls go to [`Loaded`]. A WGSL backend
+//! crate implements [`Api`] and names the type: `pub type WgpuBackend = WgslBackend<Wgpu>`.
 
 use kiln_gpu_host::{Cache, Output, no_plan};
 use kiln_ir::backend::{Backend, BackendError, DeviceProperties, LaunchTime, Step, WeightSource};
@@ -99,6 +99,32 @@ impl Adapter {
             has_f16: false,
         }
     }
+
+    /// What programs may use on this device of `properties`: what they say, and buffers
+    /// of at most 4 GiB, since a weights window's base is a dynamic offset, a u32
+    /// ([`crate::Run::dynamic_offsets`]).
+    fn capabilities(&self, properties: &DeviceProperties) -> Capabilities {
+        let caps = Capabilities::of(properties, self.uniform_align);
+        Capabilities {
+            max_buffer: caps.max_buffer.min(1 << 32),
+            ..caps
+        }
+    }
+
+    /// Whether the device binds `program`'s params blocks and weights windows.
+    fn check_bindings(&self, program: &Program, backend: &'static str) -> Result<(), BackendError> {
+        let params = program.max_params_block();
+        let windows = WINDOW_ALIGN.is_multiple_of(self.storage_align.max(1));
+        if params > self.max_uniform_binding || !windows {
+            return Err(BackendError::Unsupported {
+                backend,
+                what: format!(
+                    "params blocks of {params} bytes, or weights windows at {WINDOW_ALIGN}-byte offsets"
+                ),
+            });
+        }
+        Ok(())
+    }
 }
 
 /// A device API that runs WGSL programs: how it opens and what it builds for a plan.
@@ -178,32 +204,6 @@ impl<A: Api> WgslBackend<A> {
         self.loaded.as_ref().map(|l| &l.device)
     }
 
-    /// What programs may use on this device: what its properties say, and buffers of
-    /// at most 4 GiB, since a weights window's base is a dynamic offset, a u32
-    /// ([`crate::Run::dynamic_offsets`]).
-    fn capabilities(&self) -> Capabilities {
-        let caps = Capabilities::of(&self.properties, self.adapter.uniform_align);
-        Capabilities {
-            max_buffer: caps.max_buffer.min(1 << 32),
-            ..caps
-        }
-    }
-
-    /// Whether the device binds `program`'s params blocks and weights windows.
-    fn check_bindings(&self, program: &Program) -> Result<(), BackendError> {
-        let params = program.max_params_block();
-        let windows = WINDOW_ALIGN.is_multiple_of(self.adapter.storage_align.max(1));
-        if params > self.adapter.max_uniform_binding || !windows {
-            return Err(BackendError::Unsupported {
-                backend: A::Plan::NAME,
-                what: format!(
-                    "params blocks of {params} bytes, or weights windows at {WINDOW_ALIGN}-byte offsets"
-                ),
-            });
-        }
-        Ok(())
-    }
-
     fn loaded(&mut self) -> Result<&mut Loaded<A::Plan>, BackendError> {
         self.loaded.as_mut().ok_or_else(|| no_plan(A::Plan::NAME))
     }
@@ -230,9 +230,10 @@ impl<A: Api> Backend for WgslBackend<A> {
         kv_page_count: usize,
     ) -> Result<(), BackendError> {
         self.loaded = None;
-        let program = Program::new(plan, weights, kv, kv_page_count, &self.capabilities())
+        let caps = self.adapter.capabilities(&self.properties);
+        let program = Program::new(plan, weights, kv, kv_page_count, &caps)
             .map_err(|e| e.for_backend(A::Plan::NAME))?;
-        self.check_bindings(&program)?;
+        self.adapter.check_bindings(&program, A::Plan::NAME)?;
         let device = self.api.load(&program, plan, weights)?;
         self.loaded = Some(Loaded::new(program, device, kv, self.debug));
         Ok(())
@@ -268,5 +269,64 @@ impl<A: Api> Backend for WgslBackend<A> {
     fn launch_times(&mut self) -> Result<Vec<LaunchTime>, BackendError> {
         let device = self.adapter.name.clone();
         self.loaded()?.launch_times(&device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A device with subgroups of 16 to 64 and 8 GiB buffers.
+    fn adapter() -> Adapter {
+        Adapter {
+            name: "gpu".into(),
+            api: "Vulkan 1.3".into(),
+            subgroup_size: Some(32),
+            subgroup_sizes: Some((16, 64)),
+            memory_bytes: Some(3 << 30),
+            max_buffer_bytes: Some(8 << 30),
+            max_binding_bytes: 1 << 27,
+            max_uniform_binding: 1 << 16,
+            shared_memory_bytes: 32768,
+            uniform_align: 64,
+            storage_align: 32,
+        }
+    }
+
+    #[test]
+    fn the_properties_and_capabilities_follow_the_options() {
+        let a = adapter();
+        let p = a.properties(&WgslOptions::default());
+        assert_eq!(p.name, "gpu (Vulkan 1.3)");
+        assert_eq!(
+            (p.subgroup_size, p.subgroup_sizes),
+            (Some(32), Some((16, 64)))
+        );
+        assert_eq!(p.max_buffer_bytes, Some(8 << 30));
+        let caps = a.capabilities(&p);
+        assert!(caps.subgroups);
+        assert_eq!(caps.max_buffer, 1 << 32, "dynamic offsets are u32s");
+        assert_eq!(
+            (caps.max_storage_binding, caps.uniform_align),
+            (1 << 27, 64)
+        );
+        let options = WgslOptions {
+            subgroups: false,
+            max_weights_buffer: Some(1000),
+            ..WgslOptions::default()
+        };
+        let off = a.properties(&options);
+        assert_eq!(
+            (off.subgroup_size, off.max_buffer_bytes),
+            (None, Some(1000))
+        );
+        assert_eq!(
+            off.subgroup_sizes,
+            Some((16, 64)),
+            "what the device can run"
+        );
+        let caps = a.capabilities(&off);
+        assert!(!caps.subgroups);
+        assert_eq!(caps.max_buffer, 1000);
     }
 }

@@ -1,6 +1,6 @@
 //! The five buffers a [`Program`] binds ([`Resource`]), of a device API's buffer type:
-//! their sizes, what they start with, and what each binding of a weights buffer's bind group (descriptor set)
-//! covers, decided once for every WGSL backend.
+//! their sizes, what they start with, and what each binding of a weights buffer's bind
+//! group (descriptor set) covers, decided once for every WGSL backend.
 
 use kiln_ir::Plan;
 use kiln_ir::backend::{BackendError, WeightSource};
