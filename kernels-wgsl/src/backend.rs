@@ -1,30 +1,141 @@
-//! The [`Backend`] of every device API that runs a [`Program`]: options open the device,
-//! `load_plan` builds the program and hands it to the API's [`Device`], and the step calls
-//! go to [`Loaded`]. A WGSL backend crate implements [`Api`] and names the type:
-//! `pub type WgpuBackend = WgslBackend<Wgpu>`.
+//! The [`Backend`] of every device API that runs a [`Program`]: [`WgslOptions`] open the
+//! device, whose [`Adapter`] report becomes the properties and the program's
+//! capabilities; `load_plan` builds the program, checks that the device binds it and
+//! hands it to the API's [`Device`]; the step calls go to [`Loaded`]. A WGSL backend
+//! crate implements [`Api`] and names the type: `pub type WgpuBackend = WgslBackend<Wgpu>`.
 
-use kiln_gpu_host::no_plan;
+use kiln_gpu_host::{Cache, Output, no_plan};
 use kiln_ir::backend::{Backend, BackendError, DeviceProperties, LaunchTime, Step, WeightSource};
 use kiln_ir::kv_layout::KvLayout;
 use kiln_ir::{Graph, Op, Plan};
 
+use crate::program::WINDOW_ALIGN;
 use crate::run::{Device, Loaded};
 use crate::{Capabilities, Program};
 
+/// How to open a WGSL backend (wgpu or Vulkan). `Default`: a GPU only, subgroups where
+/// the device has them (the largest size it offers up to a workgroup), no disk cache,
+/// quiet.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WgslOptions {
+    /// Take a CPU implementation (lavapipe, WARP) when there is no GPU.
+    pub allow_cpu: bool,
+    /// Use subgroup operations where the device has them (off: the workgroup-memory
+    /// reductions every device runs).
+    pub subgroups: bool,
+    /// The subgroup size to require where the device has subgroup size control (clamped
+    /// to what it offers); None: the largest up to a workgroup. Vulkan only: wgpu has no
+    /// size control and ignores it.
+    pub subgroup_size: Option<u32>,
+    /// Where compiled kernels (SPIR-V, the pipeline cache) are kept. Vulkan only: wgpu
+    /// compiles its pipelines from WGSL at every load and ignores it.
+    pub cache: Cache,
+    /// Print each kernel built and, when a step shape is first prepared, each dispatch's
+    /// workgroups to stderr.
+    pub debug: bool,
+    /// Make weights buffers of at most this many bytes, below the device's largest
+    /// buffer (tests force the weights over several buffers with it).
+    pub max_weights_buffer: Option<u64>,
+}
+
+impl Default for WgslOptions {
+    fn default() -> WgslOptions {
+        WgslOptions {
+            allow_cpu: false,
+            subgroups: true,
+            subgroup_size: None,
+            cache: Cache::Off,
+            debug: false,
+            max_weights_buffer: None,
+        }
+    }
+}
+
+/// What an opened device is and offers, as its API reports it: the backend's
+/// [`DeviceProperties`] and the program's [`Capabilities`] are made from it here, the
+/// same way for every API.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Adapter {
+    /// The device's name (in launch-time errors).
+    pub name: String,
+    /// The API it runs on ("Vulkan 1.3"), after the name in the properties' name.
+    pub api: String,
+    /// The subgroup size the subgroup kernels run with; None without subgroup
+    /// operations in compute shaders (whether they are used is the options' choice).
+    pub subgroup_size: Option<u32>,
+    /// The smallest and largest subgroup size the device can run.
+    pub subgroup_sizes: Option<(u32, u32)>,
+    /// Device-local memory, where the API says.
+    pub memory_bytes: Option<u64>,
+    /// The largest buffer (None: unknown).
+    pub max_buffer_bytes: Option<u64>,
+    /// The largest storage buffer binding.
+    pub max_binding_bytes: u64,
+    /// The largest uniform buffer binding: a params block's range.
+    pub max_uniform_binding: u64,
+    /// Workgroup memory a workgroup may use.
+    pub shared_memory_bytes: u64,
+    /// Alignment of uniform buffer offsets (the params blocks').
+    pub uniform_align: u64,
+    /// Alignment of storage buffer offsets (the weights windows').
+    pub storage_align: u64,
+}
+
+impl Adapter {
+    /// The properties of the backend opened with `options` on this device: subgroups
+    /// where they are used, weights buffers at most `max_weights_buffer`.
+    fn properties(&self, options: &WgslOptions) -> DeviceProperties {
+        let size = |s: u32| s as usize;
+        DeviceProperties {
+            name: format!("{} ({})", self.name, self.api),
+            compute_units: 1,
+            subgroup_size: self.subgroup_size.filter(|_| options.subgroups).map(size),
+            subgroup_sizes: self.subgroup_sizes.map(|(min, max)| (size(min), size(max))),
+            memory_bytes: self.memory_bytes,
+            max_buffer_bytes: (self.max_buffer_bytes)
+                .map(|b| options.max_weights_buffer.map_or(b, |m| m.min(b))),
+            max_binding_bytes: Some(self.max_binding_bytes),
+            shared_memory_bytes: Some(self.shared_memory_bytes as usize),
+            has_f16: false,
+        }
+    }
+
+    /// What programs may use on this device of `properties`: what they say, and buffers
+    /// of at most 4 GiB, since a weights window's base is a dynamic offset, a u32
+    /// ([`crate::Run::dynamic_offsets`]).
+    fn capabilities(&self, properties: &DeviceProperties) -> Capabilities {
+        let caps = Capabilities::of(properties, self.uniform_align);
+        Capabilities {
+            max_buffer: caps.max_buffer.min(1 << 32),
+            ..caps
+        }
+    }
+
+    /// Whether the device binds `program`'s params blocks and weights windows.
+    fn check_bindings(&self, program: &Program, backend: &'static str) -> Result<(), BackendError> {
+        let params = program.max_params_block();
+        let windows = WINDOW_ALIGN.is_multiple_of(self.storage_align.max(1));
+        if params > self.max_uniform_binding || !windows {
+            return Err(BackendError::Unsupported {
+                backend,
+                what: format!(
+                    "params blocks of {params} bytes, or weights windows at {WINDOW_ALIGN}-byte offsets"
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// A device API that runs WGSL programs: how it opens and what it builds for a plan.
 pub trait Api: Sized {
-    /// How to open it; `Default`: a GPU only, never a CPU implementation.
-    type Options: Default;
     /// A loaded plan's objects on the device.
     type Plan: Device;
 
-    /// Open the best device and say what it is (the properties the kernels are built
-    /// for: subgroups where they are used, the buffer limits in force).
-    fn open(options: Self::Options) -> Result<(Self, DeviceProperties), BackendError>;
-    /// `options` with CPU implementations (lavapipe) allowed.
-    fn allowing_cpu(options: Self::Options) -> Self::Options;
-    /// What programs may use on this device of `properties`.
-    fn capabilities(&self, properties: &DeviceProperties) -> Capabilities;
+    /// Open the best device (a CPU implementation only with `options.allow_cpu`) and
+    /// say what it is; the kernels use subgroups where `options.subgroups` and the
+    /// adapter's subgroup size say so.
+    fn open(options: &WgslOptions) -> Result<(Self, Adapter), BackendError>;
     /// Build `program`'s objects and upload `plan`'s weights.
     fn load(
         &self,
@@ -32,12 +143,6 @@ pub trait Api: Sized {
         plan: &Plan,
         weights: &dyn WeightSource,
     ) -> Result<Self::Plan, BackendError>;
-    /// Device bytes `plan` takes when loaded.
-    fn load_bytes(&self, plan: &Plan) -> usize;
-    /// The device's name, in launch-time errors.
-    fn device_name(&self) -> String;
-    /// Print each step shape's dispatches when it is first run.
-    fn debug(&self) -> bool;
     /// Wait for the device while no plan is loaded.
     fn wait_idle(&self) -> Result<(), BackendError>;
 }
@@ -45,6 +150,8 @@ pub trait Api: Sized {
 /// A WGSL backend on device API `A`.
 pub struct WgslBackend<A: Api> {
     properties: DeviceProperties,
+    adapter: Adapter,
+    debug: bool,
     loaded: Option<Loaded<A::Plan>>,
     // Last: the loaded plan's objects go before the device that made them.
     api: A,
@@ -64,19 +171,24 @@ impl<A: Api> WgslBackend<A> {
     /// the engine's choice of the best backend never lands on a software rasterizer. No
     /// driver or no device is `BackendError::NoDevice`, never a panic.
     pub fn new() -> Result<WgslBackend<A>, BackendError> {
-        WgslBackend::with_options(A::Options::default())
+        WgslBackend::with_options(WgslOptions::default())
     }
 
     /// Open the best device, a CPU implementation (lavapipe) included: the tests' and
     /// benchmarks' constructor.
     pub fn any_device() -> Result<WgslBackend<A>, BackendError> {
-        WgslBackend::with_options(A::allowing_cpu(A::Options::default()))
+        WgslBackend::with_options(WgslOptions {
+            allow_cpu: true,
+            ..WgslOptions::default()
+        })
     }
 
-    pub fn with_options(options: A::Options) -> Result<WgslBackend<A>, BackendError> {
-        let (api, properties) = A::open(options)?;
+    pub fn with_options(options: WgslOptions) -> Result<WgslBackend<A>, BackendError> {
+        let (api, adapter) = A::open(&options)?;
         Ok(WgslBackend {
-            properties,
+            properties: adapter.properties(&options),
+            adapter,
+            debug: options.debug,
             loaded: None,
             api,
         })
@@ -118,11 +230,12 @@ impl<A: Api> Backend for WgslBackend<A> {
         kv_page_count: usize,
     ) -> Result<(), BackendError> {
         self.loaded = None;
-        let caps = self.api.capabilities(&self.properties);
+        let caps = self.adapter.capabilities(&self.properties);
         let program = Program::new(plan, weights, kv, kv_page_count, &caps)
             .map_err(|e| e.for_backend(A::Plan::NAME))?;
+        self.adapter.check_bindings(&program, A::Plan::NAME)?;
         let device = self.api.load(&program, plan, weights)?;
-        self.loaded = Some(Loaded::new(program, device, kv, self.api.debug()));
+        self.loaded = Some(Loaded::new(program, device, kv, self.debug));
         Ok(())
     }
 
@@ -145,12 +258,75 @@ impl<A: Api> Backend for WgslBackend<A> {
         }
     }
 
+    /// Weights in device memory (vectors as f32), the params blocks, a readback buffer
+    /// of the logits.
     fn load_bytes(&self, plan: &Plan) -> usize {
-        self.api.load_bytes(plan)
+        let align = self.adapter.uniform_align.max(16);
+        let readback = Output::of(plan).map_or(0, |o| o.max_bytes());
+        (crate::program::load_bytes(plan, align) + readback) as usize
     }
 
     fn launch_times(&mut self) -> Result<Vec<LaunchTime>, BackendError> {
-        let device = self.api.device_name();
+        let device = self.adapter.name.clone();
         self.loaded()?.launch_times(&device)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A device with subgroups of 16 to 64 and 8 GiB buffers.
+    fn adapter() -> Adapter {
+        Adapter {
+            name: "gpu".into(),
+            api: "Vulkan 1.3".into(),
+            subgroup_size: Some(32),
+            subgroup_sizes: Some((16, 64)),
+            memory_bytes: Some(3 << 30),
+            max_buffer_bytes: Some(8 << 30),
+            max_binding_bytes: 1 << 27,
+            max_uniform_binding: 1 << 16,
+            shared_memory_bytes: 32768,
+            uniform_align: 64,
+            storage_align: 32,
+        }
+    }
+
+    #[test]
+    fn the_properties_and_capabilities_follow_the_options() {
+        let a = adapter();
+        let p = a.properties(&WgslOptions::default());
+        assert_eq!(p.name, "gpu (Vulkan 1.3)");
+        assert_eq!(
+            (p.subgroup_size, p.subgroup_sizes),
+            (Some(32), Some((16, 64)))
+        );
+        assert_eq!(p.max_buffer_bytes, Some(8 << 30));
+        let caps = a.capabilities(&p);
+        assert!(caps.subgroups);
+        assert_eq!(caps.max_buffer, 1 << 32, "dynamic offsets are u32s");
+        assert_eq!(
+            (caps.max_storage_binding, caps.uniform_align),
+            (1 << 27, 64)
+        );
+        let options = WgslOptions {
+            subgroups: false,
+            max_weights_buffer: Some(1000),
+            ..WgslOptions::default()
+        };
+        let off = a.properties(&options);
+        assert_eq!(
+            (off.subgroup_size, off.max_buffer_bytes),
+            (None, Some(1000))
+        );
+        assert_eq!(
+            off.subgroup_sizes,
+            Some((16, 64)),
+            "what the device can run"
+        );
+        let caps = a.capabilities(&off);
+        assert!(!caps.subgroups);
+        assert_eq!(caps.max_buffer, 1000);
     }
 }

@@ -13,6 +13,9 @@
 //! - [`weights`]: which weights buffer each weight lives in and where, the bytes to
 //!   upload.
 //!
+//! - [`backend`]: the Backend of every WGSL device API ([`backend::Api`]): the options,
+//!   the device's properties and the program's capabilities from what the API reports.
+//! - [`buffers`]: the buffers a program binds, and what each binding covers.
 //! - [`run`]: a program on a device, run the same way by every WGSL backend (step
 //!   buffer, dispatch lists per step shape, logits, KV page copies, timestamps); a
 //!   backend implements [`run::Device`], the calls of its API.
@@ -23,6 +26,7 @@
 //! it depends on which op it runs.
 
 pub mod backend;
+pub mod buffers;
 pub mod program;
 pub mod repack;
 pub mod run;

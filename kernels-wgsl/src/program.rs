@@ -50,6 +50,23 @@ impl Resource {
     pub fn binding(self) -> u32 {
         self as u32
     }
+
+    /// Whether a dispatch moves its binding by a dynamic offset (the params block, the
+    /// weights window: [`Run::dynamic_offsets`]), so that one bind group per weights
+    /// buffer serves every dispatch; the others are bound whole.
+    pub fn dynamic(self) -> bool {
+        matches!(self, Resource::Params | Resource::Weights)
+    }
+
+    /// Whether a kernel writes it: the arena always, the KV pages in a kernel that
+    /// `writes_kv` ([`crate::Variant::writes_kv`]); the rest are read.
+    pub fn written(self, writes_kv: bool) -> bool {
+        match self {
+            Resource::Arena => true,
+            Resource::Kv => writes_kv,
+            Resource::Params | Resource::Weights | Resource::Step => false,
+        }
+    }
 }
 
 /// The step header word the kernels read a row count from (prelude.wgsl:

@@ -29,8 +29,8 @@ pub trait Device {
     /// The backend's name, in errors and debug prints.
     const NAME: &'static str;
     /// What a step shape keeps besides its dispatch list (Vulkan: its recorded command
-    /// buffer; wgpu: nothing, the list is encoded every step).
-    type Recorded;
+    /// buffer; wgpu: the next step's commands, encoded ahead).
+    type Recorded: Default;
 
     /// Wait until the last step is done with the step buffer, before it is written or
     /// replaced (a device whose writes are queued in order waits for nothing).
@@ -42,14 +42,18 @@ pub trait Device {
     fn grow_step(&mut self, program: &Program, bytes: u64) -> Result<(), BackendError>;
     /// Write a step's buffer (at most its size).
     fn write_step(&mut self, data: &[u8]) -> Result<(), BackendError>;
-    /// What a step shape keeps, made when it is first run.
+    /// What a step shape keeps, made when it is first run (a device that records
+    /// nothing ahead of a step keeps the default).
     fn record(
         &mut self,
-        program: &Program,
-        list: &StepList,
-    ) -> Result<Self::Recorded, BackendError>;
-    /// Give back what steps kept (none of them is pending).
-    fn release(&mut self, recorded: Vec<Self::Recorded>);
+        _program: &Program,
+        _list: &StepList,
+    ) -> Result<Self::Recorded, BackendError> {
+        Ok(Self::Recorded::default())
+    }
+    /// Give back what steps kept (none of them is pending); dropping it is enough unless
+    /// the device says otherwise.
+    fn release(&mut self, _recorded: Vec<Self::Recorded>) {}
     /// Run a step: its list and what its shape recorded.
     fn submit(
         &mut self,

@@ -26,7 +26,7 @@ fn configurations() -> Vec<Target> {
             "vulkan_no_subgroups",
             kiln_backends::Ci::Lavapipe,
             Arc::new(|| {
-                let options = kiln_backend_vulkan::VulkanOptions {
+                let options = kiln_backend_vulkan::WgslOptions {
                     allow_cpu: true,
                     subgroups: false,
                     ..Default::default()

@@ -8,7 +8,7 @@
 
 use std::process::ExitCode;
 
-use kiln_backend_vulkan::{Cache, VulkanBackend, VulkanInfo, VulkanOptions};
+use kiln_backend_vulkan::{Cache, VulkanBackend, VulkanInfo, WgslOptions};
 use kiln_backends::Ci;
 use kiln_engine::kv::KvDtype;
 use kiln_engine::model::Model;
@@ -99,10 +99,10 @@ fn greedy_on_the_reference_model_matches_the_cpu_backend(_: VulkanBackend) -> Ou
 fn weights_split_over_buffers_decode_as_one_buffer(_: VulkanBackend) -> Outcome {
     let model = load();
     let split = || {
-        let options = VulkanOptions {
+        let options = WgslOptions {
             allow_cpu: true,
             max_weights_buffer: Some(SPLIT_LIMIT),
-            ..VulkanOptions::default()
+            ..WgslOptions::default()
         };
         Box::new(VulkanBackend::with_options(options).unwrap()) as Box<dyn Backend>
     };
@@ -115,10 +115,10 @@ fn a_second_load_compiles_nothing() -> Outcome {
     let dir = std::env::temp_dir().join(format!("kiln-vulkan-cache-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let open = || {
-        VulkanBackend::with_options(VulkanOptions {
+        VulkanBackend::with_options(WgslOptions {
             allow_cpu: true,
             cache: Cache::Dir(dir.clone()),
-            ..VulkanOptions::default()
+            ..WgslOptions::default()
         })
     };
     let mut first = match open() {
@@ -209,11 +209,11 @@ fn the_device_is_described(backend: VulkanBackend) -> Outcome {
     );
     assert!(p.name.contains("Vulkan"));
     assert_eq!(p.subgroup_size.is_some(), backend.uses_subgroups());
-    let off = VulkanBackend::with_options(VulkanOptions {
+    let off = VulkanBackend::with_options(WgslOptions {
         allow_cpu: true,
         subgroups: false,
         cache: Cache::Off,
-        ..VulkanOptions::default()
+        ..WgslOptions::default()
     })
     .expect("the device opens");
     assert!(!off.uses_subgroups() && off.properties().subgroup_size.is_none());
@@ -223,9 +223,9 @@ fn the_device_is_described(backend: VulkanBackend) -> Outcome {
 /// Without `allow_cpu`, a machine whose best device is lavapipe has no device: an
 /// error, not a panic (nor a crash unloading the loader).
 fn a_cpu_device_is_refused_unless_asked() -> Outcome {
-    let gpu_only = VulkanBackend::with_options(VulkanOptions {
+    let gpu_only = VulkanBackend::with_options(WgslOptions {
         allow_cpu: false,
-        ..VulkanOptions::default()
+        ..WgslOptions::default()
     });
     match gpu_only {
         Ok(b) => eprintln!("a GPU: {}", b.properties().name),

@@ -7,7 +7,7 @@
 
 use std::process::ExitCode;
 
-use kiln_backend_wgpu::{WgpuBackend, WgpuOptions};
+use kiln_backend_wgpu::{WgpuBackend, WgslOptions};
 use kiln_backends::Ci;
 use kiln_engine::kv::KvDtype;
 use kiln_engine::model::Model;
@@ -89,10 +89,10 @@ fn greedy_on_the_reference_model_matches_the_cpu_backend(_: WgpuBackend) -> Outc
 fn weights_split_over_buffers_decode_as_one_buffer(_: WgpuBackend) -> Outcome {
     let model = load();
     let split = || {
-        let options = WgpuOptions {
+        let options = WgslOptions {
             allow_cpu: true,
             max_weights_buffer: Some(SPLIT_LIMIT),
-            ..WgpuOptions::default()
+            ..WgslOptions::default()
         };
         Box::new(WgpuBackend::with_options(options).unwrap()) as Box<dyn Backend>
     };

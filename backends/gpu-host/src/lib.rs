@@ -63,3 +63,11 @@ pub fn no_plan(backend: &'static str) -> BackendError {
         reason: "no plan is loaded".into(),
     }
 }
+
+/// A driver's error as a backend's: what it said, or what went wrong in talking to it.
+pub fn driver(backend: &'static str, message: impl Into<String>) -> BackendError {
+    BackendError::Driver {
+        backend,
+        message: message.into(),
+    }
+}

@@ -37,6 +37,18 @@ pub struct Timestamps {
 }
 
 impl Timestamps {
+    /// Timestamps as a device wrote them: 64-bit little-endian ticks, one after another.
+    pub fn from_le_bytes(bytes: &[u8], period_ns: f64, valid_bits: u32) -> Timestamps {
+        let ticks = bytes
+            .chunks_exact(8)
+            .map(|b| b.try_into().map_or(0, u64::from_le_bytes));
+        Timestamps {
+            ticks: ticks.collect(),
+            period_ns,
+            valid_bits,
+        }
+    }
+
     /// The time of every launch ([`launch_times`]).
     pub fn launch_times(&self) -> Vec<LaunchTime> {
         launch_times(&self.ticks, self.period_ns, self.valid_bits)
@@ -64,5 +76,11 @@ mod tests {
         assert_eq!(t[1].seconds, 0.0, "an end before its start");
         let wrapped = launch_times(&[0xFFFF_FFF0, 0x10], 1.0, 32);
         assert!((wrapped[0].seconds - 32e-9).abs() < 1e-15);
+        let bytes: Vec<u8> = [7u64, 0x1_0000_0009]
+            .iter()
+            .flat_map(|t| t.to_le_bytes())
+            .collect();
+        let read = Timestamps::from_le_bytes(&bytes, 2.0, 64);
+        assert_eq!(read.ticks, [7, 0x1_0000_0009]);
     }
 }

@@ -64,19 +64,21 @@ pub fn cpu_options() -> kiln_backend_cpu::CpuOptions {
 }
 
 #[cfg(feature = "backend-wgpu")]
-pub fn wgpu_options() -> kiln_backend_wgpu::WgpuOptions {
-    kiln_backend_wgpu::WgpuOptions {
+pub fn wgpu_options() -> kiln_backend_wgpu::WgslOptions {
+    kiln_backend_wgpu::WgslOptions {
         allow_cpu: is("KILN_WGPU_ADAPTER", "any"),
         subgroups: !is("KILN_WGPU_SUBGROUPS", "0"),
         debug: debug(),
         max_weights_buffer: parsed("KILN_WEIGHTS_BUFFER_BYTES"),
+        // No size control, no disk cache on wgpu.
+        ..Default::default()
     }
 }
 
 #[cfg(feature = "backend-vulkan")]
-pub fn vulkan_options() -> kiln_backend_vulkan::VulkanOptions {
+pub fn vulkan_options() -> kiln_backend_vulkan::WgslOptions {
     let [dir, xdg, home] = cache_vars();
-    kiln_backend_vulkan::VulkanOptions {
+    kiln_backend_vulkan::WgslOptions {
         allow_cpu: is("KILN_VULKAN_DEVICE", "any"),
         subgroups: !is("KILN_VULKAN_SUBGROUPS", "0"),
         subgroup_size: parsed("KILN_VULKAN_SUBGROUP_SIZE"),

@@ -106,7 +106,7 @@ mod openers {
 
     #[cfg(feature = "backend-vulkan")]
     pub fn vulkan_any() -> Result<kiln_backend_vulkan::VulkanBackend, super::BackendError> {
-        kiln_backend_vulkan::VulkanBackend::with_options(kiln_backend_vulkan::VulkanOptions {
+        kiln_backend_vulkan::VulkanBackend::with_options(kiln_backend_vulkan::WgslOptions {
             allow_cpu: true,
             ..crate::env::vulkan_options()
         })
@@ -119,7 +119,7 @@ mod openers {
 
     #[cfg(feature = "backend-wgpu")]
     pub fn wgpu_any() -> Result<kiln_backend_wgpu::WgpuBackend, super::BackendError> {
-        kiln_backend_wgpu::WgpuBackend::with_options(kiln_backend_wgpu::WgpuOptions {
+        kiln_backend_wgpu::WgpuBackend::with_options(kiln_backend_wgpu::WgslOptions {
             allow_cpu: true,
             ..crate::env::wgpu_options()
         })

@@ -17,10 +17,7 @@ use kiln_ir::backend::BackendError;
 pub(crate) const NAME: &str = "vulkan";
 
 pub(crate) fn driver(message: impl Into<String>) -> BackendError {
-    BackendError::Driver {
-        backend: NAME,
-        message: message.into(),
-    }
+    kiln_gpu_host::driver(NAME, message)
 }
 
 /// A failed Vulkan call as a BackendError: out of memory stays out of memory.
@@ -272,7 +269,7 @@ impl Vk {
                 format!("no usable Vulkan device: {}", skipped.join(", "))
             }
         };
-        let allow = "set KILN_VULKAN_DEVICE=any (VulkanOptions::allow_cpu)";
+        let allow = "set KILN_VULKAN_DEVICE=any (WgslOptions::allow_cpu)";
         choose(candidates, allow_cpu, NAME, none, allow)
     }
 

@@ -16,7 +16,8 @@ mod loaded;
 mod objects;
 mod pipeline_cache;
 
-pub use backend::{Vulkan, VulkanBackend, VulkanInfo, VulkanOptions};
+pub use backend::{Vulkan, VulkanBackend, VulkanInfo};
 pub use kiln_gpu_host::Cache;
+pub use kiln_kernels_wgsl::backend::WgslOptions;
 pub use loaded::VulkanPlan;
 pub use pipeline_cache::CacheStats;

@@ -14,9 +14,10 @@ use kiln_gpu_host::timers::Timestamps;
 use kiln_gpu_host::{Cache, Output};
 use kiln_ir::Plan;
 use kiln_ir::backend::{BackendError, WeightSource};
+use kiln_kernels_wgsl::buffers::Buffers;
 use kiln_kernels_wgsl::program::StepList;
 use kiln_kernels_wgsl::run::{Device, STEP_BYTES};
-use kiln_kernels_wgsl::{Program, Resource, weights};
+use kiln_kernels_wgsl::{Program, Resource};
 
 use crate::buffer::{Buffer, Kind, Uploader};
 use crate::device::{NAME, Vk, vk_error};
@@ -43,15 +44,8 @@ pub struct VulkanPlan {
     vk: Arc<Vk>,
     /// A step was submitted and not yet waited for.
     pending: bool,
-    /// The largest params block (the dynamic uniform range).
-    params_range: u64,
     pub cache: CacheStats,
-    arena: Buffer,
-    /// Indexed like `program.weights.buffers`.
-    weights: Vec<Buffer>,
-    kv: Buffer,
-    params: Buffer,
-    step: Buffer,
+    buffers: Buffers<Buffer>,
     step_host: Buffer,
     readback: Buffer,
 }
@@ -59,43 +53,25 @@ pub struct VulkanPlan {
 impl std::fmt::Debug for VulkanPlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("VulkanPlan")
-            .field("weights_buffers", &self.weights.len())
+            .field("weights_buffers", &self.buffers.weights.len())
             .field("cache", &self.cache)
             .finish_non_exhaustive()
     }
 }
 
 impl VulkanPlan {
-    /// Device bytes a load of `plan` takes besides the arena and the KV pages: the
-    /// Program's (weights, params blocks) and the logits readback buffer.
-    pub(crate) fn device_bytes(plan: &Plan, uniform_align: u64) -> u64 {
-        let readback = Output::of(plan).map_or(0, |o| o.max_bytes());
-        kiln_kernels_wgsl::program::load_bytes(plan, uniform_align) + readback
-    }
-
     pub(crate) fn new(
         (vk, build): (&Arc<Vk>, &Build),
         program: &Program,
         plan: &Plan,
         source: &dyn WeightSource,
     ) -> Result<VulkanPlan, BackendError> {
-        let params_range = program.max_params_block();
-        if params_range > u64::from(vk.info.limits.max_uniform_buffer_range) {
-            return Err(BackendError::Unsupported {
-                backend: NAME,
-                what: format!("params blocks of {params_range} bytes"),
-            });
-        }
-        let device = |label, bytes| Buffer::new(vk, label, bytes, Kind::Device);
-        let layout = &program.weights;
-        let weights_buf = (layout.buffers.iter())
-            .map(|b| device("weights", b.bytes))
-            .collect::<Result<Vec<_>, _>>()?;
-        let params = device("params", program.params.len() as u64 + params_range)?;
-        let mut up = Uploader::new(vk, layout.total + program.params.len() as u64);
-        up.push(&params, 0, &program.params)?;
-        weights::upload_each(plan, layout, source, NAME, |b, at, bytes| {
-            up.push(&weights_buf[b], at, bytes)
+        let buffers = Buffers::new(program, |_, label, bytes| {
+            Buffer::new(vk, label, bytes, Kind::Device)
+        })?;
+        let mut up = Uploader::new(vk, program.weights.total + program.params.len() as u64);
+        buffers.upload(program, plan, source, NAME, |buffer, at, bytes| {
+            up.push(buffer, at, bytes)
         })?;
         up.flush()?;
         drop(up);
@@ -104,13 +80,8 @@ impl VulkanPlan {
             objects,
             vk: vk.clone(),
             pending: false,
-            params_range,
             cache,
-            arena: device("arena", program.arena_bytes)?,
-            weights: weights_buf,
-            kv: device("kv pages", program.kv_bytes)?,
-            params,
-            step: device("step", STEP_BYTES)?,
+            buffers,
             step_host: Buffer::new(vk, "step staging", STEP_BYTES, Kind::Upload)?,
             readback: Buffer::new(vk, "logits", program.output.max_bytes(), Kind::Readback)?,
         };
@@ -119,24 +90,16 @@ impl VulkanPlan {
     }
 
     /// Point the descriptor sets at the buffers (at load, and when the step buffer
-    /// grows): set `i` binds weights buffer `i`, windows of the same size as the
-    /// dispatches' (one per buffer), the params block of the largest dispatch.
+    /// grows): set `i` binds weights buffer `i` (`Buffers::binding`).
     fn write_sets(&self, program: &Program) {
-        let whole = vk::WHOLE_SIZE;
-        let mut infos = Vec::with_capacity(5 * self.weights.len());
+        let mut infos = Vec::with_capacity(5 * self.buffers.weights.len());
         for (i, &set) in self.objects.sets.iter().enumerate() {
             infos.extend(Resource::ALL.map(|r| {
-                let (buffer, range) = match r {
-                    Resource::Params => (&self.params, self.params_range),
-                    Resource::Arena => (&self.arena, whole),
-                    Resource::Weights => (&self.weights[i], program.weights_windows[i]),
-                    Resource::Kv => (&self.kv, whole),
-                    Resource::Step => (&self.step, whole),
-                };
+                let (buffer, range) = self.buffers.binding(program, i, r);
                 let info = [vk::DescriptorBufferInfo {
                     buffer: buffer.raw,
                     offset: 0,
-                    range,
+                    range: range.unwrap_or(vk::WHOLE_SIZE),
                 }];
                 (set, r, info)
             }));
@@ -182,7 +145,7 @@ impl VulkanPlan {
                 .and_then(|()| d.begin_command_buffer(cb, &begin))
                 .map(|()| {
                     self.vk.full_barrier(cb);
-                    d.cmd_copy_buffer(cb, self.step_host.raw, self.step.raw, &[copy]);
+                    d.cmd_copy_buffer(cb, self.step_host.raw, self.buffers.step.raw, &[copy]);
                     self.vk.full_barrier(cb);
                 })
                 .and_then(|()| d.end_command_buffer(cb))
@@ -248,9 +211,7 @@ impl VulkanPlan {
                         o.layout,
                         0,
                         &[o.sets[run.weights_buffer]],
-                        // Dynamic offsets in binding order: params, weights (below 4 GiB:
-                        // the buffers are at most that).
-                        &[run.params_offset as u32, run.weights_offset as u32],
+                        &run.dynamic_offsets(),
                     );
                     let [x, y, z] = run.workgroups;
                     d.cmd_dispatch(cb, x, y, z);
@@ -273,7 +234,7 @@ impl VulkanPlan {
                     dst_offset: 0,
                     size: out_bytes,
                 };
-                d.cmd_copy_buffer(cb, self.arena.raw, self.readback.raw, &[copy]);
+                d.cmd_copy_buffer(cb, self.buffers.arena.raw, self.readback.raw, &[copy]);
             }
             self.vk.full_barrier(cb);
             d.end_command_buffer(cb)
@@ -291,7 +252,7 @@ impl Device for VulkanPlan {
     }
 
     fn grow_step(&mut self, program: &Program, bytes: u64) -> Result<(), BackendError> {
-        self.step = Buffer::new(&self.vk, "step", bytes, Kind::Device)?;
+        self.buffers.step = Buffer::new(&self.vk, "step", bytes, Kind::Device)?;
         self.step_host = Buffer::new(&self.vk, "step staging", bytes, Kind::Upload)?;
         self.write_sets(program);
         Ok(())
@@ -350,7 +311,7 @@ impl Device for VulkanPlan {
                 size,
             })
             .collect();
-        let (vk, kv) = (&self.vk, self.kv.raw);
+        let (vk, kv) = (&self.vk, self.buffers.kv.raw);
         vk.oneshot(|cb| {
             // SAFETY: `cb` is recording; the regions lie in two distinct pages of the KV
             // buffer, so they do not overlap.

@@ -21,10 +21,10 @@ use crate::pipeline_cache::{self, CacheStats};
 /// offset per dispatch (one set per weights buffer serves every dispatch), the other
 /// buffers whole.
 pub(crate) fn descriptor_type(r: Resource) -> vk::DescriptorType {
-    match r {
-        Resource::Params => vk::DescriptorType::UNIFORM_BUFFER_DYNAMIC,
-        Resource::Weights => vk::DescriptorType::STORAGE_BUFFER_DYNAMIC,
-        Resource::Arena | Resource::Kv | Resource::Step => vk::DescriptorType::STORAGE_BUFFER,
+    match (r, r.dynamic()) {
+        (Resource::Params, _) => vk::DescriptorType::UNIFORM_BUFFER_DYNAMIC,
+        (_, true) => vk::DescriptorType::STORAGE_BUFFER_DYNAMIC,
+        (_, false) => vk::DescriptorType::STORAGE_BUFFER,
     }
 }
 

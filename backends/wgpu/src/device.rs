@@ -9,11 +9,8 @@ use kiln_ir::backend::BackendError;
 
 pub(crate) const NAME: &str = "wgpu";
 
-pub(crate) fn driver(message: impl Into<String>) -> BackendError {
-    BackendError::Driver {
-        backend: NAME,
-        message: message.into(),
-    }
+fn driver(message: impl Into<String>) -> BackendError {
+    kiln_gpu_host::driver(NAME, message)
 }
 
 /// An opened device and what it can do.
@@ -60,7 +57,7 @@ impl Gpu {
              `apt-get install mesa-vulkan-drivers` gives lavapipe)"
                 .to_string()
         };
-        let allow = "set KILN_WGPU_ADAPTER=any (WgpuOptions::allow_cpu)";
+        let allow = "set KILN_WGPU_ADAPTER=any (WgslOptions::allow_cpu)";
         let adapter = choose(candidates, allow_cpu, NAME, none, allow)?;
         let info = adapter.get_info();
         // The kernels unpack f16 (weights, the F16 KV cache) with unpack2x16float.
@@ -115,11 +112,12 @@ impl Gpu {
         }
     }
 
-    pub fn wait(&self) -> Result<(), BackendError> {
+    /// Wait for everything submitted, and say what went wrong while `doing` it.
+    pub fn wait(&self, doing: &str) -> Result<(), BackendError> {
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| driver(format!("waiting for the device: {e}")))?;
-        Ok(())
+        self.check(doing)
     }
 
     pub fn buffer(
@@ -159,20 +157,17 @@ impl Gpu {
         if end > src.size() {
             return Err(driver(format!("reading {offset}..{end} of {}", src.size())));
         }
-        let result = Arc::new(Mutex::new(None));
-        let slot = result.clone();
+        let (sender, mapped) = std::sync::mpsc::channel();
         let slice = src.slice(offset..end);
         wgpu::util::DownloadBuffer::read_buffer(&self.device, &self.queue, &slice, move |r| {
-            if let Ok(mut s) = slot.lock() {
-                *s = Some(r);
-            }
+            // The receiver lives until after the wait below.
+            let _ = sender.send(r);
         });
-        self.wait()?;
-        self.check("reading back")?;
-        let bytes = match result.lock().ok().and_then(|mut s| s.take()) {
-            Some(Ok(bytes)) => bytes,
-            Some(Err(e)) => return Err(driver(format!("mapping a readback buffer: {e}"))),
-            None => return Err(driver("a readback buffer was never mapped")),
+        self.wait("reading back")?;
+        let bytes = match mapped.try_recv() {
+            Ok(Ok(bytes)) => bytes,
+            Ok(Err(e)) => return Err(driver(format!("mapping a readback buffer: {e}"))),
+            Err(_) => return Err(driver("a readback buffer was never mapped")),
         };
         let bytes = bytes
             .get(..out.len())

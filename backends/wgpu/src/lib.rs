@@ -9,5 +9,6 @@ mod backend;
 mod device;
 mod loaded;
 
-pub use backend::{Wgpu, WgpuBackend, WgpuOptions};
+pub use backend::{Wgpu, WgpuBackend};
+pub use kiln_kernels_wgsl::backend::WgslOptions;
 pub use loaded::WgpuPlan;

@@ -14,10 +14,10 @@ use kiln_gpu_host::timers::Timestamps;
 use kiln_gpu_host::upload::Staging;
 use kiln_ir::Plan;
 use kiln_ir::backend::{BackendError, WeightSource};
-use kiln_kernels_wgsl::program::WINDOW_ALIGN;
+use kiln_kernels_wgsl::buffers::Buffers;
 use kiln_kernels_wgsl::program::{ENTRY, Run, StepList};
-use kiln_kernels_wgsl::run::{Device, STEP_BYTES};
-use kiln_kernels_wgsl::{Program, Resource, Variant, weights};
+use kiln_kernels_wgsl::run::Device;
+use kiln_kernels_wgsl::{Program, Resource, Variant};
 
 use crate::device::{Gpu, NAME};
 
@@ -47,14 +47,7 @@ pub struct WgpuPlan {
     /// Per weights buffer, a bind group of each layout; rebuilt only when the step buffer
     /// grows.
     bind_groups: Vec<[wgpu::BindGroup; 2]>,
-    /// The params binding's size: the largest params block.
-    params_range: u64,
-    arena: wgpu::Buffer,
-    /// Indexed like `program.weights.buffers`.
-    weights: Vec<wgpu::Buffer>,
-    kv: wgpu::Buffer,
-    params: wgpu::Buffer,
-    step: wgpu::Buffer,
+    buffers: Buffers<wgpu::Buffer>,
     /// A KV page: WebGPU copies never overlap one buffer with itself.
     kv_scratch: wgpu::Buffer,
     timer: Option<Timer>,
@@ -72,45 +65,27 @@ impl WgpuPlan {
         source: &dyn WeightSource,
         debug: bool,
     ) -> Result<WgpuPlan, BackendError> {
-        let layout = &program.weights;
-        let weights = (layout.buffers.iter())
-            .map(|b| gpu.buffer("weights", b.bytes, STORAGE))
-            .collect::<Result<Vec<_>, _>>()?;
+        let buffers = Buffers::new(program, |r, label, bytes| {
+            let usage = match r {
+                Resource::Params => wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+                _ => STORAGE,
+            };
+            gpu.buffer(label, bytes, usage)
+        })?;
         // wgpu stages queue writes itself: each flush of the plan submits and waits, so
         // that they do not pile up.
-        let mut staging = Staging::new(layout.total);
-        weights::upload_each(plan, layout, source, NAME, |b, at, bytes| {
+        let mut staging = Staging::new(program.weights.total);
+        buffers.upload(program, plan, source, NAME, |buffer, at, bytes| {
             for piece in staging.place(bytes.len()) {
                 if piece.flush_first {
                     gpu.queue.submit([]);
-                    gpu.wait()?;
+                    gpu.wait("uploading weights")?;
                 }
                 let offset = at + piece.bytes.start as u64;
-                gpu.queue
-                    .write_buffer(&weights[b], offset, &bytes[piece.bytes]);
+                gpu.queue.write_buffer(buffer, offset, &bytes[piece.bytes]);
             }
             Ok(())
         })?;
-        let params_range = program.max_params_block();
-        if params_range > gpu.limits.max_uniform_buffer_binding_size
-            || !WINDOW_ALIGN
-                .is_multiple_of(u64::from(gpu.limits.min_storage_buffer_offset_alignment))
-        {
-            return Err(BackendError::Unsupported {
-                backend: NAME,
-                what: format!(
-                    "params blocks of {params_range} bytes, or weights windows at {WINDOW_ALIGN}-byte offsets"
-                ),
-            });
-        }
-        // A params block's binding is `params_range` bytes from its offset: room for the
-        // last one's.
-        let params = gpu.buffer(
-            "params",
-            program.params.len() as u64 + params_range,
-            wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
-        )?;
-        gpu.queue.write_buffer(&params, 0, &program.params);
         gpu.queue.submit([]);
         gpu.check("uploading weights")?;
         let layouts = [false, true].map(|writes_kv| bind_group_layout(gpu, writes_kv));
@@ -147,12 +122,7 @@ impl WgpuPlan {
             pipelines,
             layouts,
             bind_groups: Vec::new(),
-            params_range,
-            arena: gpu.buffer("arena", program.arena_bytes, STORAGE)?,
-            weights,
-            kv: gpu.buffer("kv pages", program.kv_bytes, STORAGE)?,
-            params,
-            step: gpu.buffer("step", STEP_BYTES, STORAGE)?,
+            buffers,
             kv_scratch: gpu.buffer("kv page copy", program.kv_page_bytes, STORAGE)?,
             timer: Timer::new(gpu, program.timestamp_queries())?,
         };
@@ -162,39 +132,28 @@ impl WgpuPlan {
     }
 
     /// (Re)build every bind group: once at load, again when the step buffer grows. Bind
-    /// group `i` binds weights buffer `i` in windows of the size its dispatches bind
-    /// (`program.weights_windows`), the params block of the largest dispatch.
+    /// group `i` binds weights buffer `i` (`Buffers::binding`).
     fn bind(&mut self, program: &Program) {
-        let groups = self
-            .weights
-            .iter()
-            .zip(&program.weights_windows)
-            .map(|(w, &window)| {
-                self.layouts.each_ref().map(|layout| {
-                    let entry = |r: Resource| {
-                        let (buffer, size) = match r {
-                            Resource::Params => (&self.params, Some(self.params_range)),
-                            Resource::Arena => (&self.arena, None),
-                            Resource::Weights => (w, Some(window)),
-                            Resource::Kv => (&self.kv, None),
-                            Resource::Step => (&self.step, None),
-                        };
-                        wgpu::BindGroupEntry {
-                            binding: r.binding(),
-                            resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                buffer,
-                                offset: 0,
-                                size: size.and_then(wgpu::BufferSize::new),
-                            }),
-                        }
-                    };
-                    (self.gpu.device).create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: None,
-                        layout,
-                        entries: &Resource::ALL.map(entry),
-                    })
+        let groups = (0..self.buffers.weights.len()).map(|i| {
+            self.layouts.each_ref().map(|layout| {
+                let entry = |r: Resource| {
+                    let (buffer, size) = self.buffers.binding(program, i, r);
+                    wgpu::BindGroupEntry {
+                        binding: r.binding(),
+                        resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer,
+                            offset: 0,
+                            size: size.and_then(wgpu::BufferSize::new),
+                        }),
+                    }
+                };
+                (self.gpu.device).create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: None,
+                    layout,
+                    entries: &Resource::ALL.map(entry),
                 })
-            });
+            })
+        });
         self.bind_groups = groups.collect();
     }
 
@@ -207,11 +166,8 @@ impl WgpuPlan {
                 pass.set_pipeline(pipeline);
                 bound = Some(r.pipeline);
             }
-            // Dynamic offsets in binding order: params, weights (below 4 GiB: the weights
-            // buffers are at most that, `Wgpu::capabilities`).
-            let offsets = [r.params_offset as u32, r.weights_offset as u32];
             let group = &self.bind_groups[r.weights_buffer][usize::from(*writes_kv)];
-            pass.set_bind_group(0, group, &offsets);
+            pass.set_bind_group(0, group, &r.dynamic_offsets());
             let [x, y, z] = r.workgroups;
             pass.dispatch_workgroups(x, y, z);
         }
@@ -264,20 +220,16 @@ fn bind_group_layout(gpu: &Gpu, writes_kv: bool) -> wgpu::BindGroupLayout {
     let entry = |r: Resource| {
         let ty = match r {
             Resource::Params => wgpu::BufferBindingType::Uniform,
-            Resource::Arena => wgpu::BufferBindingType::Storage { read_only: false },
-            Resource::Kv => wgpu::BufferBindingType::Storage {
-                read_only: !writes_kv,
+            _ => wgpu::BufferBindingType::Storage {
+                read_only: !r.written(writes_kv),
             },
-            Resource::Weights | Resource::Step => {
-                wgpu::BufferBindingType::Storage { read_only: true }
-            }
         };
         wgpu::BindGroupLayoutEntry {
             binding: r.binding(),
             visibility: wgpu::ShaderStages::COMPUTE,
             ty: wgpu::BindingType::Buffer {
                 ty,
-                has_dynamic_offset: matches!(r, Resource::Params | Resource::Weights),
+                has_dynamic_offset: r.dynamic(),
                 min_binding_size: None,
             },
             count: None,
@@ -321,21 +273,15 @@ impl Device for WgpuPlan {
     type Recorded = Option<wgpu::CommandBuffer>;
 
     fn grow_step(&mut self, program: &Program, bytes: u64) -> Result<(), BackendError> {
-        self.step = self.gpu.buffer("step", bytes, STORAGE)?;
+        self.buffers.step = self.gpu.buffer("step", bytes, STORAGE)?;
         self.bind(program);
         Ok(())
     }
 
     fn write_step(&mut self, data: &[u8]) -> Result<(), BackendError> {
-        self.gpu.queue.write_buffer(&self.step, 0, data);
+        self.gpu.queue.write_buffer(&self.buffers.step, 0, data);
         Ok(())
     }
-
-    fn record(&mut self, _: &Program, _: &StepList) -> Result<Self::Recorded, BackendError> {
-        Ok(None)
-    }
-
-    fn release(&mut self, _: Vec<Self::Recorded>) {}
 
     fn submit(
         &mut self,
@@ -364,12 +310,12 @@ impl Device for WgpuPlan {
     }
 
     fn read_output(&mut self, output: &Output, out: &mut [u8]) -> Result<(), BackendError> {
-        self.gpu.read(&self.arena, output.offset, out)
+        self.gpu.read(&self.buffers.arena, output.offset, out)
     }
 
     fn copy_kv(&mut self, src: u64, dst: u64, regions: &[(u64, u64)]) -> Result<(), BackendError> {
         // Through the scratch page, at the regions' offsets in a page.
-        let (kv, scratch) = (&self.kv, &self.kv_scratch);
+        let (kv, scratch) = (&self.buffers.kv, &self.kv_scratch);
         let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
         for &(at, bytes) in regions {
             encoder.copy_buffer_to_buffer(kv, src + at, scratch, at, bytes);
@@ -387,18 +333,10 @@ impl Device for WgpuPlan {
         };
         let mut bytes = vec![0u8; 8 * queries as usize];
         self.gpu.read(&t.resolved, 0, &mut bytes)?;
-        let ticks = bytes
-            .chunks_exact(8)
-            .map(|b| b.try_into().map_or(0, u64::from_le_bytes));
-        Ok(Some(Timestamps {
-            ticks: ticks.collect(),
-            period_ns: t.period,
-            valid_bits: 64,
-        }))
+        Ok(Some(Timestamps::from_le_bytes(&bytes, t.period, 64)))
     }
 
     fn synchronize(&mut self) -> Result<(), BackendError> {
-        self.gpu.wait()?;
-        self.gpu.check("synchronizing")
+        self.gpu.wait("synchronizing")
     }
 }

@@ -26,6 +26,14 @@ pub struct Run {
     pub barrier: bool,
 }
 
+impl Run {
+    /// Its dynamic offsets in binding order: the params block's and the weights
+    /// window's. u32s: a WGSL backend's buffers are at most 4 GiB (its capabilities).
+    pub fn dynamic_offsets(&self) -> [u32; 2] {
+        [self.params_offset as u32, self.weights_offset as u32]
+    }
+}
+
 /// What a step of one shape runs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StepList {
