@@ -297,7 +297,10 @@ mod tests {
             (100, 0, 0, 0),
         ] {
             let per = rows_per_task(rows, row_bytes, tokens, threads);
-            assert!(per >= ROWS_PER_TASK && per % ROWS_PER_TASK == 0, "{per}");
+            assert!(
+                per >= ROWS_PER_TASK && per.is_multiple_of(ROWS_PER_TASK),
+                "{per}"
+            );
         }
     }
 }
