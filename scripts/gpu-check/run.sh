@@ -131,11 +131,17 @@ done
 bench smol_cuda 120 -m "$SMOL" --backend cuda -p 512 -n 128 -b 1,16,32 -r 3
 bench smol_cuda_kernels 60 -m "$SMOL" --backend cuda -p 0 -n 64 -b 1 -r 1 --kernels
 # Gemma 3 270M's layers (issue 16) with the staged tokenizer's vocabulary: Q4_K_M's mix
-# (Q5_0, Q4_K, Q8_0: the _mv8 decode until packed dp4a matvecs exist), GeGLU, QK-norm,
-# post-norms, sliding windows (head dim 160, the custom shape's width / heads).
+# (Q5_0, Q4_K, Q8_0: packed, dp4a decode, int8 tensor-core prefill), GeGLU, QK-norm,
+# post-norms, sliding windows (head dim 160, the custom shape's width / heads). The real
+# model is over the carry: CUDA's perplexity on the synthetic one against the CPU
+# backend's is the family's check here (the emulator checks the real one's greedy tokens).
 GEM=$W/gemma3.gguf
 run synth_gemma3 60 "$K" synth --shape custom --arch gemma3 --layers 18 --dim 640 --heads 4 --kv-heads 1 --ffn 2048 --ctx 32768 --quant q4_k --tokenizer-from "$G/tok.gguf" -o "$GEM"
 bench gemma_cuda 90 -m "$GEM" --backend cuda -p 512 -n 128 -b 1 -r 2
+for b in cuda cpu; do
+  run "ppl_gemma_$b" 90 "$K" perplexity -m "$GEM" -f "$W/text.txt" -c 512 --backend "$b" --json
+  [ -f "$L/ppl_gemma_$b.log" ] && say "perplexity gemma $b: $(tail -1 "$L/ppl_gemma_$b.log" | cut -c1-160)"
+done
 if [ $dry = 0 ]; then
   for _ in $(seq 150); do [ -f "$W/8b.ok" ] && break; sleep 1; done
   [ -f "$W/8b.ok" ] || say "synth_8b FAILED or still writing: $(tail -2 "$L/synth_8b.log")"
