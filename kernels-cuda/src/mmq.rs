@@ -31,17 +31,8 @@ pub const FILES: &[(&str, &str)] = &[
     ("mmq/q6_k.cuh", include_str!("cuda/mmq/q6_k.cuh")),
 ];
 
-/// The weight types this kernel reads (a `mmq/<dtype>.cuh` each).
-pub const DTYPES: [DType; 8] = [
-    DType::Q4_0,
-    DType::Q4_1,
-    DType::Q8_0,
-    DType::Q5_0,
-    DType::Q5_1,
-    DType::Q4_K,
-    DType::Q5_K,
-    DType::Q6_K,
-];
+/// The weight types this kernel reads (a `mmq/<dtype>.cuh` each): every packed type.
+pub const DTYPES: [DType; 8] = crate::repack::PACKED;
 
 /// Whether the int8 tensor-core matmul reads `dtype`.
 pub fn covers(dtype: DType) -> bool {

@@ -77,8 +77,7 @@ impl Call {
             Args::Matmul(a) if v.packed() => [packed_mma(&a, g), None],
             Args::Matmul(a) => [Some(matmul(v, &a, g)), None],
             Args::Quantize(a) => [quantize(&a, g), None],
-            Args::Matvec(a) if v.kernel == Kernel::Mmq => [mmq(v, &a, g), None],
-            Args::Matvec(a) => [matvec(v, &a, g), None],
+            Args::Matvec(a) => [packed(v, &a, g), None],
             Args::Kv(a) if v.kernel == Kernel::Attention => attention(v, &a, g),
             Args::Kv(a) => {
                 // kv_write: K heads then V heads; rope_kv_write: q heads first.
@@ -200,37 +199,30 @@ pub fn epilogue(a: &MatvecArgs) -> Epilogue {
     }
 }
 
-/// The dp4a matvec of a packed weight: the token tile from the step's rows (tiles of 32,
-/// or 16 for the GLUs, over longer steps without tensor cores).
-fn matvec(v: &Variant, a: &MatvecArgs, g: &StepGeometry) -> Option<Planned> {
+/// A packed weight's launch: the dp4a matvec (crate::matvec; token tiles of 32, or 16 for
+/// the GLUs, over longer steps without tensor cores), or the int8 tensor-core matmul
+/// (crate::mmq) for the steps the matvec leaves to the tensor cores. `None` where the
+/// variant is not the one the step takes.
+fn packed(v: &Variant, a: &MatvecArgs, g: &StepGeometry) -> Option<Planned> {
     let rows = g.rows(a.rows_sel);
-    if packed_takes_mma(rows, g) || rows == 0 {
-        return None;
-    }
     let e = epilogue(a);
-    let l = matvec::matvec_launch(v.weight?, a.n, a.k, rows, e).ok()?;
-    let launch = Launch {
-        entry: Entry::matvec(l.tile, e)?,
-        grid: l.grid,
-        block: l.block,
-        shared_bytes: 0,
+    let (entry, grid, block) = if v.kernel == Kernel::Mmq {
+        if !packed_takes_mma(rows, g) {
+            return None;
+        }
+        let l = mmq::launch(v.weight?, a.n, a.k, rows, e).ok()?;
+        (Entry::mmq(l.tile, e)?, l.grid, l.block)
+    } else {
+        if packed_takes_mma(rows, g) || rows == 0 {
+            return None;
+        }
+        let l = matvec::matvec_launch(v.weight?, a.n, a.k, rows, e).ok()?;
+        (Entry::matvec(l.tile, e)?, l.grid, l.block)
     };
-    Some(plain(launch, Args::Matvec(*a)))
-}
-
-/// The int8 tensor-core matmul of a packed weight (crate::mmq) for the steps the matvec
-/// leaves to the tensor cores.
-fn mmq(v: &Variant, a: &MatvecArgs, g: &StepGeometry) -> Option<Planned> {
-    let rows = g.rows(a.rows_sel);
-    if !packed_takes_mma(rows, g) {
-        return None;
-    }
-    let e = epilogue(a);
-    let l = mmq::launch(v.weight?, a.n, a.k, rows, e).ok()?;
     let launch = Launch {
-        entry: Entry::mmq(l.tile, e)?,
-        grid: l.grid,
-        block: l.block,
+        entry,
+        grid,
+        block,
         shared_bytes: 0,
     };
     Some(plain(launch, Args::Matvec(*a)))
