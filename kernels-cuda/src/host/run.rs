@@ -86,7 +86,7 @@ impl<D: Device> Loaded<D> {
                             backend: D::NAME,
                             what: format!("{} (not in its module)", symbol()),
                         })?;
-                    self.trace(i, &symbol(), &p);
+                    self.trace(i, symbol, &p);
                     // SAFETY: `f` is the entry of the call's variant that the geometry
                     // planned, with the argument struct the lowering pairs with it; the
                     // lowering built every address in it from this plan's buffers (alive
@@ -104,10 +104,10 @@ impl<D: Device> Loaded<D> {
         Ok(())
     }
 
-    /// `debug`: print a launch.
-    fn trace(&self, i: usize, symbol: &str, p: &Planned) {
+    /// `debug`: print a launch (the symbol is named only then: a `String` a launch).
+    fn trace(&self, i: usize, symbol: impl Fn() -> String, p: &Planned) {
         if self.paths.debug {
-            let l = &p.launch;
+            let (l, symbol) = (&p.launch, symbol());
             eprintln!(
                 "{}: launch {i} {symbol} grid {:?} block {:?} shared {}",
                 D::NAME,
