@@ -8,8 +8,10 @@ use crate::launch::{
     AD_MAX_GROUP, AD_TILE, AttentionShape, DECODE_MAX_TOKENS, DEFAULT_MAX_SHARED, FP_ROWS,
     MAX_SPLITS, SPLIT_MIN_POSITIONS, attention_combine_launch, attention_decode_launch,
     attention_prefill_launch, attention_splits, decode_shared_bytes, decode_total_shared,
-    length_class, partial_bytes_max, partial_floats, prefill_shared_bytes, split_range,
+    length_class, partial_bytes_max, partial_floats, prefill_heads, prefill_keys,
+    prefill_shared_bytes, split_range,
 };
+use crate::variant::Entry;
 
 fn shape(n_heads: u32, n_kv_heads: u32, head_dim: u32, value_bytes: u32) -> AttentionShape {
     AttentionShape {
@@ -159,24 +161,46 @@ fn decode_launch_refuses_what_the_kernel_cannot_take() {
 
 #[test]
 fn prefill_takes_long_fp8_steps_on_tensor_cores() {
+    // 32 heads over 8 KV heads: blocks of the 4 heads of a KV head × 16 tokens.
     let fp8 = shape(32, 8, 128, 1);
     let l = attention_prefill_launch(&fp8, 8192, true).expect("a launch");
-    assert_eq!(l.grid, [32, 128, 1]);
-    // Odd lengths: the last tile is partial, every row covered.
-    for n in [65, 100, 127, 129, 4097] {
-        let l = attention_prefill_launch(&fp8, n, true).unwrap();
-        assert!(l.grid[1] * FP_ROWS >= n && (l.grid[1] - 1) * FP_ROWS < n);
+    assert_eq!((l.entry, l.grid), (Entry::Prefill(1), [8, 512, 1]));
+    assert_eq!(prefill_heads(&fp8), 4);
+    // Odd lengths and groups: the last tile is partial, every (token, head) row covered.
+    for (n_heads, n_kv_heads) in [(32, 8), (9, 3), (8, 8), (16, 1), (100, 1), (130, 1)] {
+        let s = shape(n_heads, n_kv_heads, 64, 1);
+        let heads = prefill_heads(&s);
+        let group = n_heads / n_kv_heads;
+        let tokens = FP_ROWS / heads;
+        assert!(heads <= FP_ROWS && tokens * heads <= FP_ROWS && tokens >= 1);
+        for n in [65, 100, 127, 129, 4097] {
+            let l = attention_prefill_launch(&s, n, true).unwrap();
+            assert!(l.grid[1] * tokens >= n && (l.grid[1] - 1) * tokens < n);
+            // Head blocks × heads a block cover the group, the last one maybe partly.
+            let head_blocks = l.grid[0] / n_kv_heads;
+            assert_eq!(l.grid[0], n_kv_heads * head_blocks);
+            assert!(head_blocks * heads >= group && (head_blocks - 1) * heads < group);
+        }
     }
     assert!(attention_prefill_launch(&fp8, DECODE_MAX_TOKENS, true).is_none());
     assert!(attention_prefill_launch(&fp8, 8192, false).is_none());
     assert!(attention_prefill_launch(&shape(32, 8, 128, 2), 8192, true).is_none());
-    // 36 KiB at 128 dims; 70 KiB at 256 (the backend raises the limit).
-    assert_eq!(prefill_shared_bytes(&fp8), 36352);
+    // Head sizes pad to 64, 128 or 256, each its entry.
+    for (hd, entry) in [(4, 0), (64, 0), (68, 1), (128, 1), (132, 2), (256, 2)] {
+        let l = attention_prefill_launch(&shape(8, 8, hd, 1), 100, true).unwrap();
+        assert_eq!(l.entry, Entry::Prefill(entry), "head size {hd}");
+    }
+    // 44 KiB at 64 dims (no opt-in), 84 KiB at 128, 98.5 KiB at 256: within what sm_86
+    // and sm_89 let a block opt in to (99 KiB), two blocks an SM on sm_80 and sm_90.
+    assert_eq!(prefill_shared_bytes(&shape(8, 8, 64, 1)), 45056);
     assert!(prefill_shared_bytes(&shape(8, 8, 64, 1)) <= DEFAULT_MAX_SHARED);
-    assert!(prefill_shared_bytes(&shape(8, 8, 256, 1)) <= 163 * 1024);
-    // Rows of odd head sizes are padded to 16 halves (zeros beyond head_dim).
+    assert_eq!(prefill_shared_bytes(&fp8), 86016);
+    assert_eq!(prefill_shared_bytes(&shape(8, 8, 256, 1)), 100864);
+    assert!(prefill_shared_bytes(&shape(8, 8, 256, 1)) <= 99 * 1024);
     assert_eq!(
         prefill_shared_bytes(&shape(8, 8, 68, 1)),
-        prefill_shared_bytes(&shape(8, 8, 80, 1))
+        prefill_shared_bytes(&shape(8, 8, 128, 1))
     );
+    assert_eq!(prefill_keys(256), 32);
+    assert_eq!(prefill_keys(128), 64);
 }

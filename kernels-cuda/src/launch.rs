@@ -2,7 +2,7 @@
 //! splits and shared memory ([`crate::lower::geometry`] puts them together per call).
 
 use crate::args::KvArgs;
-use crate::variant::Entry;
+use crate::variant::{Entry, PREFILL_HEAD_DIMS};
 
 /// Threads of a block that mirrors a WGSL workgroup (prelude.cuh: WG).
 pub const WG: u32 = 64;
@@ -198,30 +198,69 @@ pub fn split_range(n: u32, splits: u32, split: u32) -> (u32, u32) {
     (begin, n.min(begin + chunk))
 }
 
-/// Query rows of a prefill attention block (attention_prefill.cu: FP_BQ).
+/// Query rows of a prefill attention block, (token, query head) pairs (attention_prefill.cu:
+/// FP_ROWS).
 pub const FP_ROWS: u32 = 64;
-/// KV positions of a prefill attention tile (attention_prefill.cu: FP_BK).
-pub const FP_KEYS: u32 = 32;
+/// Threads of a prefill attention block (attention_prefill.cu: FP_THREADS): 4 warps.
+pub const FP_THREADS: u32 = 4 * WARP;
 
-/// Dynamic shared memory of the prefill kernel (attention_prefill.cu: qs, ks, vt), f16:
-/// q (FP_ROWS, hdp + 8), K (FP_KEYS, hdp + 8), V transposed (hdp, FP_KEYS + 8), hdp the
-/// head size rounded up to 16.
+/// The entry of the prefill attention for a shape: the one of the first of
+/// [`PREFILL_HEAD_DIMS`] its head size fits (None past 256).
+pub fn prefill_entry(shape: &AttentionShape) -> Option<Entry> {
+    let i = PREFILL_HEAD_DIMS
+        .iter()
+        .position(|&d| shape.head_dim <= d)?;
+    Some(Entry::Prefill(i as u8))
+}
+
+/// The head size the prefill kernel computes with (attention_prefill.cu: HD).
+fn prefill_head_dim(shape: &AttentionShape) -> u32 {
+    match prefill_entry(shape) {
+        Some(Entry::Prefill(i)) => PREFILL_HEAD_DIMS[usize::from(i)],
+        _ => 0,
+    }
+}
+
+/// KV positions of a prefill attention tile for a head size (attention_prefill.cu:
+/// FP_KEYS): 32 at 256, whose output takes 128 registers a thread, else 64.
+pub fn prefill_keys(hd: u32) -> u32 {
+    if hd > 128 { 32 } else { 64 }
+}
+
+/// Query heads of a prefill block (attention_prefill.cu: fp_heads): the KV head's whole
+/// group, up to [`FP_ROWS`]; the block takes FP_ROWS / that many tokens.
+pub fn prefill_heads(shape: &AttentionShape) -> u32 {
+    (shape.n_heads / shape.n_kv_heads).min(FP_ROWS)
+}
+
+/// Dynamic shared memory of the prefill kernel (attention_prefill.cu: fp_attention), with
+/// HD the padded head size and BK [`prefill_keys`]: two stages of raw K and V (BK, HD)
+/// E4M3 and of their scales (BK) f32, then f16 K and V (BK, HD + 8) and q (FP_ROWS, HD + 8).
 pub fn prefill_shared_bytes(shape: &AttentionShape) -> u32 {
-    let hdp = shape.head_dim.div_ceil(16) * 16;
-    2 * ((FP_ROWS + FP_KEYS) * (hdp + 8) + hdp * (FP_KEYS + 8))
+    let hd = prefill_head_dim(shape);
+    let bk = prefill_keys(hd);
+    4 * bk * hd + 4 * 4 * bk + 2 * (2 * bk + FP_ROWS) * (hd + 8)
 }
 
 /// The tensor-core prefill attention's launch (FP8 caches, steps of more than
-/// [`DECODE_MAX_TOKENS`] tokens, devices with mma.sync): grid (heads, query tiles).
+/// [`DECODE_MAX_TOKENS`] tokens, devices with mma.sync): grid (KV heads × head blocks,
+/// token tiles of FP_ROWS / [`prefill_heads`] tokens).
 pub fn attention_prefill_launch(
     shape: &AttentionShape,
     n_tokens: u32,
     tensor_cores: bool,
 ) -> Option<Launch> {
+    let entry = prefill_entry(shape)?;
+    let heads = prefill_heads(shape);
+    let head_blocks = (shape.n_heads / shape.n_kv_heads).div_ceil(heads);
     (tensor_cores && shape.value_bytes == 1 && n_tokens > DECODE_MAX_TOKENS).then_some(Launch {
-        entry: Entry::Prefill,
-        grid: [shape.n_heads, n_tokens.div_ceil(FP_ROWS), 1],
-        block: [4 * WARP, 1, 1],
+        entry,
+        grid: [
+            shape.n_kv_heads * head_blocks,
+            n_tokens.div_ceil(FP_ROWS / heads),
+            1,
+        ],
+        block: [FP_THREADS, 1, 1],
         shared_bytes: prefill_shared_bytes(shape),
     })
 }

@@ -150,8 +150,9 @@ pub enum Entry {
     Decode,
     /// The merge of the decode splits (attention_combine.cu).
     Combine,
-    /// The tensor-core prefill attention of FP8 caches (attention_prefill.cu).
-    Prefill,
+    /// The tensor-core prefill attention of FP8 caches (attention_prefill.cu) for head
+    /// sizes up to `PREFILL_HEAD_DIMS[i]`.
+    Prefill(u8),
     /// quantize_q8_1 and rmsnorm_quantize_q8_1 (matvec.rs).
     Quantize,
     RmsNormQuantize,
@@ -216,7 +217,10 @@ impl Entry {
             Entry::Mma => "KILN_MMA",
             Entry::Decode => "KILN_DECODE",
             Entry::Combine => "KILN_COMBINE",
-            Entry::Prefill => "KILN_PREFILL",
+            Entry::Prefill(i) => ["KILN_PREFILL64", "KILN_PREFILL128", "KILN_PREFILL256"]
+                .get(i as usize)
+                .copied()
+                .unwrap_or("KILN_UNUSED"),
             // Their modules name their entries themselves (matvec.rs).
             Entry::Quantize | Entry::RmsNormQuantize | Entry::Matvec(_) | Entry::Mmq(_) => {
                 "KILN_UNUSED"
@@ -233,7 +237,8 @@ impl Entry {
             Entry::Mma => 1,
             Entry::Decode => 2,
             Entry::Combine => 3,
-            Entry::Prefill => 4,
+            // Attention variants have no quantize entries: 4 to 6.
+            Entry::Prefill(i) => 4 + i as usize,
             Entry::Quantize => 5,
             Entry::RmsNormQuantize => 6,
             Entry::Matvec(i) => 7 + i as usize,
@@ -241,6 +246,10 @@ impl Entry {
         }
     }
 }
+
+/// The head sizes of the prefill attention's entries ([`Entry::Prefill`]): a head size is
+/// padded to the first at least as large.
+pub const PREFILL_HEAD_DIMS: [u32; 3] = [64, 128, 256];
 
 /// A kernel compiled for one weight type and KV type.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -304,7 +313,14 @@ impl Variant {
         } else if self.has_tensor_cores() {
             &[Entry::Main, Entry::Mma]
         } else if self.has_prefill() {
-            &[Entry::Main, Entry::Decode, Entry::Combine, Entry::Prefill]
+            &[
+                Entry::Main,
+                Entry::Decode,
+                Entry::Combine,
+                Entry::Prefill(0),
+                Entry::Prefill(1),
+                Entry::Prefill(2),
+            ]
         } else if self.kernel == Kernel::Attention {
             &[Entry::Main, Entry::Decode, Entry::Combine]
         } else {
@@ -323,7 +339,10 @@ impl Variant {
             Entry::Mma => format!("{name}_mma"),
             Entry::Decode => format!("{name}_decode"),
             Entry::Combine => format!("{name}_combine"),
-            Entry::Prefill => format!("{name}_prefill"),
+            Entry::Prefill(i) => {
+                let hd = PREFILL_HEAD_DIMS.get(i as usize).copied().unwrap_or(0);
+                format!("{name}_prefill_h{hd}")
+            }
             Entry::Quantize => matvec::QUANTIZE_ENTRY.into(),
             Entry::RmsNormQuantize => matvec::RMSNORM_QUANTIZE_ENTRY.into(),
             Entry::Matvec(i) => {

@@ -218,3 +218,53 @@ fn int8_mma_and_ldmatrix_follow_the_isa_fragments() {
         "ldmatrix x4 differs from the A fragments"
     );
 }
+
+/// One warp reads a row-major 16×16 tile of halves (k rows, n columns) by ldmatrix.x4.trans
+/// and builds the B fragments of mma.m16n8k16 for its two 8-column halves by the PTX
+/// ISA's layout (b[0] holds B[2c, 2c+1][g], b[1] B[2c+8, 2c+9][g]): they must agree.
+const TRANS_SOURCE: &str = r#"
+struct TransArgs {
+    const unsigned short* b;
+    unsigned int* same;
+};
+extern "C" __global__ void trans(const TransArgs p) {
+    __shared__ __align__(16) unsigned short bs[16 * 16];
+    unsigned int l = threadIdx.x, g = l / 4u, c = l % 4u;
+    for (unsigned int i = l; i < 16u * 16u; i += 32u) {
+        bs[i] = p.b[i];
+    }
+    __syncthreads();
+    unsigned int r[4];
+    // Matrix i = l / 8: rows 8·(i % 2) .., columns 8·(i / 2) ..
+    unsigned int i = l / 8u;
+    ptx_ldmatrix_x4_trans(r, bs + (8u * (i % 2u) + l % 8u) * 16u + 8u * (i / 2u));
+    for (unsigned int m = 0u; m < 4u; m++) {
+        unsigned int k = 2u * c + 8u * (m % 2u), n = g + 8u * (m / 2u);
+        unsigned int want = (unsigned int)p.b[k * 16u + n] | ((unsigned int)p.b[(k + 1u) * 16u + n] << 16);
+        p.same[4u * l + m] = r[m] == want ? 1u : 0u;
+    }
+}
+"#;
+
+#[test]
+fn ldmatrix_trans_gives_the_b_fragments_of_a_row_major_tile() {
+    if let Err(e) = kiln_backend_cuda_emu::compile::available() {
+        eprintln!("skipped: {e}");
+        return;
+    }
+    let m = Module::build("ptx_ldmatrix_trans", TRANS_SOURCE, &["trans".into()], 900).unwrap();
+    // Distinct halves, so that any element read from the wrong place shows.
+    let b: Vec<u16> = (0..256u16).map(|i| i.wrapping_mul(257) ^ 0x5A3C).collect();
+    let mut same = vec![7u32; 128];
+    let mut args = Vec::new();
+    for p in [b.as_ptr() as u64, addr_mut(&mut same)] {
+        args.extend(p.to_le_bytes());
+    }
+    // SAFETY: b holds the 256 halves the kernel reads, same the 128 words it writes;
+    // nothing else touches them meanwhile.
+    unsafe { m.launch("trans", [1, 1, 1], [32, 1, 1], 0, &args) }.unwrap();
+    assert!(
+        same.iter().all(|&x| x == 1),
+        "ldmatrix x4 trans differs from the B fragments: {same:?}"
+    );
+}

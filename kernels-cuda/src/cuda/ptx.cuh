@@ -136,6 +136,15 @@ __device__ __forceinline__ void ptx_ldmatrix_x4(unsigned int* r, const void* p) 
                  : "r"(ptx_shared_addr(p)));
 }
 
+// The same, each matrix transposed: r[i] of lane l holds the elements (2(l % 4), l / 4)
+// and (2(l % 4) + 1, l / 4) of matrix i (row, column), the first in the low half: from a
+// row-major (k, n) tile, the B fragment of mma.m16n8k16.
+__device__ __forceinline__ void ptx_ldmatrix_x4_trans(unsigned int* r, const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(ptx_shared_addr(p)));
+}
+
 // Stop the kernel (a path the host never launches).
 __device__ __forceinline__ void ptx_trap() { asm volatile("trap;"); }
 

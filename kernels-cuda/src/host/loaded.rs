@@ -25,7 +25,8 @@ use super::graphs::Graphs;
 use super::memory::{Allocation, alloc};
 use crate::args::{ArgmaxArgs, ConstPtr, KernelArgs, Ptr};
 use crate::launch::{
-    AttentionShape, DEFAULT_MAX_SHARED, argmax_launch, decode_shared_bytes, prefill_shared_bytes,
+    AttentionShape, DEFAULT_MAX_SHARED, argmax_launch, decode_shared_bytes, prefill_entry,
+    prefill_shared_bytes,
 };
 use crate::lower::geometry::value_bytes;
 use crate::lower::{Args, Buffers, Lowered, lower, partial_bytes, q8_1_bytes, rows_sel};
@@ -286,7 +287,7 @@ impl<D: Device> Loaded<D> {
 
 /// Raise the decode and prefill attention kernels' dynamic shared memory limit where a
 /// call needs more than the default 48 KiB (decode: F16 heads of more than 184 dims;
-/// prefill: heads of more than 160), up to what the device lets a block have.
+/// prefill: heads of more than 64), up to what the device lets a block have.
 fn raise_shared_memory<D: Device>(
     device: &D,
     properties: &DeviceProperties,
@@ -294,8 +295,8 @@ fn raise_shared_memory<D: Device>(
     functions: &[Functions<D::Function>],
 ) -> Result<(), BackendError> {
     let max_shared = properties.shared_memory_bytes.unwrap_or(0);
-    // (variant, [decode, prefill]) the limit set so far.
-    let mut raised = vec![[0u32; 2]; lowered.variants.len()];
+    // (variant, entry index) the limit set so far.
+    let mut raised = vec![[0u32; Entry::COUNT]; lowered.variants.len()];
     for call in lowered.launches.iter().flatten() {
         let v = &lowered.variants[call.variant];
         let Args::Kv(a) = &call.args else { continue };
@@ -308,14 +309,14 @@ fn raise_shared_memory<D: Device>(
                 what: format!("attention of {a:?}"),
             })?;
         let wants = [
-            (Entry::Decode, decode_shared_bytes(&shape)),
-            (Entry::Prefill, prefill_shared_bytes(&shape)),
+            Some((Entry::Decode, decode_shared_bytes(&shape))),
+            prefill_entry(&shape).map(|e| (e, prefill_shared_bytes(&shape))),
         ];
-        for (slot, (entry, shared)) in wants.into_iter().enumerate() {
+        for (entry, shared) in wants.into_iter().flatten() {
             let Some(f) = &functions[call.variant][entry.index()] else {
                 continue;
             };
-            let done = &mut raised[call.variant][slot];
+            let done = &mut raised[call.variant][entry.index()];
             if shared as usize > max_shared {
                 return Err(BackendError::Unsupported {
                     backend: D::NAME,

@@ -264,8 +264,10 @@ fn attention_takes_decode_split_k_prefill_or_the_plain_kernel() {
     assert_eq!(p.len(), 1);
     assert_eq!((p[0].launch.entry, p[0].launch.grid[2]), (Entry::Decode, 1));
     // Long FP8 steps: the tensor-core prefill; without tensor cores, the plain kernel.
+    // Heads of 20 pad to 64; the 3 heads of a KV head share a block of 21 tokens.
     let p: Vec<_> = c.launches(&v, &geometry(65, 1)).collect();
-    assert_eq!(p[0].launch.entry, Entry::Prefill);
+    assert_eq!(p[0].launch.entry, Entry::Prefill(0));
+    assert_eq!(p[0].launch.grid, [KV_HEADS as u32, 4, 1]);
     let off = StepGeometry {
         tensor_cores: false,
         ..geometry(65, 1)

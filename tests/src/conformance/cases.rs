@@ -199,6 +199,13 @@ pub fn cases() -> Vec<Case> {
     // A final step of 170 tokens: CUDA's tensor-core prefill (FP8), whose second 64-row
     // tile holds the end of one sequence and the start of the next.
     cases.push(attention(128, 8, 2, FP8, 16, &[(150, 100), (70, 70)]));
+    // More of the tensor-core prefill (steps of over 64 tokens): heads of 36 (padded to 64,
+    // rows not 16-byte aligned) in groups of 5 (12 tokens a block, three sequences in one
+    // block); heads of 128 without GQA over pages of 5; 66 heads over one KV head (two
+    // blocks of heads, the second of 2).
+    cases.push(attention(36, 5, 1, FP8, 5, &[(70, 40), (3, 3), (90, 30)]));
+    cases.push(attention(128, 2, 2, FP8, 5, &[(130, 70), (66, 66)]));
+    cases.push(attention(32, 66, 1, FP8, 16, &[(67, 67)]));
     // RopeKvWrite, checked twice: its rotated q, and the attention over what it stored.
     let roped = |head_dim, n_heads, kv, page_size, rope, seqs: &[(usize, usize)], gemma| {
         [true, false].map(|check_q| {
@@ -222,6 +229,9 @@ pub fn cases() -> Vec<Case> {
         cases.push(windowed(kv, 16, &[(100, 1), (60, 7), (5, 5)], gemma(Some(37), None, false)));
         cases.push(windowed(kv, 5, &[(70, 1), (43, 33)], gemma(Some(13), Some(0.08), true)));
     }
+    // Prefill steps (70 and 120 tokens) longer than the window: the tensor-core prefill at
+    // 256 dims.
+    cases.push(windowed(FP8, 16, &[(150, 80), (40, 40)], gemma(Some(37), None, false)));
     // A window of 5 under steps of 17 and 33 tokens; a window of 1 (each query itself).
     cases.push(windowed(F16, 16, &[(43, 17), (20, 1), (40, 33)], gemma(Some(5), None, true)));
     cases.push(windowed(F16, 3, &[(11, 4), (7, 1)], gemma(Some(1), None, false)));

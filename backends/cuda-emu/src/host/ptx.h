@@ -262,4 +262,24 @@ static inline void ptx_ldmatrix_x4(unsigned int* r, const void* p) {
     }
 }
 
+// ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16: the rows as ldmatrix's; r[i] of lane l
+// holds the halves at (row 2(l % 4), column l / 4) and (row 2(l % 4) + 1, column l / 4) of
+// matrix i, the first in the low half.
+static inline void ptx_ldmatrix_x4_trans(unsigned int* r, const void* p) {
+    if (((uintptr_t)p & 15u) != 0u) {
+        kiln_emu::fail("ldmatrix of a row not 16-byte aligned");
+    }
+    unsigned int gen = kiln_emu::warp_exchange(7u, &p, sizeof p);
+    unsigned int lane = threadIdx.x % 32u;
+    for (unsigned int i = 0; i < 4u; i++) {
+        unsigned short h[2];
+        for (unsigned int e = 0; e < 2u; e++) {
+            const unsigned char* row;
+            memcpy(&row, kiln_emu::lane_data(8u * i + 2u * (lane % 4u) + e, gen), sizeof row);
+            memcpy(&h[e], row + 2u * (lane / 4u), 2);
+        }
+        r[i] = (unsigned int)h[0] | ((unsigned int)h[1] << 16);
+    }
+}
+
 static inline void ptx_trap() { kiln_emu::fail("trap"); }

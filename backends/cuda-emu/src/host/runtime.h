@@ -31,6 +31,7 @@ struct __attribute__((aligned(16))) uint4 {
     unsigned int x, y, z, w;
 };
 static inline uint2 make_uint2(unsigned int x, unsigned int y) { return uint2{x, y}; }
+static inline uint4 make_uint4(unsigned int x, unsigned int y, unsigned int z, unsigned int w) { return uint4{x, y, z, w}; }
 
 // The built-in indices of the running thread (set by the scheduler before it resumes a
 // fiber).
