@@ -223,7 +223,7 @@ impl Entry {
 
     /// A dense index below [`Entry::COUNT`] (a module's function table): distinct among
     /// the entries of one variant (a matvec module and an int8 tensor-core module share
-    /// the indices past 6, as no variant has both).
+    /// the indices from 6 on, as no variant has both).
     pub fn index(self) -> usize {
         match self {
             Entry::Main => 0,
