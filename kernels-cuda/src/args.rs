@@ -210,8 +210,9 @@ crate::kernel_args! {
 }
 
 crate::kernel_args! {
-    /// The matmul family (matmul_core.cuh, matmul_mma.cu): out (rows, n) from x (rows, k)
-    /// and the weight w (and w2 for the gated ones); res and norm where the op has them.
+    /// The matmul family of F32/F16/BF16 weights (matmul_core.cuh): out (rows, n) from
+    /// x (rows, k) and the weight w (and w2 for the gated ones); res and norm where the op
+    /// has them.
     MatmulArgs {
         x: ConstPtr<f32>,
         out: Ptr<f32>,

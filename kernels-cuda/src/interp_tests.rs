@@ -204,7 +204,7 @@ fn run(mem: &mut Mem, v: &crate::variant::Variant, call: &crate::lower::Call, g:
                 twin::matvec(dtype, n, &ws, &x, e, &mut out, stride).unwrap();
                 mem.put_f32s(a.out.0, &out);
             }
-            Args::Matmul(_) => panic!("no tensor cores in this step"),
+            Args::Matmul(_) => panic!("packed weights take quantize + matvec, never matmul_core"),
             // Every row is an output row in these steps: the selection copies them.
             Args::SelectRows(a) => {
                 let rows = mem.u32_at(a.step.0 + 4) as usize;

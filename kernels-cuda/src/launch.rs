@@ -12,13 +12,6 @@ pub const TILE_T: u32 = 8;
 pub const MV_ROWS: u32 = 4;
 /// Warp width of every NVIDIA GPU (the backend refuses a device that says otherwise).
 pub const WARP: u32 = 32;
-/// Tokens × output columns of a tensor-core block tile (matmul_mma.cu: MMA_BT, MMA_BN).
-pub const MMA_TOKENS: u32 = 64;
-pub const MMA_COLS: u32 = 64;
-/// Warps of a tensor-core block (matmul_mma.cu: MMA_WARPS).
-pub const MMA_WARPS: u32 = 4;
-/// Steps of more rows than this take the tensor-core kernel (when the device has one).
-pub const MATVEC_MAX_ROWS: u32 = TILE_T;
 /// Threads of an argmax block (one block per logits row).
 pub const ARGMAX_THREADS: u32 = 256;
 /// The largest grid y and z (CUDA's limit; x goes to 2^31 - 1).

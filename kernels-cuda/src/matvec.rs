@@ -139,10 +139,6 @@ kernel_args! {
         x_stride: u32,
         rows_sel: u32,
         eps: f32,
-        /// 1: an int8 tensor-core matmul (crate::mmq) reads these quants too, so steps
-        /// of more than [`MAX_TOKENS`] rows are quantized as well.
-        prefill: u32,
-        pad: u32,
     }
 }
 
@@ -410,7 +406,7 @@ pub fn quantize_source() -> String {
 }
 
 /// The packed-layout dequantizer of `dtype` for kernels that read 8 values a unit (the
-/// tensor-core matmul): the file to include in place of `weights/<dtype>.cuh`, after
+/// embedding): the file to include in place of `weights/<dtype>.cuh`, after
 /// `prelude.cuh` and `weights/common.cuh`. It defines `PackedW` (planes and blocks per
 /// row), `unit_cols(u)` and `pw_unit(w, row, u)`, w_unit's values.
 pub fn unit_file(dtype: DType) -> Result<&'static str, MatvecError> {

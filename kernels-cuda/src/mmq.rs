@@ -9,9 +9,8 @@
 //! A block is [`THREADS`] threads (8 warps) over [`ROWS`] weight rows × a tile of 128
 //! tokens, or 64 for the GLUs (gate and up both accumulate), the types with an offset
 //! term ([`has_offset`]) and steps of at most [`SMALL_STEP`] rows; grid (token tiles, row
-//! tiles). Every packed type has a reader here (`cuda/mmq/<dtype>.cuh`); one without
-//! would keep the f16 tensor-core kernel (`matmul_mma.cu`), as the lowering picks per
-//! type ([`covers`]).
+//! tiles). Every packed type has a reader here (`cuda/mmq/<dtype>.cuh`): the lowering
+//! emits this kernel for every matmul of a packed type.
 
 use kiln_ir::DType;
 

@@ -27,7 +27,6 @@ pub const FILES: &[(&str, &str)] = &[
     ("weights/f16.cuh", include_str!("cuda/weights/f16.cuh")),
     ("weights/bf16.cuh", include_str!("cuda/weights/bf16.cuh")),
     ("matmul_core.cuh", include_str!("cuda/matmul_core.cuh")),
-    ("matmul_mma.cu", include_str!("cuda/matmul_mma.cu")),
     ("rope_common.cuh", include_str!("cuda/rope_common.cuh")),
     ("kv_common.cuh", include_str!("cuda/kv_common.cuh")),
     ("kv_store.cuh", include_str!("cuda/kv_store.cuh")),
@@ -134,12 +133,14 @@ pub fn args_decl(k: Kernel) -> String {
 }
 
 /// The full CUDA source of a variant, or None for a missing or unknown weight or KV
-/// type. Its entry points are named by [`Variant::symbol`].
+/// type, or a matmul of a packed type (the matvec and crate::mmq run those). Its entry
+/// points are named by [`Variant::symbol`].
 pub fn source(v: &Variant) -> Option<String> {
     match v.kernel {
         Kernel::Matvec => return matvec::source(v.weight?).ok(),
         Kernel::Mmq => return crate::mmq::source(v.weight?).ok(),
         Kernel::Quantize => return Some(matvec::quantize_source()),
+        k if k.is_matmul() && v.packed() => return None,
         _ => {}
     }
     let mut header = format!("// kiln kernel {}\n", v.name());
@@ -157,7 +158,7 @@ pub fn source(v: &Variant) -> Option<String> {
     }
     if v.packed() {
         // The packed reader (pw_unit) in place of weights/<dtype>.cuh's w_unit.
-        header.push_str("#define W_PACKED 1\n#define MM_TENSOR_CORES 1\n");
+        header.push_str("#define W_PACKED 1\n");
     }
     let weights = match (v.kernel.takes_weight(), v.weight) {
         (true, Some(w)) if v.packed() => Some(matvec::unit_file(w).ok()?.to_string()),
@@ -239,6 +240,12 @@ pub fn all_variants() -> Vec<Variant> {
             matvec::DTYPES.iter().copied().map(Some).collect()
         } else if kernel == Kernel::Mmq {
             crate::mmq::DTYPES.iter().copied().map(Some).collect()
+        } else if kernel.is_matmul() {
+            // The matvec and the int8 tensor-core matmul run the packed types' matmuls.
+            let float = WEIGHT_DTYPES
+                .iter()
+                .filter(|&&w| !crate::repack::is_packed(w));
+            float.copied().map(Some).collect()
         } else if kernel.takes_weight() {
             WEIGHT_DTYPES.iter().copied().map(Some).collect()
         } else {

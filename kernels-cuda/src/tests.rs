@@ -15,11 +15,12 @@ use crate::variant::{ARGMAX_SYMBOL, Entry, Kernel, Variant};
 #[test]
 fn every_variant_assembles_into_one_source() {
     let variants = all_variants();
-    // 23 kernels: 7 matmuls and embed × 11 weight types, 3 KV kernels × 2 KV types, 10
-    // others, the matvec × 8 packed types, the quantizer.
+    // 24 kernels: 7 matmuls × 3 float weight types (the matvec and the int8 tensor-core
+    // matmul run the packed ones), embed × 11 weight types, 3 KV kernels × 2 KV types,
+    // 10 others, the matvec and the int8 matmul × 8 packed types, the quantizer.
     assert_eq!(
         variants.len(),
-        8 * 11 + 3 * 2 + 10 + 8 + 1 + crate::mmq::DTYPES.len()
+        7 * 3 + 11 + 3 * 2 + 10 + 8 + 1 + crate::mmq::DTYPES.len()
     );
     for v in &variants {
         let src = source(v).unwrap_or_else(|| panic!("{} does not assemble", v.name()));
@@ -50,12 +51,9 @@ fn every_variant_assembles_into_one_source() {
                 e.macro_name()
             );
         }
-        // Only the quantized matmuls compile the tensor-core kernel.
-        let mma = src.contains("#define MM_TENSOR_CORES 1");
-        assert_eq!(
-            mma && v.kernel.is_matmul(),
-            v.entries().contains(&Entry::Mma),
-            "{}",
+        assert!(
+            !(v.kernel.is_matmul() && v.packed()),
+            "{}: the matvec runs a packed type's matmul",
             v.name()
         );
         assert_eq!(
@@ -97,13 +95,28 @@ fn every_variant_entry_has_its_own_symbol() {
         }
     }
     assert!(seen.insert(ARGMAX_SYMBOL.to_string()));
+    // A module's function table: indices distinct within a variant, and together every
+    // index below Entry::COUNT (no hole).
+    let mut used = HashSet::new();
+    for v in all_variants() {
+        let mut own = HashSet::new();
+        for &e in v.entries() {
+            assert!(e.index() < Entry::COUNT, "{e:?}");
+            assert!(own.insert(e.index()), "{}: {e:?} twice", v.name());
+            used.insert(e.index());
+        }
+    }
+    assert_eq!(used, (0..Entry::COUNT).collect::<HashSet<_>>());
     let q4 = Variant {
         kernel: Kernel::MatMul,
         weight: Some(DType::Q4_0),
         kv: None,
     };
-    assert_eq!(q4.entries(), &[Entry::Mma], "the matvec replaces its _mv8");
-    assert_eq!(q4.symbol(Entry::Mma), "matmul_q4_0_mma");
+    assert!(
+        q4.entries().is_empty(),
+        "the matvec and mmq replace its _mv8"
+    );
+    assert!(source(&q4).is_none());
     let f16 = Variant {
         weight: Some(DType::F16),
         ..q4

@@ -1,7 +1,7 @@
 //! The kernels of kiln-kernels-cuda and their variants: each [`Kernel`] is one `.cu` file
 //! (the stems of `kiln_ir::Op::name`), compiled once per weight type or KV type it reads,
 //! and every entry point of a variant has its own symbol (`matvec_q4_0_t8`,
-//! `matmul_q4_0_mma`, `attention_fp8_decode`), so that a profiler tells them apart.
+//! `matmul_f16_mv8`, `attention_fp8_decode`), so that a profiler tells them apart.
 
 use kiln_ir::DType;
 use kiln_ir::kv_layout::KvDtype;
@@ -111,7 +111,7 @@ impl Kernel {
         }
     }
 
-    /// One of the matmul family (matmul_core.cuh and matmul_mma.cu).
+    /// One of the matmul family (matmul_core.cuh).
     pub fn is_matmul(self) -> bool {
         matches!(
             self,
@@ -144,8 +144,6 @@ impl Kernel {
 pub enum Entry {
     /// The kernel (a matmul's matrix-vector kernel, tiles of 8 tokens).
     Main,
-    /// The tensor-core matmul of prefill (matmul_mma.cu).
-    Mma,
     /// The split-K paged decode attention (attention_decode.cu).
     Decode,
     /// The merge of the decode splits (attention_combine.cu).
@@ -192,7 +190,7 @@ const MMQ_VARIANTS: usize = mmq::TILES.len() * 4 - 2;
 
 impl Entry {
     /// Entry indices ([`Entry::index`]) run below this.
-    pub const COUNT: usize = 7 + if MATVEC_VARIANTS > MMQ_VARIANTS {
+    pub const COUNT: usize = 6 + if MATVEC_VARIANTS > MMQ_VARIANTS {
         MATVEC_VARIANTS
     } else {
         MMQ_VARIANTS
@@ -214,7 +212,6 @@ impl Entry {
     pub fn macro_name(self) -> &'static str {
         match self {
             Entry::Main => "KILN_MAIN",
-            Entry::Mma => "KILN_MMA",
             Entry::Decode => "KILN_DECODE",
             Entry::Combine => "KILN_COMBINE",
             Entry::Prefill(i) => ["KILN_PREFILL64", "KILN_PREFILL128", "KILN_PREFILL256"]
@@ -230,19 +227,18 @@ impl Entry {
 
     /// A dense index below [`Entry::COUNT`] (a module's function table): distinct among
     /// the entries of one variant (a matvec module and an int8 tensor-core module share
-    /// the indices past 7, as no variant has both).
+    /// the indices from 6 on, as no variant has both).
     pub fn index(self) -> usize {
         match self {
             Entry::Main => 0,
-            Entry::Mma => 1,
-            Entry::Decode => 2,
-            Entry::Combine => 3,
-            // Attention variants have no quantize entries: 4 to 6.
-            Entry::Prefill(i) => 4 + i as usize,
-            Entry::Quantize => 5,
-            Entry::RmsNormQuantize => 6,
-            Entry::Matvec(i) => 7 + i as usize,
-            Entry::Mmq(i) => 7 + i as usize,
+            Entry::Decode => 1,
+            Entry::Combine => 2,
+            // Attention variants have no quantize entries: 3 to 5 serve both.
+            Entry::Prefill(i) => 3 + i as usize,
+            Entry::Quantize => 3,
+            Entry::RmsNormQuantize => 4,
+            Entry::Matvec(i) => 6 + i as usize,
+            Entry::Mmq(i) => 6 + i as usize,
         }
     }
 }
@@ -275,21 +271,8 @@ impl Variant {
         format!("{}_{dtype}", self.kernel.stem())
     }
 
-    /// Whether the variant has the tensor-core matmul [`Entry::Mma`]: the matmuls of
-    /// quantized weights in blocks of 32 (weights/<dtype>.cuh: MM_TENSOR_CORES; a unit
-    /// of a K-quant's super-block spans more than the kernel's 32-column slice). F32,
-    /// F16 and BF16 weights keep exact f32 products: f16 operands would round what their
-    /// matmuls do not.
-    pub fn has_tensor_cores(&self) -> bool {
-        self.kernel.is_matmul()
-            && self
-                .weight
-                .is_some_and(|w| w.is_quantized() && w.block_len() == 32)
-    }
-
     /// Whether the variant reads its weight in the packed layout (crate::repack): the
-    /// matvec, and the embedding and tensor-core matmul of a packed type, whose
-    /// matrix-vector kernel the matvec replaces.
+    /// matvec, the int8 tensor-core matmul and the embedding of a packed type.
     pub fn packed(&self) -> bool {
         self.kernel.takes_weight() && self.weight.is_some_and(repack::is_packed)
     }
@@ -309,9 +292,8 @@ impl Variant {
         } else if self.kernel == Kernel::Quantize {
             &[Entry::Quantize, Entry::RmsNormQuantize]
         } else if self.packed() && self.kernel.is_matmul() {
-            &[Entry::Mma]
-        } else if self.has_tensor_cores() {
-            &[Entry::Main, Entry::Mma]
+            // The matvec and the int8 tensor-core matmul run a packed type's matmuls.
+            &[]
         } else if self.has_prefill() {
             &[
                 Entry::Main,
@@ -328,15 +310,14 @@ impl Variant {
         }
     }
 
-    /// The symbol of entry `e`: the variant's name, `_mv8` / `_mma` for the matmuls'
-    /// matrix-vector (tiles of 8 tokens) and tensor-core kernels, `_decode`, `_combine`,
-    /// `_prefill` for attention's.
+    /// The symbol of entry `e`: the variant's name, `_mv8` for the matmuls'
+    /// matrix-vector kernel (tiles of 8 tokens), `_decode`, `_combine`, `_prefill` for
+    /// attention's.
     pub fn symbol(&self, e: Entry) -> String {
         let name = self.name();
         match e {
             Entry::Main if self.kernel.is_matmul() => format!("{name}_mv8"),
             Entry::Main => name,
-            Entry::Mma => format!("{name}_mma"),
             Entry::Decode => format!("{name}_decode"),
             Entry::Combine => format!("{name}_combine"),
             Entry::Prefill(i) => {

@@ -3,7 +3,7 @@
 //! twice, as tied embeddings, once). Matrices of the packed types (Q4_0, Q4_1, Q8_0, Q5_0,
 //! Q5_1, Q4_K, Q5_K, Q6_K: [`crate::repack::PACKED`]) are stored packed
 //! ([`crate::repack`], [`WeightLayout::device_bytes`]) and read so by the matvec, the
-//! tensor-core matmul and the embedding; other matrices keep their GGUF blocks, read in
+//! int8 tensor-core matmul and the embedding; other matrices keep their GGUF blocks, read in
 //! place by the dequantizers of `cuda/weights/`; vectors (norms) are decoded to f32 once
 //! (kiln-gpu-host's upload bytes). One allocation rather than one per weight: one upload
 //! loop, no per-weight allocation granularity, and a kernel's pointers are base + offset.

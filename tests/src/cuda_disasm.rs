@@ -21,13 +21,13 @@ use kiln_kernels_cuda::sources::{all_variants, argmax_source, source};
 /// What one kernel (one entry point of a variant's module) compiles to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelFacts {
-    /// The variant's name (`matmul_add_q4_0`), or `argmax`.
+    /// The variant's name (`matmul_add_f16`, `matvec_q4_0`), or `argmax`.
     pub variant: String,
-    /// The entry point's symbol (`matmul_q4_0_mv8`, `matmul_q4_0_mma`, `attention_fp8_decode` ...).
+    /// The entry point's symbol (`matmul_f16_mv8`, `matvec_q4_0_t8`, `attention_fp8_decode` ...).
     pub kernel: String,
-    /// Whether the variant is one of the matmul ops (its kernels are the matvec and the
-    /// tensor-core prefill matmul).
-    pub matmul: bool,
+    /// Whether the kernel is a matvec: the matrix-vector kernel of a matmul op of float
+    /// weights (`_mv8`) or a decode matvec of packed ones.
+    pub matvec: bool,
     /// Whether the variant reads quantized weights (a block format).
     pub quantized: bool,
     /// Registers per thread.
@@ -65,18 +65,6 @@ pub struct KernelFacts {
 }
 
 impl KernelFacts {
-    /// Whether this is a matvec: a kernel of a matmul variant other than the tensor-core
-    /// matmul of prefill.
-    pub fn is_matvec(&self) -> bool {
-        self.matmul && !self.is_tensor_core_matmul()
-    }
-
-    /// Whether this is the tensor-core matmul of a matmul variant (its symbol ends in
-    /// `_mma`; the matrix-vector kernel's in `_mv8`).
-    pub fn is_tensor_core_matmul(&self) -> bool {
-        self.matmul && self.kernel.ends_with("_mma")
-    }
-
     /// All global loads.
     pub fn ldg(&self) -> u32 {
         self.ldg_narrow + self.ldg32 + self.ldg64 + self.ldg128
@@ -159,7 +147,7 @@ type ModuleFacts = Result<Vec<KernelFacts>, String>;
 struct Job {
     name: String,
     source: String,
-    matmul: bool,
+    matvec: bool,
     quantized: bool,
 }
 
@@ -174,14 +162,14 @@ fn jobs() -> Result<Vec<Job>, String> {
         jobs.push(Job {
             name: v.name(),
             source: src,
-            matmul: v.kernel.is_matmul(),
+            matvec: v.kernel.is_matmul(),
             quantized: v.weight.is_some_and(|w| w.is_quantized()),
         });
     }
     jobs.push(Job {
         name: "argmax".into(),
         source: argmax_source(),
-        matmul: false,
+        matvec: false,
         quantized: false,
     });
     // The decode matvec modules (one per weight type: matvec_<dtype>_t<T>[_add|_swiglu]),
@@ -191,14 +179,14 @@ fn jobs() -> Result<Vec<Job>, String> {
         jobs.push(Job {
             name,
             source,
-            matmul: matvec,
+            matvec,
             quantized: matvec,
         });
     }
     jobs.push(Job {
         name: "peak_mma".into(),
         source: kiln_kernels_cuda::peak::peak_source(),
-        matmul: false,
+        matvec: false,
         quantized: false,
     });
     Ok(jobs)
@@ -293,14 +281,14 @@ fn analyse_one(
     let mut facts = parse(&text).map_err(|e| format!("{}: {e}", job.name))?;
     for f in &mut facts {
         f.variant.clone_from(&job.name);
-        f.matmul = job.matmul;
+        f.matvec = job.matvec;
         f.quantized = job.quantized;
     }
     Ok(facts)
 }
 
 /// The kernels of one `cuobjdump -res-usage -sass` output, sorted by name; `variant`,
-/// `matmul` and `quantized` are left for the caller. Counts only; an instruction line is
+/// `matvec` and `quantized` are left for the caller. Counts only; an instruction line is
 /// `/*0040*/  [@P0] OPCODE.MODIFIERS operands ;`.
 pub fn parse(text: &str) -> Result<Vec<KernelFacts>, String> {
     let mut kernels: Vec<KernelFacts> = Vec::new();
@@ -321,7 +309,7 @@ pub fn parse(text: &str) -> Result<Vec<KernelFacts>, String> {
     };
     for line in text.lines() {
         let t = line.trim();
-        // Resource usage: " Function matmul_q4_0_mv8:" then "  REG:48 STACK:0 SHARED:0 LOCAL:0 ...".
+        // Resource usage: " Function matmul_f16_mv8:" then "  REG:48 STACK:0 SHARED:0 LOCAL:0 ...".
         if let Some(name) = t
             .strip_prefix("Function ")
             .and_then(|r| r.strip_suffix(':'))
@@ -351,7 +339,7 @@ pub fn parse(text: &str) -> Result<Vec<KernelFacts>, String> {
             }
             continue;
         }
-        // SASS: "Function : matmul_q4_0_mv8" then instruction lines.
+        // SASS: "Function : matmul_f16_mv8" then instruction lines.
         if let Some(name) = t.strip_prefix("Function :") {
             current = Some(index(&mut kernels, name.trim()));
             continue;

@@ -66,7 +66,7 @@ fn is_int8_matmul(k: &KernelFacts) -> bool {
 
 /// A matvec of a type the decode matvecs read packed (kiln_kernels_cuda::matvec::DTYPES).
 fn is_packed_type_matvec(k: &KernelFacts) -> bool {
-    k.is_matvec()
+    k.matvec
         && kiln_kernels_cuda::matvec::DTYPES
             .iter()
             .any(|d| k.variant.ends_with(&format!("_{}", d.name())))
@@ -85,14 +85,8 @@ const FACTS: &[Fact] = &[
     Fact {
         what: "matvecs use at most 128 registers (MATVEC_REGISTERS)",
         status: Status::Required,
-        applies: |k| k.is_matvec(),
+        applies: |k| k.matvec,
         holds: |k| k.registers <= MATVEC_REGISTERS,
-    },
-    Fact {
-        what: "the prefill matmuls of quantized weights run on tensor cores (HMMA)",
-        status: Status::Required,
-        applies: |k| k.is_tensor_core_matmul(),
-        holds: |k| k.quantized && k.mma > 0,
     },
     Fact {
         what: "the FP8 prefill attention runs on tensor cores (HMMA)",
@@ -178,7 +172,7 @@ const FACTS: &[Fact] = &[
     Fact {
         what: "every quantized type decodes with integer dot products (IDP.4A)",
         status: Status::Required,
-        applies: |k| k.is_matvec() && k.quantized,
+        applies: |k| k.matvec && k.quantized,
         holds: |k| k.idp4a > 0,
     },
     Fact {
@@ -293,13 +287,13 @@ fn parse_counts_a_recorded_listing() -> Outcome {
 Resource usage:
  Common:
   GLOBAL:0
- Function matmul_q4_0_mma:
+ Function matmul_mmq_q4_0_t64:
   REG:56 STACK:0 SHARED:11264 LOCAL:0 CONSTANT[0]:568 TEXTURE:0 SURFACE:0 SAMPLER:0
- Function matmul_q4_0_mv8:
+ Function matvec_q4_0_t8:
   REG:48 STACK:16 SHARED:0 LOCAL:8 CONSTANT[0]:568 TEXTURE:0 SURFACE:0 SAMPLER:0
 
 \tcode for sm_90
-\t\tFunction : matmul_q4_0_mma
+\t\tFunction : matmul_mmq_q4_0_t64
 \t.headerflags\t@\"EF_CUDA_SM90 EF_CUDA_VIRTUAL_SM(EF_CUDA_SM90)\"
                                                                    /* 0x000ff00000000800 */
         /*0000*/                   LDC R1, c[0x0][0x28] ;          /* 0x00000a00ff017b82 */
@@ -312,7 +306,7 @@ Resource usage:
         .L_x_1:
 \t\t..........
 
-\t\tFunction : matmul_q4_0_mv8
+\t\tFunction : matvec_q4_0_t8
         /*0000*/                   LDG.E.128.CONSTANT R4, desc[UR4][R2.64] ; /* 0x0 */
         /*0010*/              @!P0 LDG.E.64 R8, desc[UR4][R2.64+0x10] ; /* 0x0 */
         /*0020*/               @P1 LDG.E.U8 R9, desc[UR4][R2.64] ; /* 0x0 */
@@ -328,7 +322,7 @@ Resource usage:
         Err(e) => return fail(e),
     };
     let names: Vec<&str> = k.iter().map(|k| k.kernel.as_str()).collect();
-    assert_eq!(names, ["matmul_q4_0_mma", "matmul_q4_0_mv8"]);
+    assert_eq!(names, ["matmul_mmq_q4_0_t64", "matvec_q4_0_t8"]);
     let (mma, main) = (&k[0], &k[1]);
     assert_eq!(
         (

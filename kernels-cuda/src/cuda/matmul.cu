@@ -1,7 +1,7 @@
 // matmul.cu: out (rows, n) = x (rows, k) · Wᵀ. A MatMul of several weights (q/k/v) is
 // one dispatch per weight.
 // Grid and math as matmul.wgsl; the matrix-vector core (matmul_core.cuh, tiles
-// of 8 tokens) and the tensor-core prefill path (matmul_mma.cu) share this epilogue.
+// of 8 tokens) calls this epilogue.
 
 #include "prelude.cuh"
 #include "weights/common.cuh"
@@ -18,5 +18,3 @@ __device__ __forceinline__ float mm_epilogue(const MatmulArgs& p, unsigned int a
     (void)p; (void)at; (void)u;
     return g;
 }
-
-#include "matmul_mma.cu"

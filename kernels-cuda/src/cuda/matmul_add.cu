@@ -1,6 +1,6 @@
 // matmul_add.cu: out = residual + x · Wᵀ, the residual added in the epilogue.
 // Grid and math as matmul_add.wgsl; the matrix-vector core (matmul_core.cuh, tiles
-// of 8 tokens) and the tensor-core prefill path (matmul_mma.cu) share this epilogue.
+// of 8 tokens) calls this epilogue.
 
 #include "prelude.cuh"
 #include "weights/common.cuh"
@@ -17,5 +17,3 @@ __device__ __forceinline__ float mm_epilogue(const MatmulArgs& p, unsigned int a
     (void)u;
     return p.res[at] + g;
 }
-
-#include "matmul_mma.cu"

@@ -1,10 +1,12 @@
-// matmul_core.cuh: the dequantizing matrix-vector core of the five matmul files (1-8
-// tokens; prefill tiles of 8 tokens when the tensor-core path is off). A warp computes
-// one output row (weight row) for a tile of up to TILE_T tokens: each lane takes units of
-// 8 columns, dequantizes the weight there once and accumulates it against every token of
-// the tile in f32; a shuffle reduction gives the sums. MV_WARPS rows a block, so that the
-// RMSNorm variants compute the tile's 1/rms once per block. Same math as
-// matmul_core.wgsl, which the conformance suite verified.
+// matmul_core.cuh: the matrix-vector core of the seven matmul files, for F32, F16 and
+// BF16 weights (packed weights take the dp4a matvec and the int8 tensor-core matmul,
+// cuda/mv/ and matmul_mmq.cu), every step in tiles of 8 tokens: f16 tensor-core operands
+// would round what these matmuls hold to f32. A warp computes one output row (weight
+// row) for a tile of up to TILE_T tokens: each lane takes units of 8 columns, converts
+// the weight there to f32 once and accumulates it against every token of the tile in
+// f32; a shuffle reduction gives the sums. MV_WARPS rows a block, so that the RMSNorm
+// variants compute the tile's 1/rms once per block. Same math as matmul_core.wgsl,
+// which the conformance suite verified.
 //
 // The op file defines, before including this:
 //   MM_NORM    1: the input is RMSNorm(x) · norm, folded into the read (never stored)
@@ -49,8 +51,6 @@ __device__ __forceinline__ void rms_tokens(const MatmulArgs& p, unsigned int t0,
     __syncthreads();
 }
 
-// Packed weights (W_PACKED) take the dp4a matvec (cuda/mv/) instead of this kernel.
-#if !W_PACKED
 // Grid: (row blocks split x then y, token tiles z); block MV_WARPS warps.
 extern "C" __global__ void KILN_MAIN(const __grid_constant__ MatmulArgs p) {
     unsigned int rows = p.step[p.rows_sel];
@@ -115,4 +115,3 @@ extern "C" __global__ void KILN_MAIN(const __grid_constant__ MatmulArgs p) {
         }
     }
 }
-#endif // !W_PACKED

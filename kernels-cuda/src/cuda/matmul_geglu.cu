@@ -1,8 +1,7 @@
 // matmul_geglu.cu: out = gelu(x · Gateᵀ) · (x · Upᵀ) (Gemma 3's FFN); gate and up share
-// the input and the epilogue. Weights of the unpacked types only: the dp4a matvecs of
-// the packed ones have no GeGLU epilogue (lower.rs: supports).
+// the input and the epilogue.
 // Grid and math as matmul_geglu.wgsl; the matrix-vector core (matmul_core.cuh, tiles
-// of 8 tokens) and the tensor-core prefill path (matmul_mma.cu) share this epilogue.
+// of 8 tokens) calls this epilogue.
 
 #include "prelude.cuh"
 #include "weights/common.cuh"
@@ -20,5 +19,3 @@ __device__ __forceinline__ float mm_epilogue(const MatmulArgs& p, unsigned int a
     (void)p; (void)at;
     return gelu_f16(g) * u;
 }
-
-#include "matmul_mma.cu"

@@ -1,7 +1,7 @@
 // matmul_swiglu.cu: out = silu(x · Gateᵀ) · (x · Upᵀ); gate and up share the input
 // and the epilogue.
 // Grid and math as matmul_swiglu.wgsl; the matrix-vector core (matmul_core.cuh, tiles
-// of 8 tokens) and the tensor-core prefill path (matmul_mma.cu) share this epilogue.
+// of 8 tokens) calls this epilogue.
 
 #include "prelude.cuh"
 #include "weights/common.cuh"
@@ -18,5 +18,3 @@ __device__ __forceinline__ float mm_epilogue(const MatmulArgs& p, unsigned int a
     (void)p; (void)at;
     return silu(g) * u;
 }
-
-#include "matmul_mma.cu"

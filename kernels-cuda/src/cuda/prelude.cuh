@@ -14,7 +14,7 @@
 
 // Every kernel takes one argument, its struct by value (kiln_kernels_cuda::args, declared
 // at the top of the source), and is named by the macros the source header defines
-// (KILN_MAIN, KILN_MMA, ...: one symbol per variant and entry). Arena pointers are f32
+// (KILN_MAIN, KILN_DECODE, ...: one symbol per variant and entry). Arena pointers are f32
 // activations that may alias one another (no __restrict__); `step` is the step buffer.
 // The struct is __grid_constant__: helpers take it by reference, and without it taking a
 // parameter's address copies the struct to local memory (the FP8 prefill spilled).

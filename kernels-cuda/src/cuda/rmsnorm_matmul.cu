@@ -1,7 +1,7 @@
 // rmsnorm_matmul.cu: RMSNorm folded into the matmul it feeds: each block computes the
 // 1/rms of its tokens, and the normed input is never stored.
 // Grid and math as rmsnorm_matmul.wgsl; the matrix-vector core (matmul_core.cuh, tiles
-// of 8 tokens) and the tensor-core prefill path (matmul_mma.cu) share this epilogue.
+// of 8 tokens) calls this epilogue.
 
 #include "prelude.cuh"
 #include "weights/common.cuh"
@@ -18,5 +18,3 @@ __device__ __forceinline__ float mm_epilogue(const MatmulArgs& p, unsigned int a
     (void)p; (void)at; (void)u;
     return g;
 }
-
-#include "matmul_mma.cu"

@@ -1,7 +1,7 @@
 // rmsnorm_matmul_geglu.cu: RMSNorm, gate/up matmuls and GeGLU in one kernel (Gemma 3's
-// FFN; unpacked weight types only, as matmul_geglu.cu).
+// FFN).
 // Grid and math as rmsnorm_matmul_geglu.wgsl; the matrix-vector core (matmul_core.cuh, tiles
-// of 8 tokens) and the tensor-core prefill path (matmul_mma.cu) share this epilogue.
+// of 8 tokens) calls this epilogue.
 
 #include "prelude.cuh"
 #include "weights/common.cuh"
@@ -19,5 +19,3 @@ __device__ __forceinline__ float mm_epilogue(const MatmulArgs& p, unsigned int a
     (void)p; (void)at;
     return gelu_f16(g) * u;
 }
-
-#include "matmul_mma.cu"

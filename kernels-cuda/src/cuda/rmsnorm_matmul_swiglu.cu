@@ -1,6 +1,6 @@
 // rmsnorm_matmul_swiglu.cu: RMSNorm, gate/up matmuls and SwiGLU in one kernel.
 // Grid and math as rmsnorm_matmul_swiglu.wgsl; the matrix-vector core (matmul_core.cuh, tiles
-// of 8 tokens) and the tensor-core prefill path (matmul_mma.cu) share this epilogue.
+// of 8 tokens) calls this epilogue.
 
 #include "prelude.cuh"
 #include "weights/common.cuh"
@@ -17,5 +17,3 @@ __device__ __forceinline__ float mm_epilogue(const MatmulArgs& p, unsigned int a
     (void)p; (void)at;
     return silu(g) * u;
 }
-
-#include "matmul_mma.cu"

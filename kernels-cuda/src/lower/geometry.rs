@@ -1,19 +1,17 @@
 //! The launches of a call for one step: grid, block and shared memory from the step's
 //! shape; for packed weights, quantize + matvec (up to 32 rows, the tile from
 //! `matvec_launch`; every step without tensor cores) or quantize + the int8 tensor-core
-//! kernel (crate::mmq; the f16 one for a type it does not read); for float
-//! weights the matrix-vector kernel (tiles of 8 rows); and attention's paths (split-K decode + combine, tensor-core
-//! prefill, one block per (head, token)). Everything but the shape comes from the call's
-//! own arguments.
+//! kernel (crate::mmq); for float weights the matrix-vector kernel (tiles of 8 rows);
+//! and attention's paths (split-K decode + combine, tensor-core prefill, one block per
+//! (head, token)). Everything but the shape comes from the call's own arguments.
 
 use kiln_ir::kv_layout::KvDtype;
 
 use super::{Args, Call};
 use crate::args::{KvArgs, MatmulArgs};
 use crate::launch::{
-    AttentionShape, Launch, MATVEC_MAX_ROWS, MMA_COLS, MMA_TOKENS, MMA_WARPS, MV_ROWS, TILE_T,
-    WARP, WG, attention_combine_launch, attention_decode_launch, attention_prefill_launch,
-    attention_splits, split,
+    AttentionShape, Launch, MV_ROWS, TILE_T, WARP, WG, attention_combine_launch,
+    attention_decode_launch, attention_prefill_launch, attention_splits, split,
 };
 use crate::matvec::{self, Epilogue, MatvecArgs, QuantizeArgs};
 use crate::mmq;
@@ -74,8 +72,7 @@ impl Call {
     /// launches over nothing are left out.
     pub fn launches(&self, v: &Variant, g: &StepGeometry) -> impl Iterator<Item = Planned> {
         let planned: [Option<Planned>; 2] = match self.args {
-            Args::Matmul(a) if v.packed() => [packed_mma(&a, g), None],
-            Args::Matmul(a) => [Some(matmul(v, &a, g)), None],
+            Args::Matmul(a) => [Some(matmul(&a, g)), None],
             Args::Quantize(a) => [quantize(&a, g), None],
             Args::Matvec(a) => [packed(v, &a, g), None],
             Args::Kv(a) if v.kernel == Kernel::Attention => attention(v, &a, g),
@@ -120,56 +117,29 @@ fn plain(launch: Launch, args: Args) -> Planned {
     Planned { launch, args }
 }
 
-/// A matmul-family launch of unpacked weights: the tensor-core kernel for steps of more
-/// than [`MATVEC_MAX_ROWS`] rows where the variant has it (none of today's float types
-/// do), else the matrix-vector tiles.
-fn matmul(v: &Variant, a: &MatmulArgs, g: &StepGeometry) -> Planned {
+/// A matmul-family launch of F32/F16/BF16 weights: the matrix-vector tiles of 8 rows at
+/// every step length (f16 tensor-core operands would round what these hold to f32).
+fn matmul(a: &MatmulArgs, g: &StepGeometry) -> Planned {
     let rows = g.rows(a.rows_sel);
-    let launch = if g.tensor_cores && v.has_tensor_cores() && rows > MATVEC_MAX_ROWS {
-        Launch {
-            entry: Entry::Mma,
-            grid: [a.n.div_ceil(MMA_COLS), 1, rows.div_ceil(MMA_TOKENS)],
-            block: [MMA_WARPS * WARP, 1, 1],
-            shared_bytes: 0,
-        }
-    } else {
-        Launch {
-            entry: Entry::Main,
-            grid: [a.n.div_ceil(MV_ROWS), 1, rows.div_ceil(TILE_T)],
-            block: [MV_ROWS * WARP, 1, 1],
-            shared_bytes: 0,
-        }
+    let launch = Launch {
+        entry: Entry::Main,
+        grid: [a.n.div_ceil(MV_ROWS), 1, rows.div_ceil(TILE_T)],
+        block: [MV_ROWS * WARP, 1, 1],
+        shared_bytes: 0,
     };
     plain(launch, Args::Matmul(*a))
 }
 
-/// Whether a step of `rows` rows takes the tensor-core matmul of packed weights rather
-/// than quantize + matvec.
-fn packed_takes_mma(rows: u32, g: &StepGeometry) -> bool {
+/// Whether a step of `rows` rows takes the int8 tensor-core matmul of packed weights
+/// rather than the matvec.
+fn packed_takes_mmq(rows: u32, g: &StepGeometry) -> bool {
     g.tensor_cores && rows > matvec::MAX_TOKENS
 }
 
-/// The f16 tensor-core matmul of packed weights (matmul_mma.cu through pw_unit), for the
-/// types the int8 one (crate::mmq) does not read.
-fn packed_mma(a: &MatmulArgs, g: &StepGeometry) -> Option<Planned> {
-    let rows = g.rows(a.rows_sel);
-    packed_takes_mma(rows, g).then(|| {
-        let launch = Launch {
-            entry: Entry::Mma,
-            grid: [a.n.div_ceil(MMA_COLS), 1, rows.div_ceil(MMA_TOKENS)],
-            block: [MMA_WARPS * WARP, 1, 1],
-            shared_bytes: 0,
-        };
-        plain(launch, Args::Matmul(*a))
-    })
-}
-
-/// The q8_1 quantization of a packed matmul's input: a block per row of the step.
+/// The q8_1 quantization of a packed matmul's input (the matvec or the int8 tensor-core
+/// matmul reads it at every step length): a block per row of the step.
 fn quantize(a: &QuantizeArgs, g: &StepGeometry) -> Option<Planned> {
     let rows = g.rows(a.rows_sel);
-    if packed_takes_mma(rows, g) && a.prefill == 0 {
-        return None;
-    }
     let (_, block) = matvec::quantize_launch(rows);
     let entry = if a.norm.0 != 0 {
         Entry::RmsNormQuantize
@@ -207,13 +177,13 @@ fn packed(v: &Variant, a: &MatvecArgs, g: &StepGeometry) -> Option<Planned> {
     let rows = g.rows(a.rows_sel);
     let e = epilogue(a);
     let (entry, grid, block) = if v.kernel == Kernel::Mmq {
-        if !packed_takes_mma(rows, g) {
+        if !packed_takes_mmq(rows, g) {
             return None;
         }
         let l = mmq::launch(v.weight?, a.n, a.k, rows, e).ok()?;
         (Entry::mmq(l.tile, e)?, l.grid, l.block)
     } else {
-        if packed_takes_mma(rows, g) || rows == 0 {
+        if packed_takes_mmq(rows, g) || rows == 0 {
             return None;
         }
         let l = matvec::matvec_launch(v.weight?, a.n, a.k, rows, e).ok()?;

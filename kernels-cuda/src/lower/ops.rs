@@ -9,9 +9,9 @@ use crate::args::{
     BinaryArgs, ConstPtr, EmbedArgs, KvArgs, MatmulArgs, Ptr, RmsNormArgs, RopeArgs, SelectRowsArgs,
 };
 use crate::matvec::{MatvecArgs, QuantizeArgs, q8_1_planes};
+use crate::repack;
 use crate::variant::{Kernel, Variant};
 use crate::weights::WeightLayout;
-use crate::{mmq, repack};
 
 pub(super) struct Lowerer<'a> {
     pub(super) plan: &'a Plan,
@@ -111,12 +111,11 @@ impl Lowerer<'_> {
     /// A matmul-family launch: x (rows, k) times each (weight, up weight, output).
     ///
     /// The one place a matmul is lowered. Float weights: one call per weight, whose
-    /// launch (matrix-vector tiles or tensor cores, [`geometry`]) reads them in place.
+    /// launch (matrix-vector tiles, [`geometry`]) reads them in place.
     /// Packed weights (crate::repack): one quantization of x (RMSNorm folded) into the
-    /// q8_1 scratch, then per weight the tensor-core call (steps of more than 32 rows:
-    /// the int8 one of crate::mmq on the same q8_1 where it reads the type, else the f16
-    /// one of matmul_mma.cu on x) and the dp4a matvec (the other steps); geometry
-    /// launches one of the two.
+    /// q8_1 scratch, then per weight the int8 tensor-core call of crate::mmq (steps of
+    /// more than 32 rows) and the dp4a matvec (the other steps), both on that q8_1;
+    /// geometry launches one of the two.
     fn matmul(
         &mut self,
         kernel: Kernel,
@@ -127,22 +126,18 @@ impl Lowerer<'_> {
     ) -> Result<Vec<Call>, LowerError> {
         let mut calls = Vec::new();
         let packed = |l: &Self, w| repack::is_packed(l.matrix(w).0);
-        let int8 = |l: &Self, w| mmq::covers(l.matrix(w).0);
         let geglu = matches!(kernel, Kernel::MatMulGeGlu | Kernel::RmsNormMatMulGeGlu);
         if let Some(&(w, _, out)) = outs.iter().find(|o| packed(self, o.0)) {
-            let prefill = outs.iter().any(|o| int8(self, o.0));
-            calls.push(self.quantize(x, out, self.matrix(w).2, norm, prefill));
+            calls.push(self.quantize(x, out, self.matrix(w).2, norm));
         }
         for &(w, w2, out) in outs {
-            if int8(self, w) {
+            if packed(self, w) {
+                let dtype = Some(self.matrix(w).0);
                 let args = self.matvec_args(out, w, w2, res, geglu)?;
-                calls.push(self.call(Kernel::Mmq, Some(self.matrix(w).0), Args::Matvec(args)));
+                calls.push(self.call(Kernel::Mmq, dtype, Args::Matvec(args)));
+                calls.push(self.call(Kernel::Matvec, dtype, Args::Matvec(args)));
             } else {
                 calls.push(self.matmul_call(kernel, x, out, w, w2, res, norm));
-            }
-            if packed(self, w) {
-                let args = self.matvec_args(out, w, w2, res, geglu)?;
-                calls.push(self.call(Kernel::Matvec, Some(self.matrix(w).0), Args::Matvec(args)));
             }
         }
         Ok(calls)
@@ -154,15 +149,13 @@ impl Lowerer<'_> {
         (at, at + q8_1_planes(self.q8_1_rows, k).scales_offset)
     }
 
-    /// The quantization of x's `k` columns (normalized first when `norm`); `prefill`:
-    /// an int8 tensor-core matmul reads it too, so it runs at every step length.
+    /// The quantization of x's `k` columns (normalized first when `norm`).
     fn quantize(
         &mut self,
         x: ValueId,
         out: ValueId,
         k: u32,
         norm: Option<(WeightId, f32)>,
-        prefill: bool,
     ) -> Call {
         let (q, ds) = self.scratch(k);
         let args = QuantizeArgs {
@@ -175,8 +168,6 @@ impl Lowerer<'_> {
             x_stride: self.cols(x),
             rows_sel: rows_sel(self.rows(out)),
             eps: norm.map_or(0.0, |(_, eps)| eps),
-            prefill: u32::from(prefill),
-            pad: 0,
         };
         self.call(Kernel::Quantize, None, Args::Quantize(args))
     }
@@ -219,7 +210,8 @@ impl Lowerer<'_> {
         Ok(args)
     }
 
-    /// A call of the matmul kernel file of `kernel` (matmul_core.cuh / matmul_mma.cu).
+    /// A call of the matmul kernel file of `kernel` (matmul_core.cuh) on F32/F16/BF16
+    /// weight `w`.
     #[allow(clippy::too_many_arguments)]
     fn matmul_call(
         &mut self,

@@ -1,5 +1,5 @@
 // mv/unit_q4_0.cuh: Q4_0's w_unit over the packed layout (src/repack.rs), for
-// kernels that dequantize (the tensor-core prefill matmul): unit u of a row is 8 values,
+// kernels that dequantize (the embedding, embed.cu): unit u of a row is 8 values,
 // W8.lo at columns unit_cols(u).x .. +3, W8.hi at unit_cols(u).y .. +3. Needs prelude.cuh
 // and weights/common.cuh (f32x4, W8, u32x2, lo/hi_nibbles, f16_lo) before it.
 

@@ -1,7 +1,7 @@
 // mv/unit_q4_k.cuh: Q4_K's values (ggml's dequantize) over the packed layout
 // (src/repack.rs), a unit of 8 values as Q4_0's (the packed quant plane has Q4_0's
-// order), so a unit lies inside one sub-block and the tensor-core matmul's 32-column
-// slices; see mv/unit_q4_0.cuh for what a unit is and what must come before.
+// order), so a unit lies inside one sub-block; see mv/unit_q4_0.cuh for what a unit is
+// and what must come before.
 
 #include "mv/bits.cuh"
 

@@ -8,8 +8,3 @@ __device__ __forceinline__ W8 w_unit(const unsigned char* __restrict__ w, unsign
     return W8{f32x4{bf16_lo(q.x), bf16_hi(q.x), bf16_lo(q.y), bf16_hi(q.y)},
               f32x4{bf16_lo(q.z), bf16_hi(q.z), bf16_lo(q.w), bf16_hi(q.w)}};
 }
-
-
-// No tensor-core path: f16 operands would add rounding that f32/f16/bf16 weights do not
-// have (their matmuls are held to f32 rounding); prefill runs the matrix-vector tiles.
-#define MM_TENSOR_CORES 0

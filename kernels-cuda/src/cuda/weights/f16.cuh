@@ -8,8 +8,3 @@ __device__ __forceinline__ W8 w_unit(const unsigned char* __restrict__ w, unsign
     return W8{f32x4{f16_lo(q.x), f16_hi(q.x), f16_lo(q.y), f16_hi(q.y)},
               f32x4{f16_lo(q.z), f16_hi(q.z), f16_lo(q.w), f16_hi(q.w)}};
 }
-
-
-// No tensor-core path: f16 operands would add rounding that f32/f16/bf16 weights do not
-// have (their matmuls are held to f32 rounding); prefill runs the matrix-vector tiles.
-#define MM_TENSOR_CORES 0

@@ -9,8 +9,3 @@ __device__ __forceinline__ W8 w_unit(const unsigned char* __restrict__ w, unsign
     return W8{f32x4{bits_f32(a.x), bits_f32(a.y), bits_f32(a.z), bits_f32(a.w)},
               f32x4{bits_f32(b.x), bits_f32(b.y), bits_f32(b.z), bits_f32(b.w)}};
 }
-
-
-// No tensor-core path: f16 operands would add rounding that f32/f16/bf16 weights do not
-// have (their matmuls are held to f32 rounding); prefill runs the matrix-vector tiles.
-#define MM_TENSOR_CORES 0
