@@ -236,7 +236,7 @@ pub fn run_case_with_pages_past_4_gib(
 ) -> Result<f64, String> {
     let mut built = case.build();
     let page_bytes = built.kv_layout.page_bytes() as u64;
-    if (1u64 << 32) % page_bytes != 0 || built.kv_layout.n_groups() != 1 {
+    if !(1u64 << 32).is_multiple_of(page_bytes) || built.kv_layout.n_groups() != 1 {
         return Err(format!(
             "pages of {page_bytes} bytes in {} groups",
             built.kv_layout.n_groups()
