@@ -63,7 +63,7 @@ else
   echo "no cuobjdump/nvdisasm staged (pip install nvidia-cuda-cuobjdump==13.2.86 nvidia-cuda-nvdisasm==13.2.86)"
 fi
 
-"$out/kiln" synth --shape custom --layers 1 --dim 64 --heads 1 --kv-heads 1 --ffn 64 --quant q8_0 \
+"$out/kiln" synth --shape custom --layers 1 --dim 32 --heads 1 --kv-heads 1 --ffn 32 --quant q8_0 \
   --tokenizer-from models/SmolLM2-135M-Instruct.Q4_1.gguf -o "$out/tok.gguf" >/dev/null
 
 # Vulkan loader and GL/EGL vendor libraries (x86-64), unpacked on the GPU machine by run.sh.

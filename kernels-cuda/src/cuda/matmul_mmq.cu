@@ -5,7 +5,8 @@
 // (MatvecArgs): the same call shape, the same scratch, the same epilogues.
 //
 // A block of 8 warps computes MQ_BN = 128 weight rows × BT tokens (BT = 128, or 64 for
-// the GLUs, whose gate and up are both in flight). k is walked one 32-value unit at a
+// the GLUs, whose gate and up are both in flight; 32 where larger tiles would leave SMs
+// idle: src/mmq.rs's tile_for). k is walked one 32-value unit at a
 // time through MQ_STAGES shared-memory stages filled by cp.async (16-byte copies of the
 // activation quants and the weights' quant plane, 4- or 16-byte copies of the scales):
 // the copies of units u + 1 .. u + MQ_STAGES - 1 are in flight while the warps multiply
