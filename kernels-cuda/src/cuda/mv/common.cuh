@@ -19,7 +19,7 @@ __device__ __forceinline__ float mv_hi(unsigned int w) { return mv_f16((unsigned
 // infinite past 65504, from activations of about 2048 on: the outlier features of large
 // models' residual streams reach that.
 __device__ __forceinline__ float mv_s(unsigned int ds) {
-    return __fmul_rn(mv_lo(ds), (float)(short)(unsigned short)(ds >> 16));
+    return __fmul_rn(mv_lo(ds), __int2float_rn((int)ds >> 16)); // the arithmetic shift sign-extends
 }
 
 // 16 weight bytes at a 16-byte aligned address, read once: not kept in L1, where the
