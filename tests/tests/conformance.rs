@@ -36,6 +36,23 @@ fn configurations() -> Vec<Target> {
                 )?))
             }),
         ),
+        // f32 arithmetic everywhere: what a device without shader-f16 runs (lavapipe has
+        // it, so the vulkan and wgpu targets run the tiled GEMM's f16 tiles, this one its
+        // f32 tiles).
+        Target::new(
+            "vulkan_no_f16",
+            kiln_backends::Ci::Lavapipe,
+            Arc::new(|| {
+                let options = kiln_backend_vulkan::WgslOptions {
+                    allow_cpu: true,
+                    shader_f16: false,
+                    ..Default::default()
+                };
+                Ok(Box::new(kiln_backend_vulkan::VulkanBackend::with_options(
+                    options,
+                )?))
+            }),
+        ),
         // The CUDA kernels on the CPU (backends/cuda-emu): CI has a C++ compiler, so a
         // missing one fails there like a missing lavapipe. As an H100 runs them (sm_90,
         // tensor cores, split-K decode attention, decode steps as graphs), then as a
