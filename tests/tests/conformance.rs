@@ -38,7 +38,8 @@ fn configurations() -> Vec<Target> {
         ),
         // f32 arithmetic everywhere: what a device without shader-f16 runs (lavapipe has
         // it, so the vulkan and wgpu targets run the tiled GEMM's f16 tiles, this one its
-        // f32 tiles).
+        // f32 tiles). The option changes the matmul family's kernels only: this target
+        // runs its cases only (MATMUL_ONLY).
         Target::new(
             "vulkan_no_f16",
             kiln_backends::Ci::Lavapipe,
@@ -100,6 +101,10 @@ const CUDA_OVERFLOWS: &[&str] = &[
     "cuda_emu_sm80_plain::matmul_outliers_t19_q4_k",
 ];
 
+/// Configurations that differ from their backend in the matmul family's kernels alone,
+/// and run only the cases whose name says matmul.
+const MATMUL_ONLY: &[&str] = &["vulkan_no_f16"];
+
 fn main() -> ExitCode {
     let mut trials: Vec<Trial> = vec![test("every_limit_can_fail", || {
         conformance::check_limits_can_fail();
@@ -110,7 +115,11 @@ fn main() -> ExitCode {
         .chain(configurations());
     for target in targets {
         let emulated = target.name.starts_with("cuda_emu");
+        let matmul_only = MATMUL_ONLY.contains(&target.name.as_str());
         for trial in conformance::trials(&target) {
+            if matmul_only && !trial.name().contains("matmul") {
+                continue;
+            }
             if CUDA_OVERFLOWS.contains(&trial.name()) {
                 trials.push(test(trial.name(), || {
                     kiln_testkit::skip(

@@ -160,7 +160,7 @@ pub(super) fn matmul(
 /// ([`Builder::input_outliers`]).
 pub(super) fn matmul_outliers(dtype: DType, tokens: usize, k: usize, n: usize) -> Case {
     let mut case = matmul_inputs("matmul_outliers", vec![dtype], tokens, k, vec![n], true);
-    case.shape = format!("{}, inputs from 1e-2 to 2e5", case.shape);
+    case.shape = format!("{}, inputs of 1e-2 to 1e2, outliers to 2e5", case.shape);
     case
 }
 
