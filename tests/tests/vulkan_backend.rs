@@ -204,8 +204,8 @@ fn launch_times_cover_every_launch_of_the_last_step(mut backend: VulkanBackend) 
 fn the_device_is_described(backend: VulkanBackend) -> Outcome {
     let p = backend.properties();
     eprintln!(
-        "{} (subgroups {:?}, memory {:?})",
-        p.name, p.subgroup_size, p.memory_bytes
+        "{} (subgroups {:?}, f16 {}, memory {:?})",
+        p.name, p.subgroup_size, p.has_f16, p.memory_bytes
     );
     assert!(p.name.contains("Vulkan"));
     assert_eq!(p.subgroup_size.is_some(), backend.uses_subgroups());
@@ -217,6 +217,19 @@ fn the_device_is_described(backend: VulkanBackend) -> Outcome {
     })
     .expect("the device opens");
     assert!(!off.uses_subgroups() && off.properties().subgroup_size.is_none());
+    // f16 arithmetic: lavapipe has shaderFloat16 and 16-bit storage (Mesa 22.3), so CI
+    // runs the f16 GEMM; the option turns it off.
+    if p.name.contains("llvmpipe") {
+        assert!(p.has_f16, "lavapipe reports shaderFloat16");
+    }
+    let no_f16 = VulkanBackend::with_options(WgslOptions {
+        allow_cpu: true,
+        shader_f16: false,
+        cache: Cache::Off,
+        ..WgslOptions::default()
+    })
+    .expect("the device opens");
+    assert!(!no_f16.properties().has_f16);
     pass()
 }
 

@@ -1,8 +1,9 @@
 //! The Vulkan device: the loader opened at run time, the physical device chosen (a GPU
 //! first; a CPU implementation such as lavapipe only when asked), one compute queue, what
 //! the device offers the kernels (subgroup arithmetic, subgroup size control, timestamps,
-//! zero-initialised workgroup memory, integer dot products, f16 arithmetic), and the one-shot helpers (submit and wait, staged
-//! uploads and readbacks) that everything but the decode step goes through.
+//! zero-initialised workgroup memory, integer dot products, f16 arithmetic), and the
+//! one-shot helpers (submit and wait, staged uploads and readbacks) that everything but
+//! the decode step goes through.
 //!
 //! Every raw Vulkan call of the crate is in this file, `buffer.rs`, `objects.rs` and
 //! `loaded.rs`, each in an `unsafe` block that says why its handles are valid.
