@@ -80,7 +80,9 @@ fn gemm_row_stats(tok: u32, live: bool, lid: u32) -> vec2<f32> {
     if (live) {
         for (var c = 4u * (lid % 4u); c < p.k; c += 16u) {
             let v = gemm_x4(tok, c);
-            s.x += dot(v, v);
+            if (GEMM_NORM) {
+                s.x += dot(v, v);
+            }
             if (GEMM_F16) {
                 var a = abs(v);
                 if (GEMM_NORM) {
