@@ -14,7 +14,7 @@
 //
 // The tiles' type is the variant's: gemm_tiles_f32.wgsl (16 KiB of workgroup memory:
 // WebGPU's minimum limit) or, on devices with shader-f16, gemm_tiles_f16.wgsl (f16 tiles
-// and products, f32 sums; 11 KiB). Both define the tiles (xs, ws), gemm_reduce4,
+// and products, f32 sums; 11.25 KiB). Both define the tiles (xs, ws), gemm_reduce4,
 // gemm_token_scale, gemm_store, gemm_step and gemm_unscale, and GEMM_F16.
 //
 // The op file sets GEMM_NORM (the RMSNorm prologue: each tile computes 1/rms of its
