@@ -13,9 +13,9 @@ use crate::program::WINDOW_ALIGN;
 use crate::run::{Device, Loaded};
 use crate::{Capabilities, Program};
 
-/// How to open a WGSL backend (wgpu or Vulkan). `Default`: a GPU only, subgroups where
-/// the device has them (the largest size it offers up to a workgroup), no disk cache,
-/// quiet.
+/// How to open a WGSL backend (wgpu or Vulkan). `Default`: a GPU only, subgroups and f16
+/// arithmetic where the device has them (the largest subgroup size it offers up to a
+/// workgroup), no disk cache, quiet.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WgslOptions {
     /// Take a CPU implementation (lavapipe, WARP) when there is no GPU.
@@ -27,6 +27,9 @@ pub struct WgslOptions {
     /// to what it offers); None: the largest up to a workgroup. Vulkan only: wgpu has no
     /// size control and ignores it.
     pub subgroup_size: Option<u32>,
+    /// Use f16 arithmetic where the device has it (shader-f16: the tiled GEMM's f16 tiles
+    /// for quantized weights); off: f32 arithmetic everywhere, what every device runs.
+    pub shader_f16: bool,
     /// Where compiled kernels (SPIR-V, the pipeline cache) are kept. Vulkan only: wgpu
     /// compiles its pipelines from WGSL at every load and ignores it.
     pub cache: Cache,
@@ -44,6 +47,7 @@ impl Default for WgslOptions {
             allow_cpu: false,
             subgroups: true,
             subgroup_size: None,
+            shader_f16: true,
             cache: Cache::Off,
             debug: false,
             max_weights_buffer: None,
@@ -65,6 +69,10 @@ pub struct Adapter {
     pub subgroup_size: Option<u32>,
     /// The smallest and largest subgroup size the device can run.
     pub subgroup_sizes: Option<(u32, u32)>,
+    /// f16 arithmetic in shaders, enabled on the device (wgpu's SHADER_F16; Vulkan's
+    /// shaderFloat16 with 16-bit storage buffer access); false where the options turned
+    /// it off.
+    pub shader_f16: bool,
     /// Device-local memory, where the API says.
     pub memory_bytes: Option<u64>,
     /// The largest buffer (None: unknown).
@@ -82,8 +90,8 @@ pub struct Adapter {
 }
 
 impl Adapter {
-    /// The properties of the backend opened with `options` on this device: subgroups
-    /// where they are used, weights buffers at most `max_weights_buffer`.
+    /// The properties of the backend opened with `options` on this device: subgroups and
+    /// f16 arithmetic where they are used, weights buffers at most `max_weights_buffer`.
     fn properties(&self, options: &WgslOptions) -> DeviceProperties {
         let size = |s: u32| s as usize;
         DeviceProperties {
@@ -96,7 +104,7 @@ impl Adapter {
                 .map(|b| options.max_weights_buffer.map_or(b, |m| m.min(b))),
             max_binding_bytes: Some(self.max_binding_bytes),
             shared_memory_bytes: Some(self.shared_memory_bytes as usize),
-            has_f16: false,
+            has_f16: self.shader_f16 && options.shader_f16,
         }
     }
 
@@ -283,6 +291,7 @@ mod tests {
             api: "Vulkan 1.3".into(),
             subgroup_size: Some(32),
             subgroup_sizes: Some((16, 64)),
+            shader_f16: true,
             memory_bytes: Some(3 << 30),
             max_buffer_bytes: Some(8 << 30),
             max_binding_bytes: 1 << 27,
@@ -304,7 +313,7 @@ mod tests {
         );
         assert_eq!(p.max_buffer_bytes, Some(8 << 30));
         let caps = a.capabilities(&p);
-        assert!(caps.subgroups);
+        assert!(caps.subgroups && caps.shader_f16);
         assert_eq!(caps.max_buffer, 1 << 32, "dynamic offsets are u32s");
         assert_eq!(
             (caps.max_storage_binding, caps.uniform_align),
@@ -312,6 +321,7 @@ mod tests {
         );
         let options = WgslOptions {
             subgroups: false,
+            shader_f16: false,
             max_weights_buffer: Some(1000),
             ..WgslOptions::default()
         };
@@ -326,7 +336,13 @@ mod tests {
             "what the device can run"
         );
         let caps = a.capabilities(&off);
-        assert!(!caps.subgroups);
+        assert!(!caps.subgroups && !caps.shader_f16);
+        let without = Adapter {
+            shader_f16: false,
+            ..adapter()
+        };
+        let p = without.properties(&WgslOptions::default());
+        assert!(!p.has_f16 && !without.capabilities(&p).shader_f16);
         assert_eq!(caps.max_buffer, 1000);
     }
 }

@@ -51,6 +51,9 @@ pub use sources::Variant;
 pub struct Capabilities {
     /// Subgroup operations in compute shaders (wgpu's Features::SUBGROUP).
     pub subgroups: bool,
+    /// f16 arithmetic in shaders (WebGPU's shader-f16; Vulkan's shaderFloat16 with 16-bit
+    /// storage): the f16 variants ([`Variant::has_f16`]).
+    pub shader_f16: bool,
     /// The largest storage buffer binding, in bytes.
     pub max_storage_binding: u64,
     /// The largest buffer, in bytes: each weights buffer holds at most this (a dispatch
@@ -62,11 +65,13 @@ pub struct Capabilities {
 
 impl Capabilities {
     /// What a device of `properties` offers: subgroup variants where it reports a
-    /// subgroup size (a backend leaves it None when they are off), bindings up to its
+    /// subgroup size (a backend leaves it None when they are off), f16 variants where it
+    /// has f16 arithmetic (`has_f16`, false when they are off), bindings up to its
     /// largest; params blocks at `uniform_align`.
     pub fn of(properties: &DeviceProperties, uniform_align: u64) -> Capabilities {
         Capabilities {
             subgroups: properties.subgroup_size.is_some(),
+            shader_f16: properties.has_f16,
             max_storage_binding: properties.max_binding_bytes.unwrap_or(u64::MAX),
             max_buffer: properties.max_buffer_bytes.unwrap_or(u64::MAX),
             uniform_align,

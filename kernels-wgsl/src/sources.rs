@@ -29,6 +29,9 @@ pub const FILES: &[(&str, &str)] = &[
     ("matmul_params", include_str!("wgsl/matmul_params.wgsl")),
     ("matmul_core", include_str!("wgsl/matmul_core.wgsl")),
     ("gemm_core", include_str!("wgsl/gemm_core.wgsl")),
+    // gemm_core's tiles: f32, or f16 on devices with shader-f16.
+    ("gemm_tiles_f32", include_str!("wgsl/gemm_tiles_f32.wgsl")),
+    ("gemm_tiles_f16", include_str!("wgsl/gemm_tiles_f16.wgsl")),
     // The int8 decode matvec: activations quantized once per launch, packed weights.
     ("quantize_core", include_str!("wgsl/quantize_core.wgsl")),
     ("matvec_core", include_str!("wgsl/matvec_core.wgsl")),
@@ -233,8 +236,16 @@ pub const OPS: &[(&str, &[&str])] = &[
     ("matvec_q8_geglu", MATVEC_INCLUDES),
 ];
 
-/// What every tiled GEMM file includes (no reduction: its sums stay in registers).
-const GEMM_INCLUDES: &[&str] = &["weights/common", "weights", "matmul_params", "gemm_core"];
+/// What every tiled GEMM file includes (no reduction: its sums stay in registers);
+/// `gemm_tiles` stands for the tiles' type (`gemm_tiles_f32`, or `gemm_tiles_f16` in an
+/// f16 variant).
+const GEMM_INCLUDES: &[&str] = &[
+    "weights/common",
+    "weights",
+    "matmul_params",
+    "gemm_tiles",
+    "gemm_core",
+];
 
 /// The includes of the int8 matvec files: `mv_reduce` stands for its row groups'
 /// reduction (subgroup or workgroup), `weights_q8` for the packed weight dtype's blocks.
@@ -280,6 +291,9 @@ pub struct Variant {
     /// Reductions with subgroup operations (wgpu's Features::SUBGROUP) or through workgroup
     /// memory only.
     pub subgroups: bool,
+    /// f16 arithmetic (WGSL's `enable f16;`, the device's shader-f16): the tiled GEMM's
+    /// f16 tiles ([`Variant::has_f16`]).
+    pub f16: bool,
 }
 
 impl Variant {
@@ -291,7 +305,21 @@ impl Variant {
             (None, None) => "f32",
         };
         let sg = if self.subgroups { "_sg" } else { "" };
-        format!("{}_{dtype}{sg}", self.op)
+        let f16 = if self.f16 { "_f16math" } else { "" };
+        format!("{}_{dtype}{sg}{f16}", self.op)
+    }
+
+    /// Whether the op has a variant in f16 arithmetic for weights of `weight`: the tiled
+    /// GEMM (its f16 tiles halve the workgroup memory and its traffic, and its products
+    /// are packed f16 multiply-adds) of the quantized types. Float weights keep f32
+    /// tiles: they promise f32 rounding only (the conformance suite's F32_LIMIT), which
+    /// f16 inputs (2^-11 relative) are far from; the quantized types' results are held
+    /// to what 8-bit activations leave, which f16 ones stay well within. The
+    /// matrix-vector kernels read each weight once per step and are bound by it: f16
+    /// would not make them faster.
+    pub fn has_f16(op: &str, weight: Option<DType>) -> bool {
+        includes(op).is_some_and(|inc| inc.contains(&"gemm_tiles"))
+            && weight.is_some_and(|w| w.is_quantized())
     }
 
     /// Whether the op reads a weight matrix (its variants are per weight dtype).
@@ -328,6 +356,12 @@ impl Variant {
     pub fn source(&self) -> Option<String> {
         let includes = includes(self.op)?;
         let mut out = String::new();
+        if self.f16 {
+            if !Variant::has_f16(self.op, self.weight) {
+                return None;
+            }
+            out.push_str("enable f16;\n\n");
+        }
         if self.subgroups && Variant::reduces(self.op) {
             // WGSL's `enable subgroups;` is not parsed by naga yet; wgpu enables the
             // builtins with Features::SUBGROUP.
@@ -350,6 +384,11 @@ impl Variant {
             Some(w) if MATVEC_DTYPES.contains(&w) => Some(format!("weights_q8/{}", w.name())),
             _ => None,
         };
+        let tiles = if self.f16 {
+            "gemm_tiles_f16"
+        } else {
+            "gemm_tiles_f32"
+        };
         let reduce = if self.subgroups {
             "reduce_subgroup"
         } else {
@@ -362,6 +401,7 @@ impl Variant {
                 "weights" => weight_file.clone()?,
                 "weights_q8" => matvec_file.clone()?,
                 "mv_reduce" => format!("mv_{reduce}"),
+                "gemm_tiles" => tiles.to_string(),
                 other => other.to_string(),
             });
         }
@@ -388,7 +428,8 @@ pub fn file(name: &str) -> Option<&'static str> {
         .map(|(_, text)| *text)
 }
 
-/// Every variant a backend may build: each op × weight dtype × KV dtype × reduction.
+/// Every variant a backend may build: each op × weight dtype × KV dtype × reduction ×
+/// arithmetic (f32, and f16 where the op has it).
 pub fn all_variants() -> Vec<Variant> {
     let mut out = Vec::new();
     for &(op, _) in OPS {
@@ -412,12 +453,18 @@ pub fn all_variants() -> Vec<Variant> {
                     .into_iter()
                     .filter(|&s| !s || Variant::reduces(op))
                 {
-                    out.push(Variant {
-                        op,
-                        weight,
-                        kv,
-                        subgroups,
-                    });
+                    for f16 in [false, true]
+                        .into_iter()
+                        .filter(|&h| !h || Variant::has_f16(op, weight))
+                    {
+                        out.push(Variant {
+                            op,
+                            weight,
+                            kv,
+                            subgroups,
+                            f16,
+                        });
+                    }
                 }
             }
         }

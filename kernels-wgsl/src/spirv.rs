@@ -33,6 +33,9 @@ pub struct Target {
     /// shaderIntegerDotProduct): `dot4I8Packed` as naga writes it; else as byte products
     /// in WGSL ([`crate::sources::without_integer_dot`]).
     pub integer_dot: bool,
+    /// f16 arithmetic (shaderFloat16, and the 16-bit storage buffer access naga's f16
+    /// types declare): the f16 variants validate; without it they are refused.
+    pub f16: bool,
 }
 
 /// Compiles kernels with one set of writer options and caches the results.
@@ -40,6 +43,7 @@ pub struct Compiler {
     options: spv::Options<'static>,
     subgroups: bool,
     integer_dot: bool,
+    f16: bool,
     /// Options and naga version, in every key.
     key: String,
     cache: DiskCache,
@@ -71,10 +75,13 @@ impl Compiler {
                 binding_array: BoundsCheckPolicy::Unchecked,
             },
             zero_initialize_workgroup_memory: zero_init,
+            // Compute kernels have no f16 inputs or outputs: no StorageInputOutput16, a
+            // feature of its own that few devices have.
+            use_storage_input_output_16: false,
             ..spv::Options::default()
         };
         let key = format!(
-            "{NAGA}; spv {:?}; {:?}; {:?}; loops {}; div {}; subgroups {}; idot {}",
+            "{NAGA}; spv {:?}; {:?}; {:?}; loops {}; div {}; subgroups {}; idot {}; f16 {}",
             target.version,
             options.bounds_check_policies,
             options.zero_initialize_workgroup_memory,
@@ -82,11 +89,13 @@ impl Compiler {
             options.emit_int_div_checks,
             target.subgroups,
             target.integer_dot,
+            target.f16,
         );
         Compiler {
             options,
             subgroups: target.subgroups,
             integer_dot: target.integer_dot,
+            f16: target.f16,
             key,
             cache: DiskCache::new(cache),
         }
@@ -135,6 +144,9 @@ impl Compiler {
         if self.subgroups {
             caps |= Capabilities::SUBGROUP;
         }
+        if self.f16 {
+            caps |= Capabilities::SHADER_FLOAT16;
+        }
         let mut validator = Validator::new(ValidationFlags::all(), caps);
         if self.subgroups {
             validator
@@ -168,7 +180,59 @@ mod tests {
             native_zero_init: true,
             subgroups,
             integer_dot: true,
+            f16: true,
         }
+    }
+
+    /// Whether a module declares a capability (OpCapability, opcode 17).
+    fn declares(words: &[u32], capability: u32) -> bool {
+        let mut i = 5;
+        while i < words.len() {
+            let (count, op) = ((words[i] >> 16) as usize, words[i] & 0xFFFF);
+            if op == 17 && words.get(i + 1) == Some(&capability) {
+                return true;
+            }
+            i += count.max(1);
+        }
+        false
+    }
+
+    /// The f16 variants declare Float16 and the 16-bit storage buffer access that a
+    /// device enables with shaderFloat16 (the Vulkan backend enables both), never
+    /// StorageInputOutput16; the f32 ones none of them. Without f16 in the target they
+    /// are refused, not miscompiled.
+    #[test]
+    fn f16_variants_declare_float16_and_16_bit_storage_only() {
+        const FLOAT16: u32 = 9;
+        const STORAGE_BUFFER_16: u32 = 4433;
+        const UNIFORM_AND_STORAGE_16: u32 = 4434;
+        const INPUT_OUTPUT_16: u32 = 4436;
+        let mut c = Compiler::new(target(false), &Cache::Off);
+        let gemms = crate::sources::all_variants().into_iter().filter(|v| {
+            !v.subgroups && v.op == "gemm" && v.weight.is_some_and(|w| w.is_quantized())
+        });
+        for v in gemms {
+            let words = c.spirv(&v.name(), &v.source().unwrap()).expect("compiles");
+            for cap in [FLOAT16, STORAGE_BUFFER_16, UNIFORM_AND_STORAGE_16] {
+                assert_eq!(
+                    declares(&words, cap),
+                    v.f16,
+                    "{} capability {cap}",
+                    v.name()
+                );
+            }
+            assert!(!declares(&words, INPUT_OUTPUT_16), "{}", v.name());
+        }
+        let v = crate::sources::all_variants()
+            .into_iter()
+            .find(|v| v.f16)
+            .expect("an f16 variant");
+        let no_f16 = Target {
+            f16: false,
+            ..target(false)
+        };
+        let refused = Compiler::new(no_f16, &Cache::Off).spirv(&v.name(), &v.source().unwrap());
+        assert!(matches!(refused, Err(KernelError::Compile(_))));
     }
 
     /// The int8 matvec's dot products: OpSDot where the device has them, byte products

@@ -26,6 +26,9 @@ fn every_variant_validates_with_naga() {
         if v.subgroups {
             caps |= Capabilities::SUBGROUP;
         }
+        if v.f16 {
+            caps |= Capabilities::SHADER_FLOAT16;
+        }
         Validator::new(ValidationFlags::all(), caps)
             .validate(&module)
             .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(&source)));
@@ -58,6 +61,47 @@ fn the_int8_matvec_validates_without_integer_dot_products() {
     }
     // 4 ops × every int8 dtype × 2 reductions.
     assert_eq!(n, 4 * crate::sources::MATVEC_DTYPES.len() * 2);
+}
+
+/// The f16 variants: the tiled GEMM of every quantized type, each of its seven ops; they
+/// need shader-f16 (naga refuses them without the capability), the others do not.
+#[test]
+fn f16_variants_are_the_quantized_gemms_and_need_shader_f16() {
+    use kiln_ir::DType;
+    let f16: Vec<_> = all_variants().into_iter().filter(|v| v.f16).collect();
+    let quantized = crate::sources::WEIGHT_DTYPES
+        .iter()
+        .filter(|d| d.is_quantized())
+        .count();
+    assert_eq!(f16.len(), 7 * quantized);
+    for v in &f16 {
+        assert!(v.op.contains("gemm") && v.weight.is_some_and(|w| w.is_quantized()));
+        assert!(v.name().ends_with("_f16math"), "{}", v.name());
+        let source = v.source().expect("source");
+        assert!(source.starts_with("enable f16;"), "{}", v.name());
+        let module = module(&source, &v.name());
+        let without = Validator::new(
+            ValidationFlags::all(),
+            Capabilities::SHADER_FLOAT16_IN_FLOAT32,
+        )
+        .validate(&module);
+        assert!(without.is_err(), "{} validates without f16", v.name());
+    }
+    for weight in [DType::F32, DType::F16, DType::BF16] {
+        let v = crate::Variant {
+            op: "gemm",
+            weight: Some(weight),
+            kv: None,
+            subgroups: false,
+            f16: true,
+        };
+        assert!(v.source().is_none(), "{weight} weights keep f32 tiles");
+    }
+    assert!(
+        all_variants()
+            .iter()
+            .all(|v| v.f16 || !v.source().unwrap().contains("enable f16;"))
+    );
 }
 
 #[test]

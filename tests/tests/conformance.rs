@@ -36,6 +36,24 @@ fn configurations() -> Vec<Target> {
                 )?))
             }),
         ),
+        // f32 arithmetic everywhere: what a device without shader-f16 runs (lavapipe has
+        // it, so the vulkan and wgpu targets run the tiled GEMM's f16 tiles, this one its
+        // f32 tiles). The option changes the matmul family's kernels only: this target
+        // runs its cases only (MATMUL_ONLY).
+        Target::new(
+            "vulkan_no_f16",
+            kiln_backends::Ci::Lavapipe,
+            Arc::new(|| {
+                let options = kiln_backend_vulkan::WgslOptions {
+                    allow_cpu: true,
+                    shader_f16: false,
+                    ..Default::default()
+                };
+                Ok(Box::new(kiln_backend_vulkan::VulkanBackend::with_options(
+                    options,
+                )?))
+            }),
+        ),
         // The CUDA kernels on the CPU (backends/cuda-emu): CI has a C++ compiler, so a
         // missing one fails there like a missing lavapipe. As an H100 runs them (sm_90,
         // tensor cores, split-K decode attention, decode steps as graphs), then as a
@@ -91,6 +109,10 @@ fn configurations() -> Vec<Target> {
 /// Cases the CUDA emulator targets skip (their rows of attention take it minutes).
 const EMU_TOO_SLOW: &[&str] = &["::attention_h128_gqa8_f16_p16"];
 
+/// Configurations that differ from their backend in the matmul family's kernels alone,
+/// and run only the cases whose name says matmul.
+const MATMUL_ONLY: &[&str] = &["vulkan_no_f16"];
+
 fn main() -> ExitCode {
     let mut trials: Vec<Trial> = vec![test("every_limit_can_fail", || {
         conformance::check_limits_can_fail();
@@ -101,7 +123,11 @@ fn main() -> ExitCode {
         .chain(configurations());
     for target in targets {
         let emulated = target.name.starts_with("cuda_emu");
+        let matmul_only = MATMUL_ONLY.contains(&target.name.as_str());
         for trial in conformance::trials(&target) {
+            if matmul_only && !trial.name().contains("matmul") {
+                continue;
+            }
             // Emulated threads are ~1000× slower than a GPU's: a case of thousands of
             // rows of attention would cost CI minutes.
             match EMU_TOO_SLOW.iter().find(|c| trial.name().ends_with(*c)) {

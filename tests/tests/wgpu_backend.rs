@@ -51,6 +51,9 @@ fn main() -> ExitCode {
         test("launch_times_cover_every_launch_of_the_last_step", || {
             with_backend(launch_times_cover_every_launch_of_the_last_step)
         }),
+        test("f16_arithmetic_is_reported_and_can_be_turned_off", || {
+            with_backend(f16_arithmetic_is_reported_and_can_be_turned_off)
+        }),
     ])
 }
 
@@ -145,5 +148,23 @@ fn launch_times_cover_every_launch_of_the_last_step(mut backend: WgpuBackend) ->
         return skip(format!("no timestamp queries on this adapter: {e}"));
     }
     check_launch_times(&mut backend);
+    pass()
+}
+
+/// SHADER_F16 where the adapter has it (lavapipe does: CI runs the f16 GEMM), none with
+/// the option off.
+fn f16_arithmetic_is_reported_and_can_be_turned_off(backend: WgpuBackend) -> Outcome {
+    let p = backend.properties();
+    eprintln!("{}: f16 arithmetic {}", p.name, p.has_f16);
+    if p.name.contains("llvmpipe") {
+        assert!(p.has_f16, "lavapipe offers SHADER_F16");
+    }
+    let off = WgpuBackend::with_options(WgslOptions {
+        allow_cpu: true,
+        shader_f16: false,
+        ..WgslOptions::default()
+    })
+    .expect("the adapter opens");
+    assert!(!off.properties().has_f16);
     pass()
 }

@@ -9,9 +9,11 @@
 //! | `KILN_THREADS=N` | cpu | worker threads, the caller included (default: one per core) |
 //! | `KILN_WGPU_ADAPTER=any` | wgpu | take a CPU adapter (lavapipe) when there is no GPU |
 //! | `KILN_WGPU_SUBGROUPS=0` | wgpu | workgroup-memory reductions instead of subgroups |
+//! | `KILN_WGPU_F16=0` | wgpu | f32 arithmetic everywhere, even where the device has shader-f16 |
 //! | `KILN_VULKAN_DEVICE=any` | vulkan | take a CPU device (lavapipe) when there is no GPU |
 //! | `KILN_VULKAN_SUBGROUPS=0` | vulkan | workgroup-memory reductions instead of subgroups |
 //! | `KILN_VULKAN_SUBGROUP_SIZE=N` | vulkan | the subgroup size to require (size control) |
+//! | `KILN_VULKAN_F16=0` | vulkan | f32 arithmetic everywhere, even where the device has shaderFloat16 |
 //! | `KILN_WEIGHTS_BUFFER_BYTES=N` | wgpu, vulkan | weights buffers of at most N bytes (the split path on any device) |
 //! | `KILN_CUDA_DEVICE=N` | cuda | the device ordinal (default 0) |
 //! | `KILN_NVRTC_PATH=FILE` | cuda | the NVRTC library to load first |
@@ -68,6 +70,7 @@ pub fn wgpu_options() -> kiln_backend_wgpu::WgslOptions {
     kiln_backend_wgpu::WgslOptions {
         allow_cpu: is("KILN_WGPU_ADAPTER", "any"),
         subgroups: !is("KILN_WGPU_SUBGROUPS", "0"),
+        shader_f16: !is("KILN_WGPU_F16", "0"),
         debug: debug(),
         max_weights_buffer: parsed("KILN_WEIGHTS_BUFFER_BYTES"),
         // No size control, no disk cache on wgpu.
@@ -82,6 +85,7 @@ pub fn vulkan_options() -> kiln_backend_vulkan::WgslOptions {
         allow_cpu: is("KILN_VULKAN_DEVICE", "any"),
         subgroups: !is("KILN_VULKAN_SUBGROUPS", "0"),
         subgroup_size: parsed("KILN_VULKAN_SUBGROUP_SIZE"),
+        shader_f16: !is("KILN_VULKAN_F16", "0"),
         cache: kiln_backend_vulkan::Cache::from_env_values(
             "vulkan",
             dir.as_deref(),

@@ -28,7 +28,7 @@ impl Api for Vulkan {
     type Plan = VulkanPlan;
 
     fn open(options: &WgslOptions) -> Result<(Vulkan, Adapter), BackendError> {
-        let vk = Arc::new(Vk::open(options.allow_cpu)?);
+        let vk = Arc::new(Vk::open(options.allow_cpu, options.shader_f16)?);
         let info = &vk.info;
         let subgroups = options.subgroups && info.subgroup_size.is_some();
         let build = Build {
@@ -51,6 +51,7 @@ impl Api for Vulkan {
             subgroup_size: build.subgroup_size.or(info.subgroup_size),
             subgroup_sizes: (info.size_control.map(|s| (s.min, s.max)))
                 .or(info.subgroup_size.map(|s| (s, s))),
+            shader_f16: info.shader_f16,
             memory_bytes: Some(info.memory_bytes).filter(|&b| b > 0),
             max_buffer_bytes: Some(info.max_allocation_bytes).filter(|&b| b > 0),
             max_binding_bytes: u64::from(limits.max_storage_buffer_range),

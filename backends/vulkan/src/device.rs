@@ -1,8 +1,9 @@
 //! The Vulkan device: the loader opened at run time, the physical device chosen (a GPU
 //! first; a CPU implementation such as lavapipe only when asked), one compute queue, what
 //! the device offers the kernels (subgroup arithmetic, subgroup size control, timestamps,
-//! zero-initialised workgroup memory), and the one-shot helpers (submit and wait, staged
-//! uploads and readbacks) that everything but the decode step goes through.
+//! zero-initialised workgroup memory, integer dot products, f16 arithmetic), and the
+//! one-shot helpers (submit and wait, staged uploads and readbacks) that everything but
+//! the decode step goes through.
 //!
 //! Every raw Vulkan call of the crate is in this file, `buffer.rs`, `objects.rs` and
 //! `loaded.rs`, each in an `unsafe` block that says why its handles are valid.
@@ -70,6 +71,10 @@ pub(crate) struct DeviceInfo {
     /// Packed 4×8-bit integer dot products in shaders (Vulkan 1.3's
     /// shaderIntegerDotProduct, enabled): the int8 matvec's; else a polyfill.
     pub integer_dot: bool,
+    /// f16 arithmetic in shaders, enabled: shaderFloat16 (Vulkan 1.2, or
+    /// VK_KHR_shader_float16_int8) with the 16-bit storage buffer access (Vulkan 1.1) that
+    /// naga's SPIR-V declares with any f16 type. Off where not asked for.
+    pub shader_f16: bool,
     /// Bytes of the device-local heaps.
     pub memory_bytes: u64,
     /// The largest single allocation (`maxMemoryAllocationSize`).
@@ -163,8 +168,9 @@ fn name(p: &vk::PhysicalDeviceProperties) -> String {
 }
 
 impl Vk {
-    /// The best device; CPU implementations (lavapipe) only when `allow_cpu`.
-    pub fn open(allow_cpu: bool) -> Result<Vk, BackendError> {
+    /// The best device; CPU implementations (lavapipe) only when `allow_cpu`; f16
+    /// arithmetic enabled where the device has it and `f16`.
+    pub fn open(allow_cpu: bool, f16: bool) -> Result<Vk, BackendError> {
         // SAFETY: loading libvulkan runs its initialisers; the Vulkan loader is a
         // well-behaved library, and a missing one is an error, not a crash.
         let entry = unsafe { ash::Entry::load() }.map_err(|e| {
@@ -195,7 +201,7 @@ impl Vk {
         let instance = Instance { raw, _entry: entry };
         let best = Vk::choose(&instance.raw, allow_cpu)?;
         let name = name(&best.properties);
-        let (device, mut info) = Vk::create(&instance.raw, &best, name)?;
+        let (device, mut info) = Vk::create(&instance.raw, &best, name, f16)?;
         // SAFETY: the physical device belongs to the instance.
         let memory = unsafe { (instance.raw).get_physical_device_memory_properties(best.physical) };
         info.memory_bytes = memory.memory_heaps[..memory.memory_heap_count as usize]
@@ -273,12 +279,13 @@ impl Vk {
         choose(candidates, allow_cpu, NAME, none, allow)
     }
 
-    /// Query the device's subgroup abilities and create the logical device with what
-    /// kiln uses of them.
+    /// Query the device's subgroup and f16 abilities and create the logical device with
+    /// what kiln uses of them (f16 arithmetic only when `f16`).
     fn create(
         instance: &ash::Instance,
         c: &Candidate,
         name: String,
+        f16: bool,
     ) -> Result<(ash::Device, DeviceInfo), BackendError> {
         let api = c.properties.api_version;
         // SAFETY: the physical device belongs to the instance.
@@ -291,6 +298,9 @@ impl Vk {
         };
         let core13 = api >= vk::API_VERSION_1_3;
         let size_control_ext = !core13 && has_ext(vk::EXT_SUBGROUP_SIZE_CONTROL_NAME);
+        // shaderFloat16: core in 1.2, else the extension's.
+        let float16_ext = api < vk::API_VERSION_1_2 && has_ext(vk::KHR_SHADER_FLOAT16_INT8_NAME);
+        let float16_known = api >= vk::API_VERSION_1_2 || float16_ext;
 
         // Properties: subgroups (1.1 core), subgroup size control (1.3 or the extension).
         let mut subgroup = vk::PhysicalDeviceSubgroupProperties::default();
@@ -307,15 +317,21 @@ impl Vk {
             // they outlive the call.
             unsafe { instance.get_physical_device_properties2(c.physical, &mut props2) };
         }
-        // Features: size control and zero-initialised workgroup memory.
+        // Features: size control, zero-initialised workgroup memory, f16 arithmetic and
+        // 16-bit storage (1.1 core).
         let mut f13 = vk::PhysicalDeviceVulkan13Features::default();
         let mut f_ext = vk::PhysicalDeviceSubgroupSizeControlFeatures::default();
+        let mut f_float16 = vk::PhysicalDeviceShaderFloat16Int8Features::default();
+        let mut f_storage16 = vk::PhysicalDevice16BitStorageFeatures::default();
         {
-            let mut features2 = vk::PhysicalDeviceFeatures2::default();
+            let mut features2 = vk::PhysicalDeviceFeatures2::default().push_next(&mut f_storage16);
             if core13 {
                 features2 = features2.push_next(&mut f13);
             } else if size_control_ext {
                 features2 = features2.push_next(&mut f_ext);
+            }
+            if float16_known {
+                features2 = features2.push_next(&mut f_float16);
             }
             // SAFETY: as above.
             unsafe { instance.get_physical_device_features2(c.physical, &mut features2) };
@@ -346,6 +362,13 @@ impl Vk {
             });
         let zero_init = core13 && f13.shader_zero_initialize_workgroup_memory == vk::TRUE;
         let integer_dot = core13 && f13.shader_integer_dot_product == vk::TRUE;
+        // naga declares StorageBuffer16BitAccess and UniformAndStorageBuffer16BitAccess
+        // with any f16 type (spirv.rs), so both come with shaderFloat16.
+        let shader_f16 = f16
+            && float16_known
+            && f_float16.shader_float16 == vk::TRUE
+            && f_storage16.storage_buffer16_bit_access == vk::TRUE
+            && f_storage16.uniform_and_storage_buffer16_bit_access == vk::TRUE;
 
         // Enable exactly what is used.
         let mut enable13 = vk::PhysicalDeviceVulkan13Features::default()
@@ -356,6 +379,11 @@ impl Vk {
         let mut enable_ext = vk::PhysicalDeviceSubgroupSizeControlFeatures::default()
             .subgroup_size_control(size_control.is_some())
             .compute_full_subgroups(size_control.is_some_and(|s| s.full_subgroups));
+        let mut enable_float16 =
+            vk::PhysicalDeviceShaderFloat16Int8Features::default().shader_float16(true);
+        let mut enable_storage16 = vk::PhysicalDevice16BitStorageFeatures::default()
+            .storage_buffer16_bit_access(true)
+            .uniform_and_storage_buffer16_bit_access(true);
         let priorities = [1.0f32];
         let queues = [vk::DeviceQueueCreateInfo::default()
             .queue_family_index(c.family)
@@ -364,6 +392,9 @@ impl Vk {
         if size_control_ext && size_control.is_some() {
             ext_names.push(vk::EXT_SUBGROUP_SIZE_CONTROL_NAME.as_ptr());
         }
+        if shader_f16 && float16_ext {
+            ext_names.push(vk::KHR_SHADER_FLOAT16_INT8_NAME.as_ptr());
+        }
         let mut create = vk::DeviceCreateInfo::default()
             .queue_create_infos(&queues)
             .enabled_extension_names(&ext_names);
@@ -371,6 +402,11 @@ impl Vk {
             create = create.push_next(&mut enable13);
         } else if size_control_ext && size_control.is_some() {
             create = create.push_next(&mut enable_ext);
+        }
+        if shader_f16 {
+            create = create
+                .push_next(&mut enable_float16)
+                .push_next(&mut enable_storage16);
         }
         // SAFETY: the create info, its queue infos, names and feature chain outlive the
         // call; every feature enabled was reported by the device.
@@ -388,6 +424,7 @@ impl Vk {
             timestamp_bits: c.timestamp_bits,
             zero_init_workgroup: zero_init,
             integer_dot,
+            shader_f16,
             memory_bytes: 0,
             max_allocation_bytes: maintenance3.max_memory_allocation_size,
         };

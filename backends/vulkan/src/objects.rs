@@ -103,6 +103,7 @@ impl Objects {
             },
             native_zero_init: vk.info.zero_init_workgroup,
             integer_dot: vk.info.integer_dot,
+            f16: vk.info.shader_f16,
             subgroups: build.subgroups,
         };
         let mut compiler = Compiler::new(target, &build.cache);

@@ -25,7 +25,7 @@ impl Api for Wgpu {
     type Plan = WgpuPlan;
 
     fn open(options: &WgslOptions) -> Result<(Wgpu, Adapter), BackendError> {
-        let gpu = Gpu::open(options.allow_cpu)?;
+        let gpu = Gpu::open(options.allow_cpu, options.shader_f16)?;
         let (info, limits) = (&gpu.info, &gpu.limits);
         let subgroups = gpu.features.contains(wgpu::Features::SUBGROUP);
         let sizes = (info.subgroup_min_size, info.subgroup_max_size);
@@ -34,6 +34,7 @@ impl Api for Wgpu {
             api: format!("{:?}", info.backend),
             subgroup_size: subgroups.then_some(sizes.0),
             subgroup_sizes: Some(sizes).filter(|&(min, _)| min > 0),
+            shader_f16: gpu.features.contains(wgpu::Features::SHADER_F16),
             memory_bytes: None,
             max_buffer_bytes: Some(limits.max_buffer_size),
             max_binding_bytes: limits.max_storage_buffer_binding_size,

@@ -1,5 +1,6 @@
 //! The wgpu device: adapter choice (a hardware GPU first, then anything, lavapipe
-//! included), the features kiln asks for, errors caught instead of wgpu's default panic,
+//! included), the features kiln asks for (subgroups, timestamps, shader-f16 where it is
+//! wanted), errors caught instead of wgpu's default panic,
 //! and the blocking buffer helpers (read back, wait).
 
 use std::sync::{Arc, Mutex};
@@ -41,8 +42,9 @@ fn kind(t: wgpu::DeviceType) -> DeviceKind {
 }
 
 impl Gpu {
-    /// The best adapter; CPU implementations (lavapipe) only when `allow_cpu`.
-    pub fn open(allow_cpu: bool) -> Result<Gpu, BackendError> {
+    /// The best adapter; CPU implementations (lavapipe) only when `allow_cpu`; f16
+    /// arithmetic in shaders (SHADER_F16) asked for where the adapter has it and `f16`.
+    pub fn open(allow_cpu: bool, f16: bool) -> Result<Gpu, BackendError> {
         let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
             backends: wgpu::Backends::VULKAN | wgpu::Backends::METAL | wgpu::Backends::DX12,
             ..wgpu::InstanceDescriptor::new_without_display_handle()
@@ -69,10 +71,13 @@ impl Gpu {
             });
         }
         let offered = adapter.features();
-        let features = offered
-            & (wgpu::Features::SUBGROUP
-                | wgpu::Features::TIMESTAMP_QUERY
-                | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES);
+        let mut wanted = wgpu::Features::SUBGROUP
+            | wgpu::Features::TIMESTAMP_QUERY
+            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        if f16 {
+            wanted |= wgpu::Features::SHADER_F16;
+        }
+        let features = offered & wanted;
         let limits = adapter.limits();
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("kiln"),

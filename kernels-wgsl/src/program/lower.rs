@@ -135,6 +135,7 @@ impl Builder<'_> {
             weight,
             kv,
             subgroups: self.caps.subgroups && Variant::reduces(op),
+            f16: self.caps.shader_f16 && Variant::has_f16(op, weight),
         };
         match self.pipelines.iter().position(|p| p.variant == variant) {
             Some(i) => i,

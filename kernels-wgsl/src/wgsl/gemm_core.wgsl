@@ -10,7 +10,12 @@
 // Inputs are read in the weight format's unit order (unit_cols), so a K-step needs no
 // contiguous columns (the K-quants interleave theirs) and every format's w_unit serves.
 // Edges: tokens past the step, slots past the weight's rows and units past k load zeros
-// and store nothing. 16 KiB of workgroup memory: WebGPU's minimum limit.
+// and store nothing.
+//
+// The tiles' type is the variant's: gemm_tiles_f32.wgsl (16 KiB of workgroup memory:
+// WebGPU's minimum limit) or, on devices with shader-f16, gemm_tiles_f16.wgsl (f16 tiles
+// and products, f32 sums; 11.25 KiB). Both define the tiles (xs, ws), gemm_reduce4,
+// gemm_token_scale, gemm_store, gemm_step and gemm_unscale, and GEMM_F16.
 //
 // The op file sets GEMM_NORM (the RMSNorm prologue: each tile computes 1/rms of its
 // tokens and scales the inputs as it loads them, the normed input is never stored) and
@@ -23,11 +28,6 @@ const GEMM_BT: u32 = 64u; // tokens of a tile
 const GEMM_BS: u32 = 64u; // slots (weight rows) of a tile
 const GEMM_KU: u32 = 4u;  // units of 8 columns per K-step
 const GEMM_KC: u32 = 32u; // columns per K-step
-
-// (GEMM_KC, GEMM_BT / 4): xs[c·16 + g] holds tokens 4g .. 4g+3 at column c of the step.
-var<workgroup> xs: array<vec4<f32>, 512>;
-// (GEMM_KC, GEMM_BS / 4): ws[c·16 + g] holds slots 4g .. 4g+3 at column c of the step.
-var<workgroup> ws: array<vec4<f32>, 512>;
 
 // Four input values of token `tok` (of the step) from column c.
 fn gemm_x4(tok: u32, c: u32) -> vec4<f32> {
@@ -72,21 +72,27 @@ struct Gemm {
     acc: array<vec4<f32>, 4>,
 }
 
-// 1/rms of token `tok`, from the 4 threads lid & ~3 .. +3 that load it (xs is scratch).
-fn gemm_inv_rms(tok: u32, live: bool, lid: u32) -> f32 {
-    var s = 0.0;
+// Over token `tok`'s row, from the 4 threads lid & ~3 .. +3 that load it: Σx² (the
+// RMSNorm's) and the largest |x·norm| (norm: the RMSNorm's weight, or 1), what f16 tiles
+// scale the token by.
+fn gemm_row_stats(tok: u32, live: bool, lid: u32) -> vec2<f32> {
+    var s = vec2<f32>(0.0);
     if (live) {
         for (var c = 4u * (lid % 4u); c < p.k; c += 16u) {
             let v = gemm_x4(tok, c);
-            s += dot(v, v);
+            if (GEMM_NORM) {
+                s.x += dot(v, v);
+            }
+            if (GEMM_F16) {
+                var a = abs(v);
+                if (GEMM_NORM) {
+                    a *= abs(gemm_norm4(c));
+                }
+                s.y = max(s.y, max(max(a.x, a.y), max(a.z, a.w)));
+            }
         }
     }
-    xs[lid] = vec4<f32>(s, 0.0, 0.0, 0.0);
-    workgroupBarrier();
-    let b = lid & ~3u;
-    let total = xs[b].x + xs[b + 1u].x + xs[b + 2u].x + xs[b + 3u].x;
-    workgroupBarrier();
-    return 1.0 / sqrt(total / f32(p.k) + p.eps);
+    return gemm_reduce4(s, lid);
 }
 
 fn gemm_tile(wg: vec3<u32>, n_wg: vec3<u32>, lid: u32) -> Gemm {
@@ -102,17 +108,20 @@ fn gemm_tile(wg: vec3<u32>, n_wg: vec3<u32>, lid: u32) -> Gemm {
     let tok = g.t0 + lt;
     let tok_live = tok < g.rows;
     let slot = gemm_slot(g.col0, lt);
+    // What the token's inputs are multiplied by as they are loaded: 1/rms for the
+    // RMSNorm, and the f16 tiles' power of two.
     var scale = 1.0;
-    if (GEMM_NORM) {
-        scale = gemm_inv_rms(tok, tok_live, lid);
+    if (GEMM_NORM || GEMM_F16) {
+        let stats = gemm_row_stats(tok, tok_live, lid);
+        if (GEMM_NORM) {
+            scale = 1.0 / sqrt(stats.x / f32(p.k) + p.eps);
+        }
+        scale *= gemm_token_scale(lt, lu, stats.y * scale);
     }
     // Whether this thread's 4 × 4 has anything to compute (a partial tile skips the rest).
     let busy = g.t0 + 4u * g.ty < g.rows && gemm_slot(g.col0, 4u * g.tx).live;
     let units = p.k / 8u;
-    var a0 = vec4<f32>(0.0);
-    var a1 = vec4<f32>(0.0);
-    var a2 = vec4<f32>(0.0);
-    var a3 = vec4<f32>(0.0);
+    var acc = array<vec4<f32>, 4>();
     for (var u0 = 0u; u0 < units; u0 += GEMM_KU) {
         let u = u0 + lu;
         var wu = W8(vec4<f32>(0.0), vec4<f32>(0.0));
@@ -132,29 +141,14 @@ fn gemm_tile(wg: vec3<u32>, n_wg: vec3<u32>, lid: u32) -> Gemm {
                 }
             }
         }
-        // Column 8·lu + m of the step: m < 4 from lo, the others from hi.
-        let at = 8u * lu * 16u + lt / 4u;
-        let comp = lt % 4u;
-        for (var m = 0u; m < 4u; m++) {
-            ws[at + m * 16u][comp] = wu.lo[m];
-            ws[at + (m + 4u) * 16u][comp] = wu.hi[m];
-            xs[at + m * 16u][comp] = xlo[m];
-            xs[at + (m + 4u) * 16u][comp] = xhi[m];
-        }
+        gemm_store(lt, lu, wu, xlo, xhi);
         workgroupBarrier();
         if (busy) {
-            for (var c = 0u; c < GEMM_KC; c++) {
-                let x = xs[c * 16u + g.ty];
-                let w = ws[c * 16u + g.tx];
-                a0 += x.x * w;
-                a1 += x.y * w;
-                a2 += x.z * w;
-                a3 += x.w * w;
-            }
+            gemm_step(g.ty, g.tx, &acc);
         }
         workgroupBarrier();
     }
-    g.acc = array<vec4<f32>, 4>(a0, a1, a2, a3);
+    g.acc = gemm_unscale(g.ty, acc);
     return g;
 }
 

@@ -76,6 +76,32 @@ impl Builder {
         (self.node(Op::Embed { table: id }, &[self.ids], cols), table)
     }
 
+    /// [`Builder::input`] with the ranges of a real model's activations: every 37th
+    /// column (from 5) an outlier of 1e5 to 2e5, past f16's largest (65504), as the
+    /// outlier features of large models' residual streams; the other columns of row r at
+    /// 10^(r mod 5 − 2), 1e-2 to 1e2. What the WGSL GEMM's f16 tiles must scale, never
+    /// overflow. (The outliers keep the rows' norms alike, so a zeroed row still fails.)
+    pub(super) fn input_outliers(
+        &mut self,
+        name: &str,
+        vocab: usize,
+        cols: usize,
+        rng: &mut Rng,
+    ) -> (ValueId, Vec<f32>) {
+        let mut table = rng.blocky(vocab * cols, 1.0);
+        for (r, row) in table.chunks_mut(cols).enumerate() {
+            let scale = 10f32.powi(r as i32 % 5 - 2);
+            for (c, v) in row.iter_mut().enumerate() {
+                *v *= scale;
+                if c % 37 == 5 {
+                    *v = (2e5 * rng.uniform(0.5, 1.0)).copysign(*v);
+                }
+            }
+        }
+        let (id, _) = self.weight(name, DType::F32, vocab, cols, &table);
+        (self.node(Op::Embed { table: id }, &[self.ids], cols), table)
+    }
+
     /// A random (rows, cols) matrix stored as `dtype`.
     pub(super) fn matrix(
         &mut self,

@@ -12,7 +12,8 @@ use kiln_ir::kv_layout::KvDtype;
 
 use super::gemma_ops::{add_bias, head_rmsnorm, rmsnorm_add, scale};
 use super::ops::{
-    Glu, add, attention_case, geglu, matmul, matmul_add, matmul_glu, rmsnorm, rope, swiglu,
+    Glu, add, attention_case, geglu, matmul, matmul_add, matmul_glu, matmul_outliers, rmsnorm,
+    rope, swiglu,
 };
 use super::{Built, Rng};
 
@@ -168,6 +169,14 @@ pub fn cases() -> Vec<Case> {
             matmul_glu(Glu::Ge, true, dtype, 70, k, 131),
         ].map(Case::each_element));
     }
+    // Inputs over a real model's range (rows of 1e-2 to 1e2, outlier columns to 2e5, past
+    // f16's 65504): the f16 tiles of the GEMM scale each token and weight unit by a power
+    // of two, so nothing overflows. Q4_K's 19 tokens take the WGSL int8 path.
+    cases.extend([
+        matmul_outliers(DType::Q4_0, 70, 160, 67),
+        matmul_outliers(DType::Q6_K, 37, 256, 33),
+        matmul_outliers(DType::Q4_K, 19, 256, 33),
+    ].map(Case::each_element));
     // Q4_0, Q5_0 and Q8_0 share Q8_0 activations, Q4_1 takes Q8_1 ones, BF16 f32 ones;
     // the K-quants share Q8_K ones (a Q4_K_M mix: Q4_K, Q6_K and a Q5_0 fallback).
     cases.push(matmul("matmul3", vec![DType::Q4_1, DType::Q8_0, DType::Q4_0], 7, 96, vec![96, 32, 64]));

@@ -153,6 +153,25 @@ pub(super) fn matmul(
     k: usize,
     ns: Vec<usize>,
 ) -> Case {
+    matmul_inputs(family, dtypes, tokens, k, ns, false)
+}
+
+/// A plain matmul whose inputs span a real model's range, past f16's
+/// ([`Builder::input_outliers`]).
+pub(super) fn matmul_outliers(dtype: DType, tokens: usize, k: usize, n: usize) -> Case {
+    let mut case = matmul_inputs("matmul_outliers", vec![dtype], tokens, k, vec![n], true);
+    case.shape = format!("{}, inputs of 1e-2 to 1e2, outliers to 2e5", case.shape);
+    case
+}
+
+fn matmul_inputs(
+    family: &str,
+    dtypes: Vec<DType>,
+    tokens: usize,
+    k: usize,
+    ns: Vec<usize>,
+    outliers: bool,
+) -> Case {
     // "q4_0" when every weight is Q4_0, "q4_1_q8_0_q4_0" for a mix.
     let mut label: Vec<&str> = dtypes.iter().map(|d| d.name()).collect();
     label.dedup();
@@ -173,7 +192,11 @@ pub(super) fn matmul(
         limit,
         move |rng| {
             let mut b = Builder::new();
-            let (x, xt) = b.input("x", 2 * tokens, k, 1.0, rng);
+            let (x, xt) = if outliers {
+                b.input_outliers("x", 2 * tokens, k, rng)
+            } else {
+                b.input("x", 2 * tokens, k, 1.0, rng)
+            };
             let norm_w = norm.then(|| b.norm("norm", k, rng));
             let (ids, ws): (Vec<WeightId>, Vec<Vec<f64>>) = dtypes
                 .iter()

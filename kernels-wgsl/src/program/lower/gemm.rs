@@ -13,7 +13,9 @@
 //! C>`, `coopLoad[T]`, `coopStore[T]`, `coopMultiplyAdd`; validation needs
 //! `Capabilities::COOPERATIVE_MATRIX`) and writes SPV_KHR_cooperative_matrix (subgroup
 //! scope, the Vulkan memory model). The path is a `gemm_coop` twin of `gemm_core` (the
-//! same dequantized tiles in workgroup memory, as f16; 16×16×16 multiply-adds into f32
+//! same dequantized tiles in workgroup memory, as f16: gemm_tiles_f16.wgsl's, each token
+//! and weight unit of 8 columns scaled by a power of two so they cannot overflow, though
+//! a 16-deep multiply-add needs one weight scale per 16 columns; 16×16×16 multiply-adds into f32
 //! accumulators, what NVIDIA and AMD report), chosen by a `Capabilities` flag that the
 //! Vulkan backend sets from vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR (that
 //! configuration at subgroup scope, VK_KHR_cooperative_matrix and vulkanMemoryModel
