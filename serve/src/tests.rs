@@ -378,3 +378,37 @@ fn a_long_prefill_neither_stalls_decoding_nor_holds_a_short_request_back() {
     }
     assert_every_page_back(&mut sched);
 }
+
+#[test]
+fn a_memory_budget_sizes_the_kv_pool_for_every_sequences_context() {
+    let Some(model) = model() else { return };
+    let config = super::ServeConfig {
+        max_seqs: 32,
+        n_ctx: Some(8192),
+        ..super::ServeConfig::new("m", Arc::new(|| Ok(Box::new(CpuBackend::new()))))
+    };
+    let options = |config: &super::ServeConfig| super::engine::compile_options(config, model);
+    // No budget: room for 32 × 8k (3.2 GB for this model) capped at the default.
+    assert_eq!(
+        options(&config).kv_budget_bytes,
+        Some(super::engine::DEFAULT_KV_BUDGET_BYTES)
+    );
+    // A memory budget: the pool asks for every sequence's whole context and takes what
+    // the budget leaves (it was capped at the default all the same).
+    let budgeted = super::ServeConfig {
+        mem_budget_bytes: Some(8 << 30),
+        ..config.clone()
+    };
+    let o = options(&budgeted);
+    assert_eq!(o.kv_budget_bytes, None);
+    let c = &model.config;
+    let layout = c.kv_layout(o.kv_dtype).unwrap();
+    let request = kiln_engine::compiled::kv_request(&c.kv_groups(), &layout, &o).unwrap();
+    assert_eq!(request.wanted_pages, 32 * 8192 / 16);
+    // An explicit KV budget wins.
+    let kv = super::ServeConfig {
+        kv_budget_bytes: Some(123 << 20),
+        ..budgeted
+    };
+    assert_eq!(options(&kv).kv_budget_bytes, Some(123 << 20));
+}
