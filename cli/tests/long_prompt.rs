@@ -10,7 +10,7 @@
 #[allow(dead_code)] // shared with tests/serve.rs, which uses all of it
 mod client;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, mpsc};
@@ -72,7 +72,7 @@ fn long_text(n_tokens: impl Fn(&str) -> usize) -> String {
     text
 }
 
-fn kiln_run(model: &PathBuf, prompt: &PathBuf, step_tokens: usize) -> Value {
+fn kiln_run(model: &Path, prompt: &Path, step_tokens: usize) -> Value {
     let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .args([
             "run",
