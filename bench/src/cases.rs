@@ -356,6 +356,9 @@ pub enum AttentionMode {
     Decode { ctx: usize },
     /// `tokens` new tokens at positions 0.. attending causally (each over its prefix).
     Prefill { tokens: usize },
+    /// Batched decode: a step of `seqs` sequences, one new token each at position
+    /// ctx − 1 over its own context.
+    Batch { ctx: usize, seqs: usize },
 }
 
 /// Paged attention (with the KV write of the step's own tokens, which the IR requires
@@ -381,6 +384,7 @@ impl Attention {
         match self.mode {
             AttentionMode::Decode { ctx } => ctx as u64,
             AttentionMode::Prefill { tokens } => (tokens * (tokens + 1) / 2) as u64,
+            AttentionMode::Batch { ctx, seqs } => (ctx * seqs) as u64,
         }
     }
 
@@ -388,7 +392,9 @@ impl Attention {
     /// (prefill).
     fn layers(&self) -> usize {
         let by = match self.mode {
-            AttentionMode::Decode { .. } => STEP_BYTES / self.bytes() as usize,
+            AttentionMode::Decode { .. } | AttentionMode::Batch { .. } => {
+                STEP_BYTES / self.bytes() as usize
+            }
             AttentionMode::Prefill { .. } => (STEP_FLOPS / self.flops()) as usize,
         };
         by.clamp(1, MAX_LAYERS)
@@ -397,7 +403,7 @@ impl Attention {
     /// Rows of the q, k and v tables: the step's tokens index them.
     fn vocab(&self) -> usize {
         match self.mode {
-            AttentionMode::Decode { .. } => FILL_TOKENS,
+            AttentionMode::Decode { .. } | AttentionMode::Batch { .. } => FILL_TOKENS,
             AttentionMode::Prefill { tokens } => tokens,
         }
     }
@@ -465,6 +471,7 @@ impl Case for Attention {
         let shape = match self.mode {
             AttentionMode::Decode { ctx } => format!("ctx{ctx}"),
             AttentionMode::Prefill { tokens } => format!("prefill{tokens}"),
+            AttentionMode::Batch { ctx, seqs } => format!("ctx{ctx}x{seqs}"),
         };
         format!(
             "attention_{}/h{}kv{}x{}/{shape}",
@@ -509,6 +516,15 @@ impl Case for Attention {
                 ((rotation as u64).div_ceil(per_seq).max(2) as usize, ctx)
             }
             AttentionMode::Prefill { tokens } => (2, tokens),
+            // Two steps' worth of sequences where one step's pages fit in the cache.
+            AttentionMode::Batch { ctx, seqs } => {
+                let per_step =
+                    ctx as u64 * layers as u64 * self.bytes() / self.pairs() * seqs as u64;
+                (
+                    seqs * (rotation as u64).div_ceil(per_step).max(1) as usize,
+                    ctx,
+                )
+            }
         };
         let pages = positions.div_ceil(page_size);
 
@@ -540,6 +556,22 @@ impl Case for Attention {
                 .into_iter()
                 .map(|t| StepData::sequence((0..tokens as u32).collect(), 0, t))
                 .collect(),
+            AttentionMode::Batch {
+                ctx,
+                seqs: per_step,
+            } => {
+                self.fill(backend_.as_mut(), seqs * pages, page_size, &mut rng)?;
+                tables
+                    .chunks(per_step)
+                    .map(|tables| StepData {
+                        token_ids: (0..per_step).map(|_| rng.below(vocab) as u32).collect(),
+                        positions: vec![ctx as u32 - 1; per_step],
+                        token_seq: (0..per_step as u32).collect(),
+                        block_tables: tables.to_vec(),
+                        output_rows: vec![per_step as u32 - 1],
+                    })
+                    .collect()
+            }
         };
         Workload::new(
             format!("{backend}/{id}"),

@@ -475,6 +475,7 @@ mod tests {
             for mode in [
                 AttentionMode::Decode { ctx: 40 },
                 AttentionMode::Prefill { tokens: 20 },
+                AttentionMode::Batch { ctx: 33, seqs: 3 },
             ] {
                 check(&Attention {
                     n_heads: 4,

@@ -278,7 +278,8 @@ crate::kernel_args! {
 
 crate::kernel_args! {
     /// The KV kernels (kv_common.cuh: kv_write, rope_kv_write, attention and its decode,
-    /// combine and prefill entries). Page offsets within the KV buffer are 32-bit.
+    /// combine and prefill entries). A page's offset in the KV buffer is 64-bit
+    /// (kv_common.cuh: page_at), offsets within a page 32-bit.
     KvArgs {
         /// q (tokens, n_heads · head_dim), and the rotated q / the attention output.
         q: ConstPtr<f32>,

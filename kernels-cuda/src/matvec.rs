@@ -100,7 +100,7 @@ kernel_args! {
         w2s: ConstPtr<u8>,
         /// (rows, k) int8 activation quants.
         q: ConstPtr<i8>,
-        /// (rows, k / 32) half2 (d, s) of the activation blocks.
+        /// (rows, k / 32) (f16 d, int16 Σq) of the activation blocks.
         ds: ConstPtr<u32>,
         /// (rows, out_stride) the residual (MatMulAdd; may be `out`), else 0.
         res: ConstPtr<f32>,
@@ -131,7 +131,7 @@ kernel_args! {
         step: ConstPtr<u32>,
         /// (rows, k) int8 quants out.
         q: Ptr<i8>,
-        /// (rows, k / 32) half2 (d, s) out.
+        /// (rows, k / 32) (f16 d, int16 Σq) out.
         ds: Ptr<u32>,
         /// Columns, a multiple of 32.
         k: u32,
@@ -293,7 +293,7 @@ pub fn quantize_launch(max_rows: u32) -> ([u32; 3], [u32; 3]) {
 }
 
 /// The q8_1 scratch of `rows` activation rows of `k` columns: quants (rows, k) at 0,
-/// half2 (d, s) (rows, k / 32) at `scales_offset`; both 16-byte aligned.
+/// (f16 d, int16 Σq) (rows, k / 32) at `scales_offset`; both 16-byte aligned.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Q8_1Planes {
     pub scales_offset: u64,

@@ -42,8 +42,9 @@ pub fn covers(dtype: DType) -> bool {
 pub const THREADS: u32 = 256;
 /// Weight rows of a block tile (matmul_mmq.cu: MQ_BN).
 pub const ROWS: u32 = 128;
-/// Token tiles: 128, and 64 for the GLUs, short steps and the types with an offset term.
-pub const TILES: [u32; 2] = [64, 128];
+/// Token tiles: 128, and 64 for the GLUs, short steps and the types with an offset term;
+/// halved (down to 32) where the grid would leave most SMs idle ([`tile_for`]).
+pub const TILES: [u32; 3] = [32, 64, 128];
 /// Steps of at most this many rows take the 64-token tile (a 128-token tile would be
 /// more than half empty).
 pub const SMALL_STEP: u32 = 96;
@@ -61,13 +62,21 @@ fn has_wide_tile(dtype: DType) -> bool {
     !has_offset(dtype)
 }
 
-/// The token tile of a step of `rows` rows.
-pub fn tile_for(dtype: DType, rows: u32, epilogue: Epilogue) -> u32 {
-    if epilogue.gated() || rows <= SMALL_STEP || !has_wide_tile(dtype) {
+/// The token tile of a step of `rows` rows over `n` weight rows on `sm_count` SMs: 128,
+/// or 64 (the GLUs, short steps, the types with an offset term), halved while the grid
+/// would fill fewer than half the SMs (a SmolLM2-sized matrix is 5 to 12 row tiles: at
+/// 512 tokens, 20 to 96 blocks for 132 SMs), down to 32.
+pub fn tile_for(dtype: DType, rows: u32, n: u32, epilogue: Epilogue, sm_count: u32) -> u32 {
+    let mut tile = if epilogue.gated() || rows <= SMALL_STEP || !has_wide_tile(dtype) {
         64
     } else {
         128
+    };
+    let blocks = |tile: u32| rows.max(1).div_ceil(tile) * n.max(1).div_ceil(ROWS);
+    while tile > TILES[0] && 2 * blocks(tile) < sm_count {
+        tile /= 2;
     }
+    tile
 }
 
 /// The entry point of a variant: `matmul_mmq_q4_0_t128`, `matmul_mmq_q4_1_t64_swiglu`.
@@ -76,25 +85,25 @@ pub fn entry(dtype: DType, tile: u32, epilogue: Epilogue) -> String {
 }
 
 /// The (tile, epilogue) of every entry a module may have, in the order of the entry
-/// indices (variant.rs): the 64-token tile's four epilogues, then the 128-token tile's
-/// store and add (the GLUs accumulate gate and up: 64 tokens only).
+/// indices (variant.rs): the 32- and 64-token tiles' four epilogues each, then the
+/// 128-token tile's store and add (the GLUs accumulate gate and up: 64 tokens at most).
 pub fn variants() -> impl Iterator<Item = (u32, Epilogue)> {
     TILES.into_iter().flat_map(|t| {
         Epilogue::ALL
             .into_iter()
-            .filter(move |&e| t == 64 || !e.gated())
+            .filter(move |&e| t <= 64 || !e.gated())
             .map(move |e| (t, e))
     })
 }
 
 /// How many of [`variants`] the module of `dtype` has (a prefix: without the 128-token
-/// tile, the first four).
+/// tile, the 32- and 64-token tiles' eight).
 pub fn variant_count(dtype: DType) -> usize {
     let all = variants().count();
     if has_wide_tile(dtype) {
         all
     } else {
-        variants().filter(|&(t, _)| t == 64).count()
+        variants().filter(|&(t, _)| t <= 64).count()
     }
 }
 
@@ -159,13 +168,15 @@ pub struct MmqLaunch {
     pub tile: u32,
 }
 
-/// The launch for `n` weight rows, `k` columns and a step of `rows` rows.
+/// The launch for `n` weight rows, `k` columns and a step of `rows` rows on a device of
+/// `sm_count` SMs.
 pub fn launch(
     dtype: DType,
     n: u32,
     k: u32,
     rows: u32,
     epilogue: Epilogue,
+    sm_count: u32,
 ) -> Result<MmqLaunch, MatvecError> {
     if !covers(dtype) {
         return Err(MatvecError::Dtype(dtype));
@@ -176,11 +187,48 @@ pub fn launch(
     if n == 0 {
         return Err(MatvecError::NoRows);
     }
-    let tile = tile_for(dtype, rows, epilogue);
+    let tile = tile_for(dtype, rows, n, epilogue, sm_count);
     Ok(MmqLaunch {
         entry: entry(dtype, tile, epilogue),
         grid: [rows.max(1).div_ceil(tile), n.div_ceil(ROWS), 1],
         block: [THREADS, 1, 1],
         tile,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiles_shrink_until_the_grid_fills_half_the_sms() {
+        let store = Epilogue::Store;
+        // Llama-3-8B's 4096 rows at 512 tokens: 32 row tiles × 4 = 128 blocks of 128.
+        assert_eq!(tile_for(DType::Q4_0, 512, 4096, store, 132), 128);
+        // SmolLM2's 960 QKV rows: 8 row tiles; 32 blocks of 128, 64 of 64, 128 of 32.
+        assert_eq!(tile_for(DType::Q4_0, 512, 960, store, 132), 32);
+        // Its 1536-row GLU: 12 × 8 = 96 blocks of 64.
+        assert_eq!(tile_for(DType::Q4_0, 512, 1536, Epilogue::SwiGlu, 132), 64);
+        // Types with an offset term start at 64; short steps too.
+        assert_eq!(tile_for(DType::Q4_1, 4096, 4096, store, 132), 64);
+        assert_eq!(tile_for(DType::Q8_0, 96, 4096, store, 64), 64);
+        // ... whose 2 × 32 blocks would fill fewer than 66 of 132 SMs: 32.
+        assert_eq!(tile_for(DType::Q8_0, 96, 4096, store, 132), 32);
+        // Never below 32, whatever the device; a device of one SM keeps the large tiles.
+        assert_eq!(tile_for(DType::Q6_K, 40, 67, store, 132), 32);
+        assert_eq!(tile_for(DType::Q6_K, 512, 67, store, 1), 128);
+        assert_eq!(tile_for(DType::Q6_K, 512, 67, store, 0), 128);
+        // Every tile chosen has its entry.
+        for dtype in DTYPES {
+            for e in Epilogue::ALL {
+                for (rows, n, sm) in [(33, 67, 132), (512, 4096, 132), (512, 67, 1), (97, 67, 1)] {
+                    let t = tile_for(dtype, rows, n, e, sm);
+                    assert!(
+                        variants().take(variant_count(dtype)).any(|v| v == (t, e)),
+                        "{dtype} {t} {e:?}"
+                    );
+                }
+            }
+        }
+    }
 }

@@ -2,7 +2,8 @@
 # Stage everything the GPU check needs in .gpu/ (git-ignored) at the project root, on a
 # machine with Rust (no GPU needed): kiln with every backend (release), the CUDA test
 # binaries (kiln-tests: conformance, cuda_backend, cuda_nvrtc, cuda_disasm), the prefill
-# GEMM bench (kiln-bench's gemm, as b_gemm), cuda-report,
+# GEMM and long-context attention benches (kiln-bench's gemm and attention_long, as
+# b_gemm, b_attention_long), cuda-report,
 # cuobjdump and nvdisasm from their PyPI wheels when installed, a tiny GGUF to take the tokenizer from (the
 # reference models are too big to carry), the Vulkan loader packages a bare GPU machine may
 # lack, and run.sh. The folder must stay under 64 MiB (what a device run carries); the
@@ -37,17 +38,21 @@ for line in sys.stdin:
   while read -r name path; do cp "$path" "$out/t_$name"; strip "$out/t_$name"; done
 for t in $tests; do [ -f "$out/t_$t" ] || { echo "stage.sh: no test binary named $t (renamed? update \$tests)" >&2; exit 1; }; done
 
-# The prefill GEMM suite (criterion, release), run on CUDA alone by run.sh.
-cargo bench --no-run --message-format=json -p kiln-bench --bench gemm 2>/dev/null |
-  python3 -c '
+# The prefill GEMM suite and the long-context attention suite (criterion, release), run
+# on CUDA alone by run.sh as b_gemm and b_attention_long.
+benches="gemm attention_long"
+for b in $benches; do
+  cargo bench --no-run --message-format=json -p kiln-bench --bench "$b" 2>/dev/null |
+    python3 -c '
 import json, sys
 for line in sys.stdin:
     try: d = json.loads(line)
     except ValueError: continue
-    if d.get("reason") == "compiler-artifact" and d.get("executable") and d["target"]["name"] == "gemm":
-        print(d["executable"])' |
-  while read -r path; do cp "$path" "$out/b_gemm"; strip "$out/b_gemm"; done
-[ -f "$out/b_gemm" ] || { echo "stage.sh: no bench binary named gemm" >&2; exit 1; }
+    if d.get("reason") == "compiler-artifact" and d.get("executable") and d["target"]["name"] == sys.argv[1]:
+        print(d["executable"])' "$b" |
+    while read -r path; do cp "$path" "$out/b_$b"; strip "$out/b_$b"; done
+  [ -f "$out/b_$b" ] || { echo "stage.sh: no bench binary named $b" >&2; exit 1; }
+done
 
 # cuobjdump and the nvdisasm it runs, for cuda-report and t_cuda_disasm, in case the GPU
 # machine's toolkit lacks them.
@@ -58,7 +63,7 @@ else
   echo "no cuobjdump/nvdisasm staged (pip install nvidia-cuda-cuobjdump==13.2.86 nvidia-cuda-nvdisasm==13.2.86)"
 fi
 
-"$out/kiln" synth --shape custom --layers 1 --dim 64 --heads 1 --kv-heads 1 --ffn 64 --quant q8_0 \
+"$out/kiln" synth --shape custom --layers 1 --dim 32 --heads 1 --kv-heads 1 --ffn 32 --quant q8_0 \
   --tokenizer-from models/SmolLM2-135M-Instruct.Q4_1.gguf -o "$out/tok.gguf" >/dev/null
 
 # Vulkan loader and GL/EGL vendor libraries (x86-64), unpacked on the GPU machine by run.sh.

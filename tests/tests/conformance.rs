@@ -52,6 +52,23 @@ fn configurations() -> Vec<Target> {
                 )?))
             }),
         ),
+        // An sm_80 with tensor cores and one SM: the FP8 conversions of the prefill
+        // attention's pre-Ada path, and the int8 matmul's 64- and 128-token tiles (132
+        // SMs halve these small grids' tiles to 32).
+        Target::new(
+            "cuda_emu_sm80",
+            kiln_backends::Ci::Lavapipe,
+            Arc::new(|| {
+                let options = kiln_backend_cuda_emu::EmuOptions {
+                    arch: 800,
+                    sm_count: 1,
+                    ..Default::default()
+                };
+                Ok(Box::new(kiln_backend_cuda_emu::EmuBackend::with_options(
+                    options,
+                )?))
+            }),
+        ),
         Target::new(
             "cuda_emu_sm80_plain",
             kiln_backends::Ci::Lavapipe,

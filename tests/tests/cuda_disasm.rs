@@ -95,6 +95,12 @@ const FACTS: &[Fact] = &[
         holds: |k| k.mma > 0,
     },
     Fact {
+        what: "the FP8 prefill attention stages K/V with cp.async (LDGSTS) and reads its tiles by ldmatrix (LDSM)",
+        status: Status::Required,
+        applies: |k| k.variant == "attention_fp8" && k.kernel.contains("prefill"),
+        holds: |k| k.cp_async > 0 && k.ldsm > 0,
+    },
+    Fact {
         what: "decode attention stages the KV cache with cp.async (LDGSTS)",
         status: Status::Required,
         applies: |k| k.variant.starts_with("attention_") && k.kernel.contains("decode"),

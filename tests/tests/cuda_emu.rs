@@ -15,7 +15,9 @@ use kiln_engine::model::Model;
 use kiln_ir::backend::Backend;
 use kiln_ir::kv_layout::KvDtype as KvCacheDtype;
 use kiln_testkit::{fail, pass, test};
-use kiln_tests::conformance::{AttentionSpec, Case, attention_case, matmul_term_case, run_case};
+use kiln_tests::conformance::{
+    AttentionSpec, Case, attention_case, matmul_term_case, run_case, run_case_with_pages_past_4_gib,
+};
 use kiln_tests::cpu::load;
 use kiln_tests::device::{
     Greedy, argmax_matches_host, decode_logits, families_match_the_oracle, greedy_matches_cpu,
@@ -45,6 +47,9 @@ fn main() -> ExitCode {
             "matvec_tiles_of_2_and_16_tokens_match_the_reference",
             || with_backend(matvec_tiles_of_2_and_16_tokens_match_the_reference),
         ),
+        test("kv_pages_past_4_gib_are_addressed", || {
+            with_backend(kv_pages_past_4_gib_are_addressed)
+        }),
         test("launch_times_cover_every_launch_of_the_last_step", || {
             with_backend(launch_times_cover_every_launch_of_the_last_step)
         }),
@@ -132,6 +137,25 @@ fn argmax_on_the_device_matches_the_host(mut backend: EmuBackend) -> Outcome {
 fn split_k_decode_attention_matches_the_reference(mut backend: EmuBackend) -> Outcome {
     let spec = AttentionSpec::plain(64, 2, 1, KvCacheDtype::F8E4M3, 16, &[(1030, 2), (40, 1)]);
     within_limit(&mut backend, &attention_case(spec))
+}
+
+/// A KV cache over 4 GiB (the 32 × 8k-token caches of issue 15), the second sequence's
+/// pages 4 GiB above the first's (conformance::run_case_with_pages_past_4_gib): 64-bit
+/// page offsets in the KV write, the tensor-core prefill (a 138-token step) and the decode
+/// attention (the next, 2-token step). Heads of 60 make FP8 pages of 2 KiB, which divide
+/// 4 GiB. The cache is 4 GiB of host memory, written once with the emulator's poison.
+fn kv_pages_past_4_gib_are_addressed(mut backend: EmuBackend) -> Outcome {
+    let spec = AttentionSpec::plain(60, 2, 1, KvCacheDtype::F8E4M3, 16, &[(100, 1), (40, 1)]);
+    let case = attention_case(spec);
+    let err = run_case_with_pages_past_4_gib(&mut backend, &case)
+        .map_err(|e| format!("{}: {e}", case.name))?;
+    if err > case.limit {
+        return fail(format!(
+            "{}: {} {err:.3e} over the limit {:.0e} with pages past 4 GiB",
+            case.name, case.metric, case.limit
+        ));
+    }
+    pass()
 }
 
 /// The matvec tiles no case of the conformance table picks (steps of 2 and of 9 to 16

@@ -12,16 +12,22 @@ __device__ __forceinline__ unsigned int page_of(const KvArgs& p, unsigned int t,
     return step[table + pos / p.page_size];
 }
 
+// Byte offset of a page: 64-bit, as a cache may exceed 4 GiB (32 sequences × 8k tokens of
+// a Llama-3-8B shape hold 17 GB); offsets within a page are 32-bit (lower.rs checks).
+__device__ __forceinline__ unsigned long long page_at(const KvArgs& p, unsigned int page) {
+    return (unsigned long long)page * p.page_bytes;
+}
+
 // Byte offset of the values of (page, slot, KV head h); which: 0 = K, 1 = V.
-__device__ __forceinline__ unsigned int values_at(const KvArgs& p, unsigned int page, unsigned int slot,
-                                                  unsigned int h, unsigned int which) {
-    return page * p.page_bytes + p.layer_base + which * p.v_base + (slot * p.n_kv_heads + h) * p.head_dim * KV_VALUE_BYTES;
+__device__ __forceinline__ unsigned long long values_at(const KvArgs& p, unsigned int page, unsigned int slot,
+                                                        unsigned int h, unsigned int which) {
+    return page_at(p, page) + (p.layer_base + which * p.v_base + (slot * p.n_kv_heads + h) * p.head_dim * KV_VALUE_BYTES);
 }
 
 // Byte offset of the FP8 scale of (page, slot, KV head h).
-__device__ __forceinline__ unsigned int scale_at(const KvArgs& p, unsigned int page, unsigned int slot,
-                                                 unsigned int h, unsigned int which) {
-    return page * p.page_bytes + p.layer_base + (which == 1u ? p.vs_base : p.ks_base) + (slot * p.n_kv_heads + h) * 4u;
+__device__ __forceinline__ unsigned long long scale_at(const KvArgs& p, unsigned int page, unsigned int slot,
+                                                       unsigned int h, unsigned int which) {
+    return page_at(p, page) + (p.layer_base + (which == 1u ? p.vs_base : p.ks_base) + (slot * p.n_kv_heads + h) * 4u);
 }
 
 // The first position a query at position n - 1 attends to: n - window under a sliding

@@ -5,7 +5,8 @@
 // (MatvecArgs): the same call shape, the same scratch, the same epilogues.
 //
 // A block of 8 warps computes MQ_BN = 128 weight rows × BT tokens (BT = 128, or 64 for
-// the GLUs, whose gate and up are both in flight). k is walked one 32-value unit at a
+// the GLUs, whose gate and up are both in flight; 32 where larger tiles would leave SMs
+// idle: src/mmq.rs's tile_for). k is walked one 32-value unit at a
 // time through MQ_STAGES shared-memory stages filled by cp.async (16-byte copies of the
 // activation quants and the weights' quant plane, 4- or 16-byte copies of the scales):
 // the copies of units u + 1 .. u + MQ_STAGES - 1 are in flight while the warps multiply
@@ -14,7 +15,7 @@
 // word per lane unpacked to signed bytes by the type's mq_frag). Each unit's integer
 // tile is scaled into f32 accumulators at once: acc += (a_w · d_x) · Σq_w q_x + m_w · s_x
 // (a_w, m_w the unit's weight scale and offset from mq_scales; d_x and s_x = d_x · Σq_x
-// the activation block's q8_1 pair).
+// from the activation block's q8_1 word: mv_s).
 //
 // Shared rows of 32 bytes (activation quants, Q8_0's weight quants) put their two
 // 16-byte halves in swapped order on rows 4-7 of every 8 (MQ_SWZ): ldmatrix's 8-row
@@ -74,7 +75,7 @@ __device__ __forceinline__ unsigned short f32_to_f16(float f) { return mv_to_f16
 template <unsigned int BT, unsigned int G>
 struct MqStage {
     signed char xq[BT * 32u];                // (tokens, 32) swizzled activation quants
-    unsigned int xds[BT];                    // (tokens) half2 (d, s)
+    unsigned int xds[BT];                    // (tokens) (f16 d, int16 Σq)
     unsigned char wq[G][MQ_BN * MQ_QB];      // (rows, MQ_QB) quants (32-byte rows swizzled)
     unsigned int wh[G][MQ_BN * MQ_HW];       // (rows, MQ_HW) high bits (unused without)
     unsigned char ws[G][MQ_BN * MQ_SB];      // (rows, MQ_SB) staged scale bytes
@@ -182,7 +183,7 @@ __device__ __forceinline__ void mq_mma(const MqStage<BT, G>& s, float (*acc)[MT]
         for (unsigned int h = 0u; h < 2u; h++) {
             unsigned int ds = s.xds[tt + 16u * m + g8 + 8u * h];
             dx[m][h] = mv_lo(ds);
-            sx[m][h] = mv_hi(ds);
+            sx[m][h] = mv_s(ds);
         }
     }
 #pragma unroll

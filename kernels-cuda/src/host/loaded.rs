@@ -96,13 +96,9 @@ impl<D: Device> Loaded<D> {
         let layout = WeightLayout::new(plan).map_err(|e| e.for_backend(name))?;
         let kv_bytes = (kv.page_bytes() as u64)
             .checked_mul(kv_page_count as u64)
-            .filter(|&b| b <= u64::from(u32::MAX))
             .ok_or_else(|| BackendError::Unsupported {
                 backend: name,
-                what: format!(
-                    "{kv_page_count} KV pages of {} bytes (page offsets are 32-bit)",
-                    kv.page_bytes()
-                ),
+                what: format!("{kv_page_count} KV pages of {} bytes", kv.page_bytes()),
             })?;
         let arena_bytes = (plan.arena_bytes as u64).max(16);
         if arena_bytes / 4 > u64::from(u32::MAX) {

@@ -180,7 +180,7 @@ fn packed(v: &Variant, a: &MatvecArgs, g: &StepGeometry) -> Option<Planned> {
         if !packed_takes_mmq(rows, g) {
             return None;
         }
-        let l = mmq::launch(v.weight?, a.n, a.k, rows, e).ok()?;
+        let l = mmq::launch(v.weight?, a.n, a.k, rows, e, g.sm_count).ok()?;
         (Entry::mmq(l.tile, e)?, l.grid, l.block)
     } else {
         if packed_takes_mmq(rows, g) || rows == 0 {

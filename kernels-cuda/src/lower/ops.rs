@@ -143,7 +143,7 @@ impl Lowerer<'_> {
         Ok(calls)
     }
 
-    /// The q8_1 planes of the scratch for inputs of `k` columns: (quants, half2 (d, s)).
+    /// The q8_1 planes of the scratch for inputs of `k` columns: (quants, (f16 d, int16 Σq)).
     fn scratch(&self, k: u32) -> (u64, u64) {
         let at = self.buffers.q8_1;
         (at, at + q8_1_planes(self.q8_1_rows, k).scales_offset)

@@ -63,22 +63,26 @@ fn matvec_and_tensor_core_launches_cover_odd_steps() {
         );
     }
     // Past 32 tokens: the quantization still runs (the int8 kernel reads it), then the
-    // int8 kernel in 64-token tiles (a GLU) of 128 rows.
-    for n_tokens in [33u32, 37, 70, 130] {
-        let l = launches(&geometry(n_tokens, 1));
+    // int8 kernel in tiles of 128 rows × 64 tokens (a GLU), or 32 where 64 would leave
+    // most of the 132 SMs idle (these few rows: always).
+    for (n_tokens, sm_count, tile) in [(33u32, 132, 32), (37, 132, 32), (70, 1, 64), (130, 1, 64)] {
+        let l = launches(&StepGeometry {
+            sm_count,
+            ..geometry(n_tokens, 1)
+        });
         assert_eq!(l.len(), 2);
         assert_eq!(
             (l[0].entry, l[0].grid),
             (Entry::RmsNormQuantize, [n_tokens, 1, 1])
         );
-        assert_eq!(l[1].entry, Entry::mmq(64, Epilogue::SwiGlu).unwrap());
+        assert_eq!(l[1].entry, Entry::mmq(tile, Epilogue::SwiGlu).unwrap());
         assert_eq!(
             l[1].grid,
-            [n_tokens.div_ceil(64), a.n.div_ceil(crate::mmq::ROWS), 1]
+            [n_tokens.div_ceil(tile), a.n.div_ceil(crate::mmq::ROWS), 1]
         );
         assert_eq!(
             low.variants[calls[1].variant].symbol(l[1].entry),
-            "matmul_mmq_q4_1_t64_swiglu"
+            format!("matmul_mmq_q4_1_t{tile}_swiglu")
         );
     }
     let no_tc = StepGeometry {
@@ -110,8 +114,12 @@ fn matvec_and_tensor_core_launches_cover_odd_steps() {
     let kinds: Vec<Kernel> = qkv.iter().map(|c| low.variants[c.variant].kernel).collect();
     use Kernel::{Matvec, Mmq, Quantize};
     assert_eq!(kinds, [Quantize, Mmq, Matvec, Mmq, Matvec, Mmq, Matvec]);
+    // (On a device of one SM: 132 would halve these small grids' tiles to 32.)
     for (n_tokens, tile) in [(33u32, 64), (96, 64), (97, 128), (130, 128)] {
-        let g = geometry(n_tokens, 1);
+        let g = StepGeometry {
+            sm_count: 1,
+            ..geometry(n_tokens, 1)
+        };
         let l: Vec<_> = qkv
             .iter()
             .flat_map(|c| c.launches(&low.variants[c.variant], &g))
@@ -201,7 +209,7 @@ fn every_packed_type_prefills_on_the_int8_tensor_cores() {
                 .map(|p| p.launch.entry)
                 .collect()
         };
-        let tile = |rows| crate::mmq::tile_for(dtype, rows, Epilogue::Store);
+        let tile = |rows| crate::mmq::tile_for(dtype, rows, 67, Epilogue::Store, 132);
         for n in [33u32, 130] {
             let int8 = Entry::mmq(tile(n), Epilogue::Store).unwrap();
             assert_eq!(entries(n), [Entry::Quantize, int8], "{dtype} {n}");

@@ -50,11 +50,19 @@ fn weight(rng: &mut Rng, dtype: DType, rows: usize, cols: usize) -> Vec<u8> {
 }
 
 /// Activation row t of `x` as GGUF q8_1 blocks (d, s, qs).
-fn q8_1_blocks(x: &Q8_1Rows, t: usize) -> Vec<u8> {
+/// Row t's blocks in ggml's q8_1 layout (f16 d, f16 s, 32 quants), s taken from the
+/// reference's own block `want` after checking that the word's int16 holds Σq: the
+/// scratch keeps Σq where ggml keeps s = d·Σq rounded to f16.
+fn q8_1_blocks(x: &Q8_1Rows, t: usize, want: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     for b in 0..x.k / 32 {
-        out.extend((x.ds[t * x.k / 32 + b]).to_le_bytes());
-        out.extend(x.q[t * x.k + 32 * b..][..32].iter().map(|&q| q as u8));
+        let ds = x.ds[t * x.k / 32 + b];
+        let q = &x.q[t * x.k + 32 * b..][..32];
+        let sum: i32 = q.iter().map(|&q| i32::from(q)).sum();
+        assert_eq!(i32::from((ds >> 16) as u16 as i16), sum, "Σq of block {b}");
+        out.extend((ds as u16).to_le_bytes());
+        out.extend(&want[b * q8_1::BLOCK_BYTES + 2..][..2]);
+        out.extend(q.iter().map(|&q| q as u8));
     }
     out
 }
@@ -70,7 +78,7 @@ fn plain_quantization_is_the_reference_quantizer() {
         for t in 0..rows {
             let mut want = vec![0u8; k / 32 * q8_1::BLOCK_BYTES];
             q8_1::quantize_row(&x[t * stride..t * stride + k], &mut want);
-            assert_eq!(q8_1_blocks(&got, t), want, "k {k} row {t}");
+            assert_eq!(q8_1_blocks(&got, t, &want), want, "k {k} row {t}");
         }
     }
 }
@@ -139,7 +147,19 @@ fn check_against_reference(dtype: DType, n: usize, k: usize, tokens: usize, seed
     let row_bytes = k / dtype.block_len() * dtype.block_bytes();
     let units = dtype.block_len() / 32;
     for t in 0..tokens {
-        let a_blocks = q8_1_blocks(&acts, t);
+        // ggml's q8_1 blocks of the same activations, s = d·Σq rounded to f16 as ggml keeps it.
+        let a_blocks: Vec<u8> = (0..k / 32)
+            .flat_map(|b| {
+                let ds = acts.ds[t * k / 32 + b];
+                let q = &acts.q[t * k + 32 * b..][..32];
+                let d = f16::from_bits(ds as u16).to_f32();
+                let s = d * f32::from((ds >> 16) as u16 as i16);
+                let mut block = (ds as u16).to_le_bytes().to_vec();
+                block.extend(f16::from_f32(s).to_le_bytes());
+                block.extend(q.iter().map(|&q| q as u8));
+                block
+            })
+            .collect();
         let mut a_deq = vec![0f32; k];
         q8_1::dequantize_row(&a_blocks, &mut a_deq);
         // Q8_0 blocks of the same quants: d then qs.
@@ -161,9 +181,10 @@ fn check_against_reference(dtype: DType, n: usize, k: usize, tokens: usize, seed
                 .zip(&a_deq)
                 .map(|(&a, &b)| f64::from((a * b).abs()))
                 .sum();
-            // Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q5_K take Σx from the activation's f16 s
-            // (8·d, 16·d, m or dmin·m times it), as ggml does: the exact dot has d·Σq there.
-            let s_error: f64 = (0..k / 32)
+            // Q4_0, Q4_1, Q5_0, Q5_1, Q4_K and Q5_K take Σx from the activation's s
+            // (8·d, 16·d, m or dmin·m times it): the twin's is d·Σq in f32, ggml's (the
+            // ir block dots below) rounded to f16. (twin's error, ggml's error)
+            let (s_error, s_error_ggml): (f64, f64) = (0..k / 32)
                 .map(|b| {
                     let bb = dtype.block_bytes();
                     let block = &row[bb * (b / units)..][..bb];
@@ -187,15 +208,21 @@ fn check_against_reference(dtype: DType, n: usize, k: usize, tokens: usize, seed
                         _ => 0.0,
                     };
                     let ds = acts.ds[t * k / 32 + b];
-                    let da = f64::from(f16::from_bits(ds as u16).to_f32());
-                    let sa = f64::from(f16::from_bits((ds >> 16) as u16).to_f32());
+                    let d = f16::from_bits(ds as u16).to_f32();
                     let sum: i32 = acts.q[t * k + 32 * b..][..32]
                         .iter()
                         .map(|&q| i32::from(q))
                         .sum();
-                    factor * (sa - da * f64::from(sum)).abs()
+                    assert_eq!(i32::from((ds >> 16) as u16 as i16), sum, "Σq of block {b}");
+                    let s = d * sum as f32;
+                    let exact_s = f64::from(d) * f64::from(sum);
+                    let ggml_s = f64::from(f16::from_f32(s).to_f32());
+                    (
+                        factor * (f64::from(s) - exact_s).abs(),
+                        factor * (ggml_s - exact_s).abs(),
+                    )
                 })
-                .sum();
+                .fold((0.0, 0.0), |(a, b), (x, y)| (a + x, b + y));
             let got = f64::from(out[t * stride + r]);
             let tol = s_error * 1.001 + 2e-6 * magnitude + 1e-30;
             assert!(
@@ -213,7 +240,7 @@ fn check_against_reference(dtype: DType, n: usize, k: usize, tokens: usize, seed
             };
             if let Some(block_dot) = block_dot.map(f64::from) {
                 assert!(
-                    (got - block_dot).abs() <= tol + 2e-6 * magnitude,
+                    (got - block_dot).abs() <= tol + s_error_ggml * 1.001 + 2e-6 * magnitude,
                     "{dtype} token {t} row {r}: twin {got} vs ir block dot {block_dot}"
                 );
             }

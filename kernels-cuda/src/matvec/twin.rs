@@ -16,7 +16,7 @@ pub struct Q8_1Rows {
     pub k: usize,
     /// (rows, k) int8 quants.
     pub q: Vec<i8>,
-    /// (rows, k / 32) half2 (d low, s high).
+    /// (rows, k / 32) f16 d in the low half, the int16 Σq in the high one.
     pub ds: Vec<u32>,
 }
 
@@ -28,8 +28,9 @@ fn lo(w: u32) -> f32 {
     f16::from_bits(w as u16).to_f32()
 }
 
-fn hi(w: u32) -> f32 {
-    f16::from_bits((w >> 16) as u16).to_f32()
+/// s = d·Σq of a q8_1 word (f16 d, int16 Σq), in f32 (mv/common.cuh: mv_s).
+fn s_of(w: u32) -> f32 {
+    lo(w) * f32::from((w >> 16) as u16 as i16)
 }
 
 /// The butterfly of mv_warp_sum: lane 0's value (every lane ends with the same one).
@@ -100,7 +101,7 @@ pub fn quantize(
                 sum += q;
                 out.q[t * k + 32 * b + j] = q as i8;
             }
-            out.ds[t * k / 32 + b] = f16_bits(d) | (f16_bits(sum as f32 * d) << 16);
+            out.ds[t * k / 32 + b] = f16_bits(d) | (u32::from(sum as i16 as u16) << 16);
         }
     }
     out
@@ -144,7 +145,7 @@ fn block_dot(
     let h = &packed[l.high_offset + i * l.high_bytes..][..l.high_bytes];
     let units = l.group / 32;
     let s = &packed[l.scale_offset + i / units * l.scale_bytes..][..l.scale_bytes];
-    let (da, sa) = (lo(ds), hi(ds));
+    let (da, sa) = (lo(ds), s_of(ds));
     let (low, high) = repack::get_unit(&q[..16], h);
     let codes = |shift: u32| (0..32).map(move |e| i32::from(low[e] | (high[e] << shift)));
     match l.dtype {

@@ -225,6 +225,43 @@ pub fn run_case(backend: &mut dyn Backend, case: &Case) -> Result<f64, String> {
     run_built(backend, &built, case.metric, case.element_limit)
 }
 
+/// [`run_case`] over a KV cache larger than 4 GiB: the pages of sequence s ≥ 1 become
+/// sequence 0's moved up by s·2³² bytes, so that every page in use past 4 GiB is one
+/// that a 32-bit page offset would fold onto a page of sequence 0 (its keys and values
+/// overwritten, its attention wrong). The page size must divide 4 GiB; one KV group;
+/// sequence 0 the longest.
+pub fn run_case_with_pages_past_4_gib(
+    backend: &mut dyn Backend,
+    case: &Case,
+) -> Result<f64, String> {
+    let mut built = case.build();
+    let page_bytes = built.kv_layout.page_bytes() as u64;
+    if !(1u64 << 32).is_multiple_of(page_bytes) || built.kv_layout.n_groups() != 1 {
+        return Err(format!(
+            "pages of {page_bytes} bytes in {} groups",
+            built.kv_layout.n_groups()
+        ));
+    }
+    let fold = ((1u64 << 32) / page_bytes) as u32;
+    for step in &mut built.steps {
+        let first = step.block_tables[0].clone();
+        for (s, table) in step.block_tables.iter_mut().enumerate().skip(1) {
+            if table.len() > first.len() {
+                return Err("a sequence longer than the first".into());
+            }
+            for (page, &under) in table.iter_mut().zip(&first) {
+                *page = under + s as u32 * fold;
+            }
+        }
+    }
+    let tables = built
+        .steps
+        .iter()
+        .flat_map(|s| s.block_tables.iter().flatten());
+    built.kv_pages = tables.map(|&p| p as usize + 1).max().unwrap_or(0);
+    run_built(backend, &built, case.metric, case.element_limit)
+}
+
 fn run_built(
     backend: &mut dyn Backend,
     built: &Built,

@@ -14,6 +14,14 @@ __device__ __forceinline__ unsigned short mv_to_f16(float f) { return ptx_f32_to
 __device__ __forceinline__ float mv_lo(unsigned int w) { return mv_f16((unsigned short)(w & 0xFFFFu)); }
 __device__ __forceinline__ float mv_hi(unsigned int w) { return mv_f16((unsigned short)(w >> 16)); }
 
+// A q8_1 activation block's s = d·Σq, from its word: f16 d in the low half, the int16 Σq
+// in the high one (|Σq| <= 32·128), multiplied in f32 here. An f16 s (ggml's half2) is
+// infinite past 65504, from activations of about 2048 on: the outlier features of large
+// models' residual streams reach that.
+__device__ __forceinline__ float mv_s(unsigned int ds) {
+    return __fmul_rn(mv_lo(ds), (float)(short)(unsigned short)(ds >> 16));
+}
+
 // 16 weight bytes at a 16-byte aligned address, read once: not kept in L1, where the
 // activations that every row reuses live.
 __device__ __forceinline__ uint4 mv_stream16(const unsigned char* p) { return ptx_ld_nc_no_allocate_v4(p); }
@@ -39,11 +47,11 @@ __device__ __forceinline__ float mv_warp_sum(float v) {
 }
 
 // One token's activations of block b: 32 int8 quants (two 16-byte loads) and its q8_1
-// (d, s = d·Σq) as half2.
+// word (f16 d, int16 Σq: mv_s).
 struct MvAct {
     uint4 lo;       // values 0-15 of the block
     uint4 hi;       // values 16-31
-    unsigned int ds; // d low half, s high half
+    unsigned int ds; // f16 d low half, int16 Σq high half
 };
 
 // The block whose first quant is at byte `at` of the quant plane (`at` / 32 its (d, s)).

@@ -29,6 +29,6 @@ __device__ __forceinline__ float mv_dot(const MvW& w, const MvAct& a, float acc)
     s = mv_dp4a((w.q.y >> 4) & m, a.hi.y, s);
     s = mv_dp4a((w.q.z >> 4) & m, a.hi.z, s);
     s = mv_dp4a((w.q.w >> 4) & m, a.hi.w, s);
-    float v = __fmaf_rn(mv_lo(a.ds), __int2float_rn(s), -8.0f * mv_hi(a.ds));
+    float v = __fmaf_rn(mv_lo(a.ds), __int2float_rn(s), -8.0f * mv_s(a.ds));
     return __fmaf_rn(w.d, v, acc);
 }

@@ -28,5 +28,5 @@ __device__ __forceinline__ float mv_dot(const MvW& w, const MvAct& a, float acc)
     s = mv_dp4a((w.q.z >> 4) & m, a.hi.z, s);
     s = mv_dp4a((w.q.w >> 4) & m, a.hi.w, s);
     acc = __fmaf_rn(__fmul_rn(mv_lo(w.dm), mv_lo(a.ds)), __int2float_rn(s), acc);
-    return __fmaf_rn(mv_hi(w.dm), mv_hi(a.ds), acc);
+    return __fmaf_rn(mv_hi(w.dm), mv_s(a.ds), acc);
 }

@@ -32,5 +32,5 @@ __device__ __forceinline__ MvW mv_load(const unsigned char* __restrict__ wq, con
 __device__ __forceinline__ float mv_dot(const MvW& w, const MvAct& a, float acc) {
     int s = mv_dot4(w.q, a);
     acc = __fmaf_rn(__fmul_rn(w.d, mv_lo(a.ds)), __int2float_rn(s), acc);
-    return __fmaf_rn(-w.m, mv_hi(a.ds), acc);
+    return __fmaf_rn(-w.m, mv_s(a.ds), acc);
 }

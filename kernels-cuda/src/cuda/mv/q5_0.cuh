@@ -28,6 +28,6 @@ __device__ __forceinline__ MvW mv_load(const unsigned char* __restrict__ wq, con
 // ggml's q5_0·q8_1).
 __device__ __forceinline__ float mv_dot(const MvW& w, const MvAct& a, float acc) {
     int s = mv_dot5(w.q, w.h, a);
-    float v = __fmaf_rn(mv_lo(a.ds), __int2float_rn(s), -16.0f * mv_hi(a.ds));
+    float v = __fmaf_rn(mv_lo(a.ds), __int2float_rn(s), -16.0f * mv_s(a.ds));
     return __fmaf_rn(w.d, v, acc);
 }

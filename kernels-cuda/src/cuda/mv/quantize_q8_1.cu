@@ -1,7 +1,8 @@
 // mv/quantize_q8_1.cu: f32 activation rows to the q8_1 planes the matvec reads, once per
-// launch: int8 quants (rows, k) and per 32 values half2 (d, s = d·Σq), rounded as
+// launch: int8 quants (rows, k) and per 32 values a word of f16 d and the int16 Σq (the
+// kernels take s = d·Σq in f32: mv/common.cuh's mv_s), rounded as
 // kiln_ir::quant::q8_1::quantize_row (d = amax / 127, q = round(x / d) halves away from
-// zero, s from the f32 d). rmsnorm_quantize_q8_1 first scales x by 1/rms(x) and the norm
+// zero). rmsnorm_quantize_q8_1 first scales x by 1/rms(x) and the norm
 // weight, so an RmsNormMatMul* launch needs no normalized f32 copy.
 //
 // Grid (rows of the plan's largest step, 1, 1): block t quantizes row t when
@@ -80,7 +81,7 @@ __device__ __forceinline__ void quantize_row(const QuantizeArgs& a) {
             unsigned long long at = (unsigned long long)t * a.k + c;
             *reinterpret_cast<unsigned int*>(a.q + at) = word;
             if (threadIdx.x % 8u == 0u) {
-                unsigned int ds = (unsigned int)mv_to_f16(d) | ((unsigned int)mv_to_f16(__fmul_rn((float)sum, d)) << 16);
+                unsigned int ds = (unsigned int)mv_to_f16(d) | ((unsigned int)(unsigned short)(short)sum << 16);
                 a.ds[at / 32u] = ds;
             }
         }
