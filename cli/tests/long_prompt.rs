@@ -2,7 +2,8 @@
 //! `kiln run` (the binary, as scripts use it) in steps of 512 and of 97 tokens, the same
 //! logits bit for bit; and through `kiln serve` over HTTP, prefilled in chunks while
 //! another request decodes, with a short request that arrives meanwhile answered before
-//! the long prompt's first token. The model is a random-weight 1-layer Llama of context
+//! the long prompt's first token, on a server whose KV pool a memory budget sizes for 32
+//! sequences of the whole context. The model is a random-weight 1-layer Llama of context
 //! 9,216 synthesized with the reference model's tokenizer (a missing reference model fails
 //! with how to fetch it).
 
@@ -175,15 +176,21 @@ fn kiln_serve_prefills_8k_tokens_next_to_decoding_and_short_requests() {
     let model = Arc::new(Model::load(model_path).unwrap());
     let tok = &model.tokenizer;
     let long_tokens = tok.encode(long, true, true).len();
+    // 32 sequences of the whole context, sized from a memory budget alone (the pool is
+    // 40 bytes a token here: 11.8 MB, within 256 MiB with the arena and logits).
     let config = ServeConfig {
         port: 0,
         n_ctx: Some(N_CTX),
-        max_seqs: 4,
+        max_seqs: 32,
         step_tokens: 256,
+        mem_budget_bytes: Some(256 << 20),
         drain: Duration::from_secs(2),
         ..ServeConfig::new("tiny", Arc::new(|| Ok(Box::new(CpuBackend::new()))))
     };
     let srv = Server::start(Arc::clone(&model), &config).expect("the server starts");
+    let info = srv.engine().info();
+    assert_eq!(info.kv_page_count, 32 * N_CTX / 16);
+    assert_eq!(info.limits.kv_capacity, N_CTX);
     let addr = srv.local_addr();
     let stop = Arc::new(AtomicBool::new(false));
 
