@@ -5,7 +5,8 @@
 //! the long prompt's first token, on a server whose KV pool a memory budget sizes for 32
 //! sequences of the whole context. The model is a random-weight 1-layer Llama of context
 //! 9,216 synthesized with the reference model's tokenizer (a missing reference model fails
-//! with how to fetch it).
+//! with how to fetch it); a 6-layer Gemma 3 of windows of 128 positions runs the same
+//! prompt in both step sizes too.
 
 #[path = "serve/client.rs"]
 #[allow(dead_code)] // shared with tests/serve.rs, which uses all of it
@@ -44,6 +45,16 @@ fn fixture() -> &'static (PathBuf, PathBuf, String) {
             tokenizer_from: kiln_tests::reference_model(),
         };
         synth::synthesize(&config, &model, |_| {}).unwrap();
+        // Gemma 3's layout: five window layers of 128 positions and a global one, two KV
+        // groups whose window pages are given back as the prompt runs.
+        let config = SynthConfig {
+            shape: Shape::custom(6, 32, 2, 1, 64, 49152, N_CTX)
+                .unwrap()
+                .gemma3(128)
+                .unwrap(),
+            ..config
+        };
+        synth::synthesize(&config, &dir.join("tiny-gemma3-9k.gguf"), |_| {}).unwrap();
         let tok = Model::load(&model).unwrap().tokenizer;
         let text = long_text(|t| tok.encode(t, true, true).len());
         let prompt = dir.join("prompt.txt");
@@ -128,6 +139,18 @@ fn kiln_run_prefills_8k_tokens_in_chunks_with_the_same_logits_whatever_their_siz
         .map(Value::to_string)
         .collect();
     assert!(distinct.len() > 1, "a degenerate model: {}", big["tokens"]);
+}
+
+#[test]
+fn windowed_layers_give_the_same_logits_whatever_the_step_size() {
+    let (model, prompt, _) = fixture();
+    let gemma = model.with_file_name("tiny-gemma3-9k.gguf");
+    let big = kiln_run(&gemma, prompt, 512);
+    let small = kiln_run(&gemma, prompt, 97);
+    assert!(big["prompt_tokens"].as_u64().unwrap() >= 8192);
+    assert_eq!(small["memory"]["max_step_tokens"], 97);
+    assert_eq!(small["tokens"], big["tokens"]);
+    assert_eq!(small["logprobs"], big["logprobs"]);
 }
 
 /// The text chunks of a streamed completion with the time each came.
