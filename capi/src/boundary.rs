@@ -48,9 +48,9 @@ impl From<Error> for ApiError {
             | Error::UnsupportedTensorType { .. }
             | Error::Quant { .. }
             | Error::Ir(_) => KILN_ERR_MODEL,
-            Error::Backend(BackendError::OutOfMemory { .. }) | Error::MemoryBudget(_) => {
-                KILN_ERR_OUT_OF_MEMORY
-            }
+            Error::Backend(BackendError::OutOfMemory { .. })
+            | Error::MemoryBudget(_)
+            | Error::DeviceMemory(_) => KILN_ERR_OUT_OF_MEMORY,
             Error::Backend(_) => KILN_ERR_BACKEND,
             Error::ContextFull { .. } | Error::Kv(_) => KILN_ERR_CONTEXT_FULL,
             Error::TokenOutOfRange { .. }

@@ -136,6 +136,9 @@ pub fn context_size(model: &Model, ctx_size: Option<usize>) -> Result<usize, Err
     Ok(n_ctx)
 }
 
+/// Tokens of a prompt one step carries unless a command says otherwise.
+pub const DEFAULT_STEP_TOKENS: usize = 512;
+
 /// The runner for a backend choice; `None` picks the best one this build has.
 /// `max_outputs` is the most logits rows one call may want (1 for generation).
 pub fn runner<'m>(
@@ -143,6 +146,17 @@ pub fn runner<'m>(
     device: &DeviceArgs,
     n_ctx: usize,
     max_outputs: usize,
+) -> Result<Box<dyn Runner + 'm>, Error> {
+    runner_with_steps(model, device, n_ctx, max_outputs, DEFAULT_STEP_TOKENS)
+}
+
+/// [`runner`] whose prompts run `step_tokens` tokens a step (at most the context).
+pub fn runner_with_steps<'m>(
+    model: &'m Model,
+    device: &DeviceArgs,
+    n_ctx: usize,
+    max_outputs: usize,
+    step_tokens: usize,
 ) -> Result<Box<dyn Runner + 'm>, Error> {
     let backend = match device.backend {
         Some(BackendArg::Ref) => {
@@ -163,7 +177,7 @@ pub fn runner<'m>(
     options.kv_dtype = kv_dtype(device.kv);
     options.kv_budget_bytes = device.kv_budget;
     options.mem_budget_bytes = device.mem_budget;
-    options.max_step_tokens = n_ctx.min(512);
+    options.max_step_tokens = n_ctx.min(step_tokens).max(1);
     options.max_step_outputs = max_outputs.clamp(1, options.max_step_tokens);
     let name = backend.name();
     let compiled = crate::progress::while_slow(&format!("preparing the model on {name}"), || {

@@ -13,7 +13,9 @@ use serde_json::json;
 
 use crate::args::{DeviceArgs, SamplingArgs, text_input};
 use crate::chat::Chat;
-use crate::common::{context_size, load_model, memory_json, ms_since_start, print_json, runner};
+use crate::common::{
+    context_size, load_model, memory_json, ms_since_start, print_json, runner, runner_with_steps,
+};
 use crate::speculative::{SpecArgs, stats_json, stats_line};
 
 #[derive(clap::Args, Debug)]
@@ -37,6 +39,9 @@ pub struct Args {
     /// Context size in tokens [default: the model's]
     #[arg(short = 'c', long = "ctx-size")]
     ctx_size: Option<usize>,
+    /// Tokens of the prompt one step carries (longer prompts run in chunks of this size)
+    #[arg(long, default_value_t = crate::common::DEFAULT_STEP_TOKENS)]
+    step_tokens: usize,
     #[command(flatten)]
     sampling: SamplingArgs,
     #[command(flatten)]
@@ -114,11 +119,15 @@ pub fn main(args: Args) -> Result<(), Error> {
     }
     let draft_model = args.spec.load_draft(&model)?;
     let compile_start = Instant::now();
-    let mut runner = runner(
+    if args.step_tokens == 0 {
+        return Err(Error::Invalid("--step-tokens must be at least 1".into()));
+    }
+    let mut runner = runner_with_steps(
         &model,
         &args.device,
         n_ctx,
         spec.map_or(1, |s| s.step_outputs()),
+        args.step_tokens,
     )?;
     let mut drafter = args
         .spec

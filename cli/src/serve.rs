@@ -147,12 +147,13 @@ pub fn main(args: Args) -> Result<(), Error> {
     let info = server.engine().info().clone();
     let url = format!("http://{}", server.local_addr());
     eprintln!(
-        "kiln serve: listening on {url} (model `{}`, backend {}, context {}, {} sequences, {} KV pages, {} connections); Ctrl-C stops",
+        "kiln serve: listening on {url} (model `{}`, backend {}, context {}, {} sequences, {} KV pages: a prompt of up to {} tokens, {} connections); Ctrl-C stops",
         info.limits.model_id,
         info.backend,
         info.limits.n_ctx,
         info.max_seqs,
         info.kv_page_count,
+        info.limits.kv_capacity,
         limits.max_connections
     );
     if args.json {

@@ -3,7 +3,8 @@
 //! Steps may carry several sequences (batched decode, chunked prefill).
 
 use kiln_ir::backend::{Backend, NO_PAGE, Step};
-use kiln_ir::kv_layout::KvDtype;
+use kiln_ir::kv_groups::KvGroups;
+use kiln_ir::kv_layout::{KvDtype, KvLayout};
 use kiln_ir::{Plan, lower, passes};
 
 use crate::Error;
@@ -119,6 +120,37 @@ pub fn compile_plan(
     )?)
 }
 
+/// The KV pages `options` ask for: room for `n_ctx` positions of each of `max_seqs`
+/// sequences (window groups only what their window reaches), or what `kv_budget_bytes`
+/// holds; at least one page per sequence and group. A memory budget may then give fewer
+/// ([`memory::fit`]).
+pub fn kv_request(
+    groups: &KvGroups,
+    layout: &KvLayout,
+    options: &CompileOptions,
+) -> Result<KvRequest, Error> {
+    let max_seqs = options.max_seqs.max(1);
+    let wanted_pages = match options.kv_budget_bytes {
+        Some(budget) => match layout.pages_for_budget(budget) {
+            0 => {
+                return Err(Error::Invalid(format!(
+                    "a KV budget of {budget} bytes holds no page ({} bytes each)",
+                    layout.page_bytes()
+                )));
+            }
+            pages => pages,
+        },
+        None => {
+            let step = options.max_step_tokens.clamp(1, options.n_ctx.max(1));
+            groups.pages_per_sequence(layout.kv_page_size(), options.n_ctx, step) * max_seqs
+        }
+    };
+    Ok(KvRequest {
+        wanted_pages,
+        min_pages: max_seqs * groups.n_groups(),
+    })
+}
+
 impl<'m> Compiled<'m> {
     pub fn new(
         model: &'m Model,
@@ -130,27 +162,7 @@ impl<'m> Compiled<'m> {
         let layout = c
             .kv_layout(options.kv_dtype)
             .map_err(kiln_kv::KvError::from)?;
-        let max_seqs = options.max_seqs.max(1);
-        let wanted_pages = match options.kv_budget_bytes {
-            Some(budget) => match layout.pages_for_budget(budget) {
-                0 => {
-                    return Err(Error::Invalid(format!(
-                        "a KV budget of {budget} bytes holds no page ({} bytes each)",
-                        layout.page_bytes()
-                    )));
-                }
-                pages => pages,
-            },
-            // Window groups hold only the pages their window reaches.
-            None => {
-                let step = options.max_step_tokens.clamp(1, options.n_ctx.max(1));
-                groups.pages_per_sequence(layout.kv_page_size(), options.n_ctx, step) * max_seqs
-            }
-        };
-        let request = KvRequest {
-            wanted_pages,
-            min_pages: max_seqs * groups.n_groups(),
-        };
+        let request = kv_request(&groups, &layout, &options)?;
         // Size everything before allocating anything: under a budget that does not fit,
         // halve the step (a smaller arena) until it does or nothing smaller is left.
         let mut options = options;
@@ -167,7 +179,11 @@ impl<'m> Compiled<'m> {
                 budget_bytes: options.mem_budget_bytes,
             };
             match memory::fit(sized, request) {
-                Ok(memory) => break (plan, memory),
+                Ok(memory) => {
+                    let device = backend.properties();
+                    memory::check_device(&memory, &device.name, device.memory_bytes)?;
+                    break (plan, memory);
+                }
                 Err(err) => {
                     let floor = options.max_step_outputs.min(plan.max_tokens).max(1);
                     match memory::smaller_step(plan.max_tokens, floor) {

@@ -24,6 +24,8 @@ pub enum Error {
     #[error(transparent)]
     MemoryBudget(#[from] crate::memory::BudgetError),
     #[error(transparent)]
+    DeviceMemory(#[from] crate::memory::DeviceMemoryError),
+    #[error(transparent)]
     InvalidModel(#[from] crate::model::validate::InvalidModel),
     #[error("unsupported model architecture {0:?} (kiln runs llama, mistral and gemma3)")]
     UnsupportedArchitecture(String),

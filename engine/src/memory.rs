@@ -136,6 +136,54 @@ pub fn fit(mut plan: MemoryPlan, kv: KvRequest) -> Result<MemoryPlan, BudgetErro
     Ok(plan)
 }
 
+/// A sized plan that the device's memory cannot hold.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "{device} has {device_bytes} bytes of memory; this model as sized needs {needed} there \
+     (arena {arena}, backend {backend}, {kv_pages} KV page(s): {kv} bytes): give --mem-budget \
+     below the device's memory, or fewer sequences (--max-seqs) or a shorter context (-c)"
+)]
+pub struct DeviceMemoryError {
+    pub device: String,
+    pub device_bytes: u64,
+    pub needed: u64,
+    pub arena: usize,
+    pub backend: usize,
+    pub kv_pages: usize,
+    pub kv: u64,
+}
+
+/// Refuse a sized plan whose device part (arena, backend buffers, KV pages; host logits
+/// and page bookkeeping apart) exceeds the device's memory, where the backend knows it:
+/// before anything is allocated, with the figures, rather than an allocation failing
+/// halfway through loading.
+pub fn check_device(
+    plan: &MemoryPlan,
+    device: &str,
+    device_bytes: Option<u64>,
+) -> Result<(), DeviceMemoryError> {
+    let Some(device_bytes) = device_bytes else {
+        return Ok(());
+    };
+    let page = plan.kv_page_bytes.saturating_sub(KV_PAGE_META_BYTES) as u64;
+    let kv = page.saturating_mul(plan.kv_pages as u64);
+    let needed = (plan.arena_bytes as u64)
+        .saturating_add(plan.backend_bytes as u64)
+        .saturating_add(kv);
+    if needed <= device_bytes {
+        return Ok(());
+    }
+    Err(DeviceMemoryError {
+        device: device.to_string(),
+        device_bytes,
+        needed,
+        arena: plan.arena_bytes,
+        backend: plan.backend_bytes,
+        kv_pages: plan.kv_pages,
+        kv,
+    })
+}
+
 /// The next smaller step size to try when a budget does not fit: half, but never below
 /// `floor` (the logits rows a step must hold). None when already at the floor.
 pub fn smaller_step(step_tokens: usize, floor: usize) -> Option<usize> {
@@ -320,6 +368,87 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(err.needed, 2500);
+    }
+
+    /// Llama 3 8B's KV cache in FP8: 32 layers × 8 KV heads × 128 dims, K and V, and an
+    /// f32 scale per (token, head) of each: 67,584 bytes a token, 1,081,344 a page of 16.
+    fn llama3_8b_kv() -> (kiln_ir::kv_groups::KvGroups, KvLayout) {
+        let groups = kiln_ir::kv_groups::KvGroups::uniform(32).unwrap();
+        let layout = groups
+            .layout(8, 128)
+            .unwrap()
+            .with_dtype(kiln_ir::kv_layout::KvDtype::F8E4M3)
+            .unwrap();
+        (groups, layout)
+    }
+
+    /// The 8B shape on a big device: arena of 512-token steps, weights uploaded (Q4_0),
+    /// logits of 32 rows over Llama 3's vocabulary.
+    fn llama3_8b_plan(layout: &KvLayout, budget: Option<usize>) -> MemoryPlan {
+        MemoryPlan {
+            weights_mapped_bytes: 4_660_000_000,
+            arena_bytes: 600_000_000,
+            backend_bytes: 4_700_000_000,
+            host_bytes: host_bytes(32, 128_256),
+            kv_page_bytes: kv_page_cost(layout),
+            kv_pages: 0,
+            max_step_tokens: 512,
+            budget_bytes: budget,
+        }
+    }
+
+    #[test]
+    fn thirty_two_sequences_of_8k_tokens_fit_a_40_gb_budget() {
+        let (groups, layout) = llama3_8b_kv();
+        assert_eq!(layout.bytes_per_token(), 32 * (8 * 128 * 2 + 8 * 4 * 2));
+        assert_eq!(layout.page_bytes(), 16 * 67_584);
+        let options = crate::compiled::CompileOptions {
+            max_seqs: 32,
+            mem_budget_bytes: Some(40_000_000_000),
+            ..crate::compiled::CompileOptions::new(8192)
+        };
+        let request = crate::compiled::kv_request(&groups, &layout, &options).unwrap();
+        assert_eq!(request.wanted_pages, 32 * 8192 / 16);
+        assert_eq!(request.min_pages, 32);
+        let p = fit(llama3_8b_plan(&layout, options.mem_budget_bytes), request).unwrap();
+        assert_eq!(p.kv_pages, 16_384, "every sequence's whole context");
+        // ≈ 17.7 GB of KV (16,384 pages of 1,081,344 bytes, plus their bookkeeping).
+        assert_eq!(p.kv_bytes(), 16_384 * (1_081_344 + KV_PAGE_META_BYTES));
+        assert!(p.total_bytes() <= 40_000_000_000);
+        // An H100's 80 GB holds it; a 20 GB card does not (23 GB needed), and says so before allocating.
+        check_device(&p, "H100", Some(80 << 30)).unwrap();
+        let err = check_device(&p, "a 20 GB card", Some(20_000_000_000)).unwrap_err();
+        assert_eq!(err.needed, 5_300_000_000 + 16_384 * 1_081_344);
+        let msg = err.to_string();
+        assert!(msg.contains("a 20 GB card has 20000000000 bytes"), "{msg}");
+        assert!(msg.contains("--mem-budget"), "{msg}");
+        // A backend that does not know its memory (the CPU's) is not checked.
+        check_device(&p, "CPU", None).unwrap();
+    }
+
+    #[test]
+    fn a_budget_short_of_32_by_8k_takes_fewer_pages_and_one_too_small_is_refused() {
+        let (groups, layout) = llama3_8b_kv();
+        let options = crate::compiled::CompileOptions {
+            max_seqs: 32,
+            ..crate::compiled::CompileOptions::new(8192)
+        };
+        let request = crate::compiled::kv_request(&groups, &layout, &options).unwrap();
+        // 16 GB: 10.7 GB left for pages, about 19 sequences of 8k at once (admission
+        // counts pages, so the others wait).
+        let p = fit(llama3_8b_plan(&layout, Some(16_000_000_000)), request).unwrap();
+        assert_eq!(
+            p.kv_pages,
+            (16_000_000_000 - p.fixed_bytes()) / p.kv_page_bytes
+        );
+        assert_eq!(p.kv_pages * 16 / 8192, 19);
+        // Below the weights, arena and one page per sequence: refused with the figures.
+        let err = fit(llama3_8b_plan(&layout, Some(5_000_000_000)), request).unwrap_err();
+        assert_eq!(err.min_pages, 32);
+        assert!(err.to_string().contains("32 KV page(s)"), "{err}");
+        // Without a budget the request is the whole context of every sequence.
+        let p = fit(llama3_8b_plan(&layout, None), request).unwrap();
+        assert_eq!(p.kv_pages, 16_384);
     }
 
     #[test]

@@ -127,6 +127,13 @@ impl StepLimits {
     }
 
     fn reason(&self, step: &Step<'_>) -> Option<String> {
+        self.reason_counted(step, &mut 0)
+    }
+
+    /// [`Self::reason`], adding to `reads` the block-table entries it looks at: one pass
+    /// over each table, then O(1) per (token, KV group), so a prefill chunk deep in a long
+    /// context costs tokens + pages, not tokens × pages.
+    fn reason_counted(&self, step: &Step<'_>, reads: &mut usize) -> Option<String> {
         let n = step.token_ids.len();
         if n == 0 || n > self.max_tokens {
             return Some(format!(
@@ -156,21 +163,32 @@ impl StepLimits {
             ));
         }
         let n_seqs = step.block_tables.len() / n_groups;
+        // Per table: how many of its first i entries lie outside the pool (i = 0..=len).
+        let outside_before: Vec<Vec<usize>> = step
+            .block_tables
+            .iter()
+            .map(|table| {
+                *reads += table.len();
+                std::iter::once(0)
+                    .chain(table.iter().scan(0, |outside, &p| {
+                        *outside += usize::from(p as usize >= self.kv_page_count);
+                        Some(*outside)
+                    }))
+                    .collect()
+            })
+            .collect();
         for (&pos, &seq) in step.positions.iter().zip(step.token_seq) {
             if seq as usize >= n_seqs {
                 return Some(format!("sequence {seq} has no block table"));
             }
             let pos = pos as usize;
             for (g, &window) in self.group_windows.iter().enumerate() {
-                let table = step.block_tables[g * n_seqs + seq as usize];
+                let outside = &outside_before[g * n_seqs + seq as usize];
                 // Every page a query at this position reads must exist.
                 let first = window.map_or(0, |w| (pos + 1).saturating_sub(w)) / page_size;
                 let last = pos / page_size;
-                if table.len() <= last
-                    || table[first..=last]
-                        .iter()
-                        .any(|&p| p as usize >= self.kv_page_count)
-                {
+                *reads += 2;
+                if outside.len() <= last + 1 || outside[last + 1] > outside[first] {
                     let group = if n_groups > 1 {
                         format!(" in KV group {g}")
                     } else {
@@ -263,5 +281,58 @@ mod tests {
             let err = limits.check(&step, "test").unwrap_err().to_string();
             assert!(err.contains(words), "{err}");
         }
+    }
+
+    /// A prefill chunk deep in a long context: the check reads each table once and each
+    /// (token, group) in O(1), not every page below every token (512 × 532 entries here).
+    #[test]
+    fn step_check_work_is_tokens_plus_pages() {
+        let (page_size, context, chunk) = (16, 8000, 512);
+        let limits = StepLimits {
+            max_tokens: chunk,
+            max_outputs: 1,
+            vocab: 10,
+            kv_page_size: page_size,
+            kv_page_count: 1 << 12,
+            group_windows: vec![None, Some(100)],
+        };
+        let n_pages = (context + chunk).div_ceil(page_size);
+        let full: Vec<u32> = (0..n_pages as u32).collect();
+        // The window group has given back the pages no query of the chunk reads.
+        let first_read = (context + 1 - 100) / page_size;
+        let window: Vec<u32> = (0..n_pages as u32)
+            .map(|p| {
+                if (p as usize) < first_read {
+                    NO_PAGE
+                } else {
+                    p
+                }
+            })
+            .collect();
+        let ids = vec![1u32; chunk];
+        let positions: Vec<u32> = (context as u32..(context + chunk) as u32).collect();
+        let seqs = vec![0u32; chunk];
+        let step = Step {
+            token_ids: &ids,
+            positions: &positions,
+            token_seq: &seqs,
+            block_tables: &[&full, &window],
+            output_rows: &[chunk as u32 - 1],
+        };
+        let mut reads = 0;
+        assert_eq!(limits.reason_counted(&step, &mut reads), None);
+        assert_eq!(reads, 2 * n_pages + 2 * 2 * chunk);
+        // The same tables checked as before: a page the window still needs, missing.
+        let mut holed = window.clone();
+        holed[first_read] = NO_PAGE;
+        let step = Step {
+            block_tables: &[&full, &holed],
+            ..step
+        };
+        let err = limits.check(&step, "test").unwrap_err().to_string();
+        assert!(
+            err.contains("position 8000 is not covered by its pages in KV group 1"),
+            "{err}"
+        );
     }
 }

@@ -50,13 +50,15 @@ pub struct Engine {
 
 /// The compile options a scheduler of `config` needs: steps of `step_tokens` tokens (at
 /// least one per sequence) and one logits row per sequence, plus `spec_k_max` for the
-/// guesses of each (within the step's tokens). Without a KV budget the pool holds `n_ctx`
-/// × `max_seqs` positions, at most [`DEFAULT_KV_BUDGET_BYTES`].
+/// guesses of each (within the step's tokens). The KV pool: `kv_budget_bytes` if given;
+/// else with a memory budget, room for `n_ctx` × `max_seqs` positions as far as the
+/// budget goes (what it leaves after the arena and buffers); else that room, at most
+/// [`DEFAULT_KV_BUDGET_BYTES`].
 pub fn compile_options(config: &ServeConfig, model: &Model) -> CompileOptions {
     let c = &model.config;
     let n_ctx = config.n_ctx.unwrap_or(c.context_length).max(1);
     let max_seqs = config.max_seqs.max(1);
-    let kv_budget_bytes = config.kv_budget_bytes.or_else(|| {
+    let default_kv_budget = || {
         let layout = c.kv_layout(config.kv_dtype).ok()?;
         let step = config.step_tokens.clamp(1, n_ctx);
         let pages = c
@@ -64,7 +66,12 @@ pub fn compile_options(config: &ServeConfig, model: &Model) -> CompileOptions {
             .pages_per_sequence(layout.kv_page_size(), n_ctx, step)
             * max_seqs;
         Some((pages * layout.page_bytes()).min(DEFAULT_KV_BUDGET_BYTES))
-    });
+    };
+    let kv_budget_bytes = match (config.kv_budget_bytes, config.mem_budget_bytes) {
+        (Some(kv), _) => Some(kv),
+        (None, Some(_)) => None,
+        (None, None) => default_kv_budget(),
+    };
     let max_step_tokens = config.step_tokens.max(max_seqs);
     CompileOptions {
         kv_dtype: config.kv_dtype,

@@ -76,8 +76,9 @@ pub struct ServeConfig {
     /// Positions one sequence may hold (None: the model's context length).
     pub n_ctx: Option<usize>,
     pub kv_dtype: KvDtype,
-    /// Bytes the KV page pool may take (None: room for `n_ctx` × `max_seqs` positions, at
-    /// most [`engine::DEFAULT_KV_BUDGET_BYTES`]).
+    /// Bytes the KV page pool may take (None: room for `n_ctx` × `max_seqs` positions, as
+    /// far as `mem_budget_bytes` goes when given, else at most
+    /// [`engine::DEFAULT_KV_BUDGET_BYTES`]).
     pub kv_budget_bytes: Option<usize>,
     /// Bytes the engine may allocate in all (arena, KV pool, buffers; None: no limit).
     pub mem_budget_bytes: Option<usize>,

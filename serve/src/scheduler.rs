@@ -9,6 +9,9 @@
 //! - Admission counts pages: a request is admitted when the pages it needs (its whole
 //!   prompt, less the prefix-cache pages other sequences already hold), plus the pages
 //!   promised to sequences still prefilling, plus a small reserve, are free or evictable.
+//!   While a long prompt prefills, short requests at the front of the queue still get in
+//!   at once: up to half of a step's prefill budget is kept for whole prompts that fit in
+//!   it ([`admit`]).
 //! - When decoding sequences need more pages than there are, the newest running sequence is
 //!   preempted: its pages are freed (full ones stay in the prefix cache) and it goes back to
 //!   the front of the queue to recompute its prompt and what it generated so far. A

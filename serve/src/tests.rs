@@ -304,3 +304,111 @@ fn stop_sequences_cut_the_text_before_them() {
     assert_eq!(got[0].text, expected);
     assert_eq!(got[0].finish, Some(FinishReason::Stop));
 }
+
+/// Steps until `rx` has brought text or an end; the events go into `into`.
+fn has_output(rx: &mut UnboundedReceiver<Event>, into: &mut Received) -> bool {
+    received(rx, into);
+    !into.text.is_empty() || into.finish.is_some() || into.error.is_some()
+}
+
+#[test]
+fn a_long_prefill_neither_stalls_decoding_nor_holds_a_short_request_back() {
+    let Some(model) = model() else { return };
+    let tok = &model.tokenizer;
+    let decoding = tok.encode("The capital of France is", true, true);
+    let long = tok.encode(
+        &"Once upon a time, in a land far away, ".repeat(21),
+        true,
+        true,
+    );
+    let short = tok.encode("1, 2, 3, 4, 5,", true, true);
+    assert!((200..N_CTX - 4).contains(&long.len()), "{}", long.len());
+    let mut sched = scheduler(model, 4, 32, None);
+    let (req, rx_a) = request(&decoding, 60);
+    sched.submit(req);
+    let mut rxs = vec![rx_a];
+    let mut got: Vec<Received> = vec![Received::default()];
+    while !has_output(&mut rxs[0], &mut got[0]) {
+        sched.step().unwrap();
+    }
+    // The long prompt takes the step's budget (32 tokens, one of them the decoding
+    // request's), so its prefill spans about 8 steps.
+    let (req, rx_l) = request(&long, 4);
+    sched.submit(req);
+    sched.step().unwrap();
+    let (req, rx_s) = request(&short, 4);
+    sched.submit(req);
+    rxs.extend([rx_l, rx_s]);
+    got.extend([Received::default(), Received::default()]);
+    let mut short_first = None;
+    for step in 1.. {
+        let o = sched.step().unwrap();
+        if has_output(&mut rxs[1], &mut got[1]) {
+            break; // the long prompt's first token: its prefill is done
+        }
+        assert!(
+            o.sampled >= 1,
+            "step {step}: the decoding request got no token"
+        );
+        if short_first.is_none() && has_output(&mut rxs[2], &mut got[2]) {
+            short_first = Some(step);
+        }
+        assert!(step < 20, "the long prompt's prefill never ended");
+    }
+    assert_eq!(
+        short_first,
+        Some(1),
+        "the short request's first token came in the step after it arrived, during the long prefill"
+    );
+    let rest = run_to_end(&mut sched, &mut rxs);
+    for (g, r) in got.iter_mut().zip(rest) {
+        g.text.push_str(&r.text);
+        g.finish = g.finish.or(r.finish);
+        g.usage = g.usage.or(r.usage);
+        g.error = g.error.take().or(r.error);
+    }
+    let max_tokens = [60, 4, 4];
+    for ((prompt, g), n) in [decoding, long, short].iter().zip(&got).zip(max_tokens) {
+        assert_same_as_alone(
+            model,
+            std::slice::from_ref(prompt),
+            std::slice::from_ref(g),
+            n,
+        );
+    }
+    assert_every_page_back(&mut sched);
+}
+
+#[test]
+fn a_memory_budget_sizes_the_kv_pool_for_every_sequences_context() {
+    let Some(model) = model() else { return };
+    let config = super::ServeConfig {
+        max_seqs: 32,
+        n_ctx: Some(8192),
+        ..super::ServeConfig::new("m", Arc::new(|| Ok(Box::new(CpuBackend::new()))))
+    };
+    let options = |config: &super::ServeConfig| super::engine::compile_options(config, model);
+    // No budget: room for 32 × 8k (3.2 GB for this model) capped at the default.
+    assert_eq!(
+        options(&config).kv_budget_bytes,
+        Some(super::engine::DEFAULT_KV_BUDGET_BYTES)
+    );
+    // A memory budget: the pool asks for every sequence's whole context and takes what
+    // the budget leaves (it was capped at the default all the same).
+    let budgeted = super::ServeConfig {
+        mem_budget_bytes: Some(8 << 30),
+        ..config.clone()
+    };
+    let o = options(&budgeted);
+    assert_eq!(o.kv_budget_bytes, None);
+    let c = &model.config;
+    let layout = c.kv_layout(o.kv_dtype).unwrap();
+    let request = kiln_engine::compiled::kv_request(&c.kv_groups(), &layout, &o).unwrap();
+    assert_eq!(request.wanted_pages, 32 * 8192 / 16);
+    // An explicit KV budget wins.
+    let kv = super::ServeConfig {
+        kv_budget_bytes: Some(123 << 20),
+        ..budgeted
+    };
+    assert_eq!(options(&kv).kv_budget_bytes, Some(123 << 20));
+}

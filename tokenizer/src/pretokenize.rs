@@ -620,6 +620,35 @@ mod tests {
         ));
     }
 
+    /// Runs of one class of character as long as a whole long prompt, through every
+    /// pre-tokenizer: each is split in one pass (a matcher or regex that rescanned the
+    /// run from each position would take minutes at 200,000 characters, not
+    /// milliseconds), and the words cover the text.
+    #[test]
+    fn long_runs_split_in_linear_time() {
+        let n = 200_000;
+        let texts = [
+            "a".repeat(n),
+            " ".repeat(n) + "a",
+            " \n".repeat(n / 2) + "a",
+            "\t ".repeat(n / 2) + "a",
+            "1".repeat(n),
+            "!".repeat(n),
+            "'x".repeat(n / 2),
+            "日".repeat(n),
+            "a\u{301}".repeat(n / 2),
+        ];
+        for (names, c) in TABLE {
+            let p = PreTokenizer::new(names[0], c).unwrap();
+            for text in &texts {
+                let words = p.split(text);
+                assert_eq!(words.first().map(|w| w.0), Some(0), "{}", names[0]);
+                assert_eq!(words.last().map(|w| w.1), Some(text.len()), "{}", names[0]);
+                assert!(words.windows(2).all(|w| w[0].1 == w[1].0), "{}", names[0]);
+            }
+        }
+    }
+
     #[test]
     fn regex_pieces_cover_the_text() {
         let t = "Qwen2: 123 apples, 4 oranges.\n\nDone";

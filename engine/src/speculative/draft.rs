@@ -24,6 +24,10 @@ pub struct DraftModel<'m> {
     runner: Box<dyn Runner + 'm>,
     /// The tokens whose keys and values the draft runner holds, position 0 first.
     held: Vec<u32>,
+    /// Tokens of the last context drafted after (all held): within a generation the
+    /// context only grows, so only what follows them is compared with `held`, and a
+    /// step's host work does not grow with the context.
+    synced: usize,
     /// None: greedy drafting.
     sampler: Option<Sampler>,
 }
@@ -101,6 +105,7 @@ impl<'m> DraftModel<'m> {
         DraftModel {
             runner,
             held: Vec::new(),
+            synced: 0,
             sampler: None,
         }
     }
@@ -119,6 +124,7 @@ impl Drafter for DraftModel<'_> {
     fn start(&mut self, sampling: &SamplerConfig) -> Result<(), Error> {
         self.runner.reset();
         self.held.clear();
+        self.synced = 0;
         self.sampler = draft_sampler(sampling)?;
         Ok(())
     }
@@ -131,13 +137,14 @@ impl Drafter for DraftModel<'_> {
             return Ok(Draft::default());
         }
         // At least the last token runs, for the logits of the first guess.
-        let keep = self
-            .held
-            .iter()
-            .zip(context)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(context.len() - 1);
+        let synced = self.synced.min(context.len()).min(self.held.len());
+        let keep = (synced
+            + self.held[synced..]
+                .iter()
+                .zip(&context[synced..])
+                .take_while(|(a, b)| a == b)
+                .count())
+        .min(context.len() - 1);
         self.runner.truncate(keep);
         // A runner that cannot resume at `keep` (a window layer gave its pages back)
         // starts over: it holds what its position says.
@@ -145,6 +152,7 @@ impl Drafter for DraftModel<'_> {
         self.held.truncate(keep);
         let mut logits = self.runner.forward(&context[keep..], LogitsFor::Last)?;
         self.held.extend_from_slice(&context[keep..]);
+        self.synced = context.len();
         let mut draft = Draft::default();
         let mut q = Vec::with_capacity(k);
         for i in 0..k {

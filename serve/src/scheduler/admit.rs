@@ -1,6 +1,12 @@
 //! Planning a step's batch: the chunks of the running sequences (preemption when the
 //! decoding ones need more pages than there are), then the waiting requests admitted
 //! while the sequence limit, the token budget and the pages allow.
+//!
+//! A long prompt's prefill never holds the queue behind it: while one is in progress, the
+//! requests at the front of the queue whose whole prompts fit in half of what the step
+//! has left after decoding are admitted in the same step, so a short request gets its
+//! first token after one step, not after the long prompt's last chunk. The prefill in
+//! progress keeps at least half, so a stream of short requests cannot starve it.
 
 use super::*;
 
@@ -33,15 +39,14 @@ impl<'m> Scheduler<'m> {
             });
         }
         self.plan_guesses(&mut chunks, &mut pages_left, &mut tokens_left)?;
+        let reserved = self.short_prompts_reserve(tokens_left)?;
+        let mut tokens_left = tokens_left - reserved;
         let kv = self.compiled.kv();
         for (i, s) in self.running.iter().enumerate() {
             let Some(seq) = s.kv.filter(|_| s.pending() > 1) else {
                 continue;
             };
-            let mut len = s.pending().min(tokens_left);
-            while len > 0 && kv.pages_needed(seq, len)? > pages_left {
-                len -= 1;
-            }
+            let len = longest_fit(kv, seq, s.pending().min(tokens_left), pages_left)?;
             if len > 0 {
                 pages_left -= kv.pages_needed(seq, len)?;
                 tokens_left -= len;
@@ -63,16 +68,9 @@ impl<'m> Scheduler<'m> {
     pub(super) fn admit(&mut self, mut chunks: Vec<Chunk>) -> Result<Vec<Chunk>, Error> {
         let mut tokens_left =
             self.config.step_tokens - chunks.iter().map(|c| c.len + c.guesses).sum::<usize>();
+        let mut promised = self.promised_pages()?;
         let kv = self.compiled.kv();
         let available = kv.pool().available();
-        // Pages still to come for every running sequence to hold all its tokens.
-        let mut promised = 0;
-        for s in &self.running {
-            if let Some(seq) = s.kv {
-                let held = kv.pages_held(seq)?;
-                promised += kv.pages_for_tokens(s.tokens.len()).saturating_sub(held);
-            }
-        }
         while self.running.len() < self.config.max_seqs && tokens_left > 0 {
             let Some(front) = self.waiting.front() else {
                 break;
@@ -117,4 +115,68 @@ impl<'m> Scheduler<'m> {
         }
         Ok(chunks)
     }
+
+    /// Pages still to come for every running sequence to hold all its tokens.
+    fn promised_pages(&mut self) -> Result<usize, Error> {
+        let kv = self.compiled.kv();
+        let mut promised = 0;
+        for s in &self.running {
+            if let Some(seq) = s.kv {
+                let held = kv.pages_held(seq)?;
+                promised += kv.pages_for_tokens(s.tokens.len()).saturating_sub(held);
+            }
+        }
+        Ok(promised)
+    }
+
+    /// Tokens kept from the prefill of running sequences for the short requests at the
+    /// front of the queue (see the module documentation): the whole prompts of those that
+    /// fit together in half of `tokens_left`, that the sequence limit lets in and that
+    /// [`Self::admit`] will find pages for (counted without prefix-cache hits, so never
+    /// more than it needs). 0 when no running sequence is prefilling.
+    fn short_prompts_reserve(&mut self, tokens_left: usize) -> Result<usize, Error> {
+        if !self
+            .running
+            .iter()
+            .any(|s| s.kv.is_some() && s.pending() > 1)
+        {
+            return Ok(0);
+        }
+        let half = tokens_left / 2;
+        let slots = self.config.max_seqs.saturating_sub(self.running.len());
+        let mut promised = self.promised_pages()?;
+        let kv = self.compiled.kv();
+        let available = kv.pool().available();
+        let mut reserved = 0;
+        for s in self.waiting.iter().take(slots) {
+            let need = kv.pages_for_tokens(s.tokens.len());
+            if reserved + s.pending() > half || promised + need + self.reserve_pages > available {
+                break;
+            }
+            reserved += s.pending();
+            promised += need;
+        }
+        Ok(reserved)
+    }
+}
+
+/// The longest chunk of at most `max_len` tokens that `seq` can append within
+/// `pages_left` pages: a binary search, as the pages an append needs never shrink with
+/// its length.
+fn longest_fit(
+    kv: &kiln_kv::KvManager,
+    seq: SeqId,
+    max_len: usize,
+    pages_left: usize,
+) -> Result<usize, Error> {
+    let (mut fits, mut too_long) = (0, max_len + 1);
+    while too_long - fits > 1 {
+        let mid = fits + (too_long - fits) / 2;
+        if kv.pages_needed(seq, mid)? <= pages_left {
+            fits = mid;
+        } else {
+            too_long = mid;
+        }
+    }
+    Ok(fits)
 }

@@ -32,6 +32,10 @@ enum Method {
     Draft {
         seq: Option<SeqId>,
         sampler: Option<Sampler>,
+        /// Tokens of the text the draft sequence held as of the last step (the text only
+        /// grows): only what follows is compared, so a step's host work does not grow
+        /// with the context.
+        synced: usize,
     },
 }
 
@@ -60,6 +64,7 @@ impl SeqSpec {
             None if has_draft => Method::Draft {
                 seq: None,
                 sampler: draft_sampler(&req.sampler)?,
+                synced: 0,
             },
             None => return Ok(None),
         };
@@ -171,7 +176,7 @@ fn draft_all(
     for &(i, _) in jobs {
         let s = &mut running[i];
         let Some(SeqSpec {
-            method: Method::Draft { seq, .. },
+            method: Method::Draft { seq, synced, .. },
             ..
         }) = &mut s.spec
         else {
@@ -181,17 +186,25 @@ fn draft_all(
         };
         let id = match *seq {
             Some(id) => id,
-            None => *seq.insert(draft.kv().create_sequence_with_prefix(&s.tokens).0),
+            None => {
+                let (id, n_cached) = draft.kv().create_sequence_with_prefix(&s.tokens);
+                *synced = n_cached;
+                *seq.insert(id)
+            }
         };
         let kv = draft.kv();
-        let keep = kv
-            .tokens(id)?
-            .iter()
-            .zip(&s.tokens)
-            .take_while(|(a, b)| a == b)
-            .count()
-            .min(s.tokens.len() - 1);
+        let drafted = kv.tokens(id)?;
+        let from = (*synced).min(drafted.len()).min(s.tokens.len());
+        let keep = (from
+            + drafted[from..]
+                .iter()
+                .zip(&s.tokens[from..])
+                .take_while(|(a, b)| a == b)
+                .count())
+        .min(s.tokens.len() - 1);
         kv.rollback(id, keep)?;
+        // Once caught up below, the draft holds the whole text.
+        *synced = s.tokens.len();
         seqs.push(id);
         held.push(keep);
     }

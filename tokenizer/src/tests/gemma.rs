@@ -156,3 +156,20 @@ fn long_text_is_fast_and_round_trips() {
     assert_eq!(ids.len(), 7563);
     assert_eq!(t.encode(&text, true, true), ids);
 }
+
+/// SentencePiece merges a fragment whole (no pre-tokenizer): a fragment of 1,000,000
+/// characters is merged with a heap in O(n log n), well under a second.
+#[test]
+fn a_fragment_of_a_million_characters_encodes_in_one_pass() {
+    let t = gemma();
+    let n = 1_000_000;
+    for text in [
+        "abcdefghij".repeat(n / 10),
+        "!".repeat(n),
+        "日本".repeat(n / 2),
+    ] {
+        let ids = t.encode(&text, false, false);
+        assert!(!ids.is_empty() && ids.len() <= text.len());
+        assert_eq!(t.decode(&ids), text);
+    }
+}

@@ -210,3 +210,26 @@ proptest! {
         }
     }
 }
+
+/// One "word" of 1,000,000 characters (and runs of spaces, newlines, punctuation, CJK):
+/// BPE merges it with a heap in O(n log n), so it takes well under a second; a merge loop
+/// that rescanned the word per merge would take hours. Decoding streams in O(1) a token.
+#[test]
+fn a_word_of_a_million_characters_encodes_in_one_pass() {
+    let Some(t) = model() else { return };
+    let n = 1_000_000;
+    for text in [
+        "abcdefghij".repeat(n / 10),
+        " ".repeat(n) + "x",
+        "\n".repeat(n),
+        "!?.,;:".repeat(n / 6),
+        "日本".repeat(n / 2),
+    ] {
+        let ids = t.encode(&text, false, false);
+        assert!(!ids.is_empty() && ids.len() <= text.len());
+        let mut d = StreamDecoder::new(t);
+        let mut out: String = ids.iter().map(|&id| d.push(id)).collect();
+        out.push_str(&d.finish());
+        assert_eq!(out, text);
+    }
+}
