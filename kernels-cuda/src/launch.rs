@@ -197,21 +197,19 @@ pub const FP_ROWS: u32 = 64;
 /// Threads of a prefill attention block (attention_prefill.cu: FP_THREADS): 4 warps.
 pub const FP_THREADS: u32 = 4 * WARP;
 
-/// The entry of the prefill attention for a shape: the one of the first of
-/// [`PREFILL_HEAD_DIMS`] its head size fits (None past 256).
+/// The first of [`PREFILL_HEAD_DIMS`] a shape's head size fits (None past 256).
+fn prefill_class(shape: &AttentionShape) -> Option<usize> {
+    PREFILL_HEAD_DIMS.iter().position(|&d| shape.head_dim <= d)
+}
+
+/// The entry of the prefill attention for a shape (its head size class).
 pub fn prefill_entry(shape: &AttentionShape) -> Option<Entry> {
-    let i = PREFILL_HEAD_DIMS
-        .iter()
-        .position(|&d| shape.head_dim <= d)?;
-    Some(Entry::Prefill(i as u8))
+    prefill_class(shape).map(|i| Entry::Prefill(i as u8))
 }
 
 /// The head size the prefill kernel computes with (attention_prefill.cu: HD).
 fn prefill_head_dim(shape: &AttentionShape) -> u32 {
-    match prefill_entry(shape) {
-        Some(Entry::Prefill(i)) => PREFILL_HEAD_DIMS[usize::from(i)],
-        _ => 0,
-    }
+    prefill_class(shape).map_or(0, |i| PREFILL_HEAD_DIMS[i])
 }
 
 /// KV positions of a prefill attention tile for a head size (attention_prefill.cu:

@@ -41,8 +41,9 @@ __device__ __forceinline__ unsigned int fp_heads(const KvArgs& p) {
 // Issue the copies of the tile of positions [k0, k0 + BK) into stage buffers kr, vr (raw
 // E4M3 rows of HD bytes; bytes past head_dim stay zero) and the scales into ks, vs:
 // positions from kend on are zeros (their S is masked, and no NaN may meet P = 0).
+// `table`: the segment's block table (kv_common.cuh: table_of), found once a segment.
 template <unsigned int HD, unsigned int BK>
-__device__ __forceinline__ void fp_issue(const KvArgs& p, unsigned int token, unsigned int kvh, unsigned int k0,
+__device__ __forceinline__ void fp_issue(const KvArgs& p, unsigned int table, unsigned int kvh, unsigned int k0,
                                          unsigned int kend, unsigned char* kr, unsigned char* vr, float* ks,
                                          float* vs) {
     const unsigned char* kv = p.kv;
@@ -57,7 +58,7 @@ __device__ __forceinline__ void fp_issue(const KvArgs& p, unsigned int token, un
         unsigned char* kd = kr + key * HD + d;
         unsigned char* vd = vr + key * HD + d;
         if (pos < kend) {
-            unsigned int page = page_of(p, token, pos);
+            unsigned int page = p.step[table + pos / p.page_size];
             unsigned int slot = pos % p.page_size;
             const unsigned char* k = kv + values_at(p, page, slot, kvh, 0u) + d;
             const unsigned char* v = kv + values_at(p, page, slot, kvh, 1u) + d;
@@ -79,7 +80,7 @@ __device__ __forceinline__ void fp_issue(const KvArgs& p, unsigned int token, un
     for (unsigned int key = threadIdx.x; key < BK; key += FP_THREADS) {
         unsigned int pos = k0 + key;
         if (pos < kend) {
-            unsigned int page = page_of(p, token, pos);
+            unsigned int page = p.step[table + pos / p.page_size];
             unsigned int slot = pos % p.page_size;
             ptx_cp_async4(ks + key, kv + scale_at(p, page, slot, kvh, 0u));
             ptx_cp_async4(vs + key, kv + scale_at(p, page, slot, kvh, 1u));
@@ -223,14 +224,14 @@ __device__ __forceinline__ void fp_attention(const KvArgs& p) {
             }
         }
         unsigned int tiles = (kmax - kbegin + BK - 1u) / BK;
-        unsigned int token = t0 + first;
-        fp_issue<HD, BK>(p, token, kvh, kbegin, kmax, raw, raw + BK * HD, raw_scales, raw_scales + BK);
+        unsigned int table = table_of(p, t0 + first);
+        fp_issue<HD, BK>(p, table, kvh, kbegin, kmax, raw, raw + BK * HD, raw_scales, raw_scales + BK);
         for (unsigned int i = 0u; i < tiles; i++) {
             unsigned int k0 = kbegin + i * BK;
             unsigned int stage = i % 2u;
             if (i + 1u < tiles) {
                 unsigned int next = 1u - stage;
-                fp_issue<HD, BK>(p, token, kvh, k0 + BK, kmax, raw + 2u * next * BK * HD,
+                fp_issue<HD, BK>(p, table, kvh, k0 + BK, kmax, raw + 2u * next * BK * HD,
                                  raw + (2u * next + 1u) * BK * HD, raw_scales + 2u * next * BK,
                                  raw_scales + (2u * next + 1u) * BK);
             } else {

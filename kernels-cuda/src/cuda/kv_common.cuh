@@ -3,13 +3,17 @@
 // layer, K values (T, H, D), V values, then for FP8 K scales (T, H) f32 and V scales.
 // The variant header defines KV_FP8 (0 or 1) and KV_VALUE_BYTES (1 or 2).
 
-// The page of token t's sequence that holds position pos, in this layer's KV group
-// (block tables group-major: group g's table of sequence s is entry g·n_seqs + s).
-__device__ __forceinline__ unsigned int page_of(const KvArgs& p, unsigned int t, unsigned int pos) {
+// The step-buffer index of the block table of token t's sequence in this layer's KV
+// group (block tables group-major: group g's table of sequence s is entry g·n_seqs + s).
+__device__ __forceinline__ unsigned int table_of(const KvArgs& p, unsigned int t) {
     const unsigned int* __restrict__ step = p.step;
     unsigned int seq = step[step[STEP_SEQ] + t];
-    unsigned int table = step[step[STEP_TABLES] + p.kv_group * step[STEP_N_SEQS] + seq];
-    return step[table + pos / p.page_size];
+    return step[step[STEP_TABLES] + p.kv_group * step[STEP_N_SEQS] + seq];
+}
+
+// The page of token t's sequence that holds position pos, in this layer's KV group.
+__device__ __forceinline__ unsigned int page_of(const KvArgs& p, unsigned int t, unsigned int pos) {
+    return p.step[table_of(p, t) + pos / p.page_size];
 }
 
 // Byte offset of a page: 64-bit, as a cache may exceed 4 GiB (32 sequences × 8k tokens of
