@@ -9,7 +9,9 @@ use crate::graph::Graph;
 use crate::kv_layout::KvLayout;
 use crate::op::Op;
 use crate::plan::Plan;
-pub use crate::step::{NO_PAGE, NON_FINITE_ROW, Step, StepLimits, StepShape, argmax};
+pub use crate::step::{
+    Candidate, NO_PAGE, NON_FINITE_ROW, Step, StepLimits, StepShape, argmax, top_k,
+};
 
 /// What a backend says about its device: its name for users, and the limits that size
 /// what it runs (a plan too large for a binding is refused at load; the number of
@@ -181,6 +183,20 @@ pub trait Backend {
         Ok(())
     }
 
+    /// The `k` most likely tokens of each output row of the last step (`out`: (rows, k),
+    /// the logits being (rows, `vocab`)), ordered as [`top_k`] orders them: what a
+    /// sampler with a top-k filter draws from. By default the logits are read back and
+    /// chosen on the host ([`host_top_k`]); a backend with a device top-k overrides it, so
+    /// that sampling reads back k candidates a row instead of a row of logits.
+    fn read_top_k(
+        &mut self,
+        vocab: usize,
+        k: usize,
+        out: &mut [Candidate],
+    ) -> Result<(), BackendError> {
+        host_top_k(self, vocab, k, out)
+    }
+
     // ---- optional ----
     /// Host or device bytes `load_plan` will allocate for `plan` besides the arena and the
     /// KV pages (decoded vectors, repacked or uploaded weights), so that a memory budget can
@@ -204,4 +220,30 @@ pub trait Backend {
             what: "per-launch timers".into(),
         })
     }
+}
+
+/// [`Backend::read_top_k`] on the host: the logits read back, each row's top k chosen by
+/// [`top_k`]. What a device top-k falls back to for a k past its kernel's.
+pub fn host_top_k<B: Backend + ?Sized>(
+    backend: &mut B,
+    vocab: usize,
+    k: usize,
+    out: &mut [Candidate],
+) -> Result<(), BackendError> {
+    if k == 0 || k > vocab || out.len() % k != 0 {
+        return Err(BackendError::BadStep {
+            backend: backend.name(),
+            reason: format!(
+                "top-{k} of rows of {vocab} logits into {} candidates",
+                out.len()
+            ),
+        });
+    }
+    let rows = out.len() / k;
+    let mut logits = vec![0.0f32; rows * vocab]; // (rows, vocab)
+    backend.read_logits(&mut logits)?;
+    for (cands, row) in out.chunks_exact_mut(k).zip(logits.chunks_exact(vocab)) {
+        top_k(row, cands);
+    }
+    Ok(())
 }

@@ -225,9 +225,86 @@ pub fn argmax(row: &[f32]) -> u32 {
     best as u32
 }
 
+/// One of a row's most likely tokens, as a top-k hands them to the sampler.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Candidate {
+    pub id: u32,
+    pub logit: f32,
+}
+
+impl Candidate {
+    /// What fills a row of candidates whose logits hold a NaN or +∞.
+    pub const NON_FINITE: Candidate = Candidate {
+        id: NON_FINITE_ROW,
+        logit: f32::NAN,
+    };
+
+    /// Larger logit first, then the lower id (−0 and +0 are equal, as [`argmax`] has
+    /// them): the order of a top-k, total on rows without NaN.
+    pub fn before(&self, other: &Candidate) -> std::cmp::Ordering {
+        let by_logit = other.logit.partial_cmp(&self.logit);
+        by_logit
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then(self.id.cmp(&other.id))
+    }
+}
+
+/// The `out.len()` largest logits of `row` with their ids, largest first and the lower id
+/// first among equal logits (so the first is [`argmax`]'s, and the first k' of a top-k
+/// are the top-k'); −∞ is a logit like another. Every candidate is
+/// [`Candidate::NON_FINITE`] when the row holds a NaN or +∞. `out.len()` is at most
+/// `row.len()`. The host side of [`crate::backend::Backend::read_top_k`], and what a
+/// device top-k must match.
+pub fn top_k(row: &[f32], out: &mut [Candidate]) {
+    let k = out.len().min(row.len());
+    if row.iter().any(|v| v.is_nan() || *v == f32::INFINITY) {
+        out.fill(Candidate::NON_FINITE);
+        return;
+    }
+    let mut all: Vec<Candidate> = row
+        .iter()
+        .enumerate()
+        .map(|(i, &logit)| Candidate {
+            id: i as u32,
+            logit,
+        })
+        .collect();
+    if k == 0 {
+        return;
+    }
+    if k < all.len() {
+        all.select_nth_unstable_by(k - 1, Candidate::before);
+        all.truncate(k);
+    }
+    all.sort_unstable_by(Candidate::before);
+    out[..k].copy_from_slice(&all);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_k_orders_by_logit_then_id_and_refuses_non_numbers() {
+        let row = [1.0, 3.0, f32::NEG_INFINITY, 3.0, -0.0, 0.0, 2.0];
+        let mut out = [Candidate::NON_FINITE; 4];
+        top_k(&row, &mut out);
+        let ids: Vec<u32> = out.iter().map(|c| c.id).collect();
+        assert_eq!(ids, [1, 3, 6, 0]);
+        assert_eq!(out[2].logit, 2.0);
+        let mut all = [Candidate::NON_FINITE; 7];
+        top_k(&row, &mut all);
+        let ids: Vec<u32> = all.iter().map(|c| c.id).collect();
+        // −0 and +0 tie (the lower id first), −∞ last.
+        assert_eq!(ids, [1, 3, 6, 0, 4, 5, 2]);
+        assert_eq!(all[0].id, argmax(&row));
+        top_k(&[0.5, f32::INFINITY, 1.0], &mut out[..2]);
+        assert!(
+            out[..2]
+                .iter()
+                .all(|c| c.id == NON_FINITE_ROW && c.logit.is_nan())
+        );
+    }
 
     #[test]
     fn argmax_takes_the_lowest_id_on_ties_and_refuses_non_numbers() {
