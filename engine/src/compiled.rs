@@ -2,7 +2,7 @@
 //! backend executes it each step, with the KV cache in pages the [`KvManager`] hands out.
 //! Steps may carry several sequences (batched decode, chunked prefill).
 
-use kiln_ir::backend::{Backend, NO_PAGE, Step};
+use kiln_ir::backend::{Backend, Candidate, NO_PAGE, Step};
 use kiln_ir::kv_groups::KvGroups;
 use kiln_ir::kv_layout::{KvDtype, KvLayout};
 use kiln_ir::{Plan, lower, passes};
@@ -249,6 +249,28 @@ impl<'m> Compiled<'m> {
         Ok(ids)
     }
 
+    /// [`Compiled::step`] for sampling with a top-k filter: the `k` most likely tokens of
+    /// each row asked for (`Backend::read_top_k`: on the device where the backend can, so
+    /// only k candidates a row come back), (outputs, k) in entry order, each row ordered
+    /// as [`kiln_ir::step::top_k`] orders it; a row of logits holding a NaN or +∞ comes
+    /// back as [`Candidate::NON_FINITE`] (the sampler refuses it).
+    pub fn step_top_k(
+        &mut self,
+        batch: &[BatchEntry<'_>],
+        k: usize,
+    ) -> Result<Vec<Candidate>, Error> {
+        let vocab = self.model.config.vocab_size;
+        if k == 0 || k > vocab {
+            return Err(Error::Invalid(format!(
+                "top-{k} of a vocabulary of {vocab}"
+            )));
+        }
+        let n_outputs = self.run_step(batch)?;
+        let mut cand = vec![Candidate::NON_FINITE; n_outputs * k]; // (outputs, k)
+        self.backend.read_top_k(vocab, k, &mut cand)?;
+        Ok(cand)
+    }
+
     /// Run one step, leaving its logits on the backend; returns the rows asked for.
     fn run_step(&mut self, batch: &[BatchEntry<'_>]) -> Result<usize, Error> {
         let n_tokens: usize = batch.iter().map(|e| e.tokens.len()).sum();
@@ -335,7 +357,7 @@ impl<'m> Compiled<'m> {
         seq: SeqId,
         tokens: &[u32],
         first_out: usize,
-        step: fn(&mut Self, &[BatchEntry<'_>]) -> Result<Vec<T>, Error>,
+        mut step: impl FnMut(&mut Self, &[BatchEntry<'_>]) -> Result<Vec<T>, Error>,
     ) -> Result<Vec<T>, Error> {
         let mut out = Vec::new();
         let mut i = 0;
@@ -439,5 +461,14 @@ impl Runner for Compiled<'_> {
         let seq = self.runner_seq_for(tokens)?;
         let ids = self.forward_seq(seq, tokens, tokens.len() - 1, Compiled::step_argmax)?;
         ids.last().copied().ok_or(Error::EmptyPrompt)
+    }
+
+    fn forward_top_k(&mut self, tokens: &[u32], k: usize) -> Result<Vec<Candidate>, Error> {
+        let seq = self.runner_seq_for(tokens)?;
+        let k = k.min(self.model.config.vocab_size);
+        let cand = self.forward_seq(seq, tokens, tokens.len() - 1, |c, batch| {
+            c.step_top_k(batch, k)
+        })?;
+        Ok(cand[cand.len().saturating_sub(k)..].to_vec())
     }
 }

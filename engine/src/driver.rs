@@ -3,6 +3,8 @@
 
 use std::time::Instant;
 
+use kiln_ir::step::Candidate;
+
 use crate::Error;
 use crate::runner::{LogitsFor, Runner};
 use crate::sampler::{Sampler, SamplerConfig, top_logprobs};
@@ -81,6 +83,8 @@ enum Next {
     Logits(Vec<f32>),
     /// The greedy token, chosen by the runner.
     Token(u32),
+    /// The row's most likely tokens, as many as the sampler looks at, chosen by the runner.
+    Candidates(Vec<Candidate>),
 }
 
 /// A grammar over the vocabulary (kiln-structured's constraint, adapted by the caller):
@@ -139,22 +143,26 @@ fn run(
     mut mask: Option<&mut dyn TokenMask>,
     mut on_token: impl FnMut(TokenEvent<'_>) -> bool,
 ) -> Result<Generation, Error> {
-    // Greedy without log-probabilities needs only the chosen id: the runner may pick it
-    // on the device (Runner::forward_greedy) instead of returning a row of logits.
-    let greedy = req.sampler.temperature <= 0.0 && req.logprobs == 0 && mask.is_none();
+    let (mut sampler, mut emit) = check(runner, tokenizer, req)?;
+    // Without log-probabilities or a mask, the sampler needs only the chosen id (greedy)
+    // or the row's top k (a top-k filter): the runner may pick them on the device
+    // (Runner::forward_greedy, Runner::forward_top_k) instead of returning a row of logits.
+    let top = req.logprobs == 0 && mask.is_none();
+    let greedy = top && req.sampler.temperature <= 0.0;
+    let top_k = (top && req.sampler.top_k > 0).then_some(req.sampler.top_k);
     let forward = |runner: &mut dyn Runner, tokens: &[u32]| -> Result<Next, Error> {
-        Ok(if greedy {
-            Next::Token(runner.forward_greedy(tokens)?)
-        } else {
-            Next::Logits(runner.forward(tokens, LogitsFor::Last)?)
+        Ok(match top_k {
+            _ if greedy => Next::Token(runner.forward_greedy(tokens)?),
+            Some(k) => Next::Candidates(runner.forward_top_k(tokens, k)?),
+            None => Next::Logits(runner.forward(tokens, LogitsFor::Last)?),
         })
     };
-    let (mut sampler, mut emit) = check(runner, tokenizer, req)?;
     let mut next = forward(runner, &req.prompt_ids)?;
     emit.prefilled();
     while emit.wants_more() {
         let (id, logits) = match (&next, mask.as_deref_mut()) {
             (Next::Token(id), _) => (*id, None),
+            (Next::Candidates(cand), _) => (sampler.sample_candidates(cand)?, None),
             (Next::Logits(logits), None) => (sampler.sample(logits)?, Some(logits.as_slice())),
             (Next::Logits(logits), Some(mask)) => {
                 let constraint = |e: String| Error::Invalid(format!("constraint: {e}"));

@@ -1,6 +1,8 @@
 //! What the driver needs from whatever computes logits: the reference pass today,
 //! compiled plans on a backend next. One sequence, a growing context.
 
+use kiln_ir::step::{Candidate, top_k};
+
 use crate::Error;
 
 /// Which positions of a forward call need logits.
@@ -37,6 +39,17 @@ pub trait Runner {
         let logits = self.forward(tokens, LogitsFor::Last)?;
         crate::sampler::check_finite(&logits)?;
         Ok(crate::sampler::argmax(&logits))
+    }
+    /// Append `tokens` and return the `k` most likely tokens after the last one, ordered
+    /// as [`kiln_ir::step::top_k`] orders them (what [`crate::sampler::Sampler`] draws
+    /// from with a top-k filter). A compiled model asks its backend, which may choose them
+    /// on the device and send back k candidates instead of a row of logits.
+    fn forward_top_k(&mut self, tokens: &[u32], k: usize) -> Result<Vec<Candidate>, Error> {
+        let logits = self.forward(tokens, LogitsFor::Last)?;
+        crate::sampler::check_finite(&logits)?;
+        let mut cand = vec![Candidate::NON_FINITE; k.min(logits.len())];
+        top_k(&logits, &mut cand);
+        Ok(cand)
     }
     /// What the runner allocated, by purpose, when it was sized by [`crate::memory`].
     fn memory(&self) -> Option<&crate::memory::MemoryPlan> {

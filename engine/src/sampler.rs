@@ -1,6 +1,8 @@
 //! Sampling: greedy, or temperature with top-k, top-p and min-p filters, from a seeded RNG.
 //! Filters apply in llama.cpp's default order: top-k, top-p, min-p, then temperature.
 
+use kiln_ir::step::{Candidate, NON_FINITE_ROW, top_k};
+
 use crate::Error;
 
 #[derive(Clone, Debug, PartialEq)]
@@ -81,6 +83,35 @@ impl Sampler {
         Ok(self.draw(&dist))
     }
 
+    /// How many of a row's most likely tokens this sampler looks at, of a vocabulary of
+    /// `vocab`: one when greedy, `top_k` when it filters by it, else all of them. A row's
+    /// top that many ([`top_k`], as a device computes it: `Backend::read_top_k`) gives
+    /// [`Self::sample_candidates`] the token [`Self::sample`] gives from the whole row.
+    pub fn candidates(&self, vocab: usize) -> usize {
+        if self.config.temperature <= 0.0 {
+            1.min(vocab)
+        } else if self.config.top_k == 0 {
+            vocab
+        } else {
+            self.config.top_k.min(vocab)
+        }
+    }
+
+    /// [`Self::sample`] from a row's most likely tokens, ordered as [`top_k`] orders them:
+    /// at least [`Self::candidates`] of them (more are cut to it, so one top-k can serve
+    /// samplers of several k). A row flagged non-finite is an error, as in `sample`.
+    pub fn sample_candidates(&mut self, cand: &[Candidate]) -> Result<u32, Error> {
+        match cand.first() {
+            None => Err(Error::Invalid("sampling from no candidates".into())),
+            Some(c) if c.id == NON_FINITE_ROW => Err(Error::NonFiniteRow),
+            Some(c) if self.config.temperature <= 0.0 => Ok(c.id),
+            Some(_) => {
+                let dist = self.distribution_of(cand);
+                Ok(self.draw(&dist))
+            }
+        }
+    }
+
     /// The distribution [`Self::sample`] draws from: the tokens the filters keep with their
     /// probabilities, most likely first. Greedy sampling is one token with probability 1.
     pub fn distribution(&self, logits: &[f32]) -> Distribution {
@@ -89,23 +120,21 @@ impl Sampler {
                 tokens: vec![(argmax(logits), 1.0)],
             };
         }
-        // Candidates sorted by logit, most likely first.
-        let mut cand: Vec<(u32, f32)> = logits
-            .iter()
-            .enumerate()
-            .map(|(i, &l)| (i as u32, l))
-            .collect();
-        let k = if self.config.top_k == 0 {
-            cand.len()
-        } else {
-            self.config.top_k.min(cand.len())
-        };
-        if k < cand.len() {
-            cand.select_nth_unstable_by(k - 1, |a, b| b.1.total_cmp(&a.1));
-            cand.truncate(k);
-        }
-        cand.sort_by(|a, b| b.1.total_cmp(&a.1));
+        let mut cand = vec![Candidate::NON_FINITE; self.candidates(logits.len())];
+        top_k(logits, &mut cand);
+        self.distribution_of(&cand)
+    }
 
+    /// [`Self::distribution`] from the row's most likely tokens (as for
+    /// [`Self::sample_candidates`]); greedy keeps the first.
+    pub fn distribution_of(&self, cand: &[Candidate]) -> Distribution {
+        let k = self.candidates(usize::MAX).min(cand.len());
+        let mut cand: Vec<(u32, f32)> = cand[..k].iter().map(|c| (c.id, c.logit)).collect();
+        if self.config.temperature <= 0.0 || cand.is_empty() {
+            return Distribution {
+                tokens: cand.first().map(|c| (c.0, 1.0)).into_iter().collect(),
+            };
+        }
         let probs = softmax_of(&cand, 1.0);
         // top-p: the shortest prefix whose mass reaches p (at least one token).
         let mut mass = 0.0f32;
@@ -275,6 +304,56 @@ mod tests {
 
     fn logits() -> Vec<f32> {
         vec![1.0, 3.0, 2.5, -1.0, 0.5, 3.0]
+    }
+
+    /// A row's top candidates (as a device's top-k hands them) give the tokens the whole
+    /// row gives, draw for draw, for every filter; more candidates than needed change
+    /// nothing (one top-k serves a batch of samplers).
+    #[test]
+    fn candidates_sample_as_the_whole_row() {
+        let mut rng = Rng::new(11);
+        // Few levels, so that ties are common; some −∞.
+        let row: Vec<f32> = (0..1000)
+            .map(|i| match rng.next_u64() % 9 {
+                0 if i % 7 == 0 => f32::NEG_INFINITY,
+                level => level as f32 * 0.37 - 1.0,
+            })
+            .collect();
+        for (temperature, k_filter, top_p, min_p) in [
+            (0.0, 40, 0.95, 0.05),
+            (0.8, 40, 0.95, 0.05),
+            (1.3, 1, 1.0, 0.0),
+            (2.0, 7, 0.5, 0.0),
+            (1.0, 300, 1.0, 0.01),
+            (0.7, 0, 0.9, 0.0),
+        ] {
+            let config = SamplerConfig {
+                temperature,
+                top_k: k_filter,
+                top_p,
+                min_p,
+                seed: 5,
+            };
+            let mut whole = Sampler::new(config.clone()).unwrap();
+            let mut from_top = Sampler::new(config).unwrap();
+            let k = (from_top.candidates(row.len()) + 3).min(row.len());
+            let mut cand = vec![Candidate::NON_FINITE; k];
+            top_k(&row, &mut cand);
+            assert_eq!(whole.distribution(&row), from_top.distribution_of(&cand));
+            for _ in 0..200 {
+                assert_eq!(
+                    whole.sample(&row).unwrap(),
+                    from_top.sample_candidates(&cand).unwrap()
+                );
+            }
+        }
+        let mut s = Sampler::new(SamplerConfig::default()).unwrap();
+        let flagged = [Candidate::NON_FINITE; 40];
+        assert!(matches!(
+            s.sample_candidates(&flagged),
+            Err(Error::NonFiniteRow)
+        ));
+        assert!(s.sample_candidates(&[]).is_err());
     }
 
     #[test]

@@ -230,7 +230,7 @@ pub fn host_top_k<B: Backend + ?Sized>(
     k: usize,
     out: &mut [Candidate],
 ) -> Result<(), BackendError> {
-    if k == 0 || k > vocab || out.len() % k != 0 {
+    if k == 0 || k > vocab || !out.len().is_multiple_of(k) {
         return Err(BackendError::BadStep {
             backend: backend.name(),
             reason: format!(

@@ -43,6 +43,7 @@ use kiln_engine::Error;
 use kiln_engine::compiled::{BatchEntry, Compiled};
 use kiln_engine::runner::Runner;
 use kiln_engine::sampler::{Sampler, log_softmax, top_logprobs};
+use kiln_ir::step::Candidate;
 use kiln_kv::{KvError, KvStats, SeqId};
 use kiln_structured::Constraint;
 use kiln_tokenizer::{StreamDecoder, Tokenizer};
@@ -143,6 +144,14 @@ impl Sequence<'_> {
 }
 
 /// One sequence's part of the step being planned.
+/// What a step hands back for its output rows.
+enum Rows {
+    /// (outputs, vocab) logits.
+    Logits(Vec<f32>),
+    /// (outputs, k) of each row's most likely tokens (`Compiled::step_top_k`).
+    Top(usize, Vec<Candidate>),
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Chunk {
     /// Index into `running`.
@@ -368,11 +377,39 @@ impl<'m> Scheduler<'m> {
         outcome.sequences = entries.len();
         outcome.speculating = chunks.iter().filter(|c| c.guesses > 0).count();
         outcome.guessed = chunks.iter().map(|c| c.guesses).sum();
-        let result = self.compiled.step(&entries);
+        // Rows whose samplers need only their top k (greedy, a top-k filter; no grammar,
+        // no log-probabilities, no guesses to verify) ask the backend for the top k of the
+        // largest such k, chosen on the device where it can: k candidates a row come back
+        // instead of the vocabulary's logits.
+        let vocab = self.compiled.model().config.vocab_size;
+        let top_k = chunks
+            .iter()
+            .filter(|c| {
+                let s = &self.running[c.seq];
+                s.computed + c.len == s.tokens.len()
+            })
+            .map(|c| {
+                let s = &self.running[c.seq];
+                let k = s.sampler.candidates(vocab);
+                let only_top = c.guesses == 0
+                    && s.req.constraint.is_none()
+                    && s.req.logprobs.is_none()
+                    && k < vocab;
+                only_top.then_some(k)
+            })
+            .try_fold(0, |max, k| k.map(|k| max.max(k)))
+            .filter(|&k| k > 0);
+        let result = match top_k {
+            Some(k) => self
+                .compiled
+                .step_top_k(&entries, k)
+                .map(|c| Rows::Top(k, c)),
+            None => self.compiled.step(&entries).map(Rows::Logits),
+        };
         drop(entries);
         Metrics::add(&self.metrics.steps, 1);
-        let logits = match result {
-            Ok(logits) => logits,
+        let rows = match result {
+            Ok(rows) => rows,
             Err(Error::Kv(KvError::OutOfPages { .. })) => {
                 // Planning counts pages, so this is not expected; recover all the same.
                 self.preempt_newest()?;
@@ -392,7 +429,6 @@ impl<'m> Scheduler<'m> {
             }
         };
 
-        let vocab = self.compiled.model().config.vocab_size;
         let mut row = 0;
         let mut finished = vec![false; self.running.len()];
         for c in &chunks {
@@ -401,6 +437,29 @@ impl<'m> Scheduler<'m> {
             if s.computed < s.tokens.len() {
                 continue; // a prefill chunk that is not the last: no logits
             }
+            let logits = match &rows {
+                Rows::Logits(logits) => logits,
+                Rows::Top(k, cand) => {
+                    let cand = &cand[row * k..(row + 1) * k];
+                    row += 1;
+                    match s.sampler.sample_candidates(cand) {
+                        Ok(id) => {
+                            outcome.sampled += 1;
+                            if let Some(finish) = self.accept(c.seq, id) {
+                                self.finish(c.seq, finish);
+                                finished[c.seq] = true;
+                                outcome.finished += 1;
+                            }
+                        }
+                        Err(e) => {
+                            // NaN logits: this request fails, the others go on.
+                            s.send(Event::Failed(ApiError::internal(e.to_string())));
+                            finished[c.seq] = true;
+                        }
+                    }
+                    continue;
+                }
+            };
             if c.guesses > 0 {
                 let rows = &logits[row * vocab..(row + 1 + c.guesses) * vocab];
                 row += 1 + c.guesses;
