@@ -51,6 +51,11 @@ pub struct Args {
         default_value = "0"
     )]
     depth: Vec<usize>,
+    /// How decode steps hand back their tokens, comma-separated (one decode test each):
+    /// 0 the logits, argmax on the host (llama-bench's work); 1 the backend's argmax
+    /// (greedy); k > 1 each row's top k (sampling with a top-k filter)
+    #[arg(long = "top-k", value_delimiter = ',', default_value = "0")]
+    top_k: Vec<usize>,
     /// Repetitions of each test, after one warm-up
     #[arg(short = 'r', long = "repetitions", default_value_t = 3)]
     reps: usize,
@@ -108,13 +113,18 @@ pub fn main(args: Args) -> Result<(), Error> {
             results.push(bench::prefill(&mut compiled, p, d, args.reps)?);
         }
         for &n in args.n_gen.iter().filter(|&&n| n > 0) {
-            for &b in &args.batch {
+            for (&b, &k) in args
+                .batch
+                .iter()
+                .flat_map(|b| args.top_k.iter().map(move |k| (b, k)))
+            {
                 results.push(bench::decode(
                     &mut compiled,
                     n,
                     b.max(1),
                     d,
                     args.reps,
+                    bench::Pick::from_top_k(k),
                     &mut kernels,
                 )?);
             }

@@ -410,3 +410,41 @@ fn run_json_schema_and_grammar_constrain_the_output() {
     assert_clean_failure(&out, "city.json");
     std::fs::remove_dir_all(&dir).ok();
 }
+
+/// `kiln bench --top-k`: one decode test per way of handing back the tokens (logits read
+/// back, the backend's argmax, its top k), each named for it.
+#[test]
+fn bench_decodes_once_per_pick() {
+    let Some(model) = model() else { return };
+    let out = kiln(&[
+        "bench",
+        "-m",
+        model.to_str().unwrap(),
+        "--backend",
+        "cpu",
+        "-p",
+        "0",
+        "-n",
+        "2",
+        "-b",
+        "2",
+        "--top-k",
+        "0,1,3",
+        "-r",
+        "1",
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let json = last_line_json(&out);
+    let tests: Vec<&str> = json["results"]
+        .as_array()
+        .expect("results")
+        .iter()
+        .map(|r| r["test"].as_str().expect("a test name"))
+        .collect();
+    assert_eq!(tests, ["tg2", "tg2 argmax", "tg2 top-3"]);
+}

@@ -130,6 +130,9 @@ done
 # ---- Benchmarks: SmolLM2 shape, then the 8B shape once it is written.
 bench smol_cuda 120 -m "$SMOL" --backend cuda -p 512 -n 128 -b 1,16,32 -r 3
 bench smol_cuda_kernels 60 -m "$SMOL" --backend cuda -p 0 -n 64 -b 1 -r 1 --kernels
+# Tokens picked on the device (argmax.cu, top_k.cu) instead of 49,152 logits a row read
+# back (the default, llama-bench's work): what greedy and top-k sampling cost.
+bench smol_cuda_pick 60 -m "$SMOL" --backend cuda -p 0 -n 128 -b 1,32 -r 2 --top-k 1,40
 # Gemma 3 270M's layers (issue 16) with the staged tokenizer's vocabulary: Q4_K_M's mix
 # (Q5_0, Q4_K, Q8_0: packed, dp4a decode, int8 tensor-core prefill), GeGLU, QK-norm,
 # post-norms, sliding windows (head dim 160, the custom shape's width / heads). The real
@@ -148,6 +151,7 @@ if [ $dry = 0 ]; then
 fi
 bench l8b_cuda 240 -m "$L8B" --backend cuda -p 512 -n 128 -b 1,16,32 -r 2
 bench l8b_cuda_kernels 90 -m "$L8B" --backend cuda -p 0 -n 32 -b 1 -r 1 --kernels
+bench l8b_cuda_pick 90 -m "$L8B" --backend cuda -p 0 -n 64 -b 32 -r 1 --top-k 1,40
 # The prefill GEMMs of 512 tokens alone (issue 15: the int8 tensor-core matmul; the
 # 4096x14336 target is half the bf16 peak the kernel table's ceilings line reports).
 if [ -x "$G/b_gemm" ] || [ $dry = 1 ]; then
@@ -223,6 +227,10 @@ if [ $dry = 0 ]; then
   row "SmolLM2-shape Q4_1 decode tg128, batch 1" 924 "$(fig smol_cuda tg128 1)" ">= 1,850"
   row "SmolLM2-shape Q4_1 prefill pp512" 43840 "$(fig smol_cuda pp512 1)" "-"
   row "SmolLM2-shape 32 sequences decoding (total)" - "$(fig smol_cuda tg128 32)" "-"
+  row "SmolLM2-shape decode, batch 1, argmax on the device" 924 "$(fig smol_cuda_pick tg128argmax 1)" ">= 1,850"
+  row "SmolLM2-shape decode, batch 1, top-40 on the device" - "$(fig smol_cuda_pick tg128top-40 1)" "-"
+  row "8B-shape 32 sequences, argmax on the device" 3676 "$(fig l8b_cuda_pick tg64argmax 32)" ">= 5,500"
+  row "8B-shape 32 sequences, top-40 on the device" - "$(fig l8b_cuda_pick tg64top-40 32)" "-"
   say "total $(el)"
 fi
 if [ -n "${OUT:-}" ] && [ $dry = 0 ]; then tar czf "$OUT/gpu-check.tgz" -C "$L" . ; cp "$S" "$OUT/summary.txt"; fi

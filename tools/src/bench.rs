@@ -150,15 +150,71 @@ pub fn prefill(
     })
 }
 
+/// How a decode test's steps hand back their tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pick {
+    /// Every row's logits read back, the argmax taken on the host (llama-bench's work:
+    /// its decode copies the logits to the host).
+    Logits,
+    /// The backend's argmax (`Backend::read_argmax`: greedy decoding, one id a row).
+    Argmax,
+    /// Each row's top k (`Backend::read_top_k`: sampling with a top-k filter), the first
+    /// of them fed back.
+    TopK(usize),
+}
+
+impl Pick {
+    /// `--top-k`'s number: 0 the logits, 1 the argmax, k > 1 the top k.
+    pub fn from_top_k(k: usize) -> Pick {
+        match k {
+            0 => Pick::Logits,
+            1 => Pick::Argmax,
+            k => Pick::TopK(k),
+        }
+    }
+
+    /// What a test's name says of it (nothing for the logits, as before there was a choice).
+    fn suffix(self) -> String {
+        match self {
+            Pick::Logits => String::new(),
+            Pick::Argmax => " argmax".into(),
+            Pick::TopK(k) => format!(" top-{k}"),
+        }
+    }
+
+    /// One step's next token of every entry.
+    fn step(
+        self,
+        compiled: &mut Compiled<'_>,
+        entries: &[BatchEntry<'_>],
+    ) -> Result<Vec<u32>, Error> {
+        let vocab = compiled.model().config.vocab_size;
+        Ok(match self {
+            Pick::Logits => compiled
+                .step(entries)?
+                .chunks_exact(vocab)
+                .map(argmax)
+                .collect(),
+            Pick::Argmax => compiled.step_argmax(entries)?,
+            Pick::TopK(k) => {
+                let k = k.min(vocab);
+                let cand = compiled.step_top_k(entries, k)?;
+                cand.chunks_exact(k).map(|row| row[0].id).collect()
+            }
+        })
+    }
+}
+
 /// `n_gen` decode steps of `batch` sequences, each after its own `depth` tokens in the
-/// cache, `reps` times (one untimed warm-up first). Per-kernel times of the steps are
-/// summed into `kernels`.
+/// cache, `reps` times (one untimed warm-up first), each step's tokens handed back as
+/// `pick` says. Per-kernel times of the steps are summed into `kernels`.
 pub fn decode(
     compiled: &mut Compiled<'_>,
     n_gen: usize,
     batch: usize,
     depth: usize,
     reps: usize,
+    pick: Pick,
     kernels: &mut KernelTimes,
 ) -> Result<TestResult, Error> {
     let vocab = compiled.model().config.vocab_size;
@@ -183,8 +239,10 @@ pub fn decode(
                 .zip(&next)
                 .map(|(&s, t)| BatchEntry::last(s, std::slice::from_ref(t)))
                 .collect();
-            let logits = compiled.step(&entries)?;
-            next = logits.chunks_exact(vocab).map(argmax).collect();
+            next = pick.step(compiled, &entries)?;
+            if next.contains(&kiln_ir::backend::NON_FINITE_ROW) {
+                return Err(Error::NonFiniteRow);
+            }
             let now = Instant::now();
             if rep > 0 {
                 gaps.push((now - last).as_secs_f64() * 1e3);
@@ -204,7 +262,7 @@ pub fn decode(
     }
     gaps.sort_by(f64::total_cmp);
     Ok(TestResult {
-        test: test_name("tg", n_gen, depth),
+        test: test_name("tg", n_gen, depth) + &pick.suffix(),
         batch,
         tok_s: Stat::of(&rates),
         ttft_ms: None,
