@@ -302,18 +302,14 @@ impl<D: Device> Loaded<D> {
             return Ok(());
         };
         let bytes = out.len() as u64 * 8;
-        if self
-            .candidates
-            .as_ref()
-            .is_none_or(|c| (c.len() as u64) < bytes)
-        {
-            self.candidates = None; // the old one goes first
-            let grown = bytes.next_power_of_two();
-            let kernels = Contents::Kernels;
-            self.candidates = Some(alloc(device, grown, "top-k candidates", kernels)?);
-        }
-        let Some(candidates) = &self.candidates else {
-            unreachable!("allocated above");
+        let candidates = match self.candidates.take() {
+            Some(c) if c.len() as u64 >= bytes => self.candidates.insert(c),
+            old => {
+                drop(old); // the smaller one goes first
+                let grown = bytes.next_power_of_two();
+                let c = alloc(device, grown, "top-k candidates", Contents::Kernels)?;
+                self.candidates.insert(c)
+            }
         };
         let args = TopKArgs {
             logits: self.argmax_args.logits,
@@ -331,14 +327,12 @@ impl<D: Device> Loaded<D> {
         // which holds `rows` × k pairs of words; all alive in self.
         unsafe { device.launch(&self.top_k, &l, args.as_bytes()) }
             .map_err(|e| driver_error::<D>("launching top_k", e))?;
-        let mut words = vec![0u32; out.len() * 2];
-        let mut read = vec![0u8; out.len() * 8];
-        candidates.read(device, 0, &mut read, "top-k candidates")?;
-        u32s_from_le(&read, &mut words);
-        for (c, w) in out.iter_mut().zip(words.chunks_exact(2)) {
+        let mut bytes = vec![0u8; out.len() * 8];
+        candidates.read(device, 0, &mut bytes, "top-k candidates")?;
+        for (c, b) in out.iter_mut().zip(bytes.chunks_exact(8)) {
             *c = Candidate {
-                id: w[0],
-                logit: f32::from_bits(w[1]),
+                id: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                logit: f32::from_le_bytes([b[4], b[5], b[6], b[7]]),
             };
         }
         Ok(())
