@@ -327,6 +327,19 @@ crate::kernel_args! {
     }
 }
 
+crate::kernel_args! {
+    /// top_k.cu: the k largest logits of each row with their ids (a sampler's top-k).
+    TopKArgs {
+        logits: ConstPtr<f32>,
+        /// (rows, k, 2) each candidate's id and logit bits.
+        out: Ptr<u32>,
+        step: ConstPtr<u32>,
+        rows_sel: u32,
+        cols: u32,
+        k: u32,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

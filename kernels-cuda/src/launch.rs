@@ -14,6 +14,12 @@ pub const MV_ROWS: u32 = 4;
 pub const WARP: u32 = 32;
 /// Threads of an argmax block (one block per logits row).
 pub const ARGMAX_THREADS: u32 = 256;
+/// Threads of a top-k block (one block per logits row): one per candidate it sorts.
+pub const TOP_K_THREADS: u32 = 1024;
+/// The largest k top_k.cu chooses (its TOP_K_MAX): its candidates, 8 bytes each, are
+/// sorted in shared memory by one block, one per thread. Samplers ask for tens (40 is
+/// llama.cpp's default); a larger k is chosen on the host (`kiln_ir::backend::host_top_k`).
+pub const TOP_K_MAX: usize = 1024;
 /// The largest grid y and z (CUDA's limit; x goes to 2^31 - 1).
 pub const MAX_GRID_YZ: u32 = 65535;
 
@@ -33,6 +39,16 @@ pub fn argmax_launch(rows: u32) -> Option<Launch> {
         entry: Entry::Main,
         grid: [rows, 1, 1],
         block: [ARGMAX_THREADS, 1, 1],
+        shared_bytes: 0,
+    })
+}
+
+/// The launch of the top-k kernel over `rows` logits rows.
+pub fn top_k_launch(rows: u32) -> Option<Launch> {
+    (rows > 0).then_some(Launch {
+        entry: Entry::Main,
+        grid: [rows, 1, 1],
+        block: [TOP_K_THREADS, 1, 1],
         shared_bytes: 0,
     })
 }

@@ -7,7 +7,7 @@
 //! - [`args`]: each kernel's argument struct, declared once for Rust and C (64-bit device
 //!   addresses; kernels take it by value).
 //! - [`sources`]: the `.cu` / `.cuh` files and the assembly of one self-contained source
-//!   per variant (textual `#include`s, no toolkit headers), plus argmax's.
+//!   per variant (textual `#include`s, no toolkit headers), plus argmax's and top-k's.
 //! - [`weights`]: where each weight lies in the weights buffer (64-bit offsets), and the
 //!   bytes uploaded there (packed for every quantized type the kernels read, `repack::PACKED`).
 //! - [`lower`]: a plan to typed calls ([`lower::lower`]), and each call's launches for a

@@ -10,10 +10,10 @@ use kiln_ir::kv_layout::KvDtype;
 
 use crate::args::{
     ArgmaxArgs, BinaryArgs, EmbedArgs, KernelArgs, KvArgs, MatmulArgs, RmsNormArgs, RopeArgs,
-    SelectRowsArgs,
+    SelectRowsArgs, TopKArgs,
 };
 use crate::matvec::{self, MatvecArgs, QuantizeArgs};
-use crate::variant::{ARGMAX_SYMBOL, Kernel, Variant};
+use crate::variant::{ARGMAX_SYMBOL, Kernel, TOP_K_SYMBOL, Variant};
 
 /// `(name, text)` of every source file; names are paths under `src/cuda`.
 pub const FILES: &[(&str, &str)] = &[
@@ -78,6 +78,8 @@ pub const FILES: &[(&str, &str)] = &[
     ("rmsnorm_add.cu", include_str!("cuda/rmsnorm_add.cu")),
     // Not an op of the plan: the greedy LM head (Backend::read_argmax).
     ("argmax.cu", include_str!("cuda/argmax.cu")),
+    // Nor is the sampler's top-k (Backend::read_top_k).
+    ("top_k.cu", include_str!("cuda/top_k.cu")),
 ];
 
 /// The text of a source file by name.
@@ -186,6 +188,16 @@ pub fn argmax_source() -> String {
     let mut seen = Vec::new();
     expand("argmax.cu", None, &mut seen, &mut out, 0)
         .expect("argmax.cu and its includes are embedded");
+    out
+}
+
+/// The source of the device top-k kernel ([`TOP_K_SYMBOL`]).
+pub fn top_k_source() -> String {
+    let mut out = format!("// kiln kernel top_k\n#define KILN_MAIN {TOP_K_SYMBOL}\n");
+    out.push_str(&TopKArgs::c_decl());
+    let mut seen = Vec::new();
+    expand("top_k.cu", None, &mut seen, &mut out, 0)
+        .expect("top_k.cu and its includes are embedded");
     out
 }
 

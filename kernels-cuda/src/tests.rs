@@ -9,8 +9,8 @@ use kiln_ir::DType;
 use kiln_ir::backend::Step;
 use kiln_ir::kv_layout::KvDtype;
 
-use crate::sources::{self, all_variants, argmax_source, source};
-use crate::variant::{ARGMAX_SYMBOL, Entry, Kernel, Variant};
+use crate::sources::{self, all_variants, argmax_source, source, top_k_source};
+use crate::variant::{ARGMAX_SYMBOL, Entry, Kernel, TOP_K_SYMBOL, Variant};
 
 #[test]
 fn every_variant_assembles_into_one_source() {
@@ -78,6 +78,16 @@ fn every_variant_assembles_into_one_source() {
         }
     }
     assert!(argmax_source().contains(&format!("#define KILN_MAIN {ARGMAX_SYMBOL}\n")));
+    // top_k.cu's sizes are the launch's and the host's.
+    let top_k = top_k_source();
+    assert!(top_k.contains(&format!("#define KILN_MAIN {TOP_K_SYMBOL}\n")));
+    assert!(top_k.contains(&format!(
+        "#define TOP_K_MAX {}u\n",
+        crate::launch::TOP_K_MAX
+    )));
+    let threads = crate::launch::TOP_K_THREADS;
+    assert!(top_k.contains(&format!("#define TOP_K_THREADS {threads}u\n")));
+    assert!(top_k.contains("struct TopKArgs {"));
 }
 
 /// ncu and the disassembly tell every kernel apart: one symbol per (variant, entry).
@@ -95,6 +105,7 @@ fn every_variant_entry_has_its_own_symbol() {
         }
     }
     assert!(seen.insert(ARGMAX_SYMBOL.to_string()));
+    assert!(seen.insert(TOP_K_SYMBOL.to_string()));
     // A module's function table: indices distinct within a variant, and together every
     // index below Entry::COUNT (no hole).
     let mut used = HashSet::new();

@@ -344,3 +344,6 @@ impl Variant {
 
 /// The symbol of the greedy LM head (argmax.cu).
 pub const ARGMAX_SYMBOL: &str = "argmax_f32";
+
+/// The symbol of the device top-k (top_k.cu).
+pub const TOP_K_SYMBOL: &str = "top_k_f32";

@@ -1,5 +1,5 @@
 //! What the machine code of every CUDA kernel variant shows, without a GPU: NVRTC compiles
-//! each variant (kiln_kernels_cuda::sources::all_variants, argmax, and the decode matvec
+//! each variant (kiln_kernels_cuda::sources::all_variants, argmax, top-k, and the decode matvec
 //! modules of kiln_kernels_cuda::matvec) to a cubin, and
 //! `cuobjdump -res-usage -sass` (the PyPI wheels `nvidia-cuda-cuobjdump` and
 //! `nvidia-cuda-nvdisasm`, which cuobjdump runs for the SASS, or a CUDA toolkit)
@@ -16,12 +16,12 @@ use std::sync::Mutex;
 
 use kiln_backend_cuda::compile::Nvrtc;
 use kiln_kernels_cuda::Kernel;
-use kiln_kernels_cuda::sources::{all_variants, argmax_source, source};
+use kiln_kernels_cuda::sources::{all_variants, argmax_source, source, top_k_source};
 
 /// What one kernel (one entry point of a variant's module) compiles to.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct KernelFacts {
-    /// The variant's name (`matmul_add_f16`, `matvec_q4_0`), or `argmax`.
+    /// The variant's name (`matmul_add_f16`, `matvec_q4_0`), or `argmax`, `top_k`.
     pub variant: String,
     /// The entry point's symbol (`matmul_f16_mv8`, `matvec_q4_0_t8`, `attention_fp8_decode` ...).
     pub kernel: String,
@@ -151,7 +151,7 @@ struct Job {
     quantized: bool,
 }
 
-/// Every module a plan may load: each variant and argmax.
+/// Every module a plan may load: each variant, argmax and top-k.
 fn jobs() -> Result<Vec<Job>, String> {
     let mut jobs = Vec::new();
     for v in all_variants() {
@@ -169,6 +169,12 @@ fn jobs() -> Result<Vec<Job>, String> {
     jobs.push(Job {
         name: "argmax".into(),
         source: argmax_source(),
+        matvec: false,
+        quantized: false,
+    });
+    jobs.push(Job {
+        name: "top_k".into(),
+        source: top_k_source(),
         matvec: false,
         quantized: false,
     });

@@ -11,6 +11,7 @@ pub mod damaged;
 pub mod device;
 pub mod families;
 pub mod gemma_device;
+pub mod top_k;
 
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {

@@ -1,7 +1,7 @@
 //! The CUDA backend on the reference model (SmolLM2-135M Q4_1), end to end: greedy tokens
 //! equal to the CPU backend's up to the first near-tie, and the logits of every step close
 //! to the f32 oracle's (as tests/tests/wgpu_backend.rs does for WebGPU); plus the
-//! device-side argmax (`read_argmax`) and the launch timers. Without an NVIDIA GPU (its
+//! device-side argmax (`read_argmax`) and top-k (`read_top_k`), and the launch timers. Without an NVIDIA GPU (its
 //! driver and NVRTC) every test shows as ignored with the reason: CI has no GPU.
 //!
 //! The prompt is longer than 8 tokens so that prefill takes the matvecs' multi-token
@@ -19,7 +19,7 @@ use kiln_tests::device::{
     Greedy, argmax_matches_host, families_match_the_oracle, greedy_matches_cpu,
     launch_times_cover_the_last_step,
 };
-use kiln_tests::{Outcome, on_device};
+use kiln_tests::{Outcome, on_device, top_k};
 
 fn main() -> ExitCode {
     kiln_testkit::run(vec![
@@ -32,6 +32,9 @@ fn main() -> ExitCode {
         }),
         test("argmax_on_the_device_matches_the_host", || {
             with_backend(argmax_on_the_device_matches_the_host)
+        }),
+        test("read_top_k_on_the_device_matches_the_host", || {
+            with_backend(read_top_k_on_the_device_matches_the_host)
         }),
         test("launch_times_cover_every_launch_of_the_last_step", || {
             with_backend(launch_times_cover_every_launch_of_the_last_step)
@@ -85,6 +88,19 @@ fn the_families_match_the_oracle(_: CudaBackend) -> Outcome {
 /// The device-side argmax picks, for every output row, what the host's argmax picks.
 fn argmax_on_the_device_matches_the_host(mut backend: CudaBackend) -> Outcome {
     argmax_matches_host(&mut backend, CudaBackend::last_output_shape);
+    pass()
+}
+
+/// Backend::read_top_k: top_k.cu for k up to TOP_K_MAX, the host's past it, each equal
+/// to kiln_ir::step::top_k of the logits read back (tests/tests/cuda_emu.rs also runs the
+/// kernel on rows of ties, −0, −∞, NaN and +∞ up to 262,144 columns).
+fn read_top_k_on_the_device_matches_the_host(mut backend: CudaBackend) -> Outcome {
+    let max = kiln_kernels_cuda::launch::TOP_K_MAX;
+    top_k::read_top_k_matches_host(
+        &mut backend,
+        CudaBackend::last_output_shape,
+        &[1, 2, 40, 257, max, max + 1],
+    )?;
     pass()
 }
 

@@ -107,6 +107,12 @@ const FACTS: &[Fact] = &[
         holds: |k| k.cp_async > 0,
     },
     Fact {
+        what: "the top-k block of 1024 threads (TOP_K_THREADS) fits one multiprocessor: at most 64 registers",
+        status: Status::Required,
+        applies: |k| k.kernel == kiln_kernels_cuda::variant::TOP_K_SYMBOL,
+        holds: |k| k.registers <= 64,
+    },
+    Fact {
         what: "the ceilings' matmul peak kernel runs on tensor cores (HMMA)",
         status: Status::Required,
         applies: |k| k.kernel == "peak_mma_f16",

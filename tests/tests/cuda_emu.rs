@@ -2,18 +2,21 @@
 //! (SmolLM2-135M Q4_1), end to end: greedy tokens equal to the CPU backend's up to the
 //! first near-tie and logits close to the oracle's, with FP8 KV (the packed
 //! embedding, the matvec tiles of the prompt and of decode, the decode attention); and
-//! the device-side argmax. What tests/tests/cuda_backend.rs checks on a GPU, here on
+//! the device-side argmax and top-k. What tests/tests/cuda_backend.rs checks on a GPU, here on
 //! every machine with a C++ compiler. The conformance suite runs the emulator per op
 //! (targets `cuda_emu*` in conformance.rs).
 
 use std::process::ExitCode;
 
-use kiln_backend_cuda_emu::{EmuBackend, EmuOptions};
+use kiln_backend_cuda_emu::{EmuBackend, EmuOptions, Module};
 use kiln_backends::Ci;
 use kiln_engine::kv::KvDtype;
 use kiln_engine::model::Model;
-use kiln_ir::backend::Backend;
+use kiln_ir::backend::{Backend, Candidate};
 use kiln_ir::kv_layout::KvDtype as KvCacheDtype;
+use kiln_kernels_cuda::args::{ConstPtr, KernelArgs, Ptr, TopKArgs};
+use kiln_kernels_cuda::launch::{TOP_K_MAX, top_k_launch};
+use kiln_kernels_cuda::variant::TOP_K_SYMBOL;
 use kiln_testkit::{fail, pass, test};
 use kiln_tests::conformance::{
     AttentionSpec, Case, attention_case, matmul_term_case, run_case, run_case_with_pages_past_4_gib,
@@ -23,7 +26,7 @@ use kiln_tests::device::{
     Greedy, argmax_matches_host, decode_logits, families_match_the_oracle, greedy_matches_cpu,
     launch_times_cover_the_last_step,
 };
-use kiln_tests::{Outcome, gemma_device, gemma_model, on_device};
+use kiln_tests::{Outcome, gemma_device, gemma_model, on_device, top_k};
 
 fn main() -> ExitCode {
     kiln_testkit::run(vec![
@@ -39,6 +42,13 @@ fn main() -> ExitCode {
         }),
         test("argmax_on_the_device_matches_the_host", || {
             with_backend(argmax_on_the_device_matches_the_host)
+        }),
+        test(
+            "top_k_kernel_matches_the_host_on_ties_and_non_finite_rows",
+            || with_backend(top_k_kernel_matches_the_host_on_ties_and_non_finite_rows),
+        ),
+        test("read_top_k_on_the_device_matches_the_host", || {
+            with_backend(read_top_k_on_the_device_matches_the_host)
         }),
         test("split_k_decode_attention_matches_the_reference", || {
             with_backend(split_k_decode_attention_matches_the_reference)
@@ -126,6 +136,72 @@ fn gemma3_greedy_matches_llama_cpp(_: EmuBackend) -> Outcome {
 /// The device-side argmax picks, for every output row, what the host's argmax picks.
 fn argmax_on_the_device_matches_the_host(mut backend: EmuBackend) -> Outcome {
     argmax_matches_host(&mut backend, EmuBackend::last_output_shape);
+    pass()
+}
+
+/// top_k.cu launched on rows built to order badly (kiln_tests::top_k::rows: hundreds of
+/// exact ties, −0 beside +0, −∞, a constant row, a NaN row, a +∞ row), vocabularies that
+/// are multiples of nothing up to Gemma 3's 262,144, each k of a sampler up to TOP_K_MAX:
+/// every candidate (id and logit bits) is kiln_ir::step::top_k's, into poisoned output.
+fn top_k_kernel_matches_the_host_on_ties_and_non_finite_rows(_: EmuBackend) -> Outcome {
+    let module = Module::top_k().map_err(|e| format!("building top_k: {e}"))?;
+    let mut rng = top_k::Rng(0x9E37_79B9_7F4A_7C15);
+    for (cols, ks) in [
+        // k = vocab as well.
+        (1000, &[1, 2, 40, 257, 1000][..]),
+        (49_153, &[1, 2, 40, 257, TOP_K_MAX][..]),
+        (131_101, &[1, 40, TOP_K_MAX][..]),
+        (262_144, &[40][..]),
+    ] {
+        let logits = top_k::rows(cols, &mut rng);
+        let rows = top_k::ROWS;
+        // The step buffer's word that counts the rows (argmax's and top-k's `rows_sel`).
+        let step = [0u32, rows as u32];
+        for &k in ks {
+            let mut out = vec![0xA5A5_A5A5u32; rows * k * 2]; // (rows, k, 2)
+            let args = TopKArgs {
+                logits: ConstPtr::new(logits.as_ptr() as u64),
+                out: Ptr::new(out.as_mut_ptr() as u64),
+                step: ConstPtr::new(step.as_ptr() as u64),
+                rows_sel: 1,
+                cols: cols as u32,
+                k: k as u32,
+            };
+            let l = top_k_launch(rows as u32).expect("rows > 0");
+            // SAFETY: the emulator's device addresses are host addresses: `logits` holds
+            // rows × cols floats, `out` rows × k pairs of words, `step` the row count at
+            // word 1, all alive and untouched by anything else until the launch returns.
+            unsafe {
+                module.launch(
+                    TOP_K_SYMBOL,
+                    l.grid,
+                    l.block,
+                    l.shared_bytes,
+                    args.as_bytes(),
+                )
+            }
+            .map_err(|e| format!("top-{k} of {cols}: {e}"))?;
+            let got: Vec<Candidate> = out
+                .chunks_exact(2)
+                .map(|w| Candidate {
+                    id: w[0],
+                    logit: f32::from_bits(w[1]),
+                })
+                .collect();
+            top_k::check(&logits, cols, k, &got, &format!("top-{k} of {cols}"))?;
+        }
+    }
+    pass()
+}
+
+/// Backend::read_top_k on the emulator after a plan's step: the device kernel for k up to
+/// TOP_K_MAX, the host's past it, each equal to top_k of the logits read back.
+fn read_top_k_on_the_device_matches_the_host(mut backend: EmuBackend) -> Outcome {
+    top_k::read_top_k_matches_host(
+        &mut backend,
+        EmuBackend::last_output_shape,
+        &[1, 40, TOP_K_MAX, TOP_K_MAX + 1, 1100],
+    )?;
     pass()
 }
 

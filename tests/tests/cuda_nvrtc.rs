@@ -1,5 +1,5 @@
 //! NVRTC compiles every CUDA kernel variant a plan can produce (every op × weight dtype ×
-//! KV dtype, argmax, and the decode matvec modules of kiln_kernels_cuda::matvec) for sm_90 and sm_80, failing on any error or warning, so that a
+//! KV dtype, argmax, top-k, and the decode matvec modules of kiln_kernels_cuda::matvec) for sm_90 and sm_80, failing on any error or warning, so that a
 //! typo in a `.cu` file fails `cargo test` on a machine without a GPU. Needs only
 //! libnvrtc (`pip install nvidia-cuda-nvrtc`, then LD_LIBRARY_PATH or KILN_NVRTC_PATH):
 //! without it the tests show as `ignored (why)`, unless KILN_REQUIRE_NVRTC=1 (CI), where
@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use kiln_backend_cuda::compile::{Nvrtc, NvrtcError};
 use kiln_kernels_cuda::Kernel;
-use kiln_kernels_cuda::sources::{all_variants, argmax_source, source};
+use kiln_kernels_cuda::sources::{all_variants, argmax_source, source, top_k_source};
 use kiln_testkit::{Outcome, fail, pass, skip, test};
 
 fn main() -> ExitCode {
@@ -55,6 +55,7 @@ fn nvrtc_compiles_every_variant_without_warnings(nvrtc: Nvrtc) {
             jobs.push((v.name(), src, arch));
         }
         jobs.push(("argmax".into(), argmax_source(), arch));
+        jobs.push(("top_k".into(), top_k_source(), arch));
         // The decode matvec, its activation quantizer and the packed-unit readers.
         for (name, src, _) in kiln_kernels_cuda::matvec::modules() {
             jobs.push((name, src, arch));

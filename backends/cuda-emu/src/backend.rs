@@ -15,7 +15,7 @@ use kiln_kernels_cuda::host::{
     Contents, CudaBackendOn, Device, Modules, Paths, driver_error, entry_table,
 };
 use kiln_kernels_cuda::launch::Launch;
-use kiln_kernels_cuda::variant::ARGMAX_SYMBOL;
+use kiln_kernels_cuda::variant::{ARGMAX_SYMBOL, TOP_K_SYMBOL};
 
 use crate::memory::DeviceBuf;
 use crate::{EmuError, Module, cache};
@@ -204,7 +204,15 @@ impl Device for EmuDevice {
             module: cache::argmax().map_err(building("argmax".into()))?,
             symbol: ARGMAX_SYMBOL.to_string(),
         };
-        Ok(Modules { functions, argmax })
+        let top_k = EmuFunction {
+            module: cache::top_k().map_err(building("top_k".into()))?,
+            symbol: TOP_K_SYMBOL.to_string(),
+        };
+        Ok(Modules {
+            functions,
+            argmax,
+            top_k,
+        })
     }
 
     unsafe fn launch(&self, f: &EmuFunction, l: &Launch, args: &[u8]) -> Result<(), EmuError> {

@@ -8,7 +8,12 @@ use kiln_kernels_cuda::Variant;
 
 use crate::{EmuError, Module};
 
-type Key = (Option<Variant>, u32);
+/// A variant and its `__CUDA_ARCH__`, or one of the modules beside the plan's (by name).
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+enum Key {
+    Variant(Variant, u32),
+    Named(&'static str),
+}
 
 fn get(
     key: Key,
@@ -27,10 +32,15 @@ fn get(
 
 /// The module of variant `v` for `__CUDA_ARCH__` = `arch`.
 pub fn variant(v: &Variant, arch: u32) -> Result<Arc<Module>, EmuError> {
-    get((Some(*v), arch), || Module::variant_for_arch(v, arch))
+    get(Key::Variant(*v, arch), || Module::variant_for_arch(v, arch))
 }
 
 /// The argmax module.
 pub fn argmax() -> Result<Arc<Module>, EmuError> {
-    get((None, 0), Module::argmax)
+    get(Key::Named("argmax"), Module::argmax)
+}
+
+/// The top-k module.
+pub fn top_k() -> Result<Arc<Module>, EmuError> {
+    get(Key::Named("top_k"), Module::top_k)
 }

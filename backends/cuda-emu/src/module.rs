@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use kiln_kernels_cuda::Variant;
-use kiln_kernels_cuda::sources::{self, argmax_source};
-use kiln_kernels_cuda::variant::ARGMAX_SYMBOL;
+use kiln_kernels_cuda::sources::{self, argmax_source, top_k_source};
+use kiln_kernels_cuda::variant::{ARGMAX_SYMBOL, TOP_K_SYMBOL};
 
 use crate::compile::build;
 use crate::error::EmuError;
@@ -117,6 +117,11 @@ impl Module {
             &[ARGMAX_SYMBOL.to_string()],
             ARCH,
         )
+    }
+
+    /// The sampler's top-k (top_k.cu).
+    pub fn top_k() -> Result<Module, EmuError> {
+        Module::build("top_k", &top_k_source(), &[TOP_K_SYMBOL.to_string()], ARCH)
     }
 
     /// Launch `symbol` over `grid` blocks of `block` threads with `shared_bytes` of

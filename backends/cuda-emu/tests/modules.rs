@@ -19,5 +19,8 @@ fn every_variant_builds_for_the_host() {
     if let Err(e) = Module::argmax() {
         failed.push(format!("argmax: {e}"));
     }
+    if let Err(e) = Module::top_k() {
+        failed.push(format!("top_k: {e}"));
+    }
     assert!(failed.is_empty(), "{}", failed.join("\n"));
 }

@@ -13,8 +13,8 @@ use kiln_ir::backend::{BackendError, Ceilings, DeviceProperties};
 use kiln_kernels_cuda::Variant;
 use kiln_kernels_cuda::host::{Contents, Device, Modules, Paths, entry_table};
 use kiln_kernels_cuda::launch::Launch;
-use kiln_kernels_cuda::sources::{self, argmax_source};
-use kiln_kernels_cuda::variant::ARGMAX_SYMBOL;
+use kiln_kernels_cuda::sources::{self, argmax_source, top_k_source};
+use kiln_kernels_cuda::variant::{ARGMAX_SYMBOL, TOP_K_SYMBOL};
 
 use crate::backend::CudaOptions;
 use crate::device::{Gpu, NAME, driver};
@@ -189,10 +189,10 @@ impl Device for Gpu {
     }
 }
 
-/// Compile (or read from the cache) the module of every variant and argmax's, on a few
+/// Compile (or read from the cache) the module of every variant, argmax's and top-k's, on a few
 /// threads, and look up their entry points.
 fn load_modules(gpu: &Gpu, variants: &[Variant]) -> Result<Modules<CudaFunction>, BackendError> {
-    let mut jobs = Vec::with_capacity(variants.len() + 1);
+    let mut jobs = Vec::with_capacity(variants.len() + 2);
     for v in variants {
         let src = sources::source(v).ok_or_else(|| BackendError::Unsupported {
             backend: NAME,
@@ -201,6 +201,7 @@ fn load_modules(gpu: &Gpu, variants: &[Variant]) -> Result<Modules<CudaFunction>
         jobs.push((v.name(), src));
     }
     jobs.push(("argmax".to_string(), argmax_source()));
+    jobs.push(("top_k".to_string(), top_k_source()));
     let mut cubins = crate::compile::compile_all(&gpu.compiler, &jobs)
         .map_err(|(name, e)| driver(&format!("building kernel {name}"), e))?
         .into_iter();
@@ -222,7 +223,14 @@ fn load_modules(gpu: &Gpu, variants: &[Variant]) -> Result<Modules<CudaFunction>
     let argmax = load("argmax")?
         .load_function(ARGMAX_SYMBOL)
         .map_err(|e| driver("loading argmax", e))?;
-    Ok(Modules { functions, argmax })
+    let top_k = load("top_k")?
+        .load_function(TOP_K_SYMBOL)
+        .map_err(|e| driver("loading top_k", e))?;
+    Ok(Modules {
+        functions,
+        argmax,
+        top_k,
+    })
 }
 
 #[cfg(test)]

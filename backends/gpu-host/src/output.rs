@@ -1,6 +1,6 @@
 //! A plan's output (the logits) as a device backend reads it: where it lies in the arena,
-//! how many rows the last step gave it, the size check of `read_logits` and
-//! `read_argmax`, and the little-endian conversions of what comes back.
+//! how many rows the last step gave it, the size checks of `read_logits`, `read_argmax`
+//! and `read_top_k`, and the little-endian conversions of what comes back.
 
 use kiln_ir::Plan;
 use kiln_ir::backend::{BackendError, StepShape};
@@ -88,6 +88,29 @@ impl Output {
         }
         Ok(())
     }
+
+    /// Check a device top-k of the last step: `candidates` k per output row, `vocab` the
+    /// output's columns, 1 <= k <= vocab. Returns the rows.
+    pub fn check_top_k(
+        &self,
+        last: Option<StepShape>,
+        candidates: usize,
+        vocab: usize,
+        k: usize,
+        backend: &'static str,
+    ) -> Result<usize, BackendError> {
+        let rows = last.map_or(0, |s| self.rows_in(s));
+        if last.is_none() || k == 0 || k > vocab || vocab != self.cols || candidates != rows * k {
+            return Err(BackendError::BadStep {
+                backend,
+                reason: format!(
+                    "top-{k} of rows of {vocab} into {candidates} candidates for {rows} rows of {}",
+                    self.cols
+                ),
+            });
+        }
+        Ok(rows)
+    }
 }
 
 /// `values` as little-endian bytes (what a step buffer or params block uploads).
@@ -132,6 +155,13 @@ mod tests {
         assert!(out.check_argmax(last, 2, 10, "test").is_ok());
         assert!(out.check_argmax(last, 2, 9, "test").is_err());
         assert!(out.check_argmax(last, 7, 10, "test").is_err());
+        assert_eq!(out.check_top_k(last, 6, 10, 3, "test").unwrap(), 2);
+        assert_eq!(out.check_top_k(last, 20, 10, 10, "test").unwrap(), 2);
+        assert!(out.check_top_k(last, 7, 10, 3, "test").is_err());
+        assert!(out.check_top_k(last, 0, 10, 0, "test").is_err());
+        assert!(out.check_top_k(last, 22, 10, 11, "test").is_err());
+        assert!(out.check_top_k(last, 6, 9, 3, "test").is_err());
+        assert!(out.check_top_k(None, 6, 10, 3, "test").is_err());
         let mut f = [0.0f32; 2];
         f32s_from_le(&le_bytes(&[1.5f32.to_bits(), (-2.0f32).to_bits()]), &mut f);
         assert_eq!(f, [1.5, -2.0]);

@@ -6,13 +6,15 @@
 
 use kiln_gpu_host::no_plan;
 use kiln_ir::backend::{
-    Backend, BackendError, Ceilings, DeviceProperties, LaunchTime, Step, WeightSource,
+    Backend, BackendError, Candidate, Ceilings, DeviceProperties, LaunchTime, Step, WeightSource,
+    host_top_k,
 };
 use kiln_ir::kv_layout::KvLayout;
 use kiln_ir::{Graph, Op, Plan};
 
 use super::device::{Device, driver_error};
 use super::loaded::Loaded;
+use crate::launch::TOP_K_MAX;
 
 /// kiln's CUDA kernels on device `D`.
 pub struct CudaBackendOn<D: Device> {
@@ -113,6 +115,22 @@ impl<D: Device> Backend for CudaBackendOn<D> {
     /// id per row instead of the logits.
     fn read_argmax(&mut self, vocab: usize, out: &mut [u32]) -> Result<(), BackendError> {
         self.loaded()?.argmax(&self.device, vocab, out)
+    }
+
+    /// The sampler's candidates on the device (top_k.cu) for k up to `TOP_K_MAX`: a
+    /// sampling step reads back k pairs a row instead of the logits; a larger k reads the
+    /// logits back and chooses on the host.
+    fn read_top_k(
+        &mut self,
+        vocab: usize,
+        k: usize,
+        out: &mut [Candidate],
+    ) -> Result<(), BackendError> {
+        if k > TOP_K_MAX {
+            return host_top_k(self, vocab, k, out);
+        }
+        let loaded = self.loaded.as_mut().ok_or_else(|| no_plan(D::NAME))?;
+        loaded.top_k(&self.device, vocab, k, out)
     }
 
     fn copy_kv_page(&mut self, src: u32, dst: u32, _n_tokens: usize) -> Result<(), BackendError> {

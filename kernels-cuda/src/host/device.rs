@@ -16,7 +16,7 @@ pub enum Contents {
     /// The weights, uploaded once (padding between them is never written).
     Weights,
     /// What kernels write before any kernel reads it: arena, KV pages, the attention
-    /// splits' partial results, the q8_1 activations, argmax's ids.
+    /// splits' partial results, the q8_1 activations, argmax's ids, top-k's candidates.
     Kernels,
     /// The step buffer, written by the host before every step.
     Step,
@@ -39,10 +39,12 @@ pub struct Paths {
 pub type Functions<F> = [Option<F>; Entry::COUNT];
 
 /// The modules of a plan: each variant's entry points (indexed like
-/// `Lowered::variants`), and argmax's (the greedy LM head).
+/// `Lowered::variants`), argmax's (the greedy LM head) and top-k's (the sampler's
+/// candidates).
 pub struct Modules<F> {
     pub functions: Vec<Functions<F>>,
     pub argmax: F,
+    pub top_k: F,
 }
 
 impl<F> std::fmt::Debug for Modules<F> {
@@ -129,7 +131,7 @@ pub trait Device: Sized {
         bytes: usize,
     ) -> Result<(), Self::Error>;
 
-    /// Build (or take from a cache) the module of every variant and argmax's, and look
+    /// Build (or take from a cache) the module of every variant, argmax's and top-k's, and look
     /// up their entry points ([`entry_table`]).
     fn load_modules(&self, variants: &[Variant]) -> Result<Modules<Self::Function>, BackendError>;
 

@@ -1,6 +1,7 @@
 //! A plan on a device: its lowering ([`crate::lower`]: typed calls), the modules of its
 //! variants built once at load, and the buffers (arena, weights, KV pages, step, the
-//! decode attention's partial results, the matvec's q8_1 activations, argmax's ids). A
+//! decode attention's partial results, the matvec's q8_1 activations, argmax's ids,
+//! top-k's candidates). A
 //! step packs and uploads the step buffer, then runs every call's launches in order
 //! ([`super::run`]); decode steps are captured as graphs and replayed
 //! ([`super::graphs`]).
@@ -17,16 +18,18 @@ use kiln_gpu_host::output::{f32s_from_le, u32s_from_le};
 use kiln_gpu_host::step::{RopeTable, rope_geometries, rope_table};
 use kiln_gpu_host::weights::upload_each;
 use kiln_ir::Plan;
-use kiln_ir::backend::{BackendError, DeviceProperties, StepLimits, StepShape, WeightSource};
+use kiln_ir::backend::{
+    BackendError, Candidate, DeviceProperties, StepLimits, StepShape, WeightSource,
+};
 use kiln_ir::kv_layout::KvLayout;
 
 use super::device::{Contents, Device, Functions, Modules, Paths, driver_error};
 use super::graphs::Graphs;
 use super::memory::{Allocation, alloc};
-use crate::args::{ArgmaxArgs, ConstPtr, KernelArgs, Ptr};
+use crate::args::{ArgmaxArgs, ConstPtr, KernelArgs, Ptr, TopKArgs};
 use crate::launch::{
-    AttentionShape, DEFAULT_MAX_SHARED, argmax_launch, decode_shared_bytes, prefill_entry,
-    prefill_shared_bytes,
+    AttentionShape, DEFAULT_MAX_SHARED, TOP_K_MAX, argmax_launch, decode_shared_bytes,
+    prefill_entry, prefill_shared_bytes, top_k_launch,
 };
 use crate::lower::geometry::value_bytes;
 use crate::lower::{Args, Buffers, Lowered, lower, partial_bytes, q8_1_bytes, rows_sel};
@@ -40,6 +43,7 @@ pub(crate) struct Loaded<D: Device> {
     pub(crate) functions: Vec<Functions<D::Function>>,
     argmax: D::Function,
     argmax_args: ArgmaxArgs,
+    top_k: D::Function,
     /// (arena_bytes) the f32 activations.
     arena: Allocation<D>,
     /// (layout.total) every weight (crate::weights).
@@ -54,6 +58,9 @@ pub(crate) struct Loaded<D: Device> {
     step: Allocation<D>,
     /// (max rows) argmax's token ids.
     ids: Allocation<D>,
+    /// (rows, k, 2) top-k's candidates (id, logit bits), allocated at the first
+    /// `top_k` and grown as a larger one needs.
+    candidates: Option<Allocation<D>>,
     limits: StepLimits,
     /// Each RoPE geometry of the plan (the step buffer's tables).
     rope: Vec<RopeTable>,
@@ -119,7 +126,11 @@ impl<D: Device> Loaded<D> {
             .into_iter()
             .map(|params| rope_table(plan, source, params).map_err(|e| e.for_backend(name)))
             .collect::<Result<Vec<_>, _>>()?;
-        let Modules { functions, argmax } = device.load_modules(&variants)?;
+        let Modules {
+            functions,
+            argmax,
+            top_k,
+        } = device.load_modules(&variants)?;
 
         let mut weights = alloc(device, layout.total, "weights", Contents::Weights)?;
         upload_each(
@@ -174,6 +185,7 @@ impl<D: Device> Loaded<D> {
             functions,
             argmax,
             argmax_args,
+            top_k,
             arena,
             _weights: weights,
             kv: kv_buf,
@@ -181,6 +193,7 @@ impl<D: Device> Loaded<D> {
             _q8_1: q8_1,
             step,
             ids,
+            candidates: None,
             limits: StepLimits::new(plan, kv, kv_page_count),
             rope,
             kv_groups: kv.n_groups().max(1),
@@ -263,6 +276,65 @@ impl<D: Device> Loaded<D> {
         let mut bytes = vec![0u8; out.len() * 4];
         self.ids.read(device, 0, &mut bytes, "token ids")?;
         u32s_from_le(&bytes, out);
+        Ok(())
+    }
+
+    /// The `k` largest logits of each output row of the last step with their ids
+    /// (kiln_ir::step::top_k's order and NON_FINITE rows), chosen on the device; k is at
+    /// most `launch::TOP_K_MAX` (the caller takes a larger one to the host).
+    pub fn top_k(
+        &mut self,
+        device: &D,
+        vocab: usize,
+        k: usize,
+        out: &mut [Candidate],
+    ) -> Result<(), BackendError> {
+        let rows = self
+            .output
+            .check_top_k(self.last, out.len(), vocab, k, D::NAME)?;
+        if k > TOP_K_MAX {
+            return Err(BackendError::Unsupported {
+                backend: D::NAME,
+                what: format!("a device top-{k} (at most {TOP_K_MAX})"),
+            });
+        }
+        let Some(l) = top_k_launch(rows as u32) else {
+            return Ok(());
+        };
+        let bytes = out.len() as u64 * 8;
+        let candidates = match self.candidates.take() {
+            Some(c) if c.len() as u64 >= bytes => self.candidates.insert(c),
+            old => {
+                drop(old); // the smaller one goes first
+                let grown = bytes.next_power_of_two();
+                let c = alloc(device, grown, "top-k candidates", Contents::Kernels)?;
+                self.candidates.insert(c)
+            }
+        };
+        let args = TopKArgs {
+            logits: self.argmax_args.logits,
+            out: Ptr::new(candidates.addr()),
+            step: self.argmax_args.step,
+            rows_sel: self.argmax_args.rows_sel,
+            cols: vocab as u32,
+            k: k as u32,
+        };
+        device
+            .bind()
+            .map_err(|e| driver_error::<D>("binding the CUDA context", e))?;
+        // SAFETY: the args point at the arena's output (`rows` rows of `vocab` columns,
+        // which check_top_k held to the last step's), the step buffer, and `candidates`,
+        // which holds `rows` × k pairs of words; all alive in self.
+        unsafe { device.launch(&self.top_k, &l, args.as_bytes()) }
+            .map_err(|e| driver_error::<D>("launching top_k", e))?;
+        let mut bytes = vec![0u8; out.len() * 8];
+        candidates.read(device, 0, &mut bytes, "top-k candidates")?;
+        for (c, b) in out.iter_mut().zip(bytes.chunks_exact(8)) {
+            *c = Candidate {
+                id: u32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+                logit: f32::from_le_bytes([b[4], b[5], b[6], b[7]]),
+            };
+        }
         Ok(())
     }
 

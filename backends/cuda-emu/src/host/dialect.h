@@ -36,6 +36,24 @@ static inline T __shfl_sync(unsigned int mask, T v, int src_lane) {
     return kiln_emu::shuffle(v, (unsigned int)src_lane);
 }
 
+// Bit l set where lane l's predicate holds; every lane of the warp takes part.
+static inline unsigned int __ballot_sync(unsigned int mask, int predicate) {
+    if (mask != 0xFFFFFFFFu) {
+        kiln_emu::fail("__ballot_sync with a partial mask (not emulated)");
+    }
+    return kiln_emu::ballot(predicate != 0);
+}
+
+static inline int __popc(unsigned int x) { return __builtin_popcount(x); }
+
+// A block's threads run one at a time and switch only at barriers and warp collectives,
+// so a read-modify-write is atomic here (shared and global memory alike).
+static inline unsigned int atomicAdd(unsigned int* address, unsigned int v) {
+    unsigned int old = *address;
+    *address = old + v;
+    return old;
+}
+
 template <class T>
 static inline T __ldg(const T* p) {
     return *p;

@@ -150,6 +150,19 @@ static inline T shuffle(T v, unsigned int src_lane) {
     return r;
 }
 
+// The predicates of the warp's 32 lanes as bits (lane l: bit l).
+static inline unsigned int ballot(bool p) {
+    unsigned int v = p ? 1u : 0u;
+    unsigned int gen = warp_exchange(8u, &v, sizeof v);
+    unsigned int bits = 0u;
+    for (unsigned int lane = 0u; lane < 32u; lane++) {
+        unsigned int x;
+        memcpy(&x, lane_data(lane, gen), sizeof x);
+        bits |= (x & 1u) << lane;
+    }
+    return bits;
+}
+
 // A fiber's life: the kernel once per block of the launch (the scheduler marks every
 // fiber READY at a block's start; an exited one resumes here).
 static void fiber_main() {
