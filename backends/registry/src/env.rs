@@ -23,6 +23,11 @@
 //! | `KILN_DEBUG` (set) | wgpu, vulkan, cuda | print each kernel built and each launch |
 //! | `KILN_CACHE_DIR`, `XDG_CACHE_HOME`, `HOME` | vulkan, cuda | the kernel cache's folder |
 //!
+//! The CUDA emulator (backends/cuda-emu: the CUDA kernels compiled as C++ for the tests;
+//! the registry does not open it) reads its own, as build tools do: `KILN_CXX` / `CXX` (its
+//! compiler), `KILN_CUDA_EMU_CACHE` (where compiled modules are kept) and
+//! `KILN_CUDA_EMU_DEBUG` (print each launch).
+//!
 //! The kernel cache's rules (`$KILN_CACHE_DIR/<backend>`, set but empty for none, else
 //! `$XDG_CACHE_HOME/kiln/<backend>`, else `~/.cache/kiln/<backend>`) are written once, in
 //! `kiln_gpu_host::cache::Cache::from_env_values`.
