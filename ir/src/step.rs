@@ -284,6 +284,37 @@ pub fn top_k(row: &[f32], out: &mut [Candidate]) {
 mod tests {
     use super::*;
 
+    proptest::proptest! {
+        /// Any row of numbers (few levels, so ties are common; some −∞ and −0): the top k
+        /// is the first k of the whole row sorted by (logit desc, id asc), −0 = +0.
+        #[test]
+        fn top_k_is_the_prefix_of_the_sorted_row(
+            levels in proptest::collection::vec(0u8..12, 1..300),
+            k in 1usize..300,
+        ) {
+            let row: Vec<f32> = levels
+                .iter()
+                .map(|&l| match l {
+                    0 => f32::NEG_INFINITY,
+                    1 => -0.0,
+                    l => f32::from(l) * 0.25 - 1.0,
+                })
+                .collect();
+            let k = k.min(row.len());
+            let mut out = vec![Candidate { id: 7777, logit: 1234.5 }; k];
+            top_k(&row, &mut out);
+            let mut ids: Vec<u32> = (0..row.len() as u32).collect();
+            ids.sort_by(|&a, &b| {
+                let (x, y) = (row[a as usize] + 0.0, row[b as usize] + 0.0);
+                y.partial_cmp(&x).unwrap().then(a.cmp(&b))
+            });
+            for (c, &id) in out.iter().zip(&ids) {
+                proptest::prop_assert_eq!(c.id, id);
+                proptest::prop_assert_eq!(c.logit.to_bits(), row[id as usize].to_bits());
+            }
+        }
+    }
+
     #[test]
     fn top_k_orders_by_logit_then_id_and_refuses_non_numbers() {
         let row = [1.0, 3.0, f32::NEG_INFINITY, 3.0, -0.0, 0.0, 2.0];
