@@ -2,6 +2,7 @@
 //! their sizes, what they start with, and what each binding of a weights buffer's bind
 //! group (descriptor set) covers, decided once for every WGSL backend.
 
+use kiln_gpu_host::upload::{StagedCopies, Staging, Uploader};
 use kiln_ir::Plan;
 use kiln_ir::backend::{BackendError, WeightSource};
 
@@ -45,21 +46,25 @@ impl<B> Buffers<B> {
         })
     }
 
-    /// Write what the buffers start with through `write(buffer, offset, bytes)`: every
-    /// params block, then every weight of `plan` from `source`
-    /// ([`weights::upload_each`]).
-    pub fn upload(
+    /// Write what the buffers start with through the device's staged copies, made by
+    /// `copies` for a staging area of the bytes it is given: every params block, then
+    /// every weight of `plan` from `source` ([`weights::upload_each`]); everything is
+    /// flushed when it returns.
+    pub fn upload<C: StagedCopies<B>>(
         &self,
         program: &Program,
         plan: &Plan,
         source: &dyn WeightSource,
         backend: &'static str,
-        mut write: impl FnMut(&B, u64, &[u8]) -> Result<(), BackendError>,
+        copies: impl FnOnce(u64) -> Result<C, BackendError>,
     ) -> Result<(), BackendError> {
-        write(&self.params, 0, &program.params)?;
+        let staging = Staging::new(program.weights.total + program.params.len() as u64);
+        let mut up = Uploader::new(staging, copies(staging.capacity())?);
+        up.write(&self.params, 0, &program.params)?;
         weights::upload_each(plan, &program.weights, source, backend, |b, at, bytes| {
-            write(&self.weights[b], at, bytes)
-        })
+            up.write(&self.weights[b], at, bytes)
+        })?;
+        up.finish().map(drop)
     }
 
     /// What binding `r` of weights buffer `i`'s bind group binds: its buffer and range
@@ -74,5 +79,14 @@ impl<B> Buffers<B> {
             Resource::Kv => (&self.kv, None),
             Resource::Step => (&self.step, None),
         }
+    }
+
+    /// Every binding of weights buffer `i`'s bind group (descriptor set), in binding
+    /// order: the resource, its buffer and range ([`Buffers::binding`]).
+    pub fn bind_group(&self, program: &Program, i: usize) -> [(Resource, &B, Option<u64>); 5] {
+        Resource::ALL.map(|r| {
+            let (buffer, range) = self.binding(program, i, r);
+            (r, buffer, range)
+        })
     }
 }

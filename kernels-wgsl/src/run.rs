@@ -1,8 +1,10 @@
 //! A [`Program`] loaded on a device, run the same way by every WGSL backend: a step is
 //! checked and packed, its buffer written (grown when a step needs more, which releases
 //! what was recorded with the old one), its shape's dispatch list made once and kept with
-//! what the device recorded for it (an LRU of [`PREPARED`]), then submitted; reading the
-//! logits, copying KV pages and reading timestamps are checked and planned here too.
+//! what the device recorded for it (an LRU of [`PREPARED`]), then submitted (a recording
+//! the submission consumed is made again for the next step while the device runs this
+//! one, as its logits are read); reading the logits, copying KV pages and reading
+//! timestamps are checked and planned here too.
 //! What a device API does (buffers, pipelines, binding, recording, queries) is its
 //! [`Device`] implementation: wgpu's and Vulkan's are all that is left in those crates.
 
@@ -28,9 +30,10 @@ pub const STEP_BYTES: u64 = 4096;
 pub trait Device {
     /// The backend's name, in errors and debug prints.
     const NAME: &'static str;
-    /// What a step shape keeps besides its dispatch list (Vulkan: its recorded command
-    /// buffer; wgpu: the next step's commands, encoded ahead).
-    type Recorded: Default;
+    /// A step shape's dispatch list recorded in the API's commands (a command buffer):
+    /// replayed every step where the API can (Vulkan), else submitted once and recorded
+    /// again for the next step while the device runs the last one (wgpu).
+    type Recorded;
 
     /// Wait until the last step is done with the step buffer, before it is written or
     /// replaced (a device whose writes are queued in order waits for nothing).
@@ -42,36 +45,18 @@ pub trait Device {
     fn grow_step(&mut self, program: &Program, bytes: u64) -> Result<(), BackendError>;
     /// Write a step's buffer (at most its size).
     fn write_step(&mut self, data: &[u8]) -> Result<(), BackendError>;
-    /// What a step shape keeps, made when it is first run (a device that records
-    /// nothing ahead of a step keeps the default).
+    /// Record a step shape's dispatch list.
     fn record(
-        &mut self,
-        _program: &Program,
-        _list: &StepList,
-    ) -> Result<Self::Recorded, BackendError> {
-        Ok(Self::Recorded::default())
-    }
-    /// Give back what steps kept (none of them is pending); dropping it is enough unless
-    /// the device says otherwise.
-    fn release(&mut self, _recorded: Vec<Self::Recorded>) {}
-    /// Run a step: its list and what its shape recorded.
-    fn submit(
         &mut self,
         program: &Program,
         list: &StepList,
-        recorded: &mut Self::Recorded,
-    ) -> Result<(), BackendError>;
-    /// Called while the last step runs, before its logits are waited for: prepare the
-    /// next step of the same shape (wgpu encodes its command buffer here, off the next
-    /// step's path; a device that replays a recording has nothing to do).
-    fn ahead(
-        &mut self,
-        _program: &Program,
-        _list: &StepList,
-        _recorded: &mut Self::Recorded,
-    ) -> Result<(), BackendError> {
-        Ok(())
-    }
+    ) -> Result<Self::Recorded, BackendError>;
+    /// Give back recordings (none of them is pending); dropping them is enough unless
+    /// the device says otherwise.
+    fn release(&mut self, _recorded: Vec<Self::Recorded>) {}
+    /// Run a step from its recording; give the recording back where it can run again
+    /// (None: the submission consumed it, and the next step records its own).
+    fn submit(&mut self, recorded: Self::Recorded) -> Result<Option<Self::Recorded>, BackendError>;
     /// The last step's output: `out.len()` bytes from `output.offset` in the arena.
     fn read_output(&mut self, output: &Output, out: &mut [u8]) -> Result<(), BackendError>;
     /// Copy `regions` (offset in a page, bytes) of the KV page at byte `src` of the KV
@@ -89,8 +74,9 @@ pub struct Loaded<D: Device> {
     pub program: Program,
     pub device: D,
     kv: KvLayout,
-    /// Step shape → its dispatch list and recording.
-    prepared: Lru<StepShape, (StepList, D::Recorded)>,
+    /// Step shape → its dispatch list and recording (None once a submission consumed
+    /// it, until the next one is recorded).
+    prepared: Lru<StepShape, (StepList, Option<D::Recorded>)>,
     last: Option<StepShape>,
     step_bytes: u64,
     debug: bool,
@@ -135,16 +121,15 @@ impl<D: Device> Loaded<D> {
         if data.len() as u64 > self.step_bytes {
             self.step_bytes = (data.len() as u64).next_power_of_two();
             // What was recorded binds the old step buffer.
-            let recorded = self.prepared.drain().into_iter().map(|(_, r)| r).collect();
-            self.device.release(recorded);
+            let recorded = self.prepared.drain().into_iter().filter_map(|(_, r)| r);
+            self.device.release(recorded.collect());
             self.device.grow_step(&self.program, self.step_bytes)?;
         }
         self.device.write_step(&data)?;
         let shape = step.shape();
         if self.prepared.get(&shape).is_none() {
             let list = (self.program).step_list(shape, self.debug.then_some(D::NAME));
-            let recorded = self.device.record(&self.program, &list)?;
-            if let Some((_, old)) = self.prepared.insert(shape, (list, recorded)) {
+            if let Some((_, Some(old))) = self.prepared.insert(shape, (list, None)) {
                 self.device.release(vec![old]);
             }
         }
@@ -154,7 +139,11 @@ impl<D: Device> Loaded<D> {
                 message: "a step's dispatch list went missing".into(),
             });
         };
-        self.device.submit(&self.program, list, recorded)?;
+        let commands = match recorded.take() {
+            Some(commands) => commands,
+            None => self.device.record(&self.program, list)?,
+        };
+        *recorded = self.device.submit(commands)?;
         self.last = Some(shape);
         Ok(())
     }
@@ -162,9 +151,10 @@ impl<D: Device> Loaded<D> {
     pub fn read_logits(&mut self, out: &mut [f32]) -> Result<(), BackendError> {
         let output = &self.program.output;
         output.check_logits(self.last, out.len(), D::NAME)?;
-        // Decode steps repeat their shape: the next one is prepared while this one runs.
-        if let Some((list, recorded)) = self.last.and_then(|s| self.prepared.get(&s)) {
-            self.device.ahead(&self.program, list, recorded)?;
+        // Decode steps repeat their shape: where the last recording was consumed, the
+        // next one is recorded while this step runs, off the next step's path.
+        if let Some((list, recorded @ None)) = self.last.and_then(|s| self.prepared.get(&s)) {
+            *recorded = Some(self.device.record(&self.program, list)?);
         }
         let mut bytes = vec![0u8; out.len() * 4];
         self.device.read_output(output, &mut bytes)?;
@@ -208,3 +198,6 @@ impl<D: Device> Loaded<D> {
         self.device.synchronize()
     }
 }
+
+#[cfg(test)]
+mod tests;

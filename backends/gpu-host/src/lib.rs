@@ -14,7 +14,8 @@
 //! - [`step`]: the step buffer every GPU kernel set reads (ids, positions, block tables,
 //!   RoPE cos/sin), and the RoPE tables of a plan.
 //! - [`upload`]: the upload plan (a staging area filled piece by piece, flushed when
-//!   full).
+//!   full) and the [`upload::Uploader`] that drives a backend's staged copies.
+//! - Here: the errors every GPU backend builds alike, and [`check_range`].
 //! - [`weights`]: the bytes of each weight as a GPU weights buffer holds them.
 
 pub mod cache;
@@ -69,5 +70,51 @@ pub fn driver(backend: &'static str, message: impl Into<String>) -> BackendError
     BackendError::Driver {
         backend,
         message: message.into(),
+    }
+}
+
+/// The error of a backend that finds no device it can open (no driver, none usable).
+pub fn no_device(backend: &'static str, reason: impl Into<String>) -> BackendError {
+    BackendError::NoDevice {
+        backend,
+        reason: reason.into(),
+    }
+}
+
+/// The error of an allocation of `bytes` that the device cannot hold.
+pub fn out_of_memory(backend: &'static str, bytes: u64) -> BackendError {
+    BackendError::OutOfMemory { backend, bytes }
+}
+
+/// That `len` bytes at `offset` lie within a buffer of `size` bytes (`what`: which
+/// buffer, in the error), before a backend reads, writes or copies them.
+pub fn check_range(
+    backend: &'static str,
+    what: &str,
+    offset: u64,
+    len: u64,
+    size: u64,
+) -> Result<(), BackendError> {
+    if offset.checked_add(len).is_some_and(|end| end <= size) {
+        return Ok(());
+    }
+    Err(BackendError::BadStep {
+        backend,
+        reason: format!("{len} bytes at {offset} of a {size}-byte {what}"),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn ranges_past_a_buffer_are_refused() {
+        assert!(super::check_range("t", "buffer", 16, 48, 64).is_ok());
+        assert!(super::check_range("t", "buffer", 64, 0, 64).is_ok());
+        let err = super::check_range("t", "host buffer", 17, 48, 64).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "t: bad step: 48 bytes at 17 of a 64-byte host buffer"
+        );
+        assert!(super::check_range("t", "buffer", u64::MAX, 1, 64).is_err());
     }
 }

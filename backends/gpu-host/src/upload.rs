@@ -3,9 +3,12 @@
 //! for) when full, so that loading a model never holds more than that in flight. Where a
 //! piece lies in the staging area and when to flush is decided here; the copies are the
 //! backend's (Vulkan: a staging buffer and copy commands; wgpu: queue writes, whose own
-//! staging is submitted at each flush).
+//! staging is submitted at each flush), through [`StagedCopies`]; [`Uploader`] drives
+//! them.
 
 use std::ops::Range;
+
+use kiln_ir::backend::BackendError;
 
 /// Alignment of each piece in the staging area.
 const ALIGN: u64 = 16;
@@ -80,9 +83,115 @@ impl Staging {
     }
 }
 
+/// A piece of an upload to stage (`B`: the device's buffer).
+#[derive(Debug)]
+pub struct Staged<'a, B> {
+    /// Where it goes: `dst` at byte `offset`, at the next flush.
+    pub dst: &'a B,
+    pub offset: u64,
+    /// Where it lies in the staging area ([`Piece::staging`]).
+    pub staging: u64,
+    pub bytes: &'a [u8],
+}
+
+/// A device's side of an upload through a staging area (`B`: its buffer).
+pub trait StagedCopies<B> {
+    /// Put a piece in the staging area.
+    fn stage(&mut self, piece: Staged<'_, B>) -> Result<(), BackendError>;
+    /// Copy everything staged to its destination and wait.
+    fn flush(&mut self) -> Result<(), BackendError>;
+}
+
+/// Uploads through a [`Staging`] area: each write cut into pieces, flushed when the area
+/// is full and at [`Uploader::finish`].
+#[derive(Debug)]
+pub struct Uploader<C> {
+    plan: Staging,
+    copies: C,
+}
+
+impl<C> Uploader<C> {
+    /// An uploader through the staging area `plan` (empty), whose copies are `copies`.
+    pub fn new(plan: Staging, copies: C) -> Uploader<C> {
+        Uploader { plan, copies }
+    }
+
+    /// Write `bytes` at byte `offset` of `dst`.
+    pub fn write<B>(&mut self, dst: &B, offset: u64, bytes: &[u8]) -> Result<(), BackendError>
+    where
+        C: StagedCopies<B>,
+    {
+        for piece in self.plan.place(bytes.len()) {
+            if piece.flush_first {
+                self.copies.flush()?;
+            }
+            self.copies.stage(Staged {
+                dst,
+                offset: offset + piece.bytes.start as u64,
+                staging: piece.staging,
+                bytes: &bytes[piece.bytes],
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Flush what is still staged, and give the device's copies back.
+    pub fn finish<B>(mut self) -> Result<C, BackendError>
+    where
+        C: StagedCopies<B>,
+    {
+        if !self.plan.is_empty() {
+            self.plan.flushed();
+            self.copies.flush()?;
+        }
+        Ok(self.copies)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Copies into host vectors, flushes counted.
+    #[derive(Default)]
+    struct HostCopies {
+        staged: Vec<(usize, u64, u64, Vec<u8>)>,
+        flushes: usize,
+    }
+
+    impl StagedCopies<usize> for HostCopies {
+        fn stage(&mut self, p: Staged<'_, usize>) -> Result<(), BackendError> {
+            (self.staged).push((*p.dst, p.offset, p.staging, p.bytes.to_vec()));
+            Ok(())
+        }
+        fn flush(&mut self) -> Result<(), BackendError> {
+            self.flushes += 1;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn an_uploader_stages_pieces_and_flushes_when_full_and_at_the_end() {
+        let mut up = Uploader::new(Staging::new(40), HostCopies::default());
+        assert_eq!(up.plan.capacity(), 48);
+        let a: Vec<u8> = (1..=30).collect();
+        let b: Vec<u8> = (101..=130).collect();
+        up.write(&0, 5, &a).unwrap();
+        up.write(&1, 1000, &b).unwrap();
+        let copies = up.finish().unwrap();
+        // a at 0..30; b's first 16 bytes fill 32..48, the rest after a flush.
+        assert_eq!(copies.flushes, 2);
+        assert_eq!(
+            copies.staged,
+            [
+                (0, 5, 0, a.clone()),
+                (1, 1000, 32, b[..16].to_vec()),
+                (1, 1016, 0, b[16..].to_vec()),
+            ]
+        );
+        let empty = Uploader::new(Staging::new(40), HostCopies::default()).finish::<usize>();
+        assert_eq!(empty.unwrap().flushes, 0, "nothing staged, nothing flushed");
+    }
 
     #[test]
     fn uploads_fill_the_area_then_flush() {

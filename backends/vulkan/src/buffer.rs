@@ -5,7 +5,8 @@
 use std::sync::Arc;
 
 use ash::vk;
-use kiln_gpu_host::upload::Staging;
+use kiln_gpu_host::check_range;
+use kiln_gpu_host::upload::{Staged, StagedCopies};
 use kiln_ir::backend::BackendError;
 
 use crate::device::{NAME, Vk, vk_error};
@@ -135,30 +136,20 @@ impl Buffer {
         Ok(buffer)
     }
 
-    fn check(&self, offset: u64, len: usize) -> Result<Mapped, BackendError> {
-        let fits = offset
-            .checked_add(len as u64)
-            .is_some_and(|end| end <= self.size);
-        match self.mapped {
-            Some(m) if fits => Ok(m),
-            _ => Err(BackendError::BadStep {
-                backend: NAME,
-                reason: format!(
-                    "{len} bytes at {offset} of a {}-byte {} buffer",
-                    self.size,
-                    if self.mapped.is_some() {
-                        "host"
-                    } else {
-                        "device"
-                    }
-                ),
-            }),
-        }
+    /// The mapping, where `len` bytes at `offset` lie within it (a device buffer has
+    /// none).
+    fn mapped(&self, offset: u64, len: usize) -> Result<Mapped, BackendError> {
+        let (m, what) = match self.mapped {
+            Some(m) => (Some(m), "host buffer"),
+            None => (None, "device buffer"),
+        };
+        check_range(NAME, what, offset, len as u64, self.size)?;
+        m.ok_or_else(|| crate::device::driver(format!("{len} bytes at {offset} of a {what}")))
     }
 
     /// Write a host-visible buffer. The device must not be using these bytes.
     pub fn write(&mut self, offset: u64, data: &[u8]) -> Result<(), BackendError> {
-        let m = self.check(offset, data.len())?;
+        let m = self.mapped(offset, data.len())?;
         // SAFETY: the range is inside the mapping (checked); `&mut self` and the callers'
         // fence waits make the host the only user of these bytes.
         unsafe {
@@ -169,7 +160,7 @@ impl Buffer {
 
     /// Read a host-visible buffer. The device must be done writing these bytes.
     pub fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), BackendError> {
-        let m = self.check(offset, out.len())?;
+        let m = self.mapped(offset, out.len())?;
         // SAFETY: the range is inside the mapping (checked); the device finished writing
         // (callers wait for the fence of the copy first).
         unsafe {
@@ -180,75 +171,49 @@ impl Buffer {
 }
 
 /// Copies host bytes into device buffers through one staging buffer (kiln-gpu-host's
-/// upload plan), a command buffer of copies per flush.
-pub(crate) struct Uploader {
+/// upload plan drives it), a command buffer of copies per flush.
+pub(crate) struct StagingCopies {
     vk: Arc<Vk>,
-    staging: Option<Buffer>,
-    plan: Staging,
+    staging: Buffer,
     /// (destination, copy) pending in the staging buffer.
     pending: Vec<(vk::Buffer, vk::BufferCopy)>,
 }
 
-impl Uploader {
-    /// An uploader for about `total` bytes.
-    pub fn new(vk: &Arc<Vk>, total: u64) -> Uploader {
-        Uploader {
+impl StagingCopies {
+    /// Copies through a staging buffer of `capacity` bytes.
+    pub fn new(vk: &Arc<Vk>, capacity: u64) -> Result<StagingCopies, BackendError> {
+        Ok(StagingCopies {
             vk: vk.clone(),
-            staging: None,
-            plan: Staging::new(total),
+            staging: Buffer::new(vk, "staging", capacity, Kind::Upload)?,
             pending: Vec::new(),
-        }
+        })
     }
+}
 
-    pub fn push(&mut self, dst: &Buffer, offset: u64, data: &[u8]) -> Result<(), BackendError> {
-        let len = data.len() as u64;
-        if offset.checked_add(len).is_none_or(|end| end > dst.size) {
-            return Err(BackendError::BadStep {
-                backend: NAME,
-                reason: format!("{len} bytes at {offset} of a {}-byte buffer", dst.size),
-            });
-        }
-        for piece in self.plan.place(data.len()) {
-            if piece.flush_first {
-                self.copy_pending()?;
-            }
-            let staging = match &mut self.staging {
-                Some(s) => s,
-                None => (self.staging).insert(Buffer::new(
-                    &self.vk,
-                    "staging",
-                    self.plan.capacity(),
-                    Kind::Upload,
-                )?),
-            };
-            staging.write(piece.staging, &data[piece.bytes.clone()])?;
-            let copy = vk::BufferCopy {
-                src_offset: piece.staging,
-                dst_offset: offset + piece.bytes.start as u64,
-                size: piece.bytes.len() as u64,
-            };
-            self.pending.push((dst.raw, copy));
-        }
+impl StagedCopies<Buffer> for StagingCopies {
+    fn stage(&mut self, piece: Staged<'_, Buffer>) -> Result<(), BackendError> {
+        let (dst, len) = (piece.dst, piece.bytes.len() as u64);
+        check_range(NAME, "buffer", piece.offset, len, dst.size)?;
+        self.staging.write(piece.staging, piece.bytes)?;
+        let copy = vk::BufferCopy {
+            src_offset: piece.staging,
+            dst_offset: piece.offset,
+            size: len,
+        };
+        self.pending.push((dst.raw, copy));
         Ok(())
     }
 
-    /// Copy everything pending and wait.
-    pub fn flush(&mut self) -> Result<(), BackendError> {
-        self.plan.flushed();
-        self.copy_pending()
-    }
-
-    /// Copy what is staged (the plan already counts the staging area as empty) and wait.
-    fn copy_pending(&mut self) -> Result<(), BackendError> {
-        let (Some(staging), false) = (&self.staging, self.pending.is_empty()) else {
+    fn flush(&mut self) -> Result<(), BackendError> {
+        if self.pending.is_empty() {
             return Ok(());
-        };
-        let (vk, src) = (&self.vk, staging.raw);
+        }
+        let (vk, src) = (&self.vk, self.staging.raw);
         let pending = std::mem::take(&mut self.pending);
         vk.oneshot(|cb| {
             for (dst, copy) in &pending {
                 // SAFETY: `cb` is recording; both buffers live until the oneshot has
-                // waited; the ranges were checked in `push`.
+                // waited; the ranges were checked in `stage`.
                 unsafe {
                     vk.device
                         .cmd_copy_buffer(cb, src, *dst, std::slice::from_ref(copy))

@@ -13,6 +13,7 @@ use std::sync::Mutex;
 
 use ash::vk;
 use kiln_gpu_host::device::{DeviceKind, choose};
+use kiln_gpu_host::out_of_memory;
 use kiln_ir::backend::BackendError;
 
 pub(crate) const NAME: &str = "vulkan";
@@ -25,20 +26,14 @@ pub(crate) fn driver(message: impl Into<String>) -> BackendError {
 pub(crate) fn vk_error(doing: &str, r: vk::Result, bytes: u64) -> BackendError {
     match r {
         vk::Result::ERROR_OUT_OF_DEVICE_MEMORY | vk::Result::ERROR_OUT_OF_HOST_MEMORY => {
-            BackendError::OutOfMemory {
-                backend: NAME,
-                bytes,
-            }
+            out_of_memory(NAME, bytes)
         }
         r => driver(format!("{doing}: {r}")),
     }
 }
 
 fn no_device(reason: impl Into<String>) -> BackendError {
-    BackendError::NoDevice {
-        backend: NAME,
-        reason: reason.into(),
-    }
+    kiln_gpu_host::no_device(NAME, reason)
 }
 
 /// Subgroup size control (Vulkan 1.3 or VK_EXT_subgroup_size_control) for compute.

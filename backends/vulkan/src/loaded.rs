@@ -14,12 +14,12 @@ use kiln_gpu_host::timers::Timestamps;
 use kiln_gpu_host::{Cache, Output};
 use kiln_ir::Plan;
 use kiln_ir::backend::{BackendError, WeightSource};
+use kiln_kernels_wgsl::Program;
 use kiln_kernels_wgsl::buffers::Buffers;
 use kiln_kernels_wgsl::program::StepList;
 use kiln_kernels_wgsl::run::{Device, STEP_BYTES};
-use kiln_kernels_wgsl::{Program, Resource};
 
-use crate::buffer::{Buffer, Kind, Uploader};
+use crate::buffer::{Buffer, Kind, StagingCopies};
 use crate::device::{NAME, Vk, vk_error};
 use crate::objects::Objects;
 use crate::pipeline_cache::CacheStats;
@@ -69,12 +69,8 @@ impl VulkanPlan {
         let buffers = Buffers::new(program, |_, label, bytes| {
             Buffer::new(vk, label, bytes, Kind::Device)
         })?;
-        let mut up = Uploader::new(vk, program.weights.total + program.params.len() as u64);
-        buffers.upload(program, plan, source, NAME, |buffer, at, bytes| {
-            up.push(buffer, at, bytes)
-        })?;
-        up.flush()?;
-        drop(up);
+        let staging = |capacity| StagingCopies::new(vk, capacity);
+        buffers.upload(program, plan, source, NAME, staging)?;
         let (objects, cache) = Objects::new(vk, program, build)?;
         let loaded = VulkanPlan {
             objects,
@@ -90,12 +86,12 @@ impl VulkanPlan {
     }
 
     /// Point the descriptor sets at the buffers (at load, and when the step buffer
-    /// grows): set `i` binds weights buffer `i` (`Buffers::binding`).
+    /// grows): set `i` binds weights buffer `i` (`Buffers::bind_group`).
     fn write_sets(&self, program: &Program) {
         let mut infos = Vec::with_capacity(5 * self.buffers.weights.len());
         for (i, &set) in self.objects.sets.iter().enumerate() {
-            infos.extend(Resource::ALL.map(|r| {
-                let (buffer, range) = self.buffers.binding(program, i, r);
+            let bindings = self.buffers.bind_group(program, i);
+            infos.extend(bindings.map(|(r, buffer, range)| {
                 let info = [vk::DescriptorBufferInfo {
                     buffer: buffer.raw,
                     offset: 0,
@@ -160,9 +156,18 @@ impl VulkanPlan {
         list: &StepList,
     ) -> Result<(), BackendError> {
         let (d, o) = (&self.vk.device, &self.objects);
-        let compute_barrier = [vk::MemoryBarrier::default()
-            .src_access_mask(vk::AccessFlags::SHADER_WRITE)
-            .dst_access_mask(vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE)];
+        // Orders what compute shaders wrote before what the next ones read or write.
+        let compute_barrier = || {
+            let barrier = [vk::MemoryBarrier::default()
+                .src_access_mask(vk::AccessFlags::SHADER_WRITE)
+                .dst_access_mask(vk::AccessFlags::SHADER_READ | vk::AccessFlags::SHADER_WRITE)];
+            let (stage, flags) = (
+                vk::PipelineStageFlags::COMPUTE_SHADER,
+                vk::DependencyFlags::empty(),
+            );
+            // SAFETY: `cb` is recording.
+            unsafe { d.cmd_pipeline_barrier(cb, stage, stage, flags, &barrier, &[], &[]) };
+        };
         let out_bytes = program.output.bytes_in(list.shape);
         let stamp = |query: u32| {
             if let Some(pool) = o.timer {
@@ -190,15 +195,7 @@ impl VulkanPlan {
                 // earlier one wrote (the int8 matvec after its quantization).
                 for run in launch.runs {
                     if run.barrier {
-                        d.cmd_pipeline_barrier(
-                            cb,
-                            vk::PipelineStageFlags::COMPUTE_SHADER,
-                            vk::PipelineStageFlags::COMPUTE_SHADER,
-                            vk::DependencyFlags::empty(),
-                            &compute_barrier,
-                            &[],
-                            &[],
-                        );
+                        compute_barrier();
                     }
                     if bound != Some(run.pipeline) {
                         let pipeline = o.pipelines[run.pipeline];
@@ -217,15 +214,7 @@ impl VulkanPlan {
                     d.cmd_dispatch(cb, x, y, z);
                 }
                 stamp(launch.queries[1]);
-                d.cmd_pipeline_barrier(
-                    cb,
-                    vk::PipelineStageFlags::COMPUTE_SHADER,
-                    vk::PipelineStageFlags::COMPUTE_SHADER,
-                    vk::DependencyFlags::empty(),
-                    &compute_barrier,
-                    &[],
-                    &[],
-                );
+                compute_barrier();
             }
             if out_bytes > 0 {
                 self.vk.full_barrier(cb);
@@ -282,19 +271,19 @@ impl Device for VulkanPlan {
         self.objects.free(&recorded);
     }
 
+    /// Run the step's command buffer after the step buffer's copy; it stays to be
+    /// replayed (after a failed submission, the pool frees it with the plan's objects).
     fn submit(
         &mut self,
-        _: &Program,
-        _: &StepList,
-        recorded: &mut vk::CommandBuffer,
-    ) -> Result<(), BackendError> {
+        recorded: vk::CommandBuffer,
+    ) -> Result<Option<vk::CommandBuffer>, BackendError> {
         // SAFETY: the fence is not in use (the last step was waited for).
         unsafe { self.vk.device.reset_fences(&[self.objects.fence]) }
             .map_err(|e| vk_error("resetting a fence", e, 0))?;
-        let buffers = [self.objects.upload_cb, *recorded];
+        let buffers = [self.objects.upload_cb, recorded];
         self.vk.submit(&buffers, self.objects.fence)?;
         self.pending = true;
-        Ok(())
+        Ok(Some(recorded))
     }
 
     fn read_output(&mut self, _: &Output, out: &mut [u8]) -> Result<(), BackendError> {

@@ -6,6 +6,7 @@
 use std::sync::{Arc, Mutex};
 
 use kiln_gpu_host::device::{DeviceKind, choose};
+use kiln_gpu_host::{check_range, no_device, out_of_memory};
 use kiln_ir::backend::BackendError;
 
 pub(crate) const NAME: &str = "wgpu";
@@ -15,6 +16,7 @@ fn driver(message: impl Into<String>) -> BackendError {
 }
 
 /// An opened device and what it can do.
+#[derive(Debug)]
 pub(crate) struct Gpu {
     pub device: wgpu::Device,
     pub queue: wgpu::Queue,
@@ -23,12 +25,6 @@ pub(crate) struct Gpu {
     pub features: wgpu::Features,
     /// The first validation or out-of-memory error wgpu reported since the last check.
     errors: Arc<Mutex<Option<String>>>,
-}
-
-impl std::fmt::Debug for Gpu {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Gpu({} on {:?})", self.info.name, self.info.backend)
-    }
 }
 
 fn kind(t: wgpu::DeviceType) -> DeviceKind {
@@ -65,10 +61,8 @@ impl Gpu {
         // The kernels unpack f16 (weights, the F16 KV cache) with unpack2x16float.
         let downlevel = adapter.get_downlevel_capabilities().flags;
         if !downlevel.contains(wgpu::DownlevelFlags::SHADER_F16_IN_F32) {
-            return Err(BackendError::NoDevice {
-                backend: NAME,
-                reason: format!("{} cannot convert f16 to f32 in shaders", info.name),
-            });
+            let reason = format!("{} cannot convert f16 to f32 in shaders", info.name);
+            return Err(no_device(NAME, reason));
         }
         let offered = adapter.features();
         let mut wanted = wgpu::Features::SUBGROUP
@@ -87,10 +81,7 @@ impl Gpu {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
-        .map_err(|e| BackendError::NoDevice {
-            backend: NAME,
-            reason: format!("{}: {e}", info.name),
-        })?;
+        .map_err(|e| no_device(NAME, format!("{}: {e}", info.name)))?;
         let errors = Arc::new(Mutex::new(None));
         let sink = errors.clone();
         device.on_uncaptured_error(Arc::new(move |e: wgpu::Error| {
@@ -133,10 +124,7 @@ impl Gpu {
     ) -> Result<wgpu::Buffer, BackendError> {
         let size = bytes.next_multiple_of(4).max(4);
         if size > self.limits.max_buffer_size {
-            return Err(BackendError::OutOfMemory {
-                backend: NAME,
-                bytes,
-            });
+            return Err(out_of_memory(NAME, bytes));
         }
         let buffer = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
@@ -158,12 +146,10 @@ impl Gpu {
         if out.is_empty() {
             return Ok(());
         }
-        let end = offset + out.len() as u64;
-        if end > src.size() {
-            return Err(driver(format!("reading {offset}..{end} of {}", src.size())));
-        }
+        let len = out.len() as u64;
+        check_range(NAME, "buffer", offset, len, src.size())?;
         let (sender, mapped) = std::sync::mpsc::channel();
-        let slice = src.slice(offset..end);
+        let slice = src.slice(offset..offset + len);
         wgpu::util::DownloadBuffer::read_buffer(&self.device, &self.queue, &slice, move |r| {
             // The receiver lives until after the wait below.
             let _ = sender.send(r);

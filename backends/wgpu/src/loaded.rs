@@ -1,17 +1,18 @@
-//! A plan's objects on wgpu: the buffers, pipelines and a bind group per dispatch, built
-//! once at load, and the calls of a step ([`Device`]): write the step buffer, encode one
-//! compute pass from the step shape's dispatch list (kiln-kernels-wgsl's `run` keeps one
-//! per shape), submit. wgpu cannot replay a command buffer, so the pass is encoded every
-//! step; everything that does not change between steps of one shape is prepared. Params
-//! stay in the uniform buffer written at load (bound by each dispatch's bind group): push
-//! constants are a native-only feature and would copy every dispatch's params into every
-//! step.
+//! A plan's objects on wgpu: the buffers, pipelines and a bind group per weights buffer,
+//! built once at load, and the calls of a step ([`Device`]): write the step buffer, encode
+//! one compute pass from the step shape's dispatch list (kiln-kernels-wgsl's `run` keeps
+//! one per shape), submit. wgpu cannot replay a command buffer, so the pass is encoded
+//! every step (the next one's while the device runs the last: `run` asks for it as the
+//! logits are read); everything that does not change between steps of one shape is
+//! prepared. Params stay in the uniform buffer written at load (bound by each dispatch's
+//! bind group): push constants are a native-only feature and would copy every dispatch's
+//! params into every step.
 
 use std::sync::Arc;
 
 use kiln_gpu_host::Output;
 use kiln_gpu_host::timers::Timestamps;
-use kiln_gpu_host::upload::Staging;
+use kiln_gpu_host::upload::{Staged, StagedCopies};
 use kiln_ir::Plan;
 use kiln_ir::backend::{BackendError, WeightSource};
 use kiln_kernels_wgsl::buffers::Buffers;
@@ -26,8 +27,6 @@ use crate::device::{Gpu, NAME};
 struct Timer {
     queries: wgpu::QuerySet,
     resolved: wgpu::Buffer,
-    /// Nanoseconds per tick.
-    period: f64,
     /// Written inside the one compute pass (TIMESTAMP_QUERY_INSIDE_PASSES); otherwise
     /// each launch gets a pass of its own with the timestamps at its ends.
     inside_passes: bool,
@@ -57,6 +56,22 @@ const STORAGE: wgpu::BufferUsages = wgpu::BufferUsages::STORAGE
     .union(wgpu::BufferUsages::COPY_DST)
     .union(wgpu::BufferUsages::COPY_SRC);
 
+/// Weights and params go up as queue writes, which wgpu stages itself: each flush of the
+/// upload plan submits them and waits, so that they do not pile up.
+struct QueueWrites<'a>(&'a Gpu);
+
+impl StagedCopies<wgpu::Buffer> for QueueWrites<'_> {
+    fn stage(&mut self, piece: Staged<'_, wgpu::Buffer>) -> Result<(), BackendError> {
+        (self.0.queue).write_buffer(piece.dst, piece.offset, piece.bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), BackendError> {
+        self.0.queue.submit([]);
+        self.0.wait("uploading weights")
+    }
+}
+
 impl WgpuPlan {
     pub(crate) fn new(
         gpu: &Arc<Gpu>,
@@ -72,22 +87,7 @@ impl WgpuPlan {
             };
             gpu.buffer(label, bytes, usage)
         })?;
-        // wgpu stages queue writes itself: each flush of the plan submits and waits, so
-        // that they do not pile up.
-        let mut staging = Staging::new(program.weights.total);
-        buffers.upload(program, plan, source, NAME, |buffer, at, bytes| {
-            for piece in staging.place(bytes.len()) {
-                if piece.flush_first {
-                    gpu.queue.submit([]);
-                    gpu.wait("uploading weights")?;
-                }
-                let offset = at + piece.bytes.start as u64;
-                gpu.queue.write_buffer(buffer, offset, &bytes[piece.bytes]);
-            }
-            Ok(())
-        })?;
-        gpu.queue.submit([]);
-        gpu.check("uploading weights")?;
+        buffers.upload(program, plan, source, NAME, |_| Ok(QueueWrites(gpu)))?;
         let layouts = [false, true].map(|writes_kv| bind_group_layout(gpu, writes_kv));
         let pipeline_layouts = layouts.each_ref().map(|l| {
             (gpu.device).create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
@@ -132,25 +132,28 @@ impl WgpuPlan {
     }
 
     /// (Re)build every bind group: once at load, again when the step buffer grows. Bind
-    /// group `i` binds weights buffer `i` (`Buffers::binding`).
+    /// group `i` binds weights buffer `i` (`Buffers::bind_group`).
     fn bind(&mut self, program: &Program) {
         let groups = (0..self.buffers.weights.len()).map(|i| {
-            self.layouts.each_ref().map(|layout| {
-                let entry = |r: Resource| {
-                    let (buffer, size) = self.buffers.binding(program, i, r);
+            let entries = self
+                .buffers
+                .bind_group(program, i)
+                .map(|(r, buffer, size)| {
+                    let size = size.and_then(wgpu::BufferSize::new);
                     wgpu::BindGroupEntry {
                         binding: r.binding(),
                         resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
                             buffer,
                             offset: 0,
-                            size: size.and_then(wgpu::BufferSize::new),
+                            size,
                         }),
                     }
-                };
+                });
+            self.layouts.each_ref().map(|layout| {
                 (self.gpu.device).create_bind_group(&wgpu::BindGroupDescriptor {
                     label: None,
                     layout,
-                    entries: &Resource::ALL.map(entry),
+                    entries: &entries,
                 })
             })
         });
@@ -171,46 +174,6 @@ impl WgpuPlan {
             let [x, y, z] = r.workgroups;
             pass.dispatch_workgroups(x, y, z);
         }
-    }
-
-    /// A step's commands: its list in one compute pass, or a pass per launch where
-    /// timestamps cannot be written inside passes; the timestamps resolved at the end.
-    fn encode_step(&self, program: &Program, list: &StepList) -> wgpu::CommandBuffer {
-        let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
-        match &self.timer {
-            Some(t) if !t.inside_passes => {
-                // A pass per launch, its timestamps at the pass's ends.
-                for launch in list.launches() {
-                    let [start, end] = launch.queries;
-                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
-                        label: None,
-                        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
-                            query_set: &t.queries,
-                            beginning_of_pass_write_index: Some(start),
-                            end_of_pass_write_index: Some(end),
-                        }),
-                    });
-                    self.encode(&mut pass, launch.runs);
-                }
-            }
-            Some(t) => {
-                let mut pass = encoder.begin_compute_pass(&Default::default());
-                for launch in list.launches() {
-                    pass.write_timestamp(&t.queries, launch.queries[0]);
-                    self.encode(&mut pass, launch.runs);
-                    pass.write_timestamp(&t.queries, launch.queries[1]);
-                }
-            }
-            None => self.encode(
-                &mut encoder.begin_compute_pass(&Default::default()),
-                &list.runs,
-            ),
-        }
-        if let Some(t) = &self.timer {
-            let n = program.timestamp_queries();
-            encoder.resolve_query_set(&t.queries, 0..n, &t.resolved, 0);
-        }
-        encoder.finish()
     }
 }
 
@@ -260,7 +223,6 @@ impl Timer {
                 u64::from(queries) * 8,
                 wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
             )?,
-            period: f64::from(gpu.queue.get_timestamp_period()),
             inside_passes: (gpu.features).contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
         }))
     }
@@ -268,9 +230,9 @@ impl Timer {
 
 impl Device for WgpuPlan {
     const NAME: &'static str = NAME;
-    /// The next step's commands, encoded while the last one ran (wgpu cannot replay a
-    /// command buffer: each is encoded once and submitted once).
-    type Recorded = Option<wgpu::CommandBuffer>;
+    /// A step's commands, submitted once: the next step's are encoded while the device
+    /// runs the last one.
+    type Recorded = wgpu::CommandBuffer;
 
     fn grow_step(&mut self, program: &Program, bytes: u64) -> Result<(), BackendError> {
         self.buffers.step = self.gpu.buffer("step", bytes, STORAGE)?;
@@ -283,30 +245,58 @@ impl Device for WgpuPlan {
         Ok(())
     }
 
-    fn submit(
+    /// A step's commands: its list in one compute pass, or a pass per launch where
+    /// timestamps cannot be written inside passes; the timestamps resolved at the end.
+    fn record(
         &mut self,
         program: &Program,
         list: &StepList,
-        ahead: &mut Option<wgpu::CommandBuffer>,
-    ) -> Result<(), BackendError> {
-        let commands = match ahead.take() {
-            Some(commands) => commands,
-            None => self.encode_step(program, list),
-        };
-        self.gpu.queue.submit([commands]);
-        self.gpu.check("running a step")
+    ) -> Result<wgpu::CommandBuffer, BackendError> {
+        let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
+        match &self.timer {
+            Some(t) if !t.inside_passes => {
+                // A pass per launch, its timestamps at the pass's ends.
+                for launch in list.launches() {
+                    let [start, end] = launch.queries;
+                    let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                        label: None,
+                        timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                            query_set: &t.queries,
+                            beginning_of_pass_write_index: Some(start),
+                            end_of_pass_write_index: Some(end),
+                        }),
+                    });
+                    self.encode(&mut pass, launch.runs);
+                }
+            }
+            Some(t) => {
+                let mut pass = encoder.begin_compute_pass(&Default::default());
+                for launch in list.launches() {
+                    pass.write_timestamp(&t.queries, launch.queries[0]);
+                    self.encode(&mut pass, launch.runs);
+                    pass.write_timestamp(&t.queries, launch.queries[1]);
+                }
+            }
+            None => self.encode(
+                &mut encoder.begin_compute_pass(&Default::default()),
+                &list.runs,
+            ),
+        }
+        if let Some(t) = &self.timer {
+            let n = program.timestamp_queries();
+            encoder.resolve_query_set(&t.queries, 0..n, &t.resolved, 0);
+        }
+        let commands = encoder.finish();
+        self.gpu.check("encoding a step")?;
+        Ok(commands)
     }
 
-    fn ahead(
+    fn submit(
         &mut self,
-        program: &Program,
-        list: &StepList,
-        ahead: &mut Option<wgpu::CommandBuffer>,
-    ) -> Result<(), BackendError> {
-        if ahead.is_none() {
-            *ahead = Some(self.encode_step(program, list));
-        }
-        self.gpu.check("encoding a step")
+        commands: wgpu::CommandBuffer,
+    ) -> Result<Option<wgpu::CommandBuffer>, BackendError> {
+        self.gpu.queue.submit([commands]);
+        self.gpu.check("running a step").map(|()| None)
     }
 
     fn read_output(&mut self, output: &Output, out: &mut [u8]) -> Result<(), BackendError> {
@@ -333,7 +323,8 @@ impl Device for WgpuPlan {
         };
         let mut bytes = vec![0u8; 8 * queries as usize];
         self.gpu.read(&t.resolved, 0, &mut bytes)?;
-        Ok(Some(Timestamps::from_le_bytes(&bytes, t.period, 64)))
+        let period_ns = f64::from(self.gpu.queue.get_timestamp_period());
+        Ok(Some(Timestamps::from_le_bytes(&bytes, period_ns, 64)))
     }
 
     fn synchronize(&mut self) -> Result<(), BackendError> {

@@ -1,0 +1,217 @@
+//! The step flow of [`Loaded`] over a device that logs its calls: a replaying device
+//! records a step shape once; one whose submissions consume the recording records the
+//! next step's while the logits are read; a step buffer that grows releases every
+//! recording first.
+
+use kiln_gpu_host::Output;
+use kiln_gpu_host::timers::Timestamps;
+use kiln_ir::backend::{BackendError, Step, StepLimits};
+use kiln_ir::graph::Rows;
+use kiln_ir::kv_layout::KvLayout;
+
+use super::{Device, Loaded};
+use crate::program::{Dispatch, Grid, StepList};
+use crate::weights::{WeightBuffer, WeightLayout};
+use crate::{Program, Resource};
+
+/// A device that logs its calls; its recordings are numbered.
+struct Log {
+    replays: bool,
+    calls: Vec<String>,
+    recordings: u32,
+}
+
+impl Device for Log {
+    const NAME: &'static str = "log";
+    type Recorded = u32;
+
+    fn grow_step(&mut self, _: &Program, bytes: u64) -> Result<(), BackendError> {
+        self.calls.push(format!("grow {bytes}"));
+        Ok(())
+    }
+    fn write_step(&mut self, _: &[u8]) -> Result<(), BackendError> {
+        self.calls.push("write".into());
+        Ok(())
+    }
+    fn record(&mut self, _: &Program, list: &StepList) -> Result<u32, BackendError> {
+        self.recordings += 1;
+        let n = list.shape.tokens;
+        self.calls
+            .push(format!("record {} ({n} tokens)", self.recordings));
+        Ok(self.recordings)
+    }
+    fn release(&mut self, recorded: Vec<u32>) {
+        self.calls.push(format!("release {recorded:?}"));
+    }
+    fn submit(&mut self, recorded: u32) -> Result<Option<u32>, BackendError> {
+        self.calls.push(format!("submit {recorded}"));
+        Ok(self.replays.then_some(recorded))
+    }
+    fn read_output(&mut self, _: &Output, out: &mut [u8]) -> Result<(), BackendError> {
+        out.fill(0x3f);
+        self.calls.push("read".into());
+        Ok(())
+    }
+    fn copy_kv(&mut self, _: u64, _: u64, _: &[(u64, u64)]) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn timestamps(&mut self, _: u32) -> Result<Option<Timestamps>, BackendError> {
+        Ok(None)
+    }
+    fn synchronize(&mut self) -> Result<(), BackendError> {
+        Ok(())
+    }
+}
+
+const VOCAB: usize = 5;
+const PAGE: usize = 16;
+const PAGES: usize = 64;
+
+/// A program of one launch of one dispatch over the step's tokens, with `VOCAB` logits
+/// per output row.
+fn program() -> Program {
+    let dispatch = Dispatch {
+        pipeline: 0,
+        resources: vec![Resource::Arena, Resource::Step],
+        params_offset: 0,
+        params_size: 16,
+        weights_buffer: 0,
+        weights_base: 0,
+        weights_offset: 0,
+        weights_window: 16,
+        grid: Grid::PerToken { x: 1 },
+        barrier: false,
+    };
+    let weights = WeightLayout {
+        offsets: vec![],
+        matrix: vec![],
+        buffers: vec![WeightBuffer {
+            start: 0,
+            bytes: 16,
+        }],
+        total: 16,
+    };
+    Program {
+        pipelines: vec![],
+        launches: vec![vec![dispatch]],
+        params: vec![0; 16],
+        weights,
+        weights_windows: vec![16],
+        arena_bytes: 4096,
+        kv_bytes: 1024,
+        kv_page_bytes: 16,
+        limits: StepLimits {
+            max_tokens: 1024,
+            max_outputs: 4,
+            vocab: VOCAB,
+            kv_page_size: PAGE,
+            kv_page_count: PAGES,
+            group_windows: vec![None],
+        },
+        rope: vec![],
+        kv_groups: 1,
+        output: Output {
+            offset: 0,
+            rows: Rows::Outputs,
+            cols: VOCAB,
+            max_rows: 4,
+        },
+    }
+}
+
+fn loaded(replays: bool) -> Loaded<Log> {
+    let device = Log {
+        replays,
+        calls: Vec::new(),
+        recordings: 0,
+    };
+    let kv = KvLayout::new(1, 1, 4).unwrap();
+    Loaded::new(program(), device, &kv, false)
+}
+
+/// A step of `n` tokens of one sequence from position 0, its last token's logits wanted.
+fn run(l: &mut Loaded<Log>, n: usize) {
+    let ids: Vec<u32> = (0..n as u32).map(|i| i % VOCAB as u32).collect();
+    let positions: Vec<u32> = (0..n as u32).collect();
+    let seq = vec![0; n];
+    let table: Vec<u32> = (0..n.div_ceil(PAGE) as u32).collect();
+    let tables: [&[u32]; 1] = [&table];
+    let step = Step {
+        token_ids: &ids,
+        positions: &positions,
+        token_seq: &seq,
+        block_tables: &tables,
+        output_rows: &[n as u32 - 1],
+    };
+    l.execute(&step).unwrap();
+    let mut logits = [f32::NAN; VOCAB];
+    l.read_logits(&mut logits).unwrap();
+    let poison = f32::from_le_bytes([0x3f; 4]);
+    assert!(logits.iter().all(|&v| v == poison), "{logits:?}");
+}
+
+#[test]
+fn a_replaying_device_records_each_step_shape_once() {
+    let mut l = loaded(true);
+    run(&mut l, 1);
+    run(&mut l, 1);
+    run(&mut l, 3);
+    run(&mut l, 1);
+    let calls = ["write", "record 1 (1 tokens)", "submit 1", "read", "write"];
+    assert_eq!(l.device.calls[..5], calls);
+    assert_eq!(
+        l.device.calls[5..],
+        [
+            "submit 1",
+            "read",
+            "write",
+            "record 2 (3 tokens)",
+            "submit 2",
+            "read",
+            "write",
+            "submit 1",
+            "read"
+        ]
+    );
+}
+
+#[test]
+fn a_consumed_recording_is_made_again_while_the_logits_are_read() {
+    let mut l = loaded(false);
+    run(&mut l, 1);
+    run(&mut l, 1);
+    assert_eq!(
+        l.device.calls,
+        [
+            "write",
+            "record 1 (1 tokens)",
+            "submit 1",
+            // The next step's commands, before the wait for this one's logits.
+            "record 2 (1 tokens)",
+            "read",
+            "write",
+            "submit 2",
+            "record 3 (1 tokens)",
+            "read"
+        ]
+    );
+}
+
+#[test]
+fn a_growing_step_buffer_releases_every_recording_first() {
+    for replays in [true, false] {
+        let mut l = loaded(replays);
+        run(&mut l, 2);
+        run(&mut l, 600);
+        let calls = &l.device.calls;
+        let grow = calls.iter().position(|c| c.starts_with("grow")).unwrap();
+        // What the small step's shape kept: its recording, or the next one's, made
+        // ahead.
+        let kept = if replays { 1 } else { 2 };
+        assert_eq!(calls[grow - 1], format!("release [{kept}]"), "{calls:?}");
+        assert_eq!(calls[grow], "grow 8192");
+        // The large step records its own, with the new buffer.
+        let own = format!("record {} (600 tokens)", kept + 1);
+        assert_eq!(calls[grow + 2], own, "{calls:?}");
+    }
+}
