@@ -433,3 +433,81 @@ pub fn argmax_matches_host<B: Backend>(
         assert_eq!(device, host, "{}", case.name);
     }
 }
+
+/// A runner that hides its backend's token choices: every call reads the logits back and
+/// the Runner trait's defaults choose on the host.
+pub struct LogitsOnly<'a>(pub &'a mut dyn Runner);
+
+impl Runner for LogitsOnly<'_> {
+    fn name(&self) -> &'static str {
+        self.0.name()
+    }
+    fn n_ctx(&self) -> usize {
+        self.0.n_ctx()
+    }
+    fn position(&self) -> usize {
+        self.0.position()
+    }
+    fn reset(&mut self) {
+        self.0.reset()
+    }
+    fn truncate(&mut self, len: usize) {
+        self.0.truncate(len)
+    }
+    fn forward(
+        &mut self,
+        tokens: &[u32],
+        logits: LogitsFor,
+    ) -> Result<Vec<f32>, kiln_engine::Error> {
+        self.0.forward(tokens, logits)
+    }
+}
+
+/// Sampling with a top-k filter (then top-p, min-p, a high temperature, so that it does
+/// not follow the argmax) through a backend from `make`: the tokens drawn from the
+/// runner's top k (`Runner::forward_top_k`, the backend's `read_top_k`: a device top-k
+/// where it has one) are the tokens drawn from the logits read back, draw for draw, for
+/// each (seed, k) of `cases`.
+pub fn sampling_from_the_top_k_matches_the_logits(
+    model: &Model,
+    make: &dyn Fn() -> Box<dyn Backend>,
+    cases: &[(u64, usize)],
+    tokens: usize,
+) {
+    use kiln_engine::driver::{GenerateRequest, generate};
+    use kiln_engine::sampler::SamplerConfig;
+    let mut runner = Compiled::new(model, make(), options(64, KvDtype::F8E4M3))
+        .unwrap_or_else(|e| panic!("the backend compiles the model: {e}"));
+    let prompt = model.tokenizer.encode("Once upon a time", true, true);
+    for &(seed, top_k) in cases {
+        let request = GenerateRequest {
+            prompt_ids: prompt.clone(),
+            max_tokens: tokens,
+            sampler: SamplerConfig {
+                temperature: 1.5,
+                top_k,
+                top_p: 0.97,
+                min_p: 0.01,
+                seed,
+            },
+            ignore_eos: true,
+            logprobs: 0,
+        };
+        let own = generate(&mut runner, &model.tokenizer, &request, |_| true)
+            .unwrap()
+            .tokens;
+        let read_back = generate(
+            &mut LogitsOnly(&mut runner),
+            &model.tokenizer,
+            &request,
+            |_| true,
+        )
+        .unwrap()
+        .tokens;
+        assert_eq!(own.len(), tokens);
+        assert_eq!(
+            own, read_back,
+            "seed {seed}, top-{top_k}: the runner's top k and the logits draw differently"
+        );
+    }
+}

@@ -409,3 +409,16 @@ fn batched_decode_equals_each_sequence_alone() {
     }
     eprintln!("batch: {:.1} s", start.elapsed().as_secs_f64());
 }
+
+/// The engine's sampling path on the CPU backend (the host top-k of `read_top_k`): the
+/// tokens drawn from the runner's top k are those drawn from its logits.
+#[test]
+fn sampling_from_the_top_k_matches_the_logits_on_the_cpu_backend() {
+    let model = load();
+    kiln_tests::device::sampling_from_the_top_k_matches_the_logits(
+        &model,
+        &|| Box::new(kiln_backend_cpu::CpuBackend::new()),
+        &[(1, 40), (2, 3), (3, 1000)],
+        6,
+    );
+}

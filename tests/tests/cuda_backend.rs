@@ -17,7 +17,7 @@ use kiln_testkit::{pass, test};
 use kiln_tests::cpu::load;
 use kiln_tests::device::{
     Greedy, argmax_matches_host, families_match_the_oracle, greedy_matches_cpu,
-    launch_times_cover_the_last_step,
+    launch_times_cover_the_last_step, sampling_from_the_top_k_matches_the_logits,
 };
 use kiln_tests::{Outcome, on_device, top_k};
 
@@ -35,6 +35,9 @@ fn main() -> ExitCode {
         }),
         test("read_top_k_on_the_device_matches_the_host", || {
             with_backend(read_top_k_on_the_device_matches_the_host)
+        }),
+        test("sampling_from_the_device_top_k_matches_the_logits", || {
+            with_backend(sampling_from_the_device_top_k_matches_the_logits)
         }),
         test("launch_times_cover_every_launch_of_the_last_step", || {
             with_backend(launch_times_cover_every_launch_of_the_last_step)
@@ -88,6 +91,19 @@ fn the_families_match_the_oracle(_: CudaBackend) -> Outcome {
 /// The device-side argmax picks, for every output row, what the host's argmax picks.
 fn argmax_on_the_device_matches_the_host(mut backend: CudaBackend) -> Outcome {
     argmax_matches_host(&mut backend, CudaBackend::last_output_shape);
+    pass()
+}
+
+/// The engine's sampling on the GPU: tokens drawn from top_k.cu's candidates are those
+/// drawn from the logits read back, for k of 40, 3 and 1000.
+fn sampling_from_the_device_top_k_matches_the_logits(_: CudaBackend) -> Outcome {
+    let model = kiln_tests::cpu::load();
+    sampling_from_the_top_k_matches_the_logits(
+        &model,
+        &|| Box::new(CudaBackend::new().expect("the GPU opened a moment ago")),
+        &[(1, 40), (2, 3), (3, 1000)],
+        8,
+    );
     pass()
 }
 

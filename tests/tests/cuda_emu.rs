@@ -24,7 +24,7 @@ use kiln_tests::conformance::{
 use kiln_tests::cpu::load;
 use kiln_tests::device::{
     Greedy, argmax_matches_host, decode_logits, families_match_the_oracle, greedy_matches_cpu,
-    launch_times_cover_the_last_step,
+    launch_times_cover_the_last_step, sampling_from_the_top_k_matches_the_logits,
 };
 use kiln_tests::{Outcome, gemma_device, gemma_model, on_device, top_k};
 
@@ -49,6 +49,9 @@ fn main() -> ExitCode {
         ),
         test("read_top_k_on_the_device_matches_the_host", || {
             with_backend(read_top_k_on_the_device_matches_the_host)
+        }),
+        test("sampling_from_the_device_top_k_matches_the_logits", || {
+            with_backend(sampling_from_the_device_top_k_matches_the_logits)
         }),
         test("split_k_decode_attention_matches_the_reference", || {
             with_backend(split_k_decode_attention_matches_the_reference)
@@ -210,6 +213,21 @@ fn read_top_k_on_the_device_matches_the_host(mut backend: EmuBackend) -> Outcome
 /// emulator skips (thousands of F16 rows): a context of 1030 positions (length class 2:
 /// two splits of the 3-token decode step, one of them ending in a partial tile) beside a
 /// short one, written by an FP8 prefill step on the tensor cores.
+/// `kiln run`'s sampling on the emulated device: tokens drawn from top_k.cu's candidates
+/// are those drawn from the logits read back (the engine end to end, not the kernel
+/// alone). One case of one token: each step costs seconds here, a prompt's last row is
+/// as good as a decode step's, and the kernel's own test covers the k and the ties.
+fn sampling_from_the_device_top_k_matches_the_logits(_: EmuBackend) -> Outcome {
+    let model = load();
+    sampling_from_the_top_k_matches_the_logits(
+        &model,
+        &|| Box::new(EmuBackend::new().expect("the emulator opened a moment ago")),
+        &[(1, 40)],
+        1,
+    );
+    pass()
+}
+
 fn split_k_decode_attention_matches_the_reference(mut backend: EmuBackend) -> Outcome {
     let spec = AttentionSpec::plain(64, 2, 1, KvCacheDtype::F8E4M3, 16, &[(1030, 2), (40, 1)]);
     within_limit(&mut backend, &attention_case(spec))
