@@ -127,7 +127,7 @@ fn planes(mem: &Mem, dtype: DType, n: u32, k: u32, wq: u64, ws: u64) -> Vec<u8> 
     let mut w = vec![0u8; l.bytes];
     let q = l.rows * l.quant_row_bytes();
     let h = l.rows * l.high_row_bytes();
-    let s = l.rows * l.scale_row_bytes();
+    let s = l.scale_plane_bytes();
     w[..q].copy_from_slice(mem.bytes(wq, q));
     w[q..q + h].copy_from_slice(mem.bytes(wq + q as u64, h));
     w[l.scale_offset..l.scale_offset + s].copy_from_slice(mem.bytes(ws, s));
@@ -406,7 +406,8 @@ fn interpreted_matmul_calls_match_the_reference() {
 
 /// The embedding of a packed table, read as embed.cu's W_PACKED reader does (pw_make:
 /// quant row `id` at `row_bytes · id`, the high plane after `rows` quant rows, the scale
-/// plane at the next multiple of 16), is ir's row.
+/// plane at the next multiple of 16, row `id`'s record of block b at mv_scale_index(id,
+/// blocks, b), the groups of mv/groups.cuh), is ir's row.
 #[test]
 fn packed_embedding_rows_are_the_dequantized_rows() {
     for dtype in matvec::DTYPES {
@@ -428,10 +429,14 @@ fn packed_embedding_rows_are_the_dequantized_rows() {
         for id in [0usize, 7, 52] {
             // Row `id`'s pieces of each plane (pw_unit's reads) as a packed row of its own.
             let mut row = vec![0u8; one.bytes];
-            let (q, h, s) = (row_bytes, l.high_row_bytes(), l.scale_row_bytes());
+            let (q, h, s) = (row_bytes, l.high_row_bytes(), l.scale_bytes);
             row[..q].copy_from_slice(&packed[id * q..][..q]);
             row[one.high_offset..][..h].copy_from_slice(&packed[highs + id * h..][..h]);
-            row[one.scale_offset..][..s].copy_from_slice(&packed[scales + id * s..][..s]);
+            let (blocks, g) = (cols / dtype.block_len(), l.scale_group);
+            for b in 0..blocks {
+                let record = ((id / g * blocks + b) * g + id % g) * s; // mv_scale_index · S
+                row[one.scale_at(0, b)..][..s].copy_from_slice(&packed[scales + record..][..s]);
+            }
             let row = repack::unpack(dtype, 1, cols, &row).unwrap();
             let mut got = vec![0f32; cols];
             quant::dequantize_row(dtype, &row, &mut got).unwrap();

@@ -3,6 +3,9 @@
 // q·d + m.
 
 #include "mv/dots.cuh"
+#include "mv/groups.cuh"
+
+#define MV_SCALE_GROUPS 1 // mv_load_rows reads the rows' scales together
 
 struct MvW {
     uint4 q;         // the unit's low 4 bits
@@ -10,17 +13,22 @@ struct MvW {
     unsigned int dm; // d low half, m high half
 };
 
-// Unit b of row `row` of n (units `nb` a row).
-__device__ __forceinline__ MvW mv_load(const unsigned char* __restrict__ wq, const unsigned char* __restrict__ ws,
-                                       unsigned int n, unsigned long long row, unsigned int nb, unsigned int b) {
-    // 32-bit offsets (a matrix is under 4 GiB, weights.rs): one index register a row
-    // rather than a 64-bit pointer per plane and row, which at 4 rows spills.
-    unsigned int i = (unsigned int)row * nb + b;
-    MvW w;
-    w.q = mv_stream16(wq + 16u * i);
-    w.h = __ldg(reinterpret_cast<const unsigned int*>(wq + 16u * n * nb) + i);
-    w.dm = __ldg(reinterpret_cast<const unsigned int*>(ws) + i);
-    return w;
+// Unit b of rows r0 .. r0 + R of n into w (units `nb` a row): R quant and R high-bit
+// loads (rows past n read row n - 1), one load of the R scales (grouped: mv/groups.cuh).
+template <unsigned int R>
+__device__ __forceinline__ void mv_load_rows(const unsigned char* __restrict__ wq, const unsigned char* __restrict__ ws,
+                                             unsigned int n, unsigned int r0, unsigned int nb, unsigned int b, MvW* w) {
+    unsigned int s[R];
+    mv_scale_words<R, 4u>(ws, r0, nb, b, s);
+#pragma unroll
+    for (unsigned int r = 0u; r < R; r++) {
+        // 32-bit offsets (a matrix is under 4 GiB, weights.rs): one index register a row
+        // rather than a 64-bit pointer per plane and row, which at 4 rows spills.
+        unsigned int i = min(r0 + r, n - 1u) * nb + b;
+        w[r].q = mv_stream16(wq + 16u * i);
+        w[r].h = __ldg(reinterpret_cast<const unsigned int*>(wq + 16u * n * nb) + i);
+        w[r].dm = s[r];
+    }
 }
 
 // acc + this unit's dot: (d_w·d_x)·Σq·x + m_w·s_x, as ggml's q5_1·q8_1.

@@ -2,12 +2,13 @@
 // see mv/unit_q4_0.cuh for what a unit is and what must come before.
 
 #include "mv/bits.cuh"
+#include "mv/groups.cuh"
 
 // A packed weight: its three planes and units per row.
 struct PackedW {
     const unsigned char* __restrict__ q; // (rows, nb, 16) low 4 bits
     const unsigned char* __restrict__ h; // (rows, nb) words of fifth bits
-    const unsigned char* __restrict__ s; // (rows, nb) half2 (d, m)
+    const unsigned char* __restrict__ s; // (ceil(rows / 4), nb, 4) half2 (d, m) (mv/groups.cuh)
     unsigned int nb;
 };
 
@@ -24,7 +25,8 @@ __device__ __forceinline__ u32x2 unit_cols(unsigned int u) {
 
 __device__ __forceinline__ W8 pw_unit(const PackedW& w, unsigned int row, unsigned int u) {
     unsigned long long blk = (unsigned long long)row * w.nb + u / 4u;
-    unsigned int dm = __ldg(reinterpret_cast<const unsigned int*>(w.s) + blk);
+    unsigned long long si = mv_scale_index<unsigned long long>(row, w.nb, u / 4u);
+    unsigned int dm = __ldg(reinterpret_cast<const unsigned int*>(w.s) + si);
     float d = f16_lo(dm);
     float m = f16_hi(dm);
     unsigned int i = u % 4u;
