@@ -109,13 +109,14 @@ struct MqCopies {
     unsigned int x;   // activation quants: token t, half j: t·k + 16j
     unsigned int xds; // its (d, s): t·nb
     unsigned int w;   // weight quants: row r, half j: r·nb·MQ_QB + 16j
-    unsigned int h;   // high bits: r·nb·MQ_HB + 4·word
+    unsigned int h;   // high bits: mq_scale_row(r, nb)·MQ_HB + 4·word
     unsigned int s;   // the scales of rows MQ_CG·i ..: mq_scale_row
 };
 
 // Where row r's unit 0 is in the scale plane, counted in units: r·nb for the K-quants
 // (the record is unit / 8), for the 32-value types its record in the groups of MQ_SG
 // rows (mv/groups.cuh), where unit u's is MQ_SG·u further, beside the group's others.
+// Q5_0/Q5_1's high plane is grouped so too (its word of unit u: this index + MQ_SG·u).
 __device__ __forceinline__ unsigned int mq_scale_row(unsigned int r, unsigned int nb) {
     return (r / MQ_SG) * MQ_SG * nb + r % MQ_SG;
 }
@@ -129,7 +130,7 @@ __device__ __forceinline__ MqCopies mq_copies(const MatvecArgs& a, unsigned int 
     c.x = min(t0 + tid / 2u, rows - 1u) * a.k + 16u * (tid % 2u);
     c.xds = min(t0 + tid, rows - 1u) * nb;
     c.w = min(n0 + tid / halves, a.n - 1u) * nb * MQ_QB + 16u * (tid % halves);
-    c.h = min(n0 + tid / MQ_HW, a.n - 1u) * nb * MQ_HB + 4u * (tid % MQ_HW);
+    c.h = mq_scale_row(min(n0 + tid / MQ_HW, a.n - 1u), nb) * MQ_HB + 4u * (tid % MQ_HW);
     c.s = mq_scale_row(min(n0 + MQ_CG * tid, a.n - 1u) / MQ_CG * MQ_CG, nb);
     return c;
 }
@@ -159,7 +160,7 @@ __device__ __forceinline__ void mq_load(const MatvecArgs& a, MqStage<BT, G>& s, 
             // The high plane follows the quant plane: n rows of nb units of MQ_QB bytes.
             if (tid < MQ_HW * MQ_BN) {
                 const unsigned char* wh = wq + a.n * nb * MQ_QB;
-                ptx_cp_async4(&s.wh[g][tid], wh + c.h + MQ_HB * u);
+                ptx_cp_async4(&s.wh[g][tid], wh + c.h + MQ_HB * MQ_SG * u);
             }
         }
         if (tid < MQ_BN / MQ_CG) {

@@ -1,15 +1,16 @@
 // mv/groups.cuh: where the scale plane of the 32-value types (Q4_0, Q4_1, Q8_0, Q5_0,
-// Q5_1; src/repack.rs) keeps a unit's record: rows in groups of MV_SG, a group's records
-// of one unit side by side, (ceil(rows / MV_SG), units, MV_SG) records. A decode matvec
-// block's 1, 2 or 4 rows (from a multiple of their count) take their scales of a unit in
-// one load; the rows past the last one are zero records.
+// Q5_1; src/repack.rs) and the high plane of Q5_0/Q5_1 keep a unit's record: rows in
+// groups of MV_SG, a group's records of one unit side by side, (ceil(rows / MV_SG), units,
+// MV_SG) records. A decode matvec block's 1, 2 or 4 rows (from a multiple of their count)
+// take their scales (high words) of a unit in one load; the rows past the last one are
+// zero records.
 
 #define MV_SG 4u
 
 // The record index of unit b of row `row` (units `nb` a row); I is the index type
 // (32 bits in the matvec, 64 in the embedding).
 template <typename I>
-__device__ __forceinline__ I mv_scale_index(I row, I nb, I b) {
+__device__ __forceinline__ I mv_group_index(I row, I nb, I b) {
     return ((row / MV_SG) * nb + b) * MV_SG + row % MV_SG;
 }
 
@@ -17,10 +18,10 @@ __device__ __forceinline__ I mv_scale_index(I row, I nb, I b) {
 // multiple of R) in one load of R·S bytes, as words: an f16 record r is half r % 2 of
 // s[r / 2], a 4-byte one s[r].
 template <unsigned int R, unsigned int S>
-__device__ __forceinline__ void mv_scale_words(const unsigned char* __restrict__ ws, unsigned int r0,
+__device__ __forceinline__ void mv_group_words(const unsigned char* __restrict__ plane, unsigned int r0,
                                                unsigned int nb, unsigned int b, unsigned int* s) {
     static_assert(MV_SG % R == 0u && (S == 2u || S == 4u), "a group holds the rows; f16 or half2 records");
-    const unsigned char* p = ws + S * mv_scale_index(r0, nb, b);
+    const unsigned char* p = plane + S * mv_group_index(r0, nb, b);
     if constexpr (R * S == 16u) {
         uint4 v = __ldg(reinterpret_cast<const uint4*>(p));
         s[0] = v.x;
@@ -38,7 +39,7 @@ __device__ __forceinline__ void mv_scale_words(const unsigned char* __restrict__
     }
 }
 
-// Row r's f16 record among words s of mv_scale_words<R, 2>.
-__device__ __forceinline__ unsigned short mv_scale_f16(const unsigned int* s, unsigned int r) {
+// Row r's f16 record among words s of mv_group_words<R, 2>.
+__device__ __forceinline__ unsigned short mv_group_f16(const unsigned int* s, unsigned int r) {
     return (unsigned short)(s[r / 2u] >> (16u * (r % 2u)));
 }

@@ -5,7 +5,8 @@
 // the GLUs) for the tile's tokens; its lanes split the row's 32-value blocks (split-K: lane
 // s of the block takes blocks s, s + 128, ...), so each weight load is 16 bytes, a warp's
 // load 512 contiguous bytes, and a lane's R (2R) loads are in flight together; the 32-value
-// types' scales of the R rows' block come in one load beside them (mv/groups.cuh). Each lane
+// types' scales of the R rows' block come in one load beside them, Q5's high words in
+// another (mv/groups.cuh). Each lane
 // reads a token's activation block once and dots it with its R rows' blocks in
 // registers; the tile's tokens share every weight block read. Integer dot products
 // (dp4a) per block, then the scales; sums over lanes by butterfly, over warps through
@@ -27,7 +28,7 @@
 #define MV_GEGLU 3
 #define MV_GATED(EPI) ((EPI) == MV_SWIGLU || (EPI) == MV_GEGLU)
 
-#ifndef MV_SCALE_GROUPS
+#ifndef MV_ROW_GROUPS
 // Unit b of rows r0 .. r0 + R one row at a time (the K-quants: a row's super-block
 // record serves 8 units; rows past n read row n - 1). The 32-value types read their
 // rows' scales in one load (mv/groups.cuh) and define their own.

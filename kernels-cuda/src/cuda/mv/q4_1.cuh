@@ -4,7 +4,7 @@
 
 #include "mv/groups.cuh"
 
-#define MV_SCALE_GROUPS 1 // mv_load_rows reads the rows' scales together
+#define MV_ROW_GROUPS 1 // mv_load_rows reads the rows' scales together
 
 struct MvW {
     uint4 q; // the block's 32 nibbles
@@ -17,7 +17,7 @@ template <unsigned int R>
 __device__ __forceinline__ void mv_load_rows(const unsigned char* __restrict__ wq, const unsigned char* __restrict__ ws,
                                              unsigned int n, unsigned int r0, unsigned int nb, unsigned int b, MvW* w) {
     unsigned int s[R];
-    mv_scale_words<R, 4u>(ws, r0, nb, b, s);
+    mv_group_words<R, 4u>(ws, r0, nb, b, s);
 #pragma unroll
     for (unsigned int r = 0u; r < R; r++) {
         unsigned long long i = (unsigned long long)min(r0 + r, n - 1u) * nb + b;

@@ -4,7 +4,7 @@
 
 #include "mv/groups.cuh"
 
-#define MV_SCALE_GROUPS 1 // mv_load_rows reads the rows' scales together
+#define MV_ROW_GROUPS 1 // mv_load_rows reads the rows' scales together
 
 struct MvW {
     uint4 lo; // values 0-15
@@ -18,13 +18,13 @@ template <unsigned int R>
 __device__ __forceinline__ void mv_load_rows(const unsigned char* __restrict__ wq, const unsigned char* __restrict__ ws,
                                              unsigned int n, unsigned int r0, unsigned int nb, unsigned int b, MvW* w) {
     unsigned int s[(2u * R + 3u) / 4u];
-    mv_scale_words<R, 2u>(ws, r0, nb, b, s);
+    mv_group_words<R, 2u>(ws, r0, nb, b, s);
 #pragma unroll
     for (unsigned int r = 0u; r < R; r++) {
         unsigned long long i = (unsigned long long)min(r0 + r, n - 1u) * nb + b;
         w[r].lo = mv_stream16(wq + 32ull * i);
         w[r].hi = mv_stream16(wq + 32ull * i + 16ull);
-        w[r].d = mv_f16(mv_scale_f16(s, r));
+        w[r].d = mv_f16(mv_group_f16(s, r));
     }
 }
 

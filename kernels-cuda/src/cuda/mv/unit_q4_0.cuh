@@ -24,7 +24,7 @@ __device__ __forceinline__ u32x2 unit_cols(unsigned int u) {
 
 __device__ __forceinline__ W8 pw_unit(const PackedW& w, unsigned int row, unsigned int u) {
     unsigned long long blk = (unsigned long long)row * w.nb + u / 4u;
-    unsigned long long si = mv_scale_index<unsigned long long>(row, w.nb, u / 4u);
+    unsigned long long si = mv_group_index<unsigned long long>(row, w.nb, u / 4u);
     float d = f16_to_f32(__ldg(reinterpret_cast<const unsigned short*>(w.s) + si));
     unsigned int q = __ldg(reinterpret_cast<const unsigned int*>(w.q + 16ull * blk) + u % 4u);
     f32x4 lo = lo_nibbles(q);

@@ -22,7 +22,7 @@ __device__ __forceinline__ u32x2 unit_cols(unsigned int u) {
 
 __device__ __forceinline__ W8 pw_unit(const PackedW& w, unsigned int row, unsigned int u) {
     unsigned long long blk = (unsigned long long)row * w.nb + u / 4u;
-    unsigned long long si = mv_scale_index<unsigned long long>(row, w.nb, u / 4u);
+    unsigned long long si = mv_group_index<unsigned long long>(row, w.nb, u / 4u);
     unsigned int dm = __ldg(reinterpret_cast<const unsigned int*>(w.s) + si);
     float d = f16_lo(dm);
     float m = f16_hi(dm);
