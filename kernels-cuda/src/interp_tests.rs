@@ -126,8 +126,8 @@ fn planes(mem: &Mem, dtype: DType, n: u32, k: u32, wq: u64, ws: u64) -> Vec<u8> 
     let l = repack::layout(dtype, n as usize, k as usize).unwrap();
     let mut w = vec![0u8; l.bytes];
     let q = l.rows * l.quant_row_bytes();
-    let h = l.rows * l.high_row_bytes();
-    let s = l.rows * l.scale_row_bytes();
+    let h = l.high_plane_bytes();
+    let s = l.scale_plane_bytes();
     w[..q].copy_from_slice(mem.bytes(wq, q));
     w[q..q + h].copy_from_slice(mem.bytes(wq + q as u64, h));
     w[l.scale_offset..l.scale_offset + s].copy_from_slice(mem.bytes(ws, s));
@@ -406,7 +406,9 @@ fn interpreted_matmul_calls_match_the_reference() {
 
 /// The embedding of a packed table, read as embed.cu's W_PACKED reader does (pw_make:
 /// quant row `id` at `row_bytes · id`, the high plane after `rows` quant rows, the scale
-/// plane at the next multiple of 16), is ir's row.
+/// plane at the next multiple of 16 after it; row `id`'s record of block (unit) b of the
+/// 32-value types' scale (high) plane at mv_group_index(id, blocks, b), in groups of
+/// mv/groups.cuh), is ir's row.
 #[test]
 fn packed_embedding_rows_are_the_dequantized_rows() {
     for dtype in matvec::DTYPES {
@@ -422,16 +424,26 @@ fn packed_embedding_rows_are_the_dequantized_rows() {
         let l = repack::layout(dtype, rows, cols).unwrap();
         let row_bytes = l.quant_row_bytes(); // EmbedArgs.row_bytes (lower/ops.rs: matrix)
         let highs = rows * row_bytes; // pw_make: table + rows · row_bytes
-        let scales = (highs + rows * l.high_row_bytes()).next_multiple_of(16);
+        let g = l.row_group;
+        let (units, h) = (cols / 32, l.high_bytes);
+        // pw_make: the high plane holds the rows rounded up to a group.
+        let scales = (highs + rows.next_multiple_of(g) * units * h).next_multiple_of(16);
         assert_eq!((highs, scales), (l.high_offset, l.scale_offset));
         let one = repack::layout(dtype, 1, cols).unwrap();
         for id in [0usize, 7, 52] {
             // Row `id`'s pieces of each plane (pw_unit's reads) as a packed row of its own.
             let mut row = vec![0u8; one.bytes];
-            let (q, h, s) = (row_bytes, l.high_row_bytes(), l.scale_row_bytes());
+            let (q, s) = (row_bytes, l.scale_bytes);
             row[..q].copy_from_slice(&packed[id * q..][..q]);
-            row[one.high_offset..][..h].copy_from_slice(&packed[highs + id * h..][..h]);
-            row[one.scale_offset..][..s].copy_from_slice(&packed[scales + id * s..][..s]);
+            for u in 0..units {
+                let record = ((id / g * units + u) * g + id % g) * h; // mv_group_index · H
+                row[one.high_at(0, u)..][..h].copy_from_slice(&packed[highs + record..][..h]);
+            }
+            let blocks = cols / dtype.block_len();
+            for b in 0..blocks {
+                let record = ((id / g * blocks + b) * g + id % g) * s; // mv_group_index · S
+                row[one.scale_at(0, b)..][..s].copy_from_slice(&packed[scales + record..][..s]);
+            }
             let row = repack::unpack(dtype, 1, cols, &row).unwrap();
             let mut got = vec![0f32; cols];
             quant::dequantize_row(dtype, &row, &mut got).unwrap();

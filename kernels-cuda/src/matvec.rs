@@ -53,6 +53,7 @@ pub const FILES: &[(&str, &str)] = &[
     ("mv/unit_q4_1.cuh", include_str!("cuda/mv/unit_q4_1.cuh")),
     ("mv/unit_q8_0.cuh", include_str!("cuda/mv/unit_q8_0.cuh")),
     ("mv/bits.cuh", include_str!("cuda/mv/bits.cuh")),
+    ("mv/groups.cuh", include_str!("cuda/mv/groups.cuh")),
     ("mv/dots.cuh", include_str!("cuda/mv/dots.cuh")),
     ("mv/q5_0.cuh", include_str!("cuda/mv/q5_0.cuh")),
     ("mv/q5_1.cuh", include_str!("cuda/mv/q5_1.cuh")),
@@ -93,7 +94,8 @@ kernel_args! {
         /// plane, where the type has one, follows it (repack::layout).
         wq: ConstPtr<u8>,
         /// Its scale plane: per GGUF block f16 d, half2 (d, m) (Q4_1, Q5_1), or a
-        /// K-quant super-block's record.
+        /// K-quant super-block's record; the 32-value types' in groups of 4 rows
+        /// (repack's module doc, `mv/groups.cuh`).
         ws: ConstPtr<u8>,
         /// The up weight's planes (SwiGLU, GeGLU), else 0.
         w2q: ConstPtr<u8>,

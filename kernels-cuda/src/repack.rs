@@ -2,20 +2,35 @@
 //! block's scales with its quants (Q4_0's 18-byte blocks are only 2-byte aligned; a
 //! K-quant's sub-block of 32 values is spread over a 64-value chunk), so a lane could
 //! only read them a few bytes at a time. The packed copy keeps the same bits in up to
-//! three planes, each row-major (weight rows in order, units of a row in order), a unit
-//! being 32 consecutive values of a row:
+//! three planes, a unit being 32 consecutive values of a row; the quant plane row-major
+//! (weight rows in order, units of a row in order), the high and scale planes of the
+//! 32-value types in groups of 4 rows (a group's records of one unit side by side), the
+//! K-quants' row-major:
 //!
 //! ```text
 //! quant plane  (rows, units, Q)   Q = 16: the low 4 bits of the unit's 32 values, value
 //!                                 e in the low nibble of byte e, value e + 16 in the
 //!                                 high one (Q4_0's GGUF order); Q = 32 for Q8_0 (bytes)
-//! high plane   (rows, units, H)   H = 4 (Q5_0, Q5_1, Q5_K: the fifth bits) or 8 (Q6_K:
+//! high plane   (ceil(rows / 4), units, 4, H)    Q5_0, Q5_1
+//!              (rows, units, H)                 Q5_K, Q6_K
+//!                                 H = 4 (Q5_0, Q5_1, Q5_K: the fifth bits) or 8 (Q6_K:
 //!                                 the top 2 bits); none for the other types
-//! scale plane  (rows, blocks, S)  per GGUF block (32 or 256 values) its scale fields as
+//! scale plane  (ceil(rows / 4), blocks, 4, S)   Q4_0, Q4_1, Q8_0, Q5_0, Q5_1
+//!              (rows, blocks, S)                Q4_K, Q5_K, Q6_K
+//!                                 per GGUF block (32 or 256 values) its scale fields as
 //!                                 stored: f16 d (Q4_0, Q8_0, Q5_0), half2 (d, m) (Q4_1,
 //!                                 Q5_1), (d, dmin, 12 bytes of 6-bit scales) (Q4_K, Q5_K:
 //!                                 16 bytes), (16 int8 scales, f16 d) (Q6_K: 18 bytes)
 //! ```
+//!
+//! A decode matvec block computes 1, 2 or 4 rows from a multiple of that count
+//! (`matvec::rows_per_block`), and its lane s reads unit s (s + 128, ...) of each: with
+//! the records of 4 rows' unit side by side, the lane takes its rows' scales in one load
+//! (8 or 16 bytes at 4 rows), and Q5's high words in another (16 bytes), beside their
+//! 16-byte quant loads, not a 2- or 4-byte load of each a row. The last group's rows past
+//! `rows` are zero records, so a block reads its group's records without clamping its
+//! rows. The K-quants keep one scale record a row and super-block: a lane's unit shares
+//! it with 7 others, and 16 or 18 bytes a row already fill a load.
 //!
 //! The high bits of a unit are ordered for the kernel's 4-value words: word i of the
 //! quant plane holds values 4i .. 4i+3 (low nibbles) and 16+4i .. 16+4i+3 (high ones);
@@ -27,8 +42,9 @@
 //! Lane `l` of a warp reading unit `b0 + l` of a row makes one coalesced 512-byte load
 //! of 16-byte pieces. The quant plane starts at 0 and is a multiple of 16 bytes, the high
 //! plane follows it, the scale plane starts at the next multiple of 16; the total is
-//! rounded up to 16 bytes (under 32 bytes more than the GGUF tensor). The packed copy
-//! replaces the GGUF bytes on the device: [`unpack`] gives them back.
+//! rounded up to 16 bytes (under 32 bytes more than the GGUF tensor, plus the scale
+//! plane's padding rows: at most 3 rows' scales). The packed copy replaces the GGUF
+//! bytes on the device: [`unpack`] gives them back.
 
 use kiln_ir::DType;
 
@@ -77,6 +93,9 @@ pub struct PackedLayout {
     pub group: usize,
     /// Scale bytes of one GGUF block (2, 4, 16 or 18).
     pub scale_bytes: usize,
+    /// Rows of a group of the high and scale planes, whose records of one unit (block)
+    /// lie side by side (4 for the 32-value types, 1 for the K-quants: [`ROW_GROUP`]).
+    pub row_group: usize,
     /// Start of the scale plane (the quant plane starts at 0); a multiple of 16.
     pub scale_offset: usize,
     /// Bytes of the whole packed weight, a multiple of 16.
@@ -89,16 +108,34 @@ impl PackedLayout {
         self.blocks * self.quant_bytes
     }
 
-    /// Bytes of one row in the high plane.
-    pub fn high_row_bytes(&self) -> usize {
-        self.blocks * self.high_bytes
+    /// Bytes of the high plane (rows padded to a whole group).
+    pub fn high_plane_bytes(&self) -> usize {
+        self.rows.next_multiple_of(self.row_group) * self.blocks * self.high_bytes
     }
 
-    /// Bytes of one row in the scale plane.
-    pub fn scale_row_bytes(&self) -> usize {
-        self.cols / self.group * self.scale_bytes
+    /// Where the high bits of unit `unit` of row `row` start, in bytes from the packed
+    /// weight's start.
+    pub fn high_at(&self, row: usize, unit: usize) -> usize {
+        let g = self.row_group;
+        self.high_offset + ((row / g * self.blocks + unit) * g + row % g) * self.high_bytes
+    }
+
+    /// Bytes of the scale plane (rows padded to a whole group).
+    pub fn scale_plane_bytes(&self) -> usize {
+        self.rows.next_multiple_of(self.row_group) * (self.cols / self.group) * self.scale_bytes
+    }
+
+    /// Where the scale record of GGUF block `block` of row `row` starts, in bytes from
+    /// the packed weight's start.
+    pub fn scale_at(&self, row: usize, block: usize) -> usize {
+        let (g, blocks) = (self.row_group, self.cols / self.group);
+        self.scale_offset + ((row / g * blocks + block) * g + row % g) * self.scale_bytes
     }
 }
+
+/// Rows of a group of the 32-value types' high and scale planes (`mv/groups.cuh`'s
+/// MV_SG): the most rows a decode matvec block computes.
+pub const ROW_GROUP: usize = 4;
 
 /// The weight types the repacker (and so the matvec) handles.
 pub const PACKED: [DType; 8] = [
@@ -160,9 +197,16 @@ pub fn layout(dtype: DType, rows: usize, cols: usize) -> Result<PackedLayout, Re
     let overflow = RepackError::Overflow { dtype, rows, cols };
     let n = rows.checked_mul(blocks).ok_or(overflow.clone())?;
     let quants = n.checked_mul(f.quant).ok_or(overflow.clone())?;
-    let highs = n.checked_mul(f.high).ok_or(overflow.clone())?;
-    let scales = (n / (f.group / 32))
-        .checked_mul(f.scale)
+    let row_group = if f.group == 32 { ROW_GROUP } else { 1 };
+    let highs = rows
+        .checked_next_multiple_of(row_group)
+        .and_then(|r| r.checked_mul(blocks))
+        .and_then(|r| r.checked_mul(f.high))
+        .ok_or(overflow.clone())?;
+    let scales = rows
+        .checked_next_multiple_of(row_group)
+        .and_then(|r| r.checked_mul(cols / f.group))
+        .and_then(|r| r.checked_mul(f.scale))
         .ok_or(overflow.clone())?;
     let scale_offset = quants
         .checked_add(highs)
@@ -182,6 +226,7 @@ pub fn layout(dtype: DType, rows: usize, cols: usize) -> Result<PackedLayout, Re
         high_offset: quants,
         group: f.group,
         scale_bytes: f.scale,
+        row_group,
         scale_offset,
         bytes,
     })
@@ -336,12 +381,13 @@ pub fn pack(dtype: DType, rows: usize, cols: usize, gguf: &[u8]) -> Result<Vec<u
     gguf_bytes(&l, gguf.len())?;
     let mut out = vec![0u8; l.bytes];
     let (quants, rest) = out.split_at_mut(l.high_offset);
-    let (highs, rest) = rest.split_at_mut(l.scale_offset - l.high_offset);
-    let scales = &mut rest[..l.rows * l.scale_row_bytes()];
+    let (highs, scales) = rest.split_at_mut(l.scale_offset - l.high_offset);
     let units = l.group / 32;
+    let per_row = l.cols / l.group;
     let (sf, qf) = fields(dtype);
     for (i, b) in gguf.chunks_exact(dtype.block_bytes()).enumerate() {
-        scales[i * l.scale_bytes..][..l.scale_bytes].copy_from_slice(&b[sf.clone()]);
+        let at = l.scale_at(i / per_row, i % per_row) - l.scale_offset;
+        scales[at..][..l.scale_bytes].copy_from_slice(&b[sf.clone()]);
         let q = &mut quants[i * units * l.quant_bytes..][..units * l.quant_bytes];
         if copied(dtype) {
             q.copy_from_slice(&b[qf.clone()]);
@@ -349,7 +395,8 @@ pub fn pack(dtype: DType, rows: usize, cols: usize, gguf: &[u8]) -> Result<Vec<u
         }
         for u in 0..units {
             let (low, high) = get_codes(dtype, &b[qf.clone()], u);
-            let h = &mut highs[(i * units + u) * l.high_bytes..][..l.high_bytes];
+            let (row, unit) = (i / per_row, i % per_row * units + u);
+            let h = &mut highs[l.high_at(row, unit) - l.high_offset..][..l.high_bytes];
             put_unit(&low, &high, &mut q[u * 16..][..16], h);
         }
     }
@@ -376,18 +423,20 @@ pub fn unpack(
     let mut out = vec![0u8; rows * (cols / l.group) * dtype.block_bytes()];
     let quants = &packed[..l.high_offset];
     let highs = &packed[l.high_offset..l.scale_offset];
-    let scales = &packed[l.scale_offset..];
     let units = l.group / 32;
+    let per_row = l.cols / l.group;
     let (sf, qf) = fields(dtype);
     for (i, b) in out.chunks_exact_mut(dtype.block_bytes()).enumerate() {
-        b[sf.clone()].copy_from_slice(&scales[i * l.scale_bytes..][..l.scale_bytes]);
+        let at = l.scale_at(i / per_row, i % per_row);
+        b[sf.clone()].copy_from_slice(&packed[at..][..l.scale_bytes]);
         let q = &quants[i * units * l.quant_bytes..][..units * l.quant_bytes];
         if copied(dtype) {
             b[qf.clone()].copy_from_slice(q);
             continue;
         }
         for u in 0..units {
-            let h = &highs[(i * units + u) * l.high_bytes..][..l.high_bytes];
+            let (row, unit) = (i / per_row, i % per_row * units + u);
+            let h = &highs[l.high_at(row, unit) - l.high_offset..][..l.high_bytes];
             let (low, high) = get_unit(&q[u * 16..][..16], h);
             put_codes(dtype, &mut b[qf.clone()], u, &low, &high);
         }
@@ -431,9 +480,96 @@ mod tests {
             prop_assert_eq!(packed.len(), l.bytes);
             prop_assert!(l.bytes.is_multiple_of(16) && l.scale_offset.is_multiple_of(16));
             prop_assert!(l.high_offset.is_multiple_of(16));
-            prop_assert!(l.bytes - gguf_len < 32, "packed is the GGUF size, padded twice to 16");
+            let pad_rows = rows.next_multiple_of(l.row_group) - rows;
+            let pad = pad_rows * ((cols / l.group) * l.scale_bytes + l.blocks * l.high_bytes);
+            prop_assert!(l.bytes - gguf_len - pad < 32, "the GGUF size and the group padding, padded twice to 16");
             prop_assert_eq!(unpack(dtype, rows, cols, &packed).unwrap(), gguf);
         }
+
+        /// The scale record of (row, block) is the GGUF block's scale fields, and the high
+        /// bits of (row, unit) the unit's; the records of a group's rows for one unit are
+        /// side by side (one load for a matvec block's 1, 2 or 4 rows); the padding rows'
+        /// records are zero.
+        #[test]
+        fn scales_and_high_bits_lie_in_groups_of_rows((rows, width, t) in shapes(), seed in any::<u64>()) {
+            let dtype = TYPES[t];
+            let cols = width * dtype.block_len();
+            let rows = rows.min(257);
+            let mut x = seed | 1;
+            let gguf: Vec<u8> = (0..rows * width * dtype.block_bytes()).map(|_| {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17;
+                (x >> 24) as u8
+            }).collect();
+            let packed = pack(dtype, rows, cols, &gguf).unwrap();
+            let l = layout(dtype, rows, cols).unwrap();
+            let g = l.row_group;
+            prop_assert_eq!(g, if dtype.block_len() == 32 { ROW_GROUP } else { 1 });
+            let (sf, _) = fields(dtype);
+            let s = l.scale_bytes;
+            for row in 0..rows.next_multiple_of(g) {
+                for block in 0..width {
+                    let at = l.scale_at(row, block);
+                    let group_start = l.scale_at(row - row % g, block);
+                    prop_assert_eq!(at, group_start + (row % g) * s);
+                    prop_assert_eq!(at - l.scale_offset, ((row / g * width + block) * g + row % g) * s);
+                    let record = &packed[at..][..s];
+                    if row < rows {
+                        let b = &gguf[(row * width + block) * dtype.block_bytes()..][..dtype.block_bytes()];
+                        prop_assert_eq!(record, &b[sf.clone()]);
+                    } else {
+                        prop_assert!(record.iter().all(|&v| v == 0), "padding rows are zero");
+                    }
+                }
+            }
+            let end = l.scale_offset + l.scale_plane_bytes();
+            prop_assert!(end <= l.bytes && l.bytes - end < 16);
+            prop_assert!(packed[end..].iter().all(|&v| v == 0));
+            let (h, units) = (l.high_bytes, dtype.block_len() / 32);
+            let (_, qf) = fields(dtype);
+            for row in 0..rows.next_multiple_of(g) {
+                for unit in 0..l.blocks {
+                    let at = l.high_at(row, unit);
+                    prop_assert_eq!(at, l.high_at(row - row % g, unit) + (row % g) * h);
+                    let mut want = vec![0u8; h];
+                    if row < rows && h > 0 {
+                        let block = row * width + unit / units;
+                        let b = &gguf[block * dtype.block_bytes()..][..dtype.block_bytes()];
+                        let (low, high) = get_codes(dtype, &b[qf.clone()], unit % units);
+                        put_unit(&low, &high, &mut [0u8; 16], &mut want);
+                    }
+                    prop_assert_eq!(&packed[at..][..h], &want[..]);
+                }
+            }
+            let high_end = l.high_offset + l.high_plane_bytes();
+            prop_assert!(high_end <= l.scale_offset && l.scale_offset - high_end < 16);
+            prop_assert!(packed[high_end..l.scale_offset].iter().all(|&v| v == 0));
+        }
+    }
+
+    #[test]
+    fn q4_0_scales_of_four_rows_are_one_8_byte_word() {
+        // Five Q4_0 rows of two blocks: d of (row r, block b) is f16 bits 0x100·r + b.
+        let (rows, blocks) = (5usize, 2usize);
+        let mut gguf = vec![0u8; rows * blocks * 18];
+        for (i, b) in gguf.chunks_exact_mut(18).enumerate() {
+            b[..2].copy_from_slice(&((0x100 * (i / blocks) + i % blocks) as u16).to_le_bytes());
+        }
+        let p = pack(DType::Q4_0, rows, 64, &gguf).unwrap();
+        let l = layout(DType::Q4_0, rows, 64).unwrap();
+        assert_eq!(l.scale_offset, rows * blocks * 16);
+        assert_eq!(
+            l.scale_plane_bytes(),
+            8 * blocks * 2,
+            "two groups of 4 rows"
+        );
+        let d = |at: usize| u16::from_le_bytes([p[at], p[at + 1]]);
+        let plane: Vec<u16> = (0..16).map(|j| d(l.scale_offset + 2 * j)).collect();
+        // Group 0: block 0 of rows 0-3, block 1 of rows 0-3; group 1: row 4, then padding.
+        #[rustfmt::skip]
+        assert_eq!(plane, [
+            0x000, 0x100, 0x200, 0x300, 0x001, 0x101, 0x201, 0x301,
+            0x400, 0, 0, 0, 0x401, 0, 0, 0,
+        ]);
     }
 
     #[test]

@@ -193,11 +193,21 @@ const FACTS: &[Fact] = &[
         applies: is_decode_matvec,
         holds: |k| 16 * k.ldg128 > 8 * k.ldg64 + 4 * k.ldg32 + 2 * k.ldg_narrow,
     },
+    // ---- Required since the scale plane of the 32-value types (and Q5_0/Q5_1's high
+    // plane) holds 4 rows' records of a unit side by side (issue 14, item 3; repack.rs,
+    // mv/groups.cuh): a lane loads the scales (high words) of its block's 1, 2 or 4 rows
+    // at once beside their 16-byte quant loads, where Q4_0/Q4_1 at 1 token (and t2_add)
+    // loaded one f16 d (half2) per row and had as many narrow load instructions as wide
+    // ones. All decode matvecs but those of `short_of_wide_loads`.
+    Fact {
+        what: "decode matvecs (but Q6_K's and Q5's single-token GLUs) issue more 128-bit than narrower global load instructions",
+        status: Status::Required,
+        applies: |k| is_decode_matvec(k) && !short_of_wide_loads(k),
+        holds: |k| k.ldg128 > k.ldg64 + k.ldg32 + k.ldg_narrow,
+    },
     // ---- Target (issue 14, item 3). F32/F16/BF16 weights keep their `_mv8` kernels
     // (4-byte loads of f32 rows are what they are), so this counts the decode matvecs.
-    // Q4_0/Q4_1 at 1 token (and t2_add) load one f16 d (half2 for Q4_1) per block beside
-    // each 16-byte quant load: as many narrow load instructions as wide ones until the
-    // scales of several blocks come in one load.
+    // Still short: `short_of_wide_loads`.
     Fact {
         what: "decode matvecs issue more 128-bit than narrower global load instructions",
         status: Status::Target,
@@ -205,6 +215,20 @@ const FACTS: &[Fact] = &[
         holds: |k| k.ldg128 > k.ldg64 + k.ldg32 + k.ldg_narrow,
     },
 ];
+
+/// The decode matvecs that still issue as many narrow load instructions as 128-bit ones
+/// (the Target fact above): Q6_K's to 8 tokens (a row's 8 high bytes, and its unit's two
+/// int8 scales and d as 2-byte loads from the 18-byte, 2-byte aligned records), and the
+/// single-token GLUs of Q5_0 and Q5_1 (2 rows of 2 weights: per weight an 8-byte load of
+/// the rows' high words and one of their scales, 4 narrow loads against 4 quant pieces,
+/// with the activation's 2 wide loads and 2 narrow ones: 6 each).
+fn short_of_wide_loads(k: &KernelFacts) -> bool {
+    let q5_glu_t1 = ["matvec_q5_0_t1_", "matvec_q5_1_t1_"]
+        .iter()
+        .any(|p| k.kernel.starts_with(p))
+        && (k.kernel.ends_with("_swiglu") || k.kernel.ends_with("_geglu"));
+    k.kernel.starts_with("matvec_q6_k_") || q5_glu_t1
+}
 
 /// Check the facts of `status` against every kernel: Required ones fail with every
 /// violation; Target ones pass when all hold (then it is time to require them) and are

@@ -8,7 +8,7 @@
 // the GLUs, whose gate and up are both in flight; 32 where larger tiles would leave SMs
 // idle: src/mmq.rs's tile_for). k is walked one 32-value unit at a
 // time through MQ_STAGES shared-memory stages filled by cp.async (16-byte copies of the
-// activation quants and the weights' quant plane, 4- or 16-byte copies of the scales):
+// activation quants and the weights' quant plane, 4- to 16-byte copies of the scales):
 // the copies of units u + 1 .. u + MQ_STAGES - 1 are in flight while the warps multiply
 // unit u. Warps are 2 (tokens) × 4 (rows): a warp owns BT / 2 tokens × 32 rows, MT × 4
 // tiles of mma.sync m16n8k32 s8 (A: tokens, by ldmatrix; B: 8 weight rows, one shared
@@ -23,8 +23,8 @@
 // 16-byte rows of the 4-bit quants need nothing.
 //
 // The host prepends MatvecArgs' declaration and the type's reader (mmq/<dtype>.cuh, which
-// defines MQ_QB, MQ_HB, MQ_SB, MQ_MIN, MQ_HALVES, mq_copy_scales, mq_row_bit, mq_frag
-// and mq_scales) and
+// defines MQ_QB, MQ_HB, MQ_SB, MQ_MIN, MQ_HALVES, MQ_SG, MQ_CG, mq_copy_scales, mq_row_bit,
+// mq_frag and mq_scales) and
 // appends one entry per (tile, epilogue) (src/mmq.rs):
 // matmul_mmq_<dtype>_t<BT>[_add|_swiglu|_geglu] → mq_matmul<BT, EPI>.
 
@@ -109,9 +109,17 @@ struct MqCopies {
     unsigned int x;   // activation quants: token t, half j: t·k + 16j
     unsigned int xds; // its (d, s): t·nb
     unsigned int w;   // weight quants: row r, half j: r·nb·MQ_QB + 16j
-    unsigned int h;   // high bits: r·nb·MQ_HB + 4·word
-    unsigned int s;   // the scales' row r: r·nb
+    unsigned int h;   // high bits: mq_scale_row(r, nb)·MQ_HB + 4·word
+    unsigned int s;   // the scales of rows MQ_CG·i ..: mq_scale_row
 };
+
+// Where row r's unit 0 is in the scale plane, counted in units: r·nb for the K-quants
+// (the record is unit / 8), for the 32-value types its record in the groups of MQ_SG
+// rows (mv/groups.cuh), where unit u's is MQ_SG·u further, beside the group's others.
+// Q5_0/Q5_1's high plane is grouped so too (its word of unit u: this index + MQ_SG·u).
+__device__ __forceinline__ unsigned int mq_scale_row(unsigned int r, unsigned int nb) {
+    return (r / MQ_SG) * MQ_SG * nb + r % MQ_SG;
+}
 
 template <unsigned int BT>
 __device__ __forceinline__ MqCopies mq_copies(const MatvecArgs& a, unsigned int t0, unsigned int rows,
@@ -122,8 +130,8 @@ __device__ __forceinline__ MqCopies mq_copies(const MatvecArgs& a, unsigned int 
     c.x = min(t0 + tid / 2u, rows - 1u) * a.k + 16u * (tid % 2u);
     c.xds = min(t0 + tid, rows - 1u) * nb;
     c.w = min(n0 + tid / halves, a.n - 1u) * nb * MQ_QB + 16u * (tid % halves);
-    c.h = min(n0 + tid / MQ_HW, a.n - 1u) * nb * MQ_HB + 4u * (tid % MQ_HW);
-    c.s = min(n0 + tid, a.n - 1u) * nb;
+    c.h = mq_scale_row(min(n0 + tid / MQ_HW, a.n - 1u), nb) * MQ_HB + 4u * (tid % MQ_HW);
+    c.s = mq_scale_row(min(n0 + MQ_CG * tid, a.n - 1u) / MQ_CG * MQ_CG, nb);
     return c;
 }
 
@@ -152,11 +160,11 @@ __device__ __forceinline__ void mq_load(const MatvecArgs& a, MqStage<BT, G>& s, 
             // The high plane follows the quant plane: n rows of nb units of MQ_QB bytes.
             if (tid < MQ_HW * MQ_BN) {
                 const unsigned char* wh = wq + a.n * nb * MQ_QB;
-                ptx_cp_async4(&s.wh[g][tid], wh + c.h + MQ_HB * u);
+                ptx_cp_async4(&s.wh[g][tid], wh + c.h + MQ_HB * MQ_SG * u);
             }
         }
-        if (tid < MQ_BN) {
-            mq_copy_scales(s.ws[g] + tid * MQ_SB, g == 0u ? a.ws : a.w2s, c.s, u);
+        if (tid < MQ_BN / MQ_CG) {
+            mq_copy_scales(s.ws[g] + tid * MQ_CG * MQ_SB, g == 0u ? a.ws : a.w2s, c.s, u);
         }
     }
 }
@@ -193,9 +201,11 @@ __device__ __forceinline__ void mq_mma(const MqStage<BT, G>& s, float (*acc)[MT]
             unsigned int rb = tr + 8u * j; // the tile's first row in the block tile
             uint2 bw = mq_frag(s.wq[g], s.wh[g], rb + g8, c);
             unsigned int b[2] = {bw.x, bw.y};
-            // The scales of D's columns: rows 2c and 2c + 1 of the tile.
-            MqScale w0 = mq_scales(s.ws[g] + (rb + 2u * c) * MQ_SB, (bits >> (2u * j)) & 1u, u);
-            MqScale w1 = mq_scales(s.ws[g] + (rb + 2u * c + 1u) * MQ_SB, (bits >> (2u * j + 1u)) & 1u, u);
+            // The scales of D's columns: rows 2c and 2c + 1 of the tile (the pair's
+            // staged bytes, h = 0 and 1).
+            const unsigned char* pair = s.ws[g] + (rb + 2u * c) * MQ_SB;
+            MqScale w0 = mq_scales(pair, 0u, (bits >> (2u * j)) & 1u, u);
+            MqScale w1 = mq_scales(pair, 1u, (bits >> (2u * j + 1u)) & 1u, u);
 #pragma unroll
             for (unsigned int m = 0u; m < MT; m++) {
                 if constexpr (MQ_HALVES) {
@@ -276,7 +286,7 @@ __device__ __forceinline__ void mq_matmul(const MatvecArgs& a) {
 #pragma unroll
     for (unsigned int i = 0u; i < 8u; i++) {
         unsigned int row = n0 + tr + 8u * (i / 2u) + 2u * (threadIdx.x % 4u) + i % 2u;
-        bits |= mq_row_bit(min(row, a.n - 1u) * nb) << i;
+        bits |= mq_row_bit(mq_scale_row(min(row, a.n - 1u), nb)) << i;
     }
     // The pipeline: S - 1 units in flight ahead of the one multiplied. Every iteration
     // commits a group (empty past the last unit), so "unit u landed" is always "at most

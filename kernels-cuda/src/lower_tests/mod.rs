@@ -288,7 +288,7 @@ fn every_address_lies_inside_its_buffer() {
                             crate::repack::layout(v.weight.unwrap(), a.n as usize, a.k as usize)
                                 .unwrap();
                         let quants = (l.quant_row_bytes() * l.rows) as u64;
-                        let scales = (l.scale_row_bytes() * l.rows) as u64;
+                        let scales = l.scale_plane_bytes() as u64;
                         weights("wq", a.wq.0, quants);
                         weights("ws", a.ws.0, scales);
                         assert_eq!(a.ws.0 - a.wq.0, l.scale_offset as u64);

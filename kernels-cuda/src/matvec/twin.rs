@@ -142,9 +142,9 @@ fn block_dot(
 ) -> f32 {
     let i = row * l.blocks + b;
     let q = &packed[i * l.quant_bytes..(i + 1) * l.quant_bytes];
-    let h = &packed[l.high_offset + i * l.high_bytes..][..l.high_bytes];
+    let h = &packed[l.high_at(row, b)..][..l.high_bytes];
     let units = l.group / 32;
-    let s = &packed[l.scale_offset + i / units * l.scale_bytes..][..l.scale_bytes];
+    let s = &packed[l.scale_at(row, b / units)..][..l.scale_bytes];
     let (da, sa) = (lo(ds), s_of(ds));
     let (low, high) = repack::get_unit(&q[..16], h);
     let codes = |shift: u32| (0..32).map(move |e| i32::from(low[e] | (high[e] << shift)));

@@ -9,6 +9,8 @@
 #define MQ_SB 16u // the super-block's record
 #define MQ_MIN 1
 #define MQ_HALVES 0
+#define MQ_SG 1u // a record a row and super-block: no groups
+#define MQ_CG 1u // rows a scale copy brings
 
 // The record of unit r·nb + u's super-block (nb is a multiple of 8).
 __device__ __forceinline__ void mq_copy_scales(unsigned char* dst, const unsigned char* ws, unsigned int rnb,
@@ -30,7 +32,9 @@ __device__ __forceinline__ unsigned int mq_row_bit(unsigned int rnb) {
     return 0u;
 }
 
-__device__ __forceinline__ MqScale mq_scales(const unsigned char* s, unsigned int bit, unsigned int u) {
+__device__ __forceinline__ MqScale mq_scales(const unsigned char* staged, unsigned int h, unsigned int bit,
+                                             unsigned int u) {
+    const unsigned char* s = staged + h * MQ_SB;
     (void)bit;
     uint4 r = *reinterpret_cast<const uint4*>(s);
     KScale k = k_scale6(r.y, r.z, r.w, u % 8u);

@@ -8,6 +8,8 @@
 #define MQ_SB 16u
 #define MQ_MIN 1
 #define MQ_HALVES 0
+#define MQ_SG 1u // a record a row and super-block: no groups
+#define MQ_CG 1u // rows a scale copy brings
 
 __device__ __forceinline__ void mq_copy_scales(unsigned char* dst, const unsigned char* ws, unsigned int rnb,
                                                unsigned int u) {
@@ -27,7 +29,9 @@ __device__ __forceinline__ unsigned int mq_row_bit(unsigned int rnb) {
     return 0u;
 }
 
-__device__ __forceinline__ MqScale mq_scales(const unsigned char* s, unsigned int bit, unsigned int u) {
+__device__ __forceinline__ MqScale mq_scales(const unsigned char* staged, unsigned int h, unsigned int bit,
+                                             unsigned int u) {
+    const unsigned char* s = staged + h * MQ_SB;
     (void)bit;
     uint4 r = *reinterpret_cast<const uint4*>(s);
     KScale k = k_scale6(r.y, r.z, r.w, u % 8u);

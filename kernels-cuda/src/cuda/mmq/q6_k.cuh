@@ -11,6 +11,8 @@
 #define MQ_SB 8u // the aligned words that hold the unit's two scales and d
 #define MQ_MIN 0
 #define MQ_HALVES 1
+#define MQ_SG 1u // a record a row and super-block: no groups
+#define MQ_CG 1u // rows a scale copy brings
 
 // Records are 18 bytes, so only 2-byte aligned: the aligned word holding the unit's pair
 // of scales (at 18·sb + 2j), and the one holding d (at 18·sb + 16); either sits at byte
@@ -34,7 +36,9 @@ __device__ __forceinline__ uint2 mq_frag(const unsigned char* wq, const unsigned
 }
 
 // (d, 0, scale of values 0-15, scale of 16-31) from the staged words s.
-__device__ __forceinline__ MqScale mq_scales(const unsigned char* s, unsigned int bit, unsigned int u) {
+__device__ __forceinline__ MqScale mq_scales(const unsigned char* staged, unsigned int h, unsigned int bit,
+                                             unsigned int u) {
+    const unsigned char* s = staged + h * MQ_SB;
     const unsigned int* w = reinterpret_cast<const unsigned int*>(s);
     unsigned int sb_odd = (bit ^ (u / 8u)) & 1u;
     unsigned int pair = w[0] >> (16u * ((sb_odd + u) & 1u));

@@ -4,7 +4,9 @@
 // MV_WARPS warps computes R output rows (R weight rows, of the gate and the up weight for
 // the GLUs) for the tile's tokens; its lanes split the row's 32-value blocks (split-K: lane
 // s of the block takes blocks s, s + 128, ...), so each weight load is 16 bytes, a warp's
-// load 512 contiguous bytes, and a lane's R (2R) loads are in flight together. Each lane
+// load 512 contiguous bytes, and a lane's R (2R) loads are in flight together; the 32-value
+// types' scales of the R rows' block come in one load beside them, Q5's high words in
+// another (mv/groups.cuh). Each lane
 // reads a token's activation block once and dots it with its R rows' blocks in
 // registers; the tile's tokens share every weight block read. Integer dot products
 // (dp4a) per block, then the scales; sums over lanes by butterfly, over warps through
@@ -25,6 +27,20 @@
 #define MV_SWIGLU 2
 #define MV_GEGLU 3
 #define MV_GATED(EPI) ((EPI) == MV_SWIGLU || (EPI) == MV_GEGLU)
+
+#ifndef MV_ROW_GROUPS
+// Unit b of rows r0 .. r0 + R one row at a time (the K-quants: a row's super-block
+// record serves 8 units; rows past n read row n - 1). The 32-value types read their
+// rows' scales in one load (mv/groups.cuh) and define their own.
+template <unsigned int R>
+__device__ __forceinline__ void mv_load_rows(const unsigned char* __restrict__ wq, const unsigned char* __restrict__ ws,
+                                             unsigned int n, unsigned int r0, unsigned int nb, unsigned int b, MvW* w) {
+#pragma unroll
+    for (unsigned int r = 0u; r < R; r++) {
+        w[r] = mv_load(wq, ws, n, min(r0 + r, n - 1u), nb, b);
+    }
+}
+#endif
 
 // gelu.cuh's f16 roundings through mv/common.cuh's conversions (no prelude here).
 __device__ __forceinline__ float f16_to_f32(unsigned short h) { return mv_f16(h); }
@@ -108,11 +124,7 @@ __device__ __forceinline__ void mv_pass(const MatvecArgs& a, unsigned int t0, un
         MvW w[G][R];
 #pragma unroll
         for (unsigned int g = 0u; g < G; g++) {
-#pragma unroll
-            for (unsigned int r = 0u; r < R; r++) {
-                unsigned int row = min(r0 + r, a.n - 1u);
-                w[g][r] = g == 0u ? mv_load(a.wq, a.ws, a.n, row, nb, b) : mv_load(a.w2q, a.w2s, a.n, row, nb, b);
-            }
+            mv_load_rows<R>(g == 0u ? a.wq : a.w2q, g == 0u ? a.ws : a.w2s, a.n, r0, nb, b, w[g]);
         }
         // Tokens past the step's rows repeat its last row (not stored): no branches.
         // Tokens advance by one row: 32-bit offsets, not a 64-bit address per token.

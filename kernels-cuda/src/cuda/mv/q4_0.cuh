@@ -1,20 +1,29 @@
 // mv/q4_0.cuh: the matvec's reader of packed Q4_0 (src/repack.rs): a block is 16 quant
 // bytes (element j in the low nibble of byte j, element j + 16 in the high one; value
-// (q - 8)·d) and its f16 d in the scale plane.
+// (q - 8)·d) and its f16 d in the scale plane (grouped: mv/groups.cuh).
+
+#include "mv/groups.cuh"
+
+#define MV_ROW_GROUPS 1 // mv_load_rows reads the rows' scales together
 
 struct MvW {
     uint4 q; // the block's 32 nibbles
     float d;
 };
 
-// Block b of row `row` of n (blocks `nb` a row; n is for the readers with a high plane).
-__device__ __forceinline__ MvW mv_load(const unsigned char* __restrict__ wq, const unsigned char* __restrict__ ws,
-                                       unsigned int n, unsigned long long row, unsigned int nb, unsigned int b) {
-    unsigned long long i = row * nb + b;
-    MvW w;
-    w.q = mv_stream16(wq + 16ull * i);
-    w.d = mv_f16(__ldg(reinterpret_cast<const unsigned short*>(ws) + i));
-    return w;
+// Block b of rows r0 .. r0 + R of n into w (blocks `nb` a row): R quant loads (rows past
+// n read row n - 1), one load of the R scales.
+template <unsigned int R>
+__device__ __forceinline__ void mv_load_rows(const unsigned char* __restrict__ wq, const unsigned char* __restrict__ ws,
+                                             unsigned int n, unsigned int r0, unsigned int nb, unsigned int b, MvW* w) {
+    unsigned int s[(2u * R + 3u) / 4u];
+    mv_group_words<R, 2u>(ws, r0, nb, b, s);
+#pragma unroll
+    for (unsigned int r = 0u; r < R; r++) {
+        unsigned long long i = (unsigned long long)min(r0 + r, n - 1u) * nb + b;
+        w[r].q = mv_stream16(wq + 16ull * i);
+        w[r].d = mv_f16(mv_group_f16(s, r));
+    }
 }
 
 // acc + this block's dot: the low nibbles meet values 0-15, the high ones 16-31, and

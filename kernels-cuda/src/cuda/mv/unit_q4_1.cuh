@@ -1,10 +1,12 @@
 // mv/unit_q4_1.cuh: Q4_1's w_unit over the packed layout (src/repack.rs); see
 // mv/unit_q4_0.cuh for what a unit is and what must come before.
 
+#include "mv/groups.cuh"
+
 // A packed weight: its two planes and blocks per row.
 struct PackedW {
     const unsigned char* __restrict__ q; // (rows, nb, 16) quants
-    const unsigned char* __restrict__ s; // (rows, nb) half2 (d, m)
+    const unsigned char* __restrict__ s; // (ceil(rows / 4), nb, 4) half2 (d, m) (mv/groups.cuh)
     unsigned int nb;
 };
 
@@ -20,7 +22,8 @@ __device__ __forceinline__ u32x2 unit_cols(unsigned int u) {
 
 __device__ __forceinline__ W8 pw_unit(const PackedW& w, unsigned int row, unsigned int u) {
     unsigned long long blk = (unsigned long long)row * w.nb + u / 4u;
-    unsigned int dm = __ldg(reinterpret_cast<const unsigned int*>(w.s) + blk);
+    unsigned long long si = mv_group_index<unsigned long long>(row, w.nb, u / 4u);
+    unsigned int dm = __ldg(reinterpret_cast<const unsigned int*>(w.s) + si);
     float d = f16_lo(dm);
     float m = f16_hi(dm);
     unsigned int q = __ldg(reinterpret_cast<const unsigned int*>(w.q + 16ull * blk) + u % 4u);

@@ -2,19 +2,21 @@
 // see mv/unit_q4_0.cuh for what a unit is and what must come before.
 
 #include "mv/bits.cuh"
+#include "mv/groups.cuh"
 
 // A packed weight: its three planes and units per row.
 struct PackedW {
     const unsigned char* __restrict__ q; // (rows, nb, 16) low 4 bits
-    const unsigned char* __restrict__ h; // (rows, nb) words of fifth bits
-    const unsigned char* __restrict__ s; // (rows, nb) f16 d
+    const unsigned char* __restrict__ h; // (ceil(rows / 4), nb, 4) words of fifth bits
+    const unsigned char* __restrict__ s; // (ceil(rows / 4), nb, 4) f16 d (mv/groups.cuh)
     unsigned int nb;
 };
 
 // The planes of the packed (n, 32·nb) weight at w.
 __device__ __forceinline__ PackedW pw_make(const unsigned char* w, unsigned int n, unsigned int nb) {
     unsigned long long q = 16ull * n * nb;
-    return PackedW{w, w + q, w + ((q + 4ull * n * nb + 15ull) & ~15ull), nb};
+    unsigned long long h = 4ull * ((n + MV_SG - 1u) / MV_SG * MV_SG) * nb; // whole groups
+    return PackedW{w, w + q, w + ((q + h + 15ull) & ~15ull), nb};
 }
 
 __device__ __forceinline__ u32x2 unit_cols(unsigned int u) {
@@ -24,10 +26,11 @@ __device__ __forceinline__ u32x2 unit_cols(unsigned int u) {
 
 __device__ __forceinline__ W8 pw_unit(const PackedW& w, unsigned int row, unsigned int u) {
     unsigned long long blk = (unsigned long long)row * w.nb + u / 4u;
-    float d = f16_to_f32(__ldg(reinterpret_cast<const unsigned short*>(w.s) + blk));
+    unsigned long long si = mv_group_index<unsigned long long>(row, w.nb, u / 4u);
+    float d = f16_to_f32(__ldg(reinterpret_cast<const unsigned short*>(w.s) + si));
     unsigned int i = u % 4u;
     unsigned int q = __ldg(reinterpret_cast<const unsigned int*>(w.q + 16ull * blk) + i);
-    unsigned int h = __ldg(reinterpret_cast<const unsigned int*>(w.h) + blk);
+    unsigned int h = __ldg(reinterpret_cast<const unsigned int*>(w.h) + si);
     f32x4 lo = i8x4(q5_lo(q, h, i));
     f32x4 hi = i8x4(q5_hi(q, h, i));
     return W8{f32x4{(lo.x - 16.0f) * d, (lo.y - 16.0f) * d, (lo.z - 16.0f) * d, (lo.w - 16.0f) * d},

@@ -1,10 +1,12 @@
 // mv/unit_q8_0.cuh: Q8_0's w_unit over the packed layout (src/repack.rs); see
 // mv/unit_q4_0.cuh for what a unit is and what must come before.
 
+#include "mv/groups.cuh"
+
 // A packed weight: its two planes and blocks per row.
 struct PackedW {
     const unsigned char* __restrict__ q; // (rows, nb, 32) quants
-    const unsigned char* __restrict__ s; // (rows, nb) f16 d
+    const unsigned char* __restrict__ s; // (ceil(rows / 4), nb, 4) f16 d (mv/groups.cuh)
     unsigned int nb;
 };
 
@@ -20,7 +22,8 @@ __device__ __forceinline__ u32x2 unit_cols(unsigned int u) {
 
 __device__ __forceinline__ W8 pw_unit(const PackedW& w, unsigned int row, unsigned int u) {
     unsigned long long blk = (unsigned long long)row * w.nb + u / 4u;
-    float d = f16_to_f32(__ldg(reinterpret_cast<const unsigned short*>(w.s) + blk));
+    unsigned long long si = mv_group_index<unsigned long long>(row, w.nb, u / 4u);
+    float d = f16_to_f32(__ldg(reinterpret_cast<const unsigned short*>(w.s) + si));
     uint2 q = __ldg(reinterpret_cast<const uint2*>(w.q + 32ull * blk) + u % 4u);
     f32x4 a = i8x4(q.x);
     f32x4 b = i8x4(q.y);
