@@ -212,6 +212,12 @@ impl<A: Api> WgslBackend<A> {
         self.loaded.as_ref().map(|l| &l.device)
     }
 
+    /// (rows, columns) of the last step's output (tests size `read_logits` with it).
+    pub fn last_output_shape(&self) -> Result<(usize, usize), BackendError> {
+        let loaded = self.loaded.as_ref().ok_or_else(|| no_plan(A::Plan::NAME))?;
+        loaded.last_output_shape()
+    }
+
     fn loaded(&mut self) -> Result<&mut Loaded<A::Plan>, BackendError> {
         self.loaded.as_mut().ok_or_else(|| no_plan(A::Plan::NAME))
     }
@@ -259,6 +265,12 @@ impl<A: Api> Backend for WgslBackend<A> {
         self.loaded()?.copy_kv_page(src, dst, n_tokens)
     }
 
+    /// The greedy LM head on the device (argmax.wgsl, after every step with output
+    /// rows): a greedy decode step reads back one word a row, not its logits.
+    fn read_argmax(&mut self, vocab: usize, out: &mut [u32]) -> Result<(), BackendError> {
+        self.loaded()?.read_argmax(vocab, out)
+    }
+
     fn synchronize(&mut self) -> Result<(), BackendError> {
         match &mut self.loaded {
             Some(l) => l.synchronize(),
@@ -267,10 +279,10 @@ impl<A: Api> Backend for WgslBackend<A> {
     }
 
     /// Weights in device memory (vectors as f32), the params blocks, a readback buffer
-    /// of the logits.
+    /// of the logits and the greedy ids.
     fn load_bytes(&self, plan: &Plan) -> usize {
         let align = self.adapter.uniform_align.max(16);
-        let readback = Output::of(plan).map_or(0, |o| o.max_bytes());
+        let readback = Output::of(plan).map_or(0, |o| o.max_bytes() + 4 * o.max_rows as u64);
         (crate::program::load_bytes(plan, align) + readback) as usize
     }
 

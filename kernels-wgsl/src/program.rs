@@ -264,7 +264,14 @@ pub struct Program {
     pub kv_groups: usize,
     /// Where the plan's output (the logits) lies in the arena.
     pub output: Output,
+    /// Where argmax.wgsl leaves the greedy token of each output row (one f32 a row: the
+    /// id, or -1 for a row of non-numbers), after every step that has output rows; None
+    /// for a vocabulary an f32 cannot count exactly (2^24 ids and more).
+    pub argmax: Option<Output>,
 }
+
+/// Vocabularies whose every id an f32 holds exactly (argmax.wgsl's ids).
+const ARGMAX_MAX_COLS: usize = 1 << 24;
 
 /// Words of each kernel's params block (the `Params` struct of its file).
 pub fn param_words(op: &str) -> usize {
@@ -292,6 +299,7 @@ pub fn param_words(op: &str) -> usize {
         "add" | "swiglu" | "geglu" | "scale" | "rope" | "add_bias" => 5,
         "embed" => 6,
         "select_rows" => 3,
+        "argmax" => 4,
         _ => 0,
     }
 }
@@ -396,9 +404,20 @@ impl Program {
             .map(|b| b.bytes.min(caps.max_storage_binding) / WINDOW_ALIGN * WINDOW_ALIGN)
             .collect();
         let max = caps.max_storage_binding.min(u64::from(u32::MAX));
-        // The int8 matvec's quantized activations after the plan's values.
+        // The int8 matvec's quantized activations after the plan's values, then the
+        // greedy ids of the output rows.
+        let output =
+            Output::of(plan).ok_or_else(|| unsupported("a plan without an output".into()))?;
         let q8_scratch = (plan.arena_bytes as u64).next_multiple_of(16);
-        let arena_bytes = (q8_scratch + lower::matvec_scratch_bytes(plan)).max(16);
+        let ids_at = (q8_scratch + lower::matvec_scratch_bytes(plan)).next_multiple_of(16);
+        let argmax = (output.cols < ARGMAX_MAX_COLS).then_some(Output {
+            offset: ids_at,
+            rows: output.rows,
+            cols: 1,
+            max_rows: output.max_rows,
+        });
+        let ids_bytes = argmax.as_ref().map_or(0, |a| 4 * a.max_rows as u64);
+        let arena_bytes = (ids_at + ids_bytes).max(16);
         let kv_bytes = (kv.page_bytes() as u64)
             .checked_mul(kv_page_count as u64)
             .filter(|&b| b <= max)
@@ -442,12 +461,13 @@ impl Program {
             }
             launches.push(b.launch(launch)?);
         }
+        if let (Some(a), Some(last)) = (&argmax, launches.last_mut()) {
+            last.push(b.argmax(&output, a));
+        }
         let rope = ropes
             .iter()
             .map(|&params| crate::step::rope_table(plan, source, params))
             .collect::<Result<Vec<_>, _>>()?;
-        let output =
-            Output::of(plan).ok_or_else(|| unsupported("a plan without an output".into()))?;
         Ok(Program {
             pipelines: b.pipelines,
             launches,
@@ -461,6 +481,7 @@ impl Program {
             rope,
             kv_groups: kv.n_groups().max(1),
             output,
+            argmax,
         })
     }
 }

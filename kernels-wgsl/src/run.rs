@@ -12,7 +12,7 @@ use kiln_gpu_host::kv::leading_slots;
 use kiln_gpu_host::output::f32s_from_le;
 use kiln_gpu_host::timers::{Timestamps, no_timestamps};
 use kiln_gpu_host::{Lru, Output};
-use kiln_ir::backend::{BackendError, LaunchTime, Step, StepShape};
+use kiln_ir::backend::{BackendError, LaunchTime, NON_FINITE_ROW, Step, StepShape};
 use kiln_ir::kv_layout::KvLayout;
 
 use crate::program::StepList;
@@ -151,14 +151,56 @@ impl<D: Device> Loaded<D> {
     pub fn read_logits(&mut self, out: &mut [f32]) -> Result<(), BackendError> {
         let output = &self.program.output;
         output.check_logits(self.last, out.len(), D::NAME)?;
-        // Decode steps repeat their shape: where the last recording was consumed, the
-        // next one is recorded while this step runs, off the next step's path.
+        self.record_ahead()?;
+        let mut bytes = vec![0u8; out.len() * 4];
+        self.device.read_output(&self.program.output, &mut bytes)?;
+        f32s_from_le(&bytes, out);
+        Ok(())
+    }
+
+    /// The greedy token of each output row of the last step, as argmax.wgsl left it after
+    /// the step (one word a row read back, not the logits); the logits read and chosen
+    /// on the host where the program has no device argmax (a vocabulary of 2^24 and more).
+    pub fn read_argmax(&mut self, vocab: usize, out: &mut [u32]) -> Result<(), BackendError> {
+        let output = &self.program.output;
+        output.check_argmax(self.last, out.len(), vocab, D::NAME)?;
+        let Some(ids) = self.program.argmax.clone() else {
+            let mut logits = vec![0.0f32; out.len() * vocab]; // (rows, vocab)
+            self.read_logits(&mut logits)?;
+            for (id, row) in out.iter_mut().zip(logits.chunks_exact(vocab.max(1))) {
+                *id = kiln_ir::backend::argmax(row);
+            }
+            return Ok(());
+        };
+        self.record_ahead()?;
+        let mut bytes = vec![0u8; out.len() * 4];
+        self.device.read_output(&ids, &mut bytes)?;
+        let mut words = vec![0.0f32; out.len()];
+        f32s_from_le(&bytes, &mut words);
+        for (id, &w) in out.iter_mut().zip(&words) {
+            // An f32 count below 2^24, or -1: the row held a NaN or +inf.
+            *id = if w >= 0.0 { w as u32 } else { NON_FINITE_ROW };
+        }
+        Ok(())
+    }
+
+    /// (rows, columns) of the last step's output (what `read_logits` takes).
+    pub fn last_output_shape(&self) -> Result<(usize, usize), BackendError> {
+        let output = &self.program.output;
+        let last = self.last.ok_or_else(|| BackendError::BadStep {
+            backend: D::NAME,
+            reason: "no step has run".into(),
+        })?;
+        Ok((output.rows_in(last), output.cols))
+    }
+
+    /// Decode steps repeat their shape: where the last recording was consumed, the next
+    /// one is recorded while this step runs (as its output is read), off the next step's
+    /// path.
+    fn record_ahead(&mut self) -> Result<(), BackendError> {
         if let Some((list, recorded @ None)) = self.last.and_then(|s| self.prepared.get(&s)) {
             *recorded = Some(self.device.record(&self.program, list)?);
         }
-        let mut bytes = vec![0u8; out.len() * 4];
-        self.device.read_output(output, &mut bytes)?;
-        f32s_from_le(&bytes, out);
         Ok(())
     }
 

@@ -64,6 +64,8 @@ pub const FILES: &[(&str, &str)] = &[
     ("kv_write", include_str!("wgsl/kv_write.wgsl")),
     ("attention", include_str!("wgsl/attention.wgsl")),
     ("select_rows", include_str!("wgsl/select_rows.wgsl")),
+    // Not an op of the plan: the greedy LM head after the step (Backend::read_argmax).
+    ("argmax", include_str!("wgsl/argmax.wgsl")),
     ("rmsnorm_matmul", include_str!("wgsl/rmsnorm_matmul.wgsl")),
     ("matmul_swiglu", include_str!("wgsl/matmul_swiglu.wgsl")),
     (
@@ -176,6 +178,7 @@ pub const OPS: &[(&str, &[&str])] = &[
     ("add", &[]),
     ("swiglu", &[]),
     ("select_rows", &[]),
+    ("argmax", &[]),
     ("rope", &["rope_common"]),
     ("kv_write", &["reduce", "kv_common", "kv_store"]),
     (

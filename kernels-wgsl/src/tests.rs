@@ -140,7 +140,7 @@ fn params_match_the_host() {
             v.name()
         );
     }
-    assert_eq!(OPS.len(), 35);
+    assert_eq!(OPS.len(), 36);
 }
 
 #[test]

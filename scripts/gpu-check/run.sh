@@ -191,7 +191,7 @@ done
 rm -f "$BIG"
 
 # ---- The other GPU backends on the same card (issue 17), if the budget allows.
-for b in vulkan wgpu; do bench "smol_$b" 60 -m "$SMOL" --backend "$b" -p 512 -n 128 -b 1 -r 2; done
+for b in vulkan wgpu; do bench "smol_$b" 60 -m "$SMOL" --backend "$b" -p 512 -n 128 -b 1 -r 2 --top-k 0,1; done
 bench l8b_vulkan 90 -m "$L8B" --backend vulkan -p 512 -n 64 -b 1 -r 1
 
 # ---- Decode at depth (issue 15: attention over 4k cached tokens, 1 and 16 sequences)

@@ -47,6 +47,9 @@ fn main() -> ExitCode {
         test("gemma3_perplexity_matches_the_cpu_backend", || {
             with_backend(gemma3_perplexity_matches_the_cpu_backend)
         }),
+        test("argmax_on_the_device_matches_the_host", || {
+            with_backend(argmax_on_the_device_matches_the_host)
+        }),
         test("launch_times_cover_every_launch_of_the_last_step", || {
             with_backend(launch_times_cover_every_launch_of_the_last_step)
         }),
@@ -278,5 +281,12 @@ fn a_cpu_device_is_refused_unless_asked() -> Outcome {
         Err(kiln_ir::backend::BackendError::NoDevice { reason, .. }) => eprintln!("{reason}"),
         Err(e) => panic!("not NoDevice: {e}"),
     }
+    pass()
+}
+
+/// argmax.wgsl (after every step with output rows) picks, for every output row, what the
+/// host's argmax picks from the logits read back.
+fn argmax_on_the_device_matches_the_host(mut backend: VulkanBackend) -> Outcome {
+    kiln_tests::device::argmax_matches_host(&mut backend, VulkanBackend::last_output_shape);
     pass()
 }

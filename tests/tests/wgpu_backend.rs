@@ -48,6 +48,9 @@ fn main() -> ExitCode {
         test("gemma3_perplexity_matches_the_cpu_backend", || {
             with_backend(gemma3_perplexity_matches_the_cpu_backend)
         }),
+        test("argmax_on_the_device_matches_the_host", || {
+            with_backend(argmax_on_the_device_matches_the_host)
+        }),
         test("launch_times_cover_every_launch_of_the_last_step", || {
             with_backend(launch_times_cover_every_launch_of_the_last_step)
         }),
@@ -166,5 +169,12 @@ fn f16_arithmetic_is_reported_and_can_be_turned_off(backend: WgpuBackend) -> Out
     })
     .expect("the adapter opens");
     assert!(!off.properties().has_f16);
+    pass()
+}
+
+/// argmax.wgsl (after every step with output rows) picks, for every output row, what the
+/// host's argmax picks from the logits read back.
+fn argmax_on_the_device_matches_the_host(mut backend: WgpuBackend) -> Outcome {
+    kiln_tests::device::argmax_matches_host(&mut backend, WgpuBackend::last_output_shape);
     pass()
 }

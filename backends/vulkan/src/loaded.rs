@@ -47,7 +47,10 @@ pub struct VulkanPlan {
     pub cache: CacheStats,
     buffers: Buffers<Buffer>,
     step_host: Buffer,
+    /// The step's logits at 0, then its greedy ids (argmax.wgsl's) at `ids_readback`.
     readback: Buffer,
+    /// Where the ids are in the arena and in the readback buffer.
+    ids_readback: Option<(u64, u64)>,
 }
 
 impl std::fmt::Debug for VulkanPlan {
@@ -72,6 +75,8 @@ impl VulkanPlan {
         let staging = |capacity| StagingCopies::new(vk, capacity);
         buffers.upload(program, plan, source, NAME, staging)?;
         let (objects, cache) = Objects::new(vk, program, build)?;
+        let ids_bytes = program.argmax.as_ref().map_or(0, |a| a.max_bytes());
+        let readback_bytes = program.output.max_bytes() + ids_bytes;
         let loaded = VulkanPlan {
             objects,
             vk: vk.clone(),
@@ -79,7 +84,8 @@ impl VulkanPlan {
             cache,
             buffers,
             step_host: Buffer::new(vk, "step staging", STEP_BYTES, Kind::Upload)?,
-            readback: Buffer::new(vk, "logits", program.output.max_bytes(), Kind::Readback)?,
+            readback: Buffer::new(vk, "logits", readback_bytes, Kind::Readback)?,
+            ids_readback: (program.argmax.as_ref()).map(|a| (a.offset, program.output.max_bytes())),
         };
         loaded.write_sets(program);
         Ok(loaded)
@@ -224,6 +230,14 @@ impl VulkanPlan {
                     size: out_bytes,
                 };
                 d.cmd_copy_buffer(cb, self.buffers.arena.raw, self.readback.raw, &[copy]);
+                if let (Some((at, readback_at)), Some(ids)) = (self.ids_readback, &program.argmax) {
+                    let copy = vk::BufferCopy {
+                        src_offset: at,
+                        dst_offset: readback_at,
+                        size: ids.bytes_in(list.shape),
+                    };
+                    d.cmd_copy_buffer(cb, self.buffers.arena.raw, self.readback.raw, &[copy]);
+                }
             }
             self.vk.full_barrier(cb);
             d.end_command_buffer(cb)
@@ -286,10 +300,14 @@ impl Device for VulkanPlan {
         Ok(Some(recorded))
     }
 
-    fn read_output(&mut self, _: &Output, out: &mut [u8]) -> Result<(), BackendError> {
-        // The step copied its output to the start of the readback buffer.
+    fn read_output(&mut self, output: &Output, out: &mut [u8]) -> Result<(), BackendError> {
+        // The step copied its logits to the start of the readback buffer, its ids after.
         self.wait()?;
-        self.readback.read(0, out)
+        let at = match self.ids_readback {
+            Some((ids, readback_at)) if output.offset == ids => readback_at,
+            _ => 0,
+        };
+        self.readback.read(at, out)
     }
 
     fn copy_kv(&mut self, src: u64, dst: u64, regions: &[(u64, u64)]) -> Result<(), BackendError> {

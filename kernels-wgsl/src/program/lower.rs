@@ -181,6 +181,21 @@ impl Builder<'_> {
         }
     }
 
+    /// argmax.wgsl over the plan's output into `ids`, after everything its launch wrote
+    /// (the LM head's dispatches: a barrier before it).
+    pub(super) fn argmax(&mut self, output: &Output, ids: &Output) -> Dispatch {
+        let words = vec![
+            header_word(output.rows),
+            output.cols as u32,
+            (output.offset / 4) as u32,
+            (ids.offset / 4) as u32,
+        ];
+        let grid = Grid::PerRow { rows: output.rows };
+        let mut d = self.dispatch("argmax", None, words, vec![Params, Arena, Step], grid);
+        d.barrier = true;
+        d
+    }
+
     /// A matmul-family launch: x (rows, k) times weight `w` (and `w2`) into `out`. A plain
     /// matmul (with or without the residual) whose weight a window does not hold runs
     /// as dispatches over chunks of its rows.

@@ -19,6 +19,8 @@ struct Log {
     replays: bool,
     calls: Vec<String>,
     recordings: u32,
+    /// What the ids region (argmax.wgsl's, at `IDS_AT`) holds.
+    ids: Vec<f32>,
 }
 
 impl Device for Log {
@@ -47,9 +49,15 @@ impl Device for Log {
         self.calls.push(format!("submit {recorded}"));
         Ok(self.replays.then_some(recorded))
     }
-    fn read_output(&mut self, _: &Output, out: &mut [u8]) -> Result<(), BackendError> {
-        out.fill(0x3f);
-        self.calls.push("read".into());
+    fn read_output(&mut self, output: &Output, out: &mut [u8]) -> Result<(), BackendError> {
+        if output.offset == IDS_AT {
+            let words: Vec<u8> = self.ids.iter().flat_map(|w| w.to_le_bytes()).collect();
+            out.copy_from_slice(&words[..out.len()]);
+            self.calls.push("read ids".into());
+        } else {
+            out.fill(0x3f);
+            self.calls.push("read".into());
+        }
         Ok(())
     }
     fn copy_kv(&mut self, _: u64, _: u64, _: &[(u64, u64)]) -> Result<(), BackendError> {
@@ -64,6 +72,8 @@ impl Device for Log {
 }
 
 const VOCAB: usize = 5;
+/// Where the program's greedy ids lie in the arena.
+const IDS_AT: u64 = 2048;
 const PAGE: usize = 16;
 const PAGES: usize = 64;
 
@@ -116,6 +126,12 @@ fn program() -> Program {
             cols: VOCAB,
             max_rows: 4,
         },
+        argmax: Some(Output {
+            offset: IDS_AT,
+            rows: Rows::Outputs,
+            cols: 1,
+            max_rows: 4,
+        }),
     }
 }
 
@@ -124,13 +140,24 @@ fn loaded(replays: bool) -> Loaded<Log> {
         replays,
         calls: Vec::new(),
         recordings: 0,
+        ids: Vec::new(),
     };
     let kv = KvLayout::new(1, 1, 4).unwrap();
     Loaded::new(program(), device, &kv, false)
 }
 
-/// A step of `n` tokens of one sequence from position 0, its last token's logits wanted.
+/// A step of `n` tokens of one sequence from position 0, its last token's logits wanted
+/// and read.
 fn run(l: &mut Loaded<Log>, n: usize) {
+    execute(l, n);
+    let mut logits = [f32::NAN; VOCAB];
+    l.read_logits(&mut logits).unwrap();
+    let poison = f32::from_le_bytes([0x3f; 4]);
+    assert!(logits.iter().all(|&v| v == poison), "{logits:?}");
+}
+
+/// [`run`]'s step, its output not read.
+fn execute(l: &mut Loaded<Log>, n: usize) {
     let ids: Vec<u32> = (0..n as u32).map(|i| i % VOCAB as u32).collect();
     let positions: Vec<u32> = (0..n as u32).collect();
     let seq = vec![0; n];
@@ -144,10 +171,6 @@ fn run(l: &mut Loaded<Log>, n: usize) {
         output_rows: &[n as u32 - 1],
     };
     l.execute(&step).unwrap();
-    let mut logits = [f32::NAN; VOCAB];
-    l.read_logits(&mut logits).unwrap();
-    let poison = f32::from_le_bytes([0x3f; 4]);
-    assert!(logits.iter().all(|&v| v == poison), "{logits:?}");
 }
 
 #[test]
@@ -214,4 +237,45 @@ fn a_growing_step_buffer_releases_every_recording_first() {
         let own = format!("record {} (600 tokens)", kept + 1);
         assert_eq!(calls[grow + 2], own, "{calls:?}");
     }
+}
+
+/// `read_argmax` reads the ids region (one word a row, not the logits), records the next
+/// step ahead as `read_logits` does, turns argmax.wgsl's -1 into `NON_FINITE_ROW`, and
+/// checks what it is asked for.
+#[test]
+fn the_device_argmax_is_read_as_ids() {
+    let mut l = loaded(false);
+    run(&mut l, 1);
+    l.device.ids = vec![3.0];
+    let mut ids = [u32::MAX - 1];
+    l.read_argmax(VOCAB, &mut ids).unwrap();
+    assert_eq!(ids, [3]);
+    let calls = &l.device.calls;
+    assert_eq!(calls[calls.len() - 1], "read ids");
+    l.device.ids = vec![-1.0];
+    l.read_argmax(VOCAB, &mut ids).unwrap();
+    assert_eq!(ids, [kiln_ir::backend::NON_FINITE_ROW]);
+    assert!(
+        l.read_argmax(VOCAB + 1, &mut ids).is_err(),
+        "a vocabulary other than the output's"
+    );
+    assert!(
+        l.read_argmax(VOCAB, &mut [0, 0]).is_err(),
+        "more rows than the step's"
+    );
+    // A consumed recording is made again before the ids are waited for.
+    let mut l = loaded(false);
+    l.device.ids = vec![0.0];
+    execute(&mut l, 1);
+    l.read_argmax(VOCAB, &mut ids).unwrap();
+    assert_eq!(
+        l.device.calls,
+        [
+            "write",
+            "record 1 (1 tokens)",
+            "submit 1",
+            "record 2 (1 tokens)",
+            "read ids"
+        ]
+    );
 }
