@@ -143,7 +143,6 @@ impl Sequence<'_> {
     }
 }
 
-/// One sequence's part of the step being planned.
 /// What a step hands back for its output rows.
 enum Rows {
     /// (outputs, vocab) logits.
@@ -152,6 +151,7 @@ enum Rows {
     Top(usize, Vec<Candidate>),
 }
 
+/// One sequence's part of the step being planned.
 #[derive(Clone, Copy, Debug)]
 struct Chunk {
     /// Index into `running`.

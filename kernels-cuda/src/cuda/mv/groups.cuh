@@ -39,7 +39,10 @@ __device__ __forceinline__ void mv_group_words(const unsigned char* __restrict__
     }
 }
 
-// Row r's f16 record among words s of mv_group_words<R, 2>.
-__device__ __forceinline__ unsigned short mv_group_f16(const unsigned int* s, unsigned int r) {
+// Row r's f16 record among words s of mv_group_words<R, 2>. A template (W: the words'
+// type) so that a module which includes it without calling it gets no unused-function
+// warning (the int8 GEMM's, which reads the planes by cp.async).
+template <typename W>
+__device__ __forceinline__ unsigned short mv_group_f16(const W* s, unsigned int r) {
     return (unsigned short)(s[r / 2u] >> (16u * (r % 2u)));
 }
