@@ -438,6 +438,12 @@ pub fn argmax_matches_host<B: Backend>(
 /// the Runner trait's defaults choose on the host.
 pub struct LogitsOnly<'a>(pub &'a mut dyn Runner);
 
+impl std::fmt::Debug for LogitsOnly<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("LogitsOnly").field(&self.0.name()).finish()
+    }
+}
+
 impl Runner for LogitsOnly<'_> {
     fn name(&self) -> &'static str {
         self.0.name()
