@@ -151,10 +151,12 @@ fn run(
     let greedy = top && req.sampler.temperature <= 0.0;
     let top_k = (top && req.sampler.top_k > 0).then_some(req.sampler.top_k);
     let forward = |runner: &mut dyn Runner, tokens: &[u32]| -> Result<Next, Error> {
-        Ok(match top_k {
-            _ if greedy => Next::Token(runner.forward_greedy(tokens)?),
-            Some(k) => Next::Candidates(runner.forward_top_k(tokens, k)?),
-            None => Next::Logits(runner.forward(tokens, LogitsFor::Last)?),
+        Ok(if greedy {
+            Next::Token(runner.forward_greedy(tokens)?)
+        } else if let Some(k) = top_k {
+            Next::Candidates(runner.forward_top_k(tokens, k)?)
+        } else {
+            Next::Logits(runner.forward(tokens, LogitsFor::Last)?)
         })
     };
     let mut next = forward(runner, &req.prompt_ids)?;

@@ -168,19 +168,7 @@ pub trait Backend {
     /// backend with a device argmax overrides it, so that greedy decoding reads back one
     /// id per row instead of a row of logits.
     fn read_argmax(&mut self, vocab: usize, out: &mut [u32]) -> Result<(), BackendError> {
-        let rows = out.len();
-        if vocab == 0 && rows > 0 {
-            return Err(BackendError::BadStep {
-                backend: self.name(),
-                reason: "argmax over rows of 0 logits".into(),
-            });
-        }
-        let mut logits = vec![0.0f32; rows * vocab]; // (rows, vocab)
-        self.read_logits(&mut logits)?;
-        for (id, row) in out.iter_mut().zip(logits.chunks_exact(vocab.max(1))) {
-            *id = argmax(row);
-        }
-        Ok(())
+        host_argmax(self, vocab, out)
     }
 
     /// The `k` most likely tokens of each output row of the last step (`out`: (rows, k),
@@ -220,6 +208,28 @@ pub trait Backend {
             what: "per-launch timers".into(),
         })
     }
+}
+
+/// [`Backend::read_argmax`] on the host: the logits read back, each row's [`argmax`]
+/// taken. What a device argmax falls back to where it has none.
+pub fn host_argmax<B: Backend + ?Sized>(
+    backend: &mut B,
+    vocab: usize,
+    out: &mut [u32],
+) -> Result<(), BackendError> {
+    let rows = out.len();
+    if vocab == 0 && rows > 0 {
+        return Err(BackendError::BadStep {
+            backend: backend.name(),
+            reason: "argmax over rows of 0 logits".into(),
+        });
+    }
+    let mut logits = vec![0.0f32; rows * vocab]; // (rows, vocab)
+    backend.read_logits(&mut logits)?;
+    for (id, row) in out.iter_mut().zip(logits.chunks_exact(vocab.max(1))) {
+        *id = argmax(row);
+    }
+    Ok(())
 }
 
 /// [`Backend::read_top_k`] on the host: the logits read back, each row's top k chosen by

@@ -268,7 +268,10 @@ impl<A: Api> Backend for WgslBackend<A> {
     /// The greedy LM head on the device (argmax.wgsl, after every step with output
     /// rows): a greedy decode step reads back one word a row, not its logits.
     fn read_argmax(&mut self, vocab: usize, out: &mut [u32]) -> Result<(), BackendError> {
-        self.loaded()?.read_argmax(vocab, out)
+        match self.loaded()?.read_argmax(vocab, out) {
+            Some(read) => read,
+            None => kiln_ir::backend::host_argmax(self, vocab, out),
+        }
     }
 
     fn synchronize(&mut self) -> Result<(), BackendError> {

@@ -159,22 +159,29 @@ impl<D: Device> Loaded<D> {
     }
 
     /// The greedy token of each output row of the last step, as argmax.wgsl left it after
-    /// the step (one word a row read back, not the logits); the logits read and chosen
-    /// on the host where the program has no device argmax (a vocabulary of 2^24 and more).
-    pub fn read_argmax(&mut self, vocab: usize, out: &mut [u32]) -> Result<(), BackendError> {
-        let output = &self.program.output;
-        output.check_argmax(self.last, out.len(), vocab, D::NAME)?;
-        let Some(ids) = self.program.argmax.clone() else {
-            let mut logits = vec![0.0f32; out.len() * vocab]; // (rows, vocab)
-            self.read_logits(&mut logits)?;
-            for (id, row) in out.iter_mut().zip(logits.chunks_exact(vocab.max(1))) {
-                *id = kiln_ir::backend::argmax(row);
-            }
-            return Ok(());
-        };
+    /// the step (one word a row read back, not the logits); None where the program has no
+    /// device argmax (a vocabulary of 2^24 and more: the caller reads the logits).
+    pub fn read_argmax(
+        &mut self,
+        vocab: usize,
+        out: &mut [u32],
+    ) -> Option<Result<(), BackendError>> {
+        let ids = self.program.argmax?;
+        Some(self.read_ids(&ids, vocab, out))
+    }
+
+    fn read_ids(
+        &mut self,
+        ids: &Output,
+        vocab: usize,
+        out: &mut [u32],
+    ) -> Result<(), BackendError> {
+        self.program
+            .output
+            .check_argmax(self.last, out.len(), vocab, D::NAME)?;
         self.record_ahead()?;
         let mut bytes = vec![0u8; out.len() * 4];
-        self.device.read_output(&ids, &mut bytes)?;
+        self.device.read_output(ids, &mut bytes)?;
         let mut words = vec![0.0f32; out.len()];
         f32s_from_le(&bytes, &mut words);
         for (id, &w) in out.iter_mut().zip(&words) {

@@ -437,45 +437,37 @@ impl<'m> Scheduler<'m> {
             if s.computed < s.tokens.len() {
                 continue; // a prefill chunk that is not the last: no logits
             }
-            let logits = match &rows {
-                Rows::Logits(logits) => logits,
+            // The sampled token, and the row's logits where the step read them back (the
+            // log-probabilities need them; a top-k step serves no row that asks for them).
+            let (sampled, logits) = match &rows {
                 Rows::Top(k, cand) => {
                     let cand = &cand[row * k..(row + 1) * k];
                     row += 1;
-                    match s.sampler.sample_candidates(cand) {
-                        Ok(id) => {
-                            outcome.sampled += 1;
-                            if let Some(finish) = self.accept(c.seq, id) {
-                                self.finish(c.seq, finish);
-                                finished[c.seq] = true;
-                                outcome.finished += 1;
-                            }
-                        }
-                        Err(e) => {
-                            // NaN logits: this request fails, the others go on.
-                            s.send(Event::Failed(ApiError::internal(e.to_string())));
-                            finished[c.seq] = true;
-                        }
+                    (
+                        s.sampler.sample_candidates(cand).map_err(|e| e.to_string()),
+                        None,
+                    )
+                }
+                Rows::Logits(all) if c.guesses > 0 => {
+                    let rows = &all[row * vocab..(row + 1 + c.guesses) * vocab];
+                    row += 1 + c.guesses;
+                    let finish = self.accept_verified(c.seq, rows, vocab, &mut outcome)?;
+                    if let Some(finish) = finish {
+                        self.finish(c.seq, finish);
+                        finished[c.seq] = true;
+                        outcome.finished += 1;
                     }
                     continue;
                 }
-            };
-            if c.guesses > 0 {
-                let rows = &logits[row * vocab..(row + 1 + c.guesses) * vocab];
-                row += 1 + c.guesses;
-                let finish = self.accept_verified(c.seq, rows, vocab, &mut outcome)?;
-                if let Some(finish) = finish {
-                    self.finish(c.seq, finish);
-                    finished[c.seq] = true;
-                    outcome.finished += 1;
+                Rows::Logits(all) => {
+                    let logits = &all[row * vocab..(row + 1) * vocab];
+                    row += 1;
+                    let sampled = match &mut s.req.constraint {
+                        None => s.sampler.sample(logits).map_err(|e| e.to_string()),
+                        Some(constraint) => sample_constrained(&mut s.sampler, constraint, logits),
+                    };
+                    (sampled, Some(logits))
                 }
-                continue;
-            }
-            let logits = &logits[row * vocab..(row + 1) * vocab];
-            row += 1;
-            let sampled = match &mut s.req.constraint {
-                None => s.sampler.sample(logits).map_err(|e| e.to_string()),
-                Some(constraint) => sample_constrained(&mut s.sampler, constraint, logits),
             };
             let id = match sampled {
                 Ok(id) => id,
@@ -490,7 +482,7 @@ impl<'m> Scheduler<'m> {
             outcome.sampled += 1;
             // The end-of-generation token is not part of the answer's logprobs.
             let eog = self.tokenizer.is_eog(id) && !s.req.ignore_eos;
-            if let Some(k) = s.req.logprobs.filter(|_| !eog) {
+            if let (Some(k), Some(logits)) = (s.req.logprobs.filter(|_| !eog), logits) {
                 s.send(Event::Logprob(token_logprob(self.tokenizer, logits, id, k)));
             }
             if let Some(finish) = self.accept(c.seq, id) {

@@ -47,10 +47,11 @@ pub struct VulkanPlan {
     pub cache: CacheStats,
     buffers: Buffers<Buffer>,
     step_host: Buffer,
-    /// The step's logits at 0, then its greedy ids (argmax.wgsl's) at `ids_readback`.
+    /// What a step copies out of the arena: its logits, then its greedy ids
+    /// (argmax.wgsl's), each at its `readback` offset.
     readback: Buffer,
-    /// Where the ids are in the arena and in the readback buffer.
-    ids_readback: Option<(u64, u64)>,
+    /// The program's outputs (logits, ids) and where each lies in `readback`.
+    readback_at: Vec<(Output, u64)>,
 }
 
 impl std::fmt::Debug for VulkanPlan {
@@ -75,8 +76,12 @@ impl VulkanPlan {
         let staging = |capacity| StagingCopies::new(vk, capacity);
         buffers.upload(program, plan, source, NAME, staging)?;
         let (objects, cache) = Objects::new(vk, program, build)?;
-        let ids_bytes = program.argmax.as_ref().map_or(0, |a| a.max_bytes());
-        let readback_bytes = program.output.max_bytes() + ids_bytes;
+        let mut readback_at = Vec::new();
+        let mut readback_bytes = 0;
+        for output in std::iter::once(&program.output).chain(&program.argmax) {
+            readback_at.push((*output, readback_bytes));
+            readback_bytes += output.max_bytes();
+        }
         let loaded = VulkanPlan {
             objects,
             vk: vk.clone(),
@@ -85,7 +90,7 @@ impl VulkanPlan {
             buffers,
             step_host: Buffer::new(vk, "step staging", STEP_BYTES, Kind::Upload)?,
             readback: Buffer::new(vk, "logits", readback_bytes, Kind::Readback)?,
-            ids_readback: (program.argmax.as_ref()).map(|a| (a.offset, program.output.max_bytes())),
+            readback_at,
         };
         loaded.write_sets(program);
         Ok(loaded)
@@ -224,20 +229,14 @@ impl VulkanPlan {
             }
             if out_bytes > 0 {
                 self.vk.full_barrier(cb);
-                let copy = vk::BufferCopy {
-                    src_offset: program.output.offset,
-                    dst_offset: 0,
-                    size: out_bytes,
-                };
-                d.cmd_copy_buffer(cb, self.buffers.arena.raw, self.readback.raw, &[copy]);
-                if let (Some((at, readback_at)), Some(ids)) = (self.ids_readback, &program.argmax) {
-                    let copy = vk::BufferCopy {
-                        src_offset: at,
-                        dst_offset: readback_at,
-                        size: ids.bytes_in(list.shape),
-                    };
-                    d.cmd_copy_buffer(cb, self.buffers.arena.raw, self.readback.raw, &[copy]);
-                }
+                let copies: Vec<vk::BufferCopy> = (self.readback_at.iter())
+                    .map(|(output, at)| vk::BufferCopy {
+                        src_offset: output.offset,
+                        dst_offset: *at,
+                        size: output.bytes_in(list.shape),
+                    })
+                    .collect();
+                d.cmd_copy_buffer(cb, self.buffers.arena.raw, self.readback.raw, &copies);
             }
             self.vk.full_barrier(cb);
             d.end_command_buffer(cb)
@@ -301,13 +300,19 @@ impl Device for VulkanPlan {
     }
 
     fn read_output(&mut self, output: &Output, out: &mut [u8]) -> Result<(), BackendError> {
-        // The step copied its logits to the start of the readback buffer, its ids after.
+        // The step copied each of the program's outputs into the readback buffer.
         self.wait()?;
-        let at = match self.ids_readback {
-            Some((ids, readback_at)) if output.offset == ids => readback_at,
-            _ => 0,
+        let Some((_, at)) = self
+            .readback_at
+            .iter()
+            .find(|(o, _)| o.offset == output.offset)
+        else {
+            return Err(BackendError::Driver {
+                backend: NAME,
+                message: format!("no output at arena byte {} is read back", output.offset),
+            });
         };
-        self.readback.read(at, out)
+        self.readback.read(*at, out)
     }
 
     fn copy_kv(&mut self, src: u64, dst: u64, regions: &[(u64, u64)]) -> Result<(), BackendError> {

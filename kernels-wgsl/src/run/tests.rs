@@ -248,26 +248,34 @@ fn the_device_argmax_is_read_as_ids() {
     run(&mut l, 1);
     l.device.ids = vec![3.0];
     let mut ids = [u32::MAX - 1];
-    l.read_argmax(VOCAB, &mut ids).unwrap();
+    l.read_argmax(VOCAB, &mut ids)
+        .expect("a device argmax")
+        .unwrap();
     assert_eq!(ids, [3]);
     let calls = &l.device.calls;
     assert_eq!(calls[calls.len() - 1], "read ids");
     l.device.ids = vec![-1.0];
-    l.read_argmax(VOCAB, &mut ids).unwrap();
+    l.read_argmax(VOCAB, &mut ids)
+        .expect("a device argmax")
+        .unwrap();
     assert_eq!(ids, [kiln_ir::backend::NON_FINITE_ROW]);
     assert!(
-        l.read_argmax(VOCAB + 1, &mut ids).is_err(),
+        l.read_argmax(VOCAB + 1, &mut ids)
+            .is_some_and(|r| r.is_err()),
         "a vocabulary other than the output's"
     );
     assert!(
-        l.read_argmax(VOCAB, &mut [0, 0]).is_err(),
+        l.read_argmax(VOCAB, &mut [0, 0])
+            .is_some_and(|r| r.is_err()),
         "more rows than the step's"
     );
     // A consumed recording is made again before the ids are waited for.
     let mut l = loaded(false);
     l.device.ids = vec![0.0];
     execute(&mut l, 1);
-    l.read_argmax(VOCAB, &mut ids).unwrap();
+    l.read_argmax(VOCAB, &mut ids)
+        .expect("a device argmax")
+        .unwrap();
     assert_eq!(
         l.device.calls,
         [
