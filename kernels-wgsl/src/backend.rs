@@ -160,6 +160,8 @@ pub struct WgslBackend<A: Api> {
     properties: DeviceProperties,
     adapter: Adapter,
     debug: bool,
+    /// Launch times were asked for: plans loaded from then on are timed from the start.
+    timed: bool,
     loaded: Option<Loaded<A::Plan>>,
     // Last: the loaded plan's objects go before the device that made them.
     api: A,
@@ -197,6 +199,7 @@ impl<A: Api> WgslBackend<A> {
             properties: adapter.properties(&options),
             adapter,
             debug: options.debug,
+            timed: false,
             loaded: None,
             api,
         })
@@ -249,7 +252,9 @@ impl<A: Api> Backend for WgslBackend<A> {
             .map_err(|e| e.for_backend(A::Plan::NAME))?;
         self.adapter.check_bindings(&program, A::Plan::NAME)?;
         let device = self.api.load(&program, plan, weights)?;
-        self.loaded = Some(Loaded::new(program, device, kv, self.debug));
+        let mut loaded = Loaded::new(program, device, kv, self.debug);
+        loaded.timed = self.timed;
+        self.loaded = Some(loaded);
         Ok(())
     }
 
@@ -291,7 +296,10 @@ impl<A: Api> Backend for WgslBackend<A> {
 
     fn launch_times(&mut self) -> Result<Vec<LaunchTime>, BackendError> {
         let device = self.adapter.name.clone();
-        self.loaded()?.launch_times(&device)
+        let loaded = self.loaded()?;
+        let times = loaded.launch_times(&device);
+        self.timed = loaded.timed;
+        times
     }
 }
 

@@ -4,13 +4,15 @@
 //! what the device recorded for it (an LRU of [`PREPARED`]), then submitted (a recording
 //! the submission consumed is made again for the next step while the device runs this
 //! one, as its logits are read); reading the logits, copying KV pages and reading
-//! timestamps are checked and planned here too.
+//! timestamps are checked and planned here too. Timestamps are written only once asked
+//! for: the first `launch_times` turns them on (as the CUDA backend's timers), so that
+//! steps nobody times carry no queries.
 //! What a device API does (buffers, pipelines, binding, recording, queries) is its
 //! [`Device`] implementation: wgpu's and Vulkan's are all that is left in those crates.
 
 use kiln_gpu_host::kv::leading_slots;
 use kiln_gpu_host::output::f32s_from_le;
-use kiln_gpu_host::timers::{Timestamps, no_timestamps};
+use kiln_gpu_host::timers::{Timestamps, no_timestamps, not_timed_yet};
 use kiln_gpu_host::{Lru, Output};
 use kiln_ir::backend::{BackendError, LaunchTime, NON_FINITE_ROW, Step, StepShape};
 use kiln_ir::kv_layout::KvLayout;
@@ -45,11 +47,13 @@ pub trait Device {
     fn grow_step(&mut self, program: &Program, bytes: u64) -> Result<(), BackendError>;
     /// Write a step's buffer (at most its size).
     fn write_step(&mut self, data: &[u8]) -> Result<(), BackendError>;
-    /// Record a step shape's dispatch list.
+    /// Record a step shape's dispatch list, with the timestamp queries around each launch
+    /// where `timed`.
     fn record(
         &mut self,
         program: &Program,
         list: &StepList,
+        timed: bool,
     ) -> Result<Self::Recorded, BackendError>;
     /// Give back recordings (none of them is pending); dropping them is enough unless
     /// the device says otherwise.
@@ -62,8 +66,8 @@ pub trait Device {
     /// Copy `regions` (offset in a page, bytes) of the KV page at byte `src` of the KV
     /// buffer to the page at `dst` (two distinct pages).
     fn copy_kv(&mut self, src: u64, dst: u64, regions: &[(u64, u64)]) -> Result<(), BackendError>;
-    /// The last step's timestamps (`queries` of them, two per launch), None on a device
-    /// without timestamp queries.
+    /// The last step's timestamps (`queries` of them, two per launch; it was timed), None
+    /// on a device without timestamp queries.
     fn timestamps(&mut self, queries: u32) -> Result<Option<Timestamps>, BackendError>;
     /// Wait for everything submitted.
     fn synchronize(&mut self) -> Result<(), BackendError>;
@@ -79,6 +83,11 @@ pub struct Loaded<D: Device> {
     prepared: Lru<StepShape, (StepList, Option<D::Recorded>)>,
     last: Option<StepShape>,
     step_bytes: u64,
+    /// Steps are recorded with timestamps (`launch_times` was asked for), and the last
+    /// one ran so; `retime`: the recordings kept predate `timed`.
+    pub timed: bool,
+    last_timed: bool,
+    retime: bool,
     debug: bool,
 }
 
@@ -109,6 +118,9 @@ impl<D: Device> Loaded<D> {
             prepared: Lru::new(PREPARED),
             last: None,
             step_bytes: STEP_BYTES,
+            timed: false,
+            last_timed: false,
+            retime: false,
             debug,
         }
     }
@@ -118,11 +130,14 @@ impl<D: Device> Loaded<D> {
         // Packed while the previous step may still run.
         let data = self.program.pack_step(step).map_err(for_backend::<D>)?;
         self.device.wait_step()?;
-        if data.len() as u64 > self.step_bytes {
-            self.step_bytes = (data.len() as u64).next_power_of_two();
-            // What was recorded binds the old step buffer.
+        let grow = data.len() as u64 > self.step_bytes;
+        if grow || std::mem::take(&mut self.retime) {
+            // What was recorded binds the old step buffer, or lacks the timestamps.
             let recorded = self.prepared.drain().into_iter().filter_map(|(_, r)| r);
             self.device.release(recorded.collect());
+        }
+        if grow {
+            self.step_bytes = (data.len() as u64).next_power_of_two();
             self.device.grow_step(&self.program, self.step_bytes)?;
         }
         self.device.write_step(&data)?;
@@ -141,10 +156,11 @@ impl<D: Device> Loaded<D> {
         };
         let commands = match recorded.take() {
             Some(commands) => commands,
-            None => self.device.record(&self.program, list)?,
+            None => self.device.record(&self.program, list, self.timed)?,
         };
         *recorded = self.device.submit(commands)?;
         self.last = Some(shape);
+        self.last_timed = self.timed;
         Ok(())
     }
 
@@ -206,7 +222,7 @@ impl<D: Device> Loaded<D> {
     /// path.
     fn record_ahead(&mut self) -> Result<(), BackendError> {
         if let Some((list, recorded @ None)) = self.last.and_then(|s| self.prepared.get(&s)) {
-            *recorded = Some(self.device.record(&self.program, list)?);
+            *recorded = Some(self.device.record(&self.program, list, self.timed)?);
         }
         Ok(())
     }
@@ -229,13 +245,15 @@ impl<D: Device> Loaded<D> {
         self.device.copy_kv(src, dst, &regions)
     }
 
-    /// The time of every launch of the last step.
+    /// The time of every launch of the last step. Until a timed step has run (the first
+    /// call turns the timestamps on) it answers Unsupported; on a device without
+    /// timestamp queries, from then on.
     pub fn launch_times(&mut self, device_name: &str) -> Result<Vec<LaunchTime>, BackendError> {
-        if self.last.is_none() {
-            return Err(BackendError::BadStep {
-                backend: D::NAME,
-                reason: "no step has run".into(),
-            });
+        if !self.timed {
+            (self.timed, self.retime) = (true, true);
+        }
+        if !self.last_timed {
+            return Err(not_timed_yet(D::NAME));
         }
         match self.device.timestamps(self.program.timestamp_queries())? {
             Some(t) => Ok(t.launch_times()),

@@ -200,6 +200,9 @@ fn launch_times_cover_every_launch_of_the_last_step(mut backend: VulkanBackend) 
     assert!(backend.launch_times().is_err(), "no plan yet");
     let case = kiln_tests::conformance::find_case("rope_kv_write_attention_h64_gqa3_fp8_p16");
     kiln_tests::conformance::run_case(&mut backend, &case).expect("the case runs");
+    // The first call turns the timestamps on; the next step is timed.
+    assert!(backend.launch_times().is_err(), "not timed yet");
+    kiln_tests::conformance::run_case(&mut backend, &case).expect("the case runs");
     if let Err(e) = backend.launch_times() {
         return skip(format!("no timestamp queries on this device: {e}"));
     }

@@ -63,6 +63,15 @@ pub fn no_timestamps(backend: &'static str, device: &str) -> BackendError {
     }
 }
 
+/// The error of `launch_times` asked for before a timed step has run (a backend turns
+/// its timers on at the first call).
+pub fn not_timed_yet(backend: &'static str) -> BackendError {
+    BackendError::Unsupported {
+        backend,
+        what: "launch times before a timed step (timers are on from the next step)".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -165,8 +165,10 @@ impl VulkanPlan {
         cb: vk::CommandBuffer,
         program: &Program,
         list: &StepList,
+        timed: bool,
     ) -> Result<(), BackendError> {
         let (d, o) = (&self.vk.device, &self.objects);
+        let timer = o.timer.filter(|_| timed);
         // Orders what compute shaders wrote before what the next ones read or write.
         let compute_barrier = || {
             let barrier = [vk::MemoryBarrier::default()
@@ -181,7 +183,7 @@ impl VulkanPlan {
         };
         let out_bytes = program.output.bytes_in(list.shape);
         let stamp = |query: u32| {
-            if let Some(pool) = o.timer {
+            if let Some(pool) = timer {
                 let stage = vk::PipelineStageFlags::BOTTOM_OF_PIPE;
                 // SAFETY: `cb` is recording; the pool holds two queries per launch.
                 unsafe { d.cmd_write_timestamp(cb, stage, pool, query) };
@@ -195,7 +197,7 @@ impl VulkanPlan {
         unsafe {
             d.begin_command_buffer(cb, &vk::CommandBufferBeginInfo::default())
                 .map_err(|e| vk_error("recording a step", e, 0))?;
-            if let Some(pool) = o.timer {
+            if let Some(pool) = timer {
                 d.cmd_reset_query_pool(cb, pool, 0, program.timestamp_queries());
             }
             let mut bound = None;
@@ -270,9 +272,10 @@ impl Device for VulkanPlan {
         &mut self,
         program: &Program,
         list: &StepList,
+        timed: bool,
     ) -> Result<vk::CommandBuffer, BackendError> {
         let cb = self.objects.command_buffer()?;
-        if let Err(e) = self.record_into(cb, program, list) {
+        if let Err(e) = self.record_into(cb, program, list, timed) {
             self.objects.free(&[cb]); // never submitted
             return Err(e);
         }

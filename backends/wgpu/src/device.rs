@@ -65,9 +65,7 @@ impl Gpu {
             return Err(no_device(NAME, reason));
         }
         let offered = adapter.features();
-        let mut wanted = wgpu::Features::SUBGROUP
-            | wgpu::Features::TIMESTAMP_QUERY
-            | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES;
+        let mut wanted = wgpu::Features::SUBGROUP | wgpu::Features::TIMESTAMP_QUERY;
         if f16 {
             wanted |= wgpu::Features::SHADER_F16;
         }

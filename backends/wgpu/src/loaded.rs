@@ -22,14 +22,13 @@ use kiln_kernels_wgsl::{Program, Resource, Variant};
 
 use crate::device::{Gpu, NAME};
 
-/// Timestamp queries around every launch, resolved into a buffer read on demand.
+/// Timestamp queries at the ends of every launch's pass (a timed step runs a pass per
+/// launch: timestamps at pass boundaries are what every adapter with queries writes),
+/// resolved into a buffer read on demand.
 #[derive(Debug)]
 struct Timer {
     queries: wgpu::QuerySet,
     resolved: wgpu::Buffer,
-    /// Written inside the one compute pass (TIMESTAMP_QUERY_INSIDE_PASSES); otherwise
-    /// each launch gets a pass of its own with the timestamps at its ends.
-    inside_passes: bool,
 }
 
 /// A plan's objects on wgpu (the `Device` that kiln-kernels-wgsl's step flow drives).
@@ -223,7 +222,6 @@ impl Timer {
                 u64::from(queries) * 8,
                 wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
             )?,
-            inside_passes: (gpu.features).contains(wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES),
         }))
     }
 }
@@ -245,17 +243,17 @@ impl Device for WgpuPlan {
         Ok(())
     }
 
-    /// A step's commands: its list in one compute pass, or a pass per launch where
-    /// timestamps cannot be written inside passes; the timestamps resolved at the end.
+    /// A step's commands: its list in one compute pass; where `timed`, a pass per launch
+    /// with the timestamps at its ends, resolved at the end.
     fn record(
         &mut self,
         program: &Program,
         list: &StepList,
+        timed: bool,
     ) -> Result<wgpu::CommandBuffer, BackendError> {
         let mut encoder = self.gpu.device.create_command_encoder(&Default::default());
-        match &self.timer {
-            Some(t) if !t.inside_passes => {
-                // A pass per launch, its timestamps at the pass's ends.
+        match self.timer.as_ref().filter(|_| timed) {
+            Some(t) => {
                 for launch in list.launches() {
                     let [start, end] = launch.queries;
                     let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
@@ -268,23 +266,13 @@ impl Device for WgpuPlan {
                     });
                     self.encode(&mut pass, launch.runs);
                 }
-            }
-            Some(t) => {
-                let mut pass = encoder.begin_compute_pass(&Default::default());
-                for launch in list.launches() {
-                    pass.write_timestamp(&t.queries, launch.queries[0]);
-                    self.encode(&mut pass, launch.runs);
-                    pass.write_timestamp(&t.queries, launch.queries[1]);
-                }
+                let n = program.timestamp_queries();
+                encoder.resolve_query_set(&t.queries, 0..n, &t.resolved, 0);
             }
             None => self.encode(
                 &mut encoder.begin_compute_pass(&Default::default()),
                 &list.runs,
             ),
-        }
-        if let Some(t) = &self.timer {
-            let n = program.timestamp_queries();
-            encoder.resolve_query_set(&t.queries, 0..n, &t.resolved, 0);
         }
         let commands = encoder.finish();
         self.gpu.check("encoding a step")?;

@@ -2,20 +2,13 @@
 //! for the step's shape (crate::lower::geometry) launched with its argument struct;
 //! graphs of decode steps; per-launch timers.
 
+use kiln_gpu_host::timers::not_timed_yet;
 use kiln_ir::backend::{BackendError, LaunchTime, Step};
 
 use super::device::{Device, driver_error};
 use super::loaded::Loaded;
 use crate::launch::{DECODE_MAX_TOKENS, length_class};
 use crate::lower::geometry::{Planned, StepGeometry};
-
-/// Launch times asked for before a timed step has run.
-fn not_timed_yet(name: &'static str) -> BackendError {
-    BackendError::Unsupported {
-        backend: name,
-        what: "launch times before a timed step (timers are on from the next step)".into(),
-    }
-}
 
 impl<D: Device> Loaded<D> {
     pub fn execute(&mut self, device: &D, s: &Step<'_>) -> Result<(), BackendError> {

@@ -35,11 +35,12 @@ impl Device for Log {
         self.calls.push("write".into());
         Ok(())
     }
-    fn record(&mut self, _: &Program, list: &StepList) -> Result<u32, BackendError> {
+    fn record(&mut self, _: &Program, list: &StepList, timed: bool) -> Result<u32, BackendError> {
         self.recordings += 1;
         let n = list.shape.tokens;
+        let timed = if timed { ", timed" } else { "" };
         self.calls
-            .push(format!("record {} ({n} tokens)", self.recordings));
+            .push(format!("record {} ({n} tokens{timed})", self.recordings));
         Ok(self.recordings)
     }
     fn release(&mut self, recorded: Vec<u32>) {
@@ -63,8 +64,15 @@ impl Device for Log {
     fn copy_kv(&mut self, _: u64, _: u64, _: &[(u64, u64)]) -> Result<(), BackendError> {
         Ok(())
     }
-    fn timestamps(&mut self, _: u32) -> Result<Option<Timestamps>, BackendError> {
-        Ok(None)
+    fn timestamps(&mut self, queries: u32) -> Result<Option<Timestamps>, BackendError> {
+        self.calls.push(format!("timestamps {queries}"));
+        // Launch i took i + 1 ticks.
+        let ticks = (0..queries / 2).flat_map(|i| [10, 11 + u64::from(i)]);
+        Ok(Some(Timestamps {
+            ticks: ticks.collect(),
+            period_ns: 1.0,
+            valid_bits: 64,
+        }))
     }
     fn synchronize(&mut self) -> Result<(), BackendError> {
         Ok(())
@@ -286,4 +294,32 @@ fn the_device_argmax_is_read_as_ids() {
             "read ids"
         ]
     );
+}
+
+/// Steps carry timestamps only once `launch_times` asked for them: the first call turns
+/// them on and answers Unsupported, the recordings kept are released before the next
+/// step (they lack the queries), which records its own, timed; its times are read.
+#[test]
+fn the_first_launch_times_turns_the_timestamps_on() {
+    for replays in [true, false] {
+        let mut l = loaded(replays);
+        run(&mut l, 1);
+        assert!(matches!(
+            l.launch_times("log"),
+            Err(BackendError::Unsupported { .. })
+        ));
+        let before = l.device.calls.len();
+        run(&mut l, 1);
+        let calls = &l.device.calls[before..];
+        let kept = if replays { 1 } else { 2 };
+        let timed = format!("record {} (1 tokens, timed)", kept + 1);
+        assert_eq!(
+            calls[..3],
+            [format!("release [{kept}]"), "write".into(), timed]
+        );
+        let times = l.launch_times("log").unwrap();
+        assert_eq!(times.len(), 1);
+        assert!((times[0].seconds - 1e-9).abs() < 1e-15, "{times:?}");
+        assert_eq!(l.device.calls.last().unwrap(), "timestamps 2");
+    }
 }
