@@ -43,7 +43,7 @@ mod tests;
 
 use kiln_ir::backend::DeviceProperties;
 
-pub use program::{Dispatch, Grid, Pipeline, Program, Resource, Run, StepList};
+pub use program::{Dispatch, Grid, Pipeline, Program, Readback, Resource, Run, StepList};
 pub use sources::Variant;
 
 /// What the device offers that the kernels can use.

@@ -4,7 +4,7 @@
 //! and, per step, writes the step buffer and records the dispatches in order.
 
 use kiln_gpu_host::Output;
-use kiln_ir::backend::{DeviceProperties, StepLimits, StepShape, WeightSource};
+use kiln_ir::backend::{BackendError, DeviceProperties, StepLimits, StepShape, WeightSource};
 use kiln_ir::graph::{Graph, Rows};
 use kiln_ir::kv_layout::KvLayout;
 use kiln_ir::{AttentionParams, Op, Plan, WeightId};
@@ -490,5 +490,47 @@ impl Program {
     /// The step buffer's bytes for a checked step (what a backend uploads before it).
     pub fn pack_step(&self, step: &kiln_ir::backend::Step<'_>) -> Result<Vec<u8>, KernelError> {
         Ok(crate::step::pack(step, &self.rope, self.kv_groups)?)
+    }
+}
+
+/// Where a step's outputs are copied for the host to read, at the end of the step's own
+/// commands (one submission a step, no staging buffer made per read): the logits, then
+/// the greedy ids (argmax.wgsl's) where the program has them, each at a multiple of 16
+/// bytes (a mapping's alignment) of a host-readable buffer of `bytes`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Readback {
+    pub at: Vec<(Output, u64)>,
+    pub bytes: u64,
+}
+
+impl Readback {
+    pub fn of(program: &Program) -> Readback {
+        let mut at = Vec::new();
+        let mut bytes = 0;
+        for output in std::iter::once(&program.output).chain(&program.argmax) {
+            at.push((*output, bytes));
+            bytes = (bytes + output.max_bytes()).next_multiple_of(16);
+        }
+        Readback { at, bytes }
+    }
+
+    /// The copies a step of `shape` ends with: (arena offset, readback offset, bytes).
+    pub fn copies(&self, shape: StepShape) -> impl Iterator<Item = (u64, u64, u64)> + '_ {
+        let copies = self
+            .at
+            .iter()
+            .map(move |(o, at)| (o.offset, *at, o.bytes_in(shape)));
+        copies.filter(|c| c.2 > 0)
+    }
+
+    /// Where `output` lies in the readback buffer.
+    pub fn find(&self, output: &Output, backend: &'static str) -> Result<u64, BackendError> {
+        let found = self.at.iter().find(|(o, _)| o.offset == output.offset);
+        found
+            .map(|(_, at)| *at)
+            .ok_or_else(|| BackendError::Driver {
+                backend,
+                message: format!("no output at arena byte {} is read back", output.offset),
+            })
     }
 }

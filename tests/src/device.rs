@@ -339,6 +339,23 @@ pub fn decode_host_time(
         mean.as_secs_f64() * 1e6,
         t.len()
     );
+    // The last step's logits again: what reading a finished step's output costs (the
+    // first read waited for the step; the next step is recorded already).
+    let mut row = vec![f32::NAN; logits.len()];
+    let mut reads: Vec<Duration> = (0..steps)
+        .map(|_| {
+            let start = Instant::now();
+            gpu.backend().read_logits(&mut row).unwrap();
+            start.elapsed()
+        })
+        .collect();
+    reads.sort();
+    assert_eq!(row, logits, "a read again gives the same logits");
+    eprintln!(
+        "{name} on {device}: reading a finished step's logits ({} values): median {:.1} µs",
+        row.len(),
+        reads[reads.len() / 2].as_secs_f64() * 1e6
+    );
     median
 }
 

@@ -14,10 +14,10 @@ use kiln_gpu_host::timers::Timestamps;
 use kiln_gpu_host::{Cache, Output};
 use kiln_ir::Plan;
 use kiln_ir::backend::{BackendError, WeightSource};
-use kiln_kernels_wgsl::Program;
 use kiln_kernels_wgsl::buffers::Buffers;
 use kiln_kernels_wgsl::program::StepList;
 use kiln_kernels_wgsl::run::{Device, STEP_BYTES};
+use kiln_kernels_wgsl::{Program, Readback};
 
 use crate::buffer::{Buffer, Kind, StagingCopies};
 use crate::device::{NAME, Vk, vk_error};
@@ -51,7 +51,7 @@ pub struct VulkanPlan {
     /// (argmax.wgsl's), each at its `readback` offset.
     readback: Buffer,
     /// The program's outputs (logits, ids) and where each lies in `readback`.
-    readback_at: Vec<(Output, u64)>,
+    readback_at: Readback,
 }
 
 impl std::fmt::Debug for VulkanPlan {
@@ -76,12 +76,7 @@ impl VulkanPlan {
         let staging = |capacity| StagingCopies::new(vk, capacity);
         buffers.upload(program, plan, source, NAME, staging)?;
         let (objects, cache) = Objects::new(vk, program, build)?;
-        let mut readback_at = Vec::new();
-        let mut readback_bytes = 0;
-        for output in std::iter::once(&program.output).chain(&program.argmax) {
-            readback_at.push((*output, readback_bytes));
-            readback_bytes += output.max_bytes();
-        }
+        let readback_at = Readback::of(program);
         let loaded = VulkanPlan {
             objects,
             vk: vk.clone(),
@@ -89,7 +84,7 @@ impl VulkanPlan {
             cache,
             buffers,
             step_host: Buffer::new(vk, "step staging", STEP_BYTES, Kind::Upload)?,
-            readback: Buffer::new(vk, "logits", readback_bytes, Kind::Readback)?,
+            readback: Buffer::new(vk, "logits", readback_at.bytes, Kind::Readback)?,
             readback_at,
         };
         loaded.write_sets(program);
@@ -231,11 +226,11 @@ impl VulkanPlan {
             }
             if out_bytes > 0 {
                 self.vk.full_barrier(cb);
-                let copies: Vec<vk::BufferCopy> = (self.readback_at.iter())
-                    .map(|(output, at)| vk::BufferCopy {
-                        src_offset: output.offset,
-                        dst_offset: *at,
-                        size: output.bytes_in(list.shape),
+                let copies: Vec<vk::BufferCopy> = (self.readback_at.copies(list.shape))
+                    .map(|(src_offset, dst_offset, size)| vk::BufferCopy {
+                        src_offset,
+                        dst_offset,
+                        size,
                     })
                     .collect();
                 d.cmd_copy_buffer(cb, self.buffers.arena.raw, self.readback.raw, &copies);
@@ -305,17 +300,8 @@ impl Device for VulkanPlan {
     fn read_output(&mut self, output: &Output, out: &mut [u8]) -> Result<(), BackendError> {
         // The step copied each of the program's outputs into the readback buffer.
         self.wait()?;
-        let Some((_, at)) = self
-            .readback_at
-            .iter()
-            .find(|(o, _)| o.offset == output.offset)
-        else {
-            return Err(BackendError::Driver {
-                backend: NAME,
-                message: format!("no output at arena byte {} is read back", output.offset),
-            });
-        };
-        self.readback.read(*at, out)
+        let at = self.readback_at.find(output, NAME)?;
+        self.readback.read(at, out)
     }
 
     fn copy_kv(&mut self, src: u64, dst: u64, regions: &[(u64, u64)]) -> Result<(), BackendError> {

@@ -134,34 +134,35 @@ impl Gpu {
         Ok(buffer)
     }
 
-    /// Copy `out.len()` bytes (a multiple of 4) at `offset` of `src` to the host.
+    /// Copy `out.len()` bytes (a multiple of 4) at `offset` (a multiple of 8) of `src`, a
+    /// MAP_READ buffer, to the host: map, wait, copy, unmap.
     pub fn read(
         &self,
         src: &wgpu::Buffer,
         offset: u64,
         out: &mut [u8],
     ) -> Result<(), BackendError> {
+        let len = out.len() as u64;
+        check_range(NAME, "readback buffer", offset, len, src.size())?;
         if out.is_empty() {
             return Ok(());
         }
-        let len = out.len() as u64;
-        check_range(NAME, "buffer", offset, len, src.size())?;
-        let (sender, mapped) = std::sync::mpsc::channel();
         let slice = src.slice(offset..offset + len);
-        wgpu::util::DownloadBuffer::read_buffer(&self.device, &self.queue, &slice, move |r| {
-            // The receiver lives until after the wait below.
-            let _ = sender.send(r);
-        });
+        let (sender, mapped) = std::sync::mpsc::channel();
+        // The receiver lives until after the wait below.
+        slice.map_async(wgpu::MapMode::Read, move |r| drop(sender.send(r)));
         self.wait("reading back")?;
-        let bytes = match mapped.try_recv() {
-            Ok(Ok(bytes)) => bytes,
-            Ok(Err(e)) => return Err(driver(format!("mapping a readback buffer: {e}"))),
-            Err(_) => return Err(driver("a readback buffer was never mapped")),
-        };
-        let bytes = bytes
-            .get(..out.len())
-            .ok_or_else(|| driver("a short readback"))?;
-        out.copy_from_slice(bytes);
-        Ok(())
+        match mapped.try_recv() {
+            Ok(Ok(())) => {
+                let copied = match slice.get_mapped_range() {
+                    Ok(view) => Ok(out.copy_from_slice(&view)),
+                    Err(e) => Err(driver(format!("reading the mapped readback buffer: {e}"))),
+                };
+                src.unmap();
+                copied
+            }
+            Ok(Err(e)) => Err(driver(format!("mapping the readback buffer: {e}"))),
+            Err(_) => Err(driver("the readback buffer was never mapped")),
+        }
     }
 }

@@ -18,13 +18,13 @@ use kiln_ir::backend::{BackendError, WeightSource};
 use kiln_kernels_wgsl::buffers::Buffers;
 use kiln_kernels_wgsl::program::{ENTRY, Run, StepList};
 use kiln_kernels_wgsl::run::Device;
-use kiln_kernels_wgsl::{Program, Resource, Variant};
+use kiln_kernels_wgsl::{Program, Readback, Resource, Variant};
 
 use crate::device::{Gpu, NAME};
 
 /// Timestamp queries at the ends of every launch's pass (a timed step runs a pass per
 /// launch: timestamps at pass boundaries are what every adapter with queries writes),
-/// resolved into a buffer read on demand.
+/// resolved into a buffer, copied after the outputs in the readback buffer.
 #[derive(Debug)]
 struct Timer {
     queries: wgpu::QuerySet,
@@ -46,6 +46,10 @@ pub struct WgpuPlan {
     /// grows.
     bind_groups: Vec<[wgpu::BindGroup; 2]>,
     buffers: Buffers<wgpu::Buffer>,
+    /// What a step copies out of the arena at its end (`readback_at`: where each output
+    /// lies in it) and, timed, its timestamps (after the outputs), mapped when read.
+    readback: wgpu::Buffer,
+    readback_at: Readback,
     /// A KV page: WebGPU copies never overlap one buffer with itself.
     kv_scratch: wgpu::Buffer,
     timer: Option<Timer>,
@@ -116,7 +120,12 @@ impl WgpuPlan {
             }
             pipelines.push((pipeline, writes_kv));
         }
+        let readback_at = Readback::of(program);
+        let read = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
+        let bytes = readback_at.bytes + 8 * u64::from(program.timestamp_queries());
         let mut loaded = WgpuPlan {
+            readback: gpu.buffer("logits", bytes, read)?,
+            readback_at,
             gpu: gpu.clone(),
             pipelines,
             layouts,
@@ -243,8 +252,8 @@ impl Device for WgpuPlan {
         Ok(())
     }
 
-    /// A step's commands: its list in one compute pass; where `timed`, a pass per launch
-    /// with the timestamps at its ends, resolved at the end.
+    /// A step's commands: its list in one compute pass (where `timed`, a pass per launch
+    /// with the timestamps at its ends, resolved at the end), then its outputs' copies.
     fn record(
         &mut self,
         program: &Program,
@@ -268,11 +277,17 @@ impl Device for WgpuPlan {
                 }
                 let n = program.timestamp_queries();
                 encoder.resolve_query_set(&t.queries, 0..n, &t.resolved, 0);
+                let at = self.readback_at.bytes;
+                encoder.copy_buffer_to_buffer(&t.resolved, 0, &self.readback, at, 8 * u64::from(n));
             }
             None => self.encode(
                 &mut encoder.begin_compute_pass(&Default::default()),
                 &list.runs,
             ),
+        }
+        for (src, dst, bytes) in self.readback_at.copies(list.shape) {
+            let (arena, readback) = (&self.buffers.arena, &self.readback);
+            encoder.copy_buffer_to_buffer(arena, src, readback, dst, bytes);
         }
         let commands = encoder.finish();
         self.gpu.check("encoding a step")?;
@@ -288,7 +303,8 @@ impl Device for WgpuPlan {
     }
 
     fn read_output(&mut self, output: &Output, out: &mut [u8]) -> Result<(), BackendError> {
-        self.gpu.read(&self.buffers.arena, output.offset, out)
+        let at = self.readback_at.find(output, NAME)?;
+        self.gpu.read(&self.readback, at, out)
     }
 
     fn copy_kv(&mut self, src: u64, dst: u64, regions: &[(u64, u64)]) -> Result<(), BackendError> {
@@ -306,11 +322,12 @@ impl Device for WgpuPlan {
     }
 
     fn timestamps(&mut self, queries: u32) -> Result<Option<Timestamps>, BackendError> {
-        let Some(t) = &self.timer else {
+        if self.timer.is_none() {
             return Ok(None);
-        };
+        }
         let mut bytes = vec![0u8; 8 * queries as usize];
-        self.gpu.read(&t.resolved, 0, &mut bytes)?;
+        self.gpu
+            .read(&self.readback, self.readback_at.bytes, &mut bytes)?;
         let period_ns = f64::from(self.gpu.queue.get_timestamp_period());
         Ok(Some(Timestamps::from_le_bytes(&bytes, period_ns, 64)))
     }
