@@ -74,9 +74,10 @@ pub(crate) struct DeviceInfo {
     pub shader_f16: bool,
     /// Cooperative matrices for the GEMM's coop tiles, enabled: VK_KHR_cooperative_matrix
     /// with a 16 × 16 × 16 configuration of f16 A and B, f32 C and result at subgroup
-    /// scope in compute shaders, and the vulkanMemoryModel that naga's SPIR-V declares
-    /// with them; on Vulkan 1.3 devices with f16 arithmetic and subgroup arithmetic, of
-    /// subgroups of at most 64 and the tiles' workgroup memory. Off where not asked for.
+    /// scope in compute shaders, and the vulkanMemoryModel (with device scope) that
+    /// naga's SPIR-V declares with them; on Vulkan 1.3 devices with f16 arithmetic and
+    /// subgroup arithmetic, of subgroups of at most 64 and the tiles' workgroup memory.
+    /// Off where not asked for.
     pub coop_matrix: bool,
     /// Bytes of the device-local heaps.
     pub memory_bytes: u64,
@@ -171,14 +172,16 @@ fn has_gemm_coop_config(vulkan: &Instance, physical: vk::PhysicalDevice) -> bool
     // for it; the entry point was loaded from that instance.
     let configs = unsafe { ext.get_physical_device_cooperative_matrix_properties(physical) }
         .unwrap_or_default();
-    configs.iter().any(|p| {
-        (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
-            && p.a_type == vk::ComponentTypeKHR::FLOAT16
-            && p.b_type == vk::ComponentTypeKHR::FLOAT16
-            && p.c_type == vk::ComponentTypeKHR::FLOAT32
-            && p.result_type == vk::ComponentTypeKHR::FLOAT32
-            && p.scope == vk::ScopeKHR::SUBGROUP
-    })
+    configs.iter().any(is_gemm_coop_config)
+}
+
+fn is_gemm_coop_config(p: &vk::CooperativeMatrixPropertiesKHR) -> bool {
+    (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+        && p.a_type == vk::ComponentTypeKHR::FLOAT16
+        && p.b_type == vk::ComponentTypeKHR::FLOAT16
+        && p.c_type == vk::ComponentTypeKHR::FLOAT32
+        && p.result_type == vk::ComponentTypeKHR::FLOAT32
+        && p.scope == vk::ScopeKHR::SUBGROUP
 }
 
 /// A candidate physical device with what kiln needs of it.
@@ -426,6 +429,7 @@ impl Vk {
                 >= GEMM_COOP_SHARED_BYTES
             && f_coop.cooperative_matrix == vk::TRUE
             && f_memory_model.vulkan_memory_model == vk::TRUE
+            && f_memory_model.vulkan_memory_model_device_scope == vk::TRUE
             && coop_props
                 .cooperative_matrix_supported_stages
                 .contains(vk::ShaderStageFlags::COMPUTE)
@@ -447,8 +451,11 @@ impl Vk {
             .uniform_and_storage_buffer16_bit_access(true);
         let mut enable_coop =
             vk::PhysicalDeviceCooperativeMatrixFeaturesKHR::default().cooperative_matrix(true);
-        let mut enable_memory_model =
-            vk::PhysicalDeviceVulkanMemoryModelFeatures::default().vulkan_memory_model(true);
+        // Device scope too: wgpu-hal finds naga's barriers under the Vulkan memory model
+        // need it (VUID-RuntimeSpirv-vulkanMemoryModel-06265).
+        let mut enable_memory_model = vk::PhysicalDeviceVulkanMemoryModelFeatures::default()
+            .vulkan_memory_model(true)
+            .vulkan_memory_model_device_scope(true);
         let priorities = [1.0f32];
         let queues = [vk::DeviceQueueCreateInfo::default()
             .queue_family_index(c.family)
@@ -640,5 +647,53 @@ impl Vk {
                 &[],
             )
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The GEMM's configuration, as NVIDIA lists it, and the neighbours a driver lists
+    /// too (f16 results, 8-bit inputs, other sizes, workgroup scope) that it cannot use.
+    #[test]
+    fn only_the_16x16x16_f16_f32_subgroup_configuration_serves_the_gemm() {
+        let gemm = vk::CooperativeMatrixPropertiesKHR {
+            m_size: 16,
+            n_size: 16,
+            k_size: 16,
+            a_type: vk::ComponentTypeKHR::FLOAT16,
+            b_type: vk::ComponentTypeKHR::FLOAT16,
+            c_type: vk::ComponentTypeKHR::FLOAT32,
+            result_type: vk::ComponentTypeKHR::FLOAT32,
+            scope: vk::ScopeKHR::SUBGROUP,
+            ..Default::default()
+        };
+        assert!(is_gemm_coop_config(&gemm));
+        let others = [
+            vk::CooperativeMatrixPropertiesKHR {
+                c_type: vk::ComponentTypeKHR::FLOAT16,
+                result_type: vk::ComponentTypeKHR::FLOAT16,
+                ..gemm
+            },
+            vk::CooperativeMatrixPropertiesKHR {
+                a_type: vk::ComponentTypeKHR::SINT8,
+                b_type: vk::ComponentTypeKHR::SINT8,
+                ..gemm
+            },
+            vk::CooperativeMatrixPropertiesKHR {
+                m_size: 16,
+                n_size: 8,
+                k_size: 16,
+                ..gemm
+            },
+            vk::CooperativeMatrixPropertiesKHR {
+                scope: vk::ScopeKHR::WORKGROUP,
+                ..gemm
+            },
+        ];
+        for (i, other) in others.iter().enumerate() {
+            assert!(!is_gemm_coop_config(other), "configuration {i}");
+        }
     }
 }

@@ -108,9 +108,8 @@ fn gemm_block(g: Gemm, b: u32, c: GemmC) -> GemmC {
     }
     let a_at = 16u * (b / 4u) * GEMM_XS;
     let b_at = 16u * (b % 4u) * GEMM_XS;
-    var r = gemm_mma(gemm_load_a(a_at), gemm_load_b(b_at), c);
-    r = gemm_mma(gemm_load_a(a_at + 16u), gemm_load_b(b_at + 16u), r);
-    return r;
+    let r = gemm_mma(gemm_load_a(a_at), gemm_load_b(b_at), c);
+    return gemm_mma(gemm_load_a(a_at + 16u), gemm_load_b(b_at + 16u), r);
 }
 
 // The K-step's products added into the subgroup's blocks (every thread takes part: the
