@@ -278,13 +278,29 @@ fn the_gemm_runs_in_f16_where_the_device_has_it(mut backend: VulkanBackend) -> O
     .expect("the device opens");
     let without = run_case(&mut off, &case)?;
     eprintln!(
-        "{}: NMSE {with:.2e} with f16 arithmetic ({}), {without:.2e} without",
+        "{}: NMSE {with:.2e} with f16 arithmetic ({}, cooperative matrices {:?}), \
+         {without:.2e} without",
         case.name,
-        backend.properties().has_f16
+        backend.properties().has_f16,
+        backend.gemm_coop(),
     );
     assert!(without < 1e-11, "f32 tiles: {without:e}");
     if backend.properties().has_f16 {
         assert!(with > 1e-10 && with < case.limit, "f16 tiles: {with:e}");
+        // The cooperative-matrix kernel through its twin: f16 inputs too (f32 sums).
+        let mut twin = VulkanBackend::with_options(WgslOptions {
+            allow_cpu: true,
+            coop_matrix: CoopMatrix::Twin,
+            cache: Cache::Off,
+            ..WgslOptions::default()
+        })
+        .expect("the device opens");
+        let twin_error = run_case(&mut twin, &case)?;
+        eprintln!("{}: NMSE {twin_error:.2e} through the coop twin", case.name);
+        assert!(
+            twin_error > 1e-10 && twin_error < case.limit,
+            "coop twin: {twin_error:e}"
+        );
     } else {
         assert_eq!(with, without);
     }
