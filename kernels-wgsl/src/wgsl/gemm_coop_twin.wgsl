@@ -1,13 +1,12 @@
 // gemm_coop_twin.wgsl: gemm_coop_native.wgsl in plain WGSL, so that everything of the
 // cooperative-matrix GEMM but the matrix operations themselves (its tiling, indexing,
 // scales, epilogues and edges) runs where there are no cooperative matrices: the
-// conformance suite's vulkan_coop_twin on lavapipe. Its subgroups are 64 threads (lid /
-// 64, four to a workgroup: every subgroup holds four blocks, as on a device of 64-wide
-// subgroups), whatever the device's are. A and B are where they lie in workgroup memory
+// conformance suite's vulkan_coop_twin on lavapipe. Its subgroups are lid / 64 in
+// workgroups of even id (4 subgroups of 4 blocks each, as a device of 64-wide subgroups
+// runs) and lid / 32 in the others (8 of 2 blocks, as NVIDIA's 32: the blocks past 16
+// skipped), whatever the device's are. A and B are where they lie in workgroup memory
 // (the tiles do not change between a load and the multiply-add that reads it); C is
-// spread over the subgroup, 4 elements a thread, as a device holds it.
-
-const GEMM_TWIN_LANES: u32 = 64u;
+// spread over the subgroup, 256 / lanes elements a thread, as a device holds it.
 
 struct GemmIds {
     @builtin(workgroup_id) wg: vec3<u32>,
@@ -23,16 +22,19 @@ struct GemmB {
     at: u32,
 }
 
-// Element e = 16·row + column of the block is lane e % 64's v[e / 64].
+// Element e = 16·row + column of the block is lane e % lanes's v[e / lanes].
 struct GemmC {
-    v: vec4<f32>,
+    v: array<f32, 8>,
 }
 
+// The subgroup's width, and this thread's lane in it.
+var<private> gemm_lanes: u32;
 var<private> gemm_lane: u32;
 
 fn gemm_subgroup(ids: GemmIds) -> vec2<u32> {
-    gemm_lane = ids.lid % GEMM_TWIN_LANES;
-    return vec2<u32>(ids.lid / GEMM_TWIN_LANES, 256u / GEMM_TWIN_LANES);
+    gemm_lanes = select(64u, 32u, (ids.wg.x + ids.wg.y + ids.wg.z) % 2u == 1u);
+    gemm_lane = ids.lid % gemm_lanes;
+    return vec2<u32>(ids.lid / gemm_lanes, 256u / gemm_lanes);
 }
 
 fn gemm_load_a(at: u32) -> GemmA {
@@ -47,8 +49,8 @@ fn gemm_load_b(at: u32) -> GemmB {
 // B (k, s) at ws[b.at + s·GEMM_XS + k] (column-major, coopLoad).
 fn gemm_mma(a: GemmA, b: GemmB, c: GemmC) -> GemmC {
     var out = c;
-    for (var i = 0u; i < 4u; i++) {
-        let e = gemm_lane + i * GEMM_TWIN_LANES;
+    for (var i = 0u; i < 256u / gemm_lanes; i++) {
+        let e = gemm_lane + i * gemm_lanes;
         let r = e / 16u;
         let s = e % 16u;
         var sum = out.v[i];
@@ -62,8 +64,8 @@ fn gemm_mma(a: GemmA, b: GemmB, c: GemmC) -> GemmC {
 
 // coopStoreT: element (r, s) to cs[at + r·GEMM_CS + s].
 fn gemm_store_c(c: GemmC, at: u32) {
-    for (var i = 0u; i < 4u; i++) {
-        let e = gemm_lane + i * GEMM_TWIN_LANES;
+    for (var i = 0u; i < 256u / gemm_lanes; i++) {
+        let e = gemm_lane + i * gemm_lanes;
         cs[at + (e / 16u) * GEMM_CS + e % 16u] = c.v[i];
     }
 }
