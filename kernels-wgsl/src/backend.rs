@@ -11,7 +11,25 @@ use kiln_ir::{Graph, Op, Plan};
 
 use crate::program::WINDOW_ALIGN;
 use crate::run::{Device, Loaded};
-use crate::{Capabilities, Program};
+use crate::{Capabilities, Coop, Program};
+
+/// Workgroup memory the cooperative-matrix GEMM (gemm_tiles_coop.wgsl) uses: its f16
+/// tiles (2 × 64 × 40 halves), the staged sums (64 × 64 f32) and the scales (2 × 64).
+pub const GEMM_COOP_SHARED_BYTES: u64 = 2 * 64 * 40 * 2 + 64 * 64 * 4 + 2 * 64 * 4;
+
+/// Whether the tiled GEMM's f16 tiles are multiplied as cooperative matrices
+/// ([`WgslOptions::coop_matrix`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum CoopMatrix {
+    /// Where the device has them (the adapter's `coop_matrix`) and f16 arithmetic is on.
+    #[default]
+    Auto,
+    /// Never: the f16 tiles' own loop.
+    Off,
+    /// Their plain-WGSL twin (gemm_coop_twin.wgsl) on any device with f16 arithmetic:
+    /// the tests' way to run everything of that kernel but the matrix operations.
+    Twin,
+}
 
 /// How to open a WGSL backend (wgpu or Vulkan). `Default`: a GPU only, subgroups and f16
 /// arithmetic where the device has them (the largest subgroup size it offers up to a
@@ -30,6 +48,9 @@ pub struct WgslOptions {
     /// Use f16 arithmetic where the device has it (shader-f16: the tiled GEMM's f16 tiles
     /// for quantized weights); off: f32 arithmetic everywhere, what every device runs.
     pub shader_f16: bool,
+    /// Cooperative matrices for the tiled GEMM of quantized weights (with f16 arithmetic
+    /// only).
+    pub coop_matrix: CoopMatrix,
     /// Where compiled kernels (SPIR-V, the pipeline cache) are kept. Vulkan only: wgpu
     /// compiles its pipelines from WGSL at every load and ignores it.
     pub cache: Cache,
@@ -48,6 +69,7 @@ impl Default for WgslOptions {
             subgroups: true,
             subgroup_size: None,
             shader_f16: true,
+            coop_matrix: CoopMatrix::Auto,
             cache: Cache::Off,
             debug: false,
             max_weights_buffer: None,
@@ -73,6 +95,12 @@ pub struct Adapter {
     /// shaderFloat16 with 16-bit storage buffer access); false where the options turned
     /// it off.
     pub shader_f16: bool,
+    /// Cooperative matrices that the GEMM's coop tiles run on, enabled on the device: 16
+    /// × 16 × 16 with f16 A and B, f32 C, subgroup scope, in compute shaders, subgroups
+    /// of at most 64 (4 to a workgroup of 256) and GEMM_COOP_SHARED_BYTES of workgroup
+    /// memory (Vulkan's VK_KHR_cooperative_matrix); false where the options turned them
+    /// off.
+    pub coop_matrix: bool,
     /// Device-local memory, where the API says.
     pub memory_bytes: Option<u64>,
     /// The largest buffer (None: unknown).
@@ -108,13 +136,30 @@ impl Adapter {
         }
     }
 
-    /// What programs may use on this device of `properties`: what they say, and buffers
-    /// of at most 4 GiB, since a weights window's base is a dynamic offset, a u32
-    /// ([`crate::Run::dynamic_offsets`]).
-    fn capabilities(&self, properties: &DeviceProperties) -> Capabilities {
+    /// How the f16 tiles of a backend opened with `options` are multiplied: as
+    /// cooperative matrices where the device has them, or as their twin where asked
+    /// (both need f16 arithmetic); None: their own loop.
+    fn gemm_coop(&self, options: &WgslOptions) -> Option<Coop> {
+        if !(self.shader_f16 && options.shader_f16) {
+            return None;
+        }
+        match options.coop_matrix {
+            CoopMatrix::Off => None,
+            CoopMatrix::Twin => {
+                (self.shared_memory_bytes >= GEMM_COOP_SHARED_BYTES).then_some(Coop::Twin)
+            }
+            CoopMatrix::Auto => self.coop_matrix.then_some(Coop::Native),
+        }
+    }
+
+    /// What programs may use on this device of `properties`: what they say, the GEMM's
+    /// `coop` tiles, and buffers of at most 4 GiB, since a weights window's base is a
+    /// dynamic offset, a u32 ([`crate::Run::dynamic_offsets`]).
+    fn capabilities(&self, properties: &DeviceProperties, coop: Option<Coop>) -> Capabilities {
         let caps = Capabilities::of(properties, self.uniform_align);
         Capabilities {
             max_buffer: caps.max_buffer.min(1 << 32),
+            gemm_coop: coop,
             ..caps
         }
     }
@@ -159,6 +204,8 @@ pub trait Api: Sized {
 pub struct WgslBackend<A: Api> {
     properties: DeviceProperties,
     adapter: Adapter,
+    /// How the GEMM's f16 tiles are multiplied (Adapter::gemm_coop).
+    coop: Option<Coop>,
     debug: bool,
     /// Launch times were asked for: plans loaded from then on are timed from the start.
     timed: bool,
@@ -197,12 +244,19 @@ impl<A: Api> WgslBackend<A> {
         let (api, adapter) = A::open(&options)?;
         Ok(WgslBackend {
             properties: adapter.properties(&options),
+            coop: adapter.gemm_coop(&options),
             adapter,
             debug: options.debug,
             timed: false,
             loaded: None,
             api,
         })
+    }
+
+    /// How the tiled GEMM's f16 tiles are multiplied on this backend: as cooperative
+    /// matrices (or their twin), or None: by their own loop (or there are no f16 tiles).
+    pub fn gemm_coop(&self) -> Option<Coop> {
+        self.coop
     }
 
     /// The device API's own state (what its crate reports beyond the Backend trait).
@@ -247,7 +301,7 @@ impl<A: Api> Backend for WgslBackend<A> {
         kv_page_count: usize,
     ) -> Result<(), BackendError> {
         self.loaded = None;
-        let caps = self.adapter.capabilities(&self.properties);
+        let caps = self.adapter.capabilities(&self.properties, self.coop);
         let program = Program::new(plan, weights, kv, kv_page_count, &caps)
             .map_err(|e| e.for_backend(A::Plan::NAME))?;
         self.adapter.check_bindings(&program, A::Plan::NAME)?;
@@ -315,6 +369,7 @@ mod tests {
             subgroup_size: Some(32),
             subgroup_sizes: Some((16, 64)),
             shader_f16: true,
+            coop_matrix: false,
             memory_bytes: Some(3 << 30),
             max_buffer_bytes: Some(8 << 30),
             max_binding_bytes: 1 << 27,
@@ -335,7 +390,7 @@ mod tests {
             (Some(32), Some((16, 64)))
         );
         assert_eq!(p.max_buffer_bytes, Some(8 << 30));
-        let caps = a.capabilities(&p);
+        let caps = a.capabilities(&p, None);
         assert!(caps.subgroups && caps.shader_f16);
         assert_eq!(caps.max_buffer, 1 << 32, "dynamic offsets are u32s");
         assert_eq!(
@@ -358,14 +413,47 @@ mod tests {
             Some((16, 64)),
             "what the device can run"
         );
-        let caps = a.capabilities(&off);
+        let caps = a.capabilities(&off, None);
         assert!(!caps.subgroups && !caps.shader_f16);
         let without = Adapter {
             shader_f16: false,
             ..adapter()
         };
         let p = without.properties(&WgslOptions::default());
-        assert!(!p.has_f16 && !without.capabilities(&p).shader_f16);
+        assert!(!p.has_f16 && !without.capabilities(&p, None).shader_f16);
         assert_eq!(caps.max_buffer, 1000);
+    }
+
+    /// Cooperative matrices where the device has them and f16 arithmetic is on, never
+    /// when turned off; the twin wherever f16 arithmetic is (and its workgroup memory).
+    #[test]
+    fn the_gemm_coop_tiles_follow_the_device_and_the_options() {
+        let with = |coop_matrix| WgslOptions {
+            coop_matrix,
+            ..WgslOptions::default()
+        };
+        let coop = Adapter {
+            coop_matrix: true,
+            ..adapter()
+        };
+        assert_eq!(coop.gemm_coop(&with(CoopMatrix::Auto)), Some(Coop::Native));
+        assert_eq!(coop.gemm_coop(&with(CoopMatrix::Off)), None);
+        assert_eq!(coop.gemm_coop(&with(CoopMatrix::Twin)), Some(Coop::Twin));
+        let no_f16 = WgslOptions {
+            shader_f16: false,
+            ..WgslOptions::default()
+        };
+        assert_eq!(coop.gemm_coop(&no_f16), None);
+        let plain = adapter();
+        assert_eq!(plain.gemm_coop(&with(CoopMatrix::Auto)), None);
+        assert_eq!(plain.gemm_coop(&with(CoopMatrix::Twin)), Some(Coop::Twin));
+        let small = Adapter {
+            shared_memory_bytes: 16384,
+            ..adapter()
+        };
+        assert_eq!(small.gemm_coop(&with(CoopMatrix::Twin)), None);
+        let p = coop.properties(&WgslOptions::default());
+        let caps = coop.capabilities(&p, Some(Coop::Native));
+        assert_eq!(caps.gemm_coop, Some(Coop::Native));
     }
 }

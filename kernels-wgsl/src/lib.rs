@@ -44,7 +44,7 @@ mod tests;
 use kiln_ir::backend::DeviceProperties;
 
 pub use program::{Dispatch, Grid, Pipeline, Program, Readback, Resource, Run, StepList};
-pub use sources::Variant;
+pub use sources::{Coop, Variant};
 
 /// What the device offers that the kernels can use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +54,9 @@ pub struct Capabilities {
     /// f16 arithmetic in shaders (WebGPU's shader-f16; Vulkan's shaderFloat16 with 16-bit
     /// storage): the f16 variants ([`Variant::has_f16`]).
     pub shader_f16: bool,
+    /// The f16 variants' tiles multiplied as cooperative matrices (natively, where the
+    /// device has them; or their twin, a test's choice); None: by their own loop.
+    pub gemm_coop: Option<Coop>,
     /// The largest storage buffer binding, in bytes.
     pub max_storage_binding: u64,
     /// The largest buffer, in bytes: each weights buffer holds at most this (a dispatch
@@ -67,11 +70,13 @@ impl Capabilities {
     /// What a device of `properties` offers: subgroup variants where it reports a
     /// subgroup size (a backend leaves it None when they are off), f16 variants where it
     /// has f16 arithmetic (`has_f16`, false when they are off), bindings up to its
-    /// largest; params blocks at `uniform_align`.
+    /// largest; params blocks at `uniform_align`. No cooperative matrices (the
+    /// backend's [`crate::backend::Adapter`] says where there are).
     pub fn of(properties: &DeviceProperties, uniform_align: u64) -> Capabilities {
         Capabilities {
             subgroups: properties.subgroup_size.is_some(),
             shader_f16: properties.has_f16,
+            gemm_coop: None,
             max_storage_binding: properties.max_binding_bytes.unwrap_or(u64::MAX),
             max_buffer: properties.max_buffer_bytes.unwrap_or(u64::MAX),
             uniform_align,

@@ -32,6 +32,14 @@ pub const FILES: &[(&str, &str)] = &[
     // gemm_core's tiles: f32, or f16 on devices with shader-f16.
     ("gemm_tiles_f32", include_str!("wgsl/gemm_tiles_f32.wgsl")),
     ("gemm_tiles_f16", include_str!("wgsl/gemm_tiles_f16.wgsl")),
+    // ... or cooperative-matrix tiles: their matrix operations native, or their twin in
+    // plain WGSL (the tests' path where there are none).
+    ("gemm_tiles_coop", include_str!("wgsl/gemm_tiles_coop.wgsl")),
+    (
+        "gemm_coop_native",
+        include_str!("wgsl/gemm_coop_native.wgsl"),
+    ),
+    ("gemm_coop_twin", include_str!("wgsl/gemm_coop_twin.wgsl")),
     // The int8 decode matvec: activations quantized once per launch, packed weights.
     ("quantize_core", include_str!("wgsl/quantize_core.wgsl")),
     ("matvec_core", include_str!("wgsl/matvec_core.wgsl")),
@@ -240,8 +248,9 @@ pub const OPS: &[(&str, &[&str])] = &[
 ];
 
 /// What every tiled GEMM file includes (no reduction: its sums stay in registers);
-/// `gemm_tiles` stands for the tiles' type (`gemm_tiles_f32`, or `gemm_tiles_f16` in an
-/// f16 variant).
+/// `gemm_tiles` stands for the tiles' type (`gemm_tiles_f32`, `gemm_tiles_f16` in an
+/// f16 variant, `gemm_coop_native` or `gemm_coop_twin` then `gemm_tiles_coop` in a
+/// cooperative-matrix one).
 const GEMM_INCLUDES: &[&str] = &[
     "weights/common",
     "weights",
@@ -283,6 +292,19 @@ pub const WEIGHT_DTYPES: [DType; 12] = [
     DType::Q8_K,
 ];
 
+/// How the tiled GEMM's f16 tiles are multiplied when not by its own loop: by
+/// cooperative matrices (16 × 16 × 16, f16 A and B, f32 C), or by their twin in plain
+/// WGSL, the same kernel that any f16 device runs (the conformance suite's on lavapipe).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Coop {
+    /// WGSL's cooperative matrices (`enable wgpu_cooperative_matrix;`): naga's
+    /// COOPERATIVE_MATRIX and SUBGROUP capabilities, SPIR-V's CooperativeMatrixKHR and
+    /// VulkanMemoryModel.
+    Native,
+    /// gemm_coop_twin.wgsl: the matrix operations in plain WGSL.
+    Twin,
+}
+
 /// One kernel variant: the op file and what it is specialised for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Variant {
@@ -297,6 +319,8 @@ pub struct Variant {
     /// f16 arithmetic (WGSL's `enable f16;`, the device's shader-f16): the tiled GEMM's
     /// f16 tiles ([`Variant::has_f16`]).
     pub f16: bool,
+    /// The f16 tiles multiplied as cooperative matrices (only with `f16`).
+    pub coop: Option<Coop>,
 }
 
 impl Variant {
@@ -309,7 +333,19 @@ impl Variant {
         };
         let sg = if self.subgroups { "_sg" } else { "" };
         let f16 = if self.f16 { "_f16math" } else { "" };
-        format!("{}_{dtype}{sg}{f16}", self.op)
+        let coop = match self.coop {
+            None => "",
+            Some(Coop::Native) => "_coop",
+            Some(Coop::Twin) => "_cooptwin",
+        };
+        format!("{}_{dtype}{sg}{f16}{coop}", self.op)
+    }
+
+    /// Whether the kernel uses subgroup operations or builtins: its reductions', or
+    /// cooperative matrices' (each a subgroup's, which gemm_tiles_coop picks by
+    /// subgroup_id).
+    pub fn uses_subgroups(&self) -> bool {
+        self.subgroups || self.coop == Some(Coop::Native)
     }
 
     /// Whether the op has a variant in f16 arithmetic for weights of `weight`: the tiled
@@ -364,6 +400,17 @@ impl Variant {
                 return None;
             }
             out.push_str("enable f16;\n\n");
+        } else if self.coop.is_some() {
+            return None;
+        }
+        if self.coop == Some(Coop::Native) {
+            // The matrix operations need control flow uniform across a subgroup, which
+            // gemm_tiles_coop's is (its conditions are the subgroup's ids and the
+            // workgroup's tile); naga's analysis counts every builtin but the
+            // workgroup's as varying, and says so under this rule.
+            out.push_str(
+                "enable wgpu_cooperative_matrix;\ndiagnostic(off, derivative_uniformity);\n\n",
+            );
         }
         if self.subgroups && Variant::reduces(self.op) {
             // WGSL's `enable subgroups;` is not parsed by naga yet; wgpu enables the
@@ -387,10 +434,11 @@ impl Variant {
             Some(w) if MATVEC_DTYPES.contains(&w) => Some(format!("weights_q8/{}", w.name())),
             _ => None,
         };
-        let tiles = if self.f16 {
-            "gemm_tiles_f16"
-        } else {
-            "gemm_tiles_f32"
+        let tiles: &[&str] = match (self.f16, self.coop) {
+            (_, Some(Coop::Native)) => &["gemm_coop_native", "gemm_tiles_coop"],
+            (_, Some(Coop::Twin)) => &["gemm_coop_twin", "gemm_tiles_coop"],
+            (true, None) => &["gemm_tiles_f16"],
+            (false, None) => &["gemm_tiles_f32"],
         };
         let reduce = if self.subgroups {
             "reduce_subgroup"
@@ -399,14 +447,16 @@ impl Variant {
         };
         let mut parts = vec!["prelude".to_string()];
         for &inc in includes {
-            parts.push(match inc {
-                "reduce" => reduce.to_string(),
-                "weights" => weight_file.clone()?,
-                "weights_q8" => matvec_file.clone()?,
-                "mv_reduce" => format!("mv_{reduce}"),
-                "gemm_tiles" => tiles.to_string(),
-                other => other.to_string(),
-            });
+            match inc {
+                "gemm_tiles" => parts.extend(tiles.iter().map(|t| t.to_string())),
+                _ => parts.push(match inc {
+                    "reduce" => reduce.to_string(),
+                    "weights" => weight_file.clone()?,
+                    "weights_q8" => matvec_file.clone()?,
+                    "mv_reduce" => format!("mv_{reduce}"),
+                    other => other.to_string(),
+                }),
+            }
         }
         parts.push(self.op.to_string());
         for part in parts {
@@ -432,7 +482,8 @@ pub fn file(name: &str) -> Option<&'static str> {
 }
 
 /// Every variant a backend may build: each op × weight dtype × KV dtype × reduction ×
-/// arithmetic (f32, and f16 where the op has it).
+/// arithmetic (f32, and f16 where the op has it, its f16 tiles multiplied by the
+/// kernel's own loop or as cooperative matrices, native or twin).
 pub fn all_variants() -> Vec<Variant> {
     let mut out = Vec::new();
     for &(op, _) in OPS {
@@ -460,13 +511,21 @@ pub fn all_variants() -> Vec<Variant> {
                         .into_iter()
                         .filter(|&h| !h || Variant::has_f16(op, weight))
                     {
-                        out.push(Variant {
-                            op,
-                            weight,
-                            kv,
-                            subgroups,
-                            f16,
-                        });
+                        let coops: &[Option<Coop>] = if f16 {
+                            &[None, Some(Coop::Native), Some(Coop::Twin)]
+                        } else {
+                            &[None]
+                        };
+                        for &coop in coops {
+                            out.push(Variant {
+                                op,
+                                weight,
+                                kv,
+                                subgroups,
+                                f16,
+                                coop,
+                            });
+                        }
                     }
                 }
             }

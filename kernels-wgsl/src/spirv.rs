@@ -36,6 +36,10 @@ pub struct Target {
     /// f16 arithmetic (shaderFloat16, and the 16-bit storage buffer access naga's f16
     /// types declare): the f16 variants validate; without it they are refused.
     pub f16: bool,
+    /// Cooperative matrices (VK_KHR_cooperative_matrix, with the Vulkan memory model
+    /// naga's SPIR-V declares for them): the native cooperative-matrix variants
+    /// ([`crate::Coop::Native`]) validate; without it they are refused.
+    pub coop_matrix: bool,
 }
 
 /// Compiles kernels with one set of writer options and caches the results.
@@ -44,6 +48,7 @@ pub struct Compiler {
     subgroups: bool,
     integer_dot: bool,
     f16: bool,
+    coop_matrix: bool,
     /// Options and naga version, in every key.
     key: String,
     cache: DiskCache,
@@ -81,7 +86,7 @@ impl Compiler {
             ..spv::Options::default()
         };
         let key = format!(
-            "{NAGA}; spv {:?}; {:?}; {:?}; loops {}; div {}; subgroups {}; idot {}; f16 {}",
+            "{NAGA}; spv {:?}; {:?}; {:?}; loops {}; div {}; subgroups {}; idot {}; f16 {}; coop {}",
             target.version,
             options.bounds_check_policies,
             options.zero_initialize_workgroup_memory,
@@ -90,12 +95,14 @@ impl Compiler {
             target.subgroups,
             target.integer_dot,
             target.f16,
+            target.coop_matrix,
         );
         Compiler {
             options,
             subgroups: target.subgroups,
             integer_dot: target.integer_dot,
             f16: target.f16,
+            coop_matrix: target.coop_matrix,
             key,
             cache: DiskCache::new(cache),
         }
@@ -147,6 +154,9 @@ impl Compiler {
         if self.f16 {
             caps |= Capabilities::SHADER_FLOAT16;
         }
+        if self.coop_matrix {
+            caps |= Capabilities::COOPERATIVE_MATRIX;
+        }
         let mut validator = Validator::new(ValidationFlags::all(), caps);
         if self.subgroups {
             validator
@@ -181,6 +191,7 @@ mod tests {
             subgroups,
             integer_dot: true,
             f16: true,
+            coop_matrix: false,
         }
     }
 
@@ -209,7 +220,10 @@ mod tests {
         const INPUT_OUTPUT_16: u32 = 4436;
         let mut c = Compiler::new(target(false), &Cache::Off);
         let gemms = crate::sources::all_variants().into_iter().filter(|v| {
-            !v.subgroups && v.op == "gemm" && v.weight.is_some_and(|w| w.is_quantized())
+            !v.subgroups
+                && v.coop.is_none()
+                && v.op == "gemm"
+                && v.weight.is_some_and(|w| w.is_quantized())
         });
         for v in gemms {
             let words = c.spirv(&v.name(), &v.source().unwrap()).expect("compiles");
@@ -233,6 +247,126 @@ mod tests {
         };
         let refused = Compiler::new(no_f16, &Cache::Off).spirv(&v.name(), &v.source().unwrap());
         assert!(matches!(refused, Err(KernelError::Compile(_))));
+    }
+
+    /// Whether a module has an instruction of opcode `op`.
+    fn has_op(words: &[u32], op: u32) -> bool {
+        let mut i = 5;
+        while i < words.len() {
+            if words[i] & 0xFFFF == op {
+                return true;
+            }
+            i += (words[i] >> 16).max(1) as usize;
+        }
+        false
+    }
+
+    /// Every OpTypeCooperativeMatrixKHR of a module at subgroup scope as (component
+    /// bits, rows, columns, use: 0 A, 1 B, 2 accumulator), its operands' ids resolved
+    /// through the module's OpTypeFloat and 32-bit OpConstant.
+    fn coop_types(words: &[u32]) -> Vec<(u32, u32, u32, u32)> {
+        const OP_TYPE_FLOAT: u32 = 22;
+        const OP_CONSTANT: u32 = 43;
+        const OP_TYPE_COOP: u32 = 4456;
+        const SCOPE_SUBGROUP: u32 = 3;
+        let mut floats = std::collections::HashMap::new();
+        let mut constants = std::collections::HashMap::new();
+        let mut coops = Vec::new();
+        let mut i = 5;
+        while i < words.len() {
+            let (count, op) = ((words[i] >> 16) as usize, words[i] & 0xFFFF);
+            let ins = &words[i..(i + count.max(1)).min(words.len())];
+            match (op, ins.len()) {
+                (OP_TYPE_FLOAT, 3..) => {
+                    floats.insert(ins[1], ins[2]);
+                }
+                (OP_CONSTANT, 4) => {
+                    constants.insert(ins[2], ins[3]);
+                }
+                (OP_TYPE_COOP, 7) => coops.push([ins[2], ins[3], ins[4], ins[5], ins[6]]),
+                _ => {}
+            }
+            i += count.max(1);
+        }
+        coops
+            .into_iter()
+            .map(|[component, scope, rows, columns, usage]| {
+                assert_eq!(constants[&scope], SCOPE_SUBGROUP);
+                (
+                    floats[&component],
+                    constants[&rows],
+                    constants[&columns],
+                    constants[&usage],
+                )
+            })
+            .collect()
+    }
+
+    /// The cooperative-matrix GEMM (every op, every quantized type) as the Vulkan
+    /// backend compiles it for a device with VK_KHR_cooperative_matrix: naga validates it
+    /// with the capability, and the SPIR-V declares CooperativeMatrixKHR and the Vulkan
+    /// memory model, loads, multiply-adds and stores cooperative matrices of 16 × 16. Its
+    /// twin declares none of it; without the capability the native variant is refused.
+    #[test]
+    fn coop_variants_are_cooperative_matrix_spirv() {
+        const CAP_COOP: u32 = 6022;
+        const CAP_VULKAN_MEMORY_MODEL: u32 = 5345;
+        const OP_TYPE_COOP: u32 = 4456;
+        const OP_COOP_LOAD: u32 = 4457;
+        const OP_COOP_STORE: u32 = 4458;
+        const OP_COOP_MUL_ADD: u32 = 4459;
+        const OP_MEMORY_MODEL: u32 = 14;
+        const MEMORY_MODEL_VULKAN: u32 = 3;
+        let coop_target = Target {
+            coop_matrix: true,
+            ..target(true)
+        };
+        let mut c = Compiler::new(coop_target, &Cache::Off);
+        let coops: Vec<_> = crate::sources::all_variants()
+            .into_iter()
+            .filter(|v| v.coop.is_some())
+            .collect();
+        let quantized = crate::sources::WEIGHT_DTYPES
+            .iter()
+            .filter(|d| d.is_quantized())
+            .count();
+        assert_eq!(coops.len(), 2 * 7 * quantized, "native and twin, 7 ops");
+        for v in &coops {
+            let name = v.name();
+            let words = c.spirv(&name, &v.source().unwrap()).expect("compiles");
+            let native = v.coop == Some(crate::Coop::Native);
+            for cap in [CAP_COOP, CAP_VULKAN_MEMORY_MODEL] {
+                assert_eq!(declares(&words, cap), native, "{name} capability {cap}");
+            }
+            for op in [OP_TYPE_COOP, OP_COOP_LOAD, OP_COOP_STORE, OP_COOP_MUL_ADD] {
+                assert_eq!(has_op(&words, op), native, "{name} opcode {op}");
+            }
+            // OpMemoryModel Logical Vulkan: 3 words from the instruction's.
+            let model = words[5..]
+                .windows(3)
+                .any(|w| w[0] == (3 << 16 | OP_MEMORY_MODEL) && w[2] == MEMORY_MODEL_VULKAN);
+            assert_eq!(model, native, "{name}: the Vulkan memory model");
+        }
+        // The matrix types: 16 × 16 at subgroup scope, f16 A and B, f32 C, as the Vulkan
+        // backend finds the configuration.
+        let native = coops
+            .iter()
+            .find(|v| v.coop == Some(crate::Coop::Native))
+            .unwrap();
+        let source = native.source().unwrap();
+        let words = c.spirv(&native.name(), &source).unwrap();
+        let mut types = coop_types(&words);
+        types.sort();
+        assert_eq!(types, [(16, 16, 16, 0), (16, 16, 16, 1), (32, 16, 16, 2)]);
+        let refused = Compiler::new(target(true), &Cache::Off).spirv(&native.name(), &source);
+        assert!(matches!(refused, Err(KernelError::Compile(_))));
+        for v in crate::sources::all_variants()
+            .into_iter()
+            .filter(|v| v.coop.is_none() && v.op.contains("gemm"))
+        {
+            let words = c.spirv(&v.name(), &v.source().unwrap()).expect("compiles");
+            assert!(!declares(&words, CAP_COOP), "{}", v.name());
+        }
     }
 
     /// The int8 matvec's dot products: OpSDot where the device has them, byte products
@@ -275,7 +409,7 @@ mod tests {
             let mut c = Compiler::new(target(subgroups), &Cache::Off);
             for v in crate::sources::all_variants()
                 .into_iter()
-                .filter(|v| v.subgroups == subgroups)
+                .filter(|v| v.subgroups == subgroups && v.coop != Some(crate::Coop::Native))
             {
                 let source = v.source().expect("source");
                 let words = c.spirv(&v.name(), &source).expect("compiles");

@@ -23,11 +23,14 @@ fn every_variant_validates_with_naga() {
         // f16 <-> f32 packing is there on every wgpu backend kiln builds (downlevel
         // flag SHADER_F16_IN_F32: Vulkan, Metal, DX12).
         let mut caps = Capabilities::SHADER_FLOAT16_IN_FLOAT32;
-        if v.subgroups {
+        if v.uses_subgroups() {
             caps |= Capabilities::SUBGROUP;
         }
         if v.f16 {
             caps |= Capabilities::SHADER_FLOAT16;
+        }
+        if v.coop == Some(crate::Coop::Native) {
+            caps |= Capabilities::COOPERATIVE_MATRIX;
         }
         Validator::new(ValidationFlags::all(), caps)
             .validate(&module)
@@ -68,7 +71,10 @@ fn the_int8_matvec_validates_without_integer_dot_products() {
 #[test]
 fn f16_variants_are_the_quantized_gemms_and_need_shader_f16() {
     use kiln_ir::DType;
-    let f16: Vec<_> = all_variants().into_iter().filter(|v| v.f16).collect();
+    let f16: Vec<_> = all_variants()
+        .into_iter()
+        .filter(|v| v.f16 && v.coop.is_none())
+        .collect();
     let quantized = crate::sources::WEIGHT_DTYPES
         .iter()
         .filter(|d| d.is_quantized())
@@ -94,6 +100,7 @@ fn f16_variants_are_the_quantized_gemms_and_need_shader_f16() {
             kv: None,
             subgroups: false,
             f16: true,
+            coop: None,
         };
         assert!(v.source().is_none(), "{weight} weights keep f32 tiles");
     }

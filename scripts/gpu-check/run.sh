@@ -6,7 +6,8 @@
 # GEMMs of 512 tokens (b_gemm, the criterion suite on CUDA); a model
 # over 4 GiB on CUDA and Vulkan;
 # compute-sanitizer memcheck on a short run, racecheck and memcheck on a prefill of ~75
-# tokens; the cuda-report table; Vulkan and wgpu; decode
+# tokens; the cuda-report table; Vulkan and wgpu; Vulkan's prefill GEMM with cooperative
+# matrices on and off (its kernels built, its matmul conformance cases); decode
 # at a depth of 4k tokens and prompt lookup on the 8B shape; and one table of kiln's
 # figures beside llama.cpp's on an H200.
 # About 4 minutes on an H200; every step has a timeout and the whole stays under 8 minutes
@@ -193,6 +194,19 @@ rm -f "$BIG"
 # ---- The other GPU backends on the same card (issue 17), if the budget allows.
 for b in vulkan wgpu; do bench "smol_$b" 60 -m "$SMOL" --backend "$b" -p 512 -n 128 -b 1 -r 2 --top-k 0,1; done
 bench l8b_vulkan 90 -m "$L8B" --backend vulkan -p 512 -n 64 -b 1 -r 1
+
+# ---- Vulkan's prefill GEMM on cooperative matrices (issue 17, item 2): whether the Vulkan
+# backend builds its coop kernels here (gemm_*_coop, where the driver lists
+# VK_KHR_cooperative_matrix's 16x16x16 f16/f32 at subgroup scope), the conformance suite's
+# Vulkan matmul cases through them (CI runs only their plain-WGSL twin, on lavapipe), and
+# the prefill of 512 tokens with them on (the runs above: KILN_VULKAN_COOP unset) and off.
+PC="$P $P $P $P $P"
+KILN_DEBUG=1 run vulkan_coop_kernels 60 "$K" run -m "$SMOL" --backend vulkan -p "$PC" -n 1 --temp 0
+[ $dry = 1 ] || say "vulkan coop GEMM kernels built: $(grep -cE 'built [a-z0-9_]*gemm[a-z0-9_]*_coop ' "$L/vulkan_coop_kernels.log" 2>/dev/null) (of $(grep -cE 'built [a-z0-9_]*gemm' "$L/vulkan_coop_kernels.log" 2>/dev/null) GEMM kernels; 0: no cooperative matrices, the f16 tiles ran)"
+run conformance_vulkan_matmul 120 "$G/t_conformance" vulkan::matmul --test-threads=4
+run conformance_vulkan_rmsnorm_matmul 90 "$G/t_conformance" vulkan::rmsnorm_matmul --test-threads=4
+KILN_VULKAN_COOP=0 bench l8b_vulkan_nocoop 90 -m "$L8B" --backend vulkan -p 512 -n 64 -b 1 -r 1
+KILN_VULKAN_COOP=0 bench smol_vulkan_nocoop 60 -m "$SMOL" --backend vulkan -p 512 -n 128 -b 1 -r 2
 
 # ---- Decode at depth (issue 15: attention over 4k cached tokens, 1 and 16 sequences)
 # and prompt lookup on the 8B shape (issue 18: a verification of K tokens against a step).

@@ -54,6 +54,30 @@ fn configurations() -> Vec<Target> {
                 )?))
             }),
         ),
+        // The prefill GEMM's cooperative-matrix kernel (gemm_tiles_coop.wgsl) with its
+        // twin's matrix operations in plain WGSL: lavapipe has no cooperative matrices,
+        // so this is how CI runs everything of that kernel but them. Matmul cases only.
+        Target::new(
+            "vulkan_coop_twin",
+            kiln_backends::Ci::Lavapipe,
+            Arc::new(|| {
+                let options = kiln_backend_vulkan::WgslOptions {
+                    allow_cpu: true,
+                    coop_matrix: kiln_backend_vulkan::CoopMatrix::Twin,
+                    ..Default::default()
+                };
+                let backend = kiln_backend_vulkan::VulkanBackend::with_options(options)?;
+                // Not the f16 tiles again, unnoticed (the twin needs f16 arithmetic and
+                // its workgroup memory).
+                if backend.gemm_coop() != Some(kiln_backend_vulkan::Coop::Twin) {
+                    return Err(kiln_ir::backend::BackendError::Unsupported {
+                        backend: "vulkan",
+                        what: "the cooperative-matrix twin (f16 arithmetic, 27 KiB of workgroup memory)".into(),
+                    });
+                }
+                Ok(Box::new(backend))
+            }),
+        ),
         // The CUDA kernels on the CPU (backends/cuda-emu): CI has a C++ compiler, so a
         // missing one fails there like a missing lavapipe. As an H100 runs them (sm_90,
         // tensor cores, split-K decode attention, decode steps as graphs), then as a
@@ -111,7 +135,22 @@ const EMU_TOO_SLOW: &[&str] = &["::attention_h128_gqa8_f16_p16"];
 
 /// Configurations that differ from their backend in the matmul family's kernels alone,
 /// and run only the cases whose name says matmul.
-const MATMUL_ONLY: &[&str] = &["vulkan_no_f16"];
+const MATMUL_ONLY: &[&str] = &["vulkan_no_f16", "vulkan_coop_twin"];
+
+/// Configurations that differ from their backend in the tiled GEMM's f16 tiles alone
+/// (quantized weights, steps of more than 32 rows: the int8 matvec takes up to 32), and
+/// run only the matmul cases that take it.
+const GEMM_F16_ONLY: &[&str] = &["vulkan_coop_twin"];
+
+/// Whether a matmul case's name (`…matmul…_t<rows>_<dtype>…`) says its steps take the
+/// tiled GEMM's f16 tiles: more than 32 rows, not float weights.
+fn takes_gemm_f16(name: &str) -> bool {
+    let rows = name
+        .split('_')
+        .find_map(|part| part.strip_prefix('t').and_then(|n| n.parse::<u32>().ok()));
+    let float = ["_f32", "_f16", "_bf16"].iter().any(|f| name.ends_with(f));
+    rows.is_some_and(|r| r > 32) && !float
+}
 
 fn main() -> ExitCode {
     let mut trials: Vec<Trial> = vec![test("every_limit_can_fail", || {
@@ -124,8 +163,12 @@ fn main() -> ExitCode {
     for target in targets {
         let emulated = target.name.starts_with("cuda_emu");
         let matmul_only = MATMUL_ONLY.contains(&target.name.as_str());
+        let gemm_f16_only = GEMM_F16_ONLY.contains(&target.name.as_str());
         for trial in conformance::trials(&target) {
             if matmul_only && !trial.name().contains("matmul") {
+                continue;
+            }
+            if gemm_f16_only && !takes_gemm_f16(trial.name()) {
                 continue;
             }
             // Emulated threads are ~1000× slower than a GPU's: a case of thousands of

@@ -8,7 +8,7 @@
 
 use std::process::ExitCode;
 
-use kiln_backend_vulkan::{Cache, VulkanBackend, VulkanInfo, WgslOptions};
+use kiln_backend_vulkan::{Cache, Coop, CoopMatrix, VulkanBackend, VulkanInfo, WgslOptions};
 use kiln_backends::Ci;
 use kiln_engine::kv::KvDtype;
 use kiln_engine::model::Model;
@@ -213,8 +213,12 @@ fn launch_times_cover_every_launch_of_the_last_step(mut backend: VulkanBackend) 
 fn the_device_is_described(backend: VulkanBackend) -> Outcome {
     let p = backend.properties();
     eprintln!(
-        "{} (subgroups {:?}, f16 {}, memory {:?})",
-        p.name, p.subgroup_size, p.has_f16, p.memory_bytes
+        "{} (subgroups {:?}, f16 {}, GEMM cooperative matrices {:?}, memory {:?})",
+        p.name,
+        p.subgroup_size,
+        p.has_f16,
+        backend.gemm_coop(),
+        p.memory_bytes
     );
     assert!(p.name.contains("Vulkan"));
     assert_eq!(p.subgroup_size.is_some(), backend.uses_subgroups());
@@ -239,6 +243,24 @@ fn the_device_is_described(backend: VulkanBackend) -> Outcome {
     })
     .expect("the device opens");
     assert!(!no_f16.properties().has_f16);
+    // Cooperative matrices: none on lavapipe (no VK_KHR_cooperative_matrix), its twin
+    // where asked; neither without f16 arithmetic.
+    if p.name.contains("llvmpipe") {
+        assert_eq!(
+            backend.gemm_coop(),
+            None,
+            "lavapipe has no cooperative matrices"
+        );
+    }
+    assert_eq!(no_f16.gemm_coop(), None);
+    let twin = VulkanBackend::with_options(WgslOptions {
+        allow_cpu: true,
+        coop_matrix: CoopMatrix::Twin,
+        cache: Cache::Off,
+        ..WgslOptions::default()
+    })
+    .expect("the device opens");
+    assert_eq!(twin.gemm_coop(), p.has_f16.then_some(Coop::Twin));
     pass()
 }
 
@@ -259,13 +281,29 @@ fn the_gemm_runs_in_f16_where_the_device_has_it(mut backend: VulkanBackend) -> O
     .expect("the device opens");
     let without = run_case(&mut off, &case)?;
     eprintln!(
-        "{}: NMSE {with:.2e} with f16 arithmetic ({}), {without:.2e} without",
+        "{}: NMSE {with:.2e} with f16 arithmetic ({}, cooperative matrices {:?}), \
+         {without:.2e} without",
         case.name,
-        backend.properties().has_f16
+        backend.properties().has_f16,
+        backend.gemm_coop(),
     );
     assert!(without < 1e-11, "f32 tiles: {without:e}");
     if backend.properties().has_f16 {
         assert!(with > 1e-10 && with < case.limit, "f16 tiles: {with:e}");
+        // The cooperative-matrix kernel through its twin: f16 inputs too (f32 sums).
+        let mut twin = VulkanBackend::with_options(WgslOptions {
+            allow_cpu: true,
+            coop_matrix: CoopMatrix::Twin,
+            cache: Cache::Off,
+            ..WgslOptions::default()
+        })
+        .expect("the device opens");
+        let twin_error = run_case(&mut twin, &case)?;
+        eprintln!("{}: NMSE {twin_error:.2e} through the coop twin", case.name);
+        assert!(
+            twin_error > 1e-10 && twin_error < case.limit,
+            "coop twin: {twin_error:e}"
+        );
     } else {
         assert_eq!(with, without);
     }

@@ -14,6 +14,8 @@
 //! | `KILN_VULKAN_SUBGROUPS=0` | vulkan | workgroup-memory reductions instead of subgroups |
 //! | `KILN_VULKAN_SUBGROUP_SIZE=N` | vulkan | the subgroup size to require (size control) |
 //! | `KILN_VULKAN_F16=0` | vulkan | f32 arithmetic everywhere, even where the device has shaderFloat16 |
+//! | `KILN_VULKAN_COOP=0` | vulkan | the prefill GEMM without cooperative matrices, even where the device has them |
+//! | `KILN_VULKAN_COOP=twin` | vulkan | the prefill GEMM's cooperative-matrix kernel with the matrix operations in plain WGSL (any f16 device; tests) |
 //! | `KILN_WEIGHTS_BUFFER_BYTES=N` | wgpu, vulkan | weights buffers of at most N bytes (the split path on any device) |
 //! | `KILN_CUDA_DEVICE=N` | cuda | the device ordinal (default 0) |
 //! | `KILN_NVRTC_PATH=FILE` | cuda | the NVRTC library to load first |
@@ -91,6 +93,11 @@ pub fn vulkan_options() -> kiln_backend_vulkan::WgslOptions {
         subgroups: !is("KILN_VULKAN_SUBGROUPS", "0"),
         subgroup_size: parsed("KILN_VULKAN_SUBGROUP_SIZE"),
         shader_f16: !is("KILN_VULKAN_F16", "0"),
+        coop_matrix: match std::env::var("KILN_VULKAN_COOP").as_deref() {
+            Ok("0") => kiln_backend_vulkan::CoopMatrix::Off,
+            Ok("twin") => kiln_backend_vulkan::CoopMatrix::Twin,
+            _ => kiln_backend_vulkan::CoopMatrix::Auto,
+        },
         cache: kiln_backend_vulkan::Cache::from_env_values(
             "vulkan",
             dir.as_deref(),

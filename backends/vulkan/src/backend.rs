@@ -7,7 +7,7 @@ use std::sync::Arc;
 use kiln_ir::Plan;
 use kiln_ir::backend::{BackendError, WeightSource};
 use kiln_kernels_wgsl::Program;
-use kiln_kernels_wgsl::backend::{Adapter, Api, WgslBackend, WgslOptions};
+use kiln_kernels_wgsl::backend::{Adapter, Api, CoopMatrix, WgslBackend, WgslOptions};
 use kiln_kernels_wgsl::program::subgroup_size;
 
 use crate::device::Vk;
@@ -28,7 +28,8 @@ impl Api for Vulkan {
     type Plan = VulkanPlan;
 
     fn open(options: &WgslOptions) -> Result<(Vulkan, Adapter), BackendError> {
-        let vk = Arc::new(Vk::open(options.allow_cpu, options.shader_f16)?);
+        let coop = options.coop_matrix == CoopMatrix::Auto;
+        let vk = Arc::new(Vk::open(options.allow_cpu, options.shader_f16, coop)?);
         let info = &vk.info;
         let subgroups = options.subgroups && info.subgroup_size.is_some();
         let build = Build {
@@ -52,6 +53,8 @@ impl Api for Vulkan {
             subgroup_sizes: (info.size_control.map(|s| (s.min, s.max)))
                 .or(info.subgroup_size.map(|s| (s, s))),
             shader_f16: info.shader_f16,
+            // The coop tiles pick their blocks by subgroup_id: subgroup builtins.
+            coop_matrix: info.coop_matrix && subgroups,
             memory_bytes: Some(info.memory_bytes).filter(|&b| b > 0),
             max_buffer_bytes: Some(info.max_allocation_bytes).filter(|&b| b > 0),
             max_binding_bytes: u64::from(limits.max_storage_buffer_range),

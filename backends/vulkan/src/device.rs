@@ -1,7 +1,8 @@
 //! The Vulkan device: the loader opened at run time, the physical device chosen (a GPU
 //! first; a CPU implementation such as lavapipe only when asked), one compute queue, what
 //! the device offers the kernels (subgroup arithmetic, subgroup size control, timestamps,
-//! zero-initialised workgroup memory, integer dot products, f16 arithmetic), and the
+//! zero-initialised workgroup memory, integer dot products, f16 arithmetic, cooperative
+//! matrices), and the
 //! one-shot helpers (submit and wait, staged uploads and readbacks) that everything but
 //! the decode step goes through.
 //!
@@ -15,6 +16,7 @@ use ash::vk;
 use kiln_gpu_host::device::{DeviceKind, choose};
 use kiln_gpu_host::out_of_memory;
 use kiln_ir::backend::BackendError;
+use kiln_kernels_wgsl::backend::GEMM_COOP_SHARED_BYTES;
 
 pub(crate) const NAME: &str = "vulkan";
 
@@ -70,6 +72,13 @@ pub(crate) struct DeviceInfo {
     /// VK_KHR_shader_float16_int8) with the 16-bit storage buffer access (Vulkan 1.1) that
     /// naga's SPIR-V declares with any f16 type. Off where not asked for.
     pub shader_f16: bool,
+    /// Cooperative matrices for the GEMM's coop tiles, enabled: VK_KHR_cooperative_matrix
+    /// with a 16 × 16 × 16 configuration of f16 A and B, f32 C and result at subgroup
+    /// scope in compute shaders, and the vulkanMemoryModel (with device scope) that
+    /// naga's SPIR-V declares with them; on Vulkan 1.3 devices with f16 arithmetic and
+    /// subgroup arithmetic, of subgroups of at most 64 and the tiles' workgroup memory.
+    /// Off where not asked for.
+    pub coop_matrix: bool,
     /// Bytes of the device-local heaps.
     pub memory_bytes: u64,
     /// The largest single allocation (`maxMemoryAllocationSize`).
@@ -100,7 +109,7 @@ fn kind(t: vk::PhysicalDeviceType) -> DeviceKind {
 /// first), with the loader it came from.
 struct Instance {
     raw: ash::Instance,
-    _entry: ash::Entry,
+    entry: ash::Entry,
 }
 
 impl Drop for Instance {
@@ -147,6 +156,34 @@ impl Drop for Vk {
     }
 }
 
+/// What the options ask of the device where it has it.
+#[derive(Clone, Copy)]
+struct Asked {
+    f16: bool,
+    coop: bool,
+}
+
+/// Whether the device offers the cooperative-matrix configuration of the GEMM's coop
+/// tiles: M = N = K = 16, f16 A and B, f32 C and result, subgroup scope (what NVIDIA, AMD
+/// and Intel drivers list).
+fn has_gemm_coop_config(vulkan: &Instance, physical: vk::PhysicalDevice) -> bool {
+    let ext = ash::khr::cooperative_matrix::Instance::new(&vulkan.entry, &vulkan.raw);
+    // SAFETY: the physical device belongs to the instance, which reported the extension
+    // for it; the entry point was loaded from that instance.
+    let configs = unsafe { ext.get_physical_device_cooperative_matrix_properties(physical) }
+        .unwrap_or_default();
+    configs.iter().any(is_gemm_coop_config)
+}
+
+fn is_gemm_coop_config(p: &vk::CooperativeMatrixPropertiesKHR) -> bool {
+    (p.m_size, p.n_size, p.k_size) == (16, 16, 16)
+        && p.a_type == vk::ComponentTypeKHR::FLOAT16
+        && p.b_type == vk::ComponentTypeKHR::FLOAT16
+        && p.c_type == vk::ComponentTypeKHR::FLOAT32
+        && p.result_type == vk::ComponentTypeKHR::FLOAT32
+        && p.scope == vk::ScopeKHR::SUBGROUP
+}
+
 /// A candidate physical device with what kiln needs of it.
 struct Candidate {
     physical: vk::PhysicalDevice,
@@ -164,8 +201,9 @@ fn name(p: &vk::PhysicalDeviceProperties) -> String {
 
 impl Vk {
     /// The best device; CPU implementations (lavapipe) only when `allow_cpu`; f16
-    /// arithmetic enabled where the device has it and `f16`.
-    pub fn open(allow_cpu: bool, f16: bool) -> Result<Vk, BackendError> {
+    /// arithmetic enabled where the device has it and `f16`, cooperative matrices where
+    /// it has them and `coop` (and f16).
+    pub fn open(allow_cpu: bool, f16: bool, coop: bool) -> Result<Vk, BackendError> {
         // SAFETY: loading libvulkan runs its initialisers; the Vulkan loader is a
         // well-behaved library, and a missing one is an error, not a crash.
         let entry = unsafe { ash::Entry::load() }.map_err(|e| {
@@ -193,10 +231,11 @@ impl Vk {
         let raw = unsafe { entry.create_instance(&create, None) }
             .map_err(|e| no_device(format!("creating a Vulkan instance: {e}")))?;
         // From here on, an error drops the instance, which destroys it.
-        let instance = Instance { raw, _entry: entry };
+        let instance = Instance { raw, entry };
         let best = Vk::choose(&instance.raw, allow_cpu)?;
         let name = name(&best.properties);
-        let (device, mut info) = Vk::create(&instance.raw, &best, name, f16)?;
+        let asked = Asked { f16, coop };
+        let (device, mut info) = Vk::create(&instance, &best, name, asked)?;
         // SAFETY: the physical device belongs to the instance.
         let memory = unsafe { (instance.raw).get_physical_device_memory_properties(best.physical) };
         info.memory_bytes = memory.memory_heaps[..memory.memory_heap_count as usize]
@@ -274,14 +313,17 @@ impl Vk {
         choose(candidates, allow_cpu, NAME, none, allow)
     }
 
-    /// Query the device's subgroup and f16 abilities and create the logical device with
-    /// what kiln uses of them (f16 arithmetic only when `f16`).
+    /// Query the device's subgroup, f16 and cooperative-matrix abilities and create the
+    /// logical device with what kiln uses of them (f16 arithmetic and cooperative
+    /// matrices only when asked).
     fn create(
-        instance: &ash::Instance,
+        vulkan: &Instance,
         c: &Candidate,
         name: String,
-        f16: bool,
+        asked: Asked,
     ) -> Result<(ash::Device, DeviceInfo), BackendError> {
+        let instance = &vulkan.raw;
+        let f16 = asked.f16;
         let api = c.properties.api_version;
         // SAFETY: the physical device belongs to the instance.
         let extensions = unsafe { instance.enumerate_device_extension_properties(c.physical) }
@@ -296,17 +338,24 @@ impl Vk {
         // shaderFloat16: core in 1.2, else the extension's.
         let float16_ext = api < vk::API_VERSION_1_2 && has_ext(vk::KHR_SHADER_FLOAT16_INT8_NAME);
         let float16_known = api >= vk::API_VERSION_1_2 || float16_ext;
+        // Cooperative matrices: on Vulkan 1.3 only (SPIR-V 1.6, whose modules declare the
+        // Vulkan memory model as naga writes it for them).
+        let coop_ext = asked.coop && f16 && core13 && has_ext(vk::KHR_COOPERATIVE_MATRIX_NAME);
 
         // Properties: subgroups (1.1 core), subgroup size control (1.3 or the extension).
         let mut subgroup = vk::PhysicalDeviceSubgroupProperties::default();
         let mut size_props = vk::PhysicalDeviceSubgroupSizeControlProperties::default();
         let mut maintenance3 = vk::PhysicalDeviceMaintenance3Properties::default();
+        let mut coop_props = vk::PhysicalDeviceCooperativeMatrixPropertiesKHR::default();
         {
             let mut props2 = vk::PhysicalDeviceProperties2::default()
                 .push_next(&mut subgroup)
                 .push_next(&mut maintenance3);
             if core13 || size_control_ext {
                 props2 = props2.push_next(&mut size_props);
+            }
+            if coop_ext {
+                props2 = props2.push_next(&mut coop_props);
             }
             // SAFETY: the chain holds structures the device's version or extensions know;
             // they outlive the call.
@@ -318,8 +367,15 @@ impl Vk {
         let mut f_ext = vk::PhysicalDeviceSubgroupSizeControlFeatures::default();
         let mut f_float16 = vk::PhysicalDeviceShaderFloat16Int8Features::default();
         let mut f_storage16 = vk::PhysicalDevice16BitStorageFeatures::default();
+        let mut f_coop = vk::PhysicalDeviceCooperativeMatrixFeaturesKHR::default();
+        let mut f_memory_model = vk::PhysicalDeviceVulkanMemoryModelFeatures::default();
         {
             let mut features2 = vk::PhysicalDeviceFeatures2::default().push_next(&mut f_storage16);
+            if coop_ext {
+                features2 = features2
+                    .push_next(&mut f_coop)
+                    .push_next(&mut f_memory_model);
+            }
             if core13 {
                 features2 = features2.push_next(&mut f13);
             } else if size_control_ext {
@@ -364,6 +420,20 @@ impl Vk {
             && f_float16.shader_float16 == vk::TRUE
             && f_storage16.storage_buffer16_bit_access == vk::TRUE
             && f_storage16.uniform_and_storage_buffer16_bit_access == vk::TRUE;
+        let max_subgroup = size_control.map_or(subgroup.subgroup_size, |s| s.max);
+        let coop_matrix = coop_ext
+            && shader_f16
+            && arithmetic
+            && max_subgroup <= 64
+            && u64::from(c.properties.limits.max_compute_shared_memory_size)
+                >= GEMM_COOP_SHARED_BYTES
+            && f_coop.cooperative_matrix == vk::TRUE
+            && f_memory_model.vulkan_memory_model == vk::TRUE
+            && f_memory_model.vulkan_memory_model_device_scope == vk::TRUE
+            && coop_props
+                .cooperative_matrix_supported_stages
+                .contains(vk::ShaderStageFlags::COMPUTE)
+            && has_gemm_coop_config(vulkan, c.physical);
 
         // Enable exactly what is used.
         let mut enable13 = vk::PhysicalDeviceVulkan13Features::default()
@@ -379,6 +449,13 @@ impl Vk {
         let mut enable_storage16 = vk::PhysicalDevice16BitStorageFeatures::default()
             .storage_buffer16_bit_access(true)
             .uniform_and_storage_buffer16_bit_access(true);
+        let mut enable_coop =
+            vk::PhysicalDeviceCooperativeMatrixFeaturesKHR::default().cooperative_matrix(true);
+        // Device scope too: wgpu-hal finds naga's barriers under the Vulkan memory model
+        // need it (VUID-RuntimeSpirv-vulkanMemoryModel-06265).
+        let mut enable_memory_model = vk::PhysicalDeviceVulkanMemoryModelFeatures::default()
+            .vulkan_memory_model(true)
+            .vulkan_memory_model_device_scope(true);
         let priorities = [1.0f32];
         let queues = [vk::DeviceQueueCreateInfo::default()
             .queue_family_index(c.family)
@@ -389,6 +466,9 @@ impl Vk {
         }
         if shader_f16 && float16_ext {
             ext_names.push(vk::KHR_SHADER_FLOAT16_INT8_NAME.as_ptr());
+        }
+        if coop_matrix {
+            ext_names.push(vk::KHR_COOPERATIVE_MATRIX_NAME.as_ptr());
         }
         let mut create = vk::DeviceCreateInfo::default()
             .queue_create_infos(&queues)
@@ -402,6 +482,11 @@ impl Vk {
             create = create
                 .push_next(&mut enable_float16)
                 .push_next(&mut enable_storage16);
+        }
+        if coop_matrix {
+            create = create
+                .push_next(&mut enable_coop)
+                .push_next(&mut enable_memory_model);
         }
         // SAFETY: the create info, its queue infos, names and feature chain outlive the
         // call; every feature enabled was reported by the device.
@@ -420,6 +505,7 @@ impl Vk {
             zero_init_workgroup: zero_init,
             integer_dot,
             shader_f16,
+            coop_matrix,
             memory_bytes: 0,
             max_allocation_bytes: maintenance3.max_memory_allocation_size,
         };
@@ -561,5 +647,53 @@ impl Vk {
                 &[],
             )
         };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The GEMM's configuration, as NVIDIA lists it, and the neighbours a driver lists
+    /// too (f16 results, 8-bit inputs, other sizes, workgroup scope) that it cannot use.
+    #[test]
+    fn only_the_16x16x16_f16_f32_subgroup_configuration_serves_the_gemm() {
+        let gemm = vk::CooperativeMatrixPropertiesKHR {
+            m_size: 16,
+            n_size: 16,
+            k_size: 16,
+            a_type: vk::ComponentTypeKHR::FLOAT16,
+            b_type: vk::ComponentTypeKHR::FLOAT16,
+            c_type: vk::ComponentTypeKHR::FLOAT32,
+            result_type: vk::ComponentTypeKHR::FLOAT32,
+            scope: vk::ScopeKHR::SUBGROUP,
+            ..Default::default()
+        };
+        assert!(is_gemm_coop_config(&gemm));
+        let others = [
+            vk::CooperativeMatrixPropertiesKHR {
+                c_type: vk::ComponentTypeKHR::FLOAT16,
+                result_type: vk::ComponentTypeKHR::FLOAT16,
+                ..gemm
+            },
+            vk::CooperativeMatrixPropertiesKHR {
+                a_type: vk::ComponentTypeKHR::SINT8,
+                b_type: vk::ComponentTypeKHR::SINT8,
+                ..gemm
+            },
+            vk::CooperativeMatrixPropertiesKHR {
+                m_size: 16,
+                n_size: 8,
+                k_size: 16,
+                ..gemm
+            },
+            vk::CooperativeMatrixPropertiesKHR {
+                scope: vk::ScopeKHR::WORKGROUP,
+                ..gemm
+            },
+        ];
+        for (i, other) in others.iter().enumerate() {
+            assert!(!is_gemm_coop_config(other), "configuration {i}");
+        }
     }
 }

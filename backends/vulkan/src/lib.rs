@@ -18,6 +18,7 @@ mod pipeline_cache;
 
 pub use backend::{Vulkan, VulkanBackend, VulkanInfo};
 pub use kiln_gpu_host::Cache;
-pub use kiln_kernels_wgsl::backend::WgslOptions;
+pub use kiln_kernels_wgsl::Coop;
+pub use kiln_kernels_wgsl::backend::{CoopMatrix, WgslOptions};
 pub use loaded::VulkanPlan;
 pub use pipeline_cache::CacheStats;

@@ -104,6 +104,7 @@ impl Objects {
             native_zero_init: vk.info.zero_init_workgroup,
             integer_dot: vk.info.integer_dot,
             f16: vk.info.shader_f16,
+            coop_matrix: vk.info.coop_matrix,
             subgroups: build.subgroups,
         };
         let mut compiler = Compiler::new(target, &build.cache);
@@ -223,7 +224,10 @@ impl Objects {
         let mut required = vk::PipelineShaderStageRequiredSubgroupSizeCreateInfo::default()
             .required_subgroup_size(build.subgroup_size.unwrap_or(0));
         let mut flags = vk::PipelineShaderStageCreateFlags::empty();
-        if sized && vk.info.size_control.is_some_and(|s| s.full_subgroups) {
+        // Cooperative matrices are a whole subgroup's: their kernels too run in full
+        // subgroups where that can be required (any size: they take subgroup_id's).
+        let coop = p.variant.coop == Some(kiln_kernels_wgsl::Coop::Native);
+        if (sized || coop) && vk.info.size_control.is_some_and(|s| s.full_subgroups) {
             flags |= vk::PipelineShaderStageCreateFlags::REQUIRE_FULL_SUBGROUPS;
         }
         let mut stage = vk::PipelineShaderStageCreateInfo::default()

@@ -35,6 +35,12 @@ impl Api for Wgpu {
             subgroup_size: subgroups.then_some(sizes.0),
             subgroup_sizes: Some(sizes).filter(|&(min, _)| min > 0),
             shader_f16: gpu.features.contains(wgpu::Features::SHADER_F16),
+            // wgpu's EXPERIMENTAL_COOPERATIVE_MATRIX offers 8 × 8 f32 matrices (Metal's
+            // simdgroup matrices), not the 16 × 16 f16 × f16 → f32 of the coop tiles:
+            // f32 inputs would double their workgroup memory and traffic and gain no
+            // f16 tensor-core rate, and no device here could test it. On Vulkan devices
+            // the Vulkan backend runs the coop tiles; wgpu keeps the portable tiles.
+            coop_matrix: false,
             memory_bytes: None,
             max_buffer_bytes: Some(limits.max_buffer_size),
             max_binding_bytes: limits.max_storage_buffer_binding_size,

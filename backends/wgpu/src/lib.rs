@@ -10,5 +10,5 @@ mod device;
 mod loaded;
 
 pub use backend::{Wgpu, WgpuBackend};
-pub use kiln_kernels_wgsl::backend::WgslOptions;
+pub use kiln_kernels_wgsl::backend::{CoopMatrix, WgslOptions};
 pub use loaded::WgpuPlan;

@@ -130,12 +130,14 @@ impl Builder<'_> {
     /// The index of `op`'s variant for `weight` in the pipelines, added when new.
     fn pipeline(&mut self, op: &'static str, weight: Option<DType>) -> usize {
         let kv = Variant::takes_kv(op).then(|| self.kv.dtype());
+        let f16 = self.caps.shader_f16 && Variant::has_f16(op, weight);
         let variant = Variant {
             op,
             weight,
             kv,
             subgroups: self.caps.subgroups && Variant::reduces(op),
-            f16: self.caps.shader_f16 && Variant::has_f16(op, weight),
+            f16,
+            coop: self.caps.gemm_coop.filter(|_| f16),
         };
         match self.pipelines.iter().position(|p| p.variant == variant) {
             Some(i) => i,

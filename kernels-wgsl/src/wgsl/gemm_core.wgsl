@@ -14,8 +14,10 @@
 //
 // The tiles' type is the variant's: gemm_tiles_f32.wgsl (16 KiB of workgroup memory:
 // WebGPU's minimum limit) or, on devices with shader-f16, gemm_tiles_f16.wgsl (f16 tiles
-// and products, f32 sums; 11.25 KiB). Both define the tiles (xs, ws), gemm_reduce4,
-// gemm_token_scale, gemm_store, gemm_step and gemm_unscale, and GEMM_F16.
+// and products, f32 sums; 11.25 KiB), or on devices with cooperative matrices
+// gemm_tiles_coop.wgsl (f16 tiles, the products summed by the matrix units). Each defines
+// the entry point's builtins (GemmIds), the tiles (xs, ws), the accumulators (GemmAcc),
+// gemm_reduce4, gemm_token_scale, gemm_store, gemm_step and gemm_unscale, and GEMM_F16.
 //
 // The op file sets GEMM_NORM (the RMSNorm prologue: each tile computes 1/rms of its
 // tokens and scales the inputs as it loads them, the normed input is never stored) and
@@ -95,7 +97,10 @@ fn gemm_row_stats(tok: u32, live: bool, lid: u32) -> vec2<f32> {
     return gemm_reduce4(s, lid);
 }
 
-fn gemm_tile(wg: vec3<u32>, n_wg: vec3<u32>, lid: u32) -> Gemm {
+fn gemm_tile(ids: GemmIds) -> Gemm {
+    let wg = ids.wg;
+    let n_wg = ids.n_wg;
+    let lid = ids.lid;
     var g: Gemm;
     g.t0 = wg.z * GEMM_BT;
     g.col0 = (wg.y * n_wg.x + wg.x) * gemm_cols();
@@ -116,12 +121,12 @@ fn gemm_tile(wg: vec3<u32>, n_wg: vec3<u32>, lid: u32) -> Gemm {
         if (GEMM_NORM) {
             scale = 1.0 / sqrt(stats.x / f32(p.k) + p.eps);
         }
-        scale *= gemm_token_scale(lt, lu, stats.y * scale);
+        scale *= gemm_token_scale(lt, lu, stats.y * scale, slot);
     }
     // Whether this thread's 4 × 4 has anything to compute (a partial tile skips the rest).
     let busy = g.t0 + 4u * g.ty < g.rows && gemm_slot(g.col0, 4u * g.tx).live;
     let units = p.k / 8u;
-    var acc = array<vec4<f32>, 4>();
+    var acc = GemmAcc();
     for (var u0 = 0u; u0 < units; u0 += GEMM_KU) {
         let u = u0 + lu;
         var wu = W8(vec4<f32>(0.0), vec4<f32>(0.0));
@@ -143,13 +148,20 @@ fn gemm_tile(wg: vec3<u32>, n_wg: vec3<u32>, lid: u32) -> Gemm {
         }
         gemm_store(lt, lu, wu, xlo, xhi);
         workgroupBarrier();
-        if (busy) {
-            gemm_step(g.ty, g.tx, &acc);
-        }
+        gemm_step(ids, g, busy, &acc);
         workgroupBarrier();
     }
-    g.acc = gemm_unscale(g.ty, acc);
+    g.acc = gemm_unscale(ids, g, acc);
     return g;
+}
+
+// The power of two s (and 1/s) that puts `largest` (≥ 0) in [16, 32) (the f16 tiles'
+// scales): from its biased exponent e, s = 2^(131 − e). e is clamped to [5, 254], so that
+// both are normal f32s: below 2^-122 everything lands below 16; an infinity or a NaN
+// stays what it is.
+fn gemm_pow2(largest: f32) -> vec2<f32> {
+    let e = clamp((bitcast<u32>(largest) >> 23u) & 0xffu, 5u, 254u);
+    return vec2<f32>(bitcast<f32>((258u - e) << 23u), bitcast<f32>((e - 4u) << 23u));
 }
 
 // Where the thread writes token i of its tile, output column j of its own (0..3, or

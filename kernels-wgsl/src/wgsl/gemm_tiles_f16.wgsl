@@ -16,6 +16,15 @@
 
 const GEMM_F16: bool = true;
 
+struct GemmIds {
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) n_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+}
+
+// A thread's 4 tokens × 4 slots (gemm_core's Gemm.acc).
+alias GemmAcc = array<vec4<f32>, 4>;
+
 // (GEMM_KC, GEMM_BT / 4): xs[c·16 + g] holds tokens 4g .. 4g+3 at column c of the step.
 var<workgroup> xs: array<vec4<f16>, 512>;
 // (GEMM_KC, GEMM_BS / 4): ws[c·16 + g] holds slots 4g .. 4g+3 at column c of the step.
@@ -38,17 +47,10 @@ fn gemm_reduce4(v: vec2<f32>, lid: u32) -> vec2<f32> {
     return vec2<f32>(sum, top);
 }
 
-// The power of two s (and 1/s) that puts `largest` (≥ 0) in [16, 32): from its biased
-// exponent e, s = 2^(131 − e). e is clamped to [5, 254], so that both are normal f32s:
-// below 2^-122 everything lands below 16; an infinity or a NaN stays what it is.
-fn gemm_pow2(largest: f32) -> vec2<f32> {
-    let e = clamp((bitcast<u32>(largest) >> 23u) & 0xffu, 5u, 254u);
-    return vec2<f32>(bitcast<f32>((258u - e) << 23u), bitcast<f32>((e - 4u) << 23u));
-}
-
 // The factor token lt's inputs are stored with, from the largest |input| of its row
-// (after the RMSNorm, where there is one); its inverse is kept for gemm_unscale.
-fn gemm_token_scale(lt: u32, lu: u32, largest: f32) -> f32 {
+// (after the RMSNorm, where there is one); its inverse is kept for gemm_unscale. (The
+// weights are scaled per unit, in gemm_store: `slot` is not read.)
+fn gemm_token_scale(lt: u32, lu: u32, largest: f32, slot: Slot) -> f32 {
     let s = gemm_pow2(largest);
     if (lu == 0u) {
         xinv[lt] = s.y;
@@ -79,7 +81,13 @@ fn gemm_store(lt: u32, lu: u32, wu: W8, xlo: vec4<f32>, xhi: vec4<f32>) {
 
 // The K-step's products of tokens 4·ty + i by slots 4·tx + j added into acc[i][j]: per
 // unit, 8 columns of packed f16 multiply-adds, then the sum converted and scaled into f32.
-fn gemm_step(ty: u32, tx: u32, acc: ptr<function, array<vec4<f32>, 4>>) {
+// Threads that are not busy (their tile past the step's tokens or the weight's rows) skip it.
+fn gemm_step(ids: GemmIds, g: Gemm, busy: bool, acc: ptr<function, GemmAcc>) {
+    if (!busy) {
+        return;
+    }
+    let ty = g.ty;
+    let tx = g.tx;
     var a0 = (*acc)[0];
     var a1 = (*acc)[1];
     var a2 = (*acc)[2];
@@ -108,10 +116,10 @@ fn gemm_step(ty: u32, tx: u32, acc: ptr<function, array<vec4<f32>, 4>>) {
 }
 
 // The accumulators as the op's outputs: each token's input scale undone.
-fn gemm_unscale(ty: u32, acc: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
+fn gemm_unscale(ids: GemmIds, g: Gemm, acc: GemmAcc) -> array<vec4<f32>, 4> {
     var out = acc;
     for (var i = 0u; i < 4u; i++) {
-        out[i] *= xinv[4u * ty + i];
+        out[i] *= xinv[4u * g.ty + i];
     }
     return out;
 }

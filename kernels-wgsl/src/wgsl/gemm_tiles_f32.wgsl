@@ -4,6 +4,15 @@
 
 const GEMM_F16: bool = false;
 
+struct GemmIds {
+    @builtin(workgroup_id) wg: vec3<u32>,
+    @builtin(num_workgroups) n_wg: vec3<u32>,
+    @builtin(local_invocation_index) lid: u32,
+}
+
+// A thread's 4 tokens × 4 slots (gemm_core's Gemm.acc).
+alias GemmAcc = array<vec4<f32>, 4>;
+
 // (GEMM_KC, GEMM_BT / 4): xs[c·16 + g] holds tokens 4g .. 4g+3 at column c of the step.
 var<workgroup> xs: array<vec4<f32>, 512>;
 // (GEMM_KC, GEMM_BS / 4): ws[c·16 + g] holds slots 4g .. 4g+3 at column c of the step.
@@ -21,7 +30,7 @@ fn gemm_reduce4(v: vec2<f32>, lid: u32) -> vec2<f32> {
 }
 
 // The factor a token's inputs are stored with: f32 tiles take them as they are.
-fn gemm_token_scale(lt: u32, lu: u32, largest: f32) -> f32 {
+fn gemm_token_scale(lt: u32, lu: u32, largest: f32, slot: Slot) -> f32 {
     return 1.0;
 }
 
@@ -39,7 +48,13 @@ fn gemm_store(lt: u32, lu: u32, wu: W8, xlo: vec4<f32>, xhi: vec4<f32>) {
 }
 
 // The K-step's products of tokens 4·ty + i by slots 4·tx + j added into acc[i][j].
-fn gemm_step(ty: u32, tx: u32, acc: ptr<function, array<vec4<f32>, 4>>) {
+// Threads that are not busy (their tile past the step's tokens or the weight's rows) skip it.
+fn gemm_step(ids: GemmIds, g: Gemm, busy: bool, acc: ptr<function, GemmAcc>) {
+    if (!busy) {
+        return;
+    }
+    let ty = g.ty;
+    let tx = g.tx;
     var a0 = (*acc)[0];
     var a1 = (*acc)[1];
     var a2 = (*acc)[2];
@@ -56,6 +71,6 @@ fn gemm_step(ty: u32, tx: u32, acc: ptr<function, array<vec4<f32>, 4>>) {
 }
 
 // The accumulators as the op's outputs (f32 tiles: as they are).
-fn gemm_unscale(ty: u32, acc: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
+fn gemm_unscale(ids: GemmIds, g: Gemm, acc: GemmAcc) -> array<vec4<f32>, 4> {
     return acc;
 }

@@ -5,8 +5,8 @@ const GEMM_NORM: bool = true;
 const GEMM_GATED: bool = true;
 
 @compute @workgroup_size(256)
-fn main(@builtin(workgroup_id) wg: vec3<u32>, @builtin(num_workgroups) n_wg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let g = gemm_tile(wg, n_wg, lid);
+fn main(ids: GemmIds) {
+    let g = gemm_tile(ids);
     for (var i = 0u; i < 4u; i++) {
         for (var j = 0u; j < 2u; j++) {
             let o = gemm_out(g, i, j);

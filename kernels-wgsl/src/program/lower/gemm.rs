@@ -8,20 +8,9 @@
 //! the larger ones (`with_matvec_q8` raises its `min_rows`, and its f32 matvec runs
 //! none).
 //!
-//! Not here yet (issue 17): cooperative matrices. naga 30 parses them in WGSL behind
-//! `enable wgpu_cooperative_matrix;` (`coop_mat8x8` / `coop_mat16x16<f16 | f32, A | B |
-//! C>`, `coopLoad[T]`, `coopStore[T]`, `coopMultiplyAdd`; validation needs
-//! `Capabilities::COOPERATIVE_MATRIX`) and writes SPV_KHR_cooperative_matrix (subgroup
-//! scope, the Vulkan memory model). The path is a `gemm_coop` twin of `gemm_core` (the
-//! same dequantized tiles in workgroup memory, as f16: gemm_tiles_f16.wgsl's, each token
-//! and weight unit of 8 columns scaled by a power of two so they cannot overflow, though
-//! a 16-deep multiply-add needs one weight scale per 16 columns; 16×16×16 multiply-adds into f32
-//! accumulators, what NVIDIA and AMD report), chosen by a `Capabilities` flag that the
-//! Vulkan backend sets from vkGetPhysicalDeviceCooperativeMatrixPropertiesKHR (that
-//! configuration at subgroup scope, VK_KHR_cooperative_matrix and vulkanMemoryModel
-//! enabled), this GEMM the fallback. wgpu 30's EXPERIMENTAL_COOPERATIVE_MATRIX checks
-//! only 8×8 f32 on Vulkan, which NVIDIA and AMD do not offer. Lavapipe here (Mesa 22.3)
-//! has no VK_KHR_cooperative_matrix, so CI could not run such a kernel.
+//! On devices with cooperative matrices the f16 variants of these kernels multiply their
+//! tiles as such (gemm_tiles_coop.wgsl; `Capabilities::gemm_coop`, chosen in
+//! `Builder::pipeline`): the same dispatches, params and grids.
 
 use kiln_ir::DType;
 use kiln_ir::graph::Rows;
