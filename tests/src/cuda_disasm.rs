@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-use kiln_backend_cuda::compile::Nvrtc;
+use kiln_backend_cuda::compile::{Nvrtc, Target};
 use kiln_kernels_cuda::Kernel;
 use kiln_kernels_cuda::sources::{all_variants, argmax_source, source, top_k_source};
 
@@ -198,13 +198,13 @@ fn jobs() -> Result<Vec<Job>, String> {
     Ok(jobs)
 }
 
-/// The facts of every kernel of every variant compiled for `sm_<arch>`, in the order of
+/// The facts of every kernel of every variant compiled for `target` (`sm_90`, `sm_90a`), in the order of
 /// `all_variants()` (kernels of a module sorted by name), on up to `threads` threads.
 /// `sass_dir`, when given, receives each module's cuobjdump output as `<variant>.sass`.
 pub fn analyse_all(
     nvrtc: &Nvrtc,
     cuobjdump: &Path,
-    arch: u32,
+    target: Target,
     threads: usize,
     sass_dir: Option<&Path>,
     filter: &dyn Fn(&str) -> bool,
@@ -224,7 +224,7 @@ pub fn analyse_all(
                         *n - 1
                     };
                     let Some(job) = jobs.get(i) else { return };
-                    let r = analyse_one(nvrtc, cuobjdump, arch, job, &scratch, sass_dir);
+                    let r = analyse_one(nvrtc, cuobjdump, target, job, &scratch, sass_dir);
                     results
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -255,13 +255,13 @@ pub fn analyse_all(
 fn analyse_one(
     nvrtc: &Nvrtc,
     cuobjdump: &Path,
-    arch: u32,
+    target: Target,
     job: &Job,
     scratch: &Path,
     sass_dir: Option<&Path>,
 ) -> Result<Vec<KernelFacts>, String> {
     let (cubin, _log) = nvrtc
-        .compile(&job.name, &job.source, arch)
+        .compile(&job.name, &job.source, target)
         .map_err(|e| format!("{}: {e}", job.name))?;
     let path = scratch.join(format!("{}.cubin", job.name));
     std::fs::write(&path, &cubin).map_err(|e| format!("{}: {e}", path.display()))?;

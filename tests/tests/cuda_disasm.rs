@@ -294,8 +294,8 @@ fn compute() -> Result<Vec<KernelFacts>, (bool, String)> {
     let cuobjdump = find_cuobjdump(nvrtc.path()).map_err(|e| (true, e))?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let start = Instant::now();
-    let facts =
-        analyse_all(&nvrtc, &cuobjdump, 90, threads, None, &|_| true).map_err(|e| (false, e))?;
+    let facts = analyse_all(&nvrtc, &cuobjdump, 90.into(), threads, None, &|_| true)
+        .map_err(|e| (false, e))?;
     println!(
         "{} kernels compiled for sm_90 and disassembled in {:.1} s on {threads} threads",
         facts.len(),
