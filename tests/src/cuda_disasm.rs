@@ -56,6 +56,10 @@ pub struct KernelFacts {
     pub mma: u32,
     /// Of them, the integer ones (`IMMA`, `IGMMA`).
     pub imma: u32,
+    /// Of them, Hopper's warpgroup MMA (`HGMMA`, `IGMMA`, `QGMMA`: wgmma).
+    pub gmma: u32,
+    /// Compiled for the architecture-specific target (`sm_90a`).
+    pub specific: bool,
     /// Shared-memory matrix loads (`LDSM`, ldmatrix).
     pub ldsm: u32,
     /// Asynchronous global-to-shared copies (`LDGSTS`, cp.async) and TMA copies (`UBLKCP`, `UTMALDG`).
@@ -289,6 +293,7 @@ fn analyse_one(
         f.variant.clone_from(&job.name);
         f.matvec = job.matvec;
         f.quantized = job.quantized;
+        f.specific = target.specific;
     }
     Ok(facts)
 }
@@ -402,11 +407,20 @@ fn count(k: &mut KernelFacts, opcode: &str) {
         "LDL" | "STL" => k.local_ops += 1,
         "IDP" if has("4A") => k.idp4a += 1,
         "IDP" if has("2A") => k.idp2a += 1,
-        "IMMA" | "IGMMA" => {
+        "IMMA" => {
             k.mma += 1;
             k.imma += 1;
         }
-        "HMMA" | "HGMMA" | "QGMMA" | "BMMA" => k.mma += 1,
+        "IGMMA" => {
+            k.mma += 1;
+            k.imma += 1;
+            k.gmma += 1;
+        }
+        "HGMMA" | "QGMMA" => {
+            k.mma += 1;
+            k.gmma += 1;
+        }
+        "HMMA" | "BMMA" => k.mma += 1,
         "LDSM" => k.ldsm += 1,
         "LDGSTS" | "UBLKCP" | "UTMALDG" => k.cp_async += 1,
         _ => {}
@@ -417,7 +431,7 @@ fn count(k: &mut KernelFacts, opcode: &str) {
 pub fn table(facts: &[KernelFacts]) -> String {
     let header = [
         "variant", "kernel", "regs", "smem", "local", "ldl/stl", "ldg8/16", "ldg32", "ldg64",
-        "ldg128", "idp4a", "idp2a", "mma", "imma", "ldsm", "cp.async", "instrs",
+        "ldg128", "idp4a", "idp2a", "mma", "imma", "gmma", "ldsm", "cp.async", "instrs",
     ];
     let rows: Vec<Vec<String>> = facts
         .iter()
@@ -437,6 +451,7 @@ pub fn table(facts: &[KernelFacts]) -> String {
                 k.idp2a.to_string(),
                 k.mma.to_string(),
                 k.imma.to_string(),
+                k.gmma.to_string(),
                 k.ldsm.to_string(),
                 k.cp_async.to_string(),
                 k.instructions.to_string(),
