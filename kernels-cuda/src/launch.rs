@@ -258,14 +258,21 @@ pub fn prefill_wgmma_entry(shape: &AttentionShape) -> Option<Entry> {
 /// FW_KEYS): the N of its S = q K^T wgmma, every head size.
 pub const PREFILL_WGMMA_KEYS: u32 = 64;
 
+/// f16 K/V^T buffers of the warpgroup-MMA prefill (attention_prefill_wgmma.cu: FW_BUFS):
+/// two, so a tile's P·V runs while the next is converted, but one at 256 dims (two would
+/// pass the 227 KiB a block may have).
+pub fn prefill_wgmma_buffers(hd: u32) -> u32 {
+    if hd > 128 { 1 } else { 2 }
+}
+
 /// Dynamic shared memory of the warpgroup-MMA prefill (attention_prefill_wgmma.cu:
 /// fw_attention), HD the padded head size, BK [`PREFILL_WGMMA_KEYS`]: two stages of raw K
-/// and V (BK, HD) E4M3 and of their scales (BK) f32, then f16 K (BK, HD), V^T (HD, BK)
-/// and q (FP_ROWS, HD), unpadded (wgmma's core-matrix layout).
+/// and V (BK, HD) E4M3 and of their scales (BK) f32, then [`prefill_wgmma_buffers`] of f16
+/// K (BK, HD) and V^T (HD, BK), and q (FP_ROWS, HD), unpadded (wgmma's core-matrix layout).
 pub fn prefill_wgmma_shared_bytes(shape: &AttentionShape) -> u32 {
     let hd = prefill_head_dim(shape);
     let bk = PREFILL_WGMMA_KEYS;
-    4 * bk * hd + 4 * 4 * bk + 2 * (2 * bk + FP_ROWS) * hd
+    4 * bk * hd + 4 * 4 * bk + 2 * (2 * prefill_wgmma_buffers(hd) * bk + FP_ROWS) * hd
 }
 
 /// The tensor-core prefill attention's launch (FP8 caches, steps of more than

@@ -18,11 +18,16 @@
 //   - K scales, mask, online softmax on the S accumulators in registers; P (V scales
 //     folded in) packed to f16 straight from them as the A registers of P·V:
 //     O += P V^T by 4 · HD / 64 wgmma of N = 64 dims each.
-// Each product is waited for before its accumulators are read (no overlap of softmax
-// and MMA yet: FlashAttention-3's ping-pong between two warpgroups is the next step).
+// P·V of a tile runs while the block converts the next one (two f16 K/V^T buffers up to
+// 128 dims; at 256 one, and each P·V is waited for at once), and is waited for with the
+// next S; softmax and MMA do not overlap yet (FlashAttention-3's ping-pong between two
+// warpgroups is the next step).
 // Included by attention.cu after attention_prefill.cu (whose helpers it uses), FP8 only.
 
-#define FW_KEYS 64u // KV positions of a tile: the N of S's wgmma (launch.rs: prefill_wgmma_keys)
+#define FW_KEYS 64u // KV positions of a tile: the N of S's wgmma (launch.rs: PREFILL_WGMMA_KEYS)
+// f16 K/V^T buffers: two (a tile's P·V overlaps the next conversion) but at 256 dims,
+// where two would not fit in 227 KiB (launch.rs: prefill_wgmma_buffers).
+#define FW_BUFS(HD) ((HD) > 128u ? 1u : 2u)
 
 namespace {
 
@@ -74,9 +79,9 @@ __device__ __forceinline__ void fw_convert(const unsigned char* kr, const unsign
 #endif
 
 // Dynamic shared memory (bytes), in order: two stages of raw K and V (BK, HD) E4M3 each,
-// two stages of K and V scales (BK) f32 each, then f16 K (BK keys × HD), V^T (HD × BK)
-// and q · scale (FP_ROWS × HD), each in the K-major core-matrix layout (fw_core)
-// (launch.rs: prefill_wgmma_shared_bytes).
+// two stages of K and V scales (BK) f32 each, then FW_BUFS(HD) buffers of f16 K (BK keys
+// × HD) and V^T (HD × BK), and q · scale (FP_ROWS × HD), each in the K-major core-matrix
+// layout (fw_core) (launch.rs: prefill_wgmma_shared_bytes).
 template <unsigned int HD>
 __device__ __forceinline__ void fw_attention(const KvArgs& p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -86,9 +91,9 @@ __device__ __forceinline__ void fw_attention(const KvArgs& p) {
     extern __shared__ __align__(128) unsigned char fw_smem[];
     unsigned char* raw = fw_smem;                                         // (2, 2, BK, HD)
     float* raw_scales = reinterpret_cast<float*>(fw_smem + 4u * BK * HD); // (2, 2, BK)
-    unsigned short* kh = reinterpret_cast<unsigned short*>(raw_scales + 4u * BK); // (BK, HD) cores
-    unsigned short* vt = kh + BK * HD;                                    // (HD, BK) cores
-    unsigned short* qh = vt + BK * HD;                                    // (FP_ROWS, HD) cores
+    constexpr unsigned int BUFS = FW_BUFS(HD);
+    unsigned short* f16 = reinterpret_cast<unsigned short*>(raw_scales + 4u * BK); // (BUFS, K | V^T)
+    unsigned short* qh = f16 + BUFS * 2u * BK * HD;                                 // (FP_ROWS, HD) cores
     __shared__ float ksc[BK], vsc[BK];
     __shared__ unsigned int tok_seq[FP_ROWS], tok_pos[FP_ROWS];
     unsigned int hd = p.head_dim;
@@ -172,10 +177,13 @@ __device__ __forceinline__ void fw_attention(const KvArgs& p) {
                 ptx_cp_async_commit();
             }
             ptx_cp_async_wait1();
-            // This tile's copies have landed everywhere, and no wgmma of the last tile
-            // still reads K, V^T (each thread waited for its own before getting here).
+            // This tile's copies have landed everywhere, and no wgmma still reads the
+            // buffer converted into next (each thread waited for the P·V two tiles back,
+            // or with one buffer the last, before getting here).
             __syncthreads();
             const unsigned char* kr = raw + 2u * stage * BK * HD;
+            unsigned short* kh = f16 + (i % BUFS) * 2u * BK * HD; // (BK, HD) cores
+            unsigned short* vt = kh + BK * HD;                    // (HD, BK) cores
             fw_convert<HD>(kr, kr + BK * HD, kh, vt);
             for (unsigned int key = tid; key < BK; key += FP_THREADS) {
                 ksc[key] = raw_scales[2u * stage * BK + key];
@@ -193,8 +201,13 @@ __device__ __forceinline__ void fw_attention(const KvArgs& p) {
                                        ptx_wgmma_desc(kh + 128u * kk, 128u, 16u * HD), kk > 0u ? 1 : 0);
             }
             ptx_wgmma_commit();
+            // S, and the last tile's P·V before O is rescaled below.
             ptx_wgmma_wait<0>();
             ptx_wgmma_hold(s);
+#pragma unroll
+            for (unsigned int nb = 0u; nb < NB; nb++) {
+                ptx_wgmma_hold(o[nb]);
+            }
             // K scales, the causal mask (and the window), row maxima: s[4j + e] is row
             // r_lo (e < 2) or r_hi, key 8j + 2c + e % 2.
             float mx_lo = -1e30f, mx_hi = -1e30f;
@@ -266,11 +279,14 @@ __device__ __forceinline__ void fw_attention(const KvArgs& p) {
                 }
             }
             ptx_wgmma_commit();
-            ptx_wgmma_wait<0>();
-#pragma unroll
-            for (unsigned int nb = 0u; nb < NB; nb++) {
-                ptx_wgmma_hold(o[nb]);
+            if (BUFS == 1u) {
+                ptx_wgmma_wait<0>(); // the next conversion overwrites V^T
             }
+        }
+        ptx_wgmma_wait<0>();
+#pragma unroll
+        for (unsigned int nb = 0u; nb < NB; nb++) {
+            ptx_wgmma_hold(o[nb]);
         }
         // o[nb][4j + e]: row r_lo (e < 2) or r_hi, dim 64nb + 8j + 2c + e % 2.
 #pragma unroll
