@@ -196,11 +196,11 @@ fn prefill_takes_long_fp8_steps_on_tensor_cores() {
             "head size {hd}"
         );
     }
-    // The warpgroup-MMA kernel (sm_90a: up to 227 KiB a block): unpadded f16 tiles of 64
-    // keys, two buffers of them up to 128 dims (57 KiB at 64, 113 KiB at 128), one at 256
-    // (161 KiB).
+    // The warpgroup-MMA kernel (sm_90a: up to 227 KiB a block): f16 tiles of 64 keys in
+    // core matrices 144 bytes apart, two buffers of them up to 128 dims (62.6 KiB at 64,
+    // 123.9 KiB at 128), one at 256 (173.75 KiB).
     let wg = |hd| prefill_wgmma_shared_bytes(&shape(8, 8, hd, 1));
-    assert_eq!((wg(64), wg(128), wg(256)), (58368, 115712, 164864));
+    assert_eq!((wg(64), wg(128), wg(256)), (64128, 126848, 177920));
     assert!(
         wg(256) + 2048 <= 227 * 1024,
         "with its 2 KiB of static shared memory"

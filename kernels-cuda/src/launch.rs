@@ -265,14 +265,22 @@ pub fn prefill_wgmma_buffers(hd: u32) -> u32 {
     if hd > 128 { 1 } else { 2 }
 }
 
+/// Bytes of a `rows` × `kdim` f16 operand of the warpgroup-MMA prefill
+/// (attention_prefill_wgmma.cu: fw_tile): 8×8 core matrices 144 bytes apart in K and
+/// (kdim / 8) · 144 + 16 apart in rows.
+fn wgmma_tile_bytes(rows: u32, kdim: u32) -> u32 {
+    rows / 8 * (kdim / 8 * 144 + 16)
+}
+
 /// Dynamic shared memory of the warpgroup-MMA prefill (attention_prefill_wgmma.cu:
 /// fw_attention), HD the padded head size, BK [`PREFILL_WGMMA_KEYS`]: two stages of raw K
 /// and V (BK, HD) E4M3 and of their scales (BK) f32, then [`prefill_wgmma_buffers`] of f16
-/// K (BK, HD) and V^T (HD, BK), and q (FP_ROWS, HD), unpadded (wgmma's core-matrix layout).
+/// K (BK, HD) and V^T (HD, BK), and q (FP_ROWS, HD), in wgmma's core-matrix layout.
 pub fn prefill_wgmma_shared_bytes(shape: &AttentionShape) -> u32 {
     let hd = prefill_head_dim(shape);
     let bk = PREFILL_WGMMA_KEYS;
-    4 * bk * hd + 4 * 4 * bk + 2 * (2 * prefill_wgmma_buffers(hd) * bk + FP_ROWS) * hd
+    let kv = wgmma_tile_bytes(bk, hd) + wgmma_tile_bytes(hd, bk);
+    4 * bk * hd + 4 * 4 * bk + prefill_wgmma_buffers(hd) * kv + wgmma_tile_bytes(FP_ROWS, hd)
 }
 
 /// The tensor-core prefill attention's launch (FP8 caches, steps of more than

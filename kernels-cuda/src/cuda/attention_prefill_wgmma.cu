@@ -10,7 +10,8 @@
 //   - cp.async brings the next tile's raw E4M3 K and V rows and scales into the other
 //     stage (fp_issue, two stages);
 //   - the block converts the tile to f16 in wgmma's K-major no-swizzle layout (8×8 core
-//     matrices of 128 contiguous bytes, ptx.cuh: ptx_wgmma_desc): K as keys × dims, V
+//     matrices of 128 contiguous bytes, ptx.cuh: ptx_wgmma_desc; the matrices 16 bytes
+//     further apart than packed, against bank conflicts: fw_core): K as keys × dims, V
 //     transposed to dims × keys (so P·V's B operand is K-major too: no transpose
 //     immediate), one core matrix a thread at a time;
 //   - S = (q · scale) K^T: HD / 16 wgmma with both operands in shared memory (q, converted
@@ -32,10 +33,23 @@
 namespace {
 
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-// The f16 index of element (row, k) of a K-major no-swizzle operand of `kdim` columns,
-// core matrices row-group-major: LBO 128 bytes, SBO 16 · kdim bytes.
+// Bytes between core matrices adjacent in K (LBO) and in rows (SBO, for `kdim` columns):
+// 128 + 16 and (kdim / 8) · 144 + 16, not 128 and 16 · kdim, so that the 8 threads of a
+// quarter-warp, each storing a row of a different core matrix (K: adjacent in K; V^T:
+// adjacent in rows), meet 8 different 16-byte bank groups, not one.
+#define FW_LBO 144u
+__device__ __forceinline__ constexpr unsigned int fw_sbo(unsigned int kdim) { return (kdim / 8u) * FW_LBO + 16u; }
+
+// Halves of a K-major operand of `rows` × `kdim` in that layout (launch.rs: wgmma_tile_bytes).
+__device__ __forceinline__ constexpr unsigned int fw_tile(unsigned int rows, unsigned int kdim) {
+    return (rows / 8u) * fw_sbo(kdim) / 2u;
+}
+
+// The f16 index of element (row, k) of a K-major no-swizzle operand of `kdim` columns:
+// core matrices (8 rows of 16 contiguous bytes) FW_LBO bytes apart in K, fw_sbo apart in
+// rows.
 __device__ __forceinline__ unsigned int fw_core(unsigned int row, unsigned int k, unsigned int kdim) {
-    return ((row / 8u) * (kdim / 8u) + k / 8u) * 64u + (row % 8u) * 8u + k % 8u;
+    return ((row / 8u) * fw_sbo(kdim) + (k / 8u) * FW_LBO) / 2u + (row % 8u) * 8u + k % 8u;
 }
 
 // 8 E4M3 values (low byte first) to 4 words of two f16 each, exactly.
@@ -93,7 +107,8 @@ __device__ __forceinline__ void fw_attention(const KvArgs& p) {
     float* raw_scales = reinterpret_cast<float*>(fw_smem + 4u * BK * HD); // (2, 2, BK)
     constexpr unsigned int BUFS = FW_BUFS(HD);
     unsigned short* f16 = reinterpret_cast<unsigned short*>(raw_scales + 4u * BK); // (BUFS, K | V^T)
-    unsigned short* qh = f16 + BUFS * 2u * BK * HD;                                 // (FP_ROWS, HD) cores
+    constexpr unsigned int KT = fw_tile(BK, HD), VT = fw_tile(HD, BK); // K, V^T halves
+    unsigned short* qh = f16 + BUFS * (KT + VT);                       // (FP_ROWS, HD) cores
     __shared__ float ksc[BK], vsc[BK];
     __shared__ unsigned int tok_seq[FP_ROWS], tok_pos[FP_ROWS];
     unsigned int hd = p.head_dim;
@@ -182,8 +197,8 @@ __device__ __forceinline__ void fw_attention(const KvArgs& p) {
             // or with one buffer the last, before getting here).
             __syncthreads();
             const unsigned char* kr = raw + 2u * stage * BK * HD;
-            unsigned short* kh = f16 + (i % BUFS) * 2u * BK * HD; // (BK, HD) cores
-            unsigned short* vt = kh + BK * HD;                    // (HD, BK) cores
+            unsigned short* kh = f16 + (i % BUFS) * (KT + VT); // (BK, HD) cores
+            unsigned short* vt = kh + KT;                      // (HD, BK) cores
             fw_convert<HD>(kr, kr + BK * HD, kh, vt);
             for (unsigned int key = tid; key < BK; key += FP_THREADS) {
                 ksc[key] = raw_scales[2u * stage * BK + key];
@@ -197,8 +212,9 @@ __device__ __forceinline__ void fw_attention(const KvArgs& p) {
             ptx_wgmma_fence();
 #pragma unroll
             for (unsigned int kk = 0u; kk < HD / 16u; kk++) {
-                ptx_wgmma_m64n64k16_ss(s, ptx_wgmma_desc(qh + 128u * kk, 128u, 16u * HD),
-                                       ptx_wgmma_desc(kh + 128u * kk, 128u, 16u * HD), kk > 0u ? 1 : 0);
+                ptx_wgmma_m64n64k16_ss(s, ptx_wgmma_desc(qh + fw_core(0u, 16u * kk, HD), FW_LBO, fw_sbo(HD)),
+                                       ptx_wgmma_desc(kh + fw_core(0u, 16u * kk, HD), FW_LBO, fw_sbo(HD)),
+                                       kk > 0u ? 1 : 0);
             }
             ptx_wgmma_commit();
             // S, and the last tile's P·V before O is rescaled below.
@@ -274,7 +290,7 @@ __device__ __forceinline__ void fw_attention(const KvArgs& p) {
             for (unsigned int kc = 0u; kc < BK / 16u; kc++) {
 #pragma unroll
                 for (unsigned int nb = 0u; nb < NB; nb++) {
-                    ptx_wgmma_m64n64k16_rs(o[nb], pa[kc], ptx_wgmma_desc(vt + fw_core(64u * nb, 16u * kc, BK), 128u, 16u * BK),
+                    ptx_wgmma_m64n64k16_rs(o[nb], pa[kc], ptx_wgmma_desc(vt + fw_core(64u * nb, 16u * kc, BK), FW_LBO, fw_sbo(BK)),
                                            1);
                 }
             }
