@@ -53,6 +53,17 @@ pub const BACKENDS: &[(&str, Constructor)] = &[
             .map(|b| Box::new(b) as Box<dyn Backend>)
             .map_err(|e| e.to_string())
     }),
+    // The same with the modules of sm_90 and the mma.sync prefill attention on an H100 or
+    // H200 (where "cuda" takes sm_90a's wgmma kernel): their A/B, by `cuda_mma/` filters.
+    ("cuda_mma", || {
+        let options = kiln_backend_cuda::CudaOptions {
+            wgmma: false,
+            ..Default::default()
+        };
+        kiln_backend_cuda::CudaBackend::with_options(options)
+            .map(|b| Box::new(b) as Box<dyn Backend>)
+            .map_err(|e| e.to_string())
+    }),
     ("vulkan", || {
         kiln_backend_vulkan::VulkanBackend::any_device()
             .map(|b| Box::new(b) as Box<dyn Backend>)

@@ -9,7 +9,7 @@ use crate::launch::{
     MAX_SPLITS, SPLIT_MIN_POSITIONS, attention_combine_launch, attention_decode_launch,
     attention_prefill_launch, attention_splits, decode_shared_bytes, decode_total_shared,
     length_class, partial_bytes_max, partial_floats, prefill_heads, prefill_keys,
-    prefill_shared_bytes, split_range,
+    prefill_shared_bytes, prefill_wgmma_shared_bytes, split_range,
 };
 use crate::variant::Entry;
 
@@ -163,7 +163,7 @@ fn decode_launch_refuses_what_the_kernel_cannot_take() {
 fn prefill_takes_long_fp8_steps_on_tensor_cores() {
     // 32 heads over 8 KV heads: blocks of the 4 heads of a KV head × 16 tokens.
     let fp8 = shape(32, 8, 128, 1);
-    let l = attention_prefill_launch(&fp8, 8192, true).expect("a launch");
+    let l = attention_prefill_launch(&fp8, 8192, true, false).expect("a launch");
     assert_eq!((l.entry, l.grid), (Entry::Prefill(1), [8, 512, 1]));
     assert_eq!(prefill_heads(&fp8), 4);
     // Odd lengths and groups: the last tile is partial, every (token, head) row covered.
@@ -174,7 +174,7 @@ fn prefill_takes_long_fp8_steps_on_tensor_cores() {
         let tokens = FP_ROWS / heads;
         assert!(heads <= FP_ROWS && tokens * heads <= FP_ROWS && tokens >= 1);
         for n in [65, 100, 127, 129, 4097] {
-            let l = attention_prefill_launch(&s, n, true).unwrap();
+            let l = attention_prefill_launch(&s, n, true, false).unwrap();
             assert!(l.grid[1] * tokens >= n && (l.grid[1] - 1) * tokens < n);
             // Head blocks × heads a block cover the group, the last one maybe partly.
             let head_blocks = l.grid[0] / n_kv_heads;
@@ -182,14 +182,29 @@ fn prefill_takes_long_fp8_steps_on_tensor_cores() {
             assert!(head_blocks * heads >= group && (head_blocks - 1) * heads < group);
         }
     }
-    assert!(attention_prefill_launch(&fp8, DECODE_MAX_TOKENS, true).is_none());
-    assert!(attention_prefill_launch(&fp8, 8192, false).is_none());
-    assert!(attention_prefill_launch(&shape(32, 8, 128, 2), 8192, true).is_none());
+    assert!(attention_prefill_launch(&fp8, DECODE_MAX_TOKENS, true, false).is_none());
+    assert!(attention_prefill_launch(&fp8, 8192, false, false).is_none());
+    assert!(attention_prefill_launch(&shape(32, 8, 128, 2), 8192, true, true).is_none());
     // Head sizes pad to 64, 128 or 256, each its entry.
     for (hd, entry) in [(4, 0), (64, 0), (68, 1), (128, 1), (132, 2), (256, 2)] {
-        let l = attention_prefill_launch(&shape(8, 8, hd, 1), 100, true).unwrap();
+        let l = attention_prefill_launch(&shape(8, 8, hd, 1), 100, true, false).unwrap();
         assert_eq!(l.entry, Entry::Prefill(entry), "head size {hd}");
+        let w = attention_prefill_launch(&shape(8, 8, hd, 1), 100, true, true).unwrap();
+        assert_eq!(
+            (w.entry, w.grid, w.block),
+            (Entry::PrefillWgmma(entry), l.grid, l.block),
+            "head size {hd}"
+        );
     }
+    // The warpgroup-MMA kernel (sm_90a: up to 227 KiB a block): f16 tiles of 64 keys in
+    // core matrices 144 bytes apart, two buffers of them up to 128 dims (62.6 KiB at 64,
+    // 123.9 KiB at 128), one at 256 (173.75 KiB).
+    let wg = |hd| prefill_wgmma_shared_bytes(&shape(8, 8, hd, 1));
+    assert_eq!((wg(64), wg(128), wg(256)), (64128, 126848, 177920));
+    assert!(
+        wg(256) + 2048 <= 227 * 1024,
+        "with its 2 KiB of static shared memory"
+    );
     // 44 KiB at 64 dims (no opt-in), 84 KiB at 128, 98.5 KiB at 256: within what sm_86
     // and sm_89 let a block opt in to (99 KiB), two blocks an SM on sm_80 and sm_90.
     assert_eq!(prefill_shared_bytes(&shape(8, 8, 64, 1)), 45056);

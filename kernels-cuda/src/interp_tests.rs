@@ -347,6 +347,7 @@ fn interpreted_matmul_calls_match_the_reference() {
             class: 1,
             sm_count: 132,
             tensor_cores: false,
+            wgmma: false,
             decode_attention: true,
         };
         let xv = rng.values(rows * D);

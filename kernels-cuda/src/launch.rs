@@ -249,15 +249,58 @@ pub fn prefill_shared_bytes(shape: &AttentionShape) -> u32 {
     4 * bk * hd + 4 * 4 * bk + 2 * (2 * bk + FP_ROWS) * (hd + 8)
 }
 
+/// The entry of the warpgroup-MMA prefill attention for a shape (its head size class).
+pub fn prefill_wgmma_entry(shape: &AttentionShape) -> Option<Entry> {
+    prefill_class(shape).map(|i| Entry::PrefillWgmma(i as u8))
+}
+
+/// KV positions of a tile of the warpgroup-MMA prefill (attention_prefill_wgmma.cu:
+/// FW_KEYS): the N of its S = q K^T wgmma, every head size.
+pub const PREFILL_WGMMA_KEYS: u32 = 64;
+
+/// f16 K/V^T buffers of the warpgroup-MMA prefill (attention_prefill_wgmma.cu: FW_BUFS):
+/// two, so a tile's P·V runs while the next is converted, but one at 256 dims (two would
+/// pass the 227 KiB a block may have).
+pub fn prefill_wgmma_buffers(hd: u32) -> u32 {
+    if hd > 128 { 1 } else { 2 }
+}
+
+/// Bytes of a `rows` × `kdim` f16 operand of the warpgroup-MMA prefill
+/// (attention_prefill_wgmma.cu: fw_tile): 8×8 core matrices 144 bytes apart in K and
+/// (kdim / 8) · 144 + 16 apart in rows.
+fn wgmma_tile_bytes(rows: u32, kdim: u32) -> u32 {
+    rows / 8 * (kdim / 8 * 144 + 16)
+}
+
+/// Dynamic shared memory of the warpgroup-MMA prefill (attention_prefill_wgmma.cu:
+/// fw_attention), HD the padded head size, BK [`PREFILL_WGMMA_KEYS`]: two stages of raw K
+/// and V (BK, HD) E4M3 and of their scales (BK) f32, then [`prefill_wgmma_buffers`] of f16
+/// K (BK, HD) and V^T (HD, BK), and q (FP_ROWS, HD), in wgmma's core-matrix layout.
+pub fn prefill_wgmma_shared_bytes(shape: &AttentionShape) -> u32 {
+    let hd = prefill_head_dim(shape);
+    let bk = PREFILL_WGMMA_KEYS;
+    let kv = wgmma_tile_bytes(bk, hd) + wgmma_tile_bytes(hd, bk);
+    4 * bk * hd + 4 * 4 * bk + prefill_wgmma_buffers(hd) * kv + wgmma_tile_bytes(FP_ROWS, hd)
+}
+
 /// The tensor-core prefill attention's launch (FP8 caches, steps of more than
-/// [`DECODE_MAX_TOKENS`] tokens, devices with mma.sync): grid (KV heads × head blocks,
-/// token tiles of FP_ROWS / [`prefill_heads`] tokens).
+/// [`DECODE_MAX_TOKENS`] tokens, devices with mma.sync; with `wgmma`, compute capability
+/// 9.0 with the sm_90a module, the warpgroup-MMA kernel): grid (KV heads × head blocks,
+/// token tiles of FP_ROWS / [`prefill_heads`] tokens), either kernel.
 pub fn attention_prefill_launch(
     shape: &AttentionShape,
     n_tokens: u32,
     tensor_cores: bool,
+    wgmma: bool,
 ) -> Option<Launch> {
-    let entry = prefill_entry(shape)?;
+    let (entry, shared_bytes) = if wgmma {
+        (
+            prefill_wgmma_entry(shape)?,
+            prefill_wgmma_shared_bytes(shape),
+        )
+    } else {
+        (prefill_entry(shape)?, prefill_shared_bytes(shape))
+    };
     let heads = prefill_heads(shape);
     let head_blocks = (shape.n_heads / shape.n_kv_heads).div_ceil(heads);
     (tensor_cores && shape.value_bytes == 1 && n_tokens > DECODE_MAX_TOKENS).then_some(Launch {
@@ -268,6 +311,6 @@ pub fn attention_prefill_launch(
             1,
         ],
         block: [FP_THREADS, 1, 1],
-        shared_bytes: prefill_shared_bytes(shape),
+        shared_bytes,
     })
 }

@@ -64,6 +64,10 @@ pub const FILES: &[(&str, &str)] = &[
         "attention_prefill.cu",
         include_str!("cuda/attention_prefill.cu"),
     ),
+    (
+        "attention_prefill_wgmma.cu",
+        include_str!("cuda/attention_prefill_wgmma.cu"),
+    ),
     // The families' ops besides Llama's.
     ("add_bias.cu", include_str!("cuda/add_bias.cu")),
     ("head_rmsnorm.cu", include_str!("cuda/head_rmsnorm.cu")),

@@ -151,6 +151,9 @@ pub enum Entry {
     /// The tensor-core prefill attention of FP8 caches (attention_prefill.cu) for head
     /// sizes up to `PREFILL_HEAD_DIMS[i]`.
     Prefill(u8),
+    /// The same on Hopper's warpgroup MMA (attention_prefill_wgmma.cu, sm_90a; a trap
+    /// elsewhere): the host launches it on compute capability 9.0 only.
+    PrefillWgmma(u8),
     /// quantize_q8_1 and rmsnorm_quantize_q8_1 (matvec.rs).
     Quantize,
     RmsNormQuantize,
@@ -218,6 +221,14 @@ impl Entry {
                 .get(i as usize)
                 .copied()
                 .unwrap_or("KILN_UNUSED"),
+            Entry::PrefillWgmma(i) => [
+                "KILN_PREFILL_WG64",
+                "KILN_PREFILL_WG128",
+                "KILN_PREFILL_WG256",
+            ]
+            .get(i as usize)
+            .copied()
+            .unwrap_or("KILN_UNUSED"),
             // Their modules name their entries themselves (matvec.rs).
             Entry::Quantize | Entry::RmsNormQuantize | Entry::Matvec(_) | Entry::Mmq(_) => {
                 "KILN_UNUSED"
@@ -235,6 +246,8 @@ impl Entry {
             Entry::Combine => 2,
             // Attention variants have no quantize entries: 3 to 5 serve both.
             Entry::Prefill(i) => 3 + i as usize,
+            // Attention variants have no matvec entries either: 6 to 8.
+            Entry::PrefillWgmma(i) => 6 + i as usize,
             Entry::Quantize => 3,
             Entry::RmsNormQuantize => 4,
             Entry::Matvec(i) => 6 + i as usize,
@@ -302,6 +315,9 @@ impl Variant {
                 Entry::Prefill(0),
                 Entry::Prefill(1),
                 Entry::Prefill(2),
+                Entry::PrefillWgmma(0),
+                Entry::PrefillWgmma(1),
+                Entry::PrefillWgmma(2),
             ]
         } else if self.kernel == Kernel::Attention {
             &[Entry::Main, Entry::Decode, Entry::Combine]
@@ -323,6 +339,10 @@ impl Variant {
             Entry::Prefill(i) => {
                 let hd = PREFILL_HEAD_DIMS.get(i as usize).copied().unwrap_or(0);
                 format!("{name}_prefill_h{hd}")
+            }
+            Entry::PrefillWgmma(i) => {
+                let hd = PREFILL_HEAD_DIMS.get(i as usize).copied().unwrap_or(0);
+                format!("{name}_prefill_wg_h{hd}")
             }
             Entry::Quantize => matvec::QUANTIZE_ENTRY.into(),
             Entry::RmsNormQuantize => matvec::RMSNORM_QUANTIZE_ENTRY.into(),

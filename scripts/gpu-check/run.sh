@@ -165,6 +165,11 @@ else say "gemm_cuda SKIPPED: no b_gemm staged"; fi
 if [ -x "$G/b_attention_long" ] || [ $dry = 1 ]; then
   run attention_long_cuda 150 "$G/b_attention_long" --bench cuda/
   [ $dry = 1 ] || grep -E '^  cuda/.*(GFLOP/s|GB/s)' "$L/attention_long_cuda.log" | sed 's/^  /attention: /' >> "$S"
+  # The flash prefill's A/B on an H100/H200: above, the wgmma kernel (sm_90a,
+  # attention_prefill_wgmma.cu); here the mma.sync one (kiln-bench's `cuda_mma` backend:
+  # sm_90 modules, attention_prefill.cu), the same cases. Elsewhere both are mma.sync's.
+  run attention_long_mma 120 "$G/b_attention_long" --bench 'cuda_mma/.*prefill'
+  [ $dry = 1 ] || grep -E '^  cuda_mma/.*GFLOP/s' "$L/attention_long_mma.log" | sed 's/^  /attention (mma.sync): /' >> "$S"
 else say "attention_long_cuda SKIPPED: no b_attention_long staged"; fi
 
 # ---- compute-sanitizer memcheck on a short greedy run.

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-use kiln_backend_cuda::compile::Nvrtc;
+use kiln_backend_cuda::compile::{Nvrtc, Target};
 use kiln_kernels_cuda::Kernel;
 use kiln_kernels_cuda::sources::{all_variants, argmax_source, source, top_k_source};
 
@@ -56,6 +56,10 @@ pub struct KernelFacts {
     pub mma: u32,
     /// Of them, the integer ones (`IMMA`, `IGMMA`).
     pub imma: u32,
+    /// Of them, Hopper's warpgroup MMA (`HGMMA`, `IGMMA`, `QGMMA`: wgmma).
+    pub gmma: u32,
+    /// Compiled for the architecture-specific target (`sm_90a`).
+    pub specific: bool,
     /// Shared-memory matrix loads (`LDSM`, ldmatrix).
     pub ldsm: u32,
     /// Asynchronous global-to-shared copies (`LDGSTS`, cp.async) and TMA copies (`UBLKCP`, `UTMALDG`).
@@ -198,13 +202,13 @@ fn jobs() -> Result<Vec<Job>, String> {
     Ok(jobs)
 }
 
-/// The facts of every kernel of every variant compiled for `sm_<arch>`, in the order of
+/// The facts of every kernel of every variant compiled for `target` (`sm_90`, `sm_90a`), in the order of
 /// `all_variants()` (kernels of a module sorted by name), on up to `threads` threads.
 /// `sass_dir`, when given, receives each module's cuobjdump output as `<variant>.sass`.
 pub fn analyse_all(
     nvrtc: &Nvrtc,
     cuobjdump: &Path,
-    arch: u32,
+    target: Target,
     threads: usize,
     sass_dir: Option<&Path>,
     filter: &dyn Fn(&str) -> bool,
@@ -224,7 +228,7 @@ pub fn analyse_all(
                         *n - 1
                     };
                     let Some(job) = jobs.get(i) else { return };
-                    let r = analyse_one(nvrtc, cuobjdump, arch, job, &scratch, sass_dir);
+                    let r = analyse_one(nvrtc, cuobjdump, target, job, &scratch, sass_dir);
                     results
                         .lock()
                         .unwrap_or_else(|e| e.into_inner())
@@ -255,13 +259,13 @@ pub fn analyse_all(
 fn analyse_one(
     nvrtc: &Nvrtc,
     cuobjdump: &Path,
-    arch: u32,
+    target: Target,
     job: &Job,
     scratch: &Path,
     sass_dir: Option<&Path>,
 ) -> Result<Vec<KernelFacts>, String> {
     let (cubin, _log) = nvrtc
-        .compile(&job.name, &job.source, arch)
+        .compile(&job.name, &job.source, target)
         .map_err(|e| format!("{}: {e}", job.name))?;
     let path = scratch.join(format!("{}.cubin", job.name));
     std::fs::write(&path, &cubin).map_err(|e| format!("{}: {e}", path.display()))?;
@@ -289,6 +293,7 @@ fn analyse_one(
         f.variant.clone_from(&job.name);
         f.matvec = job.matvec;
         f.quantized = job.quantized;
+        f.specific = target.specific;
     }
     Ok(facts)
 }
@@ -402,11 +407,20 @@ fn count(k: &mut KernelFacts, opcode: &str) {
         "LDL" | "STL" => k.local_ops += 1,
         "IDP" if has("4A") => k.idp4a += 1,
         "IDP" if has("2A") => k.idp2a += 1,
-        "IMMA" | "IGMMA" => {
+        "IMMA" => {
             k.mma += 1;
             k.imma += 1;
         }
-        "HMMA" | "HGMMA" | "QGMMA" | "BMMA" => k.mma += 1,
+        "IGMMA" => {
+            k.mma += 1;
+            k.imma += 1;
+            k.gmma += 1;
+        }
+        "HGMMA" | "QGMMA" => {
+            k.mma += 1;
+            k.gmma += 1;
+        }
+        "HMMA" | "BMMA" => k.mma += 1,
         "LDSM" => k.ldsm += 1,
         "LDGSTS" | "UBLKCP" | "UTMALDG" => k.cp_async += 1,
         _ => {}
@@ -417,7 +431,7 @@ fn count(k: &mut KernelFacts, opcode: &str) {
 pub fn table(facts: &[KernelFacts]) -> String {
     let header = [
         "variant", "kernel", "regs", "smem", "local", "ldl/stl", "ldg8/16", "ldg32", "ldg64",
-        "ldg128", "idp4a", "idp2a", "mma", "imma", "ldsm", "cp.async", "instrs",
+        "ldg128", "idp4a", "idp2a", "mma", "imma", "gmma", "ldsm", "cp.async", "instrs",
     ];
     let rows: Vec<Vec<String>> = facts
         .iter()
@@ -437,6 +451,7 @@ pub fn table(facts: &[KernelFacts]) -> String {
                 k.idp2a.to_string(),
                 k.mma.to_string(),
                 k.imma.to_string(),
+                k.gmma.to_string(),
                 k.ldsm.to_string(),
                 k.cp_async.to_string(),
                 k.instructions.to_string(),

@@ -94,6 +94,22 @@ fn configurations() -> Vec<Target> {
                 )?))
             }),
         ),
+        // An H100 with the wgmma kernel off (KILN_CUDA_WGMMA=0, sm_90 modules): the
+        // mma.sync prefill attention with sm_89's FP8 conversions, which `cuda_emu` (sm_90a,
+        // the wgmma kernel) no longer runs. Only the attention cases (ATTENTION_ONLY).
+        Target::new(
+            "cuda_emu_sm90_mma",
+            kiln_backends::Ci::Lavapipe,
+            Arc::new(|| {
+                let options = kiln_backend_cuda_emu::EmuOptions {
+                    wgmma: false,
+                    ..Default::default()
+                };
+                Ok(Box::new(kiln_backend_cuda_emu::EmuBackend::with_options(
+                    options,
+                )?))
+            }),
+        ),
         // An sm_80 with tensor cores and one SM: the FP8 conversions of the prefill
         // attention's pre-Ada path, and the int8 matmul's 64- and 128-token tiles (132
         // SMs halve these small grids' tiles to 32).
@@ -152,6 +168,10 @@ fn takes_gemm_f16(name: &str) -> bool {
     rows.is_some_and(|r| r > 32) && !float
 }
 
+/// Configurations that differ from their backend in the prefill attention alone, and run
+/// only the cases whose name says attention.
+const ATTENTION_ONLY: &[&str] = &["cuda_emu_sm90_mma"];
+
 fn main() -> ExitCode {
     let mut trials: Vec<Trial> = vec![test("every_limit_can_fail", || {
         conformance::check_limits_can_fail();
@@ -164,11 +184,15 @@ fn main() -> ExitCode {
         let emulated = target.name.starts_with("cuda_emu");
         let matmul_only = MATMUL_ONLY.contains(&target.name.as_str());
         let gemm_f16_only = GEMM_F16_ONLY.contains(&target.name.as_str());
+        let attention_only = ATTENTION_ONLY.contains(&target.name.as_str());
         for trial in conformance::trials(&target) {
             if matmul_only && !trial.name().contains("matmul") {
                 continue;
             }
             if gemm_f16_only && !takes_gemm_f16(trial.name()) {
+                continue;
+            }
+            if attention_only && !trial.name().contains("attention") {
                 continue;
             }
             // Emulated threads are ~1000× slower than a GPU's: a case of thousands of

@@ -1,5 +1,6 @@
 //! What the SASS of every CUDA kernel variant must show, checked without a GPU: NVRTC
-//! compiles each variant for sm_90 and cuobjdump disassembles it (kiln_tests::cuda_disasm).
+//! compiles each variant for sm_90 (and the FP8 attention module, whose prefill has a
+//! wgmma kernel, for sm_90a too) and cuobjdump disassembles it (kiln_tests::cuda_disasm).
 //! [`FACTS`] lists what the kernels' design relies on: the rows marked `Required` hold
 //! today and are asserted; the rows marked `Target` are what the CUDA decode redesign
 //! (issue 14) must reach, reported until they hold, then to be flipped to `Required`.
@@ -13,7 +14,7 @@ use std::process::ExitCode;
 use std::sync::OnceLock;
 use std::time::Instant;
 
-use kiln_backend_cuda::compile::Nvrtc;
+use kiln_backend_cuda::compile::{Nvrtc, Target};
 use kiln_testkit::{Outcome, fail, pass, skip, test};
 use kiln_tests::cuda_disasm::{KernelFacts, analyse_all, find_cuobjdump, parse, table};
 
@@ -64,6 +65,16 @@ fn is_int8_matmul(k: &KernelFacts) -> bool {
     k.variant.starts_with("matmul_mmq_") && k.kernel.starts_with("matmul_mmq_")
 }
 
+/// The mma.sync prefill attention (attention_prefill.cu: `attention_fp8_prefill_h<HD>`).
+fn is_mma_sync_prefill(k: &KernelFacts) -> bool {
+    k.variant == "attention_fp8" && k.kernel.contains("_prefill_h")
+}
+
+/// The wgmma prefill attention (attention_prefill_wgmma.cu: `attention_fp8_prefill_wg_h<HD>`).
+fn is_wgmma_prefill(k: &KernelFacts) -> bool {
+    k.variant == "attention_fp8" && k.kernel.contains("_prefill_wg_h")
+}
+
 /// A matvec of a type the decode matvecs read packed (kiln_kernels_cuda::matvec::DTYPES).
 fn is_packed_type_matvec(k: &KernelFacts) -> bool {
     k.matvec
@@ -91,14 +102,37 @@ const FACTS: &[Fact] = &[
     Fact {
         what: "the FP8 prefill attention runs on tensor cores (HMMA)",
         status: Status::Required,
-        applies: |k| k.variant == "attention_fp8" && k.kernel.contains("prefill"),
-        holds: |k| k.mma > 0,
+        applies: is_mma_sync_prefill,
+        holds: |k| k.mma > 0 && k.gmma == 0,
     },
     Fact {
         what: "the FP8 prefill attention stages K/V with cp.async (LDGSTS) and reads its tiles by ldmatrix (LDSM)",
         status: Status::Required,
-        applies: |k| k.variant == "attention_fp8" && k.kernel.contains("prefill"),
+        applies: is_mma_sync_prefill,
         holds: |k| k.cp_async > 0 && k.ldsm > 0,
+    },
+    // ---- Required of the wgmma prefill attention (attention_prefill_wgmma.cu, issue 15):
+    // at sm_90a, on the warpgroup MMA: S = q K^T (HD / 16 instructions) and P V (4 · HD /
+    // 64) of m64n64k16, K/V staged by cp.async; at sm_90 an entry that only traps.
+    Fact {
+        what: "the wgmma prefill attention (sm_90a) runs on the warpgroup MMA (HGMMA: HD/16 + HD/16 m64n64k16), stages K/V with cp.async (LDGSTS)",
+        status: Status::Required,
+        applies: |k| is_wgmma_prefill(k) && k.specific,
+        holds: |k| {
+            let hd: u32 = k
+                .kernel
+                .rsplit("_h")
+                .next()
+                .and_then(|h| h.parse().ok())
+                .unwrap_or(0);
+            hd > 0 && k.gmma == hd / 8 && k.mma == k.gmma && k.cp_async > 0
+        },
+    },
+    Fact {
+        what: "the wgmma prefill attention compiled without sm_90a is a trap: no tensor-core instructions",
+        status: Status::Required,
+        applies: |k| is_wgmma_prefill(k) && !k.specific,
+        holds: |k| k.mma == 0 && k.cp_async == 0,
     },
     Fact {
         what: "decode attention stages the KV cache with cp.async (LDGSTS)",
@@ -294,10 +328,24 @@ fn compute() -> Result<Vec<KernelFacts>, (bool, String)> {
     let cuobjdump = find_cuobjdump(nvrtc.path()).map_err(|e| (true, e))?;
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
     let start = Instant::now();
-    let facts =
-        analyse_all(&nvrtc, &cuobjdump, 90, threads, None, &|_| true).map_err(|e| (false, e))?;
+    let mut facts = analyse_all(&nvrtc, &cuobjdump, 90.into(), threads, None, &|_| true)
+        .map_err(|e| (false, e))?;
+    // sm_90a: the module with the wgmma kernels (an H100 compiles every module so; the
+    // others have no sm_90a-only code).
+    let specific = |name: &str| name == "attention_fp8";
+    facts.extend(
+        analyse_all(
+            &nvrtc,
+            &cuobjdump,
+            Target::specific(90),
+            threads,
+            None,
+            &specific,
+        )
+        .map_err(|e| (false, e))?,
+    );
     println!(
-        "{} kernels compiled for sm_90 and disassembled in {:.1} s on {threads} threads",
+        "{} kernels compiled for sm_90 (attention_fp8 for sm_90a too) and disassembled in {:.1} s on {threads} threads",
         facts.len(),
         start.elapsed().as_secs_f64()
     );
@@ -336,6 +384,7 @@ Resource usage:
         /*0010*/                   LDG.E.CONSTANT R5, desc[UR12][R50.64] ; /* 0x0 */
         /*0020*/                   HMMA.16816.F32 R4, R8, R12, R4 ; /* 0x0 */
         /*0028*/                   IMMA.16832.S8.S8 R4, R8.ROW, R12.COL, R4 ; /* 0x0 */
+        /*002a*/                   HGMMA.64x64x16.F32 R24, gdesc[UR20], RZ, !UPT ; /* 0x0 */
         /*002c*/                   LDSM.16.M88.4 R8, [R2] ;        /* 0x0 */
         /*0030*/                   LDGSTS.E.BYPASS.128 [R3], desc[UR4][R6.64] ; /* 0x0 */
         /*0040*/                   EXIT ;                          /* 0x0 */
@@ -379,12 +428,12 @@ Resource usage:
     assert_eq!((mma.registers, mma.shared_bytes), (56, 11264));
     assert_eq!(
         (mma.ldg32, mma.mma, mma.cp_async, mma.instructions),
-        (1, 2, 1, 7)
+        (1, 3, 1, 8)
     );
     assert_eq!(
-        (mma.imma, mma.ldsm),
-        (1, 1),
-        "IMMA is counted apart, and LDSM"
+        (mma.imma, mma.gmma, mma.ldsm),
+        (1, 1, 1),
+        "IMMA and HGMMA are counted apart, and LDSM"
     );
     assert!(
         parse("Resource usage:\n").is_err(),

@@ -1,5 +1,6 @@
 //! NVRTC compiles every CUDA kernel variant a plan can produce (every op × weight dtype ×
-//! KV dtype, argmax, top-k, and the decode matvec modules of kiln_kernels_cuda::matvec) for sm_90 and sm_80, failing on any error or warning, so that a
+//! KV dtype, argmax, top-k, and the decode matvec modules of kiln_kernels_cuda::matvec) for sm_90 and sm_80,
+//! and the FP8 attention module (its warpgroup-MMA prefill) for sm_90a too, failing on any error or warning, so that a
 //! typo in a `.cu` file fails `cargo test` on a machine without a GPU. Needs only
 //! libnvrtc (`pip install nvidia-cuda-nvrtc`, then LD_LIBRARY_PATH or KILN_NVRTC_PATH):
 //! without it the tests show as `ignored (why)`, unless KILN_REQUIRE_NVRTC=1 (CI), where
@@ -9,9 +10,10 @@ use std::process::ExitCode;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use kiln_backend_cuda::compile::{Nvrtc, NvrtcError};
+use kiln_backend_cuda::compile::{Nvrtc, NvrtcError, Target};
 use kiln_kernels_cuda::Kernel;
 use kiln_kernels_cuda::sources::{all_variants, argmax_source, source, top_k_source};
+use kiln_kernels_cuda::variant::Entry;
 use kiln_testkit::{Outcome, fail, pass, skip, test};
 
 fn main() -> ExitCode {
@@ -45,8 +47,8 @@ fn with_nvrtc(check: fn(Nvrtc)) -> Outcome {
 }
 
 fn nvrtc_compiles_every_variant_without_warnings(nvrtc: Nvrtc) {
-    let mut jobs: Vec<(String, String, u32)> = Vec::new();
-    for &arch in &ARCHS {
+    let mut jobs: Vec<(String, String, Target)> = Vec::new();
+    for arch in ARCHS.map(Target::from) {
         for v in all_variants() {
             if matches!(v.kernel, Kernel::Matvec | Kernel::Quantize) {
                 continue; // matvec::modules() below
@@ -67,6 +69,21 @@ fn nvrtc_compiles_every_variant_without_warnings(nvrtc: Nvrtc) {
             arch,
         ));
     }
+    // sm_90a: the modules with wgmma kernels (what an H100 or H200 compiles every module
+    // for; the others have no sm_90a-only code).
+    for v in all_variants() {
+        if v.entries()
+            .iter()
+            .any(|e| matches!(e, Entry::PrefillWgmma(_)))
+        {
+            let src = source(&v).expect("every variant assembles");
+            jobs.push((v.name(), src, Target::specific(90)));
+        }
+    }
+    assert!(
+        jobs.iter().any(|j| j.2.specific),
+        "no module has a wgmma entry"
+    );
     let start = Instant::now();
     let n_jobs = jobs.len();
     let queue = Mutex::new(jobs);
@@ -83,11 +100,11 @@ fn nvrtc_compiles_every_variant_without_warnings(nvrtc: Nvrtc) {
                     };
                     let failure = match nvrtc.compile(&name, &src, arch) {
                         Ok((cubin, log)) if log.is_empty() && !cubin.is_empty() => None,
-                        Ok((_, log)) => Some(format!("{name} sm_{arch}: warnings:\n{log}")),
+                        Ok((_, log)) => Some(format!("{name} {arch}: warnings:\n{log}")),
                         Err(NvrtcError::Compile { log, .. }) => {
-                            Some(format!("{name} sm_{arch}: errors:\n{log}"))
+                            Some(format!("{name} {arch}: errors:\n{log}"))
                         }
-                        Err(e) => Some(format!("{name} sm_{arch}: {e}")),
+                        Err(e) => Some(format!("{name} {arch}: {e}")),
                     };
                     if let Some(f) = failure {
                         failures.lock().unwrap().push(f);

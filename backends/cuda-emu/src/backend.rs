@@ -38,6 +38,9 @@ pub struct EmuOptions {
     pub sm_count: u32,
     /// `__CUDA_ARCH__` of the modules (900: every sm_89+ path).
     pub arch: u32,
+    /// At arch 900 with tensor cores: the modules are sm_90a's and the prefill attention
+    /// takes the warpgroup-MMA kernel, as the CUDA backend does on an H100.
+    pub wgmma: bool,
     /// Print each launch (default: the `KILN_CUDA_EMU_DEBUG` variable is set).
     pub debug: bool,
 }
@@ -50,8 +53,16 @@ impl Default for EmuOptions {
             graphs: true,
             sm_count: 132,
             arch: crate::source::ARCH,
+            wgmma: true,
             debug: std::env::var_os("KILN_CUDA_EMU_DEBUG").is_some(),
         }
+    }
+}
+
+impl EmuOptions {
+    /// Whether the modules are sm_90a's (and the prefill attention the wgmma kernel).
+    pub fn sm90a(&self) -> bool {
+        self.wgmma && self.tensor_cores && self.arch == 900
     }
 }
 
@@ -119,7 +130,11 @@ impl Device for EmuDevice {
             reason: e.to_string(),
         })?;
         let properties = DeviceProperties {
-            name: format!("CUDA emulator (sm_{})", options.arch / 10),
+            name: format!(
+                "CUDA emulator (sm_{}{})",
+                options.arch / 10,
+                if options.sm90a() { "a" } else { "" }
+            ),
             compute_units: options.sm_count as usize,
             subgroup_size: Some(32),
             subgroup_sizes: Some((32, 32)),
@@ -140,6 +155,7 @@ impl Device for EmuDevice {
         let o = &self.options;
         Paths {
             tensor_cores: o.tensor_cores,
+            wgmma: o.sm90a(),
             decode_attention: o.decode_attention,
             graphs: o.graphs,
             debug: o.debug,
@@ -186,13 +202,13 @@ impl Device for EmuDevice {
     }
 
     fn load_modules(&self, variants: &[Variant]) -> Result<Modules<EmuFunction>, BackendError> {
-        let arch = self.options.arch;
+        let (arch, specific) = (self.options.arch, self.options.sm90a());
         let building = |name: String| {
             move |e: EmuError| driver_error::<EmuDevice>(&format!("building kernel {name}"), e)
         };
         let mut functions = Vec::with_capacity(variants.len());
         for v in variants {
-            let module = cache::variant(v, arch).map_err(building(v.name()))?;
+            let module = cache::variant(v, arch, specific).map_err(building(v.name()))?;
             functions.push(entry_table(v, |symbol| {
                 Ok::<_, BackendError>(EmuFunction {
                     module: module.clone(),

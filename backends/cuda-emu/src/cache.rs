@@ -8,10 +8,10 @@ use kiln_kernels_cuda::Variant;
 
 use crate::{EmuError, Module};
 
-/// A variant and its `__CUDA_ARCH__`, or one of the modules beside the plan's (by name).
+/// A variant, its `__CUDA_ARCH__` and whether with the specific features, or one of the modules beside the plan's (by name).
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 enum Key {
-    Variant(Variant, u32),
+    Variant(Variant, u32, bool),
     Named(&'static str),
 }
 
@@ -30,9 +30,11 @@ fn get(
     Ok(m)
 }
 
-/// The module of variant `v` for `__CUDA_ARCH__` = `arch`.
-pub fn variant(v: &Variant, arch: u32) -> Result<Arc<Module>, EmuError> {
-    get(Key::Variant(*v, arch), || Module::variant_for_arch(v, arch))
+/// The module of variant `v` for `__CUDA_ARCH__` = `arch` (sm_90a with `specific`).
+pub fn variant(v: &Variant, arch: u32, specific: bool) -> Result<Arc<Module>, EmuError> {
+    get(Key::Variant(*v, arch, specific), || {
+        Module::variant_for_arch(v, arch, specific)
+    })
 }
 
 /// The argmax module.

@@ -61,7 +61,19 @@ impl Module {
         symbols: &[String],
         arch: u32,
     ) -> Result<Module, EmuError> {
-        let path = build(name, &host_source(source, symbols, arch))?;
+        Module::build_target(name, source, symbols, arch, false)
+    }
+
+    /// [`Module::build`] with the architecture-specific features of `arch` when
+    /// `specific` (900: sm_90a's wgmma).
+    pub fn build_target(
+        name: &str,
+        source: &str,
+        symbols: &[String],
+        arch: u32,
+        specific: bool,
+    ) -> Result<Module, EmuError> {
+        let path = build(name, &host_source(source, symbols, arch, specific))?;
         let load = |source| EmuError::Load {
             path: path.display().to_string(),
             source,
@@ -95,18 +107,26 @@ impl Module {
 
     /// The module of a kernel variant, every entry of it (sm_90).
     pub fn variant(v: &Variant) -> Result<Module, EmuError> {
-        Module::variant_for_arch(v, ARCH)
+        Module::variant_for_arch(v, ARCH, false)
     }
 
     /// The module of a kernel variant for compute capability `arch` (800: the paths of
-    /// an A100, without the FP8 conversions of sm_89).
-    pub fn variant_for_arch(v: &Variant, arch: u32) -> Result<Module, EmuError> {
+    /// an A100, without the FP8 conversions of sm_89), with its specific features
+    /// (`sm_90a`) when `specific`.
+    pub fn variant_for_arch(v: &Variant, arch: u32, specific: bool) -> Result<Module, EmuError> {
         let source = sources::source(v).ok_or_else(|| EmuError::NoEntry {
             symbol: v.name(),
             module: "(no source for this variant)".into(),
         })?;
         let symbols: Vec<String> = v.entries().iter().map(|&e| v.symbol(e)).collect();
-        Module::build(&format!("{}-sm{arch}", v.name()), &source, &symbols, arch)
+        let a = if specific { "a" } else { "" };
+        Module::build_target(
+            &format!("{}-sm{arch}{a}", v.name()),
+            &source,
+            &symbols,
+            arch,
+            specific,
+        )
     }
 
     /// The greedy LM head (argmax.cu).

@@ -8,14 +8,18 @@
 pub const ARCH: u32 = 900;
 
 /// The host C++ text of a module of `source` with entries `symbols`, emulating
-/// `__CUDA_ARCH__` = `arch`.
-pub fn host_source(source: &str, symbols: &[String], arch: u32) -> String {
+/// `__CUDA_ARCH__` = `arch`, and with `specific` the architecture-specific features
+/// (`sm_90a`: `__CUDA_ARCH_FEAT_SM90_ALL`, the wgmma kernels).
+pub fn host_source(source: &str, symbols: &[String], arch: u32, specific: bool) -> String {
     let mut out = String::with_capacity(source.len() + 32 * 1024);
     out.push_str("// kiln CUDA emulator module\n");
     out.push_str(include_str!("host/runtime.h"));
     out.push_str(include_str!("host/dialect.h"));
     out.push_str(include_str!("host/ptx.h"));
     out.push_str(&format!("#define __CUDA_ARCH__ {arch}\n"));
+    if specific && arch == 900 {
+        out.push_str("#define __CUDA_ARCH_FEAT_SM90_ALL 1\n");
+    }
     for line in source.lines() {
         match dynamic_shared(line) {
             Some(decl) => out.push_str(&decl),

@@ -268,3 +268,131 @@ fn ldmatrix_trans_gives_the_b_fragments_of_a_row_major_tile() {
         "ldmatrix x4 trans differs from the B fragments: {same:?}"
     );
 }
+
+/// One warpgroup multiplies a 64×32 A by a 32×64 B (stored as 64 rows n of 32 k) with the
+/// wgmma twins, every operand laid out from row-major copies by the PTX ISA's K-major
+/// no-swizzle layout (8×8 core matrices of 128 bytes): A and B row-group-major (LBO 128,
+/// SBO 512) for m64n64k16 from shared memory, twice along K (the second accumulating);
+/// then A as registers (mma.m16n8k16's A fragment of each warp's 16 rows) times a copy of
+/// B laid out K-group-major (LBO 1024, SBO 128), accumulating onto known values. D's
+/// fragments go back by the ISA's layout; the accumulators read before the wait must
+/// still hold their old values (the twin computes at the wait, as the hardware may).
+const WGMMA_SOURCE: &str = r#"
+struct WgArgs {
+    const unsigned short* a; // (64, 32) row-major
+    const unsigned short* b; // (64, 32): row n holds B[0..32][n]
+    float* ss;               // (64, 64)
+    float* rs;               // (64, 64)
+    float* early;            // (128)
+};
+extern "C" __global__ void wg(const WgArgs p) {
+    extern __shared__ __align__(16) unsigned char wg_smem[];
+    unsigned short* as = reinterpret_cast<unsigned short*>(wg_smem); // 4096 bytes
+    unsigned short* bs = as + 64 * 32;                                  // row-group-major
+    unsigned short* bt = bs + 64 * 32;                                  // k-group-major
+    unsigned int t = threadIdx.x;
+    for (unsigned int i = t; i < 64u * 32u; i += 128u) {
+        unsigned int r = i / 32u, k = i % 32u;
+        unsigned int rg = ((r / 8u) * 4u + k / 8u) * 64u + (r % 8u) * 8u + k % 8u;
+        unsigned int kg = ((k / 8u) * 8u + r / 8u) * 64u + (r % 8u) * 8u + k % 8u;
+        as[rg] = p.a[i];
+        bs[rg] = p.b[i];
+        bt[kg] = p.b[i];
+    }
+    ptx_fence_proxy_async();
+    __syncthreads();
+    unsigned int lane = t % 32u, w = t / 32u, g = lane / 4u, c = lane % 4u;
+    float d[32];
+    for (unsigned int i = 0u; i < 32u; i++) {
+        d[i] = -1.0f; // overwritten: the first wgmma does not accumulate
+    }
+    ptx_wgmma_fence();
+    for (unsigned int kk = 0u; kk < 2u; kk++) {
+        ptx_wgmma_m64n64k16_ss(d, ptx_wgmma_desc(as + 16u * kk * 8u, 128u, 512u),
+                               ptx_wgmma_desc(bs + 16u * kk * 8u, 128u, 512u), kk > 0u ? 1 : 0);
+    }
+    ptx_wgmma_commit();
+    p.early[t] = d[5];
+    ptx_wgmma_wait<0>();
+    ptx_wgmma_hold(d);
+    float e[32];
+    for (unsigned int i = 0u; i < 32u; i++) {
+        unsigned int row = 16u * w + g + 8u * ((i % 4u) / 2u), col = 8u * (i / 4u) + 2u * c + i % 2u;
+        p.ss[row * 64u + col] = d[i];
+        e[i] = 0.25f * (float)(row * 64u + col);
+    }
+    ptx_wgmma_fence();
+    for (unsigned int kk = 0u; kk < 2u; kk++) {
+        unsigned int r0 = 16u * w + g, k0 = 16u * kk + 2u * c;
+        const unsigned int* a = reinterpret_cast<const unsigned int*>(p.a);
+        unsigned int f[4] = {a[(r0 * 32u + k0) / 2u], a[((r0 + 8u) * 32u + k0) / 2u], a[(r0 * 32u + k0 + 8u) / 2u],
+                             a[((r0 + 8u) * 32u + k0 + 8u) / 2u]};
+        ptx_wgmma_m64n64k16_rs(e, f, ptx_wgmma_desc(bt + 2u * kk * 8u * 64u, 1024u, 128u), 1);
+    }
+    ptx_wgmma_commit();
+    ptx_wgmma_wait<0>();
+    ptx_wgmma_hold(e);
+    for (unsigned int i = 0u; i < 32u; i++) {
+        unsigned int row = 16u * w + g + 8u * ((i % 4u) / 2u), col = 8u * (i / 4u) + 2u * c + i % 2u;
+        p.rs[row * 64u + col] = e[i];
+    }
+}
+"#;
+
+#[test]
+fn wgmma_follows_the_isa_fragments_and_descriptors() {
+    if let Err(e) = kiln_backend_cuda_emu::compile::available() {
+        eprintln!("skipped: {e}");
+        return;
+    }
+    let m = Module::build("ptx_wgmma", WGMMA_SOURCE, &["wg".into()], 900).unwrap();
+    let mut s = 0x2545_F491u32;
+    let mut half = || {
+        s ^= s << 13;
+        s ^= s >> 17;
+        s ^= s << 5;
+        // Values in ±[1/16, 4) with 10-bit mantissas: exact products, distinct elements.
+        let v = ((s >> 8) % 4096) as f32 / 1024.0 + 0.0625;
+        half::f16::from_f32(if s & 1 == 1 { -v } else { v }).to_bits()
+    };
+    let a: Vec<u16> = (0..64 * 32).map(|_| half()).collect();
+    let b: Vec<u16> = (0..64 * 32).map(|_| half()).collect();
+    let (mut ss, mut rs, mut early) = (vec![f32::NAN; 4096], vec![f32::NAN; 4096], vec![0f32; 128]);
+    let mut args = Vec::new();
+    for p in [
+        a.as_ptr() as u64,
+        b.as_ptr() as u64,
+        addr_mut(&mut ss),
+        addr_mut(&mut rs),
+        addr_mut(&mut early),
+    ] {
+        args.extend(p.to_le_bytes());
+    }
+    // SAFETY: a and b hold the 2048 halves each the kernel reads; ss, rs and early the
+    // 4096, 4096 and 128 floats it writes; nothing else touches them meanwhile; the
+    // 12,288 bytes of dynamic shared memory are the three operand copies.
+    unsafe { m.launch("wg", [1, 1, 1], [128, 1, 1], 3 * 4096, &args) }.unwrap();
+    let f = |h: u16| half::f16::from_bits(h).to_f32() as f64;
+    for row in 0..64 {
+        for col in 0..64 {
+            let dot: f64 = (0..32)
+                .map(|k| f(a[row * 32 + k]) * f(b[col * 32 + k]))
+                .sum();
+            let init = 0.25 * (row * 64 + col) as f64;
+            let (got_ss, got_rs) = (ss[row * 64 + col] as f64, rs[row * 64 + col] as f64);
+            assert!(
+                (got_ss - dot).abs() <= 1e-5 * (1.0 + dot.abs()),
+                "ss D[{row}][{col}]: {got_ss} vs {dot}"
+            );
+            let want = init + dot;
+            assert!(
+                (got_rs - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                "rs D[{row}][{col}]: {got_rs} vs {want}"
+            );
+        }
+    }
+    assert!(
+        early.iter().all(|&x| x == -1.0),
+        "accumulators changed before the wait: {early:?}"
+    );
+}

@@ -26,6 +26,9 @@ pub struct CudaOptions {
     pub decode_attention: bool,
     /// The tensor-core matmul and prefill attention on sm_80+ (mma.sync).
     pub tensor_cores: bool,
+    /// On compute capability 9.0: the modules compiled for sm_90a and the prefill
+    /// attention on the warpgroup MMA (wgmma); off: sm_90 and mma.sync, for A/B.
+    pub wgmma: bool,
     /// Print each compile and each launch (and run without graphs).
     pub debug: bool,
 }
@@ -39,6 +42,7 @@ impl Default for CudaOptions {
             graphs: true,
             decode_attention: true,
             tensor_cores: true,
+            wgmma: true,
             debug: false,
         }
     }

@@ -212,14 +212,16 @@ impl Nvrtc {
         )))
     }
 
-    /// Compile `source` for `sm_<arch>` into a cubin. Returns the cubin and NVRTC's log
-    /// (warnings; empty when clean).
+    /// Compile `source` for `target` (`sm_90`, or `sm_90a` from
+    /// [`Target::specific`]; a bare number is its plain target) into a cubin. Returns the
+    /// cubin and NVRTC's log (warnings; empty when clean).
     pub fn compile(
         &self,
         name: &str,
         source: &str,
-        arch: u32,
+        target: impl Into<Target>,
     ) -> Result<(Vec<u8>, String), NvrtcError> {
+        let target = target.into();
         let bad = |e: std::ffi::NulError| NvrtcError::Call(format!("{name}: {e}"));
         let src = CString::new(source).map_err(bad)?;
         let cname = CString::new(name).map_err(bad)?;
@@ -227,7 +229,7 @@ impl Nvrtc {
             .iter()
             .map(|o| CString::new(*o).map_err(bad))
             .collect::<Result<_, _>>()?;
-        options.push(CString::new(format!("--gpu-architecture=sm_{arch}")).map_err(bad)?);
+        options.push(CString::new(format!("--gpu-architecture={target}")).map_err(bad)?);
         let option_ptrs: Vec<*const c_char> = options.iter().map(|o| o.as_ptr()).collect();
         let mut prog: Program = std::ptr::null_mut();
         // SAFETY: the strings outlive the calls; no headers are passed (count 0, null
@@ -292,32 +294,78 @@ impl Nvrtc {
     }
 }
 
-/// The cache key of a compile: source, architecture, NVRTC version and options.
-pub fn cache_key(source: &str, arch: u32, nvrtc_version: (i32, i32)) -> String {
+/// What NVRTC compiles for: a compute capability (`arch`, e.g. 90) and whether with its
+/// architecture-specific features (`sm_90a`: wgmma), whose cubins run on that
+/// capability alone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Target {
+    pub arch: u32,
+    pub specific: bool,
+}
+
+impl Target {
+    /// Compute capability `arch` with its specific features (`sm_<arch>a`).
+    pub fn specific(arch: u32) -> Target {
+        Target {
+            arch,
+            specific: true,
+        }
+    }
+}
+
+impl From<u32> for Target {
+    fn from(arch: u32) -> Target {
+        Target {
+            arch,
+            specific: false,
+        }
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "sm_{}{}",
+            self.arch,
+            if self.specific { "a" } else { "" }
+        )
+    }
+}
+
+/// The cache key of a compile: source, target, NVRTC version and options.
+pub fn cache_key(source: &str, target: impl Into<Target>, nvrtc_version: (i32, i32)) -> String {
+    let target = target.into();
     let (major, minor) = nvrtc_version;
     let mut parts: Vec<&[u8]> = vec![source.as_bytes()];
-    let numbers = [arch.to_le_bytes(), major.to_le_bytes(), minor.to_le_bytes()];
+    let numbers = [
+        target.arch.to_le_bytes(),
+        u32::from(target.specific).to_le_bytes(),
+        major.to_le_bytes(),
+        minor.to_le_bytes(),
+    ];
     parts.extend(numbers.iter().map(|n| &n[..]));
     parts.extend(OPTIONS.iter().map(|o| o.as_bytes()));
     let h = fnv1a(0xcbf2_9ce4_8422_2325, &parts);
-    format!("sm{arch}-nvrtc{major}.{minor}-{h:016x}")
+    let a = if target.specific { "a" } else { "" };
+    format!("sm{}{a}-nvrtc{major}.{minor}-{h:016x}", target.arch)
 }
 
-/// Kernels compiled for one architecture, through the disk cache.
+/// Kernels compiled for one target, through the disk cache.
 #[derive(Debug)]
 pub struct Compiler {
     pub nvrtc: Nvrtc,
-    pub arch: u32,
+    pub target: Target,
     cache: DiskCache,
     debug: bool,
 }
 
 impl Compiler {
-    /// A compiler for `sm_<arch>` caching in `cache`; `debug` prints each compile.
-    pub fn new(nvrtc: Nvrtc, arch: u32, cache: &Cache, debug: bool) -> Compiler {
+    /// A compiler for `target` caching in `cache`; `debug` prints each compile.
+    pub fn new(nvrtc: Nvrtc, target: impl Into<Target>, cache: &Cache, debug: bool) -> Compiler {
         Compiler {
             nvrtc,
-            arch,
+            target: target.into(),
             cache: DiskCache::new(cache),
             debug,
         }
@@ -331,7 +379,7 @@ impl Compiler {
     /// The cubin of `source`: from the cache, or compiled (and then cached; a cache that
     /// cannot be written is only slower).
     pub fn cubin(&self, name: &str, source: &str) -> Result<Vec<u8>, NvrtcError> {
-        let key = cache_key(source, self.arch, self.nvrtc.version());
+        let key = cache_key(source, self.target, self.nvrtc.version());
         let file = format!("{name}-{key}.cubin");
         let tag = source.len() as u64;
         let mut compiled = false;
@@ -342,11 +390,11 @@ impl Compiler {
             || {
                 compiled = true;
                 let start = std::time::Instant::now();
-                let (cubin, log) = self.nvrtc.compile(name, source, self.arch)?;
+                let (cubin, log) = self.nvrtc.compile(name, source, self.target)?;
                 if self.debug {
                     eprintln!(
-                        "cuda: compiled {name} for sm_{} in {:.2} s ({} bytes){}{log}",
-                        self.arch,
+                        "cuda: compiled {name} for {} in {:.2} s ({} bytes){}{log}",
+                        self.target,
                         start.elapsed().as_secs_f64(),
                         cubin.len(),
                         if log.is_empty() { "" } else { ": " }
@@ -419,6 +467,7 @@ mod tests {
             cache_key("src", 80, (13, 0)),
             cache_key("src", 90, (13, 1)),
             cache_key("src", 90, (12, 0)),
+            cache_key("src", Target::specific(90), (13, 0)),
         ] {
             assert_ne!(key, other);
         }

@@ -11,7 +11,7 @@ use kiln_ir::backend::BackendError;
 use kiln_kernels_cuda::host::Paths;
 
 use crate::backend::CudaOptions;
-use crate::compile::{Compiler, Nvrtc, load_error};
+use crate::compile::{Compiler, Nvrtc, Target, load_error};
 
 pub(crate) const NAME: &str = "cuda";
 
@@ -133,6 +133,13 @@ impl Gpu {
         let stream = ctx
             .new_stream()
             .map_err(|e| driver("creating the stream", e))?;
+        // sm_90a's cubins run on 9.0 alone: the wgmma prefill there, sm_90 elsewhere.
+        let wgmma = options.wgmma && options.tensor_cores && arch == 90;
+        let target = if wgmma {
+            Target::specific(arch)
+        } else {
+            arch.into()
+        };
         Ok(Gpu {
             ctx,
             stream,
@@ -142,9 +149,10 @@ impl Gpu {
             warp_size,
             memory_bytes,
             max_shared_bytes,
-            compiler: Compiler::new(nvrtc, arch, &options.cache, options.debug),
+            compiler: Compiler::new(nvrtc, target, &options.cache, options.debug),
             paths: Paths {
                 tensor_cores: options.tensor_cores && arch >= 80,
+                wgmma,
                 decode_attention: options.decode_attention,
                 graphs: options.graphs,
                 debug: options.debug,

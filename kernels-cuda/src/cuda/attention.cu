@@ -127,4 +127,5 @@ extern "C" __global__ void KILN_MAIN(const __grid_constant__ KvArgs p) {
 #include "attention_combine.cu"
 #if KV_FP8
 #include "attention_prefill.cu"
+#include "attention_prefill_wgmma.cu"
 #endif

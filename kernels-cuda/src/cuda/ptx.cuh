@@ -148,4 +148,79 @@ __device__ __forceinline__ void ptx_ldmatrix_x4_trans(unsigned int* r, const voi
 // Stop the kernel (a path the host never launches).
 __device__ __forceinline__ void ptx_trap() { asm volatile("trap;"); }
 
+// Hopper's warpgroup MMA (wgmma, sm_90a: NVRTC --gpu-architecture=sm_90a defines
+// __CUDA_ARCH_FEAT_SM90_ALL; other targets compile without these, and the kernels that
+// call them trap there). A warpgroup is 4 consecutive warps (threads 128i .. 128i + 127);
+// every thread of it calls each of these together. Shared-memory operands are read by
+// the async proxy: generic stores to them need ptx_fence_proxy_async and a barrier first.
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+
+// Order this thread's earlier register writes (accumulators, A fragments) before the
+// wgmma that follow (wgmma.fence: required before the first wgmma and whenever the
+// accumulators or A registers were written in between).
+__device__ __forceinline__ void ptx_wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
+
+// Close the group of the wgmma issued since the last commit.
+__device__ __forceinline__ void ptx_wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+
+// Wait until at most N committed wgmma groups of this thread are still in flight.
+template <int N>
+__device__ __forceinline__ void ptx_wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
+
+// After a wait: tie each of the 32 accumulators d to this point (an empty asm that
+// "writes" them), so that the compiler moves no read of d above the wait.
+__device__ __forceinline__ void ptx_wgmma_hold(float* d) {
+#pragma unroll
+    for (int i = 0; i < 32; i++) {
+        asm volatile("" : "+f"(d[i])::"memory");
+    }
+}
+
+// Make this thread's generic-proxy writes to shared memory visible to the async proxy
+// (wgmma's operand reads); a barrier then orders every thread's.
+__device__ __forceinline__ void ptx_fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+
+// The matrix descriptor of a shared-memory operand (PTX ISA, "Matrix Descriptor Format"),
+// no swizzle (mode 0), base offset 0: bits 0-13 the start address, 16-29 the leading
+// byte offset, 32-45 the stride byte offset, each in units of 16 bytes. The layout this
+// describes (K-major, the only one the kernels use): 8×8 "core matrices" of f16, each 128
+// contiguous bytes (row r at 16r); `lbo` bytes between core matrices adjacent in K,
+// `sbo` bytes between those adjacent in M (A) or N (B).
+__device__ __forceinline__ unsigned long long ptx_wgmma_desc(const void* p, unsigned int lbo, unsigned int sbo) {
+    unsigned long long a = (unsigned long long)((ptx_shared_addr(p) & 0x3FFFFu) >> 4);
+    return a | ((unsigned long long)((lbo >> 4) & 0x3FFFu) << 16) | ((unsigned long long)((sbo >> 4) & 0x3FFFu) << 32);
+}
+
+// d (64×64 f32, 32 a thread) = A (64×16 f16, descriptor a) · B (16×64 f16, descriptor b,
+// K-major: N rows of K) + (accumulate ? d : 0), both operands from shared memory, no
+// transposes. Fragment of d: warp w of the warpgroup holds rows 16w .. 16w + 15; lane l,
+// g = l / 4, c = l % 4: d[4i + e] is row 16w + g + 8(e / 2), column 8i + 2c + e % 2.
+// Asynchronous: d is not to be touched until ptx_wgmma_wait.
+__device__ __forceinline__ void ptx_wgmma_m64n64k16_ss(float* d, unsigned long long a, unsigned long long b,
+                                                         int accumulate) {
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %34, 0;\n\t"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, %32, %33, p, 1, 1, 0, 0;\n\t}"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "l"(a), "l"(b), "r"(accumulate));
+}
+
+// The same with A from registers: a[0..3] as mma.m16n8k16's A fragment of the warp's 16
+// rows (16w .. 16w + 15 of the 64): a[0] (g, 2c .. 2c+1), a[1] (g+8, 2c ..), a[2] (g,
+// 2c+8 ..), a[3] (g+8, 2c+8 ..), low half first.
+__device__ __forceinline__ void ptx_wgmma_m64n64k16_rs(float* d, const unsigned int* a, unsigned long long b,
+                                                         int accumulate) {
+    asm volatile("{\n\t.reg .pred p;\n\tsetp.ne.b32 p, %37, 0;\n\t"
+                 "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 {%0,%1,%2,%3,%4,%5,%6,%7,%8,%9,%10,%11,%12,%13,%14,%15,%16,%17,%18,%19,%20,%21,%22,%23,%24,%25,%26,%27,%28,%29,%30,%31}, {%32,%33,%34,%35}, %36, p, 1, 1, 0;\n\t}"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+                   "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+                   "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+                   "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(accumulate));
+}
+
+#endif // __CUDA_ARCH_FEAT_SM90_ALL
+
 #endif // KILN_HOST_PTX

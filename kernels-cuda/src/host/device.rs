@@ -27,6 +27,8 @@ pub enum Contents {
 pub struct Paths {
     /// The tensor-core matmul and prefill attention (mma.sync, sm_80+).
     pub tensor_cores: bool,
+    /// The prefill attention on Hopper's warpgroup MMA (the modules are sm_90a's).
+    pub wgmma: bool,
     /// The split-K decode attention for short steps (off: one block per (head, token)).
     pub decode_attention: bool,
     /// Capture decode steps as graphs and replay them ([`super::run`]).

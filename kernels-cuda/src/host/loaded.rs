@@ -29,7 +29,8 @@ use super::memory::{Allocation, alloc};
 use crate::args::{ArgmaxArgs, ConstPtr, KernelArgs, Ptr, TopKArgs};
 use crate::launch::{
     AttentionShape, DEFAULT_MAX_SHARED, TOP_K_MAX, argmax_launch, decode_shared_bytes,
-    prefill_entry, prefill_shared_bytes, top_k_launch,
+    prefill_entry, prefill_shared_bytes, prefill_wgmma_entry, prefill_wgmma_shared_bytes,
+    top_k_launch,
 };
 use crate::lower::geometry::value_bytes;
 use crate::lower::{Args, Buffers, Lowered, lower, partial_bytes, q8_1_bytes, rows_sel};
@@ -171,7 +172,7 @@ impl<D: Device> Loaded<D> {
         let lowered = lower(plan, &layout, kv, buffers).map_err(|e| e.for_backend(name))?;
         let paths = device.paths();
         if paths.decode_attention {
-            raise_shared_memory(device, properties, &lowered, &functions)?;
+            raise_shared_memory(device, properties, &lowered, &functions, paths.wgmma)?;
         }
         let argmax_args = ArgmaxArgs {
             logits: ConstPtr::new(buffers.arena + output.offset),
@@ -361,6 +362,7 @@ fn raise_shared_memory<D: Device>(
     properties: &DeviceProperties,
     lowered: &Lowered,
     functions: &[Functions<D::Function>],
+    wgmma: bool,
 ) -> Result<(), BackendError> {
     let max_shared = properties.shared_memory_bytes.unwrap_or(0);
     // (variant, entry index) the limit set so far.
@@ -376,10 +378,12 @@ fn raise_shared_memory<D: Device>(
                 backend: D::NAME,
                 what: format!("attention of {a:?}"),
             })?;
-        let wants = [
-            Some((Entry::Decode, decode_shared_bytes(&shape))),
-            prefill_entry(&shape).map(|e| (e, prefill_shared_bytes(&shape))),
-        ];
+        let prefill = if wgmma {
+            prefill_wgmma_entry(&shape).map(|e| (e, prefill_wgmma_shared_bytes(&shape)))
+        } else {
+            prefill_entry(&shape).map(|e| (e, prefill_shared_bytes(&shape)))
+        };
+        let wants = [Some((Entry::Decode, decode_shared_bytes(&shape))), prefill];
         for (entry, shared) in wants.into_iter().flatten() {
             let Some(f) = &functions[call.variant][entry.index()] else {
                 continue;

@@ -27,6 +27,7 @@ impl<D: Device> Loaded<D> {
             class: length_class(max_context),
             sm_count: self.sm_count,
             tensor_cores: self.paths.tensor_cores,
+            wgmma: self.paths.wgmma,
             decode_attention: self.paths.decode_attention,
         };
         let graphed = self.timers.is_none() && g.n_tokens <= DECODE_MAX_TOKENS;

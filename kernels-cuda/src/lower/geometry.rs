@@ -28,6 +28,9 @@ pub struct StepGeometry {
     pub sm_count: u32,
     /// The device runs mma.sync m16n8k16 (sm_80+) and the backend uses it.
     pub tensor_cores: bool,
+    /// The prefill attention takes the warpgroup-MMA kernel (compute capability 9.0, the
+    /// modules compiled for sm_90a).
+    pub wgmma: bool,
     /// Short steps take the split-K decode attention (off: one block per (head, token)).
     pub decode_attention: bool,
 }
@@ -221,7 +224,7 @@ fn attention(v: &Variant, a: &KvArgs, g: &StepGeometry) -> [Option<Planned>; 2] 
         return [Some(plain(l, args)), combine];
     }
     if v.has_prefill()
-        && let Some(l) = attention_prefill_launch(&shape, g.n_tokens, g.tensor_cores)
+        && let Some(l) = attention_prefill_launch(&shape, g.n_tokens, g.tensor_cores, g.wgmma)
     {
         return [Some(plain(l, Args::Kv(*a))), None];
     }

@@ -270,9 +270,19 @@ fn attention_takes_decode_split_k_prefill_or_the_plain_kernel() {
     let p: Vec<_> = c.launches(&v, &geometry(65, 1)).collect();
     assert_eq!(p[0].launch.entry, Entry::Prefill(0));
     assert_eq!(p[0].launch.grid, [KV_HEADS as u32, 4, 1]);
+    // On sm_90a the warpgroup-MMA kernel, same grid.
+    let hopper = StepGeometry {
+        wgmma: true,
+        ..geometry(65, 1)
+    };
+    let l = c.launches(&v, &hopper).next().unwrap().launch;
+    assert_eq!(
+        (l.entry, l.grid),
+        (Entry::PrefillWgmma(0), [KV_HEADS as u32, 4, 1])
+    );
     let off = StepGeometry {
         tensor_cores: false,
-        ..geometry(65, 1)
+        ..hopper
     };
     assert_eq!(
         c.launches(&v, &off).next().unwrap().launch.entry,

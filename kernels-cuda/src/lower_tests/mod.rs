@@ -466,6 +466,7 @@ fn geometry(n_tokens: u32, n_outputs: u32) -> StepGeometry {
         class: 1,
         sm_count: 132,
         tensor_cores: true,
+        wgmma: false,
         decode_attention: true,
     }
 }

@@ -9,17 +9,17 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
-use kiln_backend_cuda::compile::Nvrtc;
+use kiln_backend_cuda::compile::{Nvrtc, Target};
 use kiln_tests::cuda_disasm::{analyse_all, find_cuobjdump, table};
 
 const USAGE: &str = "usage: cuda-report [--arch N] [--only SUBSTRING] [--sass DIR] [--threads N]
-  --arch N          GPU architecture to compile for [default: 90]
+  --arch N          GPU architecture to compile for, 90a for sm_90a [default: 90]
   --only SUBSTRING  report only the variants whose name contains SUBSTRING
   --sass DIR        also write each variant's resource usage and SASS to DIR/<variant>.sass
   --threads N       compile and disassemble on N threads [default: available cores]";
 
 struct Args {
-    arch: u32,
+    arch: Target,
     only: Option<String>,
     sass: Option<PathBuf>,
     threads: usize,
@@ -27,7 +27,7 @@ struct Args {
 
 fn parse_args() -> Result<Args, String> {
     let mut args = Args {
-        arch: 90,
+        arch: Target::from(90),
         only: None,
         sass: None,
         threads: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -36,7 +36,14 @@ fn parse_args() -> Result<Args, String> {
     while let Some(a) = it.next() {
         let mut value = || it.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
-            "--arch" => args.arch = value()?.parse().map_err(|e| format!("--arch: {e}"))?,
+            "--arch" => {
+                let v = value()?;
+                let (n, specific) = v
+                    .strip_suffix('a')
+                    .map_or((v.as_str(), false), |n| (n, true));
+                let arch = n.parse().map_err(|e| format!("--arch: {e}"))?;
+                args.arch = Target { arch, specific };
+            }
             "--only" => args.only = Some(value()?),
             "--sass" => args.sass = Some(PathBuf::from(value()?)),
             "--threads" => {
@@ -96,7 +103,7 @@ fn main() -> ExitCode {
         Ok(facts) => {
             print!("{}", table(&facts));
             println!(
-                "{} kernels, sm_{}, NVRTC {:?}, {} in {:.1} s on {} threads",
+                "{} kernels, {}, NVRTC {:?}, {} in {:.1} s on {} threads",
                 facts.len(),
                 args.arch,
                 nvrtc.version(),

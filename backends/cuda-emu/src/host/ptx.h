@@ -283,3 +283,145 @@ static inline void ptx_ldmatrix_x4_trans(unsigned int* r, const void* p) {
 }
 
 static inline void ptx_trap() { kiln_emu::fail("trap"); }
+
+// ---- wgmma (sm_90a). A warpgroup is 4 consecutive warps; warp w of it (threadIdx.x / 32
+// % 4) holds rows 16w .. 16w + 15 of the 64 of A and D. Each thread computes its own D
+// fragment (PTX ISA, "Register Fragments and Shared Memory Matrix Layouts" for
+// wgmma.m64nNk16: d[4i + e] is row 16w + g + 8(e / 2), column 8i + 2c + e % 2, g = lane
+// / 4, c = lane % 4) from the shared operands through their descriptors; A from
+// registers comes from the lanes of its own warp that hold its rows (4g .. 4g + 3). The
+// instruction is asynchronous: the twin computes it when a wait_group covers its group.
+
+static inline void ptx_wgmma_fence() {}
+
+// fence.proxy.async: the emulator has one proxy.
+static inline void ptx_fence_proxy_async() {}
+
+static inline void ptx_wgmma_commit() { kiln_emu::me().wgmma_group++; }
+
+// The element (row, k) of an operand (row: M of A, N of B) by its descriptor (PTX ISA,
+// "Matrix Descriptor Format"): start address, leading byte offset (between core matrices
+// adjacent in K) and stride byte offset (adjacent in M or N), each in 16-byte units at
+// bits 0, 16 and 32; base offset (bits 49-51) and swizzle mode (62-63) must be 0 (no
+// swizzle, the K-major "interleave" layout: 8×8 core matrices of 128 contiguous bytes, row
+// r at 16r). Addresses are offsets into the block's dynamic shared memory.
+static inline float ptx_wgmma_element(unsigned long long desc, unsigned int row, unsigned int k) {
+    if ((desc >> 62) != 0u || ((desc >> 49) & 7u) != 0u) {
+        kiln_emu::fail("wgmma descriptor with a swizzle or base offset (not emulated)");
+        return 0.0f;
+    }
+    unsigned long long start = (desc & 0x3FFFu) << 4;
+    unsigned long long lbo = ((desc >> 16) & 0x3FFFu) << 4;
+    unsigned long long sbo = ((desc >> 32) & 0x3FFFu) << 4;
+    unsigned long long at = start + (row / 8u) * sbo + (k / 8u) * lbo + (row % 8u) * 16u + (k % 8u) * 2u;
+    if (at + 2u > kiln_emu::g_dynamic_bytes) {
+        kiln_emu::fail("wgmma operand past the dynamic shared memory");
+        return 0.0f;
+    }
+    unsigned short h;
+    memcpy(&h, kiln_emu::dynamic_shared() + at, 2);
+    return ptx_f16_to_f32(h);
+}
+
+// The descriptor of an operand at p (16-byte aligned, in dynamic shared memory: its
+// offset there stands for the shared address).
+static inline unsigned long long ptx_wgmma_desc(const void* p, unsigned int lbo, unsigned int sbo) {
+    long long off = (const unsigned char*)p - kiln_emu::dynamic_shared();
+    if (off < 0 || off >= (1 << 18) || (off & 15) != 0 || (lbo & 15u) != 0u || (sbo & 15u) != 0u) {
+        kiln_emu::fail("wgmma descriptor of an address outside dynamic shared memory or not 16-byte aligned");
+        return 0u;
+    }
+    return ((unsigned long long)off >> 4) | ((unsigned long long)((lbo >> 4) & 0x3FFFu) << 16) |
+           ((unsigned long long)((sbo >> 4) & 0x3FFFu) << 32);
+}
+
+// Compute one pending wgmma of this thread (m64n64k16, f32 += f16 · f16; products exact in
+// f32, the sum in f64 rounded once, as the mma.sync twin).
+static inline void ptx_wgmma_run(const kiln_emu::Wgmma& op) {
+    unsigned int lane = threadIdx.x % 32u, w = threadIdx.x / 32u % 4u;
+    unsigned int g = lane / 4u, c = lane % 4u;
+    for (unsigned int e = 0; e < 4u; e++) {
+        unsigned int r = g + 8u * (e / 2u); // of the warp's 16 rows
+        float a[16];
+        for (unsigned int k = 0; k < 16u; k++) {
+            if (op.a_regs) {
+                // Lane 4g + (k % 8) / 2 holds row g in words 0 (k < 8) and 2, row g + 8 in 1 and 3.
+                unsigned int word = op.words[4u * ((k % 8u) / 2u) + (r >= 8u ? 1u : 0u) + (k >= 8u ? 2u : 0u)];
+                a[k] = ptx_f16_to_f32((unsigned short)(k % 2u ? word >> 16 : word & 0xFFFFu));
+            } else {
+                a[k] = ptx_wgmma_element(op.a, 16u * w + r, k);
+            }
+        }
+        for (unsigned int i = 0; i < 8u; i++) {
+            unsigned int n = 8u * i + 2u * c + (e & 1u);
+            double s = op.accumulate ? op.d[4u * i + e] : 0.0;
+            for (unsigned int k = 0; k < 16u; k++) {
+                s += (double)(a[k] * ptx_wgmma_element(op.b, n, k));
+            }
+            op.d[4u * i + e] = (float)s;
+        }
+    }
+}
+
+static inline void ptx_wgmma_issue(float* d, const unsigned int* a, unsigned long long a_desc, unsigned long long b,
+                                   int accumulate) {
+    using namespace kiln_emu;
+    if (blockDim.x % 128u != 0u) {
+        fail("wgmma in a block that is not whole warpgroups (blockDim.x % 128)");
+        return;
+    }
+    Wgmma op;
+    memset(&op, 0, sizeof op);
+    op.d = d;
+    op.a = a_desc;
+    op.b = b;
+    op.a_regs = a != nullptr;
+    op.accumulate = accumulate != 0;
+    if (a != nullptr) {
+        unsigned int gen = warp_exchange(9u, a, 16u);
+        unsigned int g = threadIdx.x % 32u / 4u;
+        for (unsigned int l = 0; l < 4u; l++) {
+            memcpy(&op.words[4u * l], lane_data(4u * g + l, gen), 16);
+        }
+    }
+    Fiber& f = me();
+    op.group = f.wgmma_group;
+    if (f.n_wgmma == f.cap_wgmma) {
+        unsigned int cap = f.cap_wgmma ? 2u * f.cap_wgmma : 32u;
+        Wgmma* grown = (Wgmma*)realloc(f.wgmma, cap * sizeof(Wgmma));
+        if (grown == nullptr) {
+            fail("out of memory for pending wgmma");
+            return;
+        }
+        f.wgmma = grown;
+        f.cap_wgmma = cap;
+    }
+    f.wgmma[f.n_wgmma++] = op;
+}
+
+static inline void ptx_wgmma_m64n64k16_ss(float* d, unsigned long long a, unsigned long long b, int accumulate) {
+    ptx_wgmma_issue(d, nullptr, a, b, accumulate);
+}
+
+static inline void ptx_wgmma_m64n64k16_rs(float* d, const unsigned int* a, unsigned long long b, int accumulate) {
+    ptx_wgmma_issue(d, a, 0u, b, accumulate);
+}
+
+// wgmma.wait_group N: compute, in issue order, every pending wgmma of all but the N most
+// recent committed groups (uncommitted ones are not waited for).
+template <int N>
+static inline void ptx_wgmma_wait() {
+    kiln_emu::Fiber& f = kiln_emu::me();
+    unsigned int k = 0;
+    for (unsigned int i = 0; i < f.n_wgmma; i++) {
+        kiln_emu::Wgmma op = f.wgmma[i];
+        if (op.group + (unsigned int)N < f.wgmma_group) {
+            ptx_wgmma_run(op);
+        } else {
+            f.wgmma[k++] = op;
+        }
+    }
+    f.n_wgmma = k;
+}
+
+static inline void ptx_wgmma_hold(float* d) { (void)d; }

@@ -58,6 +58,18 @@ struct Copy {
     unsigned int group;
 };
 
+// A wgmma issued and not yet waited for (ptx.h): it computes when a wait_group covers
+// its group, so a kernel that reads the accumulators (or rewrites the shared operands)
+// before waiting sees what the hardware would not promise either.
+struct Wgmma {
+    float* d;                // the thread's 32 accumulators
+    unsigned long long a, b; // descriptors (a unused when A came from registers)
+    unsigned int words[16];  // A from registers: the words of lanes 4g .. 4g + 3
+    bool a_regs;
+    bool accumulate;
+    unsigned int group;
+};
+
 struct Fiber {
     ucontext_t ctx;    // its first entry
     jmp_buf env;       // where it yielded
@@ -68,6 +80,9 @@ struct Fiber {
     Copy* copies;      // pending cp.async copies
     unsigned int n_copies, cap_copies;
     unsigned int group; // cp.async groups committed so far
+    Wgmma* wgmma;       // pending wgmma
+    unsigned int n_wgmma, cap_wgmma;
+    unsigned int wgmma_group; // wgmma groups committed so far
 };
 
 struct Block {
@@ -255,6 +270,8 @@ static void run_block(Block* b, unsigned char* stacks, size_t stack_bytes) {
         f.tag = 0u;
         f.n_copies = 0u;
         f.group = 0u;
+        f.n_wgmma = 0u;
+        f.wgmma_group = 0u;
     }
     b->live = b->n;
     b->at_barrier = 0u;
@@ -273,6 +290,11 @@ static void run_block(Block* b, unsigned char* stacks, size_t stack_bytes) {
             case EXITED:
                 if (f.n_copies > 0u) {
                     land_copies(f, 0u);
+                }
+                if (f.n_wgmma > 0u && b->error == nullptr) {
+                    snprintf(g_error, sizeof g_error, "thread %u of block (%u,%u,%u): exited with wgmma in flight", i,
+                             blockIdx.x, blockIdx.y, blockIdx.z);
+                    b->error = g_error;
                 }
                 b->live--;
                 check_barrier(b);
@@ -344,6 +366,7 @@ static inline void cp_async_wait(unsigned int pending) { land_copies(me(), pendi
 
 // The dynamic shared memory of the running block (extern __shared__ arrays point here).
 static unsigned char* g_dynamic_shared;
+static unsigned int g_dynamic_bytes;
 static inline unsigned char* dynamic_shared() { return g_dynamic_shared; }
 
 } // namespace kiln_emu
@@ -367,6 +390,7 @@ static bool pool(unsigned int n, size_t sb) {
         munmap(g_stacks, g_stack_bytes * g_fiber_count);
         for (unsigned int i = 0; i < g_fiber_count; i++) {
             free(g_fibers[i].copies);
+            free(g_fibers[i].wgmma);
         }
         free(g_fibers);
     }
@@ -414,6 +438,7 @@ extern "C" const char* kiln_emu_launch(void (*entry)(const void*), const void* a
     b.args = args;
     g_block = &b;
     g_dynamic_shared = dyn;
+    g_dynamic_bytes = shared_bytes;
     blockDim = uint3{block[0], block[1], block[2]};
     gridDim = uint3{grid[0], grid[1], grid[2]};
     for (unsigned int z = 0; z < grid[2] && b.error == nullptr; z++) {
