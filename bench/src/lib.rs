@@ -53,11 +53,11 @@ pub const BACKENDS: &[(&str, Constructor)] = &[
             .map(|b| Box::new(b) as Box<dyn Backend>)
             .map_err(|e| e.to_string())
     }),
-    // The same with the modules of sm_90 and the mma.sync prefill attention on an H100 or
-    // H200 (where "cuda" takes sm_90a's wgmma kernel): their A/B, by `cuda_mma/` filters.
-    ("cuda_mma", || {
+    // The same with the modules of sm_90a and the wgmma prefill attention on an H100 or
+    // H200 (where "cuda" takes sm_90's mma.sync kernel): their A/B, by `cuda_wgmma/` filters.
+    ("cuda_wgmma", || {
         let options = kiln_backend_cuda::CudaOptions {
-            wgmma: false,
+            wgmma: true,
             ..Default::default()
         };
         kiln_backend_cuda::CudaBackend::with_options(options)
