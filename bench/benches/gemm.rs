@@ -1,5 +1,6 @@
 //! Prefill GEMMs of 512 tokens (issue 15): on CUDA the int8 tensor-core matmul of packed
-//! weights (kiln_kernels_cuda::mmq). The Llama-3-8B shape's FFN up (4096 inputs to 14336
+//! weights (kiln_kernels_cuda::mmq; `cuda_wgmma/`: on an H100/H200 its warpgroup-MMA
+//! matmul, matmul_wgmma.cu). The Llama-3-8B shape's FFN up (4096 inputs to 14336
 //! outputs: the GEMM whose target is half the measured bf16 peak) and down in Q4_0, and
 //! SmolLM2-135M's up in Q4_1. Compute-bound: the GFLOP/s of each line is the figure.
 //! Tens of GFLOP an op: meant for GPUs (`cargo bench -p kiln-bench --bench gemm -- cuda/`;

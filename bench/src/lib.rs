@@ -53,8 +53,9 @@ pub const BACKENDS: &[(&str, Constructor)] = &[
             .map(|b| Box::new(b) as Box<dyn Backend>)
             .map_err(|e| e.to_string())
     }),
-    // The same with the modules of sm_90a and the wgmma prefill attention on an H100 or
-    // H200 (where "cuda" takes sm_90's mma.sync kernel): their A/B, by `cuda_wgmma/` filters.
+    // The same with the modules of sm_90a, the wgmma prefill attention and prefill matmul
+    // on an H100 or H200 (where "cuda" takes sm_90's mma.sync kernels): their A/B, by
+    // `cuda_wgmma/` filters.
     ("cuda_wgmma", || {
         let options = kiln_backend_cuda::CudaOptions {
             wgmma: true,

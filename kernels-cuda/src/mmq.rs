@@ -20,6 +20,7 @@ use crate::matvec::{Epilogue, MatvecArgs, MatvecError};
 /// The `.cu`/`.cuh` files of the kernel and its per-type readers.
 pub const FILES: &[(&str, &str)] = &[
     ("matmul_mmq.cu", include_str!("cuda/matmul_mmq.cu")),
+    ("matmul_wgmma.cu", include_str!("cuda/matmul_wgmma.cu")),
     ("mmq/q4_0.cuh", include_str!("cuda/mmq/q4_0.cuh")),
     ("mmq/q4_1.cuh", include_str!("cuda/mmq/q4_1.cuh")),
     ("mmq/q8_0.cuh", include_str!("cuda/mmq/q8_0.cuh")),
@@ -126,10 +127,19 @@ pub fn source(dtype: DType) -> Result<String, MatvecError> {
         dtype.name(),
         MatvecArgs::c_decl()
     );
+    let reader = format!("mmq/{}.cuh", dtype.name());
+    let mut seen = Vec::new();
     crate::matvec::expand_with(
         "matmul_mmq.cu",
-        ("mmq/weights.cuh", &format!("mmq/{}.cuh", dtype.name())),
-        &mut Vec::new(),
+        ("mmq/weights.cuh", &reader),
+        &mut seen,
+        &mut out,
+    );
+    // The warpgroup-MMA matmul, on the same stages and reader (sm_90a; a trap elsewhere).
+    crate::matvec::expand_with(
+        "matmul_wgmma.cu",
+        ("mmq/weights.cuh", &reader),
+        &mut seen,
         &mut out,
     );
     out.push_str("// ---- entries\n");
@@ -142,7 +152,55 @@ pub fn source(dtype: DType) -> Result<String, MatvecError> {
             epilogue.code()
         ));
     }
+    for epilogue in Epilogue::ALL {
+        out.push_str(&format!(
+            "extern \"C\" __global__ void __launch_bounds__(MQ_THREADS, 1) {}(const __grid_constant__ MatvecArgs a) {{\n    \
+             wg_matmul<{}>(a);\n}}\n",
+            wgmma_entry(dtype, epilogue),
+            epilogue.code()
+        ));
+    }
     Ok(out)
+}
+
+/// Tokens of a block tile of the warpgroup-MMA matmul (matmul_wgmma.cu: WG_BT, wgmma's
+/// M); its rows are [`ROWS`] (two warpgroups of N = 64) and its block [`THREADS`].
+pub const WGMMA_TOKENS: u32 = 64;
+
+/// The warpgroup-MMA matmul's entry of an epilogue: `matmul_wgmma_q4_0_swiglu`.
+pub fn wgmma_entry(dtype: DType, epilogue: Epilogue) -> String {
+    format!("matmul_wgmma_{}{}", dtype.name(), epilogue.suffix())
+}
+
+/// Bytes between core matrices of the warpgroup-MMA matmul's f16 tiles adjacent in K
+/// (matmul_wgmma.cu: WG_LBO) and in rows (WG_SBO: 32 columns, 4 core matrices).
+const WGMMA_LBO: u32 = 144;
+const WGMMA_SBO: u32 = 4 * WGMMA_LBO + 16;
+
+/// Dynamic shared memory of the warpgroup-MMA matmul (matmul_wgmma.cu: WgBuf): two f16
+/// buffers of the activations (64 tokens × 32) and of each weight (128 rows × 32, the GLUs'
+/// gate and up) in wgmma's core-matrix layout; its cp.async stages are static.
+pub fn wgmma_shared_bytes(epilogue: Epilogue) -> u32 {
+    let weights = if epilogue.gated() { 2 } else { 1 };
+    2 * (WGMMA_TOKENS / 8 + weights * ROWS / 8) * WGMMA_SBO
+}
+
+/// The launch of the warpgroup-MMA matmul (sm_90a only, where the lowering picks it over
+/// [`launch`]): one block a 64-token × 128-row tile.
+pub fn wgmma_launch(
+    dtype: DType,
+    n: u32,
+    k: u32,
+    rows: u32,
+    epilogue: Epilogue,
+) -> Result<MmqLaunch, MatvecError> {
+    let l = launch(dtype, n, k, rows, epilogue, 0)?;
+    Ok(MmqLaunch {
+        entry: wgmma_entry(dtype, epilogue),
+        grid: [rows.max(1).div_ceil(WGMMA_TOKENS), n.div_ceil(ROWS), 1],
+        block: l.block,
+        tile: WGMMA_TOKENS,
+    })
 }
 
 /// Blocks an SM must hold at once (`__launch_bounds__`): 2, which caps a thread at 128

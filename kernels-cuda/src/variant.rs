@@ -161,6 +161,9 @@ pub enum Entry {
     Matvec(u8),
     /// The int8 tensor-core matmul of (tile, epilogue) `mmq::variants().nth(i)`.
     Mmq(u8),
+    /// The warpgroup-MMA matmul of epilogue `Epilogue::ALL[i]` (matmul_wgmma.cu, in the
+    /// int8 matmul's module; sm_90a, a trap elsewhere).
+    MmqWgmma(u8),
 }
 
 /// The matvec entries of a weight type, in `matvec::variants()` order.
@@ -177,26 +180,35 @@ const MATVEC_ENTRIES: [Entry; MATVEC_VARIANTS] = {
 /// Tiles × epilogues of a weight type's matvec module (no SwiGLU or GeGLU at 32 tokens).
 const MATVEC_VARIANTS: usize = matvec::TILES.len() * 4 - 2;
 
-/// The int8 tensor-core matmul's entries, in `mmq::variants()` order.
-const MMQ_ENTRIES: [Entry; MMQ_VARIANTS] = {
-    let mut e = [Entry::Main; MMQ_VARIANTS];
-    let mut i = 0;
-    while i < MMQ_VARIANTS {
-        e[i] = Entry::Mmq(i as u8);
-        i += 1;
-    }
-    e
-};
-
 /// Tiles × epilogues of a weight type's int8 tensor-core module (no GLUs at 128 tokens).
 const MMQ_VARIANTS: usize = mmq::TILES.len() * 4 - 2;
 
+/// An int8 tensor-core module's entries: its `n` int8 matmuls, then the warpgroup-MMA
+/// matmul's four epilogues.
+const fn mmq_module_entries<const L: usize>(n: usize) -> [Entry; L] {
+    let mut e = [Entry::Main; L];
+    let mut i = 0;
+    while i < n {
+        e[i] = Entry::Mmq(i as u8);
+        i += 1;
+    }
+    while i < L {
+        e[i] = Entry::MmqWgmma((i - n) as u8);
+        i += 1;
+    }
+    e
+}
+
+/// The modules of the types with the 128-token tile, and of those without (8 entries).
+const MMQ_WIDE_ENTRIES: [Entry; MMQ_VARIANTS + 4] = mmq_module_entries(MMQ_VARIANTS);
+const MMQ_NARROW_ENTRIES: [Entry; MMQ_VARIANTS + 2] = mmq_module_entries(MMQ_VARIANTS - 2);
+
 impl Entry {
     /// Entry indices ([`Entry::index`]) run below this.
-    pub const COUNT: usize = 6 + if MATVEC_VARIANTS > MMQ_VARIANTS {
+    pub const COUNT: usize = 6 + if MATVEC_VARIANTS > MMQ_VARIANTS + 4 {
         MATVEC_VARIANTS
     } else {
-        MMQ_VARIANTS
+        MMQ_VARIANTS + 4
     };
 
     /// The matvec entry of a tile and epilogue.
@@ -209,6 +221,15 @@ impl Entry {
     pub fn mmq(tile: u32, epilogue: Epilogue) -> Option<Entry> {
         let i = mmq::variants().position(|v| v == (tile, epilogue))?;
         Some(Entry::Mmq(i as u8))
+    }
+
+    /// The warpgroup-MMA matmul's entry of an epilogue.
+    pub fn mmq_wgmma(epilogue: Epilogue) -> Entry {
+        let i = Epilogue::ALL
+            .iter()
+            .position(|&e| e == epilogue)
+            .unwrap_or(0);
+        Entry::MmqWgmma(i as u8)
     }
 
     /// The macro a kernel file names this entry by (the source header defines it).
@@ -230,9 +251,11 @@ impl Entry {
             .copied()
             .unwrap_or("KILN_UNUSED"),
             // Their modules name their entries themselves (matvec.rs).
-            Entry::Quantize | Entry::RmsNormQuantize | Entry::Matvec(_) | Entry::Mmq(_) => {
-                "KILN_UNUSED"
-            }
+            Entry::Quantize
+            | Entry::RmsNormQuantize
+            | Entry::Matvec(_)
+            | Entry::Mmq(_)
+            | Entry::MmqWgmma(_) => "KILN_UNUSED",
         }
     }
 
@@ -252,6 +275,7 @@ impl Entry {
             Entry::RmsNormQuantize => 4,
             Entry::Matvec(i) => 6 + i as usize,
             Entry::Mmq(i) => 6 + i as usize,
+            Entry::MmqWgmma(i) => 6 + MMQ_VARIANTS + i as usize,
         }
     }
 }
@@ -301,7 +325,11 @@ impl Variant {
         if self.kernel == Kernel::Matvec {
             &MATVEC_ENTRIES
         } else if self.kernel == Kernel::Mmq {
-            &MMQ_ENTRIES[..mmq::variant_count(self.weight.unwrap_or(DType::Q4_0))]
+            if mmq::variant_count(self.weight.unwrap_or(DType::Q4_0)) == MMQ_VARIANTS {
+                &MMQ_WIDE_ENTRIES
+            } else {
+                &MMQ_NARROW_ENTRIES
+            }
         } else if self.kernel == Kernel::Quantize {
             &[Entry::Quantize, Entry::RmsNormQuantize]
         } else if self.packed() && self.kernel.is_matmul() {
@@ -358,6 +386,10 @@ impl Variant {
                     .unwrap_or((64, Epilogue::Store));
                 mmq::entry(self.weight.unwrap_or(DType::Q4_0), tile, e)
             }
+            Entry::MmqWgmma(i) => mmq::wgmma_entry(
+                self.weight.unwrap_or(DType::Q4_0),
+                Epilogue::ALL[i as usize % Epilogue::ALL.len()],
+            ),
         }
     }
 }

@@ -162,6 +162,10 @@ bench l8b_cuda_pick 90 -m "$L8B" --backend cuda -p 0 -n 64 -b 32 -r 1 --top-k 1,
 if [ -x "$G/b_gemm" ] || [ $dry = 1 ]; then
   run gemm_cuda 150 "$G/b_gemm" --bench cuda/
   [ $dry = 1 ] || grep -E '^  cuda/.*GFLOP/s' "$L/gemm_cuda.log" | sed 's/^  /gemm: /' >> "$S"
+  # The A/B on an H100/H200: above, mma.sync int8 (sm_90, matmul_mmq.cu); here the
+  # warpgroup-MMA one (`cuda_wgmma`: sm_90a modules, matmul_wgmma.cu), the same cases.
+  run gemm_cuda_wgmma 150 "$G/b_gemm" --bench cuda_wgmma/
+  [ $dry = 1 ] || grep -E '^  cuda_wgmma/.*GFLOP/s' "$L/gemm_cuda_wgmma.log" | sed 's/^  /gemm (wgmma): /' >> "$S"
 else say "gemm_cuda SKIPPED: no b_gemm staged"; fi
 # Attention at long context (issue 15): flash prefill of 8,192 tokens (TFLOP/s against
 # the >= 400 target) and a decode step of 32 sequences x 8,192 positions (GB/s of KV

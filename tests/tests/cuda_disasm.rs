@@ -1,6 +1,6 @@
 //! What the SASS of every CUDA kernel variant must show, checked without a GPU: NVRTC
-//! compiles each variant for sm_90 (and the FP8 attention module, whose prefill has a
-//! wgmma kernel, for sm_90a too) and cuobjdump disassembles it (kiln_tests::cuda_disasm).
+//! compiles each variant for sm_90 (and the modules with wgmma kernels, the FP8 attention's
+//! prefill and the packed types' prefill matmul, for sm_90a too) and cuobjdump disassembles it (kiln_tests::cuda_disasm).
 //! [`FACTS`] lists what the kernels' design relies on: the rows marked `Required` hold
 //! today and are asserted; the rows marked `Target` are what the CUDA decode redesign
 //! (issue 14) must reach, reported until they hold, then to be flipped to `Required`.
@@ -63,6 +63,12 @@ fn is_decode_matvec(k: &KernelFacts) -> bool {
 /// The int8 tensor-core prefill matmuls (kiln_kernels_cuda::mmq's modules).
 fn is_int8_matmul(k: &KernelFacts) -> bool {
     k.variant.starts_with("matmul_mmq_") && k.kernel.starts_with("matmul_mmq_")
+}
+
+/// The warpgroup-MMA prefill matmuls (matmul_wgmma.cu, in the int8 matmuls' modules:
+/// `matmul_wgmma_<dtype>[_add|_swiglu|_geglu]`).
+fn is_wgmma_matmul(k: &KernelFacts) -> bool {
+    k.variant.starts_with("matmul_mmq_") && k.kernel.starts_with("matmul_wgmma_")
 }
 
 /// The mma.sync prefill attention (attention_prefill.cu: `attention_fp8_prefill_h<HD>`).
@@ -132,6 +138,28 @@ const FACTS: &[Fact] = &[
         what: "the wgmma prefill attention compiled without sm_90a is a trap: no tensor-core instructions",
         status: Status::Required,
         applies: |k| is_wgmma_prefill(k) && !k.specific,
+        holds: |k| k.mma == 0 && k.cp_async == 0,
+    },
+    // ---- Required of the warpgroup-MMA prefill matmul (matmul_wgmma.cu, issue 15): at
+    // sm_90a two m64n64k16 a weight (gate and up for the GLUs) a 32-value unit, stages by
+    // cp.async, no int8 MMA; at sm_90 an entry that only traps.
+    Fact {
+        what: "the wgmma prefill matmul (sm_90a) runs on the warpgroup MMA (HGMMA: 2 a weight, no IMMA), stages with cp.async (LDGSTS)",
+        status: Status::Required,
+        applies: |k| is_wgmma_matmul(k) && k.specific,
+        holds: |k| {
+            let weights = if k.kernel.ends_with("_swiglu") || k.kernel.ends_with("_geglu") {
+                2
+            } else {
+                1
+            };
+            k.gmma == 2 * weights && k.mma == k.gmma && k.imma == 0 && k.cp_async > 0
+        },
+    },
+    Fact {
+        what: "the wgmma prefill matmul compiled without sm_90a is a trap: no tensor-core instructions",
+        status: Status::Required,
+        applies: |k| is_wgmma_matmul(k) && !k.specific,
         holds: |k| k.mma == 0 && k.cp_async == 0,
     },
     Fact {
@@ -330,9 +358,9 @@ fn compute() -> Result<Vec<KernelFacts>, (bool, String)> {
     let start = Instant::now();
     let mut facts = analyse_all(&nvrtc, &cuobjdump, 90.into(), threads, None, &|_| true)
         .map_err(|e| (false, e))?;
-    // sm_90a: the module with the wgmma kernels (an H100 compiles every module so; the
-    // others have no sm_90a-only code).
-    let specific = |name: &str| name == "attention_fp8";
+    // sm_90a: the modules with the wgmma kernels (an H100 compiles every module so; the
+    // others have no sm_90a-only code): the FP8 attention, the int8 matmuls' modules.
+    let specific = |name: &str| name == "attention_fp8" || name.starts_with("matmul_mmq_");
     facts.extend(
         analyse_all(
             &nvrtc,

@@ -1,6 +1,6 @@
 //! NVRTC compiles every CUDA kernel variant a plan can produce (every op × weight dtype ×
 //! KV dtype, argmax, top-k, and the decode matvec modules of kiln_kernels_cuda::matvec) for sm_90 and sm_80,
-//! and the FP8 attention module (its warpgroup-MMA prefill) for sm_90a too, failing on any error or warning, so that a
+//! and the modules with warpgroup-MMA entries (the FP8 attention's prefill, the packed types' prefill matmul) for sm_90a too, failing on any error or warning, so that a
 //! typo in a `.cu` file fails `cargo test` on a machine without a GPU. Needs only
 //! libnvrtc (`pip install nvidia-cuda-nvrtc`, then LD_LIBRARY_PATH or KILN_NVRTC_PATH):
 //! without it the tests show as `ignored (why)`, unless KILN_REQUIRE_NVRTC=1 (CI), where
@@ -69,12 +69,13 @@ fn nvrtc_compiles_every_variant_without_warnings(nvrtc: Nvrtc) {
             arch,
         ));
     }
-    // sm_90a: the modules with wgmma kernels (what an H100 or H200 compiles every module
+    // sm_90a: the modules with wgmma kernels (the FP8 attention, the packed types' int8
+    // matmul modules; what an H100 or H200 compiles every module
     // for; the others have no sm_90a-only code).
     for v in all_variants() {
         if v.entries()
             .iter()
-            .any(|e| matches!(e, Entry::PrefillWgmma(_)))
+            .any(|e| matches!(e, Entry::PrefillWgmma(_) | Entry::MmqWgmma(_)))
         {
             let src = source(&v).expect("every variant assembles");
             jobs.push((v.name(), src, Target::specific(90)));

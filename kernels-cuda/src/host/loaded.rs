@@ -171,7 +171,7 @@ impl<D: Device> Loaded<D> {
         };
         let lowered = lower(plan, &layout, kv, buffers).map_err(|e| e.for_backend(name))?;
         let paths = device.paths();
-        if paths.decode_attention {
+        if paths.decode_attention || paths.wgmma {
             raise_shared_memory(device, properties, &lowered, &functions, paths.wgmma)?;
         }
         let argmax_args = ArgmaxArgs {
@@ -356,7 +356,8 @@ impl<D: Device> Loaded<D> {
 
 /// Raise the decode and prefill attention kernels' dynamic shared memory limit where a
 /// call needs more than the default 48 KiB (decode: F16 heads of more than 184 dims;
-/// prefill: heads of more than 64), up to what the device lets a block have.
+/// prefill: heads of more than 64), and the warpgroup-MMA matmul's always, up to what the
+/// device lets a block have.
 fn raise_shared_memory<D: Device>(
     device: &D,
     properties: &DeviceProperties,
@@ -369,21 +370,37 @@ fn raise_shared_memory<D: Device>(
     let mut raised = vec![[0u32; Entry::COUNT]; lowered.variants.len()];
     for call in lowered.launches.iter().flatten() {
         let v = &lowered.variants[call.variant];
-        let Args::Kv(a) = &call.args else { continue };
-        if v.kernel != Kernel::Attention {
-            continue;
-        }
-        let shape =
-            AttentionShape::of(a, value_bytes(v)).ok_or_else(|| BackendError::Unsupported {
-                backend: D::NAME,
-                what: format!("attention of {a:?}"),
-            })?;
-        let prefill = if wgmma {
-            prefill_wgmma_entry(&shape).map(|e| (e, prefill_wgmma_shared_bytes(&shape)))
-        } else {
-            prefill_entry(&shape).map(|e| (e, prefill_shared_bytes(&shape)))
+        // The warpgroup-MMA matmul: its dynamic f16 buffers beside static cp.async stages
+        // pass the default 48 KiB (static and dynamic together): raised always (`0` below).
+        let wants = match &call.args {
+            Args::Matvec(a) if wgmma && v.kernel == Kernel::Mmq => {
+                let e = crate::lower::geometry::epilogue(a);
+                [
+                    Some((Entry::mmq_wgmma(e), crate::mmq::wgmma_shared_bytes(e))),
+                    None,
+                ]
+            }
+            Args::Kv(a) if v.kernel == Kernel::Attention => {
+                let shape = AttentionShape::of(a, value_bytes(v)).ok_or_else(|| {
+                    BackendError::Unsupported {
+                        backend: D::NAME,
+                        what: format!("attention of {a:?}"),
+                    }
+                })?;
+                let prefill = if wgmma {
+                    prefill_wgmma_entry(&shape).map(|e| (e, prefill_wgmma_shared_bytes(&shape)))
+                } else {
+                    prefill_entry(&shape).map(|e| (e, prefill_shared_bytes(&shape)))
+                };
+                [Some((Entry::Decode, decode_shared_bytes(&shape))), prefill]
+            }
+            _ => continue,
         };
-        let wants = [Some((Entry::Decode, decode_shared_bytes(&shape))), prefill];
+        let floor = if v.kernel == Kernel::Mmq {
+            0
+        } else {
+            DEFAULT_MAX_SHARED
+        };
         for (entry, shared) in wants.into_iter().flatten() {
             let Some(f) = &functions[call.variant][entry.index()] else {
                 continue;
@@ -398,7 +415,7 @@ fn raise_shared_memory<D: Device>(
                     ),
                 });
             }
-            if shared > DEFAULT_MAX_SHARED && shared > *done {
+            if shared > floor && shared > *done {
                 device.raise_shared_memory(f, shared).map_err(|e| {
                     driver_error::<D>(
                         &format!("raising the shared memory of {}", v.symbol(entry)),

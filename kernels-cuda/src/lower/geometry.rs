@@ -28,8 +28,8 @@ pub struct StepGeometry {
     pub sm_count: u32,
     /// The device runs mma.sync m16n8k16 (sm_80+) and the backend uses it.
     pub tensor_cores: bool,
-    /// The prefill attention takes the warpgroup-MMA kernel (compute capability 9.0, the
-    /// modules compiled for sm_90a).
+    /// The prefill attention and the packed types' prefill matmul take the warpgroup-MMA
+    /// kernels (compute capability 9.0, the modules compiled for sm_90a).
     pub wgmma: bool,
     /// Short steps take the split-K decode attention (off: one block per (head, token)).
     pub decode_attention: bool,
@@ -179,12 +179,20 @@ pub fn epilogue(a: &MatvecArgs) -> Epilogue {
 fn packed(v: &Variant, a: &MatvecArgs, g: &StepGeometry) -> Option<Planned> {
     let rows = g.rows(a.rows_sel);
     let e = epilogue(a);
+    let mut shared_bytes = 0;
     let (entry, grid, block) = if v.kernel == Kernel::Mmq {
         if !packed_takes_mmq(rows, g) {
             return None;
         }
-        let l = mmq::launch(v.weight?, a.n, a.k, rows, e, g.sm_count).ok()?;
-        (Entry::mmq(l.tile, e)?, l.grid, l.block)
+        if g.wgmma {
+            // sm_90a: the warpgroup-MMA matmul (f16 tiles, no per-unit fold).
+            let l = mmq::wgmma_launch(v.weight?, a.n, a.k, rows, e).ok()?;
+            shared_bytes = mmq::wgmma_shared_bytes(e);
+            (Entry::mmq_wgmma(e), l.grid, l.block)
+        } else {
+            let l = mmq::launch(v.weight?, a.n, a.k, rows, e, g.sm_count).ok()?;
+            (Entry::mmq(l.tile, e)?, l.grid, l.block)
+        }
     } else {
         if packed_takes_mmq(rows, g) || rows == 0 {
             return None;
@@ -196,7 +204,7 @@ fn packed(v: &Variant, a: &MatvecArgs, g: &StepGeometry) -> Option<Planned> {
         entry,
         grid,
         block,
-        shared_bytes: 0,
+        shared_bytes,
     };
     Some(plain(launch, Args::Matvec(*a)))
 }

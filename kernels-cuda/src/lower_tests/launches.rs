@@ -85,6 +85,24 @@ fn matvec_and_tensor_core_launches_cover_odd_steps() {
             format!("matmul_mmq_q4_1_t{tile}_swiglu")
         );
     }
+    // sm_90a (the wgmma option): the warpgroup-MMA kernel instead, 64 tokens × 128 rows.
+    for n_tokens in [33u32, 65, 130] {
+        let l = launches(&StepGeometry {
+            wgmma: true,
+            ..geometry(n_tokens, 1)
+        });
+        assert_eq!(l.len(), 2);
+        assert_eq!(l[0].entry, Entry::RmsNormQuantize);
+        assert_eq!(l[1].entry, Entry::mmq_wgmma(Epilogue::SwiGlu));
+        assert_eq!(
+            l[1].grid,
+            [n_tokens.div_ceil(64), a.n.div_ceil(crate::mmq::ROWS), 1]
+        );
+        assert_eq!(
+            low.variants[calls[1].variant].symbol(l[1].entry),
+            "matmul_wgmma_q4_1_swiglu"
+        );
+    }
     let no_tc = StepGeometry {
         tensor_cores: false,
         ..geometry(33, 1)
