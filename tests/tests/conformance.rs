@@ -94,9 +94,10 @@ fn configurations() -> Vec<Target> {
                 )?))
             }),
         ),
-        // An H100 with the wgmma kernel off (KILN_CUDA_WGMMA=0, sm_90 modules): the
-        // mma.sync prefill attention with sm_89's FP8 conversions, which `cuda_emu` (sm_90a,
-        // the wgmma kernel) no longer runs. Only the attention cases (ATTENTION_ONLY).
+        // An H100 with the wgmma kernels off (KILN_CUDA_WGMMA=0, sm_90 modules): the
+        // mma.sync prefill attention with sm_89's FP8 conversions and the int8 prefill
+        // matmul's 32-token tiles, which `cuda_emu` (sm_90a, the wgmma kernels) no longer
+        // runs. Only the attention and prefill matmul cases (PREFILL_ONLY).
         Target::new(
             "cuda_emu_sm90_mma",
             kiln_backends::Ci::Lavapipe,
@@ -168,9 +169,20 @@ fn takes_gemm_f16(name: &str) -> bool {
     rows.is_some_and(|r| r > 32) && !float
 }
 
-/// Configurations that differ from their backend in the prefill attention alone, and run
-/// only the cases whose name says attention.
-const ATTENTION_ONLY: &[&str] = &["cuda_emu_sm90_mma"];
+/// Configurations that differ from their backend in the prefill kernels alone, and run
+/// only the cases whose name says attention, or a matmul of more than 32 rows
+/// ([`is_prefill_matmul`]).
+const PREFILL_ONLY: &[&str] = &["cuda_emu_sm90_mma"];
+
+/// A matmul case of a step of more than 32 rows (`..._t<rows>_...`): the prefill matmul's.
+fn is_prefill_matmul(name: &str) -> bool {
+    name.contains("matmul")
+        && name.split('_').any(|p| {
+            p.strip_prefix('t')
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|n| n > 32)
+        })
+}
 
 fn main() -> ExitCode {
     let mut trials: Vec<Trial> = vec![test("every_limit_can_fail", || {
@@ -184,7 +196,7 @@ fn main() -> ExitCode {
         let emulated = target.name.starts_with("cuda_emu");
         let matmul_only = MATMUL_ONLY.contains(&target.name.as_str());
         let gemm_f16_only = GEMM_F16_ONLY.contains(&target.name.as_str());
-        let attention_only = ATTENTION_ONLY.contains(&target.name.as_str());
+        let prefill_only = PREFILL_ONLY.contains(&target.name.as_str());
         for trial in conformance::trials(&target) {
             if matmul_only && !trial.name().contains("matmul") {
                 continue;
@@ -192,7 +204,10 @@ fn main() -> ExitCode {
             if gemm_f16_only && !takes_gemm_f16(trial.name()) {
                 continue;
             }
-            if attention_only && !trial.name().contains("attention") {
+            if prefill_only
+                && !trial.name().contains("attention")
+                && !is_prefill_matmul(trial.name())
+            {
                 continue;
             }
             // Emulated threads are ~1000× slower than a GPU's: a case of thousands of

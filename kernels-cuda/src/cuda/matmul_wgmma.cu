@@ -34,6 +34,7 @@ namespace {
 #define WG_LBO 144u // core matrices adjacent in K: 128 + 16 bytes (bank groups, as attention_prefill_wgmma.cu)
 #define WG_SBO (4u * WG_LBO + 16u) // adjacent in rows (32 columns: 4 core matrices)
 
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // The f16 index of element (row, k < 32) of a K-major operand in that layout.
 __device__ __forceinline__ unsigned int wg_core(unsigned int row, unsigned int k) {
     return ((row / 8u) * WG_SBO + (k / 8u) * WG_LBO) / 2u + (row % 8u) * 8u + k % 8u;
@@ -74,7 +75,6 @@ __device__ __forceinline__ void wg_bytes(unsigned int w, float* v) {
     }
 }
 
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
 // Convert stage s (unit u) into buffer f: A's core-matrix row (token tid / 4, values
 // 8(tid % 4) ..) from the swizzled quants times d·s_t; B's two (row tid / 2, values
 // 8h .. and 16 + 8h .., h = tid % 2) from the type's mq_frag words and mq_scales.
@@ -168,14 +168,9 @@ __device__ __forceinline__ void wg_matmul(const MatvecArgs& a) {
     unsigned int r = tid / 2u; // wg_convert's weight row
     unsigned int bit = mq_row_bit(mq_scale_row(min(n0 + r, a.n - 1u), nb));
     unsigned int wgi = tid / 128u; // warpgroup: rows 64·wgi .. of the block tile
+    // Not zeroed: unit 0's first wgmma overwrites them (a non-wgmma write would serialize
+    // the wgmma pipeline, ptxas C7515); k >= 32, so there is a unit 0.
     float acc[G][32];
-#pragma unroll
-    for (unsigned int g = 0u; g < G; g++) {
-#pragma unroll
-        for (unsigned int e = 0u; e < 32u; e++) {
-            acc[g][e] = 0.0f;
-        }
-    }
 #pragma unroll 1
     for (unsigned int u = 0u; u < nb; u++) {
         mq_wait<S - 2u>();
@@ -204,7 +199,8 @@ __device__ __forceinline__ void wg_matmul(const MatvecArgs& a) {
 #pragma unroll
             for (unsigned int kk = 0u; kk < 2u; kk++) {
                 ptx_wgmma_m64n64k16_ss(acc[g], ptx_wgmma_desc(f.a + wg_core(0u, 16u * kk), WG_LBO, WG_SBO),
-                                       ptx_wgmma_desc(f.b[g] + wg_core(64u * wgi, 16u * kk), WG_LBO, WG_SBO), 1);
+                                       ptx_wgmma_desc(f.b[g] + wg_core(64u * wgi, 16u * kk), WG_LBO, WG_SBO),
+                                       u > 0u || kk > 0u ? 1 : 0);
             }
         }
         ptx_wgmma_commit();
