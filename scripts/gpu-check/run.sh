@@ -113,11 +113,12 @@ else say "[bg] synth_8b: $K synth --shape llama3-8b --quant q4_0 --tokenizer-fro
 KILN_REQUIRE_NVRTC=1 run cuda_nvrtc 120 "$G/t_cuda_nvrtc"
 KILN_REQUIRE_NVRTC=1 run cuda_disasm 120 "$G/t_cuda_disasm"
 # A CUDA case that finds no device is ignored with the reason, not failed: say it loudly.
-# The wgmma prefill attention (sm_90a) is opt-in until this has run it: the suite runs
-# with it on (every module then sm_90a on an H100/H200), its attention cases once more
-# with the default mma.sync kernel.
+# The wgmma prefill attention and matmul (sm_90a) are opt-in until this has run them: the
+# suite runs with them on (every module then sm_90a on an H100/H200), its attention and
+# matmul cases once more with the default mma.sync kernels.
 KILN_CUDA_WGMMA=1 run conformance 240 "$G/t_conformance" cuda --test-threads=4
 run conformance_attention_mma 60 "$G/t_conformance" cuda::attention --test-threads=4
+run conformance_matmul_mma 60 "$G/t_conformance" cuda::matmul --test-threads=4
 KILN_MODEL=$SMOL run cuda_backend 150 "$G/t_cuda_backend" --test-threads=1
 for f in conformance cuda_backend; do
   grep -m1 -o 'no cuda device: .*' "$L/$f.log" 2>/dev/null | cut -c1-200 | sed "s/^/CUDA DID NOT OPEN ($f): /" | tee -a "$S"

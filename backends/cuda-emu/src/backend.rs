@@ -39,7 +39,8 @@ pub struct EmuOptions {
     /// `__CUDA_ARCH__` of the modules (900: every sm_89+ path).
     pub arch: u32,
     /// At arch 900 with tensor cores: the modules are sm_90a's and the prefill attention
-    /// takes the warpgroup-MMA kernel, as the CUDA backend does on an H100.
+    /// and the packed types' prefill matmul take the warpgroup-MMA kernels, as the CUDA
+    /// backend does on an H100.
     pub wgmma: bool,
     /// Print each launch (default: the `KILN_CUDA_EMU_DEBUG` variable is set).
     pub debug: bool,

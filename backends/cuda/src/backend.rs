@@ -27,7 +27,8 @@ pub struct CudaOptions {
     /// The tensor-core matmul and prefill attention on sm_80+ (mma.sync).
     pub tensor_cores: bool,
     /// On compute capability 9.0: the modules compiled for sm_90a and the prefill
-    /// attention on the warpgroup MMA (wgmma); off: sm_90 and mma.sync. Off by default
+    /// attention and packed-weight prefill matmul on the warpgroup MMA (wgmma); off: sm_90
+    /// and mma.sync. Off by default
     /// until a GPU has checked the wgmma kernel (only the emulator's twins have run it:
     /// a misread descriptor layout would be wrong attention, silently).
     pub wgmma: bool,

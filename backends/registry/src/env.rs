@@ -22,7 +22,7 @@
 //! | `KILN_CUDA_GRAPHS=0` | cuda | no CUDA graphs for decode steps |
 //! | `KILN_CUDA_DECODE_ATTENTION=0` | cuda | one attention block per (head, token) always |
 //! | `KILN_CUDA_MMA=0` | cuda | no tensor-core matmul or prefill attention |
-//! | `KILN_CUDA_WGMMA=1` | cuda | on compute capability 9.0: sm_90a modules and the wgmma prefill attention (opt-in until a GPU has run it), not sm_90's mma.sync one |
+//! | `KILN_CUDA_WGMMA=1` | cuda | on compute capability 9.0: sm_90a modules, the wgmma prefill attention and prefill matmul (opt-in until a GPU has run it), not sm_90's mma.sync ones |
 //! | `KILN_DEBUG` (set) | wgpu, vulkan, cuda | print each kernel built and each launch |
 //! | `KILN_CACHE_DIR`, `XDG_CACHE_HOME`, `HOME` | vulkan, cuda | the kernel cache's folder |
 //!
