@@ -259,6 +259,36 @@ mod tests {
     use super::*;
 
     #[test]
+    fn wgmma_launches_tile_64_tokens_by_128_rows() {
+        // Odd shapes: 70 tokens → 2 token tiles, 67 rows → 1 row tile; 4096 rows → 32.
+        let l = wgmma_launch(DType::Q4_K, 67, 256, 70, Epilogue::Store).unwrap();
+        assert_eq!(
+            (l.entry.as_str(), l.grid, l.block),
+            ("matmul_wgmma_q4_k", [2, 1, 1], [THREADS, 1, 1])
+        );
+        let l = wgmma_launch(DType::Q8_0, 4096, 4096, 512, Epilogue::GeGlu).unwrap();
+        assert_eq!(l.entry, "matmul_wgmma_q8_0_geglu");
+        assert_eq!(l.grid, [8, 32, 1]);
+        // k not a multiple of the type's block, no rows: the int8 launch's errors.
+        assert!(wgmma_launch(DType::Q4_K, 67, 96, 70, Epilogue::Store).is_err());
+        assert!(wgmma_launch(DType::Q4_0, 0, 64, 70, Epilogue::Store).is_err());
+        // Two f16 buffers of 8 + 16 (or 8 + 2 · 16) core-matrix row groups of 592 bytes
+        // (cuda-report: the kernels' dynamic shared memory).
+        assert_eq!(wgmma_shared_bytes(Epilogue::Add), 28_416);
+        assert_eq!(wgmma_shared_bytes(Epilogue::SwiGlu), 47_360);
+        // Every module has the four entries.
+        for dtype in DTYPES {
+            let src = source(dtype).unwrap();
+            for e in Epilogue::ALL {
+                assert!(
+                    src.contains(&format!(" {}(", wgmma_entry(dtype, e))),
+                    "{dtype} {e:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn tiles_shrink_until_the_grid_fills_half_the_sms() {
         let store = Epilogue::Store;
         // Llama-3-8B's 4096 rows at 512 tokens: 32 row tiles × 4 = 128 blocks of 128.
