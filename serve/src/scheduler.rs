@@ -264,6 +264,15 @@ impl<'m> Scheduler<'m> {
         self.running.len()
     }
 
+    /// Free the newest running sequence's pages behind the scheduler's back, so that its
+    /// own free of them fails (what a test of that failure needs).
+    #[cfg(test)]
+    pub(crate) fn free_newest_behind_its_back(&mut self) -> Result<(), Error> {
+        let seq = self.running.last().and_then(|s| s.kv);
+        let seq = seq.ok_or_else(|| Error::Invalid("no running sequence with pages".into()))?;
+        Ok(self.compiled.kv().free(seq)?)
+    }
+
     pub fn n_waiting(&self) -> usize {
         self.waiting.len()
     }
@@ -562,20 +571,28 @@ impl<'m> Scheduler<'m> {
     /// Remove the running sequences `pick` selects, freeing their pages.
     fn retire(&mut self, pick: impl Fn(usize, &Sequence<'m>) -> bool) -> Result<(), Error> {
         let mut kept = Vec::with_capacity(self.running.len());
+        let mut first_error = None;
         for (i, mut s) in std::mem::take(&mut self.running).into_iter().enumerate() {
-            if pick(i, &s) {
-                if let Some(seq) = s.kv {
-                    self.compiled.kv().free(seq)?;
-                }
-                if let Some(spec) = &mut s.spec {
-                    self.spec.forget(spec);
-                }
-            } else {
+            if !pick(i, &s) {
                 kept.push(s);
+                continue;
+            }
+            if let Some(spec) = &mut s.spec {
+                self.spec.forget(spec);
+            }
+            // Every picked sequence goes, and every other stays, whatever a free says: an
+            // error here once dropped the whole batch, each stream ending without a word.
+            if let Some(seq) = s.kv
+                && let Err(e) = self.compiled.kv().free(seq)
+            {
+                s.send(Event::Failed(ApiError::internal(format!(
+                    "freeing the request's KV pages: {e}"
+                ))));
+                first_error.get_or_insert(Error::from(e));
             }
         }
         self.running = kept;
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Drop sequences whose client went away.
@@ -594,11 +611,15 @@ impl<'m> Scheduler<'m> {
         let Some(mut s) = self.running.pop() else {
             return Ok(());
         };
-        if let Some(seq) = s.kv.take() {
-            self.compiled.kv().free(seq)?;
-        }
         if let Some(spec) = &mut s.spec {
             self.spec.forget(spec);
+        }
+        if let Some(seq) = s.kv.take()
+            && let Err(e) = self.compiled.kv().free(seq)
+        {
+            let why = format!("freeing the request's KV pages: {e}");
+            s.send(Event::Failed(ApiError::internal(why)));
+            return Err(e.into());
         }
         if self.running.is_empty() {
             self.running.push(s);

@@ -267,6 +267,36 @@ fn a_client_that_leaves_is_dropped_and_its_pages_freed() {
     assert_eq!(sched.kv_stats().pages_in_use, 0);
 }
 
+/// A free that fails (here: pages freed behind the scheduler's back) fails that step and
+/// that request, and drops nothing else: the other sequence runs on to its answer. It
+/// once dropped every running sequence, each stream ending without a word.
+#[test]
+fn a_failing_free_drops_no_other_sequence() {
+    let Some(model) = model() else { return };
+    let prompts = prompts(model);
+    let mut sched = scheduler(model, 4, 64, None);
+    let (a, mut rx_a) = request(&prompts[0], 50);
+    let (b, rx_b) = request(&prompts[1], 50);
+    sched.submit(a);
+    sched.submit(b);
+    for _ in 0..3 {
+        sched.step().unwrap();
+    }
+    assert_eq!(sched.n_running(), 2);
+    sched.free_newest_behind_its_back().unwrap();
+    drop(rx_b); // b's client leaves: the next step retires it, and its free fails
+    let e = sched.step().expect_err("the failed free is reported");
+    assert!(e.to_string().contains("sequence"), "{e}");
+    assert_eq!(sched.n_running(), 1, "a is still running");
+    let got = run_to_end(&mut sched, std::slice::from_mut(&mut rx_a));
+    let (text, _, finish) = alone(model, &prompts[0], 50);
+    assert_eq!(
+        (got[0].text.as_str(), got[0].finish),
+        (text.as_str(), Some(finish))
+    );
+    assert_eq!(sched.kv_stats().pages_in_use, 0);
+}
+
 #[test]
 fn a_prompt_that_never_fits_fails_at_once() {
     let Some(model) = model() else { return };
