@@ -139,6 +139,8 @@ bench smol_cuda_kernels 60 -m "$SMOL" --backend cuda -p 0 -n 64 -b 1 -r 1 --kern
 # Tokens picked on the device (argmax.cu, top_k.cu) instead of 49,152 logits a row read
 # back (the default, llama-bench's work): what greedy and top-k sampling cost.
 bench smol_cuda_pick 60 -m "$SMOL" --backend cuda -p 0 -n 128 -b 1,32 -r 2 --top-k 1,40
+say "-- the next pp512 rows (smol_cuda_wgmma): KILN_CUDA_WGMMA=1"
+KILN_CUDA_WGMMA=1 bench smol_cuda_wgmma 60 -m "$SMOL" --backend cuda -p 512 -n 0 -b 1 -r 3
 # Gemma 3 270M's layers (issue 16) with the staged tokenizer's vocabulary: Q4_K_M's mix
 # (Q5_0, Q4_K, Q8_0: packed, dp4a decode, int8 tensor-core prefill), GeGLU, QK-norm,
 # post-norms, sliding windows (head dim 160, the custom shape's width / heads). The real
@@ -158,6 +160,10 @@ fi
 bench l8b_cuda 240 -m "$L8B" --backend cuda -p 512 -n 128 -b 1,16,32 -r 2
 bench l8b_cuda_kernels 90 -m "$L8B" --backend cuda -p 0 -n 32 -b 1 -r 1 --kernels
 bench l8b_cuda_pick 90 -m "$L8B" --backend cuda -p 0 -n 64 -b 32 -r 1 --top-k 1,40
+# Prefill end to end on Hopper's warpgroup MMA (sm_90a: the wgmma GEMM and flash
+# prefill, opt-in) beside the mma.sync rows above (issue 15's 8B pp512 figure).
+say "-- the next pp512 rows (l8b_cuda_wgmma): KILN_CUDA_WGMMA=1"
+KILN_CUDA_WGMMA=1 bench l8b_cuda_wgmma 90 -m "$L8B" --backend cuda -p 512 -n 0 -b 1 -r 2
 # The prefill GEMMs of 512 tokens alone (issue 15: the int8 tensor-core matmul; the
 # 4096x14336 target is half the bf16 peak the kernel table's ceilings line reports).
 if [ -x "$G/b_gemm" ] || [ $dry = 1 ]; then
