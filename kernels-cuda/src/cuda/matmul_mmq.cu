@@ -248,6 +248,19 @@ __device__ __forceinline__ void mq_mma(const MqStage<BT, G>& s, float (*acc)[MT]
 
 __device__ __forceinline__ float mq_silu(float x) { return x / (1.0f + expf(-x)); }
 
+// Output element `at` of epilogue EPI from its product v (the gate's, for the GLUs) and
+// the up projection's: stored as is, added to the residual, or gated by SiLU/GELU. Shared
+// with matmul_wgmma.cu, which is appended to this file's module.
+template <unsigned int EPI>
+__device__ __forceinline__ void mq_store(const MatvecArgs& a, unsigned long long at, float v, float up) {
+    if constexpr (EPI == MV_ADD) {
+        v = a.res[at] + v;
+    } else if constexpr (MV_GATED(EPI)) {
+        v = (EPI == MV_SWIGLU ? mq_silu(v) : gelu_f16(v)) * up;
+    }
+    a.out[at] = v;
+}
+
 // Grid: (ceil(rows / BT) token tiles, ceil(n / MQ_BN) row tiles, 1); block MQ_THREADS.
 template <unsigned int BT, int EPI>
 __device__ __forceinline__ void mq_matmul(const MatvecArgs& a) {
@@ -328,14 +341,7 @@ __device__ __forceinline__ void mq_matmul(const MatvecArgs& a) {
                 unsigned int col = n0 + tr + 8u * j + 2u * (lane % 4u) + (e & 1u);
                 if (col < a.n) {
                     unsigned long long at = (unsigned long long)t * a.out_stride + col;
-                    float v = acc[0][m][j][e];
-                    if constexpr (EPI == MV_ADD) {
-                        v = a.res[at] + v;
-                    } else if constexpr (MV_GATED(EPI)) {
-                        float up = acc[G - 1u][m][j][e];
-                        v = (EPI == MV_SWIGLU ? mq_silu(v) : gelu_f16(v)) * up;
-                    }
-                    a.out[at] = v;
+                    mq_store<EPI>(a, at, acc[0][m][j][e], acc[G - 1u][m][j][e]);
                 }
             }
         }

@@ -223,14 +223,7 @@ __device__ __forceinline__ void wg_matmul(const MatvecArgs& a) {
         if (t < rows && col < a.n) {
             float inv = 1.0f / tok_scale[tt]; // a power of two: exact
             unsigned long long at = (unsigned long long)t * a.out_stride + col;
-            float v = acc[0][e] * inv;
-            if constexpr (EPI == MV_ADD) {
-                v = a.res[at] + v;
-            } else if constexpr (MV_GATED(EPI)) {
-                float up = acc[G - 1u][e] * inv;
-                v = (EPI == MV_SWIGLU ? mq_silu(v) : gelu_f16(v)) * up;
-            }
-            a.out[at] = v;
+            mq_store<EPI>(a, at, acc[0][e] * inv, acc[G - 1u][e] * inv);
         }
     }
 #else
